@@ -1,1 +1,19 @@
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing))]
+//! Sans-IO TURN server (RFC 8656) with STUN Binding (RFC 8489).
+//!
+//! Model: [`Server`] owns allocations, permissions and channels; the caller owns sockets and the clock. Packets and
+//! `now` go in, actions come out. One `Server` per worker thread: the kernel's SO_REUSEPORT hashing keeps a client's
+//! 5-tuple on one worker, so no state is shared per packet. Quotas ([`Quotas`]) are the only shared state, touched
+//! on Allocate and on expiry.
 
+mod auth;
+mod config;
+pub mod policy;
+mod server;
+
+pub use auth::{rest_password, Authenticator, Secret};
+pub use config::{Config, QuotaExceeded, Quotas};
+pub use server::{
+    AllocationId, BindRequest, ClientAction, Event, Family, FiveTuple, PeerForward, RelayBinding, Server, Stats,
+    Transport, PEER_HEADROOM, PEER_TAILROOM,
+};
