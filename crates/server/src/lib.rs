@@ -1,1 +1,178 @@
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing))]
+//! The I/O layer that drives the sans-IO TURN state machine ([`turn::Server`]).
+//!
+//! Threading model: one worker thread per core, each with a single-threaded tokio runtime and its own
+//! `turn::Server`. Every worker binds its own UDP, TCP and TLS listeners on the same addresses with SO_REUSEPORT;
+//! the kernel hashes each client 5-tuple to one worker, and a worker's relay sockets are polled by that worker, so
+//! relaying a packet touches no lock and no other thread. See `docs/architecture.md`.
 
+mod stream;
+pub mod tls;
+mod udp;
+mod worker;
+
+use std::net::{IpAddr, SocketAddr};
+use std::ops::RangeInclusive;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use turn::{Authenticator, Quotas};
+
+pub use tls::{CertStore, TlsIdentity};
+
+/// Everything the I/O layer needs.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub udp: Vec<SocketAddr>,
+    pub tcp: Vec<SocketAddr>,
+    pub tls: Vec<SocketAddr>,
+    pub tls_identity: TlsIdentity,
+    pub relay: RelayConfig,
+    pub workers: usize,
+    /// A TCP/TLS connection with no allocation and nothing received for this long is closed.
+    pub stream_idle_timeout: Duration,
+    pub tls_handshake_timeout: Duration,
+    /// TCP and TLS connections held at once, over all workers.
+    pub max_stream_connections: usize,
+    pub turn: Arc<turn::Config>,
+    pub auth: Arc<Authenticator>,
+    pub quotas: Arc<Quotas>,
+}
+
+/// Where relay sockets bind and what address they advertise.
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// Bind address for IPv4 relays; `None` binds the address the client reached us on.
+    pub bind_v4: Option<IpAddr>,
+    pub bind_v6: Option<IpAddr>,
+    /// Advertised (XOR-RELAYED-ADDRESS) address when behind 1:1 NAT; default: the bound address.
+    pub external_v4: Option<IpAddr>,
+    pub external_v6: Option<IpAddr>,
+    pub ports: RangeInclusive<u16>,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            bind_v4: None,
+            bind_v6: None,
+            external_v4: None,
+            external_v6: None,
+            ports: 49152..=65535,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {proto} {addr}: {source}")]
+    Bind {
+        proto: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("cannot start worker thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// A running server: its bound addresses and a handle to stop it.
+#[derive(Debug)]
+pub struct Running {
+    pub udp: Vec<SocketAddr>,
+    pub tcp: Vec<SocketAddr>,
+    pub tls: Vec<SocketAddr>,
+    pub certs: Arc<CertStore>,
+    shutdown: watch::Sender<bool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops accepting, closes every connection and relay, and waits for the workers.
+    pub fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Binds every listener (so errors surface here, before anything runs) and starts the workers.
+pub fn start(config: ServerConfig) -> Result<Running, StartError> {
+    let workers = config.workers.max(1);
+    let certs = CertStore::new(config.tls_identity.clone())?;
+    let tls_config = certs.server_config();
+
+    let mut per_worker: Vec<worker::Sockets> = (0..workers).map(|_| worker::Sockets::default()).collect();
+    let mut bound = (Vec::new(), Vec::new(), Vec::new());
+    for addr in &config.udp {
+        let mut actual = *addr;
+        for sockets in per_worker.iter_mut() {
+            let s = udp::bind(actual, true).map_err(|source| StartError::Bind {
+                proto: "UDP",
+                addr: actual,
+                source,
+            })?;
+            actual = s.local_addr().map_err(|source| StartError::Bind {
+                proto: "UDP",
+                addr: actual,
+                source,
+            })?;
+            sockets.udp.push(s);
+        }
+        bound.0.push(actual);
+    }
+    for (list, proto, out) in [(&config.tcp, "TCP", &mut bound.1), (&config.tls, "TLS", &mut bound.2)] {
+        for addr in list {
+            let mut actual = *addr;
+            for sockets in per_worker.iter_mut() {
+                let l = stream::bind(actual).map_err(|source| StartError::Bind {
+                    proto,
+                    addr: actual,
+                    source,
+                })?;
+                actual = l.local_addr().map_err(|source| StartError::Bind {
+                    proto,
+                    addr: actual,
+                    source,
+                })?;
+                if proto == "TCP" {
+                    sockets.tcp.push(l);
+                } else {
+                    sockets.tls.push(l);
+                }
+            }
+            out.push(actual);
+        }
+    }
+
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let shared = Arc::new(worker::SharedConfig {
+        config,
+        tls: tls_config,
+        connections: Arc::new(tokio::sync::Semaphore::new(0)),
+    });
+    shared.connections.add_permits(shared.config.max_stream_connections);
+    let mut threads = Vec::new();
+    for (index, sockets) in per_worker.into_iter().enumerate() {
+        let shared = shared.clone();
+        let rx = shutdown_rx.clone();
+        let certs = certs.clone();
+        let t = std::thread::Builder::new()
+            .name(format!("traverse-worker-{index}"))
+            .spawn(move || worker::run(index, shared, sockets, certs, rx))
+            .map_err(StartError::Thread)?;
+        threads.push(t);
+    }
+    Ok(Running {
+        udp: bound.0,
+        tcp: bound.1,
+        tls: bound.2,
+        certs,
+        shutdown,
+        threads,
+    })
+}

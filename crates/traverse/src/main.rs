@@ -1,1 +1,443 @@
-fn main() {}
+//! `traverse`: STUN and TURN (and, next, signaling) from one binary.
+
+mod config;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+use base64::Engine;
+use clap::{Args, Parser, Subcommand};
+use rand::RngCore;
+use serde_json::json;
+
+use config::{Config, LogFormat};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "traverse",
+    version,
+    about = "Gets two WebRTC peers connected: STUN and TURN over UDP, TCP and TLS."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the STUN/TURN server. With no options: UDP/TCP 3478 and TLS 5349 on all interfaces, a generated shared
+    /// secret and a self-signed certificate; prints a ready `iceServers` JSON.
+    Serve(ServeArgs),
+    /// Mint a time-limited TURN credential (TURN REST API: username `expiry:user`, password HMAC-SHA1).
+    Credentials(CredentialArgs),
+    /// Check a configuration file and report every error with its line.
+    CheckConfig {
+        /// The file to check.
+        #[arg(env = "TRAVERSE_CONFIG")]
+        path: PathBuf,
+    },
+}
+
+/// Every file option also as a flag and a `TRAVERSE_*` variable; flags win over the file.
+#[derive(Args, Debug, Default)]
+struct ServeArgs {
+    /// Configuration file (TOML); see traverse.example.toml.
+    #[arg(long, short, env = "TRAVERSE_CONFIG")]
+    config: Option<PathBuf>,
+    /// UDP listen addresses [listen.udp].
+    #[arg(long, env = "TRAVERSE_UDP", value_delimiter = ',')]
+    udp: Option<Vec<SocketAddr>>,
+    /// TCP listen addresses [listen.tcp].
+    #[arg(long, env = "TRAVERSE_TCP", value_delimiter = ',')]
+    tcp: Option<Vec<SocketAddr>>,
+    /// TLS listen addresses [listen.tls].
+    #[arg(long, env = "TRAVERSE_TLS", value_delimiter = ',')]
+    tls: Option<Vec<SocketAddr>>,
+    /// PEM certificate chain [tls.cert]; without it a self-signed certificate is generated.
+    #[arg(long, env = "TRAVERSE_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key [tls.key].
+    #[arg(long, env = "TRAVERSE_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// Address IPv4 relay sockets bind to [relay.bind_v4]; default: the address the client reached.
+    #[arg(long, env = "TRAVERSE_RELAY_BIND_V4")]
+    relay_bind_v4: Option<IpAddr>,
+    /// Address IPv6 relay sockets bind to [relay.bind_v6].
+    #[arg(long, env = "TRAVERSE_RELAY_BIND_V6")]
+    relay_bind_v6: Option<IpAddr>,
+    /// Public IPv4 address advertised for relays behind 1:1 NAT [relay.external_v4].
+    #[arg(long, env = "TRAVERSE_EXTERNAL_V4")]
+    external_v4: Option<IpAddr>,
+    /// Public IPv6 address advertised for relays [relay.external_v6].
+    #[arg(long, env = "TRAVERSE_EXTERNAL_V6")]
+    external_v6: Option<IpAddr>,
+    /// Relay port range MIN-MAX [relay.port_min, relay.port_max].
+    #[arg(long, env = "TRAVERSE_RELAY_PORTS", value_parser = parse_range)]
+    relay_ports: Option<(u16, u16)>,
+    /// Offer IPv6 relays [relay.ipv6].
+    #[arg(long, env = "TRAVERSE_RELAY_IPV6")]
+    relay_ipv6: Option<bool>,
+    /// Peer address blocks always allowed, e.g. 127.0.0.0/8 in a lab [relay.allow_peers].
+    #[arg(long = "allow-peer", env = "TRAVERSE_ALLOW_PEERS", value_delimiter = ',')]
+    allow_peers: Option<Vec<String>>,
+    /// Peer address blocks refused on top of the built-in reserved ranges [relay.deny_peers].
+    #[arg(long = "deny-peer", env = "TRAVERSE_DENY_PEERS", value_delimiter = ',')]
+    deny_peers: Option<Vec<String>>,
+    /// Bytes per second each allocation may relay per direction, 0 for no cap [relay.bandwidth_per_allocation].
+    #[arg(long, env = "TRAVERSE_BANDWIDTH")]
+    bandwidth: Option<u64>,
+    /// Authentication realm [auth.realm].
+    #[arg(long, env = "TRAVERSE_REALM")]
+    realm: Option<String>,
+    /// TURN REST shared secrets; all are accepted, the first mints [auth.secrets].
+    #[arg(long = "secret", env = "TRAVERSE_SECRETS", value_delimiter = ',')]
+    secrets: Option<Vec<String>>,
+    /// Static users as name:password [auth.users].
+    #[arg(long = "user", env = "TRAVERSE_USERS", value_delimiter = ',')]
+    users: Option<Vec<String>>,
+    /// Seconds a nonce stays valid [auth.nonce_lifetime].
+    #[arg(long, env = "TRAVERSE_NONCE_LIFETIME")]
+    nonce_lifetime: Option<u64>,
+    /// Seconds a minted credential stays valid [auth.credential_ttl].
+    #[arg(long, env = "TRAVERSE_CREDENTIAL_TTL")]
+    credential_ttl: Option<u64>,
+    /// Worker threads, 0 for one per core [limits.workers].
+    #[arg(long, env = "TRAVERSE_WORKERS")]
+    workers: Option<usize>,
+    /// Allocations held at once [limits.max_allocations].
+    #[arg(long, env = "TRAVERSE_MAX_ALLOCATIONS")]
+    max_allocations: Option<usize>,
+    /// Allocations per user, 0 for no limit [limits.max_allocations_per_user].
+    #[arg(long, env = "TRAVERSE_MAX_ALLOCATIONS_PER_USER")]
+    max_allocations_per_user: Option<usize>,
+    /// Allocation lifetime granted by default, seconds [limits.default_lifetime].
+    #[arg(long, env = "TRAVERSE_DEFAULT_LIFETIME")]
+    default_lifetime: Option<u64>,
+    /// Longest allocation lifetime granted, seconds [limits.max_lifetime].
+    #[arg(long, env = "TRAVERSE_MAX_LIFETIME")]
+    max_lifetime: Option<u64>,
+    /// Permissions per allocation [limits.max_permissions_per_allocation].
+    #[arg(long, env = "TRAVERSE_MAX_PERMISSIONS")]
+    max_permissions: Option<usize>,
+    /// TCP/TLS connections held at once [limits.max_connections].
+    #[arg(long, env = "TRAVERSE_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
+    /// Seconds before a TCP/TLS connection without an allocation is closed [limits.idle_timeout].
+    #[arg(long, env = "TRAVERSE_IDLE_TIMEOUT")]
+    idle_timeout: Option<u64>,
+    /// Log format [log.format].
+    #[arg(long, env = "TRAVERSE_LOG_FORMAT")]
+    log_format: Option<LogFormat>,
+    /// Log filter, e.g. info or traverse_server=debug [log.level].
+    #[arg(long, env = "TRAVERSE_LOG")]
+    log_level: Option<String>,
+}
+
+#[derive(Args, Debug)]
+struct CredentialArgs {
+    /// The shared secret (as in [auth.secrets]).
+    #[arg(long, env = "TRAVERSE_SECRET")]
+    secret: String,
+    /// The user part of the username.
+    #[arg(long, default_value = "user")]
+    user: String,
+    /// Seconds the credential stays valid.
+    #[arg(long, default_value_t = 86_400)]
+    ttl: u64,
+    /// TURN/STUN URIs to include, e.g. turn:turn.example.com:3478?transport=udp.
+    #[arg(long = "uri")]
+    uris: Vec<String>,
+}
+
+fn parse_range(s: &str) -> Result<(u16, u16), String> {
+    let (a, b) = s.split_once('-').ok_or("expected MIN-MAX")?;
+    Ok((a.parse().map_err(|_| "bad MIN")?, b.parse().map_err(|_| "bad MAX")?))
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Credentials(args) => {
+            let (username, password) = mint(&args.secret, &args.user, args.ttl);
+            let out = json!({ "username": username, "password": password, "credential": password,
+                              "ttl": args.ttl, "uris": args.uris });
+            println!("{}", serde_json::to_string_pretty(&out)?);
+            Ok(())
+        }
+        Command::CheckConfig { path } => {
+            let config = Config::load(&path)?;
+            let errors = config.validate();
+            if errors.is_empty() {
+                println!("{}: OK", path.display());
+                return Ok(());
+            }
+            for e in &errors {
+                eprintln!("{}: {e}", path.display());
+            }
+            bail!("{} error(s) in {}", errors.len(), path.display())
+        }
+    }
+}
+
+/// A REST credential: username `expiry:user`, password base64(HMAC-SHA1(secret, username)).
+fn mint(secret: &str, user: &str, ttl: u64) -> (String, String) {
+    let expiry = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+        + ttl;
+    let username = format!("{expiry}:{user}");
+    let password = turn::rest_password(secret.as_bytes(), &username);
+    (username, password)
+}
+
+fn apply(config: &mut Config, a: ServeArgs) {
+    macro_rules! set {
+        ($field:expr, $value:expr) => {
+            if let Some(v) = $value {
+                $field = v;
+            }
+        };
+    }
+    set!(config.listen.udp, a.udp);
+    set!(config.listen.tcp, a.tcp);
+    set!(config.listen.tls, a.tls);
+    if a.tls_cert.is_some() {
+        config.tls.cert = a.tls_cert;
+    }
+    if a.tls_key.is_some() {
+        config.tls.key = a.tls_key;
+    }
+    for (field, value) in [
+        (&mut config.relay.bind_v4, a.relay_bind_v4),
+        (&mut config.relay.bind_v6, a.relay_bind_v6),
+        (&mut config.relay.external_v4, a.external_v4),
+        (&mut config.relay.external_v6, a.external_v6),
+    ] {
+        if value.is_some() {
+            *field = value;
+        }
+    }
+    if let Some((min, max)) = a.relay_ports {
+        config.relay.port_min = min;
+        config.relay.port_max = max;
+    }
+    set!(config.relay.ipv6, a.relay_ipv6);
+    set!(config.relay.allow_peers, a.allow_peers);
+    set!(config.relay.deny_peers, a.deny_peers);
+    set!(config.relay.bandwidth_per_allocation, a.bandwidth);
+    set!(config.auth.realm, a.realm);
+    set!(config.auth.secrets, a.secrets);
+    set!(config.auth.users, a.users);
+    set!(config.auth.nonce_lifetime, a.nonce_lifetime);
+    set!(config.auth.credential_ttl, a.credential_ttl);
+    set!(config.limits.workers, a.workers);
+    set!(config.limits.max_allocations, a.max_allocations);
+    set!(config.limits.max_allocations_per_user, a.max_allocations_per_user);
+    set!(config.limits.default_lifetime, a.default_lifetime);
+    set!(config.limits.max_lifetime, a.max_lifetime);
+    set!(config.limits.max_permissions_per_allocation, a.max_permissions);
+    set!(config.limits.max_connections, a.max_connections);
+    set!(config.limits.idle_timeout, a.idle_timeout);
+    set!(config.log.format, a.log_format);
+    set!(config.log.level, a.log_level);
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let mut config = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    apply(&mut config, args);
+    let errors = config.validate();
+    if !errors.is_empty() {
+        for e in &errors {
+            eprintln!("config: {e}");
+        }
+        bail!("{} configuration error(s)", errors.len());
+    }
+    init_logging(&config);
+
+    let generated_secret = config.auth.secrets.is_empty() && config.auth.users.is_empty();
+    if generated_secret {
+        let mut secret = [0u8; 24];
+        rand::thread_rng().fill_bytes(&mut secret);
+        config
+            .auth
+            .secrets
+            .push(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret));
+    }
+
+    let interface_ips: Vec<IpAddr> = if_addrs::get_if_addrs()
+        .map(|list| list.into_iter().map(|i| i.ip()).collect())
+        .unwrap_or_default();
+    let mut own = interface_ips.clone();
+    own.extend(config.relay.external_v4);
+    own.extend(config.relay.external_v6);
+    let policy = turn::policy::PeerPolicy {
+        allow: Config::peer_blocks(&config.relay.allow_peers),
+        deny: Config::peer_blocks(&config.relay.deny_peers),
+        own_addresses: own,
+    };
+    let turn_config = turn::Config {
+        default_lifetime: Duration::from_secs(config.limits.default_lifetime),
+        max_lifetime: Duration::from_secs(config.limits.max_lifetime),
+        relay_ipv4: true,
+        relay_ipv6: config.relay.ipv6,
+        bandwidth_per_allocation: config.relay.bandwidth_per_allocation,
+        max_permissions_per_allocation: config.limits.max_permissions_per_allocation,
+        policy,
+        ..turn::Config::default()
+    };
+    let mut nonce_key = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut nonce_key);
+    let auth = turn::Authenticator::new(
+        config.auth.realm.clone(),
+        &config.users(),
+        config
+            .auth
+            .secrets
+            .iter()
+            .map(|s| turn::Secret(s.as_bytes().to_vec()))
+            .collect(),
+        nonce_key,
+        config.auth.nonce_lifetime,
+    );
+    let tls_identity = match (&config.tls.cert, &config.tls.key) {
+        (Some(cert), Some(key)) => server::TlsIdentity::Files {
+            cert: cert.clone(),
+            key: key.clone(),
+        },
+        _ => server::TlsIdentity::SelfSigned {
+            names: std::iter::once("localhost".to_owned())
+                .chain(interface_ips.iter().map(ToString::to_string))
+                .collect(),
+        },
+    };
+    let workers = match config.limits.workers {
+        0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        n => n,
+    };
+    let server_config = server::ServerConfig {
+        udp: config.listen.udp.clone(),
+        tcp: config.listen.tcp.clone(),
+        tls: config.listen.tls.clone(),
+        tls_identity,
+        relay: server::RelayConfig {
+            bind_v4: config.relay.bind_v4,
+            bind_v6: config.relay.bind_v6,
+            external_v4: config.relay.external_v4,
+            external_v6: config.relay.external_v6,
+            ports: config.relay.port_min..=config.relay.port_max,
+        },
+        workers,
+        stream_idle_timeout: Duration::from_secs(config.limits.idle_timeout),
+        tls_handshake_timeout: Duration::from_secs(10),
+        max_stream_connections: config.limits.max_connections,
+        turn: Arc::new(turn_config),
+        auth: Arc::new(auth),
+        quotas: Arc::new(turn::Quotas::new(
+            config.limits.max_allocations,
+            config.limits.max_allocations_per_user,
+        )),
+    };
+    let running = server::start(server_config).context("cannot start")?;
+    for (proto, addrs) in [("UDP", &running.udp), ("TCP", &running.tcp), ("TLS", &running.tls)] {
+        for addr in addrs.iter() {
+            tracing::info!(%addr, "STUN/TURN listening on {proto}");
+        }
+    }
+    if running.certs.is_self_signed() && !running.tls.is_empty() {
+        tracing::warn!("TLS uses a generated self-signed certificate: browsers refuse it; set tls.cert and tls.key");
+    }
+    if generated_secret {
+        tracing::info!("no credentials configured: generated a shared secret for this run");
+    }
+    print_ice_servers(&config, &running, &interface_ips);
+
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let certs = running.certs.clone();
+    runtime.block_on(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::hangup()),
+        ) else {
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+                _ = hup.recv() => match certs.reload() {
+                    Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
+                    Err(e) => tracing::warn!(error = %e, "SIGHUP: cannot reload the certificate; keeping the old one"),
+                },
+            }
+        }
+    });
+    tracing::info!("shutting down");
+    running.shutdown();
+    Ok(())
+}
+
+/// Prints an `iceServers` array with a fresh credential, ready to paste into `new RTCPeerConnection(...)`.
+fn print_ice_servers(config: &Config, running: &server::Running, interface_ips: &[IpAddr]) {
+    let host = config
+        .relay
+        .external_v4
+        .or_else(|| {
+            running
+                .udp
+                .iter()
+                .chain(&running.tcp)
+                .map(|a| a.ip())
+                .find(|ip| !ip.is_unspecified())
+        })
+        .or_else(|| {
+            interface_ips
+                .iter()
+                .copied()
+                .find(|ip| ip.is_ipv4() && !ip.is_loopback())
+        })
+        .unwrap_or(IpAddr::from([127, 0, 0, 1]));
+    let host = match host {
+        IpAddr::V6(v6) => format!("[{v6}]"),
+        IpAddr::V4(v4) => v4.to_string(),
+    };
+    let mut urls = Vec::new();
+    if let Some(a) = running.udp.first() {
+        urls.push(format!("stun:{host}:{}", a.port()));
+        urls.push(format!("turn:{host}:{}?transport=udp", a.port()));
+    }
+    if let Some(a) = running.tcp.first() {
+        urls.push(format!("turn:{host}:{}?transport=tcp", a.port()));
+    }
+    if let Some(a) = running.tls.first() {
+        urls.push(format!("turns:{host}:{}?transport=tcp", a.port()));
+    }
+    let (username, credential) = match (config.auth.secrets.first(), config.users().first()) {
+        (Some(secret), _) => mint(secret, "traverse", config.auth.credential_ttl),
+        (None, Some((name, password))) => (name.clone(), password.clone()),
+        (None, None) => (String::new(), String::new()),
+    };
+    let ice = json!([{ "urls": urls, "username": username, "credential": credential }]);
+    println!("iceServers: {}", serde_json::to_string(&ice).unwrap_or_default());
+}
+
+fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log.level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}

@@ -105,6 +105,8 @@ pub struct BindRequest {
     pub reserve_next: bool,
     /// RESERVATION-TOKEN: use the socket held for this token instead of binding.
     pub reservation: Option<[u8; 8]>,
+    /// The relay address the token reserved (the socket the caller held back for it).
+    pub reserved_relay: Option<SocketAddr>,
     /// DONT-FRAGMENT: set DF on the relay socket.
     pub dont_fragment: bool,
 }
@@ -425,6 +427,11 @@ impl<R: RngCore> Server<R> {
             allocations: self.by_five_tuple.len(),
             ..self.stats
         }
+    }
+
+    /// Whether this 5-tuple holds an allocation (a stream connection with one is not idle).
+    pub fn has_allocation(&self, five_tuple: &FiveTuple) -> bool {
+        self.by_five_tuple.contains_key(five_tuple)
     }
 
     /// The next event the caller must act on.
@@ -1000,12 +1007,14 @@ impl<R: RngCore> Server<R> {
             }
         }
         let mut reservation = None;
+        let mut reserved_relay = None;
         if let Some(token) = req.reservation_token {
             match self.reservations.remove(&token) {
                 Some(r) if r.expires > now => {
                     requested = [false; 2];
                     requested[Family::of(&r.relay) as usize] = true;
                     reservation = Some(token);
+                    reserved_relay = Some(r.relay);
                 }
                 _ => return Outcome::Err(reject(508, "Insufficient Capacity")),
             }
@@ -1034,6 +1043,7 @@ impl<R: RngCore> Server<R> {
             even_port: req.even_port.is_some(),
             reserve_next: req.even_port == Some(true),
             reservation,
+            reserved_relay,
             dont_fragment: req.dont_fragment,
         })
     }

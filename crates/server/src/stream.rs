@@ -1,0 +1,220 @@
+//! TURN over TCP and TLS (RFC 8656 §3.1): framing STUN and padded ChannelData out of a byte stream.
+//!
+//! Each connection has one reader (this task) and one writer task fed through a [`StreamSink`], so answers and
+//! relayed data from the relay sockets interleave without a lock and without blocking the worker.
+
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use socket2::{Domain, Protocol, SockRef, Socket, TcpKeepalive, Type};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+use tokio::task::spawn_local;
+use turn::{FiveTuple, Transport};
+
+use crate::worker::{ClientRoute, Worker};
+
+/// Largest frame: a STUN message or ChannelData with a 64 KiB payload, plus header and padding.
+const MAX_FRAME: usize = 4 + 65_535 + 3;
+/// Bytes queued for a slow client before relayed data is dropped (answers are small and still fit).
+const SINK_LIMIT: usize = 1 << 20;
+
+pub(crate) fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
+pub(crate) async fn accept_loop(worker: Rc<Worker>, listener: TcpListener, transport: Transport) {
+    let Ok(local) = listener.local_addr() else { return };
+    loop {
+        let (stream, client) = match listener.accept().await {
+            Ok(pair) => pair,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = worker.shared.connections.clone().try_acquire_owned() else {
+            tracing::debug!(%client, "connection limit reached; closing");
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let keepalive = TcpKeepalive::new()
+            .with_time(Duration::from_secs(30))
+            .with_interval(Duration::from_secs(10));
+        let _ = SockRef::from(&stream).set_tcp_keepalive(&keepalive);
+        let server_addr = stream.local_addr().unwrap_or(local);
+        let five_tuple = FiveTuple {
+            client,
+            server: server_addr,
+            transport,
+        };
+        let worker = worker.clone();
+        spawn_local(async move {
+            let _permit = permit;
+            match transport {
+                Transport::Tls => {
+                    let acceptor = tokio_rustls::TlsAcceptor::from(worker.shared.tls.clone());
+                    let timeout = worker.shared.config.tls_handshake_timeout;
+                    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => serve(worker, tls, five_tuple).await,
+                        Ok(Err(e)) => tracing::debug!(%client, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%client, "TLS handshake timed out"),
+                    }
+                }
+                _ => serve::<TcpStream>(worker, stream, five_tuple).await,
+            }
+        });
+    }
+}
+
+/// Reads frames until the client closes, sends garbage, or idles without an allocation.
+pub(crate) async fn serve<S: AsyncRead + AsyncWrite + 'static>(worker: Rc<Worker>, io: S, five_tuple: FiveTuple) {
+    let (mut reader, writer) = tokio::io::split(io);
+    let sink = Rc::new(StreamSink::default());
+    let writer_task = spawn_local(write_loop(writer, sink.clone()));
+    let route = ClientRoute::Stream(sink.clone());
+    let idle = worker.shared.config.stream_idle_timeout;
+    let mut buf: Vec<u8> = Vec::with_capacity(2048);
+    'conn: loop {
+        // Handle every complete frame in the buffer.
+        let mut consumed = 0;
+        loop {
+            let rest = buf.get(consumed..).unwrap_or_default();
+            let len = match stun::stream_frame_len(rest) {
+                Ok(Some(len)) if len <= MAX_FRAME => len,
+                Ok(Some(_)) | Err(_) => {
+                    tracing::debug!(client = %five_tuple.client, "not STUN or ChannelData; closing");
+                    break 'conn;
+                }
+                Ok(None) => break,
+            };
+            let Some(frame) = rest.get(..len) else { break };
+            let now = Instant::now();
+            let mut scratch = worker.scratch.borrow_mut();
+            if let Some(reply_len) = worker.handle_client(now, five_tuple, frame, &mut scratch, &route) {
+                sink.push_control(scratch.get(..reply_len).unwrap_or_default());
+            }
+            drop(scratch);
+            worker.drain_events();
+            consumed += len;
+        }
+        buf.drain(..consumed);
+        if sink.closed.get() {
+            break;
+        }
+        let has_allocation = worker.has_allocation(&five_tuple);
+        let read = reader.read_buf(&mut buf);
+        let n = if has_allocation {
+            // The allocation's lifetime bounds the connection; TCP keepalive catches half-open peers.
+            tokio::select! {
+                r = read => r,
+                _ = sink.wait_closed() => break,
+            }
+        } else {
+            tokio::select! {
+                r = tokio::time::timeout(idle, read) => match r {
+                    Ok(r) => r,
+                    Err(_) => {
+                        tracing::debug!(client = %five_tuple.client, "idle connection closed");
+                        break;
+                    }
+                },
+                _ = sink.wait_closed() => break,
+            }
+        };
+        match n {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        if buf.capacity() > 4 * MAX_FRAME {
+            buf.shrink_to(MAX_FRAME);
+        }
+    }
+    worker.server.borrow_mut().handle_connection_closed(five_tuple);
+    worker.drain_events();
+    sink.close();
+    let _ = writer_task.await;
+}
+
+/// Bytes waiting to be written to one connection, plus a wake-up for its writer.
+#[derive(Default)]
+pub(crate) struct StreamSink {
+    queue: RefCell<Vec<u8>>,
+    notify: Notify,
+    closed: Cell<bool>,
+    closed_notify: Notify,
+}
+
+impl StreamSink {
+    /// Queues relayed data; dropped when the client reads too slowly (TURN data is datagram-like).
+    pub(crate) fn push(&self, data: &[u8]) {
+        self.push_limited(data, SINK_LIMIT);
+    }
+
+    /// Queues an answer to a request; a client that stops reading is cut off at twice the data limit.
+    fn push_control(&self, data: &[u8]) {
+        self.push_limited(data, 2 * SINK_LIMIT);
+    }
+
+    fn push_limited(&self, data: &[u8], limit: usize) {
+        if self.closed.get() {
+            return;
+        }
+        let mut q = self.queue.borrow_mut();
+        if q.len() + data.len() > limit {
+            return;
+        }
+        q.extend_from_slice(data);
+        drop(q);
+        self.notify.notify_one();
+    }
+
+    fn close(&self) {
+        self.closed.set(true);
+        self.notify.notify_one();
+        self.closed_notify.notify_waiters();
+    }
+
+    async fn wait_closed(&self) {
+        if !self.closed.get() {
+            self.closed_notify.notified().await;
+        }
+    }
+}
+
+async fn write_loop<W: AsyncWrite>(mut writer: tokio::io::WriteHalf<W>, sink: Rc<StreamSink>) {
+    let mut spare: Vec<u8> = Vec::new();
+    loop {
+        if sink.queue.borrow().is_empty() {
+            if sink.closed.get() {
+                break;
+            }
+            sink.notify.notified().await;
+            continue;
+        }
+        std::mem::swap(&mut *sink.queue.borrow_mut(), &mut spare);
+        if writer.write_all(&spare).await.is_err() {
+            sink.close();
+            break;
+        }
+        spare.clear();
+        if spare.capacity() > SINK_LIMIT / 4 {
+            spare.shrink_to(4096);
+        }
+    }
+    let _ = writer.shutdown().await;
+}

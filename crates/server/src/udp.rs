@@ -1,0 +1,188 @@
+//! UDP sockets for listeners and relays: batched receive through quinn-udp (recvmmsg, with the destination address
+//! of each datagram from IP_PKTINFO), and batched send through our own `sendmmsg` wrapper, which quinn-udp lacks
+//! (it sends one `sendmsg` per destination). This is the only module with `unsafe`.
+#![allow(unsafe_code)]
+
+use std::io;
+use std::mem::{size_of, zeroed};
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
+
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+use tokio::net::UdpSocket;
+
+/// How many datagrams one system call moves at most.
+pub const BATCH: usize = 32;
+
+/// A datagram to send. `src_ip` pins the source address on a wildcard-bound socket (so a reply leaves from the
+/// address the request arrived at).
+#[derive(Debug, Clone, Copy)]
+pub struct OutDatagram<'a> {
+    pub data: &'a [u8],
+    pub dst: SocketAddr,
+    pub src_ip: Option<IpAddr>,
+}
+
+/// Binds a non-blocking UDP socket. IPv6 sockets are IPv6-only so the IPv4 and IPv6 listeners stay separate.
+pub fn bind(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::UdpSocket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
+    // Best effort: the kernel caps these at net.core.{r,w}mem_max.
+    let _ = socket.set_recv_buffer_size(4 << 20);
+    let _ = socket.set_send_buffer_size(4 << 20);
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
+/// Configures a relay socket after quinn-udp's setup: no GRO (each datagram needs its own headroom), and
+/// fragmentation allowed unless the client asked for DONT-FRAGMENT (quinn-udp forbids it for QUIC's sake).
+pub fn configure_relay(socket: &UdpSocket, dont_fragment: bool) -> io::Result<()> {
+    set_int(socket, libc::SOL_UDP, libc::UDP_GRO, 0)?;
+    let (level, name, value) = match socket.local_addr()? {
+        SocketAddr::V4(_) => (
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            if dont_fragment {
+                libc::IP_PMTUDISC_DO
+            } else {
+                libc::IP_PMTUDISC_DONT
+            },
+        ),
+        SocketAddr::V6(_) => (
+            libc::IPPROTO_IPV6,
+            libc::IPV6_MTU_DISCOVER,
+            if dont_fragment {
+                libc::IPV6_PMTUDISC_DO
+            } else {
+                libc::IPV6_PMTUDISC_DONT
+            },
+        ),
+    };
+    set_int(socket, level, name, value)
+}
+
+fn set_int(socket: &UdpSocket, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> io::Result<()> {
+    // SAFETY: `value` lives across the call and its size is passed; the fd is owned by `socket`.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Sends the datagrams, `BATCH` per system call, without waiting: when the socket buffer is full the rest are
+/// dropped, as a router would, rather than stalling every other allocation of the worker. A datagram the kernel
+/// refuses (unreachable destination, too big) is skipped. Returns how many were sent.
+pub fn try_send_all(socket: &UdpSocket, datagrams: &[OutDatagram<'_>]) -> usize {
+    let mut sent = 0;
+    let mut at = 0;
+    while let Some(chunk) = datagrams
+        .get(at..(at + BATCH).min(datagrams.len()))
+        .filter(|c| !c.is_empty())
+    {
+        // The fd is non-blocking; tokio's write readiness is not consulted because a socket fresh from `bind` has
+        // none recorded yet, and a send is worth trying anyway.
+        match sendmmsg(socket, chunk) {
+            Ok(n) => {
+                sent += n;
+                at += n.max(1);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(_) => at += 1,
+        }
+    }
+    sent
+}
+
+/// Control-message space for one IPv6 packet-info (the larger of the two).
+const CMSG_SPACE: usize = 64;
+
+#[repr(C, align(8))]
+struct Cmsg([u8; CMSG_SPACE]);
+
+fn sendmmsg(socket: &UdpSocket, datagrams: &[OutDatagram<'_>]) -> io::Result<usize> {
+    let n = datagrams.len().min(BATCH);
+    // SAFETY: all-zero is a valid value for these plain C structs.
+    let mut headers: [libc::mmsghdr; BATCH] = unsafe { zeroed() };
+    let mut iovecs: [libc::iovec; BATCH] = unsafe { zeroed() };
+    let mut controls: [Cmsg; BATCH] = std::array::from_fn(|_| Cmsg([0; CMSG_SPACE]));
+    let addrs: [Option<SockAddr>; BATCH] = std::array::from_fn(|i| datagrams.get(i).map(|d| SockAddr::from(d.dst)));
+    for (i, d) in datagrams.iter().take(n).enumerate() {
+        let (Some(h), Some(iov), Some(ctrl), Some(Some(addr))) =
+            (headers.get_mut(i), iovecs.get_mut(i), controls.get_mut(i), addrs.get(i))
+        else {
+            break;
+        };
+        iov.iov_base = d.data.as_ptr() as *mut libc::c_void;
+        iov.iov_len = d.data.len();
+        h.msg_hdr.msg_name = addr.as_ptr() as *mut libc::c_void;
+        h.msg_hdr.msg_namelen = addr.len();
+        h.msg_hdr.msg_iov = iov;
+        h.msg_hdr.msg_iovlen = 1;
+        if let Some(src) = d.src_ip {
+            h.msg_hdr.msg_control = ctrl.0.as_mut_ptr().cast();
+            h.msg_hdr.msg_controllen = CMSG_SPACE as _;
+            // SAFETY: msg_control points at CMSG_SPACE aligned bytes owned by `controls`, large enough for one
+            // in_pktinfo or in6_pktinfo message; CMSG_FIRSTHDR/CMSG_DATA stay within it.
+            let used = unsafe { write_pktinfo(&mut h.msg_hdr, src) };
+            h.msg_hdr.msg_controllen = used as _;
+            if used == 0 {
+                h.msg_hdr.msg_control = std::ptr::null_mut();
+            }
+        }
+    }
+    // SAFETY: `headers[..n]` point into `iovecs`, `addrs`, `controls` and the caller's data, all of which outlive
+    // the call; the kernel only reads them.
+    let rc = unsafe { libc::sendmmsg(socket.as_raw_fd(), headers.as_mut_ptr(), n as libc::c_uint, 0) };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc as usize)
+    }
+}
+
+/// Writes an IP_PKTINFO / IPV6_PKTINFO control message selecting `src`; returns the bytes used.
+///
+/// # Safety
+/// `hdr.msg_control` must point at `hdr.msg_controllen` writable, cmsghdr-aligned bytes.
+unsafe fn write_pktinfo(hdr: &mut libc::msghdr, src: IpAddr) -> usize {
+    let cmsg = libc::CMSG_FIRSTHDR(hdr);
+    if cmsg.is_null() {
+        return 0;
+    }
+    match src {
+        IpAddr::V4(ip) => {
+            let mut info: libc::in_pktinfo = zeroed();
+            info.ipi_spec_dst.s_addr = u32::from_ne_bytes(ip.octets());
+            (*cmsg).cmsg_level = libc::IPPROTO_IP;
+            (*cmsg).cmsg_type = libc::IP_PKTINFO;
+            (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<libc::in_pktinfo>() as u32) as _;
+            std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::in_pktinfo>(), info);
+            libc::CMSG_SPACE(size_of::<libc::in_pktinfo>() as u32) as usize
+        }
+        IpAddr::V6(ip) => {
+            let mut info: libc::in6_pktinfo = zeroed();
+            info.ipi6_addr.s6_addr = ip.octets();
+            (*cmsg).cmsg_level = libc::IPPROTO_IPV6;
+            (*cmsg).cmsg_type = libc::IPV6_PKTINFO;
+            (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<libc::in6_pktinfo>() as u32) as _;
+            std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::in6_pktinfo>(), info);
+            libc::CMSG_SPACE(size_of::<libc::in6_pktinfo>() as u32) as usize
+        }
+    }
+}

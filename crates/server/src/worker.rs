@@ -1,0 +1,535 @@
+//! One worker thread: a single-threaded runtime that owns a `turn::Server`, its listeners' share of clients, and
+//! the relay sockets of those clients' allocations.
+//!
+//! A datagram's path: `udp_listener` receives a batch → `turn::Server::handle_client` → a reply is batched back to
+//! the client with `sendmmsg`, or the payload leaves from the allocation's relay socket. A peer's datagram:
+//! `relay_loop` wakes → receive batch into the worker's shared buffers, each datagram 48 bytes in →
+//! `turn::Server::handle_peer` writes the ChannelData header in place → `sendmmsg` to the client (or the client's
+//! TCP/TLS sink). Nothing awaits while a buffer or the server is borrowed, so the `RefCell`s never conflict.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::io::IoSliceMut;
+use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use quinn_udp::{RecvMeta, UdpSocketState};
+use rand::{Rng, SeedableRng};
+use tokio::io::Interest;
+use tokio::net::UdpSocket;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::{spawn_local, JoinHandle, LocalSet};
+use turn::{AllocationId, BindRequest, ClientAction, Event, Family, FiveTuple, RelayBinding, Transport};
+
+use crate::stream::{self, StreamSink};
+use crate::udp::{self, OutDatagram, BATCH};
+use crate::{CertStore, ServerConfig};
+
+/// Largest UDP payload, so no datagram is ever truncated.
+const MAX_DATAGRAM: usize = 65_535;
+const RELAY_SLOT: usize = turn::PEER_HEADROOM + MAX_DATAGRAM + turn::PEER_TAILROOM;
+/// Answers are small; a STUN answer never exceeds this.
+pub(crate) const REPLY_SLOT: usize = 1500;
+
+pub(crate) struct SharedConfig {
+    pub config: ServerConfig,
+    pub tls: Arc<rustls::ServerConfig>,
+    pub connections: Arc<Semaphore>,
+}
+
+/// The listeners a worker owns (its share of the SO_REUSEPORT group).
+#[derive(Default)]
+pub(crate) struct Sockets {
+    pub udp: Vec<std::net::UdpSocket>,
+    pub tcp: Vec<std::net::TcpListener>,
+    pub tls: Vec<std::net::TcpListener>,
+}
+
+/// A UDP listener and its quinn-udp state.
+pub(crate) struct Listener {
+    socket: UdpSocket,
+    state: UdpSocketState,
+    local: SocketAddr,
+}
+
+struct RelaySocket {
+    socket: UdpSocket,
+    state: UdpSocketState,
+}
+
+/// How a peer's data reaches the client of an allocation.
+#[derive(Clone)]
+pub(crate) enum ClientRoute {
+    Udp {
+        listener: Rc<Listener>,
+        client: SocketAddr,
+        src_ip: Option<IpAddr>,
+    },
+    Stream(Rc<StreamSink>),
+}
+
+struct RelayEntry {
+    sockets: [Option<Rc<RelaySocket>>; 2],
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for RelayEntry {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Receive buffers shared by all of a worker's relay sockets: an allocation costs no buffer memory of its own.
+struct Buffers {
+    slots: Vec<Box<[u8]>>,
+    metas: [RecvMeta; BATCH],
+    ranges: [(usize, usize); BATCH],
+    replies: Vec<Box<[u8]>>,
+}
+
+pub(crate) struct Worker {
+    pub shared: Arc<SharedConfig>,
+    pub server: RefCell<turn::Server>,
+    relays: RefCell<HashMap<AllocationId, RelayEntry>>,
+    /// Sockets held for EVEN-PORT reservations, by address, with the time they were reserved.
+    reserved: RefCell<HashMap<SocketAddr, (std::net::UdpSocket, Instant)>>,
+    buffers: RefCell<Buffers>,
+    pub scratch: RefCell<Box<[u8]>>,
+    rng: RefCell<rand::rngs::StdRng>,
+}
+
+pub(crate) fn run(
+    index: usize,
+    shared: Arc<SharedConfig>,
+    sockets: Sockets,
+    certs: Arc<CertStore>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(worker = index, error = %e, "cannot start runtime");
+            return;
+        }
+    };
+    let local = LocalSet::new();
+    local.block_on(&runtime, async move {
+        let now = Instant::now();
+        let unix = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let cfg = &shared.config;
+        let server = turn::Server::new(
+            cfg.turn.clone(),
+            cfg.auth.clone(),
+            cfg.quotas.clone(),
+            rand::rngs::StdRng::from_entropy(),
+            (now, unix),
+        );
+        let worker = Rc::new(Worker {
+            shared: shared.clone(),
+            server: RefCell::new(server),
+            relays: RefCell::new(HashMap::new()),
+            reserved: RefCell::new(HashMap::new()),
+            buffers: RefCell::new(Buffers {
+                slots: (0..BATCH).map(|_| vec![0u8; RELAY_SLOT].into_boxed_slice()).collect(),
+                metas: [RecvMeta::default(); BATCH],
+                ranges: [(0, 0); BATCH],
+                replies: (0..BATCH).map(|_| vec![0u8; REPLY_SLOT].into_boxed_slice()).collect(),
+            }),
+            scratch: RefCell::new(vec![0u8; REPLY_SLOT].into_boxed_slice()),
+            rng: RefCell::new(rand::rngs::StdRng::from_entropy()),
+        });
+        for socket in sockets.udp {
+            match listener_from_std(socket) {
+                Ok(l) => {
+                    spawn_local(udp_listener(worker.clone(), Rc::new(l)));
+                }
+                Err(e) => tracing::error!(worker = index, error = %e, "cannot register UDP listener"),
+            }
+        }
+        for (list, transport) in [(sockets.tcp, Transport::Tcp), (sockets.tls, Transport::Tls)] {
+            for l in list {
+                match tokio::net::TcpListener::from_std(l) {
+                    Ok(l) => {
+                        spawn_local(stream::accept_loop(worker.clone(), l, transport));
+                    }
+                    Err(e) => tracing::error!(worker = index, error = %e, "cannot register TCP listener"),
+                }
+            }
+        }
+        spawn_local(timer(worker.clone(), certs, index == 0));
+        let _ = shutdown.wait_for(|stop| *stop).await;
+        worker.relays.borrow_mut().clear();
+    });
+}
+
+fn listener_from_std(socket: std::net::UdpSocket) -> std::io::Result<Listener> {
+    let state = UdpSocketState::new((&socket).into())?;
+    let local = socket.local_addr()?;
+    Ok(Listener {
+        socket: UdpSocket::from_std(socket)?,
+        state,
+        local,
+    })
+}
+
+/// Expiry once a second, and (on worker 0) certificate file checks.
+async fn timer(worker: Rc<Worker>, certs: Arc<CertStore>, watch_certs: bool) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut n: u64 = 0;
+    loop {
+        tick.tick().await;
+        n += 1;
+        let now = Instant::now();
+        worker.server.borrow_mut().handle_timeout(now);
+        worker.drain_events();
+        let lifetime = worker.shared.config.turn.reservation_lifetime;
+        worker
+            .reserved
+            .borrow_mut()
+            .retain(|_, (_, at)| now.saturating_duration_since(*at) < lifetime);
+        if watch_certs && n % 5 == 0 {
+            match certs.reload_if_changed() {
+                Some(Ok(())) => tracing::info!("TLS certificate reloaded (file changed)"),
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "TLS certificate changed but cannot be loaded; keeping the old one")
+                }
+                None => {}
+            }
+        }
+    }
+}
+
+async fn udp_listener(worker: Rc<Worker>, listener: Rc<Listener>) {
+    let src_ip_needed = listener.local.ip().is_unspecified();
+    loop {
+        if listener.socket.readable().await.is_err() {
+            return;
+        }
+        // Drain the socket, BATCH datagrams per system call, replies batched per receive.
+        loop {
+            let mut bufs = worker.buffers.borrow_mut();
+            let Buffers {
+                slots, metas, replies, ..
+            } = &mut *bufs;
+            let received = {
+                let mut iov_array: [IoSliceMut<'_>; BATCH] = slot_iovs(slots, 0);
+                listener.socket.try_io(Interest::READABLE, || {
+                    listener.state.recv((&listener.socket).into(), &mut iov_array, metas)
+                })
+            };
+            let n = match received {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    tracing::debug!(error = %e, "UDP receive error");
+                    break;
+                }
+            };
+            let now = Instant::now();
+            let mut pending: [(usize, SocketAddr, Option<IpAddr>); BATCH] = [(0, listener.local, None); BATCH];
+            let mut count = 0;
+            for (slot, meta) in slots.iter().zip(metas.iter()).take(n) {
+                let Some(data) = slot.get(..meta.len) else { continue };
+                let server_ip = meta.dst_ip.filter(|_| src_ip_needed).unwrap_or(listener.local.ip());
+                let five_tuple = FiveTuple {
+                    client: meta.addr,
+                    server: SocketAddr::new(server_ip, listener.local.port()),
+                    transport: Transport::Udp,
+                };
+                let route = ClientRoute::Udp {
+                    listener: listener.clone(),
+                    client: meta.addr,
+                    src_ip: src_ip_needed.then_some(server_ip),
+                };
+                for datagram in data.chunks(meta.stride.max(1)) {
+                    if count == BATCH {
+                        flush_replies(&listener, replies, &pending[..count]);
+                        count = 0;
+                    }
+                    let Some(out) = replies.get_mut(count) else { break };
+                    if let Some(len) = worker.handle_client(now, five_tuple, datagram, out, &route) {
+                        if let Some(p) = pending.get_mut(count) {
+                            *p = (len, meta.addr, src_ip_needed.then_some(server_ip));
+                            count += 1;
+                        }
+                    }
+                }
+            }
+            flush_replies(&listener, replies, pending.get(..count).unwrap_or_default());
+            drop(bufs);
+            worker.drain_events();
+            if n < BATCH {
+                break;
+            }
+        }
+    }
+}
+
+fn slot_iovs(slots: &mut [Box<[u8]>], offset: usize) -> [IoSliceMut<'_>; BATCH] {
+    let mut it = slots.iter_mut();
+    std::array::from_fn(|_| match it.next() {
+        Some(s) => IoSliceMut::new(s.get_mut(offset..).unwrap_or_default()),
+        None => IoSliceMut::new(&mut []),
+    })
+}
+
+fn flush_replies(listener: &Listener, replies: &[Box<[u8]>], pending: &[(usize, SocketAddr, Option<IpAddr>)]) {
+    if pending.is_empty() {
+        return;
+    }
+    let mut datagrams: [Option<OutDatagram<'_>>; BATCH] = [None; BATCH];
+    for ((slot, out), (len, dst, src_ip)) in datagrams.iter_mut().zip(replies).zip(pending) {
+        *slot = out.get(..*len).map(|data| OutDatagram {
+            data,
+            dst: *dst,
+            src_ip: *src_ip,
+        });
+    }
+    let mut packed = [OutDatagram {
+        data: &[],
+        dst: listener.local,
+        src_ip: None,
+    }; BATCH];
+    let mut k = 0;
+    for d in datagrams.into_iter().flatten() {
+        if let Some(p) = packed.get_mut(k) {
+            *p = d;
+            k += 1;
+        }
+    }
+    udp::try_send_all(&listener.socket, packed.get(..k).unwrap_or_default());
+}
+
+impl Worker {
+    /// Runs one client packet through the state machine and carries out the action. Returns the length of an
+    /// answer written into `out`.
+    pub(crate) fn handle_client(
+        self: &Rc<Self>,
+        now: Instant,
+        five_tuple: FiveTuple,
+        packet: &[u8],
+        out: &mut [u8],
+        route: &ClientRoute,
+    ) -> Option<usize> {
+        let action = self.server.borrow_mut().handle_client(now, five_tuple, packet, out);
+        match action {
+            ClientAction::Drop => None,
+            ClientAction::Reply(len) => Some(len),
+            ClientAction::Relay {
+                allocation,
+                peer,
+                payload,
+            } => {
+                let relays = self.relays.borrow();
+                let socket = relays
+                    .get(&allocation)
+                    .and_then(|e| e.sockets[Family::of(&peer) as usize].clone());
+                if let (Some(socket), Some(data)) = (socket, packet.get(payload)) {
+                    // One datagram to one peer: a plain send. WouldBlock drops it, as a router would.
+                    udp::try_send_all(
+                        &socket.socket,
+                        &[OutDatagram {
+                            data,
+                            dst: peer,
+                            src_ip: None,
+                        }],
+                    );
+                }
+                None
+            }
+            ClientAction::BindRelay(request) => {
+                let binding = self.bind_relay(&request);
+                let sockets = binding.as_ref().map(|(_, s)| s.clone());
+                let (id, reply) =
+                    self.server
+                        .borrow_mut()
+                        .handle_relay_bound(now, five_tuple, binding.map(|(b, _)| b), out);
+                if let (Some(id), Some(sockets)) = (id, sockets) {
+                    self.spawn_relays(id, sockets, route.clone());
+                    tracing::debug!(client = %five_tuple.client, transport = ?five_tuple.transport, "allocation created");
+                }
+                reply
+            }
+        }
+    }
+
+    pub(crate) fn has_allocation(&self, five_tuple: &FiveTuple) -> bool {
+        self.server.borrow().has_allocation(five_tuple)
+    }
+
+    /// Closes what the state machine released.
+    pub(crate) fn drain_events(&self) {
+        loop {
+            let event = self.server.borrow_mut().poll_event();
+            match event {
+                Some(Event::AllocationClosed(id)) => {
+                    self.relays.borrow_mut().remove(&id);
+                }
+                Some(Event::ReservationReleased(_)) => {}
+                None => break,
+            }
+        }
+    }
+
+    fn spawn_relays(self: &Rc<Self>, id: AllocationId, sockets: [Option<Rc<RelaySocket>>; 2], route: ClientRoute) {
+        let tasks = sockets
+            .iter()
+            .flatten()
+            .map(|s| spawn_local(relay_loop(self.clone(), id, s.clone(), route.clone())))
+            .collect();
+        self.relays.borrow_mut().insert(id, RelayEntry { sockets, tasks });
+    }
+
+    /// Binds relay sockets for an Allocate: a random port of the range (even, with port+1 held, for EVEN-PORT),
+    /// on the configured address or the one the client reached.
+    fn bind_relay(&self, request: &BindRequest) -> Option<(RelayBinding, [Option<Rc<RelaySocket>>; 2])> {
+        let relay = &self.shared.config.relay;
+        let mut binding = RelayBinding::default();
+        let mut sockets: [Option<Rc<RelaySocket>>; 2] = [None, None];
+        for family in [Family::V4, Family::V6] {
+            if !request.families[family as usize] {
+                continue;
+            }
+            let (bind_ip, external) = match family {
+                Family::V4 => (relay.bind_v4, relay.external_v4),
+                Family::V6 => (relay.bind_v6, relay.external_v6),
+            };
+            let client_side = request.five_tuple.server.ip();
+            let same_family = (family == Family::V4) == client_side.is_ipv4();
+            let Some(bind_ip) = bind_ip.or((same_family && !client_side.is_unspecified()).then_some(client_side))
+            else {
+                continue;
+            };
+            let std_socket = match request.reserved_relay {
+                Some(addr) => self.reserved.borrow_mut().remove(&addr).map(|(s, _)| s),
+                None => self.bind_in_range(bind_ip, request.even_port, request.reserve_next),
+            };
+            let Some(std_socket) = std_socket else { continue };
+            let Ok(local) = std_socket.local_addr() else { continue };
+            let Ok(state) = UdpSocketState::new((&std_socket).into()) else {
+                continue;
+            };
+            let Ok(socket) = UdpSocket::from_std(std_socket) else {
+                continue;
+            };
+            if let Err(e) = udp::configure_relay(&socket, request.dont_fragment) {
+                tracing::debug!(error = %e, "relay socket options");
+            }
+            let advertised = SocketAddr::new(external.unwrap_or(local.ip()), local.port());
+            binding.relays[family as usize] = Some(advertised);
+            sockets[family as usize] = Some(Rc::new(RelaySocket { socket, state }));
+            if request.reserve_next {
+                let next = SocketAddr::new(local.ip(), local.port().wrapping_add(1));
+                if self.reserved.borrow().contains_key(&next) {
+                    binding.reserved = Some(SocketAddr::new(advertised.ip(), next.port()));
+                }
+            }
+        }
+        sockets.iter().any(Option::is_some).then_some((binding, sockets))
+    }
+
+    fn bind_in_range(&self, ip: IpAddr, even: bool, reserve_next: bool) -> Option<std::net::UdpSocket> {
+        let ports = &self.shared.config.relay.ports;
+        let mut rng = self.rng.borrow_mut();
+        for _ in 0..64 {
+            let mut port = rng.gen_range(ports.clone());
+            if even {
+                port &= !1;
+                if !ports.contains(&port) || (reserve_next && !ports.contains(&(port.wrapping_add(1)))) {
+                    continue;
+                }
+            }
+            let Ok(socket) = udp::bind(SocketAddr::new(ip, port), false) else {
+                continue;
+            };
+            if reserve_next {
+                let next = SocketAddr::new(ip, port + 1);
+                let Ok(held) = udp::bind(next, false) else { continue };
+                self.reserved.borrow_mut().insert(next, (held, Instant::now()));
+            }
+            return Some(socket);
+        }
+        None
+    }
+}
+
+/// Peer → client for one relay socket. The future holds no buffer: an idle allocation costs a socket and a task.
+async fn relay_loop(worker: Rc<Worker>, id: AllocationId, relay: Rc<RelaySocket>, route: ClientRoute) {
+    loop {
+        if relay.socket.readable().await.is_err() {
+            return;
+        }
+        loop {
+            let mut bufs = worker.buffers.borrow_mut();
+            let Buffers {
+                slots, metas, ranges, ..
+            } = &mut *bufs;
+            let received = {
+                let mut iovs = slot_iovs(slots, turn::PEER_HEADROOM);
+                relay.socket.try_io(Interest::READABLE, || {
+                    relay.state.recv((&relay.socket).into(), &mut iovs, metas)
+                })
+            };
+            let n = match received {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(_) => break,
+            };
+            let now = Instant::now();
+            let mut count = 0;
+            {
+                let mut server = worker.server.borrow_mut();
+                for (slot, meta) in slots.iter_mut().zip(metas.iter()).take(n) {
+                    if meta.len > MAX_DATAGRAM {
+                        continue;
+                    }
+                    if let Some(fwd) = server.handle_peer(now, id, meta.addr, slot, meta.len) {
+                        if let Some(r) = ranges.get_mut(count) {
+                            *r = (fwd.range.start, fwd.range.end);
+                            count += 1;
+                        }
+                    }
+                }
+            }
+            let mut order = 0;
+            match &route {
+                ClientRoute::Udp {
+                    listener,
+                    client,
+                    src_ip,
+                } => {
+                    let mut out = [OutDatagram {
+                        data: &[],
+                        dst: *client,
+                        src_ip: *src_ip,
+                    }; BATCH];
+                    for (slot, (start, end)) in slots.iter().zip(ranges.iter()).take(count) {
+                        if let (Some(o), Some(data)) = (out.get_mut(order), slot.get(*start..*end)) {
+                            o.data = data;
+                            order += 1;
+                        }
+                    }
+                    udp::try_send_all(&listener.socket, out.get(..order).unwrap_or_default());
+                }
+                ClientRoute::Stream(sink) => {
+                    for (slot, (start, end)) in slots.iter().zip(ranges.iter()).take(count) {
+                        if let Some(data) = slot.get(*start..*end) {
+                            sink.push(data);
+                        }
+                    }
+                }
+            }
+            drop(bufs);
+            if n < BATCH {
+                break;
+            }
+        }
+    }
+}

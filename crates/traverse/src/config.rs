@@ -1,0 +1,295 @@
+//! The configuration file (`traverse.toml`), its command-line and environment overrides, and its validation.
+//! `traverse.example.toml` at the repository root documents every option.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use turn::policy::IpNet;
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub listen: Listen,
+    pub tls: Tls,
+    pub relay: Relay,
+    pub auth: Auth,
+    pub limits: Limits,
+    pub log: Log,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Listen {
+    pub udp: Vec<SocketAddr>,
+    pub tcp: Vec<SocketAddr>,
+    pub tls: Vec<SocketAddr>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Tls {
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Relay {
+    pub bind_v4: Option<IpAddr>,
+    pub bind_v6: Option<IpAddr>,
+    pub external_v4: Option<IpAddr>,
+    pub external_v6: Option<IpAddr>,
+    pub port_min: u16,
+    pub port_max: u16,
+    pub ipv6: bool,
+    pub allow_peers: Vec<String>,
+    pub deny_peers: Vec<String>,
+    pub bandwidth_per_allocation: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Auth {
+    pub realm: String,
+    pub secrets: Vec<String>,
+    pub users: Vec<String>,
+    pub nonce_lifetime: u64,
+    pub credential_ttl: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    pub workers: usize,
+    pub max_allocations: usize,
+    pub max_allocations_per_user: usize,
+    pub default_lifetime: u64,
+    pub max_lifetime: u64,
+    pub max_permissions_per_allocation: usize,
+    pub max_connections: usize,
+    pub idle_timeout: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Log {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, clap::ValueEnum, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: Listen::default(),
+            tls: Tls::default(),
+            relay: Relay::default(),
+            auth: Auth::default(),
+            limits: Limits::default(),
+            log: Log::default(),
+        }
+    }
+}
+
+impl Default for Listen {
+    fn default() -> Self {
+        let both = |port: u16| {
+            vec![
+                SocketAddr::from(([0, 0, 0, 0], port)),
+                SocketAddr::from(([0u16; 8], port)),
+            ]
+        };
+        Self {
+            udp: both(3478),
+            tcp: both(3478),
+            tls: both(5349),
+        }
+    }
+}
+
+impl Default for Relay {
+    fn default() -> Self {
+        Self {
+            bind_v4: None,
+            bind_v6: None,
+            external_v4: None,
+            external_v6: None,
+            port_min: 49152,
+            port_max: 65535,
+            ipv6: true,
+            allow_peers: Vec::new(),
+            deny_peers: Vec::new(),
+            bandwidth_per_allocation: 0,
+        }
+    }
+}
+
+impl Default for Auth {
+    fn default() -> Self {
+        Self {
+            realm: "traverse".into(),
+            secrets: Vec::new(),
+            users: Vec::new(),
+            nonce_lifetime: 600,
+            credential_ttl: 86_400,
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            workers: 0,
+            max_allocations: 10_000,
+            max_allocations_per_user: 0,
+            default_lifetime: 600,
+            max_lifetime: 3600,
+            max_permissions_per_allocation: 256,
+            max_connections: 10_000,
+            idle_timeout: 30,
+        }
+    }
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+/// A config error, with the line when the file is at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{key}: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+impl Config {
+    pub fn load(path: &PathBuf) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|message| ConfigError::Parse {
+            path: path.clone(),
+            message,
+        })
+    }
+
+    /// Parses TOML; the error names line and column.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e: toml::de::Error| {
+            let location = e.span().map(|span| {
+                let before = text.get(..span.start).unwrap_or_default();
+                let line = before.matches('\n').count() + 1;
+                let column = span.start - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+                format!("line {line}, column {column}: ")
+            });
+            format!("{}{}", location.unwrap_or_default(), e.message())
+        })
+    }
+
+    /// Checks what TOML types cannot: ranges, address blocks, user entries. Returns every problem.
+    pub fn validate(&self) -> Vec<ConfigError> {
+        let mut errors = Vec::new();
+        let mut bad = |key, message: String| errors.push(ConfigError::Invalid { key, message });
+        if self.relay.port_min > self.relay.port_max || self.relay.port_min == 0 {
+            bad(
+                "relay.port_min/port_max",
+                format!("{}-{} is not a port range", self.relay.port_min, self.relay.port_max),
+            );
+        }
+        for (key, list) in [
+            ("relay.allow_peers", &self.relay.allow_peers),
+            ("relay.deny_peers", &self.relay.deny_peers),
+        ] {
+            for entry in list {
+                if let Err(e) = entry.parse::<IpNet>() {
+                    bad(key, e.to_string());
+                }
+            }
+        }
+        for user in &self.auth.users {
+            if !user.contains(':') || user.starts_with(':') {
+                bad("auth.users", format!("{user:?} is not \"name:password\""));
+            }
+        }
+        if self.auth.realm.is_empty() {
+            bad("auth.realm", "must not be empty".into());
+        }
+        if self.limits.default_lifetime == 0 || self.limits.default_lifetime > self.limits.max_lifetime {
+            bad(
+                "limits.default_lifetime",
+                "must be between 1 and limits.max_lifetime".into(),
+            );
+        }
+        if self.listen.udp.is_empty() && self.listen.tcp.is_empty() && self.listen.tls.is_empty() {
+            bad("listen", "no listener configured".into());
+        }
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
+            bad("tls", "cert and key go together".into());
+        }
+        if self.limits.max_allocations == 0 {
+            bad("limits.max_allocations", "must be at least 1".into());
+        }
+        errors
+    }
+
+    pub fn users(&self) -> Vec<(String, String)> {
+        self.auth
+            .users
+            .iter()
+            .filter_map(|u| u.split_once(':'))
+            .map(|(n, p)| (n.to_owned(), p.to_owned()))
+            .collect()
+    }
+
+    pub fn peer_blocks(list: &[String]) -> Vec<IpNet> {
+        list.iter().filter_map(|s| s.parse().ok()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_config_parses_and_validates() {
+        let text = include_str!("../../../traverse.example.toml");
+        let config = Config::parse(text).unwrap();
+        assert!(config.validate().is_empty(), "{:?}", config.validate());
+    }
+
+    #[test]
+    fn errors_name_the_line() {
+        let err = Config::parse("[relay]\nport_min = 1\nport_max = \"x\"\n").unwrap_err();
+        assert!(err.starts_with("line 3"), "{err}");
+        let err = Config::parse("[relay]\nnonsense = 1\n").unwrap_err();
+        assert!(err.contains("line 2") && err.contains("unknown field"), "{err}");
+    }
+
+    #[test]
+    fn validation_finds_semantic_errors() {
+        let config = Config::parse(
+            "[relay]\nport_min = 9000\nport_max = 8000\nallow_peers = [\"10.0.0.0/99\"]\n[auth]\nusers = [\"nopassword\"]\n",
+        )
+        .unwrap();
+        let errors = config.validate();
+        assert_eq!(errors.len(), 3, "{errors:?}");
+    }
+}
