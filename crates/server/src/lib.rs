@@ -67,7 +67,7 @@ impl Default for RelayConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("cannot listen on {proto} {addr}: {source}")]
+    #[error("cannot listen on {proto} {addr}")]
     Bind {
         proto: &'static str,
         addr: SocketAddr,
@@ -109,6 +109,7 @@ pub fn start(config: ServerConfig) -> Result<Running, StartError> {
     let mut per_worker: Vec<worker::Sockets> = (0..workers).map(|_| worker::Sockets::default()).collect();
     let mut bound = (Vec::new(), Vec::new(), Vec::new());
     for addr in &config.udp {
+        ensure_free(*addr, "UDP")?;
         let mut actual = *addr;
         for sockets in per_worker.iter_mut() {
             let s = udp::bind(actual, true).map_err(|source| StartError::Bind {
@@ -127,6 +128,7 @@ pub fn start(config: ServerConfig) -> Result<Running, StartError> {
     }
     for (list, proto, out) in [(&config.tcp, "TCP", &mut bound.1), (&config.tls, "TLS", &mut bound.2)] {
         for addr in list {
+            ensure_free(*addr, proto)?;
             let mut actual = *addr;
             for sockets in per_worker.iter_mut() {
                 let l = stream::bind(actual).map_err(|source| StartError::Bind {
@@ -154,6 +156,8 @@ pub fn start(config: ServerConfig) -> Result<Running, StartError> {
         config,
         tls: tls_config,
         connections: Arc::new(tokio::sync::Semaphore::new(0)),
+        reservations: Arc::new(turn::Reservations::default()),
+        reserved_sockets: std::sync::Mutex::new(std::collections::HashMap::new()),
     });
     shared.connections.add_permits(shared.config.max_stream_connections);
     let mut threads = Vec::new();
@@ -175,4 +179,26 @@ pub fn start(config: ServerConfig) -> Result<Running, StartError> {
         shutdown,
         threads,
     })
+}
+
+/// SO_REUSEPORT would let a second Traverse (or anything else with the option) share our ports silently and steal
+/// half the clients; a probe bind without it fails on a taken port, as users expect.
+fn ensure_free(addr: SocketAddr, proto: &'static str) -> Result<(), StartError> {
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    let probe = || -> std::io::Result<()> {
+        use socket2::{Domain, Protocol, Socket, Type};
+        let (ty, protocol) = if proto == "UDP" {
+            (Type::DGRAM, Protocol::UDP)
+        } else {
+            (Type::STREAM, Protocol::TCP)
+        };
+        let socket = Socket::new(Domain::for_address(addr), ty, Some(protocol))?;
+        if addr.is_ipv6() {
+            socket.set_only_v6(true)?;
+        }
+        socket.bind(&addr.into())
+    };
+    probe().map_err(|source| StartError::Bind { proto, addr, source })
 }

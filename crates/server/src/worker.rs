@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::io::IoSliceMut;
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use quinn_udp::{RecvMeta, UdpSocketState};
@@ -37,6 +37,16 @@ pub(crate) struct SharedConfig {
     pub config: ServerConfig,
     pub tls: Arc<rustls::ServerConfig>,
     pub connections: Arc<Semaphore>,
+    /// EVEN-PORT reservations: the token may be redeemed from another 5-tuple, hence another worker.
+    pub reservations: Arc<turn::Reservations>,
+    /// The sockets held for those reservations, by address, with the time they were reserved.
+    pub reserved_sockets: Mutex<HashMap<SocketAddr, (std::net::UdpSocket, Instant)>>,
+}
+
+impl SharedConfig {
+    fn reserved(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, (std::net::UdpSocket, Instant)>> {
+        self.reserved_sockets.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// The listeners a worker owns (its share of the SO_REUSEPORT group).
@@ -95,8 +105,6 @@ pub(crate) struct Worker {
     pub shared: Arc<SharedConfig>,
     pub server: RefCell<turn::Server>,
     relays: RefCell<HashMap<AllocationId, RelayEntry>>,
-    /// Sockets held for EVEN-PORT reservations, by address, with the time they were reserved.
-    reserved: RefCell<HashMap<SocketAddr, (std::net::UdpSocket, Instant)>>,
     buffers: RefCell<Buffers>,
     pub scratch: RefCell<Box<[u8]>>,
     rng: RefCell<rand::rngs::StdRng>,
@@ -130,12 +138,12 @@ pub(crate) fn run(
             cfg.quotas.clone(),
             rand::rngs::StdRng::from_entropy(),
             (now, unix),
-        );
+        )
+        .with_shared_reservations(shared.reservations.clone());
         let worker = Rc::new(Worker {
             shared: shared.clone(),
             server: RefCell::new(server),
             relays: RefCell::new(HashMap::new()),
-            reserved: RefCell::new(HashMap::new()),
             buffers: RefCell::new(Buffers {
                 slots: (0..BATCH).map(|_| vec![0u8; RELAY_SLOT].into_boxed_slice()).collect(),
                 metas: [RecvMeta::default(); BATCH],
@@ -191,8 +199,8 @@ async fn timer(worker: Rc<Worker>, certs: Arc<CertStore>, watch_certs: bool) {
         worker.drain_events();
         let lifetime = worker.shared.config.turn.reservation_lifetime;
         worker
-            .reserved
-            .borrow_mut()
+            .shared
+            .reserved()
             .retain(|_, (_, at)| now.saturating_duration_since(*at) < lifetime);
         if watch_certs && n % 5 == 0 {
             match certs.reload_if_changed() {
@@ -408,7 +416,7 @@ impl Worker {
                 continue;
             };
             let std_socket = match request.reserved_relay {
-                Some(addr) => self.reserved.borrow_mut().remove(&addr).map(|(s, _)| s),
+                Some(addr) => self.shared.reserved().remove(&addr).map(|(s, _)| s),
                 None => self.bind_in_range(bind_ip, request.even_port, request.reserve_next),
             };
             let Some(std_socket) = std_socket else { continue };
@@ -427,7 +435,7 @@ impl Worker {
             sockets[family as usize] = Some(Rc::new(RelaySocket { socket, state }));
             if request.reserve_next {
                 let next = SocketAddr::new(local.ip(), local.port().wrapping_add(1));
-                if self.reserved.borrow().contains_key(&next) {
+                if self.shared.reserved().contains_key(&next) {
                     binding.reserved = Some(SocketAddr::new(advertised.ip(), next.port()));
                 }
             }
@@ -452,7 +460,7 @@ impl Worker {
             if reserve_next {
                 let next = SocketAddr::new(ip, port + 1);
                 let Ok(held) = udp::bind(next, false) else { continue };
-                self.reserved.borrow_mut().insert(next, (held, Instant::now()));
+                self.shared.reserved().insert(next, (held, Instant::now()));
             }
             return Some(socket);
         }

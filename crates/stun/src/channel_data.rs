@@ -3,13 +3,17 @@ use crate::error::DecodeError;
 /// RFC 8656 §12.4: channel number and length, 2 bytes each.
 pub const CHANNEL_DATA_HEADER_LEN: usize = 4;
 
-/// A channel number in the range RFC 8656 §12 allows, 0x4000 through 0x4FFF.
+/// A channel number: 0x4000 through 0x7FFF.
+///
+/// RFC 8656 §12 narrowed the range to 0x4000-0x4FFF, but RFC 5766 clients (coturn's own `turnutils_uclient`
+/// among them) still pick numbers up to 0x7FFF, and the first two bits (01) are what tell ChannelData from STUN, so
+/// the whole RFC 5766 range is accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ChannelNumber(u16);
 
 impl ChannelNumber {
     pub const MIN: u16 = 0x4000;
-    pub const MAX: u16 = 0x4fff;
+    pub const MAX: u16 = 0x7fff;
 
     pub fn new(n: u16) -> Option<Self> {
         (Self::MIN..=Self::MAX).contains(&n).then_some(Self(n))
@@ -63,8 +67,8 @@ mod tests {
         assert_eq!(cd.channel.get(), 0x4001);
         assert_eq!(cd.payload, &[1, 2, 3]);
         assert_eq!(
-            ChannelData::parse(&[0x50, 0x00, 0, 0]).unwrap_err(),
-            DecodeError::InvalidChannelNumber(0x5000)
+            ChannelData::parse(&[0x80, 0x00, 0, 0]).unwrap_err(),
+            DecodeError::InvalidChannelNumber(0x8000)
         );
         assert!(matches!(
             ChannelData::parse(&[0x40, 0x00, 0, 9, 1]),

@@ -19,7 +19,7 @@ pub enum DecodeError {
     FingerprintNotLast,
     #[error("FINGERPRINT does not match")]
     FingerprintMismatch,
-    #[error("ChannelData channel number {0:#06x} is outside 0x4000-0x4FFF")]
+    #[error("ChannelData channel number {0:#06x} is outside 0x4000-0x7FFF")]
     InvalidChannelNumber(u16),
     #[error("ChannelData length {declared} exceeds the {available} bytes available")]
     ChannelDataOverrun { declared: usize, available: usize },

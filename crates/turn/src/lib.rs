@@ -14,6 +14,6 @@ mod server;
 pub use auth::{rest_password, Authenticator, Secret};
 pub use config::{Config, QuotaExceeded, Quotas};
 pub use server::{
-    AllocationId, BindRequest, ClientAction, Event, Family, FiveTuple, PeerForward, RelayBinding, Server, Stats,
-    Transport, PEER_HEADROOM, PEER_TAILROOM,
+    AllocationId, BindRequest, ClientAction, Event, Family, FiveTuple, PeerForward, RelayBinding, Reservations, Server,
+    Stats, Transport, PEER_HEADROOM, PEER_TAILROOM,
 };

@@ -209,6 +209,48 @@ struct Reservation {
     expires: Instant,
 }
 
+/// RESERVATION-TOKEN → reserved relay address. Shared by workers; touched only by Allocate and expiry.
+#[derive(Default)]
+pub struct Reservations {
+    tokens: std::sync::Mutex<HashMap<[u8; 8], Reservation>>,
+}
+
+impl std::fmt::Debug for Reservations {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Reservations(..)")
+    }
+}
+
+impl Reservations {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 8], Reservation>> {
+        self.tokens.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn insert(&self, token: [u8; 8], r: Reservation) {
+        self.lock().insert(token, r);
+    }
+
+    fn take(&self, token: &[u8; 8]) -> Option<Reservation> {
+        self.lock().remove(token)
+    }
+
+    fn next_expiry(&self) -> Option<Instant> {
+        self.lock().values().map(|r| r.expires).min()
+    }
+
+    fn expire(&self, now: Instant) -> Vec<[u8; 8]> {
+        let mut expired = Vec::new();
+        self.lock().retain(|token, r| {
+            let keep = r.expires > now;
+            if !keep {
+                expired.push(*token);
+            }
+            keep
+        });
+        expired
+    }
+}
+
 /// The key and algorithm a request authenticated with, to sign its response the same way.
 #[derive(Clone)]
 struct ResponseAuth {
@@ -252,7 +294,7 @@ pub struct Server<R = rand::rngs::StdRng> {
     by_five_tuple: FastMap<FiveTuple, AllocationId>,
     channel_routes: FastMap<(FiveTuple, ChannelNumber), ChannelRoute>,
     pending: FastMap<FiveTuple, Pending>,
-    reservations: FastMap<[u8; 8], Reservation>,
+    reservations: Arc<Reservations>,
     responses: ResponseCache,
     events: VecDeque<Event>,
     stats: Stats,
@@ -411,7 +453,7 @@ impl<R: RngCore> Server<R> {
             by_five_tuple: FastMap::default(),
             channel_routes: FastMap::default(),
             pending: FastMap::default(),
-            reservations: FastMap::default(),
+            reservations: Arc::new(Reservations::default()),
             responses: ResponseCache {
                 entries: FastMap::default(),
                 order: VecDeque::new(),
@@ -420,6 +462,13 @@ impl<R: RngCore> Server<R> {
             events: VecDeque::new(),
             stats: Stats::default(),
         }
+    }
+
+    /// Shares EVEN-PORT reservations with other workers: the Allocate that redeems a token may arrive on another
+    /// 5-tuple, hence on another worker.
+    pub fn with_shared_reservations(mut self, reservations: Arc<Reservations>) -> Self {
+        self.reservations = reservations;
+        self
     }
 
     pub fn stats(&self) -> Stats {
@@ -442,8 +491,7 @@ impl<R: RngCore> Server<R> {
     /// When [`Server::handle_timeout`] next has work; callers may also just call it once a second.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let allocations = self.slots.iter().flatten().map(|a| a.expires);
-        let reservations = self.reservations.values().map(|r| r.expires);
-        allocations.chain(reservations).min()
+        allocations.chain(self.reservations.next_expiry()).min()
     }
 
     /// A packet from a client. `out` receives any answer; it should hold at least 1280 bytes.
@@ -675,14 +723,9 @@ impl<R: RngCore> Server<R> {
                 keep
             });
         }
-        let events = &mut self.events;
-        self.reservations.retain(|token, r| {
-            let keep = r.expires > now;
-            if !keep {
-                events.push_back(Event::ReservationReleased(*token));
-            }
-            keep
-        });
+        for token in self.reservations.expire(now) {
+            self.events.push_back(Event::ReservationReleased(token));
+        }
         self.responses.expire(now);
     }
 
@@ -1009,7 +1052,7 @@ impl<R: RngCore> Server<R> {
         let mut reservation = None;
         let mut reserved_relay = None;
         if let Some(token) = req.reservation_token {
-            match self.reservations.remove(&token) {
+            match self.reservations.take(&token) {
                 Some(r) if r.expires > now => {
                     requested = [false; 2];
                     requested[Family::of(&r.relay) as usize] = true;
