@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The one test command: installs the real peers the tests use (when run as root on Debian), then runs everything:
+# unit, property, differential and simulated-time tests, interop tests against coturn's clients and aioice, and a
+# bounded fuzz run of the STUN decoder.
+#
+#   scripts/test.sh            # everything
+#   FUZZ_SECONDS=0 scripts/test.sh   # skip the fuzz run
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  missing=()
+  command -v turnutils_uclient >/dev/null 2>&1 || missing+=(coturn)
+  command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+  command -v nft >/dev/null 2>&1 || missing+=(nftables)
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "test.sh: installing ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+  python3 -c 'import aioice' 2>/dev/null || python3 -m pip install -q aioice
+  # The tests must not silently skip what CI can install.
+  export TRAVERSE_REQUIRE_PEERS="${TRAVERSE_REQUIRE_PEERS:-1}"
+fi
+
+# Many relay sockets and client sockets at once in the interop tests.
+ulimit -n 65536 2>/dev/null || true
+
+cargo test --workspace --all-targets
+
+if [ "${FUZZ_SECONDS:-60}" != 0 ] && [ -x scripts/fuzz.sh ]; then
+  scripts/fuzz.sh "${FUZZ_SECONDS:-60}"
+fi
