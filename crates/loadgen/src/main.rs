@@ -1,0 +1,261 @@
+//! A TURN relay load generator, used by `bench/relay.sh` to drive Traverse and coturn with the same load.
+//!
+//! It opens N allocations over UDP (long-term credentials, one ChannelBind each to the echo peer), then sends
+//! ChannelData round-robin over all of them at a fixed total rate for a fixed time, and counts the echoes that come
+//! back through the relay. Every run is bounded in time and packet count. Output is one JSON object.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use rand::RngCore;
+use stun::{Attribute, ChannelData, ChannelNumber, Class, Message, MessageWriter, Method, TransactionId};
+use tokio::net::UdpSocket;
+
+#[derive(Parser, Debug)]
+#[command(about = "TURN relay load generator (bounded in time and count)")]
+struct Args {
+    /// TURN server address.
+    #[arg(long)]
+    server: SocketAddr,
+    /// Echo peer address (as the relay sees it).
+    #[arg(long)]
+    peer: SocketAddr,
+    #[arg(long)]
+    user: String,
+    #[arg(long)]
+    password: String,
+    /// Allocations to open.
+    #[arg(long, default_value_t = 100)]
+    allocations: usize,
+    /// Total ChannelData packets per second over all allocations; 0 only opens the allocations.
+    #[arg(long, default_value_t = 10_000)]
+    rate: u64,
+    /// Seconds of traffic (at most 300).
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    /// Payload bytes per packet.
+    #[arg(long, default_value_t = 100)]
+    size: usize,
+    /// After opening the allocations, print a READY line and keep them (refreshing nothing) for this many seconds.
+    #[arg(long, default_value_t = 0)]
+    hold: u64,
+}
+
+struct Client {
+    socket: UdpSocket,
+    channel: ChannelNumber,
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if args.duration > 300 || args.hold > 600 {
+        bail!("--duration is capped at 300 s and --hold at 600 s");
+    }
+    if args.size < 8 || args.size > 1400 {
+        bail!("--size must be 8..=1400");
+    }
+    let setup_start = Instant::now();
+    let channel = ChannelNumber::new(0x4000).context("channel")?;
+    let mut clients = Vec::with_capacity(args.allocations);
+    for i in 0..args.allocations {
+        let client = open(&args, channel).await.with_context(|| format!("allocation {i}"))?;
+        clients.push(client);
+    }
+    let setup_secs = setup_start.elapsed().as_secs_f64();
+    if args.hold > 0 {
+        println!("READY {} allocations in {setup_secs:.2} s", clients.len());
+        tokio::time::sleep(Duration::from_secs(args.hold)).await;
+    }
+    if args.rate == 0 {
+        println!("{}", serde_json::json!({ "allocations": clients.len(), "setup_secs": setup_secs }));
+        return Ok(());
+    }
+
+    let clients: Arc<Vec<Client>> = Arc::new(clients);
+    let received = Arc::new(AtomicU64::new(0));
+    let rtt_sum_us = Arc::new(AtomicU64::new(0));
+    let rtt_max_us = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut receivers = Vec::new();
+    for index in 0..clients.len() {
+        let (clients, received, rtt_sum_us, rtt_max_us) =
+            (clients.clone(), received.clone(), rtt_sum_us.clone(), rtt_max_us.clone());
+        receivers.push(tokio::spawn(async move {
+            let Some(client) = clients.get(index) else { return };
+            let mut buf = vec![0u8; 2048];
+            while let Ok(n) = client.socket.recv(&mut buf).await {
+                let Some(packet) = buf.get(..n) else { continue };
+                let Ok(data) = ChannelData::parse(packet) else { continue };
+                let Some(stamp) = data.payload.get(..8).and_then(|b| <[u8; 8]>::try_from(b).ok()) else { continue };
+                let sent_us = u64::from_be_bytes(stamp);
+                let now_us = start.elapsed().as_micros() as u64;
+                let rtt = now_us.saturating_sub(sent_us);
+                received.fetch_add(1, Ordering::Relaxed);
+                rtt_sum_us.fetch_add(rtt, Ordering::Relaxed);
+                rtt_max_us.fetch_max(rtt, Ordering::Relaxed);
+            }
+        }));
+    }
+
+    // Paced sender: every millisecond, the packets due by then, round-robin over the allocations.
+    let total = args.rate * args.duration;
+    let mut packet = vec![0u8; 4 + args.size];
+    let mut sent: u64 = 0;
+    let mut send_errors: u64 = 0;
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut next = 0usize;
+    while sent < total {
+        tick.tick().await;
+        let due = ((start.elapsed().as_secs_f64() * args.rate as f64) as u64).min(total);
+        while sent < due {
+            let Some(client) = clients.get(next) else { break };
+            next = (next + 1) % clients.len();
+            let stamp = (start.elapsed().as_micros() as u64).to_be_bytes();
+            let header: &mut [u8; 4] = packet.get_mut(..4).and_then(|h| h.try_into().ok()).context("header")?;
+            ChannelData::write_header(header, client.channel, args.size as u16);
+            if let Some(slot) = packet.get_mut(4..12) {
+                slot.copy_from_slice(&stamp);
+            }
+            if client.socket.try_send(&packet).is_err() {
+                send_errors += 1;
+            }
+            sent += 1;
+        }
+    }
+    let send_secs = start.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for r in &receivers {
+        r.abort();
+    }
+    let received = received.load(Ordering::Relaxed);
+    let rtt_avg_us = rtt_sum_us.load(Ordering::Relaxed).checked_div(received).unwrap_or(0);
+    let loss = if sent == 0 { 0.0 } else { 100.0 * (sent.saturating_sub(received)) as f64 / sent as f64 };
+    println!(
+        "{}",
+        serde_json::json!({
+            "allocations": clients.len(),
+            "setup_secs": setup_secs,
+            "size": args.size,
+            "sent": sent,
+            "send_errors": send_errors,
+            "received": received,
+            "loss_pct": loss,
+            "send_secs": send_secs,
+            "sent_pps": sent as f64 / send_secs,
+            "received_pps": received as f64 / send_secs,
+            "rtt_avg_us": rtt_avg_us,
+            "rtt_max_us": rtt_max_us.load(Ordering::Relaxed),
+        })
+    );
+    Ok(())
+}
+
+/// Allocate (401 → authenticated), then ChannelBind to the peer. Retries a lost request a few times.
+async fn open(args: &Args, channel: ChannelNumber) -> anyhow::Result<Client> {
+    let bind_addr: SocketAddr = if args.server.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse()?;
+    let socket = UdpSocket::bind(bind_addr).await?;
+    socket.connect(args.server).await?;
+    let mut buf = vec![0u8; 1500];
+
+    let challenge = request(&socket, &mut buf, Method::ALLOCATE, |w| {
+        w.add(&Attribute::RequestedTransport(17))?;
+        Ok(())
+    }, None)
+    .await?;
+    let (realm, nonce) = {
+        let msg = Message::parse(&challenge)?;
+        let realm = match msg.decode(stun::attr::REALM) {
+            Some(Ok(Attribute::Realm(r))) => r.to_owned(),
+            _ => bail!("no REALM in the 401"),
+        };
+        let nonce = match msg.decode(stun::attr::NONCE) {
+            Some(Ok(Attribute::Nonce(n))) => n.to_owned(),
+            _ => bail!("no NONCE in the 401"),
+        };
+        (realm, nonce)
+    };
+    let key = stun::long_term_key_md5(&args.user, &realm, &args.password);
+    let auth = Auth { user: &args.user, realm: &realm, nonce: &nonce, key: &key };
+    let answer = request(&socket, &mut buf, Method::ALLOCATE, |w| {
+        w.add(&Attribute::RequestedTransport(17))?;
+        Ok(())
+    }, Some(&auth))
+    .await?;
+    expect_success(&answer, "Allocate")?;
+    let peer = args.peer;
+    let answer = request(&socket, &mut buf, Method::CHANNEL_BIND, |w| {
+        w.add(&Attribute::ChannelNumber(channel.get()))?;
+        w.add(&Attribute::XorPeerAddress(peer))?;
+        Ok(())
+    }, Some(&auth))
+    .await?;
+    expect_success(&answer, "ChannelBind")?;
+    Ok(Client { socket, channel })
+}
+
+struct Auth<'a> {
+    user: &'a str,
+    realm: &'a str,
+    nonce: &'a str,
+    key: &'a stun::IntegrityKey,
+}
+
+fn expect_success(answer: &[u8], what: &str) -> anyhow::Result<()> {
+    let msg = Message::parse(answer)?;
+    if msg.class() == Class::Success {
+        return Ok(());
+    }
+    let code = match msg.decode(stun::attr::ERROR_CODE) {
+        Some(Ok(Attribute::ErrorCode(e))) => format!("{} {}", e.code, e.reason),
+        _ => "no ERROR-CODE".into(),
+    };
+    bail!("{what} failed: {code}")
+}
+
+async fn request(
+    socket: &UdpSocket,
+    buf: &mut [u8],
+    method: Method,
+    body: impl Fn(&mut MessageWriter<'_>) -> Result<(), stun::EncodeError>,
+    auth: Option<&Auth<'_>>,
+) -> anyhow::Result<Vec<u8>> {
+    let mut id = [0u8; 12];
+    rand::thread_rng().fill_bytes(&mut id);
+    let tid = TransactionId::new(id);
+    let mut out = [0u8; 512];
+    let mut w = MessageWriter::new(&mut out, method, Class::Request, tid)?;
+    body(&mut w)?;
+    if let Some(a) = auth {
+        w.add(&Attribute::Username(a.user))?;
+        w.add(&Attribute::Realm(a.realm))?;
+        w.add(&Attribute::Nonce(a.nonce))?;
+        w.message_integrity(a.key)?;
+    }
+    w.fingerprint()?;
+    let len = w.finish();
+    let request = out.get(..len).context("encode")?;
+    for _ in 0..5 {
+        socket.send(request).await?;
+        let deadline = tokio::time::sleep(Duration::from_millis(500));
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                r = socket.recv(buf) => {
+                    let n = r?;
+                    let Some(answer) = buf.get(..n) else { continue };
+                    if Message::parse(answer).is_ok_and(|m| m.transaction_id() == tid) {
+                        return Ok(answer.to_vec());
+                    }
+                }
+                _ = &mut deadline => break,
+            }
+        }
+    }
+    bail!("no answer from {}", socket.peer_addr()?)
+}
