@@ -9,7 +9,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
-use tokio::net::UdpSocket;
 
 /// How many datagrams one system call moves at most.
 pub const BATCH: usize = 32;
@@ -42,7 +41,7 @@ pub fn bind(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::UdpSocke
 
 /// Configures a relay socket after quinn-udp's setup: no GRO (each datagram needs its own headroom), and
 /// fragmentation allowed unless the client asked for DONT-FRAGMENT (quinn-udp forbids it for QUIC's sake).
-pub fn configure_relay(socket: &UdpSocket, dont_fragment: bool) -> io::Result<()> {
+pub fn configure_relay(socket: &std::net::UdpSocket, dont_fragment: bool) -> io::Result<()> {
     set_int(socket, libc::SOL_UDP, libc::UDP_GRO, 0)?;
     let (level, name, value) = match socket.local_addr()? {
         SocketAddr::V4(_) => (
@@ -67,7 +66,7 @@ pub fn configure_relay(socket: &UdpSocket, dont_fragment: bool) -> io::Result<()
     set_int(socket, level, name, value)
 }
 
-fn set_int(socket: &UdpSocket, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> io::Result<()> {
+fn set_int(socket: &std::net::UdpSocket, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> io::Result<()> {
     // SAFETY: `value` lives across the call and its size is passed; the fd is owned by `socket`.
     let rc = unsafe {
         libc::setsockopt(
@@ -85,27 +84,31 @@ fn set_int(socket: &UdpSocket, level: libc::c_int, name: libc::c_int, value: lib
     }
 }
 
-/// Sends the datagrams, `BATCH` per system call, without waiting: when the socket buffer is full the rest are
-/// dropped, as a router would, rather than stalling every other allocation of the worker. A datagram the kernel
-/// refuses (unreachable destination, too big) is skipped. Returns how many were sent.
-pub fn try_send_all(socket: &UdpSocket, datagrams: &[OutDatagram<'_>]) -> usize {
-    let mut sent = 0;
-    let mut at = 0;
-    while let Some(chunk) = datagrams
-        .get(at..(at + BATCH).min(datagrams.len()))
-        .filter(|c| !c.is_empty())
-    {
-        // The fd is non-blocking; tokio's write readiness is not consulted because a socket fresh from `bind` has
-        // none recorded yet, and a send is worth trying anyway.
-        match sendmmsg(socket, chunk) {
-            Ok(n) => {
-                sent += n;
-                at += n.max(1);
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-            Err(_) => at += 1,
+/// Sends the datagrams, `BATCH` per system call (a lone datagram with plain `sendto`), without waiting: when the
+/// socket buffer is full the rest are dropped, as a router would, rather than stalling every other allocation of
+/// the worker. A datagram the kernel refuses (unreachable destination, too big) is skipped. Returns how many were
+/// sent. The socket is non-blocking; no readiness is consulted, since a send is worth trying anyway.
+pub fn try_send_all(socket: &std::net::UdpSocket, datagrams: &[OutDatagram<'_>]) -> usize {
+    if let [one] = datagrams {
+        if one.src_ip.is_none() {
+            return usize::from(socket2::SockRef::from(socket).send_to(one.data, &one.dst.into()).is_ok());
         }
     }
+    let mut sent = 0;
+    let mut at = 0;
+    SCRATCH.with(|scratch| {
+        let mut scratch = scratch.borrow_mut();
+        while let Some(chunk) = datagrams.get(at..(at + BATCH).min(datagrams.len())).filter(|c| !c.is_empty()) {
+            match sendmmsg(socket, chunk, &mut scratch) {
+                Ok(n) => {
+                    sent += n;
+                    at += n.max(1);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) => at += 1,
+            }
+        }
+    });
     sent
 }
 
@@ -115,29 +118,49 @@ const CMSG_SPACE: usize = 64;
 #[repr(C, align(8))]
 struct Cmsg([u8; CMSG_SPACE]);
 
-fn sendmmsg(socket: &UdpSocket, datagrams: &[OutDatagram<'_>]) -> io::Result<usize> {
+/// The `sendmmsg` arrays, kept per thread so a send does not zero 9 KiB of headers each time.
+struct Scratch {
+    headers: [libc::mmsghdr; BATCH],
+    iovecs: [libc::iovec; BATCH],
+    controls: [Cmsg; BATCH],
+    addrs: [libc::sockaddr_in6; BATCH],
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Box<Scratch>> = std::cell::RefCell::new(Box::new(Scratch {
+        // SAFETY: all-zero is a valid value for these plain C structs.
+        headers: unsafe { zeroed() },
+        iovecs: unsafe { zeroed() },
+        controls: std::array::from_fn(|_| Cmsg([0; CMSG_SPACE])),
+        addrs: unsafe { zeroed() },
+    }));
+}
+
+fn sendmmsg(socket: &std::net::UdpSocket, datagrams: &[OutDatagram<'_>], scratch: &mut Scratch) -> io::Result<usize> {
     let n = datagrams.len().min(BATCH);
-    // SAFETY: all-zero is a valid value for these plain C structs.
-    let mut headers: [libc::mmsghdr; BATCH] = unsafe { zeroed() };
-    let mut iovecs: [libc::iovec; BATCH] = unsafe { zeroed() };
-    let mut controls: [Cmsg; BATCH] = std::array::from_fn(|_| Cmsg([0; CMSG_SPACE]));
-    let addrs: [Option<SockAddr>; BATCH] = std::array::from_fn(|i| datagrams.get(i).map(|d| SockAddr::from(d.dst)));
-    for (i, d) in datagrams.iter().take(n).enumerate() {
-        let (Some(h), Some(iov), Some(ctrl), Some(Some(addr))) =
-            (headers.get_mut(i), iovecs.get_mut(i), controls.get_mut(i), addrs.get(i))
-        else {
-            break;
-        };
+    let Scratch { headers, iovecs, controls, addrs } = scratch;
+    for ((((d, h), iov), ctrl), addr) in
+        datagrams.iter().zip(headers.iter_mut()).zip(iovecs.iter_mut()).zip(controls.iter_mut()).zip(addrs.iter_mut())
+    {
+        let sockaddr = SockAddr::from(d.dst);
+        let len = (sockaddr.len() as usize).min(size_of::<libc::sockaddr_in6>());
+        // SAFETY: copies `len` bytes of a valid sockaddr into a sockaddr_in6-sized slot (the larger family).
+        unsafe {
+            std::ptr::copy_nonoverlapping(sockaddr.as_ptr().cast::<u8>(), (addr as *mut libc::sockaddr_in6).cast::<u8>(), len);
+        }
         iov.iov_base = d.data.as_ptr() as *mut libc::c_void;
         iov.iov_len = d.data.len();
-        h.msg_hdr.msg_name = addr.as_ptr() as *mut libc::c_void;
-        h.msg_hdr.msg_namelen = addr.len();
+        h.msg_hdr.msg_name = (addr as *mut libc::sockaddr_in6).cast();
+        h.msg_hdr.msg_namelen = len as libc::socklen_t;
         h.msg_hdr.msg_iov = iov;
         h.msg_hdr.msg_iovlen = 1;
+        h.msg_hdr.msg_control = std::ptr::null_mut();
+        h.msg_hdr.msg_controllen = 0;
+        h.msg_hdr.msg_flags = 0;
         if let Some(src) = d.src_ip {
             h.msg_hdr.msg_control = ctrl.0.as_mut_ptr().cast();
             h.msg_hdr.msg_controllen = CMSG_SPACE as _;
-            // SAFETY: msg_control points at CMSG_SPACE aligned bytes owned by `controls`, large enough for one
+            // SAFETY: msg_control points at CMSG_SPACE aligned bytes owned by the scratch, large enough for one
             // in_pktinfo or in6_pktinfo message; CMSG_FIRSTHDR/CMSG_DATA stay within it.
             let used = unsafe { write_pktinfo(&mut h.msg_hdr, src) };
             h.msg_hdr.msg_controllen = used as _;
@@ -146,8 +169,8 @@ fn sendmmsg(socket: &UdpSocket, datagrams: &[OutDatagram<'_>]) -> io::Result<usi
             }
         }
     }
-    // SAFETY: `headers[..n]` point into `iovecs`, `addrs`, `controls` and the caller's data, all of which outlive
-    // the call; the kernel only reads them.
+    // SAFETY: `headers[..n]` point into the scratch arrays and the caller's data, all of which outlive the call;
+    // the kernel only reads them.
     let rc = unsafe { libc::sendmmsg(socket.as_raw_fd(), headers.as_mut_ptr(), n as libc::c_uint, 0) };
     if rc < 0 {
         Err(io::Error::last_os_error())
@@ -185,4 +208,11 @@ unsafe fn write_pktinfo(hdr: &mut libc::msghdr, src: IpAddr) -> usize {
             libc::CMSG_SPACE(size_of::<libc::in6_pktinfo>() as u32) as usize
         }
     }
+}
+
+/// Registers a socket with the worker's reactor.
+pub fn register(socket: std::net::UdpSocket) -> io::Result<tokio::io::unix::AsyncFd<std::net::UdpSocket>> {
+    // SAFETY: a `std::net::UdpSocket` owns its fd for as long as it lives, and the `AsyncFd` owns the socket, so the
+    // fd stays open and unchanged for the registration's whole lifetime.
+    Ok(unsafe { tokio::io::unix::AsyncFd::register(socket) }?)
 }

@@ -17,8 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use quinn_udp::{RecvMeta, UdpSocketState};
 use rand::{Rng, SeedableRng};
-use tokio::io::Interest;
-use tokio::net::UdpSocket;
+use tokio::io::unix::AsyncFd;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::{spawn_local, JoinHandle, LocalSet};
 use turn::{AllocationId, BindRequest, ClientAction, Event, Family, FiveTuple, RelayBinding, Transport};
@@ -59,13 +58,13 @@ pub(crate) struct Sockets {
 
 /// A UDP listener and its quinn-udp state.
 pub(crate) struct Listener {
-    socket: UdpSocket,
+    socket: AsyncFd<std::net::UdpSocket>,
     state: UdpSocketState,
     local: SocketAddr,
 }
 
 struct RelaySocket {
-    socket: UdpSocket,
+    socket: AsyncFd<std::net::UdpSocket>,
     state: UdpSocketState,
 }
 
@@ -181,7 +180,7 @@ fn listener_from_std(socket: std::net::UdpSocket) -> std::io::Result<Listener> {
     let state = UdpSocketState::new((&socket).into())?;
     let local = socket.local_addr()?;
     Ok(Listener {
-        socket: UdpSocket::from_std(socket)?,
+        socket: udp::register(socket)?,
         state,
         local,
     })
@@ -217,9 +216,7 @@ async fn timer(worker: Rc<Worker>, certs: Arc<CertStore>, watch_certs: bool) {
 async fn udp_listener(worker: Rc<Worker>, listener: Rc<Listener>) {
     let src_ip_needed = listener.local.ip().is_unspecified();
     loop {
-        if listener.socket.readable().await.is_err() {
-            return;
-        }
+        let Ok(mut ready) = listener.socket.readable().await else { return };
         // Drain the socket, BATCH datagrams per system call, replies batched per receive.
         loop {
             let mut bufs = worker.buffers.borrow_mut();
@@ -228,13 +225,14 @@ async fn udp_listener(worker: Rc<Worker>, listener: Rc<Listener>) {
             } = &mut *bufs;
             let received = {
                 let mut iov_array: [IoSliceMut<'_>; BATCH] = slot_iovs(slots, 0);
-                listener.socket.try_io(Interest::READABLE, || {
-                    listener.state.recv((&listener.socket).into(), &mut iov_array, metas)
-                })
+                listener.state.recv(listener.socket.get_ref().into(), &mut iov_array, metas)
             };
             let n = match received {
                 Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    ready.clear_ready();
+                    break;
+                }
                 Err(e) => {
                     tracing::debug!(error = %e, "UDP receive error");
                     break;
@@ -273,7 +271,10 @@ async fn udp_listener(worker: Rc<Worker>, listener: Rc<Listener>) {
             flush_replies(&listener, replies, pending.get(..count).unwrap_or_default());
             drop(bufs);
             worker.drain_events();
+            // A short batch means the queue was empty: clear readiness now instead of paying for a receive that
+            // returns EAGAIN. (`clear_ready` keeps readiness that arrived meanwhile.)
             if n < BATCH {
+                ready.clear_ready();
                 break;
             }
         }
@@ -312,7 +313,7 @@ fn flush_replies(listener: &Listener, replies: &[Box<[u8]>], pending: &[(usize, 
             k += 1;
         }
     }
-    udp::try_send_all(&listener.socket, packed.get(..k).unwrap_or_default());
+    udp::try_send_all(listener.socket.get_ref(), packed.get(..k).unwrap_or_default());
 }
 
 impl Worker {
@@ -342,7 +343,7 @@ impl Worker {
                 if let (Some(socket), Some(data)) = (socket, packet.get(payload)) {
                     // One datagram to one peer: a plain send. WouldBlock drops it, as a router would.
                     udp::try_send_all(
-                        &socket.socket,
+                        socket.socket.get_ref(),
                         &[OutDatagram {
                             data,
                             dst: peer,
@@ -424,12 +425,12 @@ impl Worker {
             let Ok(state) = UdpSocketState::new((&std_socket).into()) else {
                 continue;
             };
-            let Ok(socket) = UdpSocket::from_std(std_socket) else {
-                continue;
-            };
-            if let Err(e) = udp::configure_relay(&socket, request.dont_fragment) {
+            if let Err(e) = udp::configure_relay(&std_socket, request.dont_fragment) {
                 tracing::debug!(error = %e, "relay socket options");
             }
+            let Ok(socket) = udp::register(std_socket) else {
+                continue;
+            };
             let advertised = SocketAddr::new(external.unwrap_or(local.ip()), local.port());
             binding.relays[family as usize] = Some(advertised);
             sockets[family as usize] = Some(Rc::new(RelaySocket { socket, state }));
@@ -471,9 +472,7 @@ impl Worker {
 /// Peer → client for one relay socket. The future holds no buffer: an idle allocation costs a socket and a task.
 async fn relay_loop(worker: Rc<Worker>, id: AllocationId, relay: Rc<RelaySocket>, route: ClientRoute) {
     loop {
-        if relay.socket.readable().await.is_err() {
-            return;
-        }
+        let Ok(mut ready) = relay.socket.readable().await else { return };
         loop {
             let mut bufs = worker.buffers.borrow_mut();
             let Buffers {
@@ -481,13 +480,14 @@ async fn relay_loop(worker: Rc<Worker>, id: AllocationId, relay: Rc<RelaySocket>
             } = &mut *bufs;
             let received = {
                 let mut iovs = slot_iovs(slots, turn::PEER_HEADROOM);
-                relay.socket.try_io(Interest::READABLE, || {
-                    relay.state.recv((&relay.socket).into(), &mut iovs, metas)
-                })
+                relay.state.recv(relay.socket.get_ref().into(), &mut iovs, metas)
             };
             let n = match received {
                 Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    ready.clear_ready();
+                    break;
+                }
                 Err(_) => break,
             };
             let now = Instant::now();
@@ -524,7 +524,7 @@ async fn relay_loop(worker: Rc<Worker>, id: AllocationId, relay: Rc<RelaySocket>
                             order += 1;
                         }
                     }
-                    udp::try_send_all(&listener.socket, out.get(..order).unwrap_or_default());
+                    udp::try_send_all(listener.socket.get_ref(), out.get(..order).unwrap_or_default());
                 }
                 ClientRoute::Stream(sink) => {
                     for (slot, (start, end)) in slots.iter().zip(ranges.iter()).take(count) {
@@ -536,6 +536,7 @@ async fn relay_loop(worker: Rc<Worker>, id: AllocationId, relay: Rc<RelaySocket>
             }
             drop(bufs);
             if n < BATCH {
+                ready.clear_ready();
                 break;
             }
         }
