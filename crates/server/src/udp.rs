@@ -91,14 +91,21 @@ fn set_int(socket: &std::net::UdpSocket, level: libc::c_int, name: libc::c_int, 
 pub fn try_send_all(socket: &std::net::UdpSocket, datagrams: &[OutDatagram<'_>]) -> usize {
     if let [one] = datagrams {
         if one.src_ip.is_none() {
-            return usize::from(socket2::SockRef::from(socket).send_to(one.data, &one.dst.into()).is_ok());
+            return usize::from(
+                socket2::SockRef::from(socket)
+                    .send_to(one.data, &one.dst.into())
+                    .is_ok(),
+            );
         }
     }
     let mut sent = 0;
     let mut at = 0;
     SCRATCH.with(|scratch| {
         let mut scratch = scratch.borrow_mut();
-        while let Some(chunk) = datagrams.get(at..(at + BATCH).min(datagrams.len())).filter(|c| !c.is_empty()) {
+        while let Some(chunk) = datagrams
+            .get(at..(at + BATCH).min(datagrams.len()))
+            .filter(|c| !c.is_empty())
+        {
             match sendmmsg(socket, chunk, &mut scratch) {
                 Ok(n) => {
                     sent += n;
@@ -138,15 +145,28 @@ thread_local! {
 
 fn sendmmsg(socket: &std::net::UdpSocket, datagrams: &[OutDatagram<'_>], scratch: &mut Scratch) -> io::Result<usize> {
     let n = datagrams.len().min(BATCH);
-    let Scratch { headers, iovecs, controls, addrs } = scratch;
-    for ((((d, h), iov), ctrl), addr) in
-        datagrams.iter().zip(headers.iter_mut()).zip(iovecs.iter_mut()).zip(controls.iter_mut()).zip(addrs.iter_mut())
+    let Scratch {
+        headers,
+        iovecs,
+        controls,
+        addrs,
+    } = scratch;
+    for ((((d, h), iov), ctrl), addr) in datagrams
+        .iter()
+        .zip(headers.iter_mut())
+        .zip(iovecs.iter_mut())
+        .zip(controls.iter_mut())
+        .zip(addrs.iter_mut())
     {
         let sockaddr = SockAddr::from(d.dst);
         let len = (sockaddr.len() as usize).min(size_of::<libc::sockaddr_in6>());
         // SAFETY: copies `len` bytes of a valid sockaddr into a sockaddr_in6-sized slot (the larger family).
         unsafe {
-            std::ptr::copy_nonoverlapping(sockaddr.as_ptr().cast::<u8>(), (addr as *mut libc::sockaddr_in6).cast::<u8>(), len);
+            std::ptr::copy_nonoverlapping(
+                sockaddr.as_ptr().cast::<u8>(),
+                (addr as *mut libc::sockaddr_in6).cast::<u8>(),
+                len,
+            );
         }
         iov.iov_base = d.data.as_ptr() as *mut libc::c_void;
         iov.iov_len = d.data.len();
@@ -215,4 +235,155 @@ pub fn register(socket: std::net::UdpSocket) -> io::Result<tokio::io::unix::Asyn
     // SAFETY: a `std::net::UdpSocket` owns its fd for as long as it lives, and the `AsyncFd` owns the socket, so the
     // fd stays open and unchanged for the registration's whole lifetime.
     Ok(unsafe { tokio::io::unix::AsyncFd::register(socket) }?)
+}
+
+/// One received datagram: sender, length, and (when asked for) the local address it was sent to.
+#[derive(Debug, Clone, Copy)]
+pub struct RecvMeta {
+    pub addr: SocketAddr,
+    pub len: usize,
+    pub dst_ip: Option<IpAddr>,
+}
+
+impl Default for RecvMeta {
+    fn default() -> Self {
+        Self {
+            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            len: 0,
+            dst_ip: None,
+        }
+    }
+}
+
+/// The `recvmmsg` arrays, kept per thread.
+struct RecvScratch {
+    headers: [libc::mmsghdr; BATCH],
+    iovecs: [libc::iovec; BATCH],
+    controls: [Cmsg; BATCH],
+    addrs: [libc::sockaddr_storage; BATCH],
+}
+
+thread_local! {
+    static RECV_SCRATCH: std::cell::RefCell<Box<RecvScratch>> = std::cell::RefCell::new(Box::new(RecvScratch {
+        // SAFETY: all-zero is a valid value for these plain C structs.
+        headers: unsafe { zeroed() },
+        iovecs: unsafe { zeroed() },
+        controls: std::array::from_fn(|_| Cmsg([0; CMSG_SPACE])),
+        addrs: unsafe { zeroed() },
+    }));
+}
+
+/// Asks the kernel to report each datagram's destination address (IP_PKTINFO / IPV6_RECVPKTINFO); needed only on
+/// wildcard-bound listeners, so a reply can leave from the address the request reached.
+pub fn enable_pktinfo(socket: &std::net::UdpSocket) -> io::Result<()> {
+    match socket.local_addr()? {
+        SocketAddr::V4(_) => set_int(socket, libc::IPPROTO_IP, libc::IP_PKTINFO, 1),
+        SocketAddr::V6(_) => set_int(socket, libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO, 1),
+    }
+}
+
+/// Receives up to `BATCH` datagrams with one `recvmmsg`, each into `slots[i][offset..]`. Our own rather than
+/// quinn-udp's because relay sockets need neither ECN nor packet-info control messages, and skipping them saves
+/// kernel work on every datagram; the arrays are reused, not rebuilt.
+pub fn recv_batch(
+    socket: &std::net::UdpSocket,
+    slots: &mut [Box<[u8]>],
+    offset: usize,
+    metas: &mut [RecvMeta],
+    want_dst: bool,
+) -> io::Result<usize> {
+    RECV_SCRATCH.with(|scratch| {
+        let mut scratch = scratch.borrow_mut();
+        let RecvScratch {
+            headers,
+            iovecs,
+            controls,
+            addrs,
+        } = &mut **scratch;
+        let mut n = 0;
+        for ((((slot, h), iov), ctrl), addr) in slots
+            .iter_mut()
+            .zip(headers.iter_mut())
+            .zip(iovecs.iter_mut())
+            .zip(controls.iter_mut())
+            .zip(addrs.iter_mut())
+        {
+            let Some(buf) = slot.get_mut(offset..) else { break };
+            iov.iov_base = buf.as_mut_ptr().cast();
+            iov.iov_len = buf.len();
+            h.msg_hdr.msg_name = (addr as *mut libc::sockaddr_storage).cast();
+            h.msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            h.msg_hdr.msg_iov = iov;
+            h.msg_hdr.msg_iovlen = 1;
+            h.msg_hdr.msg_flags = 0;
+            if want_dst {
+                h.msg_hdr.msg_control = ctrl.0.as_mut_ptr().cast();
+                h.msg_hdr.msg_controllen = CMSG_SPACE as _;
+            } else {
+                h.msg_hdr.msg_control = std::ptr::null_mut();
+                h.msg_hdr.msg_controllen = 0;
+            }
+            h.msg_len = 0;
+            n += 1;
+        }
+        n = n.min(metas.len());
+        // SAFETY: `headers[..n]` point into the scratch arrays and the caller's slots, which outlive the call; the
+        // kernel writes at most `iov_len`, `msg_namelen` and `msg_controllen` bytes into them.
+        let rc = unsafe {
+            libc::recvmmsg(
+                socket.as_raw_fd(),
+                headers.as_mut_ptr(),
+                n as libc::c_uint,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let got = rc as usize;
+        for (i, (h, meta)) in headers.iter_mut().zip(metas.iter_mut()).take(got).enumerate() {
+            let Some(storage) = addrs.get(i) else { break };
+            // SAFETY: the kernel filled `msg_namelen` bytes of a sockaddr_storage, which SockAddr::new takes as is.
+            let addr = unsafe { SockAddr::new(*storage, h.msg_hdr.msg_namelen) };
+            let truncated = h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
+            *meta = RecvMeta {
+                addr: addr.as_socket().unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))),
+                // A truncated datagram gets a length no buffer has, so every caller drops it.
+                len: if truncated { usize::MAX } else { h.msg_len as usize },
+                // SAFETY: msg_control/msg_controllen describe the control bytes the kernel wrote for this datagram.
+                dst_ip: if want_dst {
+                    unsafe { read_pktinfo(&h.msg_hdr) }
+                } else {
+                    None
+                },
+            };
+        }
+        Ok(got)
+    })
+}
+
+/// The destination address from an IP_PKTINFO / IPV6_PKTINFO control message, if any.
+///
+/// # Safety
+/// `hdr.msg_control` must be null or point at `hdr.msg_controllen` readable, cmsghdr-aligned bytes.
+unsafe fn read_pktinfo(hdr: &libc::msghdr) -> Option<IpAddr> {
+    if hdr.msg_control.is_null() {
+        return None;
+    }
+    let mut cmsg = libc::CMSG_FIRSTHDR(hdr);
+    while !cmsg.is_null() {
+        match ((*cmsg).cmsg_level, (*cmsg).cmsg_type) {
+            (libc::IPPROTO_IP, libc::IP_PKTINFO) => {
+                let info = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::in_pktinfo>());
+                return Some(IpAddr::from(info.ipi_addr.s_addr.to_ne_bytes()));
+            }
+            (libc::IPPROTO_IPV6, libc::IPV6_PKTINFO) => {
+                let info = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::in6_pktinfo>());
+                return Some(IpAddr::from(info.ipi6_addr.s6_addr));
+            }
+            _ => cmsg = libc::CMSG_NXTHDR(hdr, cmsg),
+        }
+    }
+    None
 }

@@ -9,13 +9,11 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::io::IoSliceMut;
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use quinn_udp::{RecvMeta, UdpSocketState};
 use rand::{Rng, SeedableRng};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::{watch, Semaphore};
@@ -23,7 +21,7 @@ use tokio::task::{spawn_local, JoinHandle, LocalSet};
 use turn::{AllocationId, BindRequest, ClientAction, Event, Family, FiveTuple, RelayBinding, Transport};
 
 use crate::stream::{self, StreamSink};
-use crate::udp::{self, OutDatagram, BATCH};
+use crate::udp::{self, OutDatagram, RecvMeta, BATCH};
 use crate::{CertStore, ServerConfig};
 
 /// Largest UDP payload, so no datagram is ever truncated.
@@ -56,16 +54,14 @@ pub(crate) struct Sockets {
     pub tls: Vec<std::net::TcpListener>,
 }
 
-/// A UDP listener and its quinn-udp state.
+/// A UDP listener.
 pub(crate) struct Listener {
     socket: AsyncFd<std::net::UdpSocket>,
-    state: UdpSocketState,
     local: SocketAddr,
 }
 
 struct RelaySocket {
     socket: AsyncFd<std::net::UdpSocket>,
-    state: UdpSocketState,
 }
 
 /// How a peer's data reaches the client of an allocation.
@@ -177,11 +173,12 @@ pub(crate) fn run(
 }
 
 fn listener_from_std(socket: std::net::UdpSocket) -> std::io::Result<Listener> {
-    let state = UdpSocketState::new((&socket).into())?;
     let local = socket.local_addr()?;
+    if local.ip().is_unspecified() {
+        udp::enable_pktinfo(&socket)?;
+    }
     Ok(Listener {
         socket: udp::register(socket)?,
-        state,
         local,
     })
 }
@@ -216,17 +213,16 @@ async fn timer(worker: Rc<Worker>, certs: Arc<CertStore>, watch_certs: bool) {
 async fn udp_listener(worker: Rc<Worker>, listener: Rc<Listener>) {
     let src_ip_needed = listener.local.ip().is_unspecified();
     loop {
-        let Ok(mut ready) = listener.socket.readable().await else { return };
+        let Ok(mut ready) = listener.socket.readable().await else {
+            return;
+        };
         // Drain the socket, BATCH datagrams per system call, replies batched per receive.
         loop {
             let mut bufs = worker.buffers.borrow_mut();
             let Buffers {
                 slots, metas, replies, ..
             } = &mut *bufs;
-            let received = {
-                let mut iov_array: [IoSliceMut<'_>; BATCH] = slot_iovs(slots, 0);
-                listener.state.recv(listener.socket.get_ref().into(), &mut iov_array, metas)
-            };
+            let received = udp::recv_batch(listener.socket.get_ref(), slots, 0, metas, src_ip_needed);
             let n = match received {
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
@@ -254,17 +250,11 @@ async fn udp_listener(worker: Rc<Worker>, listener: Rc<Listener>) {
                     client: meta.addr,
                     src_ip: src_ip_needed.then_some(server_ip),
                 };
-                for datagram in data.chunks(meta.stride.max(1)) {
-                    if count == BATCH {
-                        flush_replies(&listener, replies, &pending[..count]);
-                        count = 0;
-                    }
-                    let Some(out) = replies.get_mut(count) else { break };
-                    if let Some(len) = worker.handle_client(now, five_tuple, datagram, out, &route) {
-                        if let Some(p) = pending.get_mut(count) {
-                            *p = (len, meta.addr, src_ip_needed.then_some(server_ip));
-                            count += 1;
-                        }
+                let Some(out) = replies.get_mut(count) else { break };
+                if let Some(len) = worker.handle_client(now, five_tuple, data, out, &route) {
+                    if let Some(p) = pending.get_mut(count) {
+                        *p = (len, meta.addr, src_ip_needed.then_some(server_ip));
+                        count += 1;
                     }
                 }
             }
@@ -279,14 +269,6 @@ async fn udp_listener(worker: Rc<Worker>, listener: Rc<Listener>) {
             }
         }
     }
-}
-
-fn slot_iovs(slots: &mut [Box<[u8]>], offset: usize) -> [IoSliceMut<'_>; BATCH] {
-    let mut it = slots.iter_mut();
-    std::array::from_fn(|_| match it.next() {
-        Some(s) => IoSliceMut::new(s.get_mut(offset..).unwrap_or_default()),
-        None => IoSliceMut::new(&mut []),
-    })
 }
 
 fn flush_replies(listener: &Listener, replies: &[Box<[u8]>], pending: &[(usize, SocketAddr, Option<IpAddr>)]) {
@@ -422,9 +404,6 @@ impl Worker {
             };
             let Some(std_socket) = std_socket else { continue };
             let Ok(local) = std_socket.local_addr() else { continue };
-            let Ok(state) = UdpSocketState::new((&std_socket).into()) else {
-                continue;
-            };
             if let Err(e) = udp::configure_relay(&std_socket, request.dont_fragment) {
                 tracing::debug!(error = %e, "relay socket options");
             }
@@ -433,7 +412,7 @@ impl Worker {
             };
             let advertised = SocketAddr::new(external.unwrap_or(local.ip()), local.port());
             binding.relays[family as usize] = Some(advertised);
-            sockets[family as usize] = Some(Rc::new(RelaySocket { socket, state }));
+            sockets[family as usize] = Some(Rc::new(RelaySocket { socket }));
             if request.reserve_next {
                 let next = SocketAddr::new(local.ip(), local.port().wrapping_add(1));
                 if self.shared.reserved().contains_key(&next) {
@@ -472,16 +451,15 @@ impl Worker {
 /// Peer → client for one relay socket. The future holds no buffer: an idle allocation costs a socket and a task.
 async fn relay_loop(worker: Rc<Worker>, id: AllocationId, relay: Rc<RelaySocket>, route: ClientRoute) {
     loop {
-        let Ok(mut ready) = relay.socket.readable().await else { return };
+        let Ok(mut ready) = relay.socket.readable().await else {
+            return;
+        };
         loop {
             let mut bufs = worker.buffers.borrow_mut();
             let Buffers {
                 slots, metas, ranges, ..
             } = &mut *bufs;
-            let received = {
-                let mut iovs = slot_iovs(slots, turn::PEER_HEADROOM);
-                relay.state.recv(relay.socket.get_ref().into(), &mut iovs, metas)
-            };
+            let received = udp::recv_batch(relay.socket.get_ref(), slots, turn::PEER_HEADROOM, metas, false);
             let n = match received {
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
