@@ -72,7 +72,10 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_secs(args.hold)).await;
     }
     if args.rate == 0 {
-        println!("{}", serde_json::json!({ "allocations": clients.len(), "setup_secs": setup_secs }));
+        println!(
+            "{}",
+            serde_json::json!({ "allocations": clients.len(), "setup_secs": setup_secs })
+        );
         return Ok(());
     }
 
@@ -83,15 +86,21 @@ async fn main() -> anyhow::Result<()> {
     let start = Instant::now();
     let mut receivers = Vec::new();
     for index in 0..clients.len() {
-        let (clients, received, rtt_sum_us, rtt_max_us) =
-            (clients.clone(), received.clone(), rtt_sum_us.clone(), rtt_max_us.clone());
+        let (clients, received, rtt_sum_us, rtt_max_us) = (
+            clients.clone(),
+            received.clone(),
+            rtt_sum_us.clone(),
+            rtt_max_us.clone(),
+        );
         receivers.push(tokio::spawn(async move {
             let Some(client) = clients.get(index) else { return };
             let mut buf = vec![0u8; 2048];
             while let Ok(n) = client.socket.recv(&mut buf).await {
                 let Some(packet) = buf.get(..n) else { continue };
                 let Ok(data) = ChannelData::parse(packet) else { continue };
-                let Some(stamp) = data.payload.get(..8).and_then(|b| <[u8; 8]>::try_from(b).ok()) else { continue };
+                let Some(stamp) = data.payload.get(..8).and_then(|b| <[u8; 8]>::try_from(b).ok()) else {
+                    continue;
+                };
                 let sent_us = u64::from_be_bytes(stamp);
                 let now_us = start.elapsed().as_micros() as u64;
                 let rtt = now_us.saturating_sub(sent_us);
@@ -135,7 +144,11 @@ async fn main() -> anyhow::Result<()> {
     }
     let received = received.load(Ordering::Relaxed);
     let rtt_avg_us = rtt_sum_us.load(Ordering::Relaxed).checked_div(received).unwrap_or(0);
-    let loss = if sent == 0 { 0.0 } else { 100.0 * (sent.saturating_sub(received)) as f64 / sent as f64 };
+    let loss = if sent == 0 {
+        0.0
+    } else {
+        100.0 * (sent.saturating_sub(received)) as f64 / sent as f64
+    };
     println!(
         "{}",
         serde_json::json!({
@@ -163,10 +176,16 @@ async fn open(args: &Args, channel: ChannelNumber) -> anyhow::Result<Client> {
     socket.connect(args.server).await?;
     let mut buf = vec![0u8; 1500];
 
-    let challenge = request(&socket, &mut buf, Method::ALLOCATE, |w| {
-        w.add(&Attribute::RequestedTransport(17))?;
-        Ok(())
-    }, None)
+    let challenge = request(
+        &socket,
+        &mut buf,
+        Method::ALLOCATE,
+        |w| {
+            w.add(&Attribute::RequestedTransport(17))?;
+            Ok(())
+        },
+        None,
+    )
     .await?;
     let (realm, nonce) = {
         let msg = Message::parse(&challenge)?;
@@ -181,19 +200,36 @@ async fn open(args: &Args, channel: ChannelNumber) -> anyhow::Result<Client> {
         (realm, nonce)
     };
     let key = stun::long_term_key_md5(&args.user, &realm, &args.password);
-    let auth = Auth { user: &args.user, realm: &realm, nonce: &nonce, key: &key };
-    let answer = request(&socket, &mut buf, Method::ALLOCATE, |w| {
-        w.add(&Attribute::RequestedTransport(17))?;
-        Ok(())
-    }, Some(&auth))
+    let auth = Auth {
+        user: &args.user,
+        realm: &realm,
+        nonce: &nonce,
+        key: &key,
+    };
+    let answer = request(
+        &socket,
+        &mut buf,
+        Method::ALLOCATE,
+        |w| {
+            w.add(&Attribute::RequestedTransport(17))?;
+            Ok(())
+        },
+        Some(&auth),
+    )
     .await?;
     expect_success(&answer, "Allocate")?;
     let peer = args.peer;
-    let answer = request(&socket, &mut buf, Method::CHANNEL_BIND, |w| {
-        w.add(&Attribute::ChannelNumber(channel.get()))?;
-        w.add(&Attribute::XorPeerAddress(peer))?;
-        Ok(())
-    }, Some(&auth))
+    let answer = request(
+        &socket,
+        &mut buf,
+        Method::CHANNEL_BIND,
+        |w| {
+            w.add(&Attribute::ChannelNumber(channel.get()))?;
+            w.add(&Attribute::XorPeerAddress(peer))?;
+            Ok(())
+        },
+        Some(&auth),
+    )
     .await?;
     expect_success(&answer, "ChannelBind")?;
     Ok(Client { socket, channel })

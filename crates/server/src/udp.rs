@@ -1,6 +1,8 @@
-//! UDP sockets for listeners and relays: batched receive through quinn-udp (recvmmsg, with the destination address
-//! of each datagram from IP_PKTINFO), and batched send through our own `sendmmsg` wrapper, which quinn-udp lacks
-//! (it sends one `sendmsg` per destination). This is the only module with `unsafe`.
+//! UDP sockets for listeners and relays: batched receive (`recvmmsg`) and batched send (`sendmmsg`) with arrays
+//! reused per thread, and packet-info control messages only where a wildcard-bound listener needs them. Our own
+//! rather than quinn-udp's: that crate asks the kernel for ECN and packet-info on every datagram of every socket
+//! (work a relay socket does not need), rebuilds its headers on every call, and has no `sendmmsg`. This is the only
+//! module with `unsafe`.
 #![allow(unsafe_code)]
 
 use std::io;
@@ -39,8 +41,8 @@ pub fn bind(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::UdpSocke
     Ok(socket.into())
 }
 
-/// Configures a relay socket after quinn-udp's setup: no GRO (each datagram needs its own headroom), and
-/// fragmentation allowed unless the client asked for DONT-FRAGMENT (quinn-udp forbids it for QUIC's sake).
+/// Configures a relay socket: no GRO (each datagram needs its own headroom), and fragmentation left to the kernel
+/// unless the client asked for DONT-FRAGMENT (RFC 8656 §7.2), in which case DF is set on every datagram.
 pub fn configure_relay(socket: &std::net::UdpSocket, dont_fragment: bool) -> io::Result<()> {
     set_int(socket, libc::SOL_UDP, libc::UDP_GRO, 0)?;
     let (level, name, value) = match socket.local_addr()? {
@@ -282,9 +284,8 @@ pub fn enable_pktinfo(socket: &std::net::UdpSocket) -> io::Result<()> {
     }
 }
 
-/// Receives up to `BATCH` datagrams with one `recvmmsg`, each into `slots[i][offset..]`. Our own rather than
-/// quinn-udp's because relay sockets need neither ECN nor packet-info control messages, and skipping them saves
-/// kernel work on every datagram; the arrays are reused, not rebuilt.
+/// Receives up to `BATCH` datagrams with one `recvmmsg`, each into `slots[i][offset..]` (the offset is the relay's
+/// headroom for the ChannelData header).
 pub fn recv_batch(
     socket: &std::net::UdpSocket,
     slots: &mut [Box<[u8]>],
