@@ -384,6 +384,7 @@ impl Worker {
         let relay = &self.shared.config.relay;
         let mut binding = RelayBinding::default();
         let mut sockets: [Option<Rc<RelaySocket>>; 2] = [None, None];
+        let mut missing_address = false;
         for family in [Family::V4, Family::V6] {
             if !request.families[family as usize] {
                 continue;
@@ -396,6 +397,7 @@ impl Worker {
             let same_family = (family == Family::V4) == client_side.is_ipv4();
             let Some(bind_ip) = bind_ip.or((same_family && !client_side.is_unspecified()).then_some(client_side))
             else {
+                missing_address = true;
                 continue;
             };
             let std_socket = match request.reserved_relay {
@@ -420,7 +422,11 @@ impl Worker {
                 }
             }
         }
-        sockets.iter().any(Option::is_some).then_some((binding, sockets))
+        // Nothing bound for want of an address of the family is not the same answer as a full port range.
+        if sockets.iter().all(Option::is_none) && !missing_address {
+            return None;
+        }
+        Some((binding, sockets))
     }
 
     fn bind_in_range(&self, ip: IpAddr, even: bool, reserve_next: bool) -> Option<std::net::UdpSocket> {

@@ -587,7 +587,8 @@ impl<R: RngCore> Server<R> {
         })
     }
 
-    /// The caller bound (or failed to bind) the relay for a pending Allocate. Returns the allocation (if created)
+    /// The caller bound (or failed to bind) the relay for a pending Allocate: `None` when no port could be bound,
+    /// a binding without addresses when the host has no address of the requested family. Returns the allocation (if created)
     /// and the length of the answer written into `out` for the client, if any is due.
     pub fn handle_relay_bound(
         &mut self,
@@ -599,20 +600,26 @@ impl<R: RngCore> Server<R> {
         let Some(pending) = self.pending.remove(&five_tuple) else {
             return (None, None);
         };
-        let binding = result.filter(|b| {
+        let bound = |b: &RelayBinding| {
             pending
                 .requested
                 .iter()
                 .zip(b.relays)
                 .any(|(wanted, got)| *wanted && got.is_some())
-        });
-        let Some(binding) = binding else {
+        };
+        // `Some` with nothing bound: the caller has no address of the requested family (440); `None`: no port (508).
+        let refusal = match &result {
+            Some(b) if !bound(b) => Some(reject(440, "Address Family not Supported")),
+            None => Some(reject(508, "Insufficient Capacity")),
+            Some(_) => None,
+        };
+        let (Some(binding), None) = (result, refusal) else {
             self.quotas.release(&pending.username);
             let len = self.write_error(
                 out,
                 Method::ALLOCATE,
                 pending.tid,
-                reject(508, "Insufficient Capacity"),
+                refusal.unwrap_or(reject(508, "Insufficient Capacity")),
                 Some(&pending.auth),
                 |_| Ok(()),
             );
