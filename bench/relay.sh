@@ -2,6 +2,7 @@
 # Relay benchmark: Traverse against coturn, one after the other, under the same load, on this machine.
 #
 #   sudo bench/relay.sh [SECONDS]      # default 10 s per traffic run
+#   SERVERS=traverse MEMORY_RUNS= TRAFFIC_RUNS=100:150000 bench/relay.sh 5   # a subset, while tuning
 #
 # Both servers get one relay thread, the same static user and realm, and listen on 198.51.100.1 (a documentation
 # address on a veth into a network namespace the script creates). The echo peer (coturn's turnutils_peer) runs in
@@ -96,10 +97,10 @@ stop_server() {
 json() { python3 -c "import json,sys; print(json.load(sys.stdin)[sys.argv[1]])" "$1"; }
 
 declare -A R
-for server in traverse coturn; do
+for server in ${SERVERS:-traverse coturn}; do
   echo "== $server"
   # Memory per allocation: RSS growth while N allocations (each with a channel) are held.
-  for n in 1000 10000; do
+  for n in ${MEMORY_RUNS-1000 10000}; do
     start_server "$server"
     base=$(rss_kib "$SERVER_PID")
     "$LOADGEN" --server "$HOST_IP:3478" --peer "$PEER_IP:$PEER_PORT" --user "$USER_NAME" --password "$PASSWORD" \
@@ -116,9 +117,12 @@ for server in traverse coturn; do
     stop_server
   done
 
-  # Throughput and CPU: 100 allocations, fixed offered rate, 100- and 1000-byte payloads.
-  for size in 100 1000; do
-    rate=$([ "$size" = 100 ] && echo 40000 || echo 20000)
+  # Throughput and CPU: 100 allocations, fixed offered rates, 100- and 1000-byte payloads; the last rate is more than
+  # one relay thread and the echo peer can carry, so it shows where each server saturates.
+  for run in ${TRAFFIC_RUNS:-100:40000 1000:20000 100:150000}; do
+    size=${run%%:*}
+    rate=${run##*:}
+    key="$size@$rate"
     start_server "$server"
     t0=$(cpu_ticks "$SERVER_PID")
     "$LOADGEN" --server "$HOST_IP:3478" --peer "$PEER_IP:$PEER_PORT" --user "$USER_NAME" --password "$PASSWORD" \
@@ -126,12 +130,12 @@ for server in traverse coturn; do
     t1=$(cpu_ticks "$SERVER_PID")
     stop_server
     received=$(json received <"$OUT/run.json")
-    R[$server,pps$size]=$(json received_pps <"$OUT/run.json")
-    R[$server,loss$size]=$(json loss_pct <"$OUT/run.json")
-    R[$server,rtt$size]=$(json rtt_avg_us <"$OUT/run.json")
+    R[$server,pps$key]=$(json received_pps <"$OUT/run.json")
+    R[$server,loss$key]=$(json loss_pct <"$OUT/run.json")
+    R[$server,rtt$key]=$(json rtt_avg_us <"$OUT/run.json")
     # Each echoed packet crossed the relay twice (client→peer and peer→client).
-    R[$server,cpu$size]=$(python3 -c "t=($t1-$t0)/$CLK_TCK; p=2*$received/1e6; print(round(t/p, 3) if p else 'n/a')")
-    echo "  ${size} B @ $rate pps: received ${R[$server,pps$size]} pps, loss ${R[$server,loss$size]} %, rtt ${R[$server,rtt$size]} µs, ${R[$server,cpu$size]} CPU-s per M relayed"
+    R[$server,cpu$key]=$(python3 -c "t=($t1-$t0)/$CLK_TCK; p=2*$received/1e6; print(round(t/p, 3) if p else 'n/a')")
+    echo "  ${size} B @ $rate pps offered: received ${R[$server,pps$key]} pps, loss ${R[$server,loss$key]} %, rtt ${R[$server,rtt$key]} µs, ${R[$server,cpu$key]} CPU-s per M relayed"
   done
 
   # coturn's own load client: 50 clients x 1000 messages of 100 bytes, 5 ms apart.
@@ -153,11 +157,11 @@ except Exception: print('n/a')"; }
 {
   echo "| metric | Traverse | coturn | Traverse/coturn |"
   echo "|---|---|---|---|"
-  for size in 100 1000; do
-    echo "| relayed pps, ${size} B | ${R[traverse,pps$size]} | ${R[coturn,pps$size]} | $(ratio "${R[traverse,pps$size]}" "${R[coturn,pps$size]}") |"
-    echo "| loss %, ${size} B | ${R[traverse,loss$size]} | ${R[coturn,loss$size]} | |"
-    echo "| avg RTT µs, ${size} B | ${R[traverse,rtt$size]} | ${R[coturn,rtt$size]} | $(ratio "${R[traverse,rtt$size]}" "${R[coturn,rtt$size]}") |"
-    echo "| server CPU-s per M relayed, ${size} B | ${R[traverse,cpu$size]} | ${R[coturn,cpu$size]} | $(ratio "${R[traverse,cpu$size]}" "${R[coturn,cpu$size]}") |"
+  for key in 100@40000 1000@20000 100@150000; do
+    echo "| relayed pps, ${key} offered | ${R[traverse,pps$key]} | ${R[coturn,pps$key]} | $(ratio "${R[traverse,pps$key]}" "${R[coturn,pps$key]}") |"
+    echo "| loss %, ${key} | ${R[traverse,loss$key]} | ${R[coturn,loss$key]} | |"
+    echo "| avg RTT µs, ${key} | ${R[traverse,rtt$key]} | ${R[coturn,rtt$key]} | $(ratio "${R[traverse,rtt$key]}" "${R[coturn,rtt$key]}") |"
+    echo "| server CPU-s per M relayed, ${key} | ${R[traverse,cpu$key]} | ${R[coturn,cpu$key]} | $(ratio "${R[traverse,cpu$key]}" "${R[coturn,cpu$key]}") |"
   done
   for n in 1000 10000; do
     echo "| bytes per allocation at $n | ${R[traverse,mem$n]} | ${R[coturn,mem$n]} | $(ratio "${R[traverse,mem$n]}" "${R[coturn,mem$n]}") |"

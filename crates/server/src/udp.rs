@@ -33,9 +33,13 @@ pub fn bind(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::UdpSocke
     if reuse_port {
         socket.set_reuse_port(true)?;
     }
-    // Best effort: the kernel caps these at net.core.{r,w}mem_max.
-    let _ = socket.set_recv_buffer_size(4 << 20);
-    let _ = socket.set_send_buffer_size(4 << 20);
+    // Listeners carry every client of a worker, so they get deeper buffers than the kernel default (best effort:
+    // capped at net.core.{r,w}mem_max). Relay sockets keep the default: deeper queues there only add latency that
+    // real-time media cannot use.
+    if reuse_port {
+        let _ = socket.set_recv_buffer_size(1 << 20);
+        let _ = socket.set_send_buffer_size(1 << 20);
+    }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     Ok(socket.into())
