@@ -198,7 +198,7 @@ async fn timer(worker: Rc<Worker>, certs: Arc<CertStore>, watch_certs: bool) {
             .shared
             .reserved()
             .retain(|_, (_, at)| now.saturating_duration_since(*at) < lifetime);
-        if watch_certs && n % 5 == 0 {
+        if watch_certs && n.is_multiple_of(5) {
             match certs.reload_if_changed() {
                 Some(Ok(())) => tracing::info!("TLS certificate reloaded (file changed)"),
                 Some(Err(e)) => {
@@ -321,7 +321,7 @@ impl Worker {
                 let relays = self.relays.borrow();
                 let socket = relays
                     .get(&allocation)
-                    .and_then(|e| e.sockets[Family::of(&peer) as usize].clone());
+                    .and_then(|e| Family::of(&peer).pick(&e.sockets).clone());
                 if let (Some(socket), Some(data)) = (socket, packet.get(payload)) {
                     // One datagram to one peer: a plain send. WouldBlock drops it, as a router would.
                     udp::try_send_all(
@@ -386,7 +386,7 @@ impl Worker {
         let mut sockets: [Option<Rc<RelaySocket>>; 2] = [None, None];
         let mut missing_address = false;
         for family in [Family::V4, Family::V6] {
-            if !request.families[family as usize] {
+            if !*family.pick(&request.families) {
                 continue;
             }
             let (bind_ip, external) = match family {
@@ -413,8 +413,8 @@ impl Worker {
                 continue;
             };
             let advertised = SocketAddr::new(external.unwrap_or(local.ip()), local.port());
-            binding.relays[family as usize] = Some(advertised);
-            sockets[family as usize] = Some(Rc::new(RelaySocket { socket }));
+            *family.pick_mut(&mut binding.relays) = Some(advertised);
+            *family.pick_mut(&mut sockets) = Some(Rc::new(RelaySocket { socket }));
             if request.reserve_next {
                 let next = SocketAddr::new(local.ip(), local.port().wrapping_add(1));
                 if self.shared.reserved().contains_key(&next) {

@@ -341,7 +341,8 @@ impl<'a> Attribute<'a> {
 
     /// Iterates a list of 16-bit values such as UNKNOWN-ATTRIBUTES.
     pub fn u16_list(list: &'a [u8]) -> impl Iterator<Item = u16> + 'a {
-        list.chunks_exact(2).map(|c| u16::from_be_bytes([c[0], c[1]]))
+        list.chunks_exact(2)
+            .filter_map(|c| c.try_into().ok().map(u16::from_be_bytes))
     }
 
     /// Iterates PASSWORD-ALGORITHMS entries; an entry that runs past the end ends the list.

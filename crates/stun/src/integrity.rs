@@ -23,8 +23,8 @@ impl IntegrityKey {
     /// Longer input is hashed first, as HMAC would do anyway.
     pub fn from_bytes(key: &[u8]) -> Self {
         let mut bytes = [0u8; 32];
-        if key.len() <= 32 {
-            bytes[..key.len()].copy_from_slice(key);
+        if let Some(prefix) = bytes.get_mut(..key.len()) {
+            prefix.copy_from_slice(key);
             Self {
                 bytes,
                 len: key.len() as u8,

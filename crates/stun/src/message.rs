@@ -104,14 +104,15 @@ pub struct Message<'a> {
 impl<'a> Message<'a> {
     /// Validates `buf` as exactly one STUN message (a datagram, or a frame cut with [`crate::stream_frame_len`]).
     pub fn parse(buf: &'a [u8]) -> Result<Self, DecodeError> {
-        let Some(header) = buf.get(..HEADER_LEN) else {
+        let Some((&[t0, t1, l0, l1], tid)) = buf.first_chunk::<HEADER_LEN>().and_then(|h| h.split_first_chunk::<4>())
+        else {
             return Err(DecodeError::TooShort);
         };
-        let ty = u16::from_be_bytes([header[0], header[1]]);
+        let ty = u16::from_be_bytes([t0, t1]);
         if ty & 0xc000 != 0 {
             return Err(DecodeError::NotStun);
         }
-        let len = u16::from_be_bytes([header[2], header[3]]);
+        let len = u16::from_be_bytes([l0, l1]);
         if len % 4 != 0 {
             return Err(DecodeError::UnalignedLength(len));
         }
@@ -123,7 +124,7 @@ impl<'a> Message<'a> {
             });
         }
         let mut transaction_id = TransactionId { bytes: [0; 16] };
-        transaction_id.bytes.copy_from_slice(&header[4..HEADER_LEN]);
+        transaction_id.bytes.copy_from_slice(tid);
         let (method, class) = split_type(ty);
 
         let mut msg = Message {
@@ -160,7 +161,7 @@ impl<'a> Message<'a> {
                 }
                 attr::MESSAGE_INTEGRITY_SHA256 if msg.integrity_sha256_at.is_none() => {
                     // RFC 8489 §14.6: at least 16 bytes, a multiple of 4, at most 32.
-                    if !(16..=32).contains(&vlen) || vlen % 4 != 0 {
+                    if !(16..=32).contains(&vlen) || !vlen.is_multiple_of(4) {
                         return Err(DecodeError::InvalidAttribute { ty });
                     }
                     msg.integrity_sha256_at = Some(at);

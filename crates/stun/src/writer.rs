@@ -20,9 +20,7 @@ pub struct MessageWriter<'b> {
 impl<'b> MessageWriter<'b> {
     pub fn new(buf: &'b mut [u8], method: Method, class: Class, tid: TransactionId) -> Result<Self, EncodeError> {
         let header = buf.get_mut(..HEADER_LEN).ok_or(EncodeError::BufferTooSmall)?;
-        header[..2].copy_from_slice(&join_type(method, class).to_be_bytes());
-        header[2..4].copy_from_slice(&[0, 0]);
-        header[4..].copy_from_slice(&tid.bytes);
+        put(header, &[&join_type(method, class).to_be_bytes(), &[0, 0], &tid.bytes]);
         Ok(Self {
             buf,
             len: HEADER_LEN,
@@ -65,15 +63,22 @@ impl<'b> MessageWriter<'b> {
             | Attribute::Priority(v)
             | Attribute::ConnectionId(v) => self.raw(ty, &v.to_be_bytes()),
             Attribute::PasswordAlgorithm(p) => self.with_value(ty, 4 + p.params.len(), |v| {
-                v[..2].copy_from_slice(&p.algorithm.to_be_bytes());
-                v[2..4].copy_from_slice(&(p.params.len() as u16).to_be_bytes());
-                v[4..].copy_from_slice(p.params);
+                put(
+                    v,
+                    &[
+                        &p.algorithm.to_be_bytes(),
+                        &(p.params.len() as u16).to_be_bytes(),
+                        p.params,
+                    ],
+                );
             }),
             Attribute::ChannelNumber(n) => self.raw(ty, &(u32::from(n) << 16).to_be_bytes()),
             Attribute::RequestedAddressFamily(f) | Attribute::AdditionalAddressFamily(f) => self.raw(ty, &[f, 0, 0, 0]),
             Attribute::AddressErrorCode { family, code, reason } => self.with_value(ty, 4 + reason.len(), |v| {
-                v[..4].copy_from_slice(&[family, 0, (code / 100) as u8, (code % 100) as u8]);
-                v[4..].copy_from_slice(reason.as_bytes());
+                put(
+                    v,
+                    &[&[family, 0, (code / 100) as u8, (code % 100) as u8], reason.as_bytes()],
+                );
             }),
             Attribute::EvenPort { reserve } => self.raw(ty, &[if reserve { 0x80 } else { 0 }]),
             Attribute::RequestedTransport(p) => self.raw(ty, &[p, 0, 0, 0]),
@@ -99,14 +104,13 @@ impl<'b> MessageWriter<'b> {
 
     /// Appends an attribute with a raw value, padded to four bytes.
     pub fn raw(&mut self, ty: u16, value: &[u8]) -> Result<(), EncodeError> {
-        self.with_value(ty, value.len(), |v| v.copy_from_slice(value))
+        self.with_value(ty, value.len(), |v| put(v, &[value]))
     }
 
     /// ERROR-CODE with the class/number split of RFC 8489 §14.8.
     pub fn error_code(&mut self, code: u16, reason: &str) -> Result<(), EncodeError> {
         self.with_value(attr::ERROR_CODE, 4 + reason.len(), |v| {
-            v[..4].copy_from_slice(&[0, 0, (code / 100) as u8, (code % 100) as u8]);
-            v[4..].copy_from_slice(reason.as_bytes());
+            put(v, &[&[0, 0, (code / 100) as u8, (code % 100) as u8], reason.as_bytes()]);
         })
     }
 
@@ -119,9 +123,9 @@ impl<'b> MessageWriter<'b> {
             return Err(EncodeError::BufferTooSmall);
         }
         let slot = self.buf.get_mut(self.len..end).ok_or(EncodeError::BufferTooSmall)?;
-        slot[..2].copy_from_slice(&ty.to_be_bytes());
-        slot[2..4].copy_from_slice(&vlen.to_be_bytes());
-        let (value, padding) = slot[4..].split_at_mut(len);
+        let (head, rest) = slot.split_at_mut(4);
+        put(head, &[&ty.to_be_bytes(), &vlen.to_be_bytes()]);
+        let (value, padding) = rest.split_at_mut(len);
         fill(value);
         padding.fill(0);
         self.len = end;
@@ -133,12 +137,10 @@ impl<'b> MessageWriter<'b> {
         let port = addr.port().to_be_bytes();
         match addr.ip() {
             IpAddr::V4(ip) => self.with_value(ty, 8, |v| {
-                v[..4].copy_from_slice(&[0, FAMILY_IPV4, port[0], port[1]]);
-                v[4..].copy_from_slice(&ip.octets());
+                put(v, &[&[0, FAMILY_IPV4, port[0], port[1]], &ip.octets()]);
             }),
             IpAddr::V6(ip) => self.with_value(ty, 20, |v| {
-                v[..4].copy_from_slice(&[0, FAMILY_IPV6, port[0], port[1]]);
-                v[4..].copy_from_slice(&ip.octets());
+                put(v, &[&[0, FAMILY_IPV6, port[0], port[1]], &ip.octets()]);
             }),
         }
     }
@@ -184,15 +186,31 @@ impl<'b> MessageWriter<'b> {
         if self.buf.len() < self.len + attr_len {
             return Err(EncodeError::BufferTooSmall);
         }
-        let pretend = (self.len + attr_len - HEADER_LEN) as u16;
-        self.buf[2..4].copy_from_slice(&pretend.to_be_bytes());
-        f(&self.buf[..self.len]);
+        self.write_length(self.len + attr_len - HEADER_LEN);
+        f(self.buf.get(..self.len).ok_or(EncodeError::BufferTooSmall)?);
         Ok(())
     }
 
     fn set_length(&mut self) {
-        let len = (self.len - HEADER_LEN) as u16;
-        self.buf[2..4].copy_from_slice(&len.to_be_bytes());
+        self.write_length(self.len - HEADER_LEN);
+    }
+
+    fn write_length(&mut self, len: usize) {
+        if let Some(field) = self.buf.get_mut(2..4) {
+            put(field, &[&(len as u16).to_be_bytes()]);
+        }
+    }
+}
+
+/// Copies `parts` one after another into the start of `dst`; whatever does not fit is dropped. Callers size `dst`
+/// first (`with_value` reserves exactly the value's length), so in practice everything fits, and no index can panic.
+fn put(dst: &mut [u8], parts: &[&[u8]]) {
+    let mut out = dst.iter_mut();
+    for part in parts {
+        // `part` first: zip stops on its end without taking another byte of `out`.
+        for (s, d) in part.iter().zip(&mut out) {
+            *d = *s;
+        }
     }
 }
 

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 use turn::policy::IpNet;
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub listen: Listen,
@@ -84,19 +84,6 @@ pub enum LogFormat {
     #[default]
     Text,
     Json,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            listen: Listen::default(),
-            tls: Tls::default(),
-            relay: Relay::default(),
-            auth: Auth::default(),
-            limits: Limits::default(),
-            log: Log::default(),
-        }
-    }
 }
 
 impl Default for Listen {

@@ -30,7 +30,7 @@ struct Cli {
 enum Command {
     /// Run the STUN/TURN server. With no options: UDP/TCP 3478 and TLS 5349 on all interfaces, a generated shared
     /// secret and a self-signed certificate; prints a ready `iceServers` JSON.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Mint a time-limited TURN credential (TURN REST API: username `expiry:user`, password HMAC-SHA1).
     Credentials(CredentialArgs),
     /// Check a configuration file and report every error with its line.
@@ -169,7 +169,7 @@ fn main() -> std::process::ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
         Command::Credentials(args) => {
             let (username, password) = mint(&args.secret, &args.user, args.ttl);
             let out = json!({ "username": username, "password": password, "credential": password,

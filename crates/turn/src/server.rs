@@ -86,6 +86,23 @@ impl Family {
         }
     }
 
+    /// The entry for this family in a per-family pair, indexed `[V4, V6]`.
+    pub fn pick<T>(self, pair: &[T; 2]) -> &T {
+        let [v4, v6] = pair;
+        match self {
+            Family::V4 => v4,
+            Family::V6 => v6,
+        }
+    }
+
+    pub fn pick_mut<T>(self, pair: &mut [T; 2]) -> &mut T {
+        let [v4, v6] = pair;
+        match self {
+            Family::V4 => v4,
+            Family::V6 => v6,
+        }
+    }
+
     fn stun_code(self) -> u8 {
         match self {
             Family::V4 => 0x01,
@@ -564,7 +581,7 @@ impl<R: RngCore> Server<R> {
                 range: start..stop,
             });
         }
-        if !alloc.permissions.get(&peer.ip()).is_some_and(|exp| *exp > now) {
+        if alloc.permissions.get(&peer.ip()).is_none_or(|exp| *exp <= now) {
             self.stats.dropped_packets += 1;
             return None;
         }
@@ -778,7 +795,7 @@ impl<R: RngCore> Server<R> {
         let Some(slot) = self.slots.get_mut(id.index as usize) else {
             return;
         };
-        if !slot.as_ref().is_some_and(|a| a.generation == id.generation) {
+        if slot.as_ref().is_none_or(|a| a.generation != id.generation) {
             return;
         }
         let Some(alloc) = slot.take() else { return };
@@ -1045,13 +1062,13 @@ impl<R: RngCore> Server<R> {
         let mut refused_family = None;
         let primary = Family::from_stun(req.requested_family.unwrap_or(0x01));
         let offered = [self.config.relay_ipv4, self.config.relay_ipv6];
-        if !offered[primary as usize] {
+        if !*primary.pick(&offered) {
             return Outcome::Err(reject(440, "Address Family not Supported"));
         }
-        requested[primary as usize] = true;
+        *primary.pick_mut(&mut requested) = true;
         if req.additional_family.is_some() {
-            if offered[Family::V6 as usize] {
-                requested[Family::V6 as usize] = true;
+            if *Family::V6.pick(&offered) {
+                *Family::V6.pick_mut(&mut requested) = true;
             } else {
                 refused_family = Some(Family::V6);
             }
@@ -1062,7 +1079,7 @@ impl<R: RngCore> Server<R> {
             match self.reservations.take(&token) {
                 Some(r) if r.expires > now => {
                     requested = [false; 2];
-                    requested[Family::of(&r.relay) as usize] = true;
+                    *Family::of(&r.relay).pick_mut(&mut requested) = true;
                     reservation = Some(token);
                     reserved_relay = Some(r.relay);
                 }
@@ -1128,7 +1145,7 @@ impl<R: RngCore> Server<R> {
             return Outcome::Err(ALLOCATION_MISMATCH);
         };
         if let Some(family) = req.requested_family {
-            if alloc.relays[Family::from_stun(family) as usize].is_none() {
+            if Family::from_stun(family).pick(&alloc.relays).is_none() {
                 return Outcome::Err(PEER_FAMILY_MISMATCH);
             }
         }
@@ -1257,7 +1274,7 @@ impl<R: RngCore> Server<R> {
     /// A peer must be of a relayed family (443) and allowed by policy (403).
     fn check_peer(&mut self, id: AllocationId, peer: SocketAddr) -> Result<(), Reject> {
         let alloc = self.allocation_mut(id).ok_or(ALLOCATION_MISMATCH)?;
-        if alloc.relays[Family::of(&peer) as usize].is_none() {
+        if Family::of(&peer).pick(&alloc.relays).is_none() {
             return Err(PEER_FAMILY_MISMATCH);
         }
         self.config.policy.check(peer.ip()).map_err(|_| FORBIDDEN)
