@@ -198,6 +198,10 @@ fn ensure_free(addr: SocketAddr, proto: &'static str) -> Result<(), StartError> 
         if addr.is_ipv6() {
             socket.set_only_v6(true)?;
         }
+        if proto != "UDP" {
+            // Connections of a previous run in TIME_WAIT must not block a restart; a live listener still does.
+            socket.set_reuse_address(true)?;
+        }
         socket.bind(&addr.into())
     };
     probe().map_err(|source| StartError::Bind { proto, addr, source })
