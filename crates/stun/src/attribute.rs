@@ -351,7 +351,8 @@ impl<'a> Attribute<'a> {
     }
 }
 
-/// Yields `None` once for a truncated entry.
+/// Yields `None` once for a truncated entry. The last entry may omit its padding (the attribute's own padding
+/// follows), which is how some encoders write a single PASSWORD-ALGORITHM with parameters.
 fn password_algorithm_list(mut v: &[u8]) -> impl Iterator<Item = Option<PasswordAlgorithm<'_>>> {
     std::iter::from_fn(move || {
         if v.is_empty() {
@@ -363,14 +364,15 @@ fn password_algorithm_list(mut v: &[u8]) -> impl Iterator<Item = Option<Password
         };
         let len = u16::from_be_bytes([*l0, *l1]) as usize;
         let padded = len.next_multiple_of(4);
-        let (Some(params), Some(next)) = (rest.get(..len), rest.get(padded.min(rest.len())..)) else {
+        let next = if rest.len() == len {
+            rest.get(len..)
+        } else {
+            rest.get(padded..)
+        };
+        let (Some(params), Some(next)) = (rest.get(..len), next) else {
             v = &[];
             return Some(None);
         };
-        if padded > rest.len() {
-            v = &[];
-            return Some(None);
-        }
         v = next;
         Some(Some(PasswordAlgorithm {
             algorithm: u16::from_be_bytes([*a0, *a1]),

@@ -62,7 +62,9 @@ impl<'b> MessageWriter<'b> {
             | Attribute::Lifetime(v)
             | Attribute::Priority(v)
             | Attribute::ConnectionId(v) => self.raw(ty, &v.to_be_bytes()),
-            Attribute::PasswordAlgorithm(p) => self.with_value(ty, 4 + p.params.len(), |v| {
+            // RFC 8489 §14.11-14.12: the entry's parameters are padded to four bytes inside the value, so a
+            // decoder that walks entries finds the end where the padding says.
+            Attribute::PasswordAlgorithm(p) => self.with_value(ty, 4 + p.params.len().next_multiple_of(4), |v| {
                 put(
                     v,
                     &[
@@ -240,6 +242,41 @@ mod tests {
         let msg = Message::parse(&tampered[..n]).unwrap();
         assert!(!msg.verify_integrity(&key));
         assert!(msg.check_fingerprint().is_err());
+    }
+
+    #[test]
+    fn password_algorithm_with_parameters_round_trips() {
+        // Found by the round-trip property: parameters of a length not a multiple of four were written unpadded
+        // inside the value, and the decoder, which expects padded entries, refused its own writer's output.
+        let params: &[u8] = &[1, 2, 3];
+        let mut buf = [0u8; 64];
+        let tid = TransactionId::new([3; 12]);
+        let mut w = MessageWriter::new(&mut buf, Method::ALLOCATE, Class::Request, tid).unwrap();
+        let a = Attribute::PasswordAlgorithm(crate::PasswordAlgorithm {
+            algorithm: 0x1234,
+            params,
+        });
+        w.add(&a).unwrap();
+        let n = w.finish();
+        assert_eq!(
+            buf[HEADER_LEN..n],
+            [0x00, 0x1d, 0x00, 0x08, 0x12, 0x34, 0x00, 0x03, 1, 2, 3, 0]
+        );
+        let msg = Message::parse(&buf[..n]).unwrap();
+        assert_eq!(msg.decode(attr::PASSWORD_ALGORITHM), Some(Ok(a)));
+
+        // The unpadded form other encoders (and this one before) produce is accepted too.
+        let raw = crate::RawAttribute {
+            ty: attr::PASSWORD_ALGORITHM,
+            value: &[0x12, 0x34, 0x00, 0x03, 1, 2, 3],
+        };
+        assert_eq!(Attribute::decode(raw, &tid), Ok(a));
+        // But an entry claiming more parameters than there are is still refused.
+        let raw = crate::RawAttribute {
+            ty: attr::PASSWORD_ALGORITHM,
+            value: &[0x12, 0x34, 0x00, 0x04, 1, 2, 3],
+        };
+        assert!(Attribute::decode(raw, &tid).is_err());
     }
 
     #[test]
