@@ -1,0 +1,279 @@
+//! Wire format of protocol v1: parsing of client frames and the codes a client sees.
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+/// Stable error codes of `{"type":"error","code":…}` and of HTTP refusals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    BadJson,
+    BadMessage,
+    UnknownType,
+    NotJoined,
+    AlreadyJoined,
+    UnknownPeer,
+    RateLimited,
+    ProtocolViolation,
+    TokenRequired,
+    TokenInvalid,
+    TokenExpired,
+    TokenRoomMismatch,
+    RoomFull,
+    TooManyRooms,
+    TooManyConnections,
+    ResumeFailed,
+    TooLarge,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadJson => "bad-json",
+            ErrorCode::BadMessage => "bad-message",
+            ErrorCode::UnknownType => "unknown-type",
+            ErrorCode::NotJoined => "not-joined",
+            ErrorCode::AlreadyJoined => "already-joined",
+            ErrorCode::UnknownPeer => "unknown-peer",
+            ErrorCode::RateLimited => "rate-limited",
+            ErrorCode::ProtocolViolation => "protocol-violation",
+            ErrorCode::TokenRequired => "token-required",
+            ErrorCode::TokenInvalid => "token-invalid",
+            ErrorCode::TokenExpired => "token-expired",
+            ErrorCode::TokenRoomMismatch => "token-room-mismatch",
+            ErrorCode::RoomFull => "room-full",
+            ErrorCode::TooManyRooms => "too-many-rooms",
+            ErrorCode::TooManyConnections => "too-many-connections",
+            ErrorCode::ResumeFailed => "resume-failed",
+            ErrorCode::TooLarge => "too-large",
+        }
+    }
+
+    /// The close code that follows this error, if the socket is closed for it.
+    pub fn close_code(self) -> Option<CloseCode> {
+        match self {
+            ErrorCode::TokenRequired
+            | ErrorCode::TokenInvalid
+            | ErrorCode::TokenExpired
+            | ErrorCode::TokenRoomMismatch => Some(CloseCode::TOKEN_REFUSED),
+            ErrorCode::ProtocolViolation => Some(CloseCode::PROTOCOL_VIOLATION),
+            ErrorCode::RoomFull => Some(CloseCode::ROOM_FULL),
+            ErrorCode::TooManyRooms => Some(CloseCode::TOO_MANY_ROOMS),
+            ErrorCode::TooManyConnections => Some(CloseCode::TOO_MANY_CONNECTIONS),
+            ErrorCode::ResumeFailed => Some(CloseCode::RESUME_FAILED),
+            ErrorCode::TooLarge => Some(CloseCode::TOO_LARGE),
+            _ => None,
+        }
+    }
+
+    /// HTTP status of the same refusal before an upgrade or from `/api/*`.
+    pub fn http_status(self) -> u16 {
+        match self {
+            ErrorCode::TokenRequired | ErrorCode::TokenInvalid | ErrorCode::TokenExpired => 401,
+            ErrorCode::TokenRoomMismatch => 403,
+            ErrorCode::RateLimited | ErrorCode::TooManyConnections => 429,
+            ErrorCode::RoomFull | ErrorCode::TooManyRooms => 503,
+            ErrorCode::TooLarge => 413,
+            _ => 400,
+        }
+    }
+}
+
+/// WebSocket close codes, grouped by what the client should do (Pusher's scheme): 4000-4099 do not retry,
+/// 4100-4199 retry with backoff, 4200-4299 retry now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CloseCode(pub u16);
+
+impl CloseCode {
+    pub const NORMAL: CloseCode = CloseCode(1000);
+    pub const TOO_LARGE: CloseCode = CloseCode(1009);
+    pub const TOKEN_REFUSED: CloseCode = CloseCode(4001);
+    pub const REPLACED: CloseCode = CloseCode(4002);
+    pub const PROTOCOL_VIOLATION: CloseCode = CloseCode(4003);
+    pub const RATE_LIMITED: CloseCode = CloseCode(4100);
+    pub const TOO_MANY_CONNECTIONS: CloseCode = CloseCode(4101);
+    pub const ROOM_FULL: CloseCode = CloseCode(4102);
+    pub const TOO_MANY_ROOMS: CloseCode = CloseCode(4103);
+    pub const HEARTBEAT_TIMEOUT: CloseCode = CloseCode(4200);
+    pub const RESUME_FAILED: CloseCode = CloseCode(4201);
+    pub const SHUTTING_DOWN: CloseCode = CloseCode(4202);
+}
+
+/// Why a join (or a connection) is refused: a code and a sentence for people.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct Refusal {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl Refusal {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// `{"ok":false,"code":…,"message":…}`, the HTTP body of a refusal.
+    pub fn to_http_json(&self) -> String {
+        serde_json::json!({"ok": false, "code": self.code.as_str(), "message": self.message}).to_string()
+    }
+}
+
+/// Every field any client message may carry; `type` decides which are required. One flat struct instead of a
+/// tagged enum because serde's internally tagged enums cannot hold a borrowed `RawValue`, and `data` must pass
+/// through unparsed.
+#[derive(Debug, Deserialize)]
+pub(crate) struct Envelope<'a> {
+    #[serde(rename = "type")]
+    pub ty: Option<String>,
+    pub room: Option<String>,
+    pub token: Option<String>,
+    #[serde(borrow)]
+    pub meta: Option<&'a RawValue>,
+    pub session: Option<String>,
+    #[serde(rename = "lastSeq")]
+    pub last_seq: Option<u64>,
+    pub to: Option<String>,
+    #[serde(borrow)]
+    pub data: Option<&'a RawValue>,
+    pub id: Option<String>,
+    pub ack: Option<u64>,
+}
+
+/// A validated client message.
+#[derive(Debug)]
+pub(crate) enum ClientMessage<'a> {
+    Join {
+        room: String,
+        token: Option<String>,
+        meta: Option<&'a RawValue>,
+    },
+    Resume {
+        session: String,
+        last_seq: u64,
+    },
+    Signal {
+        to: String,
+        data: &'a RawValue,
+        id: Option<String>,
+    },
+    Broadcast {
+        data: &'a RawValue,
+    },
+    Leave,
+    Ping {
+        ack: Option<u64>,
+    },
+}
+
+/// Longest room name, peer id, message id or session id accepted.
+const MAX_NAME: usize = 128;
+
+pub(crate) fn parse(text: &str) -> Result<ClientMessage<'_>, Refusal> {
+    let env: Envelope<'_> = serde_json::from_str(text).map_err(|e| {
+        if e.is_data() {
+            Refusal::new(
+                ErrorCode::BadMessage,
+                format!("The message has a field of the wrong type: {e}."),
+            )
+        } else {
+            Refusal::new(ErrorCode::BadJson, format!("The frame is not valid JSON: {e}."))
+        }
+    })?;
+    let need = |field: Option<String>, name: &str, ty: &str| {
+        let value = field.ok_or_else(|| Refusal::new(ErrorCode::BadMessage, format!("`{ty}` needs `{name}`.")))?;
+        if value.is_empty() || value.len() > MAX_NAME {
+            return Err(Refusal::new(
+                ErrorCode::BadMessage,
+                format!("`{name}` must be 1 to {MAX_NAME} characters."),
+            ));
+        }
+        Ok(value)
+    };
+    let Some(ty) = env.ty else {
+        return Err(Refusal::new(ErrorCode::BadMessage, "A message needs a `type`."));
+    };
+    match ty.as_str() {
+        "join" => Ok(ClientMessage::Join {
+            room: need(env.room, "room", "join")?,
+            token: env.token,
+            meta: env.meta,
+        }),
+        "resume" => Ok(ClientMessage::Resume {
+            session: need(env.session, "session", "resume")?,
+            last_seq: env
+                .last_seq
+                .ok_or_else(|| Refusal::new(ErrorCode::BadMessage, "`resume` needs `lastSeq`."))?,
+        }),
+        "signal" => Ok(ClientMessage::Signal {
+            to: need(env.to, "to", "signal")?,
+            data: env
+                .data
+                .ok_or_else(|| Refusal::new(ErrorCode::BadMessage, "`signal` needs `data`."))?,
+            id: match env.id {
+                Some(id) if id.len() > MAX_NAME => {
+                    return Err(Refusal::new(ErrorCode::BadMessage, "`id` is too long."));
+                }
+                id => id,
+            },
+        }),
+        "broadcast" => Ok(ClientMessage::Broadcast {
+            data: env
+                .data
+                .ok_or_else(|| Refusal::new(ErrorCode::BadMessage, "`broadcast` needs `data`."))?,
+        }),
+        "leave" => Ok(ClientMessage::Leave),
+        "ping" => Ok(ClientMessage::Ping { ack: env.ack }),
+        other => Err(Refusal::new(
+            ErrorCode::UnknownType,
+            format!(
+                "Unknown message type `{}`.",
+                other.chars().take(MAX_NAME).collect::<String>()
+            ),
+        )),
+    }
+}
+
+/// Appends `s` as a JSON string literal.
+pub(crate) fn push_json_str(out: &mut String, s: &str) {
+    // serde_json's escaping of a &str cannot fail.
+    out.push_str(&serde_json::to_string(s).unwrap_or_else(|_| "\"\"".to_owned()));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_type_and_names_what_is_missing() {
+        assert!(matches!(
+            parse(r#"{"type":"join","room":"a"}"#),
+            Ok(ClientMessage::Join { .. })
+        ));
+        assert!(matches!(
+            parse(r#"{"type":"signal","to":"p","data":{"x":[1,2]}}"#),
+            Ok(ClientMessage::Signal { data, .. }) if data.get() == r#"{"x":[1,2]}"#
+        ));
+        assert!(matches!(
+            parse(r#"{"type":"ping"}"#),
+            Ok(ClientMessage::Ping { ack: None })
+        ));
+        let e = parse(r#"{"type":"signal","data":1}"#).unwrap_err();
+        assert_eq!(
+            (e.code, e.message.as_str()),
+            (ErrorCode::BadMessage, "`signal` needs `to`.")
+        );
+        assert_eq!(parse("{nope").unwrap_err().code, ErrorCode::BadJson);
+        assert_eq!(
+            parse(r#"{"type":"join","room":5}"#).unwrap_err().code,
+            ErrorCode::BadMessage
+        );
+        assert_eq!(parse(r#"{"type":"dance"}"#).unwrap_err().code, ErrorCode::UnknownType);
+        assert_eq!(parse(r#"[1]"#).unwrap_err().code, ErrorCode::BadMessage);
+        assert_eq!(
+            parse(r#"{"type":"join","room":""}"#).unwrap_err().code,
+            ErrorCode::BadMessage
+        );
+    }
+}

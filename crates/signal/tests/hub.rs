@@ -1,0 +1,465 @@
+//! Simulated-time tests of the in-memory hub: explicit instants, no sockets, no sleeping.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::{Duration, Instant};
+
+use rand::SeedableRng;
+use serde_json::{json, Value};
+use signal::{mint_token, Claims, CloseCode, ConnId, Limits, MemoryHub, Now, Output, SignalHub};
+
+struct Lab {
+    hub: MemoryHub<rand::rngs::StdRng>,
+    start: Instant,
+    at: Duration,
+    inbox: HashMap<ConnId, Vec<Value>>,
+    closed: HashMap<ConnId, (u16, String)>,
+    /// Sockets whose client keeps its heartbeat going while time advances.
+    live: std::collections::BTreeSet<ConnId>,
+}
+
+const IP: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7));
+const UNIX: u64 = 1_800_000_000;
+
+impl Lab {
+    fn new(limits: Limits, secret: Option<&[u8]>) -> Self {
+        let start = Instant::now();
+        let ice: signal::IceServerSource = Box::new(|peer, unix| {
+            serde_json::value::to_raw_value(&json!([{"urls": ["turn:192.0.2.1:3478"], "username": format!("{}:{peer}", unix + 60), "credential": "x"}]))
+                .unwrap()
+        });
+        Self {
+            hub: MemoryHub::new(
+                limits,
+                secret.map(<[u8]>::to_vec),
+                ice,
+                rand::rngs::StdRng::seed_from_u64(7),
+                start,
+            ),
+            start,
+            at: Duration::ZERO,
+            inbox: HashMap::new(),
+            closed: HashMap::new(),
+            live: Default::default(),
+        }
+    }
+
+    fn now(&self) -> Now {
+        Now {
+            instant: self.start + self.at,
+            unix: UNIX + self.at.as_secs(),
+        }
+    }
+
+    fn advance(&mut self, d: Duration) {
+        // Step in small increments so every sweep runs, as the I/O layer's timer would.
+        let end = self.at + d;
+        while self.at < end {
+            self.at = (self.at + Duration::from_millis(250)).min(end);
+            let now = self.now();
+            for conn in &self.live {
+                self.hub.handle_activity(*conn, now);
+            }
+            self.hub.handle_timeout(now);
+            self.drain();
+        }
+    }
+
+    fn drain(&mut self) {
+        while let Some(out) = self.hub.poll_output() {
+            match out {
+                Output::Send { conn, text } => {
+                    let v: Value = serde_json::from_str(&text).expect("server frames are JSON");
+                    assert!(v["seq"].is_u64(), "every frame carries seq: {v}");
+                    self.inbox.entry(conn).or_default().push(v);
+                }
+                Output::Close { conn, code, reason } => {
+                    self.live.remove(&conn);
+                    self.closed.insert(conn, (code.0, reason));
+                }
+            }
+        }
+    }
+
+    fn connect(&mut self, conn: ConnId) {
+        let now = self.now();
+        self.hub.handle_connect(conn, IP, now).unwrap();
+        self.live.insert(conn);
+    }
+
+    fn send(&mut self, conn: ConnId, v: Value) {
+        let now = self.now();
+        self.hub.handle_text(conn, &v.to_string(), now);
+        self.drain();
+    }
+
+    fn send_raw(&mut self, conn: ConnId, text: &str) {
+        let now = self.now();
+        self.hub.handle_text(conn, text, now);
+        self.drain();
+    }
+
+    fn drop_socket(&mut self, conn: ConnId) {
+        let now = self.now();
+        self.live.remove(&conn);
+        self.hub.handle_closed(conn, now);
+        self.drain();
+    }
+
+    fn take(&mut self, conn: ConnId) -> Vec<Value> {
+        self.inbox.remove(&conn).unwrap_or_default()
+    }
+
+    /// Connects and joins; returns (peer id, session secret).
+    fn join(&mut self, conn: ConnId, room: &str) -> (String, String) {
+        self.connect(conn);
+        self.send(
+            conn,
+            json!({"type": "join", "room": room, "meta": {"name": format!("c{conn}")}}),
+        );
+        let joined = self
+            .take(conn)
+            .into_iter()
+            .find(|m| m["type"] == "joined")
+            .expect("joined");
+        (
+            joined["peerId"].as_str().unwrap().to_owned(),
+            joined["session"].as_str().unwrap().to_owned(),
+        )
+    }
+}
+
+fn types(msgs: &[Value]) -> Vec<&str> {
+    msgs.iter().map(|m| m["type"].as_str().unwrap()).collect()
+}
+
+#[test]
+fn join_presence_signal_broadcast_and_leave() {
+    let mut lab = Lab::new(Limits::default(), None);
+    lab.connect(1);
+    lab.send(1, json!({"type": "join", "room": "r", "meta": {"name": "ann"}}));
+    let joined = lab.take(1).remove(0);
+    assert_eq!(joined["type"], "joined");
+    assert_eq!(joined["seq"], 1);
+    assert_eq!(joined["peers"], json!([]));
+    assert_eq!(joined["heartbeatMs"], 10_000);
+    assert_eq!(joined["resumeGraceMs"], 30_000);
+    let ann = joined["peerId"].as_str().unwrap().to_owned();
+    assert!(joined["iceServers"][0]["username"].as_str().unwrap().ends_with(&ann));
+
+    let (bob, _) = lab.join(2, "r");
+    let to_ann = lab.take(1);
+    assert_eq!(to_ann[0]["type"], "peer-joined");
+    assert_eq!(to_ann[0]["seq"], 2);
+    assert_eq!(to_ann[0]["peer"], json!({"id": bob, "meta": {"name": "c2"}}));
+
+    lab.send(2, json!({"type": "signal", "to": ann, "data": {"sdp": "offer"}}));
+    let got = lab.take(1);
+    assert_eq!(
+        got[0],
+        json!({"seq": 3, "type": "signal", "from": bob, "data": {"sdp": "offer"}})
+    );
+
+    lab.send(1, json!({"type": "broadcast", "data": [1, 2]}));
+    assert_eq!(
+        lab.take(2)[0],
+        json!({"seq": 2, "type": "broadcast", "from": ann, "data": [1, 2]})
+    );
+    assert!(lab.take(1).is_empty(), "no echo of one's own broadcast");
+
+    // A third peer in another room cannot be reached.
+    let (carl, _) = lab.join(3, "other");
+    lab.send(1, json!({"type": "signal", "to": carl, "data": 1}));
+    let err = lab.take(1).remove(0);
+    assert_eq!(
+        (err["type"].as_str(), err["code"].as_str()),
+        (Some("error"), Some("unknown-peer"))
+    );
+
+    lab.send(2, json!({"type": "leave"}));
+    assert_eq!(lab.closed[&2].0, 1000);
+    let left = lab.take(1).remove(0);
+    assert_eq!(
+        (left["type"].as_str(), left["peerId"].as_str()),
+        (Some("peer-left"), Some(bob.as_str()))
+    );
+    assert_eq!(lab.hub.stats().sessions, 2);
+}
+
+#[test]
+fn bad_frames_get_coded_errors_then_the_socket_is_closed() {
+    let mut lab = Lab::new(Limits::default(), None);
+    lab.connect(1);
+    lab.send_raw(1, "{not json");
+    lab.send(1, json!({"type": "fly"}));
+    lab.send(1, json!({"type": "signal", "to": "p_1", "data": 1}));
+    lab.send(1, json!({"type": "join"}));
+    let codes: Vec<String> = lab
+        .take(1)
+        .iter()
+        .map(|m| m["code"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(codes, ["bad-json", "unknown-type", "not-joined", "bad-message"]);
+    for _ in 0..30 {
+        lab.send_raw(1, "[]");
+    }
+    assert_eq!(lab.closed[&1].0, CloseCode::PROTOCOL_VIOLATION.0);
+
+    let mut lab = Lab::new(Limits::default(), None);
+    lab.join(1, "r");
+    lab.send_raw(1, &"x".repeat(70 * 1024));
+    assert_eq!(lab.closed[&1].0, 1009);
+}
+
+#[test]
+fn resume_replays_missed_messages_in_order_without_peer_left() {
+    let mut lab = Lab::new(Limits::default(), None);
+    let (ann, ann_session) = lab.join(1, "r");
+    let (bob, _) = lab.join(2, "r");
+    let seen = lab.take(1).last().unwrap()["seq"].as_u64().unwrap();
+    assert_eq!(seen, 2);
+    lab.drop_socket(1);
+    for i in 0..5 {
+        lab.send(2, json!({"type": "signal", "to": ann, "data": i}));
+    }
+    lab.advance(Duration::from_secs(20));
+    assert!(lab.take(2).is_empty(), "bob sees no peer-left within the grace period");
+
+    lab.connect(11);
+    lab.send(11, json!({"type": "resume", "session": ann_session, "lastSeq": seen}));
+    let got = lab.take(11);
+    assert_eq!(got[0]["type"], "resumed");
+    assert_eq!(got[0]["replayed"], 5);
+    let data: Vec<i64> = got[1..].iter().map(|m| m["data"].as_i64().unwrap()).collect();
+    assert_eq!(data, [0, 1, 2, 3, 4]);
+    let seqs: Vec<u64> = got[1..].iter().map(|m| m["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, [3, 4, 5, 6, 7]);
+    // Same peer id, and the session carries on.
+    assert_eq!(got[0]["peerId"], ann.as_str());
+    lab.send(11, json!({"type": "signal", "to": bob, "data": "back"}));
+    assert_eq!(lab.take(2)[0]["data"], "back");
+    lab.advance(Duration::from_secs(40));
+    assert_eq!(lab.hub.stats().sessions, 2, "a resumed session does not expire");
+}
+
+#[test]
+fn resume_after_ack_and_unknown_sessions() {
+    let mut lab = Lab::new(Limits::default(), None);
+    let (ann, ann_session) = lab.join(1, "r");
+    lab.join(2, "r");
+    for i in 0..3 {
+        lab.send(2, json!({"type": "signal", "to": ann, "data": i}));
+    }
+    // Acknowledge up to seq 4, then a resume from seq 2 reaches back past what is kept.
+    lab.send(1, json!({"type": "ping", "ack": 4}));
+    let pong = lab.take(1).pop().unwrap();
+    assert_eq!(pong, json!({"seq": 5, "type": "pong"}));
+    lab.connect(3);
+    lab.send(3, json!({"type": "resume", "session": ann_session, "lastSeq": 2}));
+    assert_eq!(lab.take(3)[0]["code"], "resume-failed");
+    assert_eq!(lab.closed[&3].0, 4201);
+
+    lab.connect(4);
+    lab.send(4, json!({"type": "resume", "session": "s_nope", "lastSeq": 0}));
+    assert_eq!(lab.take(4)[0]["seq"], 0);
+    assert_eq!(lab.closed[&4].0, 4201);
+
+    // A resume while the old socket still looks alive replaces it.
+    lab.connect(5);
+    lab.send(5, json!({"type": "resume", "session": ann_session, "lastSeq": 4}));
+    assert_eq!(lab.closed[&1].0, 4002);
+    let got = lab.take(5);
+    assert_eq!(types(&got), ["resumed", "signal"]);
+    assert_eq!(got[1]["seq"], 5);
+}
+
+#[test]
+fn grace_expiry_sends_peer_left_and_undeliverable() {
+    let mut lab = Lab::new(Limits::default(), None);
+    let (ann, _) = lab.join(1, "r");
+    lab.join(2, "r");
+    lab.take(1);
+    lab.drop_socket(1);
+    lab.send(2, json!({"type": "signal", "to": ann, "data": "lost", "id": "m-1"}));
+    lab.advance(Duration::from_secs(29));
+    assert!(lab.take(2).is_empty());
+    lab.advance(Duration::from_secs(2));
+    let got = lab.take(2);
+    assert_eq!(types(&got), ["peer-left", "undeliverable"]);
+    assert_eq!(got[1]["id"], "m-1");
+    assert_eq!(got[1]["reason"], "peer-left");
+    assert_eq!(got[1]["to"], ann.as_str());
+}
+
+#[test]
+fn queue_of_a_disconnected_peer_is_bounded() {
+    let limits = Limits {
+        max_queued: 3,
+        ..Limits::default()
+    };
+    let mut lab = Lab::new(limits, None);
+    let (ann, _) = lab.join(1, "r");
+    lab.join(2, "r");
+    lab.drop_socket(1);
+    for i in 0..5 {
+        lab.send(
+            2,
+            json!({"type": "signal", "to": ann, "data": i, "id": format!("m{i}")}),
+        );
+    }
+    let refused: Vec<&str> = Vec::new();
+    let got = lab.take(2);
+    let mut refused = refused;
+    for m in &got {
+        assert_eq!(m["type"], "undeliverable");
+        assert_eq!(m["reason"], "queue-full");
+        refused.push(m["id"].as_str().unwrap());
+    }
+    assert_eq!(refused, ["m3", "m4"]);
+}
+
+#[test]
+fn heartbeat_timeout_closes_silent_sockets_and_starts_the_grace_period() {
+    let mut lab = Lab::new(Limits::default(), None);
+    lab.join(1, "r");
+    lab.join(2, "r");
+    lab.live.remove(&1);
+    lab.live.remove(&2);
+    for _ in 0..5 {
+        lab.advance(Duration::from_secs(6));
+        lab.send(2, json!({"type": "ping"}));
+    }
+    assert_eq!(lab.closed.get(&1).map(|c| c.0), Some(4200));
+    assert!(!lab.closed.contains_key(&2), "a pinging socket stays");
+    assert_eq!(lab.hub.stats().sessions, 2, "the silent peer is in its grace period");
+}
+
+#[test]
+fn rate_limit_drops_then_closes() {
+    let limits = Limits {
+        messages_per_second: 10,
+        burst: 10,
+        ..Limits::default()
+    };
+    let mut lab = Lab::new(limits, None);
+    let (ann, _) = lab.join(1, "r");
+    lab.join(2, "r");
+    lab.take(1);
+    for i in 0..15 {
+        lab.send(2, json!({"type": "signal", "to": ann, "data": i}));
+    }
+    // join took one token: nine signals pass, then one rate-limited error.
+    assert_eq!(lab.take(1).len(), 9);
+    let errs = lab.take(2);
+    assert_eq!(errs.iter().filter(|m| m["code"] == "rate-limited").count(), 1);
+    lab.advance(Duration::from_secs(1));
+    lab.send(2, json!({"type": "signal", "to": ann, "data": "later"}));
+    assert_eq!(lab.take(1)[0]["data"], "later");
+    for i in 0..40 {
+        lab.send(2, json!({"type": "signal", "to": ann, "data": i}));
+    }
+    assert_eq!(lab.closed[&2].0, 4100);
+}
+
+#[test]
+fn room_and_connection_limits() {
+    let limits = Limits {
+        max_peers_per_room: 2,
+        max_rooms: 2,
+        max_connections_per_ip: 5,
+        ..Limits::default()
+    };
+    let mut lab = Lab::new(limits, None);
+    lab.join(1, "a");
+    lab.join(2, "a");
+    let now = lab.now();
+    assert_eq!(
+        lab.hub.check_join("a", None, now).unwrap_err().code.as_str(),
+        "room-full"
+    );
+    lab.connect(3);
+    lab.send(3, json!({"type": "join", "room": "a"}));
+    assert_eq!(lab.take(3)[0]["code"], "room-full");
+    assert_eq!(lab.closed[&3].0, 4102);
+    lab.join(4, "b");
+    lab.connect(5);
+    lab.send(5, json!({"type": "join", "room": "c"}));
+    assert_eq!(lab.closed[&5].0, 4103);
+    for c in 6..8 {
+        lab.connect(c);
+    }
+    let now = lab.now();
+    let refused = lab.hub.handle_connect(99, IP, now).unwrap_err();
+    assert_eq!(refused.code.as_str(), "too-many-connections");
+    assert_eq!(refused.code.http_status(), 429);
+    lab.drop_socket(6);
+    lab.connect(99);
+}
+
+#[test]
+fn tokens_are_required_checked_and_give_identity() {
+    let secret = b"join-secret";
+    let mut lab = Lab::new(Limits::default(), Some(secret));
+    let token = |room: &str, exp: u64| {
+        mint_token(
+            secret,
+            &Claims {
+                room: room.into(),
+                sub: "ann@example.com".into(),
+                exp,
+                caps: vec!["publish".into()],
+            },
+        )
+    };
+    let cases = [
+        (json!({"type": "join", "room": "r"}), "token-required"),
+        (
+            json!({"type": "join", "room": "r", "token": "garbage"}),
+            "token-invalid",
+        ),
+        (
+            json!({"type": "join", "room": "r", "token": token("r", UNIX - 1)}),
+            "token-expired",
+        ),
+        (
+            json!({"type": "join", "room": "r", "token": token("x", UNIX + 60)}),
+            "token-room-mismatch",
+        ),
+        (
+            json!({"type": "join", "room": "r", "token": mint_token(b"other", &Claims { room: "r".into(), sub: "s".into(), exp: UNIX + 60, caps: vec![] })}),
+            "token-invalid",
+        ),
+    ];
+    for (i, (msg, code)) in cases.into_iter().enumerate() {
+        let conn = 10 + i as u64;
+        lab.connect(conn);
+        lab.send(conn, msg);
+        assert_eq!(lab.take(conn)[0]["code"], code);
+        assert_eq!(lab.closed[&conn].0, 4001);
+    }
+    lab.connect(1);
+    lab.send(
+        1,
+        json!({"type": "join", "room": "r", "token": token("r", UNIX + 60), "meta": {"name": "A"}}),
+    );
+    let joined = lab.take(1).remove(0);
+    assert_eq!(joined["caps"], json!(["publish"]));
+    lab.connect(2);
+    lab.send(2, json!({"type": "join", "room": "r", "token": token("*", UNIX + 60)}));
+    let joined = lab.take(2).remove(0);
+    assert_eq!(
+        joined["peers"][0]["meta"],
+        json!({"name": "A", "identity": "ann@example.com"})
+    );
+}
+
+#[test]
+fn shutdown_closes_everything_with_retry_now() {
+    let mut lab = Lab::new(Limits::default(), None);
+    lab.join(1, "r");
+    lab.connect(2);
+    lab.hub.handle_shutdown();
+    lab.drain();
+    assert_eq!(lab.closed[&1].0, 4202);
+    assert_eq!(lab.closed[&2].0, 4202);
+}
