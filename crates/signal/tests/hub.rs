@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 //! Simulated-time tests of the in-memory hub: explicit instants, no sockets, no sleeping.
 
 use std::collections::HashMap;
