@@ -1039,6 +1039,7 @@ impl<R: RngCore> Server<R> {
     ) -> Outcome {
         // A retransmitted Allocate was answered from the response cache before we got here; anything else on a
         // 5-tuple that already has (or is binding) an allocation is a mismatch.
+        self.sweep_if_expired(now, five_tuple);
         if self.by_five_tuple.contains_key(&five_tuple) || self.pending.contains_key(&five_tuple) {
             return Outcome::Err(ALLOCATION_MISMATCH);
         }
@@ -1088,9 +1089,9 @@ impl<R: RngCore> Server<R> {
         }
         match self.quotas.acquire(&username) {
             Ok(()) => {}
-            Err(QuotaExceeded::User | QuotaExceeded::Total) => {
-                return Outcome::Err(reject(486, "Allocation Quota Reached"))
-            }
+            // RFC 8656 §18: 486 means "no more allocations using this username"; a server-wide limit is capacity.
+            Err(QuotaExceeded::User) => return Outcome::Err(reject(486, "Allocation Quota Reached")),
+            Err(QuotaExceeded::Total) => return Outcome::Err(reject(508, "Insufficient Capacity")),
         }
         let lifetime = self.clamp_lifetime(req.lifetime);
         self.pending.insert(
@@ -1124,7 +1125,13 @@ impl<R: RngCore> Server<R> {
     }
 
     /// Finds the allocation of this 5-tuple and checks that the same user owns it (RFC 8656 §5: 441).
-    fn owned_allocation(&mut self, five_tuple: FiveTuple, username: &str) -> Result<AllocationId, Reject> {
+    fn owned_allocation(
+        &mut self,
+        now: Instant,
+        five_tuple: FiveTuple,
+        username: &str,
+    ) -> Result<AllocationId, Reject> {
+        self.sweep_if_expired(now, five_tuple);
         let id = *self.by_five_tuple.get(&five_tuple).ok_or(ALLOCATION_MISMATCH)?;
         let alloc = self.allocation_mut(id).ok_or(ALLOCATION_MISMATCH)?;
         if alloc.username != username {
@@ -1133,14 +1140,27 @@ impl<R: RngCore> Server<R> {
         Ok(id)
     }
 
-    /// RFC 8656 §7.3: lifetime 0 deletes; otherwise min(requested, max).
+    /// An allocation past its lifetime is gone (RFC 8656 §7), whether or not `handle_timeout` has run yet: a request
+    /// must neither revive it (Refresh) nor be refused because of it (Allocate).
+    fn sweep_if_expired(&mut self, now: Instant, five_tuple: FiveTuple) {
+        let Some(&id) = self.by_five_tuple.get(&five_tuple) else {
+            return;
+        };
+        if self.allocation_mut(id).is_some_and(|a| a.expires <= now) {
+            self.remove_allocation(id);
+        }
+    }
+
+    /// RFC 8656 §7.3: lifetime 0 deletes; otherwise min(requested, max), but never below the default.
     fn handle_refresh(&mut self, now: Instant, five_tuple: FiveTuple, req: &Request<'_>, username: &str) -> Outcome {
-        let id = match self.owned_allocation(five_tuple, username) {
+        let id = match self.owned_allocation(now, five_tuple, username) {
             Ok(id) => id,
             Err(r) => return Outcome::Err(r),
         };
-        let max = self.config.max_lifetime;
-        let default = self.config.default_lifetime;
+        let lifetime = match req.lifetime {
+            Some(0) => Duration::ZERO,
+            requested => self.clamp_lifetime(requested),
+        };
         let Some(alloc) = self.allocation_mut(id) else {
             return Outcome::Err(ALLOCATION_MISMATCH);
         };
@@ -1149,11 +1169,6 @@ impl<R: RngCore> Server<R> {
                 return Outcome::Err(PEER_FAMILY_MISMATCH);
             }
         }
-        let lifetime = match req.lifetime {
-            Some(0) => Duration::ZERO,
-            Some(s) => Duration::from_secs(u64::from(s)).min(max),
-            None => default.min(max),
-        };
         if lifetime.is_zero() {
             self.remove_allocation(id);
             return Outcome::Ok(Some(0));
@@ -1170,7 +1185,7 @@ impl<R: RngCore> Server<R> {
         req: &Request<'_>,
         username: &str,
     ) -> Outcome {
-        let id = match self.owned_allocation(five_tuple, username) {
+        let id = match self.owned_allocation(now, five_tuple, username) {
             Ok(id) => id,
             Err(r) => return Outcome::Err(r),
         };
@@ -1206,7 +1221,7 @@ impl<R: RngCore> Server<R> {
         req: &Request<'_>,
         username: &str,
     ) -> Outcome {
-        let id = match self.owned_allocation(five_tuple, username) {
+        let id = match self.owned_allocation(now, five_tuple, username) {
             Ok(id) => id,
             Err(r) => return Outcome::Err(r),
         };
