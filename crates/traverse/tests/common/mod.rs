@@ -1,0 +1,723 @@
+//! Shared pieces of the integration tests: the real `traverse` binary as a child process, real peers (coturn's
+//! tools) found on PATH, bounded process runs, and a small hand-built STUN/TURN client over UDP and TCP that uses
+//! the project's own codec.
+//!
+//! Every wait here is bounded in time and in count, so a broken server fails a test instead of hanging it.
+//! All traffic stays on loopback.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use stun::{attr, Attribute, Class, IntegrityKey, Message, MessageWriter, Method, TransactionId};
+
+pub const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+/// How long the server may take to print its ready line on a loaded machine.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+// ---------------------------------------------------------------------------------------------------------------
+// Skipping.
+
+/// CI sets `TRAVERSE_REQUIRE_PEERS=1`: a missing peer is then a failure, not a skip.
+pub fn peers_required() -> bool {
+    std::env::var("TRAVERSE_REQUIRE_PEERS").is_ok_and(|v| v == "1")
+}
+
+/// Prints `SKIP: reason` (or panics under `TRAVERSE_REQUIRE_PEERS=1`). Callers return right after.
+pub fn skip(reason: &str) {
+    assert!(!peers_required(), "TRAVERSE_REQUIRE_PEERS=1 but {reason}");
+    println!("SKIP: {reason}");
+}
+
+/// Whether an executable of this name is on PATH.
+pub fn have_tool(name: &str) -> bool {
+    let Some(path) = std::env::var_os("PATH") else {
+        return false;
+    };
+    std::env::split_paths(&path).any(|dir| {
+        let candidate = dir.join(name);
+        candidate.is_file()
+            && std::fs::metadata(&candidate)
+                .map(|m| {
+                    use std::os::unix::fs::PermissionsExt;
+                    m.permissions().mode() & 0o111 != 0
+                })
+                .unwrap_or(false)
+    })
+}
+
+/// `true` when every tool is on PATH; otherwise skips (or fails under CI) and returns `false`.
+pub fn require_tools(tools: &[&str]) -> bool {
+    for tool in tools {
+        if !have_tool(tool) {
+            skip(&format!("{tool} not installed (Debian package coturn)"));
+            return false;
+        }
+    }
+    true
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Bounded process runs.
+
+/// What a bounded run of a child process produced.
+#[derive(Debug)]
+pub struct RunOutput {
+    pub status: Option<ExitStatus>,
+    pub stdout: String,
+    pub stderr: String,
+    pub timed_out: bool,
+}
+
+impl RunOutput {
+    /// Both streams, for assertion messages and parsing (coturn's tools log to either).
+    pub fn all(&self) -> String {
+        format!("{}\n{}", self.stdout, self.stderr)
+    }
+}
+
+/// Runs `cmd` to completion or until `timeout`, then kills it by PID. Output is collected on threads so a chatty
+/// child never blocks on a full pipe.
+pub fn run_bounded(cmd: &mut Command, timeout: Duration) -> RunOutput {
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot spawn {cmd:?}: {e}"));
+    let out = collect(child.stdout.take());
+    let err = collect(child.stderr.take());
+    let deadline = Instant::now() + timeout;
+    let mut status = None;
+    let mut timed_out = false;
+    while status.is_none() {
+        status = child.try_wait().unwrap_or(None);
+        if status.is_some() {
+            break;
+        }
+        if Instant::now() >= deadline {
+            timed_out = true;
+            let _ = child.kill();
+            status = child.wait().ok();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    RunOutput {
+        status,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+        timed_out,
+    }
+}
+
+fn collect<R: Read + Send + 'static>(pipe: Option<R>) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut s = Vec::new();
+        if let Some(mut p) = pipe {
+            let _ = p.read_to_end(&mut s);
+        }
+        String::from_utf8_lossy(&s).into_owned()
+    })
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The server under test.
+
+/// A running `traverse serve`, killed by PID when dropped.
+#[derive(Debug)]
+pub struct Server {
+    child: Child,
+    pub udp: SocketAddr,
+    pub tcp: SocketAddr,
+    pub tls: SocketAddr,
+    /// The last part of the server's log (stderr), for failure messages.
+    log: Arc<Mutex<String>>,
+}
+
+impl Server {
+    /// Starts `traverse serve` on loopback with kernel-chosen ports (UDP, TCP and TLS each get their own) plus
+    /// `args`, and waits until it prints its `iceServers` line, which it does only once every listener is bound.
+    pub fn start(args: &[&str]) -> Server {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_traverse"));
+        cmd.arg("serve")
+            .args(["--udp", "127.0.0.1:0", "--tcp", "127.0.0.1:0", "--tls", "127.0.0.1:0"])
+            .args(args)
+            .env_remove("TRAVERSE_CONFIG")
+            .env("TRAVERSE_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start traverse: {e}"));
+        let log = Arc::new(Mutex::new(String::new()));
+        if let Some(stderr) = child.stderr.take() {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    let mut l = log.lock().unwrap_or_else(|e| e.into_inner());
+                    if l.len() > 64 * 1024 {
+                        let cut = l.len() - 32 * 1024;
+                        let cut = (cut..l.len()).find(|i| l.is_char_boundary(*i)).unwrap_or(0);
+                        l.drain(..cut);
+                    }
+                    l.push_str(&line);
+                    l.push('\n');
+                }
+            });
+        }
+        let (tx, rx) = mpsc::channel();
+        if let Some(stdout) = child.stdout.take() {
+            std::thread::spawn(move || {
+                for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                    if let Some(json) = line.strip_prefix("iceServers: ") {
+                        let _ = tx.send(json.to_owned());
+                    }
+                }
+            });
+        }
+        let json = match rx.recv_timeout(START_TIMEOUT) {
+            Ok(json) => json,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                std::thread::sleep(Duration::from_millis(100));
+                panic!(
+                    "traverse did not become ready within {START_TIMEOUT:?}; log:\n{}",
+                    log.lock().unwrap_or_else(|e| e.into_inner())
+                );
+            }
+        };
+        let (udp, tcp, tls) = parse_ice_servers(&json);
+        Server {
+            child,
+            udp,
+            tcp,
+            tls,
+            log,
+        }
+    }
+
+    /// The process has not exited.
+    pub fn is_alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Asserts the process is still running, with its log on failure.
+    pub fn assert_alive(&mut self) {
+        let status = self.child.try_wait();
+        assert!(
+            matches!(status, Ok(None)),
+            "traverse exited ({status:?}); log:\n{}",
+            self.log()
+        );
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The UDP, TCP and TLS addresses from `[{"urls": ["stun:H:P", "turn:H:P?transport=udp", ...], ...}]`.
+fn parse_ice_servers(json: &str) -> (SocketAddr, SocketAddr, SocketAddr) {
+    let value: serde_json::Value = serde_json::from_str(json).unwrap_or_else(|e| panic!("bad iceServers {json}: {e}"));
+    let urls = value[0]["urls"].as_array().cloned().unwrap_or_default();
+    let port_of = |prefix: &str, suffix: &str| -> SocketAddr {
+        let url = urls
+            .iter()
+            .filter_map(|u| u.as_str())
+            .find(|u| u.starts_with(prefix) && u.ends_with(suffix))
+            .unwrap_or_else(|| panic!("no {prefix}…{suffix} URL in {json}"));
+        let hostport = url.trim_start_matches(prefix).trim_end_matches(suffix);
+        let port = hostport.rsplit(':').next().and_then(|p| p.parse::<u16>().ok());
+        SocketAddr::new(LOOPBACK, port.unwrap_or_else(|| panic!("no port in {url}")))
+    };
+    (
+        port_of("turn:", "?transport=udp"),
+        port_of("turn:", "?transport=tcp"),
+        port_of("turns:", "?transport=tcp"),
+    )
+}
+
+/// A REST credential minted by `traverse credentials`, as an operator would.
+pub fn mint_credentials(secret: &str, user: &str) -> (String, String) {
+    let out = run_bounded(
+        Command::new(env!("CARGO_BIN_EXE_traverse")).args(["credentials", "--secret", secret, "--user", user]),
+        Duration::from_secs(30),
+    );
+    assert!(
+        out.status.is_some_and(|s| s.success()),
+        "traverse credentials failed: {out:?}"
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("credentials output {:?}: {e}", out.stdout));
+    let username = v["username"].as_str().unwrap_or_default().to_owned();
+    let password = v["password"].as_str().unwrap_or_default().to_owned();
+    assert!(
+        username.ends_with(&format!(":{user}")),
+        "unexpected username {username}"
+    );
+    assert!(!password.is_empty());
+    (username, password)
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Echo peers.
+
+/// A free UDP port on `ip` right now (bound, then released). Collisions with parallel tests are possible but rare;
+/// callers retry.
+pub fn free_udp_port(ip: IpAddr) -> u16 {
+    UdpSocket::bind(SocketAddr::new(ip, 0))
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("cannot bind UDP on {ip}: {e}"))
+}
+
+/// coturn's `turnutils_peer`, a UDP echo server, killed on drop.
+#[derive(Debug)]
+pub struct EchoPeer {
+    child: Child,
+    pub addr: SocketAddr,
+}
+
+impl EchoPeer {
+    /// Starts `turnutils_peer -L ip -p port` on a free port and waits until it echoes.
+    pub fn start(ip: IpAddr) -> EchoPeer {
+        for _attempt in 0..5 {
+            let addr = SocketAddr::new(ip, free_udp_port(ip));
+            let mut child = Command::new("turnutils_peer")
+                .args(["-L", &ip.to_string(), "-p", &addr.port().to_string()])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot start turnutils_peer: {e}"));
+            if udp_echoes(addr, Duration::from_secs(15)) {
+                return EchoPeer { child, addr };
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("turnutils_peer never echoed on {ip}");
+    }
+}
+
+impl Drop for EchoPeer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Whether a UDP datagram sent to `addr` comes back within `timeout` (probing every 200 ms).
+pub fn udp_echoes(addr: SocketAddr, timeout: Duration) -> bool {
+    let any: SocketAddr = if addr.is_ipv4() {
+        SocketAddr::new(LOOPBACK, 0)
+    } else {
+        SocketAddr::new(IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1]), 0)
+    };
+    let Ok(sock) = UdpSocket::bind(any) else { return false };
+    let _ = sock.set_read_timeout(Some(Duration::from_millis(200)));
+    let deadline = Instant::now() + timeout;
+    let mut buf = [0u8; 64];
+    while Instant::now() < deadline {
+        let _ = sock.send_to(b"echo-probe", addr);
+        if let Ok((n, from)) = sock.recv_from(&mut buf) {
+            if from == addr && buf.get(..n) == Some(b"echo-probe".as_slice()) {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// A hand-built STUN/TURN client on the project's codec.
+
+pub fn random_tid() -> TransactionId {
+    TransactionId::new(rand::random())
+}
+
+/// Builds a request. `attrs` adds the attributes; credentials, if any, add USERNAME, REALM, NONCE and
+/// MESSAGE-INTEGRITY after them; `fingerprint` appends FINGERPRINT last.
+pub fn build(
+    method: Method,
+    tid: TransactionId,
+    attrs: impl FnOnce(&mut MessageWriter<'_>) -> Result<(), stun::EncodeError>,
+    auth: Option<&Credentials>,
+    fingerprint: bool,
+) -> Vec<u8> {
+    let mut buf = vec![0u8; 2048];
+    let mut w = MessageWriter::new(&mut buf, method, Class::Request, tid).expect("header");
+    attrs(&mut w).expect("attributes fit");
+    if let Some(c) = auth {
+        w.add(&Attribute::Username(&c.username)).expect("username");
+        w.add(&Attribute::Realm(&c.realm)).expect("realm");
+        w.add(&Attribute::Nonce(&c.nonce)).expect("nonce");
+        w.message_integrity(&c.key).expect("integrity");
+    }
+    if fingerprint {
+        w.fingerprint().expect("fingerprint");
+    }
+    let len = w.finish();
+    buf.truncate(len);
+    buf
+}
+
+/// Long-term credentials after a 401: what goes into every authenticated request.
+#[derive(Clone)]
+pub struct Credentials {
+    pub username: String,
+    pub realm: String,
+    pub nonce: String,
+    pub key: IntegrityKey,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Credentials({}@{})", self.username, self.realm)
+    }
+}
+
+/// A parsed response kept as owned bytes.
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub bytes: Vec<u8>,
+}
+
+impl Response {
+    pub fn message(&self) -> Message<'_> {
+        Message::parse(&self.bytes).expect("responses we keep parse")
+    }
+
+    pub fn class(&self) -> Class {
+        self.message().class()
+    }
+
+    pub fn method(&self) -> Method {
+        self.message().method()
+    }
+
+    pub fn error_code(&self) -> Option<u16> {
+        match self.message().decode(attr::ERROR_CODE) {
+            Some(Ok(Attribute::ErrorCode(e))) => Some(e.code),
+            _ => None,
+        }
+    }
+
+    pub fn text(&self, ty: u16) -> Option<String> {
+        match self.message().decode(ty) {
+            Some(Ok(Attribute::Realm(s) | Attribute::Nonce(s) | Attribute::Username(s))) => Some(s.to_owned()),
+            _ => None,
+        }
+    }
+
+    pub fn address(&self, ty: u16) -> Option<SocketAddr> {
+        match self.message().decode(ty) {
+            Some(Ok(
+                Attribute::XorMappedAddress(a)
+                | Attribute::XorRelayedAddress(a)
+                | Attribute::XorPeerAddress(a)
+                | Attribute::MappedAddress(a),
+            )) => Some(a),
+            _ => None,
+        }
+    }
+
+    /// Every address of this type (a dual allocation has two XOR-RELAYED-ADDRESS).
+    pub fn addresses(&self, ty: u16) -> Vec<SocketAddr> {
+        let msg = self.message();
+        let tid = msg.transaction_id();
+        msg.attributes()
+            .filter(|raw| raw.ty == ty)
+            .filter_map(|raw| match Attribute::decode(raw, &tid) {
+                Ok(Attribute::XorRelayedAddress(a) | Attribute::XorMappedAddress(a)) => Some(a),
+                _ => None,
+            })
+            .collect()
+    }
+
+    pub fn unknown_attributes(&self) -> Vec<u16> {
+        match self.message().decode(attr::UNKNOWN_ATTRIBUTES) {
+            Some(Ok(Attribute::UnknownAttributes(list))) => Attribute::u16_list(list).collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Short description for assertion messages.
+    pub fn describe(&self) -> String {
+        format!("{:?} {:?} error={:?}", self.method(), self.class(), self.error_code())
+    }
+}
+
+/// A client connection to the server over UDP or TCP.
+#[derive(Debug)]
+pub enum Conn {
+    Udp { sock: UdpSocket, server: SocketAddr },
+    Tcp { stream: TcpStream, buf: Vec<u8> },
+}
+
+impl Conn {
+    pub fn udp(server: SocketAddr) -> Conn {
+        let sock = UdpSocket::bind(SocketAddr::new(LOOPBACK, 0)).expect("bind UDP");
+        Conn::Udp { sock, server }
+    }
+
+    pub fn tcp(server: SocketAddr) -> Conn {
+        let stream = connect_tcp(server);
+        Conn::Tcp {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        match self {
+            Conn::Udp { sock, .. } => sock.local_addr().expect("local addr"),
+            Conn::Tcp { stream, .. } => stream.local_addr().expect("local addr"),
+        }
+    }
+
+    pub fn is_udp(&self) -> bool {
+        matches!(self, Conn::Udp { .. })
+    }
+
+    /// Sends one datagram or one stream frame (the caller pads stream ChannelData).
+    pub fn send(&mut self, bytes: &[u8]) {
+        match self {
+            Conn::Udp { sock, server } => {
+                let _ = sock.send_to(bytes, *server);
+            }
+            Conn::Tcp { stream, .. } => stream.write_all(bytes).expect("TCP write"),
+        }
+    }
+
+    /// The next STUN message or ChannelData frame from the server, or `None` after `timeout`.
+    pub fn recv(&mut self, timeout: Duration) -> Option<Vec<u8>> {
+        let deadline = Instant::now() + timeout;
+        match self {
+            Conn::Udp { sock, server } => {
+                let mut buf = vec![0u8; 65536];
+                loop {
+                    let left = deadline.checked_duration_since(Instant::now())?;
+                    let _ = sock.set_read_timeout(Some(left.max(Duration::from_millis(1))));
+                    match sock.recv_from(&mut buf) {
+                        Ok((n, from)) if from == *server => return buf.get(..n).map(<[u8]>::to_vec),
+                        Ok(_) => continue,
+                        Err(_) if Instant::now() >= deadline => return None,
+                        Err(_) => continue,
+                    }
+                }
+            }
+            Conn::Tcp { stream, buf } => loop {
+                if let Ok(Some(len)) = stun::stream_frame_len(buf) {
+                    if buf.len() >= len {
+                        return Some(buf.drain(..len).collect());
+                    }
+                }
+                let left = deadline.checked_duration_since(Instant::now())?;
+                let _ = stream.set_read_timeout(Some(left.max(Duration::from_millis(1))));
+                let mut chunk = [0u8; 4096];
+                match stream.read(&mut chunk) {
+                    Ok(0) => return None,
+                    Ok(n) => buf.extend_from_slice(chunk.get(..n).unwrap_or_default()),
+                    Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                        if Instant::now() >= deadline {
+                            return None;
+                        }
+                    }
+                    Err(_) => return None,
+                }
+            },
+        }
+    }
+
+    /// Sends `request` and returns the response with its transaction id; over UDP retransmits (RFC 8489 §6.2.1,
+    /// shortened). Other messages received meanwhile are discarded.
+    pub fn transact(&mut self, request: &[u8]) -> Option<Response> {
+        let tid = Message::parse(request)
+            .expect("requests we send parse")
+            .transaction_id();
+        let attempts: &[u64] = if self.is_udp() {
+            &[500, 1000, 2000, 4000, 8000]
+        } else {
+            &[20_000]
+        };
+        for wait_ms in attempts {
+            self.send(request);
+            let deadline = Instant::now() + Duration::from_millis(*wait_ms);
+            while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+                let Some(bytes) = self.recv(left) else { break };
+                if let Ok(msg) = Message::parse(&bytes) {
+                    if msg.transaction_id() == tid && matches!(msg.class(), Class::Success | Class::Error) {
+                        return Some(Response { bytes });
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    /// Like [`Conn::transact`], but panics on no answer.
+    pub fn must_transact(&mut self, request: &[u8]) -> Response {
+        self.transact(request)
+            .unwrap_or_else(|| panic!("no answer from the server over {self:?}"))
+    }
+
+    /// Collects everything that arrives within `window`.
+    pub fn drain(&mut self, window: Duration) -> Vec<Vec<u8>> {
+        let deadline = Instant::now() + window;
+        let mut got = Vec::new();
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.recv(left) {
+                Some(b) => got.push(b),
+                None => break,
+            }
+            if got.len() > 10_000 {
+                break;
+            }
+        }
+        got
+    }
+}
+
+/// Connects over TCP with retries (a loaded machine may drop SYNs briefly).
+pub fn connect_tcp(server: SocketAddr) -> TcpStream {
+    let mut last = None;
+    for _ in 0..10 {
+        match TcpStream::connect_timeout(&server, Duration::from_secs(10)) {
+            Ok(s) => {
+                let _ = s.set_nodelay(true);
+                return s;
+            }
+            Err(e) => {
+                last = Some(e);
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
+    panic!("cannot connect to {server}: {last:?}");
+}
+
+/// A Binding request, optionally with FINGERPRINT.
+pub fn binding_request(fingerprint: bool) -> Vec<u8> {
+    build(Method::BINDING, random_tid(), |_| Ok(()), None, fingerprint)
+}
+
+/// Asserts a Binding request over `conn` is answered with our own address.
+pub fn assert_binding_served(conn: &mut Conn) {
+    let response = conn.must_transact(&binding_request(true));
+    assert_eq!(response.class(), Class::Success, "Binding: {}", response.describe());
+    assert_eq!(
+        response.address(attr::XOR_MAPPED_ADDRESS),
+        Some(conn.local_addr()),
+        "XOR-MAPPED-ADDRESS"
+    );
+}
+
+/// A TURN session: the long-term credential mechanism (RFC 8489 §9.2) over one connection.
+#[derive(Debug)]
+pub struct TurnClient {
+    pub conn: Conn,
+    user: String,
+    password: String,
+    pub creds: Option<Credentials>,
+}
+
+impl TurnClient {
+    pub fn new(conn: Conn, user: &str, password: &str) -> TurnClient {
+        TurnClient {
+            conn,
+            user: user.to_owned(),
+            password: password.to_owned(),
+            creds: None,
+        }
+    }
+
+    /// Sends an authenticated request, learning REALM and NONCE from a 401 or 438 and retrying (at most twice).
+    pub fn request(
+        &mut self,
+        method: Method,
+        attrs: impl Fn(&mut MessageWriter<'_>) -> Result<(), stun::EncodeError>,
+    ) -> Response {
+        for _ in 0..3 {
+            let request = build(method, random_tid(), &attrs, self.creds.as_ref(), true);
+            let response = self.conn.must_transact(&request);
+            let retry = matches!(response.error_code(), Some(401 | 438))
+                && response.text(attr::NONCE).is_some()
+                && (self.creds.is_none() || response.error_code() == Some(438));
+            if !retry {
+                if let (Some(c), Class::Success) = (&self.creds, response.class()) {
+                    assert!(
+                        response.message().verify_integrity(&c.key),
+                        "a success response must carry our MESSAGE-INTEGRITY"
+                    );
+                }
+                return response;
+            }
+            let realm = response
+                .text(attr::REALM)
+                .or_else(|| self.creds.as_ref().map(|c| c.realm.clone()))
+                .expect("401 carries REALM");
+            let nonce = response.text(attr::NONCE).expect("challenge carries NONCE");
+            let key = stun::long_term_key_md5(&self.user, &realm, &self.password);
+            self.creds = Some(Credentials {
+                username: self.user.clone(),
+                realm,
+                nonce,
+                key,
+            });
+        }
+        panic!("authentication did not converge in three rounds");
+    }
+
+    /// Allocate with REQUESTED-TRANSPORT UDP; `ipv6_too` adds ADDITIONAL-ADDRESS-FAMILY IPv6 (RFC 8656 §7.2).
+    pub fn allocate(&mut self, ipv6_too: bool) -> Response {
+        self.request(Method::ALLOCATE, |w| {
+            w.add(&Attribute::RequestedTransport(17))?;
+            if ipv6_too {
+                w.add(&Attribute::AdditionalAddressFamily(0x02))?;
+            }
+            Ok(())
+        })
+    }
+
+    pub fn create_permission(&mut self, peer: SocketAddr) -> Response {
+        self.request(Method::CREATE_PERMISSION, |w| {
+            w.add(&Attribute::XorPeerAddress(peer)).map(|_| ())
+        })
+    }
+
+    pub fn channel_bind(&mut self, channel: u16, peer: SocketAddr) -> Response {
+        self.request(Method::CHANNEL_BIND, |w| {
+            w.add(&Attribute::ChannelNumber(channel))?;
+            w.add(&Attribute::XorPeerAddress(peer)).map(|_| ())
+        })
+    }
+}
+
+/// A ChannelData frame, padded to four bytes when `pad` (streams, RFC 8656 §12.5).
+pub fn channel_data(channel: u16, payload: &[u8], pad: bool) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(4 + payload.len() + 3);
+    frame.extend_from_slice(&channel.to_be_bytes());
+    frame.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    frame.extend_from_slice(payload);
+    if pad {
+        while frame.len() % 4 != 0 {
+            frame.push(0);
+        }
+    }
+    frame
+}

@@ -1,0 +1,358 @@
+//! Interop against clients nobody here wrote: coturn's `turnutils_uclient` / `turnutils_stunclient` (with
+//! `turnutils_peer` as the echo peer) and Python's `aioice` TURN client, each driving the real `traverse` binary
+//! over loopback UDP, TCP and TLS.
+//!
+//! A missing tool prints `SKIP: …` and passes, unless `TRAVERSE_REQUIRE_PEERS=1` (CI), where it fails.
+
+mod common;
+
+use std::net::{IpAddr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::process::Command;
+use std::time::Duration;
+
+use common::{mint_credentials, require_tools, run_bounded, skip, EchoPeer, Server};
+
+/// Lab flags: loopback peers allowed, IPv6 relays on ::1, two workers so both SO_REUSEPORT paths are exercised.
+const LAB: &[&str] = &[
+    "--allow-peer",
+    "127.0.0.0/8",
+    "--allow-peer",
+    "::1/128",
+    "--relay-ipv6",
+    "true",
+    "--relay-bind-v6",
+    "::1",
+    "--realm",
+    "test",
+    "--workers",
+    "2",
+];
+
+const UCLIENT_TIMEOUT: Duration = Duration::from_secs(240);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Transport {
+    Udp,
+    Tcp,
+    Tls,
+}
+
+fn lab_server(auth: &[&str]) -> Server {
+    let mut args = LAB.to_vec();
+    args.extend_from_slice(auth);
+    Server::start(&args)
+}
+
+fn ipv6_loopback_available() -> bool {
+    UdpSocket::bind(SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), 0)).is_ok()
+}
+
+/// One `turnutils_uclient` run: `clients` allocations each sending `messages` messages of 120 bytes to the echo
+/// peer and back, asserting 0 % loss and as many messages received as sent.
+#[allow(clippy::too_many_arguments)]
+fn uclient(
+    server: &mut Server,
+    peer: &EchoPeer,
+    transport: Transport,
+    channels: bool,
+    ipv6_relay: bool,
+    user: &str,
+    password: &str,
+) {
+    let port = match transport {
+        Transport::Udp => server.udp.port(),
+        Transport::Tcp => server.tcp.port(),
+        Transport::Tls => server.tls.port(),
+    };
+    let mut cmd = Command::new("turnutils_uclient");
+    cmd.args(["-u", user, "-w", password])
+        .args(["-e", &peer.addr.ip().to_string(), "-r", &peer.addr.port().to_string()])
+        .args(["-p", &port.to_string()])
+        // A moderate load: 4 clients × 40 messages of 120 bytes.
+        .args(["-n", "40", "-m", "4", "-l", "120"]);
+    match transport {
+        Transport::Udp => {}
+        Transport::Tcp => {
+            cmd.arg("-t");
+        }
+        // -S alone is DTLS; with -t it is TLS over TCP.
+        Transport::Tls => {
+            cmd.args(["-t", "-S"]);
+        }
+    }
+    if !channels {
+        cmd.arg("-c");
+    }
+    if ipv6_relay {
+        cmd.arg("-x");
+    }
+    cmd.arg("127.0.0.1");
+    let what = format!("uclient {transport:?} channels={channels} ipv6_relay={ipv6_relay} user={user}");
+    let out = run_bounded(&mut cmd, UCLIENT_TIMEOUT);
+    let text = out.all();
+    let tail: String = text
+        .lines()
+        .rev()
+        .take(40)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        !out.timed_out,
+        "{what}: timed out after {UCLIENT_TIMEOUT:?}\n{tail}\nserver log:\n{}",
+        server.log()
+    );
+    let summary = parse_uclient(&text).unwrap_or_else(|| panic!("{what}: no summary in output:\n{tail}"));
+    assert!(summary.sent > 0, "{what}: sent nothing\n{tail}");
+    assert_eq!(summary.lost, 0, "{what}: lost packets\n{tail}");
+    assert_eq!(summary.sent, summary.received, "{what}: sent vs received\n{tail}");
+    // Four clients, forty messages each.
+    assert!(
+        summary.sent >= 160,
+        "{what}: only {} messages sent\n{tail}",
+        summary.sent
+    );
+    assert!(
+        out.status.is_some_and(|s| s.success()),
+        "{what}: exit status {:?}\n{tail}",
+        out.status
+    );
+    server.assert_alive();
+    println!("{what}: sent={} received={} lost=0", summary.sent, summary.received);
+}
+
+#[derive(Debug, PartialEq, Eq)]
+struct UclientSummary {
+    sent: u64,
+    received: u64,
+    lost: u64,
+}
+
+/// Reads the final `tot_send_msgs=N, tot_recv_msgs=M` line (the one without `msz=`, printed once at the end) and
+/// `Total lost packets L (…%)`.
+fn parse_uclient(text: &str) -> Option<UclientSummary> {
+    let number_after = |line: &str, key: &str| -> Option<u64> {
+        let rest = line.split(key).nth(1)?;
+        let digits: String = rest.trim_start().chars().take_while(char::is_ascii_digit).collect();
+        digits.parse().ok()
+    };
+    let totals = text
+        .lines()
+        .rev()
+        .find(|l| l.contains("tot_send_msgs=") && l.contains("tot_recv_msgs=") && !l.contains("msz="))?;
+    let lost_line = text.lines().rev().find(|l| l.contains("Total lost packets"))?;
+    Some(UclientSummary {
+        sent: number_after(totals, "tot_send_msgs=")?,
+        received: number_after(totals, "tot_recv_msgs=")?,
+        lost: number_after(lost_line, "Total lost packets")?,
+    })
+}
+
+#[test]
+fn uclient_summary_parses() {
+    let text = "6: : start_mclient: msz=6, tot_send_msgs=280, tot_recv_msgs=280, tot_send_bytes ~ 33600\n\
+                6: : start_mclient: tot_send_msgs=300, tot_recv_msgs=299\n\
+                6: : Total lost packets 1 (0.333333%), total send dropped 0 (0.000000%)\n";
+    assert_eq!(
+        parse_uclient(text),
+        Some(UclientSummary {
+            sent: 300,
+            received: 299,
+            lost: 1
+        })
+    );
+    assert_eq!(parse_uclient("nothing"), None);
+}
+
+#[test]
+fn uclient_udp_static_user_with_and_without_channels() {
+    if !require_tools(&["turnutils_uclient", "turnutils_peer"]) {
+        return;
+    }
+    let mut server = lab_server(&["--user", "alice:pw"]);
+    let peer = EchoPeer::start(common::LOOPBACK);
+    uclient(&mut server, &peer, Transport::Udp, true, false, "alice", "pw");
+    uclient(&mut server, &peer, Transport::Udp, false, false, "alice", "pw");
+}
+
+#[test]
+fn uclient_tcp_static_user_with_and_without_channels() {
+    if !require_tools(&["turnutils_uclient", "turnutils_peer"]) {
+        return;
+    }
+    let mut server = lab_server(&["--user", "alice:pw"]);
+    let peer = EchoPeer::start(common::LOOPBACK);
+    uclient(&mut server, &peer, Transport::Tcp, true, false, "alice", "pw");
+    uclient(&mut server, &peer, Transport::Tcp, false, false, "alice", "pw");
+}
+
+#[test]
+fn uclient_tls_static_user_with_and_without_channels() {
+    if !require_tools(&["turnutils_uclient", "turnutils_peer"]) {
+        return;
+    }
+    let mut server = lab_server(&["--user", "alice:pw"]);
+    let peer = EchoPeer::start(common::LOOPBACK);
+    uclient(&mut server, &peer, Transport::Tls, true, false, "alice", "pw");
+    uclient(&mut server, &peer, Transport::Tls, false, false, "alice", "pw");
+}
+
+#[test]
+fn uclient_rest_credentials_over_udp_tcp_tls() {
+    if !require_tools(&["turnutils_uclient", "turnutils_peer"]) {
+        return;
+    }
+    let secret = "interop-secret-0123456789";
+    let mut server = lab_server(&["--secret", secret]);
+    let peer = EchoPeer::start(common::LOOPBACK);
+    let (username, password) = mint_credentials(secret, "bob");
+    uclient(&mut server, &peer, Transport::Udp, true, false, &username, &password);
+    uclient(&mut server, &peer, Transport::Udp, false, false, &username, &password);
+    uclient(&mut server, &peer, Transport::Tcp, true, false, &username, &password);
+    uclient(&mut server, &peer, Transport::Tls, false, false, &username, &password);
+
+    // A credential minted with another secret is refused: the client fails, and nothing is relayed.
+    let (bad_user, bad_password) = mint_credentials("not-the-secret", "mallory");
+    let out = run_bounded(
+        Command::new("turnutils_uclient")
+            .args(["-u", &bad_user, "-w", &bad_password])
+            .args(["-e", "127.0.0.1", "-r", &peer.addr.port().to_string()])
+            .args([
+                "-p",
+                &server.udp.port().to_string(),
+                "-n",
+                "5",
+                "-m",
+                "1",
+                "-l",
+                "120",
+                "127.0.0.1",
+            ]),
+        Duration::from_secs(60),
+    );
+    let relayed = parse_uclient(&out.all()).is_some_and(|s| s.received > 0);
+    assert!(
+        !relayed,
+        "a credential from a wrong secret relayed data:\n{}",
+        out.all()
+    );
+    server.assert_alive();
+}
+
+#[test]
+fn uclient_ipv6_relay() {
+    if !require_tools(&["turnutils_uclient", "turnutils_peer"]) {
+        return;
+    }
+    if !ipv6_loopback_available() {
+        skip("no IPv6 loopback (::1) on this machine");
+        return;
+    }
+    let mut server = lab_server(&["--user", "alice:pw"]);
+    let peer = EchoPeer::start(IpAddr::V6(Ipv6Addr::LOCALHOST));
+    uclient(&mut server, &peer, Transport::Udp, true, true, "alice", "pw");
+    uclient(&mut server, &peer, Transport::Tcp, false, true, "alice", "pw");
+}
+
+#[test]
+fn stunclient_binding() {
+    if !require_tools(&["turnutils_stunclient"]) {
+        return;
+    }
+    let mut server = lab_server(&["--user", "alice:pw"]);
+    let out = run_bounded(
+        Command::new("turnutils_stunclient").args(["-p", &server.udp.port().to_string(), "127.0.0.1"]),
+        Duration::from_secs(60),
+    );
+    let text = out.all();
+    assert!(!out.timed_out, "turnutils_stunclient timed out:\n{text}");
+    let reflexive = text
+        .lines()
+        .find_map(|l| l.split("UDP reflexive addr: ").nth(1))
+        .unwrap_or_else(|| panic!("no reflexive address in:\n{text}"));
+    let addr: SocketAddr = reflexive
+        .trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("reflexive address {reflexive:?}: {e}"));
+    assert_eq!(addr.ip(), common::LOOPBACK, "{text}");
+    assert_ne!(addr.port(), 0, "{text}");
+    assert!(
+        out.status.is_some_and(|s| s.success()),
+        "exit {:?}:\n{text}",
+        out.status
+    );
+    server.assert_alive();
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// aioice.
+
+fn aioice_available() -> bool {
+    let out = run_bounded(
+        Command::new("python3").args(["-c", "import aioice.turn"]),
+        Duration::from_secs(60),
+    );
+    out.status.is_some_and(|s| s.success())
+}
+
+fn aioice_run(server: &Server, transport: &str, user: &str, password: &str) {
+    let addr = match transport {
+        "udp" => server.udp,
+        "tcp" => server.tcp,
+        _ => server.tls,
+    };
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/aioice_client.py");
+    let out = run_bounded(
+        Command::new("python3").args([
+            script,
+            "--server",
+            &addr.to_string(),
+            "--transport",
+            transport,
+            "--user",
+            user,
+            "--password",
+            password,
+            "--count",
+            "20",
+        ]),
+        Duration::from_secs(120),
+    );
+    let text = out.all();
+    assert!(
+        !out.timed_out,
+        "aioice {transport}: timed out\n{text}\nserver log:\n{}",
+        server.log()
+    );
+    assert!(
+        out.status.is_some_and(|s| s.success()),
+        "aioice {transport}: exit {:?}\n{text}\nserver log:\n{}",
+        out.status,
+        server.log()
+    );
+    let ok = text
+        .lines()
+        .find(|l| l.starts_with("OK "))
+        .unwrap_or_else(|| panic!("aioice {transport}: no OK line\n{text}"));
+    assert!(ok.contains("echoed=20"), "aioice {transport}: {ok}");
+    println!("aioice {transport}: {ok}");
+}
+
+#[test]
+fn aioice_turn_client_over_udp_tcp_tls() {
+    if !common::have_tool("python3") {
+        skip("python3 not installed");
+        return;
+    }
+    if !aioice_available() {
+        skip("Python package aioice not installed (pip install aioice)");
+        return;
+    }
+    let mut server = lab_server(&["--user", "alice:pw"]);
+    aioice_run(&server, "udp", "alice", "pw");
+    aioice_run(&server, "tcp", "alice", "pw");
+    aioice_run(&server, "tls", "alice", "pw");
+    server.assert_alive();
+}
