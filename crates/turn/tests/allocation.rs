@@ -472,3 +472,71 @@ fn binding_request_gets_only_xor_mapped_address() {
         Some(Attribute::XorMappedAddress(c.five_tuple.client))
     );
 }
+
+#[test]
+fn even_port_reservation_is_redeemed_once_or_released_after_30_s() {
+    let mut h = Harness::new();
+    let mut a = Client::alice();
+    let (action, _) = a.request(
+        &mut h,
+        secs(0),
+        Method::ALLOCATE,
+        &[Attribute::RequestedTransport(17), Attribute::EvenPort { reserve: true }],
+    );
+    let ClientAction::BindRelay(request) = action else {
+        panic!("{action:?}")
+    };
+    assert!(request.even_port && request.reserve_next);
+    let reserved = addr("192.0.2.1:50001");
+    let binding = RelayBinding {
+        relays: [Some(addr("192.0.2.1:50000")), None],
+        reserved: Some(reserved),
+    };
+    let (_, reply) = h.bind_with(h.at(0), a.five_tuple, Some(binding));
+    assert_success(&reply, Method::ALLOCATE, &a.key());
+    let Some(Attribute::ReservationToken(token)) = attribute(&parse(&reply), attr::RESERVATION_TOKEN) else {
+        panic!("no RESERVATION-TOKEN")
+    };
+    // The reservation's 30 s is the next deadline, before the allocation's 600 s.
+    assert_eq!(h.server.poll_timeout(), Some(h.at(30)));
+
+    let mut b = Client::new("203.0.113.11:50000", "bob", "builder");
+    let redeem = [Attribute::RequestedTransport(17), Attribute::ReservationToken(token)];
+    let (action, _) = b.request(&mut h, secs(10), Method::ALLOCATE, &redeem);
+    let ClientAction::BindRelay(request) = action else {
+        panic!("{action:?}")
+    };
+    assert_eq!(
+        (request.reservation, request.reserved_relay),
+        (Some(token), Some(reserved))
+    );
+    assert_eq!(request.families, [true, false]);
+    h.bind(h.at(10), &request);
+    // Redeemed: a second use is 508.
+    let mut c = Client::new("203.0.113.12:50000", "bob", "builder");
+    assert_error(
+        &c.answer(&mut h, secs(11), Method::ALLOCATE, &redeem),
+        Method::ALLOCATE,
+        508,
+    );
+    assert_eq!(h.server.poll_timeout(), Some(h.at(600)));
+
+    // An unredeemed token is released at 30 s.
+    let mut h = Harness::new();
+    let mut a = Client::alice();
+    let (action, _) = a.request(
+        &mut h,
+        secs(0),
+        Method::ALLOCATE,
+        &[Attribute::RequestedTransport(17), Attribute::EvenPort { reserve: true }],
+    );
+    assert!(matches!(action, ClientAction::BindRelay(_)));
+    let (_, reply) = h.bind_with(h.at(0), a.five_tuple, Some(binding));
+    let Some(Attribute::ReservationToken(token)) = attribute(&parse(&reply), attr::RESERVATION_TOKEN) else {
+        panic!("no RESERVATION-TOKEN")
+    };
+    h.server.handle_timeout(h.at(29));
+    assert_eq!(h.events(), vec![]);
+    h.server.handle_timeout(h.at(30));
+    assert_eq!(h.events(), vec![Event::ReservationReleased(token)]);
+}
