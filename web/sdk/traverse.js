@@ -416,7 +416,9 @@ export class Room extends EventTarget {
   /** @private @param {object} msg */
   _handle(msg) {
     const type = msg && msg.type;
-    if (STREAM_TYPES.has(type) && typeof msg.seq === 'number') {
+    // An error answering a `join` or `resume` (token refused, resume-failed) is not part of a stream we follow.
+    const handshakeError = type === 'error' && this._handshake !== null;
+    if (STREAM_TYPES.has(type) && typeof msg.seq === 'number' && !handshakeError) {
       if (type === 'joined' && this._handshake === 'join') {
         // A new session: its stream starts again at 1.
         this.lastSeq = 0;
