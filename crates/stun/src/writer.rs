@@ -185,7 +185,8 @@ impl<'b> MessageWriter<'b> {
     }
 
     fn mac_prefix(&mut self, attr_len: usize, mut f: impl FnMut(&[u8])) -> Result<(), EncodeError> {
-        if self.buf.len() < self.len + attr_len {
+        // Checked before the header length is rewritten, so a refusal leaves the message as it was.
+        if self.buf.len() < self.len + attr_len || self.len + attr_len - HEADER_LEN > usize::from(u16::MAX) & !3 {
             return Err(EncodeError::BufferTooSmall);
         }
         self.write_length(self.len + attr_len - HEADER_LEN);
@@ -277,6 +278,29 @@ mod tests {
             value: &[0x12, 0x34, 0x00, 0x04, 1, 2, 3],
         };
         assert!(Attribute::decode(raw, &tid).is_err());
+    }
+
+    #[test]
+    fn refused_integrity_at_the_length_limit_leaves_a_valid_message() {
+        // A message 8 bytes short of the 65535-byte length limit: FINGERPRINT fits, MESSAGE-INTEGRITY does not. The
+        // refusal used to come after the header length had been rewritten for the attribute that was not added.
+        let mut buf = vec![0u8; 70_000];
+        let tid = TransactionId::new([5; 12]);
+        let mut w = MessageWriter::new(&mut buf, Method::SEND, Class::Indication, tid).unwrap();
+        let data = vec![7u8; 0xfffc - 8 - 4];
+        w.raw(attr::DATA, &data).unwrap();
+        let key = IntegrityKey::from_bytes(b"k");
+        assert_eq!(w.message_integrity(&key), Err(EncodeError::BufferTooSmall));
+        assert_eq!(w.message_integrity_sha256(&key), Err(EncodeError::BufferTooSmall));
+        let n = w.len();
+        let msg = Message::parse(&buf[..n]).unwrap();
+        assert!(!msg.has_message_integrity());
+        let mut w = MessageWriter::new(&mut buf, Method::SEND, Class::Indication, tid).unwrap();
+        w.raw(attr::DATA, &data).unwrap();
+        w.fingerprint().unwrap();
+        let n = w.finish();
+        assert_eq!(n, HEADER_LEN + 0xfffc);
+        assert!(Message::parse(&buf[..n]).unwrap().check_fingerprint().is_ok());
     }
 
     #[test]
