@@ -762,13 +762,10 @@ export class Peer extends EventTarget {
       this._emit('track', { track, streams });
     };
 
-    if (this.options.media) {
-      for (const track of this.options.media.getTracks()) pc.addTrack(track, this.options.media);
-    }
-    // The initiator creates the channel now (that starts negotiation); an auto-accepted peer creates its twin after
-    // applying the offer, so creating it does not start a colliding offer of its own.
-    if (this.options.dataChannel && initiator) this._createChannel();
-    /** @private */ this._channelPending = !!this.options.dataChannel && !initiator;
+    // The initiator adds its tracks and creates the channel now (that starts negotiation); an auto-accepted peer
+    // does so after applying the offer, so that it does not start a colliding offer of its own.
+    /** @private */ this._pendingSetup = !initiator;
+    if (initiator) this._setup();
   }
 
   /** @param {string} name @param {(detail: any) => void} fn @returns {() => void} */
@@ -870,9 +867,17 @@ export class Peer extends EventTarget {
     this.room._send({ type: 'signal', to: this.peerId, data, id: `pc-${++this.room._msgId}` }, true);
   }
 
+  /** Media tracks and the data channel. @private */
+  _setup() {
+    this._pendingSetup = false;
+    if (this.options.media) {
+      for (const track of this.options.media.getTracks()) this.pc.addTrack(track, this.options.media);
+    }
+    if (this.options.dataChannel) this._createChannel();
+  }
+
   /** @private */
   _createChannel() {
-    this._channelPending = false;
     const ch = this.pc.createDataChannel('traverse', { ...this.options.channelOptions, negotiated: true, id: 0 });
     ch.binaryType = 'arraybuffer';
     ch.onopen = () => {
@@ -904,7 +909,7 @@ export class Peer extends EventTarget {
         await pc.setLocalDescription({ type: 'rollback' });
       }
       await pc.setRemoteDescription(sdp);
-      if (this._channelPending) this._createChannel();
+      if (this._pendingSetup) this._setup();
       if (sdp.type === 'offer') {
         await pc.setLocalDescription();
         this._signal({ sdp: pc.localDescription });
