@@ -6,6 +6,7 @@
 //! the kernel hashes each client 5-tuple to one worker, and a worker's relay sockets are polled by that worker, so
 //! relaying a packet touches no lock and no other thread. See `docs/architecture.md`.
 
+mod mux;
 mod stream;
 pub mod tls;
 mod udp;
@@ -20,6 +21,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use turn::{Authenticator, Quotas};
 
+pub use mux::{HttpHandler, HttpScheme, Io, ALPN_STUN_TURN};
 pub use tls::{CertStore, TlsIdentity};
 
 /// Everything the I/O layer needs.
@@ -28,6 +30,10 @@ pub struct ServerConfig {
     pub udp: Vec<SocketAddr>,
     pub tcp: Vec<SocketAddr>,
     pub tls: Vec<SocketAddr>,
+    /// Plain HTTP (signaling, SDK) ports; TURN over TCP is recognised there too.
+    pub http: Vec<SocketAddr>,
+    /// Single ports: TLS (HTTPS/WSS or TURN, by ALPN or first bytes), TURN over TCP, and plain HTTP redirected.
+    pub single: Vec<SocketAddr>,
     pub tls_identity: TlsIdentity,
     pub relay: RelayConfig,
     pub workers: usize,
@@ -85,6 +91,8 @@ pub struct Running {
     pub udp: Vec<SocketAddr>,
     pub tcp: Vec<SocketAddr>,
     pub tls: Vec<SocketAddr>,
+    pub http: Vec<SocketAddr>,
+    pub single: Vec<SocketAddr>,
     pub certs: Arc<CertStore>,
     shutdown: watch::Sender<bool>,
     threads: Vec<JoinHandle<()>>,
@@ -101,13 +109,16 @@ impl Running {
 }
 
 /// Binds every listener (so errors surface here, before anything runs) and starts the workers.
-pub fn start(config: ServerConfig) -> Result<Running, StartError> {
+/// `http` serves the connections the HTTP and single ports sort as HTTP; without it they are closed.
+pub fn start(config: ServerConfig, http: Option<Arc<dyn HttpHandler>>) -> Result<Running, StartError> {
     let workers = config.workers.max(1);
     let certs = CertStore::new(config.tls_identity.clone())?;
     let tls_config = certs.server_config();
+    let mut mux_tls = (*certs.server_config()).clone();
+    mux_tls.alpn_protocols = vec![ALPN_STUN_TURN.to_vec(), b"http/1.1".to_vec()];
 
     let mut per_worker: Vec<worker::Sockets> = (0..workers).map(|_| worker::Sockets::default()).collect();
-    let mut bound = (Vec::new(), Vec::new(), Vec::new());
+    let mut bound = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for addr in &config.udp {
         ensure_free(*addr, "UDP")?;
         let mut actual = *addr;
@@ -126,7 +137,12 @@ pub fn start(config: ServerConfig) -> Result<Running, StartError> {
         }
         bound.0.push(actual);
     }
-    for (list, proto, out) in [(&config.tcp, "TCP", &mut bound.1), (&config.tls, "TLS", &mut bound.2)] {
+    for (list, proto, out) in [
+        (&config.tcp, "TCP", &mut bound.1),
+        (&config.tls, "TLS", &mut bound.2),
+        (&config.http, "HTTP", &mut bound.3),
+        (&config.single, "single-port", &mut bound.4),
+    ] {
         for addr in list {
             ensure_free(*addr, proto)?;
             let mut actual = *addr;
@@ -141,10 +157,11 @@ pub fn start(config: ServerConfig) -> Result<Running, StartError> {
                     addr: actual,
                     source,
                 })?;
-                if proto == "TCP" {
-                    sockets.tcp.push(l);
-                } else {
-                    sockets.tls.push(l);
+                match proto {
+                    "TCP" => sockets.tcp.push(l),
+                    "TLS" => sockets.tls.push(l),
+                    "HTTP" => sockets.http.push(l),
+                    _ => sockets.single.push(l),
                 }
             }
             out.push(actual);
@@ -155,6 +172,8 @@ pub fn start(config: ServerConfig) -> Result<Running, StartError> {
     let shared = Arc::new(worker::SharedConfig {
         config,
         tls: tls_config,
+        mux_tls: Arc::new(mux_tls),
+        http,
         connections: Arc::new(tokio::sync::Semaphore::new(0)),
         reservations: Arc::new(turn::Reservations::default()),
         reserved_sockets: std::sync::Mutex::new(std::collections::HashMap::new()),
@@ -175,6 +194,8 @@ pub fn start(config: ServerConfig) -> Result<Running, StartError> {
         udp: bound.0,
         tcp: bound.1,
         tls: bound.2,
+        http: bound.3,
+        single: bound.4,
         certs,
         shutdown,
         threads,

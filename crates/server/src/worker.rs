@@ -33,6 +33,9 @@ pub(crate) const REPLY_SLOT: usize = 1500;
 pub(crate) struct SharedConfig {
     pub config: ServerConfig,
     pub tls: Arc<rustls::ServerConfig>,
+    /// The single port's TLS: ALPN `stun.turn` and `http/1.1`.
+    pub mux_tls: Arc<rustls::ServerConfig>,
+    pub http: Option<Arc<dyn crate::HttpHandler>>,
     pub connections: Arc<Semaphore>,
     /// EVEN-PORT reservations: the token may be redeemed from another 5-tuple, hence another worker.
     pub reservations: Arc<turn::Reservations>,
@@ -52,6 +55,9 @@ pub(crate) struct Sockets {
     pub udp: Vec<std::net::UdpSocket>,
     pub tcp: Vec<std::net::TcpListener>,
     pub tls: Vec<std::net::TcpListener>,
+    /// Sorted per connection (`mux`): plain HTTP ports, and single ports that also terminate TLS.
+    pub http: Vec<std::net::TcpListener>,
+    pub single: Vec<std::net::TcpListener>,
 }
 
 /// A UDP listener.
@@ -161,6 +167,16 @@ pub(crate) fn run(
                 match tokio::net::TcpListener::from_std(l) {
                     Ok(l) => {
                         spawn_local(stream::accept_loop(worker.clone(), l, transport));
+                    }
+                    Err(e) => tracing::error!(worker = index, error = %e, "cannot register TCP listener"),
+                }
+            }
+        }
+        for (list, with_tls) in [(sockets.http, false), (sockets.single, true)] {
+            for l in list {
+                match tokio::net::TcpListener::from_std(l) {
+                    Ok(l) => {
+                        spawn_local(crate::mux::accept_loop(worker.clone(), l, with_tls));
                     }
                     Err(e) => tracing::error!(worker = index, error = %e, "cannot register TCP listener"),
                 }

@@ -15,6 +15,7 @@ pub struct Config {
     pub relay: Relay,
     pub auth: Auth,
     pub limits: Limits,
+    pub signal: Signal,
     pub log: Log,
 }
 
@@ -24,6 +25,72 @@ pub struct Listen {
     pub udp: Vec<SocketAddr>,
     pub tcp: Vec<SocketAddr>,
     pub tls: Vec<SocketAddr>,
+    /// Plain HTTP: signaling (`/ws`), SDK, demo, `/api/*`. TURN over TCP is recognised there too.
+    pub http: Vec<SocketAddr>,
+    /// Single ports (443 in production): TLS → HTTPS/WSS or TURN over TLS; plain → TURN over TCP or a redirect.
+    pub single: Vec<SocketAddr>,
+}
+
+/// Signaling: rooms over WebSocket and the credentials handed to peers.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Signal {
+    /// Host name or address put in the iceServers handed to peers; default: relay.external_v4, else the first
+    /// listening or interface address.
+    pub public_host: Option<String>,
+    /// HS256 secret for join tokens; unset: rooms are open.
+    pub secret: Option<String>,
+    pub max_message_bytes: usize,
+    pub messages_per_second: u32,
+    pub burst: u32,
+    pub max_peers_per_room: usize,
+    pub max_rooms: usize,
+    pub max_connections_per_ip: usize,
+    pub max_queued: usize,
+    /// Seconds between heartbeats (client pings, server WebSocket pings).
+    pub heartbeat_interval: u64,
+    /// Seconds of silence after which a socket counts as dead.
+    pub heartbeat_timeout: u64,
+    /// Seconds a dropped peer keeps its place and its messages for a resume.
+    pub resume_grace: u64,
+}
+
+impl Default for Signal {
+    fn default() -> Self {
+        let limits = signal::Limits::default();
+        Self {
+            public_host: None,
+            secret: None,
+            max_message_bytes: limits.max_message_bytes,
+            messages_per_second: limits.messages_per_second,
+            burst: limits.burst,
+            max_peers_per_room: limits.max_peers_per_room,
+            max_rooms: limits.max_rooms,
+            max_connections_per_ip: limits.max_connections_per_ip,
+            max_queued: limits.max_queued,
+            heartbeat_interval: limits.heartbeat_interval.as_secs(),
+            heartbeat_timeout: limits.heartbeat_timeout.as_secs(),
+            resume_grace: limits.resume_grace.as_secs(),
+        }
+    }
+}
+
+impl Signal {
+    pub fn limits(&self) -> signal::Limits {
+        signal::Limits {
+            max_message_bytes: self.max_message_bytes,
+            messages_per_second: self.messages_per_second,
+            burst: self.burst,
+            max_peers_per_room: self.max_peers_per_room,
+            max_rooms: self.max_rooms,
+            max_connections_per_ip: self.max_connections_per_ip,
+            max_queued: self.max_queued,
+            heartbeat_interval: std::time::Duration::from_secs(self.heartbeat_interval),
+            heartbeat_timeout: std::time::Duration::from_secs(self.heartbeat_timeout),
+            resume_grace: std::time::Duration::from_secs(self.resume_grace),
+            ..signal::Limits::default()
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Default)]
@@ -98,6 +165,8 @@ impl Default for Listen {
             udp: both(3478),
             tcp: both(3478),
             tls: both(5349),
+            http: vec![SocketAddr::from(([0, 0, 0, 0], 8080))],
+            single: Vec::new(),
         }
     }
 }
@@ -225,7 +294,28 @@ impl Config {
                 "must be between 1 and limits.max_lifetime".into(),
             );
         }
-        if self.listen.udp.is_empty() && self.listen.tcp.is_empty() && self.listen.tls.is_empty() {
+        let s = &self.signal;
+        if s.max_message_bytes < 1024 || s.messages_per_second == 0 || s.burst == 0 || s.max_peers_per_room < 2 {
+            bad(
+                "signal",
+                "max_message_bytes ≥ 1024, messages_per_second ≥ 1, burst ≥ 1 and max_peers_per_room ≥ 2".into(),
+            );
+        }
+        if s.heartbeat_interval == 0 || s.heartbeat_timeout <= s.heartbeat_interval {
+            bad(
+                "signal.heartbeat_timeout",
+                "must be longer than signal.heartbeat_interval (≥ 1 s)".into(),
+            );
+        }
+        if s.secret.as_deref().is_some_and(|k| k.len() < 16) {
+            bad("signal.secret", "use at least 16 characters".into());
+        }
+        if self.listen.udp.is_empty()
+            && self.listen.tcp.is_empty()
+            && self.listen.tls.is_empty()
+            && self.listen.http.is_empty()
+            && self.listen.single.is_empty()
+        {
             bad("listen", "no listener configured".into());
         }
         if self.tls.cert.is_some() != self.tls.key.is_some() {

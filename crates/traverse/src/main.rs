@@ -1,4 +1,4 @@
-//! `traverse`: STUN and TURN (and, next, signaling) from one binary.
+//! `traverse`: signaling, STUN and TURN from one binary.
 
 mod config;
 
@@ -19,7 +19,7 @@ use config::{Config, LogFormat};
 #[command(
     name = "traverse",
     version,
-    about = "Gets two WebRTC peers connected: STUN and TURN over UDP, TCP and TLS."
+    about = "Gets two WebRTC peers connected: signaling over WebSocket, STUN, and TURN over UDP, TCP and TLS — on one port if need be."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -33,6 +33,8 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Mint a time-limited TURN credential (TURN REST API: username `expiry:user`, password HMAC-SHA1).
     Credentials(CredentialArgs),
+    /// Mint a join token (HS256 JWT) for the signaling server's `signal.secret`.
+    Token(TokenArgs),
     /// Check a configuration file and report every error with its line.
     CheckConfig {
         /// The file to check.
@@ -128,6 +130,53 @@ struct ServeArgs {
     /// Seconds before a TCP/TLS connection without an allocation is closed [limits.idle_timeout].
     #[arg(long, env = "TRAVERSE_IDLE_TIMEOUT")]
     idle_timeout: Option<u64>,
+    /// Plain HTTP listen addresses: signaling, SDK, demo [listen.http].
+    #[arg(long, env = "TRAVERSE_HTTP", value_delimiter = ',')]
+    http: Option<Vec<SocketAddr>>,
+    /// Single-port listen addresses: TLS (HTTPS/WSS or TURN), TURN over TCP, HTTP redirect [listen.single].
+    #[arg(
+        long = "single-port",
+        visible_alias = "mux",
+        env = "TRAVERSE_SINGLE_PORT",
+        value_delimiter = ','
+    )]
+    single: Option<Vec<SocketAddr>>,
+    /// Host put in the iceServers handed to peers [signal.public_host].
+    #[arg(long, env = "TRAVERSE_PUBLIC_HOST")]
+    public_host: Option<String>,
+    /// HS256 secret for join tokens; unset: rooms are open [signal.secret].
+    #[arg(long, env = "TRAVERSE_SIGNAL_SECRET")]
+    signal_secret: Option<String>,
+    /// Largest signaling frame, bytes [signal.max_message_bytes].
+    #[arg(long, env = "TRAVERSE_MAX_MESSAGE_BYTES")]
+    max_message_bytes: Option<usize>,
+    /// Signaling messages per second per socket [signal.messages_per_second].
+    #[arg(long, env = "TRAVERSE_MESSAGES_PER_SECOND")]
+    messages_per_second: Option<u32>,
+    /// Burst of signaling messages allowed above the rate [signal.burst].
+    #[arg(long, env = "TRAVERSE_BURST")]
+    burst: Option<u32>,
+    /// Peers per room [signal.max_peers_per_room].
+    #[arg(long, env = "TRAVERSE_MAX_PEERS_PER_ROOM")]
+    max_peers_per_room: Option<usize>,
+    /// Rooms held at once [signal.max_rooms].
+    #[arg(long, env = "TRAVERSE_MAX_ROOMS")]
+    max_rooms: Option<usize>,
+    /// Signaling sockets per client IP [signal.max_connections_per_ip].
+    #[arg(long, env = "TRAVERSE_MAX_CONNECTIONS_PER_IP")]
+    max_connections_per_ip: Option<usize>,
+    /// Messages queued for a disconnected peer [signal.max_queued].
+    #[arg(long, env = "TRAVERSE_MAX_QUEUED")]
+    max_queued: Option<usize>,
+    /// Seconds between heartbeats [signal.heartbeat_interval].
+    #[arg(long, env = "TRAVERSE_HEARTBEAT_INTERVAL")]
+    heartbeat_interval: Option<u64>,
+    /// Seconds of silence before a socket counts as dead [signal.heartbeat_timeout].
+    #[arg(long, env = "TRAVERSE_HEARTBEAT_TIMEOUT")]
+    heartbeat_timeout: Option<u64>,
+    /// Seconds a dropped peer keeps its place for a resume [signal.resume_grace].
+    #[arg(long, env = "TRAVERSE_RESUME_GRACE")]
+    resume_grace: Option<u64>,
     /// Log format [log.format].
     #[arg(long, env = "TRAVERSE_LOG_FORMAT")]
     log_format: Option<LogFormat>,
@@ -150,6 +199,25 @@ struct CredentialArgs {
     /// TURN/STUN URIs to include, e.g. turn:turn.example.com:3478?transport=udp.
     #[arg(long = "uri")]
     uris: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+struct TokenArgs {
+    /// The signaling secret (as in [signal.secret]).
+    #[arg(long, env = "TRAVERSE_SIGNAL_SECRET")]
+    secret: String,
+    /// The room the token admits; `*` for any.
+    #[arg(long)]
+    room: String,
+    /// The identity, shown to other peers as meta.identity.
+    #[arg(long, default_value = "user")]
+    identity: String,
+    /// Seconds the token stays valid.
+    #[arg(long, default_value_t = 3600)]
+    ttl: u64,
+    /// Capabilities passed through to the app (repeatable).
+    #[arg(long = "cap")]
+    caps: Vec<String>,
 }
 
 fn parse_range(s: &str) -> Result<(u16, u16), String> {
@@ -177,6 +245,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&out)?);
             Ok(())
         }
+        Command::Token(args) => {
+            let claims = signal::Claims {
+                room: args.room,
+                sub: args.identity,
+                exp: unix_now() + args.ttl,
+                caps: args.caps,
+            };
+            println!("{}", signal::mint_token(args.secret.as_bytes(), &claims));
+            Ok(())
+        }
         Command::CheckConfig { path } => {
             let config = Config::load(&path)?;
             let errors = config.validate();
@@ -194,14 +272,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 /// A REST credential: username `expiry:user`, password base64(HMAC-SHA1(secret, username)).
 fn mint(secret: &str, user: &str, ttl: u64) -> (String, String) {
-    let expiry = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-        + ttl;
+    mint_at(secret, user, unix_now() + ttl)
+}
+
+fn mint_at(secret: &str, user: &str, expiry: u64) -> (String, String) {
     let username = format!("{expiry}:{user}");
     let password = turn::rest_password(secret.as_bytes(), &username);
     (username, password)
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 fn apply(config: &mut Config, a: ServeArgs) {
@@ -252,6 +336,24 @@ fn apply(config: &mut Config, a: ServeArgs) {
     set!(config.limits.max_permissions_per_allocation, a.max_permissions);
     set!(config.limits.max_connections, a.max_connections);
     set!(config.limits.idle_timeout, a.idle_timeout);
+    set!(config.listen.http, a.http);
+    set!(config.listen.single, a.single);
+    if a.public_host.is_some() {
+        config.signal.public_host = a.public_host;
+    }
+    if a.signal_secret.is_some() {
+        config.signal.secret = a.signal_secret;
+    }
+    set!(config.signal.max_message_bytes, a.max_message_bytes);
+    set!(config.signal.messages_per_second, a.messages_per_second);
+    set!(config.signal.burst, a.burst);
+    set!(config.signal.max_peers_per_room, a.max_peers_per_room);
+    set!(config.signal.max_rooms, a.max_rooms);
+    set!(config.signal.max_connections_per_ip, a.max_connections_per_ip);
+    set!(config.signal.max_queued, a.max_queued);
+    set!(config.signal.heartbeat_interval, a.heartbeat_interval);
+    set!(config.signal.heartbeat_timeout, a.heartbeat_timeout);
+    set!(config.signal.resume_grace, a.resume_grace);
     set!(config.log.format, a.log_format);
     set!(config.log.level, a.log_level);
 }
@@ -271,7 +373,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     init_logging(&config);
 
-    let generated_secret = config.auth.secrets.is_empty() && config.auth.users.is_empty();
+    // Signaling hands every peer a REST credential, so there is always a secret to mint with.
+    let generated_secret = config.auth.secrets.is_empty();
     if generated_secret {
         let mut secret = [0u8; 24];
         rand::thread_rng().fill_bytes(&mut secret);
@@ -335,6 +438,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         udp: config.listen.udp.clone(),
         tcp: config.listen.tcp.clone(),
         tls: config.listen.tls.clone(),
+        http: config.listen.http.clone(),
+        single: config.listen.single.clone(),
         tls_identity,
         relay: server::RelayConfig {
             bind_v4: config.relay.bind_v4,
@@ -354,11 +459,51 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             config.limits.max_allocations_per_user,
         )),
     };
-    let running = server::start(server_config).context("cannot start")?;
+    // The URLs name the bound ports (a port may be 0 in the config), so they are filled in after the start.
+    let ice_urls: Arc<std::sync::OnceLock<IceUrls>> = Arc::new(std::sync::OnceLock::new());
+    let ttl = config.auth.credential_ttl;
+    let mint_secret = config.auth.secrets.first().cloned().unwrap_or_default();
+    let urls = ice_urls.clone();
+    let ice_servers: web::IceServersFn = Arc::new(move |user, unix| {
+        let Some(urls) = urls.get() else { return json!([]) };
+        let (username, credential) = mint_at(&mint_secret, user, unix + ttl);
+        json!([{ "urls": urls.stun }, { "urls": urls.turn, "username": username, "credential": credential }])
+    });
+    let web = web::Web::start(web::WebConfig {
+        limits: config.signal.limits(),
+        token_secret: config.signal.secret.as_ref().map(|s| s.as_bytes().to_vec()),
+        ice_servers,
+        credential_ttl_secs: ttl,
+    })
+    .context("cannot start the signaling hub")?;
+    let handler: Arc<dyn server::HttpHandler> = Arc::new(WebHandler(web.clone()));
+    let running = server::start(server_config, Some(handler)).context("cannot start")?;
     for (proto, addrs) in [("UDP", &running.udp), ("TCP", &running.tcp), ("TLS", &running.tls)] {
         for addr in addrs.iter() {
             tracing::info!(%addr, "STUN/TURN listening on {proto}");
         }
+    }
+    for addr in &running.http {
+        tracing::info!(%addr, "HTTP (signaling, SDK, demo) listening");
+    }
+    for addr in &running.single {
+        tracing::info!(%addr, "single port (HTTPS/WSS, TURN over TLS and TCP) listening");
+    }
+    let host = public_host(&config, &running, &interface_ips);
+    let _ = ice_urls.set(IceUrls::new(&host, &running));
+    if let Some(a) = running.http.first() {
+        println!(
+            "signaling: ws://{host}:{}/ws   demo: http://{host}:{}/demo",
+            a.port(),
+            a.port()
+        );
+    }
+    if let Some(a) = running.single.first() {
+        println!(
+            "signaling: wss://{host}:{}/ws   demo: https://{host}:{}/demo",
+            a.port(),
+            a.port()
+        );
     }
     if running.certs.is_self_signed() && !running.tls.is_empty() {
         tracing::warn!("TLS uses a generated self-signed certificate: browsers refuse it; set tls.cert and tls.key");
@@ -366,7 +511,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if generated_secret {
         tracing::info!("no credentials configured: generated a shared secret for this run");
     }
-    print_ice_servers(&config, &running, &interface_ips);
+    print_ice_servers(&config, &host, &running);
 
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let certs = running.certs.clone();
@@ -391,13 +536,39 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
     });
     tracing::info!("shutting down");
+    web.shutdown();
+    // Let the 4202 close frames leave before the workers stop.
+    std::thread::sleep(Duration::from_millis(200));
     running.shutdown();
     Ok(())
 }
 
-/// Prints an `iceServers` array with a fresh credential, ready to paste into `new RTCPeerConnection(...)`.
-fn print_ice_servers(config: &Config, running: &server::Running, interface_ips: &[IpAddr]) {
-    let host = config
+/// Serves the connections the HTTP and single ports sort as HTTP.
+struct WebHandler(web::Web);
+
+impl server::HttpHandler for WebHandler {
+    fn serve(
+        &self,
+        io: Box<dyn server::Io>,
+        remote: SocketAddr,
+        scheme: server::HttpScheme,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>> {
+        let web = self.0.clone();
+        let scheme = match scheme {
+            server::HttpScheme::Http => web::Scheme::Http,
+            server::HttpScheme::Https => web::Scheme::Https,
+            server::HttpScheme::RedirectToHttps => web::Scheme::HttpRedirect,
+        };
+        Box::pin(async move { web.serve_connection(io, remote, scheme).await })
+    }
+}
+
+/// The host put in iceServers: the configured one, else the external or listening address, else an interface's.
+fn public_host(config: &Config, running: &server::Running, interface_ips: &[IpAddr]) -> String {
+    if let Some(host) = &config.signal.public_host {
+        return host.clone();
+    }
+    let ip = config
         .relay
         .external_v4
         .or_else(|| {
@@ -405,6 +576,8 @@ fn print_ice_servers(config: &Config, running: &server::Running, interface_ips: 
                 .udp
                 .iter()
                 .chain(&running.tcp)
+                .chain(&running.http)
+                .chain(&running.single)
                 .map(|a| a.ip())
                 .find(|ip| !ip.is_unspecified())
         })
@@ -415,27 +588,48 @@ fn print_ice_servers(config: &Config, running: &server::Running, interface_ips: 
                 .find(|ip| ip.is_ipv4() && !ip.is_loopback())
         })
         .unwrap_or(IpAddr::from([127, 0, 0, 1]));
-    let host = match host {
+    match ip {
         IpAddr::V6(v6) => format!("[{v6}]"),
         IpAddr::V4(v4) => v4.to_string(),
+    }
+}
+
+/// STUN and TURN URLs of this server. `stun:` URLs carry no `?transport` (Chrome ≥ 110 rejects it).
+#[derive(Debug)]
+struct IceUrls {
+    stun: Vec<String>,
+    turn: Vec<String>,
+}
+
+impl IceUrls {
+    fn new(host: &str, running: &server::Running) -> Self {
+        let mut stun = Vec::new();
+        let mut turn = Vec::new();
+        if let Some(a) = running.udp.first() {
+            stun.push(format!("stun:{host}:{}", a.port()));
+            turn.push(format!("turn:{host}:{}?transport=udp", a.port()));
+        }
+        if let Some(a) = running.tcp.first() {
+            turn.push(format!("turn:{host}:{}?transport=tcp", a.port()));
+        }
+        if let Some(a) = running.tls.first() {
+            turn.push(format!("turns:{host}:{}?transport=tcp", a.port()));
+        }
+        if let Some(a) = running.single.first() {
+            turn.push(format!("turns:{host}:{}?transport=tcp", a.port()));
+        }
+        Self { stun, turn }
+    }
+}
+
+/// Prints an `iceServers` array with a fresh credential, ready to paste into `new RTCPeerConnection(...)`.
+fn print_ice_servers(config: &Config, host: &str, running: &server::Running) {
+    let urls = IceUrls::new(host, running);
+    let (username, credential) = match config.auth.secrets.first() {
+        Some(secret) => mint(secret, "traverse", config.auth.credential_ttl),
+        None => (String::new(), String::new()),
     };
-    let mut urls = Vec::new();
-    if let Some(a) = running.udp.first() {
-        urls.push(format!("stun:{host}:{}", a.port()));
-        urls.push(format!("turn:{host}:{}?transport=udp", a.port()));
-    }
-    if let Some(a) = running.tcp.first() {
-        urls.push(format!("turn:{host}:{}?transport=tcp", a.port()));
-    }
-    if let Some(a) = running.tls.first() {
-        urls.push(format!("turns:{host}:{}?transport=tcp", a.port()));
-    }
-    let (username, credential) = match (config.auth.secrets.first(), config.users().first()) {
-        (Some(secret), _) => mint(secret, "traverse", config.auth.credential_ttl),
-        (None, Some((name, password))) => (name.clone(), password.clone()),
-        (None, None) => (String::new(), String::new()),
-    };
-    let ice = json!([{ "urls": urls, "username": username, "credential": credential }]);
+    let ice = json!([{ "urls": urls.stun }, { "urls": urls.turn, "username": username, "credential": credential }]);
     println!("iceServers: {}", serde_json::to_string(&ice).unwrap_or_default());
 }
 

@@ -1,0 +1,224 @@
+//! One TCP port for everything: each connection is sorted by its first bytes.
+//!
+//! - `0x16` (a TLS handshake record), on a port with TLS: terminate TLS, then by ALPN — `stun.turn` (RFC 7443) →
+//!   TURN over TLS, `http/1.1` → HTTPS/WSS; without ALPN, by the first decrypted byte (a STUN header → TURN,
+//!   anything else → HTTP).
+//! - `0x00`/`0x01` (a STUN message type): TURN over TCP.
+//! - an ASCII letter (an HTTP method): HTTP, or a redirect to HTTPS on a port with TLS.
+//! - anything else, or nothing within the sniff timeout: closed.
+//!
+//! Sorting happens in the connection's own task, so a silent or slow client never holds the listener.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use socket2::{SockRef, TcpKeepalive};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::spawn_local;
+use turn::{FiveTuple, Transport};
+
+use crate::stream;
+use crate::worker::Worker;
+
+/// A byte stream handed to the HTTP side.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
+
+/// How an HTTP connection reached the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpScheme {
+    Http,
+    Https,
+    /// Plain HTTP on a port that offers TLS: answer with a redirect to HTTPS.
+    RedirectToHttps,
+}
+
+/// Serves HTTP on connections the mux sorted as HTTP. Implemented by the binary over the web crate, so this crate
+/// needs no HTTP stack.
+pub trait HttpHandler: Send + Sync + 'static {
+    fn serve(&self, io: Box<dyn Io>, remote: SocketAddr, scheme: HttpScheme) -> Pin<Box<dyn Future<Output = ()>>>;
+}
+
+/// ALPN protocol id of TURN over TLS (RFC 7443).
+pub const ALPN_STUN_TURN: &[u8] = b"stun.turn";
+
+pub(crate) async fn accept_loop(worker: Rc<Worker>, listener: TcpListener, with_tls: bool) {
+    let Ok(local) = listener.local_addr() else { return };
+    loop {
+        let (tcp, client) = match listener.accept().await {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = worker.shared.connections.clone().try_acquire_owned() else {
+            tracing::debug!(%client, "connection limit reached; closing");
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        let keepalive = TcpKeepalive::new()
+            .with_time(Duration::from_secs(30))
+            .with_interval(Duration::from_secs(10));
+        let _ = SockRef::from(&tcp).set_tcp_keepalive(&keepalive);
+        let server = tcp.local_addr().unwrap_or(local);
+        let worker = worker.clone();
+        spawn_local(async move {
+            let _permit = permit;
+            sort(worker, tcp, client, server, with_tls).await;
+        });
+    }
+}
+
+async fn sort(worker: Rc<Worker>, tcp: TcpStream, client: SocketAddr, server: SocketAddr, with_tls: bool) {
+    let sniff_timeout = worker.shared.config.tls_handshake_timeout;
+    let mut first = [0u8; 1];
+    let peeked = match tokio::time::timeout(sniff_timeout, tcp.peek(&mut first)).await {
+        Ok(Ok(1)) => first[0],
+        _ => return,
+    };
+    let http = worker.shared.http.clone();
+    match peeked {
+        0x16 if with_tls => {
+            let acceptor = tokio_rustls::TlsAcceptor::from(worker.shared.mux_tls.clone());
+            let tls = match tokio::time::timeout(sniff_timeout, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => return tracing::debug!(%client, error = %e, "TLS handshake failed"),
+                Err(_) => return tracing::debug!(%client, "TLS handshake timed out"),
+            };
+            let turn = FiveTuple {
+                client,
+                server,
+                transport: Transport::Tls,
+            };
+            match tls.get_ref().1.alpn_protocol() {
+                Some(ALPN_STUN_TURN) => stream::serve(worker, tls, turn).await,
+                Some(_) => serve_http(http, Box::new(tls), client, HttpScheme::Https).await,
+                None => {
+                    let mut tls = tls;
+                    let mut byte = [0u8; 1];
+                    match tokio::time::timeout(sniff_timeout, tls.read(&mut byte)).await {
+                        Ok(Ok(1)) => {}
+                        _ => return,
+                    }
+                    let io = Prefixed::new(byte[0], tls);
+                    if is_stun_start(byte[0]) {
+                        stream::serve(worker, io, turn).await;
+                    } else {
+                        serve_http(http, Box::new(io), client, HttpScheme::Https).await;
+                    }
+                }
+            }
+        }
+        b if is_stun_start(b) => {
+            let turn = FiveTuple {
+                client,
+                server,
+                transport: Transport::Tcp,
+            };
+            stream::serve::<TcpStream>(worker, tcp, turn).await;
+        }
+        b'A'..=b'Z' => {
+            let scheme = if with_tls {
+                HttpScheme::RedirectToHttps
+            } else {
+                HttpScheme::Http
+            };
+            serve_http(http, Box::new(tcp), client, scheme).await;
+        }
+        _ => tracing::debug!(%client, "neither TLS, STUN nor HTTP; closing"),
+    }
+}
+
+/// The first two bits of a STUN message type are zero; ChannelData (`01…`) never opens a connection, but a TURN
+/// client may start with it after a reconnect, so `0x40..=0x7f` counts too.
+fn is_stun_start(b: u8) -> bool {
+    b <= 0x01 || ((0x40..=0x7f).contains(&b) && !b.is_ascii_alphabetic())
+}
+
+async fn serve_http(http: Option<Arc<dyn HttpHandler>>, io: Box<dyn Io>, client: SocketAddr, scheme: HttpScheme) {
+    match http {
+        Some(handler) => handler.serve(io, client, scheme).await,
+        None => tracing::debug!(%client, "HTTP on a port without an HTTP service; closing"),
+    }
+}
+
+/// A stream whose first byte was already read (to sort the connection) and is given back on the first read.
+struct Prefixed<S> {
+    first: Option<u8>,
+    inner: S,
+}
+
+impl<S> Prefixed<S> {
+    fn new(first: u8, inner: S) -> Self {
+        Self {
+            first: Some(first),
+            inner,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if let Some(b) = self.first {
+            if buf.remaining() > 0 {
+                buf.put_slice(&[b]);
+                self.first = None;
+                return Poll::Ready(Ok(()));
+            }
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sorts_first_bytes() {
+        assert!(
+            is_stun_start(0x00) && is_stun_start(0x01),
+            "STUN request/indication types"
+        );
+        assert!(is_stun_start(0x40), "ChannelData");
+        for method in [b'G', b'P', b'H', b'O', b'D', b'C'] {
+            assert!(!is_stun_start(method), "HTTP method {}", method as char);
+        }
+        assert!(!is_stun_start(0x16), "TLS");
+    }
+}

@@ -1,0 +1,233 @@
+//! The hub task: owns the sans-IO hub on a thread of its own, takes socket events over a bounded channel and
+//! routes the hub's output to each socket's channel.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use rand::SeedableRng;
+use signal::{CloseCode, ConnId, MemoryHub, Now, Output, Refusal, SignalHub};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::WebConfig;
+
+/// What the hub sends a socket.
+#[derive(Debug)]
+pub(crate) enum ToSocket {
+    Text(Arc<str>),
+    Close(CloseCode, String),
+}
+
+pub(crate) enum Command {
+    Connect {
+        conn: ConnId,
+        ip: IpAddr,
+        tx: mpsc::Sender<ToSocket>,
+        reply: oneshot::Sender<Result<(), Refusal>>,
+    },
+    Text {
+        conn: ConnId,
+        text: axum::extract::ws::Utf8Bytes,
+    },
+    Activity {
+        conn: ConnId,
+    },
+    Closed {
+        conn: ConnId,
+    },
+    CheckConnect {
+        ip: IpAddr,
+        reply: oneshot::Sender<Result<(), Refusal>>,
+    },
+    CheckJoin {
+        room: String,
+        token: Option<String>,
+        reply: oneshot::Sender<Result<(), Refusal>>,
+    },
+    Stats {
+        reply: oneshot::Sender<signal::HubStats>,
+    },
+    Shutdown,
+}
+
+/// Frames queued for one socket before it counts as too slow and is dropped.
+pub(crate) const SOCKET_QUEUE: usize = 1024;
+
+/// The sockets' side of the hub task.
+#[derive(Clone, Debug)]
+pub struct HubHandle {
+    tx: mpsc::Sender<Command>,
+    next_conn: Arc<AtomicU64>,
+}
+
+impl HubHandle {
+    pub(crate) fn next_conn(&self) -> ConnId {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub(crate) async fn send(&self, command: Command) {
+        // The hub only stops at shutdown, when sockets are closing anyway.
+        let _ = self.tx.send(command).await;
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Option<T> {
+        let (reply, answer) = oneshot::channel();
+        self.tx.send(make(reply)).await.ok()?;
+        answer.await.ok()
+    }
+
+    pub(crate) async fn check_connect(&self, ip: IpAddr) -> Result<(), Refusal> {
+        self.ask(|reply| Command::CheckConnect { ip, reply })
+            .await
+            .unwrap_or(Ok(()))
+    }
+
+    pub(crate) async fn check_join(&self, room: String, token: Option<String>) -> Result<(), Refusal> {
+        self.ask(|reply| Command::CheckJoin { room, token, reply })
+            .await
+            .unwrap_or(Ok(()))
+    }
+
+    pub(crate) async fn connect(&self, conn: ConnId, ip: IpAddr, tx: mpsc::Sender<ToSocket>) -> Result<(), Refusal> {
+        self.ask(|reply| Command::Connect { conn, ip, tx, reply })
+            .await
+            .unwrap_or_else(|| {
+                Err(Refusal::new(
+                    signal::ErrorCode::TooManyConnections,
+                    "The server is shutting down.",
+                ))
+            })
+    }
+
+    /// Connections, sessions, rooms and relayed signals right now.
+    pub async fn stats(&self) -> Option<signal::HubStats> {
+        self.ask(|reply| Command::Stats { reply }).await
+    }
+
+    pub(crate) fn shutdown(&self) {
+        let _ = self.tx.try_send(Command::Shutdown);
+    }
+}
+
+pub(crate) fn spawn(config: &WebConfig) -> std::io::Result<HubHandle> {
+    let (tx, rx) = mpsc::channel(4096);
+    let ice = config.ice_servers.clone();
+    let source: signal::IceServerSource = Box::new(move |peer, unix| {
+        serde_json::value::to_raw_value(&ice(peer, unix))
+            .unwrap_or_else(|_| serde_json::value::to_raw_value(&()).unwrap_or_default())
+    });
+    let hub = MemoryHub::new(
+        config.limits.clone(),
+        config.token_secret.clone(),
+        source,
+        rand::rngs::StdRng::from_entropy(),
+        Instant::now(),
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build()?;
+    std::thread::Builder::new()
+        .name("traverse-hub".into())
+        .spawn(move || runtime.block_on(run(hub, rx)))?;
+    Ok(HubHandle {
+        tx,
+        next_conn: Arc::new(AtomicU64::new(1)),
+    })
+}
+
+fn now() -> Now {
+    Now {
+        instant: Instant::now(),
+        unix: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+    }
+}
+
+async fn run(mut hub: impl SignalHub, mut rx: mpsc::Receiver<Command>) {
+    let mut sockets: HashMap<ConnId, mpsc::Sender<ToSocket>> = HashMap::new();
+    loop {
+        let deadline = hub.poll_timeout();
+        let command = tokio::select! {
+            command = rx.recv() => command,
+            _ = sleep_until(deadline) => {
+                hub.handle_timeout(now());
+                route(&mut hub, &mut sockets);
+                continue;
+            }
+        };
+        let Some(command) = command else { break };
+        let mut stop = handle(&mut hub, &mut sockets, command);
+        // Drain what has queued up meanwhile before routing, so a burst costs one clock read per command only.
+        for _ in 0..256 {
+            match rx.try_recv() {
+                Ok(command) => stop |= handle(&mut hub, &mut sockets, command),
+                Err(_) => break,
+            }
+        }
+        route(&mut hub, &mut sockets);
+        if stop {
+            break;
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Returns true on shutdown.
+fn handle(hub: &mut impl SignalHub, sockets: &mut HashMap<ConnId, mpsc::Sender<ToSocket>>, command: Command) -> bool {
+    match command {
+        Command::Connect { conn, ip, tx, reply } => {
+            let result = hub.handle_connect(conn, ip, now());
+            if result.is_ok() {
+                sockets.insert(conn, tx);
+            }
+            let _ = reply.send(result);
+        }
+        Command::Text { conn, text } => hub.handle_text(conn, text.as_str(), now()),
+        Command::Activity { conn } => hub.handle_activity(conn, now()),
+        Command::Closed { conn } => {
+            sockets.remove(&conn);
+            hub.handle_closed(conn, now());
+        }
+        Command::CheckConnect { ip, reply } => {
+            let _ = reply.send(hub.check_connect(ip));
+        }
+        Command::CheckJoin { room, token, reply } => {
+            let _ = reply.send(hub.check_join(&room, token.as_deref(), now()));
+        }
+        Command::Stats { reply } => {
+            let _ = reply.send(hub.stats());
+        }
+        Command::Shutdown => {
+            hub.handle_shutdown();
+            route(hub, sockets);
+            return true;
+        }
+    }
+    false
+}
+
+fn route(hub: &mut impl SignalHub, sockets: &mut HashMap<ConnId, mpsc::Sender<ToSocket>>) {
+    while let Some(output) = hub.poll_output() {
+        match output {
+            Output::Send { conn, text } => {
+                let Some(tx) = sockets.get(&conn) else { continue };
+                if tx.try_send(ToSocket::Text(text)).is_err() {
+                    // Too slow to read its messages (or gone): drop the socket; its session waits for a resume.
+                    tracing::debug!(conn, "signaling socket too slow; closing it");
+                    sockets.remove(&conn);
+                    hub.handle_closed(conn, now());
+                }
+            }
+            Output::Close { conn, code, reason } => {
+                if let Some(tx) = sockets.remove(&conn) {
+                    let _ = tx.try_send(ToSocket::Close(code, reason));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,107 @@
+//! The HTTP and WebSocket side of Traverse: the signaling endpoint (`/ws`), its HTTP twin (`/api/join-check`),
+//! `/api/ice-servers`, the browser SDK and the demo page.
+//!
+//! Model: the sans-IO [`signal::SignalHub`] runs in one task on its own thread ([`hub`]); every socket is a task
+//! that forwards frames to it over a bounded channel and writes what it routes back ([`ws`]). Connections arrive
+//! from the server crate's listeners — a plain HTTP port, or the single port that also carries TURN — through
+//! [`Web::serve_connection`], so HTTP never needs a listener of its own.
+
+mod hub;
+mod routes;
+mod ws;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use hyper_util::rt::TokioIo;
+use signal::Limits;
+
+pub use hub::HubHandle;
+
+/// Mints `iceServers` (a JSON array) with a fresh TURN credential for a user at a Unix time.
+pub type IceServersFn = Arc<dyn Fn(&str, u64) -> serde_json::Value + Send + Sync>;
+
+/// Everything the web side needs.
+#[derive(Clone)]
+pub struct WebConfig {
+    pub limits: Limits,
+    /// With a secret, joins and `/api/ice-servers` need an HS256 token signed by it.
+    pub token_secret: Option<Vec<u8>>,
+    pub ice_servers: IceServersFn,
+    /// Lifetime of minted TURN credentials, reported by `/api/ice-servers`.
+    pub credential_ttl_secs: u64,
+}
+
+impl std::fmt::Debug for WebConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebConfig")
+            .field("limits", &self.limits)
+            .field("token_secret", &self.token_secret.as_ref().map(|_| ".."))
+            .finish_non_exhaustive()
+    }
+}
+
+/// How a connection reached us.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    Http,
+    Https,
+    /// Plain HTTP on a port that also speaks TLS: every request is redirected to HTTPS.
+    HttpRedirect,
+}
+
+/// The running web side; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Web {
+    app: Arc<routes::App>,
+    router: axum::Router,
+    redirect: axum::Router,
+}
+
+impl Web {
+    /// Starts the hub thread.
+    pub fn start(config: WebConfig) -> std::io::Result<Self> {
+        let hub = hub::spawn(&config)?;
+        let app = Arc::new(routes::App { config, hub });
+        Ok(Self {
+            router: routes::router(app.clone(), Scheme::Https),
+            redirect: routes::router(app.clone(), Scheme::HttpRedirect),
+            app,
+        })
+    }
+
+    pub fn hub(&self) -> &HubHandle {
+        &self.app.hub
+    }
+
+    /// Serves HTTP/1.1 (with WebSocket upgrades) on one accepted connection until it closes.
+    pub async fn serve_connection<IO>(&self, io: IO, remote: SocketAddr, scheme: Scheme)
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let router = match scheme {
+            Scheme::HttpRedirect => self.redirect.clone(),
+            Scheme::Http | Scheme::Https => self.router.clone(),
+        };
+        let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(routes::Remote(remote));
+            let mut router = router.clone();
+            async move { tower_service::Service::call(&mut router, req).await }
+        });
+        let result = hyper::server::conn::http1::Builder::new()
+            .max_buf_size(64 * 1024)
+            .header_read_timeout(std::time::Duration::from_secs(10))
+            .timer(hyper_util::rt::TokioTimer::new())
+            .serve_connection(TokioIo::new(io), service)
+            .with_upgrades()
+            .await;
+        if let Err(e) = result {
+            tracing::debug!(%remote, error = %e, "HTTP connection ended with an error");
+        }
+    }
+
+    /// Closes every signaling socket with 4202 (retry now) and stops the hub.
+    pub fn shutdown(&self) {
+        self.app.hub.shutdown();
+    }
+}
