@@ -451,7 +451,7 @@ export class Room extends EventTarget {
       case 'peer-left': {
         this.peers.delete(msg.peerId);
         const pc = this.connections.get(msg.peerId);
-        if (pc) pc.close();
+        if (pc) pc._close(false);
         return this._emit('peer-left', { peerId: msg.peerId, seq: msg.seq });
       }
       case 'signal':
@@ -474,7 +474,7 @@ export class Room extends EventTarget {
     if (rejoined) {
       // A failed resume ended the old session: its peer connections belong to an identity that is gone, and so do
       // the negotiation messages queued for them.
-      for (const pc of this.connections.values()) pc.close();
+      for (const pc of this.connections.values()) pc._close(false);
       this.connections.clear();
       this._outbox = this._outbox.filter((m) => !m.internal);
       this.stats.rejoins++;
@@ -532,7 +532,7 @@ export class Room extends EventTarget {
   /** @private */
   _onSignal(msg) {
     const d = msg.data;
-    const isNegotiation = d && typeof d === 'object' && ('sdp' in d || 'candidate' in d);
+    const isNegotiation = d && typeof d === 'object' && ('sdp' in d || 'candidate' in d || 'bye' in d);
     let peer = isNegotiation ? this.connections.get(msg.from) : undefined;
     if (isNegotiation && (!peer || peer.closed) && d.sdp && d.sdp.type === 'offer' && this._opts.autoAccept) {
       const po = this._opts.peerOptions;
@@ -688,7 +688,7 @@ export class Room extends EventTarget {
         /* ignore */
       }
     }
-    for (const pc of this.connections.values()) pc.close();
+    for (const pc of this.connections.values()) pc._close(false);
     if (typeof removeEventListener === 'function') removeEventListener('online', this._onOnline);
     if (!silent) this._emit('closed', { code, reason });
   }
@@ -825,9 +825,16 @@ export class Peer extends EventTarget {
     };
   }
 
-  /** Close the connection (does not leave the room). */
+  /** Close the connection (does not leave the room); the other side's `Peer` closes too. */
   close() {
+    this._close(true);
+  }
+
+  /** @private @param {boolean} tellRemote */
+  _close(tellRemote) {
     if (this.closed) return;
+    // A `bye` lets the other side drop its half, so that a later connect() starts from a fresh RTCPeerConnection.
+    if (tellRemote && this.room.state === 'open' && this.room.peers.has(this.peerId)) this._signal({ bye: true });
     this.closed = true;
     try {
       this.pc.close();
@@ -897,8 +904,12 @@ export class Peer extends EventTarget {
   }
 
   /** @private */
-  async _applySignal({ sdp, candidate }) {
+  async _applySignal({ sdp, candidate, bye }) {
     if (this.closed) return;
+    if (bye) {
+      this._close(false);
+      return;
+    }
     const pc = this.pc;
     if (sdp) {
       const collision = sdp.type === 'offer' && (this._makingOffer || pc.signalingState !== 'stable');

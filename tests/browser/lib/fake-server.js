@@ -1,14 +1,15 @@
 // A scripted stand-in for Traverse's signaling endpoint, for SDK tests that need the server to misbehave on cue
 // (drop a socket mid-stream, replay duplicates, refuse a resume, close with a given code, stop answering pings).
 // Plain HTTP + a minimal RFC 6455 server (text, close, ping frames). Serves /sdk/traverse.js from web/sdk and a blank
-// page at /. Loopback only.
+// page at / and the demo at /demo. Loopback only.
 import http from 'node:http';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
-const SDK = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../../web/sdk/traverse.js');
+const WEB = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../../web');
+const SDK = path.join(WEB, 'sdk/traverse.js');
 
 /** One accepted WebSocket. */
 export class FakeSocket {
@@ -157,6 +158,9 @@ export async function startFakeServer({ onSocket, reject, joinCheck } = {}) {
     if (url.pathname === '/sdk/traverse.js') {
       res.writeHead(200, { 'content-type': 'text/javascript', 'cache-control': 'no-store' });
       res.end(fs.readFileSync(SDK));
+    } else if (url.pathname === '/demo') {
+      res.writeHead(200, { 'content-type': 'text/html', 'cache-control': 'no-store' });
+      res.end(fs.readFileSync(path.join(WEB, 'demo/index.html')));
     } else if (url.pathname === '/api/join-check') {
       const r = joinCheck ? joinCheck(url) : { status: 200, body: { ok: true } };
       res.writeHead(r.status, { 'content-type': 'application/json' });
