@@ -6,6 +6,8 @@
 //! Messages are built with the project's own codec (`stun`); the random streams are seeded, and the seed is printed
 //! (set `TRAVERSE_TEST_SEED` to replay one).
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 mod common;
 
 use std::io::{Read, Write};

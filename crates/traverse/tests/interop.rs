@@ -4,6 +4,8 @@
 //!
 //! A missing tool prints `SKIP: …` and passes, unless `TRAVERSE_REQUIRE_PEERS=1` (CI), where it fails.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 mod common;
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, UdpSocket};

@@ -6,6 +6,8 @@
 //! No traffic goes to any of these addresses: permissions only. The one data check sends to a loopback socket and
 //! asserts it never arrives.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 mod common;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};

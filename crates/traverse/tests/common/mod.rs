@@ -6,6 +6,7 @@
 //! All traffic stays on loopback.
 
 #![allow(dead_code)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
@@ -90,21 +91,20 @@ pub fn run_bounded(cmd: &mut Command, timeout: Duration) -> RunOutput {
     let out = collect(child.stdout.take());
     let err = collect(child.stderr.take());
     let deadline = Instant::now() + timeout;
-    let mut status = None;
     let mut timed_out = false;
-    while status.is_none() {
-        status = child.try_wait().unwrap_or(None);
-        if status.is_some() {
+    loop {
+        if !matches!(child.try_wait(), Ok(None)) {
             break;
         }
         if Instant::now() >= deadline {
             timed_out = true;
             let _ = child.kill();
-            status = child.wait().ok();
             break;
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+    // Reaps the child (it has exited or was just killed).
+    let status = child.wait().ok();
     RunOutput {
         status,
         stdout: out.join().unwrap_or_default(),
@@ -177,26 +177,26 @@ impl Server {
                 }
             });
         }
-        let json = match rx.recv_timeout(START_TIMEOUT) {
-            Ok(json) => json,
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                std::thread::sleep(Duration::from_millis(100));
-                panic!(
-                    "traverse did not become ready within {START_TIMEOUT:?}; log:\n{}",
-                    log.lock().unwrap_or_else(|e| e.into_inner())
-                );
-            }
-        };
-        let (udp, tcp, tls) = parse_ice_servers(&json);
-        Server {
+        // From here on, a panic drops `server`, which kills the child.
+        let unset = SocketAddr::new(LOOPBACK, 0);
+        let mut server = Server {
             child,
-            udp,
-            tcp,
-            tls,
+            udp: unset,
+            tcp: unset,
+            tls: unset,
             log,
-        }
+        };
+        let Ok(json) = rx.recv_timeout(START_TIMEOUT) else {
+            let _ = server.child.kill();
+            let _ = server.child.wait();
+            std::thread::sleep(Duration::from_millis(100));
+            panic!(
+                "traverse did not become ready within {START_TIMEOUT:?}; log:\n{}",
+                server.log()
+            );
+        };
+        (server.udp, server.tcp, server.tls) = parse_ice_servers(&json);
+        server
     }
 
     /// The process has not exited.
