@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # The one test command: installs the real peers the tests use (when run as root on Debian), then runs everything:
-# unit, property, differential and simulated-time tests, interop tests against coturn's clients and aioice, and a
-# bounded fuzz run of the STUN decoder.
+# unit, property, differential and simulated-time tests, interop tests against coturn's clients and aioice,
+# signaling protocol tests on the real binary, browser end-to-end tests in headless Chromium (playwright-core),
+# and a bounded fuzz run of the STUN decoder.
 #
-#   scripts/test.sh            # everything
+#   scripts/test.sh                  # everything
 #   FUZZ_SECONDS=0 scripts/test.sh   # skip the fuzz run
+#   BROWSER_TESTS=0 scripts/test.sh  # skip the browser tests
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,6 +15,7 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   command -v turnutils_uclient >/dev/null 2>&1 || missing+=(coturn)
   command -v ip >/dev/null 2>&1 || missing+=(iproute2)
   command -v nft >/dev/null 2>&1 || missing+=(nftables)
+  command -v chromium >/dev/null 2>&1 || missing+=(chromium)
   if [ ${#missing[@]} -gt 0 ]; then
     echo "test.sh: installing ${missing[*]}"
     apt-get update -qq
@@ -27,6 +30,10 @@ fi
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 cargo test --workspace --all-targets
+
+if [ "${BROWSER_TESTS:-1}" != 0 ]; then
+  TRAVERSE_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/traverse" tests/browser/run.sh
+fi
 
 if [ "${FUZZ_SECONDS:-60}" != 0 ] && [ -x scripts/fuzz.sh ]; then
   scripts/fuzz.sh "${FUZZ_SECONDS:-60}"
