@@ -269,11 +269,13 @@ export class Room extends EventTarget {
 
   /**
    * Test hook: drop the socket without `leave`, as a network failure would. The server keeps the session for its
-   * grace period; the room reconnects and resumes.
+   * grace period; the room reconnects and resumes, after `holdMs` more than the backoff says (an outage that lasts).
+   * @param {number} [holdMs]
    */
-  _debugDropSocket() {
+  _debugDropSocket(holdMs = 0) {
     const ws = this._ws;
     if (!ws) return false;
+    this._debugHoldMs = holdMs;
     this._detach(ws);
     try {
       ws.close(4999, 'debug drop');
@@ -632,7 +634,8 @@ export class Room extends EventTarget {
     // 4100–4199: retry with backoff (skip the immediate retry); 4200–4299 and network drops: start at 0.
     const step = this._attempt + (code >= 4100 && code <= 4199 ? 1 : 0);
     const base = delays[Math.min(step, delays.length - 1)];
-    const delayMs = Math.round(base * (0.8 + 0.4 * Math.random()));
+    const delayMs = Math.round(base * (0.8 + 0.4 * Math.random())) + (this._debugHoldMs || 0);
+    this._debugHoldMs = 0;
     this._attempt++;
     this.stats.reconnects++;
     this.state = 'reconnecting';

@@ -166,7 +166,7 @@ export async function startTraverse({ extraArgs = [] } = {}) {
     '--udp', `127.0.0.1:${ports.turn}`,
     '--tcp', `127.0.0.1:${ports.turn}`,
     '--tls', `127.0.0.1:${ports.tls}`,
-    '--mux', `127.0.0.1:${ports.mux}`,
+    '--single-port', `127.0.0.1:${ports.mux}`,
     '--http', `127.0.0.1:${ports.http}`,
     '--public-host', '127.0.0.1',
     '--relay-bind-v4', '127.0.0.1',
