@@ -357,4 +357,12 @@ fn aioice_turn_client_over_udp_tcp_tls() {
     aioice_run(&server, "tcp", "alice", "pw");
     aioice_run(&server, "tls", "alice", "pw");
     server.assert_alive();
+
+    // REST credentials minted by `traverse credentials`.
+    let secret = "aioice-secret-9876543210";
+    let mut rest = lab_server(&["--secret", secret]);
+    let (username, password) = mint_credentials(secret, "carol");
+    aioice_run(&rest, "udp", &username, &password);
+    aioice_run(&rest, "tcp", &username, &password);
+    rest.assert_alive();
 }

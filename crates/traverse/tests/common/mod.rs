@@ -144,6 +144,8 @@ impl Server {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_traverse"));
         cmd.arg("serve")
             .args(["--udp", "127.0.0.1:0", "--tcp", "127.0.0.1:0", "--tls", "127.0.0.1:0"])
+            // The default HTTP port (8080) would be shared by every test's server.
+            .args(["--http", "127.0.0.1:0"])
             .args(args)
             .env_remove("TRAVERSE_CONFIG")
             .env("TRAVERSE_LOG", "info")
@@ -233,7 +235,12 @@ impl Drop for Server {
 /// The UDP, TCP and TLS addresses from `[{"urls": ["stun:H:P", "turn:H:P?transport=udp", ...], ...}]`.
 fn parse_ice_servers(json: &str) -> (SocketAddr, SocketAddr, SocketAddr) {
     let value: serde_json::Value = serde_json::from_str(json).unwrap_or_else(|e| panic!("bad iceServers {json}: {e}"));
-    let urls = value[0]["urls"].as_array().cloned().unwrap_or_default();
+    let urls: Vec<serde_json::Value> = value
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|server| server["urls"].as_array().cloned().unwrap_or_default())
+        .collect();
     let port_of = |prefix: &str, suffix: &str| -> SocketAddr {
         let url = urls
             .iter()
