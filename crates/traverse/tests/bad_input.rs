@@ -236,6 +236,20 @@ fn check_unknown_attributes(conn: &mut Conn) {
     assert_eq!(response.class(), Class::Success, "{}", response.describe());
     assert_eq!(response.address(attr::XOR_MAPPED_ADDRESS), Some(conn.local_addr()));
 
+    // Indications are never answered, not even with 420 (RFC 8489 §6.3.2); a Send indication with an unknown
+    // required attribute and no allocation is dropped.
+    let indications: Vec<Vec<u8>> = UNKNOWN_REQUIRED
+        .iter()
+        .map(|ty| {
+            build_indication(Method::SEND, |w| {
+                w.raw(*ty, &[0; 4])?;
+                w.add(&Attribute::XorPeerAddress("127.0.0.1:9".parse().expect("addr")))?;
+                w.add(&Attribute::Data(b"x")).map(|_| ())
+            })
+        })
+        .collect();
+    assert_dropped(conn, &indications, "indications with unknown required attributes");
+
     // A method nobody defined is a 400.
     let request = build(Method(0x0ff), random_tid(), |_| Ok(()), None, true);
     let response = conn.must_transact(&request);
@@ -736,6 +750,34 @@ fn tcp_bad_input_is_refused_or_dropped_and_the_server_keeps_serving() {
         let _ = stream.shutdown(std::net::Shutdown::Write);
         assert_closed_silently(&mut stream, "ChannelData declaring 64 KiB, then EOF");
     }
+
+    // The TLS port: bytes that are not a TLS handshake end the connection (an alert may come first).
+    for i in 0..10 {
+        let mut stream = connect_tcp(server.tls);
+        let mut p: Vec<u8> = (0..rng.gen_range(4..600usize)).map(|_| rng.gen()).collect();
+        if i % 2 == 0 {
+            // A STUN Binding in the clear, as a misconfigured client would send.
+            p = common::binding_request(true);
+        }
+        let _ = stream.write_all(&p);
+        let _ = stream.shutdown(std::net::Shutdown::Write);
+        stream.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+        let mut buf = [0u8; 1024];
+        let mut total = 0usize;
+        let closed = loop {
+            match stream.read(&mut buf) {
+                Ok(0) => break true,
+                Ok(n) if total + n < 64 * 1024 => total += n,
+                Ok(_) => break false,
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                    break false
+                }
+                Err(_) => break true,
+            }
+        };
+        assert!(closed, "TLS garbage connection #{i} not closed within 20 s");
+    }
+    server.assert_alive();
 
     // 3. One connection: thousands of well-framed messages that must be dropped, then a Binding whose answer must
     //    be the first thing that comes back (the stream is ordered, so nothing before it was answered).
