@@ -77,6 +77,7 @@ function fakeTest(name, fn) {
 fakeTest('join: query carries room and token, join message, joined state', async (t, fake) => {
   const { sock, join, info } = await joinedPage(t, fake, { token: 'tok', meta: { name: 'B' } });
   assert.equal(sock.url.pathname, '/ws');
+  assert.equal(sock.protocol, 'traverse.v1', 'asks for the subprotocol');
   assert.equal(sock.url.searchParams.get('room'), 'r');
   assert.equal(sock.url.searchParams.get('token'), 'tok');
   assert.deepEqual(

@@ -52,6 +52,7 @@ const STREAM_TYPES = new Set(['joined', 'peer-joined', 'peer-left', 'signal', 'b
  * @property {number} [connectTimeoutMs=10000] bound on opening a socket and getting `joined`/`resumed`
  * @property {number} [maxQueue=1000] bound on messages queued while reconnecting
  * @property {number} [maxMessageBytes=65536] refuse larger messages locally (the server closes with 1009)
+ * @property {boolean} [subprotocol=true] ask for the WebSocket subprotocol `traverse.v1` (the server must echo it)
  * @property {boolean} [autoAccept=true] answer offers from peers you did not `connect()` to (event `peer-connection`)
  * @property {PeerOptions | ((peerId: string) => PeerOptions)} [peerOptions] options for peers created by
  *   `autoAccept`
@@ -155,6 +156,8 @@ export class Room extends EventTarget {
     this.peers = new Map();
     /** @type {IceServer[]} STUN/TURN servers with a credential minted for this peer */
     this.iceServers = [];
+    /** @type {string[]} capabilities granted by the join token (`caps`), passed through for the app */
+    this.caps = [];
     /** @type {RoomState} */
     this.state = 'connecting';
     /** Highest stream `seq` processed. */
@@ -334,9 +337,11 @@ export class Room extends EventTarget {
     this._usable = false;
     let ws;
     try {
-      ws = new WebSocket(this._wsUrl(kind === 'join'));
+      ws = new WebSocket(this._wsUrl(kind === 'join'), this._opts.subprotocol === false ? undefined : PROTOCOL);
     } catch (err) {
-      this._failStart(new TraverseError('connect-failed', String(err)));
+      if (!this._failStart(new TraverseError('connect-failed', String(err)))) {
+        this._later(() => this._onDrop(1006, String(err)), 0);
+      }
       return;
     }
     this._ws = ws;
@@ -485,6 +490,7 @@ export class Room extends EventTarget {
     this.peerId = msg.peerId;
     this.peers = new Map((msg.peers || []).map((p) => [p.id, p]));
     this.iceServers = msg.iceServers || [];
+    this.caps = Array.isArray(msg.caps) ? msg.caps : [];
     if (typeof msg.heartbeatMs === 'number') this.heartbeatMs = msg.heartbeatMs;
     if (typeof msg.resumeGraceMs === 'number') this.resumeGraceMs = msg.resumeGraceMs;
     this._becameUsable();

@@ -13,9 +13,11 @@ const SDK = path.join(WEB, 'sdk/traverse.js');
 
 /** One accepted WebSocket. */
 export class FakeSocket {
-  constructor(socket, url) {
+  constructor(socket, url, protocol) {
     this.socket = socket;
     this.url = new URL(url, 'http://x');
+    /** the Sec-WebSocket-Protocol header the client sent */
+    this.protocol = protocol;
     /** @type {object[]} every JSON message received */
     this.received = [];
     this.closed = false;
@@ -181,12 +183,14 @@ export async function startFakeServer({ onSocket, reject, joinCheck } = {}) {
     }
     const key = req.headers['sec-websocket-key'];
     const accept = crypto.createHash('sha1').update(key + '258EAFA5-E914-47DA-95CA-C5AB0DC85B11').digest('base64');
+    const offered = String(req.headers['sec-websocket-protocol'] || '').split(',').map((p) => p.trim());
+    const protocol = offered.includes('traverse.v1') ? 'Sec-WebSocket-Protocol: traverse.v1\r\n' : '';
     socket.write(
       'HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n' +
-        `Sec-WebSocket-Accept: ${accept}\r\n\r\n`,
+        `Sec-WebSocket-Accept: ${accept}\r\n${protocol}\r\n`,
     );
     socket.setNoDelay(true);
-    const s = new FakeSocket(socket, req.url);
+    const s = new FakeSocket(socket, req.url, req.headers['sec-websocket-protocol']);
     sockets.push(s);
     onSocket?.(s);
     for (const w of waiters.splice(0)) w();
