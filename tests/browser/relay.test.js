@@ -5,7 +5,10 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import { CHROMIUM, launchBrowser, skipWithoutChromium, startTraverse, until, within, dumpOnFailure } from './lib/harness.js';
+import path from 'node:path';
+import {
+  CHROMIUM, ROOT, get, launchBrowser, skipWithoutChromium, startTraverse, until, within, dumpOnFailure,
+} from './lib/harness.js';
 import { roomPage, recorded, urlMatches } from './lib/pages.js';
 
 let server;
@@ -78,6 +81,18 @@ function relayTest(name, wantOf, relayProtocol) {
     await relayedEcho(t, wantOf(server), relayProtocol).catch(dumpOnFailure(t, server, browser));
   });
 }
+
+test('the binary serves the SDK and demo of this tree (rebuild it after editing web/)', { timeout: 30000 }, async (t) => {
+  if (skipWithoutChromium(t)) return;
+  const sdk = await get(`${server.base}/sdk/traverse.js`);
+  assert.equal(sdk.status, 200);
+  assert.match(sdk.headers['content-type'], /javascript/);
+  assert.ok(sdk.body === fs.readFileSync(path.join(ROOT, 'web/sdk/traverse.js'), 'utf8'), 'served SDK differs from web/sdk/traverse.js: rebuild the binary (cargo build -p traverse)');
+  const demo = await get(`${server.base}/demo`);
+  assert.equal(demo.status, 200);
+  assert.match(demo.headers['content-type'], /html/);
+  assert.ok(demo.body === fs.readFileSync(path.join(ROOT, 'web/demo/index.html'), 'utf8'), 'served demo differs from web/demo/index.html: rebuild the binary');
+});
 
 test('joined hands out the documented iceServers for the public host', { timeout: 30000 }, async (t) => {
   if (skipWithoutChromium(t)) return;
