@@ -1,0 +1,2 @@
+#!/bin/sh
+exec ip netns exec "$NATLAB_NS" /usr/bin/chromium "$@"

@@ -1,0 +1,166 @@
+// Two headless Chromium peers, one per NAT site, each inside its site's host namespace (Chromium is started through
+// chromium-netns.sh, which enters $NATLAB_NS). They load the SDK from the real server, join one room and open a data
+// channel with the ICE servers the join hands out (nothing forced). The selected candidate pair must be direct
+// (host/srflx/prflx on both ends) where the two NATs allow hole punching and relayed (a TURN candidate at one end at
+// least) where they do not; with UDP blocked the relay must be TURN over TCP or TLS.
+//
+// Run by run.sh, which builds the lab and starts the server:
+//   NATLAB_PREFIX   the lab's namespace prefix
+//   NATLAB_SERVER   https://<server public address> (the single port, 443)
+//   NATLAB_RESULTS  directory where pairs.json is written for the results table
+//   NATLAB_PAIRS    optional comma-separated pair names (e.g. `eim-a+eim-b`) to run only those
+//   CHROMIUM_PATH   chromium-netns.sh (read by ../browser/lib/harness.js when it is imported)
+import { test, after } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
+import { launchBrowser, sleep, until, within } from '../browser/lib/harness.js';
+import { roomPage } from '../browser/lib/pages.js';
+
+const PREFIX = process.env.NATLAB_PREFIX;
+const SERVER = { base: process.env.NATLAB_SERVER || 'https://203.0.113.10' };
+const RESULTS = process.env.NATLAB_RESULTS;
+/** A relayed pair must still be relayed this long after the channel opened; a direct one may take until MAX. */
+const SETTLE_MS = 5000;
+const SETTLE_MAX_MS = 20000;
+const ONLY = (process.env.NATLAB_PAIRS || '').split(',').filter(Boolean);
+
+/**
+ * The pairs of sites and what must happen. `relaySite`: the site whose own candidate must be a TURN relay (over one
+ * of `relayProtocols`); without it, any end may hold the relay.
+ */
+export const PAIRS = [
+  {
+    a: 'eim-a', b: 'eim-b', expect: 'direct',
+    why: 'both map endpoint-independently: each peer\'s checks open its own NAT towards the other\'s srflx address',
+  },
+  {
+    a: 'sym-a', b: 'sym-b', expect: 'relay',
+    why: 'each NAT picks a new port per destination, so no srflx address is reachable from the other site',
+  },
+  {
+    a: 'sym-a', b: 'eim-a', expect: 'relay',
+    why: 'the symmetric side reaches the port-restricted side from a port the latter never sent to, and the '
+      + 'port-restricted side can only reach the symmetric side\'s STUN mapping: both filters drop the checks',
+  },
+  {
+    a: 'sym-b', b: 'fullcone', expect: 'direct',
+    why: 'the full cone admits the symmetric side\'s checks from any port; its answer (a peer-reflexive '
+      + 'candidate) goes back through the symmetric NAT\'s own mapping',
+  },
+  {
+    a: 'sym-a', b: 'restricted', expect: 'direct',
+    why: 'once the restricted side has sent a check to the symmetric NAT\'s address, checks from any port of that '
+      + 'address are admitted',
+  },
+  {
+    a: 'noudp', b: 'eim-b', expect: 'relay', relaySite: 'noudp', relayProtocols: ['tcp', 'tls'],
+    why: 'no UDP leaves the site: after the UDP attempts time out, Chromium allocates over TURN/TCP or TURN/TLS',
+  },
+  {
+    a: 'tcp443', b: 'eim-a', expect: 'relay', relaySite: 'tcp443', relayProtocols: ['tls'], relayPort: 443,
+    why: 'only TCP 443 leaves the site: signaling and TURN over TLS share the single port',
+  },
+].filter((p) => ONLY.length === 0 || ONLY.includes(`${p.a}+${p.b}`));
+
+const results = [];
+after(() => {
+  if (RESULTS) fs.writeFileSync(path.join(RESULTS, 'pairs.json'), JSON.stringify(results, null, 2));
+});
+
+/** Chromium in a site's host namespace (the wrapper reads NATLAB_NS when playwright spawns it). */
+async function browserIn(site) {
+  process.env.NATLAB_NS = `${PREFIX}-${site}-h`;
+  return launchBrowser();
+}
+
+const direct = (c) => c && ['host', 'srflx', 'prflx'].includes(c.candidateType);
+const describe = (p) => (p ? `${p.local?.candidateType}${p.local?.relayProtocol ? `/${p.local.relayProtocol}` : ''}`
+  + ` ${p.local?.protocol} ${p.local?.address}:${p.local?.port} -> ${p.remote?.candidateType}`
+  + ` ${p.remote?.address}:${p.remote?.port}` : 'none');
+
+let roomNo = 0;
+for (const pair of PAIRS) {
+  test(`${pair.a} + ${pair.b}: ${pair.expect}`, { timeout: 120000 }, async (t) => {
+    assert.ok(PREFIX, 'NATLAB_PREFIX is set (run through tests/natlab/run.sh)');
+    const browsers = [];
+    t.after(() => Promise.all(browsers.map((b) => b.close())));
+    const record = { a: pair.a, b: pair.b, expect: pair.expect, why: pair.why };
+    results.push(record);
+    try {
+      browsers.push(await browserIn(pair.a));
+      browsers.push(await browserIn(pair.b));
+      const room = `natlab-${process.pid}-${++roomNo}`;
+      const a = await roomPage(browsers[0], SERVER, room);
+      const b = await roomPage(browsers[1], SERVER, room, { echo: true });
+      await until(10000, () => a.page.evaluate((id) => room.peers.has(id), b.peerId), `${pair.a} sees ${pair.b}`);
+
+      const started = Date.now();
+      const aSide = await within(
+        60000,
+        a.page.evaluate(async (bId) => {
+          const peer = room.connect(bId, { dataChannel: true });
+          window.peer = peer;
+          await Promise.race([
+            peer.ready,
+            new Promise((_, r) => setTimeout(() => r(new Error('data channel not open in 50 s')), 50000)),
+          ]);
+          const echo = new Promise((resolve) => peer.on('message', ({ data }) => resolve(data)));
+          peer.send('through the NATs');
+          const got = await Promise.race([echo, new Promise((r) => setTimeout(() => r(null), 10000))]);
+          return { got, pair: await peer.getSelectedPair() };
+        }, b.peerId),
+        `data channel ${pair.a} -> ${pair.b}`,
+      );
+      record.connectMs = Date.now() - started;
+      record.firstPair = describe(aSide.pair);
+      assert.equal(aSide.got, 'through the NATs', 'the message came back over the data channel');
+
+      // Chromium nominates the first pair that works (often the relay, whose checks need no hole punching) and
+      // switches to a better one when its checks succeed later: judge the pair once ICE has settled.
+      const pairs = async () => ({
+        a: await a.page.evaluate(() => window.peer.getSelectedPair()),
+        b: await b.page.evaluate(() => window.peer?.getSelectedPair() ?? null),
+      });
+      const holds = ({ a: pa, b: pb }) => pa && pb && (pair.expect === 'direct') === [pa.local, pa.remote, pb.local, pb.remote].every(direct);
+      const settleFrom = Date.now();
+      let now = await pairs();
+      for (let i = 0; i < 60 && !(holds(now) && Date.now() - settleFrom >= SETTLE_MS); i++) {
+        if (Date.now() - settleFrom > SETTLE_MAX_MS) break;
+        await sleep(500);
+        now = await pairs();
+      }
+      record.settledMs = Date.now() - started;
+      const bPair = now.b;
+      aSide.pair = now.a;
+      record.aPair = aSide.pair;
+      record.bPair = bPair;
+      record.selected = `${pair.a}: ${describe(aSide.pair)}; ${pair.b}: ${describe(bPair)}`;
+      assert.ok(aSide.pair && bPair, `both ends report a selected pair: ${record.selected}`);
+
+      const ends = [aSide.pair.local, aSide.pair.remote, bPair.local, bPair.remote];
+      if (pair.expect === 'direct') {
+        assert.ok(ends.every(direct), `direct pair expected: ${record.selected}`);
+        assert.equal(aSide.pair.local.protocol, 'udp', record.selected);
+        record.outcome = 'direct';
+      } else {
+        assert.ok(aSide.pair.local.candidateType === 'relay' || aSide.pair.remote.candidateType === 'relay',
+          `relayed pair expected: ${record.selected}`);
+        if (pair.relaySite) {
+          const own = pair.relaySite === pair.a ? aSide.pair.local : bPair.local;
+          assert.equal(own.candidateType, 'relay', `${pair.relaySite} relays: ${record.selected}`);
+          assert.ok(pair.relayProtocols.includes(own.relayProtocol),
+            `${pair.relaySite} relays over ${pair.relayProtocols}: ${record.selected}`);
+          if (pair.relayPort) assert.match(own.url ?? '', new RegExp(`:${pair.relayPort}\\b`), record.selected);
+        }
+        record.outcome = 'relay';
+      }
+    } catch (err) {
+      record.outcome = `FAIL: ${err.message.split('\n')[0]}`;
+      for (const [i, br] of browsers.entries()) {
+        console.log(`--- ${i ? pair.b : pair.a} console ---\n${br.logs.slice(-40).join('\n')}`);
+      }
+      throw err;
+    }
+  });
+}
