@@ -1,4 +1,5 @@
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -28,6 +29,121 @@ pub struct Config {
     pub policy: PeerPolicy,
     /// How many (5-tuple, transaction) answers are kept for retransmissions.
     pub response_cache_entries: usize,
+    /// RFC 5780 NAT behaviour discovery on UDP; `None` (the default) answers CHANGE-REQUEST, RESPONSE-PORT and
+    /// PADDING with 420, as a server without RFC 5780 does.
+    pub nat_discovery: Option<NatDiscovery>,
+}
+
+/// RFC 5780 §3: the server's two IP addresses and two ports. The caller listens on every combination
+/// ([`NatDiscovery::addresses`]) with sockets bound to those exact addresses, so an answer can leave from any of them.
+///
+/// Either half may be the same on both sides: with one IP only change-port can be honoured, with one port only
+/// change-IP. OTHER-ADDRESS is sent only when both differ — an OTHER-ADDRESS on the same IP would make every
+/// address-dependent filter look endpoint-independent to the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NatDiscovery {
+    /// The ordinary UDP listener.
+    pub primary: SocketAddr,
+    /// The other IP and/or port.
+    pub alternate: SocketAddr,
+}
+
+impl NatDiscovery {
+    /// Both addresses must be of one family, with explicit IPs and non-zero ports, and differ.
+    pub fn new(primary: SocketAddr, alternate: SocketAddr) -> Result<Self, String> {
+        if primary.is_ipv4() != alternate.is_ipv4() {
+            return Err(format!("{alternate} and {primary} are of different address families"));
+        }
+        for a in [primary, alternate] {
+            if a.ip().is_unspecified() || a.ip().is_multicast() || a.port() == 0 {
+                return Err(format!(
+                    "{a}: needs an explicit unicast IP and a non-zero port (a wildcard socket cannot pick the source \
+                     address of an answer)"
+                ));
+            }
+        }
+        if primary == alternate {
+            return Err(format!("{alternate} is the primary address itself"));
+        }
+        Ok(Self { primary, alternate })
+    }
+
+    /// Whether change-IP can be honoured (two IPs).
+    pub fn can_change_ip(&self) -> bool {
+        self.primary.ip() != self.alternate.ip()
+    }
+
+    /// Whether change-port can be honoured (two ports).
+    pub fn can_change_port(&self) -> bool {
+        self.primary.port() != self.alternate.port()
+    }
+
+    /// Whether the server has a full alternate address (RFC 5780 §4: two IPs and two ports), and so sends
+    /// OTHER-ADDRESS: the client may then run the mapping and filtering tests.
+    pub fn is_complete(&self) -> bool {
+        self.can_change_ip() && self.can_change_port()
+    }
+
+    /// Every address the server listens on for RFC 5780: 4 with two IPs and two ports, 2 otherwise; the primary
+    /// first.
+    pub fn addresses(&self) -> Vec<SocketAddr> {
+        let mut out = Vec::with_capacity(4);
+        for ip in [self.primary.ip(), self.alternate.ip()] {
+            for port in [self.primary.port(), self.alternate.port()] {
+                let a = SocketAddr::new(ip, port);
+                if !out.contains(&a) {
+                    out.push(a);
+                }
+            }
+        }
+        out
+    }
+
+    /// Whether `server` (where a request arrived) is one of [`NatDiscovery::addresses`].
+    pub fn serves(&self, server: SocketAddr) -> bool {
+        let ip = server.ip() == self.primary.ip() || server.ip() == self.alternate.ip();
+        let port = server.port() == self.primary.port() || server.port() == self.alternate.port();
+        ip && port
+    }
+
+    /// The address an answer leaves from for a request that arrived at `server`, with the IP and/or port swapped
+    /// for the other one. The caller has checked [`NatDiscovery::serves`] and the `can_change_*` flags.
+    pub fn changed(&self, server: SocketAddr, change_ip: bool, change_port: bool) -> SocketAddr {
+        let ip = match (change_ip, server.ip() == self.primary.ip()) {
+            (false, _) => server.ip(),
+            (true, true) => self.alternate.ip(),
+            (true, false) => self.primary.ip(),
+        };
+        let port = match (change_port, server.port() == self.primary.port()) {
+            (false, _) => server.port(),
+            (true, true) => self.alternate.port(),
+            (true, false) => self.primary.port(),
+        };
+        SocketAddr::new(ip, port)
+    }
+
+    /// A short statement of which RFC 5780 tests this configuration makes valid, for the start-up log.
+    pub fn describe(&self) -> String {
+        match (self.can_change_ip(), self.can_change_port()) {
+            (true, true) => format!(
+                "RFC 5780 NAT behaviour discovery on {} and {}: OTHER-ADDRESS sent; mapping, filtering, lifetime \
+                 (RESPONSE-PORT) and PADDING tests valid",
+                self.primary, self.alternate
+            ),
+            (false, _) => format!(
+                "RFC 5780 with one IP only ({} and {}): change-port, RESPONSE-PORT and PADDING honoured; change-IP \
+                 answered 420 and no OTHER-ADDRESS sent, so clients cannot run the mapping test nor tell \
+                 endpoint-independent from address-dependent filtering — configure a second IP for those",
+                self.primary, self.alternate
+            ),
+            (true, false) => format!(
+                "RFC 5780 with one port only ({} and {}): change-IP, RESPONSE-PORT and PADDING honoured; change-port \
+                 answered 420 and no OTHER-ADDRESS sent, so clients cannot run the full mapping and filtering tests \
+                 — configure a second port for those",
+                self.primary, self.alternate
+            ),
+        }
+    }
 }
 
 impl Default for Config {
@@ -45,6 +161,7 @@ impl Default for Config {
             max_permissions_per_allocation: 256,
             policy: PeerPolicy::default(),
             response_cache_entries: 16_384,
+            nat_discovery: None,
         }
     }
 }

@@ -12,8 +12,8 @@ pub mod policy;
 mod server;
 
 pub use auth::{rest_password, Authenticator, Secret};
-pub use config::{Config, QuotaExceeded, Quotas};
+pub use config::{Config, NatDiscovery, QuotaExceeded, Quotas};
 pub use server::{
     AllocationId, BindRequest, ClientAction, Event, Family, FiveTuple, PeerForward, RelayBinding, Reservations, Server,
-    Stats, Transport, PEER_HEADROOM, PEER_TAILROOM,
+    Stats, Transport, MAX_PADDED_ANSWER, PEER_HEADROOM, PEER_TAILROOM,
 };
