@@ -16,6 +16,7 @@ pub struct Config {
     pub auth: Auth,
     pub limits: Limits,
     pub signal: Signal,
+    pub web: Web,
     pub log: Log,
 }
 
@@ -90,6 +91,42 @@ impl Signal {
             resume_grace: std::time::Duration::from_secs(self.resume_grace),
             ..signal::Limits::default()
         }
+    }
+}
+
+/// The web pages' state: reports shared from the troubleshooter (`/check`) and the operator's access to them.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Web {
+    /// Where shared reports are kept (one JSON file each); default: `$STATE_DIRECTORY` (systemd), else
+    /// `./traverse-data`. Created on the first report.
+    pub data_dir: Option<PathBuf>,
+    /// Bearer token for the operator's report list (`GET /api/reports`); unset: the list is disabled.
+    pub admin_token: Option<String>,
+    /// Reports kept; the oldest are pruned beyond it.
+    pub max_reports: usize,
+}
+
+impl Default for Web {
+    fn default() -> Self {
+        Self {
+            data_dir: None,
+            admin_token: None,
+            max_reports: web::DEFAULT_MAX_REPORTS,
+        }
+    }
+}
+
+impl Web {
+    /// `data_dir`, else systemd's `$STATE_DIRECTORY` (its first entry), else `./traverse-data`.
+    pub fn data_dir(&self) -> PathBuf {
+        if let Some(dir) = &self.data_dir {
+            return dir.clone();
+        }
+        std::env::var_os("STATE_DIRECTORY")
+            .and_then(|v| v.to_str().and_then(|s| s.split(':').next()).map(PathBuf::from))
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or_else(|| PathBuf::from("./traverse-data"))
     }
 }
 
@@ -309,6 +346,12 @@ impl Config {
         }
         if s.secret.as_deref().is_some_and(|k| k.len() < 16) {
             bad("signal.secret", "use at least 16 characters".into());
+        }
+        if self.web.admin_token.as_deref().is_some_and(|k| k.len() < 16) {
+            bad("web.admin_token", "use at least 16 characters".into());
+        }
+        if self.web.max_reports == 0 {
+            bad("web.max_reports", "must be at least 1".into());
         }
         if self.listen.udp.is_empty()
             && self.listen.tcp.is_empty()

@@ -177,6 +177,15 @@ struct ServeArgs {
     /// Seconds a dropped peer keeps its place for a resume [signal.resume_grace].
     #[arg(long, env = "TRAVERSE_RESUME_GRACE")]
     resume_grace: Option<u64>,
+    /// Directory for reports shared from /check [web.data_dir].
+    #[arg(long, env = "TRAVERSE_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Bearer token for the operator's report list, GET /api/reports [web.admin_token].
+    #[arg(long, env = "TRAVERSE_ADMIN_TOKEN")]
+    admin_token: Option<String>,
+    /// Shared reports kept before the oldest are pruned [web.max_reports].
+    #[arg(long, env = "TRAVERSE_MAX_REPORTS")]
+    max_reports: Option<usize>,
     /// Log format [log.format].
     #[arg(long, env = "TRAVERSE_LOG_FORMAT")]
     log_format: Option<LogFormat>,
@@ -354,6 +363,13 @@ fn apply(config: &mut Config, a: ServeArgs) {
     set!(config.signal.heartbeat_interval, a.heartbeat_interval);
     set!(config.signal.heartbeat_timeout, a.heartbeat_timeout);
     set!(config.signal.resume_grace, a.resume_grace);
+    if a.data_dir.is_some() {
+        config.web.data_dir = a.data_dir;
+    }
+    if a.admin_token.is_some() {
+        config.web.admin_token = a.admin_token;
+    }
+    set!(config.web.max_reports, a.max_reports);
     set!(config.log.format, a.log_format);
     set!(config.log.level, a.log_level);
 }
@@ -474,6 +490,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         token_secret: config.signal.secret.as_ref().map(|s| s.as_bytes().to_vec()),
         ice_servers,
         credential_ttl_secs: ttl,
+        data_dir: config.web.data_dir(),
+        admin_token: config.web.admin_token.clone(),
+        max_reports: config.web.max_reports,
     })
     .context("cannot start the signaling hub")?;
     let handler: Arc<dyn server::HttpHandler> = Arc::new(WebHandler(web.clone()));

@@ -1,5 +1,6 @@
 //! The HTTP and WebSocket side of Traverse: the signaling endpoint (`/ws`), its HTTP twin (`/api/join-check`),
-//! `/api/ice-servers`, the browser SDK and the demo page.
+//! `/api/ice-servers`, the browser SDK, the demo page, and the troubleshooter (`/check`) with its report store
+//! ([`reports`]: `/api/reports`).
 //!
 //! Model: the sans-IO [`signal::SignalHub`] runs in one task on its own thread ([`hub`]); every socket is a task
 //! that forwards frames to it over a bounded channel and writes what it routes back ([`ws`]). Connections arrive
@@ -7,16 +8,19 @@
 //! [`Web::serve_connection`], so HTTP never needs a listener of its own.
 
 mod hub;
+mod reports;
 mod routes;
 mod ws;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use hyper_util::rt::TokioIo;
 use signal::Limits;
 
 pub use hub::HubHandle;
+pub use reports::{DEFAULT_MAX_REPORTS, MAX_REPORT_BYTES};
 
 /// Mints `iceServers` (a JSON array) with a fresh TURN credential for a user at a Unix time.
 pub type IceServersFn = Arc<dyn Fn(&str, u64) -> serde_json::Value + Send + Sync>;
@@ -30,6 +34,12 @@ pub struct WebConfig {
     pub ice_servers: IceServersFn,
     /// Lifetime of minted TURN credentials, reported by `/api/ice-servers`.
     pub credential_ttl_secs: u64,
+    /// Where reports shared from `/check` are kept, one JSON file each; created on the first report.
+    pub data_dir: PathBuf,
+    /// Bearer token for the operator's list `GET /api/reports`; unset: the list is disabled.
+    pub admin_token: Option<String>,
+    /// Reports kept; the oldest are pruned beyond it.
+    pub max_reports: usize,
 }
 
 impl std::fmt::Debug for WebConfig {
@@ -37,6 +47,9 @@ impl std::fmt::Debug for WebConfig {
         f.debug_struct("WebConfig")
             .field("limits", &self.limits)
             .field("token_secret", &self.token_secret.as_ref().map(|_| ".."))
+            .field("data_dir", &self.data_dir)
+            .field("admin_token", &self.admin_token.as_ref().map(|_| ".."))
+            .field("max_reports", &self.max_reports)
             .finish_non_exhaustive()
     }
 }
@@ -61,8 +74,16 @@ pub struct Web {
 impl Web {
     /// Starts the hub thread.
     pub fn start(config: WebConfig) -> std::io::Result<Self> {
+        let reports = reports::ReportStore::open(
+            config.data_dir.clone(),
+            reports::ReportLimits {
+                max_reports: config.max_reports,
+                max_bytes: MAX_REPORT_BYTES,
+            },
+        )?;
+        tracing::info!(dir = %reports.dir().display(), held = reports.list().len(), "troubleshooter report store");
         let hub = hub::spawn(&config)?;
-        let app = Arc::new(routes::App { config, hub });
+        let app = Arc::new(routes::App::new(config, hub, reports));
         Ok(Self {
             router: routes::router(app.clone(), Scheme::Https),
             redirect: routes::router(app.clone(), Scheme::HttpRedirect),

@@ -1,0 +1,225 @@
+// The troubleshooter at /check served by the real binary: it runs every check in headless Chromium on loopback,
+// reaches a verdict in bounded time, relays a test call over at least TURN/UDP, shares the report (POST
+// /api/reports), and the stored report reads back at /check/<id> after a restart on the same data directory. The
+// operator's list needs the admin token. The verdict rules are also fed synthetic reports (UDP blocked, symmetric
+// NAT, no signaling) to check the plain-words advice.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { CHROMIUM, launchBrowser, skipWithoutChromium, startTraverse, freePort, get, dumpOnFailure } from './lib/harness.js';
+
+const ADMIN = 'check-test-admin-token-0123456789';
+let dataDir;
+let server;
+let browser;
+let altStun;
+
+const serverArgs = () => [
+  '--admin-token', ADMIN,
+  '--data-dir', dataDir,
+  // A second UDP port: a second STUN address for the NAT-mapping comparison (given to the page as #stun=).
+  '--udp', `127.0.0.1:${altStun}`,
+];
+
+before(async () => {
+  if (!fs.existsSync(CHROMIUM)) return;
+  dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'traverse-check-'));
+  altStun = await freePort({ udp: true });
+  server = await startTraverse({ extraArgs: serverArgs() });
+  browser = await launchBrowser();
+});
+after(async () => {
+  await browser?.close();
+  await server?.stop();
+  if (dataDir) fs.rmSync(dataDir, { recursive: true, force: true });
+});
+
+/** POST with a body (the harness has GET only). */
+async function post(url, body, headers = {}) {
+  const r = await fetch(url, { method: 'POST', body, headers: { 'content-type': 'application/json', ...headers } });
+  return { status: r.status, body: await r.text() };
+}
+
+test('/check: verdict, relay per transport, share, read back after a restart, admin list', { timeout: 180000 }, async (t) => {
+  if (skipWithoutChromium(t)) return;
+  await (async () => {
+    const page = await browser.newPage();
+    t.after(() => page.close().catch(() => {}));
+    const started = Date.now();
+    await page.goto(`${server.base}/check#stun=stun:127.0.0.1:${altStun}`);
+    await page.waitForFunction(() => document.body.dataset.state === 'done', null, { timeout: 100000 });
+    const elapsed = Date.now() - started;
+    const report = await page.evaluate(() => JSON.parse(document.getElementById('raw').textContent));
+    console.log(`checks done in ${elapsed} ms; verdict: ${report.verdict.level}: ${report.verdict.headline}`);
+    console.log(report.verdict.advice.map((a) => `  - ${a.text}${a.term ? ` (${a.term})` : ''}`).join('\n'));
+    console.log(`  loopback: ${report.loopback.map((l) => `${l.label} ${l.ok ? 'ok' : `FAIL ${l.error}`}`).join('; ')}`);
+    console.log(`  nat: ${report.nat.mapping} ${JSON.stringify(report.nat.observations)}`);
+
+    // A verdict in plain words.
+    const headline = await page.textContent('#headline');
+    assert.ok(headline.length > 20, `headline: ${headline}`);
+    assert.ok(['ok', 'warn', 'fail'].includes(await page.getAttribute('#verdict', 'data-level')));
+
+    // Signaling over wss on the single port, with ping/pong round trips.
+    assert.equal(report.signaling.ok, true, JSON.stringify(report.signaling));
+    assert.equal(report.signaling.joined, true);
+    assert.equal(report.signaling.url, `wss://127.0.0.1:${server.ports.mux}/ws`);
+    assert.equal(report.signaling.rttMs.samples, 5);
+    assert.equal(report.iceServers.ok, true);
+    assert.ok(!JSON.stringify(report).includes('"credential"'), 'no TURN credential in the report');
+
+    // One gathering per ICE URL; TURN URLs yield relay candidates of their own protocol.
+    const urls = report.iceServers.servers.flatMap((s) => [].concat(s.urls));
+    assert.equal(report.gathering.length, urls.length);
+    for (const g of report.gathering.filter((x) => x.url.startsWith('turn'))) {
+      assert.ok(g.ok, `relay candidate from ${g.url}: ${JSON.stringify(g)}`);
+    }
+    const udpGather = report.gathering.find((g) => g.url.startsWith('turn:') && g.url.endsWith('transport=udp'));
+    assert.deepEqual(udpGather.relayProtocols, ['udp']);
+
+    // The relay loopback per transport: at least UDP works, over a relay/udp pair, 20 echoes.
+    const udp = report.loopback.find((l) => l.transport === 'udp');
+    assert.ok(udp?.ok, `TURN/UDP loopback: ${JSON.stringify(udp)}`);
+    assert.equal(udp.echoed, 20);
+    assert.equal(udp.pair.local.type, 'relay');
+    assert.equal(udp.pair.local.relayProtocol, 'udp');
+    assert.equal(await page.getAttribute('#loopback tr[data-transport=udp]', 'data-ok'), 'true');
+    assert.deepEqual(
+      [...new Set(report.loopback.map((l) => l.transport))].sort(),
+      ['tcp', 'tls', 'udp'],
+      'one loopback per TURN transport',
+    );
+
+    // NAT: two STUN addresses (same IP, two ports) compared; on loopback there is no translation, so the mapping
+    // cannot be port-dependent. Without srflx candidates (browser policy) the page must say inconclusive.
+    assert.ok(
+      ['endpoint-independent-or-address-dependent', 'inconclusive'].includes(report.nat.mapping),
+      JSON.stringify(report.nat),
+    );
+    assert.equal(report.nat.servers.length, 2);
+
+    // Share with support.
+    await page.click('#share');
+    const link = await (await page.waitForSelector('#share-link', { timeout: 10000 })).getAttribute('href');
+    const m = /\/check\/([0-9a-f]{32})$/.exec(link);
+    assert.ok(m, `link ${link}`);
+    const id = m[1];
+    assert.ok(fs.existsSync(path.join(dataDir, `${id}.json`)), 'one JSON file per report in the data dir');
+
+    // Restart on the same data directory (new ports): the report survives.
+    await server.stop();
+    server = await startTraverse({ extraArgs: serverArgs() });
+    const stored = await browser.newPage();
+    t.after(() => stored.close().catch(() => {}));
+    await stored.goto(`${server.base}/check/${id}`);
+    await stored.waitForFunction(() => document.body.dataset.state === 'stored', null, { timeout: 15000 });
+    assert.equal(await stored.textContent('#headline'), report.verdict.headline);
+    assert.match(await stored.textContent('#mode'), new RegExp(`Stored report ${id}`));
+    assert.equal(await stored.isHidden('#actions'), true, 'read-only: no run/share buttons');
+    assert.equal(await stored.getAttribute('#loopback tr[data-transport=udp]', 'data-ok'), 'true');
+    const api = await get(`${server.base}/api/reports/${id}`);
+    assert.equal(api.status, 200);
+    const body = JSON.parse(api.body);
+    assert.equal(body.id, id);
+    assert.deepEqual(body.report.loopback, report.loopback);
+
+    // The operator's list: 401 JSON without the token, 401 with a wrong one, the id with the right one.
+    const none = await get(`${server.base}/api/reports`);
+    assert.equal(none.status, 401);
+    assert.deepEqual(
+      (({ ok, code }) => ({ ok, code }))(JSON.parse(none.body)),
+      { ok: false, code: 'admin-token-required' },
+    );
+    const wrong = await get(`${server.base}/api/reports`, { headers: { authorization: 'Bearer nope-nope-nope-nope' } });
+    assert.equal(wrong.status, 401);
+    assert.equal(JSON.parse(wrong.body).code, 'admin-token-invalid');
+    const list = await get(`${server.base}/api/reports`, { headers: { authorization: `Bearer ${ADMIN}` } });
+    assert.equal(list.status, 200, list.body);
+    const listed = JSON.parse(list.body);
+    assert.equal(listed.ok, true);
+    assert.ok(listed.reports.some((r) => r.id === id && r.headline === report.verdict.headline), list.body);
+  })().catch(dumpOnFailure(t, server, browser));
+});
+
+test('/api/reports refuses bad input with JSON errors', { timeout: 30000 }, async (t) => {
+  if (skipWithoutChromium(t)) return;
+  const base = server.httpBase;
+  const notJson = await post(`${base}/api/reports`, '{nope');
+  assert.equal(notJson.status, 400);
+  assert.equal(JSON.parse(notJson.body).code, 'bad-json');
+  const big = await post(`${base}/api/reports`, JSON.stringify({ pad: 'x'.repeat(70 * 1024) }));
+  assert.equal(big.status, 413);
+  assert.deepEqual(Object.keys(JSON.parse(big.body)).sort(), ['code', 'message', 'ok']);
+  for (const bad of ['..%2F..%2Fetc%2Fpasswd', 'ABCDEF0123456789ABCDEF0123456789', '0'.repeat(31), '0'.repeat(32)]) {
+    const r = await get(`${base}/api/reports/${bad}`);
+    assert.equal(r.status, 404, bad);
+    assert.equal(JSON.parse(r.body).code, 'report-not-found', bad);
+  }
+  // Rate limit: a burst of 5 per address, then 429 (the first test already used one, the 400/413 above two).
+  let limited;
+  for (let i = 0; i < 6 && !limited; i++) {
+    const r = await post(`${base}/api/reports`, JSON.stringify({ i }));
+    if (r.status === 429) limited = JSON.parse(r.body);
+    else assert.equal(r.status, 201, r.body);
+  }
+  assert.equal(limited?.code, 'rate-limited');
+});
+
+test('verdict rules in plain words (synthetic reports)', { timeout: 30000 }, async (t) => {
+  if (skipWithoutChromium(t)) return;
+  const page = await browser.newPage();
+  t.after(() => page.close().catch(() => {}));
+  await page.goto(`${server.base}/healthz`);
+  const out = await page.evaluate(async () => {
+    const C = await import('/check/check.js');
+    const sig = { ok: true, joined: true, rttMs: { median: 40 } };
+    const loop = (transport, ok, port) => ({ url: `x:${port}`, label: `TURN :${port}`, transport, ok, echoed: ok ? 20 : 0 });
+    const udpBlocked = C.verdict({
+      webrtc: true, signaling: sig, gathering: [],
+      loopback: [loop('udp', false, 3478), loop('tcp', true, 3478), loop('tls', true, 443), loop('tls', true, 5349)],
+      nat: { mapping: 'inconclusive', why: 'no-srflx' },
+    });
+    const symmetric = C.verdict({
+      webrtc: true, signaling: sig, gathering: [{ url: 'stun:a', label: 'STUN :3478', types: { srflx: 2 } }],
+      loopback: [loop('udp', true, 3478)], nat: { mapping: 'address-and-port-dependent' },
+    });
+    const noSignal = C.verdict({ webrtc: true, signaling: { ok: false, status: { http: 429, code: 'too-many-connections' } } });
+    const ip = (address, port) => ({ type: 'srflx', protocol: 'udp', address, port, networkId: '1' });
+    const a = { host: '192.0.2.1', port: 3478 };
+    const b = { host: '198.51.100.1', port: 3478 };
+    const b2 = { host: '192.0.2.1', port: 3479 };
+    return {
+      udpBlocked, symmetric, noSignal,
+      eim: C.analyseMapping([a, b], true, true, [ip('203.0.113.5', 4000)]).mapping,
+      adm: C.analyseMapping([a, b], true, true, [ip('203.0.113.5', 4000), ip('203.0.113.5', 4001)]).mapping,
+      apdm: C.analyseMapping([a, b2], true, true, [ip('203.0.113.5', 4000), ip('203.0.113.5', 4001)]).mapping,
+      sameIp: C.analyseMapping([a, b2], true, true, [ip('203.0.113.5', 4000)]).mapping,
+      oneAnswered: C.analyseMapping([a, b], true, false, [ip('203.0.113.5', 4000)]).mapping,
+      twoNetworks: C.analyseMapping([a, b], true, true,
+        [ip('203.0.113.5', 4000), { ...ip('198.51.100.9', 5000), networkId: '2' }]).mapping,
+      stunUrl: C.parseIceUrl('stun:[2001:db8::1]:3478'),
+      turnsUrl: C.parseIceUrl('turns:turn.example.com?transport=tcp'),
+      endpoints: C.stunEndpoints(C.splitIceServers([
+        { urls: ['stun:h:3478'] }, { urls: ['turn:h:3478?transport=udp', 'turn:h:3478?transport=tcp', 'turns:h:443?transport=tcp'] },
+      ])).map((e) => e.url),
+    };
+  });
+  assert.equal(out.udpBlocked.level, 'warn');
+  assert.equal(out.udpBlocked.headline.startsWith('UDP is blocked here: calls will use TURN over TLS on 443'), true, out.udpBlocked.headline);
+  assert.equal(out.symmetric.level, 'ok');
+  assert.ok(out.symmetric.advice.some((a) => /different public port per destination \(symmetric NAT\)/.test(a.text) &&
+    /address-and-port-dependent/.test(a.term)), JSON.stringify(out.symmetric));
+  assert.equal(out.noSignal.level, 'fail');
+  assert.match(out.noSignal.advice[0].text, /HTTP 429 \(too-many-connections\)/);
+  assert.equal(out.eim, 'endpoint-independent');
+  assert.equal(out.adm, 'address-dependent-or-stricter');
+  assert.equal(out.apdm, 'address-and-port-dependent');
+  assert.equal(out.sameIp, 'endpoint-independent-or-address-dependent');
+  assert.equal(out.oneAnswered, 'inconclusive');
+  assert.equal(out.twoNetworks, 'endpoint-independent', 'two interfaces are not two mappings');
+  assert.deepEqual([out.stunUrl.host, out.stunUrl.port, out.stunUrl.transport], ['[2001:db8::1]', 3478, 'udp']);
+  assert.deepEqual([out.turnsUrl.port, out.turnsUrl.transport, out.turnsUrl.label], [5349, 'tcp', 'TURN/TLS']);
+  assert.deepEqual(out.endpoints, ['stun:h:3478'], 'the TURN/UDP port doubling as STUN is the same address here');
+});
