@@ -109,7 +109,6 @@ export function parseCandidate(c) {
   const f = line.split(' ');
   const typ = f.indexOf('typ');
   const net = f.indexOf('network-id');
-  const priority = Number(f[3]);
   const type = c.type || (typ > 0 ? f[typ + 1] : '');
   /** @type {Candidate} */
   const out = {
@@ -119,10 +118,7 @@ export function parseCandidate(c) {
     port: Number(c.port || f[5] || 0),
   };
   if (net > 0) out.networkId = f[net + 1];
-  if (type === 'relay') {
-    // libwebrtc's relay type preference (the priority's top byte): 2 UDP, 1 TCP, 0 TLS.
-    out.relayProtocol = c.relayProtocol || ['tls', 'tcp', 'udp'][priority >>> 24] || undefined;
-  }
+  if (type === 'relay' && c.relayProtocol) out.relayProtocol = c.relayProtocol;
   return out;
 }
 
@@ -299,7 +295,9 @@ export async function checkGathering(entry) {
     Object.assign(out, { ms: g.ms, timedOut: g.timedOut, errors: g.errors.map(({ code, text }) => ({ code, text })) });
     out.candidates = g.candidates.filter((c) => c.type !== 'host').slice(0, 20);
     for (const c of g.candidates) out.types[c.type] = (out.types[c.type] || 0) + 1;
-    out.relayProtocols = [...new Set(g.candidates.filter((c) => c.type === 'relay').map((c) => c.relayProtocol || '?'))];
+    // One TURN URL per gathering: a relay candidate without its own relayProtocol (older browsers) used the URL's.
+    const viaUrl = parsed.scheme === 'stun' ? '?' : relayTransport(parsed);
+    out.relayProtocols = [...new Set(g.candidates.filter((c) => c.type === 'relay').map((c) => c.relayProtocol || viaUrl))];
     out.ok = parsed.scheme === 'stun' ? !!out.types.srflx : !!out.types.relay;
   } catch (e) {
     out.error = e.message;
@@ -446,6 +444,7 @@ export async function checkNat(endpoints) {
  * @returns {{mapping: Mapping, why: string}}
  */
 export function analyseMapping(pair, firstAnswers, secondAnswers, both) {
+  if (!firstAnswers && !secondAnswers) return { mapping: 'inconclusive', why: 'no-srflx' };
   if (!firstAnswers || !secondAnswers) return { mapping: 'inconclusive', why: 'one-answered' };
   if (!both.length) return { mapping: 'inconclusive', why: 'no-srflx' };
   // Per local socket (network), count distinct public addresses.
@@ -554,7 +553,7 @@ export const MAPPING_WORDS = Object.freeze({
 const INCONCLUSIVE_WHY = {
   'one-address': 'this server offers a single STUN address, and telling NAT types apart needs two',
   'one-answered': 'only one of the two STUN addresses answered',
-  'no-srflx': 'no public address was learned (UDP may be blocked)',
+  'no-srflx': 'no public address was learned: UDP to the STUN addresses may be blocked, or this device is not behind a NAT and the browser hides its own address',
 };
 
 /**
