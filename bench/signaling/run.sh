@@ -1,0 +1,140 @@
+#!/usr/bin/env bash
+# Signaling benchmark: Traverse against the PeerJS server (npm `peer`), side by side on this machine, in one run,
+# under the same load generator (load.mjs; only its protocol adapter differs).
+#
+#   bench/signaling/run.sh [SECONDS]     # default 10 s per relay run
+#   HOLD="2000" PAIRS=50 REPEAT=1 bench/signaling/run.sh 5     # a smaller run while tuning
+#
+# Tests, each run against a freshly started server, Traverse then PeerJS, before the next test:
+#   hold N     N idle registered sockets (Traverse: one room per two peers, joined; PeerJS: one id per socket,
+#              OPEN received); server RSS before and after → bytes per idle connection. N from $HOLD.
+#   flat-out   $PAIRS sender→receiver pairs, each sender keeps at most $WINDOW signals in flight, for SECONDS
+#              (at most $MAX_MESSAGES in all): delivered signals/s, latency p50/p99, server CPU-s per 100k.
+#   paced      the same pairs at $RATE signals/s in total: latency when the server is not saturated.
+# The whole set runs $REPEAT times (default 3), alternating which server goes first; the table shows medians.
+# Then it prints one table with both servers and the Traverse/PeerJS ratios (also in bench/out/signaling/).
+# Both servers listen on 127.0.0.1 only; every load loop is bounded in time and count; the servers are stopped by
+# PID on exit.
+set -euo pipefail
+cd "$(dirname "$0")"
+HERE=$PWD
+ROOT=$(cd ../.. && pwd)
+SECONDS_PER_RUN="${1:-10}"
+HOLD="${HOLD-2000 10000}"
+PAIRS="${PAIRS:-100}"
+WINDOW="${WINDOW:-16}"
+RATE="${RATE:-5000}"
+MAX_MESSAGES="${MAX_MESSAGES:-3000000}"
+REPEAT="${REPEAT:-3}"
+OUT="$ROOT/bench/out/signaling"
+mkdir -p "$OUT"
+RESULTS="$OUT/results.jsonl"
+: >"$RESULTS"
+
+command -v node >/dev/null || { echo "needs Node (20 or newer)"; exit 1; }
+ulimit -n "$(ulimit -Hn)"
+FDS=$(ulimit -n)
+
+# Dependencies: pinned in package.json / package-lock.json.
+(npm ci --no-audit --no-fund --silent || npm install --no-audit --no-fund --silent) >/dev/null
+
+# The release binary: reused when newer than the sources it is built from, else built once. A failed rebuild
+# (a workspace mid-edit) falls back to an existing binary, with a warning.
+TRAVERSE="$ROOT/target/release/traverse"
+SOURCES=()
+for c in stun turn signal server web traverse; do SOURCES+=("$ROOT/crates/$c/src"); done
+SOURCES+=("$ROOT/web")
+if [ ! -x "$TRAVERSE" ] || [ -n "$(find "${SOURCES[@]}" -newer "$TRAVERSE" -type f 2>/dev/null | head -1)" ]; then
+  if ! (cd "$ROOT" && cargo build --release -q -p traverse); then
+    [ -x "$TRAVERSE" ] || exit 1
+    echo "warning: cargo build failed; benchmarking the existing $TRAVERSE"
+  fi
+fi
+
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+}
+trap cleanup EXIT
+
+free_port() { node -e 'const s=require("net").createServer().listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close()})'; }
+
+wait_http() { # url
+  for _ in $(seq 100); do
+    curl -sf -o /dev/null "$1" && return 0
+    sleep 0.1
+  done
+  echo "server did not come up at $1"; exit 1
+}
+
+start_server() { # traverse|peerjs → sets SERVER_PID, SERVER_URL
+  local port
+  port=$(free_port)
+  case "$1" in
+    traverse)
+      "$TRAVERSE" serve --http "127.0.0.1:$port" \
+        --udp "127.0.0.1:$(free_port)" --tcp "127.0.0.1:$(free_port)" --tls "127.0.0.1:$(free_port)" \
+        --max-connections-per-ip 100000 --messages-per-second 1000000 --burst 1000000 \
+        --max-peers-per-room 100 --max-rooms 1000000 --max-connections 100000 --workers 2 \
+        --log-level warn >"$OUT/traverse.log" 2>&1 &
+      SERVER_PID=$!
+      pids+=("$SERVER_PID")
+      wait_http "http://127.0.0.1:$port/healthz"
+      ;;
+    peerjs)
+      # What `npx peerjs` runs, started directly so that $! is the server's own PID.
+      node "$HERE/node_modules/peer/dist/bin/peerjs.js" --host 127.0.0.1 --port "$port" \
+        --concurrent_limit 100000 >"$OUT/peerjs.log" 2>&1 &
+      SERVER_PID=$!
+      pids+=("$SERVER_PID")
+      wait_http "http://127.0.0.1:$port/"
+      ;;
+  esac
+  SERVER_URL="ws://127.0.0.1:$port"
+  sleep 0.5
+}
+
+stop_server() {
+  kill "$SERVER_PID" 2>/dev/null || true
+  for _ in $(seq 50); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
+  kill -9 "$SERVER_PID" 2>/dev/null || true
+  wait "$SERVER_PID" 2>/dev/null || true
+}
+
+run() { # label server -- load.mjs arguments
+  local label=$1 server=$2
+  shift 2
+  start_server "$server"
+  local line
+  if line=$(node "$HERE/load.mjs" "$@" --proto "$server" --url "$SERVER_URL" --pid "$SERVER_PID" 2>"$OUT/load.err"); then
+    echo "{\"label\":\"$label\",\"server\":\"$server\",\"r\":$line}" >>"$RESULTS"
+    echo "  $server $label: $line"
+  else
+    echo "  $server $label: FAILED: $(tail -3 "$OUT/load.err")"
+    echo "{\"label\":\"$label\",\"server\":\"$server\",\"r\":null}" >>"$RESULTS"
+  fi
+  stop_server
+}
+
+echo "== machine: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg), fd limit $FDS"
+echo "== traverse $("$TRAVERSE" --version 2>/dev/null || echo '?'), peer $(node -p 'require("./node_modules/peer/package.json").version'), ws $(node -p 'require("./node_modules/ws/package.json").version'), node $(node --version)"
+for rep in $(seq "$REPEAT"); do
+  # Alternate which server goes first, so a drift in the machine's load does not always favour the same one.
+  if [ $((rep % 2)) = 1 ]; then ORDER="traverse peerjs"; else ORDER="peerjs traverse"; fi
+  echo "== repetition $rep of $REPEAT ($ORDER)"
+  for n in $HOLD; do
+    if [ "$FDS" -lt $((n + 256)) ]; then echo "  skipping hold $n: fd limit $FDS"; continue; fi
+    for s in $ORDER; do run "hold $n" "$s" hold --conns "$n" --time-limit 150; done
+  done
+  for s in $ORDER; do
+    run "flat-out" "$s" relay --pairs "$PAIRS" --window "$WINDOW" --seconds "$SECONDS_PER_RUN" \
+      --max-messages "$MAX_MESSAGES" --time-limit $((SECONDS_PER_RUN + 60))
+  done
+  for s in $ORDER; do
+    run "paced" "$s" relay --pairs "$PAIRS" --window "$WINDOW" --rate "$RATE" --seconds "$SECONDS_PER_RUN" \
+      --max-messages "$MAX_MESSAGES" --time-limit $((SECONDS_PER_RUN + 60))
+  done
+done
+
+echo
+node "$HERE/table.mjs" "$RESULTS" | tee "$OUT/results.md"
