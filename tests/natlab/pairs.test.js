@@ -61,6 +61,12 @@ export const PAIRS = [
     a: 'tcp443', b: 'eim-a', expect: 'relay', relaySite: 'tcp443', relayProtocols: ['tls'], relayPort: 443,
     why: 'only TCP 443 leaves the site: signaling and TURN over TLS share the single port',
   },
+  {
+    a: 'noudp', b: 'tcp443', expect: 'relay', relaySite: 'noudp', relayProtocols: ['tcp', 'tls'], openWithinMs: 25000,
+    knownBug: 'relay to relay on one server: CreatePermission for the other peer\'s relay address is refused (403) '
+      + 'because the peer policy refuses the server\'s own addresses (crates/traverse/src/main.rs own_addresses)',
+    why: 'neither site can send UDP: the only path is relay to relay through the same server',
+  },
 ].filter((p) => ONLY.length === 0 || ONLY.includes(`${p.a}+${p.b}`));
 
 const results = [];
@@ -81,11 +87,13 @@ const describe = (p) => (p ? `${p.local?.candidateType}${p.local?.relayProtocol 
 
 let roomNo = 0;
 for (const pair of PAIRS) {
-  test(`${pair.a} + ${pair.b}: ${pair.expect}`, { timeout: 120000 }, async (t) => {
+  // A known server bug runs as a `todo` test: reported, not failing the run; it passes once the bug is fixed.
+  const opts = { timeout: 120000, ...(pair.knownBug ? { todo: `known bug: ${pair.knownBug}` } : {}) };
+  test(`${pair.a} + ${pair.b}: ${pair.expect}`, opts, async (t) => {
     assert.ok(PREFIX, 'NATLAB_PREFIX is set (run through tests/natlab/run.sh)');
     const browsers = [];
     t.after(() => Promise.all(browsers.map((b) => b.close())));
-    const record = { a: pair.a, b: pair.b, expect: pair.expect, why: pair.why };
+    const record = { a: pair.a, b: pair.b, expect: pair.expect, why: pair.why, knownBug: pair.knownBug };
     results.push(record);
     try {
       browsers.push(await browserIn(pair.a));
@@ -98,18 +106,18 @@ for (const pair of PAIRS) {
       const started = Date.now();
       const aSide = await within(
         60000,
-        a.page.evaluate(async (bId) => {
+        a.page.evaluate(async ({ bId, openMs }) => {
           const peer = room.connect(bId, { dataChannel: true });
           window.peer = peer;
           await Promise.race([
             peer.ready,
-            new Promise((_, r) => setTimeout(() => r(new Error('data channel not open in 50 s')), 50000)),
+            new Promise((_, r) => setTimeout(() => r(new Error(`data channel not open in ${openMs} ms`)), openMs)),
           ]);
           const echo = new Promise((resolve) => peer.on('message', ({ data }) => resolve(data)));
           peer.send('through the NATs');
           const got = await Promise.race([echo, new Promise((r) => setTimeout(() => r(null), 10000))]);
           return { got, pair: await peer.getSelectedPair() };
-        }, b.peerId),
+        }, { bId: b.peerId, openMs: pair.openWithinMs ?? 50000 }),
         `data channel ${pair.a} -> ${pair.b}`,
       );
       record.connectMs = Date.now() - started;
@@ -157,7 +165,7 @@ for (const pair of PAIRS) {
       }
     } catch (err) {
       record.outcome = `FAIL: ${err.message.split('\n')[0]}`;
-      for (const [i, br] of browsers.entries()) {
+      for (const [i, br] of pair.knownBug ? [] : browsers.entries()) {
         console.log(`--- ${i ? pair.b : pair.a} console ---\n${br.logs.slice(-40).join('\n')}`);
       }
       throw err;

@@ -68,9 +68,10 @@ sites=all
 "$here/lab.sh" up "$prefix" $sites
 
 # The server: STUN/TURN on UDP and TCP 3478 and TLS 5349, HTTP on 80, the single port (HTTPS/WSS, TURN/TLS) on 443,
-# all on the primary address; the second address answers STUN for the doctor's RFC 4787/5780 tests.
+# all on the primary address; RFC 5780 NAT behaviour discovery with the second address (the server also listens on
+# 203.0.113.10:3479, 203.0.113.11:3478 and 203.0.113.11:3479 for it) when the binary has --other-address.
 serve=(
-  --udp 203.0.113.10:3478,203.0.113.11:3478,203.0.113.10:3479,203.0.113.11:3479
+  --udp 203.0.113.10:3478
   --tcp 203.0.113.10:3478
   --tls 203.0.113.10:5349
   --single-port 203.0.113.10:443
@@ -81,6 +82,9 @@ serve=(
 if "$TRAVERSE_BIN" serve --help | grep -q -- '--other-address'; then
   serve+=(--other-address 203.0.113.11:3479)
 fi
+# Extra flags for an experiment, e.g. NATLAB_SERVE_ARGS='--allow-peer 203.0.113.10/32'.
+read -r -a extra <<<"${NATLAB_SERVE_ARGS:-}"
+serve+=("${extra[@]}")
 "$here/lab.sh" serve "$prefix" "$TRAVERSE_BIN" "${serve[@]}"
 echo "natlab: lab $prefix up; traverse serve ${serve[*]}"
 
