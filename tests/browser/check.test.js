@@ -223,3 +223,26 @@ test('verdict rules in plain words (synthetic reports)', { timeout: 30000 }, asy
   assert.deepEqual([out.turnsUrl.port, out.turnsUrl.transport, out.turnsUrl.label], [5349, 'tcp', 'TURN/TLS']);
   assert.deepEqual(out.endpoints, ['stun:h:3478'], 'the TURN/UDP port doubling as STUN is the same address here');
 });
+
+test('dead ICE addresses cost a bounded time, never a hung page', { timeout: 60000 }, async (t) => {
+  if (skipWithoutChromium(t)) return;
+  const page = await browser.newPage();
+  t.after(() => page.close().catch(() => {}));
+  await page.goto(`${server.base}/healthz`);
+  // Port 9 (discard) on loopback: nothing listens, UDP and TCP alike.
+  const out = await page.evaluate(async () => {
+    const C = await import('/check/check.js');
+    const [entry] = C.splitIceServers([{ urls: ['turn:127.0.0.1:9?transport=tcp'], username: 'u', credential: 'p' }]);
+    const t0 = performance.now();
+    const [g, l] = await Promise.all([C.checkGathering(entry), C.checkLoopback(entry)]);
+    return { g, l, ms: performance.now() - t0, limits: C.TIMEOUTS };
+  });
+  assert.equal(out.g.ok, false);
+  assert.equal(out.l.ok, false);
+  assert.ok(out.l.error, JSON.stringify(out.l));
+  assert.ok(out.ms < out.limits.loopbackConnect + 3000, `took ${out.ms} ms`);
+  const v = await page.evaluate(async (l) => (await import('/check/check.js')).verdict({
+    webrtc: true, signaling: { ok: true, joined: true }, gathering: [], loopback: [l],
+  }), out.l);
+  assert.equal(v.level, 'fail', JSON.stringify(v));
+});
