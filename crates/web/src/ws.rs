@@ -14,65 +14,82 @@ pub(crate) async fn run(socket: WebSocket, hub: HubHandle, ip: IpAddr, ping_ever
     let conn = hub.next_conn();
     let (tx, mut rx) = mpsc::channel(SOCKET_QUEUE);
     let (mut sink, mut stream) = socket.split();
-    if let Err(refusal) = hub.connect(conn, ip, tx.clone()).await {
+    if let Err(refusal) = hub.connect(conn, ip, tx).await {
         let _ = sink.send(Message::Text(error_frame(&refusal).into())).await;
         let code = refusal.code.close_code().unwrap_or(CloseCode::TOO_MANY_CONNECTIONS);
         let _ = sink.send(close(code, refusal.code.as_str())).await;
         return;
     }
 
-    let writer = tokio::spawn(async move {
-        let mut ping = tokio::time::interval(ping_every);
-        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        ping.tick().await;
-        loop {
-            let frame = tokio::select! {
-                out = rx.recv() => match out {
-                    Some(ToSocket::Text(text)) => Message::Text(text.as_ref().into()),
-                    Some(ToSocket::Close(code, reason)) => {
-                        let _ = sink.send(close(code, &reason)).await;
-                        break;
-                    }
-                    // The hub dropped us: too slow, or shutting down.
-                    None => {
-                        let _ = sink.send(close(CloseCode::RATE_LIMITED, "too-slow")).await;
-                        break;
-                    }
-                },
-                _ = ping.tick() => Message::Ping(Default::default()),
-            };
-            if sink.send(frame).await.is_err() {
-                break;
-            }
-        }
-        let _ = sink.close().await;
-    });
-
-    while let Some(frame) = stream.next().await {
-        match frame {
-            Ok(Message::Text(text)) => hub.send(Command::Text { conn, text }).await,
-            Ok(Message::Binary(_)) => {
-                hub.send(Command::Text {
-                    conn,
-                    text: "binary frame".into(),
-                })
-                .await
-            }
-            Ok(Message::Ping(_) | Message::Pong(_)) => hub.send(Command::Activity { conn }).await,
-            Ok(Message::Close(_)) => break,
-            Err(e) => {
-                if is_too_large(&e) {
-                    // Tell the writer; it sends the close frame (1009) before the socket goes.
-                    let _ = tx.try_send(ToSocket::Close(CloseCode::TOO_LARGE, "too-large".into()));
+    // One task per socket (idle sockets must be cheap): it reads frames for the hub, writes what the hub routes
+    // here, and pings. Writes are fed in a batch and flushed once, so a backlog costs one system call.
+    let mut ping = tokio::time::interval(ping_every);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ping.tick().await;
+    let mut closing: Option<(CloseCode, String)> = None;
+    loop {
+        tokio::select! {
+            frame = stream.next() => match frame {
+                Some(Ok(Message::Text(text))) => hub.send(Command::Text { conn, text }).await,
+                Some(Ok(Message::Binary(_))) => {
+                    hub.send(Command::Text { conn, text: "binary frame".into() }).await
                 }
-                tracing::debug!(conn, error = %e, "signaling socket read failed");
-                break;
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => hub.send(Command::Activity { conn }).await,
+                Some(Ok(Message::Close(_))) | None => break,
+                Some(Err(e)) => {
+                    if is_too_large(&e) {
+                        closing = Some((CloseCode::TOO_LARGE, "too-large".into()));
+                    }
+                    tracing::debug!(conn, error = %e, "signaling socket read failed");
+                    break;
+                }
+            },
+            out = rx.recv() => {
+                let mut next = out;
+                let mut fed = 0usize;
+                loop {
+                    match next {
+                        Some(ToSocket::Text(text)) => {
+                            if sink.feed(Message::Text(text.as_ref().into())).await.is_err() {
+                                break;
+                            }
+                            fed += 1;
+                        }
+                        Some(ToSocket::Close(code, reason)) => {
+                            closing = Some((code, reason));
+                            break;
+                        }
+                        // The hub dropped us: too slow, or shutting down.
+                        None => {
+                            closing = Some((CloseCode::RATE_LIMITED, "too-slow".into()));
+                            break;
+                        }
+                    }
+                    if fed >= 64 {
+                        break;
+                    }
+                    next = match rx.try_recv() {
+                        Ok(out) => Some(out),
+                        Err(_) => break,
+                    };
+                }
+                if sink.flush().await.is_err() || closing.is_some() {
+                    break;
+                }
+            }
+            _ = ping.tick() => {
+                if sink.send(Message::Ping(Default::default())).await.is_err() {
+                    break;
+                }
             }
         }
     }
+    if let Some((code, reason)) = &closing {
+        let _ = tokio::time::timeout(Duration::from_secs(2), sink.send(close(*code, reason))).await;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(2), sink.close()).await;
+    // The hub forgets sockets it closed itself; telling it again is harmless.
     hub.send(Command::Closed { conn }).await;
-    drop(tx);
-    let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
 }
 
 fn is_too_large(e: &axum::Error) -> bool {
