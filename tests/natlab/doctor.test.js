@@ -1,0 +1,111 @@
+// `traverse doctor <server> --json` inside every site's host namespace: the RFC 4787 mapping and filtering it reports
+// must be the ones the site's NAT router was built with, and the transports it reports working or failing must be
+// the ones the site's firewall lets through. Fields: docs/doctor.md.
+//
+// Run by run.sh (environment: NATLAB_PREFIX, NATLAB_RESULTS, TRAVERSE_BIN; NATLAB_SITES limits the sites).
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+
+const PREFIX = process.env.NATLAB_PREFIX;
+const RESULTS = process.env.NATLAB_RESULTS;
+const BIN = process.env.TRAVERSE_BIN;
+const SERVER = process.env.NATLAB_DOCTOR_URL || 'http://203.0.113.10:80';
+const ONLY = (process.env.NATLAB_SITES || '').split(',').filter(Boolean);
+
+const EIM = 'endpoint-independent';
+const AD = 'address-dependent';
+const APD = 'address-and-port-dependent';
+const ALL_OPEN = { signaling: true, 'stun-udp': true, 'turn-udp': true, 'turn-tcp': true, 'turn-tls': true, 'turn-tls-443': true };
+
+/**
+ * What the doctor must find in each site. `mapping`/`filtering`: the RFC 4787 term, or null where UDP cannot leave
+ * the site and the doctor must not claim any behaviour. `transports`: verdict.transports[key].works.
+ */
+export const SITES = [
+  { site: 'eim-a', built: 'EIM / APDF / open', mapping: EIM, filtering: APD, transports: ALL_OPEN },
+  { site: 'eim-b', built: 'EIM / APDF / open', mapping: EIM, filtering: APD, transports: ALL_OPEN },
+  { site: 'fullcone', built: 'EIM / EIF / open', mapping: EIM, filtering: EIM, transports: ALL_OPEN },
+  { site: 'restricted', built: 'EIM / ADF / open', mapping: EIM, filtering: AD, transports: ALL_OPEN },
+  { site: 'sym-a', built: 'APDM / APDF / open', mapping: APD, filtering: APD, transports: ALL_OPEN },
+  { site: 'sym-b', built: 'APDM / APDF / open', mapping: APD, filtering: APD, transports: ALL_OPEN },
+  {
+    site: 'noudp', built: 'EIM / APDF / UDP dropped', mapping: null, filtering: null,
+    transports: { ...ALL_OPEN, 'stun-udp': false, 'turn-udp': false },
+  },
+  {
+    site: 'tcp443', built: 'EIM / APDF / only TCP 443', mapping: null, filtering: null,
+    transports: { signaling: true, 'stun-udp': false, 'turn-udp': false, 'turn-tcp': false, 'turn-tls': false, 'turn-tls-443': true },
+  },
+].filter((s) => ONLY.length === 0 || ONLY.includes(s.site));
+
+/** The doctor in a site's host namespace; resolves with {code, report, stderr} (the exit code is 0 or 2). */
+function doctorIn(site) {
+  const args = ['netns', 'exec', `${PREFIX}-${site}-h`, BIN, 'doctor', SERVER, '--json', '--insecure', '--quiet'];
+  return new Promise((resolve) => {
+    execFile('ip', args, { timeout: 120000, maxBuffer: 4 << 20 }, (err, stdout, stderr) => {
+      let report = null;
+      try {
+        report = JSON.parse(stdout);
+      } catch {
+        /* reported below */
+      }
+      resolve({ code: err ? (err.code ?? err.signal) : 0, report, stdout, stderr });
+    });
+  });
+}
+
+const runs = new Map();
+const results = [];
+before(async () => {
+  if (!PREFIX || !BIN) return;
+  // One doctor per site, all at once: each waits mostly on timeouts of its own blocked transports.
+  await Promise.all(SITES.map(async (s) => runs.set(s.site, await doctorIn(s.site))));
+});
+after(() => {
+  if (RESULTS) fs.writeFileSync(path.join(RESULTS, 'doctor.json'), JSON.stringify(results, null, 2));
+});
+
+const short = { [EIM]: 'EI', [AD]: 'AD', [APD]: 'APD' };
+const words = (f) => (f ? (short[f.result] ?? f.result) + (f.result === 'inconclusive' ? ` (${f.candidates.map((c) => short[c]).join('/')})` : '') : '—');
+
+for (const want of SITES) {
+  test(`doctor in ${want.site} (${want.built})`, { timeout: 150000 }, () => {
+    assert.ok(PREFIX && BIN, 'NATLAB_PREFIX and TRAVERSE_BIN are set (run through tests/natlab/run.sh)');
+    const run = runs.get(want.site);
+    const record = { site: want.site, built: want.built };
+    results.push(record);
+    try {
+      assert.ok(run?.report, `JSON report (exit ${run?.code}): ${run?.stdout?.slice(0, 500)} ${run?.stderr?.slice(-1000)}`);
+      const r = run.report;
+      record.exitCode = run.code;
+      record.mapping = words(r.nat?.mapping);
+      record.filtering = words(r.nat?.filtering);
+      record.method = r.nat?.method;
+      const works = Object.fromEntries((r.verdict?.transports ?? []).map((t) => [t.key, t.works]));
+      record.blocked = Object.keys(want.transports).filter((k) => works[k] === false).join(', ') || 'none';
+      record.verdict = r.verdict?.summary;
+      record.direct = r.verdict?.direct;
+
+      for (const [key, ok] of Object.entries(want.transports)) {
+        assert.equal(works[key], ok, `${key} ${ok ? 'works' : 'fails'} (transports: ${JSON.stringify(works)})`);
+      }
+      assert.equal(r.nat.nat, want.mapping ? 'present' : r.nat.nat, 'a NAT is seen');
+      if (want.mapping) {
+        assert.equal(r.nat.mapping.result, want.mapping, `mapping: ${JSON.stringify(r.nat)}`);
+        assert.equal(r.nat.filtering.result, want.filtering, `filtering: ${JSON.stringify(r.nat)}`);
+      } else {
+        // No UDP leaves the site: the doctor must not claim a UDP behaviour it could not observe.
+        for (const f of [r.nat.mapping, r.nat.filtering]) {
+          assert.ok(['inconclusive', 'not-tested'].includes(f.result), `no UDP, no claim: ${JSON.stringify(r.nat)}`);
+        }
+      }
+      record.outcome = 'pass';
+    } catch (err) {
+      record.outcome = `FAIL: ${err.message.split('\n')[0].slice(0, 200)}`;
+      throw err;
+    }
+  });
+}
