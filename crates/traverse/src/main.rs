@@ -35,6 +35,9 @@ enum Command {
     Credentials(CredentialArgs),
     /// Mint a join token (HS256 JWT) for the signaling server's `signal.secret`.
     Token(TokenArgs),
+    /// Diagnose this network against a Traverse server: signaling, STUN, TURN per transport, NAT behaviour, relay
+    /// quality — and say in plain words what works and what to do. Exit 0: something works; 2: nothing does.
+    Doctor(Box<doctor::Args>),
     /// Check a configuration file and report every error with its line.
     CheckConfig {
         /// The file to check.
@@ -264,6 +267,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", signal::mint_token(args.secret.as_bytes(), &claims));
             Ok(())
         }
+        Command::Doctor(args) => std::process::exit(doctor::run(*args)?),
         Command::CheckConfig { path } => {
             let config = Config::load(&path)?;
             let errors = config.validate();

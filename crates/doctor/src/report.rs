@@ -1,0 +1,544 @@
+//! What the checks found, as data: serialised as-is for `--json` (field names are stable, see docs/doctor.md) and
+//! rendered as text for people.
+
+use serde::Serialize;
+
+use crate::error::CheckError;
+use crate::nat::{Behavior, Classification, Finding, NatPresence};
+use crate::tls::CertInfo;
+use crate::verdict::Verdict;
+
+/// Schema version of the JSON report.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// How one check ended.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Outcome {
+    pub ok: bool,
+    /// Wall time of the check, milliseconds.
+    pub ms: u64,
+    /// A stable code for the failure (`timeout`, `refused`, `auth-rejected`, `stale-nonce`, …).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<&'static str>,
+    /// The failure in words.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl Outcome {
+    pub fn of<T>(result: &Result<T, CheckError>, ms: u64) -> Outcome {
+        match result {
+            Ok(_) => Outcome {
+                ok: true,
+                ms,
+                error_code: None,
+                error: None,
+            },
+            Err(e) => Outcome::failed(e, ms),
+        }
+    }
+
+    pub fn failed(e: &CheckError, ms: u64) -> Outcome {
+        Outcome {
+            ok: false,
+            ms,
+            error_code: Some(e.code()),
+            error: Some(e.to_string()),
+        }
+    }
+}
+
+/// One signaling endpoint: HTTP(S) `/healthz` and the WS(S) upgrade of `/ws`.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct SignalingCheck {
+    /// `http://host:port` or `https://host:port`.
+    pub url: String,
+    pub port: u16,
+    pub tls: bool,
+    /// The given server address (as opposed to a probe of 443/80).
+    pub primary: bool,
+    pub http: Outcome,
+    pub websocket: Outcome,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<CertInfo>,
+}
+
+impl SignalingCheck {
+    pub fn ok(&self) -> bool {
+        self.http.ok && self.websocket.ok
+    }
+}
+
+/// Where the STUN/TURN addresses came from.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct IceServersCheck {
+    /// `server` (fetched from /api/ice-servers), `flags`, or `none`.
+    pub source: &'static str,
+    pub fetch: Option<Outcome>,
+    pub stun: Vec<String>,
+    pub turn: Vec<String>,
+    pub has_credential: bool,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct StunCheck {
+    pub url: String,
+    #[serde(flatten)]
+    pub outcome: Outcome,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub local: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mapped: Option<String>,
+    /// Round-trip time of the Binding transaction, milliseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rtt_ms: Option<f64>,
+    /// The server announced an OTHER-ADDRESS (RFC 5780).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub other_address: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct TurnCheck {
+    pub url: String,
+    pub transport: crate::ice::Transport,
+    pub port: u16,
+    /// Added by the doctor (TURN over TLS on 443, the single port), not announced by the server.
+    pub probe: bool,
+    #[serde(flatten)]
+    pub outcome: Outcome,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub relayed: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mapped: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lifetime_s: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<CertInfo>,
+    /// The failure as a kind, for the verdict.
+    #[serde(skip)]
+    pub cause: Option<CheckError>,
+}
+
+/// One RFC 4787 finding in JSON: `result` is a behaviour, `inconclusive` or `not-tested`.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct FindingJson {
+    pub result: &'static str,
+    pub candidates: Vec<Behavior>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl From<&Finding> for FindingJson {
+    fn from(f: &Finding) -> Self {
+        match f {
+            Finding::Known(b) => FindingJson {
+                result: b.term(),
+                candidates: vec![*b],
+                reason: None,
+            },
+            Finding::OneOf(list) => FindingJson {
+                result: "inconclusive",
+                candidates: list.clone(),
+                reason: Some(format!(
+                    "could be {}",
+                    list.iter().map(|b| b.term()).collect::<Vec<_>>().join(" or ")
+                )),
+            },
+            Finding::Inconclusive(why) => FindingJson {
+                result: "inconclusive",
+                candidates: Behavior::ALL.to_vec(),
+                reason: Some(why.clone()),
+            },
+            Finding::NotTested => FindingJson {
+                result: "not-tested",
+                candidates: Behavior::ALL.to_vec(),
+                reason: None,
+            },
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct NatCheck {
+    /// `rfc5780` (OTHER-ADDRESS and CHANGE-REQUEST), `comparison` (several server addresses and the relay), `none`.
+    pub method: &'static str,
+    pub nat: NatPresence,
+    pub mapping: FindingJson,
+    pub filtering: FindingJson,
+    pub port_preservation: Option<bool>,
+    pub hairpin: Option<bool>,
+    pub notes: Vec<String>,
+    /// What the probes saw, for the curious.
+    pub probes: Vec<String>,
+    #[serde(skip)]
+    pub classification: Option<Classification>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Ipv6Check {
+    pub host_has_global: bool,
+    pub addresses: Vec<String>,
+    pub server_has_ipv6: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stun: Option<Outcome>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mapped: Option<String>,
+}
+
+/// Good / fair / poor / bad by the field-notes thresholds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Quality {
+    Good,
+    Fair,
+    Poor,
+    Bad,
+}
+
+impl Quality {
+    /// `thresholds` = (good, fair, poor) upper bounds.
+    pub fn grade(value: f64, thresholds: (f64, f64, f64)) -> Quality {
+        if value <= thresholds.0 {
+            Quality::Good
+        } else if value <= thresholds.1 {
+            Quality::Fair
+        } else if value <= thresholds.2 {
+            Quality::Poor
+        } else {
+            Quality::Bad
+        }
+    }
+
+    pub fn word(self) -> &'static str {
+        match self {
+            Quality::Good => "good",
+            Quality::Fair => "fair",
+            Quality::Poor => "poor",
+            Quality::Bad => "bad",
+        }
+    }
+}
+
+/// Field notes: RTT 100/250/400 ms, jitter 5/10/30 ms, loss 1/3/8 %.
+pub const RTT_MS: (f64, f64, f64) = (100.0, 250.0, 400.0);
+pub const JITTER_MS: (f64, f64, f64) = (5.0, 10.0, 30.0);
+pub const LOSS_PERCENT: (f64, f64, f64) = (1.0, 3.0, 8.0);
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct QualityJson {
+    pub rtt: Quality,
+    pub jitter: Quality,
+    pub loss: Quality,
+    pub overall: Quality,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct RelayCheck {
+    pub transport: Option<crate::ice::Transport>,
+    #[serde(flatten)]
+    pub outcome: Outcome,
+    pub sent: u32,
+    pub received: u32,
+    pub loss_percent: f64,
+    pub rtt_p50_ms: Option<f64>,
+    pub rtt_p95_ms: Option<f64>,
+    pub rtt_max_ms: Option<f64>,
+    pub jitter_ms: Option<f64>,
+    pub quality: Option<QualityJson>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ThroughputCheck {
+    #[serde(flatten)]
+    pub outcome: Outcome,
+    pub seconds: f64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub mbit_per_s: f64,
+    pub loss_percent: f64,
+}
+
+/// The whole report.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Report {
+    pub schema: u32,
+    pub server: String,
+    pub exit_code: i32,
+    pub signaling: Vec<SignalingCheck>,
+    pub ice_servers: IceServersCheck,
+    pub stun: Vec<StunCheck>,
+    pub turn: Vec<TurnCheck>,
+    pub nat: NatCheck,
+    pub ipv6: Ipv6Check,
+    pub relay: Option<RelayCheck>,
+    pub throughput: Option<ThroughputCheck>,
+    pub verdict: Verdict,
+}
+
+/// Colours when writing to a terminal.
+#[derive(Debug, Clone, Copy)]
+pub struct Style {
+    pub color: bool,
+}
+
+impl Style {
+    fn paint(self, code: &str, s: &str) -> String {
+        if self.color {
+            format!("\x1b[{code}m{s}\x1b[0m")
+        } else {
+            s.to_owned()
+        }
+    }
+    pub fn ok(self, s: &str) -> String {
+        self.paint("32", s)
+    }
+    pub fn bad(self, s: &str) -> String {
+        self.paint("31", s)
+    }
+    pub fn warn(self, s: &str) -> String {
+        self.paint("33", s)
+    }
+    pub fn bold(self, s: &str) -> String {
+        self.paint("1", s)
+    }
+}
+
+fn mark(style: Style, ok: bool) -> String {
+    if ok {
+        style.ok("✓")
+    } else {
+        style.bad("✗")
+    }
+}
+
+fn finding_words(f: &Finding) -> String {
+    match f {
+        Finding::Known(b) => b.term().to_owned(),
+        Finding::OneOf(list) => format!(
+            "inconclusive ({})",
+            list.iter().map(|b| b.term()).collect::<Vec<_>>().join(" or ")
+        ),
+        Finding::Inconclusive(why) => format!("inconclusive: {why}"),
+        Finding::NotTested => "not tested".to_owned(),
+    }
+}
+
+impl Report {
+    /// The report for people.
+    pub fn render(&self, style: Style) -> String {
+        use std::fmt::Write;
+        let mut o = String::new();
+        let _ = writeln!(o, "{}", style.bold(&format!("traverse doctor — {}", self.server)));
+        let _ = writeln!(o);
+        let _ = writeln!(o, "{}", style.bold("Verdict"));
+        let _ = writeln!(o, "  {}", self.verdict.summary);
+        for cause in &self.verdict.causes {
+            let _ = writeln!(o, "  • {cause}");
+        }
+        let _ = writeln!(o);
+        let _ = writeln!(o, "{}", style.bold("Transports from this network"));
+        for t in &self.verdict.transports {
+            let state = match (t.works, t.detail) {
+                (Some(true), _) => style.ok("works"),
+                (Some(false), _) => style.bad("fails"),
+                (None, Some(detail)) => style.warn(detail),
+                (None, None) => style.warn("not tested"),
+            };
+            let _ = writeln!(o, "  {:<34} {state}", t.name);
+        }
+        let _ = writeln!(o);
+        let _ = writeln!(
+            o,
+            "{}",
+            style.bold("Direct (peer-to-peer) connection with a peer behind…")
+        );
+        for row in &self.verdict.direct {
+            let chance = match row.chance {
+                crate::verdict::Chance::Likely => style.ok("likely"),
+                crate::verdict::Chance::Unlikely => style.bad("unlikely — needs TURN"),
+                crate::verdict::Chance::Uncertain => style.warn("uncertain"),
+            };
+            let _ = writeln!(o, "  {:<54} {chance}", row.peer);
+            let _ = writeln!(o, "      {}", row.term);
+        }
+        if !self.verdict.advice.is_empty() {
+            let _ = writeln!(o);
+            let _ = writeln!(o, "{}", style.bold("What to do"));
+            for a in &self.verdict.advice {
+                let _ = writeln!(o, "  → {a}");
+            }
+        }
+        let _ = writeln!(o);
+        let _ = writeln!(o, "{}", style.bold("Details"));
+        for s in &self.signaling {
+            let _ = writeln!(
+                o,
+                "  {} signaling {:<28} HTTP {} WebSocket {}{}",
+                mark(style, s.ok()),
+                s.url,
+                outcome_words(&s.http),
+                outcome_words(&s.websocket),
+                s.certificate.as_ref().map(cert_words).unwrap_or_default()
+            );
+        }
+        let ice = &self.ice_servers;
+        let _ = writeln!(
+            o,
+            "  {} ice servers from {}: {} STUN, {} TURN URL(s){}",
+            mark(style, ice.fetch.as_ref().is_none_or(|f| f.ok)),
+            ice.source,
+            ice.stun.len(),
+            ice.turn.len(),
+            match &ice.fetch {
+                Some(f) if !f.ok => format!(" — {}", f.error.clone().unwrap_or_default()),
+                _ => String::new(),
+            }
+        );
+        for s in &self.stun {
+            let _ = writeln!(
+                o,
+                "  {} STUN {:<40} {}",
+                mark(style, s.outcome.ok),
+                s.url,
+                if s.outcome.ok {
+                    format!(
+                        "you are {} ({:.1} ms)",
+                        s.mapped.clone().unwrap_or_default(),
+                        s.rtt_ms.unwrap_or_default()
+                    )
+                } else {
+                    s.outcome.error.clone().unwrap_or_default()
+                }
+            );
+        }
+        for t in &self.turn {
+            let _ = writeln!(
+                o,
+                "  {} TURN {:<40} {}{}",
+                mark(style, t.outcome.ok),
+                t.url,
+                if t.outcome.ok {
+                    format!("relay {} ({} ms)", t.relayed.clone().unwrap_or_default(), t.outcome.ms)
+                } else {
+                    t.outcome.error.clone().unwrap_or_default()
+                },
+                t.certificate.as_ref().map(cert_words).unwrap_or_default()
+            );
+        }
+        if let Some(c) = &self.nat.classification {
+            let nat = match c.nat {
+                NatPresence::None => "no NAT (the server sees your own address)",
+                NatPresence::Present => "behind a NAT",
+                NatPresence::Unknown => "unknown",
+            };
+            let _ = writeln!(o, "  • NAT: {nat}; method {}", self.nat.method);
+            let _ = writeln!(o, "    mapping:   {}", finding_words(&c.mapping));
+            let _ = writeln!(o, "    filtering: {}", finding_words(&c.filtering));
+            if let Some(pp) = c.port_preservation {
+                let _ = writeln!(o, "    port preservation: {}", if pp { "yes" } else { "no" });
+            }
+            if let Some(h) = c.hairpin {
+                let _ = writeln!(o, "    hairpinning: {}", if h { "yes" } else { "no" });
+            }
+            for n in &c.notes {
+                let _ = writeln!(o, "    note: {n}");
+            }
+        }
+        let v6 = &self.ipv6;
+        let _ = writeln!(
+            o,
+            "  • IPv6: this host {} global IPv6 address; the server {}{}",
+            if v6.host_has_global { "has a" } else { "has no" },
+            if v6.server_has_ipv6 { "has one" } else { "has none" },
+            match (&v6.stun, &v6.mapped) {
+                (Some(s), Some(m)) if s.ok => format!("; STUN over IPv6 works (you are {m})"),
+                (Some(s), _) if !s.ok => format!("; STUN over IPv6 fails: {}", s.error.clone().unwrap_or_default()),
+                _ => String::new(),
+            }
+        );
+        if let Some(r) = &self.relay {
+            if r.outcome.ok {
+                let q = r.quality.as_ref().map(|q| q.overall.word()).unwrap_or("?");
+                let _ = writeln!(
+                    o,
+                    "  {} relay round trip over {}: {}/{} back, loss {:.1} %, RTT p50 {:.1} ms, jitter {:.1} ms — {q}",
+                    mark(style, true),
+                    r.transport.map(transport_word).unwrap_or("?"),
+                    r.received,
+                    r.sent,
+                    r.loss_percent,
+                    r.rtt_p50_ms.unwrap_or_default(),
+                    r.jitter_ms.unwrap_or_default(),
+                );
+            } else {
+                let _ = writeln!(
+                    o,
+                    "  {} relay round trip: {}",
+                    mark(style, false),
+                    r.outcome.error.clone().unwrap_or_default()
+                );
+            }
+        }
+        if let Some(t) = &self.throughput {
+            let _ = writeln!(
+                o,
+                "  {} throughput through the relay: {:.1} Mbit/s, loss {:.1} %",
+                mark(style, t.outcome.ok),
+                t.mbit_per_s,
+                t.loss_percent
+            );
+        }
+        o
+    }
+}
+
+pub fn transport_word(t: crate::ice::Transport) -> &'static str {
+    match t {
+        crate::ice::Transport::Udp => "UDP",
+        crate::ice::Transport::Tcp => "TCP",
+        crate::ice::Transport::Tls => "TLS",
+    }
+}
+
+fn outcome_words(o: &Outcome) -> String {
+    if o.ok {
+        format!("ok ({} ms)", o.ms)
+    } else {
+        o.error.clone().unwrap_or_else(|| "failed".into())
+    }
+}
+
+fn cert_words(c: &CertInfo) -> String {
+    let days = c
+        .days_to_expiry
+        .map(|d| format!(", expires in {d} days"))
+        .unwrap_or_default();
+    if c.trusted {
+        format!(" [certificate trusted{days}]")
+    } else if c.self_signed {
+        format!(" [certificate self-signed{days}]")
+    } else {
+        format!(
+            " [certificate not trusted: {}{days}]",
+            c.problem.clone().unwrap_or_default()
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quality_thresholds() {
+        assert_eq!(Quality::grade(100.0, RTT_MS), Quality::Good);
+        assert_eq!(Quality::grade(100.1, RTT_MS), Quality::Fair);
+        assert_eq!(Quality::grade(300.0, RTT_MS), Quality::Poor);
+        assert_eq!(Quality::grade(401.0, RTT_MS), Quality::Bad);
+        assert_eq!(Quality::grade(0.0, LOSS_PERCENT), Quality::Good);
+        assert_eq!(Quality::grade(9.0, LOSS_PERCENT), Quality::Bad);
+        assert_eq!(Quality::grade(7.0, JITTER_MS), Quality::Fair);
+    }
+}
