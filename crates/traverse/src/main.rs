@@ -414,6 +414,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         allow: Config::peer_blocks(&config.relay.allow_peers),
         deny: Config::peer_blocks(&config.relay.deny_peers),
         own_addresses: own,
+        own_relay_ports: Some(config.relay.port_min..=config.relay.port_max),
     };
     let turn_config = turn::Config {
         default_lifetime: Duration::from_secs(config.limits.default_lifetime),

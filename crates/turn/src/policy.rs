@@ -84,9 +84,15 @@ pub struct PeerPolicy {
     pub deny: Vec<IpNet>,
     /// The listeners' and relays' own addresses: relaying to them would loop through the server.
     pub own_addresses: Vec<IpAddr>,
+    /// The relay port range. A peer on one of the server's own addresses is another allocation's relayed address
+    /// — two users of this server relaying to each other, the usual case when both need TURN — only on these
+    /// ports; every other port of the server (its listeners, its host's services) stays refused.
+    pub own_relay_ports: Option<std::ops::RangeInclusive<u16>>,
 }
 
 impl PeerPolicy {
+    /// Judges a peer by its IP alone (permissions are per IP, RFC 8656 §9). The server's own addresses pass only
+    /// with relay-to-relay enabled, and then [`PeerPolicy::check_port`] guards each destination port.
     pub fn check(&self, ip: IpAddr) -> Result<(), Refusal> {
         let canonical = embedded_ipv4(ip).map(IpAddr::V4).unwrap_or(ip);
         if self.allow.iter().any(|n| n.contains(ip) || n.contains(canonical)) {
@@ -95,13 +101,40 @@ impl PeerPolicy {
         if self.deny.iter().any(|n| n.contains(ip) || n.contains(canonical)) {
             return Err(Refusal::DenyList);
         }
-        if self.own_addresses.iter().any(|a| *a == ip || *a == canonical) {
+        if self.is_own(ip, canonical) && self.own_relay_ports.is_none() {
             return Err(Refusal::ServerAddress);
         }
         if let Some(name) = reserved_range(ip).or_else(|| reserved_range(canonical)) {
             return Err(Refusal::Reserved(name));
         }
         Ok(())
+    }
+}
+
+impl PeerPolicy {
+    /// Judges a full destination: [`PeerPolicy::check`], and on the server's own addresses only relay ports.
+    pub fn check_addr(&self, peer: std::net::SocketAddr) -> Result<(), Refusal> {
+        self.check(peer.ip())?;
+        self.check_port(peer)
+    }
+
+    /// The per-datagram part: a destination on one of the server's own addresses must be a relay port (unless the
+    /// allow list names the address). A few comparisons; nothing for other addresses beyond the scan of a short
+    /// list.
+    pub fn check_port(&self, peer: std::net::SocketAddr) -> Result<(), Refusal> {
+        let ip = peer.ip();
+        let canonical = embedded_ipv4(ip).map(IpAddr::V4).unwrap_or(ip);
+        if !self.is_own(ip, canonical) || self.allow.iter().any(|n| n.contains(ip) || n.contains(canonical)) {
+            return Ok(());
+        }
+        match &self.own_relay_ports {
+            Some(ports) if ports.contains(&peer.port()) => Ok(()),
+            _ => Err(Refusal::ServerAddress),
+        }
+    }
+
+    fn is_own(&self, ip: IpAddr, canonical: IpAddr) -> bool {
+        self.own_addresses.iter().any(|a| *a == ip || *a == canonical)
     }
 }
 
@@ -247,6 +280,7 @@ mod tests {
             allow: vec!["127.0.0.0/8".parse().unwrap()],
             deny: vec!["203.0.113.0/24".parse().unwrap()],
             own_addresses: vec!["198.51.100.1".parse().unwrap()],
+            own_relay_ports: None,
         };
         assert!(policy.check("127.0.0.1".parse().unwrap()).is_ok());
         assert!(policy.check("::ffff:127.0.0.1".parse().unwrap()).is_ok());
@@ -256,6 +290,34 @@ mod tests {
             Err(Refusal::ServerAddress)
         );
         assert!(policy.check("10.0.0.1".parse().unwrap()).is_err());
+    }
+
+    #[test]
+    fn own_address_only_on_relay_ports() {
+        let policy = PeerPolicy {
+            own_addresses: vec!["198.51.100.1".parse().unwrap()],
+            own_relay_ports: Some(49152..=65535),
+            ..PeerPolicy::default()
+        };
+        let addr = |s: &str| s.parse::<std::net::SocketAddr>().unwrap();
+        // Another allocation's relayed address on this server: relay-to-relay.
+        assert_eq!(policy.check_addr(addr("198.51.100.1:50000")), Ok(()));
+        assert_eq!(policy.check_addr(addr("[::ffff:198.51.100.1]:50000")), Ok(()));
+        // The server's listeners and its host's services stay out of reach.
+        for port in [3478, 5349, 8080, 22, 443, 49151] {
+            let a = std::net::SocketAddr::new("198.51.100.1".parse().unwrap(), port);
+            assert_eq!(policy.check_addr(a), Err(Refusal::ServerAddress), "port {port}");
+            assert_eq!(policy.check_port(a), Err(Refusal::ServerAddress), "port {port}");
+        }
+        // Other public peers are untouched by the port rule.
+        assert_eq!(policy.check_port(addr("203.0.113.5:22")), Ok(()));
+        // Reserved ranges stay refused even when they are the server's own.
+        let private = PeerPolicy {
+            own_addresses: vec!["10.0.0.5".parse().unwrap()],
+            own_relay_ports: Some(49152..=65535),
+            ..PeerPolicy::default()
+        };
+        assert!(private.check_addr(addr("10.0.0.5:50000")).is_err());
     }
 
     #[test]

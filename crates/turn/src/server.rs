@@ -1033,6 +1033,8 @@ impl<R: RngCore> Server<R> {
             return ClientAction::Drop;
         };
         let permitted = alloc.permissions.get(&peer.ip()).is_some_and(|exp| *exp > now);
+        // A permission to the server's own address covers only its relay ports (relay-to-relay).
+        let permitted = permitted && config.policy.check_port(peer).is_ok();
         if !permitted || alloc.expires <= now || !alloc.bucket_take(now, end - start, config) {
             self.stats.dropped_packets += 1;
             return ClientAction::Drop;
@@ -1411,7 +1413,7 @@ impl<R: RngCore> Server<R> {
         if Family::of(&peer).pick(&alloc.relays).is_none() {
             return Err(PEER_FAMILY_MISMATCH);
         }
-        self.config.policy.check(peer.ip()).map_err(|_| FORBIDDEN)
+        self.config.policy.check_addr(peer).map_err(|_| FORBIDDEN)
     }
 
     /// RFC 8489 §7.3.1: 420 with UNKNOWN-ATTRIBUTES listing what we did not understand.
