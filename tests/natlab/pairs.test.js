@@ -85,6 +85,24 @@ const describe = (p) => (p ? `${p.local?.candidateType}${p.local?.relayProtocol 
   + ` ${p.local?.protocol} ${p.local?.address}:${p.local?.port} -> ${p.remote?.candidateType}`
   + ` ${p.remote?.address}:${p.remote?.port}` : 'none');
 
+/** The doctor's row (verdict.direct[].peer) for a peer in each site: what kind of NAT the site is. */
+const KIND = {
+  'eim-a': 'a port-restricted NAT', 'eim-b': 'a port-restricted NAT', noudp: 'a port-restricted NAT',
+  tcp443: 'a port-restricted NAT', fullcone: 'a full-cone NAT', restricted: 'a restricted-cone NAT',
+  'sym-a': 'a symmetric NAT', 'sym-b': 'a symmetric NAT',
+};
+
+/** What `traverse doctor` in site `a` (doctor.test.js, run first) predicted for a peer in site `b`, if it ran. */
+function doctorPrediction(a, b) {
+  try {
+    const doctor = JSON.parse(fs.readFileSync(path.join(RESULTS, 'doctor.json'), 'utf8'));
+    const rows = doctor.find((r) => r.site === a)?.direct ?? [];
+    return rows.find((row) => row.peer.startsWith(KIND[b]))?.chance ?? null;
+  } catch {
+    return null;
+  }
+}
+
 let roomNo = 0;
 for (const pair of PAIRS) {
   // A known server bug runs as a `todo` test: reported, not failing the run; it passes once the bug is fixed.
@@ -162,6 +180,12 @@ for (const pair of PAIRS) {
           if (pair.relayPort) assert.match(own.url ?? '', new RegExp(`:${pair.relayPort}\\b`), record.selected);
         }
         record.outcome = 'relay';
+      }
+      // The doctor's verdict in site A, for a peer like B's, must agree with what the browsers did.
+      record.doctorSays = doctorPrediction(pair.a, pair.b);
+      if (record.doctorSays === 'likely' || record.doctorSays === 'unlikely') {
+        assert.equal(record.doctorSays === 'likely' ? 'direct' : 'relay', record.outcome,
+          `traverse doctor in ${pair.a} said a direct connection with ${KIND[pair.b]} is ${record.doctorSays}`);
       }
     } catch (err) {
       record.outcome = `FAIL: ${err.message.split('\n')[0]}`;

@@ -23,11 +23,12 @@ if (doctor) {
 
 const pairs = read('pairs.json');
 if (pairs) {
-  console.log('\n| sites | expected | result | first pair (A side) | settled pair (A side; B side) | open after |');
-  console.log('| --- | --- | --- | --- | --- | --- |');
+  console.log('\n| sites (A + B) | expected | doctor in A: direct with B | result | first pair (A side) | settled pair (A side; B side) | open after |');
+  console.log('| --- | --- | --- | --- | --- | --- | --- |');
   for (const r of pairs) {
     const settled = (r.selected ?? '—').replace(/\|/g, '\\|');
-    console.log(`| ${r.a} + ${r.b} | ${r.expect} | ${r.outcome ?? '—'} | ${r.firstPair ?? '—'} | ${settled} | ${r.connectMs ?? '—'} ms |`);
+    const outcome = (r.outcome ?? '—') + (r.knownBug ? ' (known bug)' : '');
+    console.log(`| ${r.a} + ${r.b} | ${r.expect} | ${r.doctorSays ?? '—'} | ${outcome} | ${r.firstPair ?? '—'} | ${settled} | ${r.connectMs ?? '—'} ms |`);
   }
 }
 if (!doctor && !pairs) console.log(`natlab: no results in ${dir}`);
