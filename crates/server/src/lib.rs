@@ -81,6 +81,8 @@ pub enum StartError {
     },
     #[error("TLS: {0}")]
     Tls(String),
+    #[error("RFC 5780: {0}")]
+    NatDiscovery(String),
     #[error("cannot start worker thread: {0}")]
     Thread(std::io::Error),
 }
@@ -93,6 +95,8 @@ pub struct Running {
     pub tls: Vec<SocketAddr>,
     pub http: Vec<SocketAddr>,
     pub single: Vec<SocketAddr>,
+    /// RFC 5780: the extra UDP addresses bound for NAT behaviour discovery (the primary is in `udp`).
+    pub nat_discovery: Vec<SocketAddr>,
     pub certs: Arc<CertStore>,
     shutdown: watch::Sender<bool>,
     threads: Vec<JoinHandle<()>>,
@@ -137,6 +141,7 @@ pub fn start(config: ServerConfig, http: Option<Arc<dyn HttpHandler>>) -> Result
         }
         bound.0.push(actual);
     }
+    let nat_discovery = bind_nat_discovery(&config, &mut per_worker)?;
     for (list, proto, out) in [
         (&config.tcp, "TCP", &mut bound.1),
         (&config.tls, "TLS", &mut bound.2),
@@ -196,10 +201,45 @@ pub fn start(config: ServerConfig, http: Option<Arc<dyn HttpHandler>>) -> Result
         tls: bound.2,
         http: bound.3,
         single: bound.4,
+        nat_discovery,
         certs,
         shutdown,
         threads,
     })
+}
+
+/// RFC 5780: binds the other IP/port combinations beside the primary UDP listener, once per worker like every
+/// listener. The addresses are explicit (a wildcard socket cannot choose an answer's source address); a bind fails
+/// if the alternate IP is not local, so a server never advertises an OTHER-ADDRESS it cannot answer from — which
+/// would make every NAT look symmetric to the client.
+fn bind_nat_discovery(
+    config: &ServerConfig,
+    per_worker: &mut [worker::Sockets],
+) -> Result<Vec<SocketAddr>, StartError> {
+    let Some(d) = config.turn.nat_discovery else {
+        return Ok(Vec::new());
+    };
+    if !config.udp.contains(&d.primary) {
+        return Err(StartError::NatDiscovery(format!(
+            "the primary address {} is not a UDP listener",
+            d.primary
+        )));
+    }
+    let mut extra = Vec::new();
+    for addr in d.addresses().into_iter().filter(|a| !config.udp.contains(a)) {
+        ensure_free(addr, "UDP")?;
+        for sockets in per_worker.iter_mut() {
+            let s = udp::bind(addr, true).map_err(|source| StartError::Bind {
+                proto: "UDP (RFC 5780 alternate)",
+                addr,
+                source,
+            })?;
+            sockets.udp.push(s);
+        }
+        extra.push(addr);
+    }
+    tracing::info!("{}", d.describe());
+    Ok(extra)
 }
 
 /// SO_REUSEPORT would let a second Traverse (or anything else with the option) share our ports silently and steal

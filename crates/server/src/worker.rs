@@ -105,6 +105,8 @@ struct Buffers {
 pub(crate) struct Worker {
     pub shared: Arc<SharedConfig>,
     pub server: RefCell<turn::Server>,
+    /// This worker's share of every UDP listener, so an RFC 5780 answer can leave from another one.
+    udp: Vec<Rc<Listener>>,
     relays: RefCell<HashMap<AllocationId, RelayEntry>>,
     buffers: RefCell<Buffers>,
     pub scratch: RefCell<Box<[u8]>>,
@@ -141,9 +143,17 @@ pub(crate) fn run(
             (now, unix),
         )
         .with_shared_reservations(shared.reservations.clone());
+        let mut udp = Vec::new();
+        for socket in sockets.udp {
+            match listener_from_std(socket) {
+                Ok(l) => udp.push(Rc::new(l)),
+                Err(e) => tracing::error!(worker = index, error = %e, "cannot register UDP listener"),
+            }
+        }
         let worker = Rc::new(Worker {
             shared: shared.clone(),
             server: RefCell::new(server),
+            udp,
             relays: RefCell::new(HashMap::new()),
             buffers: RefCell::new(Buffers {
                 slots: (0..BATCH).map(|_| vec![0u8; RELAY_SLOT].into_boxed_slice()).collect(),
@@ -154,13 +164,8 @@ pub(crate) fn run(
             scratch: RefCell::new(vec![0u8; REPLY_SLOT].into_boxed_slice()),
             rng: RefCell::new(rand::rngs::StdRng::from_entropy()),
         });
-        for socket in sockets.udp {
-            match listener_from_std(socket) {
-                Ok(l) => {
-                    spawn_local(udp_listener(worker.clone(), Rc::new(l)));
-                }
-                Err(e) => tracing::error!(worker = index, error = %e, "cannot register UDP listener"),
-            }
+        for l in &worker.udp {
+            spawn_local(udp_listener(worker.clone(), l.clone()));
         }
         for (list, transport) in [(sockets.tcp, Transport::Tcp), (sockets.tls, Transport::Tls)] {
             for l in list {
@@ -329,6 +334,25 @@ impl Worker {
         match action {
             ClientAction::Drop => None,
             ClientAction::Reply(len) => Some(len),
+            ClientAction::ReplyFrom { len, from, to } => {
+                // RFC 5780: from the listener bound to `from` (this worker's share of it). Rare and never on the
+                // relay path, so a plain send and a scan of a handful of listeners.
+                let listener = self.udp.iter().find(|l| l.local == from);
+                match (listener, out.get(..len), route) {
+                    (Some(l), Some(data), ClientRoute::Udp { .. }) => {
+                        udp::try_send_all(
+                            l.socket.get_ref(),
+                            &[OutDatagram {
+                                data,
+                                dst: to,
+                                src_ip: None,
+                            }],
+                        );
+                    }
+                    _ => tracing::debug!(%from, %to, "no UDP listener for an RFC 5780 answer"),
+                }
+                None
+            }
             ClientAction::Relay {
                 allocation,
                 peer,

@@ -141,9 +141,14 @@ impl Server {
     /// Starts `traverse serve` on loopback with kernel-chosen ports (UDP, TCP and TLS each get their own) plus
     /// `args`, and waits until it prints its `iceServers` line, which it does only once every listener is bound.
     pub fn start(args: &[&str]) -> Server {
+        Self::start_with_udp("127.0.0.1:0", args)
+    }
+
+    /// Like [`Server::start`], with the UDP listener on `udp` (a fixed port, for RFC 5780 tests).
+    pub fn start_with_udp(udp: &str, args: &[&str]) -> Server {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_traverse"));
         cmd.arg("serve")
-            .args(["--udp", "127.0.0.1:0", "--tcp", "127.0.0.1:0", "--tls", "127.0.0.1:0"])
+            .args(["--udp", udp, "--tcp", "127.0.0.1:0", "--tls", "127.0.0.1:0"])
             // The default HTTP port (8080) would be shared by every test's server.
             .args(["--http", "127.0.0.1:0"])
             .args(args)
