@@ -16,6 +16,7 @@ pub struct Config {
     pub auth: Auth,
     pub limits: Limits,
     pub signal: Signal,
+    pub stun: Stun,
     pub web: Web,
     pub log: Log,
 }
@@ -128,6 +129,15 @@ impl Web {
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or_else(|| PathBuf::from("./traverse-data"))
     }
+}
+
+/// STUN beyond plain Binding.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Stun {
+    /// RFC 5780 NAT behaviour discovery: the alternate IP and port, beside the first `listen.udp` address of the
+    /// same family (which must name an explicit IP). Unset: off.
+    pub other_address: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Default)]
@@ -364,10 +374,27 @@ impl Config {
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             bad("tls", "cert and key go together".into());
         }
+        if let Err(e) = self.nat_discovery() {
+            bad("stun.other_address", e);
+        }
         if self.limits.max_allocations == 0 {
             bad("limits.max_allocations", "must be at least 1".into());
         }
         errors
+    }
+
+    /// RFC 5780: the primary address (the first `listen.udp` entry of the alternate's family) and the alternate.
+    pub fn nat_discovery(&self) -> Result<Option<turn::NatDiscovery>, String> {
+        let Some(alternate) = self.stun.other_address else {
+            return Ok(None);
+        };
+        let primary = self
+            .listen
+            .udp
+            .iter()
+            .find(|a| a.is_ipv4() == alternate.is_ipv4())
+            .ok_or_else(|| format!("no listen.udp address of the family of {alternate}"))?;
+        turn::NatDiscovery::new(*primary, alternate).map(Some)
     }
 
     pub fn users(&self) -> Vec<(String, String)> {
@@ -411,5 +438,22 @@ mod tests {
         .unwrap();
         let errors = config.validate();
         assert_eq!(errors.len(), 3, "{errors:?}");
+    }
+
+    #[test]
+    fn other_address_needs_an_explicit_primary_of_its_family() {
+        let parse = |text: &str| Config::parse(text).unwrap();
+        let ok = parse("[listen]\nudp = [\"127.0.0.1:3478\"]\n[stun]\nother_address = \"127.0.0.2:3479\"\n");
+        assert!(ok.validate().is_empty(), "{:?}", ok.validate());
+        let d = ok.nat_discovery().unwrap().unwrap();
+        assert_eq!(d.primary, "127.0.0.1:3478".parse().unwrap());
+        assert!(d.is_complete());
+        // The default listeners are wildcards: a wildcard socket cannot choose an answer's source.
+        let wildcard = parse("[stun]\nother_address = \"127.0.0.2:3479\"\n");
+        assert_eq!(wildcard.validate().len(), 1, "{:?}", wildcard.validate());
+        let same = parse("[listen]\nudp = [\"127.0.0.1:3478\"]\n[stun]\nother_address = \"127.0.0.1:3478\"\n");
+        assert_eq!(same.validate().len(), 1);
+        let v6 = parse("[listen]\nudp = [\"127.0.0.1:3478\"]\n[stun]\nother_address = \"[::1]:3479\"\n");
+        assert_eq!(v6.validate().len(), 1);
     }
 }

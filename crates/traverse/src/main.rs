@@ -189,6 +189,10 @@ struct ServeArgs {
     /// Shared reports kept before the oldest are pruned [web.max_reports].
     #[arg(long, env = "TRAVERSE_MAX_REPORTS")]
     max_reports: Option<usize>,
+    /// RFC 5780 NAT behaviour discovery: the alternate IP:port beside the first listen.udp address; off unless set
+    /// [stun.other_address].
+    #[arg(long, env = "TRAVERSE_OTHER_ADDRESS")]
+    other_address: Option<SocketAddr>,
     /// Log format [log.format].
     #[arg(long, env = "TRAVERSE_LOG_FORMAT")]
     log_format: Option<LogFormat>,
@@ -374,6 +378,9 @@ fn apply(config: &mut Config, a: ServeArgs) {
         config.web.admin_token = a.admin_token;
     }
     set!(config.web.max_reports, a.max_reports);
+    if a.other_address.is_some() {
+        config.stun.other_address = a.other_address;
+    }
     set!(config.log.format, a.log_format);
     set!(config.log.level, a.log_level);
 }
@@ -424,6 +431,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         bandwidth_per_allocation: config.relay.bandwidth_per_allocation,
         max_permissions_per_allocation: config.limits.max_permissions_per_allocation,
         policy,
+        // Validated above.
+        nat_discovery: config.nat_discovery().ok().flatten(),
         ..turn::Config::default()
     };
     let mut nonce_key = [0u8; 32];
