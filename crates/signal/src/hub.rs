@@ -128,6 +128,8 @@ struct Session {
     meta: String,
     conn: Option<ConnId>,
     next_seq: u64,
+    /// Highest client `seq` handled: a resent message at or below it is a duplicate and is dropped.
+    client_seq: u64,
     buffer: VecDeque<Buffered>,
     disconnected: Option<Disconnected>,
 }
@@ -267,11 +269,20 @@ impl<R: RngCore + Send> MemoryHub<R> {
     /// Sends an error: into the session's stream when the socket carries one, else with `seq` 0. Closes the socket
     /// when the code says so, or when the socket has made too many errors.
     fn error(&mut self, conn: ConnId, refusal: Refusal) {
+        self.error_with_id(conn, refusal, None);
+    }
+
+    /// An error about one message, naming its `id` when the client gave one.
+    fn error_with_id(&mut self, conn: ConnId, refusal: Refusal, id: Option<&str>) {
         let mut body = String::with_capacity(64 + refusal.message.len());
         body.push_str("\"type\":\"error\",\"code\":\"");
         body.push_str(refusal.code.as_str());
         body.push_str("\",\"message\":");
         push_json_str(&mut body, &refusal.message);
+        if let Some(id) = id {
+            body.push_str(",\"id\":");
+            push_json_str(&mut body, id);
+        }
         body.push('}');
         let peer = self.conns.get(&conn).and_then(|c| c.peer.clone());
         match peer {
@@ -403,7 +414,7 @@ impl<R: RngCore + Send> MemoryHub<R> {
     }
 
     fn ping(&mut self, conn: ConnId, peer: Option<Arc<str>>, ack: Option<u64>) {
-        let mut newest = 0;
+        let (mut newest, mut client_seq) = (0, 0);
         if let Some(s) = peer.and_then(|p| self.sessions.get_mut(&p)) {
             if let Some(ack) = ack {
                 while s.buffer.front().is_some_and(|b| b.seq <= ack) {
@@ -411,10 +422,11 @@ impl<R: RngCore + Send> MemoryHub<R> {
                 }
             }
             newest = s.next_seq - 1;
+            client_seq = s.client_seq;
         }
         self.outputs.push_back(Output::Send {
             conn,
-            text: format!("{{\"seq\":{newest},\"type\":\"pong\"}}").into(),
+            text: format!("{{\"seq\":{newest},\"type\":\"pong\",\"ack\":{client_seq}}}").into(),
         });
     }
 
@@ -491,6 +503,7 @@ impl<R: RngCore + Send> MemoryHub<R> {
                 meta,
                 conn: Some(conn),
                 next_seq: 1,
+                client_seq: 0,
                 buffer: VecDeque::new(),
                 disconnected: None,
             },
@@ -539,8 +552,9 @@ impl<R: RngCore + Send> MemoryHub<R> {
         self.outputs.push_back(Output::Send {
             conn,
             text: format!(
-                "{{\"seq\":{newest},\"type\":\"resumed\",\"peerId\":\"{peer}\",\"replayed\":{}}}",
-                s.buffer.len()
+                "{{\"seq\":{newest},\"type\":\"resumed\",\"peerId\":\"{peer}\",\"replayed\":{},\"ack\":{}}}",
+                s.buffer.len(),
+                s.client_seq
             )
             .into(),
         });
@@ -563,7 +577,7 @@ impl<R: RngCore + Send> MemoryHub<R> {
         if !same_room {
             let room = self.sessions.get(from).map(|s| s.room.to_string()).unwrap_or_default();
             let message = format!("No peer {} in room {room}.", to.chars().take(128).collect::<String>());
-            return self.error(conn, Refusal::new(ErrorCode::UnknownPeer, message));
+            return self.error_with_id(conn, Refusal::new(ErrorCode::UnknownPeer, message), id.as_deref());
         }
         let mut body = String::with_capacity(data.get().len() + 64);
         body.push_str("\"type\":\"signal\",\"from\":\"");
@@ -745,7 +759,18 @@ impl<R: RngCore + Send> SignalHub for MemoryHub<R> {
             }
         }
         match protocol::parse(text) {
-            Ok(msg) => self.handle_message(conn, msg, now),
+            Ok((msg, Some(seq))) if matches!(msg, ClientMessage::Signal { .. } | ClientMessage::Broadcast { .. }) => {
+                // Numbered by the client: handle each number once, so a resend after a resume is harmless.
+                let peer = self.conns.get(&conn).and_then(|c| c.peer.clone());
+                if let Some(s) = peer.as_ref().and_then(|p| self.sessions.get_mut(p)) {
+                    if seq <= s.client_seq {
+                        return;
+                    }
+                    s.client_seq = seq;
+                }
+                self.handle_message(conn, msg, now)
+            }
+            Ok((msg, _)) => self.handle_message(conn, msg, now),
             Err(refusal) => self.error(conn, refusal),
         }
     }

@@ -139,6 +139,8 @@ pub(crate) struct Envelope<'a> {
     pub data: Option<&'a RawValue>,
     pub id: Option<String>,
     pub ack: Option<u64>,
+    /// The client's own numbering of `signal`/`broadcast`, so it can resend what a dead socket swallowed.
+    pub seq: Option<u64>,
 }
 
 /// A validated client message.
@@ -170,7 +172,14 @@ pub(crate) enum ClientMessage<'a> {
 /// Longest room name, peer id, message id or session id accepted.
 const MAX_NAME: usize = 128;
 
-pub(crate) fn parse(text: &str) -> Result<ClientMessage<'_>, Refusal> {
+/// A client message and its optional client sequence number.
+pub(crate) fn parse(text: &str) -> Result<(ClientMessage<'_>, Option<u64>), Refusal> {
+    let mut seq = None;
+    let msg = parse_envelope(text, &mut seq)?;
+    Ok((msg, seq))
+}
+
+fn parse_envelope<'a>(text: &'a str, seq: &mut Option<u64>) -> Result<ClientMessage<'a>, Refusal> {
     let env: Envelope<'_> = serde_json::from_str(text).map_err(|e| {
         if e.is_data() {
             Refusal::new(
@@ -191,6 +200,7 @@ pub(crate) fn parse(text: &str) -> Result<ClientMessage<'_>, Refusal> {
         }
         Ok(value)
     };
+    *seq = env.seq;
     let Some(ty) = env.ty else {
         return Err(Refusal::new(ErrorCode::BadMessage, "A message needs a `type`."));
     };
@@ -249,15 +259,15 @@ mod tests {
     fn parses_every_type_and_names_what_is_missing() {
         assert!(matches!(
             parse(r#"{"type":"join","room":"a"}"#),
-            Ok(ClientMessage::Join { .. })
+            Ok((ClientMessage::Join { .. }, None))
         ));
         assert!(matches!(
-            parse(r#"{"type":"signal","to":"p","data":{"x":[1,2]}}"#),
-            Ok(ClientMessage::Signal { data, .. }) if data.get() == r#"{"x":[1,2]}"#
+            parse(r#"{"type":"signal","to":"p","data":{"x":[1,2]},"seq":7}"#),
+            Ok((ClientMessage::Signal { data, .. }, Some(7))) if data.get() == r#"{"x":[1,2]}"#
         ));
         assert!(matches!(
             parse(r#"{"type":"ping"}"#),
-            Ok(ClientMessage::Ping { ack: None })
+            Ok((ClientMessage::Ping { ack: None }, None))
         ));
         let e = parse(r#"{"type":"signal","data":1}"#).unwrap_err();
         assert_eq!(

@@ -254,7 +254,7 @@ fn resume_after_ack_and_unknown_sessions() {
     // Acknowledge up to seq 4, then a resume from seq 2 reaches back past what is kept.
     lab.send(1, json!({"type": "ping", "ack": 4}));
     let pong = lab.take(1).pop().unwrap();
-    assert_eq!(pong, json!({"seq": 5, "type": "pong"}));
+    assert_eq!(pong, json!({"seq": 5, "type": "pong", "ack": 0}));
     lab.connect(3);
     lab.send(3, json!({"type": "resume", "session": ann_session, "lastSeq": 2}));
     assert_eq!(lab.take(3)[0]["code"], "resume-failed");
@@ -463,4 +463,44 @@ fn shutdown_closes_everything_with_retry_now() {
     lab.drain();
     assert_eq!(lab.closed[&1].0, 4202);
     assert_eq!(lab.closed[&2].0, 4202);
+}
+
+#[test]
+fn client_numbered_messages_are_acknowledged_and_deduplicated() {
+    let mut lab = Lab::new(Limits::default(), None);
+    let (ann, ann_session) = lab.join(1, "r");
+    lab.join(2, "r");
+    lab.take(1);
+    for seq in 1..=3 {
+        lab.send(2, json!({"type": "signal", "to": ann, "data": seq, "seq": seq}));
+    }
+    lab.send(2, json!({"type": "ping"}));
+    assert_eq!(lab.take(2).pop().unwrap()["ack"], 3);
+    // The client lost its socket before it saw the ack and resends 2 and 3, then sends 4: only 4 is new.
+    for seq in 2..=4 {
+        lab.send(2, json!({"type": "signal", "to": ann, "data": seq, "seq": seq}));
+    }
+    let data: Vec<i64> = lab.take(1).iter().map(|m| m["data"].as_i64().unwrap()).collect();
+    assert_eq!(data, [1, 2, 3, 4]);
+    // `resumed` tells a reconnecting client how far the server got.
+    lab.drop_socket(1);
+    lab.connect(3);
+    lab.send(3, json!({"type": "resume", "session": ann_session, "lastSeq": 6}));
+    let resumed = lab.take(3).remove(0);
+    assert_eq!(
+        (resumed["type"].as_str(), resumed["ack"].as_u64()),
+        (Some("resumed"), Some(0))
+    );
+}
+
+#[test]
+fn unknown_peer_error_names_the_message() {
+    let mut lab = Lab::new(Limits::default(), None);
+    lab.join(1, "r");
+    lab.send(1, json!({"type": "signal", "to": "p_gone", "data": 1, "id": "m-9"}));
+    let err = lab.take(1).remove(0);
+    assert_eq!(
+        (err["code"].as_str(), err["id"].as_str()),
+        (Some("unknown-peer"), Some("m-9"))
+    );
 }
