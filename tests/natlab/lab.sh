@@ -58,8 +58,8 @@ state_dir() { echo "$STATE_ROOT/$1"; }
 # A namespace created and recorded for `down`; IPv6 off so nothing but the documentation addresses exists.
 mkns() {
   local prefix=$1 ns=$2
-  echo "$ns" >>"$(state_dir "$prefix")/namespaces"
   ip netns add "$ns"
+  echo "$ns" >>"$(state_dir "$prefix")/namespaces"
   ip -n "$ns" link set lo up
   ip netns exec "$ns" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
 }
@@ -143,7 +143,8 @@ cmd_up() {
   mkdir -p "$dir"
   : >"$dir/namespaces"
   # Whatever fails half-way, nothing is left behind.
-  trap 'cmd_down "$prefix" >/dev/null 2>&1' ERR
+  # shellcheck disable=SC2064 # the prefix is expanded now: the trap runs after this function returned
+  trap "cmd_down '$prefix' >/dev/null 2>&1" EXIT
   local tag
   tag="n$(printf '%s' "$prefix" | md5sum | cut -c1-6)"
 
@@ -183,7 +184,7 @@ cmd_up() {
     ip -n "$h" route add default via "$gw"
     echo "$site $h $host $wan $mapping $filtering $firewall" >>"$dir/sites"
   done
-  trap - ERR
+  trap - EXIT
 }
 
 cmd_serve() {

@@ -60,7 +60,8 @@ cleanup() {
   fi
 }
 trap cleanup EXIT
-trap 'exit 130' INT TERM
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 sites=all
 [ -z "${NATLAB_SITES:-}" ] || sites="${NATLAB_SITES//,/ }"
@@ -95,8 +96,14 @@ status=0
   cd "$here"
   export NATLAB_PREFIX="$prefix" NATLAB_SERVER="https://203.0.113.10" NATLAB_RESULTS="$results" \
     TRAVERSE_BIN CHROMIUM_PATH="$here/chromium-netns.sh"
-  timeout 900 node --test --test-concurrency=1 --test-reporter=spec "${files[@]}"
-) || status=$?
+  exec timeout 900 node --test --test-concurrency=1 --test-reporter=spec "${files[@]}"
+) &
+tests=$!
+# In the background and waited for, so that a signal to this script stops the tests at once and cleans up. `timeout`
+# leads its own process group (id $tests): node, its test-file processes and the browsers are stopped with it.
+trap 'kill -TERM -- "-$tests" 2>/dev/null; exit 143' TERM
+trap 'kill -TERM -- "-$tests" 2>/dev/null; exit 130' INT
+wait "$tests" || status=$?
 
 node "$here/report.js" "$results" || true
 if [ "$status" != 0 ]; then
