@@ -242,7 +242,15 @@ fn parse_range(s: &str) -> Result<(u16, u16), String> {
 }
 
 fn main() -> std::process::ExitCode {
-    match run(Cli::parse()) {
+    // Usage errors exit 1: `traverse doctor` keeps 2 for "nothing works".
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return std::process::ExitCode::from(if e.use_stderr() { 1 } else { 0 });
+        }
+    };
+    match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("traverse: {e:#}");
