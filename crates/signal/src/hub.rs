@@ -357,7 +357,10 @@ impl<R: RngCore + Send> MemoryHub<R> {
         text.push(',');
         text.push_str(body);
         let text: Arc<str> = text.into();
-        if s.buffer.len() >= limits.max_unacked {
+        // A connected client that never acknowledges loses the oldest entries (a resume from before them fails);
+        // a disconnected peer's queue is bounded by `max_queued` above and never trimmed, so nothing queued for it
+        // is dropped silently.
+        if s.disconnected.is_none() && s.buffer.len() >= limits.max_unacked {
             s.buffer.pop_front();
         }
         s.buffer.push_back(Buffered {

@@ -348,6 +348,9 @@ impl Config {
                 "max_message_bytes ≥ 1024, messages_per_second ≥ 1, burst ≥ 1 and max_peers_per_room ≥ 2".into(),
             );
         }
+        if s.max_queued == 0 || s.max_queued > 65_536 {
+            bad("signal.max_queued", "must be between 1 and 65536".into());
+        }
         if s.heartbeat_interval == 0 || s.heartbeat_timeout <= s.heartbeat_interval {
             bad(
                 "signal.heartbeat_timeout",

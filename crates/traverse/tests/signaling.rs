@@ -1583,8 +1583,6 @@ async fn client_numbered_messages_are_acknowledged_and_deduplicated() {
 // Server bugs found by these tests (see the ignore reasons).
 
 #[tokio::test]
-#[ignore = "server bug: with --max-queued above the hub's fixed replay buffer (max_unacked = 1024), signals accepted \
-            for a disconnected peer are evicted from the buffer: no queue-full, no undeliverable, and the resume fails"]
 async fn queued_signals_above_1024_are_not_lost() {
     let server = Server::start(&[
         "--max-connections-per-ip",
@@ -1621,8 +1619,6 @@ async fn queued_signals_above_1024_are_not_lost() {
 }
 
 #[tokio::test]
-#[ignore = "server bug (racy): a resume replaying a full buffer emits `resumed` + 1024 frames in one hub step into a \
-            socket channel of 1024 (web SOCKET_QUEUE); the overflow closes the reading client with 4100 too-slow"]
 async fn a_full_replay_reaches_a_reading_client() {
     let server = Server::start(&["--messages-per-second", "100000", "--burst", "100000"]);
     let (mut a, ja, mut b, _) = pair(&server, "big-replay").await;

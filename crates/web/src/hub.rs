@@ -52,14 +52,16 @@ pub(crate) enum Command {
     Shutdown,
 }
 
-/// Frames queued for one socket before it counts as too slow and is dropped.
-pub(crate) const SOCKET_QUEUE: usize = 1024;
 
 /// The sockets' side of the hub task.
 #[derive(Clone, Debug)]
 pub struct HubHandle {
     tx: mpsc::Sender<Command>,
     next_conn: Arc<AtomicU64>,
+    /// Frames queued for one socket before it counts as too slow and is dropped: room for a whole replay (every
+    /// unacknowledged and every queued message) on top of live traffic. tokio allocates a channel's slots as they
+    /// fill, so an idle socket does not pay for the bound.
+    pub(crate) socket_queue: usize,
 }
 
 impl HubHandle {
@@ -132,6 +134,7 @@ pub(crate) fn spawn(config: &WebConfig) -> std::io::Result<HubHandle> {
     Ok(HubHandle {
         tx,
         next_conn: Arc::new(AtomicU64::new(1)),
+        socket_queue: config.limits.max_unacked + config.limits.max_queued + 256,
     })
 }
 

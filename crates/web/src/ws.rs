@@ -8,11 +8,11 @@ use futures_util::{SinkExt, StreamExt};
 use signal::{CloseCode, Refusal};
 use tokio::sync::mpsc;
 
-use crate::hub::{Command, HubHandle, ToSocket, SOCKET_QUEUE};
+use crate::hub::{Command, HubHandle, ToSocket};
 
 pub(crate) async fn run(socket: WebSocket, hub: HubHandle, ip: IpAddr, ping_every: Duration) {
     let conn = hub.next_conn();
-    let (tx, mut rx) = mpsc::channel(SOCKET_QUEUE);
+    let (tx, mut rx) = mpsc::channel(hub.socket_queue);
     let (mut sink, mut stream) = socket.split();
     if let Err(refusal) = hub.connect(conn, ip, tx).await {
         let _ = sink.send(Message::Text(error_frame(&refusal).into())).await;
