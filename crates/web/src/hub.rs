@@ -52,7 +52,6 @@ pub(crate) enum Command {
     Shutdown,
 }
 
-
 /// The sockets' side of the hub task.
 #[derive(Clone, Debug)]
 pub struct HubHandle {
