@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # The one test command: installs the real peers the tests use (when run as root on Debian), then runs everything:
 # unit, property, differential and simulated-time tests, interop tests against coturn's clients and aioice,
-# signaling protocol tests on the real binary, browser end-to-end tests in headless Chromium (playwright-core),
-# and a bounded fuzz run of the STUN decoder.
+# signaling protocol tests on the real binary, browser end-to-end tests in headless Chromium (playwright-core), the
+# NAT lab (real NATs in network namespaces: `traverse doctor` and Chromium pairs per scenario), and a bounded fuzz run
+# of the STUN decoder.
 #
 #   scripts/test.sh                  # everything
 #   FUZZ_SECONDS=0 scripts/test.sh   # skip the fuzz run
 #   BROWSER_TESTS=0 scripts/test.sh  # skip the browser tests
+#   NATLAB=0 scripts/test.sh         # skip the NAT lab
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,6 +18,7 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   command -v ip >/dev/null 2>&1 || missing+=(iproute2)
   command -v nft >/dev/null 2>&1 || missing+=(nftables)
   command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+  command -v curl >/dev/null 2>&1 || missing+=(curl)
   if [ ${#missing[@]} -gt 0 ]; then
     echo "test.sh: installing ${missing[*]}"
     apt-get update -qq
@@ -33,6 +36,11 @@ cargo test --workspace --all-targets
 
 if [ "${BROWSER_TESTS:-1}" != 0 ]; then
   TRAVERSE_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/traverse" tests/browser/run.sh
+fi
+
+# The NAT lab: real NATs in network namespaces (root only; prints SKIP otherwise).
+if [ "${NATLAB:-1}" != 0 ]; then
+  TRAVERSE_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/traverse" tests/natlab/run.sh
 fi
 
 if [ "${FUZZ_SECONDS:-60}" != 0 ] && [ -x scripts/fuzz.sh ]; then
