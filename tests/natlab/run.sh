@@ -50,9 +50,11 @@ if [ -z "${TRAVERSE_BIN:-}" ]; then
 fi
 [ -x "$TRAVERSE_BIN" ] || { echo "FAIL: $TRAVERSE_BIN missing" >&2; exit 1; }
 
+# Where the tests write doctor.json and pairs.json (kept when NATLAB_RESULTS names it, else removed at exit).
 results="${NATLAB_RESULTS:-$(mktemp -d /tmp/traverse-natlab-results.XXXXXX)}"
 mkdir -p "$results"
 cleanup() {
+  [ -n "${NATLAB_RESULTS:-}" ] || rm -rf "$results"
   if [ "${NATLAB_KEEP:-0}" = 1 ]; then
     echo "natlab: kept lab $prefix (tests/natlab/lab.sh down $prefix)"
   else
