@@ -1,7 +1,9 @@
 // Nothing lost around a reconnect, against the real binary: one page's WebSocket is cut twice mid-session (without a
 // `leave`, as a network failure would) while the other page keeps sending signals and broadcasts, and the cut page
 // keeps sending too. The SDK resumes; every message arrives exactly once, in order, and nobody sees the cut peer
-// leave. Then an unknown session: the server refuses the resume (resume-failed, 4201) and the SDK joins afresh.
+// leave. Then a socket that dies silently (what the page writes is lost until it notices): the SDK resends what the
+// server did not acknowledge, and again every message arrives exactly once, in order. Then an unknown session: the
+// server refuses the resume (resume-failed, 4201) and the SDK joins afresh.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
@@ -79,6 +81,71 @@ test('socket cut twice mid-session: resumed, nothing lost, duplicated or reorder
     assert.ok(resumed[1].replayed >= 5, `the server replayed what A missed during the outage: ${JSON.stringify(resumed)}`);
     assert.ok(stats.queued >= 5, `A queued what it sent during the outage: ${JSON.stringify(stats)}`);
     // Nobody saw A leave or rejoin; nothing was undeliverable; no errors.
+    assert.deepEqual(await recorded(b.page, 'peer-left'), []);
+    assert.deepEqual(await recorded(b.page, 'peer-joined'), []);
+    for (const p of [a.page, b.page]) {
+      assert.deepEqual(await recorded(p, 'undeliverable'), []);
+      assert.deepEqual(await recorded(p, 'error'), []);
+    }
+  })().catch(dumpOnFailure(t, server, browser));
+});
+
+test('socket silently dead, then cut: what was written into it is resent, arrives once and in order', { timeout: 90000 }, async (t) => {
+  if (skipWithoutChromium(t)) return;
+  const a = await roomPage(browser, server, 'dead');
+  const b = await roomPage(browser, server, 'dead');
+  t.after(() => Promise.all([a.page.close().catch(() => {}), b.page.close().catch(() => {})]));
+  await until(10000, () => a.page.evaluate((id) => room.peers.has(id), b.peerId), 'A sees B');
+
+  await (async () => {
+    const sending = Promise.all([sendLoop(b.page, a.peerId, 'b'), sendLoop(a.page, b.peerId, 'a')]);
+    await new Promise((r) => setTimeout(r, 1200));
+    // A's path dies without A knowing for 700 ms: the ~23 signals A writes meanwhile never leave the page, and what
+    // B sends A is not read. Then A notices, and the outage lasts 300 ms more (messages queued).
+    const before = await a.page.evaluate(() => room._clientSeq);
+    assert.equal(await a.page.evaluate(() => room._debugDropSocket(300, 700)), true);
+    await until(5000, () => a.page.evaluate(() => room.state === 'reconnecting'), 'A notices the dead socket');
+    const lostInSocket = (await a.page.evaluate(() => room._clientSeq)) - before;
+    await until(10000, () => a.page.evaluate(() => room.state === 'open'), 'A resumed');
+    await within(30000, sending, 'send loops');
+
+    const all = Array.from({ length: N }, (_, i) => i);
+    const tenth = all.filter((i) => i % 10 === 9);
+    await until(15000, async () => (await received(a.page, 'signal', 'b')).length >= N, `A gets ${N} signals`);
+    await until(15000, async () => (await received(b.page, 'signal', 'a')).length >= N, `B gets ${N} signals`);
+    await until(5000, async () => (await received(a.page, 'broadcast', 'b')).length >= tenth.length, 'A broadcasts');
+    await until(5000, async () => (await received(b.page, 'broadcast', 'a')).length >= tenth.length, 'B broadcasts');
+    assert.deepEqual(await received(b.page, 'signal', 'a'), all, 'signals A→B: all, once, in order');
+    assert.deepEqual(await received(b.page, 'broadcast', 'a'), tenth, 'broadcasts A→B');
+    assert.deepEqual(await received(a.page, 'signal', 'b'), all, 'signals B→A: all, once, in order');
+    assert.deepEqual(await received(a.page, 'broadcast', 'b'), tenth, 'broadcasts B→A');
+
+    const stats = await a.page.evaluate(() => ({ ...room.stats, peerId: room.peerId, unacked: room.unacknowledged }));
+    const resumed = await recorded(a.page, 'resumed');
+    assert.equal(resumed.length, 1);
+    assert.ok(lostInSocket >= 10, `A wrote ${lostInSocket} messages into the dead socket`);
+    assert.ok(stats.resent >= lostInSocket, `A resent what the dead socket swallowed: ${JSON.stringify(stats)}`);
+    assert.ok(resumed[0].ack <= before, `the server's ack ${resumed[0].ack} is below what A wrote into the dead socket`);
+    assert.ok(resumed[0].replayed >= 5, `the server replayed what A did not read: ${JSON.stringify(resumed)}`);
+    assert.equal(stats.rejoins, 0, JSON.stringify(stats));
+    assert.equal(stats.gaps, 0, JSON.stringify(stats));
+    assert.equal(stats.lost, 0, JSON.stringify(stats));
+    assert.equal(stats.peerId, a.peerId, 'same identity after resume');
+
+    // The server handles each client seq once: a message resent with a number it already handled is dropped.
+    await a.page.evaluate((to) => {
+      room._ws.send(JSON.stringify({ type: 'signal', to, data: { tag: 'a', n: 0 }, seq: 1 }));
+      room._ws.send(JSON.stringify({ type: 'broadcast', data: { tag: 'a', n: 9 }, seq: room._clientSeq }));
+      room.signal(to, { tag: 'end', n: 0 });
+    }, b.peerId);
+    await until(5000, async () => (await received(b.page, 'signal', 'end')).length === 1, 'B gets the last signal');
+    assert.deepEqual(await received(b.page, 'signal', 'a'), all, 'the duplicate signal was dropped by the server');
+    assert.deepEqual(await received(b.page, 'broadcast', 'a'), tenth, 'the duplicate broadcast was dropped');
+
+    // A heartbeat later the server has acknowledged everything A sent.
+    await a.page.evaluate(() => room._ws.send(JSON.stringify({ type: 'ping', ack: room.lastSeq })));
+    await until(5000, () => a.page.evaluate(() => room.unacknowledged === 0), 'pong acknowledges everything');
+
     assert.deepEqual(await recorded(b.page, 'peer-left'), []);
     assert.deepEqual(await recorded(b.page, 'peer-joined'), []);
     for (const p of [a.page, b.page]) {

@@ -1,5 +1,6 @@
 // The SDK's session logic in Chromium against a scripted server (lib/fake-server.js) that misbehaves on cue:
-// resume and replay with duplicates, queued messages flushed in order, close-code retry classes, a failed resume
+// resume and replay with duplicates, queued messages flushed in order, client-numbered messages swallowed by a dying
+// socket resent after resume (or reported session-lost after a failed one), close-code retry classes, a failed resume
 // answered by a fresh join, a dead server found by missing pongs, refused joins reported with their code.
 // The real server is exercised by relay.test.js and resume.test.js.
 import { test, before, after } from 'node:test';
@@ -120,7 +121,7 @@ fakeTest('resume: replay deduplicated by seq, queued messages flushed in order a
   sock1.send({ type: 'broadcast', seq: 5, from: 'p_a', data: 'd' });
   const out = [];
   for (let i = 0; i < 3; i++) out.push(await sock1.next((m) => m.type === 'signal' || m.type === 'broadcast'));
-  assert.deepEqual(out.map((m) => [m.type, m.data]), [['signal', 'q1'], ['signal', 'q2'], ['broadcast', 'q3']]);
+  assert.deepEqual(out.map((m) => [m.type, m.data, m.seq]), [['signal', 'q1', 1], ['signal', 'q2', 2], ['broadcast', 'q3', 3]]);
   await until(5000, async () => (await events(page, 'broadcast')).length === 1, 'broadcast d');
   const got = (await events(page)).filter((e) => e.name === 'signal' || e.name === 'broadcast').map((e) => e.data);
   assert.deepEqual(got, ['a', 'b', 'c', 'd']);
@@ -132,6 +133,130 @@ fakeTest('resume: replay deduplicated by seq, queued messages flushed in order a
   assert.equal(st.peerId, 'p_b');
   const names = (await events(page)).map((e) => e.name);
   assert.ok(names.includes('reconnecting') && names.includes('resumed'));
+});
+
+const outbound = (sock) => sock.received.filter((m) => m.type === 'signal' || m.type === 'broadcast');
+
+fakeTest('client seq: messages swallowed by a dying socket are resent once, in order, before the queue', async (t, fake) => {
+  const { page, sock } = await joinedPage(t, fake);
+  const sent = await page.evaluate(() => [room.signal('p_a', 'm1'), room.signal('p_a', 'm2')]);
+  // The server handles m1 and m2 and acknowledges them.
+  const first = [await sock.next((m) => m.type === 'signal'), await sock.next((m) => m.type === 'signal')];
+  assert.deepEqual(first.map((m) => [m.data, m.seq, m.id]), [['m1', 1, sent[0]], ['m2', 2, sent[1]]]);
+  sock.send({ type: 'pong', seq: 1, ack: 2 });
+  await until(5000, () => page.evaluate(() => room.unacknowledged === 0), 'm1, m2 acknowledged');
+  // m3 and m4 reach the server's socket, but the server acts as if the socket had died before they arrived: it
+  // closes without handling them (the browser notices only afterwards).
+  await page.evaluate(() => {
+    room.signal('p_a', 'm3');
+    room.broadcast('m4');
+  });
+  const swallowed = [await sock.next((m) => m.type === 'signal'), await sock.next((m) => m.type === 'broadcast')];
+  assert.deepEqual(swallowed.map((m) => [m.data, m.seq]), [['m3', 3], ['m4', 4]]);
+  assert.equal(await page.evaluate(() => room.unacknowledged), 2);
+  sock.destroy();
+  await until(5000, async () => (await events(page, 'reconnecting')).length === 1, 'the room notices the drop');
+  // Sent while the room knows it is disconnected: queued.
+  await page.evaluate(() => room.signal('p_a', 'm5'));
+  const sock1 = await fake.socket(1);
+  await sock1.next((m) => m.type === 'resume');
+  await sleep(100);
+  assert.deepEqual(outbound(sock1), [], 'nothing before resumed');
+  sock1.send({ type: 'resumed', seq: 1, peerId: 'p_b', replayed: 0, ack: 2 });
+  const out = [];
+  for (let i = 0; i < 3; i++) out.push(await sock1.next((m) => m.type === 'signal' || m.type === 'broadcast'));
+  assert.deepEqual(
+    out.map((m) => [m.type, m.data, m.seq]),
+    [['signal', 'm3', 3], ['broadcast', 'm4', 4], ['signal', 'm5', 5]],
+    'the swallowed messages again, in order, with their seq, then the queued one',
+  );
+  await sleep(300);
+  assert.deepEqual(outbound(sock1).map((m) => m.data), ['m3', 'm4', 'm5'], 'each resent exactly once, m1 and m2 not');
+  const st = await page.evaluate(() => ({ ...room.stats, unacked: room.unacknowledged }));
+  assert.equal(st.resent, 2);
+  assert.equal(st.unacked, 3);
+  assert.equal((await events(page, 'resumed'))[0].ack, 2);
+  // Numbering carries on in the same session; a pong acknowledges everything.
+  await page.evaluate(() => room.signal('p_a', 'm6'));
+  assert.equal((await sock1.next((m) => m.type === 'signal' && m.data === 'm6')).seq, 6);
+  sock1.send({ type: 'pong', seq: 1, ack: 6 });
+  await until(5000, () => page.evaluate(() => room.unacknowledged === 0), 'all acknowledged');
+  // A second drop now resends nothing.
+  sock1.destroy();
+  const sock2 = await fake.socket(2);
+  await sock2.next((m) => m.type === 'resume');
+  sock2.send({ type: 'resumed', seq: 1, peerId: 'p_b', replayed: 0, ack: 6 });
+  await until(5000, async () => (await events(page, 'resumed')).length === 2, 'second resume');
+  await sleep(200);
+  assert.deepEqual(outbound(sock2), []);
+  assert.deepEqual(await events(page, 'undeliverable'), []);
+  assert.deepEqual((await events(page, 'error')).map((e) => e.code), []);
+});
+
+fakeTest('client seq: after a failed resume, unacknowledged messages are reported session-lost, not resent', async (t, fake) => {
+  const { page, sock } = await joinedPage(t, fake);
+  const ids = await page.evaluate(() => [room.signal('p_a', 's1'), room.signal('p_a', 's2', { id: 'mine' })]);
+  await page.evaluate(() => room.broadcast('b3'));
+  await sock.next((m) => m.type === 'broadcast');
+  sock.send({ type: 'pong', seq: 1, ack: 1 }); // s1 handled; s2 and b3 not (yet)
+  await until(5000, () => page.evaluate(() => room.unacknowledged === 2), 's1 acknowledged');
+  sock.destroy();
+  await until(5000, async () => (await events(page, 'reconnecting')).length === 1, 'the room notices the drop');
+  await page.evaluate(() => room.signal('p_a', 'q4')); // queued, never sent
+  const sock1 = await fake.socket(1);
+  await sock1.next((m) => m.type === 'resume');
+  sock1.send({ type: 'error', seq: 1, code: 'resume-failed', message: 'Unknown session.' });
+  sock1.close(4201, 'resume failed');
+  const sock2 = await fake.socket(2);
+  await sock2.next((m) => m.type === 'join');
+  await sleep(100);
+  assert.deepEqual(outbound(sock1), []);
+  assert.deepEqual(outbound(sock2), []);
+  sock2.send(joined({ session: 's_2', peerId: 'p_c' }));
+  const q4 = await sock2.next((m) => m.type === 'signal');
+  assert.deepEqual([q4.data, q4.seq], ['q4', 1], 'the new session numbers from 1; the queued message is sent');
+  await until(5000, async () => (await events(page, 'undeliverable')).length === 2, 'two undeliverable');
+  const lost = (await events(page, 'undeliverable')).map(({ type, to, id, data, reason }) => ({ type, to, id, data, reason }));
+  assert.deepEqual(lost, [
+    { type: 'signal', to: 'p_a', id: ids[1], data: 's2', reason: 'session-lost' },
+    { type: 'broadcast', to: undefined, id: undefined, data: 'b3', reason: 'session-lost' },
+  ]);
+  assert.equal(ids[1], 'mine');
+  const names = (await events(page)).map((e) => e.name).filter((n) => n === 'joined' || n === 'undeliverable');
+  assert.deepEqual(names, ['joined', 'undeliverable', 'undeliverable'], 'reported after the new identity is known');
+  await sleep(300);
+  assert.deepEqual(outbound(sock2).map((m) => m.data), ['q4'], 's2 and b3 are not resent');
+  const st = await page.evaluate(() => ({ ...room.stats, unacked: room.unacknowledged }));
+  assert.equal(st.lost, 2);
+  assert.equal(st.resent, 0);
+  assert.equal(st.unacked, 1);
+});
+
+fakeTest('client seq: unknown-peer names the id signal() returned; queue-full bounds unacknowledged messages', async (t, fake) => {
+  const { page, sock } = await joinedPage(t, fake, { maxQueue: 4 });
+  const id = await page.evaluate(() => room.signal('p_x', 'who'));
+  const m = await sock.next((x) => x.type === 'signal');
+  assert.equal(m.id, id);
+  sock.send({ type: 'error', seq: 2, code: 'unknown-peer', message: 'No peer p_x in room r.', id: m.id });
+  await until(5000, async () => (await events(page, 'error')).length === 1, 'error event');
+  const err = (await events(page, 'error'))[0];
+  assert.deepEqual([err.code, err.id], ['unknown-peer', id]);
+  // Half of maxQueue unacknowledged: the room asks for an ack at once. The server does not answer yet.
+  await page.evaluate(() => room.signal('p_a', 'x2'));
+  await sock.next((x) => x.type === 'ping', 2000);
+  await page.evaluate(() => {
+    room.signal('p_a', 'x3');
+    room.signal('p_a', 'x4');
+    room.signal('p_a', 'x5'); // a fifth held message: over the bound
+  });
+  await until(5000, async () => (await events(page, 'error')).length === 2, 'queue-full');
+  assert.equal((await events(page, 'error'))[1].code, 'queue-full');
+  await sleep(100);
+  assert.deepEqual(outbound(sock).map((x) => [x.data, x.seq]), [['who', 1], ['x2', 2], ['x3', 3], ['x4', 4]]);
+  sock.send({ type: 'pong', seq: 2, ack: 4 });
+  await until(5000, () => page.evaluate(() => room.unacknowledged === 0), 'acknowledged');
+  await page.evaluate(() => room.signal('p_a', 'x6'));
+  assert.equal((await sock.next((x) => x.type === 'signal' && x.data === 'x6')).seq, 5);
 });
 
 fakeTest('resume-failed then 4201: a fresh join, new identity, event joined with rejoined', async (t, fake) => {

@@ -3,7 +3,10 @@
 // Model: one `Room` owns one WebSocket at a time. The socket is disposable, the session is not: when a socket drops
 // the room reconnects with jittered backoff, sends `resume` with the last stream `seq` it processed, and the server
 // replays what it missed. Outbound messages are queued while no socket is usable and flushed, in order, once the
-// session is back. Stream messages are deduplicated by `seq`, so a replay never reaches the app twice.
+// session is back. Stream messages are deduplicated by `seq`, so a replay never reaches the app twice. The other
+// direction works the same way: every outgoing `signal` and `broadcast` carries the session's own client `seq` and
+// is kept until the server acknowledges it (`ack` in `pong` and `resumed`); after a resume whatever the server has
+// not handled is resent, so a message written into a socket that was already dead is not lost either.
 //
 // On top of the room, `room.connect(peerId)` returns a `Peer`: an RTCPeerConnection that negotiates itself with
 // MDN's "perfect negotiation" through the room's `signal` messages, with the join's `iceServers` applied and a
@@ -50,7 +53,8 @@ const STREAM_TYPES = new Set(['joined', 'peer-joined', 'peer-left', 'signal', 'b
  * @property {number} [deadAfterMs] declare the socket dead after this long without any server message; default
  *   2 × heartbeat + 2 s
  * @property {number} [connectTimeoutMs=10000] bound on opening a socket and getting `joined`/`resumed`
- * @property {number} [maxQueue=1000] bound on messages queued while reconnecting
+ * @property {number} [maxQueue=1000] bound on messages held by the SDK: queued while reconnecting, plus sent but not
+ *   yet acknowledged by the server
  * @property {number} [maxMessageBytes=65536] refuse larger messages locally (the server closes with 1009)
  * @property {boolean} [subprotocol=true] ask for the WebSocket subprotocol `traverse.v1` (the server must echo it)
  * @property {boolean} [autoAccept=true] answer offers from peers you did not `connect()` to (event `peer-connection`)
@@ -121,9 +125,12 @@ const now = () => (typeof performance !== 'undefined' ? performance.now() : Date
  * - `peer-joined` `{peer: {id, meta}}`, `peer-left` `{peerId}`
  * - `signal` `{from, data, seq, internal}` — `internal` when the SDK's peer connection consumed it
  * - `broadcast` `{from, data, seq}`
- * - `undeliverable` `{to, id, reason}` — a `signal` you sent could not be delivered
- * - `error` `{code, message}` — from the server, or from the SDK (`queue-full`, `negotiation-failed`, `sequence-gap`)
- * - `reconnecting` `{attempt, delayMs, code, reason}`, `resumed` `{replayed, seq}`
+ * - `undeliverable` `{to, id, reason}` — a `signal` you sent could not be delivered; reason `session-lost` (with
+ *   `type` and `data`, for a `broadcast` too) when a failed resume ended the session before the server acknowledged
+ *   the message: it may or may not have arrived
+ * - `error` `{code, message, id?}` — from the server (`id`: the message it is about, e.g. `unknown-peer`), or from the
+ *   SDK (`queue-full`, `negotiation-failed`, `sequence-gap`)
+ * - `reconnecting` `{attempt, delayMs, code, reason}`, `resumed` `{replayed, seq, ack}`
  * - `closed` `{code, reason}` — final; the room is unusable
  * - `peer-connection` `{peer}` — a `Peer` created because a peer sent an offer (see `autoAccept`)
  */
@@ -165,7 +172,7 @@ export class Room extends EventTarget {
     this.heartbeatMs = 10000;
     this.resumeGraceMs = 30000;
     /** Counters, for diagnostics and tests. */
-    this.stats = { reconnects: 0, resumes: 0, rejoins: 0, duplicates: 0, gaps: 0, queued: 0 };
+    this.stats = { reconnects: 0, resumes: 0, rejoins: 0, duplicates: 0, gaps: 0, queued: 0, resent: 0, lost: 0 };
     /** @type {Map<string, Peer>} peer connections by remote peer id */
     this.connections = new Map();
 
@@ -173,7 +180,11 @@ export class Room extends EventTarget {
     /** @private @type {'join' | 'resume' | null} what the current socket is doing before it is usable */
     this._handshake = null;
     /** @private */ this._usable = false;
-    /** @private @type {{msg: object, internal: boolean}[]} */ this._outbox = [];
+    /** @private @type {{msg: object, internal: boolean}[]} not sent yet (no socket usable) */ this._outbox = [];
+    /** @private @type {{msg: any, internal: boolean}[]} sent with a client `seq`, not yet acknowledged, in order */
+    this._unacked = [];
+    /** @private last client `seq` given out in this session */ this._clientSeq = 0;
+    /** @private a ping asking for an early `ack` is on its way */ this._ackAsked = false;
     /** @private */ this._attempt = 0;
     /** @private */ this._timers = new Set();
     /** @private */ this._hbTimer = null;
@@ -214,9 +225,14 @@ export class Room extends EventTarget {
     });
   }
 
+  /** Messages sent but not yet acknowledged by the server (resent after a resume if the server missed them). */
+  get unacknowledged() {
+    return this._unacked.length;
+  }
+
   /**
    * Send `data` to one peer of the room. Queued while reconnecting. Returns the message id, which comes back in an
-   * `undeliverable` event if the message cannot be delivered.
+   * `undeliverable` event if the message cannot be delivered, or in an `error` event (`unknown-peer`).
    * @param {string} to @param {any} data @param {{id?: string}} [opts] @returns {string}
    */
   signal(to, data, opts = {}) {
@@ -239,7 +255,7 @@ export class Room extends EventTarget {
     const ws = this._ws;
     if (ws && ws.readyState === WebSocket.OPEN && this._usable) {
       try {
-        ws.send(JSON.stringify({ type: 'leave' }));
+        this._write(ws, JSON.stringify({ type: 'leave' }));
       } catch {
         /* socket already going */
       }
@@ -273,11 +289,20 @@ export class Room extends EventTarget {
   /**
    * Test hook: drop the socket without `leave`, as a network failure would. The server keeps the session for its
    * grace period; the room reconnects and resumes, after `holdMs` more than the backoff says (an outage that lasts).
-   * @param {number} [holdMs]
+   * With `undetectedMs`, the socket first dies silently for that long: what the room writes is lost and nothing is
+   * read, while the room still believes the socket works (a dead path not yet detected); then it is dropped.
+   * @param {number} [holdMs] @param {number} [undetectedMs]
    */
-  _debugDropSocket(holdMs = 0) {
+  _debugDropSocket(holdMs = 0, undetectedMs = 0) {
     const ws = this._ws;
     if (!ws) return false;
+    if (undetectedMs > 0) {
+      /** @type {any} */ (ws)._debugDead = true;
+      this._later(() => {
+        if (this._ws === ws) this._debugDropSocket(holdMs);
+      }, undetectedMs);
+      return true;
+    }
     this._debugHoldMs = holdMs;
     this._detach(ws);
     try {
@@ -371,7 +396,7 @@ export class Room extends EventTarget {
         }
       },
       message: (/** @type {MessageEvent} */ e) => {
-        if (this._ws !== ws) return;
+        if (this._ws !== ws || /** @type {any} */ (ws)._debugDead) return;
         this._lastHeard = now();
         let msg;
         try {
@@ -451,6 +476,8 @@ export class Room extends EventTarget {
       case 'resumed':
         return this._onResumed(msg);
       case 'pong':
+        this._ackAsked = false;
+        if (typeof msg.ack === 'number') this._acknowledge(msg.ack);
         return;
       case 'peer-joined':
         if (msg.peer && typeof msg.peer.id === 'string') this.peers.set(msg.peer.id, msg.peer);
@@ -486,6 +513,11 @@ export class Room extends EventTarget {
       this._outbox = this._outbox.filter((m) => !m.internal);
       this.stats.rejoins++;
     }
+    // A new session numbers its messages from 1 again. What the old one sent and never saw acknowledged may or may
+    // not have arrived: it is reported below, not resent (the app decides, knowing it is a new identity now).
+    const lost = this._unacked.filter((m) => !m.internal);
+    this._unacked = [];
+    this._clientSeq = 0;
     this.session = msg.session;
     this.peerId = msg.peerId;
     this.peers = new Map((msg.peers || []).map((p) => [p.id, p]));
@@ -495,6 +527,10 @@ export class Room extends EventTarget {
     if (typeof msg.resumeGraceMs === 'number') this.resumeGraceMs = msg.resumeGraceMs;
     this._becameUsable();
     this._emit('joined', { peerId: this.peerId, peers: [...this.peers.values()], rejoined, seq: msg.seq });
+    for (const { msg: m } of lost) {
+      this.stats.lost++;
+      this._emit('undeliverable', { to: m.to, id: m.id, reason: 'session-lost', type: m.type, data: m.data });
+    }
     const w = this._startWaiter;
     if (w) {
       this._startWaiter = null;
@@ -505,25 +541,49 @@ export class Room extends EventTarget {
   /** @private */
   _onResumed(msg) {
     this.stats.resumes++;
-    this._becameUsable();
-    this._emit('resumed', { replayed: msg.replayed, seq: msg.seq, peerId: msg.peerId });
+    if (typeof msg.ack === 'number') {
+      this._acknowledge(msg.ack);
+    } else {
+      // A server without client sequence numbers would deliver a resent message twice: resend nothing.
+      this._unacked = [];
+    }
+    // What the server has not handled (written into the dead socket) goes first, in order, then the queue.
+    this._becameUsable(this._unacked);
+    this._emit('resumed', { replayed: msg.replayed, seq: msg.seq, peerId: msg.peerId, ack: msg.ack });
   }
 
-  /** The socket is joined or resumed: heartbeats on, queued messages out. @private */
-  _becameUsable() {
+  /** The server has handled every client `seq` up to `ack`. @private @param {number} ack */
+  _acknowledge(ack) {
+    let n = 0;
+    while (n < this._unacked.length && this._unacked[n].msg.seq <= ack) n++;
+    if (n) this._unacked.splice(0, n);
+  }
+
+  /**
+   * The socket is joined or resumed: heartbeats on, unacknowledged messages (after a resume) resent, queued
+   * messages out. @private @param {{msg: any, internal: boolean}[]} [resend]
+   */
+  _becameUsable(resend = []) {
     this._handshake = null;
     this._usable = true;
     this._attempt = 0;
+    this._ackAsked = false;
     this.state = 'open';
     this._startHeartbeat();
+    const ws = /** @type {WebSocket} */ (this._ws);
+    for (const m of resend) {
+      this.stats.resent++;
+      this._write(ws, JSON.stringify(m.msg));
+    }
     const queued = this._outbox;
     this._outbox = [];
-    for (const m of queued) this._send(m.msg, m.internal);
+    for (const m of queued) this._transmit(m.msg, m.internal);
   }
 
   /** @private */
   _onError(msg) {
     const detail = { code: msg.code, message: msg.message, seq: msg.seq };
+    if (typeof msg.id === 'string') detail.id = msg.id;
     if (this._startWaiter && this._handshake === 'join') {
       // A refused join (token, room full, …): the server closes right after; report the code to `connect()`.
       const err = new TraverseError(msg.code || 'join-failed', msg.message || 'join refused');
@@ -564,17 +624,43 @@ export class Room extends EventTarget {
         throw new TraverseError('too-large', `message of ${bytes} bytes exceeds ${this._opts.maxMessageBytes}`);
       }
     }
-    const ws = this._ws;
-    if (ws && this._usable && ws.readyState === WebSocket.OPEN) {
-      ws.send(text);
+    if (this._outbox.length + this._unacked.length >= this._opts.maxQueue) {
+      this._emit('error', {
+        code: 'queue-full',
+        message: `${this._opts.maxQueue} messages are waiting to be sent or acknowledged; message dropped`,
+        id: msg.id,
+      });
       return;
     }
-    if (this._outbox.length >= this._opts.maxQueue) {
-      this._emit('error', { code: 'queue-full', message: 'outbound queue full while reconnecting; message dropped' });
+    const ws = this._ws;
+    if (ws && this._usable && ws.readyState === WebSocket.OPEN) {
+      this._transmit(msg, internal);
       return;
     }
     this._outbox.push({ msg, internal });
     this.stats.queued++;
+  }
+
+  /**
+   * Number `msg` with the session's next client `seq`, keep it until acknowledged, write it to the usable socket.
+   * @private @param {object} msg @param {boolean} internal
+   */
+  _transmit(msg, internal) {
+    const numbered = { ...msg, seq: ++this._clientSeq };
+    this._unacked.push({ msg: numbered, internal });
+    const ws = /** @type {WebSocket} */ (this._ws);
+    this._write(ws, JSON.stringify(numbered));
+    if (!this._ackAsked && this._unacked.length >= Math.max(1, this._opts.maxQueue >> 1)) {
+      // Half the bound is waiting for an acknowledgement: ask for one now rather than at the next heartbeat.
+      this._ackAsked = true;
+      this._write(ws, JSON.stringify({ type: 'ping', ack: this.lastSeq }));
+    }
+  }
+
+  /** Write a frame (nothing when the debug hook made the socket silently dead). @private */
+  _write(/** @type {WebSocket} */ ws, /** @type {string} */ text) {
+    if (/** @type {any} */ (ws)._debugDead) return;
+    ws.send(text);
   }
 
   /** @private */
@@ -597,7 +683,7 @@ export class Room extends EventTarget {
         this._onDrop(4200, 'no pong from server', true);
         return;
       }
-      if (ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify({ type: 'ping', ack: this.lastSeq }));
+      if (ws.readyState === WebSocket.OPEN) this._write(ws, JSON.stringify({ type: 'ping', ack: this.lastSeq }));
     }, Math.min(every, 1 << 30));
   }
 
