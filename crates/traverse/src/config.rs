@@ -183,6 +183,7 @@ pub struct Limits {
     pub max_permissions_per_allocation: usize,
     pub max_connections: usize,
     pub idle_timeout: u64,
+    pub reflection_bytes_per_second: u32,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -258,6 +259,7 @@ impl Default for Limits {
             max_permissions_per_allocation: 256,
             max_connections: 10_000,
             idle_timeout: 30,
+            reflection_bytes_per_second: 16 * 1024,
         }
     }
 }

@@ -133,6 +133,10 @@ struct ServeArgs {
     /// Seconds before a TCP/TLS connection without an allocation is closed [limits.idle_timeout].
     #[arg(long, env = "TRAVERSE_IDLE_TIMEOUT")]
     idle_timeout: Option<u64>,
+    /// Bytes per second by which unauthenticated UDP answers may exceed their requests, per source IP; 0 for no
+    /// guard [limits.reflection_bytes_per_second].
+    #[arg(long, env = "TRAVERSE_REFLECTION_BYTES_PER_SECOND")]
+    reflection_bytes_per_second: Option<u32>,
     /// Plain HTTP listen addresses: signaling, SDK, demo [listen.http].
     #[arg(long, env = "TRAVERSE_HTTP", value_delimiter = ',')]
     http: Option<Vec<SocketAddr>>,
@@ -361,6 +365,7 @@ fn apply(config: &mut Config, a: ServeArgs) {
     set!(config.limits.max_permissions_per_allocation, a.max_permissions);
     set!(config.limits.max_connections, a.max_connections);
     set!(config.limits.idle_timeout, a.idle_timeout);
+    set!(config.limits.reflection_bytes_per_second, a.reflection_bytes_per_second);
     set!(config.listen.http, a.http);
     set!(config.listen.single, a.single);
     if a.public_host.is_some() {
@@ -439,6 +444,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         bandwidth_per_allocation: config.relay.bandwidth_per_allocation,
         max_permissions_per_allocation: config.limits.max_permissions_per_allocation,
         policy,
+        reflection_bytes_per_second: config.limits.reflection_bytes_per_second,
         // Validated above.
         nat_discovery: config.nat_discovery().ok().flatten(),
         ..turn::Config::default()

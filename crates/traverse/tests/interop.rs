@@ -52,6 +52,10 @@ fn ipv6_loopback_available() -> bool {
 /// One `turnutils_uclient` run: `clients` allocations each sending `messages` messages of 120 bytes to the echo
 /// peer and back, asserting 0 % loss and as many messages received as sent.
 #[allow(clippy::too_many_arguments)]
+/// One uclient run at a time: parallel runs on a 2-core machine starve the echo peer and turn CPU contention into
+/// "lost" packets that say nothing about the server.
+static UCLIENT_RUNS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn uclient(
     server: &mut Server,
     peer: &EchoPeer,
@@ -66,6 +70,7 @@ fn uclient(
         Transport::Tcp => server.tcp.port(),
         Transport::Tls => server.tls.port(),
     };
+    let _one_at_a_time = UCLIENT_RUNS.lock().unwrap_or_else(|e| e.into_inner());
     let mut cmd = Command::new("turnutils_uclient");
     cmd.args(["-u", user, "-w", password])
         .args(["-e", &peer.addr.ip().to_string(), "-r", &peer.addr.port().to_string()])

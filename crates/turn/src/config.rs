@@ -29,6 +29,9 @@ pub struct Config {
     pub policy: PeerPolicy,
     /// How many (5-tuple, transaction) answers are kept for retransmissions.
     pub response_cache_entries: usize,
+    /// Reflection guard: bytes per second by which unauthenticated UDP answers may exceed their requests, per source
+    /// IP (twice that as a burst); 0 turns the guard off. See `Server::handle_client`.
+    pub reflection_bytes_per_second: u32,
     /// RFC 5780 NAT behaviour discovery on UDP; `None` (the default) answers CHANGE-REQUEST, RESPONSE-PORT and
     /// PADDING with 420, as a server without RFC 5780 does.
     pub nat_discovery: Option<NatDiscovery>,
@@ -161,6 +164,7 @@ impl Default for Config {
             max_permissions_per_allocation: 256,
             policy: PeerPolicy::default(),
             response_cache_entries: 16_384,
+            reflection_bytes_per_second: 16 * 1024,
             nat_discovery: None,
         }
     }

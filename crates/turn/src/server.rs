@@ -324,6 +324,9 @@ pub struct Server<R = rand::rngs::StdRng> {
     pending: FastMap<FiveTuple, Pending>,
     reservations: Arc<Reservations>,
     responses: ResponseCache,
+    reflection: ReflectionGuard,
+    /// Set by `handle_stun` when its answer went to an authenticated request (or came from their cache).
+    answer_authenticated: bool,
     events: VecDeque<Event>,
     stats: Stats,
 }
@@ -333,6 +336,43 @@ impl<R> std::fmt::Debug for Server<R> {
         f.debug_struct("Server")
             .field("allocations", &self.by_five_tuple.len())
             .finish_non_exhaustive()
+    }
+}
+
+/// Unauthenticated UDP answers are larger than their requests (a 401 carries realm, nonce and algorithms; a Binding
+/// answer an address), and UDP sources can be spoofed, so a stranger could aim them at a victim. RFC 8656 gives no
+/// rule; answering nothing larger than the request would break every client, whose first Allocate is ~30 bytes. So
+/// each source IP gets a budget of *excess* bytes (answer − request), refilled per second: a normal client spends a
+/// few hundred bytes, a reflection attack on one victim is capped at the budget.
+#[derive(Default)]
+struct ReflectionGuard {
+    /// Source IP → (excess bytes left, last refill).
+    budgets: FastMap<IpAddr, (f64, Instant)>,
+}
+
+/// Source IPs tracked at once; beyond, idle entries (whose budget is full again) are forgotten.
+const REFLECTION_TRACKED: usize = 65_536;
+
+impl ReflectionGuard {
+    fn allow(&mut self, ip: IpAddr, excess: usize, rate: u32, now: Instant) -> bool {
+        let rate = f64::from(rate);
+        let burst = 2.0 * rate;
+        if self.budgets.len() >= REFLECTION_TRACKED && !self.budgets.contains_key(&ip) {
+            let idle = Duration::from_secs(2);
+            self.budgets
+                .retain(|_, (_, at)| now.saturating_duration_since(*at) < idle);
+            if self.budgets.len() >= REFLECTION_TRACKED {
+                self.budgets.clear();
+            }
+        }
+        let (left, at) = self.budgets.entry(ip).or_insert((burst, now));
+        *left = (*left + now.saturating_duration_since(*at).as_secs_f64() * rate).min(burst);
+        *at = now;
+        if *left < excess as f64 {
+            return false;
+        }
+        *left -= excess as f64;
+        true
     }
 }
 
@@ -504,6 +544,8 @@ impl<R: RngCore> Server<R> {
                 order: VecDeque::new(),
                 capacity,
             },
+            reflection: ReflectionGuard::default(),
+            answer_authenticated: false,
             events: VecDeque::new(),
             stats: Stats::default(),
         }
@@ -553,7 +595,10 @@ impl<R: RngCore> Server<R> {
         match stun::classify(first) {
             PacketKind::ChannelData => self.handle_channel_data(now, five_tuple, packet),
             PacketKind::Stun => match Message::parse(packet) {
-                Ok(msg) if msg.check_fingerprint().is_ok() => self.handle_stun(now, five_tuple, &msg, out),
+                Ok(msg) if msg.check_fingerprint().is_ok() => {
+                    let action = self.handle_stun(now, five_tuple, &msg, out);
+                    self.guard_reflection(now, five_tuple, packet.len(), action)
+                }
                 _ => {
                     self.stats.malformed_packets += 1;
                     ClientAction::Drop
@@ -867,11 +912,42 @@ impl<R: RngCore> Server<R> {
         }
     }
 
+    /// Charges an unauthenticated UDP answer's excess over its request to the source's reflection budget; drops it
+    /// when the budget is spent. Answers that carry integrity (authenticated) and stream transports are free.
+    fn guard_reflection(
+        &mut self,
+        now: Instant,
+        five_tuple: FiveTuple,
+        request_len: usize,
+        action: ClientAction,
+    ) -> ClientAction {
+        let authenticated = std::mem::take(&mut self.answer_authenticated);
+        let rate = self.config.reflection_bytes_per_second;
+        let len = match &action {
+            ClientAction::Reply(len) => *len,
+            ClientAction::ReplyFrom { len, .. } => *len,
+            _ => return action,
+        };
+        if rate == 0 || authenticated || five_tuple.transport.is_stream() || len <= request_len {
+            return action;
+        }
+        if self
+            .reflection
+            .allow(five_tuple.client.ip(), len - request_len, rate, now)
+        {
+            action
+        } else {
+            self.stats.dropped_packets += 1;
+            ClientAction::Drop
+        }
+    }
+
     fn handle_stun(&mut self, now: Instant, five_tuple: FiveTuple, msg: &Message<'_>, out: &mut [u8]) -> ClientAction {
         match (msg.class(), msg.method()) {
             (Class::Request, Method::BINDING) => self.handle_binding(five_tuple, msg, out),
             (Class::Request, Method::ALLOCATE | Method::REFRESH | Method::CREATE_PERMISSION | Method::CHANNEL_BIND) => {
                 if let Some(cached) = self.responses.get(&(five_tuple, msg.transaction_id()), now) {
+                    self.answer_authenticated = true;
                     return match out.get_mut(..cached.len()) {
                         Some(dst) => {
                             dst.copy_from_slice(cached);
@@ -881,6 +957,7 @@ impl<R: RngCore> Server<R> {
                     };
                 }
                 let (action, authenticated) = self.handle_turn_request(now, five_tuple, msg, out);
+                self.answer_authenticated = authenticated;
                 // Only authenticated answers are cached: 401/438 are cheap to recompute, and caching them would let a
                 // stranger fill the cache.
                 if let (ClientAction::Reply(len), true) = (&action, authenticated) {
