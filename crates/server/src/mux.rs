@@ -16,12 +16,9 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
-use socket2::{SockRef, TcpKeepalive};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::task::spawn_local;
 use turn::{FiveTuple, Transport};
 
 use crate::stream;
@@ -50,32 +47,10 @@ pub trait HttpHandler: Send + Sync + 'static {
 pub const ALPN_STUN_TURN: &[u8] = b"stun.turn";
 
 pub(crate) async fn accept_loop(worker: Rc<Worker>, listener: TcpListener, with_tls: bool) {
-    let Ok(local) = listener.local_addr() else { return };
-    loop {
-        let (tcp, client) = match listener.accept().await {
-            Ok(pair) => pair,
-            Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let Ok(permit) = worker.shared.connections.clone().try_acquire_owned() else {
-            tracing::debug!(%client, "connection limit reached; closing");
-            continue;
-        };
-        let _ = tcp.set_nodelay(true);
-        let keepalive = TcpKeepalive::new()
-            .with_time(Duration::from_secs(30))
-            .with_interval(Duration::from_secs(10));
-        let _ = SockRef::from(&tcp).set_tcp_keepalive(&keepalive);
-        let server = tcp.local_addr().unwrap_or(local);
-        let worker = worker.clone();
-        spawn_local(async move {
-            let _permit = permit;
-            sort(worker, tcp, client, server, with_tls).await;
-        });
-    }
+    stream::accept_each(worker, listener, move |worker, tcp, client, server| {
+        sort(worker, tcp, client, server, with_tls)
+    })
+    .await
 }
 
 async fn sort(worker: Rc<Worker>, tcp: TcpStream, client: SocketAddr, server: SocketAddr, with_tls: bool) {

@@ -36,6 +36,36 @@ pub(crate) fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
 }
 
 pub(crate) async fn accept_loop(worker: Rc<Worker>, listener: TcpListener, transport: Transport) {
+    accept_each(worker, listener, move |worker, stream, client, server| async move {
+        let five_tuple = FiveTuple {
+            client,
+            server,
+            transport,
+        };
+        match transport {
+            Transport::Tls => {
+                let acceptor = tokio_rustls::TlsAcceptor::from(worker.shared.tls.clone());
+                let timeout = worker.shared.config.tls_handshake_timeout;
+                match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => serve(worker, tls, five_tuple).await,
+                    Ok(Err(e)) => tracing::debug!(%client, error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%client, "TLS handshake timed out"),
+                }
+            }
+            _ => serve::<TcpStream>(worker, stream, five_tuple).await,
+        }
+    })
+    .await
+}
+
+/// Accepts connections for ever and runs `handle(worker, stream, client, server address)` for each in a task of its
+/// own, holding one of the server-wide connection permits; TCP_NODELAY and keepalive set. Shared by the TURN ports
+/// and the mux ports.
+pub(crate) async fn accept_each<F, Fut>(worker: Rc<Worker>, listener: TcpListener, handle: F)
+where
+    F: Fn(Rc<Worker>, TcpStream, SocketAddr, SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = ()> + 'static,
+{
     let Ok(local) = listener.local_addr() else { return };
     loop {
         let (stream, client) = match listener.accept().await {
@@ -56,27 +86,11 @@ pub(crate) async fn accept_loop(worker: Rc<Worker>, listener: TcpListener, trans
             .with_time(Duration::from_secs(30))
             .with_interval(Duration::from_secs(10));
         let _ = SockRef::from(&stream).set_tcp_keepalive(&keepalive);
-        let server_addr = stream.local_addr().unwrap_or(local);
-        let five_tuple = FiveTuple {
-            client,
-            server: server_addr,
-            transport,
-        };
-        let worker = worker.clone();
+        let server = stream.local_addr().unwrap_or(local);
+        let task = handle(worker.clone(), stream, client, server);
         spawn_local(async move {
             let _permit = permit;
-            match transport {
-                Transport::Tls => {
-                    let acceptor = tokio_rustls::TlsAcceptor::from(worker.shared.tls.clone());
-                    let timeout = worker.shared.config.tls_handshake_timeout;
-                    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => serve(worker, tls, five_tuple).await,
-                        Ok(Err(e)) => tracing::debug!(%client, error = %e, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(%client, "TLS handshake timed out"),
-                    }
-                }
-                _ => serve::<TcpStream>(worker, stream, five_tuple).await,
-            }
+            task.await;
         });
     }
 }
