@@ -5,6 +5,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use rand::RngCore;
 use serde_json::value::RawValue;
 
@@ -26,7 +27,8 @@ pub struct Now {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Output {
     /// Send a text frame.
-    Send { conn: ConnId, text: Arc<str> },
+    /// Send a text frame (always UTF-8 JSON). `Bytes` so the replay buffer and the socket share one allocation.
+    Send { conn: ConnId, text: Bytes },
     /// Close the socket with this code. The hub has already forgotten the socket.
     Close {
         conn: ConnId,
@@ -142,7 +144,7 @@ struct Disconnected {
 
 struct Buffered {
     seq: u64,
-    text: Arc<str>,
+    text: Bytes,
     /// For a `signal`: its sender and message id, told if it is never delivered.
     signal_from: Option<(Arc<str>, Option<String>)>,
 }
@@ -291,7 +293,7 @@ impl<R: RngCore + Send> MemoryHub<R> {
             }
             None => self.outputs.push_back(Output::Send {
                 conn,
-                text: format!("{{\"seq\":0,{body}").into(),
+                text: Bytes::from(format!("{{\"seq\":0,{body}")),
             }),
         }
         let too_many = self.conns.get_mut(&conn).is_some_and(|c| {
@@ -339,6 +341,18 @@ impl<R: RngCore + Send> MemoryHub<R> {
     /// Appends a stream message (`body` is the JSON object after `{"seq":N,`) to a peer's stream and sends it if
     /// the peer is connected. Refused when the peer is disconnected and its queue is full.
     fn deliver(&mut self, peer: &str, body: &str, signal_from: Option<(Arc<str>, Option<String>)>) -> Result<(), ()> {
+        self.deliver_with(peer, body.len(), |frame| frame.push_str(body), signal_from)
+    }
+
+    /// [`Self::deliver`] with the body written straight into the frame: one allocation per delivered message,
+    /// shared by the replay buffer and the socket's queue.
+    fn deliver_with(
+        &mut self,
+        peer: &str,
+        body_len: usize,
+        write_body: impl FnOnce(&mut String),
+        signal_from: Option<(Arc<str>, Option<String>)>,
+    ) -> Result<(), ()> {
         let limits = &self.limits;
         let Some(s) = self.sessions.get_mut(peer) else {
             return Err(());
@@ -351,12 +365,12 @@ impl<R: RngCore + Send> MemoryHub<R> {
         }
         let seq = s.next_seq;
         s.next_seq += 1;
-        let mut text = String::with_capacity(body.len() + 24);
-        text.push_str("{\"seq\":");
-        text.push_str(itoa(seq).as_str());
-        text.push(',');
-        text.push_str(body);
-        let text: Arc<str> = text.into();
+        let mut frame = String::with_capacity(body_len + 28);
+        frame.push_str("{\"seq\":");
+        frame.push_str(itoa(seq).as_str());
+        frame.push(',');
+        write_body(&mut frame);
+        let text = Bytes::from(frame);
         // A connected client that never acknowledges loses the oldest entries (a resume from before them fails);
         // a disconnected peer's queue is bounded by `max_queued` above and never trimmed, so nothing queued for it
         // is dropped silently.
@@ -429,7 +443,7 @@ impl<R: RngCore + Send> MemoryHub<R> {
         }
         self.outputs.push_back(Output::Send {
             conn,
-            text: format!("{{\"seq\":{newest},\"type\":\"pong\",\"ack\":{client_seq}}}").into(),
+            text: Bytes::from(format!("{{\"seq\":{newest},\"type\":\"pong\",\"ack\":{client_seq}}}")),
         });
     }
 
@@ -554,12 +568,11 @@ impl<R: RngCore + Send> MemoryHub<R> {
         }
         self.outputs.push_back(Output::Send {
             conn,
-            text: format!(
+            text: Bytes::from(format!(
                 "{{\"seq\":{newest},\"type\":\"resumed\",\"peerId\":\"{peer}\",\"replayed\":{},\"ack\":{}}}",
                 s.buffer.len(),
                 s.client_seq
-            )
-            .into(),
+            )),
         });
         for b in &s.buffer {
             self.outputs.push_back(Output::Send {
@@ -582,13 +595,19 @@ impl<R: RngCore + Send> MemoryHub<R> {
             let message = format!("No peer {} in room {room}.", to.chars().take(128).collect::<String>());
             return self.error_with_id(conn, Refusal::new(ErrorCode::UnknownPeer, message), id.as_deref());
         }
-        let mut body = String::with_capacity(data.get().len() + 64);
-        body.push_str("\"type\":\"signal\",\"from\":\"");
-        body.push_str(from);
-        body.push_str("\",\"data\":");
-        body.push_str(data.get());
-        body.push('}');
-        if self.deliver(to, &body, Some((from.clone(), id.clone()))).is_ok() {
+        let data = data.get();
+        let write = |frame: &mut String| {
+            frame.push_str("\"type\":\"signal\",\"from\":\"");
+            frame.push_str(from);
+            frame.push_str("\",\"data\":");
+            frame.push_str(data);
+            frame.push('}');
+        };
+        let len = data.len() + from.len() + 32;
+        if self
+            .deliver_with(to, len, write, Some((from.clone(), id.clone())))
+            .is_ok()
+        {
             self.relayed += 1;
         } else {
             self.undeliverable(from, to, id.as_deref(), "queue-full");

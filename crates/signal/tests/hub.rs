@@ -70,7 +70,7 @@ impl Lab {
         while let Some(out) = self.hub.poll_output() {
             match out {
                 Output::Send { conn, text } => {
-                    let v: Value = serde_json::from_str(&text).expect("server frames are JSON");
+                    let v: Value = serde_json::from_slice(&text).expect("server frames are JSON");
                     assert!(v["seq"].is_u64(), "every frame carries seq: {v}");
                     self.inbox.entry(conn).or_default().push(v);
                 }

@@ -16,7 +16,8 @@ use crate::WebConfig;
 /// What the hub sends a socket.
 #[derive(Debug)]
 pub(crate) enum ToSocket {
-    Text(Arc<str>),
+    /// A JSON frame; UTF-8 by construction (the hub writes it from `&str`s).
+    Text(bytes::Bytes),
     Close(CloseCode, String),
 }
 

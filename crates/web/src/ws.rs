@@ -50,7 +50,9 @@ pub(crate) async fn run(socket: WebSocket, hub: HubHandle, ip: IpAddr, ping_ever
                 loop {
                     match next {
                         Some(ToSocket::Text(text)) => {
-                            if sink.feed(Message::Text(text.as_ref().into())).await.is_err() {
+                            // Zero-copy: the frame's bytes are shared with the hub's replay buffer.
+                            let Ok(text) = axum::extract::ws::Utf8Bytes::try_from(text) else { break };
+                            if sink.feed(Message::Text(text)).await.is_err() {
                                 break;
                             }
                             fed += 1;
