@@ -1,0 +1,681 @@
+//! The server's life cycle against the real `traverse` binary over real sockets on loopback: a renewed certificate
+//! is picked up (on SIGHUP and on a file change) without dropping the TLS connections and allocations already
+//! there; idle and half-open stream connections are closed while a connection with an allocation lives on; SIGTERM
+//! closes signaling sockets with 4202 and exits 0.
+//!
+//! Every server is killed by PID when its handle drops; every wait is bounded, so a broken server fails a test
+//! instead of hanging it.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use futures_util::{SinkExt, StreamExt};
+use rustls::pki_types::{CertificateDer, ServerName};
+use serde_json::{json, Value};
+use stun::{attr, Attribute, Class, Message, MessageWriter, Method};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+use common::{build, connect_tcp, random_tid, Conn, Credentials, Response, Server, TurnClient};
+
+/// The longest any single answer may take on a loaded 2-core machine.
+const WAIT: Duration = Duration::from_secs(10);
+const USER: &str = "alice";
+const PASSWORD: &str = "pw";
+
+// ---------------------------------------------------------------------------------------------------------------
+// Certificates on disk.
+
+/// A directory of its own under the system temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        let nanos = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        let dir = std::env::temp_dir().join(format!("traverse-lifecycle-{tag}-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A self-signed certificate for localhost and 127.0.0.1, as PEM for the server and DER for comparison.
+struct Identity {
+    der: Vec<u8>,
+    cert_pem: String,
+    key_pem: String,
+}
+
+impl Identity {
+    fn generate() -> Identity {
+        let generated = rcgen::generate_simple_self_signed(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+            .expect("generate a certificate");
+        Identity {
+            der: generated.cert.der().to_vec(),
+            cert_pem: generated.cert.pem(),
+            key_pem: generated.key_pair.serialize_pem(),
+        }
+    }
+}
+
+/// The certificate and key file paths the server is started with.
+struct IdentityFiles {
+    _dir: TempDir,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+impl IdentityFiles {
+    fn new(tag: &str, identity: &Identity) -> IdentityFiles {
+        let dir = TempDir::new(tag);
+        let files = IdentityFiles {
+            cert: dir.0.join("cert.pem"),
+            key: dir.0.join("key.pem"),
+            _dir: dir,
+        };
+        files.write(identity);
+        files
+    }
+
+    /// Overwrites both files in place (the key first).
+    fn write(&self, identity: &Identity) {
+        std::fs::write(&self.key, &identity.key_pem).expect("write key");
+        std::fs::write(&self.cert, &identity.cert_pem).expect("write certificate");
+    }
+
+    fn mtimes(&self) -> (SystemTime, SystemTime) {
+        let m = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).expect("mtime");
+        (m(&self.cert), m(&self.key))
+    }
+
+    /// Gives the files these modification times back, so the server's 5 s file check sees no change.
+    fn set_mtimes(&self, (cert, key): (SystemTime, SystemTime)) {
+        for (path, at) in [(&self.cert, cert), (&self.key, key)] {
+            std::fs::File::options()
+                .write(true)
+                .open(path)
+                .and_then(|f| f.set_modified(at))
+                .expect("set mtime");
+        }
+    }
+
+    fn args(&self) -> [String; 4] {
+        [
+            "--tls-cert".to_owned(),
+            self.cert.display().to_string(),
+            "--tls-key".to_owned(),
+            self.key.display().to_string(),
+        ]
+    }
+}
+
+fn signal(pid: u32, name: &str) {
+    let status = Command::new("kill")
+        .args([format!("-{name}"), pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{name} {pid}: {status}");
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// TURN over TLS, on a blocking rustls stream.
+
+#[derive(Debug)]
+struct AcceptAnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AcceptAnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// A TURN client over TLS that remembers the end-entity certificate the server presented.
+struct TlsTurn {
+    tls: rustls::StreamOwned<rustls::ClientConnection, TcpStream>,
+    buf: Vec<u8>,
+    creds: Option<Credentials>,
+    /// DER of the server's end-entity certificate.
+    presented: Vec<u8>,
+}
+
+impl TlsTurn {
+    /// Connects and completes the handshake; `Err` if the handshake fails (a half-written certificate pair may make
+    /// it fail for a moment while files are replaced).
+    fn connect(addr: SocketAddr) -> Result<TlsTurn, String> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .expect("protocol versions")
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider)))
+            .with_no_client_auth();
+        let name = ServerName::try_from("localhost").expect("server name");
+        let mut conn = rustls::ClientConnection::new(Arc::new(config), name).expect("client connection");
+        let mut tcp = connect_tcp(addr);
+        tcp.set_read_timeout(Some(WAIT)).expect("read timeout");
+        tcp.set_write_timeout(Some(WAIT)).expect("write timeout");
+        while conn.is_handshaking() {
+            conn.complete_io(&mut tcp).map_err(|e| format!("TLS handshake: {e}"))?;
+        }
+        let presented = conn
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .map(|c| c.to_vec())
+            .ok_or("no server certificate")?;
+        Ok(TlsTurn {
+            tls: rustls::StreamOwned::new(conn, tcp),
+            buf: Vec::new(),
+            creds: None,
+            presented,
+        })
+    }
+
+    /// Sends `request` and returns the response with its transaction id; other frames are skipped.
+    fn transact(&mut self, request: &[u8]) -> Response {
+        let tid = Message::parse(request)
+            .expect("requests we send parse")
+            .transaction_id();
+        self.tls.write_all(request).expect("TLS write");
+        self.tls.flush().expect("TLS flush");
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Ok(Some(len)) = stun::stream_frame_len(&self.buf) {
+                if self.buf.len() >= len {
+                    let bytes: Vec<u8> = self.buf.drain(..len).collect();
+                    if let Ok(msg) = Message::parse(&bytes) {
+                        if msg.transaction_id() == tid && matches!(msg.class(), Class::Success | Class::Error) {
+                            return Response { bytes };
+                        }
+                    }
+                    continue;
+                }
+            }
+            let left = deadline
+                .checked_duration_since(Instant::now())
+                .unwrap_or_else(|| panic!("no answer over TLS within {WAIT:?}"));
+            let _ = self
+                .tls
+                .get_ref()
+                .set_read_timeout(Some(left.max(Duration::from_millis(1))));
+            let mut chunk = [0u8; 4096];
+            match self.tls.read(&mut chunk) {
+                Ok(0) => panic!("the server closed the TLS connection"),
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                Err(e) => panic!("TLS read: {e}"),
+            }
+        }
+    }
+
+    /// An authenticated request: learns REALM and NONCE from a 401 or 438 and retries (at most twice).
+    fn request(
+        &mut self,
+        method: Method,
+        attrs: impl Fn(&mut MessageWriter<'_>) -> Result<(), stun::EncodeError>,
+    ) -> Response {
+        for _ in 0..3 {
+            let request = build(method, random_tid(), &attrs, self.creds.as_ref(), true);
+            let response = self.transact(&request);
+            let challenge = matches!(response.error_code(), Some(401 | 438))
+                && response.text(attr::NONCE).is_some()
+                && (self.creds.is_none() || response.error_code() == Some(438));
+            if !challenge {
+                if let (Some(c), Class::Success) = (&self.creds, response.class()) {
+                    assert!(
+                        response.message().verify_integrity(&c.key),
+                        "a success response must carry our MESSAGE-INTEGRITY"
+                    );
+                }
+                return response;
+            }
+            let realm = response
+                .text(attr::REALM)
+                .or_else(|| self.creds.as_ref().map(|c| c.realm.clone()))
+                .expect("401 carries REALM");
+            let nonce = response.text(attr::NONCE).expect("challenge carries NONCE");
+            let key = stun::long_term_key_md5(USER, &realm, PASSWORD);
+            self.creds = Some(Credentials {
+                username: USER.to_owned(),
+                realm,
+                nonce,
+                key,
+            });
+        }
+        panic!("authentication did not converge in three rounds");
+    }
+
+    fn allocate(&mut self) -> Response {
+        self.request(Method::ALLOCATE, |w| {
+            w.add(&Attribute::RequestedTransport(17)).map(|_| ())
+        })
+    }
+
+    fn refresh(&mut self) -> Response {
+        self.request(Method::REFRESH, |w| w.add(&Attribute::Lifetime(600)).map(|_| ()))
+    }
+}
+
+/// Asserts an Allocate succeeded with a relayed address.
+fn assert_allocated(response: &Response) {
+    assert_eq!(response.class(), Class::Success, "Allocate: {}", response.describe());
+    assert!(
+        response.address(attr::XOR_RELAYED_ADDRESS).is_some(),
+        "Allocate success without XOR-RELAYED-ADDRESS"
+    );
+}
+
+/// New TLS connections until one presents `want`, for at most `within`; returns how long it took.
+fn wait_for_certificate(server: &Server, want: &Identity, within: Duration) -> Duration {
+    let start = Instant::now();
+    let mut last = String::new();
+    while start.elapsed() < within {
+        match TlsTurn::connect(server.tls) {
+            Ok(c) if c.presented == want.der => return start.elapsed(),
+            Ok(_) => last = "another certificate".to_owned(),
+            Err(e) => last = e,
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!(
+        "no new TLS connection presented the new certificate within {within:?} (last: {last}); log:\n{}",
+        server.log()
+    );
+}
+
+/// A server with `identity` on disk, a TLS connection that saw it, and an allocation over that connection.
+fn start_with_allocation(tag: &str, identity: &Identity) -> (IdentityFiles, Server, TlsTurn) {
+    let files = IdentityFiles::new(tag, identity);
+    let tls_args = files.args();
+    let mut args: Vec<&str> = tls_args.iter().map(String::as_str).collect();
+    args.extend(["--user", "alice:pw"]);
+    let server = Server::start(&args);
+    let mut old = TlsTurn::connect(server.tls).unwrap_or_else(|e| panic!("{e}; log:\n{}", server.log()));
+    assert!(
+        old.presented == identity.der,
+        "the server presented another certificate than A"
+    );
+    assert_allocated(&old.allocate());
+    (files, server, old)
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Certificate reload.
+
+#[test]
+fn sighup_reloads_the_certificate_and_keeps_tls_allocations() {
+    let (a, b) = (Identity::generate(), Identity::generate());
+    assert_ne!(a.der, b.der);
+    let (files, mut server, mut old) = start_with_allocation("sighup", &a);
+
+    // B replaces A on disk with A's modification times, so only SIGHUP can make the server read it.
+    let mtimes = files.mtimes();
+    files.write(&b);
+    files.set_mtimes(mtimes);
+    let before = TlsTurn::connect(server.tls).unwrap_or_else(|e| panic!("{e}; log:\n{}", server.log()));
+    assert!(
+        before.presented == a.der,
+        "the certificate changed before SIGHUP; log:\n{}",
+        server.log()
+    );
+
+    signal(server.pid(), "HUP");
+    wait_for_certificate(&server, &b, WAIT);
+    server.assert_alive();
+    assert!(
+        server.log().contains("SIGHUP: TLS certificate reloaded"),
+        "log:\n{}",
+        server.log()
+    );
+
+    // The connection made under A, and its allocation, are still there.
+    let refreshed = old.refresh();
+    assert_eq!(
+        refreshed.class(),
+        Class::Success,
+        "Refresh over the old TLS connection: {}",
+        refreshed.describe()
+    );
+    // A fresh connection under B can allocate too.
+    let mut new = TlsTurn::connect(server.tls).unwrap_or_else(|e| panic!("{e}; log:\n{}", server.log()));
+    assert!(new.presented == b.der);
+    assert_allocated(&new.allocate());
+}
+
+#[test]
+fn a_changed_certificate_file_is_reloaded_within_the_check_interval() {
+    let (a, b) = (Identity::generate(), Identity::generate());
+    let (files, mut server, mut old) = start_with_allocation("filechange", &a);
+
+    // Files written now carry a later modification time than the ones the server loaded.
+    std::thread::sleep(Duration::from_millis(20));
+    files.write(&b);
+    // The check runs every 5 s; 12 s leaves room for a loaded machine.
+    let took = wait_for_certificate(&server, &b, Duration::from_secs(12));
+    server.assert_alive();
+    assert!(
+        server.log().contains("TLS certificate reloaded (file changed)"),
+        "reloaded after {took:?}, but not by the file check; log:\n{}",
+        server.log()
+    );
+
+    let refreshed = old.refresh();
+    assert_eq!(
+        refreshed.class(),
+        Class::Success,
+        "Refresh over the old TLS connection: {}",
+        refreshed.describe()
+    );
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Idle and half-open stream connections.
+
+/// How a read on a stream connection ended.
+#[derive(Debug, PartialEq, Eq)]
+enum ReadEnd {
+    /// EOF or reset, after this long.
+    Closed(Duration),
+    /// Bytes arrived.
+    Data(usize),
+    /// Nothing within the wait.
+    Open,
+}
+
+/// Reads until the server closes the connection, sends something, or `wait` passes; `since` is when the silence
+/// began.
+fn read_end(stream: &mut TcpStream, since: Instant, wait: Duration) -> ReadEnd {
+    let deadline = since + wait;
+    let mut byte = [0u8; 64];
+    loop {
+        let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+            return ReadEnd::Open;
+        };
+        stream
+            .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+            .expect("read timeout");
+        match stream.read(&mut byte) {
+            Ok(0) => return ReadEnd::Closed(since.elapsed()),
+            Ok(n) => return ReadEnd::Data(n),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return ReadEnd::Closed(since.elapsed()),
+        }
+    }
+}
+
+/// Asserts the server closed `stream` no sooner than `min` and no later than `max` after `since`.
+fn assert_closed_between(what: &str, stream: &mut TcpStream, since: Instant, min: Duration, max: Duration) {
+    match read_end(stream, since, max) {
+        ReadEnd::Closed(after) => assert!(
+            after >= min,
+            "{what}: closed after {after:?}, before the timeout of {min:?}"
+        ),
+        other => panic!("{what}: not closed within {max:?}: {other:?}"),
+    }
+}
+
+fn free_tcp_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind TCP")
+}
+
+#[test]
+fn idle_and_half_open_connections_close_but_an_allocation_keeps_its_connection() {
+    let mut server = Server::start(&["--idle-timeout", "2", "--user", "alice:pw"]);
+
+    let mut silent = connect_tcp(server.tcp);
+    let silent_since = Instant::now();
+    let mut half = connect_tcp(server.tcp);
+    // The first two bytes of a STUN header, then nothing.
+    half.write_all(&[0x00, 0x01]).expect("write");
+    let half_since = Instant::now();
+
+    let mut turn = TurnClient::new(Conn::tcp(server.tcp), USER, PASSWORD);
+    assert_allocated(&turn.allocate(false));
+    let allocated_since = Instant::now();
+
+    let (min, max) = (Duration::from_millis(1500), Duration::from_secs(6));
+    assert_closed_between("a silent TCP connection", &mut silent, silent_since, min, max);
+    assert_closed_between("a connection that sent 2 bytes", &mut half, half_since, min, max);
+
+    // Twice the idle timeout of silence, and the connection with an allocation is still open.
+    let Conn::Tcp { stream, .. } = &mut turn.conn else {
+        unreachable!("a TCP connection")
+    };
+    assert_eq!(
+        read_end(stream, allocated_since, Duration::from_secs(4)),
+        ReadEnd::Open,
+        "the connection with an allocation"
+    );
+    let refreshed = turn.request(Method::REFRESH, |w| w.add(&Attribute::Lifetime(600)).map(|_| ()));
+    assert_eq!(refreshed.class(), Class::Success, "Refresh: {}", refreshed.describe());
+    server.assert_alive();
+}
+
+#[test]
+fn the_single_port_closes_a_silent_connection_after_the_sniff_timeout() {
+    // The port is free a moment ago; another process taking it in between fails the start, not the assertions.
+    let single = SocketAddr::from(([127, 0, 0, 1], free_tcp_port()));
+    let mut server = Server::start(&["--idle-timeout", "2", "--single-port", &single.to_string()]);
+
+    let mut silent = connect_tcp(single);
+    let silent_since = Instant::now();
+    // Sorted as TURN over TCP by its first byte, then idle.
+    let mut half = connect_tcp(single);
+    half.write_all(&[0x00, 0x01]).expect("write");
+    let half_since = Instant::now();
+
+    assert_closed_between(
+        "a connection that sent 2 bytes to the single port",
+        &mut half,
+        half_since,
+        Duration::from_millis(1500),
+        Duration::from_secs(6),
+    );
+    // The sniff timeout is the TLS handshake timeout, 10 s.
+    assert_closed_between(
+        "a silent connection to the single port",
+        &mut silent,
+        silent_since,
+        Duration::from_secs(9),
+        Duration::from_secs(16),
+    );
+    server.assert_alive();
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Graceful shutdown.
+
+/// `traverse serve` started here, so the test sees its stdout (the signaling port) and its exit status. Killed by
+/// PID on drop.
+struct Process {
+    child: Child,
+    http: SocketAddr,
+    log: Arc<Mutex<String>>,
+}
+
+impl Process {
+    fn start() -> Process {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_traverse"));
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("TRAVERSE_") {
+                cmd.env_remove(key);
+            }
+        }
+        cmd.arg("serve")
+            .args(["--udp", "127.0.0.1:0", "--tcp", "127.0.0.1:0", "--tls", "127.0.0.1:0"])
+            .args(["--http", "127.0.0.1:0"])
+            .env("TRAVERSE_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start traverse: {e}"));
+        let log = Arc::new(Mutex::new(String::new()));
+        if let Some(stderr) = child.stderr.take() {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    let mut l = log.lock().unwrap_or_else(|e| e.into_inner());
+                    if l.len() < 256 * 1024 {
+                        l.push_str(&line);
+                        l.push('\n');
+                    }
+                }
+            });
+        }
+        let (tx, rx) = mpsc::channel();
+        if let Some(stdout) = child.stdout.take() {
+            std::thread::spawn(move || {
+                for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                    let _ = tx.send(line);
+                }
+            });
+        }
+        // From here on, a panic drops `process`, which kills the child.
+        let mut process = Process {
+            child,
+            http: SocketAddr::from(([127, 0, 0, 1], 0)),
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut http = None;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Ok(line) = rx.recv_timeout(left) else {
+                panic!("traverse did not become ready; log:\n{}", process.log());
+            };
+            // `signaling: ws://127.0.0.1:P/ws   demo: …`
+            if let Some(rest) = line.strip_prefix("signaling: ws://") {
+                let hostport = rest.split("/ws").next().unwrap_or_default();
+                http = Some(hostport.parse().unwrap_or_else(|e| panic!("{line}: {e}")));
+            } else if line.starts_with("iceServers: ") {
+                break;
+            }
+        }
+        process.http = http.expect("a `signaling: ws://…` line before iceServers");
+        process
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The exit status, waiting at most `within`.
+    fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn sigterm_closes_signaling_sockets_with_4202_and_exits_0() {
+    let mut process = Process::start();
+    let url = format!("ws://{}/ws", process.http);
+    let tcp = tokio::time::timeout(WAIT, tokio::net::TcpStream::connect(process.http))
+        .await
+        .expect("connect timed out")
+        .expect("connect");
+    let (mut ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::client_async(url.as_str(), tcp))
+        .await
+        .expect("WebSocket handshake timed out")
+        .expect("WebSocket handshake");
+    let join = json!({"type": "join", "room": "lifecycle"}).to_string();
+    ws.send(WsMessage::text(join)).await.expect("send join");
+    let joined = loop {
+        let next = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("no answer to join")
+            .expect("the socket ended")
+            .expect("read");
+        if let WsMessage::Text(t) = next {
+            break serde_json::from_str::<Value>(t.as_str()).expect("JSON");
+        }
+    };
+    assert_eq!(joined["type"], "joined", "{joined}");
+
+    signal(process.child.id(), "TERM");
+    let sent = Instant::now();
+    let close = loop {
+        let next = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .unwrap_or_else(|_| panic!("no close frame within 5 s of SIGTERM; log:\n{}", process.log()));
+        match next {
+            Some(Ok(WsMessage::Close(frame))) => break frame,
+            Some(Ok(_)) => continue,
+            other => panic!(
+                "the socket ended without a close frame: {other:?}; log:\n{}",
+                process.log()
+            ),
+        }
+    };
+    let code = close.as_ref().map(|f| u16::from(f.code));
+    assert_eq!(code, Some(4202), "close frame {close:?}");
+
+    let left = Duration::from_secs(5).saturating_sub(sent.elapsed());
+    // The socket's part is over; blocking this thread while the process exits is fine.
+    let Some(status) = process.wait_exit(left) else {
+        panic!("still running 5 s after SIGTERM; log:\n{}", process.log());
+    };
+    assert!(status.success(), "exit status {status}; log:\n{}", process.log());
+}
