@@ -46,7 +46,7 @@ fn doctor_on_loopback_then_with_the_server_stopped() {
     ]);
     let url = format!("http://127.0.0.1:{http}");
 
-    let (code, r, all) = doctor(&[&url, "--json"]);
+    let (code, r, all) = doctor(&[&url, "--json", "--throughput", "2"]);
     assert_eq!(code, Some(0), "{all}");
     assert_eq!(r["schema"], 1, "{all}");
     assert_eq!(r["exit_code"], 0);
@@ -93,6 +93,11 @@ fn doctor_on_loopback_then_with_the_server_stopped() {
     assert_eq!(relay["received"], 50, "{all}");
     assert_eq!(relay["loss_percent"].as_f64(), Some(0.0), "{all}");
     assert!(relay["rtt_p50_ms"].as_f64().unwrap() >= 0.0);
+    // The paced ramp gets at least its first steps (1, 2 Mbit/s) through on loopback, within its loss bound.
+    let throughput = &r["throughput"];
+    assert_eq!(throughput["ok"], true, "{all}");
+    assert!(throughput["mbit_per_s"].as_f64().unwrap() >= 1.0, "{all}");
+    assert!(throughput["loss_percent"].as_f64().unwrap() <= 5.0, "{all}");
 
     let nat = &r["nat"];
     assert_eq!(nat["nat"], "none", "{all}");
