@@ -1,16 +1,21 @@
 #!/usr/bin/env bash
 # Relay benchmark: Traverse against coturn, one after the other, under the same load, on this machine.
 #
-#   sudo bench/relay.sh [SECONDS]      # default 10 s per traffic run
-#   SERVERS=traverse MEMORY_RUNS= TRAFFIC_RUNS=100:150000 bench/relay.sh 5   # a subset, while tuning
+#   sudo bench/relay.sh [SECONDS]      # default 10 s per traffic run, REPEAT=2 repetitions; ~8 minutes
+#   SERVERS=traverse MEMORY_RUNS= TRAFFIC_RUNS=100:150000 UCLIENT_RUNS= REPEAT=1 bench/relay.sh 5   # a subset
+#   STRACE=4 REPEAT=1 MEMORY_RUNS= UCLIENT_RUNS=100 bench/relay.sh   # syscall counts of each server (strace -c -f,
+#       4 s into each traffic run, bench/out/strace-*.txt); strace slows the server, so ignore that run's CPU figures
 #
 # Both servers get one relay thread, the same static user and realm, and listen on 198.51.100.1 (a documentation
 # address on a veth into a network namespace the script creates). The echo peer (coturn's turnutils_peer) runs in
 # that namespace on 198.51.100.2 — coturn refuses loopback peers, and 198.51.100.0/24 is what the network rule
 # allows. Load comes from traverse-loadgen (many allocations, ChannelData echoed by the peer) and from
-# turnutils_uclient. For each server it prints relayed packets/s, loss, server CPU-seconds per million relayed
-# packets (a relayed packet = one ChannelData in plus one echo out), and server memory per allocation at 1,000 and
-# 10,000 allocations, then the Traverse/coturn ratios. Everything is bounded in time and count; the namespace and the
+# turnutils_uclient (50 clients, 100- and 1000-byte messages). For each server it prints relayed packets/s, loss,
+# RTT, relayed packets per server CPU-second (a relayed packet = one ChannelData in and its payload out to the peer,
+# or one datagram from the peer and its ChannelData out; each echo counts twice; CPU = utime+stime of all the
+# server's threads) and server memory (RSS growth) per allocation at 1,000 and 10,000 allocations, then the
+# Traverse/coturn ratios. The set runs $REPEAT times, alternating which server goes first; the table gives medians,
+# the (min–max) range and the ratio of the medians. Everything is bounded in time and count; the namespace and the
 # processes it started are removed on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -42,7 +47,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-cargo build --release -q -p traverse -p traverse-loadgen
+[ -n "${NO_BUILD:-}" ] || cargo build --release -q -p traverse -p traverse-loadgen
 TRAVERSE=target/release/traverse
 LOADGEN=target/release/traverse-loadgen
 
@@ -96,76 +101,145 @@ stop_server() {
 
 json() { python3 -c "import json,sys; print(json.load(sys.stdin)[sys.argv[1]])" "$1"; }
 
-declare -A R
-for server in ${SERVERS:-traverse coturn}; do
-  echo "== $server"
-  # Memory per allocation: RSS growth while N allocations (each with a channel) are held.
-  for n in ${MEMORY_RUNS-1000 10000}; do
-    start_server "$server"
-    base=$(rss_kib "$SERVER_PID")
-    "$LOADGEN" --server "$HOST_IP:3478" --peer "$PEER_IP:$PEER_PORT" --user "$USER_NAME" --password "$PASSWORD" \
-      --allocations "$n" --rate 0 --hold 4 >"$OUT/hold.txt" 2>&1 &
-    lg=$!
-    pids+=("$lg")
-    for _ in $(seq 600); do grep -q READY "$OUT/hold.txt" 2>/dev/null && break; sleep 0.1; done
-    sleep 1
-    grep -q READY "$OUT/hold.txt" || { echo "allocation phase failed: $(cat "$OUT/hold.txt")"; exit 1; }
-    after=$(rss_kib "$SERVER_PID")
-    wait "$lg" || true
-    R[$server,mem$n]=$(python3 -c "print(round(($after - $base) * 1024 / $n))")
-    echo "  $n allocations: RSS $base → $after KiB, ${R[$server,mem$n]} bytes/allocation"
-    stop_server
-  done
+REPEAT="${REPEAT:-2}"
+TRAFFIC_RUNS="${TRAFFIC_RUNS:-100:40000 1000:20000 100:150000}"
+MEMORY_RUNS="${MEMORY_RUNS-1000 10000}"
+UCLIENT_RUNS="${UCLIENT_RUNS-100 1000}"
+VALUES="$OUT/values.txt"   # one "server metric value" line per measurement, all repetitions
+: >"$VALUES"
+record() { echo "$1 $2 $3" >>"$VALUES"; }
+# Relayed packets per server CPU-second, the figure issue #2 compares. Each echoed packet crossed the relay twice
+# (client→peer and peer→client); packets lost on the way are not counted, so loss lowers this figure.
+per_cpu() { python3 -c "t=($2-$1)/$CLK_TCK; p=2*$3; print(round(p/t) if t > 0 else 'n/a')"; }
+strace_during() { # label: syscall counts of the server for $STRACE seconds, 2 s into the traffic
+  [ -n "${STRACE:-}" ] || return 0
+  (sleep 2; timeout -s INT "$STRACE" strace -c -f -p "$SERVER_PID" -o "$OUT/strace-$1.txt" >/dev/null 2>&1) &
+  pids+=($!)
+}
 
-  # Throughput and CPU: 100 allocations, fixed offered rates, 100- and 1000-byte payloads; the last rate is more than
-  # one relay thread and the echo peer can carry, so it shows where each server saturates.
-  for run in ${TRAFFIC_RUNS:-100:40000 1000:20000 100:150000}; do
-    size=${run%%:*}
-    rate=${run##*:}
-    key="$size@$rate"
-    start_server "$server"
-    t0=$(cpu_ticks "$SERVER_PID")
-    "$LOADGEN" --server "$HOST_IP:3478" --peer "$PEER_IP:$PEER_PORT" --user "$USER_NAME" --password "$PASSWORD" \
-      --allocations 100 --rate "$rate" --duration "$SECONDS_PER_RUN" --size "$size" >"$OUT/run.json"
-    t1=$(cpu_ticks "$SERVER_PID")
-    stop_server
-    received=$(json received <"$OUT/run.json")
-    R[$server,pps$key]=$(json received_pps <"$OUT/run.json")
-    R[$server,loss$key]=$(json loss_pct <"$OUT/run.json")
-    R[$server,rtt$key]=$(json rtt_avg_us <"$OUT/run.json")
-    # Each echoed packet crossed the relay twice (client→peer and peer→client).
-    R[$server,cpu$key]=$(python3 -c "t=($t1-$t0)/$CLK_TCK; p=2*$received/1e6; print(round(t/p, 3) if p else 'n/a')")
-    echo "  ${size} B @ $rate pps offered: received ${R[$server,pps$key]} pps, loss ${R[$server,loss$key]} %, rtt ${R[$server,rtt$key]} µs, ${R[$server,cpu$key]} CPU-s per M relayed"
-  done
+echo "== machine: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg); coturn $(turnserver --version 2>/dev/null | head -1)"
+record machine load_start "$(cut -d' ' -f1 /proc/loadavg)"
+for rep in $(seq "$REPEAT"); do
+  # Alternate which server goes first, so a drift in the machine's load does not always favour the same one.
+  order=${SERVERS:-traverse coturn}
+  if [ $((rep % 2)) = 0 ]; then order=$(echo "$order" | tr ' ' '\n' | tac | tr '\n' ' '); fi
+  echo "== repetition $rep of $REPEAT ($order)"
+  for server in $order; do
+    echo "== $server"
+    # Memory per allocation: RSS growth while N allocations (each with a channel) are held.
+    for n in $MEMORY_RUNS; do
+      start_server "$server"
+      base=$(rss_kib "$SERVER_PID")
+      "$LOADGEN" --server "$HOST_IP:3478" --peer "$PEER_IP:$PEER_PORT" --user "$USER_NAME" --password "$PASSWORD" \
+        --allocations "$n" --rate 0 --hold 4 >"$OUT/hold.txt" 2>&1 &
+      lg=$!
+      pids+=("$lg")
+      for _ in $(seq 600); do grep -q READY "$OUT/hold.txt" 2>/dev/null && break; sleep 0.1; done
+      sleep 1
+      grep -q READY "$OUT/hold.txt" || { echo "allocation phase failed: $(cat "$OUT/hold.txt")"; exit 1; }
+      after=$(rss_kib "$SERVER_PID")
+      wait "$lg" || true
+      v=$(python3 -c "print(round(($after - $base) * 1024 / $n))")
+      record "$server" "mem$n" "$v"
+      echo "  $n allocations: RSS $base → $after KiB, $v bytes/allocation"
+      stop_server
+    done
 
-  # coturn's own load client: 50 clients x 1000 messages of 100 bytes, 5 ms apart.
-  start_server "$server"
-  t0=$(cpu_ticks "$SERVER_PID")
-  timeout 120 turnutils_uclient -u "$USER_NAME" -w "$PASSWORD" -e "$PEER_IP" -r "$PEER_PORT" -m 50 -n 1000 -l 100 -z 5 \
-    "$HOST_IP" >"$OUT/uclient-$server.txt" 2>&1 || true
-  t1=$(cpu_ticks "$SERVER_PID")
-  stop_server
-  R[$server,uclient_loss]=$(grep -oE 'Total lost packets [0-9]+ \([0-9.]+%\)' "$OUT/uclient-$server.txt" | grep -oE '[0-9.]+%' | tail -1)
-  R[$server,uclient_cpu]=$(python3 -c "print(round(($t1-$t0)/$CLK_TCK, 2))")
-  echo "  turnutils_uclient 50x1000x100B: loss ${R[$server,uclient_loss]:-?}, server CPU ${R[$server,uclient_cpu]} s"
+    # Throughput and CPU: 100 allocations, fixed offered rates, 100- and 1000-byte payloads; the last rate is more
+    # than one relay thread and the echo peer can carry, so it shows where each server saturates.
+    for run in $TRAFFIC_RUNS; do
+      size=${run%%:*}
+      rate=${run##*:}
+      key="$size@$rate"
+      start_server "$server"
+      strace_during "$server-$size-$rate"
+      t0=$(cpu_ticks "$SERVER_PID")
+      "$LOADGEN" --server "$HOST_IP:3478" --peer "$PEER_IP:$PEER_PORT" --user "$USER_NAME" --password "$PASSWORD" \
+        --allocations 100 --rate "$rate" --duration "$SECONDS_PER_RUN" --size "$size" >"$OUT/run.json"
+      t1=$(cpu_ticks "$SERVER_PID")
+      stop_server
+      received=$(json received <"$OUT/run.json")
+      pps=$(json received_pps <"$OUT/run.json" | python3 -c "print(round(float(input())))")
+      loss=$(json loss_pct <"$OUT/run.json" | python3 -c "print(round(float(input()), 2))")
+      rtt=$(json rtt_avg_us <"$OUT/run.json")
+      ppc=$(per_cpu "$t0" "$t1" "$received")
+      cpu=$(python3 -c "print(round(($t1-$t0)/$CLK_TCK, 2))")
+      for m in pps loss rtt ppc cpu; do record "$server" "$m$key" "${!m}"; done
+      echo "  ${size} B @ $rate pps offered: received $pps pps, loss $loss %, rtt $rtt µs, server CPU $cpu s, $ppc relayed packets per CPU-s"
+    done
+
+    # coturn's own load client: 50 clients × 1000 messages, 5 ms apart (≈10 000 packets/s offered), echoed by the peer.
+    for size in $UCLIENT_RUNS; do
+      start_server "$server"
+      strace_during "$server-uclient-$size"
+      t0=$(cpu_ticks "$SERVER_PID")
+      f="$OUT/uclient-$server-$size.txt"
+      timeout 120 turnutils_uclient -u "$USER_NAME" -w "$PASSWORD" -e "$PEER_IP" -r "$PEER_PORT" -m 50 -n 1000 \
+        -l "$size" -z 5 "$HOST_IP" >"$f" 2>&1 || true
+      t1=$(cpu_ticks "$SERVER_PID")
+      stop_server
+      received=$(grep -oE 'tot_recv_msgs=[0-9]+$' "$f" | tail -1 | cut -d= -f2 || true)
+      loss=$(grep -oE 'Total lost packets [0-9]+ \([0-9.]+%\)' "$f" | grep -oE '[0-9.]+%' | tail -1 | tr -d % || true)
+      rtt=$(grep -oE 'Average round trip delay [0-9.]+' "$f" | grep -oE '[0-9.]+$' | tail -1 || true)
+      ppc=$(per_cpu "$t0" "$t1" "${received:-0}")
+      cpu=$(python3 -c "print(round(($t1-$t0)/$CLK_TCK, 2))")
+      key="uclient$size"
+      for m in loss rtt ppc cpu; do record "$server" "$m$key" "${!m:-n/a}"; done
+      echo "  turnutils_uclient 50×1000×${size} B: received ${received:-?}, loss ${loss:-?} %, rtt ${rtt:-?} ms, server CPU $cpu s, $ppc relayed packets per CPU-s"
+    done
+  done
 done
+record machine load_end "$(cut -d' ' -f1 /proc/loadavg)"
+echo "== machine load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo
 
-ratio() { python3 -c "a,b='$1','$2'
-try: print(round(float(a)/float(b), 2))
-except Exception: print('n/a')"; }
+# The table: medians over the repetitions, (min–max) when there are several, and the Traverse/coturn ratio of
+# the medians.
+python3 - "$VALUES" "$TRAFFIC_RUNS" "$MEMORY_RUNS" "$UCLIENT_RUNS" <<'PY' | tee "$RESULTS"
+import statistics, sys
+values, traffic, memory, uclient = sys.argv[1], sys.argv[2].split(), sys.argv[3].split(), sys.argv[4].split()
+v = {}
+for line in open(values):
+    server, metric, value = line.split()
+    try:
+        v.setdefault((server, metric), []).append(float(value))
+    except ValueError:
+        pass
 
-{
-  echo "| metric | Traverse | coturn | Traverse/coturn |"
-  echo "|---|---|---|---|"
-  for key in 100@40000 1000@20000 100@150000; do
-    echo "| relayed pps, ${key} offered | ${R[traverse,pps$key]} | ${R[coturn,pps$key]} | $(ratio "${R[traverse,pps$key]}" "${R[coturn,pps$key]}") |"
-    echo "| loss %, ${key} | ${R[traverse,loss$key]} | ${R[coturn,loss$key]} | |"
-    echo "| avg RTT µs, ${key} | ${R[traverse,rtt$key]} | ${R[coturn,rtt$key]} | $(ratio "${R[traverse,rtt$key]}" "${R[coturn,rtt$key]}") |"
-    echo "| server CPU-s per M relayed, ${key} | ${R[traverse,cpu$key]} | ${R[coturn,cpu$key]} | $(ratio "${R[traverse,cpu$key]}" "${R[coturn,cpu$key]}") |"
-  done
-  for n in 1000 10000; do
-    echo "| bytes per allocation at $n | ${R[traverse,mem$n]} | ${R[coturn,mem$n]} | $(ratio "${R[traverse,mem$n]}" "${R[coturn,mem$n]}") |"
-  done
-  echo "| turnutils_uclient 50×1000×100 B loss | ${R[traverse,uclient_loss]:-?} | ${R[coturn,uclient_loss]:-?} | |"
-  echo "| turnutils_uclient server CPU-s | ${R[traverse,uclient_cpu]} | ${R[coturn,uclient_cpu]} | $(ratio "${R[traverse,uclient_cpu]}" "${R[coturn,uclient_cpu]}") |"
-} | tee "$RESULTS"
+def fmt(x):
+    return f"{x:.3g}" if abs(x) < 10 else f"{round(x)}"
+
+def cell(server, metric):
+    xs = v.get((server, metric))
+    if not xs:
+        return "–", None
+    m = statistics.median(xs)
+    return fmt(m) + (f" ({fmt(min(xs))}–{fmt(max(xs))})" if len(xs) > 1 else ""), m
+
+def row(label, metric, ratio=True):
+    t, tm = cell("traverse", metric)
+    c, cm = cell("coturn", metric)
+    r = f"{tm / cm:.2f}" if ratio and tm is not None and cm else ""
+    print(f"| {label} | {t} | {c} | {r} |")
+
+print("| metric | Traverse | coturn | Traverse/coturn |")
+print("|---|---|---|---|")
+for run in dict.fromkeys(traffic):
+    size, rate = run.split(":")
+    k = f"{size}@{rate}"
+    row(f"loadgen {size} B @ {rate}/s: relayed packets per server CPU-s", "ppc" + k)
+    row(f"loadgen {size} B @ {rate}/s: echoes received per s", "pps" + k)
+    row(f"loadgen {size} B @ {rate}/s: loss %", "loss" + k, ratio=False)
+    row(f"loadgen {size} B @ {rate}/s: average RTT µs", "rtt" + k)
+    row(f"loadgen {size} B @ {rate}/s: server CPU-s", "cpu" + k)
+for size in uclient:
+    k = f"uclient{size}"
+    row(f"uclient 50×1000×{size} B: relayed packets per server CPU-s", "ppc" + k)
+    row(f"uclient 50×1000×{size} B: loss %", "loss" + k, ratio=False)
+    row(f"uclient 50×1000×{size} B: average RTT ms (whole-ms samples)", "rtt" + k)
+    row(f"uclient 50×1000×{size} B: server CPU-s", "cpu" + k)
+for n in memory:
+    row(f"bytes per allocation at {n}", f"mem{n}")
+loads = [fmt(x) for (s, m), xs in v.items() if s == "machine" for x in xs]
+print(f"\nmachine load average (1 min), start / end: {' / '.join(loads)}")
+PY
