@@ -27,6 +27,8 @@ use crate::{CertStore, ServerConfig};
 /// Largest UDP payload, so no datagram is ever truncated.
 const MAX_DATAGRAM: usize = 65_535;
 const RELAY_SLOT: usize = turn::PEER_HEADROOM + MAX_DATAGRAM + turn::PEER_TAILROOM;
+/// Full receive batches a socket's task handles before it yields to the worker's other sockets.
+const FULL_BATCHES_PER_TURN: usize = 4;
 /// Answers are small; a STUN answer never exceeds this.
 pub(crate) const REPLY_SLOT: usize = 1500;
 
@@ -237,7 +239,10 @@ async fn udp_listener(worker: Rc<Worker>, listener: Rc<Listener>) {
         let Ok(mut ready) = listener.socket.readable().await else {
             return;
         };
-        // Drain the socket, BATCH datagrams per system call, replies batched per receive.
+        // Drain the socket, BATCH datagrams per system call, replies batched per receive — but at most
+        // FULL_BATCHES_PER_TURN full batches before yielding, so a flooded socket cannot starve the relay sockets'
+        // tasks (whose buffers would overflow: the collapse the benchmark saw under overload).
+        let mut full_batches = 0;
         loop {
             let mut bufs = worker.buffers.borrow_mut();
             let Buffers {
@@ -288,6 +293,14 @@ async fn udp_listener(worker: Rc<Worker>, listener: Rc<Listener>) {
                 ready.clear_ready();
                 break;
             }
+            full_batches += 1;
+            if full_batches >= FULL_BATCHES_PER_TURN {
+                break;
+            }
+        }
+        if full_batches >= FULL_BATCHES_PER_TURN {
+            // Readiness is still set: after the yield, `readable()` returns at once and draining goes on.
+            tokio::task::yield_now().await;
         }
     }
 }
@@ -500,6 +513,7 @@ async fn relay_loop(worker: Rc<Worker>, id: AllocationId, relay: Rc<RelaySocket>
         let Ok(mut ready) = relay.socket.readable().await else {
             return;
         };
+        let mut full_batches = 0;
         loop {
             let mut bufs = worker.buffers.borrow_mut();
             let Buffers {
@@ -563,6 +577,13 @@ async fn relay_loop(worker: Rc<Worker>, id: AllocationId, relay: Rc<RelaySocket>
                 ready.clear_ready();
                 break;
             }
+            full_batches += 1;
+            if full_batches >= FULL_BATCHES_PER_TURN {
+                break;
+            }
+        }
+        if full_batches >= FULL_BATCHES_PER_TURN {
+            tokio::task::yield_now().await;
         }
     }
 }
