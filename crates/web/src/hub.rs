@@ -11,6 +11,7 @@ use rand::SeedableRng;
 use signal::{CloseCode, ConnId, MemoryHub, Now, Output, Refusal, SignalHub};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::outbox::Outbox;
 use crate::WebConfig;
 
 /// What the hub sends a socket.
@@ -25,7 +26,7 @@ pub(crate) enum Command {
     Connect {
         conn: ConnId,
         ip: IpAddr,
-        tx: mpsc::Sender<ToSocket>,
+        outbox: Arc<Outbox>,
         reply: oneshot::Sender<Result<(), Refusal>>,
     },
     Text {
@@ -92,15 +93,20 @@ impl HubHandle {
             .unwrap_or(Ok(()))
     }
 
-    pub(crate) async fn connect(&self, conn: ConnId, ip: IpAddr, tx: mpsc::Sender<ToSocket>) -> Result<(), Refusal> {
-        self.ask(|reply| Command::Connect { conn, ip, tx, reply })
-            .await
-            .unwrap_or_else(|| {
-                Err(Refusal::new(
-                    signal::ErrorCode::TooManyConnections,
-                    "The server is shutting down.",
-                ))
-            })
+    pub(crate) async fn connect(&self, conn: ConnId, ip: IpAddr, outbox: Arc<Outbox>) -> Result<(), Refusal> {
+        self.ask(|reply| Command::Connect {
+            conn,
+            ip,
+            outbox,
+            reply,
+        })
+        .await
+        .unwrap_or_else(|| {
+            Err(Refusal::new(
+                signal::ErrorCode::TooManyConnections,
+                "The server is shutting down.",
+            ))
+        })
     }
 
     /// Connections, sessions, rooms and relayed signals right now.
@@ -146,7 +152,7 @@ fn now() -> Now {
 }
 
 async fn run(mut hub: impl SignalHub, mut rx: mpsc::Receiver<Command>) {
-    let mut sockets: HashMap<ConnId, mpsc::Sender<ToSocket>> = HashMap::new();
+    let mut sockets: HashMap<ConnId, Arc<Outbox>> = HashMap::new();
     loop {
         let deadline = hub.poll_timeout();
         let command = tokio::select! {
@@ -171,6 +177,10 @@ async fn run(mut hub: impl SignalHub, mut rx: mpsc::Receiver<Command>) {
             break;
         }
     }
+    // Whatever is still open closes once its queue (with its 4202 close) is written.
+    for outbox in sockets.values() {
+        outbox.close();
+    }
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
@@ -181,12 +191,17 @@ async fn sleep_until(deadline: Option<Instant>) {
 }
 
 /// Returns true on shutdown.
-fn handle(hub: &mut impl SignalHub, sockets: &mut HashMap<ConnId, mpsc::Sender<ToSocket>>, command: Command) -> bool {
+fn handle(hub: &mut impl SignalHub, sockets: &mut HashMap<ConnId, Arc<Outbox>>, command: Command) -> bool {
     match command {
-        Command::Connect { conn, ip, tx, reply } => {
+        Command::Connect {
+            conn,
+            ip,
+            outbox,
+            reply,
+        } => {
             let result = hub.handle_connect(conn, ip, now());
             if result.is_ok() {
-                sockets.insert(conn, tx);
+                sockets.insert(conn, outbox);
             }
             let _ = reply.send(result);
         }
@@ -214,21 +229,23 @@ fn handle(hub: &mut impl SignalHub, sockets: &mut HashMap<ConnId, mpsc::Sender<T
     false
 }
 
-fn route(hub: &mut impl SignalHub, sockets: &mut HashMap<ConnId, mpsc::Sender<ToSocket>>) {
+fn route(hub: &mut impl SignalHub, sockets: &mut HashMap<ConnId, Arc<Outbox>>) {
     while let Some(output) = hub.poll_output() {
         match output {
             Output::Send { conn, text } => {
-                let Some(tx) = sockets.get(&conn) else { continue };
-                if tx.try_send(ToSocket::Text(text)).is_err() {
+                let Some(outbox) = sockets.get(&conn) else { continue };
+                if outbox.push(ToSocket::Text(text)).is_err() {
                     // Too slow to read its messages (or gone): drop the socket; its session waits for a resume.
                     tracing::debug!(conn, "signaling socket too slow; closing it");
-                    sockets.remove(&conn);
+                    if let Some(outbox) = sockets.remove(&conn) {
+                        outbox.close();
+                    }
                     hub.handle_closed(conn, now());
                 }
             }
             Output::Close { conn, code, reason } => {
-                if let Some(tx) = sockets.remove(&conn) {
-                    let _ = tx.try_send(ToSocket::Close(code, reason));
+                if let Some(outbox) = sockets.remove(&conn) {
+                    let _ = outbox.push(ToSocket::Close(code, reason));
                 }
             }
         }

@@ -8,6 +8,7 @@
 //! [`Web::serve_connection`], so HTTP never needs a listener of its own.
 
 mod hub;
+mod outbox;
 mod reports;
 mod routes;
 mod ws;

@@ -3,18 +3,17 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
+use crate::hub::{Command, HubHandle, ToSocket};
+use crate::outbox::Outbox;
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::{SinkExt, StreamExt};
 use signal::{CloseCode, Refusal};
-use tokio::sync::mpsc;
-
-use crate::hub::{Command, HubHandle, ToSocket};
 
 pub(crate) async fn run(socket: WebSocket, hub: HubHandle, ip: IpAddr, ping_every: Duration) {
     let conn = hub.next_conn();
-    let (tx, mut rx) = mpsc::channel(hub.socket_queue);
+    let outbox = std::sync::Arc::new(Outbox::new(hub.socket_queue));
     let (mut sink, mut stream) = socket.split();
-    if let Err(refusal) = hub.connect(conn, ip, tx).await {
+    if let Err(refusal) = hub.connect(conn, ip, outbox.clone()).await {
         let _ = sink.send(Message::Text(error_frame(&refusal).into())).await;
         let code = refusal.code.close_code().unwrap_or(CloseCode::TOO_MANY_CONNECTIONS);
         let _ = sink.send(close(code, refusal.code.as_str())).await;
@@ -44,36 +43,34 @@ pub(crate) async fn run(socket: WebSocket, hub: HubHandle, ip: IpAddr, ping_ever
                     break;
                 }
             },
-            out = rx.recv() => {
-                let mut next = out;
+            _ = outbox.readable() => {
                 let mut fed = 0usize;
                 loop {
-                    match next {
-                        Some(ToSocket::Text(text)) => {
+                    match outbox.try_pop() {
+                        Ok(Some(ToSocket::Text(text))) => {
                             // Zero-copy: the frame's bytes are shared with the hub's replay buffer.
                             let Ok(text) = axum::extract::ws::Utf8Bytes::try_from(text) else { break };
                             if sink.feed(Message::Text(text)).await.is_err() {
                                 break;
                             }
                             fed += 1;
+                            if fed >= 64 {
+                                // More may be queued: come back after this flush.
+                                outbox.wake();
+                                break;
+                            }
                         }
-                        Some(ToSocket::Close(code, reason)) => {
+                        Ok(Some(ToSocket::Close(code, reason))) => {
                             closing = Some((code, reason));
                             break;
                         }
-                        // The hub dropped us: too slow, or shutting down.
-                        None => {
+                        Ok(None) => break,
+                        // The hub let go of us: too slow, or shutting down.
+                        Err(()) => {
                             closing = Some((CloseCode::RATE_LIMITED, "too-slow".into()));
                             break;
                         }
                     }
-                    if fed >= 64 {
-                        break;
-                    }
-                    next = match rx.try_recv() {
-                        Ok(out) => Some(out),
-                        Err(_) => break,
-                    };
                 }
                 if sink.flush().await.is_err() || closing.is_some() {
                     break;
