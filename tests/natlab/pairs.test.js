@@ -28,7 +28,6 @@ const ONLY = (process.env.NATLAB_PAIRS || '').split(',').filter(Boolean);
 /**
  * The pairs of sites and what must happen. `relays`: site → the TURN transports its own candidate must be relayed
  * over (and `relayPort`, the TURN server port it must have used); without it, any end may hold the relay.
- * `knownBug`: runs as a `todo` test (reported, not failing the run) until the server is fixed.
  */
 export const PAIRS = [
   {
@@ -105,13 +104,11 @@ function doctorPrediction(a, b) {
 
 let roomNo = 0;
 for (const pair of PAIRS) {
-  // A known server bug runs as a `todo` test: reported, not failing the run; it passes once the bug is fixed.
-  const opts = { timeout: 120000, ...(pair.knownBug ? { todo: `known bug: ${pair.knownBug}` } : {}) };
-  test(`${pair.a} + ${pair.b}: ${pair.expect}`, opts, async (t) => {
+  test(`${pair.a} + ${pair.b}: ${pair.expect}`, { timeout: 120000 }, async (t) => {
     assert.ok(PREFIX, 'NATLAB_PREFIX is set (run through tests/natlab/run.sh)');
     const browsers = [];
     t.after(() => Promise.all(browsers.map((b) => b.close())));
-    const record = { a: pair.a, b: pair.b, expect: pair.expect, why: pair.why, knownBug: pair.knownBug };
+    const record = { a: pair.a, b: pair.b, expect: pair.expect, why: pair.why };
     results.push(record);
     try {
       browsers.push(await browserIn(pair.a));
@@ -195,7 +192,7 @@ for (const pair of PAIRS) {
       }
     } catch (err) {
       record.outcome = `FAIL: ${err.message.split('\n')[0]}`;
-      for (const [i, br] of pair.knownBug ? [] : browsers.entries()) {
+      for (const [i, br] of browsers.entries()) {
         console.log(`--- ${i ? pair.b : pair.a} console ---\n${br.logs.slice(-40).join('\n')}`);
       }
       throw err;

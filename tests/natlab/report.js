@@ -27,7 +27,7 @@ if (pairs) {
   console.log('| --- | --- | --- | --- | --- | --- | --- |');
   for (const r of pairs) {
     const settled = (r.selected ?? '—').replace(/\|/g, '\\|');
-    const outcome = (r.outcome ?? '—') + (r.knownBug ? ' (known bug)' : '');
+    const outcome = r.outcome ?? '—';
     console.log(`| ${r.a} + ${r.b} | ${r.expect} | ${r.doctorSays ?? '—'} | ${outcome} | ${r.firstPair ?? '—'} | ${settled} | ${r.connectMs ?? '—'} ms |`);
   }
 }
