@@ -318,6 +318,7 @@ fn unix_now() -> u64 {
 }
 
 fn apply(config: &mut Config, a: ServeArgs) {
+    // `set!` for options with a default; `set_some!` for options whose config field is itself optional.
     macro_rules! set {
         ($field:expr, $value:expr) => {
             if let Some(v) = $value {
@@ -325,25 +326,22 @@ fn apply(config: &mut Config, a: ServeArgs) {
             }
         };
     }
+    macro_rules! set_some {
+        ($field:expr, $value:expr) => {
+            if $value.is_some() {
+                $field = $value;
+            }
+        };
+    }
     set!(config.listen.udp, a.udp);
     set!(config.listen.tcp, a.tcp);
     set!(config.listen.tls, a.tls);
-    if a.tls_cert.is_some() {
-        config.tls.cert = a.tls_cert;
-    }
-    if a.tls_key.is_some() {
-        config.tls.key = a.tls_key;
-    }
-    for (field, value) in [
-        (&mut config.relay.bind_v4, a.relay_bind_v4),
-        (&mut config.relay.bind_v6, a.relay_bind_v6),
-        (&mut config.relay.external_v4, a.external_v4),
-        (&mut config.relay.external_v6, a.external_v6),
-    ] {
-        if value.is_some() {
-            *field = value;
-        }
-    }
+    set_some!(config.tls.cert, a.tls_cert);
+    set_some!(config.tls.key, a.tls_key);
+    set_some!(config.relay.bind_v4, a.relay_bind_v4);
+    set_some!(config.relay.bind_v6, a.relay_bind_v6);
+    set_some!(config.relay.external_v4, a.external_v4);
+    set_some!(config.relay.external_v6, a.external_v6);
     if let Some((min, max)) = a.relay_ports {
         config.relay.port_min = min;
         config.relay.port_max = max;
@@ -368,12 +366,8 @@ fn apply(config: &mut Config, a: ServeArgs) {
     set!(config.limits.reflection_bytes_per_second, a.reflection_bytes_per_second);
     set!(config.listen.http, a.http);
     set!(config.listen.single, a.single);
-    if a.public_host.is_some() {
-        config.signal.public_host = a.public_host;
-    }
-    if a.signal_secret.is_some() {
-        config.signal.secret = a.signal_secret;
-    }
+    set_some!(config.signal.public_host, a.public_host);
+    set_some!(config.signal.secret, a.signal_secret);
     set!(config.signal.max_message_bytes, a.max_message_bytes);
     set!(config.signal.messages_per_second, a.messages_per_second);
     set!(config.signal.burst, a.burst);
@@ -384,16 +378,10 @@ fn apply(config: &mut Config, a: ServeArgs) {
     set!(config.signal.heartbeat_interval, a.heartbeat_interval);
     set!(config.signal.heartbeat_timeout, a.heartbeat_timeout);
     set!(config.signal.resume_grace, a.resume_grace);
-    if a.data_dir.is_some() {
-        config.web.data_dir = a.data_dir;
-    }
-    if a.admin_token.is_some() {
-        config.web.admin_token = a.admin_token;
-    }
+    set_some!(config.web.data_dir, a.data_dir);
+    set_some!(config.web.admin_token, a.admin_token);
     set!(config.web.max_reports, a.max_reports);
-    if a.other_address.is_some() {
-        config.stun.other_address = a.other_address;
-    }
+    set_some!(config.stun.other_address, a.other_address);
     set!(config.log.format, a.log_format);
     set!(config.log.level, a.log_level);
 }
