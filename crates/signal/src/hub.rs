@@ -142,11 +142,14 @@ struct Disconnected {
     last_sent: u64,
 }
 
+/// A signal's sender and message id, told if it is never delivered.
+type SignalFrom = (Arc<str>, Option<String>);
+
 struct Buffered {
     seq: u64,
     text: Bytes,
     /// For a `signal`: its sender and message id, told if it is never delivered.
-    signal_from: Option<(Arc<str>, Option<String>)>,
+    signal_from: Option<SignalFrom>,
 }
 
 struct Room {
@@ -340,27 +343,29 @@ impl<R: RngCore + Send> MemoryHub<R> {
 
     /// Appends a stream message (`body` is the JSON object after `{"seq":N,`) to a peer's stream and sends it if
     /// the peer is connected. Refused when the peer is disconnected and its queue is full.
-    fn deliver(&mut self, peer: &str, body: &str, signal_from: Option<(Arc<str>, Option<String>)>) -> Result<(), ()> {
+    fn deliver(&mut self, peer: &str, body: &str, signal_from: Option<SignalFrom>) -> Result<(), ()> {
         self.deliver_with(peer, body.len(), |frame| frame.push_str(body), signal_from)
+            .map_err(drop)
     }
 
     /// [`Self::deliver`] with the body written straight into the frame: one allocation per delivered message,
-    /// shared by the replay buffer and the socket's queue.
+    /// shared by the replay buffer and the socket's queue. A refusal hands `signal_from` back, so the caller can
+    /// name the message without having copied its id beforehand.
     fn deliver_with(
         &mut self,
         peer: &str,
         body_len: usize,
         write_body: impl FnOnce(&mut String),
-        signal_from: Option<(Arc<str>, Option<String>)>,
-    ) -> Result<(), ()> {
+        signal_from: Option<SignalFrom>,
+    ) -> Result<(), Option<SignalFrom>> {
         let limits = &self.limits;
         let Some(s) = self.sessions.get_mut(peer) else {
-            return Err(());
+            return Err(signal_from);
         };
         if let Some(d) = &s.disconnected {
             let queued = (s.next_seq - 1).saturating_sub(d.last_sent) as usize;
             if queued >= limits.max_queued {
-                return Err(());
+                return Err(signal_from);
             }
         }
         let seq = s.next_seq;
@@ -604,13 +609,12 @@ impl<R: RngCore + Send> MemoryHub<R> {
             frame.push('}');
         };
         let len = data.len() + from.len() + 32;
-        if self
-            .deliver_with(to, len, write, Some((from.clone(), id.clone())))
-            .is_ok()
-        {
-            self.relayed += 1;
-        } else {
-            self.undeliverable(from, to, id.as_deref(), "queue-full");
+        match self.deliver_with(to, len, write, Some((from.clone(), id))) {
+            Ok(()) => self.relayed += 1,
+            Err(back) => {
+                let id = back.and_then(|(_, id)| id);
+                self.undeliverable(from, to, id.as_deref(), "queue-full");
+            }
         }
     }
 
@@ -633,15 +637,19 @@ impl<R: RngCore + Send> MemoryHub<R> {
         let Some(room) = self.sessions.get(from).map(|s| s.room.clone()) else {
             return;
         };
-        let members = self.rooms.get(&room).map(|r| r.members.clone()).unwrap_or_default();
         let mut body = String::with_capacity(data.get().len() + 64);
         body.push_str("\"type\":\"broadcast\",\"from\":\"");
         body.push_str(from);
         body.push_str("\",\"data\":");
         body.push_str(data.get());
         body.push('}');
-        for m in members.iter().filter(|m| *m != from) {
-            if self.deliver(m, &body, None).is_ok() {
+        // By index, without copying the member list: delivering changes no room.
+        let count = self.rooms.get(&room).map_or(0, |r| r.members.len());
+        for i in 0..count {
+            let Some(m) = self.rooms.get(&room).and_then(|r| r.members.get(i)).cloned() else {
+                break;
+            };
+            if m != *from && self.deliver(&m, &body, None).is_ok() {
                 self.relayed += 1;
             }
         }
