@@ -10,20 +10,20 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
+use std::process::{Child, Command, ExitStatus};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::{SinkExt, StreamExt};
 use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::{json, Value};
-use stun::{attr, Attribute, Class, Message, MessageWriter, Method};
+use stun::{attr, Attribute, Class, MessageWriter, Method};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
-use common::{build, connect_tcp, random_tid, Conn, Credentials, Response, Server, TurnClient};
+use common::{connect_tcp, Conn, Response, Server, TurnClient};
 
 /// The longest any single answer may take on a loaded 2-core machine.
 const WAIT: Duration = Duration::from_secs(10);
@@ -175,9 +175,7 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAnyCertificate {
 
 /// A TURN client over TLS that remembers the end-entity certificate the server presented.
 struct TlsTurn {
-    tls: rustls::StreamOwned<rustls::ClientConnection, TcpStream>,
-    buf: Vec<u8>,
-    creds: Option<Credentials>,
+    client: TurnClient,
     /// DER of the server's end-entity certificate.
     presented: Vec<u8>,
 }
@@ -206,86 +204,24 @@ impl TlsTurn {
             .and_then(|chain| chain.first())
             .map(|c| c.to_vec())
             .ok_or("no server certificate")?;
-        Ok(TlsTurn {
-            tls: rustls::StreamOwned::new(conn, tcp),
+        let stream = Box::new(rustls::StreamOwned::new(conn, tcp));
+        let tls = Conn::Tls {
+            stream,
             buf: Vec::new(),
-            creds: None,
+        };
+        Ok(TlsTurn {
+            client: TurnClient::new(tls, USER, PASSWORD),
             presented,
         })
     }
 
-    /// Sends `request` and returns the response with its transaction id; other frames are skipped.
-    fn transact(&mut self, request: &[u8]) -> Response {
-        let tid = Message::parse(request)
-            .expect("requests we send parse")
-            .transaction_id();
-        self.tls.write_all(request).expect("TLS write");
-        self.tls.flush().expect("TLS flush");
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Ok(Some(len)) = stun::stream_frame_len(&self.buf) {
-                if self.buf.len() >= len {
-                    let bytes: Vec<u8> = self.buf.drain(..len).collect();
-                    if let Ok(msg) = Message::parse(&bytes) {
-                        if msg.transaction_id() == tid && matches!(msg.class(), Class::Success | Class::Error) {
-                            return Response { bytes };
-                        }
-                    }
-                    continue;
-                }
-            }
-            let left = deadline
-                .checked_duration_since(Instant::now())
-                .unwrap_or_else(|| panic!("no answer over TLS within {WAIT:?}"));
-            let _ = self
-                .tls
-                .get_ref()
-                .set_read_timeout(Some(left.max(Duration::from_millis(1))));
-            let mut chunk = [0u8; 4096];
-            match self.tls.read(&mut chunk) {
-                Ok(0) => panic!("the server closed the TLS connection"),
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
-                Err(e) => panic!("TLS read: {e}"),
-            }
-        }
-    }
-
-    /// An authenticated request: learns REALM and NONCE from a 401 or 438 and retries (at most twice).
+    /// An authenticated request (the common client's 401/438 handling).
     fn request(
         &mut self,
         method: Method,
         attrs: impl Fn(&mut MessageWriter<'_>) -> Result<(), stun::EncodeError>,
     ) -> Response {
-        for _ in 0..3 {
-            let request = build(method, random_tid(), &attrs, self.creds.as_ref(), true);
-            let response = self.transact(&request);
-            let challenge = matches!(response.error_code(), Some(401 | 438))
-                && response.text(attr::NONCE).is_some()
-                && (self.creds.is_none() || response.error_code() == Some(438));
-            if !challenge {
-                if let (Some(c), Class::Success) = (&self.creds, response.class()) {
-                    assert!(
-                        response.message().verify_integrity(&c.key),
-                        "a success response must carry our MESSAGE-INTEGRITY"
-                    );
-                }
-                return response;
-            }
-            let realm = response
-                .text(attr::REALM)
-                .or_else(|| self.creds.as_ref().map(|c| c.realm.clone()))
-                .expect("401 carries REALM");
-            let nonce = response.text(attr::NONCE).expect("challenge carries NONCE");
-            let key = stun::long_term_key_md5(USER, &realm, PASSWORD);
-            self.creds = Some(Credentials {
-                username: USER.to_owned(),
-                realm,
-                nonce,
-                key,
-            });
-        }
-        panic!("authentication did not converge in three rounds");
+        self.client.request(method, attrs)
     }
 
     fn allocate(&mut self) -> Response {
@@ -542,41 +478,7 @@ struct Process {
 
 impl Process {
     fn start() -> Process {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_traverse"));
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("TRAVERSE_") {
-                cmd.env_remove(key);
-            }
-        }
-        cmd.arg("serve")
-            .args(["--udp", "127.0.0.1:0", "--tcp", "127.0.0.1:0", "--tls", "127.0.0.1:0"])
-            .args(["--http", "127.0.0.1:0"])
-            .env("TRAVERSE_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start traverse: {e}"));
-        let log = Arc::new(Mutex::new(String::new()));
-        if let Some(stderr) = child.stderr.take() {
-            let log = log.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    let mut l = log.lock().unwrap_or_else(|e| e.into_inner());
-                    if l.len() < 256 * 1024 {
-                        l.push_str(&line);
-                        l.push('\n');
-                    }
-                }
-            });
-        }
-        let (tx, rx) = mpsc::channel();
-        if let Some(stdout) = child.stdout.take() {
-            std::thread::spawn(move || {
-                for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                    let _ = tx.send(line);
-                }
-            });
-        }
+        let common::Spawned { child, log, stdout: rx } = common::spawn_serve("127.0.0.1:0", &[], &[]);
         // From here on, a panic drops `process`, which kills the child.
         let mut process = Process {
             child,

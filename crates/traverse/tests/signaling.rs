@@ -11,10 +11,10 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::{SinkExt, StreamExt};
@@ -54,39 +54,9 @@ struct Server {
 
 impl Server {
     fn start(extra: &[&str]) -> Server {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_traverse"));
-        clear_traverse_env(&mut cmd);
-        cmd.arg("serve")
-            .args(["--udp", "127.0.0.1:0", "--tcp", "127.0.0.1:0", "--tls", "127.0.0.1:0"])
-            .args(["--http", "127.0.0.1:0", "--workers", "1"])
-            .args(extra)
-            .env("TRAVERSE_LOG", "info")
-            .env("TRAVERSE_LOG_FORMAT", "json")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start traverse: {e}"));
-        let log = Arc::new(Mutex::new(String::new()));
-        if let Some(stderr) = child.stderr.take() {
-            let log = log.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    let mut l = log.lock().unwrap_or_else(|e| e.into_inner());
-                    if l.len() < 256 * 1024 {
-                        l.push_str(&line);
-                        l.push('\n');
-                    }
-                }
-            });
-        }
-        let (tx, rx) = mpsc::channel();
-        if let Some(stdout) = child.stdout.take() {
-            std::thread::spawn(move || {
-                for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                    let _ = tx.send(line);
-                }
-            });
-        }
+        let args: Vec<&str> = ["--workers", "1"].into_iter().chain(extra.iter().copied()).collect();
+        let common::Spawned { child, log, stdout: rx } =
+            common::spawn_serve("127.0.0.1:0", &args, &[("TRAVERSE_LOG_FORMAT", "json")]);
         let unset = SocketAddr::from(([127, 0, 0, 1], 0));
         // From here on, a panic drops `server`, which kills the child.
         let mut server = Server {
@@ -189,14 +159,6 @@ impl Drop for Server {
     }
 }
 
-fn clear_traverse_env(cmd: &mut Command) {
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("TRAVERSE_") {
-            cmd.env_remove(key);
-        }
-    }
-}
-
 /// `127.0.0.1:P/ws   demo: …` → `127.0.0.1:P`.
 fn addr_before_ws(rest: &str) -> SocketAddr {
     let hostport = rest.split("/ws").next().unwrap_or_default();
@@ -208,7 +170,7 @@ fn addr_before_ws(rest: &str) -> SocketAddr {
 /// Runs `traverse token` as an operator would and returns the JWT.
 fn mint_token(secret: &str, room: &str, identity: &str, ttl: u64) -> String {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_traverse"));
-    clear_traverse_env(&mut cmd);
+    common::clear_traverse_env(&mut cmd);
     let ttl = ttl.to_string();
     cmd.args([
         "token",

@@ -137,6 +137,66 @@ pub struct Server {
     log: Arc<Mutex<String>>,
 }
 
+/// A started `traverse serve`: its process, its log (stderr, the last 64 KiB), and its stdout lines.
+#[derive(Debug)]
+pub struct Spawned {
+    pub child: Child,
+    pub log: Arc<Mutex<String>>,
+    pub stdout: mpsc::Receiver<String>,
+}
+
+/// Starts `traverse serve` with UDP on `udp`, TCP, TLS and HTTP on kernel-chosen loopback ports (the default HTTP
+/// port, 8080, would be shared by every test's server), then `args`, with `env` set and every other `TRAVERSE_*`
+/// variable of the test's environment removed. The caller owns the child: kill it by PID when done.
+pub fn spawn_serve(udp: &str, args: &[&str], env: &[(&str, &str)]) -> Spawned {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_traverse"));
+    clear_traverse_env(&mut cmd);
+    cmd.arg("serve")
+        .args(["--udp", udp, "--tcp", "127.0.0.1:0", "--tls", "127.0.0.1:0"])
+        .args(["--http", "127.0.0.1:0"])
+        .args(args)
+        .env("TRAVERSE_LOG", "info")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start traverse: {e}"));
+    let log = Arc::new(Mutex::new(String::new()));
+    if let Some(stderr) = child.stderr.take() {
+        let log = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut l = log.lock().unwrap_or_else(|e| e.into_inner());
+                if l.len() > 64 * 1024 {
+                    let cut = l.len() - 32 * 1024;
+                    let cut = (cut..l.len()).find(|i| l.is_char_boundary(*i)).unwrap_or(0);
+                    l.drain(..cut);
+                }
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+    }
+    let (tx, stdout) = mpsc::channel();
+    if let Some(out) = child.stdout.take() {
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+    }
+    Spawned { child, log, stdout }
+}
+
+/// Removes every `TRAVERSE_*` variable, so a developer's settings never leak into a test.
+pub fn clear_traverse_env(cmd: &mut Command) {
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("TRAVERSE_") {
+            cmd.env_remove(key);
+        }
+    }
+}
+
 impl Server {
     /// Starts `traverse serve` on loopback with kernel-chosen ports (UDP, TCP and TLS each get their own) plus
     /// `args`, and waits until it prints its `iceServers` line, which it does only once every listener is bound.
@@ -146,44 +206,15 @@ impl Server {
 
     /// Like [`Server::start`], with the UDP listener on `udp` (a fixed port, for RFC 5780 tests).
     pub fn start_with_udp(udp: &str, args: &[&str]) -> Server {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_traverse"));
-        cmd.arg("serve")
-            .args(["--udp", udp, "--tcp", "127.0.0.1:0", "--tls", "127.0.0.1:0"])
-            // The default HTTP port (8080) would be shared by every test's server.
-            .args(["--http", "127.0.0.1:0"])
-            .args(args)
-            .env_remove("TRAVERSE_CONFIG")
-            .env("TRAVERSE_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start traverse: {e}"));
-        let log = Arc::new(Mutex::new(String::new()));
-        if let Some(stderr) = child.stderr.take() {
-            let log = log.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    let mut l = log.lock().unwrap_or_else(|e| e.into_inner());
-                    if l.len() > 64 * 1024 {
-                        let cut = l.len() - 32 * 1024;
-                        let cut = (cut..l.len()).find(|i| l.is_char_boundary(*i)).unwrap_or(0);
-                        l.drain(..cut);
-                    }
-                    l.push_str(&line);
-                    l.push('\n');
-                }
-            });
-        }
+        let Spawned { child, log, stdout } = spawn_serve(udp, args, &[]);
         let (tx, rx) = mpsc::channel();
-        if let Some(stdout) = child.stdout.take() {
-            std::thread::spawn(move || {
-                for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                    if let Some(json) = line.strip_prefix("iceServers: ") {
-                        let _ = tx.send(json.to_owned());
-                    }
+        std::thread::spawn(move || {
+            for line in stdout {
+                if let Some(json) = line.strip_prefix("iceServers: ") {
+                    let _ = tx.send(json.to_owned());
                 }
-            });
-        }
+            }
+        });
         // From here on, a panic drops `server`, which kills the child.
         let unset = SocketAddr::new(LOOPBACK, 0);
         let mut server = Server {
@@ -477,8 +508,19 @@ impl Response {
 /// A client connection to the server over UDP or TCP.
 #[derive(Debug)]
 pub enum Conn {
-    Udp { sock: UdpSocket, server: SocketAddr },
-    Tcp { stream: TcpStream, buf: Vec<u8> },
+    Udp {
+        sock: UdpSocket,
+        server: SocketAddr,
+    },
+    Tcp {
+        stream: TcpStream,
+        buf: Vec<u8>,
+    },
+    /// TURN over TLS (a blocking rustls stream over TCP), framed like TCP.
+    Tls {
+        stream: Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>,
+        buf: Vec<u8>,
+    },
 }
 
 impl Conn {
@@ -499,6 +541,7 @@ impl Conn {
         match self {
             Conn::Udp { sock, .. } => sock.local_addr().expect("local addr"),
             Conn::Tcp { stream, .. } => stream.local_addr().expect("local addr"),
+            Conn::Tls { stream, .. } => stream.get_ref().local_addr().expect("local addr"),
         }
     }
 
@@ -513,6 +556,10 @@ impl Conn {
                 let _ = sock.send_to(bytes, *server);
             }
             Conn::Tcp { stream, .. } => stream.write_all(bytes).expect("TCP write"),
+            Conn::Tls { stream, .. } => {
+                stream.write_all(bytes).expect("TLS write");
+                stream.flush().expect("TLS flush");
+            }
         }
     }
 
@@ -533,26 +580,14 @@ impl Conn {
                     }
                 }
             }
-            Conn::Tcp { stream, buf } => loop {
-                if let Ok(Some(len)) = stun::stream_frame_len(buf) {
-                    if buf.len() >= len {
-                        return Some(buf.drain(..len).collect());
-                    }
-                }
-                let left = deadline.checked_duration_since(Instant::now())?;
-                let _ = stream.set_read_timeout(Some(left.max(Duration::from_millis(1))));
-                let mut chunk = [0u8; 4096];
-                match stream.read(&mut chunk) {
-                    Ok(0) => return None,
-                    Ok(n) => buf.extend_from_slice(chunk.get(..n).unwrap_or_default()),
-                    Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
-                        if Instant::now() >= deadline {
-                            return None;
-                        }
-                    }
-                    Err(_) => return None,
-                }
-            },
+            Conn::Tcp { stream, buf } => {
+                let tcp = stream.try_clone().expect("clone TCP stream");
+                read_frame(stream, &tcp, buf, deadline)
+            }
+            Conn::Tls { stream, buf } => {
+                let tcp = stream.get_ref().try_clone().expect("clone TCP stream");
+                read_frame(stream.as_mut(), &tcp, buf, deadline)
+            }
         }
     }
 
@@ -606,6 +641,31 @@ impl Conn {
 }
 
 /// Connects over TCP with retries (a loaded machine may drop SYNs briefly).
+/// The next STUN or ChannelData frame from a byte stream, reading `reader` (whose socket is `tcp`, for the read
+/// timeout) until `deadline`; `None` on timeout or EOF.
+fn read_frame(reader: &mut impl Read, tcp: &TcpStream, buf: &mut Vec<u8>, deadline: Instant) -> Option<Vec<u8>> {
+    loop {
+        if let Ok(Some(len)) = stun::stream_frame_len(buf) {
+            if buf.len() >= len {
+                return Some(buf.drain(..len).collect());
+            }
+        }
+        let left = deadline.checked_duration_since(Instant::now())?;
+        let _ = tcp.set_read_timeout(Some(left.max(Duration::from_millis(1))));
+        let mut chunk = [0u8; 4096];
+        match reader.read(&mut chunk) {
+            Ok(0) => return None,
+            Ok(n) => buf.extend_from_slice(chunk.get(..n).unwrap_or_default()),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                if Instant::now() >= deadline {
+                    return None;
+                }
+            }
+            Err(_) => return None,
+        }
+    }
+}
+
 pub fn connect_tcp(server: SocketAddr) -> TcpStream {
     let mut last = None;
     for _ in 0..10 {
