@@ -97,6 +97,8 @@ pub trait SignalHub: Send {
     fn handle_text(&mut self, conn: ConnId, text: &str, now: Now);
     /// A frame that is not text (a pong, a ping) arrived: the socket is alive.
     fn handle_activity(&mut self, conn: ConnId, now: Now);
+    /// A binary frame arrived: not part of protocol v1, answered with `bad-message` (counted like any error).
+    fn handle_binary(&mut self, conn: ConnId, now: Now);
     /// The socket is gone (closed by the peer, by the network, or after an [`Output::Close`]).
     fn handle_closed(&mut self, conn: ConnId, now: Now);
     fn handle_timeout(&mut self, now: Now);
@@ -810,6 +812,15 @@ impl<R: RngCore + Send> SignalHub for MemoryHub<R> {
         if let Some(c) = self.conns.get_mut(&conn) {
             c.last_heard = now.instant;
         }
+    }
+
+    fn handle_binary(&mut self, conn: ConnId, now: Now) {
+        self.clock = now.instant;
+        if self.admit(conn, now) != Some(true) {
+            return;
+        }
+        let message = "Binary frames are not part of protocol v1: send JSON in text frames.";
+        self.error(conn, Refusal::new(ErrorCode::BadMessage, message));
     }
 
     fn handle_closed(&mut self, conn: ConnId, now: Now) {

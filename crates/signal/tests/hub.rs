@@ -504,3 +504,19 @@ fn unknown_peer_error_names_the_message() {
         (Some("unknown-peer"), Some("m-9"))
     );
 }
+
+#[test]
+fn binary_frames_get_a_bad_message_error_that_says_why() {
+    let mut lab = Lab::new(Limits::default(), None);
+    lab.join(1, "r");
+    let now = lab.now();
+    lab.hub.handle_binary(1, now);
+    lab.drain();
+    let err = lab.take(1).remove(0);
+    assert_eq!(err["code"], "bad-message");
+    assert!(err["message"].as_str().unwrap().contains("text frames"), "{err}");
+    assert!(
+        !lab.closed.contains_key(&1),
+        "one binary frame does not close the socket"
+    );
+}

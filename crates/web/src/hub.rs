@@ -36,6 +36,9 @@ pub(crate) enum Command {
     Activity {
         conn: ConnId,
     },
+    Binary {
+        conn: ConnId,
+    },
     Closed {
         conn: ConnId,
     },
@@ -207,6 +210,7 @@ fn handle(hub: &mut impl SignalHub, sockets: &mut HashMap<ConnId, Arc<Outbox>>, 
         }
         Command::Text { conn, text } => hub.handle_text(conn, text.as_str(), now()),
         Command::Activity { conn } => hub.handle_activity(conn, now()),
+        Command::Binary { conn } => hub.handle_binary(conn, now()),
         Command::Closed { conn } => {
             sockets.remove(&conn);
             hub.handle_closed(conn, now());

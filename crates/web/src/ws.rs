@@ -30,9 +30,7 @@ pub(crate) async fn run(socket: WebSocket, hub: HubHandle, ip: IpAddr, ping_ever
         tokio::select! {
             frame = stream.next() => match frame {
                 Some(Ok(Message::Text(text))) => hub.send(Command::Text { conn, text }).await,
-                Some(Ok(Message::Binary(_))) => {
-                    hub.send(Command::Text { conn, text: "binary frame".into() }).await
-                }
+                Some(Ok(Message::Binary(_))) => hub.send(Command::Binary { conn }).await,
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => hub.send(Command::Activity { conn }).await,
                 Some(Ok(Message::Close(_))) | None => break,
                 Some(Err(e)) => {
