@@ -46,6 +46,9 @@ pub struct Authenticator {
     rest_secrets: Vec<Secret>,
     nonce_key: [u8; 32],
     nonce_lifetime_secs: u64,
+    /// REST credentials whose expiry lies further ahead than this are refused (0: no limit): a credential minted
+    /// for centuries is a leaked password for ever.
+    max_rest_lifetime_secs: u64,
 }
 
 /// Why a username has no key.
@@ -54,6 +57,18 @@ pub enum CredentialError {
     UnknownUser,
     /// A REST credential whose expiry has passed.
     Expired,
+    /// A REST credential whose expiry lies beyond the accepted maximum lifetime.
+    TooLong,
+}
+
+/// Whether a REST credential's expiry is enforced. An allocation authenticated while its credential was valid keeps
+/// working after the credential expires (its Refreshes, permissions and channels), so a call can outlive the
+/// short-lived credential that started it; only new allocations need a live credential.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expiry {
+    Enforce,
+    /// The request is for an allocation this username already holds on this 5-tuple.
+    HeldAllocation,
 }
 
 /// What a nonce check concluded.
@@ -91,7 +106,14 @@ impl Authenticator {
             rest_secrets,
             nonce_key,
             nonce_lifetime_secs,
+            max_rest_lifetime_secs: 0,
         }
+    }
+
+    /// Refuses REST credentials that expire more than `secs` from now (0: no limit).
+    pub fn with_max_rest_lifetime(mut self, secs: u64) -> Self {
+        self.max_rest_lifetime_secs = secs;
+        self
     }
 
     pub fn realm(&self) -> &str {
@@ -104,7 +126,13 @@ impl Authenticator {
 
     /// The candidate keys for `username` under `algorithm`: one for a static user, one per configured secret for a
     /// REST credential (the MESSAGE-INTEGRITY check tells which secret minted it).
-    pub fn keys(&self, username: &str, algorithm: u16, unix_now: u64) -> Result<Vec<IntegrityKey>, CredentialError> {
+    pub fn keys(
+        &self,
+        username: &str,
+        algorithm: u16,
+        unix_now: u64,
+        expiry_rule: Expiry,
+    ) -> Result<Vec<IntegrityKey>, CredentialError> {
         if let Some(keys) = self.users.get(username) {
             return Ok(vec![if algorithm == PASSWORD_ALGORITHM_SHA256 {
                 keys.sha256.clone()
@@ -118,8 +146,11 @@ impl Authenticator {
         let Some(expiry) = rest_expiry(username) else {
             return Err(CredentialError::UnknownUser);
         };
-        if expiry <= unix_now {
+        if expiry <= unix_now && expiry_rule == Expiry::Enforce {
             return Err(CredentialError::Expired);
+        }
+        if self.max_rest_lifetime_secs != 0 && expiry > unix_now.saturating_add(self.max_rest_lifetime_secs) {
+            return Err(CredentialError::TooLong);
         }
         Ok(self
             .rest_secrets
@@ -248,17 +279,45 @@ mod tests {
     #[test]
     fn rest_credentials_accept_every_configured_secret_until_expiry() {
         let a = auth();
-        let keys = a.keys("2000:bob", PASSWORD_ALGORITHM_MD5, 1000).unwrap();
+        let keys = a
+            .keys("2000:bob", PASSWORD_ALGORITHM_MD5, 1000, Expiry::Enforce)
+            .unwrap();
         assert_eq!(keys.len(), 2);
         let expected = long_term_key_md5("2000:bob", "example.org", &rest_password(b"new", "2000:bob"));
         assert!(keys.contains(&expected));
         assert_eq!(
-            a.keys("2000:bob", PASSWORD_ALGORITHM_MD5, 2000).unwrap_err(),
+            a.keys("2000:bob", PASSWORD_ALGORITHM_MD5, 2000, Expiry::Enforce)
+                .unwrap_err(),
             CredentialError::Expired
         );
+        // An allocation that holds it keeps it past expiry.
         assert_eq!(
-            a.keys("bob", PASSWORD_ALGORITHM_MD5, 1000).unwrap_err(),
+            a.keys("2000:bob", PASSWORD_ALGORITHM_MD5, 2000, Expiry::HeldAllocation)
+                .unwrap(),
+            keys
+        );
+        assert_eq!(
+            a.keys("bob", PASSWORD_ALGORITHM_MD5, 1000, Expiry::Enforce)
+                .unwrap_err(),
             CredentialError::UnknownUser
+        );
+    }
+
+    #[test]
+    fn rest_credentials_beyond_the_maximum_lifetime_are_refused() {
+        let a = auth().with_max_rest_lifetime(86_400);
+        assert!(a
+            .keys("87400:bob", PASSWORD_ALGORITHM_MD5, 1000, Expiry::Enforce)
+            .is_ok());
+        assert_eq!(
+            a.keys("87401:bob", PASSWORD_ALGORITHM_MD5, 1000, Expiry::Enforce)
+                .unwrap_err(),
+            CredentialError::TooLong
+        );
+        assert_eq!(
+            a.keys("99999999999:bob", PASSWORD_ALGORITHM_MD5, 1000, Expiry::HeldAllocation)
+                .unwrap_err(),
+            CredentialError::TooLong
         );
     }
 
@@ -276,7 +335,7 @@ mod tests {
     fn static_user_keys_by_algorithm() {
         let a = auth();
         assert_eq!(
-            a.keys("alice", PASSWORD_ALGORITHM_SHA256, 0).unwrap(),
+            a.keys("alice", PASSWORD_ALGORITHM_SHA256, 0, Expiry::Enforce).unwrap(),
             vec![long_term_key_sha256("alice", "example.org", "wonderland")]
         );
         assert_eq!(

@@ -5,6 +5,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::policy::PeerPolicy;
+use crate::source::Source;
 
 /// Protocol settings of the TURN state machine. Transport and I/O settings live in the server crate.
 #[derive(Debug, Clone)]
@@ -26,6 +27,9 @@ pub struct Config {
     /// Bytes per second each allocation may relay in each direction; 0 for no cap.
     pub bandwidth_per_allocation: u64,
     pub max_permissions_per_allocation: usize,
+    /// Channels one allocation may bind (RFC 8656 allows 4 096); with the permission cap it bounds the memory one
+    /// allocation can make the server hold (each binding is three map entries, about 150 bytes).
+    pub max_channels_per_allocation: usize,
     pub policy: PeerPolicy,
     /// How many (5-tuple, transaction) answers are kept for retransmissions.
     pub response_cache_entries: usize,
@@ -162,6 +166,7 @@ impl Default for Config {
             relay_ipv6: true,
             bandwidth_per_allocation: 0,
             max_permissions_per_allocation: 256,
+            max_channels_per_allocation: 256,
             policy: PeerPolicy::default(),
             response_cache_entries: 16_384,
             reflection_bytes_per_second: 16 * 1024,
@@ -170,15 +175,24 @@ impl Default for Config {
     }
 }
 
-/// Allocation quotas shared by every worker. Touched only when an allocation is created or removed, never per
-/// relayed packet, so a mutex for the per-user counts is not on any hot path.
+/// Allocation quotas shared by every worker: in total, per user (the whole username, so a REST credential is its own
+/// user) and per source ([`Source`]: an IPv4 address or an IPv6 /64). Touched only when an allocation is created or
+/// removed, never per relayed packet, so a mutex for the counts is not on any hot path.
 #[derive(Debug)]
 pub struct Quotas {
     pub max_total: usize,
     /// 0 for no per-user limit.
     pub max_per_user: usize,
+    /// 0 for no per-source limit.
+    pub max_per_source: usize,
     total: AtomicUsize,
-    per_user: Mutex<HashMap<String, usize>>,
+    counts: Mutex<Counts>,
+}
+
+#[derive(Debug, Default)]
+struct Counts {
+    per_user: HashMap<String, usize>,
+    per_source: HashMap<Source, usize>,
 }
 
 /// Which quota said no.
@@ -186,6 +200,7 @@ pub struct Quotas {
 pub enum QuotaExceeded {
     Total,
     User,
+    Source,
 }
 
 impl Quotas {
@@ -193,39 +208,71 @@ impl Quotas {
         Self {
             max_total,
             max_per_user,
+            max_per_source: 0,
             total: AtomicUsize::new(0),
-            per_user: Mutex::new(HashMap::new()),
+            counts: Mutex::new(Counts::default()),
         }
     }
 
-    pub fn acquire(&self, user: &str) -> Result<(), QuotaExceeded> {
+    /// Adds the per-source quota (0: none).
+    pub fn with_per_source(mut self, max_per_source: usize) -> Self {
+        self.max_per_source = max_per_source;
+        self
+    }
+
+    fn counts(&self) -> std::sync::MutexGuard<'_, Counts> {
+        self.counts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Charges one allocation to `user`, `source` and the total, or to none of them.
+    pub fn acquire(&self, user: &str, source: Source) -> Result<(), QuotaExceeded> {
         if self.total.fetch_add(1, Ordering::AcqRel) >= self.max_total {
             self.total.fetch_sub(1, Ordering::AcqRel);
             return Err(QuotaExceeded::Total);
         }
-        let mut per_user = self.per_user.lock().unwrap_or_else(|e| e.into_inner());
-        let count = per_user.entry(user.to_owned()).or_default();
-        if self.max_per_user != 0 && *count >= self.max_per_user {
-            drop(per_user);
+        let mut counts = self.counts();
+        let by_user = counts.per_user.get(user).copied().unwrap_or(0);
+        let by_source = counts.per_source.get(&source).copied().unwrap_or(0);
+        let refusal = if self.max_per_user != 0 && by_user >= self.max_per_user {
+            Some(QuotaExceeded::User)
+        } else if self.max_per_source != 0 && by_source >= self.max_per_source {
+            Some(QuotaExceeded::Source)
+        } else {
+            None
+        };
+        if let Some(refusal) = refusal {
+            drop(counts);
             self.total.fetch_sub(1, Ordering::AcqRel);
-            return Err(QuotaExceeded::User);
+            return Err(refusal);
         }
-        *count += 1;
+        *counts.per_user.entry(user.to_owned()).or_default() += 1;
+        *counts.per_source.entry(source).or_default() += 1;
         Ok(())
     }
 
-    pub fn release(&self, user: &str) {
+    pub fn release(&self, user: &str, source: Source) {
         self.total.fetch_sub(1, Ordering::AcqRel);
-        let mut per_user = self.per_user.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(count) = per_user.get_mut(user) {
+        let mut counts = self.counts();
+        if let Some(count) = counts.per_user.get_mut(user) {
             *count = count.saturating_sub(1);
             if *count == 0 {
-                per_user.remove(user);
+                counts.per_user.remove(user);
+            }
+        }
+        if let Some(count) = counts.per_source.get_mut(&source) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                counts.per_source.remove(&source);
             }
         }
     }
 
     pub fn total(&self) -> usize {
         self.total.load(Ordering::Acquire)
+    }
+
+    /// Allocations charged to `source` now.
+    pub fn of_source(&self, source: Source) -> usize {
+        self.counts().per_source.get(&source).copied().unwrap_or(0)
     }
 }

@@ -8,12 +8,18 @@
 
 mod auth;
 mod config;
+mod own;
 pub mod policy;
+mod reflection;
 mod server;
+mod source;
 
-pub use auth::{rest_password, Authenticator, Secret};
+pub use auth::{rest_password, Authenticator, Expiry, Secret};
 pub use config::{Config, NatDiscovery, QuotaExceeded, Quotas};
+pub use own::OwnAddresses;
+pub use reflection::ReflectionGuard;
 pub use server::{
     AllocationId, BindRequest, ClientAction, Event, Family, FiveTuple, PeerForward, RelayBinding, Reservations, Server,
     Stats, Transport, MAX_PADDED_ANSWER, PEER_HEADROOM, PEER_TAILROOM,
 };
+pub use source::Source;

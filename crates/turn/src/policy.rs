@@ -75,71 +75,41 @@ pub enum Refusal {
     ServerAddress,
 }
 
-/// The relay's peer policy: explicit allow list, explicit deny list, the built-in reserved ranges, and the
-/// server's own addresses.
+/// The relay's peer policy: explicit allow list, explicit deny list and the built-in reserved ranges. The server's
+/// own addresses are judged live by [`crate::OwnAddresses`] (only a live relay allocation of this server passes).
 #[derive(Debug, Clone, Default)]
 pub struct PeerPolicy {
     /// Checked first; a match is allowed whatever else says (e.g. `127.0.0.0/8` in a lab).
     pub allow: Vec<IpNet>,
     pub deny: Vec<IpNet>,
-    /// The listeners' and relays' own addresses: relaying to them would loop through the server.
-    pub own_addresses: Vec<IpAddr>,
-    /// The relay port range. A peer on one of the server's own addresses is another allocation's relayed address
-    /// — two users of this server relaying to each other, the usual case when both need TURN — only on these
-    /// ports; every other port of the server (its listeners, its host's services) stays refused.
-    pub own_relay_ports: Option<std::ops::RangeInclusive<u16>>,
 }
 
 impl PeerPolicy {
-    /// Judges a peer by its IP alone (permissions are per IP, RFC 8656 §9). The server's own addresses pass only
-    /// with relay-to-relay enabled, and then [`PeerPolicy::check_port`] guards each destination port.
+    /// Judges a peer by its IP alone (permissions are per IP, RFC 8656 §9).
     pub fn check(&self, ip: IpAddr) -> Result<(), Refusal> {
         let canonical = embedded_ipv4(ip).map(IpAddr::V4).unwrap_or(ip);
-        if self.allow.iter().any(|n| n.contains(ip) || n.contains(canonical)) {
+        if self.is_allowed_explicitly(ip) {
             return Ok(());
         }
         if self.deny.iter().any(|n| n.contains(ip) || n.contains(canonical)) {
             return Err(Refusal::DenyList);
-        }
-        if self.is_own(ip, canonical) && self.own_relay_ports.is_none() {
-            return Err(Refusal::ServerAddress);
         }
         if let Some(name) = reserved_range(ip).or_else(|| reserved_range(canonical)) {
             return Err(Refusal::Reserved(name));
         }
         Ok(())
     }
-}
 
-impl PeerPolicy {
-    /// Judges a full destination: [`PeerPolicy::check`], and on the server's own addresses only relay ports.
-    pub fn check_addr(&self, peer: std::net::SocketAddr) -> Result<(), Refusal> {
-        self.check(peer.ip())?;
-        self.check_port(peer)
-    }
-
-    /// The per-datagram part: a destination on one of the server's own addresses must be a relay port (unless the
-    /// allow list names the address). A few comparisons; nothing for other addresses beyond the scan of a short
-    /// list.
-    pub fn check_port(&self, peer: std::net::SocketAddr) -> Result<(), Refusal> {
-        let ip = peer.ip();
+    /// Whether the allow list names `ip` (or the IPv4 address it embeds): then nothing else is checked, not even
+    /// the server's own addresses.
+    pub fn is_allowed_explicitly(&self, ip: IpAddr) -> bool {
         let canonical = embedded_ipv4(ip).map(IpAddr::V4).unwrap_or(ip);
-        if !self.is_own(ip, canonical) || self.allow.iter().any(|n| n.contains(ip) || n.contains(canonical)) {
-            return Ok(());
-        }
-        match &self.own_relay_ports {
-            Some(ports) if ports.contains(&peer.port()) => Ok(()),
-            _ => Err(Refusal::ServerAddress),
-        }
-    }
-
-    fn is_own(&self, ip: IpAddr, canonical: IpAddr) -> bool {
-        self.own_addresses.iter().any(|a| *a == ip || *a == canonical)
+        self.allow.iter().any(|n| n.contains(ip) || n.contains(canonical))
     }
 }
 
 /// The IPv4 address an IPv6 address stands for, if it is one of the embedding forms.
-fn embedded_ipv4(ip: IpAddr) -> Option<Ipv4Addr> {
+pub(crate) fn embedded_ipv4(ip: IpAddr) -> Option<Ipv4Addr> {
     let IpAddr::V6(v6) = ip else { return None };
     let bits = u128::from(v6);
     let low32 = Ipv4Addr::from(bits as u32);
@@ -279,45 +249,13 @@ mod tests {
         let policy = PeerPolicy {
             allow: vec!["127.0.0.0/8".parse().unwrap()],
             deny: vec!["203.0.113.0/24".parse().unwrap()],
-            own_addresses: vec!["198.51.100.1".parse().unwrap()],
-            own_relay_ports: None,
         };
         assert!(policy.check("127.0.0.1".parse().unwrap()).is_ok());
         assert!(policy.check("::ffff:127.0.0.1".parse().unwrap()).is_ok());
         assert_eq!(policy.check("203.0.113.9".parse().unwrap()), Err(Refusal::DenyList));
-        assert_eq!(
-            policy.check("198.51.100.1".parse().unwrap()),
-            Err(Refusal::ServerAddress)
-        );
         assert!(policy.check("10.0.0.1".parse().unwrap()).is_err());
-    }
-
-    #[test]
-    fn own_address_only_on_relay_ports() {
-        let policy = PeerPolicy {
-            own_addresses: vec!["198.51.100.1".parse().unwrap()],
-            own_relay_ports: Some(49152..=65535),
-            ..PeerPolicy::default()
-        };
-        let addr = |s: &str| s.parse::<std::net::SocketAddr>().unwrap();
-        // Another allocation's relayed address on this server: relay-to-relay.
-        assert_eq!(policy.check_addr(addr("198.51.100.1:50000")), Ok(()));
-        assert_eq!(policy.check_addr(addr("[::ffff:198.51.100.1]:50000")), Ok(()));
-        // The server's listeners and its host's services stay out of reach.
-        for port in [3478, 5349, 8080, 22, 443, 49151] {
-            let a = std::net::SocketAddr::new("198.51.100.1".parse().unwrap(), port);
-            assert_eq!(policy.check_addr(a), Err(Refusal::ServerAddress), "port {port}");
-            assert_eq!(policy.check_port(a), Err(Refusal::ServerAddress), "port {port}");
-        }
-        // Other public peers are untouched by the port rule.
-        assert_eq!(policy.check_port(addr("203.0.113.5:22")), Ok(()));
-        // Reserved ranges stay refused even when they are the server's own.
-        let private = PeerPolicy {
-            own_addresses: vec!["10.0.0.5".parse().unwrap()],
-            own_relay_ports: Some(49152..=65535),
-            ..PeerPolicy::default()
-        };
-        assert!(private.check_addr(addr("10.0.0.5:50000")).is_err());
+        assert!(policy.is_allowed_explicitly("::ffff:127.0.0.9".parse().unwrap()));
+        assert!(!policy.is_allowed_explicitly("198.51.100.1".parse().unwrap()));
     }
 
     #[test]

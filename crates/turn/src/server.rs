@@ -7,7 +7,7 @@
 //! always the caller's `now`; wall-clock seconds (for REST credential expiry) are derived from one
 //! `(Instant, unix seconds)` pair given at construction.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
 use std::sync::Arc;
@@ -21,8 +21,11 @@ use stun::{
     PASSWORD_ALGORITHM_SHA256,
 };
 
-use crate::auth::{Authenticator, CredentialError, NonceState, PASSWORD_ALGORITHMS_VALUE};
+use crate::auth::{Authenticator, CredentialError, Expiry, NonceState, PASSWORD_ALGORITHMS_VALUE};
 use crate::config::{Config, NatDiscovery, QuotaExceeded, Quotas};
+use crate::own::OwnAddresses;
+use crate::reflection::ReflectionGuard;
+use crate::source::Source;
 
 type FastMap<K, V> = HashMap<K, V, RandomState>;
 
@@ -293,6 +296,14 @@ struct TokenBucket {
     last: Instant,
 }
 
+/// Whether a request authenticated (integrity and nonce checked): its answer carries integrity, is cached, and is
+/// not charged to the reflection guard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Authenticated {
+    Yes,
+    No,
+}
+
 /// An error answer: code and reason phrase (RFC 8656 §18, RFC 8489 §14.8).
 #[derive(Debug, Clone, Copy)]
 struct Reject {
@@ -324,9 +335,10 @@ pub struct Server<R = rand::rngs::StdRng> {
     pending: FastMap<FiveTuple, Pending>,
     reservations: Arc<Reservations>,
     responses: ResponseCache,
-    reflection: ReflectionGuard,
-    /// Set by `handle_stun` when its answer went to an authenticated request (or came from their cache).
-    answer_authenticated: bool,
+    reflection: Arc<ReflectionGuard>,
+    own: Arc<OwnAddresses>,
+    /// This worker's copy of the host's addresses (generation, set), so a Send indication checks a local set.
+    own_host: (u64, Arc<HashSet<IpAddr>>),
     events: VecDeque<Event>,
     stats: Stats,
 }
@@ -336,43 +348,6 @@ impl<R> std::fmt::Debug for Server<R> {
         f.debug_struct("Server")
             .field("allocations", &self.by_five_tuple.len())
             .finish_non_exhaustive()
-    }
-}
-
-/// Unauthenticated UDP answers are larger than their requests (a 401 carries realm, nonce and algorithms; a Binding
-/// answer an address), and UDP sources can be spoofed, so a stranger could aim them at a victim. RFC 8656 gives no
-/// rule; answering nothing larger than the request would break every client, whose first Allocate is ~30 bytes. So
-/// each source IP gets a budget of *excess* bytes (answer − request), refilled per second: a normal client spends a
-/// few hundred bytes, a reflection attack on one victim is capped at the budget.
-#[derive(Default)]
-struct ReflectionGuard {
-    /// Source IP → (excess bytes left, last refill).
-    budgets: FastMap<IpAddr, (f64, Instant)>,
-}
-
-/// Source IPs tracked at once; beyond, idle entries (whose budget is full again) are forgotten.
-const REFLECTION_TRACKED: usize = 65_536;
-
-impl ReflectionGuard {
-    fn allow(&mut self, ip: IpAddr, excess: usize, rate: u32, now: Instant) -> bool {
-        let rate = f64::from(rate);
-        let burst = 2.0 * rate;
-        if self.budgets.len() >= REFLECTION_TRACKED && !self.budgets.contains_key(&ip) {
-            let idle = Duration::from_secs(2);
-            self.budgets
-                .retain(|_, (_, at)| now.saturating_duration_since(*at) < idle);
-            if self.budgets.len() >= REFLECTION_TRACKED {
-                self.budgets.clear();
-            }
-        }
-        let (left, at) = self.budgets.entry(ip).or_insert((burst, now));
-        *left = (*left + now.saturating_duration_since(*at).as_secs_f64() * rate).min(burst);
-        *at = now;
-        if *left < excess as f64 {
-            return false;
-        }
-        *left -= excess as f64;
-        true
     }
 }
 
@@ -544,11 +519,26 @@ impl<R: RngCore> Server<R> {
                 order: VecDeque::new(),
                 capacity,
             },
-            reflection: ReflectionGuard::default(),
-            answer_authenticated: false,
+            reflection: Arc::new(ReflectionGuard::default()),
+            own: Arc::new(OwnAddresses::default()),
+            own_host: (0, Arc::new(HashSet::new())),
             events: VecDeque::new(),
             stats: Stats::default(),
         }
+    }
+
+    /// Shares the reflection guard's budgets with other workers: a spoofer's source ports are spread over all of
+    /// them, and its budget must be one.
+    pub fn with_shared_reflection_guard(mut self, guard: Arc<ReflectionGuard>) -> Self {
+        self.reflection = guard;
+        self
+    }
+
+    /// The server's own addresses and live relays, shared with the other workers and kept live by the caller.
+    pub fn with_own_addresses(mut self, own: Arc<OwnAddresses>) -> Self {
+        self.own_host = own.snapshot();
+        self.own = own;
+        self
     }
 
     /// Shares EVEN-PORT reservations with other workers: the Allocate that redeems a token may arrive on another
@@ -596,8 +586,8 @@ impl<R: RngCore> Server<R> {
             PacketKind::ChannelData => self.handle_channel_data(now, five_tuple, packet),
             PacketKind::Stun => match Message::parse(packet) {
                 Ok(msg) if msg.check_fingerprint().is_ok() => {
-                    let action = self.handle_stun(now, five_tuple, &msg, out);
-                    self.guard_reflection(now, five_tuple, packet.len(), action)
+                    let (action, authenticated) = self.handle_stun(now, five_tuple, &msg, out);
+                    self.guard_reflection(now, five_tuple, packet.len(), action, authenticated)
                 }
                 _ => {
                     self.stats.malformed_packets += 1;
@@ -704,7 +694,8 @@ impl<R: RngCore> Server<R> {
             Some(_) => None,
         };
         let (Some(binding), None) = (result, refusal) else {
-            self.quotas.release(&pending.username);
+            self.quotas
+                .release(&pending.username, Source::of(five_tuple.client.ip()));
             let len = self.write_error(
                 out,
                 Method::ALLOCATE,
@@ -782,7 +773,8 @@ impl<R: RngCore> Server<R> {
     /// A stream transport's connection closed: RFC 8656 §7 ties the allocation to it.
     pub fn handle_connection_closed(&mut self, five_tuple: FiveTuple) {
         if let Some(pending) = self.pending.remove(&five_tuple) {
-            self.quotas.release(&pending.username);
+            self.quotas
+                .release(&pending.username, Source::of(five_tuple.client.ip()));
         }
         if let Some(id) = self.by_five_tuple.get(&five_tuple).copied() {
             self.remove_allocation(id);
@@ -791,6 +783,7 @@ impl<R: RngCore> Server<R> {
 
     /// Expires allocations, permissions, channels, reservations and cached answers.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.refresh_own_addresses();
         let expired: Vec<AllocationId> = self
             .slots
             .iter()
@@ -858,6 +851,9 @@ impl<R: RngCore> Server<R> {
         alloc.generation = generation;
         let id = AllocationId { index, generation };
         self.by_five_tuple.insert(alloc.five_tuple, id);
+        for relay in alloc.relays.iter().flatten() {
+            self.own.add_relay(*relay);
+        }
         if let Some(slot) = self.slots.get_mut(index as usize) {
             *slot = Some(alloc);
         }
@@ -874,10 +870,14 @@ impl<R: RngCore> Server<R> {
         let Some(alloc) = slot.take() else { return };
         self.free_slots.push(id.index);
         self.by_five_tuple.remove(&alloc.five_tuple);
+        for relay in alloc.relays.iter().flatten() {
+            self.own.remove_relay(*relay);
+        }
         for channel in alloc.peer_by_channel.keys() {
             self.channel_routes.remove(&(alloc.five_tuple, *channel));
         }
-        self.quotas.release(&alloc.username);
+        self.quotas
+            .release(&alloc.username, Source::of(alloc.five_tuple.client.ip()));
         self.events.push_back(Event::AllocationClosed(id));
     }
 
@@ -913,28 +913,31 @@ impl<R: RngCore> Server<R> {
     }
 
     /// Charges an unauthenticated UDP answer's excess over its request to the source's reflection budget; drops it
-    /// when the budget is spent. Answers that carry integrity (authenticated) and stream transports are free.
+    /// when the budget is spent. Answers that carry integrity (authenticated) and stream transports are free; an
+    /// authenticated UDP request proves its source (it answered our nonce).
     fn guard_reflection(
         &mut self,
         now: Instant,
         five_tuple: FiveTuple,
         request_len: usize,
         action: ClientAction,
+        authenticated: Authenticated,
     ) -> ClientAction {
-        let authenticated = std::mem::take(&mut self.answer_authenticated);
         let rate = self.config.reflection_bytes_per_second;
+        if rate == 0 || five_tuple.transport.is_stream() {
+            return action;
+        }
+        let source = Source::of(five_tuple.client.ip());
+        if authenticated == Authenticated::Yes {
+            self.reflection.prove(source, now);
+            return action;
+        }
         let len = match &action {
             ClientAction::Reply(len) => *len,
             ClientAction::ReplyFrom { len, .. } => *len,
             _ => return action,
         };
-        if rate == 0 || authenticated || five_tuple.transport.is_stream() || len <= request_len {
-            return action;
-        }
-        if self
-            .reflection
-            .allow(five_tuple.client.ip(), len - request_len, rate, now)
-        {
+        if len <= request_len || self.reflection.allow(source, len - request_len, rate, now) {
             action
         } else {
             self.stats.dropped_packets += 1;
@@ -942,40 +945,47 @@ impl<R: RngCore> Server<R> {
         }
     }
 
-    fn handle_stun(&mut self, now: Instant, five_tuple: FiveTuple, msg: &Message<'_>, out: &mut [u8]) -> ClientAction {
+    fn handle_stun(
+        &mut self,
+        now: Instant,
+        five_tuple: FiveTuple,
+        msg: &Message<'_>,
+        out: &mut [u8],
+    ) -> (ClientAction, Authenticated) {
         match (msg.class(), msg.method()) {
-            (Class::Request, Method::BINDING) => self.handle_binding(five_tuple, msg, out),
+            (Class::Request, Method::BINDING) => (self.handle_binding(five_tuple, msg, out), Authenticated::No),
             (Class::Request, Method::ALLOCATE | Method::REFRESH | Method::CREATE_PERMISSION | Method::CHANNEL_BIND) => {
                 if let Some(cached) = self.responses.get(&(five_tuple, msg.transaction_id()), now) {
-                    self.answer_authenticated = true;
-                    return match out.get_mut(..cached.len()) {
+                    let action = match out.get_mut(..cached.len()) {
                         Some(dst) => {
                             dst.copy_from_slice(cached);
                             ClientAction::Reply(cached.len())
                         }
                         None => ClientAction::Drop,
                     };
+                    return (action, Authenticated::Yes);
                 }
                 let (action, authenticated) = self.handle_turn_request(now, five_tuple, msg, out);
-                self.answer_authenticated = authenticated;
                 // Only authenticated answers are cached: 401/438 are cheap to recompute, and caching them would let a
                 // stranger fill the cache.
-                if let (ClientAction::Reply(len), true) = (&action, authenticated) {
+                if let (ClientAction::Reply(len), Authenticated::Yes) = (&action, authenticated) {
                     self.responses.insert(
                         (five_tuple, msg.transaction_id()),
                         now,
                         out.get(..*len).unwrap_or_default(),
                     );
                 }
-                action
+                (action, authenticated)
             }
             (Class::Request, _) => {
                 let tid = msg.transaction_id();
-                self.write_error(out, msg.method(), tid, BAD_REQUEST, None, |_| Ok(()))
-                    .map_or(ClientAction::Drop, ClientAction::Reply)
+                let action = self
+                    .write_error(out, msg.method(), tid, BAD_REQUEST, None, |_| Ok(()))
+                    .map_or(ClientAction::Drop, ClientAction::Reply);
+                (action, Authenticated::No)
             }
-            (Class::Indication, Method::SEND) => self.handle_send(now, five_tuple, msg),
-            _ => ClientAction::Drop,
+            (Class::Indication, Method::SEND) => (self.handle_send(now, five_tuple, msg), Authenticated::No),
+            _ => (ClientAction::Drop, Authenticated::No),
         }
     }
 
@@ -1110,9 +1120,12 @@ impl<R: RngCore> Server<R> {
             return ClientAction::Drop;
         };
         let permitted = alloc.permissions.get(&peer.ip()).is_some_and(|exp| *exp > now);
-        // A permission to the server's own address covers only its relay ports (relay-to-relay).
-        let permitted = permitted && config.policy.check_port(peer).is_ok();
         if !permitted || alloc.expires <= now || !alloc.bucket_take(now, end - start, config) {
+            self.stats.dropped_packets += 1;
+            return ClientAction::Drop;
+        }
+        // A permission to the server's own address covers only live relays (relay-to-relay), port by port.
+        if self.is_own_peer_refused(peer) {
             self.stats.dropped_packets += 1;
             return ClientAction::Drop;
         }
@@ -1125,31 +1138,34 @@ impl<R: RngCore> Server<R> {
         }
     }
 
-    /// Authenticates, then dispatches by method. The flag says whether the request authenticated.
+    /// Authenticates, then dispatches by method.
     fn handle_turn_request(
         &mut self,
         now: Instant,
         five_tuple: FiveTuple,
         msg: &Message<'_>,
         out: &mut [u8],
-    ) -> (ClientAction, bool) {
+    ) -> (ClientAction, Authenticated) {
         let req = Request::collect(msg);
         let tid = msg.transaction_id();
         let method = msg.method();
         if req.unknown_count > 0 {
-            return (self.reply_unknown(out, msg, &req), false);
+            return (self.reply_unknown(out, msg, &req), Authenticated::No);
         }
         let (username, auth) = match self.authenticate(now, five_tuple, msg, &req) {
             Ok(ok) => ok,
             Err(challenge) => {
                 self.stats.auth_failures += 1;
                 let reply = self.write_challenge(out, method, tid, five_tuple, now, challenge);
-                return (reply.map_or(ClientAction::Drop, ClientAction::Reply), false);
+                return (reply.map_or(ClientAction::Drop, ClientAction::Reply), Authenticated::No);
             }
         };
         if req.malformed {
             let reply = self.write_error(out, method, tid, BAD_REQUEST, Some(&auth), |_| Ok(()));
-            return (reply.map_or(ClientAction::Drop, ClientAction::Reply), true);
+            return (
+                reply.map_or(ClientAction::Drop, ClientAction::Reply),
+                Authenticated::Yes,
+            );
         }
         let outcome = match method {
             Method::ALLOCATE => self.handle_allocate(now, five_tuple, &req, tid, username, auth.clone()),
@@ -1158,7 +1174,7 @@ impl<R: RngCore> Server<R> {
             _ => self.handle_channel_bind(now, five_tuple, &req, &username),
         };
         let reply = match outcome {
-            Outcome::Bind(request) => return (ClientAction::BindRelay(request), true),
+            Outcome::Bind(request) => return (ClientAction::BindRelay(request), Authenticated::Yes),
             Outcome::Ok(lifetime) => self.write_success(out, method, tid, &auth, |w| {
                 if let Some(lifetime) = lifetime {
                     w.add(&Attribute::Lifetime(lifetime))?;
@@ -1167,7 +1183,10 @@ impl<R: RngCore> Server<R> {
             }),
             Outcome::Err(r) => self.write_error(out, method, tid, r, Some(&auth), |_| Ok(())),
         };
-        (reply.map_or(ClientAction::Drop, ClientAction::Reply), true)
+        (
+            reply.map_or(ClientAction::Drop, ClientAction::Reply),
+            Authenticated::Yes,
+        )
     }
 
     /// RFC 8489 §9.2.4, in its order: integrity present, attributes present, algorithms not bid down, user known,
@@ -1211,9 +1230,19 @@ impl<R: RngCore> Server<R> {
         if realm != self.auth.realm() {
             return Err(Challenge::Unauthorized);
         }
-        let keys = match self.auth.keys(username, algorithm, self.unix_now(now)) {
+        // RFC 8656 leaves credential expiry to the server: an allocation outlives its credential (see `Expiry`).
+        let held = msg.method() != Method::ALLOCATE
+            && self
+                .by_five_tuple
+                .get(&five_tuple)
+                .and_then(|id| self.slots.get(id.index as usize)?.as_ref())
+                .is_some_and(|a| a.username == username && a.expires > now);
+        let expiry_rule = if held { Expiry::HeldAllocation } else { Expiry::Enforce };
+        let keys = match self.auth.keys(username, algorithm, self.unix_now(now), expiry_rule) {
             Ok(keys) => keys,
-            Err(CredentialError::UnknownUser | CredentialError::Expired) => return Err(Challenge::Unauthorized),
+            Err(CredentialError::UnknownUser | CredentialError::Expired | CredentialError::TooLong) => {
+                return Err(Challenge::Unauthorized)
+            }
         };
         let Some(key) = keys.into_iter().find(|k| msg.verify_integrity(k)) else {
             return Err(Challenge::Unauthorized);
@@ -1285,10 +1314,13 @@ impl<R: RngCore> Server<R> {
                 _ => return Outcome::Err(reject(508, "Insufficient Capacity")),
             }
         }
-        match self.quotas.acquire(&username) {
+        match self.quotas.acquire(&username, Source::of(five_tuple.client.ip())) {
             Ok(()) => {}
-            // RFC 8656 §18: 486 means "no more allocations using this username"; a server-wide limit is capacity.
-            Err(QuotaExceeded::User) => return Outcome::Err(reject(486, "Allocation Quota Reached")),
+            // RFC 8656 §18: 486 means "no more allocations using this username" (or from this source); a
+            // server-wide limit is capacity.
+            Err(QuotaExceeded::User | QuotaExceeded::Source) => {
+                return Outcome::Err(reject(486, "Allocation Quota Reached"))
+            }
             Err(QuotaExceeded::Total) => return Outcome::Err(reject(508, "Insufficient Capacity")),
         }
         let lifetime = self.clamp_lifetime(req.lifetime);
@@ -1435,6 +1467,7 @@ impl<R: RngCore> Server<R> {
         let permission_expires = now + self.config.permission_lifetime;
         let channel_expires = now + self.config.channel_lifetime;
         let limit = self.config.max_permissions_per_allocation;
+        let channel_limit = self.config.max_channels_per_allocation;
         let Some(alloc) = self.allocation_mut(id) else {
             return Outcome::Err(ALLOCATION_MISMATCH);
         };
@@ -1445,6 +1478,9 @@ impl<R: RngCore> Server<R> {
             return Outcome::Err(BAD_REQUEST);
         }
         if !alloc.permissions.contains_key(&peer.ip()) && alloc.permissions.len() >= limit {
+            return Outcome::Err(reject(508, "Insufficient Capacity"));
+        }
+        if !alloc.channel_by_peer.contains_key(&peer) && alloc.channel_by_peer.len() >= channel_limit {
             return Outcome::Err(reject(508, "Insufficient Capacity"));
         }
         alloc.permissions.insert(peer.ip(), permission_expires);
@@ -1490,7 +1526,56 @@ impl<R: RngCore> Server<R> {
         if Family::of(&peer).pick(&alloc.relays).is_none() {
             return Err(PEER_FAMILY_MISMATCH);
         }
-        self.config.policy.check_addr(peer).map_err(|_| FORBIDDEN)
+        self.config.policy.check(peer.ip()).map_err(|_| FORBIDDEN)?;
+        self.refresh_own_addresses();
+        if self.is_own_peer_refused(peer) {
+            return Err(FORBIDDEN);
+        }
+        Ok(())
+    }
+
+    /// A destination on the host's own address passes only as the relayed address of a live allocation of this
+    /// server (or when the allow list names it). Checks the worker's copy of the host's addresses first, so other
+    /// destinations cost one local look-up.
+    fn is_own_peer_refused(&self, peer: SocketAddr) -> bool {
+        let ip = crate::policy::embedded_ipv4(peer.ip())
+            .map(IpAddr::V4)
+            .unwrap_or(peer.ip());
+        self.own_host.1.contains(&ip)
+            && !self.config.policy.is_allowed_explicitly(peer.ip())
+            && !self.own.is_live_relay(peer)
+    }
+
+    /// Takes a new copy of the host's addresses if they changed, and drops the permissions (and their channels) to
+    /// addresses that just became the host's: they were judged as strangers' when installed.
+    fn refresh_own_addresses(&mut self) {
+        if self.own.generation() == self.own_host.0 {
+            return;
+        }
+        let old = std::mem::replace(&mut self.own_host, self.own.snapshot());
+        let gained: Vec<IpAddr> = self.own_host.1.difference(&old.1).copied().collect();
+        if gained.is_empty() {
+            return;
+        }
+        let policy = &self.config.policy;
+        let routes = &mut self.channel_routes;
+        for alloc in self.slots.iter_mut().flatten() {
+            let lost = |ip: &IpAddr| {
+                let canonical = crate::policy::embedded_ipv4(*ip).map(IpAddr::V4).unwrap_or(*ip);
+                gained.contains(&canonical) && !policy.is_allowed_explicitly(*ip)
+            };
+            alloc.permissions.retain(|ip, _| !lost(ip));
+            let five_tuple = alloc.five_tuple;
+            let peer_by_channel = &mut alloc.peer_by_channel;
+            alloc.channel_by_peer.retain(|peer, b| {
+                let keep = !lost(&peer.ip());
+                if !keep {
+                    routes.remove(&(five_tuple, b.channel));
+                    peer_by_channel.remove(&b.channel);
+                }
+                keep
+            });
+        }
     }
 
     /// RFC 8489 §7.3.1: 420 with UNKNOWN-ATTRIBUTES listing what we did not understand.

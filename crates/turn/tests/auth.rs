@@ -189,7 +189,7 @@ fn rest_credentials_from_every_configured_secret_work_until_expiry() {
     let reply = forged.answer(&mut h, secs(0), Method::ALLOCATE, &[Attribute::RequestedTransport(17)]);
     assert_error(&reply, Method::ALLOCATE, 401);
 
-    // At the expiry second the credential is refused, also for the allocation it created.
+    // At the expiry second the credential is refused for a new allocation…
     let mut late = rest_client("203.0.113.10:50003", expiry, b"new-secret");
     let reply = late.answer(
         &mut h,
@@ -198,7 +198,23 @@ fn rest_credentials_from_every_configured_secret_work_until_expiry() {
         &[Attribute::RequestedTransport(17)],
     );
     assert_error(&reply, Method::ALLOCATE, 401);
-    assert_error(&new.refresh(&mut h, secs(100), Some(600)), Method::REFRESH, 401);
+    // …but the allocation it created keeps working: a call outlives the short-lived credential that started it.
+    // Refreshes, permissions and channels go on for as long as the allocation is refreshed.
+    for at in [100, 650, 1200] {
+        let reply = new.refresh(&mut h, secs(at), Some(600));
+        assert_eq!(parse(&reply).class(), Class::Success, "refresh at +{at} s");
+    }
+    let reply = new.answer(
+        &mut h,
+        secs(1201),
+        Method::CREATE_PERMISSION,
+        &[Attribute::XorPeerAddress("198.51.100.7:9".parse().unwrap())],
+    );
+    assert_eq!(parse(&reply).class(), Class::Success);
+    // Once the allocation is gone, the expired credential is refused again.
+    let reply = new.refresh(&mut h, secs(1201), Some(0));
+    assert_eq!(parse(&reply).class(), Class::Success);
+    assert_error(&new.refresh(&mut h, secs(1202), Some(600)), Method::REFRESH, 401);
 
     // A username that is not `expiry:…` and not a static user is unknown.
     let mut junk = Client::new("203.0.113.10:50004", "carol", &rest_password(b"new-secret", "carol"));

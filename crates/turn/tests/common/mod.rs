@@ -48,6 +48,16 @@ impl Harness {
 
     /// A server over quotas shared with other servers (workers).
     pub fn with_shared(config: Config, quotas: Arc<Quotas>) -> Self {
+        Self::with_server(config, quotas, |s| s)
+    }
+
+    /// A server built like [`Harness::with_shared`] and then given to `wrap` (to share more state with other
+    /// servers, as workers do).
+    pub fn with_server(
+        config: Config,
+        quotas: Arc<Quotas>,
+        wrap: impl FnOnce(Server<StdRng>) -> Server<StdRng>,
+    ) -> Self {
         let auth = Authenticator::new(
             REALM.into(),
             &[("alice".into(), "wonderland".into()), ("bob".into(), "builder".into())],
@@ -56,13 +66,13 @@ impl Harness {
             NONCE_LIFETIME,
         );
         let t0 = Instant::now();
-        let server = Server::new(
+        let server = wrap(Server::new(
             Arc::new(config),
             Arc::new(auth),
             quotas.clone(),
             StdRng::seed_from_u64(42),
             (t0, UNIX_T0),
-        );
+        ));
         Self {
             server,
             quotas,
