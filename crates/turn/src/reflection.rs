@@ -56,10 +56,9 @@ impl Default for ReflectionGuard {
 impl ReflectionGuard {
     /// The shard holding `source` (always `Some`: the table is built with [`SHARDS`] shards).
     fn shard(&self, source: &Source) -> Option<std::sync::MutexGuard<'_, FastMap<Source, Budget>>> {
-        use std::hash::{BuildHasher, Hash, Hasher};
-        let mut h = foldhash::fast::FixedState::with_seed(0x7261_7665).build_hasher();
-        source.hash(&mut h);
-        let shard = self.shards.get((h.finish() as usize) % SHARDS)?;
+        use std::hash::BuildHasher;
+        let hash = foldhash::fast::FixedState::with_seed(0x7261_7665).hash_one(source);
+        let shard = self.shards.get((hash as usize) % SHARDS)?;
         Some(shard.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
