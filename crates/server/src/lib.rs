@@ -6,6 +6,7 @@
 //! the kernel hashes each client 5-tuple to one worker, and a worker's relay sockets are polled by that worker, so
 //! relaying a packet touches no lock and no other thread. See `docs/architecture.md`.
 
+mod budget;
 mod mux;
 mod stream;
 pub mod tls;
@@ -21,6 +22,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use turn::{Authenticator, Quotas};
 
+pub use budget::{plan_fds, FdPlan};
 pub use mux::{HttpHandler, HttpScheme, Io, ALPN_STUN_TURN};
 pub use tls::{CertStore, TlsIdentity};
 
@@ -40,11 +42,19 @@ pub struct ServerConfig {
     /// A TCP/TLS connection with no allocation and nothing received for this long is closed.
     pub stream_idle_timeout: Duration,
     pub tls_handshake_timeout: Duration,
-    /// TCP and TLS connections held at once, over all workers.
+    /// TCP, TLS and HTTP connections held at once, over all workers.
     pub max_stream_connections: usize,
+    /// Connections from one IPv4 address or IPv6 /64, counted at accept, before TLS (0: no limit).
+    pub max_connections_per_source: usize,
+    /// A TURN stream connection without an allocation is closed this long after it was accepted or its allocation
+    /// ended, whatever it sends; an undecided single-port connection must be sorted (TLS included) within
+    /// `tls_handshake_timeout` of its accept.
+    pub auth_timeout: Duration,
     pub turn: Arc<turn::Config>,
     pub auth: Arc<Authenticator>,
     pub quotas: Arc<Quotas>,
+    /// The host's addresses and the live relays; kept live by worker 0 (re-read every second).
+    pub own_addresses: Arc<turn::OwnAddresses>,
 }
 
 /// Where relay sockets bind and what address they advertise.
@@ -174,16 +184,20 @@ pub fn start(config: ServerConfig, http: Option<Arc<dyn HttpHandler>>) -> Result
     }
 
     let (shutdown, shutdown_rx) = watch::channel(false);
+    let connections = Arc::new(budget::ConnectionBudget::new(
+        config.max_stream_connections,
+        config.max_connections_per_source,
+    ));
     let shared = Arc::new(worker::SharedConfig {
         config,
         tls: tls_config,
         mux_tls: Arc::new(mux_tls),
         http,
-        connections: Arc::new(tokio::sync::Semaphore::new(0)),
+        connections,
+        reflection: Arc::new(turn::ReflectionGuard::default()),
         reservations: Arc::new(turn::Reservations::default()),
         reserved_sockets: std::sync::Mutex::new(std::collections::HashMap::new()),
     });
-    shared.connections.add_permits(shared.config.max_stream_connections);
     let mut threads = Vec::new();
     for (index, sockets) in per_worker.into_iter().enumerate() {
         let shared = shared.clone();

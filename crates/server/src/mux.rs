@@ -54,9 +54,11 @@ pub(crate) async fn accept_loop(worker: Rc<Worker>, listener: TcpListener, with_
 }
 
 async fn sort(worker: Rc<Worker>, tcp: TcpStream, client: SocketAddr, server: SocketAddr, with_tls: bool) {
-    let sniff_timeout = worker.shared.config.tls_handshake_timeout;
+    // One deadline for the whole sorting — first byte, TLS handshake, first decrypted byte — so a client trickling
+    // bytes through each step cannot hold the connection three times as long.
+    let deadline = tokio::time::Instant::now() + worker.shared.config.tls_handshake_timeout;
     let mut first = [0u8; 1];
-    let peeked = match tokio::time::timeout(sniff_timeout, tcp.peek(&mut first)).await {
+    let peeked = match tokio::time::timeout_at(deadline, tcp.peek(&mut first)).await {
         Ok(Ok(1)) => first[0],
         _ => return,
     };
@@ -64,7 +66,7 @@ async fn sort(worker: Rc<Worker>, tcp: TcpStream, client: SocketAddr, server: So
     match peeked {
         0x16 if with_tls => {
             let acceptor = tokio_rustls::TlsAcceptor::from(worker.shared.mux_tls.clone());
-            let tls = match tokio::time::timeout(sniff_timeout, acceptor.accept(tcp)).await {
+            let tls = match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => return tracing::debug!(%client, error = %e, "TLS handshake failed"),
                 Err(_) => return tracing::debug!(%client, "TLS handshake timed out"),
@@ -80,7 +82,7 @@ async fn sort(worker: Rc<Worker>, tcp: TcpStream, client: SocketAddr, server: So
                 None => {
                     let mut tls = tls;
                     let mut byte = [0u8; 1];
-                    match tokio::time::timeout(sniff_timeout, tls.read(&mut byte)).await {
+                    match tokio::time::timeout_at(deadline, tls.read(&mut byte)).await {
                         Ok(Ok(1)) => {}
                         _ => return,
                     }

@@ -15,6 +15,7 @@ use tokio::sync::Notify;
 use tokio::task::spawn_local;
 use turn::{FiveTuple, Transport};
 
+use crate::budget::{Refused, ThrottledLog};
 use crate::worker::{ClientRoute, Worker};
 
 /// Largest frame: a STUN message or ChannelData with a 64 KiB payload, plus header and padding.
@@ -59,27 +60,57 @@ pub(crate) async fn accept_loop(worker: Rc<Worker>, listener: TcpListener, trans
 }
 
 /// Accepts connections for ever and runs `handle(worker, stream, client, server address)` for each in a task of its
-/// own, holding one of the server-wide connection permits; TCP_NODELAY and keepalive set. Shared by the TURN ports
-/// and the mux ports.
+/// own, holding the connection's share of the budget (per source and in total, charged here: before TLS, before a
+/// byte is read); TCP_NODELAY and keepalive set. Shared by the TURN ports and the mux ports.
+///
+/// A refused connection is closed at once rather than left in the backlog, where its client would wait for a
+/// timeout. When the process is out of descriptors (EMFILE), the connection cannot even be accepted to be closed,
+/// so each loop keeps one spare descriptor to give up for that moment.
 pub(crate) async fn accept_each<F, Fut>(worker: Rc<Worker>, listener: TcpListener, handle: F)
 where
     F: Fn(Rc<Worker>, TcpStream, SocketAddr, SocketAddr) -> Fut,
     Fut: std::future::Future<Output = ()> + 'static,
 {
+    static ACCEPT_FAILED: ThrottledLog = ThrottledLog::new(10);
+    static REFUSED_TOTAL: ThrottledLog = ThrottledLog::new(10);
+    static REFUSED_SOURCE: ThrottledLog = ThrottledLog::new(10);
     let Ok(local) = listener.local_addr() else { return };
+    let mut spare = std::fs::File::open("/dev/null").ok();
     loop {
         let (stream, client) = match listener.accept().await {
             Ok(pair) => pair,
             Err(e) => {
-                // EMFILE and friends: back off instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                let out_of_fds = matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE));
+                if let Some(held_back) = ACCEPT_FAILED.due() {
+                    tracing::warn!(error = %e, held_back, "accept failed; connections are refused until descriptors free up");
+                }
+                if out_of_fds && spare.take().is_some() {
+                    // Refuse promptly: accept with the spare descriptor and close at once.
+                    if let Ok((refused, _)) = listener.accept().await {
+                        drop(refused);
+                    }
+                    spare = std::fs::File::open("/dev/null").ok();
+                } else {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
                 continue;
             }
         };
-        let Ok(permit) = worker.shared.connections.clone().try_acquire_owned() else {
-            tracing::debug!(%client, "connection limit reached; closing");
-            continue;
+        let permit = match worker.shared.connections.try_acquire(client.ip()) {
+            Ok(permit) => permit,
+            Err(refused) => {
+                let (log, what) = match refused {
+                    Refused::Total => (&REFUSED_TOTAL, "the server's connection limit (limits.max_connections)"),
+                    Refused::Source => (
+                        &REFUSED_SOURCE,
+                        "the per-source connection limit (limits.max_connections_per_source)",
+                    ),
+                };
+                if let Some(held_back) = log.due() {
+                    tracing::warn!(%client, held_back, "connection refused: {what} is reached");
+                }
+                continue;
+            }
         };
         let _ = stream.set_nodelay(true);
         let keepalive = TcpKeepalive::new()
@@ -102,6 +133,10 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + 'static>(worker: Rc<Worker
     let writer_task = spawn_local(write_loop(writer, sink.clone()));
     let route = ClientRoute::Stream(sink.clone());
     let idle = worker.shared.config.stream_idle_timeout;
+    let auth_timeout = worker.shared.config.auth_timeout;
+    // Fixed, not reset by trickled bytes: a connection must hold an allocation this soon after it was accepted or
+    // its allocation ended, or it is closed — a stranger cannot keep a slot by sending a byte every few seconds.
+    let mut deadline = tokio::time::Instant::now() + auth_timeout;
     let mut buf: Vec<u8> = Vec::with_capacity(2048);
     'conn: loop {
         // Handle every complete frame in the buffer.
@@ -131,6 +166,9 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + 'static>(worker: Rc<Worker
             break;
         }
         let has_allocation = worker.has_allocation(&five_tuple);
+        if has_allocation {
+            deadline = tokio::time::Instant::now() + auth_timeout;
+        }
         let read = reader.read_buf(&mut buf);
         let n = if has_allocation {
             // The allocation's lifetime bounds the connection; TCP keepalive catches half-open peers.
@@ -147,6 +185,10 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + 'static>(worker: Rc<Worker
                         break;
                     }
                 },
+                _ = tokio::time::sleep_until(deadline) => {
+                    tracing::debug!(client = %five_tuple.client, "no allocation within the deadline; closed");
+                    break;
+                }
                 _ = sink.wait_closed() => break,
             }
         };

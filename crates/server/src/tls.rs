@@ -111,5 +111,13 @@ fn load(identity: &TlsIdentity) -> Result<(CertifiedKey, Option<SystemTime>), St
         .map_err(|e| StartError::Tls(format!("invalid key PEM: {e}")))?
         .ok_or_else(|| StartError::Tls("the key file holds no private key".into()))?;
     let signing_key = any_supported_type(&key).map_err(|e| StartError::Tls(format!("unsupported private key: {e}")))?;
-    Ok((CertifiedKey::new(chain, signing_key), mtime))
+    let certified = CertifiedKey::new(chain, signing_key);
+    // Between certbot writing the chain and the key, a reload sees a pair that does not match: refuse it (the caller
+    // keeps the old one) rather than fail every handshake until the next reload.
+    certified.keys_match().map_err(|e| {
+        StartError::Tls(format!(
+            "the certificate does not match the private key ({e}); check that tls.cert and tls.key are a pair"
+        ))
+    })?;
+    Ok((certified, mtime))
 }

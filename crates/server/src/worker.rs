@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rand::{Rng, SeedableRng};
 use tokio::io::unix::AsyncFd;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 use tokio::task::{spawn_local, JoinHandle, LocalSet};
 use turn::{AllocationId, BindRequest, ClientAction, Event, Family, FiveTuple, RelayBinding, Transport};
 
@@ -38,7 +38,9 @@ pub(crate) struct SharedConfig {
     /// The single port's TLS: ALPN `stun.turn` and `http/1.1`.
     pub mux_tls: Arc<rustls::ServerConfig>,
     pub http: Option<Arc<dyn crate::HttpHandler>>,
-    pub connections: Arc<Semaphore>,
+    pub connections: Arc<crate::budget::ConnectionBudget>,
+    /// One reflection budget per source for the whole server (a spoofer's ports land on every worker).
+    pub reflection: Arc<turn::ReflectionGuard>,
     /// EVEN-PORT reservations: the token may be redeemed from another 5-tuple, hence another worker.
     pub reservations: Arc<turn::Reservations>,
     /// The sockets held for those reservations, by address, with the time they were reserved.
@@ -144,7 +146,9 @@ pub(crate) fn run(
             rand::rngs::StdRng::from_entropy(),
             (now, unix),
         )
-        .with_shared_reservations(shared.reservations.clone());
+        .with_shared_reservations(shared.reservations.clone())
+        .with_shared_reflection_guard(shared.reflection.clone())
+        .with_own_addresses(cfg.own_addresses.clone());
         let mut udp = Vec::new();
         for socket in sockets.udp {
             match listener_from_std(socket) {
@@ -206,14 +210,17 @@ fn listener_from_std(socket: std::net::UdpSocket) -> std::io::Result<Listener> {
     })
 }
 
-/// Expiry once a second, and (on worker 0) certificate file checks.
-async fn timer(worker: Rc<Worker>, certs: Arc<CertStore>, watch_certs: bool) {
+/// Expiry once a second, and (on worker 0) the host's addresses and certificate file checks.
+async fn timer(worker: Rc<Worker>, certs: Arc<CertStore>, worker_zero: bool) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut n: u64 = 0;
     loop {
         tick.tick().await;
         n += 1;
         let now = Instant::now();
+        if worker_zero {
+            refresh_own_addresses(&worker.shared.config);
+        }
         worker.server.borrow_mut().handle_timeout(now);
         worker.drain_events();
         let lifetime = worker.shared.config.turn.reservation_lifetime;
@@ -221,7 +228,7 @@ async fn timer(worker: Rc<Worker>, certs: Arc<CertStore>, watch_certs: bool) {
             .shared
             .reserved()
             .retain(|_, (_, at)| now.saturating_duration_since(*at) < lifetime);
-        if watch_certs && n.is_multiple_of(5) {
+        if worker_zero && n.is_multiple_of(5) {
             match certs.reload_if_changed() {
                 Some(Ok(())) => tracing::info!("TLS certificate reloaded (file changed)"),
                 Some(Err(e)) => {
@@ -230,6 +237,23 @@ async fn timer(worker: Rc<Worker>, certs: Arc<CertStore>, watch_certs: bool) {
                 None => {}
             }
         }
+    }
+}
+
+/// Re-reads the host's addresses (a netlink dump, once a second): an address gained while running — an IPv6
+/// privacy address, a floating IP, DHCP finishing late — must not be reachable through the relay. The advertised
+/// external addresses always count as the host's.
+fn refresh_own_addresses(config: &ServerConfig) {
+    let Ok(interfaces) = if_addrs::get_if_addrs() else {
+        return;
+    };
+    let addrs = interfaces
+        .into_iter()
+        .map(|i| i.ip())
+        .chain(config.relay.external_v4)
+        .chain(config.relay.external_v6);
+    if config.own_addresses.set_host(addrs) {
+        tracing::info!("the host's addresses changed; relay permissions to new own addresses are revoked");
     }
 }
 

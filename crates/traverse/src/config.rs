@@ -170,6 +170,8 @@ pub struct Auth {
     pub users: Vec<String>,
     pub nonce_lifetime: u64,
     pub credential_ttl: u64,
+    /// REST credentials expiring further ahead than this many seconds are refused (0: no limit).
+    pub max_credential_lifetime: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -178,11 +180,19 @@ pub struct Limits {
     pub workers: usize,
     pub max_allocations: usize,
     pub max_allocations_per_user: usize,
+    /// Allocations from one IPv4 address or IPv6 /64 (0: no limit).
+    pub max_allocations_per_source: usize,
     pub default_lifetime: u64,
     pub max_lifetime: u64,
     pub max_permissions_per_allocation: usize,
+    pub max_channels_per_allocation: usize,
     pub max_connections: usize,
+    /// TCP/TLS/HTTP connections from one IPv4 address or IPv6 /64 (0: no limit), counted before TLS.
+    pub max_connections_per_source: usize,
     pub idle_timeout: u64,
+    /// Seconds a TURN stream connection may go without an allocation, whatever it sends (the idle timer restarts
+    /// on every byte; this deadline does not).
+    pub auth_timeout: u64,
     pub reflection_bytes_per_second: u32,
 }
 
@@ -244,6 +254,7 @@ impl Default for Auth {
             users: Vec::new(),
             nonce_lifetime: 600,
             credential_ttl: 86_400,
+            max_credential_lifetime: 7 * 86_400,
         }
     }
 }
@@ -253,12 +264,16 @@ impl Default for Limits {
         Self {
             workers: 0,
             max_allocations: 10_000,
-            max_allocations_per_user: 0,
+            max_allocations_per_user: 100,
+            max_allocations_per_source: 2_000,
             default_lifetime: 600,
             max_lifetime: 3600,
             max_permissions_per_allocation: 256,
+            max_channels_per_allocation: 256,
             max_connections: 10_000,
+            max_connections_per_source: 500,
             idle_timeout: 30,
+            auth_timeout: 10,
             reflection_bytes_per_second: 16 * 1024,
         }
     }
@@ -318,6 +333,36 @@ impl Config {
                 "relay.port_min/port_max",
                 format!("{}-{} is not a port range", self.relay.port_min, self.relay.port_max),
             );
+        }
+        // A relay port that is also a listener's port would let a client relay into the server itself (a TURN loop);
+        // a relay socket could not bind there anyway, but the range must say what it means.
+        let relay_ports = self.relay.port_min..=self.relay.port_max;
+        let listeners = [
+            ("listen.udp", &self.listen.udp),
+            ("listen.tcp", &self.listen.tcp),
+            ("listen.tls", &self.listen.tls),
+            ("listen.http", &self.listen.http),
+            ("listen.single", &self.listen.single),
+        ];
+        for (key, addrs) in listeners {
+            if let Some(addr) = addrs.iter().find(|a| relay_ports.contains(&a.port())) {
+                bad(
+                    "relay.port_min/port_max",
+                    format!(
+                        "{}-{} contains the port of {key} {addr}: relay ports must not overlap the server's own \
+                         listeners (a client could relay into the server itself); e.g. 49152-65535",
+                        self.relay.port_min, self.relay.port_max
+                    ),
+                );
+            }
+        }
+        if let Some(lifetime) = Some(self.auth.max_credential_lifetime).filter(|l| *l != 0) {
+            if self.auth.credential_ttl > lifetime {
+                bad(
+                    "auth.credential_ttl",
+                    format!("{} s is longer than auth.max_credential_lifetime ({lifetime} s)", self.auth.credential_ttl),
+                );
+            }
         }
         for (key, list) in [
             ("relay.allow_peers", &self.relay.allow_peers),

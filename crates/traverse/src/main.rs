@@ -118,6 +118,9 @@ struct ServeArgs {
     /// Allocations per user, 0 for no limit [limits.max_allocations_per_user].
     #[arg(long, env = "TRAVERSE_MAX_ALLOCATIONS_PER_USER")]
     max_allocations_per_user: Option<usize>,
+    /// Allocations per IPv4 address or IPv6 /64, 0 for no limit [limits.max_allocations_per_source].
+    #[arg(long, env = "TRAVERSE_MAX_ALLOCATIONS_PER_SOURCE")]
+    max_allocations_per_source: Option<usize>,
     /// Allocation lifetime granted by default, seconds [limits.default_lifetime].
     #[arg(long, env = "TRAVERSE_DEFAULT_LIFETIME")]
     default_lifetime: Option<u64>,
@@ -130,6 +133,12 @@ struct ServeArgs {
     /// TCP/TLS connections held at once [limits.max_connections].
     #[arg(long, env = "TRAVERSE_MAX_CONNECTIONS")]
     max_connections: Option<usize>,
+    /// TCP/TLS/HTTP connections per IPv4 address or IPv6 /64, 0 for no limit [limits.max_connections_per_source].
+    #[arg(long, env = "TRAVERSE_MAX_CONNECTIONS_PER_SOURCE")]
+    max_connections_per_source: Option<usize>,
+    /// Seconds a TURN TCP/TLS connection may go without an allocation, whatever it sends [limits.auth_timeout].
+    #[arg(long, env = "TRAVERSE_AUTH_TIMEOUT")]
+    auth_timeout: Option<u64>,
     /// Seconds before a TCP/TLS connection without an allocation is closed [limits.idle_timeout].
     #[arg(long, env = "TRAVERSE_IDLE_TIMEOUT")]
     idle_timeout: Option<u64>,
@@ -299,6 +308,53 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// Says what the descriptor limit allows, and loudly when it cuts the configured capacity.
+fn report_capacity(fds: &server::FdPlan, config: &Config) {
+    let raised = if fds.soft > fds.soft_before {
+        format!(" (raised from {})", fds.soft_before)
+    } else {
+        String::new()
+    };
+    tracing::info!(
+        "file descriptors: soft limit {}{raised}, hard {}: room for {} connections and {} allocations",
+        fds.soft,
+        fds.hard,
+        fds.connections,
+        fds.allocations
+    );
+    if fds.connections < config.limits.max_connections || fds.allocations < config.limits.max_allocations {
+        tracing::warn!(
+            "the descriptor limit ({}) cannot hold limits.max_connections ({}) and limits.max_allocations ({}): \
+             capacity cut to {} connections and {} allocations; raise it (systemd LimitNOFILE=1048576, or ulimit -n)",
+            fds.soft,
+            config.limits.max_connections,
+            config.limits.max_allocations,
+            fds.connections,
+            fds.allocations
+        );
+    }
+}
+
+/// Linux hands out ephemeral ports (outgoing connections, unbound UDP sockets) from ip_local_port_range: where the
+/// relay range overlaps it, a relay port may be taken by another program, and its sockets are not ours to relay to.
+fn warn_if_relay_ports_overlap_ephemeral(config: &Config) {
+    let Ok(range) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range") else {
+        return;
+    };
+    let mut parts = range.split_whitespace().filter_map(|p| p.parse::<u16>().ok());
+    let (Some(low), Some(high)) = (parts.next(), parts.next()) else {
+        return;
+    };
+    let (min, max) = (config.relay.port_min, config.relay.port_max);
+    if min <= high && low <= max {
+        tracing::warn!(
+            "relay ports {min}-{max} overlap the host's ephemeral ports {low}-{high} (net.ipv4.ip_local_port_range): \
+             other programs' sockets may take relay ports; set `sysctl net.ipv4.ip_local_port_range=\"32768 49151\"` \
+             or move relay.port_min/port_max"
+        );
+    }
+}
+
 /// A REST credential: username `expiry:user`, password base64(HMAC-SHA1(secret, username)).
 fn mint(secret: &str, user: &str, ttl: u64) -> (String, String) {
     mint_at(secret, user, unix_now() + ttl)
@@ -358,10 +414,13 @@ fn apply(config: &mut Config, a: ServeArgs) {
     set!(config.limits.workers, a.workers);
     set!(config.limits.max_allocations, a.max_allocations);
     set!(config.limits.max_allocations_per_user, a.max_allocations_per_user);
+    set!(config.limits.max_allocations_per_source, a.max_allocations_per_source);
     set!(config.limits.default_lifetime, a.default_lifetime);
     set!(config.limits.max_lifetime, a.max_lifetime);
     set!(config.limits.max_permissions_per_allocation, a.max_permissions);
     set!(config.limits.max_connections, a.max_connections);
+    set!(config.limits.max_connections_per_source, a.max_connections_per_source);
+    set!(config.limits.auth_timeout, a.auth_timeout);
     set!(config.limits.idle_timeout, a.idle_timeout);
     set!(config.limits.reflection_bytes_per_second, a.reflection_bytes_per_second);
     set!(config.listen.http, a.http);
@@ -415,14 +474,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let interface_ips: Vec<IpAddr> = if_addrs::get_if_addrs()
         .map(|list| list.into_iter().map(|i| i.ip()).collect())
         .unwrap_or_default();
-    let mut own = interface_ips.clone();
-    own.extend(config.relay.external_v4);
-    own.extend(config.relay.external_v6);
     let policy = turn::policy::PeerPolicy {
         allow: Config::peer_blocks(&config.relay.allow_peers),
         deny: Config::peer_blocks(&config.relay.deny_peers),
-        own_addresses: own,
-        own_relay_ports: Some(config.relay.port_min..=config.relay.port_max),
     };
     let turn_config = turn::Config {
         default_lifetime: Duration::from_secs(config.limits.default_lifetime),
@@ -431,6 +485,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         relay_ipv6: config.relay.ipv6,
         bandwidth_per_allocation: config.relay.bandwidth_per_allocation,
         max_permissions_per_allocation: config.limits.max_permissions_per_allocation,
+        max_channels_per_allocation: config.limits.max_channels_per_allocation,
         policy,
         reflection_bytes_per_second: config.limits.reflection_bytes_per_second,
         // Validated above.
@@ -450,7 +505,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .collect(),
         nonce_key,
         config.auth.nonce_lifetime,
-    );
+    )
+    .with_max_rest_lifetime(config.auth.max_credential_lifetime);
     let tls_identity = match (&config.tls.cert, &config.tls.key) {
         (Some(cert), Some(key)) => server::TlsIdentity::Files {
             cert: cert.clone(),
@@ -465,6 +521,25 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let workers = match config.limits.workers {
         0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         n => n,
+    };
+    let listeners = config.listen.udp.len()
+        + config.listen.tcp.len()
+        + config.listen.tls.len()
+        + config.listen.http.len()
+        + config.listen.single.len();
+    let fds = server::plan_fds(
+        (listeners + 4) * workers,
+        config.limits.max_connections,
+        config.limits.max_allocations,
+        false,
+    );
+    report_capacity(&fds, &config);
+    warn_if_relay_ports_overlap_ephemeral(&config);
+    let own_addresses = {
+        let mut own = interface_ips.clone();
+        own.extend(config.relay.external_v4);
+        own.extend(config.relay.external_v6);
+        Arc::new(turn::OwnAddresses::new(own))
     };
     let server_config = server::ServerConfig {
         udp: config.listen.udp.clone(),
@@ -483,13 +558,16 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         workers,
         stream_idle_timeout: Duration::from_secs(config.limits.idle_timeout),
         tls_handshake_timeout: Duration::from_secs(10),
-        max_stream_connections: config.limits.max_connections,
+        max_stream_connections: fds.connections,
+        max_connections_per_source: config.limits.max_connections_per_source,
+        auth_timeout: Duration::from_secs(config.limits.auth_timeout),
+        own_addresses,
         turn: Arc::new(turn_config),
         auth: Arc::new(auth),
-        quotas: Arc::new(turn::Quotas::new(
-            config.limits.max_allocations,
-            config.limits.max_allocations_per_user,
-        )),
+        quotas: Arc::new(
+            turn::Quotas::new(fds.allocations, config.limits.max_allocations_per_user)
+                .with_per_source(config.limits.max_allocations_per_source),
+        ),
     };
     // The URLs name the bound ports (a port may be 0 in the config), so they are filled in after the start.
     let ice_urls: Arc<std::sync::OnceLock<IceUrls>> = Arc::new(std::sync::OnceLock::new());
@@ -539,12 +617,28 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             a.port(),
             a.port()
         );
+        // Plain HTTP there is redirected to the configured name, else the port's own address, else the advertised
+        // host — never to the request's Host (the web side is not told a connection's local address).
+        let redirect_host = match (&config.signal.public_host, a.ip()) {
+            (Some(name), _) => name.clone(),
+            (None, ip) if !ip.is_unspecified() => ip.to_string(),
+            (None, _) => host.clone(),
+        };
+        if let Err(e) = web.set_https_origin(&redirect_host, a.port()) {
+            tracing::warn!(error = %e, "plain HTTP on the single port is not redirected; set signal.public_host");
+        }
     }
     if running.certs.is_self_signed() && !running.tls.is_empty() {
         tracing::warn!("TLS uses a generated self-signed certificate: browsers refuse it; set tls.cert and tls.key");
     }
     if generated_secret {
         tracing::info!("no credentials configured: generated a shared secret for this run");
+    }
+    if config.signal.secret.is_none() {
+        tracing::warn!(
+            "signal.secret is unset: anyone who can reach this server can mint TURN credentials and join rooms; \
+             set signal.secret (--signal-secret, TRAVERSE_SIGNAL_SECRET) so that credentials come only with a join token"
+        );
     }
     print_ice_servers(&config, &host, &running);
 

@@ -1,0 +1,224 @@
+//! What a stranger can make the I/O layer hold: TCP connections (TURN over TCP/TLS, HTTP, WebSocket, single port),
+//! charged to their source and to the server-wide limit before anything else is done with them — before the TLS
+//! handshake, before the first byte is read — and the host's file descriptors, split between kinds so that one
+//! kind cannot starve another.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use turn::Source;
+
+/// Connections held at once: in total (a semaphore shared by every listener of every worker) and per source.
+#[derive(Debug)]
+pub(crate) struct ConnectionBudget {
+    total: Arc<Semaphore>,
+    max_per_source: usize,
+    per_source: Mutex<HashMap<Source, usize>>,
+}
+
+/// Which budget refused a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refused {
+    Total,
+    Source,
+}
+
+/// One connection's share of the budget, returned when the connection's task ends.
+#[derive(Debug)]
+pub(crate) struct ConnectionPermit {
+    budget: Arc<ConnectionBudget>,
+    source: Source,
+    _total: OwnedSemaphorePermit,
+}
+
+impl ConnectionBudget {
+    /// `max_per_source` 0: no per-source limit.
+    pub(crate) fn new(max_total: usize, max_per_source: usize) -> Self {
+        Self {
+            total: Arc::new(Semaphore::new(max_total)),
+            max_per_source,
+            per_source: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn counts(&self) -> std::sync::MutexGuard<'_, HashMap<Source, usize>> {
+        self.per_source.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Charges a connection from `ip`; refused when its source or the server is at its limit. Never waits.
+    pub(crate) fn try_acquire(self: &Arc<Self>, ip: IpAddr) -> Result<ConnectionPermit, Refused> {
+        let source = Source::of(ip);
+        let mut counts = self.counts();
+        let held = counts.get(&source).copied().unwrap_or(0);
+        if self.max_per_source != 0 && held >= self.max_per_source {
+            return Err(Refused::Source);
+        }
+        let total = self.total.clone().try_acquire_owned().map_err(|_| Refused::Total)?;
+        counts.insert(source, held + 1);
+        Ok(ConnectionPermit {
+            budget: self.clone(),
+            source,
+            _total: total,
+        })
+    }
+
+    /// Connections held by `ip`'s source now.
+    #[cfg(test)]
+    pub(crate) fn of_source(&self, ip: IpAddr) -> usize {
+        self.counts().get(&Source::of(ip)).copied().unwrap_or(0)
+    }
+}
+
+impl Drop for ConnectionPermit {
+    fn drop(&mut self) {
+        let mut counts = self.budget.counts();
+        if let Some(n) = counts.get_mut(&self.source) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                counts.remove(&self.source);
+            }
+        }
+    }
+}
+
+/// A warning that an attack would otherwise repeat thousands of times a second: logged at most once per
+/// `interval_secs`, with the number of times it was held back.
+#[derive(Debug)]
+pub(crate) struct ThrottledLog {
+    interval_secs: u64,
+    last: AtomicU64,
+    suppressed: AtomicU64,
+}
+
+impl ThrottledLog {
+    pub(crate) const fn new(interval_secs: u64) -> Self {
+        Self {
+            interval_secs,
+            last: AtomicU64::new(0),
+            suppressed: AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(times held back since the last line)` when a line is due now.
+    pub(crate) fn due(&self) -> Option<u64> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let last = self.last.load(Ordering::Relaxed);
+        if now >= last + self.interval_secs
+            && self
+                .last
+                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+        {
+            return Some(self.suppressed.swap(0, Ordering::AcqRel));
+        }
+        self.suppressed.fetch_add(1, Ordering::Relaxed);
+        None
+    }
+}
+
+/// The host's file descriptors and how they are split.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FdPlan {
+    /// The soft limit before and after raising it toward the hard limit.
+    pub soft_before: u64,
+    pub soft: u64,
+    pub hard: u64,
+    /// Connections (TCP, TLS, HTTP, WebSocket) held at once.
+    pub connections: usize,
+    /// Allocations: each holds one relay socket per address family (two for a dual-stack one).
+    pub allocations: usize,
+    /// Descriptors kept for listeners, files, the runtime and EVEN-PORT reservations.
+    pub reserve: u64,
+}
+
+/// Descriptors kept aside besides the listeners: runtime (epoll, eventfds), log and report files, certificate
+/// reloads, EVEN-PORT reservations, the spare descriptors of the accept loops.
+const FIXED_RESERVE: u64 = 256;
+
+/// Raises the soft descriptor limit toward the hard one (systemd's default soft limit is 1 024), then fits the
+/// configured capacity into it: when `max_connections` connections plus `max_allocations` allocations (at one or
+/// two relay sockets each) and the reserve do not fit, both are cut in proportion, so neither can take the
+/// descriptors the other needs.
+pub fn plan_fds(listeners: usize, max_connections: usize, max_allocations: usize, dual_stack: bool) -> FdPlan {
+    let (soft_before, hard) = rlimit::Resource::NOFILE.get().unwrap_or((1024, 1024));
+    let soft = rlimit::increase_nofile_limit(hard).unwrap_or(soft_before);
+    plan(soft_before, soft, hard, listeners, max_connections, max_allocations, dual_stack)
+}
+
+fn plan(
+    soft_before: u64,
+    soft: u64,
+    hard: u64,
+    listeners: usize,
+    max_connections: usize,
+    max_allocations: usize,
+    dual_stack: bool,
+) -> FdPlan {
+    let reserve = FIXED_RESERVE + listeners as u64;
+    let per_allocation: u64 = if dual_stack { 2 } else { 1 };
+    let wanted_connections = max_connections as u64;
+    let wanted_relays = max_allocations as u64 * per_allocation;
+    let available = soft.saturating_sub(reserve);
+    let (connections, allocations) = if wanted_connections + wanted_relays <= available {
+        (max_connections, max_allocations)
+    } else {
+        let total = (wanted_connections + wanted_relays).max(1);
+        let connections = available * wanted_connections / total;
+        let relays = available.saturating_sub(connections);
+        (connections as usize, (relays / per_allocation) as usize)
+    };
+    FdPlan {
+        soft_before,
+        soft,
+        hard,
+        connections,
+        allocations,
+        reserve,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_source_and_total_limits_and_release() {
+        let budget = Arc::new(ConnectionBudget::new(5, 2));
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let a6: IpAddr = "2001:db8::1".parse().unwrap();
+        let a6_same_64: IpAddr = "2001:db8::ffff:2".parse().unwrap();
+        let p1 = budget.try_acquire(a).unwrap();
+        let _p2 = budget.try_acquire(a).unwrap();
+        assert_eq!(budget.try_acquire(a).unwrap_err(), Refused::Source);
+        let _p3 = budget.try_acquire(a6).unwrap();
+        let _p4 = budget.try_acquire(a6_same_64).unwrap();
+        assert_eq!(budget.try_acquire(a6).unwrap_err(), Refused::Source, "one /64 is one source");
+        let _p5 = budget.try_acquire("192.0.2.9".parse().unwrap()).unwrap();
+        assert_eq!(
+            budget.try_acquire("192.0.2.10".parse().unwrap()).unwrap_err(),
+            Refused::Total
+        );
+        drop(p1);
+        assert_eq!(budget.of_source(a), 1);
+        assert!(budget.try_acquire(a).is_ok(), "a released permit is reusable");
+    }
+
+    #[test]
+    fn fd_plan_keeps_the_configured_capacity_when_it_fits_and_splits_it_when_not() {
+        let roomy = plan(1024, 1 << 20, 1 << 20, 10, 10_000, 10_000, true);
+        assert_eq!((roomy.connections, roomy.allocations), (10_000, 10_000));
+        let tight = plan(1024, 1024, 1024, 12, 10_000, 10_000, true);
+        assert_eq!(tight.reserve, 268);
+        // 756 descriptors: a third to connections (10 000 of 30 000 wanted), two thirds to relay sockets.
+        assert_eq!(tight.connections, 252);
+        assert_eq!(tight.allocations, 252);
+        assert!(tight.connections as u64 + 2 * tight.allocations as u64 + tight.reserve <= 1024);
+    }
+}
