@@ -9,6 +9,7 @@ use bytes::Bytes;
 use rand::RngCore;
 use serde_json::value::RawValue;
 
+use crate::budget::{Budget, ByteLimits, Over, Source, FRAME_OVERHEAD};
 use crate::protocol::{self, push_json_str, ClientMessage, CloseCode, ErrorCode, Refusal};
 use crate::token::{verify_token, TokenError};
 
@@ -50,6 +51,13 @@ pub struct Limits {
     pub max_queued: usize,
     /// Unacknowledged messages kept for a connected peer; older ones are forgotten (a resume from before them fails).
     pub max_unacked: usize,
+    /// Bytes kept for one session: its unacknowledged frames while connected (older ones are forgotten beyond it),
+    /// its queue while disconnected (further messages are refused, `queue-full`).
+    pub max_session_bytes: usize,
+    /// Bytes kept for every session of one source (an IPv4 address, an IPv6 /64): `source-full` beyond it.
+    pub max_source_bytes: usize,
+    /// Bytes kept for every session of the hub: `server-full` beyond it. The I/O layer sizes it from the machine.
+    pub max_total_bytes: usize,
     pub max_meta_bytes: usize,
     /// Errors on one socket before it is closed for a protocol violation.
     pub max_errors: u32,
@@ -69,6 +77,10 @@ impl Default for Limits {
             max_connections_per_ip: 20,
             max_queued: 256,
             max_unacked: 1024,
+            // A full replay of 1 024 frames of 2 KB (SDP-sized) fits; the attack of issue 7 held 60 MB per session.
+            max_session_bytes: 4 << 20,
+            max_source_bytes: 16 << 20,
+            max_total_bytes: 256 << 20,
             max_meta_bytes: 1024,
             max_errors: 20,
             heartbeat_interval: Duration::from_secs(10),
@@ -85,6 +97,13 @@ pub struct HubStats {
     pub sessions: usize,
     pub rooms: usize,
     pub relayed: u64,
+    /// Bytes of frames kept for sessions (replay buffers and queues), as charged to the budgets.
+    pub held_bytes: usize,
+    /// Sources holding any of them.
+    pub held_sources: usize,
+    /// Frames refused for a budget (`undeliverable` `queue-full`, `source-full`, `server-full`; silently for a
+    /// broadcast).
+    pub refused: u64,
 }
 
 /// The protocol's room logic, whatever keeps the rooms. The I/O layer drives one of these.
@@ -114,7 +133,7 @@ pub type IceServerSource = Box<dyn Fn(&str, u64) -> Box<RawValue> + Send>;
 
 /// One socket.
 struct Conn {
-    ip: IpAddr,
+    source: Source,
     /// The peer id of the session this socket carries, once joined or resumed.
     peer: Option<Arc<str>>,
     last_heard: Instant,
@@ -128,6 +147,10 @@ struct Conn {
 struct Session {
     secret: String,
     room: Arc<str>,
+    /// Charged for every kept frame: the source of the socket that joined.
+    source: Source,
+    /// Bytes of `buffer` as charged to the budgets.
+    held: usize,
     /// JSON object shown to the other peers.
     meta: String,
     conn: Option<ConnId>,
@@ -146,6 +169,35 @@ struct Disconnected {
 
 /// A signal's sender and message id, told if it is never delivered.
 type SignalFrom = (Arc<str>, Option<String>);
+
+/// A frame refused by a budget: which one, and the signal's sender handed back so the caller can name it.
+struct Refused {
+    over: Over,
+    signal_from: Option<SignalFrom>,
+}
+
+impl Session {
+    /// Forgets the oldest kept frame and refunds its bytes.
+    fn forget_oldest(&mut self, budget: &mut Budget) -> Option<Buffered> {
+        let b = self.buffer.pop_front()?;
+        let n = charge_of(&b.text);
+        self.held = self.held.saturating_sub(n);
+        budget.release(self.source, n);
+        Some(b)
+    }
+
+    /// Forgets every frame up to `seq`: acknowledged, or before a resume's `lastSeq`.
+    fn forget_through(&mut self, seq: u64, budget: &mut Budget) {
+        while self.buffer.front().is_some_and(|b| b.seq <= seq) {
+            self.forget_oldest(budget);
+        }
+    }
+}
+
+/// What a kept frame costs its budgets.
+fn charge_of(text: &Bytes) -> usize {
+    text.len() + FRAME_OVERHEAD
+}
 
 struct Buffered {
     seq: u64,
@@ -167,7 +219,9 @@ pub struct MemoryHub<R = rand::rngs::StdRng> {
     ice_servers: IceServerSource,
     rng: R,
     conns: HashMap<ConnId, Conn>,
-    per_ip: HashMap<IpAddr, usize>,
+    /// Sockets per source.
+    per_source: HashMap<Source, usize>,
+    budget: Budget,
     sessions: HashMap<Arc<str>, Session>,
     by_secret: HashMap<String, Arc<str>>,
     rooms: HashMap<Arc<str>, Room>,
@@ -176,6 +230,7 @@ pub struct MemoryHub<R = rand::rngs::StdRng> {
     /// The `now` of the event being handled.
     clock: Instant,
     relayed: u64,
+    refused: u64,
 }
 
 impl<R> std::fmt::Debug for MemoryHub<R> {
@@ -199,13 +254,19 @@ impl<R: RngCore + Send> MemoryHub<R> {
         rng: R,
         now: Instant,
     ) -> Self {
+        let budget = Budget::new(ByteLimits {
+            session: limits.max_session_bytes,
+            source: limits.max_source_bytes,
+            total: limits.max_total_bytes,
+        });
         Self {
             limits,
             token_secret,
             ice_servers,
             rng,
             conns: HashMap::new(),
-            per_ip: HashMap::new(),
+            per_source: HashMap::new(),
+            budget,
             sessions: HashMap::new(),
             by_secret: HashMap::new(),
             rooms: HashMap::new(),
@@ -213,11 +274,17 @@ impl<R: RngCore + Send> MemoryHub<R> {
             next_sweep: None,
             clock: now,
             relayed: 0,
+            refused: 0,
         }
     }
 
     pub fn limits(&self) -> &Limits {
         &self.limits
+    }
+
+    /// Bytes kept for the sessions of `ip`'s source (its IPv4 address or IPv6 /64).
+    pub fn held_by(&self, ip: IpAddr) -> usize {
+        self.budget.held_by(Source::from(ip))
     }
 
     fn random_id(&mut self, prefix: &str, bytes: usize) -> String {
@@ -315,7 +382,7 @@ impl<R: RngCore + Send> MemoryHub<R> {
     /// Closes a socket now; its session (if any) starts its grace period.
     fn close(&mut self, conn: ConnId, code: CloseCode, reason: &str) {
         let Some(c) = self.conns.remove(&conn) else { return };
-        self.release_ip(c.ip);
+        self.release_source(c.source);
         if let Some(peer) = c.peer {
             if let Some(s) = self.sessions.get_mut(&peer) {
                 if s.conn == Some(conn) {
@@ -334,61 +401,94 @@ impl<R: RngCore + Send> MemoryHub<R> {
         });
     }
 
-    fn release_ip(&mut self, ip: IpAddr) {
-        if let Some(n) = self.per_ip.get_mut(&ip) {
+    fn release_source(&mut self, source: Source) {
+        if let Some(n) = self.per_source.get_mut(&source) {
             *n = n.saturating_sub(1);
             if *n == 0 {
-                self.per_ip.remove(&ip);
+                self.per_source.remove(&source);
             }
         }
     }
 
     /// Appends a stream message (`body` is the JSON object after `{"seq":N,`) to a peer's stream and sends it if
-    /// the peer is connected. Refused when the peer is disconnected and its queue is full.
-    fn deliver(&mut self, peer: &str, body: &str, signal_from: Option<SignalFrom>) -> Result<(), ()> {
+    /// the peer is connected. Refused when the peer is disconnected and its queue is over a budget.
+    fn deliver(&mut self, peer: &str, body: &str, signal_from: Option<SignalFrom>) -> Result<(), Over> {
         self.deliver_with(peer, body.len(), |frame| frame.push_str(body), signal_from)
-            .map_err(drop)
+            .map_err(|refused| refused.over)
     }
 
     /// [`Self::deliver`] with the body written straight into the frame: one allocation per delivered message,
-    /// shared by the replay buffer and the socket's queue. A refusal hands `signal_from` back, so the caller can
-    /// name the message without having copied its id beforehand.
+    /// shared by the replay buffer and the socket's queue. `body_len` must not be less than what `write_body`
+    /// writes (the budgets are checked with it before anything is allocated). A refusal hands `signal_from` back,
+    /// so the caller can name the message without having copied its id beforehand.
+    ///
+    /// Budgets: a disconnected peer's queue is never trimmed, so a frame over a budget is refused (nothing queued
+    /// is dropped silently). A connected peer has been sent everything already; only its replay window shrinks:
+    /// its own oldest unacknowledged frames are forgotten until the new one fits, and if none are left the frame
+    /// is sent without being kept (a resume from before it fails). So a reader that never acknowledges holds at
+    /// most its session budget, and no one else's frames are dropped to make room.
     fn deliver_with(
         &mut self,
         peer: &str,
         body_len: usize,
         write_body: impl FnOnce(&mut String),
         signal_from: Option<SignalFrom>,
-    ) -> Result<(), Option<SignalFrom>> {
+    ) -> Result<(), Refused> {
         let limits = &self.limits;
+        let budget = &mut self.budget;
         let Some(s) = self.sessions.get_mut(peer) else {
-            return Err(signal_from);
+            return Err(Refused {
+                over: Over::Session,
+                signal_from,
+            });
         };
+        // `{"seq":` + at most 20 digits + `,`.
+        let frame_len = body_len + 28;
         if let Some(d) = &s.disconnected {
             let queued = (s.next_seq - 1).saturating_sub(d.last_sent) as usize;
-            if queued >= limits.max_queued {
-                return Err(signal_from);
+            let checked = if queued >= limits.max_queued {
+                Err(Over::Session)
+            } else {
+                budget.check(s.source, s.held, frame_len + FRAME_OVERHEAD)
+            };
+            if let Err(over) = checked {
+                self.refused += 1;
+                return Err(Refused { over, signal_from });
             }
         }
         let seq = s.next_seq;
         s.next_seq += 1;
-        let mut frame = String::with_capacity(body_len + 28);
+        let mut frame = String::with_capacity(frame_len);
         frame.push_str("{\"seq\":");
         frame.push_str(itoa(seq).as_str());
         frame.push(',');
         write_body(&mut frame);
         let text = Bytes::from(frame);
-        // A connected client that never acknowledges loses the oldest entries (a resume from before them fails);
-        // a disconnected peer's queue is bounded by `max_queued` above and never trimmed, so nothing queued for it
-        // is dropped silently.
-        if s.disconnected.is_none() && s.buffer.len() >= limits.max_unacked {
-            s.buffer.pop_front();
+        let n = charge_of(&text);
+        let keep = if s.disconnected.is_some() {
+            true
+        } else {
+            if s.buffer.len() >= limits.max_unacked {
+                s.forget_oldest(budget);
+            }
+            loop {
+                if budget.check(s.source, s.held, n).is_ok() {
+                    break true;
+                }
+                if s.forget_oldest(budget).is_none() {
+                    break false;
+                }
+            }
+        };
+        if keep {
+            budget.charge(s.source, n);
+            s.held += n;
+            s.buffer.push_back(Buffered {
+                seq,
+                text: text.clone(),
+                signal_from,
+            });
         }
-        s.buffer.push_back(Buffered {
-            seq,
-            text: text.clone(),
-            signal_from,
-        });
         if let Some(conn) = s.conn {
             self.outputs.push_back(Output::Send { conn, text });
         }
@@ -441,9 +541,7 @@ impl<R: RngCore + Send> MemoryHub<R> {
         let (mut newest, mut client_seq) = (0, 0);
         if let Some(s) = peer.and_then(|p| self.sessions.get_mut(&p)) {
             if let Some(ack) = ack {
-                while s.buffer.front().is_some_and(|b| b.seq <= ack) {
-                    s.buffer.pop_front();
-                }
+                s.forget_through(ack, &mut self.budget);
             }
             newest = s.next_seq - 1;
             client_seq = s.client_seq;
@@ -518,12 +616,15 @@ impl<R: RngCore + Send> MemoryHub<R> {
             self.limits.resume_grace.as_millis()
         ));
 
+        let source = self.conns.get(&conn).map_or(Source::V4([0; 4]), |c| c.source);
         let joined_notice = format!("\"type\":\"peer-joined\",\"peer\":{{\"id\":\"{peer}\",\"meta\":{meta}}}}}");
         self.sessions.insert(
             peer.clone(),
             Session {
                 secret: secret.clone(),
                 room: room.clone(),
+                source,
+                held: 0,
                 meta,
                 conn: Some(conn),
                 next_seq: 1,
@@ -570,9 +671,7 @@ impl<R: RngCore + Send> MemoryHub<R> {
         let Some(s) = self.sessions.get_mut(&peer) else { return };
         s.conn = Some(conn);
         s.disconnected = None;
-        while s.buffer.front().is_some_and(|b| b.seq <= last_seq) {
-            s.buffer.pop_front();
-        }
+        s.forget_through(last_seq, &mut self.budget);
         self.outputs.push_back(Output::Send {
             conn,
             text: Bytes::from(format!(
@@ -610,12 +709,13 @@ impl<R: RngCore + Send> MemoryHub<R> {
             frame.push_str(data);
             frame.push('}');
         };
-        let len = data.len() + from.len() + 32;
+        // `"type":"signal","from":"` + from + `","data":` + data + `}`.
+        let len = data.len() + from.len() + 35;
         match self.deliver_with(to, len, write, Some((from.clone(), id))) {
             Ok(()) => self.relayed += 1,
-            Err(back) => {
-                let id = back.and_then(|(_, id)| id);
-                self.undeliverable(from, to, id.as_deref(), "queue-full");
+            Err(Refused { over, signal_from }) => {
+                let id = signal_from.and_then(|(_, id)| id);
+                self.undeliverable(from, to, id.as_deref(), over.reason());
             }
         }
     }
@@ -661,6 +761,7 @@ impl<R: RngCore + Send> MemoryHub<R> {
     /// `undeliverable`.
     fn remove_session(&mut self, peer: &Arc<str>) {
         let Some(s) = self.sessions.remove(peer) else { return };
+        self.budget.release(s.source, s.held);
         self.by_secret.remove(&s.secret);
         if let Some(conn) = s.conn {
             if let Some(c) = self.conns.get_mut(&conn) {
@@ -721,11 +822,12 @@ impl<R: RngCore + Send> MemoryHub<R> {
 
 impl<R: RngCore + Send> SignalHub for MemoryHub<R> {
     fn check_connect(&self, ip: IpAddr) -> Result<(), Refusal> {
-        if self.per_ip.get(&ip).copied().unwrap_or(0) >= self.limits.max_connections_per_ip {
+        let source = Source::from(ip);
+        if self.per_source.get(&source).copied().unwrap_or(0) >= self.limits.max_connections_per_ip {
             return Err(Refusal::new(
                 ErrorCode::TooManyConnections,
                 format!(
-                    "Too many sockets from {ip} (at most {}); close some or retry later.",
+                    "Too many sockets from {source} (at most {}); close some or retry later.",
                     self.limits.max_connections_per_ip
                 ),
             ));
@@ -747,11 +849,12 @@ impl<R: RngCore + Send> SignalHub for MemoryHub<R> {
     fn handle_connect(&mut self, conn: ConnId, ip: IpAddr, now: Now) -> Result<(), Refusal> {
         self.clock = now.instant;
         self.check_connect(ip)?;
-        *self.per_ip.entry(ip).or_insert(0) += 1;
+        let source = Source::from(ip);
+        *self.per_source.entry(source).or_insert(0) += 1;
         self.conns.insert(
             conn,
             Conn {
-                ip,
+                source,
                 peer: None,
                 last_heard: now.instant,
                 tokens: f64::from(self.limits.burst),
@@ -826,7 +929,7 @@ impl<R: RngCore + Send> SignalHub for MemoryHub<R> {
     fn handle_closed(&mut self, conn: ConnId, now: Now) {
         self.clock = now.instant;
         let Some(c) = self.conns.remove(&conn) else { return };
-        self.release_ip(c.ip);
+        self.release_source(c.source);
         let Some(peer) = c.peer else { return };
         if let Some(s) = self.sessions.get_mut(&peer) {
             if s.conn == Some(conn) {
@@ -875,6 +978,9 @@ impl<R: RngCore + Send> SignalHub for MemoryHub<R> {
             sessions: self.sessions.len(),
             rooms: self.rooms.len(),
             relayed: self.relayed,
+            held_bytes: self.budget.total(),
+            held_sources: self.budget.sources(),
+            refused: self.refused,
         }
     }
 }

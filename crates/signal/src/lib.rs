@@ -7,12 +7,15 @@
 //!
 //! Guarantees: every server→client frame carries a sequence number; a session survives a dropped socket for a grace
 //! period and replays what the client missed; every limit a stranger could exhaust (message size and rate, peers
-//! per room, rooms, sockets per IP, queued messages) is bounded and refused with a documented code.
+//! per room, rooms, sockets per source, queued messages, and the bytes kept per session, per source and in total)
+//! is bounded and refused with a documented code.
 
+mod budget;
 mod hub;
 mod protocol;
 mod token;
 
+pub use budget::{Over, Source};
 pub use hub::{ConnId, HubStats, IceServerSource, Limits, MemoryHub, Now, Output, SignalHub};
 pub use protocol::{CloseCode, ErrorCode, Refusal};
 pub use token::{mint_token, verify_token, Claims, TokenError};

@@ -83,8 +83,12 @@ impl Lab {
     }
 
     fn connect(&mut self, conn: ConnId) {
+        self.connect_from(conn, IP);
+    }
+
+    fn connect_from(&mut self, conn: ConnId, ip: IpAddr) {
         let now = self.now();
-        self.hub.handle_connect(conn, IP, now).unwrap();
+        self.hub.handle_connect(conn, ip, now).unwrap();
         self.live.insert(conn);
     }
 
@@ -113,7 +117,12 @@ impl Lab {
 
     /// Connects and joins; returns (peer id, session secret).
     fn join(&mut self, conn: ConnId, room: &str) -> (String, String) {
-        self.connect(conn);
+        self.join_from(conn, room, IP)
+    }
+
+    /// Connects from `ip` and joins; returns (peer id, session secret).
+    fn join_from(&mut self, conn: ConnId, room: &str, ip: IpAddr) -> (String, String) {
+        self.connect_from(conn, ip);
         self.send(
             conn,
             json!({"type": "join", "room": room, "meta": {"name": format!("c{conn}")}}),
@@ -519,4 +528,232 @@ fn binary_frames_get_a_bad_message_error_that_says_why() {
         !lab.closed.contains_key(&1),
         "one binary frame does not close the socket"
     );
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Byte budgets (issue 7): per session, per source, in total.
+
+fn ip(last: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(198, 51, 100, last))
+}
+
+/// A signal of about `kib` KiB.
+fn sized_signal(to: &str, kib: usize, id: &str) -> Value {
+    json!({"type": "signal", "to": to, "data": {"pad": "x".repeat(kib * 1024)}, "id": id})
+}
+
+fn reasons(msgs: &[Value]) -> Vec<(String, String)> {
+    msgs.iter()
+        .filter(|m| m["type"] == "undeliverable")
+        .map(|m| {
+            (
+                m["id"].as_str().unwrap().to_owned(),
+                m["reason"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn small_budgets(session_kib: usize, source_kib: usize, total_kib: usize) -> Limits {
+    Limits {
+        max_session_bytes: session_kib * 1024,
+        max_source_bytes: source_kib * 1024,
+        max_total_bytes: total_kib * 1024,
+        messages_per_second: 10_000,
+        burst: 10_000,
+        ..Limits::default()
+    }
+}
+
+#[test]
+fn a_reader_that_never_acknowledges_holds_at_most_its_session_budget() {
+    let mut lab = Lab::new(small_budgets(16, 1024, 4096), None);
+    let (ann, ann_session) = lab.join_from(1, "r", ip(1));
+    lab.join_from(2, "r", ip(2));
+    lab.take(1);
+    for i in 0..40 {
+        lab.send(2, sized_signal(&ann, 1, &format!("m{i}")));
+    }
+    // Every signal reached the connected reader, and its sender heard of no refusal.
+    assert_eq!(lab.take(1).iter().filter(|m| m["type"] == "signal").count(), 40);
+    assert!(reasons(&lab.take(2)).is_empty());
+    let held = lab.hub.held_by(ip(1));
+    assert!(held <= 16 * 1024 && held > 12 * 1024, "held {held}");
+    // The oldest unacknowledged frames were forgotten: a resume from before them fails, from after works.
+    lab.drop_socket(1);
+    lab.connect_from(3, ip(1));
+    lab.send(3, json!({"type": "resume", "session": ann_session, "lastSeq": 2}));
+    assert_eq!(lab.take(3)[0]["code"], "resume-failed");
+    lab.connect_from(4, ip(1));
+    lab.send(4, json!({"type": "resume", "session": ann_session, "lastSeq": 38}));
+    let got = lab.take(4);
+    assert_eq!(types(&got), ["resumed", "signal", "signal", "signal", "signal"]);
+    // An acknowledgement gives everything back.
+    lab.send(4, json!({"type": "ping", "ack": 42}));
+    assert_eq!(lab.hub.held_by(ip(1)), 0);
+}
+
+#[test]
+fn a_disconnected_queue_is_refused_past_its_byte_budget_and_nothing_queued_is_dropped() {
+    let mut lab = Lab::new(small_budgets(8, 1024, 4096), None);
+    let (ann, ann_session) = lab.join_from(1, "r", ip(1));
+    lab.join_from(2, "r", ip(2));
+    let seen = lab.take(1).last().unwrap()["seq"].as_u64().unwrap();
+    lab.drop_socket(1);
+    for i in 0..10 {
+        lab.send(2, sized_signal(&ann, 1, &format!("m{i}")));
+    }
+    let refused = reasons(&lab.take(2));
+    assert!(!refused.is_empty() && refused.len() < 10, "{refused:?}");
+    assert!(refused.iter().all(|(_, r)| r == "queue-full"), "{refused:?}");
+    let accepted = 10 - refused.len();
+    assert!(lab.hub.held_by(ip(1)) <= 8 * 1024);
+    lab.connect_from(3, ip(1));
+    lab.send(3, json!({"type": "resume", "session": ann_session, "lastSeq": seen}));
+    let got = lab.take(3);
+    assert_eq!(got[0]["replayed"], accepted as u64, "every accepted frame is replayed");
+    assert_eq!(got.len(), accepted + 1);
+}
+
+#[test]
+fn the_source_budget_refuses_with_source_full_and_spares_other_sources() {
+    let mut lab = Lab::new(small_budgets(8, 12, 4096), None);
+    // Two sessions of one source, both disconnected; a sender from elsewhere fills their queues.
+    let (a1, _) = lab.join_from(1, "r", ip(1));
+    let (a2, _) = lab.join_from(2, "r", ip(1));
+    let (legit, _) = lab.join_from(3, "r", ip(3));
+    lab.join_from(4, "r", ip(4));
+    for c in 1..=3 {
+        lab.drop_socket(c);
+    }
+    lab.take(4);
+    for i in 0..5 {
+        lab.send(4, sized_signal(&a1, 1, &format!("a1-{i}")));
+        lab.send(4, sized_signal(&a2, 1, &format!("a2-{i}")));
+        lab.send(4, sized_signal(&legit, 1, &format!("l-{i}")));
+    }
+    let refused = reasons(&lab.take(4));
+    assert!(
+        refused.iter().any(|(_, r)| r == "source-full"),
+        "the shared source ran out first: {refused:?}"
+    );
+    assert!(
+        refused.iter().all(|(id, _)| !id.starts_with("l-")),
+        "another source is not affected: {refused:?}"
+    );
+    assert!(lab.hub.held_by(ip(1)) <= 12 * 1024);
+}
+
+#[test]
+fn past_the_global_budget_queues_are_refused_but_connected_peers_still_talk() {
+    let mut lab = Lab::new(small_budgets(8, 8, 20), None);
+    // Queues of disconnected sessions from three sources fill the hub.
+    let mut queues = Vec::new();
+    for c in 1..=3u8 {
+        let (peer, _) = lab.join_from(u64::from(c), "held", ip(c));
+        queues.push(peer);
+    }
+    lab.join_from(9, "held", ip(9));
+    for c in 1..=3 {
+        lab.drop_socket(c);
+    }
+    lab.take(9);
+    for (i, peer) in queues.iter().enumerate() {
+        for j in 0..6 {
+            lab.send(9, sized_signal(peer, 1, &format!("q{i}-{j}")));
+        }
+    }
+    let refused = reasons(&lab.take(9));
+    assert!(refused.iter().any(|(_, r)| r == "server-full"), "{refused:?}");
+    let stats = lab.hub.stats();
+    assert!(stats.held_bytes <= 20 * 1024, "{stats:?}");
+    // A new pair from another source joins and exchanges signals, delivered live; the total stays in budget.
+    let (ann, _) = lab.join_from(20, "fresh", ip(20));
+    let (bob, _) = lab.join_from(21, "fresh", ip(21));
+    lab.take(20);
+    for i in 0..5 {
+        lab.send(21, sized_signal(&ann, 2, &format!("to-ann-{i}")));
+        lab.send(20, sized_signal(&bob, 2, &format!("to-bob-{i}")));
+    }
+    assert_eq!(lab.take(20).iter().filter(|m| m["type"] == "signal").count(), 5);
+    assert_eq!(lab.take(21).iter().filter(|m| m["type"] == "signal").count(), 5);
+    assert!(lab.hub.stats().held_bytes <= 20 * 1024);
+    // No queued frame was dropped to make room: every accepted one is still there.
+    assert!(lab.hub.stats().refused > 0);
+}
+
+#[test]
+fn budgets_return_to_zero_when_sessions_end() {
+    let mut lab = Lab::new(small_budgets(64, 128, 1024), None);
+    let (ann, _) = lab.join_from(1, "r", ip(1));
+    let (bob, _) = lab.join_from(2, "r", ip(2));
+    let (carl, _) = lab.join_from(3, "r", ip(3));
+    lab.drop_socket(3);
+    for i in 0..10 {
+        lab.send(2, sized_signal(&ann, 1, &format!("a{i}")));
+        lab.send(1, sized_signal(&bob, 1, &format!("b{i}")));
+        lab.send(1, sized_signal(&carl, 1, &format!("c{i}")));
+        lab.send(1, json!({"type": "broadcast", "data": i}));
+    }
+    assert!(lab.hub.stats().held_bytes > 30 * 1024);
+    lab.send(1, json!({"type": "leave"}));
+    lab.drop_socket(2);
+    lab.advance(Duration::from_secs(31));
+    let stats = lab.hub.stats();
+    assert_eq!(stats.sessions, 0);
+    assert_eq!((stats.held_bytes, stats.held_sources), (0, 0), "{stats:?}");
+}
+
+#[test]
+fn the_attack_of_issue_7_is_held_to_the_source_budget() {
+    // One address: 19 joined readers that never acknowledge and one broadcaster of 60 KB messages.
+    let limits = Limits::default();
+    let (source_budget, session_budget) = (limits.max_source_bytes, limits.max_session_bytes);
+    let mut lab = Lab::new(limits, None);
+    for c in 1..=19 {
+        lab.join_from(c, "attack", ip(1));
+    }
+    lab.join_from(20, "attack", ip(1));
+    let body = json!({"type": "broadcast", "data": {"pad": "x".repeat(60_000)}});
+    for round in 0..300 {
+        lab.send(20, body.clone());
+        if round % 40 == 39 {
+            lab.advance(Duration::from_secs(1));
+        }
+        for c in 1..=19 {
+            lab.take(c);
+        }
+    }
+    let held = lab.hub.held_by(ip(1));
+    assert!(held <= source_budget, "held {held} of {source_budget}");
+    assert!(
+        held > source_budget - 19 * 61 * 1024,
+        "the budget is used, not wasted: {held}"
+    );
+    assert!(session_budget < source_budget);
+    // Someone from another address joins and is answered at once.
+    let (ann, _) = lab.join_from(30, "legit", ip(30));
+    lab.join_from(31, "legit", ip(31));
+    lab.send(
+        31,
+        json!({"type": "signal", "to": ann, "data": {"sdp": "offer"}, "id": "o"}),
+    );
+    let got = lab.take(30);
+    assert_eq!(got.last().unwrap()["data"]["sdp"], "offer", "{got:?}");
+    assert!(reasons(&lab.take(31)).is_empty());
+}
+
+#[test]
+fn an_ipv6_64_is_one_source_for_sockets() {
+    let limits = Limits {
+        max_connections_per_ip: 2,
+        ..Limits::default()
+    };
+    let mut lab = Lab::new(limits, None);
+    lab.connect_from(1, "2001:db8:7:7::1".parse().unwrap());
+    lab.connect_from(2, "2001:db8:7:7::2".parse().unwrap());
+    let now = lab.now();
+    let refused = lab.hub.handle_connect(3, "2001:db8:7:7:1:2:3:4".parse().unwrap(), now);
+    assert_eq!(refused.unwrap_err().code.as_str(), "too-many-connections");
+    lab.connect_from(4, "2001:db8:7:8::1".parse().unwrap());
 }
