@@ -6,11 +6,16 @@
 //! that forwards frames to it over a bounded channel and writes what it routes back ([`ws`]). Connections arrive
 //! from the server crate's listeners — a plain HTTP port, or the single port that also carries TURN — through
 //! [`Web::serve_connection`], so HTTP never needs a listener of its own.
+//!
+//! Budgets a stranger could exhaust here are charged to a [`Source`] (an IPv4 address, an IPv6 /64): credential
+//! minting and report submission are rate-limited per source, and stored reports are counted per source
+//! ([`reports`]).
 
 mod hub;
 mod outbox;
 mod reports;
 mod routes;
+mod source;
 mod ws;
 
 use std::net::SocketAddr;
@@ -21,7 +26,8 @@ use hyper_util::rt::TokioIo;
 use signal::Limits;
 
 pub use hub::HubHandle;
-pub use reports::{DEFAULT_MAX_REPORTS, MAX_REPORT_BYTES};
+pub use reports::{DEFAULT_MAX_REPORTS, MAX_REPORTS_PER_SOURCE, MAX_REPORT_BYTES};
+pub use source::Source;
 
 /// Mints `iceServers` (a JSON array) with a fresh TURN credential for a user at a Unix time.
 pub type IceServersFn = Arc<dyn Fn(&str, u64) -> serde_json::Value + Send + Sync>;
@@ -55,6 +61,11 @@ impl std::fmt::Debug for WebConfig {
     }
 }
 
+/// A host name that cannot be put in a URL.
+#[derive(Debug, thiserror::Error)]
+#[error("{0:?} is not a host name or address that can be put in a URL")]
+pub struct BadOrigin(String);
+
 /// How a connection reached us.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scheme {
@@ -79,6 +90,7 @@ impl Web {
             config.data_dir.clone(),
             reports::ReportLimits {
                 max_reports: config.max_reports,
+                max_per_source: MAX_REPORTS_PER_SOURCE,
                 max_bytes: MAX_REPORT_BYTES,
             },
         )?;
@@ -94,6 +106,27 @@ impl Web {
 
     pub fn hub(&self) -> &HubHandle {
         &self.app.hub
+    }
+
+    /// Where plain HTTP on the single port is redirected: `https://host[:port]`, from configuration once the port is
+    /// bound (never from a request's Host). An IPv6 address is bracketed here. Set once; later calls are ignored.
+    pub fn set_https_origin(&self, host: &str, port: u16) -> Result<(), BadOrigin> {
+        let host = match host.parse::<std::net::Ipv6Addr>() {
+            Ok(v6) => format!("[{v6}]"),
+            Err(_) => host.to_owned(),
+        };
+        let authority = match port {
+            443 => host,
+            port => format!("{host}:{port}"),
+        };
+        // Only an authority and nothing else: no path, user info or spaces smuggled in through the name.
+        match authority.parse::<axum::http::uri::Authority>() {
+            Ok(parsed) if parsed.as_str() == authority && !authority.contains('@') => {
+                let _ = self.app.https_origin.set(format!("https://{authority}"));
+                Ok(())
+            }
+            _ => Err(BadOrigin(authority)),
+        }
     }
 
     /// Serves HTTP/1.1 (with WebSocket upgrades) on one accepted connection until it closes.

@@ -3,30 +3,42 @@
 //!
 //! Contract: a report is a JSON object of at most [`ReportLimits::max_bytes`]; it gets a [`ReportId`] of 128
 //! random bits (32 lowercase hex digits) that is the only way to read it back, short of the operator's list. Files
-//! are written atomically (a temporary file, fsync, rename), so a crash leaves either the whole report or none. The
-//! store holds at most [`ReportLimits::max_reports`]; the oldest go first. Ids are parsed into [`ReportId`] before
-//! any path is built, so no request can name a file outside the directory. The directory is created on the first
-//! write, so a server that never receives a report leaves no trace on disk.
+//! are written atomically (a temporary file, fsync, rename), so a crash leaves either the whole report or none. Ids
+//! are parsed into [`ReportId`] before any path is built, so no request can name a file outside the directory. The
+//! directory is created on the first write, so a server that never receives a report leaves no trace on disk.
+//!
+//! Every report is charged to its [`Source`] (kept in its file, so the charge survives a restart; never shown to
+//! readers). A source holds at most [`ReportLimits::max_per_source`]: past it, its newest replaces its own oldest.
+//! The store holds at most [`ReportLimits::max_reports`]: when full, the newcomer pushes out the oldest report of the
+//! source that holds the most (counting the newcomer), and a tie with the newcomer's own source goes against the
+//! newcomer. So one source — one IPv4 address, one IPv6 /64 — can take a report from another only while that other
+//! holds more than it will, and can never flush the store. Refusing newcomers when full (what a live resource
+//! does) would make the store read-only for good once it fills, because reports do not expire: it is a rolling
+//! archive, and the fairness is in who rolls out.
 //!
 //! The calls block on the file system (small files, a handful per minute): callers on a runtime run them with
 //! `spawn_blocking`.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::io::Write;
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
 
 use rand::RngCore;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::source::Source;
 
 /// Largest report accepted, bytes of JSON as sent.
 pub const MAX_REPORT_BYTES: usize = 64 * 1024;
 /// Reports kept by default before the oldest are pruned.
 pub const DEFAULT_MAX_REPORTS: usize = 1000;
+/// Reports kept per source (IPv4 address, IPv6 /64): a support desk behind one NAT shares a few a day; a script
+/// posting at the rate limit (one a minute) fills it in 20 minutes and then only rolls its own.
+pub const MAX_REPORTS_PER_SOURCE: usize = 20;
 
 /// A report's id: 128 random bits as 32 lowercase hex digits. Unguessable, so the link is the permission to read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -88,6 +100,10 @@ pub enum ReportError {
     TooLarge(usize),
     #[error("the report is not a JSON object: {0}")]
     BadJson(String),
+    /// Only `application/json` makes a browser ask (preflight) before a cross-origin POST, so no other site can
+    /// make its visitors' browsers create reports here.
+    #[error("send the report as `Content-Type: application/json`")]
+    NotJsonContentType,
     #[error("not a report id (32 hex digits)")]
     BadId,
     #[error("no such report (it may have been pruned)")]
@@ -102,6 +118,7 @@ impl ReportError {
         match self {
             Self::TooLarge(_) => "report-too-large",
             Self::BadJson(_) => "bad-json",
+            Self::NotJsonContentType => "unsupported-media-type",
             Self::BadId | Self::NotFound => "report-not-found",
             Self::Storage(_) => "storage-failed",
         }
@@ -111,6 +128,7 @@ impl ReportError {
         match self {
             Self::TooLarge(_) => 413,
             Self::BadJson(_) => 400,
+            Self::NotJsonContentType => 415,
             Self::BadId | Self::NotFound => 404,
             Self::Storage(_) => 500,
         }
@@ -121,6 +139,7 @@ impl ReportError {
 #[derive(Debug, Clone, Copy)]
 pub struct ReportLimits {
     pub max_reports: usize,
+    pub max_per_source: usize,
     pub max_bytes: usize,
 }
 
@@ -128,6 +147,7 @@ impl Default for ReportLimits {
     fn default() -> Self {
         Self {
             max_reports: DEFAULT_MAX_REPORTS,
+            max_per_source: MAX_REPORTS_PER_SOURCE,
             max_bytes: MAX_REPORT_BYTES,
         }
     }
@@ -145,19 +165,100 @@ pub struct ReportSummary {
 }
 
 /// The file format: the report as sent, wrapped with what the server knows about it.
-#[derive(Debug, Serialize, serde::Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 struct Stored {
     id: String,
     created: u64,
+    /// [`Source`] as text; absent in files written before sources were kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    source: Option<String>,
     report: serde_json::Value,
 }
 
-/// The store: a directory and an index of what is in it, oldest first.
+/// What a reader gets: the file without its source, the report's bytes as stored.
+#[derive(Debug, Serialize, Deserialize)]
+struct Published {
+    id: String,
+    created: u64,
+    report: Box<RawValue>,
+}
+
+/// The store: a directory and an index of what is in it.
 #[derive(Debug)]
 pub struct ReportStore {
     dir: PathBuf,
     limits: ReportLimits,
-    index: Mutex<VecDeque<ReportSummary>>,
+    index: Mutex<Index>,
+}
+
+/// The reports held, oldest first, and how many each source holds. Linear scans are fine here: a create is
+/// rate-limited per source and costs an fsync, and the store holds about a thousand reports.
+#[derive(Debug, Default)]
+struct Index {
+    held: VecDeque<Held>,
+    per_source: HashMap<Source, usize>,
+}
+
+#[derive(Debug)]
+struct Held {
+    summary: ReportSummary,
+    /// None for reports stored before sources were kept: each counts as a source of its own.
+    source: Option<Source>,
+}
+
+impl Index {
+    fn count(&self, source: Source) -> usize {
+        self.per_source.get(&source).copied().unwrap_or(0)
+    }
+
+    /// What a report's holder holds; a report without a source is its own holder.
+    fn weight(&self, held: &Held) -> usize {
+        held.source.map_or(1, |s| self.count(s))
+    }
+
+    fn push(&mut self, held: Held) {
+        if let Some(source) = held.source {
+            *self.per_source.entry(source).or_default() += 1;
+        }
+        self.held.push_back(held);
+    }
+
+    fn remove(&mut self, at: usize) -> Option<Held> {
+        let held = self.held.remove(at)?;
+        if let Some(source) = held.source {
+            if let std::collections::hash_map::Entry::Occupied(mut count) = self.per_source.entry(source) {
+                *count.get_mut() -= 1;
+                if *count.get() == 0 {
+                    count.remove();
+                }
+            }
+        }
+        Some(held)
+    }
+
+    fn oldest_of(&self, source: Source) -> Option<usize> {
+        self.held.iter().position(|h| h.source == Some(source))
+    }
+
+    /// The report to drop to make room for one more from `newcomer` (None when pruning at start): the oldest of
+    /// the holder that holds the most once the newcomer's is counted; on a tie the newcomer's own source.
+    fn victim(&self, newcomer: Option<Source>) -> Option<usize> {
+        let newcomer_after = newcomer.map_or(0, |s| self.count(s) + 1);
+        let most = self
+            .held
+            .iter()
+            .map(|h| self.weight(h))
+            .max()
+            .unwrap_or(0)
+            .max(newcomer_after);
+        if let Some(own) = newcomer
+            .filter(|_| newcomer_after == most)
+            .and_then(|s| self.oldest_of(s))
+        {
+            return Some(own);
+        }
+        self.held.iter().position(|h| self.weight(h) == most)
+    }
 }
 
 const HEADLINE_CHARS: usize = 200;
@@ -167,7 +268,7 @@ impl ReportStore {
     /// Leftover temporary files of an interrupted write are removed; files that are not reports are left alone.
     pub fn open(dir: impl Into<PathBuf>, limits: ReportLimits) -> std::io::Result<Self> {
         let dir = dir.into();
-        let mut index = Vec::new();
+        let mut found = Vec::new();
         match std::fs::read_dir(&dir) {
             Ok(entries) => {
                 for entry in entries {
@@ -182,7 +283,10 @@ impl ReportStore {
                         continue;
                     };
                     match read_stored(&entry.path()) {
-                        Ok((stored, bytes)) => index.push(summary(id, &stored, bytes)),
+                        Ok((stored, bytes)) => found.push(Held {
+                            summary: summary(id, &stored, bytes),
+                            source: stored.source.as_deref().and_then(|s| s.parse().ok()),
+                        }),
                         Err(e) => tracing::warn!(file = %entry.path().display(), error = %e, "skipping a bad report"),
                     }
                 }
@@ -190,14 +294,18 @@ impl ReportStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
-        index.sort_by(|a, b| (a.created, &a.id).cmp(&(b.created, &b.id)));
+        found.sort_by(|a, b| (a.summary.created, &a.summary.id).cmp(&(b.summary.created, &b.summary.id)));
+        let mut index = Index::default();
+        for held in found {
+            index.push(held);
+        }
         let store = Self {
             dir,
             limits,
-            index: Mutex::new(index.into()),
+            index: Mutex::new(index),
         };
-        // A lowered max_reports takes effect at once.
-        store.prune(&mut store.lock());
+        // Lowered bounds take effect at once.
+        store.prune_at_start(&mut store.lock());
         Ok(store)
     }
 
@@ -209,8 +317,14 @@ impl ReportStore {
         self.limits
     }
 
-    /// Validates and stores a report received at Unix time `now`; returns its new id.
-    pub fn create(&self, body: &[u8], now: u64, rng: &mut impl RngCore) -> Result<ReportId, ReportError> {
+    /// Validates and stores a report received from `source` at Unix time `now`; returns its new id.
+    pub fn create(
+        &self,
+        body: &[u8],
+        now: u64,
+        source: Source,
+        rng: &mut impl RngCore,
+    ) -> Result<ReportId, ReportError> {
         if body.len() > self.limits.max_bytes {
             return Err(ReportError::TooLarge(self.limits.max_bytes));
         }
@@ -223,6 +337,7 @@ impl ReportStore {
         let stored = Stored {
             id: id.to_string(),
             created: now,
+            source: Some(source.to_string()),
             report,
         };
         let text = serde_json::to_vec(&stored).map_err(|e| ReportError::BadJson(e.to_string()))?;
@@ -238,38 +353,72 @@ impl ReportStore {
             let _ = d.sync_all();
         }
         let mut index = self.lock();
-        index.push_back(summary(id, &stored, text.len() as u64));
-        self.prune(&mut index);
+        while index.count(source) >= self.limits.max_per_source {
+            let Some(own) = index.oldest_of(source) else { break };
+            self.delete(&mut index, own);
+        }
+        while index.held.len() >= self.limits.max_reports {
+            let Some(victim) = index.victim(Some(source)) else {
+                break;
+            };
+            self.delete(&mut index, victim);
+        }
+        index.push(Held {
+            summary: summary(id, &stored, text.len() as u64),
+            source: Some(source),
+        });
         Ok(id)
     }
 
-    /// The stored file (`{"id","created","report"}`) as JSON text.
+    /// The stored report as `{"id","created","report"}` JSON text (without the source it was charged to).
     pub fn read(&self, id: ReportId) -> Result<Vec<u8>, ReportError> {
-        match std::fs::read(self.dir.join(id.file_name())) {
-            Ok(bytes) => Ok(bytes),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(ReportError::NotFound),
-            Err(e) => Err(e.into()),
-        }
+        let bytes = match std::fs::read(self.dir.join(id.file_name())) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(ReportError::NotFound),
+            Err(e) => return Err(e.into()),
+        };
+        // A file that does not parse was damaged on this side: the server's fault, not the reader's.
+        let damaged = |e: serde_json::Error| ReportError::Storage(std::io::Error::other(e));
+        let published: Published = serde_json::from_slice(&bytes).map_err(damaged)?;
+        serde_json::to_vec(&published).map_err(damaged)
     }
 
     /// Every report held, newest first.
     pub fn list(&self) -> Vec<ReportSummary> {
-        self.lock().iter().rev().cloned().collect()
+        self.lock().held.iter().rev().map(|h| h.summary.clone()).collect()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<ReportSummary>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Index> {
         // A panic while holding the lock cannot leave the index half-updated in a way that matters: recover it.
         self.index.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn prune(&self, index: &mut VecDeque<ReportSummary>) {
-        while index.len() > self.limits.max_reports {
-            let Some(oldest) = index.pop_front() else { break };
-            let path = self.dir.join(format!("{}.json", oldest.id));
-            if let Err(e) = std::fs::remove_file(&path) {
-                if e.kind() != std::io::ErrorKind::NotFound {
-                    tracing::warn!(file = %path.display(), error = %e, "cannot prune a report");
-                }
+    fn prune_at_start(&self, index: &mut Index) {
+        let over: Vec<Source> = index
+            .per_source
+            .iter()
+            .filter(|(_, n)| **n > self.limits.max_per_source)
+            .map(|(s, _)| *s)
+            .collect();
+        for source in over {
+            while index.count(source) > self.limits.max_per_source {
+                let Some(own) = index.oldest_of(source) else { break };
+                self.delete(index, own);
+            }
+        }
+        while index.held.len() > self.limits.max_reports {
+            let Some(victim) = index.victim(None) else { break };
+            self.delete(index, victim);
+        }
+    }
+
+    /// Drops the report at `at` from the index and its file from the directory.
+    fn delete(&self, index: &mut Index, at: usize) {
+        let Some(gone) = index.remove(at) else { return };
+        let path = self.dir.join(format!("{}.json", gone.summary.id));
+        if let Err(e) = std::fs::remove_file(&path) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(file = %path.display(), error = %e, "cannot prune a report");
             }
         }
     }
@@ -301,51 +450,6 @@ fn summary(id: ReportId, stored: &Stored, bytes: u64) -> ReportSummary {
     }
 }
 
-/// Per-IP token bucket for `POST /api/reports` and failed admin logins: `burst` at once, then one every
-/// `refill`. Bounded: past `max_ips` tracked addresses, full buckets are forgotten first, then everything.
-#[derive(Debug)]
-pub struct RateLimiter {
-    burst: u32,
-    refill: Duration,
-    max_ips: usize,
-    buckets: Mutex<std::collections::HashMap<IpAddr, (f64, Instant)>>,
-}
-
-impl RateLimiter {
-    pub fn new(burst: u32, refill: Duration, max_ips: usize) -> Self {
-        Self {
-            burst,
-            refill,
-            max_ips,
-            buckets: Mutex::new(std::collections::HashMap::new()),
-        }
-    }
-
-    /// Takes one token for `ip` at `now`; false when its bucket is empty.
-    pub fn check(&self, ip: IpAddr, now: Instant) -> bool {
-        let mut buckets = self.buckets.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let burst = f64::from(self.burst);
-        let refill = self.refill.as_secs_f64().max(f64::MIN_POSITIVE);
-        let level =
-            |tokens: f64, at: Instant| (tokens + now.saturating_duration_since(at).as_secs_f64() / refill).min(burst);
-        if buckets.len() >= self.max_ips && !buckets.contains_key(&ip) {
-            buckets.retain(|_, (tokens, at)| level(*tokens, *at) < burst);
-            if buckets.len() >= self.max_ips {
-                buckets.clear();
-            }
-        }
-        let (tokens, at) = buckets.entry(ip).or_insert((burst, now));
-        let available = level(*tokens, *at);
-        *at = now;
-        if available < 1.0 {
-            *tokens = available;
-            return false;
-        }
-        *tokens = available - 1.0;
-        true
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -358,8 +462,14 @@ mod tests {
     fn limits(max_reports: usize) -> ReportLimits {
         ReportLimits {
             max_reports,
+            max_per_source: MAX_REPORTS_PER_SOURCE,
             max_bytes: 1024,
         }
+    }
+
+    /// Source number `n`: an IPv4 address of its own.
+    fn src(n: u8) -> Source {
+        Source::of(std::net::IpAddr::from([192, 0, 2, n]))
     }
 
     #[test]
@@ -369,7 +479,7 @@ mod tests {
         let store = ReportStore::open(&path, limits(10)).unwrap();
         assert!(!path.exists(), "nothing on disk before the first report");
         let body = br#"{"verdict":{"headline":"UDP is blocked here"},"n":1}"#;
-        let id = store.create(body, 1_700_000_000, &mut rng()).unwrap();
+        let id = store.create(body, 1_700_000_000, src(1), &mut rng()).unwrap();
         drop(store);
 
         let store = ReportStore::open(&path, limits(10)).unwrap();
@@ -377,6 +487,10 @@ mod tests {
         assert_eq!(stored["id"], id.to_string());
         assert_eq!(stored["created"], 1_700_000_000);
         assert_eq!(stored["report"]["n"], 1);
+        assert!(
+            stored.get("source").is_none(),
+            "readers do not see who sent it: {stored}"
+        );
         let list = store.list();
         assert_eq!(list.len(), 1);
         assert_eq!(list[0].id, id.to_string());
@@ -400,7 +514,7 @@ mod tests {
         let ids: Vec<_> = (0..5)
             .map(|i| {
                 store
-                    .create(format!("{{\"i\":{i}}}").as_bytes(), 100 + i, &mut rng)
+                    .create(format!("{{\"i\":{i}}}").as_bytes(), 100 + i, src(1), &mut rng)
                     .unwrap()
             })
             .collect();
@@ -448,15 +562,15 @@ mod tests {
         let store = ReportStore::open(dir.path(), limits(10)).unwrap();
         let big = format!("{{\"x\":\"{}\"}}", "a".repeat(1100));
         assert!(matches!(
-            store.create(big.as_bytes(), 1, &mut rng()),
+            store.create(big.as_bytes(), 1, src(1), &mut rng()),
             Err(ReportError::TooLarge(1024))
         ));
         assert!(matches!(
-            store.create(b"[1,2]", 1, &mut rng()),
+            store.create(b"[1,2]", 1, src(1), &mut rng()),
             Err(ReportError::BadJson(_))
         ));
         assert!(matches!(
-            store.create(b"{nope", 1, &mut rng()),
+            store.create(b"{nope", 1, src(1), &mut rng()),
             Err(ReportError::BadJson(_))
         ));
         assert!(store.list().is_empty());
@@ -483,17 +597,112 @@ mod tests {
         assert_ne!(a, b);
     }
 
+    fn post(store: &ReportStore, source: Source, at: u64, rng: &mut impl RngCore) -> ReportId {
+        store.create(br#"{"k":1}"#, at, source, rng).unwrap()
+    }
+
+    fn held_by(store: &ReportStore, ids: &[ReportId]) -> usize {
+        ids.iter().filter(|id| store.read(**id).is_ok()).count()
+    }
+
     #[test]
-    fn rate_limiter_allows_a_burst_then_refills() {
-        let limiter = RateLimiter::new(2, Duration::from_secs(10), 100);
-        let ip: IpAddr = "192.0.2.1".parse().unwrap();
-        let other: IpAddr = "192.0.2.2".parse().unwrap();
-        let t0 = Instant::now();
-        assert!(limiter.check(ip, t0));
-        assert!(limiter.check(ip, t0));
-        assert!(!limiter.check(ip, t0));
-        assert!(limiter.check(other, t0), "buckets are per address");
-        assert!(!limiter.check(ip, t0 + Duration::from_secs(5)));
-        assert!(limiter.check(ip, t0 + Duration::from_secs(11)));
+    fn one_slash_64_cannot_evict_another_sources_report() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ReportStore::open(dir.path(), limits(10)).unwrap();
+        let mut rng = rng();
+        let victim = post(&store, src(9), 1, &mut rng);
+        let older = post(&store, src(8), 2, &mut rng);
+        // 1 000 posts from 1 000 addresses of one /64: before sources were counted, this emptied the store.
+        let mut attacker = Vec::new();
+        for i in 0..1000u16 {
+            let ip = std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 64, i, 0xbeef, 0, 1);
+            attacker.push(post(&store, Source::of(ip.into()), 10 + u64::from(i), &mut rng));
+        }
+        assert!(store.read(victim).is_ok());
+        assert!(store.read(older).is_ok());
+        assert_eq!(store.list().len(), 10, "the store stays full");
+        assert_eq!(held_by(&store, &attacker), 8, "the /64 holds what is left, its newest");
+        assert!(attacker[992..].iter().all(|id| store.read(*id).is_ok()));
+
+        // Across a restart the charge is the same: the /64 still only rolls its own.
+        drop(store);
+        let store = ReportStore::open(dir.path(), limits(10)).unwrap();
+        let ip = std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 64, 0xffff, 0, 0, 2);
+        post(&store, Source::of(ip.into()), 5000, &mut rng);
+        assert!(store.read(victim).is_ok() && store.read(older).is_ok());
+    }
+
+    #[test]
+    fn a_full_store_takes_from_whoever_holds_the_most_and_new_sources_get_a_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ReportStore::open(dir.path(), limits(6)).unwrap();
+        let mut rng = rng();
+        let a: Vec<_> = (0..4).map(|t| post(&store, src(1), t, &mut rng)).collect();
+        let b: Vec<_> = (4..6).map(|t| post(&store, src(2), t, &mut rng)).collect();
+        // Full: A 4, B 2. C is new: A holds the most, so A's oldest goes.
+        let c = post(&store, src(3), 6, &mut rng);
+        assert!(store.read(a[0]).is_err());
+        assert_eq!(held_by(&store, &a), 3);
+        assert_eq!(held_by(&store, &b), 2);
+        // B again: A holds 3, as many as B will: a tie goes against the newcomer, so B replaces its own oldest.
+        let b2 = post(&store, src(2), 7, &mut rng);
+        assert!(store.read(b[0]).is_err() && store.read(b2).is_ok());
+        assert_eq!(held_by(&store, &a), 3);
+        assert!(store.read(c).is_ok());
+    }
+
+    #[test]
+    fn a_source_past_its_share_replaces_its_own_oldest() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ReportStore::open(
+            dir.path(),
+            ReportLimits {
+                max_per_source: 3,
+                ..limits(100)
+            },
+        )
+        .unwrap();
+        let mut rng = rng();
+        let other = post(&store, src(2), 0, &mut rng);
+        let mine: Vec<_> = (1..=5).map(|t| post(&store, src(1), t, &mut rng)).collect();
+        assert_eq!(store.list().len(), 4);
+        assert!(store.read(other).is_ok());
+        assert_eq!(held_by(&store, &mine[2..]), 3, "the newest three are kept");
+
+        // A lowered per-source bound applies at start, to the oldest.
+        drop(store);
+        let store = ReportStore::open(
+            dir.path(),
+            ReportLimits {
+                max_per_source: 1,
+                ..limits(100)
+            },
+        )
+        .unwrap();
+        assert_eq!(store.list().len(), 2);
+        assert!(store.read(mine[4]).is_ok() && store.read(other).is_ok());
+    }
+
+    #[test]
+    fn reports_stored_before_sources_were_kept_count_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let legacy = "0123456789abcdef0123456789abcdef";
+        std::fs::write(
+            dir.path().join(format!("{legacy}.json")),
+            format!(r#"{{"id":"{legacy}","created":1,"report":{{"old":true}}}}"#),
+        )
+        .unwrap();
+        let store = ReportStore::open(dir.path(), limits(3)).unwrap();
+        let mut rng = rng();
+        let legacy: ReportId = legacy.parse().unwrap();
+        let read: serde_json::Value = serde_json::from_slice(&store.read(legacy).unwrap()).unwrap();
+        assert_eq!(read["report"]["old"], true);
+        for t in 2..10 {
+            post(&store, src(1), t, &mut rng);
+        }
+        assert!(
+            store.read(legacy).is_ok(),
+            "one source cannot push out a report of nobody's either"
+        );
     }
 }

@@ -1,12 +1,13 @@
-//! HTTP routes. Refusals are JSON `{"ok":false,"code","message"}` with the status the code maps to.
+//! HTTP routes. Refusals are JSON `{"ok":false,"code","message"}` with the status the code maps to. Every response
+//! carries the [`security_headers`].
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, StatusCode, Uri};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Router};
@@ -15,17 +16,30 @@ use signal::{ErrorCode, Refusal};
 use subtle::ConstantTimeEq;
 
 use crate::hub::HubHandle;
-use crate::reports::{RateLimiter, ReportError, ReportId, ReportStore};
+use crate::reports::{ReportError, ReportId, ReportStore};
+use crate::source::{RateLimiter, RetryAfter, Source};
 use crate::{Scheme, WebConfig};
+
+/// Sources each limiter tracks (about 100 bytes each); past it the least recently seen are forgotten.
+const TRACKED_SOURCES: usize = 10_000;
+
+/// `/api/ice-servers` per source: a burst of 10, then 2 a second. A page or an app fetches one credential per call;
+/// 300 in 60 ms from one address (issue 7) is a script stocking up on 24-hour relay credentials.
+const ICE_SERVERS_BURST: u32 = 10;
+const ICE_SERVERS_EVERY: Duration = Duration::from_millis(500);
 
 pub(crate) struct App {
     pub config: WebConfig,
     pub hub: HubHandle,
     reports: Arc<ReportStore>,
-    /// `POST /api/reports`: 5 at once per address, then one a minute.
+    /// `POST /api/reports`: 5 at once per source, then one a minute.
     report_limiter: RateLimiter,
-    /// `GET /api/reports` (the admin token is checked there): 10 at once per address, then one every 6 s.
+    /// `GET /api/reports` (the admin token is checked there): 10 at once per source, then one every 6 s.
     admin_limiter: RateLimiter,
+    /// `GET /api/ice-servers`: it mints relay credentials.
+    ice_limiter: RateLimiter,
+    /// `https://host[:port]` that plain HTTP on the single port is sent to; set once that port is bound.
+    pub https_origin: OnceLock<String>,
 }
 
 impl App {
@@ -34,8 +48,10 @@ impl App {
             config,
             hub,
             reports: Arc::new(reports),
-            report_limiter: RateLimiter::new(5, Duration::from_secs(60), 10_000),
-            admin_limiter: RateLimiter::new(10, Duration::from_secs(6), 10_000),
+            report_limiter: RateLimiter::new(5, Duration::from_secs(60), TRACKED_SOURCES),
+            admin_limiter: RateLimiter::new(10, Duration::from_secs(6), TRACKED_SOURCES),
+            ice_limiter: RateLimiter::new(ICE_SERVERS_BURST, ICE_SERVERS_EVERY, TRACKED_SOURCES),
+            https_origin: OnceLock::new(),
         }
     }
 }
@@ -52,8 +68,21 @@ pub(crate) struct Remote(pub SocketAddr);
 
 const SDK: &str = include_str!("../../../web/sdk/traverse.js");
 const DEMO: &str = include_str!("../../../web/demo/index.html");
+const DEMO_JS: &str = include_str!("../../../web/demo/demo.js");
+const DEMO_CSS: &str = include_str!("../../../web/demo/demo.css");
 const CHECK_HTML: &str = include_str!("../../../web/check/index.html");
+const CHECK_PAGE_JS: &str = include_str!("../../../web/check/page.js");
+const CHECK_CSS: &str = include_str!("../../../web/check/check.css");
 const CHECK_JS: &str = include_str!("../../../web/check/check.js");
+const JS: &str = "text/javascript; charset=utf-8";
+const CSS: &str = "text/css; charset=utf-8";
+const HTML: &str = "text/html; charset=utf-8";
+
+/// For our own pages: scripts and styles only from files of this origin (the pages keep none inline), fetches and
+/// WebSockets to this origin (`ws:`/`wss:` for browsers whose `'self'` does not cover WebSocket yet), no plugins,
+/// no `<base>`, and no framing (clickjacking the "Share with support" button).
+const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; connect-src 'self' ws: wss:; object-src 'none'; \
+    base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
 const INDEX: &str = concat!(
     "<!doctype html><meta charset=utf-8><title>Traverse</title><h1>Traverse</h1><ul>",
     "<li><a href=/demo>demo</a>: two tabs, one room, a data channel",
@@ -64,7 +93,10 @@ const INDEX: &str = concat!(
 
 pub(crate) fn router(app: Arc<App>, scheme: Scheme) -> Router {
     if scheme == Scheme::HttpRedirect {
-        return Router::new().fallback(redirect_to_https);
+        return Router::new()
+            .fallback(redirect_to_https)
+            .with_state(app)
+            .layer(axum::middleware::map_response(security_headers));
     }
     Router::new()
         .route("/ws", get(ws_upgrade))
@@ -72,26 +104,51 @@ pub(crate) fn router(app: Arc<App>, scheme: Scheme) -> Router {
         .route("/api/ice-servers", get(ice_servers))
         .route(
             "/sdk/traverse.js",
-            get(|| async { ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], SDK) }),
+            get(|| async { ([(header::CONTENT_TYPE, JS)], SDK) }),
+        )
+        .route("/demo", get(|| async { ([(header::CONTENT_TYPE, HTML)], DEMO) }))
+        .route(
+            "/demo/demo.js",
+            get(|| async { ([(header::CONTENT_TYPE, JS)], DEMO_JS) }),
         )
         .route(
-            "/demo",
-            get(|| async { ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], DEMO) }),
+            "/demo/demo.css",
+            get(|| async { ([(header::CONTENT_TYPE, CSS)], DEMO_CSS) }),
         )
         .route("/check", get(check_page))
         .route(
             "/check/check.js",
-            get(|| async { ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], CHECK_JS) }),
+            get(|| async { ([(header::CONTENT_TYPE, JS)], CHECK_JS) }),
+        )
+        .route(
+            "/check/page.js",
+            get(|| async { ([(header::CONTENT_TYPE, JS)], CHECK_PAGE_JS) }),
+        )
+        .route(
+            "/check/check.css",
+            get(|| async { ([(header::CONTENT_TYPE, CSS)], CHECK_CSS) }),
         )
         .route("/check/{id}", get(check_page))
         .route("/api/reports", get(list_reports).post(create_report))
         .route("/api/reports/{id}", get(read_report))
         .route("/healthz", get(|| async { "ok" }))
-        .route(
-            "/",
-            get(|| async { ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], INDEX) }),
-        )
+        .route("/", get(|| async { ([(header::CONTENT_TYPE, HTML)], INDEX) }))
         .with_state(app)
+        .layer(axum::middleware::map_response(security_headers))
+}
+
+/// On every response, errors and redirects included: no MIME sniffing (a report or an error echoing input is never
+/// run as a script or page), the [`CONTENT_SECURITY_POLICY`], and no referrer (a `/check/<id>` link is a
+/// capability and must not leak to other sites).
+async fn security_headers(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CONTENT_SECURITY_POLICY),
+    );
+    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    response
 }
 
 fn refusal_response(refusal: &Refusal) -> Response {
@@ -167,8 +224,20 @@ struct TokenQuery {
     token: Option<String>,
 }
 
-/// iceServers with a fresh credential, for apps with their own signaling.
-async fn ice_servers(State(app): State<Arc<App>>, headers: HeaderMap, Query(query): Query<TokenQuery>) -> Response {
+/// iceServers with a fresh credential, for apps with their own signaling. Rate-limited per source before anything
+/// else, token checks included.
+async fn ice_servers(
+    State(app): State<Arc<App>>,
+    Extension(Remote(remote)): Extension<Remote>,
+    headers: HeaderMap,
+    Query(query): Query<TokenQuery>,
+) -> Response {
+    if let Err(retry) = app.ice_limiter.check(Source::of(remote.ip()), Instant::now()) {
+        return rate_limited(
+            retry,
+            "Too many credentials requested from this address; wait a moment.",
+        );
+    }
     let unix = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or(Duration::ZERO)
@@ -215,6 +284,15 @@ fn api_error(status: StatusCode, code: &str, message: &str) -> Response {
     (status, [(header::CACHE_CONTROL, "no-store")], axum::Json(body)).into_response()
 }
 
+/// `429 rate-limited` with `Retry-After`.
+fn rate_limited(retry: RetryAfter, message: &str) -> Response {
+    let mut response = api_error(StatusCode::TOO_MANY_REQUESTS, "rate-limited", message);
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(retry.secs()));
+    response
+}
+
 fn report_error(e: &ReportError) -> Response {
     if let ReportError::Storage(io) = e {
         tracing::warn!(error = %io, "report store");
@@ -228,14 +306,10 @@ fn report_error(e: &ReportError) -> Response {
 }
 
 /// The troubleshooter; with an id in the path it shows that stored report read-only. The path is a capability:
-/// no referrer leaves the page.
+/// no referrer leaves the page ([`security_headers`]).
 async fn check_page() -> Response {
     (
-        [
-            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
-            (header::REFERRER_POLICY, "no-referrer"),
-            (header::CACHE_CONTROL, "no-store"),
-        ],
+        [(header::CONTENT_TYPE, HTML), (header::CACHE_CONTROL, "no-store")],
         CHECK_HTML,
     )
         .into_response()
@@ -254,14 +328,15 @@ async fn blocking<T: Send + 'static>(
 async fn create_report(
     State(app): State<Arc<App>>,
     Extension(Remote(remote)): Extension<Remote>,
+    headers: HeaderMap,
     body: axum::body::Body,
 ) -> Response {
-    if !app.report_limiter.check(remote.ip(), Instant::now()) {
-        return api_error(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate-limited",
-            "Too many reports from this address; try again in a minute.",
-        );
+    if !is_json(&headers) {
+        return report_error(&ReportError::NotJsonContentType);
+    }
+    let source = Source::of(remote.ip());
+    if let Err(retry) = app.report_limiter.check(source, Instant::now()) {
+        return rate_limited(retry, "Too many reports from this address; try again in a minute.");
     }
     let max = app.reports.limits().max_bytes;
     let Ok(bytes) = axum::body::to_bytes(body, max).await else {
@@ -269,7 +344,7 @@ async fn create_report(
     };
     let store = app.reports.clone();
     let unix = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    match blocking(move || store.create(&bytes, unix, &mut rand::thread_rng())).await {
+    match blocking(move || store.create(&bytes, unix, source, &mut rand::thread_rng())).await {
         Ok(id) => {
             tracing::info!(%remote, %id, "troubleshooter report stored");
             let body = serde_json::json!({"ok": true, "id": id.to_string(), "url": format!("/check/{id}")});
@@ -277,6 +352,16 @@ async fn create_report(
         }
         Err(e) => report_error(&e),
     }
+}
+
+/// `Content-Type: application/json`, with parameters or not, in any case. Form and `text/plain` types are what a
+/// cross-origin page may POST without asking first (a CORS "simple request").
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("application/json"))
 }
 
 /// `GET /api/reports/<id>`: the stored `{"id","created","report"}`; the id is the permission.
@@ -291,7 +376,6 @@ async fn read_report(State(app): State<Arc<App>>, Path(id): Path<String>) -> Res
             [
                 (header::CONTENT_TYPE, "application/json"),
                 (header::CACHE_CONTROL, "no-store"),
-                (header::REFERRER_POLICY, "no-referrer"),
             ],
             bytes,
         )
@@ -314,12 +398,8 @@ async fn list_reports(
              to enable it. Single reports stay readable by their link.",
         );
     };
-    if !app.admin_limiter.check(remote.ip(), Instant::now()) {
-        return api_error(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate-limited",
-            "Too many requests from this address; wait a minute.",
-        );
+    if let Err(retry) = app.admin_limiter.check(Source::of(remote.ip()), Instant::now()) {
+        return rate_limited(retry, "Too many requests from this address; wait a minute.");
     }
     let bearer = headers
         .get(header::AUTHORIZATION)
@@ -353,11 +433,73 @@ async fn list_reports(
     ([(header::CACHE_CONTROL, "no-store")], axum::Json(body)).into_response()
 }
 
-async fn redirect_to_https(headers: HeaderMap, uri: Uri) -> Response {
-    let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else {
-        return (StatusCode::BAD_REQUEST, "HTTPS only on this port; send a Host header.").into_response();
+/// Plain HTTP on the single port: the same path on the configured HTTPS origin. The request's Host is not used: it
+/// is the client's to choose, and a redirect built from it points wherever the client (or a cache poisoner) likes.
+async fn redirect_to_https(State(app): State<Arc<App>>, uri: Uri) -> Response {
+    let Some(origin) = app.https_origin.get() else {
+        // Only in the moment between binding the port and learning its number.
+        let mut response = api_error(StatusCode::SERVICE_UNAVAILABLE, "starting", "Starting; retry.");
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(1u64));
+        return response;
     };
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
-    let location = format!("https://{host}{path}");
-    (StatusCode::PERMANENT_REDIRECT, [(header::LOCATION, location)]).into_response()
+    match HeaderValue::try_from(format!("{origin}{path}")) {
+        Ok(location) => (StatusCode::PERMANENT_REDIRECT, [(header::LOCATION, location)]).into_response(),
+        Err(_) => api_error(StatusCode::BAD_REQUEST, "bad-request", "HTTPS only on this port."),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The CSP allows no inline script or style: a page that grows one would break in the browser, so it breaks here.
+    #[test]
+    fn pages_keep_no_inline_script_style_or_handler() {
+        for (name, page) in [("demo", DEMO), ("check", CHECK_HTML), ("index", INDEX)] {
+            let lower = page.to_ascii_lowercase();
+            for (at, _) in lower.match_indices("<script") {
+                let tag = lower.get(at..).and_then(|t| t.split('>').next()).unwrap_or_default();
+                assert!(tag.contains(" src="), "{name}: inline script {tag}");
+            }
+            assert!(!lower.contains("<style"), "{name}: inline <style>");
+            assert!(!lower.contains(" style="), "{name}: style attribute");
+            assert!(!lower.contains("javascript:"), "{name}: javascript: URL");
+            for word in lower.split(|c: char| c.is_whitespace() || c == '<') {
+                let attr = word.split('=').next().unwrap_or_default();
+                let handler = attr.len() > 2 && attr.starts_with("on") && attr.bytes().all(|b| b.is_ascii_lowercase());
+                assert!(!(handler && word.contains('=')), "{name}: inline handler {word}");
+            }
+        }
+    }
+
+    #[test]
+    fn only_json_content_types_are_json() {
+        let with = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_str(value).unwrap());
+            is_json(&headers)
+        };
+        for yes in [
+            "application/json",
+            "application/json; charset=utf-8",
+            "Application/JSON",
+            " application/json ;x",
+        ] {
+            assert!(with(yes), "{yes}");
+        }
+        for no in [
+            "text/plain",
+            "text/plain; application/json",
+            "application/x-www-form-urlencoded",
+            "multipart/form-data; boundary=x",
+            "application/jsonx",
+            "",
+        ] {
+            assert!(!with(no), "{no}");
+        }
+        assert!(!is_json(&HeaderMap::new()));
+    }
 }

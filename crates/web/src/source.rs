@@ -1,0 +1,225 @@
+//! Where a request comes from, for the web side's per-source budgets ([`Source`]), and the token bucket that
+//! spends them ([`RateLimiter`]).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::{IpAddr, Ipv6Addr};
+use std::str::FromStr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// What a budget is charged to: an IPv4 address, or an IPv6 /64. One subscriber gets at least a /64 and picks any
+/// of its 2^64 addresses at will, so counting IPv6 addresses one by one would count nothing. An IPv4-mapped IPv6
+/// address (a dual-stack listener) is its IPv4 address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Source(IpAddr);
+
+impl Source {
+    /// Bits of an IPv6 address that name the source.
+    pub const V6_PREFIX_BITS: u32 = 64;
+
+    pub fn of(ip: IpAddr) -> Self {
+        match ip.to_canonical() {
+            IpAddr::V4(v4) => Self(IpAddr::V4(v4)),
+            IpAddr::V6(v6) => {
+                let prefix = u128::from(v6) & (u128::MAX << (128 - Self::V6_PREFIX_BITS));
+                Self(IpAddr::V6(Ipv6Addr::from(prefix)))
+            }
+        }
+    }
+}
+
+/// `192.0.2.1` or `2001:db8:1:2::/64`; the form kept with a stored report.
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            IpAddr::V4(v4) => write!(f, "{v4}"),
+            IpAddr::V6(v6) => write!(f, "{v6}/{}", Self::V6_PREFIX_BITS),
+        }
+    }
+}
+
+/// The text is not a [`Source`] as [`Source`]'s `Display` writes it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not an IPv4 address or an IPv6 /64")]
+pub struct BadSource;
+
+impl FromStr for Source {
+    type Err = BadSource;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let ip = match s.split_once('/') {
+            Some((v6, "64")) => IpAddr::V6(v6.parse().map_err(|_| BadSource)?),
+            Some(_) => return Err(BadSource),
+            None => IpAddr::V4(s.parse().map_err(|_| BadSource)?),
+        };
+        Ok(Self::of(ip))
+    }
+}
+
+/// How long until the source's next request would be allowed; sent as `Retry-After`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryAfter(pub Duration);
+
+impl RetryAfter {
+    /// Whole seconds, rounded up, at least 1 (the header has no fractions; 0 would invite an immediate retry).
+    pub fn secs(self) -> u64 {
+        let whole = self.0.as_secs() + u64::from(self.0.subsec_nanos() > 0);
+        whole.max(1)
+    }
+}
+
+/// A token bucket per [`Source`]: `burst` requests at once, then one every `interval`.
+///
+/// Bounded in memory: at `max_sources` tracked sources, full buckets are forgotten first (they hold nothing a new
+/// bucket would not); if that is not enough, the sixteenth idle longest go. Forgetting a source hands it a fresh
+/// burst, so it is done to the least recently seen, never to everyone at once — clearing the whole table would hand
+/// the flooding sources a fresh burst too.
+#[derive(Debug)]
+pub struct RateLimiter {
+    burst: f64,
+    interval: Duration,
+    max_sources: usize,
+    buckets: Mutex<HashMap<Source, Bucket>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+impl RateLimiter {
+    pub fn new(burst: u32, interval: Duration, max_sources: usize) -> Self {
+        Self {
+            burst: f64::from(burst.max(1)),
+            interval: interval.max(Duration::from_nanos(1)),
+            max_sources: max_sources.max(1),
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Takes one token for `source` at `now`, or says how long until there is one.
+    pub fn check(&self, source: Source, now: Instant) -> Result<(), RetryAfter> {
+        let mut buckets = self.buckets.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if buckets.len() >= self.max_sources && !buckets.contains_key(&source) {
+            self.make_room(&mut buckets, now);
+        }
+        let bucket = buckets.entry(source).or_insert(Bucket {
+            tokens: self.burst,
+            at: now,
+        });
+        let tokens = self.level(*bucket, now);
+        bucket.at = now;
+        if tokens < 1.0 {
+            bucket.tokens = tokens;
+            return Err(RetryAfter(self.interval.mul_f64(1.0 - tokens)));
+        }
+        bucket.tokens = tokens - 1.0;
+        Ok(())
+    }
+
+    fn level(&self, bucket: Bucket, now: Instant) -> f64 {
+        let refilled = now.saturating_duration_since(bucket.at).as_secs_f64() / self.interval.as_secs_f64();
+        (bucket.tokens + refilled).min(self.burst)
+    }
+
+    fn make_room(&self, buckets: &mut HashMap<Source, Bucket>, now: Instant) {
+        buckets.retain(|_, b| self.level(*b, now) < self.burst);
+        if buckets.len() < self.max_sources {
+            return;
+        }
+        // Still full of sources that spent tokens recently: drop the sixteenth seen longest ago, so this O(n) pass
+        // runs once per max_sources/16 newcomers.
+        let mut seen: Vec<Instant> = buckets.values().map(|b| b.at).collect();
+        let cut = (seen.len() / 16).max(1) - 1;
+        let (_, oldest_kept, _) = seen.select_nth_unstable(cut);
+        let cutoff = *oldest_kept;
+        buckets.retain(|_, b| b.at > cutoff);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn ipv6_sources_are_slash_64_and_ipv4_addresses() {
+        let a = Source::of(ip("2001:db8:1:2:aaaa::1"));
+        assert_eq!(a, Source::of(ip("2001:db8:1:2:ffff:ffff:ffff:ffff")));
+        assert_ne!(a, Source::of(ip("2001:db8:1:3::1")));
+        assert_eq!(a.to_string(), "2001:db8:1:2::/64");
+        assert_ne!(Source::of(ip("192.0.2.1")), Source::of(ip("192.0.2.2")));
+        assert_eq!(Source::of(ip("::ffff:192.0.2.1")), Source::of(ip("192.0.2.1")));
+        for s in [a, Source::of(ip("192.0.2.1")), Source::of(ip("::1"))] {
+            assert_eq!(s.to_string().parse::<Source>(), Ok(s));
+        }
+        for bad in [
+            "",
+            "192.0.2.1/32",
+            "2001:db8::/48",
+            "2001:db8::",
+            "x/64",
+            "192.0.2.1/64",
+        ] {
+            assert_eq!(bad.parse::<Source>(), Err(BadSource), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn allows_a_burst_then_refills_and_says_when() {
+        let limiter = RateLimiter::new(2, Duration::from_secs(10), 100);
+        let a = Source::of(ip("192.0.2.1"));
+        let b = Source::of(ip("192.0.2.2"));
+        let t0 = Instant::now();
+        assert!(limiter.check(a, t0).is_ok());
+        assert!(limiter.check(a, t0).is_ok());
+        assert_eq!(limiter.check(a, t0), Err(RetryAfter(Duration::from_secs(10))));
+        assert!(limiter.check(b, t0).is_ok(), "buckets are per source");
+        let later = limiter.check(a, t0 + Duration::from_secs(4)).unwrap_err();
+        assert_eq!(later.secs(), 6);
+        assert!(limiter.check(a, t0 + Duration::from_secs(11)).is_ok());
+    }
+
+    #[test]
+    fn one_slash_64_shares_one_bucket() {
+        let limiter = RateLimiter::new(3, Duration::from_secs(60), 100);
+        let t0 = Instant::now();
+        let allowed = (1..=1000u16)
+            .filter(|i| {
+                let addr = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 7, 7, *i, 0, 0, 1));
+                limiter.check(Source::of(addr), t0).is_ok()
+            })
+            .count();
+        assert_eq!(allowed, 3);
+    }
+
+    #[test]
+    fn a_flood_of_sources_stays_bounded_and_recent_sources_stay_limited() {
+        let limiter = RateLimiter::new(1, Duration::from_secs(3600), 64);
+        let t0 = Instant::now();
+        let flooder = |i: u32| Source::of(IpAddr::V4((0x0a00_0000 + i).into()));
+        for i in 0..10_000u32 {
+            let t = t0 + Duration::from_millis(u64::from(i));
+            assert!(limiter.check(flooder(i), t).is_ok());
+            assert!(limiter.buckets.lock().unwrap().len() <= 64);
+        }
+        // The most recent sources are remembered: no fresh burst for them (clearing the table would give one).
+        let t = t0 + Duration::from_secs(11);
+        for i in 9_990..10_000 {
+            assert!(limiter.check(flooder(i), t).is_err(), "source {i} got a fresh burst");
+        }
+    }
+
+    #[test]
+    fn retry_after_rounds_up() {
+        assert_eq!(RetryAfter(Duration::ZERO).secs(), 1);
+        assert_eq!(RetryAfter(Duration::from_millis(1)).secs(), 1);
+        assert_eq!(RetryAfter(Duration::from_millis(1500)).secs(), 2);
+        assert_eq!(RetryAfter(Duration::from_secs(60)).secs(), 60);
+    }
+}
