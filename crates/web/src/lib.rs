@@ -7,15 +7,15 @@
 //! from the server crate's listeners — a plain HTTP port, or the single port that also carries TURN — through
 //! [`Web::serve_connection`], so HTTP never needs a listener of its own.
 //!
-//! Budgets a stranger could exhaust here are charged to a [`Source`] (an IPv4 address, an IPv6 /64): credential
-//! minting and report submission are rate-limited per source, and stored reports are counted per source
+//! Budgets a stranger could exhaust here are charged to a [`signal::Source`] (an IPv4 address, an IPv6 /64):
+//! credential minting and report submission are rate-limited per source, and stored reports are counted per source
 //! ([`reports`]).
 
 mod hub;
+mod limiter;
 mod outbox;
 mod reports;
 mod routes;
-mod source;
 mod ws;
 
 use std::net::SocketAddr;
@@ -27,7 +27,6 @@ use signal::Limits;
 
 pub use hub::HubHandle;
 pub use reports::{DEFAULT_MAX_REPORTS, MAX_REPORTS_PER_SOURCE, MAX_REPORT_BYTES};
-pub use source::Source;
 
 /// Mints `iceServers` (a JSON array) with a fresh TURN credential for a user at a Unix time.
 pub type IceServersFn = Arc<dyn Fn(&str, u64) -> serde_json::Value + Send + Sync>;

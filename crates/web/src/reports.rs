@@ -30,7 +30,7 @@ use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::source::Source;
+use signal::Source;
 
 /// Largest report accepted, bytes of JSON as sent.
 pub const MAX_REPORT_BYTES: usize = 64 * 1024;
@@ -285,7 +285,7 @@ impl ReportStore {
                     match read_stored(&entry.path()) {
                         Ok((stored, bytes)) => found.push(Held {
                             summary: summary(id, &stored, bytes),
-                            source: stored.source.as_deref().and_then(|s| s.parse().ok()),
+                            source: stored.source.as_deref().and_then(parse_source),
                         }),
                         Err(e) => tracing::warn!(file = %entry.path().display(), error = %e, "skipping a bad report"),
                     }
@@ -424,6 +424,15 @@ impl ReportStore {
     }
 }
 
+/// A [`Source`] as its `Display` writes it: `192.0.2.1` or `2001:db8:1:2::/64`.
+fn parse_source(text: &str) -> Option<Source> {
+    let ip = match text.strip_suffix("/64") {
+        Some(v6) => std::net::IpAddr::V6(v6.parse().ok()?),
+        None => std::net::IpAddr::V4(text.parse().ok()?),
+    };
+    Some(Source::from(ip))
+}
+
 fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let mut file = std::fs::OpenOptions::new().write(true).create_new(true).open(path)?;
     file.write_all(bytes)?;
@@ -469,7 +478,7 @@ mod tests {
 
     /// Source number `n`: an IPv4 address of its own.
     fn src(n: u8) -> Source {
-        Source::of(std::net::IpAddr::from([192, 0, 2, n]))
+        Source::from(std::net::IpAddr::from([192, 0, 2, n]))
     }
 
     #[test]
@@ -616,7 +625,12 @@ mod tests {
         let mut attacker = Vec::new();
         for i in 0..1000u16 {
             let ip = std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 64, i, 0xbeef, 0, 1);
-            attacker.push(post(&store, Source::of(ip.into()), 10 + u64::from(i), &mut rng));
+            attacker.push(post(
+                &store,
+                Source::from(std::net::IpAddr::V6(ip)),
+                10 + u64::from(i),
+                &mut rng,
+            ));
         }
         assert!(store.read(victim).is_ok());
         assert!(store.read(older).is_ok());
@@ -628,7 +642,7 @@ mod tests {
         drop(store);
         let store = ReportStore::open(dir.path(), limits(10)).unwrap();
         let ip = std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 64, 0xffff, 0, 0, 2);
-        post(&store, Source::of(ip.into()), 5000, &mut rng);
+        post(&store, Source::from(std::net::IpAddr::V6(ip)), 5000, &mut rng);
         assert!(store.read(victim).is_ok() && store.read(older).is_ok());
     }
 
@@ -704,5 +718,23 @@ mod tests {
             store.read(legacy).is_ok(),
             "one source cannot push out a report of nobody's either"
         );
+    }
+
+    #[test]
+    fn sources_read_back_as_written() {
+        for ip in ["192.0.2.1", "2001:db8:1:2:aaaa::1", "::1", "::ffff:192.0.2.9"] {
+            let source = Source::from(ip.parse::<std::net::IpAddr>().unwrap());
+            assert_eq!(parse_source(&source.to_string()), Some(source), "{ip}");
+        }
+        for bad in [
+            "",
+            "192.0.2.1/32",
+            "2001:db8::/48",
+            "2001:db8::",
+            "x/64",
+            "192.0.2.1/64",
+        ] {
+            assert_eq!(parse_source(bad), None, "{bad:?}");
+        }
     }
 }

@@ -16,9 +16,10 @@ use signal::{ErrorCode, Refusal};
 use subtle::ConstantTimeEq;
 
 use crate::hub::HubHandle;
+use crate::limiter::{RateLimiter, RetryAfter};
 use crate::reports::{ReportError, ReportId, ReportStore};
-use crate::source::{RateLimiter, RetryAfter, Source};
 use crate::{Scheme, WebConfig};
+use signal::Source;
 
 /// Sources each limiter tracks (about 100 bytes each); past it the least recently seen are forgotten.
 const TRACKED_SOURCES: usize = 10_000;
@@ -232,7 +233,7 @@ async fn ice_servers(
     headers: HeaderMap,
     Query(query): Query<TokenQuery>,
 ) -> Response {
-    if let Err(retry) = app.ice_limiter.check(Source::of(remote.ip()), Instant::now()) {
+    if let Err(retry) = app.ice_limiter.check(Source::from(remote.ip()), Instant::now()) {
         return rate_limited(
             retry,
             "Too many credentials requested from this address; wait a moment.",
@@ -334,7 +335,7 @@ async fn create_report(
     if !is_json(&headers) {
         return report_error(&ReportError::NotJsonContentType);
     }
-    let source = Source::of(remote.ip());
+    let source = Source::from(remote.ip());
     if let Err(retry) = app.report_limiter.check(source, Instant::now()) {
         return rate_limited(retry, "Too many reports from this address; try again in a minute.");
     }
@@ -398,7 +399,7 @@ async fn list_reports(
              to enable it. Single reports stay readable by their link.",
         );
     };
-    if let Err(retry) = app.admin_limiter.check(Source::of(remote.ip()), Instant::now()) {
+    if let Err(retry) = app.admin_limiter.check(Source::from(remote.ip()), Instant::now()) {
         return rate_limited(retry, "Too many requests from this address; wait a minute.");
     }
     let bearer = headers

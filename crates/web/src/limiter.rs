@@ -1,61 +1,12 @@
-//! Where a request comes from, for the web side's per-source budgets ([`Source`]), and the token bucket that
-//! spends them ([`RateLimiter`]).
+//! The token bucket that spends the web side's per-source budgets ([`RateLimiter`]). A source is
+//! [`signal::Source`]: an IPv4 address, or an IPv6 /64 (a host picks any address of its /64 at will, so counting
+//! IPv6 addresses one by one would count nothing).
 
 use std::collections::HashMap;
-use std::fmt;
-use std::net::{IpAddr, Ipv6Addr};
-use std::str::FromStr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// What a budget is charged to: an IPv4 address, or an IPv6 /64. One subscriber gets at least a /64 and picks any
-/// of its 2^64 addresses at will, so counting IPv6 addresses one by one would count nothing. An IPv4-mapped IPv6
-/// address (a dual-stack listener) is its IPv4 address.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Source(IpAddr);
-
-impl Source {
-    /// Bits of an IPv6 address that name the source.
-    pub const V6_PREFIX_BITS: u32 = 64;
-
-    pub fn of(ip: IpAddr) -> Self {
-        match ip.to_canonical() {
-            IpAddr::V4(v4) => Self(IpAddr::V4(v4)),
-            IpAddr::V6(v6) => {
-                let prefix = u128::from(v6) & (u128::MAX << (128 - Self::V6_PREFIX_BITS));
-                Self(IpAddr::V6(Ipv6Addr::from(prefix)))
-            }
-        }
-    }
-}
-
-/// `192.0.2.1` or `2001:db8:1:2::/64`; the form kept with a stored report.
-impl fmt::Display for Source {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.0 {
-            IpAddr::V4(v4) => write!(f, "{v4}"),
-            IpAddr::V6(v6) => write!(f, "{v6}/{}", Self::V6_PREFIX_BITS),
-        }
-    }
-}
-
-/// The text is not a [`Source`] as [`Source`]'s `Display` writes it.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("not an IPv4 address or an IPv6 /64")]
-pub struct BadSource;
-
-impl FromStr for Source {
-    type Err = BadSource;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let ip = match s.split_once('/') {
-            Some((v6, "64")) => IpAddr::V6(v6.parse().map_err(|_| BadSource)?),
-            Some(_) => return Err(BadSource),
-            None => IpAddr::V4(s.parse().map_err(|_| BadSource)?),
-        };
-        Ok(Self::of(ip))
-    }
-}
+use signal::Source;
 
 /// How long until the source's next request would be allowed; sent as `Retry-After`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -142,39 +93,17 @@ impl RateLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::{IpAddr, Ipv6Addr};
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
     }
 
     #[test]
-    fn ipv6_sources_are_slash_64_and_ipv4_addresses() {
-        let a = Source::of(ip("2001:db8:1:2:aaaa::1"));
-        assert_eq!(a, Source::of(ip("2001:db8:1:2:ffff:ffff:ffff:ffff")));
-        assert_ne!(a, Source::of(ip("2001:db8:1:3::1")));
-        assert_eq!(a.to_string(), "2001:db8:1:2::/64");
-        assert_ne!(Source::of(ip("192.0.2.1")), Source::of(ip("192.0.2.2")));
-        assert_eq!(Source::of(ip("::ffff:192.0.2.1")), Source::of(ip("192.0.2.1")));
-        for s in [a, Source::of(ip("192.0.2.1")), Source::of(ip("::1"))] {
-            assert_eq!(s.to_string().parse::<Source>(), Ok(s));
-        }
-        for bad in [
-            "",
-            "192.0.2.1/32",
-            "2001:db8::/48",
-            "2001:db8::",
-            "x/64",
-            "192.0.2.1/64",
-        ] {
-            assert_eq!(bad.parse::<Source>(), Err(BadSource), "{bad:?}");
-        }
-    }
-
-    #[test]
     fn allows_a_burst_then_refills_and_says_when() {
         let limiter = RateLimiter::new(2, Duration::from_secs(10), 100);
-        let a = Source::of(ip("192.0.2.1"));
-        let b = Source::of(ip("192.0.2.2"));
+        let a = Source::from(ip("192.0.2.1"));
+        let b = Source::from(ip("192.0.2.2"));
         let t0 = Instant::now();
         assert!(limiter.check(a, t0).is_ok());
         assert!(limiter.check(a, t0).is_ok());
@@ -192,7 +121,7 @@ mod tests {
         let allowed = (1..=1000u16)
             .filter(|i| {
                 let addr = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 7, 7, *i, 0, 0, 1));
-                limiter.check(Source::of(addr), t0).is_ok()
+                limiter.check(Source::from(addr), t0).is_ok()
             })
             .count();
         assert_eq!(allowed, 3);
@@ -202,7 +131,7 @@ mod tests {
     fn a_flood_of_sources_stays_bounded_and_recent_sources_stay_limited() {
         let limiter = RateLimiter::new(1, Duration::from_secs(3600), 64);
         let t0 = Instant::now();
-        let flooder = |i: u32| Source::of(IpAddr::V4((0x0a00_0000 + i).into()));
+        let flooder = |i: u32| Source::from(IpAddr::V4((0x0a00_0000 + i).into()));
         for i in 0..10_000u32 {
             let t = t0 + Duration::from_millis(u64::from(i));
             assert!(limiter.check(flooder(i), t).is_ok());
