@@ -64,7 +64,8 @@ impl RateLimiter {
         bucket.at = now;
         if tokens < 1.0 {
             bucket.tokens = tokens;
-            return Err(RetryAfter(self.interval.mul_f64(1.0 - tokens)));
+            // tokens is in [0, 1), so the factor is in (0, 1]: mul_f64 cannot panic.
+            return Err(RetryAfter(self.interval.mul_f64((1.0 - tokens).clamp(0.0, 1.0))));
         }
         bucket.tokens = tokens - 1.0;
         Ok(())
