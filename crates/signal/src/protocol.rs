@@ -93,6 +93,8 @@ impl CloseCode {
     pub const TOO_MANY_CONNECTIONS: CloseCode = CloseCode(4101);
     pub const ROOM_FULL: CloseCode = CloseCode(4102);
     pub const TOO_MANY_ROOMS: CloseCode = CloseCode(4103);
+    /// The socket did not read what it was sent: its queue reached its byte budget.
+    pub const TOO_SLOW: CloseCode = CloseCode(4104);
     pub const HEARTBEAT_TIMEOUT: CloseCode = CloseCode(4200);
     pub const RESUME_FAILED: CloseCode = CloseCode(4201);
     pub const SHUTTING_DOWN: CloseCode = CloseCode(4202);

@@ -49,6 +49,12 @@ pub struct Signal {
     pub max_rooms: usize,
     pub max_connections_per_ip: usize,
     pub max_queued: usize,
+    /// Bytes kept for one session (unacknowledged frames while connected, queued ones while disconnected).
+    pub max_session_bytes: usize,
+    /// Bytes kept for every session of one source (an IPv4 address, an IPv6 /64).
+    pub max_source_bytes: usize,
+    /// Bytes kept for every session; 0: an eighth of the machine's memory, between 64 MiB and 1 GiB.
+    pub max_total_bytes: usize,
     /// Seconds between heartbeats (client pings, server WebSocket pings).
     pub heartbeat_interval: u64,
     /// Seconds of silence after which a socket counts as dead.
@@ -70,6 +76,9 @@ impl Default for Signal {
             max_rooms: limits.max_rooms,
             max_connections_per_ip: limits.max_connections_per_ip,
             max_queued: limits.max_queued,
+            max_session_bytes: limits.max_session_bytes,
+            max_source_bytes: limits.max_source_bytes,
+            max_total_bytes: 0,
             heartbeat_interval: limits.heartbeat_interval.as_secs(),
             heartbeat_timeout: limits.heartbeat_timeout.as_secs(),
             resume_grace: limits.resume_grace.as_secs(),
@@ -87,6 +96,9 @@ impl Signal {
             max_rooms: self.max_rooms,
             max_connections_per_ip: self.max_connections_per_ip,
             max_queued: self.max_queued,
+            max_session_bytes: self.max_session_bytes,
+            max_source_bytes: self.max_source_bytes,
+            max_total_bytes: self.max_total_bytes,
             heartbeat_interval: std::time::Duration::from_secs(self.heartbeat_interval),
             heartbeat_timeout: std::time::Duration::from_secs(self.heartbeat_timeout),
             resume_grace: std::time::Duration::from_secs(self.resume_grace),
@@ -397,6 +409,19 @@ impl Config {
         }
         if s.max_queued == 0 || s.max_queued > 65_536 {
             bad("signal.max_queued", "must be between 1 and 65536".into());
+        }
+        // A session must hold at least two of the largest messages, and a source at least one session.
+        if s.max_session_bytes < 2 * s.max_message_bytes || s.max_source_bytes < s.max_session_bytes {
+            bad(
+                "signal.max_session_bytes",
+                "must be at least twice signal.max_message_bytes and at most signal.max_source_bytes".into(),
+            );
+        }
+        if s.max_total_bytes != 0 && s.max_total_bytes < s.max_source_bytes {
+            bad(
+                "signal.max_total_bytes",
+                "must be 0 (sized from memory) or at least signal.max_source_bytes".into(),
+            );
         }
         if s.heartbeat_interval == 0 || s.heartbeat_timeout <= s.heartbeat_interval {
             bad(

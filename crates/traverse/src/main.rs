@@ -184,6 +184,15 @@ struct ServeArgs {
     /// Messages queued for a disconnected peer [signal.max_queued].
     #[arg(long, env = "TRAVERSE_MAX_QUEUED")]
     max_queued: Option<usize>,
+    /// Bytes kept for one signaling session [signal.max_session_bytes].
+    #[arg(long, env = "TRAVERSE_MAX_SESSION_BYTES")]
+    max_session_bytes: Option<usize>,
+    /// Bytes kept for the signaling sessions of one IPv4 address or IPv6 /64 [signal.max_source_bytes].
+    #[arg(long, env = "TRAVERSE_MAX_SOURCE_BYTES")]
+    max_source_bytes: Option<usize>,
+    /// Bytes kept for all signaling sessions, 0 for an eighth of memory (64 MiB to 1 GiB) [signal.max_total_bytes].
+    #[arg(long, env = "TRAVERSE_MAX_TOTAL_BYTES")]
+    max_total_bytes: Option<usize>,
     /// Seconds between heartbeats [signal.heartbeat_interval].
     #[arg(long, env = "TRAVERSE_HEARTBEAT_INTERVAL")]
     heartbeat_interval: Option<u64>,
@@ -434,6 +443,9 @@ fn apply(config: &mut Config, a: ServeArgs) {
     set!(config.signal.max_rooms, a.max_rooms);
     set!(config.signal.max_connections_per_ip, a.max_connections_per_ip);
     set!(config.signal.max_queued, a.max_queued);
+    set!(config.signal.max_session_bytes, a.max_session_bytes);
+    set!(config.signal.max_source_bytes, a.max_source_bytes);
+    set!(config.signal.max_total_bytes, a.max_total_bytes);
     set!(config.signal.heartbeat_interval, a.heartbeat_interval);
     set!(config.signal.heartbeat_timeout, a.heartbeat_timeout);
     set!(config.signal.resume_grace, a.resume_grace);

@@ -11,7 +11,7 @@ use rand::SeedableRng;
 use signal::{CloseCode, ConnId, MemoryHub, Now, Output, Refusal, SignalHub};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::outbox::Outbox;
+use crate::outbox::{Outbox, QueueBudget};
 use crate::WebConfig;
 
 /// What the hub sends a socket.
@@ -62,10 +62,8 @@ pub(crate) enum Command {
 pub struct HubHandle {
     tx: mpsc::Sender<Command>,
     next_conn: Arc<AtomicU64>,
-    /// Frames queued for one socket before it counts as too slow and is dropped: room for a whole replay (every
-    /// unacknowledged and every queued message) on top of live traffic. tokio allocates a channel's slots as they
-    /// fill, so an idle socket does not pay for the bound.
-    pub(crate) socket_queue: usize,
+    /// What sockets' queues may hold before a socket counts as too slow and is dropped.
+    pub(crate) queue_budget: Arc<QueueBudget>,
 }
 
 impl HubHandle {
@@ -124,13 +122,31 @@ impl HubHandle {
 
 pub(crate) fn spawn(config: &WebConfig) -> std::io::Result<HubHandle> {
     let (tx, rx) = mpsc::channel(4096);
+    let mut limits = config.limits.clone();
+    if limits.max_total_bytes == 0 {
+        limits.max_total_bytes = total_from_machine(machine_memory());
+    }
+    tracing::info!(
+        session_mib = limits.max_session_bytes >> 20,
+        source_mib = limits.max_source_bytes >> 20,
+        total_mib = limits.max_total_bytes >> 20,
+        "signaling byte budgets (kept frames; as much again for unsent ones)"
+    );
+    // Per socket: a whole replay (the session's budget) on top of live traffic. In total: as much as the hub may
+    // keep. A socket more than two messages behind is the one dropped when the total is reached.
+    let queue_budget = Arc::new(QueueBudget::new(
+        limits.max_unacked + limits.max_queued + 256,
+        limits.max_session_bytes + 2 * limits.max_message_bytes,
+        limits.max_total_bytes,
+        2 * limits.max_message_bytes,
+    ));
     let ice = config.ice_servers.clone();
     let source: signal::IceServerSource = Box::new(move |peer, unix| {
         serde_json::value::to_raw_value(&ice(peer, unix))
             .unwrap_or_else(|_| serde_json::value::to_raw_value(&()).unwrap_or_default())
     });
     let hub = MemoryHub::new(
-        config.limits.clone(),
+        limits,
         config.token_secret.clone(),
         source,
         rand::rngs::StdRng::from_entropy(),
@@ -143,8 +159,34 @@ pub(crate) fn spawn(config: &WebConfig) -> std::io::Result<HubHandle> {
     Ok(HubHandle {
         tx,
         next_conn: Arc::new(AtomicU64::new(1)),
-        socket_queue: config.limits.max_unacked + config.limits.max_queued + 256,
+        queue_budget,
     })
+}
+
+/// The default total budget: an eighth of the machine's memory (or of the cgroup's limit), between 64 MiB and
+/// 1 GiB; 256 MiB when neither can be read. The attack of issue 7 took 1.2 GiB from one address without it.
+fn total_from_machine(memory: Option<u64>) -> usize {
+    let Some(bytes) = memory else { return 256 << 20 };
+    let eighth = usize::try_from(bytes / 8).unwrap_or(usize::MAX);
+    eighth.clamp(64 << 20, 1 << 30)
+}
+
+/// Physical memory (`MemTotal`), or the cgroup v2 limit when it is smaller (a container).
+fn machine_memory() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib: u64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    let physical = kib.saturating_mul(1024);
+    // `max` (no limit) does not parse and leaves the physical figure.
+    let cgroup = std::fs::read_to_string("/sys/fs/cgroup/memory.max")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok());
+    Some(cgroup.map_or(physical, |c| c.min(physical)))
 }
 
 fn now() -> Now {
@@ -240,9 +282,12 @@ fn route(hub: &mut impl SignalHub, sockets: &mut HashMap<ConnId, Arc<Outbox>>) {
                 let Some(outbox) = sockets.get(&conn) else { continue };
                 if outbox.push(ToSocket::Text(text)).is_err() {
                     // Too slow to read its messages (or gone): drop the socket; its session waits for a resume.
-                    tracing::debug!(conn, "signaling socket too slow; closing it");
+                    tracing::debug!(
+                        conn,
+                        "signaling socket too slow (its queue is full); closing it with 4104"
+                    );
                     if let Some(outbox) = sockets.remove(&conn) {
-                        outbox.close();
+                        outbox.abandon();
                     }
                     hub.handle_closed(conn, now());
                 }
@@ -253,5 +298,19 @@ fn route(hub: &mut impl SignalHub, sockets: &mut HashMap<ConnId, Arc<Outbox>>) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_total_budget_is_an_eighth_of_memory_within_bounds() {
+        assert_eq!(total_from_machine(Some(24 << 30)), 1 << 30);
+        assert_eq!(total_from_machine(Some(2 << 30)), 256 << 20);
+        assert_eq!(total_from_machine(Some(256 << 20)), 64 << 20);
+        assert_eq!(total_from_machine(None), 256 << 20);
+        assert!(machine_memory().is_some_and(|m| m > 0), "Linux has /proc/meminfo");
     }
 }

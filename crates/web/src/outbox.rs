@@ -4,25 +4,64 @@
 //! allocates its first block of 32 slots (~1.4 KB here) when it is created, while an empty `VecDeque` allocates
 //! nothing. The mutex is this socket's own — the hub takes it for one push, the socket task for one pop — never a
 //! lock shared between sockets.
+//!
+//! Bounded in frames and in bytes, per socket and over every socket ([`QueueBudget`]): the hub's byte budgets cover
+//! the frames it keeps for replay, these cover frames written to a socket that does not read them. A socket past
+//! its bound is dropped as too slow (4104); its session waits for a resume.
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 
 use crate::hub::ToSocket;
 
+/// Bounds on unsent frames, one per server, shared by every socket's outbox.
+#[derive(Debug)]
+pub(crate) struct QueueBudget {
+    /// Frames one socket may have queued.
+    pub frames: usize,
+    /// Bytes one socket may have queued: a whole replay and some live traffic.
+    pub bytes: usize,
+    /// Bytes queued over every socket before sockets that are behind are dropped.
+    pub total: usize,
+    /// A socket with more than this queued is behind; one with less always gets its frame, so a reader that keeps
+    /// up is never dropped because others filled the total.
+    pub behind: usize,
+    /// Bytes queued right now over every socket.
+    unsent: AtomicUsize,
+}
+
+impl QueueBudget {
+    pub(crate) fn new(frames: usize, bytes: usize, total: usize, behind: usize) -> Self {
+        Self {
+            frames,
+            bytes,
+            total,
+            behind,
+            unsent: AtomicUsize::new(0),
+        }
+    }
+
+    /// Bytes queued over every socket.
+    pub(crate) fn unsent(&self) -> usize {
+        self.unsent.load(Ordering::Relaxed)
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct Outbox {
     state: Mutex<State>,
     ready: Notify,
-    /// Frames held before the socket counts as too slow.
-    limit: usize,
+    budget: Arc<QueueBudget>,
 }
 
 #[derive(Debug, Default)]
 struct State {
     queue: VecDeque<ToSocket>,
+    /// Bytes of the text frames in `queue`.
+    bytes: usize,
     /// The hub has let go of this socket: once the queue is empty, the socket closes.
     closed: bool,
 }
@@ -32,11 +71,11 @@ struct State {
 pub(crate) struct Full;
 
 impl Outbox {
-    pub(crate) fn new(limit: usize) -> Self {
+    pub(crate) fn new(budget: Arc<QueueBudget>) -> Self {
         Self {
             state: Mutex::new(State::default()),
             ready: Notify::new(),
-            limit,
+            budget,
         }
     }
 
@@ -48,8 +87,16 @@ impl Outbox {
     pub(crate) fn push(&self, item: ToSocket) -> Result<(), Full> {
         {
             let mut state = self.state();
-            if matches!(item, ToSocket::Text(_)) && state.queue.len() >= self.limit {
-                return Err(Full);
+            if let ToSocket::Text(text) = &item {
+                let n = text.len();
+                let budget = &self.budget;
+                let own_full = state.queue.len() >= budget.frames || state.bytes + n > budget.bytes;
+                let total_full = budget.unsent().saturating_add(n) > budget.total && state.bytes > budget.behind;
+                if own_full || total_full {
+                    return Err(Full);
+                }
+                state.bytes += n;
+                budget.unsent.fetch_add(n, Ordering::Relaxed);
             }
             state.queue.push_back(item);
         }
@@ -63,11 +110,28 @@ impl Outbox {
         self.ready.notify_one();
     }
 
+    /// The hub drops a socket that is too slow: what it has not written is forgotten now (the session's replay
+    /// buffer still has it for a resume), so a peer that stopped reading holds no memory while its socket closes.
+    pub(crate) fn abandon(&self) {
+        {
+            let mut state = self.state();
+            state.closed = true;
+            self.budget.unsent.fetch_sub(state.bytes, Ordering::Relaxed);
+            state.bytes = 0;
+            state.queue = VecDeque::new();
+        }
+        self.ready.notify_one();
+    }
+
     /// The next frame: `Ok(Some)`, `Ok(None)` when nothing is queued now, `Err(())` when closed and drained.
     pub(crate) fn try_pop(&self) -> Result<Option<ToSocket>, ()> {
         let mut state = self.state();
         match state.queue.pop_front() {
             Some(item) => {
+                if let ToSocket::Text(text) = &item {
+                    state.bytes = state.bytes.saturating_sub(text.len());
+                    self.budget.unsent.fetch_sub(text.len(), Ordering::Relaxed);
+                }
                 if state.queue.is_empty() && state.queue.capacity() > 64 {
                     // A burst is over: give the memory back, idle sockets must stay small.
                     state.queue = VecDeque::new();
@@ -90,13 +154,29 @@ impl Outbox {
     }
 }
 
+impl Drop for Outbox {
+    /// Frames never written leave the total with the socket.
+    fn drop(&mut self) {
+        let bytes = self.state().bytes;
+        self.budget.unsent.fetch_sub(bytes, Ordering::Relaxed);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn budget(frames: usize, bytes: usize, total: usize, behind: usize) -> Arc<QueueBudget> {
+        Arc::new(QueueBudget::new(frames, bytes, total, behind))
+    }
+
+    fn text(n: usize) -> ToSocket {
+        ToSocket::Text(bytes::Bytes::from(vec![b'x'; n]))
+    }
+
     #[test]
     fn bounded_for_frames_never_for_close() {
-        let outbox = Outbox::new(2);
+        let outbox = Outbox::new(budget(2, 1 << 20, 1 << 20, 1 << 20));
         let text = || ToSocket::Text(bytes::Bytes::from_static(b"{}"));
         assert!(outbox.push(text()).is_ok());
         assert!(outbox.push(text()).is_ok());
@@ -112,9 +192,36 @@ mod tests {
         assert!(outbox.try_pop().is_err());
     }
 
+    #[test]
+    fn bounded_in_bytes_per_socket_and_in_total_for_sockets_that_are_behind() {
+        let shared = budget(100, 1000, 1500, 200);
+        let slow = Outbox::new(shared.clone());
+        assert!(slow.push(text(600)).is_ok());
+        assert!(slow.push(text(401)).is_err(), "over the socket's bytes");
+        assert!(slow.push(text(400)).is_ok());
+        let other = Outbox::new(shared.clone());
+        assert!(
+            other.push(text(400)).is_ok(),
+            "past the total, a socket that keeps up still gets its frame"
+        );
+        assert_eq!(shared.unsent(), 1400);
+        assert!(
+            other.push(text(150)).is_err(),
+            "past the total, a socket that is behind does not"
+        );
+        assert!(matches!(other.try_pop(), Ok(Some(ToSocket::Text(_)))));
+        assert_eq!(shared.unsent(), 1000);
+        slow.abandon();
+        assert_eq!(shared.unsent(), 0, "an abandoned socket's frames leave the total");
+        assert!(slow.try_pop().is_err(), "and it closes at once");
+        assert!(other.push(text(300)).is_ok());
+        drop(other);
+        assert_eq!(shared.unsent(), 0, "a dropped socket's frames leave the total");
+    }
+
     #[tokio::test]
     async fn a_push_before_the_wait_is_not_lost() {
-        let outbox = Outbox::new(4);
+        let outbox = Outbox::new(budget(4, 1 << 20, 1 << 20, 1 << 20));
         assert!(outbox.push(ToSocket::Text(bytes::Bytes::from_static(b"{}"))).is_ok());
         tokio::time::timeout(std::time::Duration::from_secs(1), outbox.readable())
             .await

@@ -11,7 +11,7 @@ use signal::{CloseCode, Refusal};
 
 pub(crate) async fn run(socket: WebSocket, hub: HubHandle, ip: IpAddr, ping_every: Duration) {
     let conn = hub.next_conn();
-    let outbox = std::sync::Arc::new(Outbox::new(hub.socket_queue));
+    let outbox = std::sync::Arc::new(Outbox::new(hub.queue_budget.clone()));
     let (mut sink, mut stream) = socket.split();
     if let Err(refusal) = hub.connect(conn, ip, outbox.clone()).await {
         let _ = sink.send(Message::Text(error_frame(&refusal).into())).await;
@@ -42,36 +42,18 @@ pub(crate) async fn run(socket: WebSocket, hub: HubHandle, ip: IpAddr, ping_ever
                 }
             },
             _ = outbox.readable() => {
-                let mut fed = 0usize;
-                loop {
-                    match outbox.try_pop() {
-                        Ok(Some(ToSocket::Text(text))) => {
-                            // Zero-copy: the frame's bytes are shared with the hub's replay buffer.
-                            let Ok(text) = axum::extract::ws::Utf8Bytes::try_from(text) else { break };
-                            if sink.feed(Message::Text(text)).await.is_err() {
-                                break;
-                            }
-                            fed += 1;
-                            if fed >= 64 {
-                                // More may be queued: come back after this flush.
-                                outbox.wake();
-                                break;
-                            }
-                        }
-                        Ok(Some(ToSocket::Close(code, reason))) => {
-                            closing = Some((code, reason));
-                            break;
-                        }
-                        Ok(None) => break,
-                        // The hub let go of us: too slow, or shutting down.
-                        Err(()) => {
-                            closing = Some((CloseCode::RATE_LIMITED, "too-slow".into()));
-                            break;
-                        }
+                // A peer that takes nothing for a whole heartbeat interval does not read: stop waiting on it.
+                match tokio::time::timeout(ping_every, write_queued(&mut sink, &outbox)).await {
+                    Ok(Ok(None)) => {}
+                    Ok(Ok(Some(close))) => {
+                        closing = Some(close);
+                        break;
                     }
-                }
-                if sink.flush().await.is_err() || closing.is_some() {
-                    break;
+                    Ok(Err(WriteFailed)) => break,
+                    Err(_) => {
+                        closing = Some((CloseCode::TOO_SLOW, "too-slow".into()));
+                        break;
+                    }
                 }
             }
             _ = ping.tick() => {
@@ -87,6 +69,48 @@ pub(crate) async fn run(socket: WebSocket, hub: HubHandle, ip: IpAddr, ping_ever
     let _ = tokio::time::timeout(Duration::from_secs(2), sink.close()).await;
     // The hub forgets sockets it closed itself; telling it again is harmless.
     hub.send(Command::Closed { conn }).await;
+}
+
+/// The socket could not be written to.
+struct WriteFailed;
+
+/// Feeds what is queued (at most 64 frames, then comes back) and flushes once. `Some` is the close to send: the
+/// hub's, or 4104 when the hub let go of a socket too slow to read.
+async fn write_queued<S>(sink: &mut S, outbox: &Outbox) -> Result<Option<(CloseCode, String)>, WriteFailed>
+where
+    S: futures_util::Sink<Message> + Unpin,
+{
+    let mut fed = 0usize;
+    let mut close = None;
+    loop {
+        match outbox.try_pop() {
+            Ok(Some(ToSocket::Text(text))) => {
+                // Zero-copy: the frame's bytes are shared with the hub's replay buffer.
+                let Ok(text) = axum::extract::ws::Utf8Bytes::try_from(text) else {
+                    break;
+                };
+                sink.feed(Message::Text(text)).await.map_err(|_| WriteFailed)?;
+                fed += 1;
+                if fed >= 64 {
+                    // More may be queued: come back after this flush.
+                    outbox.wake();
+                    break;
+                }
+            }
+            Ok(Some(ToSocket::Close(code, reason))) => {
+                close = Some((code, reason));
+                break;
+            }
+            Ok(None) => break,
+            // The hub let go of us: too slow (at shutdown its 4202 close came first).
+            Err(()) => {
+                close = Some((CloseCode::TOO_SLOW, "too-slow".into()));
+                break;
+            }
+        }
+    }
+    sink.flush().await.map_err(|_| WriteFailed)?;
+    Ok(close)
 }
 
 fn is_too_large(e: &axum::Error) -> bool {
