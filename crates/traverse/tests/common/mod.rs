@@ -793,3 +793,61 @@ pub fn channel_data(channel: u16, payload: &[u8], pad: bool) -> Vec<u8> {
     }
     frame
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// Signaling clients and the server's memory, for the attack tests.
+
+/// Reads `spawned`'s stdout until the ready line (`iceServers: …`) and returns the plain-HTTP signaling address from
+/// the `signaling: ws://ADDR/ws` line before it.
+pub fn signaling_addr(spawned: &Spawned) -> SocketAddr {
+    let deadline = Instant::now() + START_TIMEOUT;
+    let mut http = None;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Ok(line) = spawned.stdout.recv_timeout(left) else {
+            panic!(
+                "traverse did not become ready; log:\n{}",
+                spawned.log.lock().unwrap_or_else(|e| e.into_inner())
+            );
+        };
+        if let Some(rest) = line.strip_prefix("signaling: ws://") {
+            let hostport = rest.split("/ws").next().unwrap_or_default();
+            http = Some(
+                hostport
+                    .parse()
+                    .unwrap_or_else(|e| panic!("bad signaling address {hostport:?}: {e}")),
+            );
+        } else if line.starts_with("iceServers: ") {
+            return http.expect("a `signaling: ws://…` line before the ready line");
+        }
+    }
+}
+
+/// A signaling WebSocket whose TCP connection leaves from `local` (another 127.x address is another source).
+pub async fn ws_connect_from(
+    local: IpAddr,
+    server: SocketAddr,
+) -> tokio_tungstenite::WebSocketStream<tokio::net::TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4().expect("TCP socket");
+    socket.bind(SocketAddr::new(local, 0)).expect("bind the client address");
+    let tcp = tokio::time::timeout(Duration::from_secs(10), socket.connect(server))
+        .await
+        .expect("connect timed out")
+        .expect("connect");
+    let _ = tcp.set_nodelay(true);
+    let (ws, _) = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_tungstenite::client_async(format!("ws://{server}/ws"), tcp),
+    )
+    .await
+    .expect("WebSocket handshake timed out")
+    .expect("WebSocket handshake");
+    ws
+}
+
+/// Resident memory of a process (`VmRSS` of `/proc/PID/status`), KiB.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
