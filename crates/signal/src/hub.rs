@@ -56,7 +56,8 @@ pub struct Limits {
     pub max_session_bytes: usize,
     /// Bytes kept for every session of one source (an IPv4 address, an IPv6 /64): `source-full` beyond it.
     pub max_source_bytes: usize,
-    /// Bytes kept for every session of the hub: `server-full` beyond it. The I/O layer sizes it from the machine.
+    /// Bytes kept for every session of the hub: `server-full` beyond it. Sized from the machine by the I/O layer
+    /// (`web` turns a configured 0 into an eighth of memory) before the hub sees it.
     pub max_total_bytes: usize,
     pub max_meta_bytes: usize,
     /// Errors on one socket before it is closed for a protocol violation.

@@ -5,7 +5,9 @@
 //! (every frame kept for replay, 1 024 per session). Here it runs for a few seconds against the real binary on
 //! loopback with default budgets, and the test asserts that the server's RSS stays under the documented budget,
 //! that peers from other addresses join and exchange a signal within a second meanwhile, and that the memory goes
-//! back to the operating system once the attacker's sessions have ended.
+//! back to the operating system once the attacker's sessions have ended. A second test runs the same attack with
+//! readers that read nothing at all: their frames pile up in the server's socket queues instead of its replay
+//! buffers, and those sockets are dropped (4104) instead.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
@@ -38,6 +40,15 @@ const ATTACK: Duration = Duration::from_secs(5);
 const WAIT: Duration = Duration::from_secs(10);
 /// `signal.max_source_bytes` by default (docs/protocol.md, "Limits").
 const SOURCE_BUDGET_MIB: u64 = 16;
+
+/// What the attacker's 19 readers do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Readers {
+    /// Read every frame, never send `ack`: the replay buffers fill.
+    ReadWithoutAck,
+    /// Read nothing: the socket queues fill, then the kernel's buffers.
+    NeverRead,
+}
 
 async fn next_json(ws: &mut Ws) -> Value {
     loop {
@@ -96,10 +107,26 @@ async fn legitimate_exchange(server: SocketAddr, round: u8) -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn non_acking_readers_and_a_broadcaster_stay_within_the_source_budget() {
-    let mut spawned = common::spawn_serve("127.0.0.1:0", &["--workers", "1", "--resume-grace", "2"], &[]);
+    run(Readers::ReadWithoutAck, &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_that_never_read_are_dropped_and_stay_within_the_source_budget() {
+    // A 2 s heartbeat: a socket that takes nothing for 2 s is dropped (4104), and a silent one after 5 s (4200).
+    run(
+        Readers::NeverRead,
+        &["--heartbeat-interval", "2", "--heartbeat-timeout", "5"],
+    )
+    .await;
+}
+
+async fn run(readers: Readers, args: &[&str]) {
+    let mut all = vec!["--workers", "1", "--resume-grace", "2"];
+    all.extend_from_slice(args);
+    let mut spawned = common::spawn_serve("127.0.0.1:0", &all, &[]);
     let server = common::signaling_addr(&spawned);
     let pid = spawned.child.id();
-    let result = tokio::time::timeout(Duration::from_secs(28), attack(server, pid)).await;
+    let result = tokio::time::timeout(Duration::from_secs(28), attack(server, pid, readers)).await;
     let _ = spawned.child.kill();
     let _ = spawned.child.wait();
     if result.is_err() {
@@ -111,18 +138,37 @@ async fn non_acking_readers_and_a_broadcaster_stay_within_the_source_budget() {
     }
 }
 
-async fn attack(server: SocketAddr, pid: u32) {
-    // The readers: joined, reading everything, never acknowledging (tungstenite answers WebSocket pings itself, so
-    // they stay alive).
+async fn attack(server: SocketAddr, pid: u32, mode: Readers) {
+    // The readers: joined, then reading everything and never acknowledging (tungstenite answers WebSocket pings
+    // itself, so they stay alive), or reading nothing until the attack is over.
     let received = Arc::new(AtomicU64::new(0));
+    let dropped = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let mut readers = Vec::new();
     let attackers = attackers();
     for (i, attacker) in attackers.iter().enumerate() {
         for _ in 0..READERS {
             let (mut ws, _) = join(*attacker, server, &format!("attack-{i}")).await;
-            let (received, stop) = (received.clone(), stop.clone());
+            let (received, dropped, stop) = (received.clone(), dropped.clone(), stop.clone());
             readers.push(tokio::spawn(async move {
+                if mode == Readers::NeverRead {
+                    while !stop.load(Ordering::Relaxed) {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    // Now read what the kernel held: the server has let go of this socket, so the stream ends.
+                    let ended = tokio::time::timeout(WAIT, async {
+                        while let Some(Ok(frame)) = ws.next().await {
+                            if let Message::Close(Some(close)) = frame {
+                                assert_eq!(u16::from(close.code), 4104, "{close:?}");
+                            }
+                        }
+                    })
+                    .await;
+                    if ended.is_ok() {
+                        dropped.fetch_add(1, Ordering::Relaxed);
+                    }
+                    return;
+                }
                 while !stop.load(Ordering::Relaxed) {
                     match tokio::time::timeout(Duration::from_millis(200), ws.next()).await {
                         Ok(Some(Ok(Message::Text(t)))) => {
@@ -220,10 +266,17 @@ async fn attack(server: SocketAddr, pid: u32) {
         after / 1024,
         after.saturating_sub(before) / 1024
     );
-    assert!(
-        delivered_mib > 50,
-        "the readers got the broadcasts live ({delivered_mib} MiB)"
-    );
+    match mode {
+        Readers::ReadWithoutAck => assert!(
+            delivered_mib > 50,
+            "the readers got the broadcasts live ({delivered_mib} MiB)"
+        ),
+        Readers::NeverRead => assert_eq!(
+            dropped.load(Ordering::Relaxed),
+            (READERS * attackers.len()) as u64,
+            "every reader that did not read was let go"
+        ),
+    }
     assert!(
         growth_mib < 2 * SOURCE_BUDGET_MIB * attackers.len() as u64 + 16,
         "RSS grew by {growth_mib} MiB; the source's budget is {SOURCE_BUDGET_MIB} MiB"

@@ -3,12 +3,12 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use rand::SeedableRng;
-use signal::{CloseCode, ConnId, MemoryHub, Now, Output, Refusal, SignalHub};
+use signal::{CloseCode, ConnId, MemoryHub, Now, Output, Refusal, SignalHub, Source};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::outbox::{Outbox, QueueBudget};
@@ -132,11 +132,12 @@ pub(crate) fn spawn(config: &WebConfig) -> std::io::Result<HubHandle> {
         total_mib = limits.max_total_bytes >> 20,
         "signaling byte budgets (kept frames; as much again for unsent ones)"
     );
-    // Per socket: a whole replay (the session's budget) on top of live traffic. In total: as much as the hub may
-    // keep. A socket more than two messages behind is the one dropped when the total is reached.
+    // Per socket: a whole replay (the session's budget) on top of live traffic. Per source and in total: as much as
+    // the hub may keep. A socket more than two messages behind is the one dropped when either is reached.
     let queue_budget = Arc::new(QueueBudget::new(
         limits.max_unacked + limits.max_queued + 256,
         limits.max_session_bytes + 2 * limits.max_message_bytes,
+        limits.max_source_bytes,
         limits.max_total_bytes,
         2 * limits.max_message_bytes,
     ));
@@ -198,6 +199,7 @@ fn now() -> Now {
 
 async fn run(mut hub: impl SignalHub, mut rx: mpsc::Receiver<Command>) {
     let mut sockets: HashMap<ConnId, Arc<Outbox>> = HashMap::new();
+    let mut sources = SourceCounters::default();
     loop {
         let deadline = hub.poll_timeout();
         let command = tokio::select! {
@@ -209,11 +211,11 @@ async fn run(mut hub: impl SignalHub, mut rx: mpsc::Receiver<Command>) {
             }
         };
         let Some(command) = command else { break };
-        let mut stop = handle(&mut hub, &mut sockets, command);
+        let mut stop = handle(&mut hub, &mut sockets, &mut sources, command);
         // Drain what has queued up meanwhile before routing, so a burst costs one clock read per command only.
         for _ in 0..256 {
             match rx.try_recv() {
-                Ok(command) => stop |= handle(&mut hub, &mut sockets, command),
+                Ok(command) => stop |= handle(&mut hub, &mut sockets, &mut sources, command),
                 Err(_) => break,
             }
         }
@@ -235,8 +237,30 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
+/// Unsent bytes per source, one counter shared by that source's outboxes (see [`crate::outbox`]).
+#[derive(Debug, Default)]
+struct SourceCounters(HashMap<Source, Arc<AtomicUsize>>);
+
+impl SourceCounters {
+    fn counter(&mut self, ip: IpAddr) -> Arc<AtomicUsize> {
+        self.0.entry(Source::from(ip)).or_default().clone()
+    }
+
+    /// Forgets the counters no outbox holds any more, once they outnumber the sockets (amortised, not per event).
+    fn prune(&mut self, sockets: usize) {
+        if self.0.len() > 2 * sockets + 64 {
+            self.0.retain(|_, c| Arc::strong_count(c) > 1);
+        }
+    }
+}
+
 /// Returns true on shutdown.
-fn handle(hub: &mut impl SignalHub, sockets: &mut HashMap<ConnId, Arc<Outbox>>, command: Command) -> bool {
+fn handle(
+    hub: &mut impl SignalHub,
+    sockets: &mut HashMap<ConnId, Arc<Outbox>>,
+    sources: &mut SourceCounters,
+    command: Command,
+) -> bool {
     match command {
         Command::Connect {
             conn,
@@ -246,6 +270,7 @@ fn handle(hub: &mut impl SignalHub, sockets: &mut HashMap<ConnId, Arc<Outbox>>, 
         } => {
             let result = hub.handle_connect(conn, ip, now());
             if result.is_ok() {
+                outbox.bind_source(sources.counter(ip));
                 sockets.insert(conn, outbox);
             }
             let _ = reply.send(result);
@@ -255,6 +280,7 @@ fn handle(hub: &mut impl SignalHub, sockets: &mut HashMap<ConnId, Arc<Outbox>>, 
         Command::Binary { conn } => hub.handle_binary(conn, now()),
         Command::Closed { conn } => {
             sockets.remove(&conn);
+            sources.prune(sockets.len());
             hub.handle_closed(conn, now());
         }
         Command::CheckConnect { ip, reply } => {

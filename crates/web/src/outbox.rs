@@ -5,13 +5,14 @@
 //! nothing. The mutex is this socket's own — the hub takes it for one push, the socket task for one pop — never a
 //! lock shared between sockets.
 //!
-//! Bounded in frames and in bytes, per socket and over every socket ([`QueueBudget`]): the hub's byte budgets cover
-//! the frames it keeps for replay, these cover frames written to a socket that does not read them. A socket past
-//! its bound is dropped as too slow (4104); its session waits for a resume.
+//! Bounded in frames and in bytes, per socket, per source and over every socket ([`QueueBudget`]): the hub's byte
+//! budgets cover the frames it keeps for replay, these cover frames written to a socket that does not read them. A
+//! socket past its bound is dropped as too slow (4104); its session waits for a resume. The counters are atomics:
+//! the global one, one per source (shared by that source's sockets only), none behind a lock.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::sync::Notify;
 
@@ -24,6 +25,8 @@ pub(crate) struct QueueBudget {
     pub frames: usize,
     /// Bytes one socket may have queued: a whole replay and some live traffic.
     pub bytes: usize,
+    /// Bytes queued over the sockets of one source before those that are behind are dropped.
+    pub per_source: usize,
     /// Bytes queued over every socket before sockets that are behind are dropped.
     pub total: usize,
     /// A socket with more than this queued is behind; one with less always gets its frame, so a reader that keeps
@@ -34,10 +37,11 @@ pub(crate) struct QueueBudget {
 }
 
 impl QueueBudget {
-    pub(crate) fn new(frames: usize, bytes: usize, total: usize, behind: usize) -> Self {
+    pub(crate) fn new(frames: usize, bytes: usize, per_source: usize, total: usize, behind: usize) -> Self {
         Self {
             frames,
             bytes,
+            per_source,
             total,
             behind,
             unsent: AtomicUsize::new(0),
@@ -55,6 +59,8 @@ pub(crate) struct Outbox {
     state: Mutex<State>,
     ready: Notify,
     budget: Arc<QueueBudget>,
+    /// Bytes queued over the sockets of this socket's source; bound by the hub task when it accepts the socket.
+    source: OnceLock<Arc<AtomicUsize>>,
 }
 
 #[derive(Debug, Default)]
@@ -76,6 +82,24 @@ impl Outbox {
             state: Mutex::new(State::default()),
             ready: Notify::new(),
             budget,
+            source: OnceLock::new(),
+        }
+    }
+
+    /// Charges this socket's queue to its source's counter from now on (once; before the first push).
+    pub(crate) fn bind_source(&self, counter: Arc<AtomicUsize>) {
+        let _ = self.source.set(counter);
+    }
+
+    /// Adds `n` queued bytes to (or takes them from) the global counter and the source's.
+    fn count(&self, n: usize, add: bool) {
+        let counters = [Some(&self.budget.unsent), self.source.get().map(|c| c.as_ref())];
+        for counter in counters.into_iter().flatten() {
+            if add {
+                counter.fetch_add(n, Ordering::Relaxed);
+            } else {
+                counter.fetch_sub(n, Ordering::Relaxed);
+            }
         }
     }
 
@@ -91,12 +115,14 @@ impl Outbox {
                 let n = text.len();
                 let budget = &self.budget;
                 let own_full = state.queue.len() >= budget.frames || state.bytes + n > budget.bytes;
-                let total_full = budget.unsent().saturating_add(n) > budget.total && state.bytes > budget.behind;
-                if own_full || total_full {
+                let source_unsent = self.source.get().map_or(0, |c| c.load(Ordering::Relaxed));
+                let shared_full = budget.unsent().saturating_add(n) > budget.total
+                    || source_unsent.saturating_add(n) > budget.per_source;
+                if own_full || (shared_full && state.bytes > budget.behind) {
                     return Err(Full);
                 }
                 state.bytes += n;
-                budget.unsent.fetch_add(n, Ordering::Relaxed);
+                self.count(n, true);
             }
             state.queue.push_back(item);
         }
@@ -116,7 +142,7 @@ impl Outbox {
         {
             let mut state = self.state();
             state.closed = true;
-            self.budget.unsent.fetch_sub(state.bytes, Ordering::Relaxed);
+            self.count(state.bytes, false);
             state.bytes = 0;
             state.queue = VecDeque::new();
         }
@@ -130,7 +156,7 @@ impl Outbox {
             Some(item) => {
                 if let ToSocket::Text(text) = &item {
                     state.bytes = state.bytes.saturating_sub(text.len());
-                    self.budget.unsent.fetch_sub(text.len(), Ordering::Relaxed);
+                    self.count(text.len(), false);
                 }
                 if state.queue.is_empty() && state.queue.capacity() > 64 {
                     // A burst is over: give the memory back, idle sockets must stay small.
@@ -158,7 +184,7 @@ impl Drop for Outbox {
     /// Frames never written leave the total with the socket.
     fn drop(&mut self) {
         let bytes = self.state().bytes;
-        self.budget.unsent.fetch_sub(bytes, Ordering::Relaxed);
+        self.count(bytes, false);
     }
 }
 
@@ -167,7 +193,7 @@ mod tests {
     use super::*;
 
     fn budget(frames: usize, bytes: usize, total: usize, behind: usize) -> Arc<QueueBudget> {
-        Arc::new(QueueBudget::new(frames, bytes, total, behind))
+        Arc::new(QueueBudget::new(frames, bytes, total, total, behind))
     }
 
     fn text(n: usize) -> ToSocket {
@@ -217,6 +243,31 @@ mod tests {
         assert!(other.push(text(300)).is_ok());
         drop(other);
         assert_eq!(shared.unsent(), 0, "a dropped socket's frames leave the total");
+    }
+
+    #[test]
+    fn bounded_per_source_for_sockets_that_are_behind() {
+        let shared = Arc::new(QueueBudget::new(100, 1000, 1200, 1 << 20, 200));
+        let (one, other) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let a = Outbox::new(shared.clone());
+        let b = Outbox::new(shared.clone());
+        let c = Outbox::new(shared.clone());
+        a.bind_source(one.clone());
+        b.bind_source(one.clone());
+        c.bind_source(other.clone());
+        assert!(a.push(text(900)).is_ok());
+        assert!(b.push(text(300)).is_ok());
+        assert!(
+            a.push(text(50)).is_err(),
+            "the source is full and this socket is behind"
+        );
+        assert!(c.push(text(900)).is_ok(), "another source is not affected");
+        assert_eq!(one.load(Ordering::Relaxed), 1200);
+        assert!(matches!(a.try_pop(), Ok(Some(_))));
+        assert!(a.push(text(50)).is_ok(), "room again");
+        drop((a, b));
+        assert_eq!(one.load(Ordering::Relaxed), 0);
+        assert_eq!(shared.unsent(), 900);
     }
 
     #[tokio::test]

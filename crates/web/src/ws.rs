@@ -74,24 +74,26 @@ pub(crate) async fn run(socket: WebSocket, hub: HubHandle, ip: IpAddr, ping_ever
 /// The socket could not be written to.
 struct WriteFailed;
 
-/// Feeds what is queued (at most 64 frames, then comes back) and flushes once. `Some` is the close to send: the
+/// Feeds what is queued (at most 64 frames or 256 KiB, then comes back) and flushes once. `Some` is the close to send: the
 /// hub's, or 4104 when the hub let go of a socket too slow to read.
 async fn write_queued<S>(sink: &mut S, outbox: &Outbox) -> Result<Option<(CloseCode, String)>, WriteFailed>
 where
     S: futures_util::Sink<Message> + Unpin,
 {
-    let mut fed = 0usize;
+    let (mut fed, mut fed_bytes) = (0usize, 0usize);
     let mut close = None;
     loop {
         match outbox.try_pop() {
             Ok(Some(ToSocket::Text(text))) => {
                 // Zero-copy: the frame's bytes are shared with the hub's replay buffer.
+                fed_bytes += text.len();
                 let Ok(text) = axum::extract::ws::Utf8Bytes::try_from(text) else {
                     break;
                 };
                 sink.feed(Message::Text(text)).await.map_err(|_| WriteFailed)?;
                 fed += 1;
-                if fed >= 64 {
+                // A batch must be written within a heartbeat interval: 256 KiB in 10 s is a 26 KB/s link.
+                if fed >= 64 || fed_bytes >= 256 * 1024 {
                     // More may be queued: come back after this flush.
                     outbox.wake();
                     break;
