@@ -149,7 +149,15 @@ const FIXED_RESERVE: u64 = 256;
 pub fn plan_fds(listeners: usize, max_connections: usize, max_allocations: usize, dual_stack: bool) -> FdPlan {
     let (soft_before, hard) = rlimit::Resource::NOFILE.get().unwrap_or((1024, 1024));
     let soft = rlimit::increase_nofile_limit(hard).unwrap_or(soft_before);
-    plan(soft_before, soft, hard, listeners, max_connections, max_allocations, dual_stack)
+    plan(
+        soft_before,
+        soft,
+        hard,
+        listeners,
+        max_connections,
+        max_allocations,
+        dual_stack,
+    )
 }
 
 fn plan(
@@ -199,7 +207,11 @@ mod tests {
         assert_eq!(budget.try_acquire(a).unwrap_err(), Refused::Source);
         let _p3 = budget.try_acquire(a6).unwrap();
         let _p4 = budget.try_acquire(a6_same_64).unwrap();
-        assert_eq!(budget.try_acquire(a6).unwrap_err(), Refused::Source, "one /64 is one source");
+        assert_eq!(
+            budget.try_acquire(a6).unwrap_err(),
+            Refused::Source,
+            "one /64 is one source"
+        );
         let _p5 = budget.try_acquire("192.0.2.9".parse().unwrap()).unwrap();
         assert_eq!(
             budget.try_acquire("192.0.2.10".parse().unwrap()).unwrap_err(),

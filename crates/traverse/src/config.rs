@@ -372,7 +372,10 @@ impl Config {
             if self.auth.credential_ttl > lifetime {
                 bad(
                     "auth.credential_ttl",
-                    format!("{} s is longer than auth.max_credential_lifetime ({lifetime} s)", self.auth.credential_ttl),
+                    format!(
+                        "{} s is longer than auth.max_credential_lifetime ({lifetime} s)",
+                        self.auth.credential_ttl
+                    ),
                 );
             }
         }

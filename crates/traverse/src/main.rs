@@ -326,6 +326,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// A per-source limit never above half the capacity, so one source always leaves room for the others — also when the
+/// descriptor limit cut the capacity below the configured per-source limit. 0 (no limit) stays 0.
+fn half_at_most(per_source: usize, capacity: usize) -> usize {
+    match per_source {
+        0 => 0,
+        n => n.min((capacity / 2).max(1)),
+    }
+}
+
 /// Says what the descriptor limit allows, and loudly when it cuts the configured capacity.
 fn report_capacity(fds: &server::FdPlan, config: &Config) {
     let raised = if fds.soft > fds.soft_before {
@@ -580,14 +589,14 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         stream_idle_timeout: Duration::from_secs(config.limits.idle_timeout),
         tls_handshake_timeout: Duration::from_secs(10),
         max_stream_connections: fds.connections,
-        max_connections_per_source: config.limits.max_connections_per_source,
+        max_connections_per_source: half_at_most(config.limits.max_connections_per_source, fds.connections),
         auth_timeout: Duration::from_secs(config.limits.auth_timeout),
         own_addresses,
         turn: Arc::new(turn_config),
         auth: Arc::new(auth),
         quotas: Arc::new(
             turn::Quotas::new(fds.allocations, config.limits.max_allocations_per_user)
-                .with_per_source(config.limits.max_allocations_per_source),
+                .with_per_source(half_at_most(config.limits.max_allocations_per_source, fds.allocations)),
         ),
     };
     // The URLs name the bound ports (a port may be 0 in the config), so they are filled in after the start.

@@ -18,7 +18,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::{SinkExt, StreamExt};
-use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::{json, Value};
 use stun::{attr, Attribute, Class, MessageWriter, Method};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
@@ -135,44 +134,6 @@ fn signal(pid: u32, name: &str) {
 // ---------------------------------------------------------------------------------------------------------------
 // TURN over TLS, on a blocking rustls stream.
 
-#[derive(Debug)]
-struct AcceptAnyCertificate(Arc<rustls::crypto::CryptoProvider>);
-
-impl rustls::client::danger::ServerCertVerifier for AcceptAnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
 /// A TURN client over TLS that remembers the end-entity certificate the server presented.
 struct TlsTurn {
     client: TurnClient,
@@ -184,31 +145,7 @@ impl TlsTurn {
     /// Connects and completes the handshake; `Err` if the handshake fails (a half-written certificate pair may make
     /// it fail for a moment while files are replaced).
     fn connect(addr: SocketAddr) -> Result<TlsTurn, String> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .expect("protocol versions")
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider)))
-            .with_no_client_auth();
-        let name = ServerName::try_from("localhost").expect("server name");
-        let mut conn = rustls::ClientConnection::new(Arc::new(config), name).expect("client connection");
-        let mut tcp = connect_tcp(addr);
-        tcp.set_read_timeout(Some(WAIT)).expect("read timeout");
-        tcp.set_write_timeout(Some(WAIT)).expect("write timeout");
-        while conn.is_handshaking() {
-            conn.complete_io(&mut tcp).map_err(|e| format!("TLS handshake: {e}"))?;
-        }
-        let presented = conn
-            .peer_certificates()
-            .and_then(|chain| chain.first())
-            .map(|c| c.to_vec())
-            .ok_or("no server certificate")?;
-        let stream = Box::new(rustls::StreamOwned::new(conn, tcp));
-        let tls = Conn::Tls {
-            stream,
-            buf: Vec::new(),
-        };
+        let (tls, presented) = common::tls_connect(common::LOOPBACK, addr, WAIT)?;
         Ok(TlsTurn {
             client: TurnClient::new(tls, USER, PASSWORD),
             presented,
@@ -319,6 +256,33 @@ fn sighup_reloads_the_certificate_and_keeps_tls_allocations() {
     let mut new = TlsTurn::connect(server.tls).unwrap_or_else(|e| panic!("{e}; log:\n{}", server.log()));
     assert!(new.presented == b.der);
     assert_allocated(&new.allocate());
+}
+
+/// Between certbot writing the chain and the key, a reload sees a certificate that does not match its key: the
+/// server keeps the old pair and says why, instead of failing every handshake until the next reload.
+#[test]
+fn a_reload_with_a_key_that_does_not_match_keeps_the_old_certificate() {
+    let (a, b) = (Identity::generate(), Identity::generate());
+    let (files, mut server, _old) = start_with_allocation("mismatch", &a);
+    // B's certificate with A's key still on disk.
+    std::fs::write(&files.cert, &b.cert_pem).expect("write certificate");
+    signal(server.pid(), "HUP");
+    let deadline = Instant::now() + WAIT;
+    while !server.log().contains("does not match the private key") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        server.log().contains("does not match the private key"),
+        "the log says why the reload was refused:\n{}",
+        server.log()
+    );
+    let fresh = TlsTurn::connect(server.tls).unwrap_or_else(|e| panic!("{e}; log:\n{}", server.log()));
+    assert!(fresh.presented == a.der, "the old certificate is still served");
+    // Once the key matches, the next reload takes the new pair.
+    std::fs::write(&files.key, &b.key_pem).expect("write key");
+    signal(server.pid(), "HUP");
+    wait_for_certificate(&server, &b, WAIT);
+    server.assert_alive();
 }
 
 #[test]

@@ -243,7 +243,9 @@ async fn ice_servers(
         .duration_since(UNIX_EPOCH)
         .unwrap_or(Duration::ZERO)
         .as_secs();
-    let mut user = String::from("api");
+    // Each anonymous credential is its own user: the TURN per-user allocation quota counts by username, and a
+    // shared "api" name would let one stranger's allocations fill the quota of every anonymous caller.
+    let mut user = format!("api-{:08x}", rand::random::<u32>());
     if let Some(secret) = &app.config.token_secret {
         let bearer = headers
             .get(header::AUTHORIZATION)

@@ -133,6 +133,8 @@ pub struct Server {
     pub udp: SocketAddr,
     pub tcp: SocketAddr,
     pub tls: SocketAddr,
+    /// The plain-HTTP signaling address, from the `signaling: ws://…` line.
+    pub http: Option<SocketAddr>,
     /// The last part of the server's log (stderr), for failure messages.
     log: Arc<Mutex<String>>,
 }
@@ -149,7 +151,19 @@ pub struct Spawned {
 /// port, 8080, would be shared by every test's server), then `args`, with `env` set and every other `TRAVERSE_*`
 /// variable of the test's environment removed. The caller owns the child: kill it by PID when done.
 pub fn spawn_serve(udp: &str, args: &[&str], env: &[(&str, &str)]) -> Spawned {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_traverse"));
+    spawn_serve_under(&[], udp, args, env)
+}
+
+/// Like [`spawn_serve`], run through `wrapper` (e.g. `["prlimit", "--nofile=600:600", "--"]`).
+pub fn spawn_serve_under(wrapper: &[&str], udp: &str, args: &[&str], env: &[(&str, &str)]) -> Spawned {
+    let mut cmd = match wrapper.split_first() {
+        Some((program, rest)) => {
+            let mut cmd = Command::new(program);
+            cmd.args(rest).arg(env!("CARGO_BIN_EXE_traverse"));
+            cmd
+        }
+        None => Command::new(env!("CARGO_BIN_EXE_traverse")),
+    };
     clear_traverse_env(&mut cmd);
     cmd.arg("serve")
         .args(["--udp", udp, "--tcp", "127.0.0.1:0", "--tls", "127.0.0.1:0"])
@@ -206,10 +220,21 @@ impl Server {
 
     /// Like [`Server::start`], with the UDP listener on `udp` (a fixed port, for RFC 5780 tests).
     pub fn start_with_udp(udp: &str, args: &[&str]) -> Server {
-        let Spawned { child, log, stdout } = spawn_serve(udp, args, &[]);
+        Self::start_under(&[], udp, args)
+    }
+
+    /// Like [`Server::start_with_udp`], run through `wrapper` (see [`spawn_serve_under`]).
+    pub fn start_under(wrapper: &[&str], udp: &str, args: &[&str]) -> Server {
+        let Spawned { child, log, stdout } = spawn_serve_under(wrapper, udp, args, &[]);
         let (tx, rx) = mpsc::channel();
+        let http = Arc::new(Mutex::new(None));
+        let http_seen = http.clone();
         std::thread::spawn(move || {
             for line in stdout {
+                if let Some(rest) = line.strip_prefix("signaling: ws://") {
+                    let hostport = rest.split("/ws").next().unwrap_or_default();
+                    *http_seen.lock().unwrap_or_else(|e| e.into_inner()) = hostport.parse().ok();
+                }
                 if let Some(json) = line.strip_prefix("iceServers: ") {
                     let _ = tx.send(json.to_owned());
                 }
@@ -222,6 +247,7 @@ impl Server {
             udp: unset,
             tcp: unset,
             tls: unset,
+            http: None,
             log,
         };
         let Ok(json) = rx.recv_timeout(START_TIMEOUT) else {
@@ -234,6 +260,7 @@ impl Server {
             );
         };
         (server.udp, server.tcp, server.tls) = parse_ice_servers(&json);
+        server.http = *http.lock().unwrap_or_else(|e| e.into_inner());
         server
     }
 
@@ -525,7 +552,12 @@ pub enum Conn {
 
 impl Conn {
     pub fn udp(server: SocketAddr) -> Conn {
-        let sock = UdpSocket::bind(SocketAddr::new(LOOPBACK, 0)).expect("bind UDP");
+        Self::udp_from(LOOPBACK, server)
+    }
+
+    /// UDP from `local` (another 127.x address is another source to the server).
+    pub fn udp_from(local: IpAddr, server: SocketAddr) -> Conn {
+        let sock = UdpSocket::bind(SocketAddr::new(local, 0)).expect("bind UDP");
         Conn::Udp { sock, server }
     }
 
@@ -663,6 +695,88 @@ fn read_frame(reader: &mut impl Read, tcp: &TcpStream, buf: &mut Vec<u8>, deadli
             }
             Err(_) => return None,
         }
+    }
+}
+
+/// A TCP connection from `local` (another 127.x address is another source to the server).
+pub fn connect_tcp_from(local: IpAddr, server: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    socket.bind(&SocketAddr::new(local, 0).into())?;
+    socket.connect_timeout(&server.into(), Duration::from_secs(10))?;
+    let stream: TcpStream = socket.into();
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+/// TURN over TLS from `local`, accepting any certificate; returns the connection and the DER of the end-entity
+/// certificate the server presented. `Err` when the handshake fails.
+pub fn tls_connect(local: IpAddr, addr: SocketAddr, wait: Duration) -> Result<(Conn, Vec<u8>), String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider)))
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from("localhost").map_err(|e| e.to_string())?;
+    let mut conn = rustls::ClientConnection::new(Arc::new(config), name).map_err(|e| e.to_string())?;
+    let mut tcp = connect_tcp_from(local, addr).map_err(|e| format!("connect: {e}"))?;
+    tcp.set_read_timeout(Some(wait)).map_err(|e| e.to_string())?;
+    tcp.set_write_timeout(Some(wait)).map_err(|e| e.to_string())?;
+    while conn.is_handshaking() {
+        conn.complete_io(&mut tcp).map_err(|e| format!("TLS handshake: {e}"))?;
+    }
+    let presented = conn
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .map(|c| c.to_vec())
+        .ok_or("no server certificate")?;
+    let stream = Box::new(rustls::StreamOwned::new(conn, tcp));
+    Ok((
+        Conn::Tls {
+            stream,
+            buf: Vec::new(),
+        },
+        presented,
+    ))
+}
+
+/// Tests accept the server's self-signed certificate (they check which one it presented instead).
+#[derive(Debug)]
+struct AcceptAnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AcceptAnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
     }
 }
 
