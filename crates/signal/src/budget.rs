@@ -3,8 +3,9 @@
 //! What a stranger can make the hub hold is the frames kept for its sessions — the replay buffer of a connected
 //! session (unacknowledged frames) and the queue of a disconnected one. Every kept frame is charged to its session,
 //! to the session's [`Source`] and to the global total; releasing a frame (acknowledged, trimmed, session ended)
-//! refunds all three. A frame that would take a budget past its limit is refused ([`Over`]): the budget is never
-//! made room for by dropping another session's frames.
+//! refunds all three. A frame that would take a budget past its limit is refused ([`Over`]) when its session is
+//! disconnected; a connected session, which has been sent the frame anyway, forgets its own oldest frames instead
+//! (`MemoryHub::deliver_with`). Room is never made by dropping another session's frames.
 
 use std::collections::HashMap;
 use std::fmt;
