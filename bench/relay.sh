@@ -141,7 +141,11 @@ for rep in $(seq "$REPEAT"); do
       wait "$lg" || true
       v=$(python3 -c "print(round(($after - $base) * 1024 / $n))")
       record "$server" "mem$n" "$v"
-      echo "  $n allocations: RSS $base → $after KiB, $v bytes/allocation"
+      # Set-up time of N allocations from one address, one after another (issue 7: the reflection guard must not
+      # slow many clients behind one address; a lost answer costs the loader a retransmission timeout).
+      setup=$(sed -n 's/^READY [0-9]* allocations in \([0-9.]*\) s$/\1/p' "$OUT/hold.txt")
+      record "$server" "setup$n" "${setup:-n/a}"
+      echo "  $n allocations: RSS $base → $after KiB, $v bytes/allocation, set up in ${setup:-?} s"
       stop_server
     done
 
@@ -240,6 +244,7 @@ for size in uclient:
     row(f"uclient 50×1000×{size} B: server CPU-s", "cpu" + k)
 for n in memory:
     row(f"bytes per allocation at {n}", f"mem{n}")
+    row(f"seconds to set up {n} allocations from one address", f"setup{n}")
 loads = [fmt(x) for (s, m), xs in v.items() if s == "machine" for x in xs]
 print(f"\nmachine load average (1 min), start / end: {' / '.join(loads)}")
 PY

@@ -125,7 +125,9 @@ const now = () => (typeof performance !== 'undefined' ? performance.now() : Date
  * - `peer-joined` `{peer: {id, meta}}`, `peer-left` `{peerId}`
  * - `signal` `{from, data, seq, internal}` — `internal` when the SDK's peer connection consumed it
  * - `broadcast` `{from, data, seq}`
- * - `undeliverable` `{to, id, reason}` — a `signal` you sent could not be delivered; reason `session-lost` (with
+ * - `undeliverable` `{to, id, reason}` — a `signal` you sent could not be delivered: the recipient left
+ *   (`peer-left`), or the server's memory budget for it is full (`queue-full` its session, `source-full` its address,
+ *   `server-full` the server; retry later); reason `session-lost` (with
  *   `type` and `data`, for a `broadcast` too) when a failed resume ended the session before the server acknowledged
  *   the message: it may or may not have arrived
  * - `error` `{code, message, id?}` — from the server (`id`: the message it is about, e.g. `unknown-peer`), or from the
