@@ -11,9 +11,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use rand::RngCore;
-use stun::{Attribute, ChannelData, ChannelNumber, Class, Message, MessageWriter, Method, TransactionId};
-use tokio::net::UdpSocket;
+use stun::{ChannelData, ChannelNumber};
+use traverse_loadgen::turn::{Credentials, Session};
 
 #[derive(Parser, Debug)]
 #[command(about = "TURN relay load generator (bounded in time and count)")]
@@ -46,7 +45,7 @@ struct Args {
 }
 
 struct Client {
-    socket: UdpSocket,
+    session: Session,
     channel: ChannelNumber,
 }
 
@@ -61,9 +60,15 @@ async fn main() -> anyhow::Result<()> {
     }
     let setup_start = Instant::now();
     let channel = ChannelNumber::new(0x4000).context("channel")?;
+    let credentials = Credentials {
+        user: args.user.clone(),
+        password: args.password.clone(),
+    };
     let mut clients = Vec::with_capacity(args.allocations);
     for i in 0..args.allocations {
-        let client = open(&args, channel).await.with_context(|| format!("allocation {i}"))?;
+        let client = open(&args, &credentials, channel)
+            .await
+            .with_context(|| format!("allocation {i}"))?;
         clients.push(client);
     }
     let setup_secs = setup_start.elapsed().as_secs_f64();
@@ -95,7 +100,7 @@ async fn main() -> anyhow::Result<()> {
         receivers.push(tokio::spawn(async move {
             let Some(client) = clients.get(index) else { return };
             let mut buf = vec![0u8; 2048];
-            while let Ok(n) = client.socket.recv(&mut buf).await {
+            while let Ok(n) = client.session.socket().recv(&mut buf).await {
                 let Some(packet) = buf.get(..n) else { continue };
                 let Ok(data) = ChannelData::parse(packet) else { continue };
                 let Some(stamp) = data.payload.get(..8).and_then(|b| <[u8; 8]>::try_from(b).ok()) else {
@@ -131,7 +136,7 @@ async fn main() -> anyhow::Result<()> {
             if let Some(slot) = packet.get_mut(4..12) {
                 slot.copy_from_slice(&stamp);
             }
-            if client.socket.try_send(&packet).is_err() {
+            if client.session.socket().try_send(&packet).is_err() {
                 send_errors += 1;
             }
             sent += 1;
@@ -169,129 +174,9 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Allocate (401 → authenticated), then ChannelBind to the peer. Retries a lost request a few times.
-async fn open(args: &Args, channel: ChannelNumber) -> anyhow::Result<Client> {
-    let bind_addr: SocketAddr = if args.server.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse()?;
-    let socket = UdpSocket::bind(bind_addr).await?;
-    socket.connect(args.server).await?;
-    let mut buf = vec![0u8; 1500];
-
-    let challenge = request(
-        &socket,
-        &mut buf,
-        Method::ALLOCATE,
-        |w| {
-            w.add(&Attribute::RequestedTransport(17))?;
-            Ok(())
-        },
-        None,
-    )
-    .await?;
-    let (realm, nonce) = {
-        let msg = Message::parse(&challenge)?;
-        let realm = match msg.decode(stun::attr::REALM) {
-            Some(Ok(Attribute::Realm(r))) => r.to_owned(),
-            _ => bail!("no REALM in the 401"),
-        };
-        let nonce = match msg.decode(stun::attr::NONCE) {
-            Some(Ok(Attribute::Nonce(n))) => n.to_owned(),
-            _ => bail!("no NONCE in the 401"),
-        };
-        (realm, nonce)
-    };
-    let key = stun::long_term_key_md5(&args.user, &realm, &args.password);
-    let auth = Auth {
-        user: &args.user,
-        realm: &realm,
-        nonce: &nonce,
-        key: &key,
-    };
-    let answer = request(
-        &socket,
-        &mut buf,
-        Method::ALLOCATE,
-        |w| {
-            w.add(&Attribute::RequestedTransport(17))?;
-            Ok(())
-        },
-        Some(&auth),
-    )
-    .await?;
-    expect_success(&answer, "Allocate")?;
-    let peer = args.peer;
-    let answer = request(
-        &socket,
-        &mut buf,
-        Method::CHANNEL_BIND,
-        |w| {
-            w.add(&Attribute::ChannelNumber(channel.get()))?;
-            w.add(&Attribute::XorPeerAddress(peer))?;
-            Ok(())
-        },
-        Some(&auth),
-    )
-    .await?;
-    expect_success(&answer, "ChannelBind")?;
-    Ok(Client { socket, channel })
-}
-
-struct Auth<'a> {
-    user: &'a str,
-    realm: &'a str,
-    nonce: &'a str,
-    key: &'a stun::IntegrityKey,
-}
-
-fn expect_success(answer: &[u8], what: &str) -> anyhow::Result<()> {
-    let msg = Message::parse(answer)?;
-    if msg.class() == Class::Success {
-        return Ok(());
-    }
-    let code = match msg.decode(stun::attr::ERROR_CODE) {
-        Some(Ok(Attribute::ErrorCode(e))) => format!("{} {}", e.code, e.reason),
-        _ => "no ERROR-CODE".into(),
-    };
-    bail!("{what} failed: {code}")
-}
-
-async fn request(
-    socket: &UdpSocket,
-    buf: &mut [u8],
-    method: Method,
-    body: impl Fn(&mut MessageWriter<'_>) -> Result<(), stun::EncodeError>,
-    auth: Option<&Auth<'_>>,
-) -> anyhow::Result<Vec<u8>> {
-    let mut id = [0u8; 12];
-    rand::thread_rng().fill_bytes(&mut id);
-    let tid = TransactionId::new(id);
-    let mut out = [0u8; 512];
-    let mut w = MessageWriter::new(&mut out, method, Class::Request, tid)?;
-    body(&mut w)?;
-    if let Some(a) = auth {
-        w.add(&Attribute::Username(a.user))?;
-        w.add(&Attribute::Realm(a.realm))?;
-        w.add(&Attribute::Nonce(a.nonce))?;
-        w.message_integrity(a.key)?;
-    }
-    w.fingerprint()?;
-    let len = w.finish();
-    let request = out.get(..len).context("encode")?;
-    for _ in 0..5 {
-        socket.send(request).await?;
-        let deadline = tokio::time::sleep(Duration::from_millis(500));
-        tokio::pin!(deadline);
-        loop {
-            tokio::select! {
-                r = socket.recv(buf) => {
-                    let n = r?;
-                    let Some(answer) = buf.get(..n) else { continue };
-                    if Message::parse(answer).is_ok_and(|m| m.transaction_id() == tid) {
-                        return Ok(answer.to_vec());
-                    }
-                }
-                _ = &mut deadline => break,
-            }
-        }
-    }
-    bail!("no answer from {}", socket.peer_addr()?)
+/// Allocate, then ChannelBind to the peer.
+async fn open(args: &Args, credentials: &Credentials, channel: ChannelNumber) -> anyhow::Result<Client> {
+    let mut session = Session::allocate(args.server, credentials, None).await?;
+    session.channel_bind(channel, args.peer, &mut |_| {}).await?;
+    Ok(Client { session, channel })
 }
