@@ -55,7 +55,8 @@ impl fmt::Display for Source {
     }
 }
 
-/// Which budget a frame would exceed. Each is told to the sender as the `reason` of `undeliverable`.
+/// Which budget a frame would exceed. Each is told to the sender as the `reason` of `undeliverable`
+/// ([`crate::UndeliverableReason`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Over {
     /// The recipient's own budget (a disconnected peer's queue).
@@ -67,17 +68,6 @@ pub enum Over {
     /// Everything the hub holds.
     #[error("the server holds its maximum of undelivered bytes")]
     Global,
-}
-
-impl Over {
-    /// The `reason` of the `undeliverable` the sender gets.
-    pub fn reason(self) -> &'static str {
-        match self {
-            Over::Session => "queue-full",
-            Over::Source => "source-full",
-            Over::Global => "server-full",
-        }
-    }
 }
 
 /// The three limits, bytes.

@@ -11,11 +11,15 @@
 //! is bounded and refused with a documented code.
 
 mod budget;
+mod frame;
 mod hub;
+mod id;
 mod protocol;
 mod token;
 
 pub use budget::{Over, Source};
+pub use frame::UndeliverableReason;
 pub use hub::{ConnId, HubStats, IceServerSource, Limits, MemoryHub, Now, Output, SignalHub};
+pub use id::{PeerId, SessionSecret};
 pub use protocol::{CloseCode, ErrorCode, Refusal};
 pub use token::{mint_token, verify_token, Claims, TokenError};

@@ -1,4 +1,5 @@
-//! Wire format of protocol v1: parsing of client frames and the codes a client sees.
+//! Wire format of protocol v1: parsing of client frames and the codes a client sees. Server frames are written by
+//! [`crate::frame`].
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -245,12 +246,6 @@ fn parse_envelope<'a>(text: &'a str, seq: &mut Option<u64>) -> Result<ClientMess
             ),
         )),
     }
-}
-
-/// Appends `s` as a JSON string literal.
-pub(crate) fn push_json_str(out: &mut String, s: &str) {
-    // serde_json's escaping of a &str cannot fail.
-    out.push_str(&serde_json::to_string(s).unwrap_or_else(|_| "\"\"".to_owned()));
 }
 
 #[cfg(test)]

@@ -86,7 +86,12 @@ impl Script {
 
     /// The `field` of the last `joined` frame.
     fn last(&self, field: &str) -> String {
-        let line = self.log.lines().rev().find(|l| l.contains(r#""type":"joined""#)).unwrap();
+        let line = self
+            .log
+            .lines()
+            .rev()
+            .find(|l| l.contains(r#""type":"joined""#))
+            .unwrap();
         let v: serde_json::Value = serde_json::from_str(line.split_once(" < ").unwrap().1).unwrap();
         v[field].as_str().unwrap().to_owned()
     }
@@ -146,7 +151,10 @@ fn run() -> String {
     s.send(2, &format!(r#"{{"type":"signal","to":"{ann}","data":{{"sdp" : "v=0\r\n", "n": [1, 2.5e3]}},"id":"m\"1\u0002","seq":1}}"#));
     s.send(2, &format!(r#"{{"type":"signal","to":"{ann}","data":"dup","seq":1}}"#));
     s.send(1, r#"{"type":"broadcast","data":  [1, "two", {"3": 4}]  }"#);
-    s.send(1, r#"{"type":"signal","to":"p_nobody\"\u0003","data":1,"id":"q\\\"\u001f"}"#);
+    s.send(
+        1,
+        r#"{"type":"signal","to":"p_nobody\"\u0003","data":1,"id":"q\\\"\u001f"}"#,
+    );
     s.send(1, &format!(r#"{{"type":"signal","to":"{ann}","data":1}}"#));
     s.send(1, r#"{"type":"ping","ack":3}"#);
     s.send(2, r#"{"type":"ping","ack":1}"#);
@@ -154,21 +162,33 @@ fn run() -> String {
     // Ann drops; Bob's signals queue until the queue is full, then are refused.
     s.closed(1);
     for i in 0..5 {
-        s.send(2, &format!(r#"{{"type":"signal","to":"{ann}","data":{i},"id":"i{i}"}}"#));
+        s.send(
+            2,
+            &format!(r#"{{"type":"signal","to":"{ann}","data":{i},"id":"i{i}"}}"#),
+        );
     }
     s.connect(3, 1);
     s.send(3, r#"{"type":"resume","session":"s_nope","lastSeq":0}"#);
     s.connect(4, 1);
-    s.send(4, &format!(r#"{{"type":"resume","session":"{ann_session}","lastSeq":99}}"#));
+    s.send(
+        4,
+        &format!(r#"{{"type":"resume","session":"{ann_session}","lastSeq":99}}"#),
+    );
     s.connect(5, 1);
-    s.send(5, &format!(r#"{{"type":"resume","session":"{ann_session}","lastSeq":3}}"#));
+    s.send(
+        5,
+        &format!(r#"{{"type":"resume","session":"{ann_session}","lastSeq":3}}"#),
+    );
     s.send(5, r#"{"type":"ping","ack":4}"#);
     // A third peer joins and leaves; then Ann drops for good and the grace runs out.
     s.connect(6, 3);
     s.send(6, r#"{"type":"join","room":"r\"o\\o/m\u0007\t\u00e9\u2028😀"}"#);
     s.send(6, r#"{"type":"leave"}"#);
     s.closed(5);
-    s.send(2, &format!(r#"{{"type":"signal","to":"{ann}","data":"late","id":"late\"1"}}"#));
+    s.send(
+        2,
+        &format!(r#"{{"type":"signal","to":"{ann}","data":"late","id":"late\"1"}}"#),
+    );
     s.send(2, &format!(r#"{{"type":"signal","to":"{ann}","data":"late2"}}"#));
     s.advance(Duration::from_secs(31), &[2]);
     s.send(2, &format!(r#"{{"type":"signal","to":"{bob}","data":1}}"#));
@@ -197,7 +217,10 @@ fn run() -> String {
     s.connect(1, 1);
     s.send(1, r#"{"type":"join","room":"r"}"#);
     s.connect(2, 1);
-    s.send(2, &format!(r#"{{"type":"join","room":"r","token":"{}"}}"#, token("x", vec![])));
+    s.send(
+        2,
+        &format!(r#"{{"type":"join","room":"r","token":"{}"}}"#, token("x", vec![])),
+    );
     s.connect(3, 1);
     s.send(
         3,
@@ -207,7 +230,10 @@ fn run() -> String {
         ),
     );
     s.connect(6, 2);
-    s.send(6, &format!(r#"{{"type":"join","room":"r","token":"{}"}}"#, token("r", vec![])));
+    s.send(
+        6,
+        &format!(r#"{{"type":"join","room":"r","token":"{}"}}"#, token("r", vec![])),
+    );
     s.connect(4, 1);
     s.send(4, r#"{"type":"join","room":"r","token":"a.b.c"}"#);
     s.connect(5, 1);

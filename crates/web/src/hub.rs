@@ -143,7 +143,7 @@ pub(crate) fn spawn(config: &WebConfig) -> std::io::Result<HubHandle> {
     ));
     let ice = config.ice_servers.clone();
     let source: signal::IceServerSource = Box::new(move |peer, unix| {
-        serde_json::value::to_raw_value(&ice(peer, unix))
+        serde_json::value::to_raw_value(&ice(peer.as_str(), unix))
             .unwrap_or_else(|_| serde_json::value::to_raw_value(&()).unwrap_or_default())
     });
     let hub = MemoryHub::new(

@@ -1,0 +1,381 @@
+//! The room hub, one mechanism per file: [`sockets`] (each socket's rate, errors, heartbeat and close), [`stream`]
+//! (each session's numbered stream: delivery under the byte budgets, replay, acknowledgements, resume), [`rooms`]
+//! (membership: join, leave, signal, broadcast, expiry). Frames are written by [`crate::frame`]; this file holds the
+//! driving contract ([`SignalHub`]), the state, and the dispatch of client messages.
+
+mod rooms;
+mod sockets;
+mod stream;
+
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rand::RngCore;
+use serde_json::value::RawValue;
+
+use crate::budget::{Budget, ByteLimits, Source};
+use crate::frame::Frame;
+use crate::id::{PeerId, SessionSecret};
+use crate::protocol::{self, ClientMessage, CloseCode, ErrorCode, Refusal};
+
+use rooms::Room;
+use sockets::Conn;
+use stream::Session;
+
+/// The I/O layer's id for one socket. The I/O layer numbers its sockets; the hub never makes one.
+pub type ConnId = u64;
+
+/// The clock, read once by the I/O layer per event: a monotonic instant for timers and Unix seconds for token
+/// expiry.
+#[derive(Debug, Clone, Copy)]
+pub struct Now {
+    pub instant: Instant,
+    pub unix: u64,
+}
+
+/// What the I/O layer must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// Send a text frame (always UTF-8 JSON). `Bytes` so the replay buffer and the socket share one allocation.
+    Send { conn: ConnId, text: Bytes },
+    /// Close the socket with this code. The hub has already forgotten the socket.
+    Close {
+        conn: ConnId,
+        code: CloseCode,
+        reason: String,
+    },
+}
+
+/// Every bound a stranger could otherwise push.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_message_bytes: usize,
+    pub messages_per_second: u32,
+    pub burst: u32,
+    pub max_peers_per_room: usize,
+    pub max_rooms: usize,
+    pub max_connections_per_ip: usize,
+    /// Messages queued for a peer whose socket dropped; further signals are refused (`queue-full`).
+    pub max_queued: usize,
+    /// Unacknowledged messages kept for a connected peer; older ones are forgotten (a resume from before them fails).
+    pub max_unacked: usize,
+    /// Bytes kept for one session: its unacknowledged frames while connected (older ones are forgotten beyond it),
+    /// its queue while disconnected (further messages are refused, `queue-full`).
+    pub max_session_bytes: usize,
+    /// Bytes kept for every session of one source (an IPv4 address, an IPv6 /64): `source-full` beyond it.
+    pub max_source_bytes: usize,
+    /// Bytes kept for every session of the hub: `server-full` beyond it. Sized from the machine by the I/O layer
+    /// (`web` turns a configured 0 into an eighth of memory) before the hub sees it.
+    pub max_total_bytes: usize,
+    pub max_meta_bytes: usize,
+    /// Errors on one socket before it is closed for a protocol violation.
+    pub max_errors: u32,
+    pub heartbeat_interval: Duration,
+    pub heartbeat_timeout: Duration,
+    pub resume_grace: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: 64 * 1024,
+            messages_per_second: 50,
+            burst: 100,
+            max_peers_per_room: 50,
+            max_rooms: 10_000,
+            max_connections_per_ip: 20,
+            max_queued: 256,
+            max_unacked: 1024,
+            // A full replay of 1 024 frames of 2 KB (SDP-sized) fits; the attack of issue 7 held 60 MB per session.
+            max_session_bytes: 4 << 20,
+            max_source_bytes: 16 << 20,
+            max_total_bytes: 256 << 20,
+            max_meta_bytes: 1024,
+            max_errors: 20,
+            heartbeat_interval: Duration::from_secs(10),
+            heartbeat_timeout: Duration::from_secs(25),
+            resume_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Counters for metrics and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HubStats {
+    pub connections: usize,
+    pub sessions: usize,
+    pub rooms: usize,
+    pub relayed: u64,
+    /// Bytes of frames kept for sessions (replay buffers and queues), as charged to the budgets.
+    pub held_bytes: usize,
+    /// Sources holding any of them.
+    pub held_sources: usize,
+    /// Frames refused for a budget (`undeliverable` `queue-full`, `source-full`, `server-full`; silently for a
+    /// broadcast).
+    pub refused: u64,
+}
+
+/// The protocol's room logic, whatever keeps the rooms. The I/O layer drives one of these.
+pub trait SignalHub: Send {
+    /// Would a new socket from `ip` be accepted? Asked before the WebSocket upgrade.
+    fn check_connect(&self, ip: IpAddr) -> Result<(), Refusal>;
+    /// Would `join` succeed? Asked before the upgrade and by the HTTP twin of the endpoint.
+    fn check_join(&self, room: &str, token: Option<&str>, now: Now) -> Result<(), Refusal>;
+    fn handle_connect(&mut self, conn: ConnId, ip: IpAddr, now: Now) -> Result<(), Refusal>;
+    fn handle_text(&mut self, conn: ConnId, text: &str, now: Now);
+    /// A frame that is not text (a pong, a ping) arrived: the socket is alive.
+    fn handle_activity(&mut self, conn: ConnId, now: Now);
+    /// A binary frame arrived: not part of protocol v1, answered with `bad-message` (counted like any error).
+    fn handle_binary(&mut self, conn: ConnId, now: Now);
+    /// The socket is gone (closed by the peer, by the network, or after an [`Output::Close`]).
+    fn handle_closed(&mut self, conn: ConnId, now: Now);
+    fn handle_timeout(&mut self, now: Now);
+    /// Closes every socket with 4202 (retry now: another server will answer).
+    fn handle_shutdown(&mut self);
+    fn poll_output(&mut self) -> Option<Output>;
+    fn poll_timeout(&self) -> Option<Instant>;
+    fn stats(&self) -> HubStats;
+}
+
+/// Produces `iceServers` (a JSON array) with a fresh credential for a peer id.
+pub type IceServerSource = Box<dyn Fn(&PeerId, u64) -> Box<RawValue> + Send>;
+
+/// Rooms held in this process.
+pub struct MemoryHub<R = rand::rngs::StdRng> {
+    limits: Limits,
+    /// With a secret, `join` needs an HS256 token signed by it.
+    token_secret: Option<Vec<u8>>,
+    ice_servers: IceServerSource,
+    rng: R,
+    conns: HashMap<ConnId, Conn>,
+    /// Sockets per source.
+    per_source: HashMap<Source, usize>,
+    budget: Budget,
+    sessions: HashMap<PeerId, Session>,
+    by_secret: HashMap<SessionSecret, PeerId>,
+    rooms: HashMap<Arc<str>, Room>,
+    outputs: VecDeque<Output>,
+    next_sweep: Option<Instant>,
+    /// The `now` of the event being handled.
+    clock: Instant,
+    relayed: u64,
+    refused: u64,
+}
+
+impl<R> std::fmt::Debug for MemoryHub<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryHub")
+            .field("connections", &self.conns.len())
+            .field("sessions", &self.sessions.len())
+            .field("rooms", &self.rooms.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Timers are checked at this granularity, so that a message costs no scan of every socket.
+const SWEEP_INTERVAL: Duration = Duration::from_millis(500);
+
+impl<R: RngCore + Send> MemoryHub<R> {
+    pub fn new(
+        limits: Limits,
+        token_secret: Option<Vec<u8>>,
+        ice_servers: IceServerSource,
+        rng: R,
+        now: Instant,
+    ) -> Self {
+        let budget = Budget::new(ByteLimits {
+            session: limits.max_session_bytes,
+            source: limits.max_source_bytes,
+            total: limits.max_total_bytes,
+        });
+        Self {
+            limits,
+            token_secret,
+            ice_servers,
+            rng,
+            conns: HashMap::new(),
+            per_source: HashMap::new(),
+            budget,
+            sessions: HashMap::new(),
+            by_secret: HashMap::new(),
+            rooms: HashMap::new(),
+            outputs: VecDeque::new(),
+            next_sweep: None,
+            clock: now,
+            relayed: 0,
+            refused: 0,
+        }
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Bytes kept for the sessions of `ip`'s source (its IPv4 address or IPv6 /64).
+    pub fn held_by(&self, ip: IpAddr) -> usize {
+        self.budget.held_by(Source::from(ip))
+    }
+
+    /// Sends a frame outside any session's stream (`pong`, `resumed`, an error before `join`): `seq` is the
+    /// caller's.
+    fn send_unnumbered(&mut self, conn: ConnId, seq: u64, frame: &Frame<'_>) {
+        self.outputs.push_back(Output::Send {
+            conn,
+            text: frame.encode(seq),
+        });
+    }
+
+    fn handle_message(&mut self, conn: ConnId, msg: ClientMessage<'_>, now: Now) {
+        let peer = self.conns.get(&conn).and_then(|c| c.peer.clone());
+        match (msg, peer) {
+            (ClientMessage::Ping { ack }, peer) => self.ping(conn, peer, ack),
+            (ClientMessage::Join { room, token, meta }, None) => self.join(conn, room, token, meta, now),
+            (ClientMessage::Resume { session, last_seq }, None) => self.resume(conn, &session, last_seq),
+            (ClientMessage::Join { .. } | ClientMessage::Resume { .. }, Some(_)) => self.error(
+                conn,
+                Refusal::new(ErrorCode::AlreadyJoined, "This socket has already joined a room."),
+            ),
+            (ClientMessage::Signal { .. } | ClientMessage::Broadcast { .. } | ClientMessage::Leave, None) => self
+                .error(
+                    conn,
+                    Refusal::new(ErrorCode::NotJoined, "Join a room first (send `join`)."),
+                ),
+            (ClientMessage::Signal { to, data, id }, Some(from)) => self.signal(conn, &from, &to, data, id),
+            (ClientMessage::Broadcast { data }, Some(from)) => self.broadcast(&from, data),
+            (ClientMessage::Leave, Some(peer)) => {
+                self.remove_session(&peer);
+                self.close(conn, CloseCode::NORMAL, "left");
+            }
+        }
+    }
+}
+
+impl<R: RngCore + Send> SignalHub for MemoryHub<R> {
+    fn check_connect(&self, ip: IpAddr) -> Result<(), Refusal> {
+        let source = Source::from(ip);
+        if self.per_source.get(&source).copied().unwrap_or(0) >= self.limits.max_connections_per_ip {
+            return Err(Refusal::new(
+                ErrorCode::TooManyConnections,
+                format!(
+                    "Too many sockets from {source} (at most {}); close some or retry later.",
+                    self.limits.max_connections_per_ip
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn check_join(&self, room: &str, token: Option<&str>, now: Now) -> Result<(), Refusal> {
+        if room.is_empty() || room.len() > 128 {
+            return Err(Refusal::new(
+                ErrorCode::BadMessage,
+                "`room` must be 1 to 128 characters.",
+            ));
+        }
+        self.check_token(room, token, now)?;
+        self.check_room(room)
+    }
+
+    fn handle_connect(&mut self, conn: ConnId, ip: IpAddr, now: Now) -> Result<(), Refusal> {
+        self.clock = now.instant;
+        self.check_connect(ip)?;
+        let source = Source::from(ip);
+        *self.per_source.entry(source).or_insert(0) += 1;
+        self.conns
+            .insert(conn, Conn::new(source, now.instant, self.limits.burst));
+        if self.next_sweep.is_none() {
+            self.next_sweep = Some(now.instant + SWEEP_INTERVAL);
+        }
+        Ok(())
+    }
+
+    fn handle_text(&mut self, conn: ConnId, text: &str, now: Now) {
+        self.clock = now.instant;
+        if text.len() > self.limits.max_message_bytes {
+            let message = format!("Messages are limited to {} bytes.", self.limits.max_message_bytes);
+            return self.error(conn, Refusal::new(ErrorCode::TooLarge, message));
+        }
+        match self.admit(conn, now) {
+            None => return,
+            Some(true) => {}
+            Some(false) => return self.over_rate(conn),
+        }
+        match protocol::parse(text) {
+            Ok((msg, Some(seq))) if matches!(msg, ClientMessage::Signal { .. } | ClientMessage::Broadcast { .. }) => {
+                if self.seen_before(conn, seq) {
+                    return;
+                }
+                self.handle_message(conn, msg, now)
+            }
+            Ok((msg, _)) => self.handle_message(conn, msg, now),
+            Err(refusal) => self.error(conn, refusal),
+        }
+    }
+
+    fn handle_activity(&mut self, conn: ConnId, now: Now) {
+        self.clock = now.instant;
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.last_heard = now.instant;
+        }
+    }
+
+    fn handle_binary(&mut self, conn: ConnId, now: Now) {
+        self.clock = now.instant;
+        if self.admit(conn, now) != Some(true) {
+            return;
+        }
+        let message = "Binary frames are not part of protocol v1: send JSON in text frames.";
+        self.error(conn, Refusal::new(ErrorCode::BadMessage, message));
+    }
+
+    fn handle_closed(&mut self, conn: ConnId, now: Now) {
+        self.clock = now.instant;
+        self.forget_conn(conn);
+    }
+
+    fn handle_timeout(&mut self, now: Now) {
+        self.clock = now.instant;
+        let Some(due) = self.next_sweep else { return };
+        if now.instant < due {
+            return;
+        }
+        self.next_sweep = Some(now.instant);
+        self.close_silent_sockets(now);
+        self.expire_sessions(now);
+        self.next_sweep = if self.conns.is_empty() && self.sessions.is_empty() {
+            None
+        } else {
+            Some(now.instant + SWEEP_INTERVAL)
+        };
+    }
+
+    fn handle_shutdown(&mut self) {
+        let conns: Vec<ConnId> = self.conns.keys().copied().collect();
+        for conn in conns {
+            self.close(conn, CloseCode::SHUTTING_DOWN, "server-shutdown");
+        }
+    }
+
+    fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.next_sweep
+    }
+
+    fn stats(&self) -> HubStats {
+        HubStats {
+            connections: self.conns.len(),
+            sessions: self.sessions.len(),
+            rooms: self.rooms.len(),
+            relayed: self.relayed,
+            held_bytes: self.budget.total(),
+            held_sources: self.budget.sources(),
+            refused: self.refused,
+        }
+    }
+}

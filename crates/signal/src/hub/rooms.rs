@@ -1,0 +1,258 @@
+//! Rooms: who may join (token, room limits), who is in which room, and what travels between members — presence,
+//! signals, broadcasts — until a session ends.
+
+use std::sync::Arc;
+
+use rand::RngCore;
+use serde_json::value::RawValue;
+
+use super::stream::{Refused, Session, SignalFrom};
+use super::{ConnId, MemoryHub, Now};
+use crate::budget::Source;
+use crate::frame::{Frame, Joined, Meta, UndeliverableReason};
+use crate::id::{PeerId, SessionSecret};
+use crate::protocol::{ErrorCode, Refusal};
+use crate::token::{verify_token, TokenError};
+
+pub(super) struct Room {
+    /// Peer ids in join order.
+    pub members: Vec<PeerId>,
+}
+
+/// What a join token says about its bearer.
+pub(super) struct Identity {
+    sub: String,
+    caps: Vec<String>,
+}
+
+impl<R: RngCore + Send> MemoryHub<R> {
+    /// Token check shared by `check_join` and `join`; the identity from the token, if the server needs one.
+    pub(super) fn check_token(&self, room: &str, token: Option<&str>, now: Now) -> Result<Option<Identity>, Refusal> {
+        let Some(secret) = &self.token_secret else {
+            return Ok(None);
+        };
+        let Some(token) = token else {
+            return Err(Refusal::new(
+                ErrorCode::TokenRequired,
+                "This server needs a token to join a room; mint one with `traverse token` or your backend.",
+            ));
+        };
+        let claims = verify_token(secret, token, now.unix).map_err(|e| match e {
+            TokenError::Expired => Refusal::new(ErrorCode::TokenExpired, "The token has expired; get a new one."),
+            other => Refusal::new(ErrorCode::TokenInvalid, format!("The token was refused: {other}.")),
+        })?;
+        if claims.room != "*" && claims.room != room {
+            return Err(Refusal::new(
+                ErrorCode::TokenRoomMismatch,
+                format!("The token admits room `{}`, not `{room}`.", claims.room),
+            ));
+        }
+        Ok(Some(Identity {
+            sub: claims.sub,
+            caps: claims.caps,
+        }))
+    }
+
+    pub(super) fn check_room(&self, room: &str) -> Result<(), Refusal> {
+        match self.rooms.get(room) {
+            Some(r) if r.members.len() >= self.limits.max_peers_per_room => Err(Refusal::new(
+                ErrorCode::RoomFull,
+                format!(
+                    "Room `{room}` already has its maximum of {} peers.",
+                    self.limits.max_peers_per_room
+                ),
+            )),
+            None if self.rooms.len() >= self.limits.max_rooms => Err(Refusal::new(
+                ErrorCode::TooManyRooms,
+                "The server holds its maximum number of rooms; try again later.",
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    pub(super) fn join(
+        &mut self,
+        conn: ConnId,
+        room: String,
+        token: Option<String>,
+        meta: Option<&RawValue>,
+        now: Now,
+    ) {
+        let identity = match self.check_token(&room, token.as_deref(), now) {
+            Ok(identity) => identity,
+            Err(refusal) => return self.error(conn, refusal),
+        };
+        let mut meta_object = match meta.map(|m| serde_json::from_str::<serde_json::Value>(m.get())) {
+            None => serde_json::Map::new(),
+            Some(Ok(serde_json::Value::Object(map)))
+                if meta.is_some_and(|m| m.get().len() <= self.limits.max_meta_bytes) =>
+            {
+                map
+            }
+            Some(_) => {
+                let message = format!(
+                    "`meta` must be a JSON object of at most {} bytes.",
+                    self.limits.max_meta_bytes
+                );
+                return self.error(conn, Refusal::new(ErrorCode::BadMessage, message));
+            }
+        };
+        if let Err(refusal) = self.check_room(&room) {
+            return self.error(conn, refusal);
+        }
+        let caps = match identity {
+            Some(Identity { sub, caps }) => {
+                meta_object.insert("identity".into(), sub.into());
+                caps
+            }
+            None => Vec::new(),
+        };
+        let meta = Meta::from_object(meta_object);
+        // Drawn in this order so that a seeded hub makes the same ids as before.
+        let peer = PeerId::generate(&mut self.rng);
+        let secret = SessionSecret::generate(&mut self.rng);
+        let room: Arc<str> = room.into();
+
+        let members = self.rooms.get(&room).map(|r| r.members.clone()).unwrap_or_default();
+        let peers: Vec<(PeerId, Meta)> = members
+            .iter()
+            .map(|m| {
+                (
+                    m.clone(),
+                    self.sessions.get(m).map_or_else(Meta::empty, |s| s.meta.clone()),
+                )
+            })
+            .collect();
+        let ice_servers = (self.ice_servers)(&peer, now.unix);
+        let source = self.conns.get(&conn).map_or(Source::V4([0; 4]), |c| c.source);
+        self.sessions.insert(
+            peer.clone(),
+            Session::new(secret.clone(), room.clone(), source, meta.clone(), conn),
+        );
+        self.rooms
+            .entry(room.clone())
+            .or_insert_with(|| Room { members: Vec::new() })
+            .members
+            .push(peer.clone());
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.peer = Some(peer.clone());
+        }
+        let joined = Frame::Joined(Joined {
+            session: &secret,
+            peer: &peer,
+            room: &room,
+            peers: &peers,
+            ice_servers: &ice_servers,
+            caps: &caps,
+            heartbeat: self.limits.heartbeat_interval,
+            resume_grace: self.limits.resume_grace,
+        });
+        let _ = self.deliver(&peer, &joined, None);
+        self.by_secret.insert(secret, peer.clone());
+        let notice = Frame::PeerJoined {
+            peer: &peer,
+            meta: &meta,
+        };
+        for m in &members {
+            let _ = self.deliver(m, &notice, None);
+        }
+    }
+
+    pub(super) fn signal(&mut self, conn: ConnId, from: &PeerId, to: &str, data: &RawValue, id: Option<String>) {
+        // The recipient as the hub knows it: only a member of the sender's room, never the sender.
+        let recipient = match (self.sessions.get(from), self.sessions.get_key_value(to)) {
+            (Some(a), Some((to, b))) if a.room == b.room && from != to => Some(to.clone()),
+            _ => None,
+        };
+        let Some(to_peer) = recipient else {
+            let room = self.sessions.get(from).map(|s| s.room.to_string()).unwrap_or_default();
+            let message = format!("No peer {} in room {room}.", to.chars().take(128).collect::<String>());
+            return self.error_with_id(conn, Refusal::new(ErrorCode::UnknownPeer, message), id.as_deref());
+        };
+        let frame = Frame::Signal { from, data };
+        let signal_from = SignalFrom {
+            sender: from.clone(),
+            id,
+        };
+        match self.deliver(&to_peer, &frame, Some(signal_from)) {
+            Ok(()) => self.relayed += 1,
+            Err(Refused { over, signal_from }) => {
+                let id = signal_from.and_then(|f| f.id);
+                self.undeliverable(from, &to_peer, id.as_deref(), over.into());
+            }
+        }
+    }
+
+    /// Tells a signal's sender it will never be delivered.
+    fn undeliverable(&mut self, sender: &PeerId, to: &PeerId, id: Option<&str>, reason: UndeliverableReason) {
+        let _ = self.deliver(sender, &Frame::Undeliverable { to, id, reason }, None);
+    }
+
+    pub(super) fn broadcast(&mut self, from: &PeerId, data: &RawValue) {
+        let Some(room) = self.sessions.get(from).map(|s| s.room.clone()) else {
+            return;
+        };
+        let frame = Frame::Broadcast { from, data };
+        // By index, without copying the member list: delivering changes no room.
+        let count = self.rooms.get(&room).map_or(0, |r| r.members.len());
+        for i in 0..count {
+            let Some(m) = self.rooms.get(&room).and_then(|r| r.members.get(i)).cloned() else {
+                break;
+            };
+            if m != *from && self.deliver(&m, &frame, None).is_ok() {
+                self.relayed += 1;
+            }
+        }
+    }
+
+    /// Removes a session for good: the room hears `peer-left`, and senders of signals that never reached it hear
+    /// `undeliverable`.
+    pub(super) fn remove_session(&mut self, peer: &PeerId) {
+        let Some(s) = self.sessions.remove(peer) else { return };
+        self.budget.release(s.source, s.held);
+        self.by_secret.remove(&s.secret);
+        if let Some(c) = s.conn.and_then(|conn| self.conns.get_mut(&conn)) {
+            c.peer = None;
+        }
+        let mut empty = false;
+        if let Some(room) = self.rooms.get_mut(&s.room) {
+            room.members.retain(|m| m != peer);
+            empty = room.members.is_empty();
+        }
+        let others = if empty {
+            self.rooms.remove(&s.room);
+            Vec::new()
+        } else {
+            self.rooms.get(&s.room).map(|r| r.members.clone()).unwrap_or_default()
+        };
+        let notice = Frame::PeerLeft { peer };
+        for m in &others {
+            let _ = self.deliver(m, &notice, None);
+        }
+        if let Some(d) = s.disconnected {
+            for b in s.buffer.iter().filter(|b| b.seq > d.last_sent) {
+                if let Some(f) = &b.signal_from {
+                    self.undeliverable(&f.sender, peer, f.id.as_deref(), UndeliverableReason::PeerLeft);
+                }
+            }
+        }
+    }
+
+    /// Ends the sessions whose socket dropped longer ago than the resume grace period.
+    pub(super) fn expire_sessions(&mut self, now: Now) {
+        let grace = self.limits.resume_grace;
+        let expired: Vec<PeerId> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| {
+                s.disconnected
+                    .as_ref()
+                    .is_some_and(|d| now.instant.saturating_duration_since(d.at) >= grace)
+            })
+            .map(|(p, _)| p.clone())
+            .collect();
+        for peer in expired {
+            self.remove_session(&peer);
+        }
+    }
+}

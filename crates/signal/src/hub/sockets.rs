@@ -1,0 +1,158 @@
+//! Sockets: each one's token bucket, error count and last sign of life; errors to it; closing it.
+
+use std::time::Instant;
+
+use rand::RngCore;
+
+use super::stream::Disconnected;
+use super::{ConnId, MemoryHub, Now, Output};
+use crate::budget::Source;
+use crate::frame::Frame;
+use crate::id::PeerId;
+use crate::protocol::{CloseCode, ErrorCode, Refusal};
+
+/// One socket.
+pub(super) struct Conn {
+    pub source: Source,
+    /// The peer id of the session this socket carries, once joined or resumed.
+    pub peer: Option<PeerId>,
+    pub last_heard: Instant,
+    tokens: f64,
+    refilled: Instant,
+    rate_strikes: u32,
+    errors: u32,
+}
+
+impl Conn {
+    pub fn new(source: Source, now: Instant, burst: u32) -> Self {
+        Self {
+            source,
+            peer: None,
+            last_heard: now,
+            tokens: f64::from(burst),
+            refilled: now,
+            rate_strikes: 0,
+            errors: 0,
+        }
+    }
+}
+
+impl<R: RngCore + Send> MemoryHub<R> {
+    /// Takes one message from the socket's token bucket; false when the socket is over its rate, `None` when the
+    /// socket is unknown.
+    pub(super) fn admit(&mut self, conn: ConnId, now: Now) -> Option<bool> {
+        let limits = &self.limits;
+        let c = self.conns.get_mut(&conn)?;
+        c.last_heard = now.instant;
+        let elapsed = now.instant.saturating_duration_since(c.refilled).as_secs_f64();
+        c.refilled = now.instant;
+        c.tokens = (c.tokens + elapsed * f64::from(limits.messages_per_second)).min(f64::from(limits.burst));
+        if c.tokens >= 1.0 {
+            c.tokens -= 1.0;
+            c.rate_strikes = 0;
+            Some(true)
+        } else {
+            c.rate_strikes += 1;
+            Some(false)
+        }
+    }
+
+    /// A message over the rate was dropped: the first one is told, a sustained flood closes the socket.
+    pub(super) fn over_rate(&mut self, conn: ConnId) {
+        let strikes = self.conns.get(&conn).map_or(0, |c| c.rate_strikes);
+        if strikes > self.limits.burst {
+            return self.close(conn, CloseCode::RATE_LIMITED, "rate-limited");
+        }
+        if strikes == 1 {
+            let message = format!(
+                "More than {} messages per second; messages are dropped until the rate falls.",
+                self.limits.messages_per_second
+            );
+            self.error(conn, Refusal::new(ErrorCode::RateLimited, message));
+        }
+    }
+
+    /// Sends an error: into the session's stream when the socket carries one, else with `seq` 0. Closes the socket
+    /// when the code says so, or when the socket has made too many errors.
+    pub(super) fn error(&mut self, conn: ConnId, refusal: Refusal) {
+        self.error_with_id(conn, refusal, None);
+    }
+
+    /// An error about one message, naming its `id` when the client gave one.
+    pub(super) fn error_with_id(&mut self, conn: ConnId, refusal: Refusal, id: Option<&str>) {
+        let frame = Frame::Error {
+            code: refusal.code,
+            message: &refusal.message,
+            id,
+        };
+        match self.conns.get(&conn).and_then(|c| c.peer.clone()) {
+            Some(peer) => {
+                let _ = self.deliver(&peer, &frame, None);
+            }
+            None => self.send_unnumbered(conn, 0, &frame),
+        }
+        let too_many = self.conns.get_mut(&conn).is_some_and(|c| {
+            c.errors += 1;
+            c.errors > self.limits.max_errors
+        });
+        if let Some(code) = refusal.code.close_code() {
+            self.close(conn, code, refusal.code.as_str());
+        } else if too_many {
+            self.close(conn, CloseCode::PROTOCOL_VIOLATION, "protocol-violation");
+        }
+    }
+
+    /// Closes a socket now; its session (if any) starts its grace period.
+    pub(super) fn close(&mut self, conn: ConnId, code: CloseCode, reason: &str) {
+        if !self.forget_conn(conn) {
+            return;
+        }
+        self.outputs.push_back(Output::Close {
+            conn,
+            code,
+            reason: reason.to_owned(),
+        });
+    }
+
+    /// Forgets a socket (closed by either side); its session, if it is still the session's socket, starts its
+    /// grace period. False when the socket was not known.
+    pub(super) fn forget_conn(&mut self, conn: ConnId) -> bool {
+        let Some(c) = self.conns.remove(&conn) else {
+            return false;
+        };
+        self.release_source(c.source);
+        if let Some(s) = c.peer.and_then(|peer| self.sessions.get_mut(&peer)) {
+            if s.conn == Some(conn) {
+                s.conn = None;
+                s.disconnected = Some(Disconnected {
+                    at: self.clock,
+                    last_sent: s.next_seq - 1,
+                });
+            }
+        }
+        true
+    }
+
+    fn release_source(&mut self, source: Source) {
+        if let Some(n) = self.per_source.get_mut(&source) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.per_source.remove(&source);
+            }
+        }
+    }
+
+    /// Closes the sockets nothing has been heard from for the heartbeat timeout.
+    pub(super) fn close_silent_sockets(&mut self, now: Now) {
+        let timeout = self.limits.heartbeat_timeout;
+        let dead: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| now.instant.saturating_duration_since(c.last_heard) >= timeout)
+            .map(|(id, _)| *id)
+            .collect();
+        for conn in dead {
+            self.close(conn, CloseCode::HEARTBEAT_TIMEOUT, "heartbeat-timeout");
+        }
+    }
+}

@@ -1,0 +1,244 @@
+//! Each session's numbered stream: delivery of frames under the byte budgets, the replay buffer, acknowledgements,
+//! the client's own numbering, and resume.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use rand::RngCore;
+
+use super::{ConnId, MemoryHub, Output};
+use crate::budget::{Budget, Over, Source, FRAME_OVERHEAD};
+use crate::frame::{Frame, Meta, HEADER_MAX};
+use crate::id::{PeerId, SessionSecret};
+use crate::protocol::{CloseCode, ErrorCode, Refusal};
+
+/// A peer in a room; outlives its socket for the resume grace period.
+pub(super) struct Session {
+    pub secret: SessionSecret,
+    pub room: Arc<str>,
+    /// Charged for every kept frame: the source of the socket that joined.
+    pub source: Source,
+    /// Bytes of `buffer` as charged to the budgets.
+    pub held: usize,
+    /// Shown to the other peers.
+    pub meta: Meta,
+    pub conn: Option<ConnId>,
+    pub next_seq: u64,
+    /// Highest client `seq` handled: a resent message at or below it is a duplicate and is dropped.
+    pub client_seq: u64,
+    pub buffer: VecDeque<Buffered>,
+    pub disconnected: Option<Disconnected>,
+}
+
+pub(super) struct Disconnected {
+    pub at: Instant,
+    /// The newest sequence number sent before the socket dropped: later ones surely were not delivered.
+    pub last_sent: u64,
+}
+
+pub(super) struct Buffered {
+    pub seq: u64,
+    text: Bytes,
+    /// For a `signal`: who sent it, told if it is never delivered.
+    pub signal_from: Option<SignalFrom>,
+}
+
+/// A signal's sender and message id, told if it is never delivered.
+pub(super) struct SignalFrom {
+    pub sender: PeerId,
+    pub id: Option<String>,
+}
+
+/// A frame refused by a budget: which one, and the signal's sender handed back so the caller can name it.
+pub(super) struct Refused {
+    pub over: Over,
+    pub signal_from: Option<SignalFrom>,
+}
+
+impl Session {
+    pub fn new(secret: SessionSecret, room: Arc<str>, source: Source, meta: Meta, conn: ConnId) -> Self {
+        Self {
+            secret,
+            room,
+            source,
+            held: 0,
+            meta,
+            conn: Some(conn),
+            next_seq: 1,
+            client_seq: 0,
+            buffer: VecDeque::new(),
+            disconnected: None,
+        }
+    }
+
+    /// Forgets the oldest kept frame and refunds its bytes.
+    fn forget_oldest(&mut self, budget: &mut Budget) -> Option<Buffered> {
+        let b = self.buffer.pop_front()?;
+        let n = charge_of(&b.text);
+        self.held = self.held.saturating_sub(n);
+        budget.release(self.source, n);
+        Some(b)
+    }
+
+    /// Forgets every frame up to `seq`: acknowledged, or before a resume's `lastSeq`.
+    fn forget_through(&mut self, seq: u64, budget: &mut Budget) {
+        while self.buffer.front().is_some_and(|b| b.seq <= seq) {
+            self.forget_oldest(budget);
+        }
+    }
+}
+
+/// What a kept frame costs its budgets.
+fn charge_of(text: &Bytes) -> usize {
+    text.len() + FRAME_OVERHEAD
+}
+
+impl<R: RngCore + Send> MemoryHub<R> {
+    /// Appends `frame` to a peer's stream and sends it if the peer is connected: written once, into one allocation
+    /// shared by the replay buffer and the socket's queue. A refusal hands `signal_from` back, so the caller can name
+    /// the message without having copied its id beforehand.
+    ///
+    /// Budgets: a disconnected peer's queue is never trimmed, so a frame over a budget is refused (nothing queued
+    /// is dropped silently). A connected peer has been sent everything already; only its replay window shrinks:
+    /// its own oldest unacknowledged frames are forgotten until the new one fits, and if none are left the frame
+    /// is sent without being kept (a resume from before it fails). So a reader that never acknowledges holds at
+    /// most its session budget, and no one else's frames are dropped to make room.
+    pub(super) fn deliver(
+        &mut self,
+        peer: &PeerId,
+        frame: &Frame<'_>,
+        signal_from: Option<SignalFrom>,
+    ) -> Result<(), Refused> {
+        let limits = &self.limits;
+        let budget = &mut self.budget;
+        let Some(s) = self.sessions.get_mut(peer) else {
+            return Err(Refused {
+                over: Over::Session,
+                signal_from,
+            });
+        };
+        if let Some(d) = &s.disconnected {
+            let queued = (s.next_seq - 1).saturating_sub(d.last_sent) as usize;
+            let checked = if queued >= limits.max_queued {
+                Err(Over::Session)
+            } else {
+                // Checked before anything is allocated, with the longest header a sequence number can take.
+                budget.check(s.source, s.held, HEADER_MAX + frame.body_len() + FRAME_OVERHEAD)
+            };
+            if let Err(over) = checked {
+                self.refused += 1;
+                return Err(Refused { over, signal_from });
+            }
+        }
+        let seq = s.next_seq;
+        s.next_seq += 1;
+        let text = frame.encode(seq);
+        let n = charge_of(&text);
+        let keep = if s.disconnected.is_some() {
+            true
+        } else {
+            if s.buffer.len() >= limits.max_unacked {
+                s.forget_oldest(budget);
+            }
+            loop {
+                if budget.check(s.source, s.held, n).is_ok() {
+                    break true;
+                }
+                if s.forget_oldest(budget).is_none() {
+                    break false;
+                }
+            }
+        };
+        if keep {
+            budget.charge(s.source, n);
+            s.held += n;
+            s.buffer.push_back(Buffered {
+                seq,
+                text: text.clone(),
+                signal_from,
+            });
+        }
+        if let Some(conn) = s.conn {
+            self.outputs.push_back(Output::Send { conn, text });
+        }
+        Ok(())
+    }
+
+    /// A client-numbered `signal`/`broadcast` is handled once per number, so a resend after a resume is harmless.
+    /// True when `seq` was handled already.
+    pub(super) fn seen_before(&mut self, conn: ConnId, seq: u64) -> bool {
+        let Some(s) = self
+            .conns
+            .get(&conn)
+            .and_then(|c| c.peer.as_ref())
+            .and_then(|p| self.sessions.get_mut(p))
+        else {
+            return false;
+        };
+        if seq <= s.client_seq {
+            return true;
+        }
+        s.client_seq = seq;
+        false
+    }
+
+    /// `ping`: trims the replay buffer through `ack` and answers with the newest stream number and client `seq`.
+    pub(super) fn ping(&mut self, conn: ConnId, peer: Option<PeerId>, ack: Option<u64>) {
+        let (mut newest, mut client_seq) = (0, 0);
+        if let Some(s) = peer.and_then(|p| self.sessions.get_mut(&p)) {
+            if let Some(ack) = ack {
+                s.forget_through(ack, &mut self.budget);
+            }
+            newest = s.next_seq - 1;
+            client_seq = s.client_seq;
+        }
+        self.send_unnumbered(conn, newest, &Frame::Pong { ack: client_seq });
+    }
+
+    /// Attaches a new socket to the session `claim` names and replays every kept frame after `last_seq`.
+    pub(super) fn resume(&mut self, conn: ConnId, claim: &str, last_seq: u64) {
+        let failed = |why: &str| Refusal::new(ErrorCode::ResumeFailed, format!("Cannot resume: {why}; join again."));
+        let Some(peer) = SessionSecret::parse(claim).and_then(|secret| self.by_secret.get(&secret).cloned()) else {
+            return self.error(conn, failed("the session is unknown or has expired"));
+        };
+        let Some(s) = self.sessions.get(&peer) else {
+            return self.error(conn, failed("the session is unknown or has expired"));
+        };
+        let newest = s.next_seq - 1;
+        let oldest_kept = s.buffer.front().map_or(s.next_seq, |b| b.seq);
+        if last_seq > newest {
+            return self.error(conn, failed("the client claims messages the server never sent"));
+        }
+        if last_seq + 1 < oldest_kept {
+            return self.error(conn, failed("messages after `lastSeq` are no longer kept"));
+        }
+        if let Some(old) = s.conn {
+            // The old socket may not have been noticed dead yet; the newest socket wins.
+            self.close(old, CloseCode::REPLACED, "replaced");
+        }
+        let Some(s) = self.sessions.get_mut(&peer) else { return };
+        s.conn = Some(conn);
+        s.disconnected = None;
+        s.forget_through(last_seq, &mut self.budget);
+        let resumed = Frame::Resumed {
+            peer: &peer,
+            replayed: s.buffer.len(),
+            ack: s.client_seq,
+        };
+        self.outputs.push_back(Output::Send {
+            conn,
+            text: resumed.encode(newest),
+        });
+        for b in &s.buffer {
+            self.outputs.push_back(Output::Send {
+                conn,
+                text: b.text.clone(),
+            });
+        }
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.peer = Some(peer);
+        }
+    }
+}
