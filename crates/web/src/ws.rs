@@ -115,9 +115,16 @@ where
     Ok(close)
 }
 
+/// Was the read refused for size? A message or a frame over the limits set at the upgrade (`max_message_size`,
+/// `max_frame_size`: tungstenite's capacity error), or a control frame over 125 bytes (RFC 6455 §5.5). Either is
+/// closed with 1009.
 fn is_too_large(e: &axum::Error) -> bool {
-    let text = e.to_string();
-    text.contains("too long") || text.contains("too big") || text.contains("Space limit")
+    use tungstenite::error::{Error, ProtocolError};
+    let inner = std::error::Error::source(e).and_then(|inner| inner.downcast_ref::<Error>());
+    matches!(
+        inner,
+        Some(Error::Capacity(_) | Error::Protocol(ProtocolError::ControlFrameTooBig))
+    )
 }
 
 fn close(code: CloseCode, reason: &str) -> Message {
@@ -127,7 +134,46 @@ fn close(code: CloseCode, reason: &str) -> Message {
     }))
 }
 
+/// The refusal of a socket the hub never took (before any session): serde_json's order of keys (sorted), unlike the
+/// hub's frames; kept as it is, since the bytes are part of the protocol clients see.
 pub(crate) fn error_frame(refusal: &Refusal) -> String {
     serde_json::json!({"seq": 0, "type": "error", "code": refusal.code.as_str(), "message": refusal.message})
         .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tungstenite::error::{CapacityError, Error, ProtocolError};
+
+    #[test]
+    fn only_a_size_error_closes_with_1009() {
+        let too_long = Error::Capacity(CapacityError::MessageTooLong {
+            size: 70_000,
+            max_size: 65_536,
+        });
+        assert!(is_too_large(&axum::Error::new(too_long)));
+        assert!(is_too_large(&axum::Error::new(Error::Protocol(
+            ProtocolError::ControlFrameTooBig
+        ))));
+        for other in [
+            Error::ConnectionClosed,
+            Error::Protocol(ProtocolError::ResetWithoutClosingHandshake),
+            Error::Io(std::io::Error::other("message too long")),
+        ] {
+            assert!(!is_too_large(&axum::Error::new(other)));
+        }
+        assert!(!is_too_large(&axum::Error::new(std::io::Error::other(
+            "Space limit exceeded: too big"
+        ))));
+    }
+
+    #[test]
+    fn a_refused_socket_gets_its_error_with_seq_0() {
+        let refusal = Refusal::new(signal::ErrorCode::TooManyConnections, "Too \"many\".");
+        assert_eq!(
+            error_frame(&refusal),
+            r#"{"code":"too-many-connections","message":"Too \"many\".","seq":0,"type":"error"}"#
+        );
+    }
 }
