@@ -56,16 +56,16 @@ pub(crate) async fn accept_loop(worker: Rc<Worker>, listener: TcpListener, with_
 async fn sort(worker: Rc<Worker>, tcp: TcpStream, client: SocketAddr, server: SocketAddr, with_tls: bool) {
     // One deadline for the whole sorting — first byte, TLS handshake, first decrypted byte — so a client trickling
     // bytes through each step cannot hold the connection three times as long.
-    let deadline = tokio::time::Instant::now() + worker.shared.config.tls_handshake_timeout;
+    let deadline = tokio::time::Instant::now() + worker.shared().config.tls_handshake_timeout;
     let mut first = [0u8; 1];
     let peeked = match tokio::time::timeout_at(deadline, tcp.peek(&mut first)).await {
         Ok(Ok(1)) => first[0],
         _ => return,
     };
-    let http = worker.shared.http.clone();
+    let http = worker.shared().http.clone();
     match peeked {
         0x16 if with_tls => {
-            let acceptor = tokio_rustls::TlsAcceptor::from(worker.shared.mux_tls.clone());
+            let acceptor = tokio_rustls::TlsAcceptor::from(worker.shared().mux_tls.clone());
             let tls = match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => return tracing::debug!(%client, error = %e, "TLS handshake failed"),

@@ -45,8 +45,8 @@ pub(crate) async fn accept_loop(worker: Rc<Worker>, listener: TcpListener, trans
         };
         match transport {
             Transport::Tls => {
-                let acceptor = tokio_rustls::TlsAcceptor::from(worker.shared.tls.clone());
-                let timeout = worker.shared.config.tls_handshake_timeout;
+                let acceptor = tokio_rustls::TlsAcceptor::from(worker.shared().tls.clone());
+                let timeout = worker.shared().config.tls_handshake_timeout;
                 match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
                     Ok(Ok(tls)) => serve(worker, tls, five_tuple).await,
                     Ok(Err(e)) => tracing::debug!(%client, error = %e, "TLS handshake failed"),
@@ -96,7 +96,7 @@ where
                 continue;
             }
         };
-        let permit = match worker.shared.connections.try_acquire(client.ip()) {
+        let permit = match worker.shared().connections.try_acquire(client.ip()) {
             Ok(permit) => permit,
             Err(refused) => {
                 let (log, what) = match refused {
@@ -132,8 +132,8 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + 'static>(worker: Rc<Worker
     let sink = Rc::new(StreamSink::default());
     let writer_task = spawn_local(write_loop(writer, sink.clone()));
     let route = ClientRoute::Stream(sink.clone());
-    let idle = worker.shared.config.stream_idle_timeout;
-    let auth_timeout = worker.shared.config.auth_timeout;
+    let idle = worker.shared().config.stream_idle_timeout;
+    let auth_timeout = worker.shared().config.auth_timeout;
     // Fixed, not reset by trickled bytes: a connection must hold an allocation this soon after it was accepted or
     // its allocation ended, or it is closed — a stranger cannot keep a slot by sending a byte every few seconds.
     let mut deadline = tokio::time::Instant::now() + auth_timeout;
@@ -152,13 +152,9 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + 'static>(worker: Rc<Worker
                 Ok(None) => break,
             };
             let Some(frame) = rest.get(..len) else { break };
-            let now = Instant::now();
-            let mut scratch = worker.scratch.borrow_mut();
-            if let Some(reply_len) = worker.handle_client(now, five_tuple, frame, &mut scratch, &route) {
-                sink.push_control(scratch.get(..reply_len).unwrap_or_default());
-            }
-            drop(scratch);
-            worker.drain_events();
+            worker.handle_stream_frame(Instant::now(), five_tuple, frame, &route, |reply| {
+                sink.push_control(reply)
+            });
             consumed += len;
         }
         buf.drain(..consumed);
@@ -200,8 +196,7 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + 'static>(worker: Rc<Worker
             buf.shrink_to(MAX_FRAME);
         }
     }
-    worker.server.borrow_mut().handle_connection_closed(five_tuple);
-    worker.drain_events();
+    worker.handle_connection_closed(five_tuple);
     sink.close();
     let _ = writer_task.await;
 }
@@ -222,7 +217,7 @@ impl StreamSink {
     }
 
     /// Queues an answer to a request; a client that stops reading is cut off at twice the data limit.
-    fn push_control(&self, data: &[u8]) {
+    pub(crate) fn push_control(&self, data: &[u8]) {
         self.push_limited(data, 2 * SINK_LIMIT);
     }
 

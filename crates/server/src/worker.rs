@@ -41,14 +41,16 @@ pub(crate) struct SharedConfig {
     pub connections: Arc<crate::budget::ConnectionBudget>,
     /// One reflection budget per source for the whole server (a spoofer's ports land on every worker).
     pub reflection: Arc<turn::ReflectionGuard>,
-    /// EVEN-PORT reservations: the token may be redeemed from another 5-tuple, hence another worker.
+    /// EVEN-PORT reservations: the token may be redeemed from another 5-tuple, hence another worker. The core owns
+    /// each token and its expiry; ...
     pub reservations: Arc<turn::Reservations>,
-    /// The sockets held for those reservations, by address, with the time they were reserved.
-    pub reserved_sockets: Mutex<HashMap<SocketAddr, (std::net::UdpSocket, Instant)>>,
+    /// ... the I/O layer owns only the socket held for it, by the reserved (advertised) relay address, and closes
+    /// it when the core says so (`Event::ReservationReleased`) or redeems it.
+    pub reserved_sockets: Mutex<HashMap<SocketAddr, std::net::UdpSocket>>,
 }
 
 impl SharedConfig {
-    fn reserved(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, (std::net::UdpSocket, Instant)>> {
+    fn reserved(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, std::net::UdpSocket>> {
         self.reserved_sockets.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -85,7 +87,9 @@ pub(crate) enum ClientRoute {
     Stream(Rc<StreamSink>),
 }
 
+/// An allocation's relay sockets and their tasks, at the allocation's slot in `Worker::relays`.
 struct RelayEntry {
+    id: AllocationId,
     sockets: [Option<Rc<RelaySocket>>; 2],
     tasks: Vec<JoinHandle<()>>,
 }
@@ -106,14 +110,17 @@ struct Buffers {
     replies: Vec<Box<[u8]>>,
 }
 
+/// Fields are private: the `RefCell`s are borrowed only inside `Worker`'s own methods, none of which awaits, so no
+/// borrow can be held across an `.await` by a caller.
 pub(crate) struct Worker {
-    pub shared: Arc<SharedConfig>,
-    pub server: RefCell<turn::Server>,
+    shared: Arc<SharedConfig>,
+    server: RefCell<turn::Server>,
     /// This worker's share of every UDP listener, so an RFC 5780 answer can leave from another one.
     udp: Vec<Rc<Listener>>,
-    relays: RefCell<HashMap<AllocationId, RelayEntry>>,
+    /// Relay sockets by allocation slot ([`AllocationId::slot`]): an index, not a hash look-up, per relayed packet.
+    relays: RefCell<Vec<Option<RelayEntry>>>,
     buffers: RefCell<Buffers>,
-    pub scratch: RefCell<Box<[u8]>>,
+    scratch: RefCell<Box<[u8]>>,
     rng: RefCell<rand::rngs::StdRng>,
 }
 
@@ -160,7 +167,7 @@ pub(crate) fn run(
             shared: shared.clone(),
             server: RefCell::new(server),
             udp,
-            relays: RefCell::new(HashMap::new()),
+            relays: RefCell::new(Vec::new()),
             buffers: RefCell::new(Buffers {
                 slots: (0..BATCH).map(|_| vec![0u8; RELAY_SLOT].into_boxed_slice()).collect(),
                 metas: [RecvMeta::default(); BATCH],
@@ -223,11 +230,6 @@ async fn timer(worker: Rc<Worker>, certs: Arc<CertStore>, worker_zero: bool) {
         }
         worker.server.borrow_mut().handle_timeout(now);
         worker.drain_events();
-        let lifetime = worker.shared.config.turn.reservation_lifetime;
-        worker
-            .shared
-            .reserved()
-            .retain(|_, (_, at)| now.saturating_duration_since(*at) < lifetime);
         if worker_zero && n.is_multiple_of(5) {
             match certs.reload_if_changed() {
                 Some(Ok(())) => tracing::info!("TLS certificate reloaded (file changed)"),
@@ -257,24 +259,74 @@ fn refresh_own_addresses(config: &ServerConfig) {
     }
 }
 
+/// Client → server for one UDP listener: each batch through the state machine, the answers back in one `sendmmsg`.
 async fn udp_listener(worker: Rc<Worker>, listener: Rc<Listener>) {
     let src_ip_needed = listener.local.ip().is_unspecified();
+    drain_forever(&listener.socket, || {
+        let mut bufs = worker.buffers.borrow_mut();
+        let Buffers {
+            slots, metas, replies, ..
+        } = &mut *bufs;
+        let n = udp::recv_batch(listener.socket.get_ref(), slots, 0, metas, src_ip_needed)?;
+        let now = Instant::now();
+        let mut pending: [(usize, SocketAddr, Option<IpAddr>); BATCH] = [(0, listener.local, None); BATCH];
+        let mut count = 0;
+        for (slot, meta) in slots.iter().zip(metas.iter()).take(n) {
+            let Some(data) = slot.get(..meta.len) else { continue };
+            let server_ip = meta.dst_ip.filter(|_| src_ip_needed).unwrap_or(listener.local.ip());
+            let five_tuple = FiveTuple {
+                client: meta.addr,
+                server: SocketAddr::new(server_ip, listener.local.port()),
+                transport: Transport::Udp,
+            };
+            let route = ClientRoute::Udp {
+                listener: listener.clone(),
+                client: meta.addr,
+                src_ip: src_ip_needed.then_some(server_ip),
+            };
+            let Some(out) = replies.get_mut(count) else { break };
+            if let Some(len) = worker.handle_client(now, five_tuple, data, out, &route) {
+                if let Some(p) = pending.get_mut(count) {
+                    *p = (len, meta.addr, src_ip_needed.then_some(server_ip));
+                    count += 1;
+                }
+            }
+        }
+        flush_replies(&listener, replies, pending.get(..count).unwrap_or_default());
+        drop(bufs);
+        worker.drain_events();
+        Ok(n)
+    })
+    .await
+}
+
+/// The loop every UDP socket of a worker runs: wait for readiness, then `receive_batch` (receive up to [`BATCH`]
+/// datagrams and handle them; the number received) until the socket is empty. A short batch means the queue was
+/// empty: readiness is cleared at once instead of paying for a receive that returns `EAGAIN` (`clear_ready` keeps
+/// readiness that arrived meanwhile). After [`FULL_BATCHES_PER_TURN`] full batches the task yields, so a flooded
+/// socket cannot starve the worker's other sockets (whose buffers would overflow: the collapse the benchmark saw
+/// under overload); readiness is still set, so draining goes on right after.
+async fn drain_forever(
+    socket: &AsyncFd<std::net::UdpSocket>,
+    mut receive_batch: impl FnMut() -> std::io::Result<usize>,
+) {
     loop {
-        let Ok(mut ready) = listener.socket.readable().await else {
+        let Ok(mut ready) = socket.readable().await else {
             return;
         };
-        // Drain the socket, BATCH datagrams per system call, replies batched per receive — but at most
-        // FULL_BATCHES_PER_TURN full batches before yielding, so a flooded socket cannot starve the relay sockets'
-        // tasks (whose buffers would overflow: the collapse the benchmark saw under overload).
         let mut full_batches = 0;
         loop {
-            let mut bufs = worker.buffers.borrow_mut();
-            let Buffers {
-                slots, metas, replies, ..
-            } = &mut *bufs;
-            let received = udp::recv_batch(listener.socket.get_ref(), slots, 0, metas, src_ip_needed);
-            let n = match received {
-                Ok(n) => n,
+            match receive_batch() {
+                Ok(n) if n < BATCH => {
+                    ready.clear_ready();
+                    break;
+                }
+                Ok(_) => {
+                    full_batches += 1;
+                    if full_batches >= FULL_BATCHES_PER_TURN {
+                        break;
+                    }
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     ready.clear_ready();
                     break;
@@ -283,47 +335,9 @@ async fn udp_listener(worker: Rc<Worker>, listener: Rc<Listener>) {
                     tracing::debug!(error = %e, "UDP receive error");
                     break;
                 }
-            };
-            let now = Instant::now();
-            let mut pending: [(usize, SocketAddr, Option<IpAddr>); BATCH] = [(0, listener.local, None); BATCH];
-            let mut count = 0;
-            for (slot, meta) in slots.iter().zip(metas.iter()).take(n) {
-                let Some(data) = slot.get(..meta.len) else { continue };
-                let server_ip = meta.dst_ip.filter(|_| src_ip_needed).unwrap_or(listener.local.ip());
-                let five_tuple = FiveTuple {
-                    client: meta.addr,
-                    server: SocketAddr::new(server_ip, listener.local.port()),
-                    transport: Transport::Udp,
-                };
-                let route = ClientRoute::Udp {
-                    listener: listener.clone(),
-                    client: meta.addr,
-                    src_ip: src_ip_needed.then_some(server_ip),
-                };
-                let Some(out) = replies.get_mut(count) else { break };
-                if let Some(len) = worker.handle_client(now, five_tuple, data, out, &route) {
-                    if let Some(p) = pending.get_mut(count) {
-                        *p = (len, meta.addr, src_ip_needed.then_some(server_ip));
-                        count += 1;
-                    }
-                }
-            }
-            flush_replies(&listener, replies, pending.get(..count).unwrap_or_default());
-            drop(bufs);
-            worker.drain_events();
-            // A short batch means the queue was empty: clear readiness now instead of paying for a receive that
-            // returns EAGAIN. (`clear_ready` keeps readiness that arrived meanwhile.)
-            if n < BATCH {
-                ready.clear_ready();
-                break;
-            }
-            full_batches += 1;
-            if full_batches >= FULL_BATCHES_PER_TURN {
-                break;
             }
         }
         if full_batches >= FULL_BATCHES_PER_TURN {
-            // Readiness is still set: after the yield, `readable()` returns at once and draining goes on.
             tokio::task::yield_now().await;
         }
     }
@@ -359,7 +373,7 @@ fn flush_replies(listener: &Listener, replies: &[Box<[u8]>], pending: &[(usize, 
 impl Worker {
     /// Runs one client packet through the state machine and carries out the action. Returns the length of an
     /// answer written into `out`.
-    pub(crate) fn handle_client(
+    fn handle_client(
         self: &Rc<Self>,
         now: Instant,
         five_tuple: FiveTuple,
@@ -397,7 +411,9 @@ impl Worker {
             } => {
                 let relays = self.relays.borrow();
                 let socket = relays
-                    .get(&allocation)
+                    .get(allocation.slot())
+                    .and_then(Option::as_ref)
+                    .filter(|e| e.id == allocation)
                     .and_then(|e| Family::of(&peer).pick(&e.sockets).clone());
                 if let (Some(socket), Some(data)) = (socket, packet.get(payload)) {
                     // One datagram to one peer: a plain send. WouldBlock drops it, as a router would.
@@ -415,17 +431,55 @@ impl Worker {
             ClientAction::BindRelay(request) => {
                 let binding = self.bind_relay(&request);
                 let sockets = binding.as_ref().map(|(_, s)| s.clone());
+                let held = binding.as_ref().and_then(|(b, _)| b.reserved);
                 let (id, reply) =
                     self.server
                         .borrow_mut()
                         .handle_relay_bound(now, five_tuple, binding.map(|(b, _)| b), out);
-                if let (Some(id), Some(sockets)) = (id, sockets) {
-                    self.spawn_relays(id, sockets, route.clone());
-                    tracing::debug!(client = %five_tuple.client, transport = ?five_tuple.transport, "allocation created");
+                match (id, sockets) {
+                    (Some(id), Some(sockets)) => {
+                        self.spawn_relays(id, sockets, route.clone());
+                        tracing::debug!(client = %five_tuple.client, transport = ?five_tuple.transport, "allocation created");
+                    }
+                    // No allocation, so no reservation token names the port+1 socket held for it.
+                    _ => {
+                        if let Some(held) = held {
+                            self.shared.reserved().remove(&held);
+                        }
+                    }
                 }
                 reply
             }
         }
+    }
+
+    pub(crate) fn shared(&self) -> &SharedConfig {
+        &self.shared
+    }
+
+    /// One frame from a TCP/TLS connection: runs it through the state machine, hands an answer to `reply`, and
+    /// carries out what the state machine released. Borrows nothing beyond the call.
+    pub(crate) fn handle_stream_frame(
+        self: &Rc<Self>,
+        now: Instant,
+        five_tuple: FiveTuple,
+        frame: &[u8],
+        route: &ClientRoute,
+        reply: impl FnOnce(&[u8]),
+    ) {
+        {
+            let mut scratch = self.scratch.borrow_mut();
+            if let Some(len) = self.handle_client(now, five_tuple, frame, &mut scratch, route) {
+                reply(scratch.get(..len).unwrap_or_default());
+            }
+        }
+        self.drain_events();
+    }
+
+    /// A stream connection closed: RFC 8656 §7 ties its allocation to it.
+    pub(crate) fn handle_connection_closed(&self, five_tuple: FiveTuple) {
+        self.server.borrow_mut().handle_connection_closed(five_tuple);
+        self.drain_events();
     }
 
     pub(crate) fn has_allocation(&self, five_tuple: &FiveTuple) -> bool {
@@ -438,9 +492,17 @@ impl Worker {
             let event = self.server.borrow_mut().poll_event();
             match event {
                 Some(Event::AllocationClosed(id)) => {
-                    self.relays.borrow_mut().remove(&id);
+                    let mut relays = self.relays.borrow_mut();
+                    if let Some(slot) = relays
+                        .get_mut(id.slot())
+                        .filter(|e| e.as_ref().is_some_and(|e| e.id == id))
+                    {
+                        *slot = None;
+                    }
                 }
-                Some(Event::ReservationReleased(_)) => {}
+                Some(Event::ReservationReleased(relay)) => {
+                    self.shared.reserved().remove(&relay);
+                }
                 None => break,
             }
         }
@@ -452,7 +514,13 @@ impl Worker {
             .flatten()
             .map(|s| spawn_local(relay_loop(self.clone(), id, s.clone(), route.clone())))
             .collect();
-        self.relays.borrow_mut().insert(id, RelayEntry { sockets, tasks });
+        let mut relays = self.relays.borrow_mut();
+        if relays.len() <= id.slot() {
+            relays.resize_with(id.slot() + 1, || None);
+        }
+        if let Some(slot) = relays.get_mut(id.slot()) {
+            *slot = Some(RelayEntry { id, sockets, tasks });
+        }
     }
 
     /// Binds relay sockets for an Allocate: a random port of the range (even, with port+1 held, for EVEN-PORT),
@@ -477,9 +545,12 @@ impl Worker {
                 missing_address = true;
                 continue;
             };
-            let std_socket = match request.reserved_relay {
-                Some(addr) => self.shared.reserved().remove(&addr).map(|(s, _)| s),
-                None => self.bind_in_range(bind_ip, request.even_port, request.reserve_next),
+            let (std_socket, held) = match request.reserved_relay {
+                Some(addr) => (self.shared.reserved().remove(&addr), None),
+                None => match self.bind_in_range(bind_ip, request.even_port, request.reserve_next) {
+                    Some((socket, held)) => (Some(socket), held),
+                    None => (None, None),
+                },
             };
             let Some(std_socket) = std_socket else { continue };
             let Ok(local) = std_socket.local_addr() else { continue };
@@ -492,11 +563,11 @@ impl Worker {
             let advertised = SocketAddr::new(external.unwrap_or(local.ip()), local.port());
             *family.pick_mut(&mut binding.relays) = Some(advertised);
             *family.pick_mut(&mut sockets) = Some(Rc::new(RelaySocket { socket }));
-            if request.reserve_next {
-                let next = SocketAddr::new(local.ip(), local.port().wrapping_add(1));
-                if self.shared.reserved().contains_key(&next) {
-                    binding.reserved = Some(SocketAddr::new(advertised.ip(), next.port()));
-                }
+            if let Some(held) = held {
+                // Keyed by the address the token will name (the advertised one), which the core hands back.
+                let reserved = SocketAddr::new(advertised.ip(), local.port().wrapping_add(1));
+                self.shared.reserved().insert(reserved, held);
+                binding.reserved = Some(reserved);
             }
         }
         // Nothing bound for want of an address of the family is not the same answer as a full port range.
@@ -506,7 +577,13 @@ impl Worker {
         Some((binding, sockets))
     }
 
-    fn bind_in_range(&self, ip: IpAddr, even: bool, reserve_next: bool) -> Option<std::net::UdpSocket> {
+    /// A socket on a random port of the range; with `reserve_next`, an even port and the socket on port+1 too.
+    fn bind_in_range(
+        &self,
+        ip: IpAddr,
+        even: bool,
+        reserve_next: bool,
+    ) -> Option<(std::net::UdpSocket, Option<std::net::UdpSocket>)> {
         let ports = &self.shared.config.relay.ports;
         let mut rng = self.rng.borrow_mut();
         for _ in 0..64 {
@@ -521,11 +598,11 @@ impl Worker {
                 continue;
             };
             if reserve_next {
-                let next = SocketAddr::new(ip, port + 1);
+                let next = SocketAddr::new(ip, port.wrapping_add(1));
                 let Ok(held) = udp::bind(next, false) else { continue };
-                self.shared.reserved().insert(next, (held, Instant::now()));
+                return Some((socket, Some(held)));
             }
-            return Some(socket);
+            return Some((socket, None));
         }
         None
     }
@@ -533,81 +610,57 @@ impl Worker {
 
 /// Peer → client for one relay socket. The future holds no buffer: an idle allocation costs a socket and a task.
 async fn relay_loop(worker: Rc<Worker>, id: AllocationId, relay: Rc<RelaySocket>, route: ClientRoute) {
-    loop {
-        let Ok(mut ready) = relay.socket.readable().await else {
-            return;
-        };
-        let mut full_batches = 0;
-        loop {
-            let mut bufs = worker.buffers.borrow_mut();
-            let Buffers {
-                slots, metas, ranges, ..
-            } = &mut *bufs;
-            let received = udp::recv_batch(relay.socket.get_ref(), slots, turn::PEER_HEADROOM, metas, false);
-            let n = match received {
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    ready.clear_ready();
-                    break;
+    drain_forever(&relay.socket, || {
+        let mut bufs = worker.buffers.borrow_mut();
+        let Buffers {
+            slots, metas, ranges, ..
+        } = &mut *bufs;
+        let n = udp::recv_batch(relay.socket.get_ref(), slots, turn::PEER_HEADROOM, metas, false)?;
+        let now = Instant::now();
+        let mut count = 0;
+        {
+            let mut server = worker.server.borrow_mut();
+            for (slot, meta) in slots.iter_mut().zip(metas.iter()).take(n) {
+                if meta.len > MAX_DATAGRAM {
+                    continue;
                 }
-                Err(_) => break,
-            };
-            let now = Instant::now();
-            let mut count = 0;
-            {
-                let mut server = worker.server.borrow_mut();
-                for (slot, meta) in slots.iter_mut().zip(metas.iter()).take(n) {
-                    if meta.len > MAX_DATAGRAM {
-                        continue;
-                    }
-                    if let Some(fwd) = server.handle_peer(now, id, meta.addr, slot, meta.len) {
-                        if let Some(r) = ranges.get_mut(count) {
-                            *r = (fwd.range.start, fwd.range.end);
-                            count += 1;
-                        }
+                if let Some(fwd) = server.handle_peer(now, id, meta.addr, slot, meta.len) {
+                    if let Some(r) = ranges.get_mut(count) {
+                        *r = (fwd.range.start, fwd.range.end);
+                        count += 1;
                     }
                 }
-            }
-            let mut order = 0;
-            match &route {
-                ClientRoute::Udp {
-                    listener,
-                    client,
-                    src_ip,
-                } => {
-                    let mut out = [OutDatagram {
-                        data: &[],
-                        dst: *client,
-                        src_ip: *src_ip,
-                    }; BATCH];
-                    for (slot, (start, end)) in slots.iter().zip(ranges.iter()).take(count) {
-                        if let (Some(o), Some(data)) = (out.get_mut(order), slot.get(*start..*end)) {
-                            o.data = data;
-                            order += 1;
-                        }
-                    }
-                    udp::try_send_all(listener.socket.get_ref(), out.get(..order).unwrap_or_default());
-                }
-                ClientRoute::Stream(sink) => {
-                    for (slot, (start, end)) in slots.iter().zip(ranges.iter()).take(count) {
-                        if let Some(data) = slot.get(*start..*end) {
-                            sink.push(data);
-                        }
-                    }
-                }
-            }
-            drop(bufs);
-            if n < BATCH {
-                ready.clear_ready();
-                break;
-            }
-            full_batches += 1;
-            if full_batches >= FULL_BATCHES_PER_TURN {
-                break;
             }
         }
-        if full_batches >= FULL_BATCHES_PER_TURN {
-            tokio::task::yield_now().await;
+        match &route {
+            ClientRoute::Udp {
+                listener,
+                client,
+                src_ip,
+            } => {
+                let mut out = [OutDatagram {
+                    data: &[],
+                    dst: *client,
+                    src_ip: *src_ip,
+                }; BATCH];
+                let mut order = 0;
+                for (slot, (start, end)) in slots.iter().zip(ranges.iter()).take(count) {
+                    if let (Some(o), Some(data)) = (out.get_mut(order), slot.get(*start..*end)) {
+                        o.data = data;
+                        order += 1;
+                    }
+                }
+                udp::try_send_all(listener.socket.get_ref(), out.get(..order).unwrap_or_default());
+            }
+            ClientRoute::Stream(sink) => {
+                for (slot, (start, end)) in slots.iter().zip(ranges.iter()).take(count) {
+                    if let Some(data) = slot.get(*start..*end) {
+                        sink.push(data);
+                    }
+                }
+            }
         }
-    }
+        Ok(n)
+    })
+    .await
 }

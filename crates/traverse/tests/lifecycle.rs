@@ -545,3 +545,44 @@ async fn sigterm_closes_signaling_sockets_with_4202_and_exits_0() {
     };
     assert!(status.success(), "exit status {status}; log:\n{}", process.log());
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// EVEN-PORT reservations (RFC 8656 §7.2).
+
+/// An EVEN-PORT allocation with R set holds port+1; another client redeems the token and gets exactly that port —
+/// also behind 1:1 NAT, where the token names the advertised address, not the bound one.
+#[test]
+fn an_even_port_reservation_is_redeemed_by_another_client_behind_one_to_one_nat() {
+    let server = Server::start(&["--user", "alice:pw", "--external-v4", "198.51.100.9"]);
+    let mut first = TurnClient::new(Conn::udp(server.udp), USER, PASSWORD);
+    let granted = first.request(Method::ALLOCATE, |w| {
+        w.add(&Attribute::RequestedTransport(17))?;
+        w.add(&Attribute::EvenPort { reserve: true }).map(|_| ())
+    });
+    assert_eq!(granted.class(), Class::Success, "{}", granted.describe());
+    let relay = granted.address(attr::XOR_RELAYED_ADDRESS).expect("relayed address");
+    assert_eq!(relay.ip().to_string(), "198.51.100.9", "the advertised address");
+    assert_eq!(relay.port() % 2, 0, "an even port");
+    let token: [u8; 8] = match granted.message().decode(attr::RESERVATION_TOKEN) {
+        Some(Ok(Attribute::ReservationToken(t))) => t,
+        other => panic!("no RESERVATION-TOKEN: {other:?}"),
+    };
+    let mut second = TurnClient::new(Conn::udp(server.udp), USER, PASSWORD);
+    let redeemed = second.request(Method::ALLOCATE, |w| {
+        w.add(&Attribute::RequestedTransport(17))?;
+        w.add(&Attribute::ReservationToken(token)).map(|_| ())
+    });
+    assert_eq!(redeemed.class(), Class::Success, "{}", redeemed.describe());
+    assert_eq!(
+        redeemed.address(attr::XOR_RELAYED_ADDRESS),
+        Some(SocketAddr::new(relay.ip(), relay.port() + 1)),
+        "the reserved port+1"
+    );
+    // A token is redeemed once.
+    let mut third = TurnClient::new(Conn::udp(server.udp), USER, PASSWORD);
+    let again = third.request(Method::ALLOCATE, |w| {
+        w.add(&Attribute::RequestedTransport(17))?;
+        w.add(&Attribute::ReservationToken(token)).map(|_| ())
+    });
+    assert_eq!(again.error_code(), Some(508));
+}

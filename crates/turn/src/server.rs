@@ -68,6 +68,14 @@ pub struct AllocationId {
     generation: u32,
 }
 
+impl AllocationId {
+    /// A small dense index (reused after the allocation ends, with a new generation): callers keep per-allocation
+    /// state in a `Vec` at this index instead of a map, and check the id on look-up.
+    pub fn slot(&self) -> usize {
+        self.index as usize
+    }
+}
+
 /// Address families, as indices into per-family arrays.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Family {
@@ -179,8 +187,9 @@ pub struct PeerForward {
 pub enum Event {
     /// Close the allocation's relay sockets.
     AllocationClosed(AllocationId),
-    /// Close the socket held for this reservation token.
-    ReservationReleased([u8; 8]),
+    /// Close the socket held for this reserved relay address (its token expired, or was redeemed by an Allocate
+    /// that was then refused). The caller holds the socket; this core holds the token and its expiry.
+    ReservationReleased(SocketAddr),
 }
 
 /// Counters for metrics; plain integers because each worker owns its server.
@@ -269,12 +278,13 @@ impl Reservations {
         self.lock().values().map(|r| r.expires).min()
     }
 
-    fn expire(&self, now: Instant) -> Vec<[u8; 8]> {
+    /// Forgets expired tokens; returns the relay addresses they held.
+    fn expire(&self, now: Instant) -> Vec<SocketAddr> {
         let mut expired = Vec::new();
-        self.lock().retain(|token, r| {
+        self.lock().retain(|_, r| {
             let keep = r.expires > now;
             if !keep {
-                expired.push(*token);
+                expired.push(r.relay);
             }
             keep
         });
@@ -813,8 +823,8 @@ impl<R: RngCore> Server<R> {
                 keep
             });
         }
-        for token in self.reservations.expire(now) {
-            self.events.push_back(Event::ReservationReleased(token));
+        for relay in self.reservations.expire(now) {
+            self.events.push_back(Event::ReservationReleased(relay));
         }
         self.responses.expire(now);
     }
@@ -1314,7 +1324,12 @@ impl<R: RngCore> Server<R> {
                 _ => return Outcome::Err(reject(508, "Insufficient Capacity")),
             }
         }
-        match self.quotas.acquire(&username, Source::of(five_tuple.client.ip())) {
+        let acquired = self.quotas.acquire(&username, Source::of(five_tuple.client.ip()));
+        if let (Err(_), Some(relay)) = (acquired, reserved_relay) {
+            // The token was redeemed and the Allocate refused: the held socket is no one's any more.
+            self.events.push_back(Event::ReservationReleased(relay));
+        }
+        match acquired {
             Ok(()) => {}
             // RFC 8656 §18: 486 means "no more allocations using this username" (or from this source); a
             // server-wide limit is capacity.

@@ -532,11 +532,43 @@ fn even_port_reservation_is_redeemed_once_or_released_after_30_s() {
     );
     assert!(matches!(action, ClientAction::BindRelay(_)));
     let (_, reply) = h.bind_with(h.at(0), a.five_tuple, Some(binding));
-    let Some(Attribute::ReservationToken(token)) = attribute(&parse(&reply), attr::RESERVATION_TOKEN) else {
-        panic!("no RESERVATION-TOKEN")
-    };
+    assert!(attribute(&parse(&reply), attr::RESERVATION_TOKEN).is_some());
     h.server.handle_timeout(h.at(29));
     assert_eq!(h.events(), vec![]);
     h.server.handle_timeout(h.at(30));
-    assert_eq!(h.events(), vec![Event::ReservationReleased(token)]);
+    // The caller is told which held socket to close.
+    assert_eq!(h.events(), vec![Event::ReservationReleased(reserved)]);
+}
+
+/// A token redeemed by an Allocate that the quota then refuses: the held socket is released at once, not leaked.
+#[test]
+fn a_redeemed_reservation_refused_by_the_quota_is_released() {
+    let mut h = Harness::with(Config::default(), Quotas::new(1, 0));
+    let mut a = Client::alice();
+    let (action, _) = a.request(
+        &mut h,
+        secs(0),
+        Method::ALLOCATE,
+        &[Attribute::RequestedTransport(17), Attribute::EvenPort { reserve: true }],
+    );
+    assert!(matches!(action, ClientAction::BindRelay(_)));
+    let reserved = addr("192.0.2.1:50001");
+    let binding = RelayBinding {
+        relays: [Some(addr("192.0.2.1:50000")), None],
+        reserved: Some(reserved),
+    };
+    let (_, reply) = h.bind_with(h.at(0), a.five_tuple, Some(binding));
+    let Some(Attribute::ReservationToken(token)) = attribute(&parse(&reply), attr::RESERVATION_TOKEN) else {
+        panic!("no RESERVATION-TOKEN")
+    };
+    // The server-wide quota of one is taken: the redeeming Allocate gets 508, and the held socket is released.
+    let mut b = Client::new("203.0.113.11:50000", "bob", "builder");
+    let reply = b.answer(
+        &mut h,
+        secs(1),
+        Method::ALLOCATE,
+        &[Attribute::RequestedTransport(17), Attribute::ReservationToken(token)],
+    );
+    assert_error(&reply, Method::ALLOCATE, 508);
+    assert_eq!(h.events(), vec![Event::ReservationReleased(reserved)]);
 }
