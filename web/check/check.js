@@ -39,7 +39,10 @@ export const TIMEOUTS = Object.freeze({
 /** Echo messages per relay loopback. */
 export const ECHOES = 20;
 
-/** RTT thresholds in ms used by others (good / fair / poor). */
+/**
+ * Upper bounds of good / fair / poor round trips, ms. The doctor's `quality::RTT_MS` (crates/doctor/src/quality.rs)
+ * is the definition; a test there fails when these differ.
+ */
 const RTT_LEVELS = [100, 250, 400];
 
 /** Reject after `ms` with a message naming what was awaited. */
@@ -653,7 +656,7 @@ export function verdict(r) {
     advice.push({
       text: `Round trip to the server: ${Math.round(rtt)} ms (${q}).` +
         (q === 'poor' || q === 'bad' ? ' Calls will feel laggy; a nearer server would help.' : ''),
-      term: 'good ≤ 100 ms, fair ≤ 250 ms, poor ≤ 400 ms',
+      term: `good ≤ ${RTT_LEVELS[0]} ms, fair ≤ ${RTT_LEVELS[1]} ms, poor ≤ ${RTT_LEVELS[2]} ms`,
     });
     if ((q === 'poor' || q === 'bad') && level === 'ok') level = 'warn';
   }

@@ -73,6 +73,17 @@ pub enum Transport {
     Tls,
 }
 
+impl Transport {
+    /// For people: `UDP`, `TCP`, `TLS`.
+    pub fn word(self) -> &'static str {
+        match self {
+            Transport::Udp => "UDP",
+            Transport::Tcp => "TCP",
+            Transport::Tls => "TLS",
+        }
+    }
+}
+
 /// One `stun:`/`turn:`/`turns:` URL.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct IceUrl {

@@ -1,9 +1,13 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing))]
 //! `traverse doctor <server>`: tells in plain words why a WebRTC connection fails on this network.
 //!
-//! Model: a sans-IO core — the NAT classifier ([`nat`]) and the verdict rules ([`verdict`]) are pure functions of
-//! what was observed, unit tested with tables — driven by an I/O layer ([`checks`]) that runs the probes over real
-//! sockets, each under its own deadline, independent ones at once, with a live progress display on stderr.
+//! Model: a sans-IO core — the NAT classifier ([`nat`]), the verdict rules ([`verdict`]) and the quality grades
+//! ([`quality`]) are pure functions of what was observed, unit tested with tables — driven by an I/O layer
+//! ([`checks`], a module per check) that runs the probes over real sockets, each under its own deadline, independent
+//! ones at once, with a live progress display on stderr.
+//!
+//! Data flow, one way: the checks return typed [`facts::Facts`] (each failure a [`CheckError`]) → the verdict is
+//! decided from them → the [`report::Report`] is built last from the facts and the verdict, for JSON and text.
 //!
 //! Contract: [`run`] returns the process exit code — 0 when something works (signaling or some TURN transport),
 //! 2 when nothing does; usage errors are [`Error`]s (exit 1 at the edge). `--json` prints the [`report::Report`]
@@ -12,10 +16,12 @@
 pub mod checks;
 pub mod client;
 pub mod error;
+pub mod facts;
 pub mod http;
 pub mod ice;
 pub mod nat;
 pub mod progress;
+pub mod quality;
 pub mod report;
 pub mod tls;
 pub mod verdict;
@@ -170,7 +176,9 @@ pub fn run(args: Args) -> Result<i32, Error> {
         .enable_all()
         .build()
         .map_err(Error::Runtime)?;
-    let report = runtime.block_on(checks::run_all(settings, progress));
+    let facts = runtime.block_on(checks::run_all(settings, progress));
+    let verdict = verdict::verdict(&facts);
+    let report = report::Report::new(&facts, verdict);
     let mut out = std::io::stdout().lock();
     if args.json {
         let text = serde_json::to_string_pretty(&report).map_err(|e| Error::Output(e.to_string()))?;

@@ -75,6 +75,15 @@ impl Finding {
             _ => None,
         }
     }
+
+    /// The JSON `result`: the behaviour's term, `inconclusive` or `not-tested`.
+    pub fn result_word(&self) -> &'static str {
+        match self {
+            Finding::Known(b) => b.term(),
+            Finding::OneOf(_) | Finding::Inconclusive(_) => "inconclusive",
+            Finding::NotTested => "not-tested",
+        }
+    }
 }
 
 /// The mapped address one local socket got from one server address.

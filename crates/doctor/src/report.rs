@@ -1,12 +1,20 @@
-//! What the checks found, as data: serialised as-is for `--json` (field names are stable, see docs/doctor.md) and
-//! rendered as text for people.
+//! The report, built last from the typed [`Facts`] and the [`Verdict`] decided from them: serialised as-is for
+//! `--json` (field names are stable, see docs/doctor.md) and rendered as text for people. Nothing here feeds back
+//! into the verdict.
+
+use std::time::Duration;
 
 use serde::Serialize;
 
 use crate::error::CheckError;
+use crate::facts::{
+    Facts, IceServersFact, Ipv6Fact, NatFact, RelayFact, SignalingFact, StunFact, ThroughputFact, Timed, TurnFact,
+};
+use crate::ice::{IceUrl, Transport};
 use crate::nat::{Behavior, Classification, Finding, NatPresence};
+use crate::quality::Grades;
 use crate::tls::CertInfo;
-use crate::verdict::Verdict;
+use crate::verdict::{Chance, Verdict};
 
 /// Schema version of the JSON report.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -25,20 +33,25 @@ pub struct Outcome {
     pub error: Option<String>,
 }
 
+/// Milliseconds, for JSON.
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 impl Outcome {
-    pub fn of<T>(result: &Result<T, CheckError>, ms: u64) -> Outcome {
-        match result {
+    pub fn of<T>(step: &Timed<T>) -> Outcome {
+        match &step.result {
             Ok(_) => Outcome {
                 ok: true,
-                ms,
+                ms: ms(step.took),
                 error_code: None,
                 error: None,
             },
-            Err(e) => Outcome::failed(e, ms),
+            Err(e) => Outcome::failed(e, ms(step.took)),
         }
     }
 
-    pub fn failed(e: &CheckError, ms: u64) -> Outcome {
+    fn failed(e: &CheckError, ms: u64) -> Outcome {
         Outcome {
             ok: false,
             ms,
@@ -69,6 +82,20 @@ impl SignalingCheck {
     }
 }
 
+impl From<&SignalingFact> for SignalingCheck {
+    fn from(f: &SignalingFact) -> Self {
+        SignalingCheck {
+            url: f.url.clone(),
+            port: f.port,
+            tls: f.tls,
+            primary: f.primary,
+            http: Outcome::of(&f.http),
+            websocket: Outcome::of(&f.websocket),
+            certificate: f.certificate.clone(),
+        }
+    }
+}
+
 /// Where the STUN/TURN addresses came from.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct IceServersCheck {
@@ -78,6 +105,18 @@ pub struct IceServersCheck {
     pub stun: Vec<String>,
     pub turn: Vec<String>,
     pub has_credential: bool,
+}
+
+impl From<&IceServersFact> for IceServersCheck {
+    fn from(f: &IceServersFact) -> Self {
+        IceServersCheck {
+            source: f.source.word(),
+            fetch: f.fetch.as_ref().map(Outcome::of),
+            stun: f.stun.iter().map(IceUrl::label).collect(),
+            turn: f.turn.iter().map(IceUrl::label).collect(),
+            has_credential: f.has_credential,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -99,10 +138,25 @@ pub struct StunCheck {
     pub other_address: Option<String>,
 }
 
+impl From<&StunFact> for StunCheck {
+    fn from(f: &StunFact) -> Self {
+        let binding = f.binding.result.as_ref().ok();
+        StunCheck {
+            url: f.url.label(),
+            outcome: Outcome::of(&f.binding),
+            server: f.server.map(|a| a.to_string()),
+            local: binding.map(|b| b.local.to_string()),
+            mapped: binding.map(|b| b.mapped.to_string()),
+            rtt_ms: binding.map(|b| b.rtt.as_secs_f64() * 1e3),
+            other_address: binding.and_then(|b| b.other_address).map(|a| a.to_string()),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct TurnCheck {
     pub url: String,
-    pub transport: crate::ice::Transport,
+    pub transport: Transport,
     pub port: u16,
     /// Added by the doctor (TURN over TLS on 443, the single port), not announced by the server.
     pub probe: bool,
@@ -116,9 +170,23 @@ pub struct TurnCheck {
     pub lifetime_s: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub certificate: Option<CertInfo>,
-    /// The failure as a kind, for the verdict.
-    #[serde(skip)]
-    pub cause: Option<CheckError>,
+}
+
+impl From<&TurnFact> for TurnCheck {
+    fn from(f: &TurnFact) -> Self {
+        let allocation = f.allocation.result.as_ref().ok();
+        TurnCheck {
+            url: f.url.label(),
+            transport: f.url.transport,
+            port: f.url.port,
+            probe: f.probe,
+            outcome: Outcome::of(&f.allocation),
+            relayed: allocation.map(|a| a.relayed.to_string()),
+            mapped: allocation.and_then(|a| a.mapped).map(|m| m.to_string()),
+            lifetime_s: allocation.and_then(|a| a.lifetime),
+            certificate: f.certificate.clone(),
+        }
+    }
 }
 
 /// One RFC 4787 finding in JSON: `result` is a behaviour, `inconclusive` or `not-tested`.
@@ -134,12 +202,12 @@ impl From<&Finding> for FindingJson {
     fn from(f: &Finding) -> Self {
         match f {
             Finding::Known(b) => FindingJson {
-                result: b.term(),
+                result: f.result_word(),
                 candidates: vec![*b],
                 reason: None,
             },
             Finding::OneOf(list) => FindingJson {
-                result: "inconclusive",
+                result: f.result_word(),
                 candidates: list.clone(),
                 reason: Some(format!(
                     "could be {}",
@@ -147,12 +215,12 @@ impl From<&Finding> for FindingJson {
                 )),
             },
             Finding::Inconclusive(why) => FindingJson {
-                result: "inconclusive",
+                result: f.result_word(),
                 candidates: Behavior::ALL.to_vec(),
                 reason: Some(why.clone()),
             },
             Finding::NotTested => FindingJson {
-                result: "not-tested",
+                result: f.result_word(),
                 candidates: Behavior::ALL.to_vec(),
                 reason: None,
             },
@@ -172,8 +240,39 @@ pub struct NatCheck {
     pub notes: Vec<String>,
     /// What the probes saw, for the curious.
     pub probes: Vec<String>,
+    /// For the text rendering.
     #[serde(skip)]
     pub classification: Option<Classification>,
+}
+
+impl From<Option<&NatFact>> for NatCheck {
+    fn from(f: Option<&NatFact>) -> Self {
+        let Some(f) = f else {
+            return NatCheck {
+                method: "none",
+                nat: NatPresence::Unknown,
+                mapping: FindingJson::from(&Finding::NotTested),
+                filtering: FindingJson::from(&Finding::NotTested),
+                port_preservation: None,
+                hairpin: None,
+                notes: vec!["no STUN server over UDP to probe with".into()],
+                probes: Vec::new(),
+                classification: None,
+            };
+        };
+        let c = &f.classification;
+        NatCheck {
+            method: f.method.word(),
+            nat: c.nat,
+            mapping: FindingJson::from(&c.mapping),
+            filtering: FindingJson::from(&c.filtering),
+            port_preservation: c.port_preservation,
+            hairpin: c.hairpin,
+            notes: c.notes.clone(),
+            probes: f.probes.clone(),
+            classification: Some(c.clone()),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -187,56 +286,25 @@ pub struct Ipv6Check {
     pub mapped: Option<String>,
 }
 
-/// Good / fair / poor / bad by the field-notes thresholds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Quality {
-    Good,
-    Fair,
-    Poor,
-    Bad,
-}
-
-impl Quality {
-    /// `thresholds` = (good, fair, poor) upper bounds.
-    pub fn grade(value: f64, thresholds: (f64, f64, f64)) -> Quality {
-        if value <= thresholds.0 {
-            Quality::Good
-        } else if value <= thresholds.1 {
-            Quality::Fair
-        } else if value <= thresholds.2 {
-            Quality::Poor
-        } else {
-            Quality::Bad
+impl From<&Ipv6Fact> for Ipv6Check {
+    fn from(f: &Ipv6Fact) -> Self {
+        Ipv6Check {
+            host_has_global: !f.addresses.is_empty(),
+            addresses: f.addresses.iter().map(ToString::to_string).collect(),
+            server_has_ipv6: f.server_has_ipv6,
+            stun: f.stun.as_ref().map(Outcome::of),
+            mapped: f
+                .stun
+                .as_ref()
+                .and_then(|t| t.result.as_ref().ok())
+                .map(ToString::to_string),
         }
     }
-
-    pub fn word(self) -> &'static str {
-        match self {
-            Quality::Good => "good",
-            Quality::Fair => "fair",
-            Quality::Poor => "poor",
-            Quality::Bad => "bad",
-        }
-    }
-}
-
-/// Field notes: RTT 100/250/400 ms, jitter 5/10/30 ms, loss 1/3/8 %.
-pub const RTT_MS: (f64, f64, f64) = (100.0, 250.0, 400.0);
-pub const JITTER_MS: (f64, f64, f64) = (5.0, 10.0, 30.0);
-pub const LOSS_PERCENT: (f64, f64, f64) = (1.0, 3.0, 8.0);
-
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct QualityJson {
-    pub rtt: Quality,
-    pub jitter: Quality,
-    pub loss: Quality,
-    pub overall: Quality,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct RelayCheck {
-    pub transport: Option<crate::ice::Transport>,
+    pub transport: Transport,
     #[serde(flatten)]
     pub outcome: Outcome,
     pub sent: u32,
@@ -246,7 +314,24 @@ pub struct RelayCheck {
     pub rtt_p95_ms: Option<f64>,
     pub rtt_max_ms: Option<f64>,
     pub jitter_ms: Option<f64>,
-    pub quality: Option<QualityJson>,
+    pub quality: Option<Grades>,
+}
+
+impl From<&RelayFact> for RelayCheck {
+    fn from(f: &RelayFact) -> Self {
+        RelayCheck {
+            transport: f.transport,
+            outcome: Outcome::of(&f.outcome),
+            sent: f.sent,
+            received: f.received,
+            loss_percent: f.loss_percent,
+            rtt_p50_ms: f.rtt.p50,
+            rtt_p95_ms: f.rtt.p95,
+            rtt_max_ms: f.rtt.max,
+            jitter_ms: f.rtt.jitter,
+            quality: f.quality(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -258,6 +343,19 @@ pub struct ThroughputCheck {
     pub bytes_received: u64,
     pub mbit_per_s: f64,
     pub loss_percent: f64,
+}
+
+impl From<&ThroughputFact> for ThroughputCheck {
+    fn from(f: &ThroughputFact) -> Self {
+        ThroughputCheck {
+            outcome: Outcome::of(&f.outcome),
+            seconds: f.seconds,
+            bytes_sent: f.bytes_sent,
+            bytes_received: f.bytes_received,
+            mbit_per_s: f.mbit_per_s,
+            loss_percent: f.loss_percent,
+        }
+    }
 }
 
 /// The whole report.
@@ -326,6 +424,24 @@ fn finding_words(f: &Finding) -> String {
 }
 
 impl Report {
+    /// The report of `facts`, with the verdict decided from them.
+    pub fn new(facts: &Facts, verdict: Verdict) -> Report {
+        Report {
+            schema: SCHEMA_VERSION,
+            server: facts.server.clone(),
+            exit_code: if verdict.something_works { 0 } else { 2 },
+            signaling: facts.signaling.iter().map(SignalingCheck::from).collect(),
+            ice_servers: IceServersCheck::from(&facts.ice_servers),
+            stun: facts.stun.iter().map(StunCheck::from).collect(),
+            turn: facts.turn.iter().map(TurnCheck::from).collect(),
+            nat: NatCheck::from(facts.nat.as_ref()),
+            ipv6: Ipv6Check::from(&facts.ipv6),
+            relay: facts.relay.as_ref().map(RelayCheck::from),
+            throughput: facts.throughput.as_ref().map(ThroughputCheck::from),
+            verdict,
+        }
+    }
+
     /// The report for people.
     pub fn render(&self, style: Style) -> String {
         use std::fmt::Write;
@@ -356,9 +472,9 @@ impl Report {
         );
         for row in &self.verdict.direct {
             let chance = match row.chance {
-                crate::verdict::Chance::Likely => style.ok("likely"),
-                crate::verdict::Chance::Unlikely => style.bad("unlikely — needs TURN"),
-                crate::verdict::Chance::Uncertain => style.warn("uncertain"),
+                Chance::Likely => style.ok("likely"),
+                Chance::Unlikely => style.bad("unlikely — needs TURN"),
+                Chance::Uncertain => style.warn("uncertain"),
             };
             let _ = writeln!(o, "  {:<54} {chance}", row.peer);
             let _ = writeln!(o, "      {}", row.term);
@@ -465,7 +581,7 @@ impl Report {
                     o,
                     "  {} relay round trip over {}: {}/{} back, loss {:.1} %, RTT p50 {:.1} ms, jitter {:.1} ms — {q}",
                     mark(style, true),
-                    r.transport.map(transport_word).unwrap_or("?"),
+                    r.transport.word(),
                     r.received,
                     r.sent,
                     r.loss_percent,
@@ -494,14 +610,6 @@ impl Report {
     }
 }
 
-pub fn transport_word(t: crate::ice::Transport) -> &'static str {
-    match t {
-        crate::ice::Transport::Udp => "UDP",
-        crate::ice::Transport::Tcp => "TCP",
-        crate::ice::Transport::Tls => "TLS",
-    }
-}
-
 fn outcome_words(o: &Outcome) -> String {
     if o.ok {
         format!("ok ({} ms)", o.ms)
@@ -524,21 +632,5 @@ fn cert_words(c: &CertInfo) -> String {
             " [certificate not trusted: {}{days}]",
             c.problem.clone().unwrap_or_default()
         )
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn quality_thresholds() {
-        assert_eq!(Quality::grade(100.0, RTT_MS), Quality::Good);
-        assert_eq!(Quality::grade(100.1, RTT_MS), Quality::Fair);
-        assert_eq!(Quality::grade(300.0, RTT_MS), Quality::Poor);
-        assert_eq!(Quality::grade(401.0, RTT_MS), Quality::Bad);
-        assert_eq!(Quality::grade(0.0, LOSS_PERCENT), Quality::Good);
-        assert_eq!(Quality::grade(9.0, LOSS_PERCENT), Quality::Bad);
-        assert_eq!(Quality::grade(7.0, JITTER_MS), Quality::Fair);
     }
 }

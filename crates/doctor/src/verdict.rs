@@ -1,5 +1,5 @@
-//! The verdict: from the facts to plain words, with the RFC terms beside. Pure functions of [`Facts`], so every
-//! rule has a unit test.
+//! The verdict: from the typed facts to plain words, with the RFC terms beside. Pure functions of [`Facts`] (the
+//! checks' results with their [`CheckError`]s, never their words), so every rule has a unit test.
 //!
 //! Direct connection rule (two peers running ICE, both sending at once): a packet from the peer gets through our
 //! NAT if our filtering is endpoint-independent or address-dependent (we sent to the peer's IP), or if the peer's
@@ -9,51 +9,10 @@
 use serde::Serialize;
 
 use crate::error::CheckError;
+use crate::facts::{Facts, SignalingFact, TurnFact};
 use crate::ice::Transport;
-use crate::nat::{Behavior, Finding, NatPresence};
-
-/// What the verdict is computed from: a condensed view of the report.
-#[derive(Debug, Clone, Default)]
-pub struct Facts {
-    /// Some signaling endpoint answered HTTP and the WebSocket upgrade.
-    pub signaling_ok: bool,
-    /// Every signaling endpoint failed because nothing answered (refused, timeout, DNS).
-    pub signaling_unreachable: bool,
-    /// The first signaling error, in words.
-    pub signaling_error: Option<String>,
-    /// An HTTPS endpoint answered with a certificate a browser refuses (and why).
-    pub certificate_problem: Option<String>,
-    pub certificate_self_signed: bool,
-    pub certificate_days_left: Option<i64>,
-    /// The ice-servers fetch failed with this error.
-    pub ice_servers_error: Option<CheckError>,
-    /// Some STUN server was configured / answered over UDP.
-    pub stun_tested: bool,
-    pub stun_ok: bool,
-    /// TURN results: (transport, port, announced by the server, result).
-    pub turn: Vec<TurnFact>,
-    pub nat: NatPresence,
-    pub mapping: Option<Finding>,
-    pub filtering: Option<Finding>,
-    pub relay_ok: Option<bool>,
-    pub relay_quality: Option<crate::report::Quality>,
-    pub relay_loss_percent: Option<f64>,
-}
-
-#[derive(Debug, Clone)]
-pub struct TurnFact {
-    pub transport: Transport,
-    pub port: u16,
-    pub announced: bool,
-    pub error: Option<CheckError>,
-    pub cert_self_signed: bool,
-}
-
-impl TurnFact {
-    fn ok(&self) -> bool {
-        self.error.is_none()
-    }
-}
+use crate::nat::{Behavior, Finding};
+use crate::quality::Quality;
 
 /// How likely a direct connection is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -182,12 +141,8 @@ fn transport_of(turn: &[TurnFact], pick: impl Fn(&TurnFact) -> bool) -> Option<b
 
 /// Plain words for why a TURN transport failed.
 pub fn turn_cause(t: &TurnFact) -> Option<String> {
-    let e = t.error.as_ref()?;
-    let what = format!(
-        "TURN over {} on port {}",
-        crate::report::transport_word(t.transport),
-        t.port
-    );
+    let e = t.error()?;
+    let what = format!("TURN over {} on port {}", t.transport().word(), t.port());
     Some(match e {
         CheckError::AuthRejected(_) => format!(
             "{what}: the server refused the credential (401 Unauthorized) — wrong password, or a REST credential \
@@ -207,66 +162,120 @@ pub fn turn_cause(t: &TurnFact) -> Option<String> {
     })
 }
 
+/// What the signaling endpoints tell, primary first.
+struct Signaling<'a> {
+    /// Some endpoint answered HTTP and the WebSocket upgrade.
+    ok: bool,
+    /// Every endpoint failed because nothing answered (refused, timeout, unreachable, DNS).
+    unreachable: bool,
+    /// The first failure, after the first endpoint's URL.
+    error: Option<String>,
+    /// The first certificate a browser refuses.
+    untrusted: Option<&'a crate::tls::CertInfo>,
+    days_left: Option<i64>,
+}
+
+impl<'a> Signaling<'a> {
+    fn of(list: &'a [SignalingFact]) -> Signaling<'a> {
+        let primary_first: Vec<&SignalingFact> = list
+            .iter()
+            .filter(|c| c.primary)
+            .chain(list.iter().filter(|c| !c.primary))
+            .collect();
+        let first_url = primary_first.first().map(|c| c.url.as_str()).unwrap_or_default();
+        Signaling {
+            ok: list.iter().any(SignalingFact::ok),
+            unreachable: !list.is_empty() && list.iter().all(SignalingFact::unreachable),
+            error: primary_first
+                .iter()
+                .find_map(|c| c.error())
+                .map(|e| format!("{first_url}: {e}")),
+            untrusted: primary_first
+                .iter()
+                .find_map(|c| c.certificate.as_ref().filter(|c| !c.trusted)),
+            days_left: primary_first
+                .iter()
+                .find_map(|c| c.certificate.as_ref().and_then(|c| c.days_to_expiry)),
+        }
+    }
+
+    /// Why browsers refuse the certificate.
+    fn certificate_problem(&self) -> Option<String> {
+        self.untrusted.map(|c| {
+            if c.self_signed {
+                "self-signed".to_owned()
+            } else {
+                c.problem.clone().unwrap_or_default()
+            }
+        })
+    }
+}
+
 /// The verdict.
 pub fn verdict(f: &Facts) -> Verdict {
     let mut causes = Vec::new();
     let mut advice = Vec::new();
-    let turn_udp = transport_of(&f.turn, |t| t.transport == Transport::Udp);
-    let turn_tcp = transport_of(&f.turn, |t| t.transport == Transport::Tcp);
-    let turn_tls = transport_of(&f.turn, |t| t.transport == Transport::Tls && t.port != 443);
+    let signaling = Signaling::of(&f.signaling);
+    let certificate_problem = signaling.certificate_problem();
+    let certificate_self_signed = signaling.untrusted.is_some_and(|c| c.self_signed);
+    let stun_tested = !f.stun.is_empty();
+    let stun_ok = f.stun.iter().any(|s| s.binding.ok());
+    let turn_udp = transport_of(&f.turn, |t| t.transport() == Transport::Udp);
+    let turn_tcp = transport_of(&f.turn, |t| t.transport() == Transport::Tcp);
+    let turn_tls = transport_of(&f.turn, |t| t.transport() == Transport::Tls && t.port() != 443);
     // A 443 probe the server did not announce that nothing answered means "not offered", not "blocked".
     let probe_unanswered =
-        |t: &TurnFact| !t.announced && matches!(t.error, Some(CheckError::Refused | CheckError::Timeout(_)));
+        |t: &TurnFact| t.probe && matches!(t.error(), Some(CheckError::Refused | CheckError::Timeout(_)));
     let turn_443 = transport_of(&f.turn, |t| {
-        t.transport == Transport::Tls && t.port == 443 && !probe_unanswered(t)
+        t.transport() == Transport::Tls && t.port() == 443 && !probe_unanswered(t)
     });
-    let probed_443 = f.turn.iter().any(|t| t.port == 443 && probe_unanswered(t));
+    let probed_443 = f.turn.iter().any(|t| t.port() == 443 && probe_unanswered(t));
     let any_turn = f.turn.iter().any(TurnFact::ok);
-    let something_works = f.signaling_ok || any_turn;
-    let udp_ok = if f.stun_tested { Some(f.stun_ok) } else { turn_udp };
+    let something_works = signaling.ok || any_turn;
+    let udp_ok = if stun_tested { Some(stun_ok) } else { turn_udp };
 
     // Signaling.
-    if !f.signaling_ok {
-        if f.signaling_unreachable {
+    if !signaling.ok {
+        if signaling.unreachable {
             causes.push(format!(
                 "The server is unreachable from here: {}.",
-                f.signaling_error.clone().unwrap_or_else(|| "no answer".into())
+                signaling.error.clone().unwrap_or_else(|| "no answer".into())
             ));
             advice.push(
                 "Check the address and that the server runs; if it does, a firewall on this network or in front of \
                  the server blocks it — serve signaling on 443 (single port) so it passes."
                     .to_owned(),
             );
-        } else if let Some(p) = &f.certificate_problem {
+        } else if let Some(p) = &certificate_problem {
             causes.push(format!(
                 "The signaling server's certificate is refused by browsers: {p}."
             ));
         } else {
             causes.push(format!(
                 "Signaling does not work: {}.",
-                f.signaling_error.clone().unwrap_or_else(|| "unknown error".into())
+                signaling.error.clone().unwrap_or_else(|| "unknown error".into())
             ));
         }
     }
-    if f.certificate_self_signed {
+    if certificate_self_signed {
         advice.push(
             "The certificate is self-signed: browsers refuse it (wss:// and turns://). Give the server a real \
              certificate (tls.cert and tls.key), e.g. from Let's Encrypt. Run with --insecure to test the rest anyway."
                 .to_owned(),
         );
-    } else if let Some(p) = &f.certificate_problem {
+    } else if let Some(p) = &certificate_problem {
         advice.push(format!(
             "Fix the certificate ({p}); run with --insecure to test the rest anyway."
         ));
     }
-    if let Some(days) = f.certificate_days_left {
+    if let Some(days) = signaling.days_left {
         if days < 0 {
             causes.push(format!("The certificate expired {} days ago.", -days));
         } else if days < 14 {
             advice.push(format!("The certificate expires in {days} days: renew it."));
         }
     }
-    match &f.ice_servers_error {
+    match f.ice_servers.fetch.as_ref().and_then(|t| t.error()) {
         Some(CheckError::Http { status: 401 | 403, .. }) => {
             causes.push("The server wants a token for /api/ice-servers.".to_owned());
             advice.push(
@@ -274,23 +283,22 @@ pub fn verdict(f: &Facts) -> Verdict {
                     .to_owned(),
             );
         }
-        Some(e) if f.signaling_ok => causes.push(format!("Could not get the ICE servers: {e}.")),
+        Some(e) if signaling.ok => causes.push(format!("Could not get the ICE servers: {e}.")),
         _ => {}
     }
 
     // Transports.
     for t in &f.turn {
         if let Some(c) = turn_cause(t) {
-            if t.announced || !matches!(t.error, Some(CheckError::Refused | CheckError::Timeout(_))) {
+            if !t.probe || !matches!(t.error(), Some(CheckError::Refused | CheckError::Timeout(_))) {
                 causes.push(format!("{c}."));
             }
         }
     }
-    let tls_self_signed = f
-        .turn
-        .iter()
-        .any(|t| t.ok() && t.transport == Transport::Tls && t.cert_self_signed);
-    if tls_self_signed && !f.certificate_self_signed {
+    let tls_self_signed = f.turn.iter().any(|t| {
+        t.ok() && t.transport() == Transport::Tls && t.certificate.as_ref().is_some_and(|c| c.self_signed || !c.trusted)
+    });
+    if tls_self_signed && !certificate_self_signed {
         advice.push(
             "TURN over TLS works but with a self-signed certificate, which browsers refuse: install a real \
              certificate."
@@ -327,7 +335,7 @@ pub fn verdict(f: &Facts) -> Verdict {
                 .to_owned(),
         );
     }
-    if f.turn.is_empty() && f.signaling_ok {
+    if f.turn.is_empty() && signaling.ok {
         causes.push("No TURN server was tested: peers behind symmetric NATs or blocked UDP will fail.".to_owned());
         advice.push(
             "Configure TURN (the server's /api/ice-servers should list turn: URLs with a credential).".to_owned(),
@@ -335,8 +343,9 @@ pub fn verdict(f: &Facts) -> Verdict {
     }
 
     // NAT.
-    let mapping = f.mapping.clone().unwrap_or(Finding::NotTested);
-    let filtering = f.filtering.clone().unwrap_or(Finding::NotTested);
+    let classification = f.nat.as_ref().map(|n| &n.classification);
+    let mapping = classification.map_or(Finding::NotTested, |c| c.mapping.clone());
+    let filtering = classification.map_or(Finding::NotTested, |c| c.filtering.clone());
     let direct = direct_table(udp_ok, &mapping, &filtering);
     if mapping.known() == Some(Behavior::AddressAndPortDependent) {
         causes.push(
@@ -348,11 +357,15 @@ pub fn verdict(f: &Facts) -> Verdict {
             advice.push("Peers here need TURN: configure a TURN server that works from this network.".to_owned());
         }
     }
-    if f.relay_ok == Some(false) && any_turn {
+    if f.relay.as_ref().is_some_and(|r| !r.outcome.ok()) && any_turn {
         causes.push("TURN allocations work, but data did not come back through the relay.".to_owned());
     }
-    if let (Some(q), Some(loss)) = (f.relay_quality, f.relay_loss_percent) {
-        if q >= crate::report::Quality::Poor {
+    if let Some((q, loss)) = f
+        .relay
+        .as_ref()
+        .and_then(|r| Some((r.quality()?.overall, r.loss_percent)))
+    {
+        if q >= Quality::Poor {
             causes.push(format!(
                 "The relayed path is {} (loss {loss:.1} %): expect choppy audio and video.",
                 q.word()
@@ -361,12 +374,12 @@ pub fn verdict(f: &Facts) -> Verdict {
     }
 
     let summary = if !something_works {
-        if f.signaling_unreachable {
+        if signaling.unreachable {
             "Nothing works: the server is unreachable from this network.".to_owned()
         } else {
             "Nothing works: neither signaling nor any TURN transport succeeded.".to_owned()
         }
-    } else if !f.signaling_ok {
+    } else if !signaling.ok {
         "Signaling fails, so peers cannot find each other through this server.".to_owned()
     } else if udp_ok == Some(true) && direct.iter().all(|r| r.chance == Chance::Likely) {
         if any_turn {
@@ -387,13 +400,13 @@ pub fn verdict(f: &Facts) -> Verdict {
         TransportRow {
             key: "signaling",
             name: "signaling (HTTP + WebSocket)",
-            works: Some(f.signaling_ok),
+            works: Some(signaling.ok),
             detail: None,
         },
         TransportRow {
             key: "stun-udp",
             name: "UDP (STUN)",
-            works: if f.stun_tested { Some(f.stun_ok) } else { None },
+            works: if stun_tested { Some(stun_ok) } else { None },
             detail: None,
         },
         TransportRow {
@@ -434,34 +447,123 @@ pub fn verdict(f: &Facts) -> Verdict {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::client::Allocation;
+    use crate::facts::{NatFact, NatMethod, RelayFact, RttStats, StunBinding, StunFact, Timed};
+    use crate::ice::IceUrl;
+    use crate::nat::{Classification, NatPresence};
+    use crate::tls::CertInfo;
+    use std::net::SocketAddr;
     use std::time::Duration;
     use Behavior::{AddressAndPortDependent as Apd, AddressDependent as Ad, EndpointIndependent as Ei};
 
+    fn ok<T>(value: T) -> Timed<T> {
+        Timed::new(Ok(value), Duration::from_millis(1))
+    }
+
+    fn failed<T>(e: CheckError) -> Timed<T> {
+        Timed::new(Err(e), Duration::from_millis(1))
+    }
+
+    fn url(turn: bool, transport: Transport, port: u16) -> IceUrl {
+        IceUrl {
+            turn,
+            transport,
+            host: "127.0.0.1".into(),
+            port,
+        }
+    }
+
+    fn endpoint(http: Result<(), CheckError>, websocket: Result<(), CheckError>) -> SignalingFact {
+        SignalingFact {
+            url: "http://127.0.0.1:8080".into(),
+            port: 8080,
+            tls: false,
+            primary: true,
+            http: Timed::new(http, Duration::from_millis(1)),
+            websocket: Timed::new(websocket, Duration::from_millis(1)),
+            certificate: None,
+        }
+    }
+
+    fn stun(works: bool) -> StunFact {
+        let addr: SocketAddr = "127.0.0.1:3478".parse().unwrap();
+        StunFact {
+            url: url(false, Transport::Udp, 3478),
+            server: Some(addr),
+            binding: if works {
+                ok(StunBinding {
+                    local: addr,
+                    mapped: addr,
+                    rtt: Duration::from_millis(1),
+                    other_address: None,
+                })
+            } else {
+                failed(CheckError::Timeout(Duration::from_secs(3)))
+            },
+        }
+    }
+
     fn turn(transport: Transport, port: u16, error: Option<CheckError>) -> TurnFact {
         TurnFact {
-            transport,
-            port,
-            announced: true,
-            error,
-            cert_self_signed: false,
+            url: url(true, transport, port),
+            probe: false,
+            allocation: match error {
+                None => ok(Allocation {
+                    relayed: "127.0.0.1:50000".parse().unwrap(),
+                    mapped: None,
+                    lifetime: None,
+                }),
+                Some(e) => failed(e),
+            },
+            certificate: None,
+        }
+    }
+
+    fn nat(mapping: Finding, filtering: Finding) -> Option<NatFact> {
+        Some(NatFact {
+            method: NatMethod::Comparison,
+            classification: Classification {
+                nat: NatPresence::Present,
+                mapping,
+                filtering,
+                port_preservation: None,
+                hairpin: None,
+                notes: Vec::new(),
+            },
+            probes: Vec::new(),
+        })
+    }
+
+    fn relay(received: u32, rtt_p50_ms: Option<f64>) -> RelayFact {
+        RelayFact {
+            transport: Transport::Udp,
+            outcome: if received > 0 {
+                ok(())
+            } else {
+                failed(CheckError::Timeout(Duration::from_secs(3)))
+            },
+            sent: 50,
+            received,
+            loss_percent: 100.0 * f64::from(50 - received) / 50.0,
+            rtt: RttStats {
+                p50: rtt_p50_ms,
+                ..RttStats::default()
+            },
         }
     }
 
     fn healthy() -> Facts {
         Facts {
-            signaling_ok: true,
-            stun_tested: true,
-            stun_ok: true,
+            signaling: vec![endpoint(Ok(()), Ok(()))],
+            stun: vec![stun(true)],
             turn: vec![
                 turn(Transport::Udp, 3478, None),
                 turn(Transport::Tcp, 3478, None),
                 turn(Transport::Tls, 5349, None),
                 turn(Transport::Tls, 443, None),
             ],
-            nat: NatPresence::Present,
-            mapping: Some(Finding::Known(Ei)),
-            filtering: Some(Finding::Known(Apd)),
-            relay_ok: Some(true),
+            nat: nat(Finding::Known(Ei), Finding::Known(Apd)),
+            relay: Some(relay(50, None)),
             ..Facts::default()
         }
     }
@@ -524,8 +626,7 @@ mod tests {
     #[test]
     fn server_unreachable() {
         let v = verdict(&Facts {
-            signaling_unreachable: true,
-            signaling_error: Some("connection refused".into()),
+            signaling: vec![endpoint(Err(CheckError::Refused), Err(CheckError::Refused))],
             ..Facts::default()
         });
         assert!(!v.something_works);
@@ -542,8 +643,8 @@ mod tests {
     #[test]
     fn udp_blocked_with_and_without_443() {
         let mut f = healthy();
-        f.stun_ok = false;
-        f.turn[0].error = Some(CheckError::Timeout(Duration::from_secs(3)));
+        f.stun = vec![stun(false)];
+        f.turn[0].allocation = failed(CheckError::Timeout(Duration::from_secs(3)));
         let v = verdict(&f);
         assert!(
             v.advice.iter().any(|a| a.contains("this server offers it")),
@@ -551,7 +652,7 @@ mod tests {
             v.advice
         );
         assert!(v.direct.iter().all(|r| r.chance == Chance::Unlikely));
-        f.turn.retain(|t| t.port != 443);
+        f.turn.retain(|t| t.port() != 443);
         let v = verdict(&f);
         assert!(
             v.advice
@@ -566,12 +667,12 @@ mod tests {
     #[test]
     fn stale_nonce_is_not_called_an_authentication_failure() {
         let mut f = healthy();
-        f.turn[0].error = Some(CheckError::StaleNonce(3));
+        f.turn[0].allocation = failed(CheckError::StaleNonce(3));
         let v = verdict(&f);
         let cause = v.causes.iter().find(|c| c.contains("438")).expect("a 438 cause");
         assert!(cause.contains("not a wrong password"), "{cause}");
         assert!(!cause.contains("refused the credential"), "{cause}");
-        f.turn[0].error = Some(CheckError::AuthRejected("Unauthorized".into()));
+        f.turn[0].allocation = failed(CheckError::AuthRejected("Unauthorized".into()));
         let v = verdict(&f);
         assert!(
             v.causes.iter().any(|c| c.contains("refused the credential")),
@@ -583,7 +684,7 @@ mod tests {
     #[test]
     fn symmetric_nat_needs_turn() {
         let mut f = healthy();
-        f.mapping = Some(Finding::Known(Apd));
+        f.nat = nat(Finding::Known(Apd), Finding::Known(Apd));
         let v = verdict(&f);
         assert!(v.causes.iter().any(|c| c.contains("symmetric NAT")), "{:?}", v.causes);
     }
@@ -591,12 +692,16 @@ mod tests {
     #[test]
     fn token_and_certificate_advice() {
         let mut f = healthy();
-        f.ice_servers_error = Some(CheckError::Http {
+        f.ice_servers.fetch = Some(failed(CheckError::Http {
             status: 401,
             message: "token-required".into(),
+        }));
+        f.signaling[0].certificate = Some(CertInfo {
+            trusted: false,
+            self_signed: true,
+            problem: Some("issued by an unknown authority".into()),
+            days_to_expiry: Some(300),
         });
-        f.certificate_self_signed = true;
-        f.certificate_problem = Some("issued by an unknown authority".into());
         let v = verdict(&f);
         assert!(v.advice.iter().any(|a| a.contains("--token")), "{:?}", v.advice);
         assert!(
@@ -611,7 +716,7 @@ mod tests {
     #[test]
     fn no_443_advice_when_only_other_ports() {
         let mut f = healthy();
-        f.turn.retain(|t| t.port != 443);
+        f.turn.retain(|t| t.port() != 443);
         let v = verdict(&f);
         assert!(
             v.advice.iter().any(|a| a.contains("enable a single port on 443")),
@@ -625,5 +730,76 @@ mod tests {
                 .and_then(|t| t.works),
             None
         );
+    }
+
+    /// Only "nothing answered" makes the server unreachable; an answer we did not like is a signaling failure.
+    #[test]
+    fn unreachable_only_when_nothing_answered() {
+        let dns = CheckError::Dns("rtc.example.com".into());
+        let timeout = CheckError::Timeout(Duration::from_secs(3));
+        let v = verdict(&Facts {
+            signaling: vec![endpoint(Err(dns), Err(timeout)), {
+                let mut probe = endpoint(Err(CheckError::Unreachable), Err(CheckError::Refused));
+                probe.primary = false;
+                probe
+            }],
+            ..Facts::default()
+        });
+        assert!(v.summary.contains("unreachable"), "{}", v.summary);
+        assert!(
+            v.causes.iter().any(|c| c.contains("cannot resolve rtc.example.com")),
+            "{:?}",
+            v.causes
+        );
+
+        let http_500 = CheckError::Http {
+            status: 500,
+            message: "oops".into(),
+        };
+        let v = verdict(&Facts {
+            signaling: vec![endpoint(Err(http_500), Err(CheckError::Refused))],
+            ..Facts::default()
+        });
+        assert!(!v.summary.contains("unreachable"), "{}", v.summary);
+        assert!(
+            v.causes
+                .iter()
+                .any(|c| c.starts_with("Signaling does not work") && c.contains("HTTP 500")),
+            "{:?}",
+            v.causes
+        );
+    }
+
+    #[test]
+    fn relay_quality_and_silence() {
+        let mut f = healthy();
+        f.relay = Some(relay(46, Some(20.0)));
+        let v = verdict(&f);
+        assert!(
+            v.causes.iter().any(|c| c.contains("relayed path is poor (loss 8.0 %)")),
+            "{:?}",
+            v.causes
+        );
+        f.relay = Some(relay(0, None));
+        let v = verdict(&f);
+        assert!(
+            v.causes.iter().any(|c| c.contains("data did not come back")),
+            "{:?}",
+            v.causes
+        );
+    }
+
+    /// A 443 probe nothing answered is "not offered", not a failure.
+    #[test]
+    fn unanswered_443_probe_is_not_offered() {
+        let mut f = healthy();
+        f.turn.retain(|t| t.port() != 443);
+        let mut probe = turn(Transport::Tls, 443, Some(CheckError::Refused));
+        probe.probe = true;
+        f.turn.push(probe);
+        let v = verdict(&f);
+        let row = v.transports.iter().find(|t| t.key == "turn-tls-443").unwrap();
+        assert_eq!((row.works, row.detail), (None, Some("not offered")));
+        assert!(!v.causes.iter().any(|c| c.contains("port 443")), "{:?}", v.causes);
     }
 }

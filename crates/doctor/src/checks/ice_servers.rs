@@ -1,0 +1,99 @@
+//! The ICE servers: `GET /api/ice-servers` on the first signaling endpoint that worked (the given one first), with
+//! the `--token`; `--stun`/`--turn` and `--turn-user`/`--turn-password` add to or replace what the server gives.
+
+use super::net::{resolve_one, timed};
+use super::turn::Credential;
+use super::Settings;
+use crate::error::CheckError;
+use crate::facts::{IceServersFact, IceSource, SignalingFact, Timed};
+use crate::http::{self, Target};
+use crate::ice::IceConfig;
+use crate::progress::Progress;
+
+/// What the checks after this one test.
+#[derive(Debug, Clone)]
+pub struct IceServers {
+    pub fact: IceServersFact,
+    /// The server's and the flags' URLs together.
+    pub config: IceConfig,
+    pub credential: Option<Credential>,
+}
+
+pub async fn check(s: &Settings, signaling: &[SignalingFact], progress: &Progress) -> IceServers {
+    let mut config = IceConfig::default();
+    let mut fetch = None;
+    let mut source = IceSource::None;
+    let endpoint = signaling.iter().filter(|c| c.ok()).min_by_key(|c| !c.primary);
+    if let Some(endpoint) = endpoint {
+        let fetched = fetch_from(s, endpoint, progress).await;
+        fetch = Some(match fetched.result {
+            Ok(c) => {
+                config = c;
+                source = IceSource::Server;
+                Timed::new(Ok(()), fetched.took)
+            }
+            Err(e) => Timed::new(Err(e), fetched.took),
+        });
+    }
+    if !s.stun.is_empty() || !s.turn.is_empty() {
+        source = if source == IceSource::Server {
+            IceSource::ServerAndFlags
+        } else {
+            IceSource::Flags
+        };
+    }
+    for u in s.stun.iter().chain(&s.turn) {
+        config.add(u.clone());
+    }
+    let credential = Credential::of(s, &config);
+    IceServers {
+        fact: IceServersFact {
+            source,
+            fetch,
+            stun: config.stun.clone(),
+            turn: config.turn.clone(),
+            has_credential: credential.is_some(),
+        },
+        config,
+        credential,
+    }
+}
+
+async fn fetch_from(s: &Settings, endpoint: &SignalingFact, progress: &Progress) -> Timed<IceConfig> {
+    let line = progress.start("ICE servers from /api/ice-servers");
+    let fetched = timed(s.timeout, async {
+        let addr = resolve_one(&s.server.host, endpoint.port, s.timeout).await?;
+        let target = Target {
+            host: s.server.host.clone(),
+            addr,
+            tls: endpoint.tls,
+        };
+        let mut headers = Vec::new();
+        if let Some(token) = &s.token {
+            headers.push(("Authorization", format!("Bearer {token}")));
+        }
+        let reply = http::get(&target, "/api/ice-servers", &headers, s.timeout).await?;
+        if reply.status != 200 {
+            let body: serde_json::Value = serde_json::from_slice(&reply.body).unwrap_or_default();
+            let message = body
+                .get("code")
+                .and_then(|c| c.as_str())
+                .map(str::to_owned)
+                .unwrap_or_else(|| String::from_utf8_lossy(&reply.body).chars().take(120).collect());
+            return Err(CheckError::Http {
+                status: reply.status,
+                message,
+            });
+        }
+        let v: serde_json::Value = serde_json::from_slice(&reply.body)
+            .map_err(|e| CheckError::Protocol(format!("/api/ice-servers is not JSON: {e}")))?;
+        Ok(IceConfig::from_json(&v))
+    })
+    .await;
+    let detail = match &fetched.result {
+        Ok(c) => format!("{} STUN, {} TURN", c.stun.len(), c.turn.len()),
+        Err(e) => e.to_string(),
+    };
+    progress.finish(line, fetched.ok(), fetched.took, &detail);
+    fetched
+}

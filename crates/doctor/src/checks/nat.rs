@@ -1,0 +1,261 @@
+//! The NAT probes (RFC 4787 behaviour, classified by [`crate::nat`]): mapping from one local socket, filtering from
+//! another (never the same: the mapping probes would leave holes), hairpinning when asked. The extra server
+//! addresses come from RFC 5780 (OTHER-ADDRESS, CHANGE-REQUEST) when the server announces it, from the other STUN
+//! addresses, and from the TURN relay.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use stun::attr;
+use tokio::time::{timeout, Instant};
+
+use super::net::{await_payload, bind_any, binding_from, connect, local_ips, resolve_one};
+use super::turn::Credential;
+use super::Settings;
+use crate::client::TurnClient;
+use crate::error::CheckError;
+use crate::facts::{NatFact, NatMethod};
+use crate::ice::IceUrl;
+use crate::nat::{self, FilteringProbe, MappingProbe, NatPresence, Observations};
+use crate::progress::Progress;
+
+/// The distinct IPv4 addresses of the STUN URLs, in order: the first is the primary one.
+pub async fn stun_addresses(s: &Settings, urls: &[IceUrl]) -> Vec<SocketAddr> {
+    let mut list = Vec::new();
+    for u in urls {
+        if let Ok(a) = resolve_one(&u.host, u.port, s.timeout).await {
+            if a.is_ipv4() && !list.contains(&a) {
+                list.push(a);
+            }
+        }
+    }
+    list
+}
+
+/// What the probes gather besides the classifier's observations.
+struct Probing {
+    obs: Observations,
+    method: NatMethod,
+    /// What was seen, for people.
+    seen: Vec<String>,
+}
+
+/// The NAT probes. `primary`: the STUN server over UDP; `others`: other STUN addresses; `turn`: a TURN URL over UDP
+/// and a credential, for the relay-based probes.
+pub async fn check(
+    s: Arc<Settings>,
+    primary: SocketAddr,
+    others: Vec<SocketAddr>,
+    turn: Option<(IceUrl, Credential)>,
+    progress: Arc<Progress>,
+) -> NatFact {
+    let line = progress.start("NAT mapping and filtering");
+    let start = Instant::now();
+    let mut p = Probing {
+        obs: Observations {
+            local_ips: local_ips(),
+            ..Observations::default()
+        },
+        method: NatMethod::None,
+        seen: Vec::new(),
+    };
+    let result = probe(&s, primary, &others, turn.as_ref(), &mut p).await;
+    if let Err(e) = &result {
+        p.seen.push(format!("stopped: {e}"));
+    }
+    let c = nat::classify(&p.obs);
+    let detail = format!(
+        "{}; mapping {}, filtering {}",
+        match c.nat {
+            NatPresence::None => "no NAT",
+            NatPresence::Present => "NAT",
+            NatPresence::Unknown => "unknown",
+        },
+        c.mapping.result_word(),
+        c.filtering.result_word()
+    );
+    progress.finish(line, result.is_ok(), start.elapsed(), &detail);
+    NatFact {
+        method: p.method,
+        classification: c,
+        probes: p.seen,
+    }
+}
+
+async fn probe(
+    s: &Settings,
+    primary: SocketAddr,
+    others: &[SocketAddr],
+    turn: Option<&(IceUrl, Credential)>,
+    p: &mut Probing,
+) -> Result<(), CheckError> {
+    let limit = s.timeout;
+    // Mapping, from socket L1.
+    let l1 = bind_any(primary)?;
+    p.obs.local_port = Some(l1.local_addr()?.port());
+    let r = binding_from(&l1, primary, None, s.rto, limit).await?.response;
+    let m1 = r
+        .address(attr::XOR_MAPPED_ADDRESS)
+        .ok_or_else(|| CheckError::Protocol("no XOR-MAPPED-ADDRESS".into()))?;
+    p.obs.mapping.push(MappingProbe {
+        server: primary,
+        mapped: m1,
+    });
+    p.seen.push(format!("mapping: {primary} sees {m1}"));
+    let other = r.address(attr::OTHER_ADDRESS);
+    let mut mapping_targets = Vec::new();
+    if let Some(other) = other {
+        // RFC 5780 §4.3: the alternate IP with the primary port, then the alternate address.
+        p.method = NatMethod::Rfc5780;
+        p.obs.primary = Some(primary);
+        p.obs.other_address = Some(other);
+        mapping_targets.push(SocketAddr::new(other.ip(), primary.port()));
+        mapping_targets.push(other);
+    } else {
+        p.method = NatMethod::Comparison;
+    }
+    mapping_targets.extend(others.iter().copied().filter(|a| *a != primary));
+    for target in mapping_targets {
+        match binding_from(&l1, target, None, s.rto, limit).await {
+            Ok(answer) => {
+                if let Some(m) = answer.response.address(attr::XOR_MAPPED_ADDRESS) {
+                    p.obs.mapping.push(MappingProbe {
+                        server: answer.from,
+                        mapped: m,
+                    });
+                    p.seen.push(format!("mapping: {} sees {m}", answer.from));
+                }
+            }
+            Err(e) => p.seen.push(format!("mapping: {target}: {e}")),
+        }
+    }
+    // The relay: one more server address (the relayed one) that reports the address it saw (RFC 8656 Data
+    // indications carry XOR-PEER-ADDRESS).
+    let mut relay = match turn {
+        Some((url, cred)) => relay_with_permission(s, url, cred, m1, &mut p.seen).await,
+        None => None,
+    };
+    if let Some((t, relayed)) = relay.as_mut() {
+        let mut seen = None;
+        for _ in 0..3 {
+            l1.send_to(b"traverse-doctor-map", *relayed).await?;
+            if let Ok(Ok((peer, data))) = timeout(s.probe_wait / 3, t.recv_data()).await {
+                if data == b"traverse-doctor-map" {
+                    seen = peer;
+                    break;
+                }
+            }
+        }
+        match seen {
+            Some(m) => {
+                p.obs.mapping.push(MappingProbe {
+                    server: *relayed,
+                    mapped: m,
+                });
+                p.seen.push(format!("mapping: relay {relayed} sees {m}"));
+            }
+            None => p.seen.push(format!("mapping: nothing arrived at the relay {relayed}")),
+        }
+    }
+
+    // Filtering, from socket L2 (never the mapping socket: its mappings would let the probes in).
+    let l2 = bind_any(primary)?;
+    let r = binding_from(&l2, primary, None, s.rto, limit).await?.response;
+    let m2 = r
+        .address(attr::XOR_MAPPED_ADDRESS)
+        .ok_or_else(|| CheckError::Protocol("no XOR-MAPPED-ADDRESS".into()))?;
+    if let Some(other) = other {
+        // RFC 5780 §4.4: change IP and port, then port only.
+        for (change, expected) in [
+            ((true, true), other),
+            ((false, true), SocketAddr::new(primary.ip(), other.port())),
+        ] {
+            let probe = match binding_from(&l2, primary, Some(change), s.rto, s.probe_wait).await {
+                Ok(answer) => FilteringProbe {
+                    contacted: primary,
+                    source: answer.from,
+                    received: true,
+                },
+                Err(_) => FilteringProbe {
+                    contacted: primary,
+                    source: expected,
+                    received: false,
+                },
+            };
+            p.seen.push(format!(
+                "filtering: CHANGE-REQUEST {change:?} answer from {} {}",
+                probe.source,
+                if probe.received { "arrived" } else { "did not arrive" }
+            ));
+            p.obs.filtering.push(probe);
+        }
+    }
+    if let Some((t, relayed)) = relay.as_mut() {
+        if m2.ip() != m1.ip() {
+            let _ = t.create_permission(m2).await;
+        }
+        let mut arrived = None;
+        for _ in 0..3 {
+            t.send_indication(m2, b"traverse-doctor-filter").await?;
+            if let Some(from) = await_payload(&l2, b"traverse-doctor-filter", s.probe_wait / 3).await {
+                arrived = Some(from);
+                break;
+            }
+        }
+        let probe = FilteringProbe {
+            contacted: primary,
+            source: arrived.unwrap_or(*relayed),
+            received: arrived.is_some(),
+        };
+        p.seen.push(format!(
+            "filtering: a packet from the relay {} {}",
+            probe.source,
+            if probe.received { "arrived" } else { "did not arrive" }
+        ));
+        p.obs.filtering.push(probe);
+    }
+    // Hairpinning (off by default: some firewalls take it for an attack).
+    if s.hairpin {
+        l2.send_to(b"traverse-doctor-hairpin", m1).await?;
+        let back = await_payload(&l1, b"traverse-doctor-hairpin", s.probe_wait)
+            .await
+            .is_some();
+        p.obs.hairpin = Some(back);
+        p.seen
+            .push(format!("hairpin: to {m1} {}", if back { "came back" } else { "lost" }));
+    }
+    if let Some((mut t, _)) = relay {
+        let _ = t.release().await;
+    }
+    Ok(())
+}
+
+/// An allocation on `url` with a permission for `peer`, and its relayed address; what went wrong goes to `seen`.
+async fn relay_with_permission(
+    s: &Settings,
+    url: &IceUrl,
+    cred: &Credential,
+    peer: SocketAddr,
+    seen: &mut Vec<String>,
+) -> Option<(TurnClient, SocketAddr)> {
+    let (conn, _) = match connect(s, url).await {
+        Ok(c) => c,
+        Err(e) => {
+            seen.push(format!("relay connection: {e}"));
+            return None;
+        }
+    };
+    let mut t = cred.client(s, conn);
+    let allocation = match t.allocate().await {
+        Ok(a) => a,
+        Err(e) => {
+            seen.push(format!("relay allocation: {e}"));
+            return None;
+        }
+    };
+    if let Err(e) = t.create_permission(peer).await {
+        seen.push(format!("relay permission for {peer}: {e}"));
+        return None;
+    }
+    Some((t, allocation.relayed))
+}

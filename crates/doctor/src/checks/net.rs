@@ -1,0 +1,172 @@
+//! What every check needs of the network: deadlines, name resolution, UDP sockets, a STUN Binding that answers from
+//! any source count for, and a TURN connection of each transport.
+
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use tokio::net::{TcpStream, UdpSocket};
+use tokio::time::{timeout, Instant};
+
+use super::Settings;
+use crate::client::{self, Conn, Response};
+use crate::error::CheckError;
+use crate::facts::Timed;
+use crate::http::{self, Target};
+use crate::ice::{IceUrl, Transport};
+use crate::tls::CertInfo;
+
+/// Runs `f` under `limit`, with how long it took.
+pub(crate) async fn timed<T>(limit: Duration, f: impl Future<Output = Result<T, CheckError>>) -> Timed<T> {
+    let start = Instant::now();
+    let result = match timeout(limit, f).await {
+        Ok(r) => r,
+        Err(_) => Err(CheckError::Timeout(limit)),
+    };
+    Timed::new(result, start.elapsed())
+}
+
+/// Resolves `host:port`, IPv4 first.
+pub async fn resolve(host: &str, port: u16, limit: Duration) -> Result<Vec<SocketAddr>, CheckError> {
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(vec![SocketAddr::new(ip, port)]);
+    }
+    let found = timeout(limit, tokio::net::lookup_host((host, port)))
+        .await
+        .map_err(|_| CheckError::Dns(format!("{host} (timed out)")))?
+        .map_err(|_| CheckError::Dns(host.to_owned()))?;
+    let mut list: Vec<SocketAddr> = found.collect();
+    list.sort_by_key(|a| a.is_ipv6());
+    if list.is_empty() {
+        return Err(CheckError::Dns(host.to_owned()));
+    }
+    Ok(list)
+}
+
+pub(crate) async fn resolve_one(host: &str, port: u16, limit: Duration) -> Result<SocketAddr, CheckError> {
+    resolve(host, port, limit)
+        .await?
+        .into_iter()
+        .next()
+        .ok_or_else(|| CheckError::Dns(host.to_owned()))
+}
+
+/// A UDP socket on the wildcard address of `for_addr`'s family.
+pub(crate) fn bind_any(for_addr: SocketAddr) -> Result<UdpSocket, CheckError> {
+    let any: SocketAddr = if for_addr.is_ipv4() {
+        SocketAddr::from(([0, 0, 0, 0], 0))
+    } else {
+        SocketAddr::from(([0u16; 8], 0))
+    };
+    let sock = std::net::UdpSocket::bind(any)?;
+    sock.set_nonblocking(true)?;
+    Ok(UdpSocket::from_std(sock)?)
+}
+
+/// This host's interface addresses.
+pub(crate) fn local_ips() -> Vec<IpAddr> {
+    if_addrs::get_if_addrs()
+        .map(|list| list.into_iter().map(|i| i.ip()).collect())
+        .unwrap_or_default()
+}
+
+/// A Binding answer: the response, where it really came from, and the RTT of the last attempt.
+pub(crate) struct BindingAnswer {
+    pub response: Response,
+    pub from: SocketAddr,
+    pub rtt: Duration,
+}
+
+/// One Binding over UDP from `sock`, retransmitted from `rto` on, doubling; answers from any source with our
+/// transaction id count.
+pub(crate) async fn binding_from(
+    sock: &UdpSocket,
+    to: SocketAddr,
+    change: Option<(bool, bool)>,
+    rto: Duration,
+    limit: Duration,
+) -> Result<BindingAnswer, CheckError> {
+    let request = client::binding_request(change)?;
+    let tid = stun::Message::parse(&request)
+        .map_err(|_| CheckError::Protocol("bad request".into()))?
+        .transaction_id();
+    let deadline = Instant::now() + limit;
+    let mut wait = rto;
+    let mut buf = vec![0u8; 2048];
+    loop {
+        let sent_at = Instant::now();
+        sock.send_to(&request, to).await?;
+        let round_end = (sent_at + wait).min(deadline);
+        wait = wait.saturating_mul(2);
+        while let Some(left) = round_end.checked_duration_since(Instant::now()) {
+            let Ok(got) = timeout(left, sock.recv_from(&mut buf)).await else {
+                break;
+            };
+            let (n, from) = got?;
+            let bytes = buf.get(..n).unwrap_or_default();
+            let Ok(msg) = stun::Message::parse(bytes) else { continue };
+            if msg.transaction_id() == tid {
+                return Ok(BindingAnswer {
+                    response: Response { bytes: bytes.to_vec() },
+                    from,
+                    rtt: sent_at.elapsed(),
+                });
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(CheckError::Timeout(limit));
+        }
+    }
+}
+
+/// Waits up to `wait` for a datagram carrying `payload` on `sock`; returns its source.
+pub(crate) async fn await_payload(sock: &UdpSocket, payload: &[u8], wait: Duration) -> Option<SocketAddr> {
+    let deadline = Instant::now() + wait;
+    let mut buf = vec![0u8; 2048];
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        let Ok(Ok((n, from))) = timeout(left, sock.recv_from(&mut buf)).await else {
+            return None;
+        };
+        if buf.get(..n) == Some(payload) {
+            return Some(from);
+        }
+    }
+    None
+}
+
+/// Opens a connection of `url`'s transport within the settings' timeout; for TLS, with the certificate's verdict.
+pub async fn connect(s: &Settings, url: &IceUrl) -> Result<(Conn, Option<CertInfo>), CheckError> {
+    let addr = resolve_one(&url.host, url.port, s.timeout).await?;
+    match url.transport {
+        Transport::Udp => Ok((
+            Conn::Udp {
+                sock: bind_any(addr)?,
+                server: addr,
+            },
+            None,
+        )),
+        Transport::Tcp => {
+            let tcp = timeout(s.timeout, TcpStream::connect(addr))
+                .await
+                .map_err(|_| CheckError::Timeout(s.timeout))??;
+            let _ = tcp.set_nodelay(true);
+            Ok((
+                Conn::Stream {
+                    io: Box::new(tcp),
+                    buf: Vec::new(),
+                },
+                None,
+            ))
+        }
+        Transport::Tls => {
+            let target = Target {
+                host: url.host.clone(),
+                addr,
+                tls: true,
+            };
+            // RFC 7443: ALPN "stun.turn" lets a single port tell TURN from HTTPS.
+            let (io, cert) = http::open(&target, &[b"stun.turn"], s.timeout).await?;
+            Ok((Conn::Stream { io, buf: Vec::new() }, cert))
+        }
+    }
+}

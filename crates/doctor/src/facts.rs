@@ -1,0 +1,247 @@
+//! What the checks found, typed: each result keeps its [`CheckError`] and its measurements. The verdict
+//! ([`crate::verdict`]) is decided from these, never from words or codes; the report ([`crate::report`]) is built
+//! last, from these and the verdict.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use crate::client::Allocation;
+use crate::error::CheckError;
+use crate::ice::{IceUrl, Transport};
+use crate::nat::Classification;
+use crate::quality::Grades;
+use crate::tls::CertInfo;
+
+/// Everything the checks found.
+#[derive(Debug, Clone, Default)]
+pub struct Facts {
+    /// The server as given on the command line.
+    pub server: String,
+    /// The given endpoint first, then the probes of other ports.
+    pub signaling: Vec<SignalingFact>,
+    pub ice_servers: IceServersFact,
+    pub stun: Vec<StunFact>,
+    pub turn: Vec<TurnFact>,
+    /// None: there was no STUN server over UDP to probe with.
+    pub nat: Option<NatFact>,
+    pub ipv6: Ipv6Fact,
+    /// None: no TURN transport worked (or no credential).
+    pub relay: Option<RelayFact>,
+    /// None: not asked for, or no relay pair.
+    pub throughput: Option<ThroughputFact>,
+}
+
+/// A step's result and how long it took.
+#[derive(Debug, Clone)]
+pub struct Timed<T> {
+    pub result: Result<T, CheckError>,
+    pub took: Duration,
+}
+
+impl<T> Timed<T> {
+    pub fn new(result: Result<T, CheckError>, took: Duration) -> Timed<T> {
+        Timed { result, took }
+    }
+
+    pub fn ok(&self) -> bool {
+        self.result.is_ok()
+    }
+
+    pub fn error(&self) -> Option<&CheckError> {
+        self.result.as_ref().err()
+    }
+}
+
+/// One signaling endpoint: HTTP(S) `GET /healthz` and the WS(S) upgrade of `/ws`.
+#[derive(Debug, Clone)]
+pub struct SignalingFact {
+    /// `http://host:port` or `https://host:port`.
+    pub url: String,
+    pub port: u16,
+    pub tls: bool,
+    /// The given server address (as opposed to a probe of 443/80).
+    pub primary: bool,
+    pub http: Timed<()>,
+    pub websocket: Timed<()>,
+    pub certificate: Option<CertInfo>,
+}
+
+impl SignalingFact {
+    pub fn ok(&self) -> bool {
+        self.http.ok() && self.websocket.ok()
+    }
+
+    /// Both steps failed because nothing answered (refused, timeout, unreachable, DNS).
+    pub fn unreachable(&self) -> bool {
+        let nothing_answered = |t: &Timed<()>| t.error().is_some_and(CheckError::is_unreachable);
+        nothing_answered(&self.http) && nothing_answered(&self.websocket)
+    }
+
+    /// The first failure, HTTP before the WebSocket.
+    pub fn error(&self) -> Option<&CheckError> {
+        self.http.error().or_else(|| self.websocket.error())
+    }
+}
+
+/// Where the STUN/TURN addresses came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IceSource {
+    #[default]
+    None,
+    /// `GET /api/ice-servers`.
+    Server,
+    /// `--stun`/`--turn`.
+    Flags,
+    ServerAndFlags,
+}
+
+impl IceSource {
+    /// The JSON word.
+    pub fn word(self) -> &'static str {
+        match self {
+            IceSource::None => "none",
+            IceSource::Server => "server",
+            IceSource::Flags => "flags",
+            IceSource::ServerAndFlags => "server+flags",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct IceServersFact {
+    pub source: IceSource,
+    /// None: no signaling endpoint worked, so nothing was fetched.
+    pub fetch: Option<Timed<()>>,
+    pub stun: Vec<IceUrl>,
+    pub turn: Vec<IceUrl>,
+    pub has_credential: bool,
+}
+
+/// A Binding over UDP to one STUN URL.
+#[derive(Debug, Clone)]
+pub struct StunFact {
+    pub url: IceUrl,
+    /// The resolved address (None when it did not resolve).
+    pub server: Option<SocketAddr>,
+    pub binding: Timed<StunBinding>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct StunBinding {
+    pub local: SocketAddr,
+    pub mapped: SocketAddr,
+    pub rtt: Duration,
+    /// The server announced an OTHER-ADDRESS (RFC 5780).
+    pub other_address: Option<SocketAddr>,
+}
+
+/// An Allocate (and release) on one TURN URL.
+#[derive(Debug, Clone)]
+pub struct TurnFact {
+    pub url: IceUrl,
+    /// Added by the doctor (TURN over TLS on 443, the single port), not announced by the server.
+    pub probe: bool,
+    pub allocation: Timed<Allocation>,
+    pub certificate: Option<CertInfo>,
+}
+
+impl TurnFact {
+    pub fn transport(&self) -> Transport {
+        self.url.transport
+    }
+
+    pub fn port(&self) -> u16 {
+        self.url.port
+    }
+
+    pub fn ok(&self) -> bool {
+        self.allocation.ok()
+    }
+
+    pub fn error(&self) -> Option<&CheckError> {
+        self.allocation.error()
+    }
+}
+
+/// Where the NAT probes' extra server addresses came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NatMethod {
+    /// The probes stopped before the first Binding answered.
+    #[default]
+    None,
+    /// OTHER-ADDRESS and CHANGE-REQUEST.
+    Rfc5780,
+    /// Several server addresses and the relay.
+    Comparison,
+}
+
+impl NatMethod {
+    /// The JSON word.
+    pub fn word(self) -> &'static str {
+        match self {
+            NatMethod::None => "none",
+            NatMethod::Rfc5780 => "rfc5780",
+            NatMethod::Comparison => "comparison",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct NatFact {
+    pub method: NatMethod,
+    pub classification: Classification,
+    /// What the probes saw, for people.
+    pub probes: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Ipv6Fact {
+    /// This host's global (2000::/3) addresses.
+    pub addresses: Vec<IpAddr>,
+    /// The server's name has an IPv6 address.
+    pub server_has_ipv6: bool,
+    /// A Binding over IPv6 and the mapped address it gave; None when not tried.
+    pub stun: Option<Timed<SocketAddr>>,
+}
+
+/// Round-trip times summarised, milliseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct RttStats {
+    pub p50: Option<f64>,
+    pub p95: Option<f64>,
+    pub max: Option<f64>,
+    /// Mean difference of consecutive RTTs.
+    pub jitter: Option<f64>,
+}
+
+/// ChannelData packets A → relay → B → relay → A.
+#[derive(Debug, Clone)]
+pub struct RelayFact {
+    pub transport: Transport,
+    /// Fails when the pair could not be set up or nothing came back.
+    pub outcome: Timed<()>,
+    pub sent: u32,
+    pub received: u32,
+    pub loss_percent: f64,
+    pub rtt: RttStats,
+}
+
+impl RelayFact {
+    /// Graded when some RTT was measured.
+    pub fn quality(&self) -> Option<Grades> {
+        let p50 = self.rtt.p50?;
+        Some(Grades::of(p50, self.rtt.jitter.unwrap_or(0.0), self.loss_percent))
+    }
+}
+
+/// The paced ramp through the relay pair.
+#[derive(Debug, Clone)]
+pub struct ThroughputFact {
+    /// Fails when not even the first step got through.
+    pub outcome: Timed<()>,
+    pub seconds: f64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub mbit_per_s: f64,
+    pub loss_percent: f64,
+}
