@@ -634,3 +634,37 @@ fn cert_words(c: &CertInfo) -> String {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::facts::Timed;
+
+    /// The JSON is a public format (docs/doctor.md): the report of a server that refuses everything, byte for byte
+    /// as `traverse doctor http://127.0.0.1:28999 --json --https-port 0 --http-port 0` printed it before the report
+    /// was built from typed facts (testdata/unreachable.json), and the same in words.
+    #[test]
+    fn unreachable_server_report_is_unchanged() {
+        let refused = Timed::new(Err(CheckError::Refused), Duration::ZERO);
+        let facts = Facts {
+            server: "http://127.0.0.1:28999".into(),
+            signaling: vec![SignalingFact {
+                url: "http://127.0.0.1:28999".into(),
+                port: 28999,
+                tls: false,
+                primary: true,
+                http: refused.clone(),
+                websocket: refused,
+                certificate: None,
+            }],
+            ..Facts::default()
+        };
+        let report = Report::new(&facts, crate::verdict::verdict(&facts));
+        let json = serde_json::to_string_pretty(&report).unwrap() + "\n";
+        assert_eq!(json, include_str!("testdata/unreachable.json"));
+        assert_eq!(
+            report.render(Style { color: false }),
+            include_str!("testdata/unreachable.txt")
+        );
+    }
+}

@@ -28,8 +28,6 @@ use crate::facts::Facts;
 use crate::ice::{IceUrl, ServerSpec, Transport};
 use crate::progress::Progress;
 
-pub use net::{connect, resolve};
-
 /// Everything the checks need to know, from the command line.
 #[derive(Debug, Clone)]
 pub struct Settings {

@@ -1,5 +1,5 @@
-//! What every check needs of the network: deadlines, name resolution, UDP sockets, a STUN Binding that answers from
-//! any source count for, and a TURN connection of each transport.
+//! What every check needs of the network: deadlines, name resolution, UDP sockets, a STUN Binding that takes an
+//! answer from any source, and a TURN connection of each transport.
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
