@@ -21,7 +21,9 @@ impl PeerId {
     /// 64 random bits: unguessable enough that a peer cannot aim signals at rooms it is not in (ids are checked
     /// against the sender's room anyway).
     pub(crate) fn generate(rng: &mut impl RngCore) -> Self {
-        Self(random_hex("p_", rng, &mut [0; 8]).into())
+        let id = random_hex("p_", rng, &mut [0; 8]);
+        debug_assert!(is_json_safe(&id));
+        Self(id.into())
     }
 
     pub fn as_str(&self) -> &str {
@@ -58,7 +60,9 @@ const SECRET_BYTES: usize = 16;
 
 impl SessionSecret {
     pub(crate) fn generate(rng: &mut impl RngCore) -> Self {
-        Self(random_hex(SECRET_PREFIX, rng, &mut [0; SECRET_BYTES]).into())
+        let secret = random_hex(SECRET_PREFIX, rng, &mut [0; SECRET_BYTES]);
+        debug_assert!(is_json_safe(&secret));
+        Self(secret.into())
     }
 
     /// A client's claim, if it has the shape of a secret the hub makes (anything else cannot name a session).
@@ -109,9 +113,9 @@ fn random_hex(prefix: &'static str, rng: &mut impl RngCore, raw: &mut [u8]) -> S
     id
 }
 
-/// True when `s` can be written into a JSON string as it is: no quote, backslash or control character.
-#[cfg(test)]
-pub(crate) fn is_json_safe(s: &str) -> bool {
+/// The characters the frame encoder may write unescaped for an id: `[A-Za-z0-9_]` (no quote, backslash or control
+/// character). Checked on every id made in debug builds and by the tests.
+fn is_json_safe(s: &str) -> bool {
     s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 

@@ -9,6 +9,44 @@
 //! period and replays what the client missed; every limit a stranger could exhaust (message size and rate, peers
 //! per room, rooms, sockets per source, queued messages, and the bytes kept per session, per source and in total)
 //! is bounded and refused with a documented code.
+//!
+//! Frames: every server→client frame is a value of the crate's `frame` module, written by one encoder straight
+//! into the buffer the replay buffer and the socket share. Ids the hub embeds unescaped are types it alone makes
+//! ([`PeerId`], [`SessionSecret`]); whatever a client wrote is escaped.
+//!
+//! Driving a hub (the I/O layer's loop; `web::hub` is the real one):
+//!
+//! ```no_run
+//! use std::time::{Instant, SystemTime, UNIX_EPOCH};
+//! use rand::SeedableRng;
+//! use signal::{Limits, MemoryHub, Now, Output, SignalHub};
+//!
+//! fn now() -> Now {
+//!     let unix = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+//!     Now { instant: Instant::now(), unix }
+//! }
+//! # fn send(_conn: u64, _text: &[u8]) {}
+//! # fn close(_conn: u64, _code: u16, _reason: &str) {}
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let ice: signal::IceServerSource = Box::new(|_peer, _unix| serde_json::value::to_raw_value(&[0u8; 0]).unwrap());
+//! let rng = rand::rngs::StdRng::from_entropy();
+//! let mut hub = MemoryHub::new(Limits::default(), None, ice, rng, Instant::now());
+//!
+//! // An event in, with the time it happened: a socket (numbered by the I/O layer), then its frames.
+//! hub.handle_connect(1, "192.0.2.7".parse()?, now())?;
+//! hub.handle_text(1, r#"{"type":"join","room":"lobby"}"#, now());
+//! // After every event (or batch of events), drain what the hub wants done.
+//! while let Some(output) = hub.poll_output() {
+//!     match output {
+//!         Output::Send { conn, text } => send(conn, &text),
+//!         Output::Close { conn, code, reason } => close(conn, code.0, &reason),
+//!     }
+//! }
+//! // Then wait for the next event or `hub.poll_timeout()`, whichever is first; at the deadline:
+//! hub.handle_timeout(now());
+//! # Ok(())
+//! # }
+//! ```
 
 mod budget;
 mod frame;

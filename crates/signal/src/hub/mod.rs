@@ -25,7 +25,8 @@ use rooms::Room;
 use sockets::Conn;
 use stream::Session;
 
-/// The I/O layer's id for one socket. The I/O layer numbers its sockets; the hub never makes one.
+/// The I/O layer's id for one socket. The I/O layer numbers its sockets; the hub never makes one and never writes
+/// one into a frame. (A plain integer still: the simulated-time tests number their sockets with literals.)
 pub type ConnId = u64;
 
 /// The clock, read once by the I/O layer per event: a monotonic instant for timers and Unix seconds for token
