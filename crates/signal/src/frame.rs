@@ -71,6 +71,13 @@ impl From<Over> for UndeliverableReason {
     }
 }
 
+/// A member of the room as `joined` lists it.
+#[derive(Debug, Clone)]
+pub(crate) struct Member {
+    pub id: PeerId,
+    pub meta: Meta,
+}
+
 /// The first frame of a session.
 #[derive(Debug)]
 pub(crate) struct Joined<'a> {
@@ -78,7 +85,7 @@ pub(crate) struct Joined<'a> {
     pub peer: &'a PeerId,
     pub room: &'a str,
     /// The room's other members, in join order.
-    pub peers: &'a [(PeerId, Meta)],
+    pub peers: &'a [Member],
     pub ice_servers: &'a RawValue,
     /// The join token's capabilities.
     pub caps: &'a [String],
@@ -162,14 +169,14 @@ impl Frame<'_> {
                 out.raw("\",\"room\":");
                 out.string(j.room);
                 out.raw(",\"peers\":[");
-                for (i, (id, meta)) in j.peers.iter().enumerate() {
+                for (i, member) in j.peers.iter().enumerate() {
                     if i > 0 {
                         out.raw(",");
                     }
                     out.raw("{\"id\":\"");
-                    out.raw(id.as_str());
+                    out.raw(member.id.as_str());
                     out.raw("\",\"meta\":");
-                    out.raw(meta.as_json());
+                    out.raw(member.meta.as_json());
                     out.raw("}");
                 }
                 out.raw("],\"iceServers\":");
@@ -423,7 +430,10 @@ mod tests {
         let ice = serde_json::value::to_raw_value(&serde_json::json!([{"urls": ["stun:x"]}])).unwrap();
         let meta = Meta::from_object(serde_json::from_str(r#"{"name":"A\"nn\u0000"}"#).unwrap());
         let caps = vec![hostile.to_owned(), "publish".to_owned()];
-        let peers = vec![(peer.clone(), meta.clone())];
+        let peers = vec![Member {
+            id: peer.clone(),
+            meta: meta.clone(),
+        }];
         let joined = Frame::Joined(Joined {
             session: &secret,
             peer: &peer,

@@ -9,7 +9,7 @@ use serde_json::value::RawValue;
 use super::stream::{Refused, Session, SignalFrom};
 use super::{ConnId, MemoryHub, Now};
 use crate::budget::Source;
-use crate::frame::{Frame, Joined, Meta, UndeliverableReason};
+use crate::frame::{Frame, Joined, Member, Meta, UndeliverableReason};
 use crate::id::{PeerId, SessionSecret};
 use crate::protocol::{ErrorCode, Refusal};
 use crate::token::{verify_token, TokenError};
@@ -114,13 +114,11 @@ impl<R: RngCore + Send> MemoryHub<R> {
         let room: Arc<str> = room.into();
 
         let members = self.rooms.get(&room).map(|r| r.members.clone()).unwrap_or_default();
-        let peers: Vec<(PeerId, Meta)> = members
+        let peers: Vec<Member> = members
             .iter()
-            .map(|m| {
-                (
-                    m.clone(),
-                    self.sessions.get(m).map_or_else(Meta::empty, |s| s.meta.clone()),
-                )
+            .map(|m| Member {
+                id: m.clone(),
+                meta: self.sessions.get(m).map_or_else(Meta::empty, |s| s.meta.clone()),
             })
             .collect();
         let ice_servers = (self.ice_servers)(&peer, now.unix);
