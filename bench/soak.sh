@@ -6,21 +6,26 @@
 #
 # Environment: DURATION (s of load, default 600), WARMUP (s, default DURATION/5), AFTER (s sampled after the load,
 # default 60), INTERVAL (s between samples, 10), ALLOCATIONS (5000), SOCKETS (2000), CHURN (allocations and sockets
-# opened per second each, 20), CHURN_HOLD (s each churned item is held, 10), STREAM_RATE (ChannelData/s, 2000),
-# WORKERS (server worker threads, 0 = one per core), NO_BUILD=1 to use the existing release binaries.
+# opened per second each, 20; or CHURN_ALLOCATIONS and CHURN_SOCKETS apart), CHURN_HOLD (s each churned item is
+# held, 10), STREAM_RATE (ChannelData/s, 2000), WORKERS (server worker threads, 0 = one per core), CYCLES (1: the
+# whole load and its after-phase this many times against the same server, to tell a high-water mark that the next
+# load reuses from a leak), NO_BUILD=1 to use the existing release binaries.
 #
 # What it does: creates a network namespace `trvsoak-peer` joined to the host by a veth pair (198.51.100.201/30 on
 # the host side, 198.51.100.202 inside — a documentation range; a /30, so it does not clash with bench/relay.sh's
 # /24), starts coturn's echo peer `turnutils_peer` in it, starts a release `traverse serve` on 198.51.100.201 (TURN
 # on UDP 3478, signaling on HTTP 8080) with its per-source and per-user limits raised out of the way (every client
-# comes from one address here), and runs `traverse-soak` (crates/loadgen) against it: ALLOCATIONS allocations held with Refreshes (the server's default lifetime is cut to
-# 120 s so that they must be refreshed, every 60 s) and a ChannelBind each (renewed every 240 s), SOCKETS idle
-# signaling WebSockets joined two to a room and answering heartbeats, a churn of CHURN allocations and CHURN
-# sockets a second, and a relay stream of STREAM_RATE ChannelData packets a second over 20 allocations echoed by the
-# peer. The nonce lifetime is cut to 300 s so that the clients also meet 438 Stale Nonce. Every INTERVAL seconds it
-# samples the server's RSS (VmRSS), open descriptors (/proc/PID/fd) and CPU, through the load and for AFTER seconds
-# after everything is closed, and prints a table and a verdict. Everything is bounded in time and count; the
-# namespace and the processes the script started are removed on exit.
+# comes from one address here), and runs `traverse-soak` (crates/loadgen) against it:
+# - ALLOCATIONS allocations held with Refreshes (the server's default lifetime is cut to 120 s so that they must be
+#   refreshed; every 60 s) and a ChannelBind each (renewed every 240 s, within the 300 s of a permission);
+# - SOCKETS idle signaling WebSockets joined two to a room and answering heartbeats;
+# - churn: CHURN_ALLOCATIONS allocations and CHURN_SOCKETS sockets a second, each held CHURN_HOLD s and closed
+#   properly (Refresh with LIFETIME 0; `leave`), the sockets joining the idle rooms;
+# - a relay stream of STREAM_RATE ChannelData packets a second over 20 allocations, echoed by the peer.
+# The nonce lifetime is cut to 300 s so that the clients also meet 438 Stale Nonce. Every INTERVAL seconds it samples
+# the server's RSS (VmRSS), open descriptors (/proc/PID/fd) and CPU, through the load and for AFTER seconds after
+# everything is closed, and prints a table and a verdict (bench/out/soak-N.txt). Everything is bounded in time and
+# count; the namespace and the processes the script started are removed on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION="${DURATION:-600}"
@@ -30,9 +35,12 @@ INTERVAL="${INTERVAL:-10}"
 ALLOCATIONS="${ALLOCATIONS:-5000}"
 SOCKETS="${SOCKETS:-2000}"
 CHURN="${CHURN:-20}"
+CHURN_ALLOCATIONS="${CHURN_ALLOCATIONS:-$CHURN}"
+CHURN_SOCKETS="${CHURN_SOCKETS:-$CHURN}"
 CHURN_HOLD="${CHURN_HOLD:-10}"
 STREAM_RATE="${STREAM_RATE:-2000}"
 WORKERS="${WORKERS:-0}"
+CYCLES="${CYCLES:-1}"
 NS=trvsoak-peer
 HOST_IF=trvs0
 PEER_IF=trvs1
@@ -52,7 +60,8 @@ done
 # The load generator holds ~7 500 descriptors (one UDP socket per allocation, one TCP socket per WebSocket), and the
 # server as many again; both inherit this.
 ulimit -n "$(ulimit -Hn)"
-[ "$(ulimit -n)" -ge 16000 ] || { echo "need a descriptor limit of at least 16000 (hard limit: $(ulimit -Hn))"; exit 1; }
+: >"$OUT/soak-loadgen.err"
+[ "$(ulimit -n)" -ge 16000 ] || { echo "need a descriptor limit of 16000 or more (hard limit: $(ulimit -Hn))"; exit 1; }
 
 pids=()
 cleanup() {
@@ -102,16 +111,21 @@ ss -lnt | grep -q "$HOST_IP:$HTTP_PORT" || { echo "server did not start:"; cat "
 sleep 2   # let the server settle before the first sample
 
 echo "== $(date -u '+%F %T') UTC; machine: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "== traverse $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- crates || echo '+changes'), pid $SERVER_PID;" \
-  "DURATION=$DURATION WARMUP=$WARMUP AFTER=$AFTER ALLOCATIONS=$ALLOCATIONS SOCKETS=$SOCKETS CHURN=$CHURN/s" \
-  "CHURN_HOLD=$CHURN_HOLD STREAM_RATE=$STREAM_RATE"
-# Bounded: the soak ends by itself after DURATION + AFTER seconds; `timeout` stops it two minutes after that.
+echo "== traverse $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- crates || echo '+changes') pid $SERVER_PID;" \
+  "DURATION=$DURATION WARMUP=$WARMUP AFTER=$AFTER ALLOCATIONS=$ALLOCATIONS SOCKETS=$SOCKETS" \
+  "CHURN_ALLOCATIONS=$CHURN_ALLOCATIONS/s CHURN_SOCKETS=$CHURN_SOCKETS/s CHURN_HOLD=$CHURN_HOLD" \
+  "STREAM_RATE=$STREAM_RATE CYCLES=$CYCLES"
+# Bounded: each cycle ends by itself after DURATION + AFTER seconds; `timeout` stops it two minutes after that.
 status=0
-timeout $((DURATION + AFTER + 120)) "$SOAK" --pid "$SERVER_PID" --turn "$HOST_IP:3478" --peer "$PEER_IP:$PEER_PORT" \
-  --ws "$HOST_IP:$HTTP_PORT" --user "$USER_NAME" --password "$PASSWORD" --duration "$DURATION" --warmup "$WARMUP" \
-  --after "$AFTER" --interval "$INTERVAL" --allocations "$ALLOCATIONS" --sockets "$SOCKETS" \
-  --churn-allocations "$CHURN" --churn-sockets "$CHURN" --churn-hold "$CHURN_HOLD" --stream-rate "$STREAM_RATE" \
-  2>"$OUT/soak-loadgen.err" | tee "$OUT/soak.txt" || status=$?
+for cycle in $(seq "$CYCLES"); do
+  [ "$CYCLES" = 1 ] || echo "== cycle $cycle of $CYCLES"
+  timeout $((DURATION + AFTER + 120)) "$SOAK" --pid "$SERVER_PID" --turn "$HOST_IP:3478" \
+    --peer "$PEER_IP:$PEER_PORT" --ws "$HOST_IP:$HTTP_PORT" --user "$USER_NAME" --password "$PASSWORD" \
+    --duration "$DURATION" --warmup "$WARMUP" --after "$AFTER" --interval "$INTERVAL" --allocations "$ALLOCATIONS" \
+    --sockets "$SOCKETS" --churn-allocations "$CHURN_ALLOCATIONS" --churn-sockets "$CHURN_SOCKETS" \
+    --churn-hold "$CHURN_HOLD" --stream-rate "$STREAM_RATE" 2>>"$OUT/soak-loadgen.err" | tee "$OUT/soak-$cycle.txt" \
+    || { status=$?; break; }
+done
 echo "== machine load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
 if [ -s "$OUT/soak-loadgen.err" ]; then
   echo "== load generator errors (first 20; all are counted above):"

@@ -209,7 +209,8 @@ async fn main() -> anyhow::Result<()> {
     let ws = Arc::new(sockets::WsLoad {
         addr: args.ws,
         url: format!("ws://{}/ws", args.ws),
-        rooms: (args.sockets / 2).max(1),
+        // Two idle peers a room; at least 100 rooms, so the churn never fills one when there are few idle sockets.
+        rooms: (args.sockets / 2).max(100),
         ramp,
         teardown: Semaphore::new(64),
         stats: stats.clone(),

@@ -124,10 +124,10 @@ impl Table {
     pub fn verdict(&self, stats: &Stats) {
         let c = |n: &std::sync::atomic::AtomicU64| n.load(Ordering::Relaxed);
         println!(
-            "load generator: {} allocations opened ({} failed, {} held ones lost, {} deletes unanswered), {} sockets \
-             opened ({} failed, {} held ones dropped), {} churn ticks skipped; {} Refreshes, {} ChannelBind renewals, {} \
-             stale nonces; {} heartbeat pings, {} stream messages read; relay stream {} sent, {} echoed ({:.2} % lost); \
-             load generator CPU {:.1} s",
+            "load generator: {} allocations opened ({} failed, {} held ones lost, {} deletes unanswered), {} \
+             sockets opened ({} failed, {} held ones dropped), {} churn ticks skipped; {} Refreshes, {} ChannelBind \
+             renewals, {} stale nonces; {} heartbeat pings, {} stream messages read; relay stream {} sent, {} echoed \
+             ({:.2} % lost); load generator CPU {:.1} s",
             c(&stats.allocations_opened),
             c(&stats.allocation_failures),
             c(&stats.allocations_lost),
@@ -171,7 +171,12 @@ impl Table {
         let fd_growth = end.fds as i64 - warm.fds as i64;
         // Flat: RSS within 5 % and descriptors within 2 % (the churn's open items vary by a few from one sample to
         // the next) from the end of the warm-up to the end of the load.
-        let flat = rss_growth_pct.abs() <= 5.0 && fd_growth.unsigned_abs() as f64 <= (warm.fds as f64 * 0.02).max(10.0);
+        let fds_flat = fd_growth.unsigned_abs() as f64 <= (warm.fds as f64 * 0.02).max(10.0);
+        let trend = match (rss_growth_pct, fds_flat) {
+            (g, true) if g.abs() <= 5.0 => "FLAT",
+            (g, _) if g < -5.0 => "FALLING",
+            _ => "GROWING",
+        };
         // Back: what the load added is at least 80 % gone, and the descriptors are where they were.
         let added = mib(end.rss_kib) - mib(before.rss_kib);
         let left = mib(after.rss_kib) - mib(before.rss_kib);
@@ -196,9 +201,10 @@ impl Table {
             before.fds, warm.fds, end.fds, after.fds, fds_min, fds_max
         );
         println!(
-            "VERDICT: {} — RSS {:+.1} MiB ({:+.1} %) from the end of the warm-up to the end of the load (trend {:+.1} \
-             MiB/h), fds {:+}; {} — after the load RSS {:.1} MiB against {:.1} MiB before ({:+.1} MiB), fds {} against {}",
-            if flat { "FLAT" } else { "GROWING" },
+            "VERDICT: {} — RSS {:+.1} MiB ({:+.1} %) from the end of the warm-up to the end of the load (trend \
+             {:+.1} MiB/h), fds {:+}; {} — after the load RSS {:.1} MiB against {:.1} MiB before ({:+.1} MiB), fds {} \
+             against {}",
+            trend,
             rss_growth,
             rss_growth_pct,
             slope,
