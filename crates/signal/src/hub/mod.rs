@@ -22,7 +22,7 @@ use crate::id::{PeerId, SessionSecret};
 use crate::protocol::{self, ClientMessage, CloseCode, ErrorCode, Refusal};
 
 use rooms::Room;
-use sockets::Conn;
+use sockets::{Admission, Conn};
 use stream::Session;
 
 /// The I/O layer's id for one socket. The I/O layer numbers its sockets; the hub never makes one and never writes
@@ -300,9 +300,9 @@ impl<R: RngCore + Send> SignalHub for MemoryHub<R> {
             return self.error(conn, Refusal::new(ErrorCode::TooLarge, message));
         }
         match self.admit(conn, now) {
-            None => return,
-            Some(true) => {}
-            Some(false) => return self.over_rate(conn),
+            Admission::Admitted => {}
+            Admission::OverRate => return self.over_rate(conn),
+            Admission::UnknownConn => return,
         }
         match protocol::parse(text) {
             Ok((msg, Some(seq))) if matches!(msg, ClientMessage::Signal { .. } | ClientMessage::Broadcast { .. }) => {
@@ -325,7 +325,7 @@ impl<R: RngCore + Send> SignalHub for MemoryHub<R> {
 
     fn handle_binary(&mut self, conn: ConnId, now: Now) {
         self.clock = now.instant;
-        if self.admit(conn, now) != Some(true) {
+        if self.admit(conn, now) != Admission::Admitted {
             return;
         }
         let message = "Binary frames are not part of protocol v1: send JSON in text frames.";

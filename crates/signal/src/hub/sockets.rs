@@ -11,6 +11,16 @@ use crate::frame::Frame;
 use crate::id::PeerId;
 use crate::protocol::{CloseCode, ErrorCode, Refusal};
 
+/// Whether a socket's message is handled, by its token bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Admission {
+    Admitted,
+    /// Over the socket's rate: the message is dropped.
+    OverRate,
+    /// No such socket (already closed).
+    UnknownConn,
+}
+
 /// One socket.
 pub(super) struct Conn {
     pub source: Source,
@@ -38,11 +48,12 @@ impl Conn {
 }
 
 impl<R: RngCore + Send> MemoryHub<R> {
-    /// Takes one message from the socket's token bucket; false when the socket is over its rate, `None` when the
-    /// socket is unknown.
-    pub(super) fn admit(&mut self, conn: ConnId, now: Now) -> Option<bool> {
+    /// Takes one message from the socket's token bucket.
+    pub(super) fn admit(&mut self, conn: ConnId, now: Now) -> Admission {
         let limits = &self.limits;
-        let c = self.conns.get_mut(&conn)?;
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return Admission::UnknownConn;
+        };
         c.last_heard = now.instant;
         let elapsed = now.instant.saturating_duration_since(c.refilled).as_secs_f64();
         c.refilled = now.instant;
@@ -50,10 +61,10 @@ impl<R: RngCore + Send> MemoryHub<R> {
         if c.tokens >= 1.0 {
             c.tokens -= 1.0;
             c.rate_strikes = 0;
-            Some(true)
+            Admission::Admitted
         } else {
             c.rate_strikes += 1;
-            Some(false)
+            Admission::OverRate
         }
     }
 
@@ -104,7 +115,7 @@ impl<R: RngCore + Send> MemoryHub<R> {
 
     /// Closes a socket now; its session (if any) starts its grace period.
     pub(super) fn close(&mut self, conn: ConnId, code: CloseCode, reason: &str) {
-        if !self.forget_conn(conn) {
+        if self.forget_conn(conn).is_none() {
             return;
         }
         self.outputs.push_back(Output::Close {
@@ -114,14 +125,12 @@ impl<R: RngCore + Send> MemoryHub<R> {
         });
     }
 
-    /// Forgets a socket (closed by either side); its session, if it is still the session's socket, starts its
-    /// grace period. False when the socket was not known.
-    pub(super) fn forget_conn(&mut self, conn: ConnId) -> bool {
-        let Some(c) = self.conns.remove(&conn) else {
-            return false;
-        };
+    /// Forgets a socket (closed by either side) and returns it, if it was known; its session, if it is still the
+    /// session's socket, starts its grace period.
+    pub(super) fn forget_conn(&mut self, conn: ConnId) -> Option<Conn> {
+        let c = self.conns.remove(&conn)?;
         self.release_source(c.source);
-        if let Some(s) = c.peer.and_then(|peer| self.sessions.get_mut(&peer)) {
+        if let Some(s) = c.peer.as_ref().and_then(|peer| self.sessions.get_mut(peer)) {
             if s.conn == Some(conn) {
                 s.conn = None;
                 s.disconnected = Some(Disconnected {
@@ -130,7 +139,7 @@ impl<R: RngCore + Send> MemoryHub<R> {
                 });
             }
         }
-        true
+        Some(c)
     }
 
     fn release_source(&mut self, source: Source) {
