@@ -7,6 +7,7 @@
 //! on Allocate and on expiry.
 
 mod auth;
+pub mod client;
 mod config;
 mod own;
 pub mod policy;

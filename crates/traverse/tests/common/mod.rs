@@ -813,60 +813,70 @@ pub fn assert_binding_served(conn: &mut Conn) {
     );
 }
 
-/// A TURN session: the long-term credential mechanism (RFC 8489 §9.2) over one connection.
+/// A TURN session over one connection: `turn::client` (the sans-IO client, which does the long-term credential
+/// dance and the RFC 8489 retransmissions), driven blocking over [`Conn`].
 #[derive(Debug)]
 pub struct TurnClient {
     pub conn: Conn,
-    user: String,
-    password: String,
-    pub creds: Option<Credentials>,
+    client: turn::client::Client,
 }
 
 impl TurnClient {
     pub fn new(conn: Conn, user: &str, password: &str) -> TurnClient {
+        let mut config = if conn.is_udp() {
+            turn::client::ClientConfig::udp(user, password)
+        } else {
+            turn::client::ClientConfig::stream(user, password)
+        };
+        // Five sends (0, 0.5, 1.5, 3.5, 7.5 s) and 8 s more: a silent server fails a test in 15.5 s, not 39.5 s.
+        config.max_transmissions = 5;
         TurnClient {
             conn,
-            user: user.to_owned(),
-            password: password.to_owned(),
-            creds: None,
+            client: turn::client::Client::new(config),
         }
     }
 
-    /// Sends an authenticated request, learning REALM and NONCE from a 401 or 438 and retrying (at most twice).
+    /// The long-term key, once the server challenged (to check that an answer is signed).
+    pub fn key(&self) -> IntegrityKey {
+        self.client.key().cloned().expect("the server challenged")
+    }
+
+    /// Sends a request (signed once the server has challenged) and waits for its final answer; panics on none.
     pub fn request(
         &mut self,
         method: Method,
-        attrs: impl Fn(&mut MessageWriter<'_>) -> Result<(), stun::EncodeError>,
+        attrs: impl FnOnce(&mut MessageWriter<'_>) -> Result<(), stun::EncodeError>,
     ) -> Response {
-        for _ in 0..3 {
-            let request = build(method, random_tid(), &attrs, self.creds.as_ref(), true);
-            let response = self.conn.must_transact(&request);
-            let retry = matches!(response.error_code(), Some(401 | 438))
-                && response.text(attr::NONCE).is_some()
-                && (self.creds.is_none() || response.error_code() == Some(438));
-            if !retry {
-                if let (Some(c), Class::Success) = (&self.creds, response.class()) {
-                    assert!(
-                        response.message().verify_integrity(&c.key),
-                        "a success response must carry our MESSAGE-INTEGRITY"
-                    );
-                }
-                return response;
+        let id = self
+            .client
+            .request(Instant::now(), method, attrs)
+            .expect("the request fits");
+        loop {
+            while let Some(packet) = self.client.poll_transmit() {
+                self.conn.send(&packet);
             }
-            let realm = response
-                .text(attr::REALM)
-                .or_else(|| self.creds.as_ref().map(|c| c.realm.clone()))
-                .expect("401 carries REALM");
-            let nonce = response.text(attr::NONCE).expect("challenge carries NONCE");
-            let key = stun::long_term_key_md5(&self.user, &realm, &self.password);
-            self.creds = Some(Credentials {
-                username: self.user.clone(),
-                realm,
-                nonce,
-                key,
-            });
+            while let Some(event) = self.client.poll_event() {
+                match event {
+                    turn::client::Event::Response { id: done, outcome, .. } if done == id => {
+                        let answer = outcome
+                            .answer()
+                            .unwrap_or_else(|| panic!("no answer from the server over {:?}", self.conn));
+                        return Response {
+                            bytes: answer.as_bytes().to_vec(),
+                        };
+                    }
+                    _ => {}
+                }
+            }
+            let wait = self
+                .client
+                .poll_timeout()
+                .map_or(Duration::from_secs(1), |t| t.saturating_duration_since(Instant::now()));
+            match self.conn.recv(wait.max(Duration::from_millis(1))) {
+                Some(bytes) => self.client.handle_input(Instant::now(), &bytes),
+                None => self.client.handle_timeout(Instant::now()),
+            }
         }
-        panic!("authentication did not converge in three rounds");
     }
 
     /// Allocate with REQUESTED-TRANSPORT UDP; `ipv6_too` adds ADDITIONAL-ADDRESS-FAMILY IPv6 (RFC 8656 §7.2).
