@@ -1,0 +1,272 @@
+//! Allocations (RFC 8656 §7): Allocate and its relay binding, Refresh, lifetimes.
+
+use super::*;
+
+impl<R: RngCore> Server<R> {
+    /// The caller bound (or failed to bind) the relay for a pending Allocate: `None` when no port could be bound,
+    /// a binding without addresses when the host has no address of the requested family. Returns the allocation (if created)
+    /// and the length of the answer written into `out` for the client, if any is due.
+    pub fn handle_relay_bound(
+        &mut self,
+        now: Instant,
+        five_tuple: FiveTuple,
+        result: Option<RelayBinding>,
+        out: &mut [u8],
+    ) -> (Option<AllocationId>, Option<usize>) {
+        let Some(pending) = self.pending.remove(&five_tuple) else {
+            return (None, None);
+        };
+        let bound = |b: &RelayBinding| {
+            pending
+                .requested
+                .iter()
+                .zip(b.relays)
+                .any(|(wanted, got)| *wanted && got.is_some())
+        };
+        // `Some` with nothing bound: the caller has no address of the requested family (440); `None`: no port (508).
+        let refusal = match &result {
+            Some(b) if !bound(b) => Some(reject(440, "Address Family not Supported")),
+            None => Some(reject(508, "Insufficient Capacity")),
+            Some(_) => None,
+        };
+        let (Some(binding), None) = (result, refusal) else {
+            self.quotas
+                .release(&pending.username, Source::of(five_tuple.client.ip()));
+            let len = self.write_error(
+                out,
+                Method::ALLOCATE,
+                pending.tid,
+                refusal.unwrap_or(reject(508, "Insufficient Capacity")),
+                Some(&pending.auth),
+                |_| Ok(()),
+            );
+            if let Some(len) = len {
+                self.responses
+                    .insert((five_tuple, pending.tid), now, out.get(..len).unwrap_or_default());
+            }
+            return (None, len);
+        };
+        let reservation_token = binding.reserved.map(|relay| {
+            let mut token = [0u8; 8];
+            self.rng.fill_bytes(&mut token);
+            self.reservations.insert(
+                token,
+                Reservation {
+                    relay,
+                    expires: now + self.config.reservation_lifetime,
+                },
+            );
+            token
+        });
+        let id = self.insert_allocation(Allocation {
+            generation: 0,
+            five_tuple,
+            username: pending.username,
+            expires: now + pending.lifetime,
+            relays: binding.relays,
+            permissions: FastMap::default(),
+            channel_by_peer: FastMap::default(),
+            peer_by_channel: FastMap::default(),
+            bucket: TokenBucket {
+                tokens: self.config.bandwidth_per_allocation,
+                last: now,
+            },
+        });
+        // A family asked for but not bound is reported, not fatal (RFC 8656 §7.2, dual allocation).
+        let missing = pending
+            .requested
+            .iter()
+            .zip(binding.relays)
+            .position(|(wanted, got)| *wanted && got.is_none())
+            .map(|i| if i == 0 { Family::V4 } else { Family::V6 })
+            .or(pending.refused_family);
+        let lifetime = pending.lifetime.as_secs() as u32;
+        let len = self.write_success(out, Method::ALLOCATE, pending.tid, &pending.auth, |w| {
+            for relay in binding.relays.iter().flatten() {
+                w.add(&Attribute::XorRelayedAddress(*relay))?;
+            }
+            w.add(&Attribute::Lifetime(lifetime))?;
+            if let Some(token) = reservation_token {
+                w.add(&Attribute::ReservationToken(token))?;
+            }
+            if let Some(family) = missing {
+                w.add(&Attribute::AddressErrorCode {
+                    family: family.stun_code(),
+                    code: 440,
+                    reason: "Address Family not Supported",
+                })?;
+            }
+            w.add(&Attribute::XorMappedAddress(five_tuple.client))?;
+            Ok(())
+        });
+        if let Some(len) = len {
+            self.responses
+                .insert((five_tuple, pending.tid), now, out.get(..len).unwrap_or_default());
+        }
+        (Some(id), len)
+    }
+
+    /// RFC 8656 §7.2.
+    pub(super) fn handle_allocate(
+        &mut self,
+        now: Instant,
+        five_tuple: FiveTuple,
+        req: &Request<'_>,
+        tid: TransactionId,
+        username: String,
+        auth: ResponseAuth,
+    ) -> Outcome {
+        // A retransmitted Allocate was answered from the response cache before we got here; anything else on a
+        // 5-tuple that already has (or is binding) an allocation is a mismatch.
+        self.sweep_if_expired(now, five_tuple);
+        if self.by_five_tuple.contains_key(&five_tuple) || self.pending.contains_key(&five_tuple) {
+            return Outcome::Err(ALLOCATION_MISMATCH);
+        }
+        match req.requested_transport {
+            None => return Outcome::Err(BAD_REQUEST),
+            Some(17) => {}
+            Some(_) => return Outcome::Err(reject(442, "Unsupported Transport Protocol")),
+        }
+        if req.reservation_token.is_some()
+            && (req.even_port.is_some() || req.requested_family.is_some() || req.additional_family.is_some())
+        {
+            return Outcome::Err(BAD_REQUEST);
+        }
+        if req.requested_family.is_some() && req.additional_family.is_some() {
+            return Outcome::Err(BAD_REQUEST);
+        }
+        if req.additional_family.is_some_and(|f| f != 0x02) {
+            return Outcome::Err(BAD_REQUEST);
+        }
+        let mut requested = [false; 2];
+        let mut refused_family = None;
+        let primary = Family::from_stun(req.requested_family.unwrap_or(0x01));
+        let offered = [self.config.relay_ipv4, self.config.relay_ipv6];
+        if !*primary.pick(&offered) {
+            return Outcome::Err(reject(440, "Address Family not Supported"));
+        }
+        *primary.pick_mut(&mut requested) = true;
+        if req.additional_family.is_some() {
+            if *Family::V6.pick(&offered) {
+                *Family::V6.pick_mut(&mut requested) = true;
+            } else {
+                refused_family = Some(Family::V6);
+            }
+        }
+        let mut reservation = None;
+        let mut reserved_relay = None;
+        if let Some(token) = req.reservation_token {
+            match self.reservations.take(&token) {
+                Some(r) if r.expires > now => {
+                    requested = [false; 2];
+                    *Family::of(&r.relay).pick_mut(&mut requested) = true;
+                    reservation = Some(token);
+                    reserved_relay = Some(r.relay);
+                }
+                _ => return Outcome::Err(reject(508, "Insufficient Capacity")),
+            }
+        }
+        let acquired = self.quotas.acquire(&username, Source::of(five_tuple.client.ip()));
+        if let (Err(_), Some(relay)) = (acquired, reserved_relay) {
+            // The token was redeemed and the Allocate refused: the held socket is no one's any more.
+            self.events.push_back(Event::ReservationReleased(relay));
+        }
+        match acquired {
+            Ok(()) => {}
+            // RFC 8656 §18: 486 means "no more allocations using this username" (or from this source); a
+            // server-wide limit is capacity.
+            Err(QuotaExceeded::User | QuotaExceeded::Source) => {
+                return Outcome::Err(reject(486, "Allocation Quota Reached"))
+            }
+            Err(QuotaExceeded::Total) => return Outcome::Err(reject(508, "Insufficient Capacity")),
+        }
+        let lifetime = self.clamp_lifetime(req.lifetime);
+        self.pending.insert(
+            five_tuple,
+            Pending {
+                tid,
+                username,
+                auth,
+                lifetime,
+                requested,
+                refused_family,
+            },
+        );
+        Outcome::Bind(BindRequest {
+            five_tuple,
+            families: requested,
+            even_port: req.even_port.is_some(),
+            reserve_next: req.even_port == Some(true),
+            reservation,
+            reserved_relay,
+            dont_fragment: req.dont_fragment,
+        })
+    }
+
+    /// RFC 8656 §7.2: min(requested, max), but never below the default.
+    pub(super) fn clamp_lifetime(&self, requested: Option<u32>) -> Duration {
+        let requested = requested.map_or(self.config.default_lifetime, |s| Duration::from_secs(u64::from(s)));
+        requested
+            .min(self.config.max_lifetime)
+            .max(self.config.default_lifetime.min(self.config.max_lifetime))
+    }
+
+    /// Finds the allocation of this 5-tuple and checks that the same user owns it (RFC 8656 §5: 441).
+    pub(super) fn owned_allocation(
+        &mut self,
+        now: Instant,
+        five_tuple: FiveTuple,
+        username: &str,
+    ) -> Result<AllocationId, Reject> {
+        self.sweep_if_expired(now, five_tuple);
+        let id = *self.by_five_tuple.get(&five_tuple).ok_or(ALLOCATION_MISMATCH)?;
+        let alloc = self.allocation_mut(id).ok_or(ALLOCATION_MISMATCH)?;
+        if alloc.username != username {
+            return Err(WRONG_CREDENTIALS);
+        }
+        Ok(id)
+    }
+
+    /// An allocation past its lifetime is gone (RFC 8656 §7), whether or not `handle_timeout` has run yet: a request
+    /// must neither revive it (Refresh) nor be refused because of it (Allocate).
+    pub(super) fn sweep_if_expired(&mut self, now: Instant, five_tuple: FiveTuple) {
+        let Some(&id) = self.by_five_tuple.get(&five_tuple) else {
+            return;
+        };
+        if self.allocation_mut(id).is_some_and(|a| a.expires <= now) {
+            self.remove_allocation(id);
+        }
+    }
+
+    /// RFC 8656 §7.3: lifetime 0 deletes; otherwise min(requested, max), but never below the default.
+    pub(super) fn handle_refresh(
+        &mut self,
+        now: Instant,
+        five_tuple: FiveTuple,
+        req: &Request<'_>,
+        username: &str,
+    ) -> Outcome {
+        let id = match self.owned_allocation(now, five_tuple, username) {
+            Ok(id) => id,
+            Err(r) => return Outcome::Err(r),
+        };
+        let lifetime = match req.lifetime {
+            Some(0) => Duration::ZERO,
+            requested => self.clamp_lifetime(requested),
+        };
+        let Some(alloc) = self.allocation_mut(id) else {
+            return Outcome::Err(ALLOCATION_MISMATCH);
+        };
+        if let Some(family) = req.requested_family {
+            if Family::from_stun(family).pick(&alloc.relays).is_none() {
+                return Outcome::Err(PEER_FAMILY_MISMATCH);
+            }
+        }
+        if lifetime.is_zero() {
+            self.remove_allocation(id);
+            return Outcome::Ok(Some(0));
+        }
+        alloc.expires = now + lifetime;
+        Outcome::Ok(Some(lifetime.as_secs() as u32))
+    }
+}

@@ -1,0 +1,684 @@
+//! The TURN server state machine.
+//!
+//! A packet enters through [`Server::handle_client`] (from a client, on a listener) or [`Server::handle_peer`] (from
+//! a peer, on a relay socket) and leaves as the returned action: an answer written into the caller's buffer, or a
+//! range of the caller's buffer to send elsewhere. Relay sockets are the caller's: an Allocate returns
+//! [`ClientAction::BindRelay`], the caller binds, and reports back with [`Server::handle_relay_bound`]. Time is
+//! always the caller's `now`; wall-clock seconds (for REST credential expiry) are derived from one
+//! `(Instant, unix seconds)` pair given at construction.
+//!
+//! This file holds the types, the entry points and the allocation table; each mechanism has a module of its own:
+//! `credentials` (RFC 8489 §9.2), `binding` (STUN and RFC 5780), `allocate` (Allocate, Refresh), `permissions`
+//! (CreatePermission, ChannelBind, which peers they may name), `relay` (the data path both ways and the reflection
+//! guard), `request` (a request's attributes in one pass), `cache` (answers to retransmissions), `reservations`
+//! (EVEN-PORT tokens).
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use foldhash::fast::RandomState;
+use rand::RngCore;
+use stun::{
+    attr, is_comprehension_required, Attribute, ChannelData, ChannelNumber, Class, IntegrityKey, Message,
+    MessageWriter, Method, PacketKind, TransactionId, CHANNEL_DATA_HEADER_LEN, PASSWORD_ALGORITHM_MD5,
+    PASSWORD_ALGORITHM_SHA256,
+};
+
+use crate::auth::{Authenticator, CredentialError, Expiry, NonceState, PASSWORD_ALGORITHMS_VALUE};
+use crate::config::{Config, NatDiscovery, QuotaExceeded, Quotas};
+use crate::own::OwnAddresses;
+use crate::reflection::ReflectionGuard;
+use crate::source::Source;
+
+mod allocate;
+mod binding;
+mod cache;
+mod credentials;
+mod permissions;
+mod relay;
+mod request;
+mod reservations;
+
+use cache::ResponseCache;
+use request::Request;
+use reservations::Reservation;
+pub use reservations::Reservations;
+
+type FastMap<K, V> = HashMap<K, V, RandomState>;
+
+/// Bytes a caller leaves in front of a peer's payload so that the ChannelData header or Data indication header
+/// is written in place: 20 (STUN header) + 24 (XOR-PEER-ADDRESS, IPv6) + 4 (DATA header).
+pub const PEER_HEADROOM: usize = 48;
+/// Bytes a caller leaves after a peer's payload for padding (ChannelData on streams, Data indications).
+pub const PEER_TAILROOM: usize = 3;
+/// RFC 5780 §7.6: the largest answer PADDING may grow a Binding answer to (the IPv6 minimum MTU); never more than
+/// the request itself either.
+pub const MAX_PADDED_ANSWER: usize = 1280;
+
+/// RFC 8656 §3.1: the transport between client and server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Transport {
+    Udp,
+    Tcp,
+    Tls,
+}
+
+impl Transport {
+    pub fn is_stream(self) -> bool {
+        !matches!(self, Transport::Udp)
+    }
+}
+
+/// The client's 5-tuple: what identifies an allocation (RFC 8656 §2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FiveTuple {
+    pub client: SocketAddr,
+    pub server: SocketAddr,
+    pub transport: Transport,
+}
+
+/// A generation-checked handle to an allocation, so a relay socket left over from a freed allocation can never
+/// feed a new one that reused its slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct AllocationId {
+    index: u32,
+    generation: u32,
+}
+
+impl AllocationId {
+    /// A small dense index (reused after the allocation ends, with a new generation): callers keep per-allocation
+    /// state in a `Vec` at this index instead of a map, and check the id on look-up.
+    pub fn slot(&self) -> usize {
+        self.index as usize
+    }
+}
+
+/// Address families, as indices into per-family arrays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Family {
+    V4 = 0,
+    V6 = 1,
+}
+
+impl Family {
+    pub fn of(addr: &SocketAddr) -> Self {
+        if addr.is_ipv4() {
+            Family::V4
+        } else {
+            Family::V6
+        }
+    }
+
+    fn from_stun(code: u8) -> Self {
+        if code == 0x02 {
+            Family::V6
+        } else {
+            Family::V4
+        }
+    }
+
+    /// The entry for this family in a per-family pair, indexed `[V4, V6]`.
+    pub fn pick<T>(self, pair: &[T; 2]) -> &T {
+        let [v4, v6] = pair;
+        match self {
+            Family::V4 => v4,
+            Family::V6 => v6,
+        }
+    }
+
+    pub fn pick_mut<T>(self, pair: &mut [T; 2]) -> &mut T {
+        let [v4, v6] = pair;
+        match self {
+            Family::V4 => v4,
+            Family::V6 => v6,
+        }
+    }
+
+    fn stun_code(self) -> u8 {
+        match self {
+            Family::V4 => 0x01,
+            Family::V6 => 0x02,
+        }
+    }
+}
+
+/// What the caller binds for an Allocate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BindRequest {
+    pub five_tuple: FiveTuple,
+    /// Families to bind a relay socket for (index by [`Family`]).
+    pub families: [bool; 2],
+    /// EVEN-PORT: bind an even port; with `reserve_next`, also hold port+1 and report it.
+    pub even_port: bool,
+    pub reserve_next: bool,
+    /// RESERVATION-TOKEN: use the socket held for this token instead of binding.
+    pub reservation: Option<[u8; 8]>,
+    /// The relay address the token reserved (the socket the caller held back for it).
+    pub reserved_relay: Option<SocketAddr>,
+    /// DONT-FRAGMENT: set DF on the relay socket.
+    pub dont_fragment: bool,
+}
+
+/// What the caller bound for a [`BindRequest`]: the advertised relay address per family, or why not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RelayBinding {
+    pub relays: [Option<SocketAddr>; 2],
+    /// The port+1 socket held for EVEN-PORT with R set.
+    pub reserved: Option<SocketAddr>,
+}
+
+/// What to do with a packet from a client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientAction {
+    /// Nothing to send (malformed, unauthenticated indication, no permission, …).
+    Drop,
+    /// Send `out[..len]` back on the same 5-tuple.
+    Reply(usize),
+    /// Send `out[..len]` from the UDP listener bound to `from` to `to`: a Binding answer that RFC 5780's
+    /// CHANGE-REQUEST or RESPONSE-PORT sends elsewhere than back on the 5-tuple. `from` is always one of the
+    /// configured [`crate::NatDiscovery::addresses`] and `to` is always the client's IP.
+    ReplyFrom {
+        len: usize,
+        from: SocketAddr,
+        to: SocketAddr,
+    },
+    /// Send `packet[payload]` from the allocation's relay socket of the peer's family to `peer`.
+    Relay {
+        allocation: AllocationId,
+        peer: SocketAddr,
+        payload: Range<usize>,
+    },
+    /// Bind relay sockets, then call [`Server::handle_relay_bound`].
+    BindRelay(BindRequest),
+}
+
+/// Where a peer's packet goes: `buf[range]` to the allocation's client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerForward {
+    pub five_tuple: FiveTuple,
+    pub range: Range<usize>,
+}
+
+/// Things the caller must act on that no packet triggered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// Close the allocation's relay sockets.
+    AllocationClosed(AllocationId),
+    /// Close the socket held for this reserved relay address (its token expired, or was redeemed by an Allocate
+    /// that was then refused). The caller holds the socket; this core holds the token and its expiry.
+    ReservationReleased(SocketAddr),
+}
+
+/// Counters for metrics; plain integers because each worker owns its server.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Stats {
+    pub allocations: usize,
+    pub relayed_to_peer_packets: u64,
+    pub relayed_to_peer_bytes: u64,
+    pub relayed_to_client_packets: u64,
+    pub relayed_to_client_bytes: u64,
+    pub dropped_packets: u64,
+    pub malformed_packets: u64,
+    pub auth_failures: u64,
+}
+
+struct Allocation {
+    generation: u32,
+    five_tuple: FiveTuple,
+    username: String,
+    expires: Instant,
+    relays: [Option<SocketAddr>; 2],
+    /// Permission expiry per peer IP (RFC 8656 §9: ports are ignored).
+    permissions: FastMap<IpAddr, Instant>,
+    /// Peer → bound channel; `expires` is min(channel, permission) so one look-up decides.
+    channel_by_peer: FastMap<SocketAddr, ChannelBinding>,
+    peer_by_channel: FastMap<ChannelNumber, SocketAddr>,
+    bucket: TokenBucket,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct ChannelBinding {
+    channel: ChannelNumber,
+    channel_expires: Instant,
+    expires: Instant,
+}
+
+/// Client→peer route of a bound channel, keyed by what a ChannelData packet carries.
+#[derive(Debug, Clone, Copy)]
+struct ChannelRoute {
+    allocation: AllocationId,
+    peer: SocketAddr,
+    expires: Instant,
+}
+
+struct Pending {
+    tid: TransactionId,
+    username: String,
+    auth: ResponseAuth,
+    lifetime: Duration,
+    requested: [bool; 2],
+    /// Family refused by configuration, reported with ADDRESS-ERROR-CODE.
+    refused_family: Option<Family>,
+}
+
+/// The key and algorithm a request authenticated with, to sign its response the same way.
+#[derive(Clone)]
+struct ResponseAuth {
+    key: IntegrityKey,
+    sha256: bool,
+}
+
+/// Per-allocation bandwidth cap (RFC 8656 §7.2 leaves the policy to the server).
+#[derive(Debug, Clone, Copy)]
+struct TokenBucket {
+    tokens: u64,
+    last: Instant,
+}
+
+/// Whether a request authenticated (integrity and nonce checked): its answer carries integrity, is cached, and is
+/// not charged to the reflection guard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Authenticated {
+    Yes,
+    No,
+}
+
+/// An error answer: code and reason phrase (RFC 8656 §18, RFC 8489 §14.8).
+#[derive(Debug, Clone, Copy)]
+struct Reject {
+    code: u16,
+    reason: &'static str,
+}
+
+const fn reject(code: u16, reason: &'static str) -> Reject {
+    Reject { code, reason }
+}
+
+const BAD_REQUEST: Reject = reject(400, "Bad Request");
+const FORBIDDEN: Reject = reject(403, "Forbidden");
+const ALLOCATION_MISMATCH: Reject = reject(437, "Allocation Mismatch");
+const WRONG_CREDENTIALS: Reject = reject(441, "Wrong Credentials");
+const PEER_FAMILY_MISMATCH: Reject = reject(443, "Peer Address Family Mismatch");
+
+pub struct Server<R = rand::rngs::StdRng> {
+    config: Arc<Config>,
+    auth: Arc<Authenticator>,
+    quotas: Arc<Quotas>,
+    rng: R,
+    epoch: (Instant, u64),
+    slots: Vec<Option<Allocation>>,
+    generations: Vec<u32>,
+    free_slots: Vec<u32>,
+    by_five_tuple: FastMap<FiveTuple, AllocationId>,
+    channel_routes: FastMap<(FiveTuple, ChannelNumber), ChannelRoute>,
+    pending: FastMap<FiveTuple, Pending>,
+    reservations: Arc<Reservations>,
+    responses: ResponseCache,
+    reflection: Arc<ReflectionGuard>,
+    own: Arc<OwnAddresses>,
+    /// This worker's copy of the host's addresses (generation, set), so a Send indication checks a local set.
+    own_host: (u64, Arc<HashSet<IpAddr>>),
+    events: VecDeque<Event>,
+    stats: Stats,
+}
+
+impl<R> std::fmt::Debug for Server<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("allocations", &self.by_five_tuple.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<R: RngCore> Server<R> {
+    /// `epoch` pairs an `Instant` with the unix time (seconds) at that instant.
+    pub fn new(
+        config: Arc<Config>,
+        auth: Arc<Authenticator>,
+        quotas: Arc<Quotas>,
+        rng: R,
+        epoch: (Instant, u64),
+    ) -> Self {
+        let capacity = config.response_cache_entries;
+        Self {
+            config,
+            auth,
+            quotas,
+            rng,
+            epoch,
+            slots: Vec::new(),
+            generations: Vec::new(),
+            free_slots: Vec::new(),
+            by_five_tuple: FastMap::default(),
+            channel_routes: FastMap::default(),
+            pending: FastMap::default(),
+            reservations: Arc::new(Reservations::default()),
+            responses: ResponseCache::new(capacity),
+            reflection: Arc::new(ReflectionGuard::default()),
+            own: Arc::new(OwnAddresses::default()),
+            own_host: (0, Arc::new(HashSet::new())),
+            events: VecDeque::new(),
+            stats: Stats::default(),
+        }
+    }
+
+    /// Shares the reflection guard's budgets with other workers: a spoofer's source ports are spread over all of
+    /// them, and its budget must be one.
+    pub fn with_shared_reflection_guard(mut self, guard: Arc<ReflectionGuard>) -> Self {
+        self.reflection = guard;
+        self
+    }
+
+    /// The server's own addresses and live relays, shared with the other workers and kept live by the caller.
+    pub fn with_own_addresses(mut self, own: Arc<OwnAddresses>) -> Self {
+        self.own_host = own.snapshot();
+        self.own = own;
+        self
+    }
+
+    /// Shares EVEN-PORT reservations with other workers: the Allocate that redeems a token may arrive on another
+    /// 5-tuple, hence on another worker.
+    pub fn with_shared_reservations(mut self, reservations: Arc<Reservations>) -> Self {
+        self.reservations = reservations;
+        self
+    }
+
+    pub fn stats(&self) -> Stats {
+        Stats {
+            allocations: self.by_five_tuple.len(),
+            ..self.stats
+        }
+    }
+
+    /// Whether this 5-tuple holds an allocation (a stream connection with one is not idle).
+    pub fn has_allocation(&self, five_tuple: &FiveTuple) -> bool {
+        self.by_five_tuple.contains_key(five_tuple)
+    }
+
+    /// The next event the caller must act on.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When [`Server::handle_timeout`] next has work; callers may also just call it once a second.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let allocations = self.slots.iter().flatten().map(|a| a.expires);
+        allocations.chain(self.reservations.next_expiry()).min()
+    }
+
+    /// A packet from a client. `out` receives any answer; it should hold at least 1280 bytes.
+    pub fn handle_client(
+        &mut self,
+        now: Instant,
+        five_tuple: FiveTuple,
+        packet: &[u8],
+        out: &mut [u8],
+    ) -> ClientAction {
+        let Some(&first) = packet.first() else {
+            return ClientAction::Drop;
+        };
+        match stun::classify(first) {
+            PacketKind::ChannelData => self.handle_channel_data(now, five_tuple, packet),
+            PacketKind::Stun => match Message::parse(packet) {
+                Ok(msg) if msg.check_fingerprint().is_ok() => {
+                    let (action, authenticated) = self.handle_stun(now, five_tuple, &msg, out);
+                    self.guard_reflection(now, five_tuple, packet.len(), action, authenticated)
+                }
+                _ => {
+                    self.stats.malformed_packets += 1;
+                    ClientAction::Drop
+                }
+            },
+            PacketKind::Other => {
+                self.stats.malformed_packets += 1;
+                ClientAction::Drop
+            }
+        }
+    }
+
+    /// A stream transport's connection closed: RFC 8656 §7 ties the allocation to it.
+    pub fn handle_connection_closed(&mut self, five_tuple: FiveTuple) {
+        if let Some(pending) = self.pending.remove(&five_tuple) {
+            self.quotas
+                .release(&pending.username, Source::of(five_tuple.client.ip()));
+        }
+        if let Some(id) = self.by_five_tuple.get(&five_tuple).copied() {
+            self.remove_allocation(id);
+        }
+    }
+
+    /// Expires allocations, permissions, channels, reservations and cached answers.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.refresh_own_addresses();
+        let expired: Vec<AllocationId> = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(index, slot)| {
+                let a = slot.as_ref()?;
+                (a.expires <= now).then_some(AllocationId {
+                    index: index as u32,
+                    generation: a.generation,
+                })
+            })
+            .collect();
+        for id in expired {
+            self.remove_allocation(id);
+        }
+        for alloc in self.slots.iter_mut().flatten() {
+            alloc.permissions.retain(|_, exp| *exp > now);
+            let five_tuple = alloc.five_tuple;
+            let routes = &mut self.channel_routes;
+            let peer_by_channel = &mut alloc.peer_by_channel;
+            alloc.channel_by_peer.retain(|_, b| {
+                let keep = b.channel_expires > now;
+                if !keep {
+                    routes.remove(&(five_tuple, b.channel));
+                    peer_by_channel.remove(&b.channel);
+                }
+                keep
+            });
+        }
+        for relay in self.reservations.expire(now) {
+            self.events.push_back(Event::ReservationReleased(relay));
+        }
+        self.responses.expire(now);
+    }
+
+    fn unix_now(&self, now: Instant) -> u64 {
+        self.epoch.1 + now.saturating_duration_since(self.epoch.0).as_secs()
+    }
+
+    fn allocation_mut(&mut self, id: AllocationId) -> Option<&mut Allocation> {
+        self.slots
+            .get_mut(id.index as usize)?
+            .as_mut()
+            .filter(|a| a.generation == id.generation)
+    }
+
+    fn insert_allocation(&mut self, mut alloc: Allocation) -> AllocationId {
+        let index = match self.free_slots.pop() {
+            Some(i) => i,
+            None => {
+                self.slots.push(None);
+                self.generations.push(0);
+                (self.slots.len() - 1) as u32
+            }
+        };
+        let generation = self
+            .generations
+            .get(index as usize)
+            .copied()
+            .unwrap_or(0)
+            .wrapping_add(1);
+        if let Some(g) = self.generations.get_mut(index as usize) {
+            *g = generation;
+        }
+        alloc.generation = generation;
+        let id = AllocationId { index, generation };
+        self.by_five_tuple.insert(alloc.five_tuple, id);
+        for relay in alloc.relays.iter().flatten() {
+            self.own.add_relay(*relay);
+        }
+        if let Some(slot) = self.slots.get_mut(index as usize) {
+            *slot = Some(alloc);
+        }
+        id
+    }
+
+    fn remove_allocation(&mut self, id: AllocationId) {
+        let Some(slot) = self.slots.get_mut(id.index as usize) else {
+            return;
+        };
+        if slot.as_ref().is_none_or(|a| a.generation != id.generation) {
+            return;
+        }
+        let Some(alloc) = slot.take() else { return };
+        self.free_slots.push(id.index);
+        self.by_five_tuple.remove(&alloc.five_tuple);
+        for relay in alloc.relays.iter().flatten() {
+            self.own.remove_relay(*relay);
+        }
+        for channel in alloc.peer_by_channel.keys() {
+            self.channel_routes.remove(&(alloc.five_tuple, *channel));
+        }
+        self.quotas
+            .release(&alloc.username, Source::of(alloc.five_tuple.client.ip()));
+        self.events.push_back(Event::AllocationClosed(id));
+    }
+
+    fn handle_stun(
+        &mut self,
+        now: Instant,
+        five_tuple: FiveTuple,
+        msg: &Message<'_>,
+        out: &mut [u8],
+    ) -> (ClientAction, Authenticated) {
+        match (msg.class(), msg.method()) {
+            (Class::Request, Method::BINDING) => (self.handle_binding(five_tuple, msg, out), Authenticated::No),
+            (Class::Request, Method::ALLOCATE | Method::REFRESH | Method::CREATE_PERMISSION | Method::CHANNEL_BIND) => {
+                if let Some(cached) = self.responses.get(&(five_tuple, msg.transaction_id()), now) {
+                    let action = match out.get_mut(..cached.len()) {
+                        Some(dst) => {
+                            dst.copy_from_slice(cached);
+                            ClientAction::Reply(cached.len())
+                        }
+                        None => ClientAction::Drop,
+                    };
+                    return (action, Authenticated::Yes);
+                }
+                let (action, authenticated) = self.handle_turn_request(now, five_tuple, msg, out);
+                // Only authenticated answers are cached: 401/438 are cheap to recompute, and caching them would let a
+                // stranger fill the cache.
+                if let (ClientAction::Reply(len), Authenticated::Yes) = (&action, authenticated) {
+                    self.responses.insert(
+                        (five_tuple, msg.transaction_id()),
+                        now,
+                        out.get(..*len).unwrap_or_default(),
+                    );
+                }
+                (action, authenticated)
+            }
+            (Class::Request, _) => {
+                let tid = msg.transaction_id();
+                let action = self
+                    .write_error(out, msg.method(), tid, BAD_REQUEST, None, |_| Ok(()))
+                    .map_or(ClientAction::Drop, ClientAction::Reply);
+                (action, Authenticated::No)
+            }
+            (Class::Indication, Method::SEND) => (self.handle_send(now, five_tuple, msg), Authenticated::No),
+            _ => (ClientAction::Drop, Authenticated::No),
+        }
+    }
+
+    /// Authenticates, then dispatches by method.
+    fn handle_turn_request(
+        &mut self,
+        now: Instant,
+        five_tuple: FiveTuple,
+        msg: &Message<'_>,
+        out: &mut [u8],
+    ) -> (ClientAction, Authenticated) {
+        let req = Request::collect(msg);
+        let tid = msg.transaction_id();
+        let method = msg.method();
+        if req.unknown_count > 0 {
+            return (self.reply_unknown(out, msg, &req), Authenticated::No);
+        }
+        let (username, auth) = match self.authenticate(now, five_tuple, msg, &req) {
+            Ok(ok) => ok,
+            Err(challenge) => {
+                self.stats.auth_failures += 1;
+                let reply = self.write_challenge(out, method, tid, five_tuple, now, challenge);
+                return (reply.map_or(ClientAction::Drop, ClientAction::Reply), Authenticated::No);
+            }
+        };
+        if req.malformed {
+            let reply = self.write_error(out, method, tid, BAD_REQUEST, Some(&auth), |_| Ok(()));
+            return (
+                reply.map_or(ClientAction::Drop, ClientAction::Reply),
+                Authenticated::Yes,
+            );
+        }
+        let outcome = match method {
+            Method::ALLOCATE => self.handle_allocate(now, five_tuple, &req, tid, username, auth.clone()),
+            Method::REFRESH => self.handle_refresh(now, five_tuple, &req, &username),
+            Method::CREATE_PERMISSION => self.handle_create_permission(now, five_tuple, &req, &username),
+            _ => self.handle_channel_bind(now, five_tuple, &req, &username),
+        };
+        let reply = match outcome {
+            Outcome::Bind(request) => return (ClientAction::BindRelay(request), Authenticated::Yes),
+            Outcome::Ok(lifetime) => self.write_success(out, method, tid, &auth, |w| {
+                if let Some(lifetime) = lifetime {
+                    w.add(&Attribute::Lifetime(lifetime))?;
+                }
+                Ok(())
+            }),
+            Outcome::Err(r) => self.write_error(out, method, tid, r, Some(&auth), |_| Ok(())),
+        };
+        (
+            reply.map_or(ClientAction::Drop, ClientAction::Reply),
+            Authenticated::Yes,
+        )
+    }
+}
+
+enum Outcome {
+    Ok(Option<u32>),
+    Err(Reject),
+    Bind(BindRequest),
+}
+
+/// Why authentication failed, by the answer it gets.
+#[derive(Debug, Clone, Copy)]
+enum Challenge {
+    BadRequest,
+    Unauthorized,
+    StaleNonce,
+}
+
+impl Allocation {
+    /// Takes `bytes` from the bandwidth bucket; true when the packet may pass.
+    fn bucket_take(&mut self, now: Instant, bytes: usize, config: &Config) -> bool {
+        let rate = config.bandwidth_per_allocation;
+        if rate == 0 {
+            return true;
+        }
+        let elapsed = now.saturating_duration_since(self.bucket.last);
+        let refill = (elapsed.as_nanos() * u128::from(rate) / 1_000_000_000) as u64;
+        if refill > 0 {
+            self.bucket.tokens = (self.bucket.tokens + refill).min(rate);
+            self.bucket.last = now;
+        }
+        let bytes = bytes as u64;
+        if self.bucket.tokens >= bytes {
+            self.bucket.tokens -= bytes;
+            true
+        } else {
+            false
+        }
+    }
+}

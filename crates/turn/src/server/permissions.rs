@@ -1,0 +1,176 @@
+//! Permissions and channels (RFC 8656 §9, §12), and which peers they may name.
+
+use super::*;
+
+impl<R: RngCore> Server<R> {
+    /// RFC 8656 §9.2: every XOR-PEER-ADDRESS is checked before any permission is installed.
+    pub(super) fn handle_create_permission(
+        &mut self,
+        now: Instant,
+        five_tuple: FiveTuple,
+        req: &Request<'_>,
+        username: &str,
+    ) -> Outcome {
+        let id = match self.owned_allocation(now, five_tuple, username) {
+            Ok(id) => id,
+            Err(r) => return Outcome::Err(r),
+        };
+        if req.peer_count == 0 {
+            return Outcome::Err(BAD_REQUEST);
+        }
+        for peer in req.peers() {
+            if let Err(r) = self.check_peer(id, peer) {
+                return Outcome::Err(r);
+            }
+        }
+        let expires = now + self.config.permission_lifetime;
+        let limit = self.config.max_permissions_per_allocation;
+        let Some(alloc) = self.allocation_mut(id) else {
+            return Outcome::Err(ALLOCATION_MISMATCH);
+        };
+        let new = req.peers().filter(|p| !alloc.permissions.contains_key(&p.ip())).count();
+        if alloc.permissions.len() + new > limit {
+            return Outcome::Err(reject(508, "Insufficient Capacity"));
+        }
+        for peer in req.peers() {
+            alloc.permissions.insert(peer.ip(), expires);
+        }
+        self.sync_channel_expiry(id, req.peers().map(|p| p.ip()));
+        Outcome::Ok(None)
+    }
+
+    /// RFC 8656 §12.2: binds or refreshes a channel, and installs or refreshes the peer's permission.
+    pub(super) fn handle_channel_bind(
+        &mut self,
+        now: Instant,
+        five_tuple: FiveTuple,
+        req: &Request<'_>,
+        username: &str,
+    ) -> Outcome {
+        let id = match self.owned_allocation(now, five_tuple, username) {
+            Ok(id) => id,
+            Err(r) => return Outcome::Err(r),
+        };
+        let (Some(number), Some(peer), 1) = (req.channel_number, req.peers().next(), req.peer_count) else {
+            return Outcome::Err(BAD_REQUEST);
+        };
+        let Some(channel) = ChannelNumber::new(number) else {
+            return Outcome::Err(BAD_REQUEST);
+        };
+        if let Err(r) = self.check_peer(id, peer) {
+            return Outcome::Err(r);
+        }
+        let permission_expires = now + self.config.permission_lifetime;
+        let channel_expires = now + self.config.channel_lifetime;
+        let limit = self.config.max_permissions_per_allocation;
+        let channel_limit = self.config.max_channels_per_allocation;
+        let Some(alloc) = self.allocation_mut(id) else {
+            return Outcome::Err(ALLOCATION_MISMATCH);
+        };
+        // The channel must be free or bound to this peer, and the peer unbound or bound to this channel.
+        if alloc.peer_by_channel.get(&channel).is_some_and(|p| *p != peer)
+            || alloc.channel_by_peer.get(&peer).is_some_and(|b| b.channel != channel)
+        {
+            return Outcome::Err(BAD_REQUEST);
+        }
+        if !alloc.permissions.contains_key(&peer.ip()) && alloc.permissions.len() >= limit {
+            return Outcome::Err(reject(508, "Insufficient Capacity"));
+        }
+        if !alloc.channel_by_peer.contains_key(&peer) && alloc.channel_by_peer.len() >= channel_limit {
+            return Outcome::Err(reject(508, "Insufficient Capacity"));
+        }
+        alloc.permissions.insert(peer.ip(), permission_expires);
+        alloc.peer_by_channel.insert(channel, peer);
+        alloc.channel_by_peer.insert(
+            peer,
+            ChannelBinding {
+                channel,
+                channel_expires,
+                expires: channel_expires.min(permission_expires),
+            },
+        );
+        self.sync_channel_expiry(id, std::iter::once(peer.ip()));
+        Outcome::Ok(None)
+    }
+
+    /// Recomputes the redundant expiry copies (peer→channel and channel route) after a permission changed.
+    pub(super) fn sync_channel_expiry(&mut self, id: AllocationId, ips: impl Iterator<Item = IpAddr>) {
+        let Some(alloc) = self.slots.get_mut(id.index as usize).and_then(Option::as_mut) else {
+            return;
+        };
+        for ip in ips {
+            let Some(permission) = alloc.permissions.get(&ip).copied() else {
+                continue;
+            };
+            for (peer, binding) in alloc.channel_by_peer.iter_mut().filter(|(p, _)| p.ip() == ip) {
+                binding.expires = binding.channel_expires.min(permission);
+                self.channel_routes.insert(
+                    (alloc.five_tuple, binding.channel),
+                    ChannelRoute {
+                        allocation: id,
+                        peer: *peer,
+                        expires: binding.expires,
+                    },
+                );
+            }
+        }
+    }
+
+    /// A peer must be of a relayed family (443) and allowed by policy (403).
+    pub(super) fn check_peer(&mut self, id: AllocationId, peer: SocketAddr) -> Result<(), Reject> {
+        let alloc = self.allocation_mut(id).ok_or(ALLOCATION_MISMATCH)?;
+        if Family::of(&peer).pick(&alloc.relays).is_none() {
+            return Err(PEER_FAMILY_MISMATCH);
+        }
+        self.config.policy.check(peer.ip()).map_err(|_| FORBIDDEN)?;
+        self.refresh_own_addresses();
+        if self.is_own_peer_refused(peer) {
+            return Err(FORBIDDEN);
+        }
+        Ok(())
+    }
+
+    /// A destination on the host's own address passes only as the relayed address of a live allocation of this
+    /// server (or when the allow list names it). Checks the worker's copy of the host's addresses first, so other
+    /// destinations cost one local look-up.
+    pub(super) fn is_own_peer_refused(&self, peer: SocketAddr) -> bool {
+        let ip = crate::policy::embedded_ipv4(peer.ip())
+            .map(IpAddr::V4)
+            .unwrap_or(peer.ip());
+        self.own_host.1.contains(&ip)
+            && !self.config.policy.is_allowed_explicitly(peer.ip())
+            && !self.own.is_live_relay(peer)
+    }
+
+    /// Takes a new copy of the host's addresses if they changed, and drops the permissions (and their channels) to
+    /// addresses that just became the host's: they were judged as strangers' when installed.
+    pub(super) fn refresh_own_addresses(&mut self) {
+        if self.own.generation() == self.own_host.0 {
+            return;
+        }
+        let old = std::mem::replace(&mut self.own_host, self.own.snapshot());
+        let gained: Vec<IpAddr> = self.own_host.1.difference(&old.1).copied().collect();
+        if gained.is_empty() {
+            return;
+        }
+        let policy = &self.config.policy;
+        let routes = &mut self.channel_routes;
+        for alloc in self.slots.iter_mut().flatten() {
+            let lost = |ip: &IpAddr| {
+                let canonical = crate::policy::embedded_ipv4(*ip).map(IpAddr::V4).unwrap_or(*ip);
+                gained.contains(&canonical) && !policy.is_allowed_explicitly(*ip)
+            };
+            alloc.permissions.retain(|ip, _| !lost(ip));
+            let five_tuple = alloc.five_tuple;
+            let peer_by_channel = &mut alloc.peer_by_channel;
+            alloc.channel_by_peer.retain(|peer, b| {
+                let keep = !lost(&peer.ip());
+                if !keep {
+                    routes.remove(&(five_tuple, b.channel));
+                    peer_by_channel.remove(&b.channel);
+                }
+                keep
+            });
+        }
+    }
+}
