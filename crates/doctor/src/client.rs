@@ -1,16 +1,17 @@
-//! A small STUN/TURN client on the project's codec: Binding, and the TURN long-term credential dance
-//! (RFC 8656 §7, RFC 8489 §9.2): Allocate → 401 with REALM and NONCE → MD5 key → Allocate with MESSAGE-INTEGRITY;
-//! a 438 (stale nonce) takes the new NONCE and retries — it is not an authentication failure.
-//! CreatePermission, ChannelBind, ChannelData and Refresh(0) to release. Over UDP (datagrams, retransmitted) and over
-//! TCP/TLS (RFC 8656 §12.5 stream framing, ChannelData padded to four bytes).
+//! The doctor's I/O for [`turn::client`], the sans-IO STUN/TURN client that does the long-term credential dance
+//! (RFC 8489 §9.2: 401 → REALM/NONCE → key → signed again; a 438 takes the new NONCE and is not an authentication
+//! failure) and the retransmissions. Here: a connection of each transport (UDP datagrams; TCP/TLS with RFC 8656 §12.5
+//! stream framing), a session driving the client over it under tokio with every transaction under the check's
+//! deadline, a Binding from any UDP socket, and the one place where the client's outcomes become [`CheckError`]s.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use stun::{attr, Attribute, Class, IntegrityKey, Message, MessageWriter, Method, TransactionId};
+use stun::{attr, Attribute, ChannelNumber, Method};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::UdpSocket;
-use tokio::time::{timeout, Instant};
+use tokio::time::{timeout_at, Instant};
+use turn::client::{Answer, Client, ClientConfig, Event, Outcome, RequestId};
 
 use crate::error::CheckError;
 
@@ -33,10 +34,6 @@ impl std::fmt::Debug for Conn {
     }
 }
 
-/// What came from the server: a STUN message or a ChannelData frame, owned.
-#[derive(Debug, Clone)]
-pub struct Frame(pub Vec<u8>);
-
 impl Conn {
     pub fn is_udp(&self) -> bool {
         matches!(self, Conn::Udp { .. })
@@ -55,8 +52,8 @@ impl Conn {
         Ok(())
     }
 
-    /// The next frame from the server; UDP datagrams from anyone else are ignored.
-    pub async fn recv(&mut self) -> Result<Frame, CheckError> {
+    /// The next STUN message or ChannelData frame from the server; UDP datagrams from anyone else are ignored.
+    pub async fn recv(&mut self) -> Result<Vec<u8>, CheckError> {
         match self {
             Conn::Udp { sock, server } => {
                 let mut buf = vec![0u8; 65536];
@@ -64,14 +61,14 @@ impl Conn {
                     let (n, from) = sock.recv_from(&mut buf).await?;
                     if from == *server {
                         buf.truncate(n);
-                        return Ok(Frame(buf));
+                        return Ok(buf);
                     }
                 }
             }
             Conn::Stream { io, buf } => loop {
                 if let Some(len) = stun::stream_frame_len(buf).map_err(|_| CheckError::Protocol("not STUN".into()))? {
                     if buf.len() >= len {
-                        return Ok(Frame(buf.drain(..len).collect()));
+                        return Ok(buf.drain(..len).collect());
                     }
                 }
                 let mut chunk = [0u8; 8192];
@@ -83,166 +80,43 @@ impl Conn {
             },
         }
     }
-
-    /// Sends `request` and waits for the answer with its transaction id. Over UDP retransmits with a doubling RTO
-    /// (RFC 8489 §6.2.1) until `deadline`; over a stream sends once. Other frames meanwhile are dropped.
-    pub async fn transact(&mut self, request: &[u8], rto: Duration, limit: Duration) -> Result<Response, CheckError> {
-        let tid = Message::parse(request)
-            .map_err(|_| CheckError::Protocol("bad request".into()))?
-            .transaction_id();
-        let deadline = Instant::now() + limit;
-        let mut wait = rto;
-        loop {
-            self.send(request).await?;
-            let round_end = if self.is_udp() {
-                (Instant::now() + wait).min(deadline)
-            } else {
-                deadline
-            };
-            wait = wait.saturating_mul(2);
-            loop {
-                let now = Instant::now();
-                if now >= round_end {
-                    break;
-                }
-                let Ok(frame) = timeout(round_end - now, self.recv()).await else {
-                    break;
-                };
-                let frame = frame?;
-                let Ok(msg) = Message::parse(&frame.0) else { continue };
-                if msg.transaction_id() == tid && matches!(msg.class(), Class::Success | Class::Error) {
-                    return Ok(Response { bytes: frame.0 });
-                }
-            }
-            if Instant::now() >= deadline {
-                return Err(CheckError::Timeout(limit));
-            }
-        }
-    }
-}
-
-/// Adds a request's attributes.
-pub type AttrFn<'a> = dyn Fn(&mut MessageWriter<'_>) -> Result<(), stun::EncodeError> + Sync + 'a;
-
-/// A STUN response kept as owned bytes (it parsed once, so it parses again).
-#[derive(Debug, Clone)]
-pub struct Response {
-    pub bytes: Vec<u8>,
-}
-
-impl Response {
-    fn message(&self) -> Option<Message<'_>> {
-        Message::parse(&self.bytes).ok()
-    }
-
-    pub fn class(&self) -> Option<Class> {
-        self.message().map(|m| m.class())
-    }
-
-    pub fn error(&self) -> Option<(u16, String)> {
-        match self.message()?.decode(attr::ERROR_CODE) {
-            Some(Ok(Attribute::ErrorCode(e))) => Some((e.code, e.reason.to_owned())),
-            _ => None,
-        }
-    }
-
-    pub fn text(&self, ty: u16) -> Option<String> {
-        match self.message()?.decode(ty) {
-            Some(Ok(Attribute::Realm(s) | Attribute::Nonce(s) | Attribute::Software(s))) => Some(s.to_owned()),
-            _ => None,
-        }
-    }
-
-    pub fn address(&self, ty: u16) -> Option<SocketAddr> {
-        match self.message()?.decode(ty) {
-            Some(Ok(
-                Attribute::XorMappedAddress(a)
-                | Attribute::XorRelayedAddress(a)
-                | Attribute::XorPeerAddress(a)
-                | Attribute::MappedAddress(a)
-                | Attribute::OtherAddress(a)
-                | Attribute::ResponseOrigin(a),
-            )) => Some(a),
-            _ => None,
-        }
-    }
-
-    pub fn lifetime(&self) -> Option<u32> {
-        match self.message()?.decode(attr::LIFETIME) {
-            Some(Ok(Attribute::Lifetime(l))) => Some(l),
-            _ => None,
-        }
-    }
-
-    pub fn verify(&self, key: &IntegrityKey) -> bool {
-        self.message().is_some_and(|m| m.verify_integrity(key))
-    }
-}
-
-pub fn random_tid() -> TransactionId {
-    TransactionId::new(rand::random())
-}
-
-/// Encodes a request: `attrs`, then (with credentials) USERNAME, REALM, NONCE, MESSAGE-INTEGRITY, then FINGERPRINT.
-pub fn encode(method: Method, attrs: &AttrFn<'_>, creds: Option<&Credentials>) -> Result<Vec<u8>, CheckError> {
-    let mut buf = vec![0u8; 1500];
-    let mut w = MessageWriter::new(&mut buf, method, Class::Request, random_tid())?;
-    attrs(&mut w)?;
-    if let Some(c) = creds {
-        w.add(&Attribute::Username(&c.username))?;
-        w.add(&Attribute::Realm(&c.realm))?;
-        w.add(&Attribute::Nonce(&c.nonce))?;
-        w.message_integrity(&c.key)?;
-    }
-    w.fingerprint()?;
-    let len = w.finish();
-    buf.truncate(len);
-    Ok(buf)
-}
-
-/// A Binding request, with CHANGE-REQUEST when asked (RFC 5780 §7.2).
-pub fn binding_request(change: Option<(bool, bool)>) -> Result<Vec<u8>, CheckError> {
-    encode(
-        Method::BINDING,
-        &|w| {
-            if let Some((change_ip, change_port)) = change {
-                w.add(&Attribute::ChangeRequest { change_ip, change_port })?;
-            }
-            Ok(())
-        },
-        None,
-    )
-}
-
-/// Long-term credentials after a 401.
-#[derive(Clone)]
-pub struct Credentials {
-    pub username: String,
-    pub realm: String,
-    pub nonce: String,
-    pub key: IntegrityKey,
-}
-
-impl std::fmt::Debug for Credentials {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Credentials({}@{})", self.username, self.realm)
-    }
 }
 
 /// Timing of one client's requests.
 #[derive(Debug, Clone, Copy)]
 pub struct Timing {
+    /// The first retransmission timeout over UDP, doubling on every retry.
     pub rto: Duration,
+    /// How long each transaction waits for its answer.
     pub limit: Duration,
+}
+
+impl Timing {
+    /// The client's schedule: over UDP, retransmissions from `rto` on, doubling, until `limit` after the
+    /// transaction's first transmission (the check's deadline ends it, not RFC 8489's count of seven); over a stream
+    /// one send and `limit`. An unsigned request and up to three signed ones: a 401, then a 438 followed twice.
+    fn config(&self, user: &str, password: &str, reliable: bool) -> ClientConfig {
+        ClientConfig {
+            reliable,
+            initial_rto: self.rto,
+            max_transmissions: u32::MAX,
+            timeout: Some(self.limit),
+            max_challenges: 3,
+            ..ClientConfig::udp(user, password)
+        }
+    }
+}
+
+/// The clock the client reads: tokio's, so that time paused in a test pauses the client too.
+fn now() -> std::time::Instant {
+    Instant::now().into_std()
 }
 
 /// A TURN client session over one connection.
 #[derive(Debug)]
 pub struct TurnClient {
-    pub conn: Conn,
-    user: String,
-    password: String,
-    creds: Option<Credentials>,
+    conn: Conn,
+    client: Client,
     timing: Timing,
 }
 
@@ -256,202 +130,187 @@ pub struct Allocation {
 
 impl TurnClient {
     pub fn new(conn: Conn, user: &str, password: &str, timing: Timing) -> TurnClient {
+        let config = timing.config(user, password, !conn.is_udp());
         TurnClient {
             conn,
-            user: user.to_owned(),
-            password: password.to_owned(),
-            creds: None,
+            client: Client::new(config),
             timing,
         }
     }
 
-    /// An authenticated request: learns REALM/NONCE from a 401, follows a 438's new NONCE (at most three rounds).
-    pub async fn request(&mut self, method: Method, attrs: &AttrFn<'_>) -> Result<Response, CheckError> {
-        let mut stale = 0u32;
-        for _ in 0..4 {
-            let request = encode(method, attrs, self.creds.as_ref())?;
-            let response = self.conn.transact(&request, self.timing.rto, self.timing.limit).await?;
-            match (response.class(), response.error()) {
-                (Some(Class::Success), _) => {
-                    if let Some(c) = &self.creds {
-                        if !response.verify(&c.key) {
-                            return Err(CheckError::Protocol(
-                                "the server's answer carries a wrong MESSAGE-INTEGRITY".into(),
-                            ));
-                        }
-                    }
-                    return Ok(response);
-                }
-                (_, Some((401, reason))) if self.creds.is_none() => {
-                    let (Some(realm), Some(nonce)) = (response.text(attr::REALM), response.text(attr::NONCE)) else {
-                        return Err(CheckError::Protocol(format!("401 without REALM/NONCE ({reason})")));
-                    };
-                    let key = stun::long_term_key_md5(&self.user, &realm, &self.password);
-                    self.creds = Some(Credentials {
-                        username: self.user.clone(),
-                        realm,
-                        nonce,
-                        key,
-                    });
-                }
-                (_, Some((401, reason))) => return Err(CheckError::AuthRejected(reason)),
-                // RFC 8489 §9.2.5: a stale nonce; take the new one and try again.
-                (_, Some((438, _))) => {
-                    stale += 1;
-                    let (Some(nonce), Some(c)) = (response.text(attr::NONCE), self.creds.as_mut()) else {
-                        return Err(CheckError::StaleNonce(stale));
-                    };
-                    c.nonce = nonce;
-                    if let Some(realm) = response.text(attr::REALM) {
-                        c.realm = realm;
-                    }
-                }
-                (_, Some((code, reason))) => return Err(CheckError::Stun { code, reason }),
-                _ => {
-                    return Err(CheckError::Protocol(
-                        "an answer that is neither success nor error".into(),
-                    ))
-                }
-            }
-        }
-        if stale > 0 {
-            return Err(CheckError::StaleNonce(stale));
-        }
-        Err(CheckError::Protocol("authentication did not converge".into()))
-    }
-
     /// Allocate a UDP relay (RFC 8656 §7.1).
     pub async fn allocate(&mut self) -> Result<Allocation, CheckError> {
-        let response = self
-            .request(Method::ALLOCATE, &|w| {
-                // RFC 8656 §14.7: 17 = UDP.
-                w.add(&Attribute::RequestedTransport(17))?;
-                Ok(())
-            })
-            .await?;
-        let relayed = response
+        let id = self.client.allocate(now(), |_| Ok(()))?;
+        let answer = self.outcome_of(id).await?;
+        let relayed = answer
             .address(attr::XOR_RELAYED_ADDRESS)
             .ok_or_else(|| CheckError::Protocol("Allocate success without XOR-RELAYED-ADDRESS".into()))?;
         Ok(Allocation {
             relayed,
-            mapped: response.address(attr::XOR_MAPPED_ADDRESS),
-            lifetime: response.lifetime(),
+            mapped: answer.address(attr::XOR_MAPPED_ADDRESS),
+            lifetime: answer.lifetime(),
         })
     }
 
     pub async fn create_permission(&mut self, peer: SocketAddr) -> Result<(), CheckError> {
-        self.request(Method::CREATE_PERMISSION, &|w| {
-            w.add(&Attribute::XorPeerAddress(peer))?;
-            Ok(())
-        })
-        .await
-        .map(|_| ())
+        let id = self.client.create_permission(now(), &[peer])?;
+        self.outcome_of(id).await.map(|_| ())
     }
 
     pub async fn channel_bind(&mut self, channel: u16, peer: SocketAddr) -> Result<(), CheckError> {
-        self.request(Method::CHANNEL_BIND, &|w| {
-            w.add(&Attribute::ChannelNumber(channel))?;
-            w.add(&Attribute::XorPeerAddress(peer))?;
-            Ok(())
-        })
-        .await
-        .map(|_| ())
+        let id = self.client.channel_bind(now(), channel_number(channel)?, peer)?;
+        self.outcome_of(id).await.map(|_| ())
     }
 
     /// Refresh with LIFETIME 0: releases the allocation (RFC 8656 §7.2).
     pub async fn release(&mut self) -> Result<(), CheckError> {
-        self.request(Method::REFRESH, &|w| {
-            w.add(&Attribute::Lifetime(0))?;
-            Ok(())
-        })
-        .await
-        .map(|_| ())
+        let id = self.client.refresh(now(), 0)?;
+        self.outcome_of(id).await.map(|_| ())
     }
 
     /// Sends a ChannelData frame (padded on streams).
     pub async fn send_channel(&mut self, channel: u16, payload: &[u8]) -> Result<(), CheckError> {
-        let frame = channel_data(channel, payload, !self.conn.is_udp());
-        self.conn.send(&frame).await
-    }
-
-    /// The next relayed payload: a ChannelData frame's or a Data indication's, with its peer when it says so.
-    pub async fn recv_data(&mut self) -> Result<(Option<SocketAddr>, Vec<u8>), CheckError> {
-        loop {
-            let frame = self.conn.recv().await?;
-            if let Some(payload) = parse_channel_data(&frame.0) {
-                return Ok((None, payload.to_vec()));
-            }
-            let Ok(msg) = Message::parse(&frame.0) else { continue };
-            if msg.method() == Method::DATA && msg.class() == Class::Indication {
-                let peer = match msg.decode(attr::XOR_PEER_ADDRESS) {
-                    Some(Ok(Attribute::XorPeerAddress(a))) => Some(a),
-                    _ => None,
-                };
-                if let Some(Ok(Attribute::Data(d))) = msg.decode(attr::DATA) {
-                    return Ok((peer, d.to_vec()));
-                }
-            }
-        }
+        self.client.channel_data(channel_number(channel)?, payload)?;
+        self.flush().await
     }
 
     /// A Send indication (RFC 8656 §11): data to a peer without a channel.
     pub async fn send_indication(&mut self, peer: SocketAddr, payload: &[u8]) -> Result<(), CheckError> {
-        let mut buf = vec![0u8; payload.len() + 128];
-        let mut w = MessageWriter::new(&mut buf, Method::SEND, Class::Indication, random_tid())?;
-        w.add(&Attribute::XorPeerAddress(peer))?;
-        w.add(&Attribute::Data(payload))?;
-        let len = w.finish();
-        buf.truncate(len);
-        self.conn.send(&buf).await
+        self.client.send_indication(peer, payload)?;
+        self.flush().await
     }
-}
 
-/// A ChannelData frame, padded to four bytes when `pad` (streams, RFC 8656 §12.5).
-pub fn channel_data(channel: u16, payload: &[u8], pad: bool) -> Vec<u8> {
-    let mut frame = Vec::with_capacity(payload.len() + 8);
-    frame.extend_from_slice(&channel.to_be_bytes());
-    frame.extend_from_slice(&u16::try_from(payload.len()).unwrap_or(u16::MAX).to_be_bytes());
-    frame.extend_from_slice(payload);
-    if pad {
-        while frame.len() % 4 != 0 {
-            frame.push(0);
+    /// The next relayed payload and its peer: a Data indication's, or one on a bound channel.
+    pub async fn recv_data(&mut self) -> Result<(SocketAddr, Vec<u8>), CheckError> {
+        loop {
+            while let Some(event) = self.client.poll_event() {
+                if let Event::Data { peer, data } = event {
+                    return Ok((peer, data));
+                }
+            }
+            let frame = self.conn.recv().await?;
+            self.client.handle_input(now(), &frame);
         }
     }
-    frame
-}
 
-/// The payload of a ChannelData frame, or `None` when `buf` is not one.
-pub fn parse_channel_data(buf: &[u8]) -> Option<&[u8]> {
-    let data = stun::ChannelData::parse(buf).ok()?;
-    Some(data.payload)
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
-    use super::*;
-
-    #[test]
-    fn channel_data_is_padded_on_streams_only() {
-        let f = channel_data(0x4000, b"abcde", true);
-        assert_eq!(f.len(), 12);
-        assert_eq!(&f[..4], &[0x40, 0x00, 0x00, 0x05]);
-        assert_eq!(channel_data(0x4000, b"abcde", false).len(), 9);
-        assert_eq!(parse_channel_data(&f), Some(&b"abcde"[..]));
+    /// The answer to request `id` (queued, signed once the server challenged), or why there was none worth having.
+    async fn outcome_of(&mut self, id: RequestId) -> Result<Answer, CheckError> {
+        let stale_before = self.client.stale_nonces();
+        let forged_before = self.client.integrity_failures();
+        match self.answer_to(id).await? {
+            Outcome::Success(answer) => Ok(answer),
+            // A signed answer that did not verify was dropped (the real one could still have come).
+            Outcome::Timeout if self.client.integrity_failures() > forged_before => Err(CheckError::Protocol(
+                "the server's answer carries a wrong MESSAGE-INTEGRITY".into(),
+            )),
+            Outcome::Timeout => Err(CheckError::Timeout(self.timing.limit)),
+            Outcome::Error { code: 401, reason, .. } if self.client.realm().is_none() => {
+                Err(CheckError::Protocol(format!("401 without REALM/NONCE ({reason})")))
+            }
+            Outcome::Error { code: 401, reason, .. } => Err(CheckError::AuthRejected(reason)),
+            // RFC 8489 §9.2.5: the client took every new nonce and the server kept calling it stale.
+            Outcome::Error { code: 438, .. } => Err(CheckError::StaleNonce(
+                self.client.stale_nonces().saturating_sub(stale_before),
+            )),
+            Outcome::Error { code: 0, .. } => Err(CheckError::Protocol(
+                "an answer that is neither success nor error".into(),
+            )),
+            Outcome::Error { code, reason, .. } => Err(CheckError::Stun { code, reason }),
+        }
     }
 
-    #[test]
-    fn binding_with_change_request_parses() {
-        let req = binding_request(Some((true, false))).unwrap();
-        let msg = Message::parse(&req).unwrap();
-        assert_eq!(msg.method(), Method::BINDING);
-        assert_eq!(
-            msg.decode(attr::CHANGE_REQUEST),
-            Some(Ok(Attribute::ChangeRequest {
-                change_ip: true,
-                change_port: false
-            }))
-        );
-        msg.check_fingerprint().unwrap();
+    async fn flush(&mut self) -> Result<(), CheckError> {
+        while let Some(packet) = self.client.poll_transmit() {
+            self.conn.send(&packet).await?;
+        }
+        Ok(())
+    }
+
+    /// Drives the client until request `id` has its outcome. Relayed data arriving meanwhile is dropped.
+    async fn answer_to(&mut self, id: RequestId) -> Result<Outcome, CheckError> {
+        loop {
+            self.flush().await?;
+            while let Some(event) = self.client.poll_event() {
+                if let Event::Response { id: done, outcome, .. } = event {
+                    if done == id {
+                        return Ok(outcome);
+                    }
+                }
+            }
+            let Some(deadline) = self.client.poll_timeout() else {
+                return Ok(Outcome::Timeout);
+            };
+            match timeout_at(Instant::from_std(deadline), self.conn.recv()).await {
+                Ok(frame) => self.client.handle_input(now(), &frame?),
+                Err(_) => self.client.handle_timeout(now()),
+            }
+        }
+    }
+}
+
+fn channel_number(channel: u16) -> Result<ChannelNumber, CheckError> {
+    ChannelNumber::new(channel).ok_or_else(|| CheckError::Protocol(format!("{channel:#x} is not a channel number")))
+}
+
+/// A Binding answer: the response, where it really came from, and the RTT of the last attempt.
+pub(crate) struct BindingAnswer {
+    pub response: Answer,
+    pub from: SocketAddr,
+    pub rtt: Duration,
+}
+
+/// One Binding over UDP from `sock` to `to`, with CHANGE-REQUEST when asked (RFC 5780 §7.2), retransmitted as
+/// [`Timing`] says from `rto` until `limit`; an answer from any source with our transaction id counts, success or
+/// error.
+pub(crate) async fn binding_from(
+    sock: &UdpSocket,
+    to: SocketAddr,
+    change: Option<(bool, bool)>,
+    rto: Duration,
+    limit: Duration,
+) -> Result<BindingAnswer, CheckError> {
+    let timing = Timing { rto, limit };
+    let mut client = Client::new(timing.config("", "", false));
+    let id = client.request(now(), Method::BINDING, |w| {
+        if let Some((change_ip, change_port)) = change {
+            w.add(&Attribute::ChangeRequest { change_ip, change_port })?;
+        }
+        Ok(())
+    })?;
+    let mut buf = vec![0u8; 2048];
+    let mut sent_at = Instant::now();
+    let mut from = to;
+    loop {
+        while let Some(packet) = client.poll_transmit() {
+            sent_at = Instant::now();
+            sock.send_to(&packet, to).await?;
+        }
+        while let Some(event) = client.poll_event() {
+            let Event::Response { id: done, outcome, .. } = event else {
+                continue;
+            };
+            if done != id {
+                continue;
+            }
+            let Some(answer) = outcome.answer() else {
+                return Err(CheckError::Timeout(timing.limit));
+            };
+            return Ok(BindingAnswer {
+                response: answer.clone(),
+                from,
+                rtt: sent_at.elapsed(),
+            });
+        }
+        let Some(deadline) = client.poll_timeout() else {
+            return Err(CheckError::Timeout(timing.limit));
+        };
+        match timeout_at(Instant::from_std(deadline), sock.recv_from(&mut buf)).await {
+            Ok(got) => {
+                let (n, source) = got?;
+                from = source;
+                client.handle_input(now(), buf.get(..n).unwrap_or_default());
+            }
+            Err(_) => client.handle_timeout(now()),
+        }
     }
 }

@@ -70,6 +70,11 @@ pub struct ClientConfig {
     pub reliable: bool,
     pub initial_rto: Duration,
     pub max_transmissions: u32,
+    /// How long a transaction waits for its answer from its first transmission (a diagnostic tool's own deadline):
+    /// over UDP it cuts the retransmissions short; over a stream it is the wait, instead of 39.5 s. `None`: the RFC's.
+    pub timeout: Option<Duration>,
+    /// Challenges (401/438) answered for one request before its error is reported.
+    pub max_challenges: u32,
 }
 
 impl ClientConfig {
@@ -80,6 +85,8 @@ impl ClientConfig {
             reliable: false,
             initial_rto: INITIAL_RTO,
             max_transmissions: MAX_TRANSMISSIONS,
+            timeout: None,
+            max_challenges: MAX_CHALLENGES,
         }
     }
 
@@ -223,6 +230,8 @@ struct Pending {
     transmissions: u32,
     rto: Duration,
     next: Instant,
+    /// When this transaction is given up, with [`ClientConfig::timeout`].
+    give_up: Option<Instant>,
     challenges: u32,
     /// A ChannelBind's channel and peer, remembered when it succeeds.
     channel: Option<(ChannelNumber, SocketAddr)>,
@@ -246,6 +255,8 @@ pub struct Client<R = rand::rngs::StdRng> {
     channels: HashMap<ChannelNumber, SocketAddr>,
     transmits: VecDeque<Vec<u8>>,
     events: VecDeque<Event>,
+    stale_nonces: u32,
+    integrity_failures: u32,
 }
 
 impl Client<rand::rngs::StdRng> {
@@ -266,6 +277,8 @@ impl<R: RngCore> Client<R> {
             channels: HashMap::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
+            stale_nonces: 0,
+            integrity_failures: 0,
         }
     }
 
@@ -398,7 +411,9 @@ impl<R: RngCore> Client<R> {
             let Some(mut p) = self.pending.remove(&tid) else {
                 continue;
             };
-            let more = !self.config.reliable && p.transmissions < self.config.max_transmissions;
+            let more = !self.config.reliable
+                && p.transmissions < self.config.max_transmissions
+                && p.give_up.is_none_or(|t| now < t);
             if !more {
                 self.events.push_back(Event::Response {
                     id: p.id,
@@ -408,13 +423,14 @@ impl<R: RngCore> Client<R> {
                 continue;
             }
             p.transmissions += 1;
-            p.rto *= 2;
+            p.rto = p.rto.saturating_mul(2);
             // After the last transmission, Rm × the initial RTO (RFC 8489 §6.2.1: 39.5 s in all by default).
-            p.next = if p.transmissions == self.config.max_transmissions {
+            let next = if p.transmissions == self.config.max_transmissions {
                 now + self.config.initial_rto * LAST_WAIT_FACTOR
             } else {
                 now + p.rto
             };
+            p.next = p.give_up.map_or(next, |t| next.min(t));
             self.transmits.push_back(p.packet.clone());
             self.pending.insert(tid, p);
         }
@@ -448,6 +464,17 @@ impl<R: RngCore> Client<R> {
         self.credential.as_ref().map(|c| &c.key)
     }
 
+    /// 438 (Stale Nonce) answers received so far: read before and after a request, how often the server said so.
+    pub fn stale_nonces(&self) -> u32 {
+        self.stale_nonces
+    }
+
+    /// Answers to signed requests dropped so far because their MESSAGE-INTEGRITY did not verify: read after a
+    /// [`Outcome::Timeout`], it tells a server that signs with another key from one that never answered.
+    pub fn integrity_failures(&self) -> u32 {
+        self.integrity_failures
+    }
+
     fn request_inner(
         &mut self,
         now: Instant,
@@ -465,7 +492,8 @@ impl<R: RngCore> Client<R> {
         let packet = self.encode(method, tid, &body, signed)?;
         self.transmits.push_back(packet.clone());
         let rto = self.config.initial_rto;
-        let next = now + if self.config.reliable { RELIABLE_TIMEOUT } else { rto };
+        let give_up = self.give_up(now);
+        let next = self.first_timer(now, give_up);
         self.pending.insert(
             tid,
             Pending {
@@ -477,6 +505,7 @@ impl<R: RngCore> Client<R> {
                 transmissions: 1,
                 rto,
                 next,
+                give_up,
                 challenges: 0,
                 channel,
             },
@@ -520,14 +549,18 @@ impl<R: RngCore> Client<R> {
             let valid = self.credential.as_ref().is_some_and(|c| msg.verify_integrity(&c.key));
             // A forged or mangled answer is dropped (the real one may still come); a success must be signed.
             if (msg.has_message_integrity() || msg.class() == Class::Success) && !valid {
+                self.integrity_failures += 1;
                 return;
             }
         }
         let Some(mut pending) = self.pending.remove(&tid) else {
             return;
         };
+        if challenge == Some(438) {
+            self.stale_nonces += 1;
+        }
         if let Some(code) = challenge {
-            if self.take_challenge(msg, code, &pending) && pending.challenges < MAX_CHALLENGES {
+            if self.take_challenge(msg, code, &pending) && pending.challenges < self.config.max_challenges {
                 pending.challenges += 1;
                 self.resend_signed(now, pending);
                 return;
@@ -598,13 +631,23 @@ impl<R: RngCore> Client<R> {
         pending.signed = true;
         pending.transmissions = 1;
         pending.rto = self.config.initial_rto;
-        pending.next = now
-            + if self.config.reliable {
-                RELIABLE_TIMEOUT
-            } else {
-                pending.rto
-            };
+        pending.give_up = self.give_up(now);
+        pending.next = self.first_timer(now, pending.give_up);
         self.pending.insert(tid, pending);
+    }
+
+    /// When a transaction first sent at `now` is given up, with [`ClientConfig::timeout`].
+    fn give_up(&self, now: Instant) -> Option<Instant> {
+        self.config.timeout.map(|t| now + t)
+    }
+
+    /// A transaction's first timer: its first retransmission, or over a stream the end of its wait.
+    fn first_timer(&self, now: Instant, give_up: Option<Instant>) -> Instant {
+        if self.config.reliable {
+            return give_up.unwrap_or(now + RELIABLE_TIMEOUT);
+        }
+        let next = now + self.config.initial_rto;
+        give_up.map_or(next, |t| next.min(t))
     }
 
     fn handle_data_indication(&mut self, msg: &Message<'_>) {

@@ -221,3 +221,149 @@ fn extra_attributes_survive_the_challenge() {
     );
     assert_eq!(c.pending(), 1, "waiting for the answer");
 }
+
+/// An answer to `request` as a scripted server would write it: `code` (0 for a success), REALM and NONCE when
+/// given, MESSAGE-INTEGRITY with `key` when given.
+fn scripted_answer(request: &[u8], code: u16, nonce: Option<&str>, key: Option<&stun::IntegrityKey>) -> Vec<u8> {
+    let request = stun::Message::parse(request).unwrap();
+    let class = if code == 0 {
+        stun::Class::Success
+    } else {
+        stun::Class::Error
+    };
+    let mut buf = vec![0u8; 512];
+    let mut w = stun::MessageWriter::response(&mut buf, &request, class).unwrap();
+    if code != 0 {
+        w.error_code(code, "scripted").unwrap();
+    }
+    if let Some(nonce) = nonce {
+        w.add(&Attribute::Realm(REALM)).unwrap();
+        w.add(&Attribute::Nonce(nonce)).unwrap();
+    }
+    if let Some(key) = key {
+        w.message_integrity(key).unwrap();
+    }
+    let len = w.finish();
+    buf.truncate(len);
+    buf
+}
+
+#[test]
+fn a_timeout_cuts_the_schedule_and_replaces_39_5_s_on_a_stream() {
+    let t0 = Instant::now();
+    let config = ClientConfig {
+        initial_rto: Duration::from_millis(250),
+        max_transmissions: u32::MAX,
+        timeout: Some(Duration::from_secs(1)),
+        ..ClientConfig::udp("alice", "wonderland")
+    };
+    let mut c = Client::with_rng(config.clone(), StdRng::seed_from_u64(3));
+    c.binding(t0).unwrap();
+    let mut sent_at = Vec::new();
+    let mut now = t0;
+    loop {
+        while c.poll_transmit().is_some() {
+            sent_at.push((now - t0).as_millis());
+        }
+        if let Some(event) = c.poll_event() {
+            assert!(matches!(
+                event,
+                Event::Response {
+                    outcome: Outcome::Timeout,
+                    ..
+                }
+            ));
+            break;
+        }
+        now = c.poll_timeout().expect("a timer while pending");
+        c.handle_timeout(now);
+    }
+    assert_eq!(
+        sent_at,
+        vec![0, 250, 750],
+        "doubling from the RTO, as long as the timeout allows"
+    );
+    assert_eq!((now - t0).as_millis(), 1000, "given up at the timeout, not at Rm × RTO");
+
+    for wait in [Duration::from_secs(1), Duration::from_secs(60)] {
+        let stream = ClientConfig {
+            reliable: true,
+            timeout: Some(wait),
+            ..config.clone()
+        };
+        let mut c = Client::with_rng(stream, StdRng::seed_from_u64(3));
+        c.allocate(t0, |_| Ok(())).unwrap();
+        assert_eq!(
+            c.poll_timeout(),
+            Some(t0 + wait),
+            "the wait over a stream, shorter or longer than 39.5 s"
+        );
+    }
+}
+
+#[test]
+fn a_binding_carries_rfc_5780_attributes_unsigned() {
+    let mut c = client("alice", "wonderland");
+    c.request(Instant::now(), stun::Method::BINDING, |w| {
+        w.add(&Attribute::ChangeRequest {
+            change_ip: true,
+            change_port: false,
+        })
+        .map(|_| ())
+    })
+    .unwrap();
+    let packet = c.poll_transmit().unwrap();
+    let msg = stun::Message::parse(&packet).unwrap();
+    assert_eq!(msg.method(), stun::Method::BINDING);
+    assert_eq!(
+        msg.decode(stun::attr::CHANGE_REQUEST),
+        Some(Ok(Attribute::ChangeRequest {
+            change_ip: true,
+            change_port: false
+        }))
+    );
+    assert!(!msg.has_message_integrity());
+    msg.check_fingerprint().unwrap();
+}
+
+#[test]
+fn stale_nonces_are_counted_and_the_challenge_budget_is_configurable() {
+    let now = Instant::now();
+    let config = ClientConfig {
+        max_challenges: 3,
+        ..ClientConfig::udp("alice", "wonderland")
+    };
+    let mut c = Client::with_rng(config, StdRng::seed_from_u64(5));
+    let id = c.allocate(now, |_| Ok(())).unwrap();
+    let mut sent = 0;
+    let mut answers = vec![(401, "n1"), (438, "n2"), (438, "n3"), (438, "n4")].into_iter();
+    while let Some(packet) = c.poll_transmit() {
+        sent += 1;
+        let (code, nonce) = answers.next().expect("no more than the budget");
+        c.handle_input(now, &scripted_answer(&packet, code, Some(nonce), None));
+    }
+    assert_eq!(sent, 4, "the unsigned request and three signed ones");
+    assert_eq!(c.stale_nonces(), 3);
+    let Some(Event::Response { id: done, outcome, .. }) = c.poll_event() else {
+        panic!("no answer")
+    };
+    assert_eq!((done, outcome.error_code()), (id, Some(438)));
+}
+
+#[test]
+fn an_answer_signed_with_another_key_is_dropped_and_counted() {
+    let now = Instant::now();
+    let mut c = client("alice", "wonderland");
+    c.allocate(now, |_| Ok(())).unwrap();
+    let first = c.poll_transmit().unwrap();
+    c.handle_input(now, &scripted_answer(&first, 401, Some("n1"), None));
+    let signed = c.poll_transmit().expect("signed again");
+    let wrong = stun::long_term_key_md5("alice", REALM, "not-the-password");
+    c.handle_input(now, &scripted_answer(&signed, 0, None, Some(&wrong)));
+    assert_eq!(c.integrity_failures(), 1);
+    assert_eq!(c.poll_event(), None, "still waiting for the real answer");
+    let right = c.key().unwrap().clone();
+    c.handle_input(now, &scripted_answer(&signed, 0, None, Some(&right)));
+    assert!(matches!(c.poll_event(), Some(Event::Response { outcome, .. }) if outcome.is_success()));
+    assert_eq!(c.integrity_failures(), 1);
+}

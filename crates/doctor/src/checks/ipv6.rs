@@ -7,8 +7,9 @@ use std::sync::Arc;
 use stun::attr;
 use tokio::time::Instant;
 
-use super::net::{bind_any, binding_from, local_ips, resolve, timed};
+use super::net::{bind_any, local_ips, resolve, timed};
 use super::Settings;
+use crate::client::binding_from;
 use crate::error::CheckError;
 use crate::facts::Ipv6Fact;
 use crate::progress::Progress;

@@ -9,10 +9,10 @@ use std::sync::Arc;
 use stun::attr;
 use tokio::time::{timeout, Instant};
 
-use super::net::{await_payload, bind_any, binding_from, connect, local_ips, resolve_one};
+use super::net::{await_payload, bind_any, connect, local_ips, resolve_one};
 use super::turn::Credential;
 use super::Settings;
-use crate::client::TurnClient;
+use crate::client::{binding_from, TurnClient};
 use crate::error::CheckError;
 use crate::facts::{NatFact, NatMethod};
 use crate::ice::IceUrl;
@@ -141,7 +141,7 @@ async fn probe(
             l1.send_to(b"traverse-doctor-map", *relayed).await?;
             if let Ok(Ok((peer, data))) = timeout(s.probe_wait / 3, t.recv_data()).await {
                 if data == b"traverse-doctor-map" {
-                    seen = peer;
+                    seen = Some(peer);
                     break;
                 }
             }

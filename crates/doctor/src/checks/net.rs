@@ -1,5 +1,5 @@
-//! What every check needs of the network: deadlines, name resolution, UDP sockets, a STUN Binding that takes an
-//! answer from any source, and a TURN connection of each transport.
+//! What every check needs of the network: deadlines, name resolution, UDP sockets, and a TURN connection of each
+//! transport.
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -9,7 +9,7 @@ use tokio::net::{TcpStream, UdpSocket};
 use tokio::time::{timeout, Instant};
 
 use super::Settings;
-use crate::client::{self, Conn, Response};
+use crate::client::Conn;
 use crate::error::CheckError;
 use crate::facts::Timed;
 use crate::http::{self, Target};
@@ -68,55 +68,6 @@ pub(crate) fn local_ips() -> Vec<IpAddr> {
     if_addrs::get_if_addrs()
         .map(|list| list.into_iter().map(|i| i.ip()).collect())
         .unwrap_or_default()
-}
-
-/// A Binding answer: the response, where it really came from, and the RTT of the last attempt.
-pub(crate) struct BindingAnswer {
-    pub response: Response,
-    pub from: SocketAddr,
-    pub rtt: Duration,
-}
-
-/// One Binding over UDP from `sock`, retransmitted from `rto` on, doubling; answers from any source with our
-/// transaction id count.
-pub(crate) async fn binding_from(
-    sock: &UdpSocket,
-    to: SocketAddr,
-    change: Option<(bool, bool)>,
-    rto: Duration,
-    limit: Duration,
-) -> Result<BindingAnswer, CheckError> {
-    let request = client::binding_request(change)?;
-    let tid = stun::Message::parse(&request)
-        .map_err(|_| CheckError::Protocol("bad request".into()))?
-        .transaction_id();
-    let deadline = Instant::now() + limit;
-    let mut wait = rto;
-    let mut buf = vec![0u8; 2048];
-    loop {
-        let sent_at = Instant::now();
-        sock.send_to(&request, to).await?;
-        let round_end = (sent_at + wait).min(deadline);
-        wait = wait.saturating_mul(2);
-        while let Some(left) = round_end.checked_duration_since(Instant::now()) {
-            let Ok(got) = timeout(left, sock.recv_from(&mut buf)).await else {
-                break;
-            };
-            let (n, from) = got?;
-            let bytes = buf.get(..n).unwrap_or_default();
-            let Ok(msg) = stun::Message::parse(bytes) else { continue };
-            if msg.transaction_id() == tid {
-                return Ok(BindingAnswer {
-                    response: Response { bytes: bytes.to_vec() },
-                    from,
-                    rtt: sent_at.elapsed(),
-                });
-            }
-        }
-        if Instant::now() >= deadline {
-            return Err(CheckError::Timeout(limit));
-        }
-    }
 }
 
 /// Waits up to `wait` for a datagram carrying `payload` on `sock`; returns its source.

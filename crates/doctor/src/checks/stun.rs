@@ -5,8 +5,9 @@ use std::sync::Arc;
 
 use stun::attr;
 
-use super::net::{bind_any, binding_from, resolve_one, timed};
+use super::net::{bind_any, resolve_one, timed};
 use super::Settings;
+use crate::client::binding_from;
 use crate::error::CheckError;
 use crate::facts::{StunBinding, StunFact};
 use crate::ice::{IceConfig, IceUrl, Transport};
