@@ -196,13 +196,8 @@ impl TurnClient {
     /// The answer to request `id` (queued, signed once the server challenged), or why there was none worth having.
     async fn outcome_of(&mut self, id: RequestId) -> Result<Answer, CheckError> {
         let stale_before = self.client.stale_nonces();
-        let forged_before = self.client.integrity_failures();
         match self.answer_to(id).await? {
             Outcome::Success(answer) => Ok(answer),
-            // A signed answer that did not verify was dropped (the real one could still have come).
-            Outcome::Timeout if self.client.integrity_failures() > forged_before => Err(CheckError::Protocol(
-                "the server's answer carries a wrong MESSAGE-INTEGRITY".into(),
-            )),
             Outcome::Timeout => Err(CheckError::Timeout(self.timing.limit)),
             Outcome::Error { code: 401, reason, .. } if self.client.realm().is_none() => {
                 Err(CheckError::Protocol(format!("401 without REALM/NONCE ({reason})")))
@@ -226,9 +221,17 @@ impl TurnClient {
         Ok(())
     }
 
-    /// Drives the client until request `id` has its outcome. Relayed data arriving meanwhile is dropped.
+    /// Drives the client until request `id` has its outcome. Relayed data arriving meanwhile is dropped. An answer
+    /// whose MESSAGE-INTEGRITY does not verify ends the wait at once: the client would wait for a better one, but
+    /// a server signing with another key is the finding.
     async fn answer_to(&mut self, id: RequestId) -> Result<Outcome, CheckError> {
+        let forged_before = self.client.integrity_failures();
         loop {
+            if self.client.integrity_failures() > forged_before {
+                return Err(CheckError::Protocol(
+                    "the server's answer carries a wrong MESSAGE-INTEGRITY".into(),
+                ));
+            }
             self.flush().await?;
             while let Some(event) = self.client.poll_event() {
                 if let Event::Response { id: done, outcome, .. } = event {

@@ -469,8 +469,8 @@ impl<R: RngCore> Client<R> {
         self.stale_nonces
     }
 
-    /// Answers to signed requests dropped so far because their MESSAGE-INTEGRITY did not verify: read after a
-    /// [`Outcome::Timeout`], it tells a server that signs with another key from one that never answered.
+    /// Answers to signed requests dropped so far because their MESSAGE-INTEGRITY did not verify (the request waits
+    /// on for the real one): it tells a server that signs with another key from one that never answered.
     pub fn integrity_failures(&self) -> u32 {
         self.integrity_failures
     }
