@@ -131,7 +131,7 @@ impl Server {
         })
     }
 
-    /// Waits until the server has released a socket: with `--max-connections-per-ip` at the number of sockets
+    /// Waits until the server has released a socket: with `signal.max_connections_per_ip` at the number of sockets
     /// open before one dropped, `/api/join-check` answers 429 until the hub has processed the drop.
     async fn wait_for_release(&self) {
         let deadline = Instant::now() + WAIT;
@@ -674,7 +674,7 @@ impl RawWs {
 
 #[tokio::test]
 async fn join_presence_relay_broadcast_and_leave() {
-    let server = Server::start(&["--heartbeat-interval", "7", "--resume-grace", "9"]);
+    let server = Server::start(&["--set", "signal.heartbeat_interval=7", "--set", "signal.resume_grace=9"]);
 
     let mut a = Client::over(
         Box::new(tcp_connect(server.http).await),
@@ -689,8 +689,8 @@ async fn join_presence_relay_broadcast_and_leave() {
     assert!(a_session.starts_with("s_") && a_session.len() > 2, "{ja}");
     assert_eq!(ja["room"], "lobby");
     assert_eq!(ja["peers"], json!([]), "first in the room");
-    assert_eq!(ja["heartbeatMs"], 7000, "from --heartbeat-interval 7");
-    assert_eq!(ja["resumeGraceMs"], 9000, "from --resume-grace 9");
+    assert_eq!(ja["heartbeatMs"], 7000, "from signal.heartbeat_interval=7");
+    assert_eq!(ja["resumeGraceMs"], 9000, "from signal.resume_grace=9");
     check_ice_servers(&ja, &server);
 
     // Presence: B sees A in `peers`; A hears `peer-joined`.
@@ -850,7 +850,7 @@ async fn too_many_errors_close_4003() {
 
 #[tokio::test]
 async fn frames_over_the_message_size_close_1009() {
-    let server = Server::start(&["--max-message-bytes", "1024"]);
+    let server = Server::start(&["--set", "signal.max_message_bytes=1024"]);
     let pad = |total: usize| {
         let frame = format!(r#"{{"type":"ping","pad":"{}"}}"#, "x".repeat(total - 24));
         assert_eq!(frame.len(), total);
@@ -893,7 +893,7 @@ async fn frames_over_the_message_size_close_1009() {
 
 #[tokio::test]
 async fn rate_limit_drops_then_closes_4100() {
-    let server = Server::start(&["--messages-per-second", "5", "--burst", "5"]);
+    let server = Server::start(&["--set", "signal.messages_per_second=5", "--set", "signal.burst=5"]);
 
     // A short burst over the rate: some dropped, one rate-limited error, the socket stays open.
     let mut a = Client::connect(server.http).await;
@@ -950,7 +950,7 @@ async fn rate_limit_drops_then_closes_4100() {
 
 #[tokio::test]
 async fn room_full_closes_4102() {
-    let server = Server::start(&["--max-peers-per-room", "2"]);
+    let server = Server::start(&["--set", "signal.max_peers_per_room=2"]);
     let mut a = Client::connect(server.http).await;
     a.join("full", None, None).await;
     let mut b = Client::connect(server.http).await;
@@ -987,7 +987,7 @@ async fn room_full_closes_4102() {
 
 #[tokio::test]
 async fn too_many_rooms_closes_4103() {
-    let server = Server::start(&["--max-rooms", "1"]);
+    let server = Server::start(&["--set", "signal.max_rooms=1"]);
     let mut a = Client::connect(server.http).await;
     a.join("one", None, None).await;
 
@@ -1010,7 +1010,7 @@ async fn too_many_rooms_closes_4103() {
 
 #[tokio::test]
 async fn connections_per_ip_refused_with_429_before_the_upgrade() {
-    let server = Server::start(&["--max-connections-per-ip", "2"]);
+    let server = Server::start(&["--set", "signal.max_connections_per_ip=2"]);
     let mut a = Client::connect(server.http).await;
     assert_eq!(a.pong().await, 0);
     let mut b = Client::connect(server.http).await;
@@ -1152,7 +1152,12 @@ async fn pair(server: &Server, room: &str) -> (Client, Value, Client, Value) {
 #[tokio::test]
 async fn resume_after_a_dropped_socket_replays_every_missed_message_in_order() {
     // Two sockets per IP: `wait_for_release` can tell when the server has noticed A's drop.
-    let server = Server::start(&["--max-connections-per-ip", "2", "--resume-grace", "20"]);
+    let server = Server::start(&[
+        "--set",
+        "signal.max_connections_per_ip=2",
+        "--set",
+        "signal.resume_grace=20",
+    ]);
     let (a, ja, mut b, jb) = pair(&server, "resume").await;
     let (a_id, b_id) = (id_of(&ja, "peerId"), id_of(&jb, "peerId"));
 
@@ -1207,12 +1212,12 @@ async fn resume_after_a_dropped_socket_replays_every_missed_message_in_order() {
 #[tokio::test]
 async fn resume_grace_expiry_tells_the_room_and_the_senders() {
     let server = Server::start(&[
-        "--max-connections-per-ip",
-        "2",
-        "--resume-grace",
-        "2",
-        "--max-queued",
-        "2",
+        "--set",
+        "signal.max_connections_per_ip=2",
+        "--set",
+        "signal.resume_grace=2",
+        "--set",
+        "signal.max_queued=2",
     ]);
     let (a, ja, mut b, _) = pair(&server, "grace").await;
     let a_id = id_of(&ja, "peerId");
@@ -1320,7 +1325,12 @@ async fn ping_ack_pong_seq_and_resume_takeover() {
 
 #[tokio::test]
 async fn heartbeat_pings_and_closes_a_silent_socket_4200() {
-    let server = Server::start(&["--heartbeat-interval", "1", "--heartbeat-timeout", "3"]);
+    let server = Server::start(&[
+        "--set",
+        "signal.heartbeat_interval=1",
+        "--set",
+        "signal.heartbeat_timeout=3",
+    ]);
     // B reads all along, so tungstenite answers every Ping frame with a Pong: that counts as life.
     let mut b = Client::connect(server.http).await;
     let jb = b.join("hb", None, None).await;
@@ -1394,53 +1404,9 @@ async fn heartbeat_pings_and_closes_a_silent_socket_4200() {
 // ---------------------------------------------------------------------------------------------------------------
 // The single port.
 
-#[derive(Debug)]
-struct AcceptAnyCertificate(Arc<rustls::crypto::CryptoProvider>);
-
-impl rustls::client::danger::ServerCertVerifier for AcceptAnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &rustls::pki_types::CertificateDer<'_>,
-        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
-        _server_name: &rustls::pki_types::ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
 /// A `wss://` client on the single port; the self-signed certificate is accepted as is.
 async fn wss_connect(addr: SocketAddr, alpn: Option<&[u8]>) -> Client {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .expect("protocol versions")
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider)))
-        .with_no_client_auth();
+    let mut config = common::accept_any_certificate();
     if let Some(alpn) = alpn {
         config.alpn_protocols = vec![alpn.to_vec()];
     }
@@ -1493,7 +1459,7 @@ async fn single_port_serves_wss_and_redirects_plain_http() {
 
 #[tokio::test]
 async fn client_numbered_messages_are_acknowledged_and_deduplicated() {
-    let server = Server::start(&["--max-connections-per-ip", "2"]);
+    let server = Server::start(&["--set", "signal.max_connections_per_ip=2"]);
     let (mut a, ja, b, jb) = pair(&server, "numbered").await;
     let (a_id, b_id) = (id_of(&ja, "peerId"), id_of(&jb, "peerId"));
     let mut b = b;
@@ -1547,14 +1513,14 @@ async fn client_numbered_messages_are_acknowledged_and_deduplicated() {
 #[tokio::test]
 async fn queued_signals_above_1024_are_not_lost() {
     let server = Server::start(&[
-        "--max-connections-per-ip",
-        "2",
-        "--messages-per-second",
-        "100000",
-        "--burst",
-        "100000",
-        "--max-queued",
-        "1100",
+        "--set",
+        "signal.max_connections_per_ip=2",
+        "--set",
+        "signal.messages_per_second=100000",
+        "--set",
+        "signal.burst=100000",
+        "--set",
+        "signal.max_queued=1100",
     ]);
     let (a, ja, mut b, _) = pair(&server, "deep-queue").await;
     let a_id = id_of(&ja, "peerId");
@@ -1582,7 +1548,12 @@ async fn queued_signals_above_1024_are_not_lost() {
 
 #[tokio::test]
 async fn a_full_replay_reaches_a_reading_client() {
-    let server = Server::start(&["--messages-per-second", "100000", "--burst", "100000"]);
+    let server = Server::start(&[
+        "--set",
+        "signal.messages_per_second=100000",
+        "--set",
+        "signal.burst=100000",
+    ]);
     let (mut a, ja, mut b, _) = pair(&server, "big-replay").await;
     let a_id = id_of(&ja, "peerId");
     const N: u64 = 1100;

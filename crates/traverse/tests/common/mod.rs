@@ -711,13 +711,7 @@ pub fn connect_tcp_from(local: IpAddr, server: SocketAddr) -> std::io::Result<Tc
 /// TURN over TLS from `local`, accepting any certificate; returns the connection and the DER of the end-entity
 /// certificate the server presented. `Err` when the handshake fails.
 pub fn tls_connect(local: IpAddr, addr: SocketAddr, wait: Duration) -> Result<(Conn, Vec<u8>), String> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider)))
-        .with_no_client_auth();
+    let config = accept_any_certificate();
     let name = rustls::pki_types::ServerName::try_from("localhost").map_err(|e| e.to_string())?;
     let mut conn = rustls::ClientConnection::new(Arc::new(config), name).map_err(|e| e.to_string())?;
     let mut tcp = connect_tcp_from(local, addr).map_err(|e| format!("connect: {e}"))?;
@@ -741,7 +735,18 @@ pub fn tls_connect(local: IpAddr, addr: SocketAddr, wait: Duration) -> Result<(C
     ))
 }
 
-/// Tests accept the server's self-signed certificate (they check which one it presented instead).
+/// A TLS client configuration that accepts the server's self-signed certificate: tests check which certificate it
+/// presented instead.
+pub fn accept_any_certificate() -> rustls::ClientConfig {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("the default protocol versions")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider)))
+        .with_no_client_auth()
+}
+
 #[derive(Debug)]
 struct AcceptAnyCertificate(Arc<rustls::crypto::CryptoProvider>);
 
