@@ -239,17 +239,7 @@ impl<R: RngCore> Server<R> {
     }
 
     /// RFC 8656 §7.3: lifetime 0 deletes; otherwise min(requested, max), but never below the default.
-    pub(super) fn handle_refresh(
-        &mut self,
-        now: Instant,
-        five_tuple: FiveTuple,
-        req: &Request<'_>,
-        username: &str,
-    ) -> Outcome {
-        let id = match self.owned_allocation(now, five_tuple, username) {
-            Ok(id) => id,
-            Err(r) => return Outcome::Err(r),
-        };
+    pub(super) fn handle_refresh(&mut self, now: Instant, id: AllocationId, req: &Request<'_>) -> Outcome {
         let lifetime = match req.lifetime {
             Some(0) => Duration::ZERO,
             requested => self.clamp_lifetime(requested),

@@ -625,9 +625,13 @@ impl<R: RngCore> Server<R> {
         }
         let outcome = match method {
             Method::ALLOCATE => self.handle_allocate(now, five_tuple, &req, tid, username, auth.clone()),
-            Method::REFRESH => self.handle_refresh(now, five_tuple, &req, &username),
-            Method::CREATE_PERMISSION => self.handle_create_permission(now, five_tuple, &req, &username),
-            _ => self.handle_channel_bind(now, five_tuple, &req, &username),
+            // The other methods act on the allocation this 5-tuple holds, owned by the same user (RFC 8656 §5).
+            _ => match self.owned_allocation(now, five_tuple, &username) {
+                Err(r) => Outcome::Err(r),
+                Ok(id) if method == Method::REFRESH => self.handle_refresh(now, id, &req),
+                Ok(id) if method == Method::CREATE_PERMISSION => self.handle_create_permission(now, id, &req),
+                Ok(id) => self.handle_channel_bind(now, id, &req),
+            },
         };
         let reply = match outcome {
             Outcome::Bind(request) => return (ClientAction::BindRelay(request), Authenticated::Yes),

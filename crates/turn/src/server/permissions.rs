@@ -4,17 +4,7 @@ use super::*;
 
 impl<R: RngCore> Server<R> {
     /// RFC 8656 §9.2: every XOR-PEER-ADDRESS is checked before any permission is installed.
-    pub(super) fn handle_create_permission(
-        &mut self,
-        now: Instant,
-        five_tuple: FiveTuple,
-        req: &Request<'_>,
-        username: &str,
-    ) -> Outcome {
-        let id = match self.owned_allocation(now, five_tuple, username) {
-            Ok(id) => id,
-            Err(r) => return Outcome::Err(r),
-        };
+    pub(super) fn handle_create_permission(&mut self, now: Instant, id: AllocationId, req: &Request<'_>) -> Outcome {
         if req.peer_count == 0 {
             return Outcome::Err(BAD_REQUEST);
         }
@@ -40,17 +30,7 @@ impl<R: RngCore> Server<R> {
     }
 
     /// RFC 8656 §12.2: binds or refreshes a channel, and installs or refreshes the peer's permission.
-    pub(super) fn handle_channel_bind(
-        &mut self,
-        now: Instant,
-        five_tuple: FiveTuple,
-        req: &Request<'_>,
-        username: &str,
-    ) -> Outcome {
-        let id = match self.owned_allocation(now, five_tuple, username) {
-            Ok(id) => id,
-            Err(r) => return Outcome::Err(r),
-        };
+    pub(super) fn handle_channel_bind(&mut self, now: Instant, id: AllocationId, req: &Request<'_>) -> Outcome {
         let (Some(number), Some(peer), 1) = (req.channel_number, req.peers().next(), req.peer_count) else {
             return Outcome::Err(BAD_REQUEST);
         };
