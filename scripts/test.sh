@@ -35,6 +35,7 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 cargo test --workspace --all-targets
 
 if [ "${BROWSER_TESTS:-1}" != 0 ]; then
+  node --test tests/sdk/ # the browser SDK's session protocol, without a browser
   TRAVERSE_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/traverse" tests/browser/run.sh
 fi
 

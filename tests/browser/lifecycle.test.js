@@ -71,13 +71,13 @@ test('tokens: missing, forged and wrong-room tokens are refused with their code;
 
 test('outage longer than the grace: peer-left, undeliverable, then a fresh join', { timeout: 60000 }, async (t) => {
   if (skipWithoutChromium(t)) return;
-  const a = await roomPage(browser, open, 'grace');
+  const a = await roomPage(browser, open, 'grace', { net: true });
   const b = await roomPage(browser, open, 'grace');
   t.after(() => Promise.all([a.page.close().catch(() => {}), b.page.close().catch(() => {})]));
   await (async () => {
     await until(10000, () => a.page.evaluate((id) => room.peers.has(id), b.peerId), 'A sees B');
     // A is away for 4 s; the grace is 2 s.
-    await a.page.evaluate(() => room._debugDropSocket(4000));
+    await a.page.evaluate(() => net.cut(4000));
     await b.page.evaluate((to) => room.signal(to, { tag: 'lost' }, { id: 'x-1' }), a.peerId);
     await until(8000, async () => (await recorded(b.page, 'peer-left')).some((e) => e.peerId === a.peerId), 'peer-left');
     await until(2000, async () => (await recorded(b.page, 'undeliverable')).length === 1, 'undeliverable');

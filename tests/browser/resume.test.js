@@ -3,7 +3,8 @@
 // keeps sending too. The SDK resumes; every message arrives exactly once, in order, and nobody sees the cut peer
 // leave. Then a socket that dies silently (what the page writes is lost until it notices): the SDK resends what the
 // server did not acknowledge, and again every message arrives exactly once, in order. Then an unknown session: the
-// server refuses the resume (resume-failed, 4201) and the SDK joins afresh.
+// server refuses the resume (resume-failed, 4201) and the SDK joins afresh. The failures come from the page's network
+// (`installNetwork` in lib/pages.js), not from the SDK: it ships no test hook.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
@@ -43,7 +44,7 @@ const received = async (page, name, tag) =>
 
 test('socket cut twice mid-session: resumed, nothing lost, duplicated or reordered', { timeout: 90000 }, async (t) => {
   if (skipWithoutChromium(t)) return;
-  const a = await roomPage(browser, server, 'resume');
+  const a = await roomPage(browser, server, 'resume', { net: true });
   const b = await roomPage(browser, server, 'resume');
   t.after(() => Promise.all([a.page.close().catch(() => {}), b.page.close().catch(() => {})]));
   await until(10000, () => a.page.evaluate((id) => room.peers.has(id), b.peerId), 'A sees B');
@@ -54,7 +55,7 @@ test('socket cut twice mid-session: resumed, nothing lost, duplicated or reorder
     // (about 20 messages each way pile up: replayed by the server, queued by the SDK).
     for (const holdMs of [0, 600]) {
       await new Promise((r) => setTimeout(r, 1200));
-      assert.equal(await a.page.evaluate((h) => room._debugDropSocket(h), holdMs), true);
+      assert.equal(await a.page.evaluate((h) => net.cut(h), holdMs), 1);
       await until(10000, () => a.page.evaluate(() => room.state === 'open'), 'A resumed');
     }
     await within(30000, sending, 'send loops');
@@ -92,7 +93,7 @@ test('socket cut twice mid-session: resumed, nothing lost, duplicated or reorder
 
 test('socket silently dead, then cut: what was written into it is resent, arrives once and in order', { timeout: 90000 }, async (t) => {
   if (skipWithoutChromium(t)) return;
-  const a = await roomPage(browser, server, 'dead');
+  const a = await roomPage(browser, server, 'dead', { net: true });
   const b = await roomPage(browser, server, 'dead');
   t.after(() => Promise.all([a.page.close().catch(() => {}), b.page.close().catch(() => {})]));
   await until(10000, () => a.page.evaluate((id) => room.peers.has(id), b.peerId), 'A sees B');
@@ -102,10 +103,11 @@ test('socket silently dead, then cut: what was written into it is resent, arrive
     await new Promise((r) => setTimeout(r, 1200));
     // A's path dies without A knowing for 700 ms: the ~23 signals A writes meanwhile never leave the page, and what
     // B sends A is not read. Then A notices, and the outage lasts 300 ms more (messages queued).
-    const before = await a.page.evaluate(() => room._clientSeq);
-    assert.equal(await a.page.evaluate(() => room._debugDropSocket(300, 700)), true);
+    // Read in the same turn as the path dies: the page's send loop cannot slip a message in between.
+    const { before, silenced } = await a.page.evaluate(() => ({ before: net.lastSeq, silenced: net.silence(700, 300) }));
+    assert.equal(silenced, 1);
     await until(5000, () => a.page.evaluate(() => room.state === 'reconnecting'), 'A notices the dead socket');
-    const lostInSocket = (await a.page.evaluate(() => room._clientSeq)) - before;
+    const lostInSocket = await a.page.evaluate(() => net.swallowed);
     await until(10000, () => a.page.evaluate(() => room.state === 'open'), 'A resumed');
     await within(30000, sending, 'send loops');
 
@@ -134,8 +136,8 @@ test('socket silently dead, then cut: what was written into it is resent, arrive
 
     // The server handles each client seq once: a message resent with a number it already handled is dropped.
     await a.page.evaluate((to) => {
-      room._ws.send(JSON.stringify({ type: 'signal', to, data: { tag: 'a', n: 0 }, seq: 1 }));
-      room._ws.send(JSON.stringify({ type: 'broadcast', data: { tag: 'a', n: 9 }, seq: room._clientSeq }));
+      net.current.send(JSON.stringify({ type: 'signal', to, data: { tag: 'a', n: 0 }, seq: 1 }));
+      net.current.send(JSON.stringify({ type: 'broadcast', data: { tag: 'a', n: 9 }, seq: net.lastSeq }));
       room.signal(to, { tag: 'end', n: 0 });
     }, b.peerId);
     await until(5000, async () => (await received(b.page, 'signal', 'end')).length === 1, 'B gets the last signal');
@@ -143,7 +145,7 @@ test('socket silently dead, then cut: what was written into it is resent, arrive
     assert.deepEqual(await received(b.page, 'broadcast', 'a'), tenth, 'the duplicate broadcast was dropped');
 
     // A heartbeat later the server has acknowledged everything A sent.
-    await a.page.evaluate(() => room._ws.send(JSON.stringify({ type: 'ping', ack: room.lastSeq })));
+    await a.page.evaluate(() => net.current.send(JSON.stringify({ type: 'ping', ack: room.lastSeq })));
     await until(5000, () => a.page.evaluate(() => room.unacknowledged === 0), 'pong acknowledges everything');
 
     assert.deepEqual(await recorded(b.page, 'peer-left'), []);
@@ -157,13 +159,14 @@ test('socket silently dead, then cut: what was written into it is resent, arrive
 
 test('resume of an unknown session: resume-failed, 4201, the SDK joins again', { timeout: 60000 }, async (t) => {
   if (skipWithoutChromium(t)) return;
-  const a = await roomPage(browser, server, 'rejoin');
+  const a = await roomPage(browser, server, 'rejoin', { net: true });
   const b = await roomPage(browser, server, 'rejoin');
   t.after(() => Promise.all([a.page.close().catch(() => {}), b.page.close().catch(() => {})]));
   await (async () => {
+    // The network rewrites A's resume to name a session the server does not know.
     await a.page.evaluate(() => {
-      room.session = 's_unknown';
-      room._debugDropSocket();
+      net.tamper = (frame) => frame.replace(/^\{"type":"resume","session":"[^"]*"/, '{"type":"resume","session":"s_unknown"');
+      net.cut();
     });
     await until(10000, async () => (await recorded(a.page, 'joined')).length === 1, 'A joined again');
     const errors = await recorded(a.page, 'error');

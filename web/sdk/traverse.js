@@ -11,6 +11,16 @@
 // On top of the room, `room.connect(peerId)` returns a `Peer`: an RTCPeerConnection that negotiates itself with
 // MDN's "perfect negotiation" through the room's `signal` messages, with the join's `iceServers` applied and a
 // data channel ready to use. Dependency-free; no build step. Documentation: docs/sdk.md.
+//
+// Inside, three parts, one mechanism each (the public API is `Room`, `Peer` and the functions; the rest is internal):
+// - `Session` — the session protocol without I/O: frames in (`handleOpen`, `handleFrame`, `handleDisconnect`,
+//   `send`), frames and events out (`pollTransmit`, `pollEvent`). It owns the numbered stream (dedup, gaps), the
+//   join/resume handshake, the client `seq`, the queue and the unacknowledged list. No socket, no timer, no clock:
+//   it is unit-tested in node (tests/sdk/session.test.mjs).
+// - `Link` — the socket plumbing: one WebSocket at a time, its handshake timeout, heartbeats and dead-socket
+//   detection, reconnects with jittered backoff. It carries frames and knows nothing of their meaning.
+// - `Room` — the driver and the public API: it passes the link's frames to the session, writes what the session
+//   transmits, and turns the session's events into the room's state (peers, `Peer`s) and events.
 
 /** SDK version; the protocol version it speaks is `PROTOCOL`. */
 export const VERSION = '0.1.0';
@@ -21,9 +31,6 @@ export const PROTOCOL = 'traverse.v1';
  * the last one repeats. Same schedule as LiveKit's client.
  */
 export const RECONNECT_DELAYS_MS = Object.freeze([0, 300, 1200, 2700, 4800, 7000]);
-
-/** Server messages that belong to the session's numbered stream (replayed after a resume). */
-const STREAM_TYPES = new Set(['joined', 'peer-joined', 'peer-left', 'signal', 'broadcast', 'undeliverable', 'error']);
 
 /**
  * @typedef {{urls: string | string[], username?: string, credential?: string}} IceServer
@@ -100,24 +107,6 @@ export function filterIceServers(servers, keep) {
   return out;
 }
 
-/** @param {string | undefined} url */
-function resolveWsUrl(url) {
-  let base;
-  try {
-    base = new URL(import.meta.url);
-    if (base.protocol !== 'http:' && base.protocol !== 'https:') base = undefined;
-  } catch {
-    base = undefined;
-  }
-  if (!base && typeof location !== 'undefined') base = new URL(location.href);
-  const u = new URL(url || '/ws', base);
-  if (u.protocol === 'http:') u.protocol = 'ws:';
-  if (u.protocol === 'https:') u.protocol = 'wss:';
-  return u;
-}
-
-const now = () => (typeof performance !== 'undefined' ? performance.now() : Date.now());
-
 /**
  * A joined room. Events (listen with `room.on(name, fn)` — `fn` gets the event's detail — or `addEventListener`,
  * where the detail is `event.detail`):
@@ -159,18 +148,12 @@ export class Room extends EventTarget {
     this.room = options.room;
     /** @type {string | null} this peer's id (changes only after a failed resume and a fresh join) */
     this.peerId = null;
-    /** @type {string | null} */
-    this.session = null;
     /** @type {Map<string, PeerInfo>} other peers in the room, by id */
     this.peers = new Map();
     /** @type {IceServer[]} STUN/TURN servers with a credential minted for this peer */
     this.iceServers = [];
     /** @type {string[]} capabilities granted by the join token (`caps`), passed through for the app */
     this.caps = [];
-    /** @type {RoomState} */
-    this.state = 'connecting';
-    /** Highest stream `seq` processed. */
-    this.lastSeq = 0;
     this.heartbeatMs = 10000;
     this.resumeGraceMs = 30000;
     /** Counters, for diagnostics and tests. */
@@ -178,24 +161,40 @@ export class Room extends EventTarget {
     /** @type {Map<string, Peer>} peer connections by remote peer id */
     this.connections = new Map();
 
-    /** @private @type {WebSocket | null} */ this._ws = null;
-    /** @private @type {'join' | 'resume' | null} what the current socket is doing before it is usable */
-    this._handshake = null;
-    /** @private */ this._usable = false;
-    /** @private @type {{msg: object, internal: boolean}[]} not sent yet (no socket usable) */ this._outbox = [];
-    /** @private @type {{msg: any, internal: boolean}[]} sent with a client `seq`, not yet acknowledged, in order */
-    this._unacked = [];
-    /** @private last client `seq` given out in this session */ this._clientSeq = 0;
-    /** @private a ping asking for an early `ack` is on its way */ this._ackAsked = false;
-    /** @private */ this._attempt = 0;
-    /** @private */ this._timers = new Set();
-    /** @private */ this._hbTimer = null;
-    /** @private */ this._lastHeard = 0;
+    /** @private */ this._session = new Session(this._opts, this.stats);
+    /** @private */ this._link = new Link(this.url, this._opts, {
+      handshake: () => this._session.nextHandshake(),
+      open: () => {
+        this._session.handleOpen();
+        this._drain();
+      },
+      frame: (text) => {
+        this._session.handleFrame(text);
+        this._drain();
+      },
+      ping: () => this._session.pingFrame(),
+      drop: (code, reason, opened) => this._onDrop(code, reason, opened),
+      unopenable: (err) => this._failStart(new TraverseError('connect-failed', String(err))),
+    });
+    /** @private @type {{resolve: (room: Room) => void, reject: (err: any) => void} | null} `connect()` waiting */
+    this._startWaiter = null;
+    /** @private the session's events are being handed to the app (see `_drain`) */ this._dispatching = false;
     /** @private */ this._msgId = 0;
-    /** @private */ this._onOnline = () => {
-      if (this.state === 'reconnecting' && !this._ws) this._reconnectNow();
-    };
-    if (typeof addEventListener === 'function') addEventListener('online', this._onOnline);
+  }
+
+  /** @type {RoomState} */
+  get state() {
+    return this._link.state;
+  }
+
+  /** @type {string | null} the session id (a resume presents it) */
+  get session() {
+    return this._session.id;
+  }
+
+  /** Highest stream `seq` processed. */
+  get lastSeq() {
+    return this._session.lastSeq;
   }
 
   /**
@@ -229,7 +228,7 @@ export class Room extends EventTarget {
 
   /** Messages sent but not yet acknowledged by the server (resent after a resume if the server missed them). */
   get unacknowledged() {
-    return this._unacked.length;
+    return this._session.unacknowledged;
   }
 
   /**
@@ -254,23 +253,7 @@ export class Room extends EventTarget {
    */
   async leave() {
     if (this.state === 'closed') return;
-    const ws = this._ws;
-    if (ws && ws.readyState === WebSocket.OPEN && this._usable) {
-      try {
-        this._write(ws, JSON.stringify({ type: 'leave' }));
-      } catch {
-        /* socket already going */
-      }
-      await new Promise((resolve) => {
-        const t = setTimeout(resolve, 1000);
-        ws.addEventListener('close', () => {
-          clearTimeout(t);
-          resolve(undefined);
-        });
-        // The server closes after `leave`; closing ourselves as well is harmless and bounds the wait.
-        setTimeout(() => ws.readyState === WebSocket.OPEN && ws.close(1000, 'leave'), 200);
-      });
-    }
+    if (this._session.usable && this._link.writable) await this._link.leave(this._session.leaveFrame());
     this._finish(1000, 'left');
   }
 
@@ -288,34 +271,6 @@ export class Room extends EventTarget {
     return peer;
   }
 
-  /**
-   * Test hook: drop the socket without `leave`, as a network failure would. The server keeps the session for its
-   * grace period; the room reconnects and resumes, after `holdMs` more than the backoff says (an outage that lasts).
-   * With `undetectedMs`, the socket first dies silently for that long: what the room writes is lost and nothing is
-   * read, while the room still believes the socket works (a dead path not yet detected); then it is dropped.
-   * @param {number} [holdMs] @param {number} [undetectedMs]
-   */
-  _debugDropSocket(holdMs = 0, undetectedMs = 0) {
-    const ws = this._ws;
-    if (!ws) return false;
-    if (undetectedMs > 0) {
-      /** @type {any} */ (ws)._debugDead = true;
-      this._later(() => {
-        if (this._ws === ws) this._debugDropSocket(holdMs);
-      }, undetectedMs);
-      return true;
-    }
-    this._debugHoldMs = holdMs;
-    this._detach(ws);
-    try {
-      ws.close(4999, 'debug drop');
-    } catch {
-      /* already closed */
-    }
-    this._onDrop(1006, 'debug drop');
-    return true;
-  }
-
   // ---- internals --------------------------------------------------------------------------------------------
 
   /** @private */
@@ -323,164 +278,90 @@ export class Room extends EventTarget {
     this.dispatchEvent(new CustomEvent(name, { detail }));
   }
 
-  /** @private */
-  _later(fn, ms) {
-    const t = setTimeout(() => {
-      this._timers.delete(t);
-      fn();
-    }, ms);
-    this._timers.add(t);
-    return t;
-  }
-
-  /** @private */
-  _clearLater(t) {
-    clearTimeout(t);
-    this._timers.delete(t);
-  }
-
   /** First join; resolves on `joined`, rejects on refusal. @private */
   _start() {
     return new Promise((resolve, reject) => {
       this._startWaiter = { resolve, reject };
-      this._open('join');
+      this._link.open();
     });
   }
 
-  /** @private */
-  _wsUrl(withJoinQuery) {
-    const u = new URL(this.url);
-    if (withJoinQuery) {
-      // Checked before the upgrade: a refused join costs no socket (docs/protocol.md, Endpoints).
-      u.searchParams.set('room', this.room);
-      if (this._opts.token) u.searchParams.set('token', this._opts.token);
-    }
-    return u.toString();
+  /** @private @param {object} msg @param {boolean} internal */
+  _send(msg, internal) {
+    if (this.state === 'closed') throw new TraverseError('closed', 'the room is closed');
+    this._session.send(msg, internal, this._link.writable);
+    this._drain();
   }
 
-  /** Open a socket for a `join` or a `resume`. @private @param {'join' | 'resume'} kind */
-  _open(kind) {
-    this._handshake = kind;
-    this._usable = false;
-    let ws;
+  /**
+   * After every input to the session: write what it transmits, then hand its events over in order. An app
+   * listener that sends gets its frame written at once; events it causes wait for the ones already in line.
+   * @private
+   */
+  _drain() {
+    const session = this._session;
+    for (let f = session.pollTransmit(); f !== undefined; f = session.pollTransmit()) this._link.write(f);
+    if (this._dispatching) return;
+    this._dispatching = true;
     try {
-      ws = new WebSocket(this._wsUrl(kind === 'join'), this._opts.subprotocol === false ? undefined : PROTOCOL);
-    } catch (err) {
-      if (!this._failStart(new TraverseError('connect-failed', String(err)))) {
-        this._later(() => this._onDrop(1006, String(err)), 0);
+      for (let e = session.pollEvent(); e !== undefined; e = session.pollEvent()) {
+        this._handleSessionEvent(e);
+        for (let f = session.pollTransmit(); f !== undefined; f = session.pollTransmit()) this._link.write(f);
       }
-      return;
-    }
-    this._ws = ws;
-    let opened = false;
-    const timeout = this._later(() => {
-      if (this._ws !== ws || this._usable) return;
-      this._detach(ws);
-      try {
-        ws.close(4000, 'handshake timeout');
-      } catch {
-        /* ignore */
-      }
-      this._onDrop(1006, 'handshake timeout', opened);
-    }, this._opts.connectTimeoutMs);
-    /** @type {any} */ (ws)._traverse = {
-      open: () => {
-        opened = true;
-        this._lastHeard = now();
-        if (kind === 'join') {
-          const join = { type: 'join', room: this.room };
-          if (this._opts.token) join.token = this._opts.token;
-          if (this._opts.meta !== undefined) join.meta = this._opts.meta;
-          this.lastSeq = 0;
-          ws.send(JSON.stringify(join));
-        } else {
-          ws.send(JSON.stringify({ type: 'resume', session: this.session, lastSeq: this.lastSeq }));
-        }
-      },
-      message: (/** @type {MessageEvent} */ e) => {
-        if (this._ws !== ws || /** @type {any} */ (ws)._debugDead) return;
-        this._lastHeard = now();
-        let msg;
-        try {
-          msg = JSON.parse(e.data);
-        } catch {
-          this._emit('error', { code: 'bad-json', message: 'the server sent a frame that is not JSON' });
-          return;
-        }
-        if (this._usable === false && (msg.type === 'joined' || msg.type === 'resumed')) this._clearLater(timeout);
-        this._handle(msg);
-      },
-      close: (/** @type {CloseEvent} */ e) => {
-        this._clearLater(timeout);
-        if (this._ws !== ws) return;
-        this._detach(ws);
-        this._onDrop(e.code, e.reason, opened);
-      },
-    };
-    ws.addEventListener('open', /** @type {any} */ (ws)._traverse.open);
-    ws.addEventListener('message', /** @type {any} */ (ws)._traverse.message);
-    ws.addEventListener('close', /** @type {any} */ (ws)._traverse.close);
-  }
-
-  /** Stop listening to a socket we are done with. @private @param {WebSocket} ws */
-  _detach(ws) {
-    const h = /** @type {any} */ (ws)._traverse;
-    if (h) {
-      ws.removeEventListener('open', h.open);
-      ws.removeEventListener('message', h.message);
-      ws.removeEventListener('close', h.close);
-    }
-    if (this._ws === ws) {
-      this._ws = null;
-      this._usable = false;
-      this._stopHeartbeat();
+    } finally {
+      this._dispatching = false;
     }
   }
 
-  /** @private */
-  _failStart(err) {
-    const w = this._startWaiter;
-    if (!w) return false;
-    this._startWaiter = null;
-    this._finish(err.closeCode ?? 1006, err.message, true);
-    w.reject(err);
-    return true;
-  }
-
-  /** @private @param {object} msg */
-  _handle(msg) {
-    const type = msg && msg.type;
-    // An error answering a `join` or `resume` (token refused, resume-failed) is not part of a stream we follow.
-    const handshakeError = type === 'error' && this._handshake !== null;
-    if (STREAM_TYPES.has(type) && typeof msg.seq === 'number' && !handshakeError) {
-      if (type === 'joined' && this._handshake === 'join') {
-        // A new session: its stream starts again at 1.
-        this.lastSeq = 0;
-      }
-      if (msg.seq <= this.lastSeq) {
-        this.stats.duplicates++;
-        return;
-      }
-      if (msg.seq !== this.lastSeq + 1) {
-        this.stats.gaps++;
-        this._emit('error', {
-          code: 'sequence-gap',
-          message: `stream jumped from seq ${this.lastSeq} to ${msg.seq}`,
-          expected: this.lastSeq + 1,
-          got: msg.seq,
-        });
-      }
-      this.lastSeq = msg.seq;
-    }
-    switch (type) {
+  /** @private @param {SessionEvent} e */
+  _handleSessionEvent(e) {
+    switch (e.type) {
       case 'joined':
-        return this._onJoined(msg);
+        return this._onJoined(e.msg, e.rejoined, e.lost);
       case 'resumed':
-        return this._onResumed(msg);
-      case 'pong':
-        this._ackAsked = false;
-        if (typeof msg.ack === 'number') this._acknowledge(msg.ack);
-        return;
+        return this._onResumed(e.msg);
+      case 'message':
+        return this._onMessage(e.msg, e.handshake);
+      case 'error':
+        return this._emit('error', e.detail);
+    }
+  }
+
+  /** @private @param {any} msg @param {boolean} rejoined @param {any[]} lost */
+  _onJoined(msg, rejoined, lost) {
+    if (rejoined) {
+      // A failed resume ended the old session: its peer connections belong to an identity that is gone.
+      for (const pc of this.connections.values()) pc._close(false);
+      this.connections.clear();
+    }
+    this.peerId = msg.peerId;
+    this.peers = new Map((msg.peers || []).map((p) => [p.id, p]));
+    this.iceServers = msg.iceServers || [];
+    this.caps = Array.isArray(msg.caps) ? msg.caps : [];
+    if (typeof msg.heartbeatMs === 'number') this.heartbeatMs = msg.heartbeatMs;
+    if (typeof msg.resumeGraceMs === 'number') this.resumeGraceMs = msg.resumeGraceMs;
+    this._link.established(this._opts.heartbeatMs ?? this.heartbeatMs);
+    this._emit('joined', { peerId: this.peerId, peers: [...this.peers.values()], rejoined, seq: msg.seq });
+    for (const m of lost) {
+      this.stats.lost++;
+      this._emit('undeliverable', { to: m.to, id: m.id, reason: 'session-lost', type: m.type, data: m.data });
+    }
+    const w = this._startWaiter;
+    if (w) {
+      this._startWaiter = null;
+      w.resolve(this);
+    }
+  }
+
+  /** @private @param {any} msg */
+  _onResumed(msg) {
+    this._link.established(this._opts.heartbeatMs ?? this.heartbeatMs);
+    this._emit('resumed', { replayed: msg.replayed, seq: msg.seq, peerId: msg.peerId, ack: msg.ack });
+  }
+
+  /** A server message the session let through, in stream order. @private */
+  _onMessage(msg, handshake) {
+    switch (msg.type) {
       case 'peer-joined':
         if (msg.peer && typeof msg.peer.id === 'string') this.peers.set(msg.peer.id, msg.peer);
         return this._emit('peer-joined', { peer: msg.peer, seq: msg.seq });
@@ -497,104 +378,22 @@ export class Room extends EventTarget {
       case 'undeliverable':
         return this._emit('undeliverable', { to: msg.to, id: msg.id, reason: msg.reason, seq: msg.seq });
       case 'error':
-        return this._onError(msg);
+        return this._onError(msg, handshake);
       default:
         // Unknown server message: ignore (forward compatibility).
         return;
     }
   }
 
-  /** @private */
-  _onJoined(msg) {
-    const rejoined = this.peerId !== null;
-    if (rejoined) {
-      // A failed resume ended the old session: its peer connections belong to an identity that is gone, and so do
-      // the negotiation messages queued for them.
-      for (const pc of this.connections.values()) pc._close(false);
-      this.connections.clear();
-      this._outbox = this._outbox.filter((m) => !m.internal);
-      this.stats.rejoins++;
-    }
-    // A new session numbers its messages from 1 again. What the old one sent and never saw acknowledged may or may
-    // not have arrived: it is reported below, not resent (the app decides, knowing it is a new identity now).
-    const lost = this._unacked.filter((m) => !m.internal);
-    this._unacked = [];
-    this._clientSeq = 0;
-    this.session = msg.session;
-    this.peerId = msg.peerId;
-    this.peers = new Map((msg.peers || []).map((p) => [p.id, p]));
-    this.iceServers = msg.iceServers || [];
-    this.caps = Array.isArray(msg.caps) ? msg.caps : [];
-    if (typeof msg.heartbeatMs === 'number') this.heartbeatMs = msg.heartbeatMs;
-    if (typeof msg.resumeGraceMs === 'number') this.resumeGraceMs = msg.resumeGraceMs;
-    this._becameUsable();
-    this._emit('joined', { peerId: this.peerId, peers: [...this.peers.values()], rejoined, seq: msg.seq });
-    for (const { msg: m } of lost) {
-      this.stats.lost++;
-      this._emit('undeliverable', { to: m.to, id: m.id, reason: 'session-lost', type: m.type, data: m.data });
-    }
-    const w = this._startWaiter;
-    if (w) {
-      this._startWaiter = null;
-      w.resolve(this);
-    }
-  }
-
-  /** @private */
-  _onResumed(msg) {
-    this.stats.resumes++;
-    if (typeof msg.ack === 'number') {
-      this._acknowledge(msg.ack);
-    } else {
-      // A server without client sequence numbers would deliver a resent message twice: resend nothing.
-      this._unacked = [];
-    }
-    // What the server has not handled (written into the dead socket) goes first, in order, then the queue.
-    this._becameUsable(this._unacked);
-    this._emit('resumed', { replayed: msg.replayed, seq: msg.seq, peerId: msg.peerId, ack: msg.ack });
-  }
-
-  /** The server has handled every client `seq` up to `ack`. @private @param {number} ack */
-  _acknowledge(ack) {
-    let n = 0;
-    while (n < this._unacked.length && this._unacked[n].msg.seq <= ack) n++;
-    if (n) this._unacked.splice(0, n);
-  }
-
-  /**
-   * The socket is joined or resumed: heartbeats on, unacknowledged messages (after a resume) resent, queued
-   * messages out. @private @param {{msg: any, internal: boolean}[]} [resend]
-   */
-  _becameUsable(resend = []) {
-    this._handshake = null;
-    this._usable = true;
-    this._attempt = 0;
-    this._ackAsked = false;
-    this.state = 'open';
-    this._startHeartbeat();
-    const ws = /** @type {WebSocket} */ (this._ws);
-    for (const m of resend) {
-      this.stats.resent++;
-      this._write(ws, JSON.stringify(m.msg));
-    }
-    const queued = this._outbox;
-    this._outbox = [];
-    for (const m of queued) this._transmit(m.msg, m.internal);
-  }
-
-  /** @private */
-  _onError(msg) {
+  /** @private @param {any} msg @param {'join' | 'resume' | null} handshake */
+  _onError(msg, handshake) {
     const detail = { code: msg.code, message: msg.message, seq: msg.seq };
     if (typeof msg.id === 'string') detail.id = msg.id;
-    if (this._startWaiter && this._handshake === 'join') {
+    if (this._startWaiter && handshake === 'join') {
       // A refused join (token, room full, …): the server closes right after; report the code to `connect()`.
       const err = new TraverseError(msg.code || 'join-failed', msg.message || 'join refused');
       this._failStart(err);
       return;
-    }
-    if (msg.code === 'resume-failed') {
-      // The server closes with 4201 next; the close handler joins again.
-      this._resumeFailed = true;
     }
     this._emit('error', detail);
   }
@@ -616,83 +415,14 @@ export class Room extends EventTarget {
     this._emit('signal', { from: msg.from, data: d, seq: msg.seq, internal });
   }
 
-  /** @private @param {object} msg @param {boolean} internal */
-  _send(msg, internal) {
-    if (this.state === 'closed') throw new TraverseError('closed', 'the room is closed');
-    const text = JSON.stringify(msg);
-    if (this._opts.maxMessageBytes && text.length > this._opts.maxMessageBytes / 4) {
-      const bytes = new TextEncoder().encode(text).length;
-      if (bytes > this._opts.maxMessageBytes) {
-        throw new TraverseError('too-large', `message of ${bytes} bytes exceeds ${this._opts.maxMessageBytes}`);
-      }
-    }
-    if (this._outbox.length + this._unacked.length >= this._opts.maxQueue) {
-      this._emit('error', {
-        code: 'queue-full',
-        message: `${this._opts.maxQueue} messages are waiting to be sent or acknowledged; message dropped`,
-        id: msg.id,
-      });
-      return;
-    }
-    const ws = this._ws;
-    if (ws && this._usable && ws.readyState === WebSocket.OPEN) {
-      this._transmit(msg, internal);
-      return;
-    }
-    this._outbox.push({ msg, internal });
-    this.stats.queued++;
-  }
-
-  /**
-   * Number `msg` with the session's next client `seq`, keep it until acknowledged, write it to the usable socket.
-   * @private @param {object} msg @param {boolean} internal
-   */
-  _transmit(msg, internal) {
-    const numbered = { ...msg, seq: ++this._clientSeq };
-    this._unacked.push({ msg: numbered, internal });
-    const ws = /** @type {WebSocket} */ (this._ws);
-    this._write(ws, JSON.stringify(numbered));
-    if (!this._ackAsked && this._unacked.length >= Math.max(1, this._opts.maxQueue >> 1)) {
-      // Half the bound is waiting for an acknowledgement: ask for one now rather than at the next heartbeat.
-      this._ackAsked = true;
-      this._write(ws, JSON.stringify({ type: 'ping', ack: this.lastSeq }));
-    }
-  }
-
-  /** Write a frame (nothing when the debug hook made the socket silently dead). @private */
-  _write(/** @type {WebSocket} */ ws, /** @type {string} */ text) {
-    if (/** @type {any} */ (ws)._debugDead) return;
-    ws.send(text);
-  }
-
   /** @private */
-  _startHeartbeat() {
-    this._stopHeartbeat();
-    const every = this._opts.heartbeatMs ?? this.heartbeatMs;
-    const deadAfter = this._opts.deadAfterMs ?? 2 * every + 2000;
-    this._lastHeard = now();
-    this._hbTimer = setInterval(() => {
-      const ws = this._ws;
-      if (!ws || !this._usable) return;
-      if (now() - this._lastHeard > deadAfter) {
-        // No pong (nor anything else) for too long: the path is dead even if the socket does not know yet.
-        this._detach(ws);
-        try {
-          ws.close(4000, 'heartbeat timeout');
-        } catch {
-          /* ignore */
-        }
-        this._onDrop(4200, 'no pong from server', true);
-        return;
-      }
-      if (ws.readyState === WebSocket.OPEN) this._write(ws, JSON.stringify({ type: 'ping', ack: this.lastSeq }));
-    }, Math.min(every, 1 << 30));
-  }
-
-  /** @private */
-  _stopHeartbeat() {
-    if (this._hbTimer !== null) clearInterval(this._hbTimer);
-    this._hbTimer = null;
+  _failStart(err) {
+    const w = this._startWaiter;
+    if (!w) return false;
+    this._startWaiter = null;
+    this._finish(err.closeCode ?? 1006, err.message, true);
+    w.reject(err);
+    return true;
   }
 
   /**
@@ -702,91 +432,33 @@ export class Room extends EventTarget {
    */
   async _onDrop(code, reason, opened = true) {
     if (this.state === 'closed') return;
-    this._usable = false;
-    this._stopHeartbeat();
+    this._session.handleDisconnect(code);
     if (this._startWaiter) {
       // Never joined. Ask the HTTP twin of the join why, since browsers hide a refused upgrade's status.
-      const why = opened ? null : await this._joinCheck();
+      const why = opened ? null : await joinCheck(this.url, this.room, this._opts.token);
       const err = why || new TraverseError('connect-failed', `socket closed (${code}) before joining: ${reason || ''}`);
       err.closeCode = code;
       this._failStart(err);
       return;
     }
-    if (!this._opts.reconnect || (code >= 4000 && code <= 4099) || code === 1000) {
+    if (!this._link.retries(code)) {
       this._finish(code, reason || 'closed by server');
       return;
     }
-    if (code === 4201 || this._resumeFailed) {
-      this._resumeFailed = false;
-      this.session = null; // join afresh
-    }
-    if (this._attempt >= this._opts.maxReconnectAttempts) {
-      this._finish(code, `gave up after ${this._attempt} reconnect attempts`);
+    const next = this._link.scheduleRetry(code);
+    if (!next) {
+      this._finish(code, `gave up after ${this._link.attempts} reconnect attempts`);
       return;
     }
-    const delays = this._opts.reconnectDelaysMs;
-    // 4100–4199: retry with backoff (skip the immediate retry); 4200–4299 and network drops: start at 0.
-    const step = this._attempt + (code >= 4100 && code <= 4199 ? 1 : 0);
-    const base = delays[Math.min(step, delays.length - 1)];
-    const delayMs = Math.round(base * (0.8 + 0.4 * Math.random())) + (this._debugHoldMs || 0);
-    this._debugHoldMs = 0;
-    this._attempt++;
     this.stats.reconnects++;
-    this.state = 'reconnecting';
-    this._emit('reconnecting', { attempt: this._attempt, delayMs, code, reason });
-    this._retryTimer = this._later(() => this._reconnectNow(), delayMs);
-  }
-
-  /** @private */
-  _reconnectNow() {
-    if (this.state !== 'reconnecting') return;
-    if (this._retryTimer) this._clearLater(this._retryTimer);
-    this._retryTimer = null;
-    if (this._ws) return;
-    this._open(this.session ? 'resume' : 'join');
-  }
-
-  /** `GET /api/join-check`: the reason a join would be refused, or null. @private */
-  async _joinCheck() {
-    try {
-      const u = new URL(this.url);
-      u.protocol = u.protocol === 'wss:' ? 'https:' : 'http:';
-      u.pathname = '/api/join-check';
-      u.search = '';
-      u.searchParams.set('room', this.room);
-      if (this._opts.token) u.searchParams.set('token', this._opts.token);
-      const ctl = typeof AbortController !== 'undefined' ? new AbortController() : null;
-      const t = setTimeout(() => ctl && ctl.abort(), 3000);
-      const res = await fetch(u, { signal: ctl ? ctl.signal : undefined });
-      clearTimeout(t);
-      const body = await res.json().catch(() => null);
-      if (res.ok && body && body.ok) return null;
-      return new TraverseError(body?.code || `http-${res.status}`, body?.message || `join refused (${res.status})`, {
-        status: res.status,
-      });
-    } catch {
-      return null;
-    }
+    this._emit('reconnecting', { attempt: next.attempt, delayMs: next.delayMs, code, reason });
   }
 
   /** Final state. @private */
   _finish(code, reason, silent = false) {
     if (this.state === 'closed') return;
-    this.state = 'closed';
-    this._stopHeartbeat();
-    for (const t of this._timers) clearTimeout(t);
-    this._timers.clear();
-    if (this._ws) {
-      const ws = this._ws;
-      this._detach(ws);
-      try {
-        ws.close(1000);
-      } catch {
-        /* ignore */
-      }
-    }
+    this._link.close();
     for (const pc of this.connections.values()) pc._close(false);
-    if (typeof removeEventListener === 'function') removeEventListener('online', this._onOnline);
     if (!silent) this._emit('closed', { code, reason });
   }
 }
@@ -1031,6 +703,608 @@ export class Peer extends EventTarget {
     }
   }
 }
+
+// ---- internal: the session protocol ---------------------------------------------------------------------------
+
+/** Server messages that belong to the session's numbered stream (replayed after a resume). */
+const STREAM_TYPES = new Set(['joined', 'peer-joined', 'peer-left', 'signal', 'broadcast', 'undeliverable', 'error']);
+
+/**
+ * What a `Session` hands its driver, in order:
+ * - `joined`: a new session (the first, or after a failed resume when `rejoined`); `lost` are the app's messages the
+ *   old session sent and never saw acknowledged (they may or may not have arrived)
+ * - `resumed`: the same session on a new socket; what the server had not handled is already retransmitted
+ * - `message`: any other server message, deduplicated and in stream order; `handshake` says whether it answered a
+ *   `join` or a `resume` (an `error` then refuses the handshake and is not part of the stream)
+ * - `error`: the SDK's own (`bad-json`, `sequence-gap`, `queue-full`)
+ * @typedef {{type: 'joined', msg: any, rejoined: boolean, lost: any[]}
+ *   | {type: 'resumed', msg: any}
+ *   | {type: 'message', msg: any, handshake: 'join' | 'resume' | null}
+ *   | {type: 'error', detail: {code: string, message: string, [key: string]: any}}} SessionEvent
+ */
+
+/**
+ * The session protocol of docs/protocol.md without I/O: the `join`/`resume` handshake, the numbered server stream
+ * (deduplicated, gaps reported), the client `seq` of outgoing messages, the queue of messages waiting for a usable
+ * socket and the list of those sent but not yet acknowledged. Inputs are calls (`nextHandshake`, `handleOpen`,
+ * `handleFrame`, `handleDisconnect`, `send`); outputs are frames to write (`pollTransmit`) and events
+ * (`pollEvent`), which the driver drains after every input, frames first. No socket, timer or clock inside.
+ *
+ * Internal: exported as `_Session` for the SDK's unit tests only; not part of the API (docs/sdk.md).
+ */
+class Session {
+  /**
+   * @param {{room: string, token?: string, meta?: any, maxQueue?: number, maxMessageBytes?: number}} config
+   * @param {{resumes: number, rejoins: number, duplicates: number, gaps: number, queued: number, resent: number}}
+   *   [stats] the counters this session increments (the room's `stats`)
+   */
+  constructor(config, stats = { resumes: 0, rejoins: 0, duplicates: 0, gaps: 0, queued: 0, resent: 0 }) {
+    /** @private */ this._config = { maxQueue: 1000, maxMessageBytes: 65536, ...config };
+    this.stats = stats;
+    /** @type {string | null} the server's session id; null until joined, and after the server forgot it */
+    this.id = null;
+    /** Highest stream `seq` processed. */
+    this.lastSeq = 0;
+    /** Joined or resumed on the current socket: messages go out at once instead of being queued. */
+    this.usable = false;
+    /** @private @type {'join' | 'resume' | null} what the current socket is doing before it is usable */
+    this._handshake = null;
+    /** @private a `joined` was seen: the next one is a re-join under a new identity */ this._joinedBefore = false;
+    /** @private the server answered `resume-failed`: the next socket joins afresh */ this._resumeFailed = false;
+    /** @private @type {{msg: object, internal: boolean}[]} not sent yet (no socket usable) */ this._outbox = [];
+    /** @private @type {{msg: any, internal: boolean}[]} sent with a client `seq`, not yet acknowledged, in order */
+    this._unacked = [];
+    /** @private last client `seq` given out in this session */ this._clientSeq = 0;
+    /** @private a ping asking for an early `ack` is on its way */ this._ackAsked = false;
+    /** @private @type {string[]} */ this._transmits = [];
+    /** @private @type {SessionEvent[]} */ this._events = [];
+  }
+
+  /** Messages sent but not yet acknowledged by the server. */
+  get unacknowledged() {
+    return this._unacked.length;
+  }
+
+  /** The next frame to write to the socket, or undefined. */
+  pollTransmit() {
+    return this._transmits.shift();
+  }
+
+  /** @returns {SessionEvent | undefined} the next event for the driver */
+  pollEvent() {
+    return this._events.shift();
+  }
+
+  /**
+   * A socket is being opened: returns whether it will `join` (first time, or the server forgot the session) or
+   * `resume`. Nothing is usable until its answer.
+   * @returns {'join' | 'resume'}
+   */
+  nextHandshake() {
+    this._handshake = this.id ? 'resume' : 'join';
+    this.usable = false;
+    return this._handshake;
+  }
+
+  /** The socket opened: transmits the `join` or the `resume`. */
+  handleOpen() {
+    if (this._handshake === 'join') {
+      const join = { type: 'join', room: this._config.room };
+      if (this._config.token) join.token = this._config.token;
+      if (this._config.meta !== undefined) join.meta = this._config.meta;
+      this.lastSeq = 0;
+      this._transmit(join);
+      return;
+    }
+    this._transmit({ type: 'resume', session: this.id, lastSeq: this.lastSeq });
+  }
+
+  /**
+   * The socket is gone (`code`: its close code, docs/protocol.md). Messages queue until the next `joined` or
+   * `resumed`; after 4201 or `resume-failed` the next handshake is a fresh join.
+   * @param {number} code
+   */
+  handleDisconnect(code) {
+    this.usable = false;
+    if (code === 4201 || this._resumeFailed) {
+      this._resumeFailed = false;
+      this.id = null;
+    }
+  }
+
+  /** One text frame from the server. @param {string} text */
+  handleFrame(text) {
+    let msg;
+    try {
+      msg = JSON.parse(text);
+    } catch {
+      const detail = { code: 'bad-json', message: 'the server sent a frame that is not JSON' };
+      this._events.push({ type: 'error', detail });
+      return;
+    }
+    const type = msg && msg.type;
+    // An error answering a `join` or `resume` (token refused, resume-failed) is not part of a stream we follow.
+    const handshakeError = type === 'error' && this._handshake !== null;
+    if (STREAM_TYPES.has(type) && typeof msg.seq === 'number' && !handshakeError) {
+      if (type === 'joined' && this._handshake === 'join') {
+        // A new session: its stream starts again at 1.
+        this.lastSeq = 0;
+      }
+      if (msg.seq <= this.lastSeq) {
+        this.stats.duplicates++;
+        return;
+      }
+      if (msg.seq !== this.lastSeq + 1) {
+        this.stats.gaps++;
+        this._events.push({
+          type: 'error',
+          detail: {
+            code: 'sequence-gap',
+            message: `stream jumped from seq ${this.lastSeq} to ${msg.seq}`,
+            expected: this.lastSeq + 1,
+            got: msg.seq,
+          },
+        });
+      }
+      this.lastSeq = msg.seq;
+    }
+    switch (type) {
+      case 'joined':
+        return this._onJoined(msg);
+      case 'resumed':
+        return this._onResumed(msg);
+      case 'pong':
+        this._ackAsked = false;
+        if (typeof msg.ack === 'number') this._acknowledge(msg.ack);
+        return;
+      case 'error':
+        // The server closes with 4201 next; the next socket joins again.
+        if (msg.code === 'resume-failed') this._resumeFailed = true;
+        this._events.push({ type: 'message', msg, handshake: this._handshake });
+        return;
+      default:
+        this._events.push({ type: 'message', msg, handshake: this._handshake });
+        return;
+    }
+  }
+
+  /**
+   * Send a `signal` or `broadcast`: numbered and transmitted if the session is usable and the socket writable,
+   * else queued. Beyond `maxQueue` messages held (queued + unacknowledged) the message is dropped with an `error`
+   * event `queue-full`. Throws `too-large` beyond `maxMessageBytes`.
+   * @param {object} msg @param {boolean} internal the SDK's own (a `Peer`'s negotiation), dropped on a re-join
+   * @param {boolean} writable the socket can take a frame now
+   */
+  send(msg, internal, writable) {
+    const { maxQueue, maxMessageBytes } = this._config;
+    const text = JSON.stringify(msg);
+    if (maxMessageBytes && text.length > maxMessageBytes / 4) {
+      const bytes = new TextEncoder().encode(text).length;
+      if (bytes > maxMessageBytes) {
+        throw new TraverseError('too-large', `message of ${bytes} bytes exceeds ${maxMessageBytes}`);
+      }
+    }
+    if (this._outbox.length + this._unacked.length >= maxQueue) {
+      this._events.push({
+        type: 'error',
+        detail: {
+          code: 'queue-full',
+          message: `${maxQueue} messages are waiting to be sent or acknowledged; message dropped`,
+          id: /** @type {any} */ (msg).id,
+        },
+      });
+      return;
+    }
+    if (this.usable && writable) {
+      this._transmitNumbered(msg, internal);
+      return;
+    }
+    this._outbox.push({ msg, internal });
+    this.stats.queued++;
+  }
+
+  /** The heartbeat's frame: a `ping` acknowledging the stream up to `lastSeq`. */
+  pingFrame() {
+    return JSON.stringify({ type: 'ping', ack: this.lastSeq });
+  }
+
+  /** The frame that ends the session at once (the others see `peer-left`). */
+  leaveFrame() {
+    return JSON.stringify({ type: 'leave' });
+  }
+
+  // ---- internals --------------------------------------------------------------------------------------------
+
+  /** @private @param {object} msg */
+  _transmit(msg) {
+    this._transmits.push(JSON.stringify(msg));
+  }
+
+  /**
+   * Number `msg` with the session's next client `seq`, keep it until acknowledged, transmit it.
+   * @private @param {object} msg @param {boolean} internal
+   */
+  _transmitNumbered(msg, internal) {
+    const numbered = { ...msg, seq: ++this._clientSeq };
+    this._unacked.push({ msg: numbered, internal });
+    this._transmit(numbered);
+    if (!this._ackAsked && this._unacked.length >= Math.max(1, this._config.maxQueue >> 1)) {
+      // Half the bound is waiting for an acknowledgement: ask for one now rather than at the next heartbeat.
+      this._ackAsked = true;
+      this._transmits.push(this.pingFrame());
+    }
+  }
+
+  /** @private */
+  _onJoined(msg) {
+    const rejoined = this._joinedBefore;
+    if (rejoined) {
+      // A failed resume ended the old session: the negotiation messages queued for its peer connections go too.
+      this._outbox = this._outbox.filter((m) => !m.internal);
+      this.stats.rejoins++;
+    }
+    // A new session numbers its messages from 1 again. What the old one sent and never saw acknowledged may or may
+    // not have arrived: it is reported, not resent (the app decides, knowing it is a new identity now).
+    const lost = this._unacked.filter((m) => !m.internal).map((m) => m.msg);
+    this._unacked = [];
+    this._clientSeq = 0;
+    this._joinedBefore = true;
+    this.id = msg.session;
+    this._becameUsable([]);
+    this._events.push({ type: 'joined', msg, rejoined, lost });
+  }
+
+  /** @private */
+  _onResumed(msg) {
+    this.stats.resumes++;
+    if (typeof msg.ack === 'number') {
+      this._acknowledge(msg.ack);
+    } else {
+      // A server without client sequence numbers would deliver a resent message twice: resend nothing.
+      this._unacked = [];
+    }
+    // What the server has not handled (written into the dead socket) goes first, in order, then the queue.
+    this._becameUsable(this._unacked);
+    this._events.push({ type: 'resumed', msg });
+  }
+
+  /** The server has handled every client `seq` up to `ack`. @private @param {number} ack */
+  _acknowledge(ack) {
+    let n = 0;
+    while (n < this._unacked.length && this._unacked[n].msg.seq <= ack) n++;
+    if (n) this._unacked.splice(0, n);
+  }
+
+  /**
+   * Joined or resumed: unacknowledged messages (after a resume) retransmitted, queued messages out.
+   * @private @param {{msg: any, internal: boolean}[]} resend
+   */
+  _becameUsable(resend) {
+    this._handshake = null;
+    this.usable = true;
+    this._ackAsked = false;
+    for (const m of resend) {
+      this.stats.resent++;
+      this._transmit(m.msg);
+    }
+    const queued = this._outbox;
+    this._outbox = [];
+    for (const m of queued) this._transmitNumbered(m.msg, m.internal);
+  }
+}
+
+// ---- internal: the socket plumbing ----------------------------------------------------------------------------
+
+const now = () => (typeof performance !== 'undefined' ? performance.now() : Date.now());
+
+/**
+ * What a `Link` calls on its owner: `handshake()` when it opens a socket (join or resume: only a join carries the
+ * room and token in the URL), `open()` when the socket opened, `frame(text)` per message, `ping()` for the
+ * heartbeat's frame, `drop(code, reason, opened)` when the socket is gone (after which the link waits for
+ * `scheduleRetry` or `close`), `unopenable(err)` when `new WebSocket` throws (true: handled).
+ * @typedef {object} LinkHost
+ * @property {() => 'join' | 'resume'} handshake
+ * @property {() => void} open
+ * @property {(text: string) => void} frame
+ * @property {() => string} ping
+ * @property {(code: number, reason: string, opened: boolean) => void} drop
+ * @property {(err: any) => boolean} unopenable
+ */
+
+/**
+ * The socket plumbing: one WebSocket at a time, a bound on its handshake, heartbeats and dead-socket detection once
+ * it is established, reconnects with jittered backoff, the page's `online` event. It moves frames and knows nothing
+ * of their meaning; its `state` is the room's.
+ */
+class Link {
+  /**
+   * @param {string} url @param {ConnectOptions & {reconnectDelaysMs: number[], maxReconnectAttempts: number,
+   *   connectTimeoutMs: number}} opts @param {LinkHost} host
+   */
+  constructor(url, opts, host) {
+    /** @private */ this._url = url;
+    /** @private */ this._opts = opts;
+    /** @private */ this._host = host;
+    /** @type {RoomState} */
+    this.state = 'connecting';
+    /** Failed reconnect attempts in a row. */
+    this.attempts = 0;
+    /** @private @type {WebSocket | null} */ this._ws = null;
+    /** @private @type {{open: any, message: any, close: any} | null} the current socket's listeners */
+    this._listeners = null;
+    /** @private */ this._timers = new Set();
+    /** @private */ this._handshakeTimer = null;
+    /** @private */ this._retryTimer = null;
+    /** @private */ this._hbTimer = null;
+    /** @private */ this._lastHeard = 0;
+    /** @private */ this._onOnline = () => {
+      if (this.state === 'reconnecting' && !this._ws) this._reconnectNow();
+    };
+    if (typeof addEventListener === 'function') addEventListener('online', this._onOnline);
+  }
+
+  /** A frame written now goes out. */
+  get writable() {
+    return !!this._ws && this._ws.readyState === WebSocket.OPEN;
+  }
+
+  /** Open a socket for the handshake the host names. */
+  open() {
+    const kind = this._host.handshake();
+    let ws;
+    try {
+      ws = new WebSocket(this._wsUrl(kind === 'join'), this._opts.subprotocol === false ? undefined : PROTOCOL);
+    } catch (err) {
+      if (!this._host.unopenable(err)) this._later(() => this._host.drop(1006, String(err), true), 0);
+      return;
+    }
+    this._ws = ws;
+    let opened = false;
+    const timeout = this._later(() => {
+      if (this._ws !== ws) return;
+      this._detach();
+      try {
+        ws.close(4000, 'handshake timeout');
+      } catch {
+        /* ignore */
+      }
+      this._host.drop(1006, 'handshake timeout', opened);
+    }, this._opts.connectTimeoutMs);
+    this._handshakeTimer = timeout;
+    const listeners = {
+      open: () => {
+        opened = true;
+        this._lastHeard = now();
+        this._host.open();
+      },
+      message: (/** @type {MessageEvent} */ e) => {
+        if (this._ws !== ws) return;
+        this._lastHeard = now();
+        this._host.frame(e.data);
+      },
+      close: (/** @type {CloseEvent} */ e) => {
+        this._clearLater(timeout);
+        if (this._ws !== ws) return;
+        this._detach();
+        this._host.drop(e.code, e.reason, opened);
+      },
+    };
+    this._listeners = listeners;
+    ws.addEventListener('open', listeners.open);
+    ws.addEventListener('message', listeners.message);
+    ws.addEventListener('close', listeners.close);
+  }
+
+  /** Write a frame to the current socket. @param {string} text */
+  write(text) {
+    if (this._ws) this._ws.send(text);
+  }
+
+  /**
+   * The handshake succeeded (`joined` or `resumed`): the room is open, the reconnect backoff starts over, and the
+   * heartbeat runs every `heartbeatMs`.
+   * @param {number} heartbeatMs
+   */
+  established(heartbeatMs) {
+    if (this._handshakeTimer) this._clearLater(this._handshakeTimer);
+    this._handshakeTimer = null;
+    this.attempts = 0;
+    this.state = 'open';
+    this._startHeartbeat(heartbeatMs);
+  }
+
+  /**
+   * Whether a socket closed with `code` is worth reopening (docs/protocol.md, Close codes): not when reconnecting is
+   * off, nor after 1000 or 4000–4099 (token refused, replaced by a newer socket, protocol violation).
+   * @param {number} code
+   */
+  retries(code) {
+    return !!this._opts.reconnect && !(code >= 4000 && code <= 4099) && code !== 1000;
+  }
+
+  /**
+   * Reopen after the backoff: 4100–4199 retry with backoff (the immediate retry is skipped); 4200–4299 and network
+   * drops start at 0. Null when `maxReconnectAttempts` failed in a row.
+   * @param {number} code @returns {{attempt: number, delayMs: number} | null}
+   */
+  scheduleRetry(code) {
+    if (this.attempts >= this._opts.maxReconnectAttempts) return null;
+    const delays = this._opts.reconnectDelaysMs;
+    const step = this.attempts + (code >= 4100 && code <= 4199 ? 1 : 0);
+    const base = delays[Math.min(step, delays.length - 1)];
+    const delayMs = Math.round(base * (0.8 + 0.4 * Math.random()));
+    this.attempts++;
+    this.state = 'reconnecting';
+    this._retryTimer = this._later(() => this._reconnectNow(), delayMs);
+    return { attempt: this.attempts, delayMs };
+  }
+
+  /**
+   * Write `frame` (a `leave`) and wait for the server to close the socket, closing it ourselves after 200 ms; at
+   * most ~1 s. @param {string} frame
+   */
+  async leave(frame) {
+    const ws = /** @type {WebSocket} */ (this._ws);
+    try {
+      ws.send(frame);
+    } catch {
+      /* socket already going */
+    }
+    await new Promise((resolve) => {
+      const t = setTimeout(resolve, 1000);
+      ws.addEventListener('close', () => {
+        clearTimeout(t);
+        resolve(undefined);
+      });
+      // The server closes after `leave`; closing ourselves as well is harmless and bounds the wait.
+      setTimeout(() => ws.readyState === WebSocket.OPEN && ws.close(1000, 'leave'), 200);
+    });
+  }
+
+  /** Final: no socket, no timer, no reconnect. */
+  close() {
+    this.state = 'closed';
+    this._stopHeartbeat();
+    for (const t of this._timers) clearTimeout(t);
+    this._timers.clear();
+    const ws = this._ws;
+    if (ws) {
+      this._detach();
+      try {
+        ws.close(1000);
+      } catch {
+        /* ignore */
+      }
+    }
+    if (typeof removeEventListener === 'function') removeEventListener('online', this._onOnline);
+  }
+
+  // ---- internals --------------------------------------------------------------------------------------------
+
+  /** @private */
+  _wsUrl(withJoinQuery) {
+    const u = new URL(this._url);
+    if (withJoinQuery) {
+      // Checked before the upgrade: a refused join costs no socket (docs/protocol.md, Endpoints).
+      u.searchParams.set('room', this._opts.room);
+      if (this._opts.token) u.searchParams.set('token', this._opts.token);
+    }
+    return u.toString();
+  }
+
+  /** Stop listening to the current socket; it is no longer ours. @private */
+  _detach() {
+    const ws = this._ws;
+    const h = this._listeners;
+    if (ws && h) {
+      ws.removeEventListener('open', h.open);
+      ws.removeEventListener('message', h.message);
+      ws.removeEventListener('close', h.close);
+    }
+    this._ws = null;
+    this._listeners = null;
+    this._stopHeartbeat();
+  }
+
+  /** @private */
+  _reconnectNow() {
+    if (this.state !== 'reconnecting') return;
+    if (this._retryTimer) this._clearLater(this._retryTimer);
+    this._retryTimer = null;
+    if (this._ws) return;
+    this.open();
+  }
+
+  /** @private @param {number} every */
+  _startHeartbeat(every) {
+    this._stopHeartbeat();
+    const deadAfter = this._opts.deadAfterMs ?? 2 * every + 2000;
+    this._lastHeard = now();
+    this._hbTimer = setInterval(() => {
+      const ws = this._ws;
+      if (!ws) return;
+      if (now() - this._lastHeard > deadAfter) {
+        // No pong (nor anything else) for too long: the path is dead even if the socket does not know yet.
+        this._detach();
+        try {
+          ws.close(4000, 'heartbeat timeout');
+        } catch {
+          /* ignore */
+        }
+        this._host.drop(4200, 'no pong from server', true);
+        return;
+      }
+      if (ws.readyState === WebSocket.OPEN) ws.send(this._host.ping());
+    }, Math.min(every, 1 << 30));
+  }
+
+  /** @private */
+  _stopHeartbeat() {
+    if (this._hbTimer !== null) clearInterval(this._hbTimer);
+    this._hbTimer = null;
+  }
+
+  /** @private */
+  _later(fn, ms) {
+    const t = setTimeout(() => {
+      this._timers.delete(t);
+      fn();
+    }, ms);
+    this._timers.add(t);
+    return t;
+  }
+
+  /** @private */
+  _clearLater(t) {
+    clearTimeout(t);
+    this._timers.delete(t);
+  }
+}
+
+/**
+ * `GET /api/join-check`: the reason a join would be refused, or null.
+ * @param {string} wsUrl @param {string} room @param {string} [token]
+ */
+async function joinCheck(wsUrl, room, token) {
+  try {
+    const u = new URL(wsUrl);
+    u.protocol = u.protocol === 'wss:' ? 'https:' : 'http:';
+    u.pathname = '/api/join-check';
+    u.search = '';
+    u.searchParams.set('room', room);
+    if (token) u.searchParams.set('token', token);
+    const ctl = typeof AbortController !== 'undefined' ? new AbortController() : null;
+    const t = setTimeout(() => ctl && ctl.abort(), 3000);
+    const res = await fetch(u, { signal: ctl ? ctl.signal : undefined });
+    clearTimeout(t);
+    const body = await res.json().catch(() => null);
+    if (res.ok && body && body.ok) return null;
+    return new TraverseError(body?.code || `http-${res.status}`, body?.message || `join refused (${res.status})`, {
+      status: res.status,
+    });
+  } catch {
+    return null;
+  }
+}
+
+/** @param {string | undefined} url */
+function resolveWsUrl(url) {
+  let base;
+  try {
+    base = new URL(import.meta.url);
+    if (base.protocol !== 'http:' && base.protocol !== 'https:') base = undefined;
+  } catch {
+    base = undefined;
+  }
+  if (!base && typeof location !== 'undefined') base = new URL(location.href);
+  const u = new URL(url || '/ws', base);
+  if (u.protocol === 'http:') u.protocol = 'ws:';
+  if (u.protocol === 'https:') u.protocol = 'wss:';
+  return u;
+}
+
+/** Internal, for the SDK's unit tests (tests/sdk): not part of the API, may change without notice. */
+export { Session as _Session };
 
 /** Namespace object: `import Traverse from '/sdk/traverse.js'; await Traverse.connect({room: 'lobby'})`. */
 const Traverse = { connect, Room, Peer, TraverseError, filterIceServers, VERSION, PROTOCOL, RECONNECT_DELAYS_MS };
