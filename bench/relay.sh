@@ -74,8 +74,8 @@ start_server() { # name → sets SERVER_PID
   case "$1" in
     traverse)
       "$TRAVERSE" serve --udp "$HOST_IP:3478" --tcp "$HOST_IP:3478" --tls "$HOST_IP:5349" \
-        --http 127.0.0.1:0 --user "$USER_NAME:$PASSWORD" --realm "$REALM" --workers 1 --max-allocations 20000 \
-        --max-allocations-per-user 0 --max-allocations-per-source 0 \
+        --http 127.0.0.1:0 --user "$USER_NAME:$PASSWORD" --realm "$REALM" --workers 1 --set limits.max_allocations=20000 \
+        --set limits.max_allocations_per_user=0 --set limits.max_allocations_per_source=0 \
         --log-level warn >"$OUT/traverse.log" 2>&1 &
       ;;
     coturn)

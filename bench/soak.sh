@@ -97,9 +97,10 @@ sleep 0.5
 # one user. The abuse limits stay on otherwise (message rates, budgets in bytes, the reflection guard).
 "$TRAVERSE" serve --udp "$HOST_IP:3478" --tcp "$HOST_IP:3478" --tls "$HOST_IP:5349" --http "$HOST_IP:$HTTP_PORT" \
   --user "$USER_NAME:$PASSWORD" --realm soak --workers "$WORKERS" --allow-peer "$PEER_IP/32" \
-  --max-allocations 20000 --max-allocations-per-user 0 --max-allocations-per-source 0 \
-  --max-connections 20000 --max-connections-per-source 0 --max-connections-per-ip 100000 \
-  --max-rooms 100000 --default-lifetime 120 --nonce-lifetime 300 \
+  --set limits.max_allocations=20000 --set limits.max_allocations_per_user=0 \
+  --set limits.max_allocations_per_source=0 --set limits.max_connections=20000 \
+  --set limits.max_connections_per_source=0 --set signal.max_connections_per_ip=100000 \
+  --set signal.max_rooms=100000 --set limits.default_lifetime=120 --set auth.nonce_lifetime=300 \
   --log-level warn >"$OUT/soak-traverse.log" 2>&1 &
 SERVER_PID=$!
 pids+=("$SERVER_PID")

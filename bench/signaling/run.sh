@@ -74,8 +74,8 @@ start_server() { # traverse|peerjs → sets SERVER_PID, SERVER_URL
     traverse)
       "$TRAVERSE" serve --http "127.0.0.1:$port" \
         --udp "127.0.0.1:$(free_port)" --tcp "127.0.0.1:$(free_port)" --tls "127.0.0.1:$(free_port)" \
-        --max-connections-per-ip 100000 --messages-per-second 1000000 --burst 1000000 \
-        --max-peers-per-room 100 --max-rooms 1000000 --max-connections 100000 --workers 2 \
+        --set signal.max_connections_per_ip=100000 --set signal.messages_per_second=1000000 --set signal.burst=1000000 \
+        --set signal.max_peers_per_room=100 --set signal.max_rooms=1000000 --set limits.max_connections=100000 --workers 2 \
         --log-level warn >"$OUT/traverse.log" 2>&1 &
       SERVER_PID=$!
       pids+=("$SERVER_PID")

@@ -17,8 +17,8 @@ let browser;
 let altStun;
 
 const serverArgs = () => [
-  '--admin-token', ADMIN,
-  '--data-dir', dataDir,
+  '--set', `web.admin_token=${ADMIN}`,
+  '--set', `web.data_dir=${dataDir}`,
   // A second UDP port: a second STUN address for the NAT-mapping comparison (given to the page as #stun=).
   '--udp', `127.0.0.1:${altStun}`,
 ];

@@ -16,7 +16,7 @@ let locked; // a server that needs join tokens
 let browser;
 before(async () => {
   if (!fs.existsSync(CHROMIUM)) return;
-  open = await startTraverse({ extraArgs: ['--resume-grace', '2'] });
+  open = await startTraverse({ extraArgs: ['--set', 'signal.resume_grace=2'] });
   locked = await startTraverse({ extraArgs: ['--signal-secret', SECRET] });
   browser = await launchBrowser();
 });

@@ -1,13 +1,23 @@
-//! The configuration file (`traverse.toml`), its command-line and environment overrides, and its validation.
-//! `traverse.example.toml` at the repository root documents every option.
+//! The configuration: typed sections parsed straight from `traverse.toml` (with the structs the crates use where
+//! they own the option, `signal::Limits` in `[signal]`), then overridden key by key from the environment and the
+//! command line through one generic layer, then checked for what types cannot say. `traverse.example.toml` at the
+//! repository root documents every option; a test keeps it and these structs in step.
+//!
+//! Precedence: defaults < file < environment (`TRAVERSE_<SECTION>_<KEY>`, and the everyday flags' variables) <
+//! flags (the everyday flags, then `--set section.key=value` in order).
 
+use std::fmt::Display;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
 
-use serde::Deserialize;
+use serde::de::{DeserializeSeed, Error as _, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::{Map, Value};
 use turn::policy::IpNet;
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub listen: Listen,
@@ -21,7 +31,7 @@ pub struct Config {
     pub log: Log,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Listen {
     pub udp: Vec<SocketAddr>,
@@ -33,82 +43,86 @@ pub struct Listen {
     pub single: Vec<SocketAddr>,
 }
 
-/// Signaling: rooms over WebSocket and the credentials handed to peers.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
+/// Signaling: rooms over WebSocket and the credentials handed to peers. The section's other keys are the hub's own
+/// [`signal::Limits`], embedded as they are (durations in seconds).
+#[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Signal {
     /// Host name or address put in the iceServers handed to peers; default: relay.external_v4, else the first
     /// listening or interface address.
     pub public_host: Option<String>,
     /// HS256 secret for join tokens; unset: rooms are open.
     pub secret: Option<String>,
-    pub max_message_bytes: usize,
-    pub messages_per_second: u32,
-    pub burst: u32,
-    pub max_peers_per_room: usize,
-    pub max_rooms: usize,
-    pub max_connections_per_ip: usize,
-    pub max_queued: usize,
-    /// Bytes kept for one session (unacknowledged frames while connected, queued ones while disconnected).
-    pub max_session_bytes: usize,
-    /// Bytes kept for every session of one source (an IPv4 address, an IPv6 /64).
-    pub max_source_bytes: usize,
-    /// Bytes kept for every session; 0: an eighth of the machine's memory, between 64 MiB and 1 GiB.
-    pub max_total_bytes: usize,
-    /// Seconds between heartbeats (client pings, server WebSocket pings).
-    pub heartbeat_interval: u64,
-    /// Seconds of silence after which a socket counts as dead.
-    pub heartbeat_timeout: u64,
-    /// Seconds a dropped peer keeps its place and its messages for a resume.
-    pub resume_grace: u64,
+    #[serde(flatten)]
+    pub limits: signal::Limits,
 }
 
 impl Default for Signal {
     fn default() -> Self {
-        let limits = signal::Limits::default();
         Self {
             public_host: None,
             secret: None,
-            max_message_bytes: limits.max_message_bytes,
-            messages_per_second: limits.messages_per_second,
-            burst: limits.burst,
-            max_peers_per_room: limits.max_peers_per_room,
-            max_rooms: limits.max_rooms,
-            max_connections_per_ip: limits.max_connections_per_ip,
-            max_queued: limits.max_queued,
-            max_session_bytes: limits.max_session_bytes,
-            max_source_bytes: limits.max_source_bytes,
-            max_total_bytes: 0,
-            heartbeat_interval: limits.heartbeat_interval.as_secs(),
-            heartbeat_timeout: limits.heartbeat_timeout.as_secs(),
-            resume_grace: limits.resume_grace.as_secs(),
+            // 0: an eighth of the machine's memory, between 64 MiB and 1 GiB (sized by `web`).
+            limits: signal::Limits {
+                max_total_bytes: 0,
+                ..signal::Limits::default()
+            },
         }
     }
 }
 
-impl Signal {
-    pub fn limits(&self) -> signal::Limits {
-        signal::Limits {
-            max_message_bytes: self.max_message_bytes,
-            messages_per_second: self.messages_per_second,
-            burst: self.burst,
-            max_peers_per_room: self.max_peers_per_room,
-            max_rooms: self.max_rooms,
-            max_connections_per_ip: self.max_connections_per_ip,
-            max_queued: self.max_queued,
-            max_session_bytes: self.max_session_bytes,
-            max_source_bytes: self.max_source_bytes,
-            max_total_bytes: self.max_total_bytes,
-            heartbeat_interval: std::time::Duration::from_secs(self.heartbeat_interval),
-            heartbeat_timeout: std::time::Duration::from_secs(self.heartbeat_timeout),
-            resume_grace: std::time::Duration::from_secs(self.resume_grace),
-            ..signal::Limits::default()
+/// By hand rather than `#[serde(flatten)]`, which buffers the section and so loses the line of a bad value and the
+/// key of an unknown one: each hub key is checked against `signal::Limits` where it stands.
+impl<'de> Deserialize<'de> for Signal {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Section;
+        impl<'de> Visitor<'de> for Section {
+            type Value = Signal;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("the [signal] section")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Signal, A::Error> {
+                let (mut public_host, mut secret) = (None, None);
+                let mut limits = Map::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    match key.as_str() {
+                        "public_host" => public_host = map.next_value()?,
+                        "secret" => secret = map.next_value()?,
+                        _ => {
+                            let value = map.next_value_seed(LimitsKey(&key))?;
+                            limits.insert(key, value);
+                        }
+                    }
+                }
+                let limits = signal::Limits::deserialize(Value::Object(limits)).map_err(A::Error::custom)?;
+                Ok(Signal {
+                    public_host,
+                    secret,
+                    limits,
+                })
+            }
         }
+        deserializer.deserialize_map(Section)
+    }
+}
+
+/// One key of `signal::Limits`, checked alone while the parser still knows where its value stands.
+struct LimitsKey<'a>(&'a str);
+
+impl<'de> DeserializeSeed<'de> for LimitsKey<'_> {
+    type Value = Value;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+        let value = Value::deserialize(deserializer)?;
+        let alone = Map::from_iter([(self.0.to_owned(), value.clone())]);
+        signal::Limits::deserialize(Value::Object(alone)).map_err(D::Error::custom)?;
+        Ok(value)
     }
 }
 
 /// The web pages' state: reports shared from the troubleshooter (`/check`) and the operator's access to them.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Web {
     /// Where shared reports are kept (one JSON file each); default: `$STATE_DIRECTORY` (systemd), else
@@ -144,7 +158,7 @@ impl Web {
 }
 
 /// STUN beyond plain Binding.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Stun {
     /// RFC 5780 NAT behaviour discovery: the alternate IP and port, beside the first `listen.udp` address of the
@@ -152,14 +166,14 @@ pub struct Stun {
     pub other_address: Option<SocketAddr>,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct Tls {
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Relay {
     pub bind_v4: Option<IpAddr>,
@@ -169,24 +183,82 @@ pub struct Relay {
     pub port_min: u16,
     pub port_max: u16,
     pub ipv6: bool,
-    pub allow_peers: Vec<String>,
-    pub deny_peers: Vec<String>,
+    /// Peer address blocks always allowed, parsed where they stand (a bad block is an error with its line).
+    #[serde(with = "strings")]
+    pub allow_peers: Vec<IpNet>,
+    /// Peer address blocks refused on top of the built-in reserved ranges.
+    #[serde(with = "strings")]
+    pub deny_peers: Vec<IpNet>,
     pub bandwidth_per_allocation: u64,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Auth {
     pub realm: String,
     pub secrets: Vec<String>,
-    pub users: Vec<String>,
+    #[serde(with = "strings")]
+    pub users: Vec<User>,
     pub nonce_lifetime: u64,
     pub credential_ttl: u64,
     /// REST credentials expiring further ahead than this many seconds are refused (0: no limit).
     pub max_credential_lifetime: u64,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+/// A static TURN user, `name:password` in the file (the password may hold colons).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub name: String,
+    pub password: String,
+}
+
+impl FromStr for User {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.split_once(':') {
+            Some((name, password)) if !name.is_empty() => Ok(Self {
+                name: name.to_owned(),
+                password: password.to_owned(),
+            }),
+            _ => Err(format!("{s:?} is not \"name:password\"")),
+        }
+    }
+}
+
+impl Display for User {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.name, self.password)
+    }
+}
+
+/// A list written as strings in the file and parsed into `T` while deserializing, so a bad entry is an error with its
+/// line rather than an entry dropped later.
+mod strings {
+    use std::fmt::Display;
+    use std::str::FromStr;
+
+    use serde::de::Error as _;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer, T: Display>(list: &[T], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(list.iter().map(ToString::to_string))
+    }
+
+    pub fn deserialize<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: FromStr,
+        T::Err: Display,
+    {
+        Vec::<String>::deserialize(d)?
+            .iter()
+            .map(|s| s.parse().map_err(D::Error::custom))
+            .collect()
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     pub workers: usize,
@@ -208,14 +280,14 @@ pub struct Limits {
     pub reflection_bytes_per_second: u32,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Log {
     pub format: LogFormat,
     pub level: String,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, clap::ValueEnum, Default)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     #[default]
@@ -307,8 +379,36 @@ pub enum ConfigError {
     Read { path: PathBuf, source: std::io::Error },
     #[error("{path}: {message}")]
     Parse { path: PathBuf, message: String },
+    /// A variable or a flag (`origin`: `TRAVERSE_LIMITS_MAX_CONNECTIONS`, `--set limits.max_connections=x`, `--udp`).
+    #[error("{origin}: {message}")]
+    Override { origin: String, message: String },
     #[error("{key}: {message}")]
     Invalid { key: &'static str, message: String },
+}
+
+/// One `section.key = value` from outside the file: an environment variable, an everyday flag or `--set`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Override {
+    /// Where it came from, named in its error.
+    pub origin: String,
+    /// `section.key`, as in the file.
+    pub key: String,
+    /// As written: a list comma-separated; typed like the key (see [`Config::set`]).
+    pub value: String,
+}
+
+impl Override {
+    /// `--set section.key=value`.
+    pub fn from_set(arg: &str) -> Result<Self, String> {
+        let (key, value) = arg
+            .split_once('=')
+            .ok_or_else(|| format!("{arg:?}: expected section.key=value, e.g. limits.max_connections=5000"))?;
+        Ok(Self {
+            origin: format!("--set {arg}"),
+            key: key.trim().to_owned(),
+            value: value.to_owned(),
+        })
+    }
 }
 
 impl Config {
@@ -336,7 +436,8 @@ impl Config {
         })
     }
 
-    /// Checks what TOML types cannot: ranges, address blocks, user entries. Returns every problem.
+    /// Checks what types cannot: ranges and rules across keys (address blocks and users are checked while parsing).
+    /// Returns every problem.
     pub fn validate(&self) -> Vec<ConfigError> {
         let mut errors = Vec::new();
         let mut bad = |key, message: String| errors.push(ConfigError::Invalid { key, message });
@@ -379,21 +480,6 @@ impl Config {
                 );
             }
         }
-        for (key, list) in [
-            ("relay.allow_peers", &self.relay.allow_peers),
-            ("relay.deny_peers", &self.relay.deny_peers),
-        ] {
-            for entry in list {
-                if let Err(e) = entry.parse::<IpNet>() {
-                    bad(key, e.to_string());
-                }
-            }
-        }
-        for user in &self.auth.users {
-            if !user.contains(':') || user.starts_with(':') {
-                bad("auth.users", format!("{user:?} is not \"name:password\""));
-            }
-        }
         if self.auth.realm.is_empty() {
             bad("auth.realm", "must not be empty".into());
         }
@@ -403,7 +489,7 @@ impl Config {
                 "must be between 1 and limits.max_lifetime".into(),
             );
         }
-        let s = &self.signal;
+        let s = &self.signal.limits;
         if s.max_message_bytes < 1024 || s.messages_per_second == 0 || s.burst == 0 || s.max_peers_per_room < 2 {
             bad(
                 "signal",
@@ -426,13 +512,13 @@ impl Config {
                 "must be 0 (sized from memory) or at least signal.max_source_bytes".into(),
             );
         }
-        if s.heartbeat_interval == 0 || s.heartbeat_timeout <= s.heartbeat_interval {
+        if s.heartbeat_interval.is_zero() || s.heartbeat_timeout <= s.heartbeat_interval {
             bad(
                 "signal.heartbeat_timeout",
                 "must be longer than signal.heartbeat_interval (≥ 1 s)".into(),
             );
         }
-        if s.secret.as_deref().is_some_and(|k| k.len() < 16) {
+        if self.signal.secret.as_deref().is_some_and(|k| k.len() < 16) {
             bad("signal.secret", "use at least 16 characters".into());
         }
         if self.web.admin_token.as_deref().is_some_and(|k| k.len() < 16) {
@@ -461,6 +547,34 @@ impl Config {
         errors
     }
 
+    /// The TURN core's configuration: lifetimes and per-allocation bounds from `[limits]`, families, bandwidth and
+    /// peer policy from `[relay]`, RFC 5780 from `[stun]`. Call after [`Config::validate`].
+    pub fn turn(&self) -> turn::Config {
+        turn::Config {
+            default_lifetime: Duration::from_secs(self.limits.default_lifetime),
+            max_lifetime: Duration::from_secs(self.limits.max_lifetime),
+            relay_ipv4: true,
+            relay_ipv6: self.relay.ipv6,
+            bandwidth_per_allocation: self.relay.bandwidth_per_allocation,
+            max_permissions_per_allocation: self.limits.max_permissions_per_allocation,
+            max_channels_per_allocation: self.limits.max_channels_per_allocation,
+            policy: turn::policy::PeerPolicy {
+                allow: self.relay.allow_peers.clone(),
+                deny: self.relay.deny_peers.clone(),
+            },
+            reflection_bytes_per_second: self.limits.reflection_bytes_per_second,
+            // Checked by `validate`.
+            nat_discovery: self.nat_discovery().ok().flatten(),
+            ..turn::Config::default()
+        }
+    }
+
+    /// The allocation quotas for `capacity` allocations (what the descriptor limit left of `limits.max_allocations`).
+    pub fn quotas(&self, capacity: usize) -> turn::Quotas {
+        turn::Quotas::new(capacity, self.limits.max_allocations_per_user)
+            .with_per_source(half_at_most(self.limits.max_allocations_per_source, capacity))
+    }
+
     /// RFC 5780: the primary address (the first `listen.udp` entry of the alternate's family) and the alternate.
     pub fn nat_discovery(&self) -> Result<Option<turn::NatDiscovery>, String> {
         let Some(alternate) = self.stun.other_address else {
@@ -475,17 +589,92 @@ impl Config {
         turn::NatDiscovery::new(*primary, alternate).map(Some)
     }
 
-    pub fn users(&self) -> Vec<(String, String)> {
-        self.auth
-            .users
-            .iter()
-            .filter_map(|u| u.split_once(':'))
-            .map(|(n, p)| (n.to_owned(), p.to_owned()))
+    /// `TRAVERSE_<SECTION>_<KEY>` for every key of the configuration (`TRAVERSE_LIMITS_MAX_CONNECTIONS`) that `var`
+    /// knows; other variables are not looked at.
+    pub fn env_overrides(var: impl Fn(&str) -> Option<String>) -> Vec<Override> {
+        Self::keys()
+            .into_iter()
+            .filter_map(|key| {
+                let name = format!("TRAVERSE_{}", key.replace('.', "_").to_uppercase());
+                let value = var(&name)?;
+                Some(Override {
+                    origin: name,
+                    key,
+                    value,
+                })
+            })
             .collect()
     }
 
-    pub fn peer_blocks(list: &[String]) -> Vec<IpNet> {
-        list.iter().filter_map(|s| s.parse().ok()).collect()
+    /// Applies `overrides` in order; returns the error of each one refused (the others still apply).
+    pub fn apply(&mut self, overrides: &[Override]) -> Vec<ConfigError> {
+        overrides
+            .iter()
+            .filter_map(|o| {
+                self.set(&o.key, &o.value).err().map(|message| ConfigError::Override {
+                    origin: o.origin.clone(),
+                    message,
+                })
+            })
+            .collect()
+    }
+
+    /// Sets one key from text, typed like the key's current value: a number or a boolean as such, a list
+    /// comma-separated (empty: none), anything else (strings, addresses, unset options) as the text it is. The
+    /// configuration goes through its own serde form, so the key and the value are checked exactly as in the file.
+    pub fn set(&mut self, key: &str, text: &str) -> Result<(), String> {
+        let (section, field) = key
+            .split_once('.')
+            .ok_or_else(|| format!("{key:?} is not section.key, e.g. limits.max_connections"))?;
+        let mut tree = serde_json::to_value(&*self).map_err(|e| e.to_string())?;
+        let table = tree
+            .as_object_mut()
+            .map(|sections| sections.entry(section).or_insert_with(|| Value::Object(Map::new())))
+            .and_then(Value::as_object_mut)
+            .ok_or_else(|| format!("{section} is not a section"))?;
+        let value = typed_like(table.get(field), text);
+        table.insert(field.to_owned(), value);
+        *self = Config::deserialize(tree).map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    /// Every key, `section.key` (unset options included).
+    pub fn keys() -> Vec<String> {
+        let Ok(Value::Object(tree)) = serde_json::to_value(Config::default()) else {
+            return Vec::new();
+        };
+        tree.iter()
+            .filter_map(|(section, table)| Some((section, table.as_object()?)))
+            .flat_map(|(section, table)| table.keys().map(move |key| format!("{section}.{key}")))
+            .collect()
+    }
+}
+
+/// A per-source limit never above half the capacity, so one source always leaves room for the others — also when the
+/// descriptor limit cut the capacity below the configured per-source limit. 0 (no limit) stays 0.
+pub fn half_at_most(per_source: usize, capacity: usize) -> usize {
+    match per_source {
+        0 => 0,
+        n => n.min((capacity / 2).max(1)),
+    }
+}
+
+/// Text from a variable or a flag as the JSON value of a key whose current value is `current`.
+fn typed_like(current: Option<&Value>, text: &str) -> Value {
+    match current {
+        Some(Value::Bool(_)) => text.parse().map_or_else(|_| Value::from(text), Value::Bool),
+        Some(Value::Number(_)) => text
+            .parse::<u64>()
+            .map(Value::from)
+            .or_else(|_| text.parse::<i64>().map(Value::from))
+            .unwrap_or_else(|_| Value::from(text)),
+        Some(Value::Array(_)) => text
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(Value::from)
+            .collect(),
+        _ => Value::from(text),
     }
 }
 
@@ -493,11 +682,86 @@ impl Config {
 mod tests {
     use super::*;
 
+    const EXAMPLE: &str = include_str!("../../../traverse.example.toml");
+
     #[test]
     fn example_config_parses_and_validates() {
-        let text = include_str!("../../../traverse.example.toml");
-        let config = Config::parse(text).unwrap();
+        let config = Config::parse(EXAMPLE).unwrap();
         assert!(config.validate().is_empty(), "{:?}", config.validate());
+    }
+
+    /// The example shows every option with its default: what it sets is the default, every key appears in it (set
+    /// or as a commented `# key = …`), and every commented example is a valid value of a real key.
+    #[test]
+    fn example_config_is_the_defaults_and_names_every_key() {
+        assert_eq!(Config::parse(EXAMPLE).unwrap(), Config::default());
+        let mut section = String::new();
+        let mut shown = Vec::new();
+        for line in EXAMPLE.lines() {
+            if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+                section = name.to_owned();
+                continue;
+            }
+            let (commented, line) = match line.strip_prefix('#') {
+                Some(rest) => (true, rest.trim_start()),
+                None => (false, line),
+            };
+            let Some((key, _)) = line.split_once(" = ") else {
+                continue;
+            };
+            if key.is_empty()
+                || !key
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            {
+                continue;
+            }
+            if commented {
+                let text = format!("[{section}]\n{line}\n");
+                assert!(Config::parse(&text).is_ok(), "{text}: {:?}", Config::parse(&text));
+            }
+            shown.push(format!("{section}.{key}"));
+        }
+        for key in Config::keys() {
+            assert!(shown.contains(&key), "{key} is missing from traverse.example.toml");
+        }
+        for key in &shown {
+            assert!(
+                Config::keys().contains(key),
+                "traverse.example.toml shows {key}, which is no option"
+            );
+        }
+    }
+
+    /// The defaults the hub crate owns reach `[signal]` unchanged, except the total budget: 0, sized from memory.
+    #[test]
+    fn signal_section_embeds_the_hub_limits() {
+        let limits = Config::default().signal.limits;
+        assert_eq!(limits.max_total_bytes, 0);
+        let hub = signal::Limits::default();
+        assert_eq!(
+            limits,
+            signal::Limits {
+                max_total_bytes: 0,
+                ..hub
+            }
+        );
+        let config = Config::parse("[signal]\nheartbeat_interval = 7\nburst = 3\npublic_host = \"h\"\n").unwrap();
+        assert_eq!(
+            config.signal.limits.heartbeat_interval,
+            std::time::Duration::from_secs(7)
+        );
+        assert_eq!(config.signal.limits.burst, 3);
+        assert_eq!(config.signal.limits.max_total_bytes, 0);
+        assert_eq!(config.signal.public_host.as_deref(), Some("h"));
+        // Keys the hub does not offer are refused like any unknown key, with the line.
+        let err = Config::parse("[signal]\nburst = 3\nmax_errors = 1\n").unwrap_err();
+        assert!(
+            err.starts_with("line 3") && err.contains("unknown field `max_errors`"),
+            "{err}"
+        );
+        let err = Config::parse("[signal]\n\nresume_grace = \"x\"\n").unwrap_err();
+        assert!(err.starts_with("line 3"), "{err}");
     }
 
     #[test]
@@ -509,13 +773,110 @@ mod tests {
     }
 
     #[test]
+    fn bad_blocks_and_users_are_refused_while_parsing() {
+        let err = Config::parse("[relay]\n\nallow_peers = [\"10.0.0.0/8\", \"10.0.0.0/99\"]\n").unwrap_err();
+        assert!(err.starts_with("line 3") && err.contains("10.0.0.0/99"), "{err}");
+        let err = Config::parse("[relay]\ndeny_peers = [\"nonsense\"]\n").unwrap_err();
+        assert!(err.starts_with("line 2"), "{err}");
+        let err = Config::parse("[auth]\nusers = [\"nopassword\"]\n").unwrap_err();
+        assert!(err.contains(r#""nopassword" is not "name:password""#), "{err}");
+        assert!(Config::parse("[auth]\nusers = [\":pw\"]\n").is_err());
+        let config = Config::parse("[auth]\nusers = [\"a:b:c\"]\n[relay]\nallow_peers = [\"127.0.0.0/8\"]\n").unwrap();
+        let user = &config.auth.users[0];
+        assert_eq!((user.name.as_str(), user.password.as_str()), ("a", "b:c"));
+        assert_eq!(config.relay.allow_peers, vec!["127.0.0.0/8".parse::<IpNet>().unwrap()]);
+    }
+
+    #[test]
     fn validation_finds_semantic_errors() {
-        let config = Config::parse(
-            "[relay]\nport_min = 9000\nport_max = 8000\nallow_peers = [\"10.0.0.0/99\"]\n[auth]\nusers = [\"nopassword\"]\n",
-        )
-        .unwrap();
+        let config = Config::parse("[relay]\nport_min = 9000\nport_max = 8000\n[auth]\nrealm = \"\"\n").unwrap();
         let errors = config.validate();
-        assert_eq!(errors.len(), 3, "{errors:?}");
+        assert_eq!(errors.len(), 2, "{errors:?}");
+    }
+
+    #[test]
+    fn overrides_reach_every_key_typed_like_it() {
+        let mut config = Config::default();
+        let set = |arg: &str| Override::from_set(arg).unwrap();
+        let errors = config.apply(&[
+            set("limits.max_connections=5000"),
+            set("relay.ipv6=false"),
+            set("relay.deny_peers=10.0.0.0/8, 192.168.0.0/16"),
+            set("listen.single="),
+            set("signal.heartbeat_interval=7"),
+            set("signal.public_host=turn.example.com"),
+            set("auth.realm=12345"),
+            set("web.data_dir=/tmp/reports"),
+            set("stun.other_address=127.0.0.2:3479"),
+            set("log.format=json"),
+        ]);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(config.limits.max_connections, 5000);
+        assert!(!config.relay.ipv6);
+        assert_eq!(config.relay.deny_peers.len(), 2);
+        assert!(config.listen.single.is_empty());
+        assert_eq!(config.signal.limits.heartbeat_interval.as_secs(), 7);
+        assert_eq!(config.signal.public_host.as_deref(), Some("turn.example.com"));
+        assert_eq!(config.auth.realm, "12345");
+        assert_eq!(config.web.data_dir, Some(PathBuf::from("/tmp/reports")));
+        assert_eq!(config.stun.other_address, Some("127.0.0.2:3479".parse().unwrap()));
+        assert_eq!(config.log.format, LogFormat::Json);
+        // Untouched keys keep their values through the round trip.
+        let mut expected = Config::default();
+        expected.limits.max_connections = 5000;
+        assert_eq!(config.listen.udp, expected.listen.udp);
+        assert_eq!(config.signal.limits.max_total_bytes, 0);
+    }
+
+    #[test]
+    fn every_bad_override_is_reported_with_its_origin() {
+        let mut config = Config::default();
+        let errors: Vec<String> = config
+            .apply(&[
+                Override::from_set("limits.max_conections=5").unwrap(),
+                Override::from_set("limits.max_connections=many").unwrap(),
+                Override::from_set("relay.allow_peers=10.0.0.0/99").unwrap(),
+                Override::from_set("nosuch.key=1").unwrap(),
+                Override::from_set("limits.workers=3").unwrap(),
+            ])
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(errors.len(), 4, "{errors:?}");
+        assert!(
+            errors[0].starts_with("--set limits.max_conections=5: unknown field"),
+            "{errors:?}"
+        );
+        assert!(errors[1].contains("many"), "{errors:?}");
+        assert!(errors[2].contains("10.0.0.0/99"), "{errors:?}");
+        assert!(errors[3].contains("unknown field `nosuch`"), "{errors:?}");
+        assert_eq!(config.limits.workers, 3, "a good override after bad ones still applies");
+        assert!(Override::from_set("limits.workers").is_err());
+    }
+
+    #[test]
+    fn every_key_has_a_variable() {
+        let vars = [
+            ("TRAVERSE_LIMITS_MAX_CONNECTIONS", "5000"),
+            ("TRAVERSE_SIGNAL_RESUME_GRACE", "2"),
+            ("TRAVERSE_TLS_CERT", "c.pem"),
+            ("TRAVERSE_BIN", "x"),
+            ("TRAVERSE_MAX_CONNECTIONS", "1"),
+        ];
+        let overrides =
+            Config::env_overrides(|name| vars.iter().find(|(n, _)| *n == name).map(|(_, v)| (*v).to_owned()));
+        let keys: Vec<&str> = overrides.iter().map(|o| o.key.as_str()).collect();
+        assert_eq!(keys.len(), 3, "{overrides:?}");
+        for key in ["limits.max_connections", "signal.resume_grace", "tls.cert"] {
+            assert!(keys.contains(&key), "{key}: {overrides:?}");
+        }
+        let mut config = Config::default();
+        assert!(config.apply(&overrides).is_empty());
+        assert_eq!(config.signal.limits.resume_grace.as_secs(), 2);
+        assert!(
+            Config::keys().contains(&"tls.cert".to_owned()),
+            "unset options are keys too"
+        );
     }
 
     #[test]

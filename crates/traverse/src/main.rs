@@ -9,11 +9,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
 use base64::Engine;
-use clap::{Args, Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{Arg, ArgAction, ArgMatches, Args, Parser, Subcommand};
 use rand::RngCore;
 use serde_json::json;
 
-use config::{Config, LogFormat};
+use config::{Config, LogFormat, Override};
 
 /// jemalloc, with its background thread purging freed pages (10 s decay): after the signaling attack of issue 7
 /// (3 sources, 58 MiB over the start at its peak) RSS came back to +0 MiB within 12 s; glibc's malloc stayed 9 MiB
@@ -52,181 +53,185 @@ enum Command {
     },
 }
 
-/// Every file option also as a flag and a `TRAVERSE_*` variable; flags win over the file.
-#[derive(Args, Debug, Default)]
+/// An everyday option: a flag, with its variable, for one key of the file. Every other key is reached with
+/// `--set section.key=value` or `TRAVERSE_<SECTION>_<KEY>`.
+struct Flag {
+    long: &'static str,
+    env: &'static str,
+    key: &'static str,
+    /// Comma-separated values, the flag repeatable.
+    list: bool,
+    /// The value's name in `--help`.
+    value: &'static str,
+    help: &'static str,
+}
+
+const fn flag(
+    long: &'static str,
+    env: &'static str,
+    key: &'static str,
+    value: &'static str,
+    help: &'static str,
+) -> Flag {
+    Flag {
+        long,
+        env,
+        key,
+        list: false,
+        value,
+        help,
+    }
+}
+
+const fn list(
+    long: &'static str,
+    env: &'static str,
+    key: &'static str,
+    value: &'static str,
+    help: &'static str,
+) -> Flag {
+    Flag {
+        list: true,
+        ..flag(long, env, key, value, help)
+    }
+}
+
+// A table: one row per flag.
+#[rustfmt::skip]
+const FLAGS: &[Flag] = &[
+    list("udp", "TRAVERSE_UDP", "listen.udp", "ADDR", "UDP listen addresses"),
+    list("tcp", "TRAVERSE_TCP", "listen.tcp", "ADDR", "TCP listen addresses"),
+    list("tls", "TRAVERSE_TLS", "listen.tls", "ADDR", "TLS listen addresses"),
+    list("http", "TRAVERSE_HTTP", "listen.http", "ADDR", "Plain HTTP listen addresses: signaling, SDK, demo"),
+    list("single-port", "TRAVERSE_SINGLE_PORT", "listen.single",
+         "ADDR", "Single-port listen addresses: TLS (HTTPS/WSS or TURN), TURN over TCP, HTTP redirect"),
+    flag("tls-cert", "TRAVERSE_TLS_CERT", "tls.cert",
+         "FILE", "PEM certificate chain; without it a self-signed certificate is generated"),
+    flag("tls-key", "TRAVERSE_TLS_KEY", "tls.key", "FILE", "PEM private key"),
+    list("secret", "TRAVERSE_SECRETS", "auth.secrets",
+         "SECRET", "TURN REST shared secrets; all are accepted, the first mints"),
+    list("user", "TRAVERSE_USERS", "auth.users", "NAME:PASSWORD", "Static users as name:password"),
+    flag("realm", "TRAVERSE_REALM", "auth.realm", "REALM", "Authentication realm"),
+    flag("public-host", "TRAVERSE_PUBLIC_HOST", "signal.public_host",
+         "HOST", "Host put in the iceServers handed to peers"),
+    flag("signal-secret", "TRAVERSE_SIGNAL_SECRET", "signal.secret",
+         "SECRET", "HS256 secret for join tokens; unset: rooms are open"),
+    list("allow-peer", "TRAVERSE_ALLOW_PEERS", "relay.allow_peers",
+         "BLOCK", "Peer address blocks always allowed, e.g. 127.0.0.0/8 in a lab"),
+    flag("external-v4", "TRAVERSE_EXTERNAL_V4", "relay.external_v4",
+         "IP", "Public IPv4 address advertised for relays behind 1:1 NAT"),
+    flag("workers", "TRAVERSE_WORKERS", "limits.workers", "N", "Worker threads, 0 for one per core"),
+    flag("other-address", "TRAVERSE_OTHER_ADDRESS", "stun.other_address",
+         "IP:PORT", "RFC 5780 NAT behaviour discovery: the alternate IP:port beside the first listen.udp address"),
+    flag("log-format", "TRAVERSE_LOG_FORMAT", "log.format", "text|json", "Log format: text or json"),
+    flag("log-level", "TRAVERSE_LOG", "log.level", "FILTER", "Log filter, e.g. info or traverse_server=debug"),
+];
+
+/// `traverse serve`'s options, as overrides of the file's keys by where they came from.
+#[derive(Debug, Default)]
 struct ServeArgs {
-    /// Configuration file (TOML); see traverse.example.toml.
-    #[arg(long, short, env = "TRAVERSE_CONFIG")]
     config: Option<PathBuf>,
-    /// UDP listen addresses [listen.udp].
-    #[arg(long, env = "TRAVERSE_UDP", value_delimiter = ',')]
-    udp: Option<Vec<SocketAddr>>,
-    /// TCP listen addresses [listen.tcp].
-    #[arg(long, env = "TRAVERSE_TCP", value_delimiter = ',')]
-    tcp: Option<Vec<SocketAddr>>,
-    /// TLS listen addresses [listen.tls].
-    #[arg(long, env = "TRAVERSE_TLS", value_delimiter = ',')]
-    tls: Option<Vec<SocketAddr>>,
-    /// PEM certificate chain [tls.cert]; without it a self-signed certificate is generated.
-    #[arg(long, env = "TRAVERSE_TLS_CERT")]
-    tls_cert: Option<PathBuf>,
-    /// PEM private key [tls.key].
-    #[arg(long, env = "TRAVERSE_TLS_KEY")]
-    tls_key: Option<PathBuf>,
-    /// Address IPv4 relay sockets bind to [relay.bind_v4]; default: the address the client reached.
-    #[arg(long, env = "TRAVERSE_RELAY_BIND_V4")]
-    relay_bind_v4: Option<IpAddr>,
-    /// Address IPv6 relay sockets bind to [relay.bind_v6].
-    #[arg(long, env = "TRAVERSE_RELAY_BIND_V6")]
-    relay_bind_v6: Option<IpAddr>,
-    /// Public IPv4 address advertised for relays behind 1:1 NAT [relay.external_v4].
-    #[arg(long, env = "TRAVERSE_EXTERNAL_V4")]
-    external_v4: Option<IpAddr>,
-    /// Public IPv6 address advertised for relays [relay.external_v6].
-    #[arg(long, env = "TRAVERSE_EXTERNAL_V6")]
-    external_v6: Option<IpAddr>,
-    /// Relay port range MIN-MAX [relay.port_min, relay.port_max].
-    #[arg(long, env = "TRAVERSE_RELAY_PORTS", value_parser = parse_range)]
-    relay_ports: Option<(u16, u16)>,
-    /// Offer IPv6 relays [relay.ipv6].
-    #[arg(long, env = "TRAVERSE_RELAY_IPV6")]
-    relay_ipv6: Option<bool>,
-    /// Peer address blocks always allowed, e.g. 127.0.0.0/8 in a lab [relay.allow_peers].
-    #[arg(long = "allow-peer", env = "TRAVERSE_ALLOW_PEERS", value_delimiter = ',')]
-    allow_peers: Option<Vec<String>>,
-    /// Peer address blocks refused on top of the built-in reserved ranges [relay.deny_peers].
-    #[arg(long = "deny-peer", env = "TRAVERSE_DENY_PEERS", value_delimiter = ',')]
-    deny_peers: Option<Vec<String>>,
-    /// Bytes per second each allocation may relay per direction, 0 for no cap [relay.bandwidth_per_allocation].
-    #[arg(long, env = "TRAVERSE_BANDWIDTH")]
-    bandwidth: Option<u64>,
-    /// Authentication realm [auth.realm].
-    #[arg(long, env = "TRAVERSE_REALM")]
-    realm: Option<String>,
-    /// TURN REST shared secrets; all are accepted, the first mints [auth.secrets].
-    #[arg(long = "secret", env = "TRAVERSE_SECRETS", value_delimiter = ',')]
-    secrets: Option<Vec<String>>,
-    /// Static users as name:password [auth.users].
-    #[arg(long = "user", env = "TRAVERSE_USERS", value_delimiter = ',')]
-    users: Option<Vec<String>>,
-    /// Seconds a nonce stays valid [auth.nonce_lifetime].
-    #[arg(long, env = "TRAVERSE_NONCE_LIFETIME")]
-    nonce_lifetime: Option<u64>,
-    /// Seconds a minted credential stays valid [auth.credential_ttl].
-    #[arg(long, env = "TRAVERSE_CREDENTIAL_TTL")]
-    credential_ttl: Option<u64>,
-    /// Worker threads, 0 for one per core [limits.workers].
-    #[arg(long, env = "TRAVERSE_WORKERS")]
-    workers: Option<usize>,
-    /// Allocations held at once [limits.max_allocations].
-    #[arg(long, env = "TRAVERSE_MAX_ALLOCATIONS")]
-    max_allocations: Option<usize>,
-    /// Allocations per user, 0 for no limit [limits.max_allocations_per_user].
-    #[arg(long, env = "TRAVERSE_MAX_ALLOCATIONS_PER_USER")]
-    max_allocations_per_user: Option<usize>,
-    /// Allocations per IPv4 address or IPv6 /64, 0 for no limit [limits.max_allocations_per_source].
-    #[arg(long, env = "TRAVERSE_MAX_ALLOCATIONS_PER_SOURCE")]
-    max_allocations_per_source: Option<usize>,
-    /// Allocation lifetime granted by default, seconds [limits.default_lifetime].
-    #[arg(long, env = "TRAVERSE_DEFAULT_LIFETIME")]
-    default_lifetime: Option<u64>,
-    /// Longest allocation lifetime granted, seconds [limits.max_lifetime].
-    #[arg(long, env = "TRAVERSE_MAX_LIFETIME")]
-    max_lifetime: Option<u64>,
-    /// Permissions per allocation [limits.max_permissions_per_allocation].
-    #[arg(long, env = "TRAVERSE_MAX_PERMISSIONS")]
-    max_permissions: Option<usize>,
-    /// TCP/TLS connections held at once [limits.max_connections].
-    #[arg(long, env = "TRAVERSE_MAX_CONNECTIONS")]
-    max_connections: Option<usize>,
-    /// TCP/TLS/HTTP connections per IPv4 address or IPv6 /64, 0 for no limit [limits.max_connections_per_source].
-    #[arg(long, env = "TRAVERSE_MAX_CONNECTIONS_PER_SOURCE")]
-    max_connections_per_source: Option<usize>,
-    /// Seconds a TURN TCP/TLS connection may go without an allocation, whatever it sends [limits.auth_timeout].
-    #[arg(long, env = "TRAVERSE_AUTH_TIMEOUT")]
-    auth_timeout: Option<u64>,
-    /// Seconds before a TCP/TLS connection without an allocation is closed [limits.idle_timeout].
-    #[arg(long, env = "TRAVERSE_IDLE_TIMEOUT")]
-    idle_timeout: Option<u64>,
-    /// Bytes per second by which unauthenticated UDP answers may exceed their requests, per source IP; 0 for no
-    /// guard [limits.reflection_bytes_per_second].
-    #[arg(long, env = "TRAVERSE_REFLECTION_BYTES_PER_SECOND")]
-    reflection_bytes_per_second: Option<u32>,
-    /// Plain HTTP listen addresses: signaling, SDK, demo [listen.http].
-    #[arg(long, env = "TRAVERSE_HTTP", value_delimiter = ',')]
-    http: Option<Vec<SocketAddr>>,
-    /// Single-port listen addresses: TLS (HTTPS/WSS or TURN), TURN over TCP, HTTP redirect [listen.single].
-    #[arg(
-        long = "single-port",
-        visible_alias = "mux",
-        env = "TRAVERSE_SINGLE_PORT",
-        value_delimiter = ','
-    )]
-    single: Option<Vec<SocketAddr>>,
-    /// Host put in the iceServers handed to peers [signal.public_host].
-    #[arg(long, env = "TRAVERSE_PUBLIC_HOST")]
-    public_host: Option<String>,
-    /// HS256 secret for join tokens; unset: rooms are open [signal.secret].
-    #[arg(long, env = "TRAVERSE_SIGNAL_SECRET")]
-    signal_secret: Option<String>,
-    /// Largest signaling frame, bytes [signal.max_message_bytes].
-    #[arg(long, env = "TRAVERSE_MAX_MESSAGE_BYTES")]
-    max_message_bytes: Option<usize>,
-    /// Signaling messages per second per socket [signal.messages_per_second].
-    #[arg(long, env = "TRAVERSE_MESSAGES_PER_SECOND")]
-    messages_per_second: Option<u32>,
-    /// Burst of signaling messages allowed above the rate [signal.burst].
-    #[arg(long, env = "TRAVERSE_BURST")]
-    burst: Option<u32>,
-    /// Peers per room [signal.max_peers_per_room].
-    #[arg(long, env = "TRAVERSE_MAX_PEERS_PER_ROOM")]
-    max_peers_per_room: Option<usize>,
-    /// Rooms held at once [signal.max_rooms].
-    #[arg(long, env = "TRAVERSE_MAX_ROOMS")]
-    max_rooms: Option<usize>,
-    /// Signaling sockets per client IP [signal.max_connections_per_ip].
-    #[arg(long, env = "TRAVERSE_MAX_CONNECTIONS_PER_IP")]
-    max_connections_per_ip: Option<usize>,
-    /// Messages queued for a disconnected peer [signal.max_queued].
-    #[arg(long, env = "TRAVERSE_MAX_QUEUED")]
-    max_queued: Option<usize>,
-    /// Bytes kept for one signaling session [signal.max_session_bytes].
-    #[arg(long, env = "TRAVERSE_MAX_SESSION_BYTES")]
-    max_session_bytes: Option<usize>,
-    /// Bytes kept for the signaling sessions of one IPv4 address or IPv6 /64 [signal.max_source_bytes].
-    #[arg(long, env = "TRAVERSE_MAX_SOURCE_BYTES")]
-    max_source_bytes: Option<usize>,
-    /// Bytes kept for all signaling sessions, 0 for an eighth of memory (64 MiB to 1 GiB) [signal.max_total_bytes].
-    #[arg(long, env = "TRAVERSE_MAX_TOTAL_BYTES")]
-    max_total_bytes: Option<usize>,
-    /// Seconds between heartbeats [signal.heartbeat_interval].
-    #[arg(long, env = "TRAVERSE_HEARTBEAT_INTERVAL")]
-    heartbeat_interval: Option<u64>,
-    /// Seconds of silence before a socket counts as dead [signal.heartbeat_timeout].
-    #[arg(long, env = "TRAVERSE_HEARTBEAT_TIMEOUT")]
-    heartbeat_timeout: Option<u64>,
-    /// Seconds a dropped peer keeps its place for a resume [signal.resume_grace].
-    #[arg(long, env = "TRAVERSE_RESUME_GRACE")]
-    resume_grace: Option<u64>,
-    /// Directory for reports shared from /check [web.data_dir].
-    #[arg(long, env = "TRAVERSE_DATA_DIR")]
-    data_dir: Option<PathBuf>,
-    /// Bearer token for the operator's report list, GET /api/reports [web.admin_token].
-    #[arg(long, env = "TRAVERSE_ADMIN_TOKEN")]
-    admin_token: Option<String>,
-    /// Shared reports kept before the oldest are pruned [web.max_reports].
-    #[arg(long, env = "TRAVERSE_MAX_REPORTS")]
-    max_reports: Option<usize>,
-    /// RFC 5780 NAT behaviour discovery: the alternate IP:port beside the first listen.udp address; off unless set
-    /// [stun.other_address].
-    #[arg(long, env = "TRAVERSE_OTHER_ADDRESS")]
-    other_address: Option<SocketAddr>,
-    /// Log format [log.format].
-    #[arg(long, env = "TRAVERSE_LOG_FORMAT")]
-    log_format: Option<LogFormat>,
-    /// Log filter, e.g. info or traverse_server=debug [log.level].
-    #[arg(long, env = "TRAVERSE_LOG")]
-    log_level: Option<String>,
+    /// Everyday flags given as variables: applied with the environment, below every flag.
+    from_env: Vec<Override>,
+    /// Everyday flags given on the command line, then every `--set` in order.
+    from_flags: Vec<Override>,
+}
+
+impl clap::Args for ServeArgs {
+    fn augment_args(cmd: clap::Command) -> clap::Command {
+        let cmd = cmd.arg(
+            Arg::new("config")
+                .long("config")
+                .short('c')
+                .env("TRAVERSE_CONFIG")
+                .value_name("FILE")
+                .value_parser(clap::value_parser!(PathBuf))
+                .help("Configuration file (TOML); see traverse.example.toml"),
+        );
+        let cmd = FLAGS.iter().fold(cmd, |cmd, f| {
+            let arg = Arg::new(f.long)
+                .long(f.long)
+                .env(f.env)
+                .value_name(f.value)
+                .help(format!("{} [{}]", f.help, f.key));
+            let arg = match f.list {
+                true => arg.value_delimiter(',').action(ArgAction::Append),
+                false => arg,
+            };
+            cmd.arg(if f.long == "single-port" {
+                arg.visible_alias("mux")
+            } else {
+                arg
+            })
+        });
+        cmd.arg(
+            Arg::new("relay-ports")
+                .long("relay-ports")
+                .env("TRAVERSE_RELAY_PORTS")
+                .value_name("MIN-MAX")
+                .value_parser(parse_range)
+                .help("Relay port range [relay.port_min, relay.port_max]"),
+        )
+        .arg(
+            Arg::new("set")
+                .long("set")
+                .value_name("SECTION.KEY=VALUE")
+                .action(ArgAction::Append)
+                .help(
+                    "Any option of the configuration file, e.g. --set limits.max_connections=5000 (repeatable; \
+                     lists comma-separated)",
+                ),
+        )
+        .after_help(
+            "Every option of traverse.example.toml, shown there with its default, is also --set section.key=value \
+             and the variable TRAVERSE_<SECTION>_<KEY> (TRAVERSE_LIMITS_MAX_CONNECTIONS=5000). Precedence: \
+             defaults < file < environment < flags.",
+        )
+    }
+
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        Self::augment_args(cmd)
+    }
+}
+
+impl clap::FromArgMatches for ServeArgs {
+    fn from_arg_matches(m: &ArgMatches) -> Result<Self, clap::Error> {
+        let mut args = ServeArgs {
+            config: m.get_one::<PathBuf>("config").cloned(),
+            ..Self::default()
+        };
+        // The flag's id is its long name.
+        let mut add = |id: &str, env: &str, key: &str, value: String| {
+            let (list, origin) = match m.value_source(id) {
+                Some(ValueSource::EnvVariable) => (&mut args.from_env, env.to_owned()),
+                _ => (&mut args.from_flags, format!("--{id}")),
+            };
+            list.push(Override {
+                origin,
+                key: key.to_owned(),
+                value,
+            });
+        };
+        if let Some((min, max)) = m.get_one::<(u16, u16)>("relay-ports") {
+            add("relay-ports", "TRAVERSE_RELAY_PORTS", "relay.port_min", min.to_string());
+            add("relay-ports", "TRAVERSE_RELAY_PORTS", "relay.port_max", max.to_string());
+        }
+        for f in FLAGS {
+            if let Some(values) = m.get_many::<String>(f.long) {
+                add(f.long, f.env, f.key, values.cloned().collect::<Vec<_>>().join(","));
+            }
+        }
+        for set in m.get_many::<String>("set").into_iter().flatten() {
+            let o = Override::from_set(set).map_err(|e| clap::Error::raw(clap::error::ErrorKind::InvalidValue, e))?;
+            args.from_flags.push(o);
+        }
+        Ok(args)
+    }
+
+    fn update_from_arg_matches(&mut self, m: &ArgMatches) -> Result<(), clap::Error> {
+        *self = Self::from_arg_matches(m)?;
+        Ok(())
+    }
 }
 
 #[derive(Args, Debug)]
@@ -326,15 +331,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// A per-source limit never above half the capacity, so one source always leaves room for the others — also when the
-/// descriptor limit cut the capacity below the configured per-source limit. 0 (no limit) stays 0.
-fn half_at_most(per_source: usize, capacity: usize) -> usize {
-    match per_source {
-        0 => 0,
-        n => n.min((capacity / 2).max(1)),
-    }
-}
-
 /// Says what the descriptor limit allows, and loudly when it cuts the configured capacity.
 fn report_capacity(fds: &server::FdPlan, config: &Config) {
     let raised = if fds.soft > fds.soft_before {
@@ -400,94 +396,32 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-fn apply(config: &mut Config, a: ServeArgs) {
-    // `set!` for options with a default; `set_some!` for options whose config field is itself optional.
-    macro_rules! set {
-        ($field:expr, $value:expr) => {
-            if let Some(v) = $value {
-                $field = v;
-            }
-        };
+/// Defaults < file < environment (`var`) < flags, then the checks across keys; every error of every layer.
+fn configure(args: &ServeArgs, var: impl Fn(&str) -> Option<String>) -> Result<Config, Vec<config::ConfigError>> {
+    let mut config = match &args.config {
+        Some(path) => Config::load(path).map_err(|e| vec![e])?,
+        None => Config::default(),
+    };
+    let mut errors = config.apply(&Config::env_overrides(var));
+    errors.extend(config.apply(&args.from_env));
+    errors.extend(config.apply(&args.from_flags));
+    errors.extend(config.validate());
+    match errors.is_empty() {
+        true => Ok(config),
+        false => Err(errors),
     }
-    macro_rules! set_some {
-        ($field:expr, $value:expr) => {
-            if $value.is_some() {
-                $field = $value;
-            }
-        };
-    }
-    set!(config.listen.udp, a.udp);
-    set!(config.listen.tcp, a.tcp);
-    set!(config.listen.tls, a.tls);
-    set_some!(config.tls.cert, a.tls_cert);
-    set_some!(config.tls.key, a.tls_key);
-    set_some!(config.relay.bind_v4, a.relay_bind_v4);
-    set_some!(config.relay.bind_v6, a.relay_bind_v6);
-    set_some!(config.relay.external_v4, a.external_v4);
-    set_some!(config.relay.external_v6, a.external_v6);
-    if let Some((min, max)) = a.relay_ports {
-        config.relay.port_min = min;
-        config.relay.port_max = max;
-    }
-    set!(config.relay.ipv6, a.relay_ipv6);
-    set!(config.relay.allow_peers, a.allow_peers);
-    set!(config.relay.deny_peers, a.deny_peers);
-    set!(config.relay.bandwidth_per_allocation, a.bandwidth);
-    set!(config.auth.realm, a.realm);
-    set!(config.auth.secrets, a.secrets);
-    set!(config.auth.users, a.users);
-    set!(config.auth.nonce_lifetime, a.nonce_lifetime);
-    set!(config.auth.credential_ttl, a.credential_ttl);
-    set!(config.limits.workers, a.workers);
-    set!(config.limits.max_allocations, a.max_allocations);
-    set!(config.limits.max_allocations_per_user, a.max_allocations_per_user);
-    set!(config.limits.max_allocations_per_source, a.max_allocations_per_source);
-    set!(config.limits.default_lifetime, a.default_lifetime);
-    set!(config.limits.max_lifetime, a.max_lifetime);
-    set!(config.limits.max_permissions_per_allocation, a.max_permissions);
-    set!(config.limits.max_connections, a.max_connections);
-    set!(config.limits.max_connections_per_source, a.max_connections_per_source);
-    set!(config.limits.auth_timeout, a.auth_timeout);
-    set!(config.limits.idle_timeout, a.idle_timeout);
-    set!(config.limits.reflection_bytes_per_second, a.reflection_bytes_per_second);
-    set!(config.listen.http, a.http);
-    set!(config.listen.single, a.single);
-    set_some!(config.signal.public_host, a.public_host);
-    set_some!(config.signal.secret, a.signal_secret);
-    set!(config.signal.max_message_bytes, a.max_message_bytes);
-    set!(config.signal.messages_per_second, a.messages_per_second);
-    set!(config.signal.burst, a.burst);
-    set!(config.signal.max_peers_per_room, a.max_peers_per_room);
-    set!(config.signal.max_rooms, a.max_rooms);
-    set!(config.signal.max_connections_per_ip, a.max_connections_per_ip);
-    set!(config.signal.max_queued, a.max_queued);
-    set!(config.signal.max_session_bytes, a.max_session_bytes);
-    set!(config.signal.max_source_bytes, a.max_source_bytes);
-    set!(config.signal.max_total_bytes, a.max_total_bytes);
-    set!(config.signal.heartbeat_interval, a.heartbeat_interval);
-    set!(config.signal.heartbeat_timeout, a.heartbeat_timeout);
-    set!(config.signal.resume_grace, a.resume_grace);
-    set_some!(config.web.data_dir, a.data_dir);
-    set_some!(config.web.admin_token, a.admin_token);
-    set!(config.web.max_reports, a.max_reports);
-    set_some!(config.stun.other_address, a.other_address);
-    set!(config.log.format, a.log_format);
-    set!(config.log.level, a.log_level);
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let mut config = match &args.config {
-        Some(path) => Config::load(path)?,
-        None => Config::default(),
-    };
-    apply(&mut config, args);
-    let errors = config.validate();
-    if !errors.is_empty() {
-        for e in &errors {
-            eprintln!("config: {e}");
+    let mut config = match configure(&args, |name| std::env::var(name).ok()) {
+        Ok(config) => config,
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("config: {e}");
+            }
+            bail!("{} configuration error(s)", errors.len());
         }
-        bail!("{} configuration error(s)", errors.len());
-    }
+    };
     init_logging(&config);
 
     // Signaling hands every peer a REST credential, so there is always a secret to mint with.
@@ -504,29 +438,17 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let interface_ips: Vec<IpAddr> = if_addrs::get_if_addrs()
         .map(|list| list.into_iter().map(|i| i.ip()).collect())
         .unwrap_or_default();
-    let policy = turn::policy::PeerPolicy {
-        allow: Config::peer_blocks(&config.relay.allow_peers),
-        deny: Config::peer_blocks(&config.relay.deny_peers),
-    };
-    let turn_config = turn::Config {
-        default_lifetime: Duration::from_secs(config.limits.default_lifetime),
-        max_lifetime: Duration::from_secs(config.limits.max_lifetime),
-        relay_ipv4: true,
-        relay_ipv6: config.relay.ipv6,
-        bandwidth_per_allocation: config.relay.bandwidth_per_allocation,
-        max_permissions_per_allocation: config.limits.max_permissions_per_allocation,
-        max_channels_per_allocation: config.limits.max_channels_per_allocation,
-        policy,
-        reflection_bytes_per_second: config.limits.reflection_bytes_per_second,
-        // Validated above.
-        nat_discovery: config.nat_discovery().ok().flatten(),
-        ..turn::Config::default()
-    };
+    let turn_config = config.turn();
     let mut nonce_key = [0u8; 32];
     rand::thread_rng().fill_bytes(&mut nonce_key);
     let auth = turn::Authenticator::new(
         config.auth.realm.clone(),
-        &config.users(),
+        &config
+            .auth
+            .users
+            .iter()
+            .map(|u| (u.name.clone(), u.password.clone()))
+            .collect::<Vec<_>>(),
         config
             .auth
             .secrets
@@ -589,15 +511,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         stream_idle_timeout: Duration::from_secs(config.limits.idle_timeout),
         tls_handshake_timeout: Duration::from_secs(10),
         max_stream_connections: fds.connections,
-        max_connections_per_source: half_at_most(config.limits.max_connections_per_source, fds.connections),
+        max_connections_per_source: config::half_at_most(config.limits.max_connections_per_source, fds.connections),
         auth_timeout: Duration::from_secs(config.limits.auth_timeout),
         own_addresses,
         turn: Arc::new(turn_config),
         auth: Arc::new(auth),
-        quotas: Arc::new(
-            turn::Quotas::new(fds.allocations, config.limits.max_allocations_per_user)
-                .with_per_source(half_at_most(config.limits.max_allocations_per_source, fds.allocations)),
-        ),
+        quotas: Arc::new(config.quotas(fds.allocations)),
     };
     // The URLs name the bound ports (a port may be 0 in the config), so they are filled in after the start.
     let ice_urls: Arc<std::sync::OnceLock<IceUrls>> = Arc::new(std::sync::OnceLock::new());
@@ -610,7 +529,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         json!([{ "urls": urls.stun }, { "urls": urls.turn, "username": username, "credential": credential }])
     });
     let web = web::Web::start(web::WebConfig {
-        limits: config.signal.limits(),
+        limits: config.signal.limits.clone(),
         token_secret: config.signal.secret.as_ref().map(|s| s.as_bytes().to_vec()),
         ice_servers,
         credential_ttl_secs: ttl,
@@ -801,5 +720,79 @@ fn init_logging(config: &Config) {
     match config.log.format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn serve_args(args: &[&str]) -> ServeArgs {
+        let cli = Cli::try_parse_from(["traverse", "serve"].iter().chain(args)).unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!("not serve")
+        };
+        *args
+    }
+
+    #[test]
+    fn everyday_flags_and_set_reach_their_keys() {
+        let args = serve_args(&[
+            "--udp",
+            "127.0.0.1:1,127.0.0.1:2",
+            "--udp",
+            "127.0.0.1:3",
+            "--relay-ports",
+            "50000-50010",
+            "--mux",
+            "127.0.0.1:443",
+            "--user",
+            "a:b",
+            "--log-format",
+            "json",
+            "--set",
+            "signal.max_rooms=7",
+        ]);
+        let config = configure(&args, |_| None).unwrap();
+        assert_eq!(config.listen.udp.len(), 3);
+        assert_eq!((config.relay.port_min, config.relay.port_max), (50000, 50010));
+        assert_eq!(config.listen.single, vec![SocketAddr::from(([127, 0, 0, 1], 443))]);
+        assert_eq!(config.auth.users[0].name, "a");
+        assert_eq!(config.log.format, LogFormat::Json);
+        assert_eq!(config.signal.limits.max_rooms, 7);
+    }
+
+    #[test]
+    fn flags_win_over_the_environment_which_wins_over_the_file() {
+        let path = std::env::temp_dir().join(format!("traverse-precedence-{}.toml", std::process::id()));
+        std::fs::write(&path, "[limits]\nworkers = 3\nidle_timeout = 5\nauth_timeout = 4\n").unwrap();
+        let file = path.to_str().unwrap();
+        let env = |name: &str| match name {
+            "TRAVERSE_LIMITS_WORKERS" | "TRAVERSE_LIMITS_IDLE_TIMEOUT" => Some("6".to_owned()),
+            _ => None,
+        };
+        let config = configure(&serve_args(&["--config", file, "--workers", "8"]), env).unwrap();
+        assert_eq!(config.limits.workers, 8, "flag over variable");
+        assert_eq!(config.limits.idle_timeout, 6, "variable over file");
+        assert_eq!(config.limits.auth_timeout, 4, "file over default");
+        // `--set` comes after the everyday flags.
+        let args = serve_args(&["--config", file, "--set", "limits.workers=9", "--workers", "8"]);
+        assert_eq!(configure(&args, env).unwrap().limits.workers, 9);
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn every_error_of_every_layer_is_reported() {
+        let args = serve_args(&["--udp", "nonsense", "--set", "limits.nosuch=1", "--set", "auth.realm="]);
+        let errors = configure(&args, |name| (name == "TRAVERSE_SIGNAL_BURST").then(|| "x".to_owned())).unwrap_err();
+        let errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        assert_eq!(errors.len(), 4, "{errors:?}");
+        assert!(errors[0].starts_with("TRAVERSE_SIGNAL_BURST: "), "{errors:?}");
+        assert!(errors[1].starts_with("--udp: "), "{errors:?}");
+        assert!(
+            errors[2].starts_with("--set limits.nosuch=1: unknown field `nosuch`"),
+            "{errors:?}"
+        );
+        assert!(errors[3].starts_with("auth.realm: must not be empty"), "{errors:?}");
     }
 }

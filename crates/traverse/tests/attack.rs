@@ -103,14 +103,14 @@ fn one_source_cannot_hold_the_connection_slots() {
     let server = Server::start(&[
         "--user",
         "alice:pw",
-        "--max-connections",
-        "400",
-        "--max-connections-per-source",
-        "100",
-        "--idle-timeout",
-        "60",
-        "--auth-timeout",
-        "60",
+        "--set",
+        "limits.max_connections=400",
+        "--set",
+        "limits.max_connections_per_source=100",
+        "--set",
+        "limits.idle_timeout=60",
+        "--set",
+        "limits.auth_timeout=60",
     ]);
     let http = server.http.expect("signaling address");
     let attacker = source(2);
@@ -159,7 +159,14 @@ fn one_source_cannot_hold_the_connection_slots() {
 ///     it sends a byte.
 #[test]
 fn trickling_bytes_does_not_keep_a_connection_open() {
-    let server = Server::start(&["--user", "alice:pw", "--idle-timeout", "30", "--auth-timeout", "2"]);
+    let server = Server::start(&[
+        "--user",
+        "alice:pw",
+        "--set",
+        "limits.idle_timeout=30",
+        "--set",
+        "limits.auth_timeout=2",
+    ]);
     let http = server.http.expect("signaling address");
     for target in [server.tcp, http] {
         let mut s = connect_tcp_from(source(4), target).unwrap();
@@ -218,12 +225,12 @@ fn exhausted_descriptors_starve_no_kind_and_refuse_promptly() {
             "alice:pw",
             "--workers",
             "1",
-            "--max-allocations-per-user",
-            "0",
-            "--auth-timeout",
-            "60",
-            "--idle-timeout",
-            "60",
+            "--set",
+            "limits.max_allocations_per_user=0",
+            "--set",
+            "limits.auth_timeout=60",
+            "--set",
+            "limits.idle_timeout=60",
         ],
     );
     let log = server.log();
@@ -295,8 +302,8 @@ fn reflection_budget_holds_over_any_number_of_source_ports_and_workers() {
         "alice:pw",
         "--workers",
         "2",
-        "--reflection-bytes-per-second",
-        "2000",
+        "--set",
+        "limits.reflection_bytes_per_second=2000",
     ]);
     let sockets: Vec<UdpSocket> = (0..400)
         .map(|_| UdpSocket::bind(SocketAddr::new(source(7), 0)).unwrap())
@@ -335,7 +342,7 @@ fn reflection_budget_holds_over_any_number_of_source_ports_and_workers() {
 ///     and every allocation is set up, none lost.
 #[test]
 fn a_thousand_allocations_from_one_address_are_set_up_without_loss() {
-    let server = Server::start(&["--user", "alice:pw", "--max-allocations-per-user", "0"]);
+    let server = Server::start(&["--user", "alice:pw", "--set", "limits.max_allocations_per_user=0"]);
     let nat = source(8);
     let mut first = TurnClient::new(Conn::udp_from(nat, server.udp), USER, PASSWORD);
     assert_eq!(first.allocate(false).class(), Class::Success);
@@ -388,10 +395,10 @@ fn one_source_or_one_credential_cannot_take_every_allocation() {
         "alice:pw",
         "--user",
         "bob:pw",
-        "--max-allocations-per-source",
-        "5",
-        "--max-allocations-per-user",
-        "8",
+        "--set",
+        "limits.max_allocations_per_source=5",
+        "--set",
+        "limits.max_allocations_per_user=8",
     ]);
     let mut held = Vec::new();
     for _ in 0..5 {
@@ -440,8 +447,8 @@ fn credentials_have_a_maximum_lifetime_and_calls_outlive_them() {
         SECRET,
         "--allow-peer",
         "127.0.0.0/8",
-        "--default-lifetime",
-        "600",
+        "--set",
+        "limits.default_lifetime=600",
     ]);
     let now = unix_now();
     let mut forever = rest_client(server.udp, SECRET, now + 100 * 365 * 86_400, "mallory");

@@ -115,13 +115,18 @@ async fn readers_that_never_read_are_dropped_and_stay_within_the_source_budget()
     // A 2 s heartbeat: a socket that takes nothing for 2 s is dropped (4104), and a silent one after 5 s (4200).
     run(
         Readers::NeverRead,
-        &["--heartbeat-interval", "2", "--heartbeat-timeout", "5"],
+        &[
+            "--set",
+            "signal.heartbeat_interval=2",
+            "--set",
+            "signal.heartbeat_timeout=5",
+        ],
     )
     .await;
 }
 
 async fn run(readers: Readers, args: &[&str]) {
-    let mut all = vec!["--workers", "1", "--resume-grace", "2"];
+    let mut all = vec!["--workers", "1", "--set", "signal.resume_grace=2"];
     all.extend_from_slice(args);
     let mut spawned = common::spawn_serve("127.0.0.1:0", &all, &[]);
     let server = common::signaling_addr(&spawned);

@@ -111,8 +111,9 @@ impl DataDir {
         DataDir(std::env::temp_dir().join(format!("traverse-{tag}-{}-{nanos}", std::process::id())))
     }
 
-    fn arg(&self) -> &str {
-        self.0.to_str().unwrap()
+    /// `web.data_dir=<dir>`, for `--set`.
+    fn setting(&self) -> String {
+        format!("web.data_dir={}", self.0.display())
     }
 
     /// Report files on disk (temporary files included).
@@ -235,7 +236,7 @@ async fn share(from: Ipv4Addr, to: SocketAddr, n: u32) -> String {
 #[tokio::test]
 async fn reports_need_a_json_content_type() {
     let dir = DataDir::new("attack-web-ctype");
-    let server = Server::start(&["--data-dir", dir.arg()]);
+    let server = Server::start(&["--set", &dir.setting()]);
     let report = r#"{"verdict":{"headline":"planted"}}"#;
     for content_type in [
         "text/plain",
@@ -269,7 +270,7 @@ async fn reports_need_a_json_content_type() {
 #[tokio::test]
 async fn one_source_cannot_evict_another_sources_report() {
     let dir = DataDir::new("attack-web-evict");
-    let args = ["--data-dir", dir.arg(), "--max-reports", "3"];
+    let args = ["--set", &dir.setting(), "--set", "web.max_reports=3"];
     let server = Server::start(&args);
     let theirs = share(OTHER, server.http, 0).await;
     let mut mine = Vec::new();
@@ -339,7 +340,7 @@ fn local_links(page: &str) -> Vec<String> {
 #[tokio::test]
 async fn every_response_carries_the_security_headers() {
     let dir = DataDir::new("attack-web-headers");
-    let server = Server::start(&["--data-dir", dir.arg(), "--single-port", "127.0.0.1:0"]);
+    let server = Server::start(&["--set", &dir.setting(), "--single-port", "127.0.0.1:0"]);
     let id = share(HERE, server.http, 1).await;
     let mut checked = 0;
     for target in [

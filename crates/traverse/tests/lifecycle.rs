@@ -367,7 +367,7 @@ fn free_tcp_port() -> u16 {
 
 #[test]
 fn idle_and_half_open_connections_close_but_an_allocation_keeps_its_connection() {
-    let mut server = Server::start(&["--idle-timeout", "2", "--user", "alice:pw"]);
+    let mut server = Server::start(&["--set", "limits.idle_timeout=2", "--user", "alice:pw"]);
 
     let mut silent = connect_tcp(server.tcp);
     let silent_since = Instant::now();
@@ -402,7 +402,7 @@ fn idle_and_half_open_connections_close_but_an_allocation_keeps_its_connection()
 fn the_single_port_closes_a_silent_connection_after_the_sniff_timeout() {
     // The port is free a moment ago; another process taking it in between fails the start, not the assertions.
     let single = SocketAddr::from(([127, 0, 0, 1], free_tcp_port()));
-    let mut server = Server::start(&["--idle-timeout", "2", "--single-port", &single.to_string()]);
+    let mut server = Server::start(&["--set", "limits.idle_timeout=2", "--single-port", &single.to_string()]);
 
     let mut silent = connect_tcp(single);
     let silent_since = Instant::now();

@@ -26,9 +26,18 @@ fn start() -> (Server, SocketAddr, SocketAddr) {
         }
         let primary = SocketAddr::new(LOOPBACK, p);
         let alternate = SocketAddr::new(ALTERNATE_IP, q);
+        // The free ports come from the kernel's ephemeral range, which overlaps the default relay range (a listener
+        // there is refused): relay ports below it.
         let server = Server::start_with_udp(
             &primary.to_string(),
-            &["--other-address", &alternate.to_string(), "--workers", "2"],
+            &[
+                "--other-address",
+                &alternate.to_string(),
+                "--workers",
+                "2",
+                "--relay-ports",
+                "20000-20999",
+            ],
         );
         return (server, primary, alternate);
     }

@@ -27,10 +27,10 @@ fn server() -> Server {
         "alice:pw",
         "--realm",
         "test",
-        "--relay-ipv6",
-        "true",
-        "--relay-bind-v6",
-        "::1",
+        "--set",
+        "relay.ipv6=true",
+        "--set",
+        "relay.bind_v6=::1",
         "--external-v4",
         EXTERNAL_V4,
         "--workers",
@@ -251,8 +251,8 @@ fn deny_peer_adds_to_the_reserved_ranges() {
         "alice:pw",
         "--realm",
         "test",
-        "--deny-peer",
-        "198.51.100.0/24",
+        "--set",
+        "relay.deny_peers=198.51.100.0/24",
     ]);
     let conn = Conn::udp(server.udp);
     let mut client = TurnClient::new(conn, "alice", "pw");

@@ -397,8 +397,8 @@ async fn list_reports(
         return api_error(
             StatusCode::FORBIDDEN,
             "reports-list-disabled",
-            "The report list is off on this server: set [web] admin_token (--admin-token, TRAVERSE_ADMIN_TOKEN) \
-             to enable it. Single reports stay readable by their link.",
+            "The report list is off on this server: set [web] admin_token (--set web.admin_token=…, \
+             TRAVERSE_WEB_ADMIN_TOKEN) to enable it. Single reports stay readable by their link.",
         );
     };
     if let Err(retry) = app.admin_limiter.check(Source::from(remote.ip()), Instant::now()) {

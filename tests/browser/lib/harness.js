@@ -169,7 +169,7 @@ export async function startTraverse({ extraArgs = [] } = {}) {
     '--single-port', `127.0.0.1:${ports.mux}`,
     '--http', `127.0.0.1:${ports.http}`,
     '--public-host', '127.0.0.1',
-    '--relay-bind-v4', '127.0.0.1',
+    '--set', 'relay.bind_v4=127.0.0.1',
     '--allow-peer', '127.0.0.0/8',
     '--workers', '2',
     ...extraArgs,

@@ -50,8 +50,10 @@ pub enum Output {
     },
 }
 
-/// Every bound a stranger could otherwise push.
-#[derive(Debug, Clone)]
+/// Every bound a stranger could otherwise push. The `[signal]` section of the server's configuration file holds
+/// these keys (durations in seconds); the fields marked `skip` are not configurable.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct Limits {
     pub max_message_bytes: usize,
     pub messages_per_second: u32,
@@ -62,6 +64,7 @@ pub struct Limits {
     /// Messages queued for a peer whose socket dropped; further signals are refused (`queue-full`).
     pub max_queued: usize,
     /// Unacknowledged messages kept for a connected peer; older ones are forgotten (a resume from before them fails).
+    #[serde(skip)]
     pub max_unacked: usize,
     /// Bytes kept for one session: its unacknowledged frames while connected (older ones are forgotten beyond it),
     /// its queue while disconnected (further messages are refused, `queue-full`).
@@ -69,14 +72,36 @@ pub struct Limits {
     /// Bytes kept for every session of one source (an IPv4 address, an IPv6 /64): `source-full` beyond it.
     pub max_source_bytes: usize,
     /// Bytes kept for every session of the hub: `server-full` beyond it. Sized from the machine by the I/O layer
-    /// (`web` turns a configured 0 into an eighth of memory) before the hub sees it.
+    /// (`web` turns a configured 0 into an eighth of memory) before the hub sees it; 0 is therefore what a
+    /// configuration file that leaves it out means.
+    #[serde(default)]
     pub max_total_bytes: usize,
+    #[serde(skip)]
     pub max_meta_bytes: usize,
     /// Errors on one socket before it is closed for a protocol violation.
+    #[serde(skip)]
     pub max_errors: u32,
+    #[serde(with = "seconds")]
     pub heartbeat_interval: Duration,
+    #[serde(with = "seconds")]
     pub heartbeat_timeout: Duration,
+    #[serde(with = "seconds")]
     pub resume_grace: Duration,
+}
+
+/// A duration as whole seconds, the unit of the configuration file.
+mod seconds {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_secs())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        u64::deserialize(d).map(Duration::from_secs)
+    }
 }
 
 impl Default for Limits {
