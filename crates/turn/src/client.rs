@@ -58,6 +58,10 @@ pub const MAX_TRANSMISSIONS: u32 = 7;
 const LAST_WAIT_FACTOR: u32 = 16;
 /// RFC 8489 §6.2.2: over a reliable transport, one send and 39.5 s to answer.
 pub const RELIABLE_TIMEOUT: Duration = Duration::from_millis(39_500);
+/// The transaction id a request's own attributes are first written against (see `Client::encode`).
+const BODY_TID: TransactionId = TransactionId {
+    bytes: [0x21, 0x12, 0xa4, 0x42, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+};
 /// Challenges (401/438) answered for one request before its error is reported.
 const MAX_CHALLENGES: u32 = 2;
 
@@ -483,7 +487,7 @@ impl<R: RngCore> Client<R> {
         channel: Option<(ChannelNumber, SocketAddr)>,
     ) -> Result<RequestId, EncodeError> {
         let mut scratch = vec![0u8; 2048];
-        let mut w = MessageWriter::new(&mut scratch, method, Class::Request, TransactionId::new([0; 12]))?;
+        let mut w = MessageWriter::new(&mut scratch, method, Class::Request, BODY_TID)?;
         attrs(&mut w)?;
         let len = w.finish();
         let body = scratch.get(stun::HEADER_LEN..len).unwrap_or_default().to_vec();
@@ -520,9 +524,22 @@ impl<R: RngCore> Client<R> {
         let mut w = MessageWriter::new(&mut buf, method, Class::Request, tid)?;
         let mut rest = body;
         while let [t0, t1, l0, l1, tail @ ..] = rest {
+            let ty = u16::from_be_bytes([*t0, *t1]);
             let len = usize::from(u16::from_be_bytes([*l0, *l1]));
             let value = tail.get(..len).ok_or(EncodeError::BufferTooSmall)?;
-            w.raw(u16::from_be_bytes([*t0, *t1]), value)?;
+            // XOR-…-ADDRESS values are encoded against the transaction id (an IPv6 address against all of it): they
+            // were written against BODY_TID and are written again against this request's.
+            match ty {
+                attr::XOR_PEER_ADDRESS | attr::XOR_RELAYED_ADDRESS | attr::XOR_MAPPED_ADDRESS => {
+                    match Attribute::decode(stun::RawAttribute { ty, value }, &BODY_TID) {
+                        Ok(address) => {
+                            w.add(&address)?;
+                        }
+                        Err(_) => w.raw(ty, value)?,
+                    }
+                }
+                _ => w.raw(ty, value)?,
+            }
             rest = tail.get(len.next_multiple_of(4)..).unwrap_or_default();
         }
         if let (true, Some(c)) = (signed, &self.credential) {

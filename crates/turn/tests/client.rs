@@ -367,3 +367,33 @@ fn an_answer_signed_with_another_key_is_dropped_and_counted() {
     assert!(matches!(c.poll_event(), Some(Event::Response { outcome, .. }) if outcome.is_success()));
     assert_eq!(c.integrity_failures(), 1);
 }
+
+/// XOR-PEER-ADDRESS is encoded against the transaction id (an IPv6 address against all 96 bits of it): a request
+/// sent again under a new id after the 401 must still name the same peer.
+#[test]
+fn an_ipv6_peer_is_named_correctly_in_every_transmission() {
+    let t0 = Instant::now();
+    let mut c = client("alice", "wonderland");
+    let peer = addr(PEER_V6);
+    c.create_permission(t0, &[peer]).unwrap();
+    let first = c.poll_transmit().unwrap();
+    let named = |packet: &[u8]| {
+        let msg = stun::Message::parse(packet).unwrap();
+        match msg.decode(stun::attr::XOR_PEER_ADDRESS) {
+            Some(Ok(Attribute::XorPeerAddress(a))) => a,
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(named(&first), peer);
+    // A 401 from the server: the signed retry carries a new transaction id and the same peer.
+    let mut h = Harness::new();
+    let five_tuple = udp("203.0.113.14:50000");
+    let (_, challenge) = h.send(h.at(0), five_tuple, &first);
+    c.handle_input(t0, &challenge);
+    let second = c.poll_transmit().expect("the signed retry");
+    assert_ne!(
+        stun::Message::parse(&second).unwrap().transaction_id(),
+        stun::Message::parse(&first).unwrap().transaction_id()
+    );
+    assert_eq!(named(&second), peer);
+}
