@@ -396,6 +396,40 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
+/// A `TRAVERSE_*` variable that names no option is ignored: say so once at start, with the name it probably meant
+/// (the long-tail variables were `TRAVERSE_<KEY>` before they became `TRAVERSE_<SECTION>_<KEY>`).
+fn warn_unknown_environment() {
+    let names: Vec<String> = std::env::vars_os()
+        .filter_map(|(name, _)| name.into_string().ok())
+        .collect();
+    for warning in unknown_environment(names.iter().map(String::as_str)) {
+        tracing::warn!("{warning}");
+    }
+}
+
+fn unknown_environment<'a>(names: impl Iterator<Item = &'a str>) -> Vec<String> {
+    let known: Vec<String> = Config::keys()
+        .iter()
+        .map(|k| format!("TRAVERSE_{}", k.replace('.', "_").to_uppercase()))
+        .collect();
+    names
+        .filter_map(|name| {
+            let suffix = name.strip_prefix("TRAVERSE")?;
+            let everyday = FLAGS.iter().any(|f| f.env == name) || name == "TRAVERSE_CONFIG";
+            if !suffix.starts_with('_') || everyday || known.iter().any(|k| k == name) {
+                return None;
+            }
+            Some(match known.iter().find(|k| k.ends_with(suffix)) {
+                Some(meant) => format!("{name} is not an option and is ignored; did you mean {meant}?"),
+                None => format!(
+                    "{name} is not an option and is ignored (options from the environment are \
+                     TRAVERSE_<SECTION>_<KEY>; see traverse.example.toml)"
+                ),
+            })
+        })
+        .collect()
+}
+
 /// Defaults < file < environment (`var`) < flags, then the checks across keys; every error of every layer.
 fn configure(args: &ServeArgs, var: impl Fn(&str) -> Option<String>) -> Result<Config, Vec<config::ConfigError>> {
     let mut config = match &args.config {
@@ -423,6 +457,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
     };
     init_logging(&config);
+    warn_unknown_environment();
 
     // Signaling hands every peer a REST credential, so there is always a secret to mint with.
     let generated_secret = config.auth.secrets.is_empty();
@@ -733,6 +768,24 @@ mod tests {
             panic!("not serve")
         };
         *args
+    }
+
+    #[test]
+    fn unknown_variables_are_named_with_the_option_they_probably_meant() {
+        let warnings = unknown_environment(
+            [
+                "TRAVERSE_MAX_CONNECTIONS",
+                "TRAVERSE_LIMITS_MAX_CONNECTIONS",
+                "TRAVERSE_UDP",
+                "TRAVERSE_CONFIG",
+                "TRAVERSE_NONSENSE",
+                "HOME",
+            ]
+            .into_iter(),
+        );
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(warnings[0].contains("did you mean TRAVERSE_LIMITS_MAX_CONNECTIONS"));
+        assert!(warnings[1].starts_with("TRAVERSE_NONSENSE is not an option"));
     }
 
     #[test]
