@@ -112,8 +112,11 @@ ss -lnt | grep -q "$HOST_IP:$HTTP_PORT" || { echo "server did not start:"; cat "
 sleep 2   # let the server settle before the first sample
 
 echo "== $(date -u '+%F %T') UTC; machine: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
-rev=$(git rev-parse --short HEAD 2>/dev/null || echo "(not a git tree)")
-git diff --quiet HEAD -- crates 2>/dev/null || rev="$rev+changes"
+if rev=$(git rev-parse --short HEAD 2>/dev/null); then
+  git diff --quiet HEAD -- crates || rev="$rev+changes"
+else
+  rev="(not a git tree)"
+fi
 echo "== traverse $rev, pid $SERVER_PID;" \
   "DURATION=$DURATION WARMUP=$WARMUP AFTER=$AFTER ALLOCATIONS=$ALLOCATIONS SOCKETS=$SOCKETS" \
   "CHURN_ALLOCATIONS=$CHURN_ALLOCATIONS/s CHURN_SOCKETS=$CHURN_SOCKETS/s CHURN_HOLD=$CHURN_HOLD" \
