@@ -99,21 +99,31 @@ impl ReflectionGuard {
     }
 
     /// `source` answered our nonce: it receives what it is sent.
-    pub fn prove(&self, source: Source, now: Instant) {
+    /// `source` answered our nonce: it receives what it is sent. A newly proven source starts with the proven burst
+    /// (`rate` is the configured plain rate), so the NAT whose first client just authenticated can set up the
+    /// others at once.
+    pub fn prove(&self, source: Source, rate: u32, now: Instant) {
         let Some(mut shard) = self.shard(&source) else {
             return;
         };
         let until = now + PROVEN_FOR;
+        let burst = 2.0 * f64::from(rate) * PROVEN_FACTOR;
         let full = shard.len() >= TRACKED / SHARDS;
         match shard.get_mut(&source) {
             // Extend only when a good part has elapsed: an authenticated client sends many requests.
             Some(b) if b.proven_until.is_some_and(|t| t > now + PROVEN_FOR / 2) => {}
-            Some(b) => b.proven_until = Some(until),
+            Some(b) => {
+                if b.proven_until.is_none_or(|t| t <= now) {
+                    b.left = burst;
+                    b.at = now;
+                }
+                b.proven_until = Some(until);
+            }
             None if !full => {
                 shard.insert(
                     source,
                     Budget {
-                        left: 0.0,
+                        left: burst,
                         at: now,
                         proven_until: Some(until),
                     },
@@ -136,9 +146,15 @@ mod tests {
         let other = Source::of("192.0.2.2".parse().unwrap());
         assert!(guard.allow(nat, 2000, 1000, now));
         assert!(!guard.allow(nat, 100, 1000, now), "burst of 2000 spent");
-        guard.prove(nat, now);
+        guard.prove(nat, 1000, now);
+        // Newly proven: the proven burst at once (2 × 64 000 bytes)…
+        let mut n = 0;
+        while guard.allow(nat, 100, 1000, now) {
+            n += 1;
+        }
+        assert_eq!(n, 1280);
+        // …then one second of the proven rate: 64 000 bytes.
         let later = now + Duration::from_secs(1);
-        // One second of the proven rate: 64 000 bytes.
         let mut n = 0;
         while guard.allow(nat, 100, 1000, later) {
             n += 1;

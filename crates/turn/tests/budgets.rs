@@ -207,3 +207,27 @@ fn own_addresses_pass_only_as_live_relays_and_are_tracked_live() {
         403,
     );
 }
+
+/// After a load ends its tables give memory back, and an id from before can never name an allocation after.
+#[test]
+fn tables_shrink_after_a_load_and_old_ids_stay_dead() {
+    let mut h = Harness::with(Config::default(), Quotas::new(10_000, 0));
+    let mut ids = Vec::new();
+    for port in 0..2000u16 {
+        let mut c = Client::new(&format!("203.0.113.50:{}", 10_000 + port), "alice", "wonderland");
+        ids.push((c.allocate(&mut h, secs(0)), c));
+    }
+    for (_, c) in ids.iter_mut() {
+        assert_eq!(parse(&c.refresh(&mut h, secs(1), Some(0))).class(), Class::Success);
+    }
+    h.server.handle_timeout(h.at(2));
+    let mut fresh = Client::new("203.0.113.51:10000", "bob", "builder");
+    let new_id = fresh.allocate(&mut h, secs(3));
+    // Every old id is dead: data from a peer for it goes nowhere, while the new allocation is served.
+    let mut buf = vec![0u8; turn::PEER_HEADROOM + 8 + turn::PEER_TAILROOM];
+    for (old, _) in &ids {
+        assert_ne!(*old, new_id);
+        assert!(h.server.handle_peer(h.at(3), *old, addr(PEER), &mut buf, 4).is_none());
+    }
+    assert_eq!(h.server.stats().allocations, 1);
+}

@@ -207,6 +207,10 @@ async fn run(mut hub: impl SignalHub, mut rx: mpsc::Receiver<Command>) {
             _ = sleep_until(deadline) => {
                 hub.handle_timeout(now());
                 route(&mut hub, &mut sockets);
+                // A map never shrinks by itself: after a load, give back what the sockets that left held.
+                if sockets.capacity() > 4 * sockets.len() + 64 {
+                    sockets.shrink_to(2 * sockets.len());
+                }
                 continue;
             }
         };

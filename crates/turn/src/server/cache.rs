@@ -44,6 +44,13 @@ impl ResponseCache {
         }
     }
 
+    pub(super) fn shrink(&mut self) {
+        shrink(&mut self.entries);
+        if self.order.capacity() > 4 * self.order.len() + 64 {
+            self.order.shrink_to(2 * self.order.len());
+        }
+    }
+
     pub(super) fn expire(&mut self, now: Instant) {
         while let Some(&(at, ft, tid)) = self.order.front() {
             if now.saturating_duration_since(at) < RETRANSMISSION_WINDOW {

@@ -118,7 +118,7 @@ impl<R: RngCore> Server<R> {
         }
         let source = Source::of(five_tuple.client.ip());
         if authenticated == Authenticated::Yes {
-            self.reflection.prove(source, now);
+            self.reflection.prove(source, rate, now);
             return action;
         }
         let len = match &action {
