@@ -8,52 +8,13 @@
 //! (`MemoryHub::deliver_with`). Room is never made by dropping another session's frames.
 
 use std::collections::HashMap;
-use std::fmt;
-use std::net::IpAddr;
 
 /// Bookkeeping cost of a kept frame beyond its text (its `Buffered` entry and the `Bytes` header), so that a flood
 /// of tiny frames is charged too.
 pub(crate) const FRAME_OVERHEAD: usize = 64;
 
-/// Where a session's bytes are charged: an IPv4 address, or the /64 prefix of an IPv6 address (one subscriber's
-/// network: a host picks any address in its /64 at will).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Source {
-    V4([u8; 4]),
-    /// The first 64 bits of the address.
-    V6Prefix([u8; 8]),
-}
-
-impl From<IpAddr> for Source {
-    fn from(ip: IpAddr) -> Self {
-        match ip {
-            IpAddr::V4(v4) => Source::V4(v4.octets()),
-            // An IPv4-mapped address is an IPv4 client on a dual-stack socket.
-            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(v4) => Source::V4(v4.octets()),
-                None => {
-                    let o = v6.octets();
-                    Source::V6Prefix([o[0], o[1], o[2], o[3], o[4], o[5], o[6], o[7]])
-                }
-            },
-        }
-    }
-}
-
-impl fmt::Display for Source {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Source::V4(o) => write!(f, "{}", std::net::Ipv4Addr::from(*o)),
-            Source::V6Prefix(p) => {
-                let mut o = [0u8; 16];
-                for (dst, src) in o.iter_mut().zip(p) {
-                    *dst = *src;
-                }
-                write!(f, "{}/64", std::net::Ipv6Addr::from(o))
-            }
-        }
-    }
-}
+/// Where a session's bytes are charged: the crate `source`'s unit, shared with the TURN quotas.
+pub use source::Source;
 
 /// Which budget a frame would exceed. Each is told to the sender as the `reason` of `undeliverable`
 /// ([`crate::UndeliverableReason`]).
@@ -142,7 +103,7 @@ impl Budget {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::{Ipv4Addr, Ipv6Addr};
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
     #[test]
     fn an_ipv6_source_is_its_64_and_a_mapped_address_is_ipv4() {
@@ -169,8 +130,8 @@ mod tests {
             source: 150,
             total: 200,
         });
-        let s1 = Source::V4([192, 0, 2, 1]);
-        let s2 = Source::V4([192, 0, 2, 2]);
+        let s1 = Source::of(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)));
+        let s2 = Source::of(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 2)));
         assert_eq!(b.check(s1, 60, 41), Err(Over::Session));
         b.charge(s1, 100);
         assert_eq!(b.check(s1, 0, 51), Err(Over::Source));

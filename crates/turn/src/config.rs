@@ -5,7 +5,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::policy::PeerPolicy;
-use crate::source::Source;
+use source::Source;
 
 /// Protocol settings of the TURN state machine. Transport and I/O settings live in the server crate.
 #[derive(Debug, Clone)]

@@ -65,7 +65,6 @@ mod own;
 pub mod policy;
 mod reflection;
 mod server;
-mod source;
 
 pub use auth::{rest_password, Authenticator, Expiry, Secret};
 pub use config::{Config, NatDiscovery, QuotaExceeded, Quotas};

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use foldhash::fast::RandomState;
 
-use crate::source::Source;
+use source::Source;
 
 type FastMap<K, V> = std::collections::HashMap<K, V, RandomState>;
 

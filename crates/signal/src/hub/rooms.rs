@@ -122,7 +122,10 @@ impl<R: RngCore + Send> MemoryHub<R> {
             })
             .collect();
         let ice_servers = (self.ice_servers)(&peer, now.unix);
-        let source = self.conns.get(&conn).map_or(Source::V4([0; 4]), |c| c.source);
+        let source = self
+            .conns
+            .get(&conn)
+            .map_or(Source::of(std::net::Ipv4Addr::UNSPECIFIED.into()), |c| c.source);
         self.sessions.insert(
             peer.clone(),
             Session::new(secret.clone(), room.clone(), source, meta.clone(), conn),

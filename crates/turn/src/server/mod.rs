@@ -31,7 +31,7 @@ use crate::auth::{Authenticator, CredentialError, Expiry, NonceState, PASSWORD_A
 use crate::config::{Config, NatDiscovery, QuotaExceeded, Quotas};
 use crate::own::OwnAddresses;
 use crate::reflection::ReflectionGuard;
-use crate::source::Source;
+use source::Source;
 
 mod allocate;
 mod binding;

@@ -1,3 +1,4 @@
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing))]
 //! Who a budget is charged to: the client's address, with IPv6 grouped by /64.
 //!
 //! One IPv4 address is one household, office or carrier NAT; one IPv6 host holds a whole /64 (SLAAC and privacy
@@ -24,6 +25,12 @@ impl Source {
     /// The address (IPv4) or the network address of the /64 (IPv6).
     pub fn ip(&self) -> IpAddr {
         self.0
+    }
+}
+
+impl From<IpAddr> for Source {
+    fn from(ip: IpAddr) -> Self {
+        Self::of(ip)
     }
 }
 
