@@ -26,6 +26,8 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   fi
   python3 -c 'import aioice' 2>/dev/null || python3 -m pip install -q aioice
+  # The metrics test parses /metrics with Prometheus' own Python text parser.
+  python3 -c 'import prometheus_client' 2>/dev/null || python3 -m pip install -q prometheus_client
   # The tests must not silently skip what CI can install.
   export TRAVERSE_REQUIRE_PEERS="${TRAVERSE_REQUIRE_PEERS:-1}"
 fi
