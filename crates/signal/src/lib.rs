@@ -19,22 +19,23 @@
 //! ```no_run
 //! use std::time::{Instant, SystemTime, UNIX_EPOCH};
 //! use rand::SeedableRng;
-//! use signal::{Limits, MemoryHub, Now, Output, SignalHub};
+//! use signal::{ConnId, Limits, MemoryHub, Now, Output, SignalHub};
 //!
 //! fn now() -> Now {
 //!     let unix = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
 //!     Now { instant: Instant::now(), unix }
 //! }
-//! # fn send(_conn: u64, _text: &[u8]) {}
-//! # fn close(_conn: u64, _code: u16, _reason: &str) {}
+//! # fn send(_conn: ConnId, _text: &[u8]) {}
+//! # fn close(_conn: ConnId, _code: u16, _reason: &str) {}
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let ice: signal::IceServerSource = Box::new(|_peer, _unix| serde_json::value::to_raw_value(&[0u8; 0]).unwrap());
 //! let rng = rand::rngs::StdRng::from_entropy();
 //! let mut hub = MemoryHub::new(Limits::default(), None, ice, rng, Instant::now());
 //!
 //! // An event in, with the time it happened: a socket (numbered by the I/O layer), then its frames.
-//! hub.handle_connect(1, "192.0.2.7".parse()?, now())?;
-//! hub.handle_text(1, r#"{"type":"join","room":"lobby"}"#, now());
+//! let conn = ConnId::new(1);
+//! hub.handle_connect(conn, "192.0.2.7".parse()?, now())?;
+//! hub.handle_text(conn, r#"{"type":"join","room":"lobby"}"#, now());
 //! // After every event (or batch of events), drain what the hub wants done.
 //! while let Some(output) = hub.poll_output() {
 //!     match output {

@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::Instant;
 
 use rand::SeedableRng;
-use signal::{Limits, MemoryHub, Now, Output, SignalHub};
+use signal::{ConnId, Limits, MemoryHub, Now, Output, SignalHub};
 
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
@@ -45,8 +45,8 @@ fn a_relayed_message_is_written_once_per_recipient() {
     let mut frames = Vec::with_capacity(4096);
     let mut ids = Vec::new();
     for conn in 1..=3 {
-        hub.handle_connect(conn, ip, now).unwrap();
-        hub.handle_text(conn, r#"{"type":"join","room":"r"}"#, now);
+        hub.handle_connect(ConnId::new(conn), ip, now).unwrap();
+        hub.handle_text(ConnId::new(conn), r#"{"type":"join","room":"r"}"#, now);
         drain(&mut hub, &mut frames);
         let joined = frames.iter().rev().find(|f| f.starts_with(b"{\"seq\":1,")).unwrap();
         let joined: serde_json::Value = serde_json::from_slice(joined).unwrap();
@@ -57,18 +57,18 @@ fn a_relayed_message_is_written_once_per_recipient() {
     let broadcast = format!(r#"{{"type":"broadcast","data":{{"chat":"{payload}"}}}}"#);
     // Warm the maps and queues up, so their growth is not counted.
     for _ in 0..64 {
-        hub.handle_text(1, &signal, now);
-        hub.handle_text(1, &broadcast, now);
+        hub.handle_text(ConnId::new(1), &signal, now);
+        hub.handle_text(ConnId::new(1), &broadcast, now);
         drain(&mut hub, &mut frames);
     }
     frames.clear();
 
     let signal_bytes = allocated_by(|| {
-        hub.handle_text(1, &signal, now);
+        hub.handle_text(ConnId::new(1), &signal, now);
         drain(&mut hub, &mut frames);
     });
     let broadcast_bytes = allocated_by(|| {
-        hub.handle_text(1, &broadcast, now);
+        hub.handle_text(ConnId::new(1), &broadcast, now);
         drain(&mut hub, &mut frames);
     });
     assert_eq!(frames.len(), 3, "one signal and two broadcast frames delivered");

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use rand::SeedableRng;
 use serde_json::json;
-use signal::{mint_token, Claims, Limits, MemoryHub, Now, Output, SignalHub};
+use signal::{mint_token, Claims, ConnId, Limits, MemoryHub, Now, Output, SignalHub};
 
 const UNIX: u64 = 1_800_000_000;
 
@@ -45,7 +45,7 @@ impl Script {
         let now = self.now();
         let r = self
             .hub
-            .handle_connect(conn, IpAddr::V4(Ipv4Addr::new(192, 0, 2, last)), now);
+            .handle_connect(ConnId::new(conn), IpAddr::V4(Ipv4Addr::new(192, 0, 2, last)), now);
         writeln!(self.log, "{conn} connect {r:?}").unwrap();
     }
 
@@ -53,21 +53,21 @@ impl Script {
         let shown: String = text.chars().take(300).collect();
         writeln!(self.log, "{conn} > {shown}").unwrap();
         let now = self.now();
-        self.hub.handle_text(conn, text, now);
+        self.hub.handle_text(ConnId::new(conn), text, now);
         self.drain();
     }
 
     fn binary(&mut self, conn: u64) {
         writeln!(self.log, "{conn} > (binary)").unwrap();
         let now = self.now();
-        self.hub.handle_binary(conn, now);
+        self.hub.handle_binary(ConnId::new(conn), now);
         self.drain();
     }
 
     fn closed(&mut self, conn: u64) {
         writeln!(self.log, "{conn} closed").unwrap();
         let now = self.now();
-        self.hub.handle_closed(conn, now);
+        self.hub.handle_closed(ConnId::new(conn), now);
         self.drain();
     }
 
@@ -77,7 +77,7 @@ impl Script {
             self.at = (self.at + Duration::from_millis(250)).min(end);
             let now = self.now();
             for conn in live {
-                self.hub.handle_activity(*conn, now);
+                self.hub.handle_activity(ConnId::new(*conn), now);
             }
             self.hub.handle_timeout(now);
             self.drain();

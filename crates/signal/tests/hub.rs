@@ -13,10 +13,10 @@ struct Lab {
     hub: MemoryHub<rand::rngs::StdRng>,
     start: Instant,
     at: Duration,
-    inbox: HashMap<ConnId, Vec<Value>>,
-    closed: HashMap<ConnId, (u16, String)>,
+    inbox: HashMap<u64, Vec<Value>>,
+    closed: HashMap<u64, (u16, String)>,
     /// Sockets whose client keeps its heartbeat going while time advances.
-    live: std::collections::BTreeSet<ConnId>,
+    live: std::collections::BTreeSet<u64>,
 }
 
 const IP: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7));
@@ -59,7 +59,7 @@ impl Lab {
             self.at = (self.at + Duration::from_millis(250)).min(end);
             let now = self.now();
             for conn in &self.live {
-                self.hub.handle_activity(*conn, now);
+                self.hub.handle_activity(ConnId::new(*conn), now);
             }
             self.hub.handle_timeout(now);
             self.drain();
@@ -70,11 +70,13 @@ impl Lab {
         while let Some(out) = self.hub.poll_output() {
             match out {
                 Output::Send { conn, text } => {
+                    let conn = conn.get();
                     let v: Value = serde_json::from_slice(&text).expect("server frames are JSON");
                     assert!(v["seq"].is_u64(), "every frame carries seq: {v}");
                     self.inbox.entry(conn).or_default().push(v);
                 }
                 Output::Close { conn, code, reason } => {
+                    let conn = conn.get();
                     self.live.remove(&conn);
                     self.closed.insert(conn, (code.0, reason));
                 }
@@ -82,46 +84,46 @@ impl Lab {
         }
     }
 
-    fn connect(&mut self, conn: ConnId) {
+    fn connect(&mut self, conn: u64) {
         self.connect_from(conn, IP);
     }
 
-    fn connect_from(&mut self, conn: ConnId, ip: IpAddr) {
+    fn connect_from(&mut self, conn: u64, ip: IpAddr) {
         let now = self.now();
-        self.hub.handle_connect(conn, ip, now).unwrap();
+        self.hub.handle_connect(ConnId::new(conn), ip, now).unwrap();
         self.live.insert(conn);
     }
 
-    fn send(&mut self, conn: ConnId, v: Value) {
+    fn send(&mut self, conn: u64, v: Value) {
         let now = self.now();
-        self.hub.handle_text(conn, &v.to_string(), now);
+        self.hub.handle_text(ConnId::new(conn), &v.to_string(), now);
         self.drain();
     }
 
-    fn send_raw(&mut self, conn: ConnId, text: &str) {
+    fn send_raw(&mut self, conn: u64, text: &str) {
         let now = self.now();
-        self.hub.handle_text(conn, text, now);
+        self.hub.handle_text(ConnId::new(conn), text, now);
         self.drain();
     }
 
-    fn drop_socket(&mut self, conn: ConnId) {
+    fn drop_socket(&mut self, conn: u64) {
         let now = self.now();
         self.live.remove(&conn);
-        self.hub.handle_closed(conn, now);
+        self.hub.handle_closed(ConnId::new(conn), now);
         self.drain();
     }
 
-    fn take(&mut self, conn: ConnId) -> Vec<Value> {
+    fn take(&mut self, conn: u64) -> Vec<Value> {
         self.inbox.remove(&conn).unwrap_or_default()
     }
 
     /// Connects and joins; returns (peer id, session secret).
-    fn join(&mut self, conn: ConnId, room: &str) -> (String, String) {
+    fn join(&mut self, conn: u64, room: &str) -> (String, String) {
         self.join_from(conn, room, IP)
     }
 
     /// Connects from `ip` and joins; returns (peer id, session secret).
-    fn join_from(&mut self, conn: ConnId, room: &str, ip: IpAddr) -> (String, String) {
+    fn join_from(&mut self, conn: u64, room: &str, ip: IpAddr) -> (String, String) {
         self.connect_from(conn, ip);
         self.send(
             conn,
@@ -399,7 +401,7 @@ fn room_and_connection_limits() {
         lab.connect(c);
     }
     let now = lab.now();
-    let refused = lab.hub.handle_connect(99, IP, now).unwrap_err();
+    let refused = lab.hub.handle_connect(ConnId::new(99), IP, now).unwrap_err();
     assert_eq!(refused.code.as_str(), "too-many-connections");
     assert_eq!(refused.code.http_status(), 429);
     lab.drop_socket(6);
@@ -519,7 +521,7 @@ fn binary_frames_get_a_bad_message_error_that_says_why() {
     let mut lab = Lab::new(Limits::default(), None);
     lab.join(1, "r");
     let now = lab.now();
-    lab.hub.handle_binary(1, now);
+    lab.hub.handle_binary(ConnId::new(1), now);
     lab.drain();
     let err = lab.take(1).remove(0);
     assert_eq!(err["code"], "bad-message");
@@ -753,7 +755,9 @@ fn an_ipv6_64_is_one_source_for_sockets() {
     lab.connect_from(1, "2001:db8:7:7::1".parse().unwrap());
     lab.connect_from(2, "2001:db8:7:7::2".parse().unwrap());
     let now = lab.now();
-    let refused = lab.hub.handle_connect(3, "2001:db8:7:7:1:2:3:4".parse().unwrap(), now);
+    let refused = lab
+        .hub
+        .handle_connect(ConnId::new(3), "2001:db8:7:7:1:2:3:4".parse().unwrap(), now);
     assert_eq!(refused.unwrap_err().code.as_str(), "too-many-connections");
     lab.connect_from(4, "2001:db8:7:8::1".parse().unwrap());
 }

@@ -37,7 +37,7 @@ pub(crate) async fn run(socket: WebSocket, hub: HubHandle, ip: IpAddr, ping_ever
                     if is_too_large(&e) {
                         closing = Some((CloseCode::TOO_LARGE, "too-large".into()));
                     }
-                    tracing::debug!(conn, error = %e, "signaling socket read failed");
+                    tracing::debug!(conn = conn.get(), error = %e, "signaling socket read failed");
                     break;
                 }
             },

@@ -26,8 +26,25 @@ use sockets::{Admission, Conn};
 use stream::Session;
 
 /// The I/O layer's id for one socket. The I/O layer numbers its sockets; the hub never makes one and never writes
-/// one into a frame. (A plain integer still: the simulated-time tests number their sockets with literals.)
-pub type ConnId = u64;
+/// one into a frame (it appears only in logs, as `conn=N`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId(u64);
+
+impl ConnId {
+    pub const fn new(n: u64) -> Self {
+        Self(n)
+    }
+
+    pub const fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl std::fmt::Display for ConnId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
 
 /// The clock, read once by the I/O layer per event: a monotonic instant for timers and Unix seconds for token
 /// expiry.
