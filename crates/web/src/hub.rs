@@ -68,7 +68,7 @@ pub struct HubHandle {
 
 impl HubHandle {
     pub(crate) fn next_conn(&self) -> ConnId {
-        self.next_conn.fetch_add(1, Ordering::Relaxed)
+        ConnId::new(self.next_conn.fetch_add(1, Ordering::Relaxed))
     }
 
     pub(crate) async fn send(&self, command: Command) {
@@ -313,7 +313,7 @@ fn route(hub: &mut impl SignalHub, sockets: &mut HashMap<ConnId, Arc<Outbox>>) {
                 if outbox.push(ToSocket::Text(text)).is_err() {
                     // Too slow to read its messages (or gone): drop the socket; its session waits for a resume.
                     tracing::debug!(
-                        conn,
+                        conn = conn.get(),
                         "signaling socket too slow (its queue is full); closing it with 4104"
                     );
                     if let Some(outbox) = sockets.remove(&conn) {
