@@ -71,7 +71,8 @@ pub use config::{Config, NatDiscovery, QuotaExceeded, Quotas};
 pub use own::OwnAddresses;
 pub use reflection::ReflectionGuard;
 pub use server::{
-    AllocationId, BindRequest, ClientAction, Event, Family, FiveTuple, PeerForward, RelayBinding, Reservations, Server,
-    Stats, Transport, MAX_PADDED_ANSWER, PEER_HEADROOM, PEER_TAILROOM,
+    AllocationId, AuthFailure, AuthFailures, BindRequest, ClientAction, ErrorResponses, Event, Family, FiveTuple,
+    PeerForward, PerTransport, QuotaRefusals, RelayBinding, Reservations, Server, Stats, Traffic, Transport,
+    ERROR_CODES, MAX_PADDED_ANSWER, PEER_HEADROOM, PEER_TAILROOM,
 };
 pub use source::Source;

@@ -48,7 +48,10 @@ fn first_request_gets_401_with_realm_nonce_and_algorithms_only() {
     };
     // RFC 8489 §9.2: the cookie and the "password algorithms" feature bit.
     assert!(nonce.starts_with("obMatJos2gAAA"), "{nonce}");
-    assert_eq!(h.server.stats().auth_failures, 1);
+    // A request without integrity is the first half of the 401 dance: challenged, not a failure.
+    assert_eq!(h.server.stats().challenges, 1);
+    assert_eq!(h.server.stats().auth_failures.total(), 0);
+    assert_eq!(h.server.stats().error_responses.get(Some(401)), 1);
     assert!(!h.server.has_allocation(&c.five_tuple));
     assert_eq!(h.quotas.total(), 0);
 }

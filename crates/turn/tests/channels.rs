@@ -173,8 +173,7 @@ fn channel_data_is_routed_with_the_exact_payload_range() {
         ClientAction::Drop
     );
     assert_eq!(h.server.stats().malformed_packets, before + 1);
-    assert_eq!(h.server.stats().relayed_to_peer_packets, 1);
-    assert_eq!(h.server.stats().relayed_to_peer_bytes, 5);
+    assert_eq!(h.server.stats().to_peer.udp, turn::Traffic { packets: 1, bytes: 5 });
 }
 
 #[test]

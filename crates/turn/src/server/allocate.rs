@@ -58,10 +58,12 @@ impl<R: RngCore> Server<R> {
             );
             token
         });
+        *self.stats.allocations_created.get_mut(five_tuple.transport) += 1;
+        let username = pending.username;
         let id = self.insert_allocation(Allocation {
             generation: 0,
             five_tuple,
-            username: pending.username,
+            username: username.clone(),
             expires: now + pending.lifetime,
             relays: binding.relays,
             permissions: FastMap::default(),
@@ -81,6 +83,17 @@ impl<R: RngCore> Server<R> {
             .map(|i| if i == 0 { Family::V4 } else { Family::V6 })
             .or(pending.refused_family);
         let lifetime = pending.lifetime.as_secs() as u32;
+        tracing::info!(
+            allocation = %id,
+            client = %five_tuple.client,
+            server = %five_tuple.server,
+            transport = %five_tuple.transport,
+            %username,
+            relay_v4 = ?Family::V4.pick(&binding.relays),
+            relay_v6 = ?Family::V6.pick(&binding.relays),
+            lifetime,
+            "allocation created"
+        );
         let len = self.write_success(out, Method::ALLOCATE, pending.tid, &pending.auth, |w| {
             for relay in binding.relays.iter().flatten() {
                 w.add(&Attribute::XorRelayedAddress(*relay))?;
@@ -175,10 +188,18 @@ impl<R: RngCore> Server<R> {
             Ok(()) => {}
             // RFC 8656 §18: 486 means "no more allocations using this username" (or from this source); a
             // server-wide limit is capacity.
-            Err(QuotaExceeded::User | QuotaExceeded::Source) => {
-                return Outcome::Err(reject(486, "Allocation Quota Reached"))
+            Err(QuotaExceeded::User) => {
+                self.stats.quota_refusals.user += 1;
+                return Outcome::Err(reject(486, "Allocation Quota Reached"));
             }
-            Err(QuotaExceeded::Total) => return Outcome::Err(reject(508, "Insufficient Capacity")),
+            Err(QuotaExceeded::Source) => {
+                self.stats.quota_refusals.source += 1;
+                return Outcome::Err(reject(486, "Allocation Quota Reached"));
+            }
+            Err(QuotaExceeded::Total) => {
+                self.stats.quota_refusals.total += 1;
+                return Outcome::Err(reject(508, "Insufficient Capacity"));
+            }
         }
         let lifetime = self.clamp_lifetime(req.lifetime);
         self.pending.insert(
@@ -234,7 +255,7 @@ impl<R: RngCore> Server<R> {
             return;
         };
         if self.allocation_mut(id).is_some_and(|a| a.expires <= now) {
-            self.remove_allocation(id);
+            self.remove_allocation(id, Ended::Expired);
         }
     }
 
@@ -253,10 +274,18 @@ impl<R: RngCore> Server<R> {
             }
         }
         if lifetime.is_zero() {
-            self.remove_allocation(id);
+            self.remove_allocation(id, Ended::Deleted);
             return Outcome::Ok(Some(0));
         }
         alloc.expires = now + lifetime;
+        tracing::info!(
+            allocation = %id,
+            client = %alloc.five_tuple.client,
+            transport = %alloc.five_tuple.transport,
+            username = %alloc.username,
+            lifetime = lifetime.as_secs(),
+            "allocation refreshed"
+        );
         Outcome::Ok(Some(lifetime.as_secs() as u32))
     }
 }

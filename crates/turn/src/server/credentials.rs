@@ -4,24 +4,28 @@ use super::*;
 
 impl<R: RngCore> Server<R> {
     /// RFC 8489 §9.2.4, in its order: integrity present, attributes present, algorithms not bid down, user known,
-    /// integrity correct, nonce fresh.
+    /// integrity correct, nonce fresh. `Err(None)`: no integrity at all, the expected first request of a client
+    /// (challenged with 401, not a failure); `Err(Some(reason))`: credentials refused.
     pub(super) fn authenticate(
         &self,
         now: Instant,
         five_tuple: FiveTuple,
         msg: &Message<'_>,
         req: &Request<'_>,
-    ) -> Result<(String, ResponseAuth), Challenge> {
+    ) -> Result<(String, ResponseAuth), Option<AuthFailure>> {
         if !msg.has_message_integrity() && !msg.has_message_integrity_sha256() {
-            return Err(Challenge::Unauthorized);
+            return Err(None);
         }
         let (Some(realm), Some(nonce)) = (req.realm, req.nonce) else {
-            return Err(Challenge::BadRequest);
+            return Err(Some(AuthFailure::BadRequest));
         };
         let username = match (req.username, req.userhash) {
             (Some(name), _) => name,
-            (None, Some(hash)) => self.auth.username_for_hash(hash).ok_or(Challenge::Unauthorized)?,
-            (None, None) => return Err(Challenge::BadRequest),
+            (None, Some(hash)) => self
+                .auth
+                .username_for_hash(hash)
+                .ok_or(Some(AuthFailure::UnknownUser))?,
+            (None, None) => return Err(Some(AuthFailure::BadRequest)),
         };
         let algorithm = match (req.password_algorithm, req.password_algorithms) {
             (None, None) => {
@@ -35,14 +39,14 @@ impl<R: RngCore> Server<R> {
                 // Bid-down protection: the list must be the one we sent.
                 let known = alg == PASSWORD_ALGORITHM_MD5 || alg == PASSWORD_ALGORITHM_SHA256;
                 if list != PASSWORD_ALGORITHMS_VALUE || !known {
-                    return Err(Challenge::BadRequest);
+                    return Err(Some(AuthFailure::BadRequest));
                 }
                 alg
             }
-            _ => return Err(Challenge::BadRequest),
+            _ => return Err(Some(AuthFailure::BadRequest)),
         };
         if realm != self.auth.realm() {
-            return Err(Challenge::Unauthorized);
+            return Err(Some(AuthFailure::WrongRealm));
         }
         // RFC 8656 leaves credential expiry to the server: an allocation outlives its credential (see `Expiry`).
         let held = msg.method() != Method::ALLOCATE
@@ -54,15 +58,14 @@ impl<R: RngCore> Server<R> {
         let expiry_rule = if held { Expiry::HeldAllocation } else { Expiry::Enforce };
         let keys = match self.auth.keys(username, algorithm, self.unix_now(now), expiry_rule) {
             Ok(keys) => keys,
-            Err(CredentialError::UnknownUser | CredentialError::Expired | CredentialError::TooLong) => {
-                return Err(Challenge::Unauthorized)
-            }
+            Err(CredentialError::UnknownUser) => return Err(Some(AuthFailure::UnknownUser)),
+            Err(CredentialError::Expired | CredentialError::TooLong) => return Err(Some(AuthFailure::Expired)),
         };
         let Some(key) = keys.into_iter().find(|k| msg.verify_integrity(k)) else {
-            return Err(Challenge::Unauthorized);
+            return Err(Some(AuthFailure::BadIntegrity));
         };
         if self.auth.check_nonce(nonce, self.unix_now(now), five_tuple.client.ip()) == NonceState::Stale {
-            return Err(Challenge::StaleNonce);
+            return Err(Some(AuthFailure::StaleNonce));
         }
         let sha256 = msg.has_message_integrity_sha256();
         Ok((username.to_owned(), ResponseAuth { key, sha256 }))
@@ -126,7 +129,7 @@ impl<R: RngCore> Server<R> {
     }
 
     pub(super) fn write_error(
-        &self,
+        &mut self,
         out: &mut [u8],
         method: Method,
         tid: TransactionId,
@@ -134,6 +137,7 @@ impl<R: RngCore> Server<R> {
         auth: Option<&ResponseAuth>,
         body: impl FnOnce(&mut MessageWriter<'_>) -> Result<(), stun::EncodeError>,
     ) -> Option<usize> {
+        self.stats.error_responses.add(r.code);
         let mut w = MessageWriter::new(out, method, Class::Error, tid).ok()?;
         w.error_code(r.code, r.reason).ok()?;
         body(&mut w).ok()?;

@@ -41,11 +41,14 @@ mod permissions;
 mod relay;
 mod request;
 mod reservations;
+mod stats;
 
 use cache::ResponseCache;
 use request::Request;
 use reservations::Reservation;
 pub use reservations::Reservations;
+use stats::Ended;
+pub use stats::{AuthFailure, AuthFailures, ErrorResponses, PerTransport, QuotaRefusals, Stats, Traffic, ERROR_CODES};
 
 type FastMap<K, V> = HashMap<K, V, RandomState>;
 
@@ -93,6 +96,13 @@ pub struct FiveTuple {
 pub struct AllocationId {
     index: u32,
     generation: u32,
+}
+
+/// `slot.generation`: unique within a worker while the allocation lives (logs add the worker).
+impl std::fmt::Display for AllocationId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.index, self.generation)
+    }
 }
 
 impl AllocationId {
@@ -217,19 +227,6 @@ pub enum Event {
     /// Close the socket held for this reserved relay address (its token expired, or was redeemed by an Allocate
     /// that was then refused). The caller holds the socket; this core holds the token and its expiry.
     ReservationReleased(SocketAddr),
-}
-
-/// Counters for metrics; plain integers because each worker owns its server.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Stats {
-    pub allocations: usize,
-    pub relayed_to_peer_packets: u64,
-    pub relayed_to_peer_bytes: u64,
-    pub relayed_to_client_packets: u64,
-    pub relayed_to_client_bytes: u64,
-    pub dropped_packets: u64,
-    pub malformed_packets: u64,
-    pub auth_failures: u64,
 }
 
 struct Allocation {
@@ -393,11 +390,22 @@ impl<R: RngCore> Server<R> {
         self
     }
 
+    /// The counters, with the gauges (allocations, permissions, channels) counted now: one pass over the
+    /// allocations, for a once-a-second copy, never per packet.
     pub fn stats(&self) -> Stats {
-        Stats {
+        let mut stats = Stats {
             allocations: self.by_five_tuple.len(),
+            allocations_by_transport: PerTransport::default(),
+            permissions: 0,
+            channels: 0,
             ..self.stats
+        };
+        for alloc in self.slots.iter().flatten() {
+            *stats.allocations_by_transport.get_mut(alloc.five_tuple.transport) += 1;
+            stats.permissions += alloc.permissions.len() as u64;
+            stats.channels += alloc.channel_by_peer.len() as u64;
         }
+        stats
     }
 
     /// Whether this 5-tuple holds an allocation (a stream connection with one is not idle).
@@ -453,7 +461,7 @@ impl<R: RngCore> Server<R> {
                 .release(&pending.username, Source::of(five_tuple.client.ip()));
         }
         if let Some(id) = self.by_five_tuple.get(&five_tuple).copied() {
-            self.remove_allocation(id);
+            self.remove_allocation(id, Ended::ConnectionClosed);
         }
     }
 
@@ -473,7 +481,7 @@ impl<R: RngCore> Server<R> {
             })
             .collect();
         for id in expired {
-            self.remove_allocation(id);
+            self.remove_allocation(id, Ended::Expired);
         }
         for alloc in self.slots.iter_mut().flatten() {
             alloc.permissions.retain(|_, exp| *exp > now);
@@ -559,7 +567,7 @@ impl<R: RngCore> Server<R> {
         id
     }
 
-    fn remove_allocation(&mut self, id: AllocationId) {
+    fn remove_allocation(&mut self, id: AllocationId, why: Ended) {
         let Some(slot) = self.slots.get_mut(id.index as usize) else {
             return;
         };
@@ -577,6 +585,15 @@ impl<R: RngCore> Server<R> {
         }
         self.quotas
             .release(&alloc.username, Source::of(alloc.five_tuple.client.ip()));
+        tracing::info!(
+            allocation = %id,
+            client = %alloc.five_tuple.client,
+            server = %alloc.five_tuple.server,
+            transport = %alloc.five_tuple.transport,
+            username = %alloc.username,
+            reason = why.as_str(),
+            "allocation ended"
+        );
         self.events.push_back(Event::AllocationClosed(id));
     }
 
@@ -640,8 +657,17 @@ impl<R: RngCore> Server<R> {
         }
         let (username, auth) = match self.authenticate(now, five_tuple, msg, &req) {
             Ok(ok) => ok,
-            Err(challenge) => {
-                self.stats.auth_failures += 1;
+            Err(refused) => {
+                let challenge = match refused {
+                    None => {
+                        self.stats.challenges += 1;
+                        Challenge::Unauthorized
+                    }
+                    Some(reason) => {
+                        self.stats.auth_failures.add(reason);
+                        Challenge::of(reason)
+                    }
+                };
                 let reply = self.write_challenge(out, method, tid, five_tuple, now, challenge);
                 return (reply.map_or(ClientAction::Drop, ClientAction::Reply), Authenticated::No);
             }
@@ -692,6 +718,19 @@ enum Challenge {
     BadRequest,
     Unauthorized,
     StaleNonce,
+}
+
+impl Challenge {
+    /// The answer each refusal gets (RFC 8489 §9.2.4).
+    fn of(reason: AuthFailure) -> Self {
+        match reason {
+            AuthFailure::BadRequest => Challenge::BadRequest,
+            AuthFailure::WrongRealm | AuthFailure::UnknownUser | AuthFailure::Expired | AuthFailure::BadIntegrity => {
+                Challenge::Unauthorized
+            }
+            AuthFailure::StaleNonce => Challenge::StaleNonce,
+        }
+    }
 }
 
 impl Allocation {

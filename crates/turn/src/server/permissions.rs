@@ -102,9 +102,13 @@ impl<R: RngCore> Server<R> {
         if Family::of(&peer).pick(&alloc.relays).is_none() {
             return Err(PEER_FAMILY_MISMATCH);
         }
-        self.config.policy.check(peer.ip()).map_err(|_| FORBIDDEN)?;
+        if self.config.policy.check(peer.ip()).is_err() {
+            self.stats.peer_refusals += 1;
+            return Err(FORBIDDEN);
+        }
         self.refresh_own_addresses();
         if self.is_own_peer_refused(peer) {
+            self.stats.peer_refusals += 1;
             return Err(FORBIDDEN);
         }
         Ok(())

@@ -40,8 +40,7 @@ impl<R: RngCore> Server<R> {
                 stop = end.next_multiple_of(4);
                 buf.get_mut(end..stop)?.fill(0);
             }
-            self.stats.relayed_to_client_packets += 1;
-            self.stats.relayed_to_client_bytes += payload_len as u64;
+            self.stats.to_client.get_mut(five_tuple.transport).add(payload_len);
             return Some(PeerForward {
                 five_tuple,
                 range: start..stop,
@@ -62,8 +61,7 @@ impl<R: RngCore> Server<R> {
         // The payload is already in place after the DATA header: write only type, length and padding.
         w.with_value(attr::DATA, payload_len, |_| {}).ok()?;
         let len = w.finish();
-        self.stats.relayed_to_client_packets += 1;
-        self.stats.relayed_to_client_bytes += payload_len as u64;
+        self.stats.to_client.get_mut(five_tuple.transport).add(payload_len);
         Some(PeerForward {
             five_tuple,
             range: start..start + len,
@@ -92,8 +90,7 @@ impl<R: RngCore> Server<R> {
             self.stats.dropped_packets += 1;
             return ClientAction::Drop;
         }
-        self.stats.relayed_to_peer_packets += 1;
-        self.stats.relayed_to_peer_bytes += data.payload.len() as u64;
+        self.stats.to_peer.get_mut(five_tuple.transport).add(data.payload.len());
         ClientAction::Relay {
             allocation: route.allocation,
             peer: route.peer,
@@ -130,6 +127,7 @@ impl<R: RngCore> Server<R> {
             action
         } else {
             self.stats.dropped_packets += 1;
+            self.stats.reflection_drops += 1;
             ClientAction::Drop
         }
     }
@@ -157,10 +155,10 @@ impl<R: RngCore> Server<R> {
         // A permission to the server's own address covers only live relays (relay-to-relay), port by port.
         if self.is_own_peer_refused(peer) {
             self.stats.dropped_packets += 1;
+            self.stats.peer_refusals += 1;
             return ClientAction::Drop;
         }
-        self.stats.relayed_to_peer_packets += 1;
-        self.stats.relayed_to_peer_bytes += (end - start) as u64;
+        self.stats.to_peer.get_mut(five_tuple.transport).add(end - start);
         ClientAction::Relay {
             allocation: id,
             peer,
