@@ -8,6 +8,7 @@
 
 mod budget;
 mod mux;
+mod stats;
 mod stream;
 pub mod tls;
 mod udp;
@@ -24,7 +25,8 @@ use turn::{Authenticator, Quotas};
 
 pub use budget::{plan_fds, FdPlan};
 pub use mux::{HttpHandler, HttpScheme, Io, ALPN_STUN_TURN};
-pub use tls::{CertStore, TlsIdentity};
+pub use stats::WorkerStats;
+pub use tls::{CertStatus, CertStore, TlsIdentity};
 
 /// Everything the I/O layer needs.
 #[derive(Debug, Clone)]
@@ -108,6 +110,8 @@ pub struct Running {
     /// RFC 5780: the extra UDP addresses bound for NAT behaviour discovery (the primary is in `udp`).
     pub nat_discovery: Vec<SocketAddr>,
     pub certs: Arc<CertStore>,
+    /// The workers' TURN counters, each copied once a second (see [`WorkerStats`]).
+    pub stats: Arc<WorkerStats>,
     shutdown: watch::Sender<bool>,
     threads: Vec<JoinHandle<()>>,
 }
@@ -197,7 +201,9 @@ pub fn start(config: ServerConfig, http: Option<Arc<dyn HttpHandler>>) -> Result
         reflection: Arc::new(turn::ReflectionGuard::default()),
         reservations: Arc::new(turn::Reservations::default()),
         reserved_sockets: std::sync::Mutex::new(std::collections::HashMap::new()),
+        stats: Arc::new(WorkerStats::new(workers)),
     });
+    let stats = shared.stats.clone();
     let mut threads = Vec::new();
     for (index, sockets) in per_worker.into_iter().enumerate() {
         let shared = shared.clone();
@@ -217,6 +223,7 @@ pub fn start(config: ServerConfig, http: Option<Arc<dyn HttpHandler>>) -> Result
         single: bound.4,
         nat_discovery,
         certs,
+        stats,
         shutdown,
         threads,
     })

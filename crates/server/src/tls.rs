@@ -29,6 +29,15 @@ pub struct CertStore {
     loaded_mtime: RwLock<Option<SystemTime>>,
 }
 
+/// What readiness and metrics need to know of the certificate in use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CertStatus {
+    /// The leaf certificate's notAfter, in Unix seconds; `None` if it could not be read.
+    pub not_after: Option<u64>,
+    /// Generated at start (no files configured): valid, but no browser trusts it.
+    pub self_signed: bool,
+}
+
 impl CertStore {
     pub fn new(identity: TlsIdentity) -> Result<Arc<Self>, StartError> {
         let (key, mtime) = load(&identity)?;
@@ -59,6 +68,15 @@ impl CertStore {
 
     pub fn is_self_signed(&self) -> bool {
         matches!(self.identity, TlsIdentity::SelfSigned { .. })
+    }
+
+    /// The certificate in use now (after any reload): its expiry, and whether it is the generated one.
+    pub fn status(&self) -> CertStatus {
+        let current = self.current.read().unwrap_or_else(|e| e.into_inner()).clone();
+        CertStatus {
+            not_after: current.end_entity_cert().ok().and_then(|der| not_after(der)),
+            self_signed: self.is_self_signed(),
+        }
     }
 
     pub fn server_config(self: &Arc<Self>) -> Arc<rustls::ServerConfig> {
@@ -120,4 +138,120 @@ fn load(identity: &TlsIdentity) -> Result<(CertifiedKey, Option<SystemTime>), St
         ))
     })?;
     Ok((certified, mtime))
+}
+
+/// The leaf certificate's notAfter (RFC 5280 §4.1.2.5), in Unix seconds. Own code for one field: the DER walk to
+/// `tbsCertificate.validity` is a few lines, where an X.509 parser would bring a dozen crates.
+fn not_after(der: &[u8]) -> Option<u64> {
+    let (tag, certificate, _) = der_next(der)?;
+    if tag != 0x30 {
+        return None;
+    }
+    let (tag, tbs, _) = der_next(certificate)?;
+    if tag != 0x30 {
+        return None;
+    }
+    let mut rest = tbs;
+    let (tag, _, after) = der_next(rest)?;
+    if tag == 0xa0 {
+        rest = after; // [0] version
+    }
+    // serialNumber, signature, issuer; then validity.
+    for expected in [0x02, 0x30, 0x30] {
+        let (tag, _, after) = der_next(rest)?;
+        if tag != expected {
+            return None;
+        }
+        rest = after;
+    }
+    let (tag, validity, _) = der_next(rest)?;
+    if tag != 0x30 {
+        return None;
+    }
+    let (_, _, after_not_before) = der_next(validity)?;
+    let (tag, time, _) = der_next(after_not_before)?;
+    let text = std::str::from_utf8(time).ok()?;
+    // UTCTime YYMMDDHHMMSSZ (RFC 5280: YY ≥ 50 is 19YY), GeneralizedTime YYYYMMDDHHMMSSZ.
+    let (year, rest) = match tag {
+        0x17 => {
+            let yy: i64 = text.get(..2)?.parse().ok()?;
+            (if yy >= 50 { 1900 + yy } else { 2000 + yy }, text.get(2..)?)
+        }
+        0x18 => (text.get(..4)?.parse().ok()?, text.get(4..)?),
+        _ => return None,
+    };
+    let field = |range: std::ops::Range<usize>| -> Option<i64> { rest.get(range)?.parse().ok() };
+    let (month, day) = (field(0..2)?, field(2..4)?);
+    let (hour, minute, second) = (field(4..6)?, field(6..8)?, field(8..10)?);
+    if rest.get(10..) != Some("Z") || !(1..=12).contains(&month) || !(1..=31).contains(&day) {
+        return None;
+    }
+    let days = days_from_civil(year, month, day);
+    u64::try_from(days * 86_400 + hour * 3600 + minute * 60 + second).ok()
+}
+
+/// One DER TLV: tag, contents, what follows. Definite lengths up to four bytes, as DER requires.
+fn der_next(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = input.split_first()?;
+    let (&first, mut rest) = rest.split_first()?;
+    let len = if first < 0x80 {
+        usize::from(first)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 {
+            return None;
+        }
+        let (bytes, after) = (rest.get(..n)?, rest.get(n..)?);
+        rest = after;
+        bytes.iter().fold(0usize, |acc, b| (acc << 8) | usize::from(*b))
+    };
+    Some((tag, rest.get(..len)?, rest.get(len..)?))
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's `days_from_civil`).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn days_from_civil_matches_known_dates() {
+        assert_eq!(days_from_civil(1970, 1, 1), 0);
+        assert_eq!(days_from_civil(2000, 3, 1), 11_017);
+        assert_eq!(days_from_civil(2026, 12, 2), 20_789);
+    }
+
+    #[test]
+    fn not_after_of_a_generated_certificate() {
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        params.not_after = rcgen::date_time_ymd(2031, 5, 17);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        assert_eq!(
+            not_after(cert.der()),
+            Some(days_from_civil(2031, 5, 17) as u64 * 86_400)
+        );
+        // rcgen's default is 4096-01-01 (GeneralizedTime).
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        assert_eq!(
+            not_after(cert.cert.der()),
+            Some(days_from_civil(4096, 1, 1) as u64 * 86_400)
+        );
+    }
+
+    #[test]
+    fn not_after_refuses_garbage() {
+        assert_eq!(not_after(&[]), None);
+        assert_eq!(not_after(&[0x30, 0x84, 0xff, 0xff, 0xff, 0xff]), None);
+        assert_eq!(not_after(&[0x30, 0x03, 0x30, 0x01, 0x02]), None);
+    }
 }

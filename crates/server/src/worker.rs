@@ -47,6 +47,8 @@ pub(crate) struct SharedConfig {
     /// ... the I/O layer owns only the socket held for it, by the reserved (advertised) relay address, and closes
     /// it when the core says so (`Event::ReservationReleased`) or redeems it.
     pub reserved_sockets: Mutex<HashMap<SocketAddr, std::net::UdpSocket>>,
+    /// Where each worker copies its `turn::Stats` on its tick, for metrics.
+    pub stats: Arc<crate::WorkerStats>,
 }
 
 impl SharedConfig {
@@ -139,6 +141,8 @@ pub(crate) fn run(
         }
     };
     let local = LocalSet::new();
+    // Every line this thread logs (allocations, connections) names its worker: allocation ids are per worker.
+    let _span = tracing::info_span!("worker", worker = index).entered();
     local.block_on(&runtime, async move {
         let now = Instant::now();
         let unix = SystemTime::now()
@@ -200,7 +204,7 @@ pub(crate) fn run(
                 }
             }
         }
-        spawn_local(timer(worker.clone(), certs, index == 0));
+        spawn_local(timer(worker.clone(), certs, index));
         let _ = shutdown.wait_for(|stop| *stop).await;
         worker.relays.borrow_mut().clear();
     });
@@ -217,8 +221,10 @@ fn listener_from_std(socket: std::net::UdpSocket) -> std::io::Result<Listener> {
     })
 }
 
-/// Expiry once a second, and (on worker 0) the host's addresses and certificate file checks.
-async fn timer(worker: Rc<Worker>, certs: Arc<CertStore>, worker_zero: bool) {
+/// Expiry and a copy of the counters for metrics once a second, and (on worker 0) the host's addresses and
+/// certificate file checks.
+async fn timer(worker: Rc<Worker>, certs: Arc<CertStore>, index: usize) {
+    let worker_zero = index == 0;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut n: u64 = 0;
     loop {
@@ -230,6 +236,8 @@ async fn timer(worker: Rc<Worker>, certs: Arc<CertStore>, worker_zero: bool) {
         }
         worker.server.borrow_mut().handle_timeout(now);
         worker.drain_events();
+        let stats = worker.server.borrow().stats();
+        worker.shared.stats.publish(index, stats);
         if worker_zero && n.is_multiple_of(5) {
             match certs.reload_if_changed() {
                 Some(Ok(())) => tracing::info!("TLS certificate reloaded (file changed)"),
@@ -439,7 +447,6 @@ impl Worker {
                 match (id, sockets) {
                     (Some(id), Some(sockets)) => {
                         self.spawn_relays(id, sockets, route.clone());
-                        tracing::debug!(client = %five_tuple.client, transport = ?five_tuple.transport, "allocation created");
                     }
                     // No allocation, so no reservation token names the port+1 socket held for it.
                     _ => {

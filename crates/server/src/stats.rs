@@ -1,0 +1,61 @@
+//! The workers' TURN counters, for metrics. Each worker owns its `turn::Server` and so its `turn::Stats` (plain
+//! integers, nothing shared per packet); on its once-a-second tick it copies them into its slot here. A scrape
+//! sums the slots, so what it reports is at most about one second old. The lock of a slot is taken once a second
+//! by its worker and once per scrape, never on the packet path.
+
+use std::sync::Mutex;
+
+/// One slot per worker, each holding that worker's latest `turn::Stats`.
+#[derive(Debug)]
+pub struct WorkerStats {
+    slots: Box<[Mutex<turn::Stats>]>,
+}
+
+impl WorkerStats {
+    pub fn new(workers: usize) -> Self {
+        Self {
+            slots: (0..workers).map(|_| Mutex::new(turn::Stats::default())).collect(),
+        }
+    }
+
+    /// A worker's latest copy replaces its previous one.
+    pub fn publish(&self, worker: usize, stats: turn::Stats) {
+        if let Some(slot) = self.slots.get(worker) {
+            *slot.lock().unwrap_or_else(|e| e.into_inner()) = stats;
+        }
+    }
+
+    /// The sum over workers.
+    pub fn sum(&self) -> turn::Stats {
+        let mut total = turn::Stats::default();
+        for slot in self.slots.iter() {
+            total.add(&slot.lock().unwrap_or_else(|e| e.into_inner()));
+        }
+        total
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sum_adds_every_workers_latest_copy() {
+        let board = WorkerStats::new(2);
+        let mut a = turn::Stats::default();
+        a.to_peer.udp = turn::Traffic { packets: 3, bytes: 30 };
+        a.allocations = 1;
+        let mut b = turn::Stats::default();
+        b.to_peer.udp = turn::Traffic { packets: 4, bytes: 40 };
+        b.to_client.tls = turn::Traffic { packets: 1, bytes: 9 };
+        b.allocations = 2;
+        board.publish(0, b);
+        board.publish(0, a);
+        board.publish(1, b);
+        board.publish(7, b);
+        let sum = board.sum();
+        assert_eq!(sum.to_peer.udp, turn::Traffic { packets: 7, bytes: 70 });
+        assert_eq!(sum.to_client.tls, turn::Traffic { packets: 1, bytes: 9 });
+        assert_eq!(sum.allocations, 3);
+    }
+}
