@@ -1,0 +1,532 @@
+//! The post-mortem: both sides' reports in, one [`Diagnosis`] out — the outcome, the path a connected pair took, and
+//! for a failure the [`Reason`] in the words of the three steps a connection goes through:
+//!
+//! 1. **signaling** — the two peers exchange their session descriptions and candidates through Traverse;
+//! 2. **discovery** — each peer gathers candidates: its own addresses (host), its address as a STUN server sees it
+//!    (srflx), and an address on a TURN server's relay (relay, over UDP, TCP or TLS);
+//! 3. **connection** — ICE tries pairs of the two peers' candidates until one answers.
+//!
+//! The rules are checked in a fixed order, the most specific cause first (a refused TURN credential explains a
+//! failure better than "no relay"); each is a case of the table in `tests/classify.rs`. Sans-IO: no clock, no
+//! I/O, the same reports always give the same diagnosis.
+
+use crate::report::{CandidateType, Outcome, Policy, RelayProtocol, Report};
+
+/// The step a [`Reason`] belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    Signaling,
+    Discovery,
+    Connection,
+}
+
+impl Step {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Step::Signaling => "signaling",
+            Step::Discovery => "discovery",
+            Step::Connection => "connection",
+        }
+    }
+}
+
+/// Why a pair ended the way it did. [`Reason::code`] is stable (the SDK's `connection-failed` event, metrics labels,
+/// the dashboard); the sentence is for people and may change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Reason {
+    /// Not a failure.
+    Connected,
+    /// Only one side reported before the deadline: the other peer's tab closed, its signaling was lost, or it runs
+    /// with reports off.
+    PeerUnreported,
+    /// A peer never applied the other's session description.
+    SignalingIncomplete,
+    /// A TURN server refused a peer's credential (401), so it gathered no relay.
+    TurnAuthFailed,
+    /// A peer allows only relayed candidates and could not allocate any relay.
+    RelayOnlyUnreachable,
+    /// A peer's TURN requests over UDP got no answer and no TURN over TLS on 443 was offered.
+    TurnUdpBlockedNoTls,
+    /// Neither peer had a relay, no TURN server was offered, and the direct pairs between the two NATs' mapped
+    /// addresses failed: NATs that map per destination (symmetric), in practice.
+    SymmetricNatNoRelay,
+    /// Neither peer had a relay (TURN was offered, no refusal or timeout explains it) and a direct path failed.
+    RelayNotGathered,
+    /// Both peers gathered a relay and still no pair worked: the relay's ports are blocked on the way.
+    RelayPortsBlocked,
+    /// No side failed, but no side connected within its timeout either.
+    Timeout,
+    Unknown,
+}
+
+impl Reason {
+    /// Every reason, in the order the classifier checks them (for docs and tests).
+    pub const ALL: [Reason; 11] = [
+        Reason::Connected,
+        Reason::PeerUnreported,
+        Reason::SignalingIncomplete,
+        Reason::TurnAuthFailed,
+        Reason::RelayOnlyUnreachable,
+        Reason::TurnUdpBlockedNoTls,
+        Reason::SymmetricNatNoRelay,
+        Reason::RelayNotGathered,
+        Reason::RelayPortsBlocked,
+        Reason::Timeout,
+        Reason::Unknown,
+    ];
+
+    pub fn code(self) -> &'static str {
+        match self {
+            Reason::Connected => "connected",
+            Reason::PeerUnreported => "peer-unreported",
+            Reason::SignalingIncomplete => "signaling-incomplete",
+            Reason::TurnAuthFailed => "turn-auth-failed",
+            Reason::RelayOnlyUnreachable => "relay-only-unreachable",
+            Reason::TurnUdpBlockedNoTls => "turn-udp-blocked-no-tls",
+            Reason::SymmetricNatNoRelay => "symmetric-nat-no-relay",
+            Reason::RelayNotGathered => "relay-not-gathered",
+            Reason::RelayPortsBlocked => "relay-ports-blocked",
+            Reason::Timeout => "timeout",
+            Reason::Unknown => "unknown",
+        }
+    }
+
+    pub fn step(self) -> Step {
+        match self {
+            Reason::PeerUnreported | Reason::SignalingIncomplete => Step::Signaling,
+            Reason::TurnAuthFailed
+            | Reason::RelayOnlyUnreachable
+            | Reason::TurnUdpBlockedNoTls
+            | Reason::RelayNotGathered => Step::Discovery,
+            Reason::Connected
+            | Reason::SymmetricNatNoRelay
+            | Reason::RelayPortsBlocked
+            | Reason::Timeout
+            | Reason::Unknown => Step::Connection,
+        }
+    }
+
+    /// The reason in general terms (docs/operations.md lists these); a diagnosis' message names the peer and the
+    /// transport.
+    pub fn summary(self) -> &'static str {
+        match self {
+            Reason::Connected => "The peers connected.",
+            Reason::PeerUnreported => {
+                "Only one peer reported: the other peer's tab closed or its signaling was lost before the connection \
+                 was decided (or it runs with reports off)."
+            }
+            Reason::SignalingIncomplete => {
+                "Signaling did not complete: a peer never applied the other's offer or answer."
+            }
+            Reason::TurnAuthFailed => {
+                "A peer could not allocate a relay because the TURN server refused its credential (401)."
+            }
+            Reason::RelayOnlyUnreachable => {
+                "A peer allows only relayed connections and could not allocate a relay on any TURN server."
+            }
+            Reason::TurnUdpBlockedNoTls => {
+                "A peer could not allocate a relay: its TURN requests over UDP timed out and no TURN over TLS on 443 \
+                 was offered."
+            }
+            Reason::SymmetricNatNoRelay => {
+                "Both peers are behind NATs that change port per destination (symmetric) and neither could allocate \
+                 a relay: no TURN server was offered."
+            }
+            Reason::RelayNotGathered => "Neither peer could allocate a relay and no direct path worked.",
+            Reason::RelayPortsBlocked => {
+                "Both peers allocated a relay, yet no candidate pair worked: a firewall probably blocks the relay's \
+                 ports."
+            }
+            Reason::Timeout => "Neither peer connected nor failed within the timeout: ICE was still checking.",
+            Reason::Unknown => "The reports do not explain the failure.",
+        }
+    }
+
+    /// What to do about it.
+    pub fn advice(self) -> &'static str {
+        match self {
+            Reason::Connected => "",
+            Reason::PeerUnreported => "Ask the other user to keep the page open, or check its signaling connection.",
+            Reason::SignalingIncomplete => {
+                "Check that both pages stay in the room until they connect and that no message is lost \
+                 (`undeliverable` events)."
+            }
+            Reason::TurnAuthFailed => {
+                "Check that the app and the server share the same TURN secret, that credentials have not expired, \
+                 and that the server's clock is right."
+            }
+            Reason::RelayOnlyUnreachable => {
+                "Offer TURN over TLS on port 443 (the single port), or allow all candidate types."
+            }
+            Reason::TurnUdpBlockedNoTls => {
+                "Offer TURN over TLS on port 443 (enable the single port), which passes firewalls that block UDP."
+            }
+            Reason::SymmetricNatNoRelay => "Offer a TURN server: only a relay connects two symmetric NATs.",
+            Reason::RelayNotGathered => {
+                "Check that the TURN server is reachable from the peers' networks (run `traverse doctor` or /check \
+                 from there)."
+            }
+            Reason::RelayPortsBlocked => {
+                "Open the relay port range on the server's firewall (UDP), and check that the relay's public \
+                 address is the one the server advertises."
+            }
+            Reason::Timeout => "Check the network from both sides with /check; a relay over TLS on 443 may help.",
+            Reason::Unknown => "Run /check from both networks and compare.",
+        }
+    }
+}
+
+/// The path a connected pair took: direct (by the best candidate type involved) or through a relay (by how the
+/// relay was reached).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Path {
+    DirectHost,
+    DirectSrflx,
+    DirectPrflx,
+    RelayUdp,
+    RelayTcp,
+    RelayTls,
+    /// A relay on the side that did not report: its transport is unknown.
+    Relay,
+}
+
+impl Path {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Path::DirectHost => "direct-host",
+            Path::DirectSrflx => "direct-srflx",
+            Path::DirectPrflx => "direct-prflx",
+            Path::RelayUdp => "relay-udp",
+            Path::RelayTcp => "relay-tcp",
+            Path::RelayTls => "relay-tls",
+            Path::Relay => "relay",
+        }
+    }
+
+    pub fn is_relay(self) -> bool {
+        matches!(self, Path::RelayUdp | Path::RelayTcp | Path::RelayTls | Path::Relay)
+    }
+}
+
+/// What the server concluded about one pair.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnosis {
+    /// The room the reports came from; empty from [`classify`] (which sees only reports), set by the hub.
+    pub room: String,
+    /// Peer ids, A (the first report) then B; empty from [`classify`], set by the hub.
+    pub peers: [String; 2],
+    /// `Connected` if either side connected; `Failed` if either failed; else `Timeout`.
+    pub outcome: Outcome,
+    pub reason: Reason,
+    /// The sentence for people: the reason with the peer and transport named, then the advice.
+    pub message: String,
+    /// For a connected pair.
+    pub path: Option<Path>,
+    /// For a connected pair: the later of the two sides' times to connect (when both could use it).
+    pub time_to_connect_ms: Option<u32>,
+    /// 1 or 2.
+    pub reports: u8,
+}
+
+impl Diagnosis {
+    /// The same diagnosis, placed in its room between its peers.
+    pub fn between(mut self, room: &str, a: &str, b: &str) -> Self {
+        self.room = room.to_owned();
+        self.peers = [a.to_owned(), b.to_owned()];
+        self
+    }
+
+    pub fn failed(&self) -> bool {
+        self.outcome != Outcome::Connected
+    }
+}
+
+/// Decides why a pair connected or not, from A's report and B's (`None`: B never reported before the deadline).
+pub fn classify(a: &Report, b: Option<&Report>) -> Diagnosis {
+    let reports = if b.is_some() { 2 } else { 1 };
+    let sides: Vec<(&'static str, &Report)> = std::iter::once(("A", a)).chain(b.map(|b| ("B", b))).collect();
+    let outcome = if sides.iter().any(|(_, r)| r.outcome == Outcome::Connected) {
+        Outcome::Connected
+    } else if sides.iter().any(|(_, r)| r.outcome == Outcome::Failed) {
+        Outcome::Failed
+    } else {
+        Outcome::Timeout
+    };
+    if outcome == Outcome::Connected {
+        return connected(&sides, reports);
+    }
+    let (reason, message) = failure(&sides, outcome);
+    let advice = reason.advice();
+    Diagnosis {
+        room: String::new(),
+        peers: [String::new(), String::new()],
+        outcome,
+        reason,
+        message: if advice.is_empty() {
+            message
+        } else {
+            format!("{message} {advice}")
+        },
+        path: None,
+        time_to_connect_ms: None,
+        reports,
+    }
+}
+
+fn connected(sides: &[(&'static str, &Report)], reports: u8) -> Diagnosis {
+    let connected: Vec<&Report> = sides
+        .iter()
+        .map(|(_, r)| *r)
+        .filter(|r| r.outcome == Outcome::Connected)
+        .collect();
+    let paths: Vec<Path> = connected.iter().filter_map(|r| path_of(r)).collect();
+    // A relay's transport is known only from the side that allocated it; prefer a side that knows.
+    let path = paths
+        .iter()
+        .copied()
+        .find(|p| p.is_relay() && *p != Path::Relay)
+        .or_else(|| paths.iter().copied().find(|p| p.is_relay()))
+        .or_else(|| paths.first().copied());
+    let time = connected.iter().map(|r| r.elapsed_ms).max();
+    let how = match path {
+        Some(Path::DirectHost) => "directly on the local network".to_owned(),
+        Some(Path::DirectSrflx | Path::DirectPrflx) => "directly through the NATs".to_owned(),
+        Some(Path::RelayUdp) => "through the TURN relay over UDP".to_owned(),
+        Some(Path::RelayTcp) => "through the TURN relay over TCP".to_owned(),
+        Some(Path::RelayTls) => "through the TURN relay over TLS".to_owned(),
+        Some(Path::Relay) => "through a TURN relay".to_owned(),
+        None => "by an unreported path".to_owned(),
+    };
+    let message = match time {
+        Some(ms) => format!("The peers connected {how} in {ms} ms."),
+        None => format!("The peers connected {how}."),
+    };
+    Diagnosis {
+        room: String::new(),
+        peers: [String::new(), String::new()],
+        outcome: Outcome::Connected,
+        reason: Reason::Connected,
+        message,
+        path,
+        time_to_connect_ms: time,
+        reports,
+    }
+}
+
+/// The path one side saw: a local relay tells its transport; a remote relay does not.
+fn path_of(r: &Report) -> Option<Path> {
+    let pair = r.pair.as_ref()?;
+    let (local, remote) = (pair.local.candidate_type, pair.remote.candidate_type);
+    if local == CandidateType::Relay {
+        let transport = pair
+            .local
+            .relay_protocol
+            .or_else(|| pair.local.url.as_ref().and_then(|u| u.turn_transport()));
+        return Some(match transport {
+            Some(RelayProtocol::Udp) => Path::RelayUdp,
+            Some(RelayProtocol::Tcp) => Path::RelayTcp,
+            Some(RelayProtocol::Tls) => Path::RelayTls,
+            None => Path::Relay,
+        });
+    }
+    Some(match (local, remote) {
+        (_, CandidateType::Relay) => Path::Relay,
+        (CandidateType::Host, CandidateType::Host) => Path::DirectHost,
+        (CandidateType::Srflx, _) | (_, CandidateType::Srflx) => Path::DirectSrflx,
+        _ => Path::DirectPrflx,
+    })
+}
+
+/// What one side's report says about its discovery step.
+struct Discovery {
+    relays: u32,
+    /// A TURN server answered 401 to the request with credentials.
+    auth_refused: bool,
+    /// TURN over UDP got no answer (701 on a `turn:` UDP URL).
+    udp_unanswered: bool,
+    /// Which TURN transports got no answer, in words.
+    unanswered: Vec<&'static str>,
+    tls_443_offered: bool,
+    turn_offered: bool,
+    srflx: bool,
+}
+
+impl Discovery {
+    fn of(r: &Report) -> Self {
+        let mut d = Discovery {
+            relays: r.gathered.relays(),
+            auth_refused: false,
+            udp_unanswered: false,
+            unanswered: Vec::new(),
+            tls_443_offered: r.offered.turn_tls_443 > 0,
+            turn_offered: r.offered.turn() > 0,
+            srflx: r.gathered.srflx > 0,
+        };
+        for e in &r.errors {
+            let transport = e.url.as_ref().and_then(|u| u.turn_transport());
+            // Chrome reports a refused TURN credential as 401, and some versions as 701 with the 401 in the text;
+            // the text is read for that one case only.
+            let says_401 = e
+                .text
+                .as_ref()
+                .is_some_and(|t| t.as_str().contains("401") || t.as_str().contains("authenticate"));
+            if e.code == 401 || (e.code == 701 && says_401 && transport.is_some()) {
+                d.auth_refused = true;
+                continue;
+            }
+            // 701: the server could not be reached (RFC 8489 leaves 7xx to clients; browsers use it for timeouts).
+            if e.code == 701 {
+                let name = match transport {
+                    Some(RelayProtocol::Udp) => "UDP",
+                    Some(RelayProtocol::Tcp) => "TCP",
+                    Some(RelayProtocol::Tls) => "TLS",
+                    None => continue,
+                };
+                d.udp_unanswered |= transport == Some(RelayProtocol::Udp);
+                if !d.unanswered.contains(&name) {
+                    d.unanswered.push(name);
+                }
+            }
+        }
+        d
+    }
+}
+
+/// `peer B`, or `both peers` when the rule holds for every side.
+fn who(names: &[&str], sides: usize) -> String {
+    match names {
+        [one] if sides > 1 => format!("peer {one}"),
+        [_] => "the peer".to_owned(),
+        _ => "both peers".to_owned(),
+    }
+}
+
+fn failure(sides: &[(&'static str, &Report)], outcome: Outcome) -> (Reason, String) {
+    let views: Vec<(&str, &Report, Discovery)> = sides.iter().map(|(n, r)| (*n, *r, Discovery::of(r))).collect();
+    let names = |pred: &dyn Fn(&Report, &Discovery) -> bool| -> Vec<&str> {
+        views
+            .iter()
+            .filter(|(_, r, d)| pred(r, d))
+            .map(|(n, _, _)| *n)
+            .collect()
+    };
+    let n = views.len();
+    let no_relay_anywhere = views.iter().all(|(_, _, d)| d.relays == 0);
+
+    if n == 1 {
+        return (
+            Reason::PeerUnreported,
+            "Peer B never reported: its tab closed or its signaling was lost before the connection was decided \
+             (or it runs with reports off)."
+                .to_owned(),
+        );
+    }
+    let unsignaled = names(&|r, _| !r.remote_description);
+    if !unsignaled.is_empty() {
+        return (
+            Reason::SignalingIncomplete,
+            format!(
+                "Signaling did not complete: {} never applied the other's offer or answer.",
+                who(&unsignaled, n)
+            ),
+        );
+    }
+    let refused = names(&|_, d| d.auth_refused && d.relays == 0);
+    if !refused.is_empty() {
+        return (
+            Reason::TurnAuthFailed,
+            format!(
+                "The TURN server refused the credential of {} (401), so no relay could be allocated{}.",
+                who(&refused, n),
+                if no_relay_anywhere { " on either side" } else { "" }
+            ),
+        );
+    }
+    let relay_only = names(&|r, d| r.policy == Policy::Relay && d.relays == 0);
+    if let Some(&first) = relay_only.first() {
+        let d = views.iter().find(|(name, _, _)| *name == first).map(|(_, _, d)| d);
+        let detail = match d {
+            Some(d) if !d.turn_offered => "no TURN server was offered".to_owned(),
+            Some(d) if !d.unanswered.is_empty() => {
+                format!("its TURN requests over {} got no answer", d.unanswered.join(" and "))
+            }
+            _ => "no TURN server answered".to_owned(),
+        };
+        let subject = match relay_only.as_slice() {
+            [one] => format!("Peer {one} allows only relayed connections and could not allocate a relay: {detail}"),
+            _ => format!("Both peers allow only relayed connections and could not allocate a relay: {detail}"),
+        };
+        return (Reason::RelayOnlyUnreachable, format!("{subject}."));
+    }
+    let symmetric = views.iter().all(|(_, _, d)| d.srflx) && no_relay_anywhere;
+    let prefix = if symmetric {
+        "Both peers are behind NATs that change port per destination (symmetric) and neither could allocate a relay"
+            .to_owned()
+    } else {
+        String::new()
+    };
+    let udp_blocked = names(&|_, d| d.relays == 0 && d.udp_unanswered && !d.tls_443_offered);
+    if !udp_blocked.is_empty() {
+        let whose = match udp_blocked.as_slice() {
+            [one] => format!("peer {one}'s"),
+            _ => "both peers'".to_owned(),
+        };
+        let cause = format!("{whose} TURN requests over UDP timed out and no TURN over TLS on 443 was offered");
+        let message = if prefix.is_empty() {
+            format!("No relay could be allocated: {cause}.")
+        } else {
+            format!("{prefix}: {cause}.")
+        };
+        return (Reason::TurnUdpBlockedNoTls, message);
+    }
+    if no_relay_anywhere && views.iter().all(|(_, _, d)| !d.turn_offered) {
+        if symmetric {
+            return (
+                Reason::SymmetricNatNoRelay,
+                format!("{prefix}: no TURN server was offered."),
+            );
+        }
+        return (
+            Reason::SymmetricNatNoRelay,
+            "No direct path worked and neither peer could allocate a relay: no TURN server was offered.".to_owned(),
+        );
+    }
+    if no_relay_anywhere {
+        let unanswered: Vec<String> = views
+            .iter()
+            .filter(|(_, _, d)| !d.unanswered.is_empty())
+            .map(|(name, _, d)| {
+                format!(
+                    "peer {name}'s TURN requests over {} got no answer",
+                    d.unanswered.join(" and ")
+                )
+            })
+            .collect();
+        let detail = if unanswered.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", unanswered.join("; "))
+        };
+        return (
+            Reason::RelayNotGathered,
+            format!("Neither peer could allocate a relay{detail}, and no direct path worked."),
+        );
+    }
+    if outcome == Outcome::Timeout {
+        return (
+            Reason::Timeout,
+            "Neither peer connected nor failed within its timeout: ICE was still checking candidate pairs.".to_owned(),
+        );
+    }
+    // One relay is enough for a pair (the other side reaches it through any NAT), so a failure with one relay is
+    // not explained by the reports; with both, the relays themselves were unreachable.
+    if views.iter().all(|(_, _, d)| d.relays > 0) {
+        return (
+            Reason::RelayPortsBlocked,
+            "Both peers allocated a relay, yet no candidate pair worked: a firewall probably blocks the relay's \
+             ports."
+                .to_owned(),
+        );
+    }
+    (Reason::Unknown, Reason::Unknown.summary().to_owned())
+}

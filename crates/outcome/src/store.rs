@@ -1,0 +1,273 @@
+//! What the operator reads: counts of diagnosed pairs by outcome, path and reason, the time-to-connect histogram,
+//! the last hour per minute and the latest failures. Written once per diagnosed pair by the hub's I/O layer, read by
+//! `/api/outcomes`, the metrics scrape and the dashboard — all off the packet path, so one `Mutex` is enough.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Mutex;
+
+use crate::classify::Diagnosis;
+
+/// Upper bounds (ms) of the time-to-connect histogram's buckets; the `+Inf` bucket is `count`.
+pub const TIME_TO_CONNECT_BOUNDS_MS: [f64; 10] = [
+    100.0, 250.0, 500.0, 1_000.0, 2_000.0, 3_000.0, 5_000.0, 10_000.0, 20_000.0, 30_000.0,
+];
+/// Minutes kept for `minutes`.
+pub const MINUTES: u64 = 60;
+/// Failures kept for `recent_failures`.
+pub const RECENT_FAILURES: usize = 20;
+
+/// Connection outcomes since the process started. Shared as `Arc<Outcomes>`.
+#[derive(Debug, Default)]
+pub struct Outcomes {
+    inner: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    connected: u64,
+    failed: u64,
+    by_path: BTreeMap<String, u64>,
+    by_reason: BTreeMap<String, u64>,
+    /// Per bound of [`TIME_TO_CONNECT_BOUNDS_MS`], not cumulative (made cumulative in the snapshot).
+    buckets: [u64; TIME_TO_CONNECT_BOUNDS_MS.len()],
+    sum_ms: f64,
+    count: u64,
+    /// Oldest first; only minutes that saw a pair, at most [`MINUTES`] of them.
+    minutes: VecDeque<Minute>,
+    /// Newest first.
+    recent_failures: VecDeque<Failure>,
+}
+
+/// A copy of the store at one moment.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct OutcomeSnapshot {
+    pub connected: u64,
+    /// Failed and timed-out pairs.
+    pub failed: u64,
+    /// Connected pairs by [`crate::Path::as_str`].
+    pub by_path: BTreeMap<String, u64>,
+    /// Failed pairs by [`crate::Reason::code`].
+    pub by_reason: BTreeMap<String, u64>,
+    pub time_to_connect_ms: TimeToConnect,
+    /// The last [`MINUTES`] minutes, oldest first, one entry per minute (zeros included), the current one last.
+    pub minutes: Vec<Minute>,
+    /// Newest first, at most [`RECENT_FAILURES`].
+    pub recent_failures: Vec<Failure>,
+}
+
+/// A Prometheus-style histogram of connected pairs' time to connect.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TimeToConnect {
+    /// `(upper bound ms, pairs at or under it)`, cumulative; the `+Inf` bucket is `count`.
+    pub buckets: Vec<(f64, u64)>,
+    pub sum_ms: f64,
+    pub count: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Minute {
+    /// Unix seconds of the minute's start (a multiple of 60).
+    pub start_unix: u64,
+    pub connected: u64,
+    pub failed: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Failure {
+    pub unix: u64,
+    pub room: String,
+    /// [`crate::Reason::code`].
+    pub reason: String,
+    pub message: String,
+}
+
+impl Outcomes {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Counts one diagnosed pair, at `unix_secs`.
+    pub fn record(&self, d: &Diagnosis, unix_secs: u64) {
+        let mut s = self.lock();
+        let failed = d.failed();
+        if failed {
+            s.failed += 1;
+            *s.by_reason.entry(d.reason.code().to_owned()).or_insert(0) += 1;
+            s.recent_failures.push_front(Failure {
+                unix: unix_secs,
+                room: d.room.clone(),
+                reason: d.reason.code().to_owned(),
+                message: d.message.clone(),
+            });
+            s.recent_failures.truncate(RECENT_FAILURES);
+        } else {
+            s.connected += 1;
+            let path = d.path.map_or("unknown", |p| p.as_str());
+            *s.by_path.entry(path.to_owned()).or_insert(0) += 1;
+            if let Some(ms) = d.time_to_connect_ms {
+                let ms = f64::from(ms);
+                if let Some(i) = TIME_TO_CONNECT_BOUNDS_MS.iter().position(|&b| ms <= b) {
+                    if let Some(n) = s.buckets.get_mut(i) {
+                        *n += 1;
+                    }
+                }
+                s.sum_ms += ms;
+                s.count += 1;
+            }
+        }
+        let start = unix_secs - unix_secs % 60;
+        match s.minutes.back_mut() {
+            Some(m) if m.start_unix == start => bump(m, failed),
+            // A clock that stepped back: count it in the newest minute rather than reorder the list.
+            Some(m) if m.start_unix > start => bump(m, failed),
+            _ => {
+                let mut m = Minute {
+                    start_unix: start,
+                    connected: 0,
+                    failed: 0,
+                };
+                bump(&mut m, failed);
+                s.minutes.push_back(m);
+                while s.minutes.len() > MINUTES as usize {
+                    s.minutes.pop_front();
+                }
+            }
+        }
+    }
+
+    /// The counts now; `minutes` covers the [`MINUTES`] minutes up to `unix_secs`.
+    pub fn snapshot(&self, unix_secs: u64) -> OutcomeSnapshot {
+        let s = self.lock();
+        let mut cumulative = 0;
+        let buckets = TIME_TO_CONNECT_BOUNDS_MS
+            .iter()
+            .zip(s.buckets.iter())
+            .map(|(&bound, &n)| {
+                cumulative += n;
+                (bound, cumulative)
+            })
+            .collect();
+        let current = unix_secs - unix_secs % 60;
+        let first = current.saturating_sub((MINUTES - 1) * 60);
+        let minutes = (0..MINUTES)
+            .map(|i| first + i * 60)
+            .filter(|&start| start <= current)
+            .map(|start| {
+                s.minutes
+                    .iter()
+                    .find(|m| m.start_unix == start)
+                    .copied()
+                    .unwrap_or(Minute {
+                        start_unix: start,
+                        connected: 0,
+                        failed: 0,
+                    })
+            })
+            .collect();
+        OutcomeSnapshot {
+            connected: s.connected,
+            failed: s.failed,
+            by_path: s.by_path.clone(),
+            by_reason: s.by_reason.clone(),
+            time_to_connect_ms: TimeToConnect {
+                buckets,
+                sum_ms: s.sum_ms,
+                count: s.count,
+            },
+            minutes,
+            recent_failures: s.recent_failures.iter().cloned().collect(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding the lock leaves counts that are still counts: keep serving them.
+        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+fn bump(m: &mut Minute, failed: bool) {
+    if failed {
+        m.failed += 1;
+    } else {
+        m.connected += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Outcome, Path, Reason};
+
+    fn diagnosis(outcome: Outcome, reason: Reason, path: Option<Path>, ms: Option<u32>) -> Diagnosis {
+        Diagnosis {
+            room: "lobby".into(),
+            peers: ["p_a".into(), "p_b".into()],
+            outcome,
+            reason,
+            message: reason.summary().into(),
+            path,
+            time_to_connect_ms: ms,
+            reports: 2,
+        }
+    }
+
+    #[test]
+    fn counts_by_path_reason_bucket_and_minute() {
+        let o = Outcomes::new();
+        let t0: u64 = 1_764_000_000; // a multiple of 60
+        o.record(
+            &diagnosis(Outcome::Connected, Reason::Connected, Some(Path::RelayTls), Some(420)),
+            t0 + 5,
+        );
+        o.record(
+            &diagnosis(Outcome::Connected, Reason::Connected, Some(Path::DirectHost), Some(80)),
+            t0 + 65,
+        );
+        o.record(&diagnosis(Outcome::Failed, Reason::TurnAuthFailed, None, None), t0 + 70);
+        o.record(&diagnosis(Outcome::Timeout, Reason::Timeout, None, None), t0 + 130);
+        let s = o.snapshot(t0 + 130);
+        assert_eq!((s.connected, s.failed), (2, 2));
+        assert_eq!(s.by_path.get("relay-tls"), Some(&1));
+        assert_eq!(s.by_path.get("direct-host"), Some(&1));
+        assert_eq!(s.by_reason.get("turn-auth-failed"), Some(&1));
+        assert_eq!(s.by_reason.get("timeout"), Some(&1));
+        assert_eq!(s.time_to_connect_ms.count, 2);
+        assert_eq!(s.time_to_connect_ms.sum_ms, 500.0);
+        assert_eq!(s.time_to_connect_ms.buckets.first(), Some(&(100.0, 1)));
+        assert_eq!(s.time_to_connect_ms.buckets.get(2), Some(&(500.0, 2)));
+        assert_eq!(s.minutes.len(), MINUTES as usize);
+        let last3: Vec<(u64, u64)> = s
+            .minutes
+            .iter()
+            .rev()
+            .take(3)
+            .map(|m| (m.connected, m.failed))
+            .collect();
+        assert_eq!(last3, [(0, 1), (1, 1), (1, 0)]);
+        assert_eq!(s.minutes.last().map(|m| m.start_unix), Some(t0 + 120));
+        assert_eq!(s.recent_failures.first().map(|f| f.reason.as_str()), Some("timeout"));
+        assert_eq!(s.recent_failures.get(1).map(|f| f.room.as_str()), Some("lobby"));
+        // An hour later the minutes have rolled out; the totals stay.
+        let later = o.snapshot(t0 + 3 * 3600);
+        assert!(later.minutes.iter().all(|m| m.connected == 0 && m.failed == 0));
+        assert_eq!(later.connected, 2);
+    }
+
+    #[test]
+    fn recent_failures_and_minutes_are_bounded() {
+        let o = Outcomes::new();
+        for i in 0..200u64 {
+            o.record(
+                &diagnosis(Outcome::Failed, Reason::Unknown, None, None),
+                1_000_000 + i * 60,
+            );
+        }
+        let s = o.snapshot(1_000_000 + 199 * 60);
+        assert_eq!(s.recent_failures.len(), RECENT_FAILURES);
+        assert_eq!(s.recent_failures.first().map(|f| f.unix), Some(1_000_000 + 199 * 60));
+        assert_eq!(s.minutes.iter().map(|m| m.failed).sum::<u64>(), MINUTES);
+        let json = serde_json::to_value(&s).unwrap_or_default();
+        assert_eq!(json["failed"], 200);
+        assert!(json["time_to_connect_ms"]["buckets"].is_array());
+    }
+}

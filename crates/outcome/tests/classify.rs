@@ -1,0 +1,230 @@
+//! The post-mortem's table of cases, one named test each: two reports (or one) in, the reason code and the
+//! sentence's key words out.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use outcome::{classify, Diagnosis, Outcome, Path, Reason, Report};
+
+/// A report from JSON fields written over a failed one that gathered host and srflx with STUN only.
+fn report(fields: &str) -> Report {
+    let mut base = serde_json::json!({
+        "outcome": "failed", "elapsedMs": 12000, "gathered": {"host": 1, "srflx": 1}, "offered": {"stun": 1},
+        "remoteCandidates": 2,
+    });
+    let over: serde_json::Value = serde_json::from_str(&format!("{{{fields}}}")).expect(fields);
+    if let (Some(base), Some(over)) = (base.as_object_mut(), over.as_object()) {
+        base.extend(over.clone());
+    }
+    Report::parse(&base.to_string()).unwrap_or_else(|e| panic!("{e}: {base}"))
+}
+
+fn check(d: &Diagnosis, reason: Reason, words: &[&str]) {
+    assert_eq!(d.reason, reason, "{}", d.message);
+    for w in words {
+        assert!(d.message.contains(w), "{w:?} not in {:?}", d.message);
+    }
+    assert!(d.message.ends_with(reason.advice()), "{}", d.message);
+}
+
+const TURN_OFFERED_UDP_ONLY: &str = r#""offered":{"stun":1,"turnUdp":1}"#;
+const UDP_TIMEOUT: &str = r#""errors":[{"code":701,"url":"turn:turn.example.com:3478?transport=udp","text":"TURN allocate request timed out."}]"#;
+
+#[test]
+fn connected_directly_through_the_nats() {
+    let a = report(
+        r#""outcome":"connected","elapsedMs":640,
+           "pair":{"local":{"type":"srflx","protocol":"udp"},"remote":{"type":"srflx","protocol":"udp"}}"#,
+    );
+    let b = report(
+        r#""outcome":"connected","elapsedMs":700,
+           "pair":{"local":{"type":"srflx","protocol":"udp"},"remote":{"type":"prflx","protocol":"udp"}}"#,
+    );
+    let d = classify(&a, Some(&b));
+    assert_eq!(
+        (d.outcome, d.path, d.time_to_connect_ms),
+        (Outcome::Connected, Some(Path::DirectSrflx), Some(700))
+    );
+    check(&d, Reason::Connected, &["directly", "700 ms"]);
+}
+
+#[test]
+fn connected_through_a_relay_takes_the_transport_from_the_side_that_allocated_it() {
+    let a = report(
+        r#""outcome":"connected","elapsedMs":900,
+           "pair":{"local":{"type":"srflx","protocol":"udp"},"remote":{"type":"relay","protocol":"udp"}}"#,
+    );
+    let b = report(
+        r#""outcome":"connected","elapsedMs":950,
+           "pair":{"local":{"type":"relay","protocol":"udp","url":"turns:turn.example.com:443?transport=tcp"},
+                   "remote":{"type":"srflx","protocol":"udp"}}"#,
+    );
+    assert_eq!(classify(&a, Some(&b)).path, Some(Path::RelayTls));
+    assert_eq!(
+        classify(&a, None).path,
+        Some(Path::Relay),
+        "A alone cannot know B's transport"
+    );
+    let host = report(
+        r#""outcome":"connected","elapsedMs":30,
+           "pair":{"local":{"type":"host","protocol":"udp"},"remote":{"type":"host","protocol":"udp"}}"#,
+    );
+    assert_eq!(classify(&host, None).path, Some(Path::DirectHost));
+    assert_eq!(
+        classify(&host, None).reason,
+        Reason::Connected,
+        "a connected pair needs no second report"
+    );
+}
+
+#[test]
+fn symmetric_nats_with_stun_only() {
+    let d = classify(&report(""), Some(&report("")));
+    assert_eq!(d.outcome, Outcome::Failed);
+    check(
+        &d,
+        Reason::SymmetricNatNoRelay,
+        &[
+            "Both peers are behind NATs that change port per destination (symmetric)",
+            "no TURN server was offered",
+        ],
+    );
+}
+
+#[test]
+fn symmetric_nats_and_turn_over_udp_timed_out_without_tls_on_443() {
+    let a = report(TURN_OFFERED_UDP_ONLY);
+    let b = report(&format!("{TURN_OFFERED_UDP_ONLY},{UDP_TIMEOUT}"));
+    let d = classify(&a, Some(&b));
+    check(
+        &d,
+        Reason::TurnUdpBlockedNoTls,
+        &[
+            "Both peers are behind NATs that change port per destination (symmetric) and neither could allocate a \
+           relay: peer B's TURN requests over UDP timed out and no TURN over TLS on 443 was offered",
+        ],
+    );
+}
+
+#[test]
+fn turn_over_udp_timing_out_is_no_reason_when_tls_on_443_was_offered() {
+    let offered = r#""offered":{"stun":1,"turnUdp":1,"turnTls":1,"turnTls443":1}"#;
+    let tls_timeout = r#""errors":[{"code":701,"url":"turn:t.example:3478?transport=udp"},
+                                   {"code":701,"url":"turns:t.example:443?transport=tcp"}]"#;
+    let a = report(&format!("{offered},{tls_timeout}"));
+    let d = classify(&a, Some(&report(offered)));
+    check(
+        &d,
+        Reason::RelayNotGathered,
+        &["peer A's TURN requests over UDP and TLS got no answer"],
+    );
+}
+
+#[test]
+fn turn_refused_the_credential_with_401() {
+    let refused = r#""offered":{"stun":1,"turnUdp":1},"errors":[{"code":401,"url":"turn:t.example:3478?transport=udp","text":"Unauthorized"}]"#;
+    let d = classify(&report(refused), Some(&report(refused)));
+    check(
+        &d,
+        Reason::TurnAuthFailed,
+        &["refused the credential of both peers (401)", "on either side"],
+    );
+}
+
+#[test]
+fn turn_refused_the_credential_reported_as_701_with_401_in_the_text() {
+    let refused = r#""policy":"relay","gathered":{"host":0},"offered":{"turnUdp":1},
+        "errors":[{"code":701,"url":"turn:t.example:3478?transport=udp","text":"Failed to authenticate with the server after challenge."}]"#;
+    let ok = r#""offered":{"turnUdp":1},"gathered":{"host":1,"relayUdp":1}"#;
+    let d = classify(&report(ok), Some(&report(refused)));
+    check(&d, Reason::TurnAuthFailed, &["credential of peer B"]);
+}
+
+#[test]
+fn relay_only_with_turn_unreachable() {
+    let relay_only = r#""policy":"relay","gathered":{},"offered":{"turnUdp":1,"turnTcp":1},
+        "remoteCandidates":0,"errors":[{"code":701,"url":"turn:127.0.0.1:9?transport=udp"},
+                                       {"code":701,"url":"turn:127.0.0.1:9?transport=tcp"}]"#;
+    let d = classify(&report(relay_only), Some(&report(relay_only)));
+    check(
+        &d,
+        Reason::RelayOnlyUnreachable,
+        &[
+            "Both peers allow only relayed connections",
+            "over UDP and TCP got no answer",
+        ],
+    );
+}
+
+#[test]
+fn one_side_never_reported() {
+    let d = classify(&report(""), None);
+    assert_eq!(d.reports, 1);
+    check(&d, Reason::PeerUnreported, &["Peer B never reported", "tab closed"]);
+}
+
+#[test]
+fn signaling_never_completed() {
+    let d = classify(
+        &report(r#""remoteDescription":false,"remoteCandidates":0"#),
+        Some(&report("")),
+    );
+    check(&d, Reason::SignalingIncomplete, &["peer A never applied"]);
+}
+
+#[test]
+fn ice_failed_although_both_gathered_relays() {
+    let relays = r#""gathered":{"host":1,"srflx":1,"relayUdp":1},"offered":{"stun":1,"turnUdp":1}"#;
+    let d = classify(&report(relays), Some(&report(relays)));
+    check(
+        &d,
+        Reason::RelayPortsBlocked,
+        &["Both peers allocated a relay", "firewall"],
+    );
+}
+
+#[test]
+fn timeout_without_failure() {
+    let relays = r#""outcome":"timeout","gathered":{"host":1,"relayUdp":1},"offered":{"turnUdp":1}"#;
+    let d = classify(&report(relays), Some(&report(relays)));
+    assert_eq!(d.outcome, Outcome::Timeout);
+    check(&d, Reason::Timeout, &["still checking"]);
+}
+
+#[test]
+fn no_relay_although_turn_was_offered() {
+    // TURN offered on one side, no relay anywhere, no error that explains it.
+    let a = report(r#""gathered":{"host":1},"offered":{"turnUdp":1}"#);
+    let b = report(r#""gathered":{"host":1},"offered":{}"#);
+    check(
+        &classify(&a, Some(&b)),
+        Reason::RelayNotGathered,
+        &["Neither peer could allocate a relay"],
+    );
+    // No TURN anywhere but no srflx either: not called symmetric, still "no TURN server was offered".
+    let c = report(r#""gathered":{"host":1},"offered":{"stun":1}"#);
+    let d = classify(&c, Some(&c));
+    assert_eq!(d.reason, Reason::SymmetricNatNoRelay);
+    assert!(d.message.starts_with("No direct path worked"), "{}", d.message);
+}
+
+#[test]
+fn unknown_when_one_side_had_a_relay_and_still_failed() {
+    let a = report(r#""gathered":{"host":1,"relayTcp":1},"offered":{"turnTcp":1}"#);
+    let d = classify(&a, Some(&report("")));
+    check(&d, Reason::Unknown, &["do not explain"]);
+}
+
+#[test]
+fn every_reason_has_a_distinct_kebab_case_code_a_summary_and_a_step() {
+    let mut codes: Vec<&str> = Reason::ALL.iter().map(|r| r.code()).collect();
+    for c in &codes {
+        assert!(c.bytes().all(|b| b.is_ascii_lowercase() || b == b'-'), "{c}");
+    }
+    for r in Reason::ALL {
+        assert!(r.summary().ends_with('.'), "{r:?}");
+        let _ = r.step().as_str();
+    }
+    codes.sort_unstable();
+    codes.dedup();
+    assert_eq!(codes.len(), Reason::ALL.len());
+}
