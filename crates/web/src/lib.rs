@@ -1,6 +1,6 @@
 //! The HTTP and WebSocket side of Traverse: the signaling endpoint (`/ws`), its HTTP twin (`/api/join-check`),
 //! `/api/ice-servers`, the browser SDK, the demo page, and the troubleshooter (`/check`) with its report store
-//! ([`reports`]: `/api/reports`).
+//! ([`reports`]: `/api/reports`), and the operator's dashboard ([`dashboard`]: `/dashboard`).
 //!
 //! Model: the sans-IO [`signal::SignalHub`] runs in one task on its own thread ([`hub`]); every socket is a task
 //! that forwards frames to it over a bounded channel and writes what it routes back ([`ws`]). Connections arrive
@@ -11,6 +11,7 @@
 //! credential minting and report submission are rate-limited per source, and stored reports are counted per source
 //! ([`reports`]).
 
+pub mod dashboard;
 mod hub;
 mod limiter;
 mod outbox;
@@ -25,6 +26,7 @@ use std::sync::Arc;
 use hyper_util::rt::TokioIo;
 use signal::Limits;
 
+pub use dashboard::{DashboardSources, TurnLoad};
 pub use hub::HubHandle;
 pub use reports::{DEFAULT_MAX_REPORTS, MAX_REPORTS_PER_SOURCE, MAX_REPORT_BYTES};
 
@@ -126,6 +128,12 @@ impl Web {
             }
             _ => Err(BadOrigin(authority)),
         }
+    }
+
+    /// What the dashboard reads beside the hub: the TURN workers' counters and the certificate, which exist only
+    /// once the server runs. Set once; later calls are ignored.
+    pub fn set_dashboard_sources(&self, sources: DashboardSources) {
+        self.app.dashboard.set_sources(sources);
     }
 
     /// Serves HTTP/1.1 (with WebSocket upgrades) on one accepted connection until it closes.

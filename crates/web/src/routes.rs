@@ -41,6 +41,7 @@ pub(crate) struct App {
     ice_limiter: RateLimiter,
     /// `https://host[:port]` that plain HTTP on the single port is sent to; set once that port is bound.
     pub https_origin: OnceLock<String>,
+    pub dashboard: crate::dashboard::Dashboard,
 }
 
 impl App {
@@ -53,6 +54,7 @@ impl App {
             admin_limiter: RateLimiter::new(10, Duration::from_secs(6), TRACKED_SOURCES),
             ice_limiter: RateLimiter::new(ICE_SERVERS_BURST, ICE_SERVERS_EVERY, TRACKED_SOURCES),
             https_origin: OnceLock::new(),
+            dashboard: crate::dashboard::Dashboard::default(),
         }
     }
 }
@@ -75,9 +77,9 @@ const CHECK_HTML: &str = include_str!("../../../web/check/index.html");
 const CHECK_PAGE_JS: &str = include_str!("../../../web/check/page.js");
 const CHECK_CSS: &str = include_str!("../../../web/check/check.css");
 const CHECK_JS: &str = include_str!("../../../web/check/check.js");
-const JS: &str = "text/javascript; charset=utf-8";
-const CSS: &str = "text/css; charset=utf-8";
-const HTML: &str = "text/html; charset=utf-8";
+pub(crate) const JS: &str = "text/javascript; charset=utf-8";
+pub(crate) const CSS: &str = "text/css; charset=utf-8";
+pub(crate) const HTML: &str = "text/html; charset=utf-8";
 
 /// For our own pages: scripts and styles only from files of this origin (the pages keep none inline), fetches and
 /// WebSockets to this origin (`ws:`/`wss:` for browsers whose `'self'` does not cover WebSocket yet), no plugins,
@@ -132,6 +134,11 @@ pub(crate) fn router(app: Arc<App>, scheme: Scheme) -> Router {
         .route("/check/{id}", get(check_page))
         .route("/api/reports", get(list_reports).post(create_report))
         .route("/api/reports/{id}", get(read_report))
+        .route("/dashboard", get(crate::dashboard::page))
+        .route("/dashboard/dashboard.js", get(crate::dashboard::page_js))
+        .route("/dashboard/dashboard.css", get(crate::dashboard::page_css))
+        .route("/api/dashboard", get(crate::dashboard::json))
+        .route("/api/dashboard/events", get(crate::dashboard::events))
         .route("/healthz", get(|| async { "ok" }))
         .route("/", get(|| async { ([(header::CONTENT_TYPE, HTML)], INDEX) }))
         .with_state(app)
@@ -282,7 +289,7 @@ async fn ice_servers(
 }
 
 /// A JSON refusal `{"ok":false,"code","message"}` for codes outside the signaling protocol's.
-fn api_error(status: StatusCode, code: &str, message: &str) -> Response {
+pub(crate) fn api_error(status: StatusCode, code: &str, message: &str) -> Response {
     let body = serde_json::json!({"ok": false, "code": code, "message": message});
     (status, [(header::CACHE_CONTROL, "no-store")], axum::Json(body)).into_response()
 }
@@ -401,32 +408,8 @@ async fn list_reports(
              TRAVERSE_WEB_ADMIN_TOKEN) to enable it. Single reports stay readable by their link.",
         );
     };
-    if let Err(retry) = app.admin_limiter.check(Source::from(remote.ip()), Instant::now()) {
-        return rate_limited(retry, "Too many requests from this address; wait a minute.");
-    }
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    let Some(token) = bearer else {
-        let mut response = api_error(
-            StatusCode::UNAUTHORIZED,
-            "admin-token-required",
-            "Send the admin token: `Authorization: Bearer <token>`.",
-        );
-        response
-            .headers_mut()
-            .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
-        return response;
-    };
-    // Constant time in the contents; only the length can show.
-    if !bool::from(token.as_bytes().ct_eq(expected.as_bytes())) {
-        tracing::warn!(%remote, "GET /api/reports with a wrong admin token");
-        return api_error(
-            StatusCode::UNAUTHORIZED,
-            "admin-token-invalid",
-            "The admin token was refused.",
-        );
+    if let Err(refused) = check_admin_token(&app, expected, remote, &headers, "GET /api/reports") {
+        return refused.into_response();
     }
     let body = serde_json::json!({
         "ok": true,
@@ -434,6 +417,66 @@ async fn list_reports(
         "maxReports": app.reports.limits().max_reports,
     });
     ([(header::CACHE_CONTROL, "no-store")], axum::Json(body)).into_response()
+}
+
+/// Why an operator's request was refused before it was looked at.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum AdminRefusal {
+    RateLimited(RetryAfter),
+    TokenRequired,
+    TokenInvalid,
+}
+
+impl IntoResponse for AdminRefusal {
+    fn into_response(self) -> Response {
+        match self {
+            Self::RateLimited(retry) => rate_limited(retry, "Too many requests from this address; wait a minute."),
+            Self::TokenRequired => {
+                let mut response = api_error(
+                    StatusCode::UNAUTHORIZED,
+                    "admin-token-required",
+                    "Send the admin token: `Authorization: Bearer <token>`.",
+                );
+                response
+                    .headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+                response
+            }
+            Self::TokenInvalid => api_error(
+                StatusCode::UNAUTHORIZED,
+                "admin-token-invalid",
+                "The admin token was refused.",
+            ),
+        }
+    }
+}
+
+/// The operator's requests (`GET /api/reports`, the dashboard): rate-limited per source before the token is
+/// looked at, then `Authorization: Bearer <admin token>` compared in constant time. `what` names the request in the
+/// log line a wrong token leaves.
+pub(crate) fn check_admin_token(
+    app: &App,
+    expected: &str,
+    remote: SocketAddr,
+    headers: &HeaderMap,
+    what: &str,
+) -> Result<(), AdminRefusal> {
+    app.admin_limiter
+        .check(Source::from(remote.ip()), Instant::now())
+        .map_err(AdminRefusal::RateLimited)?;
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let Some(token) = bearer else {
+        return Err(AdminRefusal::TokenRequired);
+    };
+    // Constant time in the contents; only the length can show.
+    if !bool::from(token.as_bytes().ct_eq(expected.as_bytes())) {
+        tracing::warn!(%remote, "{what} with a wrong admin token");
+        return Err(AdminRefusal::TokenInvalid);
+    }
+    Ok(())
 }
 
 /// Plain HTTP on the single port: the same path on the configured HTTPS origin. The request's Host is not used: it
@@ -461,7 +504,12 @@ mod tests {
     /// The CSP allows no inline script or style: a page that grows one would break in the browser, so it breaks here.
     #[test]
     fn pages_keep_no_inline_script_style_or_handler() {
-        for (name, page) in [("demo", DEMO), ("check", CHECK_HTML), ("index", INDEX)] {
+        for (name, page) in [
+            ("demo", DEMO),
+            ("check", CHECK_HTML),
+            ("index", INDEX),
+            ("dashboard", crate::dashboard::PAGE),
+        ] {
             let lower = page.to_ascii_lowercase();
             for (at, _) in lower.match_indices("<script") {
                 let tag = lower.get(at..).and_then(|t| t.split('>').next()).unwrap_or_default();
