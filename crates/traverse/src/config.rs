@@ -17,6 +17,8 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 use turn::policy::IpNet;
 
+use crate::file_errors::{self, FileError};
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -377,8 +379,9 @@ impl Default for Log {
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
     Read { path: PathBuf, source: std::io::Error },
-    #[error("{path}: {message}")]
-    Parse { path: PathBuf, message: String },
+    /// Every error of the file, one per line as `path:line:column: key: message` (the form editors jump to).
+    #[error("{}", errors.iter().map(|e| format!("{}:{}:{}: {}", path.display(), e.line, e.column, e.what())).collect::<Vec<_>>().join("\n"))]
+    File { path: PathBuf, errors: Vec<FileError> },
     /// A variable or a flag (`origin`: `TRAVERSE_LIMITS_MAX_CONNECTIONS`, `--set limits.max_connections=x`, `--udp`).
     #[error("{origin}: {message}")]
     Override { origin: String, message: String },
@@ -417,22 +420,37 @@ impl Config {
             path: path.clone(),
             source,
         })?;
-        Self::parse(&text).map_err(|message| ConfigError::Parse {
+        Self::parse_all(&text).map_err(|errors| ConfigError::File {
             path: path.clone(),
-            message,
+            errors,
         })
     }
 
-    /// Parses TOML; the error names line and column.
+    /// Parses TOML; the first error, with its line and column (see [`Config::parse_all`] for all of them).
+    #[cfg(test)]
     pub fn parse(text: &str) -> Result<Self, String> {
-        toml::from_str(text).map_err(|e: toml::de::Error| {
-            let location = e.span().map(|span| {
-                let before = text.get(..span.start).unwrap_or_default();
-                let line = before.matches('\n').count() + 1;
-                let column = span.start - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-                format!("line {line}, column {column}: ")
-            });
-            format!("{}{}", location.unwrap_or_default(), e.message())
+        Self::parse_all(text).map_err(|errors| errors.first().map(ToString::to_string).unwrap_or_default())
+    }
+
+    /// Parses TOML; every error, each with its line, key and the form expected (the default as an example).
+    pub fn parse_all(text: &str) -> Result<Self, Vec<FileError>> {
+        match Self::parse_partial(text) {
+            (Some(config), errors) if errors.is_empty() => Ok(config),
+            (_, errors) => Err(errors),
+        }
+    }
+
+    /// Every error of the file, and the configuration its other entries make (for `check-config`, which goes on to
+    /// check those).
+    pub fn parse_partial(text: &str) -> (Option<Self>, Vec<FileError>) {
+        let defaults = serde_json::to_value(Config::default()).unwrap_or_default();
+        file_errors::parse_partial(text, |key| {
+            let (section, field) = key.split_once('.')?;
+            match defaults.get(section)?.get(field)? {
+                Value::Null => None,
+                Value::Array(a) if a.is_empty() => None,
+                v => Some(v.to_string()),
+            }
         })
     }
 
@@ -518,11 +536,26 @@ impl Config {
                 "must be longer than signal.heartbeat_interval (≥ 1 s)".into(),
             );
         }
-        if self.signal.secret.as_deref().is_some_and(|k| k.len() < 16) {
-            bad("signal.secret", "use at least 16 characters".into());
+        if let Some(e) = self.signal.secret.as_deref().and_then(|k| short_secret(k).err()) {
+            bad("signal.secret", e);
         }
-        if self.web.admin_token.as_deref().is_some_and(|k| k.len() < 16) {
-            bad("web.admin_token", "use at least 16 characters".into());
+        if let Some(e) = self.web.admin_token.as_deref().and_then(|k| short_secret(k).err()) {
+            bad("web.admin_token", e);
+        }
+        if let Some(e) = self.auth.secrets.iter().find_map(|k| short_secret(k).err()) {
+            bad("auth.secrets", e);
+        }
+        // A file named but missing fails here with a sentence rather than at the first TLS handshake.
+        for (key, path) in [("tls.cert", &self.tls.cert), ("tls.key", &self.tls.key)] {
+            if let Some(Err(e)) = path.as_ref().map(std::fs::File::open) {
+                bad(
+                    key,
+                    format!(
+                        "cannot read {}: {e}",
+                        path.as_ref().map_or(String::new(), |p| p.display().to_string())
+                    ),
+                );
+            }
         }
         if self.web.max_reports == 0 {
             bad("web.max_reports", "must be at least 1".into());
@@ -634,7 +667,7 @@ impl Config {
             .ok_or_else(|| format!("{section} is not a section"))?;
         let value = typed_like(table.get(field), text);
         table.insert(field.to_owned(), value);
-        *self = Config::deserialize(tree).map_err(|e| e.to_string())?;
+        *self = Config::deserialize(tree).map_err(|e| file_errors::humanize(&e.to_string()))?;
         Ok(())
     }
 
@@ -647,6 +680,20 @@ impl Config {
             .filter_map(|(section, table)| Some((section, table.as_object()?)))
             .flat_map(|(section, table)| table.keys().map(move |key| format!("{section}.{key}")))
             .collect()
+    }
+}
+
+/// The fewest characters a secret may have (TURN REST secret, join-token secret, admin token): a shorter HMAC key
+/// falls to an offline search from one captured credential or token.
+pub const MIN_SECRET_LEN: usize = 16;
+
+/// Refuses a secret shorter than [`MIN_SECRET_LEN`], with the sentence to show.
+pub fn short_secret(secret: &str) -> Result<(), String> {
+    match secret.chars().count() {
+        n if n < MIN_SECRET_LEN => Err(format!(
+            "a secret of {n} characters is too short: use at least {MIN_SECRET_LEN} (e.g. `openssl rand -base64 24`)"
+        )),
+        _ => Ok(()),
     }
 }
 

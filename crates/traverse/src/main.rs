@@ -1,6 +1,7 @@
 //! `traverse`: signaling, STUN and TURN from one binary.
 
 mod config;
+mod file_errors;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -299,6 +300,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve(*args),
         Command::Credentials(args) => {
+            config::short_secret(&args.secret).map_err(|e| anyhow::anyhow!("--secret: {e}"))?;
             let (username, password) = mint(&args.secret, &args.user, args.ttl);
             let out = json!({ "username": username, "password": password, "credential": password,
                               "ttl": args.ttl, "uris": args.uris });
@@ -306,6 +308,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Token(args) => {
+            config::short_secret(&args.secret).map_err(|e| anyhow::anyhow!("--secret: {e}"))?;
             let claims = signal::Claims {
                 room: args.room,
                 sub: args.identity,
@@ -317,16 +320,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Doctor(args) => std::process::exit(doctor::run(*args)?),
         Command::CheckConfig { path } => {
-            let config = Config::load(&path)?;
-            let errors = config.validate();
-            if errors.is_empty() {
+            let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+            // Every error of the file, then every rule the entries that parsed break.
+            let (config, file_errors) = Config::parse_partial(&text);
+            let mut count = 0;
+            for e in &file_errors {
+                eprintln!("{}:{}:{}: {}", path.display(), e.line, e.column, e.what());
+                count += 1;
+            }
+            for e in config.as_ref().map(Config::validate).unwrap_or_default() {
+                eprintln!("{}: {e}", path.display());
+                count += 1;
+            }
+            if count == 0 {
                 println!("{}: OK", path.display());
                 return Ok(());
             }
-            for e in &errors {
-                eprintln!("{}: {e}", path.display());
-            }
-            bail!("{} error(s) in {}", errors.len(), path.display())
+            bail!("{count} error(s) in {}", path.display())
         }
     }
 }

@@ -1,0 +1,112 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+//! The operator's commands that start no server: `check-config`, `credentials`, `token`.
+
+mod common;
+
+use std::process::{Command, Output};
+
+fn traverse(args: &[&str]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_traverse"));
+    common::clear_traverse_env(&mut cmd);
+    cmd.args(args).output().expect("run traverse")
+}
+
+fn file(name: &str, text: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("traverse-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn check_config_reports_every_error_with_its_key_and_line() {
+    let path = file(
+        "bad.toml",
+        r#"# a file with an error of each kind
+[listen]
+udp = ["0.0.0.0:3478", "nonsense"]
+
+[relay]
+port_min = "forty"
+allow_peers = ["10.0.0.0/99"]
+colour = "blue"
+
+[limits]
+max_connections = -3
+idle_timeout = 30
+
+[tls]
+cert = "/nonexistent/traverse-test/fullchain.pem"
+key = "/nonexistent/traverse-test/privkey.pem"
+
+[auth]
+secrets = ["short"]
+"#,
+    );
+    let out = traverse(&["check-config", path.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    let p = path.display().to_string();
+    // Each file error on its own line, `path:line:column: key: message`, in file order.
+    let expected = [
+        (3, "listen.udp"),
+        (6, "relay.port_min"),
+        (7, "relay.allow_peers"),
+        (8, "relay.colour"),
+        (11, "limits.max_connections"),
+    ];
+    for (line, key) in expected {
+        let prefix = format!("{p}:{line}:");
+        assert!(
+            stderr
+                .lines()
+                .any(|l| l.starts_with(&prefix) && l.contains(&format!(": {key}: "))),
+            "no error for {key} on line {line} in:\n{stderr}"
+        );
+    }
+    // In the expected form, not Rust's types.
+    assert!(
+        stderr.contains("got the text \"forty\"; expected a whole number from 0 to 65535 (e.g. port_min = 49152)"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("unknown field `colour`"), "{stderr}");
+    assert!(
+        !stderr.contains("expected u16") && !stderr.contains("expected usize"),
+        "{stderr}"
+    );
+    // Then the rules the entries that parsed break: missing files, a short secret.
+    assert!(
+        stderr.contains("tls.cert: cannot read /nonexistent/traverse-test/fullchain.pem"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("tls.key: cannot read"), "{stderr}");
+    assert!(
+        stderr.contains("auth.secrets: a secret of 5 characters is too short"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("8 error(s)"), "{stderr}");
+}
+
+#[test]
+fn check_config_accepts_the_example() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../traverse.example.toml");
+    let out = traverse(&["check-config", example]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("OK"));
+}
+
+#[test]
+fn short_secrets_are_refused_where_the_server_would_refuse_them() {
+    for args in [
+        &["token", "--secret", "abcde", "--room", "r"][..],
+        &["credentials", "--secret", "abcde", "--user", "u"][..],
+    ] {
+        let out = traverse(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} accepted a 5-character secret");
+        assert!(stderr.contains("too short: use at least 16"), "{stderr}");
+    }
+    let out = traverse(&["token", "--secret", "sixteen-chars-ok", "--room", "r"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
