@@ -1,0 +1,124 @@
+//! The metrics listener: `/metrics` (behind a bearer token when one is configured), `/healthz` and `/readyz`, on an
+//! address of its own so that scraping never shares a port, a budget or a firewall rule with the public.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use subtle::ConstantTimeEq;
+
+use crate::{Health, Metrics};
+
+/// Asks the signaling hub for its counters; `None` when it does not answer.
+pub type HubStatsFn = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Option<signal::HubStats>> + Send>> + Send + Sync>;
+
+/// What the metrics listener serves.
+#[derive(Clone)]
+pub struct Endpoint {
+    pub metrics: Arc<Metrics>,
+    pub health: Arc<Health>,
+    /// `Authorization: Bearer <token>` required on `/metrics` when set.
+    pub token: Option<String>,
+    pub hub: HubStatsFn,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("token", &self.token.as_ref().map(|_| ".."))
+            .finish_non_exhaustive()
+    }
+}
+
+/// The OpenMetrics content type (prometheus-client writes OpenMetrics text).
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Serves until `shutdown` completes.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    endpoint: Endpoint,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(endpoint))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+pub fn router(endpoint: Endpoint) -> Router {
+    let health = endpoint.health.clone();
+    Router::new()
+        .route("/metrics", get(scrape))
+        .with_state(Arc::new(endpoint))
+        .merge(health_routes(health))
+}
+
+/// `/healthz` and `/readyz`, for any router (the HTTP ports serve them too).
+pub fn health_routes(health: Arc<Health>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { axum::Json(Health::liveness()) }))
+        .route("/readyz", get(readyz))
+        .with_state(health)
+}
+
+async fn readyz(State(health): State<Arc<Health>>) -> Response {
+    let unix = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let readiness = health.readiness(unix);
+    let status = match readiness.ready {
+        true => StatusCode::OK,
+        false => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    (status, axum::Json(readiness)).into_response()
+}
+
+async fn scrape(State(endpoint): State<Arc<Endpoint>>, headers: HeaderMap) -> Response {
+    if let Some(token) = &endpoint.token {
+        if !bearer_matches(&headers, token) {
+            return (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Bearer")],
+                "metrics.token is set: send Authorization: Bearer <token>\n",
+            )
+                .into_response();
+        }
+    }
+    let hub = (endpoint.hub)().await;
+    let text = endpoint.metrics.encode(hub);
+    ([(header::CONTENT_TYPE, OPENMETRICS)], text).into_response()
+}
+
+/// `Authorization: Bearer <token>`, compared in constant time.
+fn bearer_matches(headers: &HeaderMap, token: &str) -> bool {
+    let Some(given) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    given.trim().as_bytes().ct_eq(token.as_bytes()).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    #[test]
+    fn only_the_exact_bearer_token_passes() {
+        let with = |value: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::AUTHORIZATION, HeaderValue::from_str(value).unwrap());
+            h
+        };
+        assert!(bearer_matches(&with("Bearer s3cret-token-1234"), "s3cret-token-1234"));
+        assert!(!bearer_matches(&with("Bearer s3cret-token-123"), "s3cret-token-1234"));
+        assert!(!bearer_matches(&with("Basic s3cret-token-1234"), "s3cret-token-1234"));
+        assert!(!bearer_matches(&HeaderMap::new(), "s3cret-token-1234"));
+    }
+}

@@ -1,0 +1,74 @@
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing))]
+//! What an operator scrapes and probes: the Prometheus exposition (`/metrics`), liveness (`/healthz`) and readiness
+//! (`/readyz`).
+//!
+//! Model: nothing here is written on the packet path. Each source keeps its own numbers the way it already does —
+//! each TURN worker its plain-integer `turn::Stats` (copied once a second into `server::WorkerStats`), the signaling
+//! hub its `signal::HubStats` (asked at scrape time: the hub is a task), `outcome::Outcomes` its counts, the kernel
+//! the process's — and a collector per source ([`prometheus_client::collector::Collector`]) reads a snapshot of it
+//! when Prometheus scrapes. So a scrape costs one pass over the snapshots, and relaying a packet costs two additions
+//! to the worker's own memory.
+//!
+//! [`http::serve`] runs the metrics listener (its own address, `[metrics] listen`; a bearer token when it is not
+//! loopback); the same [`Health`] answers on the HTTP ports (`web`).
+
+mod encode;
+pub mod health;
+pub mod http;
+mod outcomes;
+pub mod process;
+mod signaling;
+mod turn_stats;
+
+use std::sync::{Arc, Mutex};
+
+use prometheus_client::registry::Registry;
+
+pub use health::{Check, CheckResult, Health, Readiness};
+pub use http::{Endpoint, HubStatsFn};
+
+/// Where the numbers come from; each is read at scrape time.
+#[derive(Debug, Clone)]
+pub struct Sources {
+    /// The TURN workers' counters (at most ~1 s old).
+    pub turn: Arc<server::WorkerStats>,
+    /// The certificate in use (its expiry), when TLS is served.
+    pub certs: Option<Arc<server::CertStore>>,
+    /// Connection outcomes reported by the SDK.
+    pub outcomes: Option<Arc<outcome::Outcomes>>,
+}
+
+/// The registry with every collector, and the slot the scrape handler puts the hub's answer in.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    hub: Arc<Mutex<Option<signal::HubStats>>>,
+}
+
+impl Metrics {
+    pub fn new(sources: Sources) -> Self {
+        let mut registry = Registry::default();
+        let hub = Arc::new(Mutex::new(None));
+        registry.register_collector(Box::new(turn_stats::TurnCollector {
+            workers: sources.turn,
+            certs: sources.certs,
+        }));
+        registry.register_collector(Box::new(signaling::SignalCollector { latest: hub.clone() }));
+        if let Some(outcomes) = sources.outcomes {
+            registry.register_collector(Box::new(outcomes::OutcomeCollector { outcomes }));
+        }
+        registry.register_collector(Box::new(process::ProcessCollector));
+        Self { registry, hub }
+    }
+
+    /// The OpenMetrics text of every collector. `hub` is the signaling hub's answer to this scrape (`None`: it did
+    /// not answer, and its metrics are left out rather than reported as zero).
+    pub fn encode(&self, hub: Option<signal::HubStats>) -> String {
+        *self.hub.lock().unwrap_or_else(|e| e.into_inner()) = hub;
+        let mut text = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &self.registry) {
+            tracing::warn!(error = %e, "cannot encode the metrics");
+        }
+        text
+    }
+}
