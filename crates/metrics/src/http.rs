@@ -58,8 +58,8 @@ pub fn router(endpoint: Endpoint) -> Router {
         .merge(health_routes(health))
 }
 
-/// `/healthz` and `/readyz`, for any router (the HTTP ports serve them too).
-pub fn health_routes(health: Arc<Health>) -> Router {
+/// `/healthz` and `/readyz`, to merge into any router (the HTTP ports serve them too).
+pub fn health_routes<S: Clone + Send + Sync + 'static>(health: Arc<Health>) -> Router<S> {
     Router::new()
         .route("/healthz", get(|| async { axum::Json(Health::liveness()) }))
         .route("/readyz", get(readyz))

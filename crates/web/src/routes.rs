@@ -42,6 +42,8 @@ pub(crate) struct App {
     /// `https://host[:port]` that plain HTTP on the single port is sent to; set once that port is bound.
     pub https_origin: OnceLock<String>,
     pub dashboard: crate::dashboard::Dashboard,
+    /// `/healthz` and `/readyz` (the binary sets the readiness checks once the listeners are bound).
+    pub health: Arc<metrics::Health>,
 }
 
 impl App {
@@ -55,6 +57,7 @@ impl App {
             ice_limiter: RateLimiter::new(ICE_SERVERS_BURST, ICE_SERVERS_EVERY, TRACKED_SOURCES),
             https_origin: OnceLock::new(),
             dashboard: crate::dashboard::Dashboard::default(),
+            health: Arc::new(metrics::Health::default()),
         }
     }
 }
@@ -96,7 +99,9 @@ const INDEX: &str = concat!(
 
 pub(crate) fn router(app: Arc<App>, scheme: Scheme) -> Router {
     if scheme == Scheme::HttpRedirect {
+        // Probes answer on plain HTTP too: a kubelet's httpGet does not follow a redirect to a name it cannot check.
         return Router::new()
+            .merge(metrics::http::health_routes(app.health.clone()))
             .fallback(redirect_to_https)
             .with_state(app)
             .layer(axum::middleware::map_response(security_headers));
@@ -134,13 +139,14 @@ pub(crate) fn router(app: Arc<App>, scheme: Scheme) -> Router {
         .route("/check/{id}", get(check_page))
         .route("/api/reports", get(list_reports).post(create_report))
         .route("/api/reports/{id}", get(read_report))
+        .route("/api/outcomes", get(outcomes))
         .route("/dashboard", get(crate::dashboard::page))
         .route("/dashboard/dashboard.js", get(crate::dashboard::page_js))
         .route("/dashboard/dashboard.css", get(crate::dashboard::page_css))
         .route("/api/dashboard", get(crate::dashboard::json))
         .route("/api/dashboard/events", get(crate::dashboard::events))
-        .route("/healthz", get(|| async { "ok" }))
         .route("/", get(|| async { ([(header::CONTENT_TYPE, HTML)], INDEX) }))
+        .merge(metrics::http::health_routes(app.health.clone()))
         .with_state(app)
         .layer(axum::middleware::map_response(security_headers))
 }
@@ -416,6 +422,29 @@ async fn list_reports(
         "reports": app.reports.list(),
         "maxReports": app.reports.limits().max_reports,
     });
+    ([(header::CACHE_CONTROL, "no-store")], axum::Json(body)).into_response()
+}
+
+/// `GET /api/outcomes`: the connection outcomes diagnosed so far (`outcome::OutcomeSnapshot`); needs the admin
+/// token like `GET /api/reports`.
+async fn outcomes(
+    State(app): State<Arc<App>>,
+    Extension(Remote(remote)): Extension<Remote>,
+    headers: HeaderMap,
+) -> Response {
+    let Some(expected) = &app.config.admin_token else {
+        return api_error(
+            StatusCode::FORBIDDEN,
+            "outcomes-disabled",
+            "Connection outcomes are readable with the admin token only: set [web] admin_token \
+             (--set web.admin_token=…, TRAVERSE_WEB_ADMIN_TOKEN) to enable this endpoint.",
+        );
+    };
+    if let Err(refused) = check_admin_token(&app, expected, remote, &headers, "GET /api/outcomes") {
+        return refused.into_response();
+    }
+    let unix = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let body = app.config.outcomes.snapshot(unix);
     ([(header::CACHE_CONTROL, "no-store")], axum::Json(body)).into_response()
 }
 
