@@ -573,6 +573,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let (username, credential) = mint_at(&mint_secret, user, unix + ttl);
         json!([{ "urls": urls.stun }, { "urls": urls.turn, "username": username, "credential": credential }])
     });
+    let outcomes = Arc::new(outcome::Outcomes::new());
     let web = web::Web::start(web::WebConfig {
         limits: config.signal.limits.clone(),
         token_secret: config.signal.secret.as_ref().map(|s| s.as_bytes().to_vec()),
@@ -581,6 +582,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         data_dir: config.web.data_dir(),
         admin_token: config.web.admin_token.clone(),
         max_reports: config.web.max_reports,
+        outcomes: outcomes.clone(),
     })
     .context("cannot start the signaling hub")?;
     let handler: Arc<dyn server::HttpHandler> = Arc::new(WebHandler(web.clone()));
@@ -596,6 +598,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     for addr in &running.single {
         tracing::info!(%addr, "single port (HTTPS/WSS, TURN over TLS and TCP) listening");
     }
+    let (worker_stats, certs) = (running.stats.clone(), running.certs.clone());
+    let serves_tls = !running.tls.is_empty() || !running.single.is_empty();
+    web.set_dashboard_sources(web::DashboardSources {
+        turn: Box::new(move || turn_load(&worker_stats.sum())),
+        certificate_not_after: Box::new(move || certs.status().not_after.filter(|_| serves_tls)),
+    });
     let host = public_host(&config, &running, &interface_ips);
     let _ = ice_urls.set(IceUrls::new(&host, &running));
     if let Some(a) = running.http.first() {
@@ -664,6 +672,18 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     std::thread::sleep(Duration::from_millis(200));
     running.shutdown();
     Ok(())
+}
+
+/// The dashboard's view of the workers' summed TURN counters.
+fn turn_load(stats: &turn::Stats) -> web::TurnLoad {
+    let (to_peer, to_client) = (&stats.to_peer, &stats.to_client);
+    web::TurnLoad {
+        allocations: stats.allocations as u64,
+        relayed_packets_to_peer: to_peer.udp.packets + to_peer.tcp.packets + to_peer.tls.packets,
+        relayed_bytes_to_peer: to_peer.udp.bytes + to_peer.tcp.bytes + to_peer.tls.bytes,
+        relayed_packets_to_client: to_client.udp.packets + to_client.tcp.packets + to_client.tls.packets,
+        relayed_bytes_to_client: to_client.udp.bytes + to_client.tcp.bytes + to_client.tls.bytes,
+    }
 }
 
 /// Serves the connections the HTTP and single ports sort as HTTP.

@@ -3,7 +3,7 @@
 //! (`[web] admin_token`); without one the three answer 404 with a sentence saying how to turn them on.
 //!
 //! Model: nothing is kept here between requests. A snapshot is read from its sources when it is sent — the
-//! signaling hub (over its command channel), the connection outcomes, and the TURN workers' counters and the
+//! signaling hub (over its command channel), the connection outcomes ([`outcome::Outcomes`]), and the TURN workers' counters and the
 //! certificate through [`DashboardSources`], closures the binary hands over once the workers run (the web side
 //! starts before them). Counters are sent as totals with the snapshot's time; the page turns two successive
 //! snapshots into rates (bytes/s), so the server keeps no history per viewer.
@@ -76,6 +76,8 @@ pub struct Snapshot {
     pub signaling: Option<SignalingLoad>,
     pub turn: Option<TurnLoad>,
     pub certificate: Option<Certificate>,
+    /// Connected and failed pairs, by path and reason, the last hour per minute, the latest failures.
+    pub outcomes: outcome::OutcomeSnapshot,
 }
 
 /// The signaling hub right now.
@@ -179,6 +181,7 @@ pub(crate) async fn snapshot(app: &App) -> Snapshot {
         signaling,
         turn: sources.map(|s| (s.turn)()),
         certificate,
+        outcomes: app.config.outcomes.snapshot(unix),
     }
 }
 

@@ -48,6 +48,8 @@ pub struct WebConfig {
     pub admin_token: Option<String>,
     /// Reports kept; the oldest are pruned beyond it.
     pub max_reports: usize,
+    /// Connection outcomes as diagnosed from the SDK's reports; the dashboard and the metrics read them.
+    pub outcomes: Arc<outcome::Outcomes>,
 }
 
 impl std::fmt::Debug for WebConfig {

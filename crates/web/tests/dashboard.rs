@@ -34,6 +34,10 @@ impl Http {
 }
 
 fn start(admin_token: Option<&str>) -> (Web, tempfile::TempDir) {
+    start_with(admin_token, Arc::new(outcome::Outcomes::new()))
+}
+
+fn start_with(admin_token: Option<&str>, outcomes: Arc<outcome::Outcomes>) -> (Web, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let web = Web::start(WebConfig {
         limits: signal::Limits::default(),
@@ -43,6 +47,7 @@ fn start(admin_token: Option<&str>) -> (Web, tempfile::TempDir) {
         data_dir: dir.path().join("data"),
         admin_token: admin_token.map(str::to_owned),
         max_reports: 10,
+        outcomes,
     })
     .unwrap();
     (web, dir)
@@ -247,6 +252,86 @@ async fn the_snapshot_has_its_documented_shape() {
     );
     assert_eq!(s["certificate"]["daysLeft"], 10, "{s}");
     assert_eq!(s["certificate"]["notAfterUnix"], now + 10 * 86_400 + 3600);
+}
+
+/// A connected pair over TURN/TLS and a failed pair, as the hub records them.
+fn outcomes_with_one_of_each(unix: u64) -> Arc<outcome::Outcomes> {
+    let store = Arc::new(outcome::Outcomes::new());
+    let connected = outcome::Report::parse(
+        r#"{"outcome":"connected","elapsedMs":812,"policy":"all",
+            "pair":{"local":{"type":"relay","protocol":"udp","relayProtocol":"tls"},"remote":{"type":"srflx","protocol":"udp"}},
+            "gathered":{"host":1,"srflx":1,"relayTls":1},"offered":{"stun":1,"turnTls":1},"remoteCandidates":2}"#,
+    )
+    .unwrap();
+    store.record(
+        &outcome::classify(&connected, Some(&connected)).between("lobby", "p_a", "p_b"),
+        unix,
+    );
+    let failed = outcome::Report::parse(
+        r#"{"outcome":"failed","elapsedMs":9000,"gathered":{"host":1,"srflx":1},"offered":{"stun":1},"remoteCandidates":2}"#,
+    )
+    .unwrap();
+    store.record(
+        &outcome::classify(&failed, Some(&failed)).between("lobby", "p_c", "p_d"),
+        unix,
+    );
+    store
+}
+
+#[tokio::test]
+async fn the_snapshot_carries_the_outcomes() {
+    let unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let (web, _dir) = start_with(Some(TOKEN), outcomes_with_one_of_each(unix));
+    let s = get(
+        &web,
+        Ipv4Addr::new(192, 0, 2, 10),
+        "/api/dashboard",
+        Some(&format!("Bearer {TOKEN}")),
+    )
+    .await
+    .json();
+    let o = &s["outcomes"];
+    assert_eq!(o["connected"], 1, "{o}");
+    assert_eq!(o["failed"], 1, "{o}");
+    assert_eq!(
+        o["by_path"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|n| n.as_u64().unwrap())
+            .sum::<u64>(),
+        1,
+        "{o}"
+    );
+    assert!(
+        o["by_path"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .all(|k| k.starts_with("relay-") || k.starts_with("direct-")),
+        "{o}"
+    );
+    assert_eq!(o["by_reason"]["symmetric-nat-no-relay"], 1, "{o}");
+    assert_eq!(o["time_to_connect_ms"]["count"], 1, "{o}");
+    assert!(
+        o["time_to_connect_ms"]["buckets"][0].as_array().unwrap().len() == 2,
+        "[upper, cumulative]: {o}"
+    );
+    let minutes = o["minutes"].as_array().unwrap();
+    let counted: u64 = minutes
+        .iter()
+        .map(|m| m["connected"].as_u64().unwrap() + m["failed"].as_u64().unwrap())
+        .sum();
+    assert_eq!(counted, 2, "{o}");
+    assert!(minutes.iter().all(|m| m["start_unix"].is_u64()));
+    let recent = &o["recent_failures"][0];
+    assert_eq!(recent["room"], "lobby");
+    assert_eq!(recent["reason"], "symmetric-nat-no-relay");
+    assert!(recent["message"].as_str().unwrap().len() > 20, "a sentence: {recent}");
+    assert!(recent["unix"].is_u64());
 }
 
 #[tokio::test]
