@@ -67,6 +67,10 @@ export const RECONNECT_DELAYS_MS = Object.freeze([0, 300, 1200, 2700, 4800, 7000
  * @property {boolean} [autoAccept=true] answer offers from peers you did not `connect()` to (event `peer-connection`)
  * @property {PeerOptions | ((peerId: string) => PeerOptions)} [peerOptions] options for peers created by
  *   `autoAccept`
+ * @property {boolean} [reportOutcomes=true] send the server one `outcome` report per peer connection (connected,
+ *   failed, or not connected after `outcomeTimeoutMs`): candidate types and counts, TURN errors, the browser — no
+ *   addresses (docs/sdk.md, "Connection outcomes")
+ * @property {number} [outcomeTimeoutMs=30000] a peer connection not connected after this long is reported `timeout`
  */
 
 /**
@@ -124,6 +128,9 @@ export function filterIceServers(servers, keep) {
  * - `reconnecting` `{attempt, delayMs, code, reason}`, `resumed` `{replayed, seq, ack}`
  * - `closed` `{code, reason}` — final; the room is unusable
  * - `peer-connection` `{peer}` — a `Peer` created because a peer sent an offer (see `autoAccept`)
+ * - `connection-diagnosis` `{peer, outcome, reason, step, message, path?, timeToConnectMs?}` — the server's verdict
+ *   on a peer connection, from both sides' outcome reports; `connection-failed` `{peer, outcome, reason, step,
+ *   message}` as well when it did not connect (`reason`: a stable code, docs/operations.md)
  */
 export class Room extends EventTarget {
   /** @param {ConnectOptions} options */
@@ -140,6 +147,8 @@ export class Room extends EventTarget {
       maxQueue: 1000,
       maxMessageBytes: 65536,
       autoAccept: true,
+      reportOutcomes: true,
+      outcomeTimeoutMs: 30000,
       ...options,
     };
     /** WebSocket URL in use. */
@@ -377,11 +386,43 @@ export class Room extends EventTarget {
         return this._emit('broadcast', { from: msg.from, data: msg.data, seq: msg.seq });
       case 'undeliverable':
         return this._emit('undeliverable', { to: msg.to, id: msg.id, reason: msg.reason, seq: msg.seq });
+      case 'diagnosis':
+        return this._onDiagnosis(msg);
       case 'error':
         return this._onError(msg, handshake);
       default:
         // Unknown server message: ignore (forward compatibility).
         return;
+    }
+  }
+
+  /** The server's post-mortem of a peer connection (docs/protocol.md, "Connection outcomes"). @private */
+  _onDiagnosis(msg) {
+    const detail = {
+      peer: msg.peer,
+      outcome: msg.outcome,
+      reason: msg.reason,
+      step: msg.step,
+      message: msg.message,
+      seq: msg.seq,
+    };
+    if (typeof msg.path === 'string') detail.path = msg.path;
+    if (typeof msg.timeToConnectMs === 'number') detail.timeToConnectMs = msg.timeToConnectMs;
+    this._emit('connection-diagnosis', detail);
+    if (msg.outcome !== 'connected') this._emit('connection-failed', detail);
+  }
+
+  /**
+   * Sends a peer connection's outcome report (once per `Peer`), unless `reportOutcomes` is off. Numbered like a
+   * `signal`, so a report written into a dying socket is resent after the resume and counted once.
+   * @private @param {string} peerId @param {OutcomeReport} report
+   */
+  _reportOutcome(peerId, report) {
+    if (!this._opts.reportOutcomes || this.state === 'closed') return;
+    try {
+      this._send({ type: 'outcome', peer: peerId, report }, true);
+    } catch {
+      /* too large or closed: a report is best effort */
     }
   }
 
@@ -496,6 +537,21 @@ export class Peer extends EventTarget {
     if (this.options.iceTransportPolicy) config.iceTransportPolicy = this.options.iceTransportPolicy;
     /** The underlying RTCPeerConnection. */
     this.pc = new RTCPeerConnection(config);
+    /**
+     * What the outcome report is made of, gathered as the connection goes (docs/sdk.md, "Connection outcomes").
+     * @private
+     */
+    this._outcome = {
+      startedAt: now(),
+      reported: false,
+      policy: config.iceTransportPolicy === 'relay' ? 'relay' : 'all',
+      iceServers,
+      /** @type {CandidateErrorReport[]} */ errors: [],
+      remoteCandidates: 0,
+      remoteDescription: false,
+      restarts: 0,
+      /** @type {any} */ timer: null,
+    };
 
     /** @private */ this._makingOffer = false;
     /** @private */ this._ignoreOffer = false;
@@ -522,10 +578,19 @@ export class Peer extends EventTarget {
       if (candidate) this._signal({ candidate });
     };
     pc.oniceconnectionstatechange = () => {
-      if (pc.iceConnectionState === 'failed' && this.options.restartOnFailure && !this.closed) pc.restartIce();
+      if (pc.iceConnectionState === 'failed' && this.options.restartOnFailure && !this.closed) {
+        this._outcome.restarts++;
+        pc.restartIce();
+      }
       this._emitState();
     };
-    pc.onconnectionstatechange = () => this._emitState();
+    pc.onconnectionstatechange = () => {
+      if (pc.connectionState === 'connected') this._settle('connected');
+      else if (pc.connectionState === 'failed') this._settle('failed');
+      this._emitState();
+    };
+    pc.onicecandidateerror = (/** @type {any} */ e) => addCandidateError(this._outcome.errors, e);
+    this._outcome.timer = setTimeout(() => this._settle('timeout'), room._opts.outcomeTimeoutMs ?? 30000);
     pc.ontrack = ({ track, streams }) => {
       for (const s of streams) if (!this.remoteStreams.includes(s)) this.remoteStreams.push(s);
       this._emit('track', { track, streams });
@@ -605,6 +670,9 @@ export class Peer extends EventTarget {
     // A `bye` lets the other side drop its half, so that a later connect() starts from a fresh RTCPeerConnection.
     if (tellRemote && this.room.state === 'open' && this.room.peers.has(this.peerId)) this._signal({ bye: true });
     this.closed = true;
+    // Closed by the app or the room before an outcome: nothing to report (that is not a failure to connect).
+    this._outcome.reported = true;
+    clearTimeout(this._outcome.timer);
     try {
       this.pc.close();
     } catch {
@@ -620,6 +688,32 @@ export class Peer extends EventTarget {
   /** @private */
   _emit(name, detail) {
     this.dispatchEvent(new CustomEvent(name, { detail }));
+  }
+
+  /**
+   * The first of connected, failed or the timeout: report it to the server once.
+   * @private @param {'connected' | 'failed' | 'timeout'} outcome
+   */
+  async _settle(outcome) {
+    const o = this._outcome;
+    if (o.reported || this.closed) return;
+    o.reported = true;
+    clearTimeout(o.timer);
+    const elapsedMs = now() - o.startedAt;
+    const stats = await this.pc.getStats().catch(() => new Map());
+    const report = outcomeReport({
+      outcome,
+      elapsedMs,
+      policy: o.policy,
+      stats,
+      iceServers: o.iceServers,
+      errors: o.errors,
+      remoteCandidates: o.remoteCandidates,
+      remoteDescription: o.remoteDescription,
+      restarts: o.restarts,
+      userAgent: typeof navigator !== 'undefined' ? navigator.userAgent : '',
+    });
+    this.room._reportOutcome(this.peerId, report);
   }
 
   /** @private */
@@ -689,6 +783,7 @@ export class Peer extends EventTarget {
         await pc.setLocalDescription({ type: 'rollback' });
       }
       await pc.setRemoteDescription(sdp);
+      this._outcome.remoteDescription = true;
       if (this._pendingSetup) this._setup();
       if (sdp.type === 'offer') {
         await pc.setLocalDescription();
@@ -697,6 +792,7 @@ export class Peer extends EventTarget {
     } else if (candidate) {
       try {
         await pc.addIceCandidate(candidate);
+        if (candidate.candidate) this._outcome.remoteCandidates++;
       } catch (err) {
         if (!this._ignoreOffer) throw err;
       }
@@ -704,10 +800,183 @@ export class Peer extends EventTarget {
   }
 }
 
+// ---- internal: connection outcome reports ---------------------------------------------------------------------
+
+/**
+ * One `icecandidateerror`: its code, the server URL and the browser's text — never its `address`/`port` (ours).
+ * @typedef {{code: number, url?: string, text?: string}} CandidateErrorReport
+ *
+ * What the SDK sends about one peer connection (docs/protocol.md, "Connection outcomes"; checked field by field by
+ * the server's `outcome::Report`).
+ * @typedef {object} OutcomeReport
+ * @property {'connected' | 'failed' | 'timeout'} outcome
+ * @property {number} elapsedMs from the peer connection's creation to the outcome
+ * @property {'all' | 'relay'} policy `iceTransportPolicy`
+ * @property {{local: object, remote: object} | undefined} pair the selected pair's candidate types, protocols, relay
+ *   transport and TURN URL (when connected)
+ * @property {{host: number, srflx: number, prflx: number, relayUdp: number, relayTcp: number, relayTls: number}}
+ *   gathered local candidates per type, relays per transport to the TURN server
+ * @property {{stun: number, turnUdp: number, turnTcp: number, turnTls: number, turnTls443: number}} offered ICE
+ *   server URLs per kind
+ * @property {CandidateErrorReport[]} errors
+ * @property {number} remoteCandidates candidates received from the other peer
+ * @property {boolean} remoteDescription the other peer's offer or answer was applied
+ * @property {number} restarts ICE restarts
+ * @property {{name: string, version: number}} browser family and major version
+ */
+
+/** Errors kept per report; the server accepts no more. */
+const MAX_CANDIDATE_ERRORS = 16;
+
+/**
+ * Keeps an `icecandidateerror` (deduplicated, bounded, without addresses).
+ * @param {CandidateErrorReport[]} list @param {{errorCode?: number, url?: string, errorText?: string}} e
+ */
+function addCandidateError(list, e) {
+  const code = Number(e.errorCode);
+  if (!Number.isInteger(code) || code < 300 || code > 799 || list.length >= MAX_CANDIDATE_ERRORS) return;
+  /** @type {CandidateErrorReport} */
+  const entry = { code };
+  const url = iceUrl(e.url);
+  if (url) entry.url = url;
+  // eslint-disable-next-line no-control-regex
+  const text = typeof e.errorText === 'string' ? e.errorText.replace(/[\u0000-\u001f\u007f]/g, ' ').slice(0, 120) : '';
+  if (text) entry.text = text;
+  if (list.some((x) => x.code === entry.code && x.url === entry.url && x.text === entry.text)) return;
+  list.push(entry);
+}
+
+/** An ICE server URL the server accepts (`stun:`, `stuns:`, `turn:`, `turns:`, printable, ≤ 256), else undefined. */
+function iceUrl(url) {
+  if (typeof url !== 'string' || url.length > 256 || !/^(stuns?|turns?):[\x21-\x7e]+$/.test(url)) return undefined;
+  return url;
+}
+
+/**
+ * ICE server URLs per kind: enough for the server to tell "no TURN offered" and "no TURN over TLS on 443 offered".
+ * @param {IceServer[]} servers
+ */
+function countIceUrls(servers) {
+  const offered = { stun: 0, turnUdp: 0, turnTcp: 0, turnTls: 0, turnTls443: 0 };
+  for (const s of servers || []) {
+    for (const url of Array.isArray(s.urls) ? s.urls : [s.urls]) {
+      if (typeof url !== 'string') continue;
+      const [scheme] = url.split(':', 1);
+      if (scheme === 'stun' || scheme === 'stuns') offered.stun++;
+      else if (scheme === 'turns') {
+        offered.turnTls++;
+        // RFC 7065: turns:host[:port][?transport=…]; the port defaults to 5349.
+        const port = /:(\d+)(\?|$)/.exec(url.slice(6));
+        if (port && port[1] === '443') offered.turnTls443++;
+      } else if (scheme === 'turn') {
+        if (/[?&]transport=tcp\b/.test(url)) offered.turnTcp++;
+        else offered.turnUdp++;
+      }
+    }
+  }
+  return offered;
+}
+
+/**
+ * The browser's family and major version from its user agent (nothing else of it is sent).
+ * @param {string} ua @returns {{name: 'chrome' | 'edge' | 'firefox' | 'safari' | 'other', version: number}}
+ */
+function browserOf(ua) {
+  const v = (/** @type {RegExpExecArray | null} */ m) => (m ? Math.min(Number(m[1]) || 0, 65535) : 0);
+  let m;
+  if ((m = /Edg(?:e|A|iOS)?\/(\d+)/.exec(ua))) return { name: 'edge', version: v(m) };
+  if ((m = /(?:Firefox|FxiOS)\/(\d+)/.exec(ua))) return { name: 'firefox', version: v(m) };
+  if ((m = /(?:Chrome|Chromium|CriOS)\/(\d+)/.exec(ua))) return { name: 'chrome', version: v(m) };
+  if ((m = /Version\/(\d+).*Safari/.exec(ua))) return { name: 'safari', version: v(m) };
+  return { name: 'other', version: 0 };
+}
+
+/**
+ * Builds the outcome report from what the peer connection saw: `stats` is its `getStats()` report (local candidates
+ * and the selected pair are read from it). Pure: no browser API, tested in node.
+ * @param {{outcome: 'connected' | 'failed' | 'timeout', elapsedMs: number, policy: 'all' | 'relay',
+ *   stats: {forEach: (fn: (s: any) => void) => void, get: (id: string) => any}, iceServers: IceServer[],
+ *   errors: CandidateErrorReport[], remoteCandidates: number, remoteDescription: boolean, restarts: number,
+ *   userAgent: string}} o
+ * @returns {OutcomeReport}
+ */
+function outcomeReport(o) {
+  const u16 = (/** @type {number} */ n) => Math.max(0, Math.min(65535, Math.round(n) || 0));
+  const gathered = { host: 0, srflx: 0, prflx: 0, relayUdp: 0, relayTcp: 0, relayTls: 0 };
+  /** @type {any} */ let pair = null;
+  o.stats.forEach((s) => {
+    if (s.type === 'local-candidate') {
+      if (s.candidateType === 'relay') {
+        const t = relayProtocolOf(s);
+        if (t === 'tls') gathered.relayTls++;
+        else if (t === 'tcp') gathered.relayTcp++;
+        else gathered.relayUdp++;
+      } else if (s.candidateType in gathered) {
+        gathered[s.candidateType]++;
+      }
+    }
+    if (s.type === 'transport' && s.selectedCandidatePairId) pair = o.stats.get(s.selectedCandidatePairId) || pair;
+  });
+  for (const k of Object.keys(gathered)) gathered[k] = u16(gathered[k]);
+  /** @type {OutcomeReport} */
+  const report = {
+    outcome: o.outcome,
+    elapsedMs: Math.max(0, Math.min(0xffffffff, Math.round(o.elapsedMs) || 0)),
+    policy: o.policy,
+    pair: undefined,
+    gathered,
+    offered: countIceUrls(o.iceServers),
+    errors: o.errors.slice(0, MAX_CANDIDATE_ERRORS),
+    remoteCandidates: u16(o.remoteCandidates),
+    remoteDescription: !!o.remoteDescription,
+    restarts: u16(o.restarts),
+    browser: browserOf(o.userAgent || ''),
+  };
+  if (o.outcome === 'connected' && pair) {
+    const side = (/** @type {string} */ id, /** @type {boolean} */ local) => {
+      const c = o.stats.get(id);
+      if (!c || !['host', 'srflx', 'prflx', 'relay'].includes(c.candidateType)) return null;
+      /** @type {any} */
+      const out = { type: c.candidateType, protocol: c.protocol === 'tcp' ? 'tcp' : 'udp' };
+      if (local && c.candidateType === 'relay') {
+        const t = relayProtocolOf(c);
+        if (t) out.relayProtocol = t;
+      }
+      const url = local ? iceUrl(c.url) : undefined;
+      if (url) out.url = url;
+      return out;
+    };
+    const local = side(pair.localCandidateId, true);
+    const remote = side(pair.remoteCandidateId, false);
+    if (local && remote) report.pair = { local, remote };
+  }
+  if (!report.pair) delete report.pair;
+  return report;
+}
+
+/** A local relay candidate's transport to the TURN server: `relayProtocol`, else from its URL. */
+function relayProtocolOf(c) {
+  if (c.relayProtocol === 'udp' || c.relayProtocol === 'tcp' || c.relayProtocol === 'tls') return c.relayProtocol;
+  if (typeof c.url === 'string') {
+    if (c.url.startsWith('turns:')) return 'tls';
+    if (c.url.startsWith('turn:')) return /transport=tcp/.test(c.url) ? 'tcp' : 'udp';
+  }
+  return undefined;
+}
+
 // ---- internal: the session protocol ---------------------------------------------------------------------------
 
 /** Server messages that belong to the session's numbered stream (replayed after a resume). */
-const STREAM_TYPES = new Set(['joined', 'peer-joined', 'peer-left', 'signal', 'broadcast', 'undeliverable', 'error']);
+const STREAM_TYPES = new Set([
+  'joined',
+  'peer-joined',
+  'peer-left',
+  'signal',
+  'broadcast',
+  'undeliverable',
+  'error',
+  'diagnosis',
+]);
 
 /**
  * What a `Session` hands its driver, in order:
@@ -1304,7 +1573,13 @@ function resolveWsUrl(url) {
 }
 
 /** Internal, for the SDK's unit tests (tests/sdk): not part of the API, may change without notice. */
-export { Session as _Session };
+export {
+  Session as _Session,
+  addCandidateError as _addCandidateError,
+  outcomeReport as _outcomeReport,
+  countIceUrls as _countIceUrls,
+  browserOf as _browserOf,
+};
 
 /** Namespace object: `import Traverse from '/sdk/traverse.js'; await Traverse.connect({room: 'lobby'})`. */
 const Traverse = { connect, Room, Peer, TraverseError, filterIceServers, VERSION, PROTOCOL, RECONNECT_DELAYS_MS };

@@ -134,6 +134,11 @@ pub(crate) enum Frame<'a> {
     Pong {
         ack: u64,
     },
+    /// The post-mortem of this peer's connection with `peer` (`crate::hub::outcomes`).
+    Diagnosis {
+        peer: &'a PeerId,
+        diagnosis: &'a outcome::Diagnosis,
+    },
 }
 
 /// `{"seq":` + at most 20 digits + `,`.
@@ -250,6 +255,28 @@ impl Frame<'_> {
             Frame::Pong { ack } => {
                 out.raw("\"type\":\"pong\",\"ack\":");
                 out.raw(Digits::of(*ack).as_str());
+            }
+            Frame::Diagnosis { peer, diagnosis } => {
+                // Codes are the crates' own kebab-case names; the message is written by the classifier from them.
+                out.raw("\"type\":\"diagnosis\",\"peer\":\"");
+                out.raw(peer.as_str());
+                out.raw("\",\"outcome\":\"");
+                out.raw(diagnosis.outcome.as_str());
+                out.raw("\",\"reason\":\"");
+                out.raw(diagnosis.reason.code());
+                out.raw("\",\"step\":\"");
+                out.raw(diagnosis.reason.step().as_str());
+                out.raw("\",\"message\":");
+                out.string(&diagnosis.message);
+                if let Some(path) = diagnosis.path {
+                    out.raw(",\"path\":\"");
+                    out.raw(path.as_str());
+                    out.raw("\"");
+                }
+                if let Some(ms) = diagnosis.time_to_connect_ms {
+                    out.raw(",\"timeToConnectMs\":");
+                    out.raw(Digits::of(u64::from(ms)).as_str());
+                }
             }
         }
         out.raw("}");

@@ -27,6 +27,7 @@
 //! }
 //! # fn send(_conn: ConnId, _text: &[u8]) {}
 //! # fn close(_conn: ConnId, _code: u16, _reason: &str) {}
+//! # fn record(_d: &outcome::Diagnosis) {}
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let ice: signal::IceServerSource = Box::new(|_peer, _unix| serde_json::value::to_raw_value(&[0u8; 0]).unwrap());
 //! let rng = rand::rngs::StdRng::from_entropy();
@@ -41,6 +42,7 @@
 //!     match output {
 //!         Output::Send { conn, text } => send(conn, &text),
 //!         Output::Close { conn, code, reason } => close(conn, code.0, &reason),
+//!         Output::Outcome(diagnosis) => record(&diagnosis),
 //!     }
 //! }
 //! // Then wait for the next event or `hub.poll_timeout()`, whichever is first; at the deadline:

@@ -144,6 +144,11 @@ pub(crate) struct Envelope<'a> {
     pub ack: Option<u64>,
     /// The client's own numbering of `signal`/`broadcast`, so it can resend what a dead socket swallowed.
     pub seq: Option<u64>,
+    /// `outcome`: the remote peer the report is about.
+    pub peer: Option<String>,
+    /// `outcome`: the report (`outcome::Report`), parsed by the hub.
+    #[serde(borrow)]
+    pub report: Option<&'a RawValue>,
 }
 
 /// A validated client message.
@@ -169,6 +174,11 @@ pub(crate) enum ClientMessage<'a> {
     Leave,
     Ping {
         ack: Option<u64>,
+    },
+    /// How this peer's connection with `peer` ended (docs/protocol.md, "Connection outcomes").
+    Outcome {
+        peer: String,
+        report: &'a RawValue,
     },
 }
 
@@ -238,6 +248,12 @@ fn parse_envelope<'a>(text: &'a str, seq: &mut Option<u64>) -> Result<ClientMess
         }),
         "leave" => Ok(ClientMessage::Leave),
         "ping" => Ok(ClientMessage::Ping { ack: env.ack }),
+        "outcome" => Ok(ClientMessage::Outcome {
+            peer: need(env.peer, "peer", "outcome")?,
+            report: env
+                .report
+                .ok_or_else(|| Refusal::new(ErrorCode::BadMessage, "`outcome` needs `report`."))?,
+        }),
         other => Err(Refusal::new(
             ErrorCode::UnknownType,
             format!(

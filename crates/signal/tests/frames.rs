@@ -37,6 +37,7 @@ impl Script {
                     writeln!(self.log, "{conn} < {text}").unwrap();
                 }
                 Output::Close { conn, code, reason } => writeln!(self.log, "{conn} x {} {reason}", code.0).unwrap(),
+                Output::Outcome(d) => writeln!(self.log, "outcome {} {}", d.outcome.as_str(), d.reason.code()).unwrap(),
             }
         }
     }

@@ -80,6 +80,8 @@ impl Lab {
                     self.live.remove(&conn);
                     self.closed.insert(conn, (code.0, reason));
                 }
+                // Pairing of connection reports is tested in tests/outcomes.rs.
+                Output::Outcome(_) => {}
             }
         }
     }

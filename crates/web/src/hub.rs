@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use outcome::Outcomes;
 use rand::SeedableRng;
 use signal::{CloseCode, ConnId, MemoryHub, Now, Output, Refusal, SignalHub, Source};
 use tokio::sync::{mpsc, oneshot};
@@ -153,10 +154,11 @@ pub(crate) fn spawn(config: &WebConfig) -> std::io::Result<HubHandle> {
         rand::rngs::StdRng::from_entropy(),
         Instant::now(),
     );
+    let outcomes = config.outcomes.clone();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build()?;
     std::thread::Builder::new()
         .name("traverse-hub".into())
-        .spawn(move || runtime.block_on(run(hub, rx)))?;
+        .spawn(move || runtime.block_on(run(hub, rx, outcomes)))?;
     Ok(HubHandle {
         tx,
         next_conn: Arc::new(AtomicU64::new(1)),
@@ -197,7 +199,7 @@ fn now() -> Now {
     }
 }
 
-async fn run(mut hub: impl SignalHub, mut rx: mpsc::Receiver<Command>) {
+async fn run(mut hub: impl SignalHub, mut rx: mpsc::Receiver<Command>, outcomes: Arc<Outcomes>) {
     let mut sockets: HashMap<ConnId, Arc<Outbox>> = HashMap::new();
     let mut sources = SourceCounters::default();
     loop {
@@ -206,7 +208,7 @@ async fn run(mut hub: impl SignalHub, mut rx: mpsc::Receiver<Command>) {
             command = rx.recv() => command,
             _ = sleep_until(deadline) => {
                 hub.handle_timeout(now());
-                route(&mut hub, &mut sockets);
+                route(&mut hub, &mut sockets, &outcomes);
                 // A map never shrinks by itself: after a load, give back what the sockets that left held.
                 if sockets.capacity() > 4 * sockets.len() + 64 {
                     sockets.shrink_to(2 * sockets.len());
@@ -215,15 +217,15 @@ async fn run(mut hub: impl SignalHub, mut rx: mpsc::Receiver<Command>) {
             }
         };
         let Some(command) = command else { break };
-        let mut stop = handle(&mut hub, &mut sockets, &mut sources, command);
+        let mut stop = handle(&mut hub, &mut sockets, &mut sources, &outcomes, command);
         // Drain what has queued up meanwhile before routing, so a burst costs one clock read per command only.
         for _ in 0..256 {
             match rx.try_recv() {
-                Ok(command) => stop |= handle(&mut hub, &mut sockets, &mut sources, command),
+                Ok(command) => stop |= handle(&mut hub, &mut sockets, &mut sources, &outcomes, command),
                 Err(_) => break,
             }
         }
-        route(&mut hub, &mut sockets);
+        route(&mut hub, &mut sockets, &outcomes);
         if stop {
             break;
         }
@@ -263,6 +265,7 @@ fn handle(
     hub: &mut impl SignalHub,
     sockets: &mut HashMap<ConnId, Arc<Outbox>>,
     sources: &mut SourceCounters,
+    outcomes: &Outcomes,
     command: Command,
 ) -> bool {
     match command {
@@ -298,14 +301,14 @@ fn handle(
         }
         Command::Shutdown => {
             hub.handle_shutdown();
-            route(hub, sockets);
+            route(hub, sockets, outcomes);
             return true;
         }
     }
     false
 }
 
-fn route(hub: &mut impl SignalHub, sockets: &mut HashMap<ConnId, Arc<Outbox>>) {
+fn route(hub: &mut impl SignalHub, sockets: &mut HashMap<ConnId, Arc<Outbox>>, outcomes: &Outcomes) {
     while let Some(output) = hub.poll_output() {
         match output {
             Output::Send { conn, text } => {
@@ -326,6 +329,20 @@ fn route(hub: &mut impl SignalHub, sockets: &mut HashMap<ConnId, Arc<Outbox>>) {
                 if let Some(outbox) = sockets.remove(&conn) {
                     let _ = outbox.push(ToSocket::Close(code, reason));
                 }
+            }
+            Output::Outcome(d) => {
+                tracing::info!(
+                    room = %d.room,
+                    peer_a = %d.peers[0],
+                    peer_b = %d.peers[1],
+                    outcome = d.outcome.as_str(),
+                    reason = d.reason.code(),
+                    path = d.path.map_or("", |p| p.as_str()),
+                    time_to_connect_ms = d.time_to_connect_ms,
+                    reports = d.reports,
+                    "connection {}", if d.failed() { "failed" } else { "connected" }
+                );
+                outcomes.record(&d, now().unix);
             }
         }
     }

@@ -1,8 +1,9 @@
 //! The room hub, one mechanism per file: [`sockets`] (each socket's rate, errors, heartbeat and close), [`stream`]
 //! (each session's numbered stream: delivery under the byte budgets, replay, acknowledgements, resume), [`rooms`]
-//! (membership: join, leave, signal, broadcast, expiry). Frames are written by [`crate::frame`]; this file holds the
+//! (membership: join, leave, signal, broadcast, expiry), [`outcomes`] (connection reports paired and diagnosed). Frames are written by [`crate::frame`]; this file holds the
 //! driving contract ([`SignalHub`]), the state, and the dispatch of client messages.
 
+mod outcomes;
 mod rooms;
 mod sockets;
 mod stream;
@@ -65,6 +66,9 @@ pub enum Output {
         code: CloseCode,
         reason: String,
     },
+    /// A pair of peers was diagnosed from their `outcome` reports (or one of them and a deadline); both peers have
+    /// been sent a `diagnosis` frame. The I/O layer records it (`outcome::Outcomes::record`).
+    Outcome(Box<outcome::Diagnosis>),
 }
 
 /// Every bound a stranger could otherwise push. The `[signal]` section of the server's configuration file holds
@@ -104,6 +108,9 @@ pub struct Limits {
     pub heartbeat_timeout: Duration,
     #[serde(with = "seconds")]
     pub resume_grace: Duration,
+    /// How long the first `outcome` report of a pair waits for the other side's before it is diagnosed alone.
+    #[serde(skip)]
+    pub outcome_deadline: Duration,
 }
 
 /// A duration as whole seconds, the unit of the configuration file.
@@ -141,6 +148,9 @@ impl Default for Limits {
             heartbeat_interval: Duration::from_secs(10),
             heartbeat_timeout: Duration::from_secs(25),
             resume_grace: Duration::from_secs(30),
+            // Both sides report within a second of each other when they agree; a side that failed to connect
+            // reports at its own failure or timeout, which the SDK starts from the same offer.
+            outcome_deadline: Duration::from_secs(10),
         }
     }
 }
@@ -206,6 +216,8 @@ pub struct MemoryHub<R = rand::rngs::StdRng> {
     clock: Instant,
     relayed: u64,
     refused: u64,
+    /// Connection reports waiting for their pair.
+    pairing: outcomes::Pairing,
 }
 
 impl<R> std::fmt::Debug for MemoryHub<R> {
@@ -230,6 +242,7 @@ impl<R: RngCore + Send> MemoryHub<R> {
         shrink(&mut self.sessions);
         shrink(&mut self.by_secret);
         shrink(&mut self.rooms);
+        self.pairing.shrink();
         if self.outputs.capacity() > 4 * self.outputs.len() + 64 {
             self.outputs.shrink_to(2 * self.outputs.len());
         }
@@ -263,6 +276,7 @@ impl<R: RngCore + Send> MemoryHub<R> {
             clock: now,
             relayed: 0,
             refused: 0,
+            pairing: outcomes::Pairing::default(),
         }
     }
 
@@ -294,13 +308,19 @@ impl<R: RngCore + Send> MemoryHub<R> {
                 conn,
                 Refusal::new(ErrorCode::AlreadyJoined, "This socket has already joined a room."),
             ),
-            (ClientMessage::Signal { .. } | ClientMessage::Broadcast { .. } | ClientMessage::Leave, None) => self
-                .error(
-                    conn,
-                    Refusal::new(ErrorCode::NotJoined, "Join a room first (send `join`)."),
-                ),
+            (
+                ClientMessage::Signal { .. }
+                | ClientMessage::Broadcast { .. }
+                | ClientMessage::Leave
+                | ClientMessage::Outcome { .. },
+                None,
+            ) => self.error(
+                conn,
+                Refusal::new(ErrorCode::NotJoined, "Join a room first (send `join`)."),
+            ),
             (ClientMessage::Signal { to, data, id }, Some(from)) => self.signal(conn, &from, &to, data, id),
             (ClientMessage::Broadcast { data }, Some(from)) => self.broadcast(&from, data),
+            (ClientMessage::Outcome { peer, report }, Some(from)) => self.outcome(conn, &from, &peer, report),
             (ClientMessage::Leave, Some(peer)) => {
                 self.remove_session(&peer);
                 self.close(conn, CloseCode::NORMAL, "left");
@@ -360,7 +380,12 @@ impl<R: RngCore + Send> SignalHub for MemoryHub<R> {
             Admission::UnknownConn => return,
         }
         match protocol::parse(text) {
-            Ok((msg, Some(seq))) if matches!(msg, ClientMessage::Signal { .. } | ClientMessage::Broadcast { .. }) => {
+            Ok((msg, Some(seq)))
+                if matches!(
+                    msg,
+                    ClientMessage::Signal { .. } | ClientMessage::Broadcast { .. } | ClientMessage::Outcome { .. }
+                ) =>
+            {
                 if self.seen_before(conn, seq) {
                     return;
                 }
@@ -401,8 +426,9 @@ impl<R: RngCore + Send> SignalHub for MemoryHub<R> {
         self.next_sweep = Some(now.instant);
         self.close_silent_sockets(now);
         self.expire_sessions(now);
+        self.expire_outcomes(now.instant);
         self.shrink_after_load();
-        self.next_sweep = if self.conns.is_empty() && self.sessions.is_empty() {
+        self.next_sweep = if self.conns.is_empty() && self.sessions.is_empty() && self.pairing.is_empty() {
             None
         } else {
             Some(now.instant + SWEEP_INTERVAL)

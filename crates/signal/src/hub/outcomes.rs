@@ -1,0 +1,220 @@
+//! Connection outcomes: each peer's `outcome` report about another peer of its room is held until the other side's
+//! report about it arrives, or until a deadline; then [`outcome::classify`] decides, both peers get a `diagnosis`
+//! frame, and the I/O layer gets [`Output::Outcome`] to record it.
+//!
+//! Held reports are charged to the reporter's source and to the hub's total like kept frames (`crate::budget`),
+//! and at most `max_peers_per_room` are held per reporter; a report that does not fit is diagnosed alone at once
+//! rather than held. A pair is diagnosed once: when it was decided on one report, the other side's late report
+//! about it is dropped (until [`LATE_REPORT_WINDOW`] has passed).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use outcome::{classify, Diagnosis, Report};
+use rand::RngCore;
+use serde_json::value::RawValue;
+
+use super::{ConnId, MemoryHub, Output};
+use crate::budget::{Source, FRAME_OVERHEAD};
+use crate::frame::Frame;
+use crate::id::PeerId;
+use crate::protocol::{ErrorCode, Refusal};
+
+/// How long a late report about a pair decided on one report is dropped: longer than the SDK's default timeout
+/// (30 s) after which a peer that never connected reports.
+pub(super) const LATE_REPORT_WINDOW: Duration = Duration::from_secs(60);
+
+/// A pair of peers in a room, in a fixed order (by id), whichever reported first.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct PairKey {
+    room: Arc<str>,
+    low: PeerId,
+    high: PeerId,
+}
+
+impl PairKey {
+    fn new(room: Arc<str>, a: &PeerId, b: &PeerId) -> Self {
+        let (low, high) = if a.as_str() <= b.as_str() { (a, b) } else { (b, a) };
+        Self {
+            room,
+            low: low.clone(),
+            high: high.clone(),
+        }
+    }
+}
+
+/// The first report of a pair, waiting for the second.
+struct Held {
+    reporter: PeerId,
+    about: PeerId,
+    report: Report,
+    source: Source,
+    /// As charged to the budgets.
+    bytes: usize,
+    deadline: Instant,
+}
+
+/// The hub's outcome state: held reports and the pairs decided on one report.
+#[derive(Default)]
+pub(super) struct Pairing {
+    held: HashMap<PairKey, Held>,
+    /// Held reports per reporter, bounded by `max_peers_per_room`.
+    per_reporter: HashMap<PeerId, usize>,
+    /// Pairs decided on one report: the peer whose late report is dropped, until when.
+    decided: HashMap<PairKey, (PeerId, Instant)>,
+}
+
+impl Pairing {
+    pub fn is_empty(&self) -> bool {
+        self.held.is_empty() && self.decided.is_empty()
+    }
+
+    fn take(&mut self, key: &PairKey) -> Option<Held> {
+        let held = self.held.remove(key)?;
+        if let Some(n) = self.per_reporter.get_mut(&held.reporter) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.per_reporter.remove(&held.reporter);
+            }
+        }
+        Some(held)
+    }
+
+    pub fn shrink(&mut self) {
+        super::shrink(&mut self.held);
+        super::shrink(&mut self.per_reporter);
+        super::shrink(&mut self.decided);
+    }
+}
+
+impl<R: RngCore + Send> MemoryHub<R> {
+    /// `{"type":"outcome","peer":B,"report":{…}}` from `from` (A).
+    pub(super) fn outcome(&mut self, conn: ConnId, from: &PeerId, about: &str, report: &RawValue) {
+        let report = match Report::parse(report.get()) {
+            Ok(report) => report,
+            Err(e) => {
+                let message = format!("The outcome report was refused: {e}.");
+                return self.error(conn, Refusal::new(ErrorCode::BadMessage, message));
+            }
+        };
+        let (room, source) = match self.sessions.get(from) {
+            Some(s) => (s.room.clone(), s.source),
+            None => return,
+        };
+        // Only about a member of the same room (a peer whose tab closed is still one for the resume grace).
+        let about = match self.sessions.get_key_value(about) {
+            Some((b, s)) if s.room == room && b != from => b.clone(),
+            _ => {
+                let message = format!(
+                    "No peer {} in room {room}.",
+                    about.chars().take(128).collect::<String>()
+                );
+                return self.error(conn, Refusal::new(ErrorCode::UnknownPeer, message));
+            }
+        };
+        let key = PairKey::new(room.clone(), from, &about);
+        let now = self.clock;
+        if let Some((late, until)) = self.pairing.decided.get(&key) {
+            if late == from && now < *until {
+                // Decided on the other side's report alone; counting this one would count the pair twice.
+                self.pairing.decided.remove(&key);
+                return;
+            }
+        }
+        if let Some(first) = self.pairing.take(&key) {
+            self.budget.release(first.source, first.bytes);
+            if first.reporter == *from {
+                // A newer attempt of the same side (a new peer connection): it replaces the older report.
+                return self.hold(key, from.clone(), about, report, source);
+            }
+            let diagnosis =
+                classify(&first.report, Some(&report)).between(&room, first.reporter.as_str(), from.as_str());
+            return self.diagnosed(&first.reporter, from, diagnosis);
+        }
+        self.hold(key, from.clone(), about, report, source);
+    }
+
+    /// Holds the first report of a pair until the deadline, within the budgets; else diagnoses it alone now.
+    fn hold(&mut self, key: PairKey, reporter: PeerId, about: PeerId, report: Report, source: Source) {
+        let bytes = std::mem::size_of::<Held>() + FRAME_OVERHEAD + report_heap_bytes(&report);
+        let count = self.pairing.per_reporter.get(&reporter).copied().unwrap_or(0);
+        let fits = count < self.limits.max_peers_per_room && self.budget.check(source, 0, bytes).is_ok();
+        if !fits {
+            self.refused += 1;
+            let diagnosis = classify(&report, None).between(&key.room, reporter.as_str(), about.as_str());
+            return self.diagnosed(&reporter, &about, diagnosis);
+        }
+        self.budget.charge(source, bytes);
+        *self.pairing.per_reporter.entry(reporter.clone()).or_insert(0) += 1;
+        let deadline = self.clock + self.limits.outcome_deadline;
+        self.pairing.held.insert(
+            key,
+            Held {
+                reporter,
+                about,
+                report,
+                source,
+                bytes,
+                deadline,
+            },
+        );
+        if self.next_sweep.is_none() {
+            self.next_sweep = Some(self.clock + super::SWEEP_INTERVAL);
+        }
+    }
+
+    /// Diagnoses alone every held report whose deadline has passed, and forgets expired decisions.
+    pub(super) fn expire_outcomes(&mut self, now: Instant) {
+        let due: Vec<PairKey> = self
+            .pairing
+            .held
+            .iter()
+            .filter(|(_, h)| h.deadline <= now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in due {
+            let Some(first) = self.pairing.take(&key) else { continue };
+            self.budget.release(first.source, first.bytes);
+            let diagnosis =
+                classify(&first.report, None).between(&key.room, first.reporter.as_str(), first.about.as_str());
+            self.pairing
+                .decided
+                .insert(key, (first.about.clone(), now + LATE_REPORT_WINDOW));
+            self.diagnosed(&first.reporter, &first.about, diagnosis);
+        }
+        self.pairing.decided.retain(|_, (_, until)| now < *until);
+    }
+
+    /// Tells both peers (those still here) and the I/O layer.
+    fn diagnosed(&mut self, a: &PeerId, b: &PeerId, diagnosis: Diagnosis) {
+        for (to, other) in [(a, b), (b, a)] {
+            let frame = Frame::Diagnosis {
+                peer: other,
+                diagnosis: &diagnosis,
+            };
+            let _ = self.deliver(to, &frame, None);
+        }
+        self.outputs.push_back(Output::Outcome(Box::new(diagnosis)));
+    }
+}
+
+/// What a parsed report holds beyond its own size: its error list's strings.
+fn report_heap_bytes(report: &Report) -> usize {
+    report
+        .errors
+        .iter()
+        .map(|e| {
+            std::mem::size_of_val(e)
+                + e.url.as_ref().map_or(0, |u| u.as_str().len())
+                + e.text.as_ref().map_or(0, |t| t.as_str().len())
+        })
+        .sum::<usize>()
+        + report.pair.as_ref().map_or(0, |p| {
+            [&p.local.url, &p.remote.url]
+                .iter()
+                .flat_map(|u| u.as_ref())
+                .map(|u| u.as_str().len())
+                .sum()
+        })
+}

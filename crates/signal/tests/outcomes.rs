@@ -1,0 +1,276 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+//! Pairing of `outcome` reports in simulated time: both reports, one report and the deadline, a connected pair
+//! counted once, held reports bounded and charged.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::{Duration, Instant};
+
+use outcome::{Diagnosis, Outcome, Path, Reason};
+use rand::SeedableRng;
+use serde_json::{json, Value};
+use signal::{ConnId, Limits, MemoryHub, Now, Output, SignalHub};
+
+struct Lab {
+    hub: MemoryHub<rand::rngs::StdRng>,
+    start: Instant,
+    at: Duration,
+    inbox: HashMap<u64, Vec<Value>>,
+    diagnoses: Vec<Diagnosis>,
+}
+
+const IP: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7));
+
+impl Lab {
+    fn new(limits: Limits) -> Self {
+        let start = Instant::now();
+        let ice: signal::IceServerSource = Box::new(|_, _| serde_json::value::to_raw_value(&json!([])).unwrap());
+        Self {
+            hub: MemoryHub::new(limits, None, ice, rand::rngs::StdRng::seed_from_u64(9), start),
+            start,
+            at: Duration::ZERO,
+            inbox: HashMap::new(),
+            diagnoses: Vec::new(),
+        }
+    }
+
+    fn now(&self) -> Now {
+        Now {
+            instant: self.start + self.at,
+            unix: 1_800_000_000 + self.at.as_secs(),
+        }
+    }
+
+    fn drain(&mut self) {
+        while let Some(out) = self.hub.poll_output() {
+            match out {
+                Output::Send { conn, text } => {
+                    let v: Value = serde_json::from_slice(&text).unwrap();
+                    self.inbox.entry(conn.get()).or_default().push(v);
+                }
+                Output::Close { .. } => {}
+                Output::Outcome(d) => self.diagnoses.push(*d),
+            }
+        }
+    }
+
+    fn advance(&mut self, d: Duration) {
+        let end = self.at + d;
+        while self.at < end {
+            self.at = (self.at + Duration::from_millis(250)).min(end);
+            let now = self.now();
+            for conn in [1, 2, 3] {
+                self.hub.handle_activity(ConnId::new(conn), now);
+            }
+            self.hub.handle_timeout(now);
+            self.drain();
+        }
+    }
+
+    fn send(&mut self, conn: u64, v: Value) {
+        let now = self.now();
+        self.hub.handle_text(ConnId::new(conn), &v.to_string(), now);
+        self.drain();
+    }
+
+    /// Joins `conn` to `room` and returns its peer id.
+    fn join(&mut self, conn: u64, room: &str) -> String {
+        let now = self.now();
+        self.hub.handle_connect(ConnId::new(conn), IP, now).unwrap();
+        self.send(conn, json!({"type": "join", "room": room}));
+        self.frames(conn, "joined")[0]["peerId"].as_str().unwrap().to_owned()
+    }
+
+    fn frames(&self, conn: u64, ty: &str) -> Vec<Value> {
+        self.inbox
+            .get(&conn)
+            .map(|v| v.iter().filter(|f| f["type"] == ty).cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Bytes held beyond the replay buffers: every socket acknowledges all it got first, so what is left is held
+    /// reports.
+    fn held_reports(&mut self) -> usize {
+        for conn in [1, 2, 3] {
+            let ack = self
+                .inbox
+                .get(&conn)
+                .and_then(|v| v.iter().filter_map(|f| f["seq"].as_u64()).max());
+            if let Some(ack) = ack {
+                self.send(conn, json!({"type": "ping", "ack": ack}));
+            }
+        }
+        self.hub.stats().held_bytes
+    }
+
+    fn report(&mut self, conn: u64, about: &str, report: Value) {
+        self.send(conn, json!({"type": "outcome", "peer": about, "report": report}));
+    }
+}
+
+fn failed_udp_timeout() -> Value {
+    json!({"outcome": "failed", "elapsedMs": 9000, "gathered": {"host": 1, "srflx": 1},
+           "offered": {"stun": 1, "turnUdp": 1}, "remoteCandidates": 2,
+           "errors": [{"code": 701, "url": "turn:192.0.2.1:3478?transport=udp"}]})
+}
+
+fn connected_relay_tls(ms: u32) -> Value {
+    json!({"outcome": "connected", "elapsedMs": ms,
+           "pair": {"local": {"type": "relay", "protocol": "udp", "relayProtocol": "tls"},
+                    "remote": {"type": "srflx", "protocol": "udp"}},
+           "gathered": {"host": 1, "relayTls": 1}})
+}
+
+#[test]
+fn both_reports_are_paired_classified_and_told_to_both_peers() {
+    let mut lab = Lab::new(Limits::default());
+    let a = lab.join(1, "r");
+    let b = lab.join(2, "r");
+    lab.report(1, &b, failed_udp_timeout());
+    assert!(lab.diagnoses.is_empty(), "held until B reports");
+    assert!(lab.held_reports() > 0, "a held report is charged");
+    lab.advance(Duration::from_secs(1));
+    lab.report(2, &a, failed_udp_timeout());
+    assert_eq!(lab.diagnoses.len(), 1);
+    let d = &lab.diagnoses[0];
+    assert_eq!(
+        (d.outcome, d.reason, d.reports),
+        (Outcome::Failed, Reason::TurnUdpBlockedNoTls, 2)
+    );
+    assert_eq!((d.room.as_str(), d.peers.clone()), ("r", [a.clone(), b.clone()]));
+    for (conn, other) in [(1, &b), (2, &a)] {
+        let f = lab.frames(conn, "diagnosis");
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert_eq!(f[0]["peer"], other.as_str());
+        assert_eq!(f[0]["outcome"], "failed");
+        assert_eq!(f[0]["reason"], "turn-udp-blocked-no-tls");
+        assert_eq!(f[0]["step"], "discovery");
+        assert!(
+            f[0]["message"].as_str().unwrap().contains("Both peers are behind NATs"),
+            "{}",
+            f[0]
+        );
+        assert!(f[0]["seq"].as_u64().unwrap() > 1, "in the session's stream");
+    }
+    assert_eq!(lab.held_reports(), 0, "the held report's bytes are given back");
+    lab.advance(Duration::from_secs(20));
+    assert_eq!(lab.diagnoses.len(), 1, "nothing more at the deadline");
+}
+
+#[test]
+fn one_report_is_diagnosed_alone_at_the_deadline() {
+    let mut lab = Lab::new(Limits::default());
+    let _a = lab.join(1, "r");
+    let b = lab.join(2, "r");
+    lab.report(1, &b, failed_udp_timeout());
+    lab.advance(Duration::from_secs(9));
+    assert!(lab.diagnoses.is_empty());
+    lab.advance(Duration::from_secs(2));
+    assert_eq!(lab.diagnoses.len(), 1);
+    assert_eq!(
+        (lab.diagnoses[0].reason, lab.diagnoses[0].reports),
+        (Reason::PeerUnreported, 1)
+    );
+    assert_eq!(lab.frames(1, "diagnosis")[0]["reason"], "peer-unreported");
+    assert_eq!(
+        lab.frames(2, "diagnosis").len(),
+        1,
+        "B, still in the room, hears it too"
+    );
+    assert_eq!(lab.held_reports(), 0);
+}
+
+#[test]
+fn a_connected_pair_counts_once() {
+    let mut lab = Lab::new(Limits::default());
+    let a = lab.join(1, "r");
+    let b = lab.join(2, "r");
+    // B's report arrives after the deadline: the pair was decided on A's, B's is not counted again.
+    lab.report(1, &b, connected_relay_tls(800));
+    lab.advance(Duration::from_secs(11));
+    assert_eq!(lab.diagnoses.len(), 1);
+    let d = &lab.diagnoses[0];
+    assert_eq!(
+        (d.outcome, d.path, d.time_to_connect_ms),
+        (Outcome::Connected, Some(Path::RelayTls), Some(800))
+    );
+    lab.report(2, &a, connected_relay_tls(900));
+    lab.advance(Duration::from_secs(11));
+    assert_eq!(lab.diagnoses.len(), 1, "the late side's report is dropped");
+    assert_eq!(lab.held_reports(), 0);
+    // A later connection of the same pair is a new one, counted again (both reports in time: once).
+    lab.report(2, &a, connected_relay_tls(700));
+    lab.report(1, &b, connected_relay_tls(650));
+    assert_eq!(lab.diagnoses.len(), 2);
+    assert_eq!(lab.diagnoses[1].reports, 2);
+}
+
+#[test]
+fn held_reports_are_bounded_per_reporter_and_by_the_byte_budgets() {
+    let limits = Limits {
+        max_peers_per_room: 3,
+        ..Limits::default()
+    };
+    let mut lab = Lab::new(limits);
+    let _a = lab.join(1, "r");
+    let b = lab.join(2, "r");
+    let c = lab.join(3, "r");
+    lab.report(1, &b, failed_udp_timeout());
+    lab.report(1, &c, failed_udp_timeout());
+    let held_two = lab.held_reports();
+    // A newer report about the same peer replaces the older one: still two held.
+    lab.report(1, &b, failed_udp_timeout());
+    assert_eq!(lab.held_reports(), held_two);
+    assert!(lab.diagnoses.is_empty());
+
+    // Over the per-reporter bound (the room's size; reached only with peers that come and go): diagnosed alone at
+    // once instead of held.
+    let mut tight = Lab::new(Limits {
+        max_peers_per_room: 2,
+        ..Limits::default()
+    });
+    let _a = tight.join(1, "r");
+    for (i, conn) in [2u64, 3, 4].into_iter().enumerate() {
+        let b = tight.join(conn, "r");
+        tight.report(1, &b, failed_udp_timeout());
+        tight.send(conn, json!({"type": "leave"}));
+        assert_eq!(tight.diagnoses.len(), i.saturating_sub(1), "report {i}");
+    }
+    assert_eq!(tight.diagnoses[0].reason, Reason::PeerUnreported);
+
+    let mut other = Lab::new(Limits {
+        max_source_bytes: 200,
+        ..Limits::default()
+    });
+    let _a = other.join(1, "r");
+    let b2 = other.join(2, "r");
+    other.report(1, &b2, failed_udp_timeout());
+    assert_eq!(other.diagnoses.len(), 1, "over the source budget: not held");
+    assert_eq!(other.diagnoses[0].reason, Reason::PeerUnreported);
+    assert_eq!(other.held_reports(), 0);
+}
+
+#[test]
+fn bad_reports_and_strangers_are_refused() {
+    let mut lab = Lab::new(Limits::default());
+    let _a = lab.join(1, "r");
+    let b = lab.join(2, "r");
+    let x = lab.join(3, "elsewhere");
+    lab.report(1, &b, json!({"outcome": "exploded", "elapsedMs": 1}));
+    lab.report(1, &x, failed_udp_timeout());
+    lab.report(1, "p_0000000000000000", failed_udp_timeout());
+    lab.send(1, json!({"type": "outcome", "peer": b}));
+    let errors: Vec<String> = lab
+        .frames(1, "error")
+        .iter()
+        .map(|e| e["code"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(errors, ["bad-message", "unknown-peer", "unknown-peer", "bad-message"]);
+    assert!(lab.diagnoses.is_empty());
+    assert_eq!(lab.held_reports(), 0);
+    // Before joining: not-joined.
+    let now = lab.now();
+    lab.hub.handle_connect(ConnId::new(9), IP, now).unwrap();
+    lab.report(9, &b, failed_udp_timeout());
+    assert_eq!(lab.frames(9, "error")[0]["code"], "not-joined");
+}
