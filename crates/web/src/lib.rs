@@ -111,6 +111,11 @@ impl Web {
         &self.app.hub
     }
 
+    /// The readiness checks `/healthz` and `/readyz` answer with, here and on the metrics listener.
+    pub fn health(&self) -> &Arc<metrics::Health> {
+        &self.app.health
+    }
+
     /// Where plain HTTP on the single port is redirected: `https://host[:port]`, from configuration once the port is
     /// bound (never from a request's Host). An IPv6 address is bracketed here. Set once; later calls are ignored.
     pub fn set_https_origin(&self, host: &str, port: u16) -> Result<(), BadOrigin> {

@@ -1,0 +1,335 @@
+//! The metrics listener of the real binary, read the way Prometheus reads it: known traffic from real peers
+//! (coturn's `turnutils_uclient` through Traverse to `turnutils_peer`, the project's own TURN client for refusals),
+//! then `/metrics` scraped and parsed by Python's `prometheus_client` OpenMetrics parser — the format served
+//! (`application/openmetrics-text`; its Prometheus 0.0.4 parser would read every `_total` sample as an untyped
+//! family of its own) — and the counters compared with what was sent. Also the token, the refusal of a public
+//! address without one, and `/healthz` / `/readyz` on both the metrics listener and an HTTP port.
+//!
+//! The workers copy their counters once a second, so every read polls (bounded) until the numbers arrive.
+//! A missing tool prints `SKIP: …` and passes, unless `TRAVERSE_REQUIRE_PEERS=1` (CI), where it fails.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{clear_traverse_env, require_tools, run_bounded, skip, Conn, EchoPeer, Server, TurnClient};
+
+const TOKEN: &str = "metrics-token-0123456789";
+
+/// A free loopback TCP port for the metrics listener (bound, read, released: the server binds it a moment later).
+fn free_tcp_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free TCP port")
+}
+
+/// `true` when Python's `prometheus_client` can be imported; otherwise skips (or fails under CI).
+fn have_parser() -> bool {
+    let ok = Command::new("python3")
+        .args(["-c", "import prometheus_client.openmetrics.parser"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        skip("python3 with prometheus_client not installed (python3 -m pip install prometheus_client)");
+    }
+    ok
+}
+
+/// One HTTP/1.1 GET with `Connection: close`: status, headers (lowercased names) and body.
+fn get(addr: SocketAddr, path: &str, token: Option<&str>) -> (u16, String, String) {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    let _ = stream.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {head:?}"));
+    (status, head.to_lowercase(), body.to_owned())
+}
+
+/// Every sample of an exposition: name (with its `_total`/`_bucket` suffix), labels, value.
+#[derive(Debug)]
+struct Exposition(Vec<(String, BTreeMap<String, String>, f64)>);
+
+impl Exposition {
+    /// The sum of the samples named `name` whose labels include `labels` (0 when there is none).
+    fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.0
+            .iter()
+            .filter(|(n, l, _)| n == name && labels.iter().all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v)))
+            .map(|(_, _, v)| v)
+            .sum()
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.0.iter().any(|(n, _, _)| n == name)
+    }
+}
+
+/// Parses OpenMetrics text with Python's `prometheus_client` (strict: a malformed exposition fails the test).
+fn parse(text: &str) -> Exposition {
+    const SCRIPT: &str = "import sys, json\n\
+        from prometheus_client.openmetrics.parser import text_string_to_metric_families\n\
+        out = [[s.name, s.labels, s.value] for f in text_string_to_metric_families(sys.stdin.read()) for s in f.samples]\n\
+        print(json.dumps(out))\n";
+    let mut child = Command::new("python3")
+        .args(["-c", SCRIPT])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "prometheus_client refused the exposition: {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let samples: Vec<(String, BTreeMap<String, String>, f64)> = serde_json::from_slice(&out.stdout).unwrap();
+    Exposition(samples)
+}
+
+/// Scrapes `/metrics` (200, OpenMetrics) and parses it.
+fn scrape(addr: SocketAddr, token: Option<&str>) -> Exposition {
+    let (status, head, body) = get(addr, "/metrics", token);
+    assert_eq!(status, 200, "{head}\n{body}");
+    assert!(head.contains("content-type: application/openmetrics-text"), "{head}");
+    parse(&body)
+}
+
+/// Scrapes until `done` holds (the workers publish once a second), at most 10 s; returns the last exposition.
+fn scrape_until(addr: SocketAddr, token: Option<&str>, done: impl Fn(&Exposition) -> bool) -> Exposition {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let e = scrape(addr, token);
+        if done(&e) || Instant::now() > deadline {
+            return e;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// The final `tot_send_msgs=N, tot_recv_msgs=M` line and `Total lost packets L` of a uclient run.
+fn uclient_totals(text: &str) -> Option<(u64, u64, u64)> {
+    let number_after = |line: &str, key: &str| -> Option<u64> {
+        let rest = line.split(key).nth(1)?;
+        let digits: String = rest.trim_start().chars().take_while(char::is_ascii_digit).collect();
+        digits.parse().ok()
+    };
+    let totals = text
+        .lines()
+        .rev()
+        .find(|l| l.contains("tot_send_msgs=") && l.contains("tot_recv_msgs=") && !l.contains("msz="))?;
+    let lost = text.lines().rev().find(|l| l.contains("Total lost packets"))?;
+    Some((
+        number_after(totals, "tot_send_msgs=")?,
+        number_after(totals, "tot_recv_msgs=")?,
+        number_after(lost, "Total lost packets")?,
+    ))
+}
+
+#[test]
+fn uclient_traffic_moves_the_relayed_packet_counters_by_what_it_sent() {
+    if !require_tools(&["turnutils_uclient", "turnutils_peer"]) || !have_parser() {
+        return;
+    }
+    let port = free_tcp_port();
+    let metrics = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut server = Server::start(&[
+        "--allow-peer",
+        "127.0.0.0/8",
+        "--user",
+        "alice:pw",
+        "--workers",
+        "2",
+        "--metrics",
+        &metrics.to_string(),
+    ]);
+    let before = scrape(metrics, None);
+    let to_peer = [("direction", "to_peer"), ("transport", "udp")];
+    let to_client = [("direction", "to_client"), ("transport", "udp")];
+    assert_eq!(before.value("traverse_turn_relayed_packets_total", &to_peer), 0.0);
+    assert!(before.has("process_resident_memory_bytes") && before.has("traverse_signal_sockets"));
+
+    let peer = EchoPeer::start(common::LOOPBACK);
+    // 4 clients × 40 messages of 120 bytes over channels, to the echo peer and back.
+    const SIZE: f64 = 120.0;
+    let mut cmd = Command::new("turnutils_uclient");
+    cmd.args(["-u", "alice", "-w", "pw"])
+        .args(["-e", &peer.addr.ip().to_string(), "-r", &peer.addr.port().to_string()])
+        .args(["-p", &server.udp.port().to_string()])
+        .args(["-n", "40", "-m", "4", "-l", "120"])
+        .arg("127.0.0.1");
+    let out = run_bounded(&mut cmd, Duration::from_secs(240));
+    let text = out.all();
+    assert!(!out.timed_out, "uclient timed out\n{text}");
+    let (sent, received, lost) = uclient_totals(&text).unwrap_or_else(|| panic!("no uclient summary:\n{text}"));
+    assert!(sent >= 160, "uclient sent {sent}\n{text}");
+    server.assert_alive();
+
+    let after = scrape_until(metrics, None, |e| {
+        e.value("traverse_turn_relayed_packets_total", &to_peer) >= (sent - lost) as f64
+            && e.value("traverse_turn_relayed_packets_total", &to_client) >= received as f64
+    });
+    let packets_out = after.value("traverse_turn_relayed_packets_total", &to_peer);
+    let packets_back = after.value("traverse_turn_relayed_packets_total", &to_client);
+    println!(
+        "uclient: sent={sent} received={received} lost={lost}; relayed to_peer={packets_out} to_client={packets_back}"
+    );
+    // Every message uclient sent went to the peer unless it was lost on the way, and every echo it counted came
+    // back through the relay (an echo lost after the relay is relayed but not received).
+    assert!(
+        ((sent - lost) as f64..=sent as f64).contains(&packets_out),
+        "to_peer {packets_out} for {sent} sent, {lost} lost"
+    );
+    assert!(
+        (received as f64..=(received + lost) as f64).contains(&packets_back),
+        "to_client {packets_back} for {received} received, {lost} lost"
+    );
+    assert_eq!(
+        after.value("traverse_turn_relayed_bytes_total", &to_peer),
+        packets_out * SIZE
+    );
+    assert_eq!(
+        after.value("traverse_turn_relayed_bytes_total", &to_client),
+        packets_back * SIZE
+    );
+    for transport in ["tcp", "tls"] {
+        assert_eq!(
+            after.value("traverse_turn_relayed_packets_total", &[("transport", transport)]),
+            0.0,
+            "nothing was relayed over {transport}"
+        );
+    }
+    let created = after.value("traverse_turn_allocations_created_total", &[("transport", "udp")]);
+    assert!(created >= 4.0, "{created} allocations created for 4 clients");
+    assert!(after.value("traverse_turn_auth_challenges_total", &[]) >= 4.0);
+    assert_eq!(after.value("traverse_turn_auth_failures_total", &[]), 0.0);
+    assert!(after.value("traverse_turn_error_responses_total", &[("code", "401")]) >= 4.0);
+}
+
+#[test]
+fn a_refused_peer_and_a_wrong_password_move_their_counters() {
+    if !have_parser() {
+        return;
+    }
+    let metrics = SocketAddr::from(([127, 0, 0, 1], free_tcp_port()));
+    let server = Server::start(&["--user", "alice:pw", "--metrics", &metrics.to_string()]);
+
+    let mut alice = TurnClient::new(Conn::udp(server.udp), "alice", "pw");
+    let allocated = alice.allocate(false);
+    assert_eq!(allocated.error_code(), None, "{}", allocated.describe());
+    // RFC 1918: refused by the default peer policy.
+    let refused = alice.create_permission("10.0.0.1:9".parse().unwrap());
+    assert_eq!(refused.error_code(), Some(403), "{}", refused.describe());
+    let mut mallory = TurnClient::new(Conn::udp(server.udp), "alice", "not-the-password");
+    assert_eq!(mallory.allocate(false).error_code(), Some(401));
+
+    let e = scrape_until(metrics, None, |e| {
+        e.value("traverse_turn_peer_refusals_total", &[]) >= 1.0
+            && e.value("traverse_turn_auth_failures_total", &[("reason", "bad_integrity")]) >= 1.0
+    });
+    assert_eq!(e.value("traverse_turn_peer_refusals_total", &[]), 1.0);
+    assert_eq!(e.value("traverse_turn_error_responses_total", &[("code", "403")]), 1.0);
+    assert_eq!(
+        e.value("traverse_turn_auth_failures_total", &[("reason", "bad_integrity")]),
+        1.0
+    );
+    assert_eq!(
+        e.value("traverse_turn_auth_failures_total", &[]),
+        1.0,
+        "no other reason"
+    );
+    assert_eq!(e.value("traverse_turn_allocations", &[("transport", "udp")]), 1.0);
+    assert_eq!(
+        e.value("traverse_turn_allocations_created_total", &[("transport", "udp")]),
+        1.0
+    );
+}
+
+#[test]
+fn a_token_protected_listener_refuses_a_scrape_without_the_token_and_health_answers_json() {
+    if !have_parser() {
+        return;
+    }
+    let metrics = SocketAddr::from(([127, 0, 0, 1], free_tcp_port()));
+    let server = Server::start(&[
+        "--metrics",
+        &metrics.to_string(),
+        "--set",
+        &format!("metrics.token={TOKEN}"),
+    ]);
+    let (status, head, _) = get(metrics, "/metrics", None);
+    assert_eq!(status, 401, "{head}");
+    assert!(head.contains("www-authenticate: bearer"), "{head}");
+    assert_eq!(get(metrics, "/metrics", Some("metrics-token-0123456780")).0, 401);
+    let e = scrape(metrics, Some(TOKEN));
+    assert!(e.has("traverse_turn_allocations") && e.has("process_open_fds"), "{e:?}");
+    assert!(e.value("process_open_fds", &[]) > 0.0);
+    // The certificate served on the TLS port: generated at start, so far in the future and said to be self-signed.
+    assert_eq!(e.value("traverse_tls_certificate_self_signed", &[]), 1.0);
+    assert!(e.value("traverse_tls_certificate_expiry_timestamp_seconds", &[]) > 2.0e9);
+
+    // Probes need no token, on the metrics listener and on the HTTP port alike.
+    let http = server.http.expect("an HTTP port");
+    for addr in [metrics, http] {
+        let (status, head, body) = get(addr, "/healthz", None);
+        assert_eq!(status, 200, "{addr}: {head}");
+        assert!(head.contains("content-type: application/json"), "{head}");
+        assert_eq!(serde_json::from_str::<serde_json::Value>(&body).unwrap()["alive"], true);
+        let (status, _, body) = get(addr, "/readyz", None);
+        assert_eq!(status, 200, "{addr}: {body}");
+        let ready: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(ready["ready"], true, "{body}");
+        let checks = ready["checks"].as_array().unwrap();
+        let names: Vec<&str> = checks.iter().filter_map(|c| c["name"].as_str()).collect();
+        assert_eq!(names, ["listeners", "certificate"], "{body}");
+        assert!(checks[1]["detail"].as_str().unwrap().contains("self-signed"), "{body}");
+    }
+}
+
+#[test]
+fn a_public_metrics_address_without_a_token_is_refused_at_start() {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_traverse"));
+    clear_traverse_env(&mut cmd);
+    // Refused by the configuration check, before anything is bound.
+    cmd.args(["serve", "--metrics", "0.0.0.0:9464"]);
+    let out = run_bounded(&mut cmd, Duration::from_secs(30));
+    assert!(!out.timed_out, "it started:\n{}", out.all());
+    assert!(!out.status.is_some_and(|s| s.success()), "{}", out.all());
+    let err = out.stderr;
+    assert!(
+        err.contains("metrics.listen: 0.0.0.0:9464") && err.contains("set metrics.token"),
+        "{err}"
+    );
+    // The same through the variable.
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_traverse"));
+    clear_traverse_env(&mut cmd);
+    cmd.args(["serve"]).env("TRAVERSE_METRICS_LISTEN", "[::]:9464");
+    let out = run_bounded(&mut cmd, Duration::from_secs(30));
+    assert!(
+        !out.timed_out && out.stderr.contains("metrics.listen: [::]:9464"),
+        "{}",
+        out.all()
+    );
+}
