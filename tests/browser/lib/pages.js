@@ -135,7 +135,8 @@ export function installNetwork() {
  * @param {{newPage: () => Promise<import('playwright-core').Page>}} browser
  * @param {{base: string}} server
  * @param {string} roomName
- * @param {{want?: object, relay?: boolean, meta?: any, echo?: boolean, net?: boolean}} [opts]
+ * @param {{want?: object, relay?: boolean, meta?: any, echo?: boolean, net?: boolean, connect?: object}} [opts]
+ *   `connect`: more options for `Traverse.connect` (e.g. `{outcomeTimeoutMs: 8000}`)
  */
 export async function roomPage(browser, server, roomName, opts = {}) {
   const page = await browser.newPage();
@@ -155,7 +156,7 @@ export async function roomPage(browser, server, roomName, opts = {}) {
         });
         window.peerOptions = peerOptions;
         window.rec = [];
-        window.room = await T.connect({ room: roomName, meta: opts.meta, peerOptions });
+        window.room = await T.connect({ room: roomName, meta: opts.meta, peerOptions, ...(opts.connect || {}) });
         for (const name of ['joined', 'peer-joined', 'peer-left', 'signal', 'broadcast', 'undeliverable', 'error',
           'reconnecting', 'resumed', 'closed']) {
           room.on(name, (d) => {

@@ -1,0 +1,180 @@
+// Connection outcomes end to end: two Chromium pages report how their peer connection ended, the hub pairs the two
+// reports and diagnoses the pair, both pages get `connection-diagnosis` (and `connection-failed` when it failed), and
+// the operator reads the count, the path and the reason from `GET /api/outcomes` (admin token). Cases: a pair
+// relayed over TURN/UDP, a direct pair on loopback, relay-only with a wrong TURN credential, relay-only with the TURN
+// server unreachable. What each page sent is captured (`net.tamper`) to check that no address leaves the page.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import {
+  CHROMIUM, freePort, get, launchBrowser, skipWithoutChromium, startTraverse, until, within, dumpOnFailure,
+} from './lib/harness.js';
+import { roomPage } from './lib/pages.js';
+
+const ADMIN = 'outcome-test-admin-token-0123456789';
+let server;
+let browser;
+before(async () => {
+  if (!fs.existsSync(CHROMIUM)) return;
+  server = await startTraverse({ extraArgs: ['--set', `web.admin_token=${ADMIN}`] });
+  browser = await launchBrowser();
+});
+after(async () => {
+  await browser?.close();
+  await server?.stop();
+});
+
+async function outcomes() {
+  const r = await get(`${server.base}/api/outcomes`, { headers: { authorization: `Bearer ${ADMIN}` } });
+  assert.equal(r.status, 200, r.body);
+  return JSON.parse(r.body);
+}
+
+/**
+ * Two pages in `room` whose peer connections are relay-only or not (`relay`) and use the ICE servers `keep` (the
+ * source of a function of the join's servers, run in the page) makes; A connects to B. Resolves with each page's
+ * diagnosis events, `connection-failed` events and the outcome frames it sent.
+ */
+async function pair(t, room, { relay, keep, outcomeTimeoutMs = 30000 }) {
+  const open = async () => {
+    const p = await roomPage(browser, server, room, { net: true, relay, connect: { outcomeTimeoutMs } });
+    // Set by the driver: the page's Content-Security-Policy forbids eval in page code.
+    await p.page.evaluate(`window.keep = ${keep}`);
+    await p.page.evaluate(() => {
+      window.sentOutcomes = [];
+      net.tamper = (text) => {
+        if (JSON.parse(text).type === 'outcome') sentOutcomes.push(text);
+        return text;
+      };
+      window.diagnoses = [];
+      window.failures = [];
+      room.on('connection-diagnosis', (d) => diagnoses.push(d));
+      room.on('connection-failed', (d) => failures.push(d));
+    });
+    return p;
+  };
+  const a = await open();
+  const b = await open();
+  t.after(() => Promise.all([a.page.close().catch(() => {}), b.page.close().catch(() => {})]));
+  await until(10000, () => a.page.evaluate((id) => room.peers.has(id), b.peerId), 'A sees B');
+  await a.page.evaluate((id) => {
+    window.peer = room.connect(id, peerOptions());
+  }, b.peerId);
+  const wait = (p) =>
+    until(outcomeTimeoutMs + 20000, () => p.page.evaluate(() => diagnoses.length > 0 && diagnoses), 'diagnosis');
+  const [da, db] = await within(outcomeTimeoutMs + 25000, Promise.all([wait(a), wait(b)]), 'both diagnoses');
+  const sent = async (p) => (await p.page.evaluate(() => sentOutcomes)).map((s) => JSON.parse(s));
+  const failures = (p) => p.page.evaluate(() => failures);
+  const run = {
+    a: { ...a, diagnosis: da, sent: await sent(a), failures: await failures(a) },
+    b: { ...b, diagnosis: db, sent: await sent(b), failures: await failures(b) },
+  };
+  t.diagnostic(`A sent ${JSON.stringify(run.a.sent.map((f) => f.report))}`);
+  t.diagnostic(`A was told ${JSON.stringify(run.a.diagnosis)}`);
+  return run;
+}
+
+/** No IPv4 address in anything a page sent, except the TURN server's own in its URL. */
+function assertNoAddresses(sent) {
+  for (const frame of sent) {
+    const text = JSON.stringify(frame.report).replace(/(stuns?|turns?):[^"]*/g, '');
+    assert.doesNotMatch(text, /\d+\.\d+\.\d+\.\d+/, `an address in ${JSON.stringify(frame)}`);
+  }
+}
+
+test('a pair relayed over TURN/UDP: connected, counted once with its path and time to connect', { timeout: 90000 }, async (t) => {
+  if (skipWithoutChromium(t)) return;
+  const before = await outcomes();
+  const run = await pair(t, 'outcome-relay', {
+    relay: true,
+    keep: `(servers) => T.filterIceServers(servers, (u) => u.startsWith('turn:') && u.includes('transport=udp'))`,
+  }).catch(dumpOnFailure(t, server, browser));
+  for (const side of [run.a, run.b]) {
+    assert.equal(side.sent.length, 1, `one report per peer connection: ${JSON.stringify(side.sent)}`);
+    assert.equal(side.sent[0].report.outcome, 'connected');
+    assert.equal(side.sent[0].report.pair.local.type, 'relay');
+    assert.equal(side.sent[0].report.pair.local.relayProtocol, 'udp');
+    assertNoAddresses(side.sent);
+    const [d] = side.diagnosis;
+    assert.equal(d.outcome, 'connected', JSON.stringify(d));
+    assert.equal(d.path, 'relay-udp', JSON.stringify(d));
+    assert.ok(d.timeToConnectMs > 0 && d.timeToConnectMs < 30000, JSON.stringify(d));
+    assert.deepEqual(side.failures, []);
+  }
+  assert.equal(run.a.diagnosis[0].peer, run.b.peerId);
+  assert.equal(run.b.diagnosis[0].peer, run.a.peerId);
+  const now = await until(5000, async () => {
+    const o = await outcomes();
+    return o.connected === before.connected + 1 && o;
+  }, 'the connected pair in /api/outcomes');
+  assert.equal((now.by_path['relay-udp'] ?? 0) - (before.by_path['relay-udp'] ?? 0), 1, JSON.stringify(now.by_path));
+  assert.equal(now.time_to_connect_ms.count, before.time_to_connect_ms.count + 1);
+  assert.equal(now.failed, before.failed);
+  assert.equal(now.minutes.length, 60);
+  assert.ok(now.minutes.at(-1).connected >= 1, JSON.stringify(now.minutes.at(-1)));
+});
+
+test('a direct pair on loopback: path direct-host', { timeout: 90000 }, async (t) => {
+  if (skipWithoutChromium(t)) return;
+  const before = await outcomes();
+  const run = await pair(t, 'outcome-direct', { relay: false, keep: '() => []' })
+    .catch(dumpOnFailure(t, server, browser));
+  assert.equal(run.a.diagnosis[0].path, 'direct-host', JSON.stringify(run.a.diagnosis));
+  const now = await until(5000, async () => {
+    const o = await outcomes();
+    return o.connected === before.connected + 1 && o;
+  }, 'the connected pair in /api/outcomes');
+  assert.equal((now.by_path['direct-host'] ?? 0) - (before.by_path['direct-host'] ?? 0), 1);
+});
+
+test('relay-only with a wrong TURN credential: both report, turn-auth-failed, connection-failed on both pages', { timeout: 90000 }, async (t) => {
+  if (skipWithoutChromium(t)) return;
+  const before = await outcomes();
+  const run = await pair(t, 'outcome-auth', {
+    outcomeTimeoutMs: 8000,
+    relay: true,
+    keep: `(servers) => T.filterIceServers(servers, (u) => u.startsWith('turn:') && u.includes('transport=udp'))
+                          .map((s) => ({ ...s, credential: 'not-the-credential' }))`,
+  }).catch(dumpOnFailure(t, server, browser));
+  for (const side of [run.a, run.b]) {
+    assert.equal(side.sent.length, 1, JSON.stringify(side.sent));
+    assert.notEqual(side.sent[0].report.outcome, 'connected');
+    assert.ok(side.sent[0].report.errors.some((e) => e.code === 401), `a 401 in ${JSON.stringify(side.sent[0].report)}`);
+    assertNoAddresses(side.sent);
+    assert.equal(side.failures.length, 1, JSON.stringify(side.failures));
+    const f = side.failures[0];
+    assert.equal(f.reason, 'turn-auth-failed', JSON.stringify(f));
+    assert.match(f.message, /refused the credential of both peers \(401\)/);
+    assert.equal(f.step, 'discovery');
+  }
+  const now = await until(5000, async () => {
+    const o = await outcomes();
+    return o.failed === before.failed + 1 && o;
+  }, 'the failed pair in /api/outcomes');
+  assert.equal((now.by_reason['turn-auth-failed'] ?? 0) - (before.by_reason['turn-auth-failed'] ?? 0), 1);
+  assert.equal(now.recent_failures[0].room, 'outcome-auth');
+  assert.equal(now.recent_failures[0].reason, 'turn-auth-failed');
+  assert.doesNotMatch(now.recent_failures[0].message, /never reported/, 'both reports arrived');
+});
+
+test('relay-only with the TURN server unreachable: relay-only-unreachable on both pages', { timeout: 90000 }, async (t) => {
+  if (skipWithoutChromium(t)) return;
+  const closed = await freePort({ udp: true });
+  const run = await pair(t, 'outcome-unreachable', {
+    outcomeTimeoutMs: 8000,
+    relay: true,
+    keep: `(servers) => {
+      const turn = servers.find((s) => s.username);
+      const urls = ['turn:127.0.0.1:${closed}?transport=udp', 'turn:127.0.0.1:${closed}?transport=tcp'];
+      return [{ urls, username: turn.username, credential: turn.credential }];
+    }`,
+  }).catch(dumpOnFailure(t, server, browser));
+  for (const side of [run.a, run.b]) {
+    assert.equal(side.failures.length, 1, JSON.stringify(side.failures));
+    assert.equal(side.failures[0].reason, 'relay-only-unreachable', JSON.stringify(side.failures[0]));
+    assert.match(side.failures[0].message, /Both peers allow only relayed connections/);
+    assert.equal(side.sent[0].report.gathered.relayUdp + side.sent[0].report.gathered.relayTcp, 0);
+  }
+  const o = await outcomes();
+  assert.ok(o.by_reason['relay-only-unreachable'] >= 1, JSON.stringify(o.by_reason));
+});
