@@ -9,6 +9,7 @@
 #   FUZZ_SECONDS=0 scripts/test.sh   # skip the fuzz run
 #   BROWSER_TESTS=0 scripts/test.sh  # skip the browser tests
 #   NATLAB=0 scripts/test.sh         # skip the NAT lab
+#   INSTALL_TEST=0 scripts/test.sh   # skip installing the .deb
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,6 +21,7 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   command -v chromium >/dev/null 2>&1 || missing+=(chromium)
   command -v curl >/dev/null 2>&1 || missing+=(curl)
   command -v prlimit >/dev/null 2>&1 || missing+=(util-linux)
+  command -v strip >/dev/null 2>&1 || missing+=(binutils)
   if [ ${#missing[@]} -gt 0 ]; then
     echo "test.sh: installing ${missing[*]}"
     apt-get update -qq
@@ -36,6 +38,12 @@ fi
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 cargo test --workspace --all-targets
+
+# The install path: the .deb built from this tree, installed with dpkg -i, its serve (unprivileged, on 443) and its
+# doctor run against each other, then purged (root only; prints SKIP otherwise).
+if [ "${INSTALL_TEST:-1}" != 0 ]; then
+  TRAVERSE_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/traverse" tests/install/run.sh
+fi
 
 if [ "${BROWSER_TESTS:-1}" != 0 ]; then
   node --test tests/sdk/ # the browser SDK's session protocol, without a browser
