@@ -26,7 +26,7 @@ use turn::{Authenticator, Quotas};
 pub use budget::{plan_fds, FdPlan};
 pub use mux::{HttpHandler, HttpScheme, Io, ALPN_STUN_TURN};
 pub use stats::WorkerStats;
-pub use tls::{CertStatus, CertStore, TlsIdentity};
+pub use tls::{CertStatus, CertStore, TlsIdentity, Validity, ALPN_ACME_TLS};
 
 /// Everything the I/O layer needs.
 #[derive(Debug, Clone)]
@@ -133,7 +133,12 @@ pub fn start(config: ServerConfig, http: Option<Arc<dyn HttpHandler>>) -> Result
     let certs = CertStore::new(config.tls_identity.clone())?;
     let tls_config = certs.server_config();
     let mut mux_tls = (*certs.server_config()).clone();
-    mux_tls.alpn_protocols = vec![ALPN_STUN_TURN.to_vec(), b"http/1.1".to_vec()];
+    // `acme-tls/1` last: only an RFC 8737 validation handshake offers it, and offers nothing else.
+    mux_tls.alpn_protocols = vec![
+        ALPN_STUN_TURN.to_vec(),
+        b"http/1.1".to_vec(),
+        tls::ALPN_ACME_TLS.to_vec(),
+    ];
 
     let mut per_worker: Vec<worker::Sockets> = (0..workers).map(|_| worker::Sockets::default()).collect();
     let mut bound = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());

@@ -1,8 +1,8 @@
 //! One TCP port for everything: each connection is sorted by its first bytes.
 //!
 //! - `0x16` (a TLS handshake record), on a port with TLS: terminate TLS, then by ALPN — `stun.turn` (RFC 7443) →
-//!   TURN over TLS, `http/1.1` → HTTPS/WSS; without ALPN, by the first decrypted byte (a STUN header → TURN,
-//!   anything else → HTTP).
+//!   TURN over TLS, `http/1.1` → HTTPS/WSS, `acme-tls/1` → an ACME CA's TLS-ALPN-01 validation (RFC 8737), closed
+//!   after the handshake; without ALPN, by the first decrypted byte (a STUN header → TURN, anything else → HTTP).
 //! - `0x00`/`0x01` (a STUN message type): TURN over TCP.
 //! - an ASCII letter (an HTTP method): HTTP, or a redirect to HTTPS on a port with TLS.
 //! - anything else, or nothing within the sniff timeout: closed.
@@ -78,6 +78,8 @@ async fn sort(worker: Rc<Worker>, tcp: TcpStream, client: SocketAddr, server: So
             };
             match tls.get_ref().1.alpn_protocol() {
                 Some(ALPN_STUN_TURN) => stream::serve(worker, tls, turn).await,
+                // RFC 8737 §3: the validation is the handshake itself; the CA closes without sending data.
+                Some(crate::tls::ALPN_ACME_TLS) => tracing::debug!(%client, "TLS-ALPN-01 validation handshake"),
                 Some(_) => serve_http(http, Box::new(tls), client, HttpScheme::Https).await,
                 None => {
                     let mut tls = tls;

@@ -1,7 +1,10 @@
-//! TLS through rustls (ring provider): certificates from PEM files, or a generated self-signed one, swappable at
-//! run time so a renewed certificate is picked up without dropping connections or allocations.
+//! TLS through rustls (ring provider): certificates from PEM files, a generated self-signed one, or one an ACME CA
+//! issued (installed by the `acme` crate), swappable at run time so a renewed certificate is picked up without
+//! dropping connections or allocations. The store also answers RFC 8737 TLS-ALPN-01 validation handshakes.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
@@ -19,7 +22,13 @@ pub enum TlsIdentity {
     Files { cert: PathBuf, key: PathBuf },
     /// A self-signed certificate for these names, generated at start-up (zero-config default; browsers reject it).
     SelfSigned { names: Vec<String> },
+    /// Issued by an ACME CA for these names and installed with [`CertStore::install`]; until then a self-signed
+    /// placeholder for them. Reloads change nothing: the ACME task owns the certificate.
+    Acme { names: Vec<String> },
 }
+
+/// ALPN protocol id of an RFC 8737 TLS-ALPN-01 validation handshake.
+pub const ALPN_ACME_TLS: &[u8] = b"acme-tls/1";
 
 /// The current certificate, read on every handshake and replaced on reload.
 #[derive(Debug)]
@@ -27,6 +36,10 @@ pub struct CertStore {
     identity: TlsIdentity,
     current: RwLock<Arc<CertifiedKey>>,
     loaded_mtime: RwLock<Option<SystemTime>>,
+    /// An ACME certificate replaced the placeholder.
+    issued: AtomicBool,
+    /// RFC 8737 validation certificates by (lowercase) name, present only while a challenge is pending.
+    acme_challenges: RwLock<HashMap<String, Arc<CertifiedKey>>>,
 }
 
 /// What readiness and metrics need to know of the certificate in use.
@@ -45,11 +58,16 @@ impl CertStore {
             identity,
             current: RwLock::new(Arc::new(key)),
             loaded_mtime: RwLock::new(mtime),
+            issued: AtomicBool::new(false),
+            acme_challenges: RwLock::new(HashMap::new()),
         }))
     }
 
-    /// Re-reads the files. On error the old certificate stays in use.
+    /// Re-reads the files. On error the old certificate stays in use. An ACME identity is left alone.
     pub fn reload(&self) -> Result<(), StartError> {
+        if matches!(self.identity, TlsIdentity::Acme { .. }) {
+            return Ok(());
+        }
         let (key, mtime) = load(&self.identity)?;
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(key);
         *self.loaded_mtime.write().unwrap_or_else(|e| e.into_inner()) = mtime;
@@ -66,15 +84,41 @@ impl CertStore {
         (newest.is_some() && newest != loaded).then(|| self.reload())
     }
 
+    /// Swaps in an issued certificate chain and its key (PEM) after checking they are a pair; handshakes from now
+    /// on use it, open connections keep theirs. On error the old certificate stays in use.
+    pub fn install(&self, chain_pem: &[u8], key_pem: &[u8]) -> Result<(), StartError> {
+        let key = certified_key(chain_pem, key_pem)?;
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(key);
+        self.issued.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Serves `key` to TLS-ALPN-01 handshakes for `name` (RFC 8737 §3), or stops when `None`.
+    pub fn set_acme_challenge(&self, name: &str, key: Option<Arc<CertifiedKey>>) {
+        let mut challenges = self.acme_challenges.write().unwrap_or_else(|e| e.into_inner());
+        match key {
+            Some(key) => challenges.insert(name.to_ascii_lowercase(), key),
+            None => challenges.remove(&name.to_ascii_lowercase()),
+        };
+    }
+
     pub fn is_self_signed(&self) -> bool {
-        matches!(self.identity, TlsIdentity::SelfSigned { .. })
+        match self.identity {
+            TlsIdentity::SelfSigned { .. } => true,
+            TlsIdentity::Acme { .. } => !self.issued.load(Ordering::Relaxed),
+            TlsIdentity::Files { .. } => false,
+        }
     }
 
     /// The certificate in use now (after any reload): its expiry, and whether it is the generated one.
     pub fn status(&self) -> CertStatus {
         let current = self.current.read().unwrap_or_else(|e| e.into_inner()).clone();
         CertStatus {
-            not_after: current.end_entity_cert().ok().and_then(|der| not_after(der)),
+            not_after: current
+                .end_entity_cert()
+                .ok()
+                .and_then(|der| validity(der))
+                .map(|v| v.not_after),
             self_signed: self.is_self_signed(),
         }
     }
@@ -91,7 +135,19 @@ impl CertStore {
 }
 
 impl ResolvesServerCert for CertStore {
-    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        // RFC 8737 §3: a validation handshake offers only `acme-tls/1` and names the identifier in SNI. It gets the
+        // validation certificate of that name or nothing (a failed handshake); no other handshake ever gets one.
+        let mut offered = hello.alpn().into_iter().flatten();
+        if let (Some(ALPN_ACME_TLS), None) = (offered.next(), offered.next()) {
+            let name = hello.server_name()?.to_ascii_lowercase();
+            return self
+                .acme_challenges
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&name)
+                .cloned();
+        }
         Some(self.current.read().unwrap_or_else(|e| e.into_inner()).clone())
     }
 }
@@ -109,23 +165,28 @@ fn load(identity: &TlsIdentity) -> Result<(CertifiedKey, Option<SystemTime>), St
             };
             (read(cert)?, read(key)?, newest_mtime(cert, key))
         }
-        TlsIdentity::SelfSigned { names } => {
+        TlsIdentity::SelfSigned { names } | TlsIdentity::Acme { names } => {
             let generated = rcgen::generate_simple_self_signed(names.clone())
                 .map_err(|e| StartError::Tls(format!("cannot generate a self-signed certificate: {e}")))?;
             (
                 generated.cert.pem().into_bytes(),
-                generated.key_pair.serialize_pem().into_bytes(),
+                generated.signing_key.serialize_pem().into_bytes(),
                 None,
             )
         }
     };
-    let chain: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut cert_pem.as_slice())
+    Ok((certified_key(&cert_pem, &key_pem)?, mtime))
+}
+
+/// A certificate chain and its private key (PEM) as rustls serves them, refused unless they are a pair.
+pub fn certified_key(cert_pem: &[u8], key_pem: &[u8]) -> Result<CertifiedKey, StartError> {
+    let chain: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut { cert_pem })
         .collect::<Result<_, _>>()
         .map_err(|e| StartError::Tls(format!("invalid certificate PEM: {e}")))?;
     if chain.is_empty() {
         return Err(StartError::Tls("the certificate file holds no certificate".into()));
     }
-    let key: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut key_pem.as_slice())
+    let key: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut { key_pem })
         .map_err(|e| StartError::Tls(format!("invalid key PEM: {e}")))?
         .ok_or_else(|| StartError::Tls("the key file holds no private key".into()))?;
     let signing_key = any_supported_type(&key).map_err(|e| StartError::Tls(format!("unsupported private key: {e}")))?;
@@ -137,12 +198,19 @@ fn load(identity: &TlsIdentity) -> Result<(CertifiedKey, Option<SystemTime>), St
             "the certificate does not match the private key ({e}); check that tls.cert and tls.key are a pair"
         ))
     })?;
-    Ok((certified, mtime))
+    Ok(certified)
 }
 
-/// The leaf certificate's notAfter (RFC 5280 §4.1.2.5), in Unix seconds. Own code for one field: the DER walk to
-/// `tbsCertificate.validity` is a few lines, where an X.509 parser would bring a dozen crates.
-fn not_after(der: &[u8]) -> Option<u64> {
+/// A certificate's validity period (RFC 5280 §4.1.2.5), in Unix seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Validity {
+    pub not_before: u64,
+    pub not_after: u64,
+}
+
+/// The validity of a DER certificate. Own code for two fields: the DER walk to `tbsCertificate.validity` is a few
+/// lines, where an X.509 parser would bring a dozen crates.
+pub fn validity(der: &[u8]) -> Option<Validity> {
     let (tag, certificate, _) = der_next(der)?;
     if tag != 0x30 {
         return None;
@@ -168,8 +236,17 @@ fn not_after(der: &[u8]) -> Option<u64> {
     if tag != 0x30 {
         return None;
     }
-    let (_, _, after_not_before) = der_next(validity)?;
+    let (tag, time, after_not_before) = der_next(validity)?;
+    let not_before = unix_time(tag, time)?;
     let (tag, time, _) = der_next(after_not_before)?;
+    Some(Validity {
+        not_before,
+        not_after: unix_time(tag, time)?,
+    })
+}
+
+/// A UTCTime or GeneralizedTime, in Unix seconds.
+fn unix_time(tag: u8, time: &[u8]) -> Option<u64> {
     let text = std::str::from_utf8(time).ok()?;
     // UTCTime YYMMDDHHMMSSZ (RFC 5280: YY ≥ 50 is 19YY), GeneralizedTime YYYYMMDDHHMMSSZ.
     let (year, rest) = match tag {
@@ -237,21 +314,21 @@ mod tests {
         let key = rcgen::KeyPair::generate().unwrap();
         let cert = params.self_signed(&key).unwrap();
         assert_eq!(
-            not_after(cert.der()),
+            validity(cert.der()).map(|v| v.not_after),
             Some(days_from_civil(2031, 5, 17) as u64 * 86_400)
         );
         // rcgen's default is 4096-01-01 (GeneralizedTime).
         let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
         assert_eq!(
-            not_after(cert.cert.der()),
+            validity(cert.cert.der()).map(|v| v.not_after),
             Some(days_from_civil(4096, 1, 1) as u64 * 86_400)
         );
     }
 
     #[test]
     fn not_after_refuses_garbage() {
-        assert_eq!(not_after(&[]), None);
-        assert_eq!(not_after(&[0x30, 0x84, 0xff, 0xff, 0xff, 0xff]), None);
-        assert_eq!(not_after(&[0x30, 0x03, 0x30, 0x01, 0x02]), None);
+        assert_eq!(validity(&[]), None);
+        assert_eq!(validity(&[0x30, 0x84, 0xff, 0xff, 0xff, 0xff]), None);
+        assert_eq!(validity(&[0x30, 0x03, 0x30, 0x01, 0x02]), None);
     }
 }

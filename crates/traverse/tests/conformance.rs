@@ -1177,7 +1177,7 @@ impl Coturn {
             let (port, tls_port) = (free_port(), free_port());
             let identity = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("a certificate");
             std::fs::write(dir.join("cert.pem"), identity.cert.pem()).expect("write certificate");
-            std::fs::write(dir.join("key.pem"), identity.key_pair.serialize_pem()).expect("write key");
+            std::fs::write(dir.join("key.pem"), identity.signing_key.serialize_pem()).expect("write key");
             let path = |name: &str| dir.join(name).display().to_string();
             let child = Command::new("turnserver")
                 .args(["-n", "--listening-ip", "127.0.0.1", "--relay-ip", "127.0.0.1"])

@@ -67,7 +67,7 @@ impl Identity {
         Identity {
             der: generated.cert.der().to_vec(),
             cert_pem: generated.cert.pem(),
-            key_pem: generated.key_pair.serialize_pem(),
+            key_pem: generated.signing_key.serialize_pem(),
         }
     }
 }

@@ -1,0 +1,230 @@
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing))]
+//! Automatic certificates from an ACME CA (RFC 8555; Let's Encrypt by default), answered on Traverse's own ports:
+//! TLS-ALPN-01 (RFC 8737) in the single port's TLS handshake, HTTP-01 on the plain HTTP port.
+//!
+//! Model: the decisions are sans-IO in [`plan`] (keep or order, when to renew, how long to back off, which
+//! challenge, what to tell the operator), with the clock and the jitter passed in. [`spawn`] runs the one task that
+//! acts on them, on a thread of its own: it installs a stored certificate at once, orders when the plan says so,
+//! stores the result ([`store`], 0600) and swaps it into the server's [`CertStore`] — handshakes from then on get
+//! the new certificate, open connections and allocations keep going. A failed order leaves the certificate in use
+//! alone (the old one, or the self-signed placeholder), logs what the CA said and what to check, and retries after
+//! [`plan::Backoff`].
+
+pub mod plan;
+pub mod store;
+
+mod order;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rand::Rng;
+use server::CertStore;
+
+use plan::{Backoff, Method, Next, Ways};
+use store::{Issued, Store};
+
+/// Let's Encrypt's production directory, the default.
+pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
+
+/// The task's longest sleep: the plan is taken again at least this often (a clock step or a suspend cannot make it
+/// sleep past a renewal).
+const LONGEST_SLEEP: Duration = Duration::from_secs(3600);
+
+/// What to order and from whom.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// DNS names, all on one certificate.
+    pub names: Vec<String>,
+    /// Contact for the CA's expiry and incident mail.
+    pub email: Option<String>,
+    /// The ACME directory URL.
+    pub directory: String,
+    /// A PEM root to trust for the directory's HTTPS instead of the system's (a private CA, Pebble).
+    pub ca_root: Option<PathBuf>,
+    /// The data directory; the state goes in `acme/` under it.
+    pub data_dir: PathBuf,
+    /// Which challenges the bound ports can answer.
+    pub ways: Ways,
+    pub backoff: Backoff,
+}
+
+/// Why an order failed, grouped by where to look: the CA's answer about a challenge (DNS, firewall, another
+/// server), the CA refusing outright, the CA not reachable, or this machine (files, keys).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AcmeError {
+    #[error("the {method} challenge for {name} failed; the CA said: {said}; check: {advice}")]
+    Challenge {
+        name: String,
+        method: Method,
+        said: String,
+        advice: String,
+    },
+    #[error("{0}")]
+    Refused(String),
+    #[error(
+        "the CA offers no challenge this server can answer for {name} ({ways:?}): TLS-ALPN-01 needs listen.single \
+         on 443, HTTP-01 listen.http on 80"
+    )]
+    NoChallenge { name: String, ways: Ways },
+    #[error(
+        "cannot use the ACME directory {url}: {detail}; check tls.acme_directory and that this server can reach it"
+    )]
+    Directory { url: String, detail: String },
+    #[error("cannot use tls.acme_ca_root {path}: {detail}")]
+    CaRoot { path: String, detail: String },
+    #[error("cannot store the ACME state in {0}: {1}")]
+    Store(String, std::io::Error),
+    #[error("certificate: {0}")]
+    Certificate(String),
+}
+
+impl AcmeError {
+    /// An error of a request to the CA: its problem document with advice when it sent one.
+    fn from_ca(what: &str, e: instant_acme::Error) -> Self {
+        match e {
+            instant_acme::Error::Api(problem) => {
+                let advice = plan::advice(problem.r#type.as_deref(), Method::TlsAlpn01, "the names");
+                AcmeError::Refused(format!("{what}; the CA said: {problem}; check: {advice}"))
+            }
+            e => AcmeError::Refused(format!("{what}: {e}")),
+        }
+    }
+}
+
+/// HTTP-01 key authorizations by token, read by the HTTP side at `/.well-known/acme-challenge/<token>`.
+#[derive(Debug, Clone, Default)]
+pub struct Http01Tokens(Arc<RwLock<HashMap<String, String>>>);
+
+impl Http01Tokens {
+    /// The key authorization for `token`, while its challenge is pending.
+    pub fn get(&self, token: &str) -> Option<String> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).get(token).cloned()
+    }
+
+    fn insert(&self, token: String, key_authorization: String) {
+        self.0
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(token, key_authorization);
+    }
+
+    fn remove(&self, token: &str) {
+        self.0.write().unwrap_or_else(|e| e.into_inner()).remove(token);
+    }
+}
+
+/// Installs a stored certificate that is still good (so a restart serves it from the first handshake, without an
+/// order), then starts the task that orders and renews. The returned tokens are for the HTTP side.
+pub fn spawn(config: Config, certs: Arc<CertStore>) -> std::io::Result<Http01Tokens> {
+    let store = Store::new(&config.data_dir, &config.directory);
+    let tokens = Http01Tokens::default();
+    if let Some(held) = install_stored(&config, &store, &certs) {
+        tracing::info!(
+            names = ?held.names,
+            not_after = held.validity.not_after,
+            dir = %store.dir().display(),
+            "serving the stored ACME certificate"
+        );
+    }
+    let http01 = tokens.clone();
+    std::thread::Builder::new()
+        .name("traverse-acme".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(runtime) => runtime,
+                Err(e) => return tracing::error!(error = %e, "ACME: cannot start the task's runtime"),
+            };
+            runtime.block_on(run(config, store, certs, http01));
+        })?;
+    Ok(tokens)
+}
+
+fn install_stored(config: &Config, store: &Store, certs: &CertStore) -> Option<plan::Held> {
+    let issued = match store.issued() {
+        Ok(issued) => issued?,
+        Err(e) => {
+            tracing::warn!(dir = %store.dir().display(), error = %e, "cannot read the stored ACME certificate");
+            return None;
+        }
+    };
+    let held = issued.held()?;
+    let now = SystemTime::now();
+    let good =
+        plan::covers(&held.names, &config.names) && now < UNIX_EPOCH + Duration::from_secs(held.validity.not_after);
+    if !good {
+        return None;
+    }
+    match certs.install(issued.chain_pem.as_bytes(), issued.key_pem.as_bytes()) {
+        Ok(()) => Some(held),
+        Err(e) => {
+            tracing::warn!(error = %e, "the stored ACME certificate cannot be used; ordering a new one");
+            None
+        }
+    }
+}
+
+async fn run(config: Config, store: Store, certs: Arc<CertStore>, http01: Http01Tokens) {
+    let responders = order::Responders {
+        certs: &certs,
+        http01: &http01,
+    };
+    let mut failures = 0u32;
+    loop {
+        let held = store.issued().ok().flatten().as_ref().and_then(Issued::held);
+        let now = SystemTime::now();
+        let why = match plan::next(now, &config.names, held.as_ref(), rand::thread_rng().gen()) {
+            Next::Keep { renew_at } => {
+                let wait = renew_at.duration_since(now).unwrap_or_default();
+                tracing::info!(names = ?config.names, "ACME: certificate good; renewal in {}s", wait.as_secs());
+                tokio::time::sleep(wait.min(LONGEST_SLEEP)).await;
+                continue;
+            }
+            Next::Order(why) => why,
+        };
+        tracing::info!(names = ?config.names, directory = %config.directory, "ACME: ordering a certificate ({why})");
+        let result = order::issue(&config, &store, &responders).await;
+        let error = match result.and_then(|issued| save_and_install(&store, &certs, &issued)) {
+            Ok(held) => {
+                failures = 0;
+                tracing::info!(
+                    names = ?held.names,
+                    not_after = held.validity.not_after,
+                    "ACME: certificate issued and installed; new handshakes use it, open connections keep theirs"
+                );
+                continue;
+            }
+            Err(e) => e,
+        };
+        failures = failures.saturating_add(1);
+        let delay = config.backoff.delay(failures, rand::thread_rng().gen());
+        let serving = match (certs.is_self_signed(), certs.status().not_after) {
+            (true, _) => "the self-signed placeholder (browsers refuse it)".to_owned(),
+            (false, Some(not_after)) => format!("the previous certificate (notAfter {not_after})"),
+            (false, None) => "the previous certificate".to_owned(),
+        };
+        tracing::error!(
+            "ACME: no certificate for {:?}: {error}. Still serving {serving}; retrying in {}s (failure {failures})",
+            config.names,
+            delay.as_secs()
+        );
+        tokio::time::sleep(delay).await;
+    }
+}
+
+fn save_and_install(store: &Store, certs: &CertStore, issued: &Issued) -> Result<plan::Held, AcmeError> {
+    let held = issued
+        .held()
+        .ok_or_else(|| AcmeError::Certificate("the CA's chain cannot be read".into()))?;
+    // Served before stored: a full disk must not leave the server on an expiring certificate.
+    certs
+        .install(issued.chain_pem.as_bytes(), issued.key_pem.as_bytes())
+        .map_err(|e| AcmeError::Certificate(e.to_string()))?;
+    store
+        .save_issued(issued)
+        .map_err(|e| AcmeError::Store(store.dir().display().to_string(), e))?;
+    Ok(held)
+}
