@@ -145,7 +145,7 @@ impl Reason {
     /// What to do about it.
     pub fn advice(self) -> &'static str {
         match self {
-            Reason::Connected => "",
+            Reason::Connected => "Nothing to do.",
             Reason::PeerUnreported => "Ask the other user to keep the page open, or check its signaling connection.",
             Reason::SignalingIncomplete => {
                 "Check that both pages stay in the room until they connect and that no message is lost \
