@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::DescriptorEncoder;
 
-use crate::encode::{counter, gauge, Result};
+use crate::encode::{counter, counters, gauge, Result};
 
 #[derive(Debug)]
 pub(crate) struct SignalCollector {
@@ -39,6 +39,18 @@ pub(crate) fn encode_signal(enc: &mut DescriptorEncoder, s: &signal::HubStats) -
     )?;
     gauge(
         enc,
+        "traverse_signal_sessions_in_grace",
+        "Sessions whose socket dropped, kept for a resume until signal.resume_grace runs out",
+        s.sessions_in_grace,
+    )?;
+    gauge(
+        enc,
+        "traverse_signal_replay_frames",
+        "Frames kept for replay over all sessions (unacknowledged, or queued for a dropped peer)",
+        s.replay_frames,
+    )?;
+    gauge(
+        enc,
         "traverse_signal_held_bytes",
         "Bytes of frames kept for sessions, as charged to the signaling budgets",
         s.held_bytes,
@@ -54,5 +66,79 @@ pub(crate) fn encode_signal(enc: &mut DescriptorEncoder, s: &signal::HubStats) -
         "traverse_signal_refused",
         "Frames refused for a signaling byte budget (queue-full, source-full, server-full)",
         s.refused,
+    )?;
+    counters(
+        enc,
+        "traverse_signal_messages",
+        "Client messages received, by type",
+        s.messages.iter().map(|(kind, n)| ([("type", *kind)], *n)),
+    )?;
+    counters(
+        enc,
+        "traverse_signal_errors",
+        "Refusals sent to clients (error frames), by code",
+        s.errors.iter().map(|(code, n)| ([("code", *code)], *n)),
+    )?;
+    counters(
+        enc,
+        "traverse_signal_closes",
+        "Sockets closed by the server, by WebSocket close code",
+        s.closes.iter().map(|(code, n)| ([("code", code.to_string())], *n)),
+    )?;
+    counter(
+        enc,
+        "traverse_signal_resumes",
+        "Sessions resumed on a new socket",
+        s.resumes,
+    )?;
+    counters(
+        enc,
+        "traverse_signal_undeliverable",
+        "Signals that never reached their recipient (undeliverable frames), by reason",
+        s.undeliverable.iter().map(|(reason, n)| ([("reason", *reason)], *n)),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prometheus_client::registry::Registry;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn the_hubs_last_answer_is_exposed_and_nothing_before_one() {
+        let latest = Arc::new(Mutex::new(None));
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(SignalCollector { latest: latest.clone() }));
+        let encode = || {
+            let mut text = String::new();
+            prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+            text
+        };
+        assert_eq!(
+            encode(),
+            "# EOF\n",
+            "a hub that did not answer is left out, not reported as zeros"
+        );
+        *latest.lock().unwrap() = Some(signal::HubStats {
+            connections: 3,
+            sessions_in_grace: 1,
+            messages: BTreeMap::from([("join", 2), ("signal", 5)]),
+            closes: BTreeMap::from([(4200, 1)]),
+            undeliverable: BTreeMap::from([("peer-left", 2)]),
+            resumes: 1,
+            ..signal::HubStats::default()
+        });
+        let text = encode();
+        for line in [
+            "traverse_signal_sockets 3",
+            "traverse_signal_sessions_in_grace 1",
+            "traverse_signal_messages_total{type=\"signal\"} 5",
+            "traverse_signal_closes_total{code=\"4200\"} 1",
+            "traverse_signal_undeliverable_total{reason=\"peer-left\"} 2",
+            "traverse_signal_resumes_total 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing from:\n{text}");
+        }
+    }
 }

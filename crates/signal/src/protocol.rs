@@ -182,6 +182,21 @@ pub(crate) enum ClientMessage<'a> {
     },
 }
 
+impl ClientMessage<'_> {
+    /// Its `type`, for metrics.
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            ClientMessage::Join { .. } => "join",
+            ClientMessage::Resume { .. } => "resume",
+            ClientMessage::Signal { .. } => "signal",
+            ClientMessage::Broadcast { .. } => "broadcast",
+            ClientMessage::Leave => "leave",
+            ClientMessage::Ping { .. } => "ping",
+            ClientMessage::Outcome { .. } => "outcome",
+        }
+    }
+}
+
 /// Longest room name, peer id, message id or session id accepted.
 const MAX_NAME: usize = 128;
 

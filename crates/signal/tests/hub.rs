@@ -763,3 +763,43 @@ fn an_ipv6_64_is_one_source_for_sockets() {
     assert_eq!(refused.unwrap_err().code.as_str(), "too-many-connections");
     lab.connect_from(4, "2001:db8:7:8::1".parse().unwrap());
 }
+
+/// What `stats()` reports for metrics: sockets and sessions in grace, the replay depth, messages by type, errors,
+/// closes, resumes and `undeliverable` by reason.
+#[test]
+fn stats_count_messages_refusals_closes_resumes_and_undeliverable() {
+    let mut lab = Lab::new(Limits::default(), None);
+    let (ann, ann_session) = lab.join(1, "r");
+    let (_bob, _) = lab.join(2, "r");
+    lab.drop_socket(1);
+    for i in 0..3 {
+        lab.send(2, json!({"type": "signal", "to": ann, "data": i}));
+    }
+    let s = lab.hub.stats();
+    assert_eq!((s.connections, s.sessions, s.sessions_in_grace), (1, 2, 1));
+    assert!(s.replay_frames >= 3, "{s:?}");
+    lab.connect(11);
+    lab.send(11, json!({"type": "resume", "session": ann_session, "lastSeq": 2}));
+    lab.send(11, json!({"type": "nonsense"}));
+    lab.send(2, json!({"type": "leave"}));
+    lab.send(11, json!({"type": "signal", "to": "p_gone", "data": 1}));
+    // A signal to Carl, whose socket dropped and who never comes back: undeliverable, peer-left.
+    let (carl, _) = lab.join(3, "r");
+    lab.drop_socket(3);
+    lab.send(11, json!({"type": "signal", "to": carl, "data": 2}));
+    lab.advance(Duration::from_secs(40));
+    let s = lab.hub.stats();
+    assert_eq!(s.undeliverable.get("peer-left"), Some(&1), "{s:?}");
+    assert_eq!(s.sessions_in_grace, 0);
+    assert_eq!(s.messages.get("join"), Some(&3));
+    assert_eq!(s.messages.get("signal"), Some(&5));
+    assert_eq!(s.messages.get("resume"), Some(&1));
+    assert_eq!(s.messages.get("leave"), Some(&1));
+    assert_eq!(s.resumes, 1);
+    assert_eq!(s.closes.get(&1000), Some(&1), "{s:?}");
+    assert!(
+        s.errors.values().sum::<u64>() >= 2,
+        "unknown type and unknown peer: {s:?}"
+    );
+    assert_eq!(s.errors.get("unknown-peer"), Some(&1), "{s:?}");
+}

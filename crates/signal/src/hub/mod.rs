@@ -3,12 +3,13 @@
 //! (membership: join, leave, signal, broadcast, expiry), [`outcomes`] (connection reports paired and diagnosed). Frames are written by [`crate::frame`]; this file holds the
 //! driving contract ([`SignalHub`]), the state, and the dispatch of client messages.
 
+mod counters;
 mod outcomes;
 mod rooms;
 mod sockets;
 mod stream;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,6 +23,7 @@ use crate::frame::Frame;
 use crate::id::{PeerId, SessionSecret};
 use crate::protocol::{self, ClientMessage, CloseCode, ErrorCode, Refusal};
 
+use counters::Counters;
 use rooms::Room;
 use sockets::{Admission, Conn};
 use stream::Session;
@@ -156,7 +158,7 @@ impl Default for Limits {
 }
 
 /// Counters for metrics and tests.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HubStats {
     pub connections: usize,
     pub sessions: usize,
@@ -169,6 +171,20 @@ pub struct HubStats {
     /// Frames refused for a budget (`undeliverable` `queue-full`, `source-full`, `server-full`; silently for a
     /// broadcast).
     pub refused: u64,
+    /// Sessions whose socket dropped, waiting for a resume until `resume_grace` runs out.
+    pub sessions_in_grace: usize,
+    /// Frames kept for replay over all sessions (unacknowledged, or queued for a dropped peer).
+    pub replay_frames: usize,
+    /// Client messages handled, by `type`.
+    pub messages: BTreeMap<&'static str, u64>,
+    /// `error` frames sent, by code.
+    pub errors: BTreeMap<&'static str, u64>,
+    /// Sockets the hub closed, by WebSocket close code.
+    pub closes: BTreeMap<u16, u64>,
+    /// `undeliverable` frames sent, by reason.
+    pub undeliverable: BTreeMap<&'static str, u64>,
+    /// Sessions resumed on a new socket.
+    pub resumes: u64,
 }
 
 /// The protocol's room logic, whatever keeps the rooms. The I/O layer drives one of these.
@@ -216,6 +232,7 @@ pub struct MemoryHub<R = rand::rngs::StdRng> {
     clock: Instant,
     relayed: u64,
     refused: u64,
+    counters: Counters,
     /// Connection reports waiting for their pair.
     pairing: outcomes::Pairing,
 }
@@ -276,6 +293,7 @@ impl<R: RngCore + Send> MemoryHub<R> {
             clock: now,
             relayed: 0,
             refused: 0,
+            counters: Counters::default(),
             pairing: outcomes::Pairing::default(),
         }
     }
@@ -299,6 +317,7 @@ impl<R: RngCore + Send> MemoryHub<R> {
     }
 
     fn handle_message(&mut self, conn: ConnId, msg: ClientMessage<'_>, now: Now) {
+        Counters::count(&mut self.counters.messages, msg.kind());
         let peer = self.conns.get(&conn).and_then(|c| c.peer.clone());
         match (msg, peer) {
             (ClientMessage::Ping { ack }, peer) => self.ping(conn, peer, ack),
@@ -362,6 +381,7 @@ impl<R: RngCore + Send> SignalHub for MemoryHub<R> {
         *self.per_source.entry(source).or_insert(0) += 1;
         self.conns
             .insert(conn, Conn::new(source, now.instant, self.limits.burst));
+        tracing::info!(%conn, %ip, "signaling socket opened");
         if self.next_sweep.is_none() {
             self.next_sweep = Some(now.instant + SWEEP_INTERVAL);
         }
@@ -414,7 +434,10 @@ impl<R: RngCore + Send> SignalHub for MemoryHub<R> {
 
     fn handle_closed(&mut self, conn: ConnId, now: Now) {
         self.clock = now.instant;
-        self.forget_conn(conn);
+        if let Some(c) = self.forget_conn(conn) {
+            let peer = c.peer.as_ref().map(PeerId::as_str).unwrap_or_default();
+            tracing::info!(%conn, peer, "signaling socket closed by the client");
+        }
     }
 
     fn handle_timeout(&mut self, now: Now) {
@@ -459,6 +482,13 @@ impl<R: RngCore + Send> SignalHub for MemoryHub<R> {
             held_bytes: self.budget.total(),
             held_sources: self.budget.sources(),
             refused: self.refused,
+            sessions_in_grace: self.sessions.values().filter(|s| s.conn.is_none()).count(),
+            replay_frames: self.sessions.values().map(|s| s.buffer.len()).sum(),
+            messages: self.counters.messages.clone(),
+            errors: self.counters.errors.clone(),
+            closes: self.counters.closes.clone(),
+            undeliverable: self.counters.undeliverable.clone(),
+            resumes: self.counters.resumes,
         }
     }
 }

@@ -7,7 +7,7 @@ use rand::RngCore;
 use serde_json::value::RawValue;
 
 use super::stream::{Refused, Session, SignalFrom};
-use super::{ConnId, MemoryHub, Now};
+use super::{ConnId, Counters, MemoryHub, Now};
 use crate::budget::Source;
 use crate::frame::{Frame, Joined, Member, Meta, UndeliverableReason};
 use crate::id::{PeerId, SessionSecret};
@@ -138,6 +138,7 @@ impl<R: RngCore + Send> MemoryHub<R> {
         if let Some(c) = self.conns.get_mut(&conn) {
             c.peer = Some(peer.clone());
         }
+        tracing::info!(%conn, %peer, room = %room, "joined a room");
         let joined = Frame::Joined(Joined {
             session: &secret,
             peer: &peer,
@@ -186,6 +187,7 @@ impl<R: RngCore + Send> MemoryHub<R> {
 
     /// Tells a signal's sender it will never be delivered.
     fn undeliverable(&mut self, sender: &PeerId, to: &PeerId, id: Option<&str>, reason: UndeliverableReason) {
+        Counters::count(&mut self.counters.undeliverable, reason.as_str());
         let _ = self.deliver(sender, &Frame::Undeliverable { to, id, reason }, None);
     }
 
@@ -210,6 +212,8 @@ impl<R: RngCore + Send> MemoryHub<R> {
     /// `undeliverable`.
     pub(super) fn remove_session(&mut self, peer: &PeerId) {
         let Some(s) = self.sessions.remove(peer) else { return };
+        let conn = s.conn.map(|c| c.get());
+        tracing::info!(conn, %peer, room = %s.room, "left the room");
         self.budget.release(s.source, s.held);
         self.by_secret.remove(&s.secret);
         if let Some(c) = s.conn.and_then(|conn| self.conns.get_mut(&conn)) {

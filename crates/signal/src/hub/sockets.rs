@@ -5,7 +5,7 @@ use std::time::Instant;
 use rand::RngCore;
 
 use super::stream::Disconnected;
-use super::{ConnId, MemoryHub, Now, Output};
+use super::{ConnId, Counters, MemoryHub, Now, Output};
 use crate::budget::Source;
 use crate::frame::Frame;
 use crate::id::PeerId;
@@ -91,6 +91,7 @@ impl<R: RngCore + Send> MemoryHub<R> {
 
     /// An error about one message, naming its `id` when the client gave one.
     pub(super) fn error_with_id(&mut self, conn: ConnId, refusal: Refusal, id: Option<&str>) {
+        Counters::count(&mut self.counters.errors, refusal.code.as_str());
         let frame = Frame::Error {
             code: refusal.code,
             message: &refusal.message,
@@ -115,9 +116,12 @@ impl<R: RngCore + Send> MemoryHub<R> {
 
     /// Closes a socket now; its session (if any) starts its grace period.
     pub(super) fn close(&mut self, conn: ConnId, code: CloseCode, reason: &str) {
-        if self.forget_conn(conn).is_none() {
+        let Some(c) = self.forget_conn(conn) else {
             return;
-        }
+        };
+        Counters::count(&mut self.counters.closes, code.0);
+        let peer = c.peer.as_ref().map(PeerId::as_str).unwrap_or_default();
+        tracing::info!(%conn, peer, code = code.0, reason, "signaling socket closed by the server");
         self.outputs.push_back(Output::Close {
             conn,
             code,

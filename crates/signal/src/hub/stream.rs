@@ -221,6 +221,8 @@ impl<R: RngCore + Send> MemoryHub<R> {
         let Some(s) = self.sessions.get_mut(&peer) else { return };
         s.conn = Some(conn);
         s.disconnected = None;
+        self.counters.resumes += 1;
+        tracing::info!(%conn, %peer, room = %s.room, replay_from = last_seq + 1, "resumed a session");
         s.forget_through(last_seq, &mut self.budget);
         let resumed = Frame::Resumed {
             peer: &peer,
