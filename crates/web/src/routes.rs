@@ -44,6 +44,19 @@ pub(crate) struct App {
     pub dashboard: crate::dashboard::Dashboard,
     /// `/healthz` and `/readyz` (the binary sets the readiness checks once the listeners are bound).
     pub health: Arc<metrics::Health>,
+    /// RFC 8555 §8.3: the key authorization of a pending HTTP-01 challenge, by token; set once ACME runs.
+    acme_http01: OnceLock<AcmeHttp01Fn>,
+}
+
+/// The key authorization of a pending HTTP-01 challenge by its token (the `acme` crate's tokens).
+pub type AcmeHttp01Fn = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
+impl crate::Web {
+    /// Answers `/.well-known/acme-challenge/<token>` from `tokens`, on HTTP ports and before the single port's
+    /// redirect. Set once; later calls are ignored.
+    pub fn set_acme_http01(&self, tokens: AcmeHttp01Fn) {
+        let _ = self.app.acme_http01.set(tokens);
+    }
 }
 
 impl App {
@@ -58,6 +71,7 @@ impl App {
             https_origin: OnceLock::new(),
             dashboard: crate::dashboard::Dashboard::default(),
             health: Arc::new(metrics::Health::default()),
+            acme_http01: OnceLock::new(),
         }
     }
 }
@@ -102,6 +116,7 @@ pub(crate) fn router(app: Arc<App>, scheme: Scheme) -> Router {
         // Probes answer on plain HTTP too: a kubelet's httpGet does not follow a redirect to a name it cannot check.
         return Router::new()
             .merge(metrics::http::health_routes(app.health.clone()))
+            .route(ACME_CHALLENGE, get(acme_http01))
             .fallback(redirect_to_https)
             .with_state(app)
             .layer(axum::middleware::map_response(security_headers));
@@ -146,6 +161,7 @@ pub(crate) fn router(app: Arc<App>, scheme: Scheme) -> Router {
         .route("/api/dashboard", get(crate::dashboard::json))
         .route("/api/dashboard/events", get(crate::dashboard::events))
         .route("/", get(|| async { ([(header::CONTENT_TYPE, HTML)], INDEX) }))
+        .route(ACME_CHALLENGE, get(acme_http01))
         .merge(metrics::http::health_routes(app.health.clone()))
         .with_state(app)
         .layer(axum::middleware::map_response(security_headers))
@@ -506,6 +522,18 @@ pub(crate) fn check_admin_token(
         return Err(AdminRefusal::TokenInvalid);
     }
     Ok(())
+}
+
+const ACME_CHALLENGE: &str = "/.well-known/acme-challenge/{token}";
+
+/// RFC 8555 §8.3: the CA fetches the key authorization over plain HTTP (port 80); 404 for any other token.
+async fn acme_http01(State(app): State<Arc<App>>, Path(token): Path<String>) -> Response {
+    match app.acme_http01.get().and_then(|tokens| tokens(&token)) {
+        Some(key_authorization) => {
+            ([(header::CONTENT_TYPE, "application/octet-stream")], key_authorization).into_response()
+        }
+        None => api_error(StatusCode::NOT_FOUND, "not-found", "No such ACME challenge."),
+    }
 }
 
 /// Plain HTTP on the single port: the same path on the configured HTTPS origin. The request's Host is not used: it
