@@ -36,12 +36,17 @@ pub struct Config {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Listen {
+    #[serde(with = "listen_addrs")]
     pub udp: Vec<SocketAddr>,
+    #[serde(with = "listen_addrs")]
     pub tcp: Vec<SocketAddr>,
+    #[serde(with = "listen_addrs")]
     pub tls: Vec<SocketAddr>,
     /// Plain HTTP: signaling (`/ws`), SDK, demo, `/api/*`. TURN over TCP is recognised there too.
+    #[serde(with = "listen_addrs")]
     pub http: Vec<SocketAddr>,
     /// Single ports (443 in production): TLS → HTTPS/WSS or TURN over TLS; plain → TURN over TCP or a redirect.
+    #[serde(with = "listen_addrs")]
     pub single: Vec<SocketAddr>,
 }
 
@@ -134,6 +139,10 @@ pub struct Web {
     pub admin_token: Option<String>,
     /// Reports kept; the oldest are pruned beyond it.
     pub max_reports: usize,
+    /// Origins of the pages that may use this server from a browser (CORS on `/api/ice-servers`,
+    /// `/api/join-check` and `/sdk/*`; the signaling WebSocket's `Origin`): `*` or `scheme://host[:port]` entries.
+    /// The server's own pages are always allowed.
+    pub allowed_origins: Vec<String>,
 }
 
 impl Default for Web {
@@ -142,6 +151,7 @@ impl Default for Web {
             data_dir: None,
             admin_token: None,
             max_reports: web::DEFAULT_MAX_REPORTS,
+            allowed_origins: vec!["*".to_owned()],
         }
     }
 }
@@ -231,6 +241,49 @@ impl FromStr for User {
 impl Display for User {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}:{}", self.name, self.password)
+    }
+}
+
+/// Listen addresses: `IP:PORT`, or a bare port meaning every interface of both families (`3478` →
+/// `0.0.0.0:3478` and `[::]:3478`, the default's form), as a string or a number.
+mod listen_addrs {
+    use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+
+    use serde::de::Error as _;
+    use serde::{Deserialize, Deserializer, Serializer};
+    use serde_json::Value;
+
+    pub fn serialize<S: Serializer>(list: &[SocketAddr], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(list.iter().map(ToString::to_string))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SocketAddr>, D::Error> {
+        let mut out = Vec::new();
+        for entry in Vec::<Value>::deserialize(d)? {
+            let text = match &entry {
+                Value::String(s) => s.trim().to_owned(),
+                other => other.to_string(),
+            };
+            out.extend(parse(&text).map_err(D::Error::custom)?);
+        }
+        Ok(out)
+    }
+
+    pub fn parse(text: &str) -> Result<Vec<SocketAddr>, String> {
+        let port = text.strip_prefix(':').unwrap_or(text);
+        if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) {
+            let port: u16 = port.parse().map_err(|_| format!("{text} is not a port (1-65535)"))?;
+            return Ok(vec![
+                SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)),
+                SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)),
+            ]);
+        }
+        text.parse().map(|a| vec![a]).map_err(|_| {
+            format!(
+                "{text:?} is not a listen address: write IP:PORT (\"0.0.0.0:3478\", \"[::]:3478\") or a port alone \
+                 for every interface (3478)"
+            )
+        })
     }
 }
 
@@ -556,6 +609,9 @@ impl Config {
                     ),
                 );
             }
+        }
+        if let Err(e) = web::AllowedOrigins::parse(&self.web.allowed_origins) {
+            bad("web.allowed_origins", e.to_string());
         }
         if self.web.max_reports == 0 {
             bad("web.max_reports", "must be at least 1".into());

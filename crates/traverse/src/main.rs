@@ -128,6 +128,21 @@ const FLAGS: &[Flag] = &[
     flag("log-level", "TRAVERSE_LOG", "log.level", "FILTER", "Log filter, e.g. info or traverse_server=debug"),
 ];
 
+/// The `--help` section of a flag, from its key's section: one owner for the grouping.
+fn heading(key: &str) -> &'static str {
+    match key.split('.').next() {
+        Some("listen") => "Listeners (IP:PORT or a port alone for every interface; repeatable)",
+        Some("tls") => "TLS",
+        Some("auth") => "Credentials",
+        Some("signal") => "Signaling",
+        Some("relay") => "Relay",
+        Some("stun") => "STUN",
+        Some("log") => "Logging",
+        Some("metrics") => "Metrics",
+        _ => "Limits",
+    }
+}
+
 /// `traverse serve`'s options, as overrides of the file's keys by where they came from.
 #[derive(Debug, Default)]
 struct ServeArgs {
@@ -147,14 +162,22 @@ impl clap::Args for ServeArgs {
                 .env("TRAVERSE_CONFIG")
                 .value_name("FILE")
                 .value_parser(clap::value_parser!(PathBuf))
+                .help_heading("Configuration")
                 .help("Configuration file (TOML); see traverse.example.toml"),
         );
         let cmd = FLAGS.iter().fold(cmd, |cmd, f| {
+            let off = if f.list && f.key.starts_with("listen.") {
+                "; off: none"
+            } else {
+                ""
+            };
             let arg = Arg::new(f.long)
                 .long(f.long)
                 .env(f.env)
                 .value_name(f.value)
-                .help(format!("{} [{}]", f.help, f.key));
+                .help_heading(heading(f.key))
+                .help(format!("{}{off} [{}]", f.help, f.key));
+
             let arg = match f.list {
                 true => arg.value_delimiter(',').action(ArgAction::Append),
                 false => arg,
@@ -171,6 +194,7 @@ impl clap::Args for ServeArgs {
                 .env("TRAVERSE_RELAY_PORTS")
                 .value_name("MIN-MAX")
                 .value_parser(parse_range)
+                .help_heading(heading("relay"))
                 .help("Relay port range [relay.port_min, relay.port_max]"),
         )
         .arg(
@@ -178,6 +202,7 @@ impl clap::Args for ServeArgs {
                 .long("set")
                 .value_name("SECTION.KEY=VALUE")
                 .action(ArgAction::Append)
+                .help_heading("Configuration")
                 .help(
                     "Any option of the configuration file, e.g. --set limits.max_connections=5000 (repeatable; \
                      lists comma-separated)",
@@ -219,7 +244,13 @@ impl clap::FromArgMatches for ServeArgs {
         }
         for f in FLAGS {
             if let Some(values) = m.get_many::<String>(f.long) {
-                add(f.long, f.env, f.key, values.cloned().collect::<Vec<_>>().join(","));
+                let values: Vec<String> = values.cloned().collect();
+                // `--udp off`: that listener switched off (an empty list).
+                let value = match values.as_slice() {
+                    [one] if f.list && matches!(one.as_str(), "off" | "none") => String::new(),
+                    _ => values.join(","),
+                };
+                add(f.long, f.env, f.key, value);
             }
         }
         for set in m.get_many::<String>("set").into_iter().flatten() {
@@ -460,8 +491,23 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut config = match configure(&args, |name| std::env::var(name).ok()) {
         Ok(config) => config,
         Err(errors) => {
+            // JSON logs asked for (by a flag or a variable): the refusal is JSON too.
+            let json = args
+                .from_flags
+                .iter()
+                .chain(&args.from_env)
+                .any(|o| o.key == "log.format" && o.value == "json");
             for e in &errors {
-                eprintln!("config: {e}");
+                match json {
+                    true => eprintln!(
+                        "{}",
+                        json!({ "level": "ERROR", "fields": { "message": format!("config: {e}") } })
+                    ),
+                    false => eprintln!("config: {e}"),
+                }
+            }
+            if json {
+                std::process::exit(1);
             }
             bail!("{} configuration error(s)", errors.len());
         }
@@ -583,6 +629,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         admin_token: config.web.admin_token.clone(),
         max_reports: config.web.max_reports,
         outcomes: outcomes.clone(),
+        // Checked by `validate`.
+        allowed_origins: web::AllowedOrigins::parse(&config.web.allowed_origins).unwrap_or_default(),
     })
     .context("cannot start the signaling hub")?;
     let handler: Arc<dyn server::HttpHandler> = Arc::new(WebHandler(web.clone()));
@@ -606,19 +654,26 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     });
     let host = public_host(&config, &running, &interface_ips);
     let _ = ice_urls.set(IceUrls::new(&host, &running));
+    let json_logs = config.log.format == LogFormat::Json;
     if let Some(a) = running.http.first() {
-        println!(
-            "signaling: ws://{host}:{}/ws   demo: http://{host}:{}/demo",
-            a.port(),
-            a.port()
+        let (ws, demo) = (
+            format!("ws://{host}:{}/ws", a.port()),
+            format!("http://{host}:{}/demo", a.port()),
         );
+        match json_logs {
+            true => tracing::info!(signaling = %ws, demo = %demo, "signaling ready"),
+            false => println!("signaling: {ws}   demo: {demo}"),
+        }
     }
     if let Some(a) = running.single.first() {
-        println!(
-            "signaling: wss://{host}:{}/ws   demo: https://{host}:{}/demo",
-            a.port(),
-            a.port()
+        let (ws, demo) = (
+            format!("wss://{host}:{}/ws", a.port()),
+            format!("https://{host}:{}/demo", a.port()),
         );
+        match json_logs {
+            true => tracing::info!(signaling = %ws, demo = %demo, "signaling ready"),
+            false => println!("signaling: {ws}   demo: {demo}"),
+        }
         // Plain HTTP there is redirected to the configured name, else the port's own address, else the advertised
         // host — never to the request's Host (the web side is not told a connection's local address).
         let redirect_host = match (&config.signal.public_host, a.ip()) {

@@ -110,3 +110,119 @@ fn short_secrets_are_refused_where_the_server_would_refuse_them() {
     let out = traverse(&["token", "--secret", "sixteen-chars-ok", "--room", "r"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+#[test]
+fn serve_help_is_grouped_by_topic() {
+    let out = traverse(&["serve", "--help"]);
+    let help = String::from_utf8_lossy(&out.stdout);
+    for heading in [
+        "Listeners",
+        "TLS:",
+        "Credentials:",
+        "Signaling:",
+        "Relay:",
+        "Logging:",
+        "Configuration:",
+    ] {
+        assert!(help.contains(heading), "no {heading} section in:\n{help}");
+    }
+    // Grouped: the listeners come together, under their heading.
+    let listeners = help.find("Listeners").unwrap();
+    let tls = help.find("TLS:").unwrap();
+    for flag in ["--udp", "--tcp", "--http", "--single-port"] {
+        let at = help.find(flag).unwrap();
+        assert!(listeners < at && at < tls, "{flag} is not under Listeners:\n{help}");
+    }
+}
+
+/// `--log-format json`: nothing but JSON on stdout and stderr, no live credential, no colour codes; a bare port
+/// listens on every interface of both families; `off` switches a listener off.
+#[test]
+fn json_logs_are_all_json_and_bare_ports_mean_every_interface() {
+    use std::io::{BufRead, BufReader};
+    use std::time::{Duration, Instant};
+
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_traverse"));
+    common::clear_traverse_env(&mut cmd);
+    let port_arg = port.to_string();
+    let mut child = cmd
+        .args([
+            "serve",
+            "--udp",
+            &port_arg,
+            "--tcp",
+            "off",
+            "--tls",
+            "off",
+            "--http",
+            "127.0.0.1:0",
+        ])
+        .args(["--log-format", "json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut lines = Vec::new();
+    while Instant::now() < deadline {
+        let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) else {
+            continue;
+        };
+        let ready = line.contains("\"ready; credentials");
+        lines.push(line);
+        if ready {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    while let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
+        lines.push(line);
+    }
+    let all = lines.join("\n");
+    assert!(all.contains("ready"), "never ready:\n{all}");
+    assert!(
+        out.stdout.is_empty(),
+        "stdout is not empty: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    for line in &lines {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(v["level"].is_string(), "{line}");
+    }
+    assert!(!all.contains('\x1b'), "colour codes in a pipe:\n{all}");
+    assert!(!all.contains("credential\":\""), "a credential was logged:\n{all}");
+    assert!(
+        all.contains(&format!("0.0.0.0:{port}")) && all.contains(&format!("[::]:{port}")),
+        "{all}"
+    );
+    assert!(
+        !all.contains("listening on TCP") && !all.contains("listening on TLS"),
+        "{all}"
+    );
+}
+
+#[test]
+fn a_bad_listen_address_says_what_to_write() {
+    let out = traverse(&["serve", "--udp", "localhost"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("write IP:PORT") && stderr.contains("(3478)"),
+        "{stderr}"
+    );
+}

@@ -14,6 +14,7 @@
 pub mod dashboard;
 mod hub;
 mod limiter;
+mod origins;
 mod outbox;
 mod reports;
 mod routes;
@@ -28,6 +29,7 @@ use signal::Limits;
 
 pub use dashboard::{DashboardSources, TurnLoad};
 pub use hub::HubHandle;
+pub use origins::{AllowedOrigins, BadAllowedOrigin};
 pub use reports::{DEFAULT_MAX_REPORTS, MAX_REPORTS_PER_SOURCE, MAX_REPORT_BYTES};
 
 /// Mints `iceServers` (a JSON array) with a fresh TURN credential for a user at a Unix time.
@@ -50,6 +52,8 @@ pub struct WebConfig {
     pub max_reports: usize,
     /// Connection outcomes as diagnosed from the SDK's reports; the dashboard and the metrics read them.
     pub outcomes: Arc<outcome::Outcomes>,
+    /// Pages that may use the API, the SDK and the signaling socket from a browser (CORS, WebSocket `Origin`).
+    pub allowed_origins: AllowedOrigins,
 }
 
 impl std::fmt::Debug for WebConfig {

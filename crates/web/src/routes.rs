@@ -121,14 +121,17 @@ pub(crate) fn router(app: Arc<App>, scheme: Scheme) -> Router {
             .with_state(app)
             .layer(axum::middleware::map_response(security_headers));
     }
-    Router::new()
-        .route("/ws", get(ws_upgrade))
+    // What an app on another origin uses: CORS for the origins allowed, and request logging.
+    let public = Router::new()
         .route("/api/join-check", get(join_check))
         .route("/api/ice-servers", get(ice_servers))
-        .route(
-            "/sdk/traverse.js",
-            get(|| async { ([(header::CONTENT_TYPE, JS)], SDK) }),
-        )
+        .route("/sdk/traverse.js", get(sdk))
+        .route("/sdk/{version}/traverse.js", get(sdk_versioned))
+        .layer(app.config.allowed_origins.cors_layer())
+        .layer(tower_http::trace::TraceLayer::new_for_http());
+    Router::new()
+        .route("/ws", get(ws_upgrade))
+        .merge(public)
         .route("/demo", get(|| async { ([(header::CONTENT_TYPE, HTML)], DEMO) }))
         .route(
             "/demo/demo.js",
@@ -198,12 +201,69 @@ struct JoinQuery {
 }
 
 /// Checks what can be checked before the upgrade, so a refused join costs no socket and shows its status.
+/// `/sdk/traverse.js`: the SDK of this server, revalidated every 5 minutes (its URL does not change with a release).
+async fn sdk(headers: HeaderMap) -> Response {
+    let etag = sdk_etag();
+    if headers.get(header::IF_NONE_MATCH).is_some_and(|v| v.as_bytes() == etag.as_bytes()) {
+        return (StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response();
+    }
+    (
+        [
+            (header::CONTENT_TYPE, JS.to_owned()),
+            (header::CACHE_CONTROL, "public, max-age=300".to_owned()),
+            (header::ETAG, etag),
+        ],
+        SDK,
+    )
+        .into_response()
+}
+
+/// `/sdk/<version>/traverse.js`: the same bytes under a URL that names this release, cached for a year (`immutable`);
+/// another version is a 404 (this server does not hold it).
+async fn sdk_versioned(Path(version): Path<String>) -> Response {
+    if version != SDK_VERSION && version.strip_prefix('v') != Some(SDK_VERSION) {
+        return api_error(
+            StatusCode::NOT_FOUND,
+            "unknown-version",
+            &format!("This server serves SDK version {SDK_VERSION}: /sdk/{SDK_VERSION}/traverse.js."),
+        );
+    }
+    (
+        [
+            (header::CONTENT_TYPE, JS),
+            (header::CACHE_CONTROL, "public, max-age=31536000, immutable"),
+        ],
+        SDK,
+    )
+        .into_response()
+}
+
+/// The SDK's version: the server's (the npm package `web/sdk/package.json` carries the same).
+pub(crate) const SDK_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// A strong validator for the SDK: its length and a hash of its bytes (FNV-1a: the bytes are ours, not an
+/// adversary's; this only has to change when they do).
+fn sdk_etag() -> String {
+    let hash = SDK
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+    format!("\"{}-{hash:016x}\"", SDK.len())
+}
+
 async fn ws_upgrade(
     State(app): State<Arc<App>>,
     Extension(Remote(remote)): Extension<Remote>,
     Query(query): Query<JoinQuery>,
+    headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
+    if !app.config.allowed_origins.allows(&headers) {
+        return api_error(
+            StatusCode::FORBIDDEN,
+            "origin-not-allowed",
+            "This server does not accept signaling from pages of this origin: add it to web.allowed_origins.",
+        );
+    }
     let ip = remote.ip();
     if let Err(refusal) = app.hub.check_connect(ip).await {
         return refusal_response(&refusal);

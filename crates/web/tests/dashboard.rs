@@ -48,6 +48,7 @@ fn start_with(admin_token: Option<&str>, outcomes: Arc<outcome::Outcomes>) -> (W
         admin_token: admin_token.map(str::to_owned),
         max_reports: 10,
         outcomes,
+        allowed_origins: web::AllowedOrigins::Any,
     })
     .unwrap();
     (web, dir)
