@@ -31,6 +31,7 @@ pub struct Config {
     pub stun: Stun,
     pub web: Web,
     pub log: Log,
+    pub metrics: Metrics,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -167,6 +168,16 @@ impl Web {
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or_else(|| PathBuf::from("./traverse-data"))
     }
+}
+
+/// Prometheus metrics, `/healthz` and `/readyz` on an address of their own (`metrics::http`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Metrics {
+    /// Where to serve them, e.g. 127.0.0.1:9464; unset: off. Not loopback: `token` is required.
+    pub listen: Option<SocketAddr>,
+    /// Bearer token `/metrics` requires (`Authorization: Bearer <token>`); `/healthz` and `/readyz` stay open.
+    pub token: Option<String>,
 }
 
 /// STUN beyond plain Binding.
@@ -610,6 +621,20 @@ impl Config {
                 );
             }
         }
+        if let (Some(addr), None) = (self.metrics.listen, &self.metrics.token) {
+            if !addr.ip().is_loopback() {
+                bad(
+                    "metrics.listen",
+                    format!(
+                        "{addr} is reachable from other hosts, and the metrics say who connects how much: set \
+                         metrics.token (Prometheus then sends it as a bearer token), or listen on 127.0.0.1"
+                    ),
+                );
+            }
+        }
+        if self.metrics.token.as_deref().is_some_and(|k| k.len() < 16) {
+            bad("metrics.token", "use at least 16 characters".into());
+        }
         if let Err(e) = web::AllowedOrigins::parse(&self.web.allowed_origins) {
             bad("web.allowed_origins", e.to_string());
         }
@@ -979,6 +1004,24 @@ mod tests {
         assert!(
             Config::keys().contains(&"tls.cert".to_owned()),
             "unset options are keys too"
+        );
+    }
+
+    #[test]
+    fn a_public_metrics_address_needs_a_token() {
+        let parse = |text: &str| Config::parse(text).unwrap().validate();
+        assert!(parse("[metrics]\nlisten = \"127.0.0.1:9464\"\n").is_empty());
+        assert!(parse("[metrics]\nlisten = \"[::1]:9464\"\n").is_empty());
+        let errors = parse("[metrics]\nlisten = \"0.0.0.0:9464\"\n");
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].to_string().starts_with("metrics.listen: 0.0.0.0:9464"),
+            "{errors:?}"
+        );
+        assert!(parse("[metrics]\nlisten = \"0.0.0.0:9464\"\ntoken = \"0123456789abcdef\"\n").is_empty());
+        assert_eq!(
+            parse("[metrics]\nlisten = \"0.0.0.0:9464\"\ntoken = \"short\"\n").len(),
+            1
         );
     }
 

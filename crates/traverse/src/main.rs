@@ -126,6 +126,8 @@ const FLAGS: &[Flag] = &[
          "IP:PORT", "RFC 5780 NAT behaviour discovery: the alternate IP:port beside the first listen.udp address"),
     flag("log-format", "TRAVERSE_LOG_FORMAT", "log.format", "text|json", "Log format: text or json"),
     flag("log-level", "TRAVERSE_LOG", "log.level", "FILTER", "Log filter, e.g. info or traverse_server=debug"),
+    flag("metrics", "TRAVERSE_METRICS_LISTEN", "metrics.listen",
+         "ADDR", "Prometheus /metrics, /healthz and /readyz on this address, e.g. 127.0.0.1:9464"),
 ];
 
 /// The `--help` section of a flag, from its key's section: one owner for the grouping.
@@ -697,12 +699,39 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
              set signal.secret (--signal-secret, TRAVERSE_SIGNAL_SECRET) so that credentials come only with a join token"
         );
     }
+    web.health().set_checks(readiness_checks(&running));
+    let metrics_endpoint = match config.metrics.listen {
+        Some(addr) => {
+            let listener =
+                std::net::TcpListener::bind(addr).with_context(|| format!("cannot listen on metrics.listen {addr}"))?;
+            listener.set_nonblocking(true)?;
+            let bound = listener.local_addr()?;
+            tracing::info!(addr = %bound, "metrics listening: /metrics, /healthz, /readyz");
+            if !json_logs {
+                println!("metrics: http://{bound}/metrics");
+            }
+            Some((listener, metrics_endpoint(&config, &running, &web, outcomes.clone())))
+        }
+        None => None,
+    };
     print_ice_servers(&config, &host, &running);
 
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let certs = running.certs.clone();
     runtime.block_on(async move {
         use tokio::signal::unix::{signal, SignalKind};
+        if let Some((listener, endpoint)) = metrics_endpoint {
+            match tokio::net::TcpListener::from_std(listener) {
+                Ok(listener) => {
+                    tokio::spawn(async move {
+                        if let Err(e) = metrics::http::serve(listener, endpoint, std::future::pending()).await {
+                            tracing::error!(error = %e, "the metrics listener stopped");
+                        }
+                    });
+                }
+                Err(e) => tracing::error!(error = %e, "cannot serve metrics"),
+            }
+        }
         let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
             signal(SignalKind::terminate()),
             signal(SignalKind::interrupt()),
@@ -727,6 +756,54 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     std::thread::sleep(Duration::from_millis(200));
     running.shutdown();
     Ok(())
+}
+
+/// What `/readyz` checks: the listeners (bound by now: `server::start` binds all or fails) and, when TLS is served,
+/// the certificate.
+fn readiness_checks(running: &server::Running) -> Vec<Arc<dyn metrics::Check>> {
+    let mut listeners = Vec::new();
+    for (kind, addrs) in [
+        ("udp", &running.udp),
+        ("tcp", &running.tcp),
+        ("tls", &running.tls),
+        ("http", &running.http),
+        ("single", &running.single),
+    ] {
+        listeners.extend(addrs.iter().map(|a| (kind, *a)));
+    }
+    let mut checks: Vec<Arc<dyn metrics::Check>> = vec![Arc::new(metrics::health::ListenersBound { listeners })];
+    if !running.tls.is_empty() || !running.single.is_empty() {
+        checks.push(Arc::new(metrics::health::Certificate {
+            certs: running.certs.clone(),
+        }));
+    }
+    checks
+}
+
+/// The metrics listener's sources: the workers' counters, the certificate (when TLS is served), the hub (asked at
+/// each scrape) and the connection outcomes.
+fn metrics_endpoint(
+    config: &Config,
+    running: &server::Running,
+    web: &web::Web,
+    outcomes: Arc<outcome::Outcomes>,
+) -> metrics::Endpoint {
+    let serves_tls = !running.tls.is_empty() || !running.single.is_empty();
+    let sources = metrics::Sources {
+        turn: running.stats.clone(),
+        certs: serves_tls.then(|| running.certs.clone()),
+        outcomes: Some(outcomes),
+    };
+    let hub = web.hub().clone();
+    metrics::Endpoint {
+        metrics: Arc::new(metrics::Metrics::new(sources)),
+        health: web.health().clone(),
+        token: config.metrics.token.clone(),
+        hub: Arc::new(move || {
+            let hub = hub.clone();
+            Box::pin(async move { hub.stats().await })
+        }),
+    }
 }
 
 /// The dashboard's view of the workers' summed TURN counters.
