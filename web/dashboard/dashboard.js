@@ -17,7 +17,7 @@
  *   allocations: number, relayedPacketsToPeer: number, relayedBytesToPeer: number,
  *   relayedPacketsToClient: number, relayedBytesToClient: number
  * }} TurnLoad
- * @typedef {{notAfterUnix: number, daysLeft: number}} Certificate
+ * @typedef {{notAfterUnix: number, daysLeft: number, selfSigned: boolean}} Certificate
  * @typedef {{
  *   unixMs: number, signaling: Signaling | null, turn: TurnLoad | null, certificate: Certificate | null,
  *   outcomes?: Outcomes | null
@@ -100,6 +100,7 @@ async function run(token) {
       setStatus('Connecting…', '');
       await follow(token, () => (pause = 1000));
       setStatus('The stream ended; reconnecting…', 'down');
+      await new Promise((r) => setTimeout(r, pause));
     } catch (e) {
       if (e instanceof Unauthorized) {
         running = false;
@@ -233,9 +234,11 @@ function renderNow(snap) {
   const days = $('cert-days');
   const c = snap.certificate;
   if (c) {
-    days.textContent = c.daysLeft < 0 ? 'expired' : `${c.daysLeft} days left`;
-    days.className = c.daysLeft < 0 ? 'bad' : c.daysLeft < CERT_WARN_DAYS ? 'warn' : 'ok';
-    setText('cert-note', `The certificate served over TLS expires ${new Date(c.notAfterUnix * 1000).toUTCString()}.`);
+    days.textContent = c.daysLeft < 0 ? 'expired' : c.daysLeft > 3650 ? '> 10 years left' : `${counted(c.daysLeft, 'day')} left`;
+    days.className = c.daysLeft < 0 ? 'bad' : c.daysLeft < CERT_WARN_DAYS || c.selfSigned ? 'warn' : 'ok';
+    const expires = `The certificate served over TLS expires ${new Date(c.notAfterUnix * 1000).toUTCString()}.`;
+    const generated = c.selfSigned ? ' It is the self-signed one generated at start: browsers refuse it (set tls.cert and tls.key).' : '';
+    setText('cert-note', expires + generated);
   } else {
     days.textContent = 'n/a';
     days.className = '';
@@ -274,7 +277,7 @@ function renderOutcomes(o, unixMs) {
 
 /** Stacked bars (connected below, failed above) per minute of the last hour. @param {Minute[]} minutes @param {number} unixMs */
 function successChart(minutes, unixMs) {
-  const W = 720;
+  const W = 1040;
   const H = 170;
   const left = 34;
   const bottom = 20;
@@ -318,7 +321,7 @@ function successChart(minutes, unixMs) {
   });
   svg.append(node('text', { x: left, y: H - 4 }, `${clock(slots[0].start)}`));
   svg.append(node('text', { x: left + plotW, y: H - 4, 'text-anchor': 'end' }, 'now'));
-  legend(svg, W - 170, top + 2, [['connected', 'connected'], ['failed', 'failed']]);
+  legend(svg, W - 190, top + 2, [['connected', 'connected'], ['failed', 'failed']]);
   place('success-chart', svg);
 }
 
@@ -329,7 +332,7 @@ function pathsChart(byPath) {
   const direct = entries.filter(([p]) => p.startsWith('direct')).reduce((a, [, n]) => a + n, 0);
   setText(
     'paths-summary',
-    total ? `${percent(direct / total)} direct, ${percent((total - direct) / total)} relayed (${count(total)} connections).` : '',
+    total ? `${percent(direct / total)} direct, ${percent((total - direct) / total)} relayed (${counted(total, 'connection')}).` : '',
   );
   bars('paths', 'paths-chart', entries, total, (p) => (p.startsWith('direct') ? 'direct' : p.startsWith('relay') ? 'relay' : 'other'),
     total ? `Connected pairs by path: ${entries.map(([p, n]) => `${p} ${n}`).join(', ')}.` : 'No connections yet.');
@@ -409,20 +412,24 @@ function ttcChart(h) {
     setText('ttc-summary', '');
     return;
   }
-  /** @type {Array<{label: string, n: number}>} */
+  /** @type {Array<{label: string, tick: string, n: number}>} */
   const columns = [];
   let before = 0;
   let lower = 0;
   for (const [upper, cumulative] of h.buckets) {
     const finite = typeof upper === 'number' && Number.isFinite(upper);
-    columns.push({ label: finite ? `≤ ${duration(upper)}` : `> ${duration(lower)}`, n: Math.max(0, cumulative - before) });
+    columns.push({
+      label: finite ? `≤ ${duration(upper)}` : `> ${duration(lower)}`,
+      tick: finite ? duration(upper, true) : `>${duration(lower, true)}`,
+      n: Math.max(0, cumulative - before),
+    });
     before = cumulative;
     if (finite) lower = upper;
   }
-  if (h.count > before) columns.push({ label: `> ${duration(lower)}`, n: h.count - before });
+  if (h.count > before) columns.push({ label: `> ${duration(lower)}`, tick: `>${duration(lower, true)}`, n: h.count - before });
   const median = h.buckets.find(([, c]) => c >= h.count / 2);
   const medianText = median && typeof median[0] === 'number' && Number.isFinite(median[0]) ? `, half within ${duration(median[0])}` : '';
-  setText('ttc-summary', `${count(h.count)} connections, mean ${duration(h.sum_ms / h.count)}${medianText}.`);
+  setText('ttc-summary', `${counted(h.count, 'connection')}, mean ${duration(h.sum_ms / h.count)}${medianText}.`);
   const svg = chart('ttc', W, H, `Time to connect: ${columns.map((c) => `${c.label} ${c.n}`).join(', ')}.`);
   const plotW = W - left - 6;
   const plotH = H - top - bottom;
@@ -435,7 +442,7 @@ function ttcChart(h) {
     const g = node('g', {});
     g.append(node('title', {}, `${c.label}: ${c.n}`));
     if (h2 > 0) g.append(node('rect', { x: x + 2, y: top + plotH - h2, width: colW - 4, height: h2, class: 'ttc' }));
-    g.append(node('text', { x: x + colW / 2, y: H - bottom + 14, 'text-anchor': 'middle' }, c.label));
+    g.append(node('text', { x: x + colW / 2, y: H - bottom + 14, 'text-anchor': 'middle' }, c.tick));
     svg.append(g);
   });
   place('ttc-chart', svg);
@@ -542,8 +549,10 @@ function node(tag, attrs, text) {
  * @param {SVGElement} svg @param {number} left @param {number} top @param {number} w @param {number} h @param {number} max
  * @param {(v: number) => string} [format]
  */
-function axis(svg, left, top, w, h, max, format = (v) => count(Math.round(v))) {
-  for (const f of [0, 0.5, 1]) {
+function axis(svg, left, top, w, h, max, format = count) {
+  // Counts below 2 have no whole half-way mark.
+  const marks = format === count && max < 2 ? [0, 1] : [0, 0.5, 1];
+  for (const f of marks) {
     const y = top + h - f * h;
     svg.append(node('line', { x1: left, x2: left + w, y1: y, y2: y, class: 'grid' }));
     svg.append(node('text', { x: left - 4, y: y + 4, 'text-anchor': 'end' }, format(max * f)));
@@ -589,14 +598,18 @@ function cell(text) {
   return td;
 }
 
-const count = (/** @type {number} */ n) => n.toLocaleString('en');
+const count = (/** @type {number} */ n) => (Number.isInteger(n) ? n : Math.round(n * 10) / 10).toLocaleString('en');
+/** "1 connection", "2 connections". @param {number} n @param {string} word */
+const counted = (n, word) => `${count(n)} ${word}${n === 1 ? '' : 's'}`;
 const percent = (/** @type {number} */ f) => `${(f * 100).toFixed(f === 1 || f === 0 ? 0 : 1)} %`;
 const clock = (/** @type {number} */ unix) => new Date(unix * 1000).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
 
-/** @param {number} ms */
-function duration(ms) {
-  if (ms < 1000) return `${Math.round(ms)} ms`;
-  return `${(ms / 1000).toFixed(ms < 10000 ? 1 : 0)} s`;
+/** "250 ms", "1.5 s"; `compact` for axis ticks: "250ms", "1.5s". @param {number} ms @param {boolean} [compact] */
+function duration(ms, compact = false) {
+  const space = compact ? '' : ' ';
+  if (ms < 1000) return `${Math.round(ms)}${space}ms`;
+  const secs = ms / 1000;
+  return `${Number.isInteger(secs) || secs >= 10 ? Math.round(secs) : secs.toFixed(1)}${space}s`;
 }
 
 /** Bytes per second, in B/s, kB/s, MB/s, GB/s (powers of 1000). @param {number} bytesPerSec */

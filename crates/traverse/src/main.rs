@@ -652,7 +652,14 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let serves_tls = !running.tls.is_empty() || !running.single.is_empty();
     web.set_dashboard_sources(web::DashboardSources {
         turn: Box::new(move || turn_load(&worker_stats.sum())),
-        certificate_not_after: Box::new(move || certs.status().not_after.filter(|_| serves_tls)),
+        certificate: Box::new(move || {
+            let status = certs.status();
+            let not_after_unix = status.not_after.filter(|_| serves_tls)?;
+            Some(web::CertificateStatus {
+                not_after_unix,
+                self_signed: status.self_signed,
+            })
+        }),
     });
     let host = public_host(&config, &running, &interface_ips);
     let _ = ice_urls.set(IceUrls::new(&host, &running));

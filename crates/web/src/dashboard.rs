@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::extract::State;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, HeaderName, StatusCode};
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
@@ -57,8 +57,17 @@ pub struct TurnLoad {
 pub struct DashboardSources {
     /// The TURN workers' counters, summed.
     pub turn: Box<dyn Fn() -> TurnLoad + Send + Sync>,
-    /// The served certificate's `notAfter`, Unix seconds (`None`: unknown, e.g. no TLS).
-    pub certificate_not_after: Box<dyn Fn() -> Option<u64> + Send + Sync>,
+    /// The certificate served over TLS now (`None`: unknown, or no TLS listener).
+    pub certificate: Box<dyn Fn() -> Option<CertificateStatus> + Send + Sync>,
+}
+
+/// What the dashboard shows of the certificate in use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CertificateStatus {
+    /// Its `notAfter`, Unix seconds.
+    pub not_after_unix: u64,
+    /// Generated at start: valid, but no browser trusts it.
+    pub self_signed: bool,
 }
 
 impl std::fmt::Debug for DashboardSources {
@@ -99,6 +108,7 @@ pub struct Certificate {
     pub not_after_unix: u64,
     /// Whole days until `not_after_unix`, rounded down; negative once expired.
     pub days_left: i64,
+    pub self_signed: bool,
 }
 
 /// The dashboard's state in [`App`]: its sources once given, and the open event streams.
@@ -170,12 +180,11 @@ pub(crate) async fn snapshot(app: &App) -> Snapshot {
         relayed: s.relayed,
     });
     let sources = app.dashboard.sources.get();
-    let certificate = sources
-        .and_then(|s| (s.certificate_not_after)())
-        .map(|not_after| Certificate {
-            not_after_unix: not_after,
-            days_left: (i128::from(not_after) - i128::from(unix)).div_euclid(86_400) as i64,
-        });
+    let certificate = sources.and_then(|s| (s.certificate)()).map(|c| Certificate {
+        not_after_unix: c.not_after_unix,
+        days_left: (i128::from(c.not_after_unix) - i128::from(unix)).div_euclid(86_400) as i64,
+        self_signed: c.self_signed,
+    });
     Snapshot {
         unix_ms: u64::try_from(now.as_millis()).unwrap_or(u64::MAX),
         signaling,
@@ -248,7 +257,15 @@ pub(crate) async fn events(
         };
         Some((Ok::<_, Infallible>(event), (app, slot, interval)))
     });
-    ([(header::CACHE_CONTROL, "no-store")], Sse::new(stream)).into_response()
+    // `X-Accel-Buffering: no`: a reverse proxy (nginx) that buffers responses would hold the snapshots back.
+    (
+        [
+            (header::CACHE_CONTROL, "no-store"),
+            (HeaderName::from_static("x-accel-buffering"), "no"),
+        ],
+        Sse::new(stream),
+    )
+        .into_response()
 }
 
 /// Why a dashboard request was refused.

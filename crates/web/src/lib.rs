@@ -27,7 +27,7 @@ use std::sync::Arc;
 use hyper_util::rt::TokioIo;
 use signal::Limits;
 
-pub use dashboard::{DashboardSources, TurnLoad};
+pub use dashboard::{CertificateStatus, DashboardSources, TurnLoad};
 pub use hub::HubHandle;
 pub use origins::{AllowedOrigins, BadAllowedOrigin};
 pub use reports::{DEFAULT_MAX_REPORTS, MAX_REPORTS_PER_SOURCE, MAX_REPORT_BYTES};

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
-use web::{DashboardSources, Scheme, TurnLoad, Web, WebConfig};
+use web::{CertificateStatus, DashboardSources, Scheme, TurnLoad, Web, WebConfig};
 
 const TOKEN: &str = "operator-secret-0123456789";
 
@@ -112,7 +112,7 @@ async fn open_stream(web: &Web, from: Ipv4Addr, auth: &str) -> (DuplexStream, Ht
 }
 
 /// Reads until `n` `snapshot` events have arrived (chunked encoding and all); returns their data, parsed.
-async fn read_snapshots(conn: &mut DuplexStream, mut seen: String, n: usize, within: Duration) -> Vec<Value> {
+async fn read_snapshots(conn: &mut DuplexStream, seen: &mut String, n: usize, within: Duration) -> Vec<Value> {
     let mut buf = [0u8; 8192];
     let deadline = tokio::time::Instant::now() + within;
     loop {
@@ -238,7 +238,12 @@ async fn the_snapshot_has_its_documented_shape() {
             relayed_packets_to_client: 20,
             relayed_bytes_to_client: 2000,
         }),
-        certificate_not_after: Box::new(move || Some(now + 10 * 86_400 + 3600)),
+        certificate: Box::new(move || {
+            Some(CertificateStatus {
+                not_after_unix: now + 10 * 86_400 + 3600,
+                self_signed: false,
+            })
+        }),
     });
     let s = get(&web, from, "/api/dashboard", Some(&auth)).await.json();
     assert_eq!(
@@ -253,6 +258,7 @@ async fn the_snapshot_has_its_documented_shape() {
     );
     assert_eq!(s["certificate"]["daysLeft"], 10, "{s}");
     assert_eq!(s["certificate"]["notAfterUnix"], now + 10 * 86_400 + 3600);
+    assert_eq!(s["certificate"]["selfSigned"], false);
 }
 
 /// A connected pair over TURN/TLS and a failed pair, as the hub records them.
@@ -361,9 +367,15 @@ async fn the_event_stream_sends_a_snapshot_at_once_then_every_two_seconds() {
     let (mut conn, head) = open_stream(&web, Ipv4Addr::new(192, 0, 2, 7), &format!("Bearer {TOKEN}")).await;
     assert_eq!(head.status, 200, "{}", head.head);
     assert_eq!(head.header("content-type"), Some("text/event-stream"));
-    let first = read_snapshots(&mut conn, head.body.clone(), 1, Duration::from_secs(1)).await;
+    assert_eq!(
+        head.header("x-accel-buffering"),
+        Some("no"),
+        "proxies must not buffer it"
+    );
+    let mut seen = head.body.clone();
+    let first = read_snapshots(&mut conn, &mut seen, 1, Duration::from_secs(1)).await;
     assert!(first[0]["signaling"].is_object(), "{}", first[0]);
-    let two = read_snapshots(&mut conn, head.body, 2, Duration::from_secs(4)).await;
+    let two = read_snapshots(&mut conn, &mut seen, 2, Duration::from_secs(4)).await;
     let (a, b) = (two[0]["unixMs"].as_u64().unwrap(), two[1]["unixMs"].as_u64().unwrap());
     assert!((1500..3500).contains(&(b - a)), "{a} then {b}");
 }
