@@ -189,11 +189,53 @@ pub struct Stun {
     pub other_address: Option<SocketAddr>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Tls {
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
+    /// DNS names to get one certificate for from an ACME CA (instead of cert and key); empty: no ACME.
+    pub domains: Vec<String>,
+    /// Contact the CA mails about expiry and incidents.
+    pub acme_email: Option<String>,
+    /// The ACME directory: Let's Encrypt's production one by default.
+    pub acme_directory: String,
+    /// A PEM root to trust for the directory's HTTPS instead of the system's roots (a company CA, Pebble).
+    pub acme_ca_root: Option<PathBuf>,
+}
+
+impl Default for Tls {
+    fn default() -> Self {
+        Self {
+            cert: None,
+            key: None,
+            domains: Vec::new(),
+            acme_email: None,
+            acme_directory: acme::LETS_ENCRYPT.to_owned(),
+            acme_ca_root: None,
+        }
+    }
+}
+
+/// A name an ACME CA can validate over HTTP or TLS: dot-separated LDH labels (RFC 1035 §2.3.1), no wildcard (that
+/// needs DNS-01) and no address.
+fn acme_domain(name: &str) -> Result<(), String> {
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    };
+    if name.len() > 253 || !name.contains('.') || !name.split('.').all(label_ok) {
+        return Err(format!(
+            "{name:?} is not a DNS name a CA can validate (no wildcards, no addresses)"
+        ));
+    }
+    if name.parse::<IpAddr>().is_ok() || name.rsplit('.').next().is_some_and(|tld| tld.bytes().all(|b| b.is_ascii_digit())) {
+        return Err(format!("{name:?} is an address; ACME certificates here are for DNS names"));
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -651,6 +693,23 @@ impl Config {
         }
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             bad("tls", "cert and key go together".into());
+        }
+        if !self.tls.domains.is_empty() {
+            if self.tls.cert.is_some() {
+                bad("tls.domains", "a certificate comes from files (tls.cert) or from ACME (tls.domains), not both".into());
+            }
+            if let Some(e) = self.tls.domains.iter().find_map(|d| acme_domain(d).err()) {
+                bad("tls.domains", e);
+            }
+            if self.listen.single.is_empty() && self.listen.http.is_empty() {
+                bad(
+                    "tls.domains",
+                    "ACME needs listen.single on 443 (TLS-ALPN-01) or listen.http on 80 (HTTP-01) for the CA to reach".into(),
+                );
+            }
+        }
+        if let Some(Err(e)) = self.tls.acme_ca_root.as_ref().map(std::fs::File::open) {
+            bad("tls.acme_ca_root", format!("cannot read it: {e}"));
         }
         if let Err(e) = self.nat_discovery() {
             bad("stun.other_address", e);

@@ -109,6 +109,11 @@ const FLAGS: &[Flag] = &[
     flag("tls-cert", "TRAVERSE_TLS_CERT", "tls.cert",
          "FILE", "PEM certificate chain; without it a self-signed certificate is generated"),
     flag("tls-key", "TRAVERSE_TLS_KEY", "tls.key", "FILE", "PEM private key"),
+    list("domain", "TRAVERSE_DOMAINS", "tls.domains",
+         "NAME", "Get and renew a certificate for NAME from an ACME CA (Let's Encrypt by default)"),
+    flag("acme-email", "TRAVERSE_ACME_EMAIL", "tls.acme_email", "EMAIL", "Contact the ACME CA mails about expiry"),
+    flag("acme-directory", "TRAVERSE_ACME_DIRECTORY", "tls.acme_directory",
+         "URL", "ACME directory URL, e.g. a staging or company CA"),
     list("secret", "TRAVERSE_SECRETS", "auth.secrets",
          "SECRET", "TURN REST shared secrets; all are accepted, the first mints"),
     list("user", "TRAVERSE_USERS", "auth.users", "NAME:PASSWORD", "Static users as name:password"),
@@ -557,6 +562,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             cert: cert.clone(),
             key: key.clone(),
         },
+        _ if !config.tls.domains.is_empty() => server::TlsIdentity::Acme {
+            names: config.tls.domains.clone(),
+        },
         _ => server::TlsIdentity::SelfSigned {
             names: std::iter::once("localhost".to_owned())
                 .chain(interface_ips.iter().map(ToString::to_string))
@@ -637,6 +645,22 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     .context("cannot start the signaling hub")?;
     let handler: Arc<dyn server::HttpHandler> = Arc::new(WebHandler(web.clone()));
     let running = server::start(server_config, Some(handler)).context("cannot start")?;
+    if !config.tls.domains.is_empty() {
+        let acme = acme::Config {
+            names: config.tls.domains.clone(),
+            email: config.tls.acme_email.clone(),
+            directory: config.tls.acme_directory.clone(),
+            ca_root: config.tls.acme_ca_root.clone(),
+            data_dir: config.web.data_dir(),
+            ways: acme::plan::Ways {
+                tls_alpn: !running.single.is_empty(),
+                http: !running.http.is_empty(),
+            },
+            backoff: acme::plan::Backoff::DEFAULT,
+        };
+        let tokens = acme::spawn(acme, running.certs.clone()).context("cannot start the ACME task")?;
+        web.set_acme_http01(Arc::new(move |token| tokens.get(token)));
+    }
     for (proto, addrs) in [("UDP", &running.udp), ("TCP", &running.tcp), ("TLS", &running.tls)] {
         for addr in addrs.iter() {
             tracing::info!(%addr, "STUN/TURN listening on {proto}");
@@ -694,7 +718,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             tracing::warn!(error = %e, "plain HTTP on the single port is not redirected; set signal.public_host");
         }
     }
-    if running.certs.is_self_signed() && !running.tls.is_empty() {
+    if running.certs.is_self_signed() && !running.tls.is_empty() && config.tls.domains.is_empty() {
         tracing::warn!("TLS uses a generated self-signed certificate: browsers refuse it; set tls.cert and tls.key");
     }
     if generated_secret {
@@ -847,7 +871,8 @@ impl server::HttpHandler for WebHandler {
 
 /// The host put in iceServers: the configured one, else the external or listening address, else an interface's.
 fn public_host(config: &Config, running: &server::Running, interface_ips: &[IpAddr]) -> String {
-    if let Some(host) = &config.signal.public_host {
+    // A `turns:` URL must name what the certificate names.
+    if let Some(host) = config.signal.public_host.as_ref().or(config.tls.domains.first()) {
         return host.clone();
     }
     let ip = config
