@@ -22,6 +22,8 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   command -v curl >/dev/null 2>&1 || missing+=(curl)
   command -v prlimit >/dev/null 2>&1 || missing+=(util-linux)
   command -v strip >/dev/null 2>&1 || missing+=(binutils)
+  # The ACME tests issue certificates from Pebble, the ACME test CA, on loopback.
+  command -v pebble >/dev/null 2>&1 || missing+=(pebble)
   if [ ${#missing[@]} -gt 0 ]; then
     echo "test.sh: installing ${missing[*]}"
     apt-get update -qq
