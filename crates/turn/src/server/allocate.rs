@@ -89,8 +89,8 @@ impl<R: RngCore> Server<R> {
             server = %five_tuple.server,
             transport = %five_tuple.transport,
             %username,
-            relay_v4 = ?Family::V4.pick(&binding.relays),
-            relay_v6 = ?Family::V6.pick(&binding.relays),
+            relay_v4 = Family::V4.pick(&binding.relays).map(|a| a.to_string()),
+            relay_v6 = Family::V6.pick(&binding.relays).map(|a| a.to_string()),
             lifetime,
             "allocation created"
         );
