@@ -41,6 +41,16 @@ async function openDashboard(token) {
 /** The text of an element by id, trimmed. */
 const text = (page, id) => page.evaluate((i) => document.getElementById(i).textContent.trim(), id);
 const number = async (page, id) => Number((await text(page, id)).replace(/[^0-9.]/g, ''));
+/** The texts of every element matching `selector`. */
+const texts = (page, selector) =>
+  page.evaluate((s) => [...document.querySelectorAll(s)].map((e) => e.textContent), selector);
+/** Waits until the number shown in element `id` is at least `min` — the page updates itself. */
+const atLeast = (page, id, min, timeout) =>
+  page.waitForFunction(
+    ([i, m]) => Number(document.getElementById(i).textContent.replace(/[^0-9.]/g, '')) >= m,
+    [id, min],
+    { timeout },
+  );
 
 test('the API refuses a missing or wrong token, the page asks again', { timeout: 30000 }, async (t) => {
   if (skipWithoutChromium(t)) return;
@@ -49,13 +59,17 @@ test('the API refuses a missing or wrong token, the page asks again', { timeout:
   assert.equal(JSON.parse(none.body).code, 'admin-token-required');
   const page = await openDashboard('not-the-token');
   t.after(() => page.close().catch(() => {}));
-  await page.waitForFunction(() => document.getElementById('login-error').textContent.length > 0, null, { timeout: 10000 });
+  await page.waitForFunction(() => document.getElementById('login-error').textContent.length > 0, null, {
+    timeout: 10000,
+  });
   assert.match(await text(page, 'login-error'), /refused/);
   assert.equal(await page.evaluate(() => document.getElementById('board').hidden), true, 'nothing shown');
-  assert.equal(await page.evaluate(() => sessionStorage.getItem('traverse.adminToken')), null, 'a refused token is forgotten');
+  const kept = await page.evaluate(() => sessionStorage.getItem('traverse.adminToken'));
+  assert.equal(kept, null, 'a refused token is forgotten');
 });
 
-test('after two peers connect and two fail, the live dashboard shows them; screenshot kept', { timeout: 150000 }, async (t) => {
+const LIVE = 'after two peers connect and two fail, the live dashboard shows them; screenshot kept';
+test(LIVE, { timeout: 150000 }, async (t) => {
   if (skipWithoutChromium(t)) return;
   const dash = await openDashboard(TOKEN);
   t.after(() => dash.close().catch(() => {}));
@@ -80,7 +94,8 @@ test('after two peers connect and two fail, the live dashboard shows them; scree
       a.page.evaluate(async (bId) => {
         const peer = room.connect(bId, peerOptions());
         window.peer = peer;
-        await Promise.race([peer.ready, new Promise((_, r) => setTimeout(() => r(new Error('channel not open in 30 s')), 30000))]);
+        const late = new Promise((_, r) => setTimeout(() => r(new Error('channel not open in 30 s')), 30000));
+        await Promise.race([peer.ready, late]);
         // A steady trickle for ~6 s: three snapshots see the relay counters move.
         for (let i = 0; i < 60; i++) {
           peer.send('x'.repeat(1000));
@@ -91,20 +106,22 @@ test('after two peers connect and two fail, the live dashboard shows them; scree
     );
 
     // The page updates itself: the numbers change without a reload.
-    await dash.waitForFunction(() => Number(document.getElementById('connected-total').textContent.replace(/\D/g, '')) >= 1,
-      null, { timeout: 30000 });
-    await dash.waitForFunction(() => Number(document.getElementById('sockets').textContent) >= 2, null, { timeout: 10000 });
+    await atLeast(dash, 'connected-total', 1, 30000);
+    await atLeast(dash, 'sockets', 2, 10000);
     assert.ok((await number(dash, 'sockets')) > socketsBefore, 'sockets went up live');
     assert.ok((await number(dash, 'rooms')) >= 1, 'a room');
     assert.ok((await number(dash, 'sessions')) >= 2, 'two sessions');
     assert.ok((await number(dash, 'allocations')) >= 2, 'two TURN allocations');
-    assert.ok((await dash.evaluate(() => Number(document.body.dataset.snapshots))) > snapshotsBefore, 'new snapshots arrived');
+    const snapshotsAfter = await dash.evaluate(() => Number(document.body.dataset.snapshots));
+    assert.ok(snapshotsAfter > snapshotsBefore, 'new snapshots arrived');
     assert.equal(await dash.evaluate(() => window.sameDocument), true, 'no reload');
     assert.match(await text(dash, 'success-rate'), /%/);
     assert.match(await text(dash, 'paths-summary'), /relayed/);
-    const paths = await dash.evaluate(() => [...document.querySelectorAll('#chart-paths g text')].map((e) => e.textContent));
+    const paths = await texts(dash, '#chart-paths g text');
     assert.ok(paths.includes('relay-udp'), `relay-udp on the paths chart: ${paths}`);
-    await dash.waitForFunction(() => document.querySelectorAll('#chart-bandwidth polyline').length === 2, null, { timeout: 10000 });
+    await dash.waitForFunction(() => document.querySelectorAll('#chart-bandwidth polyline').length === 2, null, {
+      timeout: 10000,
+    });
     assert.match(await text(dash, 'bw-to-peer'), /B\/s/);
     assert.match(await text(dash, 'cert-days'), /left/);
 
@@ -112,7 +129,8 @@ test('after two peers connect and two fail, the live dashboard shows them; scree
     const fail = async () => {
       const p = await roomPage(browser, server, 'dashboard-fail', { relay: true, connect: { outcomeTimeoutMs: 8000 } });
       // Set by the driver: the page's Content-Security-Policy forbids eval in page code.
-      await p.page.evaluate(`window.keep = (servers) => T.filterIceServers(servers, (u) => u.startsWith('turn:') && u.includes('transport=udp'))
+      await p.page.evaluate(`window.keep = (servers) => T
+        .filterIceServers(servers, (u) => u.startsWith('turn:') && u.includes('transport=udp'))
         .map((s) => ({ ...s, credential: 'not-the-credential' }))`);
       return p;
     };
@@ -123,12 +141,14 @@ test('after two peers connect and two fail, the live dashboard shows them; scree
     await c.page.evaluate((id) => {
       window.peer = room.connect(id, peerOptions());
     }, d.peerId);
-    await dash.waitForFunction(() => Number(document.getElementById('failed-total').textContent) >= 1, null, { timeout: 45000 });
-    const reasons = await dash.evaluate(() => [...document.querySelectorAll('#chart-reasons g text')].map((e) => e.textContent));
+    await atLeast(dash, 'failed-total', 1, 45000);
+    const reasons = await texts(dash, '#chart-reasons g text');
     assert.ok(reasons.includes('turn-auth-failed'), `turn-auth-failed on the reasons chart: ${reasons}`);
-    assert.match(await dash.evaluate(() => document.querySelector('#reasons-chart .sentence').textContent), /turn-auth-failed: .*401/);
-    const recent = await dash.evaluate(() => [...document.querySelectorAll('#recent tbody tr')].map((r) => r.textContent));
-    assert.ok(recent.some((r) => r.includes('dashboard-fail') && r.includes('turn-auth-failed')), `recent failures: ${recent}`);
+    const [sentence] = await texts(dash, '#reasons-chart .sentence');
+    assert.match(sentence, /turn-auth-failed: .*401/);
+    const recent = await texts(dash, '#recent tbody tr');
+    const listed = recent.some((r) => r.includes('dashboard-fail') && r.includes('turn-auth-failed'));
+    assert.ok(listed, `recent failures: ${recent}`);
     assert.ok(await dash.locator('#recent').isVisible());
     assert.ok((await dash.locator('#chart-success rect.failed').count()) >= 1, 'a failed bar this minute');
     assert.match(await text(dash, 'success-rate'), /^50(\.0)? %$/);

@@ -227,17 +227,26 @@ function renderNow(snap) {
     const total = hour.connected + hour.failed;
     const rate = $('success-rate');
     rate.textContent = total ? percent(hour.connected / total) : 'no connections yet';
-    rate.className = !total ? '' : hour.connected / total >= 0.95 ? 'ok' : hour.connected / total >= 0.8 ? 'warn' : 'bad';
+    rate.className = !total
+      ? ''
+      : hour.connected / total >= 0.95
+        ? 'ok'
+        : hour.connected / total >= 0.8
+          ? 'warn'
+          : 'bad';
   } else {
     for (const id of ['connected-total', 'failed-total', 'success-rate']) setText(id, 'n/a');
   }
   const days = $('cert-days');
   const c = snap.certificate;
   if (c) {
-    days.textContent = c.daysLeft < 0 ? 'expired' : c.daysLeft > 3650 ? '> 10 years left' : `${counted(c.daysLeft, 'day')} left`;
+    days.textContent =
+      c.daysLeft < 0 ? 'expired' : c.daysLeft > 3650 ? '> 10 years left' : `${counted(c.daysLeft, 'day')} left`;
     days.className = c.daysLeft < 0 ? 'bad' : c.daysLeft < CERT_WARN_DAYS || c.selfSigned ? 'warn' : 'ok';
     const expires = `The certificate served over TLS expires ${new Date(c.notAfterUnix * 1000).toUTCString()}.`;
-    const generated = c.selfSigned ? ' It is the self-signed one generated at start: browsers refuse it (set tls.cert and tls.key).' : '';
+    const generated = c.selfSigned
+      ? ' It is the self-signed one generated at start: browsers refuse it (set tls.cert and tls.key).'
+      : '';
     setText('cert-note', expires + generated);
   } else {
     days.textContent = 'n/a';
@@ -246,7 +255,10 @@ function renderNow(snap) {
   }
 }
 
-/** Sums per-minute counts; falls back to the totals since start when the server sends no minutes. @param {Outcomes} o */
+/**
+ * Sums per-minute counts; falls back to the totals since start when the server sends no minutes.
+ * @param {Outcomes} o
+ */
 function lastHour(o) {
   if (!o.minutes || !o.minutes.length) return { connected: o.connected, failed: o.failed };
   let connected = 0;
@@ -275,7 +287,11 @@ function renderOutcomes(o, unixMs) {
   renderRecent(o.recent_failures ?? []);
 }
 
-/** Stacked bars (connected below, failed above) per minute of the last hour. @param {Minute[]} minutes @param {number} unixMs */
+/**
+ * Stacked bars (connected below, failed above) per minute of the last hour.
+ * @param {Minute[]} minutes
+ * @param {number} unixMs
+ */
 function successChart(minutes, unixMs) {
   const W = 1040;
   const H = 170;
@@ -297,7 +313,8 @@ function successChart(minutes, unixMs) {
   const failed = slots.reduce((a, s) => a + s.failed, 0);
   const total = connected + failed;
   const label = total
-    ? `Connections per minute over the last hour: ${connected} connected, ${failed} failed, ${percent(connected / total)} succeeded.`
+    ? `Connections per minute over the last hour: ${connected} connected, ${failed} failed, ` +
+      `${percent(connected / total)} succeeded.`
     : 'No connections yet in the last hour.';
   const svg = chart('success', W, H, label);
   if (!total) {
@@ -321,21 +338,36 @@ function successChart(minutes, unixMs) {
   });
   svg.append(node('text', { x: left, y: H - 4 }, `${clock(slots[0].start)}`));
   svg.append(node('text', { x: left + plotW, y: H - 4, 'text-anchor': 'end' }, 'now'));
-  legend(svg, W - 190, top + 2, [['connected', 'connected'], ['failed', 'failed']]);
+  legend(svg, W - 190, top + 2, [
+    ['connected', 'connected'],
+    ['failed', 'failed'],
+  ]);
   place('success-chart', svg);
 }
 
-/** Horizontal bars of how connected pairs went: direct or relayed, by transport. @param {Record<string, number>} byPath */
+/**
+ * Horizontal bars of how connected pairs went: direct or relayed, by transport.
+ * @param {Record<string, number>} byPath
+ */
 function pathsChart(byPath) {
   const entries = sortPaths(Object.entries(byPath).filter(([, n]) => n > 0));
   const total = entries.reduce((a, [, n]) => a + n, 0);
   const direct = entries.filter(([p]) => p.startsWith('direct')).reduce((a, [, n]) => a + n, 0);
   setText(
     'paths-summary',
-    total ? `${percent(direct / total)} direct, ${percent((total - direct) / total)} relayed (${counted(total, 'connection')}).` : '',
+    total
+      ? `${percent(direct / total)} direct, ${percent((total - direct) / total)} relayed ` +
+          `(${counted(total, 'connection')}).`
+      : '',
   );
-  bars('paths', 'paths-chart', entries, total, (p) => (p.startsWith('direct') ? 'direct' : p.startsWith('relay') ? 'relay' : 'other'),
-    total ? `Connected pairs by path: ${entries.map(([p, n]) => `${p} ${n}`).join(', ')}.` : 'No connections yet.');
+  bars(
+    'paths',
+    'paths-chart',
+    entries,
+    total,
+    (p) => (p.startsWith('direct') ? 'direct' : p.startsWith('relay') ? 'relay' : 'other'),
+    total ? `Connected pairs by path: ${entries.map(([p, n]) => `${p} ${n}`).join(', ')}.` : 'No connections yet.',
+  );
 }
 
 /** @param {Array<[string, number]>} entries */
@@ -347,13 +379,25 @@ function sortPaths(entries) {
   return entries.sort(([a], [b]) => rank(a) - rank(b) || a.localeCompare(b));
 }
 
-/** Failures by reason, each with the sentence of its latest failure. @param {Record<string, number>} byReason @param {Failure[]} recent */
+/**
+ * Failures by reason, each with the sentence of its latest failure.
+ * @param {Record<string, number>} byReason
+ * @param {Failure[]} recent
+ */
 function reasonsChart(byReason, recent) {
-  const entries = Object.entries(byReason).filter(([, n]) => n > 0).sort(([a, x], [b, y]) => y - x || a.localeCompare(b));
+  const entries = Object.entries(byReason)
+    .filter(([, n]) => n > 0)
+    .sort(([a, x], [b, y]) => y - x || a.localeCompare(b));
   const total = entries.reduce((a, [, n]) => a + n, 0);
-  bars('reasons', 'reasons-chart', entries, total, () => 'reason',
+  bars(
+    'reasons',
+    'reasons-chart',
+    entries,
+    total,
+    () => 'reason',
     total ? `Failures by reason: ${entries.map(([r, n]) => `${r} ${n}`).join(', ')}.` : 'No failed connections.',
-    'No failed connections');
+    'No failed connections',
+  );
   const box = $('reasons-chart');
   for (const [reason] of entries) {
     const latest = recent.find((f) => f.reason === reason);
@@ -426,9 +470,11 @@ function ttcChart(h) {
     before = cumulative;
     if (finite) lower = upper;
   }
-  if (h.count > before) columns.push({ label: `> ${duration(lower)}`, tick: `>${duration(lower, true)}`, n: h.count - before });
+  if (h.count > before)
+    columns.push({ label: `> ${duration(lower)}`, tick: `>${duration(lower, true)}`, n: h.count - before });
   const median = h.buckets.find(([, c]) => c >= h.count / 2);
-  const medianText = median && typeof median[0] === 'number' && Number.isFinite(median[0]) ? `, half within ${duration(median[0])}` : '';
+  const medianText =
+    median && typeof median[0] === 'number' && Number.isFinite(median[0]) ? `, half within ${duration(median[0])}` : '';
   setText('ttc-summary', `${counted(h.count, 'connection')}, mean ${duration(h.sum_ms / h.count)}${medianText}.`);
   const svg = chart('ttc', W, H, `Time to connect: ${columns.map((c) => `${c.label} ${c.n}`).join(', ')}.`);
   const plotW = W - left - 6;
@@ -489,13 +535,19 @@ function renderBandwidth(snap) {
   const t0 = snap.unixMs - RATE_SAMPLES * 2000;
   const x = (/** @type {number} */ t) => left + Math.max(0, ((t - t0) / (snap.unixMs - t0)) * plotW);
   const y = (/** @type {number} */ v) => top + plotH - (v / max) * plotH;
-  for (const [key, cls] of /** @type {Array<['toPeer' | 'toClient', string]>} */ ([['toPeer', 'line-to-peer'], ['toClient', 'line-to-client']])) {
+  for (const [key, cls] of /** @type {Array<['toPeer' | 'toClient', string]>} */ ([
+    ['toPeer', 'line-to-peer'],
+    ['toClient', 'line-to-client'],
+  ])) {
     const points = rates.map((r) => `${x(r.unixMs).toFixed(1)},${y(r[key]).toFixed(1)}`).join(' ');
     svg.append(node('polyline', { points, class: cls }));
   }
   svg.append(node('text', { x: left, y: H - 4 }, '5 min ago'));
   svg.append(node('text', { x: left + plotW, y: H - 4, 'text-anchor': 'end' }, 'now'));
-  legend(svg, W - 190, top + 2, [['legend-to-peer', 'to peers'], ['legend-to-client', 'to clients']]);
+  legend(svg, W - 190, top + 2, [
+    ['legend-to-peer', 'to peers'],
+    ['legend-to-client', 'to clients'],
+  ]);
   place('bandwidth-chart', svg);
 }
 
@@ -528,7 +580,13 @@ function renderRecent(failures) {
  */
 function chart(name, w, h, label) {
   const id = `${name}-label-${++chartIds}`;
-  const svg = node('svg', { viewBox: `0 0 ${w} ${h}`, role: 'img', 'aria-labelledby': id, id: `chart-${name}`, 'data-chart': name });
+  const svg = node('svg', {
+    viewBox: `0 0 ${w} ${h}`,
+    role: 'img',
+    'aria-labelledby': id,
+    id: `chart-${name}`,
+    'data-chart': name,
+  });
   svg.append(node('title', { id }, label));
   return /** @type {SVGSVGElement} */ (svg);
 }
@@ -546,7 +604,8 @@ function node(tag, attrs, text) {
 
 /**
  * Horizontal grid lines at 0, half and the maximum, labelled on the left.
- * @param {SVGElement} svg @param {number} left @param {number} top @param {number} w @param {number} h @param {number} max
+ * @param {SVGElement} svg @param {number} left @param {number} top @param {number} w @param {number} h
+ * @param {number} max
  * @param {(v: number) => string} [format]
  */
 function axis(svg, left, top, w, h, max, format = count) {
@@ -602,7 +661,8 @@ const count = (/** @type {number} */ n) => (Number.isInteger(n) ? n : Math.round
 /** "1 connection", "2 connections". @param {number} n @param {string} word */
 const counted = (n, word) => `${count(n)} ${word}${n === 1 ? '' : 's'}`;
 const percent = (/** @type {number} */ f) => `${(f * 100).toFixed(f === 1 || f === 0 ? 0 : 1)} %`;
-const clock = (/** @type {number} */ unix) => new Date(unix * 1000).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
+const clock = (/** @type {number} */ unix) =>
+  new Date(unix * 1000).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
 
 /** "250 ms", "1.5 s"; `compact` for axis ticks: "250ms", "1.5s". @param {number} ms @param {boolean} [compact] */
 function duration(ms, compact = false) {

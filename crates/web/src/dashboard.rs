@@ -2,11 +2,11 @@
 //! `GET /api/dashboard/events` (a snapshot every [`EVERY`] as Server-Sent Events), all behind the admin token
 //! (`[web] admin_token`); without one the three answer 404 with a sentence saying how to turn them on.
 //!
-//! Model: nothing is kept here between requests. A snapshot is read from its sources when it is sent — the
-//! signaling hub (over its command channel), the connection outcomes ([`outcome::Outcomes`]), and the TURN workers' counters and the
-//! certificate through [`DashboardSources`], closures the binary hands over once the workers run (the web side
-//! starts before them). Counters are sent as totals with the snapshot's time; the page turns two successive
-//! snapshots into rates (bytes/s), so the server keeps no history per viewer.
+//! Model: nothing is kept here between requests. A snapshot is read from its sources when it is sent — the signaling
+//! hub (over its command channel), the connection outcomes ([`outcome::Outcomes`]), and the TURN workers' counters and
+//! the certificate through [`DashboardSources`], closures the binary hands over once the workers run (the web side
+//! starts before them). Counters are sent as totals with the snapshot's time; the page turns two successive snapshots
+//! into rates (bytes/s), so the server keeps no history per viewer.
 //!
 //! The event stream is read by the page with `fetch` (not `EventSource`), so the token travels in the
 //! `Authorization` header like every other request and never in a URL that logs and proxies keep. Streams are
@@ -76,7 +76,8 @@ impl std::fmt::Debug for DashboardSources {
     }
 }
 
-/// What the dashboard shows at one moment. Absent parts are `null` (the page says "not available").
+/// What the dashboard shows at one moment. `turn` and `certificate` are `null` until the binary gives their sources
+/// (`certificate` also without a TLS listener); the page says "n/a".
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Snapshot {
@@ -182,7 +183,8 @@ pub(crate) async fn snapshot(app: &App) -> Snapshot {
     let sources = app.dashboard.sources.get();
     let certificate = sources.and_then(|s| (s.certificate)()).map(|c| Certificate {
         not_after_unix: c.not_after_unix,
-        days_left: (i128::from(c.not_after_unix) - i128::from(unix)).div_euclid(86_400) as i64,
+        days_left: i64::try_from((i128::from(c.not_after_unix) - i128::from(unix)).div_euclid(86_400))
+            .unwrap_or(i64::MAX),
         self_signed: c.self_signed,
     });
     Snapshot {

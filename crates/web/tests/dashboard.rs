@@ -266,7 +266,8 @@ fn outcomes_with_one_of_each(unix: u64) -> Arc<outcome::Outcomes> {
     let store = Arc::new(outcome::Outcomes::new());
     let connected = outcome::Report::parse(
         r#"{"outcome":"connected","elapsedMs":812,"policy":"all",
-            "pair":{"local":{"type":"relay","protocol":"udp","relayProtocol":"tls"},"remote":{"type":"srflx","protocol":"udp"}},
+            "pair":{"local":{"type":"relay","protocol":"udp","relayProtocol":"tls"},
+                    "remote":{"type":"srflx","protocol":"udp"}},
             "gathered":{"host":1,"srflx":1,"relayTls":1},"offered":{"stun":1,"turnTls":1},"remoteCandidates":2}"#,
     )
     .unwrap();
@@ -275,7 +276,8 @@ fn outcomes_with_one_of_each(unix: u64) -> Arc<outcome::Outcomes> {
         unix,
     );
     let failed = outcome::Report::parse(
-        r#"{"outcome":"failed","elapsedMs":9000,"gathered":{"host":1,"srflx":1},"offered":{"stun":1},"remoteCandidates":2}"#,
+        r#"{"outcome":"failed","elapsedMs":9000,"gathered":{"host":1,"srflx":1},"offered":{"stun":1},
+            "remoteCandidates":2}"#,
     )
     .unwrap();
     store.record(
