@@ -2,13 +2,15 @@
 // chromium-netns.sh, which enters $NATLAB_NS). They load the SDK from the real server, join one room and open a data
 // channel with the ICE servers the join hands out (nothing forced). The selected candidate pair must be direct
 // (host/srflx/prflx on both ends) where the two NATs allow hole punching and relayed (a TURN candidate at one end at
-// least) where they do not; with UDP blocked the relay must be TURN over TCP or TLS.
+// least) where they do not; with UDP blocked the relay must be TURN over TCP or TLS. Pairs forced to fail (ICE
+// servers cut down to what cannot work: STUN only between two symmetric NATs, TURN over UDP only from a site that
+// blocks UDP) must end in the server's post-mortem naming the right reason, in both pages' `connection-failed`.
 //
 // Run by run.sh, which builds the lab and starts the server:
 //   NATLAB_PREFIX   the lab's namespace prefix
 //   NATLAB_SERVER   https://<server public address> (the single port, 443)
 //   NATLAB_RESULTS  directory where pairs.json is written for the results table
-//   NATLAB_PAIRS    optional comma-separated pair names (e.g. `eim-a+eim-b`) to run only those
+//   NATLAB_PAIRS    optional comma-separated pair names (e.g. `eim-a+eim-b`, `sym-a+sym-b:stun-only`) to run only those
 //   CHROMIUM_PATH   chromium-netns.sh (read by ../browser/lib/harness.js when it is imported)
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -102,7 +104,86 @@ function doctorPrediction(a, b) {
   }
 }
 
+/**
+ * Pairs that cannot connect with the ICE servers they are left (`keep`: a filter of the join's URLs, run in both
+ * pages) and the reason the post-mortem must give.
+ */
+export const FAILING = [
+  {
+    a: 'sym-a', b: 'sym-b', name: 'stun-only', keep: "(u) => u.startsWith('stun:')",
+    reason: 'symmetric-nat-no-relay', says: /Both peers are behind NATs that change port per destination \(symmetric\)/,
+    why: 'two symmetric NATs and no TURN: no srflx address is reachable and there is no relay',
+  },
+  {
+    a: 'noudp', b: 'eim-b', name: 'turn-udp-only', keep: "(u) => u.startsWith('stun:') || (u.startsWith('turn:') && u.includes('transport=udp'))",
+    reason: 'turn-udp-blocked-no-tls', says: /TURN requests over UDP timed out and no TURN over TLS on 443 was offered/,
+    why: 'no UDP leaves noudp and it is offered TURN over UDP only: it gathers no relay, and nothing of eim-b\'s is reachable',
+  },
+].filter((p) => ONLY.length === 0 || ONLY.includes(`${p.a}+${p.b}:${p.name}`));
+
 let roomNo = 0;
+for (const pair of FAILING) {
+  test(`${pair.a} + ${pair.b} (${pair.name}): fails, post-mortem ${pair.reason}`, { timeout: 120000 }, async (t) => {
+    assert.ok(PREFIX, 'NATLAB_PREFIX is set (run through tests/natlab/run.sh)');
+    const browsers = [];
+    t.after(() => Promise.all(browsers.map((b) => b.close())));
+    const record = { a: pair.a, b: pair.b, expect: `fail: ${pair.reason}`, why: pair.why };
+    results.push(record);
+    try {
+      browsers.push(await browserIn(pair.a));
+      browsers.push(await browserIn(pair.b));
+      const room = `natlab-${process.pid}-${++roomNo}`;
+      const outcomeTimeoutMs = 20000;
+      const open = async (br) => {
+        const p = await roomPage(br, SERVER, room, { net: true, connect: { outcomeTimeoutMs } });
+        // Set by the driver: the page's Content-Security-Policy forbids eval in page code.
+        await p.page.evaluate(`window.keep = (servers) => T.filterIceServers(servers, ${pair.keep})`);
+        await p.page.evaluate(() => {
+          window.failures = [];
+          room.on('connection-failed', (d) => failures.push(d));
+          window.sentReports = [];
+          net.tamper = (text) => {
+            const msg = JSON.parse(text);
+            if (msg.type === 'outcome') sentReports.push(msg.report);
+            return text;
+          };
+        });
+        return p;
+      };
+      const a = await open(browsers[0]);
+      const b = await open(browsers[1]);
+      await until(10000, () => a.page.evaluate((id) => room.peers.has(id), b.peerId), `${pair.a} sees ${pair.b}`);
+      const started = Date.now();
+      await a.page.evaluate((id) => {
+        window.peer = room.connect(id, peerOptions());
+      }, b.peerId);
+      const failed = (p) => until(outcomeTimeoutMs + 40000, () => p.page.evaluate(() => failures.length > 0 && failures),
+        'connection-failed');
+      const [fa, fb] = await within(outcomeTimeoutMs + 45000, Promise.all([failed(a), failed(b)]), 'both post-mortems');
+      record.connectMs = Date.now() - started;
+      record.reports = [await a.page.evaluate(() => sentReports), await b.page.evaluate(() => sentReports)];
+      t.diagnostic(`${pair.a} reported ${JSON.stringify(record.reports[0])}`);
+      t.diagnostic(`${pair.b} reported ${JSON.stringify(record.reports[1])}`);
+      record.outcome = `${fa[0].outcome}: ${fa[0].reason}`;
+      record.selected = fa[0].message;
+      for (const [site, f] of [[pair.a, fa], [pair.b, fb]]) {
+        assert.equal(f.length, 1, `${site}: one connection-failed: ${JSON.stringify(f)}`);
+        assert.equal(f[0].reason, pair.reason, `${site}: ${JSON.stringify(f[0])}`);
+        assert.match(f[0].message, pair.says, `${site}: ${f[0].message}`);
+        assert.doesNotMatch(f[0].message, /never reported/, 'both reports arrived');
+      }
+      assert.equal(fa[0].peer, b.peerId);
+      assert.equal(fb[0].peer, a.peerId);
+    } catch (err) {
+      record.outcome = `FAIL: ${err.message.split('\n')[0]}`;
+      for (const [i, br] of browsers.entries()) {
+        console.log(`--- ${i ? pair.b : pair.a} console ---\n${br.logs.slice(-40).join('\n')}`);
+      }
+      throw err;
+    }
+  });
+}
+
 for (const pair of PAIRS) {
   test(`${pair.a} + ${pair.b}: ${pair.expect}`, { timeout: 120000 }, async (t) => {
     assert.ok(PREFIX, 'NATLAB_PREFIX is set (run through tests/natlab/run.sh)');

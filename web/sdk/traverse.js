@@ -128,9 +128,10 @@ export function filterIceServers(servers, keep) {
  * - `reconnecting` `{attempt, delayMs, code, reason}`, `resumed` `{replayed, seq, ack}`
  * - `closed` `{code, reason}` — final; the room is unusable
  * - `peer-connection` `{peer}` — a `Peer` created because a peer sent an offer (see `autoAccept`)
- * - `connection-diagnosis` `{peer, outcome, reason, step, message, path?, timeToConnectMs?}` — the server's verdict
- *   on a peer connection, from both sides' outcome reports; `connection-failed` `{peer, outcome, reason, step,
- *   message}` as well when it did not connect (`reason`: a stable code, docs/operations.md)
+ * - `connection-diagnosis` `{peer, you, outcome, reason, step, message, path?, timeToConnectMs?}` — the server's
+ *   verdict on a peer connection, from both sides' outcome reports (`message` calls this peer "peer " + `you`);
+ *   `connection-failed` with the same detail as well when it did not connect (`reason`: a stable code,
+ *   docs/operations.md)
  */
 export class Room extends EventTarget {
   /** @param {ConnectOptions} options */
@@ -400,6 +401,7 @@ export class Room extends EventTarget {
   _onDiagnosis(msg) {
     const detail = {
       peer: msg.peer,
+      you: msg.you,
       outcome: msg.outcome,
       reason: msg.reason,
       step: msg.step,
@@ -700,6 +702,9 @@ export class Peer extends EventTarget {
     o.reported = true;
     clearTimeout(o.timer);
     const elapsedMs = now() - o.startedAt;
+    // ICE may fail while gathering still runs (a TURN server that never answers times out about 10 s in): a failure
+    // waits, a bounded while, for gathering to finish, so that the report's counts and errors are final.
+    if (outcome !== 'connected') await gatheringComplete(this.pc, GATHERING_WAIT_MS);
     const stats = await this.pc.getStats().catch(() => new Map());
     const report = outcomeReport({
       outcome,
@@ -824,6 +829,29 @@ export class Peer extends EventTarget {
  * @property {number} restarts ICE restarts
  * @property {{name: string, version: number}} browser family and major version
  */
+
+/** How long a failed or timed-out connection's report waits for ICE gathering to complete. */
+const GATHERING_WAIT_MS = 15000;
+
+/**
+ * Resolves when `pc` has finished gathering, or after `ms`.
+ * @param {RTCPeerConnection} pc @param {number} ms
+ */
+function gatheringComplete(pc, ms) {
+  if (pc.iceGatheringState === 'complete' || pc.connectionState === 'closed') return Promise.resolve();
+  return new Promise((resolve) => {
+    const done = () => {
+      clearTimeout(t);
+      pc.removeEventListener('icegatheringstatechange', check);
+      resolve(undefined);
+    };
+    const check = () => {
+      if (pc.iceGatheringState === 'complete') done();
+    };
+    const t = setTimeout(done, ms);
+    pc.addEventListener('icegatheringstatechange', check);
+  });
+}
 
 /** Errors kept per report; the server accepts no more. */
 const MAX_CANDIDATE_ERRORS = 16;

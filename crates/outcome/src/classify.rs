@@ -374,7 +374,9 @@ impl Discovery {
                 d.auth_refused = true;
                 continue;
             }
-            // 701: the server could not be reached (RFC 8489 leaves 7xx to clients; browsers use it for timeouts).
+            // 701: the server could not be reached (RFC 8489 leaves 7xx to clients; browsers use it for timeouts). A 701
+            // on a `stun:` URL says nothing: Chrome reports one for every STUN server when it closes the UDP socket
+            // after ICE failed ("UDP socket was closed."), reachable or not.
             if e.code == 701 {
                 let name = match transport {
                     Some(RelayProtocol::Udp) => "UDP",
@@ -387,6 +389,12 @@ impl Discovery {
                     d.unanswered.push(name);
                 }
             }
+        }
+        // Offered STUN and TURN over UDP and got neither a server-reflexive candidate nor a relay: nothing came back
+        // over UDP, whether or not the browser reported it (Chrome reported no TURN timeout in the NAT lab's `noudp`
+        // site within 30 s).
+        if r.offered.stun > 0 && r.offered.turn_udp > 0 && r.gathered.srflx == 0 && d.relays == 0 {
+            d.udp_unanswered = true;
         }
         d
     }
@@ -472,10 +480,14 @@ fn failure(sides: &[(&'static str, &Report)], outcome: Outcome) -> (Reason, Stri
             _ => "both peers'".to_owned(),
         };
         let cause = format!("{whose} TURN requests over UDP timed out and no TURN over TLS on 443 was offered");
-        let message = if prefix.is_empty() {
-            format!("No relay could be allocated: {cause}.")
-        } else {
-            format!("{prefix}: {cause}.")
+        let message = match udp_blocked.as_slice() {
+            _ if !prefix.is_empty() => format!("{prefix}: {cause}."),
+            _ if no_relay_anywhere => format!("Neither peer could allocate a relay: {cause}."),
+            [one] => format!(
+                "Peer {one} could not allocate a relay: its TURN requests over UDP timed out and no TURN over TLS on \
+                 443 was offered."
+            ),
+            _ => format!("No relay could be allocated: {cause}."),
         };
         return (Reason::TurnUdpBlockedNoTls, message);
     }

@@ -80,7 +80,9 @@ fn connected_through_a_relay_takes_the_transport_from_the_side_that_allocated_it
 
 #[test]
 fn symmetric_nats_with_stun_only() {
-    let d = classify(&report(""), Some(&report("")));
+    // As Chrome reported it from the NAT lab's sym-a and sym-b sites: a 701 on the STUN URL when the socket closed.
+    let closed = r#""errors":[{"code":701,"url":"stun:203.0.113.10:3478","text":"UDP socket was closed."}]"#;
+    let d = classify(&report(closed), Some(&report(closed)));
     assert_eq!(d.outcome, Outcome::Failed);
     check(
         &d,
@@ -104,6 +106,34 @@ fn symmetric_nats_and_turn_over_udp_timed_out_without_tls_on_443() {
             "Both peers are behind NATs that change port per destination (symmetric) and neither could allocate a \
            relay: peer B's TURN requests over UDP timed out and no TURN over TLS on 443 was offered",
         ],
+    );
+}
+
+#[test]
+fn udp_blocked_on_one_side_while_the_other_has_a_relay() {
+    let blocked = format!(r#""gathered":{{"host":1}},{TURN_OFFERED_UDP_ONLY},{UDP_TIMEOUT}"#);
+    let relayed = format!(r#""gathered":{{"host":1,"srflx":1,"relayUdp":1}},{TURN_OFFERED_UDP_ONLY}"#);
+    let d = classify(&report(&relayed), Some(&report(&blocked)));
+    check(
+        &d,
+        Reason::TurnUdpBlockedNoTls,
+        &["Peer B could not allocate a relay: its TURN requests over UDP timed out and no TURN over TLS on 443"],
+    );
+}
+
+/// What Chrome reported from the NAT lab's `noudp` site offered STUN and TURN over UDP only: no srflx, no relay, and
+/// only the 701 every side gets on its STUN URL when the socket closes (the symmetric sites got it too).
+#[test]
+fn udp_blocked_seen_as_no_srflx_and_no_relay_although_stun_and_turn_over_udp_were_offered() {
+    let noudp = r#""gathered":{"host":4},"offered":{"stun":1,"turnUdp":1},"remoteCandidates":6,
+        "errors":[{"code":701,"url":"stun:203.0.113.10:3478","text":"UDP socket was closed."}]"#;
+    let eim = r#""gathered":{"host":4,"srflx":1,"relayUdp":1},"offered":{"stun":1,"turnUdp":1},"remoteCandidates":4,
+        "errors":[{"code":701,"url":"stun:203.0.113.10:3478","text":"UDP socket was closed."}]"#;
+    let d = classify(&report(noudp), Some(&report(eim)));
+    check(
+        &d,
+        Reason::TurnUdpBlockedNoTls,
+        &["Peer A could not allocate a relay: its TURN requests over UDP timed out"],
     );
 }
 

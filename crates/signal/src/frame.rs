@@ -137,6 +137,8 @@ pub(crate) enum Frame<'a> {
     /// The post-mortem of this peer's connection with `peer` (`crate::hub::outcomes`).
     Diagnosis {
         peer: &'a PeerId,
+        /// `A` or `B`: how the diagnosis' message names the recipient.
+        you: &'static str,
         diagnosis: &'a outcome::Diagnosis,
     },
 }
@@ -256,10 +258,12 @@ impl Frame<'_> {
                 out.raw("\"type\":\"pong\",\"ack\":");
                 out.raw(Digits::of(*ack).as_str());
             }
-            Frame::Diagnosis { peer, diagnosis } => {
+            Frame::Diagnosis { peer, you, diagnosis } => {
                 // Codes are the crates' own kebab-case names; the message is written by the classifier from them.
                 out.raw("\"type\":\"diagnosis\",\"peer\":\"");
                 out.raw(peer.as_str());
+                out.raw("\",\"you\":\"");
+                out.raw(you);
                 out.raw("\",\"outcome\":\"");
                 out.raw(diagnosis.outcome.as_str());
                 out.raw("\",\"reason\":\"");

@@ -138,10 +138,11 @@ fn both_reports_are_paired_classified_and_told_to_both_peers() {
         (Outcome::Failed, Reason::TurnUdpBlockedNoTls, 2)
     );
     assert_eq!((d.room.as_str(), d.peers.clone()), ("r", [a.clone(), b.clone()]));
-    for (conn, other) in [(1, &b), (2, &a)] {
+    for (conn, other, you) in [(1, &b, "A"), (2, &a, "B")] {
         let f = lab.frames(conn, "diagnosis");
         assert_eq!(f.len(), 1, "{f:?}");
         assert_eq!(f[0]["peer"], other.as_str());
+        assert_eq!(f[0]["you"], you, "the message names the first reporter A");
         assert_eq!(f[0]["outcome"], "failed");
         assert_eq!(f[0]["reason"], "turn-udp-blocked-no-tls");
         assert_eq!(f[0]["step"], "discovery");

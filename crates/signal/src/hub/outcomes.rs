@@ -188,9 +188,10 @@ impl<R: RngCore + Send> MemoryHub<R> {
 
     /// Tells both peers (those still here) and the I/O layer.
     fn diagnosed(&mut self, a: &PeerId, b: &PeerId, diagnosis: Diagnosis) {
-        for (to, other) in [(a, b), (b, a)] {
+        for (to, other, you) in [(a, b, "A"), (b, a, "B")] {
             let frame = Frame::Diagnosis {
                 peer: other,
+                you,
                 diagnosis: &diagnosis,
             };
             let _ = self.deliver(to, &frame, None);
