@@ -255,6 +255,32 @@ export async function checkIceServers({ base = location.href, token } = {}) {
   }
 }
 
+/** TLS alerts that mean the browser refused the server's certificate (the server's `/api/tls-failures` reasons). */
+export const CERTIFICATE_REASONS = Object.freeze(['unknown-ca', 'certificate-expired', 'certificate-refused']);
+
+/**
+ * GET /api/tls-failures: the TLS handshakes from this browser's address that the server saw fail in the last
+ * minutes, and why (the server saw the browser's alert). The page cannot tell a refused certificate from a blocked
+ * port by itself: both are "no relay candidate".
+ * @returns {Promise<{ok: boolean, failures: Array<{port: number, reason: string, message: string, secondsAgo: number}>, error?: string}>}
+ */
+export async function checkTlsFailures({ base = location.href } = {}) {
+  try {
+    const r = await fetchWithin(new URL('/api/tls-failures', base).href, {});
+    if (!r.ok) return { ok: false, failures: [], error: `HTTP ${r.status}` };
+    const body = await r.json();
+    return { ok: true, failures: Array.isArray(body.failures) ? body.failures : [] };
+  } catch (e) {
+    return { ok: false, failures: [], error: e.message };
+  }
+}
+
+/** The certificate refusal the server saw on `port`, if any (any port when `port` is undefined). */
+export function certificateRefusal(tlsFailures, port) {
+  return (tlsFailures?.failures || []).find((f) => CERTIFICATE_REASONS.includes(f.reason) &&
+    (port === undefined || f.port === port));
+}
+
 // --- ICE gathering ----------------------------------------------------------------------------------------------
 
 /** Gathers candidates with the given iceServers until complete or the timeout. */
@@ -507,6 +533,8 @@ export async function runChecks({ base = location.href, token, extraStun = [], o
     await step('gathering', () => Promise.all(entries.map(checkGathering)));
     const turn = entries.filter((e) => e.parsed.scheme !== 'stun');
     await step('loopback', () => Promise.all(turn.map((e) => checkLoopback(e))));
+    // Asked after the TLS attempts, so the server has seen them.
+    if (turn.some((e) => e.parsed.scheme === 'turns')) await step('tlsFailures', () => checkTlsFailures({ base }));
     await step('nat', () => checkNat(stunEndpoints(entries, extraStun)));
   })();
   await within(TIMEOUTS.total, work, 'the checks').catch((e) => (report.aborted = e.message));
@@ -615,6 +643,10 @@ export function verdict(r) {
   } else if (srflx) {
     level = 'warn';
     headline = 'Direct calls may work, but the relay cannot be used from here: calls to strict networks will fail.';
+  } else if (certificateRefusal(r.tlsFailures)) {
+    level = 'fail';
+    headline = 'The relay cannot be used from here: UDP and TCP do not get through, and this browser refused the ' +
+      'server\'s TLS certificate, so TURN over TLS fails too. The certificate is the server\'s to fix, not your network.';
   } else {
     level = 'fail';
     headline = 'Neither UDP nor TCP/TLS to the relay gets through from here: calls will fail.';
@@ -626,7 +658,14 @@ export function verdict(r) {
     const g = gathering.find((x) => x.url === l.url);
     const allocated = l.relayCandidate || (g && g.types?.relay > 0);
     const auth = g?.errors?.find((e) => e.code === 401);
-    if (auth) {
+    const refused = l.transport === 'tls' ? certificateRefusal(r.tlsFailures, port(l)) : undefined;
+    if (refused) {
+      advice.push({
+        text: `${l.label}: this browser refused the server's certificate — not a blocked network. The server saw it: ` +
+          `${refused.message}.`,
+        term: `TLS alert from the browser: ${refused.reason}`,
+      });
+    } else if (auth) {
       advice.push({ text: `${l.label}: the relay refused the credentials (is this computer's clock right?).`,
         term: 'STUN 401 Unauthorized' });
     } else if (allocated) {

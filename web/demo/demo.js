@@ -1,4 +1,5 @@
 import Traverse, { filterIceServers } from '/sdk/traverse.js';
+import { certificateRefusal, checkTlsFailures } from '/check/check.js';
 
 const $ = (id) => document.getElementById(id);
 const ui = {
@@ -21,6 +22,7 @@ let room = null;
 let peer = null;
 let localStream = null;
 let pairTimer = null;
+let tlsTimer = null;
 
 function logEvent(text) {
   const line = document.createElement('div');
@@ -80,15 +82,31 @@ async function showPair() {
   ui.pair.dataset.local = `${pair.local?.candidateType}/${pair.local?.relayProtocol ?? pair.local?.protocol}`;
 }
 
+/**
+ * A relay over TLS that never connects: ask the server whether this browser refused its certificate (the page alone
+ * cannot tell that from a blocked port), and say so.
+ */
+async function explainTls() {
+  if (ui.pair.dataset.local) return;
+  const refused = certificateRefusal(await checkTlsFailures());
+  if (!refused) return;
+  ui.pair.textContent = 'none: this browser refused the server\'s TLS certificate (TURN over TLS cannot connect)';
+  ui.pair.dataset.refused = refused.reason;
+  logEvent(`TURN over TLS: the browser refused the server's certificate — ${refused.message}`);
+}
+
 /** @param {import('/sdk/traverse.js').Peer} p */
 function usePeer(p) {
   if (peer === p) return;
   peer = p;
+  clearTimeout(tlsTimer);
+  tlsTimer = setTimeout(explainTls, 8000);
   const who = room.peers.get(p.peerId)?.meta?.name ?? p.peerId;
   logEvent(`peer connection with ${who} (${p.polite ? 'polite' : 'impolite'})`);
   p.on('state', ({ connectionState }) => {
     setStatus(`joined · connection ${connectionState}`);
     if (connectionState === 'connected') showPair();
+    if (connectionState === 'failed') explainTls();
   });
   p.on('open', () => {
     ui.msg.disabled = ui.send.disabled = false;

@@ -7,6 +7,7 @@
 //! relaying a packet touches no lock and no other thread. See `docs/architecture.md`.
 
 mod budget;
+pub mod handshakes;
 mod mux;
 mod stats;
 mod stream;
@@ -24,6 +25,7 @@ use tokio::sync::watch;
 use turn::{Authenticator, Quotas};
 
 pub use budget::{plan_fds, FdPlan};
+pub use handshakes::{HandshakeFailure, Handshakes, SeenFailure};
 pub use mux::{HttpHandler, HttpScheme, Io, ALPN_STUN_TURN};
 pub use stats::WorkerStats;
 pub use tls::{CertStatus, CertStore, TlsIdentity, Validity, ALPN_ACME_TLS};
@@ -112,6 +114,8 @@ pub struct Running {
     pub certs: Arc<CertStore>,
     /// The workers' TURN counters, each copied once a second (see [`WorkerStats`]).
     pub stats: Arc<WorkerStats>,
+    /// Failed TLS handshakes of the last minutes, named, per source.
+    pub handshakes: Arc<Handshakes>,
     shutdown: watch::Sender<bool>,
     threads: Vec<JoinHandle<()>>,
 }
@@ -207,8 +211,11 @@ pub fn start(config: ServerConfig, http: Option<Arc<dyn HttpHandler>>) -> Result
         reservations: Arc::new(turn::Reservations::default()),
         reserved_sockets: std::sync::Mutex::new(std::collections::HashMap::new()),
         stats: Arc::new(WorkerStats::new(workers)),
+        handshakes: Arc::new(handshakes::Handshakes::default()),
+        certs: certs.clone(),
     });
     let stats = shared.stats.clone();
+    let handshakes = shared.handshakes.clone();
     let mut threads = Vec::new();
     for (index, sockets) in per_worker.into_iter().enumerate() {
         let shared = shared.clone();
@@ -229,6 +236,7 @@ pub fn start(config: ServerConfig, http: Option<Arc<dyn HttpHandler>>) -> Result
         nat_discovery,
         certs,
         stats,
+        handshakes,
         shutdown,
         threads,
     })

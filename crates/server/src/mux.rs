@@ -68,8 +68,28 @@ async fn sort(worker: Rc<Worker>, tcp: TcpStream, client: SocketAddr, server: So
             let acceptor = tokio_rustls::TlsAcceptor::from(worker.shared().mux_tls.clone());
             let tls = match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => return tracing::debug!(%client, error = %e, "TLS handshake failed"),
-                Err(_) => return tracing::debug!(%client, "TLS handshake timed out"),
+                Ok(Err(e)) => {
+                    let failure = crate::handshakes::HandshakeFailure::of(&e);
+                    let self_signed = worker.shared().certs.is_self_signed();
+                    return worker.shared().handshakes.record(
+                        std::time::Instant::now(),
+                        client,
+                        server,
+                        failure,
+                        self_signed,
+                    );
+                }
+                Err(_) => {
+                    let failure = crate::handshakes::HandshakeFailure::Timeout;
+                    let self_signed = worker.shared().certs.is_self_signed();
+                    return worker.shared().handshakes.record(
+                        std::time::Instant::now(),
+                        client,
+                        server,
+                        failure,
+                        self_signed,
+                    );
+                }
             };
             let turn = FiveTuple {
                 client,

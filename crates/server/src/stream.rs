@@ -16,6 +16,7 @@ use tokio::task::spawn_local;
 use turn::{FiveTuple, Transport};
 
 use crate::budget::{Refused, ThrottledLog};
+use crate::handshakes::HandshakeFailure;
 use crate::worker::{ClientRoute, Worker};
 
 /// Largest frame: a STUN message or ChannelData with a 64 KiB payload, plus header and padding.
@@ -47,11 +48,17 @@ pub(crate) async fn accept_loop(worker: Rc<Worker>, listener: TcpListener, trans
             Transport::Tls => {
                 let acceptor = tokio_rustls::TlsAcceptor::from(worker.shared().tls.clone());
                 let timeout = worker.shared().config.tls_handshake_timeout;
-                match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-                    Ok(Ok(tls)) => serve(worker, tls, five_tuple).await,
-                    Ok(Err(e)) => tracing::debug!(%client, error = %e, "TLS handshake failed"),
-                    Err(_) => tracing::debug!(%client, "TLS handshake timed out"),
-                }
+                let failure = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => return serve(worker, tls, five_tuple).await,
+                    Ok(Err(e)) => HandshakeFailure::of(&e),
+                    Err(_) => HandshakeFailure::Timeout,
+                };
+                let now = std::time::Instant::now();
+                let self_signed = worker.shared().certs.is_self_signed();
+                worker
+                    .shared()
+                    .handshakes
+                    .record(now, client, server, failure, self_signed);
             }
             _ => serve::<TcpStream>(worker, stream, five_tuple).await,
         }

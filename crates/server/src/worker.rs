@@ -49,6 +49,10 @@ pub(crate) struct SharedConfig {
     pub reserved_sockets: Mutex<HashMap<SocketAddr, std::net::UdpSocket>>,
     /// Where each worker copies its `turn::Stats` on its tick, for metrics.
     pub stats: Arc<crate::WorkerStats>,
+    /// Failed TLS handshakes, named, per source (logged once per client and reason; read by `/api/tls-failures`).
+    pub handshakes: Arc<crate::handshakes::Handshakes>,
+    /// The certificate, to tell a refusal of the generated self-signed one from others.
+    pub certs: Arc<crate::tls::CertStore>,
 }
 
 impl SharedConfig {

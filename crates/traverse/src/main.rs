@@ -184,7 +184,6 @@ impl clap::Args for ServeArgs {
                 .value_name(f.value)
                 .help_heading(heading(f.key))
                 .help(format!("{}{off} [{}]", f.help, f.key));
-
             let arg = match f.list {
                 true => arg.value_delimiter(',').action(ArgAction::Append),
                 false => arg,
@@ -731,6 +730,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         );
     }
     web.health().set_checks(readiness_checks(&running));
+    let handshakes = running.handshakes.clone();
+    web.set_tls_failures(Arc::new(move |ip| {
+        serde_json::to_value(handshakes.seen_from(std::time::Instant::now(), ip)).unwrap_or_default()
+    }));
     let metrics_endpoint = match config.metrics.listen {
         Some(addr) => {
             let listener =
@@ -929,9 +932,19 @@ impl IceUrls {
     }
 }
 
-/// Prints an `iceServers` array with a fresh credential, ready to paste into `new RTCPeerConnection(...)`.
+/// Prints an `iceServers` array with a fresh credential, ready to paste into `new RTCPeerConnection(...)`. With JSON
+/// logs, a log event with the URLs only: stdout carries nothing but JSON then, and a live credential does not go to
+/// a log shipper.
 fn print_ice_servers(config: &Config, host: &str, running: &server::Running) {
     let urls = IceUrls::new(host, running);
+    if config.log.format == LogFormat::Json {
+        tracing::info!(
+            stun = ?urls.stun,
+            turn = ?urls.turn,
+            "ready; credentials: `traverse credentials --secret …` or GET /api/ice-servers"
+        );
+        return;
+    }
     let (username, credential) = match config.auth.secrets.first() {
         Some(secret) => mint(secret, "traverse", config.auth.credential_ttl),
         None => (String::new(), String::new()),
@@ -943,8 +956,10 @@ fn print_ice_servers(config: &Config, host: &str, running: &server::Running) {
 fn init_logging(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log.level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colours only for a person at a terminal: a file or a log shipper gets no escape codes.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match config.log.format {
         LogFormat::Json => builder.json().init(),

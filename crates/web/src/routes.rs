@@ -46,7 +46,12 @@ pub(crate) struct App {
     pub health: Arc<metrics::Health>,
     /// RFC 8555 §8.3: the key authorization of a pending HTTP-01 challenge, by token; set once ACME runs.
     acme_http01: OnceLock<AcmeHttp01Fn>,
+    /// The failed TLS handshakes the server saw from a client's source; set once the listeners run.
+    tls_failures: OnceLock<TlsFailuresFn>,
 }
+
+/// The TLS handshakes from `ip`'s source that failed in the last minutes, newest first (a JSON array).
+pub type TlsFailuresFn = Arc<dyn Fn(std::net::IpAddr) -> serde_json::Value + Send + Sync>;
 
 /// The key authorization of a pending HTTP-01 challenge by its token (the `acme` crate's tokens).
 pub type AcmeHttp01Fn = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
@@ -56,6 +61,11 @@ impl crate::Web {
     /// redirect. Set once; later calls are ignored.
     pub fn set_acme_http01(&self, tokens: AcmeHttp01Fn) {
         let _ = self.app.acme_http01.set(tokens);
+    }
+
+    /// Answers `GET /api/tls-failures` from `failures`. Set once; later calls are ignored.
+    pub fn set_tls_failures(&self, failures: TlsFailuresFn) {
+        let _ = self.app.tls_failures.set(failures);
     }
 }
 
@@ -72,6 +82,7 @@ impl App {
             dashboard: crate::dashboard::Dashboard::default(),
             health: Arc::new(metrics::Health::default()),
             acme_http01: OnceLock::new(),
+            tls_failures: OnceLock::new(),
         }
     }
 }
@@ -125,6 +136,7 @@ pub(crate) fn router(app: Arc<App>, scheme: Scheme) -> Router {
     let public = Router::new()
         .route("/api/join-check", get(join_check))
         .route("/api/ice-servers", get(ice_servers))
+        .route("/api/tls-failures", get(tls_failures))
         .route("/sdk/traverse.js", get(sdk))
         .route("/sdk/{version}/traverse.js", get(sdk_versioned))
         .layer(app.config.allowed_origins.cors_layer())
@@ -582,6 +594,21 @@ pub(crate) fn check_admin_token(
         return Err(AdminRefusal::TokenInvalid);
     }
     Ok(())
+}
+
+/// `GET /api/tls-failures`: the TLS handshakes that failed from the asking client's own source in the last 10
+/// minutes, and why (the server saw its alert): how `/check` and the demo tell "your browser refused the server's
+/// certificate" from "TURN over TLS is blocked". A client sees only its own source's failures.
+async fn tls_failures(State(app): State<Arc<App>>, Extension(Remote(remote)): Extension<Remote>) -> Response {
+    let failures = app
+        .tls_failures
+        .get()
+        .map_or_else(|| serde_json::json!([]), |f| f(remote.ip()));
+    (
+        [(header::CACHE_CONTROL, "no-store")],
+        axum::Json(serde_json::json!({ "failures": failures })),
+    )
+        .into_response()
 }
 
 const ACME_CHALLENGE: &str = "/.well-known/acme-challenge/{token}";

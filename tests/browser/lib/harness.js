@@ -72,18 +72,21 @@ export async function until(ms, fn, what) {
 }
 
 /**
- * Headless Chromium with a fresh profile. `pages` collects every page's console output for failure reports.
+ * Headless Chromium with a fresh profile. `pages` collects every page's console output for failure reports. With
+ * `strictCertificates`, the server's self-signed certificate is refused as a user's browser would.
  * @returns {Promise<{newPage: () => Promise<import('playwright-core').Page>, logs: string[], close: () => Promise<void>}>}
  */
-export async function launchBrowser() {
+export async function launchBrowser({ strictCertificates = false } = {}) {
   const userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'traverse-chromium-'));
+  // strictCertificates: the server's self-signed certificate is refused, as by any user's browser.
+  const args = strictCertificates ? CHROMIUM_ARGS.filter((a) => a !== '--ignore-certificate-errors') : CHROMIUM_ARGS;
   const context = await within(
     30000,
     chromium.launchPersistentContext(userDataDir, {
       executablePath: CHROMIUM,
       headless: true,
-      args: CHROMIUM_ARGS,
-      ignoreHTTPSErrors: true,
+      args,
+      ignoreHTTPSErrors: !strictCertificates,
       timeout: 30000,
     }),
     'Chromium launch',
