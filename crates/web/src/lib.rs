@@ -115,6 +115,11 @@ impl Web {
         &self.app.hub
     }
 
+    /// The connection outcome store the hub records into (the one `WebConfig::outcomes` gave), for the metrics.
+    pub fn outcomes(&self) -> &Arc<outcome::Outcomes> {
+        &self.app.config.outcomes
+    }
+
     /// The readiness checks `/healthz` and `/readyz` answer with, here and on the metrics listener.
     pub fn health(&self) -> &Arc<metrics::Health> {
         &self.app.health
