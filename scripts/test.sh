@@ -48,7 +48,7 @@ if [ "${INSTALL_TEST:-1}" != 0 ]; then
 fi
 
 if [ "${BROWSER_TESTS:-1}" != 0 ]; then
-  node --test tests/sdk/ # the browser SDK's session protocol, without a browser
+  node --test tests/sdk/ # the browser SDK's session protocol and outcome reports, without a browser
   TRAVERSE_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/traverse" tests/browser/run.sh
 fi
 
