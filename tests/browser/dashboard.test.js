@@ -11,6 +11,7 @@ import {
   CHROMIUM, ROOT, get, launchBrowser, skipWithoutChromium, startTraverse, until, within, dumpOnFailure,
 } from './lib/harness.js';
 import { roomPage } from './lib/pages.js';
+import { countColour, decodePng } from './lib/png.js';
 
 const TOKEN = 'dashboard-test-admin-token-0123456789';
 const ARTIFACTS = path.resolve(ROOT, process.env.TRAVERSE_ARTIFACTS || 'target/artifacts');
@@ -169,7 +170,13 @@ test(LIVE, { timeout: 150000 }, async (t) => {
       assert.ok(await dash.locator(`#${id}`).isVisible(), `#${id} visible`);
     }
 
-    // The screenshot, kept for CI, and checked: a PNG of the page's size, not an empty image.
+    // The screenshot, kept for CI, and checked: a PNG of the page's size, not an empty image, and the charts' colours
+    // where the page says the charts are.
+    await dash.evaluate(() => window.scrollTo(0, 0));
+    const boxes = {};
+    for (const name of ['success', 'paths', 'ttc', 'reasons', 'bandwidth']) {
+      boxes[name] = await dash.locator(`svg[data-chart=${name}]`).boundingBox();
+    }
     fs.mkdirSync(ARTIFACTS, { recursive: true });
     const file = path.join(ARTIFACTS, 'dashboard.png');
     await dash.screenshot({ path: file, fullPage: true });
@@ -181,6 +188,29 @@ test(LIVE, { timeout: 150000 }, async (t) => {
     assert.equal(width, 1280, 'screenshot width');
     assert.ok(height >= 800, `screenshot height ${height}`);
     assert.ok(png.length > 40 * 1024, `a page with charts is more than 40 KiB of PNG, got ${png.length}`);
+    const image = decodePng(png);
+    assert.equal(image.width, width);
+    const scale = await dash.evaluate(() => window.devicePixelRatio);
+    const colours = {
+      connected: [0x2e, 0x9b, 0x57],
+      failed: [0xc9, 0x3c, 0x3c],
+      relay: [0x2f, 0x6f, 0xde],
+      toClient: [0xc7, 0x7a, 0x12],
+    };
+    const seen = (chart, colour) => countColour(image, boxes[chart], colours[colour], { scale });
+    const expected = [
+      ['success', 'connected', 200],
+      ['success', 'failed', 200],
+      ['paths', 'relay', 1000],
+      ['ttc', 'relay', 1000],
+      ['reasons', 'failed', 1000],
+      ['bandwidth', 'toClient', 20],
+    ];
+    for (const [chart, colour, min] of expected) {
+      const n = seen(chart, colour);
+      assert.ok(n >= min, `${chart} chart: ${n} pixels of ${colour} in the screenshot, expected at least ${min}`);
+    }
+    assert.equal(seen('paths', 'failed'), 0, 'no failure colour on the paths chart');
     console.log(`dashboard screenshot: ${file} (${width}x${height}, ${png.length} bytes)`);
   })().catch(dumpOnFailure(t, server, browser));
 });
