@@ -251,13 +251,12 @@ fn a_refused_peer_and_a_wrong_password_move_their_counters() {
     });
     assert_eq!(e.value("traverse_turn_peer_refusals_total", &[]), 1.0);
     assert_eq!(e.value("traverse_turn_error_responses_total", &[("code", "403")]), 1.0);
-    assert_eq!(
-        e.value("traverse_turn_auth_failures_total", &[("reason", "bad_integrity")]),
-        1.0
-    );
+    // At least one: a retransmission of the refused request (a loaded machine) is refused again, uncached.
+    let bad_integrity = e.value("traverse_turn_auth_failures_total", &[("reason", "bad_integrity")]);
+    assert!(bad_integrity >= 1.0);
     assert_eq!(
         e.value("traverse_turn_auth_failures_total", &[]),
-        1.0,
+        bad_integrity,
         "no other reason"
     );
     assert_eq!(e.value("traverse_turn_allocations", &[("transport", "udp")]), 1.0);
