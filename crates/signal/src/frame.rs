@@ -551,6 +551,50 @@ mod tests {
         for (frame, want) in &cases {
             assert_eq!(text(frame, 2), *want);
         }
+        let failed = outcome::Diagnosis {
+            room: "r".into(),
+            peers: [id.into(), id.into()],
+            outcome: outcome::Outcome::Failed,
+            reason: outcome::Reason::TurnAuthFailed,
+            message: "Refused \"401\".".into(),
+            path: None,
+            time_to_connect_ms: None,
+            reports: 2,
+        };
+        assert_eq!(
+            text(
+                &Frame::Diagnosis {
+                    peer: &p,
+                    you: "B",
+                    diagnosis: &failed
+                },
+                2
+            ),
+            format!(
+                r#"{{"seq":2,"type":"diagnosis","peer":"{id}","you":"B","outcome":"failed","reason":"turn-auth-failed","step":"discovery","message":"Refused \"401\"."}}"#
+            )
+        );
+        let connected = outcome::Diagnosis {
+            outcome: outcome::Outcome::Connected,
+            reason: outcome::Reason::Connected,
+            message: "Connected.".into(),
+            path: Some(outcome::Path::RelayTls),
+            time_to_connect_ms: Some(812),
+            ..failed
+        };
+        assert_eq!(
+            text(
+                &Frame::Diagnosis {
+                    peer: &p,
+                    you: "A",
+                    diagnosis: &connected
+                },
+                2
+            ),
+            format!(
+                r#"{{"seq":2,"type":"diagnosis","peer":"{id}","you":"A","outcome":"connected","reason":"connected","step":"connection","message":"Connected.","path":"relay-tls","timeToConnectMs":812}}"#
+            )
+        );
         assert_eq!(
             text(&Frame::Pong { ack: 0 }, u64::MAX).len(),
             HEADER_MAX + Frame::Pong { ack: 0 }.body_len(),
