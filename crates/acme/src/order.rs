@@ -195,8 +195,12 @@ fn validation_certificate(name: &str, digest: &[u8]) -> Result<rustls::sign::Cer
     }
     params.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(digest)];
     let cert = params.self_signed(&key).map_err(bad)?;
-    server::tls::certified_key(cert.pem().as_bytes(), key.serialize_pem().as_bytes())
-        .map_err(|e| AcmeError::Certificate(e.to_string()))
+    // Not through `server::tls::certified_key`: its pair check parses the certificate with webpki, which refuses
+    // the critical extension it does not know — the one this certificate exists for.
+    let der = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
+    let signing_key =
+        rustls::crypto::ring::sign::any_supported_type(&der).map_err(|e| AcmeError::Certificate(e.to_string()))?;
+    Ok(rustls::sign::CertifiedKey::new(vec![cert.der().clone()], signing_key))
 }
 
 fn method_of(challenge: &ChallengeType) -> Option<Method> {

@@ -1,0 +1,696 @@
+//! Automatic certificates against a real ACME CA: Pebble (Let's Encrypt's test CA, Debian's `pebble`) on loopback,
+//! validating `traverse serve --domain NAME` by connecting to it — a tiny DNS server here answers every name with
+//! 127.0.0.1 (Pebble's `-dnsserver`), and Pebble's `tlsPort`/`httpPort` are Traverse's single port and HTTP port.
+//! Each certificate is checked the way a browser would: a handshake for the name that verifies against Pebble's
+//! root alone.
+//!
+//! Nothing leaves loopback; every process is killed by PID when its handle drops; every wait is bounded.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use futures_util::{SinkExt, StreamExt};
+use stun::{Attribute, Class, Method};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+use common::{Spawned, TurnClient, LOOPBACK};
+
+const USER: &str = "alice";
+const PASSWORD: &str = "pw";
+/// Issuance on a loaded 2-core machine: Pebble validates at once (PEBBLE_VA_NOSLEEP), the rest is round trips.
+const ISSUE_WAIT: Duration = Duration::from_secs(60);
+
+// ---------------------------------------------------------------------------------------------------------------
+// Pebble, its DNS, and a directory of its own.
+
+/// A directory under the system temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        let nanos = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        let dir = std::env::temp_dir().join(format!("traverse-acme-{tag}-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn free_tcp_port() -> u16 {
+    TcpListener::bind((LOOPBACK, 0)).unwrap().local_addr().unwrap().port()
+}
+
+/// Answers every A query with 127.0.0.1 and every other type with no records (NOERROR), authoritatively: the name
+/// "resolves to this server" for Pebble without touching any real DNS.
+struct Dns {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+}
+
+impl Dns {
+    fn start() -> Dns {
+        let socket = UdpSocket::bind((LOOPBACK, 0)).unwrap();
+        socket.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        let addr = socket.local_addr().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 512];
+            while !stopped.load(Ordering::Relaxed) {
+                let Ok((n, from)) = socket.recv_from(&mut buf) else {
+                    continue;
+                };
+                if let Some(answer) = dns_answer(&buf[..n]) {
+                    let _ = socket.send_to(&answer, from);
+                }
+            }
+        });
+        Dns { addr, stop }
+    }
+}
+
+impl Drop for Dns {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn dns_answer(query: &[u8]) -> Option<Vec<u8>> {
+    if query.len() < 12 || query[4..6] != [0, 1] {
+        return None;
+    }
+    // The question: labels up to the root, then QTYPE and QCLASS.
+    let mut at = 12;
+    while *query.get(at)? != 0 {
+        at += 1 + usize::from(query[at]);
+    }
+    let question_end = at + 5;
+    let question = query.get(12..question_end)?;
+    let qtype = u16::from_be_bytes([query[at + 1], query[at + 2]]);
+    let is_a = qtype == 1;
+    let mut out = Vec::with_capacity(question_end + 16);
+    out.extend_from_slice(&query[0..2]);
+    // QR, AA, RD (as asked), RA; NOERROR.
+    out.extend_from_slice(&[0x84 | (query[2] & 0x01), 0x80]);
+    out.extend_from_slice(&[0, 1, 0, u8::from(is_a), 0, 0, 0, 0]);
+    out.extend_from_slice(question);
+    if is_a {
+        out.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 127, 0, 0, 1]);
+    }
+    Some(out)
+}
+
+/// A running Pebble: its directory URL, the root its directory's HTTPS certificate chains to (for Traverse's
+/// `tls.acme_ca_root`), and the root it issues under (for the clients' checks).
+struct Pebble {
+    child: Child,
+    directory: String,
+    https_root: PathBuf,
+    issuing_root: rustls::pki_types::CertificateDer<'static>,
+    log: Arc<Mutex<String>>,
+    _dns: Dns,
+}
+
+impl Drop for Pebble {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Pebble {
+    /// Pebble validating TLS-ALPN-01 on `tls_port` and HTTP-01 on `http_port` of 127.0.0.1; certificates valid for
+    /// `validity_secs` (0: Pebble's default, years). `None` (after a skip) without the package.
+    fn start(dir: &Path, tls_port: u16, http_port: u16, validity_secs: u64) -> Option<Pebble> {
+        if !common::have_tool("pebble") {
+            common::skip("pebble not installed (Debian package pebble)");
+            return None;
+        }
+        // The directory's own HTTPS certificate, from a CA of this test.
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "traverse test ACME directory CA");
+        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let leaf_key = rcgen::KeyPair::generate().unwrap();
+        let leaf_params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).unwrap();
+        let leaf = leaf_params.signed_by(&leaf_key, &issuer).unwrap();
+        let https_root = dir.join("directory-ca.pem");
+        std::fs::write(&https_root, ca_cert.pem()).unwrap();
+        std::fs::write(dir.join("directory-cert.pem"), leaf.pem()).unwrap();
+        std::fs::write(dir.join("directory-key.pem"), leaf_key.serialize_pem()).unwrap();
+
+        let (listen, management) = (free_tcp_port(), free_tcp_port());
+        let config = serde_json::json!({ "pebble": {
+            "listenAddress": format!("127.0.0.1:{listen}"),
+            "managementListenAddress": format!("127.0.0.1:{management}"),
+            "certificate": dir.join("directory-cert.pem"),
+            "privateKey": dir.join("directory-key.pem"),
+            "httpPort": http_port,
+            "tlsPort": tls_port,
+            "ocspResponderURL": "",
+            "externalAccountBindingRequired": false,
+            "certificateValidityPeriod": validity_secs,
+        }});
+        std::fs::write(dir.join("pebble.json"), config.to_string()).unwrap();
+        let dns = Dns::start();
+        let mut child = Command::new("pebble")
+            .arg("-config")
+            .arg(dir.join("pebble.json"))
+            .arg("-dnsserver")
+            .arg(dns.addr.to_string())
+            .env("PEBBLE_VA_NOSLEEP", "1")
+            .env("PEBBLE_VA_ALWAYS_VALID", "0")
+            .env("PEBBLE_WFE_NONCEREJECT", "0")
+            .env("PEBBLE_AUTHZREUSE", "0")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start pebble");
+        let log = Arc::new(Mutex::new(String::new()));
+        for pipe in [
+            child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>),
+            child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                use std::io::BufRead;
+                for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
+                    let mut l = log.lock().unwrap();
+                    l.push_str(&line);
+                    l.push('\n');
+                }
+            });
+        }
+        let mut pebble = Pebble {
+            child,
+            directory: format!("https://127.0.0.1:{listen}/dir"),
+            https_root,
+            issuing_root: rustls::pki_types::CertificateDer::from(Vec::new()),
+            log,
+            _dns: dns,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let root_pem = loop {
+            if let Ok(pem) = https_get(SocketAddr::new(LOOPBACK, management), "/roots/0") {
+                break pem;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "pebble did not start; log:\n{}",
+                pebble.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        use rustls::pki_types::pem::PemObject;
+        pebble.issuing_root = rustls::pki_types::CertificateDer::from_pem_slice(root_pem.as_bytes())
+            .unwrap_or_else(|e| panic!("Pebble's root {root_pem:?}: {e}"));
+        Some(pebble)
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Orders Pebble has seen (its log has a line per new order).
+    fn orders(&self) -> usize {
+        self.log().matches("POST /order-plz").count()
+    }
+}
+
+/// A GET over HTTPS to Pebble's management port (its certificate is the directory's; any is accepted here).
+fn https_get(addr: SocketAddr, path: &str) -> Result<String, String> {
+    let config = Arc::new(common::accept_any_certificate());
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let conn = rustls::ClientConnection::new(config, name).map_err(|e| e.to_string())?;
+    let tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| e.to_string())?;
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    write!(
+        tls,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| e.to_string())?;
+    let mut response = Vec::new();
+    let _ = tls.read_to_end(&mut response);
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").ok_or("no HTTP response")?;
+    if !head.starts_with("HTTP/1.1 200") {
+        return Err(head.to_owned());
+    }
+    Ok(body.to_owned())
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Traverse and the client's view of its certificate.
+
+/// `traverse serve --domain NAME` against `pebble`, with `args` (listeners); returns once it is ready.
+fn serve(pebble: &Pebble, name: &str, data: &Path, args: &[&str]) -> Spawned {
+    let data_dir = format!("web.data_dir={}", data.display());
+    let ca_root = format!("tls.acme_ca_root={}", pebble.https_root.display());
+    let mut all = vec![
+        "--domain",
+        name,
+        "--acme-directory",
+        &pebble.directory,
+        "--acme-email",
+        "ops@traverse.test",
+        "--set",
+        &ca_root,
+        "--set",
+        &data_dir,
+        "--user",
+        "alice:pw",
+        "--allow-peer",
+        "127.0.0.0/8",
+    ];
+    all.extend_from_slice(args);
+    let spawned = common::spawn_serve("127.0.0.1:0", &all, &[("TRAVERSE_LOG", "info,traverse_acme=debug")]);
+    wait_ready(&spawned);
+    spawned
+}
+
+fn wait_ready(spawned: &Spawned) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match spawned.stdout.recv_timeout(left) {
+            Ok(line) if line.starts_with("iceServers: ") => return,
+            Ok(_) => continue,
+            Err(_) => panic!("traverse did not become ready; log:\n{}", log_of(spawned)),
+        }
+    }
+}
+
+fn log_of(spawned: &Spawned) -> String {
+    spawned.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+/// Kills the server by PID and reaps it.
+fn stop(mut spawned: Spawned) {
+    let _ = spawned.child.kill();
+    let _ = spawned.child.wait();
+}
+
+/// A client configuration trusting `root` alone (a browser with only Pebble's root in its store).
+fn trusting(root: &rustls::pki_types::CertificateDer<'static>, alpn: &[&[u8]]) -> rustls::ClientConfig {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(root.clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    config
+}
+
+/// A TLS handshake to `addr` for `name`: the leaf it presented, or why it failed (an untrusted certificate too).
+fn handshake(addr: SocketAddr, name: &str, config: rustls::ClientConfig) -> Result<Vec<u8>, String> {
+    let server_name = rustls::pki_types::ServerName::try_from(name.to_owned()).unwrap();
+    let mut conn = rustls::ClientConnection::new(Arc::new(config), server_name).map_err(|e| e.to_string())?;
+    let mut tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| e.to_string())?;
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    while conn.is_handshaking() {
+        conn.complete_io(&mut tcp).map_err(|e| e.to_string())?;
+    }
+    conn.peer_certificates()
+        .and_then(|chain| chain.first())
+        .map(|c| c.to_vec())
+        .ok_or_else(|| "no certificate".to_owned())
+}
+
+/// Waits until `addr` presents, for `name`, a certificate that verifies against Pebble's root and is not one of
+/// `not`; returns it.
+fn wait_for_issued(pebble: &Pebble, spawned: &Spawned, addr: SocketAddr, name: &str, not: &[Vec<u8>]) -> Vec<u8> {
+    let deadline = Instant::now() + ISSUE_WAIT;
+    loop {
+        let last = match handshake(addr, name, trusting(&pebble.issuing_root, &[])) {
+            Ok(leaf) if !not.contains(&leaf) => return leaf,
+            Ok(_) => "the previous certificate".to_owned(),
+            Err(e) => e,
+        };
+        assert!(
+            Instant::now() < deadline,
+            "no certificate from Pebble for {name} on {addr} ({last}); traverse log:\n{}\npebble log:\n{}",
+            log_of(spawned),
+            pebble.log()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+fn assert_private(dir: &Path) {
+    let acme = dir.join("acme");
+    let store = std::fs::read_dir(&acme)
+        .unwrap_or_else(|e| panic!("{}: {e}", acme.display()))
+        .next()
+        .expect("one directory per ACME directory URL")
+        .unwrap()
+        .path();
+    use std::os::unix::fs::PermissionsExt;
+    for file in ["account.json", "cert.pem", "key.pem", "names.json"] {
+        let mode = std::fs::metadata(store.join(file)).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{file} must be readable by the server alone");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The tests.
+
+/// TLS-ALPN-01 (RFC 8737) answered on the single port itself: the CA's validation handshake and the clients share
+/// port and ALPN sorting; afterwards a handshake offering `acme-tls/1` gets nothing.
+#[test]
+fn issuance_by_tls_alpn_01_on_the_single_port() {
+    let dir = TempDir::new("alpn");
+    let single = free_tcp_port();
+    let Some(pebble) = Pebble::start(&dir.0, single, free_tcp_port(), 0) else {
+        return;
+    };
+    let name = "alpn.traverse.test";
+    let single_addr = format!("127.0.0.1:{single}");
+    let server = serve(&pebble, name, &dir.0, &["--single-port", &single_addr]);
+    let addr = SocketAddr::new(LOOPBACK, single);
+    wait_for_issued(&pebble, &server, addr, name, &[]);
+    let log = log_of(&server);
+    assert!(
+        log.contains("challenge=tls-alpn-01"),
+        "TLS-ALPN-01 was used; log:\n{log}"
+    );
+    assert!(!log.contains("challenge=http-01"), "{log}");
+    assert_private(&dir.0);
+    // The validation certificate went with the challenge: a validation handshake now fails.
+    let acme_only = trusting(&pebble.issuing_root, &[b"acme-tls/1"]);
+    assert!(
+        handshake(addr, name, acme_only).is_err(),
+        "no validation certificate outside a challenge"
+    );
+    stop(server);
+}
+
+/// HTTP-01 on the plain HTTP port when no single port is bound; the certificate then serves the TLS port.
+#[test]
+fn issuance_by_http_01_on_the_http_port() {
+    let dir = TempDir::new("http");
+    let (http, tls) = (free_tcp_port(), free_tcp_port());
+    let Some(pebble) = Pebble::start(&dir.0, free_tcp_port(), http, 0) else {
+        return;
+    };
+    let name = "http.traverse.test";
+    let (http_addr, tls_addr) = (format!("127.0.0.1:{http}"), format!("127.0.0.1:{tls}"));
+    let server = serve(&pebble, name, &dir.0, &["--http", &http_addr, "--tls", &tls_addr]);
+    wait_for_issued(&pebble, &server, SocketAddr::new(LOOPBACK, tls), name, &[]);
+    let log = log_of(&server);
+    assert!(log.contains("challenge=http-01"), "HTTP-01 was used; log:\n{log}");
+    assert_private(&dir.0);
+    stop(server);
+}
+
+/// A short-lived certificate is renewed at about two thirds of its life and swapped in while a TURN/TLS allocation
+/// and a WSS socket on the single port stay up and keep working.
+#[test]
+fn renewal_keeps_turn_tls_allocations_and_wss_sockets() {
+    let dir = TempDir::new("renew");
+    let single = free_tcp_port();
+    // 30 s: renewal between 17.5 and 20 s after issuance.
+    let Some(pebble) = Pebble::start(&dir.0, single, free_tcp_port(), 30) else {
+        return;
+    };
+    let name = "renew.traverse.test";
+    let single_addr = format!("127.0.0.1:{single}");
+    let server = serve(
+        &pebble,
+        name,
+        &dir.0,
+        &["--single-port", &single_addr, "--set", "limits.default_lifetime=600"],
+    );
+    let addr = SocketAddr::new(LOOPBACK, single);
+    let first = wait_for_issued(&pebble, &server, addr, name, &[]);
+
+    // TURN over TLS on the single port, with an allocation and a permission.
+    let (conn, presented) = common::tls_connect(LOOPBACK, addr, Duration::from_secs(10)).unwrap();
+    assert_eq!(presented, first);
+    let mut turn = TurnClient::new(conn, USER, PASSWORD);
+    let allocated = turn.allocate(false);
+    assert_eq!(allocated.class(), Class::Success, "{}", allocated.describe());
+    // And a signaling socket over WSS on the same port, verified against Pebble's root.
+    let wss = Wss::connect(addr, name, trusting(&pebble.issuing_root, &[b"http/1.1"]));
+
+    let second = wait_for_issued(&pebble, &server, addr, name, &[first.clone()]);
+    assert_ne!(first, second);
+    let log = log_of(&server);
+    assert!(log.contains("renewal is due"), "renewed on schedule; log:\n{log}");
+
+    // Both connections outlived the swap and still work.
+    let peer = SocketAddr::new(LOOPBACK, 40_000);
+    let permitted = turn.create_permission(peer);
+    assert_eq!(permitted.class(), Class::Success, "{}", permitted.describe());
+    let refreshed = turn.request(Method::REFRESH, |w| w.add(&Attribute::Lifetime(600)).map(|_| ()));
+    assert_eq!(refreshed.class(), Class::Success, "{}", refreshed.describe());
+    wss.assert_alive();
+    stop(server);
+}
+
+/// A CA that cannot validate (nothing listens where it looks): the error says which challenge failed, what the CA
+/// said and what to check; the server keeps serving its self-signed placeholder, backs off instead of looping, and
+/// keeps running.
+#[test]
+fn a_failed_challenge_is_explained_and_retried_later_without_a_crash_loop() {
+    let dir = TempDir::new("refused");
+    let single = free_tcp_port();
+    // Pebble validates TLS-ALPN-01 on a port where nothing listens.
+    let Some(pebble) = Pebble::start(&dir.0, free_tcp_port(), free_tcp_port(), 0) else {
+        return;
+    };
+    let name = "refused.traverse.test";
+    let single_addr = format!("127.0.0.1:{single}");
+    let mut server = serve(&pebble, name, &dir.0, &["--single-port", &single_addr]);
+    let deadline = Instant::now() + ISSUE_WAIT;
+    while !log_of(&server).contains("retrying in") {
+        assert!(
+            Instant::now() < deadline,
+            "no failure reported; log:\n{}\npebble:\n{}",
+            log_of(&server),
+            pebble.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let log = log_of(&server);
+    assert!(
+        log.contains(&format!("the tls-alpn-01 challenge for {name} failed; the CA said:")),
+        "{log}"
+    );
+    assert!(
+        log.contains("check:") && log.contains("TCP 443"),
+        "what to check; log:\n{log}"
+    );
+    assert!(log.contains("Still serving the self-signed placeholder"), "{log}");
+    // Backoff, not a loop: no second order within a few seconds, and the process lives on.
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(
+        log_of(&server).matches("ordering a certificate").count(),
+        1,
+        "{}",
+        log_of(&server)
+    );
+    assert!(
+        matches!(server.child.try_wait(), Ok(None)),
+        "traverse exited; log:\n{}",
+        log_of(&server)
+    );
+    // Still serving TLS on the single port: the placeholder, which Pebble's root does not vouch for.
+    let addr = SocketAddr::new(LOOPBACK, single);
+    assert!(common::tls_connect(LOOPBACK, addr, Duration::from_secs(10)).is_ok());
+    assert!(handshake(addr, name, trusting(&pebble.issuing_root, &[])).is_err());
+    stop(server);
+}
+
+/// A directory that does not answer: a sentence naming it, a retry later, the server up. Needs no Pebble.
+#[test]
+fn an_unreachable_directory_is_explained_and_retried_later() {
+    let dir = TempDir::new("nodir");
+    let single = free_tcp_port();
+    let closed = free_tcp_port();
+    let directory = format!("https://127.0.0.1:{closed}/dir");
+    let data_dir = format!("web.data_dir={}", dir.0.display());
+    let single_addr = format!("127.0.0.1:{single}");
+    let mut server = common::spawn_serve(
+        "127.0.0.1:0",
+        &[
+            "--domain",
+            "nodir.traverse.test",
+            "--acme-directory",
+            &directory,
+            "--set",
+            &data_dir,
+            "--single-port",
+            &single_addr,
+        ],
+        &[],
+    );
+    wait_ready(&server);
+    let deadline = Instant::now() + ISSUE_WAIT;
+    while !log_of(&server).contains("retrying in") {
+        assert!(
+            Instant::now() < deadline,
+            "no failure reported; log:\n{}",
+            log_of(&server)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let log = log_of(&server);
+    assert!(
+        log.contains(&format!("cannot use the ACME directory {directory}")),
+        "{log}"
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(log_of(&server).matches("ordering a certificate").count(), 1);
+    assert!(
+        matches!(server.child.try_wait(), Ok(None)),
+        "traverse exited; log:\n{}",
+        log_of(&server)
+    );
+    assert!(common::tls_connect(LOOPBACK, SocketAddr::new(LOOPBACK, single), Duration::from_secs(10)).is_ok());
+    stop(server);
+}
+
+/// A restart serves the stored certificate from its first handshake and orders nothing — with the CA gone.
+#[test]
+fn a_restart_reuses_the_stored_certificate_without_a_new_order() {
+    let dir = TempDir::new("restart");
+    let single = free_tcp_port();
+    let Some(pebble) = Pebble::start(&dir.0, single, free_tcp_port(), 0) else {
+        return;
+    };
+    let name = "restart.traverse.test";
+    let single_addr = format!("127.0.0.1:{single}");
+    let server = serve(&pebble, name, &dir.0, &["--single-port", &single_addr]);
+    let addr = SocketAddr::new(LOOPBACK, single);
+    let issued = wait_for_issued(&pebble, &server, addr, name, &[]);
+    let orders = pebble.orders();
+    assert_eq!(orders, 1, "one order; pebble log:\n{}", pebble.log());
+    stop(server);
+
+    let root = pebble.issuing_root.clone();
+    let again = serve(&pebble, name, &dir.0, &["--single-port", &single_addr]);
+    let presented = handshake(addr, name, trusting(&root, &[])).expect("the stored certificate verifies");
+    assert_eq!(presented, issued, "the same certificate");
+    std::thread::sleep(Duration::from_secs(2));
+    let log = log_of(&again);
+    assert!(log.contains("serving the stored ACME certificate"), "{log}");
+    assert!(!log.contains("ordering a certificate"), "{log}");
+    assert_eq!(pebble.orders(), orders, "no new order; pebble log:\n{}", pebble.log());
+    stop(again);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// A signaling socket over WSS, kept alive on a thread of its own (it answers the server's pings and sends the
+// protocol's own `ping` every 2 s, counting the `pong`s).
+
+struct Wss {
+    pongs: Arc<Mutex<(usize, bool)>>,
+    _stop: mpsc::Sender<()>,
+}
+
+impl Wss {
+    fn connect(addr: SocketAddr, name: &str, config: rustls::ClientConfig) -> Wss {
+        let pongs = Arc::new(Mutex::new((0usize, false)));
+        let (stop, stopped) = mpsc::channel::<()>();
+        let (ready, is_ready) = mpsc::channel::<Result<(), String>>();
+        let (counted, name) = (pongs.clone(), name.to_owned());
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+                let server_name = rustls::pki_types::ServerName::try_from(name.clone()).unwrap();
+                let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+                let tls = match connector.connect(server_name, tcp).await {
+                    Ok(tls) => tls,
+                    Err(e) => return ready.send(Err(format!("TLS: {e}"))).unwrap(),
+                };
+                let url = format!("wss://{name}:{}/ws", addr.port());
+                let mut ws = match tokio_tungstenite::client_async(url, tls).await {
+                    Ok((ws, _)) => ws,
+                    Err(e) => return ready.send(Err(format!("WebSocket: {e}"))).unwrap(),
+                };
+                let join = r#"{"type":"join","room":"acme-renewal"}"#;
+                ws.send(WsMessage::Text(join.into())).await.unwrap();
+                ready.send(Ok(())).unwrap();
+                let mut tick = tokio::time::interval(Duration::from_secs(2));
+                loop {
+                    if matches!(stopped.try_recv(), Ok(()) | Err(mpsc::TryRecvError::Disconnected)) {
+                        return;
+                    }
+                    tokio::select! {
+                        message = ws.next() => match message {
+                            Some(Ok(WsMessage::Text(text))) if text.contains(r#""type":"pong""#) => {
+                                counted.lock().unwrap().0 += 1;
+                            }
+                            Some(Ok(WsMessage::Close(_))) | Some(Err(_)) | None => {
+                                counted.lock().unwrap().1 = true;
+                                return;
+                            }
+                            Some(Ok(_)) => {}
+                        },
+                        _ = tick.tick() => {
+                            let ping = r#"{"type":"ping","ack":0}"#;
+                            if ws.send(WsMessage::Text(ping.into())).await.is_err() {
+                                counted.lock().unwrap().1 = true;
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+        });
+        is_ready
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the WSS thread reports")
+            .expect("WSS connects and verifies");
+        Wss { pongs, _stop: stop }
+    }
+
+    /// Not closed, and answering: a new `pong` within a few seconds.
+    fn assert_alive(&self) {
+        let before = *self.pongs.lock().unwrap();
+        assert!(!before.1, "the WSS socket was closed");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let now = *self.pongs.lock().unwrap();
+            assert!(!now.1, "the WSS socket was closed");
+            if now.0 > before.0 {
+                return;
+            }
+            assert!(Instant::now() < deadline, "no pong on the WSS socket");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
