@@ -1,8 +1,8 @@
 // @ts-check
 // The operator's dashboard: reads the server's snapshots from `GET /api/dashboard/events` (Server-Sent Events, read
 // with fetch so the admin token goes in the Authorization header, never in a URL) and draws them: numbers as text,
-// charts as hand-made SVG. Rates (bytes/s) come from two successive snapshots' counters. Nothing from the server is
-// parsed as HTML: every string goes in through textContent.
+// charts as hand-made SVG. Rates (bytes/s) come from the counters of the snapshots of the last 10 s. Nothing from the
+// server is parsed as HTML: every string goes in through textContent.
 
 /**
  * @typedef {{start_unix: number, connected: number, failed: number}} Minute
@@ -39,8 +39,16 @@ const SVG_NS = 'http://www.w3.org/2000/svg';
 
 const $ = (/** @type {string} */ id) => /** @type {HTMLElement} */ (document.getElementById(id));
 
-/** @type {Snapshot | null} */
-let previous = null;
+/**
+ * Recent TURN byte counters, oldest first, over at most RATE_WINDOW_MS: a rate is taken across the whole window.
+ * @type {Array<{unixMs: number, toPeer: number, toClient: number}>}
+ */
+const counters = [];
+/**
+ * The workers publish their counters once a second, so two snapshots 2 s apart hold one to three seconds of traffic;
+ * a rate over 10 s is within about 10 % of the truth instead of 50 %.
+ */
+const RATE_WINDOW_MS = 10000;
 /** @type {Rate[]} */
 const rates = [];
 let snapshots = 0;
@@ -209,7 +217,6 @@ function render(snap) {
   renderNow(snap);
   renderOutcomes(snap.outcomes ?? null, snap.unixMs);
   renderBandwidth(snap);
-  previous = snap;
 }
 
 /** @param {Snapshot} snap */
@@ -494,17 +501,24 @@ function ttcChart(h) {
   place('ttc-chart', svg);
 }
 
-/** TURN bytes/s in both directions, from successive snapshots. @param {Snapshot} snap */
+/** TURN bytes/s in both directions, from the counters of successive snapshots. @param {Snapshot} snap */
 function renderBandwidth(snap) {
   const turn = snap.turn;
-  const before = previous?.turn;
-  if (turn && before && previous && snap.unixMs > previous.unixMs) {
-    const secs = (snap.unixMs - previous.unixMs) / 1000;
-    // A counter that went backwards is a restart: no rate from that pair.
-    const toPeer = turn.relayedBytesToPeer - before.relayedBytesToPeer;
-    const toClient = turn.relayedBytesToClient - before.relayedBytesToClient;
-    if (toPeer >= 0 && toClient >= 0) {
-      rates.push({ unixMs: snap.unixMs, toPeer: toPeer / secs, toClient: toClient / secs });
+  if (turn) {
+    const now = { unixMs: snap.unixMs, toPeer: turn.relayedBytesToPeer, toClient: turn.relayedBytesToClient };
+    const newest = counters[counters.length - 1];
+    // A counter that went backwards is a restart: the window starts again.
+    if (newest && (now.toPeer < newest.toPeer || now.toClient < newest.toClient)) counters.length = 0;
+    if (!newest || now.unixMs > newest.unixMs) counters.push(now);
+    while (counters.length > 2 && now.unixMs - counters[1].unixMs >= RATE_WINDOW_MS) counters.shift();
+    const oldest = counters[0];
+    if (counters.length >= 2 && now.unixMs > oldest.unixMs) {
+      const secs = (now.unixMs - oldest.unixMs) / 1000;
+      rates.push({
+        unixMs: now.unixMs,
+        toPeer: (now.toPeer - oldest.toPeer) / secs,
+        toClient: (now.toClient - oldest.toClient) / secs,
+      });
       if (rates.length > RATE_SAMPLES) rates.shift();
     }
   }

@@ -5,8 +5,8 @@
 //! Model: nothing is kept here between requests. A snapshot is read from its sources when it is sent — the signaling
 //! hub (over its command channel), the connection outcomes ([`outcome::Outcomes`]), and the TURN workers' counters and
 //! the certificate through [`DashboardSources`], closures the binary hands over once the workers run (the web side
-//! starts before them). Counters are sent as totals with the snapshot's time; the page turns two successive snapshots
-//! into rates (bytes/s), so the server keeps no history per viewer.
+//! starts before them). Counters are sent as totals with the snapshot's time; the page turns successive snapshots into
+//! rates (bytes/s), so the server keeps no history per viewer.
 //!
 //! The event stream is read by the page with `fetch` (not `EventSource`), so the token travels in the
 //! `Authorization` header like every other request and never in a URL that logs and proxies keep. Streams are
