@@ -136,8 +136,11 @@ test('candidate errors: deduplicated, bounded, without addresses, odd codes and 
     { code: 701, url: 'turn:192.0.2.1:3478?transport=udp', text: 'timed out' },
     { code: 401, text: 'Unauthorized' },
   ]);
+  sdk._addCandidateError(list, { errorCode: 701, errorText: 'no route from 10.0.0.2 or fe80::1:2 to the server' });
+  assert.deepEqual(list.at(-1), { code: 701, text: 'no route from … or … to the server' });
   for (let i = 0; i < 40; i++) sdk._addCandidateError(list, { errorCode: 701, url: `turn:h${i}:3478` });
   assert.equal(list.length, 16);
+  assert.ok(!JSON.stringify(list).includes('10.0.0.2'));
 });
 
 test('a diagnosis frame is part of the numbered stream: delivered once, deduplicated on replay', () => {

@@ -867,8 +867,15 @@ function addCandidateError(list, e) {
   const entry = { code };
   const url = iceUrl(e.url);
   if (url) entry.url = url;
-  // eslint-disable-next-line no-control-regex
-  const text = typeof e.errorText === 'string' ? e.errorText.replace(/[\u0000-\u001f\u007f]/g, ' ').slice(0, 120) : '';
+  // Control characters out, and anything shaped like an address (a browser's text could quote one).
+  const text =
+    typeof e.errorText === 'string'
+      ? e.errorText
+          // eslint-disable-next-line no-control-regex
+          .replace(/[\u0000-\u001f\u007f]/g, ' ')
+          .replace(/\b\d{1,3}(\.\d{1,3}){3}\b|\b[0-9a-f]{0,4}(:[0-9a-f]{0,4}){2,7}\b/gi, '…')
+          .slice(0, 120)
+      : '';
   if (text) entry.text = text;
   if (list.some((x) => x.code === entry.code && x.url === entry.url && x.text === entry.text)) return;
   list.push(entry);
