@@ -298,9 +298,14 @@ mod tests {
         );
         assert!(HandshakeFailure::UnknownCa.is_certificate() && !HandshakeFailure::Timeout.is_certificate());
         // A browser's generic alert against the generated certificate is about that certificate, not a name.
-        assert!(HandshakeFailure::CertificateRefused.explain(true).contains("self-signed"));
+        assert!(HandshakeFailure::CertificateRefused
+            .explain(true)
+            .contains("self-signed"));
         assert!(HandshakeFailure::CertificateRefused.explain(false).contains("name"));
-        assert_eq!(HandshakeFailure::Timeout.explain(true), HandshakeFailure::Timeout.sentence());
+        assert_eq!(
+            HandshakeFailure::Timeout.explain(true),
+            HandshakeFailure::Timeout.sentence()
+        );
     }
 
     #[test]

@@ -216,7 +216,10 @@ struct JoinQuery {
 /// `/sdk/traverse.js`: the SDK of this server, revalidated every 5 minutes (its URL does not change with a release).
 async fn sdk(headers: HeaderMap) -> Response {
     let etag = sdk_etag();
-    if headers.get(header::IF_NONE_MATCH).is_some_and(|v| v.as_bytes() == etag.as_bytes()) {
+    if headers
+        .get(header::IF_NONE_MATCH)
+        .is_some_and(|v| v.as_bytes() == etag.as_bytes())
+    {
         return (StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response();
     }
     (
@@ -256,9 +259,9 @@ pub(crate) const SDK_VERSION: &str = env!("CARGO_PKG_VERSION");
 /// A strong validator for the SDK: its length and a hash of its bytes (FNV-1a: the bytes are ours, not an
 /// adversary's; this only has to change when they do).
 fn sdk_etag() -> String {
-    let hash = SDK
-        .bytes()
-        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+    let hash = SDK.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
     format!("\"{}-{hash:016x}\"", SDK.len())
 }
 
