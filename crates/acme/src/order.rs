@@ -148,7 +148,7 @@ async fn account(config: &Config, store: &Store) -> Result<Account, AcmeError> {
     };
     let unreachable = |e: instant_acme::Error| AcmeError::Directory {
         url: config.directory.clone(),
-        detail: e.to_string(),
+        detail: with_sources(&e),
     };
     if let Some(json) = store
         .account()
@@ -223,4 +223,19 @@ fn retries() -> RetryPolicy {
         .initial_delay(Duration::from_millis(250))
         .backoff(1.5)
         .timeout(VALIDATION_TIMEOUT)
+}
+
+/// An error and its causes on one line: hyper's "client error (Connect)" alone does not say what went wrong.
+fn with_sources(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }

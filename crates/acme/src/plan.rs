@@ -150,9 +150,11 @@ pub fn advice(problem_type: Option<&str>, method: Method, name: &str) -> String 
             "the CA could not connect: check that {name} resolves to this server's public address and that the \
              firewall lets {port} in from anywhere"
         ),
+        // Pebble and Boulder also say `unauthorized` when the connection failed.
         Some("unauthorized") | Some("incorrectResponse") => format!(
-            "the CA reached a server that did not answer the challenge: check that {name} points to this server \
-             (not an old address or a proxy that terminates TLS) and that {port} is Traverse's"
+            "the CA could not validate: check that {name} resolves to this server's public address, that the \
+             firewall lets {port} in from anywhere, and that nothing else answers there (an old server, a proxy \
+             that terminates TLS)"
         ),
         Some("caa") => format!("a CAA record of {name} does not allow this CA"),
         Some("rejectedIdentifier") => format!("the CA does not issue for {name} (an internal or reserved name?)"),

@@ -461,7 +461,7 @@ fn renewal_keeps_turn_tls_allocations_and_wss_sockets() {
     // And a signaling socket over WSS on the same port, verified against Pebble's root.
     let wss = Wss::connect(addr, name, trusting(&pebble.issuing_root, &[b"http/1.1"]));
 
-    let second = wait_for_issued(&pebble, &server, addr, name, &[first.clone()]);
+    let second = wait_for_issued(&pebble, &server, addr, name, std::slice::from_ref(&first));
     assert_ne!(first, second);
     let log = log_of(&server);
     assert!(log.contains("renewal is due"), "renewed on schedule; log:\n{log}");
@@ -501,6 +501,10 @@ fn a_failed_challenge_is_explained_and_retried_later_without_a_crash_loop() {
         std::thread::sleep(Duration::from_millis(200));
     }
     let log = log_of(&server);
+    // What the operator reads, in the test's output.
+    for line in log.lines().filter(|l| l.contains("ERROR")) {
+        println!("traverse: {line}");
+    }
     assert!(
         log.contains(&format!("the tls-alpn-01 challenge for {name} failed; the CA said:")),
         "{log}"
@@ -564,6 +568,9 @@ fn an_unreachable_directory_is_explained_and_retried_later() {
         std::thread::sleep(Duration::from_millis(200));
     }
     let log = log_of(&server);
+    for line in log.lines().filter(|l| l.contains("ERROR")) {
+        println!("traverse: {line}");
+    }
     assert!(
         log.contains(&format!("cannot use the ACME directory {directory}")),
         "{log}"
