@@ -185,13 +185,18 @@ test('verdict rules in plain words (synthetic reports)', { timeout: 30000 }, asy
       webrtc: true, signaling: sig, gathering: [{ url: 'stun:a', label: 'STUN :3478', types: { srflx: 2 } }],
       loopback: [loop('udp', true, 3478)], nat: { mapping: 'address-and-port-dependent' },
     });
+    // The loopback crosses the user's link four times: 300 ms there is a 150 ms link round trip (fair), 900 ms a
+    // 450 ms one (bad, and a warning).
+    const timed = (ms) => ({ ...loop('udp', true, 3478), rttMs: { min: ms, median: ms, max: ms, samples: 20 } });
+    const relayFair = C.verdict({ webrtc: true, signaling: sig, gathering: [], loopback: [timed(300)] });
+    const relayBad = C.verdict({ webrtc: true, signaling: sig, gathering: [], loopback: [timed(900)] });
     const noSignal = C.verdict({ webrtc: true, signaling: { ok: false, status: { http: 429, code: 'too-many-connections' } } });
     const ip = (address, port) => ({ type: 'srflx', protocol: 'udp', address, port, networkId: '1' });
     const a = { host: '192.0.2.1', port: 3478 };
     const b = { host: '198.51.100.1', port: 3478 };
     const b2 = { host: '192.0.2.1', port: 3479 };
     return {
-      udpBlocked, symmetric, noSignal,
+      udpBlocked, symmetric, noSignal, relayFair, relayBad,
       eim: C.analyseMapping([a, b], true, true, [ip('203.0.113.5', 4000)]).mapping,
       adm: C.analyseMapping([a, b], true, true, [ip('203.0.113.5', 4000), ip('203.0.113.5', 4001)]).mapping,
       apdm: C.analyseMapping([a, b2], true, true, [ip('203.0.113.5', 4000), ip('203.0.113.5', 4001)]).mapping,
@@ -207,10 +212,20 @@ test('verdict rules in plain words (synthetic reports)', { timeout: 30000 }, asy
     };
   });
   assert.equal(out.udpBlocked.level, 'warn');
-  assert.equal(out.udpBlocked.headline.startsWith('UDP is blocked here: calls will use TURN over TLS on 443'), true, out.udpBlocked.headline);
+  // The doctor's summary in the same words (crates/doctor/src/verdict.rs, no_udp_summary).
+  assert.equal(out.udpBlocked.headline,
+    'UDP is blocked on this network: every call will go through the TURN relay, over TLS on port 443.');
   assert.equal(out.symmetric.level, 'ok');
+  // Every peer kind that will need the relay: port-restricted cone peers too, not only other symmetric NATs.
   assert.ok(out.symmetric.advice.some((a) => /different public port per destination \(symmetric NAT\)/.test(a.text) &&
+    a.text.includes('calls with peers behind a port-restricted NAT (most home routers) or a symmetric NAT ' +
+      '(many mobile and corporate networks) need the TURN relay') &&
     /address-and-port-dependent/.test(a.term)), JSON.stringify(out.symmetric));
+  const relayAdvice = (v) => v.advice.find((a) => a.text.startsWith('Round trip through the relay'));
+  assert.match(relayAdvice(out.relayFair)?.text ?? '', /300 ms for the test call.*about 150 ms for your link \(fair\)/);
+  assert.equal(out.relayFair.level, 'ok');
+  assert.match(relayAdvice(out.relayBad)?.text ?? '', /about 450 ms for your link \(bad\)/);
+  assert.equal(out.relayBad.level, 'warn');
   assert.equal(out.noSignal.level, 'fail');
   assert.match(out.noSignal.advice[0].text, /HTTP 429 \(too-many-connections\)/);
   assert.equal(out.eim, 'endpoint-independent');

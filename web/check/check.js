@@ -45,6 +45,15 @@ export const ECHOES = 20;
  */
 const RTT_LEVELS = [100, 250, 400];
 
+/**
+ * The relay loopback's two peer connections both sit behind this browser, so an echo crosses the user's link four
+ * times (up to the relay, down to B, up again, down to A) where the graded round trip (this browser ↔ the server,
+ * like the signaling ping) crosses it twice: the loopback's round trip is scaled by 2/4 before grading. The doctor's
+ * `quality::RELAY_TEST_CROSSINGS` / `ROUND_TRIP_CROSSINGS` are the definition; a test there fails when these differ.
+ */
+const RELAY_TEST_CROSSINGS = 4;
+const ROUND_TRIP_CROSSINGS = 2;
+
 /** Reject after `ms` with a message naming what was awaited. */
 function within(ms, promise, what) {
   let t;
@@ -70,6 +79,16 @@ export function rttQuality(ms) {
   if (ms <= RTT_LEVELS[1]) return 'fair';
   if (ms <= RTT_LEVELS[2]) return 'poor';
   return 'bad';
+}
+
+/**
+ * A relay loopback's median round trip brought down to the user's link (see `RELAY_TEST_CROSSINGS`), and its grade.
+ * @param {number} loopbackMs
+ * @returns {{linkMs: number, quality: string}}
+ */
+export function relayLinkQuality(loopbackMs) {
+  const linkMs = (loopbackMs * ROUND_TRIP_CROSSINGS) / RELAY_TEST_CROSSINGS;
+  return { linkMs, quality: rttQuality(linkMs) };
 }
 
 /**
@@ -563,16 +582,20 @@ export const MAPPING_WORDS = Object.freeze({
       'NAT; a second server address would be needed to say more.',
     term: 'RFC 4787: endpoint-independent or address-dependent mapping',
   },
+  // Either kind of dependent mapping fails with exactly these peers, whatever this network's filtering: the doctor's
+  // direct-connection rule (crates/doctor/src/verdict.rs), whose test holds this list to its table.
   'address-dependent-or-stricter': {
     text:
-      'Your network gives a different public port per destination (symmetric NAT): direct calls to other ' +
-      'symmetric-NAT users will fail, the relay will carry them.',
+      'Your network gives a different public port per destination (symmetric NAT): calls with peers behind ' +
+      'a port-restricted NAT (most home routers) or a symmetric NAT (many mobile and corporate networks) ' +
+      'need the TURN relay.',
     term: 'RFC 4787: address-dependent or address-and-port-dependent mapping',
   },
   'address-and-port-dependent': {
     text:
-      'Your network gives a different public port per destination (symmetric NAT): direct calls to other ' +
-      'symmetric-NAT users will fail, the relay will carry them.',
+      'Your network gives a different public port per destination (symmetric NAT): calls with peers behind ' +
+      'a port-restricted NAT (most home routers) or a symmetric NAT (many mobile and corporate networks) ' +
+      'need the TURN relay.',
     term: 'RFC 4787: address-and-port-dependent mapping',
   },
   inconclusive: {
@@ -636,8 +659,9 @@ export function verdict(r) {
   } else if (tls.length || tcp.length) {
     level = 'warn';
     const best = tls.length ? prefer443(tls) : prefer443(tcp);
-    headline = `UDP is blocked here: calls will use TURN over ${best.transport.toUpperCase()} on ${port(best)} ` +
-      '(it works, with a little more delay).';
+    // The doctor's summary in the same words (verdict::no_udp_summary).
+    headline = `UDP is blocked on this network: every call will go through the TURN relay, over ${
+      best.transport.toUpperCase()} on port ${port(best)}.`;
     advice.push({ text: 'Video may be choppier over TCP; ask the network admin to allow UDP to the server if you can.',
       term: 'TURN over TCP/TLS (RFC 6062, RFC 8656)' });
   } else if (srflx) {
@@ -698,6 +722,19 @@ export function verdict(r) {
       term: `good ≤ ${RTT_LEVELS[0]} ms, fair ≤ ${RTT_LEVELS[1]} ms, poor ≤ ${RTT_LEVELS[2]} ms`,
     });
     if ((q === 'poor' || q === 'bad') && level === 'ok') level = 'warn';
+  }
+  // The relay loopback's round trip, graded for the user's link (see RELAY_TEST_CROSSINGS).
+  const relayed = loops.filter((l) => l.ok && l.rttMs).sort((a, b) => a.rttMs.median - b.rttMs.median)[0];
+  if (relayed) {
+    const { linkMs, quality } = relayLinkQuality(relayed.rttMs.median);
+    advice.push({
+      text: `Round trip through the relay (${relayed.label}): ${Math.round(relayed.rttMs.median)} ms for the test ` +
+        `call, which crosses your link four times — about ${Math.round(linkMs)} ms for your link (${quality}).` +
+        (quality === 'poor' || quality === 'bad' ? ' Calls through the relay will feel laggy.' : ''),
+      term: `link round trip = test round trip × ${ROUND_TRIP_CROSSINGS}/${RELAY_TEST_CROSSINGS}; ` +
+        `good ≤ ${RTT_LEVELS[0]} ms, fair ≤ ${RTT_LEVELS[1]} ms, poor ≤ ${RTT_LEVELS[2]} ms`,
+    });
+    if ((quality === 'poor' || quality === 'bad') && level === 'ok') level = 'warn';
   }
   if (r.aborted) advice.push({ text: `Some checks did not finish: ${r.aborted}.` });
   return { level, headline, advice };

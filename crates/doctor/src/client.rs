@@ -21,8 +21,16 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 
 /// One connection to a STUN/TURN server.
 pub enum Conn {
-    Udp { sock: UdpSocket, server: SocketAddr },
-    Stream { io: Box<dyn Stream>, buf: Vec<u8> },
+    Udp {
+        sock: UdpSocket,
+        server: SocketAddr,
+    },
+    /// `local`: this end of the TCP connection (under TLS too), to compare with what the server sees.
+    Stream {
+        io: Box<dyn Stream>,
+        buf: Vec<u8>,
+        local: Option<SocketAddr>,
+    },
 }
 
 impl std::fmt::Debug for Conn {
@@ -37,6 +45,14 @@ impl std::fmt::Debug for Conn {
 impl Conn {
     pub fn is_udp(&self) -> bool {
         matches!(self, Conn::Udp { .. })
+    }
+
+    /// This end of a TCP or TLS connection (None over UDP: the socket is bound to the wildcard address).
+    pub fn local_stream_addr(&self) -> Option<SocketAddr> {
+        match self {
+            Conn::Udp { .. } => None,
+            Conn::Stream { local, .. } => *local,
+        }
     }
 
     pub async fn send(&mut self, bytes: &[u8]) -> Result<(), CheckError> {
@@ -65,7 +81,7 @@ impl Conn {
                     }
                 }
             }
-            Conn::Stream { io, buf } => loop {
+            Conn::Stream { io, buf, .. } => loop {
                 if let Some(len) = stun::stream_frame_len(buf).map_err(|_| CheckError::Protocol("not STUN".into()))? {
                     if buf.len() >= len {
                         return Ok(buf.drain(..len).collect());

@@ -8,8 +8,8 @@ use std::time::Duration;
 use crate::client::Allocation;
 use crate::error::CheckError;
 use crate::ice::{IceUrl, Transport};
-use crate::nat::Classification;
-use crate::quality::Grades;
+use crate::nat::{self, Classification, Finding, NatPresence, StreamMapping};
+use crate::quality::{Grades, LinkEstimate};
 use crate::tls::CertInfo;
 
 /// Everything the checks found.
@@ -17,6 +17,8 @@ use crate::tls::CertInfo;
 pub struct Facts {
     /// The server as given on the command line.
     pub server: String,
+    /// `--insecure` was given: untrusted certificates did not stop the checks.
+    pub insecure: bool,
     /// The given endpoint first, then the probes of other ports.
     pub signaling: Vec<SignalingFact>,
     pub ice_servers: IceServersFact,
@@ -143,6 +145,9 @@ pub struct TurnFact {
     pub probe: bool,
     pub allocation: Timed<Allocation>,
     pub certificate: Option<CertInfo>,
+    /// This end of the TCP or TLS connection (None over UDP): beside the allocation's XOR-MAPPED-ADDRESS, it tells
+    /// whether a NAT is in the way where UDP is blocked.
+    pub local: Option<SocketAddr>,
 }
 
 impl TurnFact {
@@ -194,6 +199,72 @@ pub struct NatFact {
     pub probes: Vec<String>,
 }
 
+impl NatFact {
+    /// Where the UDP probes could not tell whether a NAT is in the way (UDP blocked, or no STUN address), the TURN
+    /// allocations over TCP and TLS can: their XOR-MAPPED-ADDRESS against this end of the connection
+    /// ([`nat::presence_over_streams`]). Mapping and filtering stay untested: they are UDP behaviours.
+    pub fn with_presence_over_streams(
+        nat: Option<NatFact>,
+        turn: &[TurnFact],
+        local_ips: &[IpAddr],
+    ) -> Option<NatFact> {
+        if nat
+            .as_ref()
+            .is_some_and(|n| n.classification.nat != NatPresence::Unknown)
+        {
+            return nat;
+        }
+        let seen: Vec<(&TurnFact, StreamMapping)> = turn
+            .iter()
+            .filter_map(|t| {
+                let mapped = t.allocation.result.as_ref().ok()?.mapped?;
+                Some((
+                    t,
+                    StreamMapping {
+                        local: t.local?,
+                        mapped,
+                    },
+                ))
+            })
+            .collect();
+        let mappings: Vec<StreamMapping> = seen.iter().map(|(_, m)| *m).collect();
+        let presence = nat::presence_over_streams(local_ips, &mappings);
+        if presence == NatPresence::Unknown {
+            return nat;
+        }
+        let mut fact = nat.unwrap_or(NatFact {
+            method: NatMethod::None,
+            classification: Classification {
+                nat: NatPresence::Unknown,
+                mapping: Finding::NotTested,
+                filtering: Finding::NotTested,
+                port_preservation: None,
+                hairpin: None,
+                notes: Vec::new(),
+            },
+            probes: Vec::new(),
+        });
+        fact.classification.nat = presence;
+        let seen_as = match presence {
+            NatPresence::None => "the server saw this host's own address and port",
+            _ => "the server saw another address than this host's",
+        };
+        fact.classification.notes.push(format!(
+            "seen over TCP/TLS, as UDP got no answer: {seen_as} on the TURN connection; mapping and filtering are \
+             UDP behaviours and stay untested"
+        ));
+        for (t, m) in &seen {
+            fact.probes.push(format!(
+                "over {}: this end {}, the server saw {}",
+                t.transport().word(),
+                m.local,
+                m.mapped
+            ));
+        }
+        Some(fact)
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct Ipv6Fact {
     /// This host's global (2000::/3) addresses.
@@ -227,10 +298,20 @@ pub struct RelayFact {
 }
 
 impl RelayFact {
-    /// Graded when some RTT was measured.
-    pub fn quality(&self) -> Option<Grades> {
+    /// What the test measured brought down to this client's link (both test allocations sit behind it), when some
+    /// RTT was measured.
+    pub fn link(&self) -> Option<LinkEstimate> {
         let p50 = self.rtt.p50?;
-        Some(Grades::of(p50, self.rtt.jitter.unwrap_or(0.0), self.loss_percent))
+        Some(LinkEstimate::of_relay_test(
+            p50,
+            self.rtt.jitter.unwrap_or(0.0),
+            self.loss_percent,
+        ))
+    }
+
+    /// This client's link graded, when some RTT was measured.
+    pub fn quality(&self) -> Option<Grades> {
+        self.link().as_ref().map(Grades::of_relay_test)
     }
 }
 
@@ -244,4 +325,55 @@ pub struct ThroughputFact {
     pub bytes_received: u64,
     pub mbit_per_s: f64,
     pub loss_percent: f64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stream_turn(local: &str, mapped: &str) -> TurnFact {
+        TurnFact {
+            url: IceUrl::parse("turns:203.0.113.5:443?transport=tcp").unwrap(),
+            probe: false,
+            allocation: Timed::new(
+                Ok(Allocation {
+                    relayed: "203.0.113.5:50000".parse().unwrap(),
+                    mapped: Some(mapped.parse().unwrap()),
+                    lifetime: None,
+                }),
+                Duration::ZERO,
+            ),
+            certificate: None,
+            local: Some(local.parse().unwrap()),
+        }
+    }
+
+    /// UDP blocked: the NAT probes stopped at the first Binding (or never ran), and the TURN connection over TLS
+    /// tells whether a NAT is in the way.
+    #[test]
+    fn nat_presence_from_the_turn_connection_when_udp_is_blocked() {
+        let own: Vec<IpAddr> = vec!["192.168.1.20".parse().unwrap()];
+        let translated = [stream_turn("192.168.1.20:40000", "198.51.100.7:61000")];
+        let stopped = NatFact {
+            method: NatMethod::None,
+            classification: nat::classify(&nat::Observations::default()),
+            probes: vec!["stopped: no answer".into()],
+        };
+        let fact = NatFact::with_presence_over_streams(Some(stopped), &translated, &own).unwrap();
+        assert_eq!(fact.classification.nat, NatPresence::Present);
+        assert_eq!(fact.classification.mapping, Finding::NotTested);
+        assert!(fact
+            .probes
+            .iter()
+            .any(|p| p.contains("the server saw 198.51.100.7:61000")));
+        let direct = [stream_turn("192.168.1.20:40000", "192.168.1.20:40000")];
+        let fact = NatFact::with_presence_over_streams(None, &direct, &own).unwrap();
+        assert_eq!(fact.classification.nat, NatPresence::None);
+        // What the UDP probes found stands.
+        let mut found = fact.clone();
+        found.classification.nat = NatPresence::Present;
+        let kept = NatFact::with_presence_over_streams(Some(found), &direct, &own).unwrap();
+        assert_eq!(kept.classification.nat, NatPresence::Present);
+        assert!(NatFact::with_presence_over_streams(None, &[], &own).is_none());
+    }
 }

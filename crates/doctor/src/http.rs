@@ -34,17 +34,28 @@ pub async fn open(
     alpn: &[&[u8]],
     limit: Duration,
 ) -> Result<(Box<dyn Stream>, Option<CertInfo>), CheckError> {
+    let (io, cert, _) = open_with_local(target, alpn, limit).await?;
+    Ok((io, cert))
+}
+
+/// [`open`], with this end of the TCP connection (what a NAT would translate).
+pub async fn open_with_local(
+    target: &Target,
+    alpn: &[&[u8]],
+    limit: Duration,
+) -> Result<(Box<dyn Stream>, Option<CertInfo>, Option<SocketAddr>), CheckError> {
     let tcp = timeout(limit, TcpStream::connect(target.addr))
         .await
         .map_err(|_| CheckError::Timeout(limit))??;
     let _ = tcp.set_nodelay(true);
+    let local = tcp.local_addr().ok();
     if !target.tls {
-        return Ok((Box::new(tcp), None));
+        return Ok((Box::new(tcp), None, local));
     }
     let (stream, cert) = timeout(limit, tls::connect(tcp, &target.host, alpn))
         .await
         .map_err(|_| CheckError::Timeout(limit))??;
-    Ok((Box::new(stream), Some(cert)))
+    Ok((Box::new(stream), Some(cert), local))
 }
 
 fn host_header(target: &Target) -> String {

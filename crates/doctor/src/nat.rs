@@ -204,6 +204,32 @@ fn presence(obs: &Observations) -> NatPresence {
     }
 }
 
+/// One TCP or TLS connection seen from both ends: this host's end and the address the server saw (a TURN
+/// Allocate's XOR-MAPPED-ADDRESS).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamMapping {
+    pub local: SocketAddr,
+    pub mapped: SocketAddr,
+}
+
+/// Whether a NAT is in the way, from TCP/TLS connections: for networks where UDP got no answer, so the UDP probes
+/// saw nothing. The rule of the UDP probes: the server seeing this host's own address and port means no NAT; any
+/// connection translated means a NAT on that path. A NAT keeps TCP mappings apart from UDP ones, so this tells
+/// nothing of the UDP mapping or filtering behaviour.
+pub fn presence_over_streams(local_ips: &[IpAddr], seen: &[StreamMapping]) -> NatPresence {
+    if seen.is_empty() {
+        return NatPresence::Unknown;
+    }
+    let untranslated = |s: &StreamMapping| {
+        (s.mapped.ip() == s.local.ip() || local_ips.contains(&s.mapped.ip())) && s.mapped.port() == s.local.port()
+    };
+    if seen.iter().all(untranslated) {
+        NatPresence::None
+    } else {
+        NatPresence::Present
+    }
+}
+
 fn classify_mapping(probes: &[MappingProbe], notes: &mut Vec<String>) -> Finding {
     if probes.is_empty() {
         return Finding::NotTested;
@@ -293,6 +319,30 @@ fn narrowed(left: BTreeSet<Behavior>) -> Finding {
 mod tests {
     use super::*;
     use Behavior::{AddressAndPortDependent as Apd, AddressDependent as Ad, EndpointIndependent as Ei};
+
+    #[test]
+    fn presence_over_tcp_when_udp_is_blocked() {
+        let addr = |s: &str| -> SocketAddr { s.parse().unwrap() };
+        let own: Vec<IpAddr> = vec!["192.168.1.20".parse().unwrap()];
+        let direct = StreamMapping {
+            local: addr("192.168.1.20:40000"),
+            mapped: addr("192.168.1.20:40000"),
+        };
+        let translated = StreamMapping {
+            local: addr("192.168.1.20:40001"),
+            mapped: addr("203.0.113.9:61000"),
+        };
+        assert_eq!(presence_over_streams(&own, &[]), NatPresence::Unknown);
+        assert_eq!(presence_over_streams(&own, &[direct]), NatPresence::None);
+        assert_eq!(presence_over_streams(&own, &[translated]), NatPresence::Present);
+        assert_eq!(presence_over_streams(&own, &[direct, translated]), NatPresence::Present);
+        // Our own address but another port: something translated the port.
+        let port_changed = StreamMapping {
+            local: addr("192.168.1.20:40002"),
+            mapped: addr("192.168.1.20:50002"),
+        };
+        assert_eq!(presence_over_streams(&own, &[port_changed]), NatPresence::Present);
+    }
 
     fn a(s: &str) -> SocketAddr {
         s.parse().unwrap()

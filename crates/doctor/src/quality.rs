@@ -1,5 +1,12 @@
 //! Grades of a relayed path, good / fair / poor / bad, by the field-notes thresholds. Defined here once: the
 //! `/check` page's RTT grades (`web/check/check.js`) and docs/doctor.md are tested against these constants.
+//!
+//! What is graded is this client's link to the server, the part of every call that this network decides: delay and
+//! jitter as a round trip client → server → client (two crossings of the link, what `/check`'s signaling ping
+//! measures), loss per direction (one crossing, what media sent one way loses). The relay test cannot measure that
+//! directly: both of its allocations sit behind this client, so a packet A → relay → B → relay → A crosses the
+//! client's link [`RELAY_TEST_CROSSINGS`] times. [`Grades::of_relay_test`] scales the measurement down to the graded
+//! crossings before grading — graded as measured, a link with 1 % loss each way would read as 4 % ("poor").
 
 use serde::Serialize;
 
@@ -37,6 +44,35 @@ pub const LOSS_PERCENT: Thresholds = Thresholds {
     fair: 3.0,
     poor: 8.0,
 };
+
+/// Crossings of the client's link by one relay-test packet: A up to the relay, down to B, B up, down to A.
+pub const RELAY_TEST_CROSSINGS: u32 = 4;
+/// Crossings in the round trip that [`RTT_MS`] and [`JITTER_MS`] describe: client → server → client.
+pub const ROUND_TRIP_CROSSINGS: u32 = 2;
+
+/// What the relay test measured, brought down to this client's link: the values that are graded.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct LinkEstimate {
+    /// Round trip client ↔ server: the measured RTT × 2 / 4 (delay adds up per crossing).
+    pub rtt_ms: f64,
+    /// Jitter of that round trip, scaled like the RTT (assumes each crossing adds a like share).
+    pub jitter_ms: f64,
+    /// Loss of one crossing p, from the measured loss L = 1 − (1 − p)⁴ (a packet survives all four or is lost).
+    pub loss_percent: f64,
+}
+
+impl LinkEstimate {
+    /// From a relay test's RTT p50, jitter and loss (percent).
+    pub fn of_relay_test(rtt_p50_ms: f64, jitter_ms: f64, loss_percent: f64) -> LinkEstimate {
+        let share = f64::from(ROUND_TRIP_CROSSINGS) / f64::from(RELAY_TEST_CROSSINGS);
+        let survived = (1.0 - loss_percent.clamp(0.0, 100.0) / 100.0).powf(1.0 / f64::from(RELAY_TEST_CROSSINGS));
+        LinkEstimate {
+            rtt_ms: rtt_p50_ms * share,
+            jitter_ms: jitter_ms * share,
+            loss_percent: 100.0 * (1.0 - survived),
+        }
+    }
+}
 
 impl Quality {
     pub fn grade(value: f64, thresholds: Thresholds) -> Quality {
@@ -82,6 +118,11 @@ impl Grades {
             overall: rtt.max(jitter).max(loss),
         }
     }
+
+    /// The grades of this client's link from a relay test's measurements (see [`LinkEstimate`]).
+    pub fn of_relay_test(link: &LinkEstimate) -> Grades {
+        Grades::of(link.rtt_ms, link.jitter_ms, link.loss_percent)
+    }
 }
 
 #[cfg(test)]
@@ -98,6 +139,27 @@ mod tests {
         assert_eq!(Quality::grade(9.0, LOSS_PERCENT), Quality::Bad);
         assert_eq!(Quality::grade(7.0, JITTER_MS), Quality::Fair);
         assert_eq!(Grades::of(10.0, 1.0, 4.0).overall, Quality::Poor);
+    }
+
+    /// A link that loses 0.9 % each way and takes 40 ms per round trip: the relay test sees about 3.6 % loss and
+    /// 80 ms, which graded as measured would be "poor"; for one crossing it is good.
+    #[test]
+    fn relay_test_is_graded_for_one_crossing() {
+        let survive_one = 0.991_f64;
+        let measured_loss = 100.0 * (1.0 - survive_one.powi(4));
+        let link = LinkEstimate::of_relay_test(80.0, 4.0, measured_loss);
+        assert!((link.loss_percent - 0.9).abs() < 1e-9, "{link:?}");
+        assert!((link.rtt_ms - 40.0).abs() < 1e-9 && (link.jitter_ms - 2.0).abs() < 1e-9);
+        assert_eq!(Grades::of(80.0, 4.0, measured_loss).overall, Quality::Poor);
+        assert_eq!(Grades::of_relay_test(&link).overall, Quality::Good);
+        // A relay round trip of 600 ms is a 300 ms link round trip: poor, not bad.
+        assert_eq!(
+            Grades::of_relay_test(&LinkEstimate::of_relay_test(600.0, 0.0, 0.0)).rtt,
+            Quality::Poor
+        );
+        // Everything lost stays everything lost; nonsense stays in range.
+        assert_eq!(LinkEstimate::of_relay_test(1.0, 0.0, 100.0).loss_percent, 100.0);
+        assert_eq!(LinkEstimate::of_relay_test(1.0, 0.0, -5.0).loss_percent, 0.0);
     }
 
     fn repo_file(path: &str) -> String {
@@ -136,6 +198,20 @@ mod tests {
             "web/check/check.js RTT_LEVELS differs from quality::RTT_MS"
         );
         assert_eq!(js.matches(decl).count(), 1);
+    }
+
+    /// The `/check` page grades its relay loopback (two peer connections in one page, both behind this browser) for
+    /// the same crossings: its constants must be these.
+    #[test]
+    fn check_page_grades_the_loopback_for_the_same_crossings() {
+        let js = repo_file("web/check/check.js");
+        for (name, value) in [
+            ("RELAY_TEST_CROSSINGS", RELAY_TEST_CROSSINGS),
+            ("ROUND_TRIP_CROSSINGS", ROUND_TRIP_CROSSINGS),
+        ] {
+            let decl = format!("const {name} = {value};");
+            assert!(js.contains(&decl), "web/check/check.js should declare `{decl}`");
+        }
     }
 
     /// docs/doctor.md states the thresholds in words.

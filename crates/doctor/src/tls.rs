@@ -5,8 +5,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::client::WebPkiServerVerifier;
+use rustls::client::{verify_server_name, WebPkiServerVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::server::ParsedCertificate;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use serde::Serialize;
 use tokio::net::TcpStream;
@@ -22,6 +23,9 @@ pub struct CertInfo {
     pub trusted: bool,
     /// Issuer equals subject.
     pub self_signed: bool,
+    /// The certificate names the host connected to (a DNS name or IP address in its subjectAltName), whoever
+    /// issued it: a `turns:` URL naming what the certificate does not is refused by every browser.
+    pub covers_name: bool,
     /// Why not trusted, in rustls' words.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub problem: Option<String>,
@@ -50,6 +54,9 @@ impl ServerCertVerifier for Recording {
             .inner
             .verify_server_cert(end_entity, intermediates, server_name, ocsp, now);
         let parsed = x509::parse(end_entity.as_ref());
+        let covers_name = ParsedCertificate::try_from(end_entity)
+            .and_then(|cert| verify_server_name(&cert, server_name))
+            .is_ok();
         let now_secs = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs() as i64)
@@ -57,6 +64,7 @@ impl ServerCertVerifier for Recording {
         let info = CertInfo {
             trusted: outcome.is_ok(),
             self_signed: parsed.as_ref().is_some_and(|c| c.self_signed),
+            covers_name,
             problem: outcome.err().map(|e| describe(&e)),
             days_to_expiry: parsed.map(|c| (c.not_after - now_secs).div_euclid(86_400)),
         };
@@ -137,6 +145,7 @@ pub async fn connect(
     let info = seen.lock().ok().and_then(|s| s.clone()).unwrap_or(CertInfo {
         trusted: false,
         self_signed: false,
+        covers_name: false,
         problem: Some("no certificate seen".into()),
         days_to_expiry: None,
     });

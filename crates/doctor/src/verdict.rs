@@ -130,6 +130,16 @@ pub fn direct_table(udp_ok: Option<bool>, mapping: &Finding, filtering: &Finding
         .collect()
 }
 
+/// The TURN transport a browser here would relay over when UDP is blocked: TLS on 443, else TLS, else TCP.
+fn best_stream_turn(turn: &[TurnFact]) -> Option<&TurnFact> {
+    let works = |t: &&TurnFact| t.ok() && t.transport() != Transport::Udp;
+    turn.iter()
+        .filter(works)
+        .find(|t| t.transport() == Transport::Tls && t.port() == 443)
+        .or_else(|| turn.iter().filter(works).find(|t| t.transport() == Transport::Tls))
+        .or_else(|| turn.iter().find(works))
+}
+
 fn transport_of(turn: &[TurnFact], pick: impl Fn(&TurnFact) -> bool) -> Option<bool> {
     let matching: Vec<&TurnFact> = turn.iter().filter(|t| pick(t)).collect();
     if matching.is_empty() {
@@ -211,6 +221,43 @@ impl<'a> Signaling<'a> {
     }
 }
 
+/// What to do about `turns:` URLs the certificate does not cover; the server's start-up warning says the same.
+pub const UNCOVERED_TURNS_ADVICE: &str = "Set signal.public_host to a name the certificate covers (or give a \
+     certificate for the name or address handed out), so that the turns: URLs name it.";
+
+/// The `turns:` URLs handed out name `host`, which the certificate does not cover.
+pub fn uncovered_turns_cause(host: &str, urls: &[String]) -> String {
+    format!(
+        "The server hands out {}, but its certificate does not cover {host}: browsers refuse TURN over TLS there, \
+         so users on networks that allow only 443 cannot connect.",
+        urls.join(" and ")
+    )
+}
+
+/// The peer kinds of the direct table that will need the relay, in words: "a port-restricted NAT (most home
+/// routers) or a symmetric NAT (…)". The `/check` page says the same of a symmetric NAT (a test holds it to this).
+pub fn relay_needed_for(direct: &[DirectRow]) -> Option<String> {
+    let peers: Vec<&str> = direct
+        .iter()
+        .filter(|r| r.chance == Chance::Unlikely)
+        .map(|r| r.peer)
+        .collect();
+    match peers.as_slice() {
+        [] => None,
+        [one] => Some((*one).to_owned()),
+        [rest @ .., last] => Some(format!("{} or {last}", rest.join(", "))),
+    }
+}
+
+/// The summary where UDP is blocked and TURN over a stream works: every call is relayed, over `best`.
+pub fn no_udp_summary(best: &TurnFact) -> String {
+    format!(
+        "UDP is blocked on this network: every call will go through the TURN relay, over {} on port {}.",
+        best.transport().word().to_uppercase(),
+        best.port()
+    )
+}
+
 /// The verdict.
 pub fn verdict(f: &Facts) -> Verdict {
     let mut causes = Vec::new();
@@ -257,16 +304,19 @@ pub fn verdict(f: &Facts) -> Verdict {
             ));
         }
     }
+    // With --insecure given, the rest was tested already: no hint to give it.
+    let insecure_hint = if f.insecure {
+        ""
+    } else {
+        " Run with --insecure to test the rest anyway."
+    };
     if certificate_self_signed {
-        advice.push(
-            "The certificate is self-signed: browsers refuse it (wss:// and turns://). Give the server a real \
-             certificate (tls.cert and tls.key), e.g. from Let's Encrypt. Run with --insecure to test the rest anyway."
-                .to_owned(),
-        );
-    } else if let Some(p) = &certificate_problem {
         advice.push(format!(
-            "Fix the certificate ({p}); run with --insecure to test the rest anyway."
+            "The certificate is self-signed: browsers refuse it (wss:// and turns://). Give the server a real \
+             certificate (tls.cert and tls.key), e.g. from Let's Encrypt.{insecure_hint}"
         ));
+    } else if let Some(p) = &certificate_problem {
+        advice.push(format!("Fix the certificate ({p}).{insecure_hint}"));
     }
     if let Some(days) = signaling.days_left {
         if days < 0 {
@@ -295,15 +345,36 @@ pub fn verdict(f: &Facts) -> Verdict {
             }
         }
     }
-    let tls_self_signed = f.turn.iter().any(|t| {
-        t.ok() && t.transport() == Transport::Tls && t.certificate.as_ref().is_some_and(|c| c.self_signed || !c.trusted)
-    });
-    if tls_self_signed && !certificate_self_signed {
-        advice.push(
-            "TURN over TLS works but with a self-signed certificate, which browsers refuse: install a real \
-             certificate."
-                .to_owned(),
-        );
+    let tls_certificates: Vec<(&TurnFact, &crate::tls::CertInfo)> = f
+        .turn
+        .iter()
+        .filter(|t| t.ok() && t.transport() == Transport::Tls)
+        .filter_map(|t| Some((t, t.certificate.as_ref()?)))
+        .collect();
+    if tls_certificates.iter().any(|(_, c)| c.self_signed) {
+        if !certificate_self_signed {
+            advice.push(
+                "TURN over TLS works but with a self-signed certificate, which browsers refuse: install a real \
+                 certificate."
+                    .to_owned(),
+            );
+        }
+    } else {
+        // Only the URLs the server hands out: a probe names the host given to the doctor, not what peers get.
+        let uncovered: Vec<String> = tls_certificates
+            .iter()
+            .filter(|(t, c)| !t.probe && !c.covers_name)
+            .map(|(t, _)| t.url.label())
+            .collect();
+        if let Some(first) = f.turn.iter().find(|t| !t.probe && uncovered.contains(&t.url.label())) {
+            causes.push(uncovered_turns_cause(&first.url.host, &uncovered));
+            advice.push(UNCOVERED_TURNS_ADVICE.to_owned());
+        } else if let Some((_, c)) = tls_certificates.iter().find(|(_, c)| !c.trusted) {
+            advice.push(format!(
+                "TURN over TLS works, but browsers refuse its certificate ({}): install one from a CA they trust.",
+                c.problem.clone().unwrap_or_default()
+            ));
+        }
     }
     let offers_443 = turn_443 == Some(true);
     match (udp_ok, any_turn) {
@@ -348,11 +419,11 @@ pub fn verdict(f: &Facts) -> Verdict {
     let filtering = classification.map_or(Finding::NotTested, |c| c.filtering.clone());
     let direct = direct_table(udp_ok, &mapping, &filtering);
     if mapping.known() == Some(Behavior::AddressAndPortDependent) {
-        causes.push(
-            "This network has a symmetric NAT (address-and-port-dependent mapping): direct connections with peers \
-             behind most home routers fail, and a TURN relay is needed for them."
-                .to_owned(),
-        );
+        let peers = relay_needed_for(&direct).unwrap_or_else(|| "some peers".to_owned());
+        causes.push(format!(
+            "This network has a symmetric NAT (address-and-port-dependent mapping): calls with peers behind {peers} \
+             need the TURN relay."
+        ));
         if !any_turn {
             advice.push("Peers here need TURN: configure a TURN server that works from this network.".to_owned());
         }
@@ -363,11 +434,11 @@ pub fn verdict(f: &Facts) -> Verdict {
     if let Some((q, loss)) = f
         .relay
         .as_ref()
-        .and_then(|r| Some((r.quality()?.overall, r.loss_percent)))
+        .and_then(|r| Some((r.quality()?.overall, r.link()?.loss_percent)))
     {
         if q >= Quality::Poor {
             causes.push(format!(
-                "The relayed path is {} (loss {loss:.1} %): expect choppy audio and video.",
+                "This network's link to the relay is {} (loss {loss:.1} % each way): expect choppy audio and video.",
                 q.word()
             ));
         }
@@ -389,6 +460,8 @@ pub fn verdict(f: &Facts) -> Verdict {
             "Direct connections are likely with every kind of peer; no TURN relay was confirmed as a fallback."
                 .to_owned()
         }
+    } else if let (Some(false), Some(best)) = (udp_ok, best_stream_turn(&f.turn)) {
+        no_udp_summary(best)
     } else if any_turn {
         "Connections will work, some of them only through the TURN relay.".to_owned()
     } else {
@@ -516,6 +589,7 @@ mod tests {
                 Some(e) => failed(e),
             },
             certificate: None,
+            local: None,
         }
     }
 
@@ -681,12 +755,59 @@ mod tests {
         );
     }
 
+    /// The advice names every kind of peer that will need the relay: port-restricted cone peers (most home
+    /// routers) as well as other symmetric NATs.
     #[test]
     fn symmetric_nat_needs_turn() {
         let mut f = healthy();
         f.nat = nat(Finding::Known(Apd), Finding::Known(Apd));
         let v = verdict(&f);
-        assert!(v.causes.iter().any(|c| c.contains("symmetric NAT")), "{:?}", v.causes);
+        let cause = v
+            .causes
+            .iter()
+            .find(|c| c.contains("symmetric NAT"))
+            .expect("a symmetric NAT cause");
+        assert!(
+            cause.contains(
+                "calls with peers behind a port-restricted NAT (most home routers) or a symmetric NAT (many mobile \
+                 and corporate networks) need the TURN relay"
+            ),
+            "{cause}"
+        );
+        // Every row the table calls unlikely is named.
+        for row in v.direct.iter().filter(|r| r.chance == Chance::Unlikely) {
+            assert!(cause.contains(row.peer), "{} missing from {cause}", row.peer);
+        }
+    }
+
+    /// The /check page's symmetric-NAT words carry the same list of peers (both run the same rule).
+    #[test]
+    fn check_page_names_the_same_peers_for_a_symmetric_nat() {
+        let direct = direct_table(Some(true), &Finding::Known(Apd), &Finding::NotTested);
+        let peers = relay_needed_for(&direct).unwrap();
+        let js = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../web/check/check.js")).unwrap();
+        let sentence = format!("calls with peers behind {peers} need the TURN relay");
+        let flat = js.replace("' +\n      '", "").replace("' +\n    '", "");
+        assert!(flat.contains(&sentence), "web/check/check.js should say: {sentence}");
+    }
+
+    /// Without UDP the summary says every call goes through the relay, and over which transport.
+    #[test]
+    fn no_udp_summary_says_every_call_is_relayed() {
+        let mut f = healthy();
+        f.stun = vec![stun(false)];
+        f.turn[0].allocation = failed(CheckError::Timeout(Duration::from_secs(3)));
+        let v = verdict(&f);
+        assert_eq!(
+            v.summary,
+            "UDP is blocked on this network: every call will go through the TURN relay, over TLS on port 443."
+        );
+        f.turn.retain(|t| t.transport() != Transport::Tls);
+        let v = verdict(&f);
+        assert_eq!(
+            v.summary,
+            "UDP is blocked on this network: every call will go through the TURN relay, over TCP on port 3478."
+        );
     }
 
     #[test]
@@ -699,6 +820,7 @@ mod tests {
         f.signaling[0].certificate = Some(CertInfo {
             trusted: false,
             self_signed: true,
+            covers_name: true,
             problem: Some("issued by an unknown authority".into()),
             days_to_expiry: Some(300),
         });
@@ -709,6 +831,91 @@ mod tests {
                 .iter()
                 .any(|a| a.contains("self-signed") && a.contains("--insecure")),
             "{:?}",
+            v.advice
+        );
+    }
+
+    /// Whoever gave --insecure has tested the rest already: the advice does not tell them to.
+    #[test]
+    fn no_insecure_hint_when_insecure_was_given() {
+        let mut f = healthy();
+        f.insecure = true;
+        for self_signed in [true, false] {
+            f.signaling[0].certificate = Some(CertInfo {
+                trusted: false,
+                self_signed,
+                covers_name: true,
+                problem: Some("expired".into()),
+                days_to_expiry: Some(300),
+            });
+            let v = verdict(&f);
+            assert!(
+                v.advice.iter().any(|a| a.contains("certificate")),
+                "the certificate advice stays: {:?}",
+                v.advice
+            );
+            assert!(!v.advice.iter().any(|a| a.contains("--insecure")), "{:?}", v.advice);
+        }
+    }
+
+    fn certificate(self_signed: bool, covers_name: bool) -> Option<CertInfo> {
+        Some(CertInfo {
+            trusted: !self_signed && covers_name,
+            self_signed,
+            covers_name,
+            problem: (!covers_name).then(|| "not valid for this name".to_owned()),
+            days_to_expiry: Some(80),
+        })
+    }
+
+    /// A certificate for a name while the `turns:` URLs name an IP (signal.public_host unset): TURN over TLS
+    /// allocates for the doctor, but every browser refuses it. Said as such; a self-signed one is said to be that.
+    #[test]
+    fn turns_urls_the_certificate_does_not_cover() {
+        let mut f = healthy();
+        for t in f.turn.iter_mut().filter(|t| t.transport() == Transport::Tls) {
+            t.url.host = "203.0.113.5".into();
+            t.certificate = certificate(false, false);
+        }
+        let v = verdict(&f);
+        let cause = v
+            .causes
+            .iter()
+            .find(|c| c.contains("does not cover"))
+            .unwrap_or_else(|| panic!("{:?}", v.causes));
+        assert!(
+            cause.contains("turns:203.0.113.5:5349?transport=tcp and turns:203.0.113.5:443?transport=tcp")
+                && cause.contains("does not cover 203.0.113.5"),
+            "{cause}"
+        );
+        assert!(v.advice.iter().any(|a| a == UNCOVERED_TURNS_ADVICE), "{:?}", v.advice);
+
+        // A probe of 443 names the host given to the doctor, not a URL handed out: no claim about it.
+        let mut probe_only = healthy();
+        probe_only.turn.retain(|t| t.transport() != Transport::Tls);
+        let mut probe = turn(Transport::Tls, 443, None);
+        probe.probe = true;
+        probe.certificate = certificate(false, false);
+        probe_only.turn.push(probe);
+        assert!(!verdict(&probe_only).causes.iter().any(|c| c.contains("does not cover")));
+
+        // Self-signed: the advice says self-signed, not a name problem.
+        for t in f.turn.iter_mut().filter(|t| t.transport() == Transport::Tls) {
+            t.certificate = certificate(true, false);
+        }
+        let v = verdict(&f);
+        assert!(!v.causes.iter().any(|c| c.contains("does not cover")), "{:?}", v.causes);
+        assert!(v.advice.iter().any(|a| a.contains("self-signed")), "{:?}", v.advice);
+
+        // Covered: nothing to say.
+        for t in f.turn.iter_mut().filter(|t| t.transport() == Transport::Tls) {
+            t.certificate = certificate(false, true);
+        }
+        let v = verdict(&f);
+        assert!(
+            v.causes.is_empty() && v.advice.is_empty(),
+            "{:?} {:?}",
+            v.causes,
             v.advice
         );
     }
@@ -770,13 +977,24 @@ mod tests {
         );
     }
 
+    /// The relay test crosses this client's link four times: 8 % lost there is about 2 % each way (fair, no
+    /// cause); 30 % lost is about 8.5 % each way (bad).
     #[test]
     fn relay_quality_and_silence() {
         let mut f = healthy();
         f.relay = Some(relay(46, Some(20.0)));
         let v = verdict(&f);
         assert!(
-            v.causes.iter().any(|c| c.contains("relayed path is poor (loss 8.0 %)")),
+            !v.causes.iter().any(|c| c.contains("link to the relay")),
+            "{:?}",
+            v.causes
+        );
+        f.relay = Some(relay(35, Some(20.0)));
+        let v = verdict(&f);
+        assert!(
+            v.causes
+                .iter()
+                .any(|c| c.contains("This network's link to the relay is bad (loss 8.5 % each way)")),
             "{:?}",
             v.causes
         );

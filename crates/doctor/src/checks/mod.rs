@@ -24,7 +24,7 @@ use tokio::task::JoinSet;
 use tokio::time::timeout;
 
 use crate::client::Timing;
-use crate::facts::Facts;
+use crate::facts::{Facts, NatFact};
 use crate::ice::{IceUrl, ServerSpec, Transport};
 use crate::progress::Progress;
 
@@ -141,6 +141,7 @@ pub async fn run_all(s: Settings, progress: Arc<Progress>) -> Facts {
         None => None,
     };
     let ipv6 = ipv6_task.await.unwrap_or_default();
+    let nat = NatFact::with_presence_over_streams(nat, &turn, &net::local_ips());
 
     // Relay round trip over the best transport that worked.
     let mut relay = None;
@@ -165,6 +166,7 @@ pub async fn run_all(s: Settings, progress: Arc<Progress>) -> Facts {
 
     Facts {
         server: s.server_label.clone(),
+        insecure: s.insecure,
         signaling,
         ice_servers: ice.fact,
         stun,

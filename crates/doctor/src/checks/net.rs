@@ -101,10 +101,12 @@ pub async fn connect(s: &Settings, url: &IceUrl) -> Result<(Conn, Option<CertInf
                 .await
                 .map_err(|_| CheckError::Timeout(s.timeout))??;
             let _ = tcp.set_nodelay(true);
+            let local = tcp.local_addr().ok();
             Ok((
                 Conn::Stream {
                     io: Box::new(tcp),
                     buf: Vec::new(),
+                    local,
                 },
                 None,
             ))
@@ -116,8 +118,15 @@ pub async fn connect(s: &Settings, url: &IceUrl) -> Result<(Conn, Option<CertInf
                 tls: true,
             };
             // RFC 7443: ALPN "stun.turn" lets a single port tell TURN from HTTPS.
-            let (io, cert) = http::open(&target, &[b"stun.turn"], s.timeout).await?;
-            Ok((Conn::Stream { io, buf: Vec::new() }, cert))
+            let (io, cert, local) = http::open_with_local(&target, &[b"stun.turn"], s.timeout).await?;
+            Ok((
+                Conn::Stream {
+                    io,
+                    buf: Vec::new(),
+                    local,
+                },
+                cert,
+            ))
         }
     }
 }

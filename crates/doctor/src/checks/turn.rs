@@ -77,12 +77,14 @@ pub async fn check(s: Arc<Settings>, target: Target, cred: Option<Credential>, p
     };
     let line = progress.start(&label);
     let mut certificate = None;
+    let mut local = None;
     let allocation = timed(s.timeout.saturating_mul(3), async {
         let Some(cred) = cred else {
             return Err(CheckError::NoCredential);
         };
         let (conn, cert) = connect(&s, &url).await?;
         certificate = cert;
+        local = conn.local_stream_addr();
         let mut turn = cred.client(&s, conn);
         let allocation = turn.allocate().await?;
         // Release at once; a failure to release is not the user's problem.
@@ -100,5 +102,6 @@ pub async fn check(s: Arc<Settings>, target: Target, cred: Option<Credential>, p
         probe,
         allocation,
         certificate,
+        local,
     }
 }
