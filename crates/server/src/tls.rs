@@ -8,9 +8,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
+use rustls::client::verify_server_name;
 use rustls::crypto::ring::sign::any_supported_type;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::server::{ClientHello, ParsedCertificate, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
 use crate::StartError;
@@ -121,6 +122,19 @@ impl CertStore {
                 .map(|v| v.not_after),
             self_signed: self.is_self_signed(),
         }
+    }
+
+    /// Whether the certificate in use names `host` — a DNS name, an IP address, or `[IPv6]` — in its
+    /// subjectAltName, as a browser checks a `turns:` or `wss:` URL's host. Trust is not looked at.
+    pub fn covers(&self, host: &str) -> bool {
+        let current = self.current.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        let (Ok(der), Ok(name)) = (current.end_entity_cert(), ServerName::try_from(bare.to_owned())) else {
+            return false;
+        };
+        ParsedCertificate::try_from(der)
+            .and_then(|cert| verify_server_name(&cert, &name))
+            .is_ok()
     }
 
     pub fn server_config(self: &Arc<Self>) -> Arc<rustls::ServerConfig> {
@@ -323,6 +337,144 @@ mod tests {
             validity(cert.cert.der()).map(|v| v.not_after),
             Some(days_from_civil(4096, 1, 1) as u64 * 86_400)
         );
+    }
+
+    /// The names a `turns:` URL may carry: the certificate's DNS names and IP addresses, nothing else.
+    #[test]
+    fn covers_the_names_and_addresses_in_the_certificate() {
+        let store = CertStore::new(TlsIdentity::SelfSigned {
+            names: vec!["turn.example.com".into(), "192.0.2.10".into(), "2001:db8::10".into()],
+        })
+        .unwrap();
+        for host in ["turn.example.com", "TURN.example.com", "192.0.2.10", "[2001:db8::10]"] {
+            assert!(store.covers(host), "{host}");
+        }
+        for host in [
+            "203.0.113.5",
+            "example.com",
+            "other.example.com",
+            "[2001:db8::11]",
+            "",
+            "not a name",
+        ] {
+            assert!(!store.covers(host), "{host}");
+        }
+    }
+
+    /// RFC 8737 §3: a validation certificate goes only to a handshake offering `acme-tls/1` alone, for its name,
+    /// while its challenge is up; everything else gets the certificate in use.
+    #[test]
+    fn validation_certificates_only_for_acme_tls_alone_and_their_name() {
+        let store = CertStore::new(TlsIdentity::Acme {
+            names: vec!["a.example".into()],
+        })
+        .unwrap();
+        let challenge = rcgen::generate_simple_self_signed(vec!["a.example".to_owned()]).unwrap();
+        let pem = |c: &rcgen::CertifiedKey<rcgen::KeyPair>| (c.cert.pem(), c.signing_key.serialize_pem());
+        let (cert, key) = pem(&challenge);
+        store.set_acme_challenge("A.example", Some(Arc::new(certified_key(cert.as_bytes(), key.as_bytes()).unwrap())));
+        let mut config = (*store.server_config()).clone();
+        config.alpn_protocols = vec![b"http/1.1".to_vec(), ALPN_ACME_TLS.to_vec()];
+        let config = Arc::new(config);
+        let validation = challenge.cert.der().to_vec();
+
+        assert_eq!(presented(&config, "a.example", &[ALPN_ACME_TLS]), Some(validation.clone()));
+        let placeholder = presented(&config, "a.example", &[b"http/1.1"]).unwrap();
+        assert_ne!(placeholder, validation);
+        assert_eq!(presented(&config, "a.example", &[]), Some(placeholder.clone()));
+        assert_eq!(
+            presented(&config, "a.example", &[b"http/1.1", ALPN_ACME_TLS]),
+            Some(placeholder.clone()),
+            "not acme-tls/1 alone"
+        );
+        assert_eq!(presented(&config, "b.example", &[ALPN_ACME_TLS]), None, "another name");
+        store.set_acme_challenge("a.example", None);
+        assert_eq!(presented(&config, "a.example", &[ALPN_ACME_TLS]), None, "the challenge is down");
+
+        // An issued certificate replaces the placeholder for every new handshake; a reload keeps it.
+        assert!(store.is_self_signed());
+        let issued = rcgen::generate_simple_self_signed(vec!["a.example".to_owned()]).unwrap();
+        let (cert, key) = pem(&issued);
+        store.install(cert.as_bytes(), key.as_bytes()).unwrap();
+        store.reload().unwrap();
+        assert!(!store.is_self_signed());
+        assert_eq!(presented(&config, "a.example", &[]), Some(issued.cert.der().to_vec()));
+        assert!(store.install(cert.as_bytes(), pem(&challenge).1.as_bytes()).is_err(), "not a pair");
+    }
+
+    /// An in-memory handshake for `name` offering `alpn`: the leaf the server presented, `None` if it failed.
+    fn presented(config: &Arc<rustls::ServerConfig>, name: &str, alpn: &[&[u8]]) -> Option<Vec<u8>> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut client_config = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+            .with_no_client_auth();
+        client_config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        let server_name = ServerName::try_from(name.to_owned()).unwrap();
+        let mut client = rustls::Connection::from(rustls::ClientConnection::new(Arc::new(client_config), server_name).unwrap());
+        let mut server = rustls::Connection::from(rustls::ServerConnection::new(config.clone()).unwrap());
+        for _ in 0..10 {
+            transfer(&mut client, &mut server).ok()?;
+            transfer(&mut server, &mut client).ok()?;
+            if !client.is_handshaking() && !server.is_handshaking() {
+                break;
+            }
+        }
+        let rustls::Connection::Client(client) = client else { return None };
+        client.peer_certificates()?.first().map(|c| c.to_vec())
+    }
+
+    fn transfer(from: &mut rustls::Connection, to: &mut rustls::Connection) -> Result<(), rustls::Error> {
+        let mut bytes = Vec::new();
+        while from.wants_write() {
+            from.write_tls(&mut bytes).unwrap();
+        }
+        let mut rest = bytes.as_slice();
+        while !rest.is_empty() {
+            to.read_tls(&mut rest).unwrap();
+            to.process_new_packets()?;
+        }
+        Ok(())
+    }
+
+    #[derive(Debug)]
+    struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+    impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+        fn verify_server_cert(
+            &self,
+            _: &CertificateDer<'_>,
+            _: &[CertificateDer<'_>],
+            _: &ServerName<'_>,
+            _: &[u8],
+            _: rustls::pki_types::UnixTime,
+        ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        }
+
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+            self.0.signature_verification_algorithms.supported_schemes()
+        }
     }
 
     #[test]

@@ -685,7 +685,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }),
     });
     let host = public_host(&config, &running, &interface_ips);
-    let _ = ice_urls.set(IceUrls::new(&host, &running));
+    let _ = ice_urls.set(IceUrls::new(&host, &running, config.stun.other_address));
     let json_logs = config.log.format == LogFormat::Json;
     if let Some(a) = running.http.first() {
         let (ws, demo) = (
@@ -717,8 +717,16 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             tracing::warn!(error = %e, "plain HTTP on the single port is not redirected; set signal.public_host");
         }
     }
-    if running.certs.is_self_signed() && !running.tls.is_empty() && config.tls.domains.is_empty() {
-        tracing::warn!("TLS uses a generated self-signed certificate: browsers refuse it; set tls.cert and tls.key");
+    if serves_tls {
+        // An ACME identity's placeholder covers its names and is replaced once issued: nothing to say of it.
+        let placeholder = running.certs.is_self_signed() && !config.tls.domains.is_empty();
+        if !placeholder {
+            if let Some(warning) =
+                turns_host_warning(&host, running.certs.is_self_signed(), running.certs.covers(&host))
+            {
+                tracing::warn!("{warning}");
+            }
+        }
     }
     if generated_secret {
         tracing::info!("no credentials configured: generated a shared secret for this run");
@@ -778,7 +786,13 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 _ = term.recv() => break,
                 _ = int.recv() => break,
                 _ = hup.recv() => match certs.reload() {
-                    Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
+                    Ok(()) => {
+                        tracing::info!("SIGHUP: TLS certificate reloaded");
+                        let warning = turns_host_warning(&host, certs.is_self_signed(), certs.covers(&host));
+                        if let Some(warning) = warning.filter(|_| serves_tls) {
+                            tracing::warn!("{warning}");
+                        }
+                    }
                     Err(e) => tracing::warn!(error = %e, "SIGHUP: cannot reload the certificate; keeping the old one"),
                 },
             }
@@ -912,12 +926,16 @@ struct IceUrls {
 }
 
 impl IceUrls {
-    fn new(host: &str, running: &server::Running) -> Self {
+    /// `other`: the RFC 5780 alternate address (`stun.other_address`), handed out as a second STUN server.
+    fn new(host: &str, running: &server::Running, other: Option<SocketAddr>) -> Self {
         let mut stun = Vec::new();
         let mut turn = Vec::new();
         if let Some(a) = running.udp.first() {
             stun.push(format!("stun:{host}:{}", a.port()));
             turn.push(format!("turn:{host}:{}?transport=udp", a.port()));
+            if let Some(other) = other {
+                stun.push(other_stun_url(host, *a, other));
+            }
         }
         if let Some(a) = running.tcp.first() {
             turn.push(format!("turn:{host}:{}?transport=tcp", a.port()));
@@ -932,11 +950,44 @@ impl IceUrls {
     }
 }
 
+/// The RFC 5780 alternate address as a `stun:` URL. A browser cannot send CHANGE-REQUEST, so `/check` classifies
+/// the NAT's mapping by comparing what two STUN addresses see — and it knows two addresses share an IP only by their
+/// host: an alternate on the primary's IP is named by the primary's host, one on another IP by its address.
+fn other_stun_url(host: &str, primary: SocketAddr, other: SocketAddr) -> String {
+    let other_host = match other.ip() {
+        ip if ip == primary.ip() => host.to_owned(),
+        IpAddr::V6(v6) => format!("[{v6}]"),
+        IpAddr::V4(v4) => v4.to_string(),
+    };
+    format!("stun:{other_host}:{}", other.port())
+}
+
+/// What to warn of at start (and after a reload) when the `turns:` URLs handed out name `host`: a self-signed
+/// certificate is refused by browsers whatever it names; another is refused when it does not cover `host` — e.g. a
+/// certificate for a name while `signal.public_host` is unset and the URLs carry an IP address. Either way TURN over
+/// TLS fails, silently, for every user who can only reach 443. The doctor says the same.
+fn turns_host_warning(host: &str, self_signed: bool, covered: bool) -> Option<String> {
+    if self_signed {
+        return Some(format!(
+            "TLS uses a generated self-signed certificate: browsers refuse it, so wss:// and the turns: URLs \
+             handed out (turns:{host}) fail for them; set tls.cert and tls.key, or --domain for a certificate from \
+             an ACME CA"
+        ));
+    }
+    (!covered).then(|| {
+        format!(
+            "the turns: URLs handed out name {host}, which the certificate does not cover: browsers refuse TURN \
+             over TLS there, so users on networks that allow only 443 cannot connect; set signal.public_host \
+             (--public-host) to a name the certificate covers, or give a certificate for {host}"
+        )
+    })
+}
+
 /// Prints an `iceServers` array with a fresh credential, ready to paste into `new RTCPeerConnection(...)`. With JSON
 /// logs, a log event with the URLs only: stdout carries nothing but JSON then, and a live credential does not go to
 /// a log shipper.
 fn print_ice_servers(config: &Config, host: &str, running: &server::Running) {
-    let urls = IceUrls::new(host, running);
+    let urls = IceUrls::new(host, running, config.stun.other_address);
     if config.log.format == LogFormat::Json {
         tracing::info!(
             stun = ?urls.stun,
@@ -977,6 +1028,35 @@ mod tests {
             panic!("not serve")
         };
         *args
+    }
+
+    #[test]
+    fn a_turns_host_the_certificate_does_not_cover_is_warned_of() {
+        let warning = turns_host_warning("203.0.113.5", false, false).unwrap();
+        assert!(
+            warning.contains("name 203.0.113.5, which the certificate does not cover")
+                && warning.contains("set signal.public_host"),
+            "{warning}"
+        );
+        assert_eq!(turns_host_warning("turn.example.com", false, true), None);
+        let self_signed = turns_host_warning("203.0.113.5", true, false).unwrap();
+        assert!(
+            self_signed.contains("self-signed") && !self_signed.contains("does not cover"),
+            "{self_signed}"
+        );
+    }
+
+    #[test]
+    fn the_rfc5780_alternate_is_a_second_stun_url() {
+        let primary: SocketAddr = "192.0.2.1:3478".parse().unwrap();
+        let url = |other: &str| other_stun_url("turn.example.com", primary, other.parse().unwrap());
+        assert_eq!(url("198.51.100.1:3479"), "stun:198.51.100.1:3479");
+        assert_eq!(url("192.0.2.1:3479"), "stun:turn.example.com:3479");
+        let v6: SocketAddr = "[2001:db8::1]:3478".parse().unwrap();
+        assert_eq!(
+            other_stun_url("h", v6, "[2001:db8::2]:3479".parse().unwrap()),
+            "stun:[2001:db8::2]:3479"
+        );
     }
 
     #[test]

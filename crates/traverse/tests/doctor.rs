@@ -8,7 +8,7 @@ use std::net::TcpListener;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{run_bounded, Server};
+use common::{run_bounded, signaling_addr, spawn_serve, Server, Spawned};
 
 /// A TCP port free right now on loopback (bound, then released).
 fn free_tcp_port() -> u16 {
@@ -150,4 +150,111 @@ fn doctor_usage_errors_exit_1() {
     assert!(all.contains("bad server address"), "{all}");
     let (code, _, all) = doctor(&["http://127.0.0.1:1", "--turn-user", "u"]);
     assert_eq!(code, Some(1), "{all}");
+}
+
+/// Kills a `spawn_serve` child by its PID on drop, so a failed assertion leaves no server behind.
+struct Killed(Spawned);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.child.kill();
+        let _ = self.0.child.wait();
+    }
+}
+
+/// A CA-issued (not self-signed) certificate for `turn.example.com` and its key, written to `dir`.
+fn certificate_for_a_name(dir: &std::path::Path) -> (String, String) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "Traverse test CA");
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut leaf = rcgen::CertificateParams::new(vec!["turn.example.com".to_owned()]).unwrap();
+    leaf.distinguished_name
+        .push(rcgen::DnType::CommonName, "turn.example.com");
+    let cert = leaf.signed_by(&key, &issuer).unwrap();
+    let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    (cert_path.display().to_string(), key_path.display().to_string())
+}
+
+/// A certificate for `turn.example.com` while `signal.public_host` is unset: the `turns:` URLs handed out carry
+/// 127.0.0.1, which the certificate does not cover. The server warns at start with the fix; the doctor, whose TLS
+/// handshakes complete anyway, says browsers refuse TURN over TLS there — not that it is self-signed.
+#[test]
+fn turns_urls_the_certificate_does_not_cover_are_named_at_start_and_by_the_doctor() {
+    let dir = std::env::temp_dir().join(format!("traverse-doctor-cert-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = certificate_for_a_name(&dir);
+    let server = Server::start(&["--tls-cert", &cert, "--tls-key", &key, "--allow-peer", "127.0.0.0/8"]);
+    let http = server.http.expect("a plain HTTP listener");
+    // stderr is read by a thread of its own: the warning, logged before the ready line, may trail it a little.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !server.log().contains("certificate does not cover") && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = server.log();
+    assert!(
+        log.contains("the turns: URLs handed out name 127.0.0.1, which the certificate does not cover")
+            && log.contains("set signal.public_host"),
+        "start-up warning: {log}"
+    );
+    assert!(!log.contains("self-signed"), "{log}");
+
+    let (code, r, all) = doctor(&[
+        &format!("http://{http}"),
+        "--json",
+        "--https-port",
+        "0",
+        "--http-port",
+        "0",
+    ]);
+    assert_eq!(code, Some(0), "{all}");
+    let tls: Vec<_> = r["turn"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["transport"] == "tls")
+        .cloned()
+        .collect();
+    assert!(!tls.is_empty(), "{all}");
+    for t in &tls {
+        assert_eq!(t["certificate"]["covers_name"], false, "{all}");
+        assert_eq!(t["certificate"]["self_signed"], false, "{all}");
+    }
+    let causes = r["verdict"]["causes"].to_string();
+    assert!(
+        causes.contains("but its certificate does not cover 127.0.0.1: browsers refuse TURN over TLS there"),
+        "{causes}"
+    );
+    assert!(
+        r["verdict"]["advice"].to_string().contains("Set signal.public_host"),
+        "{all}"
+    );
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// With no UDP listener the doctor has no STUN address, so the UDP probes cannot say whether a NAT is in the way;
+/// the TURN connections over TCP and TLS can: on loopback the server sees the doctor's own address and port.
+#[test]
+fn without_udp_the_turn_connection_tells_whether_a_nat_is_in_the_way() {
+    let spawned = Killed(spawn_serve("127.0.0.1:0", &["--set", "listen.udp="], &[]));
+    let http = signaling_addr(&spawned.0);
+    let (code, r, all) = doctor(&[
+        &format!("http://{http}"),
+        "--json",
+        "--https-port",
+        "0",
+        "--http-port",
+        "0",
+    ]);
+    assert_eq!(code, Some(0), "{all}");
+    assert!(r["stun"].as_array().unwrap().is_empty(), "no UDP, no STUN: {all}");
+    assert_eq!(r["nat"]["nat"], "none", "{all}");
+    assert_eq!(r["nat"]["mapping"]["result"], "not-tested", "{all}");
+    assert!(r["nat"]["notes"].to_string().contains("seen over TCP/TLS"), "{all}");
 }
