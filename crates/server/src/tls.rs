@@ -372,13 +372,19 @@ mod tests {
         let challenge = rcgen::generate_simple_self_signed(vec!["a.example".to_owned()]).unwrap();
         let pem = |c: &rcgen::CertifiedKey<rcgen::KeyPair>| (c.cert.pem(), c.signing_key.serialize_pem());
         let (cert, key) = pem(&challenge);
-        store.set_acme_challenge("A.example", Some(Arc::new(certified_key(cert.as_bytes(), key.as_bytes()).unwrap())));
+        store.set_acme_challenge(
+            "A.example",
+            Some(Arc::new(certified_key(cert.as_bytes(), key.as_bytes()).unwrap())),
+        );
         let mut config = (*store.server_config()).clone();
         config.alpn_protocols = vec![b"http/1.1".to_vec(), ALPN_ACME_TLS.to_vec()];
         let config = Arc::new(config);
         let validation = challenge.cert.der().to_vec();
 
-        assert_eq!(presented(&config, "a.example", &[ALPN_ACME_TLS]), Some(validation.clone()));
+        assert_eq!(
+            presented(&config, "a.example", &[ALPN_ACME_TLS]),
+            Some(validation.clone())
+        );
         let placeholder = presented(&config, "a.example", &[b"http/1.1"]).unwrap();
         assert_ne!(placeholder, validation);
         assert_eq!(presented(&config, "a.example", &[]), Some(placeholder.clone()));
@@ -389,7 +395,11 @@ mod tests {
         );
         assert_eq!(presented(&config, "b.example", &[ALPN_ACME_TLS]), None, "another name");
         store.set_acme_challenge("a.example", None);
-        assert_eq!(presented(&config, "a.example", &[ALPN_ACME_TLS]), None, "the challenge is down");
+        assert_eq!(
+            presented(&config, "a.example", &[ALPN_ACME_TLS]),
+            None,
+            "the challenge is down"
+        );
 
         // An issued certificate replaces the placeholder for every new handshake; a reload keeps it.
         assert!(store.is_self_signed());
@@ -399,7 +409,10 @@ mod tests {
         store.reload().unwrap();
         assert!(!store.is_self_signed());
         assert_eq!(presented(&config, "a.example", &[]), Some(issued.cert.der().to_vec()));
-        assert!(store.install(cert.as_bytes(), pem(&challenge).1.as_bytes()).is_err(), "not a pair");
+        assert!(
+            store.install(cert.as_bytes(), pem(&challenge).1.as_bytes()).is_err(),
+            "not a pair"
+        );
     }
 
     /// An in-memory handshake for `name` offering `alpn`: the leaf the server presented, `None` if it failed.
@@ -413,7 +426,8 @@ mod tests {
             .with_no_client_auth();
         client_config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         let server_name = ServerName::try_from(name.to_owned()).unwrap();
-        let mut client = rustls::Connection::from(rustls::ClientConnection::new(Arc::new(client_config), server_name).unwrap());
+        let mut client =
+            rustls::Connection::from(rustls::ClientConnection::new(Arc::new(client_config), server_name).unwrap());
         let mut server = rustls::Connection::from(rustls::ServerConnection::new(config.clone()).unwrap());
         for _ in 0..10 {
             transfer(&mut client, &mut server).ok()?;
@@ -422,7 +436,9 @@ mod tests {
                 break;
             }
         }
-        let rustls::Connection::Client(client) = client else { return None };
+        let rustls::Connection::Client(client) = client else {
+            return None;
+        };
         client.peer_certificates()?.first().map(|c| c.to_vec())
     }
 
