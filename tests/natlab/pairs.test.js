@@ -198,6 +198,10 @@ for (const pair of PAIRS) {
       const a = await roomPage(browsers[0], SERVER, room);
       const b = await roomPage(browsers[1], SERVER, room, { echo: true });
       await until(10000, () => a.page.evaluate((id) => room.peers.has(id), b.peerId), `${pair.a} sees ${pair.b}`);
+      await a.page.evaluate(() => {
+        window.diagnoses = [];
+        room.on('connection-diagnosis', (d) => diagnoses.push(d));
+      });
 
       const started = Date.now();
       const aSide = await within(
@@ -265,6 +269,13 @@ for (const pair of PAIRS) {
         }
         record.outcome = 'relay';
       }
+      // The post-mortem of the pair (both pages reported it connected): its path must be of the kind the pair
+      // settled on, when both ends agree on it.
+      const diagnosis = await until(20000, () => a.page.evaluate(() => diagnoses[0]), 'connection-diagnosis');
+      assert.equal(diagnosis.outcome, 'connected', JSON.stringify(diagnosis));
+      record.outcome += ` (post-mortem: ${diagnosis.path}, ${diagnosis.timeToConnectMs} ms)`;
+      if (ends.every(direct)) assert.match(diagnosis.path, /^direct-/, JSON.stringify(diagnosis));
+      if (pair.expect === 'relay') assert.match(diagnosis.path, /^relay/, JSON.stringify(diagnosis));
       // The doctor's verdict in site A, for a peer like B's, must agree with what the browsers did.
       record.doctorSays = doctorPrediction(pair.a, pair.b);
       if (record.doctorSays === 'likely' || record.doctorSays === 'unlikely') {

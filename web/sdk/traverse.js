@@ -705,7 +705,15 @@ export class Peer extends EventTarget {
     // ICE may fail while gathering still runs (a TURN server that never answers times out about 10 s in): a failure
     // waits, a bounded while, for gathering to finish, so that the report's counts and errors are final.
     if (outcome !== 'connected') await gatheringComplete(this.pc, GATHERING_WAIT_MS);
-    const stats = await this.pc.getStats().catch(() => new Map());
+    let stats = await this.pc.getStats().catch(() => new Map());
+    if (outcome === 'connected') {
+      // Chrome often nominates a relayed pair first and moves to a direct one once its checks succeed: the path is
+      // read again a few seconds later (the time to connect stays the first one), unless the connection is gone.
+      await new Promise((resolve) => setTimeout(resolve, PATH_SETTLE_MS));
+      if (!this.closed && this.pc.connectionState === 'connected') {
+        stats = await this.pc.getStats().catch(() => stats);
+      }
+    }
     const report = outcomeReport({
       outcome,
       elapsedMs,
@@ -829,6 +837,9 @@ export class Peer extends EventTarget {
  * @property {number} restarts ICE restarts
  * @property {{name: string, version: number}} browser family and major version
  */
+
+/** How long after `connected` a report reads the selected pair again (NAT lab: switches took under a second). */
+const PATH_SETTLE_MS = 4000;
 
 /** How long a failed or timed-out connection's report waits for ICE gathering to complete. */
 const GATHERING_WAIT_MS = 15000;
