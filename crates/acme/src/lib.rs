@@ -87,7 +87,7 @@ impl AcmeError {
     fn from_ca(what: &str, e: instant_acme::Error) -> Self {
         match e {
             instant_acme::Error::Api(problem) => {
-                let advice = plan::advice(problem.r#type.as_deref(), Method::TlsAlpn01, "the names");
+                let advice = plan::advice(problem.r#type.as_deref(), None, "the names");
                 AcmeError::Refused(format!("{what}; the CA said: {problem}; check: {advice}"))
             }
             e => AcmeError::Refused(format!("{what}: {e}")),

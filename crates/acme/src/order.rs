@@ -128,7 +128,7 @@ async fn validate(
                 name: name.clone(),
                 method,
                 said: problem.to_string(),
-                advice: plan::advice(problem.r#type.as_deref(), method, &name),
+                advice: plan::advice(problem.r#type.as_deref(), Some(method), &name),
             });
         }
     }

@@ -138,10 +138,12 @@ pub fn choose(offered: &[Method], ways: Ways) -> Option<Method> {
 }
 
 /// What to check, from the type of the CA's problem document (RFC 8555 §6.7).
-pub fn advice(problem_type: Option<&str>, method: Method, name: &str) -> String {
+/// `method`: the challenge that failed, `None` for a refusal before any challenge (then either port may matter).
+pub fn advice(problem_type: Option<&str>, method: Option<Method>, name: &str) -> String {
     let port = match method {
-        Method::TlsAlpn01 => "TCP 443 (listen.single)",
-        Method::Http01 => "TCP 80 (listen.http)",
+        Some(Method::TlsAlpn01) => "TCP 443 (listen.single)",
+        Some(Method::Http01) => "TCP 80 (listen.http)",
+        None => "TCP 443 (listen.single) or 80 (listen.http)",
     };
     let kind = problem_type.and_then(|t| t.strip_prefix("urn:ietf:params:acme:error:"));
     match kind {
@@ -277,20 +279,26 @@ mod tests {
 
     #[test]
     fn advice_follows_the_problem_type() {
-        let dns = advice(Some("urn:ietf:params:acme:error:dns"), Method::Http01, "t.example");
+        let dns = advice(
+            Some("urn:ietf:params:acme:error:dns"),
+            Some(Method::Http01),
+            "t.example",
+        );
         assert!(dns.contains("t.example does not resolve"), "{dns}");
         let connection = advice(
             Some("urn:ietf:params:acme:error:connection"),
-            Method::TlsAlpn01,
+            Some(Method::TlsAlpn01),
             "t.example",
         );
         assert!(connection.contains("TCP 443"), "{connection}");
         let wrong = advice(
             Some("urn:ietf:params:acme:error:unauthorized"),
-            Method::Http01,
+            Some(Method::Http01),
             "t.example",
         );
         assert!(wrong.contains("TCP 80"), "{wrong}");
-        assert!(advice(None, Method::Http01, "t").contains("tls.acme_directory"));
+        assert!(advice(None, Some(Method::Http01), "t").contains("tls.acme_directory"));
+        let refused = advice(Some("urn:ietf:params:acme:error:connection"), None, "t");
+        assert!(refused.contains("443") && refused.contains("80"), "{refused}");
     }
 }
