@@ -261,3 +261,31 @@ test('dead ICE addresses cost a bounded time, never a hung page', { timeout: 600
   }), out.l);
   assert.equal(v.level, 'fail', JSON.stringify(v));
 });
+
+test('an RFC 5780 alternate (stun.other_address) is handed out, so /check compares two addresses without #stun=',
+  { timeout: 120000 }, async (t) => {
+    if (skipWithoutChromium(t)) return;
+    // 127.0.0.0/8 is all loopback on Linux: the alternate IP is 127.0.0.2, on a port of its own.
+    const otherPort = await freePort({ udp: true });
+    const other = `127.0.0.2:${otherPort}`;
+    const alt = await startTraverse({ extraArgs: ['--other-address', other] });
+    t.after(() => alt.stop());
+    const page = await browser.newPage();
+    t.after(() => page.close().catch(() => {}));
+    await (async () => {
+      const api = await get(`${alt.base}/api/ice-servers`);
+      const urls = JSON.parse(api.body).iceServers.flatMap((s) => [].concat(s.urls));
+      assert.ok(urls.includes(`stun:${other}`), `the alternate as a STUN URL: ${urls}`);
+      await page.goto(`${alt.base}/check`);
+      await page.waitForFunction(() => document.body.dataset.state === 'done', null, { timeout: 100000 });
+      const report = await page.evaluate(() => JSON.parse(document.getElementById('raw').textContent));
+      console.log(`  nat: ${report.nat.mapping} (${report.nat.why}) from ${report.nat.servers.join(', ')}`);
+      // Two addresses on two IPs compared; without the alternate the page had one and said 'one-address'.
+      assert.equal(report.nat.servers.length, 2, JSON.stringify(report.nat));
+      assert.ok(report.nat.servers.includes(`stun:${other}`), JSON.stringify(report.nat));
+      assert.notEqual(report.nat.why, 'one-address', JSON.stringify(report.nat));
+      // Both addresses answered on their own, so the gathering of the alternate's URL yields its candidate type too.
+      const g = report.gathering.find((x) => x.url === `stun:${other}`);
+      assert.ok(g, `the alternate is gathered against: ${JSON.stringify(report.gathering.map((x) => x.url))}`);
+    })().catch(dumpOnFailure(t, alt, browser));
+  });

@@ -114,7 +114,12 @@ async fn probe(
     } else {
         p.method = NatMethod::Comparison;
     }
-    mapping_targets.extend(others.iter().copied().filter(|a| *a != primary));
+    // The server may hand out its OTHER-ADDRESS as a STUN URL too (for browsers): one Binding per address.
+    for a in others {
+        if *a != primary && !mapping_targets.contains(a) {
+            mapping_targets.push(*a);
+        }
+    }
     for target in mapping_targets {
         match binding_from(&l1, target, None, s.rto, limit).await {
             Ok(answer) => {
