@@ -701,3 +701,48 @@ impl Wss {
         }
     }
 }
+
+/// `check-config` refuses what cannot work with ACME, each with its key and reason, before anything is ordered.
+#[test]
+fn check_config_refuses_what_acme_cannot_do() {
+    let dir = TempDir::new("config");
+    let check = |toml: &str| {
+        let path = dir.0.join("traverse.toml");
+        std::fs::write(&path, toml).unwrap();
+        common::run_bounded(
+            Command::new(env!("CARGO_BIN_EXE_traverse"))
+                .arg("check-config")
+                .arg(&path),
+            Duration::from_secs(30),
+        )
+    };
+    let good = check("[listen]\nsingle = [\"127.0.0.1:443\"]\n[tls]\ndomains = [\"turn.example.com\"]\n");
+    assert!(good.status.is_some_and(|s| s.success()), "{}", good.all());
+    for (toml, expected) in [
+        (
+            "[tls]\ndomains = [\"*.example.com\"]\n",
+            "tls.domains: \"*.example.com\" is not a DNS name a CA can validate",
+        ),
+        ("[tls]\ndomains = [\"192.0.2.1\"]\n", "is an address"),
+        (
+            "[tls]\ndomains = [\"turn.example.com\"]\ncert = \"/etc/hostname\"\nkey = \"/etc/hostname\"\n",
+            "a certificate comes from files (tls.cert) or from ACME (tls.domains), not both",
+        ),
+        (
+            "[listen]\nhttp = []\nsingle = []\n[tls]\ndomains = [\"turn.example.com\"]\n",
+            "ACME needs listen.single on 443 (TLS-ALPN-01) or listen.http on 80 (HTTP-01)",
+        ),
+        (
+            "[tls]\ndomains = [\"turn.example.com\"]\nacme_ca_root = \"/nonexistent/root.pem\"\n",
+            "tls.acme_ca_root: cannot read it",
+        ),
+    ] {
+        let out = check(toml);
+        assert!(!out.status.is_some_and(|s| s.success()), "{toml} passed");
+        assert!(
+            out.all().contains(expected),
+            "{toml}: expected {expected:?} in\n{}",
+            out.all()
+        );
+    }
+}
