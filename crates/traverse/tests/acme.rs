@@ -725,7 +725,7 @@ fn check_config_refuses_what_acme_cannot_do() {
         ),
         ("[tls]\ndomains = [\"192.0.2.1\"]\n", "is an address"),
         (
-            "[tls]\ndomains = [\"turn.example.com\"]\ncert = \"/etc/hostname\"\nkey = \"/etc/hostname\"\n",
+            "[tls]\ndomains = [\"turn.example.com\"]\ncert = \"/proc/version\"\nkey = \"/proc/version\"\n",
             "a certificate comes from files (tls.cert) or from ACME (tls.domains), not both",
         ),
         (
