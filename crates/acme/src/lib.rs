@@ -173,13 +173,20 @@ async fn run(config: Config, store: Store, certs: Arc<CertStore>, http01: Http01
         http01: &http01,
     };
     let mut failures = 0u32;
+    // Drawn once per certificate: drawn at every wake-up, the earliest of the draws would win.
+    let mut jitter: f64 = rand::thread_rng().gen();
+    // The renewal time last logged: said once per certificate, not at every wake-up.
+    let mut announced = None;
     loop {
         let held = store.issued().ok().flatten().as_ref().and_then(Issued::held);
         let now = SystemTime::now();
-        let why = match plan::next(now, &config.names, held.as_ref(), rand::thread_rng().gen()) {
+        let why = match plan::next(now, &config.names, held.as_ref(), jitter) {
             Next::Keep { renew_at } => {
                 let wait = renew_at.duration_since(now).unwrap_or_default();
-                tracing::info!(names = ?config.names, "ACME: certificate good; renewal in {}s", wait.as_secs());
+                if announced != Some(renew_at) {
+                    announced = Some(renew_at);
+                    tracing::info!(names = ?config.names, "ACME: certificate good; renewal in {}s", wait.as_secs());
+                }
                 tokio::time::sleep(wait.min(LONGEST_SLEEP)).await;
                 continue;
             }
@@ -190,6 +197,7 @@ async fn run(config: Config, store: Store, certs: Arc<CertStore>, http01: Http01
         let error = match result.and_then(|issued| save_and_install(&store, &certs, &issued)) {
             Ok(held) => {
                 failures = 0;
+                jitter = rand::thread_rng().gen();
                 tracing::info!(
                     names = ?held.names,
                     not_after = held.validity.not_after,
