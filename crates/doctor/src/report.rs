@@ -12,7 +12,7 @@ use crate::facts::{
 };
 use crate::ice::{IceUrl, Transport};
 use crate::nat::{Behavior, Classification, Finding, NatPresence};
-use crate::quality::Grades;
+use crate::quality::{Grades, LinkEstimate};
 use crate::tls::CertInfo;
 use crate::verdict::{Chance, Verdict};
 
@@ -314,6 +314,9 @@ pub struct RelayCheck {
     pub rtt_p95_ms: Option<f64>,
     pub rtt_max_ms: Option<f64>,
     pub jitter_ms: Option<f64>,
+    /// The measurements brought down to this client's link, which `quality` grades: both test allocations sit
+    /// behind the client, so a packet crosses its link four times (see `quality::LinkEstimate`).
+    pub link: Option<LinkEstimate>,
     pub quality: Option<Grades>,
 }
 
@@ -329,6 +332,7 @@ impl From<&RelayFact> for RelayCheck {
             rtt_p95_ms: f.rtt.p95,
             rtt_max_ms: f.rtt.max,
             jitter_ms: f.rtt.jitter,
+            link: f.link(),
             quality: f.quality(),
         }
     }
@@ -579,7 +583,7 @@ impl Report {
                 let q = r.quality.as_ref().map(|q| q.overall.word()).unwrap_or("?");
                 let _ = writeln!(
                     o,
-                    "  {} relay round trip over {}: {}/{} back, loss {:.1} %, RTT p50 {:.1} ms, jitter {:.1} ms — {q}",
+                    "  {} relay round trip over {}: {}/{} back, loss {:.1} %, RTT p50 {:.1} ms, jitter {:.1} ms",
                     mark(style, true),
                     r.transport.word(),
                     r.received,
@@ -588,6 +592,14 @@ impl Report {
                     r.rtt_p50_ms.unwrap_or_default(),
                     r.jitter_ms.unwrap_or_default(),
                 );
+                if let Some(l) = &r.link {
+                    let _ = writeln!(
+                        o,
+                        "    your link (the test crosses it four times): RTT {:.1} ms, jitter {:.1} ms, loss {:.1} % \
+                         each way — {q}",
+                        l.rtt_ms, l.jitter_ms, l.loss_percent
+                    );
+                }
             } else {
                 let _ = writeln!(
                     o,
