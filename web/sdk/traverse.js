@@ -263,6 +263,7 @@ export class Room extends EventTarget {
    */
   async leave() {
     if (this.state === 'closed') return;
+    for (const pc of this.connections.values()) pc._flushOutcome();
     if (this._session.usable && this._link.writable) await this._link.leave(this._session.leaveFrame());
     this._finish(1000, 'left');
   }
@@ -420,7 +421,8 @@ export class Room extends EventTarget {
    * @private @param {string} peerId @param {OutcomeReport} report
    */
   _reportOutcome(peerId, report) {
-    if (!this._opts.reportOutcomes || this.state === 'closed') return;
+    // A peer that has left cannot be paired any more; the server would drop the report.
+    if (!this._opts.reportOutcomes || this.state === 'closed' || !this.peers.has(peerId)) return;
     try {
       this._send({ type: 'outcome', peer: peerId, report }, true);
     } catch {
@@ -553,6 +555,7 @@ export class Peer extends EventTarget {
       remoteDescription: false,
       restarts: 0,
       /** @type {any} */ timer: null,
+      /** @type {(() => void) | null} sends a connected report now instead of after its path settles */ flush: null,
     };
 
     /** @private */ this._makingOffer = false;
@@ -702,31 +705,44 @@ export class Peer extends EventTarget {
     o.reported = true;
     clearTimeout(o.timer);
     const elapsedMs = now() - o.startedAt;
+    let sent = false;
+    const send = (/** @type {any} */ stats) => {
+      if (sent) return;
+      sent = true;
+      o.flush = null;
+      const report = outcomeReport({
+        outcome,
+        elapsedMs,
+        policy: o.policy,
+        stats,
+        iceServers: o.iceServers,
+        errors: o.errors,
+        remoteCandidates: o.remoteCandidates,
+        remoteDescription: o.remoteDescription,
+        restarts: o.restarts,
+        userAgent: typeof navigator !== 'undefined' ? navigator.userAgent : '',
+      });
+      this.room._reportOutcome(this.peerId, report);
+    };
     // ICE may fail while gathering still runs (a TURN server that never answers times out about 10 s in): a failure
     // waits, a bounded while, for gathering to finish, so that the report's counts and errors are final.
     if (outcome !== 'connected') await gatheringComplete(this.pc, GATHERING_WAIT_MS);
-    let stats = await this.pc.getStats().catch(() => new Map());
-    if (outcome === 'connected') {
-      // Chrome often nominates a relayed pair first and moves to a direct one once its checks succeed: the path is
-      // read again a few seconds later (the time to connect stays the first one), unless the connection is gone.
-      await new Promise((resolve) => setTimeout(resolve, PATH_SETTLE_MS));
-      if (!this.closed && this.pc.connectionState === 'connected') {
-        stats = await this.pc.getStats().catch(() => stats);
-      }
-    }
-    const report = outcomeReport({
-      outcome,
-      elapsedMs,
-      policy: o.policy,
-      stats,
-      iceServers: o.iceServers,
-      errors: o.errors,
-      remoteCandidates: o.remoteCandidates,
-      remoteDescription: o.remoteDescription,
-      restarts: o.restarts,
-      userAgent: typeof navigator !== 'undefined' ? navigator.userAgent : '',
-    });
-    this.room._reportOutcome(this.peerId, report);
+    const stats = await this.pc.getStats().catch(() => new Map());
+    if (outcome !== 'connected') return send(stats);
+    // Chrome often nominates a relayed pair first and moves to a direct one once its checks succeed: the path is
+    // read again a few seconds later (the time to connect stays the first one). A room that leaves meanwhile sends
+    // what it has (`_flushOutcome`).
+    o.flush = () => send(stats);
+    await new Promise((resolve) => setTimeout(resolve, PATH_SETTLE_MS));
+    if (sent) return;
+    const settled =
+      !this.closed && this.pc.connectionState === 'connected' ? await this.pc.getStats().catch(() => stats) : stats;
+    send(settled);
+  }
+
+  /** A connected report still waiting for its path to settle goes out now (the room is leaving). @private */
+  _flushOutcome() {
+    if (this._outcome.flush) this._outcome.flush();
   }
 
   /** @private */

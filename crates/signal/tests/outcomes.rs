@@ -266,7 +266,8 @@ fn bad_reports_and_strangers_are_refused() {
         .iter()
         .map(|e| e["code"].as_str().unwrap().to_owned())
         .collect();
-    assert_eq!(errors, ["bad-message", "unknown-peer", "unknown-peer", "bad-message"]);
+    // Reports about a peer of another room, or one not (or no longer) here, are dropped without an error.
+    assert_eq!(errors, ["bad-message", "bad-message"]);
     assert!(lab.diagnoses.is_empty());
     assert_eq!(lab.held_reports(), 0);
     // Before joining: not-joined.

@@ -102,16 +102,16 @@ impl<R: RngCore + Send> MemoryHub<R> {
             Some(s) => (s.room.clone(), s.source),
             None => return,
         };
-        // Only about a member of the same room (a peer whose tab closed is still one for the resume grace).
-        let about = match self.sessions.get_key_value(about) {
-            Some((b, s)) if s.room == room && b != from => b.clone(),
-            _ => {
-                let message = format!(
-                    "No peer {} in room {room}.",
-                    about.chars().take(128).collect::<String>()
-                );
-                return self.error(conn, Refusal::new(ErrorCode::UnknownPeer, message));
-            }
+        // Only about a member of the same room (a peer whose tab closed is still one for the resume grace). A report
+        // about a peer that has left is dropped without an error: it crossed the peer's `leave` (the SDK reports a
+        // connection a few seconds after it connected), and its pair is diagnosed from the other report if any.
+        let Some(about) = self
+            .sessions
+            .get_key_value(about)
+            .filter(|(b, s)| s.room == room && *b != from)
+            .map(|(b, _)| b.clone())
+        else {
+            return;
         };
         let key = PairKey::new(room.clone(), from, &about);
         let now = self.clock;
