@@ -418,11 +418,14 @@ pub fn verdict(f: &Facts) -> Verdict {
     let mapping = classification.map_or(Finding::NotTested, |c| c.mapping.clone());
     let filtering = classification.map_or(Finding::NotTested, |c| c.filtering.clone());
     let direct = direct_table(udp_ok, &mapping, &filtering);
-    if mapping.known() == Some(Behavior::AddressAndPortDependent) {
+    // Either dependent mapping (known, or narrowed to the two) fails with the same peers: /check's "address-dependent
+    // or stricter" is this case too.
+    let dependent = mapping.candidates();
+    if !dependent.contains(&Behavior::EndpointIndependent) && udp_ok != Some(false) {
         let peers = relay_needed_for(&direct).unwrap_or_else(|| "some peers".to_owned());
+        let term = dependent.iter().map(|b| b.term()).collect::<Vec<_>>().join(" or ");
         causes.push(format!(
-            "This network has a symmetric NAT (address-and-port-dependent mapping): calls with peers behind {peers} \
-             need the TURN relay."
+            "This network has a symmetric NAT ({term} mapping): calls with peers behind {peers} need the TURN relay."
         ));
         if !any_turn {
             advice.push("Peers here need TURN: configure a TURN server that works from this network.".to_owned());
@@ -778,6 +781,21 @@ mod tests {
         for row in v.direct.iter().filter(|r| r.chance == Chance::Unlikely) {
             assert!(cause.contains(row.peer), "{} missing from {cause}", row.peer);
         }
+        // Narrowed to the two dependent mappings (comparison without RFC 5780): the same peers, both terms.
+        f.nat = nat(Finding::OneOf(vec![Ad, Apd]), Finding::NotTested);
+        let v = verdict(&f);
+        let narrowed = v
+            .causes
+            .iter()
+            .find(|c| c.contains("symmetric NAT"))
+            .expect("a symmetric NAT cause");
+        assert!(
+            narrowed.starts_with(
+                "This network has a symmetric NAT (address-dependent or address-and-port-dependent mapping): calls \
+                 with peers behind a port-restricted NAT (most home routers) or a symmetric NAT"
+            ),
+            "{narrowed}"
+        );
     }
 
     /// The /check page's symmetric-NAT words carry the same list of peers (both run the same rule).
