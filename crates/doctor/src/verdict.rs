@@ -369,7 +369,11 @@ pub fn verdict(f: &Facts) -> Verdict {
         if let Some(first) = f.turn.iter().find(|t| !t.probe && uncovered.contains(&t.url.label())) {
             causes.push(uncovered_turns_cause(&first.url.host, &uncovered));
             advice.push(UNCOVERED_TURNS_ADVICE.to_owned());
-        } else if let Some((_, c)) = tls_certificates.iter().find(|(_, c)| !c.trusted) {
+        } else if let Some((_, c)) = tls_certificates
+            .iter()
+            .find(|(_, c)| !c.trusted)
+            .filter(|_| certificate_problem.is_none())
+        {
             advice.push(format!(
                 "TURN over TLS works, but browsers refuse its certificate ({}): install one from a CA they trust.",
                 c.problem.clone().unwrap_or_default()
@@ -935,6 +939,22 @@ mod tests {
             "{:?} {:?}",
             v.causes,
             v.advice
+        );
+
+        // Covered but from a CA browsers do not know: said so, and not as "self-signed".
+        for t in f.turn.iter_mut().filter(|t| t.transport() == Transport::Tls) {
+            let c = t.certificate.as_mut().unwrap();
+            c.trusted = false;
+            c.problem = Some("issued by an unknown authority".into());
+        }
+        let v = verdict(&f);
+        assert_eq!(
+            v.advice,
+            vec![
+                "TURN over TLS works, but browsers refuse its certificate (issued by an unknown authority): install \
+                  one from a CA they trust."
+                    .to_owned()
+            ]
         );
     }
 
