@@ -211,7 +211,13 @@ async fn run(config: Config, store: Store, certs: Arc<CertStore>, http01: Http01
         let delay = config.backoff.delay(failures, rand::thread_rng().gen());
         let serving = match (certs.is_self_signed(), certs.status().not_after) {
             (true, _) => "the self-signed placeholder (browsers refuse it)".to_owned(),
-            (false, Some(not_after)) => format!("the previous certificate (notAfter {not_after})"),
+            (false, Some(not_after)) => {
+                let left = (UNIX_EPOCH + Duration::from_secs(not_after)).duration_since(SystemTime::now());
+                match left {
+                    Ok(left) => format!("the previous certificate (expires in {})", plan::human(left)),
+                    Err(_) => "the previous certificate, which has EXPIRED".to_owned(),
+                }
+            }
             (false, None) => "the previous certificate".to_owned(),
         };
         tracing::error!(

@@ -166,6 +166,17 @@ pub fn advice(problem_type: Option<&str>, method: Option<Method>, name: &str) ->
     }
 }
 
+/// A duration the way an operator reads it: `12d 3h`, `5h 2m`, `4m 10s`, `24s`.
+pub fn human(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m {}s", s / 60, s % 60),
+        3600..=86_399 => format!("{}h {}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d {}h", s / 86_400, s % 86_400 / 3600),
+    }
+}
+
 fn unix(secs: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(secs)
 }
@@ -188,6 +199,14 @@ mod tests {
 
     fn names(list: &[&str]) -> Vec<String> {
         list.iter().map(|n| n.to_string()).collect()
+    }
+
+    #[test]
+    fn durations_read_like_an_operator_would() {
+        assert_eq!(human(Duration::from_secs(24)), "24s");
+        assert_eq!(human(Duration::from_secs(250)), "4m 10s");
+        assert_eq!(human(Duration::from_secs(5 * 3600 + 120)), "5h 2m");
+        assert_eq!(human(Duration::from_secs(12 * 86_400 + 3 * 3600 + 5)), "12d 3h");
     }
 
     #[test]

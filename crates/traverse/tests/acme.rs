@@ -586,6 +586,46 @@ fn an_unreachable_directory_is_explained_and_retried_later() {
     stop(server);
 }
 
+/// A renewal that fails (the CA is gone) leaves the certificate in use alone — clients still verify it — says so, and
+/// is retried later.
+#[test]
+fn a_failed_renewal_keeps_the_old_certificate_and_retries() {
+    let dir = TempDir::new("renewfail");
+    let single = free_tcp_port();
+    // 60 s: renewal between 35 and 40 s after issuance, leaving 20 s of validity to check the old one is served.
+    let Some(mut pebble) = Pebble::start(&dir.0, single, free_tcp_port(), 60) else {
+        return;
+    };
+    let name = "renewfail.traverse.test";
+    let single_addr = format!("127.0.0.1:{single}");
+    let server = serve(&pebble, name, &dir.0, &["--single-port", &single_addr]);
+    let addr = SocketAddr::new(LOOPBACK, single);
+    let issued = wait_for_issued(&pebble, &server, addr, name, &[]);
+    let _ = pebble.child.kill();
+    let _ = pebble.child.wait();
+    let deadline = Instant::now() + Duration::from_secs(55);
+    while !log_of(&server).contains("retrying in") {
+        assert!(
+            Instant::now() < deadline,
+            "no failed renewal; log:\n{}",
+            log_of(&server)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let log = log_of(&server);
+    for line in log.lines().filter(|l| l.contains("ERROR")) {
+        println!("traverse: {line}");
+    }
+    assert!(log.contains("renewal is due"), "{log}");
+    assert!(
+        log.contains("Still serving the previous certificate (expires in"),
+        "{log}"
+    );
+    let presented = handshake(addr, name, trusting(&pebble.issuing_root, &[])).expect("the old certificate verifies");
+    assert_eq!(presented, issued);
+    stop(server);
+}
+
 /// A restart serves the stored certificate from its first handshake and orders nothing — with the CA gone.
 #[test]
 fn a_restart_reuses_the_stored_certificate_without_a_new_order() {
