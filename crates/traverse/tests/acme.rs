@@ -383,8 +383,8 @@ fn assert_private(dir: &Path) {
 // ---------------------------------------------------------------------------------------------------------------
 // The tests.
 
-/// TLS-ALPN-01 (RFC 8737) answered on the single port itself: the CA's validation handshake and the clients share
-/// port and ALPN sorting; afterwards a handshake offering `acme-tls/1` gets nothing.
+/// TLS-ALPN-01 (RFC 8737) answered on the single port itself, for two names on one certificate: the CA's validation
+/// handshakes and the clients share port and ALPN sorting; afterwards a handshake offering `acme-tls/1` gets nothing.
 #[test]
 fn issuance_by_tls_alpn_01_on_the_single_port() {
     let dir = TempDir::new("alpn");
@@ -392,15 +392,23 @@ fn issuance_by_tls_alpn_01_on_the_single_port() {
     let Some(pebble) = Pebble::start(&dir.0, single, free_tcp_port(), 0) else {
         return;
     };
-    let name = "alpn.traverse.test";
+    let (name, second) = ("alpn.traverse.test", "www.alpn.traverse.test");
     let single_addr = format!("127.0.0.1:{single}");
-    let server = serve(&pebble, name, &dir.0, &["--single-port", &single_addr]);
+    let server = serve(
+        &pebble,
+        name,
+        &dir.0,
+        &["--single-port", &single_addr, "--domain", second],
+    );
     let addr = SocketAddr::new(LOOPBACK, single);
-    wait_for_issued(&pebble, &server, addr, name, &[]);
+    let issued = wait_for_issued(&pebble, &server, addr, name, &[]);
+    // One certificate for both names, each validated.
+    assert_eq!(handshake(addr, second, trusting(&pebble.issuing_root, &[])), Ok(issued));
     let log = log_of(&server);
-    assert!(
-        log.contains("challenge=tls-alpn-01"),
-        "TLS-ALPN-01 was used; log:\n{log}"
+    assert_eq!(
+        log.matches("challenge=tls-alpn-01").count(),
+        2,
+        "TLS-ALPN-01 for each name; log:\n{log}"
     );
     assert!(!log.contains("challenge=http-01"), "{log}");
     assert_private(&dir.0);
