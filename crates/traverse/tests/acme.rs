@@ -1,17 +1,19 @@
-//! Automatic certificates against a real ACME CA: Pebble (Let's Encrypt's test CA, Debian's `pebble`) on loopback,
-//! validating `traverse serve --domain NAME` by connecting to it — a tiny DNS server here answers every name with
-//! 127.0.0.1 (Pebble's `-dnsserver`), and Pebble's `tlsPort`/`httpPort` are Traverse's single port and HTTP port.
-//! Each certificate is checked the way a browser would: a handshake for the name that verifies against Pebble's
-//! root alone.
+//! Automatic certificates against a real ACME CA: Pebble (Let's Encrypt's test CA, Debian's `pebble`) validating
+//! `traverse serve --domain NAME` by connecting to it — a tiny DNS server here answers every name with Traverse's
+//! address (Pebble's `-dnsserver`), and Pebble's `tlsPort`/`httpPort` are Traverse's single port and HTTP port. Most
+//! tests run on loopback; one puts Traverse alone in a network namespace of its own on port 443, reached over a veth
+//! link. Each certificate is checked the way a browser would: a handshake for the name that verifies against
+//! Pebble's root alone.
 //!
-//! Nothing leaves loopback; every process is killed by PID when its handle drops; every wait is bounded.
+//! Traffic stays on loopback and the test's own veth link (the namespace is deleted after); every process is killed
+//! by PID when its handle drops; every wait is bounded.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -65,7 +67,8 @@ struct Dns {
 }
 
 impl Dns {
-    fn start() -> Dns {
+    /// Every A record it gives is `answer`.
+    fn start(answer: Ipv4Addr) -> Dns {
         let socket = UdpSocket::bind((LOOPBACK, 0)).unwrap();
         socket.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
         let addr = socket.local_addr().unwrap();
@@ -77,8 +80,8 @@ impl Dns {
                 let Ok((n, from)) = socket.recv_from(&mut buf) else {
                     continue;
                 };
-                if let Some(answer) = dns_answer(&buf[..n]) {
-                    let _ = socket.send_to(&answer, from);
+                if let Some(reply) = dns_answer(&buf[..n], answer) {
+                    let _ = socket.send_to(&reply, from);
                 }
             }
         });
@@ -92,7 +95,7 @@ impl Drop for Dns {
     }
 }
 
-fn dns_answer(query: &[u8]) -> Option<Vec<u8>> {
+fn dns_answer(query: &[u8], answer: Ipv4Addr) -> Option<Vec<u8>> {
     if query.len() < 12 || query[4..6] != [0, 1] {
         return None;
     }
@@ -112,7 +115,8 @@ fn dns_answer(query: &[u8]) -> Option<Vec<u8>> {
     out.extend_from_slice(&[0, 1, 0, u8::from(is_a), 0, 0, 0, 0]);
     out.extend_from_slice(question);
     if is_a {
-        out.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 127, 0, 0, 1]);
+        out.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4]);
+        out.extend_from_slice(&answer.octets());
     }
     Some(out)
 }
@@ -139,6 +143,25 @@ impl Pebble {
     /// Pebble validating TLS-ALPN-01 on `tls_port` and HTTP-01 on `http_port` of 127.0.0.1; certificates valid for
     /// `validity_secs` (0: Pebble's default, years). `None` (after a skip) without the package.
     fn start(dir: &Path, tls_port: u16, http_port: u16, validity_secs: u64) -> Option<Pebble> {
+        Self::start_at(
+            dir,
+            Ipv4Addr::LOCALHOST,
+            Ipv4Addr::LOCALHOST,
+            tls_port,
+            http_port,
+            validity_secs,
+        )
+    }
+
+    /// Like [`Pebble::start`], listening on `listen` and resolving every name to `answer`.
+    fn start_at(
+        dir: &Path,
+        listen_ip: Ipv4Addr,
+        answer: Ipv4Addr,
+        tls_port: u16,
+        http_port: u16,
+        validity_secs: u64,
+    ) -> Option<Pebble> {
         if !common::have_tool("pebble") {
             common::skip("pebble not installed (Debian package pebble)");
             return None;
@@ -153,7 +176,7 @@ impl Pebble {
         let ca_cert = ca_params.self_signed(&ca_key).unwrap();
         let issuer = rcgen::Issuer::new(ca_params, ca_key);
         let leaf_key = rcgen::KeyPair::generate().unwrap();
-        let leaf_params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).unwrap();
+        let leaf_params = rcgen::CertificateParams::new(vec![listen_ip.to_string(), "localhost".to_owned()]).unwrap();
         let leaf = leaf_params.signed_by(&leaf_key, &issuer).unwrap();
         let https_root = dir.join("directory-ca.pem");
         std::fs::write(&https_root, ca_cert.pem()).unwrap();
@@ -162,8 +185,8 @@ impl Pebble {
 
         let (listen, management) = (free_tcp_port(), free_tcp_port());
         let config = serde_json::json!({ "pebble": {
-            "listenAddress": format!("127.0.0.1:{listen}"),
-            "managementListenAddress": format!("127.0.0.1:{management}"),
+            "listenAddress": format!("{listen_ip}:{listen}"),
+            "managementListenAddress": format!("{listen_ip}:{management}"),
             "certificate": dir.join("directory-cert.pem"),
             "privateKey": dir.join("directory-key.pem"),
             "httpPort": http_port,
@@ -173,7 +196,7 @@ impl Pebble {
             "certificateValidityPeriod": validity_secs,
         }});
         std::fs::write(dir.join("pebble.json"), config.to_string()).unwrap();
-        let dns = Dns::start();
+        let dns = Dns::start(answer);
         let mut child = Command::new("pebble")
             .arg("-config")
             .arg(dir.join("pebble.json"))
@@ -208,7 +231,7 @@ impl Pebble {
         }
         let mut pebble = Pebble {
             child,
-            directory: format!("https://127.0.0.1:{listen}/dir"),
+            directory: format!("https://{listen_ip}:{listen}/dir"),
             https_root,
             issuing_root: rustls::pki_types::CertificateDer::from(Vec::new()),
             log,
@@ -216,7 +239,7 @@ impl Pebble {
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         let root_pem = loop {
-            if let Ok(pem) = https_get(SocketAddr::new(LOOPBACK, management), "/roots/0") {
+            if let Ok(pem) = https_get(SocketAddr::new(listen_ip.into(), management), "/roots/0") {
                 break pem;
             }
             assert!(
@@ -270,6 +293,11 @@ fn https_get(addr: SocketAddr, path: &str) -> Result<String, String> {
 
 /// `traverse serve --domain NAME` against `pebble`, with `args` (listeners); returns once it is ready.
 fn serve(pebble: &Pebble, name: &str, data: &Path, args: &[&str]) -> Spawned {
+    serve_under(&[], pebble, name, data, args)
+}
+
+/// Like [`serve`], run through `wrapper` (e.g. `ip netns exec NS`).
+fn serve_under(wrapper: &[&str], pebble: &Pebble, name: &str, data: &Path, args: &[&str]) -> Spawned {
     let data_dir = format!("web.data_dir={}", data.display());
     let ca_root = format!("tls.acme_ca_root={}", pebble.https_root.display());
     let mut all = vec![
@@ -289,7 +317,7 @@ fn serve(pebble: &Pebble, name: &str, data: &Path, args: &[&str]) -> Spawned {
         "127.0.0.0/8",
     ];
     all.extend_from_slice(args);
-    let spawned = common::spawn_serve("127.0.0.1:0", &all, &[("TRAVERSE_LOG", "info,traverse_acme=debug")]);
+    let spawned = common::spawn_serve_under(wrapper, "127.0.0.1:0", &all, &[("TRAVERSE_LOG", "info")]);
     wait_ready(&spawned);
     spawned
 }
@@ -481,6 +509,91 @@ fn renewal_keeps_turn_tls_allocations_and_wss_sockets() {
     let refreshed = turn.request(Method::REFRESH, |w| w.add(&Attribute::Lifetime(600)).map(|_| ()));
     assert_eq!(refreshed.class(), Class::Success, "{}", refreshed.describe());
     wss.assert_alive();
+    stop(server);
+}
+
+/// A namespace of the test's own joined to this one by a veth pair: Traverse runs inside on port 443 at `inside`, the
+/// CA and the clients stay here and reach it at that address — as in production, no loopback between them.
+struct Netns {
+    name: String,
+    outside: Ipv4Addr,
+    inside: Ipv4Addr,
+}
+
+impl Netns {
+    /// `None` (after a skip) when namespaces cannot be made here (not root, no `ip`).
+    fn create() -> Option<Netns> {
+        if !is_root() || !common::have_tool("ip") {
+            common::skip("network namespaces need root and ip (Debian package iproute2)");
+            return None;
+        }
+        let pid = std::process::id();
+        let name = format!("trv-acme-{pid}");
+        // A /30 of 10.213.0.0/16 picked by the process id, so parallel runs do not collide.
+        let block = (pid % 16_000) * 4;
+        let base = u32::from(Ipv4Addr::new(10, 213, 0, 0)) + block;
+        let (outside, inside) = (Ipv4Addr::from(base + 1), Ipv4Addr::from(base + 2));
+        let (host_if, ns_if) = (format!("tra{}", pid % 100_000), format!("trb{}", pid % 100_000));
+        let lab = Netns {
+            name: name.clone(),
+            outside,
+            inside,
+        };
+        let ip = |args: &[&str]| {
+            let out = common::run_bounded(Command::new("ip").args(args), Duration::from_secs(10));
+            assert!(out.status.is_some_and(|s| s.success()), "ip {args:?}: {}", out.all());
+        };
+        ip(&["netns", "add", &name]);
+        ip(&[
+            "link", "add", &host_if, "type", "veth", "peer", "name", &ns_if, "netns", &name,
+        ]);
+        ip(&["addr", "add", &format!("{outside}/30"), "dev", &host_if]);
+        ip(&["link", "set", &host_if, "up"]);
+        ip(&["-n", &name, "addr", "add", &format!("{inside}/30"), "dev", &ns_if]);
+        ip(&["-n", &name, "link", "set", &ns_if, "up"]);
+        ip(&["-n", &name, "link", "set", "lo", "up"]);
+        Some(lab)
+    }
+}
+
+/// The effective uid is 0 (read from /proc: the workspace denies `unsafe`, so no geteuid).
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .find(|l| l.starts_with("Uid:"))
+            .and_then(|l| l.split_whitespace().nth(2))
+            == Some("0")
+    })
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // Deleting the namespace deletes its end of the veth pair, and with it ours.
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
+
+/// Production's shape: Traverse alone in its network namespace on port 443, the CA validating it there by name over
+/// a real (veth) link, clients verifying the certificate from outside.
+#[test]
+fn issuance_on_port_443_in_a_network_namespace() {
+    let Some(lab) = Netns::create() else { return };
+    let dir = TempDir::new("netns");
+    let Some(pebble) = Pebble::start_at(&dir.0, lab.outside, lab.inside, 443, 80, 0) else {
+        return;
+    };
+    let name = "netns.traverse.test";
+    let single = format!("{}:443", lab.inside);
+    let server = serve_under(
+        &["ip", "netns", "exec", &lab.name],
+        &pebble,
+        name,
+        &dir.0,
+        &["--single-port", &single],
+    );
+    let addr = SocketAddr::new(lab.inside.into(), 443);
+    wait_for_issued(&pebble, &server, addr, name, &[]);
+    assert!(log_of(&server).contains("challenge=tls-alpn-01"), "{}", log_of(&server));
     stop(server);
 }
 
