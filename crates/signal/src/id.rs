@@ -66,13 +66,13 @@ impl SessionSecret {
     }
 
     /// A client's claim, if it has the shape of a secret the hub makes (anything else cannot name a session).
-    pub(crate) fn parse(claim: &str) -> Option<Self> {
+    pub fn parse(claim: &str) -> Option<Self> {
         let hex = claim.strip_prefix(SECRET_PREFIX)?;
         let well_formed = hex.len() == 2 * SECRET_BYTES && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
         well_formed.then(|| Self(claim.into()))
     }
 
-    pub(crate) fn as_str(&self) -> &str {
+    pub fn as_str(&self) -> &str {
         &self.0
     }
 }

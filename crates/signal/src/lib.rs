@@ -43,6 +43,8 @@
 //!         Output::Send { conn, text } => send(conn, &text),
 //!         Output::Close { conn, code, reason } => close(conn, code.0, &reason),
 //!         Output::Outcome(diagnosis) => record(&diagnosis),
+//!         // Only from a hub built `with_session_events` (a multi-node I/O layer).
+//!         Output::Session(_) => {}
 //!     }
 //! }
 //! // Then wait for the next event or `hub.poll_timeout()`, whichever is first; at the deadline:
@@ -60,7 +62,7 @@ mod token;
 
 pub use budget::{Over, Source};
 pub use frame::UndeliverableReason;
-pub use hub::{ConnId, HubStats, IceServerSource, Limits, MemoryHub, Now, Output, SignalHub};
+pub use hub::{ConnId, HubStats, IceServerSource, Limits, MemoryHub, Now, Output, SessionEvent, SignalHub};
 pub use id::{PeerId, SessionSecret};
 pub use protocol::{CloseCode, ErrorCode, Refusal};
 pub use token::{mint_token, verify_token, Claims, TokenError};

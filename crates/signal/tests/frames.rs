@@ -38,6 +38,7 @@ impl Script {
                 }
                 Output::Close { conn, code, reason } => writeln!(self.log, "{conn} x {} {reason}", code.0).unwrap(),
                 Output::Outcome(d) => writeln!(self.log, "outcome {} {}", d.outcome.as_str(), d.reason.code()).unwrap(),
+                Output::Session(_) => {}
             }
         }
     }

@@ -81,7 +81,7 @@ impl Lab {
                     self.closed.insert(conn, (code.0, reason));
                 }
                 // Pairing of connection reports is tested in tests/outcomes.rs.
-                Output::Outcome(_) => {}
+                Output::Outcome(_) | Output::Session(_) => {}
             }
         }
     }

@@ -71,6 +71,18 @@ pub enum Output {
     /// A pair of peers was diagnosed from their `outcome` reports (or one of them and a deadline); both peers have
     /// been sent a `diagnosis` frame. The I/O layer records it (`outcome::Outcomes::record`).
     Outcome(Box<outcome::Diagnosis>),
+    /// A session began or ended. Only from a hub built [`MemoryHub::with_session_events`]: a multi-node I/O layer
+    /// uses them to tell other nodes where a session lives (`docs/scaling.md`).
+    Session(SessionEvent),
+}
+
+/// Where a session lives, for an I/O layer that shares it with other nodes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionEvent {
+    /// `joined` was sent: the session `secret` is in `room`.
+    Opened { secret: SessionSecret, room: Arc<str> },
+    /// The session left or its grace ran out; a `resume` naming it fails from now on.
+    Ended { secret: SessionSecret },
 }
 
 /// Every bound a stranger could otherwise push. The `[signal]` section of the server's configuration file holds
@@ -235,6 +247,8 @@ pub struct MemoryHub<R = rand::rngs::StdRng> {
     counters: Counters,
     /// Connection reports waiting for their pair.
     pairing: outcomes::Pairing,
+    /// Emit [`Output::Session`]: off unless an I/O layer asks.
+    session_events: bool,
 }
 
 impl<R> std::fmt::Debug for MemoryHub<R> {
@@ -295,7 +309,15 @@ impl<R: RngCore + Send> MemoryHub<R> {
             refused: 0,
             counters: Counters::default(),
             pairing: outcomes::Pairing::default(),
+            session_events: false,
         }
+    }
+
+    /// Also emits [`Output::Session`] when a session begins and ends.
+    #[must_use]
+    pub fn with_session_events(mut self) -> Self {
+        self.session_events = true;
+        self
     }
 
     pub fn limits(&self) -> &Limits {

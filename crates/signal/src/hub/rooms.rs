@@ -7,7 +7,7 @@ use rand::RngCore;
 use serde_json::value::RawValue;
 
 use super::stream::{Refused, Session, SignalFrom};
-use super::{ConnId, Counters, MemoryHub, Now};
+use super::{ConnId, Counters, MemoryHub, Now, Output, SessionEvent};
 use crate::budget::Source;
 use crate::frame::{Frame, Joined, Member, Meta, UndeliverableReason};
 use crate::id::{PeerId, SessionSecret};
@@ -150,6 +150,13 @@ impl<R: RngCore + Send> MemoryHub<R> {
             resume_grace: self.limits.resume_grace,
         });
         let _ = self.deliver(&peer, &joined, None);
+        if self.session_events {
+            let opened = SessionEvent::Opened {
+                secret: secret.clone(),
+                room: room.clone(),
+            };
+            self.outputs.push_back(Output::Session(opened));
+        }
         self.by_secret.insert(secret, peer.clone());
         let notice = Frame::PeerJoined {
             peer: &peer,
@@ -216,6 +223,12 @@ impl<R: RngCore + Send> MemoryHub<R> {
         tracing::info!(conn, %peer, room = %s.room, "left the room");
         self.budget.release(s.source, s.held);
         self.by_secret.remove(&s.secret);
+        if self.session_events {
+            let ended = SessionEvent::Ended {
+                secret: s.secret.clone(),
+            };
+            self.outputs.push_back(Output::Session(ended));
+        }
         if let Some(c) = s.conn.and_then(|conn| self.conns.get_mut(&conn)) {
             c.peer = None;
         }

@@ -1,0 +1,492 @@
+//! The router between this node's sockets, its hub and the other nodes. Sans-IO: events in (with `now`, passed on
+//! to the hub), [`Action`]s out. The I/O layer carries `Publish` to the named node's channel, answers `Lookup`
+//! from Redis, and hands `Local` outputs to its sockets exactly as it does for a hub alone.
+//!
+//! A socket starts in this node's hub. Its first `join` (or `resume`) asks where the room lives; if on another node,
+//! the socket leaves this hub and every later event about it goes to that node (its *home*), whose answers come
+//! back as envelopes. A home sees remote sockets as ordinary [`ConnId`]s, numbered from [`HOSTED_BASE`] up.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use signal::{CloseCode, ConnId, Now, Output, Refusal, SessionEvent, SessionSecret, SignalHub};
+
+use crate::wire::{Envelope, Message, NodeId};
+
+/// Hub ids of sockets hosted for other nodes start here; the I/O layer numbers its own sockets from 1, far below.
+pub const HOSTED_BASE: u64 = 1 << 62;
+
+/// Frames a socket may send while its room is being looked up; beyond, it is closed with 4202 (retry now).
+pub const MAX_WAITING: usize = 32;
+
+/// What the I/O layer must do.
+#[derive(Debug)]
+pub enum Action {
+    /// For a socket of this node: exactly what a hub alone would have asked.
+    Local(Output),
+    /// Publish to `node`'s channel.
+    Publish { node: NodeId, bytes: Bytes },
+    /// Find where a room lives; answer with [`Router::handle_lookup`].
+    Lookup { conn: ConnId, query: Query },
+    /// A session began or ended on this node's hub: record (or remove) where it lives.
+    Announce(SessionEvent),
+}
+
+/// What a socket's first `join`/`resume` needs to know.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Query {
+    /// Which node hosts `room` (claiming it for this node if none does).
+    Room(String),
+    /// Which node hosts the session this secret names.
+    Session(SessionSecret),
+}
+
+/// The answer to a [`Query`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// This node (possibly this one) hosts it.
+    Home(NodeId),
+    /// No node knows the session: this node's hub answers (`resume-failed`).
+    Unknown,
+    /// Redis could not answer: this node serves the socket alone.
+    Failed,
+}
+
+/// Where a socket of this node sends its events.
+#[derive(Debug)]
+enum Route {
+    /// This node's hub; no `join`/`resume` yet.
+    Fresh,
+    /// Waiting for a lookup; its frames are held in order.
+    Waiting(Vec<Bytes>),
+    /// This node's hub, for good.
+    Here,
+    /// Another node's hub.
+    Forwarded(NodeId),
+}
+
+#[derive(Debug)]
+struct LocalSocket {
+    ip: IpAddr,
+    route: Route,
+}
+
+/// A socket of another node hosted in this node's hub.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Origin {
+    node: NodeId,
+    conn: u64,
+}
+
+/// See the module documentation.
+#[derive(Debug)]
+pub struct Router {
+    node: NodeId,
+    local: HashMap<ConnId, LocalSocket>,
+    hosted: HashMap<ConnId, Origin>,
+    by_origin: HashMap<Origin, ConnId>,
+    next_hosted: u64,
+    /// Sessions of this node's hub, and their rooms: what this node keeps alive in Redis.
+    sessions: HashMap<SessionSecret, Arc<str>>,
+    rooms: HashMap<Arc<str>, usize>,
+    actions: VecDeque<Action>,
+}
+
+/// Just what routing needs from a client's frame; everything else is the hub's to check.
+#[derive(serde::Deserialize)]
+struct Peek {
+    #[serde(rename = "type")]
+    kind: String,
+    room: Option<String>,
+    session: Option<String>,
+}
+
+impl Router {
+    pub fn new(node: NodeId) -> Self {
+        Self {
+            node,
+            local: HashMap::new(),
+            hosted: HashMap::new(),
+            by_origin: HashMap::new(),
+            next_hosted: HOSTED_BASE,
+            sessions: HashMap::new(),
+            rooms: HashMap::new(),
+            actions: VecDeque::new(),
+        }
+    }
+
+    pub fn node(&self) -> &NodeId {
+        &self.node
+    }
+
+    /// Rooms with a session on this node's hub: their `room:` keys are refreshed while this holds them.
+    pub fn hosted_rooms(&self) -> impl Iterator<Item = &str> {
+        self.rooms.keys().map(|r| &**r)
+    }
+
+    /// Sessions on this node's hub, with their rooms: their `sess:` keys are refreshed while they live.
+    pub fn hosted_sessions(&self) -> impl Iterator<Item = (&SessionSecret, &str)> {
+        self.sessions.iter().map(|(s, r)| (s, &**r))
+    }
+
+    /// Nodes this node's sockets are forwarded to: the I/O layer watches that they stay alive.
+    pub fn homes(&self) -> Vec<NodeId> {
+        let mut homes: Vec<NodeId> = self
+            .local
+            .values()
+            .filter_map(|s| match &s.route {
+                Route::Forwarded(home) => Some(home.clone()),
+                _ => None,
+            })
+            .collect();
+        homes.sort();
+        homes.dedup();
+        homes
+    }
+
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    pub fn handle_connect(
+        &mut self,
+        hub: &mut impl SignalHub,
+        conn: ConnId,
+        ip: IpAddr,
+        now: Now,
+    ) -> Result<(), Refusal> {
+        hub.handle_connect(conn, ip, now)?;
+        self.local.insert(
+            conn,
+            LocalSocket {
+                ip,
+                route: Route::Fresh,
+            },
+        );
+        Ok(())
+    }
+
+    pub fn handle_text(&mut self, hub: &mut impl SignalHub, conn: ConnId, text: Bytes, now: Now) {
+        let Some(socket) = self.local.get_mut(&conn) else {
+            return;
+        };
+        match &mut socket.route {
+            Route::Here => hub.handle_text(conn, utf8(&text), now),
+            Route::Forwarded(home) => {
+                let home = home.clone();
+                self.publish(home, Envelope::Text { conn: conn.get(), text });
+            }
+            Route::Waiting(held) if held.len() < MAX_WAITING => held.push(text),
+            Route::Waiting(_) => {
+                tracing::debug!(%conn, "socket sent too much while its room was looked up; closing it with 4202");
+                hub.handle_closed(conn, now);
+                self.local.remove(&conn);
+                self.close_local(conn, "room-lookup-overflow");
+            }
+            Route::Fresh => match query_of(utf8(&text)) {
+                Some(query) => {
+                    socket.route = Route::Waiting(vec![text]);
+                    self.actions.push_back(Action::Lookup { conn, query });
+                }
+                None => hub.handle_text(conn, utf8(&text), now),
+            },
+        }
+        self.drain(hub);
+    }
+
+    pub fn handle_activity(&mut self, hub: &mut impl SignalHub, conn: ConnId, now: Now) {
+        match self.forwarded(conn) {
+            Some(home) => self.publish(home, Envelope::Activity { conn: conn.get() }),
+            None => hub.handle_activity(conn, now),
+        }
+    }
+
+    pub fn handle_binary(&mut self, hub: &mut impl SignalHub, conn: ConnId, now: Now) {
+        match self.forwarded(conn) {
+            Some(home) => self.publish(home, Envelope::Binary { conn: conn.get() }),
+            None => hub.handle_binary(conn, now),
+        }
+        self.drain(hub);
+    }
+
+    /// The socket is gone (closed by the client, or by the I/O layer as too slow).
+    pub fn handle_closed(&mut self, hub: &mut impl SignalHub, conn: ConnId, now: Now) {
+        match self.local.remove(&conn).map(|s| s.route) {
+            Some(Route::Forwarded(home)) => self.publish(home, Envelope::Closed { conn: conn.get() }),
+            _ => hub.handle_closed(conn, now),
+        }
+        self.drain(hub);
+    }
+
+    /// Where the room or session of a socket's first `join`/`resume` lives.
+    pub fn handle_lookup(&mut self, hub: &mut impl SignalHub, conn: ConnId, answer: Answer, now: Now) {
+        let Some(socket) = self.local.get_mut(&conn) else {
+            return;
+        };
+        let held = match std::mem::replace(&mut socket.route, Route::Here) {
+            Route::Waiting(held) => held,
+            other => {
+                socket.route = other;
+                return;
+            }
+        };
+        match answer {
+            Answer::Home(home) if home != self.node => {
+                tracing::debug!(%conn, %home, "socket forwarded to the node hosting its room");
+                let ip = socket.ip;
+                socket.route = Route::Forwarded(home.clone());
+                // The socket leaves this hub (it has no session here yet), and joins the home's.
+                hub.handle_closed(conn, now);
+                self.publish(home.clone(), Envelope::Connect { conn: conn.get(), ip });
+                for text in held {
+                    self.publish(home.clone(), Envelope::Text { conn: conn.get(), text });
+                }
+            }
+            Answer::Home(_) | Answer::Unknown | Answer::Failed => {
+                for text in held {
+                    hub.handle_text(conn, utf8(&text), now);
+                }
+            }
+        }
+        self.drain(hub);
+    }
+
+    /// A message from another node's channel.
+    pub fn handle_message(&mut self, hub: &mut impl SignalHub, message: Message, now: Now) {
+        let Message { from, envelope } = message;
+        match envelope {
+            Envelope::Connect { conn, ip } => {
+                let origin = Origin {
+                    node: from.clone(),
+                    conn,
+                };
+                let id = ConnId::new(self.next_hosted);
+                self.next_hosted += 1;
+                match hub.handle_connect(id, ip, now) {
+                    Ok(()) => {
+                        if let Some(old) = self.by_origin.insert(origin.clone(), id) {
+                            self.hosted.remove(&old);
+                            hub.handle_closed(old, now);
+                        }
+                        self.hosted.insert(id, origin);
+                    }
+                    Err(refusal) => {
+                        let code = refusal.code.close_code().unwrap_or(CloseCode::TOO_MANY_CONNECTIONS);
+                        let reason = refusal.code.as_str().to_owned();
+                        self.publish(
+                            from,
+                            Envelope::Close {
+                                conn,
+                                code: code.0,
+                                reason,
+                            },
+                        );
+                    }
+                }
+            }
+            Envelope::Text { conn, text } => match self.hosted_id(&from, conn) {
+                Some(id) => hub.handle_text(id, utf8(&text), now),
+                // This node forgot the socket (Redis was away, or it restarted): the client resumes elsewhere.
+                None => self.publish(from, moved(conn)),
+            },
+            Envelope::Activity { conn } => {
+                if let Some(id) = self.hosted_id(&from, conn) {
+                    hub.handle_activity(id, now);
+                }
+            }
+            Envelope::Binary { conn } => {
+                if let Some(id) = self.hosted_id(&from, conn) {
+                    hub.handle_binary(id, now);
+                }
+            }
+            Envelope::Closed { conn } => {
+                let origin = Origin { node: from, conn };
+                if let Some(id) = self.by_origin.remove(&origin) {
+                    self.hosted.remove(&id);
+                    hub.handle_closed(id, now);
+                }
+            }
+            Envelope::Send { conn, text } => {
+                let conn = ConnId::new(conn);
+                if self.forwarded(conn).is_some_and(|home| home == from) {
+                    self.actions.push_back(Action::Local(Output::Send { conn, text }));
+                }
+            }
+            Envelope::Close { conn, code, reason } => {
+                let conn = ConnId::new(conn);
+                if self.forwarded(conn).is_some_and(|home| home == from) {
+                    self.local.remove(&conn);
+                    let code = CloseCode(code);
+                    self.actions
+                        .push_back(Action::Local(Output::Close { conn, code, reason }));
+                }
+            }
+        }
+        self.drain(hub);
+    }
+
+    /// `node` stopped heartbeating: this node's sockets forwarded there are closed with 4202 (they resume or join
+    /// again through a live node), and the sockets it had handed here are dropped (their sessions wait for a resume).
+    pub fn handle_node_gone(&mut self, hub: &mut impl SignalHub, node: &NodeId, now: Now) {
+        let forwarded: Vec<ConnId> = self
+            .local
+            .iter()
+            .filter(|(_, s)| matches!(&s.route, Route::Forwarded(home) if home == node))
+            .map(|(c, _)| *c)
+            .collect();
+        for conn in forwarded {
+            self.local.remove(&conn);
+            self.close_local(conn, "node-gone");
+        }
+        let hosted: Vec<(Origin, ConnId)> = self
+            .by_origin
+            .iter()
+            .filter(|(o, _)| o.node == *node)
+            .map(|(o, c)| (o.clone(), *c))
+            .collect();
+        for (origin, id) in hosted {
+            self.by_origin.remove(&origin);
+            self.hosted.remove(&id);
+            hub.handle_closed(id, now);
+        }
+        self.drain(hub);
+    }
+
+    /// The link to the other nodes broke (pub/sub down): what they were told or were to tell may be lost, so every
+    /// socket that depends on another node is closed; clients resume, and the protocol's replay and resend cover
+    /// the gap.
+    pub fn handle_link_lost(&mut self, hub: &mut impl SignalHub, now: Now) {
+        let homes = self.homes();
+        for home in &homes {
+            self.handle_node_gone(hub, home, now);
+        }
+        let hosted: Vec<ConnId> = self.hosted.keys().copied().collect();
+        for id in hosted {
+            hub.handle_closed(id, now);
+        }
+        self.hosted.clear();
+        self.by_origin.clear();
+        self.drain(hub);
+    }
+
+    pub fn handle_timeout(&mut self, hub: &mut impl SignalHub, now: Now) {
+        hub.handle_timeout(now);
+        self.drain(hub);
+    }
+
+    /// Moves the hub's outputs into actions: a frame for a socket hosted for another node goes to that node.
+    pub fn drain(&mut self, hub: &mut impl SignalHub) {
+        while let Some(output) = hub.poll_output() {
+            match output {
+                Output::Send { conn, text } => match self.hosted.get(&conn) {
+                    Some(origin) => {
+                        let (node, conn) = (origin.node.clone(), origin.conn);
+                        self.publish(node, Envelope::Send { conn, text });
+                    }
+                    None => self.actions.push_back(Action::Local(Output::Send { conn, text })),
+                },
+                Output::Close { conn, code, reason } => match self.hosted.remove(&conn) {
+                    Some(origin) => {
+                        self.by_origin.remove(&origin);
+                        let envelope = Envelope::Close {
+                            conn: origin.conn,
+                            code: code.0,
+                            reason,
+                        };
+                        self.publish(origin.node, envelope);
+                    }
+                    None => self
+                        .actions
+                        .push_back(Action::Local(Output::Close { conn, code, reason })),
+                },
+                Output::Session(event) => {
+                    self.track(&event);
+                    self.actions.push_back(Action::Announce(event));
+                }
+                other => self.actions.push_back(Action::Local(other)),
+            }
+        }
+    }
+
+    fn track(&mut self, event: &SessionEvent) {
+        match event {
+            SessionEvent::Opened { secret, room } => {
+                self.sessions.insert(secret.clone(), room.clone());
+                *self.rooms.entry(room.clone()).or_insert(0) += 1;
+            }
+            SessionEvent::Ended { secret } => {
+                let Some(room) = self.sessions.remove(secret) else {
+                    return;
+                };
+                if let Some(n) = self.rooms.get_mut(&room) {
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        self.rooms.remove(&room);
+                    }
+                }
+            }
+        }
+    }
+
+    fn forwarded(&self, conn: ConnId) -> Option<NodeId> {
+        match &self.local.get(&conn)?.route {
+            Route::Forwarded(home) => Some(home.clone()),
+            _ => None,
+        }
+    }
+
+    fn hosted_id(&self, node: &NodeId, conn: u64) -> Option<ConnId> {
+        let origin = Origin {
+            node: node.clone(),
+            conn,
+        };
+        self.by_origin.get(&origin).copied()
+    }
+
+    fn publish(&mut self, node: NodeId, envelope: Envelope) {
+        let bytes = Message {
+            from: self.node.clone(),
+            envelope,
+        }
+        .encode();
+        self.actions.push_back(Action::Publish { node, bytes });
+    }
+
+    fn close_local(&mut self, conn: ConnId, reason: &str) {
+        let close = Output::Close {
+            conn,
+            code: CloseCode::SHUTTING_DOWN,
+            reason: reason.to_owned(),
+        };
+        self.actions.push_back(Action::Local(close));
+    }
+}
+
+/// The room lookup a socket's first frame needs, if it is a `join` or a `resume`.
+fn query_of(text: &str) -> Option<Query> {
+    let peek: Peek = serde_json::from_str(text).ok()?;
+    match peek.kind.as_str() {
+        "join" => peek.room.filter(|r| !r.is_empty() && r.len() <= 128).map(Query::Room),
+        "resume" => peek
+            .session
+            .as_deref()
+            .and_then(SessionSecret::parse)
+            .map(Query::Session),
+        _ => None,
+    }
+}
+
+fn moved(conn: u64) -> Envelope {
+    Envelope::Close {
+        conn,
+        code: CloseCode::SHUTTING_DOWN.0,
+        reason: "moved".into(),
+    }
+}
+
+/// Texts reach the router from a WebSocket text frame or a decoded envelope, both checked UTF-8.
+fn utf8(text: &Bytes) -> &str {
+    std::str::from_utf8(text).unwrap_or_default()
+}

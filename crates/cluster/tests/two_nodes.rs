@@ -1,0 +1,265 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+//! Two nodes in simulated time: two routers, two in-memory hubs and a bus standing in for Redis (room claims,
+//! session keys, pub/sub). Peers of one room on different nodes see each other and signal each other through the
+//! room's home; a socket whose node is gone resumes through the other node with nothing lost or repeated.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use cluster::{Action, Answer, Message, NodeId, Query, Router};
+use rand::SeedableRng;
+use serde_json::{json, Value};
+use signal::{ConnId, Limits, MemoryHub, Now, Output, SessionEvent};
+
+const IP: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7));
+
+struct Node {
+    router: Router,
+    hub: MemoryHub,
+    inbox: HashMap<u64, Vec<Value>>,
+    closed: HashMap<u64, u16>,
+}
+
+/// Redis as the routers see it.
+#[derive(Default)]
+struct Bus {
+    rooms: HashMap<String, NodeId>,
+    sessions: HashMap<String, Arc<str>>,
+    channel: VecDeque<(NodeId, Bytes)>,
+    down: Vec<NodeId>,
+}
+
+struct Lab {
+    nodes: Vec<Node>,
+    bus: Bus,
+    start: Instant,
+}
+
+fn id(i: usize) -> NodeId {
+    NodeId::parse(&format!("n{i}")).unwrap()
+}
+
+impl Lab {
+    fn new(n: usize, limits: Limits) -> Lab {
+        let start = Instant::now();
+        let nodes = (0..n)
+            .map(|i| {
+                let ice: signal::IceServerSource =
+                    Box::new(|_, _| serde_json::value::to_raw_value(&json!([])).unwrap());
+                let rng = rand::rngs::StdRng::seed_from_u64(i as u64);
+                Node {
+                    router: Router::new(id(i)),
+                    hub: MemoryHub::new(limits.clone(), None, ice, rng, start).with_session_events(),
+                    inbox: HashMap::new(),
+                    closed: HashMap::new(),
+                }
+            })
+            .collect();
+        Lab {
+            nodes,
+            bus: Bus::default(),
+            start,
+        }
+    }
+
+    fn now(&self) -> Now {
+        Now {
+            instant: self.start,
+            unix: 1_800_000_000,
+        }
+    }
+
+    fn connect(&mut self, node: usize, conn: u64) {
+        let now = self.now();
+        let n = &mut self.nodes[node];
+        n.router.handle_connect(&mut n.hub, ConnId::new(conn), IP, now).unwrap();
+        self.run();
+    }
+
+    fn send(&mut self, node: usize, conn: u64, v: Value) {
+        let now = self.now();
+        let n = &mut self.nodes[node];
+        n.router
+            .handle_text(&mut n.hub, ConnId::new(conn), Bytes::from(v.to_string()), now);
+        self.run();
+    }
+
+    /// Carries every action until nothing moves, as the I/O layer and Redis would.
+    fn run(&mut self) {
+        loop {
+            let mut moved = false;
+            for i in 0..self.nodes.len() {
+                while let Some(action) = self.nodes[i].router.poll_action() {
+                    moved = true;
+                    self.act(i, action);
+                }
+            }
+            while let Some((to, bytes)) = self.bus.channel.pop_front() {
+                moved = true;
+                let i: usize = to.as_str()[1..].parse().unwrap();
+                if self.bus.down.contains(&to) {
+                    continue;
+                }
+                let now = self.now();
+                let n = &mut self.nodes[i];
+                n.router
+                    .handle_message(&mut n.hub, Message::decode(&bytes).unwrap(), now);
+            }
+            if !moved {
+                return;
+            }
+        }
+    }
+
+    fn act(&mut self, i: usize, action: Action) {
+        let now = self.now();
+        match action {
+            Action::Local(Output::Send { conn, text }) => {
+                let v: Value = serde_json::from_slice(&text).unwrap();
+                self.nodes[i].inbox.entry(conn.get()).or_default().push(v);
+            }
+            Action::Local(Output::Close { conn, code, .. }) => {
+                self.nodes[i].closed.insert(conn.get(), code.0);
+            }
+            Action::Local(_) => {}
+            Action::Publish { node, bytes } => self.bus.channel.push_back((node, bytes)),
+            Action::Announce(SessionEvent::Opened { secret, room }) => {
+                self.bus.sessions.insert(secret.as_str().to_owned(), room);
+            }
+            Action::Announce(SessionEvent::Ended { secret }) => {
+                self.bus.sessions.remove(secret.as_str());
+            }
+            Action::Lookup { conn, query } => {
+                let room = match &query {
+                    Query::Room(room) => Some(room.clone()),
+                    Query::Session(secret) => self.bus.sessions.get(secret.as_str()).map(|r| r.to_string()),
+                };
+                let answer = match room {
+                    None => Answer::Unknown,
+                    Some(room) => {
+                        let me = id(i);
+                        let down = &self.bus.down;
+                        let home = self.bus.rooms.entry(room).or_insert_with(|| me.clone());
+                        if down.contains(home) {
+                            *home = me;
+                        }
+                        Answer::Home(home.clone())
+                    }
+                };
+                let n = &mut self.nodes[i];
+                n.router.handle_lookup(&mut n.hub, conn, answer, now);
+            }
+        }
+    }
+
+    fn inbox(&mut self, node: usize, conn: u64) -> Vec<Value> {
+        std::mem::take(self.nodes[node].inbox.entry(conn).or_default())
+    }
+}
+
+#[test]
+fn peers_on_two_nodes_see_and_signal_each_other_through_the_home() {
+    let mut lab = Lab::new(2, Limits::default());
+    lab.connect(0, 1);
+    lab.send(0, 1, json!({"type":"join","room":"r"}));
+    let joined_a = lab.inbox(0, 1);
+    assert_eq!(joined_a[0]["type"], "joined");
+    let a = joined_a[0]["peerId"].as_str().unwrap().to_owned();
+
+    lab.connect(1, 1);
+    lab.send(1, 1, json!({"type":"join","room":"r"}));
+    let joined_b = lab.inbox(1, 1);
+    assert_eq!(joined_b[0]["type"], "joined", "{joined_b:?}");
+    assert_eq!(joined_b[0]["peers"][0]["id"], a, "B sees A, who is on the other node");
+    let b = joined_b[0]["peerId"].as_str().unwrap().to_owned();
+    let seen = lab.inbox(0, 1);
+    assert_eq!(seen[0]["type"], "peer-joined");
+    assert_eq!(seen[0]["peer"]["id"], b);
+
+    lab.send(1, 1, json!({"type":"signal","to":a,"data":{"sdp":"offer"}}));
+    let got = lab.inbox(0, 1);
+    assert_eq!(
+        (got[0]["type"].as_str(), got[0]["from"].as_str()),
+        (Some("signal"), Some(b.as_str()))
+    );
+    lab.send(0, 1, json!({"type":"signal","to":b,"data":{"sdp":"answer"}}));
+    let got = lab.inbox(1, 1);
+    assert_eq!(got[0]["data"]["sdp"], "answer");
+    assert_eq!(got[0]["seq"], 2, "B's stream is numbered by the home: joined 1, this 2");
+    assert_eq!(lab.nodes[0].router.hosted_rooms().collect::<Vec<_>>(), ["r"]);
+    assert_eq!(lab.nodes[1].router.hosted_rooms().count(), 0);
+}
+
+#[test]
+fn the_room_limit_holds_across_nodes() {
+    let limits = Limits {
+        max_peers_per_room: 2,
+        ..Limits::default()
+    };
+    let mut lab = Lab::new(2, limits);
+    for (node, conn) in [(0, 1), (1, 1), (1, 2)] {
+        lab.connect(node, conn);
+        lab.send(node, conn, json!({"type":"join","room":"r"}));
+    }
+    let third = lab.inbox(1, 2);
+    assert_eq!(third[0]["code"], "room-full", "{third:?}");
+    assert_eq!(lab.nodes[1].closed.get(&2), Some(&4102));
+}
+
+#[test]
+fn a_socket_of_a_dead_node_resumes_through_another_with_nothing_lost() {
+    let mut lab = Lab::new(3, Limits::default());
+    lab.connect(0, 1);
+    lab.send(0, 1, json!({"type":"join","room":"r"}));
+    let a = lab.inbox(0, 1)[0]["peerId"].as_str().unwrap().to_owned();
+    lab.connect(1, 1);
+    lab.send(1, 1, json!({"type":"join","room":"r"}));
+    let joined = lab.inbox(1, 1);
+    let session = joined[0]["session"].as_str().unwrap().to_owned();
+    lab.inbox(0, 1);
+    for i in 0..3 {
+        lab.send(0, 1, json!({"type":"signal","to":joined[0]["peerId"],"data":{"n":i}}));
+    }
+    let seen: Vec<u64> = lab.inbox(1, 1).iter().map(|v| v["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seen, [2, 3, 4]);
+
+    // Node 1 dies (its socket with it); the home notices only later. Meanwhile A keeps signalling.
+    lab.bus.down.push(id(1));
+    for i in 3..5 {
+        lab.send(0, 1, json!({"type":"signal","to":joined[0]["peerId"],"data":{"n":i}}));
+    }
+    let now = lab.now();
+    let n = &mut lab.nodes[0];
+    n.router.handle_node_gone(&mut n.hub, &id(1), now);
+    lab.run();
+
+    // The client reconnects to node 2 and resumes from what it saw.
+    lab.connect(2, 9);
+    lab.send(2, 9, json!({"type":"resume","session":session,"lastSeq":4}));
+    let got = lab.inbox(2, 9);
+    assert_eq!(got[0]["type"], "resumed", "{got:?}");
+    let replayed: Vec<(u64, u64)> = got[1..]
+        .iter()
+        .map(|v| (v["seq"].as_u64().unwrap(), v["data"]["n"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(replayed, [(5, 3), (6, 4)]);
+    lab.send(2, 9, json!({"type":"signal","to":a,"data":{"back":true}}));
+    assert_eq!(lab.inbox(0, 1)[0]["data"]["back"], true);
+}
+
+#[test]
+fn a_resume_of_an_unknown_session_fails_on_the_node_it_reaches() {
+    let mut lab = Lab::new(2, Limits::default());
+    lab.connect(1, 1);
+    lab.send(
+        1,
+        1,
+        json!({"type":"resume","session":format!("s_{}", "0".repeat(32)),"lastSeq":0}),
+    );
+    let got = lab.inbox(1, 1);
+    assert_eq!(got[0]["code"], "resume-failed");
+    assert_eq!(lab.nodes[1].closed.get(&1), Some(&4201));
+}
