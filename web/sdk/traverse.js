@@ -36,6 +36,8 @@ export const RECONNECT_DELAYS_MS = Object.freeze([0, 300, 1200, 2700, 4800, 7000
  * @typedef {{urls: string | string[], username?: string, credential?: string}} IceServer
  * @typedef {{id: string, meta?: any}} PeerInfo
  * @typedef {'connecting' | 'open' | 'reconnecting' | 'closed'} RoomState
+ * @typedef {{reconnects: number, resumes: number, rejoins: number, duplicates: number, gaps: number, queued: number,
+ *   resent: number, lost: number}} RoomStats
  *
  * @typedef {object} PeerOptions
  * @property {boolean} [dataChannel=true] open the SDK's data channel (negotiated, id 0, label "traverse"); both sides
@@ -45,7 +47,11 @@ export const RECONNECT_DELAYS_MS = Object.freeze([0, 300, 1200, 2700, 4800, 7000
  *   filters them (see `filterIceServers`)
  * @property {MediaStream} [media] tracks to send
  * @property {RTCDataChannelInit} [channelOptions] extra options for the data channel (e.g. `{ordered: false}`)
- * @property {boolean} [restartOnFailure=true] call `restartIce()` when ICE fails
+ * @property {boolean} [restartOnFailure=true] restart ICE when the connection fails, stays disconnected or the
+ *   network changes (`false`: never)
+ * @property {RecoveryOptions | false} [recovery] when to restart ICE (default: the room's `recovery`)
+ * @property {number} [maxFileBytes=2147483648] the largest file this side accepts from `sendFile` (it is kept in
+   memory as a Blob); larger ones are cancelled at their start
  *
  * @typedef {object} ConnectOptions
  * @property {string} room room name
@@ -71,6 +77,14 @@ export const RECONNECT_DELAYS_MS = Object.freeze([0, 300, 1200, 2700, 4800, 7000
  *   failed, or not connected after `outcomeTimeoutMs`): candidate types and counts, TURN errors, the browser — no
  *   addresses (docs/sdk.md, "Connection outcomes")
  * @property {number} [outcomeTimeoutMs=30000] a peer connection not connected after this long is reported `timeout`
+ * @property {boolean} [leaveOnPageHide=true] leave the room when the page is hidden for good (`pagehide`: tab closed,
+ *   navigation, reload), so the others see `peer-left` at once instead of after the resume grace
+ * @property {RecoveryOptions | false} [recovery] when peer connections restart ICE (docs/sdk.md, "Calls that
+ *   survive"); `false`: never
+ * @property {boolean} [rejoinCalls=true] after a failed resume (a restarted server), keep the calls and find their
+ *   peers' new ids (event `peer-rejoined`); `false`: close them
+ * @property {false | (() => Promise<IceServer[]>)} [refreshIceServers] how a fresh TURN credential is fetched before
+ *   the current one expires; default `GET /api/ice-servers` with `token`; `false`: never
  */
 
 /**
@@ -93,6 +107,8 @@ export class TraverseError extends Error {
     this.name = 'TraverseError';
     /** @type {string} */
     this.code = code;
+    /** @type {number | undefined} the WebSocket close code, when a closing socket caused the error */
+    this.closeCode = undefined;
     Object.assign(this, extra);
   }
 }
@@ -140,9 +156,9 @@ export class Room extends EventTarget {
     if (!options || typeof options.room !== 'string' || !options.room) {
       throw new TypeError('Traverse.connect: options.room (a non-empty string) is required');
     }
-    /** @private */ this._opts = {
+    /** @internal */ this._opts = {
       reconnect: true,
-      reconnectDelaysMs: RECONNECT_DELAYS_MS,
+      reconnectDelaysMs: [...RECONNECT_DELAYS_MS],
       maxReconnectAttempts: Infinity,
       connectTimeoutMs: 10000,
       maxQueue: 1000,
@@ -166,7 +182,7 @@ export class Room extends EventTarget {
     this.caps = [];
     this.heartbeatMs = 10000;
     this.resumeGraceMs = 30000;
-    /** Counters, for diagnostics and tests. */
+    /** Counters, for diagnostics and tests. @type {RoomStats} */
     this.stats = { reconnects: 0, resumes: 0, rejoins: 0, duplicates: 0, gaps: 0, queued: 0, resent: 0, lost: 0 };
     /** @type {Map<string, Peer>} peer connections by remote peer id */
     this.connections = new Map();
@@ -189,7 +205,12 @@ export class Room extends EventTarget {
     /** @private @type {{resolve: (room: Room) => void, reject: (err: any) => void} | null} `connect()` waiting */
     this._startWaiter = null;
     /** @private the session's events are being handed to the app (see `_drain`) */ this._dispatching = false;
-    /** @private */ this._msgId = 0;
+    /** @internal */ this._msgId = 0;
+    /** @private the page-lifecycle hook (section "Leaving with the page") */
+    this._onPageHide = () => this._leaveWithPage();
+    if (this._opts.leaveOnPageHide !== false && typeof addEventListener === 'function') {
+      addEventListener('pagehide', this._onPageHide);
+    }
   }
 
   /** @type {RoomState} */
@@ -284,12 +305,12 @@ export class Room extends EventTarget {
 
   // ---- internals --------------------------------------------------------------------------------------------
 
-  /** @private */
+  /** @internal @param {string} name @param {any} detail */
   _emit(name, detail) {
     this.dispatchEvent(new CustomEvent(name, { detail }));
   }
 
-  /** First join; resolves on `joined`, rejects on refusal. @private */
+  /** First join; resolves on `joined`, rejects on refusal. @internal @returns {Promise<Room>} */
   _start() {
     return new Promise((resolve, reject) => {
       this._startWaiter = { resolve, reject };
@@ -297,7 +318,7 @@ export class Room extends EventTarget {
     });
   }
 
-  /** @private @param {object} msg @param {boolean} internal */
+  /** @internal @param {object} msg @param {boolean} internal */
   _send(msg, internal) {
     if (this.state === 'closed') throw new TraverseError('closed', 'the room is closed');
     this._session.send(msg, internal, this._link.writable);
@@ -340,11 +361,9 @@ export class Room extends EventTarget {
 
   /** @private @param {any} msg @param {boolean} rejoined @param {any[]} lost */
   _onJoined(msg, rejoined, lost) {
-    if (rejoined) {
-      // A failed resume ended the old session: its peer connections belong to an identity that is gone.
-      for (const pc of this.connections.values()) pc._close(false);
-      this.connections.clear();
-    }
+    const previousPeerId = rejoined ? this.peerId : null;
+    // A failed resume ended the old session (a restarted server): its calls wait to be found again (`_keepCalls`).
+    if (rejoined) this._keepCalls(/** @type {string} */ (previousPeerId));
     this.peerId = msg.peerId;
     this.peers = new Map((msg.peers || []).map((p) => [p.id, p]));
     this.iceServers = msg.iceServers || [];
@@ -352,7 +371,11 @@ export class Room extends EventTarget {
     if (typeof msg.heartbeatMs === 'number') this.heartbeatMs = msg.heartbeatMs;
     if (typeof msg.resumeGraceMs === 'number') this.resumeGraceMs = msg.resumeGraceMs;
     this._link.established(this._opts.heartbeatMs ?? this.heartbeatMs);
-    this._emit('joined', { peerId: this.peerId, peers: [...this.peers.values()], rejoined, seq: msg.seq });
+    const peers = [...this.peers.values()];
+    this._emit('joined', { peerId: this.peerId, peers, rejoined, previousPeerId, seq: msg.seq });
+    if (rejoined) this._announceRejoin(null);
+    this._scheduleIceRefresh();
+    this._signalingBack();
     for (const m of lost) {
       this.stats.lost++;
       this._emit('undeliverable', { to: m.to, id: m.id, reason: 'session-lost', type: m.type, data: m.data });
@@ -368,6 +391,7 @@ export class Room extends EventTarget {
   _onResumed(msg) {
     this._link.established(this._opts.heartbeatMs ?? this.heartbeatMs);
     this._emit('resumed', { replayed: msg.replayed, seq: msg.seq, peerId: msg.peerId, ack: msg.ack });
+    this._signalingBack();
   }
 
   /** A server message the session let through, in stream order. @private */
@@ -375,6 +399,7 @@ export class Room extends EventTarget {
     switch (msg.type) {
       case 'peer-joined':
         if (msg.peer && typeof msg.peer.id === 'string') this.peers.set(msg.peer.id, msg.peer);
+        if (msg.peer && typeof msg.peer.id === 'string') this._announceRejoin(msg.peer.id);
         return this._emit('peer-joined', { peer: msg.peer, seq: msg.seq });
       case 'peer-left': {
         this.peers.delete(msg.peerId);
@@ -418,7 +443,7 @@ export class Room extends EventTarget {
   /**
    * Sends a peer connection's outcome report (once per `Peer`), unless `reportOutcomes` is off. Numbered like a
    * `signal`, so a report written into a dying socket is resent after the resume and counted once.
-   * @private @param {string} peerId @param {OutcomeReport} report
+   * @internal @param {string} peerId @param {OutcomeReport} report
    */
   _reportOutcome(peerId, report) {
     // A peer that has left cannot be paired any more; the server would drop the report.
@@ -446,6 +471,10 @@ export class Room extends EventTarget {
   /** @private */
   _onSignal(msg) {
     const d = msg.data;
+    if (d && typeof d === 'object' && d.rejoin && typeof d.rejoin === 'object') {
+      this._onRejoinSignal(msg.from, d.rejoin);
+      return this._emit('signal', { from: msg.from, data: d, seq: msg.seq, internal: true });
+    }
     const isNegotiation = d && typeof d === 'object' && ('sdp' in d || 'candidate' in d || 'bye' in d);
     let peer = isNegotiation ? this.connections.get(msg.from) : undefined;
     if (isNegotiation && (!peer || peer.closed) && d.sdp && d.sdp.type === 'offer' && this._opts.autoAccept) {
@@ -503,8 +532,136 @@ export class Room extends EventTarget {
   _finish(code, reason, silent = false) {
     if (this.state === 'closed') return;
     this._link.close();
+    if (typeof removeEventListener === 'function') removeEventListener('pagehide', this._onPageHide);
+    clearTimeout(this._orphanTimer);
+    clearTimeout(this._iceRefreshTimer);
     for (const pc of this.connections.values()) pc._close(false);
     if (!silent) this._emit('closed', { code, reason });
+  }
+
+  // ---- leaving with the page (docs/sdk.md, "Leaving is immediate") ---------------------------------------------
+
+  /**
+   * The page is going away (`pagehide`: a closed tab, a navigation, a reload, the page entering the back/forward
+   * cache): leave at once, so the others see `peer-left` now rather than after the server's resume grace (a socket
+   * that merely drops keeps its session for that grace, which is what covers network drops). Synchronous: nothing
+   * asynchronous runs once the page is hidden, so `leave` is written and the socket closed in this task; the
+   * browser sends queued frames before the close frame. `pagehide` rather than `beforeunload`: it fires on every
+   * way out, including mobile tab switches that discard the page, and never asks the user anything.
+   * @private
+   */
+  _leaveWithPage() {
+    if (this.state === 'closed') return;
+    for (const pc of this.connections.values()) pc._flushOutcome();
+    if (this._session.usable && this._link.writable) this._link.write(this._session.leaveFrame());
+    this._finish(1000, 'left: the page was hidden (pagehide)');
+  }
+
+  // ---- calls across a lost session (docs/sdk.md, "Calls that survive") ---------------------------------------
+
+  /**
+   * The session is gone (a restarted server refused the resume) and this peer joins again under a new id, as will
+   * the others. Its calls stay open, still keyed by the old ids, and wait for their remote peer to say which new id
+   * it has now (`{"rejoin": {"was": [old ids]}}`, `_onRejoinSignal`); those not found within the resume grace
+   * period (at least 10 s) are closed. `rejoinCalls: false` closes them at once, as before.
+   * @private @param {string} previousPeerId
+   */
+  _keepCalls(previousPeerId) {
+    const keep = this._opts.rejoinCalls !== false;
+    for (const pc of [...this.connections.values()]) {
+      if (keep && !pc.closed) pc._orphan();
+      else pc._close(false);
+    }
+    if (!keep) return;
+    /** @private @type {string[]} our own ids the remote peers may still know us by (newest last) */
+    this._previousIds = [...(this._previousIds || []), previousPeerId].slice(-4);
+    /** @private @type {Set<string>} peers already told our old ids since the last rejoin */
+    this._toldRejoin = new Set();
+    clearTimeout(this._orphanTimer);
+    /** @private */ this._orphanTimer = setTimeout(() => {
+      for (const pc of [...this.connections.values()]) if (pc._orphaned) pc._close(false);
+    }, Math.max(this.resumeGraceMs, 10000));
+  }
+
+  /**
+   * Tells `to` (null: every peer of the room) the ids we had, while a call of ours still waits for its peer.
+   * @private @param {string | null} to
+   */
+  _announceRejoin(to) {
+    const waiting = [...this.connections.values()].some((pc) => pc._orphaned);
+    if (!waiting || !this._previousIds) return;
+    for (const id of to ? [to] : [...this.peers.keys()]) this._tellRejoin(id);
+  }
+
+  /** @private @param {string} to */
+  _tellRejoin(to) {
+    if (!this._previousIds || !this._toldRejoin || this._toldRejoin.has(to)) return;
+    this._toldRejoin.add(to);
+    this._send({ type: 'signal', to, data: { rejoin: { was: this._previousIds } }, id: `pc-${++this._msgId}` }, true);
+  }
+
+  /**
+   * `from` rejoined and was `was` before: our call with that old id carries on with `from` (event `peer-rejoined`),
+   * and we tell `from` our own old ids if we rejoined too.
+   * @private @param {string} from @param {{was?: unknown}} rejoin
+   */
+  _onRejoinSignal(from, rejoin) {
+    const was = Array.isArray(rejoin.was) ? rejoin.was : [rejoin.was];
+    for (const old of was) {
+      if (typeof old !== 'string' || old === from) continue;
+      const pc = this.connections.get(old);
+      if (!pc || pc.closed) continue;
+      const other = this.connections.get(from);
+      if (other && other !== pc) other._close(false);
+      this.connections.delete(old);
+      this.connections.set(from, pc);
+      pc._rebind(from);
+      this._emit('peer-rejoined', { peerId: from, previousPeerId: old, peer: pc });
+      break;
+    }
+    this._tellRejoin(from);
+  }
+
+  /** Signaling is usable again (resumed or joined): restarts that waited for it go now. @private */
+  _signalingBack() {
+    for (const pc of this.connections.values()) if (pc._recovery) pc._recovery.handleSignaling();
+  }
+
+  // ---- long calls: TURN credentials refreshed before they expire ---------------------------------------------
+
+  /**
+   * The TURN credential in `iceServers` is a REST credential (`<expiry>:<id>`). An allocation made with it outlives
+   * it (the server checks the expiry only for a new Allocate: docs/sdk.md, "Calls that survive"), but an ICE restart
+   * after the expiry would allocate with a dead credential. So a fresh one is fetched a while before the expiry
+   * (`refreshDelayMs`) and put into every peer connection (`setConfiguration`), for its next restart.
+   * @private
+   */
+  _scheduleIceRefresh() {
+    clearTimeout(this._iceRefreshTimer);
+    const expiry = credentialExpiry(this.iceServers);
+    if (expiry === null || this._opts.refreshIceServers === false || this.state === 'closed') return;
+    const delay = refreshDelayMs(expiry, Date.now());
+    /** @private */ this._iceRefreshTimer = setTimeout(() => this._refreshIceServers(), delay);
+  }
+
+  /** @private */
+  async _refreshIceServers() {
+    const custom = this._opts.refreshIceServers;
+    try {
+      const servers =
+        typeof custom === 'function' ? await custom() : await fetchIceServers(this.url, this._opts.token);
+      if (this.state === 'closed') return;
+      if (!Array.isArray(servers) || !servers.length) throw new Error('no iceServers in the answer');
+      this.iceServers = servers;
+      for (const pc of this.connections.values()) if (!pc.closed) pc._applyIceServers();
+      this._emit('ice-servers', { iceServers: servers, expiresAt: credentialExpiry(servers) });
+      this._scheduleIceRefresh();
+    } catch (err) {
+      if (this.state === 'closed') return;
+      const message = `could not refresh the TURN credential: ${err && err.message ? err.message : err}`;
+      this._emit('error', { code: 'ice-refresh-failed', message });
+      /** @private */ this._iceRefreshTimer = setTimeout(() => this._refreshIceServers(), ICE_REFRESH_RETRY_MS);
+    }
   }
 }
 
@@ -513,7 +670,10 @@ export class Room extends EventTarget {
  * smaller id is polite and rolls back its own offer on glare; the impolite one ignores the colliding offer.
  *
  * Events (`on(name, fn)` as on `Room`): `open` (data channel open), `message` `{data}`, `close`, `track`
- * `{track, streams}`, `state` `{connectionState, iceConnectionState}`, `error` `{code, message}`.
+ * `{track, streams}`, `state` `{connectionState, iceConnectionState}`, `error` `{code, message}`; files
+ * (`sendFile`): `file-start` `{id, name, size, type}` (receiving), `file-progress` `{id, name, size, bytes,
+ * direction}`, `file` `{id, name, size, type, blob, sha256, ms}` (received, hash checked), `file-cancel`
+ * `{id, name, size, direction, by, reason}` (either side cancelled, or the channel closed).
  */
 export class Peer extends EventTarget {
   /**
@@ -548,7 +708,7 @@ export class Peer extends EventTarget {
     this._outcome = {
       startedAt: now(),
       reported: false,
-      policy: config.iceTransportPolicy === 'relay' ? 'relay' : 'all',
+      policy: /** @type {'all' | 'relay'} */ (config.iceTransportPolicy === 'relay' ? 'relay' : 'all'),
       iceServers,
       /** @type {CandidateErrorReport[]} */ errors: [],
       remoteCandidates: 0,
@@ -582,13 +742,7 @@ export class Peer extends EventTarget {
     pc.onicecandidate = ({ candidate }) => {
       if (candidate) this._signal({ candidate });
     };
-    pc.oniceconnectionstatechange = () => {
-      if (pc.iceConnectionState === 'failed' && this.options.restartOnFailure && !this.closed) {
-        this._outcome.restarts++;
-        pc.restartIce();
-      }
-      this._emitState();
-    };
+    pc.oniceconnectionstatechange = () => this._emitState();
     pc.onconnectionstatechange = () => {
       if (pc.connectionState === 'connected') this._settle('connected');
       else if (pc.connectionState === 'failed') this._settle('failed');
@@ -600,11 +754,15 @@ export class Peer extends EventTarget {
       for (const s of streams) if (!this.remoteStreams.includes(s)) this.remoteStreams.push(s);
       this._emit('track', { track, streams });
     };
+    // Files: channels the other side opens for `sendFile` (section "file and large-message transfer").
+    attachFiles(this);
 
     // The initiator adds its tracks and creates the channel now (that starts negotiation); an auto-accepted peer
     // does so after applying the offer, so that it does not start a colliding offer of its own.
     /** @private */ this._pendingSetup = !initiator;
     if (initiator) this._setup();
+    /** @private @type {Recovery | null} ICE restarts on disconnection, failure or a network change */
+    this._recovery = this._startRecovery();
   }
 
   /** @param {string} name @param {(detail: any) => void} fn @returns {() => void} */
@@ -614,12 +772,73 @@ export class Peer extends EventTarget {
     return () => this.removeEventListener(name, h);
   }
 
-  /** Send on the data channel (string, Blob, ArrayBuffer or view). Throws if it is not open. */
+  /**
+   * Send one message on the data channel: a string, Blob, ArrayBuffer or view. Throws `not-open` before the channel
+   * is open; `too-large` beyond `maxMessageBytes` (the SCTP max-message-size both browsers agreed on: Chrome 256 KiB,
+   * Safari 64 KiB) — send files and large data with `sendFile`, which chunks them; `buffer-full` when the channel
+   * already holds 8 MiB not yet sent (Chrome closes a channel beyond 16 MiB): wait for the channel's
+   * `bufferedamountlow` event, or use `sendFile`, which waits by itself.
+   * @param {string | Blob | ArrayBuffer | ArrayBufferView} data
+   */
   send(data) {
-    if (!this.channel || this.channel.readyState !== 'open') {
-      throw new TraverseError('not-open', 'the data channel is not open');
+    const ch = this.channel;
+    if (!ch || ch.readyState !== 'open') throw new TraverseError('not-open', 'the data channel is not open');
+    const max = this.maxMessageBytes;
+    const size =
+      typeof data === 'string'
+        ? utf8Length(data, max)
+        : typeof Blob !== 'undefined' && data instanceof Blob
+          ? data.size
+          : /** @type {ArrayBuffer | ArrayBufferView} */ (data).byteLength;
+    if (size > max) {
+      throw new TraverseError(
+        'too-large',
+        `peer.send: ${size} bytes is more than one data channel message holds on this connection ` +
+          `(max-message-size ${max} bytes); use peer.sendFile(), which chunks files and large data`,
+      );
     }
-    this.channel.send(data);
+    if (ch.bufferedAmount + size > SEND_BUFFER_LIMIT) {
+      throw new TraverseError(
+        'buffer-full',
+        `peer.send: ${ch.bufferedAmount} bytes are still waiting in the data channel; wait for its ` +
+          `'bufferedamountlow' event, or use peer.sendFile(), which waits by itself`,
+      );
+    }
+    ch.send(/** @type {any} */ (data));
+  }
+
+  /**
+   * The largest message `send` takes: the SCTP max-message-size of this connection (RFC 8841; 64 KiB before it is
+   * known or when the other side did not say).
+   * @type {number}
+   */
+  get maxMessageBytes() {
+    const m = this.pc.sctp?.maxMessageSize;
+    return m && m > 0 ? m : 65536;
+  }
+
+  /**
+   * Send a file, Blob or buffer of any size on a data channel of its own (ordered, reliable), in 64 KiB chunks,
+   * never holding more than ~2 MiB of it in memory. Resolves once the other side has it all and its SHA-256
+   * matched, with `{id, name, size, type, sha256, ms}`; rejects with a `TraverseError` `cancelled` when either side
+   * cancels (`options.signal`, `cancelFile`), or `closed` when the connection goes. The other peer gets
+   * `file-start`, `file-progress`, then `file` with a `Blob`.
+   * @param {FileSource} file @param {SendFileOptions} [options] @returns {Promise<FileSent>}
+   */
+  sendFile(file, options = {}) {
+    return sendFile(this, file, options);
+  }
+
+  /**
+   * Cancel a transfer of either direction by its `id` (from `file-start` or `file-progress`); both sides get
+   * `file-cancel`. False when there is no such transfer (any more).
+   * @param {string} id @param {string} [reason]
+   */
+  cancelFile(id, reason = 'cancelled') {
+    const t = TRANSFERS.get(this)?.get(id);
+    if (!t) return false;
+    t.cancel(reason, 'local');
+    return true;
   }
 
   /** Add a media track (renegotiates). @param {MediaStreamTrack} track @param {...MediaStream} streams */
@@ -669,12 +888,13 @@ export class Peer extends EventTarget {
     this._close(true);
   }
 
-  /** @private @param {boolean} tellRemote */
+  /** @internal @param {boolean} tellRemote */
   _close(tellRemote) {
     if (this.closed) return;
     // A `bye` lets the other side drop its half, so that a later connect() starts from a fresh RTCPeerConnection.
     if (tellRemote && this.room.state === 'open' && this.room.peers.has(this.peerId)) this._signal({ bye: true });
     this.closed = true;
+    this._stopRecovery();
     // Closed by the app or the room before an outcome: nothing to report (that is not a failure to connect).
     this._outcome.reported = true;
     clearTimeout(this._outcome.timer);
@@ -690,7 +910,7 @@ export class Peer extends EventTarget {
 
   // ---- internals --------------------------------------------------------------------------------------------
 
-  /** @private */
+  /** @internal @param {string} name @param {any} detail */
   _emit(name, detail) {
     this.dispatchEvent(new CustomEvent(name, { detail }));
   }
@@ -740,7 +960,7 @@ export class Peer extends EventTarget {
     send(settled);
   }
 
-  /** A connected report still waiting for its path to settle goes out now (the room is leaving). @private */
+  /** A connected report still waiting for its path to settle goes out now (the room is leaving). @internal */
   _flushOutcome() {
     if (this._outcome.flush) this._outcome.flush();
   }
@@ -762,7 +982,7 @@ export class Peer extends EventTarget {
 
   /** @private */
   _signal(data) {
-    if (this.closed || this.room.state === 'closed') return;
+    if (this.closed || this.room.state === 'closed' || this._orphaned) return;
     this.room._send({ type: 'signal', to: this.peerId, data, id: `pc-${++this.room._msgId}` }, true);
   }
 
@@ -790,7 +1010,7 @@ export class Peer extends EventTarget {
     this.channel = ch;
   }
 
-  /** Apply a negotiation message in arrival order. @private */
+  /** Apply a negotiation message in arrival order. @internal @param {any} data */
   _onSignal(data) {
     this._chain = this._chain.then(() => this._applySignal(data)).catch((err) => this._fail('negotiation-failed', err));
   }
@@ -826,6 +1046,805 @@ export class Peer extends EventTarget {
         if (!this._ignoreOffer) throw err;
       }
     }
+  }
+
+  // ---- connection recovery (docs/sdk.md, "Calls that survive"; the state machine is `Recovery`) ----------------
+
+  /** @private @returns {Recovery | null} */
+  _startRecovery() {
+    const opts = this.options.recovery ?? this.room._opts.recovery;
+    if (opts === false || !this.options.restartOnFailure) return null;
+    const pc = this.pc;
+    const connected = () => pc.iceConnectionState === 'connected' || pc.iceConnectionState === 'completed';
+    const recovery = new Recovery(opts || {}, {
+      restart: () => this._restartIce(),
+      canRestart: () => !this.closed && this.room.state === 'open' && this.room.peers.has(this.peerId),
+      connected,
+      emit: (name, detail) => this._emit(name, { ...detail, peerId: this.peerId }),
+    });
+    // Either state may be the one that moves: Chrome leaves `iceConnectionState` at `disconnected` when the
+    // connection as a whole goes `failed` (NAT lab, a host whose address changed).
+    pc.addEventListener('iceconnectionstatechange', () => recovery.handleState(pc.iceConnectionState));
+    pc.addEventListener('connectionstatechange', () => recovery.handleState(pc.connectionState));
+    // A restart that only renegotiated (the old pair still works, e.g. after a network change) ends with its answer.
+    pc.addEventListener('signalingstatechange', () => {
+      if (pc.signalingState === 'stable' && connected()) recovery.handleState(pc.iceConnectionState);
+    });
+    /** @private */ this._unwatchNetwork = watchNetwork((kind) => recovery.handleNetworkChange(kind));
+    return recovery;
+  }
+
+  /** @private */
+  _stopRecovery() {
+    if (this._recovery) this._recovery.close();
+    if (this._unwatchNetwork) this._unwatchNetwork();
+    this._unwatchNetwork = null;
+  }
+
+  /**
+   * An ICE restart with the room's current servers (a credential refresh or a rejoin brought new ones): the offer
+   * it causes goes through perfect negotiation, so a restart from both sides at once is an ordinary glare. Our own
+   * offer that a lost session dropped is rolled back first, else the restart would wait for its answer forever.
+   * @private
+   */
+  _restartIce() {
+    const pc = this.pc;
+    this._outcome.restarts++;
+    this._chain = this._chain
+      .then(async () => {
+        if (this.closed) return;
+        this._applyIceServers();
+        if (this._offerLost && pc.signalingState === 'have-local-offer') {
+          await pc.setLocalDescription({ type: 'rollback' });
+        }
+        this._offerLost = false;
+        pc.restartIce();
+      })
+      .catch((err) => this._fail('negotiation-failed', err));
+  }
+
+  /** Our session was lost: the remote id is stale until the remote peer says its new one. @private */
+  _orphan() {
+    /** @private */ this._orphaned = true;
+    // Negotiation messages of the old session were dropped with it: an offer of ours waits for no answer.
+    /** @private */ this._offerLost = true;
+  }
+
+  /** The remote peer is `peerId` now (both sides rejoined a restarted server). @private @param {string} peerId */
+  _rebind(peerId) {
+    const previousPeerId = this.peerId;
+    this.peerId = peerId;
+    this.polite = /** @type {string} */ (this.room.peerId) < peerId;
+    this._orphaned = false;
+    this._emit('rejoined', { peerId, previousPeerId });
+    // A negotiation cut in the middle is started again; else a restart that waited for signaling goes now.
+    if (!this._recovery) return;
+    if (this._recovery.state === 'waiting') this._recovery.handleSignaling();
+    else if (this.pc.signalingState !== 'stable') this._restartIce();
+  }
+
+  /** The room's `iceServers` (filtered or replaced by `PeerOptions.iceServers`) into the connection. @private */
+  _applyIceServers() {
+    const custom = this.options.iceServers;
+    if (Array.isArray(custom)) return; // the app's own servers: nothing of ours to refresh
+    const iceServers = typeof custom === 'function' ? custom(this.room.iceServers) : this.room.iceServers;
+    try {
+      this.pc.setConfiguration({ ...this.pc.getConfiguration(), iceServers });
+    } catch {
+      /* a browser that refuses the change keeps the servers it has */
+    }
+  }
+}
+
+// ---- internal: connection recovery ----------------------------------------------------------------------------
+
+/**
+ * When a `Peer` restarts ICE (docs/sdk.md, "Calls that survive").
+ * @typedef {object} RecoveryOptions
+ * @property {number} [graceMs=2000] ICE `disconnected` for this long starts a restart: a short blip (a NAT's
+ *   hiccup, a link down a second) often heals by itself, and a restart costs a round of signaling
+ * @property {number[]} [restartDelaysMs] delay before the n-th restart of one episode (the last one repeats);
+ *   default `[0, 1000, 3000, 7000, 15000]`
+ * @property {number} [restartTimeoutMs=10000] a restart not connected after this long is followed by the next
+ * @property {number} [maxRestarts=8] restarts in a row without connecting before giving up (`recovery-failed`)
+ *
+ * What a `Recovery` drives (the `Peer`): `restart()` applies fresh `iceServers` and calls `restartIce()` (the
+ * renegotiation goes over perfect negotiation); `canRestart()` says whether signaling can carry the offer now (the
+ * room is open and the remote peer known); `connected()` whether ICE has a working pair now; `emit(name, detail)`.
+ * @typedef {{restart: () => void, canRestart: () => boolean, connected: () => boolean,
+ *   emit: (name: string, detail: any) => void}} RecoveryHost
+ *
+ * Timers and the clock, injected so that the unit tests run in fake time.
+ * @typedef {{setTimeout: (fn: () => void, ms: number) => any, clearTimeout: (t: any) => void, now: () => number}}
+ *   Clock
+ *
+ * @typedef {'ice-disconnected' | 'ice-failed' | 'network-change' | 'network-offline' | 'session-lost'}
+ *   RecoveryCause
+ */
+
+/** Restart delays of one episode; the first restart goes at once, the last delay repeats. */
+export const RESTART_DELAYS_MS = Object.freeze([0, 1000, 3000, 7000, 15000]);
+
+/** @type {Clock} */
+const realClock = {
+  setTimeout: (fn, ms) => setTimeout(fn, ms),
+  clearTimeout: (t) => clearTimeout(t),
+  now: () => now(),
+};
+
+/**
+ * The connection-recovery state machine of one peer connection: ICE and network events in, ICE restarts and the
+ * `reconnecting` / `reconnected` / `recovery-failed` events out. One episode at a time:
+ *
+ *   connected ─disconnected─▶ grace ─graceMs─▶ restarting ─connected─▶ connected (event `reconnected`)
+ *        │                      │                 │   ▲
+ *        └─failed, network──────┴─────────────────┘   └─ attempt timed out or failed: next after a backoff
+ *   restarting/grace ─signaling down─▶ waiting ─signaling back (`handleSignaling`)─▶ restarting
+ *
+ * A trigger during a restart joins it (no second restart races the first); a peer that left ends it (`close`).
+ * It holds no RTCPeerConnection: its host does the restart, so it is unit-tested in node (tests/sdk/recovery).
+ *
+ * Internal: exported as `_Recovery` for the SDK's unit tests only.
+ */
+class Recovery {
+  /** @param {RecoveryOptions} options @param {RecoveryHost} host @param {Clock} [clock] */
+  constructor(options, host, clock = realClock) {
+    /** @private */ this._opts = {
+      graceMs: 2000,
+      restartDelaysMs: RESTART_DELAYS_MS,
+      restartTimeoutMs: 10000,
+      maxRestarts: 8,
+      ...options,
+    };
+    /** @private */ this._host = host;
+    /** @private */ this._clock = clock;
+    /** @type {'new' | 'connected' | 'grace' | 'restarting' | 'backoff' | 'waiting' | 'failed' | 'closed'} */
+    this.state = 'new';
+    /** @private @type {{cause: RecoveryCause, startedAt: number, attempts: number} | null} */
+    this._episode = null;
+    /** @private */ this._timer = null;
+    /** @private the browser said `offline`: a restart waits for `online` */ this._offline = false;
+    /** Restarts made over the connection's life (the outcome report's `restarts`). */
+    this.restarts = 0;
+  }
+
+  /**
+   * The peer connection's ICE state or connection state changed to `state` (whichever moved).
+   * @param {RTCIceConnectionState | RTCPeerConnectionState} state
+   */
+  handleState(state) {
+    if (this.state === 'closed') return;
+    if (state === 'connected' || state === 'completed') return this._recovered();
+    if (state === 'failed') {
+      if (this.state === 'restarting') return this._attemptFailed();
+      if (this.state === 'failed') return; // gave up: only a network change starts again
+      return this._trigger('ice-failed', true);
+    }
+    if (state === 'disconnected' && this.state === 'connected') {
+      this._episode = { cause: 'ice-disconnected', startedAt: this._clock.now(), attempts: 0 };
+      this.state = 'grace';
+      this._arm(() => this._restartNow(), this._opts.graceMs);
+    }
+  }
+
+  /**
+   * The browser's network changed: `online`, `offline`, or `change` (`navigator.connection`). A connection that was
+   * up restarts at once (its pair may be on an address that is gone); `offline` holds restarts until `online`.
+   * @param {'online' | 'offline' | 'change'} kind
+   */
+  handleNetworkChange(kind) {
+    if (this.state === 'closed' || this.state === 'new') return;
+    if (kind === 'offline') {
+      this._offline = true;
+      return;
+    }
+    const wasOffline = this._offline;
+    this._offline = false;
+    if (this.state === 'failed') this._episode = null; // a new network is a new chance
+    this._trigger(wasOffline ? 'network-offline' : 'network-change', true);
+  }
+
+  /** Signaling can carry an offer again (the room resumed or rejoined, the peer is known): a waiting restart goes. */
+  handleSignaling() {
+    if (this.state === 'waiting') this._restartNow();
+  }
+
+  /** The peer left or the connection closed: nothing more happens. */
+  close() {
+    this._disarm();
+    this.state = 'closed';
+    this._episode = null;
+  }
+
+  // ---- internals ----
+
+  /** Something calls for a restart: start an episode (or join the running one), restart now or after grace. */
+  _trigger(/** @type {RecoveryCause} */ cause, now) {
+    if (this.state === 'restarting' || this.state === 'backoff') return; // coalesced with the running restart
+    if (!this._episode) this._episode = { cause, startedAt: this._clock.now(), attempts: 0 };
+    if (now) this._restartNow();
+  }
+
+  _restartNow() {
+    this._disarm();
+    const ep = this._episode;
+    if (!ep) return;
+    if (this._offline || !this._host.canRestart()) {
+      this.state = 'waiting';
+      return;
+    }
+    if (ep.attempts >= this._opts.maxRestarts) {
+      this.state = 'failed';
+      this._host.emit('recovery-failed', { cause: ep.cause, attempts: ep.attempts });
+      return;
+    }
+    ep.attempts++;
+    this.restarts++;
+    this.state = 'restarting';
+    this._host.emit('reconnecting', { cause: ep.cause, attempt: ep.attempts });
+    this._arm(() => (this._host.connected() ? this._recovered() : this._attemptFailed()), this._opts.restartTimeoutMs);
+    this._host.restart();
+  }
+
+  /** The restart did not connect (timed out or failed): the next one after the backoff. */
+  _attemptFailed() {
+    const ep = this._episode;
+    if (!ep) return;
+    const delays = this._opts.restartDelaysMs;
+    const delay = delays[Math.min(ep.attempts, delays.length - 1)] ?? 0;
+    this.state = 'backoff';
+    this._arm(() => this._restartNow(), delay);
+  }
+
+  _recovered() {
+    const ep = this._episode;
+    this._disarm();
+    this._episode = null;
+    this.state = 'connected';
+    // A blip that healed within the grace period made no restart and reported no `reconnecting`: nothing to say.
+    if (ep && ep.attempts > 0) {
+      const durationMs = Math.round(this._clock.now() - ep.startedAt);
+      this._host.emit('reconnected', { cause: ep.cause, durationMs, attempts: ep.attempts });
+    }
+  }
+
+  _arm(fn, ms) {
+    this._disarm();
+    this._timer = this._clock.setTimeout(() => {
+      this._timer = null;
+      fn();
+    }, ms);
+  }
+
+  _disarm() {
+    if (this._timer !== null) this._clock.clearTimeout(this._timer);
+    this._timer = null;
+  }
+}
+
+/**
+ * Calls `fn(kind)` on the page's `online` and `offline` events and on `navigator.connection`'s `change` (where the
+ * browser has it). Returns the function that stops listening.
+ * @param {(kind: 'online' | 'offline' | 'change') => void} fn
+ */
+function watchNetwork(fn) {
+  const offs = [];
+  const on = (/** @type {any} */ target, /** @type {string} */ name, /** @type {any} */ kind) => {
+    if (!target || typeof target.addEventListener !== 'function') return;
+    const h = () => fn(kind);
+    target.addEventListener(name, h);
+    offs.push(() => target.removeEventListener(name, h));
+  };
+  if (typeof addEventListener === 'function') {
+    on(globalThis, 'online', 'online');
+    on(globalThis, 'offline', 'offline');
+  }
+  if (typeof navigator !== 'undefined') on(/** @type {any} */ (navigator).connection, 'change', 'change');
+  return () => offs.forEach((off) => off());
+}
+
+// ---- file and large-message transfer --------------------------------------------------------------------------
+//
+// `peer.sendFile()` opens one data channel per transfer (label `traverse-file`, ordered and reliable, whatever the
+// app's own channel is) rather than framing files into the SDK's channel, because:
+// - back-pressure is per channel (`bufferedAmount`): a file's megabytes never queue in front of the app's messages,
+//   and two transfers do not share one buffer;
+// - the app's channel may be unordered or unreliable (`channelOptions`), which a file cannot be;
+// - the channel is the transfer's identity: cancel is a frame and a close, no transfer ids to demultiplex, and a
+//   peer that goes away closes the channel, which both sides see.
+// Opening a channel costs one round trip (DCEP) once SCTP is up; the SCTP stream limit (65 535) is far off.
+//
+// On the channel: the sender's `head` (JSON: name, size, type, chunk size), the file in binary chunks in order, the
+// sender's `end` (JSON: the SHA-256 of the whole file); the receiver answers `ok` (hash checked) and the sender
+// closes. Either side may send `cancel` (JSON: reason) and close; a channel that closes before `ok` is a cancel.
+//
+// Integrity: `crypto.subtle.digest` takes the whole input at once, so with it a sender would hold the whole file in
+// memory (or hash per chunk, which gives no SHA-256 of the file a user can compare with `sha256sum`). The SDK hashes
+// as it streams instead, with a small SHA-256 in JavaScript (FIPS 180-4; checked against node:crypto in
+// tests/sdk/files.test.mjs): memory stays bounded on the sending side (one read of `FILE_READ_BYTES` plus the
+// channel's buffer, at most `FILE_HIGH_WATER`), and the receiver's `file` event carries the file's SHA-256. The
+// price is CPU: the JS hash runs at a few hundred MB/s, faster than a data channel. DTLS already authenticates every
+// byte on the wire; the hash checks the chunking end to end (nothing lost, repeated or reordered by either SDK).
+//
+// The receiver keeps the file as a `Blob` (parts folded into one every `FILE_FOLD_BYTES`, so the browser may page it
+// to disk); `maxFileBytes` (PeerOptions, default 2 GiB) bounds what it accepts.
+
+/** The label of the data channels that carry one file each; other labels are left to the app. */
+export const FILE_CHANNEL_LABEL = 'traverse-file';
+/** Chunk size: 64 KiB, under every browser's SCTP max-message-size (Chrome 256 KiB, Firefox 1 GiB, Safari 64 KiB). */
+export const FILE_CHUNK_BYTES = 64 * 1024;
+/** The sender stops writing while more than this is buffered in the channel (Chrome closes a channel at 16 MiB). */
+const FILE_HIGH_WATER = 1024 * 1024;
+/** ... and writes again when the buffer drains below this (`bufferedAmountLowThreshold`). */
+const FILE_LOW_WATER = 256 * 1024;
+/** The sender reads its source this much at a time (fewer Blob reads than one per chunk). */
+const FILE_READ_BYTES = 1024 * 1024;
+/** The receiver folds its parts into one Blob every this many bytes. */
+const FILE_FOLD_BYTES = 16 * 1024 * 1024;
+/** Progress events at most this often (plus the last one). */
+const FILE_PROGRESS_MS = 50;
+/** Default bound on a received file (PeerOptions `maxFileBytes`). */
+const FILE_MAX_BYTES = 2 ** 31;
+/** What `peer.send` may have buffered in the channel before it refuses (Chrome closes a channel beyond 16 MiB). */
+const SEND_BUFFER_LIMIT = 8 * 1024 * 1024;
+
+/**
+ * @typedef {object} SendFileOptions
+ * @property {(progress: FileProgress) => void} [onProgress] called as bytes leave (at most every 50 ms, and at the end)
+ * @property {AbortSignal} [signal] aborting it cancels the transfer (both sides get `file-cancel`)
+ * @property {string} [name] the name the receiver sees (default: the File's name, else `file`)
+ * @property {string} [type] the MIME type the receiver sees (default: the Blob's type)
+ *
+ * @typedef {{id: string, name: string, size: number, bytes: number, direction: 'send' | 'receive'}} FileProgress
+ * @typedef {{id: string, name: string, size: number, type: string, sha256: string, ms: number}} FileSent
+ * @typedef {{id: string, name: string, size: number, type: string, blob: Blob, sha256: string, ms: number}}
+ *   FileReceived
+ * @typedef {{id: string, name: string, size: number, direction: 'send' | 'receive', by: 'local' | 'remote',
+ *   reason: string}} FileCancel
+ */
+
+/** Open transfers of each peer, by id. @type {WeakMap<Peer, Map<string, FileTransfer>>} */
+const TRANSFERS = new WeakMap();
+
+/**
+ * One transfer on one channel, either direction. `finish(err)` settles it once: cleanup, and for an error the
+ * `file-cancel` event (and the cancel frame when it is ours).
+ */
+class FileTransfer {
+  /**
+   * @param {Peer} peer @param {RTCDataChannel} ch @param {'send' | 'receive'} direction
+   * @param {{id: string, name: string, size: number, type: string}} meta
+   */
+  constructor(peer, ch, direction, meta) {
+    this.peer = peer;
+    this.ch = ch;
+    this.direction = direction;
+    this.id = meta.id;
+    this.name = meta.name;
+    this.size = meta.size;
+    this.type = meta.type;
+    this.done = false;
+    this.startedAt = now();
+    /** @private */ this._lastProgress = 0;
+    /** @type {((err: TraverseError | null) => void)[]} */
+    this.onFinish = [];
+    let map = TRANSFERS.get(peer);
+    if (!map) TRANSFERS.set(peer, (map = new Map()));
+    map.set(this.id, this);
+  }
+
+  /** A progress event (throttled), to `onProgress` too for a send. @param {number} bytes @param {any} [cb] */
+  progress(bytes, cb) {
+    const t = now();
+    if (bytes < this.size && t - this._lastProgress < FILE_PROGRESS_MS) return;
+    this._lastProgress = t;
+    /** @type {FileProgress} */
+    const detail = { id: this.id, name: this.name, size: this.size, bytes, direction: this.direction };
+    if (cb) cb(detail);
+    this.peer._emit('file-progress', detail);
+  }
+
+  /**
+   * Cancel: tell the other side (unless it told us), close the channel, and settle.
+   * @param {string} reason @param {'local' | 'remote'} by
+   */
+  cancel(reason, by) {
+    if (this.done) return;
+    if (by === 'local' && this.ch.readyState === 'open') {
+      try {
+        this.ch.send(JSON.stringify({ t: 'cancel', reason }));
+      } catch {
+        /* closing anyway */
+      }
+    }
+    /** @type {FileCancel} */
+    const detail = { id: this.id, name: this.name, size: this.size, direction: this.direction, by, reason };
+    this.finish(new TraverseError('cancelled', `file transfer ${by === 'local' ? 'cancelled' : 'cancelled by the other peer'}: ${reason}`, detail));
+    this.peer._emit('file-cancel', detail);
+  }
+
+  /** Settle once: closes the channel; `err` null for a transfer that completed. @param {TraverseError | null} err */
+  finish(err) {
+    if (this.done) return;
+    this.done = true;
+    TRANSFERS.get(this.peer)?.delete(this.id);
+    // A cancel frame is sent before the close; `close()` sends what is buffered first.
+    try {
+      this.ch.close();
+    } catch {
+      /* ignore */
+    }
+    for (const f of this.onFinish) f(err);
+  }
+}
+
+/**
+ * Wires a peer for files: channels the other side opens with `FILE_CHANNEL_LABEL` are received; closing the peer
+ * cancels its transfers.
+ * @param {Peer} peer
+ */
+function attachFiles(peer) {
+  peer.pc.addEventListener('datachannel', (e) => {
+    if (e.channel.label === FILE_CHANNEL_LABEL) receiveFile(peer, e.channel);
+  });
+  peer.addEventListener('close', () => {
+    for (const t of [...(TRANSFERS.get(peer)?.values() ?? [])]) t.cancel('the peer connection closed', 'local');
+  });
+}
+
+/** The first argument of `peer.sendFile`, read `length` bytes at a time. @typedef {Blob | ArrayBuffer | ArrayBufferView} FileSource */
+
+/**
+ * Reads a source in pieces: a Blob (or File) through `slice().arrayBuffer()`, a buffer by view.
+ * @param {FileSource} source @returns {{size: number, read: (offset: number, length: number) => Promise<Uint8Array>}}
+ */
+function fileReader(source) {
+  if (typeof Blob !== 'undefined' && source instanceof Blob) {
+    return { size: source.size, read: async (o, n) => new Uint8Array(await source.slice(o, o + n).arrayBuffer()) };
+  }
+  if (source instanceof ArrayBuffer) {
+    const bytes = new Uint8Array(source);
+    return { size: bytes.length, read: async (o, n) => bytes.subarray(o, o + n) };
+  }
+  if (ArrayBuffer.isView(source)) {
+    const bytes = new Uint8Array(source.buffer, source.byteOffset, source.byteLength);
+    return { size: bytes.length, read: async (o, n) => bytes.subarray(o, o + n) };
+  }
+  throw new TypeError('sendFile: expected a File, Blob, ArrayBuffer or typed array');
+}
+
+/**
+ * Resolves once `ch` has at most `highWater` bytes buffered — at once, or at its next `bufferedamountlow` (its
+ * `bufferedAmountLowThreshold` is the low mark). Rejects if the channel closes meanwhile.
+ * @param {{bufferedAmount: number, readyState: string, addEventListener: any, removeEventListener: any}} ch
+ * @param {number} highWater
+ */
+function drained(ch, highWater) {
+  if (ch.bufferedAmount <= highWater) return Promise.resolve();
+  return new Promise((resolve, reject) => {
+    const low = () => {
+      off();
+      resolve(undefined);
+    };
+    const gone = () => {
+      off();
+      reject(new TraverseError('closed', 'the file channel closed'));
+    };
+    const off = () => {
+      ch.removeEventListener('bufferedamountlow', low);
+      ch.removeEventListener('close', gone);
+    };
+    ch.addEventListener('bufferedamountlow', low);
+    ch.addEventListener('close', gone);
+  });
+}
+
+/**
+ * The sending loop, without a browser: reads `reader` `readBytes` at a time, hashes it, writes it to `ch` in chunks
+ * of `chunkBytes`, waiting whenever more than `highWater` is buffered. So at most `highWater + readBytes` bytes of
+ * the file are held at once, whatever its size. Returns the SHA-256 (hex) of all bytes written.
+ * @param {{send: (data: ArrayBufferView) => void, bufferedAmount: number, readyState: string,
+ *   addEventListener: any, removeEventListener: any}} ch
+ * @param {{size: number, read: (offset: number, length: number) => Promise<Uint8Array>}} reader
+ * @param {{chunkBytes: number, readBytes?: number, highWater?: number, onWritten?: (bytes: number) => void,
+ *   stopped?: () => TraverseError | null}} opts `stopped`: checked before every write; an error stops the loop
+ * @returns {Promise<string>}
+ */
+async function writeChunks(ch, reader, opts) {
+  const { chunkBytes, readBytes = FILE_READ_BYTES, highWater = FILE_HIGH_WATER } = opts;
+  const hash = new Sha256();
+  let written = 0;
+  while (written < reader.size) {
+    const block = await reader.read(written, Math.min(readBytes, reader.size - written));
+    if (!block.length) throw new TraverseError('read-failed', `the source ended at ${written} of ${reader.size} bytes`);
+    hash.update(block);
+    for (let o = 0; o < block.length; o += chunkBytes) {
+      await drained(ch, highWater);
+      const stop = opts.stopped?.();
+      if (stop) throw stop;
+      if (ch.readyState !== 'open') throw new TraverseError('closed', 'the file channel closed');
+      const chunk = block.subarray(o, o + chunkBytes);
+      ch.send(chunk);
+      written += chunk.length;
+      opts.onWritten?.(written);
+    }
+  }
+  return hash.hex();
+}
+
+/**
+ * `peer.sendFile`: see there.
+ * @param {Peer} peer @param {FileSource} source @param {SendFileOptions} options @returns {Promise<FileSent>}
+ */
+async function sendFile(peer, source, options) {
+  if (peer.closed) throw new TraverseError('closed', 'peer connection closed');
+  const reader = fileReader(source);
+  const blobLike = /** @type {any} */ (source);
+  const name = String(options.name ?? (typeof blobLike.name === 'string' && blobLike.name ? blobLike.name : 'file'));
+  const type = String(options.type ?? (typeof blobLike.type === 'string' ? blobLike.type : ''));
+  const id = randomId();
+  const max = peer.pc.sctp?.maxMessageSize;
+  const chunkBytes = Math.min(FILE_CHUNK_BYTES, max && max > 0 ? max : FILE_CHUNK_BYTES);
+  const ch = peer.pc.createDataChannel(FILE_CHANNEL_LABEL, { ordered: true });
+  ch.binaryType = 'arraybuffer';
+  ch.bufferedAmountLowThreshold = FILE_LOW_WATER;
+  const t = new FileTransfer(peer, ch, 'send', { id, name, size: reader.size, type });
+  /** @type {TraverseError | null} */ let stop = null;
+  t.onFinish.push((err) => (stop = err));
+  const signal = options.signal;
+  const onAbort = () => t.cancel(abortReason(signal), 'local');
+  if (signal?.aborted) onAbort();
+  signal?.addEventListener('abort', onAbort);
+  // Settles when the receiver answers `ok` (hash checked), or when the transfer is cancelled or its channel closes.
+  const confirmed = new Promise((resolve, reject) => {
+    t.onFinish.push((err) => (err ? reject(err) : resolve(undefined)));
+  });
+  confirmed.catch(() => {});
+  ch.onmessage = (e) => {
+    const msg = typeof e.data === 'string' ? parseJson(e.data) : null;
+    if (msg?.t === 'ok') t.finish(null);
+    else if (msg?.t === 'cancel') t.cancel(String(msg.reason ?? 'cancelled'), 'remote');
+  };
+  ch.onclose = () => t.cancel('the file channel closed', 'remote');
+  try {
+    await new Promise((resolve, reject) => {
+      if (ch.readyState === 'open') return resolve(undefined);
+      ch.addEventListener('open', resolve, { once: true });
+      t.onFinish.push((err) => err && reject(err));
+    });
+    if (stop) throw stop;
+    ch.send(JSON.stringify({ t: 'head', v: 1, id, name, size: reader.size, type, chunk: chunkBytes }));
+    const sha256 = await writeChunks(ch, reader, {
+      chunkBytes,
+      stopped: () => stop,
+      onWritten: (bytes) => t.progress(Math.max(0, bytes - ch.bufferedAmount), options.onProgress),
+    });
+    ch.send(JSON.stringify({ t: 'end', sha256 }));
+    await confirmed;
+    t.progress(reader.size, options.onProgress);
+    return { id, name, size: reader.size, type, sha256, ms: Math.round(now() - t.startedAt) };
+  } catch (err) {
+    const e = err instanceof TraverseError ? err : new TraverseError('send-failed', String(err?.message ?? err));
+    if (!t.done) t.cancel(e.message, 'local');
+    throw stop ?? e;
+  } finally {
+    signal?.removeEventListener('abort', onAbort);
+  }
+}
+
+/**
+ * The receiving side of one file channel: `file-start`, `file-progress`, then `file` (hash checked) or `file-cancel`.
+ * @param {Peer} peer @param {RTCDataChannel} ch
+ */
+function receiveFile(peer, ch) {
+  ch.binaryType = 'arraybuffer';
+  const maxBytes = peer.options.maxFileBytes ?? FILE_MAX_BYTES;
+  /** @type {FileTransfer | null} */ let t = null;
+  const hash = new Sha256();
+  /** @type {BlobPart[]} */ let parts = [];
+  let unfolded = 0;
+  let received = 0;
+  const refuse = (/** @type {string} */ reason) => {
+    if (t) return t.cancel(reason, 'local');
+    try {
+      ch.send(JSON.stringify({ t: 'cancel', reason }));
+      ch.close();
+    } catch {
+      /* ignore */
+    }
+  };
+  ch.onmessage = (e) => {
+    if (t?.done) return;
+    if (typeof e.data !== 'string') {
+      if (!t) return refuse('data before the head');
+      const bytes = new Uint8Array(e.data);
+      received += bytes.length;
+      if (received > t.size) return t.cancel(`more than the announced ${t.size} bytes`, 'local');
+      hash.update(bytes);
+      parts.push(e.data);
+      unfolded += bytes.length;
+      if (unfolded >= FILE_FOLD_BYTES) {
+        parts = [new Blob(parts)];
+        unfolded = 0;
+      }
+      t.progress(received);
+      return;
+    }
+    const msg = parseJson(e.data);
+    if (msg?.t === 'head' && !t) {
+      const size = Number(msg.size);
+      if (!Number.isSafeInteger(size) || size < 0) return refuse('bad head');
+      t = new FileTransfer(peer, ch, 'receive', {
+        id: String(msg.id ?? randomId()),
+        name: String(msg.name ?? 'file'),
+        size,
+        type: String(msg.type ?? ''),
+      });
+      peer._emit('file-start', { id: t.id, name: t.name, size: t.size, type: t.type });
+      if (size > maxBytes) t.cancel(`${size} bytes is more than this peer accepts (maxFileBytes ${maxBytes})`, 'local');
+    } else if (msg?.t === 'end' && t) {
+      const sha256 = hash.hex();
+      if (received !== t.size || sha256 !== msg.sha256) {
+        return t.cancel(`integrity check failed: ${received} of ${t.size} bytes, SHA-256 ${sha256}, sent ${msg.sha256}`, 'local');
+      }
+      ch.send(JSON.stringify({ t: 'ok', sha256 }));
+      const blob = new Blob(parts, { type: t.type });
+      parts = [];
+      const ms = Math.round(now() - t.startedAt);
+      t.done = true;
+      TRANSFERS.get(peer)?.delete(t.id);
+      /** @type {FileReceived} */
+      const detail = { id: t.id, name: t.name, size: t.size, type: t.type, blob, sha256, ms };
+      peer._emit('file', detail);
+    } else if (msg?.t === 'cancel' && t) {
+      t.cancel(String(msg.reason ?? 'cancelled'), 'remote');
+    }
+  };
+  ch.onclose = () => {
+    if (t && !t.done) t.cancel('the file channel closed', 'remote');
+  };
+}
+
+/** @param {string} text */
+function parseJson(text) {
+  try {
+    return JSON.parse(text);
+  } catch {
+    return null;
+  }
+}
+
+/** @param {AbortSignal | undefined} signal */
+function abortReason(signal) {
+  const r = signal?.reason;
+  if (r === undefined) return 'aborted';
+  return String(r?.message ?? r);
+}
+
+function randomId() {
+  const b = new Uint8Array(8);
+  crypto.getRandomValues(b);
+  return Array.from(b, (x) => x.toString(16).padStart(2, '0')).join('');
+}
+
+/** UTF-8 length of a string, without encoding it when it cannot matter. @param {string} s @param {number} limit */
+function utf8Length(s, limit) {
+  if (s.length * 3 <= limit) return s.length; // a lower bound is enough: it fits
+  return new TextEncoder().encode(s).length;
+}
+
+/** SHA-256 round constants (FIPS 180-4 §4.2.2). */
+const SHA256_K = new Int32Array([
+  0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5, 0xd807aa98,
+  0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174, 0xe49b69c1, 0xefbe4786,
+  0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da, 0x983e5152, 0xa831c66d, 0xb00327c8,
+  0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967, 0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13,
+  0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85, 0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819,
+  0xd6990624, 0xf40e3585, 0x106aa070, 0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a,
+  0x5b9cca4f, 0x682e6ff3, 0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7,
+  0xc67178f2,
+]);
+
+/**
+ * SHA-256 over a stream (FIPS 180-4): `update(bytes)` any number of times, then `hex()`. `crypto.subtle` has no
+ * streaming digest; this one holds 64 bytes of state whatever the input's length.
+ */
+class Sha256 {
+  constructor() {
+    /** @private */ this._h = new Uint32Array([
+      0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19,
+    ]);
+    /** @private */ this._w = new Int32Array(64);
+    /** @private */ this._buf = new Uint8Array(64);
+    /** @private */ this._bufLen = 0;
+    /** @private */ this._bytes = 0;
+  }
+
+  /** @param {Uint8Array} data @returns {Sha256} */
+  update(data) {
+    let i = 0;
+    this._bytes += data.length;
+    if (this._bufLen) {
+      i = Math.min(64 - this._bufLen, data.length);
+      this._buf.set(data.subarray(0, i), this._bufLen);
+      this._bufLen += i;
+      if (this._bufLen < 64) return this;
+      this._block(this._buf, 0);
+      this._bufLen = 0;
+    }
+    for (; i + 64 <= data.length; i += 64) this._block(data, i);
+    if (i < data.length) {
+      this._buf.set(data.subarray(i), 0);
+      this._bufLen = data.length - i;
+    }
+    return this;
+  }
+
+  /** The digest as 64 lowercase hex digits (the hash is final: no `update` after). */
+  hex() {
+    const bits = this._bytes * 8;
+    const pad = new Uint8Array((this._bufLen < 56 ? 56 : 120) - this._bufLen + 8);
+    pad[0] = 0x80;
+    const n = pad.length;
+    const hi = Math.floor(bits / 0x100000000);
+    const lo = bits >>> 0;
+    for (let k = 0; k < 4; k++) {
+      pad[n - 8 + k] = (hi >>> (24 - 8 * k)) & 0xff;
+      pad[n - 4 + k] = (lo >>> (24 - 8 * k)) & 0xff;
+    }
+    const bytes = this._bytes;
+    this.update(pad);
+    this._bytes = bytes;
+    return Array.from(this._h, (x) => x.toString(16).padStart(8, '0')).join('');
+  }
+
+  /** One 64-byte block at `o`. @private @param {Uint8Array} p @param {number} o */
+  _block(p, o) {
+    const w = this._w;
+    const H = this._h;
+    for (let t = 0; t < 16; t++) {
+      const j = o + 4 * t;
+      w[t] = (p[j] << 24) | (p[j + 1] << 16) | (p[j + 2] << 8) | p[j + 3];
+    }
+    for (let t = 16; t < 64; t++) {
+      const x = w[t - 15];
+      const y = w[t - 2];
+      const s0 = ((x >>> 7) | (x << 25)) ^ ((x >>> 18) | (x << 14)) ^ (x >>> 3);
+      const s1 = ((y >>> 17) | (y << 15)) ^ ((y >>> 19) | (y << 13)) ^ (y >>> 10);
+      w[t] = (w[t - 16] + s0 + w[t - 7] + s1) | 0;
+    }
+    let a = H[0] | 0;
+    let b = H[1] | 0;
+    let c = H[2] | 0;
+    let d = H[3] | 0;
+    let e = H[4] | 0;
+    let f = H[5] | 0;
+    let g = H[6] | 0;
+    let h = H[7] | 0;
+    for (let t = 0; t < 64; t++) {
+      const S1 = ((e >>> 6) | (e << 26)) ^ ((e >>> 11) | (e << 21)) ^ ((e >>> 25) | (e << 7));
+      const ch = (e & f) ^ (~e & g);
+      const t1 = (h + S1 + ch + SHA256_K[t] + w[t]) | 0;
+      const S0 = ((a >>> 2) | (a << 30)) ^ ((a >>> 13) | (a << 19)) ^ ((a >>> 22) | (a << 10));
+      const maj = (a & b) ^ (a & c) ^ (b & c);
+      const t2 = (S0 + maj) | 0;
+      h = g;
+      g = f;
+      f = e;
+      e = (d + t1) | 0;
+      d = c;
+      c = b;
+      b = a;
+      a = (t1 + t2) | 0;
+    }
+    H[0] += a;
+    H[1] += b;
+    H[2] += c;
+    H[3] += d;
+    H[4] += e;
+    H[5] += f;
+    H[6] += g;
+    H[7] += h;
   }
 }
 
@@ -1592,6 +2611,51 @@ class Link {
   }
 }
 
+/** A failed credential refresh is tried again after this long. */
+const ICE_REFRESH_RETRY_MS = 30000;
+
+/**
+ * The earliest expiry (Unix seconds) of the TURN REST credentials (`<expiry>:<id>` usernames) in `servers`, or
+ * null when none has one (static users, or no TURN).
+ * @param {IceServer[]} servers @returns {number | null}
+ */
+function credentialExpiry(servers) {
+  let earliest = null;
+  for (const s of servers || []) {
+    const m = typeof s.username === 'string' ? /^(\d{1,12}):/.exec(s.username) : null;
+    if (m && (earliest === null || Number(m[1]) < earliest)) earliest = Number(m[1]);
+  }
+  return earliest;
+}
+
+/**
+ * When to fetch a fresh credential: a quarter of its remaining life before it expires, at most 10 minutes before,
+ * and not sooner than 5 s from now (a 60 s credential is refreshed 45 s in, a day-long one 10 minutes before).
+ * @param {number} expiry Unix seconds @param {number} nowMs `Date.now()` @returns {number} milliseconds from now
+ */
+function refreshDelayMs(expiry, nowMs) {
+  const left = expiry * 1000 - nowMs;
+  const margin = Math.min(left / 4, 10 * 60 * 1000);
+  return Math.min(Math.max(5000, Math.round(left - margin)), 0x7fffffff);
+}
+
+/**
+ * `GET /api/ice-servers` (with the join token as `?token=`, so that the request is a simple one and needs no CORS
+ * preflight): fresh `iceServers`. Throws with the server's reason.
+ * @param {string} wsUrl @param {string} [token] @returns {Promise<IceServer[]>}
+ */
+async function fetchIceServers(wsUrl, token) {
+  const u = new URL(wsUrl);
+  u.protocol = u.protocol === 'wss:' ? 'https:' : 'http:';
+  u.pathname = '/api/ice-servers';
+  u.search = '';
+  if (token) u.searchParams.set('token', token);
+  const res = await fetch(u);
+  const body = await res.json().catch(() => null);
+  if (!res.ok || !body) throw new Error(body?.message || `HTTP ${res.status}`);
+  return body.iceServers;
+}
+
 /**
  * `GET /api/join-check`: the reason a join would be refused, or null.
  * @param {string} wsUrl @param {string} room @param {string} [token]
@@ -1637,10 +2701,16 @@ function resolveWsUrl(url) {
 /** Internal, for the SDK's unit tests (tests/sdk): not part of the API, may change without notice. */
 export {
   Session as _Session,
+  Recovery as _Recovery,
+  credentialExpiry as _credentialExpiry,
+  refreshDelayMs as _refreshDelayMs,
   addCandidateError as _addCandidateError,
   outcomeReport as _outcomeReport,
   countIceUrls as _countIceUrls,
   browserOf as _browserOf,
+  Sha256 as _Sha256,
+  writeChunks as _writeChunks,
+  fileReader as _fileReader,
 };
 
 /** Namespace object: `import Traverse from '/sdk/traverse.js'; await Traverse.connect({room: 'lobby'})`. */
