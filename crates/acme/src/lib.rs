@@ -122,7 +122,8 @@ impl Http01Tokens {
 pub fn spawn(config: Config, certs: Arc<CertStore>) -> std::io::Result<Http01Tokens> {
     let store = Store::new(&config.data_dir, &config.directory);
     let tokens = Http01Tokens::default();
-    if let Some(held) = install_stored(&config, &store, &certs) {
+    let installed = install_stored(&config, &store, &certs);
+    if let Some(held) = &installed {
         tracing::info!(
             names = ?held.names,
             not_after = held.validity.not_after,
@@ -138,7 +139,7 @@ pub fn spawn(config: Config, certs: Arc<CertStore>) -> std::io::Result<Http01Tok
                 Ok(runtime) => runtime,
                 Err(e) => return tracing::error!(error = %e, "ACME: cannot start the task's runtime"),
             };
-            runtime.block_on(run(config, store, certs, http01));
+            runtime.block_on(run(config, store, certs, http01, installed));
         })?;
     Ok(tokens)
 }
@@ -167,7 +168,15 @@ fn install_stored(config: &Config, store: &Store, certs: &CertStore) -> Option<p
     }
 }
 
-async fn run(config: Config, store: Store, certs: Arc<CertStore>, http01: Http01Tokens) {
+/// `installed`: the certificate the store serves, if it came from ACME — the plan's one input about it (a stored
+/// certificate that could not be installed counts as none).
+async fn run(
+    config: Config,
+    store: Store,
+    certs: Arc<CertStore>,
+    http01: Http01Tokens,
+    mut installed: Option<plan::Held>,
+) {
     let responders = order::Responders {
         certs: &certs,
         http01: &http01,
@@ -178,9 +187,8 @@ async fn run(config: Config, store: Store, certs: Arc<CertStore>, http01: Http01
     // The renewal time last logged: said once per certificate, not at every wake-up.
     let mut announced = None;
     loop {
-        let held = store.issued().ok().flatten().as_ref().and_then(Issued::held);
         let now = SystemTime::now();
-        let why = match plan::next(now, &config.names, held.as_ref(), jitter) {
+        let why = match plan::next(now, &config.names, installed.as_ref(), jitter) {
             Next::Keep { renew_at } => {
                 let wait = renew_at.duration_since(now).unwrap_or_default();
                 if announced != Some(renew_at) {
@@ -203,6 +211,7 @@ async fn run(config: Config, store: Store, certs: Arc<CertStore>, http01: Http01
                     not_after = held.validity.not_after,
                     "ACME: certificate issued and installed; new handshakes use it, open connections keep theirs"
                 );
+                installed = Some(held);
                 continue;
             }
             Err(e) => e,
@@ -229,16 +238,17 @@ async fn run(config: Config, store: Store, certs: Arc<CertStore>, http01: Http01
     }
 }
 
+/// Served before stored: a full disk must not leave the server on an expiring certificate. A certificate that could
+/// not be stored is still served (and counts as installed); the next restart orders again.
 fn save_and_install(store: &Store, certs: &CertStore, issued: &Issued) -> Result<plan::Held, AcmeError> {
     let held = issued
         .held()
         .ok_or_else(|| AcmeError::Certificate("the CA's chain cannot be read".into()))?;
-    // Served before stored: a full disk must not leave the server on an expiring certificate.
     certs
         .install(issued.chain_pem.as_bytes(), issued.key_pem.as_bytes())
         .map_err(|e| AcmeError::Certificate(e.to_string()))?;
-    store
-        .save_issued(issued)
-        .map_err(|e| AcmeError::Store(store.dir().display().to_string(), e))?;
+    if let Err(e) = store.save_issued(issued) {
+        tracing::error!(dir = %store.dir().display(), error = %e, "ACME: the new certificate is served but cannot be stored; a restart will order again");
+    }
     Ok(held)
 }

@@ -747,7 +747,8 @@ fn a_failed_renewal_keeps_the_old_certificate_and_retries() {
     stop(server);
 }
 
-/// A restart serves the stored certificate from its first handshake and orders nothing — with the CA gone.
+/// A restart serves the stored certificate from its first handshake and orders nothing; a stored pair that does not
+/// match is ordered again.
 #[test]
 fn a_restart_reuses_the_stored_certificate_without_a_new_order() {
     let dir = TempDir::new("restart");
@@ -774,6 +775,27 @@ fn a_restart_reuses_the_stored_certificate_without_a_new_order() {
     assert!(!log.contains("ordering a certificate"), "{log}");
     assert_eq!(pebble.orders(), orders, "no new order; pebble log:\n{}", pebble.log());
     stop(again);
+
+    // A crash between writing the key and the chain leaves a pair that does not match: refused, and ordered again
+    // rather than served or taken for good.
+    let store = std::fs::read_dir(dir.0.join("acme"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let stray = rcgen::KeyPair::generate().unwrap();
+    std::fs::write(store.join("key.pem"), stray.serialize_pem()).unwrap();
+    let third = serve(&pebble, name, &dir.0, &["--single-port", &single_addr]);
+    let reissued = wait_for_issued(&pebble, &third, addr, name, std::slice::from_ref(&issued));
+    assert_ne!(reissued, issued);
+    assert!(
+        log_of(&third).contains("the stored ACME certificate cannot be used"),
+        "{}",
+        log_of(&third)
+    );
+    assert_eq!(pebble.orders(), orders + 1);
+    stop(third);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
