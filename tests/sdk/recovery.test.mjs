@@ -223,3 +223,15 @@ test('long calls: the credential expiry is read from the REST usernames, and ref
   assert.equal(sdk._refreshDelayMs(1764070002, t0), 5000, 'never sooner than 5 s');
   assert.equal(sdk._refreshDelayMs(1764060000, t0), 5000, 'already expired: soon, not at once in a loop');
 });
+
+test('a lost session (restarted server) restarts a connected call at once; a running restart absorbs it', () => {
+  const { r, host } = connectedRecovery();
+  r.handleSessionLost();
+  assert.equal(host.restarts, 1);
+  assert.deepEqual(host.events, [{ name: 'reconnecting', cause: 'session-lost', attempt: 1 }]);
+  r.handleSessionLost();
+  assert.equal(host.restarts, 1, 'coalesced');
+  const fresh = new Recovery({}, fakeHost(), fakeClock());
+  fresh.handleSessionLost();
+  assert.equal(fresh.restarts, 0, 'never connected: nothing to restart');
+});

@@ -51,7 +51,7 @@ export const RECONNECT_DELAYS_MS = Object.freeze([0, 300, 1200, 2700, 4800, 7000
  *   network changes (`false`: never)
  * @property {RecoveryOptions | false} [recovery] when to restart ICE (default: the room's `recovery`)
  * @property {number} [maxFileBytes=2147483648] the largest file this side accepts from `sendFile` (it is kept in
-   memory as a Blob); larger ones are cancelled at their start
+ *   memory as a Blob); larger ones are cancelled at their start
  *
  * @typedef {object} ConnectOptions
  * @property {string} room room name
@@ -761,7 +761,7 @@ export class Peer extends EventTarget {
     // does so after applying the offer, so that it does not start a colliding offer of its own.
     /** @private */ this._pendingSetup = !initiator;
     if (initiator) this._setup();
-    /** @private @type {Recovery | null} ICE restarts on disconnection, failure or a network change */
+    /** @internal @type {Recovery | null} ICE restarts on disconnection, failure or a network change */
     this._recovery = this._startRecovery();
   }
 
@@ -1066,9 +1066,11 @@ export class Peer extends EventTarget {
     // connection as a whole goes `failed` (NAT lab, a host whose address changed).
     pc.addEventListener('iceconnectionstatechange', () => recovery.handleState(pc.iceConnectionState));
     pc.addEventListener('connectionstatechange', () => recovery.handleState(pc.connectionState));
-    // A restart that only renegotiated (the old pair still works, e.g. after a network change) ends with its answer.
+    // A restart that only renegotiated (the old pair still works, e.g. after a network change) ends with its answer
+    // — an offer and answer exchanged since the restart, not the rollback of an offer a lost session dropped.
     pc.addEventListener('signalingstatechange', () => {
-      if (pc.signalingState === 'stable' && connected()) recovery.handleState(pc.iceConnectionState);
+      if (pc.signalingState !== 'stable') this._negotiatedSinceRestart = true;
+      else if (this._negotiatedSinceRestart && connected()) recovery.handleState(pc.iceConnectionState);
     });
     /** @private */ this._unwatchNetwork = watchNetwork((kind) => recovery.handleNetworkChange(kind));
     return recovery;
@@ -1098,19 +1100,20 @@ export class Peer extends EventTarget {
           await pc.setLocalDescription({ type: 'rollback' });
         }
         this._offerLost = false;
+        /** @private an offer or answer went by since the last restart */ this._negotiatedSinceRestart = false;
         pc.restartIce();
       })
       .catch((err) => this._fail('negotiation-failed', err));
   }
 
-  /** Our session was lost: the remote id is stale until the remote peer says its new one. @private */
+  /** Our session was lost: the remote id is stale until the remote peer says its new one. @internal */
   _orphan() {
-    /** @private */ this._orphaned = true;
+    /** @internal */ this._orphaned = true;
     // Negotiation messages of the old session were dropped with it: an offer of ours waits for no answer.
     /** @private */ this._offerLost = true;
   }
 
-  /** The remote peer is `peerId` now (both sides rejoined a restarted server). @private @param {string} peerId */
+  /** The remote peer is `peerId` now (both sides rejoined a restarted server). @internal @param {string} peerId */
   _rebind(peerId) {
     const previousPeerId = this.peerId;
     this.peerId = peerId;
@@ -1120,10 +1123,11 @@ export class Peer extends EventTarget {
     // A negotiation cut in the middle is started again; else a restart that waited for signaling goes now.
     if (!this._recovery) return;
     if (this._recovery.state === 'waiting') this._recovery.handleSignaling();
+    else if (this._recovery.state !== 'new') this._recovery.handleSessionLost();
     else if (this.pc.signalingState !== 'stable') this._restartIce();
   }
 
-  /** The room's `iceServers` (filtered or replaced by `PeerOptions.iceServers`) into the connection. @private */
+  /** The room's `iceServers` (filtered or replaced by `PeerOptions.iceServers`) into the connection. @internal */
   _applyIceServers() {
     const custom = this.options.iceServers;
     if (Array.isArray(custom)) return; // the app's own servers: nothing of ours to refresh
@@ -1247,6 +1251,16 @@ class Recovery {
   /** Signaling can carry an offer again (the room resumed or rejoined, the peer is known): a waiting restart goes. */
   handleSignaling() {
     if (this.state === 'waiting') this._restartNow();
+  }
+
+  /**
+   * The server lost our session (it restarted) and the remote peer has been found again under its new id: its TURN
+   * allocations most likely died with it, so a relayed path is restarted now rather than after ICE notices (about
+   * 10 s in Chromium: tests/browser/rejoin.test.js). A direct path just renegotiates without a break.
+   */
+  handleSessionLost() {
+    if (this.state === 'closed' || this.state === 'new') return;
+    this._trigger('session-lost', true);
   }
 
   /** The peer left or the connection closed: nothing more happens. */

@@ -153,12 +153,13 @@ export function get(url, { headers = {} } = {}) {
 
 /**
  * The real binary on loopback: STUN/TURN on UDP+TCP `turn`, TLS on `tls`, the single port (TLS: HTTPS, WSS and
- * TURN) on `mux`, plain HTTP on `http`. Resolves once /healthz answers on the single port.
- * @param {{extraArgs?: string[]}} [opts]
+ * TURN) on `mux`, plain HTTP on `http`. Resolves once /healthz answers on the single port. `ports`: those of a
+ * server stopped before, to restart it where its clients expect it.
+ * @param {{extraArgs?: string[], ports?: {turn: number, tls: number, mux: number, http: number}}} [opts]
  */
-export async function startTraverse({ extraArgs = [] } = {}) {
+export async function startTraverse({ extraArgs = [], ports: reuse } = {}) {
   if (!fs.existsSync(TRAVERSE_BIN)) throw new Error(`${TRAVERSE_BIN} missing: run cargo build -p traverse`);
-  const ports = {
+  const ports = reuse || {
     turn: await freePort({ udp: true }),
     tls: await freePort(),
     mux: await freePort(),
