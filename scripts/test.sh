@@ -51,7 +51,9 @@ if [ "${INSTALL_TEST:-1}" != 0 ]; then
 fi
 
 if [ "${BROWSER_TESTS:-1}" != 0 ]; then
-  node --test tests/sdk/ # the browser SDK's session protocol and outcome reports, without a browser
+  # TypeScript for the SDK's declarations and the examples (tests/sdk/types.test.mjs).
+  (cd tests/sdk && { npm ci --no-audit --no-fund --loglevel=error || npm install --no-audit --no-fund --loglevel=error; })
+  node --test tests/sdk/ # the browser SDK's session protocol, outcome reports, file chunking, types — without a browser
   TRAVERSE_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/traverse" tests/browser/run.sh
 fi
 

@@ -1,0 +1,1272 @@
+/**
+ * @typedef {{urls: string | string[], username?: string, credential?: string}} IceServer
+ * @typedef {{id: string, meta?: any}} PeerInfo
+ * @typedef {'connecting' | 'open' | 'reconnecting' | 'closed'} RoomState
+ * @typedef {{reconnects: number, resumes: number, rejoins: number, duplicates: number, gaps: number, queued: number,
+ *   resent: number, lost: number}} RoomStats
+ *
+ * @typedef {object} PeerOptions
+ * @property {boolean} [dataChannel=true] open the SDK's data channel (negotiated, id 0, label "traverse"); both sides
+ *   must agree
+ * @property {RTCIceTransportPolicy} [iceTransportPolicy] `'relay'` forces TURN
+ * @property {IceServer[] | ((servers: IceServer[]) => IceServer[])} [iceServers] replaces the join's servers, or
+ *   filters them (see `filterIceServers`)
+ * @property {MediaStream} [media] tracks to send
+ * @property {RTCDataChannelInit} [channelOptions] extra options for the data channel (e.g. `{ordered: false}`)
+ * @property {boolean} [restartOnFailure=true] restart ICE when the connection fails, stays disconnected or the
+ *   network changes (`false`: never)
+ * @property {RecoveryOptions | false} [recovery] when to restart ICE (default: the room's `recovery`)
+ * @property {number} [maxFileBytes=2147483648] the largest file this side accepts from `sendFile` (it is kept in
+ *   memory as a Blob); larger ones are cancelled at their start
+ *
+ * @typedef {object} ConnectOptions
+ * @property {string} room room name
+ * @property {string} [url] WebSocket URL (`wss://host/ws`); http(s) URLs are converted. Default: `/ws` beside this
+ *   module's own URL, else beside the page
+ * @property {string} [token] signaling token (JWT), when the server has a signaling secret
+ * @property {any} [meta] public metadata shown to the other peers (at most 1 KiB of JSON)
+ * @property {boolean} [reconnect=true] reconnect and resume after a drop
+ * @property {number[]} [reconnectDelaysMs] override `RECONNECT_DELAYS_MS`
+ * @property {number} [maxReconnectAttempts=Infinity] give up (event `closed`) after this many failed attempts in a row
+ * @property {number} [heartbeatMs] ping interval; default: the server's `heartbeatMs` from `joined`
+ * @property {number} [deadAfterMs] declare the socket dead after this long without any server message; default
+ *   2 × heartbeat + 2 s
+ * @property {number} [connectTimeoutMs=10000] bound on opening a socket and getting `joined`/`resumed`
+ * @property {number} [maxQueue=1000] bound on messages held by the SDK: queued while reconnecting, plus sent but not
+ *   yet acknowledged by the server
+ * @property {number} [maxMessageBytes=65536] refuse larger messages locally (the server closes with 1009)
+ * @property {boolean} [subprotocol=true] ask for the WebSocket subprotocol `traverse.v1` (the server must echo it)
+ * @property {boolean} [autoAccept=true] answer offers from peers you did not `connect()` to (event `peer-connection`)
+ * @property {PeerOptions | ((peerId: string) => PeerOptions)} [peerOptions] options for peers created by
+ *   `autoAccept`
+ * @property {boolean} [reportOutcomes=true] send the server one `outcome` report per peer connection (connected,
+ *   failed, or not connected after `outcomeTimeoutMs`): candidate types and counts, TURN errors, the browser — no
+ *   addresses (docs/sdk.md, "Connection outcomes")
+ * @property {number} [outcomeTimeoutMs=30000] a peer connection not connected after this long is reported `timeout`
+ * @property {boolean} [leaveOnPageHide=true] leave the room when the page is hidden for good (`pagehide`: tab closed,
+ *   navigation, reload), so the others see `peer-left` at once instead of after the resume grace
+ * @property {RecoveryOptions | false} [recovery] when peer connections restart ICE (docs/sdk.md, "Calls that
+ *   survive"); `false`: never
+ * @property {number} [probeTimeoutMs=3000] when a peer connection's path breaks or the network changes, the signaling
+ *   socket is pinged and declared dead if nothing arrives within this long
+ * @property {boolean} [rejoinCalls=true] after a failed resume (a restarted server), keep the calls and find their
+ *   peers' new ids (event `peer-rejoined`); `false`: close them
+ * @property {false | (() => Promise<IceServer[]>)} [refreshIceServers] how a fresh TURN credential is fetched before
+ *   the current one expires; default `GET /api/ice-servers` with `token`; `false`: never
+ */
+/**
+ * Join a room. Resolves once the server answered `joined`; rejects with a `TraverseError` (with `.code`, e.g.
+ * `token-invalid`, `room-full`) if the join is refused.
+ * @param {ConnectOptions} options
+ * @returns {Promise<Room>}
+ */
+export function connect(options: ConnectOptions): Promise<Room>;
+/**
+ * Keep only the URLs for which `keep(url)` is true; drop servers left without URLs.
+ * `filterIceServers(room.iceServers, (u) => u.startsWith('turns:'))` forces TURN over TLS.
+ * @param {IceServer[]} servers @param {(url: string) => boolean} keep @returns {IceServer[]}
+ */
+export function filterIceServers(servers: IceServer[], keep: (url: string) => boolean): IceServer[];
+/** SDK version; the protocol version it speaks is `PROTOCOL`. */
+export const VERSION: "0.1.0";
+export const PROTOCOL: "traverse.v1";
+/**
+ * Reconnect delays in milliseconds (before jitter): the n-th attempt after a drop waits `RECONNECT_DELAYS_MS[n]`,
+ * the last one repeats. Same schedule as LiveKit's client.
+ */
+export const RECONNECT_DELAYS_MS: readonly number[];
+/** An error with a stable `code` from the protocol (or `connect-failed`, `timeout`, `closed` from the SDK). */
+export class TraverseError extends Error {
+    /** @param {string} code @param {string} message @param {object} [extra] */
+    constructor(code: string, message: string, extra?: object);
+    /** @type {string} */
+    code: string;
+    /** @type {number | undefined} the WebSocket close code, when a closing socket caused the error */
+    closeCode: number | undefined;
+}
+/**
+ * A joined room. Events (listen with `room.on(name, fn)` — `fn` gets the event's detail — or `addEventListener`,
+ * where the detail is `event.detail`):
+ * - `joined` `{peerId, peers, rejoined}` — also after a fresh re-join when a resume failed (new `peerId`)
+ * - `peer-joined` `{peer: {id, meta}}`, `peer-left` `{peerId}`
+ * - `signal` `{from, data, seq, internal}` — `internal` when the SDK's peer connection consumed it
+ * - `broadcast` `{from, data, seq}`
+ * - `undeliverable` `{to, id, reason}` — a `signal` you sent could not be delivered: the recipient left
+ *   (`peer-left`), or the server's memory budget for it is full (`queue-full` its session, `source-full` its address,
+ *   `server-full` the server; retry later); reason `session-lost` (with
+ *   `type` and `data`, for a `broadcast` too) when a failed resume ended the session before the server acknowledged
+ *   the message: it may or may not have arrived
+ * - `error` `{code, message, id?}` — from the server (`id`: the message it is about, e.g. `unknown-peer`), or from the
+ *   SDK (`queue-full`, `negotiation-failed`, `sequence-gap`)
+ * - `reconnecting` `{attempt, delayMs, code, reason}`, `resumed` `{replayed, seq, ack}`
+ * - `closed` `{code, reason}` — final; the room is unusable
+ * - `peer-connection` `{peer}` — a `Peer` created because a peer sent an offer (see `autoAccept`)
+ * - `connection-diagnosis` `{peer, you, outcome, reason, step, message, path?, timeToConnectMs?}` — the server's
+ *   verdict on a peer connection, from both sides' outcome reports (`message` calls this peer "peer " + `you`);
+ *   `connection-failed` with the same detail as well when it did not connect (`reason`: a stable code,
+ *   docs/operations.md)
+ */
+export class Room extends EventTarget {
+    /** @param {ConnectOptions} options */
+    constructor(options: ConnectOptions);
+    /** @internal */ _opts: {
+        /**
+         * room name
+         */
+        room: string;
+        /**
+         * WebSocket URL (`wss://host/ws`); http(s) URLs are converted. Default: `/ws` beside this
+         * module's own URL, else beside the page
+         */
+        url?: string;
+        /**
+         * signaling token (JWT), when the server has a signaling secret
+         */
+        token?: string;
+        /**
+         * public metadata shown to the other peers (at most 1 KiB of JSON)
+         */
+        meta?: any;
+        /**
+         * reconnect and resume after a drop
+         */
+        reconnect: boolean;
+        /**
+         * override `RECONNECT_DELAYS_MS`
+         */
+        reconnectDelaysMs: number[];
+        /**
+         * give up (event `closed`) after this many failed attempts in a row
+         */
+        maxReconnectAttempts: number;
+        /**
+         * ping interval; default: the server's `heartbeatMs` from `joined`
+         */
+        heartbeatMs?: number;
+        /**
+         * declare the socket dead after this long without any server message; default
+         * 2 × heartbeat + 2 s
+         */
+        deadAfterMs?: number;
+        /**
+         * bound on opening a socket and getting `joined`/`resumed`
+         */
+        connectTimeoutMs: number;
+        /**
+         * bound on messages held by the SDK: queued while reconnecting, plus sent but not
+         * yet acknowledged by the server
+         */
+        maxQueue: number;
+        /**
+         * refuse larger messages locally (the server closes with 1009)
+         */
+        maxMessageBytes: number;
+        /**
+         * ask for the WebSocket subprotocol `traverse.v1` (the server must echo it)
+         */
+        subprotocol?: boolean;
+        /**
+         * answer offers from peers you did not `connect()` to (event `peer-connection`)
+         */
+        autoAccept: boolean;
+        /**
+         * options for peers created by
+         * `autoAccept`
+         */
+        peerOptions?: PeerOptions | ((peerId: string) => PeerOptions);
+        /**
+         * send the server one `outcome` report per peer connection (connected,
+         * failed, or not connected after `outcomeTimeoutMs`): candidate types and counts, TURN errors, the browser — no
+         * addresses (docs/sdk.md, "Connection outcomes")
+         */
+        reportOutcomes: boolean;
+        /**
+         * a peer connection not connected after this long is reported `timeout`
+         */
+        outcomeTimeoutMs: number;
+        /**
+         * leave the room when the page is hidden for good (`pagehide`: tab closed,
+         * navigation, reload), so the others see `peer-left` at once instead of after the resume grace
+         */
+        leaveOnPageHide?: boolean;
+        /**
+         * when peer connections restart ICE (docs/sdk.md, "Calls that
+         * survive"); `false`: never
+         */
+        recovery?: RecoveryOptions | false;
+        /**
+         * when a peer connection's path breaks or the network changes, the signaling
+         * socket is pinged and declared dead if nothing arrives within this long
+         */
+        probeTimeoutMs?: number;
+        /**
+         * after a failed resume (a restarted server), keep the calls and find their
+         * peers' new ids (event `peer-rejoined`); `false`: close them
+         */
+        rejoinCalls?: boolean;
+        /**
+         * how a fresh TURN credential is fetched before
+         * the current one expires; default `GET /api/ice-servers` with `token`; `false`: never
+         */
+        refreshIceServers?: false | (() => Promise<IceServer[]>);
+    };
+    /** WebSocket URL in use. */
+    url: string;
+    /** Room name. */
+    room: string;
+    /** @type {string | null} this peer's id (changes only after a failed resume and a fresh join) */
+    peerId: string | null;
+    /** @type {Map<string, PeerInfo>} other peers in the room, by id */
+    peers: Map<string, PeerInfo>;
+    /** @type {IceServer[]} STUN/TURN servers with a credential minted for this peer */
+    iceServers: IceServer[];
+    /** @type {string[]} capabilities granted by the join token (`caps`), passed through for the app */
+    caps: string[];
+    heartbeatMs: number;
+    resumeGraceMs: number;
+    /** Counters, for diagnostics and tests. @type {RoomStats} */
+    stats: RoomStats;
+    /** @type {Map<string, Peer>} peer connections by remote peer id */
+    connections: Map<string, Peer>;
+    /** @private */ private _session;
+    /** @private */ private _link;
+    /** @private @type {{resolve: (room: Room) => void, reject: (err: any) => void} | null} `connect()` waiting */
+    private _startWaiter;
+    /** @private the session's events are being handed to the app (see `_drain`) */ private _dispatching;
+    /** @internal */ _msgId: number;
+    /** @private the page-lifecycle hook (section "Leaving with the page") */
+    private _onPageHide;
+    /** @type {RoomState} */
+    get state(): RoomState;
+    /** @type {string | null} the session id (a resume presents it) */
+    get session(): string | null;
+    /** Highest stream `seq` processed. */
+    get lastSeq(): number;
+    /**
+     * Listen to an event; `fn` receives the event's detail. Returns a function that removes the listener.
+     * @param {string} name @param {(detail: any) => void} fn @returns {() => void}
+     */
+    on(name: string, fn: (detail: any) => void): () => void;
+    /**
+     * Resolves with the detail of the next `name` event for which `pred` holds, or rejects after `timeoutMs`.
+     * @param {string} name @param {(detail: any) => boolean} [pred] @param {number} [timeoutMs]
+     */
+    once(name: string, pred?: (detail: any) => boolean, timeoutMs?: number): Promise<any>;
+    /** Messages sent but not yet acknowledged by the server (resent after a resume if the server missed them). */
+    get unacknowledged(): number;
+    /**
+     * Send `data` to one peer of the room. Queued while reconnecting. Returns the message id, which comes back in an
+     * `undeliverable` event if the message cannot be delivered, or in an `error` event (`unknown-peer`).
+     * @param {string} to @param {any} data @param {{id?: string}} [opts] @returns {string}
+     */
+    signal(to: string, data: any, opts?: {
+        id?: string;
+    }): string;
+    /** Send `data` to every other peer of the room. Queued while reconnecting. @param {any} data */
+    broadcast(data: any): void;
+    /**
+     * Leave the room: close every peer connection, tell the server (the others see `peer-left` at once), close the
+     * socket. Resolves when the socket is closed (at most ~1 s).
+     */
+    leave(): Promise<void>;
+    /**
+     * Open (or return) a peer connection to `peerId`, negotiated through this room.
+     * @param {string} peerId @param {PeerOptions} [options] @returns {Peer}
+     */
+    connect(peerId: string, options?: PeerOptions): Peer;
+    /** @internal @param {string} name @param {any} detail */
+    _emit(name: string, detail: any): void;
+    /** First join; resolves on `joined`, rejects on refusal. @internal @returns {Promise<Room>} */
+    _start(): Promise<Room>;
+    /** @internal @param {object} msg @param {boolean} internal */
+    _send(msg: object, internal: boolean): void;
+    /**
+     * After every input to the session: write what it transmits, then hand its events over in order. An app
+     * listener that sends gets its frame written at once; events it causes wait for the ones already in line.
+     * @private
+     */
+    private _drain;
+    /** @private @param {SessionEvent} e */
+    private _handleSessionEvent;
+    /** @private @param {any} msg @param {boolean} rejoined @param {any[]} lost */
+    private _onJoined;
+    /** @private @param {any} msg */
+    private _onResumed;
+    /** A server message the session let through, in stream order. @private */
+    private _onMessage;
+    /** The server's post-mortem of a peer connection (docs/protocol.md, "Connection outcomes"). @private */
+    private _onDiagnosis;
+    /**
+     * Sends a peer connection's outcome report (once per `Peer`), unless `reportOutcomes` is off. Numbered like a
+     * `signal`, so a report written into a dying socket is resent after the resume and counted once.
+     * @internal @param {string} peerId @param {OutcomeReport} report
+     */
+    _reportOutcome(peerId: string, report: OutcomeReport): void;
+    /** @private @param {any} msg @param {'join' | 'resume' | null} handshake */
+    private _onError;
+    /** @private */
+    private _onSignal;
+    /** @private */
+    private _failStart;
+    /**
+     * The current socket is gone. Decide by close code (docs/protocol.md, Close codes) whether to retry, how soon, and
+     * whether to resume or join afresh.
+     * @private @param {number} code @param {string} reason @param {boolean} [opened]
+     */
+    private _onDrop;
+    /** Final state. @private */
+    private _finish;
+    /**
+     * The page is going away (`pagehide`: a closed tab, a navigation, a reload, the page entering the back/forward
+     * cache): leave at once, so the others see `peer-left` now rather than after the server's resume grace (a socket
+     * that merely drops keeps its session for that grace, which is what covers network drops). Synchronous: nothing
+     * asynchronous runs once the page is hidden, so `leave` is written and the socket closed in this task; the
+     * browser sends queued frames before the close frame. `pagehide` rather than `beforeunload`: it fires on every
+     * way out, including mobile tab switches that discard the page, and never asks the user anything.
+     * @private
+     */
+    private _leaveWithPage;
+    /**
+     * The session is gone (a restarted server refused the resume) and this peer joins again under a new id, as will
+     * the others. Its calls stay open, still keyed by the old ids, and wait for their remote peer to say which new id
+     * it has now (`{"rejoin": {"was": [old ids]}}`, `_onRejoinSignal`); those not found within the resume grace
+     * period (at least 10 s) are closed. `rejoinCalls: false` closes them at once, as before.
+     * @private @param {string} previousPeerId
+     */
+    private _keepCalls;
+    /** @private @type {string[]} our own ids the remote peers may still know us by (newest last) */
+    private _previousIds;
+    /** @private @type {Set<string>} peers already told our old ids since the last rejoin */
+    private _toldRejoin;
+    /** @private */ private _orphanTimer;
+    /**
+     * Tells `to` (null: every peer of the room) the ids we had, while a call of ours still waits for its peer.
+     * @private @param {string | null} to
+     */
+    private _announceRejoin;
+    /** @private @param {string} to */
+    private _tellRejoin;
+    /**
+     * `from` rejoined and was `was` before: our call with that old id carries on with `from` (event `peer-rejoined`),
+     * and we tell `from` our own old ids if we rejoined too.
+     * @private @param {string} from @param {{was?: unknown}} rejoin
+     */
+    private _onRejoinSignal;
+    /** Signaling is usable again (resumed or joined): restarts that waited for it go now. @private */
+    private _signalingBack;
+    /** A peer connection saw its path break or the network change: is the socket still alive? @internal */
+    _probeSignaling(): void;
+    /**
+     * The TURN credential in `iceServers` is a REST credential (`<expiry>:<id>`). An allocation made with it outlives
+     * it (the server checks the expiry only for a new Allocate: docs/sdk.md, "Calls that survive"), but an ICE restart
+     * after the expiry would allocate with a dead credential. So a fresh one is fetched a while before the expiry
+     * (`refreshDelayMs`) and put into every peer connection (`setConfiguration`), for its next restart.
+     * @private
+     */
+    private _scheduleIceRefresh;
+    /** @private */ private _iceRefreshTimer;
+    /** @private */
+    private _refreshIceServers;
+}
+/**
+ * A peer connection negotiated through a room with perfect negotiation (MDN): the peer with the lexicographically
+ * smaller id is polite and rolls back its own offer on glare; the impolite one ignores the colliding offer.
+ *
+ * Events (`on(name, fn)` as on `Room`): `open` (data channel open), `message` `{data}`, `close`, `track`
+ * `{track, streams}`, `state` `{connectionState, iceConnectionState}`, `error` `{code, message}`; files
+ * (`sendFile`): `file-start` `{id, name, size, type}` (receiving), `file-progress` `{id, name, size, bytes,
+ * direction}`, `file` `{id, name, size, type, blob, sha256, ms}` (received, hash checked), `file-cancel`
+ * `{id, name, size, direction, by, reason}` (either side cancelled, or the channel closed).
+ */
+export class Peer extends EventTarget {
+    /**
+     * @param {Room} room @param {string} peerId @param {PeerOptions} options
+     * @param {boolean} initiator true when created by `room.connect()` (it creates the data channel at once)
+     */
+    constructor(room: Room, peerId: string, options: PeerOptions, initiator: boolean);
+    /** Remote peer id. */
+    peerId: string;
+    room: Room;
+    options: {
+        /**
+         * open the SDK's data channel (negotiated, id 0, label "traverse"); both sides
+         * must agree
+         */
+        dataChannel: boolean;
+        /**
+         * `'relay'` forces TURN
+         */
+        iceTransportPolicy?: RTCIceTransportPolicy;
+        /**
+         * replaces the join's servers, or
+         * filters them (see `filterIceServers`)
+         */
+        iceServers?: IceServer[] | ((servers: IceServer[]) => IceServer[]);
+        /**
+         * tracks to send
+         */
+        media?: MediaStream;
+        /**
+         * extra options for the data channel (e.g. `{ordered: false}`)
+         */
+        channelOptions?: RTCDataChannelInit;
+        /**
+         * restart ICE when the connection fails, stays disconnected or the
+         * network changes (`false`: never)
+         */
+        restartOnFailure: boolean;
+        /**
+         * when to restart ICE (default: the room's `recovery`)
+         */
+        recovery?: RecoveryOptions | false;
+        /**
+         * the largest file this side accepts from `sendFile` (it is kept in
+         * memory as a Blob); larger ones are cancelled at their start
+         */
+        maxFileBytes?: number;
+    };
+    /** Polite peer = the smaller id (docs/sdk.md). */
+    polite: boolean;
+    closed: boolean;
+    /** @type {RTCDataChannel | null} */
+    channel: RTCDataChannel | null;
+    /** @type {MediaStream[]} remote streams */
+    remoteStreams: MediaStream[];
+    /** The underlying RTCPeerConnection. */
+    pc: RTCPeerConnection;
+    /**
+     * What the outcome report is made of, gathered as the connection goes (docs/sdk.md, "Connection outcomes").
+     * @private
+     */
+    private _outcome;
+    /** @private */ private _makingOffer;
+    /** @private */ private _ignoreOffer;
+    /** @private */ private _chain;
+    /** Resolves when the data channel is open. */
+    ready: Promise<any>;
+    _readyWaiter: {
+        resolve: (value: any) => void;
+        reject: (reason?: any) => void;
+    };
+    /** @private */ private _pendingSetup;
+    /** @internal @type {Recovery | null} ICE restarts on disconnection, failure or a network change */
+    _recovery: Recovery | null;
+    /** @param {string} name @param {(detail: any) => void} fn @returns {() => void} */
+    on(name: string, fn: (detail: any) => void): () => void;
+    /**
+     * Send one message on the data channel: a string, Blob, ArrayBuffer or view. Throws `not-open` before the channel
+     * is open; `too-large` beyond `maxMessageBytes` (the SCTP max-message-size both browsers agreed on: Chrome 256 KiB,
+     * Safari 64 KiB) — send files and large data with `sendFile`, which chunks them; `buffer-full` when the channel
+     * already holds 8 MiB not yet sent (Chrome closes a channel beyond 16 MiB): wait for the channel's
+     * `bufferedamountlow` event, or use `sendFile`, which waits by itself.
+     * @param {string | Blob | ArrayBuffer | ArrayBufferView} data
+     */
+    send(data: string | Blob | ArrayBuffer | ArrayBufferView): void;
+    /**
+     * The largest message `send` takes: the SCTP max-message-size of this connection (RFC 8841; 64 KiB before it is
+     * known or when the other side did not say).
+     * @type {number}
+     */
+    get maxMessageBytes(): number;
+    /**
+     * Send a file, Blob or buffer of any size on a data channel of its own (ordered, reliable), in 64 KiB chunks,
+     * never holding more than ~2 MiB of it in memory. Resolves once the other side has it all and its SHA-256
+     * matched, with `{id, name, size, type, sha256, ms}`; rejects with a `TraverseError` `cancelled` when either side
+     * cancels (`options.signal`, `cancelFile`), or `closed` when the connection goes. The other peer gets
+     * `file-start`, `file-progress`, then `file` with a `Blob`.
+     * @param {FileSource} file @param {SendFileOptions} [options] @returns {Promise<FileSent>}
+     */
+    sendFile(file: FileSource, options?: SendFileOptions): Promise<FileSent>;
+    /**
+     * Cancel a transfer of either direction by its `id` (from `file-start` or `file-progress`); both sides get
+     * `file-cancel`. False when there is no such transfer (any more).
+     * @param {string} id @param {string} [reason]
+     */
+    cancelFile(id: string, reason?: string): boolean;
+    /** Add a media track (renegotiates). @param {MediaStreamTrack} track @param {...MediaStream} streams */
+    addTrack(track: MediaStreamTrack, ...streams: MediaStream[]): RTCRtpSender;
+    /**
+     * The selected ICE candidate pair, from getStats: `{local, remote, state, rtt}` where `local` and `remote` are
+     * `{candidateType, protocol, relayProtocol, address, port, url}` (`relayProtocol`: `udp`, `tcp` or `tls` for a
+     * local relay candidate). Null before ICE has selected a pair.
+     */
+    getSelectedPair(): Promise<{
+        local: {
+            candidateType: any;
+            protocol: any;
+            relayProtocol: any;
+            address: any;
+            port: any;
+            url: any;
+        };
+        remote: {
+            candidateType: any;
+            protocol: any;
+            relayProtocol: any;
+            address: any;
+            port: any;
+            url: any;
+        };
+        state: any;
+        rtt: any;
+    }>;
+    /** Close the connection (does not leave the room); the other side's `Peer` closes too. */
+    close(): void;
+    /** @internal @param {boolean} tellRemote */
+    _close(tellRemote: boolean): void;
+    /** @internal @param {string} name @param {any} detail */
+    _emit(name: string, detail: any): void;
+    /**
+     * The first of connected, failed or the timeout: report it to the server once.
+     * @private @param {'connected' | 'failed' | 'timeout'} outcome
+     */
+    private _settle;
+    /** A connected report still waiting for its path to settle goes out now (the room is leaving). @internal */
+    _flushOutcome(): void;
+    /** @private */
+    private _emitState;
+    /** @private */
+    private _fail;
+    /** @private */
+    private _signal;
+    /** Media tracks and the data channel. @private */
+    private _setup;
+    /** @private */
+    private _createChannel;
+    /** Apply a negotiation message in arrival order. @internal @param {any} data */
+    _onSignal(data: any): void;
+    /** @private */
+    private _applySignal;
+    /** @private @returns {Recovery | null} */
+    private _startRecovery;
+    _negotiatedSinceRestart: boolean;
+    /** @private */ private _unwatchNetwork;
+    /** @private */
+    private _stopRecovery;
+    /**
+     * An ICE restart with the room's current servers (a credential refresh or a rejoin brought new ones): the offer
+     * it causes goes through perfect negotiation, so a restart from both sides at once is an ordinary glare. Our own
+     * offer that a lost session dropped is rolled back first, else the restart would wait for its answer forever.
+     * @private
+     */
+    private _restartIce;
+    _offerLost: boolean;
+    /** Our session was lost: the remote id is stale until the remote peer says its new one. @internal */
+    _orphan(): void;
+    /** @internal */ _orphaned: boolean;
+    /** The remote peer is `peerId` now (both sides rejoined a restarted server). @internal @param {string} peerId */
+    _rebind(peerId: string): void;
+    /** The room's `iceServers` (filtered or replaced by `PeerOptions.iceServers`) into the connection. @internal */
+    _applyIceServers(): void;
+}
+/**
+ * When a `Peer` restarts ICE (docs/sdk.md, "Calls that survive").
+ * @typedef {object} RecoveryOptions
+ * @property {number} [graceMs=2000] ICE `disconnected` for this long starts a restart: a short blip (a NAT's
+ *   hiccup, a link down a second) often heals by itself, and a restart costs a round of signaling
+ * @property {number[]} [restartDelaysMs] delay before the n-th restart of one episode (the last one repeats);
+ *   default `[0, 1000, 3000, 7000, 15000]`
+ * @property {number} [restartTimeoutMs=10000] a restart not connected after this long is followed by the next
+ * @property {number} [maxRestarts=8] restarts in a row without connecting before giving up (`recovery-failed`)
+ *
+ * What a `Recovery` drives (the `Peer`): `restart()` applies fresh `iceServers` and calls `restartIce()` (the
+ * renegotiation goes over perfect negotiation); `canRestart()` says whether signaling can carry the offer now (the
+ * room is open and the remote peer known); `connected()` whether ICE has a working pair now; `emit(name, detail)`.
+ * @typedef {{restart: () => void, canRestart: () => boolean, connected: () => boolean,
+ *   emit: (name: string, detail: any) => void}} RecoveryHost
+ *
+ * Timers and the clock, injected so that the unit tests run in fake time.
+ * @typedef {{setTimeout: (fn: () => void, ms: number) => any, clearTimeout: (t: any) => void, now: () => number}}
+ *   Clock
+ *
+ * @typedef {'ice-disconnected' | 'ice-failed' | 'network-change' | 'network-offline' | 'session-lost'}
+ *   RecoveryCause
+ */
+/** Restart delays of one episode; the first restart goes at once, the last delay repeats. */
+export const RESTART_DELAYS_MS: readonly number[];
+/** The label of the data channels that carry one file each; other labels are left to the app. */
+export const FILE_CHANNEL_LABEL: "traverse-file";
+/** Chunk size: 64 KiB, under every browser's SCTP max-message-size (Chrome 256 KiB, Firefox 1 GiB, Safari 64 KiB). */
+export const FILE_CHUNK_BYTES: number;
+export default Traverse;
+export type IceServer = {
+    urls: string | string[];
+    username?: string;
+    credential?: string;
+};
+export type PeerInfo = {
+    id: string;
+    meta?: any;
+};
+export type RoomState = "connecting" | "open" | "reconnecting" | "closed";
+export type RoomStats = {
+    reconnects: number;
+    resumes: number;
+    rejoins: number;
+    duplicates: number;
+    gaps: number;
+    queued: number;
+    resent: number;
+    lost: number;
+};
+export type PeerOptions = {
+    /**
+     * open the SDK's data channel (negotiated, id 0, label "traverse"); both sides
+     * must agree
+     */
+    dataChannel?: boolean;
+    /**
+     * `'relay'` forces TURN
+     */
+    iceTransportPolicy?: RTCIceTransportPolicy;
+    /**
+     * replaces the join's servers, or
+     * filters them (see `filterIceServers`)
+     */
+    iceServers?: IceServer[] | ((servers: IceServer[]) => IceServer[]);
+    /**
+     * tracks to send
+     */
+    media?: MediaStream;
+    /**
+     * extra options for the data channel (e.g. `{ordered: false}`)
+     */
+    channelOptions?: RTCDataChannelInit;
+    /**
+     * restart ICE when the connection fails, stays disconnected or the
+     * network changes (`false`: never)
+     */
+    restartOnFailure?: boolean;
+    /**
+     * when to restart ICE (default: the room's `recovery`)
+     */
+    recovery?: RecoveryOptions | false;
+    /**
+     * the largest file this side accepts from `sendFile` (it is kept in
+     * memory as a Blob); larger ones are cancelled at their start
+     */
+    maxFileBytes?: number;
+};
+export type ConnectOptions = {
+    /**
+     * room name
+     */
+    room: string;
+    /**
+     * WebSocket URL (`wss://host/ws`); http(s) URLs are converted. Default: `/ws` beside this
+     * module's own URL, else beside the page
+     */
+    url?: string;
+    /**
+     * signaling token (JWT), when the server has a signaling secret
+     */
+    token?: string;
+    /**
+     * public metadata shown to the other peers (at most 1 KiB of JSON)
+     */
+    meta?: any;
+    /**
+     * reconnect and resume after a drop
+     */
+    reconnect?: boolean;
+    /**
+     * override `RECONNECT_DELAYS_MS`
+     */
+    reconnectDelaysMs?: number[];
+    /**
+     * give up (event `closed`) after this many failed attempts in a row
+     */
+    maxReconnectAttempts?: number;
+    /**
+     * ping interval; default: the server's `heartbeatMs` from `joined`
+     */
+    heartbeatMs?: number;
+    /**
+     * declare the socket dead after this long without any server message; default
+     * 2 × heartbeat + 2 s
+     */
+    deadAfterMs?: number;
+    /**
+     * bound on opening a socket and getting `joined`/`resumed`
+     */
+    connectTimeoutMs?: number;
+    /**
+     * bound on messages held by the SDK: queued while reconnecting, plus sent but not
+     * yet acknowledged by the server
+     */
+    maxQueue?: number;
+    /**
+     * refuse larger messages locally (the server closes with 1009)
+     */
+    maxMessageBytes?: number;
+    /**
+     * ask for the WebSocket subprotocol `traverse.v1` (the server must echo it)
+     */
+    subprotocol?: boolean;
+    /**
+     * answer offers from peers you did not `connect()` to (event `peer-connection`)
+     */
+    autoAccept?: boolean;
+    /**
+     * options for peers created by
+     * `autoAccept`
+     */
+    peerOptions?: PeerOptions | ((peerId: string) => PeerOptions);
+    /**
+     * send the server one `outcome` report per peer connection (connected,
+     * failed, or not connected after `outcomeTimeoutMs`): candidate types and counts, TURN errors, the browser — no
+     * addresses (docs/sdk.md, "Connection outcomes")
+     */
+    reportOutcomes?: boolean;
+    /**
+     * a peer connection not connected after this long is reported `timeout`
+     */
+    outcomeTimeoutMs?: number;
+    /**
+     * leave the room when the page is hidden for good (`pagehide`: tab closed,
+     * navigation, reload), so the others see `peer-left` at once instead of after the resume grace
+     */
+    leaveOnPageHide?: boolean;
+    /**
+     * when peer connections restart ICE (docs/sdk.md, "Calls that
+     * survive"); `false`: never
+     */
+    recovery?: RecoveryOptions | false;
+    /**
+     * when a peer connection's path breaks or the network changes, the signaling
+     * socket is pinged and declared dead if nothing arrives within this long
+     */
+    probeTimeoutMs?: number;
+    /**
+     * after a failed resume (a restarted server), keep the calls and find their
+     * peers' new ids (event `peer-rejoined`); `false`: close them
+     */
+    rejoinCalls?: boolean;
+    /**
+     * how a fresh TURN credential is fetched before
+     * the current one expires; default `GET /api/ice-servers` with `token`; `false`: never
+     */
+    refreshIceServers?: false | (() => Promise<IceServer[]>);
+};
+/**
+ * The first argument of `peer.sendFile`, read `length` bytes at a time.
+ */
+export type FileSource = Blob | ArrayBuffer | ArrayBufferView;
+/**
+ * When a `Peer` restarts ICE (docs/sdk.md, "Calls that survive").
+ */
+export type RecoveryOptions = {
+    /**
+     * ICE `disconnected` for this long starts a restart: a short blip (a NAT's
+     * hiccup, a link down a second) often heals by itself, and a restart costs a round of signaling
+     */
+    graceMs?: number;
+    /**
+     * delay before the n-th restart of one episode (the last one repeats);
+     * default `[0, 1000, 3000, 7000, 15000]`
+     */
+    restartDelaysMs?: number[];
+    /**
+     * a restart not connected after this long is followed by the next
+     */
+    restartTimeoutMs?: number;
+    /**
+     * restarts in a row without connecting before giving up (`recovery-failed`)
+     *
+     * What a `Recovery` drives (the `Peer`): `restart()` applies fresh `iceServers` and calls `restartIce()` (the
+     * renegotiation goes over perfect negotiation); `canRestart()` says whether signaling can carry the offer now (the
+     * room is open and the remote peer known); `connected()` whether ICE has a working pair now; `emit(name, detail)`.
+     */
+    maxRestarts?: number;
+};
+/**
+ * Timers and the clock, injected so that the unit tests run in fake time.
+ */
+export type RecoveryHost = {
+    restart: () => void;
+    canRestart: () => boolean;
+    connected: () => boolean;
+    emit: (name: string, detail: any) => void;
+};
+/**
+ * When a `Peer` restarts ICE (docs/sdk.md, "Calls that survive").
+ */
+export type Clock = {
+    setTimeout: (fn: () => void, ms: number) => any;
+    clearTimeout: (t: any) => void;
+    now: () => number;
+};
+/**
+ * When a `Peer` restarts ICE (docs/sdk.md, "Calls that survive").
+ */
+export type RecoveryCause = "ice-disconnected" | "ice-failed" | "network-change" | "network-offline" | "session-lost";
+export type SendFileOptions = {
+    /**
+     * called as bytes leave (at most every 50 ms, and at the end)
+     */
+    onProgress?: (progress: FileProgress) => void;
+    /**
+     * aborting it cancels the transfer (both sides get `file-cancel`)
+     */
+    signal?: AbortSignal;
+    /**
+     * the name the receiver sees (default: the File's name, else `file`)
+     */
+    name?: string;
+    /**
+     * the MIME type the receiver sees (default: the Blob's type)
+     */
+    type?: string;
+};
+export type FileProgress = {
+    id: string;
+    name: string;
+    size: number;
+    bytes: number;
+    direction: "send" | "receive";
+};
+export type FileSent = {
+    id: string;
+    name: string;
+    size: number;
+    type: string;
+    sha256: string;
+    ms: number;
+};
+export type FileReceived = {
+    id: string;
+    name: string;
+    size: number;
+    type: string;
+    blob: Blob;
+    sha256: string;
+    ms: number;
+};
+export type FileCancel = {
+    id: string;
+    name: string;
+    size: number;
+    direction: "send" | "receive";
+    by: "local" | "remote";
+    reason: string;
+};
+/**
+ * What the SDK sends about one peer connection (docs/protocol.md, "Connection outcomes"; checked field by field by
+ * the server's `outcome::Report`).
+ */
+export type CandidateErrorReport = {
+    code: number;
+    url?: string;
+    text?: string;
+};
+/**
+ * One `icecandidateerror`: its code, the server URL and the browser's text — never its `address`/`port` (ours).
+ */
+export type OutcomeReport = {
+    outcome: "connected" | "failed" | "timeout";
+    /**
+     * from the peer connection's creation to the outcome
+     */
+    elapsedMs: number;
+    /**
+     * `iceTransportPolicy`
+     */
+    policy: "all" | "relay";
+    /**
+     * the selected pair's candidate types, protocols, relay
+     * transport and TURN URL (when connected)
+     */
+    pair: {
+        local: object;
+        remote: object;
+    } | undefined;
+    /**
+     * local candidates per type, relays per transport to the TURN server
+     */
+    gathered: {
+        host: number;
+        srflx: number;
+        prflx: number;
+        relayUdp: number;
+        relayTcp: number;
+        relayTls: number;
+    };
+    /**
+     * ICE
+     * server URLs per kind
+     */
+    offered: {
+        stun: number;
+        turnUdp: number;
+        turnTcp: number;
+        turnTls: number;
+        turnTls443: number;
+    };
+    errors: CandidateErrorReport[];
+    /**
+     * candidates received from the other peer
+     */
+    remoteCandidates: number;
+    /**
+     * the other peer's offer or answer was applied
+     */
+    remoteDescription: boolean;
+    /**
+     * ICE restarts
+     */
+    restarts: number;
+    /**
+     * family and major version
+     */
+    browser: {
+        name: string;
+        version: number;
+    };
+};
+/**
+ * What a `Session` hands its driver, in order:
+ * - `joined`: a new session (the first, or after a failed resume when `rejoined`); `lost` are the app's messages the
+ *   old session sent and never saw acknowledged (they may or may not have arrived)
+ * - `resumed`: the same session on a new socket; what the server had not handled is already retransmitted
+ * - `message`: any other server message, deduplicated and in stream order; `handshake` says whether it answered a
+ *   `join` or a `resume` (an `error` then refuses the handshake and is not part of the stream)
+ * - `error`: the SDK's own (`bad-json`, `sequence-gap`, `queue-full`)
+ */
+export type SessionEvent = {
+    type: "joined";
+    msg: any;
+    rejoined: boolean;
+    lost: any[];
+} | {
+    type: "resumed";
+    msg: any;
+} | {
+    type: "message";
+    msg: any;
+    handshake: "join" | "resume" | null;
+} | {
+    type: "error";
+    detail: {
+        code: string;
+        message: string;
+        [key: string]: any;
+    };
+};
+/**
+ * What a `Link` calls on its owner: `handshake()` when it opens a socket (join or resume: only a join carries the
+ * room and token in the URL), `open()` when the socket opened, `frame(text)` per message, `ping()` for the
+ * heartbeat's frame, `drop(code, reason, opened)` when the socket is gone (after which the link waits for
+ * `scheduleRetry` or `close`), `unopenable(err)` when `new WebSocket` throws (true: handled).
+ */
+export type LinkHost = {
+    handshake: () => "join" | "resume";
+    open: () => void;
+    frame: (text: string) => void;
+    ping: () => string;
+    drop: (code: number, reason: string, opened: boolean) => void;
+    unopenable: (err: any) => boolean;
+};
+/**
+ * The connection-recovery state machine of one peer connection: ICE and network events in, ICE restarts and the
+ * `reconnecting` / `reconnected` / `recovery-failed` events out. One episode at a time:
+ *
+ *   connected ─disconnected─▶ grace ─graceMs─▶ restarting ─connected─▶ connected (event `reconnected`)
+ *        │                      │                 │   ▲
+ *        └─failed, network──────┴─────────────────┘   └─ attempt timed out or failed: next after a backoff
+ *   restarting/grace ─signaling down─▶ waiting ─signaling back (`handleSignaling`)─▶ restarting
+ *
+ * A trigger during a restart joins it (no second restart races the first); a peer that left ends it (`close`).
+ * It holds no RTCPeerConnection: its host does the restart, so it is unit-tested in node (tests/sdk/recovery).
+ *
+ * Internal: exported as `_Recovery` for the SDK's unit tests only.
+ */
+declare class Recovery {
+    /** @param {RecoveryOptions} options @param {RecoveryHost} host @param {Clock} [clock] */
+    constructor(options: RecoveryOptions, host: RecoveryHost, clock?: Clock);
+    /** @private */ private _opts;
+    /** @private */ private _host;
+    /** @private */ private _clock;
+    /** @type {'new' | 'connected' | 'grace' | 'restarting' | 'backoff' | 'waiting' | 'failed' | 'closed'} */
+    state: "new" | "connected" | "grace" | "restarting" | "backoff" | "waiting" | "failed" | "closed";
+    /** @private @type {{cause: RecoveryCause, startedAt: number, attempts: number} | null} */
+    private _episode;
+    /** @private */ private _timer;
+    /** @private the browser said `offline`: a restart waits for `online` */ private _offline;
+    /** Restarts made over the connection's life (the outcome report's `restarts`). */
+    restarts: number;
+    /**
+     * The peer connection's ICE state or connection state changed to `state` (whichever moved).
+     * @param {RTCIceConnectionState | RTCPeerConnectionState} state
+     */
+    handleState(state: RTCIceConnectionState | RTCPeerConnectionState): void;
+    /**
+     * The browser's network changed: `online`, `offline`, or `change` (`navigator.connection`). A connection that was
+     * up restarts at once (its pair may be on an address that is gone); `offline` holds restarts until `online`.
+     * @param {'online' | 'offline' | 'change'} kind
+     */
+    handleNetworkChange(kind: "online" | "offline" | "change"): void;
+    /** Signaling can carry an offer again (the room resumed or rejoined, the peer is known): a waiting restart goes. */
+    handleSignaling(): void;
+    /**
+     * The server lost our session (it restarted) and the remote peer has been found again under its new id: its TURN
+     * allocations most likely died with it, so a relayed path is restarted now rather than after ICE notices (about
+     * 10 s in Chromium: tests/browser/rejoin.test.js). A direct path just renegotiates without a break.
+     */
+    handleSessionLost(): void;
+    /** The peer left or the connection closed: nothing more happens. */
+    close(): void;
+    /** Something calls for a restart: start an episode (or join the running one), restart now or after grace. */
+    _trigger(cause: RecoveryCause, now: any): void;
+    _restartNow(): void;
+    /** The restart did not connect (timed out or failed): the next one after the backoff. */
+    _attemptFailed(): void;
+    _recovered(): void;
+    _arm(fn: any, ms: any): void;
+    _disarm(): void;
+}
+/**
+ * What a `Session` hands its driver, in order:
+ * - `joined`: a new session (the first, or after a failed resume when `rejoined`); `lost` are the app's messages the
+ *   old session sent and never saw acknowledged (they may or may not have arrived)
+ * - `resumed`: the same session on a new socket; what the server had not handled is already retransmitted
+ * - `message`: any other server message, deduplicated and in stream order; `handshake` says whether it answered a
+ *   `join` or a `resume` (an `error` then refuses the handshake and is not part of the stream)
+ * - `error`: the SDK's own (`bad-json`, `sequence-gap`, `queue-full`)
+ * @typedef {{type: 'joined', msg: any, rejoined: boolean, lost: any[]}
+ *   | {type: 'resumed', msg: any}
+ *   | {type: 'message', msg: any, handshake: 'join' | 'resume' | null}
+ *   | {type: 'error', detail: {code: string, message: string, [key: string]: any}}} SessionEvent
+ */
+/**
+ * The session protocol of docs/protocol.md without I/O: the `join`/`resume` handshake, the numbered server stream
+ * (deduplicated, gaps reported), the client `seq` of outgoing messages, the queue of messages waiting for a usable
+ * socket and the list of those sent but not yet acknowledged. Inputs are calls (`nextHandshake`, `handleOpen`,
+ * `handleFrame`, `handleDisconnect`, `send`); outputs are frames to write (`pollTransmit`) and events
+ * (`pollEvent`), which the driver drains after every input, frames first. No socket, timer or clock inside.
+ *
+ * Internal: exported as `_Session` for the SDK's unit tests only; not part of the API (docs/sdk.md).
+ */
+declare class Session {
+    /**
+     * @param {{room: string, token?: string, meta?: any, maxQueue?: number, maxMessageBytes?: number}} config
+     * @param {{resumes: number, rejoins: number, duplicates: number, gaps: number, queued: number, resent: number}}
+     *   [stats] the counters this session increments (the room's `stats`)
+     */
+    constructor(config: {
+        room: string;
+        token?: string;
+        meta?: any;
+        maxQueue?: number;
+        maxMessageBytes?: number;
+    }, stats?: {
+        resumes: number;
+        rejoins: number;
+        duplicates: number;
+        gaps: number;
+        queued: number;
+        resent: number;
+    });
+    /** @private */ private _config;
+    stats: {
+        resumes: number;
+        rejoins: number;
+        duplicates: number;
+        gaps: number;
+        queued: number;
+        resent: number;
+    };
+    /** @type {string | null} the server's session id; null until joined, and after the server forgot it */
+    id: string | null;
+    /** Highest stream `seq` processed. */
+    lastSeq: number;
+    /** Joined or resumed on the current socket: messages go out at once instead of being queued. */
+    usable: boolean;
+    /** @private @type {'join' | 'resume' | null} what the current socket is doing before it is usable */
+    private _handshake;
+    /** @private a `joined` was seen: the next one is a re-join under a new identity */ private _joinedBefore;
+    /** @private the server answered `resume-failed`: the next socket joins afresh */ private _resumeFailed;
+    /** @private @type {{msg: object, internal: boolean}[]} not sent yet (no socket usable) */ private _outbox;
+    /** @private @type {{msg: any, internal: boolean}[]} sent with a client `seq`, not yet acknowledged, in order */
+    private _unacked;
+    /** @private last client `seq` given out in this session */ private _clientSeq;
+    /** @private a ping asking for an early `ack` is on its way */ private _ackAsked;
+    /** @private @type {string[]} */ private _transmits;
+    /** @private @type {SessionEvent[]} */ private _events;
+    /** Messages sent but not yet acknowledged by the server. */
+    get unacknowledged(): number;
+    /** The next frame to write to the socket, or undefined. */
+    pollTransmit(): string;
+    /** @returns {SessionEvent | undefined} the next event for the driver */
+    pollEvent(): SessionEvent | undefined;
+    /**
+     * A socket is being opened: returns whether it will `join` (first time, or the server forgot the session) or
+     * `resume`. Nothing is usable until its answer.
+     * @returns {'join' | 'resume'}
+     */
+    nextHandshake(): "join" | "resume";
+    /** The socket opened: transmits the `join` or the `resume`. */
+    handleOpen(): void;
+    /**
+     * The socket is gone (`code`: its close code, docs/protocol.md). Messages queue until the next `joined` or
+     * `resumed`; after 4201 or `resume-failed` the next handshake is a fresh join.
+     * @param {number} code
+     */
+    handleDisconnect(code: number): void;
+    /** One text frame from the server. @param {string} text */
+    handleFrame(text: string): void;
+    /**
+     * Send a `signal` or `broadcast`: numbered and transmitted if the session is usable and the socket writable,
+     * else queued. Beyond `maxQueue` messages held (queued + unacknowledged) the message is dropped with an `error`
+     * event `queue-full`. Throws `too-large` beyond `maxMessageBytes`.
+     * @param {object} msg @param {boolean} internal the SDK's own (a `Peer`'s negotiation), dropped on a re-join
+     * @param {boolean} writable the socket can take a frame now
+     */
+    send(msg: object, internal: boolean, writable: boolean): void;
+    /** The heartbeat's frame: a `ping` acknowledging the stream up to `lastSeq`. */
+    pingFrame(): string;
+    /** The frame that ends the session at once (the others see `peer-left`). */
+    leaveFrame(): string;
+    /** @private @param {object} msg */
+    private _transmit;
+    /**
+     * Number `msg` with the session's next client `seq`, keep it until acknowledged, transmit it.
+     * @private @param {object} msg @param {boolean} internal
+     */
+    private _transmitNumbered;
+    /** @private */
+    private _onJoined;
+    /** @private */
+    private _onResumed;
+    /** The server has handled every client `seq` up to `ack`. @private @param {number} ack */
+    private _acknowledge;
+    /**
+     * Joined or resumed: unacknowledged messages (after a resume) retransmitted, queued messages out.
+     * @private @param {{msg: any, internal: boolean}[]} resend
+     */
+    private _becameUsable;
+}
+/**
+ * The earliest expiry (Unix seconds) of the TURN REST credentials (`<expiry>:<id>` usernames) in `servers`, or
+ * null when none has one (static users, or no TURN).
+ * @param {IceServer[]} servers @returns {number | null}
+ */
+declare function credentialExpiry(servers: IceServer[]): number | null;
+/**
+ * When to fetch a fresh credential: a quarter of its remaining life before it expires, at most 10 minutes before,
+ * and not sooner than 5 s from now (a 60 s credential is refreshed 45 s in, a day-long one 10 minutes before).
+ * @param {number} expiry Unix seconds @param {number} nowMs `Date.now()` @returns {number} milliseconds from now
+ */
+declare function refreshDelayMs(expiry: number, nowMs: number): number;
+/**
+ * Keeps an `icecandidateerror` (deduplicated, bounded, without addresses).
+ * @param {CandidateErrorReport[]} list @param {{errorCode?: number, url?: string, errorText?: string}} e
+ */
+declare function addCandidateError(list: CandidateErrorReport[], e: {
+    errorCode?: number;
+    url?: string;
+    errorText?: string;
+}): void;
+/**
+ * Builds the outcome report from what the peer connection saw: `stats` is its `getStats()` report (local candidates
+ * and the selected pair are read from it). Pure: no browser API, tested in node.
+ * @param {{outcome: 'connected' | 'failed' | 'timeout', elapsedMs: number, policy: 'all' | 'relay',
+ *   stats: {forEach: (fn: (s: any) => void) => void, get: (id: string) => any}, iceServers: IceServer[],
+ *   errors: CandidateErrorReport[], remoteCandidates: number, remoteDescription: boolean, restarts: number,
+ *   userAgent: string}} o
+ * @returns {OutcomeReport}
+ */
+declare function outcomeReport(o: {
+    outcome: "connected" | "failed" | "timeout";
+    elapsedMs: number;
+    policy: "all" | "relay";
+    stats: {
+        forEach: (fn: (s: any) => void) => void;
+        get: (id: string) => any;
+    };
+    iceServers: IceServer[];
+    errors: CandidateErrorReport[];
+    remoteCandidates: number;
+    remoteDescription: boolean;
+    restarts: number;
+    userAgent: string;
+}): OutcomeReport;
+/**
+ * ICE server URLs per kind: enough for the server to tell "no TURN offered" and "no TURN over TLS on 443 offered".
+ * @param {IceServer[]} servers
+ */
+declare function countIceUrls(servers: IceServer[]): {
+    stun: number;
+    turnUdp: number;
+    turnTcp: number;
+    turnTls: number;
+    turnTls443: number;
+};
+/**
+ * The browser's family and major version from its user agent (nothing else of it is sent).
+ * @param {string} ua @returns {{name: 'chrome' | 'edge' | 'firefox' | 'safari' | 'other', version: number}}
+ */
+declare function browserOf(ua: string): {
+    name: "chrome" | "edge" | "firefox" | "safari" | "other";
+    version: number;
+};
+/**
+ * SHA-256 over a stream (FIPS 180-4): `update(bytes)` any number of times, then `hex()`. `crypto.subtle` has no
+ * streaming digest; this one holds 104 bytes of state whatever the input's length.
+ */
+declare class Sha256 {
+    /** @private */ private _h;
+    /** @private */ private _buf;
+    /** @private */ private _bufLen;
+    /** @private */ private _bytes;
+    /** @param {Uint8Array} data @returns {Sha256} */
+    update(data: Uint8Array): Sha256;
+    /** The digest as 64 lowercase hex digits (the hash is final: no `update` after). */
+    hex(): string;
+}
+/**
+ * The sending loop, without a browser: reads `reader` `readBytes` at a time, hashes it, writes it to `ch` in chunks
+ * of `chunkBytes`, waiting whenever more than `highWater` is buffered. So at most `highWater + readBytes` bytes of
+ * the file are held at once, whatever its size. Returns the SHA-256 (hex) of all bytes written.
+ * @param {{send: (data: ArrayBufferView) => void, bufferedAmount: number, readyState: string,
+ *   addEventListener: any, removeEventListener: any}} ch
+ * @param {{size: number, read: (offset: number, length: number) => Promise<Uint8Array>}} reader
+ * @param {{chunkBytes: number, readBytes?: number, highWater?: number, onWritten?: (bytes: number) => void,
+ *   stopped?: () => TraverseError | null}} opts `stopped`: checked before every write; an error stops the loop
+ * @returns {Promise<string>}
+ */
+declare function writeChunks(ch: {
+    send: (data: ArrayBufferView) => void;
+    bufferedAmount: number;
+    readyState: string;
+    addEventListener: any;
+    removeEventListener: any;
+}, reader: {
+    size: number;
+    read: (offset: number, length: number) => Promise<Uint8Array>;
+}, opts: {
+    chunkBytes: number;
+    readBytes?: number;
+    highWater?: number;
+    onWritten?: (bytes: number) => void;
+    stopped?: () => TraverseError | null;
+}): Promise<string>;
+/** The first argument of `peer.sendFile`, read `length` bytes at a time. @typedef {Blob | ArrayBuffer | ArrayBufferView} FileSource */
+/**
+ * Reads a source in pieces: a Blob (or File) through `slice().arrayBuffer()`, a buffer by view.
+ * @param {FileSource} source @returns {{size: number, read: (offset: number, length: number) => Promise<Uint8Array>}}
+ */
+declare function fileReader(source: FileSource): {
+    size: number;
+    read: (offset: number, length: number) => Promise<Uint8Array>;
+};
+declare namespace Traverse {
+    export { connect };
+    export { Room };
+    export { Peer };
+    export { TraverseError };
+    export { filterIceServers };
+    export { VERSION };
+    export { PROTOCOL };
+    export { RECONNECT_DELAYS_MS };
+}
+export { Session as _Session, Recovery as _Recovery, credentialExpiry as _credentialExpiry, refreshDelayMs as _refreshDelayMs, addCandidateError as _addCandidateError, outcomeReport as _outcomeReport, countIceUrls as _countIceUrls, browserOf as _browserOf, Sha256 as _Sha256, writeChunks as _writeChunks, fileReader as _fileReader };
