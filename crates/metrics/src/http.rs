@@ -36,6 +36,9 @@ impl std::fmt::Debug for Endpoint {
     }
 }
 
+/// How long a scrape waits for the signaling hub's numbers.
+const HUB_ANSWER: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The OpenMetrics content type (prometheus-client writes OpenMetrics text).
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -87,7 +90,8 @@ async fn scrape(State(endpoint): State<Arc<Endpoint>>, headers: HeaderMap) -> Re
                 .into_response();
         }
     }
-    let hub = (endpoint.hub)().await;
+    // A hub too busy to answer within a second leaves its families out of this scrape rather than stall it.
+    let hub = tokio::time::timeout(HUB_ANSWER, (endpoint.hub)()).await.ok().flatten();
     let text = endpoint.metrics.encode(hub);
     ([(header::CONTENT_TYPE, OPENMETRICS)], text).into_response()
 }
