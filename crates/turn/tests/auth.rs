@@ -225,6 +225,68 @@ fn rest_credentials_from_every_configured_secret_work_until_expiry() {
     assert_error(&reply, Method::ALLOCATE, 401);
 }
 
+/// A 15-minute call on a 60 s REST credential, with the refresh schedule of a browser (libwebrtc): ChannelBind at
+/// once, CreatePermission every 4 minutes, Refresh a minute before the allocation's 10 minutes run out, ChannelBind
+/// again before its 10 minutes, ChannelData both ways every 10 s. Every one of them after the credential's expiry
+/// is accepted — it is checked only by an Allocate — while a new Allocate with it (an ICE restart) is refused, which
+/// is why the SDK fetches a fresh credential before the expiry (docs/sdk.md, "Calls that survive").
+#[test]
+fn a_call_outlives_its_60_s_credential_and_keeps_relaying() {
+    let mut h = Harness::new();
+    let peer = addr("198.51.100.7:40000");
+    let channel = 0x4000;
+    let mut c = rest_client("203.0.113.10:50000", UNIX_T0 + 60, b"new-secret");
+    let id = c.allocate(&mut h, secs(0));
+    assert_success(
+        &c.channel_bind(&mut h, secs(1), channel, peer),
+        Method::CHANNEL_BIND,
+        &c.key(),
+    );
+
+    let relays_both_ways = |h: &mut Harness, c: &Client, at: u64| {
+        let (action, _) = h.send(h.at(at), c.five_tuple, &channel_data(channel, b"ping"));
+        assert!(
+            matches!(action, ClientAction::Relay { .. }),
+            "client to peer at +{at} s: {action:?}"
+        );
+        let mut buf = vec![0u8; turn::PEER_HEADROOM + 4 + turn::PEER_TAILROOM];
+        buf[turn::PEER_HEADROOM..turn::PEER_HEADROOM + 4].copy_from_slice(b"pong");
+        assert!(
+            h.server.handle_peer(h.at(at), id, peer, &mut buf, 4).is_some(),
+            "peer to client at +{at} s"
+        );
+    };
+    for at in (10..=900).step_by(10) {
+        match at {
+            240 | 480 | 720 => {
+                let reply = c.create_permission(&mut h, secs(at), peer);
+                assert_success(&reply, Method::CREATE_PERMISSION, &c.key());
+            }
+            540 => assert_success(&c.refresh(&mut h, secs(at), Some(600)), Method::REFRESH, &c.key()),
+            560 => assert_success(
+                &c.channel_bind(&mut h, secs(at), channel, peer),
+                Method::CHANNEL_BIND,
+                &c.key(),
+            ),
+            _ => {}
+        }
+        relays_both_ways(&mut h, &c, at);
+    }
+
+    // The same expired credential cannot start a new allocation (an ICE restart gathers anew).
+    let mut restart = rest_client("203.0.113.10:50001", UNIX_T0 + 60, b"new-secret");
+    let reply = restart.answer(
+        &mut h,
+        secs(900),
+        Method::ALLOCATE,
+        &[Attribute::RequestedTransport(17)],
+    );
+    assert_error(&reply, Method::ALLOCATE, 401);
+    // …nor can it be used by another 5-tuple for the held allocation's requests.
+    let mut other = rest_client("203.0.113.10:50002", UNIX_T0 + 60, b"new-secret");
+    assert_error(&other.refresh(&mut h, secs(900), Some(600)), Method::REFRESH, 401);
+}
+
 #[test]
 fn sha256_integrity_is_accepted_and_answered_in_kind() {
     let mut h = Harness::new();
