@@ -1065,7 +1065,8 @@ export class Peer extends EventTarget {
     const connected = () => pc.iceConnectionState === 'connected' || pc.iceConnectionState === 'completed';
     const recovery = new Recovery(opts || {}, {
       restart: () => this._restartIce(),
-      canRestart: () => !this.closed && this.room.state === 'open' && this.room.peers.has(this.peerId),
+      canRestart: () =>
+        !this.closed && !this._orphaned && this.room.state === 'open' && this.room.peers.has(this.peerId),
       connected,
       emit: (name, detail) => this._emit(name, { ...detail, peerId: this.peerId }),
     });
