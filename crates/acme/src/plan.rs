@@ -146,23 +146,24 @@ pub fn advice(problem_type: Option<&str>, method: Option<Method>, name: &str) ->
         None => "TCP 443 (listen.single) or 80 (listen.http)",
     };
     let kind = problem_type.and_then(|t| t.strip_prefix("urn:ietf:params:acme:error:"));
+    let reachable = format!(
+        "{name} must resolve (A/AAAA) to this server's public address, the firewall must let {port} in from \
+         anywhere, and nothing else may answer there (an old server, a proxy that terminates TLS)"
+    );
+    // Read after "check: ".
     match kind {
-        Some("dns") => format!("{name} does not resolve: check its A/AAAA records point to this server"),
-        Some("connection") | Some("tls") => format!(
-            "the CA could not connect: check that {name} resolves to this server's public address and that the \
-             firewall lets {port} in from anywhere"
-        ),
-        // Pebble and Boulder also say `unauthorized` when the connection failed.
-        Some("unauthorized") | Some("incorrectResponse") => format!(
-            "the CA could not validate: check that {name} resolves to this server's public address, that the \
-             firewall lets {port} in from anywhere, and that nothing else answers there (an old server, a proxy \
-             that terminates TLS)"
-        ),
-        Some("caa") => format!("a CAA record of {name} does not allow this CA"),
-        Some("rejectedIdentifier") => format!("the CA does not issue for {name} (an internal or reserved name?)"),
-        Some("rateLimited") => "the CA's rate limit: wait, or use its staging directory while testing".into(),
-        Some("invalidContact") => "tls.acme_email was refused: check the address".into(),
-        _ => "check tls.acme_directory and the CA's status page".into(),
+        Some("dns") => format!("{name} must resolve: its A/AAAA records must point to this server"),
+        // Pebble and Boulder also say `unauthorized` when the connection failed; Pebble says `malformed` for a name
+        // that does not resolve. Whatever the words, a failed challenge is one of these.
+        Some("connection") | Some("tls") | Some("unauthorized") | Some("incorrectResponse") => reachable,
+        Some("caa") => format!("the CAA records of {name} must allow this CA"),
+        Some("rejectedIdentifier") => {
+            format!("whether the CA issues for {name} at all (an internal or reserved name?)")
+        }
+        Some("rateLimited") => "the CA's rate limits: wait, or use its staging directory while testing".into(),
+        Some("invalidContact") => "tls.acme_email, which the CA refused".into(),
+        _ if method.is_some() => reachable,
+        _ => "tls.acme_directory, and the CA's status page".into(),
     }
 }
 
@@ -303,7 +304,7 @@ mod tests {
             Some(Method::Http01),
             "t.example",
         );
-        assert!(dns.contains("t.example does not resolve"), "{dns}");
+        assert!(dns.contains("t.example must resolve"), "{dns}");
         let connection = advice(
             Some("urn:ietf:params:acme:error:connection"),
             Some(Method::TlsAlpn01),
@@ -316,7 +317,16 @@ mod tests {
             "t.example",
         );
         assert!(wrong.contains("TCP 80"), "{wrong}");
-        assert!(advice(None, Some(Method::Http01), "t").contains("tls.acme_directory"));
+        assert!(advice(None, None, "t").contains("tls.acme_directory"));
+        let unknown = advice(
+            Some("urn:ietf:params:acme:error:malformed"),
+            Some(Method::Http01),
+            "t.example",
+        );
+        assert!(
+            unknown.contains("t.example must resolve") && unknown.contains("TCP 80"),
+            "{unknown}"
+        );
         let refused = advice(Some("urn:ietf:params:acme:error:connection"), None, "t");
         assert!(refused.contains("443") && refused.contains("80"), "{refused}");
     }

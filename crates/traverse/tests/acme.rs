@@ -107,7 +107,11 @@ fn dns_answer(query: &[u8], answer: Ipv4Addr) -> Option<Vec<u8>> {
     let question_end = at + 5;
     let question = query.get(12..question_end)?;
     let qtype = u16::from_be_bytes([query[at + 1], query[at + 2]]);
-    let is_a = qtype == 1;
+    // Names under `nowhere.test` have no address: the case of a DNS record not (yet) made.
+    let nowhere = String::from_utf8_lossy(question)
+        .to_ascii_lowercase()
+        .contains("\x07nowhere\x04test");
+    let is_a = qtype == 1 && !nowhere;
     let mut out = Vec::with_capacity(question_end + 16);
     out.extend_from_slice(&query[0..2]);
     // QR, AA, RD (as asked), RA; NOERROR.
@@ -652,6 +656,40 @@ fn a_failed_challenge_is_explained_and_retried_later_without_a_crash_loop() {
     let addr = SocketAddr::new(LOOPBACK, single);
     assert!(common::tls_connect(LOOPBACK, addr, Duration::from_secs(10)).is_ok());
     assert!(handshake(addr, name, trusting(&pebble.issuing_root, &[])).is_err());
+    stop(server);
+}
+
+/// A name with no address record: the error says the name does not resolve.
+#[test]
+fn a_name_that_does_not_resolve_is_named() {
+    let dir = TempDir::new("nxdomain");
+    let single = free_tcp_port();
+    let Some(pebble) = Pebble::start(&dir.0, single, free_tcp_port(), 0) else {
+        return;
+    };
+    let name = "turn.nowhere.test";
+    let single_addr = format!("127.0.0.1:{single}");
+    let server = serve(&pebble, name, &dir.0, &["--single-port", &single_addr]);
+    let deadline = Instant::now() + ISSUE_WAIT;
+    while !log_of(&server).contains("retrying in") {
+        assert!(
+            Instant::now() < deadline,
+            "no failure reported; log:\n{}",
+            log_of(&server)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let log = log_of(&server);
+    for line in log.lines().filter(|l| l.contains("ERROR")) {
+        println!("traverse: {line}");
+    }
+    assert!(
+        log.contains(&format!("the tls-alpn-01 challenge for {name} failed")),
+        "{log}"
+    );
+    // Let's Encrypt says `dns`, Pebble `malformed` with "Could not resolve"; the advice is the same.
+    assert!(log.contains("resolve"), "the CA's words; log:\n{log}");
+    assert!(log.contains(&format!("check: {name} must resolve")), "{log}");
     stop(server);
 }
 
