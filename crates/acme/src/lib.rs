@@ -33,6 +33,10 @@ pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
 /// sleep past a renewal).
 const LONGEST_SLEEP: Duration = Duration::from_secs(3600);
 
+/// A whole order, account to chain. The HTTP client has no deadline of its own: a CA that accepts connections and
+/// never answers must not stall renewals for good.
+const ORDER_TIMEOUT: Duration = Duration::from_secs(300);
+
 /// What to order and from whom.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -80,6 +84,8 @@ pub enum AcmeError {
     Store(String, std::io::Error),
     #[error("certificate: {0}")]
     Certificate(String),
+    #[error("the order did not finish within {}s; check that the CA is up", .0.as_secs())]
+    Timeout(Duration),
 }
 
 impl AcmeError {
@@ -110,6 +116,10 @@ impl Http01Tokens {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .insert(token, key_authorization);
+    }
+
+    fn clear(&self) {
+        self.0.write().unwrap_or_else(|e| e.into_inner()).clear();
     }
 
     fn remove(&self, token: &str) {
@@ -201,7 +211,17 @@ async fn run(
             Next::Order(why) => why,
         };
         tracing::info!(names = ?config.names, directory = %config.directory, "ACME: ordering a certificate ({why})");
-        let result = order::issue(&config, &store, &responders).await;
+        let result = match tokio::time::timeout(ORDER_TIMEOUT, order::issue(&config, &store, &responders)).await {
+            Ok(result) => result,
+            Err(_) => {
+                // The order was dropped midway: take down whatever challenge it had put up.
+                for name in &config.names {
+                    certs.set_acme_challenge(name, None);
+                }
+                http01.clear();
+                Err(AcmeError::Timeout(ORDER_TIMEOUT))
+            }
+        };
         let error = match result.and_then(|issued| save_and_install(&store, &certs, &issued)) {
             Ok(held) => {
                 failures = 0;
