@@ -12,6 +12,10 @@
 // MDN's "perfect negotiation" through the room's `signal` messages, with the join's `iceServers` applied and a
 // data channel ready to use. Dependency-free; no build step. Documentation: docs/sdk.md.
 //
+// Published as the npm package `@traverse-rtc/sdk` (package.json beside this file). Its `traverse.d.ts` is generated
+// from this file's JSDoc: after changing anything the JSDoc says, run `npm run types` in tests/sdk and commit the
+// result (tests/sdk/types.test.mjs fails while it is stale, and runs `tsc --checkJs` over this file).
+//
 // Inside, three parts, one mechanism each (the public API is `Room`, `Peer` and the functions; the rest is internal):
 // - `Session` — the session protocol without I/O: frames in (`handleOpen`, `handleFrame`, `handleDisconnect`,
 //   `send`), frames and events out (`pollTransmit`, `pollEvent`). It owns the numbered stream (dedup, gaps), the
