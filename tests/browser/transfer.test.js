@@ -1,7 +1,8 @@
 // An app on its own origin using Traverse, as a user's app would: the pages are served by a tiny HTTP server on
 // another loopback port (http://127.0.0.1:<app>), import the SDK from the Traverse server (https://127.0.0.1:<mux>,
 // CORS), join over its WebSocket (Origin checked against `web.allowed_origins`, default any) and then:
-// - the plain-HTML example joins and opens a data channel between two tabs;
+// - the plain-HTML example joins and opens a data channel between two tabs; the file-transfer example sends a
+//   picked file whose SHA-256 both tabs show;
 // - a 50 MiB file goes from one page to the other with `peer.sendFile`, with progress on both sides and the same
 //   SHA-256 computed independently in both pages (crypto.subtle over the whole buffer) and by the SDK;
 // - a transfer cancelled by the sender, and one cancelled by the receiver, is seen as `file-cancel` by both;
@@ -10,6 +11,7 @@
 //   (the resume grace covers network drops).
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import crypto from 'node:crypto';
 import fs from 'node:fs';
 import http from 'node:http';
 import path from 'node:path';
@@ -141,6 +143,29 @@ test('the plain-HTML example on its own origin imports the SDK from Traverse, jo
       await until(15000, async () => /data channel open/.test(await page.textContent('#log')), 'data channel open');
     }
     assert.notEqual(new URL(url).origin, traverse.base, 'the app is on another origin than Traverse');
+  })().catch(dumpOnFailure(t, traverse, browser));
+});
+
+test('the file-transfer example sends a picked file to the other tab, which shows its SHA-256', { timeout: 60000 }, async (t) => {
+  if (skipWithoutChromium(t)) return;
+  const url = `${app.base}/examples/file-transfer/index.html?server=${encodeURIComponent(traverse.base)}#room=example-files`;
+  const sender = await browser.newPage();
+  const receiver = await browser.newPage();
+  t.after(() => Promise.all([sender.close().catch(() => {}), receiver.close().catch(() => {})]));
+  await (async () => {
+    await receiver.goto(url);
+    await until(15000, async () => /waiting/.test(await receiver.textContent('#status')), 'receiver joined');
+    await sender.goto(url);
+    for (const page of [sender, receiver]) {
+      await until(15000, async () => /^connected to/.test(await page.textContent('#status')), 'tabs connected');
+    }
+    const buffer = crypto.randomBytes(3 * MiB + 12345);
+    const sha256 = crypto.createHash('sha256').update(buffer).digest('hex');
+    await sender.setInputFiles('#file', { name: 'picked.bin', mimeType: 'application/octet-stream', buffer });
+    await until(20000, async () => (await receiver.textContent('#log')).includes(`SHA-256 ${sha256}`), 'receiver shows the hash');
+    await until(5000, async () => (await sender.textContent('#log')).includes(`SHA-256 ${sha256}`), 'sender shows the hash');
+    assert.match(await receiver.textContent('#log'), /received picked\.bin/);
+    assert.equal(await receiver.getAttribute('#log a', 'download'), 'picked.bin');
   })().catch(dumpOnFailure(t, traverse, browser));
 });
 
