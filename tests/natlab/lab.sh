@@ -4,6 +4,7 @@
 #   lab.sh sites                          # the client sites this lab knows (NAT behaviour × firewall policy)
 #   lab.sh up PREFIX SITE... | all        # the internet, the server namespace, and each site (router + host)
 #   lab.sh serve PREFIX BIN [ARGS...]     # `BIN serve ARGS` in the server namespace; waits for /healthz
+#   lab.sh restart PREFIX                 # stop that server (by PID) and serve again with the same arguments
 #   lab.sh ns PREFIX SITE|server          # the namespace a site's host (or the server) lives in
 #   lab.sh exec PREFIX SITE|server CMD... # run CMD there
 #   lab.sh down PREFIX                    # stop what `serve` started (by PID), delete the namespaces `up` created
@@ -193,7 +194,8 @@ cmd_serve() {
   local dir srv="$prefix-srv"
   dir="$(state_dir "$prefix")"
   [ -d "$dir" ] || die "serve: no lab $prefix"
-  ip netns exec "$srv" "$bin" serve "$@" >"$dir/traverse.log" 2>&1 &
+  printf '%s\0' "$bin" "$@" >"$dir/serve.args"
+  ip netns exec "$srv" "$bin" serve "$@" >>"$dir/traverse.log" 2>&1 &
   echo $! >>"$dir/pids"
   local i
   for i in $(seq 1 100); do
@@ -205,6 +207,27 @@ cmd_serve() {
   done
   cat "$dir/traverse.log" >&2
   die "serve: traverse did not answer /healthz"
+}
+
+# The server restarted where its clients expect it: every session and allocation is gone (a restarted node).
+cmd_restart() {
+  local prefix=$1 dir pid i
+  dir="$(state_dir "$prefix")"
+  [ -f "$dir/serve.args" ] || die "restart: nothing served in lab $prefix"
+  local -a argv
+  mapfile -d '' -t argv <"$dir/serve.args"
+  if [ -f "$dir/pids" ]; then
+    while read -r pid; do
+      kill -TERM "$pid" 2>/dev/null || continue
+      for i in $(seq 1 50); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+      done
+      kill -KILL "$pid" 2>/dev/null || true
+    done <"$dir/pids"
+    : >"$dir/pids"
+  fi
+  cmd_serve "$prefix" "${argv[@]}"
 }
 
 cmd_ns() {
@@ -258,6 +281,7 @@ main() {
     sites) cmd_sites ;;
     up) [ $# -ge 1 ] || die "up PREFIX SITE..."; cmd_up "$@" ;;
     serve) [ $# -ge 2 ] || die "serve PREFIX BIN [ARGS...]"; cmd_serve "$@" ;;
+    restart) [ $# -eq 1 ] || die "restart PREFIX"; cmd_restart "$1" ;;
     ns) [ $# -eq 2 ] || die "ns PREFIX SITE"; cmd_ns "$@" ;;
     exec)
       [ $# -ge 3 ] || die "exec PREFIX SITE CMD..."

@@ -1526,7 +1526,8 @@ class FileTransfer {
     }
     /** @type {FileCancel} */
     const detail = { id: this.id, name: this.name, size: this.size, direction: this.direction, by, reason };
-    this.finish(new TraverseError('cancelled', `file transfer ${by === 'local' ? 'cancelled' : 'cancelled by the other peer'}: ${reason}`, detail));
+    const who = by === 'local' ? 'cancelled' : 'cancelled by the other peer';
+    this.finish(new TraverseError('cancelled', `file transfer ${who}: ${reason}`, detail));
     this.peer._emit('file-cancel', detail);
   }
 
@@ -1559,7 +1560,7 @@ function attachFiles(peer) {
   });
 }
 
-/** The first argument of `peer.sendFile`, read `length` bytes at a time. @typedef {Blob | ArrayBuffer | ArrayBufferView} FileSource */
+/** What `peer.sendFile` sends: a File, a Blob, or bytes. @typedef {Blob | ArrayBuffer | ArrayBufferView} FileSource */
 
 /**
  * Reads a source in pieces: a Blob (or File) through `slice().arrayBuffer()`, a buffer by view.
@@ -1754,7 +1755,8 @@ function receiveFile(peer, ch) {
     } else if (msg?.t === 'end' && t) {
       const sha256 = hash.hex();
       if (received !== t.size || sha256 !== msg.sha256) {
-        return t.cancel(`integrity check failed: ${received} of ${t.size} bytes, SHA-256 ${sha256}, sent ${msg.sha256}`, 'local');
+        const why = `integrity check failed: ${received} of ${t.size} bytes, SHA-256 ${sha256}, sent ${msg.sha256}`;
+        return t.cancel(why, 'local');
       }
       ch.send(JSON.stringify({ t: 'ok', sha256 }));
       const blob = new Blob(parts, { type: t.type });
@@ -2477,10 +2479,22 @@ class Link {
     /** @private */ this._retryTimer = null;
     /** @private */ this._hbTimer = null;
     /** @private */ this._lastHeard = 0;
+    /** @private the page went `offline` while a socket was open */ this._wentOffline = false;
     /** @private */ this._onOnline = () => {
+      const wentOffline = this._wentOffline;
+      this._wentOffline = false;
       if (this.state === 'reconnecting' && !this._ws) this._reconnectNow();
+      else if (wentOffline) this.probe(0);
     };
-    if (typeof addEventListener === 'function') addEventListener('online', this._onOnline);
+    // `offline` then `online` is how Chromium reports a host whose address changed (NAT lab, address-change): the
+    // socket bound to the old address will never answer, so it is replaced at once instead of probed for 3 s.
+    /** @private */ this._onOffline = () => {
+      if (this._ws) this._wentOffline = true;
+    };
+    if (typeof addEventListener === 'function') {
+      addEventListener('online', this._onOnline);
+      addEventListener('offline', this._onOffline);
+    }
   }
 
   /** A frame written now goes out. */
@@ -2604,11 +2618,22 @@ class Link {
   /**
    * Something suggests the path is gone (a peer connection lost its ICE path, the network changed): ping now, and
    * drop the socket as dead (then reconnect and resume) if nothing at all arrives within `ms`, instead of after
-   * `deadAfterMs` (22 s by default). One probe at a time.
+   * `deadAfterMs` (22 s by default). One probe at a time; `ms` 0 drops the socket at once.
    * @param {number} ms
    */
   probe(ms) {
     const ws = this._ws;
+    if (ms <= 0 && ws && this.state === 'open') {
+      // Known dead (the address it was bound to is gone): no need to wait for silence.
+      this._detach();
+      try {
+        ws.close(4000, 'network changed');
+      } catch {
+        /* ignore */
+      }
+      this._host.drop(4200, 'network changed', true);
+      return;
+    }
     if (!ws || this.state !== 'open' || this._probeTimer || ws.readyState !== WebSocket.OPEN) return;
     const heard = this._lastHeard;
     try {
@@ -2644,7 +2669,10 @@ class Link {
         /* ignore */
       }
     }
-    if (typeof removeEventListener === 'function') removeEventListener('online', this._onOnline);
+    if (typeof removeEventListener === 'function') {
+      removeEventListener('online', this._onOnline);
+      removeEventListener('offline', this._onOffline);
+    }
   }
 
   // ---- internals --------------------------------------------------------------------------------------------
