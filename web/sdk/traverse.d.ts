@@ -749,7 +749,7 @@ export type ConnectOptions = {
     refreshIceServers?: false | (() => Promise<IceServer[]>);
 };
 /**
- * The first argument of `peer.sendFile`, read `length` bytes at a time.
+ * What `peer.sendFile` sends: a File, a Blob, or bytes.
  */
 export type FileSource = Blob | ArrayBuffer | ArrayBufferView;
 /**
@@ -1250,7 +1250,7 @@ declare function writeChunks(ch: {
     onWritten?: (bytes: number) => void;
     stopped?: () => TraverseError | null;
 }): Promise<string>;
-/** The first argument of `peer.sendFile`, read `length` bytes at a time. @typedef {Blob | ArrayBuffer | ArrayBufferView} FileSource */
+/** What `peer.sendFile` sends: a File, a Blob, or bytes. @typedef {Blob | ArrayBuffer | ArrayBufferView} FileSource */
 /**
  * Reads a source in pieces: a Blob (or File) through `slice().arrayBuffer()`, a buffer by view.
  * @param {FileSource} source @returns {{size: number, read: (offset: number, length: number) => Promise<Uint8Array>}}
