@@ -26,6 +26,8 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   command -v pebble >/dev/null 2>&1 || missing+=(pebble)
   # The ACME browser test trusts only Pebble's root, imported with certutil into an NSS database.
   command -v certutil >/dev/null 2>&1 || missing+=(libnss3-tools)
+  # The cluster tests run a real Redis (crates/traverse/tests/cluster.rs).
+  command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
   command -v openssl >/dev/null 2>&1 || missing+=(openssl)
   if [ ${#missing[@]} -gt 0 ]; then
     echo "test.sh: installing ${missing[*]}"

@@ -21,6 +21,18 @@ impl NodeId {
         ok.then(|| Self(name.into()))
     }
 
+    /// A name for a process of `host`: what of the host name fits, then `suffix` (random, so that a restarted
+    /// process is a new node).
+    pub fn for_host(host: &str, suffix: u32) -> Self {
+        let host: String = host
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+            .take(40)
+            .collect();
+        let host = if host.is_empty() { "node" } else { &host };
+        Self(format!("{host}-{suffix:08x}").into())
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -244,5 +256,9 @@ mod tests {
         };
         assert_eq!(Message::decode(&text.encode()), Err(WireError::NotUtf8));
         assert!(NodeId::parse("").is_none() && NodeId::parse(&"a".repeat(65)).is_none());
+        for host in ["", "web-1.example.com", "ünïcode host", &"h".repeat(200)] {
+            let id = NodeId::for_host(host, 0xdead_beef);
+            assert_eq!(NodeId::parse(id.as_str()), Some(id));
+        }
     }
 }

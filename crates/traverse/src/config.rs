@@ -60,6 +60,9 @@ pub struct Signal {
     pub public_host: Option<String>,
     /// HS256 secret for join tokens; unset: rooms are open.
     pub secret: Option<String>,
+    /// Redis URL (`redis://host:port/db`) shared by every node of a cluster: rooms live on one node each and
+    /// sockets on any (docs/scaling.md). Unset: one node, rooms in memory.
+    pub redis: Option<String>,
     #[serde(flatten)]
     pub limits: signal::Limits,
 }
@@ -69,6 +72,7 @@ impl Default for Signal {
         Self {
             public_host: None,
             secret: None,
+            redis: None,
             // 0: an eighth of the machine's memory, between 64 MiB and 1 GiB (sized by `web`).
             limits: signal::Limits {
                 max_total_bytes: 0,
@@ -91,12 +95,13 @@ impl<'de> Deserialize<'de> for Signal {
             }
 
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Signal, A::Error> {
-                let (mut public_host, mut secret) = (None, None);
+                let (mut public_host, mut secret, mut redis) = (None, None, None);
                 let mut limits = Map::new();
                 while let Some(key) = map.next_key::<String>()? {
                     match key.as_str() {
                         "public_host" => public_host = map.next_value()?,
                         "secret" => secret = map.next_value()?,
+                        "redis" => redis = map.next_value()?,
                         _ => {
                             let value = map.next_value_seed(LimitsKey(&key))?;
                             limits.insert(key, value);
@@ -107,6 +112,7 @@ impl<'de> Deserialize<'de> for Signal {
                 Ok(Signal {
                     public_host,
                     secret,
+                    redis,
                     limits,
                 })
             }
@@ -644,6 +650,13 @@ impl Config {
         }
         if let Some(e) = self.signal.secret.as_deref().and_then(|k| short_secret(k).err()) {
             bad("signal.secret", e);
+        }
+        if let Some(url) = self.signal.redis.as_deref().filter(|u| !u.starts_with("redis://")) {
+            let scheme = url.split_once("://").map_or(url, |(s, _)| s);
+            bad(
+                "signal.redis",
+                format!("must be a redis:// URL (`{scheme}` is not supported yet)"),
+            );
         }
         if let Some(e) = self.web.admin_token.as_deref().and_then(|k| short_secret(k).err()) {
             bad("web.admin_token", e);

@@ -122,6 +122,8 @@ const FLAGS: &[Flag] = &[
          "HOST", "Host put in the iceServers handed to peers"),
     flag("signal-secret", "TRAVERSE_SIGNAL_SECRET", "signal.secret",
          "SECRET", "HS256 secret for join tokens; unset: rooms are open"),
+    flag("redis", "TRAVERSE_REDIS", "signal.redis",
+         "URL", "Redis shared by the nodes of a cluster, e.g. redis://10.0.0.5:6379 (docs/scaling.md)"),
     list("allow-peer", "TRAVERSE_ALLOW_PEERS", "relay.allow_peers",
          "BLOCK", "Peer address blocks always allowed, e.g. 127.0.0.0/8 in a lab"),
     flag("external-v4", "TRAVERSE_EXTERNAL_V4", "relay.external_v4",
@@ -629,18 +631,21 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         json!([{ "urls": urls.stun }, { "urls": urls.turn, "username": username, "credential": credential }])
     });
     let outcomes = Arc::new(outcome::Outcomes::new());
-    let web = web::Web::start(web::WebConfig {
-        limits: config.signal.limits.clone(),
-        token_secret: config.signal.secret.as_ref().map(|s| s.as_bytes().to_vec()),
-        ice_servers,
-        credential_ttl_secs: ttl,
-        data_dir: config.web.data_dir(),
-        admin_token: config.web.admin_token.clone(),
-        max_reports: config.web.max_reports,
-        outcomes: outcomes.clone(),
-        // Checked by `validate`.
-        allowed_origins: web::AllowedOrigins::parse(&config.web.allowed_origins).unwrap_or_default(),
-    })
+    let web = web::Web::start_with_redis(
+        web::WebConfig {
+            limits: config.signal.limits.clone(),
+            token_secret: config.signal.secret.as_ref().map(|s| s.as_bytes().to_vec()),
+            ice_servers,
+            credential_ttl_secs: ttl,
+            data_dir: config.web.data_dir(),
+            admin_token: config.web.admin_token.clone(),
+            max_reports: config.web.max_reports,
+            outcomes: outcomes.clone(),
+            // Checked by `validate`.
+            allowed_origins: web::AllowedOrigins::parse(&config.web.allowed_origins).unwrap_or_default(),
+        },
+        config.signal.redis.clone(),
+    )
     .context("cannot start the signaling hub")?;
     let handler: Arc<dyn server::HttpHandler> = Arc::new(WebHandler(web.clone()));
     let running = server::start(server_config, Some(handler)).context("cannot start")?;

@@ -121,7 +121,7 @@ impl HubHandle {
     }
 }
 
-pub(crate) fn spawn(config: &WebConfig) -> std::io::Result<HubHandle> {
+pub(crate) fn spawn(config: &WebConfig, redis: Option<String>) -> std::io::Result<HubHandle> {
     let (tx, rx) = mpsc::channel(4096);
     let mut limits = config.limits.clone();
     if limits.max_total_bytes == 0 {
@@ -155,10 +155,20 @@ pub(crate) fn spawn(config: &WebConfig) -> std::io::Result<HubHandle> {
         Instant::now(),
     );
     let outcomes = config.outcomes.clone();
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build()?;
-    std::thread::Builder::new()
-        .name("traverse-hub".into())
-        .spawn(move || runtime.block_on(run(hub, rx, outcomes)))?;
+    let thread = std::thread::Builder::new().name("traverse-hub".into());
+    match redis {
+        None => {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build()?;
+            thread.spawn(move || runtime.block_on(run(hub, rx, outcomes)))?;
+        }
+        // Many nodes (docs/scaling.md): the same hub behind a router, Redis on the same thread.
+        Some(url) => {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let hub = hub.with_session_events();
+            let node = crate::cluster::node_id();
+            thread.spawn(move || runtime.block_on(crate::cluster::run(hub, rx, outcomes, url, node)))?;
+        }
+    }
     Ok(HubHandle {
         tx,
         next_conn: Arc::new(AtomicU64::new(1)),
@@ -192,7 +202,7 @@ fn machine_memory() -> Option<u64> {
     Some(cgroup.map_or(physical, |c| c.min(physical)))
 }
 
-fn now() -> Now {
+pub(crate) fn now() -> Now {
     Now {
         instant: Instant::now(),
         unix: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
@@ -236,7 +246,7 @@ async fn run(mut hub: impl SignalHub, mut rx: mpsc::Receiver<Command>, outcomes:
     }
 }
 
-async fn sleep_until(deadline: Option<Instant>) {
+pub(crate) async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(at) => tokio::time::sleep_until(at.into()).await,
         None => std::future::pending().await,
@@ -245,15 +255,15 @@ async fn sleep_until(deadline: Option<Instant>) {
 
 /// Unsent bytes per source, one counter shared by that source's outboxes (see [`crate::outbox`]).
 #[derive(Debug, Default)]
-struct SourceCounters(HashMap<Source, Arc<AtomicUsize>>);
+pub(crate) struct SourceCounters(HashMap<Source, Arc<AtomicUsize>>);
 
 impl SourceCounters {
-    fn counter(&mut self, ip: IpAddr) -> Arc<AtomicUsize> {
+    pub(crate) fn counter(&mut self, ip: IpAddr) -> Arc<AtomicUsize> {
         self.0.entry(Source::from(ip)).or_default().clone()
     }
 
     /// Forgets the counters no outbox holds any more, once they outnumber the sockets (amortised, not per event).
-    fn prune(&mut self, sockets: usize) {
+    pub(crate) fn prune(&mut self, sockets: usize) {
         if self.0.len() > 2 * sockets + 64 {
             self.0.retain(|_, c| Arc::strong_count(c) > 1);
         }
@@ -310,42 +320,57 @@ fn handle(
 
 fn route(hub: &mut impl SignalHub, sockets: &mut HashMap<ConnId, Arc<Outbox>>, outcomes: &Outcomes) {
     while let Some(output) = hub.poll_output() {
-        match output {
-            Output::Send { conn, text } => {
-                let Some(outbox) = sockets.get(&conn) else { continue };
-                if outbox.push(ToSocket::Text(text)).is_err() {
-                    // Too slow to read its messages (or gone): drop the socket; its session waits for a resume.
-                    tracing::debug!(
-                        conn = conn.get(),
-                        "signaling socket too slow (its queue is full); closing it with 4104"
-                    );
-                    if let Some(outbox) = sockets.remove(&conn) {
-                        outbox.abandon();
-                    }
-                    hub.handle_closed(conn, now());
-                }
-            }
-            Output::Close { conn, code, reason } => {
-                if let Some(outbox) = sockets.remove(&conn) {
-                    let _ = outbox.push(ToSocket::Close(code, reason));
-                }
-            }
-            Output::Outcome(d) => {
-                tracing::info!(
-                    room = %d.room,
-                    peer_a = %d.peers[0],
-                    peer_b = %d.peers[1],
-                    outcome = d.outcome.as_str(),
-                    reason = d.reason.code(),
-                    path = d.path.map_or("", |p| p.as_str()),
-                    time_to_connect_ms = d.time_to_connect_ms,
-                    reports = d.reports,
-                    "connection {}", if d.failed() { "failed" } else { "connected" }
-                );
-                outcomes.record(&d, now().unix);
-            }
+        if let Some(slow) = deliver(output, sockets, outcomes) {
+            hub.handle_closed(slow, now());
         }
     }
+}
+
+/// Does what one output asks of this node's sockets; returns a socket dropped as too slow, which the caller reports
+/// closed to whatever holds its session.
+pub(crate) fn deliver(
+    output: Output,
+    sockets: &mut HashMap<ConnId, Arc<Outbox>>,
+    outcomes: &Outcomes,
+) -> Option<ConnId> {
+    match output {
+        Output::Send { conn, text } => {
+            let outbox = sockets.get(&conn)?;
+            if outbox.push(ToSocket::Text(text)).is_err() {
+                // Too slow to read its messages (or gone): drop the socket; its session waits for a resume.
+                tracing::debug!(
+                    conn = conn.get(),
+                    "signaling socket too slow (its queue is full); closing it with 4104"
+                );
+                if let Some(outbox) = sockets.remove(&conn) {
+                    outbox.abandon();
+                }
+                return Some(conn);
+            }
+        }
+        Output::Close { conn, code, reason } => {
+            if let Some(outbox) = sockets.remove(&conn) {
+                let _ = outbox.push(ToSocket::Close(code, reason));
+            }
+        }
+        Output::Outcome(d) => {
+            tracing::info!(
+                room = %d.room,
+                peer_a = %d.peers[0],
+                peer_b = %d.peers[1],
+                outcome = d.outcome.as_str(),
+                reason = d.reason.code(),
+                path = d.path.map_or("", |p| p.as_str()),
+                time_to_connect_ms = d.time_to_connect_ms,
+                reports = d.reports,
+                "connection {}", if d.failed() { "failed" } else { "connected" }
+            );
+            outcomes.record(&d, now().unix);
+        }
+        // Only a multi-node I/O layer asks the hub for these.
+        Output::Session(_) => {}
+    }
+    None
 }
 
 #[cfg(test)]

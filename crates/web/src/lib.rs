@@ -12,6 +12,7 @@
 //! ([`reports`]).
 
 pub mod dashboard;
+mod cluster;
 mod hub;
 mod limiter;
 mod origins;
@@ -91,8 +92,13 @@ pub struct Web {
 }
 
 impl Web {
-    /// Starts the hub thread.
+    /// Starts the hub thread, rooms in this process only.
     pub fn start(config: WebConfig) -> std::io::Result<Self> {
+        Self::start_with_redis(config, None)
+    }
+
+    /// Starts the hub thread; with `redis`, as a node of the cluster sharing that Redis (`docs/scaling.md`).
+    pub fn start_with_redis(config: WebConfig, redis: Option<String>) -> std::io::Result<Self> {
         let reports = reports::ReportStore::open(
             config.data_dir.clone(),
             reports::ReportLimits {
@@ -102,7 +108,7 @@ impl Web {
             },
         )?;
         tracing::info!(dir = %reports.dir().display(), held = reports.list().len(), "troubleshooter report store");
-        let hub = hub::spawn(&config)?;
+        let hub = hub::spawn(&config, redis)?;
         let app = Arc::new(routes::App::new(config, hub, reports));
         Ok(Self {
             router: routes::router(app.clone(), Scheme::Https),

@@ -1,0 +1,371 @@
+//! Many nodes on Redis (`docs/scaling.md`): a real `redis-server` and several `traverse serve --redis` processes on
+//! loopback, spoken to over WebSocket as a browser would. Two peers of one room on different nodes see and signal
+//! each other, the room limit holds across nodes, a peer whose node is killed (`kill -9`) resumes through another
+//! node with every sequence number accounted for, and a node whose Redis is unreachable serves its sockets alone.
+//!
+//! Every process is started on kernel-chosen (or probed free) loopback ports and killed by PID when its handle
+//! drops; every wait is bounded. Skipped when `redis-server` is not installed (a failure under
+//! `TRAVERSE_REQUIRE_PEERS=1`).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::time::timeout;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+const WAIT: Duration = Duration::from_secs(10);
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A `redis-server` on a free loopback port, nothing persisted, killed by PID on drop.
+struct Redis {
+    child: Child,
+    port: u16,
+}
+
+impl Redis {
+    fn start() -> Option<Redis> {
+        if !common::have_tool("redis-server") {
+            common::skip("redis-server is not installed (Debian package redis-server)");
+            return None;
+        }
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        Some(Redis::start_on(port))
+    }
+
+    fn start_on(port: u16) -> Redis {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        let redis = Redis { child, port };
+        let deadline = Instant::now() + WAIT;
+        while !redis.pings() {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not answer PING on port {port}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        redis
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn pings(&self) -> bool {
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+        let mut buf = [0u8; 7];
+        s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One `traverse serve --redis …` with its listeners on kernel-chosen loopback ports, killed by PID on drop.
+struct Node {
+    child: Child,
+    http: SocketAddr,
+    log: Arc<Mutex<String>>,
+}
+
+impl Node {
+    fn start(redis: &str, extra: &[&str]) -> Node {
+        Node::start_waiting_for(
+            redis,
+            extra,
+            "connected to Redis: rooms are shared with the other nodes",
+        )
+    }
+
+    /// Starts a node and waits until its log says `ready`.
+    fn start_waiting_for(redis: &str, extra: &[&str], ready: &str) -> Node {
+        let mut args = vec!["--workers", "1", "--redis", redis];
+        args.extend_from_slice(extra);
+        let common::Spawned { child, log, stdout } = common::spawn_serve("127.0.0.1:0", &args, &[]);
+        let mut node = Node {
+            child,
+            http: SocketAddr::from(([127, 0, 0, 1], 0)),
+            log,
+        };
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Ok(line) = stdout.recv_timeout(left) else {
+                let status = node.child.try_wait();
+                panic!("traverse did not become ready ({status:?}); log:\n{}", node.log());
+            };
+            if let Some(rest) = line.strip_prefix("signaling: ws://") {
+                node.http = rest.split("/ws").next().unwrap().parse().unwrap();
+            } else if line.starts_with("iceServers: ") {
+                break;
+            }
+        }
+        node.wait_for_log(ready);
+        node
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn wait_for_log(&self, text: &str) {
+        let deadline = Instant::now() + WAIT;
+        while !self.log().contains(text) {
+            assert!(Instant::now() < deadline, "no {text:?} in the log:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `kill -9`, as a crash would.
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            let log = self.log();
+            let tail = log.get(log.len().saturating_sub(6 * 1024)..).unwrap_or(&log);
+            eprintln!("--- traverse log (tail) ---\n{tail}");
+        }
+    }
+}
+
+/// A signaling client speaking protocol v1.
+struct Peer {
+    ws: WebSocketStream<tokio::net::TcpStream>,
+}
+
+impl Peer {
+    async fn connect(node: &Node) -> Peer {
+        let tcp = tokio::net::TcpStream::connect(node.http).await.unwrap();
+        let url = format!("ws://{}/ws", node.http);
+        let (ws, _) = timeout(WAIT, tokio_tungstenite::client_async(url, tcp))
+            .await
+            .unwrap()
+            .unwrap();
+        Peer { ws }
+    }
+
+    async fn send(&mut self, v: Value) {
+        timeout(WAIT, self.ws.send(Message::text(v.to_string())))
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
+    /// The next text frame; `Err(close code)` when the socket closes instead.
+    async fn next(&mut self) -> Result<Value, Option<u16>> {
+        loop {
+            match timeout(WAIT, self.ws.next()).await.expect("no frame in time") {
+                Some(Ok(Message::Text(t))) => return Ok(serde_json::from_str(t.as_str()).unwrap()),
+                Some(Ok(Message::Close(f))) => return Err(f.map(|f| u16::from(f.code))),
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return Err(None),
+            }
+        }
+    }
+
+    async fn expect(&mut self, kind: &str) -> Value {
+        let v = self
+            .next()
+            .await
+            .unwrap_or_else(|code| panic!("closed ({code:?}) while waiting for {kind}"));
+        assert_eq!(v["type"], kind, "{v}");
+        v
+    }
+
+    async fn join(node: &Node, room: &str) -> (Peer, Value) {
+        let mut peer = Peer::connect(node).await;
+        peer.send(json!({"type":"join","room":room})).await;
+        let joined = peer.expect("joined").await;
+        (peer, joined)
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn peers_on_different_nodes_see_and_signal_each_other_and_the_room_limit_is_cluster_wide() {
+    let Some(redis) = Redis::start() else { return };
+    let limit = ["--set", "signal.max_peers_per_room=2"];
+    let nodes: Vec<Node> = (0..3).map(|_| Node::start(&redis.url(), &limit)).collect();
+    runtime().block_on(async {
+        let (mut a, joined_a) = Peer::join(&nodes[0], "r").await;
+        let a_id = joined_a["peerId"].as_str().unwrap().to_owned();
+        let (mut b, joined_b) = Peer::join(&nodes[1], "r").await;
+        let b_id = joined_b["peerId"].as_str().unwrap().to_owned();
+        assert_eq!(
+            joined_b["peers"][0]["id"],
+            a_id.as_str(),
+            "B, on node 1, sees A on node 0: {joined_b}"
+        );
+        assert_eq!(a.expect("peer-joined").await["peer"]["id"], b_id.as_str());
+
+        for n in 0..5 {
+            a.send(json!({"type":"signal","to":b_id,"data":{"n":n}})).await;
+            b.send(json!({"type":"signal","to":a_id,"data":{"n":n}})).await;
+        }
+        for n in 0..5u64 {
+            let at_b = b.expect("signal").await;
+            assert_eq!(
+                (at_b["from"].as_str(), at_b["data"]["n"].as_u64(), at_b["seq"].as_u64()),
+                (Some(a_id.as_str()), Some(n), Some(n + 2))
+            );
+            let at_a = a.expect("signal").await;
+            assert_eq!(
+                (at_a["from"].as_str(), at_a["data"]["n"].as_u64(), at_a["seq"].as_u64()),
+                (Some(b_id.as_str()), Some(n), Some(n + 3))
+            );
+        }
+        b.send(json!({"type":"broadcast","data":{"hi":1}})).await;
+        assert_eq!(a.expect("broadcast").await["from"], b_id.as_str());
+
+        // A third peer, on the third node: the room already has its two.
+        let mut c = Peer::connect(&nodes[2]).await;
+        c.send(json!({"type":"join","room":"r"})).await;
+        assert_eq!(c.expect("error").await["code"], "room-full");
+        assert_eq!(c.next().await.err(), Some(Some(4102)));
+
+        // B leaves from node 1: A hears it through the room's home.
+        b.send(json!({"type":"leave"})).await;
+        assert_eq!(a.expect("peer-left").await["peerId"], b_id.as_str());
+    });
+}
+
+#[test]
+fn a_peer_whose_node_is_killed_resumes_through_another_node_with_nothing_lost() {
+    let Some(redis) = Redis::start() else { return };
+    let mut nodes: Vec<Node> = (0..3).map(|_| Node::start(&redis.url(), &[])).collect();
+    runtime().block_on(async {
+        // A on node 0 (the room's home), B on node 1.
+        let (mut a, joined_a) = Peer::join(&nodes[0], "call").await;
+        let a_id = joined_a["peerId"].as_str().unwrap().to_owned();
+        let (mut b, joined_b) = Peer::join(&nodes[1], "call").await;
+        let b_id = joined_b["peerId"].as_str().unwrap().to_owned();
+        let session = joined_b["session"].as_str().unwrap().to_owned();
+        a.expect("peer-joined").await;
+
+        // Both talk; B numbers its own messages (client `seq`).
+        let mut at_b: Vec<(u64, u64)> = vec![(1, u64::MAX)];
+        for n in 0..10u64 {
+            a.send(json!({"type":"signal","to":b_id,"data":{"n":n}})).await;
+        }
+        for _ in 0..10 {
+            let v = b.expect("signal").await;
+            at_b.push((v["seq"].as_u64().unwrap(), v["data"]["n"].as_u64().unwrap()));
+        }
+        for k in 1..=3u64 {
+            b.send(json!({"type":"signal","to":a_id,"data":{"k":k},"seq":k})).await;
+        }
+        for k in 1..=3u64 {
+            assert_eq!(a.expect("signal").await["data"]["k"], k);
+        }
+        let last_seen = at_b.last().unwrap().0;
+
+        // Two more reach node 1 (or are on their way) but B never processes them: mid-conversation.
+        for n in 10..12u64 {
+            a.send(json!({"type":"signal","to":b_id,"data":{"n":n}})).await;
+        }
+        a.send(json!({"type":"ping"})).await;
+        a.expect("pong").await;
+        // Node 1 dies with B's socket; A keeps signalling meanwhile.
+        nodes[1].kill();
+        drop(b);
+        for n in 12..20u64 {
+            a.send(json!({"type":"signal","to":b_id,"data":{"n":n}})).await;
+        }
+        // A's pong comes after the home handled all ten: they wait in B's stream while B has no socket.
+        a.send(json!({"type":"ping"})).await;
+        a.expect("pong").await;
+
+        // B reconnects to node 2 and resumes from the last frame it processed.
+        let mut b = Peer::connect(&nodes[2]).await;
+        b.send(json!({"type":"resume","session":session,"lastSeq":last_seen})).await;
+        let resumed = b.expect("resumed").await;
+        assert_eq!(resumed["ack"], 3, "the home handled B's messages 1-3: {resumed}");
+        assert_eq!(resumed["replayed"], 10, "{resumed}");
+        for _ in 0..10 {
+            let v = b.expect("signal").await;
+            at_b.push((v["seq"].as_u64().unwrap(), v["data"]["n"].as_u64().unwrap()));
+        }
+        // Live again, both ways; a resent message (seq 3) is dropped as a duplicate, a new one (4) arrives.
+        a.send(json!({"type":"signal","to":b_id,"data":{"n":20}})).await;
+        let v = b.expect("signal").await;
+        at_b.push((v["seq"].as_u64().unwrap(), v["data"]["n"].as_u64().unwrap()));
+        b.send(json!({"type":"signal","to":a_id,"data":{"k":3},"seq":3})).await;
+        b.send(json!({"type":"signal","to":a_id,"data":{"k":4},"seq":4})).await;
+        assert_eq!(a.expect("signal").await["data"]["k"], 4);
+
+        // Every stream number from 1 (joined) to the end, once, in order; every signal A sent, once, in order.
+        let seqs: Vec<u64> = at_b.iter().map(|(s, _)| *s).collect();
+        assert_eq!(seqs, (1..=22).collect::<Vec<u64>>(), "{at_b:?}");
+        let ns: Vec<u64> = at_b[1..].iter().map(|(_, n)| *n).collect();
+        assert_eq!(ns, (0..=20).collect::<Vec<u64>>());
+    });
+}
+
+#[test]
+fn a_node_whose_redis_is_unreachable_serves_its_sockets_alone_and_says_so() {
+    // A port nothing listens on.
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    if !common::have_tool("redis-server") {
+        return common::skip("redis-server is not installed (Debian package redis-server)");
+    }
+    let url = format!("redis://127.0.0.1:{port}");
+    let node = Node::start_waiting_for(&url, &[], "Redis unreachable: serving rooms on this node alone");
+    runtime().block_on(async {
+        let (mut a, joined_a) = Peer::join(&node, "alone").await;
+        let (mut b, joined_b) = Peer::join(&node, "alone").await;
+        assert_eq!(joined_b["peers"][0]["id"], joined_a["peerId"]);
+        a.expect("peer-joined").await;
+        a.send(json!({"type":"signal","to":joined_b["peerId"],"data":"x"}))
+            .await;
+        assert_eq!(b.expect("signal").await["data"], "x");
+    });
+    let warned = node.log().matches("Redis unreachable").count();
+    assert_eq!(warned, 1, "said once:\n{}", node.log());
+
+    // Redis comes up on that port: the node says so and shares its rooms again.
+    let _redis = Redis::start_on(port);
+    node.wait_for_log("connected to Redis: rooms are shared with the other nodes");
+}

@@ -1,0 +1,516 @@
+//! The hub task of a node in a cluster (`docs/scaling.md`): the same hub, behind a [`cluster::Router`], with Redis
+//! as the link between nodes. This file is the I/O: Redis connections, the pub/sub subscriber, the heartbeat, the
+//! room claim; every decision about a socket is the router's.
+//!
+//! Redis trouble never stops the node: a lookup Redis cannot answer makes this node serve the socket alone, a lost
+//! subscription closes the sockets that depend on another node (4202: they resume), and each change of Redis'
+//! health is logged once.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use cluster::{Action, Answer, Message, NodeId, Query, Router};
+use futures_util::StreamExt;
+use outcome::Outcomes;
+use redis::aio::ConnectionManager;
+use signal::{ConnId, SessionEvent, SignalHub};
+use tokio::sync::mpsc;
+
+use crate::hub::{deliver, now, sleep_until, Command, SourceCounters};
+use crate::outbox::Outbox;
+
+/// How long a node's heartbeat key lives; refreshed every [`HEARTBEAT`].
+const NODE_TTL: Duration = Duration::from_secs(3);
+const HEARTBEAT: Duration = Duration::from_secs(1);
+/// How long a room's and a session's keys live without their home refreshing them.
+const LEASE: Duration = Duration::from_secs(10);
+/// A Redis answer slower than this counts as Redis trouble (the socket is then served here).
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
+/// Envelopes waiting to be published; beyond, Redis is too slow and the sockets depending on it are closed.
+const PUBLISH_QUEUE: usize = 65_536;
+const PREFIX: &str = "traverse:";
+
+/// The room's home: the node the key names while that node heartbeats, else this node (which takes the room).
+const CLAIM: &str = r"
+local home = redis.call('GET', KEYS[1])
+if home and redis.call('EXISTS', ARGV[3] .. home) == 1 then return home end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return ARGV[1]
+";
+
+/// What the link's tasks tell the hub task.
+enum Event {
+    Connected(ConnectionManager),
+    Subscribed,
+    Message(Bytes),
+    LinkLost,
+    /// Envelopes could not be published (and are lost).
+    PublishFailed,
+    Lookup {
+        conn: ConnId,
+        answer: Answer,
+    },
+    NodeGone(NodeId),
+    Trouble(String),
+    /// A heartbeat went through.
+    Healthy,
+}
+
+/// This node's name: the host's, then a random suffix so a restarted process is a new node.
+pub(crate) fn node_id() -> NodeId {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    NodeId::for_host(host.trim(), rand::random())
+}
+
+/// Redis' health as this node last saw it: each change is logged once.
+struct Health {
+    url: String,
+    /// What was last logged: `Some(true)` shared, `Some(false)` alone.
+    logged: Option<bool>,
+    subscribed: bool,
+}
+
+impl Health {
+    fn trouble(&mut self, why: &str) {
+        if self.logged != Some(false) {
+            self.logged = Some(false);
+            tracing::warn!(redis = %self.url, error = why, "Redis unreachable: serving rooms on this node alone until it answers");
+        }
+    }
+
+    /// Redis answered; with this node's channel subscribed, rooms are shared again.
+    fn healed(&mut self) {
+        if self.subscribed && self.logged != Some(true) {
+            self.logged = Some(true);
+            tracing::info!(redis = %self.url, "connected to Redis: rooms are shared with the other nodes");
+        }
+    }
+}
+
+pub(crate) async fn run(
+    mut hub: impl SignalHub,
+    mut rx: mpsc::Receiver<Command>,
+    outcomes: Arc<Outcomes>,
+    url: String,
+    node: NodeId,
+) {
+    let client = match redis::Client::open(url.as_str()) {
+        Ok(client) => Some(client),
+        Err(e) => {
+            // Checked as a redis:// URL by the configuration; whatever else is wrong with it is said once here.
+            tracing::error!(redis = %url, error = %e, "cannot use this Redis URL: serving rooms on this node alone");
+            None
+        }
+    };
+    tracing::info!(node = %node, redis = %url, "signaling cluster: this node's rooms and sockets are shared over Redis");
+    let (events_tx, mut events) = mpsc::channel::<Event>(PUBLISH_QUEUE);
+    let (publish_tx, publish_rx) = mpsc::channel::<(NodeId, Bytes)>(PUBLISH_QUEUE);
+    let mut health = Health {
+        url: url.clone(),
+        logged: None,
+        subscribed: false,
+    };
+    let mut manager: Option<ConnectionManager> = None;
+    if let Some(client) = &client {
+        tokio::spawn(connect(client.clone(), events_tx.clone()));
+        tokio::spawn(subscribe(client.clone(), channel(&node), events_tx.clone()));
+    }
+    tokio::spawn(publish(client.clone(), publish_rx, events_tx.clone()));
+    let mut router = Router::new(node.clone());
+    let mut sockets: HashMap<ConnId, Arc<Outbox>> = HashMap::new();
+    let mut sources = SourceCounters::default();
+    let mut tick = tokio::time::interval(HEARTBEAT);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let deadline = hub.poll_timeout();
+        tokio::select! {
+            command = rx.recv() => {
+                let Some(command) = command else { break };
+                if handle(&mut hub, &mut router, &mut sockets, &mut sources, command) {
+                    break;
+                }
+            }
+            Some(event) = events.recv() => match event {
+                Event::Connected(m) => {
+                    // Heartbeat at once, so other nodes see this one alive before it claims any room.
+                    tokio::spawn(heartbeat(m.clone(), &router, &hub, events_tx.clone()));
+                    manager = Some(m);
+                }
+                Event::Subscribed => {
+                    health.subscribed = true;
+                    health.healed();
+                }
+                Event::Healthy => {
+                    if manager.is_some() {
+                        health.healed();
+                    }
+                }
+                Event::Message(bytes) => match Message::decode(&bytes) {
+                    Ok(message) => router.handle_message(&mut hub, message, now()),
+                    Err(e) => tracing::debug!(error = %e, "dropped a message from another node that does not parse"),
+                },
+                Event::LinkLost => {
+                    health.subscribed = false;
+                    health.trouble("the subscription to this node's channel was lost");
+                    router.handle_link_lost(&mut hub, now());
+                }
+                Event::PublishFailed => {
+                    health.trouble("publishing to another node failed");
+                    router.handle_link_lost(&mut hub, now());
+                }
+                Event::Lookup { conn, answer } => {
+                    if answer == Answer::Failed {
+                        health.trouble("a room lookup failed");
+                    }
+                    router.handle_lookup(&mut hub, conn, answer, now());
+                }
+                Event::NodeGone(gone) => {
+                    tracing::info!(node = %gone, "a node stopped heartbeating: its sockets here are closed (4202) to resume elsewhere");
+                    router.handle_node_gone(&mut hub, &gone, now());
+                }
+                Event::Trouble(why) => health.trouble(&why),
+            },
+            _ = sleep_until(deadline) => router.handle_timeout(&mut hub, now()),
+            _ = tick.tick() => {
+                if let Some(m) = &manager {
+                    tokio::spawn(heartbeat(m.clone(), &router, &hub, events_tx.clone()));
+                }
+            }
+        }
+        act(
+            &mut hub,
+            &mut router,
+            &mut sockets,
+            &outcomes,
+            manager.as_ref(),
+            &publish_tx,
+            &events_tx,
+        );
+    }
+    hub.handle_shutdown();
+    router.drain(&mut hub);
+    act(
+        &mut hub,
+        &mut router,
+        &mut sockets,
+        &outcomes,
+        manager.as_ref(),
+        &publish_tx,
+        &events_tx,
+    );
+    for outbox in sockets.values() {
+        outbox.close();
+    }
+}
+
+/// Returns true on shutdown.
+fn handle(
+    hub: &mut impl SignalHub,
+    router: &mut Router,
+    sockets: &mut HashMap<ConnId, Arc<Outbox>>,
+    sources: &mut SourceCounters,
+    command: Command,
+) -> bool {
+    match command {
+        Command::Connect {
+            conn,
+            ip,
+            outbox,
+            reply,
+        } => {
+            let result = router.handle_connect(hub, conn, ip, now());
+            if result.is_ok() {
+                outbox.bind_source(sources.counter(ip));
+                sockets.insert(conn, outbox);
+            }
+            let _ = reply.send(result);
+        }
+        Command::Text { conn, text } => router.handle_text(hub, conn, Bytes::from(text), now()),
+        Command::Activity { conn } => router.handle_activity(hub, conn, now()),
+        Command::Binary { conn } => router.handle_binary(hub, conn, now()),
+        Command::Closed { conn } => {
+            sockets.remove(&conn);
+            sources.prune(sockets.len());
+            router.handle_closed(hub, conn, now());
+        }
+        Command::CheckConnect { ip, reply } => {
+            let _ = reply.send(hub.check_connect(ip));
+        }
+        Command::CheckJoin { room, token, reply } => {
+            let _ = reply.send(hub.check_join(&room, token.as_deref(), now()));
+        }
+        Command::Stats { reply } => {
+            let _ = reply.send(hub.stats());
+        }
+        Command::Shutdown => return true,
+    }
+    false
+}
+
+/// Carries out what the router asked.
+fn act(
+    hub: &mut impl SignalHub,
+    router: &mut Router,
+    sockets: &mut HashMap<ConnId, Arc<Outbox>>,
+    outcomes: &Outcomes,
+    manager: Option<&ConnectionManager>,
+    publish_tx: &mpsc::Sender<(NodeId, Bytes)>,
+    events: &mpsc::Sender<Event>,
+) {
+    // Bounded: a socket closed as too slow adds at most a few actions, and the loop comes back here.
+    for _ in 0..100_000 {
+        let Some(action) = router.poll_action() else { return };
+        match action {
+            Action::Local(output) => {
+                if let Some(slow) = deliver(output, sockets, outcomes) {
+                    router.handle_closed(hub, slow, now());
+                }
+            }
+            Action::Publish { node, bytes } => {
+                if publish_tx.try_send((node, bytes)).is_err() {
+                    // Redis does not keep up: what depends on it is closed and resumes (bounded memory).
+                    let _ = events.try_send(Event::Trouble("the publish queue is full".into()));
+                    router.handle_link_lost(hub, now());
+                }
+            }
+            Action::Lookup { conn, query } => match manager {
+                Some(m) => {
+                    let (m, node, events) = (m.clone(), router.node().clone(), events.clone());
+                    tokio::spawn(async move {
+                        let answer = match tokio::time::timeout(ANSWER_TIMEOUT, lookup(m, &node, query)).await {
+                            Ok(Ok(answer)) => answer,
+                            Ok(Err(_)) | Err(_) => Answer::Failed,
+                        };
+                        let _ = events.send(Event::Lookup { conn, answer }).await;
+                    });
+                }
+                None => router.handle_lookup(hub, conn, Answer::Failed, now()),
+            },
+            Action::Announce(event) => {
+                if let Some(m) = manager {
+                    tokio::spawn(announce(m.clone(), event));
+                }
+            }
+        }
+    }
+}
+
+fn channel(node: &NodeId) -> String {
+    format!("{PREFIX}node:{node}")
+}
+
+fn session_key(secret: &str) -> String {
+    format!("{PREFIX}sess:{secret}")
+}
+
+fn room_key(room: &str) -> String {
+    format!("{PREFIX}room:{room}")
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Which node hosts the room (or session) a socket's first frame names.
+async fn lookup(mut m: ConnectionManager, node: &NodeId, query: Query) -> redis::RedisResult<Answer> {
+    let room = match query {
+        Query::Room(room) => room,
+        Query::Session(secret) => {
+            let room: Option<String> = redis::cmd("GET")
+                .arg(session_key(secret.as_str()))
+                .query_async(&mut m)
+                .await?;
+            match room {
+                Some(room) => room,
+                None => return Ok(Answer::Unknown),
+            }
+        }
+    };
+    let home: String = redis::Script::new(CLAIM)
+        .key(room_key(&room))
+        .arg(node.as_str())
+        .arg(millis(LEASE))
+        .arg(format!("{PREFIX}node:"))
+        .invoke_async(&mut m)
+        .await?;
+    Ok(NodeId::parse(&home).map_or(Answer::Failed, Answer::Home))
+}
+
+async fn announce(mut m: ConnectionManager, event: SessionEvent) {
+    let result: redis::RedisResult<()> = match event {
+        SessionEvent::Opened { secret, room } => {
+            redis::cmd("SET")
+                .arg(session_key(secret.as_str()))
+                .arg(&*room)
+                .arg("PX")
+                .arg(millis(LEASE))
+                .query_async(&mut m)
+                .await
+        }
+        SessionEvent::Ended { secret } => {
+            redis::cmd("DEL")
+                .arg(session_key(secret.as_str()))
+                .query_async(&mut m)
+                .await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "could not record a session in Redis (its key expires by itself)");
+    }
+}
+
+/// Once a second: this node's key, the leases of the rooms and sessions it hosts, and whether the nodes its sockets
+/// are forwarded to still heartbeat. Built from the router's state now, sent as one pipeline.
+fn heartbeat(
+    mut m: ConnectionManager,
+    router: &Router,
+    hub: &impl SignalHub,
+    events: mpsc::Sender<Event>,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let stats = hub.stats();
+    let node = router.node().clone();
+    let mut pipe = redis::pipe();
+    let info = serde_json::json!({
+        "node": node.as_str(),
+        "sockets": stats.connections,
+        "sessions": stats.sessions,
+        "rooms": stats.rooms,
+    });
+    pipe.cmd("SET")
+        .arg(channel(&node))
+        .arg(info.to_string())
+        .arg("PX")
+        .arg(millis(NODE_TTL))
+        .ignore();
+    for room in router.hosted_rooms() {
+        pipe.cmd("PEXPIRE").arg(room_key(room)).arg(millis(LEASE)).ignore();
+    }
+    for (secret, room) in router.hosted_sessions() {
+        // SET rather than PEXPIRE: a key lost while Redis was away is written again.
+        pipe.cmd("SET")
+            .arg(session_key(secret.as_str()))
+            .arg(room)
+            .arg("PX")
+            .arg(millis(LEASE))
+            .ignore();
+    }
+    let homes = router.homes();
+    for home in &homes {
+        pipe.cmd("EXISTS").arg(channel(home));
+    }
+    async move {
+        let alive: redis::RedisResult<Vec<u8>> =
+            match tokio::time::timeout(ANSWER_TIMEOUT, pipe.query_async(&mut m)).await {
+                Ok(result) => result,
+                Err(_) => {
+                    let _ = events.send(Event::Trouble("the heartbeat timed out".into())).await;
+                    return;
+                }
+            };
+        match alive {
+            Ok(alive) => {
+                let _ = events.send(Event::Healthy).await;
+                for (home, exists) in homes.into_iter().zip(alive) {
+                    if exists == 0 {
+                        let _ = events.send(Event::NodeGone(home)).await;
+                    }
+                }
+            }
+            Err(e) => {
+                let _ = events.send(Event::Trouble(format!("the heartbeat failed: {e}"))).await;
+            }
+        }
+    }
+}
+
+/// Connects the command connection, retrying every second until Redis answers; then it reconnects by itself.
+async fn connect(client: redis::Client, events: mpsc::Sender<Event>) {
+    loop {
+        match ConnectionManager::new_with_config(client.clone(), manager_config()).await {
+            Ok(m) => {
+                let _ = events.send(Event::Connected(m)).await;
+                return;
+            }
+            Err(e) => {
+                let _ = events.send(Event::Trouble(format!("cannot connect: {e}"))).await;
+                tokio::time::sleep(HEARTBEAT).await;
+            }
+        }
+    }
+}
+
+/// Subscribes to this node's channel and hands every message to the hub task; when the subscription breaks, says
+/// so (the sockets that depend on it resume) and subscribes again.
+async fn subscribe(client: redis::Client, channel: String, events: mpsc::Sender<Event>) {
+    loop {
+        let subscribed = async {
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.subscribe(&channel).await?;
+            redis::RedisResult::Ok(pubsub)
+        };
+        match tokio::time::timeout(ANSWER_TIMEOUT, subscribed).await {
+            Ok(Ok(pubsub)) => {
+                let _ = events.send(Event::Subscribed).await;
+                let mut stream = pubsub.into_on_message();
+                while let Some(msg) = stream.next().await {
+                    let bytes = Bytes::copy_from_slice(msg.get_payload_bytes());
+                    if events.send(Event::Message(bytes)).await.is_err() {
+                        return;
+                    }
+                }
+                if events.send(Event::LinkLost).await.is_err() {
+                    return;
+                }
+            }
+            Ok(Err(e)) => {
+                let _ = events.send(Event::Trouble(format!("cannot subscribe: {e}"))).await;
+            }
+            Err(_) => {
+                let _ = events.send(Event::Trouble("subscribing timed out".into())).await;
+            }
+        }
+        tokio::time::sleep(HEARTBEAT).await;
+    }
+}
+
+/// Publishes envelopes in order, as many per round trip as are waiting, on a connection of its own (so they do not
+/// wait behind lookups). Envelopes it cannot publish are lost: it says so, and the sockets depending on other nodes
+/// resume.
+async fn publish(client: Option<redis::Client>, mut rx: mpsc::Receiver<(NodeId, Bytes)>, events: mpsc::Sender<Event>) {
+    let mut manager: Option<ConnectionManager> = None;
+    let mut batch = Vec::with_capacity(256);
+    while rx.recv_many(&mut batch, 256).await > 0 {
+        if manager.is_none() {
+            if let Some(client) = &client {
+                let connecting = ConnectionManager::new_with_config(client.clone(), manager_config());
+                manager = tokio::time::timeout(ANSWER_TIMEOUT, connecting)
+                    .await
+                    .ok()
+                    .and_then(Result::ok);
+            }
+        }
+        let mut pipe = redis::pipe();
+        for (node, bytes) in batch.drain(..) {
+            pipe.cmd("PUBLISH").arg(channel(&node)).arg(&bytes[..]).ignore();
+        }
+        let published = match manager.as_mut() {
+            Some(m) => matches!(
+                tokio::time::timeout(ANSWER_TIMEOUT, pipe.query_async::<()>(m)).await,
+                Ok(Ok(()))
+            ),
+            None => false,
+        };
+        if !published {
+            let _ = events.send(Event::PublishFailed).await;
+        }
+    }
+}
+
+fn manager_config() -> redis::aio::ConnectionManagerConfig {
+    redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(ANSWER_TIMEOUT))
+        .set_response_timeout(Some(ANSWER_TIMEOUT))
+        .set_number_of_retries(1)
+}
