@@ -186,6 +186,11 @@ impl Router {
                 self.close_local(conn, "room-lookup-overflow");
             }
             Route::Fresh => match query_of(utf8(&text)) {
+                // A session of this node's hub needs no lookup (and survives Redis being away).
+                Some(Query::Session(secret)) if self.sessions.contains_key(&secret) => {
+                    socket.route = Route::Here;
+                    hub.handle_text(conn, utf8(&text), now);
+                }
                 Some(query) => {
                     socket.route = Route::Waiting(vec![text]);
                     self.actions.push_back(Action::Lookup { conn, query });

@@ -87,6 +87,13 @@ impl Lab {
         self.run();
     }
 
+    fn drop_socket(&mut self, node: usize, conn: u64) {
+        let now = self.now();
+        let n = &mut self.nodes[node];
+        n.router.handle_closed(&mut n.hub, ConnId::new(conn), now);
+        self.run();
+    }
+
     /// Carries every action until nothing moves, as the I/O layer and Redis would.
     fn run(&mut self) {
         loop {
@@ -262,4 +269,18 @@ fn a_resume_of_an_unknown_session_fails_on_the_node_it_reaches() {
     let got = lab.inbox(1, 1);
     assert_eq!(got[0]["code"], "resume-failed");
     assert_eq!(lab.nodes[1].closed.get(&1), Some(&4201));
+}
+
+#[test]
+fn a_resume_of_a_session_of_this_node_needs_no_lookup() {
+    let mut lab = Lab::new(2, Limits::default());
+    lab.connect(0, 1);
+    lab.send(0, 1, json!({"type":"join","room":"r"}));
+    let session = lab.inbox(0, 1)[0]["session"].as_str().unwrap().to_owned();
+    lab.drop_socket(0, 1);
+    // Redis lost the room while it was away and another node claimed it: this node still serves its own session.
+    lab.bus.rooms.insert("r".into(), id(1));
+    lab.connect(0, 2);
+    lab.send(0, 2, json!({"type":"resume","session":session,"lastSeq":1}));
+    assert_eq!(lab.inbox(0, 2)[0]["type"], "resumed");
 }

@@ -71,6 +71,13 @@ impl Redis {
         redis
     }
 
+    /// Kills it and starts another, empty, on the same port.
+    fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        *self = Redis::start_on(self.port);
+    }
+
     fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
@@ -320,7 +327,8 @@ fn a_peer_whose_node_is_killed_resumes_through_another_node_with_nothing_lost() 
 
         // B reconnects to node 2 and resumes from the last frame it processed.
         let mut b = Peer::connect(&nodes[2]).await;
-        b.send(json!({"type":"resume","session":session,"lastSeq":last_seen})).await;
+        b.send(json!({"type":"resume","session":session,"lastSeq":last_seen}))
+            .await;
         let resumed = b.expect("resumed").await;
         assert_eq!(resumed["ack"], 3, "the home handled B's messages 1-3: {resumed}");
         assert_eq!(resumed["replayed"], 10, "{resumed}");
@@ -368,4 +376,73 @@ fn a_node_whose_redis_is_unreachable_serves_its_sockets_alone_and_says_so() {
     // Redis comes up on that port: the node says so and shares its rooms again.
     let _redis = Redis::start_on(port);
     node.wait_for_log("connected to Redis: rooms are shared with the other nodes");
+}
+
+#[test]
+fn a_redis_restart_mid_conversation_loses_nothing() {
+    let Some(mut redis) = Redis::start() else { return };
+    let nodes: Vec<Node> = (0..2).map(|_| Node::start(&redis.url(), &[])).collect();
+    runtime().block_on(async {
+        let (mut a, joined_a) = Peer::join(&nodes[0], "r").await;
+        let a_id = joined_a["peerId"].as_str().unwrap().to_owned();
+        let (mut b, joined_b) = Peer::join(&nodes[1], "r").await;
+        let b_id = joined_b["peerId"].as_str().unwrap().to_owned();
+        let session = joined_b["session"].as_str().unwrap().to_owned();
+        a.expect("peer-joined").await;
+        let mut at_b: Vec<(u64, u64)> = vec![(1, u64::MAX)];
+        for n in 0..5u64 {
+            a.send(json!({"type":"signal","to":b_id,"data":{"n":n}})).await;
+        }
+        for _ in 0..5 {
+            let v = b.expect("signal").await;
+            at_b.push((v["seq"].as_u64().unwrap(), v["data"]["n"].as_u64().unwrap()));
+        }
+
+        // Redis restarts, empty (nothing persisted).
+        redis.restart();
+        // B's socket depended on the link to the room's home: it is closed with 4202 (retry now).
+        loop {
+            match b.next().await {
+                Ok(v) => {
+                    assert_eq!(v["type"], "signal", "{v}");
+                    at_b.push((v["seq"].as_u64().unwrap(), v["data"]["n"].as_u64().unwrap()));
+                }
+                Err(code) => {
+                    assert_eq!(code, Some(4202));
+                    break;
+                }
+            }
+        }
+        // A keeps signalling while B is away.
+        for n in 5..10u64 {
+            a.send(json!({"type":"signal","to":b_id,"data":{"n":n}})).await;
+        }
+        a.send(json!({"type":"ping"})).await;
+        a.expect("pong").await;
+        // Both nodes say Redis answers again; a heartbeat later the home has written its keys back.
+        for node in &nodes {
+            let deadline = Instant::now() + WAIT;
+            while node.log().matches("connected to Redis").count() < 2 {
+                assert!(Instant::now() < deadline, "no second connection:\n{}", node.log());
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+
+        let last_seen = at_b.last().unwrap().0;
+        let mut b = Peer::connect(&nodes[1]).await;
+        b.send(json!({"type":"resume","session":session,"lastSeq":last_seen}))
+            .await;
+        let resumed = b.expect("resumed").await;
+        for _ in 0..resumed["replayed"].as_u64().unwrap() {
+            let v = b.expect("signal").await;
+            at_b.push((v["seq"].as_u64().unwrap(), v["data"]["n"].as_u64().unwrap()));
+        }
+        b.send(json!({"type":"signal","to":a_id,"data":"back"})).await;
+        assert_eq!(a.expect("signal").await["data"], "back");
+        let seqs: Vec<u64> = at_b.iter().map(|(s, _)| *s).collect();
+        assert_eq!(seqs, (1..=11).collect::<Vec<u64>>(), "{at_b:?}");
+        let ns: Vec<u64> = at_b[1..].iter().map(|(_, n)| *n).collect();
+        assert_eq!(ns, (0..10).collect::<Vec<u64>>());
+    });
 }

@@ -279,10 +279,16 @@ fn act(
                 Some(m) => {
                     let (m, node, events) = (m.clone(), router.node().clone(), events.clone());
                     tokio::spawn(async move {
-                        let answer = match tokio::time::timeout(ANSWER_TIMEOUT, lookup(m, &node, query)).await {
-                            Ok(Ok(answer)) => answer,
-                            Ok(Err(_)) | Err(_) => Answer::Failed,
-                        };
+                        // Once more on a broken connection (the manager reconnects): both steps are idempotent.
+                        let mut answer = Answer::Failed;
+                        for _ in 0..2 {
+                            match tokio::time::timeout(ANSWER_TIMEOUT, lookup(m.clone(), &node, query.clone())).await {
+                                Ok(Ok(a)) => answer = a,
+                                Ok(Err(e)) if e.is_connection_dropped() || e.is_io_error() => continue,
+                                Ok(Err(_)) | Err(_) => {}
+                            }
+                            break;
+                        }
                         let _ = events.send(Event::Lookup { conn, answer }).await;
                     });
                 }
@@ -385,6 +391,14 @@ fn heartbeat(
         .arg(millis(NODE_TTL))
         .ignore();
     for room in router.hosted_rooms() {
+        // Written again if Redis lost it (restarted); never taken from a node that claimed it meanwhile.
+        pipe.cmd("SET")
+            .arg(room_key(room))
+            .arg(node.as_str())
+            .arg("NX")
+            .arg("PX")
+            .arg(millis(LEASE))
+            .ignore();
         pipe.cmd("PEXPIRE").arg(room_key(room)).arg(millis(LEASE)).ignore();
     }
     for (secret, room) in router.hosted_sessions() {
@@ -495,13 +509,18 @@ async fn publish(client: Option<redis::Client>, mut rx: mpsc::Receiver<(NodeId, 
         for (node, bytes) in batch.drain(..) {
             pipe.cmd("PUBLISH").arg(channel(&node)).arg(&bytes[..]).ignore();
         }
-        let published = match manager.as_mut() {
-            Some(m) => matches!(
-                tokio::time::timeout(ANSWER_TIMEOUT, pipe.query_async::<()>(m)).await,
-                Ok(Ok(()))
-            ),
-            None => false,
-        };
+        // Once more when the connection had broken (Redis restarted, say): the manager reconnects, and what the
+        // broken connection carried never reached the Redis that answers now.
+        let mut published = false;
+        for _ in 0..2 {
+            let Some(m) = manager.as_mut() else { break };
+            match tokio::time::timeout(ANSWER_TIMEOUT, pipe.query_async::<()>(m)).await {
+                Ok(Ok(())) => published = true,
+                Ok(Err(e)) if e.is_connection_dropped() || e.is_io_error() => continue,
+                Ok(Err(_)) | Err(_) => {}
+            }
+            break;
+        }
         if !published {
             let _ = events.send(Event::PublishFailed).await;
         }
