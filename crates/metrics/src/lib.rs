@@ -28,7 +28,7 @@ pub use health::{Check, CheckResult, Health, Readiness};
 pub use http::{Endpoint, HubStatsFn};
 
 /// Where the numbers come from; each is read at scrape time.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Sources {
     /// The TURN workers' counters (at most ~1 s old).
     pub turn: Arc<server::WorkerStats>,
@@ -36,7 +36,22 @@ pub struct Sources {
     pub certs: Option<Arc<server::CertStore>>,
     /// Connection outcomes reported by the SDK.
     pub outcomes: Option<Arc<outcome::Outcomes>>,
+    /// Signaling sockets refused before the WebSocket upgrade, by code (`web::Web::upgrade_refusals`).
+    pub upgrade_refusals: Option<UpgradeRefusalsFn>,
 }
+
+impl std::fmt::Debug for Sources {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sources")
+            .field("turn", &self.turn)
+            .field("certs", &self.certs.is_some())
+            .field("outcomes", &self.outcomes.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Reads the counts of signaling sockets refused before the upgrade, by code.
+pub type UpgradeRefusalsFn = Arc<dyn Fn() -> std::collections::BTreeMap<&'static str, u64> + Send + Sync>;
 
 /// The registry with every collector, and the slot the scrape handler puts the hub's answer in.
 #[derive(Debug)]
@@ -53,7 +68,10 @@ impl Metrics {
             workers: sources.turn,
             certs: sources.certs,
         }));
-        registry.register_collector(Box::new(signaling::SignalCollector { latest: hub.clone() }));
+        registry.register_collector(Box::new(signaling::SignalCollector {
+            latest: hub.clone(),
+            upgrade_refusals: sources.upgrade_refusals,
+        }));
         if let Some(outcomes) = sources.outcomes {
             registry.register_collector(Box::new(outcomes::OutcomeCollector { outcomes }));
         }

@@ -8,13 +8,27 @@ use prometheus_client::encoding::DescriptorEncoder;
 
 use crate::encode::{counter, counters, gauge, Result};
 
-#[derive(Debug)]
 pub(crate) struct SignalCollector {
     pub latest: Arc<Mutex<Option<signal::HubStats>>>,
+    pub upgrade_refusals: Option<crate::UpgradeRefusalsFn>,
+}
+
+impl std::fmt::Debug for SignalCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SignalCollector").finish_non_exhaustive()
+    }
 }
 
 impl Collector for SignalCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result {
+        if let Some(read) = &self.upgrade_refusals {
+            counters(
+                &mut enc,
+                "traverse_signal_upgrade_refusals",
+                "Signaling sockets refused before the WebSocket upgrade (an HTTP answer), by code",
+                read().into_iter().map(|(code, n)| ([("code", code)], n)),
+            )?;
+        }
         let latest = self.latest.lock().unwrap_or_else(|e| e.into_inner());
         match latest.as_ref() {
             Some(stats) => encode_signal(&mut enc, stats),
@@ -109,7 +123,10 @@ mod tests {
     fn the_hubs_last_answer_is_exposed_and_nothing_before_one() {
         let latest = Arc::new(Mutex::new(None));
         let mut registry = Registry::default();
-        registry.register_collector(Box::new(SignalCollector { latest: latest.clone() }));
+        registry.register_collector(Box::new(SignalCollector {
+            latest: latest.clone(),
+            upgrade_refusals: None,
+        }));
         let encode = || {
             let mut text = String::new();
             prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
@@ -140,5 +157,25 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == line), "{line} missing from:\n{text}");
         }
+    }
+}
+
+#[cfg(test)]
+mod upgrade_tests {
+    use super::*;
+    use prometheus_client::registry::Registry;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn refusals_before_the_upgrade_are_exposed_even_without_the_hub() {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(SignalCollector {
+            latest: Arc::new(Mutex::new(None)),
+            upgrade_refusals: Some(Arc::new(|| BTreeMap::from([("too-many-connections", 3)]))),
+        }));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        let line = "traverse_signal_upgrade_refusals_total{code=\"too-many-connections\"} 3";
+        assert!(text.lines().any(|l| l == line), "{text}");
     }
 }

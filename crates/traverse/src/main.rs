@@ -846,6 +846,10 @@ fn metrics_endpoint(
         turn: running.stats.clone(),
         certs: serves_tls.then(|| running.certs.clone()),
         outcomes: Some(outcomes),
+        upgrade_refusals: Some({
+            let web = web.clone();
+            Arc::new(move || web.upgrade_refusals())
+        }),
     };
     let hub = web.hub().clone();
     metrics::Endpoint {

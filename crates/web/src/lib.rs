@@ -11,8 +11,8 @@
 //! credential minting and report submission are rate-limited per source, and stored reports are counted per source
 //! ([`reports`]).
 
-pub mod dashboard;
 mod cluster;
+pub mod dashboard;
 mod hub;
 mod limiter;
 mod origins;
@@ -124,6 +124,15 @@ impl Web {
     /// The connection outcome store the hub records into (the one `WebConfig::outcomes` gave), for the metrics.
     pub fn outcomes(&self) -> &Arc<outcome::Outcomes> {
         &self.app.config.outcomes
+    }
+
+    /// Signaling sockets refused before the WebSocket upgrade (an HTTP answer), by code, for metrics.
+    pub fn upgrade_refusals(&self) -> std::collections::BTreeMap<&'static str, u64> {
+        self.app
+            .upgrade_refusals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The readiness checks `/healthz` and `/readyz` answer with, here and on the metrics listener.

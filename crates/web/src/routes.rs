@@ -44,6 +44,8 @@ pub(crate) struct App {
     pub dashboard: crate::dashboard::Dashboard,
     /// `/healthz` and `/readyz` (the binary sets the readiness checks once the listeners are bound).
     pub health: Arc<metrics::Health>,
+    /// Signaling sockets refused before the upgrade (HTTP answers), by code: the hub never sees them.
+    pub upgrade_refusals: std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>,
     /// RFC 8555 §8.3: the key authorization of a pending HTTP-01 challenge, by token; set once ACME runs.
     acme_http01: OnceLock<AcmeHttp01Fn>,
     /// The failed TLS handshakes the server saw from a client's source; set once the listeners run.
@@ -81,9 +83,18 @@ impl App {
             https_origin: OnceLock::new(),
             dashboard: crate::dashboard::Dashboard::default(),
             health: Arc::new(metrics::Health::default()),
+            upgrade_refusals: Default::default(),
             acme_http01: OnceLock::new(),
             tls_failures: OnceLock::new(),
         }
+    }
+}
+
+impl App {
+    /// Once per refused upgrade, never per message.
+    fn count_upgrade_refusal(&self, code: &'static str) {
+        let mut counts = self.upgrade_refusals.lock().unwrap_or_else(|e| e.into_inner());
+        *counts.entry(code).or_insert(0) += 1;
     }
 }
 
@@ -273,6 +284,7 @@ async fn ws_upgrade(
     upgrade: WebSocketUpgrade,
 ) -> Response {
     if !app.config.allowed_origins.allows(&headers) {
+        app.count_upgrade_refusal("origin-not-allowed");
         return api_error(
             StatusCode::FORBIDDEN,
             "origin-not-allowed",
@@ -281,10 +293,12 @@ async fn ws_upgrade(
     }
     let ip = remote.ip();
     if let Err(refusal) = app.hub.check_connect(ip).await {
+        app.count_upgrade_refusal(refusal.code.as_str());
         return refusal_response(&refusal);
     }
     if let Some(room) = query.room {
         if let Err(refusal) = app.hub.check_join(room, query.token).await {
+            app.count_upgrade_refusal(refusal.code.as_str());
             return refusal_response(&refusal);
         }
     }
