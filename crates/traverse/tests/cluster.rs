@@ -103,6 +103,8 @@ impl Drop for Redis {
 struct Node {
     child: Child,
     http: SocketAddr,
+    /// The TURN URLs of its `iceServers:` line.
+    turn: Value,
     log: Arc<Mutex<String>>,
 }
 
@@ -123,6 +125,7 @@ impl Node {
         let mut node = Node {
             child,
             http: SocketAddr::from(([127, 0, 0, 1], 0)),
+            turn: Value::Null,
             log,
         };
         let deadline = Instant::now() + START_TIMEOUT;
@@ -134,7 +137,9 @@ impl Node {
             };
             if let Some(rest) = line.strip_prefix("signaling: ws://") {
                 node.http = rest.split("/ws").next().unwrap().parse().unwrap();
-            } else if line.starts_with("iceServers: ") {
+            } else if let Some(rest) = line.strip_prefix("iceServers: ") {
+                let servers: Value = serde_json::from_str(rest).unwrap();
+                node.turn = servers[1]["urls"].clone();
                 break;
             }
         }
@@ -444,5 +449,37 @@ fn a_redis_restart_mid_conversation_loses_nothing() {
         assert_eq!(seqs, (1..=11).collect::<Vec<u64>>(), "{at_b:?}");
         let ns: Vec<u64> = at_b[1..].iter().map(|(_, n)| *n).collect();
         assert_eq!(ns, (0..10).collect::<Vec<u64>>());
+    });
+}
+
+#[test]
+fn ice_servers_name_this_node_first_then_the_live_nodes_least_loaded_first() {
+    let Some(redis) = Redis::start() else { return };
+    let mut nodes: Vec<Node> = (0..3).map(|_| Node::start(&redis.url(), &[])).collect();
+    runtime().block_on(async {
+        // Node 0 carries two sockets, node 2 none: after a heartbeat, node 2 is the less loaded.
+        let _busy = (Peer::join(&nodes[0], "x").await, Peer::join(&nodes[0], "y").await);
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        let (_p, joined) = Peer::join(&nodes[1], "own").await;
+        let servers = joined["iceServers"].as_array().unwrap().clone();
+        let urls: Vec<&Value> = servers.iter().skip(1).map(|s| &s["urls"]).collect();
+        assert_eq!(urls, [&nodes[1].turn, &nodes[2].turn, &nodes[0].turn], "{servers:?}");
+        let credential = (&servers[1]["username"], &servers[1]["credential"]);
+        assert!(servers[2..]
+            .iter()
+            .all(|s| (&s["username"], &s["credential"]) == credential));
+
+        // Node 2 dies: once its heartbeat key has expired, it is no longer handed out.
+        nodes[2].kill();
+        tokio::time::sleep(Duration::from_millis(4500)).await;
+        let (_q, joined) = Peer::join(&nodes[1], "own2").await;
+        let urls: Vec<Value> = joined["iceServers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .skip(1)
+            .map(|s| s["urls"].clone())
+            .collect();
+        assert_eq!(urls, [nodes[1].turn.clone(), nodes[0].turn.clone()]);
     });
 }

@@ -7,7 +7,7 @@
 //! health is logged once.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -15,6 +15,7 @@ use cluster::{Action, Answer, Message, NodeId, Query, Router};
 use futures_util::StreamExt;
 use outcome::Outcomes;
 use redis::aio::ConnectionManager;
+use serde_json::{json, Value};
 use signal::{ConnId, SessionEvent, SignalHub};
 use tokio::sync::mpsc;
 
@@ -95,6 +96,7 @@ pub(crate) async fn run(
     outcomes: Arc<Outcomes>,
     url: String,
     node: NodeId,
+    ice: Ice,
 ) {
     let client = match redis::Client::open(url.as_str()) {
         Ok(client) => Some(client),
@@ -135,7 +137,7 @@ pub(crate) async fn run(
             Some(event) = events.recv() => match event {
                 Event::Connected(m) => {
                     // Heartbeat at once, so other nodes see this one alive before it claims any room.
-                    tokio::spawn(heartbeat(m.clone(), &router, &hub, events_tx.clone()));
+                    tokio::spawn(heartbeat(m.clone(), &router, &hub, &ice, events_tx.clone()));
                     manager = Some(m);
                 }
                 Event::Subscribed => {
@@ -175,7 +177,7 @@ pub(crate) async fn run(
             _ = sleep_until(deadline) => router.handle_timeout(&mut hub, now()),
             _ = tick.tick() => {
                 if let Some(m) = &manager {
-                    tokio::spawn(heartbeat(m.clone(), &router, &hub, events_tx.clone()));
+                    tokio::spawn(heartbeat(m.clone(), &router, &hub, &ice, events_tx.clone()));
                 }
             }
         }
@@ -373,6 +375,7 @@ fn heartbeat(
     mut m: ConnectionManager,
     router: &Router,
     hub: &impl SignalHub,
+    ice: &Ice,
     events: mpsc::Sender<Event>,
 ) -> impl std::future::Future<Output = ()> + Send + 'static {
     let stats = hub.stats();
@@ -380,9 +383,11 @@ fn heartbeat(
     let mut pipe = redis::pipe();
     let info = serde_json::json!({
         "node": node.as_str(),
+        "load": stats.connections,
         "sockets": stats.connections,
         "sessions": stats.sessions,
         "rooms": stats.rooms,
+        "turn": turn_entries(&ice.own),
     });
     pipe.cmd("SET")
         .arg(channel(&node))
@@ -414,6 +419,7 @@ fn heartbeat(
     for home in &homes {
         pipe.cmd("EXISTS").arg(channel(home));
     }
+    let registry = ice.registry.clone();
     async move {
         let alive: redis::RedisResult<Vec<u8>> =
             match tokio::time::timeout(ANSWER_TIMEOUT, pipe.query_async(&mut m)).await {
@@ -431,12 +437,120 @@ fn heartbeat(
                         let _ = events.send(Event::NodeGone(home)).await;
                     }
                 }
+                match tokio::time::timeout(ANSWER_TIMEOUT, read_registry(&mut m, &node)).await {
+                    Ok(Ok(others)) => registry.set(others),
+                    Ok(Err(e)) => tracing::debug!(error = %e, "could not read the node registry"),
+                    Err(_) => tracing::debug!("reading the node registry timed out"),
+                }
             }
             Err(e) => {
                 let _ = events.send(Event::Trouble(format!("the heartbeat failed: {e}"))).await;
             }
         }
     }
+}
+
+/// The base iceServers (this node's own STUN/TURN with a fresh credential) and the other nodes', as last read.
+pub(crate) struct Ice {
+    pub own: crate::IceServersFn,
+    pub registry: Registry,
+}
+
+/// The other live nodes' TURN entries (`urls` only), least loaded first, as the registry last said: read by every
+/// join's iceServers, written once a second by the heartbeat.
+#[derive(Clone, Default)]
+pub(crate) struct Registry(Arc<Mutex<Vec<Value>>>);
+
+impl Registry {
+    fn set(&self, others: Vec<Value>) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = others;
+    }
+
+    fn get(&self) -> Vec<Value> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// A join's iceServers: this node's own first (STUN, then TURN with the credential), then every other live node's
+/// TURN URLs, least loaded first, with the same credential (TURN secrets are shared across a cluster).
+pub(crate) fn ice_source(own: crate::IceServersFn, registry: Registry) -> signal::IceServerSource {
+    Box::new(move |peer, unix| {
+        let mut servers = own(peer.as_str(), unix);
+        let credential = servers.as_array().and_then(|a| {
+            a.iter()
+                .find(|e| e.get("username").is_some())
+                .map(|e| (e.get("username").cloned(), e.get("credential").cloned()))
+        });
+        if let (Some(list), Some((Some(username), Some(credential)))) = (servers.as_array_mut(), credential) {
+            for other in registry.get() {
+                for urls in other.as_array().into_iter().flatten() {
+                    list.push(json!({"urls": urls, "username": username, "credential": credential}));
+                }
+            }
+        }
+        serde_json::value::to_raw_value(&servers)
+            .unwrap_or_else(|_| serde_json::value::to_raw_value(&()).unwrap_or_default())
+    })
+}
+
+/// This node's TURN URL lists (the entries with a credential), without the credential: what the registry holds.
+fn turn_entries(own: &crate::IceServersFn) -> Value {
+    let servers = own("registry", 0);
+    let urls: Vec<Value> = servers
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e.get("username").is_some())
+        .filter_map(|e| e.get("urls").cloned())
+        .collect();
+    Value::Array(urls)
+}
+
+/// Registers this node in the `nodes` set and reads the other live nodes' TURN URLs, least loaded first. A node is
+/// live while its heartbeat key exists; the set only lists candidates.
+async fn read_registry(m: &mut ConnectionManager, node: &NodeId) -> redis::RedisResult<Vec<Value>> {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, millis);
+    let set = format!("{PREFIX}nodes");
+    let (ids,): (Vec<String>,) = redis::pipe()
+        .cmd("ZADD")
+        .arg(&set)
+        .arg(now_ms)
+        .arg(node.as_str())
+        .ignore()
+        .cmd("ZREMRANGEBYSCORE")
+        .arg(&set)
+        .arg("-inf")
+        .arg(now_ms.saturating_sub(10 * millis(NODE_TTL)))
+        .ignore()
+        .cmd("ZRANGE")
+        .arg(&set)
+        .arg(0)
+        .arg(-1)
+        .query_async(m)
+        .await?;
+    let others: Vec<String> = ids.into_iter().filter(|id| id != node.as_str()).collect();
+    if others.is_empty() {
+        return Ok(Vec::new());
+    }
+    let keys: Vec<String> = others
+        .iter()
+        .filter_map(|id| NodeId::parse(id))
+        .map(|id| channel(&id))
+        .collect();
+    let infos: Vec<Option<String>> = redis::cmd("MGET").arg(&keys).query_async(m).await?;
+    let mut live: Vec<(u64, Value)> = infos
+        .into_iter()
+        .flatten()
+        .filter_map(|info| serde_json::from_str::<Value>(&info).ok())
+        .map(|v| {
+            let load = v.get("load").and_then(Value::as_u64).unwrap_or(u64::MAX);
+            (load, v.get("turn").cloned().unwrap_or_default())
+        })
+        .collect();
+    live.sort_by_key(|(load, _)| *load);
+    Ok(live.into_iter().map(|(_, turn)| turn).collect())
 }
 
 /// Connects the command connection, retrying every second until Redis answers; then it reconnects by itself.

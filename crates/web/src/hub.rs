@@ -143,10 +143,15 @@ pub(crate) fn spawn(config: &WebConfig, redis: Option<String>) -> std::io::Resul
         2 * limits.max_message_bytes,
     ));
     let ice = config.ice_servers.clone();
-    let source: signal::IceServerSource = Box::new(move |peer, unix| {
-        serde_json::value::to_raw_value(&ice(peer.as_str(), unix))
-            .unwrap_or_else(|_| serde_json::value::to_raw_value(&()).unwrap_or_default())
-    });
+    // In a cluster, every join's iceServers also name the other live nodes' TURN servers.
+    let registry = crate::cluster::Registry::default();
+    let source: signal::IceServerSource = match redis {
+        None => Box::new(move |peer, unix| {
+            serde_json::value::to_raw_value(&ice(peer.as_str(), unix))
+                .unwrap_or_else(|_| serde_json::value::to_raw_value(&()).unwrap_or_default())
+        }),
+        Some(_) => crate::cluster::ice_source(ice, registry.clone()),
+    };
     let hub = MemoryHub::new(
         limits,
         config.token_secret.clone(),
@@ -166,7 +171,11 @@ pub(crate) fn spawn(config: &WebConfig, redis: Option<String>) -> std::io::Resul
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             let hub = hub.with_session_events();
             let node = crate::cluster::node_id();
-            thread.spawn(move || runtime.block_on(crate::cluster::run(hub, rx, outcomes, url, node)))?;
+            let ice = crate::cluster::Ice {
+                own: config.ice_servers.clone(),
+                registry,
+            };
+            thread.spawn(move || runtime.block_on(crate::cluster::run(hub, rx, outcomes, url, node, ice)))?;
         }
     }
     Ok(HubHandle {
