@@ -68,26 +68,36 @@ impl Server {
             tls: unset,
             log,
         };
-        // The iceServers line comes last, once every listener is bound.
+        // With JSON logs everything is a JSON event on stderr (stdout stays empty): the `ready` event comes last, once
+        // every listener is bound; the `signaling ready` events before it name the ws:// and wss:// endpoints.
         let deadline = Instant::now() + START_TIMEOUT;
+        while !server.log().lines().any(|l| l.contains("\"ready; credentials")) {
+            assert!(
+                Instant::now() < deadline,
+                "traverse did not become ready in {START_TIMEOUT:?}; log:\n{}",
+                server.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let mut http = None;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let Ok(line) = rx.recv_timeout(left) else {
-                panic!(
-                    "traverse did not become ready in {START_TIMEOUT:?}; log:\n{}",
-                    server.log()
-                );
+        for line in server.log().lines() {
+            let Ok(v) = serde_json::from_str::<Value>(line) else {
+                panic!("a line that is not JSON with --log-format json: {line}");
             };
-            if let Some(rest) = line.strip_prefix("signaling: ws://") {
+            if v["fields"]["message"] != "signaling ready" {
+                continue;
+            }
+            let url = v["fields"]["signaling"].as_str().unwrap_or_default();
+            if let Some(rest) = url.strip_prefix("ws://") {
                 http = Some(addr_before_ws(rest));
-            } else if let Some(rest) = line.strip_prefix("signaling: wss://") {
+            } else if let Some(rest) = url.strip_prefix("wss://") {
                 server.single = Some(addr_before_ws(rest));
-            } else if line.starts_with("iceServers: ") {
-                break;
             }
         }
-        server.http = http.expect("a `signaling: ws://…` line");
+        server.http = http.expect("a `signaling ready` event with a ws:// URL");
+        if let Ok(line) = rx.try_recv() {
+            panic!("stdout must stay empty with JSON logs, got: {line}");
+        }
         // The listening log lines are on the other pipe; give its reader a moment.
         let deadline = Instant::now() + WAIT;
         loop {
