@@ -1,8 +1,9 @@
 // Calls that survive (issue 11, docs/sdk.md "Calls that survive"): two headless Chromium peers in two NAT sites in a
-// call — a reliable data channel, A pinging B every 100 ms and B echoing — and, 5 s into it, one event of the kind
-// that drops real calls. Each scenario asserts that the call recovers by itself (the same Peer and data channel),
-// that every ping is echoed, once and in order (nothing lost), and prints the time from the moment the network is
-// usable again to the first echo of a ping sent after that moment.
+// call — a reliable data channel, A pinging B every 100 ms and B echoing, and a 30 fps canvas video track from A to
+// B — and, 5 s into it, one event of the kind that drops real calls. Each scenario asserts that the call recovers by
+// itself (the same Peer and data channel), that every ping is echoed, once and in order (nothing lost), that B
+// decodes video frames again, and prints the time from the moment the network is usable again to the first echo of a
+// ping sent after that moment, and to B's first newly decoded frame.
 //
 //   sudo NATLAB_SITES=eim-a,eim-b,sym-a,sym-b tests/natlab/run.sh survive.test.js
 //   sudo NATLAB_SITES=eim-a,eim-b NATLAB_SURVIVE=address-change tests/natlab/run.sh survive.test.js
@@ -13,8 +14,8 @@
 //   link-down-5s     eim-a's site loses its uplink (its port on the internet bridge) for 5 s
 //   conntrack-flush  eim-a's NAT forgets every mapping (conntrack -F; skipped without the conntrack tool)
 //   turn-restart     the server (TURN and signaling) restarted during a call relayed between two symmetric NATs
-//   udp-timeout-30s  both NATs forget an idle UDP mapping after 30 s; the call stays quiet (no data) for 2 minutes,
-//                    then data must flow at once: ICE consent checks (every ~5 s) keep the mappings alive
+//   udp-timeout-30s  both NATs forget an idle UDP mapping after 30 s; the call stays quiet (no data, no video) for
+//                    2 minutes, then data must flow at once: ICE consent checks keep the mappings alive
 //
 // Run by run.sh (NATLAB_PREFIX, NATLAB_SERVER, NATLAB_RESULTS; CHROMIUM_PATH is the netns wrapper). Everything it
 // changes is inside the lab's namespaces, which run.sh deletes at the end.
@@ -131,8 +132,20 @@ for (const sc of SCENARIOS) {
       await until(10000, () => a.page.evaluate((id) => room.peers.has(id), b.peerId), `${sc.a} sees ${sc.b}`);
       await within(
         60000,
-        a.page.evaluate(async (bId) => {
-          const peer = room.connect(bId, peerOptions());
+        a.page.evaluate(async ({ bId, video }) => {
+          // 30 fps of a counter drawn on a canvas: video that changes every frame.
+          const canvas = Object.assign(document.createElement('canvas'), { width: 320, height: 240 });
+          const g = canvas.getContext('2d');
+          let frame = 0;
+          setInterval(() => {
+            g.fillStyle = `hsl(${(frame * 7) % 360} 60% 50%)`;
+            g.fillRect(0, 0, 320, 240);
+            g.fillStyle = '#fff';
+            g.font = '48px sans-serif';
+            g.fillText(String(frame++), 20, 140);
+          }, 33);
+          const media = canvas.captureStream(30);
+          const peer = room.connect(bId, video ? { ...peerOptions(), media } : peerOptions());
           window.peer = peer;
           window.events = [];
           for (const name of ['reconnecting', 'reconnected', 'recovery-failed', 'rejoined']) {
@@ -157,10 +170,23 @@ for (const sc of SCENARIOS) {
             }
           };
           window.pinger = setInterval(ping, 100);
-        }, b.peerId),
+        }, { bId: b.peerId, video: !sc.quietMs }),
         `call ${sc.a} -> ${sc.b}`,
       );
       record.firstPair = await a.page.evaluate(() => peer.getSelectedPair());
+      // B counts the frames it decodes, every 50 ms.
+      await b.page.evaluate(() => {
+        window.decoded = [];
+        setInterval(async () => {
+          if (!window.peer) return;
+          const stats = await peer.pc.getStats();
+          stats.forEach((r) => {
+            if (r.type === 'inbound-rtp' && r.kind === 'video') decoded.push({ at: Date.now(), frames: r.framesDecoded });
+          });
+        }, 50);
+      });
+      // A quiet call sends no video either: media would keep the NATs' mappings alive by itself.
+      if (!sc.quietMs) await until(15000, () => b.page.evaluate(() => decoded.some((d) => d.frames > 30)), 'B decodes video');
       if (relay) assert.ok([record.firstPair.local, record.firstPair.remote].some((c) => c.candidateType === 'relay'));
       await sleep(EVENT_AFTER_MS);
       if (sc.quietMs) {
@@ -192,6 +218,28 @@ for (const sc of SCENARIOS) {
         `${sc.name}: an echo of a ping sent after the event`,
       );
       record.recoveryMs = echoAt - usableAt;
+      // Video flowing again: B decodes a frame it had not decoded when the network was usable again.
+      if (!sc.quietMs) {
+        // Frames already on their way decode for a moment after an event: video is "flowing again" at the first
+        // newly decoded frame after the stall (500 ms without one) that began at or after the event — or, when it
+        // never stalled within 10 s, at the first frame after the network was usable.
+        const videoAt = await until(40000, () => b.page.evaluate(({ from, event }) => {
+          const after = decoded.filter((d) => d.at >= event);
+          for (let i = 1; i < after.length; i++) {
+            const still = after.slice(i).filter((d) => d.at - after[i - 1].at <= 500);
+            const stalled = after[i - 1].at - event < 10000 && still.length > 0 && still.at(-1).at - after[i - 1].at >= 450
+              && still.every((d) => d.frames === after[i - 1].frames);
+            if (!stalled) continue;
+            const back = after.find((d) => d.at > after[i - 1].at && d.frames > after[i - 1].frames && d.at >= from);
+            return back ? back.at : undefined;
+          }
+          const last = after.at(-1);
+          if (!last || last.at - event < 10000) return undefined;
+          const base = decoded.filter((d) => d.at <= from).at(-1)?.frames ?? 0;
+          return after.find((d) => d.at > from && d.frames > base)?.at;
+        }, { from: usableAt, event: eventAt }), `${sc.name}: B decodes video again`);
+        record.videoMs = videoAt - usableAt;
+      }
       await sleep(2000);
       await a.page.evaluate(() => clearInterval(pinger));
       const total = await a.page.evaluate(() => sentAt.length);
@@ -212,7 +260,7 @@ for (const sc of SCENARIOS) {
         .map((e) => `${e.iceConnectionState}/${e.connectionState} +${e.at - eventAt}`);
       const describe = (p) => `${p?.local?.candidateType}/${p?.local?.relayProtocol ?? p?.local?.protocol} -> ${p?.remote?.candidateType}`;
       record.pairs = `${describe(record.firstPair)} then ${describe(got.pair)}`;
-      console.log(`${sc.name} (${sc.a} + ${sc.b}): echoes again ${record.recoveryMs} ms after the network was usable `
+      console.log(`${sc.name} (${sc.a} + ${sc.b}): echoes again ${record.recoveryMs} ms, video ${record.videoMs ?? '(none sent)'} ms after the network was usable `
         + `(event took ${record.eventMs} ms); ${total} pings, lost ${total - new Set(got.echoes).size}; `
         + `path ${record.pairs}; events: ${record.events.join(', ') || 'none'}; ICE: ${record.states.join(', ') || 'unchanged'}`);
       assert.deepEqual(got.echoes, Array.from({ length: total }, (_, i) => i), 'every ping echoed once, in order');
