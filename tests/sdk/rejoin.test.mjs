@@ -185,3 +185,45 @@ test('a call whose peer never says its new id is closed after the resume grace',
     mock.timers.reset();
   }
 });
+
+test('long calls: a fresh credential is fetched before the expiry and put into every peer connection', async () => {
+  mock.timers.enable({ apis: ['setTimeout', 'Date'], now: 1_764_070_000_000 });
+  try {
+    const fresh = [{ urls: 'turn:h', username: '1764070200:p_a1', credential: 'fresh' }];
+    let calls = 0;
+    let fail = 2;
+    const { room, receive, handshake, events } = fakeRoom({
+      refreshIceServers: async () => {
+        calls++;
+        if (fail-- > 0) throw new Error('refused');
+        return fresh;
+      },
+    });
+    const refreshed = [];
+    room.on('ice-servers', (d) => refreshed.push(d));
+    handshake();
+    receive(joined('p_a1', ['p_b1'], [{ urls: 'turn:h', username: '1764070060:p_a1', credential: 'old' }]));
+    const peer = room.connect('p_b1');
+    mock.timers.tick(44999);
+    assert.equal(calls, 0);
+    mock.timers.tick(1); // 45 s: a quarter of the 60 s before the expiry
+    await tick();
+    assert.equal(calls, 1);
+    assert.equal(events.filter((e) => e.name === 'error' && e.code === 'ice-refresh-failed').length, 1);
+    mock.timers.tick(30000); // retried after 30 s…
+    await tick();
+    assert.equal(calls, 2);
+    mock.timers.tick(59999); // …then after 60 s
+    await tick();
+    assert.equal(calls, 2);
+    mock.timers.tick(1);
+    await tick();
+    assert.equal(calls, 3);
+    assert.deepEqual(room.iceServers, fresh);
+    assert.deepEqual(peer.pc.config.iceServers, fresh, 'setConfiguration with the fresh servers');
+    assert.deepEqual(refreshed.map((d) => d.expiresAt), [1764070200]);
+    room._finish(1000, 'done', true);
+  } finally {
+    mock.timers.reset();
+  }
+});

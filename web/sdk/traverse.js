@@ -664,6 +664,7 @@ export class Room extends EventTarget {
       if (this.state === 'closed') return;
       if (!Array.isArray(servers) || !servers.length) throw new Error('no iceServers in the answer');
       this.iceServers = servers;
+      /** @private failed refreshes in a row */ this._iceRefreshFailures = 0;
       for (const pc of this.connections.values()) if (!pc.closed) pc._applyIceServers();
       this._emit('ice-servers', { iceServers: servers, expiresAt: credentialExpiry(servers) });
       this._scheduleIceRefresh();
@@ -671,7 +672,10 @@ export class Room extends EventTarget {
       if (this.state === 'closed') return;
       const message = `could not refresh the TURN credential: ${err && err.message ? err.message : err}`;
       this._emit('error', { code: 'ice-refresh-failed', message });
-      /** @private */ this._iceRefreshTimer = setTimeout(() => this._refreshIceServers(), ICE_REFRESH_RETRY_MS);
+      // 30 s, 1 min, 2 min, … at most 10 minutes apart: a refusal that lasts (an expired join token) is not hammered.
+      const failures = (this._iceRefreshFailures = (this._iceRefreshFailures || 0) + 1);
+      const delay = Math.min(ICE_REFRESH_RETRY_MS * 2 ** (failures - 1), 10 * 60 * 1000);
+      /** @private */ this._iceRefreshTimer = setTimeout(() => this._refreshIceServers(), delay);
     }
   }
 }
