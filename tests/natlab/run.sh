@@ -5,6 +5,8 @@
 #                   transports as the site's NAT and firewall are built;
 #   pairs.test.js   two headless Chromium peers, one per site, connected with the SDK: direct where the NATs allow
 #                   hole punching, relayed where they do not, TURN over TCP/TLS where UDP is blocked.
+#   survive.test.js calls that survive an address change, a link down, a NAT flush, a server restart, a 30 s UDP
+#                   timeout (only when named: about 3.5 min with NATLAB_SITES=eim-a,eim-b,sym-a,sym-b)
 #
 #   tests/natlab/run.sh                          # builds target/debug/traverse unless TRAVERSE_BIN is set
 #   tests/natlab/run.sh pairs.test.js            # one part
