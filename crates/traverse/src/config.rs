@@ -238,8 +238,15 @@ fn acme_domain(name: &str) -> Result<(), String> {
             "{name:?} is not a DNS name a CA can validate (no wildcards, no addresses)"
         ));
     }
-    if name.parse::<IpAddr>().is_ok() || name.rsplit('.').next().is_some_and(|tld| tld.bytes().all(|b| b.is_ascii_digit())) {
-        return Err(format!("{name:?} is an address; ACME certificates here are for DNS names"));
+    if name.parse::<IpAddr>().is_ok()
+        || name
+            .rsplit('.')
+            .next()
+            .is_some_and(|tld| tld.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return Err(format!(
+            "{name:?} is an address; ACME certificates here are for DNS names"
+        ));
     }
     Ok(())
 }
@@ -709,7 +716,10 @@ impl Config {
         }
         if !self.tls.domains.is_empty() {
             if self.tls.cert.is_some() {
-                bad("tls.domains", "a certificate comes from files (tls.cert) or from ACME (tls.domains), not both".into());
+                bad(
+                    "tls.domains",
+                    "a certificate comes from files (tls.cert) or from ACME (tls.domains), not both".into(),
+                );
             }
             if let Some(e) = self.tls.domains.iter().find_map(|d| acme_domain(d).err()) {
                 bad("tls.domains", e);
@@ -717,7 +727,8 @@ impl Config {
             if self.listen.single.is_empty() && self.listen.http.is_empty() {
                 bad(
                     "tls.domains",
-                    "ACME needs listen.single on 443 (TLS-ALPN-01) or listen.http on 80 (HTTP-01) for the CA to reach".into(),
+                    "ACME needs listen.single on 443 (TLS-ALPN-01) or listen.http on 80 (HTTP-01) for the CA to reach"
+                        .into(),
                 );
             }
         }
