@@ -367,6 +367,7 @@ export class Room extends EventTarget {
     /** @private */ private _iceRefreshTimer;
     /** @private */
     private _refreshIceServers;
+    /** @private failed refreshes in a row */ private _iceRefreshFailures;
 }
 /**
  * A peer connection negotiated through a room with perfect negotiation (MDN): the peer with the lexicographically
