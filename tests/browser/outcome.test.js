@@ -14,9 +14,13 @@ import { roomPage } from './lib/pages.js';
 const ADMIN = 'outcome-test-admin-token-0123456789';
 let server;
 let browser;
+let metricsPort;
 before(async () => {
   if (!fs.existsSync(CHROMIUM)) return;
-  server = await startTraverse({ extraArgs: ['--set', `web.admin_token=${ADMIN}`] });
+  metricsPort = await freePort();
+  server = await startTraverse({
+    extraArgs: ['--set', `web.admin_token=${ADMIN}`, '--metrics', `127.0.0.1:${metricsPort}`],
+  });
   browser = await launchBrowser();
 });
 after(async () => {
@@ -177,4 +181,27 @@ test('relay-only with the TURN server unreachable: relay-only-unreachable on bot
   }
   const o = await outcomes();
   assert.ok(o.by_reason['relay-only-unreachable'] >= 1, JSON.stringify(o.by_reason));
+});
+
+// Last: what the operator scrapes says what the pages reported — the same counts as /api/outcomes, by path and by
+// reason, and a time-to-connect observation per connected pair.
+test('the outcomes above are in /metrics, by path and by reason', { timeout: 30000 }, async (t) => {
+  if (skipWithoutChromium(t)) return;
+  const o = await outcomes();
+  const r = await get(`http://127.0.0.1:${metricsPort}/metrics`);
+  assert.equal(r.status, 200);
+  const value = (name, labels) => {
+    const line = r.body.split('\n').find((l) => l.startsWith(`${name}{`) &&
+      Object.entries(labels).every(([k, v]) => l.includes(`${k}="${v}"`)));
+    return line ? Number(line.split(' ').at(-1)) : 0;
+  };
+  assert.ok(o.connected >= 2 && o.failed >= 2, JSON.stringify(o));
+  for (const [path, n] of Object.entries(o.by_path)) {
+    assert.equal(value('traverse_connections_total', { outcome: 'connected', path }), n, `connected via ${path}`);
+  }
+  for (const reason of ['turn-auth-failed', 'relay-only-unreachable']) {
+    assert.equal(value('traverse_connection_failures_total', { reason }), o.by_reason[reason], reason);
+  }
+  const ttc = r.body.split('\n').find((l) => l.startsWith('traverse_connection_time_to_connect_seconds_count'));
+  assert.ok(ttc && Number(ttc.split(' ').at(-1)) === o.time_to_connect_ms.count, `${ttc} vs ${o.time_to_connect_ms.count}`);
 });
