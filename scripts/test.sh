@@ -62,6 +62,10 @@ fi
 # The NAT lab: real NATs in network namespaces (root only; prints SKIP otherwise).
 if [ "${NATLAB:-1}" != 0 ]; then
   TRAVERSE_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/traverse" tests/natlab/run.sh
+  # Calls that survive (issue 11): an address change, a link down, a NAT flush, a server restart, a 30 s UDP timeout,
+  # on the four sites they need (about 3.5 min).
+  NATLAB_SITES=eim-a,eim-b,sym-a,sym-b TRAVERSE_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/traverse" \
+    tests/natlab/run.sh survive.test.js
 fi
 
 if [ "${FUZZ_SECONDS:-60}" != 0 ] && [ -x scripts/fuzz.sh ]; then
