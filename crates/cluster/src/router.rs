@@ -11,7 +11,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use signal::{CloseCode, ConnId, Now, Output, Refusal, SessionEvent, SessionSecret, SignalHub};
+use signal::{CloseCode, ConnId, Now, Output, PeerId, Refusal, Restored, SessionEvent, SessionSecret, SignalHub};
 
 use crate::wire::{Envelope, Message, NodeId};
 
@@ -52,6 +52,8 @@ pub enum Answer {
     Unknown,
     /// Redis could not answer: this node serves the socket alone.
     Failed,
+    /// This node took the room over from a node that died, with the sessions that node had recorded.
+    TakenOver(Vec<Restored>),
 }
 
 /// Where a socket of this node sends its events.
@@ -88,8 +90,8 @@ pub struct Router {
     hosted: HashMap<ConnId, Origin>,
     by_origin: HashMap<Origin, ConnId>,
     next_hosted: u64,
-    /// Sessions of this node's hub, and their rooms: what this node keeps alive in Redis.
-    sessions: HashMap<SessionSecret, Arc<str>>,
+    /// Sessions of this node's hub, with their peer ids and rooms: what this node keeps alive in Redis.
+    sessions: HashMap<SessionSecret, (PeerId, Arc<str>)>,
     rooms: HashMap<Arc<str>, usize>,
     actions: VecDeque<Action>,
 }
@@ -126,9 +128,9 @@ impl Router {
         self.rooms.keys().map(|r| &**r)
     }
 
-    /// Sessions on this node's hub, with their rooms: their `sess:` keys are refreshed while they live.
-    pub fn hosted_sessions(&self) -> impl Iterator<Item = (&SessionSecret, &str)> {
-        self.sessions.iter().map(|(s, r)| (s, &**r))
+    /// Sessions on this node's hub, with their peer ids and rooms: their keys are refreshed while they live.
+    pub fn hosted_sessions(&self) -> impl Iterator<Item = (&SessionSecret, &PeerId, &str)> {
+        self.sessions.iter().map(|(s, (p, r))| (s, p, &**r))
     }
 
     /// Nodes this node's sockets are forwarded to: the I/O layer watches that they stay alive.
@@ -249,7 +251,14 @@ impl Router {
                     self.publish(home.clone(), Envelope::Text { conn: conn.get(), text });
                 }
             }
-            Answer::Home(_) | Answer::Unknown | Answer::Failed => {
+            Answer::Home(_) | Answer::Unknown | Answer::Failed | Answer::TakenOver(_) => {
+                if let Answer::TakenOver(sessions) = answer {
+                    for session in sessions {
+                        hub.restore(session, now);
+                    }
+                    // The restored sessions' `Opened` events, before any frame of theirs.
+                    self.drain(hub);
+                }
                 for text in held {
                     hub.handle_text(conn, utf8(&text), now);
                 }
@@ -417,12 +426,18 @@ impl Router {
 
     fn track(&mut self, event: &SessionEvent) {
         match event {
-            SessionEvent::Opened { secret, room } => {
-                self.sessions.insert(secret.clone(), room.clone());
-                *self.rooms.entry(room.clone()).or_insert(0) += 1;
+            SessionEvent::Opened { secret, room, peer, .. } => {
+                if self
+                    .sessions
+                    .insert(secret.clone(), (peer.clone(), room.clone()))
+                    .is_none()
+                {
+                    *self.rooms.entry(room.clone()).or_insert(0) += 1;
+                }
             }
-            SessionEvent::Ended { secret } => {
-                let Some(room) = self.sessions.remove(secret) else {
+            SessionEvent::Numbered { .. } | SessionEvent::Forgot { .. } | SessionEvent::Handled { .. } => {}
+            SessionEvent::Ended { secret, .. } => {
+                let Some((_, room)) = self.sessions.remove(secret) else {
                     return;
                 };
                 if let Some(n) = self.rooms.get_mut(&room) {

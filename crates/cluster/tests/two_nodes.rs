@@ -133,12 +133,13 @@ impl Lab {
             }
             Action::Local(_) => {}
             Action::Publish { node, bytes } => self.bus.channel.push_back((node, bytes)),
-            Action::Announce(SessionEvent::Opened { secret, room }) => {
+            Action::Announce(SessionEvent::Opened { secret, room, .. }) => {
                 self.bus.sessions.insert(secret.as_str().to_owned(), room);
             }
-            Action::Announce(SessionEvent::Ended { secret }) => {
+            Action::Announce(SessionEvent::Ended { secret, .. }) => {
                 self.bus.sessions.remove(secret.as_str());
             }
+            Action::Announce(_) => {}
             Action::Lookup { conn, query } => {
                 let room = match &query {
                     Query::Room(room) => Some(room.clone()),

@@ -32,8 +32,13 @@ impl Meta {
         Self("{}".into())
     }
 
-    fn as_json(&self) -> &str {
+    pub(crate) fn as_json(&self) -> &str {
         &self.0
+    }
+
+    /// The JSON text, shared.
+    pub(crate) fn shared(&self) -> Arc<str> {
+        self.0.clone()
     }
 }
 

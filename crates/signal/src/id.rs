@@ -26,6 +26,13 @@ impl PeerId {
         Self(id.into())
     }
 
+    /// An id this hub (or another node's) made, read back from shared storage; anything else is not one.
+    pub fn parse(id: &str) -> Option<Self> {
+        let hex = id.strip_prefix("p_")?;
+        let well_formed = hex.len() == 16 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        well_formed.then(|| Self(id.into()))
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }

@@ -483,3 +483,86 @@ fn ice_servers_name_this_node_first_then_the_live_nodes_least_loaded_first() {
         assert_eq!(urls, [nodes[1].turn.clone(), nodes[0].turn.clone()]);
     });
 }
+
+#[test]
+fn the_room_s_home_killed_another_node_takes_its_sessions_over_with_nothing_lost() {
+    let Some(redis) = Redis::start() else { return };
+    let mut nodes: Vec<Node> = (0..3).map(|_| Node::start(&redis.url(), &[])).collect();
+    runtime().block_on(async {
+        // A on node 0, the room's home; B on node 1, forwarded there.
+        let (mut a, joined_a) = Peer::join(&nodes[0], "call").await;
+        let a_id = joined_a["peerId"].as_str().unwrap().to_owned();
+        let a_session = joined_a["session"].as_str().unwrap().to_owned();
+        let (mut b, joined_b) = Peer::join(&nodes[1], "call").await;
+        let b_id = joined_b["peerId"].as_str().unwrap().to_owned();
+        let b_session = joined_b["session"].as_str().unwrap().to_owned();
+        assert_eq!(a.expect("peer-joined").await["seq"], 2);
+        let mut at_b: Vec<(u64, u64)> = vec![(1, u64::MAX)];
+        for n in 0..5u64 {
+            a.send(json!({"type":"signal","to":b_id,"data":{"n":n},"seq":n + 1}))
+                .await;
+        }
+        for _ in 0..5 {
+            let v = b.expect("signal").await;
+            at_b.push((v["seq"].as_u64().unwrap(), v["data"]["n"].as_u64().unwrap()));
+        }
+        // Two more reach the home; B has not processed them when the home dies.
+        for n in 5..7u64 {
+            a.send(json!({"type":"signal","to":b_id,"data":{"n":n},"seq":n + 1}))
+                .await;
+        }
+        a.send(json!({"type":"ping"})).await;
+        assert_eq!(a.expect("pong").await["ack"], 7);
+
+        nodes[0].kill();
+        drop(a);
+        // Node 1 notices the home is gone and closes B's socket with 4202 (retry now).
+        loop {
+            match b.next().await {
+                Ok(v) => assert_eq!(v["type"], "signal", "{v}"),
+                Err(code) => {
+                    assert_eq!(code, Some(4202));
+                    break;
+                }
+            }
+        }
+
+        // A resumes through node 2, which takes the room over; B resumes through node 1, forwarded to node 2.
+        let mut a = Peer::connect(&nodes[2]).await;
+        a.send(json!({"type":"resume","session":a_session,"lastSeq":2})).await;
+        let resumed_a = a.expect("resumed").await;
+        assert_eq!(
+            (resumed_a["ack"].as_u64(), resumed_a["replayed"].as_u64()),
+            (Some(7), Some(0)),
+            "{resumed_a}"
+        );
+        let last_seen = at_b.last().unwrap().0;
+        let mut b = Peer::connect(&nodes[1]).await;
+        b.send(json!({"type":"resume","session":b_session,"lastSeq":last_seen}))
+            .await;
+        let resumed_b = b.expect("resumed").await;
+        assert_eq!(resumed_b["replayed"], 2, "{resumed_b}");
+        for _ in 0..2 {
+            let v = b.expect("signal").await;
+            at_b.push((v["seq"].as_u64().unwrap(), v["data"]["n"].as_u64().unwrap()));
+        }
+
+        // A resends what it numbered after the `ack` it was told (nothing) and one more: only the new one arrives.
+        a.send(json!({"type":"signal","to":b_id,"data":{"n":6},"seq":7})).await;
+        a.send(json!({"type":"signal","to":b_id,"data":{"n":7},"seq":8})).await;
+        let v = b.expect("signal").await;
+        at_b.push((v["seq"].as_u64().unwrap(), v["data"]["n"].as_u64().unwrap()));
+        b.send(json!({"type":"signal","to":a_id,"data":"back"})).await;
+        let v = a.expect("signal").await;
+        assert_eq!(
+            (v["data"].as_str(), v["seq"].as_u64()),
+            (Some("back"), Some(3)),
+            "A's stream continues at 3"
+        );
+
+        let seqs: Vec<u64> = at_b.iter().map(|(s, _)| *s).collect();
+        assert_eq!(seqs, (1..=9).collect::<Vec<u64>>(), "{at_b:?}");
+        let ns: Vec<u64> = at_b[1..].iter().map(|(_, n)| *n).collect();
+        assert_eq!(ns, (0..8).collect::<Vec<u64>>());
+    });
+}

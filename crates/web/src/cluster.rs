@@ -16,7 +16,7 @@ use futures_util::StreamExt;
 use outcome::Outcomes;
 use redis::aio::ConnectionManager;
 use serde_json::{json, Value};
-use signal::{ConnId, SessionEvent, SignalHub};
+use signal::{ConnId, PeerId, Restored, SessionEvent, SessionSecret, SignalHub};
 use tokio::sync::mpsc;
 
 use crate::hub::{deliver, now, sleep_until, Command, SourceCounters};
@@ -33,13 +33,22 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
 const PUBLISH_QUEUE: usize = 65_536;
 const PREFIX: &str = "traverse:";
 
-/// The room's home: the node the key names while that node heartbeats, else this node (which takes the room).
+/// The room's home: the node the key names while that node heartbeats, else this node (which takes the room, and
+/// restores its sessions when another node had recorded some: `|restore`).
 const CLAIM: &str = r"
 local home = redis.call('GET', KEYS[1])
 if home and redis.call('EXISTS', ARGV[3] .. home) == 1 then return home end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+if redis.call('EXISTS', KEYS[2]) == 1 then return ARGV[1] .. '|restore' end
 return ARGV[1]
 ";
+
+/// How long records live without their owner refreshing them.
+#[derive(Debug, Clone, Copy)]
+struct Lease {
+    room: Duration,
+    session: Duration,
+}
 
 /// What the link's tasks tell the hub task.
 enum Event {
@@ -97,7 +106,13 @@ pub(crate) async fn run(
     url: String,
     node: NodeId,
     ice: Ice,
+    grace: Duration,
 ) {
+    // A session's records outlive its home by the resume grace, so a node that takes it over can still replay it.
+    let lease = Lease {
+        room: LEASE,
+        session: grace + LEASE,
+    };
     let client = match redis::Client::open(url.as_str()) {
         Ok(client) => Some(client),
         Err(e) => {
@@ -137,7 +152,7 @@ pub(crate) async fn run(
             Some(event) = events.recv() => match event {
                 Event::Connected(m) => {
                     // Heartbeat at once, so other nodes see this one alive before it claims any room.
-                    tokio::spawn(heartbeat(m.clone(), &router, &hub, &ice, events_tx.clone()));
+                    tokio::spawn(heartbeat(m.clone(), &router, &hub, &ice, lease, events_tx.clone()));
                     manager = Some(m);
                 }
                 Event::Subscribed => {
@@ -177,7 +192,7 @@ pub(crate) async fn run(
             _ = sleep_until(deadline) => router.handle_timeout(&mut hub, now()),
             _ = tick.tick() => {
                 if let Some(m) = &manager {
-                    tokio::spawn(heartbeat(m.clone(), &router, &hub, &ice, events_tx.clone()));
+                    tokio::spawn(heartbeat(m.clone(), &router, &hub, &ice, lease, events_tx.clone()));
                 }
             }
         }
@@ -189,7 +204,9 @@ pub(crate) async fn run(
             manager.as_ref(),
             &publish_tx,
             &events_tx,
-        );
+            lease,
+        )
+        .await;
     }
     hub.handle_shutdown();
     router.drain(&mut hub);
@@ -201,7 +218,9 @@ pub(crate) async fn run(
         manager.as_ref(),
         &publish_tx,
         &events_tx,
-    );
+        lease,
+    )
+    .await;
     for outbox in sockets.values() {
         outbox.close();
     }
@@ -251,8 +270,11 @@ fn handle(
     false
 }
 
-/// Carries out what the router asked.
-fn act(
+/// Carries out what the router asked: the session journal first (one pipeline), so that a frame is recorded in
+/// Redis before any socket sees it and a node that takes the session over never numbers a frame twice; then the
+/// rest, in order.
+#[allow(clippy::too_many_arguments)]
+async fn act(
     hub: &mut impl SignalHub,
     router: &mut Router,
     sockets: &mut HashMap<ConnId, Arc<Outbox>>,
@@ -260,49 +282,155 @@ fn act(
     manager: Option<&ConnectionManager>,
     publish_tx: &mpsc::Sender<(NodeId, Bytes)>,
     events: &mpsc::Sender<Event>,
+    lease: Lease,
 ) {
-    // Bounded: a socket closed as too slow adds at most a few actions, and the loop comes back here.
-    for _ in 0..100_000 {
-        let Some(action) = router.poll_action() else { return };
-        match action {
-            Action::Local(output) => {
-                if let Some(slow) = deliver(output, sockets, outcomes) {
-                    router.handle_closed(hub, slow, now());
-                }
+    // Bounded: a socket closed as too slow adds a few actions, and the loop comes back here anyway.
+    for _ in 0..64 {
+        let mut actions = Vec::new();
+        while let Some(action) = router.poll_action() {
+            actions.push(action);
+        }
+        if actions.is_empty() {
+            return;
+        }
+        let mut pipe = redis::pipe();
+        let mut journal = 0;
+        for action in &actions {
+            if let Action::Announce(event) = action {
+                record(&mut pipe, event, lease);
+                journal += 1;
             }
-            Action::Publish { node, bytes } => {
-                if publish_tx.try_send((node, bytes)).is_err() {
-                    // Redis does not keep up: what depends on it is closed and resumes (bounded memory).
-                    let _ = events.try_send(Event::Trouble("the publish queue is full".into()));
-                    router.handle_link_lost(hub, now());
-                }
+        }
+        if let (Some(m), true) = (manager, journal > 0) {
+            let mut m = m.clone();
+            let written = tokio::time::timeout(ANSWER_TIMEOUT, pipe.query_async::<()>(&mut m)).await;
+            if !matches!(written, Ok(Ok(()))) {
+                // Served anyway; only a takeover of these sessions, should this node die now, would miss them.
+                let _ = events.try_send(Event::Trouble("recording sessions failed".into()));
             }
-            Action::Lookup { conn, query } => match manager {
-                Some(m) => {
-                    let (m, node, events) = (m.clone(), router.node().clone(), events.clone());
-                    tokio::spawn(async move {
-                        // Once more on a broken connection (the manager reconnects): both steps are idempotent.
-                        let mut answer = Answer::Failed;
-                        for _ in 0..2 {
-                            match tokio::time::timeout(ANSWER_TIMEOUT, lookup(m.clone(), &node, query.clone())).await {
-                                Ok(Ok(a)) => answer = a,
-                                Ok(Err(e)) if e.is_connection_dropped() || e.is_io_error() => continue,
-                                Ok(Err(_)) | Err(_) => {}
+        }
+        for action in actions {
+            match action {
+                Action::Local(output) => {
+                    if let Some(slow) = deliver(output, sockets, outcomes) {
+                        router.handle_closed(hub, slow, now());
+                    }
+                }
+                Action::Publish { node, bytes } => {
+                    if publish_tx.try_send((node, bytes)).is_err() {
+                        // Redis does not keep up: what depends on it is closed and resumes (bounded memory).
+                        let _ = events.try_send(Event::Trouble("the publish queue is full".into()));
+                        router.handle_link_lost(hub, now());
+                    }
+                }
+                Action::Lookup { conn, query } => match manager {
+                    Some(m) => {
+                        let (m, node, events) = (m.clone(), router.node().clone(), events.clone());
+                        tokio::spawn(async move {
+                            // Once more on a broken connection (the manager reconnects): every step is idempotent.
+                            let mut answer = Answer::Failed;
+                            for _ in 0..2 {
+                                let looked = lookup(m.clone(), &node, query.clone(), lease);
+                                match tokio::time::timeout(ANSWER_TIMEOUT, looked).await {
+                                    Ok(Ok(a)) => answer = a,
+                                    Ok(Err(e)) if e.is_connection_dropped() || e.is_io_error() => continue,
+                                    Ok(Err(_)) | Err(_) => {}
+                                }
+                                break;
                             }
-                            break;
-                        }
-                        let _ = events.send(Event::Lookup { conn, answer }).await;
-                    });
-                }
-                None => router.handle_lookup(hub, conn, Answer::Failed, now()),
-            },
-            Action::Announce(event) => {
-                if let Some(m) = manager {
-                    tokio::spawn(announce(m.clone(), event));
-                }
+                            let _ = events.send(Event::Lookup { conn, answer }).await;
+                        });
+                    }
+                    None => router.handle_lookup(hub, conn, Answer::Failed, now()),
+                },
+                Action::Announce(_) => {}
             }
         }
     }
+}
+
+/// One journal entry as Redis commands (docs/scaling.md, "Redis keys").
+fn record(pipe: &mut redis::Pipeline, event: &SessionEvent, lease: Lease) {
+    let ttl = millis(lease.session);
+    match event {
+        SessionEvent::Opened {
+            secret,
+            room,
+            peer,
+            meta,
+            ip,
+            next_seq,
+            client_seq,
+        } => {
+            pipe.cmd("SET")
+                .arg(session_key(secret.as_str()))
+                .arg(&**room)
+                .arg("PX")
+                .arg(ttl)
+                .ignore();
+            pipe.cmd("HSET")
+                .arg(state_key(peer))
+                .arg("secret")
+                .arg(secret.as_str())
+                .arg("room")
+                .arg(&**room)
+                .arg("meta")
+                .arg(&**meta)
+                .arg("ip")
+                .arg(ip.to_string())
+                .arg("next")
+                .arg(*next_seq)
+                .arg("client")
+                .arg(*client_seq)
+                .ignore();
+            pipe.cmd("PEXPIRE").arg(state_key(peer)).arg(ttl).ignore();
+            pipe.cmd("SADD").arg(members_key(room)).arg(peer.as_str()).ignore();
+            pipe.cmd("PEXPIRE").arg(members_key(room)).arg(ttl).ignore();
+        }
+        SessionEvent::Numbered { peer, seq, kept } => {
+            pipe.cmd("HSET").arg(state_key(peer)).arg("next").arg(seq + 1).ignore();
+            if let Some(text) = kept {
+                let mut member = format!("{seq}:").into_bytes();
+                member.extend_from_slice(text);
+                pipe.cmd("ZADD").arg(frames_key(peer)).arg(*seq).arg(member).ignore();
+                pipe.cmd("PEXPIRE").arg(frames_key(peer)).arg(ttl).ignore();
+            }
+        }
+        SessionEvent::Forgot { peer, through } => {
+            pipe.cmd("ZREMRANGEBYSCORE")
+                .arg(frames_key(peer))
+                .arg("-inf")
+                .arg(*through)
+                .ignore();
+        }
+        SessionEvent::Handled { peer, client_seq } => {
+            pipe.cmd("HSET")
+                .arg(state_key(peer))
+                .arg("client")
+                .arg(*client_seq)
+                .ignore();
+        }
+        SessionEvent::Ended { secret, peer, room } => {
+            pipe.cmd("DEL")
+                .arg(session_key(secret.as_str()))
+                .arg(state_key(peer))
+                .arg(frames_key(peer))
+                .ignore();
+            pipe.cmd("SREM").arg(members_key(room)).arg(peer.as_str()).ignore();
+        }
+    }
+}
+
+fn state_key(peer: &PeerId) -> String {
+    format!("{PREFIX}s:{peer}")
+}
+
+fn frames_key(peer: &PeerId) -> String {
+    format!("{PREFIX}f:{peer}")
+}
+
+fn members_key(room: &str) -> String {
+    format!("{PREFIX}m:{room}")
 }
 
 fn channel(node: &NodeId) -> String {
@@ -321,8 +449,9 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Which node hosts the room (or session) a socket's first frame names.
-async fn lookup(mut m: ConnectionManager, node: &NodeId, query: Query) -> redis::RedisResult<Answer> {
+/// Which node hosts the room (or session) a socket's first frame names; when this node takes a room over from a
+/// node that died, the sessions that node recorded.
+async fn lookup(mut m: ConnectionManager, node: &NodeId, query: Query, lease: Lease) -> redis::RedisResult<Answer> {
     let room = match query {
         Query::Room(room) => room,
         Query::Session(secret) => {
@@ -336,37 +465,71 @@ async fn lookup(mut m: ConnectionManager, node: &NodeId, query: Query) -> redis:
             }
         }
     };
-    let home: String = redis::Script::new(CLAIM)
+    let reply: String = redis::Script::new(CLAIM)
         .key(room_key(&room))
+        .key(members_key(&room))
         .arg(node.as_str())
-        .arg(millis(LEASE))
+        .arg(millis(lease.room))
         .arg(format!("{PREFIX}node:"))
         .invoke_async(&mut m)
         .await?;
-    Ok(NodeId::parse(&home).map_or(Answer::Failed, Answer::Home))
+    let (home, restore) = match reply.split_once('|') {
+        Some((home, "restore")) => (home, true),
+        _ => (reply.as_str(), false),
+    };
+    let Some(home) = NodeId::parse(home) else {
+        return Ok(Answer::Failed);
+    };
+    if !restore {
+        return Ok(Answer::Home(home));
+    }
+    let peers: Vec<String> = redis::cmd("SMEMBERS")
+        .arg(members_key(&room))
+        .query_async(&mut m)
+        .await?;
+    let peers: Vec<PeerId> = peers.iter().filter_map(|p| PeerId::parse(p)).collect();
+    let mut states = redis::pipe();
+    let mut frames = redis::pipe();
+    for peer in &peers {
+        states.cmd("HGETALL").arg(state_key(peer));
+        frames.cmd("ZRANGE").arg(frames_key(peer)).arg(0).arg(-1);
+    }
+    let states: Vec<HashMap<String, String>> = states.query_async(&mut m).await?;
+    let frames: Vec<Vec<Vec<u8>>> = frames.query_async(&mut m).await?;
+    let room: Arc<str> = room.into();
+    let restored: Vec<Restored> = peers
+        .into_iter()
+        .zip(states)
+        .zip(frames)
+        .filter_map(|((peer, state), frames)| restored(peer, &room, &state, frames))
+        .collect();
+    tracing::info!(room = %room, sessions = restored.len(), "took over a room from a node that died");
+    Ok(Answer::TakenOver(restored))
 }
 
-async fn announce(mut m: ConnectionManager, event: SessionEvent) {
-    let result: redis::RedisResult<()> = match event {
-        SessionEvent::Opened { secret, room } => {
-            redis::cmd("SET")
-                .arg(session_key(secret.as_str()))
-                .arg(&*room)
-                .arg("PX")
-                .arg(millis(LEASE))
-                .query_async(&mut m)
-                .await
-        }
-        SessionEvent::Ended { secret } => {
-            redis::cmd("DEL")
-                .arg(session_key(secret.as_str()))
-                .query_async(&mut m)
-                .await
-        }
-    };
-    if let Err(e) = result {
-        tracing::debug!(error = %e, "could not record a session in Redis (its key expires by itself)");
-    }
+/// A session as another node recorded it; `None` when the record is incomplete (it expired meanwhile).
+fn restored(peer: PeerId, room: &Arc<str>, state: &HashMap<String, String>, frames: Vec<Vec<u8>>) -> Option<Restored> {
+    let frames = frames
+        .into_iter()
+        .filter_map(|member| {
+            let colon = member.iter().position(|b| *b == b':')?;
+            let seq = std::str::from_utf8(member.get(..colon)?).ok()?.parse().ok()?;
+            let text = member.get(colon + 1..)?;
+            // Frames are JSON text; anything else in Redis is not ours.
+            std::str::from_utf8(text).ok()?;
+            Some((seq, Bytes::copy_from_slice(text)))
+        })
+        .collect();
+    Some(Restored {
+        secret: SessionSecret::parse(state.get("secret")?)?,
+        room: room.clone(),
+        peer,
+        meta: state.get("meta")?.as_str().into(),
+        ip: state.get("ip")?.parse().ok()?,
+        next_seq: state.get("next")?.parse().ok()?,
+        client_seq: state.get("client")?.parse().ok()?,
+        frames,
+    })
 }
 
 /// Once a second: this node's key, the leases of the rooms and sessions it hosts, and whether the nodes its sockets
@@ -376,6 +539,7 @@ fn heartbeat(
     router: &Router,
     hub: &impl SignalHub,
     ice: &Ice,
+    lease: Lease,
     events: mpsc::Sender<Event>,
 ) -> impl std::future::Future<Output = ()> + Send + 'static {
     let stats = hub.stats();
@@ -406,14 +570,20 @@ fn heartbeat(
             .ignore();
         pipe.cmd("PEXPIRE").arg(room_key(room)).arg(millis(LEASE)).ignore();
     }
-    for (secret, room) in router.hosted_sessions() {
+    let ttl = millis(lease.session);
+    for (secret, peer, room) in router.hosted_sessions() {
         // SET rather than PEXPIRE: a key lost while Redis was away is written again.
         pipe.cmd("SET")
             .arg(session_key(secret.as_str()))
             .arg(room)
             .arg("PX")
-            .arg(millis(LEASE))
+            .arg(ttl)
             .ignore();
+        pipe.cmd("PEXPIRE").arg(state_key(peer)).arg(ttl).ignore();
+        pipe.cmd("PEXPIRE").arg(frames_key(peer)).arg(ttl).ignore();
+    }
+    for room in router.hosted_rooms() {
+        pipe.cmd("PEXPIRE").arg(members_key(room)).arg(ttl).ignore();
     }
     let homes = router.homes();
     for home in &homes {

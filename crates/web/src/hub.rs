@@ -170,12 +170,13 @@ pub(crate) fn spawn(config: &WebConfig, redis: Option<String>) -> std::io::Resul
         Some(url) => {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             let hub = hub.with_session_events();
+            let grace = config.limits.resume_grace;
             let node = crate::cluster::node_id();
             let ice = crate::cluster::Ice {
                 own: config.ice_servers.clone(),
                 registry,
             };
-            thread.spawn(move || runtime.block_on(crate::cluster::run(hub, rx, outcomes, url, node, ice)))?;
+            thread.spawn(move || runtime.block_on(crate::cluster::run(hub, rx, outcomes, url, node, ice, grace)))?;
         }
     }
     Ok(HubHandle {

@@ -76,13 +76,52 @@ pub enum Output {
     Session(SessionEvent),
 }
 
-/// Where a session lives, for an I/O layer that shares it with other nodes.
+/// A session's life, for an I/O layer that shares it with other nodes: enough to rebuild the session elsewhere
+/// ([`Restored`]) if this node dies. Emitted in order, each before the frames it concerns are sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SessionEvent {
-    /// `joined` was sent: the session `secret` is in `room`.
-    Opened { secret: SessionSecret, room: Arc<str> },
+    /// `joined` was sent (or the session was restored here): the session `secret` is `peer` in `room`.
+    Opened {
+        secret: SessionSecret,
+        room: Arc<str>,
+        peer: PeerId,
+        /// Its public metadata as JSON.
+        meta: Arc<str>,
+        /// The source its frames are charged to.
+        ip: IpAddr,
+        next_seq: u64,
+        client_seq: u64,
+    },
+    /// A frame of `peer`'s stream got its number; `kept` is the frame when it is kept for replay.
+    Numbered {
+        peer: PeerId,
+        seq: u64,
+        kept: Option<Bytes>,
+    },
+    /// `peer`'s frames through `through` are no longer kept.
+    Forgot { peer: PeerId, through: u64 },
+    /// The highest client `seq` handled for `peer`.
+    Handled { peer: PeerId, client_seq: u64 },
     /// The session left or its grace ran out; a `resume` naming it fails from now on.
-    Ended { secret: SessionSecret },
+    Ended {
+        secret: SessionSecret,
+        peer: PeerId,
+        room: Arc<str>,
+    },
+}
+
+/// A session rebuilt from what another node's [`SessionEvent`]s recorded; it starts its grace period on arrival.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Restored {
+    pub secret: SessionSecret,
+    pub room: Arc<str>,
+    pub peer: PeerId,
+    pub meta: Arc<str>,
+    pub ip: IpAddr,
+    pub next_seq: u64,
+    pub client_seq: u64,
+    /// Kept frames in order of their numbers.
+    pub frames: Vec<(u64, Bytes)>,
 }
 
 /// Every bound a stranger could otherwise push. The `[signal]` section of the server's configuration file holds
@@ -216,6 +255,8 @@ pub trait SignalHub: Send {
     fn handle_timeout(&mut self, now: Now);
     /// Closes every socket with 4202 (retry now: another server will answer).
     fn handle_shutdown(&mut self);
+    /// Takes over a session another node held (it died): the session waits for its resume, in its room.
+    fn restore(&mut self, session: Restored, now: Now);
     fn poll_output(&mut self) -> Option<Output>;
     fn poll_timeout(&self) -> Option<Instant>;
     fn stats(&self) -> HubStats;
@@ -485,6 +526,11 @@ impl<R: RngCore + Send> SignalHub for MemoryHub<R> {
         for conn in conns {
             self.close(conn, CloseCode::SHUTTING_DOWN, "server-shutdown");
         }
+    }
+
+    fn restore(&mut self, session: Restored, now: Now) {
+        self.clock = now.instant;
+        self.restore_session(session, now);
     }
 
     fn poll_output(&mut self) -> Option<Output> {

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use rand::RngCore;
 use serde_json::value::RawValue;
 
-use super::stream::{Refused, Session, SignalFrom};
-use super::{ConnId, Counters, MemoryHub, Now, Output, SessionEvent};
+use super::stream::{Buffered, Disconnected, Refused, Session, SignalFrom};
+use super::{ConnId, Counters, MemoryHub, Now, Output, Restored, SessionEvent};
 use crate::budget::Source;
 use crate::frame::{Frame, Joined, Member, Meta, UndeliverableReason};
 use crate::id::{PeerId, SessionSecret};
@@ -154,7 +154,13 @@ impl<R: RngCore + Send> MemoryHub<R> {
             let opened = SessionEvent::Opened {
                 secret: secret.clone(),
                 room: room.clone(),
+                peer: peer.clone(),
+                meta: meta.shared(),
+                ip: source.ip(),
+                next_seq: 2,
+                client_seq: 0,
             };
+            // After `joined` (numbered 1), whose `Numbered` is already out.
             self.outputs.push_back(Output::Session(opened));
         }
         self.by_secret.insert(secret, peer.clone());
@@ -226,6 +232,8 @@ impl<R: RngCore + Send> MemoryHub<R> {
         if self.session_events {
             let ended = SessionEvent::Ended {
                 secret: s.secret.clone(),
+                peer: peer.clone(),
+                room: s.room.clone(),
             };
             self.outputs.push_back(Output::Session(ended));
         }
@@ -271,6 +279,56 @@ impl<R: RngCore + Send> MemoryHub<R> {
             .collect();
         for peer in expired {
             self.remove_session(&peer);
+        }
+    }
+
+    /// Rebuilds a session another node held: disconnected since `now`, its kept frames queued for its resume, in its
+    /// room (the others are not told: for them the peer never left).
+    pub(super) fn restore_session(&mut self, r: Restored, now: Now) {
+        if self.sessions.contains_key(&r.peer) || self.by_secret.contains_key(&r.secret) {
+            return;
+        }
+        let meta = match serde_json::from_str::<serde_json::Value>(&r.meta) {
+            Ok(serde_json::Value::Object(map)) => Meta::from_object(map),
+            _ => Meta::empty(),
+        };
+        let source = Source::from(r.ip);
+        let mut session = Session::new(r.secret.clone(), r.room.clone(), source, meta.clone(), ConnId::new(0));
+        session.conn = None;
+        session.next_seq = r.next_seq.max(1);
+        session.client_seq = r.client_seq;
+        session.disconnected = Some(Disconnected {
+            at: now.instant,
+            last_sent: session.next_seq - 1,
+        });
+        for (seq, text) in r.frames.into_iter().filter(|(seq, _)| *seq < r.next_seq) {
+            let n = text.len() + crate::budget::FRAME_OVERHEAD;
+            self.budget.charge(source, n);
+            session.held += n;
+            session.buffer.push_back(Buffered::restored(seq, text));
+        }
+        tracing::info!(peer = %r.peer, room = %r.room, kept = session.buffer.len(), "took over a session from a node that died");
+        if self.session_events {
+            let opened = SessionEvent::Opened {
+                secret: r.secret.clone(),
+                room: r.room.clone(),
+                peer: r.peer.clone(),
+                meta: meta.shared(),
+                ip: r.ip,
+                next_seq: session.next_seq,
+                client_seq: session.client_seq,
+            };
+            self.outputs.push_back(Output::Session(opened));
+        }
+        self.rooms
+            .entry(r.room.clone())
+            .or_insert_with(|| Room { members: Vec::new() })
+            .members
+            .push(r.peer.clone());
+        self.by_secret.insert(r.secret, r.peer.clone());
+        self.sessions.insert(r.peer, session);
+        if self.next_sweep.is_none() {
+            self.next_sweep = Some(now.instant + super::SWEEP_INTERVAL);
         }
     }
 }

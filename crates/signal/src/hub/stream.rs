@@ -8,7 +8,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use rand::RngCore;
 
-use super::{ConnId, MemoryHub, Output};
+use super::{ConnId, MemoryHub, Output, SessionEvent};
 use crate::budget::{Budget, Over, Source, FRAME_OVERHEAD};
 use crate::frame::{Frame, Meta, HEADER_MAX};
 use crate::id::{PeerId, SessionSecret};
@@ -55,6 +55,17 @@ pub(super) struct SignalFrom {
 pub(super) struct Refused {
     pub over: Over,
     pub signal_from: Option<SignalFrom>,
+}
+
+impl Buffered {
+    /// A frame another node kept (see [`super::Restored`]); who sent it is not recorded there.
+    pub fn restored(seq: u64, text: Bytes) -> Self {
+        Self {
+            seq,
+            text,
+            signal_from: None,
+        }
+    }
 }
 
 impl Session {
@@ -136,6 +147,7 @@ impl<R: RngCore + Send> MemoryHub<R> {
         s.next_seq += 1;
         let text = frame.encode(seq);
         let n = charge_of(&text);
+        let oldest_before = s.buffer.front().map(|b| b.seq);
         let keep = if s.disconnected.is_some() {
             true
         } else {
@@ -160,6 +172,25 @@ impl<R: RngCore + Send> MemoryHub<R> {
                 signal_from,
             });
         }
+        if self.session_events {
+            // Recorded before the frame is sent (the I/O layer writes these first), so a node that takes the
+            // session over never numbers a frame twice.
+            let oldest_after = s.buffer.front().map(|b| b.seq);
+            if oldest_before.is_some() && oldest_after != oldest_before {
+                let through = oldest_after.map_or(seq - 1, |o| o - 1);
+                let forgot = SessionEvent::Forgot {
+                    peer: peer.clone(),
+                    through,
+                };
+                self.outputs.push_back(Output::Session(forgot));
+            }
+            let numbered = SessionEvent::Numbered {
+                peer: peer.clone(),
+                seq,
+                kept: keep.then(|| text.clone()),
+            };
+            self.outputs.push_back(Output::Session(numbered));
+        }
         if let Some(conn) = s.conn {
             self.outputs.push_back(Output::Send { conn, text });
         }
@@ -181,15 +212,26 @@ impl<R: RngCore + Send> MemoryHub<R> {
             return true;
         }
         s.client_seq = seq;
+        if self.session_events {
+            let peer = self.conns.get(&conn).and_then(|c| c.peer.clone());
+            if let Some(peer) = peer {
+                let handled = SessionEvent::Handled { peer, client_seq: seq };
+                self.outputs.push_back(Output::Session(handled));
+            }
+        }
         false
     }
 
     /// `ping`: trims the replay buffer through `ack` and answers with the newest stream number and client `seq`.
     pub(super) fn ping(&mut self, conn: ConnId, peer: Option<PeerId>, ack: Option<u64>) {
         let (mut newest, mut client_seq) = (0, 0);
-        if let Some(s) = peer.and_then(|p| self.sessions.get_mut(&p)) {
+        if let Some((p, s)) = peer.and_then(|p| self.sessions.get_mut(&p).map(|s| (p, s))) {
             if let Some(ack) = ack {
                 s.forget_through(ack, &mut self.budget);
+                if self.session_events {
+                    let forgot = SessionEvent::Forgot { peer: p, through: ack };
+                    self.outputs.push_back(Output::Session(forgot));
+                }
             }
             newest = s.next_seq - 1;
             client_seq = s.client_seq;
@@ -224,6 +266,13 @@ impl<R: RngCore + Send> MemoryHub<R> {
         self.counters.resumes += 1;
         tracing::info!(%conn, %peer, room = %s.room, replay_from = last_seq + 1, "resumed a session");
         s.forget_through(last_seq, &mut self.budget);
+        if self.session_events {
+            let forgot = SessionEvent::Forgot {
+                peer: peer.clone(),
+                through: last_seq,
+            };
+            self.outputs.push_back(Output::Session(forgot));
+        }
         let resumed = Frame::Resumed {
             peer: &peer,
             replayed: s.buffer.len(),
