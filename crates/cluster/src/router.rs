@@ -94,6 +94,8 @@ pub struct Router {
     sessions: HashMap<SessionSecret, (PeerId, Arc<str>)>,
     rooms: HashMap<Arc<str>, usize>,
     actions: VecDeque<Action>,
+    /// Handing everything to other nodes: no socket is hosted here any more.
+    draining: bool,
 }
 
 /// Just what routing needs from a client's frame; everything else is the hub's to check.
@@ -116,6 +118,7 @@ impl Router {
             sessions: HashMap::new(),
             rooms: HashMap::new(),
             actions: VecDeque::new(),
+            draining: false,
         }
     }
 
@@ -271,6 +274,7 @@ impl Router {
     pub fn handle_message(&mut self, hub: &mut impl SignalHub, message: Message, now: Now) {
         let Message { from, envelope } = message;
         match envelope {
+            Envelope::Connect { conn, .. } if self.draining => self.publish(from, moved(conn)),
             Envelope::Connect { conn, ip } => {
                 let origin = Origin {
                     node: from.clone(),
@@ -383,6 +387,32 @@ impl Router {
         self.hosted.clear();
         self.by_origin.clear();
         self.drain(hub);
+    }
+
+    /// Drain: every socket of this node, and every socket hosted here for another node, is closed with 4202 so that
+    /// it resumes elsewhere; sockets other nodes forward here from now on are sent back the same way. The hub's
+    /// sessions stay (the I/O layer stops recording them) until the node that claims their room restores them.
+    pub fn handle_drain(&mut self, hub: &mut impl SignalHub) {
+        self.draining = true;
+        let forwarded: Vec<ConnId> = self
+            .local
+            .iter()
+            .filter(|(_, s)| matches!(s.route, Route::Forwarded(_)))
+            .map(|(c, _)| *c)
+            .collect();
+        for conn in forwarded {
+            if let Some(home) = self.forwarded(conn) {
+                self.publish(home, Envelope::Closed { conn: conn.get() });
+            }
+            self.local.remove(&conn);
+            self.close_local(conn, "draining");
+        }
+        hub.handle_shutdown();
+        self.drain(hub);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining
     }
 
     pub fn handle_timeout(&mut self, hub: &mut impl SignalHub, now: Now) {

@@ -765,6 +765,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let certs = running.certs.clone();
+    let drained = web.clone();
     runtime.block_on(async move {
         use tokio::signal::unix::{signal, SignalKind};
         if let Some((listener, endpoint)) = metrics_endpoint {
@@ -779,10 +780,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 Err(e) => tracing::error!(error = %e, "cannot serve metrics"),
             }
         }
-        let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        let (Ok(mut term), Ok(mut int), Ok(mut hup), Ok(mut usr1)) = (
             signal(SignalKind::terminate()),
             signal(SignalKind::interrupt()),
             signal(SignalKind::hangup()),
+            signal(SignalKind::user_defined1()),
         ) else {
             return;
         };
@@ -790,6 +792,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             tokio::select! {
                 _ = term.recv() => break,
                 _ = int.recv() => break,
+                // Drain (docs/scaling.md): this node's rooms and sockets move to the other nodes of the cluster.
+                _ = usr1.recv() => drained.drain(),
                 _ = hup.recv() => match certs.reload() {
                     Ok(()) => {
                         tracing::info!("SIGHUP: TLS certificate reloaded");

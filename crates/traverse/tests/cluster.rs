@@ -566,3 +566,64 @@ fn the_room_s_home_killed_another_node_takes_its_sessions_over_with_nothing_lost
         assert_eq!(ns, (0..8).collect::<Vec<u64>>());
     });
 }
+
+#[test]
+fn a_drained_node_hands_its_room_over_and_new_sockets_go_elsewhere() {
+    let Some(redis) = Redis::start() else { return };
+    let nodes: Vec<Node> = (0..3).map(|_| Node::start(&redis.url(), &[])).collect();
+    runtime().block_on(async {
+        // A on node 0, the room's home; B on node 1.
+        let (mut a, joined_a) = Peer::join(&nodes[0], "call").await;
+        let a_session = joined_a["session"].as_str().unwrap().to_owned();
+        let (mut b, joined_b) = Peer::join(&nodes[1], "call").await;
+        let b_id = joined_b["peerId"].as_str().unwrap().to_owned();
+        let b_session = joined_b["session"].as_str().unwrap().to_owned();
+        a.expect("peer-joined").await;
+        let mut at_b: Vec<u64> = vec![1];
+        for n in 0..5u64 {
+            a.send(json!({"type":"signal","to":b_id,"data":{"n":n},"seq":n + 1}))
+                .await;
+        }
+        for _ in 0..3 {
+            at_b.push(b.expect("signal").await["seq"].as_u64().unwrap());
+        }
+        a.send(json!({"type":"ping"})).await;
+        a.expect("pong").await;
+
+        // SIGUSR1 to node 0: both sockets are closed with 4202 (B's through node 1).
+        let pid = nodes[0].child.id().to_string();
+        let status = Command::new("kill").args(["-USR1", &pid]).status().unwrap();
+        assert!(status.success());
+        assert_eq!(a.next().await.err(), Some(Some(4202)));
+        loop {
+            match b.next().await {
+                Ok(v) => at_b.push(v["seq"].as_u64().unwrap()),
+                Err(code) => {
+                    assert_eq!(code, Some(4202));
+                    break;
+                }
+            }
+        }
+        nodes[0].wait_for_log("draining: rooms handed to the other nodes");
+
+        // New sockets on node 0 are refused before the upgrade.
+        let tcp = tokio::net::TcpStream::connect(nodes[0].http).await.unwrap();
+        let refused = tokio_tungstenite::client_async(format!("ws://{}/ws", nodes[0].http), tcp).await;
+        assert!(refused.is_err(), "a draining node accepts no socket");
+
+        // Both resume on the other nodes; nothing lost.
+        let mut a = Peer::connect(&nodes[2]).await;
+        a.send(json!({"type":"resume","session":a_session,"lastSeq":2})).await;
+        assert_eq!(a.expect("resumed").await["ack"], 5);
+        let mut b = Peer::connect(&nodes[1]).await;
+        b.send(json!({"type":"resume","session":b_session,"lastSeq":at_b.last().unwrap()}))
+            .await;
+        let resumed = b.expect("resumed").await;
+        for _ in 0..resumed["replayed"].as_u64().unwrap() {
+            at_b.push(b.expect("signal").await["seq"].as_u64().unwrap());
+        }
+        a.send(json!({"type":"signal","to":b_id,"data":{"n":5},"seq":6})).await;
+        at_b.push(b.expect("signal").await["seq"].as_u64().unwrap());
+        assert_eq!(at_b, (1..=7).collect::<Vec<u64>>());
+    });
+}

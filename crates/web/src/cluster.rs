@@ -16,7 +16,7 @@ use futures_util::StreamExt;
 use outcome::Outcomes;
 use redis::aio::ConnectionManager;
 use serde_json::{json, Value};
-use signal::{ConnId, PeerId, Restored, SessionEvent, SessionSecret, SignalHub};
+use signal::{ConnId, ErrorCode, PeerId, Refusal, Restored, SessionEvent, SessionSecret, SignalHub};
 use tokio::sync::mpsc;
 
 use crate::hub::{deliver, now, sleep_until, Command, SourceCounters};
@@ -145,7 +145,9 @@ pub(crate) async fn run(
         tokio::select! {
             command = rx.recv() => {
                 let Some(command) = command else { break };
-                if handle(&mut hub, &mut router, &mut sockets, &mut sources, command) {
+                if matches!(command, Command::Drain) {
+                    drain(&mut hub, &mut router, manager.as_ref()).await;
+                } else if handle(&mut hub, &mut router, &mut sockets, &mut sources, command) {
                     break;
                 }
             }
@@ -191,7 +193,7 @@ pub(crate) async fn run(
             },
             _ = sleep_until(deadline) => router.handle_timeout(&mut hub, now()),
             _ = tick.tick() => {
-                if let Some(m) = &manager {
+                if let Some(m) = manager.as_ref().filter(|_| !router.is_draining()) {
                     tokio::spawn(heartbeat(m.clone(), &router, &hub, &ice, lease, events_tx.clone()));
                 }
             }
@@ -235,6 +237,12 @@ fn handle(
     command: Command,
 ) -> bool {
     match command {
+        Command::Connect { reply, .. } if router.is_draining() => {
+            let _ = reply.send(Err(draining()));
+        }
+        Command::CheckConnect { reply, .. } if router.is_draining() => {
+            let _ = reply.send(Err(draining()));
+        }
         Command::Connect {
             conn,
             ip,
@@ -265,9 +273,46 @@ fn handle(
         Command::Stats { reply } => {
             let _ = reply.send(hub.stats());
         }
+        // Handled by the loop, which awaits Redis first.
+        Command::Drain => {}
         Command::Shutdown => return true,
     }
     false
+}
+
+fn draining() -> Refusal {
+    let message = "This node is draining: connect to another node of the cluster.";
+    Refusal::new(ErrorCode::TooManyConnections, message)
+}
+
+/// Drain: this node leaves the registry and gives up its rooms' claims first, so that the sockets it then closes
+/// (4202) resume on nodes that take the rooms over from the journal.
+async fn drain(hub: &mut impl SignalHub, router: &mut Router, manager: Option<&ConnectionManager>) {
+    if router.is_draining() {
+        return;
+    }
+    if let Some(m) = manager {
+        let mut m = m.clone();
+        let mut pipe = redis::pipe();
+        pipe.cmd("DEL").arg(channel(router.node())).ignore();
+        pipe.cmd("ZREM")
+            .arg(format!("{PREFIX}nodes"))
+            .arg(router.node().as_str())
+            .ignore();
+        for room in router.hosted_rooms() {
+            pipe.cmd("DEL").arg(room_key(room)).ignore();
+        }
+        let released = tokio::time::timeout(ANSWER_TIMEOUT, pipe.query_async::<()>(&mut m)).await;
+        if !matches!(released, Ok(Ok(()))) {
+            tracing::warn!("drain: Redis did not answer; the rooms move once this node's keys expire");
+        }
+    }
+    let rooms = router.hosted_rooms().count();
+    router.handle_drain(hub);
+    tracing::info!(
+        rooms,
+        "draining: rooms handed to the other nodes, sockets closed with 4202 to resume there, new sockets refused"
+    );
 }
 
 /// Carries out what the router asked: the session journal first (one pipeline), so that a frame is recorded in
@@ -301,7 +346,8 @@ async fn act(
                 journal += 1;
             }
         }
-        if let (Some(m), true) = (manager, journal > 0) {
+        // A draining node's sessions belong to the nodes that take its rooms over: it records nothing more.
+        if let (Some(m), true) = (manager, journal > 0 && !router.is_draining()) {
             let mut m = m.clone();
             let written = tokio::time::timeout(ANSWER_TIMEOUT, pipe.query_async::<()>(&mut m)).await;
             if !matches!(written, Ok(Ok(()))) {

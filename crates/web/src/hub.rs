@@ -55,6 +55,8 @@ pub(crate) enum Command {
     Stats {
         reply: oneshot::Sender<signal::HubStats>,
     },
+    /// Hand this node's rooms and sockets to the other nodes of the cluster.
+    Drain,
     Shutdown,
 }
 
@@ -118,6 +120,10 @@ impl HubHandle {
 
     pub(crate) fn shutdown(&self) {
         let _ = self.tx.try_send(Command::Shutdown);
+    }
+
+    pub(crate) fn drain(&self) {
+        let _ = self.tx.try_send(Command::Drain);
     }
 }
 
@@ -319,6 +325,7 @@ fn handle(
         Command::Stats { reply } => {
             let _ = reply.send(hub.stats());
         }
+        Command::Drain => tracing::warn!("drain asked, but this node is alone (no --redis): nothing to hand over"),
         Command::Shutdown => {
             hub.handle_shutdown();
             route(hub, sockets, outcomes);

@@ -197,4 +197,10 @@ impl Web {
     pub fn shutdown(&self) {
         self.app.hub.shutdown();
     }
+
+    /// In a cluster: hands this node's rooms to the other nodes and closes its sockets with 4202 so they resume
+    /// there; refuses new sockets from then on (docs/scaling.md). Alone, there is nowhere to go: logged, ignored.
+    pub fn drain(&self) {
+        self.app.hub.drain();
+    }
 }
