@@ -43,6 +43,13 @@ if redis.call('EXISTS', KEYS[2]) == 1 then return ARGV[1] .. '|restore' end
 return ARGV[1]
 ";
 
+/// Whether a batch's journal is written, and for how long.
+#[derive(Debug, Clone, Copy)]
+struct Journal {
+    lease: Lease,
+    record: bool,
+}
+
 /// How long records live without their owner refreshing them.
 #[derive(Debug, Clone, Copy)]
 struct Lease {
@@ -198,6 +205,9 @@ pub(crate) async fn run(
                 }
             }
         }
+        // While Redis is known to be down, the hub does not wait for it: nothing is recorded (lookups, which wait
+        // in tasks of their own, still try).
+        let record = health.logged != Some(false);
         act(
             &mut hub,
             &mut router,
@@ -206,7 +216,7 @@ pub(crate) async fn run(
             manager.as_ref(),
             &publish_tx,
             &events_tx,
-            lease,
+            Journal { lease, record },
         )
         .await;
     }
@@ -220,7 +230,7 @@ pub(crate) async fn run(
         manager.as_ref(),
         &publish_tx,
         &events_tx,
-        lease,
+        Journal { lease, record: false },
     )
     .await;
     for outbox in sockets.values() {
@@ -327,8 +337,9 @@ async fn act(
     manager: Option<&ConnectionManager>,
     publish_tx: &mpsc::Sender<(NodeId, Bytes)>,
     events: &mpsc::Sender<Event>,
-    lease: Lease,
+    journal: Journal,
 ) {
+    let lease = journal.lease;
     // Bounded: a socket closed as too slow adds a few actions, and the loop comes back here anyway.
     for _ in 0..64 {
         let mut actions = Vec::new();
@@ -339,15 +350,15 @@ async fn act(
             return;
         }
         let mut pipe = redis::pipe();
-        let mut journal = 0;
+        let mut entries = 0;
         for action in &actions {
             if let Action::Announce(event) = action {
                 record(&mut pipe, event, lease);
-                journal += 1;
+                entries += 1;
             }
         }
         // A draining node's sessions belong to the nodes that take its rooms over: it records nothing more.
-        if let (Some(m), true) = (manager, journal > 0 && !router.is_draining()) {
+        if let (Some(m), true) = (manager, entries > 0 && journal.record && !router.is_draining()) {
             let mut m = m.clone();
             let written = tokio::time::timeout(ANSWER_TIMEOUT, pipe.query_async::<()>(&mut m)).await;
             if !matches!(written, Ok(Ok(()))) {
