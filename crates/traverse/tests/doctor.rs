@@ -95,7 +95,10 @@ fn doctor_on_loopback_then_with_the_server_stopped() {
     assert!(relay["rtt_p50_ms"].as_f64().unwrap() >= 0.0);
     // Graded for this client's link: half the test's round trip, the loss of one crossing.
     let link_rtt = relay["link"]["rtt_ms"].as_f64().unwrap();
-    assert!((link_rtt - relay["rtt_p50_ms"].as_f64().unwrap() / 2.0).abs() < 1e-9, "{all}");
+    assert!(
+        (link_rtt - relay["rtt_p50_ms"].as_f64().unwrap() / 2.0).abs() < 1e-9,
+        "{all}"
+    );
     assert_eq!(relay["link"]["loss_percent"].as_f64(), Some(0.0), "{all}");
     // The paced ramp gets at least its first steps (1, 2 Mbit/s) through on loopback, within its loss bound.
     let throughput = &r["throughput"];
