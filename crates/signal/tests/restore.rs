@@ -1,0 +1,203 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+//! The session journal (`SessionEvent`, from a hub built `with_session_events`) is enough to rebuild a session in
+//! another hub (`SignalHub::restore`), as a node taking a room over from a dead one does: the resume replays what
+//! the client had not processed, numbering carries on, handled client messages stay handled.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Instant;
+
+use bytes::Bytes;
+use rand::SeedableRng;
+use serde_json::{json, Value};
+use signal::{ConnId, Limits, MemoryHub, Now, Output, Restored, SessionEvent, SignalHub};
+
+const IP: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7));
+
+fn hub(seed: u64) -> MemoryHub {
+    let ice: signal::IceServerSource = Box::new(|_, _| serde_json::value::to_raw_value(&json!([])).unwrap());
+    MemoryHub::new(
+        Limits::default(),
+        None,
+        ice,
+        rand::rngs::StdRng::seed_from_u64(seed),
+        Instant::now(),
+    )
+    .with_session_events()
+}
+
+fn now() -> Now {
+    Now {
+        instant: Instant::now(),
+        unix: 1_800_000_000,
+    }
+}
+
+/// What a node's I/O layer would have recorded, per peer.
+#[derive(Default)]
+struct Journal {
+    opened: HashMap<String, SessionEvent>,
+    next: HashMap<String, u64>,
+    client: HashMap<String, u64>,
+    frames: HashMap<String, Vec<(u64, Bytes)>>,
+}
+
+impl Journal {
+    fn drain(&mut self, hub: &mut MemoryHub, inbox: &mut HashMap<u64, Vec<Value>>) {
+        while let Some(out) = hub.poll_output() {
+            match out {
+                Output::Send { conn, text } => inbox
+                    .entry(conn.get())
+                    .or_default()
+                    .push(serde_json::from_slice(&text).unwrap()),
+                Output::Session(event) => self.record(event),
+                Output::Close { .. } | Output::Outcome(_) => {}
+            }
+        }
+    }
+
+    fn record(&mut self, event: SessionEvent) {
+        match &event {
+            SessionEvent::Opened {
+                peer,
+                next_seq,
+                client_seq,
+                ..
+            } => {
+                self.next.insert(peer.to_string(), *next_seq);
+                self.client.insert(peer.to_string(), *client_seq);
+                self.opened.insert(peer.to_string(), event.clone());
+            }
+            SessionEvent::Numbered { peer, seq, kept } => {
+                self.next.insert(peer.to_string(), seq + 1);
+                if let Some(text) = kept {
+                    self.frames
+                        .entry(peer.to_string())
+                        .or_default()
+                        .push((*seq, text.clone()));
+                }
+            }
+            SessionEvent::Forgot { peer, through } => {
+                self.frames
+                    .entry(peer.to_string())
+                    .or_default()
+                    .retain(|(s, _)| s > through);
+            }
+            SessionEvent::Handled { peer, client_seq } => {
+                self.client.insert(peer.to_string(), *client_seq);
+            }
+            SessionEvent::Ended { peer, .. } => {
+                self.opened.remove(peer.as_str());
+            }
+        }
+    }
+
+    fn restored(&self) -> Vec<Restored> {
+        self.opened
+            .iter()
+            .map(|(p, opened)| {
+                let SessionEvent::Opened {
+                    secret,
+                    room,
+                    peer,
+                    meta,
+                    ip,
+                    ..
+                } = opened
+                else {
+                    unreachable!()
+                };
+                Restored {
+                    secret: secret.clone(),
+                    room: room.clone(),
+                    peer: peer.clone(),
+                    meta: meta.clone(),
+                    ip: *ip,
+                    next_seq: self.next[p],
+                    client_seq: self.client[p],
+                    frames: self.frames.get(p).cloned().unwrap_or_default(),
+                }
+            })
+            .collect()
+    }
+}
+
+#[test]
+fn a_session_rebuilt_from_the_journal_resumes_where_it_was() {
+    let (mut first, mut journal, mut inbox) = (hub(1), Journal::default(), HashMap::new());
+    for conn in [1, 2] {
+        first.handle_connect(ConnId::new(conn), IP, now()).unwrap();
+        first.handle_text(
+            ConnId::new(conn),
+            &json!({"type":"join","room":"r","meta":{"name":conn}}).to_string(),
+            now(),
+        );
+    }
+    journal.drain(&mut first, &mut inbox);
+    let a = inbox[&1][0]["peerId"].as_str().unwrap().to_owned();
+    let b_joined = inbox[&2][0].clone();
+    let b = b_joined["peerId"].as_str().unwrap().to_owned();
+    for n in 1..=4u64 {
+        first.handle_text(
+            ConnId::new(1),
+            &json!({"type":"signal","to":b,"data":{"n":n},"seq":n}).to_string(),
+            now(),
+        );
+    }
+    // B acknowledges through its second signal (stream seq 3).
+    first.handle_text(ConnId::new(2), &json!({"type":"ping","ack":3}).to_string(), now());
+    journal.drain(&mut first, &mut inbox);
+    assert_eq!(journal.frames[&b].iter().map(|(s, _)| *s).collect::<Vec<_>>(), [4, 5]);
+
+    // The first hub is gone; another restores both sessions from the journal.
+    let mut second = hub(2);
+    for session in journal.restored() {
+        second.restore(session, now());
+    }
+    let mut inbox2 = HashMap::new();
+    let mut journal2 = Journal::default();
+    journal2.drain(&mut second, &mut inbox2);
+    assert_eq!(journal2.opened.len(), 2, "restored sessions are announced again");
+
+    second.handle_connect(ConnId::new(9), IP, now()).unwrap();
+    let resume = json!({"type":"resume","session":b_joined["session"],"lastSeq":3});
+    second.handle_text(ConnId::new(9), &resume.to_string(), now());
+    second.handle_connect(ConnId::new(8), IP, now()).unwrap();
+    let resume_a = json!({"type":"resume","session":inbox[&1][0]["session"],"lastSeq":2});
+    second.handle_text(ConnId::new(8), &resume_a.to_string(), now());
+    // A resends its fourth signal (handled already) and sends a fifth.
+    for n in 4..=5u64 {
+        second.handle_text(
+            ConnId::new(8),
+            &json!({"type":"signal","to":b,"data":{"n":n},"seq":n}).to_string(),
+            now(),
+        );
+    }
+    journal2.drain(&mut second, &mut inbox2);
+    let got: Vec<(String, u64, Option<u64>)> = inbox2[&9]
+        .iter()
+        .map(|v| {
+            (
+                v["type"].as_str().unwrap().to_owned(),
+                v["seq"].as_u64().unwrap(),
+                v["data"]["n"].as_u64(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("resumed".into(), 5, None),
+            ("signal".into(), 4, Some(3)),
+            ("signal".into(), 5, Some(4)),
+            ("signal".into(), 6, Some(5))
+        ]
+    );
+    assert_eq!(
+        inbox2[&8][0]["ack"], 4,
+        "A's handled messages stay handled: {:?}",
+        inbox2[&8]
+    );
+    assert_eq!(inbox2[&9][0]["peerId"], b.as_str());
+    assert!(a.starts_with("p_"));
+}
