@@ -453,7 +453,7 @@ fn a_redis_restart_mid_conversation_loses_nothing() {
 }
 
 #[test]
-fn ice_servers_name_this_node_first_then_the_live_nodes_least_loaded_first() {
+fn ice_servers_name_the_peer_s_node_first_then_the_live_nodes_least_loaded_first() {
     let Some(redis) = Redis::start() else { return };
     let mut nodes: Vec<Node> = (0..3).map(|_| Node::start(&redis.url(), &[])).collect();
     runtime().block_on(async {
@@ -468,6 +468,19 @@ fn ice_servers_name_this_node_first_then_the_live_nodes_least_loaded_first() {
         assert!(servers[2..]
             .iter()
             .all(|s| (&s["username"], &s["credential"]) == credential));
+
+        // A peer of that room whose socket is on node 2: its own node's TURN comes first.
+        let (_r, joined) = Peer::join(&nodes[2], "own").await;
+        let urls: Vec<Value> = joined["iceServers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["urls"].clone())
+            .collect();
+        assert_eq!(urls[0], nodes[2].turn, "{urls:?}");
+        assert_eq!(urls[2], nodes[1].turn, "then the room's home (STUN, TURN): {urls:?}");
+        assert_eq!(urls[3], nodes[0].turn, "{urls:?}");
+        assert_eq!(urls.len(), 4, "{urls:?}");
 
         // Node 2 dies: once its heartbeat key has expired, it is no longer handed out.
         nodes[2].kill();

@@ -174,7 +174,12 @@ pub(crate) async fn run(
                     }
                 }
                 Event::Message(bytes) => match Message::decode(&bytes) {
-                    Ok(message) => router.handle_message(&mut hub, message, now()),
+                    Ok(message) => {
+                        // A join in it is a peer of that node: its iceServers name that node first.
+                        ice.registry.minting_for(Some(message.from.clone()));
+                        router.handle_message(&mut hub, message, now());
+                        ice.registry.minting_for(None);
+                    }
                     Err(e) => tracing::debug!(error = %e, "dropped a message from another node that does not parse"),
                 },
                 Event::LinkLost => {
@@ -683,23 +688,51 @@ pub(crate) struct Ice {
     pub registry: Registry,
 }
 
-/// The other live nodes' TURN entries (`urls` only), least loaded first, as the registry last said: read by every
-/// join's iceServers, written once a second by the heartbeat.
+/// The other live nodes' TURN entries (`urls` only), least loaded first, as the registry last said, and the node
+/// whose socket the hub is handling right now: read by every join's iceServers (on the hub's thread), written once a
+/// second by the heartbeat and around each envelope from another node.
 #[derive(Clone, Default)]
-pub(crate) struct Registry(Arc<Mutex<Vec<Value>>>);
+pub(crate) struct Registry(Arc<Mutex<Nodes>>);
+
+#[derive(Default)]
+struct Nodes {
+    others: Vec<(NodeId, Value)>,
+    /// The peer's own node when its socket is on another node than the room's home.
+    origin: Option<NodeId>,
+}
 
 impl Registry {
-    fn set(&self, others: Vec<Value>) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = others;
+    fn set(&self, others: Vec<(NodeId, Value)>) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).others = others;
     }
 
-    fn get(&self) -> Vec<Value> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    /// Joins handled until the next call are for a socket of `origin` (`None`: of this node).
+    fn minting_for(&self, origin: Option<NodeId>) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).origin = origin;
+    }
+
+    /// The other nodes' TURN URL lists in the order handed out: the peer's own node first.
+    fn ordered(&self) -> (Option<Value>, Vec<Value>) {
+        let nodes = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let origin = nodes.origin.as_ref();
+        let first = nodes
+            .others
+            .iter()
+            .find(|(id, _)| Some(id) == origin)
+            .map(|(_, v)| v.clone());
+        let rest = nodes
+            .others
+            .iter()
+            .filter(|(id, _)| Some(id) != origin)
+            .map(|(_, v)| v.clone())
+            .collect();
+        (first, rest)
     }
 }
 
-/// A join's iceServers: this node's own first (STUN, then TURN with the credential), then every other live node's
-/// TURN URLs, least loaded first, with the same credential (TURN secrets are shared across a cluster).
+/// A join's iceServers: the peer's own node first — this node's STUN and TURN, or when the peer's socket is on
+/// another node, that node's TURN before them — then every other live node's TURN, least loaded first, all with
+/// the same credential (TURN secrets are shared across a cluster).
 pub(crate) fn ice_source(own: crate::IceServersFn, registry: Registry) -> signal::IceServerSource {
     Box::new(move |peer, unix| {
         let mut servers = own(peer.as_str(), unix);
@@ -709,10 +742,15 @@ pub(crate) fn ice_source(own: crate::IceServersFn, registry: Registry) -> signal
                 .map(|e| (e.get("username").cloned(), e.get("credential").cloned()))
         });
         if let (Some(list), Some((Some(username), Some(credential)))) = (servers.as_array_mut(), credential) {
-            for other in registry.get() {
-                for urls in other.as_array().into_iter().flatten() {
-                    list.push(json!({"urls": urls, "username": username, "credential": credential}));
-                }
+            let entry = |urls: &Value| json!({"urls": urls, "username": username, "credential": credential});
+            let (first, rest) = registry.ordered();
+            if let Some(first) = first {
+                let mine = std::mem::take(list);
+                list.extend(first.as_array().into_iter().flatten().map(entry));
+                list.extend(mine);
+            }
+            for other in rest {
+                list.extend(other.as_array().into_iter().flatten().map(entry));
             }
         }
         serde_json::value::to_raw_value(&servers)
@@ -735,7 +773,7 @@ fn turn_entries(own: &crate::IceServersFn) -> Value {
 
 /// Registers this node in the `nodes` set and reads the other live nodes' TURN URLs, least loaded first. A node is
 /// live while its heartbeat key exists; the set only lists candidates.
-async fn read_registry(m: &mut ConnectionManager, node: &NodeId) -> redis::RedisResult<Vec<Value>> {
+async fn read_registry(m: &mut ConnectionManager, node: &NodeId) -> redis::RedisResult<Vec<(NodeId, Value)>> {
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, millis);
@@ -761,23 +799,20 @@ async fn read_registry(m: &mut ConnectionManager, node: &NodeId) -> redis::Redis
     if others.is_empty() {
         return Ok(Vec::new());
     }
-    let keys: Vec<String> = others
-        .iter()
-        .filter_map(|id| NodeId::parse(id))
-        .map(|id| channel(&id))
-        .collect();
+    let ids: Vec<NodeId> = others.iter().filter_map(|id| NodeId::parse(id)).collect();
+    let keys: Vec<String> = ids.iter().map(channel).collect();
     let infos: Vec<Option<String>> = redis::cmd("MGET").arg(&keys).query_async(m).await?;
-    let mut live: Vec<(u64, Value)> = infos
+    let mut live: Vec<(u64, NodeId, Value)> = ids
         .into_iter()
-        .flatten()
-        .filter_map(|info| serde_json::from_str::<Value>(&info).ok())
-        .map(|v| {
+        .zip(infos)
+        .filter_map(|(id, info)| Some((id, serde_json::from_str::<Value>(&info?).ok()?)))
+        .map(|(id, v)| {
             let load = v.get("load").and_then(Value::as_u64).unwrap_or(u64::MAX);
-            (load, v.get("turn").cloned().unwrap_or_default())
+            (load, id, v.get("turn").cloned().unwrap_or_default())
         })
         .collect();
-    live.sort_by_key(|(load, _)| *load);
-    Ok(live.into_iter().map(|(_, turn)| turn).collect())
+    live.sort_by_key(|(load, _, _)| *load);
+    Ok(live.into_iter().map(|(_, id, turn)| (id, turn)).collect())
 }
 
 /// Connects the command connection, retrying every second until Redis answers; then it reconnects by itself.
