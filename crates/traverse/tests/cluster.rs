@@ -641,6 +641,48 @@ fn a_drained_node_hands_its_room_over_and_new_sockets_go_elsewhere() {
     });
 }
 
+#[test]
+fn turn_allocations_count_in_a_node_s_load() {
+    let Some(redis) = Redis::start() else { return };
+    let user = ["--user", "alice:pw"];
+    let nodes: Vec<Node> = (0..3).map(|_| Node::start(&redis.url(), &user)).collect();
+    // Node 0: three TURN allocations and no socket; node 2: one signaling socket.
+    let udp: SocketAddr = nodes[0].turn[0]
+        .as_str()
+        .and_then(|u| u.strip_prefix("turn:"))
+        .and_then(|u| u.split('?').next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut clients: Vec<common::TurnClient> = (0..3)
+        .map(|_| {
+            let mut client = common::TurnClient::new(common::Conn::udp(udp), "alice", "pw");
+            let response = client.allocate(false);
+            assert_eq!(response.class(), stun::Class::Success, "{}", response.describe());
+            client
+        })
+        .collect();
+    runtime().block_on(async {
+        let _socket = Peer::join(&nodes[2], "elsewhere").await;
+        // The workers publish their counters once a second, the registry is read once a second.
+        tokio::time::sleep(Duration::from_millis(3000)).await;
+        let (_p, joined) = Peer::join(&nodes[1], "own").await;
+        let urls: Vec<Value> = joined["iceServers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .skip(2)
+            .map(|s| s["urls"].clone())
+            .collect();
+        assert_eq!(
+            urls,
+            [nodes[2].turn.clone(), nodes[0].turn.clone()],
+            "node 2 (1) before node 0 (3 allocations)"
+        );
+    });
+    clients.clear();
+}
+
 /// CPU time (user + system) a process has used, from `/proc/<pid>/stat`, in clock ticks.
 fn cpu_ticks(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();

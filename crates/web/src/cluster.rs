@@ -19,6 +19,7 @@ use serde_json::{json, Value};
 use signal::{ConnId, ErrorCode, PeerId, Refusal, Restored, SessionEvent, SessionSecret, SignalHub};
 use tokio::sync::mpsc;
 
+use crate::dashboard::TurnLoad;
 use crate::hub::{deliver, now, sleep_until, Command, SourceCounters};
 use crate::outbox::Outbox;
 
@@ -605,11 +606,18 @@ fn heartbeat(
     events: mpsc::Sender<Event>,
 ) -> impl std::future::Future<Output = ()> + Send + 'static {
     let stats = hub.stats();
+    let turn = ice.turn.get();
     let node = router.node().clone();
     let mut pipe = redis::pipe();
+    // One unit per signaling socket and per TURN allocation: what a node holds for its peers.
+    let load = u64::try_from(stats.connections)
+        .unwrap_or(u64::MAX)
+        .saturating_add(turn.allocations);
     let info = serde_json::json!({
         "node": node.as_str(),
-        "load": stats.connections,
+        "load": load,
+        "allocations": turn.allocations,
+        "relayed_bytes": turn.relayed_bytes_to_peer.saturating_add(turn.relayed_bytes_to_client),
         "sockets": stats.connections,
         "sessions": stats.sessions,
         "rooms": stats.rooms,
@@ -686,6 +694,27 @@ fn heartbeat(
 pub(crate) struct Ice {
     pub own: crate::IceServersFn,
     pub registry: Registry,
+    pub turn: TurnLoadSource,
+}
+
+/// The TURN workers' summed counters, given by the binary once its workers run.
+#[derive(Clone, Default)]
+pub(crate) struct TurnLoadSource(Arc<std::sync::OnceLock<Arc<dyn Fn() -> TurnLoad + Send + Sync>>>);
+
+impl TurnLoadSource {
+    pub(crate) fn set(&self, source: Arc<dyn Fn() -> TurnLoad + Send + Sync>) {
+        let _ = self.0.set(source);
+    }
+
+    fn get(&self) -> TurnLoad {
+        self.0.get().map(|f| f()).unwrap_or_default()
+    }
+}
+
+impl std::fmt::Debug for TurnLoadSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TurnLoadSource")
+    }
 }
 
 /// The other live nodes' TURN entries (`urls` only), least loaded first, as the registry last said, and the node

@@ -67,6 +67,8 @@ pub struct HubHandle {
     next_conn: Arc<AtomicU64>,
     /// What sockets' queues may hold before a socket counts as too slow and is dropped.
     pub(crate) queue_budget: Arc<QueueBudget>,
+    /// The TURN workers' load, once the binary has given it: a cluster node advertises it in the registry.
+    pub(crate) turn_load: crate::cluster::TurnLoadSource,
 }
 
 impl HubHandle {
@@ -151,6 +153,7 @@ pub(crate) fn spawn(config: &WebConfig, redis: Option<String>) -> std::io::Resul
     let ice = config.ice_servers.clone();
     // In a cluster, every join's iceServers also name the other live nodes' TURN servers.
     let registry = crate::cluster::Registry::default();
+    let turn_load = crate::cluster::TurnLoadSource::default();
     let source: signal::IceServerSource = match redis {
         None => Box::new(move |peer, unix| {
             serde_json::value::to_raw_value(&ice(peer.as_str(), unix))
@@ -181,6 +184,7 @@ pub(crate) fn spawn(config: &WebConfig, redis: Option<String>) -> std::io::Resul
             let ice = crate::cluster::Ice {
                 own: config.ice_servers.clone(),
                 registry,
+                turn: turn_load.clone(),
             };
             thread.spawn(move || runtime.block_on(crate::cluster::run(hub, rx, outcomes, url, node, ice, grace)))?;
         }
@@ -189,6 +193,7 @@ pub(crate) fn spawn(config: &WebConfig, redis: Option<String>) -> std::io::Resul
         tx,
         next_conn: Arc::new(AtomicU64::new(1)),
         queue_budget,
+        turn_load,
     })
 }
 

@@ -164,7 +164,13 @@ impl Web {
     /// What the dashboard reads beside the hub: the TURN workers' counters and the certificate, which exist only
     /// once the server runs. Set once; later calls are ignored.
     pub fn set_dashboard_sources(&self, sources: DashboardSources) {
-        self.app.dashboard.set_sources(sources);
+        // The same TURN load goes into a cluster node's registry entry (docs/scaling.md).
+        let turn: Arc<dyn Fn() -> dashboard::TurnLoad + Send + Sync> = Arc::from(sources.turn);
+        self.app.hub.turn_load.set(turn.clone());
+        self.app.dashboard.set_sources(DashboardSources {
+            turn: Box::new(move || turn()),
+            certificate: sources.certificate,
+        });
     }
 
     /// Serves HTTP/1.1 (with WebSocket upgrades) on one accepted connection until it closes.
