@@ -756,3 +756,29 @@ fn measure_signals_same_node_vs_cross_node() {
         }
     });
 }
+
+#[test]
+fn two_peers_of_a_dead_home_resuming_at_once_on_one_node_both_resume() {
+    let Some(redis) = Redis::start() else { return };
+    let mut nodes: Vec<Node> = (0..3).map(|_| Node::start(&redis.url(), &[])).collect();
+    runtime().block_on(async {
+        let (a, joined_a) = Peer::join(&nodes[0], "call").await;
+        let (mut b, joined_b) = Peer::join(&nodes[1], "call").await;
+        let (a_session, b_session) = (joined_a["session"].clone(), joined_b["session"].clone());
+        nodes[0].kill();
+        drop(a);
+        while b.next().await.is_ok() {}
+        // Both land on node 2 at the same moment: one lookup restores the room, the other waits for it.
+        let resume = |session: Value, last: u64| {
+            let node = &nodes[2];
+            async move {
+                let mut p = Peer::connect(node).await;
+                p.send(json!({"type":"resume","session":session,"lastSeq":last})).await;
+                p.next().await
+            }
+        };
+        let (ra, rb) = tokio::join!(resume(a_session, 2), resume(b_session, 1));
+        assert_eq!(ra.unwrap()["type"], "resumed");
+        assert_eq!(rb.unwrap()["type"], "resumed");
+    });
+}

@@ -36,11 +36,19 @@ const PREFIX: &str = "traverse:";
 
 /// The room's home: the node the key names while that node heartbeats, else this node (which takes the room, and
 /// restores its sessions when another node had recorded some: `|restore`).
+/// While it restores, the key says `node|restoring`, and every other lookup of the room waits until it names the
+/// node alone (a resume forwarded there before the sessions are back would fail).
 const CLAIM: &str = r"
 local home = redis.call('GET', KEYS[1])
-if home and redis.call('EXISTS', ARGV[3] .. home) == 1 then return home end
+if home then
+  local node = string.match(home, '^[^|]+')
+  if redis.call('EXISTS', ARGV[3] .. node) == 1 then return home end
+end
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  redis.call('SET', KEYS[1], ARGV[1] .. '|restoring', 'PX', ARGV[2])
+  return ARGV[1] .. '|restore'
+end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-if redis.call('EXISTS', KEYS[2]) == 1 then return ARGV[1] .. '|restore' end
 return ARGV[1]
 ";
 
@@ -196,7 +204,16 @@ pub(crate) async fn run(
                     if answer == Answer::Failed {
                         health.trouble("a room lookup failed");
                     }
+                    let restored = match &answer {
+                        Answer::TakenOver(sessions) => sessions.first().map(|s| s.room.clone()),
+                        _ => None,
+                    };
                     router.handle_lookup(&mut hub, conn, answer, now());
+                    // The sessions are back in the hub: the room's key names this node alone, and the lookups
+                    // waiting for it go on.
+                    if let (Some(room), Some(m)) = (restored, manager.clone()) {
+                        tokio::spawn(claimed(m, room, router.node().clone()));
+                    }
                 }
                 Event::NodeGone(gone) => {
                     tracing::info!(node = %gone, "a node stopped heartbeating: its sockets here are closed (4202) to resume elsewhere");
@@ -528,17 +545,27 @@ async fn lookup(mut m: ConnectionManager, node: &NodeId, query: Query, lease: Le
             }
         }
     };
-    let reply: String = redis::Script::new(CLAIM)
-        .key(room_key(&room))
-        .key(members_key(&room))
-        .arg(node.as_str())
-        .arg(millis(lease.room))
-        .arg(format!("{PREFIX}node:"))
-        .invoke_async(&mut m)
-        .await?;
+    let claim = redis::Script::new(CLAIM);
+    let mut reply = String::new();
+    // Bounded by the caller's answer timeout too.
+    for _ in 0..30 {
+        reply = claim
+            .key(room_key(&room))
+            .key(members_key(&room))
+            .arg(node.as_str())
+            .arg(millis(lease.room))
+            .arg(format!("{PREFIX}node:"))
+            .invoke_async(&mut m)
+            .await?;
+        if !reply.ends_with("|restoring") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let (home, restore) = match reply.split_once('|') {
         Some((home, "restore")) => (home, true),
-        _ => (reply.as_str(), false),
+        Some(_) => return Ok(Answer::Failed),
+        None => (reply.as_str(), false),
     };
     let Some(home) = NodeId::parse(home) else {
         return Ok(Answer::Failed);
@@ -567,7 +594,26 @@ async fn lookup(mut m: ConnectionManager, node: &NodeId, query: Query, lease: Le
         .filter_map(|((peer, state), frames)| restored(peer, &room, &state, frames))
         .collect();
     tracing::info!(room = %room, sessions = restored.len(), "took over a room from a node that died");
+    if restored.is_empty() {
+        // Nothing to wait for: the room's key names this node alone at once.
+        claimed(m, room, node.clone()).await;
+        return Ok(Answer::Home(node.clone()));
+    }
     Ok(Answer::TakenOver(restored))
+}
+
+/// Ends a takeover: the room's key names this node alone.
+async fn claimed(mut m: ConnectionManager, room: Arc<str>, node: NodeId) {
+    let set: redis::RedisResult<()> = redis::cmd("SET")
+        .arg(room_key(&room))
+        .arg(node.as_str())
+        .arg("PX")
+        .arg(millis(LEASE))
+        .query_async(&mut m)
+        .await;
+    if let Err(e) = set {
+        tracing::debug!(error = %e, "could not end a room's takeover (its key expires by itself)");
+    }
 }
 
 /// A session as another node recorded it; `None` when the record is incomplete (it expired meanwhile).
