@@ -658,11 +658,12 @@ impl Config {
         if let Some(e) = self.signal.secret.as_deref().and_then(|k| short_secret(k).err()) {
             bad("signal.secret", e);
         }
-        if let Some(url) = self.signal.redis.as_deref().filter(|u| !u.starts_with("redis://")) {
+        let redis_scheme = |u: &str| u.starts_with("redis://") || u.starts_with("rediss://");
+        if let Some(url) = self.signal.redis.as_deref().filter(|u| !redis_scheme(u)) {
             let scheme = url.split_once("://").map_or(url, |(s, _)| s);
             bad(
                 "signal.redis",
-                format!("must be a redis:// URL (`{scheme}` is not supported yet)"),
+                format!("must be a redis:// or rediss:// (TLS) URL, not {scheme}"),
             );
         }
         if let Some(e) = self.web.admin_token.as_deref().and_then(|k| short_secret(k).err()) {

@@ -782,3 +782,87 @@ fn two_peers_of_a_dead_home_resuming_at_once_on_one_node_both_resume() {
         assert_eq!(rb.unwrap()["type"], "resumed");
     });
 }
+
+#[test]
+fn nodes_signal_each_other_over_a_redis_on_tls() {
+    if !common::have_tool("redis-server") {
+        return common::skip("redis-server is not installed (Debian package redis-server)");
+    }
+    // A CA of this test, trusted by the nodes through SSL_CERT_FILE; Redis serves TLS only.
+    let dir = std::env::temp_dir().join(format!("traverse-rediss-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "traverse test Redis CA");
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .signed_by(&leaf_key, &issuer)
+        .unwrap();
+    let (ca, cert, key) = (dir.join("ca.pem"), dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&ca, ca_cert.pem()).unwrap();
+    std::fs::write(&cert, leaf.pem()).unwrap();
+    std::fs::write(&key, leaf_key.serialize_pem()).unwrap();
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let child = Command::new("redis-server")
+        .args(["--port", "0", "--tls-port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args([
+            "--tls-cert-file",
+            cert.to_str().unwrap(),
+            "--tls-key-file",
+            key.to_str().unwrap(),
+        ])
+        .args(["--tls-ca-cert-file", ca.to_str().unwrap(), "--tls-auth-clients", "no"])
+        .args(["--save", "", "--appendonly", "no"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start redis-server");
+    let _redis = Redis { child, port };
+    let deadline = Instant::now() + WAIT;
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "redis-server (TLS) did not listen on {port}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let url = format!("rediss://localhost:{port}");
+    let start = || {
+        let args = ["--workers", "1", "--redis", &url];
+        let common::Spawned { child, log, stdout } =
+            common::spawn_serve("127.0.0.1:0", &args, &[("SSL_CERT_FILE", ca.to_str().unwrap())]);
+        let mut node = Node {
+            child,
+            http: SocketAddr::from(([127, 0, 0, 1], 0)),
+            turn: Value::Null,
+            log,
+        };
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = stdout.recv_timeout(left).expect("ready line");
+            if let Some(rest) = line.strip_prefix("signaling: ws://") {
+                node.http = rest.split("/ws").next().unwrap().parse().unwrap();
+            } else if line.starts_with("iceServers: ") {
+                break;
+            }
+        }
+        node.wait_for_log("connected to Redis: rooms are shared with the other nodes");
+        node
+    };
+    let nodes = [start(), start()];
+    runtime().block_on(async {
+        let (mut a, joined_a) = Peer::join(&nodes[0], "tls").await;
+        let (mut b, joined_b) = Peer::join(&nodes[1], "tls").await;
+        assert_eq!(joined_b["peers"][0]["id"], joined_a["peerId"]);
+        a.expect("peer-joined").await;
+        a.send(json!({"type":"signal","to":joined_b["peerId"],"data":"over TLS"}))
+            .await;
+        assert_eq!(b.expect("signal").await["data"], "over TLS");
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+}
