@@ -229,6 +229,31 @@ impl Peer {
     }
 }
 
+/// Joins fresh rooms on `node` until the `iceServers` of a join, past the first `skip` entries, name `expected`
+/// (the registry is refreshed once a second, a dead node's key expires in 3 s); at most 15 s. Returns the last
+/// peer (still in its room) and that room.
+async fn join_until_ice(node: &Node, skip: usize, expected: &[Value]) -> (Peer, String) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    for attempt in 0.. {
+        let room = format!("probe-{attempt}");
+        let (peer, joined) = Peer::join(node, &room).await;
+        let urls: Vec<Value> = joined["iceServers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .skip(skip)
+            .map(|s| s["urls"].clone())
+            .collect();
+        if urls == expected {
+            return (peer, room);
+        }
+        assert!(Instant::now() < deadline, "iceServers {urls:?}, expected {expected:?}");
+        drop(peer);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    unreachable!()
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -459,8 +484,9 @@ fn ice_servers_name_the_peer_s_node_first_then_the_live_nodes_least_loaded_first
     runtime().block_on(async {
         // Node 0 carries two sockets, node 2 none: after a heartbeat, node 2 is the less loaded.
         let _busy = (Peer::join(&nodes[0], "x").await, Peer::join(&nodes[0], "y").await);
-        tokio::time::sleep(Duration::from_millis(2500)).await;
-        let (_p, joined) = Peer::join(&nodes[1], "own").await;
+        let expected = [nodes[1].turn.clone(), nodes[2].turn.clone(), nodes[0].turn.clone()];
+        let (_p, own) = join_until_ice(&nodes[1], 1, &expected).await;
+        let (_p2, joined) = Peer::join(&nodes[1], &own).await;
         let servers = joined["iceServers"].as_array().unwrap().clone();
         let urls: Vec<&Value> = servers.iter().skip(1).map(|s| &s["urls"]).collect();
         assert_eq!(urls, [&nodes[1].turn, &nodes[2].turn, &nodes[0].turn], "{servers:?}");
@@ -470,7 +496,7 @@ fn ice_servers_name_the_peer_s_node_first_then_the_live_nodes_least_loaded_first
             .all(|s| (&s["username"], &s["credential"]) == credential));
 
         // A peer of that room whose socket is on node 2: its own node's TURN comes first.
-        let (_r, joined) = Peer::join(&nodes[2], "own").await;
+        let (_r, joined) = Peer::join(&nodes[2], &own).await;
         let urls: Vec<Value> = joined["iceServers"]
             .as_array()
             .unwrap()
@@ -484,16 +510,7 @@ fn ice_servers_name_the_peer_s_node_first_then_the_live_nodes_least_loaded_first
 
         // Node 2 dies: once its heartbeat key has expired, it is no longer handed out.
         nodes[2].kill();
-        tokio::time::sleep(Duration::from_millis(4500)).await;
-        let (_q, joined) = Peer::join(&nodes[1], "own2").await;
-        let urls: Vec<Value> = joined["iceServers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .skip(1)
-            .map(|s| s["urls"].clone())
-            .collect();
-        assert_eq!(urls, [nodes[1].turn.clone(), nodes[0].turn.clone()]);
+        join_until_ice(&nodes[1], 1, &[nodes[1].turn.clone(), nodes[0].turn.clone()]).await;
     });
 }
 
@@ -664,21 +681,9 @@ fn turn_allocations_count_in_a_node_s_load() {
         .collect();
     runtime().block_on(async {
         let _socket = Peer::join(&nodes[2], "elsewhere").await;
-        // The workers publish their counters once a second, the registry is read once a second.
-        tokio::time::sleep(Duration::from_millis(3000)).await;
-        let (_p, joined) = Peer::join(&nodes[1], "own").await;
-        let urls: Vec<Value> = joined["iceServers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .skip(2)
-            .map(|s| s["urls"].clone())
-            .collect();
-        assert_eq!(
-            urls,
-            [nodes[2].turn.clone(), nodes[0].turn.clone()],
-            "node 2 (1) before node 0 (3 allocations)"
-        );
+        // The workers publish their counters once a second, the registry is read once a second: node 2 (1)
+        // comes before node 0 (3 allocations).
+        join_until_ice(&nodes[1], 2, &[nodes[2].turn.clone(), nodes[0].turn.clone()]).await;
     });
     clients.clear();
 }
