@@ -285,3 +285,44 @@ fn a_resume_of_a_session_of_this_node_needs_no_lookup() {
     lab.send(0, 2, json!({"type":"resume","session":session,"lastSeq":1}));
     assert_eq!(lab.inbox(0, 2)[0]["type"], "resumed");
 }
+
+#[test]
+fn a_draining_node_closes_every_socket_with_4202_and_sends_newcomers_back() {
+    let mut lab = Lab::new(2, Limits::default());
+    lab.connect(0, 1);
+    lab.send(0, 1, json!({"type":"join","room":"r"}));
+    lab.connect(1, 1);
+    lab.send(1, 1, json!({"type":"join","room":"r"}));
+    // Node 1 also has a socket forwarded to node 0... and node 0 hosts node 1's socket.
+    let n = &mut lab.nodes[0];
+    n.router.handle_drain(&mut n.hub);
+    lab.run();
+    assert_eq!(lab.nodes[0].closed.get(&1), Some(&4202), "its own socket");
+    assert_eq!(
+        lab.nodes[1].closed.get(&1),
+        Some(&4202),
+        "the socket it hosted for node 1"
+    );
+    // A socket node 1 forwards now (its lookup still named node 0) is sent back at once.
+    lab.connect(1, 2);
+    lab.send(1, 2, json!({"type":"join","room":"r"}));
+    assert_eq!(lab.nodes[1].closed.get(&2), Some(&4202));
+    assert!(lab.nodes[0].router.is_draining());
+}
+
+#[test]
+fn a_lost_link_closes_the_sockets_that_depend_on_another_node() {
+    let mut lab = Lab::new(2, Limits::default());
+    lab.connect(0, 1);
+    lab.send(0, 1, json!({"type":"join","room":"r"}));
+    lab.connect(1, 1);
+    lab.send(1, 1, json!({"type":"join","room":"r"}));
+    lab.connect(1, 2);
+    lab.send(1, 2, json!({"type":"join","room":"mine"}));
+    let now = lab.now();
+    let n = &mut lab.nodes[1];
+    n.router.handle_link_lost(&mut n.hub, now);
+    lab.run();
+    assert_eq!(lab.nodes[1].closed.get(&1), Some(&4202), "forwarded to node 0");
+    assert_eq!(lab.nodes[1].closed.get(&2), None, "its room is on this node");
+}
