@@ -221,7 +221,7 @@ fn uclient_rest_credentials_over_udp_tcp_tls() {
     uclient(&mut server, &peer, Transport::Tls, false, false, &username, &password);
 
     // A credential minted with another secret is refused: the client fails, and nothing is relayed.
-    let (bad_user, bad_password) = mint_credentials("not-the-secret", "mallory");
+    let (bad_user, bad_password) = mint_credentials("not-the-secret-either", "mallory");
     let out = run_bounded(
         Command::new("turnutils_uclient")
             .args(["-u", &bad_user, "-w", &bad_password])
