@@ -24,6 +24,8 @@ pub enum ErrorCode {
     TooManyConnections,
     ResumeFailed,
     TooLarge,
+    /// The server is stopping: connect again at once (another server, or this one restarted, will answer).
+    ShuttingDown,
 }
 
 impl ErrorCode {
@@ -46,6 +48,7 @@ impl ErrorCode {
             ErrorCode::TooManyConnections => "too-many-connections",
             ErrorCode::ResumeFailed => "resume-failed",
             ErrorCode::TooLarge => "too-large",
+            ErrorCode::ShuttingDown => "shutting-down",
         }
     }
 
@@ -62,6 +65,7 @@ impl ErrorCode {
             ErrorCode::TooManyConnections => Some(CloseCode::TOO_MANY_CONNECTIONS),
             ErrorCode::ResumeFailed => Some(CloseCode::RESUME_FAILED),
             ErrorCode::TooLarge => Some(CloseCode::TOO_LARGE),
+            ErrorCode::ShuttingDown => Some(CloseCode::SHUTTING_DOWN),
             _ => None,
         }
     }
@@ -72,7 +76,7 @@ impl ErrorCode {
             ErrorCode::TokenRequired | ErrorCode::TokenInvalid | ErrorCode::TokenExpired => 401,
             ErrorCode::TokenRoomMismatch => 403,
             ErrorCode::RateLimited | ErrorCode::TooManyConnections => 429,
-            ErrorCode::RoomFull | ErrorCode::TooManyRooms => 503,
+            ErrorCode::RoomFull | ErrorCode::TooManyRooms | ErrorCode::ShuttingDown => 503,
             ErrorCode::TooLarge => 413,
             _ => 400,
         }
@@ -282,6 +286,17 @@ fn parse_envelope<'a>(text: &'a str, seq: &mut Option<u64>) -> Result<ClientMess
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stopping_server_says_retry_now_not_back_off() {
+        let code = ErrorCode::ShuttingDown;
+        assert_eq!(code.as_str(), "shutting-down");
+        assert_eq!(code.close_code(), Some(CloseCode::SHUTTING_DOWN));
+        assert_eq!(code.http_status(), 503);
+        // A limit is a backoff (41xx); a stop is a retry now (42xx).
+        assert_eq!(ErrorCode::TooManyConnections.close_code(), Some(CloseCode(4101)));
+        assert!((4200..4300).contains(&CloseCode::SHUTTING_DOWN.0));
+    }
 
     #[test]
     fn parses_every_type_and_names_what_is_missing() {

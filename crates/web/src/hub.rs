@@ -90,13 +90,13 @@ impl HubHandle {
     pub(crate) async fn check_connect(&self, ip: IpAddr) -> Result<(), Refusal> {
         self.ask(|reply| Command::CheckConnect { ip, reply })
             .await
-            .unwrap_or(Ok(()))
+            .unwrap_or_else(|| Err(shutting_down()))
     }
 
     pub(crate) async fn check_join(&self, room: String, token: Option<String>) -> Result<(), Refusal> {
         self.ask(|reply| Command::CheckJoin { room, token, reply })
             .await
-            .unwrap_or(Ok(()))
+            .unwrap_or_else(|| Err(shutting_down()))
     }
 
     pub(crate) async fn connect(&self, conn: ConnId, ip: IpAddr, outbox: Arc<Outbox>) -> Result<(), Refusal> {
@@ -107,12 +107,7 @@ impl HubHandle {
             reply,
         })
         .await
-        .unwrap_or_else(|| {
-            Err(Refusal::new(
-                signal::ErrorCode::TooManyConnections,
-                "The server is shutting down.",
-            ))
-        })
+        .unwrap_or_else(|| Err(shutting_down()))
     }
 
     /// Connections, sessions, rooms and relayed signals right now.
@@ -289,6 +284,15 @@ impl SourceCounters {
             self.0.retain(|_, c| Arc::strong_count(c) > 1);
         }
     }
+}
+
+/// The hub has stopped: the process is shutting down. The client should connect again at once (4202, HTTP 503), not
+/// back off as from a limit (4101): another node, or this one restarted, will answer.
+fn shutting_down() -> Refusal {
+    Refusal::new(
+        signal::ErrorCode::ShuttingDown,
+        "The server is shutting down: connect again (another server, or this one once restarted, will answer).",
+    )
 }
 
 /// Returns true on shutdown.
