@@ -163,3 +163,29 @@ test('a diagnosis frame is part of the numbered stream: delivered once, deduplic
   assert.equal(s.stats.duplicates, 1);
   assert.equal(s.lastSeq, 2);
 });
+
+test('an ICE restart does not shrink what a report says was gathered: each kind counts its best generation', () => {
+  const seen = new Map();
+  // The first generation gathered a host and two srflx candidates; after a restart, getStats holds only the new
+  // generation's host candidate.
+  for (const type of ['host', 'srflx', 'srflx']) sdk._countCandidate(seen, { type, usernameFragment: 'gen1' });
+  sdk._countCandidate(seen, { type: 'host', usernameFragment: 'gen2' });
+  sdk._countCandidate(seen, { type: 'relay', url: 'turns:t.example.com:443?transport=tcp', usernameFragment: 'gen2' });
+  const r = sdk._outcomeReport({
+    outcome: 'failed',
+    elapsedMs: 15000,
+    policy: 'all',
+    stats: stats([{ id: 'L1', type: 'local-candidate', candidateType: 'host', protocol: 'udp' }]),
+    iceServers: [],
+    errors: [],
+    remoteCandidates: 2,
+    remoteDescription: true,
+    restarts: 1,
+    seen,
+    userAgent: '',
+  });
+  assert.deepEqual(r.gathered, { host: 1, srflx: 2, prflx: 0, relayUdp: 0, relayTcp: 0, relayTls: 1 });
+  // Bounded: a peer restarting for ever keeps at most 16 generations.
+  for (let i = 0; i < 40; i++) sdk._countCandidate(seen, { type: 'host', usernameFragment: `g${i}` });
+  assert.ok(seen.size <= 16);
+});

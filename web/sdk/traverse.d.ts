@@ -753,6 +753,14 @@ export type ConnectOptions = {
  * What `peer.sendFile` sends: a File, a Blob, or bytes.
  */
 export type FileSource = Blob | ArrayBuffer | ArrayBufferView;
+export type GatheredCounts = {
+    host: number;
+    srflx: number;
+    prflx: number;
+    relayUdp: number;
+    relayTcp: number;
+    relayTls: number;
+};
 /**
  * When a `Peer` restarts ICE (docs/sdk.md, "Calls that survive").
  */
@@ -1173,7 +1181,7 @@ declare function addCandidateError(list: CandidateErrorReport[], e: {
  * @param {{outcome: 'connected' | 'failed' | 'timeout', elapsedMs: number, policy: 'all' | 'relay',
  *   stats: {forEach: (fn: (s: any) => void) => void, get: (id: string) => any}, iceServers: IceServer[],
  *   errors: CandidateErrorReport[], remoteCandidates: number, remoteDescription: boolean, restarts: number,
- *   userAgent: string}} o
+ *   seen?: Map<string, GatheredCounts>, userAgent: string}} o
  * @returns {OutcomeReport}
  */
 declare function outcomeReport(o: {
@@ -1189,8 +1197,25 @@ declare function outcomeReport(o: {
     remoteCandidates: number;
     remoteDescription: boolean;
     restarts: number;
+    seen?: Map<string, GatheredCounts>;
     userAgent: string;
 }): OutcomeReport;
+/**
+ * @typedef {{host: number, srflx: number, prflx: number, relayUdp: number, relayTcp: number, relayTls: number}}
+ *   GatheredCounts
+ */
+/**
+ * Counts a gathered local candidate into its ICE generation's tally (`seen`, keyed by ufrag; at most 16
+ * generations kept).
+ * @param {Map<string, GatheredCounts>} seen
+ * @param {{type?: string | null, relayProtocol?: string | null, url?: string | null, usernameFragment?: string | null}} c
+ */
+declare function countCandidate(seen: Map<string, GatheredCounts>, c: {
+    type?: string | null;
+    relayProtocol?: string | null;
+    url?: string | null;
+    usernameFragment?: string | null;
+}): void;
 /**
  * ICE server URLs per kind: enough for the server to tell "no TURN offered" and "no TURN over TLS on 443 offered".
  * @param {IceServer[]} servers
@@ -1270,4 +1295,4 @@ declare namespace Traverse {
     export { PROTOCOL };
     export { RECONNECT_DELAYS_MS };
 }
-export { Session as _Session, Recovery as _Recovery, credentialExpiry as _credentialExpiry, refreshDelayMs as _refreshDelayMs, addCandidateError as _addCandidateError, outcomeReport as _outcomeReport, countIceUrls as _countIceUrls, browserOf as _browserOf, Sha256 as _Sha256, writeChunks as _writeChunks, fileReader as _fileReader };
+export { Session as _Session, Recovery as _Recovery, credentialExpiry as _credentialExpiry, refreshDelayMs as _refreshDelayMs, addCandidateError as _addCandidateError, outcomeReport as _outcomeReport, countCandidate as _countCandidate, countIceUrls as _countIceUrls, browserOf as _browserOf, Sha256 as _Sha256, writeChunks as _writeChunks, fileReader as _fileReader };

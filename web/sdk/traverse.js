@@ -729,6 +729,12 @@ export class Peer extends EventTarget {
       remoteCandidates: 0,
       remoteDescription: false,
       restarts: 0,
+      /**
+       * Candidates gathered per ICE generation (by ufrag): after an ICE restart getStats may keep only the new
+       * generation's, which would report a peer as having gathered less than it did.
+       * @type {Map<string, GatheredCounts>}
+       */
+      seen: new Map(),
       /** @type {any} */ timer: null,
       /** @type {(() => void) | null} sends a connected report now instead of after its path settles */ flush: null,
     };
@@ -755,7 +761,9 @@ export class Peer extends EventTarget {
       }
     };
     pc.onicecandidate = ({ candidate }) => {
-      if (candidate) this._signal({ candidate });
+      if (!candidate) return;
+      countCandidate(this._outcome.seen, candidate);
+      this._signal({ candidate });
     };
     pc.oniceconnectionstatechange = () => this._emitState();
     pc.onconnectionstatechange = () => {
@@ -955,6 +963,7 @@ export class Peer extends EventTarget {
         remoteCandidates: o.remoteCandidates,
         remoteDescription: o.remoteDescription,
         restarts: o.restarts,
+        seen: o.seen,
         userAgent: typeof navigator !== 'undefined' ? navigator.userAgent : '',
       });
       this.room._reportOutcome(this.peerId, report);
@@ -2074,7 +2083,7 @@ function browserOf(ua) {
  * @param {{outcome: 'connected' | 'failed' | 'timeout', elapsedMs: number, policy: 'all' | 'relay',
  *   stats: {forEach: (fn: (s: any) => void) => void, get: (id: string) => any}, iceServers: IceServer[],
  *   errors: CandidateErrorReport[], remoteCandidates: number, remoteDescription: boolean, restarts: number,
- *   userAgent: string}} o
+ *   seen?: Map<string, GatheredCounts>, userAgent: string}} o
  * @returns {OutcomeReport}
  */
 function outcomeReport(o) {
@@ -2094,6 +2103,10 @@ function outcomeReport(o) {
     }
     if (s.type === 'transport' && s.selectedCandidatePairId) pair = o.stats.get(s.selectedCandidatePairId) || pair;
   });
+  // The most of each kind any one ICE generation gathered (an ICE restart starts a generation afresh).
+  for (const counts of o.seen?.values() ?? []) {
+    for (const k of Object.keys(gathered)) gathered[k] = Math.max(gathered[k], counts[k] ?? 0);
+  }
   for (const k of Object.keys(gathered)) gathered[k] = u16(gathered[k]);
   /** @type {OutcomeReport} */
   const report = {
@@ -2129,6 +2142,35 @@ function outcomeReport(o) {
   }
   if (!report.pair) delete report.pair;
   return report;
+}
+
+/**
+ * @typedef {{host: number, srflx: number, prflx: number, relayUdp: number, relayTcp: number, relayTls: number}}
+ *   GatheredCounts
+ */
+
+/**
+ * Counts a gathered local candidate into its ICE generation's tally (`seen`, keyed by ufrag; at most 16
+ * generations kept).
+ * @param {Map<string, GatheredCounts>} seen
+ * @param {{type?: string | null, relayProtocol?: string | null, url?: string | null, usernameFragment?: string | null}} c
+ */
+function countCandidate(seen, c) {
+  const key = c.usernameFragment || '';
+  let counts = seen.get(key);
+  if (!counts) {
+    if (seen.size >= 16) return;
+    counts = { host: 0, srflx: 0, prflx: 0, relayUdp: 0, relayTcp: 0, relayTls: 0 };
+    seen.set(key, counts);
+  }
+  if (c.type === 'relay') {
+    const t = relayProtocolOf(c);
+    if (t === 'tls') counts.relayTls++;
+    else if (t === 'tcp') counts.relayTcp++;
+    else counts.relayUdp++;
+  } else if (c.type === 'host' || c.type === 'srflx' || c.type === 'prflx') {
+    counts[c.type]++;
+  }
 }
 
 /** A local relay candidate's transport to the TURN server: `relayProtocol`, else from its URL. */
@@ -2862,6 +2904,7 @@ export {
   refreshDelayMs as _refreshDelayMs,
   addCandidateError as _addCandidateError,
   outcomeReport as _outcomeReport,
+  countCandidate as _countCandidate,
   countIceUrls as _countIceUrls,
   browserOf as _browserOf,
   Sha256 as _Sha256,
