@@ -399,6 +399,22 @@ fn wait_for_issued(pebble: &Pebble, spawned: &Spawned, addr: SocketAddr, name: &
 
 fn assert_private(dir: &Path) {
     let acme = dir.join("acme");
+    // The certificate is served as soon as it is issued and stored just after: wait for the files, briefly.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let stored = || {
+        std::fs::read_dir(&acme)
+            .ok()
+            .and_then(|mut d| d.next())
+            .and_then(Result::ok)
+            .is_some_and(|e| {
+                ["account.json", "cert.pem", "key.pem", "names.json"]
+                    .iter()
+                    .all(|f| e.path().join(f).exists())
+            })
+    };
+    while !stored() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let store = std::fs::read_dir(&acme)
         .unwrap_or_else(|e| panic!("{}: {e}", acme.display()))
         .next()
