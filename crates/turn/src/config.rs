@@ -1,10 +1,11 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::policy::PeerPolicy;
+use crate::server::Transport;
 use source::Source;
 
 /// Protocol settings of the TURN state machine. Transport and I/O settings live in the server crate.
@@ -187,6 +188,16 @@ pub struct Quotas {
     pub max_per_source: usize,
     total: AtomicUsize,
     counts: Mutex<Counts>,
+    /// Set once a drain starts (docs/scaling.md): every new Allocate is refused, existing allocations are kept.
+    draining: AtomicBool,
+    alternates: Mutex<Vec<Alternate>>,
+}
+
+/// Another server's TURN listener a draining node redirects new allocations to (ALTERNATE-SERVER).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Alternate {
+    pub transport: Transport,
+    pub addr: SocketAddr,
 }
 
 #[derive(Debug, Default)]
@@ -211,6 +222,8 @@ impl Quotas {
             max_per_source: 0,
             total: AtomicUsize::new(0),
             counts: Mutex::new(Counts::default()),
+            draining: AtomicBool::new(false),
+            alternates: Mutex::new(Vec::new()),
         }
     }
 
@@ -269,6 +282,28 @@ impl Quotas {
 
     pub fn total(&self) -> usize {
         self.total.load(Ordering::Acquire)
+    }
+
+    /// Starts (or keeps up) a drain: from now on every Allocate is refused — 300 Try Alternate naming one of
+    /// `alternates` when one speaks the request's transport and family, else 508 — while existing allocations go
+    /// on. Called again with a fresher list as other nodes come and go.
+    pub fn drain(&self, alternates: Vec<Alternate>) {
+        *self.alternates.lock().unwrap_or_else(|e| e.into_inner()) = alternates;
+        self.draining.store(true, Ordering::Release);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// Where a client that reached this server on `transport` at `server` is sent while draining: the first
+    /// alternate (the least loaded, as the caller orders them) of the same transport and address family.
+    pub fn alternate_for(&self, transport: Transport, server: SocketAddr) -> Option<SocketAddr> {
+        let alternates = self.alternates.lock().unwrap_or_else(|e| e.into_inner());
+        alternates
+            .iter()
+            .find(|a| a.transport == transport && a.addr.is_ipv4() == server.is_ipv4())
+            .map(|a| a.addr)
     }
 
     /// Allocations charged to `source` now.

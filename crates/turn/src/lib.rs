@@ -67,7 +67,7 @@ mod reflection;
 mod server;
 
 pub use auth::{rest_password, Authenticator, Expiry, Secret};
-pub use config::{Config, NatDiscovery, QuotaExceeded, Quotas};
+pub use config::{Alternate, Config, NatDiscovery, QuotaExceeded, Quotas};
 pub use own::OwnAddresses;
 pub use reflection::ReflectionGuard;
 pub use server::{

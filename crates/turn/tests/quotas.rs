@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use common::*;
 use stun::{attr, Attribute, Method};
-use turn::{Config, Event, Quotas};
+use turn::{Alternate, Config, Event, Quotas, Transport};
 
 fn allocate_error(h: &mut Harness, c: &mut Client, at: u64) -> Vec<u8> {
     c.answer(h, secs(at), Method::ALLOCATE, &[Attribute::RequestedTransport(17)])
@@ -84,4 +84,50 @@ fn quotas_are_shared_between_workers() {
     assert_eq!(quotas.total(), 0);
     a2.allocate(&mut w2, secs(1));
     assert_eq!(quotas.total(), 1);
+}
+
+#[test]
+fn a_draining_server_redirects_new_allocations_and_keeps_existing_ones() {
+    // docs/scaling.md: a drain refuses new allocations — 300 Try Alternate with ALTERNATE-SERVER (RFC 8656 §7.2,
+    // RFC 8489 §14.15) naming another node of the same transport and family, else 508 — and keeps the others.
+    let quotas = Arc::new(Quotas::new(10, 0));
+    let mut h = Harness::with_shared(Config::default(), quotas.clone());
+    let mut a = Client::alice();
+    let mut b = Client::new("203.0.113.11:50000", "bob", "builder");
+    let mut c = Client::new("203.0.113.12:50000", "bob", "builder");
+    a.allocate(&mut h, secs(0));
+    let elsewhere: std::net::SocketAddr = "198.51.100.7:3478".parse().unwrap();
+    quotas.drain(vec![
+        Alternate {
+            transport: Transport::Tcp,
+            addr: "198.51.100.8:3478".parse().unwrap(),
+        },
+        Alternate {
+            transport: Transport::Udp,
+            addr: "[2001:db8::7]:3478".parse().unwrap(),
+        },
+        Alternate {
+            transport: Transport::Udp,
+            addr: elsewhere,
+        },
+    ]);
+
+    let reply = allocate_error(&mut h, &mut b, 1);
+    assert_error(&reply, Method::ALLOCATE, 300);
+    let answer = parse(&reply);
+    assert_eq!(
+        attribute(&answer, attr::ALTERNATE_SERVER),
+        Some(Attribute::AlternateServer(elsewhere))
+    );
+    assert!(answer.verify_integrity(&b.key()), "the redirect is authenticated");
+    assert!(!h.server.has_allocation(&b.five_tuple));
+    assert_eq!(quotas.total(), 1, "nothing charged for a refused Allocate");
+
+    // The existing allocation is refreshed as before.
+    a.refresh(&mut h, secs(2), Some(600));
+
+    // No alternate of this transport and family: 508.
+    quotas.drain(Vec::new());
+    assert_error(&allocate_error(&mut h, &mut c, 3), Method::ALLOCATE, 508);
+    assert_eq!(h.server.stats().error_responses.get(Some(300)), 1);
 }

@@ -166,6 +166,14 @@ impl<R: RngCore> Server<R> {
                 refused_family = Some(Family::V6);
             }
         }
+        // RFC 8656 §7.2 lets a server redirect an Allocate it would otherwise accept (300 Try Alternate with
+        // ALTERNATE-SERVER, RFC 8489 §14.15); asked here, before a reservation is redeemed or a quota charged.
+        if self.quotas.is_draining() {
+            return match self.quotas.alternate_for(five_tuple.transport, five_tuple.server) {
+                Some(alternate) => Outcome::TryAlternate(alternate),
+                None => Outcome::Err(reject(508, "Insufficient Capacity")),
+            };
+        }
         let mut reservation = None;
         let mut reserved_relay = None;
         if let Some(token) = req.reservation_token {

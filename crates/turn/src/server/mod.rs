@@ -306,6 +306,7 @@ const FORBIDDEN: Reject = reject(403, "Forbidden");
 const ALLOCATION_MISMATCH: Reject = reject(437, "Allocation Mismatch");
 const WRONG_CREDENTIALS: Reject = reject(441, "Wrong Credentials");
 const PEER_FAMILY_MISMATCH: Reject = reject(443, "Peer Address Family Mismatch");
+const TRY_ALTERNATE: Reject = reject(300, "Try Alternate");
 
 pub struct Server<R = rand::rngs::StdRng> {
     config: Arc<Config>,
@@ -698,6 +699,12 @@ impl<R: RngCore> Server<R> {
                 Ok(())
             }),
             Outcome::Err(r) => self.write_error(out, method, tid, r, Some(&auth), |_| Ok(())),
+            Outcome::TryAlternate(alternate) => {
+                self.write_error(out, method, tid, TRY_ALTERNATE, Some(&auth), |w| {
+                    w.add(&Attribute::AlternateServer(alternate))?;
+                    Ok(())
+                })
+            }
         };
         (
             reply.map_or(ClientAction::Drop, ClientAction::Reply),
@@ -709,6 +716,8 @@ impl<R: RngCore> Server<R> {
 enum Outcome {
     Ok(Option<u32>),
     Err(Reject),
+    /// A draining server sends the client to another (RFC 8656 §7.2).
+    TryAlternate(SocketAddr),
     Bind(BindRequest),
 }
 

@@ -152,7 +152,7 @@ impl AuthFailures {
 }
 
 /// The error codes this server answers with (RFC 8489 §14.8, RFC 8656 §18); anything else is counted as `other`.
-pub const ERROR_CODES: [u16; 12] = [400, 401, 403, 420, 437, 438, 440, 441, 442, 443, 486, 508];
+pub const ERROR_CODES: [u16; 13] = [300, 400, 401, 403, 420, 437, 438, 440, 441, 442, 443, 486, 508];
 
 /// Error answers by code: [`ERROR_CODES`], then one slot for any other code.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
