@@ -699,12 +699,10 @@ impl<R: RngCore> Server<R> {
                 Ok(())
             }),
             Outcome::Err(r) => self.write_error(out, method, tid, r, Some(&auth), |_| Ok(())),
-            Outcome::TryAlternate(alternate) => {
-                self.write_error(out, method, tid, TRY_ALTERNATE, Some(&auth), |w| {
-                    w.add(&Attribute::AlternateServer(alternate))?;
-                    Ok(())
-                })
-            }
+            Outcome::TryAlternate(alternate) => self.write_error(out, method, tid, TRY_ALTERNATE, Some(&auth), |w| {
+                w.add(&Attribute::AlternateServer(alternate))?;
+                Ok(())
+            }),
         };
         (
             reply.map_or(ClientAction::Drop, ClientAction::Reply),
