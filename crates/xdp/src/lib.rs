@@ -1,0 +1,389 @@
+//! Traverse's kernel fast path: an XDP program (`bpf/relay.c`, built by clang in `build.rs`) that relays
+//! channel-bound IPv4 UDP allocations before the socket layer, and the small loader that attaches it and writes its
+//! maps.
+//!
+//! Model: user space stays the authority. The TURN core decides when a channel is usable and until when; the I/O
+//! layer calls [`FastPath::install`] / [`FastPath::remove`] with what it decided. The program only reads routes
+//! (each with its own expiry, checked per packet against CLOCK_MONOTONIC, so an expired channel or permission stops
+//! at once even between user-space ticks), decrements a byte credit where the allocation has a bandwidth cap, and
+//! counts per CPU. Anything it does not know passes to the socket path unchanged. [`FastPath::settle`] reads what the
+//! kernel relayed for an allocation and grants its next credit; the caller feeds the figures to the TURN core.
+//!
+//! The program is detached when the [`FastPath`] is dropped (its links are file descriptors of this process).
+
+use std::net::{SocketAddr, SocketAddrV4};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use aya::maps::{HashMap, MapData, PerCpuHashMap, PerCpuValues};
+use aya::programs::{Xdp, XdpFlags};
+use aya::Ebpf;
+
+mod wire;
+
+use wire::{AllocKey, ClientKey, Counters, Credit, PeerKey, ToClient, ToPeer};
+
+/// The object `build.rs` compiled, if clang was there.
+#[cfg(traverse_xdp_built)]
+static OBJECT: Option<&[u8]> = Some(aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/relay.o")));
+#[cfg(not(traverse_xdp_built))]
+static OBJECT: Option<&[u8]> = None;
+
+/// Whether the XDP program was compiled into this binary.
+pub fn built_in() -> bool {
+    OBJECT.is_some()
+}
+
+/// Why the fast path is not running; each says in plain words what to do, and the server uses the socket path.
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    #[error("XDP fast path not built in (clang missing at build time); using the socket path")]
+    NotBuiltIn,
+    #[error("the kernel refused the XDP program ({0}); needs root (CAP_BPF and CAP_NET_ADMIN) and Linux 5.9 or later")]
+    Load(String),
+    #[error("no network interface named {0:?}")]
+    UnknownInterface(String),
+    #[error(
+        "cannot attach XDP to {iface} in driver mode ({reason}); the driver may not support native XDP, or another \
+         program is attached"
+    )]
+    Attach { iface: String, reason: String },
+    #[error(
+        "IPv4 forwarding is off on {0}: the fast path's route look-ups (bpf_fib_lookup) need \
+         net.ipv4.conf.{0}.forwarding=1"
+    )]
+    ForwardingDisabled(String),
+}
+
+/// A failed map update: the kernel's error, for a log line (the packet then takes the socket path).
+#[derive(Debug, thiserror::Error)]
+#[error("XDP map {map}: {reason}")]
+pub struct MapError {
+    map: &'static str,
+    reason: String,
+}
+
+impl MapError {
+    fn new(map: &'static str, reason: impl std::fmt::Display) -> Self {
+        Self {
+            map,
+            reason: reason.to_string(),
+        }
+    }
+}
+
+/// Which allocation a route belongs to: the worker and its `AllocationId` (slot, generation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Allocation {
+    pub worker: u32,
+    pub slot: u32,
+    pub generation: u32,
+}
+
+/// One channel binding, both directions (IPv4 only: other families are never given to the fast path).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route {
+    pub allocation: Allocation,
+    /// The client's address and the listener it reached (the 5-tuple, UDP).
+    pub client: SocketAddrV4,
+    pub server: SocketAddrV4,
+    /// RFC 8656 §12: 0x4000..=0x4FFF.
+    pub channel: u16,
+    pub peer: SocketAddrV4,
+    /// The relay socket's local address (what a peer's packet is addressed to on the wire).
+    pub relay: SocketAddrV4,
+}
+
+impl Route {
+    /// IPv4 addresses of every role, or `None` (the fast path is IPv4 only).
+    pub fn v4(
+        allocation: Allocation,
+        client: SocketAddr,
+        server: SocketAddr,
+        channel: u16,
+        peer: SocketAddr,
+        relay: SocketAddr,
+    ) -> Option<Self> {
+        let v4 = |a: SocketAddr| match a {
+            SocketAddr::V4(a) if !a.ip().is_unspecified() => Some(a),
+            _ => None,
+        };
+        Some(Self {
+            allocation,
+            client: v4(client)?,
+            server: v4(server)?,
+            channel,
+            peer: v4(peer)?,
+            relay: v4(relay)?,
+        })
+    }
+
+    fn client_key(&self) -> ClientKey {
+        ClientKey {
+            client_ip: be_ip(&self.client),
+            server_ip: be_ip(&self.server),
+            client_port: self.client.port().to_be(),
+            server_port: self.server.port().to_be(),
+            channel: self.channel.to_be(),
+            pad: 0,
+        }
+    }
+
+    fn peer_key(&self) -> PeerKey {
+        PeerKey {
+            peer_ip: be_ip(&self.peer),
+            relay_ip: be_ip(&self.relay),
+            peer_port: self.peer.port().to_be(),
+            relay_port: self.relay.port().to_be(),
+        }
+    }
+}
+
+/// What the kernel relayed for one allocation, summed over CPUs (payload bytes, as the socket path counts them).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Relayed {
+    pub to_peer_packets: u64,
+    pub to_peer_bytes: u64,
+    pub to_client_packets: u64,
+    pub to_client_bytes: u64,
+}
+
+/// The attached program and its maps. Shared by the workers; touched on ChannelBind, expiry and once a second per
+/// allocation, never per packet, so one mutex is enough.
+pub struct FastPath {
+    maps: Mutex<Maps>,
+    interfaces: Vec<String>,
+}
+
+impl std::fmt::Debug for FastPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FastPath").field("interfaces", &self.interfaces).finish_non_exhaustive()
+    }
+}
+
+struct Maps {
+    /// Owns the program and its links: dropping it detaches.
+    _ebpf: Ebpf,
+    client_routes: HashMap<MapData, ClientKey, ToPeer>,
+    peer_routes: HashMap<MapData, PeerKey, ToClient>,
+    counters: PerCpuHashMap<MapData, AllocKey, Counters>,
+    credits: HashMap<MapData, AllocKey, Credit>,
+    cpus: usize,
+}
+
+impl FastPath {
+    /// Loads the program and attaches it in driver (native) mode to every interface, or to none.
+    pub fn attach(interfaces: &[String]) -> Result<Self, AttachError> {
+        let object = OBJECT.ok_or(AttachError::NotBuiltIn)?;
+        for iface in interfaces {
+            if iface.is_empty() || iface.contains(['\0', '/']) || nix_if_index(iface).is_none() {
+                return Err(AttachError::UnknownInterface(iface.clone()));
+            }
+            let forwarding = std::fs::read_to_string(format!("/proc/sys/net/ipv4/conf/{iface}/forwarding"));
+            if forwarding.is_ok_and(|v| v.trim() == "0") {
+                return Err(AttachError::ForwardingDisabled(iface.clone()));
+            }
+        }
+        let mut ebpf = Ebpf::load(object).map_err(|e| AttachError::Load(e.to_string()))?;
+        let program: &mut Xdp = ebpf
+            .program_mut("traverse_relay")
+            .ok_or_else(|| AttachError::Load("program traverse_relay missing from the object".into()))?
+            .try_into()
+            .map_err(|e: aya::programs::ProgramError| AttachError::Load(e.to_string()))?;
+        program.load().map_err(|e| AttachError::Load(e.to_string()))?;
+        for iface in interfaces {
+            program
+                .attach(iface, XdpFlags::DRV_MODE)
+                .map_err(|e| AttachError::Attach {
+                    iface: iface.clone(),
+                    reason: e.to_string(),
+                })?;
+        }
+        let take = |ebpf: &mut Ebpf, name: &str| {
+            ebpf.take_map(name)
+                .ok_or_else(|| AttachError::Load(format!("map {name} missing from the object")))
+        };
+        let load = |e: aya::maps::MapError| AttachError::Load(e.to_string());
+        let client_routes = HashMap::try_from(take(&mut ebpf, "CLIENT_ROUTES")?).map_err(load)?;
+        let peer_routes = HashMap::try_from(take(&mut ebpf, "PEER_ROUTES")?).map_err(load)?;
+        let counters = PerCpuHashMap::try_from(take(&mut ebpf, "COUNTERS")?).map_err(load)?;
+        let credits = HashMap::try_from(take(&mut ebpf, "CREDITS")?).map_err(load)?;
+        let cpus = aya::util::nr_cpus().map_err(|(what, e)| AttachError::Load(format!("{what}: {e}")))?;
+        Ok(Self {
+            maps: Mutex::new(Maps {
+                _ebpf: ebpf,
+                client_routes,
+                peer_routes,
+                counters,
+                credits,
+                cpus,
+            }),
+            interfaces: interfaces.to_vec(),
+        })
+    }
+
+    pub fn interfaces(&self) -> &[String] {
+        &self.interfaces
+    }
+
+    fn maps(&self) -> std::sync::MutexGuard<'_, Maps> {
+        self.maps.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Installs or refreshes a channel's routes, usable until `expires` (the core's min of channel, permission and
+    /// allocation expiry). The allocation's counters are created with its first route.
+    pub fn install(&self, route: &Route, expires: Instant) -> Result<(), MapError> {
+        let expires_ns = monotonic_deadline(expires);
+        let alloc = alloc_key(route.allocation);
+        let mut maps = self.maps();
+        if maps.counters.get(&alloc, 0).is_err() {
+            let zeros = PerCpuValues::try_from(vec![Counters::default(); maps.cpus])
+                .map_err(|e| MapError::new("COUNTERS", e))?;
+            maps.counters
+                .insert(alloc, zeros, 0)
+                .map_err(|e| MapError::new("COUNTERS", e))?;
+        }
+        let to_peer = ToPeer {
+            relay_ip: be_ip(&route.relay),
+            peer_ip: be_ip(&route.peer),
+            relay_port: route.relay.port().to_be(),
+            peer_port: route.peer.port().to_be(),
+            pad: 0,
+            expires_ns,
+            alloc,
+        };
+        let to_client = ToClient {
+            server_ip: be_ip(&route.server),
+            client_ip: be_ip(&route.client),
+            server_port: route.server.port().to_be(),
+            client_port: route.client.port().to_be(),
+            channel: route.channel.to_be(),
+            pad: 0,
+            expires_ns,
+            alloc,
+        };
+        maps.client_routes
+            .insert(route.client_key(), to_peer, 0)
+            .map_err(|e| MapError::new("CLIENT_ROUTES", e))?;
+        maps.peer_routes
+            .insert(route.peer_key(), to_client, 0)
+            .map_err(|e| MapError::new("PEER_ROUTES", e))
+    }
+
+    /// Removes a channel's routes: from the next packet on, it takes the socket path.
+    pub fn remove(&self, route: &Route) {
+        let mut maps = self.maps();
+        // Absent entries (never installed, or already gone) are not an error here.
+        let _ = maps.client_routes.remove(&route.client_key());
+        let _ = maps.peer_routes.remove(&route.peer_key());
+    }
+
+    /// What the kernel relayed for `allocation` since it was first installed (summed over CPUs), and the credit it
+    /// has not spent; then grants `credit` bytes (`None`: no cap, the credit entry is removed).
+    pub fn settle(&self, allocation: Allocation, grant: impl FnOnce(Relayed, u64) -> Option<u64>) -> Relayed {
+        let key = alloc_key(allocation);
+        let mut maps = self.maps();
+        let relayed = maps
+            .counters
+            .get(&key, 0)
+            .map(|per_cpu| {
+                per_cpu.iter().fold(Relayed::default(), |sum, c| Relayed {
+                    to_peer_packets: sum.to_peer_packets + c.to_peer_packets,
+                    to_peer_bytes: sum.to_peer_bytes + c.to_peer_bytes,
+                    to_client_packets: sum.to_client_packets + c.to_client_packets,
+                    to_client_bytes: sum.to_client_bytes + c.to_client_bytes,
+                })
+            })
+            .unwrap_or_default();
+        let unused = maps.credits.get(&key, 0).map_or(0, |c| c.bytes.max(0) as u64);
+        match grant(relayed, unused) {
+            Some(bytes) => {
+                let credit = Credit {
+                    bytes: i64::try_from(bytes).unwrap_or(i64::MAX),
+                };
+                if let Err(e) = maps.credits.insert(key, credit, 0) {
+                    tracing::warn!(error = %e, "cannot write an XDP credit; the allocation's channels stop at 0");
+                }
+            }
+            None => {
+                let _ = maps.credits.remove(&key);
+            }
+        }
+        relayed
+    }
+
+    /// Forgets an allocation's counters and credit (its routes are removed one by one before).
+    pub fn forget(&self, allocation: Allocation) {
+        let key = alloc_key(allocation);
+        let mut maps = self.maps();
+        let _ = maps.counters.remove(&key);
+        let _ = maps.credits.remove(&key);
+    }
+}
+
+fn alloc_key(a: Allocation) -> AllocKey {
+    AllocKey {
+        worker: a.worker,
+        slot: a.slot,
+        generation: a.generation,
+        pad: 0,
+    }
+}
+
+/// The address as it sits in the packet (network byte order), read as a native integer.
+fn be_ip(a: &SocketAddrV4) -> u32 {
+    u32::from_ne_bytes(a.ip().octets())
+}
+
+/// `expires` on the kernel's monotonic clock; an instant already past is 0, which never matches.
+fn monotonic_deadline(expires: Instant) -> u64 {
+    let left = expires.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return 0;
+    }
+    wire::monotonic_ns().saturating_add(u64::try_from(left.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// The interface's index from sysfs, so a bad name is refused before aya sees it.
+fn nix_if_index(iface: &str) -> Option<u32> {
+    std::fs::read_to_string(format!("/sys/class/net/{iface}/ifindex"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_in_network_byte_order() {
+        let a = Allocation {
+            worker: 0,
+            slot: 1,
+            generation: 2,
+        };
+        let sa = |s: &str| s.parse::<SocketAddr>().expect("literal");
+        let route = Route::v4(
+            a,
+            sa("192.0.2.1:5000"),
+            sa("203.0.113.1:3478"),
+            0x4001,
+            sa("198.51.100.7:9"),
+            sa("203.0.113.1:50000"),
+        )
+        .expect("all IPv4");
+        let k = route.client_key();
+        assert_eq!(k.client_ip.to_ne_bytes(), [192, 0, 2, 1]);
+        assert_eq!(k.client_port.to_ne_bytes(), [0x13, 0x88]);
+        assert_eq!(k.channel.to_ne_bytes(), [0x40, 0x01]);
+        assert!(Route::v4(a, sa("[::1]:1"), sa("203.0.113.1:3478"), 0x4001, sa("198.51.100.7:9"), sa("0.0.0.0:1")).is_none());
+    }
+
+    #[test]
+    fn a_past_deadline_never_matches() {
+        assert_eq!(monotonic_deadline(Instant::now()), 0);
+        assert!(monotonic_deadline(Instant::now() + std::time::Duration::from_secs(5)) > wire::monotonic_ns());
+    }
+}
