@@ -60,6 +60,7 @@ function fakeRoom(options = {}) {
   room._link = {
     state: 'open',
     writable: true,
+    url: 'ws://traverse.test/ws',
     write: (f) => sent.push(JSON.parse(f)),
     established() {},
     probe() {},
@@ -118,8 +119,16 @@ test('a restarted server: the call stays, old ids are exchanged, the Peer moves 
   assert.equal(peer.polite, 'p_a2' < 'p_b2');
   assert.equal(peer.channel, channel, 'the same data channel');
   await tick();
+  // The restart first asks for fresh servers over the socket (a relay node may be gone), then restarts with them.
+  assert.equal(sent.filter((m) => m.type === 'ice-servers').length, 1, 'fresh iceServers asked for');
+  assert.equal(peer.pc.restarts, 0, 'not before the answer');
+  const fresh = [{ urls: 'turn:live', username: '2:p_a2', credential: 'fresher' }];
+  receive({ type: 'ice-servers', seq: 2, iceServers: fresh });
+  await tick();
+  await tick();
   assert.equal(peer.pc.restarts, 1, 'ICE restarted (session-lost)');
-  assert.deepEqual(peer.pc.config.iceServers, [{ urls: 'turn:h', username: '1:p_a2', credential: 'new' }]);
+  assert.deepEqual(peer.pc.config.iceServers, fresh);
+  assert.deepEqual(room.iceServers, fresh);
   assert.equal(sent.filter((m) => m.type === 'signal').length, 1, 'B was told already: no second announcement');
   room._finish(1000, 'done', true);
 });
@@ -226,4 +235,71 @@ test('long calls: a fresh credential is fetched before the expiry and put into e
   } finally {
     mock.timers.reset();
   }
+});
+
+test('fresh iceServers over the signaling socket: scheduled before the expiry, and HTTP only for an older server', async () => {
+  mock.timers.enable({ apis: ['setTimeout', 'Date'], now: 1_764_070_000_000 });
+  const realFetch = globalThis.fetch;
+  const fetched = [];
+  globalThis.fetch = async (url) => {
+    fetched.push(String(url));
+    return { ok: true, json: async () => ({ iceServers: [{ urls: 'turn:http', username: '1764070400:p_a1', credential: 'h' }] }) };
+  };
+  try {
+    const { room, sent, receive, handshake } = fakeRoom({ token: 'expired-join-token' });
+    const refreshed = [];
+    room.on('ice-servers', (d) => refreshed.push(d));
+    handshake();
+    receive(joined('p_a1', ['p_b1'], [{ urls: 'turn:h', username: '1764070060:p_a1', credential: 'old' }]));
+    const peer = room.connect('p_b1');
+    sent.length = 0;
+    mock.timers.tick(45000); // a quarter of the 60 s before the expiry
+    await tick();
+    assert.deepEqual(sent.map((m) => m.type), ['ice-servers'], 'asked over the socket, not over HTTP');
+    const fresh = [{ urls: 'turn:h', username: '1764070200:p_a1', credential: 'fresh' }];
+    receive({ type: 'ice-servers', seq: 1, iceServers: fresh });
+    await tick();
+    assert.deepEqual(room.iceServers, fresh);
+    assert.deepEqual(peer.pc.config.iceServers, fresh);
+    assert.deepEqual(refreshed.map((d) => d.expiresAt), [1764070200]);
+    assert.equal(fetched.length, 0);
+
+    // An older server does not know the message: it answers unknown-type, and HTTP takes over from then on.
+    sent.length = 0;
+    mock.timers.tick(150000); // 1764070200 - 1764070045 = 155 s left: refreshed 38.75 s before, ~116 s from now
+    await tick();
+    assert.deepEqual(sent.map((m) => m.type), ['ice-servers']);
+    receive({ type: 'error', seq: 2, code: 'unknown-type', message: 'Unknown message type `ice-servers`.' });
+    for (let i = 0; i < 5; i++) await tick();
+    assert.equal(fetched.length, 1);
+    assert.match(fetched[0], /\/api\/ice-servers\?token=expired-join-token$/);
+    assert.equal(room.iceServers[0].urls, 'turn:http');
+    room._finish(1000, 'done', true);
+  } finally {
+    globalThis.fetch = realFetch;
+    mock.timers.reset();
+  }
+});
+
+test('reconnect delays: a server that cannot be reached is probed every 0.25-1 s (jittered) for 30 s, then backed off', () => {
+  const opts = { reconnectDelaysMs: [...sdk.RECONNECT_DELAYS_MS] };
+  const low = () => 0;
+  const high = () => 0.999999;
+  // The first attempt at once, then 250 ms more each time up to 1 s; each drawn in [half, all] of that.
+  const fast = [0, 1, 2, 3, 4, 5, 20].map((n) => [sdk._reconnectDelay(n, 1006, 1000, opts, low), sdk._reconnectDelay(n, 1006, 1000, opts, high)]);
+  assert.deepEqual(fast, [[0, 0], [125, 250], [250, 500], [375, 750], [500, 1000], [500, 1000], [500, 1000]]);
+  // 4202 (a stopping server) the same; 4201 (join again: the server answered) at once.
+  assert.equal(sdk._reconnectDelay(3, 4202, 1000, opts, high), 750);
+  assert.equal(sdk._reconnectDelay(7, 4201, 1000, opts, high), 0);
+  // After 30 s of outage: the long schedule from where the count stands (7 s, ±20 %).
+  assert.equal(sdk._reconnectDelay(40, 1006, 30000, opts, () => 0.5), 7000);
+  assert.equal(sdk._reconnectDelay(2, 1006, 30000, opts, () => 0.5), 1200);
+  // 41xx (a limit: back off) skip the immediate retry, as before.
+  assert.equal(sdk._reconnectDelay(0, 4101, 0, opts, () => 0.5), 300);
+  assert.equal(sdk._reconnectDelay(1, 4100, 0, opts, () => 0.5), 1200);
+  // fastReconnect: false keeps the long schedule only; a custom one is capped where it says.
+  assert.equal(sdk._reconnectDelay(2, 1006, 0, { ...opts, fastReconnect: false }, () => 0.5), 1200);
+  assert.equal(sdk._reconnectDelay(9, 1006, 0, { ...opts, fastReconnect: { maxMs: 400 } }, high), 400);
+  // Whatever the draw, never more than maxMs while fast: a restarted server is found within 1 s of answering.
+  for (let n = 0; n < 200; n++) assert.ok(sdk._reconnectDelay(n, 1006, n * 100, opts, Math.random) <= 1000);
 });

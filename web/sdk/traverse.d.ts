@@ -21,12 +21,16 @@
  *
  * @typedef {object} ConnectOptions
  * @property {string} room room name
- * @property {string} [url] WebSocket URL (`wss://host/ws`); http(s) URLs are converted. Default: `/ws` beside this
- *   module's own URL, else beside the page
+ * @property {string | string[]} [url] WebSocket URL (`wss://host/ws`); http(s) URLs are converted. Default: `/ws`
+ *   beside this module's own URL, else beside the page. Several (the nodes of a cluster): the first is joined; when
+ *   the one in use cannot be reached (a socket that does not open, or closes with 4202) the next reconnect goes to
+ *   the next one, round the list
  * @property {string} [token] signaling token (JWT), when the server has a signaling secret
  * @property {any} [meta] public metadata shown to the other peers (at most 1 KiB of JSON)
  * @property {boolean} [reconnect=true] reconnect and resume after a drop
  * @property {number[]} [reconnectDelaysMs] override `RECONNECT_DELAYS_MS`
+ * @property {{stepMs?: number, maxMs?: number, forMs?: number} | false} [fastReconnect] override
+ *   `FAST_RECONNECT`, the probing of a server that cannot be reached; `false`: `reconnectDelaysMs` only
  * @property {number} [maxReconnectAttempts=Infinity] give up (event `closed`) after this many failed attempts in a row
  * @property {number} [heartbeatMs] ping interval; default: the server's `heartbeatMs` from `joined`
  * @property {number} [deadAfterMs] declare the socket dead after this long without any server message; default
@@ -52,7 +56,8 @@
  * @property {boolean} [rejoinCalls=true] after a failed resume (a restarted server), keep the calls and find their
  *   peers' new ids (event `peer-rejoined`); `false`: close them
  * @property {false | (() => Promise<IceServer[]>)} [refreshIceServers] how a fresh TURN credential is fetched before
- *   the current one expires; default `GET /api/ice-servers` with `token`; `false`: never
+ *   the current one expires (and before an ICE restart); default: asked over the signaling socket (`ice-servers`),
+ *   else `GET /api/ice-servers` with `token`; `false`: never
  */
 /**
  * Join a room. Resolves once the server answered `joined`; rejects with a `TraverseError` (with `.code`, e.g.
@@ -72,9 +77,23 @@ export const VERSION: "0.1.0";
 export const PROTOCOL: "traverse.v1";
 /**
  * Reconnect delays in milliseconds (before jitter): the n-th attempt after a drop waits `RECONNECT_DELAYS_MS[n]`,
- * the last one repeats. Same schedule as LiveKit's client.
+ * the last one repeats. Same schedule as LiveKit's client. Used when the server asks to back off (4100-4199) and once
+ * `FAST_RECONNECT.forMs` of an outage have passed.
  */
 export const RECONNECT_DELAYS_MS: readonly number[];
+/**
+ * While the server cannot be reached (a socket that did not open, a network drop, 4200-4299), attempts probe it
+ * quickly: the n-th waits `stepMs` × n (0 for the first), at most `maxMs`, drawn in [½, 1] × that ("equal jitter":
+ * a fleet that lost one node comes back spread over half a second, not in step), for `forMs` from the drop; then
+ * `RECONNECT_DELAYS_MS` from where it stands. A restarted server is found at most `maxMs` after it answers again
+ * (issue 11: the old schedule's 1.2 and 2.7 s steps made a restart cost 3.1-4.5 s). A probe of a server that is down
+ * costs it nothing (a refused TCP connection) or a load balancer one refused request.
+ */
+export const FAST_RECONNECT: Readonly<{
+    stepMs: 250;
+    maxMs: 1000;
+    forMs: 30000;
+}>;
 /** An error with a stable `code` from the protocol (or `connect-failed`, `timeout`, `closed` from the SDK). */
 export class TraverseError extends Error {
     /** @param {string} code @param {string} message @param {object} [extra] */
@@ -115,10 +134,12 @@ export class Room extends EventTarget {
          */
         room: string;
         /**
-         * WebSocket URL (`wss://host/ws`); http(s) URLs are converted. Default: `/ws` beside this
-         * module's own URL, else beside the page
+         * WebSocket URL (`wss://host/ws`); http(s) URLs are converted. Default: `/ws`
+         * beside this module's own URL, else beside the page. Several (the nodes of a cluster): the first is joined; when
+         * the one in use cannot be reached (a socket that does not open, or closes with 4202) the next reconnect goes to
+         * the next one, round the list
          */
-        url?: string;
+        url?: string | string[];
         /**
          * signaling token (JWT), when the server has a signaling secret
          */
@@ -135,6 +156,15 @@ export class Room extends EventTarget {
          * override `RECONNECT_DELAYS_MS`
          */
         reconnectDelaysMs: number[];
+        /**
+         * override
+         * `FAST_RECONNECT`, the probing of a server that cannot be reached; `false`: `reconnectDelaysMs` only
+         */
+        fastReconnect?: {
+            stepMs?: number;
+            maxMs?: number;
+            forMs?: number;
+        } | false;
         /**
          * give up (event `closed`) after this many failed attempts in a row
          */
@@ -206,12 +236,11 @@ export class Room extends EventTarget {
         rejoinCalls?: boolean;
         /**
          * how a fresh TURN credential is fetched before
-         * the current one expires; default `GET /api/ice-servers` with `token`; `false`: never
+         * the current one expires (and before an ICE restart); default: asked over the signaling socket (`ice-servers`),
+         * else `GET /api/ice-servers` with `token`; `false`: never
          */
         refreshIceServers?: false | (() => Promise<IceServer[]>);
     };
-    /** WebSocket URL in use. */
-    url: string;
     /** Room name. */
     room: string;
     /** @type {string | null} this peer's id (changes only after a failed resume and a fresh join) */
@@ -238,6 +267,8 @@ export class Room extends EventTarget {
     private _onPageHide;
     /** @type {RoomState} */
     get state(): RoomState;
+    /** WebSocket URL in use (one of `url`'s list). @type {string} */
+    get url(): string;
     /** @type {string | null} the session id (a resume presents it) */
     get session(): string | null;
     /** Highest stream `seq` processed. */
@@ -304,6 +335,7 @@ export class Room extends EventTarget {
     _reportOutcome(peerId: string, report: OutcomeReport): void;
     /** @private @param {any} msg @param {'join' | 'resume' | null} handshake */
     private _onError;
+    /** @private */ private _iceAskUnsupported;
     /** @private */
     private _onSignal;
     /** @private */
@@ -357,6 +389,31 @@ export class Room extends EventTarget {
     /** A peer connection saw its path break or the network change: is the socket still alive? @internal */
     _probeSignaling(): void;
     /**
+     * New `iceServers` (from `ice-servers`, an HTTP refresh or the app): into the room and every peer connection, for
+     * its next restart; the next refresh is scheduled from their expiry.
+     * @private @param {IceServer[]} servers
+     */
+    private _setIceServers;
+    /** @private failed refreshes in a row */ private _iceRefreshFailures;
+    /**
+     * Fresh `iceServers` over the signaling socket (`{"type":"ice-servers"}`, docs/protocol.md); the answer also goes
+     * through `_setIceServers`. One request at a time (every caller shares it). Resolves null when no socket is usable
+     * now, the server does not know the message (`unknown-type`: an older server), or nothing came within `ms`.
+     * @internal @param {number} [ms] @returns {Promise<IceServer[] | null>}
+     */
+    _askIceServers(ms?: number): Promise<IceServer[] | null>;
+    /** @private @type {{promise: Promise<IceServer[] | null>, resolve: (s: IceServer[] | null) => void, timer: any} | null} */
+    private _iceAsk;
+    /** @private @param {IceServer[] | null} servers */
+    private _answerIceAsk;
+    /**
+     * Before an ICE restart: fresh servers, so that a restart after a lost relay node or an expired credential
+     * allocates on a live node with a valid credential. Asked over the socket only (an HTTP round trip, or an app's
+     * function, is not worth delaying a restart for: the scheduled refresh covers the credential); at most `ms`.
+     * @internal @param {number} ms
+     */
+    _freshIceServersForRestart(ms: number): Promise<void>;
+    /**
      * The TURN credential in `iceServers` is a REST credential (`<expiry>:<id>`). An allocation made with it outlives
      * it (the server checks the expiry only for a new Allocate: docs/sdk.md, "Calls that survive"), but an ICE restart
      * after the expiry would allocate with a dead credential. So a fresh one is fetched a while before the expiry
@@ -365,9 +422,13 @@ export class Room extends EventTarget {
      */
     private _scheduleIceRefresh;
     /** @private */ private _iceRefreshTimer;
-    /** @private */
+    /**
+     * A fresh credential: asked over the signaling socket (`ice-servers`: the session authenticates it, so it works
+     * after the join token expired; in a cluster the answering node names the live nodes), else from
+     * `GET /api/ice-servers` (a server without `ice-servers`, or no usable socket now), or the app's own function.
+     * @private
+     */
     private _refreshIceServers;
-    /** @private failed refreshes in a row */ private _iceRefreshFailures;
 }
 /**
  * A peer connection negotiated through a room with perfect negotiation (MDN): the peer with the lexicographically
@@ -654,10 +715,12 @@ export type ConnectOptions = {
      */
     room: string;
     /**
-     * WebSocket URL (`wss://host/ws`); http(s) URLs are converted. Default: `/ws` beside this
-     * module's own URL, else beside the page
+     * WebSocket URL (`wss://host/ws`); http(s) URLs are converted. Default: `/ws`
+     * beside this module's own URL, else beside the page. Several (the nodes of a cluster): the first is joined; when
+     * the one in use cannot be reached (a socket that does not open, or closes with 4202) the next reconnect goes to
+     * the next one, round the list
      */
-    url?: string;
+    url?: string | string[];
     /**
      * signaling token (JWT), when the server has a signaling secret
      */
@@ -674,6 +737,15 @@ export type ConnectOptions = {
      * override `RECONNECT_DELAYS_MS`
      */
     reconnectDelaysMs?: number[];
+    /**
+     * override
+     * `FAST_RECONNECT`, the probing of a server that cannot be reached; `false`: `reconnectDelaysMs` only
+     */
+    fastReconnect?: {
+        stepMs?: number;
+        maxMs?: number;
+        forMs?: number;
+    } | false;
     /**
      * give up (event `closed`) after this many failed attempts in a row
      */
@@ -745,7 +817,8 @@ export type ConnectOptions = {
     rejoinCalls?: boolean;
     /**
      * how a fresh TURN credential is fetched before
-     * the current one expires; default `GET /api/ice-servers` with `token`; `false`: never
+     * the current one expires (and before an ICE restart); default: asked over the signaling socket (`ice-servers`),
+     * else `GET /api/ice-servers` with `token`; `false`: never
      */
     refreshIceServers?: false | (() => Promise<IceServer[]>);
 };
@@ -1133,6 +1206,8 @@ declare class Session {
     send(msg: object, internal: boolean, writable: boolean): void;
     /** The heartbeat's frame: a `ping` acknowledging the stream up to `lastSeq`. */
     pingFrame(): string;
+    /** The frame asking for fresh `iceServers` (answered outside the stream, `ice-servers`). */
+    iceServersFrame(): string;
     /** The frame that ends the session at once (the others see `peer-left`). */
     leaveFrame(): string;
     /** @private @param {object} msg */
@@ -1166,6 +1241,23 @@ declare function credentialExpiry(servers: IceServer[]): number | null;
  * @param {number} expiry Unix seconds @param {number} nowMs `Date.now()` @returns {number} milliseconds from now
  */
 declare function refreshDelayMs(expiry: number, nowMs: number): number;
+/**
+ * The delay before reconnect attempt `attempt` (0: the first after the drop), `sinceMs` into the outage, after a
+ * socket closed with `code`: 4100-4199 back off (`reconnectDelaysMs`, the immediate retry skipped); 4201 (join
+ * again) at once; otherwise the server could not be reached or is stopping, and it is probed on the
+ * `fastReconnect` schedule for its `forMs`, then on `reconnectDelaysMs`.
+ * @param {number} attempt @param {number} code @param {number} sinceMs
+ * @param {{reconnectDelaysMs: number[], fastReconnect?: {stepMs?: number, maxMs?: number, forMs?: number} | false}} opts
+ * @param {() => number} random in [0, 1) @returns {number} milliseconds
+ */
+declare function reconnectDelay(attempt: number, code: number, sinceMs: number, opts: {
+    reconnectDelaysMs: number[];
+    fastReconnect?: {
+        stepMs?: number;
+        maxMs?: number;
+        forMs?: number;
+    } | false;
+}, random: () => number): number;
 /**
  * Keeps an `icecandidateerror` (deduplicated, bounded, without addresses).
  * @param {CandidateErrorReport[]} list @param {{errorCode?: number, url?: string, errorText?: string}} e
@@ -1294,5 +1386,6 @@ declare namespace Traverse {
     export { VERSION };
     export { PROTOCOL };
     export { RECONNECT_DELAYS_MS };
+    export { FAST_RECONNECT };
 }
-export { Session as _Session, Recovery as _Recovery, credentialExpiry as _credentialExpiry, refreshDelayMs as _refreshDelayMs, addCandidateError as _addCandidateError, outcomeReport as _outcomeReport, countCandidate as _countCandidate, countIceUrls as _countIceUrls, browserOf as _browserOf, Sha256 as _Sha256, writeChunks as _writeChunks, fileReader as _fileReader };
+export { Session as _Session, Recovery as _Recovery, credentialExpiry as _credentialExpiry, refreshDelayMs as _refreshDelayMs, reconnectDelay as _reconnectDelay, addCandidateError as _addCandidateError, outcomeReport as _outcomeReport, countCandidate as _countCandidate, countIceUrls as _countIceUrls, browserOf as _browserOf, Sha256 as _Sha256, writeChunks as _writeChunks, fileReader as _fileReader };

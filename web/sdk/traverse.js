@@ -32,9 +32,20 @@ export const PROTOCOL = 'traverse.v1';
 
 /**
  * Reconnect delays in milliseconds (before jitter): the n-th attempt after a drop waits `RECONNECT_DELAYS_MS[n]`,
- * the last one repeats. Same schedule as LiveKit's client.
+ * the last one repeats. Same schedule as LiveKit's client. Used when the server asks to back off (4100-4199) and once
+ * `FAST_RECONNECT.forMs` of an outage have passed.
  */
 export const RECONNECT_DELAYS_MS = Object.freeze([0, 300, 1200, 2700, 4800, 7000]);
+
+/**
+ * While the server cannot be reached (a socket that did not open, a network drop, 4200-4299), attempts probe it
+ * quickly: the n-th waits `stepMs` × n (0 for the first), at most `maxMs`, drawn in [½, 1] × that ("equal jitter":
+ * a fleet that lost one node comes back spread over half a second, not in step), for `forMs` from the drop; then
+ * `RECONNECT_DELAYS_MS` from where it stands. A restarted server is found at most `maxMs` after it answers again
+ * (issue 11: the old schedule's 1.2 and 2.7 s steps made a restart cost 3.1-4.5 s). A probe of a server that is down
+ * costs it nothing (a refused TCP connection) or a load balancer one refused request.
+ */
+export const FAST_RECONNECT = Object.freeze({ stepMs: 250, maxMs: 1000, forMs: 30000 });
 
 /**
  * @typedef {{urls: string | string[], username?: string, credential?: string}} IceServer
@@ -59,12 +70,16 @@ export const RECONNECT_DELAYS_MS = Object.freeze([0, 300, 1200, 2700, 4800, 7000
  *
  * @typedef {object} ConnectOptions
  * @property {string} room room name
- * @property {string} [url] WebSocket URL (`wss://host/ws`); http(s) URLs are converted. Default: `/ws` beside this
- *   module's own URL, else beside the page
+ * @property {string | string[]} [url] WebSocket URL (`wss://host/ws`); http(s) URLs are converted. Default: `/ws`
+ *   beside this module's own URL, else beside the page. Several (the nodes of a cluster): the first is joined; when
+ *   the one in use cannot be reached (a socket that does not open, or closes with 4202) the next reconnect goes to
+ *   the next one, round the list
  * @property {string} [token] signaling token (JWT), when the server has a signaling secret
  * @property {any} [meta] public metadata shown to the other peers (at most 1 KiB of JSON)
  * @property {boolean} [reconnect=true] reconnect and resume after a drop
  * @property {number[]} [reconnectDelaysMs] override `RECONNECT_DELAYS_MS`
+ * @property {{stepMs?: number, maxMs?: number, forMs?: number} | false} [fastReconnect] override
+ *   `FAST_RECONNECT`, the probing of a server that cannot be reached; `false`: `reconnectDelaysMs` only
  * @property {number} [maxReconnectAttempts=Infinity] give up (event `closed`) after this many failed attempts in a row
  * @property {number} [heartbeatMs] ping interval; default: the server's `heartbeatMs` from `joined`
  * @property {number} [deadAfterMs] declare the socket dead after this long without any server message; default
@@ -90,7 +105,8 @@ export const RECONNECT_DELAYS_MS = Object.freeze([0, 300, 1200, 2700, 4800, 7000
  * @property {boolean} [rejoinCalls=true] after a failed resume (a restarted server), keep the calls and find their
  *   peers' new ids (event `peer-rejoined`); `false`: close them
  * @property {false | (() => Promise<IceServer[]>)} [refreshIceServers] how a fresh TURN credential is fetched before
- *   the current one expires; default `GET /api/ice-servers` with `token`; `false`: never
+ *   the current one expires (and before an ICE restart); default: asked over the signaling socket (`ice-servers`),
+ *   else `GET /api/ice-servers` with `token`; `false`: never
  */
 
 /**
@@ -174,8 +190,7 @@ export class Room extends EventTarget {
       outcomeTimeoutMs: 30000,
       ...options,
     };
-    /** WebSocket URL in use. */
-    this.url = resolveWsUrl(options.url).toString();
+    const urls = (Array.isArray(options.url) ? options.url : [options.url]).map((u) => resolveWsUrl(u).toString());
     /** Room name. */
     this.room = options.room;
     /** @type {string | null} this peer's id (changes only after a failed resume and a fresh join) */
@@ -194,7 +209,7 @@ export class Room extends EventTarget {
     this.connections = new Map();
 
     /** @private */ this._session = new Session(this._opts, this.stats);
-    /** @private */ this._link = new Link(this.url, this._opts, {
+    /** @private */ this._link = new Link(urls, this._opts, {
       handshake: () => this._session.nextHandshake(),
       open: () => {
         this._session.handleOpen();
@@ -222,6 +237,11 @@ export class Room extends EventTarget {
   /** @type {RoomState} */
   get state() {
     return this._link.state;
+  }
+
+  /** WebSocket URL in use (one of `url`'s list). @type {string} */
+  get url() {
+    return this._link.url;
   }
 
   /** @type {string | null} the session id (a resume presents it) */
@@ -421,6 +441,12 @@ export class Room extends EventTarget {
         return this._emit('undeliverable', { to: msg.to, id: msg.id, reason: msg.reason, seq: msg.seq });
       case 'diagnosis':
         return this._onDiagnosis(msg);
+      case 'ice-servers': {
+        // The answer to our request (or a server's own push: taken the same way).
+        const servers = Array.isArray(msg.iceServers) && msg.iceServers.length ? msg.iceServers : null;
+        if (servers) this._setIceServers(servers);
+        return this._answerIceAsk(servers);
+      }
       case 'error':
         return this._onError(msg, handshake);
       default:
@@ -463,6 +489,11 @@ export class Room extends EventTarget {
 
   /** @private @param {any} msg @param {'join' | 'resume' | null} handshake */
   _onError(msg, handshake) {
+    if (msg.code === 'unknown-type' && this._iceAsk) {
+      // A server older than `ice-servers`: HTTP it is, from now on.
+      /** @private */ this._iceAskUnsupported = true;
+      return this._answerIceAsk(null);
+    }
     const detail = { code: msg.code, message: msg.message, seq: msg.seq };
     if (typeof msg.id === 'string') detail.id = msg.id;
     if (this._startWaiter && handshake === 'join') {
@@ -525,7 +556,7 @@ export class Room extends EventTarget {
       this._finish(code, reason || 'closed by server');
       return;
     }
-    const next = this._link.scheduleRetry(code);
+    const next = this._link.scheduleRetry(code, opened);
     if (!next) {
       this._finish(code, `gave up after ${this._link.attempts} reconnect attempts`);
       return;
@@ -541,6 +572,7 @@ export class Room extends EventTarget {
     if (typeof removeEventListener === 'function') removeEventListener('pagehide', this._onPageHide);
     clearTimeout(this._orphanTimer);
     clearTimeout(this._iceRefreshTimer);
+    this._answerIceAsk(null);
     for (const pc of this.connections.values()) pc._close(false);
     if (!silent) this._emit('closed', { code, reason });
   }
@@ -641,6 +673,58 @@ export class Room extends EventTarget {
   // ---- long calls: TURN credentials refreshed before they expire ---------------------------------------------
 
   /**
+   * New `iceServers` (from `ice-servers`, an HTTP refresh or the app): into the room and every peer connection, for
+   * its next restart; the next refresh is scheduled from their expiry.
+   * @private @param {IceServer[]} servers
+   */
+  _setIceServers(servers) {
+    this.iceServers = servers;
+    /** @private failed refreshes in a row */ this._iceRefreshFailures = 0;
+    for (const pc of this.connections.values()) if (!pc.closed) pc._applyIceServers();
+    this._emit('ice-servers', { iceServers: servers, expiresAt: credentialExpiry(servers) });
+    this._scheduleIceRefresh();
+  }
+
+  /**
+   * Fresh `iceServers` over the signaling socket (`{"type":"ice-servers"}`, docs/protocol.md); the answer also goes
+   * through `_setIceServers`. One request at a time (every caller shares it). Resolves null when no socket is usable
+   * now, the server does not know the message (`unknown-type`: an older server), or nothing came within `ms`.
+   * @internal @param {number} [ms] @returns {Promise<IceServer[] | null>}
+   */
+  _askIceServers(ms = ICE_ASK_TIMEOUT_MS) {
+    if (this._iceAsk) return this._iceAsk.promise;
+    if (this._iceAskUnsupported || !this._session.usable || !this._link.writable) return Promise.resolve(null);
+    /** @type {(servers: IceServer[] | null) => void} */ let resolve = () => {};
+    /** @type {Promise<IceServer[] | null>} */
+    const promise = new Promise((r) => (resolve = r));
+    const timer = setTimeout(() => this._answerIceAsk(null), ms);
+    /** @private @type {{promise: Promise<IceServer[] | null>, resolve: (s: IceServer[] | null) => void, timer: any} | null} */
+    this._iceAsk = { promise, resolve, timer };
+    this._link.write(this._session.iceServersFrame());
+    return promise;
+  }
+
+  /** @private @param {IceServer[] | null} servers */
+  _answerIceAsk(servers) {
+    const ask = this._iceAsk;
+    if (!ask) return;
+    this._iceAsk = null;
+    clearTimeout(ask.timer);
+    ask.resolve(servers);
+  }
+
+  /**
+   * Before an ICE restart: fresh servers, so that a restart after a lost relay node or an expired credential
+   * allocates on a live node with a valid credential. Asked over the socket only (an HTTP round trip, or an app's
+   * function, is not worth delaying a restart for: the scheduled refresh covers the credential); at most `ms`.
+   * @internal @param {number} ms
+   */
+  async _freshIceServersForRestart(ms) {
+    if (this._opts.refreshIceServers === false || typeof this._opts.refreshIceServers === 'function') return;
+    await this._askIceServers(ms);
+  }
+
+  /**
    * The TURN credential in `iceServers` is a REST credential (`<expiry>:<id>`). An allocation made with it outlives
    * it (the server checks the expiry only for a new Allocate: docs/sdk.md, "Calls that survive"), but an ICE restart
    * after the expiry would allocate with a dead credential. So a fresh one is fetched a while before the expiry
@@ -655,19 +739,22 @@ export class Room extends EventTarget {
     /** @private */ this._iceRefreshTimer = setTimeout(() => this._refreshIceServers(), delay);
   }
 
-  /** @private */
+  /**
+   * A fresh credential: asked over the signaling socket (`ice-servers`: the session authenticates it, so it works
+   * after the join token expired; in a cluster the answering node names the live nodes), else from
+   * `GET /api/ice-servers` (a server without `ice-servers`, or no usable socket now), or the app's own function.
+   * @private
+   */
   async _refreshIceServers() {
     const custom = this._opts.refreshIceServers;
     try {
+      // An answer over the socket has been applied as it arrived.
+      if (typeof custom !== 'function' && (await this._askIceServers()) !== null) return;
       const servers =
         typeof custom === 'function' ? await custom() : await fetchIceServers(this.url, this._opts.token);
       if (this.state === 'closed') return;
       if (!Array.isArray(servers) || !servers.length) throw new Error('no iceServers in the answer');
-      this.iceServers = servers;
-      /** @private failed refreshes in a row */ this._iceRefreshFailures = 0;
-      for (const pc of this.connections.values()) if (!pc.closed) pc._applyIceServers();
-      this._emit('ice-servers', { iceServers: servers, expiresAt: credentialExpiry(servers) });
-      this._scheduleIceRefresh();
+      this._setIceServers(servers);
     } catch (err) {
       if (this.state === 'closed') return;
       const message = `could not refresh the TURN credential: ${err && err.message ? err.message : err}`;
@@ -1147,6 +1234,8 @@ export class Peer extends EventTarget {
     this._outcome.restarts++;
     this._chain = this._chain
       .then(async () => {
+        if (this.closed) return;
+        if (!Array.isArray(this.options.iceServers)) await this.room._freshIceServersForRestart(RESTART_ICE_ASK_MS);
         if (this.closed) return;
         this._applyIceServers();
         if (this._offerLost && pc.signalingState === 'have-local-offer') {
@@ -2396,6 +2485,11 @@ class Session {
     return JSON.stringify({ type: 'ping', ack: this.lastSeq });
   }
 
+  /** The frame asking for fresh `iceServers` (answered outside the stream, `ice-servers`). */
+  iceServersFrame() {
+    return JSON.stringify({ type: 'ice-servers' });
+  }
+
   /** The frame that ends the session at once (the others see `peer-left`). */
   leaveFrame() {
     return JSON.stringify({ type: 'leave' });
@@ -2506,11 +2600,14 @@ const now = () => (typeof performance !== 'undefined' ? performance.now() : Date
  */
 class Link {
   /**
-   * @param {string} url @param {ConnectOptions & {reconnectDelaysMs: number[], maxReconnectAttempts: number,
+   * @param {string[]} urls @param {ConnectOptions & {reconnectDelaysMs: number[], maxReconnectAttempts: number,
    *   connectTimeoutMs: number}} opts @param {LinkHost} host
    */
-  constructor(url, opts, host) {
-    /** @private */ this._url = url;
+  constructor(urls, opts, host) {
+    /** @private */ this._urls = urls;
+    /** @private index in `_urls` of the URL in use */ this._urlIndex = 0;
+    /** @private @type {number | null} when the outage began (the first failed attempt since the last handshake) */
+    this._outageAt = null;
     /** @private */ this._opts = opts;
     /** @private */ this._host = host;
     /** @type {RoomState} */
@@ -2541,6 +2638,11 @@ class Link {
       addEventListener('online', this._onOnline);
       addEventListener('offline', this._onOffline);
     }
+  }
+
+  /** The WebSocket URL in use. */
+  get url() {
+    return this._urls[this._urlIndex];
   }
 
   /** A frame written now goes out. */
@@ -2609,6 +2711,7 @@ class Link {
     if (this._handshakeTimer) this._clearLater(this._handshakeTimer);
     this._handshakeTimer = null;
     this.attempts = 0;
+    this._outageAt = null;
     this.state = 'open';
     this._startHeartbeat(heartbeatMs);
   }
@@ -2623,16 +2726,22 @@ class Link {
   }
 
   /**
-   * Reopen after the backoff: 4100–4199 retry with backoff (the immediate retry is skipped); 4200–4299 and network
-   * drops start at 0. Null when `maxReconnectAttempts` failed in a row.
-   * @param {number} code @returns {{attempt: number, delayMs: number} | null}
+   * Reopen after a delay (`reconnectDelay`). With several URLs, one that could not be reached (the socket did not
+   * open, or a stopping server closed it with 4202) gives way to the next. Null when `maxReconnectAttempts` failed
+   * in a row.
+   * @param {number} code @param {boolean} [opened] the socket had opened @returns {{attempt: number, delayMs: number} | null}
    */
-  scheduleRetry(code) {
+  scheduleRetry(code, opened = true) {
+    if (code === 4201) {
+      // The server answered (the session is gone, join again): it is reachable, so at once and a new count.
+      this.attempts = 0;
+      this._outageAt = null;
+    }
     if (this.attempts >= this._opts.maxReconnectAttempts) return null;
-    const delays = this._opts.reconnectDelaysMs;
-    const step = this.attempts + (code >= 4100 && code <= 4199 ? 1 : 0);
-    const base = delays[Math.min(step, delays.length - 1)];
-    const delayMs = Math.round(base * (0.8 + 0.4 * Math.random()));
+    const t = now();
+    if (this._outageAt === null) this._outageAt = t;
+    if (this._urls.length > 1 && (!opened || code === 4202)) this._urlIndex = (this._urlIndex + 1) % this._urls.length;
+    const delayMs = reconnectDelay(this.attempts, code, t - this._outageAt, this._opts, Math.random);
     this.attempts++;
     this.state = 'reconnecting';
     this._retryTimer = this._later(() => this._reconnectNow(), delayMs);
@@ -2725,7 +2834,7 @@ class Link {
 
   /** @private */
   _wsUrl(withJoinQuery) {
-    const u = new URL(this._url);
+    const u = new URL(this.url);
     if (withJoinQuery) {
       // Checked before the upgrade: a refused join costs no socket (docs/protocol.md, Endpoints).
       u.searchParams.set('room', this._opts.room);
@@ -2804,6 +2913,27 @@ class Link {
 }
 
 /**
+ * The delay before reconnect attempt `attempt` (0: the first after the drop), `sinceMs` into the outage, after a
+ * socket closed with `code`: 4100-4199 back off (`reconnectDelaysMs`, the immediate retry skipped); 4201 (join
+ * again) at once; otherwise the server could not be reached or is stopping, and it is probed on the
+ * `fastReconnect` schedule for its `forMs`, then on `reconnectDelaysMs`.
+ * @param {number} attempt @param {number} code @param {number} sinceMs
+ * @param {{reconnectDelaysMs: number[], fastReconnect?: {stepMs?: number, maxMs?: number, forMs?: number} | false}} opts
+ * @param {() => number} random in [0, 1) @returns {number} milliseconds
+ */
+function reconnectDelay(attempt, code, sinceMs, opts, random) {
+  const delays = opts.reconnectDelaysMs;
+  const backoff = (/** @type {number} */ step) =>
+    Math.round(delays[Math.min(step, delays.length - 1)] * (0.8 + 0.4 * random()));
+  if (code >= 4100 && code <= 4199) return backoff(attempt + 1);
+  if (code === 4201) return 0;
+  const fast = opts.fastReconnect === false ? null : { ...FAST_RECONNECT, ...opts.fastReconnect };
+  if (!fast || sinceMs >= fast.forMs) return backoff(attempt);
+  const base = Math.min(fast.stepMs * attempt, fast.maxMs);
+  return Math.round(base * (0.5 + 0.5 * random()));
+}
+
+/**
  * How long a probe of the signaling socket waits for any answer before the socket is declared dead. The server
  * answers a ping at once; 3 s covers a slow mobile link's round trip several times over.
  */
@@ -2811,6 +2941,12 @@ const PROBE_TIMEOUT_MS = 3000;
 
 /** A failed credential refresh is tried again after this long. */
 const ICE_REFRESH_RETRY_MS = 30000;
+
+/** How long a scheduled refresh waits for the answer to `ice-servers` before it tries HTTP. */
+const ICE_ASK_TIMEOUT_MS = 3000;
+
+/** How long an ICE restart waits for fresh servers over the socket before it goes with the ones it has. */
+const RESTART_ICE_ASK_MS = 1000;
 
 /**
  * The earliest expiry (Unix seconds) of the TURN REST credentials (`<expiry>:<id>` usernames) in `servers`, or
@@ -2902,6 +3038,7 @@ export {
   Recovery as _Recovery,
   credentialExpiry as _credentialExpiry,
   refreshDelayMs as _refreshDelayMs,
+  reconnectDelay as _reconnectDelay,
   addCandidateError as _addCandidateError,
   outcomeReport as _outcomeReport,
   countCandidate as _countCandidate,
@@ -2913,5 +3050,15 @@ export {
 };
 
 /** Namespace object: `import Traverse from '/sdk/traverse.js'; await Traverse.connect({room: 'lobby'})`. */
-const Traverse = { connect, Room, Peer, TraverseError, filterIceServers, VERSION, PROTOCOL, RECONNECT_DELAYS_MS };
+const Traverse = {
+  connect,
+  Room,
+  Peer,
+  TraverseError,
+  filterIceServers,
+  VERSION,
+  PROTOCOL,
+  RECONNECT_DELAYS_MS,
+  FAST_RECONNECT,
+};
 export default Traverse;

@@ -139,6 +139,11 @@ pub(crate) enum Frame<'a> {
     Pong {
         ack: u64,
     },
+    /// The answer to `ice-servers`: a fresh credential. Not part of the stream (a credential replayed after a
+    /// resume could be stale; the client asks again instead).
+    IceServers {
+        ice_servers: &'a RawValue,
+    },
     /// The post-mortem of this peer's connection with `peer` (`crate::hub::outcomes`).
     Diagnosis {
         peer: &'a PeerId,
@@ -262,6 +267,10 @@ impl Frame<'_> {
             Frame::Pong { ack } => {
                 out.raw("\"type\":\"pong\",\"ack\":");
                 out.raw(Digits::of(*ack).as_str());
+            }
+            Frame::IceServers { ice_servers } => {
+                out.raw("\"type\":\"ice-servers\",\"iceServers\":");
+                out.raw(ice_servers.get());
             }
             Frame::Diagnosis { peer, you, diagnosis } => {
                 // Codes are the crates' own kebab-case names; the message is written by the classifier from them.
@@ -498,6 +507,7 @@ mod tests {
         let p = PeerId::generate(&mut rng);
         let id = p.as_str();
         let data = serde_json::value::RawValue::from_string(r#"{"sdp" : "v=0"}"#.into()).unwrap();
+        let ice = serde_json::value::RawValue::from_string(r#"[{"urls":"turn:x","username":"9:p"}]"#.into()).unwrap();
         let meta = Meta::from_object(serde_json::from_str(r#"{"b":1,"a":"x"}"#).unwrap());
         let cases = [
             (
@@ -551,6 +561,10 @@ mod tests {
             (
                 Frame::Pong { ack: u64::MAX },
                 r#"{"seq":2,"type":"pong","ack":18446744073709551615}"#.to_owned(),
+            ),
+            (
+                Frame::IceServers { ice_servers: &ice },
+                r#"{"seq":2,"type":"ice-servers","iceServers":[{"urls":"turn:x","username":"9:p"}]}"#.to_owned(),
             ),
         ];
         for (frame, want) in &cases {

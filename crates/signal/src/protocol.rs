@@ -184,6 +184,9 @@ pub(crate) enum ClientMessage<'a> {
         peer: String,
         report: &'a RawValue,
     },
+    /// Fresh `iceServers` (a new TURN credential) for the session's peer: authenticated by the session, so it works
+    /// after the join token has expired, and in a cluster it names the live nodes.
+    IceServers,
 }
 
 impl ClientMessage<'_> {
@@ -197,6 +200,7 @@ impl ClientMessage<'_> {
             ClientMessage::Leave => "leave",
             ClientMessage::Ping { .. } => "ping",
             ClientMessage::Outcome { .. } => "outcome",
+            ClientMessage::IceServers => "ice-servers",
         }
     }
 }
@@ -273,6 +277,7 @@ fn parse_envelope<'a>(text: &'a str, seq: &mut Option<u64>) -> Result<ClientMess
                 .report
                 .ok_or_else(|| Refusal::new(ErrorCode::BadMessage, "`outcome` needs `report`."))?,
         }),
+        "ice-servers" => Ok(ClientMessage::IceServers),
         other => Err(Refusal::new(
             ErrorCode::UnknownType,
             format!(
@@ -311,6 +316,10 @@ mod tests {
         assert!(matches!(
             parse(r#"{"type":"ping"}"#),
             Ok((ClientMessage::Ping { ack: None }, None))
+        ));
+        assert!(matches!(
+            parse(r#"{"type":"ice-servers"}"#),
+            Ok((ClientMessage::IceServers, None))
         ));
         let e = parse(r#"{"type":"signal","data":1}"#).unwrap_err();
         assert_eq!(

@@ -803,3 +803,49 @@ fn stats_count_messages_refusals_closes_resumes_and_undeliverable() {
     );
     assert_eq!(s.errors.get("unknown-peer"), Some(&1), "{s:?}");
 }
+
+/// `ice-servers` (docs/protocol.md): a fresh credential for the session's own peer id, outside the stream — also
+/// when the join token has long expired, since the session is what authenticates it; refused before a join.
+#[test]
+fn ice_servers_gives_a_fresh_credential_after_the_join_token_expired() {
+    let secret = b"join-secret";
+    let mut lab = Lab::new(Limits::default(), Some(secret));
+    let token = mint_token(
+        secret,
+        &Claims {
+            room: "r".into(),
+            sub: "ann".into(),
+            exp: UNIX + 60,
+            caps: vec![],
+        },
+    );
+    lab.connect(9);
+    lab.send(9, json!({"type": "ice-servers"}));
+    assert_eq!(lab.take(9)[0]["code"], "not-joined");
+
+    lab.connect(1);
+    lab.send(1, json!({"type": "join", "room": "r", "token": token}));
+    let joined = lab.take(1).remove(0);
+    let peer = joined["peerId"].as_str().unwrap().to_owned();
+    assert_eq!(joined["iceServers"][0]["username"], format!("{}:{peer}", UNIX + 60));
+    // Ten minutes on: the token expired nine minutes ago; the socket stays (pings keep it alive).
+    for _ in 0..60 {
+        lab.advance(Duration::from_secs(10));
+        lab.send(1, json!({"type": "ping", "ack": 1}));
+    }
+    lab.take(1);
+    lab.send(1, json!({"type": "ice-servers"}));
+    let got = lab.take(1);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0]["type"], "ice-servers");
+    assert_eq!(got[0]["seq"], 1, "outside the stream: the newest stream number");
+    assert_eq!(
+        got[0]["iceServers"][0]["username"],
+        format!("{}:{peer}", UNIX + 600 + 60)
+    );
+    // Not numbered, so nothing to replay: a resume from seq 1 replays nothing.
+    lab.drop_socket(1);
+    lab.connect(2);
+    lab.send(2, json!({"type": "resume", "session": joined["session"], "lastSeq": 1}));
+    assert_eq!(lab.take(2)[0]["replayed"], 0);
+}

@@ -394,7 +394,8 @@ impl<R: RngCore + Send> MemoryHub<R> {
                 ClientMessage::Signal { .. }
                 | ClientMessage::Broadcast { .. }
                 | ClientMessage::Leave
-                | ClientMessage::Outcome { .. },
+                | ClientMessage::Outcome { .. }
+                | ClientMessage::IceServers,
                 None,
             ) => self.error(
                 conn,
@@ -403,6 +404,7 @@ impl<R: RngCore + Send> MemoryHub<R> {
             (ClientMessage::Signal { to, data, id }, Some(from)) => self.signal(conn, &from, &to, data, id),
             (ClientMessage::Broadcast { data }, Some(from)) => self.broadcast(&from, data),
             (ClientMessage::Outcome { peer, report }, Some(from)) => self.outcome(conn, &from, &peer, report),
+            (ClientMessage::IceServers, Some(peer)) => self.ice_servers(conn, &peer, now),
             (ClientMessage::Leave, Some(peer)) => {
                 self.remove_session(&peer);
                 self.close(conn, CloseCode::NORMAL, "left");

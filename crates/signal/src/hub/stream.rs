@@ -8,7 +8,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use rand::RngCore;
 
-use super::{ConnId, MemoryHub, Output, SessionEvent};
+use super::{ConnId, MemoryHub, Now, Output, SessionEvent};
 use crate::budget::{Budget, Over, Source, FRAME_OVERHEAD};
 use crate::frame::{Frame, Meta, HEADER_MAX};
 use crate::id::{PeerId, SessionSecret};
@@ -237,6 +237,20 @@ impl<R: RngCore + Send> MemoryHub<R> {
             client_seq = s.client_seq;
         }
         self.send_unnumbered(conn, newest, &Frame::Pong { ack: client_seq });
+    }
+
+    /// `ice-servers`: a fresh credential for the session's own peer id, answered outside the stream. The session
+    /// is the authentication (a join token may have expired since the join); the rate limit bounds how often.
+    pub(super) fn ice_servers(&mut self, conn: ConnId, peer: &PeerId, now: Now) {
+        let newest = self.sessions.get(peer).map_or(0, |s| s.next_seq - 1);
+        let ice_servers = (self.ice_servers)(peer, now.unix);
+        self.send_unnumbered(
+            conn,
+            newest,
+            &Frame::IceServers {
+                ice_servers: &ice_servers,
+            },
+        );
     }
 
     /// Attaches a new socket to the session `claim` names and replays every kept frame after `last_seq`.
