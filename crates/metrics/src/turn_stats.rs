@@ -88,6 +88,19 @@ pub(crate) fn encode_turn(enc: &mut DescriptorEncoder, s: &turn::Stats) -> Resul
         "Payload bytes relayed (without ChannelData or STUN framing), by direction and the client's transport",
         traffic(|t| t.bytes),
     )?;
+    let fast = [("to_peer", &s.fast_path_to_peer), ("to_client", &s.fast_path_to_client)];
+    counters(
+        enc,
+        "traverse_turn_fast_path_packets",
+        "Packets the kernel fast path (XDP) relayed for UDP channels, by direction; not in traverse_turn_relayed_*",
+        fast.map(|(direction, t)| ([("direction", direction)], t.packets)),
+    )?;
+    counters(
+        enc,
+        "traverse_turn_fast_path_bytes",
+        "Payload bytes the kernel fast path (XDP) relayed, by direction (read from its per-CPU counters every second)",
+        fast.map(|(direction, t)| ([("direction", direction)], t.bytes)),
+    )?;
     counter(
         enc,
         "traverse_turn_dropped_packets",

@@ -71,6 +71,8 @@ pub struct RelayConfig {
     pub external_v4: Option<IpAddr>,
     pub external_v6: Option<IpAddr>,
     pub ports: RangeInclusive<u16>,
+    /// Interfaces to attach the kernel fast path (XDP, `crates/xdp`) to; empty: off.
+    pub xdp: Vec<String>,
 }
 
 impl Default for RelayConfig {
@@ -81,6 +83,7 @@ impl Default for RelayConfig {
             external_v4: None,
             external_v6: None,
             ports: 49152..=65535,
+            xdp: Vec::new(),
         }
     }
 }
@@ -201,8 +204,10 @@ pub fn start(config: ServerConfig, http: Option<Arc<dyn HttpHandler>>) -> Result
         config.max_stream_connections,
         config.max_connections_per_source,
     ));
+    let fast_path = attach_fast_path(&config.relay.xdp);
     let shared = Arc::new(worker::SharedConfig {
         config,
+        fast_path,
         tls: tls_config,
         mux_tls: Arc::new(mux_tls),
         http,
@@ -240,6 +245,30 @@ pub fn start(config: ServerConfig, http: Option<Arc<dyn HttpHandler>>) -> Result
         shutdown,
         threads,
     })
+}
+
+/// The kernel fast path on the configured interfaces, or the socket path alone: said once, in plain words.
+fn attach_fast_path(interfaces: &[String]) -> Option<Arc<xdp::FastPath>> {
+    if interfaces.is_empty() {
+        return None;
+    }
+    match xdp::FastPath::attach(interfaces) {
+        Ok(fast) => {
+            tracing::info!(
+                interfaces = %interfaces.join(","),
+                "XDP fast path attached: channel-bound IPv4 UDP allocations are relayed in the kernel"
+            );
+            Some(Arc::new(fast))
+        }
+        Err(e @ xdp::AttachError::NotBuiltIn) => {
+            tracing::warn!("{e}");
+            None
+        }
+        Err(e) => {
+            tracing::warn!("XDP fast path not attached: {e}; using the socket path");
+            None
+        }
+    }
 }
 
 /// RFC 5780: binds the other IP/port combinations beside the primary UDP listener, once per worker like every

@@ -8,7 +8,7 @@
 //! TCP/TLS sink). Nothing awaits while a buffer or the server is borrowed, so the `RefCell`s never conflict.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
@@ -18,7 +18,10 @@ use rand::{Rng, SeedableRng};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::watch;
 use tokio::task::{spawn_local, JoinHandle, LocalSet};
-use turn::{AllocationId, BindRequest, ClientAction, Event, Family, FiveTuple, RelayBinding, Transport};
+use turn::{
+    AllocationId, BindRequest, ClientAction, Event, Family, FastPathTraffic, FastRoute, FiveTuple, RelayBinding, Traffic,
+    Transport,
+};
 
 use crate::stream::{self, StreamSink};
 use crate::udp::{self, OutDatagram, RecvMeta, BATCH};
@@ -34,6 +37,8 @@ pub(crate) const REPLY_SLOT: usize = 1500;
 
 pub(crate) struct SharedConfig {
     pub config: ServerConfig,
+    /// The kernel fast path, when attached: every worker installs its own allocations' channels.
+    pub fast_path: Option<Arc<xdp::FastPath>>,
     pub tls: Arc<rustls::ServerConfig>,
     /// The single port's TLS: ALPN `stun.turn` and `http/1.1`.
     pub mux_tls: Arc<rustls::ServerConfig>,
@@ -80,6 +85,8 @@ pub(crate) struct Listener {
 
 struct RelaySocket {
     socket: AsyncFd<std::net::UdpSocket>,
+    /// The bound address: what a peer's packet carries on the wire (the advertised one may be a NAT's).
+    local: SocketAddr,
 }
 
 /// How a peer's data reaches the client of an allocation.
@@ -128,6 +135,15 @@ pub(crate) struct Worker {
     buffers: RefCell<Buffers>,
     scratch: RefCell<Box<[u8]>>,
     rng: RefCell<rand::rngs::StdRng>,
+    index: usize,
+    /// Allocations with channels in the kernel fast path: which channels, and the kernel's counters last read.
+    fast: RefCell<HashMap<AllocationId, FastAllocation>>,
+}
+
+#[derive(Default)]
+struct FastAllocation {
+    channels: HashSet<FastRoute>,
+    seen: xdp::Relayed,
 }
 
 pub(crate) fn run(
@@ -164,6 +180,11 @@ pub(crate) fn run(
         .with_shared_reservations(shared.reservations.clone())
         .with_shared_reflection_guard(shared.reflection.clone())
         .with_own_addresses(cfg.own_addresses.clone());
+        let server = if shared.fast_path.is_some() {
+            server.with_fast_path_events()
+        } else {
+            server
+        };
         let mut udp = Vec::new();
         for socket in sockets.udp {
             match listener_from_std(socket) {
@@ -184,6 +205,8 @@ pub(crate) fn run(
             }),
             scratch: RefCell::new(vec![0u8; REPLY_SLOT].into_boxed_slice()),
             rng: RefCell::new(rand::rngs::StdRng::from_entropy()),
+            index,
+            fast: RefCell::new(HashMap::new()),
         });
         for l in &worker.udp {
             spawn_local(udp_listener(worker.clone(), l.clone()));
@@ -240,6 +263,7 @@ async fn timer(worker: Rc<Worker>, certs: Arc<CertStore>, index: usize) {
         }
         worker.server.borrow_mut().handle_timeout(now);
         worker.drain_events();
+        worker.settle_fast_path(now);
         let stats = worker.server.borrow().stats();
         worker.shared.stats.publish(index, stats);
         if worker_zero && n.is_multiple_of(5) {
@@ -503,6 +527,7 @@ impl Worker {
             let event = self.server.borrow_mut().poll_event();
             match event {
                 Some(Event::AllocationClosed(id)) => {
+                    self.forget_fast_path(id);
                     let mut relays = self.relays.borrow_mut();
                     if let Some(slot) = relays
                         .get_mut(id.slot())
@@ -514,8 +539,105 @@ impl Worker {
                 Some(Event::ReservationReleased(relay)) => {
                     self.shared.reserved().remove(&relay);
                 }
+                Some(Event::ChannelUsable { route, expires }) => self.install_fast_route(route, expires),
+                Some(Event::ChannelUnusable(route)) => self.remove_fast_route(route),
                 None => break,
             }
+        }
+    }
+
+    /// The kernel's route for a channel: the relay socket's bound address (not the advertised one), IPv4 only.
+    fn kernel_route(&self, route: &FastRoute) -> Option<xdp::Route> {
+        let relays = self.relays.borrow();
+        let entry = relays.get(route.allocation.slot())?.as_ref().filter(|e| e.id == route.allocation)?;
+        let local = Family::of(&route.peer).pick(&entry.sockets).as_ref()?.local;
+        let allocation = xdp::Allocation {
+            worker: self.index as u32,
+            slot: route.allocation.slot() as u32,
+            generation: route.allocation.generation(),
+        };
+        let five = &route.five_tuple;
+        xdp::Route::v4(allocation, five.client, five.server, route.channel.get(), route.peer, local)
+    }
+
+    /// A channel became usable or was refreshed: its routes go (again) into the kernel with the new deadline. The
+    /// first route of an allocation also gets its credit when the allocation has a bandwidth cap.
+    fn install_fast_route(&self, route: FastRoute, expires: Instant) {
+        let Some(fast) = &self.shared.fast_path else { return };
+        let Some(kernel) = self.kernel_route(&route) else { return };
+        if let Err(e) = fast.install(&kernel, expires) {
+            tracing::warn!(error = %e, "channel left on the socket path");
+            return;
+        }
+        let first = {
+            let mut allocations = self.fast.borrow_mut();
+            let entry = allocations.entry(route.allocation).or_default();
+            let first = entry.channels.is_empty();
+            entry.channels.insert(route);
+            first
+        };
+        if first {
+            self.settle_one(fast, route.allocation, Instant::now());
+        }
+    }
+
+    fn remove_fast_route(&self, route: FastRoute) {
+        let Some(fast) = &self.shared.fast_path else { return };
+        if let Some(kernel) = self.kernel_route(&route) {
+            fast.remove(&kernel);
+        }
+        if let Some(entry) = self.fast.borrow_mut().get_mut(&route.allocation) {
+            entry.channels.remove(&route);
+        }
+    }
+
+    /// The allocation ended (its routes were withdrawn just before): its last kernel counts go to the core's
+    /// counters, then its counters and credit leave the kernel.
+    fn forget_fast_path(&self, id: AllocationId) {
+        let Some(fast) = &self.shared.fast_path else { return };
+        if self.fast.borrow().contains_key(&id) {
+            self.settle_one(fast, id, Instant::now());
+            self.fast.borrow_mut().remove(&id);
+            fast.forget(xdp::Allocation {
+                worker: self.index as u32,
+                slot: id.slot() as u32,
+                generation: id.generation(),
+            });
+        }
+    }
+
+    /// Once a second: what the kernel relayed for each of this worker's fast-path allocations goes to the core
+    /// (metrics), and each capped allocation gets its next byte credit from its token bucket.
+    fn settle_fast_path(&self, now: Instant) {
+        let Some(fast) = &self.shared.fast_path else { return };
+        let ids: Vec<AllocationId> = self.fast.borrow().keys().copied().collect();
+        for id in ids {
+            self.settle_one(fast, id, now);
+        }
+    }
+
+    fn settle_one(&self, fast: &xdp::FastPath, id: AllocationId, now: Instant) {
+        let allocation = xdp::Allocation {
+            worker: self.index as u32,
+            slot: id.slot() as u32,
+            generation: id.generation(),
+        };
+        let seen = self.fast.borrow().get(&id).map(|e| e.seen).unwrap_or_default();
+        let relayed = fast.settle(allocation, |relayed, unused| {
+            let traffic = FastPathTraffic {
+                to_peer: Traffic {
+                    packets: relayed.to_peer_packets.saturating_sub(seen.to_peer_packets),
+                    bytes: relayed.to_peer_bytes.saturating_sub(seen.to_peer_bytes),
+                },
+                to_client: Traffic {
+                    packets: relayed.to_client_packets.saturating_sub(seen.to_client_packets),
+                    bytes: relayed.to_client_bytes.saturating_sub(seen.to_client_bytes),
+                },
+            };
+            self.server.borrow_mut().handle_fast_path_traffic(now, id, traffic, unused)
+        });
+        if let Some(entry) = self.fast.borrow_mut().get_mut(&id) {
+            entry.seen = relayed;
         }
     }
 
@@ -573,7 +695,7 @@ impl Worker {
             };
             let advertised = SocketAddr::new(external.unwrap_or(local.ip()), local.port());
             *family.pick_mut(&mut binding.relays) = Some(advertised);
-            *family.pick_mut(&mut sockets) = Some(Rc::new(RelaySocket { socket }));
+            *family.pick_mut(&mut sockets) = Some(Rc::new(RelaySocket { socket, local }));
             if let Some(held) = held {
                 // Keyed by the address the token will name (the advertised one), which the core hands back.
                 let reserved = SocketAddr::new(advertised.ip(), local.port().wrapping_add(1));

@@ -268,6 +268,8 @@ pub struct Relay {
     #[serde(with = "strings")]
     pub deny_peers: Vec<IpNet>,
     pub bandwidth_per_allocation: u64,
+    /// Interfaces the kernel fast path (XDP) attaches to; empty: off (docs/architecture.md, "Kernel fast path").
+    pub xdp: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -447,6 +449,7 @@ impl Default for Relay {
             allow_peers: Vec::new(),
             deny_peers: Vec::new(),
             bandwidth_per_allocation: 0,
+            xdp: Vec::new(),
         }
     }
 }

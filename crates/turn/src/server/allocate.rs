@@ -294,6 +294,7 @@ impl<R: RngCore> Server<R> {
             lifetime = lifetime.as_secs(),
             "allocation refreshed"
         );
+        self.announce_channels(id, None);
         Outcome::Ok(Some(lifetime.as_secs() as u32))
     }
 }

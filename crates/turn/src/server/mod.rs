@@ -37,6 +37,7 @@ mod allocate;
 mod binding;
 mod cache;
 mod credentials;
+mod fast_path;
 mod permissions;
 mod relay;
 mod request;
@@ -44,6 +45,7 @@ mod reservations;
 mod stats;
 
 use cache::ResponseCache;
+pub use fast_path::{FastPathTraffic, FastRoute};
 use request::Request;
 use reservations::Reservation;
 pub use reservations::Reservations;
@@ -110,6 +112,11 @@ impl AllocationId {
     /// state in a `Vec` at this index instead of a map, and check the id on look-up.
     pub fn slot(&self) -> usize {
         self.index as usize
+    }
+
+    /// Tells this slot's allocations apart over time (a kernel fast path keys its per-allocation maps by both).
+    pub fn generation(&self) -> u32 {
+        self.generation
     }
 }
 
@@ -227,6 +234,12 @@ pub enum Event {
     /// Close the socket held for this reserved relay address (its token expired, or was redeemed by an Allocate
     /// that was then refused). The caller holds the socket; this core holds the token and its expiry.
     ReservationReleased(SocketAddr),
+    /// Only with [`Server::with_fast_path_events`]: a UDP allocation's channel may be relayed by the fast path until
+    /// `expires` (min of channel, permission and allocation lifetime); sent again on each refresh.
+    ChannelUsable { route: FastRoute, expires: Instant },
+    /// Only with [`Server::with_fast_path_events`]: the channel must leave the fast path now (expired, its peer
+    /// refused, its allocation ended).
+    ChannelUnusable(FastRoute),
 }
 
 struct Allocation {
@@ -327,6 +340,8 @@ pub struct Server<R = rand::rngs::StdRng> {
     /// This worker's copy of the host's addresses (generation, set), so a Send indication checks a local set.
     own_host: (u64, Arc<HashSet<IpAddr>>),
     events: VecDeque<Event>,
+    /// Whether channel usability is reported as events (a kernel fast path is attached).
+    fast_path: bool,
     stats: Stats,
 }
 
@@ -366,6 +381,7 @@ impl<R: RngCore> Server<R> {
             own: Arc::new(OwnAddresses::default()),
             own_host: (0, Arc::new(HashSet::new())),
             events: VecDeque::new(),
+            fast_path: false,
             stats: Stats::default(),
         }
     }
@@ -484,19 +500,27 @@ impl<R: RngCore> Server<R> {
         for id in expired {
             self.remove_allocation(id, Ended::Expired);
         }
-        for alloc in self.slots.iter_mut().flatten() {
+        for (index, slot) in self.slots.iter_mut().enumerate() {
+            let Some(alloc) = slot else { continue };
             alloc.permissions.retain(|_, exp| *exp > now);
             let five_tuple = alloc.five_tuple;
             let routes = &mut self.channel_routes;
-            let peer_by_channel = &mut alloc.peer_by_channel;
-            alloc.channel_by_peer.retain(|_, b| {
-                let keep = b.channel_expires > now;
-                if !keep {
-                    routes.remove(&(five_tuple, b.channel));
-                    peer_by_channel.remove(&b.channel);
-                }
-                keep
-            });
+            let id = AllocationId {
+                index: index as u32,
+                generation: alloc.generation,
+            };
+            let expired: Vec<(SocketAddr, ChannelNumber)> = alloc
+                .channel_by_peer
+                .iter()
+                .filter(|(_, b)| b.channel_expires <= now)
+                .map(|(peer, b)| (*peer, b.channel))
+                .collect();
+            for (peer, channel) in expired {
+                fast_path::withdraw(&mut self.events, self.fast_path, id, alloc, peer, channel);
+                routes.remove(&(five_tuple, channel));
+                alloc.peer_by_channel.remove(&channel);
+                alloc.channel_by_peer.remove(&peer);
+            }
         }
         for relay in self.reservations.expire(now) {
             self.events.push_back(Event::ReservationReleased(relay));
@@ -581,7 +605,8 @@ impl<R: RngCore> Server<R> {
         for relay in alloc.relays.iter().flatten() {
             self.own.remove_relay(*relay);
         }
-        for channel in alloc.peer_by_channel.keys() {
+        for (channel, peer) in &alloc.peer_by_channel {
+            fast_path::withdraw(&mut self.events, self.fast_path, id, &alloc, *peer, *channel);
             self.channel_routes.remove(&(alloc.five_tuple, *channel));
         }
         self.quotas

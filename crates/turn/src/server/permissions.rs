@@ -26,6 +26,8 @@ impl<R: RngCore> Server<R> {
             alloc.permissions.insert(peer.ip(), expires);
         }
         self.sync_channel_expiry(id, req.peers().map(|p| p.ip()));
+        let ips: Vec<IpAddr> = req.peers().map(|p| p.ip()).collect();
+        self.announce_channels(id, Some(&ips));
         Outcome::Ok(None)
     }
 
@@ -70,6 +72,7 @@ impl<R: RngCore> Server<R> {
             },
         );
         self.sync_channel_expiry(id, std::iter::once(peer.ip()));
+        self.announce_channels(id, Some(&[peer.ip()]));
         Outcome::Ok(None)
     }
 
@@ -139,22 +142,31 @@ impl<R: RngCore> Server<R> {
         }
         let policy = &self.config.policy;
         let routes = &mut self.channel_routes;
-        for alloc in self.slots.iter_mut().flatten() {
+        let (events, fast) = (&mut self.events, self.fast_path);
+        for (index, slot) in self.slots.iter_mut().enumerate() {
+            let Some(alloc) = slot else { continue };
+            let id = AllocationId {
+                index: index as u32,
+                generation: alloc.generation,
+            };
             let lost = |ip: &IpAddr| {
                 let canonical = crate::policy::embedded_ipv4(*ip).map(IpAddr::V4).unwrap_or(*ip);
                 gained.contains(&canonical) && !policy.is_allowed_explicitly(*ip)
             };
             alloc.permissions.retain(|ip, _| !lost(ip));
             let five_tuple = alloc.five_tuple;
-            let peer_by_channel = &mut alloc.peer_by_channel;
-            alloc.channel_by_peer.retain(|peer, b| {
-                let keep = !lost(&peer.ip());
-                if !keep {
-                    routes.remove(&(five_tuple, b.channel));
-                    peer_by_channel.remove(&b.channel);
-                }
-                keep
-            });
+            let refused: Vec<(SocketAddr, ChannelNumber)> = alloc
+                .channel_by_peer
+                .iter()
+                .filter(|(peer, _)| lost(&peer.ip()))
+                .map(|(peer, b)| (*peer, b.channel))
+                .collect();
+            for (peer, channel) in refused {
+                fast_path::withdraw(events, fast, id, alloc, peer, channel);
+                routes.remove(&(five_tuple, channel));
+                alloc.peer_by_channel.remove(&channel);
+                alloc.channel_by_peer.remove(&peer);
+            }
         }
     }
 }

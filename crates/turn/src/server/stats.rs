@@ -21,6 +21,10 @@ pub struct Stats {
     pub to_peer: PerTransport<Traffic>,
     /// Peer → client, by the client's transport (payload bytes).
     pub to_client: PerTransport<Traffic>,
+    /// Client → peer relayed by the kernel fast path (UDP channels; payload bytes), not counted in `to_peer`.
+    pub fast_path_to_peer: Traffic,
+    /// Peer → client relayed by the kernel fast path, not counted in `to_client`.
+    pub fast_path_to_client: Traffic,
     pub dropped_packets: u64,
     pub malformed_packets: u64,
     /// Requests without MESSAGE-INTEGRITY answered with 401: the first half of every client's 401 dance, expected.
@@ -246,6 +250,13 @@ impl Stats {
         self.quota_refusals.source += other.quota_refusals.source;
         self.peer_refusals += other.peer_refusals;
         self.reflection_drops += other.reflection_drops;
+        for (mine, theirs) in [
+            (&mut self.fast_path_to_peer, &other.fast_path_to_peer),
+            (&mut self.fast_path_to_client, &other.fast_path_to_client),
+        ] {
+            mine.packets += theirs.packets;
+            mine.bytes += theirs.bytes;
+        }
     }
 }
 
