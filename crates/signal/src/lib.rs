@@ -62,7 +62,9 @@ mod token;
 
 pub use budget::{Over, Source};
 pub use frame::UndeliverableReason;
-pub use hub::{ConnId, HubStats, IceServerSource, Limits, MemoryHub, Now, Output, Restored, SessionEvent, SignalHub};
+pub use hub::{
+    ConnId, HubStats, IceServerSource, Limits, MemoryHub, Now, Output, Restored, SessionEvent, SignalHub, Unjoined,
+};
 pub use id::{PeerId, SessionSecret};
 pub use protocol::{CloseCode, ErrorCode, Refusal};
 pub use token::{mint_token, verify_token, Claims, TokenError};

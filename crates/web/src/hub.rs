@@ -1,5 +1,6 @@
-//! The hub task: owns the sans-IO hub on a thread of its own, takes socket events over a bounded channel and
-//! routes the hub's output to each socket's channel.
+//! The sockets' way to the hub: the sharded in-process hub ([`crate::shards`]), or with `--redis` the cluster's hub
+//! task, which owns the sans-IO hub on a thread of its own and takes socket events over a bounded channel. Also what
+//! both share: the frames a socket is sent, the byte budgets, and [`deliver`].
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -9,10 +10,11 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use outcome::Outcomes;
 use rand::SeedableRng;
-use signal::{CloseCode, ConnId, MemoryHub, Now, Output, Refusal, SignalHub, Source};
+use signal::{CloseCode, ConnId, MemoryHub, Now, Output, Refusal, Source};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::outbox::{Outbox, QueueBudget};
+use crate::shards::{Seat, Shards};
 use crate::WebConfig;
 
 /// What the hub sends a socket.
@@ -60,10 +62,11 @@ pub(crate) enum Command {
     Shutdown,
 }
 
-/// The sockets' side of the hub task.
+/// The sockets' side of the hub: the sharded hub, driven inline by each socket's task ([`crate::shards`]), or with
+/// `--redis` the cluster's hub task, fed over a channel.
 #[derive(Clone, Debug)]
 pub struct HubHandle {
-    tx: mpsc::Sender<Command>,
+    hub: Hub,
     next_conn: Arc<AtomicU64>,
     /// What sockets' queues may hold before a socket counts as too slow and is dropped.
     pub(crate) queue_budget: Arc<QueueBudget>,
@@ -71,61 +74,122 @@ pub struct HubHandle {
     pub(crate) turn_load: crate::cluster::TurnLoadSource,
 }
 
+#[derive(Clone, Debug)]
+enum Hub {
+    Sharded(Arc<Shards>),
+    /// Many nodes (docs/scaling.md): one task owns the hub and the link to Redis; not sharded yet.
+    Cluster(mpsc::Sender<Command>),
+}
+
 impl HubHandle {
     pub(crate) fn next_conn(&self) -> ConnId {
         ConnId::new(self.next_conn.fetch_add(1, Ordering::Relaxed))
     }
 
-    pub(crate) async fn send(&self, command: Command) {
+    async fn send(tx: &mpsc::Sender<Command>, command: Command) {
         // The hub only stops at shutdown, when sockets are closing anyway.
-        let _ = self.tx.send(command).await;
+        let _ = tx.send(command).await;
     }
 
-    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Option<T> {
+    async fn ask<T>(tx: &mpsc::Sender<Command>, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Option<T> {
         let (reply, answer) = oneshot::channel();
-        self.tx.send(make(reply)).await.ok()?;
+        tx.send(make(reply)).await.ok()?;
         answer.await.ok()
     }
 
     pub(crate) async fn check_connect(&self, ip: IpAddr) -> Result<(), Refusal> {
-        self.ask(|reply| Command::CheckConnect { ip, reply })
-            .await
-            .unwrap_or_else(|| Err(shutting_down()))
+        match &self.hub {
+            Hub::Sharded(shards) => shards.check_connect(ip),
+            Hub::Cluster(tx) => Self::ask(tx, |reply| Command::CheckConnect { ip, reply })
+                .await
+                .unwrap_or_else(|| Err(shutting_down())),
+        }
     }
 
     pub(crate) async fn check_join(&self, room: String, token: Option<String>) -> Result<(), Refusal> {
-        self.ask(|reply| Command::CheckJoin { room, token, reply })
-            .await
-            .unwrap_or_else(|| Err(shutting_down()))
+        match &self.hub {
+            Hub::Sharded(shards) => shards.check_join(&room, token.as_deref()),
+            Hub::Cluster(tx) => Self::ask(tx, |reply| Command::CheckJoin { room, token, reply })
+                .await
+                .unwrap_or_else(|| Err(shutting_down())),
+        }
     }
 
-    pub(crate) async fn connect(&self, conn: ConnId, ip: IpAddr, outbox: Arc<Outbox>) -> Result<(), Refusal> {
-        self.ask(|reply| Command::Connect {
-            conn,
-            ip,
-            outbox,
-            reply,
-        })
-        .await
-        .unwrap_or_else(|| Err(shutting_down()))
+    pub(crate) async fn connect(&self, conn: ConnId, ip: IpAddr, outbox: Arc<Outbox>) -> Result<Seat, Refusal> {
+        match &self.hub {
+            Hub::Sharded(shards) => shards.connect(conn, ip, outbox),
+            Hub::Cluster(tx) => {
+                let reply = Self::ask(tx, |reply| Command::Connect {
+                    conn,
+                    ip,
+                    outbox,
+                    reply,
+                });
+                reply.await.unwrap_or_else(|| Err(shutting_down()))?;
+                Ok(Seat::unsharded(conn, ip))
+            }
+        }
+    }
+
+    pub(crate) async fn text(&self, seat: &mut Seat, text: axum::extract::ws::Utf8Bytes) {
+        match &self.hub {
+            Hub::Sharded(shards) => shards.text(seat, text.as_str()),
+            Hub::Cluster(tx) => Self::send(tx, Command::Text { conn: seat.conn, text }).await,
+        }
+    }
+
+    pub(crate) async fn activity(&self, seat: &Seat) {
+        match &self.hub {
+            Hub::Sharded(shards) => shards.activity(seat),
+            Hub::Cluster(tx) => Self::send(tx, Command::Activity { conn: seat.conn }).await,
+        }
+    }
+
+    pub(crate) async fn binary(&self, seat: &Seat) {
+        match &self.hub {
+            Hub::Sharded(shards) => shards.binary(seat),
+            Hub::Cluster(tx) => Self::send(tx, Command::Binary { conn: seat.conn }).await,
+        }
+    }
+
+    /// The socket is gone. The hub forgets sockets it closed itself; telling it again is harmless.
+    pub(crate) async fn closed(&self, seat: Seat) {
+        match &self.hub {
+            Hub::Sharded(shards) => shards.closed(seat),
+            Hub::Cluster(tx) => Self::send(tx, Command::Closed { conn: seat.conn }).await,
+        }
     }
 
     /// Connections, sessions, rooms and relayed signals right now.
     pub async fn stats(&self) -> Option<signal::HubStats> {
-        self.ask(|reply| Command::Stats { reply }).await
+        match &self.hub {
+            Hub::Sharded(shards) => Some(shards.stats()),
+            Hub::Cluster(tx) => Self::ask(tx, |reply| Command::Stats { reply }).await,
+        }
     }
 
     pub(crate) fn shutdown(&self) {
-        let _ = self.tx.try_send(Command::Shutdown);
+        match &self.hub {
+            Hub::Sharded(shards) => shards.shutdown(),
+            Hub::Cluster(tx) => {
+                let _ = tx.try_send(Command::Shutdown);
+            }
+        }
     }
 
     pub(crate) fn drain(&self) {
-        let _ = self.tx.try_send(Command::Drain);
+        match &self.hub {
+            Hub::Sharded(_) => {
+                tracing::warn!("drain asked, but this node is alone (no --redis): nothing to hand over");
+            }
+            Hub::Cluster(tx) => {
+                let _ = tx.try_send(Command::Drain);
+            }
+        }
     }
 }
 
 pub(crate) fn spawn(config: &WebConfig, redis: Option<String>) -> std::io::Result<HubHandle> {
-    let (tx, rx) = mpsc::channel(4096);
     let mut limits = config.limits.clone();
     if limits.max_total_bytes == 0 {
         limits.max_total_bytes = total_from_machine(machine_memory());
@@ -145,33 +209,32 @@ pub(crate) fn spawn(config: &WebConfig, redis: Option<String>) -> std::io::Resul
         limits.max_total_bytes,
         2 * limits.max_message_bytes,
     ));
-    let ice = config.ice_servers.clone();
-    // In a cluster, every join's iceServers also name the other live nodes' TURN servers.
-    let registry = crate::cluster::Registry::default();
     let turn_load = crate::cluster::TurnLoadSource::default();
-    let source: signal::IceServerSource = match redis {
-        None => Box::new(move |peer, unix| {
-            serde_json::value::to_raw_value(&ice(peer.as_str(), unix))
-                .unwrap_or_else(|_| serde_json::value::to_raw_value(&()).unwrap_or_default())
-        }),
-        Some(_) => crate::cluster::ice_source(ice, registry.clone()),
-    };
-    let hub = MemoryHub::new(
-        limits,
-        config.token_secret.clone(),
-        source,
-        rand::rngs::StdRng::from_entropy(),
-        Instant::now(),
-    );
     let outcomes = config.outcomes.clone();
-    let thread = std::thread::Builder::new().name("traverse-hub".into());
-    match redis {
+    let hub = match redis {
         None => {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build()?;
-            thread.spawn(move || runtime.block_on(run(hub, rx, outcomes)))?;
+            // One shard per core: each worker thread that serves sockets has a home shard.
+            let count = std::thread::available_parallelism().map_or(1, usize::from);
+            let shards = Shards::new(count, &limits, outcomes, |limits| {
+                let ice = config.ice_servers.clone();
+                let source: signal::IceServerSource = Box::new(move |peer, unix| {
+                    serde_json::value::to_raw_value(&ice(peer.as_str(), unix))
+                        .unwrap_or_else(|_| serde_json::value::to_raw_value(&()).unwrap_or_default())
+                });
+                let rng = rand::rngs::StdRng::from_entropy();
+                MemoryHub::new(limits, config.token_secret.clone(), source, rng, Instant::now())
+            });
+            shards.spawn_timers()?;
+            Hub::Sharded(shards)
         }
         // Many nodes (docs/scaling.md): the same hub behind a router, Redis on the same thread.
         Some(url) => {
+            let (tx, rx) = mpsc::channel(4096);
+            // In a cluster, every join's iceServers also name the other live nodes' TURN servers.
+            let registry = crate::cluster::Registry::default();
+            let source = crate::cluster::ice_source(config.ice_servers.clone(), registry.clone());
+            let rng = rand::rngs::StdRng::from_entropy();
+            let hub = MemoryHub::new(limits, config.token_secret.clone(), source, rng, Instant::now());
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             let hub = hub.with_session_events();
             let grace = config.limits.resume_grace;
@@ -181,11 +244,14 @@ pub(crate) fn spawn(config: &WebConfig, redis: Option<String>) -> std::io::Resul
                 registry,
                 turn: turn_load.clone(),
             };
-            thread.spawn(move || runtime.block_on(crate::cluster::run(hub, rx, outcomes, url, node, ice, grace)))?;
+            std::thread::Builder::new()
+                .name("traverse-hub".into())
+                .spawn(move || runtime.block_on(crate::cluster::run(hub, rx, outcomes, url, node, ice, grace)))?;
+            Hub::Cluster(tx)
         }
-    }
+    };
     Ok(HubHandle {
-        tx,
+        hub,
         next_conn: Arc::new(AtomicU64::new(1)),
         queue_budget,
         turn_load,
@@ -225,43 +291,6 @@ pub(crate) fn now() -> Now {
     }
 }
 
-async fn run(mut hub: impl SignalHub, mut rx: mpsc::Receiver<Command>, outcomes: Arc<Outcomes>) {
-    let mut sockets: HashMap<ConnId, Arc<Outbox>> = HashMap::new();
-    let mut sources = SourceCounters::default();
-    loop {
-        let deadline = hub.poll_timeout();
-        let command = tokio::select! {
-            command = rx.recv() => command,
-            _ = sleep_until(deadline) => {
-                hub.handle_timeout(now());
-                route(&mut hub, &mut sockets, &outcomes);
-                // A map never shrinks by itself: after a load, give back what the sockets that left held.
-                if sockets.capacity() > 4 * sockets.len() + 64 {
-                    sockets.shrink_to(2 * sockets.len());
-                }
-                continue;
-            }
-        };
-        let Some(command) = command else { break };
-        let mut stop = handle(&mut hub, &mut sockets, &mut sources, &outcomes, command);
-        // Drain what has queued up meanwhile before routing, so a burst costs one clock read per command only.
-        for _ in 0..256 {
-            match rx.try_recv() {
-                Ok(command) => stop |= handle(&mut hub, &mut sockets, &mut sources, &outcomes, command),
-                Err(_) => break,
-            }
-        }
-        route(&mut hub, &mut sockets, &outcomes);
-        if stop {
-            break;
-        }
-    }
-    // Whatever is still open closes once its queue (with its 4202 close) is written.
-    for outbox in sockets.values() {
-        outbox.close();
-    }
-}
-
 pub(crate) async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(at) => tokio::time::sleep_until(at.into()).await,
@@ -288,68 +317,11 @@ impl SourceCounters {
 
 /// The hub has stopped: the process is shutting down. The client should connect again at once (4202, HTTP 503), not
 /// back off as from a limit (4101): another node, or this one restarted, will answer.
-fn shutting_down() -> Refusal {
+pub(crate) fn shutting_down() -> Refusal {
     Refusal::new(
         signal::ErrorCode::ShuttingDown,
         "The server is shutting down: connect again (another server, or this one once restarted, will answer).",
     )
-}
-
-/// Returns true on shutdown.
-fn handle(
-    hub: &mut impl SignalHub,
-    sockets: &mut HashMap<ConnId, Arc<Outbox>>,
-    sources: &mut SourceCounters,
-    outcomes: &Outcomes,
-    command: Command,
-) -> bool {
-    match command {
-        Command::Connect {
-            conn,
-            ip,
-            outbox,
-            reply,
-        } => {
-            let result = hub.handle_connect(conn, ip, now());
-            if result.is_ok() {
-                outbox.bind_source(sources.counter(ip));
-                sockets.insert(conn, outbox);
-            }
-            let _ = reply.send(result);
-        }
-        Command::Text { conn, text } => hub.handle_text(conn, text.as_str(), now()),
-        Command::Activity { conn } => hub.handle_activity(conn, now()),
-        Command::Binary { conn } => hub.handle_binary(conn, now()),
-        Command::Closed { conn } => {
-            sockets.remove(&conn);
-            sources.prune(sockets.len());
-            hub.handle_closed(conn, now());
-        }
-        Command::CheckConnect { ip, reply } => {
-            let _ = reply.send(hub.check_connect(ip));
-        }
-        Command::CheckJoin { room, token, reply } => {
-            let _ = reply.send(hub.check_join(&room, token.as_deref(), now()));
-        }
-        Command::Stats { reply } => {
-            let _ = reply.send(hub.stats());
-        }
-        Command::Drain => tracing::warn!("drain asked, but this node is alone (no --redis): nothing to hand over"),
-        Command::Shutdown => {
-            hub.handle_shutdown();
-            route(hub, sockets, outcomes);
-            return true;
-        }
-    }
-    false
-}
-
-fn route(hub: &mut impl SignalHub, sockets: &mut HashMap<ConnId, Arc<Outbox>>, outcomes: &Outcomes) {
-    while let Some(output) = hub.poll_output() {
-        if let Some(slow) = deliver(output, sockets, outcomes) {
-            hub.handle_closed(slow, now());
-        }
-    }
 }
 
 /// Does what one output asks of this node's sockets; returns a socket dropped as too slow, which the caller reports

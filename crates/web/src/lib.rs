@@ -19,6 +19,7 @@ mod origins;
 mod outbox;
 mod reports;
 mod routes;
+mod shards;
 mod ws;
 
 use std::net::SocketAddr;

@@ -3,35 +3,38 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use crate::hub::{Command, HubHandle, ToSocket};
+use crate::hub::{HubHandle, ToSocket};
 use crate::outbox::Outbox;
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use signal::{CloseCode, Refusal};
 
-pub(crate) async fn run(socket: WebSocket, hub: HubHandle, ip: IpAddr, ping_every: Duration) {
+pub(crate) async fn run(mut socket: WebSocket, hub: HubHandle, ip: IpAddr, ping_every: Duration) {
     let conn = hub.next_conn();
     let outbox = std::sync::Arc::new(Outbox::new(hub.queue_budget.clone()));
-    let (mut sink, mut stream) = socket.split();
-    if let Err(refusal) = hub.connect(conn, ip, outbox.clone()).await {
-        let _ = sink.send(Message::Text(error_frame(&refusal).into())).await;
-        let code = refusal.code.close_code().unwrap_or(CloseCode::TOO_MANY_CONNECTIONS);
-        let _ = sink.send(close(code, refusal.code.as_str())).await;
-        return;
-    }
+    let mut seat = match hub.connect(conn, ip, outbox.clone()).await {
+        Ok(seat) => seat,
+        Err(refusal) => {
+            let _ = socket.send(Message::Text(error_frame(&refusal).into())).await;
+            let code = refusal.code.close_code().unwrap_or(CloseCode::TOO_MANY_CONNECTIONS);
+            let _ = socket.send(close(code, refusal.code.as_str())).await;
+            return;
+        }
+    };
 
-    // One task per socket (idle sockets must be cheap): it reads frames for the hub, writes what the hub routes
-    // here, and pings. Writes are fed in a batch and flushed once, so a backlog costs one system call.
+    // One task per socket, and the socket unsplit (idle sockets must be cheap: `split()` adds a shared lock and two
+    // handles): it reads frames and hands them to the hub in place, writes what the hub routes here, and pings.
+    // Writes are fed in a batch and flushed once, so a backlog costs one system call.
     let mut ping = tokio::time::interval(ping_every);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ping.tick().await;
     let mut closing: Option<(CloseCode, String)> = None;
     loop {
         tokio::select! {
-            frame = stream.next() => match frame {
-                Some(Ok(Message::Text(text))) => hub.send(Command::Text { conn, text }).await,
-                Some(Ok(Message::Binary(_))) => hub.send(Command::Binary { conn }).await,
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => hub.send(Command::Activity { conn }).await,
+            frame = socket.recv() => match frame {
+                Some(Ok(Message::Text(text))) => hub.text(&mut seat, text).await,
+                Some(Ok(Message::Binary(_))) => hub.binary(&seat).await,
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => hub.activity(&seat).await,
                 Some(Ok(Message::Close(_))) | None => break,
                 Some(Err(e)) => {
                     if is_too_large(&e) {
@@ -43,7 +46,7 @@ pub(crate) async fn run(socket: WebSocket, hub: HubHandle, ip: IpAddr, ping_ever
             },
             _ = outbox.readable() => {
                 // A peer that takes nothing for a whole heartbeat interval does not read: stop waiting on it.
-                match tokio::time::timeout(ping_every, write_queued(&mut sink, &outbox)).await {
+                match tokio::time::timeout(ping_every, write_queued(&mut socket, &outbox)).await {
                     Ok(Ok(None)) => {}
                     Ok(Ok(Some(close))) => {
                         closing = Some(close);
@@ -57,18 +60,18 @@ pub(crate) async fn run(socket: WebSocket, hub: HubHandle, ip: IpAddr, ping_ever
                 }
             }
             _ = ping.tick() => {
-                if sink.send(Message::Ping(Default::default())).await.is_err() {
+                if socket.send(Message::Ping(Default::default())).await.is_err() {
                     break;
                 }
             }
         }
     }
     if let Some((code, reason)) = &closing {
-        let _ = tokio::time::timeout(Duration::from_secs(2), sink.send(close(*code, reason))).await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), socket.send(close(*code, reason))).await;
     }
-    let _ = tokio::time::timeout(Duration::from_secs(2), sink.close()).await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), socket.close()).await;
     // The hub forgets sockets it closed itself; telling it again is harmless.
-    hub.send(Command::Closed { conn }).await;
+    hub.closed(seat).await;
 }
 
 /// The socket could not be written to.

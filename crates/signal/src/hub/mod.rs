@@ -413,6 +413,61 @@ impl<R: RngCore + Send> MemoryHub<R> {
     }
 }
 
+/// A socket that has not joined a room, taken out of one hub to be given to another ([`MemoryHub::take_unjoined`]):
+/// its token bucket, error count and last sign of life go with it, so moving does not reset a limit.
+pub struct Unjoined(Conn);
+
+impl std::fmt::Debug for Unjoined {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Unjoined").finish_non_exhaustive()
+    }
+}
+
+/// Placement, for an I/O layer that shards rooms over several hubs (`web::hub`): a room lives in one hub, so a socket
+/// moves to its room's hub before its `join` (or `resume`) is handled there. None of this changes the protocol.
+impl<R: RngCore + Send> MemoryHub<R> {
+    /// Rooms held here.
+    pub fn room_count(&self) -> usize {
+        self.rooms.len()
+    }
+
+    /// Sets the room limit: a sharded I/O layer gives each hub what is left of the global limit before a `join`.
+    pub fn set_max_rooms(&mut self, max_rooms: usize) {
+        self.limits.max_rooms = max_rooms;
+    }
+
+    /// Does this hub hold the session a `resume` claims?
+    pub fn holds_session(&self, claim: &str) -> bool {
+        SessionSecret::parse(claim).is_some_and(|secret| self.by_secret.contains_key(&secret))
+    }
+
+    /// Has this socket joined (or resumed) a session?
+    pub fn is_joined(&self, conn: ConnId) -> bool {
+        self.conns.get(&conn).is_some_and(|c| c.peer.is_some())
+    }
+
+    /// Takes a socket that has not joined out of this hub, without a close.
+    pub fn take_unjoined(&mut self, conn: ConnId) -> Option<Unjoined> {
+        if self.is_joined(conn) {
+            return None;
+        }
+        let c = self.conns.remove(&conn)?;
+        self.release_source(c.source);
+        Some(Unjoined(c))
+    }
+
+    /// Gives this hub a socket [`take_unjoined`](Self::take_unjoined) took from another. Not checked against
+    /// `max_connections_per_ip`: it was counted when it connected.
+    pub fn adopt(&mut self, conn: ConnId, socket: Unjoined, now: Now) {
+        self.clock = now.instant;
+        *self.per_source.entry(socket.0.source).or_insert(0) += 1;
+        self.conns.insert(conn, socket.0);
+        if self.next_sweep.is_none() {
+            self.next_sweep = Some(now.instant + SWEEP_INTERVAL);
+        }
+    }
+}
+
 impl<R: RngCore + Send> SignalHub for MemoryHub<R> {
     fn check_connect(&self, ip: IpAddr) -> Result<(), Refusal> {
         let source = Source::from(ip);

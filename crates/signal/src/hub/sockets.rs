@@ -146,7 +146,7 @@ impl<R: RngCore + Send> MemoryHub<R> {
         Some(c)
     }
 
-    fn release_source(&mut self, source: Source) {
+    pub(super) fn release_source(&mut self, source: Source) {
         if let Some(n) = self.per_source.get_mut(&source) {
             *n = n.saturating_sub(1);
             if *n == 0 {

@@ -1,0 +1,644 @@
+//! The hub sharded by room: one [`MemoryHub`] per shard, each behind a mutex of its own, driven inline by the
+//! socket task that has a frame — no hub thread, no channel, no lock shared by every socket on the message path.
+//!
+//! Why: with one hub thread, every signal crossed threads twice (socket task → hub thread → socket task), and the
+//! hub thread was the ceiling for the whole node. Now a socket task takes its room's shard lock, hands the frame to
+//! the hub and pushes what the hub wants sent into the recipients' outboxes before letting go. When the recipient's
+//! socket is served by the same worker thread (the TURN workers' single-threaded runtimes serve HTTP too), its task is
+//! woken on that thread's own queue: the signal never leaves the thread. A shard's lock is contended only by sockets
+//! of rooms hashed to it that are served by different workers.
+//!
+//! Placement: a room lives in the shard its name hashes to (a per-process random key, so nobody can aim every room at
+//! one shard). A socket starts in its worker thread's home shard; before its `join` (or `resume`) is handled, it
+//! moves to the room's shard (the session's, for a resume) with its token bucket, error count and outbox
+//! ([`MemoryHub::take_unjoined`]). A socket that has joined never moves: after the join no frame is looked into here.
+//!
+//! Global limits hold across shards without a lock on the message path:
+//! - sockets per source: counted here at connect and close (one map under a mutex, never touched by a frame), and
+//!   every shard's hub is told there is no per-source limit;
+//! - rooms: an atomic count of rooms over all shards; before a `join`, the shard reserves one room from it and lets
+//!   its hub create at most that one ([`MemoryHub::set_max_rooms`]); after every event the shard settles the count;
+//! - bytes kept per source and in total: each shard's hub gets an equal share of each budget (so the sums hold; a
+//!   source whose rooms all hash to one shard gets that shard's share).
+//!
+//! Timers: one thread sleeps until the earliest shard deadline (the hubs sweep every 500 ms while they hold anything),
+//! and is woken when a shard's deadline moves earlier. It is not on the message path.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Instant;
+
+use outcome::Outcomes;
+use signal::{ConnId, ErrorCode, HubStats, Limits, MemoryHub, Refusal, SignalHub, Source};
+use tokio::sync::Notify;
+
+use crate::hub::{deliver, now, shutting_down, sleep_until};
+use crate::outbox::Outbox;
+
+/// Every shard, and the counts that span them.
+pub(crate) struct Shards {
+    shards: Box<[Shard]>,
+    /// Picks a room's shard; randomly keyed per process.
+    placement: std::collections::hash_map::RandomState,
+    /// Sockets per source over every shard, and the unsent-bytes counter their outboxes share.
+    sources: Mutex<HashMap<Source, SourceSlot>>,
+    max_per_source: usize,
+    /// Rooms over every shard (reserved or held).
+    rooms: AtomicUsize,
+    max_rooms: usize,
+    stopping: AtomicBool,
+    /// Wakes the timer thread: a shard's deadline moved earlier, or the shards are gone.
+    timer: Arc<Notify>,
+    outcomes: Arc<Outcomes>,
+}
+
+/// A shard on a cache line of its own, so that two workers taking two shards' locks do not share one.
+#[repr(align(128))]
+struct Shard(Mutex<ShardState>);
+
+struct ShardState {
+    hub: MemoryHub,
+    /// The outboxes of this shard's sockets.
+    sockets: HashMap<ConnId, Arc<Outbox>>,
+    /// The deadline the timer thread knows of.
+    armed: Option<Instant>,
+    /// Rooms of this hub as last added to [`Shards::rooms`].
+    rooms: usize,
+}
+
+#[derive(Default)]
+struct SourceSlot {
+    sockets: usize,
+    unsent: Arc<AtomicUsize>,
+}
+
+/// Where one socket is: kept by its task.
+#[derive(Debug)]
+pub(crate) struct Seat {
+    pub conn: ConnId,
+    shard: usize,
+    source: Source,
+    /// Joined or resumed: it stays in this shard, and its frames are not looked into any more.
+    joined: bool,
+}
+
+impl Seat {
+    /// A socket of the cluster's hub task, which is not sharded.
+    pub(crate) fn unsharded(conn: ConnId, ip: IpAddr) -> Self {
+        Self {
+            conn,
+            shard: 0,
+            source: Source::from(ip),
+            joined: true,
+        }
+    }
+}
+
+/// The two client messages that place a socket; every other field is ignored.
+#[derive(serde::Deserialize)]
+struct Placing<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(borrow, default)]
+    room: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    session: Option<Cow<'a, str>>,
+}
+
+impl Shards {
+    /// `make` builds one shard's hub from that shard's limits.
+    pub(crate) fn new(
+        count: usize,
+        limits: &Limits,
+        outcomes: Arc<Outcomes>,
+        mut make: impl FnMut(Limits) -> MemoryHub,
+    ) -> Arc<Self> {
+        let count = count.max(1);
+        let mut own = limits.clone();
+        own.max_connections_per_ip = usize::MAX;
+        own.max_rooms = 0;
+        own.max_source_bytes = limits.max_source_bytes / count;
+        own.max_total_bytes = limits.max_total_bytes / count;
+        let shards = (0..count)
+            .map(|_| {
+                Shard(Mutex::new(ShardState {
+                    hub: make(own.clone()),
+                    sockets: HashMap::new(),
+                    armed: None,
+                    rooms: 0,
+                }))
+            })
+            .collect();
+        let shards = Arc::new(Self {
+            shards,
+            placement: std::collections::hash_map::RandomState::new(),
+            sources: Mutex::new(HashMap::new()),
+            max_per_source: limits.max_connections_per_ip,
+            rooms: AtomicUsize::new(0),
+            max_rooms: limits.max_rooms,
+            stopping: AtomicBool::new(false),
+            timer: Arc::new(Notify::new()),
+            outcomes,
+        });
+        shards
+    }
+
+    /// Runs the shards' timers on a thread of their own until the shards are dropped or shut down.
+    pub(crate) fn spawn_timers(self: &Arc<Self>) -> std::io::Result<()> {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build()?;
+        let shards = Arc::downgrade(self);
+        let wake = self.timer.clone();
+        std::thread::Builder::new()
+            .name("traverse-hub-timers".into())
+            .spawn(move || runtime.block_on(run_timers(shards, wake)))?;
+        Ok(())
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.shards.len()
+    }
+
+    fn lock(&self, shard: usize) -> MutexGuard<'_, ShardState> {
+        // `shard` is always one of ours (`home`, `room_shard`); the modulo keeps the indexing total.
+        let Shard(state) = &self.shards[shard % self.shards.len()];
+        state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn room_shard(&self, room: &str) -> usize {
+        (self.placement.hash_one(room) % self.shards.len() as u64) as usize
+    }
+
+    /// The shard of the calling thread: each thread that serves sockets gets its own, in turn.
+    fn home(&self) -> usize {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        thread_local! {
+            static HOME: usize = NEXT.fetch_add(1, Ordering::Relaxed);
+        }
+        HOME.with(|home| *home) % self.shards.len()
+    }
+
+    fn sources(&self) -> MutexGuard<'_, HashMap<Source, SourceSlot>> {
+        self.sources.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub(crate) fn check_connect(&self, ip: IpAddr) -> Result<(), Refusal> {
+        if self.stopping.load(Ordering::Relaxed) {
+            return Err(shutting_down());
+        }
+        let source = Source::from(ip);
+        let held = self.sources().get(&source).map_or(0, |s| s.sockets);
+        if held >= self.max_per_source {
+            return Err(too_many(source, self.max_per_source));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn check_join(&self, room: &str, token: Option<&str>) -> Result<(), Refusal> {
+        let mut st = self.lock(self.room_shard(room));
+        let free = usize::from(self.rooms.load(Ordering::Relaxed) < self.max_rooms);
+        let held = st.hub.room_count();
+        st.hub.set_max_rooms(held + free);
+        st.hub.check_join(room, token, now())
+    }
+
+    pub(crate) fn connect(&self, conn: ConnId, ip: IpAddr, outbox: Arc<Outbox>) -> Result<Seat, Refusal> {
+        if self.stopping.load(Ordering::Relaxed) {
+            return Err(shutting_down());
+        }
+        let source = Source::from(ip);
+        {
+            let mut sources = self.sources();
+            let slot = sources.entry(source).or_default();
+            if slot.sockets >= self.max_per_source {
+                return Err(too_many(source, self.max_per_source));
+            }
+            slot.sockets += 1;
+            outbox.bind_source(slot.unsent.clone());
+        }
+        let shard = self.home();
+        let mut st = self.lock(shard);
+        if let Err(refusal) = st.hub.handle_connect(conn, ip, now()) {
+            drop(st);
+            self.release_source(source);
+            return Err(refusal);
+        }
+        st.sockets.insert(conn, outbox);
+        self.settle(&mut st);
+        Ok(Seat {
+            conn,
+            shard,
+            source,
+            joined: false,
+        })
+    }
+
+    pub(crate) fn text(&self, seat: &mut Seat, text: &str) {
+        let mut joining = false;
+        if !seat.joined {
+            // Only an unplaced socket's frames are looked into: a join or resume may move it first.
+            if let Ok(placing) = serde_json::from_str::<Placing<'_>>(text) {
+                let target = match (placing.kind.as_ref(), placing.room, placing.session) {
+                    ("join", Some(room), _) => {
+                        joining = true;
+                        Some(self.room_shard(&room))
+                    }
+                    ("resume", _, Some(session)) => self.session_shard(&session),
+                    _ => None,
+                };
+                if let Some(target) = target.filter(|t| *t != seat.shard) {
+                    self.move_to(seat, target);
+                }
+            }
+        }
+        let mut st = self.lock(seat.shard);
+        let reserved = joining && self.reserve_room();
+        if joining {
+            st.rooms += usize::from(reserved);
+            let held = st.hub.room_count();
+            st.hub.set_max_rooms(held + usize::from(reserved));
+        }
+        st.hub.handle_text(seat.conn, text, now());
+        if !seat.joined {
+            seat.joined = st.hub.is_joined(seat.conn);
+        }
+        self.route(&mut st);
+        self.settle(&mut st);
+    }
+
+    pub(crate) fn activity(&self, seat: &Seat) {
+        let mut st = self.lock(seat.shard);
+        st.hub.handle_activity(seat.conn, now());
+    }
+
+    pub(crate) fn binary(&self, seat: &Seat) {
+        let mut st = self.lock(seat.shard);
+        st.hub.handle_binary(seat.conn, now());
+        self.route(&mut st);
+        self.settle(&mut st);
+    }
+
+    pub(crate) fn closed(&self, seat: Seat) {
+        {
+            let mut st = self.lock(seat.shard);
+            st.sockets.remove(&seat.conn);
+            st.hub.handle_closed(seat.conn, now());
+            self.route(&mut st);
+            self.settle(&mut st);
+        }
+        self.release_source(seat.source);
+    }
+
+    /// Connections, sessions, rooms and counters summed over the shards.
+    pub(crate) fn stats(&self) -> HubStats {
+        let mut total = HubStats::default();
+        for shard in 0..self.shards.len() {
+            let stats = self.lock(shard).hub.stats();
+            add_stats(&mut total, stats);
+        }
+        total
+    }
+
+    /// Closes every socket with 4202 and refuses new ones from now on.
+    pub(crate) fn shutdown(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+        for shard in 0..self.shards.len() {
+            let mut st = self.lock(shard);
+            st.hub.handle_shutdown();
+            self.route(&mut st);
+            // Whatever is still open closes once its queue (with its 4202 close) is written.
+            for outbox in st.sockets.values() {
+                outbox.close();
+            }
+        }
+        self.timer.notify_one();
+    }
+
+    /// The shard holding the session a `resume` claims, if any does.
+    fn session_shard(&self, claim: &str) -> Option<usize> {
+        (0..self.shards.len()).find(|shard| self.lock(*shard).hub.holds_session(claim))
+    }
+
+    /// Moves an unjoined socket and its outbox to `target`; nothing happens to one the hub has already let go of.
+    fn move_to(&self, seat: &mut Seat, target: usize) {
+        let (socket, outbox) = {
+            let mut st = self.lock(seat.shard);
+            let Some(socket) = st.hub.take_unjoined(seat.conn) else {
+                return;
+            };
+            let outbox = st.sockets.remove(&seat.conn);
+            (socket, outbox)
+        };
+        let mut st = self.lock(target);
+        st.hub.adopt(seat.conn, socket, now());
+        if let Some(outbox) = outbox {
+            st.sockets.insert(seat.conn, outbox);
+        }
+        self.settle(&mut st);
+        seat.shard = target;
+    }
+
+    /// Takes one room from the global count, if the limit allows.
+    fn reserve_room(&self) -> bool {
+        self.rooms
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < self.max_rooms).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    fn release_source(&self, source: Source) {
+        let mut sources = self.sources();
+        if let Some(slot) = sources.get_mut(&source) {
+            slot.sockets = slot.sockets.saturating_sub(1);
+            if slot.sockets == 0 {
+                sources.remove(&source);
+            }
+        }
+    }
+
+    /// Does what the shard's hub asks.
+    fn route(&self, st: &mut ShardState) {
+        let ShardState { hub, sockets, .. } = st;
+        while let Some(output) = hub.poll_output() {
+            if let Some(slow) = deliver(output, sockets, &self.outcomes) {
+                hub.handle_closed(slow, now());
+            }
+        }
+    }
+
+    /// After an event: the room count follows the hub's, and the timer thread learns of an earlier deadline.
+    fn settle(&self, st: &mut ShardState) {
+        let rooms = st.hub.room_count();
+        if rooms > st.rooms {
+            self.rooms.fetch_add(rooms - st.rooms, Ordering::Relaxed);
+        } else if rooms < st.rooms {
+            self.rooms.fetch_sub(st.rooms - rooms, Ordering::Relaxed);
+        }
+        st.rooms = rooms;
+        if let Some(deadline) = st.hub.poll_timeout() {
+            if st.armed.is_none_or(|armed| deadline < armed) {
+                st.armed = Some(deadline);
+                self.timer.notify_one();
+            }
+        }
+    }
+}
+
+impl Drop for Shards {
+    fn drop(&mut self) {
+        self.timer.notify_one();
+    }
+}
+
+impl std::fmt::Debug for Shards {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shards")
+            .field("shards", &self.shards.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The timer thread: handles every shard's due deadline, then sleeps until the earliest one or a wake-up.
+async fn run_timers(shards: Weak<Shards>, wake: Arc<Notify>) {
+    loop {
+        let next = {
+            let Some(shards) = shards.upgrade() else { return };
+            if shards.stopping.load(Ordering::Relaxed) {
+                return;
+            }
+            let mut next: Option<Instant> = None;
+            for shard in 0..shards.len() {
+                let mut st = shards.lock(shard);
+                let at = now();
+                if st.hub.poll_timeout().is_some_and(|due| due <= at.instant) {
+                    st.hub.handle_timeout(at);
+                    shards.route(&mut st);
+                    shards.settle(&mut st);
+                }
+                st.armed = st.hub.poll_timeout();
+                next = match (next, st.armed) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+            }
+            next
+        };
+        tokio::select! {
+            _ = sleep_until(next) => {}
+            _ = wake.notified() => {}
+        }
+    }
+}
+
+fn too_many(source: Source, max: usize) -> Refusal {
+    Refusal::new(
+        ErrorCode::TooManyConnections,
+        format!("Too many sockets from {source} (at most {max}); close some or retry later."),
+    )
+}
+
+fn add_stats(total: &mut HubStats, s: HubStats) {
+    total.connections += s.connections;
+    total.sessions += s.sessions;
+    total.rooms += s.rooms;
+    total.relayed += s.relayed;
+    total.held_bytes += s.held_bytes;
+    total.held_sources += s.held_sources;
+    total.refused += s.refused;
+    total.sessions_in_grace += s.sessions_in_grace;
+    total.replay_frames += s.replay_frames;
+    total.resumes += s.resumes;
+    for (k, v) in s.messages {
+        *total.messages.entry(k).or_default() += v;
+    }
+    for (k, v) in s.errors {
+        *total.errors.entry(k).or_default() += v;
+    }
+    for (k, v) in s.closes {
+        *total.closes.entry(k).or_default() += v;
+    }
+    for (k, v) in s.undeliverable {
+        *total.undeliverable.entry(k).or_default() += v;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::ToSocket;
+    use crate::outbox::QueueBudget;
+    use rand::SeedableRng;
+
+    fn shards(count: usize, limits: &Limits) -> Arc<Shards> {
+        Shards::new(count, limits, Arc::new(Outcomes::new()), |limits| {
+            let ice: signal::IceServerSource =
+                Box::new(|_, _| serde_json::value::to_raw_value(&[0u8; 0]).unwrap_or_default());
+            MemoryHub::new(limits, None, ice, rand::rngs::StdRng::seed_from_u64(7), Instant::now())
+        })
+    }
+
+    fn socket(shards: &Shards, n: u64, ip: &str) -> Result<(Seat, Arc<Outbox>), Refusal> {
+        let budget = Arc::new(QueueBudget::new(1000, 1 << 20, 1 << 20, 1 << 20, 1 << 16));
+        let outbox = Arc::new(Outbox::new(budget));
+        let ip: IpAddr = ip.parse().map_err(|_| shutting_down())?;
+        shards
+            .connect(ConnId::new(n), ip, outbox.clone())
+            .map(|seat| (seat, outbox))
+    }
+
+    /// Every frame queued for a socket, as JSON.
+    fn frames(outbox: &Outbox) -> Vec<serde_json::Value> {
+        let mut out = Vec::new();
+        while let Ok(Some(ToSocket::Text(text))) = outbox.try_pop() {
+            out.push(serde_json::from_slice(&text).unwrap_or_default());
+        }
+        out
+    }
+
+    fn joined_peer(outbox: &Outbox) -> String {
+        let joined = frames(outbox).into_iter().find(|f| f["type"] == "joined");
+        joined
+            .and_then(|f| f["peerId"].as_str().map(str::to_owned))
+            .unwrap_or_default()
+    }
+
+    /// Two rooms whose names hash to different shards.
+    fn rooms_on_two_shards(shards: &Shards) -> (String, String) {
+        let first = "room-0".to_owned();
+        let other = (1..1000)
+            .map(|i| format!("room-{i}"))
+            .find(|r| shards.room_shard(r) != shards.room_shard(&first))
+            .unwrap_or_default();
+        (first, other)
+    }
+
+    #[test]
+    fn a_socket_moves_to_its_rooms_shard_and_signals_reach_the_room() {
+        let shards = shards(2, &Limits::default());
+        let (room, other_room) = rooms_on_two_shards(&shards);
+        let (mut a, a_out) = socket(&shards, 1, "192.0.2.1").unwrap();
+        let (mut b, b_out) = socket(&shards, 2, "192.0.2.2").unwrap();
+        // Both start in this thread's home shard; one of the rooms is elsewhere.
+        assert_eq!(a.shard, b.shard);
+        let far = if shards.room_shard(&room) == a.shard {
+            &other_room
+        } else {
+            &room
+        };
+        shards.text(&mut a, &format!(r#"{{"type":"join","room":"{far}"}}"#));
+        shards.text(&mut b, &format!(r#"{{"type":"join","room":"{far}"}}"#));
+        assert_eq!((a.shard, b.shard), (shards.room_shard(far), shards.room_shard(far)));
+        assert!(a.joined && b.joined);
+        let a_peer = joined_peer(&a_out);
+        let b_peer = joined_peer(&b_out);
+        frames(&a_out);
+        for i in 0..3 {
+            shards.text(
+                &mut a,
+                &format!(r#"{{"type":"signal","to":"{b_peer}","data":{{"n":{i}}}}}"#),
+            );
+        }
+        let got: Vec<_> = frames(&b_out).into_iter().filter(|f| f["type"] == "signal").collect();
+        assert_eq!(got.len(), 3, "{got:?}");
+        assert!(got
+            .iter()
+            .enumerate()
+            .all(|(i, f)| f["data"]["n"] == i && f["from"] == a_peer.as_str()));
+        let stats = shards.stats();
+        assert_eq!((stats.connections, stats.sessions, stats.rooms), (2, 2, 1));
+        shards.closed(a);
+        shards.closed(b);
+        assert_eq!(shards.stats().connections, 0);
+    }
+
+    #[test]
+    fn the_room_limit_holds_over_every_shard() {
+        let limits = Limits {
+            max_rooms: 1,
+            ..Limits::default()
+        };
+        let shards = shards(2, &limits);
+        let (room, other_room) = rooms_on_two_shards(&shards);
+        let (mut a, _a_out) = socket(&shards, 1, "192.0.2.1").unwrap();
+        let (mut b, b_out) = socket(&shards, 2, "192.0.2.2").unwrap();
+        shards.text(&mut a, &format!(r#"{{"type":"join","room":"{room}"}}"#));
+        assert!(a.joined);
+        assert_eq!(
+            shards.check_join(&other_room, None).map_err(|r| r.code),
+            Err(ErrorCode::TooManyRooms)
+        );
+        shards.text(&mut b, &format!(r#"{{"type":"join","room":"{other_room}"}}"#));
+        assert!(!b.joined);
+        let codes: Vec<_> = frames(&b_out).into_iter().map(|f| f["code"].clone()).collect();
+        assert!(codes.contains(&serde_json::json!("too-many-rooms")), "{codes:?}");
+        assert!(
+            shards.check_join(&room, None).is_ok(),
+            "an existing room is not a new one"
+        );
+        // The first room ends with its socket: the other shard may now hold one.
+        shards.text(&mut a, r#"{"type":"leave"}"#);
+        shards.closed(a);
+        assert_eq!(shards.rooms.load(Ordering::Relaxed), 0);
+        // `too-many-rooms` closed b; another socket gets the room.
+        let (mut c, _) = socket(&shards, 3, "192.0.2.3").unwrap();
+        shards.text(&mut c, &format!(r#"{{"type":"join","room":"{other_room}"}}"#));
+        assert!(c.joined);
+        assert_eq!(shards.rooms.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn sockets_per_source_are_counted_over_every_shard() {
+        let limits = Limits {
+            max_connections_per_ip: 2,
+            ..Limits::default()
+        };
+        let shards = shards(2, &limits);
+        let (room, other_room) = rooms_on_two_shards(&shards);
+        let (mut a, _) = socket(&shards, 1, "192.0.2.1").unwrap();
+        let (mut b, _) = socket(&shards, 2, "192.0.2.1").unwrap();
+        shards.text(&mut a, &format!(r#"{{"type":"join","room":"{room}"}}"#));
+        shards.text(&mut b, &format!(r#"{{"type":"join","room":"{other_room}"}}"#));
+        assert_ne!(a.shard, b.shard);
+        let refused = socket(&shards, 3, "192.0.2.1").map(|_| ()).map_err(|r| r.code);
+        assert_eq!(refused, Err(ErrorCode::TooManyConnections));
+        assert!(shards.check_connect("192.0.2.1".parse().unwrap()).is_err());
+        assert!(
+            socket(&shards, 4, "192.0.2.9").is_ok(),
+            "another source is not affected"
+        );
+        shards.closed(a);
+        assert!(socket(&shards, 5, "192.0.2.1").is_ok());
+    }
+
+    #[test]
+    fn a_resume_finds_the_session_in_its_shard() {
+        let shards = shards(2, &Limits::default());
+        let (room, other_room) = rooms_on_two_shards(&shards);
+        let (mut a, a_out) = socket(&shards, 1, "192.0.2.1").unwrap();
+        let far = if shards.room_shard(&room) == a.shard {
+            &other_room
+        } else {
+            &room
+        };
+        shards.text(&mut a, &format!(r#"{{"type":"join","room":"{far}"}}"#));
+        let session = frames(&a_out)
+            .into_iter()
+            .find_map(|f| f["session"].as_str().map(str::to_owned))
+            .unwrap_or_default();
+        shards.closed(a);
+        let (mut again, again_out) = socket(&shards, 2, "192.0.2.1").unwrap();
+        assert_ne!(again.shard, shards.room_shard(far));
+        shards.text(
+            &mut again,
+            &format!(r#"{{"type":"resume","session":"{session}","lastSeq":0}}"#),
+        );
+        assert!(again.joined);
+        assert_eq!(again.shard, shards.room_shard(far));
+        let types: Vec<_> = frames(&again_out).into_iter().map(|f| f["type"].clone()).collect();
+        assert_eq!(types.first(), Some(&serde_json::json!("resumed")), "{types:?}");
+    }
+}
