@@ -32,6 +32,31 @@ pub struct Config {
     pub web: Web,
     pub log: Log,
     pub metrics: Metrics,
+    pub cluster: Cluster,
+}
+
+/// A node of a cluster (`signal.redis`, docs/scaling.md): how long it drains and when it counts as full.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Cluster {
+    /// Seconds a drain (SIGUSR1, `traverse drain`, or SIGTERM in a cluster) lasts at most: TURN allocations are
+    /// kept until they end or this runs out, then the process exits.
+    pub drain_time: u64,
+    /// Relayed bandwidth (both directions) this node can carry, in Mbit/s; 0: bandwidth is not weighed. A node
+    /// relaying 90 % of it, or holding 90 % of its allocations or connections, is not handed out in `iceServers`.
+    pub relay_capacity_mbps: u64,
+    /// Where `traverse serve` writes its process id, for `traverse drain --pid-file`; unset: not written.
+    pub pid_file: Option<PathBuf>,
+}
+
+impl Default for Cluster {
+    fn default() -> Self {
+        Self {
+            drain_time: 30,
+            relay_capacity_mbps: 0,
+            pid_file: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -1,6 +1,7 @@
 //! `traverse`: signaling, STUN and TURN from one binary.
 
 mod config;
+mod drain;
 mod file_errors;
 
 use std::net::{IpAddr, SocketAddr};
@@ -46,6 +47,9 @@ enum Command {
     /// Diagnose this network against a Traverse server: signaling, STUN, TURN per transport, NAT behaviour, relay
     /// quality — and say in plain words what works and what to do. Exit 0: something works; 2: nothing does.
     Doctor(Box<doctor::Args>),
+    /// Drain a running node of a cluster (docs/scaling.md): its rooms move to the other nodes, new TURN
+    /// allocations are sent there, and it exits once its allocations have ended or cluster.drain_time has run out.
+    Drain(drain::DrainArgs),
     /// Check a configuration file and report every error with its line.
     CheckConfig {
         /// The file to check.
@@ -124,6 +128,9 @@ const FLAGS: &[Flag] = &[
          "SECRET", "HS256 secret for join tokens; unset: rooms are open"),
     flag("redis", "TRAVERSE_REDIS", "signal.redis",
          "URL", "Redis shared by the nodes of a cluster, e.g. redis://10.0.0.5:6379 (docs/scaling.md)"),
+    flag("drain-time", "TRAVERSE_DRAIN_TIME", "cluster.drain_time",
+         "SECS", "Seconds a drain keeps TURN allocations before the process exits (docs/scaling.md)"),
+    flag("pid-file", "TRAVERSE_PID_FILE", "cluster.pid_file", "FILE", "Write the process id here, for `traverse drain`"),
     list("allow-peer", "TRAVERSE_ALLOW_PEERS", "relay.allow_peers",
          "BLOCK", "Peer address blocks always allowed, e.g. 127.0.0.0/8 in a lab"),
     list("xdp", "TRAVERSE_XDP", "relay.xdp",
@@ -150,6 +157,7 @@ fn heading(key: &str) -> &'static str {
         Some("stun") => "STUN",
         Some("log") => "Logging",
         Some("metrics") => "Metrics",
+        Some("cluster") => "Cluster",
         _ => "Limits",
     }
 }
@@ -360,6 +368,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Doctor(args) => std::process::exit(doctor::run(*args)?),
+        Command::Drain(args) => drain::run(args),
         Command::CheckConfig { path } => {
             let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
             // Every error of the file, then every rule the entries that parsed break.
@@ -597,6 +606,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         own.extend(config.relay.external_v6);
         Arc::new(turn::OwnAddresses::new(own))
     };
+    // Shared with the workers; a drain refuses new allocations through it.
+    let quotas = Arc::new(config.quotas(fds.allocations));
     let server_config = server::ServerConfig {
         udp: config.listen.udp.clone(),
         tcp: config.listen.tcp.clone(),
@@ -621,7 +632,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         own_addresses,
         turn: Arc::new(turn_config),
         auth: Arc::new(auth),
-        quotas: Arc::new(config.quotas(fds.allocations)),
+        quotas: quotas.clone(),
     };
     // The URLs name the bound ports (a port may be 0 in the config), so they are filled in after the start.
     let ice_urls: Arc<std::sync::OnceLock<IceUrls>> = Arc::new(std::sync::OnceLock::new());
@@ -745,7 +756,22 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
              set signal.secret (--signal-secret, TRAVERSE_SIGNAL_SECRET) so that credentials come only with a join token"
         );
     }
-    web.health().set_checks(readiness_checks(&running));
+    let clustered = config.signal.redis.is_some();
+    let mut checks = readiness_checks(&running);
+    if clustered {
+        // The registry weighs this node's load against what it can hold (docs/scaling.md).
+        web.set_node_capacity(web::NodeCapacity {
+            allocations: fds.allocations as u64,
+            connections: fds.connections as u64,
+            relay_bits_per_second: config.cluster.relay_capacity_mbps.saturating_mul(1_000_000),
+        });
+        checks.extend(web.cluster_checks());
+    }
+    web.health().set_checks(checks);
+    let _pid_file = match &config.cluster.pid_file {
+        Some(path) => Some(drain::PidFile::write(path)?),
+        None => None,
+    };
     let handshakes = running.handshakes.clone();
     web.set_tls_failures(Arc::new(move |ip| {
         serde_json::to_value(handshakes.seen_from(std::time::Instant::now(), ip)).unwrap_or_default()
@@ -768,7 +794,13 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let certs = running.certs.clone();
-    let drained = web.clone();
+    let mut drain = drain::Drain::new(
+        Duration::from_secs(config.cluster.drain_time),
+        clustered,
+        web.clone(),
+        quotas,
+        running.stats.clone(),
+    );
     runtime.block_on(async move {
         use tokio::signal::unix::{signal, SignalKind};
         if let Some((listener, endpoint)) = metrics_endpoint {
@@ -791,12 +823,17 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         ) else {
             return;
         };
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
-                _ = term.recv() => break,
+                // In a cluster SIGTERM drains first (a second one stops at once); alone it stops.
+                _ = term.recv() => if !drain.start("SIGTERM", std::time::Instant::now()) { break },
                 _ = int.recv() => break,
                 // Drain (docs/scaling.md): this node's rooms and sockets move to the other nodes of the cluster.
-                _ = usr1.recv() => drained.drain(),
+                _ = usr1.recv() => {
+                    drain.start("SIGUSR1", std::time::Instant::now());
+                }
+                _ = tick.tick() => if drain.poll(std::time::Instant::now()) { break },
                 _ = hup.recv() => match certs.reload() {
                     Ok(()) => {
                         tracing::info!("SIGHUP: TLS certificate reloaded");
@@ -819,7 +856,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 /// What `/readyz` checks: the listeners (bound by now: `server::start` binds all or fails) and, when TLS is served,
-/// the certificate.
+/// the certificate. A cluster node adds Redis and its drain (`web::Web::cluster_checks`).
 fn readiness_checks(running: &server::Running) -> Vec<Arc<dyn metrics::Check>> {
     let mut listeners = Vec::new();
     for (kind, addrs) in [

@@ -871,3 +871,198 @@ fn nodes_signal_each_other_over_a_redis_on_tls() {
     });
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `GET path` on a node's HTTP port: the status code and the body.
+fn http_get(node: &Node, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(node.http).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned();
+    (status, body)
+}
+
+/// The UDP address of a node's first TURN URL (`turn:IP:PORT?transport=udp`).
+fn turn_udp(node: &Node) -> SocketAddr {
+    node.turn[0]
+        .as_str()
+        .and_then(|u| u.strip_prefix("turn:"))
+        .and_then(|u| u.split('?').next())
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn traverse_drain_mid_conversation_redirects_new_allocations_and_exits_after_the_drain_time() {
+    let Some(redis) = Redis::start() else { return };
+    let dir = std::env::temp_dir().join(format!("traverse-drain-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pid_file = dir.join("node0.pid");
+    let pid_arg = pid_file.to_str().unwrap();
+    let first = ["--user", "alice:pw", "--drain-time", "5", "--pid-file", pid_arg];
+    let mut nodes = vec![Node::start(&redis.url(), &first)];
+    nodes.extend((0..2).map(|_| Node::start(&redis.url(), &["--user", "alice:pw"])));
+    assert_eq!(
+        std::fs::read_to_string(&pid_file).unwrap().trim(),
+        nodes[0].child.id().to_string()
+    );
+    let (status, body) = http_get(&nodes[0], "/readyz");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"redis\""), "{body}");
+
+    // A TURN allocation on node 0, held across the drain.
+    let udp = turn_udp(&nodes[0]);
+    let mut held = common::TurnClient::new(common::Conn::udp(udp), "alice", "pw");
+    let response = held.allocate(false);
+    assert_eq!(response.class(), stun::Class::Success, "{}", response.describe());
+
+    runtime().block_on(async {
+        // A on node 0, the room's home; B on node 1.
+        let (mut a, joined_a) = Peer::join(&nodes[0], "call").await;
+        let a_session = joined_a["session"].as_str().unwrap().to_owned();
+        let (mut b, joined_b) = Peer::join(&nodes[1], "call").await;
+        let b_id = joined_b["peerId"].as_str().unwrap().to_owned();
+        let b_session = joined_b["session"].as_str().unwrap().to_owned();
+        a.expect("peer-joined").await;
+        let mut at_b: Vec<u64> = vec![1];
+        for n in 0..4u64 {
+            a.send(json!({"type":"signal","to":b_id,"data":{"n":n},"seq":n + 1}))
+                .await;
+        }
+        at_b.push(b.expect("signal").await["seq"].as_u64().unwrap());
+        a.send(json!({"type":"ping"})).await;
+        a.expect("pong").await;
+
+        // `traverse drain --pid-file`: both sockets are closed with 4202.
+        let started = Instant::now();
+        let out = Command::new(env!("CARGO_BIN_EXE_traverse"))
+            .args(["drain", "--pid-file", pid_arg])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(a.next().await.err(), Some(Some(4202)));
+        loop {
+            match b.next().await {
+                Ok(v) => at_b.push(v["seq"].as_u64().unwrap()),
+                Err(code) => {
+                    assert_eq!(code, Some(4202));
+                    break;
+                }
+            }
+        }
+        nodes[0].wait_for_log("draining — new TURN allocations are sent to other nodes");
+        let (status, body) = http_get(&nodes[0], "/readyz");
+        assert_eq!(status, 503, "a draining node is not ready: {body}");
+        assert!(body.contains("draining"), "{body}");
+
+        // New joins go to the other nodes: node 0 refuses the socket; both peers resume elsewhere, nothing lost.
+        let tcp = tokio::net::TcpStream::connect(nodes[0].http).await.unwrap();
+        let refused = tokio_tungstenite::client_async(format!("ws://{}/ws", nodes[0].http), tcp).await;
+        assert!(refused.is_err(), "a draining node accepts no socket");
+        let mut a = Peer::connect(&nodes[2]).await;
+        a.send(json!({"type":"resume","session":a_session,"lastSeq":2})).await;
+        assert_eq!(a.expect("resumed").await["ack"], 4);
+        let mut b = Peer::connect(&nodes[1]).await;
+        b.send(json!({"type":"resume","session":b_session,"lastSeq":at_b.last().unwrap()}))
+            .await;
+        let resumed = b.expect("resumed").await;
+        for _ in 0..resumed["replayed"].as_u64().unwrap() {
+            at_b.push(b.expect("signal").await["seq"].as_u64().unwrap());
+        }
+        a.send(json!({"type":"signal","to":b_id,"data":{"n":4},"seq":5})).await;
+        at_b.push(b.expect("signal").await["seq"].as_u64().unwrap());
+        assert_eq!(at_b, (1..=6).collect::<Vec<u64>>());
+        // A draining node is no longer handed out (the registry is read once a second).
+        join_until_ice(&nodes[1], 1, &[nodes[1].turn.clone(), nodes[2].turn.clone()]).await;
+
+        // A new Allocate on node 0: 300 Try Alternate naming a live node's UDP listener.
+        let alternates = [turn_udp(&nodes[1]), turn_udp(&nodes[2])];
+        let mut fresh = common::TurnClient::new(common::Conn::udp(udp), "alice", "pw");
+        let refused = fresh.allocate(false);
+        assert_eq!(refused.error_code(), Some(300), "{}", refused.describe());
+        let alternate = match refused.message().decode(stun::attr::ALTERNATE_SERVER) {
+            Some(Ok(stun::Attribute::AlternateServer(a))) => a,
+            other => panic!("no ALTERNATE-SERVER: {other:?}"),
+        };
+        assert!(
+            alternates.contains(&alternate),
+            "{alternate} is not one of {alternates:?}"
+        );
+        let mut moved = common::TurnClient::new(common::Conn::udp(alternate), "alice", "pw");
+        let response = moved.allocate(false);
+        assert_eq!(response.class(), stun::Class::Success, "{}", response.describe());
+
+        // The held allocation keeps working.
+        let refreshed = held.request(stun::Method::REFRESH, |w| {
+            w.add(&stun::Attribute::Lifetime(600)).map(|_| ())
+        });
+        assert_eq!(refreshed.class(), stun::Class::Success, "{}", refreshed.describe());
+
+        // The process exits by itself once the drain time (5 s) has run out, not before.
+        let deadline = started + Duration::from_secs(15);
+        let status = loop {
+            if let Some(status) = nodes[0].child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "still running 15 s after the drain");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let lasted = started.elapsed();
+        assert!(status.success(), "{status:?}");
+        assert!(
+            lasted >= Duration::from_secs(4),
+            "exited after {lasted:?}, before the drain time"
+        );
+        assert!(nodes[0].log().contains("drain time over"), "{}", nodes[0].log());
+        assert!(!pid_file.exists(), "the pid file is removed at exit");
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn an_overloaded_node_is_not_handed_out_and_comes_back_once_it_has_room() {
+    let Some(redis) = Redis::start() else { return };
+    let user = ["--user", "alice:pw"];
+    let mut nodes: Vec<Node> = (0..2).map(|_| Node::start(&redis.url(), &user)).collect();
+    // Node 2 holds two allocations at most: with two, it is full.
+    let small = ["--user", "alice:pw", "--set", "limits.max_allocations=2"];
+    nodes.push(Node::start(&redis.url(), &small));
+    let udp = turn_udp(&nodes[2]);
+    // Two sources: with a capacity of two, one source may hold one (half the capacity at most).
+    let mut clients: Vec<common::TurnClient> = [[127, 0, 0, 1], [127, 0, 0, 2]]
+        .into_iter()
+        .map(|ip| {
+            let conn = common::Conn::udp_from(std::net::IpAddr::from(ip), udp);
+            let mut client = common::TurnClient::new(conn, "alice", "pw");
+            let response = client.allocate(false);
+            assert_eq!(response.class(), stun::Class::Success, "{}", response.describe());
+            client
+        })
+        .collect();
+    runtime().block_on(async {
+        // Joined on node 1: node 2 is left out.
+        let (_p1, _) = join_until_ice(&nodes[1], 1, &[nodes[1].turn.clone(), nodes[0].turn.clone()]).await;
+        // Joined on node 2 itself: its own TURN is left out too (its STUN stays), the others least loaded first
+        // (node 1 holds a socket, node 0 none).
+        let (_p2, _) = join_until_ice(&nodes[2], 1, &[nodes[0].turn.clone(), nodes[1].turn.clone()]).await;
+        let (status, body) = http_get(&nodes[2], "/readyz");
+        assert_eq!(status, 200, "overloaded is not unready: {body}");
+
+        // Its allocations end: it is handed out again, last (it holds a socket).
+        for client in &mut clients {
+            let deleted = client.request(stun::Method::REFRESH, |w| {
+                w.add(&stun::Attribute::Lifetime(0)).map(|_| ())
+            });
+            assert_eq!(deleted.class(), stun::Class::Success, "{}", deleted.describe());
+        }
+        join_until_ice(
+            &nodes[1],
+            1,
+            &[nodes[1].turn.clone(), nodes[0].turn.clone(), nodes[2].turn.clone()],
+        )
+        .await;
+    });
+}

@@ -96,12 +96,15 @@ struct Health {
     /// What was last logged: `Some(true)` shared, `Some(false)` alone.
     logged: Option<bool>,
     subscribed: bool,
+    /// Where `/readyz` reads it.
+    status: NodeStatus,
 }
 
 impl Health {
     fn trouble(&mut self, why: &str) {
         if self.logged != Some(false) {
             self.logged = Some(false);
+            self.status.set_redis(RedisState::Unreachable);
             tracing::warn!(redis = %self.url, error = why, "Redis unreachable: serving rooms on this node alone until it answers");
         }
     }
@@ -110,6 +113,7 @@ impl Health {
     fn healed(&mut self) {
         if self.subscribed && self.logged != Some(true) {
             self.logged = Some(true);
+            self.status.set_redis(RedisState::Shared);
             tracing::info!(redis = %self.url, "connected to Redis: rooms are shared with the other nodes");
         }
     }
@@ -140,10 +144,12 @@ pub(crate) async fn run(
     tracing::info!(node = %node, redis = %url, "signaling cluster: this node's rooms and sockets are shared over Redis");
     let (events_tx, mut events) = mpsc::channel::<Event>(PUBLISH_QUEUE);
     let (publish_tx, publish_rx) = mpsc::channel::<(NodeId, Bytes)>(PUBLISH_QUEUE);
+    ice.turn.attach(ice.registry.clone());
     let mut health = Health {
         url: url.clone(),
         logged: None,
         subscribed: false,
+        status: ice.turn.clone(),
     };
     let mut manager: Option<ConnectionManager> = None;
     if let Some(client) = &client {
@@ -162,6 +168,7 @@ pub(crate) async fn run(
             command = rx.recv() => {
                 let Some(command) = command else { break };
                 if matches!(command, Command::Drain) {
+                    ice.turn.set_draining();
                     drain(&mut hub, &mut router, manager.as_ref()).await;
                 } else if handle(&mut hub, &mut router, &mut sockets, &mut sources, command) {
                     break;
@@ -222,11 +229,17 @@ pub(crate) async fn run(
                 Event::Trouble(why) => health.trouble(&why),
             },
             _ = sleep_until(deadline) => router.handle_timeout(&mut hub, now()),
-            _ = tick.tick() => {
-                if let Some(m) = manager.as_ref().filter(|_| !router.is_draining()) {
+            _ = tick.tick() => match manager.as_ref() {
+                Some(m) if !router.is_draining() => {
                     tokio::spawn(heartbeat(m.clone(), &router, &hub, &ice, lease, events_tx.clone()));
                 }
-            }
+                // A draining node no longer heartbeats, but keeps reading the registry: its TURN redirects new
+                // allocations to a live node.
+                Some(m) => {
+                    tokio::spawn(refresh_registry(m.clone(), router.node().clone(), ice.registry.clone()));
+                }
+                None => {}
+            },
         }
         // While Redis is known to be down, the hub does not wait for it: nothing is recorded (lookups, which wait
         // in tasks of their own, still try).
@@ -659,16 +672,23 @@ fn heartbeat(
     let load = u64::try_from(stats.connections)
         .unwrap_or(u64::MAX)
         .saturating_add(turn.allocations);
+    let relayed = turn.relayed_bytes_to_peer.saturating_add(turn.relayed_bytes_to_client);
+    let capacity = ice.turn.capacity();
     let info = serde_json::json!({
         "node": node.as_str(),
         "load": load,
         "allocations": turn.allocations,
-        "relayed_bytes": turn.relayed_bytes_to_peer.saturating_add(turn.relayed_bytes_to_client),
+        "max_allocations": capacity.allocations,
+        "relayed_bytes": relayed,
+        "relayed_bps": ice.turn.relayed_rate(relayed),
+        "relay_capacity_bps": capacity.relay_bits_per_second,
         "sockets": stats.connections,
+        "max_sockets": capacity.connections,
         "sessions": stats.sessions,
         "rooms": stats.rooms,
         "turn": turn_entries(&ice.own),
     });
+    ice.registry.set_own_overloaded(overloaded(&info));
     pipe.cmd("SET")
         .arg(channel(&node))
         .arg(info.to_string())
@@ -723,11 +743,7 @@ fn heartbeat(
                         let _ = events.send(Event::NodeGone(home)).await;
                     }
                 }
-                match tokio::time::timeout(ANSWER_TIMEOUT, read_registry(&mut m, &node)).await {
-                    Ok(Ok(others)) => registry.set(others),
-                    Ok(Err(e)) => tracing::debug!(error = %e, "could not read the node registry"),
-                    Err(_) => tracing::debug!("reading the node registry timed out"),
-                }
+                update_registry(&mut m, &node, true, &registry).await;
             }
             Err(e) => {
                 let _ = events.send(Event::Trouble(format!("the heartbeat failed: {e}"))).await;
@@ -743,24 +759,139 @@ pub(crate) struct Ice {
     pub turn: TurnLoadSource,
 }
 
-/// The TURN workers' summed counters, given by the binary once its workers run.
+/// What the binary and `/readyz` share with a node's hub task: the TURN workers' counters and the node's capacity
+/// in (given once its workers run), Redis' health, the drain and the other live nodes' TURN URLs out.
 #[derive(Clone, Default)]
-pub(crate) struct TurnLoadSource(Arc<std::sync::OnceLock<Arc<dyn Fn() -> TurnLoad + Send + Sync>>>);
+pub(crate) struct NodeStatus(Arc<StatusInner>);
 
-impl TurnLoadSource {
+/// The name the hub knows it by.
+pub(crate) type TurnLoadSource = NodeStatus;
+
+#[derive(Default)]
+struct StatusInner {
+    turn: std::sync::OnceLock<Arc<dyn Fn() -> TurnLoad + Send + Sync>>,
+    capacity: std::sync::OnceLock<crate::NodeCapacity>,
+    registry: std::sync::OnceLock<Registry>,
+    redis: std::sync::atomic::AtomicU8,
+    draining: std::sync::atomic::AtomicBool,
+    /// The relayed byte counter at the last heartbeat, to advertise a rate.
+    last_relayed: Mutex<Option<(std::time::Instant, u64)>>,
+}
+
+/// Redis as the hub task last saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RedisState {
+    /// Not answered yet (starting).
+    Unknown = 0,
+    /// Commands and this node's subscription work: rooms are shared.
+    Shared = 1,
+    /// The node serves its sockets alone.
+    Unreachable = 2,
+}
+
+impl NodeStatus {
     pub(crate) fn set(&self, source: Arc<dyn Fn() -> TurnLoad + Send + Sync>) {
-        let _ = self.0.set(source);
+        let _ = self.0.turn.set(source);
     }
 
     fn get(&self) -> TurnLoad {
-        self.0.get().map(|f| f()).unwrap_or_default()
+        self.0.turn.get().map(|f| f()).unwrap_or_default()
+    }
+
+    pub(crate) fn set_capacity(&self, capacity: crate::NodeCapacity) {
+        let _ = self.0.capacity.set(capacity);
+    }
+
+    fn capacity(&self) -> crate::NodeCapacity {
+        self.0.capacity.get().copied().unwrap_or_default()
+    }
+
+    fn attach(&self, registry: Registry) {
+        let _ = self.0.registry.set(registry);
+    }
+
+    fn set_redis(&self, state: RedisState) {
+        self.0.redis.store(state as u8, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub(crate) fn redis(&self) -> RedisState {
+        match self.0.redis.load(std::sync::atomic::Ordering::Relaxed) {
+            1 => RedisState::Shared,
+            2 => RedisState::Unreachable,
+            _ => RedisState::Unknown,
+        }
+    }
+
+    fn set_draining(&self) {
+        self.0.draining.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub(crate) fn is_draining(&self) -> bool {
+        self.0.draining.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The other live nodes' TURN URLs, the least loaded node first, overloaded nodes left out.
+    pub(crate) fn other_turn_urls(&self) -> Vec<String> {
+        let Some(registry) = self.0.registry.get() else {
+            return Vec::new();
+        };
+        let nodes = registry.0.lock().unwrap_or_else(|e| e.into_inner());
+        nodes
+            .others
+            .iter()
+            .flat_map(|(_, urls)| urls.as_array().cloned().unwrap_or_default())
+            .flat_map(|urls| match urls {
+                Value::Array(list) => list,
+                one => vec![one],
+            })
+            .filter_map(|u| u.as_str().map(str::to_owned))
+            .collect()
+    }
+
+    /// Bits per second relayed since the last call (0 the first time).
+    fn relayed_rate(&self, relayed_bytes: u64) -> u64 {
+        let now = std::time::Instant::now();
+        let mut last = self.0.last_relayed.lock().unwrap_or_else(|e| e.into_inner());
+        let rate = match *last {
+            Some((at, bytes)) if now > at => {
+                let bits = relayed_bytes.saturating_sub(bytes).saturating_mul(8) as f64;
+                (bits / now.duration_since(at).as_secs_f64()) as u64
+            }
+            _ => 0,
+        };
+        *last = Some((now, relayed_bytes));
+        rate
     }
 }
 
-impl std::fmt::Debug for TurnLoadSource {
+impl std::fmt::Debug for NodeStatus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("TurnLoadSource")
+        f.debug_struct("NodeStatus")
+            .field("redis", &self.redis())
+            .field("draining", &self.is_draining())
+            .finish_non_exhaustive()
     }
+}
+
+/// At or above this share of any capacity a node advertises, it is overloaded: not handed out in `iceServers`
+/// (the TURN it would give is better given by a node with room; the margin covers the second the figures lag).
+const OVERLOAD_PERCENT: u64 = 90;
+
+/// Whether a registry entry says its node is overloaded: allocations, signaling sockets or relayed bandwidth at
+/// [`OVERLOAD_PERCENT`] of what it can hold. A capacity it does not advertise (0, absent) is not weighed.
+fn overloaded(entry: &Value) -> bool {
+    let full = |used: &str, capacity: &str| {
+        let (Some(used), Some(capacity)) = (
+            entry.get(used).and_then(Value::as_u64),
+            entry.get(capacity).and_then(Value::as_u64),
+        ) else {
+            return false;
+        };
+        capacity > 0 && used.saturating_mul(100) >= capacity.saturating_mul(OVERLOAD_PERCENT)
+    };
+    full("allocations", "max_allocations")
+        || full("sockets", "max_sockets")
+        || full("relayed_bps", "relay_capacity_bps")
 }
 
 /// The other live nodes' TURN entries (`urls` only), least loaded first, as the registry last said, and the node
@@ -774,6 +905,8 @@ struct Nodes {
     others: Vec<(NodeId, Value)>,
     /// The peer's own node when its socket is on another node than the room's home.
     origin: Option<NodeId>,
+    /// This node's own heartbeat said it is overloaded.
+    own_overloaded: bool,
 }
 
 impl Registry {
@@ -781,13 +914,18 @@ impl Registry {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).others = others;
     }
 
+    fn set_own_overloaded(&self, overloaded: bool) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).own_overloaded = overloaded;
+    }
+
     /// Joins handled until the next call are for a socket of `origin` (`None`: of this node).
     fn minting_for(&self, origin: Option<NodeId>) {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).origin = origin;
     }
 
-    /// The other nodes' TURN URL lists in the order handed out: the peer's own node first.
-    fn ordered(&self) -> (Option<Value>, Vec<Value>) {
+    /// The other nodes' TURN URL lists in the order handed out: the peer's own node first; and whether this node
+    /// is overloaded.
+    fn ordered(&self) -> (Option<Value>, Vec<Value>, bool) {
         let nodes = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let origin = nodes.origin.as_ref();
         let first = nodes
@@ -801,13 +939,14 @@ impl Registry {
             .filter(|(id, _)| Some(id) != origin)
             .map(|(_, v)| v.clone())
             .collect();
-        (first, rest)
+        (first, rest, nodes.own_overloaded)
     }
 }
 
 /// A join's iceServers: the peer's own node first — this node's STUN and TURN, or when the peer's socket is on
 /// another node, that node's TURN before them — then every other live node's TURN, least loaded first, all with
-/// the same credential (TURN secrets are shared across a cluster).
+/// the same credential (TURN secrets are shared across a cluster). Overloaded nodes are left out (the registry
+/// read skips the others; this node's own TURN is dropped when it is overloaded and another node has room).
 pub(crate) fn ice_source(own: crate::IceServersFn, registry: Registry) -> signal::IceServerSource {
     Box::new(move |peer, unix| {
         let mut servers = own(peer.as_str(), unix);
@@ -818,7 +957,10 @@ pub(crate) fn ice_source(own: crate::IceServersFn, registry: Registry) -> signal
         });
         if let (Some(list), Some((Some(username), Some(credential)))) = (servers.as_array_mut(), credential) {
             let entry = |urls: &Value| json!({"urls": urls, "username": username, "credential": credential});
-            let (first, rest) = registry.ordered();
+            let (first, rest, own_overloaded) = registry.ordered();
+            if own_overloaded && (first.is_some() || !rest.is_empty()) {
+                list.retain(|e| e.get("username").is_none());
+            }
             if let Some(first) = first {
                 let mine = std::mem::take(list);
                 list.extend(first.as_array().into_iter().flatten().map(entry));
@@ -846,19 +988,37 @@ fn turn_entries(own: &crate::IceServersFn) -> Value {
     Value::Array(urls)
 }
 
-/// Registers this node in the `nodes` set and reads the other live nodes' TURN URLs, least loaded first. A node is
-/// live while its heartbeat key exists; the set only lists candidates.
-async fn read_registry(m: &mut ConnectionManager, node: &NodeId) -> redis::RedisResult<Vec<(NodeId, Value)>> {
+/// Reads the registry into `registry` (a failure keeps the last read: it is at most a few seconds old).
+async fn update_registry(m: &mut ConnectionManager, node: &NodeId, register: bool, registry: &Registry) {
+    match tokio::time::timeout(ANSWER_TIMEOUT, read_registry(m, node, register)).await {
+        Ok(Ok(others)) => registry.set(others),
+        Ok(Err(e)) => tracing::debug!(error = %e, "could not read the node registry"),
+        Err(_) => tracing::debug!("reading the node registry timed out"),
+    }
+}
+
+/// A draining node's registry read: it no longer registers itself.
+async fn refresh_registry(mut m: ConnectionManager, node: NodeId, registry: Registry) {
+    update_registry(&mut m, &node, false, &registry).await;
+}
+
+/// Registers this node in the `nodes` set (unless `register` is false) and reads the other live nodes' TURN URLs,
+/// least loaded first, overloaded nodes left out. A node is live while its heartbeat key exists; the set only
+/// lists candidates.
+async fn read_registry(
+    m: &mut ConnectionManager,
+    node: &NodeId,
+    register: bool,
+) -> redis::RedisResult<Vec<(NodeId, Value)>> {
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, millis);
     let set = format!("{PREFIX}nodes");
-    let (ids,): (Vec<String>,) = redis::pipe()
-        .cmd("ZADD")
-        .arg(&set)
-        .arg(now_ms)
-        .arg(node.as_str())
-        .ignore()
+    let mut pipe = redis::pipe();
+    if register {
+        pipe.cmd("ZADD").arg(&set).arg(now_ms).arg(node.as_str()).ignore();
+    }
+    let (ids,): (Vec<String>,) = pipe
         .cmd("ZREMRANGEBYSCORE")
         .arg(&set)
         .arg("-inf")
@@ -881,6 +1041,7 @@ async fn read_registry(m: &mut ConnectionManager, node: &NodeId) -> redis::Redis
         .into_iter()
         .zip(infos)
         .filter_map(|(id, info)| Some((id, serde_json::from_str::<Value>(&info?).ok()?)))
+        .filter(|(_, v)| !overloaded(v))
         .map(|(id, v)| {
             let load = v.get("load").and_then(Value::as_u64).unwrap_or(u64::MAX);
             (load, id, v.get("turn").cloned().unwrap_or_default())
@@ -983,4 +1144,52 @@ fn manager_config() -> redis::aio::ConnectionManagerConfig {
         .set_connection_timeout(Some(ANSWER_TIMEOUT))
         .set_response_timeout(Some(ANSWER_TIMEOUT))
         .set_number_of_retries(1)
+}
+
+/// `/readyz` in a cluster: ready while Redis answers (a node that serves alone would split the rooms new peers
+/// join from the rest of the cluster) and not draining.
+#[derive(Debug)]
+pub(crate) struct ClusterCheck {
+    pub status: NodeStatus,
+    pub part: ClusterCheckPart,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum ClusterCheckPart {
+    Redis,
+    Drain,
+}
+
+impl metrics::Check for ClusterCheck {
+    fn name(&self) -> &'static str {
+        match self.part {
+            ClusterCheckPart::Redis => "redis",
+            ClusterCheckPart::Drain => "drain",
+        }
+    }
+
+    fn run(&self, _unix_now: u64) -> metrics::CheckResult {
+        let (ok, detail) = match self.part {
+            ClusterCheckPart::Redis => match self.status.redis() {
+                RedisState::Shared => (true, "connected: rooms are shared with the other nodes"),
+                RedisState::Unknown => (false, "connecting to Redis"),
+                RedisState::Unreachable => (
+                    false,
+                    "Redis unreachable: this node serves its own sockets alone until it answers",
+                ),
+            },
+            ClusterCheckPart::Drain => match self.status.is_draining() {
+                false => (true, "not draining"),
+                true => (
+                    false,
+                    "draining: rooms handed to the other nodes, no new sockets or TURN allocations",
+                ),
+            },
+        };
+        metrics::CheckResult {
+            name: self.name(),
+            ok,
+            detail: detail.to_owned(),
+        }
+    }
 }

@@ -210,4 +210,38 @@ impl Web {
     pub fn drain(&self) {
         self.app.hub.drain();
     }
+
+    /// What this node can hold, advertised in the cluster's registry so that a nearly full node is not handed out
+    /// in `iceServers`. Set once; later calls are ignored.
+    pub fn set_node_capacity(&self, capacity: NodeCapacity) {
+        self.app.hub.turn_load.set_capacity(capacity);
+    }
+
+    /// In a cluster: the other live, not overloaded nodes' TURN URLs, the least loaded node first (where a
+    /// draining node redirects new allocations).
+    pub fn cluster_turn_urls(&self) -> Vec<String> {
+        self.app.hub.turn_load.other_turn_urls()
+    }
+
+    /// The readiness checks of a cluster node: Redis answers, and the node is not draining.
+    pub fn cluster_checks(&self) -> Vec<Arc<dyn metrics::Check>> {
+        [cluster::ClusterCheckPart::Redis, cluster::ClusterCheckPart::Drain]
+            .into_iter()
+            .map(|part| {
+                Arc::new(cluster::ClusterCheck {
+                    status: self.app.hub.turn_load.clone(),
+                    part,
+                }) as Arc<dyn metrics::Check>
+            })
+            .collect()
+    }
+}
+
+/// What a cluster node can hold (0: not weighed): its overload is judged against these (docs/scaling.md).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NodeCapacity {
+    pub allocations: u64,
+    /// Signaling sockets (the stream connections the node accepts).
+    pub connections: u64,
+    pub relay_bits_per_second: u64,
 }
