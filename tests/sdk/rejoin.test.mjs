@@ -303,3 +303,34 @@ test('reconnect delays: a server that cannot be reached is probed every 0.25-1 s
   // Whatever the draw, never more than maxMs while fast: a restarted server is found within 1 s of answering.
   for (let n = 0; n < 200; n++) assert.ok(sdk._reconnectDelay(n, 1006, n * 100, opts, Math.random) <= 1000);
 });
+
+test('resumed through another node (the one in use was lost): connected calls restart at once with its servers', async () => {
+  const { room, sent, receive, handshake } = fakeRoom({ url: ['ws://node1.test/ws', 'ws://node2.test/ws'] });
+  handshake();
+  receive(joined('p_a1', ['p_b1']));
+  const peer = room.connect('p_b1');
+  peer.pc.reach('connected');
+  const causes = [];
+  peer.on('reconnecting', (d) => causes.push(d.cause));
+  // The same node again (a blip): nothing to restart.
+  room._session.handleDisconnect(1006);
+  handshake();
+  receive({ type: 'resumed', seq: 1, peerId: 'p_a1', replayed: 0, ack: 0 });
+  await tick();
+  assert.deepEqual(causes, []);
+  // Node 1 is gone: the session resumes through node 2, and the call restarts now (its relay may have been on node 1).
+  room._session.handleDisconnect(1006);
+  room._link.url = 'ws://node2.test/ws';
+  handshake();
+  sent.length = 0;
+  receive({ type: 'resumed', seq: 1, peerId: 'p_a1', replayed: 0, ack: 0 });
+  assert.deepEqual(causes, ['node-lost']);
+  await tick();
+  assert.deepEqual(sent.map((m) => m.type), ['ice-servers'], 'fresh servers from node 2 first');
+  receive({ type: 'ice-servers', seq: 1, iceServers: [{ urls: 'turn:node2.test', username: '9:p_a1', credential: 'c' }] });
+  await tick();
+  await tick();
+  assert.equal(peer.pc.restarts, 1);
+  assert.equal(peer.pc.config.iceServers[0].urls, 'turn:node2.test');
+  room._finish(1000, 'done', true);
+});

@@ -321,6 +321,7 @@ export class Room extends EventTarget {
     private _handleSessionEvent;
     /** @private @param {any} msg @param {boolean} rejoined @param {any[]} lost */
     private _onJoined;
+    /** @private the URL of the node the session was last established through */ private _establishedUrl;
     /** @private @param {any} msg */
     private _onResumed;
     /** A server message the session let through, in stream order. @private */
@@ -641,7 +642,7 @@ export class Peer extends EventTarget {
  * @typedef {{setTimeout: (fn: () => void, ms: number) => any, clearTimeout: (t: any) => void, now: () => number}}
  *   Clock
  *
- * @typedef {'ice-disconnected' | 'ice-failed' | 'network-change' | 'network-offline' | 'session-lost'}
+ * @typedef {'ice-disconnected' | 'ice-failed' | 'network-change' | 'network-offline' | 'session-lost' | 'node-lost'}
  *   RecoveryCause
  */
 /** Restart delays of one episode; the first restart goes at once, the last delay repeats. */
@@ -881,7 +882,7 @@ export type Clock = {
 /**
  * When a `Peer` restarts ICE (docs/sdk.md, "Calls that survive").
  */
-export type RecoveryCause = "ice-disconnected" | "ice-failed" | "network-change" | "network-offline" | "session-lost";
+export type RecoveryCause = "ice-disconnected" | "ice-failed" | "network-change" | "network-offline" | "session-lost" | "node-lost";
 export type SendFileOptions = {
     /**
      * called as bytes leave (at most every 50 ms, and at the end)
@@ -1095,6 +1096,12 @@ declare class Recovery {
      * 10 s in Chromium: tests/browser/rejoin.test.js). A direct path just renegotiates without a break.
      */
     handleSessionLost(): void;
+    /**
+     * Signaling resumed through another node than before (the one in use could not be reached): a relay on that node
+     * has most likely gone with it, so the connection restarts now (with the new node's servers) rather than when ICE
+     * notices — about 5 s of silence in Chromium, then the grace period. A path that still works just renegotiates.
+     */
+    handleNodeLost(): void;
     /** The peer left or the connection closed: nothing more happens. */
     close(): void;
     /** Something calls for a restart: start an episode (or join the running one), restart now or after grace. */

@@ -397,6 +397,7 @@ export class Room extends EventTarget {
     if (typeof msg.heartbeatMs === 'number') this.heartbeatMs = msg.heartbeatMs;
     if (typeof msg.resumeGraceMs === 'number') this.resumeGraceMs = msg.resumeGraceMs;
     this._link.established(this._opts.heartbeatMs ?? this.heartbeatMs);
+    /** @private the URL of the node the session was last established through */ this._establishedUrl = this.url;
     const peers = [...this.peers.values()];
     this._emit('joined', { peerId: this.peerId, peers, rejoined, previousPeerId, seq: msg.seq });
     if (rejoined) this._announceRejoin(null);
@@ -417,6 +418,10 @@ export class Room extends EventTarget {
   _onResumed(msg) {
     this._link.established(this._opts.heartbeatMs ?? this.heartbeatMs);
     this._emit('resumed', { replayed: msg.replayed, seq: msg.seq, peerId: msg.peerId, ack: msg.ack });
+    if (this._establishedUrl !== this.url) {
+      for (const pc of this.connections.values()) if (pc._recovery) pc._recovery.handleNodeLost();
+    }
+    this._establishedUrl = this.url;
     this._signalingBack();
   }
 
@@ -1304,7 +1309,7 @@ export class Peer extends EventTarget {
  * @typedef {{setTimeout: (fn: () => void, ms: number) => any, clearTimeout: (t: any) => void, now: () => number}}
  *   Clock
  *
- * @typedef {'ice-disconnected' | 'ice-failed' | 'network-change' | 'network-offline' | 'session-lost'}
+ * @typedef {'ice-disconnected' | 'ice-failed' | 'network-change' | 'network-offline' | 'session-lost' | 'node-lost'}
  *   RecoveryCause
  */
 
@@ -1403,6 +1408,16 @@ class Recovery {
   handleSessionLost() {
     if (this.state === 'closed' || this.state === 'new') return;
     this._trigger('session-lost', true);
+  }
+
+  /**
+   * Signaling resumed through another node than before (the one in use could not be reached): a relay on that node
+   * has most likely gone with it, so the connection restarts now (with the new node's servers) rather than when ICE
+   * notices — about 5 s of silence in Chromium, then the grace period. A path that still works just renegotiates.
+   */
+  handleNodeLost() {
+    if (this.state === 'closed' || this.state === 'new') return;
+    this._trigger('node-lost', true);
   }
 
   /** The peer left or the connection closed: nothing more happens. */
