@@ -402,10 +402,16 @@ fn a_node_whose_redis_is_unreachable_serves_its_sockets_alone_and_says_so() {
     });
     let warned = node.log().matches("Redis unreachable").count();
     assert_eq!(warned, 1, "said once:\n{}", node.log());
+    // Not ready meanwhile: a load balancer sends new peers to nodes that share rooms.
+    let (status, body) = http_get(&node, "/readyz");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("Redis unreachable"), "{body}");
 
-    // Redis comes up on that port: the node says so and shares its rooms again.
+    // Redis comes up on that port: the node says so, shares its rooms again and is ready.
     let _redis = Redis::start_on(port);
     node.wait_for_log("connected to Redis: rooms are shared with the other nodes");
+    let (status, body) = http_get(&node, "/readyz");
+    assert_eq!(status, 200, "{body}");
 }
 
 #[test]
@@ -874,9 +880,19 @@ fn nodes_signal_each_other_over_a_redis_on_tls() {
 
 /// `GET path` on a node's HTTP port: the status code and the body.
 fn http_get(node: &Node, path: &str) -> (u16, String) {
+    http(node, "GET", path, "", "")
+}
+
+/// One HTTP/1.1 request (`headers`: whole lines, each ending in CRLF) on a node's HTTP port.
+fn http(node: &Node, method: &str, path: &str, headers: &str, body: &str) -> (u16, String) {
     let mut s = TcpStream::connect(node.http).unwrap();
     s.set_read_timeout(Some(WAIT)).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n{headers}\r\n{body}",
+        body.len()
+    )
+    .unwrap();
     let mut text = String::new();
     let _ = s.read_to_string(&mut text);
     let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
@@ -1065,4 +1081,59 @@ fn an_overloaded_node_is_not_handed_out_and_comes_back_once_it_has_room() {
         )
         .await;
     });
+}
+
+#[test]
+fn a_report_shared_on_one_node_is_read_and_listed_on_the_others_and_the_store_stays_bounded() {
+    let Some(redis) = Redis::start() else { return };
+    let admin = "an-admin-token-of-the-cluster";
+    let dir = std::env::temp_dir().join(format!("traverse-reports-{}", std::process::id()));
+    let nodes: Vec<Node> = (0..3)
+        .map(|i| {
+            // Each node a data directory of its own: what one node reads from another comes from Redis.
+            let data = format!("web.data_dir={}", dir.join(i.to_string()).display());
+            let token = format!("web.admin_token={admin}");
+            let args = ["--set", &data, "--set", &token, "--set", "web.max_reports=2"];
+            Node::start(&redis.url(), &args)
+        })
+        .collect();
+    let post = |node: &Node, n: u64| {
+        let body = json!({"verdict": {"headline": format!("report {n}")}, "n": n}).to_string();
+        let (status, answer) = http(
+            node,
+            "POST",
+            "/api/reports",
+            "Content-Type: application/json\r\n",
+            &body,
+        );
+        assert_eq!(status, 201, "{answer}");
+        let answer: Value = serde_json::from_str(&answer).unwrap();
+        answer["id"].as_str().unwrap().to_owned()
+    };
+    let first = post(&nodes[0], 0);
+    let (status, body) = http_get(&nodes[1], &format!("/api/reports/{first}"));
+    assert_eq!(status, 200, "{body}");
+    let read: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(read["report"]["n"], 0, "{read}");
+    assert!(read.get("source").is_none(), "the source is never shown: {read}");
+
+    // Two more, from other nodes: the store holds two (web.max_reports), so the oldest goes, cluster-wide.
+    std::thread::sleep(Duration::from_millis(1100));
+    let second = post(&nodes[1], 1);
+    std::thread::sleep(Duration::from_millis(1100));
+    let third = post(&nodes[2], 2);
+    let bearer = format!("Authorization: Bearer {admin}\r\n");
+    let (status, body) = http(&nodes[0], "GET", "/api/reports", &bearer, "");
+    assert_eq!(status, 200, "{body}");
+    let list: Value = serde_json::from_str(&body).unwrap();
+    let ids: Vec<&str> = list["reports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [third.as_str(), second.as_str()], "newest first: {list}");
+    assert_eq!(list["reports"][0]["headline"], "report 2");
+    assert_eq!(http_get(&nodes[2], &format!("/api/reports/{first}")).0, 404);
+    let _ = std::fs::remove_dir_all(&dir);
 }

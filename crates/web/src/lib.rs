@@ -108,6 +108,11 @@ impl Web {
                 max_bytes: MAX_REPORT_BYTES,
             },
         )?;
+        // In a cluster the reports are the cluster's (docs/scaling.md).
+        let reports = match &redis {
+            Some(url) => reports.with_redis(url),
+            None => reports,
+        };
         tracing::info!(dir = %reports.dir().display(), held = reports.list().len(), "troubleshooter report store");
         let hub = hub::spawn(&config, redis)?;
         let app = Arc::new(routes::App::new(config, hub, reports));

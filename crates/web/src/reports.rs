@@ -18,6 +18,11 @@
 //!
 //! The calls block on the file system (small files, a handful per minute): callers on a runtime run them with
 //! `spawn_blocking`.
+//!
+//! In a cluster (`signal.redis`, docs/scaling.md) the reports live in Redis instead ([`SharedReports`]), so a link
+//! works on every node and the operator's list is the cluster's: same bounds and fairness, and each report expires
+//! after [`SHARED_REPORT_TTL`]. While Redis does not answer, a report is kept in this node's files (and read from
+//! them), so `/check` keeps working on a node alone.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -183,12 +188,13 @@ struct Published {
     report: Box<RawValue>,
 }
 
-/// The store: a directory and an index of what is in it.
+/// The store: a directory and an index of what is in it; in a cluster, Redis first.
 #[derive(Debug)]
 pub struct ReportStore {
     dir: PathBuf,
     limits: ReportLimits,
     index: Mutex<Index>,
+    shared: Option<SharedReports>,
 }
 
 /// The reports held, oldest first, and how many each source holds. Linear scans are fine here: a create is
@@ -303,10 +309,27 @@ impl ReportStore {
             dir,
             limits,
             index: Mutex::new(index),
+            shared: None,
         };
         // Lowered bounds take effect at once.
         store.prune_at_start(&mut store.lock());
         Ok(store)
+    }
+
+    /// Keeps reports in the Redis at `url` (shared by the nodes of a cluster), this node's files only while Redis
+    /// does not answer. A URL the client cannot use leaves the store on files (said once).
+    pub fn with_redis(mut self, url: &str) -> Self {
+        match redis::Client::open(url) {
+            Ok(client) => {
+                self.shared = Some(SharedReports {
+                    client,
+                    connection: Mutex::new(None),
+                    ttl: SHARED_REPORT_TTL,
+                })
+            }
+            Err(e) => tracing::error!(error = %e, "reports stay on this node's files: cannot use this Redis URL"),
+        }
+        self
     }
 
     pub fn dir(&self) -> &Path {
@@ -341,6 +364,13 @@ impl ReportStore {
             report,
         };
         let text = serde_json::to_vec(&stored).map_err(|e| ReportError::BadJson(e.to_string()))?;
+        if let Some(shared) = &self.shared {
+            let summary = summary(id, &stored, text.len() as u64);
+            match shared.create(id, &stored, &text, &summary, self.limits) {
+                Ok(()) => return Ok(id),
+                Err(e) => shared.trouble(&e, "a report is kept in this node's files"),
+            }
+        }
         std::fs::create_dir_all(&self.dir)?;
         let tmp = self.dir.join(format!(".tmp-{id}"));
         let written = write_synced(&tmp, &text).and_then(|()| std::fs::rename(&tmp, self.dir.join(id.file_name())));
@@ -372,20 +402,39 @@ impl ReportStore {
 
     /// The stored report as `{"id","created","report"}` JSON text (without the source it was charged to).
     pub fn read(&self, id: ReportId) -> Result<Vec<u8>, ReportError> {
+        if let Some(shared) = &self.shared {
+            match shared.read(id) {
+                Ok(Some(bytes)) => return published(&bytes),
+                Ok(None) => {}
+                Err(e) => shared.trouble(&e, "reports are read from this node's files"),
+            }
+        }
         let bytes = match std::fs::read(self.dir.join(id.file_name())) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(ReportError::NotFound),
             Err(e) => return Err(e.into()),
         };
-        // A file that does not parse was damaged on this side: the server's fault, not the reader's.
-        let damaged = |e: serde_json::Error| ReportError::Storage(std::io::Error::other(e));
-        let published: Published = serde_json::from_slice(&bytes).map_err(damaged)?;
-        serde_json::to_vec(&published).map_err(damaged)
+        published(&bytes)
     }
 
-    /// Every report held, newest first.
+    /// Every report held, newest first: in a cluster the cluster's (and those this node kept while Redis was
+    /// away).
     pub fn list(&self) -> Vec<ReportSummary> {
-        self.lock().held.iter().rev().map(|h| h.summary.clone()).collect()
+        let local = self.lock().held.iter().rev().map(|h| h.summary.clone()).collect();
+        let Some(shared) = &self.shared else { return local };
+        match shared.list() {
+            Ok(mut all) => {
+                if !local.is_empty() {
+                    all.extend(local);
+                    all.sort_by(|a, b| (b.created, &b.id).cmp(&(a.created, &a.id)));
+                }
+                all
+            }
+            Err(e) => {
+                shared.trouble(&e, "the list holds this node's reports only");
+                local
+            }
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Index> {
@@ -421,6 +470,197 @@ impl ReportStore {
                 tracing::warn!(file = %path.display(), error = %e, "cannot prune a report");
             }
         }
+    }
+}
+
+/// The stored `{"id","created","source","report"}` as a reader gets it (without the source).
+fn published(bytes: &[u8]) -> Result<Vec<u8>, ReportError> {
+    // A record that does not parse was damaged on this side: the server's fault, not the reader's.
+    let damaged = |e: serde_json::Error| ReportError::Storage(std::io::Error::other(e));
+    let published: Published = serde_json::from_slice(bytes).map_err(damaged)?;
+    serde_json::to_vec(&published).map_err(damaged)
+}
+
+/// How long a report lives in a cluster's Redis: a support ticket's lifetime. With the store's bounds, Redis holds
+/// at most `max_reports` × [`MAX_REPORT_BYTES`] (64 MiB by default) for them.
+pub const SHARED_REPORT_TTL: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
+
+/// A Redis command slower than this is Redis trouble: the report goes to this node's files.
+const SHARED_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Reports in a cluster's Redis (prefix `traverse:`): `report:{id}` the stored JSON (TTL), `reports` the ids by
+/// creation time, `reports:summary` each id's line of the operator's list and source, `reports:source:{source}`
+/// a source's ids, `reports:sources` the sources holding any. The bounds and the fairness of the file store are
+/// one script, so two nodes storing at once cannot both take the last place.
+pub struct SharedReports {
+    client: redis::Client,
+    /// One blocking connection, made again after an error (calls are a handful per minute).
+    connection: Mutex<Option<redis::Connection>>,
+    ttl: std::time::Duration,
+}
+
+/// Stores a report and makes room first: the reports past their TTL, the source's own oldest beyond its share,
+/// then while full the oldest of whoever holds the most counting the newcomer (a tie goes against the newcomer).
+const STORE_REPORT: &str = r"
+local p, id, created, source = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local ttl, max_reports, max_per_source = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
+local all, sums, sources = p .. 'reports', p .. 'reports:summary', p .. 'reports:sources'
+local function of(src) return p .. 'reports:source:' .. src end
+local function forget(rid)
+  local line = redis.call('HGET', sums, rid)
+  if line then
+    local src = cjson.decode(line)['source']
+    if type(src) == 'string' then
+      redis.call('ZREM', of(src), rid)
+      if redis.call('ZCARD', of(src)) == 0 then redis.call('SREM', sources, src) end
+    end
+  end
+  redis.call('HDEL', sums, rid)
+  redis.call('ZREM', all, rid)
+  redis.call('DEL', p .. 'report:' .. rid)
+end
+for _, rid in ipairs(redis.call('ZRANGEBYSCORE', all, '-inf', created - ttl)) do forget(rid) end
+while redis.call('ZCARD', of(source)) >= max_per_source do
+  local oldest = redis.call('ZRANGE', of(source), 0, 0)[1]
+  if not oldest then break end
+  forget(oldest)
+end
+while redis.call('ZCARD', all) >= max_reports do
+  local most, victim = redis.call('ZCARD', of(source)) + 1, source
+  for _, src in ipairs(redis.call('SMEMBERS', sources)) do
+    local n = redis.call('ZCARD', of(src))
+    if n > most then most, victim = n, src end
+  end
+  local oldest = redis.call('ZRANGE', of(victim), 0, 0)[1] or redis.call('ZRANGE', all, 0, 0)[1]
+  if not oldest then break end
+  forget(oldest)
+end
+redis.call('SET', p .. 'report:' .. id, ARGV[5], 'EX', ttl)
+redis.call('HSET', sums, id, ARGV[6])
+redis.call('ZADD', all, created, id)
+redis.call('ZADD', of(source), created, id)
+redis.call('SADD', sources, source)
+for _, key in ipairs({all, sums, sources, of(source)}) do redis.call('EXPIRE', key, ttl) end
+return 1
+";
+
+const REDIS_PREFIX: &str = "traverse:";
+
+/// A line of `reports:summary`: the operator's line and the source it is charged to.
+#[derive(Debug, Serialize, Deserialize)]
+struct SharedSummary {
+    id: String,
+    created: u64,
+    bytes: u64,
+    headline: Option<String>,
+    source: Option<String>,
+}
+
+impl fmt::Debug for SharedReports {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SharedReports")
+            .field("ttl", &self.ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SharedReports {
+    fn with_connection<T>(
+        &self,
+        f: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>,
+    ) -> redis::RedisResult<T> {
+        let mut slot = self
+            .connection
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let connection = match slot.as_mut() {
+            Some(c) => c,
+            None => {
+                let c = self.client.get_connection_with_timeout(SHARED_TIMEOUT)?;
+                c.set_read_timeout(Some(SHARED_TIMEOUT))?;
+                c.set_write_timeout(Some(SHARED_TIMEOUT))?;
+                slot.insert(c)
+            }
+        };
+        let result = f(connection);
+        if result.is_err() {
+            // Made again on the next call: a broken or timed-out connection may be out of step.
+            *slot = None;
+        }
+        result
+    }
+
+    fn create(
+        &self,
+        id: ReportId,
+        stored: &Stored,
+        text: &[u8],
+        line: &ReportSummary,
+        limits: ReportLimits,
+    ) -> redis::RedisResult<()> {
+        let line = SharedSummary {
+            id: line.id.clone(),
+            created: line.created,
+            bytes: line.bytes,
+            headline: line.headline.clone(),
+            source: stored.source.clone(),
+        };
+        let line = serde_json::to_string(&line).unwrap_or_default();
+        self.with_connection(|c| {
+            redis::Script::new(STORE_REPORT)
+                .arg(REDIS_PREFIX)
+                .arg(id.to_string())
+                .arg(stored.created)
+                .arg(stored.source.as_deref().unwrap_or("unknown"))
+                .arg(text)
+                .arg(line)
+                .arg(self.ttl.as_secs())
+                .arg(limits.max_reports.max(1))
+                .arg(limits.max_per_source.max(1))
+                .invoke::<i64>(c)
+                .map(|_| ())
+        })
+    }
+
+    fn read(&self, id: ReportId) -> redis::RedisResult<Option<Vec<u8>>> {
+        self.with_connection(|c| redis::cmd("GET").arg(format!("{REDIS_PREFIX}report:{id}")).query(c))
+    }
+
+    fn list(&self) -> redis::RedisResult<Vec<ReportSummary>> {
+        let lines: Vec<Option<String>> = self.with_connection(|c| {
+            let ids: Vec<String> = redis::cmd("ZREVRANGE")
+                .arg(format!("{REDIS_PREFIX}reports"))
+                .arg(0)
+                .arg(-1)
+                .query(c)?;
+            if ids.is_empty() {
+                return Ok(Vec::new());
+            }
+            redis::cmd("HMGET")
+                .arg(format!("{REDIS_PREFIX}reports:summary"))
+                .arg(&ids)
+                .query(c)
+        })?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let live_since = now.saturating_sub(self.ttl.as_secs());
+        Ok(lines
+            .into_iter()
+            .flatten()
+            .filter_map(|line| serde_json::from_str::<SharedSummary>(&line).ok())
+            .filter(|line| line.created > live_since)
+            .map(|line| ReportSummary {
+                id: line.id,
+                created: line.created,
+                bytes: line.bytes,
+                headline: line.headline,
+            })
+            .collect())
+    }
+
+    fn trouble(&self, e: &redis::RedisError, then: &str) {
+        tracing::warn!(error = %e, "the report store's Redis does not answer: {then}");
     }
 }
 
