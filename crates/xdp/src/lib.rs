@@ -23,6 +23,9 @@ mod wire;
 
 use wire::{AllocKey, ClientKey, Counters, Credit, PeerKey, ToClient, ToPeer};
 
+/// `bpf_map_update_elem` flag: create only.
+const BPF_NOEXIST: u64 = 1;
+
 /// The object `build.rs` compiled, if clang was there.
 #[cfg(traverse_xdp_built)]
 static OBJECT: Option<&[u8]> = Some(aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/relay.o")));
@@ -236,12 +239,14 @@ impl FastPath {
         let expires_ns = monotonic_deadline(expires);
         let alloc = alloc_key(route.allocation);
         let mut maps = self.maps();
-        if maps.counters.get(&alloc, 0).is_err() {
-            let zeros = PerCpuValues::try_from(vec![Counters::default(); maps.cpus])
-                .map_err(|e| MapError::new("COUNTERS", e))?;
-            maps.counters
-                .insert(alloc, zeros, 0)
-                .map_err(|e| MapError::new("COUNTERS", e))?;
+        // BPF_NOEXIST: the first route creates the counters, a later one must not zero them. (Not a look-up first:
+        // aya 0.13's per-CPU `get` answers a missing key with zeros.)
+        let zeros =
+            PerCpuValues::try_from(vec![Counters::default(); maps.cpus]).map_err(|e| MapError::new("COUNTERS", e))?;
+        match maps.counters.insert(alloc, zeros, BPF_NOEXIST) {
+            Ok(()) => {}
+            Err(aya::maps::MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => {}
+            Err(e) => return Err(MapError::new("COUNTERS", e)),
         }
         let to_peer = ToPeer {
             relay_ip: be_ip(&route.relay),
