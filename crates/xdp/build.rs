@@ -13,7 +13,19 @@ fn main() {
     // Debian keeps <asm/types.h> under the multiarch directory; the BPF target does not look there by itself.
     let multiarch = format!("/usr/include/{}-linux-gnu", std::env::consts::ARCH);
     let status = Command::new(&clang)
-        .args(["-O2", "-g", "-Wall", "-Werror", "-target", "bpf", "-I", &multiarch, "-c", "bpf/relay.c", "-o"])
+        .args([
+            "-O2",
+            "-g",
+            "-Wall",
+            "-Werror",
+            "-target",
+            "bpf",
+            "-I",
+            &multiarch,
+            "-c",
+            "bpf/relay.c",
+            "-o",
+        ])
         .arg(&out)
         .status();
     match status {

@@ -19,8 +19,8 @@ use tokio::io::unix::AsyncFd;
 use tokio::sync::watch;
 use tokio::task::{spawn_local, JoinHandle, LocalSet};
 use turn::{
-    AllocationId, BindRequest, ClientAction, Event, Family, FastPathTraffic, FastRoute, FiveTuple, RelayBinding, Traffic,
-    Transport,
+    AllocationId, BindRequest, ClientAction, Event, Family, FastPathTraffic, FastRoute, FiveTuple, RelayBinding,
+    Traffic, Transport,
 };
 
 use crate::stream::{self, StreamSink};
@@ -328,9 +328,11 @@ async fn udp_listener(worker: Rc<Worker>, listener: Rc<Listener>) {
                 }
             }
         }
+        // Events first: a ChannelBind's route is in the kernel before its answer leaves, so the client's first
+        // ChannelData already takes the fast path.
+        worker.drain_events();
         flush_replies(&listener, replies, pending.get(..count).unwrap_or_default());
         drop(bufs);
-        worker.drain_events();
         Ok(n)
     })
     .await
@@ -549,7 +551,10 @@ impl Worker {
     /// The kernel's route for a channel: the relay socket's bound address (not the advertised one), IPv4 only.
     fn kernel_route(&self, route: &FastRoute) -> Option<xdp::Route> {
         let relays = self.relays.borrow();
-        let entry = relays.get(route.allocation.slot())?.as_ref().filter(|e| e.id == route.allocation)?;
+        let entry = relays
+            .get(route.allocation.slot())?
+            .as_ref()
+            .filter(|e| e.id == route.allocation)?;
         let local = Family::of(&route.peer).pick(&entry.sockets).as_ref()?.local;
         let allocation = xdp::Allocation {
             worker: self.index as u32,
@@ -557,14 +562,23 @@ impl Worker {
             generation: route.allocation.generation(),
         };
         let five = &route.five_tuple;
-        xdp::Route::v4(allocation, five.client, five.server, route.channel.get(), route.peer, local)
+        xdp::Route::v4(
+            allocation,
+            five.client,
+            five.server,
+            route.channel.get(),
+            route.peer,
+            local,
+        )
     }
 
     /// A channel became usable or was refreshed: its routes go (again) into the kernel with the new deadline. The
     /// first route of an allocation also gets its credit when the allocation has a bandwidth cap.
     fn install_fast_route(&self, route: FastRoute, expires: Instant) {
         let Some(fast) = &self.shared.fast_path else { return };
-        let Some(kernel) = self.kernel_route(&route) else { return };
+        let Some(kernel) = self.kernel_route(&route) else {
+            return;
+        };
         if let Err(e) = fast.install(&kernel, expires) {
             tracing::warn!(error = %e, "channel left on the socket path");
             return;
@@ -634,7 +648,9 @@ impl Worker {
                     bytes: relayed.to_client_bytes.saturating_sub(seen.to_client_bytes),
                 },
             };
-            self.server.borrow_mut().handle_fast_path_traffic(now, id, traffic, unused)
+            self.server
+                .borrow_mut()
+                .handle_fast_path_traffic(now, id, traffic, unused)
         });
         if let Some(entry) = self.fast.borrow_mut().get_mut(&id) {
             entry.seen = relayed;

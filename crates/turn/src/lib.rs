@@ -72,8 +72,7 @@ pub use own::OwnAddresses;
 pub use reflection::ReflectionGuard;
 pub use server::{
     AllocationId, AuthFailure, AuthFailures, BindRequest, ClientAction, ErrorResponses, Event, Family, FastPathTraffic,
-    FastRoute, FiveTuple,
-    PeerForward, PerTransport, QuotaRefusals, RelayBinding, Reservations, Server, Stats, Traffic, Transport,
-    ERROR_CODES, MAX_PADDED_ANSWER, PEER_HEADROOM, PEER_TAILROOM,
+    FastRoute, FiveTuple, PeerForward, PerTransport, QuotaRefusals, RelayBinding, Reservations, Server, Stats, Traffic,
+    Transport, ERROR_CODES, MAX_PADDED_ANSWER, PEER_HEADROOM, PEER_TAILROOM,
 };
 pub use source::Source;

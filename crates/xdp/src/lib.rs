@@ -37,6 +37,12 @@ pub fn built_in() -> bool {
     OBJECT.is_some()
 }
 
+/// The compiled object (ELF), for tools that load it elsewhere (the tests put it on a veth's far end, where its
+/// empty maps make it pass everything).
+pub fn object() -> Option<&'static [u8]> {
+    OBJECT
+}
+
 /// Why the fast path is not running; each says in plain words what to do, and the server uses the socket path.
 #[derive(Debug, thiserror::Error)]
 pub enum AttachError {
@@ -160,7 +166,9 @@ pub struct FastPath {
 
 impl std::fmt::Debug for FastPath {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FastPath").field("interfaces", &self.interfaces).finish_non_exhaustive()
+        f.debug_struct("FastPath")
+            .field("interfaces", &self.interfaces)
+            .finish_non_exhaustive()
     }
 }
 
@@ -383,7 +391,15 @@ mod tests {
         assert_eq!(k.client_ip.to_ne_bytes(), [192, 0, 2, 1]);
         assert_eq!(k.client_port.to_ne_bytes(), [0x13, 0x88]);
         assert_eq!(k.channel.to_ne_bytes(), [0x40, 0x01]);
-        assert!(Route::v4(a, sa("[::1]:1"), sa("203.0.113.1:3478"), 0x4001, sa("198.51.100.7:9"), sa("0.0.0.0:1")).is_none());
+        assert!(Route::v4(
+            a,
+            sa("[::1]:1"),
+            sa("203.0.113.1:3478"),
+            0x4001,
+            sa("198.51.100.7:9"),
+            sa("0.0.0.0:1")
+        )
+        .is_none());
     }
 
     #[test]

@@ -1,0 +1,540 @@
+//! The kernel fast path (`--xdp`, crates/xdp) against real peers in network namespaces joined by veth pairs:
+//!
+//! ```text
+//!   client ns 192.0.2.1 ─┐                       ┌─ server ns 203.0.113.1 (traverse --xdp <s0>, native XDP)
+//!                        ├─ router ns (forwards) ┤
+//!   peer ns 198.51.100.1 ┘   (.2 is deny-listed)
+//! ```
+//!
+//! coturn's `turnutils_uclient` with channels relays with 0 % loss through the kernel (the fast-path counters move,
+//! the socket path's do not); Send indications and TCP clients still work through the socket path; a hand-built
+//! client shows that a deleted allocation and an expired one stop the fast path at once, that a deny-listed peer is
+//! never reachable, and that the bandwidth cap holds for kernel-relayed traffic.
+//!
+//! Needs root (namespaces, XDP) and the XDP object built in (clang at build time): otherwise prints `SKIP: …`, or fails
+//! under `TRAVERSE_REQUIRE_PEERS=1` (CI).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+// One `setns` call, to open sockets inside the lab's namespaces from a helper thread.
+#![allow(unsafe_code)]
+
+mod common;
+
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{channel_data, have_tool, run_bounded, skip, Conn, Server, TurnClient};
+use stun::{attr, Method};
+
+const SERVER_IP: &str = "203.0.113.1";
+const CLIENT_IP: &str = "192.0.2.1";
+const PEER_IP: &str = "198.51.100.1";
+const DENIED_IP: &str = "198.51.100.2";
+
+/// Four namespaces and three veth pairs, deleted on drop (a failed assertion included).
+struct Lab {
+    prefix: String,
+}
+
+impl Lab {
+    fn ns(&self, role: &str) -> String {
+        format!("{}-{role}", self.prefix)
+    }
+
+    fn dev(&self, name: &str) -> String {
+        format!("{}-{name}", self.prefix)
+    }
+
+    fn build() -> Lab {
+        // Interface names are at most 15 bytes: "tx" + 5 digits + "-s0".
+        let lab = Lab {
+            prefix: format!("tx{:05}", std::process::id() % 100_000),
+        };
+        let (s, r, c, p) = (lab.ns("s"), lab.ns("r"), lab.ns("c"), lab.ns("p"));
+        let (s0, r0, c0, r1, p0, r2) = (
+            lab.dev("s0"),
+            lab.dev("r0"),
+            lab.dev("c0"),
+            lab.dev("r1"),
+            lab.dev("p0"),
+            lab.dev("r2"),
+        );
+        for ns in [&s, &r, &c, &p] {
+            sh(&["ip", "netns", "add", ns]);
+            sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+        }
+        for (a, a_ns, b, b_ns) in [(&s0, &s, &r0, &r), (&c0, &c, &r1, &r), (&p0, &p, &r2, &r)] {
+            sh(&[
+                "ip", "link", "add", a, "netns", a_ns, "type", "veth", "peer", "name", b, "netns", b_ns,
+            ]);
+        }
+        for (ns, dev, addr) in [
+            (&s, &s0, "203.0.113.1/24"),
+            (&r, &r0, "203.0.113.254/24"),
+            (&c, &c0, "192.0.2.1/24"),
+            (&r, &r1, "192.0.2.254/24"),
+            (&p, &p0, "198.51.100.1/24"),
+            (&p, &p0, "198.51.100.2/24"),
+            (&r, &r2, "198.51.100.254/24"),
+        ] {
+            sh(&["ip", "-n", ns, "addr", "add", addr, "dev", dev]);
+            sh(&["ip", "-n", ns, "link", "set", dev, "up"]);
+        }
+        for (ns, gw) in [(&s, "203.0.113.254"), (&c, "192.0.2.254"), (&p, "198.51.100.254")] {
+            sh(&["ip", "-n", ns, "route", "add", "default", "via", gw]);
+        }
+        sh(&["ip", "netns", "exec", &r, "sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        // The fast path's route look-ups (bpf_fib_lookup) need forwarding on the interface it is attached to.
+        sh(&[
+            "ip",
+            "netns",
+            "exec",
+            &s,
+            "sysctl",
+            "-qw",
+            &format!("net.ipv4.conf.{s0}.forwarding=1"),
+        ]);
+        // A veth only accepts frames sent with XDP_TX when an XDP program runs on its other end: the same object,
+        // whose maps stay empty there, passes everything.
+        let object = std::env::temp_dir().join(format!("{}-pass.o", lab.prefix));
+        std::fs::write(&object, xdp::object().expect("built in")).expect("write the XDP object");
+        let object_path = object.to_string_lossy().into_owned();
+        sh(&[
+            "ip",
+            "-n",
+            &r,
+            "link",
+            "set",
+            "dev",
+            &r0,
+            "xdpdrv",
+            "obj",
+            &object_path,
+            "sec",
+            "xdp",
+        ]);
+        let _ = std::fs::remove_file(&object);
+        // Sockets on a veth send UDP with a partial checksum (offload); the fast path, like a NIC's receive path,
+        // needs complete ones.
+        sh(&["ip", "netns", "exec", &c, "ethtool", "-K", &c0, "tx", "off"]);
+        sh(&["ip", "netns", "exec", &p, "ethtool", "-K", &p0, "tx", "off"]);
+        lab
+    }
+
+    /// Runs `f` on a thread inside the namespace (sockets it opens stay there).
+    fn inside<T: Send>(&self, role: &str, f: impl FnOnce() -> T + Send) -> T {
+        let path = format!("/var/run/netns/{}", self.ns(role));
+        std::thread::scope(|scope| {
+            scope
+                .spawn(move || {
+                    let ns = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+                    // SAFETY: `ns` is an open namespace file for the duration of the call; setns changes only this
+                    // thread's network namespace, and the thread ends right after `f`.
+                    let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+                    assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+                    f()
+                })
+                .join()
+                .expect("namespace thread")
+        })
+    }
+
+    fn exec(&self, role: &str, args: &[&str]) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.ns(role)]).args(args);
+        cmd
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for role in ["c", "p", "s", "r"] {
+            let _ = Command::new("ip")
+                .args(["netns", "del", &self.ns(role)])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+fn sh(args: &[&str]) {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A child killed on drop (the echo peer).
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `traverse serve` inside the server namespace with XDP on its veth.
+fn start_server(lab: &Lab, port: u16, metrics: u16, extra: &[&str]) -> Server {
+    let ns = lab.ns("s");
+    let s0 = lab.dev("s0");
+    let udp = format!("{SERVER_IP}:{port}");
+    let metrics = format!("127.0.0.1:{metrics}");
+    let mut args = vec![
+        "--tcp",
+        &udp,
+        "--xdp",
+        &s0,
+        "--metrics",
+        &metrics,
+        "--user",
+        "alice:pw",
+        "--realm",
+        "test",
+        "--workers",
+        "2",
+        "--set",
+        "relay.deny_peers=198.51.100.2/32",
+    ];
+    args.extend_from_slice(extra);
+    let server = Server::start_under(&["ip", "netns", "exec", &ns], &udp, &args);
+    assert!(
+        server.log().contains("XDP fast path attached"),
+        "the fast path did not attach; log:\n{}",
+        server.log()
+    );
+    server
+}
+
+/// The server's counters that tell the two paths apart.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Counters {
+    fast_to_peer: u64,
+    fast_to_client: u64,
+    socket_udp_to_peer: u64,
+    socket_udp_to_client: u64,
+    socket_tcp_to_peer: u64,
+    dropped: u64,
+}
+
+fn counters(lab: &Lab, metrics: u16) -> Counters {
+    let url = format!("http://127.0.0.1:{metrics}/metrics");
+    let out = run_bounded(&mut lab.exec("s", &["curl", "-sf", &url]), Duration::from_secs(10));
+    let text = out.all();
+    let value = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse::<u64>().ok()))
+            .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
+    };
+    Counters {
+        fast_to_peer: value("traverse_turn_fast_path_packets_total{direction=\"to_peer\"}"),
+        fast_to_client: value("traverse_turn_fast_path_packets_total{direction=\"to_client\"}"),
+        socket_udp_to_peer: value("traverse_turn_relayed_packets_total{direction=\"to_peer\",transport=\"udp\"}"),
+        socket_udp_to_client: value("traverse_turn_relayed_packets_total{direction=\"to_client\",transport=\"udp\"}"),
+        socket_tcp_to_peer: value("traverse_turn_relayed_packets_total{direction=\"to_peer\",transport=\"tcp\"}"),
+        dropped: value("traverse_turn_dropped_packets_total"),
+    }
+}
+
+/// The counters once the workers' 1 s tick has published what `done` waits for (at most 4 s).
+fn counters_when(lab: &Lab, metrics: u16, done: impl Fn(&Counters) -> bool) -> Counters {
+    let deadline = Instant::now() + Duration::from_secs(4);
+    loop {
+        let c = counters(lab, metrics);
+        if done(&c) || Instant::now() > deadline {
+            return c;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// One `turnutils_uclient` run from the client namespace; returns (sent, lost).
+fn uclient(lab: &Lab, port: u16, flags: &[&str]) -> (u64, u64) {
+    let port = port.to_string();
+    let mut args = vec![
+        "turnutils_uclient",
+        "-u",
+        "alice",
+        "-w",
+        "pw",
+        "-e",
+        PEER_IP,
+        "-r",
+        "3480",
+    ];
+    args.extend_from_slice(&["-p", &port, "-n", "50", "-m", "2", "-l", "120"]);
+    args.extend_from_slice(flags);
+    args.push(SERVER_IP);
+    let out = run_bounded(&mut lab.exec("c", &args), Duration::from_secs(30));
+    let text = out.all();
+    let number_after = |line: &str, key: &str| -> Option<u64> {
+        line.split(key)
+            .nth(1)?
+            .split_whitespace()
+            .next()?
+            .trim_end_matches(',')
+            .parse()
+            .ok()
+    };
+    let sent = text
+        .lines()
+        .rev()
+        .find(|l| l.contains("tot_send_msgs="))
+        .and_then(|l| number_after(l, "tot_send_msgs="));
+    let lost = text
+        .lines()
+        .rev()
+        .find(|l| l.contains("Total lost packets"))
+        .and_then(|l| number_after(l, "Total lost packets"));
+    match (sent, lost) {
+        (Some(sent), Some(lost)) => (sent, lost),
+        _ => panic!("uclient {flags:?}: no summary:\n{text}"),
+    }
+}
+
+/// A hand-built client in the client namespace with one channel to `peer`; returns it and its relayed address.
+fn client_with_channel(lab: &Lab, port: u16, channel: u16, peer: SocketAddr) -> (TurnClient, SocketAddr) {
+    let server: SocketAddr = format!("{SERVER_IP}:{port}").parse().unwrap();
+    let conn = lab.inside("c", || Conn::udp_from(CLIENT_IP.parse().unwrap(), server));
+    let mut client = TurnClient::new(conn, "alice", "pw");
+    let allocated = client.allocate(false);
+    let relay = allocated
+        .address(attr::XOR_RELAYED_ADDRESS)
+        .unwrap_or_else(|| panic!("allocate: {}", allocated.describe()));
+    let bound = client.channel_bind(channel, peer);
+    assert_eq!(bound.error_code(), None, "channel bind: {}", bound.describe());
+    (client, relay)
+}
+
+fn peer_socket(lab: &Lab, ip: &str) -> UdpSocket {
+    let ip = ip.to_owned();
+    lab.inside("p", move || {
+        let s = UdpSocket::bind(format!("{ip}:0")).expect("peer socket");
+        s.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        s
+    })
+}
+
+/// ChannelData payloads that reach the client within `window`.
+fn received_by_client(client: &mut TurnClient, window: Duration) -> Vec<Vec<u8>> {
+    client
+        .conn
+        .drain(window)
+        .into_iter()
+        .filter(|p| p.first().is_some_and(|b| b & 0xc0 == 0x40))
+        .collect()
+}
+
+fn received_by_peer(peer: &UdpSocket, window: Duration) -> Vec<(Vec<u8>, SocketAddr)> {
+    let deadline = Instant::now() + window;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 2048];
+    while Instant::now() < deadline {
+        if let Ok((n, from)) = peer.recv_from(&mut buf) {
+            got.push((buf[..n].to_vec(), from));
+        }
+    }
+    got
+}
+
+fn skip_reason() -> Option<String> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("the XDP test needs root (network namespaces, native XDP on veth)".into());
+    }
+    if !xdp::built_in() {
+        return Some(
+            "the XDP program was not built (clang missing at build time; install clang and libbpf-dev)".into(),
+        );
+    }
+    for tool in ["ip", "ethtool", "curl", "turnutils_uclient", "turnutils_peer"] {
+        if !have_tool(tool) {
+            return Some(format!(
+                "{tool} not installed (Debian packages iproute2, ethtool, curl, coturn)"
+            ));
+        }
+    }
+    None
+}
+
+#[test]
+fn xdp_fast_path_relays_channels_and_keeps_every_guarantee() {
+    if let Some(reason) = skip_reason() {
+        skip(&reason);
+        return;
+    }
+    let started = Instant::now();
+    let lab = Lab::build();
+    let _echo = Killed(
+        lab.exec("p", &["turnutils_peer", "-L", PEER_IP, "-p", "3480"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("turnutils_peer"),
+    );
+
+    // --- One server: coturn's client through the fast path, Send indications and TCP through sockets.
+    let server = start_server(&lab, 3478, 9464, &[]);
+    std::thread::sleep(Duration::from_millis(300)); // the echo peer binds
+    let before = counters(&lab, 9464);
+    let (sent, lost) = uclient(&lab, 3478, &[]);
+    assert_eq!(lost, 0, "uclient with channels lost packets");
+    assert!(sent >= 100, "uclient sent only {sent}");
+    let after = counters_when(&lab, 9464, |c| c.fast_to_client >= before.fast_to_client + sent);
+    assert!(
+        after.fast_to_peer >= before.fast_to_peer + sent && after.fast_to_client >= before.fast_to_client + sent,
+        "the fast path did not relay all {sent} packets: {before:?} -> {after:?}"
+    );
+    assert_eq!(
+        (after.socket_udp_to_peer, after.socket_udp_to_client),
+        (before.socket_udp_to_peer, before.socket_udp_to_client),
+        "channel traffic reached the socket path"
+    );
+    println!("uclient channels: sent={sent} lost=0, fast path {before:?} -> {after:?}");
+
+    let (sent, lost) = uclient(&lab, 3478, &["-s"]);
+    assert_eq!(lost, 0, "uclient with Send indications lost packets");
+    let send = counters_when(&lab, 9464, |c| {
+        c.socket_udp_to_client >= after.socket_udp_to_client + sent
+    });
+    assert!(
+        send.socket_udp_to_peer >= after.socket_udp_to_peer + sent,
+        "Send indications: {send:?}"
+    );
+    assert_eq!(
+        send.fast_to_peer, after.fast_to_peer,
+        "a Send indication took the fast path"
+    );
+
+    let (sent, lost) = uclient(&lab, 3478, &["-t"]);
+    assert_eq!(lost, 0, "uclient over TCP lost packets");
+    let tcp = counters_when(&lab, 9464, |c| c.socket_tcp_to_peer >= send.socket_tcp_to_peer + sent);
+    assert!(tcp.socket_tcp_to_peer >= send.socket_tcp_to_peer + sent, "TCP: {tcp:?}");
+    assert_eq!(
+        tcp.fast_to_peer, after.fast_to_peer,
+        "a TCP client's data took the fast path"
+    );
+
+    // --- A hand-built client: both directions through the kernel, a refused peer, a deleted allocation.
+    let peer = peer_socket(&lab, PEER_IP);
+    let peer_addr = peer.local_addr().unwrap();
+    let (mut client, relay) = client_with_channel(&lab, 3478, 0x4000, peer_addr);
+    client.conn.send(&channel_data(0x4000, b"to the peer", false));
+    let got = received_by_peer(&peer, Duration::from_millis(300));
+    assert_eq!(got.len(), 1, "ChannelData did not reach the peer");
+    assert_eq!(got[0].0, b"to the peer");
+    assert_eq!(
+        got[0].1.port(),
+        relay.port(),
+        "the peer saw another source than the relayed address"
+    );
+    peer.send_to(b"to the client", relay).unwrap();
+    let back = received_by_client(&mut client, Duration::from_millis(300));
+    assert_eq!(back, vec![channel_data(0x4000, b"to the client", false)]);
+    let hand = counters_when(&lab, 9464, |c| c.fast_to_client > tcp.fast_to_client);
+    assert!(
+        hand.fast_to_peer > tcp.fast_to_peer && hand.fast_to_client > tcp.fast_to_client,
+        "{hand:?}"
+    );
+
+    // The deny-listed peer: no channel, no permission, and nothing it sends reaches the client.
+    let denied = peer_socket(&lab, DENIED_IP);
+    let refused = client.channel_bind(0x4001, denied.local_addr().unwrap());
+    assert_eq!(refused.error_code(), Some(403), "{}", refused.describe());
+    let refused = client.create_permission(denied.local_addr().unwrap());
+    assert_eq!(refused.error_code(), Some(403), "{}", refused.describe());
+    for _ in 0..20 {
+        denied.send_to(b"from a refused peer", relay).unwrap();
+    }
+    assert!(received_by_client(&mut client, Duration::from_millis(300)).is_empty());
+
+    // Deleting the allocation (Refresh, LIFETIME 0) stops both directions at once.
+    let deleted = client.request(Method::REFRESH, |w| w.add(&stun::Attribute::Lifetime(0)).map(|_| ()));
+    assert_eq!(deleted.error_code(), None, "{}", deleted.describe());
+    for _ in 0..10 {
+        peer.send_to(b"after the end", relay).unwrap();
+        client.conn.send(&channel_data(0x4000, b"after the end", false));
+    }
+    assert!(received_by_client(&mut client, Duration::from_millis(300)).is_empty());
+    assert!(received_by_peer(&peer, Duration::from_millis(300)).is_empty());
+    let gone = counters_when(&lab, 9464, |_| false);
+    assert_eq!(
+        (gone.fast_to_peer, gone.fast_to_client),
+        (hand.fast_to_peer, hand.fast_to_client),
+        "the fast path relayed for a refused peer or a deleted allocation"
+    );
+    drop(client);
+    drop(server);
+
+    // --- A server whose allocations live 3 s and relay at most 20 kB/s (one XDP program per interface: the first
+    // server is gone).
+    let mut server = start_server(
+        &lab,
+        3479,
+        9465,
+        &[
+            "--set",
+            "limits.default_lifetime=3",
+            "--set",
+            "limits.max_lifetime=3",
+            "--set",
+            "relay.bandwidth_per_allocation=20000",
+        ],
+    );
+    // Expiry: the kernel stops at the deadline itself, not at the next once-a-second sweep.
+    let (mut client, relay) = client_with_channel(&lab, 3479, 0x4002, peer_addr);
+    let allocated = Instant::now();
+    let mut arrivals = Vec::new();
+    while allocated.elapsed() < Duration::from_millis(4500) {
+        peer.send_to(b"tick", relay).unwrap();
+        for _ in received_by_client(&mut client, Duration::from_millis(10)) {
+            arrivals.push(allocated.elapsed());
+        }
+    }
+    let last = arrivals.last().copied().unwrap_or_default();
+    assert!(arrivals.len() > 50, "too few packets before expiry: {}", arrivals.len());
+    assert!(
+        last < Duration::from_millis(3050),
+        "a packet arrived {last:?} after the 3 s allocation was made"
+    );
+    let expired = counters_when(&lab, 9465, |c| c.fast_to_client >= arrivals.len() as u64);
+    assert!(expired.fast_to_client >= arrivals.len() as u64, "{expired:?}");
+    drop(client);
+
+    // Bandwidth: 1000-byte payloads at 200 kB/s for 2 s; the kernel relays only the bucket's credit.
+    let (mut client, _relay) = client_with_channel(&lab, 3479, 0x4003, peer_addr);
+    let payload = [7u8; 1000];
+    for _ in 0..400 {
+        client.conn.send(&channel_data(0x4003, &payload, false));
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // The peer's receive buffer held what arrived meanwhile.
+    let received: usize = received_by_peer(&peer, Duration::from_millis(500))
+        .iter()
+        .map(|(p, _)| p.len())
+        .sum();
+    // A full bucket (20 kB) at the start and a refill per second: at most about 60 kB in 2 s.
+    assert!(
+        (10_000..=70_000).contains(&received),
+        "the peer received {received} bytes under a 20 kB/s cap"
+    );
+    let capped = counters_when(&lab, 9465, |c| c.fast_to_peer >= 10 && c.dropped > expired.dropped);
+    assert!(
+        capped.fast_to_peer >= 10,
+        "the capped traffic did not use the fast path: {capped:?}"
+    );
+    assert!(
+        capped.dropped > expired.dropped,
+        "nothing was dropped over the cap: {capped:?}"
+    );
+    println!("bandwidth cap 20000 B/s: the peer received {received} bytes in 2 s");
+    server.assert_alive();
+    println!("xdp test took {:?}", started.elapsed());
+}
