@@ -29,6 +29,11 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   # The cluster tests run a real Redis (crates/traverse/tests/cluster.rs).
   command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
   command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+  # The XDP fast path's test (crates/traverse/tests/xdp.rs) turns checksum offload off on its veths; its program is
+  # built by clang against libbpf's headers (also installed by .ci/run before the build).
+  command -v ethtool >/dev/null 2>&1 || missing+=(ethtool)
+  command -v clang >/dev/null 2>&1 || missing+=(clang llvm)
+  [ -f /usr/include/bpf/bpf_helpers.h ] || missing+=(libbpf-dev)
   if [ ${#missing[@]} -gt 0 ]; then
     echo "test.sh: installing ${missing[*]}"
     apt-get update -qq
