@@ -367,8 +367,22 @@ fn nix_if_index(iface: &str) -> Option<u32> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+
+    /// A build without clang: the server says this once and keeps the socket path.
+    #[cfg(not(traverse_xdp_built))]
+    #[test]
+    fn without_the_object_attach_says_so() {
+        let Err(e) = FastPath::attach(&["lo".to_owned()]) else {
+            panic!("attached without an object");
+        };
+        assert_eq!(
+            e.to_string(),
+            "XDP fast path not built in (clang missing at build time); using the socket path"
+        );
+    }
 
     #[test]
     fn keys_are_in_network_byte_order() {
