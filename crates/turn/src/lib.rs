@@ -51,6 +51,8 @@
 //!         match event {
 //!             Event::AllocationClosed(_id) => { /* close that allocation's relay sockets */ }
 //!             Event::ReservationReleased(_relay) => { /* close the socket held for it */ }
+//!             // Only with `with_fast_path_events`: copy the channel into (or out of) a kernel fast path.
+//!             Event::ChannelUsable { .. } | Event::ChannelUnusable(_) => {}
 //!         }
 //!     }
 //!     server.handle_timeout(Instant::now());
