@@ -3,18 +3,25 @@
 // 200 ms. The allocation outlives its credential (the server checks the expiry only for an Allocate), so the call
 // relays on past 60 s; the SDK fetches a fresh credential before the expiry (`ice-servers`, about 45 s in) and puts
 // it into the peer connection, so that an ICE restart 75 s in — after the first credential expired — allocates new
-// relays (a new relayed candidate) and the same data channel carries on, every ping echoed in order.
+// relays (a new relayed candidate) and the same data channel carries on, every ping echoed in order. The join tokens
+// expire 30 s in, before the refresh: the fresh credential comes over the signaling socket, which the session
+// authenticates (`GET /api/ice-servers` with the expired token is refused, as the test checks).
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
-import { CHROMIUM, launchBrowser, skipWithoutChromium, startTraverse, sleep, until, within, dumpOnFailure } from './lib/harness.js';
+import { CHROMIUM, TRAVERSE_BIN, get, launchBrowser, skipWithoutChromium, startTraverse, sleep, until, within, dumpOnFailure } from './lib/harness.js';
 import { roomPage } from './lib/pages.js';
 
 let server;
 let browser;
+const SIGNAL_SECRET = 'longcall-signal-secret-0123456789';
+/** A join token for room `long` that expires `ttl` seconds from now. */
+const token = (ttl) =>
+  execFileSync(TRAVERSE_BIN, ['token', '--secret', SIGNAL_SECRET, '--room', 'long', '--ttl', String(ttl)], { encoding: 'utf8' }).trim();
 before(async () => {
   if (!fs.existsSync(CHROMIUM)) return;
-  server = await startTraverse({ extraArgs: ['--set', 'auth.credential_ttl=60'] });
+  server = await startTraverse({ extraArgs: ['--set', 'auth.credential_ttl=60', '--signal-secret', SIGNAL_SECRET] });
   browser = await launchBrowser();
 });
 after(async () => {
@@ -25,8 +32,10 @@ after(async () => {
 test('a relayed call outlives its 60 s credential, and a restart after the expiry uses the refreshed one', { timeout: 150000 }, async (t) => {
   if (skipWithoutChromium(t)) return;
   const want = { scheme: 'turn', transport: 'udp', port: server.ports.turn };
-  const a = await roomPage(browser, server, 'long', { want, relay: true });
-  const b = await roomPage(browser, server, 'long', { want, relay: true, echo: true });
+  const joinToken = token(30);
+  const tokenExpiry = Date.now() + 30000;
+  const a = await roomPage(browser, server, 'long', { want, relay: true, connect: { token: joinToken } });
+  const b = await roomPage(browser, server, 'long', { want, relay: true, echo: true, connect: { token: token(30) } });
   t.after(() => Promise.all([a.page.close().catch(() => {}), b.page.close().catch(() => {})]));
   try {
     const joinedAt = Date.now();
@@ -69,6 +78,9 @@ test('a relayed call outlives its 60 s credential, and a restart after the expir
     const refreshedAfter = refresh.at - joinedAt;
     assert.ok(refresh.at / 1000 < expiry, 'refreshed before the expiry');
     assert.ok(refresh.expiresAt > expiry, 'a later expiry');
+    assert.ok(refresh.at > tokenExpiry, 'refreshed after the join token expired');
+    const http = await get(`${server.base}/api/ice-servers?token=${encodeURIComponent(joinToken)}`);
+    assert.equal(http.status, 401, 'the HTTP refresh refuses the expired join token: the refresh came over the socket');
 
     // Past the first credential's expiry, still relaying on the first allocation.
     await sleep(Math.max(0, expiry * 1000 + 15000 - Date.now()));
@@ -93,7 +105,8 @@ test('a relayed call outlives its 60 s credential, and a restart after the expir
     assert.deepEqual(got.echoes, Array.from({ length: total }, (_, i) => i), 'every ping echoed once, in order');
     assert.ok(got.same, 'the same data channel');
     console.log(
-      `long call on a 60 s credential: refreshed ${refreshedAfter} ms after the join (expiry at ${expiry * 1000 - joinedAt} ms); ` +
+      `long call on a 60 s credential: refreshed over signaling ${refreshedAfter} ms after the join (expiry at ${expiry * 1000 - joinedAt} ms, ` +
+        `join token expired at ${tokenExpiry - joinedAt} ms); ` +
         `relaying ${Date.now() - joinedAt} ms in; restart ${Math.round((restartAt - expiry * 1000) / 1000)} s after the expiry ` +
         `reconnected in ${reconnected.durationMs} ms, relay port ${firstPair.local.port} -> ${secondPair.local.port}; ${total} pings, all echoed`,
     );
