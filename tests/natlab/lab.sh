@@ -4,7 +4,10 @@
 #   lab.sh sites                          # the client sites this lab knows (NAT behaviour × firewall policy)
 #   lab.sh up PREFIX SITE... | all        # the internet, the server namespace, and each site (router + host)
 #   lab.sh serve PREFIX BIN [ARGS...]     # `BIN serve ARGS` in the server namespace; waits for /healthz
-#   lab.sh restart PREFIX                 # stop that server (by PID) and serve again with the same arguments
+#   lab.sh restart PREFIX [ROLE]          # stop that server (by PID) and serve again with the same arguments
+#   lab.sh serve-role PREFIX ROLE BIN [ARGS...]  # a second kind of server beside (or instead of) the first, e.g. TURN
+#                                         # and signaling in two processes; waits until it listens
+#   lab.sh stop PREFIX [ROLE]             # stop that server (by PID); `restart` serves it again
 #   lab.sh ns PREFIX SITE|server          # the namespace a site's host (or the server) lives in
 #   lab.sh exec PREFIX SITE|server CMD... # run CMD there
 #   lab.sh down PREFIX                    # stop what `serve` started (by PID), delete the namespaces `up` created
@@ -189,45 +192,69 @@ cmd_up() {
 }
 
 cmd_serve() {
-  local prefix=$1 bin=$2
-  shift 2
-  local dir srv="$prefix-srv"
-  dir="$(state_dir "$prefix")"
-  [ -d "$dir" ] || die "serve: no lab $prefix"
-  printf '%s\0' "$bin" "$@" >"$dir/serve.args"
-  ip netns exec "$srv" "$bin" serve "$@" >>"$dir/traverse.log" 2>&1 &
-  echo $! >>"$dir/pids"
-  local i
-  for i in $(seq 1 100); do
-    if ip netns exec "$srv" curl -skf -m 1 "https://${SERVER_IPS[0]}/healthz" >/dev/null 2>&1; then
-      return 0
-    fi
-    kill -0 "$!" 2>/dev/null || break
-    sleep 0.2
-  done
-  cat "$dir/traverse.log" >&2
-  die "serve: traverse did not answer /healthz"
+  serve_as "$1" "" "${@:2}"
 }
 
-# The server restarted where its clients expect it: every session and allocation is gone (a restarted node).
-cmd_restart() {
-  local prefix=$1 dir pid i
+# `BIN serve ARGS` for ROLE ("" is the lab's main server): its arguments in serve[.ROLE].args, its PID in
+# pids[.ROLE], its log in traverse[-ROLE].log. Ready when /healthz answers, or for a server without HTTP when its
+# first UDP port is bound.
+serve_as() {
+  local prefix=$1 role=$2 bin=$3
+  shift 3
+  local dir srv="$prefix-srv" dot="${role:+.$role}" log
   dir="$(state_dir "$prefix")"
-  [ -f "$dir/serve.args" ] || die "restart: nothing served in lab $prefix"
+  [ -d "$dir" ] || die "serve: no lab $prefix"
+  log="$dir/traverse${role:+-$role}.log"
+  printf '%s\0' "$bin" "$@" >"$dir/serve$dot.args"
+  ip netns exec "$srv" "$bin" serve "$@" >>"$log" 2>&1 &
+  local pid=$!
+  echo "$pid" >>"$dir/pids$dot"
+  local http=0 udp="" i a prev=""
+  for a in "$@"; do
+    case "$prev" in --http | --single-port) http=1 ;; --udp) [ -n "$udp" ] || udp="${a##*:}" ;; esac
+    prev=$a
+  done
+  for i in $(seq 1 100); do
+    if [ "$http" = 1 ]; then
+      ip netns exec "$srv" curl -skf -m 1 "https://${SERVER_IPS[0]}/healthz" >/dev/null 2>&1 && return 0
+    elif [ -n "$udp" ]; then
+      ip netns exec "$srv" ss -Hlun "sport = :$udp" 2>/dev/null | grep -q . && return 0
+    fi
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.2
+  done
+  cat "$log" >&2
+  die "serve: traverse${role:+ ($role)} did not come up"
+}
+
+# Stops ROLE's server ("" the main one) by PID: TERM, then KILL after 5 s.
+stop_role() {
+  local prefix=$1 role=$2 dir pid i
+  dir="$(state_dir "$prefix")"
+  local pids="$dir/pids${role:+.$role}"
+  [ -f "$pids" ] || return 0
+  while read -r pid; do
+    kill -TERM "$pid" 2>/dev/null || continue
+    for i in $(seq 1 50); do
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+  done <"$pids"
+  : >"$pids"
+}
+
+# The server (ROLE's, or the main one) restarted where its clients expect it: every session and allocation it held
+# is gone (a restarted node).
+cmd_restart() {
+  local prefix=$1 role=${2:-} dir
+  dir="$(state_dir "$prefix")"
+  local args="$dir/serve${role:+.$role}.args"
+  [ -f "$args" ] || die "restart: nothing served${role:+ as $role} in lab $prefix"
   local -a argv
-  mapfile -d '' -t argv <"$dir/serve.args"
-  if [ -f "$dir/pids" ]; then
-    while read -r pid; do
-      kill -TERM "$pid" 2>/dev/null || continue
-      for i in $(seq 1 50); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-      done
-      kill -KILL "$pid" 2>/dev/null || true
-    done <"$dir/pids"
-    : >"$dir/pids"
-  fi
-  cmd_serve "$prefix" "${argv[@]}"
+  mapfile -d '' -t argv <"$args"
+  stop_role "$prefix" "$role"
+  serve_as "$prefix" "$role" "${argv[@]}"
 }
 
 cmd_ns() {
@@ -241,10 +268,11 @@ cmd_ns() {
 }
 
 cmd_down() {
-  local prefix=$1 dir pid ns i
+  local prefix=$1 dir pid ns i f
   dir="$(state_dir "$prefix")"
   [ -d "$dir" ] || return 0
-  if [ -f "$dir/pids" ]; then
+  for f in "$dir"/pids*; do
+    [ -f "$f" ] || continue
     while read -r pid; do
       kill -TERM "$pid" 2>/dev/null || continue
       for i in $(seq 1 50); do
@@ -252,8 +280,8 @@ cmd_down() {
         sleep 0.1
       done
       kill -KILL "$pid" 2>/dev/null || true
-    done <"$dir/pids"
-  fi
+    done <"$f"
+  done
   if [ -f "$dir/namespaces" ]; then
     # Processes a test left inside (a browser, the doctor) would keep the veths alive: stop them, by PID.
     while read -r ns; do
@@ -281,7 +309,9 @@ main() {
     sites) cmd_sites ;;
     up) [ $# -ge 1 ] || die "up PREFIX SITE..."; cmd_up "$@" ;;
     serve) [ $# -ge 2 ] || die "serve PREFIX BIN [ARGS...]"; cmd_serve "$@" ;;
-    restart) [ $# -eq 1 ] || die "restart PREFIX"; cmd_restart "$1" ;;
+    restart) [ $# -ge 1 ] && [ $# -le 2 ] || die "restart PREFIX [ROLE]"; cmd_restart "$@" ;;
+    serve-role) [ $# -ge 3 ] || die "serve-role PREFIX ROLE BIN [ARGS...]"; serve_as "$@" ;;
+    stop) [ $# -ge 1 ] && [ $# -le 2 ] || die "stop PREFIX [ROLE]"; stop_role "$1" "${2:-}" ;;
     ns) [ $# -eq 2 ] || die "ns PREFIX SITE"; cmd_ns "$@" ;;
     exec)
       [ $# -ge 3 ] || die "exec PREFIX SITE CMD..."
@@ -291,7 +321,7 @@ main() {
       exec ip netns exec "$ns" "$@"
       ;;
     down) [ $# -eq 1 ] || die "down PREFIX"; cmd_down "$1" ;;
-    *) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; [ -z "$cmd" ] || exit 2 ;;
+    *) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; [ -z "$cmd" ] || exit 2 ;;
   esac
 }
 
