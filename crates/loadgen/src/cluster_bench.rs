@@ -153,11 +153,15 @@ async fn join(url: &str, room: &str) -> anyhow::Result<(Ws, String)> {
         .await?;
     loop {
         let frame = next(&mut ws).await?;
-        if frame["type"] == "joined" {
-            let id = frame["peerId"].as_str().context("joined without peerId")?.to_owned();
+        if kind(&frame) == "joined" {
+            let id = frame
+                .get("peerId")
+                .and_then(Value::as_str)
+                .context("joined without peerId")?
+                .to_owned();
             return Ok((ws, id));
         }
-        if frame["type"] == "error" {
+        if kind(&frame) == "error" {
             bail!("refused: {frame}");
         }
     }
@@ -165,10 +169,15 @@ async fn join(url: &str, room: &str) -> anyhow::Result<(Ws, String)> {
 
 async fn expect_peer_joined(ws: &mut Ws) -> anyhow::Result<()> {
     loop {
-        if next(ws).await?["type"] == "peer-joined" {
+        if kind(&next(ws).await?) == "peer-joined" {
             return Ok(());
         }
     }
+}
+
+/// A frame's `type`.
+fn kind(frame: &Value) -> &str {
+    frame.get("type").and_then(Value::as_str).unwrap_or("")
 }
 
 /// The next text frame as JSON (10 s at most).
@@ -199,11 +208,11 @@ async fn bounce(mut ws: Ws, to: String, window: usize, epoch: Instant, counters:
     let mut received = 0u64;
     while !counters.stop.load(Ordering::Relaxed) {
         let Ok(frame) = next(&mut ws).await else { return };
-        if frame["type"] != "signal" {
+        if kind(&frame) != "signal" {
             continue;
         }
         if counters.counting.load(Ordering::Relaxed) {
-            let sent = frame["data"]["t"].as_u64().unwrap_or(0);
+            let sent = frame.pointer("/data/t").and_then(Value::as_u64).unwrap_or(0);
             let now = epoch.elapsed().as_micros() as u64;
             let latency = u32::try_from(now.saturating_sub(sent)).unwrap_or(u32::MAX);
             counters.signals.fetch_add(1, Ordering::Relaxed);
@@ -217,8 +226,8 @@ async fn bounce(mut ws: Ws, to: String, window: usize, epoch: Instant, counters:
             return;
         }
         received += 1;
-        if received % ACK_EVERY == 0 {
-            let seq = frame["seq"].as_u64().unwrap_or(0);
+        if received.is_multiple_of(ACK_EVERY) {
+            let seq = frame.get("seq").and_then(Value::as_u64).unwrap_or(0);
             let ack = Message::text(json!({"type": "ping", "ack": seq}).to_string());
             if ws.send(ack).await.is_err() {
                 return;
