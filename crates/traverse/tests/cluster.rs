@@ -2,6 +2,8 @@
 //! loopback, spoken to over WebSocket as a browser would. Two peers of one room on different nodes see and signal
 //! each other, the room limit holds across nodes, a peer whose node is killed (`kill -9`) resumes through another
 //! node with every sequence number accounted for, and a node whose Redis is unreachable serves its sockets alone.
+//! A drain (`traverse drain`) moves rooms, redirects new TURN allocations (300) and exits after the drain time;
+//! an overloaded node is not handed out; `/check` reports are shared. Figures: `bench/cluster/run.sh`.
 //!
 //! Every process is started on kernel-chosen (or probed free) loopback ports and killed by PID when its handle
 //! drops; every wait is bounded. Skipped when `redis-server` is not installed (a failure under
@@ -692,80 +694,6 @@ fn turn_allocations_count_in_a_node_s_load() {
         join_until_ice(&nodes[1], 2, &[nodes[2].turn.clone(), nodes[0].turn.clone()]).await;
     });
     clients.clear();
-}
-
-/// CPU time (user + system) a process has used, from `/proc/<pid>/stat`, in clock ticks.
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may hold spaces) start after the last ')'.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
-    fields.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
-        + fields.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0)
-}
-
-/// Figures, not a pass/fail test: `cargo test -p traverse --test cluster -- --ignored --nocapture`. Ping-pong of
-/// `ROUND_TRIPS` signals between two peers on one node, then on two nodes (through Redis), each with the latency of
-/// a round trip (p50, p99) and the CPU time of the Traverse processes and of Redis per signal. Bounded: 2 000 round
-/// trips per case, every wait 10 s at most, loopback only.
-#[test]
-#[ignore = "a measurement; run it by name with --ignored --nocapture"]
-fn measure_signals_same_node_vs_cross_node() {
-    const ROUND_TRIPS: usize = 2000;
-    let Some(redis) = Redis::start() else { return };
-    // Above the per-socket rate limit (50/s, bursts of 100), which would drop a ping-pong this fast.
-    let rate = [
-        "--set",
-        "signal.messages_per_second=100000",
-        "--set",
-        "signal.burst=100000",
-    ];
-    let nodes: Vec<Node> = (0..2).map(|_| Node::start(&redis.url(), &rate)).collect();
-    runtime().block_on(async {
-        for (case, (x, y)) in [("same node", (0, 0)), ("cross node", (0, 1))] {
-            let room = format!("bench-{x}{y}");
-            let (mut a, joined_a) = Peer::join(&nodes[x], &room).await;
-            let a_id = joined_a["peerId"].as_str().unwrap().to_owned();
-            let (mut b, joined_b) = Peer::join(&nodes[y], &room).await;
-            let b_id = joined_b["peerId"].as_str().unwrap().to_owned();
-            a.expect("peer-joined").await;
-            let pids = [nodes[0].child.id(), nodes[1].child.id()];
-            let traverse_before: u64 = pids.iter().map(|p| cpu_ticks(*p)).sum();
-            let redis_before = cpu_ticks(redis.child.id());
-            let mut rtts = Vec::with_capacity(ROUND_TRIPS);
-            let started = Instant::now();
-            for n in 0..ROUND_TRIPS {
-                let t = Instant::now();
-                a.send(json!({"type":"signal","to":b_id,"data":{"n":n}})).await;
-                b.expect("signal").await;
-                b.send(json!({"type":"signal","to":a_id,"data":{"n":n}})).await;
-                a.expect("signal").await;
-                rtts.push(t.elapsed());
-                if n % 200 == 199 {
-                    // Acknowledge, as the SDK does, so the replay buffers stay small.
-                    for peer in [&mut a, &mut b] {
-                        peer.send(json!({"type":"ping","ack":u64::MAX})).await;
-                        peer.expect("pong").await;
-                    }
-                }
-            }
-            let elapsed = started.elapsed();
-            let ticks = 100.0; // USER_HZ on Linux
-            let signals = (2 * ROUND_TRIPS) as f64;
-            let traverse_cpu = (pids.iter().map(|p| cpu_ticks(*p)).sum::<u64>() - traverse_before) as f64 / ticks;
-            let redis_cpu = (cpu_ticks(redis.child.id()) - redis_before) as f64 / ticks;
-            rtts.sort();
-            println!(
-                "{case}: {:.0} signals/s (one at a time), round trip p50 {:?} p99 {:?}; CPU per signal: traverse {:.1} µs + redis {:.1} µs",
-                signals / elapsed.as_secs_f64(),
-                rtts[rtts.len() / 2],
-                rtts[rtts.len() * 99 / 100],
-                traverse_cpu / signals * 1e6,
-                redis_cpu / signals * 1e6,
-            );
-        }
-    });
 }
 
 #[test]
