@@ -125,14 +125,10 @@ impl Drain {
     /// Starts the drain; false when there is none to start (not in a cluster, or already draining), which a
     /// SIGTERM takes as "stop now".
     pub fn start(&mut self, why: &str, now: Instant) -> bool {
-        if self.started.is_some() {
+        if self.started.is_some() || !self.clustered {
             return false;
         }
-        // Alone, the signaling side has nowhere to send its sockets (it says so).
         self.web.drain();
-        if !self.clustered {
-            return false;
-        }
         self.started = Some(now);
         self.quotas.drain(self.alternates());
         let allocations = self.stats.sum().allocations;

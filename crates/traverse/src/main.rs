@@ -801,6 +801,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         quotas,
         running.stats.clone(),
     );
+    let alone = web.clone();
     runtime.block_on(async move {
         use tokio::signal::unix::{signal, SignalKind};
         if let Some((listener, endpoint)) = metrics_endpoint {
@@ -831,6 +832,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 _ = int.recv() => break,
                 // Drain (docs/scaling.md): this node's rooms and sockets move to the other nodes of the cluster.
                 _ = usr1.recv() => {
+                    // Alone there is nowhere to send anything: the hub says so.
+                    if !clustered {
+                        alone.drain();
+                    }
                     drain.start("SIGUSR1", std::time::Instant::now());
                 }
                 _ = tick.tick() => if drain.poll(std::time::Instant::now()) { break },
