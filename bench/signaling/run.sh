@@ -4,6 +4,7 @@
 #
 #   bench/signaling/run.sh [SECONDS]     # default 10 s per relay run
 #   HOLD="2000" PAIRS=50 REPEAT=1 bench/signaling/run.sh 5     # a smaller run while tuning
+#   WORKERS=1 bench/signaling/run.sh     # Traverse with one worker (default 2)
 #
 # Tests, each run against a freshly started server, Traverse then PeerJS, before the next test:
 #   hold N     N idle registered sockets (Traverse: one room per two peers, joined; PeerJS: one id per socket,
@@ -40,6 +41,8 @@ FDS=$(ulimit -n)
 
 # The release binary: reused when newer than the sources it is built from, else built once. A failed rebuild
 # (a workspace mid-edit) falls back to an existing binary, with a warning.
+# TRAVERSE=/path/to/traverse benchmarks that binary as it is (a copy taken while the shared tree is mid-edit).
+if [ -n "${TRAVERSE:-}" ]; then :; else
 TRAVERSE="$ROOT/target/release/traverse"
 SOURCES=()
 for c in stun turn signal server web traverse; do SOURCES+=("$ROOT/crates/$c/src"); done
@@ -49,6 +52,7 @@ if [ ! -x "$TRAVERSE" ] || [ -n "$(find "${SOURCES[@]}" -newer "$TRAVERSE" -type
     [ -x "$TRAVERSE" ] || exit 1
     echo "warning: cargo build failed; benchmarking the existing $TRAVERSE"
   fi
+fi
 fi
 
 pids=()
@@ -75,7 +79,7 @@ start_server() { # traverse|peerjs → sets SERVER_PID, SERVER_URL
       "$TRAVERSE" serve --http "127.0.0.1:$port" \
         --udp "127.0.0.1:$(free_port)" --tcp "127.0.0.1:$(free_port)" --tls "127.0.0.1:$(free_port)" \
         --set signal.max_connections_per_ip=100000 --set signal.messages_per_second=1000000 --set signal.burst=1000000 \
-        --set signal.max_peers_per_room=100 --set signal.max_rooms=1000000 --set limits.max_connections=100000 --workers 2 \
+        --set signal.max_peers_per_room=100 --set signal.max_rooms=1000000 --set limits.max_connections=100000 --workers "${WORKERS:-2}" \
         --log-level warn >"$OUT/traverse.log" 2>&1 &
       SERVER_PID=$!
       pids+=("$SERVER_PID")

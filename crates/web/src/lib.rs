@@ -2,8 +2,10 @@
 //! `/api/ice-servers`, the browser SDK, the demo page, and the troubleshooter (`/check`) with its report store
 //! ([`reports`]: `/api/reports`), and the operator's dashboard ([`dashboard`]: `/dashboard`).
 //!
-//! Model: the sans-IO [`signal::SignalHub`] runs in one task on its own thread ([`hub`]); every socket is a task
-//! that forwards frames to it over a bounded channel and writes what it routes back ([`ws`]). Connections arrive
+//! Model: the sans-IO [`signal::MemoryHub`] is sharded by room, one per core, each behind a mutex of its own
+//! ([`shards`]); every socket is a task ([`ws`]) that hands its frames to its room's shard in place and writes what
+//! the hub routes to it — no hub thread on the message path. With `--redis`, one hub task on a thread of its own
+//! takes the sockets' frames over a bounded channel ([`hub`], [`cluster`]). Connections arrive
 //! from the server crate's listeners — a plain HTTP port, or the single port that also carries TURN — through
 //! [`Web::serve_connection`], so HTTP never needs a listener of its own.
 //!

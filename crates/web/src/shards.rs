@@ -133,7 +133,7 @@ impl Shards {
                 }))
             })
             .collect();
-        let shards = Arc::new(Self {
+        Arc::new(Self {
             shards,
             placement: std::collections::hash_map::RandomState::new(),
             sources: Mutex::new(HashMap::new()),
@@ -143,8 +143,7 @@ impl Shards {
             stopping: AtomicBool::new(false),
             timer: Arc::new(Notify::new()),
             outcomes,
-        });
-        shards
+        })
     }
 
     /// Runs the shards' timers on a thread of their own until the shards are dropped or shut down.
@@ -162,8 +161,10 @@ impl Shards {
         self.shards.len()
     }
 
+    // Not input: `shard` comes from `home` or `room_shard`, and `new` makes at least one shard, so `shard % len` is in
+    // range.
+    #[allow(clippy::indexing_slicing)]
     fn lock(&self, shard: usize) -> MutexGuard<'_, ShardState> {
-        // `shard` is always one of ours (`home`, `room_shard`); the modulo keeps the indexing total.
         let Shard(state) = &self.shards[shard % self.shards.len()];
         state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
