@@ -522,9 +522,12 @@ async fn list_reports(
     if let Err(refused) = check_admin_token(&app, expected, remote, &headers, "GET /api/reports") {
         return refused.into_response();
     }
+    // In a cluster the list is read from Redis: off the async workers, like every other store call.
+    let store = app.reports.clone();
+    let reports = blocking(move || Ok(store.list())).await.unwrap_or_default();
     let body = serde_json::json!({
         "ok": true,
-        "reports": app.reports.list(),
+        "reports": reports,
         "maxReports": app.reports.limits().max_reports,
     });
     ([(header::CACHE_CONTROL, "no-store")], axum::Json(body)).into_response()
