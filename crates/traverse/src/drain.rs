@@ -15,8 +15,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-/// The worker counters lag by up to a second: a drain ends on "no allocation" only after this long.
-const SETTLE: Duration = Duration::from_secs(2);
+/// A drain with no allocation left still lasts this long, so the sockets' 4202 closes and the registry's news
+/// (this node gone) have gone out before the process stops.
+const SETTLE: Duration = Duration::from_secs(1);
 
 /// `traverse drain`'s options.
 #[derive(clap::Args, Debug)]
@@ -99,25 +100,18 @@ pub struct Drain {
     drain_time: Duration,
     clustered: bool,
     web: web::Web,
+    /// Shared by the workers: counts the allocations held (charged) now, and refuses new ones while draining.
     quotas: Arc<turn::Quotas>,
-    stats: Arc<server::WorkerStats>,
     started: Option<Instant>,
 }
 
 impl Drain {
-    pub fn new(
-        drain_time: Duration,
-        clustered: bool,
-        web: web::Web,
-        quotas: Arc<turn::Quotas>,
-        stats: Arc<server::WorkerStats>,
-    ) -> Self {
+    pub fn new(drain_time: Duration, clustered: bool, web: web::Web, quotas: Arc<turn::Quotas>) -> Self {
         Self {
             drain_time,
             clustered,
             web,
             quotas,
-            stats,
             started: None,
         }
     }
@@ -131,7 +125,7 @@ impl Drain {
         self.web.drain();
         self.started = Some(now);
         self.quotas.drain(self.alternates());
-        let allocations = self.stats.sum().allocations;
+        let allocations = self.quotas.total();
         tracing::info!(
             drain_time = self.drain_time.as_secs(),
             allocations,
@@ -144,7 +138,7 @@ impl Drain {
     pub fn poll(&mut self, now: Instant) -> bool {
         let Some(started) = self.started else { return false };
         self.quotas.drain(self.alternates());
-        let allocations = self.stats.sum().allocations;
+        let allocations = self.quotas.total();
         if now.duration_since(started) >= self.drain_time {
             tracing::info!(
                 allocations,

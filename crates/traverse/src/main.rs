@@ -799,7 +799,6 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         clustered,
         web.clone(),
         quotas,
-        running.stats.clone(),
     );
     let alone = web.clone();
     runtime.block_on(async move {
