@@ -628,9 +628,10 @@ fn a_drained_node_hands_its_room_over_and_new_sockets_go_elsewhere() {
         a.send(json!({"type":"ping"})).await;
         a.expect("pong").await;
 
-        // SIGUSR1 to node 0: both sockets are closed with 4202 (B's through node 1).
+        // SIGTERM to node 0 (a supervisor's stop; `traverse drain` sends SIGUSR1, tested below): in a cluster it
+        // drains. Both sockets are closed with 4202 (B's through node 1).
         let pid = nodes[0].child.id().to_string();
-        let status = Command::new("kill").args(["-USR1", &pid]).status().unwrap();
+        let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
         assert!(status.success());
         assert_eq!(a.next().await.err(), Some(Some(4202)));
         loop {
