@@ -67,8 +67,8 @@ fi
 # The NAT lab: real NATs in network namespaces (root only; prints SKIP otherwise).
 if [ "${NATLAB:-1}" != 0 ]; then
   TRAVERSE_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/traverse" tests/natlab/run.sh
-  # Calls that survive (issue 11): an address change, a link down, a NAT flush, a server restart, a 30 s UDP timeout,
-  # on the four sites they need (about 3.5 min).
+  # Calls that survive (issue 11): an address change, a link down, a NAT flush, a 30 s UDP timeout, a server restart, a
+  # signaling-only restart, and beside them a 3-minute call on 60 s credentials, on the four sites they need (about 4 min).
   NATLAB_SITES=eim-a,eim-b,sym-a,sym-b TRAVERSE_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/traverse" \
     tests/natlab/run.sh survive.test.js
 fi

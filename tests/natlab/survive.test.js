@@ -176,6 +176,7 @@ let roomNo = 0;
 async function runScenario(sc) {
   assert.ok(PREFIX, 'NATLAB_PREFIX is set (run through tests/natlab/run.sh)');
   const browsers = [];
+  let pages = null;
   const record = { scenario: sc.name, a: sc.a, b: sc.b, why: sc.why };
   results.push(record);
   try {
@@ -186,6 +187,7 @@ async function runScenario(sc) {
     const relay = !!sc.relayed;
     const a = await roomPage(browsers[0], SERVER, room, { relay });
     const b = await roomPage(browsers[1], SERVER, room, { relay, echo: true });
+    pages = { a, b };
     await until(10000, () => a.page.evaluate((id) => room.peers.has(id), b.peerId), `${sc.a} sees ${sc.b}`);
     await within(
       60000,
@@ -353,6 +355,24 @@ async function runScenario(sc) {
     record.outcome = 'recovered';
   } catch (err) {
     record.outcome = `FAIL: ${err.message.split('\n')[0]}`;
+    // What the call did: A's events and video sending, B's decoding (a stall's shape says where it is).
+    const state = await Promise.all([
+      pages?.a.page.evaluate(async () => {
+        const out = [];
+        (await window.peer?.pc.getStats())?.forEach((r) => {
+          if (r.type === 'outbound-rtp' && r.kind === 'video') out.push({ id: r.id, framesEncoded: r.framesEncoded, packetsSent: r.packetsSent, pliCount: r.pliCount, keyFramesEncoded: r.keyFramesEncoded, qualityLimitationReason: r.qualityLimitationReason, targetBitrate: r.targetBitrate });
+        });
+        return { events: (window.events || []).map((e) => `${e.name}${e.cause ? `(${e.cause})` : ''}${e.iceConnectionState ? `(${e.iceConnectionState}/${e.connectionState})` : ''}@${e.at % 100000}`), out };
+      }).catch((e) => String(e)),
+      pages?.b.page.evaluate(async () => {
+        const inbound = [];
+        (await window.peer?.pc.getStats())?.forEach((r) => {
+          if (r.type === 'inbound-rtp' && r.kind === 'video') inbound.push({ id: r.id, framesDecoded: r.framesDecoded, packetsReceived: r.packetsReceived, keyFramesDecoded: r.keyFramesDecoded, pliCount: r.pliCount, framesDropped: r.framesDropped });
+        });
+        return { decoded: (window.decoded || []).filter((_, i, all) => i % 10 === 0 || i === all.length - 1).slice(-60).map((d) => `${d.at % 100000}:${d.frames}`).join(' '), inbound };
+      }).catch((e) => String(e)),
+    ]);
+    console.log(`--- ${sc.name}: A ${JSON.stringify(state[0])}\n--- B ${JSON.stringify(state[1])}`);
     for (const [i, br] of browsers.entries()) {
       console.log(`--- ${i ? sc.b : sc.a} console ---\n${br.logs.slice(-40).join('\n')}`);
     }

@@ -89,7 +89,7 @@ const joined = (peerId, peers, iceServers = []) => ({
 
 const tick = () => new Promise((r) => setImmediate(r));
 
-test('a restarted server: the call stays, old ids are exchanged, the Peer moves to the new id and restarts ICE', async () => {
+test('a restarted server: the call stays, old ids are exchanged, the Peer moves to the new id and restarts ICE (the impolite side: at once)', async () => {
   const { room, sent, receive, handshake, events } = fakeRoom();
   handshake();
   receive(joined('p_a1', ['p_b1']));
@@ -101,22 +101,22 @@ test('a restarted server: the call stays, old ids are exchanged, the Peer moves 
   room._session.handleDisconnect(4201);
   sent.length = 0;
   handshake();
-  receive(joined('p_a2', ['p_b2'], [{ urls: 'turn:h', username: '1:p_a2', credential: 'new' }]));
+  receive(joined('p_a2', ['p_0b2'], [{ urls: 'turn:h', username: '1:p_a2', credential: 'new' }]));
   assert.equal(peer.closed, false, 'the call is kept');
   assert.equal(room.connections.get('p_b1'), peer, 'still under the old id until the peer says its new one');
   const join = events.find((e) => e.name === 'joined' && e.rejoined);
   assert.equal(join.previousPeerId, 'p_a1');
   const told = sent.filter((m) => m.type === 'signal');
-  assert.deepEqual(told.map((m) => [m.to, m.data]), [['p_b2', { rejoin: { was: ['p_a1'] } }]]);
+  assert.deepEqual(told.map((m) => [m.to, m.data]), [['p_0b2', { rejoin: { was: ['p_a1'] } }]]);
 
   // B, rejoined too, says who it was: A's Peer moves to B's new id and restarts with the new credential.
-  receive({ type: 'signal', seq: 2, from: 'p_b2', data: { rejoin: { was: ['p_b1'] } } });
+  receive({ type: 'signal', seq: 2, from: 'p_0b2', data: { rejoin: { was: ['p_b1'] } } });
   const moved = events.find((e) => e.name === 'peer-rejoined');
-  assert.deepEqual([moved.previousPeerId, moved.peerId, moved.peer === peer], ['p_b1', 'p_b2', true]);
-  assert.equal(room.connections.get('p_b2'), peer);
+  assert.deepEqual([moved.previousPeerId, moved.peerId, moved.peer === peer], ['p_b1', 'p_0b2', true]);
+  assert.equal(room.connections.get('p_0b2'), peer);
   assert.equal(room.connections.has('p_b1'), false);
-  assert.equal(peer.peerId, 'p_b2');
-  assert.equal(peer.polite, 'p_a2' < 'p_b2');
+  assert.equal(peer.peerId, 'p_0b2');
+  assert.equal(peer.polite, false);
   assert.equal(peer.channel, channel, 'the same data channel');
   await tick();
   // The restart first asks for fresh servers over the socket (a relay node may be gone), then restarts with them.
@@ -333,4 +333,47 @@ test('resumed through another node (the one in use was lost): connected calls re
   assert.equal(peer.pc.restarts, 1);
   assert.equal(peer.pc.config.iceServers[0].urls, 'turn:node2.test');
   room._finish(1000, 'done', true);
+});
+
+test('after a rejoin the polite side leaves the restart to the other, and restarts only if that has not connected', async () => {
+  mock.timers.enable({ apis: ['setTimeout'] });
+  try {
+    const setup = () => {
+      const { room, sent, receive, handshake } = fakeRoom();
+      handshake();
+      receive(joined('p_a1', ['p_b1']));
+      const peer = room.connect('p_b1');
+      peer.pc.reach('connected');
+      room._session.handleDisconnect(4201);
+      handshake();
+      receive(joined('p_a2', ['p_b2'], [{ urls: 'turn:new', username: '1:p_a2', credential: 'new' }]));
+      receive({ type: 'signal', seq: 2, from: 'p_b2', data: { rejoin: { was: ['p_b1'] } } });
+      return { room, sent, receive, peer };
+    };
+    // The other side's restart connects in time: nothing to do, nothing said.
+    const one = setup();
+    assert.equal(one.peer.polite, true);
+    assert.equal(one.peer.pc.config.iceServers[0].urls, 'turn:new', 'the new credential in place for the answer');
+    const events = [];
+    one.peer.on('reconnecting', (d) => events.push(d.cause));
+    mock.timers.tick(1000);
+    one.peer.pc.reach('connected');
+    mock.timers.tick(5000);
+    await tick();
+    assert.equal(one.peer.pc.restarts, 0);
+    assert.deepEqual(events, []);
+    one.room._finish(1000, 'done', true);
+
+    // It does not: this side restarts after 1.5 s.
+    const two = setup();
+    const causes = [];
+    two.peer.on('reconnecting', (d) => causes.push(d.cause));
+    mock.timers.tick(1499);
+    assert.deepEqual(causes, []);
+    mock.timers.tick(1);
+    assert.deepEqual(causes, ['session-lost']);
+    two.room._finish(1000, 'done', true);
+  } finally {
+    mock.timers.reset();
+  }
 });

@@ -1093,9 +1093,11 @@ declare class Recovery {
     /**
      * The server lost our session (it restarted) and the remote peer has been found again under its new id: its TURN
      * allocations most likely died with it, so a relayed path is restarted now rather than after ICE notices (about
-     * 10 s in Chromium: tests/browser/rejoin.test.js). A direct path just renegotiates without a break.
+     * 10 s in Chromium: tests/browser/rejoin.test.js). A direct path just renegotiates without a break. With
+     * `waitMs`, the restart waits that long for the other side's to connect first (then it is not needed).
+     * @param {number} [waitMs]
      */
-    handleSessionLost(): void;
+    handleSessionLost(waitMs?: number): void;
     /**
      * Signaling resumed through another node than before (the one in use could not be reached): a relay on that node
      * has most likely gone with it, so the connection restarts now (with the new node's servers) rather than when ICE

@@ -1267,10 +1267,12 @@ export class Peer extends EventTarget {
     this.polite = /** @type {string} */ (this.room.peerId) < peerId;
     this._orphaned = false;
     this._emit('rejoined', { peerId, previousPeerId });
+    // The new server's credential now, so that an answer to the other side's restart gathers with it.
+    this._applyIceServers();
     // A negotiation cut in the middle is started again; else a restart that waited for signaling goes now.
     if (!this._recovery) return;
     if (this._recovery.state === 'waiting') this._recovery.handleSignaling();
-    else if (this._recovery.state !== 'new') this._recovery.handleSessionLost();
+    else if (this._recovery.state !== 'new') this._recovery.handleSessionLost(this.polite ? SESSION_LOST_POLITE_WAIT_MS : 0);
     else if (this.pc.signalingState !== 'stable') this._restartIce();
   }
 
@@ -1403,10 +1405,19 @@ class Recovery {
   /**
    * The server lost our session (it restarted) and the remote peer has been found again under its new id: its TURN
    * allocations most likely died with it, so a relayed path is restarted now rather than after ICE notices (about
-   * 10 s in Chromium: tests/browser/rejoin.test.js). A direct path just renegotiates without a break.
+   * 10 s in Chromium: tests/browser/rejoin.test.js). A direct path just renegotiates without a break. With
+   * `waitMs`, the restart waits that long for the other side's to connect first (then it is not needed).
+   * @param {number} [waitMs]
    */
-  handleSessionLost() {
+  handleSessionLost(waitMs = 0) {
     if (this.state === 'closed' || this.state === 'new') return;
+    if (waitMs > 0 && this.state === 'connected') {
+      // The other side restarts now; this one only if that has not connected within `waitMs` (see `_rebind`).
+      this._episode = { cause: 'session-lost', startedAt: this._clock.now(), attempts: 0 };
+      this.state = 'grace';
+      this._arm(() => this._restartNow(), waitMs);
+      return;
+    }
     this._trigger('session-lost', true);
   }
 
@@ -2959,6 +2970,15 @@ const ICE_REFRESH_RETRY_MS = 30000;
 
 /** How long a scheduled refresh waits for the answer to `ice-servers` before it tries HTTP. */
 const ICE_ASK_TIMEOUT_MS = 3000;
+
+/**
+ * After both sides rejoined (a restarted server), the polite side leaves the restart to the impolite one for this
+ * long, and restarts itself only if that has not connected by then. Both restarting at once is a glare that perfect
+ * negotiation settles by rolling the polite side's offer back. In the NAT lab (turn-restart, signaling-restart; 4 of
+ * 14 restarts, under heavy load) the video sender then sometimes came back with a new SSRC whose encoder never
+ * produced a frame (B without video for good, A's outbound-rtp at 0 frames encoded); the glare is the likely trigger.
+ */
+const SESSION_LOST_POLITE_WAIT_MS = 1500;
 
 /** How long an ICE restart waits for fresh servers over the socket before it goes with the ones it has. */
 const RESTART_ICE_ASK_MS = 1000;
