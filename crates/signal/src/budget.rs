@@ -43,7 +43,7 @@ pub(crate) struct ByteLimits {
 #[derive(Debug)]
 pub(crate) struct Budget {
     limits: ByteLimits,
-    per_source: HashMap<Source, usize>,
+    per_source: HashMap<Source, usize, foldhash::fast::RandomState>,
     total: usize,
 }
 
@@ -51,7 +51,7 @@ impl Budget {
     pub fn new(limits: ByteLimits) -> Self {
         Self {
             limits,
-            per_source: HashMap::new(),
+            per_source: HashMap::default(),
             total: 0,
         }
     }

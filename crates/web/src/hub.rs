@@ -326,9 +326,9 @@ pub(crate) fn shutting_down() -> Refusal {
 
 /// Does what one output asks of this node's sockets; returns a socket dropped as too slow, which the caller reports
 /// closed to whatever holds its session.
-pub(crate) fn deliver(
+pub(crate) fn deliver<S: std::hash::BuildHasher>(
     output: Output,
-    sockets: &mut HashMap<ConnId, Arc<Outbox>>,
+    sockets: &mut HashMap<ConnId, Arc<Outbox>, S>,
     outcomes: &Outcomes,
 ) -> Option<ConnId> {
     match output {

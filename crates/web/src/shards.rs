@@ -63,7 +63,7 @@ struct Shard(Mutex<ShardState>);
 struct ShardState {
     hub: MemoryHub,
     /// The outboxes of this shard's sockets.
-    sockets: HashMap<ConnId, Arc<Outbox>>,
+    sockets: HashMap<ConnId, Arc<Outbox>, foldhash::fast::RandomState>,
     /// The deadline the timer thread knows of.
     armed: Option<Instant>,
     /// Rooms of this hub as last added to [`Shards::rooms`].
@@ -127,7 +127,7 @@ impl Shards {
             .map(|_| {
                 Shard(Mutex::new(ShardState {
                     hub: make(own.clone()),
-                    sockets: HashMap::new(),
+                    sockets: HashMap::default(),
                     armed: None,
                     rooms: 0,
                 }))

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use foldhash::fast::RandomState;
 use rand::RngCore;
 use serde_json::value::RawValue;
 
@@ -272,11 +273,11 @@ pub struct MemoryHub<R = rand::rngs::StdRng> {
     token_secret: Option<Vec<u8>>,
     ice_servers: IceServerSource,
     rng: R,
-    conns: HashMap<ConnId, Conn>,
+    conns: HashMap<ConnId, Conn, RandomState>,
     /// Sockets per source.
     per_source: HashMap<Source, usize>,
     budget: Budget,
-    sessions: HashMap<PeerId, Session>,
+    sessions: HashMap<PeerId, Session, RandomState>,
     by_secret: HashMap<SessionSecret, PeerId>,
     rooms: HashMap<Arc<str>, Room>,
     outputs: VecDeque<Output>,
@@ -337,10 +338,10 @@ impl<R: RngCore + Send> MemoryHub<R> {
             token_secret,
             ice_servers,
             rng,
-            conns: HashMap::new(),
+            conns: HashMap::default(),
             per_source: HashMap::new(),
             budget,
-            sessions: HashMap::new(),
+            sessions: HashMap::default(),
             by_secret: HashMap::new(),
             rooms: HashMap::new(),
             outputs: VecDeque::new(),
@@ -619,7 +620,7 @@ impl<R: RngCore + Send> SignalHub for MemoryHub<R> {
 }
 
 /// Shrinks a map whose capacity is more than four times what it holds (and more than a few entries), to twice.
-fn shrink<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>) {
+fn shrink<K: std::hash::Hash + Eq, V, S: std::hash::BuildHasher>(map: &mut HashMap<K, V, S>) {
     if map.capacity() > 4 * map.len() + 64 {
         map.shrink_to(2 * map.len());
     }
