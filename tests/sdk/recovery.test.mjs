@@ -235,3 +235,22 @@ test('a lost session (restarted server) restarts a connected call at once; a run
   fresh.handleSessionLost();
   assert.equal(fresh.restarts, 0, 'never connected: nothing to restart');
 });
+
+test('a lost session on the polite side: reconnecting at once (attempt 0), reconnected when the other side restarts', () => {
+  const { r, host, clock } = connectedRecovery();
+  r.handleSessionLost(1500);
+  assert.equal(host.restarts, 0, 'waits for the other side');
+  assert.deepEqual(host.events, [{ name: 'reconnecting', cause: 'session-lost', attempt: 0 }]);
+  clock.advance(700);
+  r.handleState('connected'); // the other side's restart connected the new generation
+  assert.deepEqual(host.events.slice(1), [{ name: 'reconnected', cause: 'session-lost', durationMs: 700, attempts: 0 }]);
+  clock.advance(5000);
+  assert.equal(host.restarts, 0, 'the wait was cancelled');
+
+  // Not connected within the wait: it restarts itself, attempt 1, and says so.
+  const other = connectedRecovery();
+  other.r.handleSessionLost(1500);
+  other.clock.advance(1500);
+  assert.equal(other.host.restarts, 1);
+  assert.deepEqual(other.host.events.map((e) => [e.name, e.attempt]), [['reconnecting', 0], ['reconnecting', 1]]);
+});

@@ -614,6 +614,15 @@ export class Peer extends EventTarget {
      */
     private _restartIce;
     _offerLost: boolean;
+    /**
+     * An ICE restart (ours or the other side's) replaces the generation the outcome report is about. Before this
+     * connection ever connected, that generation failed: the other side restarts because its attempt failed, and ours
+     * would be replaced before it could reach `failed`, so it is reported now, as the other side's was — else our
+     * report came only at the timeout, after the server's pairing deadline (NAT lab, sym-a + sym-b without TURN). A
+     * failure report waiting for gathering stops waiting: what gathers now is the new generation.
+     * @private
+     */
+    private _generationEnds;
     /** Our session was lost: the remote id is stale until the remote peer says its new one. @internal */
     _orphan(): void;
     /** @internal */ _orphaned: boolean;
@@ -1071,7 +1080,7 @@ declare class Recovery {
     /** @private */ private _clock;
     /** @type {'new' | 'connected' | 'grace' | 'restarting' | 'backoff' | 'waiting' | 'failed' | 'closed'} */
     state: "new" | "connected" | "grace" | "restarting" | "backoff" | "waiting" | "failed" | "closed";
-    /** @private @type {{cause: RecoveryCause, startedAt: number, attempts: number} | null} */
+    /** @private @type {{cause: RecoveryCause, startedAt: number, attempts: number, announced?: boolean} | null} */
     private _episode;
     /** @private */ private _timer;
     /** @private the browser said `offline`: a restart waits for `online` */ private _offline;

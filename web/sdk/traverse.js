@@ -822,6 +822,12 @@ export class Peer extends EventTarget {
       remoteDescription: false,
       restarts: 0,
       /**
+       * An ICE restart replaced the first generation (`_generationEnds`); a function while a failure report waits
+       * for gathering, which calling it ends.
+       * @type {boolean | ((v?: unknown) => void)}
+       */
+      restarted: false,
+      /**
        * Candidates gathered per ICE generation (by ufrag): after an ICE restart getStats may keep only the new
        * generation's, which would report a peer as having gathered less than it did.
        * @type {Map<string, GatheredCounts>}
@@ -1062,7 +1068,11 @@ export class Peer extends EventTarget {
     };
     // ICE may fail while gathering still runs (a TURN server that never answers times out about 10 s in): a failure
     // waits, a bounded while, for gathering to finish, so that the report's counts and errors are final.
-    if (outcome !== 'connected') await gatheringComplete(this.pc, GATHERING_WAIT_MS);
+    // Not past a restart (ours or the other side's): the gathering then running is the new generation's, and
+    // waiting for it made the report miss the server's pairing deadline (NAT lab, noudp + eim-b without TLS).
+    if (outcome !== 'connected' && !o.restarted) {
+      await Promise.race([gatheringComplete(this.pc, GATHERING_WAIT_MS), new Promise((r) => (o.restarted = r))]);
+    }
     const stats = await this.pc.getStats().catch(() => new Map());
     if (outcome !== 'connected') return send(stats);
     // Chrome often nominates a relayed pair first and moves to a direct one once its checks succeed: the path is
@@ -1143,6 +1153,7 @@ export class Peer extends EventTarget {
       const collision = sdp.type === 'offer' && (this._makingOffer || pc.signalingState !== 'stable');
       this._ignoreOffer = !this.polite && collision;
       if (this._ignoreOffer) return;
+      if (sdp.type === 'offer' && isIceRestart(pc, sdp)) this._generationEnds();
       if (collision && pc.signalingState === 'have-local-offer') {
         // Glare, and we are polite: roll our offer back, take theirs.
         await pc.setLocalDescription({ type: 'rollback' });
@@ -1237,6 +1248,7 @@ export class Peer extends EventTarget {
   _restartIce() {
     const pc = this.pc;
     this._outcome.restarts++;
+    this._generationEnds();
     this._chain = this._chain
       .then(async () => {
         if (this.closed) return;
@@ -1251,6 +1263,21 @@ export class Peer extends EventTarget {
         pc.restartIce();
       })
       .catch((err) => this._fail('negotiation-failed', err));
+  }
+
+  /**
+   * An ICE restart (ours or the other side's) replaces the generation the outcome report is about. Before this
+   * connection ever connected, that generation failed: the other side restarts because its attempt failed, and ours
+   * would be replaced before it could reach `failed`, so it is reported now, as the other side's was — else our
+   * report came only at the timeout, after the server's pairing deadline (NAT lab, sym-a + sym-b without TURN). A
+   * failure report waiting for gathering stops waiting: what gathers now is the new generation.
+   * @private
+   */
+  _generationEnds() {
+    const o = this._outcome;
+    if (typeof o.restarted === 'function') o.restarted();
+    o.restarted = true;
+    if (!o.reported && this.pc.connectionState !== 'connected') this._settle('failed');
   }
 
   /** Our session was lost: the remote id is stale until the remote peer says its new one. @internal */
@@ -1353,7 +1380,7 @@ class Recovery {
     /** @private */ this._clock = clock;
     /** @type {'new' | 'connected' | 'grace' | 'restarting' | 'backoff' | 'waiting' | 'failed' | 'closed'} */
     this.state = 'new';
-    /** @private @type {{cause: RecoveryCause, startedAt: number, attempts: number} | null} */
+    /** @private @type {{cause: RecoveryCause, startedAt: number, attempts: number, announced?: boolean} | null} */
     this._episode = null;
     /** @private */ this._timer = null;
     /** @private the browser said `offline`: a restart waits for `online` */ this._offline = false;
@@ -1412,9 +1439,12 @@ class Recovery {
   handleSessionLost(waitMs = 0) {
     if (this.state === 'closed' || this.state === 'new') return;
     if (waitMs > 0 && this.state === 'connected') {
-      // The other side restarts now; this one only if that has not connected within `waitMs` (see `_rebind`).
-      this._episode = { cause: 'session-lost', startedAt: this._clock.now(), attempts: 0 };
+      // The other side restarts now; this one only if that has not connected within `waitMs` (see `_rebind`). The
+      // path broke all the same (the relays died with the server): the application hears `reconnecting` now, with
+      // `attempt: 0` (the other side's restart), and `reconnected` when either restart connects.
+      this._episode = { cause: 'session-lost', startedAt: this._clock.now(), attempts: 0, announced: true };
       this.state = 'grace';
+      this._host.emit('reconnecting', { cause: 'session-lost', attempt: 0 });
       this._arm(() => this._restartNow(), waitMs);
       return;
     }
@@ -1484,7 +1514,7 @@ class Recovery {
     this._episode = null;
     this.state = 'connected';
     // A blip that healed within the grace period made no restart and reported no `reconnecting`: nothing to say.
-    if (ep && ep.attempts > 0) {
+    if (ep && (ep.attempts > 0 || ep.announced)) {
       const durationMs = Math.round(this._clock.now() - ep.startedAt);
       this._host.emit('reconnected', { cause: ep.cause, durationMs, attempts: ep.attempts });
     }
@@ -2096,8 +2126,22 @@ class Sha256 {
 /** How long after `connected` a report reads the selected pair again (NAT lab: switches took under a second). */
 const PATH_SETTLE_MS = 4000;
 
-/** How long a failed or timed-out connection's report waits for ICE gathering to complete. */
-const GATHERING_WAIT_MS = 15000;
+/**
+ * How long a failed or timed-out connection's report waits for ICE gathering to complete: under the server's
+ * pairing deadline (10 s after the first report of a pair), so that both sides' reports meet.
+ */
+const GATHERING_WAIT_MS = 8000;
+
+/**
+ * Whether the remote `offer` starts a new ICE generation (RFC 8839: a changed `ice-ufrag`) against the one `pc`
+ * has applied; false for the first offer.
+ * @param {RTCPeerConnection} pc @param {RTCSessionDescriptionInit} offer
+ */
+function isIceRestart(pc, offer) {
+  const ufrag = (/** @type {string | undefined} */ sdp) => (sdp || '').match(/^a=ice-ufrag:(\S+)/m)?.[1];
+  const before = ufrag(pc.remoteDescription?.sdp);
+  return before !== undefined && before !== ufrag(offer.sdp);
+}
 
 /**
  * Resolves when `pc` has finished gathering, or after `ms`.
