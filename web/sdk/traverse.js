@@ -821,12 +821,10 @@ export class Peer extends EventTarget {
       remoteCandidates: 0,
       remoteDescription: false,
       restarts: 0,
-      /**
-       * An ICE restart replaced the first generation (`_generationEnds`); a function while a failure report waits
-       * for gathering, which calling it ends.
-       * @type {boolean | ((v?: unknown) => void)}
-       */
+      /** An ICE restart replaced the first generation (`_generationEnds`). */
       restarted: false,
+      /** Ends a failure report's wait for gathering (set while it waits). @type {(() => void) | null} */
+      stopGatheringWait: null,
       /**
        * Candidates gathered per ICE generation (by ufrag): after an ICE restart getStats may keep only the new
        * generation's, which would report a peer as having gathered less than it did.
@@ -1071,7 +1069,9 @@ export class Peer extends EventTarget {
     // Not past a restart (ours or the other side's): the gathering then running is the new generation's, and
     // waiting for it made the report miss the server's pairing deadline (NAT lab, noudp + eim-b without TLS).
     if (outcome !== 'connected' && !o.restarted) {
-      await Promise.race([gatheringComplete(this.pc, GATHERING_WAIT_MS), new Promise((r) => (o.restarted = r))]);
+      const stopped = new Promise((resolve) => (o.stopGatheringWait = () => resolve(undefined)));
+      await Promise.race([gatheringComplete(this.pc, GATHERING_WAIT_MS), stopped]);
+      o.stopGatheringWait = null;
     }
     const stats = await this.pc.getStats().catch(() => new Map());
     if (outcome !== 'connected') return send(stats);
@@ -1275,8 +1275,8 @@ export class Peer extends EventTarget {
    */
   _generationEnds() {
     const o = this._outcome;
-    if (typeof o.restarted === 'function') o.restarted();
     o.restarted = true;
+    if (o.stopGatheringWait) o.stopGatheringWait();
     if (!o.reported && this.pc.connectionState !== 'connected') this._settle('failed');
   }
 
