@@ -3,32 +3,38 @@
 # UDP forwarder (crates/loadgen/src/bin/traverse-bare-forwarder.rs: one receive and one send per packet, nothing
 # else), one after the other under the same load, in one run.
 #
-#   sudo bench/relay-xdp.sh [SECONDS]        # default 5 s per step; ~6 minutes
-#   SYSTEMS="traverse-xdp coturn" RATES_100="40000 80000" RATES_1000= sudo bench/relay-xdp.sh 3   # a subset
+#   sudo bench/relay-xdp.sh [SECONDS]        # default 4 s per step; ~12 minutes
+#   SYSTEMS="traverse-xdp coturn" RATES_100="50000 200000" RATES_1000= sudo bench/relay-xdp.sh 3   # a subset
+#   VETH_STATS=1 ...   # print both veths' drop counters and the server's UDP errors at the end (where loss happens)
 #
-# XDP on a veth relays only packets that arrive on it, so the load generator and the echo peer sit in namespaces of
-# their own, routed to the server's namespace through a router namespace (the same topology as
-# crates/traverse/tests/xdp.rs):
+# Two namespaces joined by one veth pair. The server's namespace holds the system under test; the outside one holds
+# both the load generator's client address and the echo peer's, and an XDP program of the benchmark's own
+# (bench/xdp/peer.c) on its end of the veth that echoes the peer's packets back and counts and drops the echoes the
+# relay sends the client. The far side then costs every system the same and almost nothing, so the delivered rate
+# is the relay's, not the load generator's receive path or turnutils_peer's:
 #
-#   loadgen ns 192.0.2.1 ─┐                          ┌─ server ns 203.0.113.1 (the system under test, one thread)
-#                         ├─ router ns (forwarding) ─┤
-#   peer ns 198.51.100.1 ─┘  (turnutils_peer echoes)
+#   outside ns: client 192.0.2.1 (traverse-loadgen, send only), peer 198.51.100.1 (XDP echo), XDP sink
+#        │ veth
+#   server ns: 203.0.113.1 — the system under test
 #
-# For each system and payload size (100 B, 1000 B), traverse-loadgen (100 allocations, one channel each) offers a
-# ladder of rates for SECONDS each. Two figures per step:
-#   - relayed packets per WHOLE-MACHINE CPU-second: (2 × echoes received) ÷ busy CPU time of all cores from
-#     /proc/stat (user, nice, system, irq, softirq, steal) — XDP runs in softirq, which the server's own utime/stime
-#     never sees. The load generator, the echo peer and the router's forwarding are in that CPU too, the same for
-#     every system, so the differences between systems are the relays';
-#   - delivered echoes per second and loss; the table's "highest rate" is the highest delivered rate of a step with
-#     at most 1 % loss.
-# The machine is shared with other engineers' builds: the load average is printed before and after, and belongs
-# with the figures. Everything is bounded in time and count; namespaces and processes are removed on exit.
+# The cores: the system under test's process is pinned to core 1 (taskset), the load generator to core 0. The kernel
+# runs each veth's receive work — XDP programs included — in softirq on the core that sent the packet, so Traverse's
+# fast path runs mostly on core 0 beside the load generator, while a socket relay's process has core 1 to itself:
+# conservative for the fast path. (Moving each veth's receive work into a NAPI kernel thread pinned to its side's
+# core was tried: the threads' wake-ups lost packets erratically before either core was busy.)
+#
+# For each system and payload size (100 B, 1000 B), traverse-loadgen (ALLOCATIONS allocations, one channel each)
+# offers a ladder of rates for SECONDS each. Per step: delivered echoes per second (the sink's count) and loss; busy
+# CPU of core 1 and of the whole machine (from /proc/stat, softirq included — XDP's work is there, not in the
+# server's utime/stime) → relayed packets (2 per echo) per CPU-second. The table's "highest rate" is the highest
+# delivered rate of a step with at most 1 % loss. The load average is printed before and after and belongs with the
+# figures. Everything is bounded in time and count; namespaces and processes are removed on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-STEP_SECONDS="${1:-5}"
+STEP_SECONDS="${1:-4}"
 P=trvx
 HOST_IP=203.0.113.1
+CLIENT_IP=192.0.2.1   # bench/xdp/peer.c knows these two and the port
 PEER_IP=198.51.100.1
 PEER_PORT=3480
 USER_NAME=bench
@@ -37,22 +43,34 @@ REALM=bench
 OUT=bench/out
 mkdir -p "$OUT"
 SYSTEMS="${SYSTEMS:-traverse-xdp traverse coturn bare}"
-RATES_100="${RATES_100-10000 20000 30000 40000}"
-RATES_1000="${RATES_1000-10000 20000 30000}"
+RATES_100="${RATES_100-40000 60000 80000 100000 150000 200000 250000}"
+RATES_1000="${RATES_1000-40000 60000 80000 100000 150000 200000}"
+ALLOCATIONS="${ALLOCATIONS:-20}"
+# Microseconds between the load generator's sending rounds: short, so that arrivals are nearly smooth and the veth
+# rings (256 frames) are not overrun by one millisecond's burst.
+PACE_US="${PACE_US:-250}"
+SERVER_CPU=1
+LOAD_CPU=0
 
 [ "$(id -u)" = 0 ] || { echo "bench/relay-xdp.sh needs root (namespaces, XDP)"; exit 1; }
-for tool in turnserver turnutils_peer ip ethtool python3; do
-  command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install coturn iproute2 ethtool python3"; exit 1; }
+[ "$(nproc)" -ge 2 ] || { echo "bench/relay-xdp.sh needs 2 cores (one for the load, one for the system)"; exit 1; }
+for tool in turnserver ip ethtool bpftool clang taskset python3; do
+  command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install coturn iproute2 ethtool bpftool clang libbpf-dev util-linux python3"; exit 1; }
 done
 ulimit -n "$(ulimit -Hn)"
 
 pids=()
 cleanup() {
+  if ip netns exec "$P-s" true 2>/dev/null && [ -n "${VETH_STATS:-}" ]; then
+    ip netns exec "$P-s" ethtool -S "$P-s0" | grep -v ': 0$' || true
+    ip netns exec "$P-o" ethtool -S "$P-o0" | grep -v ': 0$' || true
+    ip -n "$P-o" -s link show "$P-o0"; ip -n "$P-s" -s link show "$P-s0"; ip netns exec "$P-s" nstat -az 2>/dev/null | grep -E "Udp(InErrors|RcvbufErrors|NoPorts|InCsumErrors)|IpInAddrErrors|IpInDiscards" || true
+  fi
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   sleep 0.3
   for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
   # Anything still running in the namespaces this script made is this script's.
-  for n in s r c p; do
+  for n in s o; do
     for p in $(ip netns pids "$P-$n" 2>/dev/null); do kill -9 "$p" 2>/dev/null || true; done
     ip netns del "$P-$n" 2>/dev/null || true
   done
@@ -65,54 +83,59 @@ LOADGEN=$PWD/target/release/traverse-loadgen
 BARE=$PWD/target/release/traverse-bare-forwarder
 OBJECT=$(ls -t target/release/build/traverse-xdp-*/out/relay.o 2>/dev/null | head -1)
 [ -n "$OBJECT" ] || { echo "no XDP object under target/release/build: install clang and libbpf-dev, rebuild"; exit 1; }
+PEER_OBJECT=$OUT/xdp-peer.o
+clang -O2 -g -Wall -Werror -target bpf -I "/usr/include/$(uname -m)-linux-gnu" -c bench/xdp/peer.c -o "$PEER_OBJECT"
 
 cleanup
-for n in s r c p; do ip netns add "$P-$n"; ip -n "$P-$n" link set lo up; done
-ip link add "$P-s0" netns "$P-s" type veth peer name "$P-r0" netns "$P-r"
-ip link add "$P-c0" netns "$P-c" type veth peer name "$P-r1" netns "$P-r"
-ip link add "$P-p0" netns "$P-p" type veth peer name "$P-r2" netns "$P-r"
+for n in s o; do ip netns add "$P-$n"; ip -n "$P-$n" link set lo up; done
+ip link add "$P-s0" netns "$P-s" type veth peer name "$P-o0" netns "$P-o"
 ip -n "$P-s" addr add "$HOST_IP/24" dev "$P-s0"
-ip -n "$P-r" addr add 203.0.113.254/24 dev "$P-r0"
-ip -n "$P-c" addr add 192.0.2.1/24 dev "$P-c0"
-ip -n "$P-r" addr add 192.0.2.254/24 dev "$P-r1"
-ip -n "$P-p" addr add "$PEER_IP/24" dev "$P-p0"
-ip -n "$P-r" addr add 198.51.100.254/24 dev "$P-r2"
-for x in s:s0 r:r0 r:r1 r:r2 c:c0 p:p0; do ip -n "$P-${x%%:*}" link set "$P-${x#*:}" up; done
-ip -n "$P-s" route add default via 203.0.113.254
-ip -n "$P-c" route add default via 192.0.2.254
-ip -n "$P-p" route add default via 198.51.100.254
-ip netns exec "$P-r" sysctl -qw net.ipv4.ip_forward=1
+ip -n "$P-o" addr add "$CLIENT_IP/24" dev "$P-o0"
+ip -n "$P-o" addr add "$PEER_IP/24" dev "$P-o0"
+ip -n "$P-s" link set "$P-s0" up
+ip -n "$P-o" link set "$P-o0" up
+ip -n "$P-s" route add 192.0.2.0/24 dev "$P-s0"
+ip -n "$P-s" route add 198.51.100.0/24 dev "$P-s0"
+ip -n "$P-o" route add 203.0.113.0/24 dev "$P-o0"
 # The fast path's route look-ups (bpf_fib_lookup) need forwarding on its interface.
 ip netns exec "$P-s" sysctl -qw "net.ipv4.conf.$P-s0.forwarding=1"
-# A veth accepts XDP_TX frames only with an XDP program on its other end: the same object, maps empty, passes all.
-ip -n "$P-r" link set dev "$P-r0" xdpdrv obj "$OBJECT" sec xdp
 # Locally sent UDP leaves a veth with a partial checksum (offload); the fast path needs complete ones, as from a NIC.
-ip netns exec "$P-c" ethtool -K "$P-c0" tx off >/dev/null
-ip netns exec "$P-p" ethtool -K "$P-p0" tx off >/dev/null
-ip netns exec "$P-p" turnutils_peer -L "$PEER_IP" -p "$PEER_PORT" >/dev/null 2>&1 &
-PEER_PID=$!
-pids+=("$PEER_PID")
-sleep 0.5
+ip netns exec "$P-o" ethtool -K "$P-o0" tx off >/dev/null
+ip netns exec "$P-s" ethtool -K "$P-s0" tx off >/dev/null
+# The echo and the sink. XDP_TX onto a veth needs the other end in NAPI mode: its own XDP program (Traverse's) or
+# GRO on (every other system) — on for all, so every system's packets take the same receive path.
+ip -n "$P-o" link set dev "$P-o0" xdpdrv obj "$PEER_OBJECT" sec xdp
+ip -n "$P-s" link set dev "$P-s0" xdpdrv obj "$PEER_OBJECT" sec xdp program bench_pass
+# The sink's count: per-CPU packets summed.
+sink() {
+  bpftool map dump name bench_sink -j | python3 -c 'import json, sys
+print(sum(v["value"]["packets"] for e in json.load(sys.stdin) for v in e["formatted"]["values"]))'
+}
 
 S=(ip netns exec "$P-s")   # `ip netns exec` execs the program: $! is the program's own pid
+ON_SERVER_CPU=(taskset -c "$SERVER_CPU")
 start_system() { # name → SERVER_PID
   case "$1" in
     traverse | traverse-xdp)
       local xdp=()
-      [ "$1" = traverse-xdp ] && xdp=(--xdp "$P-s0")
-      "${S[@]}" "$TRAVERSE" serve --udp "$HOST_IP:3478" --tcp "$HOST_IP:3478" --tls "$HOST_IP:5349" \
-        --http 127.0.0.1:0 --user "$USER_NAME:$PASSWORD" --realm "$REALM" --workers 1 "${xdp[@]}" \
-        --set limits.max_allocations_per_user=0 --set limits.max_allocations_per_source=0 \
+      if [ "$1" = traverse-xdp ]; then
+        xdp=(--xdp "$P-s0")
+        ip -n "$P-s" link set dev "$P-s0" xdpdrv off
+      fi
+      "${S[@]}" "${ON_SERVER_CPU[@]}" "$TRAVERSE" serve --udp "$HOST_IP:3478" --tcp "$HOST_IP:3478" \
+        --tls "$HOST_IP:5349" --http 127.0.0.1:0 --user "$USER_NAME:$PASSWORD" --realm "$REALM" --workers 1 \
+        "${xdp[@]}" --set limits.max_allocations_per_user=0 --set limits.max_allocations_per_source=0 \
         --log-level warn,server=info >"$OUT/$1.log" 2>&1 &
       ;;
     coturn)
-      "${S[@]}" turnserver -n --no-cli --no-tls --no-dtls -L "$HOST_IP" -E "$HOST_IP" --listening-port 3478 \
-        --lt-cred-mech --user "$USER_NAME:$PASSWORD" --realm "$REALM" --relay-threads 1 \
+      "${S[@]}" "${ON_SERVER_CPU[@]}" turnserver -n --no-cli --no-tls --no-dtls -L "$HOST_IP" -E "$HOST_IP" \
+        --listening-port 3478 --lt-cred-mech --user "$USER_NAME:$PASSWORD" --realm "$REALM" --relay-threads 1 \
         --min-port 49152 --max-port 65535 --no-multicast-peers --simple-log --log-file stdout \
         --pidfile "$OUT/turnserver-xdp.pid" >"$OUT/coturn-xdp.log" 2>&1 &
       ;;
     bare)
-      "${S[@]}" "$BARE" --listen "$HOST_IP:3478" --relay-ip "$HOST_IP" --lifetime 900 >"$OUT/bare.log" 2>&1 &
+      "${S[@]}" "${ON_SERVER_CPU[@]}" "$BARE" --listen "$HOST_IP:3478" --relay-ip "$HOST_IP" --lifetime 900 \
+        >"$OUT/bare.log" 2>&1 &
       ;;
   esac
   SERVER_PID=$!
@@ -122,6 +145,7 @@ start_system() { # name → SERVER_PID
     sleep 0.1
   done
   sleep 0.5
+  [ "$1" != coturn ] || sleep "${COTURN_WAIT:-2}"
   if [ "$1" = traverse-xdp ]; then
     # The program is loaded after the listeners are bound: wait for the verdict.
     for _ in $(seq 100); do grep -q "XDP fast path" "$OUT/$1.log" && break; sleep 0.1; done
@@ -132,20 +156,13 @@ stop_system() {
   kill "$SERVER_PID" 2>/dev/null || true
   wait "$SERVER_PID" 2>/dev/null || true
   sleep 0.5
+  ip -n "$P-s" link show "$P-s0" | grep -q "prog/xdp" ||
+    ip -n "$P-s" link set dev "$P-s0" xdpdrv obj "$PEER_OBJECT" sec xdp program bench_pass
 }
 
-# Busy jiffies of all cores: everything but idle and iowait; and the interrupt and softirq part alone.
+# Busy jiffies (everything but idle and iowait) of the whole machine and of the server's core.
 busy() { awk '/^cpu / {print $2+$3+$4+$7+$8+$9}' /proc/stat; }
-softirq() { awk '/^cpu / {print $7+$8}' /proc/stat; }
-ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
-# The load generator's own CPU (user + system), from its rusage, on stderr's last line.
-run_loadgen() {
-  python3 -c 'import resource, subprocess, sys
-rc = subprocess.run(sys.argv[1:]).returncode
-r = resource.getrusage(resource.RUSAGE_CHILDREN)
-print(f"{r.ru_utime + r.ru_stime:.3f}", file=sys.stderr)
-sys.exit(rc)' "$@"
-}
+busy_core() { awk -v c="cpu$1" '$1 == c {print $2+$3+$4+$7+$8+$9}' /proc/stat; }
 CLK_TCK=$(getconf CLK_TCK)
 json() { python3 -c "import json,sys; print(json.load(sys.stdin)[sys.argv[1]])" "$1"; }
 VALUES="$OUT/xdp-values.txt"
@@ -160,29 +177,25 @@ for system in $SYSTEMS; do
     [ "$size" = 1000 ] && rates=$RATES_1000
     for rate in $rates; do
       start_system "$system"
-      b0=$(busy); q0=$(softirq); s0=$(ticks "$SERVER_PID"); e0=$(ticks "$PEER_PID")
-      run_loadgen ip netns exec "$P-c" "$LOADGEN" --server "$HOST_IP:3478" --peer "$PEER_IP:$PEER_PORT" \
-        --user "$USER_NAME" --password "$PASSWORD" --allocations 100 --rate "$rate" --duration "$STEP_SECONDS" \
-        --size "$size" >"$OUT/xdp-run.json" 2>"$OUT/xdp-loadgen-cpu.txt" \
+      b0=$(busy); c0=$(busy_core "$SERVER_CPU"); k0=$(sink)
+      ip netns exec "$P-o" taskset -c "$LOAD_CPU" "$LOADGEN" --server "$HOST_IP:3478" --peer "$PEER_IP:$PEER_PORT" \
+        --user "$USER_NAME" --password "$PASSWORD" --allocations "$ALLOCATIONS" --rate "$rate" \
+        --duration "$STEP_SECONDS" --size "$size" --no-receive --pace-us "$PACE_US" >"$OUT/xdp-run.json" \
         || { echo "  loadgen failed at $rate/s"; stop_system; continue; }
-      b1=$(busy); q1=$(softirq); s1=$(ticks "$SERVER_PID"); e1=$(ticks "$PEER_PID")
-      lg=$(tail -1 "$OUT/xdp-loadgen-cpu.txt")
+      sleep 0.2 # the last echoes in flight
+      b1=$(busy); c1=$(busy_core "$SERVER_CPU"); k1=$(sink)
       stop_system
-      received=$(json received <"$OUT/xdp-run.json")
-      pps=$(json received_pps <"$OUT/xdp-run.json" | python3 -c "print(round(float(input())))")
-      loss=$(json loss_pct <"$OUT/xdp-run.json" | python3 -c "print(round(float(input()), 2))")
-      # The busy time covers set-up and the 1 s drain too (the same for every system).
-      cpu=$(python3 -c "print(round(($b1-$b0)/$CLK_TCK, 2))")
-      ppc=$(python3 -c "t=($b1-$b0)/$CLK_TCK; print(round(2*$received/t) if t > 0 else 0)")
-      # The part of the machine this run used: interrupts and softirq of all cores (where XDP and the veths' receive
-      # paths run) + the server, the echo peer and the load generator (user and system).
-      ours=$(python3 -c "print(round(($q1-$q0+$s1-$s0+$e1-$e0)/$CLK_TCK + $lg, 2))")
-      ppo=$(python3 -c "t=$ours; print(round(2*$received/t) if t > 0 else 0)")
-      sirq=$(python3 -c "print(round(($q1-$q0)/$CLK_TCK, 2))")
-      srv=$(python3 -c "print(round(($s1-$s0)/$CLK_TCK, 2))")
-      echo "$system $size $rate $pps $loss $cpu $ppc $ours $ppo $sirq $srv" >>"$VALUES"
-      echo "  $size B @ $rate/s: delivered $pps echoes/s, loss $loss %; machine CPU $cpu s → $ppc pkt/CPU-s;" \
-        "this run's CPU $ours s (softirq $sirq, server $srv, loadgen $lg) → $ppo pkt/CPU-s"
+      sent=$(json sent <"$OUT/xdp-run.json")
+      secs=$(json send_secs <"$OUT/xdp-run.json")
+      read -r pps loss cpu ppc core ppk offered < <(python3 -c "
+echoes, sent, secs = $k1 - $k0, $sent, $secs
+machine, core = ($b1 - $b0) / $CLK_TCK, ($c1 - $c0) / $CLK_TCK
+print(round(echoes / secs), round(100 * max(sent - echoes, 0) / sent, 2) if sent else 0,
+      round(machine, 2), round(2 * echoes / machine) if machine else 0,
+      round(core, 2), round(2 * echoes / core) if core else 0, round(sent / secs))")
+      echo "$system $size $rate $pps $loss $cpu $ppc $core $ppk $offered" >>"$VALUES"
+      echo "  $size B @ $rate/s (sent $offered/s): delivered $pps echoes/s, loss $loss %;" \
+        "whole machine $cpu CPU-s → $ppc relayed pkt/CPU-s; the server's core (1) busy $core CPU-s"
     done
   done
 done
@@ -194,11 +207,11 @@ import sys
 rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
 systems = sys.argv[2].split()
 def steps(system, size):
-    # (offered, delivered, loss, machine CPU, per machine CPU-s, this run's CPU, per this run's CPU-s)
-    return [(int(r[2]), int(r[3]), float(r[4]), float(r[5]), int(r[6]), float(r[7]), int(r[8])) for r in rows
-            if r[0] == system and r[1] == size]
+    # (offered, delivered, loss, machine CPU-s, pkts per machine CPU-s, server core CPU-s, pkts per core CPU-s, sent/s)
+    return [(int(r[2]), int(r[3]), float(r[4]), float(r[5]), int(r[6]), float(r[7]), int(r[8]), int(r[9]))
+            for r in rows if r[0] == system and r[1] == size]
 print()
-print("| payload | system | highest delivered echoes/s at <= 1 % loss | relayed packets per CPU-s at the lowest step: whole machine | this run's CPU |")
+print("| payload | system | highest delivered echoes/s at <= 1 % loss (sent/s) | relayed packets per whole-machine CPU-s at the lowest step | server core CPU-s at the lowest step |")
 print("|---|---|---|---|---|")
 best = {}
 for size in ("100", "1000"):
@@ -208,8 +221,8 @@ for size in ("100", "1000"):
         top = max(ok, key=lambda x: x[1]) if ok else None
         low = min(st, key=lambda x: x[0]) if st else None
         best[(s, size)] = (top, low)
-        print(f"| {size} B | {s} | {top[1] if top else 'none'} (offered {top[0] if top else '-'}) | "
-              f"{low[4] if low else '-'} | {low[6] if low else '-'} |")
+        print(f"| {size} B | {s} | {top[1] if top else 'none'} ({top[7] if top else '-'}) | "
+              f"{low[4] if low else '-'} | {low[5] if low else '-'} |")
 print()
 for size in ("100", "1000"):
     def get(s, i, j):
@@ -217,9 +230,8 @@ for size in ("100", "1000"):
         return v[j] if v else None
     for a, b in (("traverse-xdp", "coturn"), ("traverse-xdp", "traverse"), ("traverse-xdp", "bare"), ("traverse", "coturn"), ("bare", "coturn")):
         ra, rb = get(a, 0, 1), get(b, 0, 1)
-        ca, cb = get(a, 1, 4), get(b, 1, 4)
-        oa, ob = get(a, 1, 6), get(b, 1, 6)
-        if ra and rb and ca and cb and oa and ob:
-            print(f"{size} B {a}/{b}: highest rate x{ra / rb:.2f}; packets per CPU-s at the lowest step: "
-                  f"whole machine x{ca / cb:.2f}, this run's CPU x{oa / ob:.2f}")
+        ma, mb = get(a, 1, 4), get(b, 1, 4)
+        if ra and rb and ma and mb:
+            print(f"{size} B {a}/{b}: highest rate x{ra / rb:.2f}; packets per whole-machine CPU-s at the lowest "
+                  f"step x{ma / mb:.2f}")
 EOF

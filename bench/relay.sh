@@ -5,6 +5,9 @@
 #   SERVERS=traverse MEMORY_RUNS= TRAFFIC_RUNS=100:150000 UCLIENT_RUNS= REPEAT=1 bench/relay.sh 5   # a subset
 #   STRACE=4 REPEAT=1 MEMORY_RUNS= UCLIENT_RUNS=100 bench/relay.sh   # syscall counts of each server (strace -c -f,
 #       4 s into each traffic run, bench/out/strace-*.txt); strace slows the server, so ignore that run's CPU figures
+#   PACE_US=100 bench/relay.sh   # smoothly paced arrivals: the load generator sends every 100 µs what is due,
+#       instead of each millisecond's packets in one burst (PACE_US=1000, the default), which flatters a server that
+#       drains many packets per wake-up
 #
 # Both servers get one relay thread, the same static user and realm, and listen on 198.51.100.1 (a documentation
 # address on a veth into a network namespace the script creates). The echo peer (coturn's turnutils_peer) runs in
@@ -160,7 +163,8 @@ for rep in $(seq "$REPEAT"); do
       strace_during "$server-$size-$rate"
       t0=$(cpu_ticks "$SERVER_PID")
       "$LOADGEN" --server "$HOST_IP:3478" --peer "$PEER_IP:$PEER_PORT" --user "$USER_NAME" --password "$PASSWORD" \
-        --allocations 100 --rate "$rate" --duration "$SECONDS_PER_RUN" --size "$size" >"$OUT/run.json"
+        --allocations 100 --rate "$rate" --duration "$SECONDS_PER_RUN" --size "$size" --pace-us "${PACE_US:-1000}" \
+        >"$OUT/run.json"
       t1=$(cpu_ticks "$SERVER_PID")
       stop_server
       received=$(json received <"$OUT/run.json")

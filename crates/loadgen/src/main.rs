@@ -42,11 +42,60 @@ struct Args {
     /// After opening the allocations, print a READY line and keep them (refreshing nothing) for this many seconds.
     #[arg(long, default_value_t = 0)]
     hold: u64,
+    /// Send only: the echoes are counted (and dropped) before they reach this process, as bench/relay-xdp.sh does
+    /// in XDP, so that receiving costs every system measured the same and almost nothing. `received` is then 0.
+    #[arg(long)]
+    no_receive: bool,
+    /// Microseconds between sending rounds, each sending the packets due by then: 1000 sends each millisecond's
+    /// packets in one burst; smaller values spread them out (smooth arrivals, as from many independent clients).
+    #[arg(long, default_value_t = 1000)]
+    pace_us: u64,
 }
 
 struct Client {
     session: Session,
     channel: ChannelNumber,
+}
+
+/// The paced sender's state between rounds.
+struct Sender {
+    clients: Arc<Vec<Client>>,
+    packet: Vec<u8>,
+    total: u64,
+    rate: u64,
+    start: Instant,
+    sent: u64,
+    send_errors: u64,
+    next: usize,
+}
+
+impl Sender {
+    fn done(&self) -> bool {
+        self.sent >= self.total
+    }
+
+    /// Sends the packets due by now, each stamped with its send time (microseconds since the start).
+    fn round(&mut self) {
+        let due = ((self.start.elapsed().as_secs_f64() * self.rate as f64) as u64).min(self.total);
+        let size = self.packet.len().saturating_sub(4) as u16;
+        while self.sent < due {
+            let Some(client) = self.clients.get(self.next) else {
+                break;
+            };
+            self.next = (self.next + 1) % self.clients.len();
+            let stamp = (self.start.elapsed().as_micros() as u64).to_be_bytes();
+            if let Some(header) = self.packet.get_mut(..4).and_then(|h| <&mut [u8; 4]>::try_from(h).ok()) {
+                ChannelData::write_header(header, client.channel, size);
+            }
+            if let Some(slot) = self.packet.get_mut(4..12) {
+                slot.copy_from_slice(&stamp);
+            }
+            if client.session.socket().try_send(&self.packet).is_err() {
+                self.send_errors += 1;
+            }
+            self.sent += 1;
+        }
+    }
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -90,7 +139,8 @@ async fn main() -> anyhow::Result<()> {
     let rtt_max_us = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let mut receivers = Vec::new();
-    for index in 0..clients.len() {
+    let receiving = if args.no_receive { 0 } else { clients.len() };
+    for index in 0..receiving {
         let (clients, received, rtt_sum_us, rtt_max_us) = (
             clients.clone(),
             received.clone(),
@@ -116,34 +166,42 @@ async fn main() -> anyhow::Result<()> {
         }));
     }
 
-    // Paced sender: every millisecond, the packets due by then, round-robin over the allocations.
-    let total = args.rate * args.duration;
-    let mut packet = vec![0u8; 4 + args.size];
-    let mut sent: u64 = 0;
-    let mut send_errors: u64 = 0;
-    let mut tick = tokio::time::interval(Duration::from_millis(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let mut next = 0usize;
-    while sent < total {
-        tick.tick().await;
-        let due = ((start.elapsed().as_secs_f64() * args.rate as f64) as u64).min(total);
-        while sent < due {
-            let Some(client) = clients.get(next) else { break };
-            next = (next + 1) % clients.len();
-            let stamp = (start.elapsed().as_micros() as u64).to_be_bytes();
-            let header: &mut [u8; 4] = packet.get_mut(..4).and_then(|h| h.try_into().ok()).context("header")?;
-            ChannelData::write_header(header, client.channel, args.size as u16);
-            if let Some(slot) = packet.get_mut(4..12) {
-                slot.copy_from_slice(&stamp);
-            }
-            if client.session.socket().try_send(&packet).is_err() {
-                send_errors += 1;
-            }
-            sent += 1;
+    // Paced sender: each round sends the packets due by then, round-robin over the allocations.
+    let mut sender = Sender {
+        clients: clients.clone(),
+        packet: vec![0u8; 4 + args.size],
+        total: args.rate * args.duration,
+        rate: args.rate,
+        start,
+        sent: 0,
+        send_errors: 0,
+        next: 0,
+    };
+    if args.pace_us >= 1000 {
+        let mut tick = tokio::time::interval(Duration::from_micros(args.pace_us));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        while !sender.done() {
+            tick.tick().await;
+            sender.round();
         }
+    } else {
+        // The runtime's timer ticks in milliseconds: finer rounds come from a thread of their own sleeping between
+        // them (the receivers keep the runtime's thread).
+        let pace = Duration::from_micros(args.pace_us.max(1));
+        sender = tokio::task::spawn_blocking(move || {
+            while !sender.done() {
+                std::thread::sleep(pace);
+                sender.round();
+            }
+            sender
+        })
+        .await?;
     }
+    let (sent, send_errors) = (sender.sent, sender.send_errors);
     let send_secs = start.elapsed().as_secs_f64();
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    if !args.no_receive {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
     for r in &receivers {
         r.abort();
     }
