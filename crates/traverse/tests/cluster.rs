@@ -256,6 +256,91 @@ async fn join_until_ice(node: &Node, skip: usize, expected: &[Value]) -> (Peer, 
     unreachable!()
 }
 
+/// A call in room "call" across two nodes, for the drain tests.
+struct Call {
+    a: Peer,
+    b: Peer,
+    a_session: String,
+    b_id: String,
+    b_session: String,
+    /// The sequence numbers B has seen, in order.
+    at_b: Vec<u64>,
+    /// Signals A has sent.
+    sent: u64,
+}
+
+impl Call {
+    /// A joins on `home` (the room's home), B on `other`; A sends `sent` signals, B reads `read` of them, and A's
+    /// ping is answered (everything sent has reached the hub).
+    async fn across(home: &Node, other: &Node, sent: u64, read: usize) -> Call {
+        let (mut a, joined_a) = Peer::join(home, "call").await;
+        let (mut b, joined_b) = Peer::join(other, "call").await;
+        a.expect("peer-joined").await;
+        let b_id = joined_b["peerId"].as_str().unwrap().to_owned();
+        for n in 0..sent {
+            a.send(json!({"type":"signal","to":b_id,"data":{"n":n},"seq":n + 1}))
+                .await;
+        }
+        let mut at_b: Vec<u64> = vec![1];
+        for _ in 0..read {
+            at_b.push(b.expect("signal").await["seq"].as_u64().unwrap());
+        }
+        a.send(json!({"type":"ping"})).await;
+        a.expect("pong").await;
+        Call {
+            a,
+            b,
+            a_session: joined_a["session"].as_str().unwrap().to_owned(),
+            b_id,
+            b_session: joined_b["session"].as_str().unwrap().to_owned(),
+            at_b,
+            sent,
+        }
+    }
+
+    /// A drain of A's node closes both sockets with 4202 (B's through its own node); what B got first is kept.
+    async fn closed_by_drain(&mut self) {
+        assert_eq!(self.a.next().await.err(), Some(Some(4202)));
+        loop {
+            match self.b.next().await {
+                Ok(v) => self.at_b.push(v["seq"].as_u64().unwrap()),
+                Err(code) => {
+                    assert_eq!(code, Some(4202));
+                    break;
+                }
+            }
+        }
+    }
+
+    /// A resumes on `a_node`, B on `b_node`, and A sends one more signal: A's signals were all acknowledged and B
+    /// has seen every sequence number once, in order.
+    async fn resumes_with_nothing_lost(mut self, a_node: &Node, b_node: &Node) {
+        let mut a = Peer::connect(a_node).await;
+        a.send(json!({"type":"resume","session":self.a_session,"lastSeq":2}))
+            .await;
+        assert_eq!(a.expect("resumed").await["ack"], self.sent);
+        let mut b = Peer::connect(b_node).await;
+        b.send(json!({"type":"resume","session":self.b_session,"lastSeq":self.at_b.last().unwrap()}))
+            .await;
+        let resumed = b.expect("resumed").await;
+        for _ in 0..resumed["replayed"].as_u64().unwrap() {
+            self.at_b.push(b.expect("signal").await["seq"].as_u64().unwrap());
+        }
+        let n = self.sent;
+        a.send(json!({"type":"signal","to":self.b_id,"data":{"n":n},"seq":n + 1}))
+            .await;
+        self.at_b.push(b.expect("signal").await["seq"].as_u64().unwrap());
+        assert_eq!(self.at_b, (1..=n + 2).collect::<Vec<u64>>());
+    }
+}
+
+/// A draining node refuses new sockets before the upgrade.
+async fn refuses_sockets(node: &Node) {
+    let tcp = tokio::net::TcpStream::connect(node.http).await.unwrap();
+    let refused = tokio_tungstenite::client_async(format!("ws://{}/ws", node.http), tcp).await;
+    assert!(refused.is_err(), "a draining node accepts no socket");
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -610,60 +695,17 @@ fn a_drained_node_hands_its_room_over_and_new_sockets_go_elsewhere() {
     let Some(redis) = Redis::start() else { return };
     let nodes: Vec<Node> = (0..3).map(|_| Node::start(&redis.url(), &[])).collect();
     runtime().block_on(async {
-        // A on node 0, the room's home; B on node 1.
-        let (mut a, joined_a) = Peer::join(&nodes[0], "call").await;
-        let a_session = joined_a["session"].as_str().unwrap().to_owned();
-        let (mut b, joined_b) = Peer::join(&nodes[1], "call").await;
-        let b_id = joined_b["peerId"].as_str().unwrap().to_owned();
-        let b_session = joined_b["session"].as_str().unwrap().to_owned();
-        a.expect("peer-joined").await;
-        let mut at_b: Vec<u64> = vec![1];
-        for n in 0..5u64 {
-            a.send(json!({"type":"signal","to":b_id,"data":{"n":n},"seq":n + 1}))
-                .await;
-        }
-        for _ in 0..3 {
-            at_b.push(b.expect("signal").await["seq"].as_u64().unwrap());
-        }
-        a.send(json!({"type":"ping"})).await;
-        a.expect("pong").await;
+        let mut call = Call::across(&nodes[0], &nodes[1], 5, 3).await;
 
         // SIGTERM to node 0 (a supervisor's stop; `traverse drain` sends SIGUSR1, tested below): in a cluster it
-        // drains. Both sockets are closed with 4202 (B's through node 1).
+        // drains.
         let pid = nodes[0].child.id().to_string();
         let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
         assert!(status.success());
-        assert_eq!(a.next().await.err(), Some(Some(4202)));
-        loop {
-            match b.next().await {
-                Ok(v) => at_b.push(v["seq"].as_u64().unwrap()),
-                Err(code) => {
-                    assert_eq!(code, Some(4202));
-                    break;
-                }
-            }
-        }
+        call.closed_by_drain().await;
         nodes[0].wait_for_log("draining: rooms handed to the other nodes");
-
-        // New sockets on node 0 are refused before the upgrade.
-        let tcp = tokio::net::TcpStream::connect(nodes[0].http).await.unwrap();
-        let refused = tokio_tungstenite::client_async(format!("ws://{}/ws", nodes[0].http), tcp).await;
-        assert!(refused.is_err(), "a draining node accepts no socket");
-
-        // Both resume on the other nodes; nothing lost.
-        let mut a = Peer::connect(&nodes[2]).await;
-        a.send(json!({"type":"resume","session":a_session,"lastSeq":2})).await;
-        assert_eq!(a.expect("resumed").await["ack"], 5);
-        let mut b = Peer::connect(&nodes[1]).await;
-        b.send(json!({"type":"resume","session":b_session,"lastSeq":at_b.last().unwrap()}))
-            .await;
-        let resumed = b.expect("resumed").await;
-        for _ in 0..resumed["replayed"].as_u64().unwrap() {
-            at_b.push(b.expect("signal").await["seq"].as_u64().unwrap());
-        }
-        a.send(json!({"type":"signal","to":b_id,"data":{"n":5},"seq":6})).await;
-        at_b.push(b.expect("signal").await["seq"].as_u64().unwrap());
-        assert_eq!(at_b, (1..=7).collect::<Vec<u64>>());
+        refuses_sockets(&nodes[0]).await;
+        call.resumes_with_nothing_lost(&nodes[2], &nodes[1]).await;
     });
     // No TURN allocation to wait for: the drained node stops by itself, long before the drain time (30 s).
     nodes[0].wait_for_log("drained: no TURN allocation left, stopping");
@@ -867,21 +909,7 @@ fn traverse_drain_mid_conversation_redirects_new_allocations_and_exits_after_the
     assert_eq!(response.class(), stun::Class::Success, "{}", response.describe());
 
     runtime().block_on(async {
-        // A on node 0, the room's home; B on node 1.
-        let (mut a, joined_a) = Peer::join(&nodes[0], "call").await;
-        let a_session = joined_a["session"].as_str().unwrap().to_owned();
-        let (mut b, joined_b) = Peer::join(&nodes[1], "call").await;
-        let b_id = joined_b["peerId"].as_str().unwrap().to_owned();
-        let b_session = joined_b["session"].as_str().unwrap().to_owned();
-        a.expect("peer-joined").await;
-        let mut at_b: Vec<u64> = vec![1];
-        for n in 0..4u64 {
-            a.send(json!({"type":"signal","to":b_id,"data":{"n":n},"seq":n + 1}))
-                .await;
-        }
-        at_b.push(b.expect("signal").await["seq"].as_u64().unwrap());
-        a.send(json!({"type":"ping"})).await;
-        a.expect("pong").await;
+        let mut call = Call::across(&nodes[0], &nodes[1], 4, 1).await;
 
         // `traverse drain --pid-file`: both sockets are closed with 4202.
         let started = Instant::now();
@@ -890,38 +918,15 @@ fn traverse_drain_mid_conversation_redirects_new_allocations_and_exits_after_the
             .output()
             .unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        assert_eq!(a.next().await.err(), Some(Some(4202)));
-        loop {
-            match b.next().await {
-                Ok(v) => at_b.push(v["seq"].as_u64().unwrap()),
-                Err(code) => {
-                    assert_eq!(code, Some(4202));
-                    break;
-                }
-            }
-        }
+        call.closed_by_drain().await;
         nodes[0].wait_for_log("draining — new TURN allocations are sent to other nodes");
         let (status, body) = http_get(&nodes[0], "/readyz");
         assert_eq!(status, 503, "a draining node is not ready: {body}");
         assert!(body.contains("draining"), "{body}");
 
         // New joins go to the other nodes: node 0 refuses the socket; both peers resume elsewhere, nothing lost.
-        let tcp = tokio::net::TcpStream::connect(nodes[0].http).await.unwrap();
-        let refused = tokio_tungstenite::client_async(format!("ws://{}/ws", nodes[0].http), tcp).await;
-        assert!(refused.is_err(), "a draining node accepts no socket");
-        let mut a = Peer::connect(&nodes[2]).await;
-        a.send(json!({"type":"resume","session":a_session,"lastSeq":2})).await;
-        assert_eq!(a.expect("resumed").await["ack"], 4);
-        let mut b = Peer::connect(&nodes[1]).await;
-        b.send(json!({"type":"resume","session":b_session,"lastSeq":at_b.last().unwrap()}))
-            .await;
-        let resumed = b.expect("resumed").await;
-        for _ in 0..resumed["replayed"].as_u64().unwrap() {
-            at_b.push(b.expect("signal").await["seq"].as_u64().unwrap());
-        }
-        a.send(json!({"type":"signal","to":b_id,"data":{"n":4},"seq":5})).await;
-        at_b.push(b.expect("signal").await["seq"].as_u64().unwrap());
-        assert_eq!(at_b, (1..=6).collect::<Vec<u64>>());
+        refuses_sockets(&nodes[0]).await;
+        call.resumes_with_nothing_lost(&nodes[2], &nodes[1]).await;
         // A draining node is no longer handed out (the registry is read once a second).
         join_until_ice(&nodes[1], 1, &[nodes[1].turn.clone(), nodes[2].turn.clone()]).await;
 
