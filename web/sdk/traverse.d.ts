@@ -503,6 +503,9 @@ export class Peer extends EventTarget {
      */
     private _outcome;
     /** @private */ private _makingOffer;
+    /** @private offers received and not yet applied */ private _offersPending;
+    /** @private our last offer's setLocalDescription, settled or not (glare waits for it) */
+    private _offering;
     /** @private */ private _ignoreOffer;
     /** @private */ private _chain;
     /** Resolves when the data channel is open. */

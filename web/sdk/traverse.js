@@ -836,6 +836,9 @@ export class Peer extends EventTarget {
     };
 
     /** @private */ this._makingOffer = false;
+    /** @private offers received and not yet applied */ this._offersPending = 0;
+    /** @private our last offer's setLocalDescription, settled or not (glare waits for it) */
+    this._offering = Promise.resolve();
     /** @private */ this._ignoreOffer = false;
     /** @private */ this._chain = Promise.resolve();
     /** Resolves when the data channel is open. */
@@ -846,9 +849,14 @@ export class Peer extends EventTarget {
 
     const pc = this.pc;
     pc.onnegotiationneeded = async () => {
+      // An offer from the other side is on its way in: our own would only be rolled back (see `_applySignal`). Once
+      // it is answered, the browser asks again if anything is still to negotiate.
+      if (this._offersPending > 0) return;
       try {
         this._makingOffer = true;
-        await pc.setLocalDescription();
+        const offering = pc.setLocalDescription();
+        this._offering = offering.catch(() => {});
+        await offering;
         this._signal({ sdp: pc.localDescription });
       } catch (err) {
         this._fail('negotiation-failed', err);
@@ -1138,7 +1146,14 @@ export class Peer extends EventTarget {
 
   /** Apply a negotiation message in arrival order. @internal @param {any} data */
   _onSignal(data) {
-    this._chain = this._chain.then(() => this._applySignal(data)).catch((err) => this._fail('negotiation-failed', err));
+    const offer = !!(data && data.sdp && data.sdp.type === 'offer');
+    if (offer) this._offersPending++;
+    this._chain = this._chain
+      .then(() => this._applySignal(data))
+      .catch((err) => this._fail('negotiation-failed', err))
+      .finally(() => {
+        if (offer) this._offersPending--;
+      });
   }
 
   /** @private */
@@ -1154,11 +1169,25 @@ export class Peer extends EventTarget {
       this._ignoreOffer = !this.polite && collision;
       if (this._ignoreOffer) return;
       if (sdp.type === 'offer' && isIceRestart(pc, sdp)) this._generationEnds();
-      if (collision && pc.signalingState === 'have-local-offer') {
-        // Glare, and we are polite: roll our offer back, take theirs.
-        await pc.setLocalDescription({ type: 'rollback' });
+      if (collision) {
+        // Glare, and we are polite: take their offer, which rolls ours back in the same step (implicit rollback).
+        // A separate rollback first left a moment in which our data channel needed negotiation again: a second offer
+        // was made and rolled back too. And a rollback while our offer's gathering runs (a TURN allocation in
+        // flight) left Chrome's next gathering stuck with no candidate (glare test, 1 run in 5): our offer is let
+        // finish and its gathering end first, which costs about one TURN round trip.
+        await this._offering;
+        if (pc.signalingState === 'have-local-offer' && pc.iceGatheringState !== 'complete') {
+          await gatheringComplete(pc, GLARE_GATHER_MS);
+        }
+        await pc.setRemoteDescription(sdp).catch(async (err) => {
+          if (pc.signalingState !== 'have-local-offer') throw err;
+          // A browser without implicit rollback.
+          await pc.setLocalDescription({ type: 'rollback' });
+          await pc.setRemoteDescription(sdp);
+        });
+      } else {
+        await pc.setRemoteDescription(sdp);
       }
-      await pc.setRemoteDescription(sdp);
       this._outcome.remoteDescription = true;
       if (this._pendingSetup) this._setup();
       if (sdp.type === 'offer') {
@@ -2131,6 +2160,9 @@ const PATH_SETTLE_MS = 4000;
  * pairing deadline (10 s after the first report of a pair), so that both sides' reports meet.
  */
 const GATHERING_WAIT_MS = 8000;
+
+/** How long the polite side of a glare lets its own offer's gathering run before taking the other side's offer. */
+const GLARE_GATHER_MS = 2000;
 
 /**
  * Whether the remote `offer` starts a new ICE generation (RFC 8839: a changed `ice-ufrag`) against the one `pc`

@@ -894,10 +894,22 @@ fn traverse_drain_mid_conversation_redirects_new_allocations_and_exits_after_the
     let first = ["--user", "alice:pw", "--drain-time", "5", "--pid-file", pid_arg];
     let mut nodes = vec![Node::start(&redis.url(), &first)];
     nodes.extend((0..2).map(|_| Node::start(&redis.url(), &["--user", "alice:pw"])));
-    assert_eq!(
-        std::fs::read_to_string(&pid_file).unwrap().trim(),
-        nodes[0].child.id().to_string()
-    );
+    // The pid file is written once the node is serving, which may come just after the Redis line the start waits for.
+    let pid = nodes[0].child.id().to_string();
+    let deadline = Instant::now() + WAIT;
+    while std::fs::read_to_string(&pid_file)
+        .map(|s| s.trim().to_owned())
+        .ok()
+        .as_deref()
+        != Some(pid.as_str())
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no pid file at {} naming {pid}",
+            pid_file.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let (status, body) = http_get(&nodes[0], "/readyz");
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"redis\""), "{body}");
