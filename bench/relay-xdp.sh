@@ -47,8 +47,8 @@ RATES_100="${RATES_100-40000 60000 80000 100000 150000 200000}"
 RATES_1000="${RATES_1000-40000 60000 80000 100000 150000}"
 ALLOCATIONS="${ALLOCATIONS:-20}"
 REPEAT="${REPEAT:-3}"
-# Microseconds between the load generator's sending rounds: short, so that arrivals are nearly smooth and the veth
-# rings (256 frames) are not overrun by one millisecond's burst.
+# Microseconds between the load generator's sending rounds: nearly smooth arrivals by default; PACE_US=1000 sends each
+# millisecond's packets in one burst (cheaper for the load generator). Measure both before quoting a ratio.
 PACE_US="${PACE_US:-250}"
 SERVER_CPU=1
 LOAD_CPU=0
@@ -183,42 +183,42 @@ VALUES="$OUT/xdp-values.txt"
 echo "== machine: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg) at the start; $(uname -r)"
 echo "start $(cut -d' ' -f1-3 /proc/loadavg)" >"$OUT/xdp-load.txt"
 for rep in $(seq "$REPEAT"); do
-# Every other repetition runs the systems in the reverse order, so that no system always meets the machine in the
-# same state.
-order=$SYSTEMS
-[ $((rep % 2)) = 1 ] || order=$(echo "$SYSTEMS" | tr ' ' '\n' | tac | tr '\n' ' ')
-for system in $order; do
-  echo "== $system (repetition $rep of $REPEAT)"
-  for size in 100 1000; do
-    rates=$RATES_100
-    [ "$size" = 1000 ] && rates=$RATES_1000
-    for rate in $rates; do
-      start_system "$system"
-      b0=$(busy); c0=$(busy_core "$SERVER_CPU"); k0=$(sink); read -r n0 r0 < <(prog_runs traverse_relay)
-      ip netns exec "$P-o" taskset -c "$LOAD_CPU" "$LOADGEN" --server "$HOST_IP:3478" --peer "$PEER_IP:$PEER_PORT" \
-        --user "$USER_NAME" --password "$PASSWORD" --allocations "$ALLOCATIONS" --rate "$rate" \
-        --duration "$STEP_SECONDS" --size "$size" --no-receive --pace-us "$PACE_US" >"$OUT/xdp-run.json" \
-        || { echo "  loadgen failed at $rate/s"; stop_system; continue; }
-      sleep 0.2 # the last echoes in flight
-      b1=$(busy); c1=$(busy_core "$SERVER_CPU"); k1=$(sink); read -r n1 r1 < <(prog_runs traverse_relay)
-      stop_system
-      sent=$(json sent <"$OUT/xdp-run.json")
-      secs=$(json send_secs <"$OUT/xdp-run.json")
-      read -r pps loss cpu ppc core ppk offered < <(python3 -c "
+  # Every other repetition runs the systems in the reverse order, so that no system always meets the machine in the
+  # same state.
+  order=$SYSTEMS
+  [ $((rep % 2)) = 1 ] || order=$(echo "$SYSTEMS" | tr ' ' '\n' | tac | tr '\n' ' ')
+  for system in $order; do
+    echo "== $system (repetition $rep of $REPEAT)"
+    for size in 100 1000; do
+      rates=$RATES_100
+      [ "$size" = 1000 ] && rates=$RATES_1000
+      for rate in $rates; do
+        start_system "$system"
+        b0=$(busy); c0=$(busy_core "$SERVER_CPU"); k0=$(sink); read -r n0 r0 < <(prog_runs traverse_relay)
+        ip netns exec "$P-o" taskset -c "$LOAD_CPU" "$LOADGEN" --server "$HOST_IP:3478" --peer "$PEER_IP:$PEER_PORT" \
+          --user "$USER_NAME" --password "$PASSWORD" --allocations "$ALLOCATIONS" --rate "$rate" \
+          --duration "$STEP_SECONDS" --size "$size" --no-receive --pace-us "$PACE_US" >"$OUT/xdp-run.json" \
+          || { echo "  loadgen failed at $rate/s"; stop_system; continue; }
+        sleep 0.2 # the last echoes in flight
+        b1=$(busy); c1=$(busy_core "$SERVER_CPU"); k1=$(sink); read -r n1 r1 < <(prog_runs traverse_relay)
+        stop_system
+        sent=$(json sent <"$OUT/xdp-run.json")
+        secs=$(json send_secs <"$OUT/xdp-run.json")
+        read -r pps loss cpu ppc core offered < <(python3 -c "
 echoes, sent, secs = $k1 - $k0, $sent, $secs
 machine, core = ($b1 - $b0) / $CLK_TCK, ($c1 - $c0) / $CLK_TCK
 print(round(echoes / secs), round(100 * max(sent - echoes, 0) / sent, 2) if sent else 0,
       round(machine, 2), round(2 * echoes / machine) if machine else 0,
-      round(core, 2), round(2 * echoes / core) if core else 0, round(sent / secs))")
-      echo "$system $size $rate $pps $loss $cpu $ppc $core $ppk $offered $rep" >>"$VALUES"
-      echo "  $size B @ $rate/s (sent $offered/s): delivered $pps echoes/s, loss $loss %;" \
-        "whole machine $cpu CPU-s → $ppc relayed pkt/CPU-s; the server's core (1) busy $core CPU-s"
-      if [ "$system" = traverse-xdp ] && [ "$r1" -gt "$r0" ]; then
-        echo "    fast path: $((r1 - r0)) runs of the XDP program, $(( (n1 - n0) / (r1 - r0) )) ns each on average"
-      fi
+      round(core, 2), round(sent / secs))")
+        echo "$system $size $rate $pps $loss $cpu $ppc $core $offered $rep" >>"$VALUES"
+        echo "  $size B @ $rate/s (sent $offered/s): delivered $pps echoes/s, loss $loss %;" \
+          "whole machine $cpu CPU-s → $ppc relayed pkt/CPU-s; the server's core (1) busy $core CPU-s"
+        if [ "$system" = traverse-xdp ] && [ "$r1" -gt "$r0" ]; then
+          echo "    fast path: $((r1 - r0)) runs of the XDP program, $(( (n1 - n0) / (r1 - r0) )) ns each on average"
+        fi
+      done
     done
   done
-done
 done
 echo "end $(cut -d' ' -f1-3 /proc/loadavg)" >>"$OUT/xdp-load.txt"
 echo "== load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
@@ -228,10 +228,10 @@ import statistics, sys
 rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
 systems = sys.argv[2].split()
 def steps(system, size, rep):
-    # (offered, delivered, loss, machine CPU-s, pkts per machine CPU-s, server core CPU-s, pkts per core CPU-s, sent/s)
-    return [(int(r[2]), int(r[3]), float(r[4]), float(r[5]), int(r[6]), float(r[7]), int(r[8]), int(r[9]))
-            for r in rows if r[0] == system and r[1] == size and r[10] == rep]
-reps = sorted({r[10] for r in rows})
+    # (offered, delivered, loss, machine CPU-s, pkts per machine CPU-s, server core CPU-s, sent/s)
+    return [(int(r[2]), int(r[3]), float(r[4]), float(r[5]), int(r[6]), float(r[7]), int(r[8]))
+            for r in rows if r[0] == system and r[1] == size and r[9] == rep]
+reps = sorted({r[9] for r in rows})
 def spread(values):
     if not values:
         return None, "none"
