@@ -3,25 +3,29 @@
 # UDP forwarder (crates/loadgen/src/bin/traverse-bare-forwarder.rs: one receive and one send per packet, nothing
 # else), one after the other under the same load, in one run.
 #
-#   sudo bench/relay-xdp.sh [SECONDS]        # default 3 s per step, REPEAT=3; ~15 minutes
+#   sudo bench/relay-xdp.sh [SECONDS]        # default 3 s per step, REPEAT=3; ~25 minutes
 #   SYSTEMS="traverse-xdp coturn" RATES_100="50000 200000" RATES_1000= sudo bench/relay-xdp.sh 3   # a subset
 #   VETH_STATS=1 ...   # print both veths' drop counters and the server's UDP errors at the end (where loss happens)
 #
-# Two namespaces joined by one veth pair. The server's namespace holds the system under test; the outside one holds
-# both the load generator's client address and the echo peer's, and an XDP program of the benchmark's own
-# (bench/xdp/peer.c) on its end of the veth that echoes the peer's packets back and counts and drops the echoes the
-# relay sends the client. The far side then costs every system the same and almost nothing, so the delivered rate
-# is the relay's, not the load generator's receive path or turnutils_peer's:
+# Three namespaces. The server's holds the system under test; the outside one holds the echo peer's address and an
+# XDP program of the benchmark's own (bench/xdp/peer.c) on its end of the server's veth that echoes the peer's
+# packets back and counts and drops the echoes the relay sends the client. The far side then costs every system the
+# same and little, so the delivered rate is the relay's, not the load generator's receive path or turnutils_peer's.
+# The load generator has a namespace and a veth of its own:
 #
-#   outside ns: client 192.0.2.1 (traverse-loadgen, send only), peer 198.51.100.1 (XDP echo), XDP sink
+#   generator ns: client 192.0.2.1 (traverse-loadgen, send only, core 0)
+#        │ veth; XDP on the far end (bench/xdp/gen.c) hands each frame to core 1's CPU-map thread
+#   outside ns: peer 198.51.100.1 (XDP echo), XDP sink
 #        │ veth
-#   server ns: 203.0.113.1 — the system under test
+#   server ns: 203.0.113.1 — the system under test (core 1)
 #
-# The cores: the system under test's process is pinned to core 1 (taskset), the load generator to core 0. The kernel
-# runs each veth's receive work — XDP programs included — in softirq on the core that sent the packet, so Traverse's
-# fast path runs mostly on core 0 beside the load generator, while a socket relay's process has core 1 to itself:
-# conservative for the fast path. (Moving each veth's receive work into a NAPI kernel thread pinned to its side's
-# core was tried: the threads' wake-ups lost packets erratically before either core was busy.)
+# The cores: the system under test's process is pinned to core 1 (taskset), the load generator to core 0. A veth
+# runs the receiving end's work — XDP programs included — in softirq on the core that sent the packet; sent straight
+# from core 0, the fast path and a socket relay's receive path would run there, beside the load generator, on a core
+# the server does not own. bench/xdp/gen.c moves each frame onto core 1 before it enters the server's veth, as a
+# NIC queue whose interrupt the server's core takes: from there on every system's packets are received, relayed,
+# echoed and counted on core 1, and core 0 only sends. (Threaded NAPI pinned to core 1 was tried first: its
+# wake-ups lost packets erratically before either core was busy. The CPU map has not.)
 #
 # For each system and payload size (100 B, 1000 B), traverse-loadgen (ALLOCATIONS allocations, one channel each)
 # offers a ladder of rates for SECONDS each. Per step: delivered echoes per second (the sink's count) and loss; busy
@@ -43,19 +47,21 @@ REALM=bench
 OUT=bench/out
 mkdir -p "$OUT"
 SYSTEMS="${SYSTEMS:-traverse-xdp traverse coturn bare}"
-RATES_100="${RATES_100-40000 60000 80000 100000 150000 200000}"
-RATES_1000="${RATES_1000-40000 60000 80000 100000 150000}"
+RATES_100="${RATES_100-20000 30000 40000 60000 80000 100000 150000 200000}"
+RATES_1000="${RATES_1000-20000 30000 40000 60000 80000 100000 150000 200000}"
 ALLOCATIONS="${ALLOCATIONS:-20}"
 REPEAT="${REPEAT:-3}"
 # Microseconds between the load generator's sending rounds: nearly smooth arrivals by default; PACE_US=1000 sends each
 # millisecond's packets in one burst (cheaper for the load generator). Measure both before quoting a ratio.
 PACE_US="${PACE_US:-250}"
-SERVER_CPU=1
+SERVER_CPU=1 # bench/xdp/gen.c knows it
 LOAD_CPU=0
+# Frames the server core's queue (bench/xdp/gen.c) holds: a NIC receive ring's worth.
+GEN_QUEUE="${GEN_QUEUE:-2048}"
 
 [ "$(id -u)" = 0 ] || { echo "bench/relay-xdp.sh needs root (namespaces, XDP)"; exit 1; }
 [ "$(nproc)" -ge 2 ] || { echo "bench/relay-xdp.sh needs 2 cores (one for the load, one for the system)"; exit 1; }
-for tool in turnserver ip ethtool bpftool clang taskset python3; do
+for tool in turnserver ip ethtool bpftool clang cc taskset python3; do
   command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install coturn iproute2 ethtool bpftool clang libbpf-dev util-linux python3"; exit 1; }
 done
 ulimit -n "$(ulimit -Hn)"
@@ -72,7 +78,7 @@ cleanup() {
   sleep 0.3
   for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
   # Anything still running in the namespaces this script made is this script's.
-  for n in s o; do
+  for n in s o g; do
     for p in $(ip netns pids "$P-$n" 2>/dev/null); do kill -9 "$p" 2>/dev/null || true; done
     ip netns del "$P-$n" 2>/dev/null || true
   done
@@ -86,32 +92,51 @@ BARE=$PWD/target/release/traverse-bare-forwarder
 OBJECT=$(ls -t target/release/build/traverse-xdp-*/out/relay.o 2>/dev/null | head -1)
 [ -n "$OBJECT" ] || { echo "no XDP object under target/release/build: install clang and libbpf-dev, rebuild"; exit 1; }
 PEER_OBJECT=$OUT/xdp-peer.o
-clang -O2 -g -Wall -Werror -target bpf -I "/usr/include/$(uname -m)-linux-gnu" -c bench/xdp/peer.c -o "$PEER_OBJECT"
+GEN_OBJECT=$OUT/xdp-gen.o
+GEN_LOADER=$OUT/xdp-gen-load
+for c in peer gen; do
+  clang -O2 -g -Wall -Werror -target bpf -I "/usr/include/$(uname -m)-linux-gnu" -c "bench/xdp/$c.c" -o "$OUT/xdp-$c.o"
+done
+cc -O2 -Wall -Werror bench/xdp/gen-load.c -lbpf -o "$GEN_LOADER"
 
 cleanup
-for n in s o; do ip netns add "$P-$n"; ip -n "$P-$n" link set lo up; done
-ip link add "$P-s0" netns "$P-s" type veth peer name "$P-o0" netns "$P-o"
+for n in s o g; do
+  ip netns add "$P-$n"
+  ip -n "$P-$n" link set lo up
+  ip netns exec "$P-$n" sysctl -qw net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0
+done
+# The server's link; bench/xdp/gen.c knows both MAC addresses.
+ip link add "$P-s0" netns "$P-s" address 02:00:00:00:00:01 type veth peer name "$P-o0" netns "$P-o" \
+  address 02:00:00:00:00:02
+# The load generator's link; its far end forwards to the server's core (bench/xdp/gen.c).
+ip link add "$P-g0" netns "$P-g" type veth peer name "$P-g1" netns "$P-o"
 ip -n "$P-s" addr add "$HOST_IP/24" dev "$P-s0"
-ip -n "$P-o" addr add "$CLIENT_IP/24" dev "$P-o0"
 ip -n "$P-o" addr add "$PEER_IP/24" dev "$P-o0"
-ip -n "$P-s" link set "$P-s0" up
-ip -n "$P-o" link set "$P-o0" up
-ip -n "$P-s" route add 192.0.2.0/24 dev "$P-s0"
+ip -n "$P-o" addr add 192.0.2.254/24 dev "$P-g1"
+ip -n "$P-g" addr add "$CLIENT_IP/24" dev "$P-g0"
+for l in s/s0 o/o0 o/g1 g/g0; do ip -n "$P-${l%/*}" link set "$P-${l#*/}" up; done
 ip -n "$P-s" route add 198.51.100.0/24 dev "$P-s0"
+ip -n "$P-s" route add 192.0.2.0/24 via "$PEER_IP" dev "$P-s0"
 ip -n "$P-o" route add 203.0.113.0/24 dev "$P-o0"
+ip -n "$P-g" route add 203.0.113.0/24 via 192.0.2.254 dev "$P-g0"
+# STUN answers during set-up reach the load generator through the outside namespace's stack.
+ip netns exec "$P-o" sysctl -qw net.ipv4.ip_forward=1
 # The fast path's route look-ups (bpf_fib_lookup) need forwarding on its interface.
 ip netns exec "$P-s" sysctl -qw "net.ipv4.conf.$P-s0.forwarding=1"
 # Locally sent UDP leaves a veth with a partial checksum (offload); the fast path needs complete ones, as from a NIC.
+ip netns exec "$P-g" ethtool -K "$P-g0" tx off >/dev/null
 ip netns exec "$P-o" ethtool -K "$P-o0" tx off >/dev/null
 ip netns exec "$P-s" ethtool -K "$P-s0" tx off >/dev/null
 # The echo and the sink. XDP_TX onto a veth needs the other end in NAPI mode: its own XDP program (Traverse's) or
 # GRO on (every other system) — on for all, so every system's packets take the same receive path.
 ip -n "$P-o" link set dev "$P-o0" xdpdrv obj "$PEER_OBJECT" sec xdp
+ip netns exec "$P-o" "$GEN_LOADER" "$GEN_OBJECT" "$P-g1" "$P-o0" "$SERVER_CPU" "$GEN_QUEUE"
 ip -n "$P-s" link set dev "$P-s0" xdpdrv obj "$PEER_OBJECT" sec xdp program bench_pass
 # The kernel's own run-time figures for BPF programs (run count and nanoseconds), restored at exit: they give the
-# fast path's cost per packet inside its XDP program, which no process's CPU shows.
+# fast path's cost per packet inside its XDP program, which no process's CPU shows. Collecting them reads the clock
+# twice per program run (~7 % of the core that runs the fast path, measured with perf), so they are on only for the
+# lowest rate's step of each payload size, where nothing is near its ceiling.
 BPF_STATS_WAS=$(sysctl -n kernel.bpf_stats_enabled)
-sysctl -qw kernel.bpf_stats_enabled=1
 # ns per run of the XDP program named $1 so far, and its run count.
 prog_runs() {
   bpftool prog show -j | python3 -c 'import json, sys
@@ -192,10 +217,12 @@ for rep in $(seq "$REPEAT"); do
     for size in 100 1000; do
       rates=$RATES_100
       [ "$size" = 1000 ] && rates=$RATES_1000
+      stats=1
       for rate in $rates; do
+        sysctl -qw "kernel.bpf_stats_enabled=$stats"
         start_system "$system"
         b0=$(busy); c0=$(busy_core "$SERVER_CPU"); k0=$(sink); read -r n0 r0 < <(prog_runs traverse_relay)
-        ip netns exec "$P-o" taskset -c "$LOAD_CPU" "$LOADGEN" --server "$HOST_IP:3478" --peer "$PEER_IP:$PEER_PORT" \
+        ip netns exec "$P-g" taskset -c "$LOAD_CPU" "$LOADGEN" --server "$HOST_IP:3478" --peer "$PEER_IP:$PEER_PORT" \
           --user "$USER_NAME" --password "$PASSWORD" --allocations "$ALLOCATIONS" --rate "$rate" \
           --duration "$STEP_SECONDS" --size "$size" --no-receive --pace-us "$PACE_US" >"$OUT/xdp-run.json" \
           || { echo "  loadgen failed at $rate/s"; stop_system; continue; }
@@ -213,9 +240,10 @@ print(round(echoes / secs), round(100 * max(sent - echoes, 0) / sent, 2) if sent
         echo "$system $size $rate $pps $loss $cpu $ppc $core $offered $rep" >>"$VALUES"
         echo "  $size B @ $rate/s (sent $offered/s): delivered $pps echoes/s, loss $loss %;" \
           "whole machine $cpu CPU-s → $ppc relayed pkt/CPU-s; the server's core (1) busy $core CPU-s"
-        if [ "$system" = traverse-xdp ] && [ "$r1" -gt "$r0" ]; then
+        if [ "$system" = traverse-xdp ] && [ "$stats" = 1 ] && [ "$r1" -gt "$r0" ]; then
           echo "    fast path: $((r1 - r0)) runs of the XDP program, $(( (n1 - n0) / (r1 - r0) )) ns each on average"
         fi
+        stats=0
       done
     done
   done

@@ -74,16 +74,18 @@ impl Sender {
         self.sent >= self.total
     }
 
-    /// Sends the packets due by now, each stamped with its send time (microseconds since the start).
+    /// Sends the packets due by now, each stamped with the round's time (microseconds since the start): one clock
+    /// read per round, not per packet, so that the generator spends its core on sending.
     fn round(&mut self) {
-        let due = ((self.start.elapsed().as_secs_f64() * self.rate as f64) as u64).min(self.total);
+        let elapsed = self.start.elapsed();
+        let due = ((elapsed.as_secs_f64() * self.rate as f64) as u64).min(self.total);
         let size = self.packet.len().saturating_sub(4) as u16;
+        let stamp = (elapsed.as_micros() as u64).to_be_bytes();
         while self.sent < due {
             let Some(client) = self.clients.get(self.next) else {
                 break;
             };
             self.next = (self.next + 1) % self.clients.len();
-            let stamp = (self.start.elapsed().as_micros() as u64).to_be_bytes();
             if let Some(header) = self.packet.get_mut(..4).and_then(|h| <&mut [u8; 4]>::try_from(h).ok()) {
                 ChannelData::write_header(header, client.channel, size);
             }
@@ -185,12 +187,20 @@ async fn main() -> anyhow::Result<()> {
             sender.round();
         }
     } else {
-        // The runtime's timer ticks in milliseconds: finer rounds come from a thread of their own sleeping between
-        // them (the receivers keep the runtime's thread).
+        // The runtime's timer ticks in milliseconds: finer rounds come from a thread of their own sleeping until
+        // each round's deadline (the receivers keep the runtime's thread). A round that starts late does not sleep,
+        // so a generator near its own ceiling never idles while packets are due.
         let pace = Duration::from_micros(args.pace_us.max(1));
         sender = tokio::task::spawn_blocking(move || {
+            let mut deadline = sender.start;
             while !sender.done() {
-                std::thread::sleep(pace);
+                deadline += pace;
+                let now = Instant::now();
+                if deadline > now {
+                    std::thread::sleep(deadline - now);
+                } else {
+                    deadline = now;
+                }
                 sender.round();
             }
             sender
