@@ -639,14 +639,43 @@ impl RawWs {
 
     /// One masked text frame.
     async fn send_text(&mut self, text: &str) {
-        let payload = text.as_bytes();
-        assert!(payload.len() < 126);
-        let mask = [0x37u8, 0xfa, 0x21, 0x3d];
-        let mut frame = vec![0x81, 0x80 | payload.len() as u8];
-        frame.extend_from_slice(&mask);
-        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-        self.tcp.write_all(&frame).await.expect("write");
+        self.tcp.write_all(&masked(0x81, text.as_bytes())).await.expect("write");
     }
+
+    /// The bytes as they are, `step` at a time with a pause between, so that the server reads them in pieces.
+    async fn send_raw(&mut self, bytes: &[u8], step: usize) {
+        for piece in bytes.chunks(step) {
+            self.tcp.write_all(piece).await.expect("write");
+            if piece.len() < bytes.len() {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+    }
+
+    /// The next frame that is not a Ping.
+    async fn frame_not_ping(&mut self) -> (u8, Vec<u8>) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            match self.frame(deadline).await {
+                Some((0x9, _)) => continue,
+                Some(frame) => return frame,
+                None => panic!("no frame within {WAIT:?}"),
+            }
+        }
+    }
+}
+
+/// A client frame with the given first byte (FIN and opcode), masked, payload under 126 bytes.
+fn masked(b0: u8, payload: &[u8]) -> Vec<u8> {
+    assert!(payload.len() < 126);
+    let mask = [0x37u8, 0xfa, 0x21, 0x3d];
+    let mut frame = vec![b0, 0x80 | payload.len() as u8];
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    frame
+}
+
+impl RawWs {
 
     /// The next frame as (opcode, payload), or `None` at the deadline or the end of the stream.
     async fn frame(&mut self, deadline: tokio::time::Instant) -> Option<(u8, Vec<u8>)> {
@@ -857,6 +886,72 @@ async fn too_many_errors_close_4003() {
 
 // ---------------------------------------------------------------------------------------------------------------
 // Limits.
+
+/// RFC 6455 as a client sends it: frames cut anywhere, fragments, pings between fragments — and what breaks it.
+#[tokio::test]
+async fn websocket_frames_in_pieces_fragments_pings_and_broken_rules() {
+    let server = Server::start(&[]);
+    let text = |frame: &(u8, Vec<u8>)| -> Value {
+        assert_eq!(frame.0, 0x1, "a text frame: {frame:?}");
+        serde_json::from_slice(&frame.1).expect("JSON")
+    };
+    let close_code = |frame: &(u8, Vec<u8>)| -> u16 {
+        assert_eq!(frame.0, 0x8, "a close frame: {frame:?}");
+        u16::from_be_bytes([frame.1[0], frame.1[1]])
+    };
+
+    let mut a = RawWs::connect(server.http).await;
+    // A join one byte per write: the server puts the frame together across reads.
+    a.send_raw(&masked(0x81, br#"{"type":"join","room":"raw"}"#), 1).await;
+    assert_eq!(text(&a.frame_not_ping().await)["type"], "joined");
+    // A Ping is answered with its payload.
+    a.send_raw(&masked(0x89, b"are you there"), 3).await;
+    assert_eq!(a.frame_not_ping().await, (0xa, b"are you there".to_vec()));
+    // A message in three fragments with a Ping between two of them, and two frames in one write.
+    let mut burst = masked(0x01, br#"{"type":"#);
+    burst.extend(masked(0x89, b"mid"));
+    burst.extend(masked(0x00, br#""ping"#));
+    burst.extend(masked(0x80, br#""}"#));
+    burst.extend(masked(0x81, br#"{"type":"ping"}"#));
+    a.send_raw(&burst, 5).await;
+    assert_eq!(a.frame_not_ping().await, (0xa, b"mid".to_vec()));
+    assert_eq!(text(&a.frame_not_ping().await)["type"], "pong");
+    assert_eq!(text(&a.frame_not_ping().await)["type"], "pong");
+    // An unmasked frame: 1002.
+    a.send_raw(&[0x81, 0x02, b'{', b'}'], 4).await;
+    assert_eq!(close_code(&a.frame_not_ping().await), 1002);
+
+    // Text that is not UTF-8: 1007.
+    let mut b = RawWs::connect(server.http).await;
+    b.send_raw(&masked(0x81, &[b'"', 0xff, 0xfe, b'"']), 64).await;
+    assert_eq!(close_code(&b.frame_not_ping().await), 1007);
+
+    // The client closes: the server answers with the same code, then ends the connection.
+    let mut c = RawWs::connect(server.http).await;
+    c.send_raw(&masked(0x88, &[0x0f, 0xa0, b'b', b'y', b'e']), 64).await;
+    assert_eq!(close_code(&c.frame_not_ping().await), 4000);
+    assert_eq!(c.frame(tokio::time::Instant::now() + WAIT).await, None, "the server ends the connection");
+
+    // Not a WebSocket handshake: JSON errors before any socket exists.
+    let mut tcp = tcp_connect(server.http).await;
+    let request = format!(
+        "GET /ws HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 8\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        server.http
+    );
+    tcp.write_all(request.as_bytes()).await.expect("write");
+    let r = read_response(&mut tcp).await;
+    assert_eq!(r.status, 426, "{}", r.body);
+    assert!(r.body.contains("websocket-version"), "{}", r.body);
+    assert!(
+        r.headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("sec-websocket-version") && v == "13"),
+        "{:?}",
+        r.headers
+    );
+    let plain = http_get(server.http, "/ws", &[]).await;
+    assert_eq!(plain.status, 426, "{}", plain.body);
+    assert!(plain.body.contains("not-a-websocket"), "{}", plain.body);
+}
 
 #[tokio::test]
 async fn frames_over_the_message_size_close_1009() {

@@ -302,7 +302,7 @@ fn handle(
             }
             let _ = reply.send(result);
         }
-        Command::Text { conn, text } => router.handle_text(hub, conn, Bytes::from(text), now()),
+        Command::Text { conn, text } => router.handle_text(hub, conn, text, now()),
         Command::Activity { conn } => router.handle_activity(hub, conn, now()),
         Command::Binary { conn } => router.handle_binary(hub, conn, now()),
         Command::Closed { conn } => {

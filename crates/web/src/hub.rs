@@ -34,7 +34,8 @@ pub(crate) enum Command {
     },
     Text {
         conn: ConnId,
-        text: axum::extract::ws::Utf8Bytes,
+        /// UTF-8: checked by the socket's decoder.
+        text: bytes::Bytes,
     },
     Activity {
         conn: ConnId,
@@ -131,9 +132,19 @@ impl HubHandle {
         }
     }
 
-    pub(crate) async fn text(&self, seat: &mut Seat, text: axum::extract::ws::Utf8Bytes) {
+    /// The sharded hub, which a socket's task drives in place — with a message still in the read buffer it
+    /// arrived in, so that nothing is copied; `None` with `--redis`, where [`Self::text`] takes an owned copy.
+    pub(crate) fn shards(&self) -> Option<&Shards> {
         match &self.hub {
-            Hub::Sharded(shards) => shards.text(seat, text.as_str()),
+            Hub::Sharded(shards) => Some(shards),
+            Hub::Cluster(_) => None,
+        }
+    }
+
+    /// A text message (UTF-8, checked by the socket's decoder).
+    pub(crate) async fn text(&self, seat: &mut Seat, text: bytes::Bytes) {
+        match &self.hub {
+            Hub::Sharded(shards) => shards.text(seat, std::str::from_utf8(&text).unwrap_or_default()),
             Hub::Cluster(tx) => Self::send(tx, Command::Text { conn: seat.conn, text }).await,
         }
     }

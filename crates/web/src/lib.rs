@@ -22,6 +22,7 @@ mod outbox;
 mod reports;
 mod routes;
 mod shards;
+mod websocket;
 mod ws;
 
 use std::net::SocketAddr;

@@ -5,7 +5,6 @@ use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
@@ -280,10 +279,31 @@ async fn ws_upgrade(
     State(app): State<Arc<App>>,
     Extension(Remote(remote)): Extension<Remote>,
     Query(query): Query<JoinQuery>,
-    headers: HeaderMap,
-    upgrade: WebSocketUpgrade,
+    mut request: axum::extract::Request,
 ) -> Response {
-    if !app.config.allowed_origins.allows(&headers) {
+    let headers = request.headers();
+    let accept = match crate::websocket::check_upgrade(request.method(), headers) {
+        Ok(accept) => accept,
+        Err(bad) => {
+            use crate::websocket::BadUpgrade;
+            let (status, code) = match bad {
+                BadUpgrade::Method => (StatusCode::METHOD_NOT_ALLOWED, "not-a-websocket"),
+                BadUpgrade::NotUpgrade => (StatusCode::UPGRADE_REQUIRED, "not-a-websocket"),
+                BadUpgrade::Version => (StatusCode::UPGRADE_REQUIRED, "websocket-version"),
+                BadUpgrade::Key => (StatusCode::BAD_REQUEST, "websocket-key"),
+            };
+            let mut response = api_error(status, code, bad.message());
+            if status == StatusCode::UPGRADE_REQUIRED {
+                let h = response.headers_mut();
+                h.insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+                h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+                h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+            }
+            return response;
+        }
+    };
+    let protocol = crate::websocket::pick_protocol(headers, &["traverse.v1"]);
+    if !app.config.allowed_origins.allows(headers) {
         app.count_upgrade_refusal("origin-not-allowed");
         return api_error(
             StatusCode::FORBIDDEN,
@@ -304,17 +324,29 @@ async fn ws_upgrade(
     }
     let limits = &app.config.limits;
     let hub = app.hub.clone();
-    let ping_every = limits.heartbeat_interval;
-    upgrade
-        .protocols(["traverse.v1"])
-        // Idle sockets must be cheap: a small read buffer (larger frames are read in several calls). Frames the
-        // socket task feeds in a batch collect up to 4 KiB before a write, so a backlog leaves in few system calls
-        // (0 here would write every frame on its own).
-        .read_buffer_size(2 * 1024)
-        .write_buffer_size(4 * 1024)
-        .max_message_size(limits.max_message_bytes)
-        .max_frame_size(limits.max_message_bytes)
-        .on_upgrade(move |socket| crate::ws::run(socket, hub, ip, ping_every))
+    let (ping_every, max_message) = (limits.heartbeat_interval, limits.max_message_bytes);
+    let upgrade = hyper::upgrade::on(&mut request);
+    tokio::spawn(async move {
+        match upgrade.await {
+            Ok(upgraded) => {
+                let io = hyper_util::rt::TokioIo::new(upgraded);
+                crate::ws::run(io, hub, ip, ping_every, max_message).await;
+            }
+            Err(e) => tracing::debug!(%ip, error = %e, "WebSocket upgrade failed"),
+        }
+    });
+    let mut response = Response::new(axum::body::Body::empty());
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = response.headers_mut();
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    if let Ok(accept) = HeaderValue::from_str(&accept) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    }
+    if let Some(protocol) = protocol {
+        h.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(protocol));
+    }
+    response
 }
 
 /// The HTTP twin of a join: what the WebSocket would answer, with a status a browser can read.

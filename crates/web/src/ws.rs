@@ -1,149 +1,358 @@
 //! One signaling socket: frames in go to the hub, frames the hub routes here go out, plus transport pings.
+//!
+//! Idle sockets must cost (almost) nothing: a socket owns no read or write buffer. It reads into a buffer of the
+//! worker thread it runs on ([`READ_BUF`]), and the sharded hub takes each message in place from there
+//! ([`crate::websocket::Decoder`] unmasks it where it lies); it writes a batch of frames from the thread's
+//! [`WRITE_BUF`]. Only what has to outlive one poll is the socket's own, and only until it is done: the start of a
+//! frame that has not fully arrived, a fragmented message, the part of a batch the kernel did not take at once.
 
-use std::future::Future;
+use std::cell::RefCell;
+use std::future::{poll_fn, Future};
 use std::net::IpAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
+
+use bytes::Bytes;
+use signal::{CloseCode, Refusal};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::hub::{HubHandle, ToSocket};
 use crate::outbox::Outbox;
-use axum::extract::ws::{CloseFrame, Message, WebSocket};
-use futures_util::SinkExt;
-use signal::{CloseCode, Refusal};
+use crate::shards::Seat;
+use crate::websocket::{self, Decoder, Event, FrameError};
 
-pub(crate) async fn run(mut socket: WebSocket, hub: HubHandle, ip: IpAddr, ping_every: Duration) {
+/// Bytes asked of the kernel per read: a burst of small signals, or a good part of a large one.
+const READ_CHUNK: usize = 16 * 1024;
+/// Frames and bytes written per batch before the socket task comes back for more (and lets other sockets run):
+/// a batch must be written within a heartbeat interval, and 256 KiB in 10 s is a 26 KB/s link.
+const BATCH_FRAMES: usize = 64;
+const BATCH_BYTES: usize = 256 * 1024;
+/// How long a closing socket waits for its close frame to leave and for the client's answer.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
+
+thread_local! {
+    /// The worker thread's read buffer, borrowed for one poll of one socket (never across an `await`).
+    static READ_BUF: RefCell<Box<[u8]>> = RefCell::new(vec![0; READ_CHUNK].into_boxed_slice());
+    /// The worker thread's write buffer: one batch of frames, written in one system call.
+    static WRITE_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+pub(crate) async fn run<S>(io: S, hub: HubHandle, ip: IpAddr, ping_every: Duration, max_message: usize)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut socket = Socket {
+        io,
+        decoder: Decoder::new(max_message),
+        unsent: Vec::new(),
+    };
     let conn = hub.next_conn();
     let outbox = std::sync::Arc::new(Outbox::new(hub.queue_budget.clone()));
     let mut seat = match hub.connect(conn, ip, outbox.clone()).await {
         Ok(seat) => seat,
         Err(refusal) => {
-            let _ = socket.send(Message::Text(error_frame(&refusal).into())).await;
             let code = refusal.code.close_code().unwrap_or(CloseCode::TOO_MANY_CONNECTIONS);
-            let _ = socket.send(close(code, refusal.code.as_str())).await;
+            let mut frames = Vec::new();
+            websocket::text_frame(error_frame(&refusal).as_bytes(), &mut frames);
+            socket.close(code.0, refusal.code.as_str(), &frames).await;
             return;
         }
     };
 
-    // One task per socket, and the socket unsplit (idle sockets must be cheap: `split()` adds a shared lock and two
-    // handles): it reads frames and hands them to the hub in place, writes what the hub routes here, and pings.
-    // Writes are fed in a batch and flushed once, so a backlog costs one system call.
+    // One task per socket: it reads frames and hands them to the hub in place, writes what the hub routes here,
+    // and pings.
     let mut ping = tokio::time::interval(ping_every);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ping.tick().await;
-    let mut closing: Option<(CloseCode, String)> = None;
+    // Messages for the cluster's hub task (`--redis`), which takes owned copies over a channel; and pongs owed.
+    let mut inbound: Vec<Inbound> = Vec::new();
+    let mut pongs: Vec<u8> = Vec::new();
+    let closing: Option<(u16, String)>;
     loop {
-        tokio::select! {
-            frame = socket.recv() => match frame {
-                Some(Ok(Message::Text(text))) => hub.text(&mut seat, text).await,
-                Some(Ok(Message::Binary(_))) => hub.binary(&seat).await,
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => hub.activity(&seat).await,
-                Some(Ok(Message::Close(_))) | None => break,
-                Some(Err(e)) => {
-                    if is_too_large(&e) {
-                        closing = Some((CloseCode::TOO_LARGE, "too-large".into()));
-                    }
-                    tracing::debug!(conn = conn.get(), error = %e, "signaling socket read failed");
-                    break;
-                }
-            },
+        let mut on_event = |event: Event<'_>| match (event, hub.shards()) {
+            (Event::Text(text), Some(shards)) => shards.text(&mut seat, text),
+            (Event::Text(text), None) => inbound.push(Inbound::Text(Bytes::copy_from_slice(text.as_bytes()))),
+            (Event::Binary, Some(shards)) => shards.binary(&seat),
+            (Event::Binary, None) => inbound.push(Inbound::Binary),
+            (Event::Ping(payload), _) => {
+                websocket::pong_frame(payload, &mut pongs);
+                activity(&hub, &seat, &mut inbound);
+            }
+            (Event::Pong, _) => activity(&hub, &seat, &mut inbound),
+            // `read` ends with the close; it never reaches here.
+            (Event::Close(_), _) => {}
+        };
+        let read = tokio::select! {
+            read = socket.read(&mut on_event) => read,
             _ = outbox.readable() => {
-                // A peer that takes nothing for a whole heartbeat interval does not read: stop waiting on it. The
-                // timer is armed only when the write does not finish at once (arming one per batch was 8 % of a
-                // relayed signal's instructions).
-                let mut write = std::pin::pin!(write_queued(&mut socket, &outbox));
-                let once = std::future::poll_fn(|cx| std::task::Poll::Ready(write.as_mut().poll(cx))).await;
-                let written = match once {
-                    std::task::Poll::Ready(done) => Ok(done),
-                    std::task::Poll::Pending => tokio::time::timeout(ping_every, write).await,
-                };
-                match written {
-                    Ok(Ok(None)) => {}
-                    Ok(Ok(Some(close))) => {
+                match socket.write_queued(&outbox, ping_every).await {
+                    Ok(None) => continue,
+                    Ok(Some(close)) => {
                         closing = Some(close);
                         break;
                     }
-                    Ok(Err(WriteFailed)) => break,
-                    Err(_) => {
-                        closing = Some((CloseCode::TOO_SLOW, "too-slow".into()));
+                    Err(error) => {
+                        closing = error.close();
                         break;
                     }
                 }
             }
             _ = ping.tick() => {
-                if socket.send(Message::Ping(Default::default())).await.is_err() {
+                let mut frame = Vec::with_capacity(2);
+                websocket::ping_frame(&mut frame);
+                if let Err(error) = socket.write_all(&frame, ping_every).await {
+                    closing = error.close();
                     break;
                 }
+                continue;
+            }
+        };
+        for message in std::mem::take(&mut inbound) {
+            match message {
+                Inbound::Text(text) => hub.text(&mut seat, text).await,
+                Inbound::Binary => hub.binary(&seat).await,
+                Inbound::Activity => hub.activity(&seat).await,
+            }
+        }
+        if !pongs.is_empty() {
+            let written = socket.write_all(&pongs, ping_every).await;
+            pongs = Vec::new();
+            if let Err(error) = written {
+                closing = error.close();
+                break;
+            }
+        }
+        match read {
+            Read::More => {}
+            // The client's close: answered with its own code (RFC 6455 §5.5.1), then the connection ends.
+            Read::Closed(Some(code)) => {
+                closing = Some((code, String::new()));
+                break;
+            }
+            Read::Closed(None) | Read::Failed(None) => {
+                closing = None;
+                break;
+            }
+            Read::Failed(Some(error)) => {
+                tracing::debug!(conn = conn.get(), %error, "signaling socket broke the framing rules");
+                closing = Some((error.close_code(), error.reason().into()));
+                break;
             }
         }
     }
-    if let Some((code, reason)) = &closing {
-        let _ = tokio::time::timeout(Duration::from_secs(2), socket.send(close(*code, reason))).await;
+    if let Some((code, reason)) = closing {
+        socket.close(code, &reason, &[]).await;
     }
-    let _ = tokio::time::timeout(Duration::from_secs(2), socket.close()).await;
     // The hub forgets sockets it closed itself; telling it again is harmless.
     hub.closed(seat).await;
 }
 
-/// The socket could not be written to.
-struct WriteFailed;
+/// A message for the cluster's hub task, taken out of the read buffer.
+enum Inbound {
+    Text(Bytes),
+    Binary,
+    Activity,
+}
 
-/// Feeds what is queued (at most 64 frames or 256 KiB, then comes back) and flushes once. `Some` is the close to send: the
-/// hub's, or 4104 when the hub let go of a socket too slow to read.
-async fn write_queued<S>(sink: &mut S, outbox: &Outbox) -> Result<Option<(CloseCode, String)>, WriteFailed>
-where
-    S: futures_util::Sink<Message> + Unpin,
-{
-    let (mut fed, mut fed_bytes) = (0usize, 0usize);
-    let mut close = None;
-    loop {
-        match outbox.try_pop() {
-            Ok(Some(ToSocket::Text(text))) => {
-                // Zero-copy: the frame's bytes are shared with the hub's replay buffer.
-                fed_bytes += text.len();
-                let Ok(text) = axum::extract::ws::Utf8Bytes::try_from(text) else {
-                    break;
-                };
-                sink.feed(Message::Text(text)).await.map_err(|_| WriteFailed)?;
-                fed += 1;
-                // A batch must be written within a heartbeat interval: 256 KiB in 10 s is a 26 KB/s link.
-                if fed >= 64 || fed_bytes >= 256 * 1024 {
-                    // More may be queued: come back after this flush.
-                    outbox.wake();
+/// A ping or a pong: the client is there.
+fn activity(hub: &HubHandle, seat: &Seat, inbound: &mut Vec<Inbound>) {
+    match hub.shards() {
+        Some(shards) => shards.activity(seat),
+        None => inbound.push(Inbound::Activity),
+    }
+}
+
+/// Why a write did not finish.
+enum WriteError {
+    /// The connection is gone.
+    Failed,
+    /// The peer took nothing for a whole heartbeat interval: it does not read (closed 4104).
+    TooSlow,
+}
+
+impl WriteError {
+    fn close(self) -> Option<(u16, String)> {
+        match self {
+            Self::Failed => None,
+            Self::TooSlow => Some((CloseCode::TOO_SLOW.0, "too-slow".into())),
+        }
+    }
+}
+
+/// What one read brought.
+enum Read {
+    /// Frames were handed on (or none were complete yet): read again.
+    More,
+    /// The client's close frame with its code (1000 if it gave none), or `None`: the stream ended.
+    Closed(Option<u16>),
+    /// The stream failed (`None`) or the client broke the framing rules.
+    Failed(Option<FrameError>),
+}
+
+struct Socket<S> {
+    io: S,
+    decoder: Decoder,
+    /// The part of a write the kernel did not take at once. Unallocated otherwise.
+    unsent: Vec<u8>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
+    /// Waits for bytes, then hands every complete frame in them to `on_event`.
+    async fn read<F: FnMut(Event<'_>)>(&mut self, on_event: &mut F) -> Read {
+        poll_fn(|cx| self.poll_read(cx, on_event)).await
+    }
+
+    fn poll_read<F: FnMut(Event<'_>)>(&mut self, cx: &mut Context<'_>, on_event: &mut F) -> Poll<Read> {
+        READ_BUF.with_borrow_mut(|buf| {
+            let mut read = ReadBuf::new(&mut buf[..]);
+            match Pin::new(&mut self.io).poll_read(cx, &mut read) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(_)) => return Poll::Ready(Read::Failed(None)),
+                Poll::Ready(Ok(())) => {}
+            }
+            let n = read.filled().len();
+            let Some(chunk) = buf.get_mut(..n).filter(|c| !c.is_empty()) else {
+                return Poll::Ready(Read::Closed(None));
+            };
+            let mut close = None;
+            let fed = self.decoder.feed(chunk, &mut |event| match event {
+                Event::Close(c) => close = Some(c.map_or(1000, |(code, _)| code)),
+                other => on_event(other),
+            });
+            Poll::Ready(match (fed, close) {
+                (Err(error), _) => Read::Failed(Some(error)),
+                (Ok(()), Some(code)) => Read::Closed(Some(code)),
+                (Ok(()), None) => Read::More,
+            })
+        })
+    }
+
+    /// Writes what is queued (at most [`BATCH_FRAMES`] frames or [`BATCH_BYTES`], then comes back) in one system
+    /// call from the thread's buffer. `Some` is the close to send: the hub's, or 4104 when the hub let go of a
+    /// socket too slow to read.
+    async fn write_queued(
+        &mut self,
+        outbox: &Outbox,
+        ping_every: Duration,
+    ) -> Result<Option<(u16, String)>, WriteError> {
+        let mut close = None;
+        poll_fn(|cx| {
+            Poll::Ready(WRITE_BUF.with_borrow_mut(|buf| {
+                buf.clear();
+                let mut fed = 0;
+                loop {
+                    match outbox.try_pop() {
+                        Ok(Some(ToSocket::Text(text))) => {
+                            websocket::text_frame(&text, buf);
+                            fed += 1;
+                            if fed >= BATCH_FRAMES || buf.len() >= BATCH_BYTES {
+                                // More may be queued: come back after this batch.
+                                outbox.wake();
+                                break;
+                            }
+                        }
+                        Ok(Some(ToSocket::Close(code, reason))) => {
+                            close = Some((code.0, reason));
+                            break;
+                        }
+                        Ok(None) => break,
+                        // The hub let go of us: too slow (at shutdown its 4202 close came first).
+                        Err(()) => {
+                            close = Some((CloseCode::TOO_SLOW.0, "too-slow".into()));
+                            break;
+                        }
+                    }
+                }
+                let written = self.write_now(cx, buf);
+                // A batch is a frame or two most of the time; a large one is not kept for the next.
+                if buf.capacity() > READ_CHUNK {
+                    *buf = Vec::new();
+                }
+                written
+            }))
+        })
+        .await?;
+        self.finish(ping_every).await?;
+        Ok(close)
+    }
+
+    /// Writes `bytes` and waits until they are out.
+    async fn write_all(&mut self, bytes: &[u8], wait: Duration) -> Result<(), WriteError> {
+        poll_fn(|cx| Poll::Ready(self.write_now(cx, bytes))).await?;
+        self.finish(wait).await
+    }
+
+    /// Writes as much of `bytes` as the kernel takes now; keeps the rest in `unsent` for [`Self::finish`].
+    fn write_now(&mut self, cx: &mut Context<'_>, bytes: &[u8]) -> Result<(), WriteError> {
+        if !self.unsent.is_empty() {
+            self.unsent.extend_from_slice(bytes);
+            return Ok(());
+        }
+        let mut at = 0;
+        while let Some(rest) = bytes.get(at..).filter(|r| !r.is_empty()) {
+            match Pin::new(&mut self.io).poll_write(cx, rest) {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Err(WriteError::Failed),
+                Poll::Ready(Ok(n)) => at += n,
+                Poll::Pending => {
+                    self.unsent.extend_from_slice(rest);
                     break;
                 }
             }
-            Ok(Some(ToSocket::Close(code, reason))) => {
-                close = Some((code, reason));
-                break;
-            }
-            Ok(None) => break,
-            // The hub let go of us: too slow (at shutdown its 4202 close came first).
-            Err(()) => {
-                close = Some((CloseCode::TOO_SLOW, "too-slow".into()));
-                break;
+        }
+        Ok(())
+    }
+
+    /// Writes what the kernel did not take at once, and flushes. A peer that takes nothing for `wait` (a whole
+    /// heartbeat interval) does not read: stop waiting on it. The timer is armed only when the write does not
+    /// finish at once (arming one per batch was 8 % of a relayed signal's instructions).
+    async fn finish(&mut self, wait: Duration) -> Result<(), WriteError> {
+        let mut done = std::pin::pin!(poll_fn(|cx| self.poll_finish(cx)));
+        let result = match poll_fn(|cx| Poll::Ready(done.as_mut().poll(cx))).await {
+            Poll::Ready(result) => result,
+            Poll::Pending => tokio::time::timeout(wait, done)
+                .await
+                .unwrap_or(Err(WriteError::TooSlow)),
+        };
+        // Done: free the buffer. Not done: what is left stays first in line, so that a close frame written next
+        // does not land inside a half-written frame.
+        if self.unsent.is_empty() {
+            self.unsent = Vec::new();
+        }
+        result
+    }
+
+    fn poll_finish(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), WriteError>> {
+        while !self.unsent.is_empty() {
+            match Pin::new(&mut self.io).poll_write(cx, &self.unsent) {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Err(WriteError::Failed)),
+                Poll::Ready(Ok(n)) => {
+                    self.unsent.drain(..n);
+                }
+                Poll::Pending => return Poll::Pending,
             }
         }
+        Pin::new(&mut self.io)
+            .poll_flush(cx)
+            .map(|r| r.map_err(|_| WriteError::Failed))
     }
-    sink.flush().await.map_err(|_| WriteFailed)?;
-    Ok(close)
-}
 
-/// Was the read refused for size? A message or a frame over the limits set at the upgrade (`max_message_size`,
-/// `max_frame_size`: tungstenite's capacity error), or a control frame over 125 bytes (RFC 6455 §5.5). Either is
-/// closed with 1009.
-fn is_too_large(e: &axum::Error) -> bool {
-    use tungstenite::error::{Error, ProtocolError};
-    let inner = std::error::Error::source(e).and_then(|inner| inner.downcast_ref::<Error>());
-    matches!(
-        inner,
-        Some(Error::Capacity(_) | Error::Protocol(ProtocolError::ControlFrameTooBig))
-    )
-}
-
-fn close(code: CloseCode, reason: &str) -> Message {
-    Message::Close(Some(CloseFrame {
-        code: code.0,
-        reason: reason.into(),
-    }))
+    /// Ends the connection: `before` (frames still to say), our close frame, then the client's answer or the end
+    /// of its stream (RFC 6455 §7.1.1: the server closes the TCP connection), each waited for at most
+    /// [`CLOSE_WAIT`].
+    async fn close(&mut self, code: u16, reason: &str, before: &[u8]) {
+        let mut frames = before.to_vec();
+        // 1005 and 1006 are never sent (§7.4.1): a close without a code is answered with 1000.
+        let code = if matches!(code, 1005 | 1006) { 1000 } else { code };
+        websocket::close_frame(code, reason, &mut frames);
+        if self.write_all(&frames, CLOSE_WAIT).await.is_ok() && !self.decoder.closed() {
+            let _ = tokio::time::timeout(CLOSE_WAIT, async {
+                while let Read::More = self.read(&mut |_| {}).await {}
+            })
+            .await;
+        }
+        let _ = tokio::time::timeout(CLOSE_WAIT, poll_fn(|cx| Pin::new(&mut self.io).poll_shutdown(cx))).await;
+    }
 }
 
 /// The refusal of a socket the hub never took (before any session): serde_json's order of keys (sorted), unlike the
@@ -156,29 +365,6 @@ pub(crate) fn error_frame(refusal: &Refusal) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tungstenite::error::{CapacityError, Error, ProtocolError};
-
-    #[test]
-    fn only_a_size_error_closes_with_1009() {
-        let too_long = Error::Capacity(CapacityError::MessageTooLong {
-            size: 70_000,
-            max_size: 65_536,
-        });
-        assert!(is_too_large(&axum::Error::new(too_long)));
-        assert!(is_too_large(&axum::Error::new(Error::Protocol(
-            ProtocolError::ControlFrameTooBig
-        ))));
-        for other in [
-            Error::ConnectionClosed,
-            Error::Protocol(ProtocolError::ResetWithoutClosingHandshake),
-            Error::Io(std::io::Error::other("message too long")),
-        ] {
-            assert!(!is_too_large(&axum::Error::new(other)));
-        }
-        assert!(!is_too_large(&axum::Error::new(std::io::Error::other(
-            "Space limit exceeded: too big"
-        ))));
-    }
 
     #[test]
     fn a_refused_socket_gets_its_error_with_seq_0() {
