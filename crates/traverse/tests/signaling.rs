@@ -676,7 +676,6 @@ fn masked(b0: u8, payload: &[u8]) -> Vec<u8> {
 }
 
 impl RawWs {
-
     /// The next frame as (opcode, payload), or `None` at the deadline or the end of the stream.
     async fn frame(&mut self, deadline: tokio::time::Instant) -> Option<(u8, Vec<u8>)> {
         loop {
@@ -930,7 +929,11 @@ async fn websocket_frames_in_pieces_fragments_pings_and_broken_rules() {
     let mut c = RawWs::connect(server.http).await;
     c.send_raw(&masked(0x88, &[0x0f, 0xa0, b'b', b'y', b'e']), 64).await;
     assert_eq!(close_code(&c.frame_not_ping().await), 4000);
-    assert_eq!(c.frame(tokio::time::Instant::now() + WAIT).await, None, "the server ends the connection");
+    assert_eq!(
+        c.frame(tokio::time::Instant::now() + WAIT).await,
+        None,
+        "the server ends the connection"
+    );
 
     // Not a WebSocket handshake: JSON errors before any socket exists.
     let mut tcp = tcp_connect(server.http).await;
@@ -944,7 +947,9 @@ async fn websocket_frames_in_pieces_fragments_pings_and_broken_rules() {
     assert_eq!(r.status, 426, "{}", r.body);
     assert!(r.body.contains("websocket-version"), "{}", r.body);
     assert!(
-        r.headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("sec-websocket-version") && v == "13"),
+        r.headers
+            .iter()
+            .any(|(k, v)| k.eq_ignore_ascii_case("sec-websocket-version") && v == "13"),
         "{:?}",
         r.headers
     );

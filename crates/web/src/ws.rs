@@ -49,19 +49,22 @@ where
     };
     let conn = hub.next_conn();
     let outbox = std::sync::Arc::new(Outbox::new(hub.queue_budget.clone()));
-    let mut seat = match hub.connect(conn, ip, outbox.clone()).await {
+    let mut seat = match Box::pin(hub.connect(conn, ip, outbox.clone())).await {
         Ok(seat) => seat,
         Err(refusal) => {
             let code = refusal.code.close_code().unwrap_or(CloseCode::TOO_MANY_CONNECTIONS);
             let mut frames = Vec::new();
             websocket::text_frame(error_frame(&refusal).as_bytes(), &mut frames);
-            socket.close(code.0, refusal.code.as_str(), &frames).await;
+            Box::pin(socket.close(code.0, refusal.code.as_str(), &frames)).await;
             return;
         }
     };
 
     // One task per socket: it reads frames and hands them to the hub in place, writes what the hub routes here,
     // and pings.
+    // Every future awaited here is part of this task's one allocation, for the socket's whole life, even one that
+    // runs once or never (the close, the cluster's channel, a write's timeout): those are boxed when they run, so
+    // that an idle socket keeps only what it uses.
     let mut ping = tokio::time::interval(ping_every);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ping.tick().await;
@@ -110,9 +113,9 @@ where
         };
         for message in std::mem::take(&mut inbound) {
             match message {
-                Inbound::Text(text) => hub.text(&mut seat, text).await,
-                Inbound::Binary => hub.binary(&seat).await,
-                Inbound::Activity => hub.activity(&seat).await,
+                Inbound::Text(text) => Box::pin(hub.text(&mut seat, text)).await,
+                Inbound::Binary => Box::pin(hub.binary(&seat)).await,
+                Inbound::Activity => Box::pin(hub.activity(&seat)).await,
             }
         }
         if !pongs.is_empty() {
@@ -142,10 +145,10 @@ where
         }
     }
     if let Some((code, reason)) = closing {
-        socket.close(code, &reason, &[]).await;
+        Box::pin(socket.close(code, &reason, &[])).await;
     }
     // The hub forgets sockets it closed itself; telling it again is harmless.
-    hub.closed(seat).await;
+    Box::pin(hub.closed(seat)).await;
 }
 
 /// A message for the cluster's hub task, taken out of the read buffer.
@@ -310,7 +313,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
         let mut done = std::pin::pin!(poll_fn(|cx| self.poll_finish(cx)));
         let result = match poll_fn(|cx| Poll::Ready(done.as_mut().poll(cx))).await {
             Poll::Ready(result) => result,
-            Poll::Pending => tokio::time::timeout(wait, done)
+            Poll::Pending => Box::pin(tokio::time::timeout(wait, done))
                 .await
                 .unwrap_or(Err(WriteError::TooSlow)),
         };
