@@ -2,9 +2,12 @@
 //!
 //! ```text
 //!   client ns 192.0.2.1 ─┐                       ┌─ server ns 203.0.113.1 (traverse --xdp <s0>, native XDP)
-//!                        ├─ router ns (forwards) ┤
-//!   peer ns 198.51.100.1 ┘   (.2 is deny-listed)
+//!                        ├─ router ns (forwards) ┤     │ s1 198.51.100.129/25
+//!   peer ns 198.51.100.1 ┘   (.2 is deny-listed)       └─ far peer ns 198.51.100.130 (a second interface)
 //! ```
+//!
+//! With XDP on both of the server's interfaces, a peer behind the second one is relayed with `XDP_REDIRECT` from one
+//! interface to the other, both ways.
 //!
 //! coturn's `turnutils_uclient` with channels relays with 0 % loss through the kernel (the fast-path counters move,
 //! the socket path's do not); Send indications and TCP clients still work through the socket path; a hand-built
@@ -32,8 +35,11 @@ const SERVER_IP: &str = "203.0.113.1";
 const CLIENT_IP: &str = "192.0.2.1";
 const PEER_IP: &str = "198.51.100.1";
 const DENIED_IP: &str = "198.51.100.2";
+/// Behind the server's second interface, on a /25 of its own (more specific than the route through the router).
+const FAR_PEER_IP: &str = "198.51.100.130";
+const FAR_PEER_MAC: &str = "02:00:00:00:01:30";
 
-/// Four namespaces and three veth pairs, deleted on drop (a failed assertion included).
+/// Five namespaces and four veth pairs, deleted on drop (a failed assertion included).
 struct Lab {
     prefix: String,
 }
@@ -52,7 +58,7 @@ impl Lab {
         let lab = Lab {
             prefix: format!("tx{:05}", std::process::id() % 100_000),
         };
-        let (s, r, c, p) = (lab.ns("s"), lab.ns("r"), lab.ns("c"), lab.ns("p"));
+        let (s, r, c, p, q) = (lab.ns("s"), lab.ns("r"), lab.ns("c"), lab.ns("p"), lab.ns("q"));
         let (s0, r0, c0, r1, p0, r2) = (
             lab.dev("s0"),
             lab.dev("r0"),
@@ -61,7 +67,7 @@ impl Lab {
             lab.dev("p0"),
             lab.dev("r2"),
         );
-        for ns in [&s, &r, &c, &p] {
+        for ns in [&s, &r, &c, &p, &q] {
             sh(&["ip", "netns", "add", ns]);
             sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
         }
@@ -70,7 +76,27 @@ impl Lab {
                 "ip", "link", "add", a, "netns", a_ns, "type", "veth", "peer", "name", b, "netns", b_ns,
             ]);
         }
+        let (s1, q0) = (lab.dev("s1"), lab.dev("q0"));
+        sh(&[
+            "ip",
+            "link",
+            "add",
+            &s1,
+            "netns",
+            &s,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &q0,
+            "netns",
+            &q,
+            "address",
+            FAR_PEER_MAC,
+        ]);
         for (ns, dev, addr) in [
+            (&s, &s1, "198.51.100.129/25"),
+            (&q, &q0, "198.51.100.130/25"),
             (&s, &s0, "203.0.113.1/24"),
             (&r, &r0, "203.0.113.254/24"),
             (&c, &c0, "192.0.2.1/24"),
@@ -82,44 +108,70 @@ impl Lab {
             sh(&["ip", "-n", ns, "addr", "add", addr, "dev", dev]);
             sh(&["ip", "-n", ns, "link", "set", dev, "up"]);
         }
-        for (ns, gw) in [(&s, "203.0.113.254"), (&c, "192.0.2.254"), (&p, "198.51.100.254")] {
+        for (ns, gw) in [
+            (&s, "203.0.113.254"),
+            (&c, "192.0.2.254"),
+            (&p, "198.51.100.254"),
+            (&q, "198.51.100.129"),
+        ] {
             sh(&["ip", "-n", ns, "route", "add", "default", "via", gw]);
         }
-        sh(&["ip", "netns", "exec", &r, "sysctl", "-qw", "net.ipv4.ip_forward=1"]);
-        // The fast path's route look-ups (bpf_fib_lookup) need forwarding on the interface it is attached to.
+        // The fast path passes a packet whose next hop has no neighbour entry yet to the stack: the far peer's is
+        // known from the start, so that its first packets are the kernel's too.
         sh(&[
             "ip",
-            "netns",
-            "exec",
+            "-n",
             &s,
-            "sysctl",
-            "-qw",
-            &format!("net.ipv4.conf.{s0}.forwarding=1"),
+            "neigh",
+            "replace",
+            FAR_PEER_IP,
+            "lladdr",
+            FAR_PEER_MAC,
+            "dev",
+            &s1,
+            "nud",
+            "permanent",
         ]);
+        sh(&["ip", "netns", "exec", &r, "sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        // The fast path's route look-ups (bpf_fib_lookup) need forwarding on the interface it is attached to.
+        for dev in [&s0, &s1] {
+            sh(&[
+                "ip",
+                "netns",
+                "exec",
+                &s,
+                "sysctl",
+                "-qw",
+                &format!("net.ipv4.conf.{dev}.forwarding=1"),
+            ]);
+        }
         // A veth only accepts frames sent with XDP_TX when an XDP program runs on its other end: the same object,
         // whose maps stay empty there, passes everything.
         let object = std::env::temp_dir().join(format!("{}-pass.o", lab.prefix));
         std::fs::write(&object, xdp::object().expect("built in")).expect("write the XDP object");
         let object_path = object.to_string_lossy().into_owned();
-        sh(&[
-            "ip",
-            "-n",
-            &r,
-            "link",
-            "set",
-            "dev",
-            &r0,
-            "xdpdrv",
-            "obj",
-            &object_path,
-            "sec",
-            "xdp",
-        ]);
+        for (ns, dev) in [(&r, &r0), (&q, &q0)] {
+            sh(&[
+                "ip",
+                "-n",
+                ns,
+                "link",
+                "set",
+                "dev",
+                dev,
+                "xdpdrv",
+                "obj",
+                &object_path,
+                "sec",
+                "xdp",
+            ]);
+        }
         let _ = std::fs::remove_file(&object);
         // Sockets on a veth send UDP with a partial checksum (offload); the fast path, like a NIC's receive path,
         // needs complete ones.
         sh(&["ip", "netns", "exec", &c, "ethtool", "-K", &c0, "tx", "off"]);
         sh(&["ip", "netns", "exec", &p, "ethtool", "-K", &p0, "tx", "off"]);
+        sh(&["ip", "netns", "exec", &q, "ethtool", "-K", &q0, "tx", "off"]);
         lab
     }
 
@@ -150,7 +202,7 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        for role in ["c", "p", "s", "r"] {
+        for role in ["c", "p", "q", "s", "r"] {
             let _ = Command::new("ip")
                 .args(["netns", "del", &self.ns(role)])
                 .stderr(Stdio::null())
@@ -314,8 +366,9 @@ fn client_with_channel(lab: &Lab, port: u16, channel: u16, peer: SocketAddr) -> 
 }
 
 fn peer_socket(lab: &Lab, ip: &str) -> UdpSocket {
+    let role = if ip == FAR_PEER_IP { "q" } else { "p" };
     let ip = ip.to_owned();
-    lab.inside("p", move || {
+    lab.inside(role, move || {
         let s = UdpSocket::bind(format!("{ip}:0")).expect("peer socket");
         s.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
         s
@@ -535,6 +588,44 @@ fn xdp_fast_path_relays_channels_and_keeps_every_guarantee() {
         "nothing was dropped over the cap: {capped:?}"
     );
     println!("bandwidth cap 20000 B/s: the peer received {received} bytes in 2 s");
+    server.assert_alive();
+    drop(client);
+    drop(server);
+
+    // --- XDP on both interfaces, a peer behind the second: each direction leaves by the other interface than it
+    // came in on (XDP_REDIRECT), all in the kernel.
+    let s1 = lab.dev("s1");
+    let mut server = start_server(&lab, 3481, 9466, &["--xdp", &s1]);
+    let far = peer_socket(&lab, FAR_PEER_IP);
+    let before = counters(&lab, 9466);
+    let (mut client, relay) = client_with_channel(&lab, 3481, 0x4004, far.local_addr().unwrap());
+    for i in 0..20 {
+        client
+            .conn
+            .send(&channel_data(0x4004, format!("out {i}").as_bytes(), false));
+    }
+    let got = received_by_peer(&far, Duration::from_millis(300));
+    assert_eq!(got.len(), 20, "the far peer got {got:?}");
+    assert!(
+        got.iter().all(|(_, from)| *from == relay),
+        "from the relayed address: {got:?}"
+    );
+    for i in 0..20 {
+        far.send_to(format!("back {i}").as_bytes(), relay).unwrap();
+    }
+    let back = received_by_client(&mut client, Duration::from_millis(300));
+    assert_eq!(back.len(), 20, "the client got {} of 20", back.len());
+    let after = counters_when(&lab, 9466, |c| c.fast_to_client >= before.fast_to_client + 20);
+    assert!(
+        after.fast_to_peer >= before.fast_to_peer + 20 && after.fast_to_client >= before.fast_to_client + 20,
+        "not all through the kernel: {before:?} -> {after:?}"
+    );
+    assert_eq!(
+        (after.socket_udp_to_peer, after.socket_udp_to_client),
+        (before.socket_udp_to_peer, before.socket_udp_to_client),
+        "traffic across interfaces reached the socket path"
+    );
+    println!("two interfaces: 20 + 20 packets redirected, {before:?} -> {after:?}");
     server.assert_alive();
     println!("xdp test took {:?}", started.elapsed());
 }
