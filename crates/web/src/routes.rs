@@ -326,15 +326,15 @@ async fn ws_upgrade(
     let hub = app.hub.clone();
     let (ping_every, max_message) = (limits.heartbeat_interval, limits.max_message_bytes);
     let upgrade = hyper::upgrade::on(&mut request);
-    tokio::spawn(async move {
-        match upgrade.await {
-            Ok(upgraded) => {
-                let io = hyper_util::rt::TokioIo::new(upgraded);
-                crate::ws::run(io, hub, ip, ping_every, max_message).await;
-            }
-            Err(e) => tracing::debug!(%ip, error = %e, "WebSocket upgrade failed"),
-        }
-    });
+    tokio::spawn(crate::ws::serve(
+        upgrade,
+        crate::ws::Conn {
+            hub,
+            ip,
+            ping_every,
+            max_message,
+        },
+    ));
     let mut response = Response::new(axum::body::Body::empty());
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = response.headers_mut();

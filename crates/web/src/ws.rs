@@ -38,15 +38,41 @@ thread_local! {
     static WRITE_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
-pub(crate) async fn run<S>(io: S, hub: HubHandle, ip: IpAddr, ping_every: Duration, max_message: usize)
+/// What a socket's task is given, kept in one place for its whole life: an `async fn` stores its arguments twice in
+/// its future (as given, and as moved into its body).
+pub(crate) struct Conn {
+    pub hub: HubHandle,
+    pub ip: IpAddr,
+    pub ping_every: Duration,
+    pub max_message: usize,
+}
+
+/// A signaling socket's task, from the HTTP upgrade to the end of the connection. A block, not an `async fn`, so
+/// that `conn` is stored once.
+#[allow(clippy::manual_async_fn, reason = "an async fn would store `conn` twice")]
+pub(crate) fn serve(upgrade: hyper::upgrade::OnUpgrade, conn: Conn) -> impl Future<Output = ()> + Send {
+    async move {
+        let upgraded = match upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(e) => {
+                tracing::debug!(ip = %conn.ip, error = %e, "WebSocket upgrade failed");
+                return;
+            }
+        };
+        let mut socket = Socket {
+            io: hyper_util::rt::TokioIo::new(upgraded),
+            decoder: Decoder::new(conn.max_message),
+            unsent: Vec::new(),
+        };
+        run(&mut socket, &conn).await;
+    }
+}
+
+async fn run<S>(socket: &mut Socket<S>, given: &Conn)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut socket = Socket {
-        io,
-        decoder: Decoder::new(max_message),
-        unsent: Vec::new(),
-    };
+    let (hub, ip, ping_every) = (&given.hub, given.ip, given.ping_every);
     let conn = hub.next_conn();
     let outbox = std::sync::Arc::new(Outbox::new(hub.queue_budget.clone()));
     let mut seat = match Box::pin(hub.connect(conn, ip, outbox.clone())).await {
@@ -80,9 +106,9 @@ where
             (Event::Binary, None) => inbound.push(Inbound::Binary),
             (Event::Ping(payload), _) => {
                 websocket::pong_frame(payload, &mut pongs);
-                activity(&hub, &seat, &mut inbound);
+                activity(hub, &seat, &mut inbound);
             }
-            (Event::Pong, _) => activity(&hub, &seat, &mut inbound),
+            (Event::Pong, _) => activity(hub, &seat, &mut inbound),
             // `read` ends with the close; it never reaches here.
             (Event::Close(_), _) => {}
         };
