@@ -233,7 +233,7 @@ fn exhausted_descriptors_starve_no_kind_and_refuse_promptly() {
             "limits.idle_timeout=60",
         ],
     );
-    let log = server.log();
+    let log = server.log_with("capacity cut to", Duration::from_secs(5));
     assert!(
         log.contains("capacity cut to"),
         "the start warns that the descriptor limit cuts the capacity; log:\n{log}"

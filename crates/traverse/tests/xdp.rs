@@ -258,7 +258,9 @@ fn start_server(lab: &Lab, port: u16, metrics: u16, extra: &[&str]) -> Server {
     args.extend_from_slice(extra);
     let server = Server::start_under(&["ip", "netns", "exec", &ns], &udp, &args);
     assert!(
-        server.log().contains("XDP fast path attached"),
+        server
+            .log_with("XDP fast path attached", Duration::from_secs(5))
+            .contains("XDP fast path attached"),
         "the fast path did not attach; log:\n{}",
         server.log()
     );

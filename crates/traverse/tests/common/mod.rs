@@ -283,6 +283,20 @@ impl Server {
         self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// The log once it contains `needle`, or as it is after `wait`. Readiness is read from stdout and the log from
+    /// stderr by another thread, so a line logged before the server was ready can still be on its way.
+    #[allow(dead_code, reason = "not every test binary waits for a log line")]
+    pub fn log_with(&self, needle: &str, wait: Duration) -> String {
+        let deadline = Instant::now() + wait;
+        loop {
+            let log = self.log();
+            if log.contains(needle) || Instant::now() >= deadline {
+                return log;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
