@@ -309,6 +309,21 @@ fn counters_when(lab: &Lab, metrics: u16, done: impl Fn(&Counters) -> bool) -> C
     }
 }
 
+/// Asserts that `packets` each way since `before` took the fast path and none the UDP socket path; the counters.
+fn all_through_the_kernel(lab: &Lab, metrics: u16, before: Counters, packets: u64, what: &str) -> Counters {
+    let after = counters_when(lab, metrics, |c| c.fast_to_client >= before.fast_to_client + packets);
+    assert!(
+        after.fast_to_peer >= before.fast_to_peer + packets && after.fast_to_client >= before.fast_to_client + packets,
+        "{what}: the fast path did not relay all {packets} packets each way: {before:?} -> {after:?}"
+    );
+    assert_eq!(
+        (after.socket_udp_to_peer, after.socket_udp_to_client),
+        (before.socket_udp_to_peer, before.socket_udp_to_client),
+        "{what}: traffic reached the socket path"
+    );
+    after
+}
+
 /// One `turnutils_uclient` run from the client namespace; returns (sent, lost).
 fn uclient(lab: &Lab, port: u16, flags: &[&str]) -> (u64, u64) {
     let port = port.to_string();
@@ -442,16 +457,7 @@ fn xdp_fast_path_relays_channels_and_keeps_every_guarantee() {
     let (sent, lost) = uclient(&lab, 3478, &[]);
     assert_eq!(lost, 0, "uclient with channels lost packets");
     assert!(sent >= 100, "uclient sent only {sent}");
-    let after = counters_when(&lab, 9464, |c| c.fast_to_client >= before.fast_to_client + sent);
-    assert!(
-        after.fast_to_peer >= before.fast_to_peer + sent && after.fast_to_client >= before.fast_to_client + sent,
-        "the fast path did not relay all {sent} packets: {before:?} -> {after:?}"
-    );
-    assert_eq!(
-        (after.socket_udp_to_peer, after.socket_udp_to_client),
-        (before.socket_udp_to_peer, before.socket_udp_to_client),
-        "channel traffic reached the socket path"
-    );
+    let after = all_through_the_kernel(&lab, 9464, before, sent, "uclient with channels");
     println!("uclient channels: sent={sent} lost=0, fast path {before:?} -> {after:?}");
 
     let (sent, lost) = uclient(&lab, 3478, &["-s"]);
@@ -617,16 +623,7 @@ fn xdp_fast_path_relays_channels_and_keeps_every_guarantee() {
     }
     let back = received_by_client(&mut client, Duration::from_millis(300));
     assert_eq!(back.len(), 20, "the client got {} of 20", back.len());
-    let after = counters_when(&lab, 9466, |c| c.fast_to_client >= before.fast_to_client + 20);
-    assert!(
-        after.fast_to_peer >= before.fast_to_peer + 20 && after.fast_to_client >= before.fast_to_client + 20,
-        "not all through the kernel: {before:?} -> {after:?}"
-    );
-    assert_eq!(
-        (after.socket_udp_to_peer, after.socket_udp_to_client),
-        (before.socket_udp_to_peer, before.socket_udp_to_client),
-        "traffic across interfaces reached the socket path"
-    );
+    let after = all_through_the_kernel(&lab, 9466, before, 20, "across two interfaces");
     println!("two interfaces: 20 + 20 packets redirected, {before:?} -> {after:?}");
     server.assert_alive();
     println!("xdp test took {:?}", started.elapsed());

@@ -416,11 +416,10 @@ pub(crate) fn close_frame(code: u16, reason: &str, out: &mut Vec<u8>) {
     out.extend_from_slice(reason.as_bytes());
 }
 
-/// Appends a ping (empty) or a pong (echoing the ping's payload, at most 125 bytes by the decoder's check).
-pub(crate) fn ping_frame(out: &mut Vec<u8>) {
-    header(OP_PING, 0, out);
-}
+/// The server's ping: empty, final, unmasked.
+pub(crate) const PING_FRAME: [u8; 2] = [0x80 | OP_PING, 0];
 
+/// Appends a pong, echoing the ping's payload (at most 125 bytes by the decoder's check).
 pub(crate) fn pong_frame(payload: &[u8], out: &mut Vec<u8>) {
     header(OP_PONG, payload.len(), out);
     out.extend_from_slice(payload);

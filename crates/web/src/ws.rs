@@ -128,21 +128,16 @@ where
                 }
             }
             _ = ping.tick() => {
-                let mut frame = Vec::with_capacity(2);
-                websocket::ping_frame(&mut frame);
-                if let Err(error) = socket.write_all(&frame, ping_every).await {
+                if let Err(error) = socket.write_all(&websocket::PING_FRAME, ping_every).await {
                     closing = error.close();
                     break;
                 }
                 continue;
             }
         };
-        for message in std::mem::take(&mut inbound) {
-            match message {
-                Inbound::Text(text) => Box::pin(hub.text(&mut seat, text)).await,
-                Inbound::Binary => Box::pin(hub.binary(&seat)).await,
-                Inbound::Activity => Box::pin(hub.activity(&seat)).await,
-            }
+        if !inbound.is_empty() {
+            // One boxed future per read, not per message: the channel's send futures stay out of the task.
+            Box::pin(forward(hub, &mut seat, std::mem::take(&mut inbound))).await;
         }
         if !pongs.is_empty() {
             let written = socket.write_all(&pongs, ping_every).await;
@@ -182,6 +177,17 @@ enum Inbound {
     Text(Bytes),
     Binary,
     Activity,
+}
+
+/// Hands what one read brought to the cluster's hub task, in order.
+async fn forward(hub: &HubHandle, seat: &mut Seat, inbound: Vec<Inbound>) {
+    for message in inbound {
+        match message {
+            Inbound::Text(text) => hub.text(seat, text).await,
+            Inbound::Binary => hub.binary(seat).await,
+            Inbound::Activity => hub.activity(seat).await,
+        }
+    }
 }
 
 /// A ping or a pong: the client is there.

@@ -4,6 +4,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
+mod common;
+
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,15 +42,9 @@ fn start(admin_token: Option<&str>) -> (Web, tempfile::TempDir) {
 fn start_with(admin_token: Option<&str>, outcomes: Arc<outcome::Outcomes>) -> (Web, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let web = Web::start(WebConfig {
-        limits: signal::Limits::default(),
-        token_secret: None,
-        ice_servers: Arc::new(|_, _| serde_json::json!([])),
-        credential_ttl_secs: 3600,
-        data_dir: dir.path().join("data"),
         admin_token: admin_token.map(str::to_owned),
-        max_reports: 10,
         outcomes,
-        allowed_origins: web::AllowedOrigins::Any,
+        ..common::config(dir.path())
     })
     .unwrap();
     (web, dir)

@@ -6,9 +6,10 @@
 //! The server runs on this test's thread (a current-thread runtime), so every byte a socket keeps is counted here;
 //! the clients are plain blocking sockets on a thread of their own, counted nowhere.
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::Arc;
 use std::time::Duration;
 
 use web::{Scheme, Web, WebConfig};
@@ -36,14 +37,7 @@ fn start() -> (Web, tempfile::TempDir) {
     };
     let web = Web::start(WebConfig {
         limits,
-        token_secret: None,
-        ice_servers: Arc::new(|_, _| serde_json::json!([])),
-        credential_ttl_secs: 3600,
-        data_dir: dir.path().join("data"),
-        admin_token: None,
-        max_reports: 10,
-        outcomes: Arc::new(outcome::Outcomes::new()),
-        allowed_origins: web::AllowedOrigins::Any,
+        ..common::config(dir.path())
     })
     .unwrap();
     (web, dir)

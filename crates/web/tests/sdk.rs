@@ -4,13 +4,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
+mod common;
+
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use web::{Scheme, Web, WebConfig};
+use web::{Scheme, Web};
 
 fn sdk_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../web/sdk")
@@ -18,18 +19,7 @@ fn sdk_dir() -> PathBuf {
 
 fn start() -> (Web, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let web = Web::start(WebConfig {
-        limits: signal::Limits::default(),
-        token_secret: None,
-        ice_servers: Arc::new(|_, _| serde_json::json!([])),
-        credential_ttl_secs: 3600,
-        data_dir: dir.path().join("data"),
-        admin_token: None,
-        max_reports: 10,
-        outcomes: Arc::new(outcome::Outcomes::new()),
-        allowed_origins: web::AllowedOrigins::Any,
-    })
-    .unwrap();
+    let web = Web::start(common::config(dir.path())).unwrap();
     (web, dir)
 }
 
