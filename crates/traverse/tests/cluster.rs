@@ -980,7 +980,7 @@ fn traverse_drain_mid_conversation_redirects_new_allocations_and_exits_after_the
             lasted >= Duration::from_secs(4),
             "exited after {lasted:?}, before the drain time"
         );
-        assert!(nodes[0].log().contains("drain time over"), "{}", nodes[0].log());
+        nodes[0].wait_for_log("drain time over");
         assert!(!pid_file.exists(), "the pid file is removed at exit");
     });
     let _ = std::fs::remove_dir_all(&dir);

@@ -238,11 +238,9 @@ fn sighup_reloads_the_certificate_and_keeps_tls_allocations() {
     signal(server.pid(), "HUP");
     wait_for_certificate(&server, &b, WAIT);
     server.assert_alive();
-    assert!(
-        server.log().contains("SIGHUP: TLS certificate reloaded"),
-        "log:\n{}",
-        server.log()
-    );
+    // The log is read from stderr by another thread than the one that saw the new certificate: wait for it.
+    let log = server.log_with("SIGHUP: TLS certificate reloaded", WAIT);
+    assert!(log.contains("SIGHUP: TLS certificate reloaded"), "log:\n{log}");
 
     // The connection made under A, and its allocation, are still there.
     let refreshed = old.refresh();
@@ -296,10 +294,10 @@ fn a_changed_certificate_file_is_reloaded_within_the_check_interval() {
     // The check runs every 5 s; 12 s leaves room for a loaded machine.
     let took = wait_for_certificate(&server, &b, Duration::from_secs(12));
     server.assert_alive();
+    let log = server.log_with("TLS certificate reloaded (file changed)", WAIT);
     assert!(
-        server.log().contains("TLS certificate reloaded (file changed)"),
-        "reloaded after {took:?}, but not by the file check; log:\n{}",
-        server.log()
+        log.contains("TLS certificate reloaded (file changed)"),
+        "reloaded after {took:?}, but not by the file check; log:\n{log}"
     );
 
     let refreshed = old.refresh();

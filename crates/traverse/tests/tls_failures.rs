@@ -123,6 +123,8 @@ fn a_refused_certificate_is_named_to_the_log_and_to_that_client_only() {
     for _ in 0..5 {
         refuse_certificate(me, server.tls);
     }
+    // The first line may still be on its way from the log's reader thread; then give repeats time to show.
+    server.log_with("unknown-ca", Duration::from_secs(5));
     std::thread::sleep(Duration::from_millis(300));
     let log = server.log();
     let lines: Vec<&str> = log
