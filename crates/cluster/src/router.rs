@@ -332,6 +332,12 @@ impl Router {
                     self.actions.push_back(Action::Local(Output::Send { conn, text }));
                 }
             }
+            Envelope::Ping { conn } => {
+                let conn = ConnId::new(conn);
+                if self.forwarded(conn).is_some_and(|home| home == from) {
+                    self.actions.push_back(Action::Local(Output::Ping { conn }));
+                }
+            }
             Envelope::Close { conn, code, reason } => {
                 let conn = ConnId::new(conn);
                 if self.forwarded(conn).is_some_and(|home| home == from) {
@@ -430,6 +436,13 @@ impl Router {
                         self.publish(node, Envelope::Send { conn, text });
                     }
                     None => self.actions.push_back(Action::Local(Output::Send { conn, text })),
+                },
+                Output::Ping { conn } => match self.hosted.get(&conn) {
+                    Some(origin) => {
+                        let (node, conn) = (origin.node.clone(), origin.conn);
+                        self.publish(node, Envelope::Ping { conn });
+                    }
+                    None => self.actions.push_back(Action::Local(Output::Ping { conn })),
                 },
                 Output::Close { conn, code, reason } => match self.hosted.remove(&conn) {
                     Some(origin) => {

@@ -61,6 +61,8 @@ pub enum Envelope {
     Send { conn: u64, text: Bytes },
     /// Home → origin: close the socket.
     Close { conn: u64, code: u16, reason: String },
+    /// Home → origin: the socket has been quiet for the heartbeat interval; send it a WebSocket ping.
+    Ping { conn: u64 },
 }
 
 /// An envelope and the node that sent it.
@@ -89,6 +91,7 @@ const BINARY: u8 = 4;
 const CLOSED: u8 = 5;
 const SEND: u8 = 6;
 const CLOSE: u8 = 7;
+const PING: u8 = 8;
 
 impl Message {
     pub fn encode(&self) -> Bytes {
@@ -100,6 +103,7 @@ impl Message {
             Envelope::Closed { conn } => (CLOSED, *conn),
             Envelope::Send { conn, .. } => (SEND, *conn),
             Envelope::Close { conn, .. } => (CLOSE, *conn),
+            Envelope::Ping { conn } => (PING, *conn),
         };
         let from = self.from.as_str().as_bytes();
         let mut out = BytesMut::with_capacity(10 + from.len() + 64);
@@ -122,7 +126,7 @@ impl Message {
                 out.put_u16(*code);
                 out.put_slice(reason.as_bytes());
             }
-            Envelope::Activity { .. } | Envelope::Binary { .. } | Envelope::Closed { .. } => {}
+            Envelope::Activity { .. } | Envelope::Binary { .. } | Envelope::Closed { .. } | Envelope::Ping { .. } => {}
         }
         out.freeze()
     }
@@ -166,6 +170,7 @@ impl Message {
             ACTIVITY => Envelope::Activity { conn },
             BINARY => Envelope::Binary { conn },
             CLOSED => Envelope::Closed { conn },
+            PING => Envelope::Ping { conn },
             SEND => Envelope::Send {
                 conn,
                 text: text(payload)?,
@@ -217,6 +222,7 @@ mod tests {
                 code: 4202,
                 reason: "moved".into(),
             },
+            Envelope::Ping { conn: 6 },
         ];
         for envelope in all {
             let m = Message {

@@ -26,6 +26,7 @@
 //!     Now { instant: Instant::now(), unix }
 //! }
 //! # fn send(_conn: ConnId, _text: &[u8]) {}
+//! # fn ping(_conn: ConnId) {}
 //! # fn close(_conn: ConnId, _code: u16, _reason: &str) {}
 //! # fn record(_d: &outcome::Diagnosis) {}
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -41,6 +42,7 @@
 //! while let Some(output) = hub.poll_output() {
 //!     match output {
 //!         Output::Send { conn, text } => send(conn, &text),
+//!         Output::Ping { conn } => ping(conn),
 //!         Output::Close { conn, code, reason } => close(conn, code.0, &reason),
 //!         Output::Outcome(diagnosis) => record(&diagnosis),
 //!         // Only from a hub built `with_session_events` (a multi-node I/O layer).

@@ -36,6 +36,7 @@ impl Script {
                     let text = std::str::from_utf8(&text).expect("frames are UTF-8");
                     writeln!(self.log, "{conn} < {text}").unwrap();
                 }
+                Output::Ping { conn } => writeln!(self.log, "{conn} ping").unwrap(),
                 Output::Close { conn, code, reason } => writeln!(self.log, "{conn} x {} {reason}", code.0).unwrap(),
                 Output::Outcome(d) => writeln!(self.log, "outcome {} {}", d.outcome.as_str(), d.reason.code()).unwrap(),
                 Output::Session(_) => {}

@@ -15,6 +15,8 @@ struct Lab {
     at: Duration,
     inbox: HashMap<u64, Vec<Value>>,
     closed: HashMap<u64, (u16, String)>,
+    /// When each socket was sent a WebSocket ping by the hub's heartbeat.
+    pings: HashMap<u64, Vec<Duration>>,
     /// Sockets whose client keeps its heartbeat going while time advances.
     live: std::collections::BTreeSet<u64>,
 }
@@ -41,6 +43,7 @@ impl Lab {
             at: Duration::ZERO,
             inbox: HashMap::new(),
             closed: HashMap::new(),
+            pings: HashMap::new(),
             live: Default::default(),
         }
     }
@@ -75,6 +78,7 @@ impl Lab {
                     assert!(v["seq"].is_u64(), "every frame carries seq: {v}");
                     self.inbox.entry(conn).or_default().push(v);
                 }
+                Output::Ping { conn } => self.pings.entry(conn.get()).or_default().push(self.at),
                 Output::Close { conn, code, reason } => {
                     let conn = conn.get();
                     self.live.remove(&conn);
@@ -256,6 +260,29 @@ fn resume_replays_missed_messages_in_order_without_peer_left() {
     assert_eq!(lab.hub.stats().sessions, 2, "a resumed session does not expire");
 }
 
+/// `joined` is sent but never kept (the secret a resume needs comes in it): a session that received nothing else
+/// holds no replay bytes, and a resume from `lastSeq` 0 replays from `seq` 2 on.
+#[test]
+fn joined_is_not_kept_for_a_resume() {
+    let mut lab = Lab::new(Limits::default(), None);
+    let (_, bob_session) = lab.join(1, "r");
+    assert_eq!(
+        lab.hub.stats().held_bytes,
+        0,
+        "nothing kept for a session that only has `joined`"
+    );
+    assert_eq!(lab.hub.stats().replay_frames, 0);
+    lab.join(2, "r");
+    assert_eq!(lab.hub.stats().replay_frames, 1, "only bob's peer-joined is kept");
+    lab.take(1);
+    lab.drop_socket(1);
+    lab.connect(11);
+    lab.send(11, json!({"type": "resume", "session": bob_session, "lastSeq": 0}));
+    let got = lab.take(11);
+    assert_eq!(types(&got), ["resumed", "peer-joined"], "{got:?}");
+    assert_eq!(got[1]["seq"], 2);
+}
+
 #[test]
 fn resume_after_ack_and_unknown_sessions() {
     let mut lab = Lab::new(Limits::default(), None);
@@ -346,6 +373,50 @@ fn heartbeat_timeout_closes_silent_sockets_and_starts_the_grace_period() {
     assert_eq!(lab.closed.get(&1).map(|c| c.0), Some(4200));
     assert!(!lab.closed.contains_key(&2), "a pinging socket stays");
     assert_eq!(lab.hub.stats().sessions, 2, "the silent peer is in its grace period");
+}
+
+/// The heartbeat is the hub's, in its sweep (no timer per socket): a socket quiet for the interval is pinged once,
+/// and again only an interval after it was last heard; one that talks is never pinged; one that never answers is
+/// pinged once and closed at the timeout.
+#[test]
+fn quiet_sockets_are_pinged_once_per_silence_and_talking_ones_never() {
+    let mut lab = Lab::new(Limits::default(), None);
+    for conn in 1..=3 {
+        lab.join(conn, "r");
+    }
+    lab.live.clear();
+    // 1 answers every ping (its pong), 2 sends a message every 3 s, 3 is silent: 40 s in 250 ms steps.
+    let mut answered = 0;
+    for step in 1..=160 {
+        lab.advance(Duration::from_millis(250));
+        let pings = lab.pings.get(&1).map_or(0, Vec::len);
+        if pings > answered {
+            answered = pings;
+            let now = lab.now();
+            lab.hub.handle_activity(ConnId::new(1), now);
+        }
+        if step % 12 == 0 {
+            lab.send(2, json!({"type": "ping"}));
+        }
+    }
+    let one = &lab.pings[&1];
+    assert!((3..=4).contains(&one.len()), "pinged each quiet 10 s: {one:?}");
+    assert!(
+        one[0] >= Duration::from_secs(10) && one[0] <= Duration::from_millis(10_500),
+        "{one:?}"
+    );
+    for pair in one.windows(2) {
+        let gap = pair[1] - pair[0];
+        assert!(
+            gap >= Duration::from_secs(10) && gap <= Duration::from_millis(10_750),
+            "{one:?}"
+        );
+    }
+    assert!(!lab.closed.contains_key(&1), "a socket that answers stays");
+    assert!(!lab.pings.contains_key(&2), "a socket that talks is never pinged");
+    assert!(!lab.closed.contains_key(&2));
+    assert_eq!(lab.pings[&3].len(), 1, "pinged once, not at every sweep");
+    assert_eq!(lab.closed.get(&3).map(|c| c.0), Some(4200), "silent past the timeout");
 }
 
 #[test]

@@ -48,7 +48,7 @@ impl Lab {
                     let v: Value = serde_json::from_slice(&text).unwrap();
                     self.inbox.entry(conn.get()).or_default().push(v);
                 }
-                Output::Close { .. } | Output::Session(_) => {}
+                Output::Ping { .. } | Output::Close { .. } | Output::Session(_) => {}
                 Output::Outcome(d) => self.diagnoses.push(*d),
             }
         }

@@ -51,7 +51,7 @@ impl Journal {
                     .or_default()
                     .push(serde_json::from_slice(&text).unwrap()),
                 Output::Session(event) => self.record(event),
-                Output::Close { .. } | Output::Outcome(_) => {}
+                Output::Ping { .. } | Output::Close { .. } | Output::Outcome(_) => {}
             }
         }
     }

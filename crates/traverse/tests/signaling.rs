@@ -1483,20 +1483,16 @@ async fn heartbeat_pings_and_closes_a_silent_socket_4200() {
         texts.first().is_some_and(|t| t.contains(r#""type":"joined""#)),
         "{texts:?}"
     );
-    assert!(pings.len() >= 2, "Ping frames every second: {pings:?}");
+    // The hub's heartbeat pings a socket quiet for the interval once, and again only after it has been heard from.
+    assert_eq!(pings.len(), 1, "one Ping per silence, not one per interval: {pings:?}");
     assert!(
-        pings.first().is_some_and(|p| *p <= Duration::from_millis(2500)),
-        "first Ping after ~1 s: {pings:?}"
+        pings[0] >= Duration::from_millis(900) && pings[0] <= Duration::from_millis(2500),
+        "the Ping after ~1 s of quiet: {pings:?}"
     );
-    for gap in pings.windows(2).map(|w| w[1].saturating_sub(w[0])) {
-        assert!(
-            gap >= Duration::from_millis(500) && gap <= Duration::from_millis(2500),
-            "Ping frames at the interval: {pings:?}"
-        );
-    }
 
-    // B, silent but answering Pings, outlived the timeout; A is in its grace period, so no peer-left.
-    assert!(b.pings >= 3, "B got Ping frames too ({})", b.pings);
+    // B, silent but answering Pings, outlived the timeout (each Pong makes it heard, so it is pinged again after
+    // the next quiet interval); A is in its grace period, so no peer-left.
+    assert!(b.pings >= 3, "B got a Ping each quiet interval ({})", b.pings);
     let types: Vec<String> = b_events
         .iter()
         .map(|e| match e {

@@ -22,6 +22,8 @@ use crate::WebConfig;
 pub(crate) enum ToSocket {
     /// A JSON frame; UTF-8 by construction (the hub writes it from `&str`s).
     Text(bytes::Bytes),
+    /// A WebSocket ping: the hub's heartbeat found the socket quiet.
+    Ping,
     Close(CloseCode, String),
 }
 
@@ -355,6 +357,12 @@ pub(crate) fn deliver<S: std::hash::BuildHasher>(
                     outbox.abandon();
                 }
                 return Some(conn);
+            }
+        }
+        Output::Ping { conn } => {
+            if let Some(outbox) = sockets.get(&conn) {
+                // Not counted in the queue's bytes, like a close; one per heartbeat interval at most.
+                let _ = outbox.push(ToSocket::Ping);
             }
         }
         Output::Close { conn, code, reason } => {

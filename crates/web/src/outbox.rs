@@ -158,8 +158,9 @@ impl Outbox {
                     state.bytes = state.bytes.saturating_sub(text.len());
                     self.count(text.len(), false);
                 }
-                if state.queue.is_empty() && state.queue.capacity() > 64 {
-                    // A burst is over: give the memory back, idle sockets must stay small.
+                if state.queue.is_empty() {
+                    // Drained: give the slots back, an idle socket keeps none (the next frame allocates them
+                    // again, beside the frame's own allocation).
                     state.queue = VecDeque::new();
                 }
                 Ok(Some(item))

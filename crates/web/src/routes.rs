@@ -324,14 +324,14 @@ async fn ws_upgrade(
     }
     let limits = &app.config.limits;
     let hub = app.hub.clone();
-    let (ping_every, max_message) = (limits.heartbeat_interval, limits.max_message_bytes);
+    let (write_wait, max_message) = (limits.heartbeat_interval, limits.max_message_bytes);
     let upgrade = hyper::upgrade::on(&mut request);
     tokio::spawn(crate::ws::serve(
         upgrade,
         crate::ws::Conn {
             hub,
             ip,
-            ping_every,
+            write_wait,
             max_message,
         },
     ));

@@ -43,7 +43,8 @@ thread_local! {
 pub(crate) struct Conn {
     pub hub: HubHandle,
     pub ip: IpAddr,
-    pub ping_every: Duration,
+    /// How long a write may wait for the client to take it (a heartbeat interval) before it is closed as too slow.
+    pub write_wait: Duration,
     pub max_message: usize,
 }
 
@@ -72,7 +73,7 @@ async fn run<S>(socket: &mut Socket<S>, given: &Conn)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let (hub, ip, ping_every) = (&given.hub, given.ip, given.ping_every);
+    let (hub, ip, write_wait) = (&given.hub, given.ip, given.write_wait);
     let conn = hub.next_conn();
     let outbox = std::sync::Arc::new(Outbox::new(hub.queue_budget.clone()));
     let mut seat = match Box::pin(hub.connect(conn, ip, outbox.clone())).await {
@@ -86,14 +87,11 @@ where
         }
     };
 
-    // One task per socket: it reads frames and hands them to the hub in place, writes what the hub routes here,
-    // and pings.
+    // One task per socket: it reads frames and hands them to the hub in place, and writes what the hub routes
+    // here — pings included: the hub's heartbeat pings a quiet socket, so a socket has no timer of its own.
     // Every future awaited here is part of this task's one allocation, for the socket's whole life, even one that
     // runs once or never (the close, the cluster's channel, a write's timeout): those are boxed when they run, so
     // that an idle socket keeps only what it uses.
-    let mut ping = tokio::time::interval(ping_every);
-    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    ping.tick().await;
     // Messages for the cluster's hub task (`--redis`), which takes owned copies over a channel; and pongs owed.
     let mut inbound: Vec<Inbound> = Vec::new();
     let mut pongs: Vec<u8> = Vec::new();
@@ -115,7 +113,7 @@ where
         let read = tokio::select! {
             read = socket.read(&mut on_event) => read,
             _ = outbox.readable() => {
-                match socket.write_queued(&outbox, ping_every).await {
+                match socket.write_queued(&outbox, write_wait).await {
                     Ok(None) => continue,
                     Ok(Some(close)) => {
                         closing = Some(close);
@@ -127,20 +125,13 @@ where
                     }
                 }
             }
-            _ = ping.tick() => {
-                if let Err(error) = socket.write_all(&websocket::PING_FRAME, ping_every).await {
-                    closing = error.close();
-                    break;
-                }
-                continue;
-            }
         };
         if !inbound.is_empty() {
             // One boxed future per read, not per message: the channel's send futures stay out of the task.
             Box::pin(forward(hub, &mut seat, std::mem::take(&mut inbound))).await;
         }
         if !pongs.is_empty() {
-            let written = socket.write_all(&pongs, ping_every).await;
+            let written = socket.write_all(&pongs, write_wait).await;
             pongs = Vec::new();
             if let Err(error) = written {
                 closing = error.close();
@@ -269,7 +260,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
     async fn write_queued(
         &mut self,
         outbox: &Outbox,
-        ping_every: Duration,
+        write_wait: Duration,
     ) -> Result<Option<(u16, String)>, WriteError> {
         let mut close = None;
         poll_fn(|cx| {
@@ -287,6 +278,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
                                 break;
                             }
                         }
+                        Ok(Some(ToSocket::Ping)) => buf.extend_from_slice(&websocket::PING_FRAME),
                         Ok(Some(ToSocket::Close(code, reason))) => {
                             close = Some((code.0, reason));
                             break;
@@ -308,7 +300,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
             }))
         })
         .await?;
-        self.finish(ping_every).await?;
+        self.finish(write_wait).await?;
         Ok(close)
     }
 

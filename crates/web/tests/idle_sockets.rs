@@ -20,12 +20,13 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// Idle sockets measured, after as many opened first so that every table and thread buffer has its size (600
 /// descriptors in all, under the usual soft limit of 1024).
 const SOCKETS: usize = 150;
-/// The heap an idle, joined socket may keep: its task (~1 KiB: the socket's state machine, the ping timer), its
-/// session in the hub with the `joined` / `peer-joined` frames kept for a resume until acknowledged, its queue —
-/// 3.3 KiB measured (2026-12-03). With tungstenite each socket also kept a 2 KiB read buffer, a write buffer the
-/// size of its largest batch and tungstenite's own state: the whole process's memory per idle socket fell by 3.8 KB
-/// when they went (`bench/signaling/run.sh`, hold 10 000). A buffer per socket coming back would cross this.
-const BUDGET: i64 = 4096;
+/// The heap an idle, joined socket may keep: its task (~1 KiB: the socket's state machine), its session in the hub
+/// (ids, room, token bucket, a `peer-joined` kept for a resume until acknowledged — `joined` is not kept), the
+/// hub's table entries and its empty queue — 2.4 KiB measured (2026-12-03). It was 3.3 KiB while each socket had a
+/// ping timer of its own, kept its `joined` and its queue's slots; with tungstenite each socket also kept a 2 KiB
+/// read buffer, a write buffer the size of its largest batch and tungstenite's own state. A buffer or a timer per
+/// socket coming back would cross this.
+const BUDGET: i64 = 3072;
 
 fn start() -> (Web, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();

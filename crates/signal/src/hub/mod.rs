@@ -63,6 +63,9 @@ pub struct Now {
 pub enum Output {
     /// Send a text frame (always UTF-8 JSON). `Bytes` so the replay buffer and the socket share one allocation.
     Send { conn: ConnId, text: Bytes },
+    /// Send a WebSocket ping: the socket has been quiet for the heartbeat interval (its pong comes back as
+    /// [`SignalHub::handle_activity`]).
+    Ping { conn: ConnId },
     /// Close the socket with this code. The hub has already forgotten the socket.
     Close {
         conn: ConnId,
@@ -540,7 +543,7 @@ impl<R: RngCore + Send> SignalHub for MemoryHub<R> {
     fn handle_activity(&mut self, conn: ConnId, now: Now) {
         self.clock = now.instant;
         if let Some(c) = self.conns.get_mut(&conn) {
-            c.last_heard = now.instant;
+            c.heard(now.instant);
         }
     }
 
@@ -568,7 +571,7 @@ impl<R: RngCore + Send> SignalHub for MemoryHub<R> {
             return;
         }
         self.next_sweep = Some(now.instant);
-        self.close_silent_sockets(now);
+        self.heartbeat(now);
         self.expire_sessions(now);
         self.expire_outcomes(now.instant);
         self.shrink_after_load();

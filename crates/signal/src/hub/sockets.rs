@@ -27,6 +27,8 @@ pub(super) struct Conn {
     /// The peer id of the session this socket carries, once joined or resumed.
     pub peer: Option<PeerId>,
     pub last_heard: Instant,
+    /// A ping went out since `last_heard`: the next one waits for a sign of life.
+    pub pinged: bool,
     tokens: f64,
     refilled: Instant,
     rate_strikes: u32,
@@ -39,11 +41,18 @@ impl Conn {
             source,
             peer: None,
             last_heard: now,
+            pinged: false,
             tokens: f64::from(burst),
             refilled: now,
             rate_strikes: 0,
             errors: 0,
         }
+    }
+
+    /// A message, a ping or a pong came from the client.
+    pub fn heard(&mut self, now: Instant) {
+        self.last_heard = now;
+        self.pinged = false;
     }
 }
 
@@ -54,7 +63,7 @@ impl<R: RngCore + Send> MemoryHub<R> {
         let Some(c) = self.conns.get_mut(&conn) else {
             return Admission::UnknownConn;
         };
-        c.last_heard = now.instant;
+        c.heard(now.instant);
         let elapsed = now.instant.saturating_duration_since(c.refilled).as_secs_f64();
         c.refilled = now.instant;
         c.tokens = (c.tokens + elapsed * f64::from(limits.messages_per_second)).min(f64::from(limits.burst));
@@ -155,15 +164,21 @@ impl<R: RngCore + Send> MemoryHub<R> {
         }
     }
 
-    /// Closes the sockets nothing has been heard from for the heartbeat timeout.
-    pub(super) fn close_silent_sockets(&mut self, now: Now) {
-        let timeout = self.limits.heartbeat_timeout;
-        let dead: Vec<ConnId> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| now.instant.saturating_duration_since(c.last_heard) >= timeout)
-            .map(|(id, _)| *id)
-            .collect();
+    /// The heartbeat, for every socket in one pass of the hub's sweep (no timer per socket): a socket quiet for the
+    /// heartbeat interval is pinged once ([`Output::Ping`]; its pong is a sign of life), one quiet for the heartbeat
+    /// timeout is closed. A socket that talks is never pinged: its own traffic keeps it and the path's NATs alive.
+    pub(super) fn heartbeat(&mut self, now: Now) {
+        let (interval, timeout) = (self.limits.heartbeat_interval, self.limits.heartbeat_timeout);
+        let mut dead = Vec::new();
+        for (id, c) in &mut self.conns {
+            let quiet = now.instant.saturating_duration_since(c.last_heard);
+            if quiet >= timeout {
+                dead.push(*id);
+            } else if quiet >= interval && !c.pinged {
+                c.pinged = true;
+                self.outputs.push_back(Output::Ping { conn: *id });
+            }
+        }
         for conn in dead {
             self.close(conn, CloseCode::HEARTBEAT_TIMEOUT, "heartbeat-timeout");
         }

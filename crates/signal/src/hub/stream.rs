@@ -101,6 +101,9 @@ impl Session {
     }
 }
 
+/// The number of a session's first frame, `joined`.
+const JOINED_SEQ: u64 = 1;
+
 /// What a kept frame costs its budgets.
 fn charge_of(text: &Bytes) -> usize {
     text.len() + FRAME_OVERHEAD
@@ -148,7 +151,11 @@ impl<R: RngCore + Send> MemoryHub<R> {
         let text = frame.encode(seq);
         let n = charge_of(&text);
         let oldest_before = s.buffer.front().map(|b| b.seq);
-        let keep = if s.disconnected.is_some() {
+        // `joined` is never kept: a client can resume only with the session secret that `joined` carries, so every
+        // client that resumes has it (a session's first frame; see `resume`).
+        let keep = if matches!(frame, Frame::Joined(_)) {
+            false
+        } else if s.disconnected.is_some() {
             true
         } else {
             if s.buffer.len() >= limits.max_unacked {
@@ -263,6 +270,8 @@ impl<R: RngCore + Send> MemoryHub<R> {
             return self.error(conn, failed("the session is unknown or has expired"));
         };
         let newest = s.next_seq - 1;
+        // The client has `joined` (it knows the secret) even if it says otherwise; `joined` is not kept.
+        let last_seq = last_seq.max(JOINED_SEQ.min(newest));
         let oldest_kept = s.buffer.front().map_or(s.next_seq, |b| b.seq);
         if last_seq > newest {
             return self.error(conn, failed("the client claims messages the server never sent"));
