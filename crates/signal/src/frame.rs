@@ -24,12 +24,16 @@ pub(crate) struct Meta(Arc<str>);
 
 impl Meta {
     pub fn from_object(object: serde_json::Map<String, serde_json::Value>) -> Self {
+        if object.is_empty() {
+            return Self::empty();
+        }
         Self(serde_json::Value::Object(object).to_string().into())
     }
 
-    /// `{}`.
+    /// `{}`: one allocation shared by every peer without metadata (most of them), not one per session.
     pub fn empty() -> Self {
-        Self("{}".into())
+        static EMPTY: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
+        Self(EMPTY.get_or_init(|| "{}".into()).clone())
     }
 
     pub(crate) fn as_json(&self) -> &str {

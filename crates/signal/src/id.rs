@@ -58,9 +58,10 @@ impl fmt::Debug for PeerId {
 }
 
 /// The secret that lets a new socket `resume` a session: `s_` and 32 hex digits (128 random bits). Known to its
-/// client and the hub only; compared in constant time; `Debug` does not show it.
+/// client and the hub only; compared in constant time; `Debug` does not show it. Shared (the session and the
+/// hub's index by secret hold one allocation).
 #[derive(Clone)]
-pub struct SessionSecret(Box<str>);
+pub struct SessionSecret(Arc<str>);
 
 const SECRET_PREFIX: &str = "s_";
 const SECRET_BYTES: usize = 16;

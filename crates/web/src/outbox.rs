@@ -3,7 +3,8 @@
 //! Our own ~50 lines instead of a `tokio::sync::mpsc` channel because idle sockets must be cheap: a tokio channel
 //! allocates its first block of 32 slots (~1.4 KB here) when it is created, while an empty `VecDeque` allocates
 //! nothing. The mutex is this socket's own — the hub takes it for one push, the socket task for one pop — never a
-//! lock shared between sockets.
+//! lock shared between sockets. The socket task waits on a flag and its own waker ([`Outbox::poll_readable`]), not
+//! on a `tokio::sync::Notify`, whose wait keeps a list node in every idle socket's task (~70 bytes) and takes a lock.
 //!
 //! Bounded in frames and in bytes, per socket, per source and over every socket ([`QueueBudget`]): the hub's byte
 //! budgets cover the frames it keeps for replay, these cover frames written to a socket that does not read them. A
@@ -11,10 +12,11 @@
 //! the global one, one per source (shared by that source's sockets only), none behind a lock.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll};
 
-use tokio::sync::Notify;
+use futures_util::task::AtomicWaker;
 
 use crate::hub::ToSocket;
 
@@ -57,7 +59,10 @@ impl QueueBudget {
 #[derive(Debug)]
 pub(crate) struct Outbox {
     state: Mutex<State>,
-    ready: Notify,
+    /// Something was pushed (or the outbox closed) since the socket task last looked.
+    ready: AtomicBool,
+    /// The socket task, woken when `ready` is set.
+    waker: AtomicWaker,
     budget: Arc<QueueBudget>,
     /// Bytes queued over the sockets of this socket's source; bound by the hub task when it accepts the socket.
     source: OnceLock<Arc<AtomicUsize>>,
@@ -80,7 +85,8 @@ impl Outbox {
     pub(crate) fn new(budget: Arc<QueueBudget>) -> Self {
         Self {
             state: Mutex::new(State::default()),
-            ready: Notify::new(),
+            ready: AtomicBool::new(false),
+            waker: AtomicWaker::new(),
             budget,
             source: OnceLock::new(),
         }
@@ -126,14 +132,14 @@ impl Outbox {
             }
             state.queue.push_back(item);
         }
-        self.ready.notify_one();
+        self.wake();
         Ok(())
     }
 
     /// The hub forgets the socket (too slow, or shutting down).
     pub(crate) fn close(&self) {
         self.state().closed = true;
-        self.ready.notify_one();
+        self.wake();
     }
 
     /// The hub drops a socket that is too slow: what it has not written is forgotten now (the session's replay
@@ -146,7 +152,7 @@ impl Outbox {
             state.bytes = 0;
             state.queue = VecDeque::new();
         }
-        self.ready.notify_one();
+        self.wake();
     }
 
     /// The next frame: `Ok(Some)`, `Ok(None)` when nothing is queued now, `Err(())` when closed and drained.
@@ -170,14 +176,26 @@ impl Outbox {
         }
     }
 
-    /// Makes the next `readable` return at once (the taker stopped early with frames left).
+    /// Makes the next `poll_readable` ready at once (also used by the taker when it stopped early with frames left).
     pub(crate) fn wake(&self) {
-        self.ready.notify_one();
+        self.ready.store(true, Ordering::Release);
+        self.waker.wake();
     }
 
-    /// Resolves when something was pushed (or the outbox closed) since the last call.
+    /// Ready when something was pushed (or the outbox closed) since the last time it was ready.
+    pub(crate) fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<()> {
+        // Registered before the flag is read, so a push between the two still wakes this task.
+        self.waker.register(cx.waker());
+        if self.ready.swap(false, Ordering::AcqRel) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+
+    /// Resolves when something was pushed (or the outbox closed) since the last time it was ready.
     pub(crate) async fn readable(&self) {
-        self.ready.notified().await;
+        std::future::poll_fn(|cx| self.poll_readable(cx)).await;
     }
 }
 

@@ -322,19 +322,8 @@ async fn ws_upgrade(
             return refusal_response(&refusal);
         }
     }
-    let limits = &app.config.limits;
-    let hub = app.hub.clone();
-    let (write_wait, max_message) = (limits.heartbeat_interval, limits.max_message_bytes);
     let upgrade = hyper::upgrade::on(&mut request);
-    tokio::spawn(crate::ws::serve(
-        upgrade,
-        crate::ws::Conn {
-            hub,
-            ip,
-            write_wait,
-            max_message,
-        },
-    ));
+    tokio::spawn(crate::ws::serve(upgrade, crate::ws::Conn { app: app.clone(), ip }));
     let mut response = Response::new(axum::body::Body::empty());
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = response.headers_mut();

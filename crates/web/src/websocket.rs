@@ -150,8 +150,9 @@ pub(crate) struct Decoder {
     max_message: usize,
     /// The start of a frame that has not fully arrived. Unallocated between frames.
     partial: Vec<u8>,
-    /// A fragmented message being put together: text or not, and its bytes so far. `None` between messages.
-    fragmented: Option<(bool, Vec<u8>)>,
+    /// A fragmented message being put together: text or not, and its bytes so far. `None` between messages (boxed:
+    /// rare, and every socket's task holds this field).
+    fragmented: Option<Box<(bool, Vec<u8>)>>,
     /// A close frame was read: nothing after it is looked at (§5.5.1).
     closed: bool,
 }
@@ -174,7 +175,7 @@ impl Decoder {
     #[cfg(test)]
     /// Bytes kept for this socket between reads (a partial frame, a fragmented message): what an idle socket holds.
     pub(crate) fn held(&self) -> usize {
-        self.partial.capacity() + self.fragmented.as_ref().map_or(0, |(_, m)| m.capacity())
+        self.partial.capacity() + self.fragmented.as_ref().map_or(0, |f| f.1.capacity())
     }
 
     /// Takes the bytes just read and hands every complete message and control frame to `on_event`, in order.
@@ -240,20 +241,21 @@ impl Decoder {
                 if header.fin {
                     message(text, payload, on_event)?;
                 } else {
-                    self.fragmented = Some((text, payload.to_vec()));
+                    self.fragmented = Some(Box::new((text, payload.to_vec())));
                 }
             }
             OP_CONTINUATION => {
-                let Some((text, so_far)) = self.fragmented.as_mut() else {
+                let Some(fragmented) = self.fragmented.as_mut() else {
                     return Err(FrameError::Protocol("a continuation outside a fragmented message"));
                 };
+                let (text, so_far) = &mut **fragmented;
                 if so_far.len() + payload.len() > self.max_message {
                     return Err(FrameError::TooLarge);
                 }
                 so_far.extend_from_slice(payload);
                 if header.fin {
                     let text = *text;
-                    let whole = self.fragmented.take().map(|(_, m)| m).unwrap_or_default();
+                    let whole = self.fragmented.take().map(|f| f.1).unwrap_or_default();
                     message(text, &whole, on_event)?;
                 }
             }

@@ -10,6 +10,7 @@ use std::cell::RefCell;
 use std::future::{poll_fn, Future};
 use std::net::IpAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -19,6 +20,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::hub::{HubHandle, ToSocket};
 use crate::outbox::Outbox;
+use crate::routes::App;
 use crate::shards::Seat;
 use crate::websocket::{self, Decoder, Event, FrameError};
 
@@ -39,13 +41,22 @@ thread_local! {
 }
 
 /// What a socket's task is given, kept in one place for its whole life: an `async fn` stores its arguments twice in
-/// its future (as given, and as moved into its body).
+/// its future (as given, and as moved into its body). The server's state by one pointer (the hub's handle alone is
+/// five), read when needed rather than copied into every idle socket.
 pub(crate) struct Conn {
-    pub hub: HubHandle,
+    pub app: Arc<App>,
     pub ip: IpAddr,
+}
+
+impl Conn {
+    fn hub(&self) -> &HubHandle {
+        &self.app.hub
+    }
+
     /// How long a write may wait for the client to take it (a heartbeat interval) before it is closed as too slow.
-    pub write_wait: Duration,
-    pub max_message: usize,
+    fn write_wait(&self) -> Duration {
+        self.app.config.limits.heartbeat_interval
+    }
 }
 
 /// A signaling socket's task, from the HTTP upgrade to the end of the connection. A block, not an `async fn`, so
@@ -62,7 +73,7 @@ pub(crate) fn serve(upgrade: hyper::upgrade::OnUpgrade, conn: Conn) -> impl Futu
         };
         let mut socket = Socket {
             io: hyper_util::rt::TokioIo::new(upgraded),
-            decoder: Decoder::new(conn.max_message),
+            decoder: Decoder::new(conn.app.config.limits.max_message_bytes),
             unsent: Vec::new(),
         };
         run(&mut socket, &conn).await;
@@ -73,7 +84,7 @@ async fn run<S>(socket: &mut Socket<S>, given: &Conn)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let (hub, ip, write_wait) = (&given.hub, given.ip, given.write_wait);
+    let (hub, ip) = (given.hub(), given.ip);
     let conn = hub.next_conn();
     let outbox = std::sync::Arc::new(Outbox::new(hub.queue_budget.clone()));
     let mut seat = match Box::pin(hub.connect(conn, ip, outbox.clone())).await {
@@ -113,7 +124,7 @@ where
         let read = tokio::select! {
             read = socket.read(&mut on_event) => read,
             _ = outbox.readable() => {
-                match socket.write_queued(&outbox, write_wait).await {
+                match socket.write_queued(&outbox, given.write_wait()).await {
                     Ok(None) => continue,
                     Ok(Some(close)) => {
                         closing = Some(close);
@@ -131,7 +142,7 @@ where
             Box::pin(forward(hub, &mut seat, std::mem::take(&mut inbound))).await;
         }
         if !pongs.is_empty() {
-            let written = socket.write_all(&pongs, write_wait).await;
+            let written = socket.write_all(&pongs, given.write_wait()).await;
             pongs = Vec::new();
             if let Err(error) = written {
                 closing = error.close();
@@ -150,7 +161,7 @@ where
                 break;
             }
             Read::Failed(Some(error)) => {
-                tracing::debug!(conn = conn.get(), %error, "signaling socket broke the framing rules");
+                tracing::debug!(conn = seat.conn.get(), %error, "signaling socket broke the framing rules");
                 closing = Some((error.close_code(), error.reason().into()));
                 break;
             }

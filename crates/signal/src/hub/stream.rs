@@ -93,10 +93,14 @@ impl Session {
         Some(b)
     }
 
-    /// Forgets every frame up to `seq`: acknowledged, or before a resume's `lastSeq`.
+    /// Forgets every frame up to `seq`: acknowledged, or before a resume's `lastSeq`. An emptied buffer gives its
+    /// slots back (an idle session that acknowledges keeps none).
     fn forget_through(&mut self, seq: u64, budget: &mut Budget) {
         while self.buffer.front().is_some_and(|b| b.seq <= seq) {
             self.forget_oldest(budget);
+        }
+        if self.buffer.is_empty() {
+            self.buffer = VecDeque::new();
         }
     }
 }
@@ -173,6 +177,10 @@ impl<R: RngCore + Send> MemoryHub<R> {
         if keep {
             budget.charge(s.source, n);
             s.held += n;
+            if s.buffer.capacity() == 0 {
+                // One slot first, not the four a `VecDeque` starts with: most idle sessions keep a frame or none.
+                s.buffer.reserve_exact(1);
+            }
             s.buffer.push_back(Buffered {
                 seq,
                 text: text.clone(),
