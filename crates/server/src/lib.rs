@@ -7,6 +7,7 @@
 //! relaying a packet touches no lock and no other thread. See `docs/architecture.md`.
 
 mod budget;
+mod coalesce;
 pub mod handshakes;
 mod mux;
 mod stats;
@@ -43,6 +44,9 @@ pub struct ServerConfig {
     pub tls_identity: TlsIdentity,
     pub relay: RelayConfig,
     pub workers: usize,
+    /// How long a worker that runs out of work while busy waits before it sleeps, to handle the next events as a
+    /// batch (`coalesce`); zero: it sleeps at once.
+    pub coalesce: Duration,
     /// A TCP/TLS connection with no allocation and nothing received for this long is closed.
     pub stream_idle_timeout: Duration,
     pub tls_handshake_timeout: Duration,

@@ -153,7 +153,9 @@ pub(crate) fn run(
     certs: Arc<CertStore>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let mut builder = tokio::runtime::Builder::new_current_thread();
+    crate::coalesce::install(&mut builder, shared.config.coalesce);
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!(worker = index, error = %e, "cannot start runtime");

@@ -410,6 +410,9 @@ mod strings {
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     pub workers: usize,
+    /// Microseconds a busy worker waits before it sleeps, so that it handles the next events as a batch (less CPU
+    /// per signal and per relayed packet, at most this much latency added; 0: off).
+    pub coalesce_us: u64,
     pub max_allocations: usize,
     pub max_allocations_per_user: usize,
     /// Allocations from one IPv4 address or IPv6 /64 (0: no limit).
@@ -496,6 +499,7 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             workers: 0,
+            coalesce_us: 50,
             max_allocations: 10_000,
             max_allocations_per_user: 100,
             max_allocations_per_source: 2_000,

@@ -624,6 +624,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             xdp: config.relay.xdp.clone(),
         },
         workers,
+        coalesce: Duration::from_micros(config.limits.coalesce_us),
         stream_idle_timeout: Duration::from_secs(config.limits.idle_timeout),
         tls_handshake_timeout: Duration::from_secs(10),
         max_stream_connections: fds.connections,
