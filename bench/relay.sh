@@ -5,6 +5,8 @@
 #   SERVERS=traverse MEMORY_RUNS= TRAFFIC_RUNS=100:150000 UCLIENT_RUNS= REPEAT=1 bench/relay.sh 5   # a subset
 #   STRACE=4 REPEAT=1 MEMORY_RUNS= UCLIENT_RUNS=100 bench/relay.sh   # syscall counts of each server (strace -c -f,
 #       4 s into each traffic run, bench/out/strace-*.txt); strace slows the server, so ignore that run's CPU figures
+#   SERVERS="traverse traverse-nocoalesce coturn" bench/relay.sh   # also Traverse with wake-up coalescing off
+#       (limits.coalesce_us=0), to see what it buys; each extra server gets its own column and ratio to coturn
 #   PACE_US=100 bench/relay.sh   # smoothly paced arrivals: the load generator sends every 100 µs what is due,
 #       instead of each millisecond's packets in one burst (PACE_US=1000, the default), which flatters a server that
 #       drains many packets per wake-up
@@ -75,8 +77,10 @@ rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 
 start_server() { # name → sets SERVER_PID
   case "$1" in
-    traverse)
-      "$TRAVERSE" serve --udp "$HOST_IP:3478" --tcp "$HOST_IP:3478" --tls "$HOST_IP:5349" \
+    traverse|traverse-nocoalesce)
+      local coalesce=()
+      [ "$1" = traverse ] && coalesce=(--set "limits.coalesce_us=${COALESCE_US:-200}") || coalesce=(--set limits.coalesce_us=0)
+      "$TRAVERSE" serve --udp "$HOST_IP:3478" --tcp "$HOST_IP:3478" --tls "$HOST_IP:5349" "${coalesce[@]}" \
         --http 127.0.0.1:0 --user "$USER_NAME:$PASSWORD" --realm "$REALM" --workers 1 --set limits.max_allocations=20000 \
         --set limits.max_allocations_per_user=0 --set limits.max_allocations_per_source=0 \
         --log-level warn >"$OUT/traverse.log" 2>&1 &
@@ -204,9 +208,12 @@ echo
 
 # The table: medians over the repetitions, (min–max) when there are several, and the Traverse/coturn ratio of
 # the medians.
-python3 - "$VALUES" "$TRAFFIC_RUNS" "$MEMORY_RUNS" "$UCLIENT_RUNS" <<'PY' | tee "$RESULTS"
+python3 - "$VALUES" "$TRAFFIC_RUNS" "$MEMORY_RUNS" "$UCLIENT_RUNS" "${SERVERS:-traverse coturn}" <<'PY' | tee "$RESULTS"
 import statistics, sys
 values, traffic, memory, uclient = sys.argv[1], sys.argv[2].split(), sys.argv[3].split(), sys.argv[4].split()
+servers = ["traverse", "coturn"] + [s for s in sys.argv[5].split() if s not in ("traverse", "coturn")]
+names = {"traverse": "Traverse", "coturn": "coturn", "traverse-nocoalesce": "Traverse, coalescing off"}
+others = [s for s in servers if s != "coturn"]
 v = {}
 for line in open(values):
     server, metric, value = line.split()
@@ -226,13 +233,14 @@ def cell(server, metric):
     return fmt(m) + (f" ({fmt(min(xs))}–{fmt(max(xs))})" if len(xs) > 1 else ""), m
 
 def row(label, metric, ratio=True):
-    t, tm = cell("traverse", metric)
-    c, cm = cell("coturn", metric)
-    r = f"{tm / cm:.2f}" if ratio and tm is not None and cm else ""
-    print(f"| {label} | {t} | {c} | {r} |")
+    cells = {s: cell(s, metric) for s in servers}
+    cm = cells["coturn"][1]
+    ratios = [f"{cells[s][1] / cm:.2f}" if ratio and cells[s][1] is not None and cm else "" for s in others]
+    print(f"| {label} | " + " | ".join(cells[s][0] for s in servers) + " | " + " | ".join(ratios) + " |")
 
-print("| metric | Traverse | coturn | Traverse/coturn |")
-print("|---|---|---|---|")
+print("| metric | " + " | ".join(names.get(s, s) for s in servers) + " | "
+      + " | ".join(f"{names.get(s, s)}/coturn" for s in others) + " |")
+print("|---" * (1 + len(servers) + len(others)) + "|")
 for run in dict.fromkeys(traffic):
     size, rate = run.split(":")
     k = f"{size}@{rate}"

@@ -1,17 +1,20 @@
 //! Wake-up coalescing: a worker that runs out of work while traffic keeps arriving waits a moment before it sleeps,
 //! so that its next wake-up finds a batch instead of one event.
 //!
-//! Why: under a steady stream, each event otherwise costs a whole cycle of its own — the worker blocks in
-//! `epoll_wait`, the kernel wakes it for one socket, one `recv`, one `send`, block again — and at 50 000 signals/s
-//! that cycle is most of the server's CPU (`perf`: a context switch, an `epoll_wait`, a `recvfrom` and a `sendto`
-//! per signal). Waiting ~50 µs first lets events pile up: one `epoll_wait` returns many sockets, one read brings
-//! several frames, one write carries every frame queued for a peer, and far fewer context switches happen
+//! Why: under a steady stream of signaling messages, each one otherwise costs a whole cycle of its own — the worker
+//! blocks in `epoll_wait`, the kernel wakes it for one socket, one `recv`, one `send`, block again — and at 50 000
+//! signals/s that cycle is most of the server's CPU (`perf`: a context switch, an `epoll_wait`, a `recvfrom` and a
+//! `sendto` per signal). Waiting ~200 µs first lets events pile up: one `epoll_wait` returns many sockets, one read
+//! brings several frames, one write carries every frame queued for a peer, and far fewer context switches happen
 //! (`docs/benchmarks.md`, "Wake-up coalescing"). The same trade as a NIC's interrupt moderation: at most the nap
 //! of added latency, and only while busy.
 //!
 //! When: only if the worker's last sleep was short (under twice the nap), i.e. events arrive faster than one per
-//! nap. Then a nap most likely ends with work waiting and saves the sleep it replaces; when traffic is sparse the
-//! worker sleeps at once, as before, and an event is handled the moment it arrives.
+//! nap, and only if it relayed no UDP datagram since it last slept ([`datagrams_handled`]). A UDP relay socket
+//! already takes a batch per wake-up (`recvmmsg`), media is the traffic that minds latency, and on the relay
+//! benchmark the nap bought no CPU beyond the spread while adding to the round trip; so a worker busy relaying
+//! sleeps at once, as before. When traffic is sparse the worker sleeps at once too, and an event is handled the
+//! moment it arrives.
 //!
 //! Our own ~30 lines on tokio's `on_thread_park` / `on_thread_unpark` hooks: tokio has no such setting, and a
 //! busy-poll (the opposite trade: CPU for latency) is not what an operator paying for CPU wants by default.
@@ -23,6 +26,13 @@ thread_local! {
     /// When this worker last went to sleep (after any nap), and when it last woke.
     static SLEPT_AT: Cell<Option<Instant>> = const { Cell::new(None) };
     static WOKE_AT: Cell<Option<Instant>> = const { Cell::new(None) };
+    /// This worker relayed a UDP datagram since it last slept.
+    static DATAGRAMS: Cell<bool> = const { Cell::new(false) };
+}
+
+/// The worker handled UDP datagrams (a relay or a listener socket): its next sleep is not delayed.
+pub(crate) fn datagrams_handled() {
+    DATAGRAMS.set(true);
 }
 
 /// Installs coalescing on a worker's runtime; a zero `nap` leaves it off.
@@ -30,6 +40,11 @@ pub(crate) fn install(builder: &mut tokio::runtime::Builder, nap: Duration) {
     if nap.is_zero() {
         return;
     }
+    // The nap is a timer: with the default 50 µs of timer slack a 50 µs nap lasts 100. 1 µs of slack for this
+    // thread (its own setting, inherited by nothing else that matters here).
+    // SAFETY: PR_SET_TIMERSLACK takes an integer and changes only the calling thread's timer slack.
+    #[allow(unsafe_code)]
+    let _ = unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1_000_u64) };
     builder
         .on_thread_park(move || before_sleep(nap, Instant::now()))
         .on_thread_unpark(|| WOKE_AT.set(Some(Instant::now())));
@@ -38,7 +53,7 @@ pub(crate) fn install(builder: &mut tokio::runtime::Builder, nap: Duration) {
 /// Called when the worker has nothing left to run: naps if its last sleep was short, then records when the sleep
 /// starts.
 fn before_sleep(nap: Duration, now: Instant) {
-    if busy(SLEPT_AT.get(), WOKE_AT.get(), nap) {
+    if !DATAGRAMS.replace(false) && busy(SLEPT_AT.get(), WOKE_AT.get(), nap) {
         std::thread::sleep(nap);
         SLEPT_AT.set(Some(Instant::now()));
     } else {

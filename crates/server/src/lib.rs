@@ -44,8 +44,8 @@ pub struct ServerConfig {
     pub tls_identity: TlsIdentity,
     pub relay: RelayConfig,
     pub workers: usize,
-    /// How long a worker that runs out of work while busy waits before it sleeps, to handle the next events as a
-    /// batch (`coalesce`); zero: it sleeps at once.
+    /// How long a worker that runs out of work while busy with streams (signaling) waits before it sleeps, to
+    /// handle the next events as a batch (`coalesce`); zero: it sleeps at once.
     pub coalesce: Duration,
     /// A TCP/TLS connection with no allocation and nothing received for this long is closed.
     pub stream_idle_timeout: Duration,

@@ -355,6 +355,7 @@ async fn drain_forever(
             return;
         };
         let mut full_batches = 0;
+        crate::coalesce::datagrams_handled();
         loop {
             match receive_batch() {
                 Ok(n) if n < BATCH => {

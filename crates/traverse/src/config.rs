@@ -410,8 +410,8 @@ mod strings {
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     pub workers: usize,
-    /// Microseconds a busy worker waits before it sleeps, so that it handles the next events as a batch (less CPU
-    /// per signal and per relayed packet, at most this much latency added; 0: off).
+    /// Microseconds a worker busy with signaling waits before it sleeps, so that it handles the next events as a
+    /// batch (less CPU per signal, at most this much latency added; not while relaying UDP; 0: off).
     pub coalesce_us: u64,
     pub max_allocations: usize,
     pub max_allocations_per_user: usize,
@@ -499,7 +499,7 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             workers: 0,
-            coalesce_us: 50,
+            coalesce_us: 200,
             max_allocations: 10_000,
             max_allocations_per_user: 100,
             max_allocations_per_source: 2_000,
