@@ -10,7 +10,7 @@
 //! of added latency, and only while busy.
 //!
 //! When: only if the worker's last sleep was short (under twice the nap), i.e. events arrive faster than one per
-//! nap, and only if it relayed no UDP datagram since it last slept ([`datagrams_handled`]). A UDP relay socket
+//! nap, and only if it took no UDP datagram in the last 50 ms ([`datagrams_handled`]). A UDP relay socket
 //! already takes a batch per wake-up (`recvmmsg`), media is the traffic that minds latency, and on the relay
 //! benchmark the nap bought no CPU beyond the spread while adding to the round trip; so a worker busy relaying
 //! sleeps at once, as before. When traffic is sparse the worker sleeps at once too, and an event is handled the
@@ -26,13 +26,17 @@ thread_local! {
     /// When this worker last went to sleep (after any nap), and when it last woke.
     static SLEPT_AT: Cell<Option<Instant>> = const { Cell::new(None) };
     static WOKE_AT: Cell<Option<Instant>> = const { Cell::new(None) };
-    /// This worker relayed a UDP datagram since it last slept.
-    static DATAGRAMS: Cell<bool> = const { Cell::new(false) };
+    /// When this worker last took UDP datagrams from a socket.
+    static DATAGRAMS_AT: Cell<Option<Instant>> = const { Cell::new(None) };
 }
 
-/// The worker handled UDP datagrams (a relay or a listener socket): its next sleep is not delayed.
+/// A worker that took UDP datagrams this recently does not nap: it is relaying, and a wake-up without datagrams
+/// among its wake-ups with them is no sign that signaling is what keeps it busy.
+const RELAYING: Duration = Duration::from_millis(50);
+
+/// The worker is taking UDP datagrams from a socket (a relay or a listener): it does not nap for a while.
 pub(crate) fn datagrams_handled() {
-    DATAGRAMS.set(true);
+    DATAGRAMS_AT.set(Some(Instant::now()));
 }
 
 /// Installs coalescing on a worker's runtime; a zero `nap` leaves it off.
@@ -53,7 +57,8 @@ pub(crate) fn install(builder: &mut tokio::runtime::Builder, nap: Duration) {
 /// Called when the worker has nothing left to run: naps if its last sleep was short, then records when the sleep
 /// starts.
 fn before_sleep(nap: Duration, now: Instant) {
-    if !DATAGRAMS.replace(false) && busy(SLEPT_AT.get(), WOKE_AT.get(), nap) {
+    let relaying = DATAGRAMS_AT.get().is_some_and(|at| now.saturating_duration_since(at) < RELAYING);
+    if !relaying && busy(SLEPT_AT.get(), WOKE_AT.get(), nap) {
         std::thread::sleep(nap);
         SLEPT_AT.set(Some(Instant::now()));
     } else {
