@@ -57,7 +57,9 @@ pub(crate) fn install(builder: &mut tokio::runtime::Builder, nap: Duration) {
 /// Called when the worker has nothing left to run: naps if its last sleep was short, then records when the sleep
 /// starts.
 fn before_sleep(nap: Duration, now: Instant) {
-    let relaying = DATAGRAMS_AT.get().is_some_and(|at| now.saturating_duration_since(at) < RELAYING);
+    let relaying = DATAGRAMS_AT
+        .get()
+        .is_some_and(|at| now.saturating_duration_since(at) < RELAYING);
     if !relaying && busy(SLEPT_AT.get(), WOKE_AT.get(), nap) {
         std::thread::sleep(nap);
         SLEPT_AT.set(Some(Instant::now()));
