@@ -6,8 +6,8 @@
 //! signals/s that cycle is most of the server's CPU (`perf`: a context switch, an `epoll_wait`, a `recvfrom` and a
 //! `sendto` per signal). Waiting ~200 µs first lets events pile up: one `epoll_wait` returns many sockets, one read
 //! brings several frames, one write carries every frame queued for a peer, and far fewer context switches happen
-//! (`docs/benchmarks.md`, "idle sockets at 2.2 KB, wake-up coalescing"). The same trade as a NIC's interrupt moderation: at most the nap
-//! of added latency, and only while busy.
+//! (`docs/benchmarks.md`, "idle sockets at 2.2 KB, wake-up coalescing"). The same trade as a NIC's interrupt
+//! moderation: at most the nap of added latency, and only while busy.
 //!
 //! When: only if the worker's last sleep was short (under twice the nap), i.e. events arrive faster than one per
 //! nap, and only if it took no UDP datagram in the last 50 ms ([`datagrams_handled`]). A UDP relay socket
