@@ -26,7 +26,8 @@ thread_local! {
     /// When this worker last went to sleep (after any nap), and when it last woke.
     static SLEPT_AT: Cell<Option<Instant>> = const { Cell::new(None) };
     static WOKE_AT: Cell<Option<Instant>> = const { Cell::new(None) };
-    /// When this worker last took UDP datagrams from a socket.
+    /// This worker took UDP datagrams since it last went to sleep; and the last sleep after which that was so.
+    static DATAGRAMS: Cell<bool> = const { Cell::new(false) };
     static DATAGRAMS_AT: Cell<Option<Instant>> = const { Cell::new(None) };
 }
 
@@ -34,9 +35,10 @@ thread_local! {
 /// among its wake-ups with them is no sign that signaling is what keeps it busy.
 const RELAYING: Duration = Duration::from_millis(50);
 
-/// The worker is taking UDP datagrams from a socket (a relay or a listener): it does not nap for a while.
+/// The worker is taking UDP datagrams from a socket (a relay or a listener): it does not nap for a while. A flag,
+/// not a clock read, on the relay's path; the time is taken when the worker next goes to sleep.
 pub(crate) fn datagrams_handled() {
-    DATAGRAMS_AT.set(Some(Instant::now()));
+    DATAGRAMS.set(true);
 }
 
 /// Installs coalescing on a worker's runtime; a zero `nap` leaves it off.
@@ -57,6 +59,9 @@ pub(crate) fn install(builder: &mut tokio::runtime::Builder, nap: Duration) {
 /// Called when the worker has nothing left to run: naps if its last sleep was short, then records when the sleep
 /// starts.
 fn before_sleep(nap: Duration, now: Instant) {
+    if DATAGRAMS.replace(false) {
+        DATAGRAMS_AT.set(Some(now));
+    }
     let relaying = DATAGRAMS_AT
         .get()
         .is_some_and(|at| now.saturating_duration_since(at) < RELAYING);

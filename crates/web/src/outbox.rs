@@ -130,6 +130,10 @@ impl Outbox {
                 state.bytes += n;
                 self.count(n, true);
             }
+            if state.queue.capacity() == 0 {
+                // One slot first, not the four a `VecDeque` starts with: an idle socket keeps one at most.
+                state.queue.reserve_exact(1);
+            }
             state.queue.push_back(item);
         }
         self.wake();
@@ -164,9 +168,9 @@ impl Outbox {
                     state.bytes = state.bytes.saturating_sub(text.len());
                     self.count(text.len(), false);
                 }
-                if state.queue.is_empty() {
-                    // Drained: give the slots back, an idle socket keeps none (the next frame allocates them
-                    // again, beside the frame's own allocation).
+                if state.queue.is_empty() && (state.queue.capacity() > 64 || matches!(item, ToSocket::Ping)) {
+                    // A burst is over, or the hub's heartbeat found the socket quiet: give the slots back. Not
+                    // after every frame, which would cost an allocation per message on a busy socket.
                     state.queue = VecDeque::new();
                 }
                 Ok(Some(item))
