@@ -22,7 +22,7 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 const SOCKETS: usize = 150;
 /// The heap an idle, joined socket may keep: its task (768 B with tokio's header: the socket's state machine, no
 /// timer), its session in the hub (ids, room, token bucket, one slot for the `peer-joined` kept for a resume until
-/// acknowledged — `joined` is not kept), the hub's table entries and its empty queue — 2.1 KiB measured
+/// acknowledged — `joined` is not kept), the hub's table entries and one slot of its queue — 2.1 KiB measured
 /// (2026-12-03). It was 3.3 KiB while each socket had a ping timer of its own, waited on a `Notify`, kept its
 /// `joined`, a four-slot replay buffer and its queue's slots; with tungstenite each socket also kept a 2 KiB read
 /// buffer, a write buffer the size of its largest batch and tungstenite's own state. A buffer or a timer per socket
