@@ -49,6 +49,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use stun::{attr, long_term_key_md5, Attribute, Class, Message, MessageWriter, Method, TransactionId};
@@ -1256,10 +1257,17 @@ impl Drop for Coturn {
 
 /// A port free for both UDP and TCP on loopback right now (coturn listens on both at one port).
 fn free_port() -> u16 {
-    for _ in 0..50 {
-        let udp = UdpSocket::bind(SocketAddr::new(LOOPBACK, 0)).expect("bind UDP");
-        let port = udp.local_addr().expect("local addr").port();
-        if TcpListener::bind(SocketAddr::new(LOOPBACK, port)).is_ok() {
+    // Below the ephemeral range (32768+), where the Traverse servers of the tests running beside this one get their
+    // port-0 listeners: a port released here and taken by coturn a moment later could meanwhile have been handed to
+    // one of them, and with SO_REUSEPORT on both sides the two servers would then share it, each getting part of a
+    // client's packets (seen as a CreatePermission answered by the wrong server under CI load). Numbered per test
+    // process, from an offset by its pid, so that parallel tests and binaries do not pick the same one.
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let base = 20_000 + (std::process::id() % 500) as u16 * 20;
+    for _ in 0..2000 {
+        let port = 20_000 + (base - 20_000 + NEXT.fetch_add(1, Ordering::Relaxed)) % 12_000;
+        let udp_free = UdpSocket::bind(SocketAddr::new(LOOPBACK, port)).is_ok();
+        if udp_free && TcpListener::bind(SocketAddr::new(LOOPBACK, port)).is_ok() {
             return port;
         }
     }
