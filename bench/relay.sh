@@ -7,6 +7,9 @@
 #       4 s into each traffic run, bench/out/strace-*.txt); strace slows the server, so ignore that run's CPU figures
 #   SERVERS="traverse traverse-nocoalesce coturn" bench/relay.sh   # also Traverse with wake-up coalescing off
 #       (limits.coalesce_us=0), to see what it buys; each extra server gets its own column and ratio to coturn
+#   SERVERS="traverse forwarder coturn" bench/relay.sh   # also the bare UDP forwarder (traverse-bare-forwarder: one
+#       receive and one send per packet, no TURN checks), the floor a socket relay can reach; the table then gives
+#       Traverse's CPU per relayed packet as a multiple of the forwarder's (loadgen runs only: it cannot authenticate)
 #   PACE_US=100 bench/relay.sh   # smoothly paced arrivals: the load generator sends every 100 µs what is due,
 #       instead of each millisecond's packets in one burst (PACE_US=1000, the default), which flatters a server that
 #       drains many packets per wake-up
@@ -55,6 +58,7 @@ trap cleanup EXIT
 [ -n "${NO_BUILD:-}" ] || cargo build --release -q -p traverse -p traverse-loadgen
 TRAVERSE=target/release/traverse
 LOADGEN=target/release/traverse-loadgen
+BARE=target/release/traverse-bare-forwarder
 
 # The peer's namespace, reached over a veth pair.
 ip netns del "$NS" 2>/dev/null || true
@@ -84,6 +88,9 @@ start_server() { # name → sets SERVER_PID
         --http 127.0.0.1:0 --user "$USER_NAME:$PASSWORD" --realm "$REALM" --workers 1 --set limits.max_allocations=20000 \
         --set limits.max_allocations_per_user=0 --set limits.max_allocations_per_source=0 \
         --log-level warn >"$OUT/traverse.log" 2>&1 &
+      ;;
+    forwarder)
+      "$BARE" --listen "$HOST_IP:3478" --relay-ip "$HOST_IP" --lifetime 3600 >"$OUT/forwarder.log" 2>&1 &
       ;;
     coturn)
       turnserver -n --no-cli --no-tls --no-dtls -L "$HOST_IP" -E "$HOST_IP" --listening-port 3478 \
@@ -183,6 +190,7 @@ for rep in $(seq "$REPEAT"); do
 
     # coturn's own load client: 50 clients × 1000 messages, 5 ms apart (≈10 000 packets/s offered), echoed by the peer.
     for size in $UCLIENT_RUNS; do
+      [ "$server" = forwarder ] && continue   # turnutils_uclient authenticates; the forwarder does not
       start_server "$server"
       strace_during "$server-uclient-$size"
       t0=$(cpu_ticks "$SERVER_PID")
@@ -212,8 +220,10 @@ python3 - "$VALUES" "$TRAFFIC_RUNS" "$MEMORY_RUNS" "$UCLIENT_RUNS" "${SERVERS:-t
 import statistics, sys
 values, traffic, memory, uclient = sys.argv[1], sys.argv[2].split(), sys.argv[3].split(), sys.argv[4].split()
 servers = ["traverse", "coturn"] + [s for s in sys.argv[5].split() if s not in ("traverse", "coturn")]
-names = {"traverse": "Traverse", "coturn": "coturn", "traverse-nocoalesce": "Traverse, coalescing off"}
+names = {"traverse": "Traverse", "coturn": "coturn", "traverse-nocoalesce": "Traverse, coalescing off",
+         "forwarder": "bare forwarder"}
 others = [s for s in servers if s != "coturn"]
+floor = "forwarder" in servers
 v = {}
 for line in open(values):
     server, metric, value = line.split()
@@ -236,11 +246,16 @@ def row(label, metric, ratio=True):
     cells = {s: cell(s, metric) for s in servers}
     cm = cells["coturn"][1]
     ratios = [f"{cells[s][1] / cm:.2f}" if ratio and cells[s][1] is not None and cm else "" for s in others]
+    if floor:
+        # Traverse's CPU per relayed packet as a multiple of the forwarder's (packets per CPU-s, inverted).
+        t, f = cells["traverse"][1], cells["forwarder"][1]
+        ratios.append(f"{f / t:.2f}" if metric.startswith("ppc") and t and f else "")
     print(f"| {label} | " + " | ".join(cells[s][0] for s in servers) + " | " + " | ".join(ratios) + " |")
 
 print("| metric | " + " | ".join(names.get(s, s) for s in servers) + " | "
-      + " | ".join(f"{names.get(s, s)}/coturn" for s in others) + " |")
-print("|---" * (1 + len(servers) + len(others)) + "|")
+      + " | ".join(f"{names.get(s, s)}/coturn" for s in others)
+      + (" | Traverse's CPU per packet / forwarder's" if floor else "") + " |")
+print("|---" * (1 + len(servers) + len(others) + floor) + "|")
 for run in dict.fromkeys(traffic):
     size, rate = run.split(":")
     k = f"{size}@{rate}"
