@@ -194,60 +194,73 @@ pub(crate) async fn run(
                     break;
                 }
             }
-            Some(event) = events.recv() => match event {
-                Event::Connected(m) => {
-                    // Heartbeat at once, so other nodes see this one alive before it claims any room.
-                    tokio::spawn(heartbeat(m.clone(), &router, &hub, &ice, lease, events_tx.clone()));
-                    manager = Some(m);
-                }
-                Event::Subscribed => {
-                    health.subscribed = true;
-                    health.healed();
-                }
-                Event::Healthy => {
-                    if manager.is_some() {
-                        health.healed();
+            Some(mut event) = events.recv() => {
+                // Like socket events: whatever else is already queued (messages from other nodes, lookups) is
+                // taken before the journal is written.
+                for taken in 1.. {
+                    match event {
+                        Event::Connected(m) => {
+                            // Heartbeat at once, so other nodes see this one alive before it claims any room.
+                            tokio::spawn(heartbeat(m.clone(), &router, &hub, &ice, lease, events_tx.clone()));
+                            manager = Some(m);
+                        }
+                        Event::Subscribed => {
+                            health.subscribed = true;
+                            health.healed();
+                        }
+                        Event::Healthy => {
+                            if manager.is_some() {
+                                health.healed();
+                            }
+                        }
+                        Event::Message(bytes) => match Message::decode(&bytes) {
+                            Ok(message) => {
+                                // A join in it is a peer of that node: its iceServers name that node first.
+                                ice.registry.minting_for(Some(message.from.clone()));
+                                router.handle_message(&mut hub, message, now());
+                                ice.registry.minting_for(None);
+                            }
+                            Err(e) => tracing::debug!(error = %e, "dropped a message from another node that does not parse"),
+                        },
+                        Event::LinkLost => {
+                            health.subscribed = false;
+                            health.trouble("the subscription to this node's channel was lost");
+                            router.handle_link_lost(&mut hub, now());
+                        }
+                        Event::PublishFailed => {
+                            health.trouble("publishing to another node failed");
+                            router.handle_link_lost(&mut hub, now());
+                        }
+                        Event::Lookup { conn, answer } => {
+                            if answer == Answer::Failed {
+                                health.trouble("a room lookup failed");
+                            }
+                            let restored = match &answer {
+                                Answer::TakenOver(sessions) => sessions.first().map(|s| s.room.clone()),
+                                _ => None,
+                            };
+                            router.handle_lookup(&mut hub, conn, answer, now());
+                            // The sessions are back in the hub: the room's key names this node alone, and the lookups
+                            // waiting for it go on.
+                            if let (Some(room), Some(m)) = (restored, manager.clone()) {
+                                tokio::spawn(claimed(m, room, router.node().clone()));
+                            }
+                        }
+                        Event::NodeGone(gone) => {
+                            tracing::info!(node = %gone, "a node stopped heartbeating: its sockets here are closed (4202) to resume elsewhere");
+                            router.handle_node_gone(&mut hub, &gone, now());
+                        }
+                        Event::Trouble(why) => health.trouble(&why),
+                    }
+                    if taken == COMMANDS_PER_BATCH {
+                        break;
+                    }
+                    match events.try_recv() {
+                        Ok(next) => event = next,
+                        Err(_) => break,
                     }
                 }
-                Event::Message(bytes) => match Message::decode(&bytes) {
-                    Ok(message) => {
-                        // A join in it is a peer of that node: its iceServers name that node first.
-                        ice.registry.minting_for(Some(message.from.clone()));
-                        router.handle_message(&mut hub, message, now());
-                        ice.registry.minting_for(None);
-                    }
-                    Err(e) => tracing::debug!(error = %e, "dropped a message from another node that does not parse"),
-                },
-                Event::LinkLost => {
-                    health.subscribed = false;
-                    health.trouble("the subscription to this node's channel was lost");
-                    router.handle_link_lost(&mut hub, now());
-                }
-                Event::PublishFailed => {
-                    health.trouble("publishing to another node failed");
-                    router.handle_link_lost(&mut hub, now());
-                }
-                Event::Lookup { conn, answer } => {
-                    if answer == Answer::Failed {
-                        health.trouble("a room lookup failed");
-                    }
-                    let restored = match &answer {
-                        Answer::TakenOver(sessions) => sessions.first().map(|s| s.room.clone()),
-                        _ => None,
-                    };
-                    router.handle_lookup(&mut hub, conn, answer, now());
-                    // The sessions are back in the hub: the room's key names this node alone, and the lookups
-                    // waiting for it go on.
-                    if let (Some(room), Some(m)) = (restored, manager.clone()) {
-                        tokio::spawn(claimed(m, room, router.node().clone()));
-                    }
-                }
-                Event::NodeGone(gone) => {
-                    tracing::info!(node = %gone, "a node stopped heartbeating: its sockets here are closed (4202) to resume elsewhere");
-                    router.handle_node_gone(&mut hub, &gone, now());
-                }
-                Event::Trouble(why) => health.trouble(&why),
-            },
+            }
             _ = sleep_until(deadline) => router.handle_timeout(&mut hub, now()),
             _ = tick.tick() => match manager.as_ref() {
                 Some(m) if !router.is_draining() => {
