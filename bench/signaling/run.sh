@@ -45,7 +45,7 @@ FDS=$(ulimit -n)
 if [ -n "${TRAVERSE:-}" ]; then :; else
 TRAVERSE="$ROOT/target/release/traverse"
 SOURCES=()
-for c in stun turn signal server web traverse; do SOURCES+=("$ROOT/crates/$c/src"); done
+for c in stun turn signal server web traverse cluster; do SOURCES+=("$ROOT/crates/$c/src"); done
 SOURCES+=("$ROOT/web")
 if [ ! -x "$TRAVERSE" ] || [ -n "$(find "${SOURCES[@]}" -newer "$TRAVERSE" -type f 2>/dev/null | head -1)" ]; then
   if ! (cd "$ROOT" && cargo build --release -q -p traverse); then

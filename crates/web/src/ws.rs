@@ -252,7 +252,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
             let Some(chunk) = buf.get_mut(..n).filter(|c| !c.is_empty()) else {
                 return Poll::Ready(Read::Closed(None));
             };
-            coalesce::socket_read();
             let mut close = None;
             let fed = self.decoder.feed(chunk, &mut |event| match event {
                 Event::Close(c) => close = Some(c.map_or(1000, |(code, _)| code)),
