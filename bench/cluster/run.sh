@@ -5,6 +5,7 @@
 #   bench/cluster/run.sh [SECONDS]          # default 10 s per run
 #   PAIRS=20 WINDOW=4 REPEAT=3 bench/cluster/run.sh 10
 #   BUILD=0 bench/cluster/run.sh 8          # the release binaries as built
+#   SERVER_ARGS="--set limits.coalesce_us=0" bench/cluster/run.sh   # extra flags for every node (here: no naps)
 #
 # Cases, each measured by traverse-cluster-bench (crates/loadgen/src/cluster_bench.rs):
 #   memory 1 node    no --redis: the in-memory hub, the reference
@@ -63,7 +64,7 @@ start_node() { # [redis url]
   "$TRAVERSE" serve "${redis[@]}" --http "127.0.0.1:$http" \
     --udp "127.0.0.1:$(free_port)" --tcp "127.0.0.1:$(free_port)" --tls "127.0.0.1:$(free_port)" --workers 1 --relay-ports 20000-29999 \
     --set signal.max_connections_per_ip=100000 --set signal.messages_per_second=1000000 --set signal.burst=1000000 \
-    --set signal.max_rooms=1000000 --log-level warn >>"$OUT/traverse.log" 2>&1 &
+    --set signal.max_rooms=1000000 --log-level warn ${SERVER_ARGS:-} >>"$OUT/traverse.log" 2>&1 &
   local pid=$!; pids+=("$pid"); NODE_PIDS+=("$pid"); NODE_URLS+=("ws://127.0.0.1:$http/ws")
   for _ in $(seq 200); do
     curl -sf -o /dev/null "http://127.0.0.1:$http/readyz" && return 0
