@@ -49,7 +49,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use stun::{attr, long_term_key_md5, Attribute, Class, Message, MessageWriter, Method, TransactionId};
@@ -1262,10 +1262,11 @@ fn free_port() -> u16 {
     // one of them, and with SO_REUSEPORT on both sides the two servers would then share it, each getting part of a
     // client's packets (seen as a CreatePermission answered by the wrong server under CI load). Numbered per test
     // process, from an offset by its pid, so that parallel tests and binaries do not pick the same one.
-    static NEXT: AtomicU16 = AtomicU16::new(0);
-    let base = 20_000 + (std::process::id() % 500) as u16 * 20;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let offset = std::process::id() % 500 * 20;
     for _ in 0..2000 {
-        let port = 20_000 + (base - 20_000 + NEXT.fetch_add(1, Ordering::Relaxed)) % 12_000;
+        let port = 20_000 + (offset + NEXT.fetch_add(1, Ordering::Relaxed)) % 12_000;
+        let port = u16::try_from(port).expect("below 32 000");
         let udp_free = UdpSocket::bind(SocketAddr::new(LOOPBACK, port)).is_ok();
         if udp_free && TcpListener::bind(SocketAddr::new(LOOPBACK, port)).is_ok() {
             return port;

@@ -33,8 +33,8 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
 /// Envelopes waiting to be published; beyond, Redis is too slow and the sockets depending on it are closed.
 const PUBLISH_QUEUE: usize = 65_536;
 const PREFIX: &str = "traverse:";
-/// Socket events the hub takes at most before it writes their journal (bounds a batch's pipeline and the time
-/// the other branches of the loop wait).
+/// Socket events (or messages from other nodes) the hub takes at most before it writes their journal: bounds a
+/// batch's pipeline and the time the loop's other branches wait.
 const COMMANDS_PER_BATCH: usize = 256;
 
 /// The room's home: the node the key names while that node heartbeats, else this node (which takes the room, and
@@ -165,7 +165,7 @@ pub(crate) async fn run(
     let mut sources = SourceCounters::default();
     let mut tick = tokio::time::interval(HEARTBEAT);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
+    'hub: loop {
         let deadline = hub.poll_timeout();
         tokio::select! {
             command = rx.recv() => {
@@ -173,14 +173,12 @@ pub(crate) async fn run(
                 // Every command already waiting is handled before the journal is written: their events share one
                 // pipeline, one write to Redis and one round trip (with one command per pipeline, the round trip
                 // was the hub's pace and each signal paid for a write of its own).
-                let mut stop = false;
                 for taken in 1.. {
                     if matches!(command, Command::Drain) {
                         ice.turn.set_draining();
                         drain(&mut hub, &mut router, manager.as_ref()).await;
                     } else if handle(&mut hub, &mut router, &mut sockets, &mut sources, command) {
-                        stop = true;
-                        break;
+                        break 'hub;
                     }
                     if taken == COMMANDS_PER_BATCH {
                         break;
@@ -189,9 +187,6 @@ pub(crate) async fn run(
                         Ok(next) => command = next,
                         Err(_) => break,
                     }
-                }
-                if stop {
-                    break;
                 }
             }
             Some(mut event) = events.recv() => {
