@@ -944,8 +944,17 @@ fn traverse_drain_mid_conversation_redirects_new_allocations_and_exits_after_the
 
         // A new Allocate on node 0: 300 Try Alternate naming a live node's UDP listener.
         let alternates = [turn_udp(&nodes[1]), turn_udp(&nodes[2])];
+        // Node 0 reads the registry once a second on its own; under load its copy can lag the one node 1 just
+        // showed, and while it knows no live node it answers 508 (nowhere to send the client): ask again until it
+        // knows one, for up to 10 s.
         let mut fresh = common::TurnClient::new(common::Conn::udp(udp), "alice", "pw");
-        let refused = fresh.allocate(false);
+        let mut refused = fresh.allocate(false);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while refused.error_code() == Some(508) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(200));
+            fresh = common::TurnClient::new(common::Conn::udp(udp), "alice", "pw");
+            refused = fresh.allocate(false);
+        }
         assert_eq!(refused.error_code(), Some(300), "{}", refused.describe());
         let alternate = match refused.message().decode(stun::attr::ALTERNATE_SERVER) {
             Some(Ok(stun::Attribute::AlternateServer(a))) => a,
