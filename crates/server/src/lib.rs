@@ -7,7 +7,6 @@
 //! relaying a packet touches no lock and no other thread. See `docs/architecture.md`.
 
 mod budget;
-mod coalesce;
 pub mod handshakes;
 mod mux;
 mod stats;

@@ -154,7 +154,7 @@ pub(crate) fn run(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut builder = tokio::runtime::Builder::new_current_thread();
-    crate::coalesce::install(&mut builder, shared.config.coalesce);
+    coalesce::install(&mut builder, shared.config.coalesce);
     let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -355,7 +355,7 @@ async fn drain_forever(
             return;
         };
         let mut full_batches = 0;
-        crate::coalesce::datagrams_handled();
+        coalesce::datagrams_handled();
         loop {
             match receive_batch() {
                 Ok(n) if n < BATCH => {

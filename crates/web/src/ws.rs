@@ -235,6 +235,11 @@ struct Socket<S> {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
+    /// Tells this socket from the others for [`coalesce`]: its address, fixed while its task lives.
+    fn id(&self) -> usize {
+        std::ptr::from_ref(self).addr()
+    }
+
     /// Waits for bytes, then hands every complete frame in them to `on_event`.
     async fn read<F: FnMut(Event<'_>)>(&mut self, on_event: &mut F) -> Read {
         poll_fn(|cx| self.poll_read(cx, on_event)).await
@@ -252,6 +257,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
             let Some(chunk) = buf.get_mut(..n).filter(|c| !c.is_empty()) else {
                 return Poll::Ready(Read::Closed(None));
             };
+            coalesce::socket_io(self.id());
             let mut close = None;
             let fed = self.decoder.feed(chunk, &mut |event| match event {
                 Event::Close(c) => close = Some(c.map_or(1000, |(code, _)| code)),
@@ -323,6 +329,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
 
     /// Writes as much of `bytes` as the kernel takes now; keeps the rest in `unsent` for [`Self::finish`].
     fn write_now(&mut self, cx: &mut Context<'_>, bytes: &[u8]) -> Result<(), WriteError> {
+        coalesce::socket_io(self.id());
         if !self.unsent.is_empty() {
             self.unsent.extend_from_slice(bytes);
             return Ok(());

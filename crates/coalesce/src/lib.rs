@@ -1,0 +1,267 @@
+//! Wake-up coalescing: a worker that runs out of work while traffic keeps arriving waits a moment before it sleeps,
+//! so that its next wake-up finds a batch instead of one event.
+//!
+//! Why: under a steady stream of signaling messages, each one otherwise costs a whole cycle of its own — the worker
+//! blocks in `epoll_wait`, the kernel wakes it for one socket, one `recv`, one `send`, block again — and at 50 000
+//! signals/s that cycle is most of the server's CPU (`perf`: a context switch, an `epoll_wait`, a `recvfrom` and a
+//! `sendto` per signal). Waiting ~200 µs first lets events pile up: one `epoll_wait` returns many sockets, one read
+//! brings several frames, one write carries every frame queued for a peer, and far fewer context switches happen
+//! (`docs/benchmarks.md`, "idle sockets at 2.2 KB, wake-up coalescing"). The same trade as a NIC's interrupt
+//! moderation: at most the nap of added latency, and only while busy.
+//!
+//! When: only if the worker's last sleep was short (under twice the nap), i.e. events arrive faster than one per
+//! nap; only if three different sockets or more read or wrote bytes on this worker in the last millisecond
+//! ([`socket_io`]), i.e. messages are moving side by side; and only if it took no UDP datagram in the last 50 ms
+//! ([`datagrams_handled`]).
+//!
+//! The second rule spares a *chain* its nap: one signal in flight between two peers, each answering what it is sent
+//! (offer, answer, candidates), keeps the worker busy with one read and one write at a time on the same two sockets, and a nap
+//! there only adds itself to every hop (with clients on loopback answering within ~30 µs, 37 µs per hop became 229
+//! µs in `traverse-cluster-bench`). Counts per wake-up cannot tell a chain from a loaded server: three rules built on
+//! them (reads per wake-up; reads and writes in the wake-up after a nap; their running average) each lost the whole
+//! gain under load, because a loaded worker also does one or two reads per wake-up until naps start gathering them.
+//! *Which* sockets do I/O can: a loaded worker serves many within a millisecond, a chain only its two.
+//!
+//! A UDP relay socket already takes a batch per wake-up (`recvmmsg`), media is the traffic that minds latency, and on
+//! the relay benchmark the nap bought no CPU beyond the spread while adding to the round trip; so a worker busy
+//! relaying sleeps at once. When traffic is sparse the worker sleeps at once too, and an event is handled the moment
+//! it arrives.
+//!
+//! A crate of its own because both the TURN workers (`server`) and the WebSocket sockets (`web`) that run on them
+//! report to it. Our own ~60 lines on tokio's `on_thread_park` / `on_thread_unpark` hooks: tokio has no such
+//! setting, and a busy-poll (the opposite trade: CPU for latency) is not what an operator paying for CPU wants by
+//! default.
+
+use std::cell::Cell;
+use std::time::{Duration, Instant};
+
+thread_local! {
+    /// When this worker last went to sleep (after any nap), and when it last woke.
+    static SLEPT_AT: Cell<Option<Instant>> = const { Cell::new(None) };
+    static WOKE_AT: Cell<Option<Instant>> = const { Cell::new(None) };
+    /// This worker took UDP datagrams since it last went to sleep; and the last sleep after which that was so.
+    static DATAGRAMS: Cell<bool> = const { Cell::new(false) };
+    static DATAGRAMS_AT: Cell<Option<Instant>> = const { Cell::new(None) };
+    /// The sockets that read or wrote since this worker last woke (the first [`SIDE_BY_SIDE`] different ones).
+    static READERS: Cell<Readers> = const { Cell::new(Readers::new()) };
+    /// The last [`SIDE_BY_SIDE`] different sockets that did I/O, each with the end of the last wake-up it did I/O in.
+    static RECENT: Cell<Recent> = const { Cell::new(Recent::new()) };
+}
+
+/// Sockets with bytes within [`WINDOW`] of each other on one worker, from this many up: messages side by side.
+const SIDE_BY_SIDE: usize = 3;
+
+/// How far back [`RECENT`] looks: several wake-ups of a loaded worker, a few hops of a chain.
+const WINDOW: Duration = Duration::from_millis(1);
+
+/// A worker that took UDP datagrams this recently does not nap: it is relaying, and a wake-up without datagrams
+/// among its wake-ups with them is no sign that signaling is what keeps it busy.
+const RELAYING: Duration = Duration::from_millis(50);
+
+/// The worker is taking UDP datagrams from a socket (a relay or a listener): it does not nap for a while. A flag,
+/// not a clock read, on the relay's path; the time is taken when the worker next goes to sleep.
+pub fn datagrams_handled() {
+    DATAGRAMS.set(true);
+}
+
+/// A stream socket served by this worker (a WebSocket) read or wrote bytes; `socket` tells it from the others (its
+/// task's address serves). No clock is read here: the wake-up's end stamps every socket it saw.
+pub fn socket_io(socket: usize) {
+    let mut readers = READERS.get();
+    readers.add(socket);
+    READERS.set(readers);
+}
+
+/// Different sockets seen in one wake-up (no more are needed).
+#[derive(Clone, Copy)]
+struct Readers {
+    ids: [usize; SIDE_BY_SIDE],
+    len: usize,
+}
+
+impl Readers {
+    const fn new() -> Self {
+        Self {
+            ids: [0; SIDE_BY_SIDE],
+            len: 0,
+        }
+    }
+
+    fn add(&mut self, socket: usize) {
+        let seen = self.ids.iter().take(self.len).any(|&id| id == socket);
+        if let (false, Some(slot)) = (seen, self.ids.get_mut(self.len)) {
+            *slot = socket;
+            self.len += 1;
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = usize> + '_ {
+        self.ids.iter().take(self.len).copied()
+    }
+}
+
+/// The last different sockets to do I/O, with when.
+#[derive(Clone, Copy)]
+struct Recent([Option<(usize, Instant)>; SIDE_BY_SIDE]);
+
+impl Recent {
+    const fn new() -> Self {
+        Self([None; SIDE_BY_SIDE])
+    }
+
+    /// `socket` did I/O in the wake-up ending at `at`: it replaces its own entry, or the oldest.
+    fn saw(&mut self, socket: usize, at: Instant) {
+        let slot = match self.0.iter().position(|e| e.is_some_and(|(id, _)| id == socket)) {
+            Some(own) => own,
+            None => (0..SIDE_BY_SIDE)
+                .min_by_key(|&i| self.0.get(i).copied().flatten().map(|(_, t)| t))
+                .unwrap_or(0),
+        };
+        if let Some(entry) = self.0.get_mut(slot) {
+            *entry = Some((socket, at));
+        }
+    }
+
+    /// Every entry is a different socket that did I/O within [`WINDOW`] before `now`.
+    fn side_by_side(&self, now: Instant) -> bool {
+        self.0
+            .iter()
+            .all(|e| e.is_some_and(|(_, t)| now.saturating_duration_since(t) < WINDOW))
+    }
+}
+
+/// Installs coalescing on a worker's runtime; a zero `nap` leaves it off.
+pub fn install(builder: &mut tokio::runtime::Builder, nap: Duration) {
+    if nap.is_zero() {
+        return;
+    }
+    // The nap is a timer: with the default 50 µs of timer slack a 50 µs nap lasts 100. 1 µs of slack for this
+    // thread (its own setting, inherited by nothing else that matters here).
+    // SAFETY: PR_SET_TIMERSLACK takes an integer and changes only the calling thread's timer slack.
+    #[allow(unsafe_code)]
+    let _ = unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1_000_u64) };
+    builder
+        .on_thread_park(move || before_sleep(nap, Instant::now()))
+        .on_thread_unpark(|| WOKE_AT.set(Some(Instant::now())));
+}
+
+/// Called when the worker has nothing left to run: naps if its last sleep was short and several sockets are
+/// reading side by side, then records when the sleep starts.
+fn before_sleep(nap: Duration, now: Instant) {
+    if DATAGRAMS.replace(false) {
+        DATAGRAMS_AT.set(Some(now));
+    }
+    let relaying = DATAGRAMS_AT
+        .get()
+        .is_some_and(|at| now.saturating_duration_since(at) < RELAYING);
+    let mut recent = RECENT.get();
+    for socket in READERS.replace(Readers::new()).iter() {
+        recent.saw(socket, now);
+    }
+    RECENT.set(recent);
+    if !relaying && recent.side_by_side(now) && busy(SLEPT_AT.get(), WOKE_AT.get(), nap) {
+        std::thread::sleep(nap);
+        SLEPT_AT.set(Some(Instant::now()));
+    } else {
+        SLEPT_AT.set(Some(now));
+    }
+}
+
+/// Events arrive faster than one per nap: the last sleep lasted under two naps.
+fn busy(slept_at: Option<Instant>, woke_at: Option<Instant>, nap: Duration) -> bool {
+    match (slept_at, woke_at) {
+        (Some(slept), Some(woke)) => woke.checked_duration_since(slept).is_some_and(|d| d < 2 * nap),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn naps_only_after_a_short_sleep() {
+        let nap = Duration::from_micros(50);
+        let t = Instant::now();
+        assert!(!busy(None, None, nap), "the first sleep is not delayed");
+        assert!(
+            busy(Some(t), Some(t + Duration::from_micros(30)), nap),
+            "woken 30 µs after sleeping: busy"
+        );
+        assert!(
+            !busy(Some(t), Some(t + Duration::from_micros(150)), nap),
+            "a sleep of three naps: sparse traffic"
+        );
+        assert!(
+            !busy(Some(t + Duration::from_micros(10)), Some(t), nap),
+            "a wake-up from before the sleep"
+        );
+    }
+
+    /// One wake-up of a busy worker (woken 30 µs after its last sleep) that read from `sockets`, ending at `end`:
+    /// whether it napped (a nap moves the sleep's start past `end`).
+    fn wake_up(sockets: &[usize], start: Instant, end: Instant) -> bool {
+        SLEPT_AT.set(Some(start));
+        WOKE_AT.set(Some(start + Duration::from_micros(30)));
+        for &socket in sockets {
+            socket_io(socket);
+        }
+        before_sleep(Duration::from_micros(100), end);
+        SLEPT_AT.get() != Some(end)
+    }
+
+    #[test]
+    fn a_chain_between_two_sockets_never_naps() {
+        let t = Instant::now();
+        // One signal in flight: A reads, then B answers, then A, hop after hop, each wake-up one read.
+        for hop in 0..20_u32 {
+            let start = t + Duration::from_micros(50) * hop;
+            let socket = [0x1000, 0x2000][hop as usize % 2];
+            assert!(
+                !wake_up(&[socket], start, start + Duration::from_micros(40)),
+                "hop {hop} napped"
+            );
+        }
+        // Both in one wake-up: still two sockets.
+        assert!(!wake_up(&[0x1000, 0x2000, 0x1000], t, t + Duration::from_millis(2)));
+    }
+
+    #[test]
+    fn sockets_side_by_side_nap() {
+        let t = Instant::now();
+        assert!(!wake_up(&[1], t, t + Duration::from_micros(40)), "one socket so far");
+        assert!(!wake_up(&[2], t, t + Duration::from_micros(80)), "two sockets so far");
+        assert!(
+            wake_up(&[3], t, t + Duration::from_micros(120)),
+            "a third within the millisecond"
+        );
+        // Many in one wake-up.
+        RECENT.set(Recent::new());
+        assert!(wake_up(&[7, 8, 9, 10], t, t + Duration::from_micros(40)));
+    }
+
+    #[test]
+    fn sockets_further_apart_than_the_window_do_not_count() {
+        let t = Instant::now();
+        assert!(!wake_up(&[1], t, t + Duration::from_micros(40)));
+        assert!(!wake_up(&[2], t, t + Duration::from_micros(80)));
+        // The first read is now 1.1 ms old: two sockets in the window.
+        assert!(!wake_up(&[3], t, t + Duration::from_micros(1_140)));
+        // A relaying worker never naps, side by side or not.
+        datagrams_handled();
+        assert!(!wake_up(&[4, 5, 6], t, t + Duration::from_micros(1_200)));
+    }
+
+    #[test]
+    fn a_sparse_worker_never_naps() {
+        let t = Instant::now();
+        SLEPT_AT.set(Some(t));
+        WOKE_AT.set(Some(t + Duration::from_millis(5)));
+        for socket in [1, 2, 3] {
+            socket_io(socket);
+        }
+        let end = t + Duration::from_millis(5) + Duration::from_micros(10);
+        before_sleep(Duration::from_micros(100), end);
+        assert_eq!(SLEPT_AT.get(), Some(end), "a sleep of 50 naps: no nap after it");
+    }
+}
