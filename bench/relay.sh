@@ -21,7 +21,8 @@
 # turnutils_uclient (50 clients, 100- and 1000-byte messages). For each server it prints relayed packets/s, loss,
 # RTT, relayed packets per server CPU-second (a relayed packet = one ChannelData in and its payload out to the peer,
 # or one datagram from the peer and its ChannelData out; each echo counts twice; CPU = utime+stime of all the
-# server's threads) and server memory (RSS growth) per allocation at 1,000 and 10,000 allocations, then the
+# server's threads), server memory (RSS growth) per allocation, set-up time and CPU at idle ($IDLE s of silence) at
+# $MEMORY_RUNS allocations (default 1,000 and 10,000; up to the fd limit less a few hundred), then the
 # Traverse/coturn ratios. The set runs $REPEAT times, alternating which server goes first; the table gives medians,
 # the (min–max) range and the ratio of the medians. Everything is bounded in time and count; the namespace and the
 # processes it started are removed on exit.
@@ -77,15 +78,22 @@ sleep 0.5
 
 CLK_TCK=$(getconf CLK_TCK)
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# Relay ports below the ephemeral range (32768-60999 here), for both servers: the load generator's thousands of client
+# sockets take ephemeral ports, and a relay range overlapping them ran out at ~11 000 allocations (508).
+RELAY_PORT_MIN="${RELAY_PORT_MIN:-10000}"
+RELAY_PORT_MAX="${RELAY_PORT_MAX:-32000}"
 rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 
 start_server() { # name → sets SERVER_PID
   case "$1" in
+    # Few TCP/TLS connections (500; the relay load is UDP), so that the descriptor limit goes to allocations.
     traverse|traverse-nocoalesce)
       local coalesce=()
       [ "$1" = traverse ] && coalesce=(--set "limits.coalesce_us=${COALESCE_US:-200}") || coalesce=(--set limits.coalesce_us=0)
       "$TRAVERSE" serve --udp "$HOST_IP:3478" --tcp "$HOST_IP:3478" --tls "$HOST_IP:5349" "${coalesce[@]}" \
-        --http 127.0.0.1:0 --user "$USER_NAME:$PASSWORD" --realm "$REALM" --workers 1 --set limits.max_allocations=20000 \
+        --http 127.0.0.1:0 --user "$USER_NAME:$PASSWORD" --realm "$REALM" --workers 1 \
+        --relay-ports "$RELAY_PORT_MIN-$RELAY_PORT_MAX" --set limits.max_allocations=20000 \
+        --set limits.max_connections=500 \
         --set limits.max_allocations_per_user=0 --set limits.max_allocations_per_source=0 \
         --log-level warn >"$OUT/traverse.log" 2>&1 &
       ;;
@@ -95,7 +103,7 @@ start_server() { # name → sets SERVER_PID
     coturn)
       turnserver -n --no-cli --no-tls --no-dtls -L "$HOST_IP" -E "$HOST_IP" --listening-port 3478 \
         --lt-cred-mech --user "$USER_NAME:$PASSWORD" --realm "$REALM" --relay-threads 1 \
-        --min-port 49152 --max-port 65535 --no-multicast-peers --simple-log --log-file stdout \
+        --min-port "$RELAY_PORT_MIN" --max-port "$RELAY_PORT_MAX" --no-multicast-peers --simple-log --log-file stdout \
         --pidfile "$OUT/turnserver.pid" >"$OUT/coturn.log" 2>&1 &
       ;;
   esac
@@ -117,8 +125,9 @@ stop_server() {
 json() { python3 -c "import json,sys; print(json.load(sys.stdin)[sys.argv[1]])" "$1"; }
 
 REPEAT="${REPEAT:-2}"
-TRAFFIC_RUNS="${TRAFFIC_RUNS:-100:40000 1000:20000 100:150000}"
+TRAFFIC_RUNS="${TRAFFIC_RUNS-100:40000 1000:20000 100:150000}"
 MEMORY_RUNS="${MEMORY_RUNS-1000 10000}"
+IDLE="${IDLE:-10}"   # seconds of silence over which the server's CPU at idle is measured, allocations held
 UCLIENT_RUNS="${UCLIENT_RUNS-100 1000}"
 VALUES="$OUT/values.txt"   # one "server metric value" line per measurement, all repetitions
 : >"$VALUES"
@@ -146,12 +155,19 @@ for rep in $(seq "$REPEAT"); do
       start_server "$server"
       base=$(rss_kib "$SERVER_PID")
       "$LOADGEN" --server "$HOST_IP:3478" --peer "$PEER_IP:$PEER_PORT" --user "$USER_NAME" --password "$PASSWORD" \
-        --allocations "$n" --rate 0 --hold 4 >"$OUT/hold.txt" 2>&1 &
+        --allocations "$n" --rate 0 --hold $((IDLE + 4)) >"$OUT/hold.txt" 2>&1 &
       lg=$!
       pids+=("$lg")
       for _ in $(seq 600); do grep -q READY "$OUT/hold.txt" 2>/dev/null && break; sleep 0.1; done
       sleep 1
       grep -q READY "$OUT/hold.txt" || { echo "allocation phase failed: $(cat "$OUT/hold.txt")"; exit 1; }
+      # CPU at idle: the server's CPU while the N allocations are held and silent (timers must not cost CPU per
+      # allocation), in milliseconds per second, i.e. thousandths of a core.
+      i0=$(cpu_ticks "$SERVER_PID"); w0=$(date +%s.%N)
+      sleep "$IDLE"
+      i1=$(cpu_ticks "$SERVER_PID"); w1=$(date +%s.%N)
+      idle=$(python3 -c "print(round(($i1-$i0)/$CLK_TCK*1000/($w1-$w0), 2))")
+      record "$server" "idle$n" "$idle"
       after=$(rss_kib "$SERVER_PID")
       wait "$lg" || true
       v=$(python3 -c "print(round(($after - $base) * 1024 / $n))")
@@ -160,7 +176,7 @@ for rep in $(seq "$REPEAT"); do
       # slow many clients behind one address; a lost answer costs the loader a retransmission timeout).
       setup=$(sed -n 's/^READY [0-9]* allocations in \([0-9.]*\) s$/\1/p' "$OUT/hold.txt")
       record "$server" "setup$n" "${setup:-n/a}"
-      echo "  $n allocations: RSS $base → $after KiB, $v bytes/allocation, set up in ${setup:-?} s"
+      echo "  $n allocations: RSS $base → $after KiB, $v bytes/allocation, set up in ${setup:-?} s, idle CPU $idle ms/s"
       stop_server
     done
 
@@ -273,6 +289,7 @@ for size in uclient:
 for n in memory:
     row(f"bytes per allocation at {n}", f"mem{n}")
     row(f"seconds to set up {n} allocations from one address", f"setup{n}")
+    row(f"server CPU at idle with {n} allocations, ms per s", f"idle{n}")
 loads = [fmt(x) for (s, m), xs in v.items() if s == "machine" for x in xs]
 print(f"\nmachine load average (1 min), start / end: {' / '.join(loads)}")
 PY

@@ -2,13 +2,14 @@
 // Signaling load generator: one script, two protocol adapters (Traverse protocol v1, PeerJS server), so both
 // servers meet exactly the same load. Everything is bounded in time and in count.
 //
-//   node load.mjs hold  --proto traverse|peerjs --url ws://127.0.0.1:P --pid SERVER_PID --conns N
+//   node load.mjs hold  --proto traverse|peerjs --url ws://127.0.0.1:P --pid SERVER_PID --conns N [--idle S]
 //   node load.mjs relay --proto traverse|peerjs --url ws://127.0.0.1:P --pid SERVER_PID --pairs K
 //                       [--seconds 10] [--max-messages 2000000] [--window 16] [--rate 0]
 //
 // hold:  opens N sockets (pairs of peers: Traverse joins one room per pair, PeerJS registers an id per socket),
-//        waits for every `joined` / `OPEN`, lets the server settle, reads its RSS, closes them.
-//        Prints one JSON line: RSS before/after, bytes per connection, setup time and server CPU.
+//        waits for every `joined` / `OPEN`, lets the server settle, measures its CPU over `idle` seconds of
+//        silence, reads its RSS, closes them. Prints one JSON line: RSS before/after, bytes per connection, setup
+//        time, server CPU to connect and at idle.
 // relay: K pairs (sender → receiver). Each sender keeps at most `window` messages in flight and sends for
 //        `seconds` or until `max-messages` were sent in all; with `rate` > 0 the senders are paced to that many
 //        messages per second in total instead of running flat out. Each message carries a send timestamp; the
@@ -226,6 +227,14 @@ async function hold() {
   const setupSeconds = (performance.now() - t0) / 1000;
   const cpuSetup = serverCpuSeconds() - cpu0;
   await sleep(settleMs);
+  // CPU at idle: the server's CPU while every socket is held and silent, for `idle` seconds (the issue's "timers
+  // and heartbeats must not cost CPU per idle object"; Traverse pings each socket quiet for heartbeat_interval).
+  const idleSeconds = Number(args.idle ?? 0);
+  const cpuIdle0 = serverCpuSeconds();
+  const tIdle = performance.now();
+  if (idleSeconds > 0) await sleep(idleSeconds * 1000);
+  const idleCpu = serverCpuSeconds() - cpuIdle0;
+  const idleWall = (performance.now() - tIdle) / 1000;
   const held = out.filter((c) => c && !c.closed).length;
   const rssAfter = serverRssKiB();
   const result = {
@@ -240,6 +249,9 @@ async function hold() {
     bytes_per_conn: held ? Math.round(((rssAfter - rssBefore) * 1024) / held) : null,
     setup_seconds: +setupSeconds.toFixed(2),
     server_cpu_ms_per_1k_connects: held ? +((cpuSetup * 1e6) / held).toFixed(1) : null,
+    // Milliseconds of server CPU per second of idle, i.e. thousandths of a core.
+    server_idle_cpu_ms_per_s: idleSeconds > 0 ? +((idleCpu * 1000) / idleWall).toFixed(2) : null,
+    idle_seconds: idleSeconds > 0 ? +idleWall.toFixed(1) : null,
   };
   await closeAll(out);
   console.log(JSON.stringify(result));

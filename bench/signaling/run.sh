@@ -8,7 +8,8 @@
 #
 # Tests, each run against a freshly started server, Traverse then PeerJS, before the next test:
 #   hold N     N idle registered sockets (Traverse: one room per two peers, joined; PeerJS: one id per socket,
-#              OPEN received); server RSS before and after → bytes per idle connection. N from $HOLD.
+#              OPEN received); server RSS before and after → bytes per idle connection; the server's CPU over
+#              $IDLE seconds (default 12) of silence → CPU at idle. N from $HOLD (at most the fd limit less 256).
 #   flat-out   $PAIRS sender→receiver pairs, each sender keeps at most $WINDOW signals in flight, for SECONDS
 #              (at most $MAX_MESSAGES in all): delivered signals/s, latency p50/p99, server CPU-s per 100k.
 #   paced      the same pairs at $RATE signals/s in total: latency when the server is not saturated.
@@ -27,6 +28,7 @@ WINDOW="${WINDOW:-16}"
 RATE="${RATE:-5000}"
 MAX_MESSAGES="${MAX_MESSAGES:-3000000}"
 REPEAT="${REPEAT:-3}"
+IDLE="${IDLE:-12}"
 OUT="$ROOT/bench/out/signaling"
 mkdir -p "$OUT"
 RESULTS="$OUT/results.jsonl"
@@ -128,7 +130,7 @@ for rep in $(seq "$REPEAT"); do
   echo "== repetition $rep of $REPEAT ($ORDER)"
   for n in $HOLD; do
     if [ "$FDS" -lt $((n + 256)) ]; then echo "  skipping hold $n: fd limit $FDS"; continue; fi
-    for s in $ORDER; do run "hold $n" "$s" hold --conns "$n" --time-limit 150; done
+    for s in $ORDER; do run "hold $n" "$s" hold --conns "$n" --idle "$IDLE" --time-limit $((150 + IDLE)); done
   done
   for s in $ORDER; do
     run "flat-out" "$s" relay --pairs "$PAIRS" --window "$WINDOW" --seconds "$SECONDS_PER_RUN" \

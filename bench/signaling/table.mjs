@@ -48,6 +48,7 @@ const metrics = {
     ['server RSS before → after, MiB', (r) => `${(r.rss_before_kib / 1024).toFixed(1)} → ${(r.rss_after_kib / 1024).toFixed(1)}`],
     ['bytes per idle connection', (r) => r.bytes_per_conn, 'bytes_per_conn'],
     ['server CPU ms per 1k connects', (r) => r.server_cpu_ms_per_1k_connects, 'server_cpu_ms_per_1k_connects'],
+    ['server CPU at idle, ms per second', (r) => r.server_idle_cpu_ms_per_s, 'server_idle_cpu_ms_per_s'],
   ],
   relay: [
     ['delivered signals/s', (r) => r.delivered_per_s, 'delivered_per_s'],

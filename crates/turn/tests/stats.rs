@@ -69,3 +69,45 @@ fn refusals_by_policy_quota_and_credentials() {
     assert_eq!(s.auth_failures.total(), 1);
     assert_eq!(s.challenges, 3);
 }
+
+/// Expiry runs from a queue of deadlines, not a pass over every allocation: each permission, channel and
+/// allocation still ends at its own time, refreshed ones later, and the gauges follow without a recount.
+#[test]
+fn expiry_from_the_deadline_queue_keeps_the_gauges() {
+    let mut h = Harness::new();
+    let mut c = Client::alice();
+    let id = c.allocate(&mut h, secs(0));
+    let (p1, p2) = (addr("198.51.100.2:3480"), addr("198.51.100.3:1"));
+    c.channel_bind(&mut h, secs(0), 0x4001, p1);
+    c.create_permission(&mut h, secs(100), p2);
+    let mut bob = Client::new("203.0.113.11:50000", "bob", "builder");
+    bob.allocate(&mut h, secs(0));
+    let gauges = |h: &Harness| {
+        let s = h.server.stats();
+        (s.allocations, s.permissions, s.channels)
+    };
+    assert_eq!(gauges(&h), (2, 2, 1));
+    // Permissions last 300 s: the first (with the channel's) is due first.
+    assert_eq!(h.server.poll_timeout(), Some(h.at(300)));
+    h.server.handle_timeout(h.at(299));
+    assert_eq!(gauges(&h), (2, 2, 1), "nothing due yet");
+    h.server.handle_timeout(h.at(300));
+    assert_eq!(
+        gauges(&h),
+        (2, 1, 1),
+        "p1's permission lapsed; the channel (600 s) stays"
+    );
+    // Alice refreshes to 1000 s; bob does not: at 600 his allocation and alice's channel end, alice's stays.
+    c.refresh(&mut h, secs(350), Some(1000));
+    h.server.handle_timeout(h.at(400));
+    assert_eq!(gauges(&h), (2, 0, 1), "p2's permission (from 100 s) lapsed at 400");
+    h.server.handle_timeout(h.at(600));
+    assert_eq!(gauges(&h), (1, 0, 0));
+    assert_eq!(h.server.poll_timeout(), Some(h.at(1350)), "alice's refreshed lifetime");
+    h.server.handle_timeout(h.at(1349));
+    assert_eq!(gauges(&h), (1, 0, 0));
+    h.server.handle_timeout(h.at(1350));
+    assert_eq!(gauges(&h), (0, 0, 0));
+    assert!(h.events().contains(&turn::Event::AllocationClosed(id)));
+    assert_eq!(h.server.poll_timeout(), None);
+}

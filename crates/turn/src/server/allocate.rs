@@ -73,6 +73,7 @@ impl<R: RngCore> Server<R> {
                 tokens: self.config.bandwidth_per_allocation,
                 last: now,
             },
+            scheduled: None,
         });
         // A family asked for but not bound is reported, not fatal (RFC 8656 §7.2, dual allocation).
         let missing = pending
@@ -286,6 +287,7 @@ impl<R: RngCore> Server<R> {
             return Outcome::Ok(Some(0));
         }
         alloc.expires = now + lifetime;
+        let expires = alloc.expires;
         tracing::info!(
             allocation = %id,
             client = %alloc.five_tuple.client,
@@ -294,6 +296,8 @@ impl<R: RngCore> Server<R> {
             lifetime = lifetime.as_secs(),
             "allocation refreshed"
         );
+        // A shorter lifetime than before moves the deadline earlier.
+        self.schedule(id, expires);
         self.announce_channels(id, None);
         Outcome::Ok(Some(lifetime.as_secs() as u32))
     }

@@ -13,7 +13,8 @@
 //! guard), `request` (a request's attributes in one pass), `cache` (answers to retransmissions), `reservations`
 //! (EVEN-PORT tokens).
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
 use std::sync::Arc;
@@ -254,6 +255,8 @@ struct Allocation {
     channel_by_peer: FastMap<SocketAddr, ChannelBinding>,
     peer_by_channel: FastMap<ChannelNumber, SocketAddr>,
     bucket: TokenBucket,
+    /// The earliest entry of [`Server::deadlines`] for this allocation, if any.
+    scheduled: Option<Instant>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -343,6 +346,21 @@ pub struct Server<R = rand::rngs::StdRng> {
     /// Whether channel usability is reported as events (a kernel fast path is attached).
     fast_path: bool,
     stats: Stats,
+    /// When each allocation next has something to expire (itself, a permission, a channel), earliest first:
+    /// `handle_timeout` looks only at allocations that are due, so an idle allocation costs no CPU between its
+    /// deadlines (a sweep over every allocation once a second cost 2 ms/s at 19 000). Entries are (when, slot,
+    /// generation); one made stale by a later refresh only causes a look that finds nothing due yet.
+    deadlines: BinaryHeap<Reverse<(Instant, u32, u32)>>,
+    /// The gauges of [`Stats`], kept as they change rather than counted by a pass over the allocations.
+    gauges: Gauges,
+}
+
+/// Live allocations by transport, permissions and channels.
+#[derive(Debug, Default, Clone, Copy)]
+struct Gauges {
+    allocations: PerTransport<u64>,
+    permissions: u64,
+    channels: u64,
 }
 
 impl<R> std::fmt::Debug for Server<R> {
@@ -383,6 +401,8 @@ impl<R: RngCore> Server<R> {
             events: VecDeque::new(),
             fast_path: false,
             stats: Stats::default(),
+            deadlines: BinaryHeap::new(),
+            gauges: Gauges::default(),
         }
     }
 
@@ -407,22 +427,15 @@ impl<R: RngCore> Server<R> {
         self
     }
 
-    /// The counters, with the gauges (allocations, permissions, channels) counted now: one pass over the
-    /// allocations, for a once-a-second copy, never per packet.
+    /// The counters, with the gauges (allocations, permissions, channels) as kept: no pass over the allocations.
     pub fn stats(&self) -> Stats {
-        let mut stats = Stats {
+        Stats {
             allocations: self.by_five_tuple.len(),
-            allocations_by_transport: PerTransport::default(),
-            permissions: 0,
-            channels: 0,
+            allocations_by_transport: self.gauges.allocations,
+            permissions: self.gauges.permissions,
+            channels: self.gauges.channels,
             ..self.stats
-        };
-        for alloc in self.slots.iter().flatten() {
-            *stats.allocations_by_transport.get_mut(alloc.five_tuple.transport) += 1;
-            stats.permissions += alloc.permissions.len() as u64;
-            stats.channels += alloc.channel_by_peer.len() as u64;
         }
-        stats
     }
 
     /// Whether this 5-tuple holds an allocation (a stream connection with one is not idle).
@@ -435,10 +448,25 @@ impl<R: RngCore> Server<R> {
         self.events.pop_front()
     }
 
-    /// When [`Server::handle_timeout`] next has work; callers may also just call it once a second.
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        let allocations = self.slots.iter().flatten().map(|a| a.expires);
-        allocations.chain(self.reservations.next_expiry()).min()
+    /// When [`Server::handle_timeout`] next has work (an allocation, permission, channel or reservation expires);
+    /// callers may also just call it once a second. Entries a refresh made stale are requeued on the way.
+    pub fn poll_timeout(&mut self) -> Option<Instant> {
+        while let Some(&Reverse((at, index, generation))) = self.deadlines.peek() {
+            let id = AllocationId { index, generation };
+            let real = self.allocation_mut(id).map(|a| a.next_deadline());
+            if real == Some(at) {
+                break;
+            }
+            self.deadlines.pop();
+            if let Some(real) = real {
+                if let Some(alloc) = self.allocation_mut(id) {
+                    alloc.scheduled = None;
+                }
+                self.schedule(id, real);
+            }
+        }
+        let allocations = self.deadlines.peek().map(|Reverse((at, _, _))| *at);
+        allocations.into_iter().chain(self.reservations.next_expiry()).min()
     }
 
     /// A packet from a client. `out` receives any answer; it should hold at least 1280 bytes.
@@ -485,48 +513,76 @@ impl<R: RngCore> Server<R> {
     /// Expires allocations, permissions, channels, reservations and cached answers.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.refresh_own_addresses();
-        let expired: Vec<AllocationId> = self
-            .slots
-            .iter()
-            .enumerate()
-            .filter_map(|(index, slot)| {
-                let a = slot.as_ref()?;
-                (a.expires <= now).then_some(AllocationId {
-                    index: index as u32,
-                    generation: a.generation,
-                })
-            })
-            .collect();
-        for id in expired {
-            self.remove_allocation(id, Ended::Expired);
-        }
-        for (index, slot) in self.slots.iter_mut().enumerate() {
-            let Some(alloc) = slot else { continue };
-            alloc.permissions.retain(|_, exp| *exp > now);
-            let five_tuple = alloc.five_tuple;
-            let routes = &mut self.channel_routes;
-            let id = AllocationId {
-                index: index as u32,
-                generation: alloc.generation,
-            };
-            let expired: Vec<(SocketAddr, ChannelNumber)> = alloc
-                .channel_by_peer
-                .iter()
-                .filter(|(_, b)| b.channel_expires <= now)
-                .map(|(peer, b)| (*peer, b.channel))
-                .collect();
-            for (peer, channel) in expired {
-                fast_path::withdraw(&mut self.events, self.fast_path, id, alloc, peer, channel);
-                routes.remove(&(five_tuple, channel));
-                alloc.peer_by_channel.remove(&channel);
-                alloc.channel_by_peer.remove(&peer);
+        while let Some(&Reverse((at, index, generation))) = self.deadlines.peek() {
+            if at > now {
+                break;
             }
+            self.deadlines.pop();
+            self.expire_in(AllocationId { index, generation }, now);
         }
         for relay in self.reservations.expire(now) {
             self.events.push_back(Event::ReservationReleased(relay));
         }
         self.responses.expire(now);
         self.shrink_after_load();
+    }
+
+    /// A due allocation: it ends if past its lifetime; otherwise its expired permissions and channels go, and it is
+    /// queued again for its next deadline.
+    fn expire_in(&mut self, id: AllocationId, now: Instant) {
+        let Some(alloc) = self.allocation_mut(id) else {
+            return;
+        };
+        alloc.scheduled = None;
+        if alloc.expires <= now {
+            self.remove_allocation(id, Ended::Expired);
+            return;
+        }
+        let Some(Some(alloc)) = self.slots.get_mut(id.index as usize) else {
+            return;
+        };
+        let permissions = alloc.permissions.len();
+        alloc.permissions.retain(|_, exp| *exp > now);
+        let lapsed = (permissions - alloc.permissions.len()) as u64;
+        let five_tuple = alloc.five_tuple;
+        let expired: Vec<(SocketAddr, ChannelNumber)> = alloc
+            .channel_by_peer
+            .iter()
+            .filter(|(_, b)| b.channel_expires <= now)
+            .map(|(peer, b)| (*peer, b.channel))
+            .collect();
+        for &(peer, channel) in &expired {
+            fast_path::withdraw(&mut self.events, self.fast_path, id, alloc, peer, channel);
+            self.channel_routes.remove(&(five_tuple, channel));
+            alloc.peer_by_channel.remove(&channel);
+            alloc.channel_by_peer.remove(&peer);
+        }
+        let next = alloc.next_deadline();
+        self.gauges.permissions -= lapsed;
+        self.gauges.channels -= expired.len() as u64;
+        self.schedule(id, next);
+    }
+
+    /// Queues `id` to be looked at by `at`, unless it already is by then.
+    fn schedule(&mut self, id: AllocationId, at: Instant) {
+        let Some(Some(alloc)) = self.slots.get_mut(id.index as usize) else {
+            return;
+        };
+        if alloc.generation != id.generation || alloc.scheduled.is_some_and(|s| s <= at) {
+            return;
+        }
+        alloc.scheduled = Some(at);
+        self.deadlines.push(Reverse((at, id.index, id.generation)));
+        // Stale entries are bounded: past twice the live allocations, the queue is rebuilt from them.
+        if self.deadlines.len() > 2 * self.by_five_tuple.len() + 64 {
+            self.deadlines.clear();
+            for (index, slot) in self.slots.iter_mut().enumerate() {
+                let Some(alloc) = slot else { continue };
+                let at = alloc.next_deadline();
+                alloc.scheduled = Some(at);
+                self.deadlines.push(Reverse((at, index as u32, alloc.generation)));
+            }
+        }
     }
 
     /// Gives back the memory of tables a load left mostly empty (a `HashMap` never shrinks by itself): after 5 000
@@ -581,6 +637,9 @@ impl<R: RngCore> Server<R> {
             *g = generation;
         }
         alloc.generation = generation;
+        alloc.scheduled = None;
+        let expires = alloc.expires;
+        *self.gauges.allocations.get_mut(alloc.five_tuple.transport) += 1;
         let id = AllocationId { index, generation };
         self.by_five_tuple.insert(alloc.five_tuple, id);
         for relay in alloc.relays.iter().flatten() {
@@ -589,6 +648,7 @@ impl<R: RngCore> Server<R> {
         if let Some(slot) = self.slots.get_mut(index as usize) {
             *slot = Some(alloc);
         }
+        self.schedule(id, expires);
         id
     }
 
@@ -601,6 +661,9 @@ impl<R: RngCore> Server<R> {
         }
         let Some(alloc) = slot.take() else { return };
         self.free_slots.push(id.index);
+        *self.gauges.allocations.get_mut(alloc.five_tuple.transport) -= 1;
+        self.gauges.permissions -= alloc.permissions.len() as u64;
+        self.gauges.channels -= alloc.channel_by_peer.len() as u64;
         self.by_five_tuple.remove(&alloc.five_tuple);
         for relay in alloc.relays.iter().flatten() {
             self.own.remove_relay(*relay);
@@ -766,6 +829,13 @@ impl Challenge {
 }
 
 impl Allocation {
+    /// The earliest of its expiry, its permissions' and its channels'.
+    fn next_deadline(&self) -> Instant {
+        let permissions = self.permissions.values().copied();
+        let channels = self.channel_by_peer.values().map(|b| b.channel_expires);
+        permissions.chain(channels).fold(self.expires, Instant::min)
+    }
+
     /// Takes `bytes` from the bandwidth bucket; true when the packet may pass.
     fn bucket_take(&mut self, now: Instant, bytes: usize, config: &Config) -> bool {
         let rate = config.bandwidth_per_allocation;

@@ -22,9 +22,12 @@ impl<R: RngCore> Server<R> {
         if alloc.permissions.len() + new > limit {
             return Outcome::Err(reject(508, "Insufficient Capacity"));
         }
+        let mut added = 0;
         for peer in req.peers() {
-            alloc.permissions.insert(peer.ip(), expires);
+            added += u64::from(alloc.permissions.insert(peer.ip(), expires).is_none());
         }
+        self.gauges.permissions += added;
+        self.schedule(id, expires);
         self.sync_channel_expiry(id, req.peers().map(|p| p.ip()));
         let ips: Vec<IpAddr> = req.peers().map(|p| p.ip()).collect();
         self.announce_channels(id, Some(&ips));
@@ -61,16 +64,22 @@ impl<R: RngCore> Server<R> {
         if !alloc.channel_by_peer.contains_key(&peer) && alloc.channel_by_peer.len() >= channel_limit {
             return Outcome::Err(reject(508, "Insufficient Capacity"));
         }
-        alloc.permissions.insert(peer.ip(), permission_expires);
+        let permission = alloc.permissions.insert(peer.ip(), permission_expires).is_none();
         alloc.peer_by_channel.insert(channel, peer);
-        alloc.channel_by_peer.insert(
-            peer,
-            ChannelBinding {
-                channel,
-                channel_expires,
-                expires: channel_expires.min(permission_expires),
-            },
-        );
+        let bound = alloc
+            .channel_by_peer
+            .insert(
+                peer,
+                ChannelBinding {
+                    channel,
+                    channel_expires,
+                    expires: channel_expires.min(permission_expires),
+                },
+            )
+            .is_none();
+        self.gauges.permissions += u64::from(permission);
+        self.gauges.channels += u64::from(bound);
+        self.schedule(id, permission_expires.min(channel_expires));
         self.sync_channel_expiry(id, std::iter::once(peer.ip()));
         self.announce_channels(id, Some(&[peer.ip()]));
         Outcome::Ok(None)
@@ -143,6 +152,7 @@ impl<R: RngCore> Server<R> {
         let policy = &self.config.policy;
         let routes = &mut self.channel_routes;
         let (events, fast) = (&mut self.events, self.fast_path);
+        let (mut lapsed, mut unbound) = (0, 0);
         for (index, slot) in self.slots.iter_mut().enumerate() {
             let Some(alloc) = slot else { continue };
             let id = AllocationId {
@@ -153,7 +163,9 @@ impl<R: RngCore> Server<R> {
                 let canonical = crate::policy::embedded_ipv4(*ip).map(IpAddr::V4).unwrap_or(*ip);
                 gained.contains(&canonical) && !policy.is_allowed_explicitly(*ip)
             };
+            let permissions = alloc.permissions.len();
             alloc.permissions.retain(|ip, _| !lost(ip));
+            lapsed += (permissions - alloc.permissions.len()) as u64;
             let five_tuple = alloc.five_tuple;
             let refused: Vec<(SocketAddr, ChannelNumber)> = alloc
                 .channel_by_peer
@@ -161,6 +173,7 @@ impl<R: RngCore> Server<R> {
                 .filter(|(peer, _)| lost(&peer.ip()))
                 .map(|(peer, b)| (*peer, b.channel))
                 .collect();
+            unbound += refused.len() as u64;
             for (peer, channel) in refused {
                 fast_path::withdraw(events, fast, id, alloc, peer, channel);
                 routes.remove(&(five_tuple, channel));
@@ -168,5 +181,7 @@ impl<R: RngCore> Server<R> {
                 alloc.channel_by_peer.remove(&peer);
             }
         }
+        self.gauges.permissions -= lapsed;
+        self.gauges.channels -= unbound;
     }
 }
