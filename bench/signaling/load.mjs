@@ -3,6 +3,7 @@
 // servers meet exactly the same load. Everything is bounded in time and in count.
 //
 //   node load.mjs hold  --proto traverse|peerjs --url ws://127.0.0.1:P --pid SERVER_PID --conns N [--idle S]
+//                       [--heartbeats 1]
 //   node load.mjs relay --proto traverse|peerjs --url ws://127.0.0.1:P --pid SERVER_PID --pairs K
 //                       [--seconds 10] [--max-messages 2000000] [--window 16] [--rate 0]
 //
@@ -114,6 +115,8 @@ const adapters = {
     },
     // The SDK's heartbeat: ping, acknowledging what was processed so the server frees its replay buffer.
     heartbeat: (conn) => `{"type":"ping","ack":${conn.lastSeq}}`,
+    // How often the SDK sends it: the `heartbeatMs` of `joined` (the server's heartbeat_interval, 10 s).
+    heartbeatMs: 10000,
   },
   peerjs: {
     // What the PeerJS client does: the id and a random token in the query of /peerjs.
@@ -131,6 +134,8 @@ const adapters = {
     delivered: (msg) => (msg.type === 'CANDIDATE' ? msg.payload : null),
     // The PeerJS client's heartbeat message.
     heartbeat: () => '{"type":"HEARTBEAT"}',
+    // The PeerJS client's `pingInterval` default.
+    heartbeatMs: 5000,
   },
 };
 
@@ -229,10 +234,28 @@ async function hold() {
   await sleep(settleMs);
   // CPU at idle: the server's CPU while every socket is held and silent, for `idle` seconds (the issue's "timers
   // and heartbeats must not cost CPU per idle object"; Traverse pings each socket quiet for heartbeat_interval).
+  // With --heartbeats 1, each socket sends its client's heartbeat at that client's interval, spread evenly over the
+  // interval, as idle browsers do; without, the sockets are silent (Traverse then pings each every 10 s).
   const idleSeconds = Number(args.idle ?? 0);
+  const live = out.filter((c) => c && !c.closed);
+  let next = 0;
+  const TICK_MS = 50;
+  const perTick = (live.length * TICK_MS) / A.heartbeatMs;
+  let owed = 0;
+  const beats = args.heartbeats === '1'
+    ? setInterval(() => {
+        owed += perTick;
+        for (; owed >= 1 && live.length; owed -= 1) {
+          const c = live[next++ % live.length];
+          if (!c.closed) c.ws.send(A.heartbeat(c));
+        }
+      }, TICK_MS)
+    : null;
+  if (beats) await sleep(A.heartbeatMs); // one whole round before measuring
   const cpuIdle0 = serverCpuSeconds();
   const tIdle = performance.now();
   if (idleSeconds > 0) await sleep(idleSeconds * 1000);
+  if (beats) clearInterval(beats);
   const idleCpu = serverCpuSeconds() - cpuIdle0;
   const idleWall = (performance.now() - tIdle) / 1000;
   const held = out.filter((c) => c && !c.closed).length;
@@ -252,6 +275,7 @@ async function hold() {
     // Milliseconds of server CPU per second of idle, i.e. thousandths of a core.
     server_idle_cpu_ms_per_s: idleSeconds > 0 ? +((idleCpu * 1000) / idleWall).toFixed(2) : null,
     idle_seconds: idleSeconds > 0 ? +idleWall.toFixed(1) : null,
+    idle_heartbeats: args.heartbeats === '1',
   };
   await closeAll(out);
   console.log(JSON.stringify(result));

@@ -5,11 +5,14 @@
 #   bench/signaling/run.sh [SECONDS]     # default 10 s per relay run
 #   HOLD="2000" PAIRS=50 REPEAT=1 bench/signaling/run.sh 5     # a smaller run while tuning
 #   WORKERS=1 bench/signaling/run.sh     # Traverse with one worker (default 2)
+#   TRAVERSE_ARGS="--set signal.heartbeat_interval=60" bench/signaling/run.sh   # extra flags for Traverse
 #
 # Tests, each run against a freshly started server, Traverse then PeerJS, before the next test:
 #   hold N     N idle registered sockets (Traverse: one room per two peers, joined; PeerJS: one id per socket,
 #              OPEN received); server RSS before and after → bytes per idle connection; the server's CPU over
-#              $IDLE seconds (default 12) of silence → CPU at idle. N from $HOLD (at most the fd limit less 256).
+#              $IDLE seconds (default 12) of idling → CPU at idle: each socket sends its own client's heartbeat
+#              (Traverse's SDK every 10 s, PeerJS's every 5 s; HEARTBEATS=0: silent sockets, which Traverse pings
+#              every 10 s). N from $HOLD (at most the fd limit less 256).
 #   flat-out   $PAIRS sender→receiver pairs, each sender keeps at most $WINDOW signals in flight, for SECONDS
 #              (at most $MAX_MESSAGES in all): delivered signals/s, latency p50/p99, server CPU-s per 100k.
 #   paced      the same pairs at $RATE signals/s in total: latency when the server is not saturated.
@@ -29,6 +32,7 @@ RATE="${RATE:-5000}"
 MAX_MESSAGES="${MAX_MESSAGES:-3000000}"
 REPEAT="${REPEAT:-3}"
 IDLE="${IDLE:-12}"
+HEARTBEATS="${HEARTBEATS:-1}"   # 1: idle sockets send their client's heartbeat (SDK 10 s, PeerJS 5 s); 0: silent
 OUT="$ROOT/bench/out/signaling"
 mkdir -p "$OUT"
 RESULTS="$OUT/results.jsonl"
@@ -82,7 +86,7 @@ start_server() { # traverse|peerjs → sets SERVER_PID, SERVER_URL
         --udp "127.0.0.1:$(free_port)" --tcp "127.0.0.1:$(free_port)" --tls "127.0.0.1:$(free_port)" \
         --set signal.max_connections_per_ip=100000 --set signal.messages_per_second=1000000 --set signal.burst=1000000 \
         --set signal.max_peers_per_room=100 --set signal.max_rooms=1000000 --set limits.max_connections=100000 --workers "${WORKERS:-2}" \
-        --log-level warn >"$OUT/traverse.log" 2>&1 &
+        --log-level warn ${TRAVERSE_ARGS:-} >"$OUT/traverse.log" 2>&1 &
       SERVER_PID=$!
       pids+=("$SERVER_PID")
       wait_http "http://127.0.0.1:$port/healthz"
@@ -130,7 +134,8 @@ for rep in $(seq "$REPEAT"); do
   echo "== repetition $rep of $REPEAT ($ORDER)"
   for n in $HOLD; do
     if [ "$FDS" -lt $((n + 256)) ]; then echo "  skipping hold $n: fd limit $FDS"; continue; fi
-    for s in $ORDER; do run "hold $n" "$s" hold --conns "$n" --idle "$IDLE" --time-limit $((150 + IDLE)); done
+    for s in $ORDER; do run "hold $n" "$s" hold --conns "$n" --idle "$IDLE" --heartbeats "$HEARTBEATS" \
+      --time-limit $((170 + IDLE)); done
   done
   for s in $ORDER; do
     run "flat-out" "$s" relay --pairs "$PAIRS" --window "$WINDOW" --seconds "$SECONDS_PER_RUN" \
