@@ -18,6 +18,8 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   command -v turnutils_uclient >/dev/null 2>&1 || missing+=(coturn)
   command -v ip >/dev/null 2>&1 || missing+=(iproute2)
   command -v nft >/dev/null 2>&1 || missing+=(nftables)
+  # The NAT lab's survive test flushes the NAT's connection tracking mid-call (tests/natlab/survive.test.js).
+  command -v conntrack >/dev/null 2>&1 || missing+=(conntrack)
   command -v chromium >/dev/null 2>&1 || missing+=(chromium)
   command -v curl >/dev/null 2>&1 || missing+=(curl)
   command -v prlimit >/dev/null 2>&1 || missing+=(util-linux)
