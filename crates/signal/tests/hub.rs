@@ -419,6 +419,60 @@ fn quiet_sockets_are_pinged_once_per_silence_and_talking_ones_never() {
     assert_eq!(lab.closed.get(&3).map(|c| c.0), Some(4200), "silent past the timeout");
 }
 
+/// The hub's timer wakes for deadlines, not on a fixed tick: sockets that talk all the time have nothing due until
+/// their heartbeat check, once per heartbeat interval, so a minute of them costs a handful of wake-ups, not one every
+/// half second.
+#[test]
+fn talking_sockets_wake_the_timer_once_per_heartbeat_interval() {
+    let mut lab = Lab::new(Limits::default(), None);
+    for conn in 1..=20 {
+        lab.join(conn, "r");
+        lab.at += Duration::from_millis(7);
+    }
+    let mut wakeups = 0;
+    while lab.at < Duration::from_secs(60) {
+        let due = lab.hub.poll_timeout().expect("sockets are held: a deadline is set");
+        assert!(due > lab.now().instant, "the next deadline is in the future");
+        lab.at = due.duration_since(lab.start);
+        let now = lab.now();
+        for conn in 1..=20 {
+            lab.hub.handle_activity(ConnId::new(conn), now);
+        }
+        lab.hub.handle_timeout(now);
+        lab.drain();
+        wakeups += 1;
+    }
+    assert!(lab.pings.is_empty(), "talking sockets are never pinged");
+    assert!(lab.closed.is_empty());
+    // One check per 10 s interval: sweeps at least 500 ms apart gather the 20 sockets' deadlines (joined within
+    // 140 ms) into one or two.
+    assert!((6..=12).contains(&wakeups), "{wakeups} wake-ups in 60 s");
+}
+
+/// A session's grace runs from its latest drop: an earlier drop's deadline, left in the queue by a resume, ends
+/// nothing.
+#[test]
+fn a_resumed_session_that_drops_again_gets_a_whole_grace() {
+    let mut lab = Lab::new(Limits::default(), None);
+    let (_, ann_session) = lab.join(1, "r");
+    lab.join(2, "r");
+    lab.drop_socket(1);
+    lab.advance(Duration::from_secs(20));
+    lab.connect(11);
+    lab.send(11, json!({"type": "resume", "session": ann_session, "lastSeq": 1}));
+    assert_eq!(lab.take(11)[0]["type"], "resumed");
+    lab.advance(Duration::from_secs(5));
+    lab.drop_socket(11);
+    lab.take(2);
+    // The first drop's grace ends at 30 s, the second's at 55 s.
+    lab.advance(Duration::from_secs(25));
+    assert!(lab.take(2).is_empty(), "no peer-left at the first drop's deadline");
+    assert_eq!(lab.hub.stats().sessions_in_grace, 1);
+    lab.advance(Duration::from_secs(6));
+    assert_eq!(types(&lab.take(2)), ["peer-left"]);
+    assert_eq!(lab.hub.stats().sessions, 1);
+}
+
 #[test]
 fn rate_limit_drops_then_closes() {
     let limits = Limits {

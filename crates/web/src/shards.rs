@@ -21,8 +21,8 @@
 //! - bytes kept per source and in total: each shard's hub gets an equal share of each budget (so the sums hold; a
 //!   source whose rooms all hash to one shard gets that shard's share).
 //!
-//! Timers: one thread sleeps until the earliest shard deadline (the hubs sweep every 500 ms while they hold anything),
-//! and is woken when a shard's deadline moves earlier. It is not on the message path.
+//! Timers: one thread sleeps until the earliest shard deadline (each hub's next heartbeat or grace deadline, its sweeps
+//! at least 500 ms apart), and is woken when a shard's deadline moves earlier. It is not on the message path.
 
 use std::borrow::Cow;
 use std::collections::HashMap;

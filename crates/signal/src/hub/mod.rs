@@ -1,13 +1,15 @@
 //! The room hub, one mechanism per file: [`sockets`] (each socket's rate, errors, heartbeat and close), [`stream`]
 //! (each session's numbered stream: delivery under the byte budgets, replay, acknowledgements, resume), [`rooms`]
-//! (membership: join, leave, signal, broadcast, expiry), [`outcomes`] (connection reports paired and diagnosed). Frames are written by [`crate::frame`]; this file holds the
-//! driving contract ([`SignalHub`]), the state, and the dispatch of client messages.
+//! (membership: join, leave, signal, broadcast, expiry), [`outcomes`] (connection reports paired and diagnosed),
+//! [`timers`] (the queue of deadlines: heartbeats, grace periods). Frames are written by [`crate::frame`]; this file
+//! holds the driving contract ([`SignalHub`]), the state, and the dispatch of client messages.
 
 mod counters;
 mod outcomes;
 mod rooms;
 mod sockets;
 mod stream;
+mod timers;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::IpAddr;
@@ -28,6 +30,7 @@ use counters::Counters;
 use rooms::Room;
 use sockets::{Admission, Conn};
 use stream::Session;
+use timers::Timers;
 
 /// The I/O layer's id for one socket. The I/O layer numbers its sockets; the hub never makes one and never writes
 /// one into a frame (it appears only in logs, as `conn=N`).
@@ -284,7 +287,7 @@ pub struct MemoryHub<R = rand::rngs::StdRng> {
     by_secret: HashMap<SessionSecret, PeerId>,
     rooms: HashMap<Arc<str>, Room>,
     outputs: VecDeque<Output>,
-    next_sweep: Option<Instant>,
+    timers: Timers,
     /// The `now` of the event being handled.
     clock: Instant,
     relayed: u64,
@@ -306,9 +309,6 @@ impl<R> std::fmt::Debug for MemoryHub<R> {
     }
 }
 
-/// Timers are checked at this granularity, so that a message costs no scan of every socket.
-const SWEEP_INTERVAL: Duration = Duration::from_millis(500);
-
 impl<R: RngCore + Send> MemoryHub<R> {
     /// Gives back the memory of tables a load left mostly empty (a `HashMap` never shrinks by itself): the soak
     /// benchmark found the signaling side holding 7 of the 16 MiB 2 000 sockets had added, after they left.
@@ -319,6 +319,7 @@ impl<R: RngCore + Send> MemoryHub<R> {
         shrink(&mut self.by_secret);
         shrink(&mut self.rooms);
         self.pairing.shrink();
+        self.timers.shrink();
         if self.outputs.capacity() > 4 * self.outputs.len() + 64 {
             self.outputs.shrink_to(2 * self.outputs.len());
         }
@@ -348,7 +349,7 @@ impl<R: RngCore + Send> MemoryHub<R> {
             by_secret: HashMap::new(),
             rooms: HashMap::new(),
             outputs: VecDeque::new(),
-            next_sweep: None,
+            timers: Timers::default(),
             clock: now,
             relayed: 0,
             refused: 0,
@@ -465,10 +466,7 @@ impl<R: RngCore + Send> MemoryHub<R> {
     pub fn adopt(&mut self, conn: ConnId, socket: Unjoined, now: Now) {
         self.clock = now.instant;
         *self.per_source.entry(socket.0.source).or_insert(0) += 1;
-        self.conns.insert(conn, socket.0);
-        if self.next_sweep.is_none() {
-            self.next_sweep = Some(now.instant + SWEEP_INTERVAL);
-        }
+        self.seat(conn, socket.0);
     }
 }
 
@@ -503,12 +501,8 @@ impl<R: RngCore + Send> SignalHub for MemoryHub<R> {
         self.check_connect(ip)?;
         let source = Source::from(ip);
         *self.per_source.entry(source).or_insert(0) += 1;
-        self.conns
-            .insert(conn, Conn::new(source, now.instant, self.limits.burst));
+        self.seat(conn, Conn::new(source, now.instant, self.limits.burst));
         tracing::info!(%conn, %ip, "signaling socket opened");
-        if self.next_sweep.is_none() {
-            self.next_sweep = Some(now.instant + SWEEP_INTERVAL);
-        }
         Ok(())
     }
 
@@ -566,20 +560,7 @@ impl<R: RngCore + Send> SignalHub for MemoryHub<R> {
 
     fn handle_timeout(&mut self, now: Now) {
         self.clock = now.instant;
-        let Some(due) = self.next_sweep else { return };
-        if now.instant < due {
-            return;
-        }
-        self.next_sweep = Some(now.instant);
-        self.heartbeat(now);
-        self.expire_sessions(now);
-        self.expire_outcomes(now.instant);
-        self.shrink_after_load();
-        self.next_sweep = if self.conns.is_empty() && self.sessions.is_empty() && self.pairing.is_empty() {
-            None
-        } else {
-            Some(now.instant + SWEEP_INTERVAL)
-        };
+        self.sweep(now);
     }
 
     fn handle_shutdown(&mut self) {
@@ -599,7 +580,7 @@ impl<R: RngCore + Send> SignalHub for MemoryHub<R> {
     }
 
     fn poll_timeout(&self) -> Option<Instant> {
-        self.next_sweep
+        self.next_deadline()
     }
 
     fn stats(&self) -> HubStats {

@@ -63,11 +63,19 @@ pub(super) struct Pairing {
     per_reporter: HashMap<PeerId, usize>,
     /// Pairs decided on one report: the peer whose late report is dropped, until when.
     decided: HashMap<PairKey, (PeerId, Instant)>,
+    /// No later than the earliest deadline of `held` and `decided` (earlier after a removal: then a sweep finds
+    /// nothing and sets it right).
+    due: Option<Instant>,
 }
 
 impl Pairing {
-    pub fn is_empty(&self) -> bool {
-        self.held.is_empty() && self.decided.is_empty()
+    /// When the next held report or decided pair is due.
+    pub fn due(&self) -> Option<Instant> {
+        self.due
+    }
+
+    fn due_at(&mut self, at: Instant) {
+        self.due = Some(self.due.map_or(at, |due| due.min(at)));
     }
 
     fn take(&mut self, key: &PairKey) -> Option<Held> {
@@ -159,9 +167,7 @@ impl<R: RngCore + Send> MemoryHub<R> {
                 deadline,
             },
         );
-        if self.next_sweep.is_none() {
-            self.next_sweep = Some(self.clock + super::SWEEP_INTERVAL);
-        }
+        self.pairing.due_at(deadline);
     }
 
     /// Diagnoses alone every held report whose deadline has passed, and forgets expired decisions.
@@ -184,6 +190,8 @@ impl<R: RngCore + Send> MemoryHub<R> {
             self.diagnosed(&first.reporter, &first.about, diagnosis);
         }
         self.pairing.decided.retain(|_, (_, until)| now < *until);
+        let held = self.pairing.held.values().map(|h| h.deadline);
+        self.pairing.due = held.chain(self.pairing.decided.values().map(|(_, until)| *until)).min();
     }
 
     /// Tells both peers (those still here) and the I/O layer.

@@ -2,6 +2,7 @@
 //! signals, broadcasts — until a session ends.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use rand::RngCore;
 use serde_json::value::RawValue;
@@ -264,21 +265,17 @@ impl<R: RngCore + Send> MemoryHub<R> {
         }
     }
 
-    /// Ends the sessions whose socket dropped longer ago than the resume grace period.
-    pub(super) fn expire_sessions(&mut self, now: Now) {
+    /// A session's grace deadline came up (its entry queued for `at`): the session ends if its socket dropped at
+    /// the time the entry was queued for and it was not resumed since.
+    pub(super) fn grace_ended(&mut self, peer: &PeerId, at: Instant) {
         let grace = self.limits.resume_grace;
-        let expired: Vec<PeerId> = self
+        let ended = self
             .sessions
-            .iter()
-            .filter(|(_, s)| {
-                s.disconnected
-                    .as_ref()
-                    .is_some_and(|d| now.instant.saturating_duration_since(d.at) >= grace)
-            })
-            .map(|(p, _)| p.clone())
-            .collect();
-        for peer in expired {
-            self.remove_session(&peer);
+            .get(peer)
+            .and_then(|s| s.disconnected.as_ref())
+            .is_some_and(|d| d.at + grace == at);
+        if ended {
+            self.remove_session(peer);
         }
     }
 
@@ -326,9 +323,8 @@ impl<R: RngCore + Send> MemoryHub<R> {
             .members
             .push(r.peer.clone());
         self.by_secret.insert(r.secret, r.peer.clone());
+        self.timers
+            .grace(r.peer.clone(), now.instant + self.limits.resume_grace);
         self.sessions.insert(r.peer, session);
-        if self.next_sweep.is_none() {
-            self.next_sweep = Some(now.instant + super::SWEEP_INTERVAL);
-        }
     }
 }

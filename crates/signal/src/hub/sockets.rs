@@ -1,6 +1,6 @@
 //! Sockets: each one's token bucket, error count and last sign of life; errors to it; closing it.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rand::RngCore;
 
@@ -29,6 +29,8 @@ pub(super) struct Conn {
     pub last_heard: Instant,
     /// A ping went out since `last_heard`: the next one waits for a sign of life.
     pub pinged: bool,
+    /// The instant of this socket's one entry in the hub's deadline queue (`super::timers`).
+    pub queued_at: Instant,
     tokens: f64,
     refilled: Instant,
     rate_strikes: u32,
@@ -42,11 +44,23 @@ impl Conn {
             peer: None,
             last_heard: now,
             pinged: false,
+            queued_at: now,
             tokens: f64::from(burst),
             refilled: now,
             rate_strikes: 0,
             errors: 0,
         }
+    }
+
+    /// When its heartbeat is next checked: a ping is due a heartbeat interval after its last sign of life, the
+    /// close a heartbeat timeout after it once pinged.
+    fn heartbeat_due(&self, limits: &super::Limits) -> Instant {
+        let quiet = if self.pinged {
+            limits.heartbeat_timeout
+        } else {
+            limits.heartbeat_interval
+        };
+        self.last_heard + quiet
     }
 
     /// A message, a ping or a pong came from the client.
@@ -143,14 +157,17 @@ impl<R: RngCore + Send> MemoryHub<R> {
     pub(super) fn forget_conn(&mut self, conn: ConnId) -> Option<Conn> {
         let c = self.conns.remove(&conn)?;
         self.release_source(c.source);
-        if let Some(s) = c.peer.as_ref().and_then(|peer| self.sessions.get_mut(peer)) {
-            if s.conn == Some(conn) {
-                s.conn = None;
-                s.disconnected = Some(Disconnected {
-                    at: self.clock,
-                    last_sent: s.next_seq - 1,
-                });
-            }
+        let session = c
+            .peer
+            .as_ref()
+            .and_then(|peer| Some(peer).zip(self.sessions.get_mut(peer)));
+        if let Some((peer, s)) = session.filter(|(_, s)| s.conn == Some(conn)) {
+            s.conn = None;
+            s.disconnected = Some(Disconnected {
+                at: self.clock,
+                last_sent: s.next_seq - 1,
+            });
+            self.timers.grace(peer.clone(), self.clock + self.limits.resume_grace);
         }
         Some(c)
     }
@@ -164,23 +181,36 @@ impl<R: RngCore + Send> MemoryHub<R> {
         }
     }
 
-    /// The heartbeat, for every socket in one pass of the hub's sweep (no timer per socket): a socket quiet for the
-    /// heartbeat interval is pinged once ([`Output::Ping`]; its pong is a sign of life), one quiet for the heartbeat
-    /// timeout is closed. A socket that talks is never pinged: its own traffic keeps it and the path's NATs alive.
-    pub(super) fn heartbeat(&mut self, now: Now) {
-        let (interval, timeout) = (self.limits.heartbeat_interval, self.limits.heartbeat_timeout);
-        let mut dead = Vec::new();
-        for (id, c) in &mut self.conns {
-            let quiet = now.instant.saturating_duration_since(c.last_heard);
-            if quiet >= timeout {
-                dead.push(*id);
-            } else if quiet >= interval && !c.pinged {
-                c.pinged = true;
-                self.outputs.push_back(Output::Ping { conn: *id });
-            }
+    /// Takes a socket in and queues its heartbeat.
+    pub(super) fn seat(&mut self, conn: ConnId, mut c: Conn) {
+        c.queued_at = c.heartbeat_due(&self.limits);
+        self.timers.heartbeat(conn, c.queued_at);
+        self.conns.insert(conn, c);
+    }
+
+    /// A socket's heartbeat deadline came up (its entry queued for `at`): a socket quiet for the heartbeat interval
+    /// is pinged once ([`Output::Ping`]; its pong is a sign of life), one quiet for the heartbeat timeout is closed.
+    /// A socket that talks is never pinged: its own traffic keeps it and the path's NATs alive. Its traffic moved
+    /// no deadline, so the socket is queued again at its next one.
+    pub(super) fn heartbeat(&mut self, conn: ConnId, at: Instant, now: Instant) {
+        let timeout = self.limits.heartbeat_timeout;
+        let Some(c) = self.conns.get_mut(&conn).filter(|c| c.queued_at == at) else {
+            return;
+        };
+        let quiet = now.saturating_duration_since(c.last_heard);
+        if quiet >= timeout {
+            return self.close(conn, CloseCode::HEARTBEAT_TIMEOUT, "heartbeat-timeout");
         }
-        for conn in dead {
-            self.close(conn, CloseCode::HEARTBEAT_TIMEOUT, "heartbeat-timeout");
+        let mut next = c.heartbeat_due(&self.limits);
+        if quiet >= self.limits.heartbeat_interval && !c.pinged {
+            c.pinged = true;
+            self.outputs.push_back(Output::Ping { conn });
+            // Its pong moves no deadline either: the next ping is due an interval from now, unless the timeout
+            // comes first.
+            next = (c.last_heard + timeout).min(now + self.limits.heartbeat_interval);
         }
+        // Later than now whatever the limits say, so that one sweep never takes the same socket twice.
+        c.queued_at = next.max(now + Duration::from_millis(1));
+        self.timers.heartbeat(conn, c.queued_at);
     }
 }
