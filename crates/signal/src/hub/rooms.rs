@@ -269,12 +269,7 @@ impl<R: RngCore + Send> MemoryHub<R> {
     /// the time the entry was queued for and it was not resumed since.
     pub(super) fn grace_ended(&mut self, peer: &PeerId, at: Instant) {
         let grace = self.limits.resume_grace;
-        let ended = self
-            .sessions
-            .get(peer)
-            .and_then(|s| s.disconnected.as_ref())
-            .is_some_and(|d| d.at + grace == at);
-        if ended {
+        if self.sessions.get(peer).and_then(|s| s.grace_end(grace)) == Some(at) {
             self.remove_session(peer);
         }
     }

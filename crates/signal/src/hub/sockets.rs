@@ -157,17 +157,15 @@ impl<R: RngCore + Send> MemoryHub<R> {
     pub(super) fn forget_conn(&mut self, conn: ConnId) -> Option<Conn> {
         let c = self.conns.remove(&conn)?;
         self.release_source(c.source);
-        let session = c
-            .peer
-            .as_ref()
-            .and_then(|peer| Some(peer).zip(self.sessions.get_mut(peer)));
-        if let Some((peer, s)) = session.filter(|(_, s)| s.conn == Some(conn)) {
-            s.conn = None;
-            s.disconnected = Some(Disconnected {
-                at: self.clock,
-                last_sent: s.next_seq - 1,
-            });
-            self.timers.grace(peer.clone(), self.clock + self.limits.resume_grace);
+        if let Some(peer) = &c.peer {
+            if let Some(s) = self.sessions.get_mut(peer).filter(|s| s.conn == Some(conn)) {
+                s.conn = None;
+                s.disconnected = Some(Disconnected {
+                    at: self.clock,
+                    last_sent: s.next_seq - 1,
+                });
+                self.timers.grace(peer.clone(), self.clock + self.limits.resume_grace);
+            }
         }
         Some(c)
     }
@@ -201,14 +199,15 @@ impl<R: RngCore + Send> MemoryHub<R> {
         if quiet >= timeout {
             return self.close(conn, CloseCode::HEARTBEAT_TIMEOUT, "heartbeat-timeout");
         }
-        let mut next = c.heartbeat_due(&self.limits);
-        if quiet >= self.limits.heartbeat_interval && !c.pinged {
+        let next = if quiet >= self.limits.heartbeat_interval && !c.pinged {
             c.pinged = true;
             self.outputs.push_back(Output::Ping { conn });
             // Its pong moves no deadline either: the next ping is due an interval from now, unless the timeout
             // comes first.
-            next = (c.last_heard + timeout).min(now + self.limits.heartbeat_interval);
-        }
+            (c.last_heard + timeout).min(now + self.limits.heartbeat_interval)
+        } else {
+            c.heartbeat_due(&self.limits)
+        };
         // Later than now whatever the limits say, so that one sweep never takes the same socket twice.
         c.queued_at = next.max(now + Duration::from_millis(1));
         self.timers.heartbeat(conn, c.queued_at);

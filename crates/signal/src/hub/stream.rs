@@ -84,6 +84,11 @@ impl Session {
         }
     }
 
+    /// When its grace ends, if its socket dropped: the instant of its one live entry in the deadline queue.
+    pub fn grace_end(&self, grace: std::time::Duration) -> Option<Instant> {
+        self.disconnected.as_ref().map(|d| d.at + grace)
+    }
+
     /// Forgets the oldest kept frame and refunds its bytes.
     fn forget_oldest(&mut self, budget: &mut Budget) -> Option<Buffered> {
         let b = self.buffer.pop_front()?;

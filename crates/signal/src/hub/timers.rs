@@ -142,10 +142,7 @@ impl<R: RngCore + Send> MemoryHub<R> {
         let (conns, sessions, grace) = (&self.conns, &self.sessions, self.limits.resume_grace);
         self.timers.queue.retain(|Reverse(e)| match &e.due {
             Due::Heartbeat(conn) => conns.get(conn).is_some_and(|c| c.queued_at == e.at),
-            Due::Grace(peer) => sessions
-                .get(peer)
-                .and_then(|s| s.disconnected.as_ref())
-                .is_some_and(|d| d.at + grace == e.at),
+            Due::Grace(peer) => sessions.get(peer).and_then(|s| s.grace_end(grace)) == Some(e.at),
         });
     }
 }
