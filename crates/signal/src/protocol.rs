@@ -1,6 +1,8 @@
 //! Wire format of protocol v1: parsing of client frames and the codes a client sees. Server frames are written by
 //! [`crate::frame`].
 
+use std::borrow::Cow;
+
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
@@ -132,30 +134,40 @@ impl Refusal {
 /// through unparsed.
 #[derive(Debug, Deserialize)]
 pub(crate) struct Envelope<'a> {
-    #[serde(rename = "type")]
-    pub ty: Option<String>,
-    pub room: Option<String>,
-    pub token: Option<String>,
+    #[serde(rename = "type", borrow, default, deserialize_with = "borrowed")]
+    pub ty: Option<Cow<'a, str>>,
+    #[serde(borrow, default, deserialize_with = "borrowed")]
+    pub room: Option<Cow<'a, str>>,
+    #[serde(borrow, default, deserialize_with = "borrowed")]
+    pub token: Option<Cow<'a, str>>,
     #[serde(borrow)]
     pub meta: Option<&'a RawValue>,
-    pub session: Option<String>,
+    #[serde(borrow, default, deserialize_with = "borrowed")]
+    pub session: Option<Cow<'a, str>>,
     #[serde(rename = "lastSeq")]
     pub last_seq: Option<u64>,
-    pub to: Option<String>,
+    #[serde(borrow, default, deserialize_with = "borrowed")]
+    pub to: Option<Cow<'a, str>>,
     #[serde(borrow)]
     pub data: Option<&'a RawValue>,
-    pub id: Option<String>,
+    #[serde(borrow, default, deserialize_with = "borrowed")]
+    pub id: Option<Cow<'a, str>>,
     pub ack: Option<u64>,
-    /// The client's own numbering of `signal`/`broadcast`, so it can resend what a dead socket swallowed.
     pub seq: Option<u64>,
-    /// `outcome`: the remote peer the report is about.
-    pub peer: Option<String>,
-    /// `outcome`: the report (`outcome::Report`), parsed by the hub.
+    #[serde(borrow, default, deserialize_with = "borrowed")]
+    pub peer: Option<Cow<'a, str>>,
     #[serde(borrow)]
     pub report: Option<&'a RawValue>,
 }
 
-/// A validated client message.
+/// A string field taken in place from the frame (copied only when it holds an escape): a signal's `type` and `to`
+/// cost no allocation. serde borrows a `Cow<str>` field, but not one inside an `Option`, hence this.
+fn borrowed<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Cow<'de, str>>, D::Error> {
+    #[derive(Deserialize)]
+    struct Borrowed<'a>(#[serde(borrow)] Cow<'a, str>);
+    Ok(Option::<Borrowed<'de>>::deserialize(d)?.map(|Borrowed(s)| s))
+}
+
 #[derive(Debug)]
 pub(crate) enum ClientMessage<'a> {
     Join {
@@ -168,9 +180,9 @@ pub(crate) enum ClientMessage<'a> {
         last_seq: u64,
     },
     Signal {
-        to: String,
+        to: Cow<'a, str>,
         data: &'a RawValue,
-        id: Option<String>,
+        id: Option<Cow<'a, str>>,
     },
     Broadcast {
         data: &'a RawValue,
@@ -181,7 +193,7 @@ pub(crate) enum ClientMessage<'a> {
     },
     /// How this peer's connection with `peer` ended (docs/protocol.md, "Connection outcomes").
     Outcome {
-        peer: String,
+        peer: Cow<'a, str>,
         report: &'a RawValue,
     },
     /// Fresh `iceServers` (a new TURN credential) for the session's peer: authenticated by the session, so it works
@@ -226,7 +238,7 @@ fn parse_envelope<'a>(text: &'a str, seq: &mut Option<u64>) -> Result<ClientMess
             Refusal::new(ErrorCode::BadJson, format!("The frame is not valid JSON: {e}."))
         }
     })?;
-    let need = |field: Option<String>, name: &str, ty: &str| {
+    let need = |field: Option<Cow<'a, str>>, name: &str, ty: &str| {
         let value = field.ok_or_else(|| Refusal::new(ErrorCode::BadMessage, format!("`{ty}` needs `{name}`.")))?;
         if value.is_empty() || value.len() > MAX_NAME {
             return Err(Refusal::new(
@@ -240,14 +252,14 @@ fn parse_envelope<'a>(text: &'a str, seq: &mut Option<u64>) -> Result<ClientMess
     let Some(ty) = env.ty else {
         return Err(Refusal::new(ErrorCode::BadMessage, "A message needs a `type`."));
     };
-    match ty.as_str() {
+    match ty.as_ref() {
         "join" => Ok(ClientMessage::Join {
-            room: need(env.room, "room", "join")?,
-            token: env.token,
+            room: need(env.room, "room", "join")?.into_owned(),
+            token: env.token.map(Cow::into_owned),
             meta: env.meta,
         }),
         "resume" => Ok(ClientMessage::Resume {
-            session: need(env.session, "session", "resume")?,
+            session: need(env.session, "session", "resume")?.into_owned(),
             last_seq: env
                 .last_seq
                 .ok_or_else(|| Refusal::new(ErrorCode::BadMessage, "`resume` needs `lastSeq`."))?,
@@ -337,5 +349,31 @@ mod tests {
             parse(r#"{"type":"join","room":""}"#).unwrap_err().code,
             ErrorCode::BadMessage
         );
+        assert_eq!(
+            parse(r#"{"type":"signal","to":null,"data":1}"#).unwrap_err().code,
+            ErrorCode::BadMessage,
+            "a null field is a missing one"
+        );
+    }
+
+    #[test]
+    fn strings_are_taken_in_place_unless_they_hold_escapes() {
+        let Ok((ClientMessage::Signal { to, id, .. }, _)) =
+            parse(r#"{"type":"signal","to":"peer-1","id":"a\"b\u00e9","data":0}"#)
+        else {
+            panic!("a signal with an escaped id parses");
+        };
+        assert!(matches!(to, Cow::Borrowed("peer-1")), "{to:?}");
+        assert_eq!(id.as_deref(), Some("a\"b\u{e9}"));
+        assert!(matches!(id, Some(Cow::Owned(_))));
+        // An escaped type is still the type.
+        assert!(matches!(
+            parse(r#"{"type":"si\u0067nal","to":"p","data":0}"#),
+            Ok((ClientMessage::Signal { .. }, None))
+        ));
+        assert!(matches!(
+            parse(r#"{"type":"join","room":"caf\u00e9"}"#),
+            Ok((ClientMessage::Join { room, .. }, None)) if room == "caf\u{e9}"
+        ));
     }
 }

@@ -406,7 +406,9 @@ impl<R: RngCore + Send> MemoryHub<R> {
                 conn,
                 Refusal::new(ErrorCode::NotJoined, "Join a room first (send `join`)."),
             ),
-            (ClientMessage::Signal { to, data, id }, Some(from)) => self.signal(conn, &from, &to, data, id),
+            (ClientMessage::Signal { to, data, id }, Some(from)) => {
+                self.signal(conn, &from, &to, data, id.map(std::borrow::Cow::into_owned))
+            }
             (ClientMessage::Broadcast { data }, Some(from)) => self.broadcast(&from, data),
             (ClientMessage::Outcome { peer, report }, Some(from)) => self.outcome(conn, &from, &peer, report),
             (ClientMessage::IceServers, Some(peer)) => self.ice_servers(conn, &peer, now),
