@@ -33,7 +33,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Instant;
 
 use outcome::Outcomes;
-use signal::{ConnId, ErrorCode, HubStats, Limits, MemoryHub, Refusal, SignalHub, Source};
+use signal::{ConnId, ErrorCode, HubStats, Limits, MemoryHub, Now, Refusal, SignalHub, Source};
 use tokio::sync::Notify;
 
 use crate::hub::{deliver, now, shutting_down, sleep_until};
@@ -238,6 +238,11 @@ impl Shards {
     }
 
     pub(crate) fn text(&self, seat: &mut Seat, text: &str) {
+        self.text_at(seat, text, now());
+    }
+
+    /// [`Self::text`] with the clock as the caller read it (once for every frame of one read: `ws::Clock`).
+    pub(crate) fn text_at(&self, seat: &mut Seat, text: &str, at: Now) {
         let mut joining = false;
         if !seat.joined {
             // Only an unplaced socket's frames are looked into: a join or resume may move it first.
@@ -262,7 +267,7 @@ impl Shards {
             let held = st.hub.room_count();
             st.hub.set_max_rooms(held + usize::from(reserved));
         }
-        st.hub.handle_text(seat.conn, text, now());
+        st.hub.handle_text(seat.conn, text, at);
         if !seat.joined {
             seat.joined = st.hub.is_joined(seat.conn);
         }
