@@ -4,8 +4,9 @@
 //! Why: under a steady stream of signaling messages, each one otherwise costs a whole cycle of its own — the worker
 //! blocks in `epoll_wait`, the kernel wakes it for one socket, one `recv`, one `send`, block again — and at 50 000
 //! signals/s that cycle is most of the server's CPU (`perf`: a context switch, an `epoll_wait`, a `recvfrom` and a
-//! `sendto` per signal). Waiting ~200 µs first (longer for a busier worker, up to 1 ms: [`nap_after`]) lets events pile up: one `epoll_wait` returns many sockets, one read
-//! brings several frames, one write carries every frame queued for a peer, and far fewer context switches happen
+//! `sendto` per signal). Waiting ~200 µs first (longer for a busier worker, up to 1 ms: `nap_after`) lets events
+//! pile up: one `epoll_wait` returns many sockets, one read brings several frames, one write carries every frame
+//! queued for a peer, and far fewer context switches happen
 //! (`docs/benchmarks.md`, "idle sockets at 2.2 KB, wake-up coalescing"). The same trade as a NIC's interrupt
 //! moderation: at most the nap of added latency, and only while busy.
 //!
@@ -13,7 +14,7 @@
 //! nap; only if three different sockets or more read or wrote bytes on this worker in the last 10 ms
 //! ([`socket_io`]), i.e. messages are moving side by side; and only if it took no UDP datagram in the last 50 ms
 //! ([`datagrams_handled`]). How long: six times the work of the wake-up that ends, from the configured nap up to
-//! five times it ([`nap_after`]).
+//! five times it (`nap_after`).
 //!
 //! The second rule spares a *chain* its nap: one signal in flight between two peers, each answering what it is sent
 //! (offer, answer, candidates), keeps the worker busy with one read and one write at a time on the same two sockets, and a nap
