@@ -15,7 +15,8 @@
 #              every 10 s). N from $HOLD (at most the fd limit less 256).
 #   flat-out   $PAIRS sender→receiver pairs, each sender keeps at most $WINDOW signals in flight, for SECONDS
 #              (at most $MAX_MESSAGES in all): delivered signals/s, latency p50/p99, server CPU-s per 100k.
-#   paced      the same pairs at $RATE signals/s in total: latency when the server is not saturated.
+#   paced      the same pairs at $RATE signals/s in total: latency when the server is not saturated. Sent every
+#              $TICK_MS ms (default 5: bursts); TICK_MS=1 is as smooth as Node's timers go.
 # The whole set runs $REPEAT times (default 3), alternating which server goes first; the table shows medians.
 # Then it prints one table with both servers and the Traverse/PeerJS ratios (also in bench/out/signaling/).
 # Both servers listen on 127.0.0.1 only; every load loop is bounded in time and count; the servers are stopped by
@@ -29,6 +30,7 @@ HOLD="${HOLD-2000 10000}"
 PAIRS="${PAIRS:-100}"
 WINDOW="${WINDOW:-16}"
 RATE="${RATE:-5000}"
+TICK_MS="${TICK_MS:-5}"
 MAX_MESSAGES="${MAX_MESSAGES:-3000000}"
 REPEAT="${REPEAT:-3}"
 IDLE="${IDLE:-12}"
@@ -142,7 +144,7 @@ for rep in $(seq "$REPEAT"); do
       --max-messages "$MAX_MESSAGES" --time-limit $((SECONDS_PER_RUN + 60))
   done
   for s in $ORDER; do
-    run "paced" "$s" relay --pairs "$PAIRS" --window "$WINDOW" --rate "$RATE" --seconds "$SECONDS_PER_RUN" \
+    run "paced" "$s" relay --pairs "$PAIRS" --window "$WINDOW" --rate "$RATE" --tick-ms "$TICK_MS" --seconds "$SECONDS_PER_RUN" \
       --max-messages "$MAX_MESSAGES" --time-limit $((SECONDS_PER_RUN + 60))
   done
 done

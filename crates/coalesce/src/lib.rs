@@ -177,11 +177,12 @@ fn before_sleep(nap: Duration, now: Instant) {
 /// longer, which gathers bigger batches, which makes the next wake-up's work and nap longer still, up to the cap; a
 /// worker below settles at `nap`. Why: at 200 µs a flat-out worker still slept and woke ~2 000 times a second, and
 /// the naps were 78 % of its context switches and the largest single item of its CPU (`perf`). Flat out
-/// (`load.mjs relay`, 100 pairs × 16 in flight, each worker ~25 % busy) the factor 3 bought nothing (0.72–0.74
-/// CPU-s per 100k signals, 0.70–0.75 with fixed naps), 6 took it to 0.54–0.56 and 12 to 0.52–0.54; paced at
-/// 5 000 signals/s (each worker ~8 % busy) p50 was 0.73–0.78 ms with 3, 0.76–0.82 with 6, 0.86–0.94 with 12. The
-/// latency a nap adds is bounded by the cap (1 ms by default), and a worker that busy already delays what it is
-/// sent by its queue.
+/// (`load.mjs relay`, 100 pairs × 16 in flight, each worker ~25 % busy) the factor 3 stayed within the spread
+/// (0.60–0.74 CPU-s per 100k signals, 0.70–0.75 with fixed naps), 6 took it to 0.54–0.56 and 12 to 0.52–0.54; paced
+/// at 5 000 signals/s in 5 ms bursts p50 was 0.73–0.78 ms with 3, 0.76–0.82 with 6, 0.86–0.94 with 12. The price
+/// is latency at a steady middling load: smoothly paced (1 ms ticks) at 20 000 signals/s, p50 went from 0.59–0.62 ms
+/// to 1.07–1.21 for 13 % less CPU per signal (at 5 000/s, 0.33–0.35 to 0.36–0.38). The latency a nap adds is
+/// bounded by the cap (1 ms by default); `limits.coalesce_us = 0` turns naps off.
 fn nap_after(nap: Duration, worked: Option<Duration>) -> Duration {
     let worked = worked.unwrap_or_default();
     (worked * LOADED).clamp(nap, nap * LONGEST)

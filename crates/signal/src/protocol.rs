@@ -153,9 +153,12 @@ pub(crate) struct Envelope<'a> {
     #[serde(borrow, default, deserialize_with = "borrowed")]
     pub id: Option<Cow<'a, str>>,
     pub ack: Option<u64>,
+    /// The client's own numbering of `signal`/`broadcast`, so it can resend what a dead socket swallowed.
     pub seq: Option<u64>,
+    /// `outcome`: the remote peer the report is about.
     #[serde(borrow, default, deserialize_with = "borrowed")]
     pub peer: Option<Cow<'a, str>>,
+    /// `outcome`: the report (`outcome::Report`), parsed by the hub.
     #[serde(borrow)]
     pub report: Option<&'a RawValue>,
 }
@@ -168,6 +171,7 @@ fn borrowed<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Cow<'de, st
     Ok(Option::<Borrowed<'de>>::deserialize(d)?.map(|Borrowed(s)| s))
 }
 
+/// A validated client message.
 #[derive(Debug)]
 pub(crate) enum ClientMessage<'a> {
     Join {
