@@ -111,17 +111,21 @@ export async function launchBrowser({ strictCertificates = false } = {}) {
   };
 }
 
-/** A port free on 127.0.0.1 for TCP and (with `udp`) UDP at once. */
+/**
+ * A port free on 127.0.0.1 for TCP and (with `udp`) UDP at once. Drawn at random below the kernel's ephemeral range
+ * (32768-60999): a port the kernel handed out and we released could be handed to another process's outgoing
+ * connection (seen in CI: `cannot listen on single-port …: Address already in use`) before the server binds it; below
+ * that range only another probe can take it, and `startTraverse` draws again if one does.
+ */
 export async function freePort({ udp = false } = {}) {
   for (let i = 0; i < 50; i++) {
-    const port = await new Promise((resolve, reject) => {
+    const port = 20000 + Math.floor(Math.random() * 12000);
+    const tcp = await new Promise((resolve) => {
       const s = net.createServer();
-      s.once('error', reject);
-      s.listen(0, '127.0.0.1', () => {
-        const p = /** @type {net.AddressInfo} */ (s.address()).port;
-        s.close(() => resolve(p));
-      });
+      s.once('error', () => resolve(false));
+      s.listen(port, '127.0.0.1', () => s.close(() => resolve(true)));
     });
+    if (!tcp) continue;
     if (!udp) return port;
     const ok = await new Promise((resolve) => {
       const u = dgram.createSocket('udp4');
@@ -159,12 +163,30 @@ export function get(url, { headers = {} } = {}) {
  */
 export async function startTraverse({ extraArgs = [], ports: reuse } = {}) {
   if (!fs.existsSync(TRAVERSE_BIN)) throw new Error(`${TRAVERSE_BIN} missing: run cargo build -p traverse`);
-  const ports = reuse || {
-    turn: await freePort({ udp: true }),
-    tls: await freePort(),
-    mux: await freePort(),
-    http: await freePort(),
-  };
+  // A probed port can still be taken before the server binds it (by another test file's probe): draw again, or, for
+  // ports a restarted server must keep, wait for them.
+  for (let attempt = 1; ; attempt++) {
+    const ports = reuse || (await freePorts());
+    try {
+      return await startOn(ports, extraArgs);
+    } catch (err) {
+      if (attempt >= 5 || !/Address already in use/.test(String(err && err.message))) throw err;
+      console.log(`# startTraverse: a port was taken (attempt ${attempt}), ${reuse ? 'waiting' : 'drawing new ones'}`);
+      if (reuse) await sleep(1000);
+    }
+  }
+}
+
+/** Four distinct free ports for `startTraverse`. */
+async function freePorts() {
+  for (;;) {
+    const ports = { turn: await freePort({ udp: true }), tls: await freePort(), mux: await freePort(), http: await freePort() };
+    if (new Set(Object.values(ports)).size === 4) return ports;
+  }
+}
+
+/** @param {{turn: number, tls: number, mux: number, http: number}} ports @param {string[]} extraArgs */
+async function startOn(ports, extraArgs) {
   const args = [
     'serve',
     '--udp', `127.0.0.1:${ports.turn}`,
