@@ -13,10 +13,10 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -24,7 +24,7 @@ use futures_util::{SinkExt, StreamExt};
 use stun::{Attribute, Class, Method};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
-use common::{Spawned, TurnClient, LOOPBACK};
+use common::{free_tcp_port, Spawned, TurnClient, LOOPBACK};
 
 const USER: &str = "alice";
 const PASSWORD: &str = "pw";
@@ -53,23 +53,6 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
-}
-
-fn free_tcp_port() -> u16 {
-    // Below the ephemeral range (32768+), where port-0 listeners and outgoing connections get theirs: a port-0 port
-    // released here could be handed to one of those before the server under test binds it (seen in a CI dry run as
-    // "cannot listen on single-port …: Address already in use"). Numbered per test process, from an offset by its
-    // pid; conformance.rs takes 20 000 and up the same way.
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let offset = std::process::id() % 400 * 20;
-    for _ in 0..2000 {
-        let port = 12_000 + (offset + NEXT.fetch_add(1, Ordering::Relaxed)) % 8_000;
-        let port = u16::try_from(port).expect("below 20 000");
-        if TcpListener::bind((LOOPBACK, port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no TCP port free below the ephemeral range");
 }
 
 /// Answers every A query with 127.0.0.1 and every other type with no records (NOERROR), authoritatively: the name

@@ -14,7 +14,7 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -40,7 +40,7 @@ impl Redis {
             common::skip("redis-server is not installed (Debian package redis-server)");
             return None;
         }
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = common::free_tcp_port();
         Some(Redis::start_on(port))
     }
 
@@ -472,7 +472,7 @@ fn a_peer_whose_node_is_killed_resumes_through_another_node_with_nothing_lost() 
 #[test]
 fn a_node_whose_redis_is_unreachable_serves_its_sockets_alone_and_says_so() {
     // A port nothing listens on.
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = common::free_tcp_port();
     if !common::have_tool("redis-server") {
         return common::skip("redis-server is not installed (Debian package redis-server)");
     }
@@ -792,7 +792,7 @@ fn nodes_signal_each_other_over_a_redis_on_tls() {
     std::fs::write(&ca, ca_cert.pem()).unwrap();
     std::fs::write(&cert, leaf.pem()).unwrap();
     std::fs::write(&key, leaf_key.serialize_pem()).unwrap();
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = common::free_tcp_port();
     let child = Command::new("redis-server")
         .args(["--port", "0", "--tls-port", &port.to_string(), "--bind", "127.0.0.1"])
         .args([

@@ -4,19 +4,10 @@
 
 mod common;
 
-use std::net::TcpListener;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{run_bounded, signaling_addr, spawn_serve, Server, Spawned};
-
-/// A TCP port free right now on loopback (bound, then released).
-fn free_tcp_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind TCP")
-}
+use common::{free_tcp_port, run_bounded, signaling_addr, spawn_serve, Server, Spawned};
 
 fn doctor(args: &[&str]) -> (Option<i32>, serde_json::Value, String) {
     let out = run_bounded(

@@ -11,7 +11,7 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus};
 use std::sync::{Arc, Mutex};
@@ -22,7 +22,7 @@ use serde_json::{json, Value};
 use stun::{attr, Attribute, Class, MessageWriter, Method};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
-use common::{connect_tcp, Conn, Response, Server, TurnClient};
+use common::{connect_tcp, free_tcp_port, Conn, Response, Server, TurnClient};
 
 /// The longest any single answer may take on a loaded 2-core machine.
 const WAIT: Duration = Duration::from_secs(10);
@@ -354,13 +354,6 @@ fn assert_closed_between(what: &str, stream: &mut TcpStream, since: Instant, min
         ),
         other => panic!("{what}: not closed within {max:?}: {other:?}"),
     }
-}
-
-fn free_tcp_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind TCP")
 }
 
 #[test]

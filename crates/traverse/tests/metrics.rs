@@ -14,21 +14,13 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{clear_traverse_env, require_tools, run_bounded, skip, Conn, EchoPeer, Server, TurnClient};
+use common::{clear_traverse_env, free_tcp_port, require_tools, run_bounded, skip, Conn, EchoPeer, Server, TurnClient};
 
 const TOKEN: &str = "metrics-token-0123456789";
-
-/// A free loopback TCP port for the metrics listener (bound, read, released: the server binds it a moment later).
-fn free_tcp_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free TCP port")
-}
 
 /// `true` when Python's `prometheus_client` can be imported; otherwise skips (or fails under CI).
 fn have_parser() -> bool {

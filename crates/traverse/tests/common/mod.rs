@@ -358,6 +358,28 @@ pub fn mint_credentials(secret: &str, user: &str) -> (String, String) {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
+// Ports.
+
+/// A TCP port free on loopback right now, for a server started a moment later. Below the ephemeral range (32768+),
+/// where port-0 listeners and outgoing connections get theirs: a port-0 port released here could be handed to one of
+/// those before the server binds it (seen in CI as "cannot listen on single-port …: Address already in use").
+/// Numbered per test process, from an offset by its pid, so that parallel binaries do not probe the same ones;
+/// conformance.rs takes 20 000 and up the same way.
+pub fn free_tcp_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let offset = std::process::id() % 400 * 20;
+    for _ in 0..2000 {
+        let port = 12_000 + (offset + NEXT.fetch_add(1, Ordering::Relaxed)) % 8_000;
+        let port = u16::try_from(port).expect("below 20 000");
+        if std::net::TcpListener::bind((LOOPBACK, port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no TCP port free below the ephemeral range");
+}
+
+// ---------------------------------------------------------------------------------------------------------------
 // Echo peers.
 
 /// A free UDP port on `ip` right now (bound, then released). Collisions with parallel tests are possible but rare;
