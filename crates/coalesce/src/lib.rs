@@ -14,7 +14,8 @@
 //! nap; only if three different sockets or more read or wrote bytes on this worker in the last 10 ms
 //! ([`socket_io`]), i.e. messages are moving side by side; and only if it took no UDP datagram in the last 50 ms
 //! ([`datagrams_handled`]). How long: six times the work of the wake-up that ends, from the configured nap up to
-//! five times it (`nap_after`).
+//! five times it (`nap_after`); with `--redis`, whose hub works on a thread of its own, always the configured nap
+//! ([`Naps::fixed`]).
 //!
 //! The second rule spares a *chain* its nap: one signal in flight between two peers, each answering what it is sent
 //! (offer, answer, candidates), keeps the worker busy with one read and one write at a time on the same two sockets, and a nap
@@ -134,9 +135,40 @@ impl Recent {
     }
 }
 
-/// Installs coalescing on a worker's runtime; a zero `nap` leaves it off.
-pub fn install(builder: &mut tokio::runtime::Builder, nap: Duration) {
-    if nap.is_zero() {
+/// How long a worker naps: `shortest` after a light wake-up, up to `longest` after a heavy one ([`nap_after`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Naps {
+    pub shortest: Duration,
+    pub longest: Duration,
+}
+
+impl Naps {
+    /// From `nap` up to [`LONGEST`] times it, growing with the work: where the hub's work is done on the worker
+    /// itself (the in-memory hub, `web::shards`).
+    pub fn adaptive(nap: Duration) -> Self {
+        Self {
+            shortest: nap,
+            longest: nap * LONGEST,
+        }
+    }
+
+    /// Always `nap`: where the hub's work is done on a thread of its own (the cluster's hub task with `--redis`),
+    /// so that a worker's work is only its sockets' reads and writes and every signal waits for two workers.
+    /// Measured there (`traverse-cluster-bench`, one node, 2 workers, alternated runs): with 80 signals in flight,
+    /// fixed naps gave 54 800–64 700 signals/s against 42 500–49 000 growing ones, p50 1.14–1.41 ms against
+    /// 1.59–1.85, for 12.5–14.8 µs of CPU per signal against 11.8–14.3; with 1 600 in flight, 85 000–99 000
+    /// against 79 000–101 000 signals/s at 7.1–8.5 µs per signal against 6.7–8.6 (the same).
+    pub fn fixed(nap: Duration) -> Self {
+        Self {
+            shortest: nap,
+            longest: nap,
+        }
+    }
+}
+
+/// Installs coalescing on a worker's runtime; a zero nap leaves it off.
+pub fn install(builder: &mut tokio::runtime::Builder, naps: Naps) {
+    if naps.shortest.is_zero() {
         return;
     }
     // The nap is a timer: with the default 50 µs of timer slack a 50 µs nap lasts 100. 1 µs of slack for this
@@ -145,13 +177,13 @@ pub fn install(builder: &mut tokio::runtime::Builder, nap: Duration) {
     #[allow(unsafe_code)]
     let _ = unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1_000_u64) };
     builder
-        .on_thread_park(move || before_sleep(nap, Instant::now()))
+        .on_thread_park(move || before_sleep(naps, Instant::now()))
         .on_thread_unpark(|| WOKE_AT.set(Some(Instant::now())));
 }
 
 /// Called when the worker has nothing left to run: naps if its last sleep was short and several sockets are
 /// reading side by side, then records when the sleep starts.
-fn before_sleep(nap: Duration, now: Instant) {
+fn before_sleep(naps: Naps, now: Instant) {
     if DATAGRAMS.replace(false) {
         DATAGRAMS_AT.set(Some(now));
     }
@@ -164,8 +196,8 @@ fn before_sleep(nap: Duration, now: Instant) {
     }
     RECENT.set(recent);
     let woke_at = WOKE_AT.get();
-    if !relaying && recent.side_by_side(now) && busy(SLEPT_AT.get(), woke_at, nap) {
-        std::thread::sleep(nap_after(nap, woke_at.map(|woke| now.saturating_duration_since(woke))));
+    if !relaying && recent.side_by_side(now) && busy(SLEPT_AT.get(), woke_at, naps.shortest) {
+        std::thread::sleep(nap_after(naps, woke_at.map(|woke| now.saturating_duration_since(woke))));
         SLEPT_AT.set(Some(Instant::now()));
     } else {
         SLEPT_AT.set(Some(now));
@@ -183,9 +215,9 @@ fn before_sleep(nap: Duration, now: Instant) {
 /// is latency at a steady middling load: smoothly paced (1 ms ticks) at 20 000 signals/s, p50 went from 0.59–0.62 ms
 /// to 1.07–1.21 for 13 % less CPU per signal (at 5 000/s, 0.33–0.35 to 0.36–0.38). The latency a nap adds is
 /// bounded by the cap (1 ms by default); `limits.coalesce_us = 0` turns naps off.
-fn nap_after(nap: Duration, worked: Option<Duration>) -> Duration {
+fn nap_after(naps: Naps, worked: Option<Duration>) -> Duration {
     let worked = worked.unwrap_or_default();
-    (worked * LOADED).clamp(nap, nap * LONGEST)
+    (worked * LOADED).clamp(naps.shortest, naps.longest.max(naps.shortest))
 }
 
 /// A wake-up's work times this is the next nap (so a worker busy more than 1 / (1 + `LOADED`) of the time naps
@@ -232,7 +264,7 @@ mod tests {
         for &socket in sockets {
             socket_io(socket);
         }
-        before_sleep(Duration::from_micros(100), end);
+        before_sleep(Naps::adaptive(Duration::from_micros(100)), end);
         SLEPT_AT.get() != Some(end)
     }
 
@@ -280,11 +312,15 @@ mod tests {
 
     #[test]
     fn a_busier_worker_naps_longer_up_to_the_cap() {
-        let nap = Duration::from_micros(200);
+        let nap = Naps::adaptive(Duration::from_micros(200));
         let us = Duration::from_micros;
-        assert_eq!(nap_after(nap, None), nap);
-        assert_eq!(nap_after(nap, Some(us(20))), nap, "a light wake-up: the configured nap");
-        assert_eq!(nap_after(nap, Some(us(33))), nap);
+        assert_eq!(nap_after(nap, None), us(200));
+        assert_eq!(
+            nap_after(nap, Some(us(20))),
+            us(200),
+            "a light wake-up: the configured nap"
+        );
+        assert_eq!(nap_after(nap, Some(us(33))), us(200));
         assert_eq!(
             nap_after(nap, Some(us(50))),
             us(300),
@@ -292,6 +328,14 @@ mod tests {
         );
         assert_eq!(nap_after(nap, Some(us(150))), us(900));
         assert_eq!(nap_after(nap, Some(us(5_000))), us(1_000), "never past five naps");
+    }
+
+    #[test]
+    fn a_fixed_nap_never_grows() {
+        let nap = Naps::fixed(Duration::from_micros(200));
+        let us = Duration::from_micros;
+        assert_eq!(nap_after(nap, Some(us(20))), us(200));
+        assert_eq!(nap_after(nap, Some(us(5_000))), us(200), "however long the work");
     }
 
     #[test]
@@ -310,7 +354,7 @@ mod tests {
             socket_io(socket);
         }
         // 60 µs of work against a 10 µs nap: a 50 µs nap (the cap), not 10; seen in when the sleep starts.
-        before_sleep(Duration::from_micros(10), now);
+        before_sleep(Naps::adaptive(Duration::from_micros(10)), now);
         let napped = SLEPT_AT.get().map(|at| at.saturating_duration_since(now));
         assert!(napped >= Some(Duration::from_micros(50)), "napped {napped:?}");
     }
@@ -324,7 +368,7 @@ mod tests {
             socket_io(socket);
         }
         let end = t + Duration::from_millis(5) + Duration::from_micros(10);
-        before_sleep(Duration::from_micros(100), end);
+        before_sleep(Naps::adaptive(Duration::from_micros(100)), end);
         assert_eq!(SLEPT_AT.get(), Some(end), "a sleep of 50 naps: no nap after it");
     }
 }

@@ -25,6 +25,7 @@ use tokio::sync::watch;
 use turn::{Authenticator, Quotas};
 
 pub use budget::{plan_fds, FdPlan};
+pub use coalesce::Naps;
 pub use handshakes::{HandshakeFailure, Handshakes, SeenFailure};
 pub use mux::{HttpHandler, HttpScheme, Io, ALPN_STUN_TURN};
 pub use stats::WorkerStats;
@@ -45,7 +46,7 @@ pub struct ServerConfig {
     pub workers: usize,
     /// How long a worker that runs out of work while busy with streams (signaling) waits before it sleeps, to
     /// handle the next events as a batch (`coalesce`); zero: it sleeps at once.
-    pub coalesce: Duration,
+    pub coalesce: coalesce::Naps,
     /// A TCP/TLS connection with no allocation and nothing received for this long is closed.
     pub stream_idle_timeout: Duration,
     pub tls_handshake_timeout: Duration,

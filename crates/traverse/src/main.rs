@@ -624,7 +624,15 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             xdp: config.relay.xdp.clone(),
         },
         workers,
-        coalesce: Duration::from_micros(config.limits.coalesce_us),
+        coalesce: {
+            let nap = Duration::from_micros(config.limits.coalesce_us);
+            // With --redis the hub's work runs on a thread of its own, not on the workers: their naps stay short.
+            if config.signal.redis.is_some() {
+                server::Naps::fixed(nap)
+            } else {
+                server::Naps::adaptive(nap)
+            }
+        },
         stream_idle_timeout: Duration::from_secs(config.limits.idle_timeout),
         tls_handshake_timeout: Duration::from_secs(10),
         max_stream_connections: fds.connections,
