@@ -148,16 +148,16 @@ impl Naps {
     pub fn adaptive(nap: Duration) -> Self {
         Self {
             shortest: nap,
-            longest: nap * LONGEST,
+            longest: nap.saturating_mul(LONGEST),
         }
     }
 
     /// Always `nap`: where the hub's work is done on a thread of its own (the cluster's hub task with `--redis`),
     /// so that a worker's work is only its sockets' reads and writes and every signal waits for two workers.
     /// Measured there (`traverse-cluster-bench`, one node, 2 workers, alternated runs): with 80 signals in flight,
-    /// fixed naps gave 54 800–64 700 signals/s against 42 500–49 000 growing ones, p50 1.14–1.41 ms against
-    /// 1.59–1.85, for 12.5–14.8 µs of CPU per signal against 11.8–14.3; with 1 600 in flight, 85 000–99 000
-    /// against 79 000–101 000 signals/s at 7.1–8.5 µs per signal against 6.7–8.6 (the same).
+    /// fixed naps gave 54 800–64 700 signals/s against 42 600–49 000 growing ones, p50 1.14–1.41 ms against
+    /// 1.59–1.85, for 12.5–14.8 µs of CPU per signal against 11.8–14.3; with 1 600 in flight, 85 400–98 800
+    /// against 78 800–101 000 signals/s at 7.1–8.5 µs per signal against 6.7–8.6 (the same).
     pub fn fixed(nap: Duration) -> Self {
         Self {
             shortest: nap,
@@ -205,18 +205,19 @@ fn before_sleep(naps: Naps, now: Instant) {
 }
 
 /// How long to nap after a wake-up that worked for `worked`: [`LOADED`] times that, from `naps.shortest` (the
-/// configured nap) up to `naps.longest` ([`LONGEST`] times it, or the nap itself with `--redis`). A worker busy over
-/// a seventh of its time (its work outlasting a sixth of its nap) naps longer, which gathers bigger batches, which
-/// makes the next wake-up's work and nap longer still, up to the cap; a worker below settles at the shortest. Why: at 200 µs a flat-out worker still slept and woke ~2 000 times a second, and
-/// the naps were 78 % of its context switches and the largest single item of its CPU (`perf`). Flat out
-/// (`load.mjs relay`, 100 pairs × 16 in flight, each worker ~25 % busy) the factor 3 stayed within the spread
-/// (0.60–0.74 CPU-s per 100k signals, 0.70–0.75 with fixed naps), 6 took it to 0.54–0.56 and 12 to 0.52–0.54; paced
-/// at 5 000 signals/s in 5 ms bursts p50 was 0.73–0.78 ms with 3, 0.76–0.82 with 6, 0.86–0.94 with 12. The price
-/// is latency at a steady middling load: smoothly paced (1 ms ticks) at 20 000 signals/s, p50 went from 0.59–0.62 ms
-/// to 1.07–1.21 for 13 % less CPU per signal (at 5 000/s, 0.33–0.35 to 0.36–0.38); and with 80 signals in flight
-/// between clients on loopback that answer within the nap (a closed loop the nap paces), 55 000 signals/s and p50
-/// 1.4 ms against 87 500–97 500 and 0.8–0.9 with fixed naps, at the same CPU per signal (`docs/benchmarks.md`). The
-/// latency a nap adds is bounded by the cap (1 ms by default); `limits.coalesce_us = 0` turns naps off.
+/// configured nap) up to `naps.longest` ([`LONGEST`] times it, or the nap itself with `--redis`). A worker busy over a
+/// seventh of its time (its work outlasting a sixth of its nap) naps longer, which gathers bigger batches, which makes
+/// the next wake-up's work and nap longer still, up to the cap; a worker below settles at the shortest. Why: at 200 µs
+/// a flat-out worker still slept and woke ~2 000 times a second, and the naps were 78 % of its context switches and the
+/// largest single item of its CPU (`perf`). Flat out (`load.mjs relay`, 100 pairs × 16 in flight, each worker ~25 %
+/// busy) the factor 3 stayed within the spread (0.60–0.74 CPU-s per 100k signals, 0.70–0.75 with fixed naps), 6 took it
+/// to 0.54–0.56 and 12 to 0.52–0.54; paced at 5 000 signals/s in 5 ms bursts p50 was 0.73–0.78 ms with 3, 0.76–0.82
+/// with 6, 0.86–0.94 with 12. The price is latency at a steady middling load: smoothly paced (1 ms ticks) at 20 000
+/// signals/s, p50 went from 0.59–0.62 ms to 1.07–1.21 for 13 % less CPU per signal (at 5 000/s, 0.33–0.35 to
+/// 0.36–0.38); and with 80 signals in flight between clients on loopback that answer within the nap (a closed loop the
+/// nap paces), 55 000 signals/s and p50 1.4 ms against 87 500–97 500 and 0.8–0.9 with fixed naps, at about the same CPU
+/// per signal (`docs/benchmarks.md`; the fixed-nap build predates two per-signal savings). The latency a nap adds is
+/// bounded by the cap (1 ms by default); `limits.coalesce_us = 0` turns naps off.
 fn nap_after(naps: Naps, worked: Option<Duration>) -> Duration {
     let worked = worked.unwrap_or_default();
     (worked * LOADED).clamp(naps.shortest, naps.longest.max(naps.shortest))

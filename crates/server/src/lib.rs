@@ -45,7 +45,8 @@ pub struct ServerConfig {
     pub relay: RelayConfig,
     pub workers: usize,
     /// How long a worker that runs out of work while busy with streams (signaling) waits before it sleeps, to
-    /// handle the next events as a batch (`coalesce`); zero: it sleeps at once.
+    /// handle the next events as a batch (`coalesce`): from `shortest` up to `longest`; a zero `shortest`: it
+    /// sleeps at once.
     pub coalesce: coalesce::Naps,
     /// A TCP/TLS connection with no allocation and nothing received for this long is closed.
     pub stream_idle_timeout: Duration,

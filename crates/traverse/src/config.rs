@@ -411,8 +411,8 @@ mod strings {
 pub struct Limits {
     pub workers: usize,
     /// Microseconds a worker busy with signaling waits before it sleeps, so that it handles the next events as a
-    /// batch (less CPU per signal, at most this much latency added; only while three sockets or more have traffic
-    /// at once, never while relaying UDP; 0: off).
+    /// batch (less CPU per signal; a busier worker waits up to five times this, with `signal.redis` always this;
+    /// only while three sockets or more have traffic at once, never while relaying UDP; 0: off).
     pub coalesce_us: u64,
     pub max_allocations: usize,
     pub max_allocations_per_user: usize,

@@ -111,28 +111,36 @@ export async function launchBrowser({ strictCertificates = false } = {}) {
   };
 }
 
+/** Ports `freePort` already handed out in this process: never handed out twice. */
+const handedOut = new Set();
+
 /**
  * A port free on 127.0.0.1 for TCP and (with `udp`) UDP at once. Drawn at random below the kernel's ephemeral range
- * (32768-60999): a port the kernel handed out and we released could be handed to another process's outgoing
- * connection (seen in CI: `cannot listen on single-port …: Address already in use`) before the server binds it; below
- * that range only another probe can take it, and `startTraverse` draws again if one does.
+ * (32768-60999): a port the kernel handed out and we released could be given to an outgoing connection (seen in CI:
+ * `cannot listen on single-port …: Address already in use`) before the server binds it. Below that range, and never
+ * twice in one process, only another process's listener can take it; `startTraverse` draws again if one does.
  */
 export async function freePort({ udp = false } = {}) {
   for (let i = 0; i < 50; i++) {
     const port = 20000 + Math.floor(Math.random() * 12000);
+    if (handedOut.has(port)) continue;
     const tcp = await new Promise((resolve) => {
       const s = net.createServer();
       s.once('error', () => resolve(false));
       s.listen(port, '127.0.0.1', () => s.close(() => resolve(true)));
     });
     if (!tcp) continue;
-    if (!udp) return port;
-    const ok = await new Promise((resolve) => {
-      const u = dgram.createSocket('udp4');
-      u.once('error', () => resolve(false));
-      u.bind(port, '127.0.0.1', () => u.close(() => resolve(true)));
-    });
-    if (ok) return port;
+    const ok =
+      !udp ||
+      (await new Promise((resolve) => {
+        const u = dgram.createSocket('udp4');
+        u.once('error', () => resolve(false));
+        u.bind(port, '127.0.0.1', () => u.close(() => resolve(true)));
+      }));
+    if (ok) {
+      handedOut.add(port);
+      return port;
+    }
   }
   throw new Error('no free port');
 }
@@ -163,26 +171,25 @@ export function get(url, { headers = {} } = {}) {
  */
 export async function startTraverse({ extraArgs = [], ports: reuse } = {}) {
   if (!fs.existsSync(TRAVERSE_BIN)) throw new Error(`${TRAVERSE_BIN} missing: run cargo build -p traverse`);
-  // A probed port can still be taken before the server binds it (by another test file's probe): draw again, or, for
-  // ports a restarted server must keep, wait for them.
+  // A probed port can still be taken before the server binds it (by another process): draw again, or, for ports a
+  // restarted server must keep, wait for them. Told by the server's own message (the OS error's text): this is a
+  // test harness, and the server exits on it with nothing more specific.
   for (let attempt = 1; ; attempt++) {
     const ports = reuse || (await freePorts());
     try {
       return await startOn(ports, extraArgs);
     } catch (err) {
-      if (attempt >= 5 || !/Address already in use/.test(String(err && err.message))) throw err;
-      console.log(`# startTraverse: a port was taken (attempt ${attempt}), ${reuse ? 'waiting' : 'drawing new ones'}`);
+      const taken = String(err && err.message).match(/cannot listen on [^\n]*Address already in use[^\n]*/);
+      if (attempt >= 5 || !taken) throw err;
+      console.log(`# startTraverse (attempt ${attempt}): ${taken[0]}; ${reuse ? 'waiting' : 'drawing new ports'}`);
       if (reuse) await sleep(1000);
     }
   }
 }
 
-/** Four distinct free ports for `startTraverse`. */
+/** Four free ports for `startTraverse` (distinct: `freePort` never hands one out twice). */
 async function freePorts() {
-  for (;;) {
-    const ports = { turn: await freePort({ udp: true }), tls: await freePort(), mux: await freePort(), http: await freePort() };
-    if (new Set(Object.values(ports)).size === 4) return ports;
-  }
+  return { turn: await freePort({ udp: true }), tls: await freePort(), mux: await freePort(), http: await freePort() };
 }
 
 /** @param {{turn: number, tls: number, mux: number, http: number}} ports @param {string[]} extraArgs */
@@ -248,6 +255,8 @@ async function startOn(ports, extraArgs) {
     );
   } catch (err) {
     await server.stop();
+    // An exited server's log is in the error already.
+    if (exited) fs.rmSync(logFile, { force: true });
     throw err;
   }
   return server;
