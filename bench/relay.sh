@@ -10,6 +10,11 @@
 #   SERVERS="traverse forwarder coturn" bench/relay.sh   # also the bare UDP forwarder (traverse-bare-forwarder: one
 #       receive and one send per packet, no TURN checks), the floor a socket relay can reach; the table then gives
 #       Traverse's CPU per relayed packet as a multiple of the forwarder's (loadgen runs only: it cannot authenticate)
+#   SERVERS="traverse traverse-2w" TRAFFIC_RUNS=100:150000 bench/relay.sh   # scaling with cores: Traverse with 2
+#       workers beside 1; the table adds "2 workers / 1" (relayed packets per CPU-s and delivered echoes, the latter at
+#       saturation being what a second core buys). Give each its cores with SERVER_CPUS / LOAD_CPUS (taskset lists:
+#       e.g. SERVER_CPUS=0-1 LOAD_CPUS=2-3 keeps the load generator and the echo peer off the server's cores; on a
+#       2-core machine they share the cores, and the script says so)
 #   PACE_US=100 bench/relay.sh   # smoothly paced arrivals: the load generator sends every 100 µs what is due,
 #       instead of each millisecond's packets in one burst (PACE_US=1000, the default), which flatters a server that
 #       drains many packets per wake-up
@@ -45,6 +50,10 @@ for tool in turnserver turnutils_peer turnutils_uclient ip; do
   command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install coturn iproute2"; exit 1; }
 done
 ulimit -n "$(ulimit -Hn)"
+# Core split: the server on SERVER_CPUS, the load generators and the echo peer on LOAD_CPUS (unset: no pinning).
+on_server_cpus=(); on_load_cpus=()
+[ -n "${SERVER_CPUS:-}" ] && on_server_cpus=(taskset -c "$SERVER_CPUS")
+[ -n "${LOAD_CPUS:-}" ] && on_load_cpus=(taskset -c "$LOAD_CPUS")
 
 pids=()
 cleanup() {
@@ -72,7 +81,7 @@ ip link set trvb0 up
 ip netns exec "$NS" ip addr add "$PEER_IP/24" dev trvb1
 ip netns exec "$NS" ip link set trvb1 up
 ip netns exec "$NS" ip link set lo up
-ip netns exec "$NS" turnutils_peer -L "$PEER_IP" -p "$PEER_PORT" >/dev/null 2>&1 &
+ip netns exec "$NS" "${on_load_cpus[@]}" turnutils_peer -L "$PEER_IP" -p "$PEER_PORT" >/dev/null 2>&1 &
 pids+=($!)
 sleep 0.5
 
@@ -87,21 +96,22 @@ rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 start_server() { # name → sets SERVER_PID
   case "$1" in
     # Few TCP/TLS connections (500; the relay load is UDP), so that the descriptor limit goes to allocations.
-    traverse|traverse-nocoalesce)
-      local coalesce=()
-      [ "$1" = traverse ] && coalesce=(--set "limits.coalesce_us=${COALESCE_US:-200}") || coalesce=(--set limits.coalesce_us=0)
-      "$TRAVERSE" serve --udp "$HOST_IP:3478" --tcp "$HOST_IP:3478" --tls "$HOST_IP:5349" "${coalesce[@]}" \
-        --http 127.0.0.1:0 --user "$USER_NAME:$PASSWORD" --realm "$REALM" --workers 1 \
+    traverse|traverse-nocoalesce|traverse-2w)
+      local coalesce=(--set "limits.coalesce_us=${COALESCE_US:-200}") workers=1
+      [ "$1" = traverse-nocoalesce ] && coalesce=(--set limits.coalesce_us=0)
+      [ "$1" = traverse-2w ] && workers=2
+      "${on_server_cpus[@]}" "$TRAVERSE" serve --udp "$HOST_IP:3478" --tcp "$HOST_IP:3478" --tls "$HOST_IP:5349" "${coalesce[@]}" \
+        --http 127.0.0.1:0 --user "$USER_NAME:$PASSWORD" --realm "$REALM" --workers "$workers" \
         --relay-ports "$RELAY_PORT_MIN-$RELAY_PORT_MAX" --set limits.max_allocations=20000 \
         --set limits.max_connections=500 \
         --set limits.max_allocations_per_user=0 --set limits.max_allocations_per_source=0 \
         --log-level warn >"$OUT/traverse.log" 2>&1 &
       ;;
     forwarder)
-      "$BARE" --listen "$HOST_IP:3478" --relay-ip "$HOST_IP" --lifetime 3600 >"$OUT/forwarder.log" 2>&1 &
+      "${on_server_cpus[@]}" "$BARE" --listen "$HOST_IP:3478" --relay-ip "$HOST_IP" --lifetime 3600 >"$OUT/forwarder.log" 2>&1 &
       ;;
     coturn)
-      turnserver -n --no-cli --no-tls --no-dtls -L "$HOST_IP" -E "$HOST_IP" --listening-port 3478 \
+      "${on_server_cpus[@]}" turnserver -n --no-cli --no-tls --no-dtls -L "$HOST_IP" -E "$HOST_IP" --listening-port 3478 \
         --lt-cred-mech --user "$USER_NAME:$PASSWORD" --realm "$REALM" --relay-threads 1 \
         --min-port "$RELAY_PORT_MIN" --max-port "$RELAY_PORT_MAX" --no-multicast-peers --simple-log --log-file stdout \
         --pidfile "$OUT/turnserver.pid" >"$OUT/coturn.log" 2>&1 &
@@ -142,6 +152,11 @@ strace_during() { # label: syscall counts of the server for $STRACE seconds, 2 s
 }
 
 echo "== machine: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg); coturn $(turnserver --version 2>/dev/null | head -1)"
+if [ -n "${SERVER_CPUS:-}${LOAD_CPUS:-}" ]; then
+  echo "== cores: server on ${SERVER_CPUS:-any}, load generator and echo peer on ${LOAD_CPUS:-any}"
+else
+  echo "== cores: not pinned; server, load generator and echo peer share all $(nproc) (SERVER_CPUS / LOAD_CPUS pin them)"
+fi
 record machine load_start "$(cut -d' ' -f1 /proc/loadavg)"
 for rep in $(seq "$REPEAT"); do
   # Alternate which server goes first, so a drift in the machine's load does not always favour the same one.
@@ -154,7 +169,7 @@ for rep in $(seq "$REPEAT"); do
     for n in $MEMORY_RUNS; do
       start_server "$server"
       base=$(rss_kib "$SERVER_PID")
-      "$LOADGEN" --server "$HOST_IP:3478" --peer "$PEER_IP:$PEER_PORT" --user "$USER_NAME" --password "$PASSWORD" \
+      "${on_load_cpus[@]}" "$LOADGEN" --server "$HOST_IP:3478" --peer "$PEER_IP:$PEER_PORT" --user "$USER_NAME" --password "$PASSWORD" \
         --allocations "$n" --rate 0 --hold $((IDLE + 4)) >"$OUT/hold.txt" 2>&1 &
       lg=$!
       pids+=("$lg")
@@ -189,7 +204,7 @@ for rep in $(seq "$REPEAT"); do
       start_server "$server"
       strace_during "$server-$size-$rate"
       t0=$(cpu_ticks "$SERVER_PID")
-      "$LOADGEN" --server "$HOST_IP:3478" --peer "$PEER_IP:$PEER_PORT" --user "$USER_NAME" --password "$PASSWORD" \
+      "${on_load_cpus[@]}" "$LOADGEN" --server "$HOST_IP:3478" --peer "$PEER_IP:$PEER_PORT" --user "$USER_NAME" --password "$PASSWORD" \
         --allocations 100 --rate "$rate" --duration "$SECONDS_PER_RUN" --size "$size" --pace-us "${PACE_US:-1000}" \
         >"$OUT/run.json"
       t1=$(cpu_ticks "$SERVER_PID")
@@ -211,7 +226,7 @@ for rep in $(seq "$REPEAT"); do
       strace_during "$server-uclient-$size"
       t0=$(cpu_ticks "$SERVER_PID")
       f="$OUT/uclient-$server-$size.txt"
-      timeout 120 turnutils_uclient -u "$USER_NAME" -w "$PASSWORD" -e "$PEER_IP" -r "$PEER_PORT" -m 50 -n 1000 \
+      timeout 120 "${on_load_cpus[@]}" turnutils_uclient -u "$USER_NAME" -w "$PASSWORD" -e "$PEER_IP" -r "$PEER_PORT" -m 50 -n 1000 \
         -l "$size" -z 5 "$HOST_IP" >"$f" 2>&1 || true
       t1=$(cpu_ticks "$SERVER_PID")
       stop_server
@@ -237,9 +252,10 @@ import statistics, sys
 values, traffic, memory, uclient = sys.argv[1], sys.argv[2].split(), sys.argv[3].split(), sys.argv[4].split()
 servers = ["traverse", "coturn"] + [s for s in sys.argv[5].split() if s not in ("traverse", "coturn")]
 names = {"traverse": "Traverse", "coturn": "coturn", "traverse-nocoalesce": "Traverse, coalescing off",
-         "forwarder": "bare forwarder"}
+         "forwarder": "bare forwarder", "traverse-2w": "Traverse, 2 workers"}
 others = [s for s in servers if s != "coturn"]
 floor = "forwarder" in servers
+scaling = "traverse-2w" in servers
 v = {}
 for line in open(values):
     server, metric, value = line.split()
@@ -266,12 +282,18 @@ def row(label, metric, ratio=True):
         # Traverse's CPU per relayed packet as a multiple of the forwarder's (packets per CPU-s, inverted).
         t, f = cells["traverse"][1], cells["forwarder"][1]
         ratios.append(f"{f / t:.2f}" if metric.startswith("ppc") and t and f else "")
+    if scaling:
+        # What the second worker buys: relayed packets per CPU-s (efficiency) and echoes delivered (at saturation,
+        # throughput), 2 workers over 1.
+        one, two = cells["traverse"][1], cells["traverse-2w"][1]
+        ratios.append(f"{two / one:.2f}" if metric.startswith(("ppc", "pps")) and one and two else "")
     print(f"| {label} | " + " | ".join(cells[s][0] for s in servers) + " | " + " | ".join(ratios) + " |")
 
 print("| metric | " + " | ".join(names.get(s, s) for s in servers) + " | "
       + " | ".join(f"{names.get(s, s)}/coturn" for s in others)
-      + (" | Traverse's CPU per packet / forwarder's" if floor else "") + " |")
-print("|---" * (1 + len(servers) + len(others) + floor) + "|")
+      + (" | Traverse's CPU per packet / forwarder's" if floor else "")
+      + (" | Traverse 2 workers / 1" if scaling else "") + " |")
+print("|---" * (1 + len(servers) + len(others) + floor + scaling) + "|")
 for run in dict.fromkeys(traffic):
     size, rate = run.split(":")
     k = f"{size}@{rate}"
