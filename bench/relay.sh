@@ -14,7 +14,8 @@
 #       workers beside 1; the table adds "2 workers / 1" (relayed packets per CPU-s and delivered echoes, the latter at
 #       saturation being what a second core buys). Give each its cores with SERVER_CPUS / LOAD_CPUS (taskset lists:
 #       e.g. SERVER_CPUS=0-1 LOAD_CPUS=2-3 keeps the load generator and the echo peer off the server's cores; on a
-#       2-core machine they share the cores, and the script says so)
+#       2-core machine they share the cores, and the script says so); LOAD_THREADS=N splits the traffic runs' load
+#       generator over N threads (one thread sends and receives at most ~150 000 packets/s: less than 2 workers carry)
 #   PACE_US=100 bench/relay.sh   # smoothly paced arrivals: the load generator sends every 100 µs what is due,
 #       instead of each millisecond's packets in one burst (PACE_US=1000, the default), which flatters a server that
 #       drains many packets per wake-up
@@ -206,7 +207,7 @@ for rep in $(seq "$REPEAT"); do
       t0=$(cpu_ticks "$SERVER_PID")
       "${on_load_cpus[@]}" "$LOADGEN" --server "$HOST_IP:3478" --peer "$PEER_IP:$PEER_PORT" --user "$USER_NAME" --password "$PASSWORD" \
         --allocations 100 --rate "$rate" --duration "$SECONDS_PER_RUN" --size "$size" --pace-us "${PACE_US:-1000}" \
-        >"$OUT/run.json"
+        --threads "${LOAD_THREADS:-1}" >"$OUT/run.json"
       t1=$(cpu_ticks "$SERVER_PID")
       stop_server
       received=$(json received <"$OUT/run.json")

@@ -6,7 +6,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -50,6 +50,11 @@ struct Args {
     /// packets in one burst; smaller values spread them out (smooth arrivals, as from many independent clients).
     #[arg(long, default_value_t = 1000)]
     pace_us: u64,
+    /// Threads sharing the traffic run (at most 16), each with its own share of the allocations and of the rate, its
+    /// own runtime and its own sockets: one thread cannot send and receive more than ~150 000 packets/s, which is
+    /// less than two relay workers carry (`bench/relay.sh`, `SERVERS="traverse traverse-2w"` with `LOAD_CPUS`).
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
 }
 
 struct Client {
@@ -100,8 +105,24 @@ impl Sender {
     }
 }
 
-#[tokio::main(flavor = "current_thread")]
-async fn main() -> anyhow::Result<()> {
+/// What every thread's receivers add up to.
+#[derive(Default)]
+struct Counters {
+    received: AtomicU64,
+    rtt_sum_us: AtomicU64,
+    rtt_max_us: AtomicU64,
+}
+
+/// One thread's traffic run, as it ends.
+struct Share {
+    allocations: usize,
+    setup_secs: f64,
+    sent: u64,
+    send_errors: u64,
+    send_secs: f64,
+}
+
+fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if args.duration > 300 || args.hold > 600 {
         bail!("--duration is capped at 300 s and --hold at 600 s");
@@ -109,46 +130,134 @@ async fn main() -> anyhow::Result<()> {
     if args.size < 8 || args.size > 1400 {
         bail!("--size must be 8..=1400");
     }
+    if args.threads == 0 || args.threads > 16 {
+        bail!("--threads must be 1..=16");
+    }
+    if args.threads > 1 && (args.hold > 0 || args.rate == 0) {
+        bail!("--threads is for traffic runs (--rate above 0, no --hold)");
+    }
+    let args = Arc::new(args);
+    let counters = Arc::new(Counters::default());
+    // Every thread opens its allocations, then all start sending at once.
+    let ready = Arc::new(Barrier::new(args.threads));
+    let spawned: Vec<_> = (1..args.threads)
+        .map(|t| {
+            let (args, counters, ready) = (args.clone(), counters.clone(), ready.clone());
+            std::thread::spawn(move || run_share(&args, t, &counters, &ready))
+        })
+        .collect();
+    let mut shares = vec![run_share(&args, 0, &counters, &ready)?];
+    for thread in spawned {
+        shares.push(thread.join().map_err(|_| anyhow::anyhow!("a load thread panicked"))??);
+    }
+    let allocations: usize = shares.iter().map(|s| s.allocations).sum();
+    let setup_secs = shares.iter().map(|s| s.setup_secs).fold(0.0, f64::max);
+    if args.rate == 0 {
+        println!(
+            "{}",
+            serde_json::json!({ "allocations": allocations, "setup_secs": setup_secs })
+        );
+        return Ok(());
+    }
+    let sent: u64 = shares.iter().map(|s| s.sent).sum();
+    let send_errors: u64 = shares.iter().map(|s| s.send_errors).sum();
+    let send_secs = shares.iter().map(|s| s.send_secs).fold(0.0, f64::max);
+    let received = counters.received.load(Ordering::Relaxed);
+    let rtt_avg_us = counters
+        .rtt_sum_us
+        .load(Ordering::Relaxed)
+        .checked_div(received)
+        .unwrap_or(0);
+    let loss = if sent == 0 {
+        0.0
+    } else {
+        100.0 * (sent.saturating_sub(received)) as f64 / sent as f64
+    };
+    println!(
+        "{}",
+        serde_json::json!({
+            "allocations": allocations,
+            "threads": args.threads,
+            "setup_secs": setup_secs,
+            "size": args.size,
+            "sent": sent,
+            "send_errors": send_errors,
+            "received": received,
+            "loss_pct": loss,
+            "send_secs": send_secs,
+            "sent_pps": sent as f64 / send_secs,
+            "received_pps": received as f64 / send_secs,
+            "rtt_avg_us": rtt_avg_us,
+            "rtt_max_us": counters.rtt_max_us.load(Ordering::Relaxed),
+        })
+    );
+    Ok(())
+}
+
+/// Thread `index` of `args.threads`: a runtime of its own, the allocations `index`, `index + threads`, … and that
+/// share of the rate.
+fn run_share(args: &Args, index: usize, counters: &Arc<Counters>, ready: &Barrier) -> anyhow::Result<Share> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let opened = runtime.block_on(open_share(args, index));
+    // Wait for the others even after a failure, so that no thread waits for ever; then report it.
+    ready.wait();
+    let (clients, setup_secs) = opened?;
+    let allocations = clients.len();
+    if args.hold > 0 {
+        println!("READY {allocations} allocations in {setup_secs:.2} s");
+        std::thread::sleep(Duration::from_secs(args.hold));
+    }
+    let rate = args.rate / args.threads as u64 + u64::from(index == 0) * (args.rate % args.threads as u64);
+    if args.rate == 0 || clients.is_empty() {
+        return Ok(Share {
+            allocations,
+            setup_secs,
+            sent: 0,
+            send_errors: 0,
+            send_secs: 0.0,
+        });
+    }
+    let (sent, send_errors, send_secs) = runtime.block_on(traffic(args, clients, rate, counters))?;
+    Ok(Share {
+        allocations,
+        setup_secs,
+        sent,
+        send_errors,
+        send_secs,
+    })
+}
+
+async fn open_share(args: &Args, index: usize) -> anyhow::Result<(Vec<Client>, f64)> {
     let setup_start = Instant::now();
     let channel = ChannelNumber::new(0x4000).context("channel")?;
     let credentials = Credentials {
         user: args.user.clone(),
         password: args.password.clone(),
     };
-    let mut clients = Vec::with_capacity(args.allocations);
-    for i in 0..args.allocations {
-        let client = open(&args, &credentials, channel)
+    let mut clients = Vec::with_capacity(args.allocations / args.threads + 1);
+    for i in (index..args.allocations).step_by(args.threads) {
+        let client = open(args, &credentials, channel)
             .await
             .with_context(|| format!("allocation {i}"))?;
         clients.push(client);
     }
-    let setup_secs = setup_start.elapsed().as_secs_f64();
-    if args.hold > 0 {
-        println!("READY {} allocations in {setup_secs:.2} s", clients.len());
-        tokio::time::sleep(Duration::from_secs(args.hold)).await;
-    }
-    if args.rate == 0 {
-        println!(
-            "{}",
-            serde_json::json!({ "allocations": clients.len(), "setup_secs": setup_secs })
-        );
-        return Ok(());
-    }
+    Ok((clients, setup_start.elapsed().as_secs_f64()))
+}
 
+/// Sends `rate` packets/s round-robin over `clients` for `args.duration` s and counts their echoes into `counters`;
+/// returns what was sent, the send errors and the send phase's length.
+async fn traffic(
+    args: &Args,
+    clients: Vec<Client>,
+    rate: u64,
+    counters: &Arc<Counters>,
+) -> anyhow::Result<(u64, u64, f64)> {
     let clients: Arc<Vec<Client>> = Arc::new(clients);
-    let received = Arc::new(AtomicU64::new(0));
-    let rtt_sum_us = Arc::new(AtomicU64::new(0));
-    let rtt_max_us = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let mut receivers = Vec::new();
     let receiving = if args.no_receive { 0 } else { clients.len() };
     for index in 0..receiving {
-        let (clients, received, rtt_sum_us, rtt_max_us) = (
-            clients.clone(),
-            received.clone(),
-            rtt_sum_us.clone(),
-            rtt_max_us.clone(),
-        );
+        let (clients, counters) = (clients.clone(), counters.clone());
         receivers.push(tokio::spawn(async move {
             let Some(client) = clients.get(index) else { return };
             let mut buf = vec![0u8; 2048];
@@ -161,9 +270,9 @@ async fn main() -> anyhow::Result<()> {
                 let sent_us = u64::from_be_bytes(stamp);
                 let now_us = start.elapsed().as_micros() as u64;
                 let rtt = now_us.saturating_sub(sent_us);
-                received.fetch_add(1, Ordering::Relaxed);
-                rtt_sum_us.fetch_add(rtt, Ordering::Relaxed);
-                rtt_max_us.fetch_max(rtt, Ordering::Relaxed);
+                counters.received.fetch_add(1, Ordering::Relaxed);
+                counters.rtt_sum_us.fetch_add(rtt, Ordering::Relaxed);
+                counters.rtt_max_us.fetch_max(rtt, Ordering::Relaxed);
             }
         }));
     }
@@ -172,8 +281,8 @@ async fn main() -> anyhow::Result<()> {
     let mut sender = Sender {
         clients: clients.clone(),
         packet: vec![0u8; 4 + args.size],
-        total: args.rate * args.duration,
-        rate: args.rate,
+        total: rate * args.duration,
+        rate,
         start,
         sent: 0,
         send_errors: 0,
@@ -207,7 +316,6 @@ async fn main() -> anyhow::Result<()> {
         })
         .await?;
     }
-    let (sent, send_errors) = (sender.sent, sender.send_errors);
     let send_secs = start.elapsed().as_secs_f64();
     if !args.no_receive {
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -215,31 +323,7 @@ async fn main() -> anyhow::Result<()> {
     for r in &receivers {
         r.abort();
     }
-    let received = received.load(Ordering::Relaxed);
-    let rtt_avg_us = rtt_sum_us.load(Ordering::Relaxed).checked_div(received).unwrap_or(0);
-    let loss = if sent == 0 {
-        0.0
-    } else {
-        100.0 * (sent.saturating_sub(received)) as f64 / sent as f64
-    };
-    println!(
-        "{}",
-        serde_json::json!({
-            "allocations": clients.len(),
-            "setup_secs": setup_secs,
-            "size": args.size,
-            "sent": sent,
-            "send_errors": send_errors,
-            "received": received,
-            "loss_pct": loss,
-            "send_secs": send_secs,
-            "sent_pps": sent as f64 / send_secs,
-            "received_pps": received as f64 / send_secs,
-            "rtt_avg_us": rtt_avg_us,
-            "rtt_max_us": rtt_max_us.load(Ordering::Relaxed),
-        })
-    );
-    Ok(())
+    Ok((sender.sent, sender.send_errors, send_secs))
 }
 
 /// Allocate, then ChannelBind to the peer.
