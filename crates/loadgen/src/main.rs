@@ -133,6 +133,9 @@ fn main() -> anyhow::Result<()> {
     if args.threads == 0 || args.threads > 16 {
         bail!("--threads must be 1..=16");
     }
+    if args.threads > args.allocations.max(1) {
+        bail!("--threads must not exceed --allocations (a thread without allocations would send nothing)");
+    }
     if args.threads > 1 && (args.hold > 0 || args.rate == 0) {
         bail!("--threads is for traffic runs (--rate above 0, no --hold)");
     }
@@ -207,7 +210,7 @@ fn run_share(args: &Args, index: usize, counters: &Arc<Counters>, ready: &Barrie
         println!("READY {allocations} allocations in {setup_secs:.2} s");
         std::thread::sleep(Duration::from_secs(args.hold));
     }
-    let rate = args.rate / args.threads as u64 + u64::from(index == 0) * (args.rate % args.threads as u64);
+    let rate = rate_share(args.rate, args.threads, index);
     if args.rate == 0 || clients.is_empty() {
         return Ok(Share {
             allocations,
@@ -227,6 +230,17 @@ fn run_share(args: &Args, index: usize, counters: &Arc<Counters>, ready: &Barrie
     })
 }
 
+/// Thread `index`'s packets per second: an equal part of `rate`, the remainder to thread 0.
+fn rate_share(rate: u64, threads: usize, index: usize) -> u64 {
+    let threads = threads.max(1) as u64;
+    rate / threads + u64::from(index == 0) * (rate % threads)
+}
+
+/// The allocations thread `index` opens and sends over: every `threads`-th, from `index`.
+fn allocation_share(allocations: usize, threads: usize, index: usize) -> impl Iterator<Item = usize> {
+    (index..allocations).step_by(threads.max(1))
+}
+
 async fn open_share(args: &Args, index: usize) -> anyhow::Result<(Vec<Client>, f64)> {
     let setup_start = Instant::now();
     let channel = ChannelNumber::new(0x4000).context("channel")?;
@@ -235,7 +249,7 @@ async fn open_share(args: &Args, index: usize) -> anyhow::Result<(Vec<Client>, f
         password: args.password.clone(),
     };
     let mut clients = Vec::with_capacity(args.allocations / args.threads + 1);
-    for i in (index..args.allocations).step_by(args.threads) {
+    for i in allocation_share(args.allocations, args.threads, index) {
         let client = open(args, &credentials, channel)
             .await
             .with_context(|| format!("allocation {i}"))?;
@@ -331,4 +345,24 @@ async fn open(args: &Args, credentials: &Credentials, channel: ChannelNumber) ->
     let mut session = Session::allocate(args.server, credentials, None).await?;
     session.channel_bind(channel, args.peer, &mut |_| {}).await?;
     Ok(Client { session, channel })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_threads_shares_add_up_to_the_whole_run() {
+        for (rate, allocations, threads) in [(150_000, 100, 3), (40_000, 100, 1), (7, 5, 4), (10, 3, 3)] {
+            let rates: u64 = (0..threads).map(|t| rate_share(rate, threads, t)).sum();
+            assert_eq!(rates, rate, "rate {rate} over {threads} threads");
+            let mut opened: Vec<usize> = (0..threads)
+                .flat_map(|t| allocation_share(allocations, threads, t))
+                .collect();
+            opened.sort_unstable();
+            assert_eq!(opened, (0..allocations).collect::<Vec<_>>(), "each allocation once");
+        }
+        assert_eq!(rate_share(150_000, 4, 1), 37_500);
+        assert_eq!(rate_share(10, 3, 0), 4);
+    }
 }
