@@ -105,7 +105,8 @@ impl Sender {
     }
 }
 
-/// What every thread's receivers add up to.
+/// What one thread's receivers count: each thread has its own, summed at the end, so that no cache line is shared
+/// between the threads per echo.
 #[derive(Default)]
 struct Counters {
     received: AtomicU64,
@@ -120,6 +121,9 @@ struct Share {
     sent: u64,
     send_errors: u64,
     send_secs: f64,
+    received: u64,
+    rtt_sum_us: u64,
+    rtt_max_us: u64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -140,16 +144,15 @@ fn main() -> anyhow::Result<()> {
         bail!("--threads is for traffic runs (--rate above 0, no --hold)");
     }
     let args = Arc::new(args);
-    let counters = Arc::new(Counters::default());
     // Every thread opens its allocations, then all start sending at once.
     let ready = Arc::new(Barrier::new(args.threads));
     let spawned: Vec<_> = (1..args.threads)
         .map(|t| {
-            let (args, counters, ready) = (args.clone(), counters.clone(), ready.clone());
-            std::thread::spawn(move || run_share(&args, t, &counters, &ready))
+            let (args, ready) = (args.clone(), ready.clone());
+            std::thread::spawn(move || run_share(&args, t, &ready))
         })
         .collect();
-    let mut shares = vec![run_share(&args, 0, &counters, &ready)?];
+    let mut shares = vec![run_share(&args, 0, &ready)?];
     for thread in spawned {
         shares.push(thread.join().map_err(|_| anyhow::anyhow!("a load thread panicked"))??);
     }
@@ -165,10 +168,11 @@ fn main() -> anyhow::Result<()> {
     let sent: u64 = shares.iter().map(|s| s.sent).sum();
     let send_errors: u64 = shares.iter().map(|s| s.send_errors).sum();
     let send_secs = shares.iter().map(|s| s.send_secs).fold(0.0, f64::max);
-    let received = counters.received.load(Ordering::Relaxed);
-    let rtt_avg_us = counters
-        .rtt_sum_us
-        .load(Ordering::Relaxed)
+    let received: u64 = shares.iter().map(|s| s.received).sum();
+    let rtt_avg_us = shares
+        .iter()
+        .map(|s| s.rtt_sum_us)
+        .sum::<u64>()
         .checked_div(received)
         .unwrap_or(0);
     let loss = if sent == 0 {
@@ -191,7 +195,7 @@ fn main() -> anyhow::Result<()> {
             "sent_pps": sent as f64 / send_secs,
             "received_pps": received as f64 / send_secs,
             "rtt_avg_us": rtt_avg_us,
-            "rtt_max_us": counters.rtt_max_us.load(Ordering::Relaxed),
+            "rtt_max_us": shares.iter().map(|s| s.rtt_max_us).max().unwrap_or(0),
         })
     );
     Ok(())
@@ -199,7 +203,7 @@ fn main() -> anyhow::Result<()> {
 
 /// Thread `index` of `args.threads`: a runtime of its own, the allocations `index`, `index + threads`, … and that
 /// share of the rate.
-fn run_share(args: &Args, index: usize, counters: &Arc<Counters>, ready: &Barrier) -> anyhow::Result<Share> {
+fn run_share(args: &Args, index: usize, ready: &Barrier) -> anyhow::Result<Share> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let opened = runtime.block_on(open_share(args, index));
     // Wait for the others even after a failure, so that no thread waits for ever; then report it.
@@ -211,23 +215,20 @@ fn run_share(args: &Args, index: usize, counters: &Arc<Counters>, ready: &Barrie
         std::thread::sleep(Duration::from_secs(args.hold));
     }
     let rate = rate_share(args.rate, args.threads, index);
-    if args.rate == 0 || clients.is_empty() {
-        return Ok(Share {
-            allocations,
-            setup_secs,
-            sent: 0,
-            send_errors: 0,
-            send_secs: 0.0,
-        });
-    }
-    let (sent, send_errors, send_secs) = runtime.block_on(traffic(args, clients, rate, counters))?;
-    Ok(Share {
+    let mut share = Share {
         allocations,
         setup_secs,
-        sent,
-        send_errors,
-        send_secs,
-    })
+        sent: 0,
+        send_errors: 0,
+        send_secs: 0.0,
+        received: 0,
+        rtt_sum_us: 0,
+        rtt_max_us: 0,
+    };
+    if args.rate > 0 && !clients.is_empty() {
+        runtime.block_on(traffic(args, clients, rate, &mut share))?;
+    }
+    Ok(share)
 }
 
 /// Thread `index`'s packets per second: an equal part of `rate`, the remainder to thread 0.
@@ -258,15 +259,11 @@ async fn open_share(args: &Args, index: usize) -> anyhow::Result<(Vec<Client>, f
     Ok((clients, setup_start.elapsed().as_secs_f64()))
 }
 
-/// Sends `rate` packets/s round-robin over `clients` for `args.duration` s and counts their echoes into `counters`;
-/// returns what was sent, the send errors and the send phase's length.
-async fn traffic(
-    args: &Args,
-    clients: Vec<Client>,
-    rate: u64,
-    counters: &Arc<Counters>,
-) -> anyhow::Result<(u64, u64, f64)> {
+/// Sends `rate` packets/s round-robin over `clients` for `args.duration` s and counts their echoes; what was sent and
+/// received goes into `share`.
+async fn traffic(args: &Args, clients: Vec<Client>, rate: u64, share: &mut Share) -> anyhow::Result<()> {
     let clients: Arc<Vec<Client>> = Arc::new(clients);
+    let counters = Arc::new(Counters::default());
     let start = Instant::now();
     let mut receivers = Vec::new();
     let receiving = if args.no_receive { 0 } else { clients.len() };
@@ -337,7 +334,13 @@ async fn traffic(
     for r in &receivers {
         r.abort();
     }
-    Ok((sender.sent, sender.send_errors, send_secs))
+    share.sent = sender.sent;
+    share.send_errors = sender.send_errors;
+    share.send_secs = send_secs;
+    share.received = counters.received.load(Ordering::Relaxed);
+    share.rtt_sum_us = counters.rtt_sum_us.load(Ordering::Relaxed);
+    share.rtt_max_us = counters.rtt_max_us.load(Ordering::Relaxed);
+    Ok(())
 }
 
 /// Allocate, then ChannelBind to the peer.
