@@ -173,6 +173,34 @@ impl Router {
         Ok(())
     }
 
+    /// Lets go of a socket that has sent no `join`/`resume` yet, without telling the hub: the I/O layer moves it to
+    /// the hub shard of the room it is about to join (`web::cluster`). `None` (and nothing changes) once the socket
+    /// has been routed.
+    pub fn take_fresh(&mut self, conn: ConnId) -> Option<IpAddr> {
+        match self.local.get(&conn) {
+            Some(LocalSocket {
+                ip,
+                route: Route::Fresh,
+            }) => {
+                let ip = *ip;
+                self.local.remove(&conn);
+                Some(ip)
+            }
+            _ => None,
+        }
+    }
+
+    /// Takes in a socket that [`Self::take_fresh`] let go of in another router, once its hub has adopted it.
+    pub fn adopt_fresh(&mut self, conn: ConnId, ip: IpAddr) {
+        self.local.insert(
+            conn,
+            LocalSocket {
+                ip,
+                route: Route::Fresh,
+            },
+        );
+    }
+
     pub fn handle_text(&mut self, hub: &mut impl SignalHub, conn: ConnId, text: Bytes, now: Now) {
         let Some(socket) = self.local.get_mut(&conn) else {
             return;

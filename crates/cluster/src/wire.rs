@@ -33,6 +33,18 @@ impl NodeId {
         Self(format!("{host}-{suffix:08x}").into())
     }
 
+    /// The name of hub shard `k` of this node's process: the node's own for 0, then `{node}.{k}` (the node's part
+    /// shortened to fit 64 bytes).
+    pub fn shard(&self, k: usize) -> Self {
+        if k == 0 {
+            return self.clone();
+        }
+        let suffix = format!(".{k}");
+        // ASCII by construction, so any byte length is a character boundary.
+        let keep = self.0.get(..self.0.len().min(64 - suffix.len())).unwrap_or_default();
+        Self(format!("{keep}{suffix}").into())
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -262,6 +274,18 @@ mod tests {
         };
         assert_eq!(Message::decode(&text.encode()), Err(WireError::NotUtf8));
         assert!(NodeId::parse("").is_none() && NodeId::parse(&"a".repeat(65)).is_none());
+        let long = NodeId::parse(&"a".repeat(64)).unwrap();
+        assert_eq!(long.shard(0), long);
+        for k in [1, 7, 12] {
+            let shard = long.shard(k);
+            assert_eq!(
+                NodeId::parse(shard.as_str()),
+                Some(shard.clone()),
+                "a valid name: {shard}"
+            );
+            assert!(shard.as_str().ends_with(&format!(".{k}")));
+        }
+        assert_eq!(NodeId::parse("h-1").unwrap().shard(3).as_str(), "h-1.3");
         for host in ["", "web-1.example.com", "ünïcode host", &"h".repeat(200)] {
             let id = NodeId::for_host(host, 0xdead_beef);
             assert_eq!(NodeId::parse(id.as_str()), Some(id));

@@ -94,6 +94,40 @@ impl Redis {
     }
 }
 
+impl Redis {
+    /// One command's reply, raw (RESP), read until Redis has nothing more to say for a moment.
+    fn command(&self, line: &str) -> String {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        s.write_all(format!("{line}\r\n").as_bytes()).unwrap();
+        let mut reply = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n @ 1..) = s.read(&mut buf) {
+            reply.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&reply).into_owned()
+    }
+
+    /// A string key's value (`None` when absent).
+    fn get(&self, key: &str) -> Option<String> {
+        let reply = self.command(&format!("GET {key}"));
+        let mut lines = reply.split("\r\n");
+        let head = lines.next()?;
+        (head != "$-1").then(|| lines.next().unwrap_or_default().to_owned())
+    }
+
+    /// How many times Redis ran `command` (`INFO commandstats`).
+    fn calls(&self, command: &str) -> u64 {
+        let stats = self.command("INFO commandstats");
+        let prefix = format!("cmdstat_{command}:calls=");
+        stats
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|rest| rest.split(',').next())
+            .map_or(0, |n| n.parse().unwrap())
+    }
+}
+
 impl Drop for Redis {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -1093,4 +1127,106 @@ fn a_report_shared_on_one_node_is_read_and_listed_on_the_others_and_the_store_st
     assert_eq!(list["reports"][0]["headline"], "report 2");
     assert_eq!(http_get(&nodes[2], &format!("/api/reports/{first}")).0, 404);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// One node, its rooms sharded over its hub tasks (one per core, each a node of the cluster under a name of its own,
+/// `docs/scaling.md`, "Shards"). With one worker thread every socket starts in the same shard, so rooms homed on
+/// several shards show that sockets move to their room's shard before their join; resumes that need no Redis lookup
+/// show that a socket moves to the shard holding its session; no `PUBLISH` at all shows that shards of one process
+/// reach each other in-process. The room and per-source limits hold over the shards.
+#[test]
+fn one_node_shards_its_rooms_over_its_hub_tasks_and_its_limits_hold_across_them() {
+    if std::thread::available_parallelism().map_or(1, usize::from) < 2 {
+        common::skip("one core: the node runs a single hub shard");
+        return;
+    }
+    let Some(redis) = Redis::start() else { return };
+    const ROOMS: usize = 16;
+    let limits = [
+        "--set",
+        "signal.max_rooms=16",
+        "--set",
+        "signal.max_connections_per_ip=40",
+    ];
+    let node = Node::start(&redis.url(), &limits);
+    runtime().block_on(async {
+        let mut calls = Vec::new();
+        for i in 0..ROOMS {
+            let room = format!("room-{i}");
+            let (mut a, joined_a) = Peer::join(&node, &room).await;
+            let (mut b, joined_b) = Peer::join(&node, &room).await;
+            a.expect("peer-joined").await;
+            let a_id = joined_a["peerId"].as_str().unwrap().to_owned();
+            let b_id = joined_b["peerId"].as_str().unwrap().to_owned();
+            a.send(json!({"type":"signal","to":b_id,"data":{"n":i}})).await;
+            let at_b = b.expect("signal").await;
+            assert_eq!(
+                (at_b["from"].as_str(), at_b["seq"].as_u64()),
+                (Some(a_id.as_str()), Some(2))
+            );
+            assert_eq!(at_b["data"]["n"], i);
+            let session = joined_b["session"].as_str().unwrap().to_owned();
+            // B's socket drops here; its session waits for a resume.
+            calls.push((a, b_id, session));
+        }
+
+        // Where each room lives, as Redis says: on more than one shard, all of this node.
+        let homes: std::collections::BTreeSet<String> = (0..ROOMS)
+            .map(|i| {
+                redis
+                    .get(&format!("traverse:room:room-{i}"))
+                    .expect("every room is claimed")
+            })
+            .collect();
+        assert!(homes.len() >= 2, "every room on one shard: {homes:?}");
+        let base = homes.iter().min_by_key(|h| h.len()).unwrap().clone();
+        assert!(
+            homes.iter().all(|h| *h == base || h.starts_with(&format!("{base}."))),
+            "shards are named after the node: {homes:?}"
+        );
+
+        // The room limit holds over the shards: a 17th room is refused, wherever it hashes.
+        let mut extra = Peer::connect(&node).await;
+        extra.send(json!({"type":"join","room":"one-too-many"})).await;
+        assert_eq!(extra.expect("error").await["code"], "too-many-rooms");
+        assert_eq!(extra.next().await.err(), Some(Some(4103)));
+        drop(extra);
+
+        // Every B, its socket gone, misses a signal and resumes on a new socket, which starts in the worker's shard
+        // and moves to the session's without asking Redis where the session lives.
+        let lookups = redis.calls("evalsha") + redis.calls("eval") + redis.calls("get");
+        let mut resumed_b = Vec::new();
+        for (i, (a, b_id, session)) in calls.iter_mut().enumerate() {
+            a.send(json!({"type":"signal","to":b_id,"data":{"n":100 + i}})).await;
+            let mut b = Peer::connect(&node).await;
+            b.send(json!({"type":"resume","session":session,"lastSeq":2})).await;
+            let resumed = b.expect("resumed").await;
+            assert_eq!(resumed["replayed"], 1, "{resumed}");
+            let v = b.expect("signal").await;
+            assert_eq!(
+                (v["seq"].as_u64(), v["data"]["n"].as_u64()),
+                (Some(3), Some(100 + i as u64))
+            );
+            resumed_b.push(b);
+        }
+        assert_eq!(
+            redis.calls("evalsha") + redis.calls("eval") + redis.calls("get"),
+            lookups,
+            "a resume looked its session up in Redis"
+        );
+        assert_eq!(
+            redis.calls("publish"),
+            0,
+            "shards of one process signal each other in-process"
+        );
+
+        // Sockets per source over the shards: 16 A, 16 resumed B, the refused one gone; 8 more reach 40.
+        let mut held = Vec::new();
+        for _ in 0..8 {
+            held.push(Peer::connect(&node).await);
+        }
+        let tcp = tokio::net::TcpStream::connect(node.http).await.unwrap();
+        let refused = tokio_tungstenite::client_async(format!("ws://{}/ws", node.http), tcp).await;
+        assert!(refused.is_err(), "a 41st socket from one address is refused");
+    });
 }

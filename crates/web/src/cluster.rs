@@ -1,26 +1,32 @@
-//! The hub task of a node in a cluster (`docs/scaling.md`): the same hub, behind a [`cluster::Router`], with Redis
-//! as the link between nodes. This file is the I/O: Redis connections, the pub/sub subscriber, the heartbeat, the
-//! room claim; every decision about a socket is the router's.
+//! The hub tasks of a node in a cluster (`docs/scaling.md`): the same hub, behind a [`cluster::Router`], with Redis
+//! as the link between nodes. A node runs one such task per core, a *shard* (`crate::cluster_shards`), each a node
+//! of the cluster under a name of its own; an envelope for a shard of the same process goes on its queue, not
+//! through Redis. This file is the I/O: Redis connections, the pub/sub subscriber, the heartbeat, the room claim;
+//! every decision about a socket is the router's.
 //!
 //! Redis trouble never stops the node: a lookup Redis cannot answer makes this node serve the socket alone, a lost
 //! subscription closes the sockets that depend on another node (4202: they resume), and each change of Redis'
 //! health is logged once.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use cluster::{Action, Answer, Message, NodeId, Query, Router};
 use futures_util::StreamExt;
 use outcome::Outcomes;
+use rand::SeedableRng;
 use redis::aio::ConnectionManager;
 use serde_json::{json, Value};
-use signal::{ConnId, ErrorCode, PeerId, Refusal, Restored, SessionEvent, SessionSecret, SignalHub};
+use signal::{
+    ConnId, ErrorCode, HubStats, Limits, MemoryHub, PeerId, Refusal, Restored, SessionEvent, SessionSecret, SignalHub,
+};
 use tokio::sync::mpsc;
 
 use crate::dashboard::TurnLoad;
-use crate::hub::{deliver, now, sleep_until, Command, SourceCounters};
+use crate::hub::{deliver, now, sleep_until, Command, Handed};
 use crate::outbox::Outbox;
 
 /// How long a node's heartbeat key lives; refreshed every [`HEARTBEAT`].
@@ -101,14 +107,18 @@ struct Health {
     subscribed: bool,
     /// Where `/readyz` reads it.
     status: NodeStatus,
+    /// The first shard speaks for the node: the others share its Redis and keep their health to themselves.
+    speaks: bool,
 }
 
 impl Health {
     fn trouble(&mut self, why: &str) {
         if self.logged != Some(false) {
             self.logged = Some(false);
-            self.status.set_redis(RedisState::Unreachable);
-            tracing::warn!(redis = %self.url, error = why, "Redis unreachable: serving rooms on this node alone until it answers");
+            if self.speaks {
+                self.status.set_redis(RedisState::Unreachable);
+                tracing::warn!(redis = %self.url, error = why, "Redis unreachable: serving rooms on this node alone until it answers");
+            }
         }
     }
 
@@ -116,21 +126,176 @@ impl Health {
     fn healed(&mut self) {
         if self.subscribed && self.logged != Some(true) {
             self.logged = Some(true);
-            self.status.set_redis(RedisState::Shared);
-            tracing::info!(redis = %self.url, "connected to Redis: rooms are shared with the other nodes");
+            if self.speaks {
+                self.status.set_redis(RedisState::Shared);
+                tracing::info!(redis = %self.url, "connected to Redis: rooms are shared with the other nodes");
+            }
         }
     }
 }
 
-pub(crate) async fn run(
-    mut hub: impl SignalHub,
-    mut rx: mpsc::Receiver<Command>,
+/// Every shard's name and event queue, by index.
+type Siblings = Arc<[(NodeId, mpsc::Sender<Event>)]>;
+
+/// A hub task's place among its node's shards, and what they share.
+pub(crate) struct Shard {
+    index: usize,
+    siblings: Siblings,
+    /// Each shard's hub counters as of its last heartbeat: the first shard advertises their sum for the node.
+    census: Arc<[Mutex<HubStats>]>,
+    /// Each shard's registry (whose joins it mints iceServers for is its own); the first shard reads Redis' for all.
+    registries: Arc<[Registry]>,
+    rooms: Rooms,
+}
+
+impl Shard {
+    fn node(&self) -> NodeId {
+        self.siblings
+            .get(self.index)
+            .map(|(node, _)| node.clone())
+            .unwrap_or_else(node_id)
+    }
+
+    /// What this shard's heartbeat advertises (the node's sum, for the first shard) and, for the first shard only,
+    /// the registries to fill from Redis.
+    fn beat(&self, hub: &impl SignalHub) -> (HubStats, Option<Arc<[Registry]>>) {
+        let own = hub.stats();
+        if let Some(slot) = self.census.get(self.index) {
+            *slot.lock().unwrap_or_else(|e| e.into_inner()) = own.clone();
+        }
+        if self.index != 0 {
+            return (own, None);
+        }
+        let mut total = HubStats::default();
+        for slot in self.census.iter() {
+            let stats = slot.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            crate::shards::add_stats(&mut total, stats);
+        }
+        (total, Some(self.registries.clone()))
+    }
+}
+
+/// The node's room limit over its shards. Before each event a shard reserves one room from the count, if the limit
+/// allows, and lets its hub create at most that one; after it, the count follows the hub's rooms. One atomic
+/// operation each way per event, no lock.
+pub(crate) struct RoomCount {
+    count: AtomicUsize,
+    max: usize,
+}
+
+/// One shard's part of [`RoomCount`].
+struct Rooms {
+    shared: Arc<RoomCount>,
+    /// This hub's rooms as last added to the count.
+    held: usize,
+    reserved: bool,
+}
+
+impl Rooms {
+    fn open(&mut self, hub: &mut MemoryHub) {
+        let RoomCount { count, max } = &*self.shared;
+        self.reserved = count
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| (n < *max).then_some(n + 1))
+            .is_ok();
+        hub.set_max_rooms(hub.room_count() + usize::from(self.reserved));
+    }
+
+    fn settle(&mut self, hub: &MemoryHub) {
+        let rooms = hub.room_count();
+        let counted = self.held + usize::from(self.reserved);
+        if rooms > counted {
+            self.shared.count.fetch_add(rooms - counted, Ordering::Relaxed);
+        } else if rooms < counted {
+            self.shared.count.fetch_sub(counted - rooms, Ordering::Relaxed);
+        }
+        self.held = rooms;
+        self.reserved = false;
+    }
+}
+
+/// Starts `count` hub shards, each a node of the cluster on a thread of its own (the first under the node's name,
+/// the others `{node}.{k}`); returns their command queues.
+pub(crate) fn spawn(
+    count: usize,
+    config: &crate::WebConfig,
+    limits: &Limits,
     outcomes: Arc<Outcomes>,
     url: String,
-    node: NodeId,
+    status: &NodeStatus,
+) -> std::io::Result<Vec<mpsc::Sender<Command>>> {
+    let count = count.max(1);
+    let base = node_id();
+    let mut siblings = Vec::with_capacity(count);
+    let mut inboxes = Vec::with_capacity(count);
+    for k in 0..count {
+        let (tx, rx) = mpsc::channel::<Event>(PUBLISH_QUEUE);
+        siblings.push((base.shard(k), tx));
+        inboxes.push(rx);
+    }
+    let siblings: Siblings = siblings.into();
+    let registries: Arc<[Registry]> = (0..count).map(|_| Registry::default()).collect();
+    // TURN redirects read the registry the first shard fills.
+    if let Some(first) = registries.first() {
+        status.attach(first.clone());
+    }
+    let census: Arc<[Mutex<HubStats>]> = (0..count).map(|_| Mutex::default()).collect();
+    let rooms = Arc::new(RoomCount {
+        count: AtomicUsize::new(0),
+        max: limits.max_rooms,
+    });
+    // Sockets per source are counted by `cluster_shards`; rooms by `rooms`; the byte budgets are shared out.
+    let mut own = limits.clone();
+    own.max_connections_per_ip = usize::MAX;
+    own.max_rooms = 0;
+    own.max_source_bytes = limits.max_source_bytes / count;
+    own.max_total_bytes = limits.max_total_bytes / count;
+    let mut queues = Vec::with_capacity(count);
+    for (index, events) in inboxes.into_iter().enumerate() {
+        let registry = registries.get(index).cloned().unwrap_or_default();
+        // In a cluster, every join's iceServers also name the other live nodes' TURN servers.
+        let source = ice_source(config.ice_servers.clone(), registry.clone());
+        let rng = rand::rngs::StdRng::from_entropy();
+        let hub =
+            MemoryHub::new(own.clone(), config.token_secret.clone(), source, rng, Instant::now()).with_session_events();
+        let shard = Shard {
+            index,
+            siblings: siblings.clone(),
+            census: census.clone(),
+            registries: registries.clone(),
+            rooms: Rooms {
+                shared: rooms.clone(),
+                held: 0,
+                reserved: false,
+            },
+        };
+        let ice = Ice {
+            own: config.ice_servers.clone(),
+            registry,
+            turn: status.clone(),
+        };
+        let (tx, rx) = mpsc::channel(4096);
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let (outcomes, url, grace) = (outcomes.clone(), url.clone(), limits.resume_grace);
+        std::thread::Builder::new()
+            .name(format!("traverse-hub-{index}"))
+            .spawn(move || runtime.block_on(run(hub, rx, events, shard, outcomes, url, ice, grace)))?;
+        queues.push(tx);
+    }
+    Ok(queues)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run(
+    mut hub: MemoryHub,
+    mut rx: mpsc::Receiver<Command>,
+    mut events: mpsc::Receiver<Event>,
+    mut shard: Shard,
+    outcomes: Arc<Outcomes>,
+    url: String,
     ice: Ice,
     grace: Duration,
 ) {
+    let node = shard.node();
     // A session's records outlive its home by the resume grace, so a node that takes it over can still replay it.
     let lease = Lease {
         room: LEASE,
@@ -144,15 +309,19 @@ pub(crate) async fn run(
             None
         }
     };
-    tracing::info!(node = %node, redis = %url, "signaling cluster: this node's rooms and sockets are shared over Redis");
-    let (events_tx, mut events) = mpsc::channel::<Event>(PUBLISH_QUEUE);
+    if shard.index == 0 {
+        tracing::info!(node = %node, redis = %url, shards = shard.siblings.len(), "signaling cluster: this node's rooms and sockets are shared over Redis");
+    }
+    let Some(events_tx) = shard.siblings.get(shard.index).map(|(_, tx)| tx.clone()) else {
+        return;
+    };
     let (publish_tx, publish_rx) = mpsc::channel::<(NodeId, Bytes)>(PUBLISH_QUEUE);
-    ice.turn.attach(ice.registry.clone());
     let mut health = Health {
         url: url.clone(),
         logged: None,
         subscribed: false,
         status: ice.turn.clone(),
+        speaks: shard.index == 0,
     };
     let mut manager: Option<ConnectionManager> = None;
     if let Some(client) = &client {
@@ -162,7 +331,6 @@ pub(crate) async fn run(
     tokio::spawn(publish(client.clone(), publish_rx, events_tx.clone()));
     let mut router = Router::new(node.clone());
     let mut sockets: HashMap<ConnId, Arc<Outbox>> = HashMap::new();
-    let mut sources = SourceCounters::default();
     let mut tick = tokio::time::interval(HEARTBEAT);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     'hub: loop {
@@ -174,12 +342,25 @@ pub(crate) async fn run(
                 // pipeline, one write to Redis and one round trip (with one command per pipeline, the round trip
                 // was the hub's pace and each signal paid for a write of its own).
                 for taken in 1.. {
-                    if matches!(command, Command::Drain) {
-                        ice.turn.set_draining();
-                        drain(&mut hub, &mut router, manager.as_ref()).await;
-                    } else if handle(&mut hub, &mut router, &mut sockets, &mut sources, command) {
-                        break 'hub;
+                    shard.rooms.open(&mut hub);
+                    match command {
+                        Command::Drain => {
+                            ice.turn.set_draining();
+                            drain(&mut hub, &mut router, manager.as_ref()).await;
+                        }
+                        Command::Handoff { conn, reply } => {
+                            // What this shard owes the socket goes out first, so that its frames arrive in order.
+                            let journal = Journal { lease, record: health.logged != Some(false) };
+                            act(&mut hub, &mut router, &mut sockets, &outcomes, manager.as_ref(), &publish_tx, &shard.siblings, &events_tx, journal).await;
+                            let _ = reply.send(handoff(&mut hub, &mut router, &mut sockets, conn));
+                        }
+                        command => {
+                            if handle(&mut hub, &mut router, &mut sockets, command) {
+                                break 'hub;
+                            }
+                        }
                     }
+                    shard.rooms.settle(&hub);
                     if taken == COMMANDS_PER_BATCH {
                         break;
                     }
@@ -193,10 +374,11 @@ pub(crate) async fn run(
                 // Like socket events: whatever else is already queued (messages from other nodes, lookups) is
                 // taken before the journal is written.
                 for taken in 1.. {
+                    shard.rooms.open(&mut hub);
                     match event {
                         Event::Connected(m) => {
                             // Heartbeat at once, so other nodes see this one alive before it claims any room.
-                            tokio::spawn(heartbeat(m.clone(), &router, &hub, &ice, lease, events_tx.clone()));
+                            tokio::spawn(heartbeat(m.clone(), &router, shard.beat(&hub), &ice, lease, events_tx.clone()));
                             manager = Some(m);
                         }
                         Event::Subscribed => {
@@ -247,6 +429,7 @@ pub(crate) async fn run(
                         }
                         Event::Trouble(why) => health.trouble(&why),
                     }
+                    shard.rooms.settle(&hub);
                     if taken == COMMANDS_PER_BATCH {
                         break;
                     }
@@ -259,16 +442,19 @@ pub(crate) async fn run(
             _ = sleep_until(deadline) => router.handle_timeout(&mut hub, now()),
             _ = tick.tick() => match manager.as_ref() {
                 Some(m) if !router.is_draining() => {
-                    tokio::spawn(heartbeat(m.clone(), &router, &hub, &ice, lease, events_tx.clone()));
+                    tokio::spawn(heartbeat(m.clone(), &router, shard.beat(&hub), &ice, lease, events_tx.clone()));
                 }
                 // A draining node no longer heartbeats, but keeps reading the registry: its TURN redirects new
                 // allocations to a live node.
                 Some(m) => {
-                    tokio::spawn(refresh_registry(m.clone(), router.node().clone(), ice.registry.clone()));
+                    if let (_, Some(registries)) = shard.beat(&hub) {
+                        tokio::spawn(refresh_registry(m.clone(), router.node().clone(), registries));
+                    }
                 }
                 None => {}
             },
         }
+        shard.rooms.settle(&hub);
         // While Redis is known to be down, the hub does not wait for it: nothing is recorded (lookups, which wait
         // in tasks of their own, still try).
         let record = health.logged != Some(false);
@@ -279,10 +465,12 @@ pub(crate) async fn run(
             &outcomes,
             manager.as_ref(),
             &publish_tx,
+            &shard.siblings,
             &events_tx,
             Journal { lease, record },
         )
         .await;
+        shard.rooms.settle(&hub);
     }
     hub.handle_shutdown();
     router.drain(&mut hub);
@@ -293,10 +481,12 @@ pub(crate) async fn run(
         &outcomes,
         manager.as_ref(),
         &publish_tx,
+        &shard.siblings,
         &events_tx,
         Journal { lease, record: false },
     )
     .await;
+    shard.rooms.settle(&hub);
     for outbox in sockets.values() {
         outbox.close();
     }
@@ -304,10 +494,9 @@ pub(crate) async fn run(
 
 /// Returns true on shutdown.
 fn handle(
-    hub: &mut impl SignalHub,
+    hub: &mut MemoryHub,
     router: &mut Router,
     sockets: &mut HashMap<ConnId, Arc<Outbox>>,
-    sources: &mut SourceCounters,
     command: Command,
 ) -> bool {
     match command {
@@ -325,17 +514,23 @@ fn handle(
         } => {
             let result = router.handle_connect(hub, conn, ip, now());
             if result.is_ok() {
-                outbox.bind_source(sources.counter(ip));
                 sockets.insert(conn, outbox);
             }
             let _ = reply.send(result);
+        }
+        Command::Adopt { conn, handed } => {
+            hub.adopt(conn, handed.socket, now());
+            router.adopt_fresh(conn, handed.ip);
+            sockets.insert(conn, handed.outbox);
+        }
+        Command::Holds { claim, reply } => {
+            let _ = reply.send(hub.holds_session(&claim));
         }
         Command::Text { conn, text } => router.handle_text(hub, conn, text, now()),
         Command::Activity { conn } => router.handle_activity(hub, conn, now()),
         Command::Binary { conn } => router.handle_binary(hub, conn, now()),
         Command::Closed { conn } => {
             sockets.remove(&conn);
-            sources.prune(sockets.len());
             router.handle_closed(hub, conn, now());
         }
         Command::CheckConnect { ip, reply } => {
@@ -348,10 +543,31 @@ fn handle(
             let _ = reply.send(hub.stats());
         }
         // Handled by the loop, which awaits Redis first.
-        Command::Drain => {}
+        Command::Drain | Command::Handoff { .. } => {}
         Command::Shutdown => return true,
     }
     false
+}
+
+/// Lets go of a socket that has sent no `join`/`resume` here, for another shard to adopt; `None` when it is gone or
+/// already routed (it then stays).
+fn handoff(
+    hub: &mut MemoryHub,
+    router: &mut Router,
+    sockets: &mut HashMap<ConnId, Arc<Outbox>>,
+    conn: ConnId,
+) -> Option<Handed> {
+    let ip = router.take_fresh(conn)?;
+    let Some(socket) = hub.take_unjoined(conn) else {
+        router.adopt_fresh(conn, ip);
+        return None;
+    };
+    let Some(outbox) = sockets.remove(&conn) else {
+        hub.adopt(conn, socket, now());
+        router.adopt_fresh(conn, ip);
+        return None;
+    };
+    Some(Handed { ip, socket, outbox })
 }
 
 fn draining() -> Refusal {
@@ -400,6 +616,7 @@ async fn act(
     outcomes: &Outcomes,
     manager: Option<&ConnectionManager>,
     publish_tx: &mpsc::Sender<(NodeId, Bytes)>,
+    siblings: &[(NodeId, mpsc::Sender<Event>)],
     events: &mpsc::Sender<Event>,
     journal: Journal,
 ) {
@@ -438,7 +655,12 @@ async fn act(
                     }
                 }
                 Action::Publish { node, bytes } => {
-                    if publish_tx.try_send((node, bytes)).is_err() {
+                    // A shard of this process takes it on its queue; Redis carries it to another node.
+                    let queued = match siblings.iter().find(|(id, _)| *id == node) {
+                        Some((_, queue)) => queue.try_send(Event::Message(bytes)).is_ok(),
+                        None => publish_tx.try_send((node, bytes)).is_ok(),
+                    };
+                    if !queued {
                         // Redis does not keep up: what depends on it is closed and resumes (bounded memory).
                         let _ = events.try_send(Event::Trouble("the publish queue is full".into()));
                         router.handle_link_lost(hub, now());
@@ -687,12 +909,11 @@ fn restored(peer: PeerId, room: &Arc<str>, state: &HashMap<String, String>, fram
 fn heartbeat(
     mut m: ConnectionManager,
     router: &Router,
-    hub: &impl SignalHub,
+    (stats, registries): (HubStats, Option<Arc<[Registry]>>),
     ice: &Ice,
     lease: Lease,
     events: mpsc::Sender<Event>,
 ) -> impl std::future::Future<Output = ()> + Send + 'static {
-    let stats = hub.stats();
     let turn = ice.turn.get();
     let node = router.node().clone();
     let mut pipe = redis::pipe();
@@ -716,7 +937,12 @@ fn heartbeat(
         "rooms": stats.rooms,
         "turn": turn_entries(&ice.own),
     });
-    ice.registry.set_own_overloaded(overloaded(&info));
+    if let Some(registries) = &registries {
+        let overloaded = overloaded(&info);
+        for registry in registries.iter() {
+            registry.set_own_overloaded(overloaded);
+        }
+    }
     pipe.cmd("SET")
         .arg(channel(&node))
         .arg(info.to_string())
@@ -753,7 +979,6 @@ fn heartbeat(
     for home in &homes {
         pipe.cmd("EXISTS").arg(channel(home));
     }
-    let registry = ice.registry.clone();
     async move {
         let alive: redis::RedisResult<Vec<u8>> =
             match tokio::time::timeout(ANSWER_TIMEOUT, pipe.query_async(&mut m)).await {
@@ -771,7 +996,10 @@ fn heartbeat(
                         let _ = events.send(Event::NodeGone(home)).await;
                     }
                 }
-                update_registry(&mut m, &node, true, &registry).await;
+                // The first shard registers the node and reads the registry for every shard.
+                if let Some(registries) = registries {
+                    update_registry(&mut m, &node, true, &registries).await;
+                }
             }
             Err(e) => {
                 let _ = events.send(Event::Trouble(format!("the heartbeat failed: {e}"))).await;
@@ -1017,17 +1245,21 @@ fn turn_entries(own: &crate::IceServersFn) -> Value {
 }
 
 /// Reads the registry into `registry` (a failure keeps the last read: it is at most a few seconds old).
-async fn update_registry(m: &mut ConnectionManager, node: &NodeId, register: bool, registry: &Registry) {
+async fn update_registry(m: &mut ConnectionManager, node: &NodeId, register: bool, registries: &[Registry]) {
     match tokio::time::timeout(ANSWER_TIMEOUT, read_registry(m, node, register)).await {
-        Ok(Ok(others)) => registry.set(others),
+        Ok(Ok(others)) => {
+            for registry in registries {
+                registry.set(others.clone());
+            }
+        }
         Ok(Err(e)) => tracing::debug!(error = %e, "could not read the node registry"),
         Err(_) => tracing::debug!("reading the node registry timed out"),
     }
 }
 
 /// A draining node's registry read: it no longer registers itself.
-async fn refresh_registry(mut m: ConnectionManager, node: NodeId, registry: Registry) {
-    update_registry(&mut m, &node, false, &registry).await;
+async fn refresh_registry(mut m: ConnectionManager, node: NodeId, registries: Arc<[Registry]>) {
+    update_registry(&mut m, &node, false, &registries).await;
 }
 
 /// Registers this node in the `nodes` set (unless `register` is false) and reads the other live nodes' TURN URLs,

@@ -1,18 +1,20 @@
 //! The sockets' way to the hub: the sharded in-process hub ([`crate::shards`]), or with `--redis` the cluster's hub
-//! task, which owns the sans-IO hub on a thread of its own and takes socket events over a bounded channel. Also what
-//! both share: the frames a socket is sent, the byte budgets, and [`deliver`].
+//! shards ([`crate::cluster_shards`]), tasks that each own a sans-IO hub on a thread of their own and take socket
+//! events over a bounded channel. Also what both share: the frames a socket is sent, the byte budgets, and
+//! [`deliver`].
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use outcome::Outcomes;
 use rand::SeedableRng;
-use signal::{CloseCode, ConnId, MemoryHub, Now, Output, Refusal, Source};
-use tokio::sync::{mpsc, oneshot};
+use signal::{CloseCode, ConnId, MemoryHub, Now, Output, Refusal};
+use tokio::sync::oneshot;
 
+use crate::cluster_shards::ClusterShards;
 use crate::outbox::{Outbox, QueueBudget};
 use crate::shards::{Seat, Shards};
 use crate::WebConfig;
@@ -60,13 +62,36 @@ pub(crate) enum Command {
     Stats {
         reply: oneshot::Sender<signal::HubStats>,
     },
+    /// Let go of a socket that has not joined, to move it to its room's shard (`None`: it is gone or routed).
+    Handoff {
+        conn: ConnId,
+        reply: oneshot::Sender<Option<Handed>>,
+    },
+    /// Take in a socket another shard let go of.
+    Adopt {
+        conn: ConnId,
+        handed: Handed,
+    },
+    /// Does this shard's hub hold the session a `resume` claims?
+    Holds {
+        claim: String,
+        reply: oneshot::Sender<bool>,
+    },
     /// Hand this node's rooms and sockets to the other nodes of the cluster.
     Drain,
     Shutdown,
 }
 
+/// A socket moving between the cluster's hub shards: its state in the hub (token bucket, error count), its address
+/// and its outbox.
+pub(crate) struct Handed {
+    pub ip: IpAddr,
+    pub socket: signal::Unjoined,
+    pub outbox: Arc<Outbox>,
+}
+
 /// The sockets' side of the hub: the sharded hub, driven inline by each socket's task ([`crate::shards`]), or with
-/// `--redis` the cluster's hub task, fed over a channel.
+/// `--redis` the cluster's hub shards, fed over channels ([`crate::cluster_shards`]).
 #[derive(Clone, Debug)]
 pub struct HubHandle {
     hub: Hub,
@@ -80,8 +105,8 @@ pub struct HubHandle {
 #[derive(Clone, Debug)]
 enum Hub {
     Sharded(Arc<Shards>),
-    /// Many nodes (docs/scaling.md): one task owns the hub and the link to Redis; not sharded yet.
-    Cluster(mpsc::Sender<Command>),
+    /// Many nodes (docs/scaling.md): hub tasks, each with its share of the rooms and its link to Redis.
+    Cluster(Arc<ClusterShards>),
 }
 
 impl HubHandle {
@@ -89,48 +114,24 @@ impl HubHandle {
         ConnId::new(self.next_conn.fetch_add(1, Ordering::Relaxed))
     }
 
-    async fn send(tx: &mpsc::Sender<Command>, command: Command) {
-        // The hub only stops at shutdown, when sockets are closing anyway.
-        let _ = tx.send(command).await;
-    }
-
-    async fn ask<T>(tx: &mpsc::Sender<Command>, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Option<T> {
-        let (reply, answer) = oneshot::channel();
-        tx.send(make(reply)).await.ok()?;
-        answer.await.ok()
-    }
-
     pub(crate) async fn check_connect(&self, ip: IpAddr) -> Result<(), Refusal> {
         match &self.hub {
             Hub::Sharded(shards) => shards.check_connect(ip),
-            Hub::Cluster(tx) => Self::ask(tx, |reply| Command::CheckConnect { ip, reply })
-                .await
-                .unwrap_or_else(|| Err(shutting_down())),
+            Hub::Cluster(shards) => shards.check_connect(ip).await,
         }
     }
 
     pub(crate) async fn check_join(&self, room: String, token: Option<String>) -> Result<(), Refusal> {
         match &self.hub {
             Hub::Sharded(shards) => shards.check_join(&room, token.as_deref()),
-            Hub::Cluster(tx) => Self::ask(tx, |reply| Command::CheckJoin { room, token, reply })
-                .await
-                .unwrap_or_else(|| Err(shutting_down())),
+            Hub::Cluster(shards) => shards.check_join(room, token).await,
         }
     }
 
     pub(crate) async fn connect(&self, conn: ConnId, ip: IpAddr, outbox: Arc<Outbox>) -> Result<Seat, Refusal> {
         match &self.hub {
             Hub::Sharded(shards) => shards.connect(conn, ip, outbox),
-            Hub::Cluster(tx) => {
-                let reply = Self::ask(tx, |reply| Command::Connect {
-                    conn,
-                    ip,
-                    outbox,
-                    reply,
-                });
-                reply.await.unwrap_or_else(|| Err(shutting_down()))?;
-                Ok(Seat::unsharded(conn, ip))
-            }
+            Hub::Cluster(shards) => shards.connect(conn, ip, outbox).await,
         }
     }
 
@@ -147,21 +148,21 @@ impl HubHandle {
     pub(crate) async fn text(&self, seat: &mut Seat, text: bytes::Bytes) {
         match &self.hub {
             Hub::Sharded(shards) => shards.text(seat, std::str::from_utf8(&text).unwrap_or_default()),
-            Hub::Cluster(tx) => Self::send(tx, Command::Text { conn: seat.conn, text }).await,
+            Hub::Cluster(shards) => shards.text(seat, text).await,
         }
     }
 
     pub(crate) async fn activity(&self, seat: &Seat) {
         match &self.hub {
             Hub::Sharded(shards) => shards.activity(seat),
-            Hub::Cluster(tx) => Self::send(tx, Command::Activity { conn: seat.conn }).await,
+            Hub::Cluster(shards) => shards.activity(seat).await,
         }
     }
 
     pub(crate) async fn binary(&self, seat: &Seat) {
         match &self.hub {
             Hub::Sharded(shards) => shards.binary(seat),
-            Hub::Cluster(tx) => Self::send(tx, Command::Binary { conn: seat.conn }).await,
+            Hub::Cluster(shards) => shards.binary(seat).await,
         }
     }
 
@@ -169,7 +170,7 @@ impl HubHandle {
     pub(crate) async fn closed(&self, seat: Seat) {
         match &self.hub {
             Hub::Sharded(shards) => shards.closed(seat),
-            Hub::Cluster(tx) => Self::send(tx, Command::Closed { conn: seat.conn }).await,
+            Hub::Cluster(shards) => shards.closed(seat).await,
         }
     }
 
@@ -177,16 +178,14 @@ impl HubHandle {
     pub async fn stats(&self) -> Option<signal::HubStats> {
         match &self.hub {
             Hub::Sharded(shards) => Some(shards.stats()),
-            Hub::Cluster(tx) => Self::ask(tx, |reply| Command::Stats { reply }).await,
+            Hub::Cluster(shards) => shards.stats().await,
         }
     }
 
     pub(crate) fn shutdown(&self) {
         match &self.hub {
             Hub::Sharded(shards) => shards.shutdown(),
-            Hub::Cluster(tx) => {
-                let _ = tx.try_send(Command::Shutdown);
-            }
+            Hub::Cluster(shards) => shards.tell_all(|| Command::Shutdown),
         }
     }
 
@@ -195,9 +194,7 @@ impl HubHandle {
             Hub::Sharded(_) => {
                 tracing::warn!("drain asked, but this node is alone (no --redis): nothing to hand over");
             }
-            Hub::Cluster(tx) => {
-                let _ = tx.try_send(Command::Drain);
-            }
+            Hub::Cluster(shards) => shards.tell_all(|| Command::Drain),
         }
     }
 }
@@ -242,25 +239,11 @@ pub(crate) fn spawn(config: &WebConfig, redis: Option<String>) -> std::io::Resul
         }
         // Many nodes (docs/scaling.md): the same hub behind a router, Redis on the same thread.
         Some(url) => {
-            let (tx, rx) = mpsc::channel(4096);
-            // In a cluster, every join's iceServers also name the other live nodes' TURN servers.
-            let registry = crate::cluster::Registry::default();
-            let source = crate::cluster::ice_source(config.ice_servers.clone(), registry.clone());
-            let rng = rand::rngs::StdRng::from_entropy();
-            let hub = MemoryHub::new(limits, config.token_secret.clone(), source, rng, Instant::now());
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            let hub = hub.with_session_events();
-            let grace = config.limits.resume_grace;
-            let node = crate::cluster::node_id();
-            let ice = crate::cluster::Ice {
-                own: config.ice_servers.clone(),
-                registry,
-                turn: turn_load.clone(),
-            };
-            std::thread::Builder::new()
-                .name("traverse-hub".into())
-                .spawn(move || runtime.block_on(crate::cluster::run(hub, rx, outcomes, url, node, ice, grace)))?;
-            Hub::Cluster(tx)
+            let count = std::thread::available_parallelism()
+                .map_or(1, usize::from)
+                .min(crate::cluster_shards::MAX_SHARDS);
+            let queues = crate::cluster::spawn(count, config, &limits, outcomes, url, &turn_load)?;
+            Hub::Cluster(Arc::new(ClusterShards::new(queues, limits.max_connections_per_ip)))
         }
     };
     Ok(HubHandle {
@@ -308,23 +291,6 @@ pub(crate) async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(at) => tokio::time::sleep_until(at.into()).await,
         None => std::future::pending().await,
-    }
-}
-
-/// Unsent bytes per source, one counter shared by that source's outboxes (see [`crate::outbox`]).
-#[derive(Debug, Default)]
-pub(crate) struct SourceCounters(HashMap<Source, Arc<AtomicUsize>>);
-
-impl SourceCounters {
-    pub(crate) fn counter(&mut self, ip: IpAddr) -> Arc<AtomicUsize> {
-        self.0.entry(Source::from(ip)).or_default().clone()
-    }
-
-    /// Forgets the counters no outbox holds any more, once they outnumber the sockets (amortised, not per event).
-    pub(crate) fn prune(&mut self, sockets: usize) {
-        if self.0.len() > 2 * sockets + 64 {
-            self.0.retain(|_, c| Arc::strong_count(c) > 1);
-        }
     }
 }
 

@@ -4,8 +4,9 @@
 //!
 //! Model: the sans-IO [`signal::MemoryHub`] is sharded by room, one per core, each behind a mutex of its own
 //! ([`shards`]); every socket is a task ([`ws`]) that hands its frames to its room's shard in place and writes what
-//! the hub routes to it — no hub thread on the message path. With `--redis`, one hub task on a thread of its own
-//! takes the sockets' frames over a bounded channel ([`hub`], [`cluster`]). Connections arrive
+//! the hub routes to it — no hub thread on the message path. With `--redis`, the rooms are sharded over hub tasks,
+//! one per core on threads of their own, each a node of the cluster that takes its sockets' frames over a bounded
+//! channel ([`cluster_shards`], [`cluster`]). Connections arrive
 //! from the server crate's listeners — a plain HTTP port, or the single port that also carries TURN — through
 //! [`Web::serve_connection`], so HTTP never needs a listener of its own.
 //!
@@ -14,6 +15,7 @@
 //! ([`reports`]).
 
 mod cluster;
+mod cluster_shards;
 pub mod dashboard;
 mod hub;
 mod limiter;

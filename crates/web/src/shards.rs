@@ -44,9 +44,7 @@ pub(crate) struct Shards {
     shards: Box<[Shard]>,
     /// Picks a room's shard; randomly keyed per process.
     placement: std::collections::hash_map::RandomState,
-    /// Sockets per source over every shard, and the unsent-bytes counter their outboxes share.
-    sources: Mutex<HashMap<Source, SourceSlot>>,
-    max_per_source: usize,
+    sources: SourceCount,
     /// Rooms over every shard (reserved or held).
     rooms: AtomicUsize,
     max_rooms: usize,
@@ -70,43 +68,83 @@ struct ShardState {
     rooms: usize,
 }
 
+/// Sockets per source over every shard, and the unsent-bytes counter their outboxes share: counted at connect and
+/// close, never touched by a frame.
+pub(crate) struct SourceCount {
+    slots: Mutex<HashMap<Source, SourceSlot>>,
+    max: usize,
+}
+
 #[derive(Default)]
 struct SourceSlot {
     sockets: usize,
     unsent: Arc<AtomicUsize>,
 }
 
-/// Where one socket is: kept by its task.
-#[derive(Debug)]
-pub(crate) struct Seat {
-    pub conn: ConnId,
-    shard: usize,
-    source: Source,
-    /// Joined or resumed: it stays in this shard, and its frames are not looked into any more.
-    joined: bool,
-}
-
-impl Seat {
-    /// A socket of the cluster's hub task, which is not sharded.
-    pub(crate) fn unsharded(conn: ConnId, ip: IpAddr) -> Self {
+impl SourceCount {
+    pub(crate) fn new(max: usize) -> Self {
         Self {
-            conn,
-            shard: 0,
-            source: Source::from(ip),
-            joined: true,
+            slots: Mutex::new(HashMap::new()),
+            max,
+        }
+    }
+
+    fn slots(&self) -> MutexGuard<'_, HashMap<Source, SourceSlot>> {
+        self.slots.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Would one more socket of `source` be taken?
+    pub(crate) fn check(&self, source: Source) -> Result<(), Refusal> {
+        let held = self.slots().get(&source).map_or(0, |s| s.sockets);
+        if held >= self.max {
+            return Err(too_many(source, self.max));
+        }
+        Ok(())
+    }
+
+    /// Counts one more socket of `source`, whose outbox then charges that source's unsent bytes.
+    pub(crate) fn take(&self, source: Source, outbox: &Outbox) -> Result<(), Refusal> {
+        let mut slots = self.slots();
+        let slot = slots.entry(source).or_default();
+        if slot.sockets >= self.max {
+            return Err(too_many(source, self.max));
+        }
+        slot.sockets += 1;
+        outbox.bind_source(slot.unsent.clone());
+        Ok(())
+    }
+
+    pub(crate) fn release(&self, source: Source) {
+        let mut slots = self.slots();
+        if let Some(slot) = slots.get_mut(&source) {
+            slot.sockets = slot.sockets.saturating_sub(1);
+            if slot.sockets == 0 {
+                slots.remove(&source);
+            }
         }
     }
 }
 
+/// Where one socket is: kept by its task.
+#[derive(Debug)]
+pub(crate) struct Seat {
+    pub conn: ConnId,
+    pub shard: usize,
+    pub source: Source,
+    /// Joined or resumed (with `--redis`: sent its first `join` or `resume`): it stays in this shard, and its frames
+    /// are not looked into any more.
+    pub joined: bool,
+}
+
 /// The two client messages that place a socket; every other field is ignored.
 #[derive(serde::Deserialize)]
-struct Placing<'a> {
+pub(crate) struct Placing<'a> {
     #[serde(rename = "type", borrow)]
-    kind: Cow<'a, str>,
+    pub kind: Cow<'a, str>,
     #[serde(borrow, default)]
-    room: Option<Cow<'a, str>>,
+    pub room: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
-    session: Option<Cow<'a, str>>,
+    pub session: Option<Cow<'a, str>>,
 }
 
 impl Shards {
@@ -136,8 +174,7 @@ impl Shards {
         Arc::new(Self {
             shards,
             placement: std::collections::hash_map::RandomState::new(),
-            sources: Mutex::new(HashMap::new()),
-            max_per_source: limits.max_connections_per_ip,
+            sources: SourceCount::new(limits.max_connections_per_ip),
             rooms: AtomicUsize::new(0),
             max_rooms: limits.max_rooms,
             stopping: AtomicBool::new(false),
@@ -173,29 +210,15 @@ impl Shards {
         (self.placement.hash_one(room) % self.shards.len() as u64) as usize
     }
 
-    /// The shard of the calling thread: each thread that serves sockets gets its own, in turn.
     fn home(&self) -> usize {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        thread_local! {
-            static HOME: usize = NEXT.fetch_add(1, Ordering::Relaxed);
-        }
-        HOME.with(|home| *home) % self.shards.len()
-    }
-
-    fn sources(&self) -> MutexGuard<'_, HashMap<Source, SourceSlot>> {
-        self.sources.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        home(self.shards.len())
     }
 
     pub(crate) fn check_connect(&self, ip: IpAddr) -> Result<(), Refusal> {
         if self.stopping.load(Ordering::Relaxed) {
             return Err(shutting_down());
         }
-        let source = Source::from(ip);
-        let held = self.sources().get(&source).map_or(0, |s| s.sockets);
-        if held >= self.max_per_source {
-            return Err(too_many(source, self.max_per_source));
-        }
-        Ok(())
+        self.sources.check(Source::from(ip))
     }
 
     pub(crate) fn check_join(&self, room: &str, token: Option<&str>) -> Result<(), Refusal> {
@@ -211,20 +234,12 @@ impl Shards {
             return Err(shutting_down());
         }
         let source = Source::from(ip);
-        {
-            let mut sources = self.sources();
-            let slot = sources.entry(source).or_default();
-            if slot.sockets >= self.max_per_source {
-                return Err(too_many(source, self.max_per_source));
-            }
-            slot.sockets += 1;
-            outbox.bind_source(slot.unsent.clone());
-        }
+        self.sources.take(source, &outbox)?;
         let shard = self.home();
         let mut st = self.lock(shard);
         if let Err(refusal) = st.hub.handle_connect(conn, ip, now()) {
             drop(st);
-            self.release_source(source);
+            self.sources.release(source);
             return Err(refusal);
         }
         st.sockets.insert(conn, outbox);
@@ -295,7 +310,7 @@ impl Shards {
             self.route(&mut st);
             self.settle(&mut st);
         }
-        self.release_source(seat.source);
+        self.sources.release(seat.source);
     }
 
     /// Connections, sessions, rooms and counters summed over the shards.
@@ -354,16 +369,6 @@ impl Shards {
                 (n < self.max_rooms).then_some(n + 1)
             })
             .is_ok()
-    }
-
-    fn release_source(&self, source: Source) {
-        let mut sources = self.sources();
-        if let Some(slot) = sources.get_mut(&source) {
-            slot.sockets = slot.sockets.saturating_sub(1);
-            if slot.sockets == 0 {
-                sources.remove(&source);
-            }
-        }
     }
 
     /// Does what the shard's hub asks.
@@ -440,6 +445,15 @@ async fn run_timers(shards: Weak<Shards>, wake: Arc<Notify>) {
     }
 }
 
+/// The shard of the calling thread among `count`: each thread that serves sockets gets its own, in turn.
+pub(crate) fn home(count: usize) -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static HOME: usize = NEXT.fetch_add(1, Ordering::Relaxed);
+    }
+    HOME.with(|home| *home) % count.max(1)
+}
+
 fn too_many(source: Source, max: usize) -> Refusal {
     Refusal::new(
         ErrorCode::TooManyConnections,
@@ -447,7 +461,7 @@ fn too_many(source: Source, max: usize) -> Refusal {
     )
 }
 
-fn add_stats(total: &mut HubStats, s: HubStats) {
+pub(crate) fn add_stats(total: &mut HubStats, s: HubStats) {
     total.connections += s.connections;
     total.sessions += s.sessions;
     total.rooms += s.rooms;

@@ -1,0 +1,199 @@
+//! With `--redis`, the hub sharded by room: one hub task per core (at most [`MAX_SHARDS`]), each on a thread of its
+//! own and each a node of the cluster under a name of its own (`docs/scaling.md`, "Shards"). This is the sockets'
+//! side: where a socket's events go, and the limits that span the shards.
+//!
+//! Why: with one hub task, every signal of every socket of a node crossed to that one thread and back, and the
+//! thread was the node's ceiling (40 % of a core at full load on a 2-core machine, so about 150 000 signals/s).
+//! Now each shard's thread carries the rooms hashed to it.
+//!
+//! Placement: a socket starts in its worker thread's home shard. At its first `join` it moves to the shard its
+//! room hashes to (a per-process random key), with its token bucket, error count and outbox; at its first `resume`,
+//! to the shard whose hub holds the session, if one does. The move waits until the old shard has delivered what it
+//! owed the socket, so frames reach it in order. The shard then asks Redis where the room lives, as any node does;
+//! usually the answer is itself. A room another node's death handed to some shard stays there; the other shards
+//! reach it as they reach another node, but in-process: an envelope between shards of one process goes on the
+//! receiving shard's queue (`web::cluster`), never through Redis.
+//!
+//! Global limits without a lock on the message path: sockets per source (and their unsent bytes) are counted here
+//! at connect and close ([`SourceCount`]); rooms by an atomic count each shard reserves from before every event
+//! (`cluster::RoomCount`); each shard's hub gets an equal share of the byte budgets.
+
+use std::hash::BuildHasher;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use signal::{ConnId, HubStats, Refusal, Source};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::hub::{shutting_down, Command};
+use crate::outbox::Outbox;
+use crate::shards::{add_stats, home, Placing, Seat, SourceCount};
+
+/// Hub shards per node at most: each holds its own Redis connections (three) and heartbeat key.
+pub(crate) const MAX_SHARDS: usize = 8;
+
+/// See the module documentation.
+pub(crate) struct ClusterShards {
+    /// Each shard's command queue.
+    shards: Box<[mpsc::Sender<Command>]>,
+    /// Picks a room's shard; randomly keyed per process.
+    placement: std::collections::hash_map::RandomState,
+    sources: SourceCount,
+}
+
+impl ClusterShards {
+    pub(crate) fn new(shards: Vec<mpsc::Sender<Command>>, max_per_source: usize) -> Self {
+        Self {
+            shards: shards.into_boxed_slice(),
+            placement: std::collections::hash_map::RandomState::new(),
+            sources: SourceCount::new(max_per_source),
+        }
+    }
+
+    // Not input: `shard` comes from `home` or `room_shard`, both modulo the length, and `cluster::spawn` starts at
+    // least one shard.
+    #[allow(clippy::indexing_slicing)]
+    fn queue(&self, shard: usize) -> &mpsc::Sender<Command> {
+        &self.shards[shard % self.shards.len()]
+    }
+
+    fn room_shard(&self, room: &str) -> usize {
+        (self.placement.hash_one(room) % self.shards.len() as u64) as usize
+    }
+
+    async fn send(&self, shard: usize, command: Command) {
+        // A shard only stops at shutdown, when sockets are closing anyway.
+        let _ = self.queue(shard).send(command).await;
+    }
+
+    async fn ask<T>(&self, shard: usize, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Option<T> {
+        let (reply, answer) = oneshot::channel();
+        self.queue(shard).send(make(reply)).await.ok()?;
+        answer.await.ok()
+    }
+
+    pub(crate) async fn check_connect(&self, ip: IpAddr) -> Result<(), Refusal> {
+        self.sources.check(Source::from(ip))?;
+        // The shard knows whether the node is draining.
+        self.ask(home(self.shards.len()), |reply| Command::CheckConnect { ip, reply })
+            .await
+            .unwrap_or_else(|| Err(shutting_down()))
+    }
+
+    pub(crate) async fn check_join(&self, room: String, token: Option<String>) -> Result<(), Refusal> {
+        self.ask(self.room_shard(&room), |reply| Command::CheckJoin {
+            room,
+            token,
+            reply,
+        })
+        .await
+        .unwrap_or_else(|| Err(shutting_down()))
+    }
+
+    pub(crate) async fn connect(&self, conn: ConnId, ip: IpAddr, outbox: Arc<Outbox>) -> Result<Seat, Refusal> {
+        let source = Source::from(ip);
+        self.sources.take(source, &outbox)?;
+        let shard = home(self.shards.len());
+        let connected = self
+            .ask(shard, |reply| Command::Connect {
+                conn,
+                ip,
+                outbox,
+                reply,
+            })
+            .await
+            .unwrap_or_else(|| Err(shutting_down()));
+        if let Err(refusal) = connected {
+            self.sources.release(source);
+            return Err(refusal);
+        }
+        Ok(Seat {
+            conn,
+            shard,
+            source,
+            joined: false,
+        })
+    }
+
+    /// A text message (UTF-8, checked by the socket's decoder); a socket's first `join` or `resume` places it first.
+    pub(crate) async fn text(&self, seat: &mut Seat, text: Bytes) {
+        if !seat.joined {
+            if let Some(target) = self.place(seat, &text).await {
+                self.move_to(seat, target).await;
+            }
+        }
+        self.send(seat.shard, Command::Text { conn: seat.conn, text }).await;
+    }
+
+    /// The shard a socket's first `join` or `resume` belongs in, when it is not where the socket is.
+    async fn place(&self, seat: &mut Seat, text: &[u8]) -> Option<usize> {
+        let placing: Placing<'_> = serde_json::from_slice(text).ok()?;
+        let target = match (placing.kind.as_ref(), placing.room, placing.session) {
+            ("join", Some(room), _) => Some(self.room_shard(&room)),
+            ("resume", _, Some(session)) => self.session_shard(&session).await,
+            _ => return None,
+        };
+        // Placed once, whatever the hub then answers: a socket whose join failed tries again where it is.
+        seat.joined = true;
+        target.filter(|t| *t != seat.shard)
+    }
+
+    /// The shard whose hub holds the session a `resume` claims, if one does (asked of each: resumes are rare).
+    async fn session_shard(&self, claim: &str) -> Option<usize> {
+        for shard in 0..self.shards.len() {
+            let claim = claim.to_owned();
+            if self.ask(shard, |reply| Command::Holds { claim, reply }).await == Some(true) {
+                return Some(shard);
+            }
+        }
+        None
+    }
+
+    /// Moves a socket that has not joined to `target`; one its shard has already let go of (closed) stays.
+    async fn move_to(&self, seat: &mut Seat, target: usize) {
+        let conn = seat.conn;
+        let Some(Some(handed)) = self.ask(seat.shard, |reply| Command::Handoff { conn, reply }).await else {
+            return;
+        };
+        self.send(target, Command::Adopt { conn, handed }).await;
+        seat.shard = target;
+    }
+
+    pub(crate) async fn activity(&self, seat: &Seat) {
+        self.send(seat.shard, Command::Activity { conn: seat.conn }).await;
+    }
+
+    pub(crate) async fn binary(&self, seat: &Seat) {
+        self.send(seat.shard, Command::Binary { conn: seat.conn }).await;
+    }
+
+    pub(crate) async fn closed(&self, seat: Seat) {
+        self.send(seat.shard, Command::Closed { conn: seat.conn }).await;
+        self.sources.release(seat.source);
+    }
+
+    /// Summed over the shards; `None` once they have stopped.
+    pub(crate) async fn stats(&self) -> Option<HubStats> {
+        let mut total = HubStats::default();
+        for shard in 0..self.shards.len() {
+            add_stats(&mut total, self.ask(shard, |reply| Command::Stats { reply }).await?);
+        }
+        Some(total)
+    }
+
+    /// Tells every shard; `command` is cloned for each.
+    pub(crate) fn tell_all(&self, command: impl Fn() -> Command) {
+        for queue in &self.shards {
+            let _ = queue.try_send(command());
+        }
+    }
+}
+
+impl std::fmt::Debug for ClusterShards {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterShards")
+            .field("shards", &self.shards.len())
+            .finish_non_exhaustive()
+    }
+}
