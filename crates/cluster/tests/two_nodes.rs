@@ -12,7 +12,7 @@ use bytes::Bytes;
 use cluster::{Action, Answer, Message, NodeId, Query, Router};
 use rand::SeedableRng;
 use serde_json::{json, Value};
-use signal::{ConnId, Limits, MemoryHub, Now, Output, SessionEvent};
+use signal::{ConnId, Limits, MemoryHub, Now, Output, SessionEvent, SignalHub};
 
 const IP: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7));
 
@@ -325,4 +325,42 @@ fn a_lost_link_closes_the_sockets_that_depend_on_another_node() {
     lab.run();
     assert_eq!(lab.nodes[1].closed.get(&1), Some(&4202), "forwarded to node 0");
     assert_eq!(lab.nodes[1].closed.get(&2), None, "its room is on this node");
+}
+
+/// What `web::cluster` does to move a socket to its room's hub shard: the router lets go of it while it is fresh,
+/// the hub hands over its state (error count, token bucket), and the other side takes both in.
+#[test]
+fn a_socket_that_has_not_joined_moves_to_another_router_with_its_hub_state() {
+    let limits = Limits {
+        max_errors: 1,
+        ..Limits::default()
+    };
+    let mut lab = Lab::new(2, limits);
+    let now = lab.now();
+    for conn in [1, 2] {
+        lab.connect(0, conn);
+        lab.send(0, conn, json!({"type":"nonsense"}));
+        assert_eq!(lab.inbox(0, conn)[0]["type"], "error");
+        let conn = ConnId::new(conn);
+        let n0 = &mut lab.nodes[0];
+        let ip = n0.router.take_fresh(conn).expect("a fresh socket is let go of");
+        let socket = n0.hub.take_unjoined(conn).expect("and its hub hands it over");
+        let n1 = &mut lab.nodes[1];
+        n1.hub.adopt(conn, socket, now);
+        n1.router.adopt_fresh(conn, ip);
+    }
+
+    // Its error count came along: the second error closes it.
+    lab.send(1, 1, json!({"type":"nonsense"}));
+    assert!(lab.nodes[1].closed.contains_key(&1), "{:?}", lab.nodes[1].closed);
+    assert!(!lab.nodes[0].closed.contains_key(&1));
+
+    // The other joins where it now is, which claims the room for that node.
+    lab.send(1, 2, json!({"type":"join","room":"r"}));
+    assert_eq!(lab.inbox(1, 2)[0]["type"], "joined");
+    assert_eq!(lab.nodes[1].router.hosted_rooms().collect::<Vec<_>>(), ["r"]);
+    assert_eq!(lab.nodes[0].hub.stats().connections, 0);
+    // Routed now: it stays.
+    assert_eq!(lab.nodes[1].router.take_fresh(ConnId::new(2)), None);
+    assert_eq!(lab.nodes[1].hub.stats().connections, 1);
 }

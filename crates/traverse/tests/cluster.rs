@@ -1230,3 +1230,73 @@ fn one_node_shards_its_rooms_over_its_hub_tasks_and_its_limits_hold_across_them(
         assert!(refused.is_err(), "a 41st socket from one address is refused");
     });
 }
+
+/// A room a node takes over from a dead one lives in the shard that took it (the one its resuming peers reached);
+/// newcomers whose sockets the room's hash places in another shard reach it there in-process, through the shards'
+/// queues, and signal both ways with no `PUBLISH` through Redis.
+#[test]
+fn a_room_taken_over_lives_in_one_shard_and_the_node_s_other_shards_reach_it_in_process() {
+    if std::thread::available_parallelism().map_or(1, usize::from) < 2 {
+        common::skip("one core: the node runs a single hub shard");
+        return;
+    }
+    let Some(redis) = Redis::start() else { return };
+    const ROOMS: usize = 8;
+    let mut dying = Node::start(&redis.url(), &[]);
+    let node = Node::start(&redis.url(), &[]);
+    runtime().block_on(async {
+        let mut sessions = Vec::new();
+        let mut peers = Vec::new();
+        for i in 0..ROOMS {
+            let (a, joined) = Peer::join(&dying, &format!("t-{i}")).await;
+            sessions.push((
+                joined["peerId"].as_str().unwrap().to_owned(),
+                joined["session"].as_str().unwrap().to_owned(),
+            ));
+            peers.push(a);
+        }
+        let dead_homes: Vec<String> = (0..ROOMS)
+            .map(|i| redis.get(&format!("traverse:room:t-{i}")).unwrap())
+            .collect();
+        dying.kill();
+        drop(peers);
+        // Until the dead node's heartbeat keys expire, lookups still name it.
+        let deadline = Instant::now() + WAIT;
+        while dead_homes
+            .iter()
+            .any(|h| redis.get(&format!("traverse:node:{h}")).is_some())
+        {
+            assert!(Instant::now() < deadline, "the dead node's keys never expired");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+
+        let published = redis.calls("publish");
+        let mut resumed = Vec::new();
+        for (_, session) in &sessions {
+            let mut a = Peer::connect(&node).await;
+            a.send(json!({"type":"resume","session":session,"lastSeq":1})).await;
+            a.expect("resumed").await;
+            resumed.push(a);
+        }
+        let homes: std::collections::BTreeSet<String> = (0..ROOMS)
+            .map(|i| redis.get(&format!("traverse:room:t-{i}")).unwrap())
+            .collect();
+        assert_eq!(homes.len(), 1, "every room in the shard its resumes reached: {homes:?}");
+
+        for (i, (a, (a_id, _))) in resumed.iter_mut().zip(&sessions).enumerate() {
+            let (mut c, joined) = Peer::join(&node, &format!("t-{i}")).await;
+            assert_eq!(joined["peers"][0]["id"], a_id.as_str(), "{joined}");
+            let c_id = joined["peerId"].as_str().unwrap().to_owned();
+            assert_eq!(a.expect("peer-joined").await["peer"]["id"], c_id.as_str());
+            c.send(json!({"type":"signal","to":a_id,"data":{"n":i}})).await;
+            assert_eq!(a.expect("signal").await["data"]["n"], i);
+            a.send(json!({"type":"signal","to":c_id,"data":{"m":i}})).await;
+            assert_eq!(c.expect("signal").await["data"]["m"], i);
+        }
+        assert_eq!(
+            redis.calls("publish"),
+            published,
+            "the shards of one node reached each other through Redis"
+        );
+    });
+}
