@@ -6,6 +6,10 @@
 #   PAIRS=20 WINDOW=4 REPEAT=3 bench/cluster/run.sh 10
 #   BUILD=0 bench/cluster/run.sh 8          # the release binaries as built
 #   SERVER_ARGS="--set limits.coalesce_us=0" bench/cluster/run.sh   # extra flags for every node (here: no naps)
+#   BASELINE=/tmp/traverse-old CASES="redis1 redis3" MODES=flat-out REPEAT=3 bench/cluster/run.sh 8
+#                                           # each --redis case also with another build, alternated; ratios printed
+#   TRAVERSE=/path/to/traverse              # the binary measured (default: the release build)
+#   CASES="memory redis1 redis3"            # which cases (default all); MODES="flat-out one" likewise
 #
 # Cases, each measured by traverse-cluster-bench (crates/loadgen/src/cluster_bench.rs):
 #   memory 1 node    no --redis: the in-memory hub, the reference
@@ -35,7 +39,12 @@ command -v curl >/dev/null || { echo "needs curl"; exit 1; }
 if [ "${BUILD:-1}" = 1 ]; then
   (cd "$ROOT" && cargo build --release -q -p traverse -p traverse-loadgen --bin traverse --bin traverse-cluster-bench)
 fi
-TRAVERSE="$ROOT/target/release/traverse"
+TRAVERSE="${TRAVERSE:-$ROOT/target/release/traverse}"
+BASELINE="${BASELINE:-}"
+CASES="${CASES:-memory redis1 redis3}"
+MODES="${MODES:-flat-out one}"
+# The binary start_node runs; `cases` swaps in the baseline for its second pass.
+SERVER="$TRAVERSE"
 BENCH="$ROOT/target/release/traverse-cluster-bench"
 
 pids=()
@@ -61,7 +70,7 @@ start_node() { # [redis url]
   local http; http=$(free_port)
   local redis=()
   [ -n "${1:-}" ] && redis=(--redis "$1")
-  "$TRAVERSE" serve "${redis[@]}" --http "127.0.0.1:$http" \
+  "$SERVER" serve "${redis[@]}" --http "127.0.0.1:$http" \
     --udp "127.0.0.1:$(free_port)" --tcp "127.0.0.1:$(free_port)" --tls "127.0.0.1:$(free_port)" --workers 1 --relay-ports 20000-29999 \
     --set signal.max_connections_per_ip=100000 --set signal.messages_per_second=1000000 --set signal.burst=1000000 \
     --set signal.max_rooms=1000000 --log-level warn ${SERVER_ARGS:-} >>"$OUT/traverse.log" 2>&1 &
@@ -91,26 +100,46 @@ measure() { # label A-urls B-urls pairs window
   echo "$line" | tee -a "$RESULTS"
 }
 
-cases() { # mode pairs window
-  local mode=$1 pairs=$2 window=$3
-  start_node
-  measure "memory 1 node, $mode" "${NODE_URLS[0]}" "${NODE_URLS[0]}" "$pairs" "$window"
-  stop_all
-  start_redis; start_node "$REDIS_URL"
-  measure "redis 1 node, $mode" "${NODE_URLS[0]}" "${NODE_URLS[0]}" "$pairs" "$window"
-  stop_all
-  start_redis; start_node "$REDIS_URL"; start_node "$REDIS_URL"; start_node "$REDIS_URL"
-  local all; all=$(join "${NODE_URLS[@]}")
-  local shifted; shifted=$(join "${NODE_URLS[1]}" "${NODE_URLS[2]}" "${NODE_URLS[0]}")
-  measure "redis 3 same, $mode" "$all" "$all" "$pairs" "$window"
-  measure "redis 3 cross, $mode" "$all" "$shifted" "$pairs" "$window"
-  stop_all
+has() { [[ " $1 " == *" $2 "* ]]; }
+
+cases() { # mode pairs window [label prefix]
+  local mode=$1 pairs=$2 window=$3 tag=${4:-}
+  if has "$CASES" memory && [ -z "$tag" ]; then
+    start_node
+    measure "memory 1 node, $mode" "${NODE_URLS[0]}" "${NODE_URLS[0]}" "$pairs" "$window"
+    stop_all
+  fi
+  if has "$CASES" redis1; then
+    start_redis; start_node "$REDIS_URL"
+    measure "${tag}redis 1 node, $mode" "${NODE_URLS[0]}" "${NODE_URLS[0]}" "$pairs" "$window"
+    stop_all
+  fi
+  if has "$CASES" redis3; then
+    start_redis; start_node "$REDIS_URL"; start_node "$REDIS_URL"; start_node "$REDIS_URL"
+    local all; all=$(join "${NODE_URLS[@]}")
+    local shifted; shifted=$(join "${NODE_URLS[1]}" "${NODE_URLS[2]}" "${NODE_URLS[0]}")
+    measure "${tag}redis 3 same, $mode" "$all" "$all" "$pairs" "$window"
+    measure "${tag}redis 3 cross, $mode" "$all" "$shifted" "$pairs" "$window"
+    stop_all
+  fi
+}
+
+# Both builds in each repeat, the order alternated, so that the machine's drift lands on both.
+both() { # mode pairs window
+  local order=("$TRAVERSE" "$BASELINE")
+  [ $((rep % 2)) = 1 ] && order=("$BASELINE" "$TRAVERSE")
+  for SERVER in "${order[@]}"; do
+    [ -z "$SERVER" ] && continue
+    if [ "$SERVER" = "$TRAVERSE" ]; then cases "$@"; else cases "$@" "baseline: "; fi
+  done
+  SERVER="$TRAVERSE"
 }
 
 echo "cpus: $(nproc); load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
-for _ in $(seq "$REPEAT"); do
-  cases flat-out "$PAIRS" "$WINDOW"
-  cases "one in flight" 1 1
+echo "measured: $TRAVERSE${BASELINE:+; baseline: $BASELINE}"
+for rep in $(seq "$REPEAT"); do
+  has "$MODES" flat-out && both flat-out "$PAIRS" "$WINDOW"
+  has "$MODES" one && both "one in flight" 1 1
 done
 
 # A table: medians over the repeats, and cross/same of the CPU per signal (Traverse + Redis).
@@ -130,4 +159,11 @@ for mode in ("flat-out", "one in flight"):
     if same and cross:
         print(f"{mode}: cross-node / same-node CPU per signal (Traverse + Redis) = "
               f"{med(cross,'total_us_per_signal') / med(same,'total_us_per_signal'):.2f}x (target ≤ 2x)")
+# With BASELINE: this build against the baseline, case by case.
+for label, rs in rows.items():
+    base = rows.get("baseline: " + label)
+    if base:
+        print(f"{label}: signals/s {med(rs,'signals_per_second') / med(base,'signals_per_second'):.2f}x the baseline's, "
+              f"Traverse CPU per signal {med(rs,'traverse_us_per_signal') / med(base,'traverse_us_per_signal'):.2f}x, "
+              f"p99 {med(rs,'latency_p99_us') / max(med(base,'latency_p99_us'), 1):.2f}x")
 PY

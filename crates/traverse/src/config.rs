@@ -47,6 +47,9 @@ pub struct Cluster {
     pub relay_capacity_mbps: u64,
     /// Where `traverse serve` writes its process id, for `traverse drain --pid-file`; unset: not written.
     pub pid_file: Option<PathBuf>,
+    /// Signaling hub tasks (shards) of this node, each with a share of the rooms and Redis connections of its own
+    /// (docs/scaling.md, "Shards"); 0: one per four cores, at most 8.
+    pub hub_shards: usize,
 }
 
 impl Default for Cluster {
@@ -55,6 +58,7 @@ impl Default for Cluster {
             drain_time: 30,
             relay_capacity_mbps: 0,
             pid_file: None,
+            hub_shards: 0,
         }
     }
 }
@@ -669,6 +673,12 @@ impl Config {
         if s.max_queued == 0 || s.max_queued > 65_536 {
             bad("signal.max_queued", "must be between 1 and 65536".into());
         }
+        if self.cluster.hub_shards > 64 {
+            bad(
+                "cluster.hub_shards",
+                "must be between 0 (one per four cores) and 64".into(),
+            );
+        }
         // A session must hold at least two of the largest messages, and a source at least one session.
         if s.max_session_bytes < 2 * s.max_message_bytes || s.max_source_bytes < s.max_session_bytes {
             bad(
@@ -1034,9 +1044,13 @@ mod tests {
 
     #[test]
     fn validation_finds_semantic_errors() {
-        let config = Config::parse("[relay]\nport_min = 9000\nport_max = 8000\n[auth]\nrealm = \"\"\n").unwrap();
+        let config = Config::parse(
+            "[relay]\nport_min = 9000\nport_max = 8000\n[auth]\nrealm = \"\"\n[cluster]\nhub_shards = 65\n",
+        )
+        .unwrap();
         let errors = config.validate();
-        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        assert!(format!("{errors:?}").contains("cluster.hub_shards"), "{errors:?}");
     }
 
     #[test]

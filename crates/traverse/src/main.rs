@@ -667,7 +667,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             // Checked by `validate`.
             allowed_origins: web::AllowedOrigins::parse(&config.web.allowed_origins).unwrap_or_default(),
         },
-        config.signal.redis.clone(),
+        config.signal.redis.clone().map(|redis| web::Cluster {
+            redis,
+            hub_shards: config.cluster.hub_shards,
+        }),
     )
     .context("cannot start the signaling hub")?;
     let handler: Arc<dyn server::HttpHandler> = Arc::new(WebHandler(web.clone()));

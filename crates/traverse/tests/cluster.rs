@@ -1129,20 +1129,18 @@ fn a_report_shared_on_one_node_is_read_and_listed_on_the_others_and_the_store_st
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// One node, its rooms sharded over its hub tasks (one per core, each a node of the cluster under a name of its own,
-/// `docs/scaling.md`, "Shards"). With one worker thread every socket starts in the same shard, so rooms homed on
+/// One node, its rooms sharded over two hub tasks (`cluster.hub_shards`; each a node of the cluster under a name of
+/// its own, `docs/scaling.md`, "Shards"). With one worker thread every socket starts in the same shard, so rooms homed on
 /// several shards show that sockets move to their room's shard before their join; resumes that need no Redis lookup
 /// show that a socket moves to the shard holding its session; no `PUBLISH` at all shows that shards of one process
 /// reach each other in-process. The room and per-source limits hold over the shards.
 #[test]
 fn one_node_shards_its_rooms_over_its_hub_tasks_and_its_limits_hold_across_them() {
-    if std::thread::available_parallelism().map_or(1, usize::from) < 2 {
-        common::skip("one core: the node runs a single hub shard");
-        return;
-    }
     let Some(redis) = Redis::start() else { return };
     const ROOMS: usize = 16;
     let limits = [
+        "--set",
+        "cluster.hub_shards=2",
         "--set",
         "signal.max_rooms=16",
         "--set",
@@ -1236,14 +1234,10 @@ fn one_node_shards_its_rooms_over_its_hub_tasks_and_its_limits_hold_across_them(
 /// queues, and signal both ways with no `PUBLISH` through Redis.
 #[test]
 fn a_room_taken_over_lives_in_one_shard_and_the_node_s_other_shards_reach_it_in_process() {
-    if std::thread::available_parallelism().map_or(1, usize::from) < 2 {
-        common::skip("one core: the node runs a single hub shard");
-        return;
-    }
     let Some(redis) = Redis::start() else { return };
     const ROOMS: usize = 8;
     let mut dying = Node::start(&redis.url(), &[]);
-    let node = Node::start(&redis.url(), &[]);
+    let node = Node::start(&redis.url(), &["--set", "cluster.hub_shards=2"]);
     runtime().block_on(async {
         let mut sessions = Vec::new();
         let mut peers = Vec::new();

@@ -1,5 +1,5 @@
-//! With `--redis`, the hub sharded by room: one hub task per core (at most [`MAX_SHARDS`]), each on a thread of its
-//! own and each a node of the cluster under a name of its own (`docs/scaling.md`, "Shards"). This is the sockets'
+//! With `--redis`, the hub sharded by room: hub tasks ([`auto_count`] of them, or `cluster.hub_shards`), each on a
+//! thread of its own and each a node of the cluster under a name of its own (`docs/scaling.md`, "Shards"). This is the sockets'
 //! side: where a socket's events go, and the limits that span the shards.
 //!
 //! Why: with one hub task, every signal of every socket of a node crossed to that one thread and back, and the
@@ -30,8 +30,15 @@ use crate::hub::{shutting_down, Command};
 use crate::outbox::Outbox;
 use crate::shards::{add_stats, home, Placing, Seat, SourceCount};
 
-/// Hub shards per node at most: each holds its own Redis connections (three) and heartbeat key.
-pub(crate) const MAX_SHARDS: usize = 8;
+/// The default number of shards for `cores`: one per four cores, at most 8.
+///
+/// Why not one per core: a shard is a thread of its own beside the workers, with its own journal pipeline, so on a
+/// small machine it takes CPU from the workers and halves every batch written to Redis. On 2 cores, 2 shards cost
+/// 1.12–1.38x the CPU per signal of one, flat out (`bench/cluster/run.sh`, docs/benchmarks.md). One hub task was
+/// 40 % of a core when a 2-core node was saturated, so it carries what about four cores send it.
+pub(crate) fn auto_count(cores: usize) -> usize {
+    (cores / 4).clamp(1, 8)
+}
 
 /// See the module documentation.
 pub(crate) struct ClusterShards {
@@ -195,5 +202,14 @@ impl std::fmt::Debug for ClusterShards {
         f.debug_struct("ClusterShards")
             .field("shards", &self.shards.len())
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn one_shard_per_four_cores_by_default_at_most_eight() {
+        let counts: Vec<usize> = [1, 2, 3, 4, 7, 8, 16, 32, 64, 256].map(super::auto_count).to_vec();
+        assert_eq!(counts, [1, 1, 1, 1, 1, 2, 4, 8, 8, 8]);
     }
 }

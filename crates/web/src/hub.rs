@@ -199,7 +199,7 @@ impl HubHandle {
     }
 }
 
-pub(crate) fn spawn(config: &WebConfig, redis: Option<String>) -> std::io::Result<HubHandle> {
+pub(crate) fn spawn(config: &WebConfig, cluster: Option<crate::Cluster>) -> std::io::Result<HubHandle> {
     let mut limits = config.limits.clone();
     if limits.max_total_bytes == 0 {
         limits.max_total_bytes = total_from_machine(machine_memory());
@@ -221,7 +221,7 @@ pub(crate) fn spawn(config: &WebConfig, redis: Option<String>) -> std::io::Resul
     ));
     let turn_load = crate::cluster::TurnLoadSource::default();
     let outcomes = config.outcomes.clone();
-    let hub = match redis {
+    let hub = match cluster {
         None => {
             // One shard per core: each worker thread that serves sockets has a home shard.
             let count = std::thread::available_parallelism().map_or(1, usize::from);
@@ -238,11 +238,12 @@ pub(crate) fn spawn(config: &WebConfig, redis: Option<String>) -> std::io::Resul
             Hub::Sharded(shards)
         }
         // Many nodes (docs/scaling.md): the same hub behind a router, Redis on the same thread.
-        Some(url) => {
-            let count = std::thread::available_parallelism()
-                .map_or(1, usize::from)
-                .min(crate::cluster_shards::MAX_SHARDS);
-            let queues = crate::cluster::spawn(count, config, &limits, outcomes, url, &turn_load)?;
+        Some(crate::Cluster { redis, hub_shards }) => {
+            let count = match hub_shards {
+                0 => crate::cluster_shards::auto_count(std::thread::available_parallelism().map_or(1, usize::from)),
+                n => n,
+            };
+            let queues = crate::cluster::spawn(count, config, &limits, outcomes, redis, &turn_load)?;
             Hub::Cluster(Arc::new(ClusterShards::new(queues, limits.max_connections_per_ip)))
         }
     };

@@ -4,8 +4,8 @@
 //!
 //! Model: the sans-IO [`signal::MemoryHub`] is sharded by room, one per core, each behind a mutex of its own
 //! ([`shards`]); every socket is a task ([`ws`]) that hands its frames to its room's shard in place and writes what
-//! the hub routes to it — no hub thread on the message path. With `--redis`, the rooms are sharded over hub tasks,
-//! one per core on threads of their own, each a node of the cluster that takes its sockets' frames over a bounded
+//! the hub routes to it — no hub thread on the message path. With `--redis`, the rooms are sharded over hub tasks
+//! on threads of their own (`cluster.hub_shards`), each a node of the cluster that takes its sockets' frames over a bounded
 //! channel ([`cluster_shards`], [`cluster`]). Connections arrive
 //! from the server crate's listeners — a plain HTTP port, or the single port that also carries TURN — through
 //! [`Web::serve_connection`], so HTTP never needs a listener of its own.
@@ -41,6 +41,15 @@ pub use reports::{DEFAULT_MAX_REPORTS, MAX_REPORTS_PER_SOURCE, MAX_REPORT_BYTES}
 
 /// Mints `iceServers` (a JSON array) with a fresh TURN credential for a user at a Unix time.
 pub type IceServersFn = Arc<dyn Fn(&str, u64) -> serde_json::Value + Send + Sync>;
+
+/// A node of a cluster (`docs/scaling.md`).
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    /// The Redis every node shares.
+    pub redis: String,
+    /// Hub tasks of this node; 0: one per four cores, at most 8 (`web::cluster_shards`).
+    pub hub_shards: usize,
+}
 
 /// Everything the web side needs.
 #[derive(Clone)]
@@ -103,8 +112,9 @@ impl Web {
         Self::start_with_redis(config, None)
     }
 
-    /// Starts the hub thread; with `redis`, as a node of the cluster sharing that Redis (`docs/scaling.md`).
-    pub fn start_with_redis(config: WebConfig, redis: Option<String>) -> std::io::Result<Self> {
+    /// Starts the hub; with `cluster`, as a node of the cluster sharing that Redis (`docs/scaling.md`).
+    pub fn start_with_redis(config: WebConfig, cluster: Option<Cluster>) -> std::io::Result<Self> {
+        let redis = cluster.as_ref().map(|c| c.redis.clone());
         let reports = reports::ReportStore::open(
             config.data_dir.clone(),
             reports::ReportLimits {
@@ -119,7 +129,7 @@ impl Web {
             None => reports,
         };
         tracing::info!(dir = %reports.dir().display(), held = reports.list().len(), "troubleshooter report store");
-        let hub = hub::spawn(&config, redis)?;
+        let hub = hub::spawn(&config, cluster)?;
         let app = Arc::new(routes::App::new(config, hub, reports));
         Ok(Self {
             router: routes::router(app.clone(), Scheme::Https),
