@@ -20,6 +20,8 @@
 # in flight (one pair, one signal: latency without queueing). CPU is every Traverse process of the case plus
 # redis-server, from /proc over the counted interval. The load average is printed with every run: the machine is
 # shared, and its other users' load shows in the figures.
+# The "hub" column: the busiest --redis hub thread's share of a core / the hub threads of the case (a node's ceiling
+# is where one reaches 1).
 # Everything listens on 127.0.0.1; every run is bounded in time (SECONDS) and count; processes are stopped by PID.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -150,10 +152,12 @@ for line in open(sys.argv[1]):
     r = json.loads(line)
     rows.setdefault(r["label"], []).append(r)
 med = lambda rs, k: statistics.median(r[k] for r in rs)
-print(f"{'case':34} {'signals/s':>10} {'p50 µs':>8} {'p99 µs':>8} {'traverse µs/sig':>16} {'redis µs/sig':>13} {'total':>7}  load")
+print(f"{'case':34} {'signals/s':>10} {'p50 µs':>8} {'p99 µs':>8} {'traverse µs/sig':>16} {'redis µs/sig':>13} {'total':>7} {'hub':>9}  load")
 for label, rs in rows.items():
+    # The busiest --redis hub thread's share of a core, and how many hub threads there were.
+    hub = f"{med(rs,'hub_busiest_core_share'):.2f}/{rs[-1]['hub_threads']}" if rs[-1].get('hub_threads') else "-"
     print(f"{label:34} {med(rs,'signals_per_second'):10.0f} {med(rs,'latency_p50_us'):8.0f} {med(rs,'latency_p99_us'):8.0f} "
-          f"{med(rs,'traverse_us_per_signal'):16.1f} {med(rs,'redis_us_per_signal'):13.1f} {med(rs,'total_us_per_signal'):7.1f}  {rs[-1]['loadavg']}")
+          f"{med(rs,'traverse_us_per_signal'):16.1f} {med(rs,'redis_us_per_signal'):13.1f} {med(rs,'total_us_per_signal'):7.1f} {hub:>9}  {rs[-1]['loadavg']}")
 for mode in ("flat-out", "one in flight"):
     same, cross = rows.get(f"redis 3 same, {mode}"), rows.get(f"redis 3 cross, {mode}")
     if same and cross:

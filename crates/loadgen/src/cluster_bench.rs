@@ -94,6 +94,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     tokio::time::sleep(Duration::from_secs(args.warmup)).await;
     let cpu_before = cpu(&args);
+    let hubs_before = hub_threads(&args);
     let started = Instant::now();
     counters.counting.store(true, Ordering::Relaxed);
     let deadline = started + Duration::from_secs(args.seconds);
@@ -103,7 +104,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
     counters.counting.store(false, Ordering::Relaxed);
     let elapsed = started.elapsed().as_secs_f64();
     let cpu_after = cpu(&args);
+    let hubs_after = hub_threads(&args);
     counters.stop.store(true, Ordering::Relaxed);
+    // The busiest `--redis` hub thread's share of a core: the node's ceiling is where it reaches 1.
+    let hub_busiest = hubs_after
+        .iter()
+        .map(|(tid, after)| after - hubs_before.get(tid).copied().unwrap_or(0.0))
+        .fold(0.0_f64, f64::max)
+        / elapsed;
     let signals = counters.signals.load(Ordering::Relaxed);
     let mut latencies = std::mem::take(&mut *counters.latencies.lock().unwrap_or_else(|e| e.into_inner()));
     latencies.sort_unstable();
@@ -131,6 +139,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "traverse_us_per_signal": per_signal(traverse_cpu),
         "redis_us_per_signal": per_signal(redis_cpu),
         "total_us_per_signal": per_signal(traverse_cpu + redis_cpu),
+        "hub_threads": hubs_after.len(),
+        "hub_busiest_core_share": hub_busiest,
     });
     println!("{out}");
     Ok(())
@@ -243,9 +253,31 @@ fn cpu(args: &Args) -> (f64, f64) {
     (traverse, redis)
 }
 
+/// CPU seconds so far of every `--redis` hub thread (`traverse-hub-{k}`) of the Traverse processes, by thread id.
+fn hub_threads(args: &Args) -> std::collections::HashMap<u32, f64> {
+    let mut threads = std::collections::HashMap::new();
+    for pid in &args.traverse_pids {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { continue };
+        for task in tasks.flatten() {
+            let Some(tid) = task.file_name().to_str().and_then(|t| t.parse::<u32>().ok()) else { continue };
+            let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            let name = comm.trim();
+            if name.starts_with("traverse-hub-") && name != "traverse-hub-timers" {
+                threads.insert(tid, stat_seconds(&task.path().join("stat")));
+            }
+        }
+    }
+    threads
+}
+
 /// From `/proc/<pid>/stat`: utime and stime, in USER_HZ (100 on Linux) ticks.
 fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat_seconds(std::path::Path::new(&format!("/proc/{pid}/stat")))
+}
+
+/// utime + stime of a `stat` file (a process's or a thread's).
+fn stat_seconds(path: &std::path::Path) -> f64 {
+    let stat = std::fs::read_to_string(path).unwrap_or_default();
     // The fields after the command name (which may hold spaces) start after the last ')'.
     let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
     let fields: Vec<&str> = rest.split_whitespace().collect();
