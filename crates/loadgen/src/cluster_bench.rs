@@ -257,9 +257,13 @@ fn cpu(args: &Args) -> (f64, f64) {
 fn hub_threads(args: &Args) -> std::collections::HashMap<u32, f64> {
     let mut threads = std::collections::HashMap::new();
     for pid in &args.traverse_pids {
-        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { continue };
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
         for task in tasks.flatten() {
-            let Some(tid) = task.file_name().to_str().and_then(|t| t.parse::<u32>().ok()) else { continue };
+            let Some(tid) = task.file_name().to_str().and_then(|t| t.parse::<u32>().ok()) else {
+                continue;
+            };
             let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
             let name = comm.trim();
             if name.starts_with("traverse-hub-") && name != "traverse-hub-timers" {

@@ -200,8 +200,10 @@ impl Rooms {
         hub.set_max_rooms(hub.room_count() + usize::from(self.reserved));
     }
 
-    fn settle(&mut self, hub: &MemoryHub) {
+    /// Between events the hub may create no room: a room created outside [`Self::open`] would not be counted.
+    fn settle(&mut self, hub: &mut MemoryHub) {
         let rooms = hub.room_count();
+        hub.set_max_rooms(rooms);
         let counted = self.held + usize::from(self.reserved);
         if rooms > counted {
             self.shared.count.fetch_add(rooms - counted, Ordering::Relaxed);
@@ -350,8 +352,22 @@ async fn run(
                         }
                         Command::Handoff { conn, reply } => {
                             // What this shard owes the socket goes out first, so that its frames arrive in order.
-                            let journal = Journal { lease, record: health.logged != Some(false) };
-                            act(&mut hub, &mut router, &mut sockets, &outcomes, manager.as_ref(), &publish_tx, &shard.siblings, &events_tx, journal).await;
+                            let journal = Journal {
+                                lease,
+                                record: health.logged != Some(false),
+                            };
+                            act(
+                                &mut hub,
+                                &mut router,
+                                &mut sockets,
+                                &outcomes,
+                                manager.as_ref(),
+                                &publish_tx,
+                                &shard.siblings,
+                                &events_tx,
+                                journal,
+                            )
+                            .await;
                             let _ = reply.send(handoff(&mut hub, &mut router, &mut sockets, conn));
                         }
                         command => {
@@ -360,7 +376,7 @@ async fn run(
                             }
                         }
                     }
-                    shard.rooms.settle(&hub);
+                    shard.rooms.settle(&mut hub);
                     if taken == COMMANDS_PER_BATCH {
                         break;
                     }
@@ -429,7 +445,7 @@ async fn run(
                         }
                         Event::Trouble(why) => health.trouble(&why),
                     }
-                    shard.rooms.settle(&hub);
+                    shard.rooms.settle(&mut hub);
                     if taken == COMMANDS_PER_BATCH {
                         break;
                     }
@@ -454,7 +470,7 @@ async fn run(
                 None => {}
             },
         }
-        shard.rooms.settle(&hub);
+        shard.rooms.settle(&mut hub);
         // While Redis is known to be down, the hub does not wait for it: nothing is recorded (lookups, which wait
         // in tasks of their own, still try).
         let record = health.logged != Some(false);
@@ -470,7 +486,7 @@ async fn run(
             Journal { lease, record },
         )
         .await;
-        shard.rooms.settle(&hub);
+        shard.rooms.settle(&mut hub);
     }
     hub.handle_shutdown();
     router.drain(&mut hub);
@@ -486,7 +502,7 @@ async fn run(
         Journal { lease, record: false },
     )
     .await;
-    shard.rooms.settle(&hub);
+    shard.rooms.settle(&mut hub);
     for outbox in sockets.values() {
         outbox.close();
     }
@@ -684,7 +700,18 @@ async fn act(
                             let _ = events.send(Event::Lookup { conn, answer }).await;
                         });
                     }
-                    None => router.handle_lookup(hub, conn, Answer::Failed, now()),
+                    // Answered like a lookup Redis failed, through the loop: the join it releases may take a room,
+                    // which the loop counts (`Rooms::open`).
+                    None => {
+                        let failed = Event::Lookup {
+                            conn,
+                            answer: Answer::Failed,
+                        };
+                        if events.try_send(failed).is_err() {
+                            // The loop's queue is full (65 536 events): answered here, where no room may be taken.
+                            router.handle_lookup(hub, conn, Answer::Failed, now());
+                        }
+                    }
                 },
                 Action::Announce(_) => {}
             }
