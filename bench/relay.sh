@@ -10,6 +10,9 @@
 #   SERVERS="traverse forwarder coturn" bench/relay.sh   # also the bare UDP forwarder (traverse-bare-forwarder: one
 #       receive and one send per packet, no TURN checks), the floor a socket relay can reach; the table then gives
 #       Traverse's CPU per relayed packet as a multiple of the forwarder's (loadgen runs only: it cannot authenticate)
+#   SERVERS="traverse forwarder uring coturn" bench/relay.sh   # also the bare forwarder on io_uring
+#       (traverse-uring-forwarder: every receive and send an io_uring operation, one io_uring_enter per wake-up for
+#       many sockets); the table adds its CPU per relayed packet as a multiple of the epoll forwarder's
 #   SERVERS="traverse traverse-2w" TRAFFIC_RUNS=100:150000 bench/relay.sh   # scaling with cores: Traverse with 2
 #       workers beside 1; the table adds "2 workers / 1" (relayed packets per CPU-s and delivered echoes, the latter at
 #       saturation being what a second core buys). Give each its cores with SERVER_CPUS / LOAD_CPUS (taskset lists:
@@ -70,6 +73,7 @@ trap cleanup EXIT
 TRAVERSE=target/release/traverse
 LOADGEN=target/release/traverse-loadgen
 BARE=target/release/traverse-bare-forwarder
+URING=target/release/traverse-uring-forwarder
 
 # The peer's namespace, reached over a veth pair.
 ip netns del "$NS" 2>/dev/null || true
@@ -110,6 +114,9 @@ start_server() { # name → sets SERVER_PID
       ;;
     forwarder)
       "${on_server_cpus[@]}" "$BARE" --listen "$HOST_IP:3478" --relay-ip "$HOST_IP" --lifetime 3600 >"$OUT/forwarder.log" 2>&1 &
+      ;;
+    uring)
+      "${on_server_cpus[@]}" "$URING" --listen "$HOST_IP:3478" --relay-ip "$HOST_IP" --lifetime 3600 >"$OUT/uring.log" 2>&1 &
       ;;
     coturn)
       "${on_server_cpus[@]}" turnserver -n --no-cli --no-tls --no-dtls -L "$HOST_IP" -E "$HOST_IP" --listening-port 3478 \
@@ -222,7 +229,7 @@ for rep in $(seq "$REPEAT"); do
 
     # coturn's own load client: 50 clients × 1000 messages, 5 ms apart (≈10 000 packets/s offered), echoed by the peer.
     for size in $UCLIENT_RUNS; do
-      [ "$server" = forwarder ] && continue   # turnutils_uclient authenticates; the forwarder does not
+      case "$server" in forwarder|uring) continue ;; esac   # turnutils_uclient authenticates; the forwarders do not
       start_server "$server"
       strace_during "$server-uclient-$size"
       t0=$(cpu_ticks "$SERVER_PID")
@@ -253,10 +260,11 @@ import statistics, sys
 values, traffic, memory, uclient = sys.argv[1], sys.argv[2].split(), sys.argv[3].split(), sys.argv[4].split()
 servers = ["traverse", "coturn"] + [s for s in sys.argv[5].split() if s not in ("traverse", "coturn")]
 names = {"traverse": "Traverse", "coturn": "coturn", "traverse-nocoalesce": "Traverse, coalescing off",
-         "forwarder": "bare forwarder", "traverse-2w": "Traverse, 2 workers"}
+         "forwarder": "bare forwarder", "traverse-2w": "Traverse, 2 workers", "uring": "io_uring forwarder"}
 others = [s for s in servers if s != "coturn"]
 floor = "forwarder" in servers
 scaling = "traverse-2w" in servers
+uring = floor and "uring" in servers
 v = {}
 for line in open(values):
     server, metric, value = line.split()
@@ -283,6 +291,10 @@ def row(label, metric, ratio=True):
         # Traverse's CPU per relayed packet as a multiple of the forwarder's (packets per CPU-s, inverted).
         t, f = cells["traverse"][1], cells["forwarder"][1]
         ratios.append(f"{f / t:.2f}" if metric.startswith("ppc") and t and f else "")
+    if uring:
+        # The io_uring forwarder's CPU per relayed packet as a multiple of the epoll forwarder's.
+        f, u = cells["forwarder"][1], cells["uring"][1]
+        ratios.append(f"{f / u:.2f}" if metric.startswith("ppc") and f and u else "")
     if scaling:
         # What the second worker buys: relayed packets per CPU-s (efficiency) and echoes delivered (at saturation,
         # throughput), 2 workers over 1.
@@ -293,8 +305,9 @@ def row(label, metric, ratio=True):
 print("| metric | " + " | ".join(names.get(s, s) for s in servers) + " | "
       + " | ".join(f"{names.get(s, s)}/coturn" for s in others)
       + (" | Traverse's CPU per packet / forwarder's" if floor else "")
+      + (" | io_uring forwarder's CPU per packet / forwarder's" if uring else "")
       + (" | Traverse 2 workers / 1" if scaling else "") + " |")
-print("|---" * (1 + len(servers) + len(others) + floor + scaling) + "|")
+print("|---" * (1 + len(servers) + len(others) + floor + uring + scaling) + "|")
 for run in dict.fromkeys(traffic):
     size, rate = run.split(":")
     k = f"{size}@{rate}"
