@@ -333,6 +333,8 @@ async fn run(
     tokio::spawn(publish(client.clone(), publish_rx, events_tx.clone()));
     let mut router = Router::new(node.clone());
     let mut sockets: HashMap<ConnId, Arc<Outbox>> = HashMap::new();
+    // Sockets to hand to another shard once this batch is delivered (`Command::Handoff`).
+    let mut handoffs = Vec::new();
     let mut tick = tokio::time::interval(HEARTBEAT);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     'hub: loop {
@@ -350,26 +352,8 @@ async fn run(
                             ice.turn.set_draining();
                             drain(&mut hub, &mut router, manager.as_ref()).await;
                         }
-                        Command::Handoff { conn, reply } => {
-                            // What this shard owes the socket goes out first, so that its frames arrive in order.
-                            let journal = Journal {
-                                lease,
-                                record: health.logged != Some(false),
-                            };
-                            act(
-                                &mut hub,
-                                &mut router,
-                                &mut sockets,
-                                &outcomes,
-                                manager.as_ref(),
-                                &publish_tx,
-                                &shard.siblings,
-                                &events_tx,
-                                journal,
-                            )
-                            .await;
-                            let _ = reply.send(handoff(&mut hub, &mut router, &mut sockets, conn));
-                        }
+                        // Let go of after this batch's frames have gone out (below), so that they arrive in order.
+                        Command::Handoff { conn, reply } => handoffs.push((conn, reply)),
                         command => {
                             if handle(&mut hub, &mut router, &mut sockets, command) {
                                 break 'hub;
@@ -487,6 +471,10 @@ async fn run(
         )
         .await;
         shard.rooms.settle(&mut hub);
+        // Everything this shard owed these sockets has gone out: they may move.
+        for (conn, reply) in handoffs.drain(..) {
+            let _ = reply.send(handoff(&mut hub, &mut router, &mut sockets, conn));
+        }
     }
     hub.handle_shutdown();
     router.drain(&mut hub);
