@@ -312,7 +312,12 @@ async fn run(
         }
     };
     if shard.index == 0 {
-        tracing::info!(node = %node, redis = %url, shards = shard.siblings.len(), "signaling cluster: this node's rooms and sockets are shared over Redis");
+        tracing::info!(
+            node = %node,
+            redis = %url,
+            shards = shard.siblings.len(),
+            "signaling cluster: this node's rooms and sockets are shared over Redis"
+        );
     }
     let Some(events_tx) = shard.siblings.get(shard.index).map(|(_, tx)| tx.clone()) else {
         return;
@@ -378,7 +383,8 @@ async fn run(
                     match event {
                         Event::Connected(m) => {
                             // Heartbeat at once, so other nodes see this one alive before it claims any room.
-                            tokio::spawn(heartbeat(m.clone(), &router, shard.beat(&hub), &ice, lease, events_tx.clone()));
+                            let beat = heartbeat(m.clone(), &router, shard.beat(&hub), &ice, lease, events_tx.clone());
+                            tokio::spawn(beat);
                             manager = Some(m);
                         }
                         Event::Subscribed => {

@@ -1,6 +1,6 @@
 //! With `--redis`, the hub sharded by room: hub tasks ([`auto_count`] of them, or `cluster.hub_shards`), each on a
-//! thread of its own and each a node of the cluster under a name of its own (`docs/scaling.md`, "Shards"). This is the sockets'
-//! side: where a socket's events go, and the limits that span the shards.
+//! thread of its own and each a node of the cluster under a name of its own (`docs/scaling.md`, "Shards"). This is
+//! the sockets' side: where a socket's events go, and the limits that span the shards.
 //!
 //! Why: with one hub task, every signal of every socket of a node crossed to that one thread and back, and the
 //! thread was the node's ceiling (40 % of a core at full load on a 2-core machine, so about 150 000 signals/s).
@@ -34,8 +34,8 @@ use crate::shards::{add_stats, home, Placing, Seat, SourceCount};
 ///
 /// Why not one per core: a shard is a thread of its own beside the workers, with its own journal pipeline, so on a
 /// small machine it takes CPU from the workers and halves every batch written to Redis. On 2 cores, 2 shards cost
-/// 1.12–1.38x the CPU per signal of one, flat out (`bench/cluster/run.sh`, docs/benchmarks.md). One hub task was
-/// 40 % of a core when a 2-core node was saturated, so it carries what about four cores send it.
+/// 1.09–1.31x the CPU per signal of one, flat out (`bench/cluster/run.sh`, docs/benchmarks.md). One hub task was
+/// 0.35–0.40 of a core when a 2-core node was saturated, so it carries what about four cores send it.
 pub(crate) fn auto_count(cores: usize) -> usize {
     (cores / 4).clamp(1, 8)
 }
