@@ -8,25 +8,18 @@ use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::Parser;
-use stun::{attr, Attribute, ChannelData, Class, Message, MessageWriter, Method};
+use stun::{ChannelData, Class, Message};
 use tokio::net::UdpSocket;
+use traverse_loadgen::forwarder::{self, Answered, ForwarderArgs};
 
 #[derive(Parser, Debug)]
 #[command(about = "A bare UDP forwarder speaking just enough TURN for traverse-loadgen (a benchmark yardstick)")]
-struct Args {
-    /// Where clients send (the TURN port).
-    #[arg(long)]
-    listen: SocketAddr,
-    /// The address relay sockets bind (port 0: the kernel picks).
-    #[arg(long)]
-    relay_ip: std::net::IpAddr,
-    /// Exit after this many seconds (at most 3600).
-    #[arg(long, default_value_t = 600)]
-    lifetime: u64,
+struct Cli {
+    #[command(flatten)]
+    args: ForwarderArgs,
 }
 
 /// One client: its relay socket, and the peer and channel of its ChannelBind.
@@ -37,22 +30,20 @@ struct Route {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    if args.lifetime > 3600 {
-        bail!("--lifetime is capped at 3600 s");
-    }
+    let args = Cli::parse().args;
+    let lifetime = args.lifetime()?;
     let local = tokio::task::LocalSet::new();
     local
         .run_until(async move {
             tokio::select! {
                 r = serve(&args) => r,
-                _ = tokio::time::sleep(Duration::from_secs(args.lifetime)) => Ok(()),
+                _ = tokio::time::sleep(lifetime) => Ok(()),
             }
         })
         .await
 }
 
-async fn serve(args: &Args) -> anyhow::Result<()> {
+async fn serve(args: &ForwarderArgs) -> anyhow::Result<()> {
     let listener = Rc::new(UdpSocket::bind(args.listen).await.context("bind the listener")?);
     let mut routes: HashMap<SocketAddr, Route> = HashMap::new();
     let mut buf = vec![0u8; 65_536];
@@ -86,25 +77,13 @@ async fn serve(args: &Args) -> anyhow::Result<()> {
             }
         };
         let relayed = route.relay.local_addr()?;
-        if msg.method() == Method::CHANNEL_BIND {
-            let peer = match msg.decode(attr::XOR_PEER_ADDRESS) {
-                Some(Ok(Attribute::XorPeerAddress(p))) => p,
-                _ => continue,
-            };
-            let channel = match msg.decode(attr::CHANNEL_NUMBER) {
-                Some(Ok(Attribute::ChannelNumber(c))) => c,
-                _ => continue,
-            };
+        let Some(Answered { len, bound }) = forwarder::answer(&msg, client, relayed, &mut out)? else {
+            continue;
+        };
+        if let Some((peer, channel)) = bound {
             route.peer = Some((peer, channel));
             CHANNELS.with(|c| c.borrow_mut().insert(relayed, channel));
         }
-        let mut w = MessageWriter::new(&mut out, msg.method(), Class::Success, msg.transaction_id())?;
-        if msg.method() == Method::ALLOCATE {
-            w.add(&Attribute::XorRelayedAddress(relayed))?;
-            w.add(&Attribute::XorMappedAddress(client))?;
-            w.add(&Attribute::Lifetime(600))?;
-        }
-        let len = w.finish();
         if let Some(answer) = out.get(..len) {
             let _ = listener.try_send_to(answer, client);
         }

@@ -15,26 +15,19 @@
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
-use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::Parser;
 use io_uring::{opcode, types, IoUring};
 use socket2::SockAddr;
-use stun::{attr, Attribute, ChannelData, Class, Message, MessageWriter, Method};
+use stun::{ChannelData, Class, Message};
+use traverse_loadgen::forwarder::{self, Answered, ForwarderArgs};
 
 #[derive(Parser, Debug)]
 #[command(about = "A bare UDP forwarder on io_uring speaking just enough TURN for traverse-loadgen (a yardstick)")]
-struct Args {
-    /// Where clients send (the TURN port).
-    #[arg(long)]
-    listen: SocketAddr,
-    /// The address relay sockets bind (port 0: the kernel picks).
-    #[arg(long)]
-    relay_ip: std::net::IpAddr,
-    /// Exit after this many seconds (at most 3600).
-    #[arg(long, default_value_t = 600)]
-    lifetime: u64,
+struct Cli {
+    #[command(flatten)]
+    args: ForwarderArgs,
 }
 
 /// Receives kept in flight on the listener (it carries every client's traffic) and on each relay socket.
@@ -73,10 +66,8 @@ struct Route {
 }
 
 fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    if args.lifetime > 3600 {
-        bail!("--lifetime is capped at 3600 s");
-    }
+    let args = Cli::parse().args;
+    let lifetime = args.lifetime()?;
     let listener = UdpSocket::bind(args.listen).context("bind the listener")?;
     // One thread submits and reaps (single issuer), and the kernel runs completion work only when this thread
     // enters to wait (deferred task work) rather than interrupting it: the set-up recommended for networking.
@@ -94,7 +85,7 @@ fn main() -> anyhow::Result<()> {
         by_client: HashMap::new(),
         out: vec![0u8; 1500],
     };
-    let lifetime = types::Timespec::from(Duration::from_secs(args.lifetime));
+    let lifetime = types::Timespec::from(lifetime);
     // SAFETY: `lifetime` outlives the ring's use of it: it lives until `main` returns, after the loop.
     unsafe { push(&mut ring, opcode::Timeout::new(&lifetime).build().user_data(LIFETIME)) }?;
     for _ in 0..LISTENER_SLOTS {
@@ -295,7 +286,7 @@ impl Forwarder {
         self.send(ring, index, fd, (0, HEADROOM + n), &client)
     }
 
-    /// Allocate, Refresh, CreatePermission, ChannelBind: unsigned successes, as `traverse-bare-forwarder` gives.
+    /// Allocate, Refresh, CreatePermission, ChannelBind: unsigned successes (`traverse_loadgen::forwarder`).
     fn answer(&mut self, ring: &mut IoUring, client: SocketAddr, packet: &[u8]) -> anyhow::Result<()> {
         let Ok(msg) = Message::parse(packet) else { return Ok(()) };
         if msg.class() != Class::Request {
@@ -324,22 +315,13 @@ impl Forwarder {
             return Ok(());
         };
         let relayed = r.relay.local_addr()?;
-        if msg.method() == Method::CHANNEL_BIND {
-            let (Some(Ok(Attribute::XorPeerAddress(peer))), Some(Ok(Attribute::ChannelNumber(channel)))) =
-                (msg.decode(attr::XOR_PEER_ADDRESS), msg.decode(attr::CHANNEL_NUMBER))
-            else {
-                return Ok(());
-            };
+        let Some(Answered { len, bound }) = forwarder::answer(&msg, client, relayed, &mut self.out)? else {
+            return Ok(());
+        };
+        if let Some((peer, channel)) = bound {
             r.peer = Some(SockAddr::from(peer));
             r.channel = channel;
         }
-        let mut w = MessageWriter::new(&mut self.out, msg.method(), Class::Success, msg.transaction_id())?;
-        if msg.method() == Method::ALLOCATE {
-            w.add(&Attribute::XorRelayedAddress(relayed))?;
-            w.add(&Attribute::XorMappedAddress(client))?;
-            w.add(&Attribute::Lifetime(600))?;
-        }
-        let len = w.finish();
         if let Some(answer) = self.out.get(..len) {
             // Set-up only, once per request: a plain blocking send is fine here.
             let _ = self.listener.send_to(answer, client);
