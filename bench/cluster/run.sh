@@ -10,6 +10,7 @@
 #                                           # each --redis case also with another build, alternated; ratios printed
 #   TRAVERSE=/path/to/traverse              # the binary measured (default: the release build)
 #   CASES="memory redis1 redis3"            # which cases (default all); MODES="flat-out one" likewise
+#   WORKERS=2                               # worker threads per node (default 1)
 #
 # Cases, each measured by traverse-cluster-bench (crates/loadgen/src/cluster_bench.rs):
 #   memory 1 node    no --redis: the in-memory hub, the reference
@@ -73,7 +74,7 @@ start_node() { # [redis url]
   local redis=()
   [ -n "${1:-}" ] && redis=(--redis "$1")
   "$SERVER" serve "${redis[@]}" --http "127.0.0.1:$http" \
-    --udp "127.0.0.1:$(free_port)" --tcp "127.0.0.1:$(free_port)" --tls "127.0.0.1:$(free_port)" --workers 1 --relay-ports 20000-29999 \
+    --udp "127.0.0.1:$(free_port)" --tcp "127.0.0.1:$(free_port)" --tls "127.0.0.1:$(free_port)" --workers "${WORKERS:-1}" --relay-ports 20000-29999 \
     --set signal.max_connections_per_ip=100000 --set signal.messages_per_second=1000000 --set signal.burst=1000000 \
     --set signal.max_rooms=1000000 --log-level warn ${SERVER_ARGS:-} >>"$OUT/traverse.log" 2>&1 &
   local pid=$!; pids+=("$pid"); NODE_PIDS+=("$pid"); NODE_URLS+=("ws://127.0.0.1:$http/ws")

@@ -41,6 +41,10 @@ pub enum HttpScheme {
 /// needs no HTTP stack.
 pub trait HttpHandler: Send + Sync + 'static {
     fn serve(&self, io: Box<dyn Io>, remote: SocketAddr, scheme: HttpScheme) -> Pin<Box<dyn Future<Output = ()>>>;
+
+    /// Called once on each worker thread as it starts, inside its runtime and `LocalSet` (so `spawn_local` works),
+    /// before it serves a connection: where the HTTP side starts work that belongs with that worker's sockets.
+    fn worker_started(&self, _index: usize) {}
 }
 
 /// ALPN protocol id of TURN over TLS (RFC 7443).

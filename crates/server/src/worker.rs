@@ -166,6 +166,9 @@ pub(crate) fn run(
     // Every line this thread logs (allocations, connections) names its worker: allocation ids are per worker.
     let _span = tracing::info_span!("worker", worker = index).entered();
     local.block_on(&runtime, async move {
+        if let Some(http) = &shared.http {
+            http.worker_started(index);
+        }
         let now = Instant::now();
         let unix = SystemTime::now()
             .duration_since(UNIX_EPOCH)

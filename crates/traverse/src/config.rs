@@ -48,8 +48,12 @@ pub struct Cluster {
     /// Where `traverse serve` writes its process id, for `traverse drain --pid-file`; unset: not written.
     pub pid_file: Option<PathBuf>,
     /// Signaling hub tasks (shards) of this node, each with a share of the rooms and Redis connections of its own
-    /// (docs/scaling.md, "Shards"); 0: one per four cores, at most 8.
+    /// (docs/scaling.md, "Shards"); 0: one per four cores, at most 8 (and at most one per worker on the workers).
     pub hub_shards: usize,
+    /// The hub tasks run on the TURN/HTTP worker threads, task *k* on worker *k* (at most one per worker), so a
+    /// signal between sockets of the worker that holds their room never leaves that thread; false: each on a thread
+    /// of its own. On 2 cores the workers cost 0.84–0.91x the CPU per signal (docs/benchmarks.md).
+    pub hub_on_workers: bool,
 }
 
 impl Default for Cluster {
@@ -59,6 +63,7 @@ impl Default for Cluster {
             relay_capacity_mbps: 0,
             pid_file: None,
             hub_shards: 0,
+            hub_on_workers: true,
         }
     }
 }

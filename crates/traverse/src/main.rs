@@ -626,7 +626,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         workers,
         coalesce: {
             let nap = Duration::from_micros(config.limits.coalesce_us);
-            // With --redis the hub's work runs on a thread of its own, not on the workers: their naps stay short.
+            // With --redis a worker's naps stay short: the hub's work (on threads of its own, or on the workers
+            // with `cluster.hub_on_workers`) waits for Redis between a signal's read and its write, so a worker's own
+            // work says little about the batch a longer nap would gather (and on the workers, 2 workers of 2 cores
+            // delivered 0.51x the signals/s with growing naps, docs/benchmarks.md).
             if config.signal.redis.is_some() {
                 server::Naps::fixed(nap)
             } else {
@@ -670,6 +673,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         config.signal.redis.clone().map(|redis| web::Cluster {
             redis,
             hub_shards: config.cluster.hub_shards,
+            on_workers: config.cluster.hub_on_workers.then_some(server_config.workers.max(1)),
         }),
     )
     .context("cannot start the signaling hub")?;
@@ -952,6 +956,10 @@ impl server::HttpHandler for WebHandler {
             server::HttpScheme::RedirectToHttps => web::Scheme::HttpRedirect,
         };
         Box::pin(async move { web.serve_connection(io, remote, scheme).await })
+    }
+
+    fn worker_started(&self, index: usize) {
+        self.0.worker_started(index);
     }
 }
 

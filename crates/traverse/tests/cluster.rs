@@ -1129,8 +1129,8 @@ fn a_report_shared_on_one_node_is_read_and_listed_on_the_others_and_the_store_st
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// One node, its rooms sharded over two hub tasks (`cluster.hub_shards`; each a node of the cluster under a name of
-/// its own, `docs/scaling.md`, "Shards"). With one worker thread every socket starts in the same shard, so rooms homed on
+/// One node, its rooms sharded over two hub tasks on threads of their own (`cluster.hub_shards`; each a node of the
+/// cluster under a name of its own, `docs/scaling.md`, "Shards"). With one worker thread every socket starts in the same shard, so rooms homed on
 /// several shards show that sockets move to their room's shard before their join; resumes that need no Redis lookup
 /// show that a socket moves to the shard holding its session; no `PUBLISH` at all shows that shards of one process
 /// reach each other in-process. The room and per-source limits hold over the shards.
@@ -1141,6 +1141,8 @@ fn one_node_shards_its_rooms_over_its_hub_tasks_and_its_limits_hold_across_them(
     let limits = [
         "--set",
         "cluster.hub_shards=2",
+        "--set",
+        "cluster.hub_on_workers=false",
         "--set",
         "signal.max_rooms=16",
         "--set",
@@ -1237,7 +1239,8 @@ fn a_room_taken_over_lives_in_one_shard_and_the_node_s_other_shards_reach_it_in_
     let Some(redis) = Redis::start() else { return };
     const ROOMS: usize = 8;
     let mut dying = Node::start(&redis.url(), &[]);
-    let node = Node::start(&redis.url(), &["--set", "cluster.hub_shards=2"]);
+    let shards = ["--set", "cluster.hub_shards=2", "--set", "cluster.hub_on_workers=false"];
+    let node = Node::start(&redis.url(), &shards);
     runtime().block_on(async {
         let mut sessions = Vec::new();
         let mut peers = Vec::new();
@@ -1291,6 +1294,93 @@ fn a_room_taken_over_lives_in_one_shard_and_the_node_s_other_shards_reach_it_in_
             redis.calls("publish"),
             published,
             "the shards of one node reached each other through Redis"
+        );
+    });
+}
+
+/// With `cluster.hub_on_workers` (the default), a node's hub shards run on its worker threads, one on each, and take
+/// no thread of their own (`docs/scaling.md`, "Shards"). The node is still one node of the cluster: ready, its rooms homed on
+/// both shards under its name, signals both ways in every room, resumes that move a socket to the worker holding
+/// its session without a Redis lookup, and nothing published through Redis between the two workers' shards.
+#[test]
+fn hub_shards_on_the_worker_threads_carry_the_rooms_and_take_no_thread_of_their_own() {
+    let Some(redis) = Redis::start() else { return };
+    const ROOMS: usize = 16;
+    let on_workers = [
+        "--set",
+        "limits.workers=2",
+        "--set",
+        "cluster.hub_shards=2",
+        "--set",
+        "cluster.hub_on_workers=true",
+    ];
+    let node = Node::start(&redis.url(), &on_workers);
+    // `comm` is cut at 15 bytes: "traverse-worker" for every worker.
+    let threads: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", node.child.id()))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|name| name.trim().to_owned())
+        .collect();
+    assert_eq!(
+        threads.iter().filter(|t| t.starts_with("traverse-worker")).count(),
+        2,
+        "{threads:?}"
+    );
+    assert!(
+        !threads.iter().any(|t| t.starts_with("traverse-hub")),
+        "a hub shard took a thread of its own: {threads:?}"
+    );
+    let (status, body) = http_get(&node, "/readyz");
+    assert_eq!(status, 200, "{body}");
+
+    runtime().block_on(async {
+        let mut calls = Vec::new();
+        for i in 0..ROOMS {
+            let room = format!("w-{i}");
+            let (mut a, joined_a) = Peer::join(&node, &room).await;
+            let (mut b, joined_b) = Peer::join(&node, &room).await;
+            a.expect("peer-joined").await;
+            let a_id = joined_a["peerId"].as_str().unwrap().to_owned();
+            let b_id = joined_b["peerId"].as_str().unwrap().to_owned();
+            a.send(json!({"type":"signal","to":b_id,"data":{"n":i}})).await;
+            assert_eq!(b.expect("signal").await["data"]["n"], i);
+            b.send(json!({"type":"signal","to":a_id,"data":{"m":i}})).await;
+            assert_eq!(a.expect("signal").await["data"]["m"], i);
+            let session = joined_b["session"].as_str().unwrap().to_owned();
+            calls.push((a, b_id, session));
+        }
+        let homes: std::collections::BTreeSet<String> = (0..ROOMS)
+            .map(|i| {
+                redis
+                    .get(&format!("traverse:room:w-{i}"))
+                    .expect("every room is claimed")
+            })
+            .collect();
+        assert_eq!(homes.len(), 2, "one shard per worker: {homes:?}");
+        let base = homes.iter().min_by_key(|h| h.len()).unwrap().clone();
+        assert!(
+            homes.iter().all(|h| *h == base || h.starts_with(&format!("{base}."))),
+            "shards are named after the node: {homes:?}"
+        );
+
+        // Each B's socket is gone; it misses a signal and resumes on a new socket, on whichever worker accepts it.
+        let lookups = redis.calls("evalsha") + redis.calls("eval") + redis.calls("get");
+        for (i, (a, b_id, session)) in calls.iter_mut().enumerate() {
+            a.send(json!({"type":"signal","to":b_id,"data":{"n":100 + i}})).await;
+            let mut b = Peer::connect(&node).await;
+            b.send(json!({"type":"resume","session":session,"lastSeq":2})).await;
+            assert_eq!(b.expect("resumed").await["replayed"], 1);
+            assert_eq!(b.expect("signal").await["data"]["n"], 100 + i);
+        }
+        assert_eq!(
+            redis.calls("evalsha") + redis.calls("eval") + redis.calls("get"),
+            lookups,
+            "a resume looked its session up in Redis"
+        );
+        assert_eq!(
+            redis.calls("publish"),
+            0,
+            "the workers' shards signal each other in-process"
         );
     });
 }

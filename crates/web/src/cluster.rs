@@ -215,8 +215,9 @@ impl Rooms {
     }
 }
 
-/// Starts `count` hub shards, each a node of the cluster on a thread of its own (the first under the node's name,
-/// the others `{node}.{k}`); returns their command queues.
+/// Starts `count` hub shards, each a node of the cluster (the first under the node's name, the others `{node}.{k}`),
+/// each on a thread of its own, or, with `waiting`, left there for the worker threads to start; returns their
+/// command queues.
 pub(crate) fn spawn(
     count: usize,
     config: &crate::WebConfig,
@@ -224,6 +225,7 @@ pub(crate) fn spawn(
     outcomes: Arc<Outcomes>,
     url: String,
     status: &NodeStatus,
+    waiting: Option<&WaitingShards>,
 ) -> std::io::Result<Vec<mpsc::Sender<Command>>> {
     let count = count.max(1);
     let base = node_id();
@@ -276,14 +278,54 @@ pub(crate) fn spawn(
             turn: status.clone(),
         };
         let (tx, rx) = mpsc::channel(4096);
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let (outcomes, url, grace) = (outcomes.clone(), url.clone(), limits.resume_grace);
-        std::thread::Builder::new()
-            .name(format!("traverse-hub-{index}"))
-            .spawn(move || runtime.block_on(run(hub, rx, events, shard, outcomes, url, ice, grace)))?;
+        match waiting {
+            Some(waiting) => waiting.add(Box::new(move || {
+                tokio::task::spawn_local(run(hub, rx, events, shard, outcomes, url, ice, grace));
+            })),
+            None => {
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+                std::thread::Builder::new()
+                    .name(format!("traverse-hub-{index}"))
+                    .spawn(move || runtime.block_on(run(hub, rx, events, shard, outcomes, url, ice, grace)))?;
+            }
+        }
         queues.push(tx);
     }
     Ok(queues)
+}
+
+/// Hub shards waiting for their worker thread (`cluster.hub_on_workers`): shard k starts on the server's worker k,
+/// when that worker says it has started ([`crate::Web::worker_started`]).
+#[derive(Default)]
+pub(crate) struct WaitingShards(Mutex<Vec<Option<ShardStart>>>);
+
+/// Spawns a shard's hub task on the calling thread's `LocalSet`.
+type ShardStart = Box<dyn FnOnce() + Send>;
+
+impl std::fmt::Debug for WaitingShards {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WaitingShards").finish_non_exhaustive()
+    }
+}
+
+impl WaitingShards {
+    fn add(&self, start: ShardStart) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).push(Some(start));
+    }
+
+    /// Starts shard `index` here, once; called on the worker of that index, inside its runtime.
+    pub(crate) fn start(&self, index: usize) {
+        let start = self
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(index)
+            .and_then(Option::take);
+        if let Some(start) = start {
+            start();
+        }
+    }
 }
 
 #[allow(clippy::too_many_arguments)]

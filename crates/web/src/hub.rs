@@ -14,6 +14,7 @@ use rand::SeedableRng;
 use signal::{CloseCode, ConnId, MemoryHub, Now, Output, Refusal};
 use tokio::sync::oneshot;
 
+use crate::cluster::WaitingShards;
 use crate::cluster_shards::ClusterShards;
 use crate::outbox::{Outbox, QueueBudget};
 use crate::shards::{Seat, Shards};
@@ -100,6 +101,8 @@ pub struct HubHandle {
     pub(crate) queue_budget: Arc<QueueBudget>,
     /// The TURN workers' load, once the binary has given it: a cluster node advertises it in the registry.
     pub(crate) turn_load: crate::cluster::TurnLoadSource,
+    /// With `cluster.hub_on_workers`: the hub shards each worker thread starts.
+    waiting: Arc<WaitingShards>,
 }
 
 #[derive(Clone, Debug)]
@@ -110,6 +113,13 @@ enum Hub {
 }
 
 impl HubHandle {
+    /// On the server's worker `index`, as it starts: its sockets' home shard is shard `index`, whose hub task (with
+    /// `cluster.hub_on_workers`) starts here.
+    pub(crate) fn worker_started(&self, index: usize) {
+        crate::shards::set_worker(index);
+        self.waiting.start(index);
+    }
+
     pub(crate) fn next_conn(&self) -> ConnId {
         ConnId::new(self.next_conn.fetch_add(1, Ordering::Relaxed))
     }
@@ -221,6 +231,7 @@ pub(crate) fn spawn(config: &WebConfig, cluster: Option<crate::Cluster>) -> std:
     ));
     let turn_load = crate::cluster::TurnLoadSource::default();
     let outcomes = config.outcomes.clone();
+    let waiting = Arc::new(WaitingShards::default());
     let hub = match cluster {
         None => {
             // One shard per core: each worker thread that serves sockets has a home shard.
@@ -238,12 +249,19 @@ pub(crate) fn spawn(config: &WebConfig, cluster: Option<crate::Cluster>) -> std:
             Hub::Sharded(shards)
         }
         // Many nodes (docs/scaling.md): the same hub behind a router, Redis on the same thread.
-        Some(crate::Cluster { redis, hub_shards }) => {
+        Some(crate::Cluster {
+            redis,
+            hub_shards,
+            on_workers,
+        }) => {
             let count = match hub_shards {
                 0 => crate::cluster_shards::auto_count(std::thread::available_parallelism().map_or(1, usize::from)),
                 n => n,
             };
-            let queues = crate::cluster::spawn(count, config, &limits, outcomes, redis, &turn_load)?;
+            // On the workers, at most one each.
+            let count = on_workers.map_or(count, |workers| count.min(workers.max(1)));
+            let waiting = on_workers.is_some().then_some(&*waiting);
+            let queues = crate::cluster::spawn(count, config, &limits, outcomes, redis, &turn_load, waiting)?;
             Hub::Cluster(Arc::new(ClusterShards::new(queues, limits.max_connections_per_ip)))
         }
     };
@@ -252,6 +270,7 @@ pub(crate) fn spawn(config: &WebConfig, cluster: Option<crate::Cluster>) -> std:
         next_conn: Arc::new(AtomicU64::new(1)),
         queue_budget,
         turn_load,
+        waiting,
     })
 }
 

@@ -49,6 +49,9 @@ pub struct Cluster {
     pub redis: String,
     /// Hub tasks of this node; 0: one per four cores, at most 8 (`web::cluster_shards`).
     pub hub_shards: usize,
+    /// `Some(workers)`: the hub tasks run on the server's worker threads instead, task *k* on worker *k* (at most
+    /// one per worker), each started by [`Web::worker_started`] (`cluster.hub_on_workers`).
+    pub on_workers: Option<usize>,
 }
 
 /// Everything the web side needs.
@@ -136,6 +139,12 @@ impl Web {
             redirect: routes::router(app.clone(), Scheme::HttpRedirect),
             app,
         })
+    }
+
+    /// Called on the server's worker thread `index` as it starts, inside its runtime: its sockets' home shard is
+    /// the shard of that index, and with [`Cluster::on_workers`] that shard's hub task starts here.
+    pub fn worker_started(&self, index: usize) {
+        self.app.hub.worker_started(index);
     }
 
     pub fn hub(&self) -> &HubHandle {

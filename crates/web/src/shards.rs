@@ -445,13 +445,28 @@ async fn run_timers(shards: Weak<Shards>, wake: Arc<Notify>) {
     }
 }
 
-/// The shard of the calling thread among `count`: each thread that serves sockets gets its own, in turn.
+thread_local! {
+    /// The server's worker this thread is, once it said so ([`set_worker`]).
+    static WORKER: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+}
+
+/// Called on a server worker thread as it starts: its sockets' home shard is then the shard of the same index, the
+/// one whose hub task runs on this thread with `cluster.hub_on_workers`.
+pub(crate) fn set_worker(index: usize) {
+    WORKER.with(|worker| worker.set(Some(index)));
+}
+
+/// The shard of the calling thread among `count`: a worker's own index, else each thread that serves sockets gets
+/// its own, in turn.
 pub(crate) fn home(count: usize) -> usize {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     thread_local! {
         static HOME: usize = NEXT.fetch_add(1, Ordering::Relaxed);
     }
-    HOME.with(|home| *home) % count.max(1)
+    let index = WORKER
+        .with(std::cell::Cell::get)
+        .unwrap_or_else(|| HOME.with(|home| *home));
+    index % count.max(1)
 }
 
 fn too_many(source: Source, max: usize) -> Refusal {
