@@ -1,12 +1,14 @@
-//! With `--redis`, the hub sharded by room: hub tasks ([`auto_count`] of them, or `cluster.hub_shards`), each on a
-//! thread of its own and each a node of the cluster under a name of its own (`docs/scaling.md`, "Shards"). This is
-//! the sockets' side: where a socket's events go, and the limits that span the shards.
+//! With `--redis`, the hub sharded by room: hub tasks ([`auto_count`] of them, or `cluster.hub_shards`), each a node
+//! of the cluster under a name of its own (`docs/scaling.md`, "Shards"), task *k* on the server's worker thread *k*
+//! (`cluster.hub_on_workers`, the default; at most one per worker) or on a thread of its own. This is the sockets'
+//! side: where a socket's events go, and the limits that span the shards.
 //!
-//! Why: with one hub task, every signal of every socket of a node crossed to that one thread and back, and the
-//! thread was the node's ceiling (40 % of a core at full load on a 2-core machine, so about 150 000 signals/s).
-//! Now each shard's thread carries the rooms hashed to it.
+//! Why: with one hub task on a thread of its own, every signal of every socket of a node crossed to that one thread
+//! and back, and the thread was the node's ceiling (40 % of a core at full load on a 2-core machine, so about
+//! 150 000 signals/s). Now each shard carries the rooms hashed to it, and on the workers a signal between sockets of
+//! the worker holding their room never leaves that thread.
 //!
-//! Placement: a socket starts in its worker thread's home shard. At its first `join` it moves to the shard its
+//! Placement: a socket starts in its worker thread's home shard (the shard of its worker's index). At its first `join` it moves to the shard its
 //! room hashes to (a per-process random key), with its token bucket, error count and outbox; at its first `resume`,
 //! to the shard whose hub holds the session, if one does. The move waits until the old shard has delivered what it
 //! owed the socket, so frames reach it in order. The shard then asks Redis where the room lives, as any node does;
@@ -32,10 +34,10 @@ use crate::shards::{add_stats, home, Placing, Seat, SourceCount};
 
 /// The default number of shards for `cores`: one per four cores, at most 8.
 ///
-/// Why not one per core: a shard is a thread of its own beside the workers, with its own journal pipeline, so on a
-/// small machine it takes CPU from the workers and halves every batch written to Redis. On 2 cores, 2 shards cost
-/// 1.09–1.31x the CPU per signal of one, flat out (`bench/cluster/run.sh`, docs/benchmarks.md). One hub task was
-/// 0.35–0.40 of a core when a 2-core node was saturated, so it carries what about four cores send it.
+/// Why not one per core: each shard has its own journal pipeline, so two halve every batch written to Redis. On 2
+/// cores, 2 shards on threads of their own cost 1.09–1.31x the CPU per signal of one, flat out, and 2 on the two
+/// workers delivered 0.85x the signals/s of one hub thread on one node (`bench/cluster/run.sh`, docs/benchmarks.md).
+/// One hub task was 0.35–0.40 of a core when a 2-core node was saturated, so it carries what about four cores send it.
 pub(crate) fn auto_count(cores: usize) -> usize {
     (cores / 4).clamp(1, 8)
 }

@@ -5,8 +5,8 @@
 //! Model: the sans-IO [`signal::MemoryHub`] is sharded by room, one per core, each behind a mutex of its own
 //! ([`shards`]); every socket is a task ([`ws`]) that hands its frames to its room's shard in place and writes what
 //! the hub routes to it — no hub thread on the message path. With `--redis`, the rooms are sharded over hub tasks
-//! on threads of their own (`cluster.hub_shards`), each a node of the cluster that takes its sockets' frames over a bounded
-//! channel ([`cluster_shards`], [`cluster`]). Connections arrive
+//! (`cluster.hub_shards`) on the worker threads (`cluster.hub_on_workers`) or on threads of their own, each a node of
+//! the cluster that takes its sockets' frames over a bounded channel ([`cluster_shards`], [`cluster`]). Connections arrive
 //! from the server crate's listeners — a plain HTTP port, or the single port that also carries TURN — through
 //! [`Web::serve_connection`], so HTTP never needs a listener of its own.
 //!
