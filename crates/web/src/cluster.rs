@@ -1,8 +1,8 @@
 //! The hub tasks of a node in a cluster (`docs/scaling.md`): the same hub, behind a [`cluster::Router`], with Redis
 //! as the link between nodes. A node runs one or more such tasks, *shards* (`crate::cluster_shards`), on its worker
-//! threads or on threads of their own, each a node of the cluster under a name of its own; an envelope for a shard of the same process goes on its queue, not
-//! through Redis. This file is the I/O: Redis connections, the pub/sub subscriber, the heartbeat, the room claim;
-//! every decision about a socket is the router's.
+//! threads or on threads of their own, each a node of the cluster under a name of its own; an envelope for a shard
+//! of the same process goes on its queue, not through Redis. This file is the I/O: Redis connections, the pub/sub
+//! subscriber, the heartbeat, the room claim; every decision about a socket is the router's.
 //!
 //! Redis trouble never stops the node: a lookup Redis cannot answer makes this node serve the socket alone, a lost
 //! subscription closes the sockets that depend on another node (4202: they resume), and each change of Redis'
