@@ -6,8 +6,8 @@
 //! ([`shards`]); every socket is a task ([`ws`]) that hands its frames to its room's shard in place and writes what
 //! the hub routes to it — no hub thread on the message path. With `--redis`, the rooms are sharded over hub tasks
 //! (`cluster.hub_shards`) on the worker threads (`cluster.hub_on_workers`) or on threads of their own, each a node of
-//! the cluster that takes its sockets' frames over a bounded channel ([`cluster_shards`], [`cluster`]). Connections arrive
-//! from the server crate's listeners — a plain HTTP port, or the single port that also carries TURN — through
+//! the cluster that takes its sockets' frames over a bounded channel ([`cluster_shards`], [`cluster`]). Connections
+//! arrive from the server crate's listeners — a plain HTTP port, or the single port that also carries TURN — through
 //! [`Web::serve_connection`], so HTTP never needs a listener of its own.
 //!
 //! Budgets a stranger could exhaust here are charged to a [`signal::Source`] (an IPv4 address, an IPv6 /64):
