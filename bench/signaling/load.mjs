@@ -96,7 +96,8 @@ const RUN = Math.random().toString(36).slice(2, 8);
 
 const adapters = {
   traverse: {
-    url: (name, room) => `${URL_BASE}/ws`,
+    // The room in the URL, as the SDK puts it on a join: the server serves the socket on the room's worker.
+    url: (name, room) => `${URL_BASE}/ws?room=${encodeURIComponent(room)}`,
     hello: (name, room) => JSON.stringify({ type: 'join', room }),
     // Ready when `joined` arrives; our id is its peerId, the room's earlier peers are in `peers`.
     ready(msg, conn) {

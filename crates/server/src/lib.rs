@@ -27,7 +27,7 @@ use turn::{Authenticator, Quotas};
 pub use budget::{plan_fds, FdPlan};
 pub use coalesce::Naps;
 pub use handshakes::{HandshakeFailure, Handshakes, SeenFailure};
-pub use mux::{HttpHandler, HttpScheme, Io, ALPN_STUN_TURN};
+pub use mux::{HttpHandler, HttpScheme, Io, Tcp, ALPN_STUN_TURN};
 pub use stats::WorkerStats;
 pub use tls::{CertStatus, CertStore, TlsIdentity, Validity, ALPN_ACME_TLS};
 

@@ -24,9 +24,143 @@ use turn::{FiveTuple, Transport};
 use crate::stream;
 use crate::worker::Worker;
 
-/// A byte stream handed to the HTTP side.
-pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
+/// A byte stream handed to the HTTP side, which may move it to another worker thread: a signaling socket is served
+/// by the worker that holds its room, so that a signal between two peers of a room never leaves that thread.
+///
+/// Why two steps: tokio registers a socket with the reactor of the thread that created it. Moving means letting go
+/// of that reactor on the thread it came from ([`Io::detach`]) and registering with the reactor of the thread it goes
+/// to ([`Io::attach`]).
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// Lets go of the calling thread's reactor. Nothing may poll the stream until [`Io::attach`]. An error leaves it
+    /// as it was, still served here.
+    fn detach(&mut self) -> io::Result<()>;
+    /// Registers with the calling thread's reactor, after a [`Io::detach`] (on this thread or another).
+    fn attach(&mut self) -> io::Result<()>;
+}
+
+/// A TCP connection that can move between worker threads (see [`Io`]).
+#[derive(Debug)]
+pub struct Tcp(TcpState);
+
+#[derive(Debug)]
+enum TcpState {
+    /// Registered with a thread's reactor: served.
+    Registered(TcpStream),
+    /// Between two threads.
+    Detached(std::net::TcpStream),
+    /// A move failed half way; the descriptor is closed.
+    Lost,
+}
+
+impl Tcp {
+    pub fn new(stream: TcpStream) -> Self {
+        Self(TcpState::Registered(stream))
+    }
+
+    fn stream(&mut self) -> io::Result<Pin<&mut TcpStream>> {
+        match &mut self.0 {
+            TcpState::Registered(stream) => Ok(Pin::new(stream)),
+            TcpState::Detached(_) | TcpState::Lost => Err(io::ErrorKind::NotConnected.into()),
+        }
+    }
+}
+
+impl Io for Tcp {
+    fn detach(&mut self) -> io::Result<()> {
+        match std::mem::replace(&mut self.0, TcpState::Lost) {
+            // `into_std` leaves the descriptor non-blocking.
+            TcpState::Registered(stream) => {
+                self.0 = TcpState::Detached(stream.into_std()?);
+                Ok(())
+            }
+            other => {
+                self.0 = other;
+                Err(io::ErrorKind::NotConnected.into())
+            }
+        }
+    }
+
+    fn attach(&mut self) -> io::Result<()> {
+        match std::mem::replace(&mut self.0, TcpState::Lost) {
+            TcpState::Detached(stream) => {
+                self.0 = TcpState::Registered(TcpStream::from_std(stream)?);
+                Ok(())
+            }
+            TcpState::Registered(stream) => {
+                self.0 = TcpState::Registered(stream);
+                Ok(())
+            }
+            TcpState::Lost => Err(io::ErrorKind::NotConnected.into()),
+        }
+    }
+}
+
+impl AsyncRead for Tcp {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.stream() {
+            Ok(stream) => stream.poll_read(cx, buf),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+}
+
+impl AsyncWrite for Tcp {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        match self.stream() {
+            Ok(stream) => stream.poll_write(cx, data),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.stream() {
+            Ok(stream) => stream.poll_flush(cx),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.stream() {
+            Ok(stream) => stream.poll_shutdown(cx),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.stream() {
+            Ok(stream) => stream.poll_write_vectored(cx, bufs),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+}
+
+impl Io for tokio_rustls::server::TlsStream<Tcp> {
+    fn detach(&mut self) -> io::Result<()> {
+        self.get_mut().0.detach()
+    }
+
+    fn attach(&mut self) -> io::Result<()> {
+        self.get_mut().0.attach()
+    }
+}
+
+impl<S: Io> Io for Prefixed<S> {
+    fn detach(&mut self) -> io::Result<()> {
+        self.inner.detach()
+    }
+
+    fn attach(&mut self) -> io::Result<()> {
+        self.inner.attach()
+    }
+}
 
 /// How an HTTP connection reached the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,9 +176,10 @@ pub enum HttpScheme {
 pub trait HttpHandler: Send + Sync + 'static {
     fn serve(&self, io: Box<dyn Io>, remote: SocketAddr, scheme: HttpScheme) -> Pin<Box<dyn Future<Output = ()>>>;
 
-    /// Called once on each worker thread as it starts, inside its runtime and `LocalSet` (so `spawn_local` works),
-    /// before it serves a connection: where the HTTP side starts work that belongs with that worker's sockets.
-    fn worker_started(&self, _index: usize) {}
+    /// Called once on each worker thread (`index` of `workers`) as it starts, inside its runtime and `LocalSet` (so
+    /// `spawn_local` works), before it serves a connection: where the HTTP side starts work that belongs with that
+    /// worker's sockets.
+    fn worker_started(&self, _index: usize, _workers: usize) {}
 }
 
 /// ALPN protocol id of TURN over TLS (RFC 7443).
@@ -70,7 +205,7 @@ async fn sort(worker: Rc<Worker>, tcp: TcpStream, client: SocketAddr, server: So
     match peeked {
         0x16 if with_tls => {
             let acceptor = tokio_rustls::TlsAcceptor::from(worker.shared().mux_tls.clone());
-            let tls = match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
+            let tls = match tokio::time::timeout_at(deadline, acceptor.accept(Tcp::new(tcp))).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
                     let failure = crate::handshakes::HandshakeFailure::of(&e);
@@ -135,7 +270,7 @@ async fn sort(worker: Rc<Worker>, tcp: TcpStream, client: SocketAddr, server: So
             } else {
                 HttpScheme::Http
             };
-            serve_http(http, Box::new(tcp), client, scheme).await;
+            serve_http(http, Box::new(Tcp::new(tcp)), client, scheme).await;
         }
         _ => tracing::debug!(%client, "neither TLS, STUN nor HTTP; closing"),
     }

@@ -167,7 +167,7 @@ pub(crate) fn run(
     let _span = tracing::info_span!("worker", worker = index).entered();
     local.block_on(&runtime, async move {
         if let Some(http) = &shared.http {
-            http.worker_started(index);
+            http.worker_started(index, shared.config.workers.max(1));
         }
         let now = Instant::now();
         let unix = SystemTime::now()

@@ -184,6 +184,11 @@ pub struct Web {
     /// `/api/join-check` and `/sdk/*`; the signaling WebSocket's `Origin`): `*` or `scheme://host[:port]` entries.
     /// The server's own pages are always allowed.
     pub allowed_origins: Vec<String>,
+    /// A signaling socket whose upgrade names its room (`/ws?room=`, as the SDK's joins do) is served by the worker
+    /// thread that holds that room, so a signal between two peers of a room never leaves that thread; false: each
+    /// socket stays on the worker that accepted it. On 2 workers of 2 cores it costs … the CPU per signal
+    /// (docs/benchmarks.md).
+    pub room_affinity: bool,
 }
 
 impl Default for Web {
@@ -193,6 +198,7 @@ impl Default for Web {
             admin_token: None,
             max_reports: web::DEFAULT_MAX_REPORTS,
             allowed_origins: vec!["*".to_owned()],
+            room_affinity: true,
         }
     }
 }

@@ -669,6 +669,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             outcomes: outcomes.clone(),
             // Checked by `validate`.
             allowed_origins: web::AllowedOrigins::parse(&config.web.allowed_origins).unwrap_or_default(),
+            room_affinity: config.web.room_affinity,
         },
         config.signal.redis.clone().map(|redis| web::Cluster {
             redis,
@@ -955,11 +956,71 @@ impl server::HttpHandler for WebHandler {
             server::HttpScheme::Https => web::Scheme::Https,
             server::HttpScheme::RedirectToHttps => web::Scheme::HttpRedirect,
         };
-        Box::pin(async move { web.serve_connection(io, remote, scheme).await })
+        Box::pin(async move { web.serve_connection(HttpConn(io), remote, scheme).await })
     }
 
-    fn worker_started(&self, index: usize) {
-        self.0.worker_started(index);
+    fn worker_started(&self, index: usize, workers: usize) {
+        self.0.worker_started(index, workers);
+    }
+}
+
+/// A connection of the server's, as the web side takes it: a signaling socket can move with it to the worker thread
+/// that holds its room (`web::Connection`, `server::Io`).
+struct HttpConn(Box<dyn server::Io>);
+
+impl web::Connection for HttpConn {
+    fn detach(&mut self) -> std::io::Result<()> {
+        self.0.detach()
+    }
+
+    fn attach(&mut self) -> std::io::Result<()> {
+        self.0.attach()
+    }
+}
+
+impl tokio::io::AsyncRead for HttpConn {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut *self.0).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for HttpConn {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut *self.0).poll_write(cx, data)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut *self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut *self.0).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut *self.0).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
     }
 }
 

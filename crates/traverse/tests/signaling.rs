@@ -54,7 +54,13 @@ struct Server {
 
 impl Server {
     fn start(extra: &[&str]) -> Server {
-        let args: Vec<&str> = ["--workers", "1"].into_iter().chain(extra.iter().copied()).collect();
+        // One worker unless the test asks for more.
+        let default_workers: &[&str] = if extra.contains(&"--workers") {
+            &[]
+        } else {
+            &["--workers", "1"]
+        };
+        let args: Vec<&str> = default_workers.iter().chain(extra).copied().collect();
         let common::Spawned { child, log, stdout: rx } =
             common::spawn_serve("127.0.0.1:0", &args, &[("TRAVERSE_LOG_FORMAT", "json")]);
         let unset = SocketAddr::from(([127, 0, 0, 1], 0));
@@ -1686,5 +1692,112 @@ async fn a_full_replay_reaches_a_reading_client() {
                 other => panic!("attempt {attempt}: replay cut after {n} of 1024 frames: {other:?}"),
             }
         }
+    }
+}
+
+/// The server-side sockets each of the process's epoll instances (one per worker runtime) watches, as the client
+/// ports they are connected to; instances watching none are left out (`/proc/PID/fdinfo`, `/proc/PID/fd`, `/proc/net/tcp`).
+fn ports_per_epoll(pid: u32, server_port: u16) -> Vec<std::collections::BTreeSet<u16>> {
+    use std::collections::BTreeSet;
+    // Socket inode → the client's port, for connections to `server_port` on 127.0.0.1.
+    let tcp = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    let mut peer_of_inode = HashMap::new();
+    for line in tcp.lines().skip(1) {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        let port = |addr: &str| u16::from_str_radix(addr.rsplit(':').next().unwrap_or(""), 16).ok();
+        // Established (`01`): not the listeners.
+        if cols.len() > 9 && cols[3] == "01" && port(cols[1]) == Some(server_port) {
+            if let (Some(peer), Ok(inode)) = (port(cols[2]), cols[9].parse::<u64>()) {
+                peer_of_inode.insert(inode, peer);
+            }
+        }
+    }
+    let fd_dir = format!("/proc/{pid}/fd");
+    let mut epolls = Vec::new();
+    let mut socket_inode = HashMap::new();
+    for entry in std::fs::read_dir(&fd_dir).expect("the server's fds") {
+        let entry = entry.unwrap();
+        let Ok(target) = std::fs::read_link(entry.path()) else {
+            continue;
+        };
+        let target = target.to_string_lossy().into_owned();
+        let fd: u32 = entry.file_name().to_string_lossy().parse().unwrap();
+        if target == "anon_inode:[eventpoll]" {
+            epolls.push(fd);
+        } else if let Some(inode) = target.strip_prefix("socket:[").and_then(|r| r.strip_suffix(']')) {
+            socket_inode.insert(fd, inode.parse::<u64>().unwrap());
+        }
+    }
+    epolls
+        .into_iter()
+        .map(|epoll| {
+            let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{epoll}")).unwrap_or_default();
+            info.lines()
+                .filter_map(|l| l.strip_prefix("tfd:")?.split_whitespace().next()?.parse::<u32>().ok())
+                .filter_map(|fd| peer_of_inode.get(socket_inode.get(&fd)?).copied())
+                .collect()
+        })
+        .filter(|ports: &BTreeSet<u16>| !ports.is_empty())
+        // A runtime's epoll has two descriptors (mio duplicates it): count each instance once.
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect()
+}
+
+#[tokio::test]
+async fn the_sockets_of_a_room_are_served_by_the_worker_that_holds_it() {
+    let server = Server::start(&[
+        "--workers",
+        "2",
+        "--single-port",
+        "127.0.0.1:0",
+        "--set",
+        "signal.max_connections_per_ip=100",
+    ]);
+    let single = server.single.expect("a `signaling: wss://…` line");
+    const ROOMS: usize = 12;
+    // Plain WebSockets on the HTTP port, and WSS on the single port (the TLS session moves with its socket).
+    for (port, tls) in [(server.http, false), (single, true)] {
+        let mut rooms = Vec::new();
+        for r in 0..ROOMS {
+            let room = format!("affinity-{tls}-{r}");
+            let mut peers = Vec::new();
+            for _ in 0..2 {
+                let tcp = tcp_connect(port).await;
+                let local = tcp.local_addr().unwrap().port();
+                let url = format!("{}://{port}/ws?room={room}", if tls { "wss" } else { "ws" });
+                let io: Box<dyn Io> = if tls {
+                    let connector = tokio_rustls::TlsConnector::from(Arc::new(common::accept_any_certificate()));
+                    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+                    Box::new(connector.connect(name, tcp).await.expect("TLS handshake"))
+                } else {
+                    Box::new(tcp)
+                };
+                let mut client = Client::over(io, &url, false).await;
+                let joined = client.join(&room, None, None).await;
+                peers.push((client, id_of(&joined, "peerId"), local));
+            }
+            // Signals go both ways on the moved sockets.
+            let [(mut a, a_id, a_port), (mut b, b_id, b_port)]: [_; 2] = peers.try_into().ok().unwrap();
+            assert_eq!(a.expect("peer-joined").await["peer"]["id"], b_id.as_str());
+            b.send(&json!({"type": "signal", "to": a_id, "data": {"n": r}})).await;
+            assert_eq!(a.expect("signal").await["data"]["n"], r);
+            a.send(&json!({"type": "signal", "to": b_id, "data": {"n": r}})).await;
+            assert_eq!(b.expect("signal").await["data"]["n"], r);
+            rooms.push((a, b, a_port, b_port));
+        }
+        let epolls = ports_per_epoll(server.child.id(), port.port());
+        let served: usize = epolls.iter().map(|ports| ports.len()).sum();
+        assert_eq!(served, 2 * ROOMS, "every socket is watched by one worker: {epolls:?}");
+        for (_, _, a_port, b_port) in &rooms {
+            assert!(
+                epolls
+                    .iter()
+                    .any(|ports| ports.contains(a_port) && ports.contains(b_port)),
+                "both peers of a room on one worker (tls: {tls}): {a_port} and {b_port} in {epolls:?}"
+            );
+        }
+        // Twelve rooms hashed over two workers: both carry some (all on one: 1 in 2 048).
+        assert_eq!(epolls.len(), 2, "rooms on both workers (tls: {tls}): {epolls:?}");
     }
 }

@@ -67,7 +67,7 @@ impl ClusterShards {
         &self.shards[shard % self.shards.len()]
     }
 
-    fn room_shard(&self, room: &str) -> usize {
+    pub(crate) fn room_shard(&self, room: &str) -> usize {
         (self.placement.hash_one(room) % self.shards.len() as u64) as usize
     }
 

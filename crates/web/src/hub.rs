@@ -17,6 +17,7 @@ use tokio::sync::oneshot;
 use crate::cluster::WaitingShards;
 use crate::cluster_shards::ClusterShards;
 use crate::outbox::{Outbox, QueueBudget};
+use crate::placement::Workers;
 use crate::shards::{Seat, Shards};
 use crate::WebConfig;
 
@@ -103,6 +104,11 @@ pub struct HubHandle {
     pub(crate) turn_load: crate::cluster::TurnLoadSource,
     /// With `cluster.hub_on_workers`: the hub shards each worker thread starts.
     waiting: Arc<WaitingShards>,
+    /// The server's workers, where signaling sockets move to be with their room (`web.room_affinity`).
+    workers: Arc<Workers>,
+    room_affinity: bool,
+    /// With `--redis`: hub shard *k* runs on worker *k*.
+    hub_on_workers: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -113,11 +119,32 @@ enum Hub {
 }
 
 impl HubHandle {
-    /// On the server's worker `index`, as it starts: its sockets' home shard is shard `index`, whose hub task (with
-    /// `cluster.hub_on_workers`) starts here.
-    pub(crate) fn worker_started(&self, index: usize) {
+    /// On the server's worker `index` (of `count`), as it starts: its sockets' home shard is shard `index`, whose
+    /// hub task (with `cluster.hub_on_workers`) starts here, and it takes the sockets that move to it.
+    pub(crate) fn worker_started(&self, index: usize, count: usize) {
         crate::shards::set_worker(index);
         self.waiting.start(index);
+        if self.room_affinity {
+            self.workers.started(index, count);
+        }
+    }
+
+    /// The worker that holds `room`, where a socket joining it is served (`crate::placement`); `None`: served where
+    /// it arrived (one worker, `web.room_affinity` off, or hub shards on threads of their own).
+    pub(crate) fn room_worker(&self, room: &str) -> Option<usize> {
+        let workers = self.workers.count();
+        if workers < 2 {
+            return None;
+        }
+        match &self.hub {
+            Hub::Sharded(shards) => Some(shards.room_shard(room) % workers),
+            Hub::Cluster(shards) if self.hub_on_workers => Some(shards.room_shard(room)),
+            Hub::Cluster(_) => None,
+        }
+    }
+
+    pub(crate) fn workers(&self) -> &Workers {
+        &self.workers
     }
 
     pub(crate) fn next_conn(&self) -> ConnId {
@@ -232,6 +259,7 @@ pub(crate) fn spawn(config: &WebConfig, cluster: Option<crate::Cluster>) -> std:
     let turn_load = crate::cluster::TurnLoadSource::default();
     let outcomes = config.outcomes.clone();
     let waiting = Arc::new(WaitingShards::default());
+    let hub_on_workers = cluster.as_ref().is_some_and(|c| c.on_workers.is_some());
     let hub = match cluster {
         None => {
             // One shard per core: each worker thread that serves sockets has a home shard.
@@ -271,6 +299,9 @@ pub(crate) fn spawn(config: &WebConfig, cluster: Option<crate::Cluster>) -> std:
         queue_budget,
         turn_load,
         waiting,
+        workers: Arc::new(Workers::default()),
+        room_affinity: config.room_affinity,
+        hub_on_workers,
     })
 }
 

@@ -21,6 +21,7 @@ mod hub;
 mod limiter;
 mod origins;
 mod outbox;
+mod placement;
 mod reports;
 mod routes;
 mod shards;
@@ -37,6 +38,7 @@ use signal::Limits;
 pub use dashboard::{CertificateStatus, DashboardSources, TurnLoad};
 pub use hub::HubHandle;
 pub use origins::{AllowedOrigins, BadAllowedOrigin};
+pub use placement::Connection;
 pub use reports::{DEFAULT_MAX_REPORTS, MAX_REPORTS_PER_SOURCE, MAX_REPORT_BYTES};
 
 /// Mints `iceServers` (a JSON array) with a fresh TURN credential for a user at a Unix time.
@@ -73,6 +75,9 @@ pub struct WebConfig {
     pub outcomes: Arc<outcome::Outcomes>,
     /// Pages that may use the API, the SDK and the signaling socket from a browser (CORS, WebSocket `Origin`).
     pub allowed_origins: AllowedOrigins,
+    /// Serve a signaling socket whose upgrade names its room on the worker thread that holds the room
+    /// ([`placement`]).
+    pub room_affinity: bool,
 }
 
 impl std::fmt::Debug for WebConfig {
@@ -141,10 +146,11 @@ impl Web {
         })
     }
 
-    /// Called on the server's worker thread `index` as it starts, inside its runtime: its sockets' home shard is
-    /// the shard of that index, and with [`Cluster::on_workers`] that shard's hub task starts here.
-    pub fn worker_started(&self, index: usize) {
-        self.app.hub.worker_started(index);
+    /// Called on the server's worker thread `index` (of `workers`) as it starts, inside its runtime: its sockets'
+    /// home shard is the shard of that index, with [`Cluster::on_workers`] that shard's hub task starts here, and
+    /// signaling sockets of the rooms it holds move here ([`placement`]).
+    pub fn worker_started(&self, index: usize, workers: usize) {
+        self.app.hub.worker_started(index, workers);
     }
 
     pub fn hub(&self) -> &HubHandle {
@@ -206,14 +212,16 @@ impl Web {
     /// Serves HTTP/1.1 (with WebSocket upgrades) on one accepted connection until it closes.
     pub async fn serve_connection<IO>(&self, io: IO, remote: SocketAddr, scheme: Scheme)
     where
-        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+        IO: Connection,
     {
+        let take_back = placement::TakeBack::of::<IO>();
         let router = match scheme {
             Scheme::HttpRedirect => self.redirect.clone(),
             Scheme::Http | Scheme::Https => self.router.clone(),
         };
         let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
             req.extensions_mut().insert(routes::Remote(remote));
+            req.extensions_mut().insert(take_back);
             let mut router = router.clone();
             async move { tower_service::Service::call(&mut router, req).await }
         });

@@ -279,6 +279,7 @@ async fn ws_upgrade(
     State(app): State<Arc<App>>,
     Extension(Remote(remote)): Extension<Remote>,
     Query(query): Query<JoinQuery>,
+    take_back: Option<Extension<crate::placement::TakeBack>>,
     mut request: axum::extract::Request,
 ) -> Response {
     let headers = request.headers();
@@ -316,14 +317,18 @@ async fn ws_upgrade(
         app.count_upgrade_refusal(refusal.code.as_str());
         return refusal_response(&refusal);
     }
+    let mut room_worker = None;
     if let Some(room) = query.room {
+        room_worker = app.hub.room_worker(&room);
         if let Err(refusal) = app.hub.check_join(room, query.token).await {
             app.count_upgrade_refusal(refusal.code.as_str());
             return refusal_response(&refusal);
         }
     }
     let upgrade = hyper::upgrade::on(&mut request);
-    tokio::spawn(crate::ws::serve(upgrade, crate::ws::Conn { app: app.clone(), ip }));
+    let conn = crate::ws::Conn { app: app.clone(), ip };
+    let take_back = take_back.map(|Extension(t)| t);
+    tokio::spawn(crate::ws::serve(upgrade, conn, take_back, room_worker));
     let mut response = Response::new(axum::body::Body::empty());
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = response.headers_mut();

@@ -206,7 +206,7 @@ impl Shards {
         state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn room_shard(&self, room: &str) -> usize {
+    pub(crate) fn room_shard(&self, room: &str) -> usize {
         (self.placement.hash_one(room) % self.shards.len() as u64) as usize
     }
 
@@ -454,6 +454,11 @@ thread_local! {
 /// one whose hub task runs on this thread with `cluster.hub_on_workers`.
 pub(crate) fn set_worker(index: usize) {
     WORKER.with(|worker| worker.set(Some(index)));
+}
+
+/// The server's worker the calling thread is, if it is one.
+pub(crate) fn worker() -> Option<usize> {
+    WORKER.with(std::cell::Cell::get)
 }
 
 /// The shard of the calling thread among `count`: a worker's own index, else each thread that serves sockets gets

@@ -20,6 +20,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::hub::{now, HubHandle, ToSocket};
 use crate::outbox::Outbox;
+use crate::placement::{Connection, TakeBack};
 use crate::routes::App;
 use crate::shards::Seat;
 use crate::websocket::{self, Decoder, Event, FrameError};
@@ -59,20 +60,45 @@ impl Conn {
     }
 }
 
-/// A signaling socket's task, from the HTTP upgrade to the end of the connection. A block, not an `async fn`, so
-/// that `conn` is stored once.
+/// A signaling socket's task, from the HTTP upgrade: the socket is served here, or moves to `room_worker`, the
+/// worker that holds its room ([`crate::placement`]). `take_back` gets the connection out of hyper as the type it
+/// was served as, so that it can move.
+pub(crate) async fn serve(
+    upgrade: hyper::upgrade::OnUpgrade,
+    conn: Conn,
+    take_back: Option<TakeBack>,
+    room_worker: Option<usize>,
+) {
+    let upgraded = match upgrade.await {
+        Ok(upgraded) => upgraded,
+        Err(e) => {
+            tracing::debug!(ip = %conn.ip, error = %e, "WebSocket upgrade failed");
+            return;
+        }
+    };
+    let io: Box<dyn Connection> = match take_back {
+        Some(TakeBack(take_back)) => take_back(upgraded),
+        None => Box::new(hyper_util::rt::TokioIo::new(upgraded)),
+    };
+    let (io, conn) = match room_worker {
+        Some(to) => match conn.app.clone().hub.workers().send(to, io, conn) {
+            Some(stays) => stays,
+            None => return,
+        },
+        None => (io, conn),
+    };
+    // A task of its own, here as on the worker a socket moves to, so that the upgrade's state is not kept in every
+    // socket's task for its whole life.
+    tokio::spawn(serve_socket(io, conn));
+}
+
+/// A signaling socket's task, from its upgraded connection to the end of the connection. A block, not an `async
+/// fn`, so that `conn` is stored once.
 #[allow(clippy::manual_async_fn, reason = "an async fn would store `conn` twice")]
-pub(crate) fn serve(upgrade: hyper::upgrade::OnUpgrade, conn: Conn) -> impl Future<Output = ()> + Send {
+pub(crate) fn serve_socket(io: Box<dyn Connection>, conn: Conn) -> impl Future<Output = ()> + Send {
     async move {
-        let upgraded = match upgrade.await {
-            Ok(upgraded) => upgraded,
-            Err(e) => {
-                tracing::debug!(ip = %conn.ip, error = %e, "WebSocket upgrade failed");
-                return;
-            }
-        };
         let mut socket = Socket {
-            io: hyper_util::rt::TokioIo::new(upgraded),
+            io,
             decoder: Decoder::new(conn.app.config.limits.max_message_bytes),
             unsent: Vec::new(),
         };

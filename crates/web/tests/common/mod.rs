@@ -17,5 +17,6 @@ pub fn config(dir: &Path) -> WebConfig {
         max_reports: 10,
         outcomes: Arc::new(outcome::Outcomes::new()),
         allowed_origins: web::AllowedOrigins::Any,
+        room_affinity: true,
     }
 }
