@@ -156,7 +156,9 @@ async fn join(url: &str, room: &str) -> anyhow::Result<(Ws, String)> {
         .await
         .context("connect timed out")??;
     tcp.set_nodelay(true)?;
-    let (mut ws, _) = timeout(WAIT, tokio_tungstenite::client_async(url, tcp))
+    // The room in the URL, as the SDK puts it on a join: the node serves the socket on the room's worker.
+    let url = format!("{url}?room={room}");
+    let (mut ws, _) = timeout(WAIT, tokio_tungstenite::client_async(url.as_str(), tcp))
         .await
         .context("upgrade timed out")??;
     ws.send(Message::text(json!({"type": "join", "room": room}).to_string()))
