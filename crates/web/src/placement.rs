@@ -4,7 +4,8 @@
 //! The kernel hands each connection to whichever worker accepts it, so the two peers of a room land on different
 //! workers half the time on two. The room's shard then takes signals from both threads, and every signal between
 //! them wakes the other thread (a system call on each side and a trip through the other thread's reactor): with two
-//! workers, a signal cost 1.1–1.9x what it costs with one (docs/benchmarks.md).
+//! workers on two cores a paced signal cost 1.36x the CPU it costs with one; placed by room, 1.24x, and with
+//! `--redis` 0.64–0.88x what it cost unplaced (docs/benchmarks.md).
 //!
 //! When the upgrade names its room (`/ws?room=…`, as the SDK's joins do), the socket moves before it is served: the
 //! worker that accepted it lets go of the connection ([`Connection::detach`]) and posts it to the room's worker,
