@@ -107,6 +107,8 @@ fakeTest('resume: replay deduplicated by seq, queued messages flushed in order a
   const resume = await sock1.next((m) => m.type === 'resume');
   assert.deepEqual({ ...resume, _taken: undefined }, { type: 'resume', session: 's_1', lastSeq: 3, _taken: undefined });
   assert.equal(sock1.url.searchParams.get('room'), null, 'a resume socket carries no join query');
+  assert.equal(sock1.url.searchParams.get('token'), null, 'nor the join token');
+  assert.equal(sock1.url.searchParams.get('resuming'), 'r', 'only the room, for placement');
   // Not resumed yet: these are queued.
   await page.evaluate(() => {
     room.signal('p_a', 'q1');

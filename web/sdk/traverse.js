@@ -2941,6 +2941,9 @@ class Link {
       // Checked before the upgrade: a refused join costs no socket (docs/protocol.md, Endpoints).
       u.searchParams.set('room', this._opts.room);
       if (this._opts.token) u.searchParams.set('token', this._opts.token);
+    } else {
+      // A resume: only where the server should serve the socket (its room's worker); nothing is checked on it.
+      u.searchParams.set('resuming', this._opts.room);
     }
     return u.toString();
   }

@@ -1758,46 +1758,74 @@ async fn the_sockets_of_a_room_are_served_by_the_worker_that_holds_it() {
     const ROOMS: usize = 12;
     // Plain WebSockets on the HTTP port, and WSS on the single port (the TLS session moves with its socket).
     for (port, tls) in [(server.http, false), (single, true)] {
+        // Opens a socket with `query` in its URL; returns it and the client's port.
+        let open = |query: String| async move {
+            let tcp = tcp_connect(port).await;
+            let local = tcp.local_addr().unwrap().port();
+            let url = format!("{}://{port}/ws?{query}", if tls { "wss" } else { "ws" });
+            let io: Box<dyn Io> = if tls {
+                let connector = tokio_rustls::TlsConnector::from(Arc::new(common::accept_any_certificate()));
+                let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+                Box::new(connector.connect(name, tcp).await.expect("TLS handshake"))
+            } else {
+                Box::new(tcp)
+            };
+            (Client::over(io, &url, false).await, local)
+        };
         let mut rooms = Vec::new();
         for r in 0..ROOMS {
             let room = format!("affinity-{tls}-{r}");
-            let mut peers = Vec::new();
-            for _ in 0..2 {
-                let tcp = tcp_connect(port).await;
-                let local = tcp.local_addr().unwrap().port();
-                let url = format!("{}://{port}/ws?room={room}", if tls { "wss" } else { "ws" });
-                let io: Box<dyn Io> = if tls {
-                    let connector = tokio_rustls::TlsConnector::from(Arc::new(common::accept_any_certificate()));
-                    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-                    Box::new(connector.connect(name, tcp).await.expect("TLS handshake"))
-                } else {
-                    Box::new(tcp)
-                };
-                let mut client = Client::over(io, &url, false).await;
-                let joined = client.join(&room, None, None).await;
-                peers.push((client, id_of(&joined, "peerId"), local));
-            }
+            let (mut a, a_port) = open(format!("room={room}")).await;
+            let ja = a.join(&room, None, None).await;
+            let (mut b, b_port) = open(format!("room={room}")).await;
+            let jb = b.join(&room, None, None).await;
+            let (a_id, b_id) = (id_of(&ja, "peerId"), id_of(&jb, "peerId"));
             // Signals go both ways on the moved sockets.
-            let [(mut a, a_id, a_port), (mut b, b_id, b_port)]: [_; 2] = peers.try_into().ok().unwrap();
             assert_eq!(a.expect("peer-joined").await["peer"]["id"], b_id.as_str());
             b.send(&json!({"type": "signal", "to": a_id, "data": {"n": r}})).await;
             assert_eq!(a.expect("signal").await["data"]["n"], r);
             a.send(&json!({"type": "signal", "to": b_id, "data": {"n": r}})).await;
             assert_eq!(b.expect("signal").await["data"]["n"], r);
-            rooms.push((a, b, a_port, b_port));
+            rooms.push((room, a, ja, b, a_port, b_port));
         }
-        let epolls = ports_per_epoll(server.child.id(), port.port());
+        let pid = server.child.id();
+        let together = |epolls: &[std::collections::BTreeSet<u16>], a_port: u16, b_port: u16| {
+            epolls
+                .iter()
+                .any(|ports| ports.contains(&a_port) && ports.contains(&b_port))
+        };
+        let epolls = ports_per_epoll(pid, port.port());
         let served: usize = epolls.iter().map(|ports| ports.len()).sum();
         assert_eq!(served, 2 * ROOMS, "every socket is watched by one worker: {epolls:?}");
-        for (_, _, a_port, b_port) in &rooms {
+        for (_, _, _, _, a_port, b_port) in &rooms {
             assert!(
-                epolls
-                    .iter()
-                    .any(|ports| ports.contains(a_port) && ports.contains(b_port)),
+                together(&epolls, *a_port, *b_port),
                 "both peers of a room on one worker (tls: {tls}): {a_port} and {b_port} in {epolls:?}"
             );
         }
         // Twelve rooms hashed over two workers: both carry some (all on one: 1 in 2 048).
         assert_eq!(epolls.len(), 2, "rooms on both workers (tls: {tls}): {epolls:?}");
+
+        // A resume names its room in `resuming` (as the SDK's do): the new socket joins its room's worker too, and
+        // takes the session over from the old one.
+        let mut resumed = Vec::new();
+        for (room, old, ja, mut b, _, b_port) in rooms {
+            let (mut a, a_port) = open(format!("resuming={room}")).await;
+            a.send(&json!({"type": "resume", "session": ja["session"], "lastSeq": 3}))
+                .await;
+            a.expect("resumed").await;
+            drop(old);
+            b.send(&json!({"type": "signal", "to": id_of(&ja, "peerId"), "data": "after"}))
+                .await;
+            assert_eq!(a.expect("signal").await["data"], "after");
+            resumed.push((a, b, a_port, b_port));
+        }
+        let epolls = ports_per_epoll(pid, port.port());
+        for (_, _, a_port, b_port) in &resumed {
+            assert!(
+                together(&epolls, *a_port, *b_port),
+                "a resumed socket on its room's worker (tls: {tls}): {a_port} and {b_port} in {epolls:?}"
+            );
+        }
     }
 }

@@ -71,13 +71,19 @@ fn eventually(mut check: impl FnMut() -> bool) -> bool {
 
 #[test]
 fn a_refused_certificate_is_named_to_the_log_and_to_that_client_only() {
-    let single = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let single_arg = format!("127.0.0.1:{single}");
-    let server = Server::start(&["--single-port", &single_arg]);
+    // Bound by the server itself (a port picked here first could be taken by another test meanwhile), then read from
+    // its log line.
+    let server = Server::start(&["--single-port", "127.0.0.1:0"]);
+    const LISTENING: &str = "single port (HTTPS/WSS, TURN over TLS and TCP) listening";
+    let log = server.log_with(LISTENING, Duration::from_secs(5));
+    let single: u16 = log
+        .lines()
+        .find(|l| l.contains(LISTENING))
+        .and_then(|l| l.split("addr=").nth(1))
+        .and_then(|a| a.split_whitespace().next())
+        .and_then(|a| a.parse::<SocketAddr>().ok())
+        .map(|a| a.port())
+        .unwrap_or_else(|| panic!("no `{LISTENING} addr=…` line:\n{log}"));
     let http = server.http.expect("an HTTP listener");
     let me = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1));
     let other = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));

@@ -7,14 +7,15 @@
 //! workers on two cores a paced signal cost 1.36x the CPU it costs with one; placed by room, 1.24x, and with
 //! `--redis` 0.64–0.88x what it cost unplaced (docs/benchmarks.md).
 //!
-//! When the upgrade names its room (`/ws?room=…`, as the SDK's joins do), the socket moves before it is served: the
+//! When the upgrade names its room (`/ws?room=…` as the SDK's joins do, or `/ws?resuming=…` as its resumes do: a
+//! session lives in its room's shard), the socket moves before it is served: the
 //! worker that accepted it lets go of the connection ([`Connection::detach`]) and posts it to the room's worker,
 //! which registers it with its own reactor ([`Connection::attach`]) and runs the socket's task there. The room's
 //! worker is the one whose home shard is the room's: with the in-process hub, shard `room % shards` on worker
 //! `shard % workers`; with `--redis` and the hub on the workers, the worker running the room's hub task. A move
 //! costs one cross-thread wake per socket, once; the socket's session, limits and frames are untouched (it has none
-//! yet). A socket without a room in its URL (a resume, a client that sends its join only) is served where it
-//! arrived, as before; so is one whose connection cannot move (an in-memory stream in tests), or when the room's
+//! yet). A socket without a room in its URL (a client that names its room in its join frame only) is served where
+//! it arrived, as before; so is one whose connection cannot move (an in-memory stream in tests), or when the room's
 //! worker has not started.
 
 use std::io;

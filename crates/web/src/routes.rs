@@ -220,6 +220,9 @@ fn refusal_response(refusal: &Refusal) -> Response {
 struct JoinQuery {
     room: Option<String>,
     token: Option<String>,
+    /// On `/ws`, the room of the session a socket is about to resume: where to serve it (`crate::placement`), nothing
+    /// checked (the resume itself is).
+    resuming: Option<String>,
 }
 
 /// Checks what can be checked before the upgrade, so a refused join costs no socket and shows its status.
@@ -317,7 +320,7 @@ async fn ws_upgrade(
         app.count_upgrade_refusal(refusal.code.as_str());
         return refusal_response(&refusal);
     }
-    let mut room_worker = None;
+    let mut room_worker = query.resuming.as_deref().and_then(|room| app.hub.room_worker(room));
     if let Some(room) = query.room {
         room_worker = app.hub.room_worker(&room);
         if let Err(refusal) = app.hub.check_join(room, query.token).await {
