@@ -122,6 +122,10 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Rewind<IO> {
             let n = self.pending.len().min(buf.remaining());
             buf.put_slice(self.pending.get(..n).unwrap_or_default());
             self.pending.advance(n);
+            if self.pending.is_empty() {
+                // An empty slice still holds hyper's whole read buffer (8 KiB): an idle socket must not.
+                self.pending = Bytes::new();
+            }
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut self.inner).poll_read(cx, buf)
