@@ -31,8 +31,8 @@ use crate::worker::Worker;
 /// of that reactor on the thread it came from ([`Io::detach`]) and registering with the reactor of the thread it goes
 /// to ([`Io::attach`]).
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {
-    /// Lets go of the calling thread's reactor. Nothing may poll the stream until [`Io::attach`]. An error leaves it
-    /// as it was, still served here.
+    /// Lets go of the calling thread's reactor. Nothing may poll the stream until [`Io::attach`]. A stream that
+    /// cannot move (already detached) is left as it was; if the reactor refuses to let go, the connection is lost.
     fn detach(&mut self) -> io::Result<()>;
     /// Registers with the calling thread's reactor, after a [`Io::detach`] (on this thread or another).
     fn attach(&mut self) -> io::Result<()>;

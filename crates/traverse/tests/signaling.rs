@@ -1702,7 +1702,8 @@ fn ports_per_epoll(pid: u32, server_port: u16) -> Vec<std::collections::BTreeSet
     // Socket inode → the client's port, for connections to `server_port` on 127.0.0.1.
     let tcp = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
     let mut peer_of_inode = HashMap::new();
-    for line in tcp.lines().skip(1) {
+    // The header row has no `01` state column, so the filter below leaves it out.
+    for line in tcp.lines() {
         let cols: Vec<&str> = line.split_whitespace().collect();
         let port = |addr: &str| u16::from_str_radix(addr.rsplit(':').next().unwrap_or(""), 16).ok();
         // Established (`01`): not the listeners.

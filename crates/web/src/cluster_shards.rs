@@ -10,8 +10,8 @@
 //!
 //! Placement: a socket starts in its worker thread's home shard (the shard of its worker's index). At its first
 //! `join` it moves to the shard its room hashes to (a per-process random key), with its token bucket, error count and
-//! outbox; at its first `resume`, to the shard whose hub holds the session, if one does. The move waits until the old shard has delivered what it
-//! owed the socket, so frames reach it in order. The shard then asks Redis where the room lives, as any node does;
+//! outbox; at its first `resume`, to the shard whose hub holds the session, if one does. The move waits until the old
+//! shard has delivered what it owed the socket, so frames reach it in order. The shard then asks Redis where the room lives, as any node does;
 //! usually the answer is itself. A room another node's death handed to some shard stays there; the other shards
 //! reach it as they reach another node, but in-process: an envelope between shards of one process goes on the
 //! receiving shard's queue (`web::cluster`), never through Redis.

@@ -35,8 +35,8 @@ use crate::ws::Conn;
 /// Why two steps: tokio registers a socket with the reactor of the thread that created it, so a move lets go of that
 /// reactor on the thread it leaves and registers with the reactor of the thread it reaches.
 pub trait Connection: AsyncRead + AsyncWrite + Unpin + Send + 'static {
-    /// Lets go of the calling thread's reactor; nothing polls the connection until [`Connection::attach`]. An error
-    /// leaves it as it was: it is then served where it is.
+    /// Lets go of the calling thread's reactor; nothing polls the connection until [`Connection::attach`]. On an
+    /// error it is served where it is (if the reactor refused to let go, it is lost and closes at its first read).
     fn detach(&mut self) -> io::Result<()>;
     /// Registers with the calling thread's reactor, after a [`Connection::detach`].
     fn attach(&mut self) -> io::Result<()>;
