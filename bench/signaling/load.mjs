@@ -6,6 +6,8 @@
 //                       [--heartbeats 1]
 //   node load.mjs relay --proto traverse|peerjs --url ws://127.0.0.1:P --pid SERVER_PID --pairs K
 //                       [--seconds 10] [--max-messages 2000000] [--window 16] [--rate 0] [--tick-ms 5]
+//   --room-in-url 0: Traverse sockets name their room only in their join frame (as a client other than the SDK may),
+//                    not in `/ws?room=` too.
 //
 // hold:  opens N sockets (pairs of peers: Traverse joins one room per pair, PeerJS registers an id per socket),
 //        waits for every `joined` / `OPEN`, lets the server settle, measures its CPU over `idle` seconds of
@@ -96,8 +98,9 @@ const RUN = Math.random().toString(36).slice(2, 8);
 
 const adapters = {
   traverse: {
-    // The room in the URL, as the SDK puts it on a join: the server serves the socket on the room's worker.
-    url: (name, room) => `${URL_BASE}/ws?room=${encodeURIComponent(room)}`,
+    // The room in the URL, as the SDK puts it on a join: the server serves the socket on the room's worker from the
+    // upgrade on (without it, from the join on).
+    url: (name, room) => (args['room-in-url'] === '0' ? `${URL_BASE}/ws` : `${URL_BASE}/ws?room=${encodeURIComponent(room)}`),
     hello: (name, room) => JSON.stringify({ type: 'join', room }),
     // Ready when `joined` arrives; our id is its peerId, the room's earlier peers are in `peers`.
     ready(msg, conn) {

@@ -229,6 +229,11 @@ impl Peer {
         Peer { ws }
     }
 
+    /// The client's port: the server's socket for this peer is the one connected to it.
+    fn local_port(&self) -> u16 {
+        self.ws.get_ref().local_addr().unwrap().port()
+    }
+
     async fn send(&mut self, v: Value) {
         timeout(WAIT, self.ws.send(Message::text(v.to_string())))
             .await
@@ -1288,9 +1293,11 @@ fn a_room_taken_over_lives_in_one_shard_and_the_node_s_other_shards_reach_it_in_
 }
 
 /// With `cluster.hub_on_workers` (the default), a node's hub shards run on its worker threads, one on each, and take
-/// no thread of their own (`docs/scaling.md`, "Shards"). The node is still one node of the cluster: ready, its rooms homed on
-/// both shards under its name, signals both ways in every room, resumes that move a socket to the worker holding
-/// its session without a Redis lookup, and nothing published through Redis between the two workers' shards.
+/// no thread of their own (`docs/scaling.md`, "Shards"). The node is still one node of the cluster: ready, its rooms
+/// homed on both shards under its name, signals both ways in every room, both peers of every room served by the
+/// worker running its shard (these clients name the room only in their join), resumes that move a socket to the
+/// worker holding its session without a Redis lookup, and nothing published through Redis between the two workers'
+/// shards.
 #[test]
 fn hub_shards_on_the_worker_threads_carry_the_rooms_and_take_no_thread_of_their_own() {
     let Some(redis) = Redis::start() else { return };
@@ -1302,6 +1309,8 @@ fn hub_shards_on_the_worker_threads_carry_the_rooms_and_take_no_thread_of_their_
         "cluster.hub_shards=2",
         "--set",
         "cluster.hub_on_workers=true",
+        "--set",
+        "signal.max_connections_per_ip=100",
     ];
     let node = Node::start(&redis.url(), &on_workers);
     // `comm` is cut at 15 bytes: "traverse-worker" for every worker.
@@ -1336,14 +1345,33 @@ fn hub_shards_on_the_worker_threads_carry_the_rooms_and_take_no_thread_of_their_
             b.send(json!({"type":"signal","to":a_id,"data":{"m":i}})).await;
             assert_eq!(a.expect("signal").await["data"]["m"], i);
             let session = joined_b["session"].as_str().unwrap().to_owned();
-            calls.push((a, b_id, session));
+            calls.push((a, b_id, session, b));
         }
         assert_eq!(shard_homes(&redis, "w-", ROOMS).len(), 2, "one shard per worker");
+        // These clients name their room only in their join frame: each socket moved, after its join, to the worker
+        // that runs its room's shard, so both peers of every room are watched by the same worker.
+        let pid = node.child.id();
+        let epolls = common::ports_per_epoll(pid, node.http.port());
+        assert_eq!(epolls.len(), 2, "sockets on both workers: {epolls:?}");
+        for (a, _, _, b) in &calls {
+            let (a_port, b_port) = (a.local_port(), b.local_port());
+            assert!(
+                epolls
+                    .iter()
+                    .any(|ports| ports.contains(&a_port) && ports.contains(&b_port)),
+                "both peers of a room on one worker: {a_port} and {b_port} in {epolls:?}"
+            );
+        }
+        let mut calls: Vec<_> = calls
+            .into_iter()
+            .map(|(a, b_id, session, _)| (a, b_id, session))
+            .collect();
 
         // Each B's socket is gone; A signals it and B resumes on a new socket, on whichever worker accepts it. A's
         // socket may be on the other worker, so the signal reaches the shard before the resume (replayed) or after
         // it (sent live): either way B gets it once, as seq 3.
         let lookups = redis.calls("evalsha") + redis.calls("eval") + redis.calls("get");
+        let mut resumed = Vec::new();
         for (i, (a, b_id, session)) in calls.iter_mut().enumerate() {
             a.send(json!({"type":"signal","to":b_id,"data":{"n":100 + i}})).await;
             let mut b = Peer::connect(&node).await;
@@ -1354,6 +1382,17 @@ fn hub_shards_on_the_worker_threads_carry_the_rooms_and_take_no_thread_of_their_
             assert_eq!(
                 (signal["seq"].as_u64(), signal["data"]["n"].as_u64()),
                 (Some(3), Some(100 + i as u64))
+            );
+            resumed.push((a.local_port(), b.local_port(), b));
+        }
+        // A resume moves its socket to the worker holding its session too.
+        let epolls = common::ports_per_epoll(pid, node.http.port());
+        for (a_port, b_port, _) in &resumed {
+            assert!(
+                epolls
+                    .iter()
+                    .any(|ports| ports.contains(a_port) && ports.contains(b_port)),
+                "a resumed socket on its room's worker: {a_port} and {b_port} in {epolls:?}"
             );
         }
         assert_eq!(

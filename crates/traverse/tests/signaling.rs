@@ -1695,58 +1695,21 @@ async fn a_full_replay_reaches_a_reading_client() {
     }
 }
 
-/// The server-side sockets each of the process's epoll instances (one per worker runtime) watches, as the client
-/// ports they are connected to; instances watching none are left out (`/proc/PID/fdinfo`, `/proc/PID/fd`, `/proc/net/tcp`).
-fn ports_per_epoll(pid: u32, server_port: u16) -> Vec<std::collections::BTreeSet<u16>> {
-    use std::collections::BTreeSet;
-    // Socket inode → the client's port, for connections to `server_port` on 127.0.0.1.
-    let tcp = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
-    let mut peer_of_inode = HashMap::new();
-    // The header row has no `01` state column, so the filter below leaves it out.
-    for line in tcp.lines() {
-        let cols: Vec<&str> = line.split_whitespace().collect();
-        let port = |addr: &str| u16::from_str_radix(addr.rsplit(':').next().unwrap_or(""), 16).ok();
-        // Established (`01`): not the listeners.
-        if cols.len() > 9 && cols[3] == "01" && port(cols[1]) == Some(server_port) {
-            if let (Some(peer), Ok(inode)) = (port(cols[2]), cols[9].parse::<u64>()) {
-                peer_of_inode.insert(inode, peer);
-            }
-        }
-    }
-    let fd_dir = format!("/proc/{pid}/fd");
-    let mut epolls = Vec::new();
-    let mut socket_inode = HashMap::new();
-    for entry in std::fs::read_dir(&fd_dir).expect("the server's fds") {
-        let entry = entry.unwrap();
-        let Ok(target) = std::fs::read_link(entry.path()) else {
-            continue;
-        };
-        let target = target.to_string_lossy().into_owned();
-        let fd: u32 = entry.file_name().to_string_lossy().parse().unwrap();
-        if target == "anon_inode:[eventpoll]" {
-            epolls.push(fd);
-        } else if let Some(inode) = target.strip_prefix("socket:[").and_then(|r| r.strip_suffix(']')) {
-            socket_inode.insert(fd, inode.parse::<u64>().unwrap());
-        }
-    }
-    epolls
-        .into_iter()
-        .map(|epoll| {
-            let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{epoll}")).unwrap_or_default();
-            info.lines()
-                .filter_map(|l| l.strip_prefix("tfd:")?.split_whitespace().next()?.parse::<u32>().ok())
-                .filter_map(|fd| peer_of_inode.get(socket_inode.get(&fd)?).copied())
-                .collect()
-        })
-        .filter(|ports: &BTreeSet<u16>| !ports.is_empty())
-        // A runtime's epoll has two descriptors (mio duplicates it): count each instance once.
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect()
-}
-
 #[tokio::test]
 async fn the_sockets_of_a_room_are_served_by_the_worker_that_holds_it() {
+    rooms_on_their_workers(true).await;
+}
+
+/// A client that names its room only in its `join` frame (no `?room=`, no `?resuming=`) arrives on any worker; its
+/// socket moves to the room's worker after the join, with what it sent right behind the join.
+#[tokio::test]
+async fn a_socket_that_names_its_room_only_in_its_join_moves_to_the_worker_that_holds_it() {
+    rooms_on_their_workers(false).await;
+}
+
+/// Rooms of two peers on a server with two workers, over plain WebSockets and WSS: both peers of every room end up
+/// watched by the same worker, and so does a socket that resumed. `named`: the URLs name the room, as the SDK's do.
+async fn rooms_on_their_workers(named: bool) {
     let server = Server::start(&[
         "--workers",
         "2",
@@ -1759,11 +1722,12 @@ async fn the_sockets_of_a_room_are_served_by_the_worker_that_holds_it() {
     const ROOMS: usize = 12;
     // Plain WebSockets on the HTTP port, and WSS on the single port (the TLS session moves with its socket).
     for (port, tls) in [(server.http, false), (single, true)] {
-        // Opens a socket with `query` in its URL; returns it and the client's port.
+        // Opens a socket with `query` in its URL (if `named`); returns it and the client's port.
         let open = |query: String| async move {
             let tcp = tcp_connect(port).await;
             let local = tcp.local_addr().unwrap().port();
-            let url = format!("{}://{port}/ws?{query}", if tls { "wss" } else { "ws" });
+            let query = if named { format!("?{query}") } else { String::new() };
+            let url = format!("{}://{port}/ws{query}", if tls { "wss" } else { "ws" });
             let io: Box<dyn Io> = if tls {
                 let connector = tokio_rustls::TlsConnector::from(Arc::new(common::accept_any_certificate()));
                 let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
@@ -1775,14 +1739,21 @@ async fn the_sockets_of_a_room_are_served_by_the_worker_that_holds_it() {
         };
         let mut rooms = Vec::new();
         for r in 0..ROOMS {
-            let room = format!("affinity-{tls}-{r}");
+            let room = format!("affinity-{named}-{tls}-{r}");
             let (mut a, a_port) = open(format!("room={room}")).await;
             let ja = a.join(&room, None, None).await;
+            let a_id = id_of(&ja, "peerId");
             let (mut b, b_port) = open(format!("room={room}")).await;
-            let jb = b.join(&room, None, None).await;
-            let (a_id, b_id) = (id_of(&ja, "peerId"), id_of(&jb, "peerId"));
-            // Signals go both ways on the moved sockets.
+            // The join and a signal right behind it: read with the join before the move, or after it on the room's
+            // worker; either way it arrives, once, after `peer-joined`.
+            b.send(&json!({"type": "join", "room": room})).await;
+            b.send(&json!({"type": "signal", "to": a_id, "data": {"early": r}}))
+                .await;
+            let jb = b.expect("joined").await;
+            let b_id = id_of(&jb, "peerId");
             assert_eq!(a.expect("peer-joined").await["peer"]["id"], b_id.as_str());
+            assert_eq!(a.expect("signal").await["data"]["early"], r);
+            // Signals go both ways on the moved sockets.
             b.send(&json!({"type": "signal", "to": a_id, "data": {"n": r}})).await;
             assert_eq!(a.expect("signal").await["data"]["n"], r);
             a.send(&json!({"type": "signal", "to": b_id, "data": {"n": r}})).await;
@@ -1795,7 +1766,7 @@ async fn the_sockets_of_a_room_are_served_by_the_worker_that_holds_it() {
                 .iter()
                 .any(|ports| ports.contains(&a_port) && ports.contains(&b_port))
         };
-        let epolls = ports_per_epoll(pid, port.port());
+        let epolls = common::ports_per_epoll(pid, port.port());
         let served: usize = epolls.iter().map(|ports| ports.len()).sum();
         assert_eq!(served, 2 * ROOMS, "every socket is watched by one worker: {epolls:?}");
         for (_, _, _, _, a_port, b_port) in &rooms {
@@ -1807,12 +1778,12 @@ async fn the_sockets_of_a_room_are_served_by_the_worker_that_holds_it() {
         // Twelve rooms hashed over two workers: both carry some (all on one: 1 in 2 048).
         assert_eq!(epolls.len(), 2, "rooms on both workers (tls: {tls}): {epolls:?}");
 
-        // A resume names its room in `resuming` (as the SDK's do): the new socket joins its room's worker too, and
-        // takes the session over from the old one.
+        // A resume names its room in `resuming` (as the SDK's do) or only its session in the `resume` frame: the new
+        // socket joins its room's worker too, and takes the session over from the old one.
         let mut resumed = Vec::new();
         for (room, old, ja, mut b, _, b_port) in rooms {
             let (mut a, a_port) = open(format!("resuming={room}")).await;
-            a.send(&json!({"type": "resume", "session": ja["session"], "lastSeq": 3}))
+            a.send(&json!({"type": "resume", "session": ja["session"], "lastSeq": 4}))
                 .await;
             a.expect("resumed").await;
             drop(old);
@@ -1821,7 +1792,7 @@ async fn the_sockets_of_a_room_are_served_by_the_worker_that_holds_it() {
             assert_eq!(a.expect("signal").await["data"], "after");
             resumed.push((a, b, a_port, b_port));
         }
-        let epolls = ports_per_epoll(pid, port.port());
+        let epolls = common::ports_per_epoll(pid, port.port());
         for (_, _, a_port, b_port) in &resumed {
             assert!(
                 together(&epolls, *a_port, *b_port),

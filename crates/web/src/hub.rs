@@ -132,13 +132,29 @@ impl HubHandle {
     /// The worker that holds `room`, where a socket joining it is served (`crate::placement`); `None`: served where
     /// it arrived (one worker, `web.room_affinity` off, or hub shards on threads of their own).
     pub(crate) fn room_worker(&self, room: &str) -> Option<usize> {
+        let shard = match &self.hub {
+            Hub::Sharded(shards) => shards.room_shard(room),
+            Hub::Cluster(shards) => shards.room_shard(room),
+        };
+        self.shard_worker(shard)
+    }
+
+    /// The worker that holds the shard a socket has joined (or resumed) in: where it is served from then on.
+    pub(crate) fn seat_worker(&self, seat: &Seat) -> Option<usize> {
+        self.shard_worker(seat.shard)
+    }
+
+    /// The worker of hub shard `shard`: with the in-process hub, shard `k` on worker `k % workers` (one shard per
+    /// core, so there may be more shards than workers); with `--redis` and the hub on the workers, shard `k` runs on
+    /// worker `k` (one shard per worker at most).
+    fn shard_worker(&self, shard: usize) -> Option<usize> {
         let workers = self.workers.count();
         if workers < 2 {
             return None;
         }
         match &self.hub {
-            Hub::Sharded(shards) => Some(shards.room_shard(room) % workers),
-            Hub::Cluster(shards) if self.hub_on_workers => Some(shards.room_shard(room)),
+            Hub::Sharded(_) => Some(shard % workers),
+            Hub::Cluster(_) if self.hub_on_workers => Some(shard),
             Hub::Cluster(_) => None,
         }
     }

@@ -14,9 +14,11 @@
 //! worker is the one whose home shard is the room's: with the in-process hub, shard `room % shards` on worker
 //! `shard % workers`; with `--redis` and the hub on the workers, the worker running the room's hub task. A move
 //! costs one cross-thread wake per socket, once; the socket's session, limits and frames are untouched (it has none
-//! yet). A socket without a room in its URL (a client that names its room in its join frame only) is served where
-//! it arrived, as before; so is one whose connection cannot move (an in-memory stream in tests), or when the room's
-//! worker has not started.
+//! yet). A socket without a room in its URL (a client that names its room in its join frame only, or its session in
+//! its resume frame only) starts where it arrived and moves right after the read whose `join` or `resume` placed it
+//! in its shard, with everything its task held ([`crate::ws::Joined`]); the hub knows it by its outbox, which moves
+//! with it. A socket whose connection cannot move (an in-memory stream in tests) is served where it is, and so is
+//! one whose room's worker has not started.
 
 use std::io;
 use std::pin::Pin;
@@ -28,7 +30,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::mpsc;
 
-use crate::ws::Conn;
+use crate::ws::{serve_socket, Conn, Start};
 
 /// A connection the web side serves, which a signaling socket may move to another worker thread with.
 ///
@@ -148,7 +150,7 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Rewind<IO> {
 
 /// A socket on its way to another worker.
 struct Moved {
-    io: Box<dyn Connection>,
+    start: Start,
     conn: Conn,
 }
 
@@ -178,10 +180,10 @@ impl Workers {
             return;
         }
         tokio::task::spawn_local(async move {
-            while let Some(Moved { mut io, conn }) = rx.recv().await {
-                match io.attach() {
+            while let Some(Moved { mut start, conn }) = rx.recv().await {
+                match start.connection().attach() {
                     Ok(()) => {
-                        tokio::spawn(crate::ws::serve_socket(io, conn));
+                        tokio::spawn(serve_socket(start, conn));
                     }
                     Err(error) => tracing::debug!(ip = %conn.ip, %error, "a moved signaling socket could not attach"),
                 }
@@ -194,32 +196,25 @@ impl Workers {
         self.mailboxes.get().map_or(0, |slots| slots.len())
     }
 
-    /// Moves the socket to worker `to`, or gives it back to be served here: it is already there, that worker has
-    /// not started, or the connection cannot move.
-    pub(crate) fn send(
-        &self,
-        to: usize,
-        mut io: Box<dyn Connection>,
-        conn: Conn,
-    ) -> Option<(Box<dyn Connection>, Conn)> {
-        if crate::shards::worker() == Some(to) {
-            return Some((io, conn));
-        }
-        let Some(mailbox) = self
-            .mailboxes
-            .get()
-            .and_then(|slots| slots.get(to))
-            .and_then(OnceLock::get)
-        else {
-            return Some((io, conn));
+    /// Serves the socket on worker `to`, or here: when `to` is `None` or this worker, when that worker has not
+    /// started, or when the connection cannot move.
+    pub(crate) fn place(&self, to: Option<usize>, mut start: Start, conn: Conn) {
+        let mailbox = to
+            .filter(|to| crate::shards::worker() != Some(*to))
+            .and_then(|to| self.mailboxes.get()?.get(to)?.get());
+        let Some(mailbox) = mailbox else {
+            tokio::spawn(serve_socket(start, conn));
+            return;
         };
-        if io.detach().is_err() {
-            return Some((io, conn));
+        if start.connection().detach().is_err() {
+            tokio::spawn(serve_socket(start, conn));
+            return;
         }
-        match mailbox.send(Moved { io, conn }) {
-            Ok(()) => None,
+        if let Err(mpsc::error::SendError(Moved { mut start, conn })) = mailbox.send(Moved { start, conn }) {
             // That worker has stopped (the server is shutting down): back to this thread's reactor.
-            Err(mpsc::error::SendError(Moved { mut io, conn })) => io.attach().ok().map(|()| (io, conn)),
+            if start.connection().attach().is_ok() {
+                tokio::spawn(serve_socket(start, conn));
+            }
         }
     }
 }

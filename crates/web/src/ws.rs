@@ -80,50 +80,115 @@ pub(crate) async fn serve(
         Some(TakeBack(take_back)) => take_back(upgraded),
         None => Box::new(hyper_util::rt::TokioIo::new(upgraded)),
     };
-    let (io, conn) = match room_worker {
-        Some(to) => match conn.app.clone().hub.workers().send(to, io, conn) {
-            Some(stays) => stays,
-            None => return,
-        },
-        None => (io, conn),
-    };
     // A task of its own, here as on the worker a socket moves to, so that the upgrade's state is not kept in every
     // socket's task for its whole life.
-    tokio::spawn(serve_socket(io, conn));
+    conn.app
+        .clone()
+        .hub
+        .workers()
+        .place(room_worker, Start::Upgraded(io), conn);
 }
 
-/// A signaling socket's task, from its upgraded connection to the end of the connection. A block, not an `async
-/// fn`, so that `conn` is stored once.
-#[allow(clippy::manual_async_fn, reason = "an async fn would store `conn` twice")]
-pub(crate) fn serve_socket(io: Box<dyn Connection>, conn: Conn) -> impl Future<Output = ()> + Send {
-    async move {
-        let mut socket = Socket {
-            io,
-            decoder: Decoder::new(conn.app.config.limits.max_message_bytes),
-            unsent: Vec::new(),
-        };
-        run(&mut socket, &conn).await;
+/// Where a socket's task starts.
+pub(crate) enum Start {
+    /// Just upgraded: the task connects it to the hub.
+    Upgraded(Box<dyn Connection>),
+    /// It joined (or resumed) on a worker other than its room's, which let go of it ([`crate::placement`]): a
+    /// client that named its room only in its `join` frame.
+    Joined(Box<Joined>),
+}
+
+/// Everything a socket's task held, on its way to its room's worker: its connection, the decoder's state (a frame
+/// half read), what the kernel did not take yet, its seat in the hub and its outbox. The hub knows the socket by its
+/// outbox, which moves with it, so nothing in the hub changes.
+pub(crate) struct Joined {
+    socket: Socket<Box<dyn Connection>>,
+    seat: Seat,
+    outbox: Arc<Outbox>,
+}
+
+impl Start {
+    /// The connection, to let go of one worker's reactor and register with another's.
+    pub(crate) fn connection(&mut self) -> &mut dyn Connection {
+        match self {
+            Self::Upgraded(io) => &mut **io,
+            Self::Joined(joined) => &mut *joined.socket.io,
+        }
     }
 }
 
-async fn run<S>(socket: &mut Socket<S>, given: &Conn)
+/// A signaling socket's task, from its upgraded connection (or from where another worker let go of it) to the end
+/// of the connection. A block, not an `async fn`, so that `conn` is stored once.
+#[allow(clippy::manual_async_fn, reason = "an async fn would store `conn` twice")]
+pub(crate) fn serve_socket(start: Start, conn: Conn) -> impl Future<Output = ()> + Send {
+    async move {
+        let (mut socket, mut seat, outbox) = match start {
+            Start::Upgraded(io) => {
+                let mut socket = Socket {
+                    io,
+                    decoder: Decoder::new(conn.app.config.limits.max_message_bytes),
+                    unsent: Vec::new(),
+                };
+                let Some((seat, outbox)) = Box::pin(connect(&mut socket, &conn)).await else {
+                    return;
+                };
+                (socket, seat, outbox)
+            }
+            Start::Joined(joined) => {
+                let Joined { socket, seat, outbox } = *joined;
+                (socket, seat, outbox)
+            }
+        };
+        let closing = match run(&mut socket, &conn, &mut seat, &outbox).await {
+            Ran::Closing(closing) => closing,
+            Ran::Move(to) => {
+                let moving = Start::Joined(Box::new(Joined { socket, seat, outbox }));
+                conn.app.clone().hub.workers().place(Some(to), moving, conn);
+                return;
+            }
+        };
+        if let Some((code, reason)) = closing {
+            Box::pin(socket.close(code, &reason, &[])).await;
+        }
+        // The hub forgets sockets it closed itself; telling it again is harmless.
+        Box::pin(conn.hub().closed(seat)).await;
+    }
+}
+
+/// Takes a new socket into the hub; `None`: refused (the client was told why and the connection closed).
+async fn connect<S>(socket: &mut Socket<S>, given: &Conn) -> Option<(Seat, Arc<Outbox>)>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let (hub, ip) = (given.hub(), given.ip);
+    let hub = given.hub();
     let conn = hub.next_conn();
-    let outbox = std::sync::Arc::new(Outbox::new(hub.queue_budget.clone()));
-    let mut seat = match Box::pin(hub.connect(conn, ip, outbox.clone())).await {
-        Ok(seat) => seat,
+    let outbox = Arc::new(Outbox::new(hub.queue_budget.clone()));
+    match hub.connect(conn, given.ip, outbox.clone()).await {
+        Ok(seat) => Some((seat, outbox)),
         Err(refusal) => {
             let code = refusal.code.close_code().unwrap_or(CloseCode::TOO_MANY_CONNECTIONS);
             let mut frames = Vec::new();
             websocket::text_frame(error_frame(&refusal).as_bytes(), &mut frames);
             Box::pin(socket.close(code.0, refusal.code.as_str(), &frames)).await;
-            return;
+            None
         }
-    };
+    }
+}
 
+/// How a socket's serving ended.
+enum Ran {
+    /// The connection is ending, with this close frame to send (`None`: none, it is gone).
+    Closing(Option<(u16, String)>),
+    /// It joined a room held by worker `to`, not this one: it moves there to be served ([`crate::placement`]).
+    Move(usize),
+}
+
+/// Serves a socket the hub has taken: frames in go to the hub, what the hub routes here goes out.
+async fn run<S>(socket: &mut Socket<S>, given: &Conn, seat: &mut Seat, outbox: &Outbox) -> Ran
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let hub = given.hub();
     // One task per socket: it reads frames and hands them to the hub in place, and writes what the hub routes
     // here — pings included: the hub's heartbeat pings a quiet socket, so a socket has no timer of its own.
     // Every future awaited here is part of this task's one allocation, for the socket's whole life, even one that
@@ -132,72 +197,60 @@ where
     // Messages for the cluster's hub task (`--redis`), which takes owned copies over a channel; and pongs owed.
     let mut inbound: Vec<Inbound> = Vec::new();
     let mut pongs: Vec<u8> = Vec::new();
-    let closing: Option<(u16, String)>;
     loop {
+        // Not joined before this read: if it joins, its room's worker may be another one.
+        let placing = !seat.joined;
         let mut on_event = |event: Event<'_>, clock: &mut Clock| match (event, hub.shards()) {
-            (Event::Text(text), Some(shards)) => shards.text_at(&mut seat, text, clock.now()),
+            (Event::Text(text), Some(shards)) => shards.text_at(seat, text, clock.now()),
             (Event::Text(text), None) => inbound.push(Inbound::Text(Bytes::copy_from_slice(text.as_bytes()))),
-            (Event::Binary, Some(shards)) => shards.binary(&seat),
+            (Event::Binary, Some(shards)) => shards.binary(seat),
             (Event::Binary, None) => inbound.push(Inbound::Binary),
             (Event::Ping(payload), _) => {
                 websocket::pong_frame(payload, &mut pongs);
-                activity(hub, &seat, &mut inbound);
+                activity(hub, seat, &mut inbound);
             }
-            (Event::Pong, _) => activity(hub, &seat, &mut inbound),
+            (Event::Pong, _) => activity(hub, seat, &mut inbound),
             // `read` ends with the close; it never reaches here.
             (Event::Close(_), _) => {}
         };
         let read = tokio::select! {
             read = socket.read(&mut on_event) => read,
             _ = outbox.readable() => {
-                match socket.write_queued(&outbox, given.write_wait()).await {
+                match socket.write_queued(outbox, given.write_wait()).await {
                     Ok(None) => continue,
-                    Ok(Some(close)) => {
-                        closing = Some(close);
-                        break;
-                    }
-                    Err(error) => {
-                        closing = error.close();
-                        break;
-                    }
+                    Ok(Some(close)) => return Ran::Closing(Some(close)),
+                    Err(error) => return Ran::Closing(error.close()),
                 }
             }
         };
         if !inbound.is_empty() {
             // One boxed future per read, not per message: the channel's send futures stay out of the task.
-            Box::pin(forward(hub, &mut seat, std::mem::take(&mut inbound))).await;
+            Box::pin(forward(hub, seat, std::mem::take(&mut inbound))).await;
         }
         if !pongs.is_empty() {
             let written = socket.write_all(&pongs, given.write_wait()).await;
             pongs = Vec::new();
             if let Err(error) = written {
-                closing = error.close();
-                break;
+                return Ran::Closing(error.close());
             }
         }
         match read {
-            Read::More => {}
+            Read::More => {
+                if placing && seat.joined {
+                    if let Some(to) = hub.seat_worker(seat).filter(|to| crate::shards::worker() != Some(*to)) {
+                        return Ran::Move(to);
+                    }
+                }
+            }
             // The client's close: answered with its own code (RFC 6455 §5.5.1), then the connection ends.
-            Read::Closed(Some(code)) => {
-                closing = Some((code, String::new()));
-                break;
-            }
-            Read::Closed(None) | Read::Failed(None) => {
-                closing = None;
-                break;
-            }
+            Read::Closed(Some(code)) => return Ran::Closing(Some((code, String::new()))),
+            Read::Closed(None) | Read::Failed(None) => return Ran::Closing(None),
             Read::Failed(Some(error)) => {
                 tracing::debug!(conn = seat.conn.get(), %error, "signaling socket broke the framing rules");
-                closing = Some((error.close_code(), error.reason().into()));
-                break;
+                return Ran::Closing(Some((error.close_code(), error.reason().into())));
             }
         }
     }
-    if let Some((code, reason)) = closing {
-        Box::pin(socket.close(code, &reason, &[])).await;
-    }
-    // The hub forgets sockets it closed itself; telling it again is harmless.
-    Box::pin(hub.closed(seat)).await;
 }
 
 /// A message for the cluster's hub task, taken out of the read buffer.

@@ -1016,3 +1016,56 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// Worker threads.
+
+/// The server-side sockets each of the process's epoll instances (one per worker runtime) watches, as the client
+/// ports they are connected to; instances watching none are left out (`/proc/PID/fdinfo`, `/proc/PID/fd`, `/proc/net/tcp`).
+pub fn ports_per_epoll(pid: u32, server_port: u16) -> Vec<std::collections::BTreeSet<u16>> {
+    use std::collections::BTreeSet;
+    // Socket inode → the client's port, for connections to `server_port` on 127.0.0.1.
+    let tcp = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    let mut peer_of_inode = std::collections::HashMap::new();
+    // The header row has no `01` state column, so the filter below leaves it out.
+    for line in tcp.lines() {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        let port = |addr: &str| u16::from_str_radix(addr.rsplit(':').next().unwrap_or(""), 16).ok();
+        // Established (`01`): not the listeners.
+        if cols.len() > 9 && cols[3] == "01" && port(cols[1]) == Some(server_port) {
+            if let (Some(peer), Ok(inode)) = (port(cols[2]), cols[9].parse::<u64>()) {
+                peer_of_inode.insert(inode, peer);
+            }
+        }
+    }
+    let fd_dir = format!("/proc/{pid}/fd");
+    let mut epolls = Vec::new();
+    let mut socket_inode = std::collections::HashMap::new();
+    for entry in std::fs::read_dir(&fd_dir).expect("the server's fds") {
+        let entry = entry.unwrap();
+        let Ok(target) = std::fs::read_link(entry.path()) else {
+            continue;
+        };
+        let target = target.to_string_lossy().into_owned();
+        let fd: u32 = entry.file_name().to_string_lossy().parse().unwrap();
+        if target == "anon_inode:[eventpoll]" {
+            epolls.push(fd);
+        } else if let Some(inode) = target.strip_prefix("socket:[").and_then(|r| r.strip_suffix(']')) {
+            socket_inode.insert(fd, inode.parse::<u64>().unwrap());
+        }
+    }
+    epolls
+        .into_iter()
+        .map(|epoll| {
+            let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{epoll}")).unwrap_or_default();
+            info.lines()
+                .filter_map(|l| l.strip_prefix("tfd:")?.split_whitespace().next()?.parse::<u32>().ok())
+                .filter_map(|fd| peer_of_inode.get(socket_inode.get(&fd)?).copied())
+                .collect()
+        })
+        .filter(|ports: &BTreeSet<u16>| !ports.is_empty())
+        // A runtime's epoll has two descriptors (mio duplicates it): count each instance once.
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect()
+}
