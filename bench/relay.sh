@@ -12,7 +12,9 @@
 #       Traverse's CPU per relayed packet as a multiple of the forwarder's (loadgen runs only: it cannot authenticate)
 #   SERVERS="traverse forwarder uring coturn" bench/relay.sh   # also the bare forwarder on io_uring
 #       (traverse-uring-forwarder: every receive and send an io_uring operation, one io_uring_enter per wake-up for
-#       many sockets); the table adds its CPU per relayed packet as a multiple of the epoll forwarder's
+#       many sockets); the table adds its CPU per relayed packet as a multiple of the epoll forwarder's.
+#       SERVERS="... uring-ms" adds it with multishot receives (--multishot: one receive operation per socket for its
+#       whole life, into buffers the kernel picks from a ring of provided buffers), with the same ratio
 #   SERVERS="traverse traverse-2w" TRAFFIC_RUNS=100:150000 bench/relay.sh   # scaling with cores: Traverse with 2
 #       workers beside 1; the table adds "2 workers / 1" (relayed packets per CPU-s and delivered echoes, the latter at
 #       saturation being what a second core buys). Give each its cores with SERVER_CPUS / LOAD_CPUS (taskset lists:
@@ -117,6 +119,10 @@ start_server() { # name → sets SERVER_PID
       ;;
     uring)
       "${on_server_cpus[@]}" "$URING" --listen "$HOST_IP:3478" --relay-ip "$HOST_IP" --lifetime 3600 >"$OUT/uring.log" 2>&1 &
+      ;;
+    uring-ms)
+      "${on_server_cpus[@]}" "$URING" --multishot --listen "$HOST_IP:3478" --relay-ip "$HOST_IP" --lifetime 3600 \
+        >"$OUT/uring-ms.log" 2>&1 &
       ;;
     coturn)
       "${on_server_cpus[@]}" turnserver -n --no-cli --no-tls --no-dtls -L "$HOST_IP" -E "$HOST_IP" --listening-port 3478 \
@@ -229,7 +235,7 @@ for rep in $(seq "$REPEAT"); do
 
     # coturn's own load client: 50 clients × 1000 messages, 5 ms apart (≈10 000 packets/s offered), echoed by the peer.
     for size in $UCLIENT_RUNS; do
-      case "$server" in forwarder|uring) continue ;; esac   # turnutils_uclient authenticates; the forwarders do not
+      case "$server" in forwarder|uring|uring-ms) continue ;; esac   # turnutils_uclient authenticates; the forwarders do not
       start_server "$server"
       strace_during "$server-uclient-$size"
       t0=$(cpu_ticks "$SERVER_PID")
@@ -260,11 +266,12 @@ import statistics, sys
 values, traffic, memory, uclient = sys.argv[1], sys.argv[2].split(), sys.argv[3].split(), sys.argv[4].split()
 servers = ["traverse", "coturn"] + [s for s in sys.argv[5].split() if s not in ("traverse", "coturn")]
 names = {"traverse": "Traverse", "coturn": "coturn", "traverse-nocoalesce": "Traverse, coalescing off",
-         "forwarder": "bare forwarder", "traverse-2w": "Traverse, 2 workers", "uring": "io_uring forwarder"}
+         "forwarder": "bare forwarder", "traverse-2w": "Traverse, 2 workers", "uring": "io_uring forwarder",
+         "uring-ms": "io_uring forwarder, multishot"}
 others = [s for s in servers if s != "coturn"]
 floor = "forwarder" in servers
 scaling = "traverse-2w" in servers
-uring = floor and "uring" in servers
+urings = [s for s in ("uring", "uring-ms") if floor and s in servers]
 v = {}
 for line in open(values):
     server, metric, value = line.split()
@@ -291,9 +298,9 @@ def row(label, metric, ratio=True):
         # Traverse's CPU per relayed packet as a multiple of the forwarder's (packets per CPU-s, inverted).
         t, f = cells["traverse"][1], cells["forwarder"][1]
         ratios.append(f"{f / t:.2f}" if metric.startswith("ppc") and t and f else "")
-    if uring:
-        # The io_uring forwarder's CPU per relayed packet as a multiple of the epoll forwarder's.
-        f, u = cells["forwarder"][1], cells["uring"][1]
+    for s in urings:
+        # An io_uring forwarder's CPU per relayed packet as a multiple of the epoll forwarder's.
+        f, u = cells["forwarder"][1], cells[s][1]
         ratios.append(f"{f / u:.2f}" if metric.startswith("ppc") and f and u else "")
     if scaling:
         # What the second worker buys: relayed packets per CPU-s (efficiency) and echoes delivered (at saturation,
@@ -305,9 +312,9 @@ def row(label, metric, ratio=True):
 print("| metric | " + " | ".join(names.get(s, s) for s in servers) + " | "
       + " | ".join(f"{names.get(s, s)}/coturn" for s in others)
       + (" | Traverse's CPU per packet / forwarder's" if floor else "")
-      + (" | io_uring forwarder's CPU per packet / forwarder's" if uring else "")
+      + "".join(f" | {names[s]}: CPU per packet / forwarder's" for s in urings)
       + (" | Traverse 2 workers / 1" if scaling else "") + " |")
-print("|---" * (1 + len(servers) + len(others) + floor + uring + scaling) + "|")
+print("|---" * (1 + len(servers) + len(others) + floor + len(urings) + scaling) + "|")
 for run in dict.fromkeys(traffic):
     size, rate = run.split(":")
     k = f"{size}@{rate}"

@@ -28,7 +28,12 @@ use traverse_loadgen::forwarder::{self, Answered, ForwarderArgs};
 struct Cli {
     #[command(flatten)]
     args: ForwarderArgs,
+    /// One multishot receive per socket into provided buffers, instead of one receive operation per packet.
+    #[arg(long)]
+    multishot: bool,
 }
+
+mod multishot;
 
 /// Receives kept in flight on the listener (it carries every client's traffic) and on each relay socket.
 const LISTENER_SLOTS: usize = 64;
@@ -66,8 +71,12 @@ struct Route {
 }
 
 fn main() -> anyhow::Result<()> {
-    let args = Cli::parse().args;
+    let cli = Cli::parse();
+    let args = cli.args;
     let lifetime = args.lifetime()?;
+    if cli.multishot {
+        return multishot::run(&args, lifetime);
+    }
     let listener = UdpSocket::bind(args.listen).context("bind the listener")?;
     // One thread submits and reaps (single issuer), and the kernel runs completion work only when this thread
     // enters to wait (deferred task work) rather than interrupting it: the set-up recommended for networking.
