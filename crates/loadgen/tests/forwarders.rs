@@ -4,7 +4,7 @@
 //! lost. `bench/relay.sh` divides by their figures, so a forwarder that drops or mangles packets would make every
 //! ratio there wrong. All on loopback; every process is bounded in time and killed by PID.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use std::net::{SocketAddr, UdpSocket};
 use std::process::{Child, Command, Stdio};
