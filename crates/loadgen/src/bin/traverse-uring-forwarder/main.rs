@@ -70,6 +70,78 @@ struct Route {
     channel: u16,
 }
 
+/// The clients' routes, and their STUN answers (both modes).
+struct Routes {
+    list: Vec<Route>,
+    by_client: HashMap<SocketAddr, usize>,
+    relay_ip: std::net::IpAddr,
+    out: Vec<u8>,
+}
+
+impl Routes {
+    fn new(relay_ip: std::net::IpAddr) -> Self {
+        Self {
+            list: Vec::new(),
+            by_client: HashMap::new(),
+            relay_ip,
+            out: vec![0u8; 1500],
+        }
+    }
+
+    fn get(&self, route: usize) -> Option<&Route> {
+        self.list.get(route)
+    }
+
+    /// The route of `client`'s packets, once its ChannelBind named a peer: the relay socket and the peer.
+    fn to_peer(&self, client: &SocketAddr) -> Option<(RawFd, SockAddr)> {
+        let route = self.list.get(*self.by_client.get(client)?)?;
+        Some((route.relay.as_raw_fd(), route.peer.clone()?))
+    }
+
+    /// Answers a client's Allocate, Refresh, CreatePermission or ChannelBind with an unsigned success
+    /// (`traverse_loadgen::forwarder`) from `listener`. `Some(route)`: this request opened route `route`, whose relay
+    /// socket the caller arms.
+    fn answer(&mut self, listener: &UdpSocket, client: SocketAddr, packet: &[u8]) -> anyhow::Result<Option<usize>> {
+        let Ok(msg) = Message::parse(packet) else {
+            return Ok(None);
+        };
+        if msg.class() != Class::Request {
+            return Ok(None);
+        }
+        let (route, opened) = match self.by_client.get(&client) {
+            Some(r) => (*r, None),
+            None => {
+                let relay = UdpSocket::bind(SocketAddr::new(self.relay_ip, 0))?;
+                self.list.push(Route {
+                    relay,
+                    client: SockAddr::from(client),
+                    peer: None,
+                    channel: 0,
+                });
+                let route = self.list.len() - 1;
+                self.by_client.insert(client, route);
+                (route, Some(route))
+            }
+        };
+        let Some(r) = self.list.get_mut(route) else {
+            return Ok(opened);
+        };
+        let relayed = r.relay.local_addr()?;
+        let Some(Answered { len, bound }) = forwarder::answer(&msg, client, relayed, &mut self.out)? else {
+            return Ok(opened);
+        };
+        if let Some((peer, channel)) = bound {
+            r.peer = Some(SockAddr::from(peer));
+            r.channel = channel;
+        }
+        if let Some(answer) = self.out.get(..len) {
+            // Set-up only, once per request: a plain blocking send is fine here.
+            let _ = listener.send_to(answer, client);
+        }
+        Ok(opened)
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let args = cli.args;
@@ -78,21 +150,11 @@ fn main() -> anyhow::Result<()> {
         return multishot::run(&args, lifetime);
     }
     let listener = UdpSocket::bind(args.listen).context("bind the listener")?;
-    // One thread submits and reaps (single issuer), and the kernel runs completion work only when this thread
-    // enters to wait (deferred task work) rather than interrupting it: the set-up recommended for networking.
-    let mut ring = IoUring::builder()
-        .setup_single_issuer()
-        .setup_defer_taskrun()
-        .setup_coop_taskrun()
-        .build(4096)
-        .context("io_uring (is it disabled by kernel.io_uring_disabled?)")?;
+    let mut ring = new_ring()?;
     let mut forwarder = Forwarder {
         listener,
-        relay_ip: args.relay_ip,
         slots: Vec::new(),
-        routes: Vec::new(),
-        by_client: HashMap::new(),
-        out: vec![0u8; 1500],
+        routes: Routes::new(args.relay_ip),
     };
     let lifetime = types::Timespec::from(lifetime);
     // SAFETY: `lifetime` outlives the ring's use of it: it lives until `main` returns, after the loop.
@@ -117,15 +179,12 @@ fn main() -> anyhow::Result<()> {
 
 struct Forwarder {
     listener: UdpSocket,
-    relay_ip: std::net::IpAddr,
     #[allow(
         clippy::vec_box,
         reason = "each slot's address is lent to the kernel: the Vec grows, the boxes do not move"
     )]
     slots: Vec<Box<Slot>>,
-    routes: Vec<Route>,
-    by_client: HashMap<SocketAddr, usize>,
-    out: Vec<u8>,
+    routes: Routes,
 }
 
 impl Forwarder {
@@ -204,25 +263,12 @@ impl Forwarder {
             return Ok(());
         };
         let (from, until) = range;
-        let len = (to.len() as usize).min(std::mem::size_of::<libc::sockaddr_storage>());
-        // SAFETY: `to` holds `len` bytes of address, which fit the storage; the regions do not overlap.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                to.as_ptr().cast::<u8>(),
-                (&mut slot.name as *mut libc::sockaddr_storage).cast::<u8>(),
-                len,
-            );
-        }
         slot.sending = true;
-        slot.iov.iov_base = slot
+        let data = slot
             .buf
             .get_mut(from..until)
-            .map_or(std::ptr::null_mut(), |b| b.as_mut_ptr().cast());
-        slot.iov.iov_len = until - from;
-        slot.msg.msg_iov = &mut slot.iov;
-        slot.msg.msg_iovlen = 1;
-        slot.msg.msg_name = (&mut slot.name as *mut libc::sockaddr_storage).cast();
-        slot.msg.msg_namelen = len as u32;
+            .map_or(std::ptr::null_mut(), |b| b.as_mut_ptr());
+        point_send(&mut slot.msg, &mut slot.iov, &mut slot.name, (data, until - from), to);
         let entry = opcode::SendMsg::new(types::Fd(fd), &slot.msg)
             .build()
             .user_data(index as u64);
@@ -261,20 +307,18 @@ impl Forwarder {
         };
         if let Ok(data) = ChannelData::parse(packet) {
             let len = data.payload.len();
-            let route = self.by_client.get(&client).and_then(|r| self.routes.get(*r));
-            if let Some(Route {
-                relay,
-                peer: Some(peer),
-                ..
-            }) = route
-            {
-                let (fd, peer) = (relay.as_raw_fd(), peer.clone());
+            if let Some((fd, peer)) = self.routes.to_peer(&client) {
                 return self.send(ring, index, fd, (HEADROOM, HEADROOM + len), &peer);
             }
             return self.arm(ring, index);
         }
         let packet = packet.to_vec();
-        self.answer(ring, client, &packet)?;
+        if let Some(route) = self.routes.answer(&self.listener, client, &packet)? {
+            for _ in 0..RELAY_SLOTS {
+                let slot = self.add_slot(Side::Relay(route));
+                self.arm(ring, slot)?;
+            }
+        }
         self.arm(ring, index)
     }
 
@@ -294,49 +338,42 @@ impl Forwarder {
         let fd = self.listener.as_raw_fd();
         self.send(ring, index, fd, (0, HEADROOM + n), &client)
     }
+}
 
-    /// Allocate, Refresh, CreatePermission, ChannelBind: unsigned successes (`traverse_loadgen::forwarder`).
-    fn answer(&mut self, ring: &mut IoUring, client: SocketAddr, packet: &[u8]) -> anyhow::Result<()> {
-        let Ok(msg) = Message::parse(packet) else { return Ok(()) };
-        if msg.class() != Class::Request {
-            return Ok(());
-        }
-        let route = match self.by_client.get(&client) {
-            Some(r) => *r,
-            None => {
-                let relay = UdpSocket::bind(SocketAddr::new(self.relay_ip, 0))?;
-                self.routes.push(Route {
-                    relay,
-                    client: SockAddr::from(client),
-                    peer: None,
-                    channel: 0,
-                });
-                let route = self.routes.len() - 1;
-                self.by_client.insert(client, route);
-                for _ in 0..RELAY_SLOTS {
-                    let slot = self.add_slot(Side::Relay(route));
-                    self.arm(ring, slot)?;
-                }
-                route
-            }
-        };
-        let Some(r) = self.routes.get_mut(route) else {
-            return Ok(());
-        };
-        let relayed = r.relay.local_addr()?;
-        let Some(Answered { len, bound }) = forwarder::answer(&msg, client, relayed, &mut self.out)? else {
-            return Ok(());
-        };
-        if let Some((peer, channel)) = bound {
-            r.peer = Some(SockAddr::from(peer));
-            r.channel = channel;
-        }
-        if let Some(answer) = self.out.get(..len) {
-            // Set-up only, once per request: a plain blocking send is fine here.
-            let _ = self.listener.send_to(answer, client);
-        }
-        Ok(())
+/// One thread submits and reaps (single issuer), and the kernel runs completion work only when this thread enters to
+/// wait (deferred task work) rather than interrupting it: the set-up recommended for networking.
+fn new_ring() -> anyhow::Result<IoUring> {
+    IoUring::builder()
+        .setup_single_issuer()
+        .setup_defer_taskrun()
+        .setup_coop_taskrun()
+        .build(4096)
+        .context("io_uring (is it disabled by kernel.io_uring_disabled?)")
+}
+
+/// Points a send's header at `data` (its address and length) and its address at a copy of `to`.
+fn point_send(
+    msg: &mut libc::msghdr,
+    iov: &mut libc::iovec,
+    name: &mut libc::sockaddr_storage,
+    data: (*mut u8, usize),
+    to: &SockAddr,
+) {
+    let len = (to.len() as usize).min(std::mem::size_of::<libc::sockaddr_storage>());
+    // SAFETY: `to` holds `len` bytes of address, which fit the storage; the regions do not overlap.
+    unsafe {
+        std::ptr::copy_nonoverlapping(
+            to.as_ptr().cast::<u8>(),
+            (name as *mut libc::sockaddr_storage).cast::<u8>(),
+            len,
+        );
     }
+    iov.iov_base = data.0.cast();
+    iov.iov_len = data.1;
+    msg.msg_iov = iov;
+    msg.msg_iovlen = 1;
+    msg.msg_name = (name as *mut libc::sockaddr_storage).cast();
+    msg.msg_namelen = len as u32;
 }
 
 /// Queues one operation, submitting what is queued first when the queue is full.

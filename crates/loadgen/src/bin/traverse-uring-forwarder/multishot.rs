@@ -13,8 +13,7 @@
 //! touched here only between the completion that hands it over and the moment it goes back on the ring.
 
 use std::alloc::Layout;
-use std::collections::HashMap;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::UdpSocket;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;
@@ -22,10 +21,10 @@ use std::time::Duration;
 use anyhow::Context;
 use io_uring::{cqueue, opcode, types, IoUring};
 use socket2::SockAddr;
-use stun::{ChannelData, Class, Message};
-use traverse_loadgen::forwarder::{self, Answered, ForwarderArgs};
+use stun::ChannelData;
+use traverse_loadgen::forwarder::ForwarderArgs;
 
-use crate::push;
+use crate::{new_ring, point_send, push, Route, Routes};
 
 /// Buffers lent to the kernel (a power of two, at most 32 768): 8 MiB, enough for every relay socket's receive
 /// queue to fill at once at the benchmark's rates.
@@ -141,35 +140,19 @@ struct Sending {
     bid: u16,
 }
 
-/// One client: its relay socket, and the peer of its ChannelBind.
-struct Route {
-    relay: UdpSocket,
-    client: SockAddr,
-    peer: Option<SockAddr>,
-    channel: u16,
-}
-
 /// Runs the forwarder until its lifetime ends.
 pub fn run(args: &ForwarderArgs, lifetime: Duration) -> anyhow::Result<()> {
     let listener = UdpSocket::bind(args.listen).context("bind the listener")?;
-    let mut ring = IoUring::builder()
-        .setup_single_issuer()
-        .setup_defer_taskrun()
-        .setup_coop_taskrun()
-        .build(4096)
-        .context("io_uring (is it disabled by kernel.io_uring_disabled?)")?;
+    let mut ring = new_ring()?;
     let pool = Pool::new(&ring)?;
     let mut forwarder = Forwarder {
         receivers: Vec::new(),
         listener,
-        relay_ip: args.relay_ip,
-        routes: Vec::new(),
-        by_client: HashMap::new(),
+        routes: Routes::new(args.relay_ip),
         sends: Vec::new(),
         free_sends: Vec::new(),
         starved: Vec::new(),
         pool,
-        out: vec![0u8; 1500],
     };
     let result = serve(&mut ring, &mut forwarder, lifetime);
     // The ring goes first: the kernel lets go of the buffers, the templates and the sends before they are freed.
@@ -206,9 +189,7 @@ fn serve(ring: &mut IoUring, forwarder: &mut Forwarder, lifetime: Duration) -> a
 struct Forwarder {
     receivers: Vec<Receiver>,
     listener: UdpSocket,
-    relay_ip: std::net::IpAddr,
-    routes: Vec<Route>,
-    by_client: HashMap<SocketAddr, usize>,
+    routes: Routes,
     #[allow(
         clippy::vec_box,
         reason = "each send's header is lent to the kernel: the Vec grows, the boxes do not move"
@@ -218,7 +199,6 @@ struct Forwarder {
     /// Receivers whose multishot receive ended for want of a buffer: armed again once buffers come back.
     starved: Vec<usize>,
     pool: Pool,
-    out: Vec<u8>,
 }
 
 impl Forwarder {
@@ -336,22 +316,20 @@ impl Forwarder {
         let payload = out.payload_data();
         if let Ok(data) = ChannelData::parse(payload) {
             let len = data.payload.len();
-            let route = self.by_client.get(&client).and_then(|r| self.routes.get(*r));
-            let Some(Route {
-                relay,
-                peer: Some(peer),
-                ..
-            }) = route
-            else {
+            let Some((fd, peer)) = self.routes.to_peer(&client) else {
                 return Ok(false);
             };
-            let (fd, peer) = (relay.as_raw_fd(), peer.clone());
             return self
                 .send(ring, bid, fd, (PAYLOAD + 4, PAYLOAD + 4 + len), &peer)
                 .map(|()| true);
         }
         let packet = payload.to_vec();
-        self.answer(ring, client, &packet)?;
+        if let Some(route) = self.routes.answer(&self.listener, client, &packet)? {
+            if let Some(relay) = self.routes.get(route) {
+                let fd = relay.relay.as_raw_fd();
+                self.add_receiver(ring, fd)?;
+            }
+        }
         Ok(false)
     }
 
@@ -389,68 +367,14 @@ impl Forwarder {
         let Some(sending) = self.sends.get_mut(slot) else {
             return Ok(());
         };
-        let len = (to.len() as usize).min(std::mem::size_of::<libc::sockaddr_storage>());
-        // SAFETY: `to` holds `len` bytes of address, which fit the storage; the regions do not overlap.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                to.as_ptr().cast::<u8>(),
-                (&mut sending.name as *mut libc::sockaddr_storage).cast::<u8>(),
-                len,
-            );
-        }
         sending.bid = bid;
-        sending.iov.iov_base = data.cast();
-        sending.iov.iov_len = until - from;
-        sending.msg.msg_iov = &mut sending.iov;
-        sending.msg.msg_iovlen = 1;
-        sending.msg.msg_name = (&mut sending.name as *mut libc::sockaddr_storage).cast();
-        sending.msg.msg_namelen = len as u32;
+        let Sending { msg, iov, name, .. } = &mut **sending;
+        point_send(msg, iov, name, (data, until - from), to);
         let entry = opcode::SendMsg::new(types::Fd(fd), &sending.msg)
             .build()
             .user_data(SEND | slot as u64);
         // SAFETY: the send's box does not move and is reused only after this completes; the buffer stays off the
         // ring until then.
         unsafe { push(ring, entry) }
-    }
-
-    /// Allocate, Refresh, CreatePermission, ChannelBind: unsigned successes (`traverse_loadgen::forwarder`).
-    fn answer(&mut self, ring: &mut IoUring, client: SocketAddr, packet: &[u8]) -> anyhow::Result<()> {
-        let Ok(msg) = Message::parse(packet) else { return Ok(()) };
-        if msg.class() != Class::Request {
-            return Ok(());
-        }
-        let route = match self.by_client.get(&client) {
-            Some(r) => *r,
-            None => {
-                let relay = UdpSocket::bind(SocketAddr::new(self.relay_ip, 0))?;
-                let fd = relay.as_raw_fd();
-                self.routes.push(Route {
-                    relay,
-                    client: SockAddr::from(client),
-                    peer: None,
-                    channel: 0,
-                });
-                let route = self.routes.len() - 1;
-                self.by_client.insert(client, route);
-                self.add_receiver(ring, fd)?;
-                route
-            }
-        };
-        let Some(r) = self.routes.get_mut(route) else {
-            return Ok(());
-        };
-        let relayed = r.relay.local_addr()?;
-        let Some(Answered { len, bound }) = forwarder::answer(&msg, client, relayed, &mut self.out)? else {
-            return Ok(());
-        };
-        if let Some((peer, channel)) = bound {
-            r.peer = Some(SockAddr::from(peer));
-            r.channel = channel;
-        }
-        if let Some(answer) = self.out.get(..len) {
-            // Set-up only, once per request: a plain blocking send is fine here.
-            let _ = self.listener.send_to(answer, client);
-        }
-        Ok(())
     }
 }
