@@ -181,12 +181,13 @@ impl Workers {
         }
         tokio::task::spawn_local(async move {
             while let Some(Moved { mut start, conn }) = rx.recv().await {
-                match start.connection().attach() {
-                    Ok(()) => {
-                        tokio::spawn(serve_socket(start, conn));
+                if let Err(error) = start.connection().attach() {
+                    tracing::debug!(ip = %conn.ip, %error, "a moved signaling socket could not attach");
+                    if !start.in_hub() {
+                        continue;
                     }
-                    Err(error) => tracing::debug!(ip = %conn.ip, %error, "a moved signaling socket could not attach"),
                 }
+                tokio::spawn(serve_socket(start, conn));
             }
         });
     }
@@ -212,7 +213,7 @@ impl Workers {
         }
         if let Err(mpsc::error::SendError(Moved { mut start, conn })) = mailbox.send(Moved { start, conn }) {
             // That worker has stopped (the server is shutting down): back to this thread's reactor.
-            if start.connection().attach().is_ok() {
+            if start.connection().attach().is_ok() || start.in_hub() {
                 tokio::spawn(serve_socket(start, conn));
             }
         }

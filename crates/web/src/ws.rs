@@ -108,6 +108,12 @@ pub(crate) struct Joined {
 }
 
 impl Start {
+    /// Already taken by the hub: its task must run even when its connection is lost, so that the hub is told it is
+    /// gone (the first read fails and the task ends with `closed`); otherwise the hub would keep its seat.
+    pub(crate) fn in_hub(&self) -> bool {
+        matches!(self, Self::Joined(_))
+    }
+
     /// The connection, to let go of one worker's reactor and register with another's.
     pub(crate) fn connection(&mut self) -> &mut dyn Connection {
         match self {
