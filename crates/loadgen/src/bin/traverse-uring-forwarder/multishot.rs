@@ -270,10 +270,9 @@ impl Forwarder {
         let Some(receiver) = self.receivers.get(index) else {
             return Ok(false);
         };
-        let template = *receiver.template;
         let buf = self.pool.buf(bid);
         let Some(filled) = buf.get(..len) else { return Ok(false) };
-        let Ok(out) = types::RecvMsgOut::parse(filled, &template) else {
+        let Ok(out) = types::RecvMsgOut::parse(filled, &receiver.template) else {
             return Ok(false);
         };
         if out.is_payload_truncated() {
