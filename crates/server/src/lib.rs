@@ -13,6 +13,7 @@ mod stats;
 mod stream;
 pub mod tls;
 mod udp;
+mod uring;
 mod worker;
 
 use std::net::{IpAddr, SocketAddr};
@@ -78,6 +79,9 @@ pub struct RelayConfig {
     pub ports: RangeInclusive<u16>,
     /// Interfaces to attach the kernel fast path (XDP, `crates/xdp`) to; empty: off.
     pub xdp: Vec<String>,
+    /// Relay sockets receive through io_uring (multishot receives into lent buffers, `uring.rs`) instead of the
+    /// reactor; falls back to the reactor where the kernel has no io_uring.
+    pub io_uring: bool,
 }
 
 impl Default for RelayConfig {
@@ -89,6 +93,7 @@ impl Default for RelayConfig {
             external_v6: None,
             ports: 49152..=65535,
             xdp: Vec::new(),
+            io_uring: false,
         }
     }
 }

@@ -10,6 +10,8 @@
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -25,6 +27,7 @@ use turn::{
 
 use crate::stream::{self, StreamSink};
 use crate::udp::{self, OutDatagram, RecvMeta, BATCH};
+use crate::uring::{self, Uring};
 use crate::{CertStore, ServerConfig};
 
 /// Largest UDP payload, so no datagram is ever truncated.
@@ -84,9 +87,59 @@ pub(crate) struct Listener {
 }
 
 struct RelaySocket {
-    socket: AsyncFd<std::net::UdpSocket>,
+    io: RelayIo,
     /// The bound address: what a peer's packet carries on the wire (the advertised one may be a NAT's).
     local: SocketAddr,
+}
+
+/// Where a relay socket's datagrams are received.
+enum RelayIo {
+    /// On the worker's reactor: a task of its own waits for readiness and receives (`relay_loop`).
+    Reactor(AsyncFd<std::net::UdpSocket>),
+    /// On the worker's ring (`relay.io_uring`, `crate::uring`). Not registered with the reactor, which would
+    /// otherwise wake for every datagram with no task waiting.
+    Ring(std::net::UdpSocket),
+}
+
+impl RelaySocket {
+    fn socket(&self) -> &std::net::UdpSocket {
+        match &self.io {
+            RelayIo::Reactor(fd) => fd.get_ref(),
+            RelayIo::Ring(socket) => socket,
+        }
+    }
+}
+
+/// What the ring's reaper needs to forward a relay socket's datagrams (`ring_loop`).
+struct RingTag {
+    id: AllocationId,
+    /// Keeps the socket open while its receive may still be in flight.
+    _socket: Rc<RelaySocket>,
+    route: RingRoute,
+}
+
+enum RingRoute {
+    /// The client's listener, by its index in `Worker::udp`, so that a datagram's destination is `Copy`.
+    Udp(ToClient),
+    Stream(Rc<StreamSink>),
+}
+
+/// A datagram's way back to a UDP client, from the listener it came in on.
+#[derive(Clone, Copy)]
+struct ToClient {
+    listener: usize,
+    client: SocketAddr,
+    src_ip: Option<IpAddr>,
+}
+
+impl Default for ToClient {
+    fn default() -> Self {
+        ToClient {
+            listener: 0,
+            client: SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0),
+            src_ip: None,
+        }
+    }
 }
 
 /// How a peer's data reaches the client of an allocation.
@@ -105,12 +158,19 @@ struct RelayEntry {
     id: AllocationId,
     sockets: [Option<Rc<RelaySocket>>; 2],
     tasks: Vec<JoinHandle<()>>,
+    /// With `relay.io_uring`: the sockets' receivers on the worker's ring.
+    ring: Option<(Rc<Uring<RingTag>>, Vec<uring::Key>)>,
 }
 
 impl Drop for RelayEntry {
     fn drop(&mut self) {
         for t in &self.tasks {
             t.abort();
+        }
+        if let Some((ring, keys)) = &self.ring {
+            for key in keys {
+                ring.remove(*key);
+            }
         }
     }
 }
@@ -132,6 +192,8 @@ pub(crate) struct Worker {
     udp: Vec<Rc<Listener>>,
     /// Relay sockets by allocation slot ([`AllocationId::slot`]): an index, not a hash look-up, per relayed packet.
     relays: RefCell<Vec<Option<RelayEntry>>>,
+    /// With `relay.io_uring` (and a kernel that has it): where relay sockets receive.
+    ring: Option<Rc<Uring<RingTag>>>,
     buffers: RefCell<Buffers>,
     scratch: RefCell<Box<[u8]>>,
     rng: RefCell<rand::rngs::StdRng>,
@@ -197,11 +259,23 @@ pub(crate) fn run(
                 Err(e) => tracing::error!(worker = index, error = %e, "cannot register UDP listener"),
             }
         }
+        let ring = if cfg.relay.io_uring {
+            match Uring::new() {
+                Ok(ring) => Some(Rc::new(ring)),
+                Err(e) => {
+                    tracing::warn!(worker = index, error = %e, "relay.io_uring: no io_uring here; relay sockets receive on the reactor");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let worker = Rc::new(Worker {
             shared: shared.clone(),
             server: RefCell::new(server),
             udp,
             relays: RefCell::new(Vec::new()),
+            ring: ring.clone(),
             buffers: RefCell::new(Buffers {
                 slots: (0..BATCH).map(|_| vec![0u8; RELAY_SLOT].into_boxed_slice()).collect(),
                 metas: [RecvMeta::default(); BATCH],
@@ -215,6 +289,10 @@ pub(crate) fn run(
         });
         for l in &worker.udp {
             spawn_local(udp_listener(worker.clone(), l.clone()));
+        }
+        if let Some(ring) = ring {
+            tracing::info!(worker = index, "relay sockets receive through io_uring");
+            spawn_local(ring_loop(worker.clone(), ring));
         }
         for (list, transport) in [(sockets.tcp, Transport::Tcp), (sockets.tls, Transport::Tls)] {
             for l in list {
@@ -269,7 +347,9 @@ async fn timer(worker: Rc<Worker>, certs: Arc<CertStore>, index: usize) {
         worker.server.borrow_mut().handle_timeout(now);
         worker.drain_events();
         worker.settle_fast_path(now);
-        let stats = worker.server.borrow().stats();
+        let mut stats = worker.server.borrow().stats();
+        // Datagrams too long for the ring's buffers were dropped before the state machine saw them.
+        stats.dropped_packets += worker.ring.as_ref().map_or(0, |r| r.truncated());
         worker.shared.stats.publish(index, stats);
         if worker_zero && n.is_multiple_of(5) {
             match certs.reload_if_changed() {
@@ -462,7 +542,7 @@ impl Worker {
                 if let (Some(socket), Some(data)) = (socket, packet.get(payload)) {
                     // One datagram to one peer: a plain send. WouldBlock drops it, as a router would.
                     udp::try_send_all(
-                        socket.socket.get_ref(),
+                        socket.socket(),
                         &[OutDatagram {
                             data,
                             dst: peer,
@@ -664,17 +744,102 @@ impl Worker {
     }
 
     fn spawn_relays(self: &Rc<Self>, id: AllocationId, sockets: [Option<Rc<RelaySocket>>; 2], route: ClientRoute) {
-        let tasks = sockets
-            .iter()
-            .flatten()
-            .map(|s| spawn_local(relay_loop(self.clone(), id, s.clone(), route.clone())))
-            .collect();
+        let mut tasks = Vec::new();
+        let mut keys = Vec::new();
+        for s in sockets.iter().flatten() {
+            match (&s.io, &self.ring) {
+                (RelayIo::Ring(socket), Some(ring)) => {
+                    let route = match &route {
+                        ClientRoute::Udp {
+                            listener,
+                            client,
+                            src_ip,
+                        } => RingRoute::Udp(ToClient {
+                            listener: self
+                                .udp
+                                .iter()
+                                .position(|l| Rc::ptr_eq(l, listener))
+                                .unwrap_or(usize::MAX),
+                            client: *client,
+                            src_ip: *src_ip,
+                        }),
+                        ClientRoute::Stream(sink) => RingRoute::Stream(sink.clone()),
+                    };
+                    let tag = RingTag {
+                        id,
+                        _socket: s.clone(),
+                        route,
+                    };
+                    match ring.add(socket.as_raw_fd(), tag) {
+                        Ok(key) => keys.push(key),
+                        Err(e) => tracing::warn!(error = %e, "relay socket not on the ring; its peers' data is lost"),
+                    }
+                }
+                _ => tasks.push(spawn_local(relay_loop(self.clone(), id, s.clone(), route.clone()))),
+            }
+        }
+        let ring = self.ring.clone().filter(|_| !keys.is_empty()).map(|ring| (ring, keys));
         let mut relays = self.relays.borrow_mut();
         if relays.len() <= id.slot() {
             relays.resize_with(id.slot() + 1, || None);
         }
         if let Some(slot) = relays.get_mut(id.slot()) {
-            *slot = Some(RelayEntry { id, sockets, tasks });
+            *slot = Some(RelayEntry {
+                id,
+                sockets,
+                tasks,
+                ring,
+            });
+        }
+    }
+
+    /// One peer datagram reaped from the ring: the header written in place; a UDP client's datagram is returned to
+    /// be sent in a batch, a stream client's is queued on its connection here.
+    fn forward_from_ring(
+        &self,
+        now: Instant,
+        datagram: uring::Datagram<'_, RingTag>,
+    ) -> Option<(Range<usize>, ToClient)> {
+        let uring::Datagram { tag, peer, buf, len } = datagram;
+        let fwd = self.server.borrow_mut().handle_peer(now, tag.id, peer, buf, len)?;
+        match &tag.route {
+            RingRoute::Udp(to) => Some((fwd.range, *to)),
+            RingRoute::Stream(sink) => {
+                if let Some(data) = buf.get(fwd.range) {
+                    sink.push(data);
+                }
+                None
+            }
+        }
+    }
+
+    /// Sends reaped datagrams to their UDP clients: one `sendmmsg` per run of datagrams leaving the same listener.
+    fn send_to_clients(&self, datas: &[&[u8]], outs: &[ToClient]) {
+        let mut batch = [OutDatagram {
+            data: &[],
+            dst: SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0),
+            src_ip: None,
+        }; BATCH];
+        let mut start = 0;
+        while let Some(first) = outs.get(start) {
+            let run = outs
+                .iter()
+                .skip(start)
+                .take_while(|o| o.listener == first.listener)
+                .count();
+            let mut k = 0;
+            for (b, (data, to)) in batch.iter_mut().zip(datas.iter().zip(outs).skip(start).take(run)) {
+                *b = OutDatagram {
+                    data,
+                    dst: to.client,
+                    src_ip: to.src_ip,
+                };
+                k += 1;
+            }
+            if let Some(listener) = self.udp.get(first.listener) {
+                udp::try_send_all(listener.socket.get_ref(), batch.get(..k).unwrap_or_default());
+            }
+            start += run;
         }
     }
 
@@ -712,12 +877,17 @@ impl Worker {
             if let Err(e) = udp::configure_relay(&std_socket, request.dont_fragment) {
                 tracing::debug!(error = %e, "relay socket options");
             }
-            let Ok(socket) = udp::register(std_socket) else {
-                continue;
+            let io = if self.ring.is_some() {
+                RelayIo::Ring(std_socket)
+            } else {
+                let Ok(socket) = udp::register(std_socket) else {
+                    continue;
+                };
+                RelayIo::Reactor(socket)
             };
             let advertised = SocketAddr::new(external.unwrap_or(local.ip()), local.port());
             *family.pick_mut(&mut binding.relays) = Some(advertised);
-            *family.pick_mut(&mut sockets) = Some(Rc::new(RelaySocket { socket, local }));
+            *family.pick_mut(&mut sockets) = Some(Rc::new(RelaySocket { io, local }));
             if let Some(held) = held {
                 // Keyed by the address the token will name (the advertised one), which the core hands back.
                 let reserved = SocketAddr::new(advertised.ip(), local.port().wrapping_add(1));
@@ -765,12 +935,15 @@ impl Worker {
 
 /// Peer → client for one relay socket. The future holds no buffer: an idle allocation costs a socket and a task.
 async fn relay_loop(worker: Rc<Worker>, id: AllocationId, relay: Rc<RelaySocket>, route: ClientRoute) {
-    drain_forever(&relay.socket, || {
+    let RelayIo::Reactor(socket) = &relay.io else {
+        return;
+    };
+    drain_forever(socket, || {
         let mut bufs = worker.buffers.borrow_mut();
         let Buffers {
             slots, metas, ranges, ..
         } = &mut *bufs;
-        let n = udp::recv_batch(relay.socket.get_ref(), slots, turn::PEER_HEADROOM, metas, false)?;
+        let n = udp::recv_batch(socket.get_ref(), slots, turn::PEER_HEADROOM, metas, false)?;
         let now = Instant::now();
         let mut count = 0;
         {
@@ -818,4 +991,32 @@ async fn relay_loop(worker: Rc<Worker>, id: AllocationId, relay: Rc<RelaySocket>
         Ok(n)
     })
     .await
+}
+
+/// Peer → client for every relay socket on the worker's ring (`relay.io_uring`): one wake-up reaps the datagrams
+/// of all of them (`crate::uring`). Readiness is cleared before reaping, so a completion posted meanwhile wakes the
+/// task again; after [`FULL_BATCHES_PER_TURN`] full reaps the task yields, as `drain_forever` does.
+async fn ring_loop(worker: Rc<Worker>, ring: Rc<Uring<RingTag>>) {
+    loop {
+        if ring.readable().await.is_err() {
+            return;
+        }
+        coalesce::datagrams_handled();
+        let mut full = 0;
+        loop {
+            let now = Instant::now();
+            let taken = ring.reap(
+                |datagram| worker.forward_from_ring(now, datagram),
+                |datas, outs| worker.send_to_clients(datas, outs),
+            );
+            if taken < uring::REAP {
+                break;
+            }
+            full += 1;
+            if full >= FULL_BATCHES_PER_TURN {
+                full = 0;
+                tokio::task::yield_now().await;
+            }
+        }
+    }
 }

@@ -622,6 +622,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             external_v6: config.relay.external_v6,
             ports: config.relay.port_min..=config.relay.port_max,
             xdp: config.relay.xdp.clone(),
+            io_uring: config.relay.io_uring,
         },
         workers,
         coalesce: {

@@ -371,3 +371,42 @@ fn aioice_turn_client_over_udp_tcp_tls() {
     aioice_run(&rest, "tcp", &username, &password);
     rest.assert_alive();
 }
+
+/// `relay.io_uring`: relay sockets receive through the worker's io_uring (multishot receives into lent buffers)
+/// instead of the reactor. The same uclient runs must relay every message: ChannelData and Data indications, to
+/// UDP and TCP clients, on IPv4 and IPv6 relays, with allocations coming and going on two workers.
+#[test]
+fn uclient_with_relay_sockets_on_io_uring() {
+    if !require_tools(&["turnutils_uclient", "turnutils_peer"]) {
+        return;
+    }
+    let setting = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled").unwrap_or_default();
+    if !matches!(setting.trim(), "" | "0") {
+        skip(&format!(
+            "io_uring is disabled on this machine (kernel.io_uring_disabled = {})",
+            setting.trim()
+        ));
+        return;
+    }
+    let mut server = lab_server(&["--user", "alice:pw", "--set", "relay.io_uring=true"]);
+    let on_ring = |log: &str| log.matches("relay sockets receive through io_uring").count();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while on_ring(&server.log()) < 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let log = server.log();
+    assert_eq!(
+        on_ring(&log),
+        2,
+        "both workers put their relay sockets on io_uring:\n{log}"
+    );
+    let peer = EchoPeer::start(common::LOOPBACK);
+    uclient(&mut server, &peer, Transport::Udp, true, false, "alice", "pw");
+    uclient(&mut server, &peer, Transport::Udp, false, false, "alice", "pw");
+    uclient(&mut server, &peer, Transport::Tcp, true, false, "alice", "pw");
+    uclient(&mut server, &peer, Transport::Tcp, false, false, "alice", "pw");
+    if ipv6_loopback_available() {
+        let peer6 = EchoPeer::start(IpAddr::V6(Ipv6Addr::LOCALHOST));
+        uclient(&mut server, &peer6, Transport::Udp, true, true, "alice", "pw");
+    }
+}
