@@ -707,7 +707,7 @@ mod tests {
                         assert!(d.buf.len() >= turn::PEER_HEADROOM + d.len + turn::PEER_TAILROOM);
                         let payload = d.buf[turn::PEER_HEADROOM..turn::PEER_HEADROOM + d.len].to_vec();
                         seen.datagrams.push((*d.tag, d.peer, payload));
-                        if d.tag % 2 == 0 {
+                        if d.tag.is_multiple_of(2) {
                             return None;
                         }
                         d.buf[turn::PEER_HEADROOM - 4..turn::PEER_HEADROOM].copy_from_slice(b"HDR:");
@@ -782,7 +782,7 @@ mod tests {
                 .collect();
             assert_eq!(flushed_a.len(), 300);
             assert_eq!(flushed_a[7], b"HDR:datagram 7".to_vec());
-            assert!(seen.flushed.iter().all(|(_, t)| *t % 2 == 1));
+            assert!(seen.flushed.iter().all(|(_, t)| !t.is_multiple_of(2)));
             if let Some(c) = &c {
                 let from_v6: Vec<_> = seen.datagrams.iter().filter(|(t, ..)| *t == 3).collect();
                 assert_eq!(from_v6.len(), 300);
