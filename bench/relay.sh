@@ -21,6 +21,10 @@
 #       e.g. SERVER_CPUS=0-1 LOAD_CPUS=2-3 keeps the load generator and the echo peer off the server's cores; on a
 #       2-core machine they share the cores, and the script says so); LOAD_THREADS=N splits the traffic runs' load
 #       generator over N threads (one thread sends and receives at most ~150 000 packets/s: less than 2 workers carry)
+#   SERVERS="traverse traverse-reactor forwarder coturn" bench/relay.sh   # also Traverse with relay.io_uring=false
+#       (every relay socket on the reactor, as before io_uring: its own task and recvmmsg; "traverse" runs the default,
+#       relay sockets receiving through the worker's io_uring); the table adds Traverse's CPU per relayed packet as a
+#       multiple of its CPU on the reactor
 #   PACE_US=100 bench/relay.sh   # smoothly paced arrivals: the load generator sends every 100 µs what is due,
 #       instead of each millisecond's packets in one burst (PACE_US=1000, the default), which flatters a server that
 #       drains many packets per wake-up
@@ -103,8 +107,9 @@ rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 start_server() { # name → sets SERVER_PID
   case "$1" in
     # Few TCP/TLS connections (500; the relay load is UDP), so that the descriptor limit goes to allocations.
-    traverse|traverse-nocoalesce|traverse-2w)
+    traverse|traverse-nocoalesce|traverse-2w|traverse-reactor)
       local coalesce=(--set "limits.coalesce_us=${COALESCE_US:-200}") workers=1
+      [ "$1" = traverse-reactor ] && coalesce+=(--set relay.io_uring=false)
       [ "$1" = traverse-nocoalesce ] && coalesce=(--set limits.coalesce_us=0)
       [ "$1" = traverse-2w ] && workers=2
       "${on_server_cpus[@]}" "$TRAVERSE" serve --udp "$HOST_IP:3478" --tcp "$HOST_IP:3478" --tls "$HOST_IP:5349" "${coalesce[@]}" \
@@ -267,10 +272,12 @@ values, traffic, memory, uclient = sys.argv[1], sys.argv[2].split(), sys.argv[3]
 servers = ["traverse", "coturn"] + [s for s in sys.argv[5].split() if s not in ("traverse", "coturn")]
 names = {"traverse": "Traverse", "coturn": "coturn", "traverse-nocoalesce": "Traverse, coalescing off",
          "forwarder": "bare forwarder", "traverse-2w": "Traverse, 2 workers", "uring": "io_uring forwarder",
-         "uring-ms": "io_uring forwarder, multishot"}
+         "uring-ms": "io_uring forwarder, multishot",
+         "traverse-reactor": "Traverse, relay.io_uring=false"}
 others = [s for s in servers if s != "coturn"]
 floor = "forwarder" in servers
 scaling = "traverse-2w" in servers
+reactor = "traverse-reactor" in servers
 urings = [s for s in ("uring", "uring-ms") if floor and s in servers]
 v = {}
 for line in open(values):
@@ -302,6 +309,10 @@ def row(label, metric, ratio=True):
         # An io_uring forwarder's CPU per relayed packet as a multiple of the epoll forwarder's.
         f, u = cells["forwarder"][1], cells[s][1]
         ratios.append(f"{f / u:.2f}" if metric.startswith("ppc") and f and u else "")
+    if reactor:
+        # Traverse's CPU per relayed packet (relay sockets on io_uring) as a multiple of its CPU on the reactor.
+        t, r = cells["traverse"][1], cells["traverse-reactor"][1]
+        ratios.append(f"{r / t:.2f}" if metric.startswith("ppc") and t and r else "")
     if scaling:
         # What the second worker buys: relayed packets per CPU-s (efficiency) and echoes delivered (at saturation,
         # throughput), 2 workers over 1.
@@ -313,8 +324,9 @@ print("| metric | " + " | ".join(names.get(s, s) for s in servers) + " | "
       + " | ".join(f"{names.get(s, s)}/coturn" for s in others)
       + (" | Traverse's CPU per packet / forwarder's" if floor else "")
       + "".join(f" | {names[s]}: CPU per packet / forwarder's" for s in urings)
+      + (" | Traverse's CPU per packet / on the reactor" if reactor else "")
       + (" | Traverse 2 workers / 1" if scaling else "") + " |")
-print("|---" * (1 + len(servers) + len(others) + floor + len(urings) + scaling) + "|")
+print("|---" * (1 + len(servers) + len(others) + floor + len(urings) + reactor + scaling) + "|")
 for run in dict.fromkeys(traffic):
     size, rate = run.split(":")
     k = f"{size}@{rate}"

@@ -80,7 +80,7 @@ pub struct RelayConfig {
     /// Interfaces to attach the kernel fast path (XDP, `crates/xdp`) to; empty: off.
     pub xdp: Vec<String>,
     /// Relay sockets receive through io_uring (multishot receives into lent buffers, `uring.rs`) instead of the
-    /// reactor; falls back to the reactor where the kernel has no io_uring.
+    /// reactor; falls back to the reactor where the kernel has no io_uring. On by default.
     pub io_uring: bool,
 }
 
@@ -93,7 +93,7 @@ impl Default for RelayConfig {
             external_v6: None,
             ports: 49152..=65535,
             xdp: Vec::new(),
-            io_uring: false,
+            io_uring: true,
         }
     }
 }

@@ -38,10 +38,10 @@ use tokio::io::Interest;
 
 use crate::udp::BATCH;
 
-/// Buffers lent to the kernel (a power of two): with [`BUF`], 8 MiB per worker. Datagrams received and not yet
+/// Buffers lent to the kernel (a power of two): with [`BUF`], 4 MiB per worker. Datagrams received and not yet
 /// reaped hold one each; when none is left a socket's receive pauses (its datagrams wait in its own queue) and is
 /// armed again when buffers come back.
-const BUFFERS: u16 = 2048;
+const BUFFERS: u16 = 1024;
 /// One buffer: the header, the address, the largest payload taken, and the tailroom.
 pub(crate) const BUF: usize = 4096;
 /// Room for the peer's address: an IPv6 `sockaddr_in6` (28 bytes), rounded so the payload lands at the headroom.

@@ -372,14 +372,11 @@ fn aioice_turn_client_over_udp_tcp_tls() {
     rest.assert_alive();
 }
 
-/// `relay.io_uring`: relay sockets receive through the worker's io_uring (multishot receives into lent buffers)
-/// instead of the reactor. The same uclient runs must relay every message: ChannelData and Data indications, to
-/// UDP and TCP clients, on IPv4 and IPv6 relays, with allocations coming and going on two workers.
+/// `relay.io_uring` (the default): relay sockets receive through the worker's io_uring (multishot receives into
+/// lent buffers) instead of the reactor: both workers say so, and every message is relayed, as ChannelData and as
+/// Data indications, to UDP and TCP clients, on IPv4 and IPv6 relays, with allocations coming and going.
 #[test]
 fn uclient_with_relay_sockets_on_io_uring() {
-    if !require_tools(&["turnutils_uclient", "turnutils_peer"]) {
-        return;
-    }
     let setting = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled").unwrap_or_default();
     if !matches!(setting.trim(), "" | "0") {
         skip(&format!(
@@ -388,25 +385,43 @@ fn uclient_with_relay_sockets_on_io_uring() {
         ));
         return;
     }
-    let mut server = lab_server(&["--user", "alice:pw", "--set", "relay.io_uring=true"]);
+    relays_on(true);
+}
+
+/// `relay.io_uring = false`: the same runs with every relay socket on the reactor (its own task, `recvmmsg`), the
+/// path a kernel without io_uring takes.
+#[test]
+fn uclient_with_relay_sockets_on_the_reactor() {
+    relays_on(false);
+}
+
+fn relays_on(io_uring: bool) {
+    if !require_tools(&["turnutils_uclient", "turnutils_peer"]) {
+        return;
+    }
+    let setting = format!("relay.io_uring={io_uring}");
+    let mut server = lab_server(&["--user", "alice:pw", "--set", &setting]);
     let on_ring = |log: &str| log.matches("relay sockets receive through io_uring").count();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while on_ring(&server.log()) < 2 && std::time::Instant::now() < deadline {
+    let want = if io_uring { 2 } else { 0 };
+    let deadline = std::time::Instant::now() + Duration::from_secs(if io_uring { 10 } else { 1 });
+    while on_ring(&server.log()) < want && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
     let log = server.log();
     assert_eq!(
         on_ring(&log),
-        2,
-        "both workers put their relay sockets on io_uring:\n{log}"
+        want,
+        "workers with their relay sockets on io_uring ({setting}):\n{log}"
     );
+    // The other uclient tests run on the default (the ring): these cover what they do not, on each path.
     let peer = EchoPeer::start(common::LOOPBACK);
     uclient(&mut server, &peer, Transport::Udp, true, false, "alice", "pw");
-    uclient(&mut server, &peer, Transport::Udp, false, false, "alice", "pw");
-    uclient(&mut server, &peer, Transport::Tcp, true, false, "alice", "pw");
     uclient(&mut server, &peer, Transport::Tcp, false, false, "alice", "pw");
-    if ipv6_loopback_available() {
+    if io_uring && ipv6_loopback_available() {
         let peer6 = EchoPeer::start(IpAddr::V6(Ipv6Addr::LOCALHOST));
-        uclient(&mut server, &peer6, Transport::Udp, true, true, "alice", "pw");
+        uclient(&mut server, &peer6, Transport::Udp, false, true, "alice", "pw");
+    }
+    if !io_uring {
+        uclient(&mut server, &peer, Transport::Udp, false, false, "alice", "pw");
     }
 }
