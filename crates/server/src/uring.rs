@@ -206,8 +206,18 @@ impl<T> Uring<T> {
             slot,
             generation: receiver.generation,
         };
-        inner.arm(key)?;
-        inner.ring.submit()?;
+        if let Err(e) = inner.arm(key) {
+            // Not queued, so nothing names the slot: free it, tag (and socket) included.
+            if let Some(receiver) = inner.receivers.get_mut(slot as usize) {
+                Inner::release(receiver);
+            }
+            inner.free.push(slot);
+            return Err(e);
+        }
+        // Queued: if this submit fails, the receive goes in with the next one, so the slot stays this socket's.
+        if let Err(e) = inner.ring.submit() {
+            tracing::debug!(error = %e, "io_uring submit");
+        }
         Ok(key)
     }
 
@@ -215,10 +225,7 @@ impl<T> Uring<T> {
     /// for it are dropped when reaped.
     pub(crate) fn remove(&self, key: Key) {
         match self.inner.try_borrow_mut() {
-            Ok(mut inner) => {
-                inner.remove(key);
-                let _ = inner.ring.submit();
-            }
+            Ok(mut inner) => inner.remove(key),
             Err(_) => self.deferred.borrow_mut().push(key),
         }
     }
@@ -331,8 +338,8 @@ impl<T> Inner<T> {
             .build()
             .user_data(key.token());
         receiver.armed = true;
-        // SAFETY: the template is boxed and kept in its slot for as long as the ring lives; `fd` stays open until
-        // the receiver is removed, and a removed receiver is never armed.
+        // SAFETY: the template is boxed and kept in its slot for as long as the ring lives. `fd` is open while the
+        // receiver is active, and a removal submits what is queued before it drops the socket (`Inner::remove`).
         unsafe { push(&mut self.ring, &entry) }
     }
 
@@ -344,11 +351,19 @@ impl<T> Inner<T> {
             return;
         }
         if receiver.armed {
-            receiver.state = State::Closing;
             let entry = opcode::AsyncCancel::new(key.token()).build().user_data(CANCEL);
             // SAFETY: a cancellation lends the kernel no memory.
             if let Err(e) = unsafe { push(&mut self.ring, &entry) } {
                 tracing::warn!(error = %e, "io_uring cancel");
+            }
+            // Submitted before the tag (and with it, maybe, the socket) is dropped: the kernel takes its own hold on
+            // the socket when a receive is submitted, so a receive still queued must go in while the descriptor is
+            // this socket's, never after it could be closed and its number reused.
+            if let Err(e) = self.ring.submit() {
+                tracing::warn!(error = %e, "io_uring submit");
+            }
+            if let Some(receiver) = self.receivers.get_mut(key.slot as usize) {
+                receiver.state = State::Closing;
             }
         } else {
             Self::release(receiver);
