@@ -15,23 +15,22 @@
 //! each buffer, so the padding a Data indication may need is always there. A datagram longer than [`MAX_PAYLOAD`]
 //! arrives truncated and is dropped (counted in [`Uring::truncated`]).
 //!
-//! Memory the kernel is lent, and why it stays valid: the buffer ring and the buffers (allocated in [`Pool::new`],
-//! freed after the ring is quiet, see `Drop for Uring`), and each receiver's `msghdr` template (boxed, kept for the
+//! Memory the kernel is lent, and why it stays valid: the buffer ring and the buffers (a [`BufRing`], freed only
+//! after the ring is quiet, see `Drop for Uring`), and each receiver's `msghdr` template (boxed, kept for the
 //! receiver's slot for as long as the `Uring` lives). A buffer is touched here only between the completion that
 //! hands it over and its return to the ring, which happens before [`Uring::reap`] returns.
 
 // The one module of the relay that lends memory to the kernel; every block says why it stays valid.
 #![allow(unsafe_code)]
 
-use std::alloc::Layout;
 use std::cell::{Cell, RefCell};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
 use std::ops::Range;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;
 
+use bufring::BufRing;
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
@@ -107,7 +106,7 @@ impl AsRawFd for RingFd {
 
 struct Inner<T> {
     ring: IoUring,
-    pool: Pool,
+    pool: BufRing,
     receivers: Vec<Receiver<T>>,
     free: Vec<u32>,
     /// Receivers whose multishot receive ended for want of a buffer: armed again once buffers come back.
@@ -153,7 +152,7 @@ impl<T> Uring<T> {
             // interrupting it; a worker asleep in `epoll_wait` is still woken.
             .setup_coop_taskrun()
             .build(4096)?;
-        let pool = Pool::new(&ring)?;
+        let pool = BufRing::new(&ring, BUFFERS, BUF, BUF - turn::PEER_TAILROOM, GROUP)?;
         // SAFETY: the ring's descriptor stays open for as long as the registration: `readiness` is dropped before
         // `inner` (field order), and `Drop for Uring` does not close it.
         let readiness = unsafe { AsyncFd::register_with_interest(RingFd(ring.as_raw_fd()), Interest::READABLE) }?;
@@ -516,8 +515,7 @@ impl<T> Drop for Uring<T> {
             tracing::warn!("io_uring receives did not end; their buffers are leaked");
             let receivers = std::mem::take(&mut inner.receivers);
             std::mem::forget(receivers);
-            let pool = std::mem::replace(&mut inner.pool, Pool::empty());
-            std::mem::forget(pool);
+            std::mem::replace(&mut inner.pool, BufRing::empty()).leak();
         }
     }
 }
@@ -552,118 +550,6 @@ fn peer_address(name: &[u8]) -> Option<SocketAddr> {
             Some(SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::from(ip), port, flow, scope)))
         }
         _ => None,
-    }
-}
-
-/// The provided buffers and the ring the kernel takes them from.
-struct Pool {
-    ring: *mut types::BufRingEntry,
-    bufs: *mut u8,
-    /// The next ring slot to fill; published to the kernel through the ring's tail field.
-    tail: u16,
-}
-
-impl Pool {
-    fn ring_layout() -> Layout {
-        // The ring must be page-aligned.
-        Layout::from_size_align(usize::from(BUFFERS) * std::mem::size_of::<types::BufRingEntry>(), 4096)
-            .unwrap_or_else(|_| Layout::new::<u8>())
-    }
-
-    fn bufs_layout() -> Layout {
-        Layout::from_size_align(usize::from(BUFFERS) * BUF, 4096).unwrap_or_else(|_| Layout::new::<u8>())
-    }
-
-    /// A pool that owns nothing, left behind when a real one is leaked.
-    fn empty() -> Self {
-        Pool {
-            ring: std::ptr::null_mut(),
-            bufs: std::ptr::null_mut(),
-            tail: 0,
-        }
-    }
-
-    /// Allocates the ring and the buffers, registers them as group [`GROUP`], and puts every buffer on the ring.
-    fn new(ring: &IoUring) -> io::Result<Self> {
-        // SAFETY: both layouts have a non-zero size.
-        let (entries, bufs) = unsafe {
-            (
-                std::alloc::alloc_zeroed(Self::ring_layout()),
-                std::alloc::alloc(Self::bufs_layout()),
-            )
-        };
-        let mut pool = Pool {
-            ring: entries.cast(),
-            bufs,
-            tail: 0,
-        };
-        if entries.is_null() || bufs.is_null() {
-            return Err(io::Error::new(io::ErrorKind::OutOfMemory, "buffer ring"));
-        }
-        // SAFETY: the ring is page-aligned and `BUFFERS` entries long; it is freed only after the io_uring is quiet
-        // (`Drop for Uring`) or never.
-        unsafe {
-            ring.submitter()
-                .register_buf_ring_with_flags(pool.ring as u64, BUFFERS, GROUP, 0)
-        }?;
-        for bid in 0..BUFFERS {
-            pool.give_back(bid);
-        }
-        Ok(pool)
-    }
-
-    /// Puts buffer `bid` back on the ring, for the kernel to fill again.
-    fn give_back(&mut self, bid: u16) {
-        if self.ring.is_null() {
-            return;
-        }
-        let mask = BUFFERS - 1;
-        // SAFETY: `tail & mask` is within the ring; the kernel reads only the entries behind the published tail, and
-        // this one is ahead of it. `bid % BUFFERS` keeps the buffer inside the allocation.
-        unsafe {
-            let entry = &mut *self.ring.add(usize::from(self.tail & mask));
-            entry.set_addr(self.bufs.add(usize::from(bid % BUFFERS) * BUF) as u64);
-            entry.set_len((BUF - turn::PEER_TAILROOM) as u32);
-            entry.set_bid(bid);
-        }
-        self.tail = self.tail.wrapping_add(1);
-        // SAFETY: the tail field is a `u16` inside the first entry, which the kernel reads as an atomic.
-        unsafe {
-            let tail = types::BufRingEntry::tail(self.ring).cast::<AtomicU16>();
-            (*tail).store(self.tail, Ordering::Release);
-        }
-    }
-
-    /// Buffer `bid`, while the kernel has handed it over.
-    fn buf(&mut self, bid: u16) -> &mut [u8] {
-        if self.bufs.is_null() {
-            return &mut [];
-        }
-        // SAFETY: inside the allocation; the kernel does not touch a buffer it has handed over until it is given
-        // back, and `&mut self` makes this the only reference made here.
-        unsafe { std::slice::from_raw_parts_mut(self.bufs.add(usize::from(bid % BUFFERS) * BUF), BUF) }
-    }
-
-    /// Buffer `bid` for reading, while the kernel has handed it over; several may be read at once.
-    fn buf_shared(&self, bid: u16) -> &[u8] {
-        if self.bufs.is_null() {
-            return &[];
-        }
-        // SAFETY: as for `buf`; `&self` allows only shared references.
-        unsafe { std::slice::from_raw_parts(self.bufs.add(usize::from(bid % BUFFERS) * BUF), BUF) }
-    }
-}
-
-impl Drop for Pool {
-    fn drop(&mut self) {
-        if self.ring.is_null() || self.bufs.is_null() {
-            return;
-        }
-        // SAFETY: allocated in `new` with these layouts; the ring that used them is quiet (`Drop for Uring`).
-        unsafe {
-            std::alloc::dealloc(self.ring.cast(), Self::ring_layout());
-            std::alloc::dealloc(self.bufs, Self::bufs_layout());
-        }
     }
 }
 

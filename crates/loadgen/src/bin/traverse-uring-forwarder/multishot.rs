@@ -12,13 +12,12 @@
 //! `msghdr` template (boxed), and each send's `msghdr`, `iovec` and address (boxed, one send each). A buffer is
 //! touched here only between the completion that hands it over and the moment it goes back on the ring.
 
-use std::alloc::Layout;
 use std::net::UdpSocket;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
+use bufring::BufRing;
 use io_uring::{cqueue, opcode, types, IoUring};
 use socket2::SockAddr;
 use stun::ChannelData;
@@ -40,92 +39,6 @@ const PAYLOAD: usize = 16 + NAME;
 const LIFETIME: u64 = u64::MAX;
 const SEND: u64 = 1 << 62;
 
-/// The provided buffers and the ring the kernel takes them from.
-struct Pool {
-    ring: *mut types::BufRingEntry,
-    bufs: *mut u8,
-    /// The next ring slot to fill; published to the kernel through the ring's tail field.
-    tail: u16,
-}
-
-impl Pool {
-    fn ring_layout() -> Layout {
-        // The ring must be page-aligned.
-        Layout::from_size_align(usize::from(BUFFERS) * std::mem::size_of::<types::BufRingEntry>(), 4096)
-            .unwrap_or_else(|_| Layout::new::<u8>())
-    }
-
-    fn bufs_layout() -> Layout {
-        Layout::from_size_align(usize::from(BUFFERS) * BUF, 4096).unwrap_or_else(|_| Layout::new::<u8>())
-    }
-
-    /// Allocates the ring and the buffers, registers them as group [`GROUP`], and puts every buffer on the ring.
-    fn new(ring: &IoUring) -> anyhow::Result<Self> {
-        // SAFETY: both layouts have a non-zero size.
-        let (entries, bufs) = unsafe {
-            (
-                std::alloc::alloc_zeroed(Self::ring_layout()),
-                std::alloc::alloc(Self::bufs_layout()),
-            )
-        };
-        anyhow::ensure!(
-            !entries.is_null() && !bufs.is_null(),
-            "out of memory for the buffer ring"
-        );
-        let mut pool = Pool {
-            ring: entries.cast(),
-            bufs,
-            tail: 0,
-        };
-        // SAFETY: the ring is page-aligned, `BUFFERS` entries long, and lives until `pool` drops, after the ring
-        // (`run` drops the io_uring first).
-        unsafe {
-            ring.submitter()
-                .register_buf_ring_with_flags(pool.ring as u64, BUFFERS, GROUP, 0)
-        }
-        .context("register the buffer ring (kernel 5.19 or later)")?;
-        for bid in 0..BUFFERS {
-            pool.give_back(bid);
-        }
-        Ok(pool)
-    }
-
-    /// Puts buffer `bid` back on the ring, for the kernel to fill again.
-    fn give_back(&mut self, bid: u16) {
-        let mask = BUFFERS - 1;
-        // SAFETY: `tail & mask` is within the ring; the kernel reads only the entries behind the published tail, and
-        // this one is ahead of it. `bid < BUFFERS`, so the buffer's address is inside the allocation.
-        unsafe {
-            let entry = &mut *self.ring.add(usize::from(self.tail & mask));
-            entry.set_addr(self.bufs.add(usize::from(bid % BUFFERS) * BUF) as u64);
-            entry.set_len(BUF as u32);
-            entry.set_bid(bid);
-        }
-        self.tail = self.tail.wrapping_add(1);
-        // SAFETY: the tail field is a `u16` inside the first entry, which the kernel reads as an atomic.
-        unsafe {
-            let tail = types::BufRingEntry::tail(self.ring).cast::<AtomicU16>();
-            (*tail).store(self.tail, Ordering::Release);
-        }
-    }
-
-    /// Buffer `bid`, while the kernel has handed it over.
-    fn buf(&mut self, bid: u16) -> &mut [u8] {
-        // SAFETY: inside the allocation; the kernel does not touch a buffer it has handed over until it is given back.
-        unsafe { std::slice::from_raw_parts_mut(self.bufs.add(usize::from(bid % BUFFERS) * BUF), BUF) }
-    }
-}
-
-impl Drop for Pool {
-    fn drop(&mut self) {
-        // SAFETY: allocated in `new` with these layouts; the ring that used them is gone.
-        unsafe {
-            std::alloc::dealloc(self.ring.cast(), Self::ring_layout());
-            std::alloc::dealloc(self.bufs, Self::bufs_layout());
-        }
-    }
-}
-
 /// A socket and the `msghdr` its multishot receive was built from (the kernel reads its name and control lengths).
 struct Receiver {
     fd: RawFd,
@@ -144,7 +57,8 @@ struct Sending {
 pub fn run(args: &ForwarderArgs, lifetime: Duration) -> anyhow::Result<()> {
     let listener = UdpSocket::bind(args.listen).context("bind the listener")?;
     let mut ring = new_ring()?;
-    let pool = Pool::new(&ring)?;
+    let pool =
+        BufRing::new(&ring, BUFFERS, BUF, BUF, GROUP).context("register the buffer ring (kernel 5.19 or later)")?;
     let mut forwarder = Forwarder {
         receivers: Vec::new(),
         listener,
@@ -198,7 +112,7 @@ struct Forwarder {
     free_sends: Vec<usize>,
     /// Receivers whose multishot receive ended for want of a buffer: armed again once buffers come back.
     starved: Vec<usize>,
-    pool: Pool,
+    pool: BufRing,
 }
 
 impl Forwarder {
