@@ -307,7 +307,11 @@ impl<T> Uring<T> {
         for key in std::mem::take(&mut *self.deferred.borrow_mut()) {
             inner.remove(key);
         }
-        inner.feed_starved();
+        // Only once the completion queue is empty are the buffers all back: re-armed earlier, a starved receive
+        // would find none, end with ENOBUFS again and cost a completion and a submission per round under overload.
+        if n < REAP && inner.ring.completion().is_empty() {
+            inner.feed_starved();
+        }
         if inner.ring.submission().is_empty() {
             return n;
         }
@@ -467,7 +471,7 @@ impl<T> Inner<T> {
         }
     }
 
-    /// Arms again the receivers that ran out of buffers, now that buffers are back.
+    /// Arms again the receivers that ran out of buffers, now that the buffers are back.
     fn feed_starved(&mut self) {
         for key in std::mem::take(&mut self.starved) {
             let current = self
