@@ -401,7 +401,10 @@ fn relays_on(io_uring: bool) {
     }
     let setting = format!("relay.io_uring={io_uring}");
     let mut server = lab_server(&["--user", "alice:pw", "--set", &setting]);
-    let on_ring = |log: &str| log.matches("relay sockets receive through io_uring").count();
+    let on_ring = |log: &str| {
+        log.matches("relay sockets and UDP listeners receive through io_uring")
+            .count()
+    };
     let want = if io_uring { 2 } else { 0 };
     let deadline = std::time::Instant::now() + Duration::from_secs(if io_uring { 10 } else { 1 });
     while on_ring(&server.log()) < want && std::time::Instant::now() < deadline {
