@@ -388,6 +388,51 @@ fn uclient_with_relay_sockets_on_io_uring() {
     relays_on(true);
 }
 
+/// A UDP listener bound to the wildcard address, on the ring (the default) and on the reactor: each answer leaves
+/// from the address its client reached (127.0.0.2 and 127.0.0.3 here, read from IP_PKTINFO; a reply from another
+/// source would never reach `Conn`, which takes only the server's), and relay sockets bind on the address uclient
+/// reached, so every message is relayed.
+#[test]
+fn a_wildcard_udp_listener_answers_from_each_address_reached_on_the_ring() {
+    let setting = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled").unwrap_or_default();
+    if !matches!(setting.trim(), "" | "0") {
+        skip(&format!(
+            "io_uring is disabled on this machine (kernel.io_uring_disabled = {})",
+            setting.trim()
+        ));
+        return;
+    }
+    wildcard_listener(true);
+}
+
+#[test]
+fn a_wildcard_udp_listener_answers_from_each_address_reached_on_the_reactor() {
+    wildcard_listener(false);
+}
+
+fn wildcard_listener(io_uring: bool) {
+    if !require_tools(&["turnutils_uclient", "turnutils_peer"]) {
+        return;
+    }
+    // Below the relay range (49152-65535), which must not hold a listener.
+    let port = (0..200)
+        .map(|_| common::free_udp_port(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)))
+        .find(|p| *p < 49152)
+        .expect("a free UDP port below 49152");
+    let setting = format!("relay.io_uring={io_uring}");
+    let mut args = LAB.to_vec();
+    args.extend_from_slice(&["--user", "alice:pw", "--set", &setting]);
+    let mut server = Server::start_with_udp(&format!("0.0.0.0:{port}"), &args);
+    for reached in ["127.0.0.2", "127.0.0.3", "127.0.0.1"] {
+        let to = SocketAddr::new(reached.parse().unwrap(), port);
+        let mut conn = common::Conn::udp(to);
+        common::assert_binding_served(&mut conn);
+    }
+    let peer = EchoPeer::start(common::LOOPBACK);
+    uclient(&mut server, &peer, Transport::Udp, true, false, "alice", "pw");
+    server.assert_alive();
+}
+
 /// `relay.io_uring = false`: the same runs with every relay socket on the reactor (its own task, `recvmmsg`), the
 /// path a kernel without io_uring takes.
 #[test]
