@@ -25,6 +25,9 @@
 #       (every relay socket on the reactor, as before io_uring: its own task and recvmmsg; "traverse" runs the default,
 #       relay sockets receiving through the worker's io_uring); the table adds Traverse's CPU per relayed packet as a
 #       multiple of its CPU on the reactor
+#   TRAVERSE_PREV=/tmp/traverse-old SERVERS="traverse traverse-prev coturn" bench/relay.sh   # also another build
+#       of Traverse (e.g. the commit before a change, built and copied aside), run with the same flags; the table adds
+#       Traverse's CPU per relayed packet as a multiple of that build's: what the change bought, in one run
 #   PACE_US=100 bench/relay.sh   # smoothly paced arrivals: the load generator sends every 100 µs what is due,
 #       instead of each millisecond's packets in one burst (PACE_US=1000, the default), which flatters a server that
 #       drains many packets per wake-up
@@ -107,12 +110,13 @@ rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 start_server() { # name → sets SERVER_PID
   case "$1" in
     # Few TCP/TLS connections (500; the relay load is UDP), so that the descriptor limit goes to allocations.
-    traverse|traverse-nocoalesce|traverse-2w|traverse-reactor)
-      local coalesce=(--set "limits.coalesce_us=${COALESCE_US:-200}") workers=1
+    traverse|traverse-nocoalesce|traverse-2w|traverse-reactor|traverse-prev)
+      local coalesce=(--set "limits.coalesce_us=${COALESCE_US:-200}") workers=1 bin="$TRAVERSE"
+      [ "$1" = traverse-prev ] && bin="${TRAVERSE_PREV:?set TRAVERSE_PREV to the other traverse binary}"
       [ "$1" = traverse-reactor ] && coalesce+=(--set relay.io_uring=false)
       [ "$1" = traverse-nocoalesce ] && coalesce=(--set limits.coalesce_us=0)
       [ "$1" = traverse-2w ] && workers=2
-      "${on_server_cpus[@]}" "$TRAVERSE" serve --udp "$HOST_IP:3478" --tcp "$HOST_IP:3478" --tls "$HOST_IP:5349" "${coalesce[@]}" \
+      "${on_server_cpus[@]}" "$bin" serve --udp "$HOST_IP:3478" --tcp "$HOST_IP:3478" --tls "$HOST_IP:5349" "${coalesce[@]}" \
         --http 127.0.0.1:0 --user "$USER_NAME:$PASSWORD" --realm "$REALM" --workers "$workers" \
         --relay-ports "$RELAY_PORT_MIN-$RELAY_PORT_MAX" --set limits.max_allocations=20000 \
         --set limits.max_connections=500 \
@@ -273,11 +277,12 @@ servers = ["traverse", "coturn"] + [s for s in sys.argv[5].split() if s not in (
 names = {"traverse": "Traverse", "coturn": "coturn", "traverse-nocoalesce": "Traverse, coalescing off",
          "forwarder": "bare forwarder", "traverse-2w": "Traverse, 2 workers", "uring": "io_uring forwarder",
          "uring-ms": "io_uring forwarder, multishot",
-         "traverse-reactor": "Traverse, relay.io_uring=false"}
+         "traverse-reactor": "Traverse, relay.io_uring=false", "traverse-prev": "Traverse, other build"}
 others = [s for s in servers if s != "coturn"]
 floor = "forwarder" in servers
 scaling = "traverse-2w" in servers
 reactor = "traverse-reactor" in servers
+prev = "traverse-prev" in servers
 urings = [s for s in ("uring", "uring-ms") if floor and s in servers]
 v = {}
 for line in open(values):
@@ -313,6 +318,10 @@ def row(label, metric, ratio=True):
         # Traverse's CPU per relayed packet (relay sockets on io_uring) as a multiple of its CPU on the reactor.
         t, r = cells["traverse"][1], cells["traverse-reactor"][1]
         ratios.append(f"{r / t:.2f}" if metric.startswith("ppc") and t and r else "")
+    if prev:
+        # Traverse's CPU per relayed packet as a multiple of the other build's.
+        t, p = cells["traverse"][1], cells["traverse-prev"][1]
+        ratios.append(f"{p / t:.2f}" if metric.startswith("ppc") and t and p else "")
     if scaling:
         # What the second worker buys: relayed packets per CPU-s (efficiency) and echoes delivered (at saturation,
         # throughput), 2 workers over 1.
@@ -325,8 +334,9 @@ print("| metric | " + " | ".join(names.get(s, s) for s in servers) + " | "
       + (" | Traverse's CPU per packet / forwarder's" if floor else "")
       + "".join(f" | {names[s]}: CPU per packet / forwarder's" for s in urings)
       + (" | Traverse's CPU per packet / on the reactor" if reactor else "")
+      + (" | Traverse's CPU per packet / other build's" if prev else "")
       + (" | Traverse 2 workers / 1" if scaling else "") + " |")
-print("|---" * (1 + len(servers) + len(others) + floor + len(urings) + reactor + scaling) + "|")
+print("|---" * (1 + len(servers) + len(others) + floor + len(urings) + reactor + prev + scaling) + "|")
 for run in dict.fromkeys(traffic):
     size, rate = run.split(":")
     k = f"{size}@{rate}"

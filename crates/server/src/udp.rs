@@ -372,7 +372,7 @@ pub fn recv_batch(
 ///
 /// # Safety
 /// `hdr.msg_control` must be null or point at `hdr.msg_controllen` readable, cmsghdr-aligned bytes.
-pub(crate) unsafe fn read_pktinfo(hdr: &libc::msghdr) -> Option<IpAddr> {
+unsafe fn read_pktinfo(hdr: &libc::msghdr) -> Option<IpAddr> {
     if hdr.msg_control.is_null() {
         return None;
     }

@@ -85,25 +85,8 @@ pub(crate) struct Sockets {
 
 /// A UDP listener.
 pub(crate) struct Listener {
-    io: ListenerIo,
+    socket: AsyncFd<std::net::UdpSocket>,
     local: SocketAddr,
-}
-
-/// Where a UDP listener's datagrams are received: as for relay sockets ([`RelayIo`]).
-enum ListenerIo {
-    /// On the worker's reactor, by its own task (`udp_listener`).
-    Reactor(AsyncFd<std::net::UdpSocket>),
-    /// On the worker's ring (`relay.io_uring`), reaped by `ring_loop` with the relay sockets' datagrams.
-    Ring(std::net::UdpSocket),
-}
-
-impl Listener {
-    fn socket(&self) -> &std::net::UdpSocket {
-        match &self.io {
-            ListenerIo::Reactor(fd) => fd.get_ref(),
-            ListenerIo::Ring(socket) => socket,
-        }
-    }
 }
 
 struct RelaySocket {
@@ -130,17 +113,12 @@ impl RelaySocket {
     }
 }
 
-/// What the ring's reaper needs to handle a socket's datagrams (`ring_loop`).
-enum RingTag {
-    /// A relay socket: its datagrams are peers', forwarded to the allocation's client.
-    Relay {
-        id: AllocationId,
-        /// Keeps the socket open while its receive may still be in flight.
-        _socket: Rc<RelaySocket>,
-        route: RingRoute,
-    },
-    /// A UDP listener, by its index in `Worker::udp` (which keeps it open): its datagrams are clients'.
-    Listener(usize),
+/// What the ring's reaper needs to forward a relay socket's datagrams (`ring_loop`).
+struct RingTag {
+    id: AllocationId,
+    /// Keeps the socket open while its receive may still be in flight.
+    _socket: Rc<RelaySocket>,
+    route: RingRoute,
 }
 
 enum RingRoute {
@@ -200,25 +178,6 @@ impl Drop for RelayEntry {
     }
 }
 
-/// Answers to client datagrams reaped from the ring, sent once the reap returns: room for one per completion a
-/// reap takes.
-struct RingReplies {
-    bufs: Vec<Box<[u8]>>,
-    /// Per answer: the listener's index, the answer's length, the client, and the source address to use.
-    pending: [(usize, usize, SocketAddr, Option<IpAddr>); uring::REAP],
-    count: usize,
-}
-
-impl RingReplies {
-    /// The next answer's buffer and bookkeeping; `None` if a reap somehow took more than [`uring::REAP`].
-    #[allow(clippy::type_complexity)]
-    fn next(&mut self) -> Option<(&mut [u8], &mut (usize, usize, SocketAddr, Option<IpAddr>))> {
-        let out = self.bufs.get_mut(self.count)?;
-        let pending = self.pending.get_mut(self.count)?;
-        Some((out, pending))
-    }
-}
-
 /// Receive buffers shared by all of a worker's relay sockets: an allocation costs no buffer memory of its own.
 struct Buffers {
     slots: Vec<Box<[u8]>>,
@@ -236,13 +195,8 @@ pub(crate) struct Worker {
     udp: Vec<Rc<Listener>>,
     /// Relay sockets by allocation slot ([`AllocationId::slot`]): an index, not a hash look-up, per relayed packet.
     relays: RefCell<Vec<Option<RelayEntry>>>,
-    /// With `relay.io_uring` (and a kernel that has it): where relay sockets and UDP listeners receive.
+    /// With `relay.io_uring` (and a kernel that has it): where relay sockets receive.
     ring: Option<Rc<Uring<RingTag>>>,
-    /// Relay sockets of allocations opened by a client datagram reaped from the ring: they join the ring once the
-    /// reap returns (`Worker::spawn_deferred_relays`), since the ring takes no receiver while it is being reaped.
-    /// Meanwhile a peer's datagrams wait in the socket's own queue.
-    #[allow(clippy::type_complexity)]
-    deferred_relays: RefCell<Vec<(AllocationId, [Option<Rc<RelaySocket>>; 2], ClientRoute)>>,
     buffers: RefCell<Buffers>,
     scratch: RefCell<Box<[u8]>>,
     rng: RefCell<rand::rngs::StdRng>,
@@ -301,6 +255,13 @@ pub(crate) fn run(
         } else {
             server
         };
+        let mut udp = Vec::new();
+        for socket in sockets.udp {
+            match listener_from_std(socket) {
+                Ok(l) => udp.push(Rc::new(l)),
+                Err(e) => tracing::error!(worker = index, error = %e, "cannot register UDP listener"),
+            }
+        }
         let ring = if cfg.relay.io_uring {
             match Uring::new() {
                 Ok(ring) => Some(Rc::new(ring)),
@@ -312,20 +273,12 @@ pub(crate) fn run(
         } else {
             None
         };
-        let mut udp = Vec::new();
-        for socket in sockets.udp {
-            match listener_from_std(socket, ring.as_deref(), udp.len()) {
-                Ok(l) => udp.push(Rc::new(l)),
-                Err(e) => tracing::error!(worker = index, error = %e, "cannot register UDP listener"),
-            }
-        }
         let worker = Rc::new(Worker {
             shared: shared.clone(),
             server: RefCell::new(server),
             udp,
             relays: RefCell::new(Vec::new()),
             ring: ring.clone(),
-            deferred_relays: RefCell::new(Vec::new()),
             buffers: RefCell::new(Buffers {
                 slots: (0..BATCH).map(|_| vec![0u8; RELAY_SLOT].into_boxed_slice()).collect(),
                 metas: [RecvMeta::default(); BATCH],
@@ -338,12 +291,10 @@ pub(crate) fn run(
             fast: RefCell::new(HashMap::new()),
         });
         for l in &worker.udp {
-            if let ListenerIo::Reactor(_) = l.io {
-                spawn_local(udp_listener(worker.clone(), l.clone()));
-            }
+            spawn_local(udp_listener(worker.clone(), l.clone()));
         }
         if let Some(ring) = ring {
-            tracing::info!(worker = index, "relay sockets and UDP listeners receive through io_uring");
+            tracing::info!(worker = index, "relay sockets receive through io_uring");
             spawn_local(ring_loop(worker.clone(), ring));
         }
         for (list, transport) in [(sockets.tcp, Transport::Tcp), (sockets.tls, Transport::Tls)] {
@@ -372,31 +323,13 @@ pub(crate) fn run(
     });
 }
 
-/// A UDP listener on the worker's ring when there is one (tagged with `index`, its place in `Worker::udp`), else
-/// on the reactor. A wildcard-bound one learns each datagram's destination, so its answer leaves from it.
-fn listener_from_std(
-    socket: std::net::UdpSocket,
-    ring: Option<&Uring<RingTag>>,
-    index: usize,
-) -> std::io::Result<Listener> {
+fn listener_from_std(socket: std::net::UdpSocket) -> std::io::Result<Listener> {
     let local = socket.local_addr()?;
-    let wildcard = local.ip().is_unspecified();
-    if wildcard {
+    if local.ip().is_unspecified() {
         udp::enable_pktinfo(&socket)?;
     }
-    if let Some(ring) = ring {
-        match ring.add(socket.as_raw_fd(), RingTag::Listener(index), wildcard) {
-            Ok(_) => {
-                return Ok(Listener {
-                    io: ListenerIo::Ring(socket),
-                    local,
-                })
-            }
-            Err(e) => tracing::warn!(%local, error = %e, "UDP listener not on the ring; it receives on the reactor"),
-        }
-    }
     Ok(Listener {
-        io: ListenerIo::Reactor(udp::register(socket)?),
+        socket: udp::register(socket)?,
         local,
     })
 }
@@ -452,16 +385,13 @@ fn refresh_own_addresses(config: &ServerConfig) {
 
 /// Client → server for one UDP listener: each batch through the state machine, the answers back in one `sendmmsg`.
 async fn udp_listener(worker: Rc<Worker>, listener: Rc<Listener>) {
-    let ListenerIo::Reactor(socket) = &listener.io else {
-        return;
-    };
     let src_ip_needed = listener.local.ip().is_unspecified();
-    drain_forever(socket, || {
+    drain_forever(&listener.socket, || {
         let mut bufs = worker.buffers.borrow_mut();
         let Buffers {
             slots, metas, replies, ..
         } = &mut *bufs;
-        let n = udp::recv_batch(socket.get_ref(), slots, 0, metas, src_ip_needed)?;
+        let n = udp::recv_batch(listener.socket.get_ref(), slots, 0, metas, src_ip_needed)?;
         let now = Instant::now();
         let mut pending: [(usize, SocketAddr, Option<IpAddr>); BATCH] = [(0, listener.local, None); BATCH];
         let mut count = 0;
@@ -564,7 +494,7 @@ fn flush_replies(listener: &Listener, replies: &[Box<[u8]>], pending: &[(usize, 
             k += 1;
         }
     }
-    udp::try_send_all(listener.socket(), packed.get(..k).unwrap_or_default());
+    udp::try_send_all(listener.socket.get_ref(), packed.get(..k).unwrap_or_default());
 }
 
 impl Worker {
@@ -589,7 +519,7 @@ impl Worker {
                 match (listener, out.get(..len), route) {
                     (Some(l), Some(data), ClientRoute::Udp { .. }) => {
                         udp::try_send_all(
-                            l.socket(),
+                            l.socket.get_ref(),
                             &[OutDatagram {
                                 data,
                                 dst: to,
@@ -817,10 +747,6 @@ impl Worker {
     }
 
     fn spawn_relays(self: &Rc<Self>, id: AllocationId, sockets: [Option<Rc<RelaySocket>>; 2], route: ClientRoute) {
-        if self.ring.as_ref().is_some_and(|ring| ring.reaping()) {
-            self.deferred_relays.borrow_mut().push((id, sockets, route));
-            return;
-        }
         let mut tasks = Vec::new();
         let mut keys = Vec::new();
         for s in sockets.iter().flatten() {
@@ -842,12 +768,12 @@ impl Worker {
                         }),
                         ClientRoute::Stream(sink) => RingRoute::Stream(sink.clone()),
                     };
-                    let tag = RingTag::Relay {
+                    let tag = RingTag {
                         id,
                         _socket: s.clone(),
                         route: to_client,
                     };
-                    match ring.add(socket.as_raw_fd(), tag, false) {
+                    match ring.add(socket.as_raw_fd(), tag) {
                         Ok(key) => keys.push(key),
                         Err(e) => {
                             // The same socket, through a second descriptor, on the reactor: sends still leave from
@@ -886,103 +812,23 @@ impl Worker {
         }
     }
 
-    /// Relay sockets whose allocation opened while the ring was being reaped join it now.
-    fn spawn_deferred_relays(self: &Rc<Self>) {
-        loop {
-            let next = self.deferred_relays.borrow_mut().pop();
-            let Some((id, sockets, route)) = next else { break };
-            self.spawn_relays(id, sockets, route);
-        }
-    }
-
-    /// One datagram reaped from the ring.
-    /// - A peer's (a relay socket's): the header is written in place; a UDP client's datagram is returned to be
-    ///   sent in a batch, a stream client's is queued on its connection here.
-    /// - A client's (a listener's): through the state machine as `udp_listener` does; an answer is kept in
-    ///   `replies`, sent once the reap returns (`Worker::after_reap`).
-    fn from_ring(
-        self: &Rc<Self>,
+    /// One peer datagram reaped from the ring: the header written in place; a UDP client's datagram is returned to
+    /// be sent in a batch, a stream client's is queued on its connection here.
+    fn forward_from_ring(
+        &self,
         now: Instant,
         datagram: uring::Datagram<'_, RingTag>,
-        replies: &mut RingReplies,
     ) -> Option<(Range<usize>, ToClient)> {
-        let uring::Datagram {
-            tag,
-            peer,
-            buf,
-            start,
-            len,
-            destination,
-        } = datagram;
-        match tag {
-            RingTag::Relay { id, route, .. } => {
-                let fwd = self.server.borrow_mut().handle_peer(now, *id, peer, buf, len)?;
-                match route {
-                    RingRoute::Udp(to) => Some((fwd.range, *to)),
-                    RingRoute::Stream(sink) => {
-                        if let Some(data) = buf.get(fwd.range) {
-                            sink.push(data);
-                        }
-                        None
-                    }
-                }
-            }
-            RingTag::Listener(index) => {
-                let listener = self.udp.get(*index)?;
-                let data = buf.get(start..start.checked_add(len)?)?;
-                let wildcard = listener.local.ip().is_unspecified();
-                let server_ip = destination.filter(|_| wildcard).unwrap_or(listener.local.ip());
-                let five_tuple = FiveTuple {
-                    client: peer,
-                    server: SocketAddr::new(server_ip, listener.local.port()),
-                    transport: Transport::Udp,
-                };
-                let src_ip = wildcard.then_some(server_ip);
-                let route = ClientRoute::Udp {
-                    listener: listener.clone(),
-                    client: peer,
-                    src_ip,
-                };
-                let (out, pending) = replies.next()?;
-                if let Some(len) = self.handle_client(now, five_tuple, data, out, &route) {
-                    *pending = (*index, len, peer, src_ip);
-                    replies.count += 1;
+        let uring::Datagram { tag, peer, buf, len } = datagram;
+        let fwd = self.server.borrow_mut().handle_peer(now, tag.id, peer, buf, len)?;
+        match &tag.route {
+            RingRoute::Udp(to) => Some((fwd.range, *to)),
+            RingRoute::Stream(sink) => {
+                if let Some(data) = buf.get(fwd.range) {
+                    sink.push(data);
                 }
                 None
             }
-        }
-    }
-
-    /// After each reap: relay sockets opened meanwhile join the ring, what the state machine released is closed
-    /// (a ChannelBind's kernel route goes in before its answer leaves, as in `udp_listener`), then the clients'
-    /// answers leave, one `sendmmsg` per run of answers from the same listener.
-    fn after_reap(self: &Rc<Self>, replies: &mut RingReplies) {
-        self.spawn_deferred_relays();
-        self.drain_events();
-        let count = std::mem::take(&mut replies.count);
-        let pending = replies.pending.get(..count).unwrap_or_default();
-        let mut start = 0;
-        while let Some(&(first, ..)) = pending.get(start) {
-            let run = pending
-                .iter()
-                .skip(start)
-                .take(BATCH)
-                .take_while(|(listener, ..)| *listener == first)
-                .count();
-            let answers: [(usize, SocketAddr, Option<IpAddr>); BATCH] = std::array::from_fn(|i| {
-                pending.get(start + i).filter(|_| i < run).map_or(
-                    (0, SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0), None),
-                    |p| (p.1, p.2, p.3),
-                )
-            });
-            if let (Some(listener), Some(bufs), Some(answers)) = (
-                self.udp.get(first),
-                replies.bufs.get(start..start + run),
-                answers.get(..run),
-            ) {
-                flush_replies(listener, bufs, answers);
-            }
-            start += run;
         }
     }
 
@@ -1010,7 +856,7 @@ impl Worker {
                 k += 1;
             }
             if let Some(listener) = self.udp.get(first.listener) {
-                udp::try_send_all(listener.socket(), batch.get(..k).unwrap_or_default());
+                udp::try_send_all(listener.socket.get_ref(), batch.get(..k).unwrap_or_default());
             }
             start += run;
         }
@@ -1151,7 +997,7 @@ async fn relay_loop(worker: Rc<Worker>, id: AllocationId, relay: Rc<RelaySocket>
                         order += 1;
                     }
                 }
-                udp::try_send_all(listener.socket(), out.get(..order).unwrap_or_default());
+                udp::try_send_all(listener.socket.get_ref(), out.get(..order).unwrap_or_default());
             }
             ClientRoute::Stream(sink) => {
                 for (slot, (start, end)) in slots.iter().zip(ranges.iter()).take(count) {
@@ -1170,18 +1016,6 @@ async fn relay_loop(worker: Rc<Worker>, id: AllocationId, relay: Rc<RelaySocket>
 /// of all of them (`crate::uring`). Readiness is cleared before reaping, so a completion posted meanwhile wakes the
 /// task again; after [`FULL_BATCHES_PER_TURN`] full reaps the task yields, as `drain_forever` does.
 async fn ring_loop(worker: Rc<Worker>, ring: Rc<Uring<RingTag>>) {
-    let mut replies = RingReplies {
-        bufs: (0..uring::REAP)
-            .map(|_| vec![0u8; REPLY_SLOT].into_boxed_slice())
-            .collect(),
-        pending: [(
-            0,
-            0,
-            SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0),
-            None,
-        ); uring::REAP],
-        count: 0,
-    };
     loop {
         if ring.readable().await.is_err() {
             return;
@@ -1191,10 +1025,9 @@ async fn ring_loop(worker: Rc<Worker>, ring: Rc<Uring<RingTag>>) {
         loop {
             let now = Instant::now();
             let taken = ring.reap(
-                |datagram| worker.from_ring(now, datagram, &mut replies),
+                |datagram| worker.forward_from_ring(now, datagram),
                 |datas, outs| worker.send_to_clients(datas, outs),
             );
-            worker.after_reap(&mut replies);
             if taken < uring::REAP {
                 break;
             }
