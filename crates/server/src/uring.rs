@@ -37,13 +37,11 @@ use tokio::io::Interest;
 
 use crate::udp::BATCH;
 
-/// Buffers lent to the kernel (a power of two): with [`BUF`], 512 KiB per worker. Datagrams received and not yet
+/// Buffers lent to the kernel (a power of two): with [`BUF`], 4 MiB per worker. Datagrams received and not yet
 /// reaped hold one each; when none is left a socket's receive pauses (its datagrams wait in its own queue) and is
-/// armed again when buffers come back. Few on purpose: the kernel takes them in ring order, so a buffer is used
-/// again only after every other one, and what datagrams touch of them must stay in the core's cache. With 1 024
-/// (4 MiB) a packet cost more CPU (`docs/benchmarks.md`, "fewer ring buffers"); every buffer is back after each reap
-/// of at most [`REAP`] completions, so 128 still leave a burst room.
-const BUFFERS: u16 = 128;
+/// armed again when buffers come back. 128 (512 KiB) relayed at the same CPU per packet but delivered less at
+/// overload (`docs/benchmarks.md`, "fewer ring buffers").
+const BUFFERS: u16 = 1024;
 /// One buffer: the header, the address, the largest payload taken, and the tailroom.
 pub(crate) const BUF: usize = 4096;
 /// Room for the peer's address: an IPv6 `sockaddr_in6` (28 bytes), rounded so the payload lands at the headroom.
