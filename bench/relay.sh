@@ -357,4 +357,26 @@ for n in memory:
     row(f"server CPU at idle with {n} allocations, ms per s", f"idle{n}")
 loads = [fmt(x) for (s, m), xs in v.items() if s == "machine" for x in xs]
 print(f"\nmachine load average (1 min), start / end: {' / '.join(loads)}")
+
+# Per repetition: a shared machine drifts by more than the differences measured here, so medians of separate
+# columns can disagree from one run to the next. Each repetition runs every server once, close in time (order
+# alternated), so the ratio within a repetition is the fairer comparison; the spread says how far to trust it.
+pairs = []
+for run in dict.fromkeys(traffic + [f"uclient{u}" for u in uclient]):
+    k = run.replace(":", "@") if ":" in run else run
+    t = v.get(("traverse", "ppc" + k), [])
+    for s in others[1:] + ["coturn"]:
+        o = v.get((s, "ppc" + k), [])
+        rs = [b / a for a, b in zip(t, o) if a and b]
+        if len(rs) < 2:
+            continue
+        med = statistics.median(rs)
+        cheaper = sum(r < 1 for r in rs)
+        label = f"loadgen {run.replace(':', ' B @ ')}/s" if ":" in run else f"uclient {run[7:]} B"
+        pairs.append(f"| {label} | {names.get(s, s)} | " + " ".join(f"{r:.2f}" for r in rs)
+                     + f" | {med:.2f} | {cheaper} of {len(rs)} |")
+if pairs:
+    print("\n| load | against | Traverse's CPU per packet / theirs, each repetition | median | Traverse cheaper in |")
+    print("|---|---|---|---:|---:|")
+    print("\n".join(pairs))
 PY
