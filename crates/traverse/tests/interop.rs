@@ -377,12 +377,7 @@ fn aioice_turn_client_over_udp_tcp_tls() {
 /// Data indications, to UDP and TCP clients, on IPv4 and IPv6 relays, with allocations coming and going.
 #[test]
 fn uclient_with_relay_sockets_on_io_uring() {
-    let setting = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled").unwrap_or_default();
-    if !matches!(setting.trim(), "" | "0") {
-        skip(&format!(
-            "io_uring is disabled on this machine (kernel.io_uring_disabled = {})",
-            setting.trim()
-        ));
+    if io_uring_disabled() {
         return;
     }
     relays_on(true);
@@ -394,12 +389,7 @@ fn uclient_with_relay_sockets_on_io_uring() {
 /// address uclient reached, so every message is relayed.
 #[test]
 fn a_wildcard_udp_listener_answers_from_each_address_reached_on_the_ring() {
-    let setting = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled").unwrap_or_default();
-    if !matches!(setting.trim(), "" | "0") {
-        skip(&format!(
-            "io_uring is disabled on this machine (kernel.io_uring_disabled = {})",
-            setting.trim()
-        ));
+    if io_uring_disabled() {
         return;
     }
     wildcard_listener(true);
@@ -431,6 +421,20 @@ fn wildcard_listener(io_uring: bool) {
     let peer = EchoPeer::start(common::LOOPBACK);
     uclient(&mut server, &peer, Transport::Udp, true, false, "alice", "pw");
     server.assert_alive();
+}
+
+/// Whether the kernel refuses io_uring here (`kernel.io_uring_disabled`), saying so as a skip: the ring's tests
+/// cannot run, and the server would fall back to the reactor.
+fn io_uring_disabled() -> bool {
+    let setting = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled").unwrap_or_default();
+    let disabled = !matches!(setting.trim(), "" | "0");
+    if disabled {
+        skip(&format!(
+            "io_uring is disabled on this machine (kernel.io_uring_disabled = {})",
+            setting.trim()
+        ));
+    }
+    disabled
 }
 
 /// `relay.io_uring = false`: the same runs with every relay socket on the reactor (its own task, `recvmmsg`), the
