@@ -367,9 +367,10 @@ for run in dict.fromkeys(traffic + [f"uclient{u}" for u in uclient]):
     t = v.get(("traverse", "ppc" + k), [])
     for s in others[1:] + ["coturn"]:
         o = v.get((s, "ppc" + k), [])
-        rs = [b / a for a, b in zip(t, o) if a and b]
-        if len(rs) < 2:
+        # Paired by position, so only when both have a figure for every repetition: a missing one would shift them.
+        if len(o) != len(t) or len(t) < 2:
             continue
+        rs = [b / a for a, b in zip(t, o) if a and b]
         med = statistics.median(rs)
         cheaper = sum(r < 1 for r in rs)
         label = f"loadgen {run.replace(':', ' B @ ')}/s" if ":" in run else f"uclient {run[7:]} B"
