@@ -28,6 +28,9 @@
 #   TRAVERSE_PREV=/tmp/traverse-old SERVERS="traverse traverse-prev coturn" bench/relay.sh   # also another build
 #       of Traverse (e.g. the commit before a change, built and copied aside), run with the same flags; the table adds
 #       Traverse's CPU per relayed packet as a multiple of that build's: what the change bought, in one run
+#   SERVERS="traverse traverse-nonap coturn" PACE_US=100 bench/relay.sh   # also Traverse with relay.coalesce_us=0
+#       (a worker busy relaying sleeps at once instead of napping first); RELAY_NAP_US=N runs "traverse" (and the other
+#       Traverse variants but traverse-prev) with relay.coalesce_us=N instead of the default
 #   PACE_US=100 bench/relay.sh   # smoothly paced arrivals: the load generator sends every 100 µs what is due,
 #       instead of each millisecond's packets in one burst (PACE_US=1000, the default), which flatters a server that
 #       drains many packets per wake-up
@@ -110,11 +113,13 @@ rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 start_server() { # name → sets SERVER_PID
   case "$1" in
     # Few TCP/TLS connections (500; the relay load is UDP), so that the descriptor limit goes to allocations.
-    traverse|traverse-nocoalesce|traverse-2w|traverse-reactor|traverse-prev)
+    traverse|traverse-nocoalesce|traverse-nonap|traverse-2w|traverse-reactor|traverse-prev)
       local coalesce=(--set "limits.coalesce_us=${COALESCE_US:-200}") workers=1 bin="$TRAVERSE"
+      [ -n "${RELAY_NAP_US:-}" ] && [ "$1" != traverse-prev ] && coalesce+=(--set "relay.coalesce_us=$RELAY_NAP_US")
+      [ "$1" = traverse-nonap ] && coalesce+=(--set relay.coalesce_us=0)
       [ "$1" = traverse-prev ] && bin="${TRAVERSE_PREV:?set TRAVERSE_PREV to the other traverse binary}"
       [ "$1" = traverse-reactor ] && coalesce+=(--set relay.io_uring=false)
-      [ "$1" = traverse-nocoalesce ] && coalesce=(--set limits.coalesce_us=0)
+      [ "$1" = traverse-nocoalesce ] && coalesce=(--set limits.coalesce_us=0 --set relay.coalesce_us=0)
       [ "$1" = traverse-2w ] && workers=2
       "${on_server_cpus[@]}" "$bin" serve --udp "$HOST_IP:3478" --tcp "$HOST_IP:3478" --tls "$HOST_IP:5349" "${coalesce[@]}" \
         --http 127.0.0.1:0 --user "$USER_NAME:$PASSWORD" --realm "$REALM" --workers "$workers" \
@@ -277,7 +282,8 @@ servers = ["traverse", "coturn"] + [s for s in sys.argv[5].split() if s not in (
 names = {"traverse": "Traverse", "coturn": "coturn", "traverse-nocoalesce": "Traverse, coalescing off",
          "forwarder": "bare forwarder", "traverse-2w": "Traverse, 2 workers", "uring": "io_uring forwarder",
          "uring-ms": "io_uring forwarder, multishot",
-         "traverse-reactor": "Traverse, relay.io_uring=false", "traverse-prev": "Traverse, other build"}
+         "traverse-reactor": "Traverse, relay.io_uring=false", "traverse-prev": "Traverse, other build",
+         "traverse-nonap": "Traverse, relay.coalesce_us=0"}
 others = [s for s in servers if s != "coturn"]
 floor = "forwarder" in servers
 scaling = "traverse-2w" in servers

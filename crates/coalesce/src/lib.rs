@@ -25,9 +25,12 @@
 //! gain under load, because a loaded worker also does one or two reads per wake-up until naps start gathering them.
 //! *Which* sockets do I/O can: a loaded worker serves many within a few milliseconds, a chain only its two.
 //!
-//! A UDP relay socket already takes a batch per wake-up (`recvmmsg`), media is the traffic that minds latency, and on
-//! the relay benchmark the nap bought no CPU beyond the spread while adding to the round trip; so a worker busy
-//! relaying sleeps at once. When traffic is sparse the worker sleeps at once too, and an event is handled the moment
+//! A worker busy relaying UDP takes none of those naps, but one of its own (`relay.coalesce_us`, 400 µs by default:
+//! [`Naps::relaying`]) and only where it pays ([`RelayNaps`]): while datagrams arrive one per wake-up, fast enough
+//! for a nap to gather several. Then each would cost a wake-up, which on this VM is most of a packet's CPU, and a
+//! nap lets one `epoll_wait`, one reap of the ring and one `sendmmsg` serve many (0.72–0.79x the CPU per packet with
+//! smooth arrivals, for 0.7–1.1 ms more round trip through two relay hops). With bursts, wake-ups already take
+//! batches and it sleeps at once; when traffic is sparse it sleeps at once too, and an event is handled the moment
 //! it arrives.
 //!
 //! A crate of its own because both the TURN workers (`server`) and the WebSocket sockets (`web`) that run on them
@@ -43,12 +46,94 @@ thread_local! {
     static SLEPT_AT: Cell<Option<Instant>> = const { Cell::new(None) };
     static WOKE_AT: Cell<Option<Instant>> = const { Cell::new(None) };
     /// This worker took UDP datagrams since it last went to sleep; and the last sleep after which that was so.
-    static DATAGRAMS: Cell<bool> = const { Cell::new(false) };
+    static DATAGRAMS: Cell<u32> = const { Cell::new(0) };
     static DATAGRAMS_AT: Cell<Option<Instant>> = const { Cell::new(None) };
     /// The sockets that read or wrote since this worker last woke (the first [`SIDE_BY_SIDE`] different ones).
     static READERS: Cell<Readers> = const { Cell::new(Readers::new()) };
     /// The last [`SIDE_BY_SIDE`] different sockets that did I/O, each with the end of the last wake-up it did I/O in.
     static RECENT: Cell<Recent> = const { Cell::new(Recent::new()) };
+    /// Whether a worker busy relaying naps, and what it saw ([`RelayNaps`]).
+    static RELAY: Cell<RelayNaps> = const { Cell::new(RelayNaps::Watching { since: None, wakes: 0, datagrams: 0 }) };
+}
+
+/// Whether a worker busy relaying UDP naps before it sleeps: only where a nap gathers datagrams that would otherwise
+/// each cost a wake-up. It watches [`WATCH`] of wake-ups without naps, then naps for [`NAPPING`] if they took under
+/// [`ONE_BY_ONE`] datagrams each (arrivals are smooth: each costs a wake-up) and came fast enough for a nap to gather
+/// [`PER_NAP`] or more; then watches again, since what it saw while napping is what the naps made.
+///
+/// Why not a rule on sleeps alone: with the load generator's bursts (a millisecond's packets at once), wake-ups
+/// already take many datagrams each, and a nap only adds a wake-up and its latency; naps on every short sleep cost
+/// 1.06–1.15x the CPU per packet there, and naps after 5 ms of sleeps under half a nap still 1.07x for twice the round
+/// trip, since a busy worker's sleeps between bursts are short too (`docs/benchmarks.md`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RelayNaps {
+    /// Sleeping at once, counting: since when, wake-ups that took datagrams, and their datagrams.
+    Watching {
+        since: Option<Instant>,
+        wakes: u32,
+        datagrams: u32,
+    },
+    Napping {
+        until: Instant,
+    },
+}
+
+/// How long a worker watches its wake-ups before it decides.
+const WATCH: Duration = Duration::from_millis(2);
+/// How long it naps before it watches again: a tenth of the time spent watching, without naps.
+const NAPPING: Duration = Duration::from_millis(20);
+/// Wake-ups that take fewer datagrams than this on average, each: arrivals one by one.
+const ONE_BY_ONE: u32 = 4;
+/// Datagrams a nap must be expected to gather, at the rate watched: fewer, and it saves too little for its latency.
+const PER_NAP: u64 = 4;
+
+impl RelayNaps {
+    /// A wake-up that took `datagrams` ends at `now`: the next state, and whether to nap `nap` first.
+    fn before_sleep(self, now: Instant, datagrams: u32, nap: Duration) -> (Self, bool) {
+        let watch = |since| RelayNaps::Watching {
+            since: Some(since),
+            wakes: 0,
+            datagrams: 0,
+        };
+        if nap.is_zero() {
+            return (self, false);
+        }
+        match self {
+            RelayNaps::Napping { until } if now < until => (self, true),
+            RelayNaps::Napping { .. } => (watch(now), false),
+            RelayNaps::Watching { since: None, .. } => (watch(now), false),
+            RelayNaps::Watching {
+                since: Some(since),
+                wakes,
+                datagrams: seen,
+            } => {
+                let (wakes, seen) = if datagrams > 0 {
+                    (wakes.saturating_add(1), seen.saturating_add(datagrams))
+                } else {
+                    (wakes, seen)
+                };
+                let watched = now.saturating_duration_since(since);
+                if watched < WATCH {
+                    return (
+                        RelayNaps::Watching {
+                            since: Some(since),
+                            wakes,
+                            datagrams: seen,
+                        },
+                        false,
+                    );
+                }
+                let one_by_one = wakes > 0 && seen < wakes.saturating_mul(ONE_BY_ONE);
+                // Datagrams per nap at the rate watched: seen × nap / watched, in integers.
+                let per_nap = u128::from(seen) * nap.as_nanos() / watched.as_nanos().max(1);
+                if one_by_one && per_nap >= u128::from(PER_NAP) {
+                    (RelayNaps::Napping { until: now + NAPPING }, true)
+                } else {
+                    (watch(now), false)
+                }
+            }
+        }
+    }
 }
 
 /// Sockets with bytes within [`WINDOW`] of each other on one worker, from this many up: messages side by side.
@@ -63,10 +148,11 @@ const WINDOW: Duration = Duration::from_millis(10);
 /// among its wake-ups with them is no sign that signaling is what keeps it busy.
 const RELAYING: Duration = Duration::from_millis(50);
 
-/// The worker is taking UDP datagrams from a socket (a relay or a listener): it does not nap for a while. A flag,
-/// not a clock read, on the relay's path; the time is taken when the worker next goes to sleep.
-pub fn datagrams_handled() {
-    DATAGRAMS.set(true);
+/// The worker took `n` UDP datagrams from a socket (a relay socket or a listener): it does not take signaling's naps
+/// for a while, and the count tells [`RelayNaps`] whether datagrams come one per wake-up. A thread-local add, no clock
+/// read, on the relay's path; the time is taken when the worker next goes to sleep.
+pub fn datagrams_handled(n: usize) {
+    DATAGRAMS.set(DATAGRAMS.get().saturating_add(u32::try_from(n).unwrap_or(u32::MAX)));
 }
 
 /// A stream socket served by this worker (a WebSocket) read or wrote bytes; `socket` tells it from the others (its
@@ -140,6 +226,8 @@ impl Recent {
 pub struct Naps {
     pub shortest: Duration,
     pub longest: Duration,
+    /// The nap of a worker busy relaying UDP ([`Naps::relaying`]); zero: it sleeps at once.
+    pub relay: Duration,
 }
 
 impl Naps {
@@ -149,6 +237,7 @@ impl Naps {
         Self {
             shortest: nap,
             longest: nap.saturating_mul(LONGEST),
+            relay: Duration::ZERO,
         }
     }
 
@@ -162,13 +251,20 @@ impl Naps {
         Self {
             shortest: nap,
             longest: nap,
+            relay: Duration::ZERO,
         }
+    }
+
+    /// A worker relaying UDP whose wake-ups take datagrams one by one, fast enough for this nap to gather several
+    /// ([`RelayNaps`]), naps this long (always this long, whatever its work) before it sleeps; zero: never.
+    pub fn relaying(self, nap: Duration) -> Self {
+        Self { relay: nap, ..self }
     }
 }
 
 /// Installs coalescing on a worker's runtime; a zero nap leaves it off.
 pub fn install(builder: &mut tokio::runtime::Builder, naps: Naps) {
-    if naps.shortest.is_zero() {
+    if naps.shortest.is_zero() && naps.relay.is_zero() {
         return;
     }
     // The nap is a timer: with the default 50 µs of timer slack a 50 µs nap lasts 100. 1 µs of slack for this
@@ -184,7 +280,8 @@ pub fn install(builder: &mut tokio::runtime::Builder, naps: Naps) {
 /// Called when the worker has nothing left to run: naps if its last sleep was short and several sockets are
 /// reading side by side, then records when the sleep starts.
 fn before_sleep(naps: Naps, now: Instant) {
-    if DATAGRAMS.replace(false) {
+    let datagrams = DATAGRAMS.replace(0);
+    if datagrams > 0 {
         DATAGRAMS_AT.set(Some(now));
     }
     let relaying = DATAGRAMS_AT
@@ -196,7 +293,16 @@ fn before_sleep(naps: Naps, now: Instant) {
     }
     RECENT.set(recent);
     let woke_at = WOKE_AT.get();
-    if !relaying && recent.side_by_side(now) && busy(SLEPT_AT.get(), woke_at, naps.shortest) {
+    if relaying {
+        let (relay, nap) = RELAY.get().before_sleep(now, datagrams, naps.relay);
+        RELAY.set(relay);
+        if nap {
+            std::thread::sleep(naps.relay);
+            SLEPT_AT.set(Some(Instant::now()));
+        } else {
+            SLEPT_AT.set(Some(now));
+        }
+    } else if recent.side_by_side(now) && busy(SLEPT_AT.get(), woke_at, naps.shortest) {
         std::thread::sleep(nap_after(naps, woke_at.map(|woke| now.saturating_duration_since(woke))));
         SLEPT_AT.set(Some(Instant::now()));
     } else {
@@ -309,7 +415,7 @@ mod tests {
         // The first read is now 10.1 ms old: two sockets in the window.
         assert!(!wake_up(&[3], t, t + Duration::from_micros(10_140)));
         // A relaying worker never naps, side by side or not.
-        datagrams_handled();
+        datagrams_handled(1);
         assert!(!wake_up(&[4, 5, 6], t, t + Duration::from_micros(10_200)));
     }
 
@@ -360,6 +466,99 @@ mod tests {
         before_sleep(Naps::adaptive(Duration::from_micros(10)), now);
         let napped = SLEPT_AT.get().map(|at| at.saturating_duration_since(now));
         assert!(napped >= Some(Duration::from_micros(50)), "napped {napped:?}");
+    }
+
+    const US: fn(u64) -> Duration = Duration::from_micros;
+
+    /// `count` wake-ups `every` apart from `at`, each taking `datagrams`: whether each napped `nap`.
+    fn wake_ups(
+        state: &mut RelayNaps,
+        at: &mut Instant,
+        count: usize,
+        every: Duration,
+        datagrams: u32,
+        nap: Duration,
+    ) -> Vec<bool> {
+        (0..count)
+            .map(|_| {
+                *at += every;
+                let (next, napped) = state.before_sleep(*at, datagrams, nap);
+                *state = next;
+                napped
+            })
+            .collect()
+    }
+
+    #[test]
+    fn datagrams_one_by_one_and_fast_enough_bring_naps() {
+        let nap = US(400);
+        let mut state = RELAY.get();
+        let mut at = Instant::now();
+        // One datagram per wake-up, every 25 µs: 16 to a nap. The first 2 ms are watched without naps.
+        let first = wake_ups(&mut state, &mut at, 79, US(25), 1, nap);
+        assert!(first.iter().all(|&n| !n), "napped while watching");
+        assert!(
+            wake_ups(&mut state, &mut at, 2, US(25), 1, nap).contains(&true),
+            "2 ms watched"
+        );
+        // Napping now (each wake-up after a nap takes many): naps for 20 ms whatever it sees, then watches again.
+        let napping = wake_ups(&mut state, &mut at, 49, US(400), 16, nap);
+        assert!(napping.iter().all(|&n| n), "{napping:?}");
+        assert_eq!(
+            wake_ups(&mut state, &mut at, 1, US(400), 16, nap),
+            [false],
+            "20 ms napped"
+        );
+        assert!(matches!(state, RelayNaps::Watching { wakes: 0, .. }), "{state:?}");
+    }
+
+    #[test]
+    fn bursts_and_sparse_datagrams_bring_no_nap() {
+        let nap = US(400);
+        let mut at = Instant::now();
+        // Bursts: a wake-up takes 20 datagrams, then a few take 5, every millisecond.
+        let mut state = RELAY.get();
+        for _ in 0..50 {
+            assert!(!wake_ups(&mut state, &mut at, 1, US(100), 20, nap)[0]);
+            assert!(wake_ups(&mut state, &mut at, 4, US(40), 5, nap).iter().all(|&n| !n));
+            assert!(!wake_ups(&mut state, &mut at, 1, US(740), 0, nap)[0]);
+        }
+        // One datagram per wake-up, every 200 µs: 2 to a nap, too few for its latency.
+        let mut state = RELAY.get();
+        assert!(wake_ups(&mut state, &mut at, 200, US(200), 1, nap).iter().all(|&n| !n));
+        // Steady, but no relay nap configured.
+        let mut state = RELAY.get();
+        assert!(wake_ups(&mut state, &mut at, 200, US(25), 1, Duration::ZERO)
+            .iter()
+            .all(|&n| !n));
+    }
+
+    #[test]
+    fn a_steadily_relaying_worker_naps_on_its_park_hook() {
+        let naps = Naps::adaptive(Duration::ZERO).relaying(US(100));
+        // Wake-ups in the past, so that a nap (which ends now) shows in when the sleep started.
+        let Some(mut now) = Instant::now().checked_sub(Duration::from_millis(3)) else {
+            return; // a clock this close to its origin cannot be set back; nothing to check
+        };
+        RELAY.set(RelayNaps::Watching {
+            since: None,
+            wakes: 0,
+            datagrams: 0,
+        });
+        // 2.5 ms of wake-ups 25 µs apart, each taking one datagram; the last one naps, on the hook itself.
+        let mut napped = Duration::ZERO;
+        for _ in 0..100 {
+            now += US(25);
+            datagrams_handled(1);
+            before_sleep(naps, now);
+            napped = SLEPT_AT
+                .get()
+                .map_or(Duration::ZERO, |at| at.saturating_duration_since(now));
+            if !napped.is_zero() {
+                break;
+            }
+        }
+        assert!(napped >= US(100), "never napped: {napped:?}");
     }
 
     #[test]

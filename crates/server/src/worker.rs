@@ -441,9 +441,12 @@ async fn drain_forever(
             return;
         };
         let mut full_batches = 0;
-        coalesce::datagrams_handled();
         loop {
-            match receive_batch() {
+            let received = receive_batch();
+            if let Ok(n) = received {
+                coalesce::datagrams_handled(n);
+            }
+            match received {
                 Ok(n) if n < BATCH => {
                     ready.clear_ready();
                     break;
@@ -1020,7 +1023,6 @@ async fn ring_loop(worker: Rc<Worker>, ring: Rc<Uring<RingTag>>) {
         if ring.readable().await.is_err() {
             return;
         }
-        coalesce::datagrams_handled();
         let mut full = 0;
         loop {
             let now = Instant::now();
@@ -1028,6 +1030,7 @@ async fn ring_loop(worker: Rc<Worker>, ring: Rc<Uring<RingTag>>) {
                 |datagram| worker.forward_from_ring(now, datagram),
                 |datas, outs| worker.send_to_clients(datas, outs),
             );
+            coalesce::datagrams_handled(taken);
             if taken < uring::REAP {
                 break;
             }

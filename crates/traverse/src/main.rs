@@ -631,11 +631,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             // with `cluster.hub_on_workers`) waits for Redis between a signal's read and its write, so a worker's own
             // work says little about the batch a longer nap would gather (and on the workers, 2 workers of 2 cores
             // delivered 0.51x the signals/s with growing naps, docs/benchmarks.md).
-            if config.signal.redis.is_some() {
+            let naps = if config.signal.redis.is_some() {
                 server::Naps::fixed(nap)
             } else {
                 server::Naps::adaptive(nap)
-            }
+            };
+            naps.relaying(Duration::from_micros(config.relay.coalesce_us))
         },
         stream_idle_timeout: Duration::from_secs(config.limits.idle_timeout),
         tls_handshake_timeout: Duration::from_secs(10),
