@@ -633,6 +633,10 @@ impl Config {
 
     /// Checks what types cannot: ranges and rules across keys (address blocks and users are checked while parsing).
     /// Returns every problem.
+    /// The longest nap `relay.coalesce_us` and `limits.coalesce_us` take, in µs (a signaling nap grows to five times
+    /// its setting).
+    pub const MAX_NAP_US: u64 = 2_000;
+
     pub fn validate(&self) -> Vec<ConfigError> {
         let mut errors = Vec::new();
         let mut bad = |key, message: String| errors.push(ConfigError::Invalid { key, message });
@@ -693,6 +697,28 @@ impl Config {
         }
         if s.max_queued == 0 || s.max_queued > 65_536 {
             bad("signal.max_queued", "must be between 1 and 65536".into());
+        }
+        // A nap is a pause of the whole worker: milliseconds of it would hold every packet and message it serves, so
+        // a value meant as milliseconds (or a typo) is refused rather than taken.
+        if self.relay.coalesce_us > Self::MAX_NAP_US {
+            bad(
+                "relay.coalesce_us",
+                format!(
+                    "{} µs is too long: at most {} (0 turns it off)",
+                    self.relay.coalesce_us,
+                    Self::MAX_NAP_US
+                ),
+            );
+        }
+        if self.limits.coalesce_us > Self::MAX_NAP_US {
+            bad(
+                "limits.coalesce_us",
+                format!(
+                    "{} µs is too long: at most {} (0 turns it off)",
+                    self.limits.coalesce_us,
+                    Self::MAX_NAP_US
+                ),
+            );
         }
         if self.cluster.hub_shards > 64 {
             bad(
@@ -1072,6 +1098,22 @@ mod tests {
         let errors = config.validate();
         assert_eq!(errors.len(), 3, "{errors:?}");
         assert!(format!("{errors:?}").contains("cluster.hub_shards"), "{errors:?}");
+    }
+
+    #[test]
+    fn naps_longer_than_two_milliseconds_are_refused() {
+        let errors = Config::parse("[relay]\ncoalesce_us = 400000\n[limits]\ncoalesce_us = 2001\n")
+            .unwrap()
+            .validate();
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        let text = format!("{errors:?}");
+        assert!(
+            text.contains("relay.coalesce_us") && text.contains("400000 µs is too long"),
+            "{text}"
+        );
+        assert!(text.contains("limits.coalesce_us"), "{text}");
+        let edge = Config::parse("[relay]\ncoalesce_us = 2000\n[limits]\ncoalesce_us = 0\n").unwrap();
+        assert!(edge.validate().is_empty(), "{:?}", edge.validate());
     }
 
     #[test]
