@@ -20,7 +20,9 @@
 #       saturation being what a second core buys). Give each its cores with SERVER_CPUS / LOAD_CPUS (taskset lists:
 #       e.g. SERVER_CPUS=0-1 LOAD_CPUS=2-3 keeps the load generator and the echo peer off the server's cores; on a
 #       2-core machine they share the cores, and the script says so); LOAD_THREADS=N splits the traffic runs' load
-#       generator over N threads (one thread sends and receives at most ~150 000 packets/s: less than 2 workers carry)
+#       generator over N threads (one thread sends and receives at most ~150 000 packets/s: less than 2 workers carry).
+#       On a 2-core machine, bench/relay-cores.sh measures what the second worker buys with no load generator on
+#       the cores (an XDP loop on the far side of a veth).
 #   SERVERS="traverse traverse-reactor forwarder coturn" bench/relay.sh   # also Traverse with relay.io_uring=false
 #       (every relay socket on the reactor, as before io_uring: its own task and recvmmsg; "traverse" runs the default,
 #       relay sockets receiving through the worker's io_uring); the table adds Traverse's CPU per relayed packet as a

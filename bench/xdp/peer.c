@@ -11,6 +11,12 @@
 //   read by the script with bpftool) and drop it — the load generator's receive path, without a socket.
 // - Everything else (STUN answers during set-up, ARP) passes to the stack.
 //
+// bench_loop (bench/relay-cores.sh) echoes the peer's packets the same way, but sends the client's ChannelData back
+// to the relay's listener as the client's next packet instead of dropping it: the packets a load generator put in
+// once then circle through the relay for as long as it runs, at whatever rate the relay's cores carry, with no
+// process outside the relay doing any work. A ChannelData message's channel number is the same in both directions,
+// so the swap alone makes the next request. Counted as bench_peer counts.
+//
 // The addresses are the script's; change both together.
 
 #include <linux/bpf.h>
@@ -38,8 +44,35 @@ struct {
 	__type(value, struct counts);
 } bench_sink SEC(".maps");
 
-SEC("xdp")
-int bench_peer(struct xdp_md *ctx)
+/* Sends the frame back where it came from: MACs, addresses and ports swapped, no UDP checksum (see above). */
+static __always_inline int reflect(struct ethhdr *eth, struct iphdr *ip, struct udphdr *udp)
+{
+	unsigned char mac[ETH_ALEN];
+	__builtin_memcpy(mac, eth->h_source, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, eth->h_dest, ETH_ALEN);
+	__builtin_memcpy(eth->h_dest, mac, ETH_ALEN);
+	__u32 addr = ip->saddr;
+	ip->saddr = ip->daddr;
+	ip->daddr = addr;
+	__u16 port = udp->source;
+	udp->source = udp->dest;
+	udp->dest = port;
+	udp->check = 0;
+	return XDP_TX;
+}
+
+static __always_inline void count(void *data, void *end)
+{
+	__u32 key = 0;
+	struct counts *c = bpf_map_lookup_elem(&bench_sink, &key);
+	if (c) {
+		c->packets += 1;
+		c->bytes += (__u64)(end - data);
+	}
+}
+
+/* loop: 0 drops the client's echoes (bench_peer), 1 sends them back to the relay (bench_loop). */
+static __always_inline int far_side(struct xdp_md *ctx, int loop)
 {
 	void *data = (void *)(long)ctx->data;
 	void *end = (void *)(long)ctx->data_end;
@@ -51,31 +84,26 @@ int bench_peer(struct xdp_md *ctx)
 	if ((void *)(payload + 1) > end || eth->h_proto != bpf_htons(ETH_P_IP) || ip->ihl != 5 ||
 	    ip->protocol != IPPROTO_UDP)
 		return XDP_PASS;
-	if (ip->daddr == bpf_htonl(PEER_IP) && udp->dest == bpf_htons(PEER_PORT)) {
-		unsigned char mac[ETH_ALEN];
-		__builtin_memcpy(mac, eth->h_source, ETH_ALEN);
-		__builtin_memcpy(eth->h_source, eth->h_dest, ETH_ALEN);
-		__builtin_memcpy(eth->h_dest, mac, ETH_ALEN);
-		__u32 addr = ip->saddr;
-		ip->saddr = ip->daddr;
-		ip->daddr = addr;
-		__u16 port = udp->source;
-		udp->source = udp->dest;
-		udp->dest = port;
-		udp->check = 0;
-		return XDP_TX;
-	}
+	if (ip->daddr == bpf_htonl(PEER_IP) && udp->dest == bpf_htons(PEER_PORT))
+		return reflect(eth, ip, udp);
 	if (ip->daddr == bpf_htonl(CLIENT_IP) && udp->source == bpf_htons(LISTENER_PORT) &&
 	    (*payload & 0xc0) == 0x40) {
-		__u32 key = 0;
-		struct counts *c = bpf_map_lookup_elem(&bench_sink, &key);
-		if (c) {
-			c->packets += 1;
-			c->bytes += (__u64)(end - data);
-		}
-		return XDP_DROP;
+		count(data, end);
+		return loop ? reflect(eth, ip, udp) : XDP_DROP;
 	}
 	return XDP_PASS;
+}
+
+SEC("xdp")
+int bench_peer(struct xdp_md *ctx)
+{
+	return far_side(ctx, 0);
+}
+
+SEC("xdp")
+int bench_loop(struct xdp_md *ctx)
+{
+	return far_side(ctx, 1);
 }
 
 char LICENSE[] SEC("license") = "GPL";
