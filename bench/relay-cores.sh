@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Scaling with cores: what a second relay worker buys at saturation, on a machine whose only two cores the relay
-# needs. Traverse with one worker on one core against Traverse with two workers on both, the same load, one run,
-# alternated; coturn with one relay thread against two beside it (SYSTEMS).
+# needs. Traverse with one worker on one core, with two workers on both, and as two one-worker processes (one per
+# core: the control, what two workers would give if they shared nothing), under the same load, alternated; coturn with
+# one relay thread against two beside it (SYSTEMS).
 #
-#   sudo bench/relay-cores.sh [SECONDS]     # default 5 s measured per step, REPEAT=3; ~5 minutes
+#   sudo bench/relay-cores.sh [SECONDS]     # default 5 s measured per step, REPEAT=3; ~6 minutes
 #   SYSTEMS="traverse coturn" SIZES="100 1000" REPEAT=3 INFLIGHT=2000 ALLOCATIONS=100 sudo bench/relay-cores.sh 5
 #
 # The load generator cannot have cores of its own here: any process sending and receiving a relay's packets needs a
@@ -13,21 +14,23 @@
 # delivers to the client back to the relay as the client's next packet. traverse-loadgen opens the allocations (one
 # channel each to the echo peer) and puts INFLIGHT packets into that loop over one second, then exits; from then on
 # the same packets circle client → relay → peer → relay → client → relay … as fast as the relay's cores carry them.
-# The rate it settles at is the relay's saturated rate: a packet waits only in the relay's socket queues.
+# The rate it settles at is the relay's saturated rate: a packet waits only in the relay's socket queues. The loop
+# is bounded in count (INFLIGHT packets, never more) and in time (it stops with the relay, after each step).
 #
 #   outside ns: client 192.0.2.1 and peer 198.51.100.1 — no process, only bench_loop (XDP) on its end of the veth
 #        │ veth
-#   server ns: 203.0.113.1 — the relay: 1 worker pinned to core 1, or 2 workers pinned to cores 0-1
+#   server ns: 203.0.113.1 (and .2 for the second process of "2p") — the relay, pinned as above
 #
 # Where the loop's own work runs: a veth runs the receiving end's work — the XDP program, and the relay's receive
 # path for the packet it sends back — in softirq on the core that sent the packet, which is a relay core; with one
-# worker, core 0 stays idle. bench_loop costs ~0.1 µs of the ~3 µs a relayed packet costs (kernel.bpf_stats_enabled,
-# printed per run), the same for every system.
+# worker, core 0 stays idle. bench_loop costs ~0.1 µs per packet (kernel.bpf_stats_enabled, printed per step) of the
+# ~7 µs of a core that a relayed packet takes here, the same for every system.
 #
-# Per step: after two seconds for the loop to fill and settle, the echoes bench_loop counts for SECONDS (each is two relayed
-# packets: client → peer and peer → client), one second at a time, and the busy CPU of each core from /proc/stat.
-# The table gives relayed packets per second, the ratio 2 workers / 1 per repetition pair, and the rate's first and
-# last second (a loop that loses packets runs slower as it goes; one that settles keeps its rate).
+# Per step: after two seconds for the loop to fill and settle, the echoes bench_loop counts over SECONDS (each is two
+# relayed packets: client → peer and peer → client), read once a second by bench/xdp/loop-count.c, the busy CPU of
+# each core from /proc/stat, and the datagrams the relay's sockets dropped (the loop's losses). The table gives
+# relayed packets per second, the ratios per repetition, and the rate's last second against its first (a loop that
+# loses packets runs slower as it goes; one that settles keeps its rate).
 # Everything is bounded in time and count; namespaces and processes are removed on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
