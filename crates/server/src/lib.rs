@@ -70,12 +70,14 @@ pub struct ServerConfig {
 /// Where relay sockets bind and what address they advertise.
 #[derive(Debug, Clone)]
 pub struct RelayConfig {
-    /// Bind address for IPv4 relays; `None` binds the address the client reached us on.
-    pub bind_v4: Option<IpAddr>,
-    pub bind_v6: Option<IpAddr>,
-    /// Advertised (XOR-RELAYED-ADDRESS) address when behind 1:1 NAT; default: the bound address.
-    pub external_v4: Option<IpAddr>,
-    pub external_v6: Option<IpAddr>,
+    /// Bind addresses for IPv4 relays, taken in turn per allocation (a full port range passes to the next); empty:
+    /// the address the client reached us on.
+    pub bind_v4: Vec<IpAddr>,
+    pub bind_v6: Vec<IpAddr>,
+    /// Advertised (XOR-RELAYED-ADDRESS) addresses behind 1:1 NAT, paired with the bind addresses by position (one,
+    /// with no bind address); empty: the bound address.
+    pub external_v4: Vec<IpAddr>,
+    pub external_v6: Vec<IpAddr>,
     pub ports: RangeInclusive<u16>,
     /// Interfaces to attach the kernel fast path (XDP, `crates/xdp`) to; empty: off.
     pub xdp: Vec<String>,
@@ -87,10 +89,10 @@ pub struct RelayConfig {
 impl Default for RelayConfig {
     fn default() -> Self {
         Self {
-            bind_v4: None,
-            bind_v6: None,
-            external_v4: None,
-            external_v6: None,
+            bind_v4: Vec::new(),
+            bind_v6: Vec::new(),
+            external_v4: Vec::new(),
+            external_v6: Vec::new(),
             ports: 49152..=65535,
             xdp: Vec::new(),
             io_uring: true,

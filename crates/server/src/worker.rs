@@ -10,7 +10,7 @@
 //! same `handle_peer` and `sendmmsg` follow. Nothing awaits while a buffer or the server is borrowed, so the
 //! `RefCell`s never conflict.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
@@ -200,6 +200,8 @@ pub(crate) struct Worker {
     buffers: RefCell<Buffers>,
     scratch: RefCell<Box<[u8]>>,
     rng: RefCell<rand::rngs::StdRng>,
+    /// The relay address (of `relay.bind_v4` / `bind_v6`) the next allocation tries first: each takes the next in turn.
+    next_relay_address: Cell<usize>,
     index: usize,
     /// Allocations with channels in the kernel fast path: which channels, and the kernel's counters last read.
     fast: RefCell<HashMap<AllocationId, FastAllocation>>,
@@ -287,6 +289,7 @@ pub(crate) fn run(
             }),
             scratch: RefCell::new(vec![0u8; REPLY_SLOT].into_boxed_slice()),
             rng: RefCell::new(rand::rngs::StdRng::from_entropy()),
+            next_relay_address: Cell::new(index),
             index,
             fast: RefCell::new(HashMap::new()),
         });
@@ -376,8 +379,8 @@ fn refresh_own_addresses(config: &ServerConfig) {
     let addrs = interfaces
         .into_iter()
         .map(|i| i.ip())
-        .chain(config.relay.external_v4)
-        .chain(config.relay.external_v6);
+        .chain(config.relay.external_v4.iter().copied())
+        .chain(config.relay.external_v6.iter().copied());
     if config.own_addresses.set_host(addrs) {
         tracing::info!("the host's addresses changed; relay permissions to new own addresses are revoked");
     }
@@ -876,22 +879,27 @@ impl Worker {
             if !*family.pick(&request.families) {
                 continue;
             }
-            let (bind_ip, external) = match family {
-                Family::V4 => (relay.bind_v4, relay.external_v4),
-                Family::V6 => (relay.bind_v6, relay.external_v6),
+            let (binds, externals) = match family {
+                Family::V4 => (&relay.bind_v4, &relay.external_v4),
+                Family::V6 => (&relay.bind_v6, &relay.external_v6),
             };
             let client_side = request.five_tuple.server.ip();
             let same_family = (family == Family::V4) == client_side.is_ipv4();
-            let Some(bind_ip) = bind_ip.or((same_family && !client_side.is_unspecified()).then_some(client_side))
-            else {
+            if binds.is_empty() && (!same_family || client_side.is_unspecified()) {
                 missing_address = true;
                 continue;
-            };
-            let (std_socket, held) = match request.reserved_relay {
-                Some(addr) => (self.shared.reserved().remove(&addr), None),
-                None => match self.bind_in_range(bind_ip, request.even_port, request.reserve_next) {
-                    Some((socket, held)) => (Some(socket), held),
-                    None => (None, None),
+            }
+            let (std_socket, held, external) = match request.reserved_relay {
+                // The reserved socket is bound already; its address says which external one pairs with it.
+                Some(addr) => {
+                    let socket = self.shared.reserved().remove(&addr);
+                    let ip = socket.as_ref().and_then(|s| s.local_addr().ok()).map(|a| a.ip());
+                    let at = ip.and_then(|ip| binds.iter().position(|b| *b == ip)).unwrap_or(0);
+                    (socket, None, externals.get(at).copied())
+                }
+                None => match self.bind_in_turn(binds, client_side, request.even_port, request.reserve_next) {
+                    Some((socket, held, at)) => (Some(socket), held, externals.get(at).copied()),
+                    None => (None, None, None),
                 },
             };
             let Some(std_socket) = std_socket else { continue };
@@ -922,6 +930,29 @@ impl Worker {
             return None;
         }
         Some((binding, sockets))
+    }
+
+    /// A relay socket on the configured addresses (none: `client_side`), starting at the next in turn and passing a
+    /// full port range on to the next address; with the socket, the index of the address it took.
+    fn bind_in_turn(
+        &self,
+        binds: &[IpAddr],
+        client_side: IpAddr,
+        even: bool,
+        reserve_next: bool,
+    ) -> Option<(std::net::UdpSocket, Option<std::net::UdpSocket>, usize)> {
+        if binds.is_empty() {
+            let (socket, held) = self.bind_in_range(client_side, even, reserve_next)?;
+            return Some((socket, held, 0));
+        }
+        let first = self.next_relay_address.get();
+        self.next_relay_address.set(first.wrapping_add(1));
+        (0..binds.len()).find_map(|k| {
+            let at = first.wrapping_add(k) % binds.len();
+            let ip = *binds.get(at)?;
+            let (socket, held) = self.bind_in_range(ip, even, reserve_next)?;
+            Some((socket, held, at))
+        })
     }
 
     /// A socket on a random port of the range; with `reserve_next`, an even port and the socket on port+1 too.

@@ -294,10 +294,18 @@ fn acme_domain(name: &str) -> Result<(), String> {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Relay {
-    pub bind_v4: Option<IpAddr>,
-    pub bind_v6: Option<IpAddr>,
-    pub external_v4: Option<IpAddr>,
-    pub external_v6: Option<IpAddr>,
+    /// Addresses relay sockets bind to, one or a list; empty: the address the client reached. With several, each
+    /// allocation takes the next in turn, and one whose port range is full passes to the next: a relay address has
+    /// at most ~64 000 ports, so a node holding more allocations needs several.
+    #[serde(with = "one_or_many")]
+    pub bind_v4: Vec<IpAddr>,
+    #[serde(with = "one_or_many")]
+    pub bind_v6: Vec<IpAddr>,
+    /// Public addresses advertised behind 1:1 NAT: one, or one per `bind_v4` address, in the same order.
+    #[serde(with = "one_or_many")]
+    pub external_v4: Vec<IpAddr>,
+    #[serde(with = "one_or_many")]
+    pub external_v6: Vec<IpAddr>,
     pub port_min: u16,
     pub port_max: u16,
     pub ipv6: bool,
@@ -429,6 +437,50 @@ mod strings {
     }
 }
 
+/// An address or a list of them: `bind_v4 = "10.0.0.5"` as before lists were allowed, or `["10.0.0.5", "10.0.0.6"]`.
+mod one_or_many {
+    use std::fmt;
+    use std::net::IpAddr;
+
+    use serde::de::{Error, SeqAccess, Visitor};
+    use serde::{Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(list: &[IpAddr], s: S) -> Result<S::Ok, S::Error> {
+        list.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IpAddr>, D::Error> {
+        d.deserialize_any(Addresses)
+    }
+
+    struct Addresses;
+
+    fn parse<E: Error>(text: &str) -> Result<IpAddr, E> {
+        text.parse()
+            .map_err(|_| E::custom(format!("{text:?} is not an IP address")))
+    }
+
+    impl<'de> Visitor<'de> for Addresses {
+        type Value = Vec<IpAddr>;
+
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("an IP address or a list of them")
+        }
+
+        fn visit_str<E: Error>(self, text: &str) -> Result<Self::Value, E> {
+            Ok(vec![parse(text)?])
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut list = Vec::new();
+            while let Some(text) = seq.next_element::<String>()? {
+                list.push(parse(&text)?);
+            }
+            Ok(list)
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
@@ -491,10 +543,10 @@ impl Default for Listen {
 impl Default for Relay {
     fn default() -> Self {
         Self {
-            bind_v4: None,
-            bind_v6: None,
-            external_v4: None,
-            external_v6: None,
+            bind_v4: Vec::new(),
+            bind_v6: Vec::new(),
+            external_v4: Vec::new(),
+            external_v6: Vec::new(),
             port_min: 49152,
             port_max: 65535,
             ipv6: true,
@@ -664,6 +716,36 @@ impl Config {
                         "{}-{} contains the port of {key} {addr}: relay ports must not overlap the server's own \
                          listeners (a client could relay into the server itself); e.g. 49152-65535",
                         self.relay.port_min, self.relay.port_max
+                    ),
+                );
+            }
+        }
+        // Relay addresses of their key's family, and external ones that pair with the bound ones by position.
+        for (v4, (bind_key, binds), (external_key, externals)) in [
+            (
+                true,
+                ("relay.bind_v4", &self.relay.bind_v4),
+                ("relay.external_v4", &self.relay.external_v4),
+            ),
+            (
+                false,
+                ("relay.bind_v6", &self.relay.bind_v6),
+                ("relay.external_v6", &self.relay.external_v6),
+            ),
+        ] {
+            for (key, list) in [(bind_key, binds), (external_key, externals)] {
+                if let Some(ip) = list.iter().find(|ip| ip.is_ipv4() != v4) {
+                    bad(key, format!("{ip} is not an IPv{} address", if v4 { 4 } else { 6 }));
+                }
+            }
+            if !externals.is_empty() && externals.len() != binds.len().max(1) {
+                bad(
+                    external_key,
+                    format!(
+                        "{} addresses for {} in {bind_key}: give one external address per bound one, in the same \
+                         order (or one, with at most one bound)",
+                        externals.len(),
+                        binds.len()
                     ),
                 );
             }
@@ -1114,6 +1196,53 @@ mod tests {
         assert!(text.contains("limits.coalesce_us"), "{text}");
         let edge = Config::parse("[relay]\ncoalesce_us = 2000\n[limits]\ncoalesce_us = 0\n").unwrap();
         assert!(edge.validate().is_empty(), "{:?}", edge.validate());
+    }
+
+    #[test]
+    fn relay_addresses_are_one_or_a_list_and_externals_pair_with_them() {
+        // One address, as before lists: still read.
+        let one = Config::parse("[relay]\nbind_v4 = \"10.0.0.5\"\nexternal_v4 = \"203.0.113.5\"\n").unwrap();
+        assert_eq!(one.relay.bind_v4, vec!["10.0.0.5".parse::<IpAddr>().unwrap()]);
+        assert_eq!(one.relay.external_v4, vec!["203.0.113.5".parse::<IpAddr>().unwrap()]);
+        assert!(one.validate().is_empty(), "{:?}", one.validate());
+        // A list, paired by position; one external address with no bound one (1:1 NAT) as before.
+        let two = Config::parse(
+            "[relay]\nbind_v4 = [\"10.0.0.5\", \"10.0.0.6\"]\nexternal_v4 = [\"203.0.113.5\", \"203.0.113.6\"]\n\
+             external_v6 = \"2001:db8::5\"\n",
+        )
+        .unwrap();
+        assert_eq!(two.relay.bind_v4.len(), 2);
+        assert!(two.validate().is_empty(), "{:?}", two.validate());
+        // Flags and variables give lists comma-separated.
+        let mut set = Config::default();
+        let errors = set.apply(&[Override::from_set("relay.bind_v4=127.0.0.2, 127.0.0.3").unwrap()]);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(set.relay.bind_v4, two_loopbacks());
+        // Externals that cannot pair, and addresses of the other family, are refused with their key.
+        let bad = Config::parse(
+            "[relay]\nbind_v4 = [\"10.0.0.5\", \"10.0.0.6\"]\nexternal_v4 = \"203.0.113.5\"\nbind_v6 = \"10.0.0.7\"\n",
+        )
+        .unwrap()
+        .validate();
+        let text = format!("{bad:?}");
+        assert_eq!(bad.len(), 2, "{text}");
+        assert!(
+            text.contains("relay.external_v4") && text.contains("1 addresses for 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("relay.bind_v6") && text.contains("10.0.0.7 is not an IPv6 address"),
+            "{text}"
+        );
+        let err = Config::parse("[relay]\nbind_v4 = [\"10.0.0.5\", \"not an address\"]\n").unwrap_err();
+        assert!(
+            err.to_string().contains("\"not an address\" is not an IP address"),
+            "{err}"
+        );
+    }
+
+    fn two_loopbacks() -> Vec<IpAddr> {
+        vec!["127.0.0.2".parse().unwrap(), "127.0.0.3".parse().unwrap()]
     }
 
     #[test]

@@ -136,7 +136,7 @@ const FLAGS: &[Flag] = &[
     list("xdp", "TRAVERSE_XDP", "relay.xdp",
          "IFACE", "Relay channel-bound IPv4 UDP in the kernel (XDP) on these interfaces; falls back to sockets"),
     flag("external-v4", "TRAVERSE_EXTERNAL_V4", "relay.external_v4",
-         "IP", "Public IPv4 address advertised for relays behind 1:1 NAT"),
+         "IP", "Public IPv4 address advertised for relays behind 1:1 NAT (one per relay.bind_v4 address)"),
     flag("workers", "TRAVERSE_WORKERS", "limits.workers", "N", "Worker threads, 0 for one per core"),
     flag("other-address", "TRAVERSE_OTHER_ADDRESS", "stun.other_address",
          "IP:PORT", "RFC 5780 NAT behaviour discovery: the alternate IP:port beside the first listen.udp address"),
@@ -438,6 +438,35 @@ fn warn_if_relay_ports_overlap_ephemeral(config: &Config) {
     }
 }
 
+/// Each IPv4 relay address has one socket per allocation on a port of the range: where the range times the
+/// addresses is less than `limits.max_allocations`, allocations fail (508) before the limit is reached.
+fn warn_if_relay_ports_cannot_hold_allocations(config: &Config) {
+    let (min, max) = (config.relay.port_min, config.relay.port_max);
+    let ports = usize::from(max.saturating_sub(min)) + 1;
+    let addresses = match config.relay.bind_v4.len() {
+        // Relays bind the address the client reached: one per IPv4 listening address.
+        0 => {
+            let listen = &config.listen;
+            let ips: std::collections::BTreeSet<IpAddr> = [&listen.udp, &listen.tcp, &listen.tls, &listen.single]
+                .into_iter()
+                .flatten()
+                .map(|a| a.ip())
+                .filter(IpAddr::is_ipv4)
+                .collect();
+            ips.len().max(1)
+        }
+        n => n,
+    };
+    let room = ports.saturating_mul(addresses);
+    if room < config.limits.max_allocations {
+        tracing::warn!(
+            "relay ports {min}-{max} on {addresses} IPv4 relay address(es) hold {room} allocations, fewer than \
+             limits.max_allocations ({}): add addresses to relay.bind_v4 or widen relay.port_min/port_max",
+            config.limits.max_allocations
+        );
+    }
+}
+
 /// A REST credential: username `expiry:user`, password base64(HMAC-SHA1(secret, username)).
 fn mint(secret: &str, user: &str, ttl: u64) -> (String, String) {
     mint_at(secret, user, unix_now() + ttl)
@@ -600,10 +629,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     );
     report_capacity(&fds, &config);
     warn_if_relay_ports_overlap_ephemeral(&config);
+    warn_if_relay_ports_cannot_hold_allocations(&config);
     let own_addresses = {
         let mut own = interface_ips.clone();
-        own.extend(config.relay.external_v4);
-        own.extend(config.relay.external_v6);
+        own.extend(&config.relay.external_v4);
+        own.extend(&config.relay.external_v6);
         Arc::new(turn::OwnAddresses::new(own))
     };
     // Shared with the workers; a drain refuses new allocations through it.
@@ -616,10 +646,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         single: config.listen.single.clone(),
         tls_identity,
         relay: server::RelayConfig {
-            bind_v4: config.relay.bind_v4,
-            bind_v6: config.relay.bind_v6,
-            external_v4: config.relay.external_v4,
-            external_v6: config.relay.external_v6,
+            bind_v4: config.relay.bind_v4.clone(),
+            bind_v6: config.relay.bind_v6.clone(),
+            external_v4: config.relay.external_v4.clone(),
+            external_v6: config.relay.external_v6.clone(),
             ports: config.relay.port_min..=config.relay.port_max,
             xdp: config.relay.xdp.clone(),
             io_uring: config.relay.io_uring,
@@ -1035,6 +1065,8 @@ fn public_host(config: &Config, running: &server::Running, interface_ips: &[IpAd
     let ip = config
         .relay
         .external_v4
+        .first()
+        .copied()
         .or_else(|| {
             running
                 .udp

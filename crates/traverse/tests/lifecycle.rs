@@ -577,3 +577,86 @@ fn an_even_port_reservation_is_redeemed_by_another_client_behind_one_to_one_nat(
     });
     assert_eq!(again.error_code(), Some(508));
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// Several relay addresses (`relay.bind_v4` as a list).
+
+/// A port free on every one of `ips` right now, below the ephemeral range (which other tests' sockets draw from).
+fn port_free_on(ips: &[std::net::IpAddr]) -> u16 {
+    for _ in 0..200 {
+        let port = 20_000 + rand::random::<u16>() % 10_000;
+        let bound: Vec<_> = ips
+            .iter()
+            .filter_map(|ip| std::net::UdpSocket::bind(SocketAddr::new(*ip, port)).ok())
+            .collect();
+        if bound.len() == ips.len() {
+            return port;
+        }
+    }
+    panic!("no port free on all of {ips:?}");
+}
+
+/// With two relay addresses and a one-port range, allocations take the addresses in turn; with both full the next
+/// gets 508; a full address passes an allocation on to the next one with room; and data relays through each.
+#[test]
+fn allocations_take_the_relay_addresses_in_turn_and_a_full_one_passes_them_on() {
+    let ips: Vec<std::net::IpAddr> = vec!["127.0.0.2".parse().unwrap(), "127.0.0.3".parse().unwrap()];
+    let port = port_free_on(&ips);
+    let peer = common::EchoPeer::start(common::LOOPBACK);
+    let range = format!("{port}-{port}");
+    let server = Server::start(&[
+        "--user",
+        "alice:pw",
+        "--workers",
+        "1",
+        "--allow-peer",
+        "127.0.0.0/8",
+        "--relay-ports",
+        &range,
+        "--set",
+        "relay.bind_v4=127.0.0.2,127.0.0.3",
+    ]);
+    let log = server.log_with("IPv4 relay address(es) hold 2 allocations", WAIT);
+    assert!(
+        log.contains("add addresses to relay.bind_v4"),
+        "the capacity warning: {log}"
+    );
+    let relayed = |r: &Response| r.address(attr::XOR_RELAYED_ADDRESS).expect("relayed address");
+    let new_client = || TurnClient::new(Conn::udp(server.udp), USER, PASSWORD);
+
+    let (mut first, mut second, mut third) = (new_client(), new_client(), new_client());
+    let a = first.allocate(false);
+    assert_allocated(&a);
+    let b = second.allocate(false);
+    assert_allocated(&b);
+    assert_eq!(relayed(&a), SocketAddr::new(ips[0], port), "the first address first");
+    assert_eq!(relayed(&b), SocketAddr::new(ips[1], port), "then the next");
+    assert_eq!(third.allocate(false).error_code(), Some(508), "both ranges full");
+
+    // The next allocation starts at the second address, which is full, and passes on to the first once it has room.
+    let freed = first.request(Method::REFRESH, |w| w.add(&Attribute::Lifetime(0)).map(|_| ()));
+    assert_eq!(freed.class(), Class::Success, "{}", freed.describe());
+    let mut fourth = new_client();
+    let d = fourth.allocate(false);
+    assert_allocated(&d);
+    assert_eq!(
+        relayed(&d),
+        SocketAddr::new(ips[0], port),
+        "passed on to the address with room"
+    );
+
+    // Data both ways through each relay address (turnutils_peer echoes it).
+    for (client, name) in [(&mut second, "127.0.0.3"), (&mut fourth, "127.0.0.2")] {
+        assert_eq!(client.channel_bind(0x4000, peer.addr).class(), Class::Success);
+        client
+            .conn
+            .send(&common::channel_data(0x4000, b"through this address", false));
+        let echoed = client.conn.drain(Duration::from_secs(2));
+        assert!(
+            echoed
+                .iter()
+                .any(|d| d.get(4..) == Some(b"through this address".as_slice())),
+            "no echo through the relay on {name}: {echoed:?}"
+        );
+    }
+}
