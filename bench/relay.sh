@@ -45,7 +45,8 @@
 # RTT, relayed packets per server CPU-second (a relayed packet = one ChannelData in and its payload out to the peer,
 # or one datagram from the peer and its ChannelData out; each echo counts twice; CPU = utime+stime of all the
 # server's threads), server memory (RSS growth) per allocation, set-up time and CPU at idle ($IDLE s of silence) at
-# $MEMORY_RUNS allocations (default 1,000 and 10,000; up to the fd limit less a few hundred), then the
+# $MEMORY_RUNS allocations (default 1,000 and 10,000; up to the fd limit less a few hundred, a larger run is skipped
+# with the reason; more than one address's relay ports hold go on several addresses, see RELAY_IPS below), then the
 # Traverse/coturn ratios. The set runs $REPEAT times, alternating which server goes first; the table gives medians,
 # the (min–max) range and the ratio of the medians. Everything is bounded in time and count; the namespace and the
 # processes it started are removed on exit.
@@ -110,13 +111,39 @@ cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 # sockets take ephemeral ports, and a relay range overlapping them ran out at ~11 000 allocations (508).
 RELAY_PORT_MIN="${RELAY_PORT_MIN:-10000}"
 RELAY_PORT_MAX="${RELAY_PORT_MAX:-32000}"
+# More allocations than one relay address has ports for (with a tenth to spare, since ports are drawn at random) go
+# on several: 198.51.100.1 and then 198.51.100.11, .12, … on the host's end of the veth, given to both servers
+# (Traverse's relay.bind_v4 list, coturn's -E per address). Likewise the load generator's client sockets, beyond
+# CLIENTS_PER_IP (~28 000 ephemeral ports per address), bind 198.51.100.101, .102, … (traverse-loadgen --local-ips).
+# Set for a memory run, empty otherwise (one relay address: the one the client reached).
+RELAY_IPS=""
+CLIENTS_PER_IP="${CLIENTS_PER_IP:-25000}"
+extra_addresses() { # first-octet-offset count → comma-separated 198.51.100.x list, each added to trvb0
+  local list=() k
+  for k in $(seq "$2"); do
+    ip addr add "198.51.100.$(($1 + k))/24" dev trvb0 2>/dev/null || true
+    list+=("198.51.100.$(($1 + k))")
+  done
+  (IFS=,; echo "${list[*]}")
+}
+relay_ips_for() { # allocations → RELAY_IPS
+  local ports=$((RELAY_PORT_MAX - RELAY_PORT_MIN + 1))
+  local needed=$(( (10 * $1 + 9 * ports - 1) / (9 * ports) ))
+  RELAY_IPS=""
+  [ "$needed" -le 1 ] || RELAY_IPS="$HOST_IP,$(extra_addresses 10 $((needed - 1)))"
+}
+client_ips_for() { # allocations → the loadgen's --local-ips arguments, if more than one address is needed
+  local needed=$(( ($1 + CLIENTS_PER_IP - 1) / CLIENTS_PER_IP ))
+  [ "$needed" -le 1 ] || echo "--local-ips $(extra_addresses 100 "$needed")"
+}
 rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 
 start_server() { # name → sets SERVER_PID
   case "$1" in
     # Few TCP/TLS connections (500; the relay load is UDP), so that the descriptor limit goes to allocations.
     traverse|traverse-nocoalesce|traverse-nonap|traverse-2w|traverse-reactor|traverse-prev)
-      local coalesce=(--set "limits.coalesce_us=${COALESCE_US:-200}") workers=1 bin="$TRAVERSE"
+      local coalesce=(--set "limits.coalesce_us=${COALESCE_US:-200}") workers=1 bin="$TRAVERSE" relay_addresses=()
+      [ -z "$RELAY_IPS" ] || relay_addresses=(--set "relay.bind_v4=$RELAY_IPS")
       [ -n "${RELAY_NAP_US:-}" ] && [ "$1" != traverse-prev ] && coalesce+=(--set "relay.coalesce_us=$RELAY_NAP_US")
       [ "$1" = traverse-nonap ] && coalesce+=(--set relay.coalesce_us=0)
       [ "$1" = traverse-prev ] && bin="${TRAVERSE_PREV:?set TRAVERSE_PREV to the other traverse binary}"
@@ -125,8 +152,8 @@ start_server() { # name → sets SERVER_PID
       [ "$1" = traverse-2w ] && workers=2
       "${on_server_cpus[@]}" "$bin" serve --udp "$HOST_IP:3478" --tcp "$HOST_IP:3478" --tls "$HOST_IP:5349" "${coalesce[@]}" \
         --http 127.0.0.1:0 --user "$USER_NAME:$PASSWORD" --realm "$REALM" --workers "$workers" \
-        --relay-ports "$RELAY_PORT_MIN-$RELAY_PORT_MAX" --set limits.max_allocations=20000 \
-        --set limits.max_connections=500 \
+        --relay-ports "$RELAY_PORT_MIN-$RELAY_PORT_MAX" --set "limits.max_allocations=$MAX_ALLOCATIONS" \
+        --set limits.max_connections=500 "${relay_addresses[@]}" \
         --set limits.max_allocations_per_user=0 --set limits.max_allocations_per_source=0 \
         --log-level warn >"$OUT/traverse.log" 2>&1 &
       ;;
@@ -141,7 +168,9 @@ start_server() { # name → sets SERVER_PID
         >"$OUT/uring-ms.log" 2>&1 &
       ;;
     coturn)
-      "${on_server_cpus[@]}" turnserver -n --no-cli --no-tls --no-dtls -L "$HOST_IP" -E "$HOST_IP" --listening-port 3478 \
+      local relay_addresses=(-E "$HOST_IP")
+      [ -z "$RELAY_IPS" ] || { relay_addresses=(); for ip in ${RELAY_IPS//,/ }; do relay_addresses+=(-E "$ip"); done; }
+      "${on_server_cpus[@]}" turnserver -n --no-cli --no-tls --no-dtls -L "$HOST_IP" "${relay_addresses[@]}" --listening-port 3478 \
         --lt-cred-mech --user "$USER_NAME:$PASSWORD" --realm "$REALM" --relay-threads 1 \
         --min-port "$RELAY_PORT_MIN" --max-port "$RELAY_PORT_MAX" --no-multicast-peers --simple-log --log-file stdout \
         --pidfile "$OUT/turnserver.pid" >"$OUT/coturn.log" 2>&1 &
@@ -167,6 +196,9 @@ json() { python3 -c "import json,sys; print(json.load(sys.stdin)[sys.argv[1]])" 
 REPEAT="${REPEAT:-2}"
 TRAFFIC_RUNS="${TRAFFIC_RUNS-100:40000 1000:20000 100:150000}"
 MEMORY_RUNS="${MEMORY_RUNS-1000 10000}"
+# Traverse's allocation limit: the largest memory run, and never under 20 000.
+MAX_ALLOCATIONS=20000
+for n in $MEMORY_RUNS; do [ "$n" -le "$MAX_ALLOCATIONS" ] || MAX_ALLOCATIONS=$n; done
 IDLE="${IDLE:-10}"   # seconds of silence over which the server's CPU at idle is measured, allocations held
 UCLIENT_RUNS="${UCLIENT_RUNS-100 1000}"
 VALUES="$OUT/values.txt"   # one "server metric value" line per measurement, all repetitions
@@ -197,13 +229,22 @@ for rep in $(seq "$REPEAT"); do
     echo "== $server"
     # Memory per allocation: RSS growth while N allocations (each with a channel) are held.
     for n in $MEMORY_RUNS; do
+      # The server holds a socket per allocation and the load generator one per client: each needs the descriptors.
+      if [ "$(ulimit -n)" -lt $((n + 600)) ]; then
+        echo "  skipping $n allocations: the descriptor limit is $(ulimit -n) per process (ulimit -Hn to raise it)"
+        continue
+      fi
+      relay_ips_for "$n"
       start_server "$server"
+      [ -z "$RELAY_IPS" ] || echo "  $n allocations on relay addresses $RELAY_IPS"
       base=$(rss_kib "$SERVER_PID")
+      : >"$OUT/hold.txt" # no READY line from an earlier run
+      # shellcheck disable=SC2046 # client_ips_for prints separate arguments
       "${on_load_cpus[@]}" "$LOADGEN" --server "$HOST_IP:3478" --peer "$PEER_IP:$PEER_PORT" --user "$USER_NAME" --password "$PASSWORD" \
-        --allocations "$n" --rate 0 --hold $((IDLE + 4)) >"$OUT/hold.txt" 2>&1 &
+        --allocations "$n" --rate 0 --hold $((IDLE + 4)) $(client_ips_for "$n") >"$OUT/hold.txt" 2>&1 &
       lg=$!
       pids+=("$lg")
-      for _ in $(seq 600); do grep -q READY "$OUT/hold.txt" 2>/dev/null && break; sleep 0.1; done
+      for _ in $(seq $((600 + n / 100))); do grep -q READY "$OUT/hold.txt" 2>/dev/null && break; sleep 0.1; done
       sleep 1
       grep -q READY "$OUT/hold.txt" || { echo "allocation phase failed: $(cat "$OUT/hold.txt")"; exit 1; }
       # CPU at idle: the server's CPU while the N allocations are held and silent (timers must not cost CPU per
@@ -223,6 +264,7 @@ for rep in $(seq "$REPEAT"); do
       record "$server" "setup$n" "${setup:-n/a}"
       echo "  $n allocations: RSS $base → $after KiB, $v bytes/allocation, set up in ${setup:-?} s, idle CPU $idle ms/s"
       stop_server
+      RELAY_IPS=""
     done
 
     # Throughput and CPU: 100 allocations, fixed offered rates, 100- and 1000-byte payloads; the last rate is more

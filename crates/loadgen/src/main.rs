@@ -4,7 +4,7 @@
 //! ChannelData round-robin over all of them at a fixed total rate for a fixed time, and counts the echoes that come
 //! back through the relay. Every run is bounded in time and packet count. Output is one JSON object.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
@@ -55,6 +55,10 @@ struct Args {
     /// less than two relay workers carry (`bench/relay.sh`, `SERVERS="traverse traverse-2w"` with `LOAD_CPUS`).
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// Local addresses the client sockets bind to, comma-separated, allocation i on the (i mod n)-th: one address
+    /// has ~28 000 ephemeral ports, so more allocations than that need several (none: the unspecified address).
+    #[arg(long, value_delimiter = ',')]
+    local_ips: Vec<IpAddr>,
 }
 
 struct Client {
@@ -251,7 +255,8 @@ async fn open_share(args: &Args, index: usize) -> anyhow::Result<(Vec<Client>, f
     };
     let mut clients = Vec::with_capacity(args.allocations / args.threads + 1);
     for i in allocation_share(args.allocations, args.threads, index) {
-        let client = open(args, &credentials, channel)
+        let local = args.local_ips.get(i % args.local_ips.len().max(1)).copied();
+        let client = open(args, local, &credentials, channel)
             .await
             .with_context(|| format!("allocation {i}"))?;
         clients.push(client);
@@ -344,8 +349,13 @@ async fn traffic(args: &Args, clients: Vec<Client>, rate: u64, share: &mut Share
 }
 
 /// Allocate, then ChannelBind to the peer.
-async fn open(args: &Args, credentials: &Credentials, channel: ChannelNumber) -> anyhow::Result<Client> {
-    let mut session = Session::allocate(args.server, credentials, None).await?;
+async fn open(
+    args: &Args,
+    local: Option<IpAddr>,
+    credentials: &Credentials,
+    channel: ChannelNumber,
+) -> anyhow::Result<Client> {
+    let mut session = Session::allocate_from(local, args.server, credentials, None).await?;
     session.channel_bind(channel, args.peer, &mut |_| {}).await?;
     Ok(Client { session, channel })
 }

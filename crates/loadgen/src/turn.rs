@@ -2,7 +2,7 @@
 //! long-term credentials (401 → nonce → key → signed request, 438 → new nonce), retransmissions — is
 //! `turn::client`'s, the project's one sans-IO client; this module only drives it over a tokio socket.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -36,8 +36,23 @@ impl Session {
         credentials: &Credentials,
         lifetime: Option<u32>,
     ) -> anyhow::Result<Self> {
-        let bind_addr: SocketAddr = if server.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse()?;
-        let socket = UdpSocket::bind(bind_addr).await?;
+        Self::allocate_from(None, server, credentials, lifetime).await
+    }
+
+    /// [`Session::allocate`] from a socket bound to `local` (none: the unspecified address): one local address has
+    /// ~28 000 ephemeral ports, so more client sockets than that need several.
+    pub async fn allocate_from(
+        local: Option<IpAddr>,
+        server: SocketAddr,
+        credentials: &Credentials,
+        lifetime: Option<u32>,
+    ) -> anyhow::Result<Self> {
+        let any: IpAddr = if server.is_ipv4() {
+            Ipv4Addr::UNSPECIFIED.into()
+        } else {
+            Ipv6Addr::UNSPECIFIED.into()
+        };
+        let socket = UdpSocket::bind(SocketAddr::new(local.unwrap_or(any), 0)).await?;
         socket.connect(server).await?;
         let mut config = ClientConfig::udp(&credentials.user, &credentials.password);
         config.timeout = Some(TIMEOUT);
