@@ -3,7 +3,7 @@
 // servers meet exactly the same load. Everything is bounded in time and in count.
 //
 //   node load.mjs hold  --proto traverse|peerjs --url ws://127.0.0.1:P --pid SERVER_PID --conns N [--idle S]
-//                       [--heartbeats 1]
+//                       [--heartbeats 1] [--per-address 25000]
 //   node load.mjs relay --proto traverse|peerjs --url ws://127.0.0.1:P --pid SERVER_PID --pairs K
 //                       [--seconds 10] [--max-messages 2000000] [--window 16] [--rate 0] [--tick-ms 5]
 //   --room-in-url 0: Traverse sockets name their room only in their join frame (as a client other than the SDK may),
@@ -12,7 +12,8 @@
 // hold:  opens N sockets (pairs of peers: Traverse joins one room per pair, PeerJS registers an id per socket),
 //        waits for every `joined` / `OPEN`, lets the server settle, measures its CPU over `idle` seconds of
 //        silence, reads its RSS, closes them. Prints one JSON line: RSS before/after, bytes per connection, setup
-//        time, server CPU to connect and at idle.
+//        time, server CPU to connect and at idle. Beyond `per-address` sockets they connect from 127.0.0.2, .3, …
+//        (one client address has ~28 000 ports towards one server port), so 100 000 fit where the fd limit allows.
 // relay: K pairs (sender → receiver). Each sender keeps at most `window` messages in flight and sends for
 //        `seconds` or until `max-messages` were sent in all; with `rate` > 0 the senders are paced to that many
 //        messages per second in total instead of running flat out. Each message carries a send timestamp; the
@@ -150,10 +151,11 @@ if (!A) {
 }
 
 /** Opens one socket and waits until the server has registered the peer (joined / OPEN), at most 15 s. */
-function openPeer(name, room, onMessage) {
+/** @param {string} name @param {string} room @param {Function} [onMessage] @param {string} [localAddress] */
+function openPeer(name, room, onMessage, localAddress) {
   return new Promise((resolve, reject) => {
     const conn = { name, room, id: null, peers: [], lastSeq: 0, ws: null, ready: false };
-    const ws = new WebSocket(A.url(name, room), { perMessageDeflate: false, handshakeTimeout: 10000 });
+    const ws = new WebSocket(A.url(name, room), { perMessageDeflate: false, handshakeTimeout: 10000, localAddress });
     conn.ws = ws;
     const timer = setTimeout(() => {
       ws.terminate();
@@ -232,7 +234,14 @@ async function hold() {
   const rssBefore = serverRssKiB();
   const cpu0 = serverCpuSeconds();
   const t0 = performance.now();
-  const { out, failures, firstError } = await inBatches(n, 100, (i) => openPeer(`h${i}`, `hold-${i >> 1}`));
+  // One client address has ~28 000 ephemeral ports towards the server's one address and port: beyond
+  // --per-address sockets (25 000), each further batch connects from the next loopback address (127.0.0.2, …), which
+  // needs the server on loopback too.
+  const perAddress = Number(args['per-address'] ?? 25000);
+  const from = (i) => (n > perAddress ? `127.0.0.${1 + Math.floor(i / perAddress)}` : undefined);
+  const { out, failures, firstError } = await inBatches(n, 100, (i) =>
+    openPeer(`h${i}`, `hold-${i >> 1}`, undefined, from(i)),
+  );
   const setupSeconds = (performance.now() - t0) / 1000;
   const cpuSetup = serverCpuSeconds() - cpu0;
   await sleep(settleMs);

@@ -12,7 +12,8 @@
 #              OPEN received); server RSS before and after → bytes per idle connection; the server's CPU over
 #              $IDLE seconds (default 12) of idling → CPU at idle: each socket sends its own client's heartbeat
 #              (Traverse's SDK every 10 s, PeerJS's every 5 s; HEARTBEATS=0: silent sockets, which Traverse pings
-#              every 10 s). N from $HOLD (at most the fd limit less 256).
+#              every 10 s). N from $HOLD (at most the fd limit less 256, a larger N is skipped with the reason;
+#              beyond 25 000 the sockets connect from several loopback addresses, so 100 000 fit where it allows).
 #   flat-out   $PAIRS sender→receiver pairs, each sender keeps at most $WINDOW signals in flight, for SECONDS
 #              (at most $MAX_MESSAGES in all): delivered signals/s, latency p50/p99, server CPU-s per 100k.
 #   paced      the same pairs at $RATE signals/s in total: latency when the server is not saturated. Sent every
@@ -135,7 +136,10 @@ for rep in $(seq "$REPEAT"); do
   if [ $((rep % 2)) = 1 ]; then ORDER="traverse peerjs"; else ORDER="peerjs traverse"; fi
   echo "== repetition $rep of $REPEAT ($ORDER)"
   for n in $HOLD; do
-    if [ "$FDS" -lt $((n + 256)) ]; then echo "  skipping hold $n: fd limit $FDS"; continue; fi
+    if [ "$FDS" -lt $((n + 256)) ]; then
+      echo "  skipping hold $n: the descriptor limit is $FDS per process (ulimit -Hn), $n sockets need $((n + 256))"
+      continue
+    fi
     for s in $ORDER; do run "hold $n" "$s" hold --conns "$n" --idle "$IDLE" --heartbeats "$HEARTBEATS" \
       --time-limit $((170 + IDLE)); done
   done
