@@ -439,8 +439,9 @@ fn warn_if_relay_ports_overlap_ephemeral(config: &Config) {
 }
 
 /// Each IPv4 relay address has one socket per allocation on a port of the range: where the range times the
-/// addresses is less than `limits.max_allocations`, allocations fail (508) before the limit is reached.
-fn warn_if_relay_ports_cannot_hold_allocations(config: &Config) {
+/// addresses is less than the allocations the server takes (`limits.max_allocations`, or fewer where the descriptor
+/// limit cut it: `capacity`), allocations fail (508) before that is reached.
+fn warn_if_relay_ports_cannot_hold_allocations(config: &Config, capacity: usize) {
     let (min, max) = (config.relay.port_min, config.relay.port_max);
     let ports = usize::from(max.saturating_sub(min)) + 1;
     let addresses = match config.relay.bind_v4.len() {
@@ -458,11 +459,12 @@ fn warn_if_relay_ports_cannot_hold_allocations(config: &Config) {
         n => n,
     };
     let room = ports.saturating_mul(addresses);
-    if room < config.limits.max_allocations {
+    let wanted = config.limits.max_allocations.min(capacity);
+    if room < wanted {
         tracing::warn!(
-            "relay ports {min}-{max} on {addresses} IPv4 relay address(es) hold {room} allocations, fewer than \
-             limits.max_allocations ({}): add addresses to relay.bind_v4 or widen relay.port_min/port_max",
-            config.limits.max_allocations
+            "relay ports {min}-{max} on {addresses} IPv4 relay address(es) hold {room} allocations, fewer than the \
+             {wanted} the server takes (limits.max_allocations, and the descriptor limit): add addresses to \
+             relay.bind_v4 or widen relay.port_min/port_max"
         );
     }
 }
@@ -629,7 +631,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     );
     report_capacity(&fds, &config);
     warn_if_relay_ports_overlap_ephemeral(&config);
-    warn_if_relay_ports_cannot_hold_allocations(&config);
+    warn_if_relay_ports_cannot_hold_allocations(&config, fds.allocations);
     let own_addresses = {
         let mut own = interface_ips.clone();
         own.extend(&config.relay.external_v4);
