@@ -120,11 +120,7 @@ impl RelayNaps {
                 wakes,
                 datagrams: gathered,
             } if now < until => {
-                let (wakes, gathered) = if datagrams > 0 {
-                    (wakes.saturating_add(1), gathered.saturating_add(datagrams))
-                } else {
-                    (wakes, gathered)
-                };
+                let (wakes, gathered) = tally(wakes, gathered, datagrams);
                 let napping = RelayNaps::Napping {
                     until,
                     wakes,
@@ -146,11 +142,7 @@ impl RelayNaps {
                 wakes,
                 datagrams: seen,
             } => {
-                let (wakes, seen) = if datagrams > 0 {
-                    (wakes.saturating_add(1), seen.saturating_add(datagrams))
-                } else {
-                    (wakes, seen)
-                };
+                let (wakes, seen) = tally(wakes, seen, datagrams);
                 let watched = now.saturating_duration_since(since);
                 if watched < WATCH {
                     return (
@@ -177,6 +169,16 @@ impl RelayNaps {
                 }
             }
         }
+    }
+}
+
+/// Wake-ups that took datagrams and their datagrams, counting one more wake-up that took `datagrams` (one that took
+/// none — a timer's — does not count).
+fn tally(wakes: u32, seen: u32, datagrams: u32) -> (u32, u32) {
+    if datagrams > 0 {
+        (wakes.saturating_add(1), seen.saturating_add(datagrams))
+    } else {
+        (wakes, seen)
     }
 }
 

@@ -782,25 +782,16 @@ impl Config {
         }
         // A nap is a pause of the whole worker: milliseconds of it would hold every packet and message it serves, so
         // a value meant as milliseconds (or a typo) is refused rather than taken.
-        if self.relay.coalesce_us > Self::MAX_NAP_US {
-            bad(
-                "relay.coalesce_us",
-                format!(
-                    "{} µs is too long: at most {} (0 turns it off)",
-                    self.relay.coalesce_us,
-                    Self::MAX_NAP_US
-                ),
-            );
-        }
-        if self.limits.coalesce_us > Self::MAX_NAP_US {
-            bad(
-                "limits.coalesce_us",
-                format!(
-                    "{} µs is too long: at most {} (0 turns it off)",
-                    self.limits.coalesce_us,
-                    Self::MAX_NAP_US
-                ),
-            );
+        for (key, nap) in [
+            ("relay.coalesce_us", self.relay.coalesce_us),
+            ("limits.coalesce_us", self.limits.coalesce_us),
+        ] {
+            if nap > Self::MAX_NAP_US {
+                bad(
+                    key,
+                    format!("{nap} µs is too long: at most {} (0 turns it off)", Self::MAX_NAP_US),
+                );
+            }
         }
         if self.cluster.hub_shards > 64 {
             bad(
