@@ -5,6 +5,8 @@
 #   SERVERS=traverse MEMORY_RUNS= TRAFFIC_RUNS=100:150000 UCLIENT_RUNS= REPEAT=1 bench/relay.sh 5   # a subset
 #   STRACE=4 REPEAT=1 MEMORY_RUNS= UCLIENT_RUNS=100 bench/relay.sh   # syscall counts of each server (strace -c -f,
 #       4 s into each traffic run, bench/out/strace-*.txt); strace slows the server, so ignore that run's CPU figures
+#   PERF=3 REPEAT=1 MEMORY_RUNS= UCLIENT_RUNS= bench/relay.sh   # a profile of each server in each traffic run
+#       (perf record -g for 3 s, 2 s into the run; bench/out/perf-<server>-<size>-<rate>.data, for perf report -i)
 #   SERVERS="traverse traverse-nocoalesce coturn" bench/relay.sh   # also Traverse with wake-up coalescing off
 #       (limits.coalesce_us=0), to see what it buys; each extra server gets its own column and ratio to coturn
 #   SERVERS="traverse forwarder coturn" bench/relay.sh   # also the bare UDP forwarder (traverse-bare-forwarder: one
@@ -212,6 +214,11 @@ strace_during() { # label: syscall counts of the server for $STRACE seconds, 2 s
   (sleep 2; timeout -s INT "$STRACE" strace -c -f -p "$SERVER_PID" -o "$OUT/strace-$1.txt" >/dev/null 2>&1) &
   pids+=($!)
 }
+perf_during() { # label: a profile of the server for $PERF seconds, 2 s into the traffic (perf record -g)
+  [ -n "${PERF:-}" ] || return 0
+  (sleep 2; perf record -q -g -p "$SERVER_PID" -o "$OUT/perf-$1.data" -- sleep "$PERF" >/dev/null 2>&1) &
+  pids+=($!)
+}
 
 echo "== machine: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg); coturn $(turnserver --version 2>/dev/null | head -1)"
 if [ -n "${SERVER_CPUS:-}${LOAD_CPUS:-}" ]; then
@@ -275,6 +282,7 @@ for rep in $(seq "$REPEAT"); do
       key="$size@$rate"
       start_server "$server"
       strace_during "$server-$size-$rate"
+      perf_during "$server-$size-$rate"
       t0=$(cpu_ticks "$SERVER_PID")
       "${on_load_cpus[@]}" "$LOADGEN" --server "$HOST_IP:3478" --peer "$PEER_IP:$PEER_PORT" --user "$USER_NAME" --password "$PASSWORD" \
         --allocations 100 --rate "$rate" --duration "$SECONDS_PER_RUN" --size "$size" --pace-us "${PACE_US:-1000}" \
