@@ -6,6 +6,9 @@
 #
 #   sudo bench/relay-cores.sh [SECONDS]     # default 5 s measured per step, REPEAT=3; ~6 minutes
 #   SYSTEMS="traverse coturn" SIZES="100 1000" REPEAT=3 INFLIGHT=2000 ALLOCATIONS=100 sudo bench/relay-cores.sh 5
+#   SLICE=20 SYSTEMS=traverse sudo bench/relay-cores.sh 5   # each worker held to 20 % of a core (cgroup v1 `cpu`,
+#       CFS bandwidth) instead of pinned to a core of its own, every process free on both cores: the method
+#       bench/signaling/cores.sh must use, checked here against the pinned cores on the same relay
 #
 # The load generator cannot have cores of its own here: any process sending and receiving a relay's packets needs a
 # core about as much as the relay does (bench/relay.sh's traverse-2w: with the generator beside them, two workers
@@ -61,12 +64,42 @@ for tool in turnserver ip ethtool bpftool clang taskset python3; do
 done
 ulimit -n "$(ulimit -Hn)"
 
+# SLICE: each Traverse worker thread in a cgroup of its own, held to SLICE % of each 10 ms period; the process's other
+# threads share one more.
+CG=/sys/fs/cgroup/cpu/traverse-relay-cores-$$
+if [ -n "${SLICE:-}" ]; then
+  [ -w /sys/fs/cgroup/cpu/tasks ] || { echo "SLICE needs cgroup v1's cpu controller at /sys/fs/cgroup/cpu"; exit 1; }
+  [ "$SYSTEMS" = traverse ] || { echo "SLICE measures Traverse only (SYSTEMS=traverse)"; exit 1; }
+fi
+slice_threads() { # PID: every worker thread in a slice of its own, the rest in one more
+  local w=0 t name g
+  for t in /proc/"$1"/task/*; do
+    name=$(cat "$t/comm")
+    if [ "$name" = traverse-worker ]; then g="$CG/$1-w$w"; w=$((w + 1)); else g="$CG/$1-rest"; fi
+    mkdir -p "$g"
+    echo 10000 >"$g/cpu.cfs_period_us"
+    echo $((SLICE * 100)) >"$g/cpu.cfs_quota_us"
+    echo "${t##*/}" >"$g/tasks"
+  done
+}
+unslice() { # removes the slices (their threads are gone, or go back to the root)
+  [ -d "$CG" ] || return 0
+  local g t
+  for g in "$CG"/*/; do
+    [ -d "$g" ] || continue
+    while read -r t; do echo "$t" >/sys/fs/cgroup/cpu/tasks 2>/dev/null || true; done <"$g/tasks"
+    rmdir "$g" 2>/dev/null || true
+  done
+  rmdir "$CG" 2>/dev/null || true
+}
+
 pids=()
 cleanup() {
   [ -z "${BPF_STATS_WAS:-}" ] || sysctl -qw "kernel.bpf_stats_enabled=$BPF_STATS_WAS"
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   sleep 0.3
   for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+  unslice
   # Anything still running in the namespaces this script made is this script's.
   for n in s o; do
     for p in $(ip netns pids "$P-$n" 2>/dev/null); do kill -9 "$p" 2>/dev/null || true; done
@@ -151,11 +184,22 @@ start_one() {
     "${S[@]}" ss -lun | grep -q "$4:3478" && break
     sleep 0.1
   done
+  [ -z "${SLICE:-}" ] || slice_threads "${SERVER_PIDS[-1]}"
 }
 # start_system SYSTEM CONFIG: 1 (one worker on core 1), 2 (two workers on cores 0-1) or 2p (two processes of one
 # worker each, one per core, on two addresses: what two workers would give if they shared nothing at all).
 start_system() {
   SERVER_PIDS=()
+  if [ -n "${SLICE:-}" ]; then
+    # Slices instead of cores: every process may run on both cores; the slices hold each worker to its share.
+    case "$2" in
+      1) start_one "$1" 1 0-1 "$HOST_IP" ;;
+      2) start_one "$1" 2 0-1 "$HOST_IP" ;;
+      2p) start_one "$1" 1 0-1 "$HOST_IP"; start_one "$1" 1 0-1 "$HOST_IP2" ;;
+    esac
+    sleep 0.5
+    return
+  fi
   case "$2" in
     1) start_one "$1" 1 1 "$HOST_IP" ;;
     2) start_one "$1" 2 0-1 "$HOST_IP" ;;
@@ -170,6 +214,7 @@ start_system() {
 stop_system() {
   for p in "${SERVER_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
   for p in "${SERVER_PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  unslice
   sleep 0.5
 }
 # fill IP ALLOCATIONS PACKETS SIZE: opens the allocations on the relay at IP and puts the packets into the loop.
@@ -182,7 +227,7 @@ fill() {
 CLK_TCK=$(getconf CLK_TCK)
 VALUES="$OUT/cores-values.txt"
 : >"$VALUES"
-echo "== machine: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg) at the start; $(uname -r)"
+echo "== machine: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg) at the start; $(uname -r)${SLICE:+; each worker held to $SLICE % of a core}"
 for rep in $(seq "$REPEAT"); do
   for system in $SYSTEMS; do
     for size in $SIZES; do
