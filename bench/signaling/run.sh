@@ -80,6 +80,8 @@ wait_http() { # url
   echo "server did not come up at $1"; exit 1
 }
 
+# The listeners take free ports from the ephemeral range (32768–60999 here), which Traverse refuses to share with its
+# relay ports (49152–65535 by default): the relay range is moved above it.
 start_server() { # traverse|peerjs → sets SERVER_PID, SERVER_URL
   local port
   port=$(free_port)
@@ -89,6 +91,7 @@ start_server() { # traverse|peerjs → sets SERVER_PID, SERVER_URL
         --udp "127.0.0.1:$(free_port)" --tcp "127.0.0.1:$(free_port)" --tls "127.0.0.1:$(free_port)" \
         --set signal.max_connections_per_ip=100000 --set signal.messages_per_second=1000000 --set signal.burst=1000000 \
         --set signal.max_peers_per_room=100 --set signal.max_rooms=1000000 --set limits.max_connections=100000 --workers "${WORKERS:-2}" \
+        --set relay.port_min=61000 --set relay.port_max=65535 \
         --log-level warn ${TRAVERSE_ARGS:-} >"$OUT/traverse.log" 2>&1 &
       SERVER_PID=$!
       pids+=("$SERVER_PID")
