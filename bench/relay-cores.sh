@@ -64,34 +64,13 @@ for tool in turnserver ip ethtool bpftool clang taskset python3; do
 done
 ulimit -n "$(ulimit -Hn)"
 
-# SLICE: each Traverse worker thread in a cgroup of its own, held to SLICE % of each 10 ms period; the process's other
-# threads share one more.
-CG=/sys/fs/cgroup/cpu/traverse-relay-cores-$$
+# SLICE: each Traverse worker thread held to SLICE % of a core (bench/slices.sh).
+. bench/slices.sh
+CG=$SLICE_ROOT/traverse-relay-cores-$$
 if [ -n "${SLICE:-}" ]; then
-  [ -w /sys/fs/cgroup/cpu/tasks ] || { echo "SLICE needs cgroup v1's cpu controller at /sys/fs/cgroup/cpu"; exit 1; }
+  slices_available || { echo "SLICE needs cgroup v1's cpu controller at $SLICE_ROOT"; exit 1; }
   [ "$SYSTEMS" = traverse ] || { echo "SLICE measures Traverse only (SYSTEMS=traverse)"; exit 1; }
 fi
-slice_threads() { # PID: every worker thread in a slice of its own, the rest in one more
-  local w=0 t name g
-  for t in /proc/"$1"/task/*; do
-    name=$(cat "$t/comm")
-    if [ "$name" = traverse-worker ]; then g="$CG/$1-w$w"; w=$((w + 1)); else g="$CG/$1-rest"; fi
-    mkdir -p "$g"
-    echo 10000 >"$g/cpu.cfs_period_us"
-    echo $((SLICE * 100)) >"$g/cpu.cfs_quota_us"
-    echo "${t##*/}" >"$g/tasks"
-  done
-}
-unslice() { # removes the slices (their threads are gone, or go back to the root)
-  [ -d "$CG" ] || return 0
-  local g t
-  for g in "$CG"/*/; do
-    [ -d "$g" ] || continue
-    while read -r t; do echo "$t" >/sys/fs/cgroup/cpu/tasks 2>/dev/null || true; done <"$g/tasks"
-    rmdir "$g" 2>/dev/null || true
-  done
-  rmdir "$CG" 2>/dev/null || true
-}
 
 pids=()
 cleanup() {
@@ -99,7 +78,7 @@ cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   sleep 0.3
   for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-  unslice
+  unslice "$CG"
   # Anything still running in the namespaces this script made is this script's.
   for n in s o; do
     for p in $(ip netns pids "$P-$n" 2>/dev/null); do kill -9 "$p" 2>/dev/null || true; done
@@ -184,7 +163,7 @@ start_one() {
     "${S[@]}" ss -lun | grep -q "$4:3478" && break
     sleep 0.1
   done
-  [ -z "${SLICE:-}" ] || slice_threads "${SERVER_PIDS[-1]}"
+  [ -z "${SLICE:-}" ] || slice_threads "$CG" "${SERVER_PIDS[-1]}" "$SLICE" >/dev/null
 }
 # start_system SYSTEM CONFIG: 1 (one worker on core 1), 2 (two workers on cores 0-1) or 2p (two processes of one
 # worker each, one per core, on two addresses: what two workers would give if they shared nothing at all).
@@ -214,7 +193,7 @@ start_system() {
 stop_system() {
   for p in "${SERVER_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
   for p in "${SERVER_PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-  unslice
+  unslice "$CG"
   sleep 0.5
 }
 # fill IP ALLOCATIONS PACKETS SIZE: opens the allocations on the relay at IP and puts the packets into the loop.
@@ -276,7 +255,8 @@ done
 echo "== load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
 
 python3 - "$VALUES" "$SYSTEMS" "$SIZES" <<'EOF'
-import statistics, sys
+import os, statistics, sys
+slice_ = os.environ.get("SLICE")
 rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
 systems, sizes = sys.argv[2].split(), sys.argv[3].split()
 def cell(values, fmt):
@@ -292,9 +272,11 @@ def ratios(a, b):
     return [a[k] / b[k] for k in b if k in a and b[k]]
 print()
 print("Relayed packets per second at saturation. Medians over the repetitions (min–max); ratios are taken per")
-print("repetition, then their median. 2p: two processes of one worker each, one per core (nothing shared).")
+print("repetition, then their median. 2p: two processes of one worker each, one per core (nothing shared)." if not slice_
+      else f"repetition, then their median. Each worker held to {slice_} % of a core; 2p: two processes of one worker each.")
 print()
-print("| system | payload | 1 worker (core 1) | 2 workers (cores 0-1) | **2 workers / 1** | 2p | 2p / 1 | 2 workers / 2p | last second / first, 2 workers |")
+cores = ("1 worker (core 1)", "2 workers (cores 0-1)") if not slice_ else ("1 worker (1 slice)", "2 workers (2 slices)")
+print(f"| system | payload | {cores[0]} | {cores[1]} | **2 workers / 1** | 2p | 2p / 1 | 2 workers / 2p | last second / first, 2 workers |")
 print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
 for s in systems:
     for size in sizes:

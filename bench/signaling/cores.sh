@@ -39,12 +39,11 @@ REPEAT="${REPEAT:-3}"
 WARMUP="${WARMUP:-2}"
 OUT="$ROOT/bench/out/signaling"
 mkdir -p "$OUT"
-CG_ROOT=/sys/fs/cgroup/cpu
-CG="$CG_ROOT/traverse-cores-$$"
+. bench/slices.sh
+CG="$SLICE_ROOT/traverse-cores-$$"
 
 [ "$(id -u)" = 0 ] || { echo "bench/signaling/cores.sh needs root (cgroups)"; exit 1; }
-[ -w "$CG_ROOT/tasks" ] && [ -e "$CG_ROOT/cpu.cfs_quota_us" ] || {
-  echo "bench/signaling/cores.sh needs cgroup v1's cpu controller at $CG_ROOT (CFS bandwidth)"; exit 1; }
+slices_available || { echo "bench/signaling/cores.sh needs cgroup v1's cpu controller at $SLICE_ROOT (CFS bandwidth)"; exit 1; }
 
 if [ "${NO_BUILD:-0}" != 1 ]; then cargo build --release -q -p traverse -p traverse-loadgen; fi
 TRAVERSE="${TRAVERSE:-$ROOT/target/release/traverse}"
@@ -54,28 +53,9 @@ pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-  # A cgroup goes once its threads have: move any left to the root, then remove it.
-  if [ -d "$CG" ]; then
-    for g in "$CG"/*/; do
-      [ -d "$g" ] || continue
-      while read -r t; do echo "$t" >"$CG_ROOT/tasks" 2>/dev/null || true; done <"$g/tasks"
-      rmdir "$g" 2>/dev/null || true
-    done
-    rmdir "$CG" 2>/dev/null || true
-  fi
+  unslice "$CG"
 }
 trap cleanup EXIT
-mkdir -p "$CG"
-
-# slice NAME: a cgroup of SHARE % of each 10 ms period.
-slice() {
-  mkdir -p "$CG/$1"
-  echo 10000 >"$CG/$1/cpu.cfs_period_us"
-  echo $((SHARE * 100)) >"$CG/$1/cpu.cfs_quota_us"
-}
-slice_stat() { # NAME → "periods throttled"
-  awk '/^nr_periods/{p=$2} /^nr_throttled/{t=$2} END{print p, t}' "$CG/$1/cpu.stat"
-}
 
 # start INDEX WORKERS PORT → the process's PID in STARTED; its worker threads each in a slice, the rest in another.
 start() {
@@ -90,19 +70,8 @@ start() {
     curl -sf -o /dev/null "http://127.0.0.1:$port/healthz" && break
     sleep 0.1
   done
-  local w=0 t name
-  for t in /proc/"$STARTED"/task/*; do
-    name=$(cat "$t/comm")
-    t=${t##*/}
-    if [ "$name" = traverse-worker ]; then
-      slice "p$i-w$w"
-      echo "$t" >"$CG/p$i-w$w/tasks"
-      w=$((w + 1))
-    else
-      slice "p$i-rest"
-      echo "$t" >"$CG/p$i-rest/tasks"
-    fi
-  done
+  local w
+  w=$(slice_threads "$CG" "$STARTED" "$SHARE")
   [ "$w" = "$workers" ] || { echo "expected $workers worker threads in $STARTED, found $w"; exit 1; }
 }
 
@@ -134,14 +103,14 @@ step() {
   # The server's CPU over the measured interval (the benches count from WARMUP on; their set-up is done by then).
   sleep "$WARMUP"
   before=$(cpu_ticks "${servers[@]}")
-  for g in "$CG"/*/; do g=${g%/}; g=${g##*/}; stat0[$g]=$(slice_stat "$g"); done
+  for g in "$CG"/*/; do g=${g%/}; stat0[${g##*/}]=$(slice_throttled "$g"); done
   sleep "$SECONDS_MEASURED"
   local cpu throttled=""
   cpu=$(( $(cpu_ticks "${servers[@]}") - before ))
   for g in "$CG"/*/; do
     g=${g%/}; g=${g##*/}
     read -r p0 t0 <<<"${stat0[$g]}"
-    read -r p1 t1 <<<"$(slice_stat "$g")"
+    read -r p1 t1 <<<"$(slice_throttled "$CG/$g")"
     throttled+="\"$g\":$(python3 -c "print(round(($t1-$t0)/max(1,$p1-$p0),2))"),"
   done
   for b in "${benches[@]}"; do wait "$b" || { echo "bench failed: $(cat "$OUT"/cores-bench-*.err)"; exit 1; }; done
@@ -151,7 +120,7 @@ step() {
   local p
   for p in "${servers[@]}"; do kill "$p"; wait "$p" 2>/dev/null || true; done
   pids=()
-  for g in "$CG"/*/; do rmdir "$g"; done
+  unslice "$CG"
   echo "{\"config\":\"$config\",\"rep\":$rep,\"signals_per_s\":$rate,\"server_cpu_s\":$(python3 -c "print($cpu/100)"),\"throttled\":{${throttled%,}},\"load\":\"$(cut -d' ' -f1-3 /proc/loadavg)\"}" \
     | tee -a "$RESULTS"
 }
