@@ -70,6 +70,7 @@ start() {
     curl -sf -o /dev/null "http://127.0.0.1:$port/healthz" && break
     sleep 0.1
   done
+  kill -0 "$STARTED" 2>/dev/null || { echo "traverse did not start: $(tail -3 "$OUT/cores-traverse-$i.log")"; exit 1; }
   local w
   w=$(slice_threads "$CG" "$STARTED" "$SHARE")
   [ "$w" = "$workers" ] || { echo "expected $workers worker threads in $STARTED, found $w"; exit 1; }
@@ -95,6 +96,7 @@ step() {
   # The benches: each its share of the pairs; in 2p, pair i's two peers both on process i mod 2.
   local list benches=() b
   list=$(IFS=,; echo "${urls[*]}")
+  rm -f "$OUT"/cores-bench-*.json
   for b in $(seq "$BENCHES"); do
     "$BENCH" --a "$list" --b "$list" --pairs $((PAIRS / BENCHES)) --window "$WINDOW" --warmup "$WARMUP" \
       --seconds "$SECONDS_MEASURED" --label "$config" >"$OUT/cores-bench-$b.json" 2>"$OUT/cores-bench-$b.err" &
@@ -121,12 +123,13 @@ step() {
   for p in "${servers[@]}"; do kill "$p"; wait "$p" 2>/dev/null || true; done
   pids=()
   unslice "$CG"
-  echo "{\"config\":\"$config\",\"rep\":$rep,\"signals_per_s\":$rate,\"server_cpu_s\":$(python3 -c "print($cpu/100)"),\"throttled\":{${throttled%,}},\"load\":\"$(cut -d' ' -f1-3 /proc/loadavg)\"}" \
+  echo "{\"config\":\"$config\",\"rep\":$rep,\"signals_per_s\":$rate,\"server_cpu_s\":$(python3 -c "print($cpu/$CLK_TCK)"),\"throttled\":{${throttled%,}},\"load\":\"$(cut -d' ' -f1-3 /proc/loadavg)\"}" \
     | tee -a "$RESULTS"
 }
 
 RESULTS="$OUT/cores-results.jsonl"
 : >"$RESULTS"
+CLK_TCK=$(getconf CLK_TCK)
 echo "== $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg); each worker: ${SHARE} % of a core; $PAIRS pairs × $WINDOW in flight; $BENCHES load processes"
 for rep in $(seq "$REPEAT"); do
   # Every other repetition runs the configurations in the reverse order.
