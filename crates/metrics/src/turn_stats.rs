@@ -152,6 +152,12 @@ pub(crate) fn encode_turn(enc: &mut DescriptorEncoder, s: &turn::Stats) -> Resul
         "traverse_turn_reflection_drops",
         "Unauthenticated UDP answers not sent because their source's reflection budget was spent",
         s.reflection_drops,
+    )?;
+    counter(
+        enc,
+        "traverse_turn_relay_receive_pauses",
+        "Relay sockets' receives paused because every receive buffer of their worker was taken (overload)",
+        s.relay_receive_pauses,
     )
 }
 

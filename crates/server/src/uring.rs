@@ -39,7 +39,9 @@ use crate::udp::BATCH;
 
 /// Buffers lent to the kernel (a power of two): with [`BUF`], 4 MiB per worker. Datagrams received and not yet
 /// reaped hold one each; when none is left a socket's receive pauses (its datagrams wait in its own queue) and is
-/// armed again when buffers come back. 128 (512 KiB) relayed at the same CPU per packet but delivered less at
+/// armed again when buffers come back ([`Uring::pauses`]). The pool is charged to no source because no datagram
+/// keeps its buffer past the reap that takes it: a flood on one socket can only take the buffers again and again,
+/// while the others' datagrams wait in their own queues (`tests/attack.rs`, case 7). 128 (512 KiB) relayed at the same CPU per packet but delivered less at
 /// overload (`docs/benchmarks.md`, "fewer ring buffers").
 const BUFFERS: u16 = 1024;
 /// One buffer: the header, the address, the largest payload taken, and the tailroom.
@@ -95,6 +97,8 @@ pub(crate) struct Uring<T> {
     /// Receivers removed while `inner` was borrowed (a removal from inside [`Uring::reap`]'s callbacks).
     deferred: RefCell<Vec<Key>>,
     truncated: Cell<u64>,
+    /// Receives that stopped for want of a buffer and were armed again once the buffers came back.
+    pauses: Cell<u64>,
 }
 
 struct RingFd(RawFd);
@@ -168,12 +172,19 @@ impl<T> Uring<T> {
             }),
             deferred: RefCell::new(Vec::new()),
             truncated: Cell::new(0),
+            pauses: Cell::new(0),
         })
     }
 
     /// Datagrams longer than [`MAX_PAYLOAD`] dropped so far.
     pub(crate) fn truncated(&self) -> u64 {
         self.truncated.get()
+    }
+
+    /// Receives paused so far because every buffer was taken (overload: the socket's datagrams waited in its own
+    /// queue meanwhile), counted when they are armed again.
+    pub(crate) fn pauses(&self) -> u64 {
+        self.pauses.get()
     }
 
     /// Starts receiving on `fd`, whose datagrams reach the callback of [`Uring::reap`] with `tag`. The caller keeps
@@ -311,7 +322,8 @@ impl<T> Uring<T> {
         // Only once the completion queue is empty are the buffers all back: re-armed earlier, a starved receive
         // would find none, end with ENOBUFS again and cost a completion and a submission per round under overload.
         if n < REAP && inner.ring.completion().is_empty() {
-            inner.feed_starved();
+            let resumed = inner.feed_starved();
+            self.pauses.set(self.pauses.get() + resumed);
         }
         if inner.ring.submission().is_empty() {
             return n;
@@ -472,19 +484,22 @@ impl<T> Inner<T> {
         }
     }
 
-    /// Arms again the receivers that ran out of buffers, now that the buffers are back.
-    fn feed_starved(&mut self) {
+    /// Arms again the receivers that ran out of buffers, now that the buffers are back; how many.
+    fn feed_starved(&mut self) -> u64 {
+        let mut resumed = 0;
         for key in std::mem::take(&mut self.starved) {
             let current = self
                 .receivers
                 .get(key.slot as usize)
                 .is_some_and(|r| r.generation == key.generation && !r.armed);
             if current {
-                if let Err(e) = self.arm(key) {
-                    tracing::warn!(error = %e, "io_uring receive not armed again");
+                match self.arm(key) {
+                    Ok(()) => resumed += 1,
+                    Err(e) => tracing::warn!(error = %e, "io_uring receive not armed again"),
                 }
             }
         }
+        resumed
     }
 }
 
@@ -787,6 +802,11 @@ mod tests {
             numbers.sort_unstable();
             numbers.dedup();
             assert_eq!(numbers.len(), total, "none twice");
+            assert!(
+                (1..=sockets.len() as u64).contains(&ring.pauses()),
+                "each socket paused at most once, and at least one did: {}",
+                ring.pauses()
+            );
         });
     }
 

@@ -356,6 +356,7 @@ async fn timer(worker: Rc<Worker>, certs: Arc<CertStore>, index: usize) {
         let mut stats = worker.server.borrow().stats();
         // Datagrams too long for the ring's buffers were dropped before the state machine saw them.
         stats.dropped_packets += worker.ring.as_ref().map_or(0, |r| r.truncated());
+        stats.relay_receive_pauses = worker.ring.as_ref().map_or(0, |r| r.pauses());
         worker.shared.stats.publish(index, stats);
         if worker_zero && n.is_multiple_of(5) {
             match certs.reload_if_changed() {

@@ -642,3 +642,123 @@ fn send_indication(peer: SocketAddr, data: &[u8]) -> Vec<u8> {
     buf.truncate(len);
     buf
 }
+
+/// 7. Relay floods: the relay's receive buffers (the worker's io_uring pool) are shared by every allocation of a
+///    worker and charged to no source, because none holds one past the wake-up that received into it. What a
+///    flood can do is take every buffer at once, again and again. Here one worker relays for two allocations while
+///    A's relayed address is flooded for two seconds, by a peer A permitted (relayed to A) and by a stranger
+///    (dropped); B's peer sends 400 numbered datagrams meanwhile. B receives every one, in order: a paused receive
+///    starts again with the buffers, and the flood waits in A's own socket queue, where the kernel drops what
+///    overflows. Afterwards the pool is whole again: both allocations still relay.
+#[test]
+fn a_flood_on_one_relay_address_does_not_starve_another_allocation() {
+    let metrics = SocketAddr::new(source(1), free_tcp_port());
+    let server = Server::start(&[
+        "--user",
+        "alice:pw",
+        "--allow-peer",
+        "127.0.0.0/8",
+        "--set",
+        "limits.workers=1",
+        "--set",
+        &format!("metrics.listen={metrics}"),
+    ]);
+    let allocated = |from: IpAddr| {
+        let mut c = TurnClient::new(Conn::udp_from(from, server.udp), USER, PASSWORD);
+        let r = c.allocate(false);
+        assert_eq!(r.class(), Class::Success, "{}", r.describe());
+        let relayed = r.address(stun::attr::XOR_RELAYED_ADDRESS).expect("XOR-RELAYED-ADDRESS");
+        (c, relayed)
+    };
+    let (mut a, relay_a) = allocated(source(70));
+    let (mut b, relay_b) = allocated(source(71));
+    let flooder = UdpSocket::bind(SocketAddr::new(source(72), 0)).unwrap();
+    let stranger = UdpSocket::bind(SocketAddr::new(source(73), 0)).unwrap();
+    let peer_b = UdpSocket::bind(SocketAddr::new(source(74), 0)).unwrap();
+    let r = a.create_permission(flooder.local_addr().unwrap());
+    assert_eq!(r.class(), Class::Success, "{}", r.describe());
+    let r = b.channel_bind(0x4000, peer_b.local_addr().unwrap());
+    assert_eq!(r.class(), Class::Success, "{}", r.describe());
+
+    // Bounded in time (2 s) and count (1 500 000 datagrams per flooder).
+    let flood = |socket: UdpSocket| {
+        std::thread::spawn(move || {
+            let payload = [0x5au8; 1000];
+            let until = Instant::now() + Duration::from_secs(2);
+            let mut sent = 0u64;
+            while sent < 1_500_000 && Instant::now() < until {
+                for _ in 0..64 {
+                    if socket.send_to(&payload, relay_a).is_ok() {
+                        sent += 1;
+                    }
+                }
+            }
+            sent
+        })
+    };
+    let floods = [flood(flooder), flood(stranger)];
+    std::thread::sleep(Duration::from_millis(200));
+    const COUNT: u32 = 400;
+    let sender = std::thread::spawn(move || {
+        for i in 0..COUNT {
+            peer_b.send_to(&i.to_be_bytes(), relay_b).unwrap();
+            std::thread::sleep(Duration::from_millis(3));
+        }
+        peer_b
+    });
+    let mut received = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while received.len() < COUNT as usize && Instant::now() < deadline {
+        if let Some(frame) = b.conn.recv(Duration::from_millis(200)) {
+            if frame.len() == 8 && frame[..2] == [0x40, 0x00] {
+                received.push(u32::from_be_bytes(frame[4..8].try_into().unwrap()));
+            }
+        }
+    }
+    let sent: Vec<u64> = floods.into_iter().map(|f| f.join().unwrap()).collect();
+    let peer_b = sender.join().unwrap();
+    let pauses = metric(metrics, "traverse_turn_relay_receive_pauses_total");
+    println!("flood: {sent:?} datagrams sent; receives paused {pauses} times");
+    assert_eq!(
+        received,
+        (0..COUNT).collect::<Vec<_>>(),
+        "B's datagrams, all and in order, through a flood of {sent:?} on A (receives paused {pauses} times)"
+    );
+    assert!(
+        pauses > 0,
+        "the flood never took every buffer, so it tested nothing: {sent:?} sent"
+    );
+
+    // The pool came back whole: both allocations relay again.
+    std::thread::sleep(Duration::from_millis(300));
+    a.conn.drain(Duration::from_millis(300));
+    let after = UdpSocket::bind(SocketAddr::new(source(72), 0)).unwrap();
+    let r = a.create_permission(after.local_addr().unwrap());
+    assert_eq!(r.class(), Class::Success, "{}", r.describe());
+    after.send_to(b"after the flood, A", relay_a).unwrap();
+    let got = a.conn.recv(Duration::from_secs(2)).expect("A relays after the flood");
+    // A Data indication (no channel): the payload is in its DATA attribute.
+    let data = Message::parse(&got)
+        .ok()
+        .and_then(|m| m.get(stun::attr::DATA).map(|a| a.value.to_vec()));
+    assert_eq!(data.as_deref(), Some(&b"after the flood, A"[..]), "{got:?}");
+    peer_b.send_to(b"after the flood, B", relay_b).unwrap();
+    let got = b.conn.recv(Duration::from_secs(2)).expect("B relays after the flood");
+    assert_eq!(&got[4..], b"after the flood, B");
+}
+
+/// One counter's value from `/metrics` (0 when absent).
+fn metric(addr: SocketAddr, name: &str) -> u64 {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut body = String::new();
+    let _ = stream.read_to_string(&mut body);
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(0)
+}

@@ -39,6 +39,9 @@ pub struct Stats {
     pub peer_refusals: u64,
     /// Unauthenticated UDP answers dropped because the source's reflection budget was spent.
     pub reflection_drops: u64,
+    /// Counted by the I/O layer, not here: relay sockets' receives that paused because every receive buffer of
+    /// their worker was taken (overload), and resumed once the buffers came back.
+    pub relay_receive_pauses: u64,
 }
 
 /// One value per client transport.
@@ -250,6 +253,7 @@ impl Stats {
         self.quota_refusals.source += other.quota_refusals.source;
         self.peer_refusals += other.peer_refusals;
         self.reflection_drops += other.reflection_drops;
+        self.relay_receive_pauses += other.relay_receive_pauses;
         for (mine, theirs) in [
             (&mut self.fast_path_to_peer, &other.fast_path_to_peer),
             (&mut self.fast_path_to_client, &other.fast_path_to_client),
