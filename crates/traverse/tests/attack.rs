@@ -12,6 +12,8 @@ mod common;
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
@@ -646,10 +648,11 @@ fn send_indication(peer: SocketAddr, data: &[u8]) -> Vec<u8> {
 /// 7. Relay floods: the relay's receive buffers (the worker's io_uring pool) are shared by every allocation of a
 ///    worker and charged to no source, because none holds one past the wake-up that received into it. What a
 ///    flood can do is take every buffer at once, again and again. Here one worker relays for two allocations while
-///    A's relayed address is flooded for two seconds, by a peer A permitted (relayed to A) and by a stranger
-///    (dropped); B's peer sends 400 numbered datagrams meanwhile. B receives every one, in order: a paused receive
-///    starts again with the buffers, and the flood waits in A's own socket queue, where the kernel drops what
-///    overflows. Afterwards the pool is whole again: both allocations still relay.
+///    A's relayed address is flooded, by a peer A permitted (relayed to A) and by a stranger (dropped), and B's
+///    peer sends a numbered datagram every 3 ms; until the pool has run dry (the flood took every buffer) and for a
+///    second at least. B receives every one, in order: a paused receive starts again with the buffers, and the
+///    flood waits in A's own socket queue, where the kernel drops what overflows. Afterwards the pool is whole
+///    again: both allocations still relay.
 #[test]
 fn a_flood_on_one_relay_address_does_not_starve_another_allocation() {
     flood_one_relay_address(true);
@@ -693,13 +696,16 @@ fn flood_one_relay_address(io_uring: bool) {
     let r = b.channel_bind(0x4000, peer_b.local_addr().unwrap());
     assert_eq!(r.class(), Class::Success, "{}", r.describe());
 
-    // Bounded in time (2 s) and count (1 500 000 datagrams per flooder).
+    // Every loop below is bounded in time (8 s) and count; all stop once B's traffic has run for a second under the
+    // flood and, with io_uring, the pool has run dry at least once (the counter is published once a second).
+    let stop = Arc::new(AtomicBool::new(false));
     let flood = |socket: UdpSocket| {
+        let stop = stop.clone();
         std::thread::spawn(move || {
             let payload = [0x5au8; 1000];
-            let until = Instant::now() + Duration::from_secs(2);
+            let until = Instant::now() + Duration::from_secs(8);
             let mut sent = 0u64;
-            while sent < 1_500_000 && Instant::now() < until {
+            while sent < 8_000_000 && Instant::now() < until && !stop.load(Ordering::Relaxed) {
                 for _ in 0..64 {
                     if socket.send_to(&payload, relay_a).is_ok() {
                         sent += 1;
@@ -711,38 +717,62 @@ fn flood_one_relay_address(io_uring: bool) {
     };
     let floods = [flood(flooder), flood(stranger)];
     std::thread::sleep(Duration::from_millis(200));
-    const COUNT: u32 = 400;
-    let sender = std::thread::spawn(move || {
-        for i in 0..COUNT {
-            peer_b.send_to(&i.to_be_bytes(), relay_b).unwrap();
-            std::thread::sleep(Duration::from_millis(3));
-        }
-        peer_b
-    });
-    let mut received = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while received.len() < COUNT as usize && Instant::now() < deadline {
-        if let Some(frame) = b.conn.recv(Duration::from_millis(200)) {
-            if frame.len() == 8 && frame[..2] == [0x40, 0x00] {
-                received.push(u32::from_be_bytes(frame[4..8].try_into().unwrap()));
+    let sender = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut sent = 0u32;
+            while sent < 3000 && !stop.load(Ordering::Relaxed) {
+                peer_b.send_to(&sent.to_be_bytes(), relay_b).unwrap();
+                sent += 1;
+                std::thread::sleep(Duration::from_millis(3));
             }
+            (peer_b, sent)
+        })
+    };
+    let receiver = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut received = Vec::new();
+            let deadline = Instant::now() + Duration::from_secs(12);
+            // Until the traffic stopped and a second passed with nothing more.
+            while Instant::now() < deadline {
+                match b.conn.recv(Duration::from_millis(1000)) {
+                    Some(frame) if frame.len() == 8 && frame[..2] == [0x40, 0x00] => {
+                        received.push(u32::from_be_bytes(frame[4..8].try_into().unwrap()));
+                    }
+                    Some(_) => {}
+                    None if stop.load(Ordering::Relaxed) => break,
+                    None => {}
+                }
+            }
+            (b, received)
+        })
+    };
+    let started = Instant::now();
+    let mut pauses = 0;
+    while started.elapsed() < Duration::from_secs(8) {
+        std::thread::sleep(Duration::from_millis(250));
+        pauses = metric(metrics, "traverse_turn_relay_receive_pauses_total");
+        if started.elapsed() >= Duration::from_secs(1) && (pauses > 0 || !io_uring) {
+            break;
         }
     }
+    stop.store(true, Ordering::Relaxed);
     let sent: Vec<u64> = floods.into_iter().map(|f| f.join().unwrap()).collect();
-    let peer_b = sender.join().unwrap();
-    let pauses = metric(metrics, "traverse_turn_relay_receive_pauses_total");
-    println!("flood: {sent:?} datagrams sent; receives paused {pauses} times");
-    assert_eq!(
-        received,
-        (0..COUNT).collect::<Vec<_>>(),
-        "B's datagrams, all and in order, through a flood of {sent:?} on A (receives paused {pauses} times)"
-    );
+    let (peer_b, count) = sender.join().unwrap();
+    let (mut b, received) = receiver.join().unwrap();
+    println!("flood: {sent:?} datagrams sent; B: {count}; receives paused {pauses} times");
     if io_uring {
         assert!(
             pauses > 0,
             "the flood never took every buffer, so it tested nothing: {sent:?} sent"
         );
     }
+    assert_eq!(
+        received,
+        (0..count).collect::<Vec<_>>(),
+        "B's datagrams, all and in order, through a flood of {sent:?} on A (receives paused {pauses} times)"
+    );
 
     // The pool came back whole: both allocations relay again.
     std::thread::sleep(Duration::from_millis(300));
