@@ -31,7 +31,9 @@
 //! nap lets one `epoll_wait`, one reap of the ring and one `sendmmsg` serve many (0.74–0.77x the CPU per packet with
 //! smooth arrivals, for 0.7–1.1 ms more round trip through two relay hops). With bursts, wake-ups already take
 //! batches and it sleeps at once; when traffic is sparse it sleeps at once too, and an event is handled the moment
-//! it arrives. Naps that gather nothing (a chain of requests, each waiting for the last answer) stop for a while.
+//! it arrives. Naps that gather nothing (a chain of requests, each waiting for the last answer) stop for a while, and
+//! so do naps that cost more CPU per datagram than none, as they did at 5 000 echoes/s on another VM, where a
+//! wake-up costs less ([`NapCosts`]: the worker reads its own CPU clock where a window of naps begins and ends).
 //!
 //! A crate of its own because both the TURN workers (`server`) and the WebSocket sockets (`web`) that run on them
 //! report to it. Our own ~60 lines on tokio's `on_thread_park` / `on_thread_unpark` hooks: tokio has no such
@@ -54,6 +56,8 @@ thread_local! {
     static RECENT: Cell<Recent> = const { Cell::new(Recent::new()) };
     /// Whether a worker busy relaying naps, and what it saw ([`RelayNaps`]).
     static RELAY: Cell<RelayNaps> = const { Cell::new(RelayNaps::Watching { since: None, wakes: 0, datagrams: 0 }) };
+    /// What this worker's datagrams cost with relay naps and without ([`NapCosts`]).
+    static COSTS: Cell<NapCosts> = const { Cell::new(NapCosts::new()) };
 }
 
 /// Whether a worker busy relaying UDP naps before it sleeps: only where a nap gathers datagrams that would otherwise
@@ -104,8 +108,9 @@ const GATHERED: u32 = 2;
 const RESTING: Duration = Duration::from_millis(500);
 
 impl RelayNaps {
-    /// A wake-up that took `datagrams` ends at `now`: the next state, and whether to nap `nap` first.
-    fn before_sleep(self, now: Instant, datagrams: u32, nap: Duration) -> (Self, bool) {
+    /// A wake-up that took `datagrams` ends at `now`: the next state, and whether to nap `nap` first. `pays`: whether
+    /// naps have cost less CPU per datagram than no naps ([`NapCosts::naps_pay`]); if not, napping ends in a rest.
+    fn before_sleep(self, now: Instant, datagrams: u32, nap: Duration, pays: bool) -> (Self, bool) {
         let watch = |since| RelayNaps::Watching {
             since: Some(since),
             wakes: 0,
@@ -132,7 +137,9 @@ impl RelayNaps {
                 wakes,
                 datagrams: gathered,
                 ..
-            } if gathered < wakes.saturating_mul(GATHERED) => (RelayNaps::Resting { until: now + RESTING }, false),
+            } if !pays || gathered < wakes.saturating_mul(GATHERED) => {
+                (RelayNaps::Resting { until: now + RESTING }, false)
+            }
             RelayNaps::Napping { .. } => (watch(now), false),
             RelayNaps::Resting { until } if now < until => (self, false),
             RelayNaps::Resting { .. } => (watch(now), false),
@@ -180,6 +187,132 @@ fn tally(wakes: u32, seen: u32, datagrams: u32) -> (u32, u32) {
     } else {
         (wakes, seen)
     }
+}
+
+/// What a worker's datagrams cost in CPU with relay naps and without, so that it naps only where naps pay on the
+/// machine it runs on. Why: a nap trades latency for fewer wake-ups, and what a wake-up costs depends on the host. On
+/// one VM naps took the CPU per packet to 0.71–0.77x for ~0.5 ms more round trip; on another, at 5 000 echoes/s,
+/// they took it to 1.22x, and saved only 11–21 % at 10 000–20 000/s (`docs/benchmarks.md`). Counting datagrams per
+/// wake-up cannot tell these apart; the worker's own CPU clock can.
+///
+/// The clock (`CLOCK_THREAD_CPUTIME_ID`, the thread's user and kernel time) is read only where a window of naps
+/// starts or ends, so a few hundred times a second at most, never per datagram. The windows between are tallied as
+/// napping or plain (watching and resting), each tally kept to about the last [`KEEP`] datagrams.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct NapCosts {
+    /// The CPU clock where the current window began (none before the first read), and its datagrams so far.
+    window_cpu: Option<Duration>,
+    window_datagrams: u64,
+    plain: Tally,
+    napping: Tally,
+}
+
+/// CPU time and the datagrams it served.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Tally {
+    cpu_ns: u64,
+    datagrams: u64,
+}
+
+/// Datagrams a tally keeps (older ones weigh less: both halves are halved past this).
+const KEEP: u64 = 20_000;
+/// Datagrams each tally needs before the comparison counts; until then naps follow [`RelayNaps`] alone.
+const KNOWN: u64 = 200;
+/// Naps go on only while a datagram costs at most this percentage of its CPU without them. 100: any saving. With 90
+/// and 95 the measurement's own spread (windows of a few hundred datagrams on a noisy VM) stopped naps that saved
+/// 5–10 % in many windows, each time for a [`RESTING`]; with 100 the worker was never dearer than with the
+/// count-only rule (0.90–1.01x its CPU per packet, `docs/benchmarks.md`).
+const PAYS_PERCENT: u128 = 100;
+
+impl Tally {
+    fn add(&mut self, cpu: Duration, datagrams: u64) {
+        if datagrams == 0 {
+            return;
+        }
+        self.cpu_ns = self
+            .cpu_ns
+            .saturating_add(u64::try_from(cpu.as_nanos()).unwrap_or(u64::MAX));
+        self.datagrams = self.datagrams.saturating_add(datagrams);
+        while self.datagrams > KEEP {
+            self.cpu_ns /= 2;
+            self.datagrams /= 2;
+        }
+    }
+}
+
+impl NapCosts {
+    const fn new() -> Self {
+        Self {
+            window_cpu: None,
+            window_datagrams: 0,
+            plain: Tally {
+                cpu_ns: 0,
+                datagrams: 0,
+            },
+            napping: Tally {
+                cpu_ns: 0,
+                datagrams: 0,
+            },
+        }
+    }
+
+    /// Whether naps have paid: true until both tallies are known.
+    fn naps_pay(&self) -> bool {
+        let (plain, napping) = (self.plain, self.napping);
+        if plain.datagrams < KNOWN || napping.datagrams < KNOWN {
+            return true;
+        }
+        // napping.cpu / napping.datagrams <= PAYS_PERCENT % of plain.cpu / plain.datagrams, in integers.
+        u128::from(napping.cpu_ns) * u128::from(plain.datagrams) * 100
+            <= PAYS_PERCENT * u128::from(plain.cpu_ns) * u128::from(napping.datagrams)
+    }
+
+    /// The window that ends at CPU clock `cpu` was napping or plain: tallied, and the next one begins.
+    fn close(&mut self, napping: bool, cpu: Duration) {
+        if let Some(start) = self.window_cpu {
+            let tally = if napping { &mut self.napping } else { &mut self.plain };
+            tally.add(cpu.saturating_sub(start), self.window_datagrams);
+        }
+        self.window_cpu = Some(cpu);
+        self.window_datagrams = 0;
+    }
+
+    /// [`RelayNaps::before_sleep`], with the windows of naps measured: `cpu` reads the worker's CPU clock, and is
+    /// called only where a window of naps begins or ends.
+    fn before_sleep(
+        &mut self,
+        state: RelayNaps,
+        now: Instant,
+        datagrams: u32,
+        nap: Duration,
+        mut cpu: impl FnMut() -> Duration,
+    ) -> (RelayNaps, bool) {
+        self.window_datagrams = self.window_datagrams.saturating_add(u64::from(datagrams));
+        let was_napping = matches!(state, RelayNaps::Napping { .. });
+        if matches!(state, RelayNaps::Napping { until, .. } if now >= until) {
+            self.close(true, cpu());
+        }
+        let (next, napped) = state.before_sleep(now, datagrams, nap, self.naps_pay());
+        if !was_napping && matches!(next, RelayNaps::Napping { .. }) {
+            self.close(false, cpu());
+        }
+        (next, napped)
+    }
+}
+
+/// The calling thread's CPU time, user and kernel.
+fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid, writable timespec for the duration of the call.
+    #[allow(unsafe_code)]
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(
+        u64::try_from(ts.tv_sec).unwrap_or(0),
+        u32::try_from(ts.tv_nsec).unwrap_or(0),
+    )
 }
 
 /// Sockets with bytes within [`WINDOW`] of each other on one worker, from this many up: messages side by side.
@@ -340,7 +473,9 @@ fn before_sleep(naps: Naps, now: Instant) {
     RECENT.set(recent);
     let woke_at = WOKE_AT.get();
     if relaying {
-        let (relay, nap) = RELAY.get().before_sleep(now, datagrams, naps.relay);
+        let mut costs = COSTS.get();
+        let (relay, nap) = costs.before_sleep(RELAY.get(), now, datagrams, naps.relay, thread_cpu);
+        COSTS.set(costs);
         RELAY.set(relay);
         if nap {
             std::thread::sleep(naps.relay);
@@ -528,7 +663,7 @@ mod tests {
         (0..count)
             .map(|_| {
                 *at += every;
-                let (next, napped) = state.before_sleep(*at, datagrams, nap);
+                let (next, napped) = state.before_sleep(*at, datagrams, nap, true);
                 *state = next;
                 napped
             })
@@ -580,6 +715,97 @@ mod tests {
         // After 500 ms it watches again (and would nap again, to find out whether naps now gather).
         let after = wake_ups(&mut state, &mut at, 2_000, US(25), 1, nap);
         assert!(after.contains(&true), "never watched again after the rest");
+    }
+
+    /// Smooth arrivals (one datagram per wake-up every 25 µs; 16 per wake-up after a 400 µs nap) for `ms`, where a
+    /// datagram costs `plain_ns` of CPU without naps and `napping_ns` with them: the share of the last half of the
+    /// time spent napping, and whether the worker ever rested.
+    fn smooth_with_costs(plain_ns: u64, napping_ns: u64, ms: u64) -> (f64, bool) {
+        let mut costs = NapCosts::new();
+        let mut state = RelayNaps::Watching {
+            since: None,
+            wakes: 0,
+            datagrams: 0,
+        };
+        let start = Instant::now();
+        let (mut at, mut cpu) = (start, 0u64);
+        let (mut napping_late, mut late, mut rested) = (Duration::ZERO, Duration::ZERO, false);
+        while at < start + Duration::from_millis(ms) {
+            let napping = matches!(state, RelayNaps::Napping { .. });
+            let (every, datagrams, cost) = if napping {
+                (US(400), 16, napping_ns)
+            } else {
+                (US(25), 1, plain_ns)
+            };
+            at += every;
+            cpu += u64::from(datagrams) * cost;
+            if at >= start + Duration::from_millis(ms / 2) {
+                late += every;
+                if napping {
+                    napping_late += every;
+                }
+            }
+            let (next, _) = costs.before_sleep(state, at, datagrams, US(400), || Duration::from_nanos(cpu));
+            rested |= matches!(next, RelayNaps::Resting { .. });
+            state = next;
+        }
+        (napping_late.as_secs_f64() / late.as_secs_f64(), rested)
+    }
+
+    #[test]
+    fn naps_go_on_only_where_they_cost_less_cpu_per_datagram() {
+        // A host where a wake-up is dear: 5 µs a datagram one by one, 2 µs in a nap's batch. Naps go on.
+        let (share, rested) = smooth_with_costs(5_000, 2_000, 4_000);
+        assert!(
+            !rested && share > 0.8,
+            "naps that pay stopped: {share:.2} of the time napping"
+        );
+        // A host where naps save 5 %: they go on.
+        let (share, rested) = smooth_with_costs(5_000, 4_750, 4_000);
+        assert!(
+            !rested && share > 0.8,
+            "naps that save 5 % stopped: {share:.2} of the time napping"
+        );
+        // Naps that cost more than none (seen at 5 000 echoes/s on one VM) stop, but for a 20 ms try every 500 ms, to
+        // see whether that changed.
+        let (share, rested) = smooth_with_costs(5_000, 6_000, 4_000);
+        assert!(
+            rested && share < 0.06,
+            "naps that cost more went on: {share:.2} of the time napping"
+        );
+    }
+
+    #[test]
+    fn nap_costs_are_tallied_per_window_and_forget_slowly() {
+        let mut costs = NapCosts::new();
+        assert!(costs.naps_pay(), "unknown: naps by counts alone");
+        costs.close(false, Duration::from_millis(1)); // the first read only starts a window
+        assert_eq!(costs.plain, Tally::default());
+        costs.window_datagrams = 1_000;
+        costs.close(false, Duration::from_millis(6));
+        assert_eq!(
+            costs.plain,
+            Tally {
+                cpu_ns: 5_000_000,
+                datagrams: 1_000
+            }
+        );
+        costs.window_datagrams = 100;
+        costs.close(true, Duration::from_millis(6) + US(300));
+        assert!(costs.naps_pay(), "100 napping datagrams are not yet known");
+        costs.window_datagrams = 150;
+        costs.close(true, Duration::from_millis(6) + US(750));
+        assert_eq!(
+            costs.napping,
+            Tally {
+                cpu_ns: 750_000,
+                datagrams: 250
+            }
+        );
+        assert!(costs.naps_pay(), "3 µs against 5 µs a datagram");
+        costs.window_datagrams = 30_000;
+        costs.close(false, Duration::from_secs(1));
+        assert!(costs.plain.datagrams <= KEEP, "{:?}", costs.plain);
     }
 
     #[test]

@@ -323,8 +323,8 @@ pub struct Relay {
     pub io_uring: bool,
     /// Microseconds a worker relaying UDP waits before it sleeps while its wake-ups take datagrams one by one, fast
     /// enough for the wait to gather several, so that its next wake-up takes them together: less CPU per packet, at
-    /// most this much added to a packet's way through the relay; never with bursts or sparse traffic (`coalesce`'s
-    /// `RelayNaps`). 0: off.
+    /// most this much added to a packet's way through the relay; never with bursts or sparse traffic, nor on a host
+    /// where the waits cost more CPU than they save (`coalesce`'s `RelayNaps` and `NapCosts`). 0: off.
     pub coalesce_us: u64,
 }
 
