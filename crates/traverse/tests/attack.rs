@@ -762,6 +762,9 @@ fn flood_one_relay_address(io_uring: bool) {
     let (peer_b, count) = sender.join().unwrap();
     let (mut b, received) = receiver.join().unwrap();
     println!("flood: {sent:?} datagrams sent; B: {count}; receives paused {pauses} times");
+    if io_uring && pauses == 0 && server.log().contains("no io_uring here") {
+        return skip("no io_uring here: the relay received on the reactor (the reactor's case covers that)");
+    }
     if io_uring {
         assert!(
             pauses > 0,
