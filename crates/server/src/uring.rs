@@ -41,8 +41,8 @@ use crate::udp::BATCH;
 /// reaped hold one each; when none is left a socket's receive pauses (its datagrams wait in its own queue) and is
 /// armed again when buffers come back ([`Uring::pauses`]). The pool is charged to no source because no datagram
 /// keeps its buffer past the reap that takes it: a flood on one socket can only take the buffers again and again,
-/// while the others' datagrams wait in their own queues (`tests/attack.rs`, case 7). 128 (512 KiB) relayed at the same CPU per packet but delivered less at
-/// overload (`docs/benchmarks.md`, "fewer ring buffers").
+/// while the others' datagrams wait in their own queues (`tests/attack.rs`, case 7). 128 (512 KiB) relayed at the
+/// same CPU per packet but delivered less at overload (`docs/benchmarks.md`, "fewer ring buffers").
 const BUFFERS: u16 = 1024;
 /// One buffer: the header, the address, the largest payload taken, and the tailroom.
 pub(crate) const BUF: usize = 4096;
