@@ -797,15 +797,7 @@ fn flood_one_relay_address(io_uring: bool) {
 
 /// One counter's value from `/metrics` (0 when absent).
 fn metric(addr: SocketAddr, name: &str) -> u64 {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(
-        stream,
-        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut body = String::new();
-    let _ = stream.read_to_string(&mut body);
+    let (_, _, body) = http_get(addr, "/metrics", None);
     body.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
         .unwrap_or(0)

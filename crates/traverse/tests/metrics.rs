@@ -13,12 +13,14 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::Write;
+use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{clear_traverse_env, free_tcp_port, require_tools, run_bounded, skip, Conn, EchoPeer, Server, TurnClient};
+use common::{
+    clear_traverse_env, free_tcp_port, http_get, require_tools, run_bounded, skip, Conn, EchoPeer, Server, TurnClient,
+};
 
 const TOKEN: &str = "metrics-token-0123456789";
 
@@ -34,28 +36,6 @@ fn have_parser() -> bool {
         skip("python3 with prometheus_client not installed (python3 -m pip install prometheus_client)");
     }
     ok
-}
-
-/// One HTTP/1.1 GET with `Connection: close`: status, headers (lowercased names) and body.
-fn get(addr: SocketAddr, path: &str, token: Option<&str>) -> (u16, String, String) {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut raw = Vec::new();
-    let _ = stream.read_to_end(&mut raw);
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status in {head:?}"));
-    (status, head.to_lowercase(), body.to_owned())
 }
 
 /// Every sample of an exposition: name (with its `_total`/`_bucket` suffix), labels, value.
@@ -103,7 +83,7 @@ fn parse(text: &str) -> Exposition {
 
 /// Scrapes `/metrics` (200, OpenMetrics) and parses it.
 fn scrape(addr: SocketAddr, token: Option<&str>) -> Exposition {
-    let (status, head, body) = get(addr, "/metrics", token);
+    let (status, head, body) = http_get(addr, "/metrics", token);
     assert_eq!(status, 200, "{head}\n{body}");
     assert!(head.contains("content-type: application/openmetrics-text"), "{head}");
     parse(&body)
@@ -270,10 +250,10 @@ fn a_token_protected_listener_refuses_a_scrape_without_the_token_and_health_answ
         "--set",
         &format!("metrics.token={TOKEN}"),
     ]);
-    let (status, head, _) = get(metrics, "/metrics", None);
+    let (status, head, _) = http_get(metrics, "/metrics", None);
     assert_eq!(status, 401, "{head}");
     assert!(head.contains("www-authenticate: bearer"), "{head}");
-    assert_eq!(get(metrics, "/metrics", Some("metrics-token-0123456780")).0, 401);
+    assert_eq!(http_get(metrics, "/metrics", Some("metrics-token-0123456780")).0, 401);
     let e = scrape(metrics, Some(TOKEN));
     assert!(e.has("traverse_turn_allocations") && e.has("process_open_fds"), "{e:?}");
     assert!(e.value("process_open_fds", &[]) > 0.0);
@@ -284,11 +264,11 @@ fn a_token_protected_listener_refuses_a_scrape_without_the_token_and_health_answ
     // Probes need no token, on the metrics listener and on the HTTP port alike.
     let http = server.http.expect("an HTTP port");
     for addr in [metrics, http] {
-        let (status, head, body) = get(addr, "/healthz", None);
+        let (status, head, body) = http_get(addr, "/healthz", None);
         assert_eq!(status, 200, "{addr}: {head}");
         assert!(head.contains("content-type: application/json"), "{head}");
         assert_eq!(serde_json::from_str::<serde_json::Value>(&body).unwrap()["alive"], true);
-        let (status, _, body) = get(addr, "/readyz", None);
+        let (status, _, body) = http_get(addr, "/readyz", None);
         assert_eq!(status, 200, "{addr}: {body}");
         let ready: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(ready["ready"], true, "{body}");
