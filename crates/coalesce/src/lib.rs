@@ -277,6 +277,13 @@ impl NapCosts {
         self.window_datagrams = 0;
     }
 
+    /// The current window is not tallied: the next clock read only starts one. For a pause in relaying, whose CPU
+    /// (signaling's work, say) would otherwise be charged to the few datagrams around it.
+    fn forget_window(&mut self) {
+        self.window_cpu = None;
+        self.window_datagrams = 0;
+    }
+
     /// [`RelayNaps::before_sleep`], with the windows of naps measured: `cpu` reads the worker's CPU clock, and is
     /// called only where a window of naps begins or ends.
     fn before_sleep(
@@ -472,6 +479,14 @@ fn before_sleep(naps: Naps, now: Instant) {
     }
     RECENT.set(recent);
     let woke_at = WOKE_AT.get();
+    if !relaying {
+        // Whatever the worker does until it relays again (signaling, or nothing) is neither naps' cost nor theirs.
+        let mut costs = COSTS.get();
+        if costs.window_cpu.is_some() {
+            costs.forget_window();
+            COSTS.set(costs);
+        }
+    }
     if relaying {
         let mut costs = COSTS.get();
         let (relay, nap) = costs.before_sleep(RELAY.get(), now, datagrams, naps.relay, thread_cpu);
@@ -773,6 +788,29 @@ mod tests {
             rested && share < 0.06,
             "naps that cost more went on: {share:.2} of the time napping"
         );
+    }
+
+    #[test]
+    fn a_pause_in_relaying_is_charged_to_neither_tally() {
+        let naps = Naps::adaptive(Duration::ZERO).relaying(US(400));
+        let Some(start) = Instant::now().checked_sub(Duration::from_secs(1)) else {
+            return; // a clock this close to its origin cannot be set back; nothing to check
+        };
+        let mut costs = NapCosts::new();
+        costs.close(false, Duration::from_millis(1));
+        costs.window_datagrams = 10;
+        COSTS.set(costs);
+        DATAGRAMS_AT.set(Some(start));
+        // 100 ms after the last datagram: not relaying. The window open since then is dropped, tallied nowhere.
+        before_sleep(naps, start + Duration::from_millis(100));
+        let after = COSTS.get();
+        assert_eq!((after.window_cpu, after.window_datagrams), (None, 0));
+        assert_eq!((after.plain, after.napping), (Tally::default(), Tally::default()));
+        // The first window after the pause only starts at its first clock read.
+        let mut costs = after;
+        costs.close(true, Duration::from_secs(3));
+        assert_eq!(costs.napping, Tally::default());
+        assert_eq!(costs.window_cpu, Some(Duration::from_secs(3)));
     }
 
     #[test]
