@@ -25,10 +25,10 @@
 #       generator over N threads (one thread sends and receives at most ~150 000 packets/s: less than 2 workers carry).
 #       On a 2-core machine, bench/relay-cores.sh measures what the second worker buys with no load generator on
 #       the cores (an XDP loop on the far side of a veth).
-#   SERVERS="traverse traverse-reactor forwarder coturn" bench/relay.sh   # also Traverse with relay.io_uring=false
-#       (every relay socket on the reactor, as before io_uring: its own task and recvmmsg; "traverse" runs the default,
-#       relay sockets receiving through the worker's io_uring); the table adds Traverse's CPU per relayed packet as a
-#       multiple of its CPU on the reactor
+#   SERVERS="traverse traverse-ring forwarder coturn" bench/relay.sh   # also Traverse with relay.io_uring=true
+#       (relay sockets receiving through the worker's io_uring; "traverse" runs the default, every relay socket on
+#       the reactor: its own task and recvmmsg). SERVERS="traverse-reactor ..." sets relay.io_uring=false explicitly,
+#       for builds whose default was the ring; the table then adds Traverse's CPU per packet over the reactor's
 #   TRAVERSE_PREV=/tmp/traverse-old SERVERS="traverse traverse-prev coturn" bench/relay.sh   # also another build
 #       of Traverse (e.g. the commit before a change, built and copied aside), run with the same flags; the table adds
 #       Traverse's CPU per relayed packet as a multiple of that build's: what the change bought, in one run
@@ -143,13 +143,14 @@ rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 start_server() { # name → sets SERVER_PID
   case "$1" in
     # Few TCP/TLS connections (500; the relay load is UDP), so that the descriptor limit goes to allocations.
-    traverse|traverse-nocoalesce|traverse-nonap|traverse-2w|traverse-reactor|traverse-prev)
+    traverse|traverse-nocoalesce|traverse-nonap|traverse-2w|traverse-reactor|traverse-ring|traverse-prev)
       local coalesce=(--set "limits.coalesce_us=${COALESCE_US:-200}") workers=1 bin="$TRAVERSE" relay_addresses=()
       [ -z "$RELAY_IPS" ] || relay_addresses=(--set "relay.bind_v4=$RELAY_IPS")
       [ -n "${RELAY_NAP_US:-}" ] && [ "$1" != traverse-prev ] && coalesce+=(--set "relay.coalesce_us=$RELAY_NAP_US")
       [ "$1" = traverse-nonap ] && coalesce+=(--set relay.coalesce_us=0)
       [ "$1" = traverse-prev ] && bin="${TRAVERSE_PREV:?set TRAVERSE_PREV to the other traverse binary}"
       [ "$1" = traverse-reactor ] && coalesce+=(--set relay.io_uring=false)
+      [ "$1" = traverse-ring ] && coalesce+=(--set relay.io_uring=true)
       [ "$1" = traverse-nocoalesce ] && coalesce=(--set limits.coalesce_us=0 --set relay.coalesce_us=0)
       [ "$1" = traverse-2w ] && workers=2
       "${on_server_cpus[@]}" "$bin" serve --udp "$HOST_IP:3478" --tcp "$HOST_IP:3478" --tls "$HOST_IP:5349" "${coalesce[@]}" \
@@ -334,7 +335,7 @@ servers = ["traverse", "coturn"] + [s for s in sys.argv[5].split() if s not in (
 names = {"traverse": "Traverse", "coturn": "coturn", "traverse-nocoalesce": "Traverse, coalescing off",
          "forwarder": "bare forwarder", "traverse-2w": "Traverse, 2 workers", "uring": "io_uring forwarder",
          "uring-ms": "io_uring forwarder, multishot",
-         "traverse-reactor": "Traverse, relay.io_uring=false", "traverse-prev": "Traverse, other build",
+         "traverse-reactor": "Traverse, relay.io_uring=false", "traverse-ring": "Traverse, relay.io_uring=true", "traverse-prev": "Traverse, other build",
          "traverse-nonap": "Traverse, relay.coalesce_us=0"}
 others = [s for s in servers if s != "coturn"]
 floor = "forwarder" in servers

@@ -82,7 +82,9 @@ pub struct RelayConfig {
     /// Interfaces to attach the kernel fast path (XDP, `crates/xdp`) to; empty: off.
     pub xdp: Vec<String>,
     /// Relay sockets receive through io_uring (multishot receives into lent buffers, `uring.rs`) instead of the
-    /// reactor; falls back to the reactor where the kernel has no io_uring. On by default.
+    /// reactor; falls back to the reactor where the kernel has no io_uring. Off by default: a datagram that finishes
+    /// a ring receive wakes the worker even in a relay nap, so with smoothly arriving datagrams the reactor, whose
+    /// naps hold, costs less CPU per packet (`docs/benchmarks.md`, "naps the ring interrupts").
     pub io_uring: bool,
 }
 
@@ -95,7 +97,7 @@ impl Default for RelayConfig {
             external_v6: Vec::new(),
             ports: 49152..=65535,
             xdp: Vec::new(),
-            io_uring: true,
+            io_uring: false,
         }
     }
 }

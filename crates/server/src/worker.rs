@@ -5,7 +5,7 @@
 //! the client with `sendmmsg`, or the payload leaves from the allocation's relay socket. A peer's datagram:
 //! `relay_loop` wakes → receive batch into the worker's shared buffers, each datagram 48 bytes in →
 //! `turn::Server::handle_peer` writes the ChannelData header in place → `sendmmsg` to the client (or the client's
-//! TCP/TLS sink). With `relay.io_uring` (the default), `ring_loop` replaces `relay_loop`: one wake-up reaps every
+//! TCP/TLS sink). With `relay.io_uring` (off by default), `ring_loop` replaces `relay_loop`: one wake-up reaps every
 //! relay socket's datagrams from the worker's ring (`crate::uring`), each already 48 bytes into its buffer, and the
 //! same `handle_peer` and `sendmmsg` follow. Nothing awaits while a buffer or the server is borrowed, so the
 //! `RefCell`s never conflict.

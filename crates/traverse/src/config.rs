@@ -319,7 +319,9 @@ pub struct Relay {
     /// Interfaces the kernel fast path (XDP) attaches to; empty: off (docs/architecture.md, "Kernel fast path").
     pub xdp: Vec<String>,
     /// Relay sockets receive through io_uring instead of the reactor, where the kernel has it (docs/architecture.md,
-    /// "Relay sockets on io_uring"). On by default: it costs less CPU per packet (docs/benchmarks.md).
+    /// "Relay sockets on io_uring"). Off by default: each datagram it receives wakes the worker even in a relay nap,
+    /// so with smooth arrivals it costs more CPU per packet than the reactor (docs/benchmarks.md, "naps the ring
+    /// interrupts"); with bursts at high rates it can cost less, and it takes less memory per allocation.
     pub io_uring: bool,
     /// Microseconds a worker relaying UDP waits before it sleeps while its wake-ups take datagrams one by one, fast
     /// enough for the wait to gather several, so that its next wake-up takes them together: less CPU per packet, at
@@ -554,7 +556,7 @@ impl Default for Relay {
             deny_peers: Vec::new(),
             bandwidth_per_allocation: 0,
             xdp: Vec::new(),
-            io_uring: true,
+            io_uring: false,
             coalesce_us: 400,
         }
     }

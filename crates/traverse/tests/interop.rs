@@ -372,7 +372,7 @@ fn aioice_turn_client_over_udp_tcp_tls() {
     rest.assert_alive();
 }
 
-/// `relay.io_uring` (the default): relay sockets receive through the worker's io_uring (multishot receives into
+/// `relay.io_uring` (off by default): relay sockets receive through the worker's io_uring (multishot receives into
 /// lent buffers) instead of the reactor: both workers say so, and every message is relayed, as ChannelData and as
 /// Data indications, to UDP and TCP clients, on IPv4 and IPv6 relays, with allocations coming and going.
 #[test]
@@ -383,7 +383,7 @@ fn uclient_with_relay_sockets_on_io_uring() {
     relays_on(true);
 }
 
-/// A UDP listener bound to the wildcard address, with relay sockets on the ring (the default) and on the reactor:
+/// A UDP listener bound to the wildcard address, with relay sockets on the ring and on the reactor (the default):
 /// each answer leaves from the address its client reached (127.0.0.2 and 127.0.0.3 here, read from IP_PKTINFO; a
 /// reply from another source would never reach `Conn`, which takes only the server's), and relay sockets bind on the
 /// address uclient reached, so every message is relayed.
