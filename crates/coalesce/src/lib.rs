@@ -28,8 +28,9 @@
 //! A worker busy relaying UDP takes none of those naps, but one of its own (`relay.coalesce_us`, 400 µs by default:
 //! [`Naps::relaying`]) and only where it pays ([`RelayNaps`]): while datagrams arrive one per wake-up, fast enough
 //! for a nap to gather several. Then each would cost a wake-up, which on this VM is most of a packet's CPU, and a
-//! nap lets one `epoll_wait`, one reap of the ring and one `sendmmsg` serve many (0.74–0.77x the CPU per packet with
-//! smooth arrivals, for 0.7–1.1 ms more round trip through two relay hops). With bursts, wake-ups already take
+//! nap lets one `epoll_wait` serve many (0.74–0.77x the CPU per packet with smooth arrivals, for 0.7–1.1 ms more
+//! round trip through two relay hops). On the ring (`relay.io_uring`) each datagram that arrives during a nap still
+//! wakes the worker to finish its receive, so the nap saves less there. With bursts, wake-ups already take
 //! batches and it sleeps at once; when traffic is sparse it sleeps at once too, and an event is handled the moment
 //! it arrives. Naps that gather nothing (a chain of requests, each waiting for the last answer) stop for a while, and
 //! so do naps that cost more CPU per datagram than none, as they did at 5 000 echoes/s on another VM, where a
