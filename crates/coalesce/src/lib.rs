@@ -480,16 +480,8 @@ fn before_sleep(naps: Naps, now: Instant) {
     }
     RECENT.set(recent);
     let woke_at = WOKE_AT.get();
-    if !relaying {
-        // Whatever the worker does until it relays again (signaling, or nothing) is neither naps' cost nor theirs.
-        let mut costs = COSTS.get();
-        if costs.window_cpu.is_some() {
-            costs.forget_window();
-            COSTS.set(costs);
-        }
-    }
+    let mut costs = COSTS.get();
     if relaying {
-        let mut costs = COSTS.get();
         let (relay, nap) = costs.before_sleep(RELAY.get(), now, datagrams, naps.relay, thread_cpu);
         COSTS.set(costs);
         RELAY.set(relay);
@@ -499,7 +491,14 @@ fn before_sleep(naps: Naps, now: Instant) {
         } else {
             SLEPT_AT.set(Some(now));
         }
-    } else if recent.side_by_side(now) && busy(SLEPT_AT.get(), woke_at, naps.shortest) {
+        return;
+    }
+    // Whatever the worker does until it relays again (signaling, or nothing) is neither naps' cost nor theirs.
+    if costs.window_cpu.is_some() {
+        costs.forget_window();
+        COSTS.set(costs);
+    }
+    if recent.side_by_side(now) && busy(SLEPT_AT.get(), woke_at, naps.shortest) {
         std::thread::sleep(nap_after(naps, woke_at.map(|woke| now.saturating_duration_since(woke))));
         SLEPT_AT.set(Some(Instant::now()));
     } else {
