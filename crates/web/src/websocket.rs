@@ -201,6 +201,10 @@ impl Decoder {
         if let Ok(used) = result {
             if used < partial.len() {
                 partial.drain(..used);
+                if used > 0 {
+                    // The whole read was appended; what is left is a new frame's start, which is all to keep.
+                    partial.shrink_to_fit();
+                }
                 self.partial = partial;
             }
         }
@@ -430,11 +434,17 @@ pub(crate) fn pong_frame(payload: &[u8], out: &mut Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
 
     /// A client frame: masked, with the given first byte.
     fn client(b0: u8, payload: &[u8]) -> Vec<u8> {
+        masked(b0, payload, MASK)
+    }
+
+    /// A client frame under the given mask.
+    fn masked(b0: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
         let mut out = vec![b0];
         match payload.len() {
             n @ 0..=125 => out.push(0x80 | n as u8),
@@ -447,8 +457,8 @@ mod tests {
                 out.extend_from_slice(&(n as u64).to_be_bytes());
             }
         }
-        out.extend_from_slice(&MASK);
-        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ MASK[i % 4]));
+        out.extend_from_slice(&mask);
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
         out
     }
 
@@ -462,19 +472,24 @@ mod tests {
     }
 
     fn feed(decoder: &mut Decoder, bytes: &[u8]) -> Result<Vec<Owned>, FrameError> {
+        let (out, result) = feed_until_error(decoder, bytes);
+        result.map(|()| out)
+    }
+
+    /// The events handed on, those before an error in the same read included (the socket task acts on them).
+    fn feed_until_error(decoder: &mut Decoder, bytes: &[u8]) -> (Vec<Owned>, Result<(), FrameError>) {
         let mut out = Vec::new();
         let mut bytes = bytes.to_vec();
-        decoder
-            .feed(&mut bytes, &mut |e| {
-                out.push(match e {
-                    Event::Text(t) => Owned::Text(t.into()),
-                    Event::Binary => Owned::Binary,
-                    Event::Ping(p) => Owned::Ping(p.into()),
-                    Event::Pong => Owned::Pong,
-                    Event::Close(c) => Owned::Close(c.map(|(code, r)| (code, r.into()))),
-                })
+        let result = decoder.feed(&mut bytes, &mut |e| {
+            out.push(match e {
+                Event::Text(t) => Owned::Text(t.into()),
+                Event::Binary => Owned::Binary,
+                Event::Ping(p) => Owned::Ping(p.into()),
+                Event::Pong => Owned::Pong,
+                Event::Close(c) => Owned::Close(c.map(|(code, r)| (code, r.into()))),
             })
-            .map(|()| out)
+        });
+        (out, result)
     }
 
     #[test]
@@ -549,6 +564,15 @@ mod tests {
         assert!(d.held() >= 4);
         assert_eq!(feed(&mut d, &frame[4..]).unwrap(), vec![Owned::Text("hello".into())]);
         assert_eq!(d.held(), 0);
+        // The rest of a frame, many whole ones and the start of another, in one read: only that start is kept.
+        let mut read = frame[4..].to_vec();
+        for _ in 0..100 {
+            read.extend(client(0x81, &[b'a'; 100]));
+        }
+        read.extend(&frame[..3]);
+        assert_eq!(feed(&mut d, &frame[..4]).unwrap(), vec![]);
+        assert_eq!(feed(&mut d, &read).unwrap().len(), 101);
+        assert_eq!(d.held(), 3, "held {} after a read of {} bytes", d.held(), read.len());
     }
 
     #[test]
@@ -639,6 +663,183 @@ mod tests {
             let mut masked: Vec<u8> = plain.iter().enumerate().map(|(i, b)| b ^ MASK[i % 4]).collect();
             unmask(&mut masked, MASK);
             assert_eq!(masked, plain);
+        }
+    }
+
+    /// What a client sends in a random stream: a message (cut into fragments at the given places, with a ping
+    /// between fragments where one is given), a ping or a pong.
+    #[derive(Debug, Clone)]
+    enum Sent {
+        Message {
+            text: bool,
+            bytes: Vec<u8>,
+            cuts: Vec<usize>,
+            pings: Vec<Option<Vec<u8>>>,
+        },
+        Ping(Vec<u8>),
+        Pong(Vec<u8>),
+    }
+
+    fn sent() -> impl Strategy<Value = Sent> {
+        let cuts = || proptest::collection::vec(0usize..1300, 0..4);
+        let pings = || proptest::collection::vec(proptest::option::of(control()), 0..4);
+        prop_oneof![
+            (".{0,300}", cuts(), pings()).prop_map(|(t, cuts, pings)| Sent::Message {
+                text: true,
+                bytes: String::into_bytes(t),
+                cuts,
+                pings
+            }),
+            (proptest::collection::vec(any::<u8>(), 0..1300), cuts(), pings()).prop_map(|(bytes, cuts, pings)| {
+                Sent::Message {
+                    text: false,
+                    bytes,
+                    cuts,
+                    pings,
+                }
+            }),
+            control().prop_map(Sent::Ping),
+            control().prop_map(Sent::Pong),
+        ]
+    }
+
+    fn control() -> impl Strategy<Value = Vec<u8>> {
+        proptest::collection::vec(any::<u8>(), 0..=125)
+    }
+
+    /// The stream a client would send for `messages` (then a close, if given), each frame under a mask of its own,
+    /// and the events the decoder must hand on for it.
+    fn stream(messages: &[Sent], close: Option<(u16, String)>, seed: u32) -> (Vec<u8>, Vec<Owned>) {
+        let mut frames = 0u32;
+        let mut mask = || {
+            frames += 1;
+            seed.wrapping_mul(2_654_435_761)
+                .wrapping_add(frames.wrapping_mul(40_503))
+                .to_be_bytes()
+        };
+        let (mut bytes, mut want) = (Vec::new(), Vec::new());
+        for m in messages {
+            match m {
+                Sent::Message {
+                    text,
+                    bytes: payload,
+                    cuts,
+                    pings,
+                } => {
+                    let mut at: Vec<usize> = cuts.iter().map(|c| c % (payload.len() + 1)).collect();
+                    at.sort_unstable();
+                    at.dedup();
+                    at.push(payload.len());
+                    let mut from = 0;
+                    for (i, to) in at.iter().copied().enumerate() {
+                        let fin = if i + 1 == at.len() { 0x80 } else { 0 };
+                        let opcode = match (i, text) {
+                            (0, true) => OP_TEXT,
+                            (0, false) => OP_BINARY,
+                            _ => OP_CONTINUATION,
+                        };
+                        bytes.extend(masked(fin | opcode, &payload[from..to], mask()));
+                        from = to;
+                        if fin == 0 {
+                            if let Some(Some(ping)) = pings.get(i) {
+                                bytes.extend(masked(0x80 | OP_PING, ping, mask()));
+                                want.push(Owned::Ping(ping.clone()));
+                            }
+                        }
+                    }
+                    want.push(if *text {
+                        Owned::Text(String::from_utf8(payload.clone()).expect("generated as a string"))
+                    } else {
+                        Owned::Binary
+                    });
+                }
+                Sent::Ping(p) => {
+                    bytes.extend(masked(0x80 | OP_PING, p, mask()));
+                    want.push(Owned::Ping(p.clone()));
+                }
+                Sent::Pong(p) => {
+                    bytes.extend(masked(0x80 | OP_PONG, p, mask()));
+                    want.push(Owned::Pong);
+                }
+            }
+        }
+        if let Some((code, reason)) = close {
+            let mut payload = code.to_be_bytes().to_vec();
+            payload.extend_from_slice(reason.as_bytes());
+            bytes.extend(masked(0x80 | OP_CLOSE, &payload, mask()));
+            want.push(Owned::Close(Some((code, reason))));
+        }
+        (bytes, want)
+    }
+
+    /// Feeds `bytes` cut at `cuts` (positions taken modulo its length); every event up to the first error, and
+    /// the error. Checks on the way that a socket never holds more than a frame and a message.
+    fn outcome(bytes: &[u8], cuts: &[usize], max_message: usize) -> (Vec<Owned>, Result<(), FrameError>) {
+        let mut at: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
+        at.sort_unstable();
+        at.push(bytes.len());
+        let mut d = Decoder::new(max_message);
+        let (mut events, mut from) = (Vec::new(), 0);
+        for to in at {
+            let (got, result) = feed_until_error(&mut d, &bytes[from..to]);
+            events.extend(got);
+            if result.is_err() {
+                return (events, result);
+            }
+            // A frame (its header is at most 14 bytes) and a message, each twice over for a buffer's growth.
+            assert!(
+                d.held() <= 2 * (max_message + 14) + 2 * max_message,
+                "held {}",
+                d.held()
+            );
+            from = to;
+        }
+        (events, Ok(()))
+    }
+
+    const CLOSE_CODES: [u16; 5] = [1000, 1001, 1011, 3000, 4999];
+
+    proptest! {
+        /// Whatever a well-behaved client sends, however TCP cuts it: every message whole and in order, control
+        /// frames where they came (between fragments too), and nothing kept afterwards.
+        #[test]
+        fn random_streams_arrive_whole_however_they_are_cut(
+            messages in proptest::collection::vec(sent(), 0..12),
+            close in proptest::option::of((0..CLOSE_CODES.len(), ".{0,30}")),
+            seed in any::<u32>(),
+            cuts in proptest::collection::vec(any::<usize>(), 0..12),
+        ) {
+            let close = close.map(|(i, r)| (CLOSE_CODES[i], r.chars().take(30).collect::<String>()))
+                .filter(|(_, r)| r.len() <= 123);
+            let (bytes, want) = stream(&messages, close, seed);
+            let mut d = Decoder::new(4096);
+            let (got, result) = outcome(&bytes, &cuts, 4096);
+            prop_assert_eq!(result, Ok(()));
+            prop_assert_eq!(got, want);
+            let (got, _) = outcome(&bytes, &[], 4096);
+            prop_assert_eq!(feed(&mut d, &bytes).map(|e| e.len()), Ok(got.len()));
+            prop_assert_eq!(d.held(), 0);
+        }
+
+        /// A stream with random bytes changed: never a panic, never more held than a frame and a message, and
+        /// the same events and the same close code however the bytes are cut.
+        #[test]
+        fn damaged_streams_end_the_same_however_they_are_cut(
+            messages in proptest::collection::vec(sent(), 1..8),
+            seed in any::<u32>(),
+            damage in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..6),
+            cuts in proptest::collection::vec(any::<usize>(), 0..12),
+        ) {
+            let (mut bytes, _) = stream(&messages, None, seed);
+            for (at, byte) in damage {
+                let len = bytes.len();
+                if let Some(b) = bytes.get_mut(at % len.max(1)) {
+                    *b = byte;
+                }
+            }
+            let whole = outcome(&bytes, &[], 1024);
+            let cut = outcome(&bytes, &cuts, 1024);
+            prop_assert_eq!(cut, whole);
         }
     }
 }
