@@ -133,8 +133,9 @@ const SCENARIOS = [
       // address (203.0.113.11) so that the URLs it hands out (public host .10, its own ports) name the TURN process;
       // only its turns:…:443 is its own. The main server is served again afterwards.
       const bin = process.env.TRAVERSE_BIN;
+      // base64url may begin with '-': given as `--secret=…`, it cannot be taken for a flag (1 run in 64 failed so).
       const secret = crypto.randomBytes(18).toString('base64url');
-      const common = ['--public-host', '203.0.113.10', '--secret', secret, '--workers', '1', '--set', 'auth.credential_ttl=60'];
+      const common = ['--public-host', '203.0.113.10', `--secret=${secret}`, '--workers', '1', '--set', 'auth.credential_ttl=60'];
       lab('stop');
       lab('serve-role', 'turn', bin, '--udp', '203.0.113.10:3478', '--tcp', '203.0.113.10:3478', '--tls', '203.0.113.10:5349', ...common);
       lab('serve-role', 'signaling', bin, '--http', '203.0.113.10:80', '--single-port', '203.0.113.10:443',
