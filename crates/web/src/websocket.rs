@@ -185,30 +185,50 @@ impl Decoder {
         if self.closed {
             return Ok(());
         }
-        if self.partial.is_empty() {
-            let used = self.frames(chunk, on_event)?;
-            if let Some(rest) = chunk.get(used..) {
-                if !rest.is_empty() {
-                    self.partial.extend_from_slice(rest);
+        let mut start = 0;
+        if !self.partial.is_empty() {
+            // A frame begun in an earlier read: complete it in the socket's own buffer with just the bytes it lacks,
+            // so that buffer never holds more than that frame, and the frames after it are read where they lie.
+            loop {
+                let (wanted, whole) = self.wanted()?;
+                let take = wanted
+                    .saturating_sub(self.partial.len())
+                    .min(chunk.len().saturating_sub(start));
+                self.partial
+                    .extend_from_slice(chunk.get(start..start + take).unwrap_or_default());
+                start += take;
+                if self.partial.len() < wanted {
+                    return Ok(()); // the read ended first
+                }
+                if whole {
+                    break;
                 }
             }
+            let mut frame = std::mem::take(&mut self.partial);
+            self.frames(&mut frame, on_event)?;
+        }
+        let Some(rest) = chunk.get_mut(start..) else {
             return Ok(());
-        }
-        // The rest of a frame begun in an earlier read: complete it in the socket's own buffer.
-        let mut partial = std::mem::take(&mut self.partial);
-        partial.extend_from_slice(chunk);
-        let result = self.frames(&mut partial, on_event);
-        if let Ok(used) = result {
-            if used < partial.len() {
-                partial.drain(..used);
-                if used > 0 {
-                    // The whole read was appended; what is left is a new frame's start, which is all to keep.
-                    partial.shrink_to_fit();
-                }
-                self.partial = partial;
+        };
+        let used = self.frames(rest, on_event)?;
+        if let Some(left) = rest.get(used..) {
+            // Nothing after a close is kept (or read).
+            if !left.is_empty() && !self.closed {
+                self.partial.reserve_exact(left.len());
+                self.partial.extend_from_slice(left);
             }
         }
-        result.map(|_| ())
+        Ok(())
+    }
+
+    /// The length of the frame begun in `partial` as far as its bytes tell: the whole frame once its header is in
+    /// (`true`), else the header's length (`false`: the second byte says how long it is).
+    fn wanted(&self) -> Result<(usize, bool), FrameError> {
+        if let Some(header) = Header::parse(&self.partial, self.max_message)? {
+            return Ok((header.start + header.len, true));
+        }
+        // Once the header is in, `Header::parse` gives the whole frame: the loop in `feed` moves on.
+        Ok((self.partial.get(1).map_or(2, |&b1| Header::len(b1)), false))
     }
 
     /// Decodes the complete frames at the start of `buf`; the bytes used.
@@ -315,6 +335,15 @@ struct Header {
 }
 
 impl Header {
+    /// The header's length, from its second byte: 2, the extended length (0, 2 or 8 bytes), the 4-byte mask.
+    fn len(b1: u8) -> usize {
+        2 + match b1 & 0x7f {
+            126 => 2,
+            127 => 8,
+            _ => 0,
+        } + 4
+    }
+
     /// `None` while the header is incomplete. Refuses what breaks the rules as soon as the bytes that show it are
     /// in — a length over the limit before any of its payload.
     fn parse(buf: &[u8], max_message: usize) -> Result<Option<Header>, FrameError> {
@@ -338,9 +367,9 @@ impl Header {
         if control && !fin {
             return Err(FrameError::Protocol("a fragmented control frame"));
         }
-        let (len, at) = match b1 & 0x7f {
+        let len = match b1 & 0x7f {
             126 => match buf.get(2..4).and_then(|b| <[u8; 2]>::try_from(b).ok()) {
-                Some(b) => (u64::from(u16::from_be_bytes(b)), 4),
+                Some(b) => u64::from(u16::from_be_bytes(b)),
                 None => return Ok(None),
             },
             127 => match buf.get(2..10).and_then(|b| <[u8; 8]>::try_from(b).ok()) {
@@ -349,11 +378,11 @@ impl Header {
                     if len >> 63 != 0 {
                         return Err(FrameError::Protocol("a length with its top bit set"));
                     }
-                    (len, 10)
+                    len
                 }
                 None => return Ok(None),
             },
-            n => (u64::from(n), 2),
+            n => u64::from(n),
         };
         // Control frames carry at most 125 bytes (§5.5); refused as too large, as the size limit is.
         let limit = if control { 125 } else { max_message };
@@ -361,14 +390,15 @@ impl Header {
             Ok(len) if len <= limit => len,
             _ => return Err(FrameError::TooLarge),
         };
-        let Some(mask) = buf.get(at..at + 4).and_then(|b| <[u8; 4]>::try_from(b).ok()) else {
+        let start = Header::len(b1);
+        let Some(mask) = buf.get(start - 4..start).and_then(|b| <[u8; 4]>::try_from(b).ok()) else {
             return Ok(None);
         };
         Ok(Some(Header {
             fin,
             opcode,
             mask,
-            start: at + 4,
+            start,
             len,
         }))
     }
