@@ -4,12 +4,16 @@
 //! relayed data from the relay sockets interleave without a lock and without blocking the worker.
 
 use std::cell::{Cell, RefCell};
+use std::future::poll_fn;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::rc::Rc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, SockRef, Socket, TcpKeepalive, Type};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use stun::StreamFramer;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tokio::task::spawn_local;
@@ -19,10 +23,18 @@ use crate::budget::{Refused, ThrottledLog};
 use crate::handshakes::HandshakeFailure;
 use crate::worker::{ClientRoute, Worker};
 
-/// Largest frame: a STUN message or ChannelData with a 64 KiB payload, plus header and padding.
-const MAX_FRAME: usize = 4 + 65_535 + 3;
+thread_local! {
+    /// The worker thread's read buffer, borrowed for one poll of one connection (never across an `await`): frames
+    /// are handled where they lie in it, and a connection keeps only a frame a read ended in ([`StreamFramer`]).
+    static READ_BUF: RefCell<Box<[u8]>> = RefCell::new(vec![0; READ_CHUNK].into_boxed_slice());
+}
+
+/// Bytes asked of the kernel per read: many relayed frames, or a good part of the largest.
+const READ_CHUNK: usize = 16 * 1024;
 /// Bytes queued for a slow client before relayed data is dropped (answers are small and still fit).
 const SINK_LIMIT: usize = 1 << 20;
+/// Write buffer capacity kept between writes: a few WebRTC-sized packets.
+const SPARE_KEPT: usize = 4096;
 
 pub(crate) fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
@@ -144,27 +156,8 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + 'static>(worker: Rc<Worker
     // Fixed, not reset by trickled bytes: a connection must hold an allocation this soon after it was accepted or
     // its allocation ended, or it is closed — a stranger cannot keep a slot by sending a byte every few seconds.
     let mut deadline = tokio::time::Instant::now() + auth_timeout;
-    let mut buf: Vec<u8> = Vec::with_capacity(2048);
-    'conn: loop {
-        // Handle every complete frame in the buffer.
-        let mut consumed = 0;
-        loop {
-            let rest = buf.get(consumed..).unwrap_or_default();
-            let len = match stun::stream_frame_len(rest) {
-                Ok(Some(len)) if len <= MAX_FRAME => len,
-                Ok(Some(_)) | Err(_) => {
-                    tracing::debug!(client = %five_tuple.client, "not STUN or ChannelData; closing");
-                    break 'conn;
-                }
-                Ok(None) => break,
-            };
-            let Some(frame) = rest.get(..len) else { break };
-            worker.handle_stream_frame(Instant::now(), five_tuple, frame, &route, |reply| {
-                sink.push_control(reply)
-            });
-            consumed += len;
-        }
-        buf.drain(..consumed);
+    let mut framer = StreamFramer::default();
+    loop {
         if sink.closed.get() {
             break;
         }
@@ -172,8 +165,28 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + 'static>(worker: Rc<Worker
         if has_allocation {
             deadline = tokio::time::Instant::now() + auth_timeout;
         }
-        let read = reader.read_buf(&mut buf);
-        let n = if has_allocation {
+        // Every frame the read completes is handled inside it, in the worker's buffer.
+        let read = poll_fn(|cx| {
+            READ_BUF.with_borrow_mut(|buf| {
+                let mut read = ReadBuf::new(&mut buf[..]);
+                match Pin::new(&mut reader).poll_read(cx, &mut read) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Err(_)) => return Poll::Ready(Read::Closed),
+                    Poll::Ready(Ok(())) => {}
+                }
+                let chunk = read.filled();
+                if chunk.is_empty() {
+                    return Poll::Ready(Read::Closed);
+                }
+                let fed = framer.feed(chunk, |frame| {
+                    worker.handle_stream_frame(Instant::now(), five_tuple, frame, &route, |reply| {
+                        sink.push_control(reply)
+                    })
+                });
+                Poll::Ready(if fed.is_ok() { Read::More } else { Read::NotTurn })
+            })
+        });
+        let read = if has_allocation {
             // The allocation's lifetime bounds the connection; TCP keepalive catches half-open peers.
             tokio::select! {
                 r = read => r,
@@ -195,17 +208,28 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + 'static>(worker: Rc<Worker
                 _ = sink.wait_closed() => break,
             }
         };
-        match n {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {}
-        }
-        if buf.capacity() > 4 * MAX_FRAME {
-            buf.shrink_to(MAX_FRAME);
+        match read {
+            Read::More => {}
+            Read::Closed => break,
+            Read::NotTurn => {
+                tracing::debug!(client = %five_tuple.client, "not STUN or ChannelData; closing");
+                break;
+            }
         }
     }
     worker.handle_connection_closed(five_tuple);
     sink.close();
     let _ = writer_task.await;
+}
+
+/// What one read of a connection came to.
+enum Read {
+    /// Frames handled, or a frame's start kept: read on.
+    More,
+    /// The client closed the connection, or it broke.
+    Closed,
+    /// Bytes that are neither STUN nor ChannelData: the stream cannot be framed any further.
+    NotTurn,
 }
 
 /// Bytes waiting to be written to one connection, plus a wake-up for its writer.
@@ -270,8 +294,10 @@ async fn write_loop<W: AsyncWrite>(mut writer: tokio::io::WriteHalf<W>, sink: Rc
             break;
         }
         spare.clear();
-        if spare.capacity() > SINK_LIMIT / 4 {
-            spare.shrink_to(4096);
+        // A batch of a few relayed packets is kept for the next one (no allocation per write); what a burst to a
+        // slow reader grew (up to the sink's limit) is given back, so that a quiet connection holds little.
+        if spare.capacity() > SPARE_KEPT {
+            spare = Vec::new();
         }
     }
     let _ = writer.shutdown().await;

@@ -17,6 +17,7 @@ mod channel_data;
 mod error;
 mod integrity;
 mod message;
+mod stream;
 mod writer;
 
 pub use attribute::{
@@ -27,6 +28,7 @@ pub use channel_data::{ChannelData, ChannelNumber, CHANNEL_DATA_HEADER_LEN};
 pub use error::{DecodeError, EncodeError};
 pub use integrity::{long_term_key_md5, long_term_key_sha256, userhash, IntegrityKey};
 pub use message::{Class, Message, Method, TransactionId};
+pub use stream::{stream_frame_len, StreamFramer};
 pub use writer::MessageWriter;
 
 /// RFC 8489 §5: the fixed value that distinguishes RFC 5389+ messages from RFC 3489 ones.
@@ -50,20 +52,5 @@ pub fn classify(first_byte: u8) -> PacketKind {
         0b00 => PacketKind::Stun,
         0b01 => PacketKind::ChannelData,
         _ => PacketKind::Other,
-    }
-}
-
-/// On a stream, the length of the frame that starts `buf`, or `None` when more bytes are needed to tell.
-///
-/// RFC 8656 §12.5: ChannelData frames on TCP/TLS are padded to a multiple of four; STUN messages always are.
-pub fn stream_frame_len(buf: &[u8]) -> Result<Option<usize>, DecodeError> {
-    let [b0, _, l0, l1, ..] = *buf else {
-        return Ok(None);
-    };
-    let len = u16::from_be_bytes([l0, l1]) as usize;
-    match classify(b0) {
-        PacketKind::Stun => Ok(Some(HEADER_LEN + len)),
-        PacketKind::ChannelData => Ok(Some(CHANNEL_DATA_HEADER_LEN + len.next_multiple_of(4))),
-        PacketKind::Other => Err(DecodeError::NotStun),
     }
 }

@@ -710,6 +710,69 @@ fn udp_bad_input_is_refused_or_dropped_and_the_server_keeps_serving() {
     server.assert_alive();
 }
 
+/// TURN-over-TCP frames cut at any byte, in segments with pauses between them, arrive whole: Bindings are answered
+/// in order, and a ChannelData frame of 60 000 bytes, cut across reads, reaches its peer as one datagram.
+#[test]
+fn tcp_frames_cut_anywhere_arrive_whole() {
+    let server = Server::start(SERVER_ARGS);
+    let mut client = TurnClient::new(Conn::tcp(server.tcp), "alice", "pw");
+    let allocation = client.allocate(false);
+    assert_eq!(
+        allocation.class(),
+        Class::Success,
+        "Allocate: {}",
+        allocation.describe()
+    );
+    let peer = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("peer socket");
+    peer.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    let bound = client.channel_bind(0x4000, peer.local_addr().expect("addr"));
+    assert_eq!(bound.class(), Class::Success, "ChannelBind: {}", bound.describe());
+
+    let big: Vec<u8> = (0..60_000u32).map(|i| (i % 251) as u8).collect();
+    let bindings: Vec<Vec<u8>> = (0..3).map(|_| common::binding_request(true)).collect();
+    let bytes = [
+        bindings[0].clone(),
+        channel_data(0x4000, &big, true),
+        bindings[1].clone(),
+        bindings[2].clone(),
+    ]
+    .concat();
+    let Conn::Tcp { stream, .. } = &mut client.conn else {
+        unreachable!("a TCP connection")
+    };
+    // A header byte by byte, a frame's end with the next one's start, and the large frame in pieces.
+    let cuts = [1, 1, 1, 1, 17, 3, 25_000, 25_000, 9_990, 30, 1, 1, 2, 100];
+    let mut at = 0;
+    for cut in cuts.iter().cycle() {
+        if at == bytes.len() {
+            break;
+        }
+        let end = (at + cut).min(bytes.len());
+        stream.write_all(&bytes[at..end]).expect("TCP write");
+        std::thread::sleep(Duration::from_millis(5));
+        at = end;
+    }
+
+    let mut buf = vec![0u8; 65_536];
+    let (n, _) = peer.recv_from(&mut buf).expect("the large frame's payload at the peer");
+    assert_eq!(n, big.len(), "the payload arrived cut or padded");
+    assert!(buf[..n] == big[..], "the payload arrived changed");
+    for (i, binding) in bindings.iter().enumerate() {
+        let answer = client
+            .conn
+            .recv(Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("no answer to Binding {i}"));
+        let answer = Message::parse(&answer).expect("a STUN answer");
+        let asked = Message::parse(binding).expect("parses");
+        assert_eq!(
+            answer.transaction_id(),
+            asked.transaction_id(),
+            "Binding {i} answered out of order"
+        );
+        assert_eq!(answer.class(), Class::Success);
+    }
+}
+
 #[test]
 fn tcp_bad_input_is_refused_or_dropped_and_the_server_keeps_serving() {
     let mut server = Server::start(SERVER_ARGS);
