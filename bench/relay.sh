@@ -7,6 +7,8 @@
 #       4 s into each traffic run, bench/out/strace-*.txt); strace slows the server, so ignore that run's CPU figures
 #   PERF=3 REPEAT=1 MEMORY_RUNS= UCLIENT_RUNS= bench/relay.sh   # a profile of each server in each traffic run
 #       (perf record -g for 3 s, 2 s into the run; bench/out/perf-<server>-<size>-<rate>.data, for perf report -i)
+#   MEMORY_TRANSPORT=tcp MEMORY_RUNS=5000 TRAFFIC_RUNS= UCLIENT_RUNS= bench/relay.sh   # bytes per allocation held
+#       over its own TURN-over-TCP connection (each client idle after its ChannelBind)
 #   SERVERS="traverse traverse-nocoalesce coturn" bench/relay.sh   # also Traverse with wake-up coalescing off
 #       (limits.coalesce_us=0), to see what it buys; each extra server gets its own column and ratio to coturn
 #   SERVERS="traverse forwarder coturn" bench/relay.sh   # also the bare UDP forwarder (traverse-bare-forwarder: one
@@ -119,6 +121,7 @@ RELAY_PORT_MAX="${RELAY_PORT_MAX:-32000}"
 # CLIENTS_PER_IP (~28 000 ephemeral ports per address), bind 198.51.100.101, .102, … (traverse-loadgen --local-ips).
 # Set for a memory run, empty otherwise (one relay address: the one the client reached).
 RELAY_IPS=""
+CLIENTS_PER_IP_SET="${CLIENTS_PER_IP:-}"
 CLIENTS_PER_IP="${CLIENTS_PER_IP:-25000}"
 extra_addresses() { # first-octet-offset count → comma-separated 198.51.100.x list, each added to trvb0
   local list=() k
@@ -142,7 +145,8 @@ rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 
 start_server() { # name → sets SERVER_PID
   case "$1" in
-    # Few TCP/TLS connections (500; the relay load is UDP), so that the descriptor limit goes to allocations.
+    # Few TCP/TLS connections (500; the relay load is UDP) unless the memory runs hold their allocations over TCP,
+    # so that the descriptor limit goes to allocations.
     traverse|traverse-nocoalesce|traverse-nonap|traverse-2w|traverse-reactor|traverse-ring|traverse-prev)
       local coalesce=(--set "limits.coalesce_us=${COALESCE_US:-200}") workers=1 bin="$TRAVERSE" relay_addresses=()
       [ -z "$RELAY_IPS" ] || relay_addresses=(--set "relay.bind_v4=$RELAY_IPS")
@@ -156,7 +160,8 @@ start_server() { # name → sets SERVER_PID
       "${on_server_cpus[@]}" "$bin" serve --udp "$HOST_IP:3478" --tcp "$HOST_IP:3478" --tls "$HOST_IP:5349" "${coalesce[@]}" \
         --http 127.0.0.1:0 --user "$USER_NAME:$PASSWORD" --realm "$REALM" --workers "$workers" \
         --relay-ports "$RELAY_PORT_MIN-$RELAY_PORT_MAX" --set "limits.max_allocations=$MAX_ALLOCATIONS" \
-        --set limits.max_connections=500 "${relay_addresses[@]}" \
+        --set "limits.max_connections=$MAX_CONNECTIONS" --set "limits.max_connections_per_source=$MAX_CONNECTIONS" \
+        "${relay_addresses[@]}" \
         --set limits.max_allocations_per_user=0 --set limits.max_allocations_per_source=0 \
         --log-level warn >"$OUT/traverse.log" 2>&1 &
       ;;
@@ -202,6 +207,19 @@ MEMORY_RUNS="${MEMORY_RUNS-1000 10000}"
 # Traverse's allocation limit: the largest memory run, and never under 20 000.
 MAX_ALLOCATIONS=20000
 for n in $MEMORY_RUNS; do [ "$n" -le "$MAX_ALLOCATIONS" ] || MAX_ALLOCATIONS=$n; done
+# MEMORY_TRANSPORT=tcp: the memory runs make and hold their allocations over TURN-over-TCP connections, one each
+# (what an idle TCP/TLS client costs the server); the traffic runs stay on UDP.
+MEMORY_TRANSPORT="${MEMORY_TRANSPORT:-udp}"
+MAX_CONNECTIONS=500
+if [ "$MEMORY_TRANSPORT" != udp ]; then
+  # A connection and a relay socket per allocation: both limits sized to the largest run, so that they fit the
+  # descriptor limit together (the server cuts both when they do not).
+  MAX_ALLOCATIONS=1000
+  for n in $MEMORY_RUNS; do [ "$n" -le "$MAX_ALLOCATIONS" ] || MAX_ALLOCATIONS=$n; done
+  MAX_CONNECTIONS=$((MAX_ALLOCATIONS + 500))
+  # Traverse lets one source hold at most half its connections: the clients come from several addresses.
+  [ -n "${CLIENTS_PER_IP_SET:-}" ] || CLIENTS_PER_IP=2000
+fi
 IDLE="${IDLE:-10}"   # seconds of silence over which the server's CPU at idle is measured, allocations held
 UCLIENT_RUNS="${UCLIENT_RUNS-100 1000}"
 VALUES="$OUT/values.txt"   # one "server metric value" line per measurement, all repetitions
@@ -238,7 +256,9 @@ for rep in $(seq "$REPEAT"); do
     # Memory per allocation: RSS growth while N allocations (each with a channel) are held.
     for n in $MEMORY_RUNS; do
       # The server holds a socket per allocation and the load generator one per client: each needs the descriptors.
-      if [ "$(ulimit -n)" -lt $((n + 600)) ]; then
+      # Over TCP the server holds a connection as well.
+      fds=$((n + 600)); [ "$MEMORY_TRANSPORT" = udp ] || fds=$((2 * n + 600))
+      if [ "$(ulimit -n)" -lt "$fds" ]; then
         echo "  skipping $n allocations: the descriptor limit is $(ulimit -n) per process (ulimit -Hn to raise it)"
         continue
       fi
@@ -249,7 +269,8 @@ for rep in $(seq "$REPEAT"); do
       : >"$OUT/hold.txt" # no READY line from an earlier run
       # shellcheck disable=SC2046 # client_ips_for prints separate arguments
       "${on_load_cpus[@]}" "$LOADGEN" --server "$HOST_IP:3478" --peer "$PEER_IP:$PEER_PORT" --user "$USER_NAME" --password "$PASSWORD" \
-        --allocations "$n" --rate 0 --hold $((IDLE + 4)) $(client_ips_for "$n") >"$OUT/hold.txt" 2>&1 &
+        --allocations "$n" --rate 0 --hold $((IDLE + 4)) --transport "$MEMORY_TRANSPORT" $(client_ips_for "$n") \
+        >"$OUT/hold.txt" 2>&1 &
       lg=$!
       pids+=("$lg")
       for _ in $(seq $((600 + n / 100))); do grep -q READY "$OUT/hold.txt" 2>/dev/null && break; sleep 0.1; done
@@ -270,7 +291,7 @@ for rep in $(seq "$REPEAT"); do
       # slow many clients behind one address; a lost answer costs the loader a retransmission timeout).
       setup=$(sed -n 's/^READY [0-9]* allocations in \([0-9.]*\) s$/\1/p' "$OUT/hold.txt")
       record "$server" "setup$n" "${setup:-n/a}"
-      echo "  $n allocations: RSS $base → $after KiB, $v bytes/allocation, set up in ${setup:-?} s, idle CPU $idle ms/s"
+      echo "  $n allocations over $MEMORY_TRANSPORT: RSS $base → $after KiB, $v bytes/allocation, set up in ${setup:-?} s, idle CPU $idle ms/s"
       stop_server
       RELAY_IPS=""
     done

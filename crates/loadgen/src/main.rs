@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::Parser;
 use stun::{ChannelData, ChannelNumber};
-use traverse_loadgen::turn::{Credentials, Session};
+use traverse_loadgen::turn::{Credentials, Session, Transport};
 
 #[derive(Parser, Debug)]
 #[command(about = "TURN relay load generator (bounded in time and count)")]
@@ -59,6 +59,10 @@ struct Args {
     /// has ~28 000 ephemeral ports, so more allocations than that need several (none: the unspecified address).
     #[arg(long, value_delimiter = ',')]
     local_ips: Vec<IpAddr>,
+    /// How the allocations are made and held: `tcp` is one TURN-over-TCP connection per allocation, for the memory
+    /// runs (`--rate 0`); traffic runs send over UDP.
+    #[arg(long, value_enum, default_value_t = Transport::Udp)]
+    transport: Transport,
 }
 
 struct Client {
@@ -101,7 +105,7 @@ impl Sender {
             if let Some(slot) = self.packet.get_mut(4..12) {
                 slot.copy_from_slice(&stamp);
             }
-            if client.session.socket().try_send(&self.packet).is_err() {
+            if client.session.try_send(&self.packet).is_err() {
                 self.send_errors += 1;
             }
             self.sent += 1;
@@ -143,6 +147,9 @@ fn main() -> anyhow::Result<()> {
     }
     if args.threads > args.allocations.max(1) {
         bail!("--threads must not exceed --allocations (a thread without allocations would send nothing)");
+    }
+    if args.transport == Transport::Tcp && args.rate > 0 {
+        bail!("--transport tcp is for holding allocations (--rate 0): traffic runs send over UDP");
     }
     if args.threads > 1 && (args.hold > 0 || args.rate == 0) {
         bail!("--threads is for traffic runs (--rate above 0, no --hold)");
@@ -277,7 +284,7 @@ async fn traffic(args: &Args, clients: Vec<Client>, rate: u64, share: &mut Share
         receivers.push(tokio::spawn(async move {
             let Some(client) = clients.get(index) else { return };
             let mut buf = vec![0u8; 2048];
-            while let Ok(n) = client.session.socket().recv(&mut buf).await {
+            while let Ok(n) = client.session.recv(&mut buf).await {
                 let Some(packet) = buf.get(..n) else { continue };
                 let Ok(data) = ChannelData::parse(packet) else { continue };
                 let Some(stamp) = data.payload.get(..8).and_then(|b| <[u8; 8]>::try_from(b).ok()) else {
@@ -355,7 +362,7 @@ async fn open(
     credentials: &Credentials,
     channel: ChannelNumber,
 ) -> anyhow::Result<Client> {
-    let mut session = Session::allocate_from(local, args.server, credentials, None).await?;
+    let mut session = Session::allocate_from(local, args.transport, args.server, credentials, None).await?;
     session.channel_bind(channel, args.peer, &mut |_| {}).await?;
     Ok(Client { session, channel })
 }

@@ -1,4 +1,4 @@
-//! The load generators' TURN client over UDP: one `Session` is one client socket and its allocation. The protocol —
+//! The load generators' TURN client over UDP or TCP: one `Session` is one client socket and its allocation. The protocol —
 //! long-term credentials (401 → nonce → key → signed request, 438 → new nonce), retransmissions — is
 //! `turn::client`'s, the project's one sans-IO client; this module only drives it over a tokio socket.
 
@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use stun::{Attribute, ChannelNumber, Message, Method};
-use tokio::net::UdpSocket;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream, UdpSocket};
 use turn::client::{Client, ClientConfig, Event, Outcome, RequestId};
 
 /// How long one request waits for its answer, retransmissions included (RFC 8489's schedule, cut short: a load
@@ -21,11 +22,66 @@ pub struct Credentials {
     pub password: String,
 }
 
+/// What a session's client socket is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Transport {
+    Udp,
+    /// TURN over TCP (RFC 8656 §3.1): one connection per allocation. Allocations and their requests only: the
+    /// traffic runs send ChannelData over UDP.
+    Tcp,
+}
+
 /// A client socket connected to the server and the allocation it holds.
 #[derive(Debug)]
 pub struct Session {
-    socket: UdpSocket,
+    link: Link,
     client: Client,
+}
+
+#[derive(Debug)]
+enum Link {
+    Udp(UdpSocket),
+    /// The connection and what it brought that is not a whole frame yet.
+    Tcp(TcpStream, Vec<u8>),
+}
+
+impl Link {
+    async fn send(&mut self, packet: &[u8]) -> std::io::Result<()> {
+        match self {
+            Link::Udp(socket) => socket.send(packet).await.map(|_| ()),
+            Link::Tcp(stream, _) => stream.write_all(packet).await,
+        }
+    }
+
+    /// The next datagram, or the next frame of the stream, into `buf`. Cancel-safe: a stream's bytes wait in the
+    /// link until their frame is whole.
+    async fn recv(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let (stream, inbox) = match self {
+            Link::Udp(socket) => return socket.recv(buf).await,
+            Link::Tcp(stream, inbox) => (stream, inbox),
+        };
+        loop {
+            let len = stun::stream_frame_len(inbox).map_err(std::io::Error::other)?;
+            if let Some(len) = len.filter(|&len| len <= inbox.len()) {
+                let frame = buf
+                    .get_mut(..len)
+                    .ok_or_else(|| std::io::Error::other("a frame beyond the buffer"))?;
+                frame.copy_from_slice(inbox.get(..len).unwrap_or_default());
+                inbox.drain(..len);
+                return Ok(len);
+            }
+            if stream.read_buf(inbox).await? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+    }
+
+    fn peer_addr(&self) -> std::io::Result<SocketAddr> {
+        match self {
+            Link::Udp(socket) => socket.peer_addr(),
+            Link::Tcp(stream, _) => stream.peer_addr(),
+        }
+    }
 }
 
 impl Session {
@@ -36,13 +92,14 @@ impl Session {
         credentials: &Credentials,
         lifetime: Option<u32>,
     ) -> anyhow::Result<Self> {
-        Self::allocate_from(None, server, credentials, lifetime).await
+        Self::allocate_from(None, Transport::Udp, server, credentials, lifetime).await
     }
 
-    /// [`Session::allocate`] from a socket bound to `local` (none: the unspecified address): one local address has
-    /// ~28 000 ephemeral ports, so more client sockets than that need several.
+    /// [`Session::allocate`] over `transport`, from a socket bound to `local` (none: the unspecified address): one
+    /// local address has ~28 000 ephemeral ports, so more client sockets than that need several.
     pub async fn allocate_from(
         local: Option<IpAddr>,
+        transport: Transport,
         server: SocketAddr,
         credentials: &Credentials,
         lifetime: Option<u32>,
@@ -52,12 +109,34 @@ impl Session {
         } else {
             Ipv6Addr::UNSPECIFIED.into()
         };
-        let socket = UdpSocket::bind(SocketAddr::new(local.unwrap_or(any), 0)).await?;
-        socket.connect(server).await?;
-        let mut config = ClientConfig::udp(&credentials.user, &credentials.password);
+        let local = SocketAddr::new(local.unwrap_or(any), 0);
+        let (link, mut config) = match transport {
+            Transport::Udp => {
+                let socket = UdpSocket::bind(local).await?;
+                socket.connect(server).await?;
+                (
+                    Link::Udp(socket),
+                    ClientConfig::udp(&credentials.user, &credentials.password),
+                )
+            }
+            Transport::Tcp => {
+                let socket = if server.is_ipv4() {
+                    TcpSocket::new_v4()?
+                } else {
+                    TcpSocket::new_v6()?
+                };
+                socket.bind(local)?;
+                let stream = socket.connect(server).await?;
+                stream.set_nodelay(true)?;
+                (
+                    Link::Tcp(stream, Vec::new()),
+                    ClientConfig::stream(&credentials.user, &credentials.password),
+                )
+            }
+        };
         config.timeout = Some(TIMEOUT);
         let mut session = Session {
-            socket,
+            link,
             client: Client::new(config),
         };
         let id = session.client.allocate(Instant::now(), |w| {
@@ -75,9 +154,21 @@ impl Session {
         u64::from(self.client.stale_nonces())
     }
 
-    /// The socket, for sending ChannelData and receiving what the relay sends back.
-    pub fn socket(&self) -> &UdpSocket {
-        &self.socket
+    /// Sends a ChannelData packet at once, or fails (a full socket buffer; a TCP session, which holds its
+    /// allocation only).
+    pub fn try_send(&self, packet: &[u8]) -> std::io::Result<usize> {
+        match &self.link {
+            Link::Udp(socket) => socket.try_send(packet),
+            Link::Tcp(..) => Err(std::io::ErrorKind::Unsupported.into()),
+        }
+    }
+
+    /// Receives what the relay sends back (a TCP session fails: it holds its allocation only).
+    pub async fn recv(&self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match &self.link {
+            Link::Udp(socket) => socket.recv(buf).await,
+            Link::Tcp(..) => Err(std::io::ErrorKind::Unsupported.into()),
+        }
     }
 
     /// Binds `channel` to `peer` (also installs or refreshes the permission for the peer's address).
@@ -113,7 +204,7 @@ impl Session {
         let mut buf = [0u8; 1500];
         loop {
             while let Some(packet) = self.client.poll_transmit() {
-                self.socket.send(&packet).await?;
+                self.link.send(&packet).await?;
             }
             while let Some(event) = self.client.poll_event() {
                 if let Event::Response { id: done, outcome, .. } = event {
@@ -123,13 +214,13 @@ impl Session {
                     return match outcome {
                         Outcome::Success(_) => Ok(()),
                         Outcome::Error { code, reason, .. } => bail!("{code} {reason}"),
-                        Outcome::Timeout => bail!("no answer from {} within {TIMEOUT:?}", self.socket.peer_addr()?),
+                        Outcome::Timeout => bail!("no answer from {} within {TIMEOUT:?}", self.link.peer_addr()?),
                     };
                 }
             }
             let deadline = self.client.poll_timeout().unwrap_or_else(|| Instant::now() + TIMEOUT);
             tokio::select! {
-                r = self.socket.recv(&mut buf) => {
+                r = self.link.recv(&mut buf) => {
                     let n = r?;
                     let Some(packet) = buf.get(..n) else { continue };
                     if Message::parse(packet).is_ok() {

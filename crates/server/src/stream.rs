@@ -4,7 +4,7 @@
 //! relayed data from the relay sockets interleave without a lock and without blocking the worker.
 
 use std::cell::{Cell, RefCell};
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -57,21 +57,9 @@ pub(crate) async fn accept_loop(worker: Rc<Worker>, listener: TcpListener, trans
             transport,
         };
         match transport {
-            Transport::Tls => {
-                let acceptor = tokio_rustls::TlsAcceptor::from(worker.shared().tls.clone());
-                let timeout = worker.shared().config.tls_handshake_timeout;
-                let failure = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-                    Ok(Ok(tls)) => return serve(worker, tls, five_tuple).await,
-                    Ok(Err(e)) => HandshakeFailure::of(&e),
-                    Err(_) => HandshakeFailure::Timeout,
-                };
-                let now = std::time::Instant::now();
-                let self_signed = worker.shared().certs.is_self_signed();
-                worker
-                    .shared()
-                    .handshakes
-                    .record(now, client, server, failure, self_signed);
-            }
+            // Boxed: a TLS connection's state is larger than a plain one's, and would be kept in every connection's
+            // task otherwise.
+            Transport::Tls => Box::pin(serve_tls(worker, stream, five_tuple)).await,
             _ => serve::<TcpStream>(worker, stream, five_tuple).await,
         }
     })
@@ -145,6 +133,25 @@ where
     }
 }
 
+/// TURN over TLS on its own port: the handshake (boxed, so that its state is freed once done), then the frames.
+async fn serve_tls(worker: Rc<Worker>, stream: TcpStream, five_tuple: FiveTuple) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(worker.shared().tls.clone());
+    let timeout = worker.shared().config.tls_handshake_timeout;
+    let handshake = Box::pin(tokio::time::timeout(timeout, acceptor.accept(stream)));
+    let failure = match handshake.await {
+        // The stream boxed: `serve` keeps its argument's slot in its state for the connection's whole life.
+        Ok(Ok(tls)) => return serve(worker, Box::new(tls), five_tuple).await,
+        Ok(Err(e)) => HandshakeFailure::of(&e),
+        Err(_) => HandshakeFailure::Timeout,
+    };
+    let now = std::time::Instant::now();
+    let self_signed = worker.shared().certs.is_self_signed();
+    worker
+        .shared()
+        .handshakes
+        .record(now, five_tuple.client, five_tuple.server, failure, self_signed);
+}
+
 /// Reads frames until the client closes, sends garbage, or idles without an allocation.
 pub(crate) async fn serve<S: AsyncRead + AsyncWrite + 'static>(worker: Rc<Worker>, io: S, five_tuple: FiveTuple) {
     let (mut reader, writer) = tokio::io::split(io);
@@ -193,19 +200,10 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + 'static>(worker: Rc<Worker
                 _ = sink.wait_closed() => break,
             }
         } else {
-            tokio::select! {
-                r = tokio::time::timeout(idle, read) => match r {
-                    Ok(r) => r,
-                    Err(_) => {
-                        tracing::debug!(client = %five_tuple.client, "idle connection closed");
-                        break;
-                    }
-                },
-                _ = tokio::time::sleep_until(deadline) => {
-                    tracing::debug!(client = %five_tuple.client, "no allocation within the deadline; closed");
-                    break;
-                }
-                _ = sink.wait_closed() => break,
+            // Boxed, for the few reads before an allocation: its timers are not kept by a connection that holds one.
+            match Box::pin(read_before_allocation(read, idle, deadline, &sink, five_tuple)).await {
+                Some(read) => read,
+                None => break,
             }
         };
         match read {
@@ -220,6 +218,31 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + 'static>(worker: Rc<Worker
     worker.handle_connection_closed(five_tuple);
     sink.close();
     let _ = writer_task.await;
+}
+
+/// A read by a connection without an allocation: it ends (`None`) when the client is silent for `idle`, or at the
+/// fixed `deadline`, whatever it sends.
+async fn read_before_allocation(
+    read: impl Future<Output = Read>,
+    idle: Duration,
+    deadline: tokio::time::Instant,
+    sink: &StreamSink,
+    five_tuple: FiveTuple,
+) -> Option<Read> {
+    tokio::select! {
+        r = tokio::time::timeout(idle, read) => match r {
+            Ok(r) => Some(r),
+            Err(_) => {
+                tracing::debug!(client = %five_tuple.client, "idle connection closed");
+                None
+            }
+        },
+        _ = tokio::time::sleep_until(deadline) => {
+            tracing::debug!(client = %five_tuple.client, "no allocation within the deadline; closed");
+            None
+        }
+        _ = sink.wait_closed() => None,
+    }
 }
 
 /// What one read of a connection came to.

@@ -123,13 +123,13 @@ async fn keep(
                     next_refresh += load.refresh;
                 }
             }
-            r = session.socket().recv(&mut buf) => {
+            r = session.recv(&mut buf) => {
                 let n = r.context("receive")?;
                 count_echo(buf.get(..n).unwrap_or_default());
             }
             _ = tick.tick(), if stream.is_some() => {
                 // A full socket buffer drops the packet; it then shows as loss, like any other.
-                let _ = session.socket().try_send(&packet);
+                let _ = session.try_send(&packet);
                 stats.echoes_sent.fetch_add(1, Ordering::Relaxed);
             }
         }
