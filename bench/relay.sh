@@ -9,6 +9,7 @@
 #       (perf record -g for 3 s, 2 s into the run; bench/out/perf-<server>-<size>-<rate>.data, for perf report -i)
 #   MEMORY_TRANSPORT=tcp MEMORY_RUNS=5000 TRAFFIC_RUNS= UCLIENT_RUNS= bench/relay.sh   # bytes per allocation held
 #       over its own TURN-over-TCP connection (each client idle after its ChannelBind)
+#   UCLIENT_TRANSPORT=tcp MEMORY_RUNS= TRAFFIC_RUNS= bench/relay.sh   # coturn's client over TURN-over-TCP
 #   SERVERS="traverse traverse-nocoalesce coturn" bench/relay.sh   # also Traverse with wake-up coalescing off
 #       (limits.coalesce_us=0), to see what it buys; each extra server gets its own column and ratio to coturn
 #   SERVERS="traverse forwarder coturn" bench/relay.sh   # also the bare UDP forwarder (traverse-bare-forwarder: one
@@ -222,6 +223,9 @@ if [ "$MEMORY_TRANSPORT" != udp ]; then
 fi
 IDLE="${IDLE:-10}"   # seconds of silence over which the server's CPU at idle is measured, allocations held
 UCLIENT_RUNS="${UCLIENT_RUNS-100 1000}"
+# UCLIENT_TRANSPORT=tcp: turnutils_uclient talks to the server over TCP (-t); the peer side stays UDP.
+UCLIENT_TRANSPORT="${UCLIENT_TRANSPORT:-udp}"
+uclient_tcp=(); [ "$UCLIENT_TRANSPORT" = udp ] || uclient_tcp=(-t)
 VALUES="$OUT/values.txt"   # one "server metric value" line per measurement, all repetitions
 : >"$VALUES"
 record() { echo "$1 $2 $3" >>"$VALUES"; }
@@ -329,7 +333,7 @@ for rep in $(seq "$REPEAT"); do
       t0=$(cpu_ticks "$SERVER_PID")
       f="$OUT/uclient-$server-$size.txt"
       timeout 120 "${on_load_cpus[@]}" turnutils_uclient -u "$USER_NAME" -w "$PASSWORD" -e "$PEER_IP" -r "$PEER_PORT" -m 50 -n 1000 \
-        -l "$size" -z 5 "$HOST_IP" >"$f" 2>&1 || true
+        -l "$size" -z 5 "${uclient_tcp[@]}" "$HOST_IP" >"$f" 2>&1 || true
       t1=$(cpu_ticks "$SERVER_PID")
       stop_server
       received=$(grep -oE 'tot_recv_msgs=[0-9]+$' "$f" | tail -1 | cut -d= -f2 || true)
@@ -339,7 +343,7 @@ for rep in $(seq "$REPEAT"); do
       cpu=$(python3 -c "print(round(($t1-$t0)/$CLK_TCK, 2))")
       key="uclient$size"
       for m in loss rtt ppc cpu; do record "$server" "$m$key" "${!m:-n/a}"; done
-      echo "  turnutils_uclient 50×1000×${size} B: received ${received:-?}, loss ${loss:-?} %, rtt ${rtt:-?} ms, server CPU $cpu s, $ppc relayed packets per CPU-s"
+      echo "  turnutils_uclient 50×1000×${size} B over $UCLIENT_TRANSPORT: received ${received:-?}, loss ${loss:-?} %, rtt ${rtt:-?} ms, server CPU $cpu s, $ppc relayed packets per CPU-s"
     done
   done
 done
@@ -349,8 +353,8 @@ echo
 
 # The table: medians over the repetitions, (min–max) when there are several, and the Traverse/coturn ratio of
 # the medians.
-python3 - "$VALUES" "$TRAFFIC_RUNS" "$MEMORY_RUNS" "$UCLIENT_RUNS" "${SERVERS:-traverse coturn}" <<'PY' | tee "$RESULTS"
-import statistics, sys
+MEMORY_TRANSPORT="$MEMORY_TRANSPORT" UCLIENT_TRANSPORT="$UCLIENT_TRANSPORT" python3 - "$VALUES" "$TRAFFIC_RUNS" "$MEMORY_RUNS" "$UCLIENT_RUNS" "${SERVERS:-traverse coturn}" <<'PY' | tee "$RESULTS"
+import os, statistics, sys
 values, traffic, memory, uclient = sys.argv[1], sys.argv[2].split(), sys.argv[3].split(), sys.argv[4].split()
 servers = ["traverse", "coturn"] + [s for s in sys.argv[5].split() if s not in ("traverse", "coturn")]
 names = {"traverse": "Traverse", "coturn": "coturn", "traverse-nocoalesce": "Traverse, coalescing off",
@@ -427,13 +431,13 @@ for run in dict.fromkeys(traffic):
     row(f"loadgen {size} B @ {rate}/s: server CPU-s", "cpu" + k)
 for size in uclient:
     k = f"uclient{size}"
-    row(f"uclient 50×1000×{size} B: relayed packets per server CPU-s", "ppc" + k)
+    row(f"uclient 50×1000×{size} B over {os.environ['UCLIENT_TRANSPORT']}: relayed packets per server CPU-s", "ppc" + k)
     row(f"uclient 50×1000×{size} B: loss %", "loss" + k, ratio=False)
     row(f"uclient 50×1000×{size} B: average RTT ms (whole-ms samples)", "rtt" + k)
     row(f"uclient 50×1000×{size} B: server CPU-s", "cpu" + k)
 for n in memory:
-    row(f"bytes per allocation at {n}", f"mem{n}")
-    row(f"seconds to set up {n} allocations from one address", f"setup{n}")
+    row(f"bytes per allocation at {n} over {os.environ['MEMORY_TRANSPORT']}", f"mem{n}")
+    row(f"seconds to set up {n} allocations over {os.environ['MEMORY_TRANSPORT']}", f"setup{n}")
     row(f"server CPU at idle with {n} allocations, ms per s", f"idle{n}")
 loads = [fmt(x) for (s, m), xs in v.items() if s == "machine" for x in xs]
 print(f"\nmachine load average (1 min), start / end: {' / '.join(loads)}")
