@@ -8,7 +8,7 @@
 #   PERF=3 REPEAT=1 MEMORY_RUNS= UCLIENT_RUNS= bench/relay.sh   # a profile of each server in each traffic run
 #       (perf record -g for 3 s, 2 s into the run; bench/out/perf-<server>-<size>-<rate>.data, for perf report -i)
 #   MEMORY_TRANSPORT=tcp MEMORY_RUNS=5000 TRAFFIC_RUNS= UCLIENT_RUNS= bench/relay.sh   # bytes per allocation held
-#       over its own TURN-over-TCP connection (each client idle after its ChannelBind)
+#       over its own TURN-over-TCP connection (each client idle after its ChannelBind); tls and tls-single: over TLS
 #   UCLIENT_TRANSPORT=tcp MEMORY_RUNS= TRAFFIC_RUNS= bench/relay.sh   # coturn's client over TURN-over-TCP
 #   SERVERS="traverse traverse-nocoalesce coturn" bench/relay.sh   # also Traverse with wake-up coalescing off
 #       (limits.coalesce_us=0), to see what it buys; each extra server gets its own column and ratio to coturn
@@ -158,7 +158,8 @@ start_server() { # name → sets SERVER_PID
       [ "$1" = traverse-ring ] && coalesce+=(--set relay.io_uring=true)
       [ "$1" = traverse-nocoalesce ] && coalesce=(--set limits.coalesce_us=0 --set relay.coalesce_us=0)
       [ "$1" = traverse-2w ] && workers=2
-      "${on_server_cpus[@]}" "$bin" serve --udp "$HOST_IP:3478" --tcp "$HOST_IP:3478" --tls "$HOST_IP:5349" "${coalesce[@]}" \
+      "${on_server_cpus[@]}" "$bin" serve --udp "$HOST_IP:3478" --tcp "$HOST_IP:3478" --tls "$HOST_IP:5349" --single-port "$HOST_IP:4443" \
+        "${coalesce[@]}" \
         --http 127.0.0.1:0 --user "$USER_NAME:$PASSWORD" --realm "$REALM" --workers "$workers" \
         --relay-ports "$RELAY_PORT_MIN-$RELAY_PORT_MAX" --set "limits.max_allocations=$MAX_ALLOCATIONS" \
         --set "limits.max_connections=$MAX_CONNECTIONS" --set "limits.max_connections_per_source=$MAX_CONNECTIONS" \
@@ -179,7 +180,7 @@ start_server() { # name → sets SERVER_PID
     coturn)
       local relay_addresses=(-E "$HOST_IP")
       [ -z "$RELAY_IPS" ] || { relay_addresses=(); for ip in ${RELAY_IPS//,/ }; do relay_addresses+=(-E "$ip"); done; }
-      "${on_server_cpus[@]}" turnserver -n --no-cli --no-tls --no-dtls -L "$HOST_IP" "${relay_addresses[@]}" --listening-port 3478 \
+      "${on_server_cpus[@]}" turnserver -n --no-cli "${coturn_tls[@]}" --no-dtls -L "$HOST_IP" "${relay_addresses[@]}" --listening-port 3478 \
         --lt-cred-mech --user "$USER_NAME:$PASSWORD" --realm "$REALM" --relay-threads 1 \
         --min-port "$RELAY_PORT_MIN" --max-port "$RELAY_PORT_MAX" --no-multicast-peers --simple-log --log-file stdout \
         --pidfile "$OUT/turnserver.pid" >"$OUT/coturn.log" 2>&1 &
@@ -209,8 +210,22 @@ MEMORY_RUNS="${MEMORY_RUNS-1000 10000}"
 MAX_ALLOCATIONS=20000
 for n in $MEMORY_RUNS; do [ "$n" -le "$MAX_ALLOCATIONS" ] || MAX_ALLOCATIONS=$n; done
 # MEMORY_TRANSPORT=tcp: the memory runs make and hold their allocations over TURN-over-TCP connections, one each
-# (what an idle TCP/TLS client costs the server); the traffic runs stay on UDP.
+# (what an idle TCP/TLS client costs the server); tls: over TLS on port 5349 (ALPN stun.turn; coturn gets a
+# self-signed certificate made here); tls-single: over TLS on Traverse's single port (4443 here, 443 in production),
+# where TURN, HTTPS and WebSockets share one listener (Traverse only). The traffic runs stay on UDP.
 MEMORY_TRANSPORT="${MEMORY_TRANSPORT:-udp}"
+case "$MEMORY_TRANSPORT" in
+  udp|tcp) MEMORY_PORT=3478; LOADGEN_TRANSPORT=$MEMORY_TRANSPORT ;;
+  tls) MEMORY_PORT=5349; LOADGEN_TRANSPORT=tls ;;
+  tls-single) MEMORY_PORT=4443; LOADGEN_TRANSPORT=tls ;;
+  *) echo "MEMORY_TRANSPORT is udp, tcp, tls or tls-single"; exit 1 ;;
+esac
+coturn_tls=(--no-tls)
+if [ "$MEMORY_TRANSPORT" = tls ]; then
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj "/CN=$HOST_IP" \
+    -keyout "$OUT/coturn-key.pem" -out "$OUT/coturn-cert.pem" >/dev/null 2>&1
+  coturn_tls=(--cert "$OUT/coturn-cert.pem" --pkey "$OUT/coturn-key.pem" --tls-listening-port 5349)
+fi
 MAX_CONNECTIONS=500
 if [ "$MEMORY_TRANSPORT" != udp ]; then
   # A connection and a relay socket per allocation: both limits sized to the largest run, so that they fit the
@@ -272,8 +287,8 @@ for rep in $(seq "$REPEAT"); do
       base=$(rss_kib "$SERVER_PID")
       : >"$OUT/hold.txt" # no READY line from an earlier run
       # shellcheck disable=SC2046 # client_ips_for prints separate arguments
-      "${on_load_cpus[@]}" "$LOADGEN" --server "$HOST_IP:3478" --peer "$PEER_IP:$PEER_PORT" --user "$USER_NAME" --password "$PASSWORD" \
-        --allocations "$n" --rate 0 --hold $((IDLE + 4)) --transport "$MEMORY_TRANSPORT" $(client_ips_for "$n") \
+      "${on_load_cpus[@]}" "$LOADGEN" --server "$HOST_IP:$MEMORY_PORT" --peer "$PEER_IP:$PEER_PORT" --user "$USER_NAME" \
+        --password "$PASSWORD" --allocations "$n" --rate 0 --hold $((IDLE + 4)) --transport "$LOADGEN_TRANSPORT" $(client_ips_for "$n") \
         >"$OUT/hold.txt" 2>&1 &
       lg=$!
       pids+=("$lg")

@@ -59,8 +59,8 @@ struct Args {
     /// has ~28 000 ephemeral ports, so more allocations than that need several (none: the unspecified address).
     #[arg(long, value_delimiter = ',')]
     local_ips: Vec<IpAddr>,
-    /// How the allocations are made and held: `tcp` is one TURN-over-TCP connection per allocation, for the memory
-    /// runs (`--rate 0`); traffic runs send over UDP.
+    /// How the allocations are made and held: `tcp` and `tls` are one TURN-over-TCP (or TLS) connection per
+    /// allocation, for the memory runs (`--rate 0`); traffic runs send over UDP.
     #[arg(long, value_enum, default_value_t = Transport::Udp)]
     transport: Transport,
 }
@@ -148,8 +148,8 @@ fn main() -> anyhow::Result<()> {
     if args.threads > args.allocations.max(1) {
         bail!("--threads must not exceed --allocations (a thread without allocations would send nothing)");
     }
-    if args.transport == Transport::Tcp && args.rate > 0 {
-        bail!("--transport tcp is for holding allocations (--rate 0): traffic runs send over UDP");
+    if args.transport != Transport::Udp && args.rate > 0 {
+        bail!("--transport tcp and tls are for holding allocations (--rate 0): traffic runs send over UDP");
     }
     if args.threads > 1 && (args.hold > 0 || args.rate == 0) {
         bail!("--threads is for traffic runs (--rate above 0, no --hold)");

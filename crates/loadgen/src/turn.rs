@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use stun::{Attribute, ChannelNumber, Message, Method};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream, UdpSocket};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpSocket, UdpSocket};
 use turn::client::{Client, ClientConfig, Event, Outcome, RequestId};
 
 /// How long one request waits for its answer, retransmissions included (RFC 8489's schedule, cut short: a load
@@ -29,6 +29,8 @@ pub enum Transport {
     /// TURN over TCP (RFC 8656 §3.1): one connection per allocation. Allocations and their requests only: the
     /// traffic runs send ChannelData over UDP.
     Tcp,
+    /// TURN over TLS, ALPN `stun.turn` (RFC 7443), one connection per allocation; the certificate is not checked.
+    Tls,
 }
 
 /// A client socket connected to the server and the allocation it holds.
@@ -36,20 +38,28 @@ pub enum Transport {
 pub struct Session {
     link: Link,
     client: Client,
+    server: SocketAddr,
 }
 
 #[derive(Debug)]
 enum Link {
     Udp(UdpSocket),
     /// The connection and what it brought that is not a whole frame yet.
-    Tcp(TcpStream, Vec<u8>),
+    Stream(Box<dyn Stream>, Vec<u8>),
 }
+
+/// A TCP or TLS connection to the server.
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send + Sync + std::fmt::Debug {}
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + Sync + std::fmt::Debug> Stream for S {}
 
 impl Link {
     async fn send(&mut self, packet: &[u8]) -> std::io::Result<()> {
         match self {
             Link::Udp(socket) => socket.send(packet).await.map(|_| ()),
-            Link::Tcp(stream, _) => stream.write_all(packet).await,
+            Link::Stream(stream, _) => {
+                stream.write_all(packet).await?;
+                stream.flush().await
+            }
         }
     }
 
@@ -58,7 +68,7 @@ impl Link {
     async fn recv(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let (stream, inbox) = match self {
             Link::Udp(socket) => return socket.recv(buf).await,
-            Link::Tcp(stream, inbox) => (stream, inbox),
+            Link::Stream(stream, inbox) => (stream, inbox),
         };
         loop {
             let len = stun::stream_frame_len(inbox).map_err(std::io::Error::other)?;
@@ -73,13 +83,6 @@ impl Link {
             if stream.read_buf(inbox).await? == 0 {
                 return Err(std::io::ErrorKind::UnexpectedEof.into());
             }
-        }
-    }
-
-    fn peer_addr(&self) -> std::io::Result<SocketAddr> {
-        match self {
-            Link::Udp(socket) => socket.peer_addr(),
-            Link::Tcp(stream, _) => stream.peer_addr(),
         }
     }
 }
@@ -119,7 +122,7 @@ impl Session {
                     ClientConfig::udp(&credentials.user, &credentials.password),
                 )
             }
-            Transport::Tcp => {
+            Transport::Tcp | Transport::Tls => {
                 let socket = if server.is_ipv4() {
                     TcpSocket::new_v4()?
                 } else {
@@ -128,8 +131,15 @@ impl Session {
                 socket.bind(local)?;
                 let stream = socket.connect(server).await?;
                 stream.set_nodelay(true)?;
+                let stream: Box<dyn Stream> = if transport == Transport::Tls {
+                    let host = server.ip().to_string();
+                    let (tls, _) = doctor::tls::connect(stream, &host, &[b"stun.turn"]).await?;
+                    Box::new(tls)
+                } else {
+                    Box::new(stream)
+                };
                 (
-                    Link::Tcp(stream, Vec::new()),
+                    Link::Stream(stream, Vec::new()),
                     ClientConfig::stream(&credentials.user, &credentials.password),
                 )
             }
@@ -138,6 +148,7 @@ impl Session {
         let mut session = Session {
             link,
             client: Client::new(config),
+            server,
         };
         let id = session.client.allocate(Instant::now(), |w| {
             if let Some(l) = lifetime {
@@ -159,7 +170,7 @@ impl Session {
     pub fn try_send(&self, packet: &[u8]) -> std::io::Result<usize> {
         match &self.link {
             Link::Udp(socket) => socket.try_send(packet),
-            Link::Tcp(..) => Err(std::io::ErrorKind::Unsupported.into()),
+            Link::Stream(..) => Err(std::io::ErrorKind::Unsupported.into()),
         }
     }
 
@@ -167,7 +178,7 @@ impl Session {
     pub async fn recv(&self, buf: &mut [u8]) -> std::io::Result<usize> {
         match &self.link {
             Link::Udp(socket) => socket.recv(buf).await,
-            Link::Tcp(..) => Err(std::io::ErrorKind::Unsupported.into()),
+            Link::Stream(..) => Err(std::io::ErrorKind::Unsupported.into()),
         }
     }
 
@@ -214,7 +225,7 @@ impl Session {
                     return match outcome {
                         Outcome::Success(_) => Ok(()),
                         Outcome::Error { code, reason, .. } => bail!("{code} {reason}"),
-                        Outcome::Timeout => bail!("no answer from {} within {TIMEOUT:?}", self.link.peer_addr()?),
+                        Outcome::Timeout => bail!("no answer from {} within {TIMEOUT:?}", self.server),
                     };
                 }
             }

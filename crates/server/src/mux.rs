@@ -152,6 +152,18 @@ impl Io for tokio_rustls::server::TlsStream<Tcp> {
     }
 }
 
+/// A boxed stream moves as its contents do: the mux boxes a TLS session once its handshake is done, so that the
+/// connection's task does not keep a session's worth of state inline whatever the connection turns out to be.
+impl<S: Io + ?Sized> Io for Box<S> {
+    fn detach(&mut self) -> io::Result<()> {
+        (**self).detach()
+    }
+
+    fn attach(&mut self) -> io::Result<()> {
+        (**self).attach()
+    }
+}
+
 impl<S: Io> Io for Prefixed<S> {
     fn detach(&mut self) -> io::Result<()> {
         self.inner.detach()
@@ -205,56 +217,19 @@ async fn sort(worker: Rc<Worker>, tcp: TcpStream, client: SocketAddr, server: So
     match peeked {
         0x16 if with_tls => {
             let acceptor = tokio_rustls::TlsAcceptor::from(worker.shared().mux_tls.clone());
-            let tls = match tokio::time::timeout_at(deadline, acceptor.accept(Tcp::new(tcp))).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    let failure = crate::handshakes::HandshakeFailure::of(&e);
-                    let self_signed = worker.shared().certs.is_self_signed();
-                    return worker.shared().handshakes.record(
-                        std::time::Instant::now(),
-                        client,
-                        server,
-                        failure,
-                        self_signed,
-                    );
-                }
-                Err(_) => {
-                    let failure = crate::handshakes::HandshakeFailure::Timeout;
-                    let self_signed = worker.shared().certs.is_self_signed();
-                    return worker.shared().handshakes.record(
-                        std::time::Instant::now(),
-                        client,
-                        server,
-                        failure,
-                        self_signed,
-                    );
-                }
+            // Boxed, here and below: what a connection does not use (a handshake done, another branch's state) is not
+            // kept in its task for its whole life.
+            let handshake = Box::pin(tokio::time::timeout_at(deadline, acceptor.accept(Tcp::new(tcp))));
+            let failure = match handshake.await {
+                Ok(Ok(tls)) => return Box::pin(sort_tls(worker, http, Box::new(tls), client, server, deadline)).await,
+                Ok(Err(e)) => crate::handshakes::HandshakeFailure::of(&e),
+                Err(_) => crate::handshakes::HandshakeFailure::Timeout,
             };
-            let turn = FiveTuple {
-                client,
-                server,
-                transport: Transport::Tls,
-            };
-            match tls.get_ref().1.alpn_protocol() {
-                Some(ALPN_STUN_TURN) => stream::serve(worker, tls, turn).await,
-                // RFC 8737 §3: the validation is the handshake itself; the CA closes without sending data.
-                Some(crate::tls::ALPN_ACME_TLS) => tracing::debug!(%client, "TLS-ALPN-01 validation handshake"),
-                Some(_) => serve_http(http, Box::new(tls), client, HttpScheme::Https).await,
-                None => {
-                    let mut tls = tls;
-                    let mut byte = [0u8; 1];
-                    match tokio::time::timeout_at(deadline, tls.read(&mut byte)).await {
-                        Ok(Ok(1)) => {}
-                        _ => return,
-                    }
-                    let io = Prefixed::new(byte[0], tls);
-                    if is_stun_start(byte[0]) {
-                        stream::serve(worker, io, turn).await;
-                    } else {
-                        serve_http(http, Box::new(io), client, HttpScheme::Https).await;
-                    }
-                }
-            }
+            let self_signed = worker.shared().certs.is_self_signed();
+            worker
+                .shared()
+                .handshakes
+                .record(std::time::Instant::now(), client, server, failure, self_signed);
         }
         b if is_stun_start(b) => {
             let turn = FiveTuple {
@@ -262,7 +237,7 @@ async fn sort(worker: Rc<Worker>, tcp: TcpStream, client: SocketAddr, server: So
                 server,
                 transport: Transport::Tcp,
             };
-            stream::serve::<TcpStream>(worker, tcp, turn).await;
+            Box::pin(stream::serve::<TcpStream>(worker, tcp, turn)).await;
         }
         b'A'..=b'Z' => {
             let scheme = if with_tls {
@@ -273,6 +248,41 @@ async fn sort(worker: Rc<Worker>, tcp: TcpStream, client: SocketAddr, server: So
             serve_http(http, Box::new(Tcp::new(tcp)), client, scheme).await;
         }
         _ => tracing::debug!(%client, "neither TLS, STUN nor HTTP; closing"),
+    }
+}
+
+/// A TLS connection, after its handshake: TURN (by ALPN, or by its first decrypted byte), an ACME validation, or HTTPS.
+async fn sort_tls(
+    worker: Rc<Worker>,
+    http: Option<Arc<dyn HttpHandler>>,
+    mut tls: Box<tokio_rustls::server::TlsStream<Tcp>>,
+    client: SocketAddr,
+    server: SocketAddr,
+    deadline: tokio::time::Instant,
+) {
+    let turn = FiveTuple {
+        client,
+        server,
+        transport: Transport::Tls,
+    };
+    match tls.get_ref().1.alpn_protocol() {
+        Some(ALPN_STUN_TURN) => stream::serve(worker, tls, turn).await,
+        // RFC 8737 §3: the validation is the handshake itself; the CA closes without sending data.
+        Some(crate::tls::ALPN_ACME_TLS) => tracing::debug!(%client, "TLS-ALPN-01 validation handshake"),
+        Some(_) => serve_http(http, tls, client, HttpScheme::Https).await,
+        None => {
+            let mut byte = [0u8; 1];
+            match tokio::time::timeout_at(deadline, tls.read(&mut byte)).await {
+                Ok(Ok(1)) => {}
+                _ => return,
+            }
+            let io = Prefixed::new(byte[0], tls);
+            if is_stun_start(byte[0]) {
+                stream::serve(worker, io, turn).await;
+            } else {
+                serve_http(http, Box::new(io), client, HttpScheme::Https).await;
+            }
+        }
     }
 }
 
