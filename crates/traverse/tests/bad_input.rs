@@ -401,10 +401,8 @@ fn check_integrity_errors(conn: &mut Conn, rng: &mut StdRng) {
     assert_eq!(response.error_code(), Some(442), "{}", response.describe());
 }
 
-/// With an allocation on `client`: ChannelData on unbound channels and Send indications to peers without a
-/// permission reach nobody and get no answer; the bound channel and the permitted peer do work.
-fn check_unbound_channels(client: &mut TurnClient) {
-    let pad = !client.conn.is_udp();
+/// Allocates on `client` (IPv4), which must succeed.
+fn allocated(client: &mut TurnClient) -> common::Response {
     let allocation = client.allocate(false);
     assert_eq!(
         allocation.class(),
@@ -412,6 +410,14 @@ fn check_unbound_channels(client: &mut TurnClient) {
         "Allocate: {}",
         allocation.describe()
     );
+    allocation
+}
+
+/// With an allocation on `client`: ChannelData on unbound channels and Send indications to peers without a
+/// permission reach nobody and get no answer; the bound channel and the permitted peer do work.
+fn check_unbound_channels(client: &mut TurnClient) {
+    let pad = !client.conn.is_udp();
+    let allocation = allocated(client);
     let relayed = allocation
         .address(attr::XOR_RELAYED_ADDRESS)
         .expect("XOR-RELAYED-ADDRESS");
@@ -716,13 +722,7 @@ fn udp_bad_input_is_refused_or_dropped_and_the_server_keeps_serving() {
 fn tcp_frames_cut_anywhere_arrive_whole() {
     let server = Server::start(SERVER_ARGS);
     let mut client = TurnClient::new(Conn::tcp(server.tcp), "alice", "pw");
-    let allocation = client.allocate(false);
-    assert_eq!(
-        allocation.class(),
-        Class::Success,
-        "Allocate: {}",
-        allocation.describe()
-    );
+    allocated(&mut client);
     let peer = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("peer socket");
     peer.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
     let bound = client.channel_bind(0x4000, peer.local_addr().expect("addr"));
