@@ -234,7 +234,7 @@ if [ "$MEMORY_TRANSPORT" != udp ]; then
   for n in $MEMORY_RUNS; do [ "$n" -le "$MAX_ALLOCATIONS" ] || MAX_ALLOCATIONS=$n; done
   MAX_CONNECTIONS=$((MAX_ALLOCATIONS + 500))
   # Traverse lets one source hold at most half its connections: the clients come from several addresses.
-  [ -n "${CLIENTS_PER_IP_SET:-}" ] || CLIENTS_PER_IP=2000
+  [ -n "${CLIENTS_PER_IP_SET:-}" ] || CLIENTS_PER_IP=$(( MAX_CONNECTIONS / 2 - 10 < 2000 ? MAX_CONNECTIONS / 2 - 10 : 2000 ))
 fi
 IDLE="${IDLE:-10}"   # seconds of silence over which the server's CPU at idle is measured, allocations held
 UCLIENT_RUNS="${UCLIENT_RUNS-100 1000}"

@@ -82,10 +82,10 @@ impl Conn {
                 }
             }
             Conn::Stream { io, buf, .. } => loop {
-                if let Some(len) = stun::stream_frame_len(buf).map_err(|_| CheckError::Protocol("not STUN".into()))? {
-                    if buf.len() >= len {
-                        return Ok(buf.drain(..len).collect());
-                    }
+                if let Some(frame) =
+                    stun::take_stream_frame(buf).map_err(|_| CheckError::Protocol("not STUN".into()))?
+                {
+                    return Ok(frame);
                 }
                 let mut chunk = [0u8; 8192];
                 let n = io.read(&mut chunk).await?;

@@ -71,14 +71,12 @@ impl Link {
             Link::Stream(stream, inbox) => (stream, inbox),
         };
         loop {
-            let len = stun::stream_frame_len(inbox).map_err(std::io::Error::other)?;
-            if let Some(len) = len.filter(|&len| len <= inbox.len()) {
-                let frame = buf
-                    .get_mut(..len)
+            if let Some(frame) = stun::take_stream_frame(inbox).map_err(std::io::Error::other)? {
+                let to = buf
+                    .get_mut(..frame.len())
                     .ok_or_else(|| std::io::Error::other("a frame beyond the buffer"))?;
-                frame.copy_from_slice(inbox.get(..len).unwrap_or_default());
-                inbox.drain(..len);
-                return Ok(len);
+                to.copy_from_slice(&frame);
+                return Ok(frame.len());
             }
             if stream.read_buf(inbox).await? == 0 {
                 return Err(std::io::ErrorKind::UnexpectedEof.into());

@@ -28,7 +28,7 @@ pub use channel_data::{ChannelData, ChannelNumber, CHANNEL_DATA_HEADER_LEN};
 pub use error::{DecodeError, EncodeError};
 pub use integrity::{long_term_key_md5, long_term_key_sha256, userhash, IntegrityKey};
 pub use message::{Class, Message, Method, TransactionId};
-pub use stream::{stream_frame_len, StreamFramer};
+pub use stream::{stream_frame_len, take_stream_frame, StreamFramer};
 pub use writer::MessageWriter;
 
 /// RFC 8489 §5: the fixed value that distinguishes RFC 5389+ messages from RFC 3489 ones.

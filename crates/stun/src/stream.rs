@@ -22,6 +22,15 @@ pub fn stream_frame_len(buf: &[u8]) -> Result<Option<usize>, DecodeError> {
     }
 }
 
+/// A client's way to read a stream: takes the frame at the start of `inbox` if it is whole, else leaves `inbox` to
+/// grow by another read. (A server uses [`StreamFramer`], which keeps nothing between frames.)
+pub fn take_stream_frame(inbox: &mut Vec<u8>) -> Result<Option<Vec<u8>>, DecodeError> {
+    Ok(match stream_frame_len(inbox)? {
+        Some(len) if len <= inbox.len() => Some(inbox.drain(..len).collect()),
+        _ => None,
+    })
+}
+
 /// Cuts a TURN stream into frames, read by read.
 ///
 /// The frames a read holds whole are handed out where they lie, in the caller's read buffer. Only a frame that a
@@ -198,6 +207,19 @@ mod tests {
             stream_frame_len(&[0x00, 0x01, 0x00, 0x05]),
             Err(DecodeError::UnalignedLength(5))
         );
+    }
+
+    #[test]
+    fn a_client_takes_whole_frames_only() {
+        let frame = channel_data(0x4000, 5, 1);
+        let mut inbox = frame[..7].to_vec();
+        assert_eq!(take_stream_frame(&mut inbox), Ok(None));
+        inbox.extend_from_slice(&frame[7..]);
+        inbox.extend_from_slice(&[0x00, 0x01]);
+        assert_eq!(take_stream_frame(&mut inbox), Ok(Some(frame)));
+        assert_eq!(inbox, [0x00, 0x01]);
+        assert_eq!(take_stream_frame(&mut inbox), Ok(None));
+        assert_eq!(take_stream_frame(&mut vec![0xff, 0, 0, 0]), Err(DecodeError::NotStun));
     }
 
     proptest! {

@@ -713,10 +713,8 @@ impl Conn {
 /// timeout) until `deadline`; `None` on timeout or EOF.
 fn read_frame(reader: &mut impl Read, tcp: &TcpStream, buf: &mut Vec<u8>, deadline: Instant) -> Option<Vec<u8>> {
     loop {
-        if let Ok(Some(len)) = stun::stream_frame_len(buf) {
-            if buf.len() >= len {
-                return Some(buf.drain(..len).collect());
-            }
+        if let Ok(Some(frame)) = stun::take_stream_frame(buf) {
+            return Some(frame);
         }
         let left = deadline.checked_duration_since(Instant::now())?;
         let _ = tcp.set_read_timeout(Some(left.max(Duration::from_millis(1))));
