@@ -716,12 +716,19 @@ fn udp_bad_input_is_refused_or_dropped_and_the_server_keeps_serving() {
     server.assert_alive();
 }
 
-/// TURN-over-TCP frames cut at any byte, in segments with pauses between them, arrive whole: Bindings are answered
-/// in order, and a ChannelData frame of 60 000 bytes, cut across reads, reaches its peer as one datagram.
+/// TURN-over-TCP and TLS frames cut at any byte, in segments with pauses between them, arrive whole: Bindings are
+/// answered in order, and a ChannelData frame of 60 000 bytes, cut across reads, reaches its peer as one datagram.
 #[test]
-fn tcp_frames_cut_anywhere_arrive_whole() {
+fn stream_frames_cut_anywhere_arrive_whole() {
     let server = Server::start(SERVER_ARGS);
-    let mut client = TurnClient::new(Conn::tcp(server.tcp), "alice", "pw");
+    frames_cut_anywhere_arrive_whole(Conn::tcp(server.tcp));
+    let (tls, _) = common::tls_connect(IpAddr::V4(Ipv4Addr::LOCALHOST), server.tls, Duration::from_secs(10))
+        .expect("TLS handshake");
+    frames_cut_anywhere_arrive_whole(tls);
+}
+
+fn frames_cut_anywhere_arrive_whole(conn: Conn) {
+    let mut client = TurnClient::new(conn, "alice", "pw");
     allocated(&mut client);
     let peer = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("peer socket");
     peer.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
@@ -737,9 +744,6 @@ fn tcp_frames_cut_anywhere_arrive_whole() {
         bindings[2].clone(),
     ]
     .concat();
-    let Conn::Tcp { stream, .. } = &mut client.conn else {
-        unreachable!("a TCP connection")
-    };
     // A header byte by byte, a frame's end with the next one's start, and the large frame in pieces.
     let cuts = [1, 1, 1, 1, 17, 3, 25_000, 25_000, 9_990, 30, 1, 1, 2, 100];
     let mut at = 0;
@@ -748,7 +752,7 @@ fn tcp_frames_cut_anywhere_arrive_whole() {
             break;
         }
         let end = (at + cut).min(bytes.len());
-        stream.write_all(&bytes[at..end]).expect("TCP write");
+        client.conn.send(&bytes[at..end]);
         std::thread::sleep(Duration::from_millis(5));
         at = end;
     }
