@@ -1,5 +1,5 @@
-//! The load generators' TURN client over UDP or TCP: one `Session` is one client socket and its allocation. The protocol —
-//! long-term credentials (401 → nonce → key → signed request, 438 → new nonce), retransmissions — is
+//! The load generators' TURN client over UDP, TCP or TLS: one `Session` is one client socket and its allocation.
+//! The protocol — long-term credentials (401 → nonce → key → signed request, 438 → new nonce), retransmissions — is
 //! `turn::client`'s, the project's one sans-IO client; this module only drives it over a tokio socket.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
