@@ -185,10 +185,10 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + 'static>(worker: Rc<Worker
                 if chunk.is_empty() {
                     return Poll::Ready(Read::Closed);
                 }
+                // One clock read for the frames of a read, which arrived together (not one per relayed frame).
+                let now = Instant::now();
                 let fed = framer.feed(chunk, |frame| {
-                    worker.handle_stream_frame(Instant::now(), five_tuple, frame, &route, |reply| {
-                        sink.push_control(reply)
-                    })
+                    worker.handle_stream_frame(now, five_tuple, frame, &route, |reply| sink.push_control(reply))
                 });
                 Poll::Ready(if fed.is_ok() { Read::More } else { Read::NotTurn })
             })

@@ -36,7 +36,7 @@ pub fn take_stream_frame(inbox: &mut Vec<u8>) -> Result<Option<Vec<u8>>, DecodeE
 /// The frames a read holds whole are handed out where they lie, in the caller's read buffer. Only a frame that a
 /// read ends in is kept, and it takes from the next read just the bytes it lacks. So a connection keeps nothing
 /// between frames (an idle one holds no buffer) and never more than the frame it is in the middle of, at most
-/// 65 555 bytes: the length field is 16 bits.
+/// 65 552 bytes: a STUN header and the largest length a multiple of four (the length field is 16 bits).
 #[derive(Debug, Default)]
 pub struct StreamFramer {
     /// The start of a frame an earlier read ended in; empty (and unallocated) otherwise.
