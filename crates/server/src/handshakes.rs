@@ -37,7 +37,7 @@ pub enum HandshakeFailure {
 }
 
 impl HandshakeFailure {
-    /// From what `tokio_rustls`'s accept returned: rustls' error travels inside the `io::Error`.
+    /// From what the TLS accept returned: rustls' error travels inside the `io::Error`.
     pub fn of(e: &std::io::Error) -> Self {
         use rustls::Error as E;
         if e.kind() == std::io::ErrorKind::UnexpectedEof || e.kind() == std::io::ErrorKind::ConnectionReset {

@@ -12,6 +12,7 @@ mod mux;
 mod stats;
 mod stream;
 pub mod tls;
+mod tls_stream;
 mod udp;
 mod uring;
 mod worker;

@@ -22,6 +22,7 @@ use tokio::net::{TcpListener, TcpStream};
 use turn::{FiveTuple, Transport};
 
 use crate::stream;
+use crate::tls_stream::TlsStream;
 use crate::worker::Worker;
 
 /// A byte stream handed to the HTTP side, which may move it to another worker thread: a signaling socket is served
@@ -142,16 +143,6 @@ impl AsyncWrite for Tcp {
     }
 }
 
-impl Io for tokio_rustls::server::TlsStream<Tcp> {
-    fn detach(&mut self) -> io::Result<()> {
-        self.get_mut().0.detach()
-    }
-
-    fn attach(&mut self) -> io::Result<()> {
-        self.get_mut().0.attach()
-    }
-}
-
 /// A boxed stream moves as its contents do: the mux boxes a TLS session once its handshake is done, so that the
 /// connection's task does not keep a session's worth of state inline whatever the connection turns out to be.
 impl<S: Io + ?Sized> Io for Box<S> {
@@ -216,10 +207,12 @@ async fn sort(worker: Rc<Worker>, tcp: TcpStream, client: SocketAddr, server: So
     let http = worker.shared().http.clone();
     match peeked {
         0x16 if with_tls => {
-            let acceptor = tokio_rustls::TlsAcceptor::from(worker.shared().mux_tls.clone());
             // Boxed, here and below: what a connection does not use (a handshake done, another branch's state) is not
             // kept in its task for its whole life.
-            let handshake = Box::pin(tokio::time::timeout_at(deadline, acceptor.accept(Tcp::new(tcp))));
+            let handshake = Box::pin(tokio::time::timeout_at(
+                deadline,
+                crate::tls_stream::accept(Tcp::new(tcp), worker.shared().mux_tls.clone()),
+            ));
             let failure = match handshake.await {
                 Ok(Ok(tls)) => return Box::pin(sort_tls(worker, http, Box::new(tls), client, server, deadline)).await,
                 Ok(Err(e)) => crate::handshakes::HandshakeFailure::of(&e),
@@ -255,7 +248,7 @@ async fn sort(worker: Rc<Worker>, tcp: TcpStream, client: SocketAddr, server: So
 async fn sort_tls(
     worker: Rc<Worker>,
     http: Option<Arc<dyn HttpHandler>>,
-    mut tls: Box<tokio_rustls::server::TlsStream<Tcp>>,
+    mut tls: Box<TlsStream<Tcp>>,
     client: SocketAddr,
     server: SocketAddr,
     deadline: tokio::time::Instant,
@@ -265,7 +258,7 @@ async fn sort_tls(
         server,
         transport: Transport::Tls,
     };
-    match tls.get_ref().1.alpn_protocol() {
+    match tls.alpn_protocol() {
         Some(ALPN_STUN_TURN) => stream::serve(worker, tls, turn).await,
         // RFC 8737 §3: the validation is the handshake itself; the CA closes without sending data.
         Some(crate::tls::ALPN_ACME_TLS) => tracing::debug!(%client, "TLS-ALPN-01 validation handshake"),

@@ -135,9 +135,11 @@ where
 
 /// TURN over TLS on its own port: the handshake (boxed, so that its state is freed once done), then the frames.
 async fn serve_tls(worker: Rc<Worker>, stream: TcpStream, five_tuple: FiveTuple) {
-    let acceptor = tokio_rustls::TlsAcceptor::from(worker.shared().tls.clone());
     let timeout = worker.shared().config.tls_handshake_timeout;
-    let handshake = Box::pin(tokio::time::timeout(timeout, acceptor.accept(stream)));
+    let handshake = Box::pin(tokio::time::timeout(
+        timeout,
+        crate::tls_stream::accept(stream, worker.shared().tls.clone()),
+    ));
     let failure = match handshake.await {
         // The stream boxed: `serve` keeps its argument's slot in its state for the connection's whole life.
         Ok(Ok(tls)) => return serve(worker, Box::new(tls), five_tuple).await,
