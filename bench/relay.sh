@@ -9,7 +9,7 @@
 #       (perf record -g for 3 s, 2 s into the run; bench/out/perf-<server>-<size>-<rate>.data, for perf report -i)
 #   MEMORY_TRANSPORT=tcp MEMORY_RUNS=5000 TRAFFIC_RUNS= UCLIENT_RUNS= bench/relay.sh   # bytes per allocation held
 #       over its own TURN-over-TCP connection (each client idle after its ChannelBind); tls and tls-single: over TLS
-#   UCLIENT_TRANSPORT=tcp MEMORY_RUNS= TRAFFIC_RUNS= bench/relay.sh   # coturn's client over TURN-over-TCP
+#   UCLIENT_TRANSPORT=tcp MEMORY_RUNS= TRAFFIC_RUNS= bench/relay.sh   # coturn's client over TURN-over-TCP (or tls)
 #   SERVERS="traverse traverse-nocoalesce coturn" bench/relay.sh   # also Traverse with wake-up coalescing off
 #       (limits.coalesce_us=0), to see what it buys; each extra server gets its own column and ratio to coturn
 #   SERVERS="traverse forwarder coturn" bench/relay.sh   # also the bare UDP forwarder (traverse-bare-forwarder: one
@@ -220,8 +220,17 @@ case "$MEMORY_TRANSPORT" in
   tls-single) MEMORY_PORT=4443; LOADGEN_TRANSPORT=tls ;;
   *) echo "MEMORY_TRANSPORT is udp, tcp, tls or tls-single"; exit 1 ;;
 esac
+# UCLIENT_TRANSPORT=tcp: turnutils_uclient talks to the server over TCP (-t); tls: over TLS on port 5349 (-t -S). The
+# peer side stays UDP.
+UCLIENT_TRANSPORT="${UCLIENT_TRANSPORT:-udp}"
+case "$UCLIENT_TRANSPORT" in
+  udp) uclient_tcp=() ;;
+  tcp) uclient_tcp=(-t) ;;
+  tls) uclient_tcp=(-t -S -p 5349) ;;
+  *) echo "UCLIENT_TRANSPORT is udp, tcp or tls"; exit 1 ;;
+esac
 coturn_tls=(--no-tls)
-if [ "$MEMORY_TRANSPORT" = tls ]; then
+if [ "$MEMORY_TRANSPORT" = tls ] || [ "$UCLIENT_TRANSPORT" = tls ]; then
   openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj "/CN=$HOST_IP" \
     -keyout "$OUT/coturn-key.pem" -out "$OUT/coturn-cert.pem" >/dev/null 2>&1
   coturn_tls=(--cert "$OUT/coturn-cert.pem" --pkey "$OUT/coturn-key.pem" --tls-listening-port 5349)
@@ -238,9 +247,6 @@ if [ "$MEMORY_TRANSPORT" != udp ]; then
 fi
 IDLE="${IDLE:-10}"   # seconds of silence over which the server's CPU at idle is measured, allocations held
 UCLIENT_RUNS="${UCLIENT_RUNS-100 1000}"
-# UCLIENT_TRANSPORT=tcp: turnutils_uclient talks to the server over TCP (-t); the peer side stays UDP.
-UCLIENT_TRANSPORT="${UCLIENT_TRANSPORT:-udp}"
-uclient_tcp=(); [ "$UCLIENT_TRANSPORT" = udp ] || uclient_tcp=(-t)
 VALUES="$OUT/values.txt"   # one "server metric value" line per measurement, all repetitions
 : >"$VALUES"
 record() { echo "$1 $2 $3" >>"$VALUES"; }

@@ -6,6 +6,8 @@
 #   HOLD="2000" PAIRS=50 REPEAT=1 bench/signaling/run.sh 5     # a smaller run while tuning
 #   WORKERS=1 bench/signaling/run.sh     # Traverse with one worker (default 2)
 #   TRAVERSE_ARGS="--set signal.heartbeat_interval=60" bench/signaling/run.sh   # extra flags for Traverse
+#   TLS=1 HOLD=10000 bench/signaling/run.sh   # over WSS, as browsers on an https page connect: both servers
+#                                             # terminate TLS with the same self-signed P-256 certificate
 #
 # Tests, each run against a freshly started server, Traverse then PeerJS, before the next test:
 #   hold N     N idle registered sockets (Traverse: one room per two peers, joined; PeerJS: one id per socket,
@@ -70,11 +72,20 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# TLS=1: one certificate for both servers (Traverse's single port, PeerJS's --sslkey/--sslcert).
+TLS="${TLS:-0}"
+SCHEME=ws; HTTP_SCHEME=http
+if [ "$TLS" = 1 ]; then
+  SCHEME=wss; HTTP_SCHEME=https
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj "/CN=127.0.0.1" \
+    -keyout "$OUT/key.pem" -out "$OUT/cert.pem" >/dev/null 2>&1
+fi
+
 free_port() { node -e 'const s=require("net").createServer().listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close()})'; }
 
 wait_http() { # url
   for _ in $(seq 100); do
-    curl -sf -o /dev/null "$1" && return 0
+    curl -skf -o /dev/null "$1" && return 0
     sleep 0.1
   done
   echo "server did not come up at $1"; exit 1
@@ -87,7 +98,9 @@ start_server() { # traverse|peerjs → sets SERVER_PID, SERVER_URL
   port=$(free_port)
   case "$1" in
     traverse)
-      "$TRAVERSE" serve --http "127.0.0.1:$port" \
+      local listen=(--http "127.0.0.1:$port")
+      [ "$TLS" = 1 ] && listen=(--http off --single-port "127.0.0.1:$port" --tls-cert "$OUT/cert.pem" --tls-key "$OUT/key.pem")
+      "$TRAVERSE" serve "${listen[@]}" \
         --udp "127.0.0.1:$(free_port)" --tcp "127.0.0.1:$(free_port)" --tls "127.0.0.1:$(free_port)" \
         --set signal.max_connections_per_ip=100000 --set signal.messages_per_second=1000000 --set signal.burst=1000000 \
         --set signal.max_peers_per_room=100 --set signal.max_rooms=1000000 --set limits.max_connections=100000 --workers "${WORKERS:-2}" \
@@ -95,18 +108,20 @@ start_server() { # traverse|peerjs → sets SERVER_PID, SERVER_URL
         --log-level warn ${TRAVERSE_ARGS:-} >"$OUT/traverse.log" 2>&1 &
       SERVER_PID=$!
       pids+=("$SERVER_PID")
-      wait_http "http://127.0.0.1:$port/healthz"
+      wait_http "$HTTP_SCHEME://127.0.0.1:$port/healthz"
       ;;
     peerjs)
       # What `npx peerjs` runs, started directly so that $! is the server's own PID.
+      local ssl=()
+      [ "$TLS" = 1 ] && ssl=(--sslkey "$OUT/key.pem" --sslcert "$OUT/cert.pem")
       node "$HERE/node_modules/peer/dist/bin/peerjs.js" --host 127.0.0.1 --port "$port" \
-        --concurrent_limit 100000 >"$OUT/peerjs.log" 2>&1 &
+        --concurrent_limit 100000 "${ssl[@]}" >"$OUT/peerjs.log" 2>&1 &
       SERVER_PID=$!
       pids+=("$SERVER_PID")
-      wait_http "http://127.0.0.1:$port/"
+      wait_http "$HTTP_SCHEME://127.0.0.1:$port/"
       ;;
   esac
-  SERVER_URL="ws://127.0.0.1:$port"
+  SERVER_URL="$SCHEME://127.0.0.1:$port"
   sleep 0.5
 }
 
@@ -132,7 +147,7 @@ run() { # label server -- load.mjs arguments
   stop_server
 }
 
-echo "== machine: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg), fd limit $FDS"
+echo "== machine: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg), fd limit $FDS, over $SCHEME"
 echo "== traverse $("$TRAVERSE" --version 2>/dev/null || echo '?'), peer $(node -p 'require("./node_modules/peer/package.json").version'), ws $(node -p 'require("./node_modules/ws/package.json").version'), node $(node --version)"
 for rep in $(seq "$REPEAT"); do
   # Alternate which server goes first, so a drift in the machine's load does not always favour the same one.
