@@ -24,6 +24,8 @@ use crate::mux::Io;
 const MAX_RECORD: usize = 16 * 1024 + 2048 + 5;
 /// Read buffer: the start of a record kept from the last read, and room for a whole record after it.
 const READ_SCRATCH: usize = 2 * MAX_RECORD;
+/// What a handshake may have read and not yet processed: rustls takes handshake messages of up to 64 KiB, in records.
+const MAX_HANDSHAKE_HELD: usize = 64 * 1024 + 2 * MAX_RECORD;
 /// Plaintext encrypted per write: two full records. A larger write is taken in several.
 const MAX_WRITE: usize = 32 * 1024;
 /// Ciphertext of one write: its records' headers, tags and padding on top of the plaintext.
@@ -53,6 +55,8 @@ pub struct TlsStream<S> {
     /// The client's close_notify arrived, or the socket's end: reads return end of stream.
     read_closed: bool,
     close_notify_sent: bool,
+    /// rustls returned an error: the session is over, and rustls is not called again (its alert, if any, is owed).
+    failed: bool,
 }
 
 /// Runs a TLS handshake on `io`. rustls' errors travel inside the `io::Error` (kind `InvalidData`), as they do with
@@ -78,12 +82,12 @@ pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
             Ok(done) => done,
             Err(e) => {
                 // The alert rustls queued for the client (why the handshake failed), sent on a best-effort basis.
-                let _ = drain_alerts(&mut conn, &mut out);
+                let _ = drain_alerts(&mut conn, &mut out, &mut held);
                 let _ = io.write_all(&out).await;
                 return Err(e);
             }
         };
-        held.drain(..consumed);
+        held.drain(..consumed.min(held.len()));
         if !out.is_empty() {
             io.write_all(&out).await?;
             out.clear();
@@ -91,6 +95,9 @@ pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         match state {
             Processed::Traffic => break,
             Processed::NeedMore => {
+                if held.len() > MAX_HANDSHAKE_HELD {
+                    return Err(invalid("a TLS handshake message larger than 64 KiB"));
+                }
                 held.reserve(4096);
                 if io.read_buf(&mut held).await? == 0 {
                     return Err(io::ErrorKind::UnexpectedEof.into());
@@ -111,6 +118,7 @@ pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         out_at: 0,
         read_closed: false,
         close_notify_sent: false,
+        failed: false,
     })
 }
 
@@ -198,12 +206,13 @@ fn encode_into(out: &mut Vec<u8>, mut encode: impl FnMut(&mut [u8]) -> Result<us
     Ok(())
 }
 
-/// After a failed handshake rustls has queued the alert that says why; this takes it (and nothing else).
-fn drain_alerts(conn: &mut UnbufferedServerConnection, out: &mut Vec<u8>) -> io::Result<()> {
-    for _ in 0..4 {
-        match conn.process_tls_records(&mut []).state.map_err(invalid)? {
+/// After a failed handshake rustls has queued the alert that says why; this takes it (and nothing else). rustls hands
+/// out what it has queued before it looks at the buffer, so asking only while something is queued never has it
+/// process `held` again (the message that failed) nor an empty buffer while it is part way into a message in `held`.
+fn drain_alerts(conn: &mut UnbufferedServerConnection, out: &mut Vec<u8>, held: &mut [u8]) -> io::Result<()> {
+    while conn.wants_write() {
+        match conn.process_tls_records(held).state.map_err(invalid)? {
             ConnectionState::EncodeTlsData(mut encode) => encode_into(out, |buf| encode.encode(buf))?,
-            ConnectionState::TransmitTlsData(transmit) => transmit.done(),
             _ => break,
         }
     }
@@ -220,6 +229,46 @@ fn deliver(buf: &mut ReadBuf<'_>, spill: &mut Vec<u8>, data: &[u8]) {
     let (now, later) = data.split_at(fits);
     buf.put_slice(now);
     spill.extend_from_slice(later);
+}
+
+impl<S> TlsStream<S> {
+    /// Runs `write` once the session may send, after handling what `held` holds whole (records that came with the
+    /// handshake's end; their plaintext waits for a read). rustls is always given `held`, never another buffer:
+    /// a handshake message split across records stays there, and rustls remembers how far into it it has read.
+    fn process_held(&mut self, write: OnWrite<'_>) -> io::Result<Processed> {
+        if self.failed {
+            return Err(failed());
+        }
+        let plain = &mut self.plain;
+        let processed = process(
+            &mut self.conn,
+            &mut self.out,
+            &mut self.held,
+            &mut |p| plain.extend_from_slice(p),
+            Some(write),
+        );
+        let (consumed, state) = self.fail_on_error(processed)?;
+        let consumed = consumed.min(self.held.len());
+        self.held.drain(..consumed);
+        self.unprocessed = false;
+        Ok(state)
+    }
+}
+
+impl<S> TlsStream<S> {
+    /// An error from rustls ends the session: its alert (why) is owed to the client, and rustls is not called again —
+    /// `held` no longer matches what rustls last saw.
+    fn fail_on_error<T>(&mut self, result: io::Result<T>) -> io::Result<T> {
+        if result.is_err() {
+            self.failed = true;
+            let _ = drain_alerts(&mut self.conn, &mut self.out, &mut []);
+        }
+        result
+    }
+}
+
+fn failed() -> io::Error {
+    invalid("the TLS session failed")
 }
 
 impl<S: AsyncWrite + Unpin> TlsStream<S> {
@@ -247,21 +296,7 @@ impl<S: AsyncWrite + Unpin> TlsStream<S> {
             sealed = traffic.encrypt(data, cipher).map_err(|e: EncryptError| invalid(e))?;
             Ok(())
         };
-        let mut plain = Vec::new();
-        let held = &mut self.held;
-        let (consumed, state) = process(
-            &mut self.conn,
-            &mut self.out,
-            held,
-            &mut |p| plain.extend_from_slice(p),
-            Some(&mut write),
-        )?;
-        if consumed > 0 || !plain.is_empty() {
-            // Only right after the handshake can `held` hold whole records; what they carried waits for a read.
-            self.held.drain(..consumed);
-            self.plain.extend_from_slice(&plain);
-            self.unprocessed = false;
-        }
+        let state = self.process_held(&mut write)?;
         if state != Processed::Traffic {
             return Err(io::ErrorKind::BrokenPipe.into());
         }
@@ -299,6 +334,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsStream<S> {
             if this.read_closed {
                 return Poll::Ready(Ok(()));
             }
+            if this.failed {
+                let _ = this.poll_send_owed(cx);
+                return Poll::Ready(Err(failed()));
+            }
             // Ciphertext owed (a key update's answer, say) goes out when it can; reading does not wait for it.
             if let Poll::Ready(Err(e)) = this.poll_send_owed(cx) {
                 return Poll::Ready(Err(e));
@@ -332,13 +371,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsStream<S> {
                 }
                 this.unprocessed = false;
                 let spill = &mut this.plain;
-                let (consumed, state) = process(
+                let processed = process(
                     &mut this.conn,
                     &mut this.out,
                     scratch.get_mut(..filled).unwrap_or_default(),
                     &mut |p| deliver(buf, spill, p),
                     None,
-                )?;
+                );
+                let (consumed, state) = this.fail_on_error(processed)?;
                 if state == Processed::PeerClosed {
                     this.read_closed = true;
                 }
@@ -353,7 +393,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsStream<S> {
             });
             match step {
                 Poll::Pending => return Poll::Pending,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Err(e)) => {
+                    // The alert a failure queued goes out if the socket takes it now.
+                    let _ = this.poll_send_owed(cx);
+                    return Poll::Ready(Err(e));
+                }
                 Poll::Ready(Ok(())) => {}
             }
             if buf.filled().len() > filled_before || this.read_closed {
@@ -439,7 +483,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<S> {
             };
             // A session that cannot send any more (it failed, or closed) just closes the socket. Control records
             // rustls had queued go first.
-            let _ = process(&mut this.conn, &mut this.out, &mut [], &mut |_| {}, Some(&mut close));
+            let _ = this.process_held(&mut close);
             this.out.extend_from_slice(&notify);
         }
         std::task::ready!(this.poll_send_owed(cx))?;
@@ -510,12 +554,15 @@ mod tests {
         s.held.capacity() == 0 && s.plain.capacity() == 0 && s.out.capacity() == 0
     }
 
+    /// Runs a test's future, failed if it takes a minute (data lost shows as a reader waiting for ever).
     fn run<F: std::future::Future>(f: F) -> F::Output {
-        tokio::runtime::Builder::new_current_thread()
+        let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .expect("runtime")
-            .block_on(f)
+            .expect("runtime");
+        runtime
+            .block_on(async { tokio::time::timeout(std::time::Duration::from_secs(60), f).await })
+            .expect("the test did not finish within a minute")
     }
 
     /// Random messages both ways, written in random cuts through a 1 000-byte pipe, arrive whole and in order; an
@@ -690,6 +737,118 @@ mod tests {
             server.read_exact(&mut got).await.expect("read");
             assert_eq!(&got, b"GET / HTTP/1.1\r\n\r\n");
             drop(b);
+        });
+    }
+
+    /// A record longer than TLS allows, after the handshake, is an error for the reader, not a buffer that grows.
+    #[test]
+    fn an_oversized_record_is_refused() {
+        run(async {
+            let (mut server, mut client) = pair(256 * 1024, false).await;
+            let mut raw = vec![0x17, 0x03, 0x03, 0xff, 0xff];
+            raw.extend_from_slice(&[0u8; 70_000]);
+            client.get_mut().0.write_all(&raw).await.expect("raw write");
+            let mut buf = [0u8; 1024];
+            let err = server.read(&mut buf).await.expect_err("refused");
+            assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+            assert!(server.held.len() <= MAX_RECORD, "held {}", server.held.len());
+        });
+    }
+
+    /// A handshake message larger than rustls takes ends the handshake before it is all read.
+    #[test]
+    fn an_oversized_handshake_is_refused() {
+        run(async {
+            let (server, _) = configs(&[b"http/1.1"], &[], false);
+            let (a, mut b) = duplex(1024 * 1024);
+            // A ClientHello declaring 16 MiB, in records of 16 KiB.
+            let mut hello = vec![0x01, 0xff, 0xff, 0xff];
+            hello.resize(600 * 1024, 0);
+            for chunk in hello.chunks(16 * 1024) {
+                let mut record = vec![0x16, 0x03, 0x01];
+                record.extend_from_slice(&(chunk.len() as u16).to_be_bytes());
+                record.extend_from_slice(chunk);
+                b.write_all(&record).await.expect("write");
+            }
+            let err = accept(a, server).await.err().expect("refused");
+            assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+        });
+    }
+
+    /// Random bytes, alone or behind real records, cut anywhere, during the handshake or after it: an error or the
+    /// end of the stream, never a panic, and nothing held beyond a record.
+    #[test]
+    fn garbage_anywhere_is_an_error_not_a_panic() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        run(async {
+            for round in 0..150 {
+                let (server, client) = configs(&[b"http/1.1"], &[b"http/1.1"], round % 3 == 0);
+                let junk: Vec<u8> = (0..rng.gen_range(1..40_000)).map(|_| rng.gen()).collect();
+                if round % 2 == 0 {
+                    // After the handshake: some real records, then junk, in random cuts.
+                    let (a, b) = duplex(8 * 1024);
+                    let connector = tokio_rustls::TlsConnector::from(client);
+                    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+                    let (server, client) = tokio::join!(accept(a, server), connector.connect(name, b));
+                    let (mut server, mut client) = (server.expect("handshake"), client.expect("handshake"));
+                    let real = rng.gen_range(0..3000);
+                    let cuts: Vec<usize> = (0..64).map(|_| rng.gen_range(1..5000)).collect();
+                    let junk_len = junk.len();
+                    let feed = async move {
+                        client.write_all(&vec![7u8; real]).await.expect("write");
+                        client.flush().await.expect("flush");
+                        let raw = &mut client.get_mut().0;
+                        let mut at = 0;
+                        for cut in cuts.iter().cycle() {
+                            let end = (at + cut).min(junk.len());
+                            if raw.write_all(&junk[at..end]).await.is_err() {
+                                break;
+                            }
+                            at = end;
+                            if at == junk.len() {
+                                break;
+                            }
+                        }
+                        let _ = raw.shutdown().await;
+                        client
+                    };
+                    // Owns the server, so that the pipe closes once it is done and the feeder's writes end.
+                    let drain = async move {
+                        let mut buf = vec![0u8; 4096];
+                        let mut got = 0;
+                        loop {
+                            match server.read(&mut buf).await {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => got += n,
+                            }
+                        }
+                        assert!(server.held.len() <= MAX_RECORD);
+                        let _ = server.write_all(b"after").await;
+                        let _ = server.shutdown().await;
+                        got
+                    };
+                    let (client, got) = tokio::join!(feed, drain);
+                    assert!(got <= real + junk_len, "round {round}");
+                    drop(client);
+                } else {
+                    // During the handshake: the start of a real ClientHello, then junk.
+                    let mut conn =
+                        rustls::ClientConnection::new(client, "localhost".try_into().expect("name")).expect("client");
+                    let mut hello = Vec::new();
+                    conn.write_tls(&mut hello).expect("hello");
+                    let keep = rng.gen_range(0..hello.len());
+                    let mut wire = hello[..keep].to_vec();
+                    wire.extend_from_slice(&junk);
+                    let (a, mut b) = duplex(1024 * 1024);
+                    b.write_all(&wire).await.expect("write");
+                    drop(b);
+                    let accepted = tokio::time::timeout(std::time::Duration::from_secs(5), accept(a, server)).await;
+                    assert!(
+                        matches!(accepted, Ok(Err(_))),
+                        "round {round}: junk completed a handshake"
+                    );
+                }
+            }
         });
     }
 
