@@ -292,6 +292,7 @@ for rep in $(seq "$REPEAT"); do
       [ -z "$RELAY_IPS" ] || echo "  $n allocations on relay addresses $RELAY_IPS"
       base=$(rss_kib "$SERVER_PID")
       : >"$OUT/hold.txt" # no READY line from an earlier run
+      s0=$(cpu_ticks "$SERVER_PID")
       # shellcheck disable=SC2046 # client_ips_for prints separate arguments
       "${on_load_cpus[@]}" "$LOADGEN" --server "$HOST_IP:$MEMORY_PORT" --peer "$PEER_IP:$PEER_PORT" --user "$USER_NAME" \
         --password "$PASSWORD" --allocations "$n" --rate 0 --hold $((IDLE + 4)) --transport "$LOADGEN_TRANSPORT" $(client_ips_for "$n") \
@@ -301,6 +302,10 @@ for rep in $(seq "$REPEAT"); do
       for _ in $(seq $((600 + n / 100))); do grep -q READY "$OUT/hold.txt" 2>/dev/null && break; sleep 0.1; done
       sleep 1
       grep -q READY "$OUT/hold.txt" || { echo "allocation phase failed: $(cat "$OUT/hold.txt")"; exit 1; }
+      # The server's CPU to set the allocations up (over TLS, mostly handshakes), ms per 1 000, from clock ticks.
+      s1=$(cpu_ticks "$SERVER_PID")
+      setupcpu=$(python3 -c "print(round(($s1-$s0)/$CLK_TCK*1000*1000/$n, 1))")
+      record "$server" "setupcpu$n" "$setupcpu"
       # CPU at idle: the server's CPU while the N allocations are held and silent (timers must not cost CPU per
       # allocation), in milliseconds per second, i.e. thousandths of a core.
       i0=$(cpu_ticks "$SERVER_PID"); w0=$(date +%s.%N)
@@ -316,7 +321,7 @@ for rep in $(seq "$REPEAT"); do
       # slow many clients behind one address; a lost answer costs the loader a retransmission timeout).
       setup=$(sed -n 's/^READY [0-9]* allocations in \([0-9.]*\) s$/\1/p' "$OUT/hold.txt")
       record "$server" "setup$n" "${setup:-n/a}"
-      echo "  $n allocations over $MEMORY_TRANSPORT: RSS $base → $after KiB, $v bytes/allocation, set up in ${setup:-?} s, idle CPU $idle ms/s"
+      echo "  $n allocations over $MEMORY_TRANSPORT: RSS $base → $after KiB, $v bytes/allocation, set up in ${setup:-?} s (server CPU $setupcpu ms per 1 000), idle CPU $idle ms/s"
       stop_server
       RELAY_IPS=""
     done
@@ -459,6 +464,7 @@ for size in uclient:
 for n in memory:
     row(f"bytes per allocation at {n} over {os.environ['MEMORY_TRANSPORT']}", f"mem{n}")
     row(f"seconds to set up {n} allocations over {os.environ['MEMORY_TRANSPORT']}", f"setup{n}")
+    row(f"server CPU ms per 1 000 allocations set up over {os.environ['MEMORY_TRANSPORT']}", f"setupcpu{n}")
     row(f"server CPU at idle with {n} allocations, ms per s", f"idle{n}")
 loads = [fmt(x) for (s, m), xs in v.items() if s == "machine" for x in xs]
 print(f"\nmachine load average (1 min), start / end: {' / '.join(loads)}")
