@@ -335,13 +335,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsStream<S> {
                 return Poll::Ready(Ok(()));
             }
             if this.failed {
-                let _ = this.poll_send_owed(cx);
                 return Poll::Ready(Err(failed()));
             }
-            // Ciphertext owed (a key update's answer, say) goes out when it can; reading does not wait for it.
-            if let Poll::Ready(Err(e)) = this.poll_send_owed(cx) {
-                return Poll::Ready(Err(e));
-            }
+            // A read never writes: what it makes rustls owe (a key update's answer, an alert) goes out with the next
+            // write, flush or shutdown (TLS 1.3 asks a key update's answer before the next application data, not
+            // sooner). The socket keeps one waker for writing, and a TURN connection's reader and writer are two
+            // tasks: a read that waited to write would take that waker from the writer, which would then never wake.
             let filled_before = buf.filled().len();
             let step = READ_BUF.with_borrow_mut(|scratch| -> Poll<io::Result<()>> {
                 let held = this.held.len();
@@ -393,11 +392,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsStream<S> {
             });
             match step {
                 Poll::Pending => return Poll::Pending,
-                Poll::Ready(Err(e)) => {
-                    // The alert a failure queued goes out if the socket takes it now.
-                    let _ = this.poll_send_owed(cx);
-                    return Poll::Ready(Err(e));
-                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Ready(Ok(())) => {}
             }
             if buf.filled().len() > filled_before || this.read_closed {
@@ -692,6 +687,69 @@ mod tests {
                 client.read_exact(&mut back).await.expect("client read");
                 assert!(back.iter().all(|&b| b == round + 10));
             }
+        });
+    }
+
+    /// The reader and the writer in two tasks (as a TURN connection runs them), the writer held back by a slow client
+    /// while the client keeps sending: every byte written arrives. (A read that sent what the writer owed took the
+    /// socket's one write waker from the writer task, which then slept for ever: this test stalled on that.)
+    #[test]
+    fn a_reader_and_a_writer_in_two_tasks_both_progress() {
+        run(async {
+            let (server, client) = pair(2048, false).await;
+            let (mut server_reader, mut server_writer) = tokio::io::split(server);
+            let (mut client_reader, mut client_writer) = tokio::io::split(client);
+            let local = tokio::task::LocalSet::new();
+            local
+                .run_until(async move {
+                    let total = 1_000_000usize;
+                    let writer = tokio::task::spawn_local(async move {
+                        let chunk = vec![9u8; 5000];
+                        let mut sent = 0;
+                        while sent < total {
+                            server_writer.write_all(&chunk).await.expect("server write");
+                            sent += chunk.len();
+                        }
+                        server_writer.flush().await.expect("flush");
+                        server_writer
+                    });
+                    let reader = tokio::task::spawn_local(async move {
+                        let mut buf = vec![0u8; 4096];
+                        let mut got = 0;
+                        while got < 200 * 100 {
+                            let n = server_reader.read(&mut buf).await.expect("server read");
+                            assert!(n > 0);
+                            got += n;
+                        }
+                        server_reader
+                    });
+                    let talker = tokio::task::spawn_local(async move {
+                        for round in 0..200 {
+                            client_writer
+                                .write_all(&[round as u8; 100])
+                                .await
+                                .expect("client write");
+                            client_writer.flush().await.expect("flush");
+                            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                        }
+                        client_writer
+                    });
+                    let mut got = 0;
+                    let mut buf = vec![0u8; 1000];
+                    while got < total {
+                        let n = client_reader.read(&mut buf).await.expect("client read");
+                        assert!(n > 0);
+                        got += n;
+                        // A slow client: the server's writes wait for room.
+                        if got % 50_000 < 1000 {
+                            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+                        }
+                    }
+                    let _ = writer.await.expect("writer");
+                    let _ = reader.await.expect("reader");
+                    let _ = talker.await.expect("talker");
+                })
+                .await;
         });
     }
 
