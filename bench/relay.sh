@@ -41,6 +41,9 @@
 #   PACE_US=100 bench/relay.sh   # smoothly paced arrivals: the load generator sends every 100 µs what is due,
 #       instead of each millisecond's packets in one burst (PACE_US=1000, the default), which flatters a server that
 #       drains many packets per wake-up
+#   TRAIN=4 bench/relay.sh   # each allocation sends 4 packets back to back before the next one's turn (a video frame's
+#       packets leave a browser together; default 1, round-robin): Traverse sends such a run as one GSO message
+#       (relay.gso); SERVERS="traverse traverse-nogso ..." adds Traverse with relay.gso=false
 #
 # Both servers get one relay thread, the same static user and realm, and listen on 198.51.100.1 (a documentation
 # address on a veth into a network namespace the script creates). The echo peer (coturn's turnutils_peer) runs in
@@ -148,7 +151,7 @@ start_server() { # name → sets SERVER_PID
   case "$1" in
     # Few TCP/TLS connections (500; the relay load is UDP) unless the memory runs hold their allocations over TCP,
     # so that the descriptor limit goes to allocations.
-    traverse|traverse-nocoalesce|traverse-nonap|traverse-2w|traverse-reactor|traverse-ring|traverse-prev)
+    traverse|traverse-nocoalesce|traverse-nonap|traverse-2w|traverse-reactor|traverse-ring|traverse-prev|traverse-nogso)
       local coalesce=(--set "limits.coalesce_us=${COALESCE_US:-200}") workers=1 bin="$TRAVERSE" relay_addresses=()
       [ -z "$RELAY_IPS" ] || relay_addresses=(--set "relay.bind_v4=$RELAY_IPS")
       [ -n "${RELAY_NAP_US:-}" ] && [ "$1" != traverse-prev ] && coalesce+=(--set "relay.coalesce_us=$RELAY_NAP_US")
@@ -156,6 +159,7 @@ start_server() { # name → sets SERVER_PID
       [ "$1" = traverse-prev ] && bin="${TRAVERSE_PREV:?set TRAVERSE_PREV to the other traverse binary}"
       [ "$1" = traverse-reactor ] && coalesce+=(--set relay.io_uring=false)
       [ "$1" = traverse-ring ] && coalesce+=(--set relay.io_uring=true)
+      [ "$1" = traverse-nogso ] && coalesce+=(--set relay.gso=false)
       [ "$1" = traverse-nocoalesce ] && coalesce=(--set limits.coalesce_us=0 --set relay.coalesce_us=0)
       [ "$1" = traverse-2w ] && workers=2
       "${on_server_cpus[@]}" "$bin" serve --udp "$HOST_IP:3478" --tcp "$HOST_IP:3478" --tls "$HOST_IP:5349" --single-port "$HOST_IP:4443" \
@@ -265,6 +269,7 @@ perf_during() { # label: a profile of the server for $PERF seconds, 2 s into the
 }
 
 echo "== machine: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg); coturn $(turnserver --version 2>/dev/null | head -1)"
+echo "== arrivals: rounds every ${PACE_US:-1000} µs, ${TRAIN:-1} packet(s) per allocation's turn"
 if [ -n "${SERVER_CPUS:-}${LOAD_CPUS:-}" ]; then
   echo "== cores: server on ${SERVER_CPUS:-any}, load generator and echo peer on ${LOAD_CPUS:-any}"
 else
@@ -338,7 +343,7 @@ for rep in $(seq "$REPEAT"); do
       t0=$(cpu_ticks "$SERVER_PID")
       "${on_load_cpus[@]}" "$LOADGEN" --server "$HOST_IP:3478" --peer "$PEER_IP:$PEER_PORT" --user "$USER_NAME" --password "$PASSWORD" \
         --allocations 100 --rate "$rate" --duration "$SECONDS_PER_RUN" --size "$size" --pace-us "${PACE_US:-1000}" \
-        --threads "${LOAD_THREADS:-1}" >"$OUT/run.json"
+        --train "${TRAIN:-1}" --threads "${LOAD_THREADS:-1}" >"$OUT/run.json"
       t1=$(cpu_ticks "$SERVER_PID")
       stop_server
       received=$(json received <"$OUT/run.json")
@@ -387,12 +392,13 @@ names = {"traverse": "Traverse", "coturn": "coturn", "traverse-nocoalesce": "Tra
          "forwarder": "bare forwarder", "traverse-2w": "Traverse, 2 workers", "uring": "io_uring forwarder",
          "uring-ms": "io_uring forwarder, multishot",
          "traverse-reactor": "Traverse, relay.io_uring=false", "traverse-ring": "Traverse, relay.io_uring=true", "traverse-prev": "Traverse, other build",
-         "traverse-nonap": "Traverse, relay.coalesce_us=0"}
+         "traverse-nonap": "Traverse, relay.coalesce_us=0", "traverse-nogso": "Traverse, relay.gso=false"}
 others = [s for s in servers if s != "coturn"]
 floor = "forwarder" in servers
 scaling = "traverse-2w" in servers
 reactor = "traverse-reactor" in servers
 prev = "traverse-prev" in servers
+nogso = "traverse-nogso" in servers
 urings = [s for s in ("uring", "uring-ms") if floor and s in servers]
 v = {}
 for line in open(values):
@@ -432,6 +438,10 @@ def row(label, metric, ratio=True):
         # Traverse's CPU per relayed packet as a multiple of the other build's.
         t, p = cells["traverse"][1], cells["traverse-prev"][1]
         ratios.append(f"{p / t:.2f}" if metric.startswith("ppc") and t and p else "")
+    if nogso:
+        # Traverse's CPU per relayed packet as a multiple of its CPU with every datagram sent on its own.
+        t, g = cells["traverse"][1], cells["traverse-nogso"][1]
+        ratios.append(f"{g / t:.2f}" if metric.startswith("ppc") and t and g else "")
     if scaling:
         # What the second worker buys: relayed packets per CPU-s (efficiency) and echoes delivered (at saturation,
         # throughput), 2 workers over 1.
@@ -445,8 +455,9 @@ print("| metric | " + " | ".join(names.get(s, s) for s in servers) + " | "
       + "".join(f" | {names[s]}: CPU per packet / forwarder's" for s in urings)
       + (" | Traverse's CPU per packet / on the reactor" if reactor else "")
       + (" | Traverse's CPU per packet / other build's" if prev else "")
+      + (" | Traverse's CPU per packet / with relay.gso=false" if nogso else "")
       + (" | Traverse 2 workers / 1" if scaling else "") + " |")
-print("|---" * (1 + len(servers) + len(others) + floor + len(urings) + reactor + prev + scaling) + "|")
+print("|---" * (1 + len(servers) + len(others) + floor + len(urings) + reactor + prev + nogso + scaling) + "|")
 for run in dict.fromkeys(traffic):
     size, rate = run.split(":")
     k = f"{size}@{rate}"

@@ -55,6 +55,10 @@ struct Args {
     /// less than two relay workers carry (`bench/relay.sh`, `SERVERS="traverse traverse-2w"` with `LOAD_CPUS`).
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// Packets each allocation sends back to back before the next one's turn, as a video frame's packets leave a
+    /// browser together (1: round-robin, one packet per allocation).
+    #[arg(long, default_value_t = 1)]
+    train: u64,
     /// Local addresses the client sockets bind to, comma-separated, allocation i on the (i mod n)-th: one address
     /// has ~28 000 ephemeral ports, so more allocations than that need several (none: the unspecified address).
     #[arg(long, value_delimiter = ',')]
@@ -80,6 +84,8 @@ struct Sender {
     sent: u64,
     send_errors: u64,
     next: usize,
+    /// Packets per allocation's turn (`--train`).
+    train: u64,
 }
 
 impl Sender {
@@ -98,7 +104,9 @@ impl Sender {
             let Some(client) = self.clients.get(self.next) else {
                 break;
             };
-            self.next = (self.next + 1) % self.clients.len();
+            if (self.sent + 1).is_multiple_of(self.train) {
+                self.next = (self.next + 1) % self.clients.len();
+            }
             if let Some(header) = self.packet.get_mut(..4).and_then(|h| <&mut [u8; 4]>::try_from(h).ok()) {
                 ChannelData::write_header(header, client.channel, size);
             }
@@ -141,6 +149,9 @@ fn main() -> anyhow::Result<()> {
     }
     if args.size < 8 || args.size > 1400 {
         bail!("--size must be 8..=1400");
+    }
+    if args.train == 0 || args.train > 64 {
+        anyhow::bail!("--train is 1 to 64");
     }
     if args.threads == 0 || args.threads > 16 {
         bail!("--threads must be 1..=16");
@@ -196,6 +207,7 @@ fn main() -> anyhow::Result<()> {
         serde_json::json!({
             "allocations": allocations,
             "threads": args.threads,
+            "train": args.train,
             "setup_secs": setup_secs,
             "size": args.size,
             "sent": sent,
@@ -310,6 +322,7 @@ async fn traffic(args: &Args, clients: Vec<Client>, rate: u64, share: &mut Share
         sent: 0,
         send_errors: 0,
         next: 0,
+        train: args.train,
     };
     if args.pace_us >= 1000 {
         let mut tick = tokio::time::interval(Duration::from_micros(args.pace_us));

@@ -87,6 +87,8 @@ pub struct RelayConfig {
     /// a ring receive wakes the worker even in a relay nap, so with smoothly arriving datagrams the reactor, whose
     /// naps hold, costs less CPU per packet (`docs/benchmarks.md`, "naps the ring interrupts").
     pub io_uring: bool,
+    /// Runs of datagrams to one destination leave as one UDP GSO message (`udp::try_send_all`).
+    pub gso: bool,
 }
 
 impl Default for RelayConfig {
@@ -99,6 +101,7 @@ impl Default for RelayConfig {
             ports: 49152..=65535,
             xdp: Vec::new(),
             io_uring: false,
+            gso: true,
         }
     }
 }

@@ -220,6 +220,7 @@ pub(crate) fn run(
     certs: Arc<CertStore>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    udp::set_gso(shared.config.relay.gso);
     let mut builder = tokio::runtime::Builder::new_current_thread();
     coalesce::install(&mut builder, shared.config.coalesce);
     let runtime = match builder.enable_all().build() {
@@ -399,7 +400,9 @@ async fn udp_listener(worker: Rc<Worker>, listener: Rc<Listener>) {
         let now = Instant::now();
         let mut pending: [(usize, SocketAddr, Option<IpAddr>); BATCH] = [(0, listener.local, None); BATCH];
         let mut count = 0;
-        for (slot, meta) in slots.iter().zip(metas.iter()).take(n) {
+        let mut to_peers: [Option<ToPeer>; BATCH] = std::array::from_fn(|_| None);
+        let mut peer_count = 0;
+        for (index, (slot, meta)) in slots.iter().zip(metas.iter()).take(n).enumerate() {
             let Some(data) = slot.get(..meta.len) else { continue };
             let server_ip = meta.dst_ip.filter(|_| src_ip_needed).unwrap_or(listener.local.ip());
             let five_tuple = FiveTuple {
@@ -413,13 +416,25 @@ async fn udp_listener(worker: Rc<Worker>, listener: Rc<Listener>) {
                 src_ip: src_ip_needed.then_some(server_ip),
             };
             let Some(out) = replies.get_mut(count) else { break };
-            if let Some(len) = worker.handle_client(now, five_tuple, data, out, &route) {
+            let mut relay = |socket, peer, range| {
+                if let Some(to) = to_peers.get_mut(peer_count) {
+                    *to = Some(ToPeer {
+                        socket,
+                        peer,
+                        slot: index,
+                        range,
+                    });
+                    peer_count += 1;
+                }
+            };
+            if let Some(len) = worker.handle_client(now, five_tuple, data, out, &route, &mut relay) {
                 if let Some(p) = pending.get_mut(count) {
                     *p = (len, meta.addr, src_ip_needed.then_some(server_ip));
                     count += 1;
                 }
             }
         }
+        send_to_peers(slots, to_peers.get(..peer_count).unwrap_or_default());
         // Events first: a ChannelBind's route is in the kernel before its answer leaves, so the client's first
         // ChannelData already takes the fast path.
         worker.drain_events();
@@ -477,6 +492,47 @@ async fn drain_forever(
     }
 }
 
+/// A client's datagram a listener's batch relays to a peer, kept until the batch is handled.
+struct ToPeer {
+    socket: Rc<RelaySocket>,
+    peer: SocketAddr,
+    /// Where the payload is: the batch's slot, and the range in it.
+    slot: usize,
+    range: Range<usize>,
+}
+
+/// Sends a batch's relayed datagrams: one call per run of them leaving the same relay socket, so that a run to one
+/// peer (a video frame's packets) leaves as one GSO message (`udp::try_send_all`). WouldBlock drops the rest of a
+/// run, as a router would.
+fn send_to_peers(slots: &[Box<[u8]>], sends: &[Option<ToPeer>]) {
+    let mut at = 0;
+    while let Some(Some(first)) = sends.get(at) {
+        let mut out = [OutDatagram {
+            data: &[],
+            dst: first.peer,
+            src_ip: None,
+        }; BATCH];
+        let mut k = 0;
+        let same_socket = sends
+            .get(at..)
+            .unwrap_or_default()
+            .iter()
+            .map_while(|s| s.as_ref().filter(|s| Rc::ptr_eq(&s.socket, &first.socket)));
+        for (s, o) in same_socket.zip(out.iter_mut()) {
+            at += 1;
+            if let Some(data) = slots.get(s.slot).and_then(|slot| slot.get(s.range.clone())) {
+                *o = OutDatagram {
+                    data,
+                    dst: s.peer,
+                    src_ip: None,
+                };
+                k += 1;
+            }
+        }
+        udp::try_send_all(first.socket.socket(), out.get(..k).unwrap_or_default());
+    }
+}
+
 fn flush_replies(listener: &Listener, replies: &[Box<[u8]>], pending: &[(usize, SocketAddr, Option<IpAddr>)]) {
     if pending.is_empty() {
         return;
@@ -506,7 +562,8 @@ fn flush_replies(listener: &Listener, replies: &[Box<[u8]>], pending: &[(usize, 
 
 impl Worker {
     /// Runs one client packet through the state machine and carries out the action. Returns the length of an
-    /// answer written into `out`.
+    /// answer written into `out`. A payload to relay goes to `relay` (socket, peer, its range in `packet`), which
+    /// sends it or keeps it to send with the rest of a batch.
     fn handle_client(
         self: &Rc<Self>,
         now: Instant,
@@ -514,6 +571,7 @@ impl Worker {
         packet: &[u8],
         out: &mut [u8],
         route: &ClientRoute,
+        relay: &mut dyn FnMut(Rc<RelaySocket>, SocketAddr, Range<usize>),
     ) -> Option<usize> {
         let action = self.server.borrow_mut().handle_client(now, five_tuple, packet, out);
         match action {
@@ -549,16 +607,9 @@ impl Worker {
                     .and_then(Option::as_ref)
                     .filter(|e| e.id == allocation)
                     .and_then(|e| Family::of(&peer).pick(&e.sockets).clone());
-                if let (Some(socket), Some(data)) = (socket, packet.get(payload)) {
-                    // One datagram to one peer: a plain send. WouldBlock drops it, as a router would.
-                    udp::try_send_all(
-                        socket.socket(),
-                        &[OutDatagram {
-                            data,
-                            dst: peer,
-                            src_ip: None,
-                        }],
-                    );
+                drop(relays);
+                if let Some(socket) = socket {
+                    relay(socket, peer, payload);
                 }
                 None
             }
@@ -602,7 +653,20 @@ impl Worker {
     ) {
         {
             let mut scratch = self.scratch.borrow_mut();
-            if let Some(len) = self.handle_client(now, five_tuple, frame, &mut scratch, route) {
+            // One frame, one datagram to one peer: a plain send. WouldBlock drops it, as a router would.
+            let mut relay = |socket: Rc<RelaySocket>, peer, range: Range<usize>| {
+                if let Some(data) = frame.get(range) {
+                    udp::try_send_all(
+                        socket.socket(),
+                        &[OutDatagram {
+                            data,
+                            dst: peer,
+                            src_ip: None,
+                        }],
+                    );
+                }
+            };
+            if let Some(len) = self.handle_client(now, five_tuple, frame, &mut scratch, route, &mut relay) {
                 reply(scratch.get(..len).unwrap_or_default());
             }
         }

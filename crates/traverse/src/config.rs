@@ -323,6 +323,10 @@ pub struct Relay {
     /// so with smooth arrivals it costs more CPU per packet than the reactor (docs/benchmarks.md, "naps the ring
     /// interrupts"); with bursts at high rates it can cost less, and it takes less memory per allocation.
     pub io_uring: bool,
+    /// A run of datagrams to one destination with one length (a video frame's packets, relayed) leaves as one UDP GSO
+    /// message that the kernel cuts (Linux 4.18+): one trip through the network stack for the run. Where a route
+    /// refuses it, the run goes datagram by datagram.
+    pub gso: bool,
     /// Microseconds a worker relaying UDP waits before it sleeps while its wake-ups take datagrams one by one, fast
     /// enough for the wait to gather several, so that its next wake-up takes them together: less CPU per packet, at
     /// most this much added to a packet's way through the relay; never with bursts or sparse traffic, nor on a host
@@ -557,6 +561,7 @@ impl Default for Relay {
             bandwidth_per_allocation: 0,
             xdp: Vec::new(),
             io_uring: false,
+            gso: true,
             coalesce_us: 400,
         }
     }

@@ -655,6 +655,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             ports: config.relay.port_min..=config.relay.port_max,
             xdp: config.relay.xdp.clone(),
             io_uring: config.relay.io_uring,
+            gso: config.relay.gso,
         },
         workers,
         coalesce: {
