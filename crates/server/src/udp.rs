@@ -671,6 +671,25 @@ mod tests {
     }
 
     #[test]
+    fn a_run_over_ipv6_leaves_as_one_message() {
+        if !kernel_has_gso() {
+            eprintln!("SKIP: this kernel has no UDP GSO (Linux 4.18+)");
+            return;
+        }
+        let loopback = SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 0));
+        let sender = bind(loopback, false).unwrap();
+        let rx = UdpSocket::bind(loopback).unwrap();
+        rx.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        set_int(&rx, libc::SOL_UDP, libc::UDP_GRO, 1).unwrap();
+        let data: Vec<Vec<u8>> = (0..3).map(|i| datagram(i, 1200)).collect();
+        let outs: Vec<_> = data.iter().map(|d| out(d, rx.local_addr().unwrap())).collect();
+        set_gso(true);
+        assert_eq!(try_send_all(&sender, &outs), 3);
+        let (bytes, _, segment) = recv(&rx);
+        assert_eq!((bytes, segment), (data.concat(), Some(1200)));
+    }
+
+    #[test]
     fn runs_to_several_destinations_arrive_in_order_each_datagram_whole() {
         let sender = bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), false).unwrap();
         let (rx_a, rx_b) = (receiver(false), receiver(false));

@@ -2,7 +2,8 @@
 //! the relay sockets of those clients' allocations.
 //!
 //! A datagram's path: `udp_listener` receives a batch → `turn::Server::handle_client` → a reply is batched back to
-//! the client with `sendmmsg`, or the payload leaves from the allocation's relay socket. A peer's datagram:
+//! the client with `sendmmsg`, or the payload leaves, at the batch's end, from the allocation's relay socket (a run
+//! of them to one peer as one GSO message, `udp::try_send_all`). A peer's datagram:
 //! `relay_loop` wakes → receive batch into the worker's shared buffers, each datagram 48 bytes in →
 //! `turn::Server::handle_peer` writes the ChannelData header in place → `sendmmsg` to the client (or the client's
 //! TCP/TLS sink). With `relay.io_uring` (off by default), `ring_loop` replaces `relay_loop`: one wake-up reaps every
