@@ -21,7 +21,7 @@ use turn::{FiveTuple, Transport};
 
 use crate::budget::{Refused, ThrottledLog};
 use crate::handshakes::HandshakeFailure;
-use crate::worker::{ClientRoute, Worker};
+use crate::worker::{ClientRoute, PeerSends, Worker};
 
 thread_local! {
     /// The worker thread's read buffer, borrowed for one poll of one connection (never across an `await`): frames
@@ -189,9 +189,23 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + 'static>(worker: Rc<Worker
                 }
                 // One clock read for the frames of a read, which arrived together (not one per relayed frame).
                 let now = Instant::now();
+                // Payloads relayed to peers leave together at the read's end (`PeerSends`): a run of frames to one
+                // peer as one GSO message.
+                let mut sends = PeerSends::new();
                 let fed = framer.feed(chunk, |frame| {
-                    worker.handle_stream_frame(now, five_tuple, frame, &route, |reply| sink.push_control(reply))
+                    if sends.is_full() {
+                        sends.send(&[chunk]);
+                    }
+                    // Where the frame sits in the read's buffer; none for the frame the last read began, which
+                    // the framer kept in a buffer of its own (two allocations never overlap).
+                    let at = (frame.as_ptr() as usize)
+                        .checked_sub(chunk.as_ptr() as usize)
+                        .filter(|at| at + frame.len() <= chunk.len());
+                    worker.handle_stream_frame(now, five_tuple, frame, at, &mut sends, &route, |reply| {
+                        sink.push_control(reply)
+                    })
                 });
+                sends.send(&[chunk]);
                 Poll::Ready(if fed.is_ok() { Read::More } else { Read::NotTurn })
             })
         });

@@ -401,8 +401,7 @@ async fn udp_listener(worker: Rc<Worker>, listener: Rc<Listener>) {
         let now = Instant::now();
         let mut pending: [(usize, SocketAddr, Option<IpAddr>); BATCH] = [(0, listener.local, None); BATCH];
         let mut count = 0;
-        let mut to_peers: [Option<ToPeer>; BATCH] = std::array::from_fn(|_| None);
-        let mut peer_count = 0;
+        let mut to_peers = PeerSends::new();
         for (index, (slot, meta)) in slots.iter().zip(metas.iter()).take(n).enumerate() {
             let Some(data) = slot.get(..meta.len) else { continue };
             let server_ip = meta.dst_ip.filter(|_| src_ip_needed).unwrap_or(listener.local.ip());
@@ -417,17 +416,8 @@ async fn udp_listener(worker: Rc<Worker>, listener: Rc<Listener>) {
                 src_ip: src_ip_needed.then_some(server_ip),
             };
             let Some(out) = replies.get_mut(count) else { break };
-            let mut relay = |socket, peer, range| {
-                if let Some(to) = to_peers.get_mut(peer_count) {
-                    *to = Some(ToPeer {
-                        socket,
-                        peer,
-                        slot: index,
-                        range,
-                    });
-                    peer_count += 1;
-                }
-            };
+            // A batch holds at most BATCH datagrams, so the sends never fill up.
+            let mut relay = |socket, peer, range| to_peers.push(socket, peer, index, range);
             if let Some(len) = worker.handle_client(now, five_tuple, data, out, &route, &mut relay) {
                 if let Some(p) = pending.get_mut(count) {
                     *p = (len, meta.addr, src_ip_needed.then_some(server_ip));
@@ -435,7 +425,7 @@ async fn udp_listener(worker: Rc<Worker>, listener: Rc<Listener>) {
                 }
             }
         }
-        send_to_peers(slots, to_peers.get(..peer_count).unwrap_or_default());
+        to_peers.send(slots);
         // Events first: a ChannelBind's route is in the kernel before its answer leaves, so the client's first
         // ChannelData already takes the fast path.
         worker.drain_events();
@@ -493,44 +483,82 @@ async fn drain_forever(
     }
 }
 
-/// A client's datagram a listener's batch relays to a peer, kept until the batch is handled.
+/// A client's datagram relayed to a peer, kept to leave with the others of its batch.
 struct ToPeer {
     socket: Rc<RelaySocket>,
     peer: SocketAddr,
-    /// Where the payload is: the batch's slot, and the range in it.
+    /// Where the payload is: the slot (of a receive batch's buffers), and the range in it.
     slot: usize,
     range: Range<usize>,
 }
 
-/// Sends a batch's relayed datagrams: one call per run of them leaving the same relay socket, so that a run to one
-/// peer (a video frame's packets) leaves as one GSO message (`udp::try_send_all`). WouldBlock drops the rest of a
-/// run, as a router would.
-fn send_to_peers(slots: &[Box<[u8]>], sends: &[Option<ToPeer>]) {
-    let mut at = 0;
-    while let Some(Some(first)) = sends.get(at) {
-        let mut out = [OutDatagram {
-            data: &[],
-            dst: first.peer,
-            src_ip: None,
-        }; BATCH];
-        let mut k = 0;
-        let same_socket = sends
-            .get(at..)
-            .unwrap_or_default()
-            .iter()
-            .map_while(|s| s.as_ref().filter(|s| Rc::ptr_eq(&s.socket, &first.socket)));
-        for (s, o) in same_socket.zip(out.iter_mut()) {
-            at += 1;
-            if let Some(data) = slots.get(s.slot).and_then(|slot| slot.get(s.range.clone())) {
-                *o = OutDatagram {
-                    data,
-                    dst: s.peer,
-                    src_ip: None,
-                };
-                k += 1;
-            }
+/// The datagrams a listener's receive batch, or the frames of a stream's read, relay to peers: they leave together
+/// at its end, one `udp::try_send_all` per run from one relay socket, so that a run to one peer (a video frame's
+/// packets) leaves as one GSO message. The payloads stay where they were received, nothing is copied.
+pub(crate) struct PeerSends {
+    sends: [Option<ToPeer>; BATCH],
+    count: usize,
+}
+
+impl PeerSends {
+    pub(crate) fn new() -> Self {
+        PeerSends {
+            sends: std::array::from_fn(|_| None),
+            count: 0,
         }
-        udp::try_send_all(first.socket.socket(), out.get(..k).unwrap_or_default());
+    }
+
+    pub(crate) fn is_full(&self) -> bool {
+        self.count >= BATCH
+    }
+
+    /// Keeps one; a full collection drops it (callers send first when `is_full`).
+    fn push(&mut self, socket: Rc<RelaySocket>, peer: SocketAddr, slot: usize, range: Range<usize>) {
+        if let Some(to) = self.sends.get_mut(self.count) {
+            *to = Some(ToPeer {
+                socket,
+                peer,
+                slot,
+                range,
+            });
+            self.count += 1;
+        }
+    }
+
+    /// Sends what was kept, the payloads in `slots`, and forgets it. WouldBlock drops the rest of a run, as a router
+    /// would.
+    pub(crate) fn send<S: AsRef<[u8]>>(&mut self, slots: &[S]) {
+        let sends = self.sends.get_mut(..self.count).unwrap_or_default();
+        let mut at = 0;
+        while let Some(Some(first)) = sends.get(at) {
+            let mut out = [OutDatagram {
+                data: &[],
+                dst: first.peer,
+                src_ip: None,
+            }; BATCH];
+            let mut k = 0;
+            let same_socket = sends
+                .get(at..)
+                .unwrap_or_default()
+                .iter()
+                .map_while(|s| s.as_ref().filter(|s| Rc::ptr_eq(&s.socket, &first.socket)));
+            for (s, o) in same_socket.zip(out.iter_mut()) {
+                at += 1;
+                if let Some(data) = slots.get(s.slot).and_then(|slot| slot.as_ref().get(s.range.clone())) {
+                    *o = OutDatagram {
+                        data,
+                        dst: s.peer,
+                        src_ip: None,
+                    };
+                    k += 1;
+                }
+            }
+            udp::try_send_all(first.socket.socket(), out.get(..k).unwrap_or_default());
+        }
+        for s in sends.iter_mut() {
+            *s = None;
+        }
+        self.count = 0;
     }
 }
 
@@ -643,28 +671,35 @@ impl Worker {
     }
 
     /// One frame from a TCP/TLS connection: runs it through the state machine, hands an answer to `reply`, and
-    /// carries out what the state machine released. Borrows nothing beyond the call.
+    /// carries out what the state machine released. A payload to relay is kept in `sends` when the frame sits at
+    /// `at` in the read's buffer (the caller sends them at the read's end, and first when `sends` is full), or
+    /// sent at once (a frame the last read began: it is freed after this call).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn handle_stream_frame(
         self: &Rc<Self>,
         now: Instant,
         five_tuple: FiveTuple,
         frame: &[u8],
+        at: Option<usize>,
+        sends: &mut PeerSends,
         route: &ClientRoute,
         reply: impl FnOnce(&[u8]),
     ) {
         {
             let mut scratch = self.scratch.borrow_mut();
-            // One frame, one datagram to one peer: a plain send. WouldBlock drops it, as a router would.
-            let mut relay = |socket: Rc<RelaySocket>, peer, range: Range<usize>| {
-                if let Some(data) = frame.get(range) {
-                    udp::try_send_all(
-                        socket.socket(),
-                        &[OutDatagram {
-                            data,
-                            dst: peer,
-                            src_ip: None,
-                        }],
-                    );
+            let mut relay = |socket: Rc<RelaySocket>, peer, range: Range<usize>| match at {
+                Some(at) => sends.push(socket, peer, 0, at + range.start..at + range.end),
+                None => {
+                    if let Some(data) = frame.get(range) {
+                        udp::try_send_all(
+                            socket.socket(),
+                            &[OutDatagram {
+                                data,
+                                dst: peer,
+                                src_ip: None,
+                            }],
+                        );
+                    }
                 }
             };
             if let Some(len) = self.handle_client(now, five_tuple, frame, &mut scratch, route, &mut relay) {
