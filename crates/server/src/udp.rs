@@ -187,45 +187,45 @@ pub fn try_send_all(socket: &std::net::UdpSocket, datagrams: &[OutDatagram<'_>])
             );
         }
     }
-    let mut sent = 0;
-    let mut at = 0;
-    SCRATCH.with(|scratch| {
-        let mut scratch = scratch.borrow_mut();
-        let mut gso = gso_on();
-        while let Some(rest) = datagrams.get(at..).filter(|r| !r.is_empty()) {
-            match sendmmsg(socket, rest, gso, &mut scratch) {
-                Ok(n) => {
-                    sent += n;
-                    at += n.max(1);
-                }
-                Err((e, _)) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err((e, run)) if run > 1 => {
-                    if e.raw_os_error() == Some(libc::EIO) {
-                        tracing::info!(error = %e, "UDP GSO refused by the kernel; this worker sends datagram by datagram");
-                        GSO.with(|g| g.set(Some(false)));
-                        gso = false;
-                    }
-                    // The same datagrams once more, each its own message.
-                    let end = (at + run).min(datagrams.len());
-                    let again = datagrams.get(at..end).unwrap_or_default();
-                    let mut k = 0;
-                    while let Some(part) = again.get(k..).filter(|r| !r.is_empty()) {
-                        match sendmmsg(socket, part, false, &mut scratch) {
-                            Ok(n) => {
-                                sent += n;
-                                k += n.max(1);
-                            }
-                            Err((e, _)) if e.kind() == io::ErrorKind::WouldBlock => return,
-                            Err(_) => k += 1,
-                        }
-                    }
-                    at = end;
-                }
-                Err(_) => at += 1,
+    SCRATCH.with(|scratch| send_runs(socket, datagrams, gso_on(), &mut scratch.borrow_mut()).0)
+}
+
+/// `try_send_all`'s loop: returns how many datagrams were sent, and whether the socket's buffer filled. A run the
+/// kernel refuses goes again through this loop without GSO (where every message is one datagram, so it never
+/// recurses further).
+fn send_runs(
+    socket: &std::net::UdpSocket,
+    datagrams: &[OutDatagram<'_>],
+    gso: bool,
+    scratch: &mut Scratch,
+) -> (usize, bool) {
+    let mut gso = gso;
+    let (mut sent, mut at) = (0, 0);
+    while let Some(rest) = datagrams.get(at..).filter(|r| !r.is_empty()) {
+        match sendmmsg(socket, rest, gso, scratch) {
+            Ok(n) => {
+                sent += n;
+                at += n.max(1);
             }
+            Err((e, _)) if e.kind() == io::ErrorKind::WouldBlock => return (sent, true),
+            Err((e, run)) if run > 1 => {
+                if e.raw_os_error() == Some(libc::EIO) {
+                    tracing::info!(error = %e, "UDP GSO refused by the kernel; this worker sends datagram by datagram");
+                    GSO.with(|g| g.set(Some(false)));
+                    gso = false;
+                }
+                let end = (at + run).min(datagrams.len());
+                let (again, full) = send_runs(socket, datagrams.get(at..end).unwrap_or_default(), false, scratch);
+                sent += again;
+                if full {
+                    return (sent, true);
+                }
+                at = end;
+            }
+            Err(_) => at += 1,
         }
-    });
-    sent
+    }
+    (sent, false)
 }
 
 /// Control-message space for one IPv6 packet-info and one GSO segment size.
