@@ -5,23 +5,45 @@
 // allocation's relay socket → its client.
 //
 // Per run: the server's CPU (utime+stime from /proc) and the packets it relayed (`traverse_turn_relayed_packets` on
-// /metrics) over SECONDS, after the calls have run 5 s; the send system calls it made for them (`perf stat` on the
+// /metrics) over SECONDS, after the calls have run WARMUP s (5); the send system calls it made for them (`perf stat` on the
 // syscalls tracepoints, when perf is there), so that datagrams per send call show how often libwebrtc's packets came
 // in runs that left as one message. Runs alternate between `relay.gso=true` and `false`, REPEAT times each, and the
 // table gives medians.
 //
 //   cargo build --release -p traverse && (cd tests/browser && npm ci)
 //   sudo TRAVERSE_BIN=target/release/traverse node bench/relay-video.mjs      # CALLS=2 SECONDS=20 REPEAT=3
+//   VIDEO_FILE=/tmp/noise.y4m WARMUP=30 ...   # the fake camera plays a file (noise: a high bitrate); 30 s to ramp up
 //
 // Loopback only. Chromium encodes and decodes the video on the same 2 cores as the server, so compare the two
 // settings run against run, not with the loadgen's figures.
 import { execFileSync, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import { freePort, launchBrowser, startTraverse, sleep, until, within } from '../tests/browser/lib/harness.js';
+import { chromium } from '../tests/browser/node_modules/playwright-core/index.mjs';
+import { CHROMIUM } from '../tests/browser/lib/harness.js';
+
+/** VIDEO_FILE (a .y4m or .mjpeg): the fake camera plays it instead of its test pattern, e.g. noise for a high
+ * bitrate. Then the browser is launched here, with the harness's media and loopback flags and this one. */
+const VIDEO_FILE = process.env.VIDEO_FILE;
+async function browserFor() {
+  if (!VIDEO_FILE) return launchBrowser();
+  const context = await chromium.launchPersistentContext(fs.mkdtempSync('/tmp/traverse-video-'), {
+    executablePath: CHROMIUM,
+    headless: true,
+    ignoreHTTPSErrors: true,
+    args: ['--no-sandbox', '--disable-gpu', '--ignore-certificate-errors', '--allow-loopback-in-peer-connection',
+      '--use-fake-ui-for-media-stream', '--use-fake-device-for-media-stream',
+      `--use-file-for-fake-video-capture=${VIDEO_FILE}`, '--disable-background-timer-throttling',
+      '--disable-renderer-backgrounding', '--disable-backgrounding-occluded-windows'],
+  });
+  return { newPage: () => context.newPage(), close: () => context.close() };
+}
 
 const CALLS = Number(process.env.CALLS || 2);
 const SECONDS = Number(process.env.SECONDS || 20);
 const REPEAT = Number(process.env.REPEAT || 3);
+/** Seconds the calls run before the measurement: the browsers' bandwidth estimate ramps up from ~300 kbps. */
+const WARMUP = Number(process.env.WARMUP || 5);
 const CLK_TCK = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim());
 const hasPerf = (() => {
   try {
@@ -92,7 +114,7 @@ const framesDecoded = (page) =>
 async function run(gso) {
   const metrics = `127.0.0.1:${await freePort()}`;
   const server = { ...(await startTraverse({ extraArgs: ['--set', `relay.gso=${gso}`, '--metrics', metrics] })), metrics };
-  const browser = await launchBrowser();
+  const browser = await browserFor();
   try {
     const pages = [];
     for (let c = 0; c < CALLS; c++) {
@@ -109,7 +131,7 @@ async function run(gso) {
     for (const p of pages) await until(30000, async () => (await framesDecoded(p)) > 30, 'video decoded on every page');
     const pair = await pages[0].evaluate(async () => (await window.peer.getSelectedPair()) || null);
     if (!pair || pair.local?.candidateType !== 'relay') throw new Error(`not relayed: ${JSON.stringify(pair)}`);
-    await sleep(5000);
+    await sleep(WARMUP * 1000);
     const [cpu0, pkts0, frames0] = [cpuSeconds(server.pid), await counter(server, 'traverse_turn_relayed_packets'),
       (await Promise.all(pages.map(framesDecoded))).reduce((x, y) => x + y, 0)];
     let perf = null;
