@@ -644,10 +644,6 @@ mod tests {
 
     #[test]
     fn a_run_leaves_as_one_message_and_arrives_whole() {
-        if !kernel_has_gso() {
-            eprintln!("SKIP: this kernel has no UDP GSO (Linux 4.18+)");
-            return;
-        }
         let sender = bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), false).unwrap();
         let rx = receiver(true);
         let dst = rx.local_addr().unwrap();
@@ -655,10 +651,17 @@ mod tests {
         let outs: Vec<_> = data.iter().map(|d| out(d, dst)).collect();
         set_gso(true);
         assert_eq!(try_send_all(&sender, &outs), 6);
-        // Over loopback the kernel hands a GRO socket the GSO message uncut: one receive, segment size 100.
-        let (bytes, _, segment) = recv(&rx);
-        assert_eq!(segment, Some(100), "one message, cut every 100 bytes");
-        assert_eq!(bytes, data.concat());
+        if kernel_has_gso() {
+            // Over loopback the kernel hands a GRO socket the GSO message uncut: one receive, segment size 100.
+            let (bytes, _, segment) = recv(&rx);
+            assert_eq!(segment, Some(100), "one message, cut every 100 bytes");
+            assert_eq!(bytes, data.concat());
+        } else {
+            // A kernel without GSO (before 4.18): the same datagrams, one by one.
+            for d in &data {
+                assert_eq!(recv(&rx).0, *d);
+            }
+        }
 
         // Off, the same datagrams arrive one by one.
         set_gso(false);
@@ -672,10 +675,6 @@ mod tests {
 
     #[test]
     fn a_run_over_ipv6_leaves_as_one_message() {
-        if !kernel_has_gso() {
-            eprintln!("SKIP: this kernel has no UDP GSO (Linux 4.18+)");
-            return;
-        }
         let loopback = SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 0));
         let sender = bind(loopback, false).unwrap();
         let rx = UdpSocket::bind(loopback).unwrap();
@@ -685,8 +684,14 @@ mod tests {
         let outs: Vec<_> = data.iter().map(|d| out(d, rx.local_addr().unwrap())).collect();
         set_gso(true);
         assert_eq!(try_send_all(&sender, &outs), 3);
-        let (bytes, _, segment) = recv(&rx);
-        assert_eq!((bytes, segment), (data.concat(), Some(1200)));
+        if kernel_has_gso() {
+            let (bytes, _, segment) = recv(&rx);
+            assert_eq!((bytes, segment), (data.concat(), Some(1200)));
+        } else {
+            for d in &data {
+                assert_eq!(recv(&rx).0, *d);
+            }
+        }
     }
 
     #[test]
