@@ -272,20 +272,25 @@ fn sendmmsg(
         addrs,
         runs,
     } = scratch;
+    // Each message takes the next slot of every array, and its run the next iovecs: disjoint borrows, so that a
+    // pointer stored in an earlier header stays valid while the later ones are written.
+    let mut slots = headers
+        .iter_mut()
+        .zip(controls.iter_mut())
+        .zip(addrs.iter_mut())
+        .zip(runs.iter_mut());
+    let mut free_iovecs: &mut [libc::iovec] = iovecs;
     let mut messages = 0;
     let mut at = 0;
     while let Some(rest) = datagrams.get(at..).filter(|r| !r.is_empty()) {
-        let run = run_len(rest, gso);
-        let (Some(h), Some(ctrl), Some(addr), Some(count), Some(iovs), Some(first)) = (
-            headers.get_mut(messages),
-            controls.get_mut(messages),
-            addrs.get_mut(messages),
-            runs.get_mut(messages),
-            iovecs.get_mut(at..at + run),
-            rest.first(),
-        ) else {
+        let mut run = run_len(rest, gso);
+        let (Some((((h, ctrl), addr), count)), Some(first)) = (slots.next(), rest.first()) else {
             break;
         };
+        let Some((iovs, tail)) = std::mem::take(&mut free_iovecs).split_at_mut_checked(run) else {
+            break;
+        };
+        free_iovecs = tail;
         for (iov, d) in iovs.iter_mut().zip(rest) {
             iov.iov_base = d.data.as_ptr() as *mut libc::c_void;
             iov.iov_len = d.data.len();
@@ -315,10 +320,16 @@ fn sendmmsg(
             h.msg_hdr.msg_controllen = CMSG_SPACE as _;
             // SAFETY: msg_control points at CMSG_SPACE aligned bytes owned by the scratch, large enough for one
             // in6_pktinfo and one u16 message; CMSG_FIRSTHDR/CMSG_NXTHDR/CMSG_DATA stay within it.
-            let used = unsafe { write_controls(&mut h.msg_hdr, first.src_ip, segment) };
+            let (used, segmented) = unsafe { write_controls(&mut h.msg_hdr, first.src_ip, segment) };
             h.msg_hdr.msg_controllen = used as _;
             if used == 0 {
                 h.msg_hdr.msg_control = std::ptr::null_mut();
+            }
+            // Without its segment size a message of several iovecs would leave as one datagram of all their bytes:
+            // should the size not fit, the message carries the run's first datagram alone.
+            if segment.is_some() && !segmented {
+                run = 1;
+                h.msg_hdr.msg_iovlen = 1;
             }
         }
         *count = run;
@@ -336,31 +347,28 @@ fn sendmmsg(
 }
 
 /// Writes the control messages of one send: IP_PKTINFO / IPV6_PKTINFO selecting `src`, and UDP_SEGMENT with the
-/// GSO segment size; returns the bytes used.
+/// GSO segment size; returns the bytes used and whether the segment size was written.
 ///
 /// # Safety
 /// `hdr.msg_control` must point at `hdr.msg_controllen` writable, cmsghdr-aligned bytes, at least [`CMSG_SPACE`].
-unsafe fn write_controls(hdr: &mut libc::msghdr, src: Option<IpAddr>, segment: Option<usize>) -> usize {
+unsafe fn write_controls(hdr: &mut libc::msghdr, src: Option<IpAddr>, segment: Option<usize>) -> (usize, bool) {
     let mut used = 0;
     let mut cmsg = libc::CMSG_FIRSTHDR(hdr);
     if let Some(src) = src {
         if cmsg.is_null() {
-            return 0;
+            return (0, false);
         }
         used += write_pktinfo(cmsg, src);
         cmsg = libc::CMSG_NXTHDR(hdr, cmsg);
     }
-    if let Some(size) = segment {
-        if cmsg.is_null() {
-            return 0;
-        }
-        (*cmsg).cmsg_level = libc::SOL_UDP;
-        (*cmsg).cmsg_type = libc::UDP_SEGMENT;
-        (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as _;
-        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<u16>(), size as u16);
-        used += libc::CMSG_SPACE(size_of::<u16>() as u32) as usize;
-    }
-    used
+    let Some(size) = segment.filter(|_| !cmsg.is_null()) else {
+        return (used, false);
+    };
+    (*cmsg).cmsg_level = libc::SOL_UDP;
+    (*cmsg).cmsg_type = libc::UDP_SEGMENT;
+    (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as _;
+    std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<u16>(), size as u16);
+    (used + libc::CMSG_SPACE(size_of::<u16>() as u32) as usize, true)
 }
 
 /// Writes an IP_PKTINFO / IPV6_PKTINFO control message selecting `src` at `cmsg`; returns the bytes used.
@@ -610,6 +618,29 @@ mod tests {
     /// Datagram `i` of a test: `len` bytes, each `i`, so a lost, reordered or cut datagram shows.
     fn datagram(i: u8, len: usize) -> Vec<u8> {
         vec![i; len]
+    }
+
+    /// `sendmmsg` sends a run as one message only when its segment size was written: without it the kernel would
+    /// join the run's datagrams into one.
+    #[test]
+    fn the_segment_size_is_reported_written_only_when_it_fits() {
+        let src: IpAddr = "2001:db8::1".parse().unwrap();
+        // SAFETY: `CMSG_SPACE` is a pure size computation.
+        let pktinfo = unsafe { libc::CMSG_SPACE(size_of::<libc::in6_pktinfo>() as u32) } as usize;
+        for (room, want) in [
+            (CMSG_SPACE, (CMSG_SPACE, true)),
+            (pktinfo, (pktinfo, false)),
+            (0, (0, false)),
+        ] {
+            let mut ctrl = Cmsg([0; CMSG_SPACE]);
+            // SAFETY: a plain C struct, all-zero valid.
+            let mut hdr: libc::msghdr = unsafe { zeroed() };
+            hdr.msg_control = ctrl.0.as_mut_ptr().cast();
+            hdr.msg_controllen = room as _;
+            // SAFETY: `msg_control` points at CMSG_SPACE aligned bytes, of which `room` are offered.
+            let got = unsafe { write_controls(&mut hdr, Some(src), Some(1200)) };
+            assert_eq!(got, want, "with {room} bytes of control space");
+        }
     }
 
     #[test]

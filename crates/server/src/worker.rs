@@ -529,13 +529,14 @@ impl PeerSends {
     /// would.
     pub(crate) fn send<S: AsRef<[u8]>>(&mut self, slots: &[S]) {
         let sends = self.sends.get_mut(..self.count).unwrap_or_default();
+        // Filled once per call, not per run: with clients interleaved, a run is often one datagram.
+        let mut out = [OutDatagram {
+            data: &[],
+            dst: SocketAddr::from(([0, 0, 0, 0], 0)),
+            src_ip: None,
+        }; BATCH];
         let mut at = 0;
         while let Some(Some(first)) = sends.get(at) {
-            let mut out = [OutDatagram {
-                data: &[],
-                dst: first.peer,
-                src_ip: None,
-            }; BATCH];
             let mut k = 0;
             let same_socket = sends
                 .get(at..)
