@@ -59,7 +59,7 @@ print("| state machine | objects | bytes per object | set-up µs per object | me
 print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
 for (what, count), rs in sorted(groups.items()):
     med = lambda k: statistics.median(r[k] for r in rs)
-    rate = med("refreshes_per_second" if what == "turn" else "heartbeats_per_second")
+    rate = med("messages_per_second")
     total = med("timer_us_per_second") + med("messages_us_per_second")
     print(f"| {what} | {count} | {med('bytes_per_object'):.0f} | {med('setup_us_per_object'):.2f} | {rate:.0f} "
           f"| {med('timer_us_per_second'):.1f} | {med('messages_us_per_second'):.0f} | {med('us_per_message'):.2f} "

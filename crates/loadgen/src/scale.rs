@@ -83,6 +83,31 @@ impl Clock {
     }
 }
 
+/// One run's figures: `grown` bytes of RSS over the set-up of `count` objects, and over `idle` simulated seconds the
+/// `sent` client messages and the time in timers and in those messages.
+fn report(
+    what: &str,
+    count: u32,
+    grown: u64,
+    setup: &Clock,
+    (idle, sent): (u32, u64),
+    timers: &Clock,
+    messages: &Clock,
+) -> serde_json::Value {
+    let per_second = f64::from(idle.max(1));
+    json!({
+        "what": what,
+        "count": count,
+        "bytes_per_object": grown as f64 / f64::from(count),
+        "setup_us_per_object": setup.micros() / f64::from(count),
+        "idle_seconds": idle,
+        "messages_per_second": sent as f64 / per_second,
+        "timer_us_per_second": timers.micros() / per_second,
+        "messages_us_per_second": messages.micros() / per_second,
+        "us_per_message": if sent == 0 { 0.0 } else { messages.micros() / sent as f64 },
+    })
+}
+
 /// This process's resident memory, from `/proc/self/status`.
 fn rss_bytes() -> anyhow::Result<u64> {
     let status = std::fs::read_to_string("/proc/self/status").context("/proc/self/status")?;
@@ -262,18 +287,15 @@ fn turn_run(count: u32, idle: u32) -> anyhow::Result<serde_json::Value> {
         stats.permissions,
         stats.channels
     );
-    let per_second = f64::from(idle.max(1));
-    Ok(json!({
-        "what": "turn",
-        "count": count,
-        "bytes_per_object": (rss_after.saturating_sub(rss_before)) as f64 / f64::from(count),
-        "setup_us_per_object": setup.micros() / f64::from(count),
-        "idle_seconds": idle,
-        "refreshes_per_second": sent as f64 / per_second,
-        "timer_us_per_second": timers.micros() / per_second,
-        "messages_us_per_second": refreshes.micros() / per_second,
-        "us_per_message": if sent == 0 { 0.0 } else { refreshes.micros() / sent as f64 },
-    }))
+    Ok(report(
+        "turn",
+        count,
+        rss_after.saturating_sub(rss_before),
+        &setup,
+        (idle, sent),
+        &timers,
+        &refreshes,
+    ))
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -391,19 +413,19 @@ fn signal_run(count: u32, idle: u32) -> anyhow::Result<serde_json::Value> {
         "after idling: {} sessions of {count}",
         joined(&stats)
     );
-    let per_second = f64::from(idle.max(1));
-    Ok(json!({
-        "what": "signal",
-        "count": count,
-        "bytes_per_object": (rss_after.saturating_sub(rss_before)) as f64 / f64::from(count),
-        "setup_us_per_object": setup.micros() / f64::from(count),
-        "idle_seconds": idle,
-        "heartbeats_per_second": sent as f64 / per_second,
-        "server_pings": pinged,
-        "timer_us_per_second": timers.micros() / per_second,
-        "messages_us_per_second": messages.micros() / per_second,
-        "us_per_message": if sent == 0 { 0.0 } else { messages.micros() / sent as f64 },
-    }))
+    let mut out = report(
+        "signal",
+        count,
+        rss_after.saturating_sub(rss_before),
+        &setup,
+        (idle, sent),
+        &timers,
+        &messages,
+    );
+    if let Some(fields) = out.as_object_mut() {
+        fields.insert("server_pings".into(), json!(pinged));
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
