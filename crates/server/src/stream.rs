@@ -173,6 +173,7 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + 'static>(worker: Rc<Worker
         let has_allocation = worker.has_allocation(&five_tuple);
         if has_allocation {
             deadline = tokio::time::Instant::now() + auth_timeout;
+            sink.allocation_ended.set(false);
         }
         // Every frame the read completes is handled inside it, in the worker's buffer.
         let read = poll_fn(|cx| {
@@ -213,7 +214,17 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + 'static>(worker: Rc<Worker
             // The allocation's lifetime bounds the connection; TCP keepalive catches half-open peers.
             tokio::select! {
                 r = read => r,
-                _ = sink.wait_closed() => break,
+                _ = sink.wait_closed() => {
+                    if sink.closed.get() {
+                        break;
+                    }
+                    // It expired while the client was silent: a new one is due within the auth timeout, or the
+                    // connection closes.
+                    if sink.allocation_ended.take() {
+                        deadline = tokio::time::Instant::now() + auth_timeout;
+                    }
+                    continue;
+                }
             }
         } else {
             // Boxed, for the few reads before an allocation: its timers are not kept by a connection that holds one.
@@ -278,6 +289,9 @@ pub(crate) struct StreamSink {
     notify: Notify,
     closed: Cell<bool>,
     closed_notify: Notify,
+    /// The connection's allocation ended (expired, or refreshed to 0 from elsewhere): its reader stops waiting on
+    /// the client alone, and the connection must allocate again within the auth timeout.
+    allocation_ended: Cell<bool>,
 }
 
 impl StreamSink {
@@ -304,7 +318,7 @@ impl StreamSink {
         self.notify.notify_one();
     }
 
-    fn close(&self) {
+    pub(crate) fn close(&self) {
         self.closed.set(true);
         self.notify.notify_one();
         self.closed_notify.notify_waiters();
@@ -315,9 +329,15 @@ impl StreamSink {
             self.closed_notify.notified().await;
         }
     }
+
+    /// The allocation served on this connection ended: wakes its reader, which waits on the client and on this.
+    pub(crate) fn end_allocation(&self) {
+        self.allocation_ended.set(true);
+        self.closed_notify.notify_waiters();
+    }
 }
 
-async fn write_loop<W: AsyncWrite>(mut writer: tokio::io::WriteHalf<W>, sink: Rc<StreamSink>) {
+pub(crate) async fn write_loop<W: AsyncWrite>(mut writer: tokio::io::WriteHalf<W>, sink: Rc<StreamSink>) {
     let mut spare: Vec<u8> = Vec::new();
     loop {
         if sink.queue.borrow().is_empty() {
@@ -328,7 +348,9 @@ async fn write_loop<W: AsyncWrite>(mut writer: tokio::io::WriteHalf<W>, sink: Rc
             continue;
         }
         std::mem::swap(&mut *sink.queue.borrow_mut(), &mut spare);
-        if writer.write_all(&spare).await.is_err() {
+        // Flushed as well: TLS may take a write whole while the socket took only part of its record, and owe the
+        // rest until the next write or flush. Nothing else would send it while the queue stays empty.
+        if writer.write_all(&spare).await.is_err() || writer.flush().await.is_err() {
             sink.close();
             break;
         }

@@ -70,6 +70,7 @@ pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     let mut held = Vec::new();
     let mut plain = Vec::new();
     let mut out = Vec::new();
+    let mut read_closed = false;
     loop {
         let processed = process(
             &mut conn,
@@ -103,6 +104,13 @@ pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
                     return Err(io::ErrorKind::UnexpectedEof.into());
                 }
             }
+            // close_notify right behind the client's Finished (a request sent, then the sending half closed, as a
+            // client piping a request in does): the handshake is done, what came with it is read, then EOF.
+            Processed::PeerClosed if !conn.is_handshaking() => {
+                read_closed = true;
+                held = Vec::new();
+                break;
+            }
             Processed::PeerClosed => return Err(io::ErrorKind::UnexpectedEof.into()),
         }
     }
@@ -116,7 +124,7 @@ pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         plain: if plain.is_empty() { Vec::new() } else { plain },
         out: Vec::new(),
         out_at: 0,
-        read_closed: false,
+        read_closed,
         close_notify_sent: false,
         failed: false,
     })
@@ -795,6 +803,107 @@ mod tests {
             server.read_exact(&mut got).await.expect("read");
             assert_eq!(&got, b"GET / HTTP/1.1\r\n\r\n");
             drop(b);
+        });
+    }
+
+    /// A request and close_notify right behind the client's Finished, in one read: the handshake succeeds, the
+    /// request is read, then EOF, and the answer can still be sent (TLS 1.3 closes one direction at a time).
+    #[test]
+    fn close_notify_with_the_finished_message_ends_reading_after_the_request() {
+        run(async {
+            let (server_config, client_config) = configs(&[b"http/1.1"], &[b"http/1.1"], false);
+            let (a, b) = duplex(64 * 1024);
+            let client = async {
+                let mut conn = rustls::ClientConnection::new(client_config, "localhost".try_into().expect("name"))
+                    .expect("client");
+                let mut b = b;
+                std::io::Write::write_all(&mut conn.writer(), b"GET / HTTP/1.1\r\n\r\n").expect("queue");
+                let mut wire = Vec::new();
+                let mut closed = false;
+                for _ in 0..10 {
+                    // Once the handshake is done, close_notify is queued behind the Finished and the request.
+                    if !conn.is_handshaking() && !closed {
+                        conn.send_close_notify();
+                        closed = true;
+                    }
+                    while conn.wants_write() {
+                        conn.write_tls(&mut wire).expect("encode");
+                    }
+                    b.write_all(&wire).await.expect("send");
+                    wire.clear();
+                    if closed {
+                        break;
+                    }
+                    let mut buf = vec![0u8; 8192];
+                    let n = b.read(&mut buf).await.expect("recv");
+                    let mut r = &buf[..n];
+                    while !r.is_empty() {
+                        conn.read_tls(&mut r).expect("read");
+                        conn.process_new_packets().expect("process");
+                    }
+                }
+                assert!(closed, "the client finished its handshake");
+                (conn, b)
+            };
+            let (server, (mut conn, mut b)) = tokio::join!(accept(a, server_config), client);
+            let mut server = server.expect("a handshake followed by close_notify succeeds");
+            let mut got = [0u8; 18];
+            server.read_exact(&mut got).await.expect("read");
+            assert_eq!(&got, b"GET / HTTP/1.1\r\n\r\n");
+            assert_eq!(
+                server.read(&mut [0u8; 16]).await.expect("EOF"),
+                0,
+                "EOF after the request"
+            );
+            server.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await.expect("answer");
+            server.flush().await.expect("flush");
+            let mut buf = vec![0u8; 8192];
+            let mut answer = Vec::new();
+            while answer.len() < 19 {
+                let n = b.read(&mut buf).await.expect("recv");
+                assert!(n > 0, "the answer arrives");
+                let mut r = &buf[..n];
+                while !r.is_empty() {
+                    conn.read_tls(&mut r).expect("read");
+                    conn.process_new_packets().expect("process");
+                }
+                let mut chunk = [0u8; 64];
+                while let Ok(n) = std::io::Read::read(&mut conn.reader(), &mut chunk) {
+                    if n == 0 {
+                        break;
+                    }
+                    answer.extend_from_slice(&chunk[..n]);
+                }
+            }
+            assert_eq!(answer, b"HTTP/1.1 200 OK\r\n\r\n");
+        });
+    }
+
+    /// TURN over TLS: the stream writer's write leaves whole even when the socket took only part of its record and
+    /// nothing is queued after it (TLS owes the rest until a flush).
+    #[test]
+    fn the_stream_writer_sends_what_a_write_left_owed() {
+        run(async {
+            let (server, mut client) = pair(1024, false).await;
+            let (_reader, writer) = tokio::io::split(server);
+            let local = tokio::task::LocalSet::new();
+            local
+                .run_until(async move {
+                    let sink = std::rc::Rc::new(crate::stream::StreamSink::default());
+                    let task = tokio::task::spawn_local(crate::stream::write_loop(writer, sink.clone()));
+                    // One frame of 5 000 bytes, a record of about as much, through a pipe of 1 024.
+                    let frame: Vec<u8> = (0..5000u32).map(|i| i as u8).collect();
+                    sink.push(&frame);
+                    let mut got = vec![0u8; frame.len()];
+                    tokio::time::timeout(std::time::Duration::from_secs(5), client.read_exact(&mut got))
+                        .await
+                        .expect("the whole frame within 5 s")
+                        .expect("read");
+                    assert_eq!(got, frame);
+                    sink.close();
+                    task.await.expect("writer");
+                })
+                .await;
         });
     }
 

@@ -160,6 +160,8 @@ pub(crate) enum ClientRoute {
 /// An allocation's relay sockets and their tasks, at the allocation's slot in `Worker::relays`.
 struct RelayEntry {
     id: AllocationId,
+    /// The TCP/TLS connection of an allocation made over one: told when the allocation ends.
+    stream: Option<Rc<StreamSink>>,
     sockets: [Option<Rc<RelaySocket>>; 2],
     tasks: Vec<JoinHandle<()>>,
     /// With `relay.io_uring`: the sockets' receivers on the worker's ring.
@@ -728,11 +730,13 @@ impl Worker {
                 Some(Event::AllocationClosed(id)) => {
                     self.forget_fast_path(id);
                     let mut relays = self.relays.borrow_mut();
-                    if let Some(slot) = relays
+                    let ended = relays
                         .get_mut(id.slot())
                         .filter(|e| e.as_ref().is_some_and(|e| e.id == id))
-                    {
-                        *slot = None;
+                        .and_then(Option::take);
+                    drop(relays);
+                    if let Some(sink) = ended.and_then(|entry| entry.stream.clone()) {
+                        sink.end_allocation();
                     }
                 }
                 Some(Event::ReservationReleased(relay)) => {
@@ -911,8 +915,13 @@ impl Worker {
             relays.resize_with(id.slot() + 1, || None);
         }
         if let Some(slot) = relays.get_mut(id.slot()) {
+            let stream = match &route {
+                ClientRoute::Stream(sink) => Some(sink.clone()),
+                ClientRoute::Udp { .. } => None,
+            };
             *slot = Some(RelayEntry {
                 id,
+                stream,
                 sockets,
                 tasks,
                 ring,

@@ -389,6 +389,37 @@ fn idle_and_half_open_connections_close_but_an_allocation_keeps_its_connection()
     server.assert_alive();
 }
 
+/// An allocation that expires while its client is silent ends its connection too, after the auth timeout in which
+/// the client could allocate again: a client cannot keep a connection slot by allocating once and going quiet.
+#[test]
+fn a_connection_whose_allocation_expired_closes_after_the_auth_timeout() {
+    let mut server = Server::start(&[
+        "--set",
+        "limits.default_lifetime=2",
+        "--set",
+        "limits.auth_timeout=2",
+        "--set",
+        "limits.idle_timeout=60",
+        "--user",
+        "alice:pw",
+    ]);
+    let mut turn = TurnClient::new(Conn::tcp(server.tcp), USER, PASSWORD);
+    assert_allocated(&turn.allocate(false));
+    let since = Instant::now();
+    let Conn::Tcp { stream, .. } = &mut turn.conn else {
+        unreachable!("a TCP connection")
+    };
+    // Expired at 2 s (seen by the once-a-second timer), then 2 s to allocate again: closed at 4 to 5 s.
+    assert_closed_between(
+        "a connection whose allocation expired",
+        stream,
+        since,
+        Duration::from_millis(3500),
+        Duration::from_secs(10),
+    );
+    server.assert_alive();
+}
+
 #[test]
 fn the_single_port_closes_a_silent_connection_after_the_sniff_timeout() {
     // The port is free a moment ago; another process taking it in between fails the start, not the assertions.
