@@ -258,14 +258,15 @@ impl Shards {
 
     /// [`Self::text`] with the clock as the caller read it (once for every frame of one read: `ws::Clock`).
     pub(crate) fn text_at(&self, seat: &mut Seat, text: &str, at: Now) {
-        let mut joining = false;
+        let mut joining = None;
         if !seat.joined {
             // Only an unplaced socket's frames are looked into: a join or resume may move it first.
             if let Ok(placing) = serde_json::from_str::<Placing<'_>>(text) {
                 let target = match (placing.kind.as_ref(), placing.room, placing.session) {
                     ("join", Some(room), _) => {
-                        joining = true;
-                        Some(self.room_shard(&room))
+                        let shard = self.room_shard(&room);
+                        joining = Some(room);
+                        Some(shard)
                     }
                     ("resume", _, Some(session)) => self.session_shard(&session),
                     _ => None,
@@ -276,8 +277,11 @@ impl Shards {
             }
         }
         let mut st = self.lock(seat.shard);
-        let reserved = joining && self.reserve_room();
-        if joining {
+        // A room of the global limit is reserved only for a room this join would create: reserving one for an
+        // existing room would refuse, at the limit, a new room joined at the same moment on another shard.
+        let creates = joining.as_deref().is_some_and(|room| !st.hub.has_room(room));
+        let reserved = creates && self.reserve_room();
+        if joining.is_some() {
             st.rooms += usize::from(reserved);
             let held = st.hub.room_count();
             st.hub.set_max_rooms(held + usize::from(reserved));
@@ -627,6 +631,45 @@ mod tests {
         let (mut c, _) = socket(&shards, 3, "192.0.2.3").unwrap();
         shards.text(&mut c, &format!(r#"{{"type":"join","room":"{other_room}"}}"#));
         assert!(c.joined);
+        assert_eq!(shards.rooms.load(Ordering::Relaxed), 1);
+    }
+
+    /// At the room limit less one, joins to an existing room on one shard, racing new rooms made and ended on the
+    /// other, never take the free room: each new room is joined.
+    #[test]
+    fn joins_to_an_existing_room_reserve_no_room_of_the_limit() {
+        let limits = Limits {
+            max_rooms: 2,
+            ..Limits::default()
+        };
+        let shards = shards(2, &limits);
+        let (room, other_room) = rooms_on_two_shards(&shards);
+        let (mut keeper, _) = socket(&shards, 1, "192.0.2.1").unwrap();
+        shards.text(&mut keeper, &format!(r#"{{"type":"join","room":"{room}"}}"#));
+        assert!(keeper.joined);
+        const ROUNDS: u64 = 3000;
+        let joiners = {
+            let shards = shards.clone();
+            std::thread::spawn(move || {
+                for i in 0..ROUNDS {
+                    let (mut s, _) = socket(&shards, 100_000 + i, "192.0.2.2").unwrap();
+                    shards.text(&mut s, &format!(r#"{{"type":"join","room":"{room}"}}"#));
+                    assert!(s.joined, "join {i} to the existing room");
+                    shards.text(&mut s, r#"{"type":"leave"}"#);
+                    shards.closed(s);
+                }
+            })
+        };
+        let mut refused = 0;
+        for i in 0..ROUNDS {
+            let (mut s, _) = socket(&shards, 200_000 + i, "192.0.2.3").unwrap();
+            shards.text(&mut s, &format!(r#"{{"type":"join","room":"{other_room}"}}"#));
+            refused += u64::from(!s.joined);
+            shards.text(&mut s, r#"{"type":"leave"}"#);
+            shards.closed(s);
+        }
+        joiners.join().expect("joiners");
+        assert_eq!(refused, 0, "new rooms refused while a room was free");
         assert_eq!(shards.rooms.load(Ordering::Relaxed), 1);
     }
 

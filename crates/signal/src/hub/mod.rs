@@ -438,6 +438,11 @@ impl<R: RngCore + Send> MemoryHub<R> {
         self.rooms.len()
     }
 
+    /// Is `room` held here? A join to it needs no room of the global limit.
+    pub fn has_room(&self, room: &str) -> bool {
+        self.rooms.contains_key(room)
+    }
+
     /// Sets the room limit: a sharded I/O layer gives each hub what is left of the global limit before a `join`.
     pub fn set_max_rooms(&mut self, max_rooms: usize) {
         self.limits.max_rooms = max_rooms;
