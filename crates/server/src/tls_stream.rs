@@ -761,39 +761,55 @@ mod tests {
         });
     }
 
+    /// A rustls client that queues `request` before its handshake ends, pumped over `pipe` by hand: the request
+    /// leaves right behind its Finished, and with `close`, close_notify right behind the request.
+    async fn client_sending_with_finished(
+        config: Arc<rustls::ClientConfig>,
+        mut pipe: DuplexStream,
+        request: &[u8],
+        close: bool,
+    ) -> (rustls::ClientConnection, DuplexStream) {
+        let mut conn = rustls::ClientConnection::new(config, "localhost".try_into().expect("name")).expect("client");
+        std::io::Write::write_all(&mut conn.writer(), request).expect("queue");
+        let mut wire = Vec::new();
+        for _ in 0..10 {
+            if close && !conn.is_handshaking() {
+                conn.send_close_notify();
+            }
+            while conn.wants_write() {
+                conn.write_tls(&mut wire).expect("encode");
+            }
+            pipe.write_all(&wire).await.expect("send");
+            wire.clear();
+            if !conn.is_handshaking() {
+                break;
+            }
+            receive(&mut conn, &mut pipe).await;
+        }
+        assert!(!conn.is_handshaking(), "the client finished its handshake");
+        (conn, pipe)
+    }
+
+    /// One read from the pipe, handed to the client.
+    async fn receive(conn: &mut rustls::ClientConnection, pipe: &mut DuplexStream) {
+        let mut buf = vec![0u8; 8192];
+        let n = pipe.read(&mut buf).await.expect("recv");
+        assert!(n > 0, "the server answers");
+        let mut r = &buf[..n];
+        while !r.is_empty() {
+            conn.read_tls(&mut r).expect("read");
+            conn.process_new_packets().expect("process");
+        }
+    }
+
     /// Bytes behind the client's last handshake message (a request sent at once) are read first.
     #[test]
     fn data_sent_with_the_handshake_is_read() {
         run(async {
             let (server_config, client_config) = configs(&[b"http/1.1"], &[b"http/1.1"], false);
             let (a, b) = duplex(64 * 1024);
-            let client = async {
-                let mut conn = rustls::ClientConnection::new(client_config, "localhost".try_into().expect("name"))
-                    .expect("client");
-                let mut b = b;
-                // Blocking-style pump over the pipe: the request is queued before the handshake ends.
-                std::io::Write::write_all(&mut conn.writer(), b"GET / HTTP/1.1\r\n\r\n").expect("queue");
-                let mut wire = Vec::new();
-                for _ in 0..10 {
-                    while conn.wants_write() {
-                        conn.write_tls(&mut wire).expect("encode");
-                    }
-                    b.write_all(&wire).await.expect("send");
-                    wire.clear();
-                    if !conn.is_handshaking() && !conn.wants_write() {
-                        break;
-                    }
-                    let mut buf = vec![0u8; 8192];
-                    let n = b.read(&mut buf).await.expect("recv");
-                    let mut r = &buf[..n];
-                    while !r.is_empty() {
-                        conn.read_tls(&mut r).expect("read");
-                        conn.process_new_packets().expect("process");
-                    }
-                }
-                b
-            };
-            let (server, b) = tokio::join!(accept(a, server_config), client);
+            let client = client_sending_with_finished(client_config, b, b"GET / HTTP/1.1\r\n\r\n", false);
+            let (server, _client) = tokio::join!(accept(a, server_config), client);
             let mut server = server.expect("handshake");
             assert!(
                 server.unprocessed || !server.plain.is_empty(),
@@ -802,7 +818,6 @@ mod tests {
             let mut got = [0u8; 18];
             server.read_exact(&mut got).await.expect("read");
             assert_eq!(&got, b"GET / HTTP/1.1\r\n\r\n");
-            drop(b);
         });
     }
 
@@ -813,38 +828,7 @@ mod tests {
         run(async {
             let (server_config, client_config) = configs(&[b"http/1.1"], &[b"http/1.1"], false);
             let (a, b) = duplex(64 * 1024);
-            let client = async {
-                let mut conn = rustls::ClientConnection::new(client_config, "localhost".try_into().expect("name"))
-                    .expect("client");
-                let mut b = b;
-                std::io::Write::write_all(&mut conn.writer(), b"GET / HTTP/1.1\r\n\r\n").expect("queue");
-                let mut wire = Vec::new();
-                let mut closed = false;
-                for _ in 0..10 {
-                    // Once the handshake is done, close_notify is queued behind the Finished and the request.
-                    if !conn.is_handshaking() && !closed {
-                        conn.send_close_notify();
-                        closed = true;
-                    }
-                    while conn.wants_write() {
-                        conn.write_tls(&mut wire).expect("encode");
-                    }
-                    b.write_all(&wire).await.expect("send");
-                    wire.clear();
-                    if closed {
-                        break;
-                    }
-                    let mut buf = vec![0u8; 8192];
-                    let n = b.read(&mut buf).await.expect("recv");
-                    let mut r = &buf[..n];
-                    while !r.is_empty() {
-                        conn.read_tls(&mut r).expect("read");
-                        conn.process_new_packets().expect("process");
-                    }
-                }
-                assert!(closed, "the client finished its handshake");
-                (conn, b)
-            };
+            let client = client_sending_with_finished(client_config, b, b"GET / HTTP/1.1\r\n\r\n", true);
             let (server, (mut conn, mut b)) = tokio::join!(accept(a, server_config), client);
             let mut server = server.expect("a handshake followed by close_notify succeeds");
             let mut got = [0u8; 18];
@@ -857,23 +841,10 @@ mod tests {
             );
             server.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await.expect("answer");
             server.flush().await.expect("flush");
-            let mut buf = vec![0u8; 8192];
             let mut answer = Vec::new();
             while answer.len() < 19 {
-                let n = b.read(&mut buf).await.expect("recv");
-                assert!(n > 0, "the answer arrives");
-                let mut r = &buf[..n];
-                while !r.is_empty() {
-                    conn.read_tls(&mut r).expect("read");
-                    conn.process_new_packets().expect("process");
-                }
-                let mut chunk = [0u8; 64];
-                while let Ok(n) = std::io::Read::read(&mut conn.reader(), &mut chunk) {
-                    if n == 0 {
-                        break;
-                    }
-                    answer.extend_from_slice(&chunk[..n]);
-                }
+                receive(&mut conn, &mut b).await;
+                std::io::Read::read_to_end(&mut conn.reader(), &mut answer).ok();
             }
             assert_eq!(answer, b"HTTP/1.1 200 OK\r\n\r\n");
         });
