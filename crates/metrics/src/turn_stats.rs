@@ -138,8 +138,14 @@ pub(crate) fn encode_turn(enc: &mut DescriptorEncoder, s: &turn::Stats) -> Resul
     counters(
         enc,
         "traverse_turn_quota_refusals",
-        "Allocate requests refused by a quota: total (508), user or source (486)",
-        [("total", q.total), ("user", q.user), ("source", q.source)].map(|(quota, n)| ([("quota", quota)], n)),
+        "Allocate requests refused by a quota: total (508), user or source (486), EVEN-PORT reservations (508)",
+        [
+            ("total", q.total),
+            ("user", q.user),
+            ("source", q.source),
+            ("reservations", q.reservations),
+        ]
+        .map(|(quota, n)| ([("quota", quota)], n)),
     )?;
     counter(
         enc,

@@ -77,4 +77,5 @@ pub use server::{
     FastRoute, FiveTuple, PeerForward, PerTransport, QuotaRefusals, RelayBinding, Reservations, Server, Stats, Traffic,
     Transport, ERROR_CODES, MAX_PADDED_ANSWER, PEER_HEADROOM, PEER_TAILROOM,
 };
+pub use server::{MAX_RESERVATIONS, MAX_RESERVATIONS_PER_SOURCE};
 pub use source::Source;

@@ -572,3 +572,73 @@ fn a_redeemed_reservation_refused_by_the_quota_is_released() {
     assert_error(&reply, Method::ALLOCATE, 508);
     assert_eq!(h.events(), vec![Event::ReservationReleased(reserved)]);
 }
+
+/// Allocate with EVEN-PORT R from `client`, bound with a held port+1: the answer.
+fn reserve(h: &mut Harness, client: &str, port: u16, at: u64) -> Vec<u8> {
+    let mut c = Client::new(client, "alice", "wonderland");
+    let (action, _) = c.request(
+        h,
+        secs(at),
+        Method::ALLOCATE,
+        &[Attribute::RequestedTransport(17), Attribute::EvenPort { reserve: true }],
+    );
+    let ClientAction::BindRelay(_) = action else {
+        panic!("{action:?}")
+    };
+    let binding = RelayBinding {
+        relays: [Some(addr(&format!("192.0.2.1:{port}"))), None],
+        reserved: Some(addr(&format!("192.0.2.1:{}", port + 1))),
+    };
+    let (id, reply) = h.bind_with(h.at(at), c.five_tuple, Some(binding));
+    assert_eq!(id.is_some(), parse(&reply).class() == Class::Success);
+    reply
+}
+
+/// A reservation outlives its allocation (a Refresh to 0 frees the quota, not the held socket): reservations are
+/// counted to their source and server-wide, so that a loop of Allocate with EVEN-PORT and Refresh 0 cannot hold
+/// sockets without end.
+#[test]
+fn even_port_reservations_are_budgeted_per_source_and_server_wide() {
+    let mut h = Harness::new();
+    let per_source = turn::MAX_RESERVATIONS_PER_SOURCE;
+    for i in 0..per_source {
+        let reply = reserve(
+            &mut h,
+            &format!("203.0.113.10:{}", 40_000 + i),
+            50_000 + 2 * i as u16,
+            0,
+        );
+        assert!(
+            attribute(&parse(&reply), attr::RESERVATION_TOKEN).is_some(),
+            "reservation {i}"
+        );
+    }
+    // One more from the same source: 508, no allocation, the quota given back.
+    let allocations = h.server.stats().allocations;
+    let reply = reserve(&mut h, "203.0.113.10:41000", 52_000, 1);
+    assert_error(&reply, Method::ALLOCATE, 508);
+    assert_eq!(h.server.stats().allocations, allocations);
+    assert_eq!(h.server.stats().quota_refusals.reservations, 1);
+    // Another source still may.
+    let reply = reserve(&mut h, "203.0.113.20:40000", 53_000, 1);
+    assert!(attribute(&parse(&reply), attr::RESERVATION_TOKEN).is_some());
+    // Once the first ones expire (30 s), the first source may again.
+    h.server.handle_timeout(h.at(31));
+    let released = h.events();
+    assert_eq!(released.len(), per_source + 1, "{released:?}");
+    let reply = reserve(&mut h, "203.0.113.10:41001", 54_000, 31);
+    assert!(attribute(&parse(&reply), attr::RESERVATION_TOKEN).is_some());
+
+    // Server-wide: sources of 4 each until the limit, then 508 for a fresh source.
+    let mut h = Harness::new();
+    let max = turn::MAX_RESERVATIONS;
+    for i in 0..max {
+        let client = format!("198.51.100.{}:{}", 1 + i / per_source, 40_000 + i % per_source);
+        let reply = reserve(&mut h, &client, 10_000 + 2 * i as u16, 0);
+        assert!(
+            attribute(&parse(&reply), attr::RESERVATION_TOKEN).is_some(),
+            "reservation {i}"
+        );
+    }
+    assert_error(&reserve(&mut h, "203.0.113.30:40000", 30_000, 0), Method::ALLOCATE, 508);
+}

@@ -46,18 +46,37 @@ impl<R: RngCore> Server<R> {
             }
             return (None, len);
         };
-        let reservation_token = binding.reserved.map(|relay| {
+        let source = Source::of(five_tuple.client.ip());
+        let mut reservation_token = None;
+        if let Some(relay) = binding.reserved {
             let mut token = [0u8; 8];
             self.rng.fill_bytes(&mut token);
-            self.reservations.insert(
-                token,
-                Reservation {
-                    relay,
-                    expires: now + self.config.reservation_lifetime,
-                },
-            );
-            token
-        });
+            let reservation = Reservation {
+                relay,
+                expires: now + self.config.reservation_lifetime,
+                source,
+            };
+            if !self.reservations.try_insert(token, reservation) {
+                // RFC 8656 §7.2: a server that cannot reserve the next port answers 508. The caller closes the
+                // sockets it bound, the held one with them (no allocation was made).
+                self.stats.quota_refusals.reservations += 1;
+                self.quotas.release(&pending.username, source);
+                let len = self.write_error(
+                    out,
+                    Method::ALLOCATE,
+                    pending.tid,
+                    reject(508, "Insufficient Capacity"),
+                    Some(&pending.auth),
+                    |_| Ok(()),
+                );
+                if let Some(len) = len {
+                    self.responses
+                        .insert((five_tuple, pending.tid), now, out.get(..len).unwrap_or_default());
+                }
+                return (None, len);
+            }
+            reservation_token = Some(token);
+        }
         *self.stats.allocations_created.get_mut(five_tuple.transport) += 1;
         let username = pending.username;
         let id = self.insert_allocation(Allocation {

@@ -49,7 +49,7 @@ use cache::ResponseCache;
 pub use fast_path::{FastPathTraffic, FastRoute};
 use request::Request;
 use reservations::Reservation;
-pub use reservations::Reservations;
+pub use reservations::{Reservations, MAX_RESERVATIONS, MAX_RESERVATIONS_PER_SOURCE};
 use stats::Ended;
 pub use stats::{AuthFailure, AuthFailures, ErrorResponses, PerTransport, QuotaRefusals, Stats, Traffic, ERROR_CODES};
 

@@ -5,7 +5,17 @@ use super::*;
 pub(super) struct Reservation {
     pub(super) relay: SocketAddr,
     pub(super) expires: Instant,
+    /// Who made it: a reservation outlives its allocation (a Refresh to 0 frees the quota, not the held socket), so
+    /// it is counted to its source on its own.
+    pub(super) source: Source,
 }
+
+/// Reservations held at once, server-wide: each holds a socket for 30 s, and they fit in the descriptors the
+/// server keeps aside (`server::budget`'s fixed reserve of 256). WebRTC never asks for one (RTP and RTCP share a
+/// port); EVEN-PORT serves older RTP/RTCP pairs.
+pub const MAX_RESERVATIONS: usize = 128;
+/// Reservations one source (an IPv4 address or an IPv6 /64) may hold at once.
+pub const MAX_RESERVATIONS_PER_SOURCE: usize = 4;
 
 /// RESERVATION-TOKEN → reserved relay address. Shared by workers; touched only by Allocate and expiry.
 #[derive(Default)]
@@ -24,8 +34,16 @@ impl Reservations {
         self.tokens.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub(super) fn insert(&self, token: [u8; 8], r: Reservation) {
-        self.lock().insert(token, r);
+    /// Keeps a reservation if the budgets allow (at most [`MAX_RESERVATIONS`], [`MAX_RESERVATIONS_PER_SOURCE`] from
+    /// its source); false if not. The count per source is a scan: the map holds at most 128 entries.
+    pub(super) fn try_insert(&self, token: [u8; 8], r: Reservation) -> bool {
+        let mut tokens = self.lock();
+        let from_source = tokens.values().filter(|held| held.source == r.source).count();
+        if tokens.len() >= MAX_RESERVATIONS || from_source >= MAX_RESERVATIONS_PER_SOURCE {
+            return false;
+        }
+        tokens.insert(token, r);
+        true
     }
 
     pub(super) fn take(&self, token: &[u8; 8]) -> Option<Reservation> {
