@@ -31,8 +31,12 @@ thread_local! {
 
 /// Bytes asked of the kernel per read: many relayed frames, or a good part of the largest.
 const READ_CHUNK: usize = 16 * 1024;
-/// Bytes queued for a slow client before relayed data is dropped (answers are small and still fit).
-const SINK_LIMIT: usize = 1 << 20;
+/// Bytes held for a slow client, the batch being written included, before relayed data is dropped: a quarter of a
+/// second of an 8 Mbit/s stream, beyond which media is too late to play. Answers (small) may take twice this; a client
+/// that leaves that many unread is cut off.
+const SINK_LIMIT: usize = 256 * 1024;
+/// How long a closing connection's writer may take to send what was queued.
+const WIND_DOWN: Duration = Duration::from_secs(5);
 /// Write buffer capacity kept between writes: a few WebRTC-sized packets.
 const SPARE_KEPT: usize = 4096;
 
@@ -244,7 +248,12 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + 'static>(worker: Rc<Worker
     }
     worker.handle_connection_closed(five_tuple);
     sink.close();
-    let _ = writer_task.await;
+    // What was queued goes out to a client that reads; one that does not is not waited for (its connection would
+    // otherwise be held for as long as it chose not to read).
+    let mut writer_task = writer_task;
+    if tokio::time::timeout(WIND_DOWN, &mut writer_task).await.is_err() {
+        writer_task.abort();
+    }
 }
 
 /// A read by a connection without an allocation: it ends (`None`) when the client is silent for `idle`, or at the
@@ -289,6 +298,8 @@ pub(crate) struct StreamSink {
     notify: Notify,
     closed: Cell<bool>,
     closed_notify: Notify,
+    /// Bytes the writer took from the queue and has not yet written: they count against the limits too.
+    writing: Cell<usize>,
     /// The connection's allocation ended (expired, or refreshed to 0 from elsewhere): its reader stops waiting on
     /// the client alone, and the connection must allocate again within the auth timeout.
     allocation_ended: Cell<bool>,
@@ -300,22 +311,30 @@ impl StreamSink {
         self.push_limited(data, SINK_LIMIT);
     }
 
-    /// Queues an answer to a request; a client that stops reading is cut off at twice the data limit.
+    /// Queues an answer to a request; a client that stops reading is cut off at twice the data limit (its
+    /// connection closes, and with it its allocation).
     pub(crate) fn push_control(&self, data: &[u8]) {
-        self.push_limited(data, 2 * SINK_LIMIT);
+        if !self.push_limited(data, 2 * SINK_LIMIT) && !self.closed.get() {
+            tracing::debug!("a TURN stream client left its answers unread; cut off");
+            // Nothing held for it is worth sending any more.
+            *self.queue.borrow_mut() = Vec::new();
+            self.close();
+        }
     }
 
-    fn push_limited(&self, data: &[u8], limit: usize) {
+    /// Queues `data` if what is held, the batch being written included, stays within `limit`.
+    fn push_limited(&self, data: &[u8], limit: usize) -> bool {
         if self.closed.get() {
-            return;
+            return false;
         }
         let mut q = self.queue.borrow_mut();
-        if q.len() + data.len() > limit {
-            return;
+        if q.len() + self.writing.get() + data.len() > limit {
+            return false;
         }
         q.extend_from_slice(data);
         drop(q);
         self.notify.notify_one();
+        true
     }
 
     pub(crate) fn close(&self) {
@@ -348,6 +367,7 @@ pub(crate) async fn write_loop<W: AsyncWrite>(mut writer: tokio::io::WriteHalf<W
             continue;
         }
         std::mem::swap(&mut *sink.queue.borrow_mut(), &mut spare);
+        sink.writing.set(spare.len());
         // Flushed as well: TLS may take a write whole while the socket took only part of its record, and owe the
         // rest until the next write or flush. Nothing else would send it while the queue stays empty.
         if writer.write_all(&spare).await.is_err() || writer.flush().await.is_err() {
@@ -355,6 +375,7 @@ pub(crate) async fn write_loop<W: AsyncWrite>(mut writer: tokio::io::WriteHalf<W
             break;
         }
         spare.clear();
+        sink.writing.set(0);
         // A batch of a few relayed packets is kept for the next one (no allocation per write); what a burst to a
         // slow reader grew (up to the sink's limit) is given back, so that a quiet connection holds little.
         if spare.capacity() > SPARE_KEPT {

@@ -802,3 +802,54 @@ fn metric(addr: SocketAddr, name: &str) -> u64 {
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
         .unwrap_or(0)
 }
+
+/// A TURN-over-TCP client that sends requests and leaves their answers unread is cut off once its unsent answers
+/// reach the connection's limit (512 KiB): the server holds no more for it, and its connection (with its allocation)
+/// ends, instead of the answers piling up, or being dropped while the connection lives on.
+#[test]
+fn a_stream_client_that_leaves_its_answers_unread_is_cut_off() {
+    let mut server = Server::start(&["--user", "alice:pw"]);
+    let mut turn = TurnClient::new(Conn::tcp(server.tcp), USER, PASSWORD);
+    let allocated = turn.allocate(false);
+    assert_eq!(allocated.class(), Class::Success, "{}", allocated.describe());
+    let Conn::Tcp { stream, .. } = &mut turn.conn else {
+        unreachable!("a TCP connection")
+    };
+    // Binding requests, 100 to a write, never read; bounded in count (4 MB sent at most) and time.
+    let batch: Vec<u8> = (0..100).flat_map(|_| binding_request(true)).collect();
+    stream
+        .set_write_timeout(Some(Duration::from_secs(5)))
+        .expect("write timeout");
+    let started = Instant::now();
+    let mut sent = 0;
+    while sent < 150_000 && started.elapsed() < Duration::from_secs(30) {
+        if stream.write_all(&batch).is_err() {
+            break;
+        }
+        sent += 100;
+    }
+    // Now read: what the server sent, then the end of the connection.
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("read timeout");
+    let mut buf = vec![0u8; 1 << 16];
+    let mut answered = 0usize;
+    let ended = loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break true,
+            Ok(n) => answered += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => break false,
+            Err(_) => break true,
+        }
+    };
+    eprintln!(
+        "{sent} requests sent in {:?}, {answered} bytes of answers read",
+        started.elapsed()
+    );
+    assert!(
+        ended,
+        "the connection lives on after {sent} requests whose answers were never read"
+    );
+    server.assert_alive();
+}
