@@ -52,11 +52,12 @@ pub(crate) struct ClusterShards {
 }
 
 impl ClusterShards {
-    pub(crate) fn new(shards: Vec<mpsc::Sender<Command>>, max_per_source: usize) -> Self {
+    /// `grace`: the hubs' `resume_grace`, for which a joined socket's slot outlives it ([`SourceCount`]).
+    pub(crate) fn new(shards: Vec<mpsc::Sender<Command>>, max_per_source: usize, grace: std::time::Duration) -> Self {
         Self {
             shards: shards.into_boxed_slice(),
             placement: std::collections::hash_map::RandomState::new(),
-            sources: SourceCount::new(max_per_source),
+            sources: SourceCount::new(max_per_source, grace),
         }
     }
 
@@ -178,6 +179,20 @@ impl ClusterShards {
     }
 
     pub(crate) async fn closed(&self, seat: Seat) {
+        // The hub is another task here: a socket that sent a join or resume is taken to leave a session waiting,
+        // counted to its source ([`SourceCount`]); past the source's share it ends now, by a `leave` (which the
+        // router takes to the session's node; a socket that spent its message budget keeps its session waiting).
+        if seat.joined && !self.sources.may_wait(seat.source) {
+            let leave = Bytes::from_static(crate::shards::LEAVE.as_bytes());
+            self.send(
+                seat.shard,
+                Command::Text {
+                    conn: seat.conn,
+                    text: leave,
+                },
+            )
+            .await;
+        }
         self.send(seat.shard, Command::Closed { conn: seat.conn }).await;
         self.sources.release(seat.source);
     }

@@ -306,7 +306,11 @@ pub(crate) fn spawn(config: &WebConfig, cluster: Option<crate::Cluster>) -> std:
             let count = on_workers.map_or(count, |workers| count.min(workers.max(1)));
             let waiting = on_workers.is_some().then_some(&*waiting);
             let queues = crate::cluster::spawn(count, config, &limits, outcomes, redis, &turn_load, waiting)?;
-            Hub::Cluster(Arc::new(ClusterShards::new(queues, limits.max_connections_per_ip)))
+            Hub::Cluster(Arc::new(ClusterShards::new(
+                queues,
+                limits.max_connections_per_ip,
+                limits.resume_grace,
+            )))
         }
     };
     Ok(HubHandle {

@@ -25,12 +25,12 @@
 //! at least 500 ms apart), and is woken when a shard's deadline moves earlier. It is not on the message path.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use outcome::Outcomes;
 use signal::{ConnId, ErrorCode, HubStats, Limits, MemoryHub, Now, Refusal, SignalHub, Source};
@@ -68,29 +68,76 @@ struct ShardState {
     rooms: usize,
 }
 
-/// Sockets per source over every shard, and the unsent-bytes counter their outboxes share: counted at connect and
-/// close, never touched by a frame.
+/// Sockets per source over every shard, the sessions of its dropped sockets that wait for a resume, and the
+/// unsent-bytes counter their outboxes share: counted at connect and close, never touched by a frame. A waiting
+/// session still holds its room; without a count of its own, a source dropping joined sockets one after another
+/// could hold every room of the server. A source may have as many waiting as it may have sockets.
 pub(crate) struct SourceCount {
     slots: Mutex<HashMap<Source, SourceSlot>>,
+    /// When each waiting session counted stops being counted; in that order, the grace being one for all. (A
+    /// session resumed sooner is counted until then all the same.)
+    waiting: Mutex<VecDeque<(Instant, Source)>>,
     max: usize,
+    grace: Duration,
 }
 
 #[derive(Default)]
 struct SourceSlot {
     sockets: usize,
+    /// Sessions of this source's dropped sockets, within their resume grace.
+    waiting: usize,
     unsent: Arc<AtomicUsize>,
 }
 
 impl SourceCount {
-    pub(crate) fn new(max: usize) -> Self {
+    /// `grace`: the hub's `resume_grace`.
+    pub(crate) fn new(max: usize, grace: Duration) -> Self {
         Self {
             slots: Mutex::new(HashMap::new()),
+            waiting: Mutex::new(VecDeque::new()),
             max,
+            grace,
         }
     }
 
     fn slots(&self) -> MutexGuard<'_, HashMap<Source, SourceSlot>> {
         self.slots.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Stops counting the waiting sessions whose grace has passed.
+    fn forget_waited(&self) {
+        let now = Instant::now();
+        let mut waiting = self.waiting.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        while let Some(&(at, source)) = waiting.front() {
+            if at > now {
+                break;
+            }
+            waiting.pop_front();
+            let mut slots = self.slots();
+            if let Some(slot) = slots.get_mut(&source) {
+                slot.waiting = slot.waiting.saturating_sub(1);
+                if slot.sockets == 0 && slot.waiting == 0 {
+                    slots.remove(&source);
+                }
+            }
+        }
+    }
+
+    /// A joined socket of `source` dropped: may its session wait for a resume? Counted if so; if the source has as
+    /// many waiting as it may have sockets, no (the caller ends the session at once, as if it had left).
+    pub(crate) fn may_wait(&self, source: Source) -> bool {
+        self.forget_waited();
+        let mut waiting = self.waiting.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut slots = self.slots();
+        let Some(slot) = slots.get_mut(&source) else {
+            return false;
+        };
+        if slot.waiting >= self.max {
+            return false;
+        }
+        slot.waiting += 1;
+        waiting.push_back((Instant::now() + self.grace, source));
+        true
     }
 
     /// Would one more socket of `source` be taken?
@@ -118,7 +165,7 @@ impl SourceCount {
         let mut slots = self.slots();
         if let Some(slot) = slots.get_mut(&source) {
             slot.sockets = slot.sockets.saturating_sub(1);
-            if slot.sockets == 0 {
+            if slot.sockets == 0 && slot.waiting == 0 {
                 slots.remove(&source);
             }
         }
@@ -174,7 +221,7 @@ impl Shards {
         Arc::new(Self {
             shards,
             placement: std::collections::hash_map::RandomState::new(),
-            sources: SourceCount::new(limits.max_connections_per_ip),
+            sources: SourceCount::new(limits.max_connections_per_ip, limits.resume_grace),
             rooms: AtomicUsize::new(0),
             max_rooms: limits.max_rooms,
             stopping: AtomicBool::new(false),
@@ -309,6 +356,10 @@ impl Shards {
     pub(crate) fn closed(&self, seat: Seat) {
         {
             let mut st = self.lock(seat.shard);
+            // A session left waiting for its resume is counted to its source; past the source's share it ends now.
+            if st.hub.is_joined(seat.conn) && !self.sources.may_wait(seat.source) {
+                st.hub.end_session(seat.conn, now());
+            }
             st.sockets.remove(&seat.conn);
             st.hub.handle_closed(seat.conn, now());
             self.route(&mut st);
@@ -477,6 +528,9 @@ pub(crate) fn home(count: usize) -> usize {
         .unwrap_or_else(|| HOME.with(|home| *home));
     index % count.max(1)
 }
+
+/// What ends a dropped socket's session at once, as if its client had sent it.
+pub(crate) const LEAVE: &str = r#"{"type":"leave"}"#;
 
 fn too_many(source: Source, max: usize) -> Refusal {
     Refusal::new(
@@ -671,6 +725,71 @@ mod tests {
         joiners.join().expect("joiners");
         assert_eq!(refused, 0, "new rooms refused while a room was free");
         assert_eq!(shards.rooms.load(Ordering::Relaxed), 1);
+    }
+
+    /// The sessions of a source's dropped sockets wait for a resume up to the number of sockets the source may hold:
+    /// past it, a dropped socket's session ends at once (its room with it when it was alone), so a source that drops
+    /// joined sockets one after another cannot hold more rooms than that. Its socket slots are given back at once,
+    /// so a dropped client can always come back to resume.
+    #[test]
+    fn sessions_waiting_for_a_resume_are_counted_per_source() {
+        let limits = Limits {
+            max_connections_per_ip: 2,
+            resume_grace: std::time::Duration::from_millis(500),
+            ..Limits::default()
+        };
+        let shards = shards(2, &limits);
+        let ip = "192.0.2.1";
+        let mut sessions = Vec::new();
+        for i in 0..3 {
+            let (mut s, out) = socket(&shards, i, ip).expect("a slot given back at once");
+            shards.text(&mut s, &format!(r#"{{"type":"join","room":"room-{i}"}}"#));
+            assert!(s.joined);
+            let joined = frames(&out)
+                .into_iter()
+                .find(|f| f["type"] == "joined")
+                .unwrap_or_default();
+            sessions.push(joined["session"].as_str().unwrap_or_default().to_owned());
+            shards.closed(s);
+        }
+        // Two wait; the third ended with its socket, and its room with it.
+        let stats = shards.stats();
+        assert_eq!((stats.sessions, stats.rooms), (2, 2), "{stats:?}");
+        // A waiting one resumes (the source may connect: slots are not held by waiting sessions).
+        let (mut back, out) = socket(&shards, 10, ip).expect("a slot to resume");
+        shards.text(
+            &mut back,
+            &format!(r#"{{"type":"resume","session":"{}","lastSeq":0}}"#, sessions[0]),
+        );
+        assert!(
+            frames(&out).iter().any(|f| f["type"] == "resumed"),
+            "the first session resumes"
+        );
+        shards.closed(back);
+        // Past the grace the count is back to zero, and a dropped session waits again.
+        std::thread::sleep(std::time::Duration::from_millis(600));
+        let (mut s, out) = socket(&shards, 11, ip).expect("a slot");
+        shards.text(&mut s, r#"{"type":"join","room":"later"}"#);
+        let joined = frames(&out)
+            .into_iter()
+            .find(|f| f["type"] == "joined")
+            .unwrap_or_default();
+        shards.closed(s);
+        let (mut back, out) = socket(&shards, 13, ip).expect("a slot to resume");
+        let session = joined["session"].as_str().unwrap_or_default();
+        shards.text(
+            &mut back,
+            &format!(r#"{{"type":"resume","session":"{session}","lastSeq":0}}"#),
+        );
+        assert!(
+            frames(&out).iter().any(|f| f["type"] == "resumed"),
+            "the later session waited"
+        );
+        shards.closed(back);
+        // Another source has its own count.
+        let (mut other, _) = socket(&shards, 12, "192.0.2.2").expect("another source");
+        shards.text(&mut other, r#"{"type":"join","room":"other"}"#);
+        shards.closed(other);
     }
 
     #[test]

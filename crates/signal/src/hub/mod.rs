@@ -438,6 +438,16 @@ impl<R: RngCore + Send> MemoryHub<R> {
         self.rooms.len()
     }
 
+    /// Ends the session of `conn` now, as its client's `leave` would, whatever the socket's message budget: for an
+    /// I/O layer that will not let it wait for a resume (its source has as many waiting as it may). The socket is
+    /// closed as usual afterwards ([`SignalHub::handle_closed`]).
+    pub fn end_session(&mut self, conn: ConnId, now: Now) {
+        self.clock = now.instant;
+        if let Some(peer) = self.conns.get(&conn).and_then(|c| c.peer.clone()) {
+            self.remove_session(&peer);
+        }
+    }
+
     /// Is `room` held here? A join to it needs no room of the global limit.
     pub fn has_room(&self, room: &str) -> bool {
         self.rooms.contains_key(room)
