@@ -3,6 +3,28 @@
 use super::*;
 
 impl<R: RngCore> Server<R> {
+    /// Refuses a pending Allocate after its relay was bound (or not): the quota it took is given back and the answer
+    /// kept for retransmissions; the caller closes whatever it bound. Returns the answer's length.
+    fn refuse_bound(
+        &mut self,
+        now: Instant,
+        five_tuple: FiveTuple,
+        pending: &Pending,
+        refusal: Reject,
+        out: &mut [u8],
+    ) -> Option<usize> {
+        self.quotas
+            .release(&pending.username, Source::of(five_tuple.client.ip()));
+        let len = self.write_error(out, Method::ALLOCATE, pending.tid, refusal, Some(&pending.auth), |_| {
+            Ok(())
+        });
+        if let Some(len) = len {
+            self.responses
+                .insert((five_tuple, pending.tid), now, out.get(..len).unwrap_or_default());
+        }
+        len
+    }
+
     /// The caller bound (or failed to bind) the relay for a pending Allocate: `None` when no port could be bound,
     /// a binding without addresses when the host has no address of the requested family. Returns the allocation (if created)
     /// and the length of the answer written into `out` for the client, if any is due.
@@ -30,21 +52,8 @@ impl<R: RngCore> Server<R> {
             Some(_) => None,
         };
         let (Some(binding), None) = (result, refusal) else {
-            self.quotas
-                .release(&pending.username, Source::of(five_tuple.client.ip()));
-            let len = self.write_error(
-                out,
-                Method::ALLOCATE,
-                pending.tid,
-                refusal.unwrap_or(reject(508, "Insufficient Capacity")),
-                Some(&pending.auth),
-                |_| Ok(()),
-            );
-            if let Some(len) = len {
-                self.responses
-                    .insert((five_tuple, pending.tid), now, out.get(..len).unwrap_or_default());
-            }
-            return (None, len);
+            let refusal = refusal.unwrap_or(reject(508, "Insufficient Capacity"));
+            return (None, self.refuse_bound(now, five_tuple, &pending, refusal, out));
         };
         let source = Source::of(five_tuple.client.ip());
         let mut reservation_token = None;
@@ -60,20 +69,8 @@ impl<R: RngCore> Server<R> {
                 // RFC 8656 §7.2: a server that cannot reserve the next port answers 508. The caller closes the
                 // sockets it bound, the held one with them (no allocation was made).
                 self.stats.quota_refusals.reservations += 1;
-                self.quotas.release(&pending.username, source);
-                let len = self.write_error(
-                    out,
-                    Method::ALLOCATE,
-                    pending.tid,
-                    reject(508, "Insufficient Capacity"),
-                    Some(&pending.auth),
-                    |_| Ok(()),
-                );
-                if let Some(len) = len {
-                    self.responses
-                        .insert((five_tuple, pending.tid), now, out.get(..len).unwrap_or_default());
-                }
-                return (None, len);
+                let refusal = reject(508, "Insufficient Capacity");
+                return (None, self.refuse_bound(now, five_tuple, &pending, refusal, out));
             }
             reservation_token = Some(token);
         }
