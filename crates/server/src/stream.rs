@@ -177,7 +177,6 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + 'static>(worker: Rc<Worker
         let has_allocation = worker.has_allocation(&five_tuple);
         if has_allocation {
             deadline = tokio::time::Instant::now() + auth_timeout;
-            sink.allocation_ended.set(false);
         }
         // Every frame the read completes is handled inside it, in the worker's buffer.
         let read = poll_fn(|cx| {
@@ -222,11 +221,9 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + 'static>(worker: Rc<Worker
                     if sink.closed.get() {
                         break;
                     }
-                    // It expired while the client was silent: a new one is due within the auth timeout, or the
-                    // connection closes.
-                    if sink.allocation_ended.take() {
-                        deadline = tokio::time::Instant::now() + auth_timeout;
-                    }
+                    // Not closed: woken because the allocation expired while the client was silent. A new one is due
+                    // within the auth timeout, or the connection closes.
+                    deadline = tokio::time::Instant::now() + auth_timeout;
                     continue;
                 }
             }
@@ -300,9 +297,6 @@ pub(crate) struct StreamSink {
     closed_notify: Notify,
     /// Bytes the writer took from the queue and has not yet written: they count against the limits too.
     writing: Cell<usize>,
-    /// The connection's allocation ended (expired, or refreshed to 0 from elsewhere): its reader stops waiting on
-    /// the client alone, and the connection must allocate again within the auth timeout.
-    allocation_ended: Cell<bool>,
 }
 
 impl StreamSink {
@@ -349,9 +343,9 @@ impl StreamSink {
         }
     }
 
-    /// The allocation served on this connection ended: wakes its reader, which waits on the client and on this.
+    /// The allocation served on this connection ended: wakes its reader if it is waiting on the client (and on a
+    /// close), so that it waits as a connection without one. A reader that is not waiting sees it on its next turn.
     pub(crate) fn end_allocation(&self) {
-        self.allocation_ended.set(true);
         self.closed_notify.notify_waiters();
     }
 }

@@ -52,7 +52,8 @@ pub(crate) struct ClusterShards {
 }
 
 impl ClusterShards {
-    /// `grace`: the hubs' `resume_grace`, for which a joined socket's slot outlives it ([`SourceCount`]).
+    /// `grace`: the hubs' `resume_grace`, for which the session a joined socket leaves waiting is counted to its
+    /// source ([`SourceCount`]).
     pub(crate) fn new(shards: Vec<mpsc::Sender<Command>>, max_per_source: usize, grace: std::time::Duration) -> Self {
         Self {
             shards: shards.into_boxed_slice(),
@@ -183,7 +184,7 @@ impl ClusterShards {
         // counted to its source ([`SourceCount`]); past the source's share it ends now, by a `leave` (which the
         // router takes to the session's node; a socket that spent its message budget keeps its session waiting).
         if seat.joined && !self.sources.may_wait(seat.source) {
-            let leave = Bytes::from_static(crate::shards::LEAVE.as_bytes());
+            let leave = Bytes::from_static(br#"{"type":"leave"}"#);
             self.send(
                 seat.shard,
                 Command::Text {

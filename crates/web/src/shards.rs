@@ -529,9 +529,6 @@ pub(crate) fn home(count: usize) -> usize {
     index % count.max(1)
 }
 
-/// What ends a dropped socket's session at once, as if its client had sent it.
-pub(crate) const LEAVE: &str = r#"{"type":"leave"}"#;
-
 fn too_many(source: Source, max: usize) -> Refusal {
     Refusal::new(
         ErrorCode::TooManyConnections,
