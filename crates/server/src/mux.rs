@@ -21,6 +21,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use turn::{FiveTuple, Transport};
 
+use crate::budget::ConnectionPermit;
 use crate::stream;
 use crate::tls_stream::TlsStream;
 use crate::worker::Worker;
@@ -39,9 +40,13 @@ pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     fn attach(&mut self) -> io::Result<()>;
 }
 
-/// A TCP connection that can move between worker threads (see [`Io`]).
+/// A TCP connection that can move between worker threads (see [`Io`]), holding its share of the connection budget
+/// for as long as the socket lives: through an upgrade to a WebSocket and a move to another worker.
 #[derive(Debug)]
-pub struct Tcp(TcpState);
+pub struct Tcp {
+    state: TcpState,
+    _permit: ConnectionPermit,
+}
 
 #[derive(Debug)]
 enum TcpState {
@@ -54,12 +59,15 @@ enum TcpState {
 }
 
 impl Tcp {
-    pub fn new(stream: TcpStream) -> Self {
-        Self(TcpState::Registered(stream))
+    pub(crate) fn new(stream: TcpStream, permit: ConnectionPermit) -> Self {
+        Self {
+            state: TcpState::Registered(stream),
+            _permit: permit,
+        }
     }
 
     fn stream(&mut self) -> io::Result<Pin<&mut TcpStream>> {
-        match &mut self.0 {
+        match &mut self.state {
             TcpState::Registered(stream) => Ok(Pin::new(stream)),
             TcpState::Detached(_) | TcpState::Lost => Err(io::ErrorKind::NotConnected.into()),
         }
@@ -68,27 +76,27 @@ impl Tcp {
 
 impl Io for Tcp {
     fn detach(&mut self) -> io::Result<()> {
-        match std::mem::replace(&mut self.0, TcpState::Lost) {
+        match std::mem::replace(&mut self.state, TcpState::Lost) {
             // `into_std` leaves the descriptor non-blocking.
             TcpState::Registered(stream) => {
-                self.0 = TcpState::Detached(stream.into_std()?);
+                self.state = TcpState::Detached(stream.into_std()?);
                 Ok(())
             }
             other => {
-                self.0 = other;
+                self.state = other;
                 Err(io::ErrorKind::NotConnected.into())
             }
         }
     }
 
     fn attach(&mut self) -> io::Result<()> {
-        match std::mem::replace(&mut self.0, TcpState::Lost) {
+        match std::mem::replace(&mut self.state, TcpState::Lost) {
             TcpState::Detached(stream) => {
-                self.0 = TcpState::Registered(TcpStream::from_std(stream)?);
+                self.state = TcpState::Registered(TcpStream::from_std(stream)?);
                 Ok(())
             }
             TcpState::Registered(stream) => {
-                self.0 = TcpState::Registered(stream);
+                self.state = TcpState::Registered(stream);
                 Ok(())
             }
             TcpState::Lost => Err(io::ErrorKind::NotConnected.into()),
@@ -189,13 +197,20 @@ pub trait HttpHandler: Send + Sync + 'static {
 pub const ALPN_STUN_TURN: &[u8] = b"stun.turn";
 
 pub(crate) async fn accept_loop(worker: Rc<Worker>, listener: TcpListener, with_tls: bool) {
-    stream::accept_each(worker, listener, move |worker, tcp, client, server| {
-        sort(worker, tcp, client, server, with_tls)
+    stream::accept_each(worker, listener, move |worker, tcp, client, server, permit| {
+        sort(worker, tcp, client, server, with_tls, permit)
     })
     .await
 }
 
-async fn sort(worker: Rc<Worker>, tcp: TcpStream, client: SocketAddr, server: SocketAddr, with_tls: bool) {
+async fn sort(
+    worker: Rc<Worker>,
+    tcp: TcpStream,
+    client: SocketAddr,
+    server: SocketAddr,
+    with_tls: bool,
+    permit: ConnectionPermit,
+) {
     // One deadline for the whole sorting — first byte, TLS handshake, first decrypted byte — so a client trickling
     // bytes through each step cannot hold the connection three times as long.
     let deadline = tokio::time::Instant::now() + worker.shared().config.tls_handshake_timeout;
@@ -211,7 +226,7 @@ async fn sort(worker: Rc<Worker>, tcp: TcpStream, client: SocketAddr, server: So
             // kept in its task for its whole life.
             let handshake = Box::pin(tokio::time::timeout_at(
                 deadline,
-                crate::tls_stream::accept(Tcp::new(tcp), worker.shared().mux_tls.clone()),
+                crate::tls_stream::accept(Tcp::new(tcp, permit), worker.shared().mux_tls.clone()),
             ));
             let failure = match handshake.await {
                 Ok(Ok(tls)) => return Box::pin(sort_tls(worker, http, Box::new(tls), client, server, deadline)).await,
@@ -231,6 +246,7 @@ async fn sort(worker: Rc<Worker>, tcp: TcpStream, client: SocketAddr, server: So
                 transport: Transport::Tcp,
             };
             Box::pin(stream::serve::<TcpStream>(worker, tcp, turn)).await;
+            drop(permit);
         }
         b'A'..=b'Z' => {
             let scheme = if with_tls {
@@ -238,7 +254,7 @@ async fn sort(worker: Rc<Worker>, tcp: TcpStream, client: SocketAddr, server: So
             } else {
                 HttpScheme::Http
             };
-            serve_http(http, Box::new(Tcp::new(tcp)), client, scheme).await;
+            serve_http(http, Box::new(Tcp::new(tcp, permit)), client, scheme).await;
         }
         _ => tracing::debug!(%client, "neither TLS, STUN nor HTTP; closing"),
     }

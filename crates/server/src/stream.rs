@@ -19,7 +19,7 @@ use tokio::sync::Notify;
 use tokio::task::spawn_local;
 use turn::{FiveTuple, Transport};
 
-use crate::budget::{Refused, ThrottledLog};
+use crate::budget::{ConnectionPermit, Refused, ThrottledLog};
 use crate::handshakes::HandshakeFailure;
 use crate::worker::{ClientRoute, PeerSends, Worker};
 
@@ -54,19 +54,24 @@ pub(crate) fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
 }
 
 pub(crate) async fn accept_loop(worker: Rc<Worker>, listener: TcpListener, transport: Transport) {
-    accept_each(worker, listener, move |worker, stream, client, server| async move {
-        let five_tuple = FiveTuple {
-            client,
-            server,
-            transport,
-        };
-        match transport {
-            // Boxed: a TLS connection's state is larger than a plain one's, and would be kept in every connection's
-            // task otherwise.
-            Transport::Tls => Box::pin(serve_tls(worker, stream, five_tuple)).await,
-            _ => serve::<TcpStream>(worker, stream, five_tuple).await,
-        }
-    })
+    accept_each(
+        worker,
+        listener,
+        move |worker, stream, client, server, permit| async move {
+            let _permit = permit;
+            let five_tuple = FiveTuple {
+                client,
+                server,
+                transport,
+            };
+            match transport {
+                // Boxed: a TLS connection's state is larger than a plain one's, and would be kept in every connection's
+                // task otherwise.
+                Transport::Tls => Box::pin(serve_tls(worker, stream, five_tuple)).await,
+                _ => serve::<TcpStream>(worker, stream, five_tuple).await,
+            }
+        },
+    )
     .await
 }
 
@@ -79,7 +84,7 @@ pub(crate) async fn accept_loop(worker: Rc<Worker>, listener: TcpListener, trans
 /// so each loop keeps one spare descriptor to give up for that moment.
 pub(crate) async fn accept_each<F, Fut>(worker: Rc<Worker>, listener: TcpListener, handle: F)
 where
-    F: Fn(Rc<Worker>, TcpStream, SocketAddr, SocketAddr) -> Fut,
+    F: Fn(Rc<Worker>, TcpStream, SocketAddr, SocketAddr, ConnectionPermit) -> Fut,
     Fut: std::future::Future<Output = ()> + 'static,
 {
     static ACCEPT_FAILED: ThrottledLog = ThrottledLog::new(10);
@@ -129,11 +134,9 @@ where
             .with_interval(Duration::from_secs(10));
         let _ = SockRef::from(&stream).set_tcp_keepalive(&keepalive);
         let server = stream.local_addr().unwrap_or(local);
-        let task = handle(worker.clone(), stream, client, server);
-        spawn_local(async move {
-            let _permit = permit;
-            task.await;
-        });
+        // The permit goes with the connection, not with this task: an HTTP connection upgraded to a WebSocket
+        // outlives the task that accepted it, and may move to another worker with its socket.
+        spawn_local(handle(worker.clone(), stream, client, server, permit));
     }
 }
 

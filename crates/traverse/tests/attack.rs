@@ -157,6 +157,65 @@ fn one_source_cannot_hold_the_connection_slots() {
         .expect("a Binding answer after the attacker left");
 }
 
+/// 1a. A WebSocket keeps its connection slot after the upgrade, on whichever worker its room lives: one source at its
+///     share of 4 holds 4 WebSockets in 4 rooms, and its next connection is closed at once. The slot comes back when a
+///     WebSocket closes.
+#[test]
+fn a_websocket_keeps_its_connection_slot() {
+    let server = Server::start(&[
+        "--workers",
+        "2",
+        "--set",
+        "limits.max_connections_per_source=4",
+        "--set",
+        "signal.max_connections_per_ip=20",
+    ]);
+    let http = server.http.expect("signaling address");
+    let from = source(6);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        async fn join(
+            from: IpAddr,
+            http: SocketAddr,
+            room: &str,
+        ) -> tokio_tungstenite::WebSocketStream<tokio::net::TcpStream> {
+            let mut ws = ws_connect_from(from, http).await;
+            ws.send(WsMessage::text(format!(r#"{{"type":"join","room":"{room}"}}"#)))
+                .await
+                .unwrap();
+            let joined = tokio::time::timeout(Duration::from_secs(5), async {
+                while let Some(Ok(frame)) = ws.next().await {
+                    if matches!(&frame, WsMessage::Text(t) if t.contains(r#""type":"joined""#)) {
+                        return true;
+                    }
+                }
+                false
+            })
+            .await;
+            assert_eq!(joined, Ok(true), "{room}: joined");
+            ws
+        }
+        let mut held = Vec::new();
+        for i in 0..4 {
+            held.push(join(from, http, &format!("slot-{i}")).await);
+        }
+        // Blocking reads on this thread: the held sockets are not polled meanwhile, which they need not be.
+        let mut fifth = connect_tcp_from(from, http).unwrap();
+        assert!(
+            closed_within(&mut fifth, Duration::from_millis(800)).is_some(),
+            "a fifth connection while 4 WebSockets are open is refused"
+        );
+        let mut first = held.remove(0);
+        first.close(None).await.unwrap();
+        drop(first);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        held.push(join(from, http, "slot-again").await);
+    });
+}
+
 /// 1b. Trickled bytes do not keep a connection: without an allocation it is closed at the deadline, however often
 ///     it sends a byte.
 #[test]
