@@ -299,6 +299,47 @@ async fn one_source_cannot_evict_another_sources_report() {
     assert_eq!(dir.files(), 3);
 }
 
+/// A report whose body trickles in, a byte every half second, holds its connection slot no longer than the body's
+/// 10 s deadline: the answer is `408 body-too-slow`, and nothing is stored.
+#[tokio::test]
+async fn a_trickled_report_body_is_cut_off() {
+    let dir = DataDir::new("attack-web-trickle");
+    let server = Server::start(&["--set", &dir.setting()]);
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(IpAddr::V4(OTHER), 0)).unwrap();
+    let mut tcp = timeout(WAIT, socket.connect(server.http)).await.unwrap().unwrap();
+    let head = format!(
+        "POST /api/reports HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n{{",
+        server.http
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    let start = Instant::now();
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 1024];
+    while start.elapsed() < Duration::from_secs(20) {
+        match timeout(Duration::from_millis(500), tcp.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => raw.extend_from_slice(&buf[..n]),
+            Err(_) => {
+                if tcp.write_all(b" ").await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    let answered = start.elapsed();
+    let text = String::from_utf8_lossy(&raw);
+    assert!(
+        text.starts_with("HTTP/1.1 408") && text.contains(r#""code":"body-too-slow""#),
+        "after {answered:?}: {text:?}"
+    );
+    assert!(
+        answered >= Duration::from_secs(9) && answered < Duration::from_secs(15),
+        "answered after {answered:?}; the deadline is 10 s"
+    );
+    assert_eq!(dir.files(), 0, "a cut-off report is not stored");
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // Security headers.
 

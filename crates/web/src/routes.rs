@@ -475,6 +475,10 @@ async fn blocking<T: Send + 'static>(
 }
 
 /// `POST /api/reports`: stores a troubleshooter report, answers `201 {"ok":true,"id","url"}`.
+/// Time for a whole request body, however it trickles: without it a client sending a byte now and then holds its
+/// connection slot for as long as it likes (hyper's own deadline covers the headers only).
+const BODY_DEADLINE: Duration = Duration::from_secs(10);
+
 async fn create_report(
     State(app): State<Arc<App>>,
     Extension(Remote(remote)): Extension<Remote>,
@@ -489,8 +493,16 @@ async fn create_report(
         return rate_limited(retry, "Too many reports from this address; try again in a minute.");
     }
     let max = app.reports.limits().max_bytes;
-    let Ok(bytes) = axum::body::to_bytes(body, max).await else {
-        return report_error(&ReportError::TooLarge(max));
+    let bytes = match tokio::time::timeout(BODY_DEADLINE, axum::body::to_bytes(body, max)).await {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(_)) => return report_error(&ReportError::TooLarge(max)),
+        Err(_) => {
+            return api_error(
+                StatusCode::REQUEST_TIMEOUT,
+                "body-too-slow",
+                "The report did not arrive within 10 seconds; send it again.",
+            )
+        }
     };
     let store = app.reports.clone();
     let unix = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
