@@ -166,7 +166,7 @@ start_server() { # name → sets SERVER_PID
         "${coalesce[@]}" \
         --http 127.0.0.1:0 --user "$USER_NAME:$PASSWORD" --realm "$REALM" --workers "$workers" \
         --relay-ports "$RELAY_PORT_MIN-$RELAY_PORT_MAX" --set "limits.max_allocations=$MAX_ALLOCATIONS" \
-        --set "limits.max_connections=$MAX_CONNECTIONS" --set "limits.max_connections_per_source=$MAX_CONNECTIONS" \
+        --set "limits.max_connections=$MAX_CONNECTIONS" --set "limits.max_connections_per_source=$MAX_CONNECTIONS" --set limits.connections_per_second_per_source=0 \
         "${relay_addresses[@]}" \
         --set limits.max_allocations_per_user=0 --set limits.max_allocations_per_source=0 \
         --log-level warn >"$OUT/traverse.log" 2>&1 &

@@ -7,17 +7,21 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use source::RateLimiter;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use turn::Source;
 
-/// Connections held at once: in total (a semaphore shared by every listener of every worker) and per source.
+/// Connections held at once: in total (a semaphore shared by every listener of every worker) and per source; and
+/// new connections a second per source, since a source that opens and closes within its share still makes the
+/// server do a TLS handshake, a WebSocket upgrade and their log lines each time.
 #[derive(Debug)]
 pub(crate) struct ConnectionBudget {
     total: Arc<Semaphore>,
     max_per_source: usize,
     per_source: Mutex<HashMap<Source, usize>>,
+    rate: Option<RateLimiter>,
 }
 
 /// Which budget refused a connection.
@@ -25,7 +29,13 @@ pub(crate) struct ConnectionBudget {
 pub(crate) enum Refused {
     Total,
     Source,
+    Rate,
 }
+
+/// Sources whose connection rate is remembered (about 100 bytes each); past it the least recently seen are forgotten.
+const RATE_SOURCES: usize = 65_536;
+/// A source may open this many seconds' worth of connections at once (a page load, a network change).
+const RATE_BURST_SECONDS: u32 = 5;
 
 /// One connection's share of the budget, returned when the connection's task ends.
 #[derive(Debug)]
@@ -36,12 +46,20 @@ pub(crate) struct ConnectionPermit {
 }
 
 impl ConnectionBudget {
-    /// `max_per_source` 0: no per-source limit.
-    pub(crate) fn new(max_total: usize, max_per_source: usize) -> Self {
+    /// `max_per_source` 0: no per-source limit; `per_second_per_source` 0: no rate limit.
+    pub(crate) fn new(max_total: usize, max_per_source: usize, per_second_per_source: u32) -> Self {
+        let rate = (per_second_per_source > 0).then(|| {
+            RateLimiter::new(
+                per_second_per_source.saturating_mul(RATE_BURST_SECONDS),
+                Duration::from_secs(1) / per_second_per_source,
+                RATE_SOURCES,
+            )
+        });
         Self {
             total: Arc::new(Semaphore::new(max_total)),
             max_per_source,
             per_source: Mutex::new(HashMap::new()),
+            rate,
         }
     }
 
@@ -49,13 +67,17 @@ impl ConnectionBudget {
         self.per_source.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Charges a connection from `ip`; refused when its source or the server is at its limit. Never waits.
-    pub(crate) fn try_acquire(self: &Arc<Self>, ip: IpAddr) -> Result<ConnectionPermit, Refused> {
+    /// Charges a connection from `ip` at `now`; refused when its source or the server is at its limit, or its source
+    /// opened connections faster than its rate. Never waits.
+    pub(crate) fn try_acquire(self: &Arc<Self>, ip: IpAddr, now: Instant) -> Result<ConnectionPermit, Refused> {
         let source = Source::of(ip);
         let mut counts = self.counts();
         let held = counts.get(&source).copied().unwrap_or(0);
         if self.max_per_source != 0 && held >= self.max_per_source {
             return Err(Refused::Source);
+        }
+        if let Some(rate) = &self.rate {
+            rate.check(source, now).map_err(|_| Refused::Rate)?;
         }
         let total = self.total.clone().try_acquire_owned().map_err(|_| Refused::Total)?;
         counts.insert(source, held + 1);
@@ -198,28 +220,54 @@ mod tests {
 
     #[test]
     fn per_source_and_total_limits_and_release() {
-        let budget = Arc::new(ConnectionBudget::new(5, 2));
+        let budget = Arc::new(ConnectionBudget::new(5, 2, 0));
+        let t0 = Instant::now();
         let a: IpAddr = "192.0.2.1".parse().unwrap();
         let a6: IpAddr = "2001:db8::1".parse().unwrap();
         let a6_same_64: IpAddr = "2001:db8::ffff:2".parse().unwrap();
-        let p1 = budget.try_acquire(a).unwrap();
-        let _p2 = budget.try_acquire(a).unwrap();
-        assert_eq!(budget.try_acquire(a).unwrap_err(), Refused::Source);
-        let _p3 = budget.try_acquire(a6).unwrap();
-        let _p4 = budget.try_acquire(a6_same_64).unwrap();
+        let p1 = budget.try_acquire(a, t0).unwrap();
+        let _p2 = budget.try_acquire(a, t0).unwrap();
+        assert_eq!(budget.try_acquire(a, t0).unwrap_err(), Refused::Source);
+        let _p3 = budget.try_acquire(a6, t0).unwrap();
+        let _p4 = budget.try_acquire(a6_same_64, t0).unwrap();
         assert_eq!(
-            budget.try_acquire(a6).unwrap_err(),
+            budget.try_acquire(a6, t0).unwrap_err(),
             Refused::Source,
             "one /64 is one source"
         );
-        let _p5 = budget.try_acquire("192.0.2.9".parse().unwrap()).unwrap();
+        let _p5 = budget.try_acquire("192.0.2.9".parse().unwrap(), t0).unwrap();
         assert_eq!(
-            budget.try_acquire("192.0.2.10".parse().unwrap()).unwrap_err(),
+            budget.try_acquire("192.0.2.10".parse().unwrap(), t0).unwrap_err(),
             Refused::Total
         );
         drop(p1);
         assert_eq!(budget.of_source(a), 1);
-        assert!(budget.try_acquire(a).is_ok(), "a released permit is reusable");
+        assert!(budget.try_acquire(a, t0).is_ok(), "a released permit is reusable");
+    }
+
+    #[test]
+    fn new_connections_are_rate_limited_per_source_after_a_burst() {
+        // 2 a second: a burst of 10, then one every 500 ms; closing a connection gives no token back.
+        let budget = Arc::new(ConnectionBudget::new(100, 0, 2));
+        let (a, a_same_64, b): (IpAddr, IpAddr, IpAddr) = (
+            "2001:db8::1".parse().unwrap(),
+            "2001:db8::2".parse().unwrap(),
+            "192.0.2.1".parse().unwrap(),
+        );
+        let t0 = Instant::now();
+        for _ in 0..10 {
+            drop(budget.try_acquire(a, t0).unwrap());
+        }
+        assert_eq!(budget.try_acquire(a, t0).unwrap_err(), Refused::Rate);
+        assert_eq!(
+            budget.try_acquire(a_same_64, t0).unwrap_err(),
+            Refused::Rate,
+            "one /64 is one source"
+        );
+        assert!(budget.try_acquire(b, t0).is_ok(), "another source has its own rate");
+        let later = t0 + Duration::from_millis(500);
+        assert!(budget.try_acquire(a, later).is_ok(), "a token every 500 ms");
+        assert_eq!(budget.try_acquire(a, later).unwrap_err(), Refused::Rate);
     }
 
     #[test]

@@ -57,6 +57,8 @@ pub struct ServerConfig {
     pub max_stream_connections: usize,
     /// Connections from one IPv4 address or IPv6 /64, counted at accept, before TLS (0: no limit).
     pub max_connections_per_source: usize,
+    /// New connections a second from one source, after a burst of five seconds' worth (0: no limit).
+    pub connections_per_second_per_source: u32,
     /// A TURN stream connection without an allocation is closed this long after it was accepted or its allocation
     /// ended, whatever it sends; an undecided single-port connection must be sorted (TLS included) within
     /// `tls_handshake_timeout` of its accept.
@@ -221,6 +223,7 @@ pub fn start(config: ServerConfig, http: Option<Arc<dyn HttpHandler>>) -> Result
     let connections = Arc::new(budget::ConnectionBudget::new(
         config.max_stream_connections,
         config.max_connections_per_source,
+        config.connections_per_second_per_source,
     ));
     let fast_path = attach_fast_path(&config.relay.xdp);
     let shared = Arc::new(worker::SharedConfig {

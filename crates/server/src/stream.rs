@@ -90,6 +90,7 @@ where
     static ACCEPT_FAILED: ThrottledLog = ThrottledLog::new(10);
     static REFUSED_TOTAL: ThrottledLog = ThrottledLog::new(10);
     static REFUSED_SOURCE: ThrottledLog = ThrottledLog::new(10);
+    static REFUSED_RATE: ThrottledLog = ThrottledLog::new(10);
     let Ok(local) = listener.local_addr() else { return };
     let mut spare = std::fs::File::open("/dev/null").ok();
     loop {
@@ -112,7 +113,7 @@ where
                 continue;
             }
         };
-        let permit = match worker.shared().connections.try_acquire(client.ip()) {
+        let permit = match worker.shared().connections.try_acquire(client.ip(), Instant::now()) {
             Ok(permit) => permit,
             Err(refused) => {
                 let (log, what) = match refused {
@@ -120,6 +121,10 @@ where
                     Refused::Source => (
                         &REFUSED_SOURCE,
                         "the per-source connection limit (limits.max_connections_per_source)",
+                    ),
+                    Refused::Rate => (
+                        &REFUSED_RATE,
+                        "the per-source rate of new connections (limits.connections_per_second_per_source)",
                     ),
                 };
                 if let Some(held_back) = log.due() {

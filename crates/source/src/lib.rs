@@ -6,6 +6,10 @@
 
 use std::net::{IpAddr, Ipv6Addr};
 
+mod rate;
+
+pub use rate::{RateLimiter, RetryAfter};
+
 /// The unit a per-source budget is charged to: an IPv4 address, or the /64 an IPv6 address lies in. An
 /// IPv4-mapped IPv6 address counts as its IPv4 address (a dual-stack socket sees IPv4 clients that way).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -506,6 +506,9 @@ pub struct Limits {
     pub max_connections: usize,
     /// TCP/TLS/HTTP connections from one IPv4 address or IPv6 /64 (0: no limit), counted before TLS.
     pub max_connections_per_source: usize,
+    /// New TCP/TLS/HTTP connections a second from one source, after a burst of five seconds' worth (0: no limit):
+    /// each costs a TLS handshake, an upgrade and log lines even when the source stays within its share.
+    pub connections_per_second_per_source: u32,
     pub idle_timeout: u64,
     /// Seconds a TURN stream connection may go without an allocation, whatever it sends (the idle timer restarts
     /// on every byte; this deadline does not).
@@ -594,6 +597,7 @@ impl Default for Limits {
             max_channels_per_allocation: 256,
             max_connections: 10_000,
             max_connections_per_source: 500,
+            connections_per_second_per_source: 100,
             idle_timeout: 30,
             auth_timeout: 10,
             reflection_bytes_per_second: 16 * 1024,

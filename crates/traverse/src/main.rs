@@ -675,6 +675,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tls_handshake_timeout: Duration::from_secs(10),
         max_stream_connections: fds.connections,
         max_connections_per_source: config::half_at_most(config.limits.max_connections_per_source, fds.connections),
+        connections_per_second_per_source: config.limits.connections_per_second_per_source,
         auth_timeout: Duration::from_secs(config.limits.auth_timeout),
         own_addresses,
         turn: Arc::new(turn_config),

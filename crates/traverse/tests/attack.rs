@@ -216,6 +216,37 @@ fn a_websocket_keeps_its_connection_slot() {
     });
 }
 
+/// 1b'. Opening and closing within the share is bounded too: at 20 new connections a second (a burst of 100), one
+///      source connecting 200 times in a row gets about 100 answers, another source is still answered, and the first
+///      is answered again once its rate refills.
+#[test]
+fn one_source_cannot_open_connections_faster_than_its_rate() {
+    let server = Server::start(&["--set", "limits.connections_per_second_per_source=20"]);
+    let binding = |from: IpAddr| -> bool {
+        let Ok(mut s) = connect_tcp_from(from, server.tcp) else {
+            return false;
+        };
+        if s.write_all(&binding_request(true)).is_err() {
+            return false;
+        }
+        let mut header = [0u8; 20];
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        s.read_exact(&mut header).is_ok()
+    };
+    let start = Instant::now();
+    let answered = (0..200).filter(|_| binding(source(7))).count();
+    let took = start.elapsed();
+    // The burst, plus what 20 a second refilled while the loop ran.
+    let most = 100 + (took.as_secs_f64() * 20.0).ceil() as usize + 1;
+    assert!(
+        (100..=most).contains(&answered),
+        "{answered} of 200 answered in {took:?}; the burst is 100, then 20 a second"
+    );
+    assert!(binding(source(8)), "another source is answered");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(binding(source(7)), "the rate refills");
+}
+
 /// 1b. Trickled bytes do not keep a connection: without an allocation it is closed at the deadline, however often
 ///     it sends a byte.
 #[test]

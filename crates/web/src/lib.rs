@@ -18,7 +18,6 @@ mod cluster;
 mod cluster_shards;
 pub mod dashboard;
 mod hub;
-mod limiter;
 mod origins;
 mod outbox;
 mod placement;

@@ -15,10 +15,10 @@ use signal::{ErrorCode, Refusal};
 use subtle::ConstantTimeEq;
 
 use crate::hub::HubHandle;
-use crate::limiter::{RateLimiter, RetryAfter};
 use crate::reports::{ReportError, ReportId, ReportStore};
 use crate::{Scheme, WebConfig};
 use signal::Source;
+use source::{RateLimiter, RetryAfter};
 
 /// Sources each limiter tracks (about 100 bytes each); past it the least recently seen are forgotten.
 const TRACKED_SOURCES: usize = 10_000;

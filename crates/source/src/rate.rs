@@ -1,12 +1,12 @@
-//! The token bucket that spends the web side's per-source budgets ([`RateLimiter`]). A source is
-//! [`signal::Source`]: an IPv4 address, or an IPv6 /64 (a host picks any address of its /64 at will, so counting
-//! IPv6 addresses one by one would count nothing).
+//! The token bucket that spends a per-source rate budget ([`RateLimiter`]): the web side's requests, the I/O layer's
+//! new connections. A source is [`Source`]: an IPv4 address, or an IPv6 /64 (a host picks any address of its /64 at
+//! will, so counting IPv6 addresses one by one would count nothing).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use signal::Source;
+use crate::Source;
 
 /// How long until the source's next request would be allowed; sent as `Retry-After`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
