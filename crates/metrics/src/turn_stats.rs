@@ -16,6 +16,16 @@ pub(crate) struct TurnCollector {
 impl Collector for TurnCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result {
         encode_turn(&mut enc, &self.workers.sum())?;
+        counters(
+            &mut enc,
+            "traverse_tcp_connections_refused",
+            "TCP/TLS/HTTP connections closed at accept, by the budget that refused them: total \
+             (limits.max_connections), source (limits.max_connections_per_source), rate \
+             (limits.connections_per_second_per_source)",
+            self.workers
+                .connections_refused()
+                .map(|(reason, n)| ([("reason", reason)], n)),
+        )?;
         if let Some(certs) = &self.certs {
             let status = certs.status();
             if let Some(not_after) = status.not_after {

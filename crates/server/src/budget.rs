@@ -32,6 +32,17 @@ pub(crate) enum Refused {
     Rate,
 }
 
+impl Refused {
+    /// The `reason` label of `traverse_tcp_connections_refused_total`.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Refused::Total => "total",
+            Refused::Source => "source",
+            Refused::Rate => "rate",
+        }
+    }
+}
+
 /// Sources whose connection rate is remembered (about 100 bytes each); past it the least recently seen are forgotten.
 const RATE_SOURCES: usize = 65_536;
 /// A source may open this many seconds' worth of connections at once (a page load, a network change).

@@ -238,6 +238,61 @@ fn a_refused_peer_and_a_wrong_password_move_their_counters() {
     );
 }
 
+/// Connections refused at accept are counted by the budget that refused them: a third connection past a share of 2
+/// is `source`; connecting again and again past the burst of 5 (1 a second) is `rate`.
+#[test]
+fn refused_connections_are_counted_by_reason() {
+    if !have_parser() {
+        return;
+    }
+    let metrics = SocketAddr::from(([127, 0, 0, 1], free_tcp_port()));
+    let server = Server::start(&[
+        "--metrics",
+        &metrics.to_string(),
+        "--set",
+        "limits.max_connections_per_source=2",
+        "--set",
+        "limits.connections_per_second_per_source=1",
+    ]);
+    let answered = |s: &mut std::net::TcpStream| {
+        use std::io::Read;
+        s.write_all(&common::binding_request(true)).is_ok() && {
+            let mut header = [0u8; 20];
+            s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            s.read_exact(&mut header).is_ok()
+        }
+    };
+    let mut held: Vec<_> = (0..3)
+        .map(|_| std::net::TcpStream::connect(server.tcp).unwrap())
+        .collect();
+    let served = held.iter_mut().map(answered).filter(|ok| *ok).count();
+    assert_eq!(served, 2, "a share of 2");
+    drop(held);
+    // Two tokens were spent; three more remain of the burst of 5, then about one a second.
+    let served = (0..10)
+        .filter(|_| answered(&mut std::net::TcpStream::connect(server.tcp).unwrap()))
+        .count();
+    assert!(
+        (3..=5).contains(&served),
+        "{served} of 10 served past 2 of a burst of 5"
+    );
+    let e = scrape_until(metrics, None, |e| {
+        e.value("traverse_tcp_connections_refused_total", &[("reason", "rate")]) >= (10 - served) as f64
+    });
+    assert_eq!(
+        e.value("traverse_tcp_connections_refused_total", &[("reason", "source")]),
+        1.0
+    );
+    assert_eq!(
+        e.value("traverse_tcp_connections_refused_total", &[("reason", "rate")]),
+        (10 - served) as f64
+    );
+    assert_eq!(
+        e.value("traverse_tcp_connections_refused_total", &[("reason", "total")]),
+        0.0
+    );
+}
+
 #[test]
 fn a_token_protected_listener_refuses_a_scrape_without_the_token_and_health_answers_json() {
     if !have_parser() {
