@@ -87,10 +87,11 @@ impl ConnectionBudget {
         if self.max_per_source != 0 && held >= self.max_per_source {
             return Err(Refused::Source);
         }
+        // The total first: a retry refused because the server is full spends none of its source's rate.
+        let total = self.total.clone().try_acquire_owned().map_err(|_| Refused::Total)?;
         if let Some(rate) = &self.rate {
             rate.check(source, now).map_err(|_| Refused::Rate)?;
         }
-        let total = self.total.clone().try_acquire_owned().map_err(|_| Refused::Total)?;
         counts.insert(source, held + 1);
         Ok(ConnectionPermit {
             budget: self.clone(),
@@ -279,6 +280,22 @@ mod tests {
         let later = t0 + Duration::from_millis(500);
         assert!(budget.try_acquire(a, later).is_ok(), "a token every 500 ms");
         assert_eq!(budget.try_acquire(a, later).unwrap_err(), Refused::Rate);
+    }
+
+    #[test]
+    fn a_connection_refused_for_a_full_server_spends_no_rate() {
+        let budget = Arc::new(ConnectionBudget::new(1, 0, 1));
+        let (a, b): (IpAddr, IpAddr) = ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap());
+        let t0 = Instant::now();
+        let held = budget.try_acquire(b, t0).unwrap();
+        for _ in 0..10 {
+            assert_eq!(budget.try_acquire(a, t0).unwrap_err(), Refused::Total);
+        }
+        drop(held);
+        for _ in 0..5 {
+            drop(budget.try_acquire(a, t0).expect("a's burst of 5 is whole"));
+        }
+        assert_eq!(budget.try_acquire(a, t0).unwrap_err(), Refused::Rate);
     }
 
     #[test]

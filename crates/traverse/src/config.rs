@@ -521,6 +521,9 @@ pub struct Limits {
 pub struct Log {
     pub format: LogFormat,
     pub level: String,
+    /// `info` lines a second, after a burst of ten seconds' worth (0: no limit); warnings, errors and debug lines
+    /// always pass. Past it lines are held back and counted in a warning every 10 s.
+    pub lines_per_second: u32,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
@@ -610,6 +613,7 @@ impl Default for Log {
         Self {
             format: LogFormat::Text,
             level: "info".into(),
+            lines_per_second: 200,
         }
     }
 }

@@ -3,6 +3,7 @@
 mod config;
 mod drain;
 mod file_errors;
+mod log_budget;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -1181,16 +1182,30 @@ fn print_ice_servers(config: &Config, host: &str, running: &server::Running) {
 }
 
 fn init_logging(config: &Config) {
+    use tracing_subscriber::filter::FilterExt;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
+
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log.level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // Colours only for a person at a terminal: a file or a log shipper gets no escape codes.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
-    match config.log.format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
+    let fmt = match config.log.format {
+        LogFormat::Json => fmt.json().boxed(),
+        LogFormat::Text => fmt.boxed(),
+    };
+    let lines = config.log.lines_per_second;
+    if lines == 0 {
+        tracing_subscriber::registry().with(fmt.with_filter(filter)).init();
+    } else {
+        let budget = Arc::new(log_budget::LogBudget::new(lines, std::time::Instant::now()));
+        tracing_subscriber::registry()
+            .with(fmt.with_filter(filter.and(log_budget::BudgetFilter(budget.clone()))))
+            .init();
+        budget.report_in_background(lines);
     }
 }
 

@@ -474,11 +474,11 @@ async fn blocking<T: Send + 'static>(
         .unwrap_or_else(|e| Err(ReportError::Storage(std::io::Error::other(e.to_string()))))
 }
 
-/// `POST /api/reports`: stores a troubleshooter report, answers `201 {"ok":true,"id","url"}`.
 /// Time for a whole request body, however it trickles: without it a client sending a byte now and then holds its
 /// connection slot for as long as it likes (hyper's own deadline covers the headers only).
 const BODY_DEADLINE: Duration = Duration::from_secs(10);
 
+/// `POST /api/reports`: stores a troubleshooter report, answers `201 {"ok":true,"id","url"}`.
 async fn create_report(
     State(app): State<Arc<App>>,
     Extension(Remote(remote)): Extension<Remote>,
