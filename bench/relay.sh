@@ -10,6 +10,8 @@
 #   MEMORY_TRANSPORT=tcp MEMORY_RUNS=5000 TRAFFIC_RUNS= UCLIENT_RUNS= bench/relay.sh   # bytes per allocation held
 #       over its own TURN-over-TCP connection (each client idle after its ChannelBind); tls and tls-single: over TLS
 #   UCLIENT_TRANSPORT=tcp MEMORY_RUNS= TRAFFIC_RUNS= bench/relay.sh   # coturn's client over TURN-over-TCP (or tls)
+#   CONNECTION_RATE=1000000 MEMORY_TRANSPORT=tls ... bench/relay.sh   # Traverse with a per-source connection rate
+#       limit that refuses nothing, to price its check (0, no limit, by default: the runs connect from one address)
 #   SERVERS="traverse traverse-nocoalesce coturn" bench/relay.sh   # also Traverse with wake-up coalescing off
 #       (limits.coalesce_us=0), to see what it buys; each extra server gets its own column and ratio to coturn
 #   SERVERS="traverse forwarder coturn" bench/relay.sh   # also the bare UDP forwarder (traverse-bare-forwarder: one
@@ -162,11 +164,14 @@ start_server() { # name → sets SERVER_PID
       [ "$1" = traverse-nogso ] && coalesce+=(--set relay.gso=false)
       [ "$1" = traverse-nocoalesce ] && coalesce=(--set limits.coalesce_us=0 --set relay.coalesce_us=0)
       [ "$1" = traverse-2w ] && workers=2
+      # The memory and set-up runs open thousands of TCP/TLS connections from one address at once: no rate limit
+      # unless CONNECTION_RATE asks for one (a build before the key existed has none).
+      [ "$1" != traverse-prev ] && coalesce+=(--set "limits.connections_per_second_per_source=${CONNECTION_RATE:-0}")
       "${on_server_cpus[@]}" "$bin" serve --udp "$HOST_IP:3478" --tcp "$HOST_IP:3478" --tls "$HOST_IP:5349" --single-port "$HOST_IP:4443" \
         "${coalesce[@]}" \
         --http 127.0.0.1:0 --user "$USER_NAME:$PASSWORD" --realm "$REALM" --workers "$workers" \
         --relay-ports "$RELAY_PORT_MIN-$RELAY_PORT_MAX" --set "limits.max_allocations=$MAX_ALLOCATIONS" \
-        --set "limits.max_connections=$MAX_CONNECTIONS" --set "limits.max_connections_per_source=$MAX_CONNECTIONS" --set limits.connections_per_second_per_source=0 \
+        --set "limits.max_connections=$MAX_CONNECTIONS" --set "limits.max_connections_per_source=$MAX_CONNECTIONS" \
         "${relay_addresses[@]}" \
         --set limits.max_allocations_per_user=0 --set limits.max_allocations_per_source=0 \
         --log-level warn >"$OUT/traverse.log" 2>&1 &
