@@ -1225,6 +1225,75 @@ fn one_node_shards_its_rooms_over_its_hub_tasks_and_its_limits_hold_across_them(
     });
 }
 
+/// With the node at its room limit less one, signals in the room it holds reserve no room: a fresh room joined at
+/// the same moment, on either shard, is never refused. Before, the shard handling a signal reserved the last room
+/// of the limit for as long as it handled it.
+#[test]
+fn signals_reserve_no_room_of_the_limit_across_hub_shards() {
+    let Some(redis) = Redis::start() else { return };
+    let limits = [
+        "--set",
+        "cluster.hub_shards=2",
+        "--set",
+        "cluster.hub_on_workers=false",
+        "--set",
+        "signal.max_rooms=2",
+        "--set",
+        "signal.messages_per_second=1000000",
+        "--set",
+        "signal.burst=1000000",
+    ];
+    let node = Node::start(&redis.url(), &limits);
+    runtime().block_on(async {
+        let (mut a, _) = Peer::join(&node, "held").await;
+        let (mut b, joined_b) = Peer::join(&node, "held").await;
+        a.expect("peer-joined").await;
+        let b_id = joined_b["peerId"].as_str().unwrap().to_owned();
+        let flood = tokio::spawn(async move {
+            let deadline = Instant::now() + Duration::from_secs(8);
+            let mut sent = 0u64;
+            while Instant::now() < deadline && sent < 2_000_000 {
+                a.send(json!({"type":"signal","to":b_id,"data":sent})).await;
+                sent += 1;
+            }
+            (a, sent)
+        });
+        let drain = tokio::spawn(async move { while b.ws.next().await.is_some() {} });
+        let start = Instant::now();
+        let (mut joined, mut refused) = (0, Vec::new());
+        for i in 0..300 {
+            if start.elapsed() > Duration::from_secs(7) {
+                break;
+            }
+            let mut c = Peer::connect(&node).await;
+            c.send(json!({"type":"join","room":format!("fresh-{i}")})).await;
+            let answer = c
+                .next()
+                .await
+                .unwrap_or_else(|code| panic!("closed ({code:?}) before an answer"));
+            if answer["type"] == "joined" {
+                joined += 1;
+                c.send(json!({"type":"leave"})).await;
+                // Closed once the room is gone and the count given back.
+                while c.next().await.is_ok() {}
+            } else {
+                refused.push(answer);
+            }
+        }
+        let (_a, sent) = flood.await.unwrap();
+        drain.abort();
+        assert!(sent > 1000, "the flood ran: {sent} signals");
+        assert!(joined >= 20, "only {joined} joins in 7 s");
+        assert!(
+            refused.is_empty(),
+            "{} of {} fresh rooms refused: {:?}",
+            refused.len(),
+            joined + refused.len(),
+            refused.first()
+        );
+    });
+}
+
 /// A room a node takes over from a dead one lives in the shard that took it (the one its resuming peers reached);
 /// newcomers whose sockets the room's hash places in another shard reach it there in-process, through the shards'
 /// queues, and signal both ways with no `PUBLISH` through Redis.

@@ -175,9 +175,10 @@ impl Shard {
     }
 }
 
-/// The node's room limit over its shards. Before each event a shard reserves one room from the count, if the limit
-/// allows, and lets its hub create at most that one; after it, the count follows the hub's rooms. One atomic
-/// operation each way per event, no lock.
+/// The node's room limit over its shards. Before an event that may create a room a shard reserves one room from the
+/// count, if the limit allows, and lets its hub create at most that one; after it, the count follows the hub's
+/// rooms. One atomic operation each way per such event, no lock. Other events reserve nothing: a reservation for a
+/// signal would refuse, at the limit, a new room joined at the same moment on another shard.
 pub(crate) struct RoomCount {
     count: AtomicUsize,
     max: usize,
@@ -192,11 +193,13 @@ struct Rooms {
 }
 
 impl Rooms {
-    fn open(&mut self, hub: &mut MemoryHub) {
+    /// Before an event; `may_create`: the event may create a room (a join, in a socket's text or another node's message, or a restored room).
+    fn open(&mut self, hub: &mut MemoryHub, may_create: bool) {
         let RoomCount { count, max } = &*self.shared;
-        self.reserved = count
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| (n < *max).then_some(n + 1))
-            .is_ok();
+        self.reserved = may_create
+            && count
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| (n < *max).then_some(n + 1))
+                .is_ok();
         hub.set_max_rooms(hub.room_count() + usize::from(self.reserved));
     }
 
@@ -393,7 +396,9 @@ async fn run(
                 // pipeline, one write to Redis and one round trip (with one command per pipeline, the round trip
                 // was the hub's pace and each signal paid for a write of its own).
                 for taken in 1.. {
-                    shard.rooms.open(&mut hub);
+                    // Only a join makes a room, and a socket that has joined here joins nothing more.
+                    let may_create = matches!(&command, Command::Text { conn, .. } if !hub.is_joined(*conn));
+                    shard.rooms.open(&mut hub, may_create);
                     match command {
                         Command::Drain => {
                             ice.turn.set_draining();
@@ -421,7 +426,9 @@ async fn run(
                 // Like socket events: whatever else is already queued (messages from other nodes, lookups) is
                 // taken before the journal is written.
                 for taken in 1.. {
-                    shard.rooms.open(&mut hub);
+                    // Another node's message may carry a join of one of its sockets; a lookup may restore a room.
+                    let may_create = matches!(&event, Event::Message(_) | Event::Lookup { .. });
+                    shard.rooms.open(&mut hub, may_create);
                     match event {
                         Event::Connected(m) => {
                             // Heartbeat at once, so other nodes see this one alive before it claims any room.
