@@ -1249,6 +1249,9 @@ fn signals_reserve_no_room_of_the_limit_across_hub_shards() {
         let (mut b, joined_b) = Peer::join(&node, "held").await;
         a.expect("peer-joined").await;
         let b_id = joined_b["peerId"].as_str().unwrap().to_owned();
+        // A check of a join asks for a room: one is left.
+        let (status, body) = http_get(&node, "/api/join-check?room=fresh-check");
+        assert_eq!(status, 200, "{body}");
         let flood = tokio::spawn(async move {
             let deadline = Instant::now() + Duration::from_secs(8);
             let mut sent = 0u64;
@@ -1291,6 +1294,10 @@ fn signals_reserve_no_room_of_the_limit_across_hub_shards() {
             joined + refused.len(),
             refused.first()
         );
+        // At the limit, a check says so.
+        let (_c, _) = Peer::join(&node, "fresh-last").await;
+        let (status, body) = http_get(&node, "/api/join-check?room=fresh-check");
+        assert!(body.contains("too-many-rooms"), "{status} {body}");
     });
 }
 

@@ -396,8 +396,13 @@ async fn run(
                 // pipeline, one write to Redis and one round trip (with one command per pipeline, the round trip
                 // was the hub's pace and each signal paid for a write of its own).
                 for taken in 1.. {
-                    // Only a join makes a room, and a socket that has joined here joins nothing more.
-                    let may_create = matches!(&command, Command::Text { conn, .. } if !hub.is_joined(*conn));
+                    // Only a join makes a room, and a socket that has joined here joins nothing more; a check of a
+                    // join (an upgrade naming its room, `/api/join-check`) asks whether a room is left.
+                    let may_create = match &command {
+                        Command::Text { conn, .. } => !hub.is_joined(*conn),
+                        Command::CheckJoin { .. } => true,
+                        _ => false,
+                    };
                     shard.rooms.open(&mut hub, may_create);
                     match command {
                         Command::Drain => {
