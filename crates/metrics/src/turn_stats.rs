@@ -16,6 +16,12 @@ pub(crate) struct TurnCollector {
 impl Collector for TurnCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result {
         encode_turn(&mut enc, &self.workers.sum())?;
+        gauge(
+            &mut enc,
+            "traverse_tcp_connections",
+            "TCP/TLS/HTTP/WebSocket connections held now, over every listener (limits.max_connections)",
+            self.workers.tcp_connections(),
+        )?;
         counters(
             &mut enc,
             "traverse_tcp_connections_refused",

@@ -19,9 +19,12 @@ use turn::Source;
 #[derive(Debug)]
 pub(crate) struct ConnectionBudget {
     total: Arc<Semaphore>,
+    max_total: usize,
     max_per_source: usize,
     per_source: Mutex<HashMap<Source, usize>>,
     rate: Option<RateLimiter>,
+    /// Connections refused, by [`Refused`]: what `traverse_tcp_connections_refused_total` reads.
+    refused: [AtomicU64; 3],
 }
 
 /// Which budget refused a connection.
@@ -68,9 +71,30 @@ impl ConnectionBudget {
         });
         Self {
             total: Arc::new(Semaphore::new(max_total)),
+            max_total,
             max_per_source,
             per_source: Mutex::new(HashMap::new()),
             rate,
+            refused: Default::default(),
+        }
+    }
+
+    /// Connections held now, over every listener (WebSockets included).
+    pub(crate) fn held(&self) -> usize {
+        self.max_total.saturating_sub(self.total.available_permits())
+    }
+
+    /// Connections refused so far, by the budget that refused them.
+    pub(crate) fn refused(&self) -> [(Refused, u64); 3] {
+        [Refused::Total, Refused::Source, Refused::Rate].map(|why| (why, self.refused_by(why).load(Ordering::Relaxed)))
+    }
+
+    fn refused_by(&self, why: Refused) -> &AtomicU64 {
+        let [total, source, rate] = &self.refused;
+        match why {
+            Refused::Total => total,
+            Refused::Source => source,
+            Refused::Rate => rate,
         }
     }
 
@@ -81,6 +105,14 @@ impl ConnectionBudget {
     /// Charges a connection from `ip` at `now`; refused when its source or the server is at its limit, or its source
     /// opened connections faster than its rate. Never waits.
     pub(crate) fn try_acquire(self: &Arc<Self>, ip: IpAddr, now: Instant) -> Result<ConnectionPermit, Refused> {
+        let charged = self.charge(ip, now);
+        if let Err(why) = charged {
+            self.refused_by(why).fetch_add(1, Ordering::Relaxed);
+        }
+        charged
+    }
+
+    fn charge(self: &Arc<Self>, ip: IpAddr, now: Instant) -> Result<ConnectionPermit, Refused> {
         let source = Source::of(ip);
         let mut counts = self.counts();
         let held = counts.get(&source).copied().unwrap_or(0);

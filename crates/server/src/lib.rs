@@ -225,6 +225,9 @@ pub fn start(config: ServerConfig, http: Option<Arc<dyn HttpHandler>>) -> Result
         config.max_connections_per_source,
         config.connections_per_second_per_source,
     ));
+    let stats = WorkerStats::new(workers);
+    stats.watch_connections(connections.clone());
+    let stats = Arc::new(stats);
     let fast_path = attach_fast_path(&config.relay.xdp);
     let shared = Arc::new(worker::SharedConfig {
         config,
@@ -236,7 +239,7 @@ pub fn start(config: ServerConfig, http: Option<Arc<dyn HttpHandler>>) -> Result
         reflection: Arc::new(turn::ReflectionGuard::default()),
         reservations: Arc::new(turn::Reservations::default()),
         reserved_sockets: std::sync::Mutex::new(std::collections::HashMap::new()),
-        stats: Arc::new(WorkerStats::new(workers)),
+        stats,
         handshakes: Arc::new(handshakes::Handshakes::default()),
         certs: certs.clone(),
     });

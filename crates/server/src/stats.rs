@@ -3,45 +3,43 @@
 //! sums the slots, so what it reports is at most about one second old. The lock of a slot is taken once a second
 //! by its worker and once per scrape, never on the packet path.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock};
 
-use crate::budget::Refused;
+use crate::budget::ConnectionBudget;
 
-/// One slot per worker, each holding that worker's latest `turn::Stats`; and the connections the accept loops
-/// refused, counted as they are refused (not on the packet path).
+/// One slot per worker, each holding that worker's latest `turn::Stats`; and the connection budget, which counts the
+/// connections held and refused as they come and go (not on the packet path).
 #[derive(Debug)]
 pub struct WorkerStats {
     slots: Box<[Mutex<turn::Stats>]>,
-    refused: [AtomicU64; 3],
+    connections: OnceLock<Arc<ConnectionBudget>>,
 }
 
 impl WorkerStats {
     pub fn new(workers: usize) -> Self {
         Self {
             slots: (0..workers).map(|_| Mutex::new(turn::Stats::default())).collect(),
-            refused: Default::default(),
+            connections: OnceLock::new(),
         }
     }
 
-    pub(crate) fn count_refused(&self, why: Refused) {
-        self.refused_by(why).fetch_add(1, Ordering::Relaxed);
+    /// Set once, by the server that owns the budget.
+    pub(crate) fn watch_connections(&self, budget: Arc<ConnectionBudget>) {
+        let _ = self.connections.set(budget);
     }
 
-    fn refused_by(&self, why: Refused) -> &AtomicU64 {
-        let [total, source, rate] = &self.refused;
-        match why {
-            Refused::Total => total,
-            Refused::Source => source,
-            Refused::Rate => rate,
-        }
+    /// TCP/TLS/HTTP/WebSocket connections held now, over every listener.
+    pub fn tcp_connections(&self) -> u64 {
+        self.connections.get().map_or(0, |b| b.held() as u64)
     }
 
     /// TCP/TLS/HTTP connections refused at accept, by the budget that refused them: `total`, `source` (the
     /// per-source share) and `rate` (new connections a second per source).
     pub fn connections_refused(&self) -> [(&'static str, u64); 3] {
-        [Refused::Total, Refused::Source, Refused::Rate]
-            .map(|why| (why.as_str(), self.refused_by(why).load(Ordering::Relaxed)))
+        match self.connections.get() {
+            Some(budget) => budget.refused().map(|(why, n)| (why.as_str(), n)),
+            None => [("total", 0), ("source", 0), ("rate", 0)],
+        }
     }
 
     /// A worker's latest copy replaces its previous one.

@@ -116,7 +116,6 @@ where
         let permit = match worker.shared().connections.try_acquire(client.ip(), Instant::now()) {
             Ok(permit) => permit,
             Err(refused) => {
-                worker.shared().stats.count_refused(refused);
                 let (log, what) = match refused {
                     Refused::Total => (&REFUSED_TOTAL, "the server's connection limit (limits.max_connections)"),
                     Refused::Source => (

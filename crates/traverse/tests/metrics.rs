@@ -275,7 +275,6 @@ fn refused_connections_are_counted_by_reason() {
     // connection at a time, each closed before the next: never past the share.
     let served = (0..10).filter(|_| answered(&mut from(3))).count();
     assert!((5..=7).contains(&served), "{served} of 10 served with a burst of 5");
-    drop(held);
     let e = scrape_until(metrics, None, |e| {
         e.value("traverse_tcp_connections_refused_total", &[("reason", "rate")]) >= (10 - served) as f64
     });
@@ -290,6 +289,16 @@ fn refused_connections_are_counted_by_reason() {
     assert_eq!(
         e.value("traverse_tcp_connections_refused_total", &[("reason", "total")]),
         0.0
+    );
+    // The two connections still held; the scrape's own listener is not one of them.
+    let e = scrape_until(metrics, None, |e| e.value("traverse_tcp_connections", &[]) == 2.0);
+    assert_eq!(e.value("traverse_tcp_connections", &[]), 2.0);
+    drop(held);
+    let e = scrape_until(metrics, None, |e| e.value("traverse_tcp_connections", &[]) == 0.0);
+    assert_eq!(
+        e.value("traverse_tcp_connections", &[]),
+        0.0,
+        "given back when they close"
     );
 }
 
