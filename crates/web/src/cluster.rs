@@ -193,7 +193,8 @@ struct Rooms {
 }
 
 impl Rooms {
-    /// Before an event; `may_create`: the event may create a room (a join, in a socket's text or another node's message, or a restored room).
+    /// Before an event; `may_create`: the event may create a room (a join, in a socket's text or another node's
+    /// message, or a restored room).
     fn open(&mut self, hub: &mut MemoryHub, may_create: bool) {
         let RoomCount { count, max } = &*self.shared;
         self.reserved = may_create
