@@ -36,6 +36,8 @@ pub(crate) enum Refused {
 }
 
 impl Refused {
+    pub(crate) const ALL: [Refused; 3] = [Refused::Total, Refused::Source, Refused::Rate];
+
     /// The `reason` label of `traverse_tcp_connections_refused_total`.
     pub(crate) fn as_str(self) -> &'static str {
         match self {
@@ -86,7 +88,7 @@ impl ConnectionBudget {
 
     /// Connections refused so far, by the budget that refused them.
     pub(crate) fn refused(&self) -> [(Refused, u64); 3] {
-        [Refused::Total, Refused::Source, Refused::Rate].map(|why| (why, self.refused_by(why).load(Ordering::Relaxed)))
+        Refused::ALL.map(|why| (why, self.refused_by(why).load(Ordering::Relaxed)))
     }
 
     fn refused_by(&self, why: Refused) -> &AtomicU64 {

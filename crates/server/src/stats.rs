@@ -5,7 +5,7 @@
 
 use std::sync::{Arc, Mutex, OnceLock};
 
-use crate::budget::ConnectionBudget;
+use crate::budget::{ConnectionBudget, Refused};
 
 /// One slot per worker, each holding that worker's latest `turn::Stats`; and the connection budget, which counts the
 /// connections held and refused as they come and go (not on the packet path).
@@ -38,7 +38,7 @@ impl WorkerStats {
     pub fn connections_refused(&self) -> [(&'static str, u64); 3] {
         match self.connections.get() {
             Some(budget) => budget.refused().map(|(why, n)| (why.as_str(), n)),
-            None => [("total", 0), ("source", 0), ("rate", 0)],
+            None => Refused::ALL.map(|why| (why.as_str(), 0)),
         }
     }
 

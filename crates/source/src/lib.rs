@@ -8,7 +8,7 @@ use std::net::{IpAddr, Ipv6Addr};
 
 mod rate;
 
-pub use rate::{RateLimiter, RetryAfter};
+pub use rate::{Bucket, Rate, RateLimiter, RetryAfter};
 
 /// The unit a per-source budget is charged to: an IPv4 address, or the /64 an IPv6 address lies in. An
 /// IPv4-mapped IPv6 address counts as its IPv4 address (a dual-stack socket sees IPv4 clients that way).

@@ -20,46 +20,39 @@ impl RetryAfter {
     }
 }
 
-/// A token bucket per [`Source`]: `burst` requests at once, then one every `interval`.
-///
-/// Bounded in memory: at `max_sources` tracked sources, full buckets are forgotten first (they hold nothing a new
-/// bucket would not); if that is not enough, the sixteenth idle longest go. Forgetting a source hands it a fresh
-/// burst, so it is done to the least recently seen, never to everyone at once — clearing the whole table would hand
-/// the flooding sources a fresh burst too.
-#[derive(Debug)]
-pub struct RateLimiter {
+/// A token bucket's shape: `burst` tokens at most, refilled one every `interval`. Shared by every bucket of a
+/// [`RateLimiter`], and by a budget with a single bucket (the log's).
+#[derive(Debug, Clone, Copy)]
+pub struct Rate {
     burst: f64,
     interval: Duration,
-    max_sources: usize,
-    buckets: Mutex<HashMap<Source, Bucket>>,
 }
 
+/// One bucket's tokens as of its last use; its [`Rate`] is kept beside it.
 #[derive(Debug, Clone, Copy)]
-struct Bucket {
+pub struct Bucket {
     tokens: f64,
     at: Instant,
 }
 
-impl RateLimiter {
-    pub fn new(burst: u32, interval: Duration, max_sources: usize) -> Self {
+impl Rate {
+    pub fn new(burst: u32, interval: Duration) -> Self {
         Self {
             burst: f64::from(burst.max(1)),
             interval: interval.max(Duration::from_nanos(1)),
-            max_sources: max_sources.max(1),
-            buckets: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Takes one token for `source` at `now`, or says how long until there is one.
-    pub fn check(&self, source: Source, now: Instant) -> Result<(), RetryAfter> {
-        let mut buckets = self.buckets.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if buckets.len() >= self.max_sources && !buckets.contains_key(&source) {
-            self.make_room(&mut buckets, now);
-        }
-        let bucket = buckets.entry(source).or_insert(Bucket {
+    /// A bucket holding its whole burst.
+    pub fn full(&self, now: Instant) -> Bucket {
+        Bucket {
             tokens: self.burst,
             at: now,
-        });
+        }
+    }
+
+    /// Takes one token from `bucket` at `now`, or says how long until there is one.
+    pub fn take(&self, bucket: &mut Bucket, now: Instant) -> Result<(), RetryAfter> {
         let tokens = self.level(*bucket, now);
         bucket.at = now;
         if tokens < 1.0 {
@@ -75,9 +68,42 @@ impl RateLimiter {
         let refilled = now.saturating_duration_since(bucket.at).as_secs_f64() / self.interval.as_secs_f64();
         (bucket.tokens + refilled).min(self.burst)
     }
+}
+
+/// A token bucket per [`Source`]: `burst` requests at once, then one every `interval`.
+///
+/// Bounded in memory: at `max_sources` tracked sources, full buckets are forgotten first (they hold nothing a new
+/// bucket would not); if that is not enough, the sixteenth idle longest go. Forgetting a source hands it a fresh
+/// burst, so it is done to the least recently seen, never to everyone at once — clearing the whole table would hand
+/// the flooding sources a fresh burst too.
+#[derive(Debug)]
+pub struct RateLimiter {
+    rate: Rate,
+    max_sources: usize,
+    buckets: Mutex<HashMap<Source, Bucket>>,
+}
+
+impl RateLimiter {
+    pub fn new(burst: u32, interval: Duration, max_sources: usize) -> Self {
+        Self {
+            rate: Rate::new(burst, interval),
+            max_sources: max_sources.max(1),
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Takes one token for `source` at `now`, or says how long until there is one.
+    pub fn check(&self, source: Source, now: Instant) -> Result<(), RetryAfter> {
+        let mut buckets = self.buckets.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if buckets.len() >= self.max_sources && !buckets.contains_key(&source) {
+            self.make_room(&mut buckets, now);
+        }
+        let bucket = buckets.entry(source).or_insert_with(|| self.rate.full(now));
+        self.rate.take(bucket, now)
+    }
 
     fn make_room(&self, buckets: &mut HashMap<Source, Bucket>, now: Instant) {
-        buckets.retain(|_, b| self.level(*b, now) < self.burst);
+        buckets.retain(|_, b| self.rate.level(*b, now) < self.rate.burst);
         if buckets.len() < self.max_sources {
             return;
         }

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use source::{Bucket, Rate};
 use tracing::level_filters::LevelFilter;
 use tracing::{Event, Level, Metadata};
 use tracing_subscriber::layer::{Context, Filter};
@@ -15,25 +16,26 @@ use tracing_subscriber::layer::{Context, Filter};
 /// How often the lines held back are reported.
 pub const REPORT_EVERY: Duration = Duration::from_secs(10);
 /// A burst of this many seconds' worth passes at once (the lines of a start, a wave of reconnections).
-const BURST_SECONDS: f64 = 10.0;
+const BURST_SECONDS: u32 = 10;
 
 /// A token bucket over informational events, shared by every thread that logs.
 #[derive(Debug)]
 pub struct LogBudget {
-    per_second: f64,
-    burst: f64,
-    bucket: Mutex<(f64, Instant)>,
+    rate: Rate,
+    bucket: Mutex<Bucket>,
     held_back: AtomicU64,
 }
 
 impl LogBudget {
     pub fn new(lines_per_second: u32, now: Instant) -> Self {
-        let per_second = f64::from(lines_per_second.max(1));
-        let burst = per_second * BURST_SECONDS;
+        let per_second = lines_per_second.max(1);
+        let rate = Rate::new(
+            per_second.saturating_mul(BURST_SECONDS),
+            Duration::from_secs(1) / per_second,
+        );
         Self {
-            per_second,
-            burst,
-            bucket: Mutex::new((burst, now)),
+            rate,
+            bucket: Mutex::new(rate.full(now)),
             held_back: AtomicU64::new(0),
         }
     }
@@ -41,16 +43,11 @@ impl LogBudget {
     /// Whether an informational line may be written at `now`; counted as held back if not.
     pub fn take(&self, now: Instant) -> bool {
         let mut bucket = self.bucket.lock().unwrap_or_else(|e| e.into_inner());
-        let (tokens, at) = *bucket;
-        let tokens = (tokens + now.saturating_duration_since(at).as_secs_f64() * self.per_second).min(self.burst);
-        if tokens >= 1.0 {
-            *bucket = (tokens - 1.0, now);
-            true
-        } else {
-            *bucket = (tokens, now);
+        let taken = self.rate.take(&mut bucket, now).is_ok();
+        if !taken {
             self.held_back.fetch_add(1, Ordering::Relaxed);
-            false
         }
+        taken
     }
 
     /// Lines held back since the last call.
