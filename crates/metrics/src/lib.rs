@@ -38,6 +38,8 @@ pub struct Sources {
     pub outcomes: Option<Arc<outcome::Outcomes>>,
     /// Signaling sockets refused before the WebSocket upgrade, by code (`web::Web::upgrade_refusals`).
     pub upgrade_refusals: Option<UpgradeRefusalsFn>,
+    /// HTTP requests refused for their source's request rate (`web::Web::requests_refused`).
+    pub http_requests_refused: Option<CountFn>,
 }
 
 impl std::fmt::Debug for Sources {
@@ -52,6 +54,9 @@ impl std::fmt::Debug for Sources {
 
 /// Reads the counts of signaling sockets refused before the upgrade, by code.
 pub type UpgradeRefusalsFn = Arc<dyn Fn() -> std::collections::BTreeMap<&'static str, u64> + Send + Sync>;
+
+/// Reads one counter.
+pub type CountFn = Arc<dyn Fn() -> u64 + Send + Sync>;
 
 /// The registry with every collector, and the slot the scrape handler puts the hub's answer in.
 #[derive(Debug)]
@@ -71,6 +76,7 @@ impl Metrics {
         registry.register_collector(Box::new(signaling::SignalCollector {
             latest: hub.clone(),
             upgrade_refusals: sources.upgrade_refusals,
+            http_requests_refused: sources.http_requests_refused,
         }));
         if let Some(outcomes) = sources.outcomes {
             registry.register_collector(Box::new(outcomes::OutcomeCollector { outcomes }));

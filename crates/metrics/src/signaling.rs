@@ -11,6 +11,7 @@ use crate::encode::{counter, counters, gauge, Result};
 pub(crate) struct SignalCollector {
     pub latest: Arc<Mutex<Option<signal::HubStats>>>,
     pub upgrade_refusals: Option<crate::UpgradeRefusalsFn>,
+    pub http_requests_refused: Option<crate::CountFn>,
 }
 
 impl std::fmt::Debug for SignalCollector {
@@ -27,6 +28,15 @@ impl Collector for SignalCollector {
                 "traverse_signal_upgrade_refusals",
                 "Signaling sockets refused before the WebSocket upgrade (an HTTP answer), by code",
                 read().into_iter().map(|(code, n)| ([("code", code)], n)),
+            )?;
+        }
+        if let Some(read) = &self.http_requests_refused {
+            counters(
+                &mut enc,
+                "traverse_http_requests_refused",
+                "HTTP requests refused before routing (429, connection closed), by reason: rate \
+                 (limits.requests_per_second_per_source)",
+                [([("reason", "rate")], read())],
             )?;
         }
         let latest = self.latest.lock().unwrap_or_else(|e| e.into_inner());
@@ -126,6 +136,7 @@ mod tests {
         registry.register_collector(Box::new(SignalCollector {
             latest: latest.clone(),
             upgrade_refusals: None,
+            http_requests_refused: None,
         }));
         let encode = || {
             let mut text = String::new();
@@ -172,10 +183,13 @@ mod upgrade_tests {
         registry.register_collector(Box::new(SignalCollector {
             latest: Arc::new(Mutex::new(None)),
             upgrade_refusals: Some(Arc::new(|| BTreeMap::from([("too-many-connections", 3)]))),
+            http_requests_refused: Some(Arc::new(|| 7)),
         }));
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
         let line = "traverse_signal_upgrade_refusals_total{code=\"too-many-connections\"} 3";
+        assert!(text.lines().any(|l| l == line), "{text}");
+        let line = "traverse_http_requests_refused_total{reason=\"rate\"} 7";
         assert!(text.lines().any(|l| l == line), "{text}");
     }
 }

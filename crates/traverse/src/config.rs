@@ -509,6 +509,10 @@ pub struct Limits {
     /// New TCP/TLS/HTTP connections a second from one source, after a burst of five seconds' worth (0: no limit):
     /// each costs a TLS handshake, an upgrade and log lines even when the source stays within its share.
     pub connections_per_second_per_source: u32,
+    /// HTTP requests a second from one source over all its connections, keep-alive ones included, after a burst of
+    /// five seconds' worth (0: no limit): past it `429` and the connection is closed. A request costs about what a
+    /// new connection does, so each connection's first one must fit (at least `connections_per_second_per_source`).
+    pub requests_per_second_per_source: u32,
     pub idle_timeout: u64,
     /// Seconds a TURN stream connection may go without an allocation, whatever it sends (the idle timer restarts
     /// on every byte; this deadline does not).
@@ -601,6 +605,7 @@ impl Default for Limits {
             max_connections: 10_000,
             max_connections_per_source: 500,
             connections_per_second_per_source: 100,
+            requests_per_second_per_source: 200,
             idle_timeout: 30,
             auth_timeout: 10,
             reflection_bytes_per_second: 16 * 1024,

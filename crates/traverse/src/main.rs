@@ -707,6 +707,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             // Checked by `validate`.
             allowed_origins: web::AllowedOrigins::parse(&config.web.allowed_origins).unwrap_or_default(),
             room_affinity: config.web.room_affinity,
+            requests_per_second_per_source: config.limits.requests_per_second_per_source,
         },
         config.signal.redis.clone().map(|redis| web::Cluster {
             redis,
@@ -951,6 +952,10 @@ fn metrics_endpoint(
         upgrade_refusals: Some({
             let web = web.clone();
             Arc::new(move || web.upgrade_refusals())
+        }),
+        http_requests_refused: Some({
+            let web = web.clone();
+            Arc::new(move || web.requests_refused())
         }),
     };
     let hub = web.hub().clone();

@@ -77,6 +77,10 @@ pub struct WebConfig {
     /// Serve a signaling socket whose upgrade names its room on the worker thread that holds the room
     /// ([`placement`]).
     pub room_affinity: bool,
+    /// HTTP requests a second from one source (an IPv4 address, an IPv6 /64), after a burst of five seconds' worth,
+    /// on every connection together (keep-alive ones too): past it `429 rate-limited` and the connection is closed,
+    /// so that a source ignoring the answer pays a new connection (and its rate) for every try. 0: no limit.
+    pub requests_per_second_per_source: u32,
 }
 
 impl std::fmt::Debug for WebConfig {
@@ -87,6 +91,7 @@ impl std::fmt::Debug for WebConfig {
             .field("data_dir", &self.data_dir)
             .field("admin_token", &self.admin_token.as_ref().map(|_| ".."))
             .field("max_reports", &self.max_reports)
+            .field("requests_per_second_per_source", &self.requests_per_second_per_source)
             .finish_non_exhaustive()
     }
 }
@@ -170,6 +175,11 @@ impl Web {
             .clone()
     }
 
+    /// HTTP requests refused for the per-source request rate (`WebConfig::requests_per_second_per_source`).
+    pub fn requests_refused(&self) -> u64 {
+        self.app.requests_refused.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// The readiness checks `/healthz` and `/readyz` answer with, here and on the metrics listener.
     pub fn health(&self) -> &Arc<metrics::Health> {
         &self.app.health
@@ -218,11 +228,19 @@ impl Web {
             Scheme::HttpRedirect => self.redirect.clone(),
             Scheme::Http | Scheme::Https => self.router.clone(),
         };
+        let app = self.app.clone();
         let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+            // Before routing, so that every route (an upgrade, a redirect, a 404) spends the source's budget.
+            let refused = app.check_request_rate(remote.ip());
             req.extensions_mut().insert(routes::Remote(remote));
             req.extensions_mut().insert(take_back);
             let mut router = router.clone();
-            async move { tower_service::Service::call(&mut router, req).await }
+            async move {
+                match refused {
+                    Some(response) => Ok(response),
+                    None => tower_service::Service::call(&mut router, req).await,
+                }
+            }
         });
         let result = hyper::server::conn::http1::Builder::new()
             .max_buf_size(64 * 1024)

@@ -2,6 +2,7 @@
 //! carries the [`security_headers`].
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -23,6 +24,12 @@ use source::{RateLimiter, RetryAfter};
 /// Sources each limiter tracks (about 100 bytes each); past it the least recently seen are forgotten.
 const TRACKED_SOURCES: usize = 10_000;
 
+/// The request rate's burst, in seconds of its rate: a page and its scripts, or a reconnecting app, at once.
+const REQUEST_BURST_SECS: u32 = 5;
+/// Sources the request rate tracks: as many as the connection rate's (`server::budget`), since any source that
+/// connects also makes requests.
+const REQUEST_SOURCES: usize = 65_536;
+
 /// `/api/ice-servers` per source: a burst of 10, then 2 a second. A page or an app fetches one credential per call;
 /// 300 in 60 ms from one address (issue 7) is a script stocking up on 24-hour relay credentials.
 const ICE_SERVERS_BURST: u32 = 10;
@@ -38,6 +45,10 @@ pub(crate) struct App {
     admin_limiter: RateLimiter,
     /// `GET /api/ice-servers`: it mints relay credentials.
     ice_limiter: RateLimiter,
+    /// Every request, whatever its route (`WebConfig::requests_per_second_per_source`); `None`: no limit.
+    request_limiter: Option<RateLimiter>,
+    /// Requests `request_limiter` refused, for the metrics.
+    pub requests_refused: AtomicU64,
     /// `https://host[:port]` that plain HTTP on the single port is sent to; set once that port is bound.
     pub https_origin: OnceLock<String>,
     pub dashboard: crate::dashboard::Dashboard,
@@ -72,7 +83,17 @@ impl crate::Web {
 
 impl App {
     pub fn new(config: WebConfig, hub: HubHandle, reports: ReportStore) -> Self {
+        let request_limiter = match config.requests_per_second_per_source {
+            0 => None,
+            rate => Some(RateLimiter::new(
+                rate.saturating_mul(REQUEST_BURST_SECS),
+                Duration::from_secs(1) / rate,
+                REQUEST_SOURCES,
+            )),
+        };
         Self {
+            request_limiter,
+            requests_refused: AtomicU64::new(0),
             config,
             hub,
             reports: Arc::new(reports),
@@ -90,6 +111,23 @@ impl App {
 }
 
 impl App {
+    /// Spends one of `ip`'s source's request tokens; past its rate, the answer to send instead of routing: `429` with
+    /// `Retry-After` and `Connection: close` (hyper then closes the connection once it is written, and drops what
+    /// the client pipelined behind it).
+    pub(crate) fn check_request_rate(&self, ip: std::net::IpAddr) -> Option<Response> {
+        let limiter = self.request_limiter.as_ref()?;
+        let retry = limiter.check(Source::from(ip), Instant::now()).err()?;
+        self.requests_refused.fetch_add(1, Ordering::Relaxed);
+        let mut response = with_security_headers(rate_limited(
+            retry,
+            "Too many requests from this address; wait a moment.",
+        ));
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        Some(response)
+    }
+
     /// Once per refused upgrade, never per message.
     fn count_upgrade_refusal(&self, code: &'static str) {
         let mut counts = self.upgrade_refusals.lock().unwrap_or_else(|e| e.into_inner());
@@ -195,7 +233,11 @@ pub(crate) fn router(app: Arc<App>, scheme: Scheme) -> Router {
 /// On every response, errors and redirects included: no MIME sniffing (a report or an error echoing input is never
 /// run as a script or page), the [`CONTENT_SECURITY_POLICY`], and no referrer (a `/check/<id>` link is a
 /// capability and must not leak to other sites).
-async fn security_headers(mut response: Response) -> Response {
+async fn security_headers(response: Response) -> Response {
+    with_security_headers(response)
+}
+
+fn with_security_headers(mut response: Response) -> Response {
     let headers = response.headers_mut();
     headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     headers.insert(

@@ -18,5 +18,6 @@ pub fn config(dir: &Path) -> WebConfig {
         outcomes: Arc::new(outcome::Outcomes::new()),
         allowed_origins: web::AllowedOrigins::Any,
         room_affinity: true,
+        requests_per_second_per_source: 0,
     }
 }
