@@ -298,6 +298,47 @@ fn strangers_cannot_flood_the_log() {
     );
 }
 
+/// 1d. A refusal a stranger can ask for at will writes no error line, which the log budget would let through:
+///     `/api/join-check` for a room past `signal.max_rooms` is `503 too-many-rooms`, asked 100 times.
+#[test]
+fn refused_join_checks_write_no_error_lines() {
+    let server = Server::start(&["--set", "signal.max_rooms=1"]);
+    let http = server.http.expect("signaling address");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _held = rt.block_on(async {
+        let mut ws = ws_connect_from(source(10), http).await;
+        ws.send(WsMessage::text(r#"{"type":"join","room":"held"}"#))
+            .await
+            .unwrap();
+        while let Some(Ok(frame)) = ws.next().await {
+            if matches!(&frame, WsMessage::Text(text) if text.contains(r#""type":"joined""#)) {
+                return ws;
+            }
+        }
+        panic!("the first room was not joined:\n{}", server.log());
+    });
+    for i in 0..100 {
+        let mut tcp = connect_tcp_from(source(11), http).unwrap();
+        let ask = format!("GET /api/join-check?room=other-{i} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        tcp.write_all(ask.as_bytes()).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut answer = String::new();
+        tcp.read_to_string(&mut answer).unwrap();
+        assert!(
+            answer.starts_with("HTTP/1.1 503") && answer.contains("too-many-rooms"),
+            "{answer}"
+        );
+    }
+    let log = server.log();
+    assert!(
+        !log.lines().any(|l| l.contains("ERROR")),
+        "a refusal is not a server error:\n{log}"
+    );
+}
+
 /// 1b. Trickled bytes do not keep a connection: without an allocation it is closed at the deadline, however often
 ///     it sends a byte.
 #[test]
