@@ -292,3 +292,50 @@ async fn attack(server: SocketAddr, pid: u32, mode: Readers) {
         after.saturating_sub(before) / 1024
     );
 }
+
+/// A ping flood is answered with one pong per read, for the last ping (RFC 6455 §5.5.3), not one per 6-byte frame:
+/// 10 000 pings sent at once get a few pongs. The socket stays served: a ping sent after the flood is answered, and
+/// a peer from another address joins the same room and signals it. With `--redis` or without, the hub hears of a
+/// read's pings once (a shard's lock or a channel message per frame before).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ping_flood_gets_one_pong_per_read() {
+    let mut spawned = common::spawn_serve("127.0.0.1:0", &["--workers", "1"], &[]);
+    let server = common::signaling_addr(&spawned);
+    let attacker = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 20));
+    let flood = async {
+        let (mut ws, id) = join(attacker, server, "pinged").await;
+        for i in 0..10_000u32 {
+            ws.feed(Message::Ping(i.to_be_bytes().to_vec().into())).await.unwrap();
+        }
+        ws.flush().await.unwrap();
+        let mut pongs = 0;
+        let mut last = None;
+        while let Ok(Some(Ok(frame))) = tokio::time::timeout(Duration::from_secs(1), ws.next()).await {
+            if let Message::Pong(payload) = frame {
+                pongs += 1;
+                last = Some(payload.to_vec());
+            }
+        }
+        assert!((1..=200).contains(&pongs), "{pongs} pongs for 10 000 pings");
+        assert_eq!(last, Some(9_999u32.to_be_bytes().to_vec()), "the last ping is answered");
+        ws.send(Message::Ping(b"after".to_vec().into())).await.unwrap();
+        loop {
+            let frame = tokio::time::timeout(WAIT, ws.next()).await.unwrap().unwrap().unwrap();
+            if frame == Message::Pong(b"after".to_vec().into()) {
+                break;
+            }
+        }
+        let (mut other, _) = join(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 21)), server, "pinged").await;
+        other
+            .send(Message::text(
+                json!({"type": "signal", "to": id, "data": {"sdp": "offer"}}).to_string(),
+            ))
+            .await
+            .unwrap();
+        assert_eq!(expect_type(&mut ws, "signal").await["data"]["sdp"], "offer");
+    };
+    let result = tokio::time::timeout(Duration::from_secs(28), flood).await;
+    let _ = spawned.child.kill();
+    let _ = spawned.child.wait();
+    result.expect("the flood and the exchange after it took too long");
+}

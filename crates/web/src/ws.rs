@@ -202,20 +202,26 @@ where
     // that an idle socket keeps only what it uses.
     // Messages for the cluster's hub task (`--redis`), which takes owned copies over a channel; and pongs owed.
     let mut inbound: Vec<Inbound> = Vec::new();
-    let mut pongs: Vec<u8> = Vec::new();
+    // The pong owed for the last ping of a read: RFC 6455 §5.5.3 lets an endpoint answer only the most recent
+    // ping, so a flood of pings costs one pong per read, not one per 6-byte frame.
+    let mut pong: Vec<u8> = Vec::new();
     loop {
         // Not joined before this read: if it joins, its room's worker may be another one.
         let placing = !seat.joined;
+        // Pings and pongs seen in this read: told to the hub once, after it (a shard's lock or a channel message
+        // per control frame was the dearest thing a client could ask for by the byte).
+        let mut alive = false;
         let mut on_event = |event: Event<'_>, clock: &mut Clock| match (event, hub.shards()) {
             (Event::Text(text), Some(shards)) => shards.text_at(seat, text, clock.now()),
             (Event::Text(text), None) => inbound.push(Inbound::Text(Bytes::copy_from_slice(text.as_bytes()))),
             (Event::Binary, Some(shards)) => shards.binary(seat),
             (Event::Binary, None) => inbound.push(Inbound::Binary),
             (Event::Ping(payload), _) => {
-                websocket::pong_frame(payload, &mut pongs);
-                activity(hub, seat, &mut inbound);
+                pong.clear();
+                websocket::pong_frame(payload, &mut pong);
+                alive = true;
             }
-            (Event::Pong, _) => activity(hub, seat, &mut inbound),
+            (Event::Pong, _) => alive = true,
             // `read` ends with the close; it never reaches here.
             (Event::Close(_), _) => {}
         };
@@ -229,13 +235,16 @@ where
                 }
             }
         };
+        if alive {
+            activity(hub, seat, &mut inbound);
+        }
         if !inbound.is_empty() {
             // One boxed future per read, not per message: the channel's send futures stay out of the task.
             Box::pin(forward(hub, seat, std::mem::take(&mut inbound))).await;
         }
-        if !pongs.is_empty() {
-            let written = socket.write_all(&pongs, given.write_wait()).await;
-            pongs = Vec::new();
+        if !pong.is_empty() {
+            let written = socket.write_all(&pong, given.write_wait()).await;
+            pong = Vec::new();
             if let Err(error) = written {
                 return Ran::Closing(error.close());
             }
