@@ -205,12 +205,13 @@ where
     // The pong owed for the last ping of a read: RFC 6455 §5.5.3 lets an endpoint answer only the most recent
     // ping, so a flood of pings costs one pong per read, not one per 6-byte frame.
     let mut pong: Vec<u8> = Vec::new();
+    let mut control_budget = control_rate().full(std::time::Instant::now());
     loop {
         // Not joined before this read: if it joins, its room's worker may be another one.
         let placing = !seat.joined;
         // Pings and pongs seen in this read: told to the hub once, after it (a shard's lock or a channel message
-        // per control frame was the dearest thing a client could ask for by the byte).
-        let mut alive = false;
+        // per control frame was the dearest thing a client could ask for by the byte), and spent from its budget.
+        let mut controls: u32 = 0;
         let mut on_event = |event: Event<'_>, clock: &mut Clock| match (event, hub.shards()) {
             (Event::Text(text), Some(shards)) => shards.text_at(seat, text, clock.now()),
             (Event::Text(text), None) => inbound.push(Inbound::Text(Bytes::copy_from_slice(text.as_bytes()))),
@@ -219,9 +220,9 @@ where
             (Event::Ping(payload), _) => {
                 pong.clear();
                 websocket::pong_frame(payload, &mut pong);
-                alive = true;
+                controls = controls.saturating_add(1);
             }
-            (Event::Pong, _) => alive = true,
+            (Event::Pong, _) => controls = controls.saturating_add(1),
             // `read` ends with the close; it never reaches here.
             (Event::Close(_), _) => {}
         };
@@ -235,8 +236,12 @@ where
                 }
             }
         };
-        if alive {
+        if controls > 0 {
             activity(hub, seat, &mut inbound);
+            let (rate, now) = (control_rate(), std::time::Instant::now());
+            if (0..controls).any(|_| rate.take(&mut control_budget, now).is_err()) {
+                return Ran::Closing(Some((CloseCode::RATE_LIMITED.0, "rate-limited".into())));
+            }
         }
         if !inbound.is_empty() {
             // One boxed future per read, not per message: the channel's send futures stay out of the task.
@@ -266,6 +271,13 @@ where
             }
         }
     }
+}
+
+/// Pings and pongs a client may send: a burst of 100, then 10 a second. Browsers send none and libraries one every
+/// few seconds (besides answering the hub's heartbeat); past it the socket is closed 4100, as a flood of messages
+/// is: the frames are free to send, and a stream of them kept a core busy reading.
+fn control_rate() -> source::Rate {
+    source::Rate::new(100, Duration::from_millis(100))
 }
 
 /// A message for the cluster's hub task, taken out of the read buffer.
