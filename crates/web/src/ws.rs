@@ -33,6 +33,9 @@ const BATCH_FRAMES: usize = 64;
 const BATCH_BYTES: usize = 256 * 1024;
 /// How long a closing socket waits for its close frame to leave and for the client's answer.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
+/// Reads a closing socket makes while it waits for the client's close: a client answers after what it had in
+/// flight, and one that floods (the reason it is being closed, often) is not read at full speed for `CLOSE_WAIT`.
+const CLOSE_READS: usize = 16;
 
 thread_local! {
     /// The worker thread's read buffer, borrowed for one poll of one socket (never across an `await`).
@@ -502,7 +505,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
 
     /// Ends the connection: `before` (frames still to say), our close frame, then the client's answer or the end
     /// of its stream (RFC 6455 §7.1.1: the server closes the TCP connection), each waited for at most
-    /// [`CLOSE_WAIT`].
+    /// [`CLOSE_WAIT`] and [`CLOSE_READS`].
     async fn close(&mut self, code: u16, reason: &str, before: &[u8]) {
         let mut frames = before.to_vec();
         // 1005 and 1006 are never sent (§7.4.1): a close without a code is answered with 1000.
@@ -510,7 +513,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
         websocket::close_frame(code, reason, &mut frames);
         if self.write_all(&frames, CLOSE_WAIT).await.is_ok() && !self.decoder.closed() {
             let _ = tokio::time::timeout(CLOSE_WAIT, async {
-                while let Read::More = self.read(&mut |_, _| {}).await {}
+                for _ in 0..CLOSE_READS {
+                    if !matches!(self.read(&mut |_, _| {}).await, Read::More) {
+                        break;
+                    }
+                }
             })
             .await;
         }
