@@ -52,6 +52,10 @@ pub struct ServerConfig {
     pub coalesce: coalesce::Naps,
     /// A TCP/TLS connection with no allocation and nothing received for this long is closed.
     pub stream_idle_timeout: Duration,
+    /// TCP_USER_TIMEOUT of every accepted connection: data we sent may wait this long unacknowledged, or held back
+    /// by the client's zero receive window, before the kernel drops the connection (`None`: the kernel's default,
+    /// about 15 minutes of retransmissions, and for ever behind a zero window).
+    pub send_stall_timeout: Option<Duration>,
     pub tls_handshake_timeout: Duration,
     /// TCP, TLS and HTTP connections held at once, over all workers.
     pub max_stream_connections: usize,

@@ -138,6 +138,12 @@ where
             .with_time(Duration::from_secs(30))
             .with_interval(Duration::from_secs(10));
         let _ = SockRef::from(&stream).set_tcp_keepalive(&keepalive);
+        // A client that asks for answers and never reads them (pipelined requests for the SDK, a TURN stream's
+        // responses) held its connection, and what was queued for it, for as long as it liked: no read deadline
+        // sees it, and the kernel probes a zero window for ever. This one does, in the kernel, per connection.
+        if let Some(stall) = worker.shared().config.send_stall_timeout {
+            let _ = SockRef::from(&stream).set_tcp_user_timeout(Some(stall));
+        }
         let server = stream.local_addr().unwrap_or(local);
         // The permit goes with the connection, not with this task: an HTTP connection upgraded to a WebSocket
         // outlives the task that accepted it, and may move to another worker with its socket.

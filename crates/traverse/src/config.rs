@@ -514,6 +514,10 @@ pub struct Limits {
     /// new connection does, so each connection's first one must fit (at least `connections_per_second_per_source`).
     pub requests_per_second_per_source: u32,
     pub idle_timeout: u64,
+    /// Seconds what the server sent on a TCP/TLS connection may wait unacknowledged, or held back by the client's
+    /// zero receive window, before the connection is dropped (TCP_USER_TIMEOUT; 0: the kernel's default, for ever
+    /// behind a zero window).
+    pub send_stall_timeout: u64,
     /// Seconds a TURN stream connection may go without an allocation, whatever it sends (the idle timer restarts
     /// on every byte; this deadline does not).
     pub auth_timeout: u64,
@@ -607,6 +611,7 @@ impl Default for Limits {
             connections_per_second_per_source: 100,
             requests_per_second_per_source: 200,
             idle_timeout: 30,
+            send_stall_timeout: 30,
             auth_timeout: 10,
             reflection_bytes_per_second: 16 * 1024,
         }

@@ -339,6 +339,61 @@ fn refused_join_checks_write_no_error_lines() {
     );
 }
 
+/// 1e. A client that asks for answers and stops reading (its receive window shut) loses its connection once what
+///     was sent to it has waited `limits.send_stall_timeout` (2 s here): 50 requests for the SDK (7 MB) pipelined,
+///     never read. Before, the kernel probed the shut window for ever, and the connection, its slot and what was
+///     queued for it stayed: no read deadline sees a server that is writing.
+#[test]
+fn a_client_that_stops_reading_is_dropped_after_the_stall_timeout() {
+    let metrics = SocketAddr::new(source(1), free_tcp_port());
+    let server = Server::start(&[
+        "--set",
+        "limits.send_stall_timeout=2",
+        "--set",
+        &format!("metrics.listen={metrics}"),
+    ]);
+    let http = server.http.expect("signaling address");
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.bind(&SocketAddr::new(source(12), 0).into()).unwrap();
+    socket.connect(&http.into()).unwrap();
+    let mut stream = TcpStream::from(socket);
+    let ask = "GET /sdk/traverse.js HTTP/1.1\r\nHost: x\r\n\r\n".repeat(50);
+    stream.write_all(ask.as_bytes()).unwrap();
+    let held = Instant::now();
+    while metric(metrics, "traverse_tcp_connections") != 1 {
+        assert!(
+            held.elapsed() < Duration::from_secs(10),
+            "the connection was never counted"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The kernel gives up at its first zero-window probe past the timeout (probes back off, clamped to it).
+    while metric(metrics, "traverse_tcp_connections") != 0 {
+        assert!(
+            held.elapsed() < Duration::from_secs(15),
+            "a client that stopped reading still holds its connection after 15 s"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        held.elapsed() >= Duration::from_millis(1500),
+        "dropped before the timeout: {:?}",
+        held.elapsed()
+    );
+    // What the client sees: a reset, after what it had been sent.
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!("neither a reset nor an end: {e}"),
+        }
+    }
+}
+
 /// 1b. Trickled bytes do not keep a connection: without an allocation it is closed at the deadline, however often
 ///     it sends a byte.
 #[test]
