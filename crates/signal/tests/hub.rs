@@ -500,6 +500,65 @@ fn rate_limit_drops_then_closes() {
     assert_eq!(lab.closed[&2].0, 4100);
 }
 
+/// A broadcast's bytes count once per recipient against its sender's delivery budget, a signal's once. At 100 000
+/// bytes a second (a burst of 400 000), a broadcast of 60 000 bytes of `data` to 2 peers costs 120 000: 3 pass
+/// from a full bucket, the rest are dropped, and the first dropped in a row is told `rate-limited`. Two signals of
+/// the same data fit where one broadcast does not. More than `burst` dropped in a row close the socket 4100.
+#[test]
+fn broadcasts_are_charged_once_per_recipient() {
+    let limits = Limits {
+        messages_per_second: 1000,
+        burst: 100,
+        delivered_bytes_per_second: 100_000,
+        max_peers_per_room: 3,
+        ..Limits::default()
+    };
+    let mut lab = Lab::new(limits, None);
+    let (ann, _) = lab.join(1, "r");
+    lab.join(2, "r");
+    lab.join(3, "r");
+    for conn in 1..=3 {
+        lab.take(conn);
+    }
+    // A JSON string of 59 998 characters: 60 000 bytes of `data` with its quotes.
+    let data = "x".repeat(59_998);
+    let count = |msgs: &[Value], ty: &str| msgs.iter().filter(|m| m["type"] == ty).count();
+    let refused = |msgs: &[Value]| msgs.iter().filter(|m| m["code"] == "rate-limited").count();
+    for _ in 0..10 {
+        lab.send(3, json!({"type": "broadcast", "data": data}));
+    }
+    assert_eq!(count(&lab.take(1), "broadcast"), 3, "400 000 / 120 000");
+    assert_eq!(count(&lab.take(2), "broadcast"), 3);
+    assert_eq!(refused(&lab.take(3)), 1, "told once for the 7 in a row");
+
+    // 40 000 were left; a second adds 100 000: one more, then told again for the next in a row.
+    lab.advance(Duration::from_secs(1));
+    for _ in 0..5 {
+        lab.send(3, json!({"type": "broadcast", "data": data}));
+    }
+    assert_eq!(count(&lab.take(1), "broadcast"), 1);
+    assert_eq!(refused(&lab.take(3)), 1);
+
+    // 20 000 left, 120 000 after a second: two signals of 60 000 to one peer fit, the third is told, by its id.
+    lab.advance(Duration::from_secs(1));
+    for id in ["a", "b", "c"] {
+        lab.send(3, json!({"type": "signal", "to": ann, "data": data, "id": id}));
+    }
+    assert_eq!(count(&lab.take(1), "signal"), 2);
+    let told = lab.take(3);
+    assert_eq!(refused(&told), 1);
+    let error = told.iter().find(|m| m["code"] == "rate-limited").unwrap();
+    assert_eq!(error["id"], "c", "the refused signal is named: {error}");
+
+    // More than `burst` (100) dropped in a row, the budget hardly refilled: closed.
+    lab.advance(Duration::from_millis(250));
+    for _ in 0..100 {
+        lab.send(3, json!({"type": "broadcast", "data": data}));
+    }
+    assert_eq!(count(&lab.take(1), "broadcast"), 0);
+    assert_eq!(lab.closed[&3].0, 4100);
+}
+
 #[test]
 fn room_and_connection_limits() {
     let limits = Limits {
@@ -835,8 +894,13 @@ fn budgets_return_to_zero_when_sessions_end() {
 
 #[test]
 fn the_attack_of_issue_7_is_held_to_the_source_budget() {
-    // One address: 19 joined readers that never acknowledge and one broadcaster of 60 KB messages.
-    let limits = Limits::default();
+    // One address: 19 joined readers that never acknowledge and one broadcaster of 60 KB messages. Without the
+    // delivery budget (`broadcasts_are_charged_once_per_recipient`), which would throttle this one sender: the byte
+    // budgets must hold against many.
+    let limits = Limits {
+        delivered_bytes_per_second: 0,
+        ..Limits::default()
+    };
     let (source_budget, session_budget) = (limits.max_source_bytes, limits.max_session_bytes);
     let mut lab = Lab::new(limits, None);
     for c in 1..=19 {

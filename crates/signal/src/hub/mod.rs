@@ -131,6 +131,9 @@ pub struct Restored {
     pub frames: Vec<(u64, Bytes)>,
 }
 
+/// The burst of [`Limits::delivered_bytes_per_second`], in seconds of it.
+pub const DELIVERY_BURST_SECS: usize = 4;
+
 /// Every bound a stranger could otherwise push. The `[signal]` section of the server's configuration file holds
 /// these keys (durations in seconds); the fields marked `skip` are not configurable.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -139,6 +142,10 @@ pub struct Limits {
     pub max_message_bytes: usize,
     pub messages_per_second: u32,
     pub burst: u32,
+    /// Bytes of `data` a socket's signals and broadcasts may have delivered a second, a broadcast counting once per
+    /// recipient, after a burst of [`DELIVERY_BURST_SECS`] seconds' worth (at least one largest broadcast to a full
+    /// room); 0: no limit. The message rate alone let one socket have 64 KiB copied to 49 peers 50 times a second.
+    pub delivered_bytes_per_second: usize,
     pub max_peers_per_room: usize,
     pub max_rooms: usize,
     pub max_connections_per_ip: usize,
@@ -194,6 +201,7 @@ impl Default for Limits {
             max_message_bytes: 64 * 1024,
             messages_per_second: 50,
             burst: 100,
+            delivered_bytes_per_second: 1 << 20,
             max_peers_per_room: 50,
             max_rooms: 10_000,
             max_connections_per_ip: 20,
@@ -409,7 +417,7 @@ impl<R: RngCore + Send> MemoryHub<R> {
             (ClientMessage::Signal { to, data, id }, Some(from)) => {
                 self.signal(conn, &from, &to, data, id.map(std::borrow::Cow::into_owned))
             }
-            (ClientMessage::Broadcast { data }, Some(from)) => self.broadcast(&from, data),
+            (ClientMessage::Broadcast { data }, Some(from)) => self.broadcast(conn, &from, data),
             (ClientMessage::Outcome { peer, report }, Some(from)) => self.outcome(conn, &from, &peer, report),
             (ClientMessage::IceServers, Some(peer)) => self.ice_servers(conn, &peer, now),
             (ClientMessage::Leave, Some(peer)) => {
@@ -518,7 +526,7 @@ impl<R: RngCore + Send> SignalHub for MemoryHub<R> {
         self.check_connect(ip)?;
         let source = Source::from(ip);
         *self.per_source.entry(source).or_insert(0) += 1;
-        self.seat(conn, Conn::new(source, now.instant, self.limits.burst));
+        self.seat(conn, Conn::new(source, now.instant, &self.limits));
         tracing::info!(%conn, %ip, "signaling socket opened");
         Ok(())
     }

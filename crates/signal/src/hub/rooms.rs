@@ -185,6 +185,9 @@ impl<R: RngCore + Send> MemoryHub<R> {
             let message = format!("No peer {} in room {room}.", to.chars().take(128).collect::<String>());
             return self.error_with_id(conn, Refusal::new(ErrorCode::UnknownPeer, message), id.as_deref());
         };
+        if !self.charge_delivery(conn, data.get().len()) {
+            return self.over_delivery(conn, id.as_deref());
+        }
         let frame = Frame::Signal { from, data };
         let signal_from = SignalFrom {
             sender: from.clone(),
@@ -205,13 +208,17 @@ impl<R: RngCore + Send> MemoryHub<R> {
         let _ = self.deliver(sender, &Frame::Undeliverable { to, id, reason }, None);
     }
 
-    pub(super) fn broadcast(&mut self, from: &PeerId, data: &RawValue) {
+    pub(super) fn broadcast(&mut self, conn: ConnId, from: &PeerId, data: &RawValue) {
         let Some(room) = self.sessions.get(from).map(|s| s.room.clone()) else {
             return;
         };
         let frame = Frame::Broadcast { from, data };
         // By index, without copying the member list: delivering changes no room.
         let count = self.rooms.get(&room).map_or(0, |r| r.members.len());
+        // Charged once per recipient (every member but the sender), all or nothing.
+        if !self.charge_delivery(conn, data.get().len().saturating_mul(count.saturating_sub(1))) {
+            return self.over_delivery(conn, None);
+        }
         for i in 0..count {
             let Some(m) = self.rooms.get(&room).and_then(|r| r.members.get(i)).cloned() else {
                 break;

@@ -32,22 +32,28 @@ pub(super) struct Conn {
     /// The instant of this socket's one entry in the hub's deadline queue (`super::timers`).
     pub queued_at: Instant,
     tokens: f64,
+    /// Bytes its signals and broadcasts may still have delivered (`Limits::delivered_bytes_per_second`).
+    delivery: f64,
     refilled: Instant,
     rate_strikes: u32,
+    /// Signals and broadcasts in a row refused for the delivery budget.
+    delivery_strikes: u32,
     errors: u32,
 }
 
 impl Conn {
-    pub fn new(source: Source, now: Instant, burst: u32) -> Self {
+    pub fn new(source: Source, now: Instant, limits: &super::Limits) -> Self {
         Self {
             source,
             peer: None,
             last_heard: now,
             pinged: false,
             queued_at: now,
-            tokens: f64::from(burst),
+            tokens: f64::from(limits.burst),
+            delivery: delivery_burst(limits),
             refilled: now,
             rate_strikes: 0,
+            delivery_strikes: 0,
             errors: 0,
         }
     }
@@ -81,6 +87,7 @@ impl<R: RngCore + Send> MemoryHub<R> {
         let elapsed = now.instant.saturating_duration_since(c.refilled).as_secs_f64();
         c.refilled = now.instant;
         c.tokens = (c.tokens + elapsed * f64::from(limits.messages_per_second)).min(f64::from(limits.burst));
+        c.delivery = (c.delivery + elapsed * limits.delivered_bytes_per_second as f64).min(delivery_burst(limits));
         if c.tokens >= 1.0 {
             c.tokens -= 1.0;
             c.rate_strikes = 0;
@@ -88,6 +95,43 @@ impl<R: RngCore + Send> MemoryHub<R> {
         } else {
             c.rate_strikes += 1;
             Admission::OverRate
+        }
+    }
+
+    /// Takes `bytes` from the socket's delivery budget (refilled by [`Self::admit`], which every message passes
+    /// first); false: too few left, nothing taken.
+    pub(super) fn charge_delivery(&mut self, conn: ConnId, bytes: usize) -> bool {
+        if self.limits.delivered_bytes_per_second == 0 {
+            return true;
+        }
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return false;
+        };
+        let bytes = bytes as f64;
+        if c.delivery < bytes {
+            return false;
+        }
+        c.delivery -= bytes;
+        c.delivery_strikes = 0;
+        true
+    }
+
+    /// A signal or broadcast past the delivery budget was dropped: as past the message rate, the first in a row is
+    /// told (naming the signal's id), and more than `burst` in a row close the socket.
+    pub(super) fn over_delivery(&mut self, conn: ConnId, id: Option<&str>) {
+        let Some(c) = self.conns.get_mut(&conn) else { return };
+        c.delivery_strikes = c.delivery_strikes.saturating_add(1);
+        let strikes = c.delivery_strikes;
+        if strikes > self.limits.burst {
+            return self.close(conn, CloseCode::RATE_LIMITED, "rate-limited");
+        }
+        if strikes == 1 {
+            let message = format!(
+                "More than {} bytes a second delivered (a broadcast counts once per recipient); messages are dropped \
+                 until the rate falls.",
+                self.limits.delivered_bytes_per_second
+            );
+            self.error_with_id(conn, Refusal::new(ErrorCode::RateLimited, message), id);
         }
     }
 
@@ -212,4 +256,16 @@ impl<R: RngCore + Send> MemoryHub<R> {
         c.queued_at = next.max(now + Duration::from_millis(1));
         self.timers.heartbeat(conn, c.queued_at);
     }
+}
+
+/// The delivery budget's bucket: [`super::DELIVERY_BURST_SECS`] of its rate, and never less than one largest message
+/// broadcast to a full room, which must always be sendable from a full bucket.
+fn delivery_burst(limits: &super::Limits) -> f64 {
+    let burst = limits
+        .delivered_bytes_per_second
+        .saturating_mul(super::DELIVERY_BURST_SECS);
+    let largest = limits
+        .max_message_bytes
+        .saturating_mul(limits.max_peers_per_room.saturating_sub(1));
+    burst.max(largest) as f64
 }
