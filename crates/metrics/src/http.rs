@@ -1,10 +1,12 @@
 //! The metrics listener: `/metrics` (behind a bearer token when one is configured), `/healthz` and `/readyz`, on an
 //! address of its own so that scraping never shares a port, a budget or a firewall rule with the public.
 
+use std::collections::HashMap;
 use std::future::Future;
+use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
@@ -42,15 +44,87 @@ const HUB_ANSWER: std::time::Duration = std::time::Duration::from_secs(1);
 /// The OpenMetrics content type (prometheus-client writes OpenMetrics text).
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// Serves until `shutdown` completes.
+/// Connections the listener holds at once, and from one address. A scraper keeps one; the listener may be reachable
+/// by others (a token guards `/metrics`, not the port), and its descriptors come out of the server's.
+const MAX_CONNECTIONS: usize = 64;
+const MAX_CONNECTIONS_PER_ADDRESS: usize = 8;
+/// A request's head must arrive within this, and an idle keep-alive connection is closed after it.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// What was sent may wait this long for a client that stopped reading (TCP_USER_TIMEOUT).
+const SEND_STALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Serves until `shutdown` completes: HTTP/1.1 with the same deadlines as the public ports, within
+/// [`MAX_CONNECTIONS`] ([`MAX_CONNECTIONS_PER_ADDRESS`] per address; past them a connection is closed at once).
+/// `axum::serve` held any number of connections, idle ones for ever.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     endpoint: Endpoint,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(endpoint))
-        .with_graceful_shutdown(shutdown)
-        .await
+    let router = router(endpoint);
+    let held: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::default();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (stream, client) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                // Out of descriptors, most likely: the server's own listeners say so; wait for some to free up.
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => return Ok(()),
+        };
+        let Some(slot) = Slot::take(&held, client.ip()) else {
+            continue;
+        };
+        let _ = socket2::SockRef::from(&stream).set_tcp_user_timeout(Some(SEND_STALL_TIMEOUT));
+        let router = router.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let mut router = router.clone();
+                async move { tower_service::Service::call(&mut router, req).await }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await;
+            drop(slot);
+        });
+    }
+}
+
+/// A connection's place in the listener's counts, given back on drop.
+struct Slot {
+    held: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    ip: IpAddr,
+}
+
+impl Slot {
+    fn take(held: &Arc<Mutex<HashMap<IpAddr, usize>>>, ip: IpAddr) -> Option<Slot> {
+        let mut counts = held.lock().unwrap_or_else(|e| e.into_inner());
+        let total: usize = counts.values().sum();
+        let mine = counts.get(&ip).copied().unwrap_or(0);
+        if total >= MAX_CONNECTIONS || mine >= MAX_CONNECTIONS_PER_ADDRESS {
+            return None;
+        }
+        counts.insert(ip, mine + 1);
+        Some(Slot { held: held.clone(), ip })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut counts = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = counts.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                counts.remove(&self.ip);
+            }
+        }
+    }
 }
 
 pub fn router(endpoint: Endpoint) -> Router {

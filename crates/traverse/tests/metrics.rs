@@ -368,3 +368,40 @@ fn a_public_metrics_address_without_a_token_is_refused_at_start() {
         out.all()
     );
 }
+
+/// The metrics listener holds at most 8 connections from one address (64 in all) and closes an idle one after its
+/// 10 s header deadline: whoever reaches the port (a token guards `/metrics`, not the port) cannot hold the server's
+/// descriptors there, and a scrape from another address is served meanwhile. Before, every connection was held, an
+/// idle one for ever.
+#[test]
+fn the_metrics_listener_bounds_its_connections() {
+    let metrics = SocketAddr::from(([127, 0, 0, 1], free_tcp_port()));
+    let _server = Server::start(&["--metrics", &metrics.to_string()]);
+    let from = |last: u8| {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket.bind(&SocketAddr::from(([127, 0, 0, last], 0)).into()).unwrap();
+        socket.connect(&metrics.into()).unwrap();
+        let stream = std::net::TcpStream::from(socket);
+        stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        stream
+    };
+    let closed = |s: &mut std::net::TcpStream| {
+        use std::io::Read;
+        matches!(s.read(&mut [0u8; 1]), Ok(0))
+    };
+    let held: Vec<_> = (0..8).map(|_| from(7)).collect();
+    let mut ninth = from(7);
+    ninth.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    assert!(
+        closed(&mut ninth),
+        "a ninth connection from one address is closed at once"
+    );
+    let (status, head, _) = http_get(metrics, "/healthz", None);
+    assert_eq!(status, 200, "another address is served: {head}");
+    let started = Instant::now();
+    for mut idle in held {
+        assert!(closed(&mut idle), "an idle connection is closed");
+    }
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(15), "idle connections held for {took:?}");
+}
