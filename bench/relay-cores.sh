@@ -148,6 +148,7 @@ start_one() {
       "${S[@]}" taskset -c "$3" "$TRAVERSE" serve --udp "$4:3478" --tcp "$4:3478" \
         --tls "$4:5349" --http 127.0.0.1:0 --user "$USER_NAME:$PASSWORD" --realm "$REALM" --workers "$2" \
         --set limits.max_allocations_per_user=0 --set limits.max_allocations_per_source=0 \
+        --set limits.allocations_per_second_per_source=0 \
         --log-level warn >"$OUT/cores-traverse-$4.log" 2>&1 &
       ;;
     coturn)

@@ -162,6 +162,7 @@ start_system() { # name → SERVER_PID
       "${S[@]}" "${ON_SERVER_CPU[@]}" "$TRAVERSE" serve --udp "$HOST_IP:3478" --tcp "$HOST_IP:3478" \
         --tls "$HOST_IP:5349" --http 127.0.0.1:0 --user "$USER_NAME:$PASSWORD" --realm "$REALM" --workers 1 \
         "${xdp[@]}" --set limits.max_allocations_per_user=0 --set limits.max_allocations_per_source=0 \
+        --set limits.allocations_per_second_per_source=0 \
         --log-level warn,server=info >"$OUT/$1.log" 2>&1 &
       ;;
     coturn)

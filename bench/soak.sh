@@ -98,7 +98,7 @@ sleep 0.5
 "$TRAVERSE" serve --udp "$HOST_IP:3478" --tcp "$HOST_IP:3478" --tls "$HOST_IP:5349" --http "$HOST_IP:$HTTP_PORT" \
   --user "$USER_NAME:$PASSWORD" --realm soak --workers "$WORKERS" --allow-peer "$PEER_IP/32" \
   --set limits.max_allocations=20000 --set limits.max_allocations_per_user=0 \
-  --set limits.max_allocations_per_source=0 --set limits.max_connections=20000 \
+  --set limits.max_allocations_per_source=0 --set limits.allocations_per_second_per_source=0 --set limits.max_connections=20000 \
   --set limits.max_connections_per_source=0 --set limits.connections_per_second_per_source=0 --set limits.requests_per_second_per_source=0 --set signal.max_connections_per_ip=100000 \
   --set signal.max_rooms=100000 --set limits.default_lifetime=120 --set auth.nonce_lifetime=300 \
   --log-level warn >"$OUT/soak-traverse.log" 2>&1 &

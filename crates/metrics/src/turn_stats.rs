@@ -154,11 +154,13 @@ pub(crate) fn encode_turn(enc: &mut DescriptorEncoder, s: &turn::Stats) -> Resul
     counters(
         enc,
         "traverse_turn_quota_refusals",
-        "Allocate requests refused by a quota: total (508), user or source (486), EVEN-PORT reservations (508)",
+        "Allocate requests refused by a quota: total (508), user, source or the source's rate (486), EVEN-PORT \
+         reservations (508)",
         [
             ("total", q.total),
             ("user", q.user),
             ("source", q.source),
+            ("rate", q.rate),
             ("reservations", q.reservations),
         ]
         .map(|(quota, n)| ([("quota", quota)], n)),

@@ -499,6 +499,9 @@ pub struct Limits {
     pub max_allocations_per_user: usize,
     /// Allocations from one IPv4 address or IPv6 /64 (0: no limit).
     pub max_allocations_per_source: usize,
+    /// New allocations a second from one source, after a burst of five seconds' worth (0: no limit): each binds
+    /// relay sockets, however soon it ends, so a loop of Allocate and Refresh to 0 stays within the count quotas.
+    pub allocations_per_second_per_source: u32,
     pub default_lifetime: u64,
     pub max_lifetime: u64,
     pub max_permissions_per_allocation: usize,
@@ -602,6 +605,7 @@ impl Default for Limits {
             max_allocations: 10_000,
             max_allocations_per_user: 100,
             max_allocations_per_source: 2_000,
+            allocations_per_second_per_source: 100,
             default_lifetime: 600,
             max_lifetime: 3600,
             max_permissions_per_allocation: 256,
@@ -959,6 +963,7 @@ impl Config {
     pub fn quotas(&self, capacity: usize) -> turn::Quotas {
         turn::Quotas::new(capacity, self.limits.max_allocations_per_user)
             .with_per_source(half_at_most(self.limits.max_allocations_per_source, capacity))
+            .with_rate_per_source(self.limits.allocations_per_second_per_source)
     }
 
     /// RFC 5780: the primary address (the first `listen.udp` entry of the alternate's family) and the alternate.

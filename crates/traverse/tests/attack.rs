@@ -466,6 +466,9 @@ fn exhausted_descriptors_starve_no_kind_and_refuse_promptly() {
             "1",
             "--set",
             "limits.max_allocations_per_user=0",
+            // The attacker is to be refused at its share of the descriptors, not at its rate of allocations.
+            "--set",
+            "limits.allocations_per_second_per_source=0",
             "--set",
             "limits.auth_timeout=60",
             "--set",

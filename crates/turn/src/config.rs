@@ -2,11 +2,11 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::policy::PeerPolicy;
 use crate::server::Transport;
-use source::Source;
+use source::{RateLimiter, Source};
 
 /// Protocol settings of the TURN state machine. Transport and I/O settings live in the server crate.
 #[derive(Debug, Clone)]
@@ -186,6 +186,10 @@ pub struct Quotas {
     pub max_per_user: usize,
     /// 0 for no per-source limit.
     pub max_per_source: usize,
+    /// New allocations a second per source, after a burst of [`ALLOCATION_BURST_SECS`] seconds' worth; `None`: no
+    /// limit. Each costs relay sockets bound (up to 64 tries for a free port), a task, and two log lines, however
+    /// soon it is given back: a loop of Allocate and Refresh to 0 kept within the count quotas.
+    rate: Option<RateLimiter>,
     total: AtomicUsize,
     counts: Mutex<Counts>,
     /// Set once a drain starts (docs/scaling.md): every new Allocate is refused, existing allocations are kept.
@@ -212,7 +216,14 @@ pub enum QuotaExceeded {
     Total,
     User,
     Source,
+    /// The source's rate of new allocations.
+    Rate,
 }
+
+/// The burst of [`Quotas::with_rate_per_source`], in seconds of its rate.
+pub const ALLOCATION_BURST_SECS: u32 = 5;
+/// Sources the allocation rate remembers (the least recently seen forgotten first).
+const RATE_SOURCES: usize = 65_536;
 
 impl Quotas {
     pub fn new(max_total: usize, max_per_user: usize) -> Self {
@@ -220,6 +231,7 @@ impl Quotas {
             max_total,
             max_per_user,
             max_per_source: 0,
+            rate: None,
             total: AtomicUsize::new(0),
             counts: Mutex::new(Counts::default()),
             draining: AtomicBool::new(false),
@@ -233,12 +245,25 @@ impl Quotas {
         self
     }
 
+    /// Adds the per-source rate of new allocations (0: none).
+    pub fn with_rate_per_source(mut self, per_second: u32) -> Self {
+        self.rate = (per_second > 0).then(|| {
+            RateLimiter::new(
+                per_second.saturating_mul(ALLOCATION_BURST_SECS),
+                Duration::from_secs(1) / per_second,
+                RATE_SOURCES,
+            )
+        });
+        self
+    }
+
     fn counts(&self) -> std::sync::MutexGuard<'_, Counts> {
         self.counts.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Charges one allocation to `user`, `source` and the total, or to none of them.
-    pub fn acquire(&self, user: &str, source: Source) -> Result<(), QuotaExceeded> {
+    /// Charges one allocation to `user`, `source` and the total, or to none of them; past the counts, a source's
+    /// rate is spent (a refusal for a full quota spends none).
+    pub fn acquire(&self, user: &str, source: Source, now: Instant) -> Result<(), QuotaExceeded> {
         if self.total.fetch_add(1, Ordering::AcqRel) >= self.max_total {
             self.total.fetch_sub(1, Ordering::AcqRel);
             return Err(QuotaExceeded::Total);
@@ -250,6 +275,8 @@ impl Quotas {
             Some(QuotaExceeded::User)
         } else if self.max_per_source != 0 && by_source >= self.max_per_source {
             Some(QuotaExceeded::Source)
+        } else if self.rate.as_ref().is_some_and(|rate| rate.check(source, now).is_err()) {
+            Some(QuotaExceeded::Rate)
         } else {
             None
         };

@@ -35,6 +35,26 @@ fn allocations_per_source_are_capped_with_486_and_ipv6_counts_per_64() {
     assert_eq!(h.quotas.total(), 7);
 }
 
+/// New allocations a second per source: a burst of 5 s' worth (at 2 a second, 10), then 486, however soon each was
+/// given back (Allocate, Refresh to 0, again: within every count quota). Another source is served, and half a
+/// second later the first has one more.
+#[test]
+fn new_allocations_are_rate_limited_per_source_however_soon_they_end() {
+    let mut h = Harness::with(Config::default(), Quotas::new(100, 0).with_rate_per_source(2));
+    for port in 0..10 {
+        let mut c = Client::new(&format!("203.0.113.20:{}", 50000 + port), "alice", "wonderland");
+        c.allocate(&mut h, secs(0));
+        assert_eq!(parse(&c.refresh(&mut h, secs(0), Some(0))).class(), Class::Success);
+    }
+    assert_eq!(h.quotas.total(), 0, "each was given back");
+    let mut eleventh = Client::new("203.0.113.20:50010", "alice", "wonderland");
+    let reply = eleventh.answer(&mut h, secs(0), Method::ALLOCATE, &[Attribute::RequestedTransport(17)]);
+    assert_error(&reply, Method::ALLOCATE, 486);
+    assert_eq!(h.server.stats().quota_refusals.rate, 1);
+    Client::new("203.0.113.21:50000", "bob", "builder").allocate(&mut h, secs(0));
+    Client::new("203.0.113.20:50011", "alice", "wonderland").allocate(&mut h, std::time::Duration::from_millis(500));
+}
+
 #[test]
 fn channels_per_allocation_are_capped() {
     let config = Config {
@@ -181,10 +201,20 @@ fn own_addresses_pass_only_as_live_relays_and_are_tracked_live() {
         Method::CHANNEL_BIND,
         403,
     );
-    // When Bob's allocation ends, his relay address is no longer reachable.
+    // A channel to Bob's relay, as a client whose peer is on the same server binds it.
+    assert_eq!(
+        parse(&alice.channel_bind(&mut h, secs(1), 0x4002, bob_relay)).class(),
+        Class::Success
+    );
+    let (action, _) = h.send(h.at(1), alice.five_tuple, &channel_data(0x4002, b"hi"));
+    assert!(matches!(action, ClientAction::Relay { .. }), "{action:?}");
+    // When Bob's allocation ends, his relay address is no longer reachable: not by Send, and not through the
+    // channel bound while it lived (its port may go to a host process next).
     assert_eq!(parse(&bob.refresh(&mut h, secs(2), Some(0))).class(), Class::Success);
     let (action, _) = h.send(h.at(2), alice.five_tuple, &alice.send_indication(bob_relay, b"x"));
     assert_eq!(action, ClientAction::Drop);
+    let (action, _) = h.send(h.at(2), alice.five_tuple, &channel_data(0x4002, b"x"));
+    assert_eq!(action, ClientAction::Drop, "the channel to an ended relay");
 
     // A public peer the host gains later: the permission installed before is dropped at the next timeout, and new
     // ones are refused.

@@ -204,7 +204,7 @@ impl<R: RngCore> Server<R> {
                 _ => return Outcome::Err(reject(508, "Insufficient Capacity")),
             }
         }
-        let acquired = self.quotas.acquire(&username, Source::of(five_tuple.client.ip()));
+        let acquired = self.quotas.acquire(&username, Source::of(five_tuple.client.ip()), now);
         if let (Err(_), Some(relay)) = (acquired, reserved_relay) {
             // The token was redeemed and the Allocate refused: the held socket is no one's any more.
             self.events.push_back(Event::ReservationReleased(relay));
@@ -219,6 +219,10 @@ impl<R: RngCore> Server<R> {
             }
             Err(QuotaExceeded::Source) => {
                 self.stats.quota_refusals.source += 1;
+                return Outcome::Err(reject(486, "Allocation Quota Reached"));
+            }
+            Err(QuotaExceeded::Rate) => {
+                self.stats.quota_refusals.rate += 1;
                 return Outcome::Err(reject(486, "Allocation Quota Reached"));
             }
             Err(QuotaExceeded::Total) => {

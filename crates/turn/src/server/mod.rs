@@ -272,6 +272,9 @@ struct ChannelRoute {
     allocation: AllocationId,
     peer: SocketAddr,
     expires: Instant,
+    /// The peer is on the host's own address: a live relay when bound (relay-to-relay), checked again per packet,
+    /// since that relay may end (on any worker) and its port go to a host process.
+    own: bool,
 }
 
 struct Pending {

@@ -102,6 +102,7 @@ impl<R: RngCore> Server<R> {
                         allocation: id,
                         peer: *peer,
                         expires: binding.expires,
+                        own: is_own_host(&self.own_host.1, *peer),
                     },
                 );
             }
@@ -130,10 +131,7 @@ impl<R: RngCore> Server<R> {
     /// server (or when the allow list names it). Checks the worker's copy of the host's addresses first, so other
     /// destinations cost one local look-up.
     pub(super) fn is_own_peer_refused(&self, peer: SocketAddr) -> bool {
-        let ip = crate::policy::embedded_ipv4(peer.ip())
-            .map(IpAddr::V4)
-            .unwrap_or(peer.ip());
-        self.own_host.1.contains(&ip)
+        is_own_host(&self.own_host.1, peer)
             && !self.config.policy.is_allowed_explicitly(peer.ip())
             && !self.own.is_live_relay(peer)
     }
@@ -184,4 +182,12 @@ impl<R: RngCore> Server<R> {
         self.gauges.permissions -= lapsed;
         self.gauges.channels -= unbound;
     }
+}
+
+/// `peer` is on one of the host's addresses (`host`: the worker's copy), an IPv4 one embedded in IPv6 included.
+pub(super) fn is_own_host(host: &HashSet<IpAddr>, peer: SocketAddr) -> bool {
+    let ip = crate::policy::embedded_ipv4(peer.ip())
+        .map(IpAddr::V4)
+        .unwrap_or(peer.ip());
+    host.contains(&ip)
 }

@@ -90,6 +90,13 @@ impl<R: RngCore> Server<R> {
             self.stats.dropped_packets += 1;
             return ClientAction::Drop;
         }
+        // Only for a channel to the host's own address (bound to a live relay): the one look-up it costs is not on
+        // other channels' path.
+        if route.own && self.is_own_peer_refused(route.peer) {
+            self.stats.dropped_packets += 1;
+            self.stats.peer_refusals += 1;
+            return ClientAction::Drop;
+        }
         self.stats.to_peer.get_mut(five_tuple.transport).add(data.payload.len());
         ClientAction::Relay {
             allocation: route.allocation,

@@ -198,6 +198,8 @@ pub struct QuotaRefusals {
     pub total: u64,
     pub user: u64,
     pub source: u64,
+    /// New allocations past their source's rate (486).
+    pub rate: u64,
     /// EVEN-PORT reservations over their budget (508): the server's or the source's.
     pub reservations: u64,
 }
@@ -253,6 +255,7 @@ impl Stats {
         self.quota_refusals.total += other.quota_refusals.total;
         self.quota_refusals.user += other.quota_refusals.user;
         self.quota_refusals.source += other.quota_refusals.source;
+        self.quota_refusals.rate += other.quota_refusals.rate;
         self.quota_refusals.reservations += other.quota_refusals.reservations;
         self.peer_refusals += other.peer_refusals;
         self.reflection_drops += other.reflection_drops;
