@@ -75,7 +75,7 @@ start_node() { # [redis url]
   [ -n "${1:-}" ] && redis=(--redis "$1")
   "$SERVER" serve "${redis[@]}" --http "127.0.0.1:$http" \
     --udp "127.0.0.1:$(free_port)" --tcp "127.0.0.1:$(free_port)" --tls "127.0.0.1:$(free_port)" --workers "${WORKERS:-1}" --relay-ports 20000-29999 \
-    --set signal.max_connections_per_ip=100000 --set signal.messages_per_second=1000000 --set signal.burst=1000000 \
+    --set signal.max_connections_per_ip=100000 --set signal.messages_per_second=1000000 --set signal.burst=1000000 --set signal.delivered_bytes_per_second=0 \
     --set signal.max_rooms=1000000 --set limits.max_connections=100000 --set limits.max_connections_per_source=0 --set limits.connections_per_second_per_source=0 --set limits.requests_per_second_per_source=0 \
     --log-level warn ${SERVER_ARGS:-} >>"$OUT/traverse.log" 2>&1 &
   local pid=$!; pids+=("$pid"); NODE_PIDS+=("$pid"); NODE_URLS+=("ws://127.0.0.1:$http/ws")

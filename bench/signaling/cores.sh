@@ -62,7 +62,7 @@ start() {
   local i=$1 workers=$2 port=$3
   "$TRAVERSE" serve --http "127.0.0.1:$port" --udp "127.0.0.1:$((port + 1))" --tcp "127.0.0.1:$((port + 1))" \
     --tls "127.0.0.1:$((port + 2))" --workers "$workers" --log-level warn \
-    --set signal.max_connections_per_ip=100000 --set signal.messages_per_second=1000000 --set signal.burst=1000000 \
+    --set signal.max_connections_per_ip=100000 --set signal.messages_per_second=1000000 --set signal.burst=1000000 --set signal.delivered_bytes_per_second=0 \
     --set signal.max_rooms=1000000 --set limits.max_connections=100000 --set limits.max_connections_per_source=0 --set limits.connections_per_second_per_source=0 --set limits.requests_per_second_per_source=0 \
     >"$OUT/cores-traverse-$i.log" 2>&1 &
   STARTED=$!

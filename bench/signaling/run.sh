@@ -102,7 +102,7 @@ start_server() { # traverse|peerjs → sets SERVER_PID, SERVER_URL
       [ "$TLS" = 1 ] && listen=(--http off --single-port "127.0.0.1:$port" --tls-cert "$OUT/cert.pem" --tls-key "$OUT/key.pem")
       "$TRAVERSE" serve "${listen[@]}" \
         --udp "127.0.0.1:$(free_port)" --tcp "127.0.0.1:$(free_port)" --tls "127.0.0.1:$(free_port)" \
-        --set signal.max_connections_per_ip=100000 --set signal.messages_per_second=1000000 --set signal.burst=1000000 \
+        --set signal.max_connections_per_ip=100000 --set signal.messages_per_second=1000000 --set signal.burst=1000000 --set signal.delivered_bytes_per_second=0 \
         --set signal.max_peers_per_room=100 --set signal.max_rooms=1000000 --set limits.max_connections=100000 --set limits.max_connections_per_source=0 --set limits.connections_per_second_per_source=0 --set limits.requests_per_second_per_source=0 --workers "${WORKERS:-2}" \
         --set relay.port_min=61000 --set relay.port_max=65535 \
         --log-level warn ${TRAVERSE_ARGS:-} >"$OUT/traverse.log" 2>&1 &

@@ -559,6 +559,43 @@ fn broadcasts_are_charged_once_per_recipient() {
     assert_eq!(lab.closed[&3].0, 4100);
 }
 
+/// A client that keeps near its rates is told once per run of refusals and never closed for it: 25 runs past the
+/// delivery budget and 25 past the message rate, each followed by a pause that refills them. (The refusals were
+/// counted as the client's errors, and the 21st closed it 4003, which the SDK takes as final.)
+#[test]
+fn a_client_near_its_rates_is_told_but_not_closed() {
+    let limits = Limits {
+        messages_per_second: 10,
+        burst: 10,
+        delivered_bytes_per_second: 100_000,
+        max_peers_per_room: 3,
+        ..Limits::default()
+    };
+    let mut lab = Lab::new(limits, None);
+    let (ann, _) = lab.join(1, "r");
+    lab.join(2, "r");
+    lab.join(3, "r");
+    let data = "x".repeat(59_998);
+    let mut told = 0;
+    for _ in 0..25 {
+        // 400 000 bytes from a full bucket: 3 broadcasts of 120 000 pass, the fourth is refused.
+        for _ in 0..4 {
+            lab.send(3, json!({"type": "broadcast", "data": data}));
+        }
+        lab.advance(Duration::from_secs(4));
+        // 10 messages from a full bucket: the eleventh is refused.
+        for i in 0..11 {
+            lab.send(3, json!({"type": "signal", "to": ann, "data": i}));
+        }
+        lab.advance(Duration::from_secs(4));
+        told += lab.take(3).iter().filter(|m| m["code"] == "rate-limited").count();
+        lab.take(1);
+        lab.take(2);
+    }
+    assert_eq!(told, 50, "told once per run");
+    assert!(!lab.closed.contains_key(&3), "closed: {:?}", lab.closed.get(&3));
+}
+
 #[test]
 fn room_and_connection_limits() {
     let limits = Limits {

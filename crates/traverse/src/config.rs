@@ -514,7 +514,7 @@ pub struct Limits {
     pub connections_per_second_per_source: u32,
     /// HTTP requests a second from one source over all its connections, keep-alive ones included, after a burst of
     /// five seconds' worth (0: no limit): past it `429` and the connection is closed. A request costs about what a
-    /// new connection does, so each connection's first one must fit (at least `connections_per_second_per_source`).
+    /// new connection does; below `connections_per_second_per_source`, it is the tighter of the two.
     pub requests_per_second_per_source: u32,
     pub idle_timeout: u64,
     /// Seconds what the server sent on a TCP/TLS connection may wait unacknowledged, or held back by the client's

@@ -381,17 +381,7 @@ fn a_client_that_stops_reading_is_dropped_after_the_stall_timeout() {
         "dropped before the timeout: {:?}",
         held.elapsed()
     );
-    // What the client sees: a reset, after what it had been sent.
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        match stream.read(&mut buf) {
-            Ok(0) => break,
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
-            Err(e) => panic!("neither a reset nor an end: {e}"),
-        }
-    }
+    drop(stream);
 }
 
 /// 1b. Trickled bytes do not keep a connection: without an allocation it is closed at the deadline, however often

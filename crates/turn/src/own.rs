@@ -23,6 +23,9 @@ pub struct OwnAddresses {
     host: RwLock<Arc<HashSet<IpAddr>>>,
     generation: AtomicU64,
     relays: Vec<Mutex<HashSet<SocketAddr>>>,
+    /// Relays removed so far: a worker whose channels to this host's relays were checked at another count checks
+    /// them again (a relay may end on any worker).
+    relays_removed: AtomicU64,
 }
 
 impl Default for OwnAddresses {
@@ -37,6 +40,7 @@ impl OwnAddresses {
             host: RwLock::new(Arc::new(host.into_iter().map(canonical).collect())),
             generation: AtomicU64::new(0),
             relays: (0..RELAY_SHARDS).map(|_| Mutex::new(HashSet::new())).collect(),
+            relays_removed: AtomicU64::new(0),
         }
     }
 
@@ -85,6 +89,12 @@ impl OwnAddresses {
         if let Some(mut shard) = self.relay_shard(&addr) {
             shard.remove(&canonical_addr(addr));
         }
+        self.relays_removed.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// How many relays have been removed so far (see the field).
+    pub fn relays_removed(&self) -> u64 {
+        self.relays_removed.load(Ordering::Acquire)
     }
 
     /// Whether `addr` is the relayed address of a live allocation of this server.

@@ -215,6 +215,18 @@ fn own_addresses_pass_only_as_live_relays_and_are_tracked_live() {
     assert_eq!(action, ClientAction::Drop);
     let (action, _) = h.send(h.at(2), alice.five_tuple, &channel_data(0x4002, b"x"));
     assert_eq!(action, ClientAction::Drop, "the channel to an ended relay");
+    // The next timeout unbinds it (and would withdraw the fast path's copy): the channel number is free again.
+    h.server.handle_timeout(h.at(2));
+    let public = addr("198.51.100.9:3478");
+    assert_eq!(
+        parse(&alice.create_permission(&mut h, secs(2), public)).class(),
+        Class::Success
+    );
+    assert_eq!(
+        parse(&alice.channel_bind(&mut h, secs(2), 0x4002, public)).class(),
+        Class::Success,
+        "a channel bound to an ended relay is unbound"
+    );
 
     // A public peer the host gains later: the permission installed before is dropped at the next timeout, and new
     // ones are refused.

@@ -231,7 +231,7 @@ impl Web {
         let app = self.app.clone();
         let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
             // Before routing, so that every route (an upgrade, a redirect, a 404) spends the source's budget.
-            let refused = app.check_request_rate(remote.ip());
+            let refused = app.check_request_rate(remote.ip(), req.headers());
             req.extensions_mut().insert(routes::Remote(remote));
             req.extensions_mut().insert(take_back);
             let mut router = router.clone();

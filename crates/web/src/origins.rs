@@ -70,6 +70,29 @@ impl AllowedOrigins {
         }
     }
 
+    /// The CORS headers [`Self::cors_layer`] would put on an answer to a request with `request`'s `Origin`, for an
+    /// answer made before the router (the request rate's `429`), so that a page can read it and its `Retry-After`.
+    pub(crate) fn add_cors(&self, request: &HeaderMap, response: &mut HeaderMap) {
+        let Some(origin) = request
+            .get(header::ORIGIN)
+            .filter(|o| o.to_str().is_ok_and(|o| self.allows_origin(o)))
+        else {
+            return;
+        };
+        let allow = match self {
+            Self::Any => HeaderValue::from_static("*"),
+            Self::List(_) => {
+                response.append(header::VARY, HeaderValue::from_static("origin"));
+                origin.clone()
+            }
+        };
+        response.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, allow);
+        response.insert(
+            header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            HeaderValue::from_static("retry-after"),
+        );
+    }
+
     /// CORS for the public API and the SDK: GET and POST with `Authorization` and `Content-Type`, no cookies (none
     /// is used), `Retry-After` readable by the page, preflights cached for an hour.
     pub fn cors_layer(&self) -> CorsLayer {

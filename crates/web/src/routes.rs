@@ -114,7 +114,7 @@ impl App {
     /// Spends one of `ip`'s source's request tokens; past its rate, the answer to send instead of routing: `429` with
     /// `Retry-After` and `Connection: close` (hyper then closes the connection once it is written, and drops what
     /// the client pipelined behind it).
-    pub(crate) fn check_request_rate(&self, ip: std::net::IpAddr) -> Option<Response> {
+    pub(crate) fn check_request_rate(&self, ip: std::net::IpAddr, request: &HeaderMap) -> Option<Response> {
         let limiter = self.request_limiter.as_ref()?;
         let retry = limiter.check(Source::from(ip), Instant::now()).err()?;
         self.requests_refused.fetch_add(1, Ordering::Relaxed);
@@ -125,6 +125,7 @@ impl App {
         response
             .headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        self.config.allowed_origins.add_cors(request, response.headers_mut());
         Some(response)
     }
 
@@ -273,7 +274,6 @@ struct JoinQuery {
     resuming: Option<String>,
 }
 
-/// Checks what can be checked before the upgrade, so a refused join costs no socket and shows its status.
 /// `/sdk/traverse.js`: the SDK of this server, revalidated every 5 minutes (its URL does not change with a release).
 async fn sdk(headers: HeaderMap) -> Response {
     let etag: &'static str = &SDK_ETAG;
@@ -327,6 +327,7 @@ static SDK_ETAG: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!("\"{}-{hash:016x}\"", SDK.len())
 });
 
+/// Checks what can be checked before the upgrade, so a refused join costs no socket and shows its status.
 async fn ws_upgrade(
     State(app): State<Arc<App>>,
     Extension(Remote(remote)): Extension<Remote>,

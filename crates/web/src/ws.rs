@@ -243,6 +243,10 @@ where
             activity(hub, seat, &mut inbound);
             let (rate, now) = (control_rate(), std::time::Instant::now());
             if (0..controls).any(|_| rate.take(&mut control_budget, now).is_err()) {
+                tracing::info!(
+                    conn = seat.conn.get(),
+                    "signaling socket closed: more pings and pongs than allowed"
+                );
                 return Ran::Closing(Some((CloseCode::RATE_LIMITED.0, "rate-limited".into())));
             }
         }

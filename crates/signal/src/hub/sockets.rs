@@ -131,7 +131,7 @@ impl<R: RngCore + Send> MemoryHub<R> {
                  until the rate falls.",
                 self.limits.delivered_bytes_per_second
             );
-            self.error_with_id(conn, Refusal::new(ErrorCode::RateLimited, message), id);
+            self.tell(conn, &Refusal::new(ErrorCode::RateLimited, message), id);
         }
     }
 
@@ -146,7 +146,7 @@ impl<R: RngCore + Send> MemoryHub<R> {
                 "More than {} messages per second; messages are dropped until the rate falls.",
                 self.limits.messages_per_second
             );
-            self.error(conn, Refusal::new(ErrorCode::RateLimited, message));
+            self.tell(conn, &Refusal::new(ErrorCode::RateLimited, message), None);
         }
     }
 
@@ -158,6 +158,22 @@ impl<R: RngCore + Send> MemoryHub<R> {
 
     /// An error about one message, naming its `id` when the client gave one.
     pub(super) fn error_with_id(&mut self, conn: ConnId, refusal: Refusal, id: Option<&str>) {
+        self.tell(conn, &refusal, id);
+        let too_many = self.conns.get_mut(&conn).is_some_and(|c| {
+            c.errors += 1;
+            c.errors > self.limits.max_errors
+        });
+        if let Some(code) = refusal.code.close_code() {
+            self.close(conn, code, refusal.code.as_str());
+        } else if too_many {
+            self.close(conn, CloseCode::PROTOCOL_VIOLATION, "protocol-violation");
+        }
+    }
+
+    /// Sends an error frame without counting it against the socket: a rate's refusals are not the client's
+    /// mistakes (they close the socket by their own strikes), and a client that keeps near its rate, told once per
+    /// run of refusals, must not be closed as a protocol violation by the 21st run.
+    fn tell(&mut self, conn: ConnId, refusal: &Refusal, id: Option<&str>) {
         Counters::count(&mut self.counters.errors, refusal.code.as_str());
         let frame = Frame::Error {
             code: refusal.code,
@@ -169,15 +185,6 @@ impl<R: RngCore + Send> MemoryHub<R> {
                 let _ = self.deliver(&peer, &frame, None);
             }
             None => self.send_unnumbered(conn, 0, &frame),
-        }
-        let too_many = self.conns.get_mut(&conn).is_some_and(|c| {
-            c.errors += 1;
-            c.errors > self.limits.max_errors
-        });
-        if let Some(code) = refusal.code.close_code() {
-            self.close(conn, code, refusal.code.as_str());
-        } else if too_many {
-            self.close(conn, CloseCode::PROTOCOL_VIOLATION, "protocol-violation");
         }
     }
 

@@ -79,11 +79,6 @@ impl<R: RngCore> Server<R> {
             if ips.is_some_and(|ips| !ips.contains(&peer.ip())) {
                 continue;
             }
-            // A channel to a relay of this host stays on the socket path, which checks per packet that the relay
-            // still lives (the kernel's copy would not know when it ends).
-            if permissions::is_own_host(&self.own_host.1, *peer) {
-                continue;
-            }
             let Some(route) = route_of(id, alloc, *peer, binding.channel) else {
                 continue;
             };

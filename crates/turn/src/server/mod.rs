@@ -272,8 +272,9 @@ struct ChannelRoute {
     allocation: AllocationId,
     peer: SocketAddr,
     expires: Instant,
-    /// The peer is on the host's own address: a live relay when bound (relay-to-relay), checked again per packet,
-    /// since that relay may end (on any worker) and its port go to a host process.
+    /// The peer is on the host's own address: a live relay when bound (relay-to-relay). That relay may end, on any
+    /// worker, and its port go to a host process: such a channel is checked again while a relay has ended since the
+    /// last timeout, which unbinds it (and withdraws the fast path's copy).
     own: bool,
 }
 
@@ -345,6 +346,8 @@ pub struct Server<R = rand::rngs::StdRng> {
     own: Arc<OwnAddresses>,
     /// This worker's copy of the host's addresses (generation, set), so a Send indication checks a local set.
     own_host: (u64, Arc<HashSet<IpAddr>>),
+    /// [`OwnAddresses::relays_removed`] when this worker last unbound its channels to ended relays of this host.
+    relays_removed_seen: u64,
     events: VecDeque<Event>,
     /// Whether channel usability is reported as events (a kernel fast path is attached).
     fast_path: bool,
@@ -401,6 +404,7 @@ impl<R: RngCore> Server<R> {
             reflection: Arc::new(ReflectionGuard::default()),
             own: Arc::new(OwnAddresses::default()),
             own_host: (0, Arc::new(HashSet::new())),
+            relays_removed_seen: 0,
             events: VecDeque::new(),
             fast_path: false,
             stats: Stats::default(),
@@ -516,6 +520,7 @@ impl<R: RngCore> Server<R> {
     /// Expires allocations, permissions, channels, reservations and cached answers.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.refresh_own_addresses();
+        self.unbind_ended_relays();
         while let Some(&Reverse((at, index, generation))) = self.deadlines.peek() {
             if at > now {
                 break;

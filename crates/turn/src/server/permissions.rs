@@ -138,6 +138,39 @@ impl<R: RngCore> Server<R> {
 
     /// Takes a new copy of the host's addresses if they changed, and drops the permissions (and their channels) to
     /// addresses that just became the host's: they were judged as strangers' when installed.
+    /// Unbinds the channels bound to a relay of this host that has since ended (on any worker), when one has:
+    /// the fast path's copy is withdrawn, and the socket path stops checking them per packet.
+    pub(super) fn unbind_ended_relays(&mut self) {
+        let removed = self.own.relays_removed();
+        if removed == self.relays_removed_seen {
+            return;
+        }
+        let ended: Vec<((FiveTuple, ChannelNumber), ChannelRoute)> = self
+            .channel_routes
+            .iter()
+            .filter(|(_, route)| route.own && self.is_own_peer_refused(route.peer))
+            .map(|(key, route)| (*key, *route))
+            .collect();
+        self.relays_removed_seen = removed;
+        for ((five_tuple, channel), route) in ended {
+            self.channel_routes.remove(&(five_tuple, channel));
+            let (events, fast) = (&mut self.events, self.fast_path);
+            let Some(alloc) = self
+                .slots
+                .get_mut(route.allocation.index as usize)
+                .and_then(Option::as_mut)
+                .filter(|a| a.generation == route.allocation.generation)
+            else {
+                continue;
+            };
+            fast_path::withdraw(events, fast, route.allocation, alloc, route.peer, channel);
+            alloc.peer_by_channel.remove(&channel);
+            if alloc.channel_by_peer.remove(&route.peer).is_some() {
+                self.gauges.channels -= 1;
+            }
+        }
+    }
+
     pub(super) fn refresh_own_addresses(&mut self) {
         if self.own.generation() == self.own_host.0 {
             return;
@@ -185,7 +218,7 @@ impl<R: RngCore> Server<R> {
 }
 
 /// `peer` is on one of the host's addresses (`host`: the worker's copy), an IPv4 one embedded in IPv6 included.
-pub(super) fn is_own_host(host: &HashSet<IpAddr>, peer: SocketAddr) -> bool {
+fn is_own_host(host: &HashSet<IpAddr>, peer: SocketAddr) -> bool {
     let ip = crate::policy::embedded_ipv4(peer.ip())
         .map(IpAddr::V4)
         .unwrap_or(peer.ip());

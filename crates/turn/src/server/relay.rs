@@ -90,9 +90,10 @@ impl<R: RngCore> Server<R> {
             self.stats.dropped_packets += 1;
             return ClientAction::Drop;
         }
-        // Only for a channel to the host's own address (bound to a live relay): the one look-up it costs is not on
-        // other channels' path.
-        if route.own && self.is_own_peer_refused(route.peer) {
+        // Only for a channel to the host's own address (bound to a live relay), and only while a relay has ended since
+        // the last timeout (which unbinds the channels to ended ones): one atomic load otherwise, none on other
+        // channels' path.
+        if route.own && self.own.relays_removed() != self.relays_removed_seen && self.is_own_peer_refused(route.peer) {
             self.stats.dropped_packets += 1;
             self.stats.peer_refusals += 1;
             return ClientAction::Drop;
