@@ -1,11 +1,9 @@
 //! The metrics listener: `/metrics` (behind a bearer token when one is configured), `/healthz` and `/readyz`, on an
 //! address of its own so that scraping never shares a port, a budget or a firewall rule with the public.
 
-use std::collections::HashMap;
 use std::future::Future;
-use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::extract::State;
@@ -47,6 +45,7 @@ const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=
 /// Connections the listener holds at once, and from one address. A scraper keeps one; the listener may be reachable
 /// by others (a token guards `/metrics`, not the port), and its descriptors come out of the server's.
 const MAX_CONNECTIONS: usize = 64;
+/// Per source: an IPv4 address or an IPv6 /64, as on the public ports.
 const MAX_CONNECTIONS_PER_ADDRESS: usize = 8;
 /// A request's head must arrive within this, and an idle keep-alive connection is closed after it.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -62,7 +61,12 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let router = router(endpoint);
-    let held: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::default();
+    // The public ports' budget, with no rate: a scraper reconnects as often as it likes.
+    let budget = Arc::new(server::ConnectionBudget::new(
+        MAX_CONNECTIONS,
+        MAX_CONNECTIONS_PER_ADDRESS,
+        0,
+    ));
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let (stream, client) = tokio::select! {
@@ -76,7 +80,7 @@ pub async fn serve(
             },
             () = &mut shutdown => return Ok(()),
         };
-        let Some(slot) = Slot::take(&held, client.ip()) else {
+        let Ok(permit) = budget.try_acquire(client.ip(), std::time::Instant::now()) else {
             continue;
         };
         let _ = socket2::SockRef::from(&stream).set_tcp_user_timeout(Some(SEND_STALL_TIMEOUT));
@@ -91,39 +95,8 @@ pub async fn serve(
                 .header_read_timeout(HEADER_TIMEOUT)
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
                 .await;
-            drop(slot);
+            drop(permit);
         });
-    }
-}
-
-/// A connection's place in the listener's counts, given back on drop.
-struct Slot {
-    held: Arc<Mutex<HashMap<IpAddr, usize>>>,
-    ip: IpAddr,
-}
-
-impl Slot {
-    fn take(held: &Arc<Mutex<HashMap<IpAddr, usize>>>, ip: IpAddr) -> Option<Slot> {
-        let mut counts = held.lock().unwrap_or_else(|e| e.into_inner());
-        let total: usize = counts.values().sum();
-        let mine = counts.get(&ip).copied().unwrap_or(0);
-        if total >= MAX_CONNECTIONS || mine >= MAX_CONNECTIONS_PER_ADDRESS {
-            return None;
-        }
-        counts.insert(ip, mine + 1);
-        Some(Slot { held: held.clone(), ip })
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        let mut counts = self.held.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = counts.get_mut(&self.ip) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                counts.remove(&self.ip);
-            }
-        }
     }
 }
 

@@ -17,7 +17,7 @@ use turn::Source;
 /// new connections a second per source, since a source that opens and closes within its share still makes the
 /// server do a TLS handshake, a WebSocket upgrade and their log lines each time.
 #[derive(Debug)]
-pub(crate) struct ConnectionBudget {
+pub struct ConnectionBudget {
     total: Arc<Semaphore>,
     max_total: usize,
     max_per_source: usize,
@@ -29,7 +29,7 @@ pub(crate) struct ConnectionBudget {
 
 /// Which budget refused a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Refused {
+pub enum Refused {
     Total,
     Source,
     Rate,
@@ -55,7 +55,7 @@ const RATE_BURST_SECONDS: u32 = 5;
 
 /// One connection's share of the budget, returned when the connection's task ends.
 #[derive(Debug)]
-pub(crate) struct ConnectionPermit {
+pub struct ConnectionPermit {
     budget: Arc<ConnectionBudget>,
     source: Source,
     _total: OwnedSemaphorePermit,
@@ -63,7 +63,7 @@ pub(crate) struct ConnectionPermit {
 
 impl ConnectionBudget {
     /// `max_per_source` 0: no per-source limit; `per_second_per_source` 0: no rate limit.
-    pub(crate) fn new(max_total: usize, max_per_source: usize, per_second_per_source: u32) -> Self {
+    pub fn new(max_total: usize, max_per_source: usize, per_second_per_source: u32) -> Self {
         let rate = (per_second_per_source > 0).then(|| {
             RateLimiter::new(
                 per_second_per_source.saturating_mul(RATE_BURST_SECONDS),
@@ -106,7 +106,7 @@ impl ConnectionBudget {
 
     /// Charges a connection from `ip` at `now`; refused when its source or the server is at its limit, or its source
     /// opened connections faster than its rate. Never waits.
-    pub(crate) fn try_acquire(self: &Arc<Self>, ip: IpAddr, now: Instant) -> Result<ConnectionPermit, Refused> {
+    pub fn try_acquire(self: &Arc<Self>, ip: IpAddr, now: Instant) -> Result<ConnectionPermit, Refused> {
         let charged = self.charge(ip, now);
         if let Err(why) = charged {
             self.refused_by(why).fetch_add(1, Ordering::Relaxed);

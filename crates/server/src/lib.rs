@@ -26,7 +26,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use turn::{Authenticator, Quotas};
 
-pub use budget::{plan_fds, FdPlan};
+pub use budget::{plan_fds, ConnectionBudget, ConnectionPermit, FdPlan, Refused};
 pub use coalesce::Naps;
 pub use handshakes::{HandshakeFailure, Handshakes, SeenFailure};
 pub use mux::{HttpHandler, HttpScheme, Io, Tcp, ALPN_STUN_TURN};

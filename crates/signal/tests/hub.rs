@@ -500,15 +500,13 @@ fn rate_limit_drops_then_closes() {
     assert_eq!(lab.closed[&2].0, 4100);
 }
 
-/// A broadcast's bytes count once per recipient against its sender's delivery budget, a signal's once. At 100 000
-/// bytes a second (a burst of 400 000), a broadcast of 60 000 bytes of `data` to 2 peers costs 120 000: 3 pass
-/// from a full bucket, the rest are dropped, and the first dropped in a row is told `rate-limited`. Two signals of
-/// the same data fit where one broadcast does not. More than `burst` dropped in a row close the socket 4100.
-#[test]
-fn broadcasts_are_charged_once_per_recipient() {
+/// Three peers in room `r` (sockets 1, 2, 3) under the delivery budget's tests' limits: 100 000 bytes delivered a
+/// second and the given message rate; returns socket 1's peer id and `data` of 60 000 bytes (59 998 characters
+/// with their quotes), which costs 120 000 as a broadcast to the two others.
+fn delivery_lab(messages_per_second: u32, burst: u32) -> (Lab, String, String) {
     let limits = Limits {
-        messages_per_second: 1000,
-        burst: 100,
+        messages_per_second,
+        burst,
         delivered_bytes_per_second: 100_000,
         max_peers_per_room: 3,
         ..Limits::default()
@@ -520,8 +518,16 @@ fn broadcasts_are_charged_once_per_recipient() {
     for conn in 1..=3 {
         lab.take(conn);
     }
-    // A JSON string of 59 998 characters: 60 000 bytes of `data` with its quotes.
-    let data = "x".repeat(59_998);
+    (lab, ann, "x".repeat(59_998))
+}
+
+/// A broadcast's bytes count once per recipient against its sender's delivery budget, a signal's once. At 100 000
+/// bytes a second (a burst of 400 000), a broadcast of 60 000 bytes of `data` to 2 peers costs 120 000: 3 pass
+/// from a full bucket, the rest are dropped, and the first dropped in a row is told `rate-limited`. Two signals of
+/// the same data fit where one broadcast does not. More than `burst` dropped in a row close the socket 4100.
+#[test]
+fn broadcasts_are_charged_once_per_recipient() {
+    let (mut lab, ann, data) = delivery_lab(1000, 100);
     let count = |msgs: &[Value], ty: &str| msgs.iter().filter(|m| m["type"] == ty).count();
     let refused = |msgs: &[Value]| msgs.iter().filter(|m| m["code"] == "rate-limited").count();
     for _ in 0..10 {
@@ -564,18 +570,7 @@ fn broadcasts_are_charged_once_per_recipient() {
 /// counted as the client's errors, and the 21st closed it 4003, which the SDK takes as final.)
 #[test]
 fn a_client_near_its_rates_is_told_but_not_closed() {
-    let limits = Limits {
-        messages_per_second: 10,
-        burst: 10,
-        delivered_bytes_per_second: 100_000,
-        max_peers_per_room: 3,
-        ..Limits::default()
-    };
-    let mut lab = Lab::new(limits, None);
-    let (ann, _) = lab.join(1, "r");
-    lab.join(2, "r");
-    lab.join(3, "r");
-    let data = "x".repeat(59_998);
+    let (mut lab, ann, data) = delivery_lab(10, 10);
     let mut told = 0;
     for _ in 0..25 {
         // 400 000 bytes from a full bucket: 3 broadcasts of 120 000 pass, the fourth is refused.
