@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use source::RateLimiter;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -48,8 +48,6 @@ impl Refused {
     }
 }
 
-/// Sources whose connection rate is remembered (about 100 bytes each); past it the least recently seen are forgotten.
-const RATE_SOURCES: usize = 65_536;
 /// A source may open this many seconds' worth of connections at once (a page load, a network change).
 const RATE_BURST_SECONDS: u32 = 5;
 
@@ -64,13 +62,7 @@ pub struct ConnectionPermit {
 impl ConnectionBudget {
     /// `max_per_source` 0: no per-source limit; `per_second_per_source` 0: no rate limit.
     pub fn new(max_total: usize, max_per_source: usize, per_second_per_source: u32) -> Self {
-        let rate = (per_second_per_source > 0).then(|| {
-            RateLimiter::new(
-                per_second_per_source.saturating_mul(RATE_BURST_SECONDS),
-                Duration::from_secs(1) / per_second_per_source,
-                RATE_SOURCES,
-            )
-        });
+        let rate = RateLimiter::per_second(per_second_per_source, RATE_BURST_SECONDS);
         Self {
             total: Arc::new(Semaphore::new(max_total)),
             max_total,
@@ -263,6 +255,7 @@ fn plan(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn per_source_and_total_limits_and_release() {

@@ -83,7 +83,23 @@ pub struct RateLimiter {
     buckets: Mutex<HashMap<Source, Bucket>>,
 }
 
+/// Sources a server-wide per-second limiter ([`RateLimiter::per_second`]) remembers: about 100 bytes each.
+pub const PER_SECOND_SOURCES: usize = 65_536;
+
 impl RateLimiter {
+    /// `per_second` a second per source after a burst of `burst_secs` seconds' worth, remembering
+    /// [`PER_SECOND_SOURCES`]; `None` for 0 (no limit). The shape of the limits on connections, requests and
+    /// allocations.
+    pub fn per_second(per_second: u32, burst_secs: u32) -> Option<Self> {
+        (per_second > 0).then(|| {
+            Self::new(
+                per_second.saturating_mul(burst_secs),
+                Duration::from_secs(1) / per_second,
+                PER_SECOND_SOURCES,
+            )
+        })
+    }
+
     pub fn new(burst: u32, interval: Duration, max_sources: usize) -> Self {
         Self {
             rate: Rate::new(burst, interval),

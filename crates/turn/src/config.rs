@@ -222,8 +222,6 @@ pub enum QuotaExceeded {
 
 /// The burst of [`Quotas::with_rate_per_source`], in seconds of its rate.
 pub const ALLOCATION_BURST_SECS: u32 = 5;
-/// Sources the allocation rate remembers (the least recently seen forgotten first).
-const RATE_SOURCES: usize = 65_536;
 
 impl Quotas {
     pub fn new(max_total: usize, max_per_user: usize) -> Self {
@@ -247,13 +245,7 @@ impl Quotas {
 
     /// Adds the per-source rate of new allocations (0: none).
     pub fn with_rate_per_source(mut self, per_second: u32) -> Self {
-        self.rate = (per_second > 0).then(|| {
-            RateLimiter::new(
-                per_second.saturating_mul(ALLOCATION_BURST_SECS),
-                Duration::from_secs(1) / per_second,
-                RATE_SOURCES,
-            )
-        });
+        self.rate = RateLimiter::per_second(per_second, ALLOCATION_BURST_SECS);
         self
     }
 

@@ -26,9 +26,6 @@ const TRACKED_SOURCES: usize = 10_000;
 
 /// The request rate's burst, in seconds of its rate: a page and its scripts, or a reconnecting app, at once.
 const REQUEST_BURST_SECS: u32 = 5;
-/// Sources the request rate tracks: as many as the connection rate's (`server::budget`), since any source that
-/// connects also makes requests.
-const REQUEST_SOURCES: usize = 65_536;
 
 /// `/api/ice-servers` per source: a burst of 10, then 2 a second. A page or an app fetches one credential per call;
 /// 300 in 60 ms from one address (issue 7) is a script stocking up on 24-hour relay credentials.
@@ -83,14 +80,7 @@ impl crate::Web {
 
 impl App {
     pub fn new(config: WebConfig, hub: HubHandle, reports: ReportStore) -> Self {
-        let request_limiter = match config.requests_per_second_per_source {
-            0 => None,
-            rate => Some(RateLimiter::new(
-                rate.saturating_mul(REQUEST_BURST_SECS),
-                Duration::from_secs(1) / rate,
-                REQUEST_SOURCES,
-            )),
-        };
+        let request_limiter = RateLimiter::per_second(config.requests_per_second_per_source, REQUEST_BURST_SECS);
         Self {
             request_limiter,
             requests_refused: AtomicU64::new(0),
