@@ -1134,6 +1134,79 @@ fn a_report_shared_on_one_node_is_read_and_listed_on_the_others_and_the_store_st
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Redis stops answering (SIGSTOP: its socket stays open, so every call waits for its timeout). Report reads are
+/// answered together within about one timeout, not one after another; a report sent meanwhile is kept in the
+/// node's files and reads back; the trouble is logged once; once Redis answers again, what it held reads back.
+#[test]
+fn report_calls_in_a_redis_outage_neither_wait_in_line_nor_repeat_the_warning() {
+    const READS: usize = 16;
+    let Some(redis) = Redis::start() else { return };
+    let dir = std::env::temp_dir().join(format!("traverse-reports-outage-{}", std::process::id()));
+    let data = format!("web.data_dir={}", dir.display());
+    let node = Node::start(&redis.url(), &["--set", &data]);
+    let post = |n: u64| {
+        let body = json!({"verdict": {"headline": format!("report {n}")}}).to_string();
+        let (status, answer) = http(
+            &node,
+            "POST",
+            "/api/reports",
+            "Content-Type: application/json\r\n",
+            &body,
+        );
+        assert_eq!(status, 201, "{answer}");
+        let answer: Value = serde_json::from_str(&answer).unwrap();
+        answer["id"].as_str().unwrap().to_owned()
+    };
+    let in_redis = post(0);
+    assert!(redis.get(&format!("traverse:report:{in_redis}")).is_some());
+    assert_eq!(http_get(&node, &format!("/api/reports/{in_redis}")).0, 200);
+
+    // A signal to the redis-server this test started, by its PID (the shell's `kill`: no unsafe code here).
+    let signal = |name: &str| {
+        let command = format!("kill -{name} {}", redis.child.id());
+        let status = Command::new("sh").args(["-c", &command]).status().unwrap();
+        assert!(status.success(), "{command}: {status}");
+    };
+    signal("STOP");
+    let started = Instant::now();
+    let answers: Vec<u16> = std::thread::scope(|s| {
+        let reads: Vec<_> = (1..=READS)
+            .map(|n| {
+                let node = &node;
+                s.spawn(move || http_get(node, &format!("/api/reports/{n:032x}")).0)
+            })
+            .collect();
+        reads.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    let took = started.elapsed();
+    assert_eq!(answers, [404; READS], "unknown ids are not found, Redis or not");
+    assert!(
+        took < Duration::from_secs(6),
+        "{READS} reads took {took:?}: they waited in line for a Redis that does not answer"
+    );
+    let kept = post(1);
+    assert_eq!(
+        http_get(&node, &format!("/api/reports/{kept}")).0,
+        200,
+        "kept in the node's files"
+    );
+    let warned = node.log().matches("the report store's Redis does not answer").count();
+
+    signal("CONT");
+    assert_eq!(warned, 1, "one warning per outage:\n{}", node.log());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while http_get(&node, &format!("/api/reports/{in_redis}")).0 != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "the report in Redis never read back:\n{}",
+            node.log()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    node.wait_for_log("the report store's Redis answers again");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// One node, its rooms sharded over two hub tasks on threads of their own (`cluster.hub_shards`; each a node of the
 /// cluster under a name of its own, `docs/scaling.md`, "Shards"). With one worker thread every socket starts in the same shard, so rooms homed on
 /// several shards show that sockets move to their room's shard before their join; resumes that need no Redis lookup

@@ -136,11 +136,11 @@ impl Web {
             },
         )?;
         // In a cluster the reports are the cluster's (docs/scaling.md).
+        tracing::info!(dir = %reports.dir().display(), held = reports.held(), "troubleshooter report store");
         let reports = match &redis {
-            Some(url) => reports.with_redis(url),
-            None => reports,
+            Some(url) => reports::Reports::with_redis(reports, url),
+            None => reports::Reports::on_files(reports),
         };
-        tracing::info!(dir = %reports.dir().display(), held = reports.list().len(), "troubleshooter report store");
         let hub = hub::spawn(&config, cluster)?;
         let app = Arc::new(routes::App::new(config, hub, reports));
         Ok(Self {

@@ -16,22 +16,26 @@
 //! does) would make the store read-only for good once it fills, because reports do not expire: it is a rolling
 //! archive, and the fairness is in who rolls out.
 //!
-//! The calls block on the file system (small files, a handful per minute): callers on a runtime run them with
-//! `spawn_blocking`.
+//! [`ReportStore`]'s calls block on the file system (small files, a handful per minute); [`Reports`] is what the
+//! routes use: it answers from memory what it can (an id this node does not hold, the list) and runs only file
+//! reads and writes on a blocking thread.
 //!
 //! In a cluster (`signal.redis`, docs/scaling.md) the reports live in Redis instead ([`SharedReports`]), so a link
 //! works on every node and the operator's list is the cluster's: same bounds and fairness, and each report expires
 //! after [`SHARED_REPORT_TTL`]. While Redis does not answer, a report is kept in this node's files (and read from
-//! them), so `/check` keeps working on a node alone.
+//! them), so `/check` keeps working on a node alone; Redis is then tried again every [`SHARED_RETRY`], not by every
+//! request, and the trouble is logged once per outage.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use rand::RngCore;
+use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -188,13 +192,21 @@ struct Published {
     report: Box<RawValue>,
 }
 
-/// The store: a directory and an index of what is in it; in a cluster, Redis first.
+/// The store on this node's files: a directory and an index of what is in it.
 #[derive(Debug)]
 pub struct ReportStore {
     dir: PathBuf,
     limits: ReportLimits,
     index: Mutex<Index>,
-    shared: Option<SharedReports>,
+}
+
+/// A report checked and wrapped, ready to be stored in Redis or in a file.
+#[derive(Debug)]
+pub struct Prepared {
+    id: ReportId,
+    source: Source,
+    stored: Stored,
+    text: Vec<u8>,
 }
 
 /// The reports held, oldest first, and how many each source holds. Linear scans are fine here: a create is
@@ -207,6 +219,7 @@ struct Index {
 
 #[derive(Debug)]
 struct Held {
+    id: ReportId,
     summary: ReportSummary,
     /// None for reports stored before sources were kept: each counts as a source of its own.
     source: Option<Source>,
@@ -290,6 +303,7 @@ impl ReportStore {
                     };
                     match read_stored(&entry.path()) {
                         Ok((stored, bytes)) => found.push(Held {
+                            id,
                             summary: summary(id, &stored, bytes),
                             source: stored.source.as_deref().and_then(parse_source),
                         }),
@@ -309,27 +323,10 @@ impl ReportStore {
             dir,
             limits,
             index: Mutex::new(index),
-            shared: None,
         };
         // Lowered bounds take effect at once.
         store.prune_at_start(&mut store.lock());
         Ok(store)
-    }
-
-    /// Keeps reports in the Redis at `url` (shared by the nodes of a cluster), this node's files only while Redis
-    /// does not answer. A URL the client cannot use leaves the store on files (said once).
-    pub fn with_redis(mut self, url: &str) -> Self {
-        match redis::Client::open(url) {
-            Ok(client) => {
-                self.shared = Some(SharedReports {
-                    client,
-                    connection: Mutex::new(None),
-                    ttl: SHARED_REPORT_TTL,
-                })
-            }
-            Err(e) => tracing::error!(error = %e, "reports stay on this node's files: cannot use this Redis URL"),
-        }
-        self
     }
 
     pub fn dir(&self) -> &Path {
@@ -341,6 +338,7 @@ impl ReportStore {
     }
 
     /// Validates and stores a report received from `source` at Unix time `now`; returns its new id.
+    #[cfg(test)]
     pub fn create(
         &self,
         body: &[u8],
@@ -348,6 +346,18 @@ impl ReportStore {
         source: Source,
         rng: &mut impl RngCore,
     ) -> Result<ReportId, ReportError> {
+        self.store(self.prepare(body, now, source, rng)?)
+    }
+
+    /// Checks a report received from `source` at Unix time `now` and gives it an id: what is stored, in a file or
+    /// in Redis. Touches neither.
+    pub fn prepare(
+        &self,
+        body: &[u8],
+        now: u64,
+        source: Source,
+        rng: &mut impl RngCore,
+    ) -> Result<Prepared, ReportError> {
         if body.len() > self.limits.max_bytes {
             return Err(ReportError::TooLarge(self.limits.max_bytes));
         }
@@ -364,13 +374,22 @@ impl ReportStore {
             report,
         };
         let text = serde_json::to_vec(&stored).map_err(|e| ReportError::BadJson(e.to_string()))?;
-        if let Some(shared) = &self.shared {
-            let summary = summary(id, &stored, text.len() as u64);
-            match shared.create(id, &stored, &text, &summary, self.limits) {
-                Ok(()) => return Ok(id),
-                Err(e) => shared.trouble(&e, "a report is kept in this node's files"),
-            }
-        }
+        Ok(Prepared {
+            id,
+            source,
+            stored,
+            text,
+        })
+    }
+
+    /// Writes a prepared report to its file and makes room for it (blocks on the file system).
+    pub fn store(&self, prepared: Prepared) -> Result<ReportId, ReportError> {
+        let Prepared {
+            id,
+            source,
+            stored,
+            text,
+        } = prepared;
         std::fs::create_dir_all(&self.dir)?;
         let tmp = self.dir.join(format!(".tmp-{id}"));
         let written = write_synced(&tmp, &text).and_then(|()| std::fs::rename(&tmp, self.dir.join(id.file_name())));
@@ -394,20 +413,27 @@ impl ReportStore {
             self.delete(&mut index, victim);
         }
         index.push(Held {
+            id,
             summary: summary(id, &stored, text.len() as u64),
             source: Some(source),
         });
         Ok(id)
     }
 
+    /// Whether this node holds the report `id` (from memory: an unknown id costs no file system call).
+    pub fn holds(&self, id: ReportId) -> bool {
+        self.lock().held.iter().any(|h| h.id == id)
+    }
+
+    /// How many reports this node holds.
+    pub fn held(&self) -> usize {
+        self.lock().held.len()
+    }
+
     /// The stored report as `{"id","created","report"}` JSON text (without the source it was charged to).
     pub fn read(&self, id: ReportId) -> Result<Vec<u8>, ReportError> {
-        if let Some(shared) = &self.shared {
-            match shared.read(id) {
-                Ok(Some(bytes)) => return published(&bytes),
-                Ok(None) => {}
-                Err(e) => shared.trouble(&e, "reports are read from this node's files"),
-            }
+        if !self.holds(id) {
+            return Err(ReportError::NotFound);
         }
         let bytes = match std::fs::read(self.dir.join(id.file_name())) {
             Ok(bytes) => bytes,
@@ -417,24 +443,9 @@ impl ReportStore {
         published(&bytes)
     }
 
-    /// Every report held, newest first: in a cluster the cluster's (and those this node kept while Redis was
-    /// away).
+    /// Every report this node holds, newest first (from memory).
     pub fn list(&self) -> Vec<ReportSummary> {
-        let local = self.lock().held.iter().rev().map(|h| h.summary.clone()).collect();
-        let Some(shared) = &self.shared else { return local };
-        match shared.list() {
-            Ok(mut all) => {
-                if !local.is_empty() {
-                    all.extend(local);
-                    all.sort_by(|a, b| (b.created, &b.id).cmp(&(a.created, &a.id)));
-                }
-                all
-            }
-            Err(e) => {
-                shared.trouble(&e, "the list holds this node's reports only");
-                local
-            }
-        }
+        self.lock().held.iter().rev().map(|h| h.summary.clone()).collect()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Index> {
@@ -473,6 +484,97 @@ impl ReportStore {
     }
 }
 
+/// What the routes use: in a cluster Redis first, this node's files while Redis does not answer; on one node the
+/// files alone. Only file reads and writes take a blocking thread: an id this node does not hold is answered from
+/// memory, and Redis is asked on the runtime.
+#[derive(Debug)]
+pub struct Reports {
+    files: Arc<ReportStore>,
+    shared: Option<SharedReports>,
+}
+
+impl Reports {
+    /// The reports of this node's files only.
+    pub fn on_files(files: ReportStore) -> Self {
+        Self {
+            files: Arc::new(files),
+            shared: None,
+        }
+    }
+
+    /// Reports kept in the Redis at `url` (shared by the nodes of a cluster), in `files` while Redis does not
+    /// answer. A URL the client cannot use leaves the reports on files (said once).
+    pub fn with_redis(files: ReportStore, url: &str) -> Self {
+        let shared = match redis::Client::open(url) {
+            Ok(client) => Some(SharedReports::new(client)),
+            Err(e) => {
+                tracing::error!(error = %e, "reports stay on this node's files: cannot use this Redis URL");
+                None
+            }
+        };
+        Self {
+            files: Arc::new(files),
+            shared,
+        }
+    }
+
+    pub fn limits(&self) -> ReportLimits {
+        self.files.limits()
+    }
+
+    /// Validates and stores a report received from `source` at Unix time `now`; returns its new id.
+    pub async fn create(&self, body: &[u8], now: u64, source: Source) -> Result<ReportId, ReportError> {
+        let prepared = self.files.prepare(body, now, source, &mut rand::thread_rng())?;
+        if let Some(shared) = &self.shared {
+            if shared.create(&prepared, self.limits()).await.is_ok() {
+                return Ok(prepared.id);
+            }
+        }
+        let files = self.files.clone();
+        blocking(move || files.store(prepared)).await
+    }
+
+    /// The report `id` as `{"id","created","report"}` JSON text.
+    pub async fn read(&self, id: ReportId) -> Result<Vec<u8>, ReportError> {
+        if let Some(shared) = &self.shared {
+            if let Ok(Some(bytes)) = shared.read(id).await {
+                return published(&bytes);
+            }
+        }
+        if !self.files.holds(id) {
+            return Err(ReportError::NotFound);
+        }
+        let files = self.files.clone();
+        blocking(move || files.read(id)).await
+    }
+
+    /// Every report held, newest first: in a cluster the cluster's (and those this node kept while Redis was
+    /// away); while Redis does not answer, this node's.
+    pub async fn list(&self) -> Vec<ReportSummary> {
+        let local = self.files.list();
+        let Some(shared) = &self.shared else { return local };
+        match shared.list().await {
+            Ok(mut all) => {
+                if !local.is_empty() {
+                    all.extend(local);
+                    all.sort_by(|a, b| (b.created, &b.id).cmp(&(a.created, &a.id)));
+                }
+                all
+            }
+            Err(Unavailable) => local,
+        }
+    }
+}
+
+/// Runs a call that blocks on the file system off the runtime's workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ReportError> + Send + 'static,
+) -> Result<T, ReportError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(ReportError::Storage(std::io::Error::other(e.to_string()))))
+}
+
 /// The stored `{"id","created","source","report"}` as a reader gets it (without the source).
 fn published(bytes: &[u8]) -> Result<Vec<u8>, ReportError> {
     // A record that does not parse was damaged on this side: the server's fault, not the reader's.
@@ -488,16 +590,33 @@ pub const SHARED_REPORT_TTL: std::time::Duration = std::time::Duration::from_sec
 /// A Redis command slower than this is Redis trouble: the report goes to this node's files.
 const SHARED_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// After Redis trouble, how long the reports skip it. Without this pause every request in an outage would wait
+/// [`SHARED_TIMEOUT`] and log a warning of its own.
+pub const SHARED_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Reports in a cluster's Redis (prefix `traverse:`): `report:{id}` the stored JSON (TTL), `reports` the ids by
 /// creation time, `reports:summary` each id's line of the operator's list and source, `reports:source:{source}`
 /// a source's ids, `reports:sources` the sources holding any. The bounds and the fairness of the file store are
 /// one script, so two nodes storing at once cannot both take the last place.
 pub struct SharedReports {
     client: redis::Client,
-    /// One blocking connection, made again after an error (calls are a handful per minute).
-    connection: Mutex<Option<redis::Connection>>,
+    /// Multiplexed, so concurrent calls do not wait in line for each other; made on first use. The lock is held
+    /// only while it is being made, so one caller at a time tries to connect.
+    connection: tokio::sync::Mutex<Option<ConnectionManager>>,
+    health: Mutex<Health>,
     ttl: std::time::Duration,
 }
+
+/// Whether Redis is in trouble, and until when calls skip it.
+#[derive(Debug, Default)]
+struct Health {
+    troubled: bool,
+    skip_until: Option<Instant>,
+}
+
+/// Redis is not asked, or did not answer: the caller uses this node's files (the trouble is logged already).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unavailable;
 
 /// Stores a report and makes room first: the reports past their TTL, the source's own oldest beyond its share,
 /// then while full the oldest of whoever holds the most counting the newcomer (a tie goes against the newcomer).
@@ -565,82 +684,139 @@ impl fmt::Debug for SharedReports {
 }
 
 impl SharedReports {
-    fn with_connection<T>(
-        &self,
-        f: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>,
-    ) -> redis::RedisResult<T> {
-        let mut slot = self
-            .connection
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let connection = match slot.as_mut() {
-            Some(c) => c,
-            None => {
-                let c = self.client.get_connection_with_timeout(SHARED_TIMEOUT)?;
-                c.set_read_timeout(Some(SHARED_TIMEOUT))?;
-                c.set_write_timeout(Some(SHARED_TIMEOUT))?;
-                slot.insert(c)
-            }
-        };
-        let result = f(connection);
-        if result.is_err() {
-            // Made again on the next call: a broken or timed-out connection may be out of step.
-            *slot = None;
+    fn new(client: redis::Client) -> Self {
+        Self {
+            client,
+            connection: tokio::sync::Mutex::new(None),
+            health: Mutex::new(Health::default()),
+            ttl: SHARED_REPORT_TTL,
         }
-        result
     }
 
-    fn create(
-        &self,
-        id: ReportId,
-        stored: &Stored,
-        text: &[u8],
-        line: &ReportSummary,
-        limits: ReportLimits,
-    ) -> redis::RedisResult<()> {
+    fn health(&self) -> std::sync::MutexGuard<'_, Health> {
+        self.health.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn skipped(&self) -> bool {
+        self.health().skip_until.is_some_and(|until| Instant::now() < until)
+    }
+
+    /// Runs `call` on the connection within [`SHARED_TIMEOUT`]; skips Redis for [`SHARED_RETRY`] after trouble.
+    async fn call<T, F>(&self, call: impl FnOnce(ConnectionManager) -> F) -> Result<T, Unavailable>
+    where
+        F: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        if self.skipped() {
+            return Err(Unavailable);
+        }
+        let connection = {
+            let mut slot = self.connection.lock().await;
+            // Whoever held the lock before may have just failed to connect.
+            if self.skipped() {
+                return Err(Unavailable);
+            }
+            match slot.as_ref() {
+                Some(c) => c.clone(),
+                None => {
+                    let config = redis::aio::ConnectionManagerConfig::new()
+                        .set_connection_timeout(Some(SHARED_TIMEOUT))
+                        .set_response_timeout(Some(SHARED_TIMEOUT))
+                        .set_number_of_retries(1);
+                    let connecting = ConnectionManager::new_with_config(self.client.clone(), config);
+                    match tokio::time::timeout(SHARED_TIMEOUT, connecting).await {
+                        Ok(Ok(c)) => slot.insert(c).clone(),
+                        Ok(Err(e)) => return Err(self.trouble(&e.to_string())),
+                        Err(_) => return Err(self.trouble("no answer in time")),
+                    }
+                }
+            }
+        };
+        // The manager reconnects by itself after a broken connection.
+        match tokio::time::timeout(SHARED_TIMEOUT, call(connection)).await {
+            Ok(Ok(value)) => {
+                self.answered();
+                Ok(value)
+            }
+            Ok(Err(e)) => Err(self.trouble(&e.to_string())),
+            Err(_) => Err(self.trouble("no answer in time")),
+        }
+    }
+
+    /// Skips Redis for [`SHARED_RETRY`]; says so once per outage.
+    fn trouble(&self, error: &str) -> Unavailable {
+        let mut health = self.health();
+        health.skip_until = Some(Instant::now() + SHARED_RETRY);
+        if !std::mem::replace(&mut health.troubled, true) {
+            tracing::warn!(
+                error,
+                retry_secs = SHARED_RETRY.as_secs(),
+                "the report store's Redis does not answer: reports are kept in and read from this node's files \
+                 until it does (said once)"
+            );
+        }
+        Unavailable
+    }
+
+    fn answered(&self) {
+        let mut health = self.health();
+        health.skip_until = None;
+        if std::mem::replace(&mut health.troubled, false) {
+            tracing::info!("the report store's Redis answers again");
+        }
+    }
+
+    async fn create(&self, prepared: &Prepared, limits: ReportLimits) -> Result<(), Unavailable> {
+        let Prepared { id, stored, text, .. } = prepared;
+        let line = summary(*id, stored, text.len() as u64);
         let line = SharedSummary {
-            id: line.id.clone(),
+            id: line.id,
             created: line.created,
             bytes: line.bytes,
-            headline: line.headline.clone(),
+            headline: line.headline,
             source: stored.source.clone(),
         };
         let line = serde_json::to_string(&line).unwrap_or_default();
-        self.with_connection(|c| {
-            redis::Script::new(STORE_REPORT)
-                .arg(REDIS_PREFIX)
-                .arg(id.to_string())
-                .arg(stored.created)
-                .arg(stored.source.as_deref().unwrap_or("unknown"))
-                .arg(text)
-                .arg(line)
-                .arg(self.ttl.as_secs())
-                .arg(limits.max_reports.max(1))
-                .arg(limits.max_per_source.max(1))
-                .invoke::<i64>(c)
-                .map(|_| ())
-        })
+        let script = redis::Script::new(STORE_REPORT);
+        let mut invocation = script.prepare_invoke();
+        invocation
+            .arg(REDIS_PREFIX)
+            .arg(id.to_string())
+            .arg(stored.created)
+            .arg(stored.source.as_deref().unwrap_or("unknown"))
+            .arg(&text[..])
+            .arg(line)
+            .arg(self.ttl.as_secs())
+            .arg(limits.max_reports.max(1))
+            .arg(limits.max_per_source.max(1));
+        self.call(|mut c| async move { invocation.invoke_async::<i64>(&mut c).await.map(|_| ()) })
+            .await
     }
 
-    fn read(&self, id: ReportId) -> redis::RedisResult<Option<Vec<u8>>> {
-        self.with_connection(|c| redis::cmd("GET").arg(format!("{REDIS_PREFIX}report:{id}")).query(c))
+    async fn read(&self, id: ReportId) -> Result<Option<Vec<u8>>, Unavailable> {
+        let key = format!("{REDIS_PREFIX}report:{id}");
+        self.call(|mut c| async move { redis::cmd("GET").arg(key).query_async(&mut c).await })
+            .await
     }
 
-    fn list(&self) -> redis::RedisResult<Vec<ReportSummary>> {
-        let lines: Vec<Option<String>> = self.with_connection(|c| {
-            let ids: Vec<String> = redis::cmd("ZREVRANGE")
-                .arg(format!("{REDIS_PREFIX}reports"))
-                .arg(0)
-                .arg(-1)
-                .query(c)?;
-            if ids.is_empty() {
-                return Ok(Vec::new());
-            }
-            redis::cmd("HMGET")
-                .arg(format!("{REDIS_PREFIX}reports:summary"))
-                .arg(&ids)
-                .query(c)
-        })?;
+    async fn list(&self) -> Result<Vec<ReportSummary>, Unavailable> {
+        let lines: Vec<Option<String>> = self
+            .call(|mut c| async move {
+                let ids: Vec<String> = redis::cmd("ZREVRANGE")
+                    .arg(format!("{REDIS_PREFIX}reports"))
+                    .arg(0)
+                    .arg(-1)
+                    .query_async(&mut c)
+                    .await?;
+                if ids.is_empty() {
+                    return Ok(Vec::new());
+                }
+                redis::cmd("HMGET")
+                    .arg(format!("{REDIS_PREFIX}reports:summary"))
+                    .arg(&ids)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
@@ -657,10 +833,6 @@ impl SharedReports {
                 headline: line.headline,
             })
             .collect())
-    }
-
-    fn trouble(&self, e: &redis::RedisError, then: &str) {
-        tracing::warn!(error = %e, "the report store's Redis does not answer: {then}");
     }
 }
 

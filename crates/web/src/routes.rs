@@ -16,7 +16,7 @@ use signal::{ErrorCode, Refusal};
 use subtle::ConstantTimeEq;
 
 use crate::hub::HubHandle;
-use crate::reports::{ReportError, ReportId, ReportStore};
+use crate::reports::{ReportError, ReportId, Reports};
 use crate::{Scheme, WebConfig};
 use signal::Source;
 use source::{RateLimiter, RetryAfter};
@@ -35,7 +35,7 @@ const ICE_SERVERS_EVERY: Duration = Duration::from_millis(500);
 pub(crate) struct App {
     pub config: WebConfig,
     pub hub: HubHandle,
-    reports: Arc<ReportStore>,
+    reports: Reports,
     /// `POST /api/reports`: 5 at once per source, then one a minute.
     report_limiter: RateLimiter,
     /// `GET /api/reports` (the admin token is checked there): 10 at once per source, then one every 6 s.
@@ -79,14 +79,14 @@ impl crate::Web {
 }
 
 impl App {
-    pub fn new(config: WebConfig, hub: HubHandle, reports: ReportStore) -> Self {
+    pub fn new(config: WebConfig, hub: HubHandle, reports: Reports) -> Self {
         let request_limiter = RateLimiter::per_second(config.requests_per_second_per_source, REQUEST_BURST_SECS);
         Self {
             request_limiter,
             requests_refused: AtomicU64::new(0),
             config,
             hub,
-            reports: Arc::new(reports),
+            reports,
             report_limiter: RateLimiter::new(5, Duration::from_secs(60), TRACKED_SOURCES),
             admin_limiter: RateLimiter::new(10, Duration::from_secs(6), TRACKED_SOURCES),
             ice_limiter: RateLimiter::new(ICE_SERVERS_BURST, ICE_SERVERS_EVERY, TRACKED_SOURCES),
@@ -505,15 +505,6 @@ async fn check_page() -> Response {
         .into_response()
 }
 
-/// Runs a blocking store call off the worker's runtime.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, ReportError> + Send + 'static,
-) -> Result<T, ReportError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .unwrap_or_else(|e| Err(ReportError::Storage(std::io::Error::other(e.to_string()))))
-}
-
 /// Time for a whole request body, however it trickles: without it a client sending a byte now and then holds its
 /// connection slot for as long as it likes (hyper's own deadline covers the headers only).
 const BODY_DEADLINE: Duration = Duration::from_secs(10);
@@ -544,9 +535,8 @@ async fn create_report(
             )
         }
     };
-    let store = app.reports.clone();
     let unix = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    match blocking(move || store.create(&bytes, unix, source, &mut rand::thread_rng())).await {
+    match app.reports.create(&bytes, unix, source).await {
         Ok(id) => {
             tracing::info!(%remote, %id, "troubleshooter report stored");
             let body = serde_json::json!({"ok": true, "id": id.to_string(), "url": format!("/check/{id}")});
@@ -572,8 +562,7 @@ async fn read_report(State(app): State<Arc<App>>, Path(id): Path<String>) -> Res
         Ok(id) => id,
         Err(e) => return report_error(&e),
     };
-    let store = app.reports.clone();
-    match blocking(move || store.read(id)).await {
+    match app.reports.read(id).await {
         Ok(bytes) => (
             [
                 (header::CONTENT_TYPE, "application/json"),
@@ -603,9 +592,7 @@ async fn list_reports(
     if let Err(refused) = check_admin_token(&app, expected, remote, &headers, "GET /api/reports") {
         return refused.into_response();
     }
-    // In a cluster the list is read from Redis: off the async workers, like every other store call.
-    let store = app.reports.clone();
-    let reports = blocking(move || Ok(store.list())).await.unwrap_or_default();
+    let reports = app.reports.list().await;
     let body = serde_json::json!({
         "ok": true,
         "reports": reports,
