@@ -62,7 +62,7 @@ mod id;
 mod protocol;
 mod token;
 
-pub use budget::{Over, Source};
+pub use budget::{Over, SharedBytes, Source};
 pub use frame::UndeliverableReason;
 pub use hub::{
     ConnId, HubStats, IceServerSource, Limits, MemoryHub, Now, Output, Restored, SessionEvent, SignalHub, Unjoined,

@@ -433,3 +433,84 @@ async fn send_pings(ws: &mut Ws, n: u32) {
     }
     let _ = ws.flush().await;
 }
+
+/// `traverse_signal_held_bytes`, read from the metrics listener at `metrics`.
+async fn held_bytes(metrics: SocketAddr) -> u64 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(metrics).await.expect("metrics listener");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("scrape");
+    let mut text = String::new();
+    s.read_to_string(&mut text).await.expect("read the scrape");
+    text.lines()
+        .find_map(|l| l.strip_prefix("traverse_signal_held_bytes "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no traverse_signal_held_bytes in:\n{text}"))
+}
+
+/// A room lives on one of the hub's shards (one per core), and its peers behind one address keep their source's
+/// whole byte budget there: the budgets are the server's, shared by the shards. Split by the number of shards, as
+/// they were, one room kept half of it on this 2-core machine, an eighth on an 8-core one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_behind_one_address_keeps_its_whole_source_budget_on_any_number_of_cores() {
+    const BUDGET: u64 = 1 << 20;
+    let shards = std::thread::available_parallelism().map_or(1, usize::from);
+    if shards < 2 {
+        common::skip("one core: the hub has one shard, so there is nothing to split");
+        return;
+    }
+    let metrics = SocketAddr::from(([127, 0, 0, 1], common::free_tcp_port()));
+    let budget = format!("signal.max_source_bytes={BUDGET}");
+    let args = [
+        "--workers",
+        "1",
+        "--metrics",
+        &metrics.to_string(),
+        "--set",
+        &budget,
+        "--set",
+        "signal.max_session_bytes=262144",
+        "--set",
+        "signal.delivered_bytes_per_second=0",
+    ];
+    let mut spawned = common::spawn_serve("127.0.0.1:0", &args, &[]);
+    let server = common::signaling_addr(&spawned);
+    let office = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 40));
+    let run = async {
+        // Eight readers that never acknowledge: 2 MiB of session budgets, more than the source's 1 MiB.
+        let mut readers = Vec::new();
+        for _ in 0..8 {
+            readers.push(join(office, server, "office").await.0);
+        }
+        let (mut loud, _) = join(office, server, "office").await;
+        let body = json!({"type": "broadcast", "data": {"pad": "x".repeat(30_000)}}).to_string();
+        for _ in 0..12 {
+            loud.send(Message::text(body.clone())).await.expect("broadcast");
+            tokio::time::sleep(Duration::from_millis(40)).await;
+        }
+        // What the readers were sent is kept until they acknowledge, up to the source's budget.
+        let deadline = Instant::now() + WAIT;
+        let mut held = 0;
+        while Instant::now() < deadline {
+            held = held_bytes(metrics).await;
+            if held >= BUDGET - 64 * 1024 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(
+            held >= BUDGET - 64 * 1024,
+            "the room kept {held} bytes of its source's {BUDGET} over {shards} shards"
+        );
+        assert!(
+            held <= BUDGET + 64 * 1024,
+            "{held} bytes held past a budget of {BUDGET}"
+        );
+        drop(readers);
+    };
+    let finished = tokio::time::timeout(Duration::from_secs(20), run).await;
+    let _ = spawned.child.kill();
+    let _ = spawned.child.wait();
+    finished.expect("the test took too long");
+}

@@ -251,20 +251,20 @@ pub(crate) fn spawn(
         count: AtomicUsize::new(0),
         max: limits.max_rooms,
     });
-    // Sockets per source are counted by `cluster_shards`; rooms by `rooms`; the byte budgets are shared out.
+    // Sockets per source are counted by `cluster_shards`; rooms by `rooms`; the byte budgets are shared.
     let mut own = limits.clone();
     own.max_connections_per_ip = usize::MAX;
     own.max_rooms = 0;
-    own.max_source_bytes = limits.max_source_bytes / count;
-    own.max_total_bytes = limits.max_total_bytes / count;
+    let bytes = signal::SharedBytes::new();
     let mut queues = Vec::with_capacity(count);
     for (index, events) in inboxes.into_iter().enumerate() {
         let registry = registries.get(index).cloned().unwrap_or_default();
         // In a cluster, every join's iceServers also name the other live nodes' TURN servers.
         let source = ice_source(config.ice_servers.clone(), registry.clone());
         let rng = rand::rngs::StdRng::from_entropy();
-        let hub =
-            MemoryHub::new(own.clone(), config.token_secret.clone(), source, rng, Instant::now()).with_session_events();
+        let hub = MemoryHub::new(own.clone(), config.token_secret.clone(), source, rng, Instant::now())
+            .with_session_events()
+            .with_shared_bytes(bytes.clone());
         let shard = Shard {
             index,
             siblings: siblings.clone(),

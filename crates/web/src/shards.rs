@@ -206,12 +206,12 @@ impl Shards {
         let mut own = limits.clone();
         own.max_connections_per_ip = usize::MAX;
         own.max_rooms = 0;
-        own.max_source_bytes = limits.max_source_bytes / count;
-        own.max_total_bytes = limits.max_total_bytes / count;
+        // The byte budgets are the server's, shared by the shards (not split: a room lives on one shard).
+        let bytes = signal::SharedBytes::new();
         let shards = (0..count)
             .map(|_| {
                 Shard(Mutex::new(ShardState {
-                    hub: make(own.clone()),
+                    hub: make(own.clone()).with_shared_bytes(bytes.clone()),
                     sockets: HashMap::default(),
                     armed: None,
                     rooms: 0,

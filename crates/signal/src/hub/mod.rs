@@ -21,7 +21,7 @@ use foldhash::fast::RandomState;
 use rand::RngCore;
 use serde_json::value::RawValue;
 
-use crate::budget::{Budget, ByteLimits, Source};
+use crate::budget::{Budget, ByteLimits, SharedBytes, Source};
 use crate::frame::Frame;
 use crate::id::{PeerId, SessionSecret};
 use crate::protocol::{self, ClientMessage, CloseCode, ErrorCode, Refusal};
@@ -365,6 +365,14 @@ impl<R: RngCore + Send> MemoryHub<R> {
             pairing: outcomes::Pairing::default(),
             session_events: false,
         }
+    }
+
+    /// Shares the source and total byte budgets with the other hubs of `shared` (the shards of one server), so that
+    /// each is the configured one however many hubs there are.
+    #[must_use]
+    pub fn with_shared_bytes(mut self, shared: Arc<SharedBytes>) -> Self {
+        self.budget.share(shared);
+        self
     }
 
     /// Also emits [`Output::Session`] when a session begins and ends.
