@@ -208,7 +208,13 @@ pub(crate) struct Worker {
     index: usize,
     /// Allocations with channels in the kernel fast path: which channels, and the kernel's counters last read.
     fast: RefCell<HashMap<AllocationId, FastAllocation>>,
+    /// Channels the kernel refused since the last warning about it, and when that was (at most one per
+    /// [`FAST_REFUSAL_WARNING_EVERY`]: one Refresh can re-announce 256 channels).
+    fast_refused: Cell<(u64, Option<Instant>)>,
 }
+
+/// The least time between two warnings that the kernel refused channels.
+const FAST_REFUSAL_WARNING_EVERY: Duration = Duration::from_secs(10);
 
 #[derive(Default)]
 struct FastAllocation {
@@ -296,6 +302,7 @@ pub(crate) fn run(
             next_relay_address: Cell::new(index),
             index,
             fast: RefCell::new(HashMap::new()),
+            fast_refused: Cell::new((0, None)),
         });
         for l in &worker.udp {
             spawn_local(udp_listener(worker.clone(), l.clone()));
@@ -780,8 +787,24 @@ impl Worker {
         let Some(kernel) = self.kernel_route(&route) else {
             return;
         };
-        if let Err(e) = fast.install(&kernel, expires) {
-            tracing::warn!(error = %e, "channel left on the socket path");
+        let new = !self
+            .fast
+            .borrow()
+            .get(&route.allocation)
+            .is_some_and(|entry| entry.channels.contains(&route));
+        if let Err(e) = fast.install(&kernel, expires, new) {
+            let (refused, warned) = self.fast_refused.get();
+            let now = Instant::now();
+            if warned.is_none_or(|at| now.duration_since(at) >= FAST_REFUSAL_WARNING_EVERY) {
+                tracing::warn!(
+                    error = %e,
+                    refused = refused + 1,
+                    "channels left on the socket path: the kernel did not take them (said at most every 10 s)"
+                );
+                self.fast_refused.set((0, Some(now)));
+            } else {
+                self.fast_refused.set((refused + 1, warned));
+            }
             return;
         }
         let first = {

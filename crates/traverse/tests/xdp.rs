@@ -54,9 +54,11 @@ impl Lab {
     }
 
     fn build() -> Lab {
-        // Interface names are at most 15 bytes: "tx" + 5 digits + "-s0".
+        // Interface names are at most 15 bytes: "tx" + 5 digits + the lab's number + "-s0".
+        static LABS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = LABS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let lab = Lab {
-            prefix: format!("tx{:05}", std::process::id() % 100_000),
+            prefix: format!("tx{:05}{n}", std::process::id() % 100_000),
         };
         let (s, r, c, p, q) = (lab.ns("s"), lab.ns("r"), lab.ns("c"), lab.ns("p"), lab.ns("q"));
         let (s0, r0, c0, r1, p0, r2) = (
@@ -627,4 +629,70 @@ fn xdp_fast_path_relays_channels_and_keeps_every_guarantee() {
     println!("two interfaces: 20 + 20 packets redirected, {before:?} -> {after:?}");
     server.assert_alive();
     println!("xdp test took {:?}", started.elapsed());
+}
+
+/// The kernel's route tables (262 144 entries each) against one client address and against their room, through
+/// the loader itself: an address holds at most a sixteenth of them, and a route the kernel cannot take leaves
+/// nothing behind. Before, one address could fill the tables, and the counters entry of an allocation whose first
+/// route was refused stayed in the kernel for good (the allocation was never recorded, so its end did not remove it).
+#[test]
+fn the_kernel_route_tables_hold_a_share_per_client_and_a_refused_route_leaves_nothing() {
+    if let Some(reason) = skip_reason() {
+        skip(&reason);
+        return;
+    }
+    let lab = Lab::build();
+    let s0 = lab.dev("s0");
+    lab.inside("s", move || {
+        let fast = xdp::FastPath::attach(&[s0]).expect("attach");
+        let expires = Instant::now() + Duration::from_secs(600);
+        let share = xdp::ROUTES_PER_SOURCE;
+        // Client `i`'s route `k`, of allocation `i` (each client one allocation).
+        let route = |i: u8, k: u32| {
+            let client: SocketAddr = format!("192.0.2.{i}:{}", 1024 + k).parse().unwrap();
+            let peer: SocketAddr = format!("198.51.100.1:{}", 1024 + k).parse().unwrap();
+            let relay: SocketAddr = format!("203.0.113.1:{}", 50_000 + u16::from(i)).parse().unwrap();
+            let allocation = xdp::Allocation {
+                worker: 0,
+                slot: u32::from(i),
+                generation: 1,
+            };
+            xdp::Route::v4(allocation, client, addr(SERVER_IP, 3478), 0x4000, peer, relay).unwrap()
+        };
+        for k in 0..share {
+            fast.install(&route(1, k), expires, true).expect("within the share");
+        }
+        let refused = fast.install(&route(1, share), expires, true);
+        assert!(refused.is_err(), "a route past the client's share was taken");
+        // A refresh of a route it holds is no new route.
+        fast.install(&route(1, 0), expires, false).expect("a refresh");
+        // Fifteen more clients fill the tables, each to its share.
+        for i in 2..=16 {
+            for k in 0..share {
+                fast.install(&route(i, k), expires, true)
+                    .expect("room left in the tables");
+            }
+        }
+        assert_eq!(fast.allocations(), 16);
+        // A seventeenth, with a share of its own but no room: refused, and its allocation's counters not kept.
+        assert!(
+            fast.install(&route(17, 0), expires, true).is_err(),
+            "a full table took a route"
+        );
+        assert_eq!(
+            fast.allocations(),
+            16,
+            "the refused allocation's counters stayed in the kernel"
+        );
+        // A removed route gives its place back, in the table and in its client's share.
+        fast.remove(&route(1, 0));
+        fast.install(&route(1, share), expires, true).expect("the freed place");
+        fast.remove(&route(16, 0));
+        fast.install(&route(17, 0), expires, true).expect("the freed place");
+        assert_eq!(fast.allocations(), 17);
+    });
+}
+
+fn addr(ip: &str, port: u16) -> SocketAddr {
+    SocketAddr::new(ip.parse().unwrap(), port)
 }

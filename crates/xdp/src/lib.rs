@@ -172,9 +172,40 @@ impl std::fmt::Debug for FastPath {
     }
 }
 
+/// Entries of each route table (`MAX_ENTRIES` in `bpf/relay.c`).
+pub const MAX_ROUTES: u32 = 262_144;
+
+/// Routes one client address may hold in the kernel's tables: a sixteenth of them. Its allocations' quota allows
+/// 2 000 × 256 channels, which would fill the tables in seconds and leave everyone's new channels on the socket path.
+pub const ROUTES_PER_SOURCE: u32 = MAX_ROUTES / 16;
+
+/// Kernel routes held per client address (the tables are IPv4 only, so an address is a source).
+#[derive(Debug, Default)]
+struct Shares(std::collections::HashMap<std::net::Ipv4Addr, u32>);
+
+impl Shares {
+    fn admits(&self, client: std::net::Ipv4Addr) -> bool {
+        self.0.get(&client).copied().unwrap_or(0) < ROUTES_PER_SOURCE
+    }
+
+    fn add(&mut self, client: std::net::Ipv4Addr) {
+        *self.0.entry(client).or_default() += 1;
+    }
+
+    fn remove(&mut self, client: std::net::Ipv4Addr) {
+        if let std::collections::hash_map::Entry::Occupied(mut held) = self.0.entry(client) {
+            *held.get_mut() = held.get().saturating_sub(1);
+            if *held.get() == 0 {
+                held.remove();
+            }
+        }
+    }
+}
+
 struct Maps {
     /// Owns the program and its links: dropping it detaches.
     _ebpf: Ebpf,
+    shares: Shares,
     client_routes: HashMap<MapData, ClientKey, ToPeer>,
     peer_routes: HashMap<MapData, PeerKey, ToClient>,
     counters: PerCpuHashMap<MapData, AllocKey, Counters>,
@@ -187,7 +218,7 @@ impl FastPath {
     pub fn attach(interfaces: &[String]) -> Result<Self, AttachError> {
         let object = OBJECT.ok_or(AttachError::NotBuiltIn)?;
         for iface in interfaces {
-            if iface.is_empty() || iface.contains(['\0', '/']) || nix_if_index(iface).is_none() {
+            if iface.is_empty() || iface.contains(['\0', '/']) || !has_interface(iface) {
                 return Err(AttachError::UnknownInterface(iface.clone()));
             }
             let forwarding = std::fs::read_to_string(format!("/proc/sys/net/ipv4/conf/{iface}/forwarding"));
@@ -228,6 +259,7 @@ impl FastPath {
                 counters,
                 credits,
                 cpus,
+                shares: Shares::default(),
             }),
             interfaces: interfaces.to_vec(),
         })
@@ -241,21 +273,30 @@ impl FastPath {
         self.maps.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Installs or refreshes a channel's routes, usable until `expires` (the core's min of channel, permission and
-    /// allocation expiry). The allocation's counters are created with its first route.
-    pub fn install(&self, route: &Route, expires: Instant) -> Result<(), MapError> {
+    /// Installs (`new`) or refreshes a channel's routes, usable until `expires` (the core's min of channel,
+    /// permission and allocation expiry). The allocation's counters are created with its first route. A new route
+    /// past its client address's share ([`ROUTES_PER_SOURCE`]) or the tables' room is refused, and leaves nothing
+    /// behind: the channel stays on the socket path.
+    pub fn install(&self, route: &Route, expires: Instant, new: bool) -> Result<(), MapError> {
         let expires_ns = monotonic_deadline(expires);
         let alloc = alloc_key(route.allocation);
+        let client_ip = *route.client.ip();
         let mut maps = self.maps();
+        if new && !maps.shares.admits(client_ip) {
+            return Err(MapError::new(
+                "CLIENT_ROUTES",
+                format_args!("{client_ip} holds its share of {ROUTES_PER_SOURCE} routes"),
+            ));
+        }
         // BPF_NOEXIST: the first route creates the counters, a later one must not zero them. (Not a look-up first:
         // aya 0.13's per-CPU `get` answers a missing key with zeros.)
         let zeros =
             PerCpuValues::try_from(vec![Counters::default(); maps.cpus]).map_err(|e| MapError::new("COUNTERS", e))?;
-        match maps.counters.insert(alloc, zeros, BPF_NOEXIST) {
-            Ok(()) => {}
-            Err(aya::maps::MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => {}
+        let created = match maps.counters.insert(alloc, zeros, BPF_NOEXIST) {
+            Ok(()) => true,
+            Err(aya::maps::MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => false,
             Err(e) => return Err(MapError::new("COUNTERS", e)),
-        }
+        };
         let to_peer = ToPeer {
             relay_ip: be_ip(&route.relay),
             peer_ip: be_ip(&route.peer),
@@ -275,19 +316,44 @@ impl FastPath {
             expires_ns,
             alloc,
         };
-        maps.client_routes
+        let inserted = maps
+            .client_routes
             .insert(route.client_key(), to_peer, 0)
-            .map_err(|e| MapError::new("CLIENT_ROUTES", e))?;
-        maps.peer_routes
-            .insert(route.peer_key(), to_client, 0)
-            .map_err(|e| MapError::new("PEER_ROUTES", e))
+            .map_err(|e| MapError::new("CLIENT_ROUTES", e))
+            .and_then(|()| {
+                maps.peer_routes
+                    .insert(route.peer_key(), to_client, 0)
+                    .map_err(|e| MapError::new("PEER_ROUTES", e))
+            });
+        if let Err(e) = inserted {
+            // A table is full. Undone, so that nothing is left without an owner: the counters of an allocation
+            // whose first route failed were never known to the worker, and stayed in the kernel for good.
+            if new {
+                let _ = maps.client_routes.remove(&route.client_key());
+            }
+            if created {
+                let _ = maps.counters.remove(&alloc);
+            }
+            return Err(e);
+        }
+        if new {
+            maps.shares.add(client_ip);
+        }
+        Ok(())
+    }
+
+    /// Allocations with counters in the kernel (one per allocation with a route).
+    pub fn allocations(&self) -> usize {
+        self.maps().counters.keys().filter(Result::is_ok).count()
     }
 
     /// Removes a channel's routes: from the next packet on, it takes the socket path.
     pub fn remove(&self, route: &Route) {
         let mut maps = self.maps();
         // Absent entries (never installed, or already gone) are not an error here.
-        let _ = maps.client_routes.remove(&route.client_key());
+        if maps.client_routes.remove(&route.client_key()).is_ok() {
+            maps.shares.remove(*route.client.ip());
+        }
         let _ = maps.peer_routes.remove(&route.peer_key());
     }
 
@@ -358,17 +424,37 @@ fn monotonic_deadline(expires: Instant) -> u64 {
 }
 
 /// The interface's index from sysfs, so a bad name is refused before aya sees it.
-fn nix_if_index(iface: &str) -> Option<u32> {
-    std::fs::read_to_string(format!("/sys/class/net/{iface}/ifindex"))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
+/// Whether the calling thread's network namespace has `iface`. (`/sys/class/net` shows the namespace `/sys` was
+/// mounted in, which a thread that entered another one with `setns` does not see.)
+fn has_interface(iface: &str) -> bool {
+    std::fs::read_to_string("/proc/thread-self/net/dev").is_ok_and(|dev| {
+        dev.lines()
+            .filter_map(|line| line.split_once(':'))
+            .any(|(name, _)| name.trim() == iface)
+    })
 }
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
+    #[test]
+    fn a_client_address_holds_at_most_its_share_of_routes() {
+        let mut shares = super::Shares::default();
+        let (a, b) = ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap());
+        for _ in 0..super::ROUTES_PER_SOURCE {
+            assert!(shares.admits(a));
+            shares.add(a);
+        }
+        assert!(!shares.admits(a), "past its share");
+        assert!(shares.admits(b), "another address is not charged");
+        shares.remove(a);
+        assert!(shares.admits(a), "a removed route gives its place back");
+        for _ in 0..super::ROUTES_PER_SOURCE {
+            shares.remove(a);
+        }
+        assert!(shares.0.is_empty(), "nothing kept for an address without routes");
+    }
+
     use super::*;
 
     /// A build without clang: the server says this once and keeps the socket path.

@@ -11,6 +11,12 @@
 
 use super::*;
 
+/// A channel whose kernel deadline moved by no more than this is not written to the kernel again. Every Refresh,
+/// CreatePermission and ChannelBind re-announces the channels it touches, so without it a flood of 80-byte Refreshes
+/// on an allocation with 256 channels rewrote 256 routes each time (~770 map system calls). The kernel's copy then
+/// lapses at most this much early, and the channel's packets take the socket path until the next refresh.
+pub(super) const REANNOUNCE_SLACK: Duration = Duration::from_secs(30);
+
 /// A channel binding as the fast path routes it: the key of both directions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct FastRoute {
@@ -64,28 +70,44 @@ impl<R: RngCore> Server<R> {
         Some(std::mem::take(&mut alloc.bucket.tokens))
     }
 
-    /// `ChannelUsable` for the channels of `id` to the given peer IPs (all when `ips` is `None`).
+    /// `ChannelUsable` for the channels of `id` to the given peer IPs (all when `ips` is `None`), each whose
+    /// deadline moved by more than [`REANNOUNCE_SLACK`] since it was last announced.
     pub(super) fn announce_channels(&mut self, id: AllocationId, ips: Option<&[IpAddr]>) {
         if !self.fast_path {
             return;
         }
-        let Some(alloc) = self.slots.get(id.index as usize).and_then(Option::as_ref) else {
+        let Some(alloc) = self.slots.get_mut(id.index as usize).and_then(Option::as_mut) else {
             return;
         };
         if alloc.five_tuple.transport != Transport::Udp {
             return;
         }
-        for (peer, binding) in &alloc.channel_by_peer {
+        let (five_tuple, relays, alloc_expires) = (alloc.five_tuple, alloc.relays, alloc.expires);
+        for (peer, binding) in &mut alloc.channel_by_peer {
             if ips.is_some_and(|ips| !ips.contains(&peer.ip())) {
                 continue;
             }
-            let Some(route) = route_of(id, alloc, *peer, binding.channel) else {
+            let expires = binding.expires.min(alloc_expires);
+            let moved = |last: Instant| {
+                expires
+                    .saturating_duration_since(last)
+                    .max(last.saturating_duration_since(expires))
+            };
+            if binding.announced.is_some_and(|last| moved(last) <= REANNOUNCE_SLACK) {
+                continue;
+            }
+            let Some(&relay) = Family::of(peer).pick(&relays).as_ref() else {
                 continue;
             };
-            self.events.push_back(Event::ChannelUsable {
-                route,
-                expires: binding.expires.min(alloc.expires),
-            });
+            binding.announced = Some(expires);
+            let route = FastRoute {
+                allocation: id,
+                five_tuple,
+                channel: binding.channel,
+                peer: *peer,
+                relay,
+            };
+            self.events.push_back(Event::ChannelUsable { route, expires });
         }
     }
 }

@@ -264,6 +264,8 @@ struct ChannelBinding {
     channel: ChannelNumber,
     channel_expires: Instant,
     expires: Instant,
+    /// The deadline last given to the kernel fast path (`Event::ChannelUsable`), if any.
+    announced: Option<Instant>,
 }
 
 /// Client→peer route of a bound channel, keyed by what a ChannelData packet carries.

@@ -74,6 +74,7 @@ impl<R: RngCore> Server<R> {
                     channel,
                     channel_expires,
                     expires: channel_expires.min(permission_expires),
+                    announced: None,
                 },
             )
             .is_none();
