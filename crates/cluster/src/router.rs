@@ -9,17 +9,23 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
-use signal::{CloseCode, ConnId, Now, Output, PeerId, Refusal, Restored, SessionEvent, SessionSecret, SignalHub};
+use signal::{
+    CloseCode, ConnId, Limits, Now, Output, PeerId, Refusal, Restored, SessionEvent, SessionSecret, SignalHub,
+};
 
 use crate::wire::{Envelope, Message, NodeId};
 
 /// Hub ids of sockets hosted for other nodes start here; the I/O layer numbers its own sockets from 1, far below.
 pub const HOSTED_BASE: u64 = 1 << 62;
 
-/// Frames a socket may send while its room is being looked up; beyond, it is closed with 4202 (retry now).
+/// Frames a socket may send while its room is being looked up, and their bytes; beyond either, it is closed with
+/// 4100 (rate-limited: 4202 would invite it to reconnect and do it again). They are held before any hub has counted
+/// them: 32 frames of 64 KiB were 2 MiB a socket, for as long as Redis took to answer.
 pub const MAX_WAITING: usize = 32;
+pub const MAX_WAITING_BYTES: usize = 128 * 1024;
 
 /// What the I/O layer must do.
 #[derive(Debug)]
@@ -73,6 +79,45 @@ enum Route {
 struct LocalSocket {
     ip: IpAddr,
     route: Route,
+    /// What it has sent towards another node, against [`Ceiling`] (from its first such frame).
+    spent: Option<Spent>,
+}
+
+/// What a socket whose frames leave this node (to its room's home, through Redis) may send before a hub counts
+/// them: twice the hub's message rate and delivered bytes, burst included. The home counts them exactly and says
+/// `rate-limited` long before; this cuts a flood at its origin, before every frame becomes a `PUBLISH`.
+#[derive(Debug, Clone, Copy)]
+struct Ceiling {
+    messages_per_second: f64,
+    message_burst: f64,
+    bytes_per_second: f64,
+    byte_burst: f64,
+}
+
+impl Ceiling {
+    fn of(limits: &Limits) -> Option<Self> {
+        if limits.messages_per_second == 0 {
+            return None;
+        }
+        let bytes_per_second = match limits.delivered_bytes_per_second {
+            0 => f64::INFINITY,
+            rate => 2.0 * rate as f64,
+        };
+        Some(Self {
+            messages_per_second: 2.0 * f64::from(limits.messages_per_second),
+            message_burst: 2.0 * f64::from(limits.burst.max(1)),
+            bytes_per_second,
+            byte_burst: (4.0 * bytes_per_second).max(2.0 * limits.max_message_bytes as f64),
+        })
+    }
+}
+
+/// Tokens left under the [`Ceiling`].
+#[derive(Debug)]
+struct Spent {
+    messages: f64,
+    bytes: f64,
+    refilled: Instant,
 }
 
 /// A socket of another node hosted in this node's hub.
@@ -96,6 +141,7 @@ pub struct Router {
     actions: VecDeque<Action>,
     /// Handing everything to other nodes: no socket is hosted here any more.
     draining: bool,
+    ceiling: Option<Ceiling>,
 }
 
 /// Just what routing needs from a client's frame; everything else is the hub's to check.
@@ -119,7 +165,16 @@ impl Router {
             rooms: HashMap::new(),
             actions: VecDeque::new(),
             draining: false,
+            ceiling: None,
         }
+    }
+
+    /// Cuts what a socket sends towards another node at twice `limits`' message rate and delivered bytes
+    /// ([`Ceiling`]); without it, only the home's hub counts them.
+    #[must_use]
+    pub fn with_origin_limits(mut self, limits: &Limits) -> Self {
+        self.ceiling = Ceiling::of(limits);
+        self
     }
 
     pub fn node(&self) -> &NodeId {
@@ -168,6 +223,7 @@ impl Router {
             LocalSocket {
                 ip,
                 route: Route::Fresh,
+                spent: None,
             },
         );
         Ok(())
@@ -181,6 +237,7 @@ impl Router {
             Some(LocalSocket {
                 ip,
                 route: Route::Fresh,
+                spent: None,
             }) => {
                 let ip = *ip;
                 self.local.remove(&conn);
@@ -197,6 +254,7 @@ impl Router {
             LocalSocket {
                 ip,
                 route: Route::Fresh,
+                spent: None,
             },
         );
     }
@@ -205,18 +263,35 @@ impl Router {
         let Some(socket) = self.local.get_mut(&conn) else {
             return;
         };
+        let leaves = matches!(socket.route, Route::Forwarded(_) | Route::Waiting(_));
+        if leaves && !admit(self.ceiling.as_ref(), &mut socket.spent, text.len(), now.instant) {
+            tracing::debug!(%conn, "socket sent more than twice its rate towards another node; closing it with 4100");
+            match std::mem::replace(&mut socket.route, Route::Here) {
+                Route::Forwarded(home) => self.publish(home, Envelope::Closed { conn: conn.get() }),
+                _ => hub.handle_closed(conn, now),
+            }
+            self.local.remove(&conn);
+            self.close_local_with(conn, CloseCode::RATE_LIMITED, "rate-limited");
+            self.drain(hub);
+            return;
+        }
         match &mut socket.route {
             Route::Here => hub.handle_text(conn, utf8(&text), now),
             Route::Forwarded(home) => {
                 let home = home.clone();
                 self.publish(home, Envelope::Text { conn: conn.get(), text });
             }
-            Route::Waiting(held) if held.len() < MAX_WAITING => held.push(text),
+            Route::Waiting(held)
+                if held.len() < MAX_WAITING
+                    && held.iter().map(Bytes::len).sum::<usize>() + text.len() <= MAX_WAITING_BYTES =>
+            {
+                held.push(text)
+            }
             Route::Waiting(_) => {
-                tracing::debug!(%conn, "socket sent too much while its room was looked up; closing it with 4202");
+                tracing::debug!(%conn, "socket sent too much while its room was looked up; closing it with 4100");
                 hub.handle_closed(conn, now);
                 self.local.remove(&conn);
-                self.close_local(conn, "room-lookup-overflow");
+                self.close_local_with(conn, CloseCode::RATE_LIMITED, "room-lookup-overflow");
             }
             Route::Fresh => match query_of(utf8(&text)) {
                 // A session of this node's hub needs no lookup (and survives Redis being away).
@@ -546,9 +621,13 @@ impl Router {
     }
 
     fn close_local(&mut self, conn: ConnId, reason: &str) {
+        self.close_local_with(conn, CloseCode::SHUTTING_DOWN, reason);
+    }
+
+    fn close_local_with(&mut self, conn: ConnId, code: CloseCode, reason: &str) {
         let close = Output::Close {
             conn,
-            code: CloseCode::SHUTTING_DOWN,
+            code,
             reason: reason.to_owned(),
         };
         self.actions.push_back(Action::Local(close));
@@ -580,4 +659,24 @@ fn moved(conn: u64) -> Envelope {
 /// Texts reach the router from a WebSocket text frame or a decoded envelope, both checked UTF-8.
 fn utf8(text: &Bytes) -> &str {
     std::str::from_utf8(text).unwrap_or_default()
+}
+
+/// Takes one frame of `bytes` from a socket's tokens under `ceiling` (none: always).
+fn admit(ceiling: Option<&Ceiling>, spent: &mut Option<Spent>, bytes: usize, now: Instant) -> bool {
+    let Some(c) = ceiling else { return true };
+    let spent = spent.get_or_insert(Spent {
+        messages: c.message_burst,
+        bytes: c.byte_burst,
+        refilled: now,
+    });
+    let elapsed = now.saturating_duration_since(spent.refilled).as_secs_f64();
+    spent.refilled = now;
+    spent.messages = (spent.messages + elapsed * c.messages_per_second).min(c.message_burst);
+    spent.bytes = (spent.bytes + elapsed * c.bytes_per_second).min(c.byte_burst);
+    if spent.messages < 1.0 || spent.bytes < bytes as f64 {
+        return false;
+    }
+    spent.messages -= 1.0;
+    spent.bytes -= bytes as f64;
+    true
 }

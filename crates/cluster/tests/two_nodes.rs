@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use cluster::{Action, Answer, Message, NodeId, Query, Router};
+use cluster::{Action, Answer, Message, NodeId, Query, Router, MAX_WAITING_BYTES};
 use rand::SeedableRng;
 use serde_json::{json, Value};
 use signal::{ConnId, Limits, MemoryHub, Now, Output, SessionEvent, SignalHub};
@@ -51,7 +51,7 @@ impl Lab {
                     Box::new(|_, _| serde_json::value::to_raw_value(&json!([])).unwrap());
                 let rng = rand::rngs::StdRng::seed_from_u64(i as u64);
                 Node {
-                    router: Router::new(id(i)),
+                    router: Router::new(id(i)).with_origin_limits(&limits),
                     hub: MemoryHub::new(limits.clone(), None, ice, rng, start).with_session_events(),
                     inbox: HashMap::new(),
                     closed: HashMap::new(),
@@ -363,4 +363,76 @@ fn a_socket_that_has_not_joined_moves_to_another_router_with_its_hub_state() {
     // Routed now: it stays.
     assert_eq!(lab.nodes[1].router.take_fresh(ConnId::new(2)), None);
     assert_eq!(lab.nodes[1].hub.stats().connections, 1);
+}
+
+/// Every action a router has queued.
+fn actions(router: &mut Router) -> Vec<Action> {
+    std::iter::from_fn(|| router.poll_action()).collect()
+}
+
+fn closed_with(actions: &[Action], code: u16) -> bool {
+    actions
+        .iter()
+        .any(|a| matches!(a, Action::Local(Output::Close { code: c, .. }) if c.0 == code))
+}
+
+/// A socket forwarded to its room's home floods it faster than the round trip: its node stops publishing its
+/// frames at twice the hub's rate and burst and closes it with 4100 (before, every frame became a `PUBLISH`).
+#[test]
+fn a_forwarded_socket_s_flood_is_cut_at_its_node() {
+    let limits = Limits::default();
+    let mut lab = Lab::new(2, limits.clone());
+    lab.connect(0, 1);
+    lab.send(0, 1, json!({"type":"join","room":"r"}));
+    let a = lab.inbox(0, 1)[0]["peerId"].as_str().unwrap().to_owned();
+    lab.connect(1, 1);
+    lab.send(1, 1, json!({"type":"join","room":"r"}));
+    assert_eq!(lab.inbox(1, 1)[0]["type"], "joined");
+
+    let now = lab.now();
+    let n = &mut lab.nodes[1];
+    let signal = Bytes::from(json!({"type":"signal","to":a,"data":{"n":1}}).to_string());
+    for _ in 0..1000 {
+        n.router.handle_text(&mut n.hub, ConnId::new(1), signal.clone(), now);
+    }
+    let actions = actions(&mut n.router);
+    let published = actions.iter().filter(|a| matches!(a, Action::Publish { .. })).count();
+    let ceiling = 2 * limits.burst as usize;
+    assert!(closed_with(&actions, 4100), "not closed: {published} frames published");
+    assert_eq!(
+        published,
+        ceiling + 1,
+        "the burst's frames, then the socket's close for the home"
+    );
+}
+
+/// While its room is looked up, a socket's frames wait unread by any hub: at most 128 KiB of them, then it is closed
+/// with 4100 (before: 32 frames of any size, 2 MiB, then 4202, which invites a reconnect).
+#[test]
+fn frames_held_during_a_room_lookup_are_bounded_in_bytes() {
+    let mut lab = Lab::new(2, Limits::default());
+    lab.connect(1, 1);
+    let now = lab.now();
+    let n = &mut lab.nodes[1];
+    let join = Bytes::from(json!({"type":"join","room":"far"}).to_string());
+    n.router.handle_text(&mut n.hub, ConnId::new(1), join, now);
+    assert!(matches!(n.router.poll_action(), Some(Action::Lookup { .. })));
+    let big = Bytes::from(json!({"type":"broadcast","data":"x".repeat(60_000)}).to_string());
+    let mut held = 0;
+    for _ in 0..10 {
+        n.router.handle_text(&mut n.hub, ConnId::new(1), big.clone(), now);
+        if closed_with(&actions(&mut n.router), 4100) {
+            break;
+        }
+        held += big.len();
+    }
+    assert!(
+        held > 0 && held <= MAX_WAITING_BYTES,
+        "{held} bytes held before the close"
+    );
+    assert_eq!(
+        held / big.len(),
+        2,
+        "two 60 KB frames fit in 128 KiB, the third does not"
+    );
 }

@@ -36,8 +36,32 @@ const HEARTBEAT: Duration = Duration::from_secs(1);
 const LEASE: Duration = Duration::from_secs(10);
 /// A Redis answer slower than this counts as Redis trouble (the socket is then served here).
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
-/// Envelopes waiting to be published; beyond, Redis is too slow and the sockets depending on it are closed.
+/// Envelopes waiting to be published, and their bytes; beyond either, Redis is too slow and the sockets depending
+/// on it are closed. (Envelopes are up to a frame's 64 KiB: counted alone, the queue could hold 4 GiB.)
 const PUBLISH_QUEUE: usize = 65_536;
+const PUBLISH_QUEUE_BYTES: usize = 64 << 20;
+
+/// The envelopes waiting for the publishing task, bounded in count and in bytes.
+#[derive(Clone)]
+struct PublishQueue {
+    tx: mpsc::Sender<(NodeId, Bytes)>,
+    bytes: Arc<AtomicUsize>,
+}
+
+impl PublishQueue {
+    fn try_send(&self, node: NodeId, bytes: Bytes) -> bool {
+        let n = bytes.len();
+        if self.bytes.fetch_add(n, Ordering::Relaxed) + n > PUBLISH_QUEUE_BYTES {
+            self.bytes.fetch_sub(n, Ordering::Relaxed);
+            return false;
+        }
+        if self.tx.try_send((node, bytes)).is_err() {
+            self.bytes.fetch_sub(n, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+}
 const PREFIX: &str = "traverse:";
 /// Socket events (or messages from other nodes) the hub takes at most before it writes their journal: bounds a
 /// batch's pipeline and the time the loop's other branches wait.
@@ -369,6 +393,10 @@ async fn run(
         return;
     };
     let (publish_tx, publish_rx) = mpsc::channel::<(NodeId, Bytes)>(PUBLISH_QUEUE);
+    let publish_tx = PublishQueue {
+        tx: publish_tx,
+        bytes: Arc::new(AtomicUsize::new(0)),
+    };
     let mut health = Health {
         url: url.clone(),
         logged: None,
@@ -381,8 +409,13 @@ async fn run(
         tokio::spawn(connect(client.clone(), events_tx.clone()));
         tokio::spawn(subscribe(client.clone(), channel(&node), events_tx.clone()));
     }
-    tokio::spawn(publish(client.clone(), publish_rx, events_tx.clone()));
-    let mut router = Router::new(node.clone());
+    tokio::spawn(publish(
+        client.clone(),
+        publish_rx,
+        publish_tx.bytes.clone(),
+        events_tx.clone(),
+    ));
+    let mut router = Router::new(node.clone()).with_origin_limits(hub.limits());
     let mut sockets: HashMap<ConnId, Arc<Outbox>> = HashMap::new();
     // Sockets to hand to another shard once this batch is delivered (`Command::Handoff`).
     let mut handoffs = Vec::new();
@@ -680,7 +713,7 @@ async fn act(
     sockets: &mut HashMap<ConnId, Arc<Outbox>>,
     outcomes: &Outcomes,
     manager: Option<&ConnectionManager>,
-    publish_tx: &mpsc::Sender<(NodeId, Bytes)>,
+    publish_tx: &PublishQueue,
     siblings: &[(NodeId, mpsc::Sender<Event>)],
     events: &mpsc::Sender<Event>,
     journal: Journal,
@@ -723,7 +756,7 @@ async fn act(
                     // A shard of this process takes it on its queue; Redis carries it to another node.
                     let queued = match siblings.iter().find(|(id, _)| *id == node) {
                         Some((_, queue)) => queue.try_send(Event::Message(bytes)).is_ok(),
-                        None => publish_tx.try_send((node, bytes)).is_ok(),
+                        None => publish_tx.try_send(node, bytes),
                     };
                     if !queued {
                         // Redis does not keep up: what depends on it is closed and resumes (bounded memory).
@@ -1440,10 +1473,17 @@ async fn subscribe(client: redis::Client, channel: String, events: mpsc::Sender<
 /// Publishes envelopes in order, as many per round trip as are waiting, on a connection of its own (so they do not
 /// wait behind lookups). Envelopes it cannot publish are lost: it says so, and the sockets depending on other nodes
 /// resume.
-async fn publish(client: Option<redis::Client>, mut rx: mpsc::Receiver<(NodeId, Bytes)>, events: mpsc::Sender<Event>) {
+async fn publish(
+    client: Option<redis::Client>,
+    mut rx: mpsc::Receiver<(NodeId, Bytes)>,
+    queued: Arc<AtomicUsize>,
+    events: mpsc::Sender<Event>,
+) {
     let mut manager: Option<ConnectionManager> = None;
     let mut batch = Vec::with_capacity(256);
     while rx.recv_many(&mut batch, 256).await > 0 {
+        // Still held (in the pipeline) until the round trip ends: given back to the queue's bytes after it.
+        let taken: usize = batch.iter().map(|(_, bytes)| bytes.len()).sum();
         if manager.is_none() {
             if let Some(client) = &client {
                 let connecting = ConnectionManager::new_with_config(client.clone(), manager_config());
@@ -1469,6 +1509,7 @@ async fn publish(client: Option<redis::Client>, mut rx: mpsc::Receiver<(NodeId, 
             }
             break;
         }
+        queued.fetch_sub(taken, Ordering::Relaxed);
         if !published {
             let _ = events.send(Event::PublishFailed).await;
         }
@@ -1527,5 +1568,32 @@ impl metrics::Check for ClusterCheck {
             ok,
             detail: detail.to_owned(),
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_publish_queue_is_bounded_in_bytes_as_well_as_envelopes() {
+        let (tx, mut rx) = mpsc::channel(PUBLISH_QUEUE);
+        let queue = PublishQueue {
+            tx,
+            bytes: Arc::new(AtomicUsize::new(0)),
+        };
+        let node = NodeId::parse("n1").unwrap();
+        let frame = Bytes::from(vec![b'x'; 64 * 1024]);
+        let fit = PUBLISH_QUEUE_BYTES / frame.len();
+        for _ in 0..fit {
+            assert!(queue.try_send(node.clone(), frame.clone()));
+        }
+        assert!(!queue.try_send(node.clone(), frame.clone()), "past 64 MiB");
+        assert_eq!(queue.bytes.load(Ordering::Relaxed), PUBLISH_QUEUE_BYTES);
+        // What the publishing task took and gave back makes room again.
+        let (_, taken) = rx.try_recv().unwrap();
+        queue.bytes.fetch_sub(taken.len(), Ordering::Relaxed);
+        assert!(queue.try_send(node, frame));
     }
 }
