@@ -3,7 +3,7 @@
 //!
 //! A browser that refuses a self-signed or mismatched certificate fails TURN over TLS without a word to the page:
 //! the page only sees "no relay candidate", which looks like a blocked network. The server is the one party that saw
-//! the client's alert. So each failure is logged at `info` once per client address and reason (10 minutes), and
+//! the client's alert. So each failure is logged at `info` once per source and reason (10 minutes), and
 //! kept for a few minutes per source so that `/check` and the demo, served to that same browser, can ask
 //! `GET /api/tls-failures` and say "your browser refused the server's certificate" instead of "blocked".
 
@@ -159,8 +159,9 @@ pub struct Handshakes {
 #[derive(Default)]
 struct Inner {
     by_source: HashMap<Source, VecDeque<Seen>>,
-    /// When each (client address, reason) was last logged.
-    logged: HashMap<(IpAddr, HandshakeFailure), Instant>,
+    /// When each (source, reason) was last logged. Per source, not per address: an IPv6 client has a /64 of
+    /// addresses, and rotating through them took every line of the log's budget from everyone else.
+    logged: HashMap<(Source, HandshakeFailure), Instant>,
     second: Option<Instant>,
     lines_this_second: u32,
 }
@@ -174,8 +175,8 @@ impl std::fmt::Debug for Inner {
 }
 
 impl Handshakes {
-    /// Records a failed handshake from `client` on `local`; logs it unless that client's same failure was logged in
-    /// the last 10 minutes or the log's per-second budget is spent.
+    /// Records a failed handshake from `client` on `local`; logs it unless its source's same failure was logged in
+    /// the last 10 minutes or the log's per-second budget is spent. Whether it wrote a line.
     pub fn record(
         &self,
         now: Instant,
@@ -183,7 +184,7 @@ impl Handshakes {
         local: SocketAddr,
         reason: HandshakeFailure,
         self_signed: bool,
-    ) {
+    ) -> bool {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let inner = &mut *inner;
         let source = Source::of(client.ip());
@@ -211,10 +212,10 @@ impl Handshakes {
             self_signed,
         });
 
-        let key = (client.ip(), reason);
+        let key = (source, reason);
         let quiet = inner.logged.get(&key).is_some_and(|at| now.duration_since(*at) < KEEP);
         if quiet {
-            return;
+            return false;
         }
         if inner
             .second
@@ -224,7 +225,7 @@ impl Handshakes {
             inner.lines_this_second = 0;
         }
         if inner.lines_this_second >= LINES_PER_SECOND {
-            return;
+            return false;
         }
         inner.lines_this_second += 1;
         if inner.logged.len() >= MAX_SOURCES * 2 {
@@ -233,6 +234,7 @@ impl Handshakes {
         inner.logged.insert(key, now);
         let client_ip = client.ip();
         tracing::info!(client = %client_ip, %local, reason = reason.code(), "TLS handshake failed: {}", reason.explain(self_signed));
+        true
     }
 
     /// The failures `ip`'s source had in the last 10 minutes, newest first.
@@ -271,6 +273,36 @@ mod tests {
 
     fn io(e: rustls::Error) -> std::io::Error {
         std::io::Error::new(std::io::ErrorKind::InvalidData, e)
+    }
+
+    /// One /64 rotating through its addresses writes one line per reason, and leaves the log's budget to others.
+    #[test]
+    fn a_source_s_addresses_share_one_quiet_period() {
+        let handshakes = Handshakes::default();
+        let t0 = Instant::now();
+        let local: SocketAddr = "192.0.2.1:443".parse().unwrap();
+        let lines = (0..1000u16)
+            .filter(|i| {
+                let client = SocketAddr::new(format!("2001:db8:1:2::{i:x}").parse().unwrap(), 40_000);
+                let at = t0 + Duration::from_millis(u64::from(*i));
+                handshakes.record(at, client, local, HandshakeFailure::Closed, false)
+            })
+            .count();
+        assert_eq!(lines, 1, "one line for the /64's reason in 10 minutes");
+        let other: SocketAddr = "198.51.100.9:40000".parse().unwrap();
+        assert!(handshakes.record(
+            t0 + Duration::from_secs(1),
+            other,
+            local,
+            HandshakeFailure::Closed,
+            false
+        ));
+        let later = t0 + KEEP + Duration::from_secs(2);
+        let again: SocketAddr = "[2001:db8:1:2::ffff]:40000".parse().unwrap();
+        assert!(
+            handshakes.record(later, again, local, HandshakeFailure::Closed, false),
+            "after 10 minutes"
+        );
     }
 
     #[test]

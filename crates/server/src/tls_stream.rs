@@ -24,8 +24,11 @@ use crate::mux::Io;
 const MAX_RECORD: usize = 16 * 1024 + 2048 + 5;
 /// Read buffer: the start of a record kept from the last read, and room for a whole record after it.
 const READ_SCRATCH: usize = 2 * MAX_RECORD;
-/// What a handshake may have read and not yet processed: rustls takes handshake messages of up to 64 KiB, in records.
-const MAX_HANDSHAKE_HELD: usize = 64 * 1024 + 2 * MAX_RECORD;
+/// What a handshake may have read and not yet processed. A client sends its ClientHello (a few KiB, 3 with a
+/// post-quantum key share) and its Finished, never a certificate (no client authentication), so two records are
+/// plenty. rustls would take handshake messages of up to 64 KiB: held for that, and grown by doubling, a stranger's
+/// handshake kept 128 KiB per connection before anything was authenticated.
+const MAX_HANDSHAKE_HELD: usize = 2 * MAX_RECORD;
 /// Plaintext encrypted per write: two full records. A larger write is taken in several.
 const MAX_WRITE: usize = 32 * 1024;
 /// Ciphertext of one write: its records' headers, tags and padding on top of the plaintext.
@@ -96,10 +99,11 @@ pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         match state {
             Processed::Traffic => break,
             Processed::NeedMore => {
-                if held.len() > MAX_HANDSHAKE_HELD {
-                    return Err(invalid("a TLS handshake message larger than 64 KiB"));
+                if held.len() >= MAX_HANDSHAKE_HELD {
+                    return Err(invalid("a TLS handshake message larger than a client sends"));
                 }
-                held.reserve(4096);
+                // Exact steps, not doubling: the buffer stays within the bound.
+                held.reserve_exact(4096.min(MAX_HANDSHAKE_HELD - held.len()));
                 if io.read_buf(&mut held).await? == 0 {
                     return Err(io::ErrorKind::UnexpectedEof.into());
                 }
@@ -551,6 +555,30 @@ mod tests {
         let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
         let (server, client) = tokio::join!(accept(a, server), connector.connect(name, b));
         (server.expect("server handshake"), client.expect("client handshake"))
+    }
+
+    /// A ClientHello declaring 60 000 bytes, sent in full records: refused once two records are held (before, held
+    /// up to 101 KiB in a buffer that grew to 128 KiB).
+    #[test]
+    fn an_oversized_client_hello_is_refused_within_two_records() {
+        run(async {
+            let (server, _) = configs(&[b"http/1.1"], &[b"http/1.1"], false);
+            let (a, mut b) = duplex(256 * 1024);
+            let mut hello = vec![1u8, 0, 0xEA, 0x60]; // ClientHello, 60 000 bytes
+            hello.resize(60_004, 0);
+            let mut wire = Vec::new();
+            for record in hello.chunks(16 * 1024) {
+                wire.extend_from_slice(&[22, 3, 1]);
+                wire.extend_from_slice(&u16::try_from(record.len()).expect("a record").to_be_bytes());
+                wire.extend_from_slice(record);
+            }
+            b.write_all(&wire).await.expect("write the records");
+            let Err(e) = accept(a, server).await else {
+                panic!("an oversized handshake was accepted");
+            };
+            assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
+            assert!(e.to_string().contains("larger than a client sends"), "{e}");
+        });
     }
 
     fn holds_nothing(s: &TlsStream<DuplexStream>) -> bool {

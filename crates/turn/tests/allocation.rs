@@ -281,6 +281,37 @@ fn retransmitted_allocate_gets_the_identical_answer_without_a_second_allocation(
     assert_error(&late, Method::ALLOCATE, 437);
 }
 
+/// One client's flood of Refreshes cannot push another client's answer out of the response cache: a source holds
+/// at most an eighth of it. Before, a retransmitted Allocate whose first answer was lost then got 437.
+#[test]
+fn a_refresh_flood_from_one_source_leaves_others_answers_cached() {
+    let config = Config {
+        response_cache_entries: 256,
+        ..Config::default()
+    };
+    let mut h = Harness::with(config, Quotas::new(1000, 0));
+    let mut alice = Client::alice();
+    alice.answer(&mut h, secs(0), Method::ALLOCATE, &[]); // the 401 that yields a nonce
+    let tid = alice.tid();
+    let request = alice.build(Method::ALLOCATE, tid, &[Attribute::RequestedTransport(17)]);
+    let (action, _) = h.send(h.at(0), alice.five_tuple, &request);
+    let ClientAction::BindRelay(bind) = action else {
+        panic!("{action:?}")
+    };
+    let (_, first) = h.bind(h.at(0), &bind);
+    assert_success(&first, Method::ALLOCATE, &alice.key());
+
+    let mut bob = Client::new("198.51.100.20:40000", "bob", "builder");
+    bob.allocate(&mut h, secs(1));
+    for _ in 0..1000 {
+        assert_success(&bob.refresh(&mut h, secs(1), Some(600)), Method::REFRESH, &bob.key());
+    }
+    let (action, again) = h.send(h.at(2), alice.five_tuple, &request);
+    assert_eq!(action, ClientAction::Reply(first.len()));
+    assert_eq!(again, first, "the retransmitted Allocate is answered as the first was");
+    assert_eq!(h.server.stats().allocations, 2);
+}
+
 #[test]
 fn retransmitted_refresh_zero_is_answered_identically_after_the_deletion() {
     let mut h = Harness::new();
