@@ -13,6 +13,7 @@
 #   CONNECTION_RATE=1000000 MEMORY_TRANSPORT=tls ... bench/relay.sh   # Traverse with a per-source connection rate
 #       limit that refuses nothing, to price its check (0, no limit, by default: the runs connect from one address)
 #   ALLOCATION_RATE=1000000 ... bench/relay.sh   # the same for the per-source rate of new allocations
+#   PREV_HAS_RATES=1 TRAVERSE_PREV=... bench/relay.sh   # pass both rate keys to traverse-prev too (30452df and later)
 #   SERVERS="traverse traverse-nocoalesce coturn" bench/relay.sh   # also Traverse with wake-up coalescing off
 #       (limits.coalesce_us=0), to see what it buys; each extra server gets its own column and ratio to coturn
 #   SERVERS="traverse forwarder coturn" bench/relay.sh   # also the bare UDP forwarder (traverse-bare-forwarder: one
@@ -166,10 +167,13 @@ start_server() { # name → sets SERVER_PID
       [ "$1" = traverse-nocoalesce ] && coalesce=(--set limits.coalesce_us=0 --set relay.coalesce_us=0)
       [ "$1" = traverse-2w ] && workers=2
       # The memory and set-up runs open thousands of TCP/TLS connections from one address at once: no rate limit
-      # unless CONNECTION_RATE asks for one (a build before the key existed has none).
-      [ "$1" != traverse-prev ] && coalesce+=(--set "limits.connections_per_second_per_source=${CONNECTION_RATE:-0}")
+      # unless CONNECTION_RATE asks for one (a build before the key existed has none; PREV_HAS_RATES=1 says
+      # TRAVERSE_PREV has both keys, 30452df and later).
+      local rates=""
+      { [ "$1" != traverse-prev ] || [ -n "${PREV_HAS_RATES:-}" ]; } && rates=1
+      [ -n "$rates" ] && coalesce+=(--set "limits.connections_per_second_per_source=${CONNECTION_RATE:-0}")
       # The same for new allocations a second (ALLOCATION_RATE).
-      [ "$1" != traverse-prev ] && coalesce+=(--set "limits.allocations_per_second_per_source=${ALLOCATION_RATE:-0}")
+      [ -n "$rates" ] && coalesce+=(--set "limits.allocations_per_second_per_source=${ALLOCATION_RATE:-0}")
       "${on_server_cpus[@]}" "$bin" serve --udp "$HOST_IP:3478" --tcp "$HOST_IP:3478" --tls "$HOST_IP:5349" --single-port "$HOST_IP:4443" \
         "${coalesce[@]}" \
         --http 127.0.0.1:0 --user "$USER_NAME:$PASSWORD" --realm "$REALM" --workers "$workers" \
