@@ -29,6 +29,11 @@ thread_local! {
     static READ_BUF: RefCell<Box<[u8]>> = RefCell::new(vec![0; READ_CHUNK].into_boxed_slice());
 }
 
+/// The longest frame a TURN stream connection may send before it has an allocation: its Allocate and Binding
+/// requests take a few hundred bytes (2 KiB with a very long username, realm and nonce). It was 64 KiB, held
+/// for as long as the client took to send the rest, before anything was authenticated.
+const MAX_FRAME_BEFORE_ALLOCATION: usize = 4096;
+
 /// Bytes asked of the kernel per read: many relayed frames, or a good part of the largest.
 const READ_CHUNK: usize = 16 * 1024;
 /// Bytes held for a slow client, the batch being written included, before relayed data is dropped: a quarter of a
@@ -192,6 +197,8 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + 'static>(worker: Rc<Worker
         if has_allocation {
             deadline = tokio::time::Instant::now() + auth_timeout;
         }
+        // Without an allocation a client has only STUN requests to send: a frame it declares larger is not held.
+        framer.set_max_frame((!has_allocation).then_some(MAX_FRAME_BEFORE_ALLOCATION));
         // Every frame the read completes is handled inside it, in the worker's buffer.
         let read = poll_fn(|cx| {
             READ_BUF.with_borrow_mut(|buf| {

@@ -23,6 +23,8 @@ pub enum DecodeError {
     InvalidChannelNumber(u16),
     #[error("ChannelData length {declared} exceeds the {available} bytes available")]
     ChannelDataOverrun { declared: usize, available: usize },
+    #[error("a frame of {declared} bytes, where at most {max} are taken")]
+    FrameTooLong { declared: usize, max: usize },
 }
 
 /// Why a message could not be encoded.

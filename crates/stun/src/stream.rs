@@ -41,9 +41,25 @@ pub fn take_stream_frame(inbox: &mut Vec<u8>) -> Result<Option<Vec<u8>>, DecodeE
 pub struct StreamFramer {
     /// The start of a frame an earlier read ended in; empty (and unallocated) otherwise.
     partial: Vec<u8>,
+    /// The longest frame taken, when lower than the length field allows ([`Self::set_max_frame`]).
+    max_frame: Option<usize>,
 }
 
 impl StreamFramer {
+    /// Refuses frames longer than `max` (an error from [`Self::feed`]); `None`: up to the 65 552 bytes the length
+    /// field allows. A server lowers it while a connection has no allocation: what it may send then is a few STUN
+    /// requests of a few hundred bytes, and a 64 KiB frame it never finishes would be held for it.
+    pub fn set_max_frame(&mut self, max: Option<usize>) {
+        self.max_frame = max;
+    }
+
+    fn frame_len(&self, buf: &[u8]) -> Result<Option<usize>, DecodeError> {
+        match (stream_frame_len(buf)?, self.max_frame) {
+            (Some(declared), Some(max)) if declared > max => Err(DecodeError::FrameTooLong { declared, max }),
+            (len, _) => Ok(len),
+        }
+    }
+
     /// Hands `on_frame` every frame completed by `chunk`, in order. An error means the stream is not TURN (or lost
     /// its place): nothing after it can be framed, and the connection should end. The frames before the error in
     /// the same read have been handed out.
@@ -51,7 +67,7 @@ impl StreamFramer {
         let mut rest = chunk;
         if !self.partial.is_empty() {
             loop {
-                let (wanted, whole) = match stream_frame_len(&self.partial)? {
+                let (wanted, whole) = match self.frame_len(&self.partial)? {
                     Some(len) => (len, true),
                     None => (LENGTH_KNOWN_AT, false),
                 };
@@ -70,7 +86,7 @@ impl StreamFramer {
             // Freed once handled: a connection between frames keeps nothing.
             on_frame(&std::mem::take(&mut self.partial));
         }
-        while let Some(len) = stream_frame_len(rest)? {
+        while let Some(len) = self.frame_len(rest)? {
             let Some((frame, after)) = rest.split_at_checked(len) else {
                 break;
             };
@@ -124,6 +140,40 @@ mod tests {
             }
         }
         (frames, Ok(()))
+    }
+
+    #[test]
+    fn a_frame_past_the_limit_is_refused_before_it_is_held() {
+        let mut framer = StreamFramer::default();
+        framer.set_max_frame(Some(4096));
+        let small = stun(200);
+        let big = stun(60_000);
+        // The big frame's header arrives at the end of a read: refused then, with nothing kept for it.
+        let (frames, fed) = run(&mut framer, &[&[small.clone(), big[..20].to_vec()].concat()]);
+        assert_eq!(frames, vec![small.clone()]);
+        assert_eq!(
+            fed,
+            Err(DecodeError::FrameTooLong {
+                declared: 60_020,
+                max: 4096
+            })
+        );
+        assert_eq!(framer.held(), 0);
+        // Its first 3 bytes in one read, the rest of its length field in the next: refused as the length is known.
+        let mut framer = StreamFramer::default();
+        framer.set_max_frame(Some(4096));
+        let (_, fed) = run(&mut framer, &[&big[..3], &big[3..100]]);
+        assert_eq!(
+            fed,
+            Err(DecodeError::FrameTooLong {
+                declared: 60_020,
+                max: 4096
+            })
+        );
+        // Without a limit, the same frame is taken whole.
+        let mut framer = StreamFramer::default();
+        let (frames, fed) = run(&mut framer, &[&big[..30_000], &big[30_000..]]);
+        assert_eq!((frames, fed), (vec![big], Ok(())));
     }
 
     #[test]

@@ -817,6 +817,21 @@ fn tcp_bad_input_is_refused_or_dropped_and_the_server_keeps_serving() {
         let _ = stream.shutdown(std::net::Shutdown::Write);
         assert_closed_silently(&mut stream, "ChannelData declaring 64 KiB, then EOF");
     }
+    {
+        // Before an allocation, a STUN frame declaring 60 KiB is not waited for: closed at once, with the sending
+        // half still open (before, its 64 KiB were held until the client sent them or the auth timeout).
+        let mut stream = connect_tcp(server.tcp);
+        let mut frame = common::binding_request(true);
+        frame[2..4].copy_from_slice(&60_000u16.to_be_bytes());
+        let _ = stream.write_all(&frame);
+        let started = std::time::Instant::now();
+        assert_closed_silently(&mut stream, "a 60 KiB STUN frame before an allocation");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "closed only after {:?}",
+            started.elapsed()
+        );
+    }
 
     // The TLS port: bytes that are not a TLS handshake end the connection (an alert may come first).
     for i in 0..10 {
