@@ -799,7 +799,7 @@ impl Worker {
                 tracing::warn!(
                     error = %e,
                     refused = refused + 1,
-                    "channels left on the socket path: the kernel did not take them (said at most every 10 s)"
+                    "channels left on the socket path, not given to the kernel's fast path (said at most every 10 s)"
                 );
                 self.fast_refused.set((0, Some(now)));
             } else {

@@ -50,7 +50,7 @@ pub(crate) struct ByteLimits {
 ///
 /// A hub tells its counts here in steps ([`Budget`]'s `step`, at most [`MAX_STEP`]), so a kept frame costs an atomic
 /// load and no shared write. A source held on one shard (a room's peers, the common case) is checked exactly; across
-/// shards, and for the total, each shard may pass the bound by its last step at most.
+/// shards, and for the total, each shard may pass the bound by one step and one frame at most.
 #[derive(Debug, Default)]
 pub struct SharedBytes {
     total: AtomicUsize,

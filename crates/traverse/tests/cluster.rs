@@ -890,6 +890,21 @@ fn nodes_signal_each_other_over_a_redis_on_tls() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `POST /api/reports` of report number `n` (its headline "report n") on `node`: its id.
+fn post_report(node: &Node, n: u64) -> String {
+    let body = json!({"verdict": {"headline": format!("report {n}")}, "n": n}).to_string();
+    let (status, answer) = http(
+        node,
+        "POST",
+        "/api/reports",
+        "Content-Type: application/json\r\n",
+        &body,
+    );
+    assert_eq!(status, 201, "{answer}");
+    let answer: Value = serde_json::from_str(&answer).unwrap();
+    answer["id"].as_str().unwrap().to_owned()
+}
+
 /// `GET path` on a node's HTTP port: the status code and the body.
 fn http_get(node: &Node, path: &str) -> (u16, String) {
     http(node, "GET", path, "", "")
@@ -1093,19 +1108,7 @@ fn a_report_shared_on_one_node_is_read_and_listed_on_the_others_and_the_store_st
             Node::start(&redis.url(), &args)
         })
         .collect();
-    let post = |node: &Node, n: u64| {
-        let body = json!({"verdict": {"headline": format!("report {n}")}, "n": n}).to_string();
-        let (status, answer) = http(
-            node,
-            "POST",
-            "/api/reports",
-            "Content-Type: application/json\r\n",
-            &body,
-        );
-        assert_eq!(status, 201, "{answer}");
-        let answer: Value = serde_json::from_str(&answer).unwrap();
-        answer["id"].as_str().unwrap().to_owned()
-    };
+    let post = post_report;
     let first = post(&nodes[0], 0);
     let (status, body) = http_get(&nodes[1], &format!("/api/reports/{first}"));
     assert_eq!(status, 200, "{body}");
@@ -1144,19 +1147,7 @@ fn report_calls_in_a_redis_outage_neither_wait_in_line_nor_repeat_the_warning() 
     let dir = std::env::temp_dir().join(format!("traverse-reports-outage-{}", std::process::id()));
     let data = format!("web.data_dir={}", dir.display());
     let node = Node::start(&redis.url(), &["--set", &data]);
-    let post = |n: u64| {
-        let body = json!({"verdict": {"headline": format!("report {n}")}}).to_string();
-        let (status, answer) = http(
-            &node,
-            "POST",
-            "/api/reports",
-            "Content-Type: application/json\r\n",
-            &body,
-        );
-        assert_eq!(status, 201, "{answer}");
-        let answer: Value = serde_json::from_str(&answer).unwrap();
-        answer["id"].as_str().unwrap().to_owned()
-    };
+    let post = |n: u64| post_report(&node, n);
     let in_redis = post(0);
     assert!(redis.get(&format!("traverse:report:{in_redis}")).is_some());
     assert_eq!(http_get(&node, &format!("/api/reports/{in_redis}")).0, 200);

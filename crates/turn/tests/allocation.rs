@@ -254,11 +254,9 @@ fn second_allocate_on_the_same_five_tuple_is_437_and_creates_nothing() {
     assert_eq!(h.quotas.total(), 1);
 }
 
-#[test]
-fn retransmitted_allocate_gets_the_identical_answer_without_a_second_allocation() {
-    let mut h = Harness::new();
-    let mut c = Client::alice();
-    c.answer(&mut h, secs(0), Method::ALLOCATE, &[]); // the 401 that yields a nonce
+/// `c` allocates at 0 s with a request it keeps, to send again: the request and the success answer.
+fn allocate_keeping_the_request(h: &mut Harness, c: &mut Client) -> (Vec<u8>, Vec<u8>) {
+    c.answer(h, secs(0), Method::ALLOCATE, &[]); // the 401 that yields a nonce
     let tid = c.tid();
     let request = c.build(Method::ALLOCATE, tid, &[Attribute::RequestedTransport(17)]);
     let (action, _) = h.send(h.at(0), c.five_tuple, &request);
@@ -267,6 +265,14 @@ fn retransmitted_allocate_gets_the_identical_answer_without_a_second_allocation(
     };
     let (_, first) = h.bind(h.at(0), &bind);
     assert_success(&first, Method::ALLOCATE, &c.key());
+    (request, first)
+}
+
+#[test]
+fn retransmitted_allocate_gets_the_identical_answer_without_a_second_allocation() {
+    let mut h = Harness::new();
+    let mut c = Client::alice();
+    let (request, first) = allocate_keeping_the_request(&mut h, &mut c);
 
     for t in [1, 5, 39] {
         let (action, again) = h.send(h.at(t), c.five_tuple, &request);
@@ -291,15 +297,7 @@ fn a_refresh_flood_from_one_source_leaves_others_answers_cached() {
     };
     let mut h = Harness::with(config, Quotas::new(1000, 0));
     let mut alice = Client::alice();
-    alice.answer(&mut h, secs(0), Method::ALLOCATE, &[]); // the 401 that yields a nonce
-    let tid = alice.tid();
-    let request = alice.build(Method::ALLOCATE, tid, &[Attribute::RequestedTransport(17)]);
-    let (action, _) = h.send(h.at(0), alice.five_tuple, &request);
-    let ClientAction::BindRelay(bind) = action else {
-        panic!("{action:?}")
-    };
-    let (_, first) = h.bind(h.at(0), &bind);
-    assert_success(&first, Method::ALLOCATE, &alice.key());
+    let (request, first) = allocate_keeping_the_request(&mut h, &mut alice);
 
     let mut bob = Client::new("198.51.100.20:40000", "bob", "builder");
     bob.allocate(&mut h, secs(1));

@@ -612,6 +612,8 @@ pub struct SharedReports {
 struct Health {
     troubled: bool,
     skip_until: Option<Instant>,
+    /// Counts troubles: a call that began before the last one and answers late does not end the outage.
+    generation: u64,
 }
 
 /// Redis is not asked, or did not answer: the caller uses this node's files (the trouble is logged already).
@@ -709,6 +711,7 @@ impl SharedReports {
         if self.skipped() {
             return Err(Unavailable);
         }
+        let generation = self.health().generation;
         let connection = {
             let mut slot = self.connection.lock().await;
             // Whoever held the lock before may have just failed to connect.
@@ -734,7 +737,7 @@ impl SharedReports {
         // The manager reconnects by itself after a broken connection.
         match tokio::time::timeout(SHARED_TIMEOUT, call(connection)).await {
             Ok(Ok(value)) => {
-                self.answered();
+                self.answered(generation);
                 Ok(value)
             }
             Ok(Err(e)) => Err(self.trouble(&e.to_string())),
@@ -746,6 +749,7 @@ impl SharedReports {
     fn trouble(&self, error: &str) -> Unavailable {
         let mut health = self.health();
         health.skip_until = Some(Instant::now() + SHARED_RETRY);
+        health.generation += 1;
         if !std::mem::replace(&mut health.troubled, true) {
             tracing::warn!(
                 error,
@@ -757,8 +761,12 @@ impl SharedReports {
         Unavailable
     }
 
-    fn answered(&self) {
+    /// A call begun at `generation` answered: Redis is back, unless trouble came since the call began.
+    fn answered(&self, generation: u64) {
         let mut health = self.health();
+        if health.generation != generation {
+            return;
+        }
         health.skip_until = None;
         if std::mem::replace(&mut health.troubled, false) {
             tracing::info!("the report store's Redis answers again");

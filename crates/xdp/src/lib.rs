@@ -64,6 +64,15 @@ pub enum AttachError {
     ForwardingDisabled(String),
 }
 
+/// Why a channel's routes were not installed (the channel then stays on the socket path).
+#[derive(Debug, thiserror::Error)]
+pub enum InstallError {
+    #[error("{client} holds its share of {ROUTES_PER_SOURCE} kernel routes")]
+    Share { client: std::net::Ipv4Addr },
+    #[error(transparent)]
+    Map(#[from] MapError),
+}
+
 /// A failed map update: the kernel's error, for a log line (the packet then takes the socket path).
 #[derive(Debug, thiserror::Error)]
 #[error("XDP map {map}: {reason}")]
@@ -277,16 +286,13 @@ impl FastPath {
     /// permission and allocation expiry). The allocation's counters are created with its first route. A new route
     /// past its client address's share ([`ROUTES_PER_SOURCE`]) or the tables' room is refused, and leaves nothing
     /// behind: the channel stays on the socket path.
-    pub fn install(&self, route: &Route, expires: Instant, new: bool) -> Result<(), MapError> {
+    pub fn install(&self, route: &Route, expires: Instant, new: bool) -> Result<(), InstallError> {
         let expires_ns = monotonic_deadline(expires);
         let alloc = alloc_key(route.allocation);
         let client_ip = *route.client.ip();
         let mut maps = self.maps();
         if new && !maps.shares.admits(client_ip) {
-            return Err(MapError::new(
-                "CLIENT_ROUTES",
-                format_args!("{client_ip} holds its share of {ROUTES_PER_SOURCE} routes"),
-            ));
+            return Err(InstallError::Share { client: client_ip });
         }
         // BPF_NOEXIST: the first route creates the counters, a later one must not zero them. (Not a look-up first:
         // aya 0.13's per-CPU `get` answers a missing key with zeros.)
@@ -295,7 +301,7 @@ impl FastPath {
         let created = match maps.counters.insert(alloc, zeros, BPF_NOEXIST) {
             Ok(()) => true,
             Err(aya::maps::MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => false,
-            Err(e) => return Err(MapError::new("COUNTERS", e)),
+            Err(e) => return Err(MapError::new("COUNTERS", e).into()),
         };
         let to_peer = ToPeer {
             relay_ip: be_ip(&route.relay),
@@ -334,7 +340,7 @@ impl FastPath {
             if created {
                 let _ = maps.counters.remove(&alloc);
             }
-            return Err(e);
+            return Err(e.into());
         }
         if new {
             maps.shares.add(client_ip);

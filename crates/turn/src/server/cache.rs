@@ -5,11 +5,12 @@ use super::*;
 /// Answers to recent authenticated requests, so a retransmission is answered identically even when the first
 /// answer changed state (a Refresh to 0, a ChannelBind).
 ///
-/// A source (IPv4 address, IPv6 /64) holds at most [`ResponseCache::share`] of the entries; its answers past that
-/// are not cached until its own age out. Before, one client's Refresh flood pushed every other answer out within a
-/// second, and a client whose Allocate answer was lost then got 437 for its retransmission, while the allocation it
-/// could not use stayed charged to its quotas. (Its own oldest is not pushed out instead: taking entries from the
-/// middle of the age order would leave stale places in it, as many as the flood makes.)
+/// When the cache is full, a source (IPv4 address, IPv6 /64) that holds [`ResponseCache::share`] of it pushes out
+/// nothing: its answers are not cached until its own age out. Before, one client's Refresh flood pushed every other
+/// answer out within a second, and a client whose Allocate answer was lost then got 437 for its retransmission,
+/// while the allocation it could not use stayed charged to its quotas. Below capacity any source may use the room
+/// (a busy NAT). (Its own oldest is not pushed out instead: taking entries from the middle of the age order would
+/// leave stale places in it, as many as the flood makes.)
 pub(super) struct ResponseCache {
     entries: FastMap<(FiveTuple, TransactionId), (Instant, Vec<u8>)>,
     order: VecDeque<(Instant, FiveTuple, TransactionId)>,
@@ -63,7 +64,8 @@ impl ResponseCache {
             *entry = (now, bytes.to_vec());
             return;
         }
-        if self.per_source.get(&source).is_some_and(|held| *held >= self.share()) {
+        let full = self.entries.len() >= self.capacity;
+        if full && self.per_source.get(&source).is_some_and(|held| *held >= self.share()) {
             return;
         }
         while self.entries.len() >= self.capacity {
