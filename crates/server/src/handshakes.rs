@@ -145,7 +145,7 @@ struct Seen {
 const MAX_SOURCES: usize = 4096;
 /// Failures remembered per source.
 const PER_SOURCE: usize = 8;
-/// How long a failure is remembered, and how long a (client address, reason) stays quiet in the log after its line.
+/// How long a failure is remembered, and how long a (source, reason) stays quiet in the log after its line.
 const KEEP: Duration = Duration::from_secs(600);
 /// Log lines a second at most, whatever the number of clients (a scan of the TLS port must not flood the log).
 const LINES_PER_SECOND: u32 = 20;

@@ -208,13 +208,7 @@ pub(crate) struct Worker {
     index: usize,
     /// Allocations with channels in the kernel fast path: which channels, and the kernel's counters last read.
     fast: RefCell<HashMap<AllocationId, FastAllocation>>,
-    /// Channels the kernel refused since the last warning about it, and when that was (at most one per
-    /// [`FAST_REFUSAL_WARNING_EVERY`]: one Refresh can re-announce 256 channels).
-    fast_refused: Cell<(u64, Option<Instant>)>,
 }
-
-/// The least time between two warnings that the kernel refused channels.
-const FAST_REFUSAL_WARNING_EVERY: Duration = Duration::from_secs(10);
 
 #[derive(Default)]
 struct FastAllocation {
@@ -302,7 +296,6 @@ pub(crate) fn run(
             next_relay_address: Cell::new(index),
             index,
             fast: RefCell::new(HashMap::new()),
-            fast_refused: Cell::new((0, None)),
         });
         for l in &worker.udp {
             spawn_local(udp_listener(worker.clone(), l.clone()));
@@ -793,17 +786,14 @@ impl Worker {
             .get(&route.allocation)
             .is_some_and(|entry| entry.channels.contains(&route));
         if let Err(e) = fast.install(&kernel, expires, new) {
-            let (refused, warned) = self.fast_refused.get();
-            let now = Instant::now();
-            if warned.is_none_or(|at| now.duration_since(at) >= FAST_REFUSAL_WARNING_EVERY) {
+            // At most one line per 10 s: one Refresh can re-announce 256 channels.
+            static REFUSED: crate::budget::ThrottledLog = crate::budget::ThrottledLog::new(10);
+            if let Some(held_back) = REFUSED.due() {
                 tracing::warn!(
                     error = %e,
-                    refused = refused + 1,
+                    held_back,
                     "channels left on the socket path, not given to the kernel's fast path (said at most every 10 s)"
                 );
-                self.fast_refused.set((0, Some(now)));
-            } else {
-                self.fast_refused.set((refused + 1, warned));
             }
             return;
         }
