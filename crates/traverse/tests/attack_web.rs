@@ -13,7 +13,6 @@ mod common;
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
-use std::process::Child;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -31,7 +30,7 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A running `traverse serve`, killed by PID on drop.
 struct Server {
-    child: Child,
+    _child: common::Process,
     /// The plain HTTP listener.
     http: SocketAddr,
     /// The single port, when started with `--single-port`.
@@ -45,7 +44,7 @@ impl Server {
         let common::Spawned { child, log, stdout } = common::spawn_serve("127.0.0.1:0", &args, &[]);
         let unset = SocketAddr::from(([127, 0, 0, 1], 0));
         let mut server = Server {
-            child,
+            _child: child,
             http: unset,
             single: None,
             log,
@@ -83,13 +82,6 @@ impl Server {
             std::thread::sleep(Duration::from_millis(20));
         }
         false
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

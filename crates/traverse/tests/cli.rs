@@ -45,6 +45,9 @@ secrets = ["short"]
 "#,
     );
     let out = traverse(&["check-config", path.to_str().unwrap()]);
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
     let p = path.display().to_string();

@@ -137,7 +137,7 @@ impl Drop for Redis {
 
 /// One `traverse serve --redis …` with its listeners on kernel-chosen loopback ports, killed by PID on drop.
 struct Node {
-    child: Child,
+    child: common::Process,
     http: SocketAddr,
     /// The TURN URLs of its `iceServers:` line.
     turn: Value,

@@ -7,7 +7,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{free_tcp_port, run_bounded, signaling_addr, spawn_serve, Server, Spawned};
+use common::{free_tcp_port, run_bounded, signaling_addr, spawn_serve, Server};
 
 fn doctor(args: &[&str]) -> (Option<i32>, serde_json::Value, String) {
     let out = run_bounded(
@@ -150,16 +150,6 @@ fn doctor_usage_errors_exit_1() {
     assert_eq!(code, Some(1), "{all}");
 }
 
-/// Kills a `spawn_serve` child by its PID on drop, so a failed assertion leaves no server behind.
-struct Killed(Spawned);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.child.kill();
-        let _ = self.0.child.wait();
-    }
-}
-
 /// A CA-issued (not self-signed) certificate for `turn.example.com` and its key, written to `dir`.
 fn certificate_for_a_name(dir: &std::path::Path) -> (String, String) {
     let ca_key = rcgen::KeyPair::generate().unwrap();
@@ -240,8 +230,8 @@ fn turns_urls_the_certificate_does_not_cover_are_named_at_start_and_by_the_docto
 /// the TURN connections over TCP and TLS can: on loopback the server sees the doctor's own address and port.
 #[test]
 fn without_udp_the_turn_connection_tells_whether_a_nat_is_in_the_way() {
-    let spawned = Killed(spawn_serve("127.0.0.1:0", &["--set", "listen.udp="], &[]));
-    let http = signaling_addr(&spawned.0);
+    let spawned = spawn_serve("127.0.0.1:0", &["--set", "listen.udp="], &[]);
+    let http = signaling_addr(&spawned);
     let (code, r, all) = doctor(&[
         &format!("http://{http}"),
         "--json",

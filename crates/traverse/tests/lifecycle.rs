@@ -13,7 +13,7 @@ mod common;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus};
+use std::process::{Command, ExitStatus};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -457,7 +457,7 @@ fn the_single_port_closes_a_silent_connection_after_the_sniff_timeout() {
 /// `traverse serve` started here, so the test sees its stdout (the signaling port) and its exit status. Killed by
 /// PID on drop.
 struct Process {
-    child: Child,
+    child: common::Process,
     http: SocketAddr,
     log: Arc<Mutex<String>>,
 }
@@ -506,13 +506,6 @@ impl Process {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

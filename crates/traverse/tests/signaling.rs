@@ -13,7 +13,7 @@ mod common;
 use std::collections::HashMap;
 use std::io::Read;
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -40,7 +40,7 @@ const SECRET: &str = "s3cret-for-signaling-tests";
 
 /// A running `traverse serve` with every listener on a kernel-chosen loopback port, killed by PID on drop.
 struct Server {
-    child: Child,
+    child: common::Process,
     /// From the `signaling: ws://…/ws` line.
     http: SocketAddr,
     /// From the `signaling: wss://…/ws` line, when started with `--single-port`.

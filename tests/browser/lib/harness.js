@@ -215,6 +215,8 @@ async function startOn(ports, extraArgs) {
   });
   fs.closeSync(out);
   let exited = null;
+  /** @type {string | undefined} */
+  let kept;
   child.on('exit', (code, signal) => (exited = { code, signal }));
   const base = `https://127.0.0.1:${ports.mux}`;
   const server = {
@@ -224,22 +226,28 @@ async function startOn(ports, extraArgs) {
     base,
     httpBase: `http://127.0.0.1:${ports.http}`,
     logFile,
-    log: () => fs.readFileSync(logFile, 'utf8'),
+    // Once stopped, the log is read into memory and its file removed (a suite run left hundreds in /tmp).
+    log: () => kept ?? fs.readFileSync(logFile, 'utf8'),
     async stop() {
-      if (exited) return;
-      try {
-        process.kill(child.pid, 'SIGTERM');
-      } catch {
-        return;
-      }
-      const gone = await until(5000, () => exited, 'server exit after SIGTERM').catch(() => false);
-      if (!gone) {
+      if (!exited) {
         try {
-          process.kill(child.pid, 'SIGKILL');
+          process.kill(child.pid, 'SIGTERM');
         } catch {
           /* gone */
         }
-        await until(5000, () => exited, 'server exit after SIGKILL').catch(() => {});
+        const gone = await until(5000, () => exited, 'server exit after SIGTERM').catch(() => false);
+        if (!gone) {
+          try {
+            process.kill(child.pid, 'SIGKILL');
+          } catch {
+            /* gone */
+          }
+          await until(5000, () => exited, 'server exit after SIGKILL').catch(() => {});
+        }
+      }
+      if (kept === undefined && exited) {
+        kept = fs.existsSync(logFile) ? fs.readFileSync(logFile, 'utf8') : '';
+        fs.rmSync(logFile, { force: true });
       }
     },
   };
@@ -254,9 +262,11 @@ async function startOn(ports, extraArgs) {
       `traverse /healthz on ${base}`,
     );
   } catch (err) {
+    // An exited server's log is in the error already; one that never became ready adds its tail here, since
+    // stop() removes the file.
+    const exitedFirst = exited !== null;
     await server.stop();
-    // An exited server's log is in the error already.
-    if (exited) fs.rmSync(logFile, { force: true });
+    if (!exitedFirst && err instanceof Error) err.message += `\n${server.log().split('\n').slice(-80).join('\n')}`;
     throw err;
   }
   return server;

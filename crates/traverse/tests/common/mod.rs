@@ -129,7 +129,7 @@ fn collect<R: Read + Send + 'static>(pipe: Option<R>) -> std::thread::JoinHandle
 /// A running `traverse serve`, killed by PID when dropped.
 #[derive(Debug)]
 pub struct Server {
-    child: Child,
+    child: Process,
     pub udp: SocketAddr,
     pub tcp: SocketAddr,
     pub tls: SocketAddr,
@@ -139,17 +139,51 @@ pub struct Server {
     log: Arc<Mutex<String>>,
 }
 
+/// A child process killed (and reaped) when dropped: a test that panics half-way, or a timeout that drops its
+/// future, leaves no server running behind it (one did: the kill came after the attack's future, which a failed
+/// assertion skipped).
+#[derive(Debug)]
+pub struct Process(Child);
+
+impl Process {
+    pub fn new(child: Child) -> Process {
+        Process(child)
+    }
+}
+
+impl std::ops::Deref for Process {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Process {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+        }
+        let _ = self.0.wait();
+    }
+}
+
 /// A started `traverse serve`: its process, its log (stderr, the last 64 KiB), and its stdout lines.
 #[derive(Debug)]
 pub struct Spawned {
-    pub child: Child,
+    pub child: Process,
     pub log: Arc<Mutex<String>>,
     pub stdout: mpsc::Receiver<String>,
 }
 
 /// Starts `traverse serve` with UDP on `udp`, TCP, TLS and HTTP on kernel-chosen loopback ports (the default HTTP
 /// port, 8080, would be shared by every test's server), then `args`, with `env` set and every other `TRAVERSE_*`
-/// variable of the test's environment removed. The caller owns the child: kill it by PID when done.
+/// variable of the test's environment removed. The child is killed when dropped ([`Process`]).
 pub fn spawn_serve(udp: &str, args: &[&str], env: &[(&str, &str)]) -> Spawned {
     spawn_serve_under(&[], udp, args, env)
 }
@@ -199,7 +233,11 @@ pub fn spawn_serve_under(wrapper: &[&str], udp: &str, args: &[&str], env: &[(&st
             }
         });
     }
-    Spawned { child, log, stdout }
+    Spawned {
+        child: Process(child),
+        log,
+        stdout,
+    }
 }
 
 /// Removes every `TRAVERSE_*` variable, so a developer's settings never leak into a test.
@@ -299,13 +337,6 @@ impl Server {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
