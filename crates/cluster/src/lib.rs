@@ -14,5 +14,5 @@
 pub mod router;
 pub mod wire;
 
-pub use router::{Action, Answer, Query, Router, MAX_WAITING, MAX_WAITING_BYTES};
+pub use router::{Action, Answer, Query, Router, HOSTED_BASE, MAX_WAITING, MAX_WAITING_BYTES};
 pub use wire::{Envelope, Message, NodeId, WireError};

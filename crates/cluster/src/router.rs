@@ -32,8 +32,14 @@ pub const MAX_WAITING_BYTES: usize = 128 * 1024;
 pub enum Action {
     /// For a socket of this node: exactly what a hub alone would have asked.
     Local(Output),
-    /// Publish to `node`'s channel.
-    Publish { node: NodeId, bytes: Bytes },
+    /// Publish to `node`'s channel. `owner` is the socket of this node the envelope is for or from (one of its
+    /// own, or one hosted here for another node), whose share of the publish queue it takes; `None` for a short
+    /// notice about a socket that no longer has one here. If it cannot be queued, tell [`Router::handle_unpublished`].
+    Publish {
+        node: NodeId,
+        bytes: Bytes,
+        owner: Option<ConnId>,
+    },
     /// Find where a room lives; answer with [`Router::handle_lookup`].
     Lookup { conn: ConnId, query: Query },
     /// A session began or ended on this node's hub: record (or remove) where it lives.
@@ -267,7 +273,7 @@ impl Router {
         if leaves && !admit(self.ceiling.as_ref(), &mut socket.spent, text.len(), now.instant) {
             tracing::debug!(%conn, "socket sent more than twice its rate towards another node; closing it with 4100");
             match std::mem::replace(&mut socket.route, Route::Here) {
-                Route::Forwarded(home) => self.publish(home, Envelope::Closed { conn: conn.get() }),
+                Route::Forwarded(home) => self.publish(home, Envelope::Closed { conn: conn.get() }, None),
                 _ => hub.handle_closed(conn, now),
             }
             self.local.remove(&conn);
@@ -279,7 +285,7 @@ impl Router {
             Route::Here => hub.handle_text(conn, utf8(&text), now),
             Route::Forwarded(home) => {
                 let home = home.clone();
-                self.publish(home, Envelope::Text { conn: conn.get(), text });
+                self.publish(home, Envelope::Text { conn: conn.get(), text }, Some(conn));
             }
             Route::Waiting(held)
                 if held.len() < MAX_WAITING
@@ -311,14 +317,14 @@ impl Router {
 
     pub fn handle_activity(&mut self, hub: &mut impl SignalHub, conn: ConnId, now: Now) {
         match self.forwarded(conn) {
-            Some(home) => self.publish(home, Envelope::Activity { conn: conn.get() }),
+            Some(home) => self.publish(home, Envelope::Activity { conn: conn.get() }, Some(conn)),
             None => hub.handle_activity(conn, now),
         }
     }
 
     pub fn handle_binary(&mut self, hub: &mut impl SignalHub, conn: ConnId, now: Now) {
         match self.forwarded(conn) {
-            Some(home) => self.publish(home, Envelope::Binary { conn: conn.get() }),
+            Some(home) => self.publish(home, Envelope::Binary { conn: conn.get() }, Some(conn)),
             None => hub.handle_binary(conn, now),
         }
         self.drain(hub);
@@ -327,7 +333,7 @@ impl Router {
     /// The socket is gone (closed by the client, or by the I/O layer as too slow).
     pub fn handle_closed(&mut self, hub: &mut impl SignalHub, conn: ConnId, now: Now) {
         match self.local.remove(&conn).map(|s| s.route) {
-            Some(Route::Forwarded(home)) => self.publish(home, Envelope::Closed { conn: conn.get() }),
+            Some(Route::Forwarded(home)) => self.publish(home, Envelope::Closed { conn: conn.get() }, None),
             _ => hub.handle_closed(conn, now),
         }
         self.drain(hub);
@@ -352,9 +358,9 @@ impl Router {
                 socket.route = Route::Forwarded(home.clone());
                 // The socket leaves this hub (it has no session here yet), and joins the home's.
                 hub.handle_closed(conn, now);
-                self.publish(home.clone(), Envelope::Connect { conn: conn.get(), ip });
+                self.publish(home.clone(), Envelope::Connect { conn: conn.get(), ip }, Some(conn));
                 for text in held {
-                    self.publish(home.clone(), Envelope::Text { conn: conn.get(), text });
+                    self.publish(home.clone(), Envelope::Text { conn: conn.get(), text }, Some(conn));
                 }
             }
             Answer::Home(_) | Answer::Unknown | Answer::Failed | Answer::TakenOver(_) => {
@@ -377,7 +383,7 @@ impl Router {
     pub fn handle_message(&mut self, hub: &mut impl SignalHub, message: Message, now: Now) {
         let Message { from, envelope } = message;
         match envelope {
-            Envelope::Connect { conn, .. } if self.draining => self.publish(from, moved(conn)),
+            Envelope::Connect { conn, .. } if self.draining => self.publish(from, moved(conn), None),
             Envelope::Connect { conn, ip } => {
                 let origin = Origin {
                     node: from.clone(),
@@ -403,6 +409,7 @@ impl Router {
                                 code: code.0,
                                 reason,
                             },
+                            None,
                         );
                     }
                 }
@@ -410,7 +417,7 @@ impl Router {
             Envelope::Text { conn, text } => match self.hosted_id(&from, conn) {
                 Some(id) => hub.handle_text(id, utf8(&text), now),
                 // This node forgot the socket (Redis was away, or it restarted): the client resumes elsewhere.
-                None => self.publish(from, moved(conn)),
+                None => self.publish(from, moved(conn), None),
             },
             Envelope::Activity { conn } => {
                 if let Some(id) = self.hosted_id(&from, conn) {
@@ -498,6 +505,29 @@ impl Router {
         self.drain(hub);
     }
 
+    /// An envelope for or from `conn` could not be queued: that socket holds more of the queue to Redis than its
+    /// share (Redis is slow for it, or it is sent more than Redis takes). It alone is closed with 4202 and resumes,
+    /// where a full queue closes every socket that depends on another node ([`Router::handle_link_lost`]).
+    pub fn handle_unpublished(&mut self, hub: &mut impl SignalHub, conn: ConnId, now: Now) {
+        if let Some(socket) = self.local.remove(&conn) {
+            match socket.route {
+                Route::Forwarded(home) => self.publish(home, Envelope::Closed { conn: conn.get() }, None),
+                _ => hub.handle_closed(conn, now),
+            }
+            self.close_local(conn, "link-too-slow");
+        } else if let Some(origin) = self.hosted.remove(&conn) {
+            self.by_origin.remove(&origin);
+            hub.handle_closed(conn, now);
+            let close = Envelope::Close {
+                conn: origin.conn,
+                code: CloseCode::SHUTTING_DOWN.0,
+                reason: "link-too-slow".into(),
+            };
+            self.publish(origin.node, close, None);
+        }
+        self.drain(hub);
+    }
+
     /// Drain: every socket of this node, and every socket hosted here for another node, is closed with 4202 so that
     /// it resumes elsewhere; sockets other nodes forward here from now on are sent back the same way. The hub's
     /// sessions stay (the I/O layer stops recording them) until the node that claims their room restores them.
@@ -511,7 +541,7 @@ impl Router {
             .collect();
         for conn in forwarded {
             if let Some(home) = self.forwarded(conn) {
-                self.publish(home, Envelope::Closed { conn: conn.get() });
+                self.publish(home, Envelope::Closed { conn: conn.get() }, None);
             }
             self.local.remove(&conn);
             self.close_local(conn, "draining");
@@ -535,15 +565,15 @@ impl Router {
             match output {
                 Output::Send { conn, text } => match self.hosted.get(&conn) {
                     Some(origin) => {
-                        let (node, conn) = (origin.node.clone(), origin.conn);
-                        self.publish(node, Envelope::Send { conn, text });
+                        let (node, remote) = (origin.node.clone(), origin.conn);
+                        self.publish(node, Envelope::Send { conn: remote, text }, Some(conn));
                     }
                     None => self.actions.push_back(Action::Local(Output::Send { conn, text })),
                 },
                 Output::Ping { conn } => match self.hosted.get(&conn) {
                     Some(origin) => {
-                        let (node, conn) = (origin.node.clone(), origin.conn);
-                        self.publish(node, Envelope::Ping { conn });
+                        let (node, remote) = (origin.node.clone(), origin.conn);
+                        self.publish(node, Envelope::Ping { conn: remote }, Some(conn));
                     }
                     None => self.actions.push_back(Action::Local(Output::Ping { conn })),
                 },
@@ -555,7 +585,7 @@ impl Router {
                             code: code.0,
                             reason,
                         };
-                        self.publish(origin.node, envelope);
+                        self.publish(origin.node, envelope, None);
                     }
                     None => self
                         .actions
@@ -611,13 +641,13 @@ impl Router {
         self.by_origin.get(&origin).copied()
     }
 
-    fn publish(&mut self, node: NodeId, envelope: Envelope) {
+    fn publish(&mut self, node: NodeId, envelope: Envelope, owner: Option<ConnId>) {
         let bytes = Message {
             from: self.node.clone(),
             envelope,
         }
         .encode();
-        self.actions.push_back(Action::Publish { node, bytes });
+        self.actions.push_back(Action::Publish { node, bytes, owner });
     }
 
     fn close_local(&mut self, conn: ConnId, reason: &str) {

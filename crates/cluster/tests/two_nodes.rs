@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use cluster::{Action, Answer, Message, NodeId, Query, Router, MAX_WAITING_BYTES};
+use cluster::{Action, Answer, Message, NodeId, Query, Router, HOSTED_BASE, MAX_WAITING_BYTES};
 use rand::SeedableRng;
 use serde_json::{json, Value};
 use signal::{ConnId, Limits, MemoryHub, Now, Output, SessionEvent, SignalHub};
@@ -30,6 +30,8 @@ struct Bus {
     sessions: HashMap<String, Arc<str>>,
     channel: VecDeque<(NodeId, Bytes)>,
     down: Vec<NodeId>,
+    /// Sockets (node, owner) whose envelopes the publish queue refuses, as one over its share would be.
+    refused: Vec<(usize, ConnId)>,
 }
 
 struct Lab {
@@ -132,7 +134,11 @@ impl Lab {
                 self.nodes[i].closed.insert(conn.get(), code.0);
             }
             Action::Local(_) => {}
-            Action::Publish { node, bytes } => self.bus.channel.push_back((node, bytes)),
+            Action::Publish { owner: Some(owner), .. } if self.bus.refused.contains(&(i, owner)) => {
+                let n = &mut self.nodes[i];
+                n.router.handle_unpublished(&mut n.hub, owner, now);
+            }
+            Action::Publish { node, bytes, .. } => self.bus.channel.push_back((node, bytes)),
             Action::Announce(SessionEvent::Opened { secret, room, .. }) => {
                 self.bus.sessions.insert(secret.as_str().to_owned(), room);
             }
@@ -325,6 +331,64 @@ fn a_lost_link_closes_the_sockets_that_depend_on_another_node() {
     lab.run();
     assert_eq!(lab.nodes[1].closed.get(&1), Some(&4202), "forwarded to node 0");
     assert_eq!(lab.nodes[1].closed.get(&2), None, "its room is on this node");
+}
+
+/// A socket whose envelopes the queue to Redis refuses (over its share) is closed alone with 4202, at its node
+/// and at its room's home; the other sockets of both nodes go on signaling through the home.
+#[test]
+fn a_socket_over_its_share_of_the_publish_queue_is_closed_alone() {
+    let mut lab = Lab::new(2, Limits::default());
+    lab.connect(0, 1);
+    lab.send(0, 1, json!({"type":"join","room":"r"}));
+    let a = lab.inbox(0, 1)[0]["peerId"].as_str().unwrap().to_owned();
+    for conn in [1, 2, 3] {
+        lab.connect(1, conn);
+        lab.send(1, conn, json!({"type":"join","room":"r"}));
+    }
+    let joined: Vec<String> = [1, 2, 3]
+        .map(|conn| lab.inbox(1, conn)[0]["peerId"].as_str().unwrap().to_owned())
+        .into();
+    lab.inbox(0, 1);
+
+    // A socket of node 1, forwarded to the home (node 0): its own frame cannot be queued.
+    lab.bus.refused.push((1, ConnId::new(1)));
+    lab.send(1, 1, json!({"type":"signal","to":a,"data":{"n":1}}));
+    assert_eq!(
+        lab.nodes[1].closed.get(&1),
+        Some(&4202),
+        "the socket over its share resumes"
+    );
+    assert!(
+        lab.inbox(0, 1).iter().all(|m| m["type"] != "signal"),
+        "its frame was not delivered"
+    );
+    // The home was told: its hosted socket is gone (the session waits for a resume).
+    assert_eq!(
+        lab.nodes[0].hub.stats().connections,
+        3,
+        "A and the two others of node 1"
+    );
+
+    // A socket hosted at the home for node 1: what the home sends it cannot be queued.
+    // The home numbers the sockets it hosts from HOSTED_BASE, in the order they came: node 1's second is + 1.
+    let hosted = ConnId::new(HOSTED_BASE + 1);
+    lab.bus.refused.push((0, hosted));
+    lab.send(0, 1, json!({"type":"signal","to":joined[1],"data":{"n":2}}));
+    assert_eq!(
+        lab.nodes[1].closed.get(&2),
+        Some(&4202),
+        "closed at its node, told by the home"
+    );
+    assert!(lab.inbox(1, 2).is_empty());
+    assert_eq!(lab.nodes[0].hub.stats().connections, 2);
+
+    // The others go on, both ways.
+    lab.send(0, 1, json!({"type":"signal","to":joined[2],"data":{"n":3}}));
+    assert_eq!(lab.inbox(1, 3)[0]["data"]["n"], 3);
+    lab.send(1, 3, json!({"type":"signal","to":a,"data":{"n":4}}));
+    assert_eq!(lab.inbox(0, 1)[0]["data"]["n"], 4);
+    assert_eq!(lab.nodes[1].closed.get(&3), None);
+    assert_eq!(lab.nodes[0].closed.get(&1), None);
 }
 
 /// What `web::cluster` does to move a socket to its room's hub shard: the router lets go of it while it is fresh,

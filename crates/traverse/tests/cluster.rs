@@ -1198,6 +1198,72 @@ fn report_calls_in_a_redis_outage_neither_wait_in_line_nor_repeat_the_warning() 
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Redis stops answering (SIGSTOP) while a socket forwarded to its room's home sends faster than Redis takes: once
+/// it holds its share of the node's queue to Redis (what its outbox may hold: a session's budget and two frames), it
+/// alone is closed with 4202 `link-too-slow`; a quiet socket of the same room on the same node stays open. (Before,
+/// envelopes piled up to the queue's 64 MiB, and a full queue or a failed publish closed every socket that depends
+/// on another node at once, the quiet one with the loud.)
+#[test]
+fn a_socket_sent_faster_than_redis_takes_is_closed_alone() {
+    let Some(redis) = Redis::start() else { return };
+    // A share of 128 KiB + 2 × 64 KiB: five frames of 60 KB are past it.
+    let small = [
+        "--set",
+        "signal.max_session_bytes=131072",
+        "--set",
+        "cluster.hub_shards=1",
+    ];
+    let home = Node::start(&redis.url(), &small);
+    let other = Node::start(&redis.url(), &small);
+    let signal = |name: &str| {
+        let command = format!("kill -{name} {}", redis.child.id());
+        let status = Command::new("sh").args(["-c", &command]).status().unwrap();
+        assert!(status.success(), "{command}: {status}");
+    };
+    runtime().block_on(async {
+        let (mut a, joined) = Peer::join(&home, "r").await;
+        let a_id = joined["peerId"].as_str().unwrap().to_owned();
+        let (mut loud, _) = Peer::join(&other, "r").await;
+        a.expect("peer-joined").await;
+        let (mut quiet, _) = Peer::join(&other, "r").await;
+        a.expect("peer-joined").await;
+        loud.expect("peer-joined").await;
+
+        signal("STOP");
+        let sent = Instant::now();
+        let data = "x".repeat(60_000);
+        for n in 0..8 {
+            // The socket may be closed before the last is written: what matters is how it is closed.
+            let frame = Message::text(json!({"type":"signal","to":a_id,"data":{"n":n,"pad":data}}).to_string());
+            if timeout(WAIT, loud.ws.send(frame)).await.map_or(true, |r| r.is_err()) {
+                break;
+            }
+        }
+        let close = loop {
+            match timeout(WAIT, loud.ws.next()).await.expect("no close in time") {
+                Some(Ok(Message::Close(f))) => break f.map(|f| (u16::from(f.code), f.reason.to_string())),
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => break None,
+            }
+        };
+        let closed_after = sent.elapsed();
+        // Still open: nothing comes, no close either, for a moment (a failed publish, 2 s after Redis stopped,
+        // closes every forwarded socket: this looks well before).
+        let quiet_frame = timeout(Duration::from_millis(300), quiet.ws.next()).await;
+        signal("CONT");
+        assert_eq!(
+            close,
+            Some((4202, "link-too-slow".to_owned())),
+            "closed after {closed_after:?}:\n{}",
+            other.log()
+        );
+        assert!(
+            quiet_frame.is_err(),
+            "the quiet socket got {quiet_frame:?} {closed_after:?} after the burst began"
+        );
+    });
+}
+
 /// One node, its rooms sharded over two hub tasks on threads of their own (`cluster.hub_shards`; each a node of the
 /// cluster under a name of its own, `docs/scaling.md`, "Shards"). With one worker thread every socket starts in the same shard, so rooms homed on
 /// several shards show that sockets move to their room's shard before their join; resumes that need no Redis lookup

@@ -41,25 +41,87 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
 const PUBLISH_QUEUE: usize = 65_536;
 const PUBLISH_QUEUE_BYTES: usize = 64 << 20;
 
-/// The envelopes waiting for the publishing task, bounded in count and in bytes.
-#[derive(Clone)]
+/// An envelope on its way to the publishing task, with the count of its socket's bytes it holds (see [`Share`]).
+struct Queued {
+    node: NodeId,
+    bytes: Bytes,
+    share: Option<Share>,
+}
+
+/// One socket's bytes in the publish queue, given back by the publishing task once Redis took them.
+type Share = Arc<AtomicUsize>;
+
+/// Why an envelope was not queued.
+#[derive(Debug, PartialEq, Eq)]
+enum Unqueued {
+    /// Its socket holds its share already: that socket alone is closed.
+    Share,
+    /// The queue is full: Redis does not keep up with anyone.
+    Full,
+}
+
+/// The envelopes waiting for the publishing task, bounded in count and in bytes, and per socket: a socket may hold
+/// what its outbox may (a replay and two frames), so that one socket sent faster than Redis takes them is closed
+/// alone, not every socket of the shard that depends on another node with it.
 struct PublishQueue {
-    tx: mpsc::Sender<(NodeId, Bytes)>,
+    tx: mpsc::Sender<Queued>,
     bytes: Arc<AtomicUsize>,
+    /// Bytes one socket may hold.
+    per_socket: usize,
+    /// The sockets holding bytes, or that held some since the last [`PublishQueue::forget_idle`].
+    shares: HashMap<ConnId, Share>,
 }
 
 impl PublishQueue {
-    fn try_send(&self, node: NodeId, bytes: Bytes) -> bool {
+    fn new(tx: mpsc::Sender<Queued>, per_socket: usize) -> Self {
+        Self {
+            tx,
+            bytes: Arc::new(AtomicUsize::new(0)),
+            per_socket,
+            shares: HashMap::new(),
+        }
+    }
+
+    fn try_send(&mut self, node: NodeId, bytes: Bytes, owner: Option<ConnId>) -> Result<(), Unqueued> {
         let n = bytes.len();
+        let share = match owner {
+            Some(owner) => {
+                let share = self.shares.entry(owner).or_default();
+                if share.load(Ordering::Relaxed) + n > self.per_socket {
+                    return Err(Unqueued::Share);
+                }
+                Some(share.clone())
+            }
+            None => None,
+        };
         if self.bytes.fetch_add(n, Ordering::Relaxed) + n > PUBLISH_QUEUE_BYTES {
             self.bytes.fetch_sub(n, Ordering::Relaxed);
-            return false;
+            return Err(Unqueued::Full);
         }
-        if self.tx.try_send((node, bytes)).is_err() {
-            self.bytes.fetch_sub(n, Ordering::Relaxed);
-            return false;
+        if let Some(share) = &share {
+            share.fetch_add(n, Ordering::Relaxed);
         }
-        true
+        let queued = Queued { node, bytes, share };
+        if let Err(mpsc::error::TrySendError::Full(q) | mpsc::error::TrySendError::Closed(q)) = self.tx.try_send(queued)
+        {
+            given_back(q.bytes.len(), q.share.as_ref(), &self.bytes);
+            return Err(Unqueued::Full);
+        }
+        Ok(())
+    }
+
+    /// Forgets the sockets that hold nothing and have nothing in flight (an envelope holds its share's count).
+    fn forget_idle(&mut self) {
+        self.shares
+            .retain(|_, share| Arc::strong_count(share) > 1 || share.load(Ordering::Relaxed) > 0);
+    }
+}
+
+/// Gives an envelope's `n` bytes back to the queue's count and its socket's share.
+fn given_back(n: usize, share: Option<&Share>, bytes: &AtomicUsize) {
+    bytes.fetch_sub(n, Ordering::Relaxed);
+    if let Some(share) = share {
+        share.fetch_sub(n, Ordering::Relaxed);
     }
 }
 const PREFIX: &str = "traverse:";
@@ -392,11 +454,10 @@ async fn run(
     let Some(events_tx) = shard.siblings.get(shard.index).map(|(_, tx)| tx.clone()) else {
         return;
     };
-    let (publish_tx, publish_rx) = mpsc::channel::<(NodeId, Bytes)>(PUBLISH_QUEUE);
-    let publish_tx = PublishQueue {
-        tx: publish_tx,
-        bytes: Arc::new(AtomicUsize::new(0)),
-    };
+    let (publish_tx, publish_rx) = mpsc::channel::<Queued>(PUBLISH_QUEUE);
+    // As much as a socket's outbox may hold ([`crate::hub::spawn`]'s queue budget).
+    let per_socket = hub.limits().max_session_bytes + 2 * hub.limits().max_message_bytes;
+    let mut publish_tx = PublishQueue::new(publish_tx, per_socket);
     let mut health = Health {
         url: url.clone(),
         logged: None,
@@ -534,19 +595,23 @@ async fn run(
                 }
             }
             _ = sleep_until(deadline) => router.handle_timeout(&mut hub, now()),
-            _ = tick.tick() => match manager.as_ref() {
-                Some(m) if !router.is_draining() => {
-                    tokio::spawn(heartbeat(m.clone(), &router, shard.beat(&hub), &ice, lease, events_tx.clone()));
-                }
-                // A draining node no longer heartbeats, but keeps reading the registry: its TURN redirects new
-                // allocations to a live node.
-                Some(m) => {
-                    if let (_, Some(registries)) = shard.beat(&hub) {
-                        tokio::spawn(refresh_registry(m.clone(), router.node().clone(), registries));
+            _ = tick.tick() => {
+                publish_tx.forget_idle();
+                match manager.as_ref() {
+                    Some(m) if !router.is_draining() => {
+                        let beat = shard.beat(&hub);
+                        tokio::spawn(heartbeat(m.clone(), &router, beat, &ice, lease, events_tx.clone()));
                     }
+                    // A draining node no longer heartbeats, but keeps reading the registry: its TURN redirects new
+                    // allocations to a live node.
+                    Some(m) => {
+                        if let (_, Some(registries)) = shard.beat(&hub) {
+                            tokio::spawn(refresh_registry(m.clone(), router.node().clone(), registries));
+                        }
+                    }
+                    None => {}
                 }
-                None => {}
-            },
+            }
         }
         shard.rooms.settle(&mut hub);
         // While Redis is known to be down, the hub does not wait for it: nothing is recorded (lookups, which wait
@@ -558,7 +623,7 @@ async fn run(
             &mut sockets,
             &outcomes,
             manager.as_ref(),
-            &publish_tx,
+            &mut publish_tx,
             &shard.siblings,
             &events_tx,
             Journal { lease, record },
@@ -578,7 +643,7 @@ async fn run(
         &mut sockets,
         &outcomes,
         manager.as_ref(),
-        &publish_tx,
+        &mut publish_tx,
         &shard.siblings,
         &events_tx,
         Journal { lease, record: false },
@@ -713,7 +778,7 @@ async fn act(
     sockets: &mut HashMap<ConnId, Arc<Outbox>>,
     outcomes: &Outcomes,
     manager: Option<&ConnectionManager>,
-    publish_tx: &PublishQueue,
+    publish_tx: &mut PublishQueue,
     siblings: &[(NodeId, mpsc::Sender<Event>)],
     events: &mpsc::Sender<Event>,
     journal: Journal,
@@ -752,16 +817,23 @@ async fn act(
                         router.handle_closed(hub, slow, now());
                     }
                 }
-                Action::Publish { node, bytes } => {
+                Action::Publish { node, bytes, owner } => {
                     // A shard of this process takes it on its queue; Redis carries it to another node.
                     let queued = match siblings.iter().find(|(id, _)| *id == node) {
-                        Some((_, queue)) => queue.try_send(Event::Message(bytes)).is_ok(),
-                        None => publish_tx.try_send(node, bytes),
+                        Some((_, queue)) => queue.try_send(Event::Message(bytes)).map_err(|_| Unqueued::Full),
+                        None => publish_tx.try_send(node, bytes, owner),
                     };
-                    if !queued {
-                        // Redis does not keep up: what depends on it is closed and resumes (bounded memory).
-                        let _ = events.try_send(Event::Trouble("the publish queue is full".into()));
-                        router.handle_link_lost(hub, now());
+                    match (queued, owner) {
+                        (Ok(()), _) => {}
+                        (Err(Unqueued::Share), Some(owner)) => {
+                            tracing::debug!(conn = %owner, "socket holds its share of the publish queue; closing it");
+                            router.handle_unpublished(hub, owner, now());
+                        }
+                        (Err(_), _) => {
+                            // Redis does not keep up: what depends on it is closed and resumes (bounded memory).
+                            let _ = events.try_send(Event::Trouble("the publish queue is full".into()));
+                            router.handle_link_lost(hub, now());
+                        }
                     }
                 }
                 Action::Lookup { conn, query } => match manager {
@@ -1475,15 +1547,14 @@ async fn subscribe(client: redis::Client, channel: String, events: mpsc::Sender<
 /// resume.
 async fn publish(
     client: Option<redis::Client>,
-    mut rx: mpsc::Receiver<(NodeId, Bytes)>,
+    mut rx: mpsc::Receiver<Queued>,
     queued: Arc<AtomicUsize>,
     events: mpsc::Sender<Event>,
 ) {
     let mut manager: Option<ConnectionManager> = None;
     let mut batch = Vec::with_capacity(256);
+    let mut held = Vec::with_capacity(256);
     while rx.recv_many(&mut batch, 256).await > 0 {
-        // Still held (in the pipeline) until the round trip ends: given back to the queue's bytes after it.
-        let taken: usize = batch.iter().map(|(_, bytes)| bytes.len()).sum();
         if manager.is_none() {
             if let Some(client) = &client {
                 let connecting = ConnectionManager::new_with_config(client.clone(), manager_config());
@@ -1494,8 +1565,10 @@ async fn publish(
             }
         }
         let mut pipe = redis::pipe();
-        for (node, bytes) in batch.drain(..) {
-            pipe.cmd("PUBLISH").arg(channel(&node)).arg(&bytes[..]).ignore();
+        // The pipeline has copied the bytes: what stays held until the round trip ends is their count.
+        for q in batch.drain(..) {
+            pipe.cmd("PUBLISH").arg(channel(&q.node)).arg(&q.bytes[..]).ignore();
+            held.push((q.bytes.len(), q.share));
         }
         // Once more when the connection had broken (Redis restarted, say): the manager reconnects, and what the
         // broken connection carried never reached the Redis that answers now.
@@ -1509,7 +1582,9 @@ async fn publish(
             }
             break;
         }
-        queued.fetch_sub(taken, Ordering::Relaxed);
+        for (n, share) in held.drain(..) {
+            given_back(n, share.as_ref(), &queued);
+        }
         if !published {
             let _ = events.send(Event::PublishFailed).await;
         }
@@ -1579,21 +1654,65 @@ mod tests {
     #[test]
     fn the_publish_queue_is_bounded_in_bytes_as_well_as_envelopes() {
         let (tx, mut rx) = mpsc::channel(PUBLISH_QUEUE);
-        let queue = PublishQueue {
-            tx,
-            bytes: Arc::new(AtomicUsize::new(0)),
-        };
+        let mut queue = PublishQueue::new(tx, usize::MAX);
         let node = NodeId::parse("n1").unwrap();
         let frame = Bytes::from(vec![b'x'; 64 * 1024]);
         let fit = PUBLISH_QUEUE_BYTES / frame.len();
-        for _ in 0..fit {
-            assert!(queue.try_send(node.clone(), frame.clone()));
+        for i in 0..fit {
+            let owner = Some(ConnId::new(i as u64 % 7));
+            assert_eq!(queue.try_send(node.clone(), frame.clone(), owner), Ok(()));
         }
-        assert!(!queue.try_send(node.clone(), frame.clone()), "past 64 MiB");
+        assert_eq!(
+            queue.try_send(node.clone(), frame.clone(), None),
+            Err(Unqueued::Full),
+            "past 64 MiB"
+        );
         assert_eq!(queue.bytes.load(Ordering::Relaxed), PUBLISH_QUEUE_BYTES);
         // What the publishing task took and gave back makes room again.
-        let (_, taken) = rx.try_recv().unwrap();
-        queue.bytes.fetch_sub(taken.len(), Ordering::Relaxed);
-        assert!(queue.try_send(node, frame));
+        let taken = rx.try_recv().unwrap();
+        given_back(taken.bytes.len(), taken.share.as_ref(), &queue.bytes);
+        assert_eq!(queue.try_send(node, frame, None), Ok(()));
+    }
+
+    #[test]
+    fn a_socket_holds_at_most_its_share_of_the_publish_queue() {
+        let (tx, mut rx) = mpsc::channel(PUBLISH_QUEUE);
+        let mut queue = PublishQueue::new(tx, 1000);
+        let node = NodeId::parse("n1").unwrap();
+        let (flood, other) = (ConnId::new(1), ConnId::new(2));
+        let frame = Bytes::from(vec![b'x'; 400]);
+        for _ in 0..2 {
+            assert_eq!(queue.try_send(node.clone(), frame.clone(), Some(flood)), Ok(()));
+        }
+        assert_eq!(
+            queue.try_send(node.clone(), frame.clone(), Some(flood)),
+            Err(Unqueued::Share),
+            "past its 1000 bytes"
+        );
+        // Another socket, and a notice charged to no socket, still go.
+        assert_eq!(queue.try_send(node.clone(), frame.clone(), Some(other)), Ok(()));
+        assert_eq!(queue.try_send(node.clone(), frame.clone(), None), Ok(()));
+        assert_eq!(
+            queue.bytes.load(Ordering::Relaxed),
+            1600,
+            "the refused frame holds nothing"
+        );
+
+        // Published: the flooding socket's share is given back, and it may send again.
+        let published = rx.try_recv().unwrap();
+        given_back(published.bytes.len(), published.share.as_ref(), &queue.bytes);
+        drop(published);
+        assert_eq!(queue.try_send(node.clone(), frame.clone(), Some(flood)), Ok(()));
+
+        // Sockets with nothing queued are forgotten; those with bytes in flight are kept.
+        while let Ok(q) = rx.try_recv() {
+            given_back(q.bytes.len(), q.share.as_ref(), &queue.bytes);
+        }
+        assert_eq!(queue.bytes.load(Ordering::Relaxed), 0);
+        queue.forget_idle();
+        assert!(queue.shares.is_empty(), "{:?}", queue.shares.keys().collect::<Vec<_>>());
+        assert_eq!(queue.try_send(node, frame, Some(other)), Ok(()));
+        queue.forget_idle();
+        assert_eq!(queue.shares.len(), 1, "its envelope is in flight");
     }
 }
