@@ -12,10 +12,19 @@ import fs from 'node:fs';
 const source = fs.readFileSync(new URL('../../web/sdk/traverse.js', import.meta.url), 'utf8');
 const sdk = await import(`data:text/javascript;base64,${Buffer.from(source).toString('base64')}`);
 
-/** Just enough of RTCPeerConnection for a `Peer`: states, events, and a count of restarts. */
+let certificates = 0;
+/** A DTLS fingerprint line, one per certificate made. */
+const fingerprint = () => `a=fingerprint:sha-256 ${(++certificates).toString(16).padStart(64, '0').match(/../g).join(':')}`;
+
+/**
+ * Just enough of RTCPeerConnection for a `Peer`: states, events, a count of restarts, and an offer and answer
+ * negotiated (each end's DTLS fingerprint: what a rejoin's proof is made of).
+ */
 class FakePeerConnection extends EventTarget {
   constructor(config) {
     super();
+    this.localDescription = { type: 'offer', sdp: `v=0\r\n${fingerprint()}\r\n` };
+    this.remoteDescription = { type: 'answer', sdp: `v=0\r\n${fingerprint()}\r\n` };
     this.config = config;
     this.signalingState = 'stable';
     this.iceConnectionState = 'new';
@@ -89,6 +98,11 @@ const joined = (peerId, peers, iceServers = []) => ({
 
 const tick = () => new Promise((r) => setImmediate(r));
 
+/** What the other end of `peer`'s call, rejoined as `newId`, says: its old ids, and its proof for this call. */
+const rejoinFrom = (peer, newId, was, seq = 2) => ({
+  type: 'signal', seq, from: newId, data: { rejoin: { was, proof: [sdk._rejoinProof(peer.pc, newId)] } },
+});
+
 test('a restarted server: the call stays, old ids are exchanged, the Peer moves to the new id and restarts ICE (the impolite side: at once)', async () => {
   const { room, sent, receive, handshake, events } = fakeRoom();
   handshake();
@@ -107,10 +121,12 @@ test('a restarted server: the call stays, old ids are exchanged, the Peer moves 
   const join = events.find((e) => e.name === 'joined' && e.rejoined);
   assert.equal(join.previousPeerId, 'p_a1');
   const told = sent.filter((m) => m.type === 'signal');
-  assert.deepEqual(told.map((m) => [m.to, m.data]), [['p_0b2', { rejoin: { was: ['p_a1'] } }]]);
+  const proof = sdk._rejoinProof(peer.pc, 'p_a2');
+  assert.match(proof, /^[0-9a-f]{32}$/);
+  assert.deepEqual(told.map((m) => [m.to, m.data]), [['p_0b2', { rejoin: { was: ['p_a1'], proof: [proof] } }]]);
 
   // B, rejoined too, says who it was: A's Peer moves to B's new id and restarts with the new credential.
-  receive({ type: 'signal', seq: 2, from: 'p_0b2', data: { rejoin: { was: ['p_b1'] } } });
+  receive(rejoinFrom(peer, 'p_0b2', ['p_b1']));
   const moved = events.find((e) => e.name === 'peer-rejoined');
   assert.deepEqual([moved.previousPeerId, moved.peerId, moved.peer === peer], ['p_b1', 'p_0b2', true]);
   assert.equal(room.connections.get('p_0b2'), peer);
@@ -144,8 +160,9 @@ test('the side that rejoined first learns the other\'s old id when it joins late
   receive(joined('p_a2', [])); // B is not back yet: nobody to tell
   sent.length = 0;
   receive({ type: 'peer-joined', seq: 2, peer: { id: 'p_b2' } });
-  assert.deepEqual(sent.filter((m) => m.type === 'signal').map((m) => [m.to, m.data]), [['p_b2', { rejoin: { was: ['p_a1'] } }]]);
-  receive({ type: 'signal', seq: 3, from: 'p_b2', data: { rejoin: { was: ['p_b1'] } } });
+  const proof = sdk._rejoinProof(peer.pc, 'p_a2');
+  assert.deepEqual(sent.filter((m) => m.type === 'signal').map((m) => [m.to, m.data]), [['p_b2', { rejoin: { was: ['p_a1'], proof: [proof] } }]]);
+  receive(rejoinFrom(peer, 'p_b2', ['p_b1'], 3));
   assert.equal(events.filter((e) => e.name === 'peer-rejoined').length, 1);
   assert.equal(room.connections.get('p_b2'), peer);
   room._finish(1000, 'done', true);
@@ -172,6 +189,53 @@ test('a peer that resumed (its id unchanged) is told our old id and moves nothin
   assert.equal(off.room.connections.size, 0);
   assert.equal(off.sent.filter((m) => m.type === 'signal' && m.data.rejoin).length, 0);
   off.room._finish(1000, 'done', true);
+});
+
+test('another peer of the room cannot take a call over by claiming its old id', () => {
+  const { room, receive, handshake, events } = fakeRoom();
+  handshake();
+  receive(joined('p_a1', ['p_b1', 'p_c1']));
+  const peer = room.connect('p_b1');
+  peer.pc.reach('connected');
+  // C knew B's old id from the peer list. While the call is live (nobody lost a session), nothing moves it.
+  receive(rejoinFrom(peer, 'p_c1', ['p_b1']));
+  assert.equal(room.connections.get('p_b1'), peer, 'a live call stays, even with a proof');
+  assert.equal(events.filter((e) => e.name === 'peer-rejoined').length, 0);
+
+  // The server restarted: A, B and C all rejoin. C claims B's old id first.
+  room._session.handleDisconnect(4201);
+  handshake();
+  receive(joined('p_a2', ['p_b2', 'p_c2']));
+  const claim = (from, was, proof, seq) => receive({ type: 'signal', seq, from, data: { rejoin: { was, proof } } });
+  claim('p_c2', ['p_b1'], undefined, 2);
+  claim('p_c2', ['p_b1'], ['0'.repeat(32), 42, null, { x: 1 }], 3);
+  // A proof B made for its own new id, replayed by C: it names p_b2, not p_c2.
+  claim('p_c2', ['p_b1'], [sdk._rejoinProof(peer.pc, 'p_b2')], 4);
+  assert.equal(room.connections.get('p_b1'), peer, 'still waiting for B');
+  assert.equal(peer.peerId, 'p_b1');
+  assert.equal(events.filter((e) => e.name === 'peer-rejoined').length, 0);
+  // An old id that is back in the room under its own name is not a rejoin either.
+  receive({ type: 'peer-joined', seq: 5, peer: { id: 'p_b1' } });
+  receive(rejoinFrom(peer, 'p_c2', ['p_b1'], 6));
+  assert.equal(room.connections.get('p_b1'), peer);
+  receive({ type: 'peer-left', seq: 7, peerId: 'p_b1' });
+  assert.equal(peer.closed, true, 'that peer left: its call is over');
+
+  // With a second call, B's real claim moves it.
+  const second = fakeRoom();
+  second.handshake();
+  second.receive(joined('p_a1', ['p_b1']));
+  const call = second.room.connect('p_b1');
+  second.room._session.handleDisconnect(4201);
+  second.handshake();
+  second.receive(joined('p_a2', ['p_b2', 'p_c2']));
+  second.receive({ type: 'signal', seq: 2, from: 'p_c2', data: { rejoin: { was: ['p_b1'], proof: [] } } });
+  assert.equal(call.peerId, 'p_b1');
+  second.receive(rejoinFrom(call, 'p_b2', ['p_b1'], 3));
+  assert.equal(call.peerId, 'p_b2');
+  assert.equal(second.room.connections.get('p_b2'), call);
+  room._finish(1000, 'done', true);
+  second.room._finish(1000, 'done', true);
 });
 
 test('a call whose peer never says its new id is closed after the resume grace', () => {
@@ -347,7 +411,7 @@ test('after a rejoin the polite side leaves the restart to the other, and restar
       room._session.handleDisconnect(4201);
       handshake();
       receive(joined('p_a2', ['p_b2'], [{ urls: 'turn:new', username: '1:p_a2', credential: 'new' }]));
-      receive({ type: 'signal', seq: 2, from: 'p_b2', data: { rejoin: { was: ['p_b1'] } } });
+      receive(rejoinFrom(peer, 'p_b2', ['p_b1']));
       return { room, sent, receive, peer };
     };
     // The other side's restart connects in time: nothing to do, nothing said.

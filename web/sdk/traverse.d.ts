@@ -377,12 +377,18 @@ export class Room extends EventTarget {
      * @private @param {string | null} to
      */
     private _announceRejoin;
-    /** @private @param {string} to */
+    /**
+     * Tells `to` our old ids, and for each call of ours that waits, the proof that we are its other end
+     * (`rejoinProof`): we do not know which of them `to` was, so it gets one per call and finds its own.
+     * @private @param {string} to
+     */
     private _tellRejoin;
     /**
      * `from` rejoined and was `was` before: our call with that old id carries on with `from` (event `peer-rejoined`),
-     * and we tell `from` our own old ids if we rejoined too.
-     * @private @param {string} from @param {{was?: unknown}} rejoin
+     * and we tell `from` our own old ids if we rejoined too. Only a call that lost its session with ours (orphaned),
+     * whose old id has not rejoined this room, and whose other end proves it is `from` (`rejoinProof`): any peer of the
+     * room knows the old ids from the peer list, and without the proof could take a call over by claiming one.
+     * @private @param {string} from @param {{was?: unknown, proof?: unknown}} rejoin
      */
     private _onRejoinSignal;
     /** Signaling is usable again (resumed or joined): restarts that waited for it go now. @private */
@@ -1363,6 +1369,13 @@ declare class Sha256 {
     hex(): string;
 }
 /**
+ * What proves a rejoin to the other end of one call: a hash of both ends' DTLS fingerprints, which only the two of
+ * them (and the server that carried their offer and answer) have seen, and the claimant's new id, so that the proof
+ * cannot be replayed under another id. Null for a call that never negotiated (nothing to carry on).
+ * @param {RTCPeerConnection} pc @param {string} newId @returns {string | null}
+ */
+declare function rejoinProof(pc: RTCPeerConnection, newId: string): string | null;
+/**
  * The sending loop, without a browser: reads `reader` `readBytes` at a time, hashes it, writes it to `ch` in chunks
  * of `chunkBytes`, waiting whenever more than `highWater` is buffered. So at most `highWater + readBytes` bytes of
  * the file are held at once, whatever its size. Returns the SHA-256 (hex) of all bytes written.
@@ -1409,4 +1422,4 @@ declare namespace Traverse {
     export { RECONNECT_DELAYS_MS };
     export { FAST_RECONNECT };
 }
-export { Session as _Session, Recovery as _Recovery, credentialExpiry as _credentialExpiry, refreshDelayMs as _refreshDelayMs, reconnectDelay as _reconnectDelay, addCandidateError as _addCandidateError, outcomeReport as _outcomeReport, countCandidate as _countCandidate, countIceUrls as _countIceUrls, browserOf as _browserOf, Sha256 as _Sha256, writeChunks as _writeChunks, fileReader as _fileReader };
+export { Session as _Session, Recovery as _Recovery, credentialExpiry as _credentialExpiry, refreshDelayMs as _refreshDelayMs, reconnectDelay as _reconnectDelay, addCandidateError as _addCandidateError, outcomeReport as _outcomeReport, countCandidate as _countCandidate, countIceUrls as _countIceUrls, browserOf as _browserOf, Sha256 as _Sha256, rejoinProof as _rejoinProof, writeChunks as _writeChunks, fileReader as _fileReader };

@@ -636,24 +636,39 @@ export class Room extends EventTarget {
     for (const id of to ? [to] : [...this.peers.keys()]) this._tellRejoin(id);
   }
 
-  /** @private @param {string} to */
+  /**
+   * Tells `to` our old ids, and for each call of ours that waits, the proof that we are its other end
+   * (`rejoinProof`): we do not know which of them `to` was, so it gets one per call and finds its own.
+   * @private @param {string} to
+   */
   _tellRejoin(to) {
     if (!this._previousIds || !this._toldRejoin || this._toldRejoin.has(to)) return;
     this._toldRejoin.add(to);
-    this._send({ type: 'signal', to, data: { rejoin: { was: this._previousIds } }, id: `pc-${++this._msgId}` }, true);
+    const proof = [];
+    for (const pc of this.connections.values()) {
+      const p = pc._orphaned && this.peerId ? rejoinProof(pc.pc, this.peerId) : null;
+      if (p && proof.length < MAX_REJOIN_PROOFS) proof.push(p);
+    }
+    const data = { rejoin: { was: this._previousIds, proof } };
+    this._send({ type: 'signal', to, data, id: `pc-${++this._msgId}` }, true);
   }
 
   /**
    * `from` rejoined and was `was` before: our call with that old id carries on with `from` (event `peer-rejoined`),
-   * and we tell `from` our own old ids if we rejoined too.
-   * @private @param {string} from @param {{was?: unknown}} rejoin
+   * and we tell `from` our own old ids if we rejoined too. Only a call that lost its session with ours (orphaned),
+   * whose old id has not rejoined this room, and whose other end proves it is `from` (`rejoinProof`): any peer of the
+   * room knows the old ids from the peer list, and without the proof could take a call over by claiming one.
+   * @private @param {string} from @param {{was?: unknown, proof?: unknown}} rejoin
    */
   _onRejoinSignal(from, rejoin) {
-    const was = Array.isArray(rejoin.was) ? rejoin.was : [rejoin.was];
+    const was = (Array.isArray(rejoin.was) ? rejoin.was : [rejoin.was]).slice(0, MAX_REJOIN_PROOFS);
+    const proofs = Array.isArray(rejoin.proof) ? rejoin.proof.slice(0, MAX_REJOIN_PROOFS) : [];
     for (const old of was) {
-      if (typeof old !== 'string' || old === from) continue;
+      if (typeof old !== 'string' || old === from || this.peers.has(old)) continue;
       const pc = this.connections.get(old);
-      if (!pc || pc.closed) continue;
+      if (!pc || pc.closed || !pc._orphaned) continue;
+      const expected = rejoinProof(pc.pc, from);
+      if (!expected || !proofs.includes(expected)) continue;
       const other = this.connections.get(from);
       if (other && other !== pc) other._close(false);
       this.connections.delete(old);
@@ -2003,6 +2018,30 @@ const SHA256_K = new Int32Array([
   0xc67178f2,
 ]);
 
+/** Old ids and proofs a rejoin carries at most (a peer has a few calls; a bound on what a stranger makes us hash). */
+const MAX_REJOIN_PROOFS = 64;
+
+/**
+ * What proves a rejoin to the other end of one call: a hash of both ends' DTLS fingerprints, which only the two of
+ * them (and the server that carried their offer and answer) have seen, and the claimant's new id, so that the proof
+ * cannot be replayed under another id. Null for a call that never negotiated (nothing to carry on).
+ * @param {RTCPeerConnection} pc @param {string} newId @returns {string | null}
+ */
+function rejoinProof(pc, newId) {
+  const local = fingerprintOf(pc.localDescription);
+  const remote = fingerprintOf(pc.remoteDescription);
+  if (!local || !remote) return null;
+  const [x, y] = local < remote ? [local, remote] : [remote, local];
+  const text = new TextEncoder().encode(`traverse-rejoin\n${x}\n${y}\n${newId}`);
+  return new Sha256().update(text).hex().slice(0, 32);
+}
+
+/** The first `a=fingerprint` of a description, normalised. @param {RTCSessionDescription | null} d */
+function fingerprintOf(d) {
+  const m = /^a=fingerprint:[ \t]*(\S+)[ \t]+(\S+)/im.exec((d && d.sdp) || '');
+  return m ? `${m[1].toLowerCase()} ${m[2].toUpperCase()}` : null;
+}
+
 /** The message schedule, shared: `sha256Blocks` runs to completion and never re-enters. */
 const SHA256_W = new Int32Array(64);
 
@@ -3159,6 +3198,7 @@ export {
   countIceUrls as _countIceUrls,
   browserOf as _browserOf,
   Sha256 as _Sha256,
+  rejoinProof as _rejoinProof,
   writeChunks as _writeChunks,
   fileReader as _fileReader,
 };
