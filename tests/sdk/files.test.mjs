@@ -152,3 +152,112 @@ test('stopping: a cancel seen between chunks stops the loop with its error; a ch
   setTimeout(() => slow.close(), 20);
   await assert.rejects(stuck, (e) => e.code === 'closed');
 });
+
+// ---- receiving: what a peer of the room can make this page hold ----------------------------------------------------
+
+/** The receiving end of one file channel, as the browser hands it to `receiveFile`. */
+class IncomingChannel {
+  constructor() {
+    this.readyState = 'open';
+    this.sent = [];
+    this.onmessage = null;
+    this.onclose = null;
+  }
+  send(text) {
+    this.sent.push(JSON.parse(text));
+  }
+  close() {
+    if (this.readyState === 'closed') return;
+    this.readyState = 'closed';
+    this.onclose?.();
+  }
+  /** A frame from the sending peer. */
+  deliver(data) {
+    this.onmessage?.({ data: typeof data === 'string' ? data : data.buffer.slice(data.byteOffset, data.byteOffset + data.length) });
+  }
+  cancelledWith() {
+    return this.sent.find((m) => m.t === 'cancel')?.reason ?? null;
+  }
+}
+
+/** A peer as `receiveFile` sees it: its options and its events. */
+function fakePeer(options = {}) {
+  const events = [];
+  return { options, events, _emit: (event, detail) => events.push({ ...detail, event }) };
+}
+
+/** Opens a file channel from `peer` and sends its head. */
+function incoming(peer, head) {
+  const ch = new IncomingChannel();
+  sdk._receiveFile(peer, ch);
+  ch.deliver(JSON.stringify({ t: 'head', name: 'f', type: '', ...head }));
+  return ch;
+}
+
+test('receiving: at most maxIncomingFiles at once from one peer, and their announced bytes within maxFileBytes', () => {
+  const peer = fakePeer({ maxFileBytes: 10_000 });
+  const open = [1, 2, 3, 4].map((i) => incoming(peer, { id: `f${i}`, size: 100 }));
+  assert.deepEqual(open.map((ch) => ch.cancelledWith()), [null, null, null, null]);
+  const fifth = incoming(peer, { id: 'f5', size: 100 });
+  assert.match(fifth.cancelledWith(), /4 files are being received from this peer already \(maxIncomingFiles\)/);
+  assert.equal(fifth.readyState, 'closed');
+
+  // One completes (its hash checked): room for another.
+  const data = crypto.randomBytes(100);
+  open[0].deliver(data);
+  open[0].deliver(JSON.stringify({ t: 'end', sha256: nodeSha(data) }));
+  assert.deepEqual(open[0].sent, [{ t: 'ok', sha256: nodeSha(data) }]);
+  assert.equal(incoming(peer, { id: 'f6', size: 100 }).cancelledWith(), null);
+
+  // Bytes: 9 800 more would pass the 10 000 with the 400 being received; 9 600 fits.
+  const bytes = fakePeer({ maxFileBytes: 10_000, maxIncomingFiles: 8 });
+  for (const id of ['a', 'b']) incoming(bytes, { id, size: 200 });
+  assert.match(incoming(bytes, { id: 'c', size: 9_800 }).cancelledWith(), /400 bytes are being received from this peer already/);
+  assert.equal(incoming(bytes, { id: 'd', size: 9_600 }).cancelledWith(), null);
+  assert.match(incoming(bytes, { id: 'e', size: 10_001 }).cancelledWith(), /more than this peer accepts/);
+  for (const p of [peer, bytes]) for (const e of p.events.filter((e) => e.event === 'file-cancel')) assert.equal(e.by, 'local');
+});
+
+test('receiving: an id already open is refused, and the transfer holding it is untouched', () => {
+  const peer = fakePeer();
+  const first = incoming(peer, { id: 'same', size: 10 });
+  const second = incoming(peer, { id: 'same', size: 10 });
+  assert.match(second.cancelledWith(), /a transfer with id same is open already/);
+  const data = crypto.randomBytes(10);
+  first.deliver(data);
+  first.deliver(JSON.stringify({ t: 'end', sha256: nodeSha(data) }));
+  const got = peer.events.filter((e) => e.event === 'file');
+  assert.equal(got.length, 1);
+  assert.equal(got[0].size, 10);
+});
+
+test('receiving: a sender that stalls (before its head, or mid-file) is cancelled after 30 s of nothing', (t) => {
+  let clock = 1_000;
+  const real = globalThis.performance;
+  Object.defineProperty(globalThis, 'performance', { value: { now: () => clock }, configurable: true, writable: true });
+  t.mock.timers.enable({ apis: ['setInterval'] });
+  try {
+    const peer = fakePeer();
+    const silent = new IncomingChannel();
+    sdk._receiveFile(peer, silent);
+    const stalled = incoming(peer, { id: 's', size: 1000 });
+    const steady = incoming(peer, { id: 'k', size: 1000 });
+    for (let s = 0; s < 29; s++) {
+      clock += 1000;
+      steady.deliver(crypto.randomBytes(10));
+      t.mock.timers.tick(1000);
+    }
+    assert.deepEqual([silent, stalled, steady].map((c) => c.readyState), ['open', 'open', 'open']);
+    for (let s = 0; s < 11; s++) {
+      clock += 1000;
+      steady.deliver(crypto.randomBytes(10));
+      t.mock.timers.tick(1000);
+    }
+    assert.match(silent.cancelledWith(), /nothing received for 30 s/);
+    assert.match(stalled.cancelledWith(), /nothing received for 30 s/);
+    assert.equal(steady.cancelledWith(), null, 'a sender that keeps sending is not idle');
+    assert.equal(peer.events.filter((e) => e.event === 'file-cancel').length, 1, 'the stalled transfer, told once');
+  } finally {
+    Object.defineProperty(globalThis, 'performance', { value: real, configurable: true, writable: true });
+  }
+});

@@ -16,8 +16,10 @@
  * @property {boolean} [restartOnFailure=true] restart ICE when the connection fails, stays disconnected or the
  *   network changes (`false`: never)
  * @property {RecoveryOptions | false} [recovery] when to restart ICE (default: the room's `recovery`)
- * @property {number} [maxFileBytes=2147483648] the largest file this side accepts from `sendFile` (it is kept in
- *   memory as a Blob); larger ones are cancelled at their start
+ * @property {number} [maxFileBytes=2147483648] the most this side accepts from `sendFile` (kept in memory as a Blob):
+ *   the largest file, and the announced bytes of every file being received from this peer at once; past it a file
+ *   is cancelled at its start
+ * @property {number} [maxIncomingFiles=4] files received from this peer at once; another is cancelled at its start
  *
  * @typedef {object} ConnectOptions
  * @property {string} room room name
@@ -489,10 +491,15 @@ export class Peer extends EventTarget {
          */
         recovery?: RecoveryOptions | false;
         /**
-         * the largest file this side accepts from `sendFile` (it is kept in
-         * memory as a Blob); larger ones are cancelled at their start
+         * the most this side accepts from `sendFile` (kept in memory as a Blob):
+         * the largest file, and the announced bytes of every file being received from this peer at once; past it a file
+         * is cancelled at its start
          */
         maxFileBytes?: number;
+        /**
+         * files received from this peer at once; another is cancelled at its start
+         */
+        maxIncomingFiles?: number;
     };
     /** Polite peer = the smaller id (docs/sdk.md). */
     polite: boolean;
@@ -723,10 +730,15 @@ export type PeerOptions = {
      */
     recovery?: RecoveryOptions | false;
     /**
-     * the largest file this side accepts from `sendFile` (it is kept in
-     * memory as a Blob); larger ones are cancelled at their start
+     * the most this side accepts from `sendFile` (kept in memory as a Blob):
+     * the largest file, and the announced bytes of every file being received from this peer at once; past it a file
+     * is cancelled at its start
      */
     maxFileBytes?: number;
+    /**
+     * files received from this peer at once; another is cancelled at its start
+     */
+    maxIncomingFiles?: number;
 };
 export type ConnectOptions = {
     /**
@@ -1376,6 +1388,11 @@ declare class Sha256 {
  */
 declare function rejoinProof(pc: RTCPeerConnection, newId: string): string | null;
 /**
+ * The receiving side of one file channel: `file-start`, `file-progress`, then `file` (hash checked) or `file-cancel`.
+ * @param {Peer} peer @param {RTCDataChannel} ch
+ */
+declare function receiveFile(peer: Peer, ch: RTCDataChannel): void;
+/**
  * The sending loop, without a browser: reads `reader` `readBytes` at a time, hashes it, writes it to `ch` in chunks
  * of `chunkBytes`, waiting whenever more than `highWater` is buffered. So at most `highWater + readBytes` bytes of
  * the file are held at once, whatever its size. Returns the SHA-256 (hex) of all bytes written.
@@ -1422,4 +1439,4 @@ declare namespace Traverse {
     export { RECONNECT_DELAYS_MS };
     export { FAST_RECONNECT };
 }
-export { Session as _Session, Recovery as _Recovery, credentialExpiry as _credentialExpiry, refreshDelayMs as _refreshDelayMs, reconnectDelay as _reconnectDelay, addCandidateError as _addCandidateError, outcomeReport as _outcomeReport, countCandidate as _countCandidate, countIceUrls as _countIceUrls, browserOf as _browserOf, Sha256 as _Sha256, rejoinProof as _rejoinProof, writeChunks as _writeChunks, fileReader as _fileReader };
+export { Session as _Session, Recovery as _Recovery, credentialExpiry as _credentialExpiry, refreshDelayMs as _refreshDelayMs, reconnectDelay as _reconnectDelay, addCandidateError as _addCandidateError, outcomeReport as _outcomeReport, countCandidate as _countCandidate, countIceUrls as _countIceUrls, browserOf as _browserOf, Sha256 as _Sha256, rejoinProof as _rejoinProof, receiveFile as _receiveFile, writeChunks as _writeChunks, fileReader as _fileReader };

@@ -65,8 +65,10 @@ export const FAST_RECONNECT = Object.freeze({ stepMs: 250, maxMs: 1000, forMs: 3
  * @property {boolean} [restartOnFailure=true] restart ICE when the connection fails, stays disconnected or the
  *   network changes (`false`: never)
  * @property {RecoveryOptions | false} [recovery] when to restart ICE (default: the room's `recovery`)
- * @property {number} [maxFileBytes=2147483648] the largest file this side accepts from `sendFile` (it is kept in
- *   memory as a Blob); larger ones are cancelled at their start
+ * @property {number} [maxFileBytes=2147483648] the most this side accepts from `sendFile` (kept in memory as a Blob):
+ *   the largest file, and the announced bytes of every file being received from this peer at once; past it a file
+ *   is cancelled at its start
+ * @property {number} [maxIncomingFiles=4] files received from this peer at once; another is cancelled at its start
  *
  * @typedef {object} ConnectOptions
  * @property {string} room room name
@@ -1636,7 +1638,9 @@ function watchNetwork(fn) {
 // byte on the wire; the hash checks the chunking end to end (nothing lost, repeated or reordered by either SDK).
 //
 // The receiver keeps the file as a `Blob` (parts folded into one every `FILE_FOLD_BYTES`, so the browser may page it
-// to disk); `maxFileBytes` (PeerOptions, default 2 GiB) bounds what it accepts.
+// to disk); `maxFileBytes` (PeerOptions, default 2 GiB) bounds what it accepts, per file and over the files one peer
+// sends at once, `maxIncomingFiles` (4) how many, and a receive idle for `FILE_IDLE_MS` is cancelled: a peer of the
+// room (with `autoAccept`, anyone may call) cannot make this page hold more than that.
 
 /** The label of the data channels that carry one file each; other labels are left to the app. */
 export const FILE_CHANNEL_LABEL = 'traverse-file';
@@ -1652,8 +1656,12 @@ const FILE_READ_BYTES = 1024 * 1024;
 const FILE_FOLD_BYTES = 16 * 1024 * 1024;
 /** Progress events at most this often (plus the last one). */
 const FILE_PROGRESS_MS = 50;
-/** Default bound on a received file (PeerOptions `maxFileBytes`). */
+/** Default bound on a received file, and on those being received from one peer at once (`maxFileBytes`). */
 const FILE_MAX_BYTES = 2 ** 31;
+/** Default number of files received from one peer at once (PeerOptions `maxIncomingFiles`). */
+const FILE_MAX_INCOMING = 4;
+/** A receive that gets nothing (no head, no chunk) for this long is cancelled: a stalled sender holds nothing. */
+const FILE_IDLE_MS = 30_000;
 /** What `peer.send` may have buffered in the channel before it refuses (Chrome closes a channel beyond 16 MiB). */
 const SEND_BUFFER_LIMIT = 8 * 1024 * 1024;
 
@@ -1911,13 +1919,16 @@ async function sendFile(peer, source, options) {
 function receiveFile(peer, ch) {
   ch.binaryType = 'arraybuffer';
   const maxBytes = peer.options.maxFileBytes ?? FILE_MAX_BYTES;
+  const maxFiles = peer.options.maxIncomingFiles ?? FILE_MAX_INCOMING;
   /** @type {FileTransfer | null} */ let t = null;
   const hash = new Sha256();
   /** @type {BlobPart[]} */ let parts = [];
   let unfolded = 0;
   let received = 0;
+  let closed = false;
   const refuse = (/** @type {string} */ reason) => {
     if (t) return t.cancel(reason, 'local');
+    closed = true;
     try {
       ch.send(JSON.stringify({ t: 'cancel', reason }));
       ch.close();
@@ -1925,8 +1936,18 @@ function receiveFile(peer, ch) {
       /* ignore */
     }
   };
+  // Idle: checked every third of the limit, so that a chunk costs a clock read, not a timer.
+  let lastAt = now();
+  const idle = setInterval(() => {
+    if (closed || t?.done) return clearInterval(idle);
+    if (now() - lastAt >= FILE_IDLE_MS) {
+      clearInterval(idle);
+      refuse(`nothing received for ${FILE_IDLE_MS / 1000} s`);
+    }
+  }, FILE_IDLE_MS / 3);
   ch.onmessage = (e) => {
-    if (t?.done) return;
+    if (closed || t?.done) return;
+    lastAt = now();
     if (typeof e.data !== 'string') {
       if (!t) return refuse('data before the head');
       const bytes = new Uint8Array(e.data);
@@ -1946,14 +1967,25 @@ function receiveFile(peer, ch) {
     if (msg?.t === 'head' && !t) {
       const size = Number(msg.size);
       if (!Number.isSafeInteger(size) || size < 0) return refuse('bad head');
+      const id = String(msg.id ?? randomId()).slice(0, 64);
+      const open = [...(TRANSFERS.get(peer)?.values() ?? [])];
+      // The id is the sender's: one already in use here would put this transfer in the other's place.
+      if (open.some((o) => o.id === id)) return refuse(`a transfer with id ${id} is open already`);
+      const receiving = open.filter((o) => o.direction === 'receive');
+      const held = receiving.reduce((sum, o) => sum + o.size, 0);
       t = new FileTransfer(peer, ch, 'receive', {
-        id: String(msg.id ?? randomId()),
-        name: String(msg.name ?? 'file'),
+        id,
+        name: String(msg.name ?? 'file').slice(0, 1024),
         size,
-        type: String(msg.type ?? ''),
+        type: String(msg.type ?? '').slice(0, 256),
       });
       peer._emit('file-start', { id: t.id, name: t.name, size: t.size, type: t.type });
       if (size > maxBytes) t.cancel(`${size} bytes is more than this peer accepts (maxFileBytes ${maxBytes})`, 'local');
+      else if (receiving.length >= maxFiles) {
+        t.cancel(`${receiving.length} files are being received from this peer already (maxIncomingFiles)`, 'local');
+      } else if (held + size > maxBytes) {
+        t.cancel(`${held} bytes are being received from this peer already (maxFileBytes ${maxBytes})`, 'local');
+      }
     } else if (msg?.t === 'end' && t) {
       const sha256 = hash.hex();
       if (received !== t.size || sha256 !== msg.sha256) {
@@ -1974,6 +2006,8 @@ function receiveFile(peer, ch) {
     }
   };
   ch.onclose = () => {
+    closed = true;
+    clearInterval(idle);
     if (t && !t.done) t.cancel('the file channel closed', 'remote');
   };
 }
@@ -3199,6 +3233,7 @@ export {
   browserOf as _browserOf,
   Sha256 as _Sha256,
   rejoinProof as _rejoinProof,
+  receiveFile as _receiveFile,
   writeChunks as _writeChunks,
   fileReader as _fileReader,
 };
