@@ -67,18 +67,30 @@ function renderPeers() {
   }
 }
 
+/**
+ * One end of the pair as nodes: a badge and text. Built with `textContent`, never markup: the remote end's address
+ * comes from what the other peer signaled.
+ * @returns {(Node | string)[]}
+ */
 function describe(c) {
-  if (!c) return '?';
+  if (!c) return ['?'];
   const proto = c.candidateType === 'relay' && c.relayProtocol ? `TURN/${c.relayProtocol}` : c.protocol;
-  return `<span class="badge ${c.candidateType}">${c.candidateType}</span> ${proto} ${c.address ?? ''}:${c.port ?? ''}`;
+  const badge = document.createElement('span');
+  badge.className = `badge ${/^[a-z]+$/.test(c.candidateType) ? c.candidateType : ''}`;
+  badge.textContent = String(c.candidateType);
+  return [badge, ` ${proto} ${c.address ?? ''}:${c.port ?? ''}`];
 }
 
 async function showPair() {
   if (!peer) return;
   const pair = await peer.getSelectedPair().catch(() => null);
   if (!pair) return;
-  ui.pair.innerHTML = `${describe(pair.local)} ⇄ ${describe(pair.remote)}` +
-    (pair.rtt !== undefined ? ` · rtt ${Math.round(pair.rtt * 1000)} ms` : '');
+  ui.pair.replaceChildren(
+    ...describe(pair.local),
+    ' ⇄ ',
+    ...describe(pair.remote),
+    pair.rtt !== undefined ? ` · rtt ${Math.round(pair.rtt * 1000)} ms` : '',
+  );
   ui.pair.dataset.local = `${pair.local?.candidateType}/${pair.local?.relayProtocol ?? pair.local?.protocol}`;
 }
 
