@@ -55,14 +55,21 @@ impl Conn {
         }
     }
 
-    pub async fn send(&mut self, bytes: &[u8]) -> Result<(), CheckError> {
+    /// Sends `bytes`; on a stream, gives up after `limit`: a server that stops reading (a window held shut, or
+    /// opened a byte at a time) must not hold the doctor for good.
+    pub async fn send(&mut self, bytes: &[u8], limit: Duration) -> Result<(), CheckError> {
         match self {
             Conn::Udp { sock, server } => {
                 sock.send_to(bytes, *server).await?;
             }
             Conn::Stream { io, .. } => {
-                io.write_all(bytes).await?;
-                io.flush().await?;
+                let write = async {
+                    io.write_all(bytes).await?;
+                    io.flush().await
+                };
+                tokio::time::timeout(limit, write)
+                    .await
+                    .map_err(|_| CheckError::WriteStalled(limit))??;
             }
         }
         Ok(())
@@ -218,7 +225,10 @@ impl TurnClient {
             Outcome::Error { code: 401, reason, .. } if self.client.realm().is_none() => {
                 Err(CheckError::Protocol(format!("401 without REALM/NONCE ({reason})")))
             }
-            Outcome::Error { code: 401, reason, .. } => Err(CheckError::AuthRejected(reason)),
+            // Reason phrases are the server's (up to 763 bytes): one short printable line.
+            Outcome::Error { code: 401, reason, .. } => {
+                Err(CheckError::AuthRejected(crate::terminal::line(&reason, 120)))
+            }
             // RFC 8489 §9.2.5: the client took every new nonce and the server kept calling it stale.
             Outcome::Error { code: 438, .. } => Err(CheckError::StaleNonce(
                 self.client.stale_nonces().saturating_sub(stale_before),
@@ -226,13 +236,16 @@ impl TurnClient {
             Outcome::Error { code: 0, .. } => Err(CheckError::Protocol(
                 "an answer that is neither success nor error".into(),
             )),
-            Outcome::Error { code, reason, .. } => Err(CheckError::Stun { code, reason }),
+            Outcome::Error { code, reason, .. } => Err(CheckError::Stun {
+                code,
+                reason: crate::terminal::line(&reason, 120),
+            }),
         }
     }
 
     async fn flush(&mut self) -> Result<(), CheckError> {
         while let Some(packet) = self.client.poll_transmit() {
-            self.conn.send(&packet).await?;
+            self.conn.send(&packet, self.timing.limit).await?;
         }
         Ok(())
     }
@@ -331,5 +344,33 @@ pub(crate) async fn binding_from(
             }
             Err(_) => client.handle_timeout(now()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// A TURN server over TCP that stops reading (its window shut) must not hold the doctor: each write gives up
+    /// after its limit. Before, the relay check's echo loop waited in `write_all` for good.
+    #[tokio::test]
+    async fn a_stream_the_server_stops_reading_gives_up_after_the_limit() {
+        // The server's end holds 4 KiB and is never read.
+        let (ours, _server) = tokio::io::duplex(4096);
+        let mut conn = Conn::Stream {
+            io: Box::new(ours),
+            buf: Vec::new(),
+            local: None,
+        };
+        let limit = Duration::from_millis(200);
+        conn.send(&[0u8; 1000], limit).await.unwrap();
+        let started = std::time::Instant::now();
+        let stalled = conn.send(&[0u8; 64 * 1024], limit).await;
+        assert!(
+            matches!(stalled, Err(CheckError::WriteStalled(l)) if l == limit),
+            "{stalled:?}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(2));
     }
 }

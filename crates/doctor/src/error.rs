@@ -18,6 +18,8 @@ pub enum CheckError {
     Unreachable,
     #[error("the connection was closed")]
     Closed,
+    #[error("the server took nothing we sent for {} ms: it stopped reading", .0.as_millis())]
+    WriteStalled(Duration),
     #[error("cannot resolve {0}")]
     Dns(String),
     #[error("{0}")]
@@ -53,6 +55,7 @@ impl CheckError {
             CheckError::Refused => "refused",
             CheckError::Unreachable => "unreachable",
             CheckError::Closed => "closed",
+            CheckError::WriteStalled(_) => "write-stalled",
             CheckError::Dns(_) => "dns",
             CheckError::Io(_) => "io",
             CheckError::Tls(_) => "tls",

@@ -117,6 +117,10 @@ pub struct IceServersFact {
     pub stun: Vec<IceUrl>,
     pub turn: Vec<IceUrl>,
     pub has_credential: bool,
+    /// URLs that did not parse, as one short line each (the first [`crate::ice::MAX_URLS`]).
+    pub unparsed: Vec<String>,
+    /// URLs not checked: past [`crate::ice::MAX_URLS`] of their kind.
+    pub not_checked: usize,
 }
 
 /// A Binding over UDP to one STUN URL.

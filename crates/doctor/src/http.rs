@@ -205,11 +205,12 @@ pub fn parse_response(raw: &[u8]) -> Result<(u16, Vec<u8>), CheckError> {
         if size == 0 {
             break;
         }
-        let data = rest
-            .get(eol + 2..eol + 2 + size)
-            .ok_or_else(|| CheckError::Protocol("truncated chunk".into()))?;
+        // The size is the server's: a huge one must not overflow (a panic in a debug build).
+        let truncated = || CheckError::Protocol("truncated chunk".into());
+        let end = (eol + 2).checked_add(size).ok_or_else(truncated)?;
+        let data = rest.get(eol + 2..end).ok_or_else(truncated)?;
         out.extend_from_slice(data);
-        rest = rest.get(eol + 2 + size + 2..).unwrap_or_default();
+        rest = rest.get(end.saturating_add(2)..).unwrap_or_default();
     }
     Ok((status, out))
 }
@@ -228,5 +229,10 @@ mod tests {
         assert_eq!((s, b.as_slice()), (200, &b"abcde"[..]));
         assert!(parse_response(b"SSH-2.0-OpenSSH\r\n").is_err());
         assert!(parse_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n").is_err());
+        let huge = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffff\r\nabc\r\n0\r\n\r\n";
+        assert!(
+            parse_response(huge).is_err(),
+            "a chunk size near usize::MAX is refused, not overflowed"
+        );
     }
 }

@@ -64,6 +64,17 @@ pub fn split_host_port(s: &str) -> Option<(String, Option<u16>)> {
     }
 }
 
+/// An IP address or a DNS name (letters, digits, `-`, `_` and dots, at most 253): what a server lists is printed
+/// and connected to, so nothing else is taken as a host.
+fn is_host(host: &str) -> bool {
+    host.parse::<std::net::IpAddr>().is_ok()
+        || (!host.is_empty()
+            && host.len() <= 253
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')))
+}
+
 /// Transport of a TURN URL.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -111,6 +122,9 @@ impl IceUrl {
             _ => return None,
         };
         let (host, port) = split_host_port(authority)?;
+        if !is_host(&host) {
+            return None;
+        }
         let transport = match (tls, requested.as_deref()) {
             (true, _) => Transport::Tls,
             (false, Some("tcp")) => Transport::Tcp,
@@ -142,6 +156,10 @@ impl IceUrl {
     }
 }
 
+/// STUN URLs, and TURN URLs, the doctor checks at most: a server lists a few (its own and a cluster's nodes); a
+/// list of thousands would start that many checks at once and probe addresses the server chose.
+pub const MAX_URLS: usize = 16;
+
 /// What `/api/ice-servers` (or the flags) gave: URLs and one TURN credential.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct IceConfig {
@@ -149,8 +167,10 @@ pub struct IceConfig {
     pub turn: Vec<IceUrl>,
     pub username: Option<String>,
     pub credential: Option<String>,
-    /// URLs that did not parse, reported as they were.
+    /// URLs that did not parse, reported as they were (the first [`MAX_URLS`], each cut to one short line).
     pub unparsed: Vec<String>,
+    /// URLs past [`MAX_URLS`] of their kind, or unparsed past it: not checked, counted.
+    pub dropped: usize,
 }
 
 impl IceConfig {
@@ -178,18 +198,24 @@ impl IceConfig {
                         out.add(u);
                     }
                     Some(u) => out.add(u),
-                    None => out.unparsed.push(url.to_owned()),
+                    None if out.unparsed.len() < MAX_URLS => out.unparsed.push(crate::terminal::line(url, 120)),
+                    None => out.dropped += 1,
                 }
             }
         }
         out
     }
 
-    /// Adds a URL once.
+    /// Adds a URL once, up to [`MAX_URLS`] of its kind (past it, counted in `dropped`).
     pub fn add(&mut self, url: IceUrl) {
         let list = if url.turn { &mut self.turn } else { &mut self.stun };
-        if !list.contains(&url) {
+        if list.contains(&url) {
+            return;
+        }
+        if list.len() < MAX_URLS {
             list.push(url);
+        } else {
+            self.dropped += 1;
         }
     }
 }

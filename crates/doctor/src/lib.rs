@@ -23,6 +23,7 @@ pub mod nat;
 pub mod progress;
 pub mod quality;
 pub mod report;
+pub mod terminal;
 pub mod tls;
 pub mod verdict;
 
@@ -187,7 +188,8 @@ pub fn run(args: Args) -> Result<i32, Error> {
         let style = report::Style {
             color: stdout_tty && !args.no_color,
         };
-        write!(out, "{}", report.render(style)).map_err(|e| Error::Output(e.to_string()))?;
+        let text = terminal::safe(&report.render(style), style.color);
+        write!(out, "{text}").map_err(|e| Error::Output(e.to_string()))?;
     }
     Ok(report.exit_code)
 }

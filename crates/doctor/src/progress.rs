@@ -32,7 +32,9 @@ impl Progress {
         let Ok(mut lines) = self.lines.lock() else {
             return Line(0);
         };
-        lines.push(label.to_owned());
+        // Labels and details name what a server said (URLs, errors): made safe before our own escapes are added.
+        let label = crate::terminal::line(label, 200);
+        lines.push(label.clone());
         let id = lines.len() - 1;
         if self.enabled && self.tty {
             let mut err = std::io::stderr().lock();
@@ -55,6 +57,7 @@ impl Progress {
             (false, false) => "✗",
         };
         let ms = took.as_millis();
+        let detail = crate::terminal::line(detail, 300);
         let text = if detail.is_empty() {
             format!("  {mark} {label} ({ms} ms)")
         } else {

@@ -105,6 +105,16 @@ pub struct IceServersCheck {
     pub stun: Vec<String>,
     pub turn: Vec<String>,
     pub has_credential: bool,
+    /// URLs that did not parse (as given, cut to one line).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unparsed: Vec<String>,
+    /// URLs past the first 16 STUN and 16 TURN: not checked.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub not_checked: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 impl From<&IceServersFact> for IceServersCheck {
@@ -115,6 +125,8 @@ impl From<&IceServersFact> for IceServersCheck {
             stun: f.stun.iter().map(IceUrl::label).collect(),
             turn: f.turn.iter().map(IceUrl::label).collect(),
             has_credential: f.has_credential,
+            unparsed: f.unparsed.clone(),
+            not_checked: f.not_checked,
         }
     }
 }
@@ -516,6 +528,18 @@ impl Report {
                 _ => String::new(),
             }
         );
+        for u in &ice.unparsed {
+            let _ = writeln!(o, "    a URL that does not parse: {u}");
+        }
+        if ice.not_checked > 0 {
+            let _ = writeln!(
+                o,
+                "    {} more URL(s) not checked: the first {} STUN and {} TURN are",
+                ice.not_checked,
+                crate::ice::MAX_URLS,
+                crate::ice::MAX_URLS
+            );
+        }
         for s in &self.stun {
             let _ = writeln!(
                 o,

@@ -246,3 +246,97 @@ fn without_udp_the_turn_connection_tells_whether_a_nat_is_in_the_way() {
     assert_eq!(r["nat"]["mapping"]["result"], "not-tested", "{all}");
     assert!(r["nat"]["notes"].to_string().contains("seen over TCP/TLS"), "{all}");
 }
+
+/// A hostile `/api/ice-servers`: a signaling endpoint written here (it answers `/healthz`, the WebSocket upgrade's
+/// status line, and the list), serving `list` as JSON. Returns its address; it serves until the test ends.
+fn hostile_signaling(list: serde_json::Value) -> std::net::SocketAddr {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let body = list.to_string();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(64) {
+            let Ok(mut stream) = stream else { continue };
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && head.len() < 16 * 1024 {
+                match stream.read(&mut byte) {
+                    Ok(1) => head.push(byte[0]),
+                    _ => break,
+                }
+            }
+            let head = String::from_utf8_lossy(&head);
+            let answer = if head.starts_with("GET /ws") {
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n".to_owned()
+            } else if head.starts_with("GET /api/ice-servers") {
+                format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+            } else {
+                "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok".to_owned()
+            };
+            let _ = stream.write_all(answer.as_bytes());
+        }
+    });
+    addr
+}
+
+/// A server's ICE list chooses what the doctor probes and prints. 5 000 STUN URLs (the first a real Traverse that
+/// answers, the rest loopback ports where nothing listens): the doctor checks the first 16, sends its NAT mapping
+/// probes to at most 4 more addresses (it went through all 4 999, one timeout after another: 25 minutes at 300 ms),
+/// and says how many it left out. A URL whose host carries terminal escape sequences is reported as not parsing, and
+/// nothing the server said puts an escape sequence on the terminal.
+#[test]
+fn a_hostile_ice_server_list_neither_holds_the_doctor_nor_writes_to_the_terminal() {
+    let server = Server::start(&[]);
+    let mut urls = vec![serde_json::json!(format!("stun:{}", server.udp))];
+    urls.extend((1..5000u32).map(|i| serde_json::json!(format!("stun:127.0.0.1:{}", 20000 + i))));
+    urls.push(serde_json::json!("stun:\u{1b}[2J\u{1b}]0;owned\u{7}evil.example:3478"));
+    let http = hostile_signaling(serde_json::json!({ "iceServers": [{ "urls": urls }] }));
+    let url = format!("http://{http}");
+    let args = [
+        "--https-port",
+        "0",
+        "--http-port",
+        "0",
+        "--timeout-ms",
+        "300",
+        "--probe-wait-ms",
+        "300",
+    ];
+    let started = std::time::Instant::now();
+    let (_, r, all) = doctor(&[&[url.as_str(), "--json"], &args[..]].concat());
+    let took = started.elapsed();
+    assert_eq!(r["ice_servers"]["stun"].as_array().unwrap().len(), 16, "{all}");
+    assert_eq!(r["ice_servers"]["not_checked"], 4984, "{all}");
+    assert_eq!(r["stun"].as_array().unwrap().len(), 16, "{all}");
+    assert_eq!(r["stun"][0]["ok"], true, "the real server answers: {all}");
+    let unparsed = r["ice_servers"]["unparsed"].to_string();
+    assert!(
+        unparsed.contains("evil.example") && !unparsed.contains("\\u001b"),
+        "{unparsed}"
+    );
+    assert!(took < Duration::from_secs(30), "the doctor took {took:?}");
+
+    // For people: no escape sequence at all (stdout is not a terminal, so not even colours).
+    let out = run_bounded(
+        Command::new(env!("CARGO_BIN_EXE_traverse"))
+            .args(["doctor", &url])
+            .args(args),
+        Duration::from_secs(90),
+    );
+    assert!(!out.timed_out, "doctor hung: {}", out.all());
+    assert!(out.stdout.contains("4984 more URL(s) not checked"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("a URL that does not parse: stun:[2J"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        !out.all().contains('\u{1b}') && !out.all().contains('\u{7}'),
+        "{}",
+        out.all()
+    );
+}

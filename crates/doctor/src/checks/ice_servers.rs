@@ -23,7 +23,8 @@ pub async fn check(s: &Settings, signaling: &[SignalingFact], progress: &Progres
     let mut config = IceConfig::default();
     let mut fetch = None;
     let mut source = IceSource::None;
-    let endpoint = signaling.iter().filter(|c| c.ok()).min_by_key(|c| !c.primary);
+    // The given address first, then a probe over TLS before one over plain HTTP.
+    let endpoint = signaling.iter().filter(|c| c.ok()).min_by_key(|c| (!c.primary, !c.tls));
     if let Some(endpoint) = endpoint {
         let fetched = fetch_from(s, endpoint, progress).await;
         fetch = Some(match fetched.result {
@@ -53,6 +54,8 @@ pub async fn check(s: &Settings, signaling: &[SignalingFact], progress: &Progres
             stun: config.stun.clone(),
             turn: config.turn.clone(),
             has_credential: credential.is_some(),
+            unparsed: config.unparsed.clone(),
+            not_checked: config.dropped,
         },
         config,
         credential,
@@ -69,17 +72,21 @@ async fn fetch_from(s: &Settings, endpoint: &SignalingFact, progress: &Progress)
             tls: endpoint.tls,
         };
         let mut headers = Vec::new();
-        if let Some(token) = &s.token {
-            headers.push(("Authorization", format!("Bearer {token}")));
+        // The token goes over TLS, or over plain HTTP only to the address given as `http://`: not to a port-80
+        // probe the doctor chose because HTTPS failed.
+        match &s.token {
+            Some(token) if endpoint.tls || endpoint.primary => {
+                headers.push(("Authorization", format!("Bearer {token}")))
+            }
+            _ => {}
         }
         let reply = http::get(&target, "/api/ice-servers", &headers, s.timeout).await?;
         if reply.status != 200 {
             let body: serde_json::Value = serde_json::from_slice(&reply.body).unwrap_or_default();
-            let message = body
-                .get("code")
-                .and_then(|c| c.as_str())
-                .map(str::to_owned)
-                .unwrap_or_else(|| String::from_utf8_lossy(&reply.body).chars().take(120).collect());
+            let message = match body.get("code").and_then(|c| c.as_str()) {
+                Some(code) => crate::terminal::line(code, 120),
+                None => crate::terminal::line(&String::from_utf8_lossy(&reply.body), 120),
+            };
             return Err(CheckError::Http {
                 status: reply.status,
                 message,

@@ -19,14 +19,29 @@ use crate::ice::IceUrl;
 use crate::nat::{self, FilteringProbe, MappingProbe, NatPresence, Observations};
 use crate::progress::Progress;
 
-/// The distinct IPv4 addresses of the STUN URLs, in order: the first is the primary one.
+/// Server addresses the mapping probes send a Binding to besides the primary one: RFC 5780's two, and a couple of
+/// other STUN addresses. A server's list chooses where the doctor sends, so it is not followed further.
+const MAX_MAPPING_TARGETS: usize = 4;
+
+/// The distinct IPv4 addresses of the STUN URLs, in order: the first is the primary one. Resolved at once (at most
+/// [`crate::ice::MAX_URLS`] names, each within the timeout), not one after another.
 pub async fn stun_addresses(s: &Settings, urls: &[IceUrl]) -> Vec<SocketAddr> {
+    let mut set = tokio::task::JoinSet::new();
+    for (i, u) in urls.iter().take(crate::ice::MAX_URLS).enumerate() {
+        let (host, port, limit) = (u.host.clone(), u.port, s.timeout);
+        set.spawn(async move { (i, resolve_one(&host, port, limit).await) });
+    }
+    let mut found = Vec::new();
+    while let Some(joined) = set.join_next().await {
+        if let Ok((i, Ok(a))) = joined {
+            found.push((i, a));
+        }
+    }
+    found.sort_by_key(|(i, _)| *i);
     let mut list = Vec::new();
-    for u in urls {
-        if let Ok(a) = resolve_one(&u.host, u.port, s.timeout).await {
-            if a.is_ipv4() && !list.contains(&a) {
-                list.push(a);
-            }
+    for (_, a) in found {
+        if a.is_ipv4() && !list.contains(&a) {
+            list.push(a);
         }
     }
     list
@@ -116,7 +131,7 @@ async fn probe(
     }
     // The server may hand out its OTHER-ADDRESS as a STUN URL too (for browsers): one Binding per address.
     for a in others {
-        if *a != primary && !mapping_targets.contains(a) {
+        if *a != primary && !mapping_targets.contains(a) && mapping_targets.len() < MAX_MAPPING_TARGETS {
             mapping_targets.push(*a);
         }
     }

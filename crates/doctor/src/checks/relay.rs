@@ -101,7 +101,10 @@ pub async fn round_trip(
         while !done.get() && Instant::now() < run_end {
             match timeout(Duration::from_millis(50), b.recv_data()).await {
                 Ok(Ok((_, data))) => {
-                    let _ = b.send_channel(CHANNEL, &data).await;
+                    // A send that fails (the server stopped reading: `CheckError::WriteStalled`) ends the echo.
+                    if b.send_channel(CHANNEL, &data).await.is_err() {
+                        break;
+                    }
                 }
                 Ok(Err(_)) => break,
                 Err(_) => {}
@@ -114,9 +117,12 @@ pub async fn round_trip(
     let drive = async {
         let mut next_send = Instant::now();
         let mut seq: u32 = 0;
+        // A send failed (the server stopped reading, `CheckError::WriteStalled`): nothing more goes out, and what
+        // went out may still come back until the run's end.
+        let mut stalled = false;
         loop {
             let now = Instant::now();
-            if seq < n && now >= next_send {
+            if seq < n && !stalled && now >= next_send {
                 let mut payload = vec![0u8; 100];
                 if let Some(head) = payload.get_mut(..4) {
                     head.copy_from_slice(&seq.to_be_bytes());
@@ -124,16 +130,21 @@ pub async fn round_trip(
                 if let Some(slot) = sent_at.get_mut(seq as usize) {
                     *slot = Some(Instant::now());
                 }
-                let _ = a.send_channel(CHANNEL, &payload).await;
+                if a.send_channel(CHANNEL, &payload).await.is_err() {
+                    stalled = true;
+                    continue;
+                }
                 seq += 1;
                 next_send += s.interval;
                 continue;
             }
-            if (seq >= n && got.iter().all(|g| *g)) || now >= run_end {
+            let sending = seq < n && !stalled;
+            let all_back = got.iter().take(seq as usize).all(|g| *g);
+            if (!sending && all_back) || now >= run_end {
                 done.set(true);
                 break;
             }
-            let until = if seq < n { next_send } else { run_end };
+            let until = if sending { next_send } else { run_end };
             let Ok(Ok((_, data))) = timeout(until.saturating_duration_since(now), a.recv_data()).await else {
                 continue;
             };

@@ -110,7 +110,7 @@ pub async fn check(s: Arc<Settings>, endpoint: Endpoint, progress: Arc<Progress>
             } else {
                 Err(CheckError::Http {
                     status: r.status,
-                    message: String::from_utf8_lossy(&r.body).chars().take(120).collect(),
+                    message: crate::terminal::line(&String::from_utf8_lossy(&r.body), 120),
                 })
             }
         }),

@@ -43,13 +43,16 @@ pub async fn check(
             let mut tick = tokio::time::interval(Duration::from_millis(1));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
             let mut owed = 0.0f64;
-            while Instant::now() < step_end {
+            'step: while Instant::now() < step_end {
                 tick.tick().await;
                 owed += per_tick;
                 while owed >= 1.0 {
                     owed -= 1.0;
-                    if a.send_channel(CHANNEL, &payload).await.is_ok() {
-                        sent += 1;
+                    match a.send_channel(CHANNEL, &payload).await {
+                        Ok(()) => sent += 1,
+                        // The server stopped reading: each send would wait its whole limit.
+                        Err(CheckError::WriteStalled(_)) => break 'step,
+                        Err(_) => {}
                     }
                 }
             }
