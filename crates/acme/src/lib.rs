@@ -13,6 +13,7 @@
 pub mod plan;
 pub mod store;
 
+mod http;
 mod order;
 
 use std::collections::HashMap;
@@ -144,14 +145,50 @@ pub fn spawn(config: Config, certs: Arc<CertStore>) -> std::io::Result<Http01Tok
     let http01 = tokens.clone();
     std::thread::Builder::new()
         .name("traverse-acme".into())
-        .spawn(move || {
-            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                Ok(runtime) => runtime,
-                Err(e) => return tracing::error!(error = %e, "ACME: cannot start the task's runtime"),
-            };
-            runtime.block_on(run(config, store, certs, http01, installed));
-        })?;
+        .spawn(move || supervise(config, store, certs, http01, installed))?;
     Ok(tokens)
+}
+
+/// Runs the task, and runs it again after a panic (in instant-acme, on an answer it did not expect): a panic ended
+/// the thread, and with it every renewal until a restart, while the certificate ran out.
+fn supervise(config: Config, store: Store, certs: Arc<CertStore>, http01: Http01Tokens, installed: Option<plan::Held>) {
+    let mut installed = installed;
+    for restarts in 1u32.. {
+        let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(runtime) => runtime,
+            Err(e) => return tracing::error!(error = %e, "ACME: cannot start the task's runtime"),
+        };
+        let task = run(config.clone(), store.clone(), certs.clone(), http01.clone(), installed);
+        let panicked = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| runtime.block_on(task))) {
+            Ok(()) => return,
+            Err(payload) => payload,
+        };
+        drop(runtime);
+        // Whatever challenge the order had put up comes down; what is served stays.
+        for name in &config.names {
+            certs.set_acme_challenge(name, None);
+        }
+        http01.clear();
+        let why = panicked
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panicked.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        let delay = config.backoff.delay(restarts, rand::thread_rng().gen());
+        tracing::error!(
+            "ACME: the certificate task failed ({why}); starting it again in {}s (restart {restarts})",
+            delay.as_secs()
+        );
+        std::thread::sleep(delay);
+        installed = held_in_use(&config, &store, &certs);
+    }
+}
+
+/// The stored ACME certificate, if it is the one being served (the plan's input after a restart of the task).
+fn held_in_use(config: &Config, store: &Store, certs: &CertStore) -> Option<plan::Held> {
+    let held = store.issued().ok()??.held()?;
+    let serving = certs.status().not_after == Some(held.validity.not_after) && !certs.is_self_signed();
+    (serving && plan::covers(&held.names, &config.names)).then_some(held)
 }
 
 fn install_stored(config: &Config, store: &Store, certs: &CertStore) -> Option<plan::Held> {
@@ -222,10 +259,12 @@ async fn run(
                 Err(AcmeError::Timeout(ORDER_TIMEOUT))
             }
         };
-        let error = match result.and_then(|issued| save_and_install(&store, &certs, &issued)) {
+        let fresh_jitter: f64 = rand::thread_rng().gen();
+        let checked = result.and_then(|issued| usable(&config, &issued, fresh_jitter).map(|()| issued));
+        let error = match checked.and_then(|issued| save_and_install(&store, &certs, &issued)) {
             Ok(held) => {
                 failures = 0;
-                jitter = rand::thread_rng().gen();
+                jitter = fresh_jitter;
                 tracing::info!(
                     names = ?held.names,
                     not_after = held.validity.not_after,
@@ -255,6 +294,21 @@ async fn run(
             delay.as_secs()
         );
         tokio::time::sleep(delay).await;
+    }
+}
+
+/// A certificate the plan would replace at once (expired, due for renewal, or not naming every name) is refused, not
+/// installed: it would replace a good one, and ordering again at once would loop against the CA with no wait.
+fn usable(config: &Config, issued: &Issued, jitter: f64) -> Result<(), AcmeError> {
+    let held = issued
+        .held()
+        .ok_or_else(|| AcmeError::Certificate("the CA's chain cannot be read".into()))?;
+    match plan::next(SystemTime::now(), &config.names, Some(&held), jitter) {
+        Next::Keep { .. } => Ok(()),
+        Next::Order(why) => Err(AcmeError::Certificate(format!(
+            "the CA issued a certificate that cannot be kept ({why}; valid {} to {}): not installed",
+            held.validity.not_before, held.validity.not_after
+        ))),
     }
 }
 

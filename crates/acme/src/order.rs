@@ -11,6 +11,7 @@ use instant_acme::{
 };
 use server::CertStore;
 
+use crate::http::Bounded;
 use crate::plan::{self, Method, Ways};
 use crate::store::{Issued, Store};
 use crate::{AcmeError, Config, Http01Tokens};
@@ -136,15 +137,19 @@ async fn validate(
 }
 
 async fn account(config: &Config, store: &Store) -> Result<Account, AcmeError> {
-    let builder = || match &config.ca_root {
-        Some(root) => Account::builder_with_root(root).map_err(|e| AcmeError::CaRoot {
-            path: root.display().to_string(),
-            detail: e.to_string(),
-        }),
-        None => Account::builder().map_err(|e| AcmeError::Directory {
-            url: config.directory.clone(),
-            detail: e.to_string(),
-        }),
+    // Our client: instant-acme's, with the CA's answers bounded (`crate::http`).
+    let builder = || {
+        let client = Bounded::new(config.ca_root.as_deref()).map_err(|detail| match &config.ca_root {
+            Some(root) => AcmeError::CaRoot {
+                path: root.display().to_string(),
+                detail,
+            },
+            None => AcmeError::Directory {
+                url: config.directory.clone(),
+                detail,
+            },
+        })?;
+        Ok::<_, AcmeError>(Account::builder_with_http(Box::new(client)))
     };
     let unreachable = |e: instant_acme::Error| AcmeError::Directory {
         url: config.directory.clone(),

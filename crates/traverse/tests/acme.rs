@@ -671,6 +671,50 @@ fn a_failed_challenge_is_explained_and_retried_later_without_a_crash_loop() {
     stop(server);
 }
 
+/// A CA that issues a certificate the plan would replace at once (Pebble with a 1-second validity: expired, or due
+/// for renewal, when it arrives) is refused: not installed over what is served, and the next order waits its backoff. Before,
+/// it was installed and ordered again at once, in a loop against the CA (a key, an order and three files each).
+#[test]
+fn a_certificate_due_as_it_arrives_is_not_installed_and_the_next_order_waits() {
+    let dir = TempDir::new("due");
+    let single = free_tcp_port();
+    let Some(pebble) = Pebble::start(&dir.0, single, free_tcp_port(), 1) else {
+        return;
+    };
+    let name = "due.traverse.test";
+    let single_addr = format!("127.0.0.1:{single}");
+    let server = serve(&pebble, name, &dir.0, &["--single-port", &single_addr]);
+    let deadline = Instant::now() + ISSUE_WAIT;
+    while !log_of(&server).contains("retrying in") {
+        assert!(
+            Instant::now() < deadline,
+            "no refusal reported; log:\n{}\npebble:\n{}",
+            log_of(&server),
+            pebble.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let log = log_of(&server);
+    assert!(
+        log.contains("the CA issued a certificate that cannot be kept (") && log.contains("): not installed"),
+        "{log}"
+    );
+    assert!(log.contains("Still serving the self-signed placeholder"), "{log}");
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(
+        log_of(&server).matches("ordering a certificate").count(),
+        1,
+        "one order, then the backoff: {}",
+        log_of(&server)
+    );
+    let addr = SocketAddr::new(LOOPBACK, single);
+    assert!(
+        handshake(addr, name, trusting(&pebble.issuing_root, &[])).is_err(),
+        "the placeholder is still served, not the certificate that was due"
+    );
+    stop(server);
+}
+
 /// A name with no address record: the error says the name does not resolve.
 #[test]
 fn a_name_that_does_not_resolve_is_named() {
