@@ -180,21 +180,34 @@ class IncomingChannel {
   }
 }
 
-/** A peer as `receiveFile` sees it: its options and its events. */
+/** A peer as `receiveFile` sees it: its options, its events, and its connection's state. */
 function fakePeer(options = {}) {
   const events = [];
-  return { options, events, _emit: (event, detail) => events.push({ ...detail, event }) };
+  return {
+    options,
+    events,
+    pc: { connectionState: 'connected' },
+    _emit: (event, detail) => events.push({ ...detail, event }),
+  };
 }
 
-/** Opens a file channel from `peer` and sends its head. */
+/** Every channel a test opened: closed at its end, which stops their deadline timers. */
+const opened = [];
+const closeAll = () => {
+  for (const ch of opened.splice(0)) ch.close();
+};
+
+/** Opens a file channel from `peer`, with its head unless `head` is null. */
 function incoming(peer, head) {
   const ch = new IncomingChannel();
+  opened.push(ch);
   sdk._receiveFile(peer, ch);
-  ch.deliver(JSON.stringify({ t: 'head', name: 'f', type: '', ...head }));
+  if (head) ch.deliver(JSON.stringify({ t: 'head', name: 'f', type: '', ...head }));
   return ch;
 }
 
-test('receiving: at most maxIncomingFiles at once from one peer, and their announced bytes within maxFileBytes', () => {
+test('receiving: at most maxIncomingFiles at once from one peer, and their announced bytes within maxFileBytes', (t) => {
+  t.after(closeAll);
   const peer = fakePeer({ maxFileBytes: 10_000 });
   const open = [1, 2, 3, 4].map((i) => incoming(peer, { id: `f${i}`, size: 100 }));
   assert.deepEqual(open.map((ch) => ch.cancelledWith()), [null, null, null, null]);
@@ -216,9 +229,17 @@ test('receiving: at most maxIncomingFiles at once from one peer, and their annou
   assert.equal(incoming(bytes, { id: 'd', size: 9_600 }).cancelledWith(), null);
   assert.match(incoming(bytes, { id: 'e', size: 10_001 }).cancelledWith(), /more than this peer accepts/);
   for (const p of [peer, bytes]) for (const e of p.events.filter((e) => e.event === 'file-cancel')) assert.equal(e.by, 'local');
+
+  // Channels that never send their head count too: a fifth is refused as it opens, and a closed one frees its place.
+  const quiet = fakePeer();
+  const headless = [1, 2, 3, 4].map(() => incoming(quiet, null));
+  assert.match(incoming(quiet, null).cancelledWith(), /4 files are being received from this peer already/);
+  headless[0].close();
+  assert.equal(incoming(quiet, { id: 'late', size: 1 }).cancelledWith(), null);
 });
 
-test('receiving: an id already open is refused, and the transfer holding it is untouched', () => {
+test('receiving: an id already open is refused, and the transfer holding it is untouched', (t) => {
+  t.after(closeAll);
   const peer = fakePeer();
   const first = incoming(peer, { id: 'same', size: 10 });
   const second = incoming(peer, { id: 'same', size: 10 });
@@ -231,32 +252,47 @@ test('receiving: an id already open is refused, and the transfer holding it is u
   assert.equal(got[0].size, 10);
 });
 
-test('receiving: a sender that stalls (before its head, or mid-file) is cancelled after 30 s of nothing', (t) => {
+test('receiving: a head must come within 10 s and a chunk within 60 s while the connection is up', (t) => {
   let clock = 1_000;
   const real = globalThis.performance;
   Object.defineProperty(globalThis, 'performance', { value: { now: () => clock }, configurable: true, writable: true });
   t.mock.timers.enable({ apis: ['setInterval'] });
+  t.after(closeAll);
+  const advance = (seconds, each) => {
+    for (let s = 0; s < seconds; s++) {
+      clock += 1000;
+      each?.();
+      t.mock.timers.tick(1000);
+    }
+  };
   try {
     const peer = fakePeer();
-    const silent = new IncomingChannel();
-    sdk._receiveFile(peer, silent);
+    const silent = incoming(peer, null);
     const stalled = incoming(peer, { id: 's', size: 1000 });
     const steady = incoming(peer, { id: 'k', size: 1000 });
-    for (let s = 0; s < 29; s++) {
-      clock += 1000;
-      steady.deliver(crypto.randomBytes(10));
-      t.mock.timers.tick(1000);
-    }
-    assert.deepEqual([silent, stalled, steady].map((c) => c.readyState), ['open', 'open', 'open']);
-    for (let s = 0; s < 11; s++) {
-      clock += 1000;
-      steady.deliver(crypto.randomBytes(10));
-      t.mock.timers.tick(1000);
-    }
-    assert.match(silent.cancelledWith(), /nothing received for 30 s/);
-    assert.match(stalled.cancelledWith(), /nothing received for 30 s/);
+    const feed = () => steady.deliver(crypto.randomBytes(1));
+    advance(9, feed);
+    assert.equal(silent.cancelledWith(), null);
+    advance(2, feed);
+    assert.match(silent.cancelledWith(), /no head within 10 s/);
+    advance(48, feed);
+    assert.equal(stalled.cancelledWith(), null, '59 s without a chunk');
+    advance(2, feed);
+    assert.match(stalled.cancelledWith(), /nothing received for 60 s/);
     assert.equal(steady.cancelledWith(), null, 'a sender that keeps sending is not idle');
     assert.equal(peer.events.filter((e) => e.event === 'file-cancel').length, 1, 'the stalled transfer, told once');
+
+    // While the connection is down (an ICE restart), nothing is idle; from when it is back, the minute counts.
+    const restarting = fakePeer();
+    restarting.pc.connectionState = 'disconnected';
+    const waiting = incoming(restarting, { id: 'w', size: 1000 });
+    advance(120);
+    assert.equal(waiting.cancelledWith(), null, 'two minutes down: still waiting');
+    restarting.pc.connectionState = 'connected';
+    advance(50);
+    assert.equal(waiting.cancelledWith(), null);
+    advance(15);
+    assert.match(waiting.cancelledWith(), /nothing received for 60 s/);
   } finally {
     Object.defineProperty(globalThis, 'performance', { value: real, configurable: true, writable: true });
   }

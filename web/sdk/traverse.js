@@ -1639,7 +1639,8 @@ function watchNetwork(fn) {
 //
 // The receiver keeps the file as a `Blob` (parts folded into one every `FILE_FOLD_BYTES`, so the browser may page it
 // to disk); `maxFileBytes` (PeerOptions, default 2 GiB) bounds what it accepts, per file and over the files one peer
-// sends at once, `maxIncomingFiles` (4) how many, and a receive idle for `FILE_IDLE_MS` is cancelled: a peer of the
+// sends at once, `maxIncomingFiles` (4) how many (a channel waiting for its head counts), a head must come within
+// `FILE_HEAD_MS` and a chunk within `FILE_IDLE_MS` while the connection is up, else it is cancelled: a peer of the
 // room (with `autoAccept`, anyone may call) cannot make this page hold more than that.
 
 /** The label of the data channels that carry one file each; other labels are left to the app. */
@@ -1660,8 +1661,15 @@ const FILE_PROGRESS_MS = 50;
 const FILE_MAX_BYTES = 2 ** 31;
 /** Default number of files received from one peer at once (PeerOptions `maxIncomingFiles`). */
 const FILE_MAX_INCOMING = 4;
-/** A receive that gets nothing (no head, no chunk) for this long is cancelled: a stalled sender holds nothing. */
-const FILE_IDLE_MS = 30_000;
+/** A file channel whose head does not come within this is closed: an open channel counts against the files. */
+const FILE_HEAD_MS = 10_000;
+/**
+ * A receive that gets no chunk for this long while the connection is up is cancelled: a stalled sender holds
+ * nothing. A 64 KiB chunk arrives whole, so this also bounds the slowest link a transfer works on (about 1 KB/s).
+ */
+const FILE_IDLE_MS = 60_000;
+/** File channels of each peer waiting for their head: they count against `maxIncomingFiles` too. */
+const HEADLESS = new WeakMap();
 /** What `peer.send` may have buffered in the channel before it refuses (Chrome closes a channel beyond 16 MiB). */
 const SEND_BUFFER_LIMIT = 8 * 1024 * 1024;
 
@@ -1926,7 +1934,14 @@ function receiveFile(peer, ch) {
   let unfolded = 0;
   let received = 0;
   let closed = false;
+  // Counted while it waits for its head; `headless` says whether it still is.
+  let headless = true;
+  const headed = () => {
+    if (headless) HEADLESS.set(peer, (HEADLESS.get(peer) ?? 1) - 1);
+    headless = false;
+  };
   const refuse = (/** @type {string} */ reason) => {
+    headed();
     if (t) return t.cancel(reason, 'local');
     closed = true;
     try {
@@ -1936,15 +1951,24 @@ function receiveFile(peer, ch) {
       /* ignore */
     }
   };
-  // Idle: checked every third of the limit, so that a chunk costs a clock read, not a timer.
+  const waiting = HEADLESS.get(peer) ?? 0;
+  const receiving = [...(TRANSFERS.get(peer)?.values() ?? [])].filter((o) => o.direction === 'receive').length;
+  HEADLESS.set(peer, waiting + 1);
+  if (waiting + receiving >= maxFiles) {
+    return refuse(`${waiting + receiving} files are being received from this peer already (maxIncomingFiles)`);
+  }
+  // Deadlines, checked every 5 s so that a chunk costs a clock read, not a timer. Not while the connection is down:
+  // an ICE restart may take a while, and the channel resumes after it.
   let lastAt = now();
   const idle = setInterval(() => {
     if (closed || t?.done) return clearInterval(idle);
-    if (now() - lastAt >= FILE_IDLE_MS) {
+    if (peer.pc?.connectionState !== 'connected') lastAt = now();
+    const limit = t ? FILE_IDLE_MS : FILE_HEAD_MS;
+    if (now() - lastAt >= limit) {
       clearInterval(idle);
-      refuse(`nothing received for ${FILE_IDLE_MS / 1000} s`);
+      refuse(t ? `nothing received for ${limit / 1000} s` : `no head within ${limit / 1000} s`);
     }
-  }, FILE_IDLE_MS / 3);
+  }, FILE_HEAD_MS / 2);
   ch.onmessage = (e) => {
     if (closed || t?.done) return;
     lastAt = now();
@@ -1965,6 +1989,7 @@ function receiveFile(peer, ch) {
     }
     const msg = parseJson(e.data);
     if (msg?.t === 'head' && !t) {
+      headed();
       const size = Number(msg.size);
       if (!Number.isSafeInteger(size) || size < 0) return refuse('bad head');
       const id = String(msg.id ?? randomId()).slice(0, 64);
@@ -2007,6 +2032,7 @@ function receiveFile(peer, ch) {
   };
   ch.onclose = () => {
     closed = true;
+    headed();
     clearInterval(idle);
     if (t && !t.done) t.cancel('the file channel closed', 'remote');
   };
@@ -2070,10 +2096,18 @@ function rejoinProof(pc, newId) {
   return new Sha256().update(text).hex().slice(0, 32);
 }
 
-/** The first `a=fingerprint` of a description, normalised. @param {RTCSessionDescription | null} d */
+/**
+ * A description's DTLS fingerprints, normalised and sorted, the SHA-256 ones alone when there are any: a browser
+ * may list several, and may write the other end's description back in another order.
+ * @param {RTCSessionDescription | null} d @returns {string | null}
+ */
 function fingerprintOf(d) {
-  const m = /^a=fingerprint:[ \t]*(\S+)[ \t]+(\S+)/im.exec((d && d.sdp) || '');
-  return m ? `${m[1].toLowerCase()} ${m[2].toUpperCase()}` : null;
+  const all = [...((d && d.sdp) || '').matchAll(/^a=fingerprint:[ \t]*(\S+)[ \t]+(\S+)/gim)].map(
+    (m) => `${m[1].toLowerCase()} ${m[2].toUpperCase()}`,
+  );
+  const sha256 = all.filter((f) => f.startsWith('sha-256 '));
+  const chosen = [...new Set(sha256.length ? sha256 : all)].sort();
+  return chosen.length ? chosen.join(',') : null;
 }
 
 /** The message schedule, shared: `sha256Blocks` runs to completion and never re-enters. */

@@ -153,7 +153,9 @@ pub fn spawn(config: Config, certs: Arc<CertStore>) -> std::io::Result<Http01Tok
 /// the thread, and with it every renewal until a restart, while the certificate ran out.
 fn supervise(config: Config, store: Store, certs: Arc<CertStore>, http01: Http01Tokens, installed: Option<plan::Held>) {
     let mut installed = installed;
-    for restarts in 1u32.. {
+    let mut restarts = 0u32;
+    loop {
+        let began = std::time::Instant::now();
         let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
             Ok(runtime) => runtime,
             Err(e) => return tracing::error!(error = %e, "ACME: cannot start the task's runtime"),
@@ -164,6 +166,11 @@ fn supervise(config: Config, store: Store, certs: Arc<CertStore>, http01: Http01
             Err(payload) => payload,
         };
         drop(runtime);
+        // A task that ran longer than the longest backoff failed afresh: its wait starts again from the first.
+        restarts = match began.elapsed() > config.backoff.max {
+            true => 1,
+            false => restarts.saturating_add(1),
+        };
         // Whatever challenge the order had put up comes down; what is served stays.
         for name in &config.names {
             certs.set_acme_challenge(name, None);

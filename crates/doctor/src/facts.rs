@@ -117,7 +117,7 @@ pub struct IceServersFact {
     pub stun: Vec<IceUrl>,
     pub turn: Vec<IceUrl>,
     pub has_credential: bool,
-    /// URLs that did not parse, as one short line each (the first [`crate::ice::MAX_URLS`]).
+    /// URLs that did not parse, as one short line each (the first [`crate::ice::MAX_URLS`], then how many more).
     pub unparsed: Vec<String>,
     /// URLs not checked: past [`crate::ice::MAX_URLS`] of their kind.
     pub not_checked: usize,

@@ -169,7 +169,9 @@ pub struct IceConfig {
     pub credential: Option<String>,
     /// URLs that did not parse, reported as they were (the first [`MAX_URLS`], each cut to one short line).
     pub unparsed: Vec<String>,
-    /// URLs past [`MAX_URLS`] of their kind, or unparsed past it: not checked, counted.
+    /// URLs that did not parse past those: counted.
+    pub unparsed_more: usize,
+    /// URLs past [`MAX_URLS`] of their kind: not checked, counted.
     pub dropped: usize,
 }
 
@@ -199,7 +201,7 @@ impl IceConfig {
                     }
                     Some(u) => out.add(u),
                     None if out.unparsed.len() < MAX_URLS => out.unparsed.push(crate::terminal::line(url, 120)),
-                    None => out.dropped += 1,
+                    None => out.unparsed_more += 1,
                 }
             }
         }

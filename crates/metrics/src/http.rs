@@ -26,6 +26,9 @@ pub struct Endpoint {
     /// `Authorization: Bearer <token>` required on `/metrics` when set.
     pub token: Option<String>,
     pub hub: HubStatsFn,
+    /// What was sent may wait this long for a client that stopped reading (TCP_USER_TIMEOUT): the public ports'
+    /// `limits.send_stall_timeout`; `None`, the kernel's default.
+    pub send_stall_timeout: Option<Duration>,
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -47,10 +50,9 @@ const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=
 const MAX_CONNECTIONS: usize = 64;
 /// Per source: an IPv4 address or an IPv6 /64, as on the public ports.
 const MAX_CONNECTIONS_PER_ADDRESS: usize = 8;
-/// A request's head must arrive within this, and an idle keep-alive connection is closed after it.
+/// A request's head must arrive within this, and an idle keep-alive connection is closed after it (the public
+/// ports' HTTP deadline too).
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
-/// What was sent may wait this long for a client that stopped reading (TCP_USER_TIMEOUT).
-const SEND_STALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Serves until `shutdown` completes: HTTP/1.1 with the same deadlines as the public ports, within
 /// [`MAX_CONNECTIONS`] ([`MAX_CONNECTIONS_PER_ADDRESS`] per address; past them a connection is closed at once).
@@ -60,6 +62,7 @@ pub async fn serve(
     endpoint: Endpoint,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let send_stall = endpoint.send_stall_timeout;
     let router = router(endpoint);
     // The public ports' budget, with no rate: a scraper reconnects as often as it likes.
     let budget = Arc::new(server::ConnectionBudget::new(
@@ -83,7 +86,9 @@ pub async fn serve(
         let Ok(permit) = budget.try_acquire(client.ip(), std::time::Instant::now()) else {
             continue;
         };
-        let _ = socket2::SockRef::from(&stream).set_tcp_user_timeout(Some(SEND_STALL_TIMEOUT));
+        if send_stall.is_some() {
+            let _ = socket2::SockRef::from(&stream).set_tcp_user_timeout(send_stall);
+        }
         let router = router.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {

@@ -597,6 +597,13 @@ impl Default for Auth {
     }
 }
 
+impl Limits {
+    /// `send_stall_timeout` as the sockets take it: `None` for 0 (the kernel's default).
+    pub fn send_stall(&self) -> Option<Duration> {
+        (self.send_stall_timeout > 0).then(|| Duration::from_secs(self.send_stall_timeout))
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Self {

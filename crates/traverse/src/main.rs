@@ -673,10 +673,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             naps.relaying(Duration::from_micros(config.relay.coalesce_us))
         },
         stream_idle_timeout: Duration::from_secs(config.limits.idle_timeout),
-        send_stall_timeout: match config.limits.send_stall_timeout {
-            0 => None,
-            secs => Some(Duration::from_secs(secs)),
-        },
+        send_stall_timeout: config.limits.send_stall(),
         tls_handshake_timeout: Duration::from_secs(10),
         max_stream_connections: fds.connections,
         max_connections_per_source: config::half_at_most(config.limits.max_connections_per_source, fds.connections),
@@ -971,6 +968,7 @@ fn metrics_endpoint(
             let hub = hub.clone();
             Box::pin(async move { hub.stats().await })
         }),
+        send_stall_timeout: config.limits.send_stall(),
     }
 }
 

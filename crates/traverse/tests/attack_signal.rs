@@ -423,6 +423,42 @@ async fn a_ping_flood_is_closed_after_its_burst() {
     result.expect("the pings and the exchange took too long");
 }
 
+/// A socket's ping budget moves with it: on two workers, a socket that names its room only in its `join` moves to the
+/// room's worker after it, and 95 pings before the join and 95 after pass the burst of 100 however the rooms fall.
+/// Before, the budget stayed with the task that first served the socket, and a moved socket got a fresh burst: of 8
+/// such sockets, those that moved (about half) stayed open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_keeps_its_ping_budget_when_it_moves_to_its_room_s_worker() {
+    let spawned = common::spawn_serve("127.0.0.1:0", &["--workers", "2"], &[]);
+    let server = common::signaling_addr(&spawned);
+    let attempt = async {
+        let mut closes = Vec::new();
+        for r in 0..8u8 {
+            let mut ws = common::ws_connect_from(IpAddr::V4(Ipv4Addr::new(127, 0, 1, 10 + r)), server).await;
+            send_pings(&mut ws, 95).await;
+            let room = format!("moving-pings-{r}");
+            ws.send(Message::text(json!({"type": "join", "room": room}).to_string()))
+                .await
+                .expect("send join");
+            send_pings(&mut ws, 95).await;
+            let close = loop {
+                // A socket still open after 5 s kept a fresh burst.
+                match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+                    Ok(Some(Ok(Message::Close(close)))) => break close.map(|c| u16::from(c.code)),
+                    Ok(Some(Ok(_))) => {}
+                    Ok(other) => panic!("socket {r}: no close frame: {other:?}"),
+                    Err(_) => break None,
+                }
+            };
+            closes.push(close);
+        }
+        assert_eq!(closes, [Some(4100); 8], "every socket spent its one burst");
+    };
+    tokio::time::timeout(Duration::from_secs(60), attempt)
+        .await
+        .expect("the pings took too long");
+}
+
 /// Sends `n` pings, their payload their number, in as few writes as the stream takes; stops, as a flooder would,
 /// once the server has closed (what it answered is read after).
 async fn send_pings(ws: &mut Ws, n: u32) {

@@ -11,8 +11,9 @@ fn traverse(args: &[&str]) -> Output {
     cmd.args(args).output().expect("run traverse")
 }
 
+/// `text` in a file called `name`, in a directory of its own (per process and name: the caller removes it).
 fn file(name: &str, text: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("traverse-cli-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("traverse-cli-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join(name);
     std::fs::write(&path, text).unwrap();

@@ -247,40 +247,52 @@ fn without_udp_the_turn_connection_tells_whether_a_nat_is_in_the_way() {
     assert!(r["nat"]["notes"].to_string().contains("seen over TCP/TLS"), "{all}");
 }
 
+/// Request heads a [`hostile_signaling`] endpoint received.
+type Heads = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+
 /// A hostile `/api/ice-servers`: a signaling endpoint written here (it answers `/healthz`, the WebSocket upgrade's
-/// status line, and the list), serving `list` as JSON. Returns its address; it serves until the test ends.
-fn hostile_signaling(list: serde_json::Value) -> std::net::SocketAddr {
+/// status line, and the list), serving `list` as JSON. Returns its address and the request heads it got; it serves
+/// until the test ends.
+fn hostile_signaling(list: serde_json::Value) -> (std::net::SocketAddr, Heads) {
     use std::io::{Read, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let body = list.to_string();
+    let heads = Heads::default();
+    let seen = heads.clone();
     std::thread::spawn(move || {
+        // A thread per connection: a TLS ClientHello (the doctor tries HTTPS too) is read until its timeout, and
+        // must not hold the plain requests behind it.
         for stream in listener.incoming().take(64) {
             let Ok(mut stream) = stream else { continue };
-            let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-            let mut head = Vec::new();
-            let mut byte = [0u8; 1];
-            while !head.ends_with(b"\r\n\r\n") && head.len() < 16 * 1024 {
-                match stream.read(&mut byte) {
-                    Ok(1) => head.push(byte[0]),
-                    _ => break,
+            let (seen, body) = (seen.clone(), body.clone());
+            std::thread::spawn(move || {
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && head.len() < 16 * 1024 {
+                    match stream.read(&mut byte) {
+                        Ok(1) => head.push(byte[0]),
+                        _ => break,
+                    }
                 }
-            }
-            let head = String::from_utf8_lossy(&head);
-            let answer = if head.starts_with("GET /ws") {
-                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n".to_owned()
-            } else if head.starts_with("GET /api/ice-servers") {
-                format!(
-                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                    body.len()
-                )
-            } else {
-                "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok".to_owned()
-            };
-            let _ = stream.write_all(answer.as_bytes());
+                let head = String::from_utf8_lossy(&head).into_owned();
+                seen.lock().unwrap().push(head.clone());
+                let answer = if head.starts_with("GET /ws") {
+                    "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n".to_owned()
+                } else if head.starts_with("GET /api/ice-servers") {
+                    format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    )
+                } else {
+                    "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok".to_owned()
+                };
+                let _ = stream.write_all(answer.as_bytes());
+            });
         }
     });
-    addr
+    (addr, heads)
 }
 
 /// A server's ICE list chooses what the doctor probes and prints. 5 000 STUN URLs (the first a real Traverse that
@@ -294,7 +306,7 @@ fn a_hostile_ice_server_list_neither_holds_the_doctor_nor_writes_to_the_terminal
     let mut urls = vec![serde_json::json!(format!("stun:{}", server.udp))];
     urls.extend((1..5000u32).map(|i| serde_json::json!(format!("stun:127.0.0.1:{}", 20000 + i))));
     urls.push(serde_json::json!("stun:\u{1b}[2J\u{1b}]0;owned\u{7}evil.example:3478"));
-    let http = hostile_signaling(serde_json::json!({ "iceServers": [{ "urls": urls }] }));
+    let (http, _) = hostile_signaling(serde_json::json!({ "iceServers": [{ "urls": urls }] }));
     let url = format!("http://{http}");
     let args = [
         "--https-port",
@@ -339,4 +351,39 @@ fn a_hostile_ice_server_list_neither_holds_the_doctor_nor_writes_to_the_terminal
         "{}",
         out.all()
     );
+}
+
+/// `--token` goes over TLS, or over plain HTTP only to an address given as `http://`. Given without a scheme, the
+/// address is tried over HTTPS and then HTTP; when HTTPS fails (an untrusted certificate is what someone in the
+/// middle presents), the plain endpoint gets no token (it got it before).
+#[test]
+fn the_token_goes_over_plain_http_only_to_an_address_given_as_http() {
+    let token = "a-token-for-this-test-only";
+    let has_token = |heads: &Heads| {
+        let heads = heads.lock().unwrap();
+        let asked: Vec<&String> = heads.iter().filter(|h| h.starts_with("GET /api/ice-servers")).collect();
+        assert!(!asked.is_empty(), "the list was asked for: {heads:?}");
+        asked.iter().any(|h| h.contains(&format!("Bearer {token}")))
+    };
+    let quick = [
+        "--https-port",
+        "0",
+        "--http-port",
+        "0",
+        "--timeout-ms",
+        "500",
+        "--token",
+        token,
+    ];
+    let (bare, heads) = hostile_signaling(serde_json::json!({ "iceServers": [] }));
+    let (_, _, all) = doctor(&[&[bare.to_string().as_str(), "--json"], &quick[..]].concat());
+    assert!(
+        !has_token(&heads),
+        "the token went to a plain endpoint the doctor chose: {all}"
+    );
+
+    let (given, heads) = hostile_signaling(serde_json::json!({ "iceServers": [] }));
+    let url = format!("http://{given}");
+    let (_, _, all) = doctor(&[&[url.as_str(), "--json"], &quick[..]].concat());
+    assert!(has_token(&heads), "asked for plain HTTP, it goes there: {all}");
 }

@@ -405,3 +405,45 @@ fn the_metrics_listener_bounds_its_connections() {
     let took = started.elapsed();
     assert!(took < Duration::from_secs(15), "idle connections held for {took:?}");
 }
+
+/// The metrics listener drops a client that stops reading after `limits.send_stall_timeout`, as the public ports do
+/// (it was a fixed 30 s there): 500 pipelined scrapes never read, through a 4 KiB receive buffer, with the timeout
+/// at 2 s. Read from 6 s on, the connection ends before the 500th answer; with 30 s every answer arrived.
+#[test]
+fn the_metrics_listener_drops_a_client_that_stops_reading_after_the_send_stall_timeout() {
+    use std::io::Read;
+    let metrics = SocketAddr::from(([127, 0, 0, 1], free_tcp_port()));
+    let _server = Server::start(&[
+        "--metrics",
+        &metrics.to_string(),
+        "--set",
+        "limits.send_stall_timeout=2",
+    ]);
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.connect(&metrics.into()).unwrap();
+    let mut stream = std::net::TcpStream::from(socket);
+    let ask = "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n".repeat(500);
+    stream.write_all(ask.as_bytes()).unwrap();
+    std::thread::sleep(Duration::from_secs(6));
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let started = Instant::now();
+    let ended = loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break "closed",
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {
+                break "still open, nothing more to read"
+            }
+            Err(_) => break "reset",
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "reading for a minute");
+    };
+    let answers = got.windows(15).filter(|w| w == b"HTTP/1.1 200 OK").count();
+    assert!(
+        answers < 500 && ended != "still open, nothing more to read",
+        "{answers} answers, then {ended}: the connection outlived the 2 s stall timeout"
+    );
+}

@@ -40,6 +40,9 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
 /// on it are closed. (Envelopes are up to a frame's 64 KiB: counted alone, the queue could hold 4 GiB.)
 const PUBLISH_QUEUE: usize = 65_536;
 const PUBLISH_QUEUE_BYTES: usize = 64 << 20;
+/// What an envelope adds to its frame at most: its kind and socket id, and the sending node's name (up to 64 bytes).
+/// A socket's share of the queue counts envelopes, so a whole replay of small frames must fit with these.
+const ENVELOPE_OVERHEAD: usize = 96;
 
 /// An envelope on its way to the publishing task, with the count of its socket's bytes it holds (see [`Share`]).
 struct Queued {
@@ -50,6 +53,12 @@ struct Queued {
 
 /// One socket's bytes in the publish queue, given back by the publishing task once Redis took them.
 type Share = Arc<AtomicUsize>;
+
+/// An envelope in a pipeline to Redis: its bytes (the pipeline holds a copy) and the share they count against.
+struct InFlight {
+    bytes: usize,
+    share: Option<Share>,
+}
 
 /// Why an envelope was not queued.
 #[derive(Debug, PartialEq, Eq)]
@@ -455,8 +464,10 @@ async fn run(
         return;
     };
     let (publish_tx, publish_rx) = mpsc::channel::<Queued>(PUBLISH_QUEUE);
-    // As much as a socket's outbox may hold ([`crate::hub::spawn`]'s queue budget).
-    let per_socket = hub.limits().max_session_bytes + 2 * hub.limits().max_message_bytes;
+    // As much as a socket's outbox may hold ([`crate::hub::spawn`]'s queue budget), and each of its frames' envelope.
+    let limits = hub.limits();
+    let frames = limits.max_unacked + limits.max_queued + 256;
+    let per_socket = limits.max_session_bytes + 2 * limits.max_message_bytes + frames * ENVELOPE_OVERHEAD;
     let mut publish_tx = PublishQueue::new(publish_tx, per_socket);
     let mut health = Health {
         url: url.clone(),
@@ -1568,7 +1579,10 @@ async fn publish(
         // The pipeline has copied the bytes: what stays held until the round trip ends is their count.
         for q in batch.drain(..) {
             pipe.cmd("PUBLISH").arg(channel(&q.node)).arg(&q.bytes[..]).ignore();
-            held.push((q.bytes.len(), q.share));
+            held.push(InFlight {
+                bytes: q.bytes.len(),
+                share: q.share,
+            });
         }
         // Once more when the connection had broken (Redis restarted, say): the manager reconnects, and what the
         // broken connection carried never reached the Redis that answers now.
@@ -1582,8 +1596,8 @@ async fn publish(
             }
             break;
         }
-        for (n, share) in held.drain(..) {
-            given_back(n, share.as_ref(), &queued);
+        for f in held.drain(..) {
+            given_back(f.bytes, f.share.as_ref(), &queued);
         }
         if !published {
             let _ = events.send(Event::PublishFailed).await;

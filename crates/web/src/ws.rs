@@ -137,6 +137,7 @@ pub(crate) fn serve_socket(start: Start, conn: Conn) -> impl Future<Output = ()>
                     io,
                     decoder: Decoder::new(conn.app.config.limits.max_message_bytes),
                     unsent: Vec::new(),
+                    controls: control_rate().full(std::time::Instant::now()),
                 };
                 let Some((seat, outbox)) = Box::pin(connect(&mut socket, &conn)).await else {
                     return;
@@ -208,7 +209,6 @@ where
     // The pong owed for the last ping of a read: RFC 6455 §5.5.3 lets an endpoint answer only the most recent
     // ping, so a flood of pings costs one pong per read, not one per 6-byte frame.
     let mut pong: Vec<u8> = Vec::new();
-    let mut control_budget = control_rate().full(std::time::Instant::now());
     loop {
         // Not joined before this read: if it joins, its room's worker may be another one.
         let placing = !seat.joined;
@@ -242,7 +242,7 @@ where
         if controls > 0 {
             activity(hub, seat, &mut inbound);
             let (rate, now) = (control_rate(), std::time::Instant::now());
-            if (0..controls).any(|_| rate.take(&mut control_budget, now).is_err()) {
+            if (0..controls).any(|_| rate.take(&mut socket.controls, now).is_err()) {
                 tracing::info!(
                     conn = seat.conn.get(),
                     "signaling socket closed: more pings and pongs than allowed"
@@ -356,6 +356,9 @@ struct Socket<S> {
     decoder: Decoder,
     /// The part of a write the kernel did not take at once. Unallocated otherwise.
     unsent: Vec<u8>,
+    /// What is left of its pings and pongs ([`control_rate`]): it moves with the socket to its room's worker (kept
+    /// by the task that served it, a move gave it a fresh burst).
+    controls: source::Bucket,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {

@@ -54,7 +54,12 @@ pub async fn check(s: &Settings, signaling: &[SignalingFact], progress: &Progres
             stun: config.stun.clone(),
             turn: config.turn.clone(),
             has_credential: credential.is_some(),
-            unparsed: config.unparsed.clone(),
+            unparsed: config
+                .unparsed
+                .iter()
+                .cloned()
+                .chain((config.unparsed_more > 0).then(|| format!("… and {} more", config.unparsed_more)))
+                .collect(),
             not_checked: config.dropped,
         },
         config,
@@ -72,12 +77,12 @@ async fn fetch_from(s: &Settings, endpoint: &SignalingFact, progress: &Progress)
             tls: endpoint.tls,
         };
         let mut headers = Vec::new();
-        // The token goes over TLS, or over plain HTTP only to the address given as `http://`: not to a port-80
-        // probe the doctor chose because HTTPS failed.
+        // The token goes over TLS, or over plain HTTP only when the address was given as `http://`: not to a
+        // plain endpoint the doctor tried because HTTPS failed (an untrusted certificate is what someone in the
+        // middle would present), whether a probe or the other half of an address given without a scheme.
+        let plain_asked = s.server.scheme == Some(crate::ice::Scheme::Http);
         match &s.token {
-            Some(token) if endpoint.tls || endpoint.primary => {
-                headers.push(("Authorization", format!("Bearer {token}")))
-            }
+            Some(token) if endpoint.tls || plain_asked => headers.push(("Authorization", format!("Bearer {token}"))),
             _ => {}
         }
         let reply = http::get(&target, "/api/ice-servers", &headers, s.timeout).await?;

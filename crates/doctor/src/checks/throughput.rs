@@ -31,7 +31,10 @@ pub async fn check(
     let (mut best_mbit, mut best_loss, mut last_loss) = (0.0f64, 0.0f64, 0.0f64);
     let mut rate_mbit = 1.0f64;
     let mut step_id = 0u8;
-    while start.elapsed() + STEP <= secs && rate_mbit <= 4096.0 {
+    // A write that stalled (the server stopped reading) ends the measurement: what is left of a frame half written
+    // would garble the next step's.
+    let mut stalled = false;
+    while !stalled && start.elapsed() + STEP <= secs && rate_mbit <= 4096.0 {
         step_id = step_id.wrapping_add(1);
         let mut payload = [0x5au8; PAYLOAD];
         payload[0] = step_id;
@@ -51,7 +54,10 @@ pub async fn check(
                     match a.send_channel(CHANNEL, &payload).await {
                         Ok(()) => sent += 1,
                         // The server stopped reading: each send would wait its whole limit.
-                        Err(CheckError::WriteStalled(_)) => break 'step,
+                        Err(CheckError::WriteStalled(_)) => {
+                            stalled = true;
+                            break 'step;
+                        }
                         Err(_) => {}
                     }
                 }
