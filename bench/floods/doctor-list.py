@@ -6,14 +6,18 @@ and how many UDP sockets it opened at most, each run bounded by a timeout.
 
     bench/floods/doctor-list.py [N] [TIMEOUT_S] BINARY...     # e.g. 5000 120 /tmp/traverse-old target/release/traverse
 """
-import http.server
-import json
 import os
-import socketserver
-import subprocess
 import sys
-import threading
-import time
+
+# This directory holds http.py (the request flood): keep it from shadowing the standard library's `http`.
+sys.path = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
+
+import http.server  # noqa: E402
+import json  # noqa: E402
+import socketserver  # noqa: E402
+import subprocess  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
 
 n = int(sys.argv[1]) if len(sys.argv) > 1 else 5000
 limit = float(sys.argv[2]) if len(sys.argv) > 2 else 120.0
