@@ -338,6 +338,23 @@ fn log_of(spawned: &Spawned) -> String {
     spawned.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
 }
 
+/// The server's log once it says an order failed and when it retries, within `wait` (with Pebble's log on failure).
+fn wait_for_failure(server: &Spawned, wait: Duration, pebble: Option<&Pebble>) -> String {
+    let deadline = Instant::now() + wait;
+    loop {
+        let log = log_of(server);
+        if log.contains("retrying in") {
+            return log;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no failure reported within {wait:?}; log:\n{log}\npebble:\n{}",
+            pebble.map(Pebble::log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// Kills the server by PID and reaps it.
 fn stop(mut spawned: Spawned) {
     let _ = spawned.child.kill();
@@ -627,17 +644,7 @@ fn a_failed_challenge_is_explained_and_retried_later_without_a_crash_loop() {
     let name = "refused.traverse.test";
     let single_addr = format!("127.0.0.1:{single}");
     let mut server = serve(&pebble, name, &dir.0, &["--single-port", &single_addr]);
-    let deadline = Instant::now() + ISSUE_WAIT;
-    while !log_of(&server).contains("retrying in") {
-        assert!(
-            Instant::now() < deadline,
-            "no failure reported; log:\n{}\npebble:\n{}",
-            log_of(&server),
-            pebble.log()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let log = log_of(&server);
+    let log = wait_for_failure(&server, ISSUE_WAIT, Some(&pebble));
     // What the operator reads, in the test's output.
     for line in log.lines().filter(|l| l.contains("ERROR")) {
         println!("traverse: {line}");
@@ -672,8 +679,9 @@ fn a_failed_challenge_is_explained_and_retried_later_without_a_crash_loop() {
 }
 
 /// A CA that issues a certificate the plan would replace at once (Pebble with a 1-second validity: expired, or due
-/// for renewal, when it arrives) is refused: not installed over what is served, and the next order waits its backoff. Before,
-/// it was installed and ordered again at once, in a loop against the CA (a key, an order and three files each).
+/// for renewal, when it arrives) is refused: not installed over what is served, and the next order waits its
+/// backoff. Before, it was installed and ordered again at once, in a loop against the CA (a key, an order and three
+/// files each).
 #[test]
 fn a_certificate_due_as_it_arrives_is_not_installed_and_the_next_order_waits() {
     let dir = TempDir::new("due");
@@ -684,17 +692,7 @@ fn a_certificate_due_as_it_arrives_is_not_installed_and_the_next_order_waits() {
     let name = "due.traverse.test";
     let single_addr = format!("127.0.0.1:{single}");
     let server = serve(&pebble, name, &dir.0, &["--single-port", &single_addr]);
-    let deadline = Instant::now() + ISSUE_WAIT;
-    while !log_of(&server).contains("retrying in") {
-        assert!(
-            Instant::now() < deadline,
-            "no refusal reported; log:\n{}\npebble:\n{}",
-            log_of(&server),
-            pebble.log()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let log = log_of(&server);
+    let log = wait_for_failure(&server, ISSUE_WAIT, Some(&pebble));
     assert!(
         log.contains("the CA issued a certificate that cannot be kept (") && log.contains("): not installed"),
         "{log}"
@@ -726,16 +724,7 @@ fn a_name_that_does_not_resolve_is_named() {
     let name = "turn.nowhere.test";
     let single_addr = format!("127.0.0.1:{single}");
     let server = serve(&pebble, name, &dir.0, &["--single-port", &single_addr]);
-    let deadline = Instant::now() + ISSUE_WAIT;
-    while !log_of(&server).contains("retrying in") {
-        assert!(
-            Instant::now() < deadline,
-            "no failure reported; log:\n{}",
-            log_of(&server)
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let log = log_of(&server);
+    let log = wait_for_failure(&server, ISSUE_WAIT, None);
     for line in log.lines().filter(|l| l.contains("ERROR")) {
         println!("traverse: {line}");
     }
@@ -773,16 +762,7 @@ fn an_unreachable_directory_is_explained_and_retried_later() {
         &[],
     );
     wait_ready(&server);
-    let deadline = Instant::now() + ISSUE_WAIT;
-    while !log_of(&server).contains("retrying in") {
-        assert!(
-            Instant::now() < deadline,
-            "no failure reported; log:\n{}",
-            log_of(&server)
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let log = log_of(&server);
+    let log = wait_for_failure(&server, ISSUE_WAIT, None);
     for line in log.lines().filter(|l| l.contains("ERROR")) {
         println!("traverse: {line}");
     }
@@ -818,16 +798,7 @@ fn a_failed_renewal_keeps_the_old_certificate_and_retries() {
     let issued = wait_for_issued(&pebble, &server, addr, name, &[]);
     let _ = pebble.child.kill();
     let _ = pebble.child.wait();
-    let deadline = Instant::now() + Duration::from_secs(55);
-    while !log_of(&server).contains("retrying in") {
-        assert!(
-            Instant::now() < deadline,
-            "no failed renewal; log:\n{}",
-            log_of(&server)
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let log = log_of(&server);
+    let log = wait_for_failure(&server, Duration::from_secs(55), None);
     for line in log.lines().filter(|l| l.contains("ERROR")) {
         println!("traverse: {line}");
     }
