@@ -145,13 +145,24 @@ pub fn spawn(config: Config, certs: Arc<CertStore>) -> std::io::Result<Http01Tok
     let http01 = tokens.clone();
     std::thread::Builder::new()
         .name("traverse-acme".into())
-        .spawn(move || supervise(config, store, certs, http01, installed))?;
+        .spawn(move || supervise(config, store, certs, http01, installed, run))?;
     Ok(tokens)
 }
 
 /// Runs the task, and runs it again after a panic (in instant-acme, on an answer it did not expect): a panic ended
 /// the thread, and with it every renewal until a restart, while the certificate ran out.
-fn supervise(config: Config, store: Store, certs: Arc<CertStore>, http01: Http01Tokens, installed: Option<plan::Held>) {
+/// `task` is [`run`]; a test gives one that panics.
+fn supervise<Task, Ran>(
+    config: Config,
+    store: Store,
+    certs: Arc<CertStore>,
+    http01: Http01Tokens,
+    installed: Option<plan::Held>,
+    task: Task,
+) where
+    Task: Fn(Config, Store, Arc<CertStore>, Http01Tokens, Option<plan::Held>) -> Ran,
+    Ran: std::future::Future<Output = ()>,
+{
     let mut installed = installed;
     let mut restarts = 0u32;
     loop {
@@ -160,8 +171,8 @@ fn supervise(config: Config, store: Store, certs: Arc<CertStore>, http01: Http01
             Ok(runtime) => runtime,
             Err(e) => return tracing::error!(error = %e, "ACME: cannot start the task's runtime"),
         };
-        let task = run(config.clone(), store.clone(), certs.clone(), http01.clone(), installed);
-        let panicked = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| runtime.block_on(task))) {
+        let ran = task(config.clone(), store.clone(), certs.clone(), http01.clone(), installed);
+        let panicked = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| runtime.block_on(ran))) {
             Ok(()) => return,
             Err(payload) => payload,
         };
@@ -332,4 +343,71 @@ fn save_and_install(store: &Store, certs: &CertStore, issued: &Issued) -> Result
         tracing::error!(dir = %store.dir().display(), error = %e, "ACME: the new certificate is served but cannot be stored; a restart will order again");
     }
     Ok(held)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    /// A panic in the task (instant-acme's, on an answer it did not expect) must not end renewals: the task runs
+    /// again after the backoff, with the challenges it had put up taken down.
+    #[test]
+    fn the_task_runs_again_after_a_panic_with_its_challenges_taken_down() {
+        let dir = std::env::temp_dir().join(format!("traverse-acme-supervise-{}", std::process::id()));
+        let config = Config {
+            names: vec!["a.example".into()],
+            email: None,
+            directory: "https://ca.invalid/directory".into(),
+            ca_root: None,
+            data_dir: dir.clone(),
+            ways: Ways {
+                tls_alpn: true,
+                http: true,
+            },
+            backoff: Backoff {
+                first: Duration::from_millis(20),
+                max: Duration::from_millis(40),
+            },
+        };
+        let store = Store::new(&config.data_dir, &config.directory);
+        let certs = CertStore::new(server::TlsIdentity::Acme {
+            names: config.names.clone(),
+        })
+        .unwrap();
+        let runs = AtomicU32::new(0);
+        let left = std::sync::Mutex::new(Some(String::new()));
+        let began = std::time::Instant::now();
+        supervise(
+            config,
+            store,
+            certs,
+            Http01Tokens::default(),
+            None,
+            |_, _, _, http01, installed| {
+                let run = runs.fetch_add(1, Ordering::SeqCst) + 1;
+                let left = &left;
+                async move {
+                    assert!(installed.is_none(), "nothing was issued");
+                    match run {
+                        1 | 2 => {
+                            http01.insert("token".into(), "key-authorization".into());
+                            panic!("an answer the client did not expect");
+                        }
+                        // Told, not asserted here: a panic would only be caught and the task run again.
+                        _ => *left.lock().unwrap() = http01.get("token"),
+                    }
+                }
+            },
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(
+            runs.load(Ordering::SeqCst),
+            3,
+            "ran again after each panic, and ended when the task did"
+        );
+        assert_eq!(*left.lock().unwrap(), None, "the challenge came down after the panic");
+        // Two waits: 20 ms and 40 ms, each scaled by 0.75–1.25.
+        assert!(began.elapsed() >= Duration::from_millis(45), "{:?}", began.elapsed());
+    }
 }
