@@ -1007,12 +1007,18 @@ impl Worker {
                 Family::V4 => (&relay.bind_v4, &relay.external_v4),
                 Family::V6 => (&relay.bind_v6, &relay.external_v6),
             };
-            let client_side = request.five_tuple.server.ip();
-            let same_family = (family == Family::V4) == client_side.is_ipv4();
-            if binds.is_empty() && (!same_family || client_side.is_unspecified()) {
-                missing_address = true;
-                continue;
-            }
+            let reached = request.five_tuple.server.ip();
+            let same_family = (family == Family::V4) == reached.is_ipv4();
+            let client_side = match binds.is_empty() && (!same_family || reached.is_unspecified()) {
+                true => match host_address(&self.shared.config, family, reached) {
+                    Some(ip) => ip,
+                    None => {
+                        missing_address = true;
+                        continue;
+                    }
+                },
+                false => reached,
+            };
             let (std_socket, held, external) = match request.reserved_relay {
                 // The reserved socket is bound already; its address says which external one pairs with it.
                 Some(addr) => {
@@ -1196,4 +1202,42 @@ async fn ring_loop(worker: Rc<Worker>, ring: Rc<Uring<RingTag>>) {
             }
         }
     }
+}
+
+/// An address of `family` to bind a relay on when none is configured and the client reached us over the other
+/// family (or a wildcard listener did not say which address): RFC 8656 §7.2 gives an Allocate without
+/// REQUESTED-ADDRESS-FAMILY an IPv4 relay, and browsers never send it, so a client that reached us over IPv6 needs
+/// one. A listener's own address of the family first (a loopback one for a client that reached a loopback address,
+/// else another); else the one this host sends from toward the internet (a UDP `connect` picks it from the routing
+/// table and sends nothing); else any listener's. `None`: the host has no address of the family (440).
+fn host_address(config: &ServerConfig, family: Family, reached: IpAddr) -> Option<IpAddr> {
+    let listened = || {
+        [&config.udp, &config.tcp, &config.tls, &config.single]
+            .into_iter()
+            .flatten()
+            .map(SocketAddr::ip)
+            .filter(|ip| (family == Family::V4) == ip.is_ipv4() && !ip.is_unspecified())
+    };
+    let near = listened().find(|ip| ip.is_loopback() == reached.is_loopback());
+    near.or_else(|| {
+        // Documentation addresses (RFC 5737, RFC 3849): only the route matters, and nothing is sent to them.
+        let (any, toward): (IpAddr, IpAddr) = match family {
+            Family::V4 => (
+                std::net::Ipv4Addr::UNSPECIFIED.into(),
+                std::net::Ipv4Addr::new(192, 0, 2, 1).into(),
+            ),
+            Family::V6 => (
+                std::net::Ipv6Addr::UNSPECIFIED.into(),
+                std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1).into(),
+            ),
+        };
+        let socket = std::net::UdpSocket::bind(SocketAddr::new(any, 0)).ok()?;
+        socket.connect(SocketAddr::new(toward, 9)).ok()?;
+        socket
+            .local_addr()
+            .ok()
+            .map(|a| a.ip())
+            .filter(|ip| !ip.is_unspecified())
+    })
+    .or_else(|| listened().next())
 }

@@ -100,6 +100,10 @@ pub(crate) struct Joined<'a> {
     pub caps: &'a [String],
     pub heartbeat: Duration,
     pub resume_grace: Duration,
+    /// The message rate the socket is held to: a client that paces its sends (a backlog after a resume) to it
+    /// loses none to the limit.
+    pub messages_per_second: u32,
+    pub message_burst: u32,
 }
 
 /// One server→client frame, without its `seq`.
@@ -213,6 +217,10 @@ impl Frame<'_> {
                 out.raw(Digits::of(millis(j.heartbeat)).as_str());
                 out.raw(",\"resumeGraceMs\":");
                 out.raw(Digits::of(millis(j.resume_grace)).as_str());
+                out.raw(",\"messagesPerSecond\":");
+                out.raw(Digits::of(u64::from(j.messages_per_second)).as_str());
+                out.raw(",\"messageBurst\":");
+                out.raw(Digits::of(u64::from(j.message_burst)).as_str());
             }
             Frame::PeerJoined { peer, meta } => {
                 out.raw("\"type\":\"peer-joined\",\"peer\":{\"id\":\"");
@@ -492,6 +500,8 @@ mod tests {
             caps: &caps,
             heartbeat: Duration::from_secs(10),
             resume_grace: Duration::from_millis(30_500),
+            messages_per_second: 50,
+            message_burst: 100,
         });
         let v: serde_json::Value = serde_json::from_str(&text(&joined, 1)).unwrap();
         assert_eq!(v["room"], hostile);
@@ -500,6 +510,10 @@ mod tests {
         assert_eq!(
             (v["heartbeatMs"].as_u64(), v["resumeGraceMs"].as_u64()),
             (Some(10_000), Some(30_500))
+        );
+        assert_eq!(
+            (v["messagesPerSecond"].as_u64(), v["messageBurst"].as_u64()),
+            (Some(50), Some(100))
         );
         assert_eq!(v["session"], secret.as_str());
     }

@@ -70,6 +70,23 @@ fn uclient(
         Transport::Tcp => server.tcp.port(),
         Transport::Tls => server.tls.port(),
     };
+    let at = SocketAddr::new(common::LOOPBACK, port);
+    uclient_to(server, at, peer, transport, channels, ipv6_relay, user, password);
+}
+
+/// [`uclient`] against the listener at `at`.
+#[allow(clippy::too_many_arguments)]
+fn uclient_to(
+    server: &mut Server,
+    at: SocketAddr,
+    peer: &EchoPeer,
+    transport: Transport,
+    channels: bool,
+    ipv6_relay: bool,
+    user: &str,
+    password: &str,
+) {
+    let port = at.port();
     let _one_at_a_time = UCLIENT_RUNS.lock().unwrap_or_else(|e| e.into_inner());
     let mut cmd = Command::new("turnutils_uclient");
     cmd.args(["-u", user, "-w", password])
@@ -93,8 +110,8 @@ fn uclient(
     if ipv6_relay {
         cmd.arg("-x");
     }
-    cmd.arg("127.0.0.1");
-    let what = format!("uclient {transport:?} channels={channels} ipv6_relay={ipv6_relay} user={user}");
+    cmd.arg(at.ip().to_string());
+    let what = format!("uclient to {at} {transport:?} channels={channels} ipv6_relay={ipv6_relay} user={user}");
     let out = run_bounded(&mut cmd, UCLIENT_TIMEOUT);
     let text = out.all();
     let tail: String = text
@@ -261,6 +278,31 @@ fn uclient_ipv6_relay() {
     let peer = EchoPeer::start(IpAddr::V6(Ipv6Addr::LOCALHOST));
     uclient(&mut server, &peer, Transport::Udp, true, true, "alice", "pw");
     uclient(&mut server, &peer, Transport::Tcp, false, true, "alice", "pw");
+}
+
+/// RFC 8656 §7.2: an Allocate without REQUESTED-ADDRESS-FAMILY gets an IPv4 relay, whichever family the client
+/// reached the server over. Browsers never send the attribute, so a client that reached the server over IPv6 (a
+/// dual-stack host's AAAA record, an IPv6-only mobile network) got 440 and no relay at all.
+#[test]
+fn a_client_that_reached_the_server_over_ipv6_gets_an_ipv4_relay_by_default() {
+    if !require_tools(&["turnutils_uclient", "turnutils_peer"]) {
+        return;
+    }
+    if !ipv6_loopback_available() {
+        skip("no IPv6 loopback (::1) on this machine");
+        return;
+    }
+    let v6 = IpAddr::V6(Ipv6Addr::LOCALHOST);
+    let udp6 = SocketAddr::new(v6, common::free_udp_port(v6));
+    let tcp6 = std::net::TcpListener::bind(SocketAddr::new(v6, 0))
+        .and_then(|l| l.local_addr())
+        .expect("a free TCP port on ::1");
+    let (udp_arg, tcp_arg) = (udp6.to_string(), tcp6.to_string());
+    let mut server = lab_server(&["--user", "alice:pw", "--udp", &udp_arg, "--tcp", &tcp_arg]);
+    // The echo peer is IPv4: only an IPv4 relay reaches it.
+    let peer = EchoPeer::start(common::LOOPBACK);
+    uclient_to(&mut server, udp6, &peer, Transport::Udp, true, false, "alice", "pw");
+    uclient_to(&mut server, tcp6, &peer, Transport::Tcp, false, false, "alice", "pw");
 }
 
 #[test]

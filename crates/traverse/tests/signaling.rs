@@ -718,7 +718,16 @@ impl RawWs {
 
 #[tokio::test]
 async fn join_presence_relay_broadcast_and_leave() {
-    let server = Server::start(&["--set", "signal.heartbeat_interval=7", "--set", "signal.resume_grace=9"]);
+    let server = Server::start(&[
+        "--set",
+        "signal.heartbeat_interval=7",
+        "--set",
+        "signal.resume_grace=9",
+        "--set",
+        "signal.messages_per_second=40",
+        "--set",
+        "signal.burst=90",
+    ]);
 
     let mut a = Client::over(
         Box::new(tcp_connect(server.http).await),
@@ -735,6 +744,11 @@ async fn join_presence_relay_broadcast_and_leave() {
     assert_eq!(ja["peers"], json!([]), "first in the room");
     assert_eq!(ja["heartbeatMs"], 7000, "from signal.heartbeat_interval=7");
     assert_eq!(ja["resumeGraceMs"], 9000, "from signal.resume_grace=9");
+    // The rate the SDK paces its sends to.
+    assert_eq!(
+        (ja["messagesPerSecond"].as_u64(), ja["messageBurst"].as_u64()),
+        (Some(40), Some(90))
+    );
     check_ice_servers(&ja, &server);
 
     // Presence: B sees A in `peers`; A hears `peer-joined`.

@@ -149,6 +149,8 @@ impl<R: RngCore + Send> MemoryHub<R> {
             caps: &caps,
             heartbeat: self.limits.heartbeat_interval,
             resume_grace: self.limits.resume_grace,
+            messages_per_second: self.limits.messages_per_second,
+            message_burst: self.limits.burst,
         });
         let _ = self.deliver(&peer, &joined, None);
         if self.session_events {
