@@ -1637,3 +1637,71 @@ fn shard_homes(redis: &Redis, prefix: &str, count: usize) -> std::collections::B
     );
     homes
 }
+
+/// A drain that lands in the same batch as signals (they queued while the hub's journal write waited for Redis) is
+/// carried out after the batch's frames are journaled: the session resumes on another node with nothing lost.
+/// Before, the drain came first, the batch's frames went out unrecorded, and the resume was refused ("the client
+/// claims messages the server never sent").
+#[test]
+fn a_drain_queued_behind_signals_comes_after_their_journal() {
+    let Some(redis) = Redis::start() else { return };
+    let one = ["--set", "cluster.hub_shards=1"];
+    let home = Node::start(&redis.url(), &one);
+    let other = Node::start(&redis.url(), &one);
+    let kill = |name: &str, pid: u32| {
+        let command = format!("kill -{name} {pid}");
+        let status = Command::new("sh").args(["-c", &command]).status().unwrap();
+        assert!(status.success(), "{command}: {status}");
+    };
+    runtime().block_on(async {
+        let (mut a, _) = Peer::join(&home, "r").await;
+        let (mut b, jb) = Peer::join(&home, "r").await;
+        a.expect("peer-joined").await;
+        let (b_id, b_session) = (jb["peerId"].clone(), jb["session"].clone());
+        let signal = |n: u64| json!({"type":"signal","to":b_id,"data":{"n":n},"seq":n});
+        a.send(signal(1)).await;
+        b.expect("signal").await;
+
+        kill("STOP", redis.child.id());
+        // Handled; its journal write waits for Redis, and the hub with it.
+        a.send(signal(2)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // Queued behind it, then the drain behind them: one batch once Redis answers.
+        for n in 3..=7 {
+            a.send(signal(n)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        kill("USR1", home.child.id());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        kill("CONT", redis.child.id());
+
+        let mut last = 1;
+        let closed = loop {
+            match b.next().await {
+                Ok(v) if v["type"] == "signal" => last = v["seq"].as_u64().unwrap(),
+                Ok(v) => panic!("{v}"),
+                Err(code) => break code,
+            }
+        };
+        assert_eq!(
+            (closed, last),
+            (Some(4202), 8),
+            "B's stream: joined, then the 7 signals"
+        );
+        // The room moves once the drained node's keys are gone; a resume before that is sent on (4202).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut again = Peer::connect(&other).await;
+            again
+                .send(json!({"type":"resume","session":b_session,"lastSeq":last}))
+                .await;
+            match again.next().await {
+                Ok(v) if v["type"] == "resumed" => break,
+                Err(Some(4202)) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                other_answer => panic!("the resume on the other node: {other_answer:?}\n{}", other.log()),
+            }
+        }
+    });
+}

@@ -512,6 +512,22 @@ async fn run(
                     shard.rooms.open(&mut hub, may_create);
                     match command {
                         Command::Drain => {
+                            // What this batch did before the drain is journaled (and sent) first: a draining node
+                            // records nothing, and a frame sent unrecorded makes its session's resume on the node
+                            // that takes the room over fail.
+                            let record = health.logged != Some(false);
+                            act(
+                                &mut hub,
+                                &mut router,
+                                &mut sockets,
+                                &outcomes,
+                                manager.as_ref(),
+                                &mut publish_tx,
+                                &shard.siblings,
+                                &events_tx,
+                                Journal { lease, record },
+                            )
+                            .await;
                             ice.turn.set_draining();
                             drain(&mut hub, &mut router, manager.as_ref()).await;
                         }
