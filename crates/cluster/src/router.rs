@@ -62,7 +62,8 @@ pub enum Answer {
     Home(NodeId),
     /// No node knows the session: this node's hub answers (`resume-failed`).
     Unknown,
-    /// Redis could not answer: this node serves the socket alone.
+    /// Redis could not answer: this node serves a join alone; a resume is closed 4202 (`lookup-failed`) to try
+    /// again, since its session may live on at its home.
     Failed,
     /// This node took the room over from a node that died, with the sessions that node had recorded.
     TakenOver(Vec<Restored>),
@@ -341,6 +342,19 @@ impl Router {
 
     /// Where the room or session of a socket's first `join`/`resume` lives.
     pub fn handle_lookup(&mut self, hub: &mut impl SignalHub, conn: ConnId, answer: Answer, now: Now) {
+        // Sessions taken over from a dead home are this node's from now on, whether or not the socket that asked is
+        // still here: the room's key names this node, and the room's other members resume against them.
+        let answer = match answer {
+            Answer::TakenOver(sessions) => {
+                for session in sessions {
+                    hub.restore(session, now);
+                }
+                // The restored sessions' `Opened` events, before any frame of theirs.
+                self.drain(hub);
+                Answer::TakenOver(Vec::new())
+            }
+            other => other,
+        };
         let Some(socket) = self.local.get_mut(&conn) else {
             return;
         };
@@ -363,14 +377,17 @@ impl Router {
                     self.publish(home.clone(), Envelope::Text { conn: conn.get(), text }, Some(conn));
                 }
             }
+            // A resume whose lookup failed: its session may well live on at its home (Redis was slow, or the room
+            // was being restored). This hub does not hold it, and would answer `resume-failed`, which ends it: the
+            // client is sent to try again instead.
+            Answer::Failed
+                if held
+                    .first()
+                    .is_some_and(|t| matches!(query_of(utf8(t)), Some(Query::Session(_)))) =>
+            {
+                self.close_local(conn, "lookup-failed");
+            }
             Answer::Home(_) | Answer::Unknown | Answer::Failed | Answer::TakenOver(_) => {
-                if let Answer::TakenOver(sessions) = answer {
-                    for session in sessions {
-                        hub.restore(session, now);
-                    }
-                    // The restored sessions' `Opened` events, before any frame of theirs.
-                    self.drain(hub);
-                }
                 for text in held {
                     hub.handle_text(conn, utf8(&text), now);
                 }

@@ -500,3 +500,86 @@ fn frames_held_during_a_room_lookup_are_bounded_in_bytes() {
         "two 60 KB frames fit in 128 KiB, the third does not"
     );
 }
+
+/// A session as the journal of a dead home recorded it: joined (frame 1) and nothing since.
+fn recorded(secret: &str, peer: &str) -> signal::Restored {
+    signal::Restored {
+        secret: signal::SessionSecret::parse(secret).unwrap(),
+        room: "r".into(),
+        peer: signal::PeerId::parse(peer).unwrap(),
+        meta: "{}".into(),
+        ip: IP,
+        next_seq: 2,
+        client_seq: 0,
+        frames: Vec::new(),
+    }
+}
+
+/// The room's sessions come back with a takeover even when the socket whose lookup took it over has closed in the
+/// meantime (a page closed mid-lookup): the room's key names this node, and every other member resumes here.
+/// Before, they were dropped with that socket, and every member's resume failed.
+#[test]
+fn a_takeover_restores_the_room_s_sessions_even_when_the_asking_socket_has_closed() {
+    let mut lab = Lab::new(1, Limits::default());
+    let now = lab.now();
+    let (first, second) = (format!("s_{}", "1".repeat(32)), format!("s_{}", "2".repeat(32)));
+    let n = &mut lab.nodes[0];
+    n.router.handle_connect(&mut n.hub, ConnId::new(1), IP, now).unwrap();
+    let resume = json!({"type":"resume","session":first,"lastSeq":1}).to_string();
+    n.router
+        .handle_text(&mut n.hub, ConnId::new(1), Bytes::from(resume), now);
+    assert!(actions(&mut n.router)
+        .iter()
+        .any(|a| matches!(a, Action::Lookup { .. })));
+    n.router.handle_closed(&mut n.hub, ConnId::new(1), now);
+    let taken = vec![
+        recorded(&first, &format!("p_{}", "a".repeat(16))),
+        recorded(&second, &format!("p_{}", "b".repeat(16))),
+    ];
+    n.router
+        .handle_lookup(&mut n.hub, ConnId::new(1), Answer::TakenOver(taken), now);
+    lab.run();
+    // The other member resumes here, with no lookup: this node holds its session.
+    lab.connect(0, 2);
+    lab.send(0, 2, json!({"type":"resume","session":second,"lastSeq":1}));
+    let got = lab.inbox(0, 2);
+    assert_eq!(
+        got.first().map(|v| v["type"].clone()),
+        Some(json!("resumed")),
+        "{got:?}"
+    );
+}
+
+/// A resume whose lookup failed (Redis too slow, or the room still being restored) is closed with 4202 to try
+/// again: its session may live on at its home. Before, this node's hub, which does not hold it, answered
+/// `resume-failed` (4201), and the client joined again as a new peer.
+#[test]
+fn a_resume_whose_lookup_failed_is_sent_to_try_again() {
+    let mut lab = Lab::new(1, Limits::default());
+    let now = lab.now();
+    let n = &mut lab.nodes[0];
+    n.router.handle_connect(&mut n.hub, ConnId::new(1), IP, now).unwrap();
+    let resume = json!({"type":"resume","session":format!("s_{}", "3".repeat(32)),"lastSeq":4}).to_string();
+    n.router
+        .handle_text(&mut n.hub, ConnId::new(1), Bytes::from(resume), now);
+    assert!(actions(&mut n.router)
+        .iter()
+        .any(|a| matches!(a, Action::Lookup { .. })));
+    n.router.handle_lookup(&mut n.hub, ConnId::new(1), Answer::Failed, now);
+    let done = actions(&mut n.router);
+    assert!(closed_with(&done, 4202), "{done:?}");
+    let told = done.iter().any(|a| matches!(a, Action::Local(Output::Send { .. })));
+    assert!(!told, "no resume-failed: {done:?}");
+
+    // A join whose lookup failed is still served here alone.
+    n.router.handle_connect(&mut n.hub, ConnId::new(2), IP, now).unwrap();
+    let join = json!({"type":"join","room":"r"}).to_string();
+    n.router.handle_text(&mut n.hub, ConnId::new(2), Bytes::from(join), now);
+    actions(&mut n.router);
+    n.router.handle_lookup(&mut n.hub, ConnId::new(2), Answer::Failed, now);
+    let joined = actions(&mut n.router);
+    assert!(
+        joined.iter().any(|a| matches!(a, Action::Local(Output::Send { .. }))),
+        "{joined:?}"
+    );
+}
