@@ -543,7 +543,7 @@ fn a_node_whose_redis_is_unreachable_serves_its_sockets_alone_and_says_so() {
 #[test]
 fn a_redis_restart_mid_conversation_loses_nothing() {
     let Some(mut redis) = Redis::start() else { return };
-    let nodes: Vec<Node> = (0..2).map(|_| Node::start(&redis.url(), &[])).collect();
+    let mut nodes: Vec<Node> = (0..2).map(|_| Node::start(&redis.url(), &[])).collect();
     runtime().block_on(async {
         let (mut a, joined_a) = Peer::join(&nodes[0], "r").await;
         let a_id = joined_a["peerId"].as_str().unwrap().to_owned();
@@ -606,6 +606,31 @@ fn a_redis_restart_mid_conversation_loses_nothing() {
         assert_eq!(seqs, (1..=11).collect::<Vec<u64>>(), "{at_b:?}");
         let ns: Vec<u64> = at_b[1..].iter().map(|(_, n)| *n).collect();
         assert_eq!(ns, (0..10).collect::<Vec<u64>>());
+
+        // The home wrote its journal again when it found Redis empty: it dies now, and the session is rebuilt
+        // from that journal on the node B resumes at. Before, the journal held only what changed after the
+        // restart, and the resume failed.
+        nodes[0].wait_for_log("Redis had lost the session journal: written again");
+        a.send(json!({"type":"signal","to":b_id,"data":{"n":10}})).await;
+        let v = b.expect("signal").await;
+        assert_eq!(v["seq"], 12, "{v}");
+        nodes[0].kill();
+        let closed = loop {
+            match b.next().await {
+                Ok(v) => panic!("after the home died: {v}"),
+                Err(code) => break code,
+            }
+        };
+        assert_eq!(closed, Some(4202), "node-gone");
+        let mut b = Peer::connect(&nodes[1]).await;
+        b.send(json!({"type":"resume","session":session,"lastSeq":12})).await;
+        let resumed = b.expect("resumed").await;
+        assert_eq!(resumed["replayed"], 0, "{resumed}");
+        // The room's other member, A, lost with the home, is still in the room (its grace runs): B reaches it.
+        b.send(json!({"type":"signal","to":a_id,"data":"after"})).await;
+        b.send(json!({"type":"ping"})).await;
+        let pong = b.expect("pong").await;
+        assert_eq!(pong["seq"], 12, "no undeliverable: A's session was rebuilt too: {pong}");
     });
 }
 

@@ -186,6 +186,8 @@ enum Event {
     Trouble(String),
     /// A heartbeat went through.
     Healthy,
+    /// A heartbeat found this node's journal marker gone: Redis lost the journal (it restarted empty).
+    JournalLost,
 }
 
 /// This node's name: the host's, then a random suffix so a restarted process is a new node.
@@ -491,6 +493,8 @@ async fn run(
     let mut sockets: HashMap<ConnId, Arc<Outbox>> = HashMap::new();
     // Sockets to hand to another shard once this batch is delivered (`Command::Handoff`).
     let mut handoffs = Vec::new();
+    // Redis lost the journal: this shard's sessions are written to it again after the batch.
+    let mut rejournal = false;
     let mut tick = tokio::time::interval(HEARTBEAT);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     'hub: loop {
@@ -610,6 +614,8 @@ async fn run(
                             router.handle_node_gone(&mut hub, &gone, now());
                         }
                         Event::Trouble(why) => health.trouble(&why),
+                        // Written after this batch's actions, so that nothing older lands on top of it.
+                        Event::JournalLost => rejournal = true,
                     }
                     shard.rooms.settle(&mut hub);
                     if taken == COMMANDS_PER_BATCH {
@@ -660,6 +666,9 @@ async fn run(
         // Everything this shard owed these sockets has gone out: they may move.
         for (conn, reply) in handoffs.drain(..) {
             let _ = reply.send(handoff(&mut hub, &mut router, &mut sockets, conn));
+        }
+        if std::mem::take(&mut rejournal) && !router.is_draining() {
+            rewrite_journal(&hub, router.node(), manager.as_ref(), lease, &events_tx).await;
         }
     }
     hub.handle_shutdown();
@@ -793,6 +802,42 @@ async fn drain(hub: &mut impl SignalHub, router: &mut Router, manager: Option<&C
         rooms,
         "draining: rooms handed to the other nodes, sockets closed with 4202 to resume there, new sockets refused"
     );
+}
+
+/// Writes every session this shard's hub holds to the journal again, with the marker that says it is there: after
+/// Redis lost it, only what changed since would be recorded, and a takeover of these sessions (this node dying, or
+/// draining) could rebuild none of them. A write that fails leaves the marker unset, and the next heartbeat asks
+/// again.
+async fn rewrite_journal(
+    hub: &MemoryHub,
+    node: &NodeId,
+    manager: Option<&ConnectionManager>,
+    lease: Lease,
+    events: &mpsc::Sender<Event>,
+) {
+    let Some(m) = manager else { return };
+    let mut pipe = redis::pipe();
+    let mut sessions = 0usize;
+    for event in hub.journal() {
+        sessions += usize::from(matches!(event, SessionEvent::Opened { .. }));
+        record(&mut pipe, &event, lease);
+    }
+    pipe.cmd("SET")
+        .arg(journal_key(node))
+        .arg(1)
+        .arg("PX")
+        .arg(millis(lease.session))
+        .ignore();
+    let mut m = m.clone();
+    match tokio::time::timeout(ANSWER_TIMEOUT, pipe.query_async::<()>(&mut m)).await {
+        Ok(Ok(())) if sessions > 0 => {
+            tracing::info!(%node, sessions, "Redis had lost the session journal: written again");
+        }
+        Ok(Ok(())) => {}
+        _ => {
+            let _ = events.try_send(Event::Trouble("writing the session journal again failed".into()));
+        }
+    }
 }
 
 /// Carries out what the router asked: the session journal first (one pipeline), so that a frame is recorded in
@@ -992,6 +1037,12 @@ fn session_key(secret: &str) -> String {
     format!("{PREFIX}sess:{secret}")
 }
 
+/// Present while Redis holds this node's session journal: written with the whole journal, kept alive by the
+/// heartbeat. Gone means Redis lost it (a restart with nothing persisted) and the journal is written again.
+fn journal_key(node: &NodeId) -> String {
+    format!("{PREFIX}journal:{node}")
+}
+
 fn room_key(room: &str) -> String {
     format!("{PREFIX}room:{room}")
 }
@@ -1169,6 +1220,9 @@ fn heartbeat(
         pipe.cmd("PEXPIRE").arg(room_key(room)).arg(millis(LEASE)).ignore();
     }
     let ttl = millis(lease.session);
+    // Answered first, before the homes' EXISTS.
+    pipe.cmd("EXISTS").arg(journal_key(&node));
+    pipe.cmd("PEXPIRE").arg(journal_key(&node)).arg(ttl).ignore();
     for (secret, peer, room) in router.hosted_sessions() {
         // SET rather than PEXPIRE: a key lost while Redis was away is written again.
         pipe.cmd("SET")
@@ -1199,7 +1253,11 @@ fn heartbeat(
         match alive {
             Ok(alive) => {
                 let _ = events.send(Event::Healthy).await;
-                for (home, exists) in homes.into_iter().zip(alive) {
+                let (journal, alive) = alive.split_first().map_or((1, &[][..]), |(j, rest)| (*j, rest));
+                if journal == 0 {
+                    let _ = events.send(Event::JournalLost).await;
+                }
+                for (home, &exists) in homes.into_iter().zip(alive) {
                     if exists == 0 {
                         let _ = events.send(Event::NodeGone(home)).await;
                     }

@@ -474,6 +474,33 @@ impl<R: RngCore + Send> MemoryHub<R> {
         self.limits.max_rooms = max_rooms;
     }
 
+    /// Every session's journal entries, as if each had just been opened here with the frames it keeps: for a journal
+    /// store that lost them (Redis restarted empty), which would otherwise hold only what changes from now on, and
+    /// no takeover could rebuild a session from that. Per session its kept frames first, then `Opened`, whose
+    /// numbers stand.
+    pub fn journal(&self) -> Vec<SessionEvent> {
+        let mut events = Vec::new();
+        for (peer, s) in &self.sessions {
+            for kept in &s.buffer {
+                events.push(SessionEvent::Numbered {
+                    peer: peer.clone(),
+                    seq: kept.seq,
+                    kept: Some(kept.text().clone()),
+                });
+            }
+            events.push(SessionEvent::Opened {
+                secret: s.secret.clone(),
+                room: s.room.clone(),
+                peer: peer.clone(),
+                meta: s.meta.shared(),
+                ip: s.source.ip(),
+                next_seq: s.next_seq,
+                client_seq: s.client_seq,
+            });
+        }
+        events
+    }
+
     /// Does this hub hold the session a `resume` claims?
     pub fn holds_session(&self, claim: &str) -> bool {
         SessionSecret::parse(claim).is_some_and(|secret| self.by_secret.contains_key(&secret))

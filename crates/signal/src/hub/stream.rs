@@ -58,6 +58,11 @@ pub(super) struct Refused {
 }
 
 impl Buffered {
+    /// The frame's bytes, as sent.
+    pub fn text(&self) -> &Bytes {
+        &self.text
+    }
+
     /// A frame another node kept (see [`super::Restored`]); who sent it is not recorded there.
     pub fn restored(seq: u64, text: Bytes) -> Self {
         Self {
