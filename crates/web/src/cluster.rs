@@ -79,6 +79,11 @@ struct PublishQueue {
     per_socket: usize,
     /// The sockets holding bytes, or that held some since the last [`PublishQueue::forget_idle`].
     shares: HashMap<ConnId, Share>,
+    /// Sockets refused in this pass ([`PublishQueue::new_pass`]), and whether the queue was full: their later
+    /// envelopes of the pass are refused too. A smaller frame queued behind a refused one would reach the client
+    /// past a gap in its stream, and the client skips gaps.
+    refused: Vec<ConnId>,
+    full: bool,
 }
 
 impl PublishQueue {
@@ -88,15 +93,27 @@ impl PublishQueue {
             bytes: Arc::new(AtomicUsize::new(0)),
             per_socket,
             shares: HashMap::new(),
+            refused: Vec::new(),
+            full: false,
         }
+    }
+
+    /// A new pass of the hub's actions: what was refused in the last one was closed by it.
+    fn new_pass(&mut self) {
+        self.refused.clear();
+        self.full = false;
     }
 
     fn try_send(&mut self, node: NodeId, bytes: Bytes, owner: Option<ConnId>) -> Result<(), Unqueued> {
         let n = bytes.len();
+        if self.full {
+            return Err(Unqueued::Full);
+        }
         let share = match owner {
             Some(owner) => {
                 let share = self.shares.entry(owner).or_default();
-                if share.load(Ordering::Relaxed) + n > self.per_socket {
+                if self.refused.contains(&owner) || share.load(Ordering::Relaxed) + n > self.per_socket {
+                    self.refused.push(owner);
                     return Err(Unqueued::Share);
                 }
                 Some(share.clone())
@@ -105,6 +122,7 @@ impl PublishQueue {
         };
         if self.bytes.fetch_add(n, Ordering::Relaxed) + n > PUBLISH_QUEUE_BYTES {
             self.bytes.fetch_sub(n, Ordering::Relaxed);
+            self.full = true;
             return Err(Unqueued::Full);
         }
         if let Some(share) = &share {
@@ -114,6 +132,7 @@ impl PublishQueue {
         if let Err(mpsc::error::TrySendError::Full(q) | mpsc::error::TrySendError::Closed(q)) = self.tx.try_send(queued)
         {
             given_back(q.bytes.len(), q.share.as_ref(), &self.bytes);
+            self.full = true;
             return Err(Unqueued::Full);
         }
         Ok(())
@@ -856,6 +875,7 @@ async fn act(
     journal: Journal,
 ) {
     let lease = journal.lease;
+    publish_tx.new_pass();
     // Bounded: a socket closed as too slow adds a few actions, and the loop comes back here anyway.
     for _ in 0..64 {
         let mut actions = Vec::new();
@@ -1756,9 +1776,15 @@ mod tests {
             "past 64 MiB"
         );
         assert_eq!(queue.bytes.load(Ordering::Relaxed), PUBLISH_QUEUE_BYTES);
-        // What the publishing task took and gave back makes room again.
+        // What the publishing task took and gave back makes room again, from the next pass on: in this one, a
+        // smaller envelope would reach its socket past the gap the refused one left.
         let taken = rx.try_recv().unwrap();
         given_back(taken.bytes.len(), taken.share.as_ref(), &queue.bytes);
+        assert_eq!(
+            queue.try_send(node.clone(), Bytes::from_static(b"x"), Some(ConnId::new(1))),
+            Err(Unqueued::Full)
+        );
+        queue.new_pass();
         assert_eq!(queue.try_send(node, frame, None), Ok(()));
     }
 
@@ -1786,10 +1812,19 @@ mod tests {
             "the refused frame holds nothing"
         );
 
-        // Published: the flooding socket's share is given back, and it may send again.
+        // A smaller frame of the refused socket, behind the refused one, is refused too: it would arrive past a gap.
+        let small = Bytes::from(vec![b'x'; 10]);
+        assert_eq!(
+            queue.try_send(node.clone(), small.clone(), Some(flood)),
+            Err(Unqueued::Share)
+        );
+        assert_eq!(queue.try_send(node.clone(), small, Some(other)), Ok(()));
+
+        // Published: the flooding socket's share is given back, and in the next pass it may send again.
         let published = rx.try_recv().unwrap();
         given_back(published.bytes.len(), published.share.as_ref(), &queue.bytes);
         drop(published);
+        queue.new_pass();
         assert_eq!(queue.try_send(node.clone(), frame.clone(), Some(flood)), Ok(()));
 
         // Sockets with nothing queued are forgotten; those with bytes in flight are kept.
@@ -1798,6 +1833,7 @@ mod tests {
         }
         assert_eq!(queue.bytes.load(Ordering::Relaxed), 0);
         queue.forget_idle();
+        let _ = &mut rx;
         assert!(queue.shares.is_empty(), "{:?}", queue.shares.keys().collect::<Vec<_>>());
         assert_eq!(queue.try_send(node, frame, Some(other)), Ok(()));
         queue.forget_idle();
