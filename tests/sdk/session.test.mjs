@@ -12,10 +12,10 @@ const source = fs.readFileSync(new URL('../../web/sdk/traverse.js', import.meta.
 const sdk = await import(`data:text/javascript;base64,${Buffer.from(source).toString('base64')}`);
 const Session = sdk._Session;
 
-/** Every frame the session wants written, parsed. */
-function transmits(s) {
+/** Every frame the session wants written at `now` (ms), parsed. */
+function transmits(s, now = 0) {
   const out = [];
-  for (let f = s.pollTransmit(); f !== undefined; f = s.pollTransmit()) out.push(JSON.parse(f));
+  for (let f = s.pollTransmit(now); f !== undefined; f = s.pollTransmit(now)) out.push(JSON.parse(f));
   return out;
 }
 
@@ -83,26 +83,67 @@ test('send before joined is queued, then numbered from 1 and flushed in order on
   assert.equal(s.unacknowledged, 2);
 });
 
-test('a socket that is not writable queues even when the session is usable', () => {
+test('a socket that is not writable: the message is queued (counted), numbered when the driver next polls', () => {
   const s = joinedSession();
   s.send({ type: 'broadcast', data: 'x' }, false, false);
-  assert.deepEqual(transmits(s), []);
   assert.equal(s.stats.queued, 1);
+  assert.equal(s.unacknowledged, 0, 'not numbered while it waits');
+  // The driver polls only while its socket is writable.
+  assert.deepEqual(transmits(s), [{ type: 'broadcast', data: 'x', seq: 1 }]);
 });
 
-test('stream: duplicates dropped, gaps reported, ping acknowledges the last processed seq', () => {
+test('stream: duplicates dropped, a gap breaks the socket (not processed, not acknowledged), the resume replays it', () => {
   const s = joinedSession();
   s.handleFrame(JSON.stringify({ type: 'signal', seq: 2, from: 'p_a', data: 'a' }));
   s.handleFrame(JSON.stringify({ type: 'signal', seq: 2, from: 'p_a', data: 'a' }));
   s.handleFrame(JSON.stringify({ type: 'broadcast', seq: 5, from: 'p_a', data: 'b' }));
+  s.handleFrame(JSON.stringify({ type: 'broadcast', seq: 6, from: 'p_a', data: 'c' })); // same socket: not read
   const evs = events(s);
-  assert.deepEqual(evs.map((e) => e.type), ['message', 'error', 'message']);
+  assert.deepEqual(evs.map((e) => e.type), ['message', 'gap']);
   assert.equal(evs[0].msg.data, 'a');
-  assert.deepEqual(evs[1].detail, { code: 'sequence-gap', message: 'stream jumped from seq 2 to 5', expected: 3, got: 5 });
+  assert.deepEqual(evs[1].detail, {
+    code: 'sequence-gap', message: 'stream jumped from seq 2 to 5: resuming from 2', expected: 3, got: 5, inARow: 1,
+  });
   assert.equal(s.stats.duplicates, 1);
   assert.equal(s.stats.gaps, 1);
-  assert.equal(s.lastSeq, 5);
-  assert.deepEqual(JSON.parse(s.pingFrame()), { type: 'ping', ack: 5 });
+  assert.equal(s.lastSeq, 2);
+  assert.equal(s.usable, false, 'messages wait for the resume');
+  assert.deepEqual(JSON.parse(s.pingFrame()), { type: 'ping', ack: 2 });
+  s.send({ type: 'broadcast', data: 'later' }, false, true);
+  assert.deepEqual(transmits(s), []);
+
+  // The resume replays what was skipped, in order.
+  assert.deepEqual(reconnect(s, 4200), { type: 'resume', session: 's_1', lastSeq: 2 });
+  s.handleFrame(JSON.stringify({ type: 'resumed', seq: 6, peerId: 'p_b', replayed: 4, ack: 0 }));
+  for (const [seq, data] of [[3, 'x'], [4, 'y'], [5, 'b'], [6, 'c']]) {
+    s.handleFrame(JSON.stringify({ type: 'broadcast', seq, from: 'p_a', data }));
+  }
+  assert.deepEqual(events(s).map((e) => (e.type === 'message' ? e.msg.data : e.type)), ['resumed', 'x', 'y', 'b', 'c']);
+  assert.equal(s.lastSeq, 6);
+  assert.deepEqual(transmits(s), [{ type: 'broadcast', data: 'later', seq: 1 }]);
+});
+
+test('gaps in a row: counted until the stream gets past the seq that revealed the last one', () => {
+  const s = joinedSession();
+  const frame = (seq) => JSON.stringify({ type: 'broadcast', seq, from: 'p_a', data: seq });
+  const resume = () => {
+    reconnect(s, 4200);
+    s.handleFrame(JSON.stringify({ type: 'resumed', seq: 9, peerId: 'p_b', replayed: 0, ack: 0 }));
+    events(s);
+  };
+  s.handleFrame(frame(2));
+  s.handleFrame(frame(4));
+  assert.deepEqual(events(s).map((e) => [e.type, e.detail?.inARow]), [['message', undefined], ['gap', 1]]);
+  resume();
+  s.handleFrame(frame(3)); // progress, but not yet past 4
+  s.handleFrame(frame(5));
+  assert.deepEqual(events(s).map((e) => [e.type, e.detail?.inARow]), [['message', undefined], ['gap', 2]]);
+  resume();
+  s.handleFrame(frame(4));
+  s.handleFrame(frame(5)); // past it
+  events(s);
+  s.handleFrame(frame(7));
+  assert.equal(events(s)[0].detail.inARow, 1, 'a new gap starts a new count');
 });
 
 test('messages without seq (pong, unknown types) are not part of the stream', () => {
@@ -220,15 +261,15 @@ test('queue-full: queued plus unacknowledged are bounded by maxQueue; half of it
   assert.deepEqual(transmits(s).map((m) => m.type), ['broadcast'], 'asked once until the pong');
   s.send({ type: 'broadcast', data: 4 }, false, false);
   s.send({ type: 'signal', to: 'p_a', data: 5, id: 'm-5' }, false, true);
-  assert.deepEqual(transmits(s), []);
   const [e] = events(s);
   assert.equal(e.type, 'error');
   assert.equal(e.detail.code, 'queue-full');
   assert.equal(e.detail.id, 'm-5');
-  s.handleFrame(JSON.stringify({ type: 'pong', ack: 3 }));
+  assert.deepEqual(transmits(s).map((m) => m.data), [4], 'the queued one, not the refused one');
+  s.handleFrame(JSON.stringify({ type: 'pong', ack: 4 }));
   assert.equal(s.unacknowledged, 0);
   s.send({ type: 'broadcast', data: 6 }, false, true);
-  assert.deepEqual(transmits(s).map((m) => m.seq), [4], 'room again');
+  assert.deepEqual(transmits(s).map((m) => m.seq), [5], 'room again');
 });
 
 test('too-large: a message beyond maxMessageBytes throws and is neither queued nor sent', () => {

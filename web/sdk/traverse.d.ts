@@ -264,6 +264,8 @@ export class Room extends EventTarget {
     /** @private @type {{resolve: (room: Room) => void, reject: (err: any) => void} | null} `connect()` waiting */
     private _startWaiter;
     /** @private the session's events are being handed to the app (see `_drain`) */ private _dispatching;
+    /** @private @type {ReturnType<typeof setTimeout> | undefined} the next message waiting for the rate (`_flush`) */
+    private _paceTimer;
     /** @internal */ _msgId: number;
     /** @private the page-lifecycle hook (section "Leaving with the page") */
     private _onPageHide;
@@ -319,6 +321,12 @@ export class Room extends EventTarget {
      * @private
      */
     private _drain;
+    /**
+     * Write what the session has for the socket now; if messages wait for the server's rate, come back when the next
+     * may go (one timer, re-armed on every flush, cleared when the socket goes).
+     * @private
+     */
+    private _flush;
     /** @private @param {SessionEvent} e */
     private _handleSessionEvent;
     /** @private @param {any} msg @param {boolean} rejoined @param {any[]} lost */
@@ -1043,7 +1051,10 @@ export type OutcomeReport = {
  * - `resumed`: the same session on a new socket; what the server had not handled is already retransmitted
  * - `message`: any other server message, deduplicated and in stream order; `handshake` says whether it answered a
  *   `join` or a `resume` (an `error` then refuses the handshake and is not part of the stream)
- * - `error`: the SDK's own (`bad-json`, `sequence-gap`, `queue-full`)
+ * - `error`: the SDK's own (`bad-json`, `queue-full`)
+ * - `gap`: the stream skipped a `seq` (`detail` is the `sequence-gap` error, with `inARow`: such gaps since the
+ *   stream last got past one). The frame was not processed; the socket must be dropped and the session resumed
+ *   from `lastSeq`, which replays what was skipped. Nothing more is read from this socket.
  */
 export type SessionEvent = {
     type: "joined";
@@ -1063,6 +1074,15 @@ export type SessionEvent = {
         code: string;
         message: string;
         [key: string]: any;
+    };
+} | {
+    type: "gap";
+    detail: {
+        code: "sequence-gap";
+        message: string;
+        expected: number;
+        got: number;
+        inARow: number;
     };
 };
 /**
@@ -1146,24 +1166,13 @@ declare class Recovery {
     _disarm(): void;
 }
 /**
- * What a `Session` hands its driver, in order:
- * - `joined`: a new session (the first, or after a failed resume when `rejoined`); `lost` are the app's messages the
- *   old session sent and never saw acknowledged (they may or may not have arrived)
- * - `resumed`: the same session on a new socket; what the server had not handled is already retransmitted
- * - `message`: any other server message, deduplicated and in stream order; `handshake` says whether it answered a
- *   `join` or a `resume` (an `error` then refuses the handshake and is not part of the stream)
- * - `error`: the SDK's own (`bad-json`, `sequence-gap`, `queue-full`)
- * @typedef {{type: 'joined', msg: any, rejoined: boolean, lost: any[]}
- *   | {type: 'resumed', msg: any}
- *   | {type: 'message', msg: any, handshake: 'join' | 'resume' | null}
- *   | {type: 'error', detail: {code: string, message: string, [key: string]: any}}} SessionEvent
- */
-/**
  * The session protocol of docs/protocol.md without I/O: the `join`/`resume` handshake, the numbered server stream
- * (deduplicated, gaps reported), the client `seq` of outgoing messages, the queue of messages waiting for a usable
- * socket and the list of those sent but not yet acknowledged. Inputs are calls (`nextHandshake`, `handleOpen`,
- * `handleFrame`, `handleDisconnect`, `send`); outputs are frames to write (`pollTransmit`) and events
- * (`pollEvent`), which the driver drains after every input, frames first. No socket, timer or clock inside.
+ * (deduplicated; a gap breaks the socket), the client `seq` of outgoing messages, the queue of messages waiting for
+ * a usable socket or for the server's message rate (`RateBucket`), and the list of those sent but not yet
+ * acknowledged. Inputs are calls (`nextHandshake`, `handleOpen`, `handleFrame`, `handleDisconnect`, `send`);
+ * outputs are frames to write (`pollTransmit(now)`), the time until the next waiting message may be written
+ * (`nextTransmitDelay(now)`) and events (`pollEvent`), which the driver drains after every input, frames first.
+ * No socket, timer or clock inside: the time comes in as `now`.
  *
  * Internal: exported as `_Session` for the SDK's unit tests only; not part of the API (docs/sdk.md).
  */
@@ -1206,17 +1215,40 @@ declare class Session {
     private _handshake;
     /** @private a `joined` was seen: the next one is a re-join under a new identity */ private _joinedBefore;
     /** @private the server answered `resume-failed`: the next socket joins afresh */ private _resumeFailed;
-    /** @private @type {{msg: object, internal: boolean}[]} not sent yet (no socket usable) */ private _outbox;
+    /** @private @type {{msg: object, internal: boolean}[]} not sent yet (no socket usable, or over the rate) */
+    private _outbox;
     /** @private @type {{msg: any, internal: boolean}[]} sent with a client `seq`, not yet acknowledged, in order */
     private _unacked;
+    /** @private @type {{msg: any, internal: boolean}[]} of `_unacked`, those to write again after `resumed` */
+    private _resend;
+    /** @private the server's message rate on this socket */ private _rate;
+    /** @private the stream skipped a `seq` on this socket: nothing more is read from it */ private _broken;
+    /** @private gaps since the stream last got past one, and the `seq` that revealed the last */
+    private _gaps;
     /** @private last client `seq` given out in this session */ private _clientSeq;
     /** @private a ping asking for an early `ack` is on its way */ private _ackAsked;
     /** @private @type {string[]} */ private _transmits;
     /** @private @type {SessionEvent[]} */ private _events;
     /** Messages sent but not yet acknowledged by the server. */
     get unacknowledged(): number;
-    /** The next frame to write to the socket, or undefined. */
-    pollTransmit(): string;
+    /**
+     * The next frame to write to the socket at `now`, or undefined. Frames of the protocol's own (the handshake, an
+     * early `ack`) go at once; the app's messages, once the session is usable, as the server's rate allows: first
+     * those to resend after a resume, then the queue, in order. The driver calls this only while the socket is
+     * writable. @param {number} now milliseconds, any monotonic origin
+     */
+    pollTransmit(now: number): string;
+    /**
+     * Milliseconds from `now` until `pollTransmit` has the next waiting message, or null when none waits (or the
+     * session is not usable: `joined`/`resumed` is an input, after which the driver polls anyway).
+     * @param {number} now @returns {number | null}
+     */
+    nextTransmitDelay(now: number): number | null;
+    /**
+     * A frame the driver writes by itself, at once (heartbeat, probe, `ice-servers`): counted against the server's
+     * rate like the others. @param {number} now
+     */
+    chargeFrame(now: number): void;
     /** @returns {SessionEvent | undefined} the next event for the driver */
     pollEvent(): SessionEvent | undefined;
     /**
@@ -1236,11 +1268,12 @@ declare class Session {
     /** One text frame from the server. @param {string} text */
     handleFrame(text: string): void;
     /**
-     * Send a `signal` or `broadcast`: numbered and transmitted if the session is usable and the socket writable,
-     * else queued. Beyond `maxQueue` messages held (queued + unacknowledged) the message is dropped with an `error`
-     * event `queue-full`. Throws `too-large` beyond `maxMessageBytes`.
+     * Send a `signal` or `broadcast`: queued behind any message still waiting, and numbered when `pollTransmit` writes
+     * it (at once if the session is usable and the server's rate allows). Beyond `maxQueue` messages held (queued +
+     * unacknowledged) the message is dropped with an `error` event `queue-full`. Throws `too-large` beyond
+     * `maxMessageBytes`.
      * @param {object} msg @param {boolean} internal the SDK's own (a `Peer`'s negotiation), dropped on a re-join
-     * @param {boolean} writable the socket can take a frame now
+     * @param {boolean} writable the socket can take a frame now (else it counts in `stats.queued`)
      */
     send(msg: object, internal: boolean, writable: boolean): void;
     /** The heartbeat's frame: a `ping` acknowledging the stream up to `lastSeq`. */
@@ -1252,8 +1285,8 @@ declare class Session {
     /** @private @param {object} msg */
     private _transmit;
     /**
-     * Number `msg` with the session's next client `seq`, keep it until acknowledged, transmit it.
-     * @private @param {object} msg @param {boolean} internal
+     * Number `msg` with the session's next client `seq` and keep it until acknowledged: returns its frame.
+     * @private @param {object} msg @param {boolean} internal @returns {string}
      */
     private _transmitNumbered;
     /** @private */
@@ -1263,7 +1296,9 @@ declare class Session {
     /** The server has handled every client `seq` up to `ack`. @private @param {number} ack */
     private _acknowledge;
     /**
-     * Joined or resumed: unacknowledged messages (after a resume) retransmitted, queued messages out.
+     * Joined or resumed: unacknowledged messages (after a resume) to retransmit, then the queue, go out through
+     * `pollTransmit` as the server's rate allows (all at once, the server would drop what is over its burst, and a
+     * later message's `ack` would then cover them: lost).
      * @private @param {{msg: any, internal: boolean}[]} resend
      */
     private _becameUsable;

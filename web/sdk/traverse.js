@@ -3,7 +3,8 @@
 // Model: one `Room` owns one WebSocket at a time. The socket is disposable, the session is not: when a socket drops
 // the room reconnects with jittered backoff, sends `resume` with the last stream `seq` it processed, and the server
 // replays what it missed. Outbound messages are queued while no socket is usable and flushed, in order, once the
-// session is back. Stream messages are deduplicated by `seq`, so a replay never reaches the app twice. The other
+// session is back, no faster than the server's message rate (what is over it would be dropped). Stream messages are
+// deduplicated by `seq`, so a replay never reaches the app twice, and a gap in them is a broken socket. The other
 // direction works the same way: every outgoing `signal` and `broadcast` carries the session's own client `seq` and
 // is kept until the server acknowledges it (`ack` in `pong` and `resumed`); after a resume whatever the server has
 // not handled is resent, so a message written into a socket that was already dead is not lost either.
@@ -19,8 +20,8 @@
 // Inside, three parts, one mechanism each (the public API is `Room`, `Peer` and the functions; the rest is internal):
 // - `Session` — the session protocol without I/O: frames in (`handleOpen`, `handleFrame`, `handleDisconnect`,
 //   `send`), frames and events out (`pollTransmit`, `pollEvent`). It owns the numbered stream (dedup, gaps), the
-//   join/resume handshake, the client `seq`, the queue and the unacknowledged list. No socket, no timer, no clock:
-//   it is unit-tested in node (tests/sdk/session.test.mjs).
+//   join/resume handshake, the client `seq`, the queue, its pacing to the server's rate and the unacknowledged list.
+//   No socket, no timer, no clock (the time is an argument): it is unit-tested in node (tests/sdk/session.test.mjs).
 // - `Link` — the socket plumbing: one WebSocket at a time, its handshake timeout, heartbeats and dead-socket
 //   detection, reconnects with jittered backoff. It carries frames and knows nothing of their meaning.
 // - `Room` — the driver and the public API: it passes the link's frames to the session, writes what the session
@@ -221,13 +222,19 @@ export class Room extends EventTarget {
         this._session.handleFrame(text);
         this._drain();
       },
-      ping: () => this._session.pingFrame(),
+      ping: () => {
+        // Heartbeats and probes go out on time, whatever waits for the rate: they use its margin (`RateBucket`).
+        this._session.chargeFrame(now());
+        return this._session.pingFrame();
+      },
       drop: (code, reason, opened) => this._onDrop(code, reason, opened),
       unopenable: (err) => this._failStart(new TraverseError('connect-failed', String(err))),
     });
     /** @private @type {{resolve: (room: Room) => void, reject: (err: any) => void} | null} `connect()` waiting */
     this._startWaiter = null;
     /** @private the session's events are being handed to the app (see `_drain`) */ this._dispatching = false;
+    /** @private @type {ReturnType<typeof setTimeout> | undefined} the next message waiting for the rate (`_flush`) */
+    this._paceTimer = undefined;
     /** @internal */ this._msgId = 0;
     /** @private the page-lifecycle hook (section "Leaving with the page") */
     this._onPageHide = () => this._leaveWithPage();
@@ -360,17 +367,32 @@ export class Room extends EventTarget {
    */
   _drain() {
     const session = this._session;
-    for (let f = session.pollTransmit(); f !== undefined; f = session.pollTransmit()) this._link.write(f);
+    this._flush();
     if (this._dispatching) return;
     this._dispatching = true;
     try {
       for (let e = session.pollEvent(); e !== undefined; e = session.pollEvent()) {
         this._handleSessionEvent(e);
-        for (let f = session.pollTransmit(); f !== undefined; f = session.pollTransmit()) this._link.write(f);
+        this._flush();
       }
     } finally {
       this._dispatching = false;
     }
+  }
+
+  /**
+   * Write what the session has for the socket now; if messages wait for the server's rate, come back when the next
+   * may go (one timer, re-armed on every flush, cleared when the socket goes).
+   * @private
+   */
+  _flush() {
+    const session = this._session;
+    if (!this._link.writable) return;
+    const t = now();
+    for (let f = session.pollTransmit(t); f !== undefined; f = session.pollTransmit(t)) this._link.write(f);
+    clearTimeout(this._paceTimer);
+    const wait = session.nextTransmitDelay(t);
+    this._paceTimer = wait === null ? undefined : setTimeout(() => this._drain(), wait);
   }
 
   /** @private @param {SessionEvent} e */
@@ -384,6 +406,10 @@ export class Room extends EventTarget {
         return this._onMessage(e.msg, e.handshake);
       case 'error':
         return this._emit('error', e.detail);
+      case 'gap':
+        // Resumed from `lastSeq` through the usual reconnect (its backoff grows if the replay gaps again).
+        this._emit('error', e.detail);
+        return this._link.restart('sequence-gap', e.detail.inARow);
     }
   }
 
@@ -550,6 +576,7 @@ export class Room extends EventTarget {
    */
   async _onDrop(code, reason, opened = true) {
     if (this.state === 'closed') return;
+    clearTimeout(this._paceTimer);
     this._session.handleDisconnect(code);
     if (this._startWaiter) {
       // Never joined. Ask the HTTP twin of the join why, since browsers hide a refused upgrade's status.
@@ -576,6 +603,7 @@ export class Room extends EventTarget {
   _finish(code, reason, silent = false) {
     if (this.state === 'closed') return;
     this._link.close();
+    clearTimeout(this._paceTimer);
     if (typeof removeEventListener === 'function') removeEventListener('pagehide', this._onPageHide);
     clearTimeout(this._orphanTimer);
     clearTimeout(this._iceRefreshTimer);
@@ -722,6 +750,7 @@ export class Room extends EventTarget {
     const timer = setTimeout(() => this._answerIceAsk(null), ms);
     /** @private @type {{promise: Promise<IceServer[] | null>, resolve: (s: IceServer[] | null) => void, timer: any} | null} */
     this._iceAsk = { promise, resolve, timer };
+    this._session.chargeFrame(now());
     this._link.write(this._session.iceServersFrame());
     return promise;
   }
@@ -2502,19 +2531,96 @@ const STREAM_TYPES = new Set([
  * - `resumed`: the same session on a new socket; what the server had not handled is already retransmitted
  * - `message`: any other server message, deduplicated and in stream order; `handshake` says whether it answered a
  *   `join` or a `resume` (an `error` then refuses the handshake and is not part of the stream)
- * - `error`: the SDK's own (`bad-json`, `sequence-gap`, `queue-full`)
+ * - `error`: the SDK's own (`bad-json`, `queue-full`)
+ * - `gap`: the stream skipped a `seq` (`detail` is the `sequence-gap` error, with `inARow`: such gaps since the
+ *   stream last got past one). The frame was not processed; the socket must be dropped and the session resumed
+ *   from `lastSeq`, which replays what was skipped. Nothing more is read from this socket.
  * @typedef {{type: 'joined', msg: any, rejoined: boolean, lost: any[]}
  *   | {type: 'resumed', msg: any}
  *   | {type: 'message', msg: any, handshake: 'join' | 'resume' | null}
- *   | {type: 'error', detail: {code: string, message: string, [key: string]: any}}} SessionEvent
+ *   | {type: 'error', detail: {code: string, message: string, [key: string]: any}}
+ *   | {type: 'gap', detail: {code: 'sequence-gap', message: string, expected: number, got: number, inARow: number}}}
+ *   SessionEvent
  */
+
+/** The server's message rate per socket when its `joined` does not say (docs/protocol.md, Limits). */
+const SERVER_MESSAGES_PER_SECOND = 50;
+const SERVER_MESSAGE_BURST = 100;
+
+/**
+ * The client's mirror of the server's per-socket token bucket (docs/protocol.md, Limits): a message over the
+ * server's rate is dropped unread, and a later one's `ack` then covers it, so it would be lost. The mirror keeps a
+ * margin: a tenth of the burst (10 of 100) and of the rate. The margin is the reserve of the frames that cannot wait
+ * (`charge`: heartbeats, probes, an early `ack`, `ice-servers`): they go out at once, even on an empty bucket, and
+ * are counted, so the server's bucket always holds the margin more than this one and admits them. The time comes
+ * in as `now` (milliseconds); no clock inside.
+ */
+class RateBucket {
+  constructor() {
+    /** @private */ this._capacity = 0;
+    /** @private */ this._tokens = 0;
+    /** @private tokens per millisecond */ this._perMs = 0;
+    /** @private @type {number | null} when `_tokens` was last brought up to date; null: full, no time counted */
+    this._at = null;
+    this.configure(SERVER_MESSAGES_PER_SECOND, SERVER_MESSAGE_BURST);
+    this.refill();
+  }
+
+  /**
+   * The server's limits (from `joined`). What this socket has spent already stays spent.
+   * @param {number} perSecond @param {number} burst
+   */
+  configure(perSecond, burst) {
+    const spent = this._capacity - this._tokens;
+    this._capacity = Math.max(1, burst - Math.max(1, Math.round(burst / 10)));
+    this._perMs = (0.9 * perSecond) / 1000;
+    this._tokens = this._capacity - spent;
+  }
+
+  /** A new socket: the server's bucket for it starts full. */
+  refill() {
+    this._tokens = this._capacity;
+    this._at = null;
+  }
+
+  /** Takes a token if there is one. @param {number} now @returns {boolean} */
+  take(now) {
+    this._update(now);
+    // The epsilon absorbs rounding: a wait of exactly `delayMs` must find the token there.
+    if (this._tokens < 1 - 1e-9) return false;
+    this._tokens -= 1;
+    return true;
+  }
+
+  /** A frame that went out without waiting: counted all the same (may go below zero). @param {number} now */
+  charge(now) {
+    this._update(now);
+    this._tokens -= 1;
+  }
+
+  /** Milliseconds until a token is there (0: now). @param {number} now */
+  delayMs(now) {
+    this._update(now);
+    return this._tokens >= 1 - 1e-9 ? 0 : Math.max(1, Math.ceil((1 - this._tokens) / this._perMs));
+  }
+
+  /** @private @param {number} now */
+  _update(now) {
+    if (this._at !== null && now > this._at) {
+      this._tokens = Math.min(this._capacity, this._tokens + (now - this._at) * this._perMs);
+    }
+    if (this._at === null || now > this._at) this._at = now;
+  }
+}
 
 /**
  * The session protocol of docs/protocol.md without I/O: the `join`/`resume` handshake, the numbered server stream
- * (deduplicated, gaps reported), the client `seq` of outgoing messages, the queue of messages waiting for a usable
- * socket and the list of those sent but not yet acknowledged. Inputs are calls (`nextHandshake`, `handleOpen`,
- * `handleFrame`, `handleDisconnect`, `send`); outputs are frames to write (`pollTransmit`) and events
- * (`pollEvent`), which the driver drains after every input, frames first. No socket, timer or clock inside.
+ * (deduplicated; a gap breaks the socket), the client `seq` of outgoing messages, the queue of messages waiting for
+ * a usable socket or for the server's message rate (`RateBucket`), and the list of those sent but not yet
+ * acknowledged. Inputs are calls (`nextHandshake`, `handleOpen`, `handleFrame`, `handleDisconnect`, `send`);
+ * outputs are frames to write (`pollTransmit(now)`), the time until the next waiting message may be written
+ * (`nextTransmitDelay(now)`) and events (`pollEvent`), which the driver drains after every input, frames first.
+ * No socket, timer or clock inside: the time comes in as `now`.
  *
  * Internal: exported as `_Session` for the SDK's unit tests only; not part of the API (docs/sdk.md).
  */
@@ -2537,9 +2643,16 @@ class Session {
     this._handshake = null;
     /** @private a `joined` was seen: the next one is a re-join under a new identity */ this._joinedBefore = false;
     /** @private the server answered `resume-failed`: the next socket joins afresh */ this._resumeFailed = false;
-    /** @private @type {{msg: object, internal: boolean}[]} not sent yet (no socket usable) */ this._outbox = [];
+    /** @private @type {{msg: object, internal: boolean}[]} not sent yet (no socket usable, or over the rate) */
+    this._outbox = [];
     /** @private @type {{msg: any, internal: boolean}[]} sent with a client `seq`, not yet acknowledged, in order */
     this._unacked = [];
+    /** @private @type {{msg: any, internal: boolean}[]} of `_unacked`, those to write again after `resumed` */
+    this._resend = [];
+    /** @private the server's message rate on this socket */ this._rate = new RateBucket();
+    /** @private the stream skipped a `seq` on this socket: nothing more is read from it */ this._broken = false;
+    /** @private gaps since the stream last got past one, and the `seq` that revealed the last */
+    this._gaps = { inARow: 0, got: 0 };
     /** @private last client `seq` given out in this session */ this._clientSeq = 0;
     /** @private a ping asking for an early `ack` is on its way */ this._ackAsked = false;
     /** @private @type {string[]} */ this._transmits = [];
@@ -2551,9 +2664,44 @@ class Session {
     return this._unacked.length;
   }
 
-  /** The next frame to write to the socket, or undefined. */
-  pollTransmit() {
-    return this._transmits.shift();
+  /**
+   * The next frame to write to the socket at `now`, or undefined. Frames of the protocol's own (the handshake, an
+   * early `ack`) go at once; the app's messages, once the session is usable, as the server's rate allows: first
+   * those to resend after a resume, then the queue, in order. The driver calls this only while the socket is
+   * writable. @param {number} now milliseconds, any monotonic origin
+   */
+  pollTransmit(now) {
+    const frame = this._transmits.shift();
+    if (frame !== undefined) {
+      this._rate.charge(now);
+      return frame;
+    }
+    if (!this.usable || (!this._resend.length && !this._outbox.length) || !this._rate.take(now)) return undefined;
+    const resend = this._resend.shift();
+    if (resend) {
+      this.stats.resent++;
+      return JSON.stringify(resend.msg);
+    }
+    const m = /** @type {{msg: object, internal: boolean}} */ (this._outbox.shift());
+    return this._transmitNumbered(m.msg, m.internal);
+  }
+
+  /**
+   * Milliseconds from `now` until `pollTransmit` has the next waiting message, or null when none waits (or the
+   * session is not usable: `joined`/`resumed` is an input, after which the driver polls anyway).
+   * @param {number} now @returns {number | null}
+   */
+  nextTransmitDelay(now) {
+    if (!this.usable || (!this._resend.length && !this._outbox.length)) return null;
+    return this._rate.delayMs(now);
+  }
+
+  /**
+   * A frame the driver writes by itself, at once (heartbeat, probe, `ice-servers`): counted against the server's
+   * rate like the others. @param {number} now
+   */
+  chargeFrame(now) {
+    this._rate.charge(now);
   }
 
   /** @returns {SessionEvent | undefined} the next event for the driver */
@@ -2569,11 +2717,14 @@ class Session {
   nextHandshake() {
     this._handshake = this.id ? 'resume' : 'join';
     this.usable = false;
+    this._broken = false;
     return this._handshake;
   }
 
   /** The socket opened: transmits the `join` or the `resume`. */
   handleOpen() {
+    // The server counts messages per socket: a new one starts with its whole burst.
+    this._rate.refill();
     if (this._handshake === 'join') {
       const join = { type: 'join', room: this._config.room };
       if (this._config.token) join.token = this._config.token;
@@ -2592,6 +2743,10 @@ class Session {
    */
   handleDisconnect(code) {
     this.usable = false;
+    // Not written on the old socket: protocol frames are its own; the app's messages wait in the queue, and those
+    // to resend are still unacknowledged (resent after the next `resumed`).
+    this._transmits = [];
+    this._resend = [];
     if (code === 4201 || this._resumeFailed) {
       this._resumeFailed = false;
       this.id = null;
@@ -2600,6 +2755,7 @@ class Session {
 
   /** One text frame from the server. @param {string} text */
   handleFrame(text) {
+    if (this._broken) return;
     let msg;
     try {
       msg = JSON.parse(text);
@@ -2621,18 +2777,29 @@ class Session {
         return;
       }
       if (msg.seq !== this.lastSeq + 1) {
+        // The frames between are lost on this socket, but the server keeps them until acknowledged: skipping to
+        // this one (and acknowledging it) would lose them for good. So the socket is given up, as if broken, and
+        // the session resumes from `lastSeq`, which replays them in order. Nothing past the gap is processed.
         this.stats.gaps++;
+        this._broken = true;
+        this.usable = false;
+        const gaps = this._gaps;
+        gaps.inARow++;
+        gaps.got = msg.seq;
         this._events.push({
-          type: 'error',
+          type: 'gap',
           detail: {
             code: 'sequence-gap',
-            message: `stream jumped from seq ${this.lastSeq} to ${msg.seq}`,
+            message: `stream jumped from seq ${this.lastSeq} to ${msg.seq}: resuming from ${this.lastSeq}`,
             expected: this.lastSeq + 1,
             got: msg.seq,
+            inARow: gaps.inARow,
           },
         });
+        return;
       }
       this.lastSeq = msg.seq;
+      if (this.lastSeq >= this._gaps.got) this._gaps.inARow = 0;
     }
     switch (type) {
       case 'joined':
@@ -2655,11 +2822,12 @@ class Session {
   }
 
   /**
-   * Send a `signal` or `broadcast`: numbered and transmitted if the session is usable and the socket writable,
-   * else queued. Beyond `maxQueue` messages held (queued + unacknowledged) the message is dropped with an `error`
-   * event `queue-full`. Throws `too-large` beyond `maxMessageBytes`.
+   * Send a `signal` or `broadcast`: queued behind any message still waiting, and numbered when `pollTransmit` writes
+   * it (at once if the session is usable and the server's rate allows). Beyond `maxQueue` messages held (queued +
+   * unacknowledged) the message is dropped with an `error` event `queue-full`. Throws `too-large` beyond
+   * `maxMessageBytes`.
    * @param {object} msg @param {boolean} internal the SDK's own (a `Peer`'s negotiation), dropped on a re-join
-   * @param {boolean} writable the socket can take a frame now
+   * @param {boolean} writable the socket can take a frame now (else it counts in `stats.queued`)
    */
   send(msg, internal, writable) {
     const { maxQueue, maxMessageBytes } = this._config;
@@ -2681,12 +2849,8 @@ class Session {
       });
       return;
     }
-    if (this.usable && writable) {
-      this._transmitNumbered(msg, internal);
-      return;
-    }
     this._outbox.push({ msg, internal });
-    this.stats.queued++;
+    if (!this.usable || !writable) this.stats.queued++;
   }
 
   /** The heartbeat's frame: a `ping` acknowledging the stream up to `lastSeq`. */
@@ -2712,18 +2876,18 @@ class Session {
   }
 
   /**
-   * Number `msg` with the session's next client `seq`, keep it until acknowledged, transmit it.
-   * @private @param {object} msg @param {boolean} internal
+   * Number `msg` with the session's next client `seq` and keep it until acknowledged: returns its frame.
+   * @private @param {object} msg @param {boolean} internal @returns {string}
    */
   _transmitNumbered(msg, internal) {
     const numbered = { ...msg, seq: ++this._clientSeq };
     this._unacked.push({ msg: numbered, internal });
-    this._transmit(numbered);
     if (!this._ackAsked && this._unacked.length >= Math.max(1, this._config.maxQueue >> 1)) {
       // Half the bound is waiting for an acknowledgement: ask for one now rather than at the next heartbeat.
       this._ackAsked = true;
       this._transmits.push(this.pingFrame());
     }
+    return JSON.stringify(numbered);
   }
 
   /** @private */
@@ -2741,6 +2905,13 @@ class Session {
     this._clientSeq = 0;
     this._joinedBefore = true;
     this.id = msg.session;
+    // The server's message rate (newer servers say it; older ones have the defaults).
+    const positive = (/** @type {unknown} */ n) => typeof n === 'number' && n > 0 && Number.isFinite(n);
+    this._rate.configure(
+      positive(msg.messagesPerSecond) ? msg.messagesPerSecond : SERVER_MESSAGES_PER_SECOND,
+      positive(msg.messageBurst) ? msg.messageBurst : SERVER_MESSAGE_BURST,
+    );
+    this._gaps = { inARow: 0, got: 0 };
     this._becameUsable([]);
     this._events.push({ type: 'joined', msg, rejoined, lost });
   }
@@ -2764,23 +2935,20 @@ class Session {
     let n = 0;
     while (n < this._unacked.length && this._unacked[n].msg.seq <= ack) n++;
     if (n) this._unacked.splice(0, n);
+    while (this._resend.length && this._resend[0].msg.seq <= ack) this._resend.shift();
   }
 
   /**
-   * Joined or resumed: unacknowledged messages (after a resume) retransmitted, queued messages out.
+   * Joined or resumed: unacknowledged messages (after a resume) to retransmit, then the queue, go out through
+   * `pollTransmit` as the server's rate allows (all at once, the server would drop what is over its burst, and a
+   * later message's `ack` would then cover them: lost).
    * @private @param {{msg: any, internal: boolean}[]} resend
    */
   _becameUsable(resend) {
     this._handshake = null;
     this.usable = true;
     this._ackAsked = false;
-    for (const m of resend) {
-      this.stats.resent++;
-      this._transmit(m.msg);
-    }
-    const queued = this._outbox;
-    this._outbox = [];
-    for (const m of queued) this._transmitNumbered(m.msg, m.internal);
+    this._resend = resend.slice();
   }
 }
 
@@ -2832,6 +3000,8 @@ class Link {
     /** @private */ this._hbTimer = null;
     /** @private */ this._lastHeard = 0;
     /** @private the page went `offline` while a socket was open */ this._wentOffline = false;
+    /** @private @type {number | undefined} when the first of the last run of `restart`s happened */
+    this._restartedAt = undefined;
     /** @private */ this._onOnline = () => {
       const wentOffline = this._wentOffline;
       this._wentOffline = false;
@@ -2989,13 +3159,7 @@ class Link {
     const ws = this._ws;
     if (ms <= 0 && ws && this.state === 'open') {
       // Known dead (the address it was bound to is gone): no need to wait for silence.
-      this._detach();
-      try {
-        ws.close(4000, 'network changed');
-      } catch {
-        /* ignore */
-      }
-      this._host.drop(4200, 'network changed', true);
+      this.restart('network changed');
       return;
     }
     if (!ws || this.state !== 'open' || this._probeTimer || ws.readyState !== WebSocket.OPEN) return;
@@ -3016,6 +3180,30 @@ class Link {
       }
       this._host.drop(4200, 'no answer to a probe', true);
     }, ms);
+  }
+
+  /**
+   * Give up the open socket from this side and reconnect through the usual path (the host's `drop`, 4200): it is
+   * known dead, or what it carries can no longer be trusted (the stream skipped a `seq`). `inARow` counts such
+   * restarts since the last one that helped: from the second on, the attempts and the outage carry on from the
+   * first, so the delays grow on the usual schedule (`reconnectDelay`) instead of a tight loop of resumes that gap
+   * again. @param {string} reason @param {number} [inARow]
+   */
+  restart(reason, inARow = 1) {
+    const ws = this._ws;
+    if (!ws) return;
+    this._detach();
+    try {
+      ws.close(4000, reason);
+    } catch {
+      /* ignore */
+    }
+    if (inARow <= 1) this._restartedAt = now();
+    else {
+      this.attempts = inARow - 1;
+      this._outageAt = /** @type {number} */ (this._restartedAt);
+    }
+    this._host.drop(4200, reason, true);
   }
 
   /** Final: no socket, no timer, no reconnect. */
