@@ -329,6 +329,47 @@ fn sha256_integrity_is_accepted_and_answered_in_kind() {
     assert!(msg.verify_integrity(&key));
 }
 
+/// RFC 8489 §9.2.4: a request with neither PASSWORD-ALGORITHM nor PASSWORD-ALGORITHMS is processed as though
+/// PASSWORD-ALGORITHM were MD5, whatever its HMAC: MESSAGE-INTEGRITY-SHA256 over the MD5 key is accepted, and answered
+/// with the same. Before, such a request was checked against the SHA-256 key alone and refused with 401. A SHA-256
+/// key (what was taken before) still works.
+#[test]
+fn sha256_integrity_without_algorithm_attributes_uses_the_md5_key() {
+    let mut h = Harness::new();
+    let send = |h: &mut Harness, c: &mut Client, key: &stun::IntegrityKey| {
+        let tid = c.tid();
+        let mut buf = vec![0u8; 1500];
+        let mut w = MessageWriter::new(&mut buf, Method::ALLOCATE, Class::Request, tid).unwrap();
+        w.add(&Attribute::RequestedTransport(17)).unwrap();
+        w.add(&Attribute::Username("alice")).unwrap();
+        w.add(&Attribute::Realm(REALM)).unwrap();
+        w.add(&Attribute::Nonce(c.nonce.as_deref().unwrap())).unwrap();
+        w.message_integrity_sha256(key).unwrap();
+        w.fingerprint().unwrap();
+        let len = w.finish();
+        h.send(h.at(0), c.five_tuple, &buf[..len])
+    };
+    let keys = [
+        (
+            stun::long_term_key_md5("alice", REALM, "wonderland"),
+            "203.0.113.10:50001",
+        ),
+        (long_term_key_sha256("alice", REALM, "wonderland"), "203.0.113.10:50002"),
+    ];
+    for (key, from) in keys {
+        let mut c = Client::new(from, "alice", "wonderland");
+        c.answer(&mut h, secs(0), Method::ALLOCATE, &[]);
+        let (action, reply) = send(&mut h, &mut c, &key);
+        let ClientAction::BindRelay(request) = action else {
+            panic!("{action:?}: {:?}", parse(&reply).decode(attr::ERROR_CODE))
+        };
+        let (_, reply) = h.bind(h.at(0), &request);
+        let msg = parse(&reply);
+        assert_eq!(msg.class(), Class::Success);
+        assert!(msg.has_message_integrity_sha256() && msg.verify_integrity(&key));
+    }
+}
+
 #[test]
 fn unknown_comprehension_required_attributes_are_420_with_their_list() {
     let mut h = Harness::new();

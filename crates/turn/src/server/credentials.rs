@@ -27,13 +27,15 @@ impl<R: RngCore> Server<R> {
                 .ok_or(Some(AuthFailure::UnknownUser))?,
             (None, None) => return Err(Some(AuthFailure::BadRequest)),
         };
+        // RFC 8489 §9.2.4: without either attribute the key is MD5's, whatever the HMAC. A request signed with
+        // MESSAGE-INTEGRITY-SHA256 alone may also carry a SHA-256 key (what this server took before): tried second.
+        let mut fallback = None;
         let algorithm = match (req.password_algorithm, req.password_algorithms) {
             (None, None) => {
                 if msg.has_message_integrity_sha256() && !msg.has_message_integrity() {
-                    PASSWORD_ALGORITHM_SHA256
-                } else {
-                    PASSWORD_ALGORITHM_MD5
+                    fallback = Some(PASSWORD_ALGORITHM_SHA256);
                 }
+                PASSWORD_ALGORITHM_MD5
             }
             (Some(alg), Some(list)) => {
                 // Bid-down protection: the list must be the one we sent.
@@ -56,12 +58,16 @@ impl<R: RngCore> Server<R> {
                 .and_then(|id| self.slots.get(id.index as usize)?.as_ref())
                 .is_some_and(|a| a.username == username && a.expires > now);
         let expiry_rule = if held { Expiry::HeldAllocation } else { Expiry::Enforce };
-        let keys = match self.auth.keys(username, algorithm, self.unix_now(now), expiry_rule) {
-            Ok(keys) => keys,
-            Err(CredentialError::UnknownUser) => return Err(Some(AuthFailure::UnknownUser)),
-            Err(CredentialError::Expired | CredentialError::TooLong) => return Err(Some(AuthFailure::Expired)),
+        let keys_of = |algorithm| match self.auth.keys(username, algorithm, self.unix_now(now), expiry_rule) {
+            Ok(keys) => Ok(keys),
+            Err(CredentialError::UnknownUser) => Err(Some(AuthFailure::UnknownUser)),
+            Err(CredentialError::Expired | CredentialError::TooLong) => Err(Some(AuthFailure::Expired)),
         };
-        let Some(key) = keys.into_iter().find(|k| msg.verify_integrity(k)) else {
+        let mut verified = keys_of(algorithm)?.into_iter().find(|k| msg.verify_integrity(k));
+        if let (None, Some(second)) = (&verified, fallback) {
+            verified = keys_of(second)?.into_iter().find(|k| msg.verify_integrity(k));
+        }
+        let Some(key) = verified else {
             return Err(Some(AuthFailure::BadIntegrity));
         };
         if self.auth.check_nonce(nonce, self.unix_now(now), five_tuple.client.ip()) == NonceState::Stale {
