@@ -114,6 +114,30 @@ fn peer_data_without_permission_is_dropped_and_with_one_is_a_data_indication() {
     assert_eq!(from_peer(&mut h, 3, id, peer, b"x"), None);
 }
 
+/// RFC 8656 §9: with a bandwidth cap per allocation, what a peer without permission sends is discarded without
+/// being charged to the cap. Before, a stranger spraying the relay port used up the allowance, and the permitted
+/// peer's media was dropped with it.
+#[test]
+fn data_from_a_peer_without_permission_does_not_use_up_the_bandwidth_cap() {
+    let config = Config {
+        bandwidth_per_allocation: 10_000,
+        ..Config::default()
+    };
+    let mut h = Harness::with(config, Quotas::new(1000, 0));
+    let mut c = Client::alice();
+    let id = c.allocate_with(&mut h, secs(0), &[]).0.unwrap();
+    let peer = addr(PEER);
+    c.create_permission(&mut h, secs(1), peer);
+    let stranger = addr("198.51.100.99:4000");
+    for _ in 0..20 {
+        assert_eq!(from_peer(&mut h, 1, id, stranger, &[0; 1000]), None);
+    }
+    assert!(
+        from_peer(&mut h, 1, id, peer, &[0; 1000]).is_some(),
+        "the permitted peer's datagram is relayed within the cap"
+    );
+}
+
 #[test]
 fn data_indication_for_an_ipv6_peer_uses_the_whole_headroom() {
     let mut h = Harness::new();

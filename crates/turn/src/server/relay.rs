@@ -21,14 +21,25 @@ impl<R: RngCore> Server<R> {
             return None;
         };
         let end = PEER_HEADROOM + payload_len;
-        if alloc.expires <= now || buf.len() < end + PEER_TAILROOM || !alloc.bucket_take(now, payload_len, config) {
+        let channel = alloc
+            .channel_by_peer
+            .get(&peer)
+            .filter(|b| b.expires > now)
+            .map(|b| b.channel);
+        let permitted = channel.is_some() || alloc.permissions.get(&peer.ip()).is_some_and(|exp| *exp > now);
+        // RFC 8656 §9: what a peer without permission sends is discarded, and is not charged to the allocation's
+        // bandwidth: a stranger spraying a relay port would otherwise use it up and have the call's media dropped.
+        if alloc.expires <= now
+            || buf.len() < end + PEER_TAILROOM
+            || !permitted
+            || !alloc.bucket_take(now, payload_len, config)
+        {
             self.stats.dropped_packets += 1;
             return None;
         }
         let five_tuple = alloc.five_tuple;
-        if let Some(binding) = alloc.channel_by_peer.get(&peer).filter(|b| b.expires > now) {
+        if let Some(channel) = channel {
             // RFC 8656 §12.5: ChannelData header in front; on streams, pad to a multiple of four.
-            let channel = binding.channel;
             let Ok(len) = u16::try_from(payload_len) else {
                 return None;
             };
@@ -45,10 +56,6 @@ impl<R: RngCore> Server<R> {
                 five_tuple,
                 range: start..stop,
             });
-        }
-        if alloc.permissions.get(&peer.ip()).is_none_or(|exp| *exp <= now) {
-            self.stats.dropped_packets += 1;
-            return None;
         }
         // RFC 8656 §11.3: a Data indication, its header written backwards from the payload.
         let header_len = stun::HEADER_LEN + if peer.is_ipv4() { 12 } else { 24 } + 4;
