@@ -222,10 +222,8 @@ impl<'a> Attribute<'a> {
             attr::LIFETIME => Attribute::Lifetime(be_u32(v).ok_or(invalid)?),
             attr::DATA => Attribute::Data(v),
             attr::REQUESTED_ADDRESS_FAMILY | attr::ADDITIONAL_ADDRESS_FAMILY => {
+                // Any family byte: an unknown one is the server's to refuse (RFC 8656 §7.2: 440), not malformed.
                 let &[family, _, _, _] = v else { return Err(invalid) };
-                if family != FAMILY_IPV4 && family != FAMILY_IPV6 {
-                    return Err(invalid);
-                }
                 if ty == attr::REQUESTED_ADDRESS_FAMILY {
                     Attribute::RequestedAddressFamily(family)
                 } else {

@@ -364,6 +364,14 @@ fn allocate_family_errors_are_400_and_440() {
         &[transport, Attribute::RequestedAddressFamily(0x02)],
     );
     assert_error(&reply, Method::ALLOCATE, 440);
+    // A family this server does not know is one it does not support: 440, not 400.
+    let reply = c.answer(
+        &mut h,
+        secs(0),
+        Method::ALLOCATE,
+        &[transport, Attribute::RequestedAddressFamily(0x03)],
+    );
+    assert_error(&reply, Method::ALLOCATE, 440);
     // RFC 8656 §7.2: both family attributes → 400; ADDITIONAL-ADDRESS-FAMILY other than IPv6 → 400.
     let reply = c.answer(
         &mut h,
@@ -441,6 +449,13 @@ fn refresh_with_another_family_is_443() {
         secs(1),
         Method::REFRESH,
         &[Attribute::Lifetime(600), Attribute::RequestedAddressFamily(0x02)],
+    );
+    assert_error(&reply, Method::REFRESH, 443);
+    let reply = c.answer(
+        &mut h,
+        secs(1),
+        Method::REFRESH,
+        &[Attribute::Lifetime(600), Attribute::RequestedAddressFamily(0x03)],
     );
     assert_error(&reply, Method::REFRESH, 443);
     let reply = c.answer(

@@ -90,7 +90,8 @@ fn address(reply: &[u8], ty: u16) -> Option<SocketAddr> {
 fn unconfigured_server_answers_rfc5780_attributes_with_420() {
     let mut h = harness(None);
     for (request_attr, ty) in [
-        (change(false, false), attr::CHANGE_REQUEST),
+        (change(true, false), attr::CHANGE_REQUEST),
+        (change(false, true), attr::CHANGE_REQUEST),
         (change(true, true), attr::CHANGE_REQUEST),
         (Attribute::ResponsePort(40000), attr::RESPONSE_PORT),
         (Attribute::Padding(&[0; 64]), attr::PADDING),
@@ -107,6 +108,20 @@ fn unconfigured_server_answers_rfc5780_attributes_with_420() {
         attribute_types(&parse(&reply)),
         vec![attr::XOR_MAPPED_ADDRESS, attr::FINGERPRINT]
     );
+}
+
+/// A CHANGE-REQUEST that asks for no change is answered, RFC 5780 or not: RFC 3489 clients (the stund lineage) put
+/// one in every request, their first test included, and got 420 for all of them.
+#[test]
+fn a_change_request_asking_for_no_change_is_answered_when_unconfigured() {
+    let mut h = harness(None);
+    let (_, from, _, reply) = send(&mut h, at(PRIMARY), &binding(&[change(false, false)]));
+    assert_eq!(from, addr(PRIMARY));
+    assert_eq!(error_code(&reply), None);
+    assert_eq!(address(&reply, attr::XOR_MAPPED_ADDRESS), Some(addr(CLIENT)));
+    let classic = TransactionId { bytes: [0x18; 16] };
+    let (_, _, _, reply) = send(&mut h, at(PRIMARY), &binding_with(classic, &[change(false, false)]));
+    assert_eq!(address(&reply, attr::MAPPED_ADDRESS), Some(addr(CLIENT)));
 }
 
 #[test]

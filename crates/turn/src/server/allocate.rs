@@ -170,11 +170,12 @@ impl<R: RngCore> Server<R> {
         }
         let mut requested = [false; 2];
         let mut refused_family = None;
-        let primary = Family::from_stun(req.requested_family.unwrap_or(0x01));
         let offered = [self.config.relay_ipv4, self.config.relay_ipv6];
-        if !*primary.pick(&offered) {
+        // RFC 8656 §7.2: a family this server does not know is one it does not support.
+        let Some(primary) = Family::from_stun(req.requested_family.unwrap_or(0x01)).filter(|f| *f.pick(&offered))
+        else {
             return Outcome::Err(reject(440, "Address Family not Supported"));
-        }
+        };
         *primary.pick_mut(&mut requested) = true;
         if req.additional_family.is_some() {
             if *Family::V6.pick(&offered) {
@@ -298,7 +299,7 @@ impl<R: RngCore> Server<R> {
             return Outcome::Err(ALLOCATION_MISMATCH);
         };
         if let Some(family) = req.requested_family {
-            if Family::from_stun(family).pick(&alloc.relays).is_none() {
+            if Family::from_stun(family).is_none_or(|f| f.pick(&alloc.relays).is_none()) {
                 return Outcome::Err(PEER_FAMILY_MISMATCH);
             }
         }

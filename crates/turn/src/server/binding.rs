@@ -5,7 +5,8 @@ use super::*;
 impl<R: RngCore> Server<R> {
     /// RFC 8489 §7.3: XOR-MAPPED-ADDRESS (MAPPED-ADDRESS for RFC 3489 clients). Without RFC 5780 configured that
     /// is all, so the answer is as small as a Binding answer can be, and CHANGE-REQUEST, RESPONSE-PORT and PADDING
-    /// (all comprehension-required) get 420 like any attribute we do not understand.
+    /// (all comprehension-required) get 420 like any attribute we do not understand — but a CHANGE-REQUEST asking for
+    /// no change, which asks nothing we cannot do.
     ///
     /// RFC 5780 §6 (configured, on UDP, at one of its addresses): the answer leaves from the address CHANGE-REQUEST
     /// asks for and goes to the client's IP at RESPONSE-PORT, carries RESPONSE-ORIGIN and — only with a second IP
@@ -22,8 +23,11 @@ impl<R: RngCore> Server<R> {
             None => {
                 // RFC 5780 §7.2, §7.5, §7.6: a server without RFC 5780 answers these with 420. Checked on the raw
                 // attributes so that a malformed one is refused too rather than ignored.
+                // A CHANGE-REQUEST with neither flag asks for nothing this server cannot do: RFC 3489 clients (the
+                // stund lineage) send one in every request, their first test included, and got nothing but 420.
+                let asks_nothing = req.change_request == Some((false, false));
                 for ty in [attr::CHANGE_REQUEST, attr::RESPONSE_PORT, attr::PADDING] {
-                    if msg.get(ty).is_some() {
+                    if msg.get(ty).is_some() && !(ty == attr::CHANGE_REQUEST && asks_nothing) {
                         req.refuse(ty);
                     }
                 }

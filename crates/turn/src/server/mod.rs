@@ -137,11 +137,12 @@ impl Family {
         }
     }
 
-    fn from_stun(code: u8) -> Self {
-        if code == 0x02 {
-            Family::V6
-        } else {
-            Family::V4
+    /// RFC 8656 §18.1's family codes; `None` for any other (a family this server does not support).
+    fn from_stun(code: u8) -> Option<Self> {
+        match code {
+            0x01 => Some(Family::V4),
+            0x02 => Some(Family::V6),
+            _ => None,
         }
     }
 
