@@ -138,6 +138,43 @@ fn data_from_a_peer_without_permission_does_not_use_up_the_bandwidth_cap() {
     );
 }
 
+/// RFC 8656 §11.2: DONT-FRAGMENT in a Send indication is honoured only where the relay sockets set DF (the
+/// Allocate asked for it); elsewhere it is an attribute the server cannot act on, and the indication is dropped.
+/// Before, it was relayed with DF clear, so a path-MTU probe passed fragmented, as if it fit.
+#[test]
+fn a_send_indication_with_dont_fragment_passes_only_where_the_relay_sets_df() {
+    let send_df = |c: &mut Client, peer: SocketAddr| {
+        let tid = c.tid();
+        let mut buf = vec![0u8; 1500];
+        let mut w = stun::MessageWriter::new(&mut buf, Method::SEND, Class::Indication, tid).unwrap();
+        w.add(&Attribute::XorPeerAddress(peer)).unwrap();
+        w.add(&Attribute::DontFragment).unwrap();
+        w.add(&Attribute::Data(b"probe")).unwrap();
+        let len = w.finish();
+        buf.truncate(len);
+        buf
+    };
+    let peer = addr(PEER);
+    let (mut h, mut plain, _) = allocated();
+    plain.create_permission(&mut h, secs(1), peer);
+    let without = send_df(&mut plain, peer);
+    assert_eq!(h.send(h.at(1), plain.five_tuple, &without).0, ClientAction::Drop);
+    let ordinary = plain.send_indication(peer, b"data");
+    assert!(matches!(
+        h.send(h.at(1), plain.five_tuple, &ordinary).0,
+        ClientAction::Relay { .. }
+    ));
+
+    let mut df = Client::new("203.0.113.10:50001", "alice", "wonderland");
+    df.allocate_with(&mut h, secs(1), &[Attribute::DontFragment]).0.unwrap();
+    df.create_permission(&mut h, secs(1), peer);
+    let with = send_df(&mut df, peer);
+    assert!(matches!(
+        h.send(h.at(1), df.five_tuple, &with).0,
+        ClientAction::Relay { .. }
+    ));
+}
+
 #[test]
 fn data_indication_for_an_ipv6_peer_uses_the_whole_headroom() {
     let mut h = Harness::new();

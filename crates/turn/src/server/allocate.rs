@@ -90,6 +90,7 @@ impl<R: RngCore> Server<R> {
                 last: now,
             },
             scheduled: None,
+            dont_fragment: pending.dont_fragment,
         });
         // A family asked for but not bound is reported, not fatal (RFC 8656 §7.2, dual allocation).
         let missing = pending
@@ -241,6 +242,7 @@ impl<R: RngCore> Server<R> {
                 lifetime,
                 requested,
                 refused_family,
+                dont_fragment: req.dont_fragment,
             },
         );
         Outcome::Bind(BindRequest {

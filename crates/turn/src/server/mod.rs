@@ -258,6 +258,8 @@ struct Allocation {
     bucket: TokenBucket,
     /// The earliest entry of [`Server::deadlines`] for this allocation, if any.
     scheduled: Option<Instant>,
+    /// Its relay sockets set DF on every datagram (the Allocate asked for DONT-FRAGMENT).
+    dont_fragment: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -289,6 +291,7 @@ struct Pending {
     requested: [bool; 2],
     /// Family refused by configuration, reported with ADDRESS-ERROR-CODE.
     refused_family: Option<Family>,
+    dont_fragment: bool,
 }
 
 /// The key and algorithm a request authenticated with, to sign its response the same way.

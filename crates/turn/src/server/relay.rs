@@ -147,7 +147,10 @@ impl<R: RngCore> Server<R> {
         }
     }
 
-    /// RFC 8656 §11.2: Send indications are relayed if a permission exists, else silently dropped.
+    /// RFC 8656 §11.2: Send indications are relayed if a permission exists, else silently dropped. DONT-FRAGMENT on
+    /// an allocation whose relay sockets do not set DF is what the server cannot do: the attribute counts as an
+    /// unknown comprehension-required one, and the indication is dropped (a path-MTU probe must not pass
+    /// fragmented, as if it fit).
     pub(super) fn handle_send(&mut self, now: Instant, five_tuple: FiveTuple, msg: &Message<'_>) -> ClientAction {
         let Some(id) = self.by_five_tuple.get(&five_tuple).copied() else {
             self.stats.dropped_packets += 1;
@@ -163,7 +166,8 @@ impl<R: RngCore> Server<R> {
             return ClientAction::Drop;
         };
         let permitted = alloc.permissions.get(&peer.ip()).is_some_and(|exp| *exp > now);
-        if !permitted || alloc.expires <= now || !alloc.bucket_take(now, end - start, config) {
+        let fragments = req.dont_fragment && !alloc.dont_fragment;
+        if !permitted || fragments || alloc.expires <= now || !alloc.bucket_take(now, end - start, config) {
             self.stats.dropped_packets += 1;
             return ClientAction::Drop;
         }
