@@ -1208,8 +1208,10 @@ async fn ring_loop(worker: Rc<Worker>, ring: Rc<Uring<RingTag>>) {
 /// family (or a wildcard listener did not say which address): RFC 8656 §7.2 gives an Allocate without
 /// REQUESTED-ADDRESS-FAMILY an IPv4 relay, and browsers never send it, so a client that reached us over IPv6 needs
 /// one. A listener's own address of the family first (a loopback one for a client that reached a loopback address,
-/// else another); else the one this host sends from toward the internet (a UDP `connect` picks it from the routing
-/// table and sends nothing); else any listener's. `None`: the host has no address of the family (440).
+/// else another); for IPv4, else the one this host sends from toward the internet (a UDP `connect` picks it from
+/// the routing table and sends nothing); else any listener's. `None`: no address of the family (440). An IPv6 relay
+/// stays opt-in (an IPv6 listener, or `relay.bind_v6`): a client asks for one explicitly, and the host's routes
+/// alone do not say its IPv6 address is the one to offer.
 fn host_address(config: &ServerConfig, family: Family, reached: IpAddr) -> Option<IpAddr> {
     let listened = || {
         [&config.udp, &config.tcp, &config.tls, &config.single]
@@ -1220,19 +1222,12 @@ fn host_address(config: &ServerConfig, family: Family, reached: IpAddr) -> Optio
     };
     let near = listened().find(|ip| ip.is_loopback() == reached.is_loopback());
     near.or_else(|| {
-        // Documentation addresses (RFC 5737, RFC 3849): only the route matters, and nothing is sent to them.
-        let (any, toward): (IpAddr, IpAddr) = match family {
-            Family::V4 => (
-                std::net::Ipv4Addr::UNSPECIFIED.into(),
-                std::net::Ipv4Addr::new(192, 0, 2, 1).into(),
-            ),
-            Family::V6 => (
-                std::net::Ipv6Addr::UNSPECIFIED.into(),
-                std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1).into(),
-            ),
-        };
-        let socket = std::net::UdpSocket::bind(SocketAddr::new(any, 0)).ok()?;
-        socket.connect(SocketAddr::new(toward, 9)).ok()?;
+        if family == Family::V6 {
+            return None;
+        }
+        // A documentation address (RFC 5737): only the route matters, and nothing is sent to it.
+        let socket = std::net::UdpSocket::bind((std::net::Ipv4Addr::UNSPECIFIED, 0)).ok()?;
+        socket.connect((std::net::Ipv4Addr::new(192, 0, 2, 1), 9)).ok()?;
         socket
             .local_addr()
             .ok()

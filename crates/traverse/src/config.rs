@@ -296,7 +296,7 @@ fn acme_domain(name: &str) -> Result<(), String> {
 pub struct Relay {
     /// Addresses relay sockets bind to, one or a list; empty: the address the client reached (for a relay of the
     /// other family, as an IPv4 relay for a client that came over IPv6: a listener's address of that family, else
-    /// the host's source address toward the internet). With several, each
+    /// for IPv4 the host's source address toward the internet). With several, each
     /// allocation takes the next in turn, and one whose port range is full passes to the next: a relay address has
     /// at most ~64 000 ports, so a node holding more allocations needs several.
     #[serde(with = "one_or_many")]

@@ -404,6 +404,13 @@ fn unknown_comprehension_required_attributes_are_420_with_their_list() {
     assert_error(&reply, Method::BINDING, 420);
     let (_, reply) = c.allocate_with(&mut h, secs(0), &[unknown(0xC0DE)]);
     assert_success(&reply, Method::ALLOCATE, &c.key());
+
+    // RFC 8489 §6.3, §9.2.4: an authenticated request is authenticated first, and its 420 is signed. Before, it was
+    // answered unsigned, and a client checking every answer's integrity discarded it and retransmitted.
+    let reply = c.answer(&mut h, secs(1), Method::REFRESH, &[unknown(0x0055)]);
+    assert_error(&reply, Method::REFRESH, 420);
+    assert!(parse(&reply).verify_integrity(&c.key()), "the 420 is signed");
+    assert!(h.server.has_allocation(&c.five_tuple));
 }
 
 #[test]

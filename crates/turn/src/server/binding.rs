@@ -41,7 +41,7 @@ impl<R: RngCore> Server<R> {
             Some(_) => {}
         }
         if req.unknown_count > 0 {
-            return self.reply_unknown(out, msg, &req);
+            return self.reply_unknown(out, msg, &req, None);
         }
         let Some(discovery) = discovery else {
             return self

@@ -77,8 +77,15 @@ impl<R: RngCore> Server<R> {
         Ok((username.to_owned(), ResponseAuth { key, sha256 }))
     }
 
-    /// RFC 8489 §7.3.1: 420 with UNKNOWN-ATTRIBUTES listing what we did not understand.
-    pub(super) fn reply_unknown(&mut self, out: &mut [u8], msg: &Message<'_>, req: &Request<'_>) -> ClientAction {
+    /// RFC 8489 §7.3.1: 420 with UNKNOWN-ATTRIBUTES listing what we did not understand; signed with `auth` for an
+    /// authenticated request.
+    pub(super) fn reply_unknown(
+        &mut self,
+        out: &mut [u8],
+        msg: &Message<'_>,
+        req: &Request<'_>,
+        auth: Option<&ResponseAuth>,
+    ) -> ClientAction {
         let mut list = [0u8; 16];
         let count = req.unknown_count.min(8);
         for (chunk, ty) in list.chunks_exact_mut(2).zip(req.unknown.iter().take(count)) {
@@ -90,7 +97,7 @@ impl<R: RngCore> Server<R> {
             msg.method(),
             msg.transaction_id(),
             reject(420, "Unknown Attribute"),
-            None,
+            auth,
             |w| w.add(&Attribute::UnknownAttributes(unknown)).map(|_| ()),
         )
         .map_or(ClientAction::Drop, ClientAction::Reply)

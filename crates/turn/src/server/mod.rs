@@ -755,11 +755,14 @@ impl<R: RngCore> Server<R> {
         let req = Request::collect(msg);
         let tid = msg.transaction_id();
         let method = msg.method();
-        if req.unknown_count > 0 {
-            return (self.reply_unknown(out, msg, &req), Authenticated::No);
-        }
+        // RFC 8489 §6.3: unknown attributes are looked at after authentication, and the answer to an authenticated
+        // request is signed (§9.2.4): a client that checks every answer's integrity reads the 420. An unsigned
+        // request (a client's first) is told at once, unsigned.
         let (username, auth) = match self.authenticate(now, five_tuple, msg, &req) {
             Ok(ok) => ok,
+            Err(None) if req.unknown_count > 0 => {
+                return (self.reply_unknown(out, msg, &req, None), Authenticated::No);
+            }
             Err(refused) => {
                 let challenge = match refused {
                     None => {
@@ -775,6 +778,9 @@ impl<R: RngCore> Server<R> {
                 return (reply.map_or(ClientAction::Drop, ClientAction::Reply), Authenticated::No);
             }
         };
+        if req.unknown_count > 0 {
+            return (self.reply_unknown(out, msg, &req, Some(&auth)), Authenticated::Yes);
+        }
         if req.malformed {
             let reply = self.write_error(out, method, tid, BAD_REQUEST, Some(&auth), |_| Ok(()));
             return (
