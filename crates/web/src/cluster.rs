@@ -514,6 +514,8 @@ async fn run(
     let mut handoffs = Vec::new();
     // Redis lost the journal: this shard's sessions are written to it again after the batch.
     let mut rejournal = false;
+    // The last heartbeat spawned, which a drain waits for.
+    let mut beating: Option<tokio::task::JoinHandle<()>> = None;
     let mut tick = tokio::time::interval(HEARTBEAT);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     'hub: loop {
@@ -552,6 +554,11 @@ async fn run(
                             )
                             .await;
                             ice.turn.set_draining();
+                            // A heartbeat already spawned would write the node's and its rooms' keys back after
+                            // the drain deleted them, and the rooms would not move until they expired.
+                            if let Some(beat) = beating.take() {
+                                let _ = tokio::time::timeout(ANSWER_TIMEOUT, beat).await;
+                            }
                             drain(&mut hub, &mut router, manager.as_ref()).await;
                         }
                         // Let go of after this batch's frames have gone out (below), so that they arrive in order.
@@ -581,9 +588,13 @@ async fn run(
                     shard.rooms.open(&mut hub, may_create);
                     match event {
                         Event::Connected(m) => {
-                            // Heartbeat at once, so other nodes see this one alive before it claims any room.
-                            let beat = heartbeat(m.clone(), &router, shard.beat(&hub), &ice, lease, events_tx.clone());
-                            tokio::spawn(beat);
+                            // Heartbeat at once, so other nodes see this one alive before it claims any room (not
+                            // when draining: it would register the node again).
+                            if !router.is_draining() {
+                                let beat =
+                                    heartbeat(m.clone(), &router, shard.beat(&hub), &ice, lease, events_tx.clone());
+                                beating = Some(tokio::spawn(beat));
+                            }
                             manager = Some(m);
                         }
                         Event::Subscribed => {
@@ -652,7 +663,7 @@ async fn run(
                 match manager.as_ref() {
                     Some(m) if !router.is_draining() => {
                         let beat = shard.beat(&hub);
-                        tokio::spawn(heartbeat(m.clone(), &router, beat, &ice, lease, events_tx.clone()));
+                        beating = Some(tokio::spawn(heartbeat(m.clone(), &router, beat, &ice, lease, events_tx.clone())));
                     }
                     // A draining node no longer heartbeats, but keeps reading the registry: its TURN redirects new
                     // allocations to a live node.
