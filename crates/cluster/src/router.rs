@@ -62,9 +62,13 @@ pub enum Answer {
     Home(NodeId),
     /// No node knows the session: this node's hub answers (`resume-failed`).
     Unknown,
-    /// Redis could not answer: this node serves a join alone; a resume is closed 4202 (`lookup-failed`) to try
-    /// again, since its session may live on at its home.
+    /// Redis could not answer: this node serves the socket alone (Redis is down; a resume of a session this node
+    /// does not hold fails).
     Failed,
+    /// No answer yet where one will come soon (the room is being restored by the node taking it over, or Redis
+    /// failed to answer just once while it was answering): the socket is closed 4202 (`lookup-failed`) to try
+    /// again, rather than answered by a hub that does not hold its session, which would end it.
+    Retry,
     /// This node took the room over from a node that died, with the sessions that node had recorded.
     TakenOver(Vec<Restored>),
 }
@@ -377,16 +381,7 @@ impl Router {
                     self.publish(home.clone(), Envelope::Text { conn: conn.get(), text }, Some(conn));
                 }
             }
-            // A resume whose lookup failed: its session may well live on at its home (Redis was slow, or the room
-            // was being restored). This hub does not hold it, and would answer `resume-failed`, which ends it: the
-            // client is sent to try again instead.
-            Answer::Failed
-                if held
-                    .first()
-                    .is_some_and(|t| matches!(query_of(utf8(t)), Some(Query::Session(_)))) =>
-            {
-                self.close_local(conn, "lookup-failed");
-            }
+            Answer::Retry => self.close_local(conn, "lookup-failed"),
             Answer::Home(_) | Answer::Unknown | Answer::Failed | Answer::TakenOver(_) => {
                 for text in held {
                     hub.handle_text(conn, utf8(&text), now);

@@ -550,36 +550,39 @@ fn a_takeover_restores_the_room_s_sessions_even_when_the_asking_socket_has_close
     );
 }
 
-/// A resume whose lookup failed (Redis too slow, or the room still being restored) is closed with 4202 to try
-/// again: its session may live on at its home. Before, this node's hub, which does not hold it, answered
-/// `resume-failed` (4201), and the client joined again as a new peer.
+/// A resume whose lookup has no answer yet (the room still being restored, or Redis slow for a moment while it
+/// answered) is closed with 4202 to try again: its session may live on at its home. Before, this node's hub, which
+/// does not hold it, answered `resume-failed` (4201), and the client joined again as a new peer. With Redis down
+/// (`Failed`), sockets are served here alone, as before.
 #[test]
-fn a_resume_whose_lookup_failed_is_sent_to_try_again() {
+fn a_resume_whose_lookup_has_no_answer_yet_is_sent_to_try_again() {
     let mut lab = Lab::new(1, Limits::default());
     let now = lab.now();
     let n = &mut lab.nodes[0];
-    n.router.handle_connect(&mut n.hub, ConnId::new(1), IP, now).unwrap();
-    let resume = json!({"type":"resume","session":format!("s_{}", "3".repeat(32)),"lastSeq":4}).to_string();
-    n.router
-        .handle_text(&mut n.hub, ConnId::new(1), Bytes::from(resume), now);
-    assert!(actions(&mut n.router)
-        .iter()
-        .any(|a| matches!(a, Action::Lookup { .. })));
-    n.router.handle_lookup(&mut n.hub, ConnId::new(1), Answer::Failed, now);
+    let open = |n: &mut Node, conn: u64, frame: Value| {
+        n.router.handle_connect(&mut n.hub, ConnId::new(conn), IP, now).unwrap();
+        let text = Bytes::from(frame.to_string());
+        n.router.handle_text(&mut n.hub, ConnId::new(conn), text, now);
+        let asked = actions(&mut n.router);
+        assert!(asked.iter().any(|a| matches!(a, Action::Lookup { .. })), "{asked:?}");
+    };
+    let resume = |digit: &str| json!({"type":"resume","session":format!("s_{}", digit.repeat(32)),"lastSeq":4});
+    open(n, 1, resume("3"));
+    n.router.handle_lookup(&mut n.hub, ConnId::new(1), Answer::Retry, now);
     let done = actions(&mut n.router);
     assert!(closed_with(&done, 4202), "{done:?}");
     let told = done.iter().any(|a| matches!(a, Action::Local(Output::Send { .. })));
     assert!(!told, "no resume-failed: {done:?}");
 
-    // A join whose lookup failed is still served here alone.
-    n.router.handle_connect(&mut n.hub, ConnId::new(2), IP, now).unwrap();
-    let join = json!({"type":"join","room":"r"}).to_string();
-    n.router.handle_text(&mut n.hub, ConnId::new(2), Bytes::from(join), now);
-    actions(&mut n.router);
+    // With Redis down, a join is served here alone, and a resume of a session this node does not hold fails.
+    open(n, 2, json!({"type":"join","room":"r"}));
     n.router.handle_lookup(&mut n.hub, ConnId::new(2), Answer::Failed, now);
     let joined = actions(&mut n.router);
     assert!(
         joined.iter().any(|a| matches!(a, Action::Local(Output::Send { .. }))),
         "{joined:?}"
     );
+    open(n, 3, resume("4"));
+    n.router.handle_lookup(&mut n.hub, ConnId::new(3), Answer::Failed, now);
+    assert!(closed_with(&actions(&mut n.router), 4201), "resume-failed");
 }

@@ -48,7 +48,9 @@ pub fn bind(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::UdpSocke
 /// Configures a relay socket: no GRO (each datagram needs its own headroom), and fragmentation left to the kernel
 /// unless the client asked for DONT-FRAGMENT (RFC 8656 §7.2), in which case DF is set on every datagram.
 pub fn configure_relay(socket: &std::net::UdpSocket, dont_fragment: bool) -> io::Result<()> {
-    set_int(socket, libc::SOL_UDP, libc::UDP_GRO, 0)?;
+    // A kernel without the option (before 5.0) has no GRO on the socket to turn off; DF must be set all the same,
+    // since the allocation says it is (a DONT-FRAGMENT Send indication passes only then).
+    let _ = set_int(socket, libc::SOL_UDP, libc::UDP_GRO, 0);
     let (level, name, value) = match socket.local_addr()? {
         SocketAddr::V4(_) => (
             libc::IPPROTO_IP,

@@ -39,6 +39,9 @@ const MAX_DATAGRAM: usize = 65_535;
 const RELAY_SLOT: usize = turn::PEER_HEADROOM + MAX_DATAGRAM + turn::PEER_TAILROOM;
 /// Full receive batches a socket's task handles before it yields to the worker's other sockets.
 const FULL_BATCHES_PER_TURN: usize = 4;
+/// How long the host's route-derived IPv4 address ([`Worker::routed_v4`]) is taken as read: an address change is
+/// followed within this, and an Allocate costs no system calls for it.
+const ROUTE_TTL: Duration = Duration::from_secs(10);
 /// Answers are small; a STUN answer never exceeds this.
 pub(crate) const REPLY_SLOT: usize = 1500;
 
@@ -205,6 +208,9 @@ pub(crate) struct Worker {
     rng: RefCell<rand::rngs::StdRng>,
     /// The relay address (of `relay.bind_v4` / `bind_v6`) the next allocation tries first: each takes the next in turn.
     next_relay_address: Cell<usize>,
+    /// The host's IPv4 source address toward the internet, and when it was read ([`host_address`]): read again
+    /// after [`ROUTE_TTL`], not per Allocate.
+    routed_v4: Cell<Option<(Instant, Option<IpAddr>)>>,
     index: usize,
     /// Allocations with channels in the kernel fast path: which channels, and the kernel's counters last read.
     fast: RefCell<HashMap<AllocationId, FastAllocation>>,
@@ -294,6 +300,7 @@ pub(crate) fn run(
             scratch: RefCell::new(vec![0u8; REPLY_SLOT].into_boxed_slice()),
             rng: RefCell::new(rand::rngs::StdRng::from_entropy()),
             next_relay_address: Cell::new(index),
+            routed_v4: Cell::new(None),
             index,
             fast: RefCell::new(HashMap::new()),
         });
@@ -1010,7 +1017,7 @@ impl Worker {
             let reached = request.five_tuple.server.ip();
             let same_family = (family == Family::V4) == reached.is_ipv4();
             let client_side = match binds.is_empty() && (!same_family || reached.is_unspecified()) {
-                true => match host_address(&self.shared.config, family, reached) {
+                true => match host_address(&self.shared.config, family, reached, || self.routed_v4()) {
                     Some(ip) => ip,
                     None => {
                         missing_address = true;
@@ -1060,6 +1067,29 @@ impl Worker {
             return None;
         }
         Some((binding, sockets))
+    }
+
+    /// The host's IPv4 source address toward the internet: a UDP `connect` to a documentation address (RFC 5737)
+    /// picks it from the routing table and sends nothing. Kept for [`ROUTE_TTL`].
+    fn routed_v4(&self) -> Option<IpAddr> {
+        let now = Instant::now();
+        if let Some((_, ip)) = self
+            .routed_v4
+            .get()
+            .filter(|(at, _)| now.duration_since(*at) < ROUTE_TTL)
+        {
+            return ip;
+        }
+        let routed = std::net::UdpSocket::bind((std::net::Ipv4Addr::UNSPECIFIED, 0))
+            .and_then(|socket| {
+                socket.connect((std::net::Ipv4Addr::new(192, 0, 2, 1), 9))?;
+                socket.local_addr()
+            })
+            .ok()
+            .map(|a| a.ip())
+            .filter(|ip| !ip.is_unspecified());
+        self.routed_v4.set(Some((now, routed)));
+        routed
     }
 
     /// A relay socket on the configured addresses (none: `client_side`), starting at the next in turn and passing a
@@ -1208,11 +1238,15 @@ async fn ring_loop(worker: Rc<Worker>, ring: Rc<Uring<RingTag>>) {
 /// family (or a wildcard listener did not say which address): RFC 8656 §7.2 gives an Allocate without
 /// REQUESTED-ADDRESS-FAMILY an IPv4 relay, and browsers never send it, so a client that reached us over IPv6 needs
 /// one. A listener's own address of the family first (a loopback one for a client that reached a loopback address,
-/// else another); for IPv4, else the one this host sends from toward the internet (a UDP `connect` picks it from
-/// the routing table and sends nothing); else any listener's. `None`: no address of the family (440). An IPv6 relay
-/// stays opt-in (an IPv6 listener, or `relay.bind_v6`): a client asks for one explicitly, and the host's routes
-/// alone do not say its IPv6 address is the one to offer.
-fn host_address(config: &ServerConfig, family: Family, reached: IpAddr) -> Option<IpAddr> {
+/// else another); for IPv4, else `routed` (the one this host sends from toward the internet); else any listener's.
+/// `None`: no address of the family (440). An IPv6 relay stays opt-in (an IPv6 listener, or `relay.bind_v6`): a
+/// client asks for one explicitly, and the host's routes alone do not say its IPv6 address is the one to offer.
+fn host_address(
+    config: &ServerConfig,
+    family: Family,
+    reached: IpAddr,
+    routed: impl FnOnce() -> Option<IpAddr>,
+) -> Option<IpAddr> {
     let listened = || {
         [&config.udp, &config.tcp, &config.tls, &config.single]
             .into_iter()
@@ -1225,14 +1259,7 @@ fn host_address(config: &ServerConfig, family: Family, reached: IpAddr) -> Optio
         if family == Family::V6 {
             return None;
         }
-        // A documentation address (RFC 5737): only the route matters, and nothing is sent to it.
-        let socket = std::net::UdpSocket::bind((std::net::Ipv4Addr::UNSPECIFIED, 0)).ok()?;
-        socket.connect((std::net::Ipv4Addr::new(192, 0, 2, 1), 9)).ok()?;
-        socket
-            .local_addr()
-            .ok()
-            .map(|a| a.ip())
-            .filter(|ip| !ip.is_unspecified())
+        routed()
     })
     .or_else(|| listened().next())
 }

@@ -293,10 +293,16 @@ fn a_client_that_reached_the_server_over_ipv6_gets_an_ipv4_relay_by_default() {
         return;
     }
     let v6 = IpAddr::V6(Ipv6Addr::LOCALHOST);
-    let udp6 = SocketAddr::new(v6, common::free_udp_port(v6));
-    let tcp6 = std::net::TcpListener::bind(SocketAddr::new(v6, 0))
-        .and_then(|l| l.local_addr())
-        .expect("a free TCP port on ::1");
+    // Below the relay range (49152-65535), which must not hold a listener.
+    let below_relays = |free: &dyn Fn() -> u16| (0..200).map(|_| free()).find(|p| *p < 49152);
+    let udp6 = below_relays(&|| common::free_udp_port(v6)).expect("a free UDP port on ::1 below 49152");
+    let tcp6 = below_relays(&|| {
+        std::net::TcpListener::bind(SocketAddr::new(v6, 0))
+            .and_then(|l| l.local_addr())
+            .map_or(u16::MAX, |a| a.port())
+    })
+    .expect("a free TCP port on ::1 below 49152");
+    let (udp6, tcp6) = (SocketAddr::new(v6, udp6), SocketAddr::new(v6, tcp6));
     let (udp_arg, tcp_arg) = (udp6.to_string(), tcp6.to_string());
     let mut server = lab_server(&["--user", "alice:pw", "--udp", &udp_arg, "--tcp", &tcp_arg]);
     // The echo peer is IPv4: only an IPv4 relay reaches it.

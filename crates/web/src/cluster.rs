@@ -8,7 +8,7 @@
 //! subscription closes the sockets that depend on another node (4202: they resume), and each change of Redis'
 //! health is logged once.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -82,7 +82,7 @@ struct PublishQueue {
     /// Sockets refused in this pass ([`PublishQueue::new_pass`]), and whether the queue was full: their later
     /// envelopes of the pass are refused too. A smaller frame queued behind a refused one would reach the client
     /// past a gap in its stream, and the client skips gaps.
-    refused: Vec<ConnId>,
+    refused: HashSet<ConnId>,
     full: bool,
 }
 
@@ -93,7 +93,7 @@ impl PublishQueue {
             bytes: Arc::new(AtomicUsize::new(0)),
             per_socket,
             shares: HashMap::new(),
-            refused: Vec::new(),
+            refused: HashSet::new(),
             full: false,
         }
     }
@@ -102,6 +102,11 @@ impl PublishQueue {
     fn new_pass(&mut self) {
         self.refused.clear();
         self.full = false;
+    }
+
+    /// A shard of this process refused an envelope (its queue is full): as if this queue were, for the pass.
+    fn sibling_full(&mut self) {
+        self.full = true;
     }
 
     fn try_send(&mut self, node: NodeId, bytes: Bytes, owner: Option<ConnId>) -> Result<(), Unqueued> {
@@ -113,7 +118,7 @@ impl PublishQueue {
             Some(owner) => {
                 let share = self.shares.entry(owner).or_default();
                 if self.refused.contains(&owner) || share.load(Ordering::Relaxed) + n > self.per_socket {
-                    self.refused.push(owner);
+                    self.refused.insert(owner);
                     return Err(Unqueued::Share);
                 }
                 Some(share.clone())
@@ -512,10 +517,10 @@ async fn run(
     let mut sockets: HashMap<ConnId, Arc<Outbox>> = HashMap::new();
     // Sockets to hand to another shard once this batch is delivered (`Command::Handoff`).
     let mut handoffs = Vec::new();
-    // Redis lost the journal: this shard's sessions are written to it again after the batch.
-    let mut rejournal = false;
-    // The last heartbeat spawned, which a drain waits for.
-    let mut beating: Option<tokio::task::JoinHandle<()>> = None;
+    // Redis lost the journal: this shard's sessions are written to it again, a chunk after each batch.
+    let mut rewrite: Option<Rewrite> = None;
+    // The last heartbeat's write, which a drain waits for.
+    let mut beating: Option<tokio::sync::oneshot::Receiver<()>> = None;
     let mut tick = tokio::time::interval(HEARTBEAT);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     'hub: loop {
@@ -555,7 +560,8 @@ async fn run(
                             .await;
                             ice.turn.set_draining();
                             // A heartbeat already spawned would write the node's and its rooms' keys back after
-                            // the drain deleted them, and the rooms would not move until they expired.
+                            // the drain deleted them, and the rooms would not move until they expired: its write
+                            // lands first.
                             if let Some(beat) = beating.take() {
                                 let _ = tokio::time::timeout(ANSWER_TIMEOUT, beat).await;
                             }
@@ -591,9 +597,10 @@ async fn run(
                             // Heartbeat at once, so other nodes see this one alive before it claims any room (not
                             // when draining: it would register the node again).
                             if !router.is_draining() {
-                                let beat =
+                                let (beat, landed) =
                                     heartbeat(m.clone(), &router, shard.beat(&hub), &ice, lease, events_tx.clone());
-                                beating = Some(tokio::spawn(beat));
+                                tokio::spawn(beat);
+                                beating = Some(landed);
                             }
                             manager = Some(m);
                         }
@@ -624,8 +631,13 @@ async fn run(
                             health.trouble("publishing to another node failed");
                             router.handle_link_lost(&mut hub, now());
                         }
-                        Event::Lookup { conn, answer } => {
+                        Event::Lookup { conn, mut answer } => {
                             if answer == Answer::Failed {
+                                // Redis answered until now: most likely a moment's slowness, and the session or room
+                                // lives on elsewhere. Once it is known down, sockets are served here alone.
+                                if health.logged == Some(true) {
+                                    answer = Answer::Retry;
+                                }
                                 health.trouble("a room lookup failed");
                             }
                             let restored = match &answer {
@@ -645,7 +657,11 @@ async fn run(
                         }
                         Event::Trouble(why) => health.trouble(&why),
                         // Written after this batch's actions, so that nothing older lands on top of it.
-                        Event::JournalLost => rejournal = true,
+                        Event::JournalLost => {
+                            if rewrite.is_none() && !router.is_draining() {
+                                rewrite = Some(Rewrite::of(&hub));
+                            }
+                        }
                     }
                     shard.rooms.settle(&mut hub);
                     if taken == COMMANDS_PER_BATCH {
@@ -658,12 +674,16 @@ async fn run(
                 }
             }
             _ = sleep_until(deadline) => router.handle_timeout(&mut hub, now()),
+            // A journal rewrite under way: its next chunk, after this pass.
+            () = std::future::ready(()), if rewrite.is_some() => {}
             _ = tick.tick() => {
                 publish_tx.forget_idle();
                 match manager.as_ref() {
                     Some(m) if !router.is_draining() => {
                         let beat = shard.beat(&hub);
-                        beating = Some(tokio::spawn(heartbeat(m.clone(), &router, beat, &ice, lease, events_tx.clone())));
+                        let (beat, landed) = heartbeat(m.clone(), &router, beat, &ice, lease, events_tx.clone());
+                        tokio::spawn(beat);
+                        beating = Some(landed);
                     }
                     // A draining node no longer heartbeats, but keeps reading the registry: its TURN redirects new
                     // allocations to a live node.
@@ -697,8 +717,14 @@ async fn run(
         for (conn, reply) in handoffs.drain(..) {
             let _ = reply.send(handoff(&mut hub, &mut router, &mut sockets, conn));
         }
-        if std::mem::take(&mut rejournal) && !router.is_draining() {
-            rewrite_journal(&hub, router.node(), manager.as_ref(), lease, &events_tx).await;
+        if let Some(mut going) = rewrite.take().filter(|_| !router.is_draining()) {
+            // One chunk per pass: the shard's sockets wait for one chunk's write at most, not the whole journal's.
+            if going
+                .next_chunk(&hub, router.node(), manager.as_ref(), lease, &events_tx)
+                .await
+            {
+                rewrite = Some(going);
+            }
         }
     }
     hub.handle_shutdown();
@@ -834,38 +860,71 @@ async fn drain(hub: &mut impl SignalHub, router: &mut Router, manager: Option<&C
     );
 }
 
-/// Writes every session this shard's hub holds to the journal again, with the marker that says it is there: after
+/// Sessions written per pass of a journal rewrite: a few hundred kilobytes, a few milliseconds of Redis.
+const REWRITE_CHUNK: usize = 256;
+
+/// Writing every session this shard's hub holds to the journal again, with the marker that says it is there: after
 /// Redis lost it, only what changed since would be recorded, and a takeover of these sessions (this node dying, or
-/// draining) could rebuild none of them. A write that fails leaves the marker unset, and the next heartbeat asks
-/// again.
-async fn rewrite_journal(
-    hub: &MemoryHub,
-    node: &NodeId,
-    manager: Option<&ConnectionManager>,
-    lease: Lease,
-    events: &mpsc::Sender<Event>,
-) {
-    let Some(m) = manager else { return };
-    let mut pipe = redis::pipe();
-    let mut sessions = 0usize;
-    for event in hub.journal() {
-        sessions += usize::from(matches!(event, SessionEvent::Opened { .. }));
-        record(&mut pipe, &event, lease);
-    }
-    pipe.cmd("SET")
-        .arg(journal_key(node))
-        .arg(1)
-        .arg("PX")
-        .arg(millis(lease.session))
-        .ignore();
-    let mut m = m.clone();
-    match tokio::time::timeout(ANSWER_TIMEOUT, pipe.query_async::<()>(&mut m)).await {
-        Ok(Ok(())) if sessions > 0 => {
-            tracing::info!(%node, sessions, "Redis had lost the session journal: written again");
+/// draining) could rebuild none of them. A chunk of sessions per pass of the hub's loop, each taken from the hub as
+/// it is when written, so that what the journal records next for them comes after it on the connection. The marker
+/// goes with the last chunk: a write that fails ends the rewrite with the marker unset, and the next heartbeat
+/// starts it again.
+struct Rewrite {
+    peers: VecDeque<PeerId>,
+    sessions: usize,
+    frames: usize,
+    began: std::time::Instant,
+}
+
+impl Rewrite {
+    fn of(hub: &MemoryHub) -> Self {
+        Self {
+            peers: hub.session_peers().into(),
+            sessions: 0,
+            frames: 0,
+            began: std::time::Instant::now(),
         }
-        Ok(Ok(())) => {}
-        _ => {
-            let _ = events.try_send(Event::Trouble("writing the session journal again failed".into()));
+    }
+
+    /// Writes the next chunk; false when the rewrite is over (done, or failed).
+    async fn next_chunk(
+        &mut self,
+        hub: &MemoryHub,
+        node: &NodeId,
+        manager: Option<&ConnectionManager>,
+        lease: Lease,
+        events: &mpsc::Sender<Event>,
+    ) -> bool {
+        let Some(m) = manager else { return false };
+        let take = self.peers.len().min(REWRITE_CHUNK);
+        let chunk: Vec<PeerId> = self.peers.drain(..take).collect();
+        let mut pipe = redis::pipe();
+        for event in hub.journal_of(&chunk) {
+            self.sessions += usize::from(matches!(event, SessionEvent::Opened { .. }));
+            self.frames += usize::from(matches!(event, SessionEvent::Numbered { .. }));
+            record(&mut pipe, &event, lease);
+        }
+        let last = self.peers.is_empty();
+        if last {
+            pipe.cmd("SET")
+                .arg(journal_key(node))
+                .arg(1)
+                .arg("PX")
+                .arg(millis(lease.session))
+                .ignore();
+        }
+        let mut m = m.clone();
+        match tokio::time::timeout(ANSWER_TIMEOUT, pipe.query_async::<()>(&mut m)).await {
+            Ok(Ok(())) if last && self.sessions > 0 => {
+                let (sessions, frames, elapsed_ms) = (self.sessions, self.frames, self.began.elapsed().as_millis());
+                tracing::info!(%node, sessions, frames, elapsed_ms, "Redis had lost the session journal: written again");
+                false
+            }
+            Ok(Ok(())) => !last,
+            _ => {
+                let _ = events.try_send(Event::Trouble("writing the session journal again failed".into()));
+                false
+            }
         }
     }
 }
@@ -923,7 +982,12 @@ async fn act(
                 Action::Publish { node, bytes, owner } => {
                     // A shard of this process takes it on its queue; Redis carries it to another node.
                     let queued = match siblings.iter().find(|(id, _)| *id == node) {
-                        Some((_, queue)) => queue.try_send(Event::Message(bytes)).map_err(|_| Unqueued::Full),
+                        // After a refusal, nothing more of this pass goes anywhere (see `PublishQueue::refused`).
+                        Some(_) if publish_tx.full => Err(Unqueued::Full),
+                        Some((_, queue)) => queue.try_send(Event::Message(bytes)).map_err(|_| {
+                            publish_tx.sibling_full();
+                            Unqueued::Full
+                        }),
                         None => publish_tx.try_send(node, bytes, owner),
                     };
                     match (queued, owner) {
@@ -1117,7 +1181,8 @@ async fn lookup(mut m: ConnectionManager, node: &NodeId, query: Query, lease: Le
     }
     let (home, restore) = match reply.split_once('|') {
         Some((home, "restore")) => (home, true),
-        Some(_) => return Ok(Answer::Failed),
+        // Still being restored by the node taking it over: its sessions are about to be there.
+        Some(_) => return Ok(Answer::Retry),
         None => (reply.as_str(), false),
     };
     let Some(home) = NodeId::parse(home) else {
@@ -1203,7 +1268,12 @@ fn heartbeat(
     ice: &Ice,
     lease: Lease,
     events: mpsc::Sender<Event>,
-) -> impl std::future::Future<Output = ()> + Send + 'static {
+) -> (
+    impl std::future::Future<Output = ()> + Send + 'static,
+    tokio::sync::oneshot::Receiver<()>,
+) {
+    let (written, landed) = tokio::sync::oneshot::channel();
+    let status = ice.turn.clone();
     let turn = ice.turn.get();
     let node = router.node().clone();
     let mut pipe = redis::pipe();
@@ -1272,15 +1342,17 @@ fn heartbeat(
     for home in &homes {
         pipe.cmd("EXISTS").arg(channel(home));
     }
-    async move {
-        let alive: redis::RedisResult<Vec<u8>> =
-            match tokio::time::timeout(ANSWER_TIMEOUT, pipe.query_async(&mut m)).await {
-                Ok(result) => result,
-                Err(_) => {
-                    let _ = events.send(Event::Trouble("the heartbeat timed out".into())).await;
-                    return;
-                }
-            };
+    let beat = async move {
+        let answer = tokio::time::timeout(ANSWER_TIMEOUT, pipe.query_async(&mut m)).await;
+        // Its keys are written (or never will be): a drain may delete them now.
+        let _ = written.send(());
+        let alive: redis::RedisResult<Vec<u8>> = match answer {
+            Ok(result) => result,
+            Err(_) => {
+                let _ = events.send(Event::Trouble("the heartbeat timed out".into())).await;
+                return;
+            }
+        };
         match alive {
             Ok(alive) => {
                 let _ = events.send(Event::Healthy).await;
@@ -1293,16 +1365,17 @@ fn heartbeat(
                         let _ = events.send(Event::NodeGone(home)).await;
                     }
                 }
-                // The first shard registers the node and reads the registry for every shard.
+                // The first shard registers the node (not once it drains) and reads the registry for every shard.
                 if let Some(registries) = registries {
-                    update_registry(&mut m, &node, true, &registries).await;
+                    update_registry(&mut m, &node, !status.is_draining(), &registries).await;
                 }
             }
             Err(e) => {
                 let _ = events.send(Event::Trouble(format!("the heartbeat failed: {e}"))).await;
             }
         }
-    }
+    };
+    (beat, landed)
 }
 
 /// The base iceServers (this node's own STUN/TURN with a fresh credential) and the other nodes', as last read.

@@ -474,13 +474,28 @@ impl<R: RngCore + Send> MemoryHub<R> {
         self.limits.max_rooms = max_rooms;
     }
 
-    /// Every session's journal entries, as if each had just been opened here with the frames it keeps: for a journal
-    /// store that lost them (Redis restarted empty), which would otherwise hold only what changes from now on, and
-    /// no takeover could rebuild a session from that. Per session its kept frames first, then `Opened`, whose
-    /// numbers stand.
+    /// Every session's journal entries, as [`MemoryHub::journal_of`] gives them.
     pub fn journal(&self) -> Vec<SessionEvent> {
+        self.journal_of(&self.session_peers())
+    }
+
+    /// The peers this hub holds a session for.
+    pub fn session_peers(&self) -> Vec<PeerId> {
+        self.sessions.keys().cloned().collect()
+    }
+
+    /// These sessions' journal entries, as if each had just been opened here with the frames it keeps: for a
+    /// journal store that lost them (Redis restarted empty, or its keys expired), which would otherwise hold only
+    /// what changes from now on, and no takeover could rebuild a session from that. Per session: every frame
+    /// forgotten (what an expired journal may still hold), its kept frames, then `Opened`, whose numbers stand.
+    /// A peer whose session has ended since is skipped.
+    pub fn journal_of(&self, peers: &[PeerId]) -> Vec<SessionEvent> {
         let mut events = Vec::new();
-        for (peer, s) in &self.sessions {
+        for (peer, s) in peers.iter().filter_map(|p| Some((p, self.sessions.get(p)?))) {
+            events.push(SessionEvent::Forgot {
+                peer: peer.clone(),
+                through: u64::MAX,
+            });
             for kept in &s.buffer {
                 events.push(SessionEvent::Numbered {
                     peer: peer.clone(),
