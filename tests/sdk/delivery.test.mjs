@@ -5,7 +5,9 @@
 // - pacing: the SDK writes no faster than the server admits (a backlog flushed after `resumed`, the limits a `joined`
 //   announces, ordinary sends past the burst), in order, with heartbeats on time;
 // - gaps: a stream frame whose `seq` skips one is not processed; the socket is given up and the session resumed from
-//   the last `seq` in order, which replays what was skipped.
+//   the last `seq` in order, which replays what was skipped;
+// - leaving: what waits for the rate goes out before `leave` (within `leave()`'s bound, or the margin on `pagehide`),
+//   nothing is written after `leave`, and what could not go is reported (`undeliverable` `not-sent`).
 //
 //   node --test tests/sdk/
 import { test, mock } from 'node:test';
@@ -150,8 +152,12 @@ class FakeWebSocket extends EventTarget {
   }
 }
 
-/** A test with the fake socket, the fake server and the mocked clock; the room is closed at the end. */
-function deliveryTest(name, serverOptions, fn) {
+/**
+ * A test with the fake socket, the fake server and the mocked clock; the room is closed at the end. `roomOptions`
+ * are added to the room's; with `leaveOnPageHide: true` the page is an EventTarget (`seen.page`) to dispatch
+ * `pagehide` on.
+ */
+function deliveryTest(name, serverOptions, fn, roomOptions = {}) {
   test(name, async () => {
     server = new FakeServer(serverOptions);
     const realPerformance = globalThis.performance;
@@ -160,22 +166,39 @@ function deliveryTest(name, serverOptions, fn) {
       Object.defineProperty(globalThis, 'performance', { value, configurable: true, writable: true });
     setPerformance({ now: () => Date.now() });
     globalThis.WebSocket = FakeWebSocket;
+    const page = new EventTarget();
+    if (roomOptions.leaveOnPageHide) {
+      globalThis.addEventListener = page.addEventListener.bind(page);
+      globalThis.removeEventListener = page.removeEventListener.bind(page);
+    }
     let room;
     try {
-      const options = { room: 'r', url: 'ws://traverse.test/ws', reportOutcomes: false, leaveOnPageHide: false };
+      const options = {
+        room: 'r',
+        url: 'ws://traverse.test/ws',
+        reportOutcomes: false,
+        leaveOnPageHide: false,
+        ...roomOptions,
+      };
       const joining = sdk.connect(options);
       await advance(0);
       room = await joining;
-      const seen = { signals: [], errors: [], reconnecting: [] };
+      const seen = { signals: [], errors: [], reconnecting: [], undeliverable: [], closed: [], page };
       room.on('signal', (d) => seen.signals.push(d));
       room.on('error', (d) => seen.errors.push(d));
       room.on('reconnecting', (d) => seen.reconnecting.push(d));
+      room.on('undeliverable', (d) => seen.undeliverable.push(d));
+      room.on('closed', (d) => seen.closed.push(d));
       await fn(room, seen);
     } finally {
       if (room) room._finish(1000, 'test over', true);
       mock.timers.reset();
       setPerformance(realPerformance);
       delete globalThis.WebSocket;
+      if (roomOptions.leaveOnPageHide) {
+        delete globalThis.addEventListener;
+        delete globalThis.removeEventListener;
+      }
     }
   });
 }
@@ -335,3 +358,169 @@ deliveryTest('a replay that gaps again is not retried in a tight loop: the recon
   await advance(0);
   assert.deepEqual(seen.signals.map((s) => s.data), ['two', 'three', 'four', 'five', 'six']);
 });
+
+// ---- leaving ----------------------------------------------------------------------------------------------------
+
+/** Empties the room's rate bucket: the burst less the margin, less the join (89 signals `fill-1`…), all written. */
+function emptyBucket(room, ws) {
+  for (let i = 1; i <= 89; i++) room.signal('p_b', `fill-${i}`);
+  assert.equal(ws.written('signal').length, 89, 'the bucket is empty');
+}
+
+/** The types of the frames written after the `leave` frame (which must be there, once). */
+function afterLeave(ws) {
+  const at = ws.writes.findIndex((w) => w.msg.type === 'leave');
+  assert.notEqual(at, -1, '`leave` written');
+  assert.equal(ws.written('leave').length, 1, '`leave` written once');
+  return ws.writes.slice(at + 1).map((w) => w.msg.type);
+}
+
+const byeBeforeLeave = 'signal then leave() on an empty bucket: the signal is written before leave, nothing after';
+deliveryTest(byeBeforeLeave, {}, async (room, seen) => {
+  const ws = server.socket;
+  emptyBucket(room, ws);
+  const id = room.signal('p_b', 'bye');
+  assert.equal(ws.written('signal').length, 89, "'bye' waits for the rate");
+  const start = Date.now();
+  let left = false;
+  const leaving = room.leave();
+  leaving.then(() => (left = true));
+  const again = room.leave();
+  await advance(1200);
+
+  assert.ok(left, 'leave() resolved');
+  const bye = ws.writes.findIndex((w) => w.msg.type === 'signal' && w.msg.data === 'bye');
+  const leave = ws.writes.findIndex((w) => w.msg.type === 'leave');
+  assert.ok(bye !== -1 && bye < leave, "'bye' written before `leave`");
+  assert.ok(ws.writes[bye].at - start <= 50, `'bye' written as soon as a token came (${ws.writes[bye].at - start} ms)`);
+  assert.ok(ws.writes[leave].at - ws.writes[bye].at <= 1, '`leave` right after the queue emptied');
+  assert.deepEqual(afterLeave(ws), [], 'nothing after `leave`');
+  assert.equal(server.dropped, 0, '`leave` and the messages admitted');
+  assert.equal(server.handled.at(-1).data, 'bye');
+  assert.equal(server.handled.at(-1).id, id);
+  assert.deepEqual(seen.undeliverable, []);
+  assert.equal(room.stats.unsent, 0);
+  assert.equal(room.state, 'closed');
+  assert.deepEqual(seen.closed, [{ code: 1000, reason: 'left' }]);
+  assert.equal(again, leaving, 'a second leave() returns the one under way');
+});
+
+deliveryTest(
+  'leave() with more waiting than its bound lets out: ~800 ms of it paced in order, the rest reported not-sent, nothing after leave',
+  {},
+  async (room, seen) => {
+    const ws = server.socket;
+    emptyBucket(room, ws);
+    const ids = [];
+    for (let i = 1; i <= 100; i++) ids.push(room.signal('p_b', `late-${i}`));
+    room.broadcast('late broadcast');
+    const start = Date.now();
+    let leftAt = null;
+    room.leave().then(() => (leftAt = Date.now()));
+    await advance(850);
+    let afterLeaveSend = null;
+    try {
+      room.signal('p_b', 'after leave');
+    } catch (err) {
+      afterLeaveSend = err;
+    }
+    await advance(400);
+
+    assert.ok(leftAt !== null && leftAt - start <= 1000, `leave() took ${leftAt - start} ms: at most ~1 s`);
+    const leave = ws.written('leave')[0];
+    const leaveAfter = leave.at - start;
+    assert.ok(leaveAfter >= 790 && leaveAfter <= 810, `\`leave\` written after the bound (${leaveAfter} ms)`);
+    assert.deepEqual(afterLeave(ws), [], 'nothing after `leave`, though messages were still waiting');
+    assert.equal(server.dropped, 0);
+
+    // What went out during the bound: paced (90 % of 50/s), in order, from the front of the queue.
+    const late = server.handled.slice(89);
+    assert.ok(late.length >= 30 && late.length <= 40, `${late.length} let out in 800 ms`);
+    assert.deepEqual(
+      late.map((m) => m.data),
+      Array.from({ length: late.length }, (_, i) => `late-${i + 1}`),
+    );
+    assert.deepEqual(server.handled.map((m) => m.seq), Array.from({ length: server.handled.length }, (_, i) => i + 1));
+
+    // The rest: reported, one event per message, in order, with its id, type and data; never written.
+    const rest = ids.slice(late.length);
+    assert.deepEqual(
+      seen.undeliverable.map((u) => [u.reason, u.type, u.id, u.to]),
+      [...rest.map((id) => ['not-sent', 'signal', id, 'p_b']), ['not-sent', 'broadcast', undefined, undefined]],
+    );
+    assert.equal(seen.undeliverable.at(-1).data, 'late broadcast');
+    assert.equal(room.stats.unsent, rest.length + 1);
+    assert.equal(ws.written('signal').length + ws.written('broadcast').length, 89 + late.length);
+    assert.deepEqual(seen.closed, [{ code: 1000, reason: 'left' }], '`closed` after the reports');
+    assert.equal(afterLeaveSend?.code, 'closed', 'signal() throws once `leave` is written');
+  },
+);
+
+deliveryTest(
+  'pagehide: what the margin admits goes out at once, then leave; the rest is reported, nothing is written after',
+  {},
+  async (room, seen) => {
+    const ws = server.socket;
+    emptyBucket(room, ws);
+    const ids = [];
+    for (let i = 1; i <= 20; i++) ids.push(room.signal('p_b', `last-${i}`));
+    let reports = 0;
+    room.on('undeliverable', () => reports++);
+    room.on('closed', () => assert.equal(reports, seen.undeliverable.length, '`closed` after the reports'));
+
+    seen.page.dispatchEvent(new Event('pagehide'));
+    // Synchronously, in the same task: nothing asynchronous runs once the page is hidden.
+    assert.equal(room.state, 'closed');
+    const extra = ws.written('signal').length - 89;
+    assert.ok(extra > 0 && extra <= 9, `${extra} of the waiting written at once, within the margin`);
+    assert.deepEqual(afterLeave(ws), [], '`leave` is the last frame');
+    assert.equal(server.dropped, 0, 'the server admitted all of them, `leave` included');
+    assert.deepEqual(
+      server.handled.slice(89).map((m) => m.id),
+      ids.slice(0, extra),
+      'the front of the queue, in order',
+    );
+    assert.deepEqual(
+      seen.undeliverable.map((u) => [u.reason, u.id]),
+      ids.slice(extra).map((id) => ['not-sent', id]),
+    );
+    assert.equal(room.stats.unsent, 20 - extra);
+    assert.deepEqual(seen.closed, [{ code: 1000, reason: 'left: the page was hidden (pagehide)' }]);
+
+    const written = ws.writes.length;
+    await advance(1500);
+    assert.equal(ws.writes.length, written, 'no paced write later');
+  },
+  { leaveOnPageHide: true },
+);
+
+deliveryTest(
+  'pagehide while leave() waits for its queue: leave at once, the rest reported, leave() resolves, nothing after',
+  {},
+  async (room, seen) => {
+    const ws = server.socket;
+    emptyBucket(room, ws);
+    for (let i = 1; i <= 60; i++) room.signal('p_b', `late-${i}`);
+    let left = false;
+    room.leave().then(() => (left = true));
+    await advance(300);
+    const paced = ws.written('signal').length - 89;
+    assert.ok(paced >= 10 && paced <= 15, `${paced} paced in 300 ms`);
+    assert.equal(ws.written('leave').length, 0, 'leave() still waits');
+
+    seen.page.dispatchEvent(new Event('pagehide'));
+    await settle();
+    assert.ok(left, 'leave() resolved');
+    assert.equal(room.state, 'closed');
+    assert.deepEqual(afterLeave(ws), []);
+    assert.equal(server.dropped, 0);
+    const sent = server.handled.length - 89;
+    assert.ok(sent > paced, 'the margin let some more out');
+    assert.equal(seen.undeliverable.length, 60 - sent);
+    assert.deepEqual(seen.closed, [{ code: 1000, reason: 'left: the page was hidden (pagehide)' }]);
+    const written = ws.writes.length;
+    await advance(1200);
+    assert.equal(ws.writes.length, written);
+  },
+  { leaveOnPageHide: true },
+);

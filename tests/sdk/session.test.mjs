@@ -289,3 +289,34 @@ test('a fresh join resets the stream: lastSeq starts over at the new session', (
   assert.equal(s.lastSeq, 1);
   assert.deepEqual(JSON.parse(s.leaveFrame()), { type: 'leave' });
 });
+
+test('leaving: the margin lets 8 more out when there is no time to wait; takeWaiting empties resends and the queue, in order', () => {
+  const s = joinedSession();
+  for (let i = 1; i <= 100; i++) s.send({ type: 'signal', to: 'p_a', data: i, id: `m-${i}` }, false, true);
+  assert.equal(transmits(s).length, 89, 'the burst less the margin, less the join');
+  assert.equal(s.waiting, 11);
+  const margin = [];
+  for (let f = s.pollTransmit(0, true); f !== undefined; f = s.pollTransmit(0, true)) margin.push(JSON.parse(f).data);
+  assert.deepEqual(margin, [90, 91, 92, 93, 94, 95, 96, 97], 'the margin less two tokens (`leave`, one spare)');
+  assert.deepEqual(s.takeWaiting().map((m) => m.msg.data), [98, 99, 100]);
+  assert.equal(s.waiting, 0);
+  assert.equal(s.nextTransmitDelay(0), null);
+  assert.equal(s.unacknowledged, 97, 'what was written stays unacknowledged');
+
+  // After a resume: the messages to resend (the server has not handled them) come first, and leave the
+  // unacknowledged list with the queue.
+  const r = joinedSession();
+  for (let i = 1; i <= 3; i++) r.send({ type: 'signal', to: 'p_a', data: i, id: `m-${i}` }, false, true);
+  transmits(r);
+  reconnect(r);
+  r.send({ type: 'broadcast', data: 'queued' }, false, true);
+  r.handleFrame(JSON.stringify({ type: 'resumed', seq: 1, peerId: 'p_b', replayed: 0, ack: 1 }));
+  assert.equal(r.waiting, 3);
+  assert.deepEqual(r.takeWaiting().map((m) => [m.msg.type, m.msg.seq, m.msg.data]), [
+    ['signal', 2, 2],
+    ['signal', 3, 3],
+    ['broadcast', undefined, 'queued'],
+  ]);
+  assert.equal(r.unacknowledged, 0);
+  assert.deepEqual(transmits(r), []);
+});

@@ -3,7 +3,7 @@
  * @typedef {{id: string, meta?: any}} PeerInfo
  * @typedef {'connecting' | 'open' | 'reconnecting' | 'closed'} RoomState
  * @typedef {{reconnects: number, resumes: number, rejoins: number, duplicates: number, gaps: number, queued: number,
- *   resent: number, lost: number}} RoomStats
+ *   resent: number, lost: number, unsent: number}} RoomStats
  *
  * @typedef {object} PeerOptions
  * @property {boolean} [dataChannel=true] open the SDK's data channel (negotiated, id 0, label "traverse"); both sides
@@ -116,7 +116,8 @@ export class TraverseError extends Error {
  *   (`peer-left`), or the server's memory budget for it is full (`queue-full` its session, `source-full` its address,
  *   `server-full` the server; retry later); reason `session-lost` (with
  *   `type` and `data`, for a `broadcast` too) when a failed resume ended the session before the server acknowledged
- *   the message: it may or may not have arrived
+ *   the message: it may or may not have arrived; reason `not-sent` (with `type` and `data`, a `broadcast` too) when
+ *   the room left before the server's message rate let it out: it was never written (`leave()`)
  * - `error` `{code, message, id?}` — from the server (`id`: the message it is about, e.g. `unknown-peer`), or from the
  *   SDK (`queue-full`, `negotiation-failed`, `sequence-gap`)
  * - `reconnecting` `{attempt, delayMs, code, reason}`, `resumed` `{replayed, seq, ack}`
@@ -267,6 +268,11 @@ export class Room extends EventTarget {
     /** @private @type {ReturnType<typeof setTimeout> | undefined} the next message waiting for the rate (`_flush`) */
     private _paceTimer;
     /** @internal */ _msgId: number;
+    /** @private @type {Promise<void> | null} `leave()` under way (calling it again returns it) */
+    private _leaving;
+    /** @private @type {(() => void) | null} ends the wait of `_leave` (queue empty, socket gone, room closed) */
+    private _leaveFlushed;
+    /** @private `leave` is written (or the room is past writing it): nothing more goes out */ private _left;
     /** @private the page-lifecycle hook (section "Leaving with the page") */
     private _onPageHide;
     /** @type {RoomState} */
@@ -300,8 +306,12 @@ export class Room extends EventTarget {
     /** Send `data` to every other peer of the room. Queued while reconnecting. @param {any} data */
     broadcast(data: any): void;
     /**
-     * Leave the room: close every peer connection, tell the server (the others see `peer-left` at once), close the
-     * socket. Resolves when the socket is closed (at most ~1 s).
+     * Leave the room: let the messages still waiting for the server's rate go out (in order, for at most 800 ms), tell
+     * the server (the others see `peer-left` at once), close every peer connection and the socket. A message still
+     * waiting then is not sent: each of yours is reported as `undeliverable` with reason `not-sent`. Nothing is
+     * written after `leave`, and `signal`/`broadcast` throw `closed` from then on. Resolves when the socket is closed
+     * (at most ~1 s); calling it again returns the same promise.
+     * @returns {Promise<void>}
      */
     leave(): Promise<void>;
     /**
@@ -360,12 +370,38 @@ export class Room extends EventTarget {
     /** Final state. @private */
     private _finish;
     /**
+     * `leave()`: a connected outcome report still settling goes out now; what waits for the server's rate (those
+     * reports included) is written as tokens come, for at most `LEAVE_FLUSH_MS`; then the pace timer stops, `leave`
+     * is written (the socket detached: nothing follows it), what is still waiting is reported (`_reportUnsent`), and
+     * the socket gets the rest of the ~1 s to close. No wait when the socket is not usable (reconnecting): there is
+     * no `leave` to write either, and the server ends the session after its resume grace.
+     * @private
+     */
+    private _leave;
+    /**
+     * The end of the session's writing: stop the pace timer, write `leave` (first, on `pagehide`, what the rate's
+     * margin admits of the waiting messages), then nothing more; report what still waits. Returns, when `leave` was
+     * written on a socket that stays open for now, the wait for its close (`Link.leave`).
+     * @private @param {boolean} pageHidden @returns {((ms: number) => Promise<void>) | null}
+     */
+    private _writeLeave;
+    /**
+     * Messages the room leaves without writing (they waited for the server's rate, or for a socket): each of the app's
+     * is reported as `undeliverable` `not-sent`, with its `type` and `data` (a `broadcast` has no `to` nor `id`); the
+     * SDK's own (negotiation, outcome reports) are only counted (`stats.unsent`, both kinds).
+     * @private @param {{msg: any, internal: boolean}[]} unsent
+     */
+    private _reportUnsent;
+    /**
      * The page is going away (`pagehide`: a closed tab, a navigation, a reload, the page entering the back/forward
      * cache): leave at once, so the others see `peer-left` now rather than after the server's resume grace (a socket
      * that merely drops keeps its session for that grace, which is what covers network drops). Synchronous: nothing
      * asynchronous runs once the page is hidden, so `leave` is written and the socket closed in this task; the
      * browser sends queued frames before the close frame. `pagehide` rather than `beforeunload`: it fires on every
-     * way out, including mobile tab switches that discard the page, and never asks the user anything.
+     * way out, including mobile tab switches that discard the page, and never asks the user anything. With no time to
+     * wait for the rate, the messages still waiting for it go first as far as its margin admits (`_writeLeave`); the
+     * rest is reported as `undeliverable` `not-sent` (`closed` follows at once: a page being hidden may still run it).
+     * Also while `leave()` waits for its queue: this ends it now.
      * @private
      */
     private _leaveWithPage;
@@ -704,6 +740,7 @@ export type RoomStats = {
     queued: number;
     resent: number;
     lost: number;
+    unsent: number;
 };
 export type PeerOptions = {
     /**
@@ -1235,15 +1272,29 @@ declare class Session {
      * The next frame to write to the socket at `now`, or undefined. Frames of the protocol's own (the handshake, an
      * early `ack`) go at once; the app's messages, once the session is usable, as the server's rate allows: first
      * those to resend after a resume, then the queue, in order. The driver calls this only while the socket is
-     * writable. @param {number} now milliseconds, any monotonic origin
+     * writable. `leaving`: the room is about to write `leave` with no time to wait (the page is hidden): waiting
+     * messages may use the rate's margin too (`RateBucket.take`).
+     * @param {number} now milliseconds, any monotonic origin @param {boolean} [leaving]
      */
-    pollTransmit(now: number): string;
+    pollTransmit(now: number, leaving?: boolean): string;
     /**
      * Milliseconds from `now` until `pollTransmit` has the next waiting message, or null when none waits (or the
      * session is not usable: `joined`/`resumed` is an input, after which the driver polls anyway).
      * @param {number} now @returns {number | null}
      */
     nextTransmitDelay(now: number): number | null;
+    /** Messages not written yet: to resend after a resume, then the queue (for a usable socket or the rate). */
+    get waiting(): number;
+    /**
+     * The session ends (the room leaves): the messages still waiting (`waiting`), in order, are taken out and
+     * returned, never to be written. Those to resend are unacknowledged too, and the server has not handled them
+     * (its `ack` said so): they leave that list as well.
+     * @returns {{msg: any, internal: boolean}[]}
+     */
+    takeWaiting(): {
+        msg: any;
+        internal: boolean;
+    }[];
     /**
      * A frame the driver writes by itself, at once (heartbeat, probe, `ice-servers`): counted against the server's
      * rate like the others. @param {number} now

@@ -53,7 +53,7 @@ export const FAST_RECONNECT = Object.freeze({ stepMs: 250, maxMs: 1000, forMs: 3
  * @typedef {{id: string, meta?: any}} PeerInfo
  * @typedef {'connecting' | 'open' | 'reconnecting' | 'closed'} RoomState
  * @typedef {{reconnects: number, resumes: number, rejoins: number, duplicates: number, gaps: number, queued: number,
- *   resent: number, lost: number}} RoomStats
+ *   resent: number, lost: number, unsent: number}} RoomStats
  *
  * @typedef {object} PeerOptions
  * @property {boolean} [dataChannel=true] open the SDK's data channel (negotiated, id 0, label "traverse"); both sides
@@ -163,7 +163,8 @@ export function filterIceServers(servers, keep) {
  *   (`peer-left`), or the server's memory budget for it is full (`queue-full` its session, `source-full` its address,
  *   `server-full` the server; retry later); reason `session-lost` (with
  *   `type` and `data`, for a `broadcast` too) when a failed resume ended the session before the server acknowledged
- *   the message: it may or may not have arrived
+ *   the message: it may or may not have arrived; reason `not-sent` (with `type` and `data`, a `broadcast` too) when
+ *   the room left before the server's message rate let it out: it was never written (`leave()`)
  * - `error` `{code, message, id?}` — from the server (`id`: the message it is about, e.g. `unknown-peer`), or from the
  *   SDK (`queue-full`, `negotiation-failed`, `sequence-gap`)
  * - `reconnecting` `{attempt, delayMs, code, reason}`, `resumed` `{replayed, seq, ack}`
@@ -207,7 +208,17 @@ export class Room extends EventTarget {
     this.heartbeatMs = 10000;
     this.resumeGraceMs = 30000;
     /** Counters, for diagnostics and tests. @type {RoomStats} */
-    this.stats = { reconnects: 0, resumes: 0, rejoins: 0, duplicates: 0, gaps: 0, queued: 0, resent: 0, lost: 0 };
+    this.stats = {
+      reconnects: 0,
+      resumes: 0,
+      rejoins: 0,
+      duplicates: 0,
+      gaps: 0,
+      queued: 0,
+      resent: 0,
+      lost: 0,
+      unsent: 0,
+    };
     /** @type {Map<string, Peer>} peer connections by remote peer id */
     this.connections = new Map();
 
@@ -236,6 +247,11 @@ export class Room extends EventTarget {
     /** @private @type {ReturnType<typeof setTimeout> | undefined} the next message waiting for the rate (`_flush`) */
     this._paceTimer = undefined;
     /** @internal */ this._msgId = 0;
+    /** @private @type {Promise<void> | null} `leave()` under way (calling it again returns it) */
+    this._leaving = null;
+    /** @private @type {(() => void) | null} ends the wait of `_leave` (queue empty, socket gone, room closed) */
+    this._leaveFlushed = null;
+    /** @private `leave` is written (or the room is past writing it): nothing more goes out */ this._left = false;
     /** @private the page-lifecycle hook (section "Leaving with the page") */
     this._onPageHide = () => this._leaveWithPage();
     if (this._opts.leaveOnPageHide !== false && typeof addEventListener === 'function') {
@@ -314,14 +330,16 @@ export class Room extends EventTarget {
   }
 
   /**
-   * Leave the room: close every peer connection, tell the server (the others see `peer-left` at once), close the
-   * socket. Resolves when the socket is closed (at most ~1 s).
+   * Leave the room: let the messages still waiting for the server's rate go out (in order, for at most 800 ms), tell
+   * the server (the others see `peer-left` at once), close every peer connection and the socket. A message still
+   * waiting then is not sent: each of yours is reported as `undeliverable` with reason `not-sent`. Nothing is
+   * written after `leave`, and `signal`/`broadcast` throw `closed` from then on. Resolves when the socket is closed
+   * (at most ~1 s); calling it again returns the same promise.
+   * @returns {Promise<void>}
    */
-  async leave() {
-    if (this.state === 'closed') return;
-    for (const pc of this.connections.values()) pc._flushOutcome();
-    if (this._session.usable && this._link.writable) await this._link.leave(this._session.leaveFrame());
-    this._finish(1000, 'left');
+  leave() {
+    if (!this._leaving) this._leaving = this._leave();
+    return this._leaving;
   }
 
   /**
@@ -356,6 +374,11 @@ export class Room extends EventTarget {
   /** @internal @param {object} msg @param {boolean} internal */
   _send(msg, internal) {
     if (this.state === 'closed') throw new TraverseError('closed', 'the room is closed');
+    if (this._left) {
+      // `leave` is written: nothing may follow it. The SDK's own messages (a late candidate) are moot by now.
+      if (internal) return;
+      throw new TraverseError('closed', 'the room has left');
+    }
     this._session.send(msg, internal, this._link.writable);
     this._drain();
   }
@@ -387,12 +410,13 @@ export class Room extends EventTarget {
    */
   _flush() {
     const session = this._session;
-    if (!this._link.writable) return;
+    if (!this._link.writable || this._left) return;
     const t = now();
     for (let f = session.pollTransmit(t); f !== undefined; f = session.pollTransmit(t)) this._link.write(f);
     clearTimeout(this._paceTimer);
     const wait = session.nextTransmitDelay(t);
     this._paceTimer = wait === null ? undefined : setTimeout(() => this._drain(), wait);
+    if (this._leaveFlushed && !session.waiting) this._leaveFlushed();
   }
 
   /** @private @param {SessionEvent} e */
@@ -578,6 +602,11 @@ export class Room extends EventTarget {
     if (this.state === 'closed') return;
     clearTimeout(this._paceTimer);
     this._session.handleDisconnect(code);
+    if (this._leaveFlushed) {
+      // `leave()` is waiting for the queue to go out: it will not now; it reports it and closes the room.
+      this._leaveFlushed();
+      return;
+    }
     if (this._startWaiter) {
       // Never joined. Ask the HTTP twin of the join why, since browsers hide a refused upgrade's status.
       const why = opened ? null : await joinCheck(this.url, this.room, this._opts.token);
@@ -604,12 +633,90 @@ export class Room extends EventTarget {
     if (this.state === 'closed') return;
     this._link.close();
     clearTimeout(this._paceTimer);
+    if (this._leaveFlushed) this._leaveFlushed();
     if (typeof removeEventListener === 'function') removeEventListener('pagehide', this._onPageHide);
     clearTimeout(this._orphanTimer);
     clearTimeout(this._iceRefreshTimer);
     this._answerIceAsk(null);
     for (const pc of this.connections.values()) pc._close(false);
     if (!silent) this._emit('closed', { code, reason });
+  }
+
+  // ---- leaving (docs/sdk.md, "Leaving is immediate") ----------------------------------------------------------
+
+  /**
+   * `leave()`: a connected outcome report still settling goes out now; what waits for the server's rate (those
+   * reports included) is written as tokens come, for at most `LEAVE_FLUSH_MS`; then the pace timer stops, `leave`
+   * is written (the socket detached: nothing follows it), what is still waiting is reported (`_reportUnsent`), and
+   * the socket gets the rest of the ~1 s to close. No wait when the socket is not usable (reconnecting): there is
+   * no `leave` to write either, and the server ends the session after its resume grace.
+   * @private
+   */
+  async _leave() {
+    if (this.state === 'closed') return;
+    const start = now();
+    for (const pc of this.connections.values()) pc._flushOutcome();
+    const session = this._session;
+    if (session.usable && this._link.writable && session.waiting) {
+      await new Promise((resolve) => {
+        const timer = setTimeout(() => done(), LEAVE_FLUSH_MS);
+        const done = () => {
+          clearTimeout(timer);
+          this._leaveFlushed = null;
+          resolve(undefined);
+        };
+        this._leaveFlushed = done;
+      });
+      // Closed meanwhile (`pagehide`, or the server ended the room); tsc narrowed `state` before the await.
+      if (/** @type {RoomState} */ (this.state) === 'closed') return;
+      // The timer may be due in the same tick: the last tokens are taken before giving up on what still waits.
+      this._flush();
+    }
+    const closing = this._writeLeave(false);
+    await closing?.(Math.max(LEAVE_MIN_CLOSE_MS, LEAVE_MS - (now() - start)));
+    this._finish(1000, 'left');
+  }
+
+  /**
+   * The end of the session's writing: stop the pace timer, write `leave` (first, on `pagehide`, what the rate's
+   * margin admits of the waiting messages), then nothing more; report what still waits. Returns, when `leave` was
+   * written on a socket that stays open for now, the wait for its close (`Link.leave`).
+   * @private @param {boolean} pageHidden @returns {((ms: number) => Promise<void>) | null}
+   */
+  _writeLeave(pageHidden) {
+    const session = this._session;
+    clearTimeout(this._paceTimer);
+    this._paceTimer = undefined;
+    let closing = null;
+    if (session.usable && this._link.writable) {
+      const t = now();
+      if (pageHidden) {
+        for (let f = session.pollTransmit(t, true); f !== undefined; f = session.pollTransmit(t, true)) {
+          this._link.write(f);
+        }
+      }
+      // `leave` must be admitted as well: it may use the margin, like a heartbeat.
+      session.chargeFrame(t);
+      if (pageHidden) this._link.write(session.leaveFrame());
+      else closing = this._link.leave(session.leaveFrame());
+    }
+    this._left = true;
+    this._reportUnsent(session.takeWaiting());
+    return closing;
+  }
+
+  /**
+   * Messages the room leaves without writing (they waited for the server's rate, or for a socket): each of the app's
+   * is reported as `undeliverable` `not-sent`, with its `type` and `data` (a `broadcast` has no `to` nor `id`); the
+   * SDK's own (negotiation, outcome reports) are only counted (`stats.unsent`, both kinds).
+   * @private @param {{msg: any, internal: boolean}[]} unsent
+   */
+  _reportUnsent(unsent) {
+    for (const { msg, internal } of unsent) {
+      this.stats.unsent++;
+      if (internal) continue;
+      this._emit('undeliverable', { to: msg.to, id: msg.id, reason: 'not-sent', type: msg.type, data: msg.data });
+    }
   }
 
   // ---- leaving with the page (docs/sdk.md, "Leaving is immediate") ---------------------------------------------
@@ -620,13 +727,16 @@ export class Room extends EventTarget {
    * that merely drops keeps its session for that grace, which is what covers network drops). Synchronous: nothing
    * asynchronous runs once the page is hidden, so `leave` is written and the socket closed in this task; the
    * browser sends queued frames before the close frame. `pagehide` rather than `beforeunload`: it fires on every
-   * way out, including mobile tab switches that discard the page, and never asks the user anything.
+   * way out, including mobile tab switches that discard the page, and never asks the user anything. With no time to
+   * wait for the rate, the messages still waiting for it go first as far as its margin admits (`_writeLeave`); the
+   * rest is reported as `undeliverable` `not-sent` (`closed` follows at once: a page being hidden may still run it).
+   * Also while `leave()` waits for its queue: this ends it now.
    * @private
    */
   _leaveWithPage() {
     if (this.state === 'closed') return;
     for (const pc of this.connections.values()) pc._flushOutcome();
-    if (this._session.usable && this._link.writable) this._link.write(this._session.leaveFrame());
+    if (!this._left) this._writeLeave(true);
     this._finish(1000, 'left: the page was hidden (pagehide)');
   }
 
@@ -2558,6 +2668,7 @@ const SERVER_MESSAGE_BURST = 100;
 class RateBucket {
   constructor() {
     /** @private */ this._capacity = 0;
+    /** @private the server's burst less `_capacity`: what the server admits beyond this bucket */ this._margin = 0;
     /** @private */ this._tokens = 0;
     /** @private tokens per millisecond */ this._perMs = 0;
     /** @private @type {number | null} when `_tokens` was last brought up to date; null: full, no time counted */
@@ -2573,6 +2684,7 @@ class RateBucket {
   configure(perSecond, burst) {
     const spent = this._capacity - this._tokens;
     this._capacity = Math.max(1, burst - Math.max(1, Math.round(burst / 10)));
+    this._margin = burst - this._capacity;
     this._perMs = (0.9 * perSecond) / 1000;
     this._tokens = this._capacity - spent;
   }
@@ -2583,11 +2695,16 @@ class RateBucket {
     this._at = null;
   }
 
-  /** Takes a token if there is one. @param {number} now @returns {boolean} */
-  take(now) {
+  /**
+   * Takes a token if there is one. `intoMargin`: for the last messages before `leave` when there is no time to wait
+   * (the page is hidden), the margin may be spent too, all of it but two tokens: one for the `leave` frame itself
+   * (charged after them), one spare. @param {number} now @param {boolean} [intoMargin] @returns {boolean}
+   */
+  take(now, intoMargin = false) {
     this._update(now);
+    const extra = intoMargin ? Math.max(0, this._margin - 2) : 0;
     // The epsilon absorbs rounding: a wait of exactly `delayMs` must find the token there.
-    if (this._tokens < 1 - 1e-9) return false;
+    if (this._tokens + extra < 1 - 1e-9) return false;
     this._tokens -= 1;
     return true;
   }
@@ -2668,15 +2785,17 @@ class Session {
    * The next frame to write to the socket at `now`, or undefined. Frames of the protocol's own (the handshake, an
    * early `ack`) go at once; the app's messages, once the session is usable, as the server's rate allows: first
    * those to resend after a resume, then the queue, in order. The driver calls this only while the socket is
-   * writable. @param {number} now milliseconds, any monotonic origin
+   * writable. `leaving`: the room is about to write `leave` with no time to wait (the page is hidden): waiting
+   * messages may use the rate's margin too (`RateBucket.take`).
+   * @param {number} now milliseconds, any monotonic origin @param {boolean} [leaving]
    */
-  pollTransmit(now) {
+  pollTransmit(now, leaving = false) {
     const frame = this._transmits.shift();
     if (frame !== undefined) {
       this._rate.charge(now);
       return frame;
     }
-    if (!this.usable || (!this._resend.length && !this._outbox.length) || !this._rate.take(now)) return undefined;
+    if (!this.usable || !this.waiting || !this._rate.take(now, leaving)) return undefined;
     const resend = this._resend.shift();
     if (resend) {
       this.stats.resent++;
@@ -2692,8 +2811,28 @@ class Session {
    * @param {number} now @returns {number | null}
    */
   nextTransmitDelay(now) {
-    if (!this.usable || (!this._resend.length && !this._outbox.length)) return null;
+    if (!this.usable || !this.waiting) return null;
     return this._rate.delayMs(now);
+  }
+
+  /** Messages not written yet: to resend after a resume, then the queue (for a usable socket or the rate). */
+  get waiting() {
+    return this._resend.length + this._outbox.length;
+  }
+
+  /**
+   * The session ends (the room leaves): the messages still waiting (`waiting`), in order, are taken out and
+   * returned, never to be written. Those to resend are unacknowledged too, and the server has not handled them
+   * (its `ack` said so): they leave that list as well.
+   * @returns {{msg: any, internal: boolean}[]}
+   */
+  takeWaiting() {
+    const taken = [...this._resend, ...this._outbox];
+    const resent = new Set(this._resend);
+    this._unacked = this._unacked.filter((m) => !resent.has(m));
+    this._resend = [];
+    this._outbox = [];
+    return taken;
   }
 
   /**
@@ -3128,25 +3267,35 @@ class Link {
   }
 
   /**
-   * Write `frame` (a `leave`) and wait for the server to close the socket, closing it ourselves after 200 ms; at
-   * most ~1 s. @param {string} frame
+   * Write `frame` (a `leave`), the socket's last: it is detached at once (no heartbeat, no probe, nothing written
+   * after it, and its close is not a drop to reconnect from). Returns the wait for the server to close it, closing it
+   * ourselves after 200 ms (`LEAVE_MIN_CLOSE_MS`), at most `ms`.
+   * @param {string} frame @returns {(ms: number) => Promise<void>}
    */
-  async leave(frame) {
+  leave(frame) {
     const ws = /** @type {WebSocket} */ (this._ws);
+    this._detach();
     try {
       ws.send(frame);
     } catch {
       /* socket already going */
     }
-    await new Promise((resolve) => {
-      const t = setTimeout(resolve, 1000);
-      ws.addEventListener('close', () => {
-        clearTimeout(t);
-        resolve(undefined);
+    return (ms) =>
+      new Promise((resolve) => {
+        if (ws.readyState === WebSocket.CLOSED) return resolve(undefined);
+        const done = () => {
+          clearTimeout(t);
+          clearTimeout(closeSoon);
+          resolve(undefined);
+        };
+        const t = setTimeout(done, ms);
+        // The server closes after `leave`; closing ourselves as well is harmless and bounds the wait.
+        const closeSoon = setTimeout(
+          () => ws.readyState === WebSocket.OPEN && ws.close(1000, 'leave'),
+          Math.min(LEAVE_MIN_CLOSE_MS, ms),
+        );
+        ws.addEventListener('close', done);
       });
-      // The server closes after `leave`; closing ourselves as well is harmless and bounds the wait.
-      setTimeout(() => ws.readyState === WebSocket.OPEN && ws.close(1000, 'leave'), 200);
-    });
   }
 
   /**
@@ -3332,6 +3481,15 @@ function reconnectDelay(attempt, code, sinceMs, opts, random) {
   const base = Math.min(fast.stepMs * attempt, fast.maxMs);
   return Math.round(base * (0.5 + 0.5 * random()));
 }
+
+/**
+ * `leave()` takes about a second at most: up to `LEAVE_FLUSH_MS` of it writing the messages that wait for the
+ * server's rate, as it admits them (~36 past an empty bucket at the default 50 a second), the rest for the socket to
+ * close after `leave` (at least `LEAVE_MIN_CLOSE_MS`, after which it is closed from this side).
+ */
+const LEAVE_MS = 1000;
+const LEAVE_FLUSH_MS = 800;
+const LEAVE_MIN_CLOSE_MS = 200;
 
 /**
  * How long a probe of the signaling socket waits for any answer before the socket is declared dead. The server
