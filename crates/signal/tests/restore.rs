@@ -122,18 +122,23 @@ impl Journal {
     }
 }
 
-#[test]
-fn a_session_rebuilt_from_the_journal_resumes_where_it_was() {
-    let (mut first, mut journal, mut inbox) = (hub(1), Journal::default(), HashMap::new());
+/// Sockets 1 and 2 joined to room `r` of `hub`, their frames in `inbox` and journaled in `journal`.
+fn two_joined(hub: &mut MemoryHub, journal: &mut Journal, inbox: &mut HashMap<u64, Vec<Value>>) {
     for conn in [1, 2] {
-        first.handle_connect(ConnId::new(conn), IP, now()).unwrap();
-        first.handle_text(
+        hub.handle_connect(ConnId::new(conn), IP, now()).unwrap();
+        hub.handle_text(
             ConnId::new(conn),
             &json!({"type":"join","room":"r","meta":{"name":conn}}).to_string(),
             now(),
         );
     }
-    journal.drain(&mut first, &mut inbox);
+    journal.drain(hub, inbox);
+}
+
+#[test]
+fn a_session_rebuilt_from_the_journal_resumes_where_it_was() {
+    let (mut first, mut journal, mut inbox) = (hub(1), Journal::default(), HashMap::new());
+    two_joined(&mut first, &mut journal, &mut inbox);
     let a = inbox[&1][0]["peerId"].as_str().unwrap().to_owned();
     let b_joined = inbox[&2][0].clone();
     let b = b_joined["peerId"].as_str().unwrap().to_owned();
@@ -208,15 +213,7 @@ fn a_session_rebuilt_from_the_journal_resumes_where_it_was() {
 #[test]
 fn the_journal_written_again_from_the_hub_is_the_journal_kept_from_the_start() {
     let (mut first, mut kept, mut inbox) = (hub(1), Journal::default(), HashMap::new());
-    for conn in [1, 2] {
-        first.handle_connect(ConnId::new(conn), IP, now()).unwrap();
-        first.handle_text(
-            ConnId::new(conn),
-            &json!({"type":"join","room":"r","meta":{"name":conn}}).to_string(),
-            now(),
-        );
-    }
-    kept.drain(&mut first, &mut inbox);
+    two_joined(&mut first, &mut kept, &mut inbox);
     let b = inbox[&2][0]["peerId"].as_str().unwrap().to_owned();
     for n in 1..=4u64 {
         let signal = json!({"type":"signal","to":b,"data":{"n":n},"seq":n});

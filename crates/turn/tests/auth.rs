@@ -287,31 +287,42 @@ fn a_call_outlives_its_60_s_credential_and_keeps_relaying() {
     assert_error(&other.refresh(&mut h, secs(900), Some(600)), Method::REFRESH, 401);
 }
 
-#[test]
-fn sha256_integrity_is_accepted_and_answered_in_kind() {
-    let mut h = Harness::new();
-    let mut c = Client::alice();
-    c.answer(&mut h, secs(0), Method::ALLOCATE, &[]);
-    let key = long_term_key_sha256("alice", REALM, "wonderland");
-    let send = |h: &mut Harness, c: &mut Client, algorithms: &[u8]| {
-        let tid = c.tid();
-        let mut buf = vec![0u8; 1500];
-        let mut w = MessageWriter::new(&mut buf, Method::ALLOCATE, Class::Request, tid).unwrap();
-        w.add(&Attribute::RequestedTransport(17)).unwrap();
-        w.add(&Attribute::Username("alice")).unwrap();
-        w.add(&Attribute::Realm(REALM)).unwrap();
-        w.add(&Attribute::Nonce(c.nonce.as_deref().unwrap())).unwrap();
+/// An Allocate from `c` (challenged already) signed with MESSAGE-INTEGRITY-SHA256 over `key`; with `algorithms`,
+/// PASSWORD-ALGORITHM SHA-256 and that PASSWORD-ALGORITHMS.
+fn allocate_sha256(
+    h: &mut Harness,
+    c: &mut Client,
+    key: &stun::IntegrityKey,
+    algorithms: Option<&[u8]>,
+) -> (ClientAction, Vec<u8>) {
+    let tid = c.tid();
+    let mut buf = vec![0u8; 1500];
+    let mut w = MessageWriter::new(&mut buf, Method::ALLOCATE, Class::Request, tid).unwrap();
+    w.add(&Attribute::RequestedTransport(17)).unwrap();
+    w.add(&Attribute::Username("alice")).unwrap();
+    w.add(&Attribute::Realm(REALM)).unwrap();
+    w.add(&Attribute::Nonce(c.nonce.as_deref().unwrap())).unwrap();
+    if let Some(algorithms) = algorithms {
         w.add(&Attribute::PasswordAlgorithm(PasswordAlgorithm {
             algorithm: PASSWORD_ALGORITHM_SHA256,
             params: &[],
         }))
         .unwrap();
         w.add(&Attribute::PasswordAlgorithms(algorithms)).unwrap();
-        w.message_integrity_sha256(&key).unwrap();
-        w.fingerprint().unwrap();
-        let len = w.finish();
-        h.send(h.at(0), c.five_tuple, &buf[..len])
-    };
+    }
+    w.message_integrity_sha256(key).unwrap();
+    w.fingerprint().unwrap();
+    let len = w.finish();
+    h.send(h.at(0), c.five_tuple, &buf[..len])
+}
+
+#[test]
+fn sha256_integrity_is_accepted_and_answered_in_kind() {
+    let mut h = Harness::new();
+    let mut c = Client::alice();
+    c.answer(&mut h, secs(0), Method::ALLOCATE, &[]);
+    let key = long_term_key_sha256("alice", REALM, "wonderland");
+    let send = |h: &mut Harness, c: &mut Client, algorithms: &[u8]| allocate_sha256(h, c, &key, Some(algorithms));
     // Bid-down protection: a PASSWORD-ALGORITHMS other than the one the server sent is 400.
     let md5_only = [0, PASSWORD_ALGORITHM_MD5 as u8, 0, 0];
     let (_, reply) = send(&mut h, &mut c, &md5_only);
@@ -336,19 +347,7 @@ fn sha256_integrity_is_accepted_and_answered_in_kind() {
 #[test]
 fn sha256_integrity_without_algorithm_attributes_uses_the_md5_key() {
     let mut h = Harness::new();
-    let send = |h: &mut Harness, c: &mut Client, key: &stun::IntegrityKey| {
-        let tid = c.tid();
-        let mut buf = vec![0u8; 1500];
-        let mut w = MessageWriter::new(&mut buf, Method::ALLOCATE, Class::Request, tid).unwrap();
-        w.add(&Attribute::RequestedTransport(17)).unwrap();
-        w.add(&Attribute::Username("alice")).unwrap();
-        w.add(&Attribute::Realm(REALM)).unwrap();
-        w.add(&Attribute::Nonce(c.nonce.as_deref().unwrap())).unwrap();
-        w.message_integrity_sha256(key).unwrap();
-        w.fingerprint().unwrap();
-        let len = w.finish();
-        h.send(h.at(0), c.five_tuple, &buf[..len])
-    };
+    let send = |h: &mut Harness, c: &mut Client, key: &stun::IntegrityKey| allocate_sha256(h, c, key, None);
     let keys = [
         (
             stun::long_term_key_md5("alice", REALM, "wonderland"),

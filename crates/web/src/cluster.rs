@@ -521,6 +521,26 @@ async fn run(
     let mut rewrite: Option<Rewrite> = None;
     // The last heartbeat's write, which a drain waits for.
     let mut beating: Option<tokio::sync::oneshot::Receiver<()>> = None;
+    // Carries out what the router asked (`act`), the journal written if `$record`.
+    macro_rules! act_now {
+        ($record:expr) => {
+            act(
+                &mut hub,
+                &mut router,
+                &mut sockets,
+                &outcomes,
+                manager.as_ref(),
+                &mut publish_tx,
+                &shard.siblings,
+                &events_tx,
+                Journal {
+                    lease,
+                    record: $record,
+                },
+            )
+            .await
+        };
+    }
     let mut tick = tokio::time::interval(HEARTBEAT);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     'hub: loop {
@@ -545,19 +565,7 @@ async fn run(
                             // What this batch did before the drain is journaled (and sent) first: a draining node
                             // records nothing, and a frame sent unrecorded makes its session's resume on the node
                             // that takes the room over fail.
-                            let record = health.logged != Some(false);
-                            act(
-                                &mut hub,
-                                &mut router,
-                                &mut sockets,
-                                &outcomes,
-                                manager.as_ref(),
-                                &mut publish_tx,
-                                &shard.siblings,
-                                &events_tx,
-                                Journal { lease, record },
-                            )
-                            .await;
+                            act_now!(health.logged != Some(false));
                             ice.turn.set_draining();
                             // A heartbeat already spawned would write the node's and its rooms' keys back after
                             // the drain deleted them, and the rooms would not move until they expired: its write
@@ -699,19 +707,7 @@ async fn run(
         shard.rooms.settle(&mut hub);
         // While Redis is known to be down, the hub does not wait for it: nothing is recorded (lookups, which wait
         // in tasks of their own, still try).
-        let record = health.logged != Some(false);
-        act(
-            &mut hub,
-            &mut router,
-            &mut sockets,
-            &outcomes,
-            manager.as_ref(),
-            &mut publish_tx,
-            &shard.siblings,
-            &events_tx,
-            Journal { lease, record },
-        )
-        .await;
+        act_now!(health.logged != Some(false));
         shard.rooms.settle(&mut hub);
         // Everything this shard owed these sockets has gone out: they may move.
         for (conn, reply) in handoffs.drain(..) {
@@ -729,18 +725,7 @@ async fn run(
     }
     hub.handle_shutdown();
     router.drain(&mut hub);
-    act(
-        &mut hub,
-        &mut router,
-        &mut sockets,
-        &outcomes,
-        manager.as_ref(),
-        &mut publish_tx,
-        &shard.siblings,
-        &events_tx,
-        Journal { lease, record: false },
-    )
-    .await;
+    act_now!(false);
     shard.rooms.settle(&mut hub);
     for outbox in sockets.values() {
         outbox.close();
