@@ -1017,7 +1017,7 @@ impl Worker {
             let reached = request.five_tuple.server.ip();
             let same_family = (family == Family::V4) == reached.is_ipv4();
             let client_side = match binds.is_empty() && (!same_family || reached.is_unspecified()) {
-                true => match host_address(&self.shared.config, family, reached, || self.routed_v4()) {
+                true => match host_address(&self.listeners(), family, reached, || self.routed_v4()) {
                     Some(ip) => ip,
                     None => {
                         missing_address = true;
@@ -1067,6 +1067,12 @@ impl Worker {
             return None;
         }
         Some((binding, sockets))
+    }
+
+    /// Every listener's address, as configured.
+    fn listeners(&self) -> [&[SocketAddr]; 4] {
+        let c = &self.shared.config;
+        [&c.udp, &c.tcp, &c.tls, &c.single]
     }
 
     /// The host's IPv4 source address toward the internet: a UDP `connect` to a documentation address (RFC 5737)
@@ -1242,14 +1248,15 @@ async fn ring_loop(worker: Rc<Worker>, ring: Rc<Uring<RingTag>>) {
 /// `None`: no address of the family (440). An IPv6 relay stays opt-in (an IPv6 listener, or `relay.bind_v6`): a
 /// client asks for one explicitly, and the host's routes alone do not say its IPv6 address is the one to offer.
 fn host_address(
-    config: &ServerConfig,
+    listeners: &[&[SocketAddr]],
     family: Family,
     reached: IpAddr,
     routed: impl FnOnce() -> Option<IpAddr>,
 ) -> Option<IpAddr> {
     let listened = || {
-        [&config.udp, &config.tcp, &config.tls, &config.single]
-            .into_iter()
+        listeners
+            .iter()
+            .copied()
             .flatten()
             .map(SocketAddr::ip)
             .filter(|ip| (family == Family::V4) == ip.is_ipv4() && !ip.is_unspecified())
@@ -1262,4 +1269,53 @@ fn host_address(
         routed()
     })
     .or_else(|| listened().next())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    /// Where the relay of the other family binds when none is configured: a listener's address of the family (a
+    /// loopback one for a client on loopback), else for IPv4 the routed one, else any listener's; IPv6 never routed.
+    #[test]
+    fn the_other_family_s_relay_address_is_a_listener_s_then_the_routed_one() {
+        let v4: Vec<SocketAddr> = vec!["127.0.0.1:3478".parse().unwrap(), "192.0.2.10:3478".parse().unwrap()];
+        let v6: Vec<SocketAddr> = vec!["[::1]:3478".parse().unwrap()];
+        let wildcard: Vec<SocketAddr> = vec!["0.0.0.0:3478".parse().unwrap(), "[::]:3478".parse().unwrap()];
+        let routed = || Some(ip("198.51.100.7"));
+        let unused = || -> Option<IpAddr> { panic!("no route needed") };
+        let both: [&[SocketAddr]; 2] = [&v4, &v6];
+        assert_eq!(
+            host_address(&both, Family::V4, ip("::1"), unused),
+            Some(ip("127.0.0.1"))
+        );
+        assert_eq!(
+            host_address(&both, Family::V4, ip("2001:db8::5"), unused),
+            Some(ip("192.0.2.10"))
+        );
+        assert_eq!(
+            host_address(&[&wildcard], Family::V4, ip("2001:db8::5"), routed),
+            Some(ip("198.51.100.7"))
+        );
+        assert_eq!(
+            host_address(&[&v6], Family::V4, ip("::1"), || None),
+            None,
+            "no IPv4 at all: 440"
+        );
+        let loopback_only: Vec<SocketAddr> = vec!["127.0.0.1:3478".parse().unwrap()];
+        assert_eq!(
+            host_address(&[&loopback_only], Family::V4, ip("2001:db8::5"), || None),
+            Some(ip("127.0.0.1"))
+        );
+        // An IPv6 relay for an IPv4 client: an IPv6 listener's address, never a routed one.
+        assert_eq!(
+            host_address(&both, Family::V6, ip("127.0.0.1"), unused),
+            Some(ip("::1"))
+        );
+        assert_eq!(host_address(&[&wildcard], Family::V6, ip("192.0.2.9"), unused), None);
+    }
 }

@@ -1854,6 +1854,13 @@ mod tests {
             Err(Unqueued::Full)
         );
         queue.new_pass();
+        // A sibling shard's full queue ends the pass's publishing the same way.
+        queue.sibling_full();
+        assert_eq!(
+            queue.try_send(node.clone(), Bytes::from_static(b"x"), None),
+            Err(Unqueued::Full)
+        );
+        queue.new_pass();
         assert_eq!(queue.try_send(node, frame, None), Ok(()));
     }
 
