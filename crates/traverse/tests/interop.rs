@@ -49,6 +49,26 @@ fn ipv6_loopback_available() -> bool {
     UdpSocket::bind(SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), 0)).is_ok()
 }
 
+/// coturn's client and echo peer are installed and `::1` works; else says why the test is skipped.
+fn ipv6_lab_ready() -> bool {
+    if !require_tools(&["turnutils_uclient", "turnutils_peer"]) {
+        return false;
+    }
+    let ready = ipv6_loopback_available();
+    if !ready {
+        skip("no IPv6 loopback (::1) on this machine");
+    }
+    ready
+}
+
+/// A free port from `free` below the relay range (49152-65535), which must not hold a listener.
+fn below_relay_range(free: impl Fn() -> u16) -> u16 {
+    (0..200)
+        .map(|_| free())
+        .find(|p| *p < 49152)
+        .expect("a free port below 49152")
+}
+
 /// One `turnutils_uclient` run: `clients` allocations each sending `messages` messages of 120 bytes to the echo
 /// peer and back, asserting 0 % loss and as many messages received as sent.
 #[allow(clippy::too_many_arguments)]
@@ -267,11 +287,7 @@ fn uclient_rest_credentials_over_udp_tcp_tls() {
 
 #[test]
 fn uclient_ipv6_relay() {
-    if !require_tools(&["turnutils_uclient", "turnutils_peer"]) {
-        return;
-    }
-    if !ipv6_loopback_available() {
-        skip("no IPv6 loopback (::1) on this machine");
+    if !ipv6_lab_ready() {
         return;
     }
     let mut server = lab_server(&["--user", "alice:pw"]);
@@ -285,23 +301,16 @@ fn uclient_ipv6_relay() {
 /// dual-stack host's AAAA record, an IPv6-only mobile network) got 440 and no relay at all.
 #[test]
 fn a_client_that_reached_the_server_over_ipv6_gets_an_ipv4_relay_by_default() {
-    if !require_tools(&["turnutils_uclient", "turnutils_peer"]) {
-        return;
-    }
-    if !ipv6_loopback_available() {
-        skip("no IPv6 loopback (::1) on this machine");
+    if !ipv6_lab_ready() {
         return;
     }
     let v6 = IpAddr::V6(Ipv6Addr::LOCALHOST);
-    // Below the relay range (49152-65535), which must not hold a listener.
-    let below_relays = |free: &dyn Fn() -> u16| (0..200).map(|_| free()).find(|p| *p < 49152);
-    let udp6 = below_relays(&|| common::free_udp_port(v6)).expect("a free UDP port on ::1 below 49152");
-    let tcp6 = below_relays(&|| {
+    let udp6 = below_relay_range(|| common::free_udp_port(v6));
+    let tcp6 = below_relay_range(|| {
         std::net::TcpListener::bind(SocketAddr::new(v6, 0))
             .and_then(|l| l.local_addr())
             .map_or(u16::MAX, |a| a.port())
-    })
-    .expect("a free TCP port on ::1 below 49152");
+    });
     let (udp6, tcp6) = (SocketAddr::new(v6, udp6), SocketAddr::new(v6, tcp6));
     let (udp_arg, tcp_arg) = (udp6.to_string(), tcp6.to_string());
     let mut server = lab_server(&["--user", "alice:pw", "--udp", &udp_arg, "--tcp", &tcp_arg]);
@@ -452,11 +461,7 @@ fn wildcard_listener(io_uring: bool) {
     if !require_tools(&["turnutils_uclient", "turnutils_peer"]) {
         return;
     }
-    // Below the relay range (49152-65535), which must not hold a listener.
-    let port = (0..200)
-        .map(|_| common::free_udp_port(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)))
-        .find(|p| *p < 49152)
-        .expect("a free UDP port below 49152");
+    let port = below_relay_range(|| common::free_udp_port(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)));
     let setting = format!("relay.io_uring={io_uring}");
     let mut args = LAB.to_vec();
     args.extend_from_slice(&["--user", "alice:pw", "--set", &setting]);

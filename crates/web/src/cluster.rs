@@ -117,7 +117,9 @@ impl PublishQueue {
         let share = match owner {
             Some(owner) => {
                 let share = self.shares.entry(owner).or_default();
-                if self.refused.contains(&owner) || share.load(Ordering::Relaxed) + n > self.per_socket {
+                // Empty almost always: no hash per envelope then.
+                let refused = !self.refused.is_empty() && self.refused.contains(&owner);
+                if refused || share.load(Ordering::Relaxed) + n > self.per_socket {
                     self.refused.insert(owner);
                     return Err(Unqueued::Share);
                 }
