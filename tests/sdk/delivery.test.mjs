@@ -524,3 +524,34 @@ deliveryTest(
   },
   { leaveOnPageHide: true },
 );
+
+deliveryTest(
+  'leave() while reconnecting: what the dead socket carried unacknowledged is reported session-lost, then the queue not-sent',
+  {},
+  async (room, seen) => {
+    const ws = server.socket;
+    const ids = ['one', 'two', 'three'].map((d) => room.signal('p_b', d));
+    room.broadcast({ all: true });
+    await settle();
+    assert.equal(server.handled.length, 4, 'the server handled them; its ack has not come back yet');
+    ws.drop();
+    const queued = room.signal('p_b', 'queued while reconnecting');
+    await room.leave();
+    assert.equal(server.sockets.length, 1, 'no new socket: leave() does not wait for one');
+    assert.deepEqual(
+      seen.undeliverable.map((u) => [u.reason, u.type, u.id, u.data]),
+      [
+        ['session-lost', 'signal', ids[0], 'one'],
+        ['session-lost', 'signal', ids[1], 'two'],
+        ['session-lost', 'signal', ids[2], 'three'],
+        ['session-lost', 'broadcast', undefined, { all: true }],
+        ['not-sent', 'signal', queued, 'queued while reconnecting'],
+      ],
+      'each message reported once, in the order it was sent',
+    );
+    assert.equal(room.stats.lost, 4);
+    assert.equal(room.stats.unsent, 1);
+    assert.equal(ws.written('leave').length, 0, 'no `leave` on a dead socket');
+    assert.deepEqual(seen.closed, [{ code: 1000, reason: 'left' }]);
+  },
+);

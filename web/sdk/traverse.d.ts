@@ -114,10 +114,10 @@ export class TraverseError extends Error {
  * - `broadcast` `{from, data, seq}`
  * - `undeliverable` `{to, id, reason}` — a `signal` you sent could not be delivered: the recipient left
  *   (`peer-left`), or the server's memory budget for it is full (`queue-full` its session, `source-full` its address,
- *   `server-full` the server; retry later); reason `session-lost` (with
- *   `type` and `data`, for a `broadcast` too) when a failed resume ended the session before the server acknowledged
- *   the message: it may or may not have arrived; reason `not-sent` (with `type` and `data`, a `broadcast` too) when
- *   the room left before the server's message rate let it out: it was never written (`leave()`)
+ *   `server-full` the server; retry later); reason `session-lost` (with `type` and `data`, for a `broadcast` too)
+ *   when a failed resume, or `leave()` while reconnecting, ended the session before the server acknowledged the
+ *   message: it may or may not have arrived; reason `not-sent` (with `type` and `data`, a `broadcast` too) when the
+ *   room left before the server's message rate let it out: it was never written (`leave()`)
  * - `error` `{code, message, id?}` — from the server (`id`: the message it is about, e.g. `unknown-peer`), or from the
  *   SDK (`queue-full`, `negotiation-failed`, `sequence-gap`)
  * - `reconnecting` `{attempt, delayMs, code, reason}`, `resumed` `{replayed, seq, ack}`
@@ -385,6 +385,13 @@ export class Room extends EventTarget {
      * @private @param {boolean} pageHidden @returns {((ms: number) => Promise<void>) | null}
      */
     private _writeLeave;
+    /**
+     * Messages of the app's that an ending session wrote and the server never acknowledged (a failed resume, or
+     * `leave()` while reconnecting): each may or may not have arrived, and is reported `undeliverable`
+     * `session-lost` with its `type` and `data`.
+     * @private @param {any[]} lost
+     */
+    private _reportLost;
     /**
      * Messages the room leaves without writing (they waited for the server's rate, or for a socket): each of the app's
      * is reported as `undeliverable` `not-sent`, with its `type` and `data` (a `broadcast` has no `to` nor `id`); the
@@ -1295,6 +1302,12 @@ declare class Session {
         msg: any;
         internal: boolean;
     }[];
+    /**
+     * The session ends without `leave` on a usable socket (the room leaves while reconnecting): the app's messages
+     * written and never acknowledged, in order, are taken out and returned; the SDK's own are dropped.
+     * @returns {any[]}
+     */
+    takeUnacknowledged(): any[];
     /**
      * A frame the driver writes by itself, at once (heartbeat, probe, `ice-servers`): counted against the server's
      * rate like the others. @param {number} now

@@ -161,10 +161,10 @@ export function filterIceServers(servers, keep) {
  * - `broadcast` `{from, data, seq}`
  * - `undeliverable` `{to, id, reason}` — a `signal` you sent could not be delivered: the recipient left
  *   (`peer-left`), or the server's memory budget for it is full (`queue-full` its session, `source-full` its address,
- *   `server-full` the server; retry later); reason `session-lost` (with
- *   `type` and `data`, for a `broadcast` too) when a failed resume ended the session before the server acknowledged
- *   the message: it may or may not have arrived; reason `not-sent` (with `type` and `data`, a `broadcast` too) when
- *   the room left before the server's message rate let it out: it was never written (`leave()`)
+ *   `server-full` the server; retry later); reason `session-lost` (with `type` and `data`, for a `broadcast` too)
+ *   when a failed resume, or `leave()` while reconnecting, ended the session before the server acknowledged the
+ *   message: it may or may not have arrived; reason `not-sent` (with `type` and `data`, a `broadcast` too) when the
+ *   room left before the server's message rate let it out: it was never written (`leave()`)
  * - `error` `{code, message, id?}` — from the server (`id`: the message it is about, e.g. `unknown-peer`), or from the
  *   SDK (`queue-full`, `negotiation-failed`, `sequence-gap`)
  * - `reconnecting` `{attempt, delayMs, code, reason}`, `resumed` `{replayed, seq, ack}`
@@ -455,10 +455,7 @@ export class Room extends EventTarget {
     if (rejoined) this._announceRejoin(null);
     this._scheduleIceRefresh();
     this._signalingBack();
-    for (const m of lost) {
-      this.stats.lost++;
-      this._emit('undeliverable', { to: m.to, id: m.id, reason: 'session-lost', type: m.type, data: m.data });
-    }
+    this._reportLost(lost);
     const w = this._startWaiter;
     if (w) {
       this._startWaiter = null;
@@ -688,7 +685,8 @@ export class Room extends EventTarget {
     clearTimeout(this._paceTimer);
     this._paceTimer = undefined;
     let closing = null;
-    if (session.usable && this._link.writable) {
+    const writesLeave = session.usable && this._link.writable;
+    if (writesLeave) {
       const t = now();
       if (pageHidden) {
         for (let f = session.pollTransmit(t, true); f !== undefined; f = session.pollTransmit(t, true)) {
@@ -701,8 +699,24 @@ export class Room extends EventTarget {
       else closing = this._link.leave(session.leaveFrame());
     }
     this._left = true;
-    this._reportUnsent(session.takeWaiting());
+    const unsent = session.takeWaiting();
+    // Reconnecting: no `leave` follows what the dead socket carried, and the server never acknowledged it.
+    if (!writesLeave) this._reportLost(session.takeUnacknowledged());
+    this._reportUnsent(unsent);
     return closing;
+  }
+
+  /**
+   * Messages of the app's that an ending session wrote and the server never acknowledged (a failed resume, or
+   * `leave()` while reconnecting): each may or may not have arrived, and is reported `undeliverable`
+   * `session-lost` with its `type` and `data`.
+   * @private @param {any[]} lost
+   */
+  _reportLost(lost) {
+    for (const m of lost) {
+      this.stats.lost++;
+      this._emit('undeliverable', { to: m.to, id: m.id, reason: 'session-lost', type: m.type, data: m.data });
+    }
   }
 
   /**
@@ -2836,6 +2850,17 @@ class Session {
   }
 
   /**
+   * The session ends without `leave` on a usable socket (the room leaves while reconnecting): the app's messages
+   * written and never acknowledged, in order, are taken out and returned; the SDK's own are dropped.
+   * @returns {any[]}
+   */
+  takeUnacknowledged() {
+    const lost = this._unacked.filter((m) => !m.internal).map((m) => m.msg);
+    this._unacked = [];
+    return lost;
+  }
+
+  /**
    * A frame the driver writes by itself, at once (heartbeat, probe, `ice-servers`): counted against the server's
    * rate like the others. @param {number} now
    */
@@ -3039,8 +3064,7 @@ class Session {
     }
     // A new session numbers its messages from 1 again. What the old one sent and never saw acknowledged may or may
     // not have arrived: it is reported, not resent (the app decides, knowing it is a new identity now).
-    const lost = this._unacked.filter((m) => !m.internal).map((m) => m.msg);
-    this._unacked = [];
+    const lost = this.takeUnacknowledged();
     this._clientSeq = 0;
     this._joinedBefore = true;
     this.id = msg.session;
