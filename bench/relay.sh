@@ -5,6 +5,10 @@
 #   SERVERS=traverse MEMORY_RUNS= TRAFFIC_RUNS=100:150000 UCLIENT_RUNS= REPEAT=1 bench/relay.sh 5   # a subset
 #   STRACE=4 REPEAT=1 MEMORY_RUNS= UCLIENT_RUNS=100 bench/relay.sh   # syscall counts of each server (strace -c -f,
 #       4 s into each traffic run, bench/out/strace-*.txt); strace slows the server, so ignore that run's CPU figures
+#   ALLOCS=1 REPEAT=1 MEMORY_RUNS= UCLIENT_RUNS= bench/relay.sh   # heap allocations per relayed packet of each
+#       server in steady traffic (2 s into each traffic run until 1 s before its end: perf uprobes on the allocators'
+#       entry points, jemalloc's in Traverse and glibc's in every server; bench/out/allocs-*.txt); the probes slow
+#       an allocating server: ignore that run's CPU figures
 #   PERF=3 REPEAT=1 MEMORY_RUNS= UCLIENT_RUNS= bench/relay.sh   # a profile of each server in each traffic run
 #       (perf record -g for 3 s, 2 s into the run; bench/out/perf-<server>-<size>-<rate>.data, for perf report -i)
 #   MEMORY_TRANSPORT=tcp MEMORY_RUNS=5000 TRAFFIC_RUNS= UCLIENT_RUNS= bench/relay.sh   # bytes per allocation held
@@ -93,6 +97,7 @@ cleanup() {
   for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
   ip netns del "$NS" 2>/dev/null || true
   ip link del trvb0 2>/dev/null || true
+  [ -z "${ALLOCS:-}" ] || perf probe -q -d 'allocs:*' 2>/dev/null || true
 }
 trap cleanup EXIT
 
@@ -274,12 +279,42 @@ strace_during() { # label: syscall counts of the server for $STRACE seconds, 2 s
   (sleep 2; timeout -s INT "$STRACE" strace -c -f -p "$SERVER_PID" -o "$OUT/strace-$1.txt" >/dev/null 2>&1) &
   pids+=($!)
 }
+# Uprobes in one group ("allocs") on every allocator entry point a server may use: Traverse's jemalloc (each
+# Traverse binary under test) and glibc's (coturn, the forwarders, and C code in Traverse). `perf stat -p` counts
+# only the server's hits.
+alloc_probes() {
+  [ -n "${ALLOCS:-}" ] || return 0
+  perf probe -q -d 'allocs:*' 2>/dev/null || true
+  local libc n=0 bin f
+  libc=$(ldd "$(command -v turnserver)" | awk '/libc\.so\.6/ {print $3}')
+  for f in malloc calloc realloc; do perf probe -q -x "$libc" -a "allocs:libc_$f=$f"; done
+  for bin in "$TRAVERSE" ${TRAVERSE_PREV:+"$TRAVERSE_PREV"}; do
+    n=$((n + 1))
+    for f in malloc mallocx calloc rallocx realloc; do perf probe -q -x "$bin" -a "allocs:t${n}_$f=_rjem_$f"; done
+  done
+}
+allocs_start() { # label: count the server's allocations 2 s into the traffic (past the set-up) until 1 s before its end
+  [ -n "${ALLOCS:-}" ] || return 0
+  ALLOCS_WINDOW=$((SECONDS_PER_RUN > 4 ? SECONDS_PER_RUN - 3 : 1))
+  (sleep 2; exec perf stat -x, -e 'allocs:*' -p "$SERVER_PID" -o "$OUT/allocs-$1.txt" -- sleep "$ALLOCS_WINDOW") \
+    >/dev/null 2>&1 &
+  ALLOCS_PID=$!
+}
+allocs_stop() { # label echoes-per-s: records the server's allocations per relayed packet (each echo is two)
+  [ -n "${ALLOCS:-}" ] || return 0
+  wait "$ALLOCS_PID" 2>/dev/null || true
+  local total
+  total=$(awk -F, '$1 ~ /^[0-9]+$/ {s += $1} END {print s + 0}' "$OUT/allocs-$1.txt")
+  ALLOCS_PER=$(python3 -c "print(round($total / (2 * $2 * $ALLOCS_WINDOW), 5) if $2 else 'n/a')")
+  echo "  heap allocations: $total in ${ALLOCS_WINDOW} s of steady traffic, $ALLOCS_PER per relayed packet"
+}
 perf_during() { # label: a profile of the server for $PERF seconds, 2 s into the traffic (perf record -g)
   [ -n "${PERF:-}" ] || return 0
   (sleep 2; perf record -q -g -p "$SERVER_PID" -o "$OUT/perf-$1.data" -- sleep "$PERF" >/dev/null 2>&1) &
   pids+=($!)
 }
 
+alloc_probes
 echo "== machine: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg); coturn $(turnserver --version 2>/dev/null | head -1)"
 echo "== arrivals: rounds every ${PACE_US:-1000} µs, ${TRAIN:-1} packet(s) per allocation's turn"
 if [ -n "${SERVER_CPUS:-}${LOAD_CPUS:-}" ]; then
@@ -352,19 +387,22 @@ for rep in $(seq "$REPEAT"); do
       start_server "$server"
       strace_during "$server-$size-$rate"
       perf_during "$server-$size-$rate"
+      allocs_start "$server-$size-$rate"
       t0=$(cpu_ticks "$SERVER_PID")
       "${on_load_cpus[@]}" "$LOADGEN" --server "$HOST_IP:3478" --peer "$PEER_IP:$PEER_PORT" --user "$USER_NAME" --password "$PASSWORD" \
         --allocations 100 --rate "$rate" --duration "$SECONDS_PER_RUN" --size "$size" --pace-us "${PACE_US:-1000}" \
         --train "${TRAIN:-1}" --threads "${LOAD_THREADS:-1}" >"$OUT/run.json"
       t1=$(cpu_ticks "$SERVER_PID")
-      stop_server
       received=$(json received <"$OUT/run.json")
+      allocs_stop "$server-$size-$rate" "$(json received_pps <"$OUT/run.json")"
+      stop_server
       pps=$(json received_pps <"$OUT/run.json" | python3 -c "print(round(float(input())))")
       loss=$(json loss_pct <"$OUT/run.json" | python3 -c "print(round(float(input()), 2))")
       rtt=$(json rtt_avg_us <"$OUT/run.json")
       ppc=$(per_cpu "$t0" "$t1" "$received")
       cpu=$(python3 -c "print(round(($t1-$t0)/$CLK_TCK, 2))")
       for m in pps loss rtt ppc cpu; do record "$server" "$m$key" "${!m}"; done
+      [ -z "${ALLOCS:-}" ] || record "$server" "alloc$key" "$ALLOCS_PER"
       echo "  ${size} B @ $rate pps offered: received $pps pps, loss $loss %, rtt $rtt µs, server CPU $cpu s, $ppc relayed packets per CPU-s"
     done
 
@@ -478,6 +516,8 @@ for run in dict.fromkeys(traffic):
     row(f"loadgen {size} B @ {rate}/s: loss %", "loss" + k, ratio=False)
     row(f"loadgen {size} B @ {rate}/s: average RTT µs", "rtt" + k)
     row(f"loadgen {size} B @ {rate}/s: server CPU-s", "cpu" + k)
+    if any(m == "alloc" + k for _, m in v):
+        row(f"loadgen {size} B @ {rate}/s: heap allocations per relayed packet", "alloc" + k, ratio=False)
 for size in uclient:
     k = f"uclient{size}"
     row(f"uclient 50×1000×{size} B over {os.environ['UCLIENT_TRANSPORT']}: relayed packets per server CPU-s", "ppc" + k)
