@@ -39,13 +39,15 @@ License: Apache-2.0
 COPYRIGHT
 
 size_kib="$(du -sk "$stage" | cut -f1)"
+# The newest glibc symbol version the binary links against: the package's libc6 dependency.
+glibc="$(objdump -T "$stage/usr/bin/traverse" | grep -o 'GLIBC_[0-9][0-9.]*' | sed 's/GLIBC_//' | sort -V | tail -n 1)"
 cat > "$stage/DEBIAN/control" <<CONTROL
 Package: traverse
 Version: $version
 Architecture: $arch
 Maintainer: Traverse developers <traverse@example.org>
 Installed-Size: $size_kib
-Depends: libc6 (>= 2.31), passwd
+Depends: libc6 (>= $glibc), passwd
 Section: net
 Priority: optional
 Homepage: https://github.com/traverse-rtc/traverse
@@ -63,13 +65,23 @@ if [ "$1" = configure ]; then
   getent group traverse >/dev/null || groupadd --system traverse
   getent passwd traverse >/dev/null || useradd --system --gid traverse --no-create-home \
     --home-dir /var/lib/traverse --shell /usr/sbin/nologin --comment "Traverse server" traverse
-  # A TURN REST secret that survives restarts (a generated one would change every start); readable by the service.
+  # At the first install: a TURN REST secret that survives restarts (a generated one would change every start), and
+  # a join-token secret, so that the server started below hands TURN credentials only to holders of a join token
+  # (without one, anyone reaching it could). Readable by the service only, as is the configuration.
   if [ ! -e /etc/traverse/traverse.env ]; then
     umask 077
-    secret="$(head -c 24 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')"
-    printf '# Secrets for traverse.service (EnvironmentFile=). Mint credentials with:\n#   traverse credentials --secret "$TRAVERSE_SECRETS"\nTRAVERSE_SECRETS=%s\n' "$secret" > /etc/traverse/traverse.env
+    gen() { head -c 24 /dev/urandom | base64 | tr '+/' '-_' | tr -d '='; }
+    cat > /etc/traverse/traverse.env <<ENV
+# Secrets for traverse.service (EnvironmentFile=), read by root and the traverse group only.
+# TURN credentials: traverse credentials (reads TRAVERSE_SECRETS from the environment).
+TRAVERSE_SECRETS=$(gen)
+# Join tokens for rooms (your backend mints them, or: traverse token --room NAME); remove it to open rooms to anyone.
+TRAVERSE_SIGNAL_SECRET=$(gen)
+ENV
     chown root:traverse /etc/traverse/traverse.env
     chmod 0640 /etc/traverse/traverse.env
+    chown root:traverse /etc/traverse/traverse.toml
+    chmod 0640 /etc/traverse/traverse.toml
   fi
   if [ -d /run/systemd/system ]; then
     systemctl daemon-reload >/dev/null || true

@@ -18,7 +18,7 @@ skip() {
   exit 0
 }
 [ "$(id -u)" = 0 ] || skip "needs root (dpkg -i)"
-for tool in dpkg dpkg-deb setpriv unshare ip strip readelf; do
+for tool in dpkg dpkg-deb setpriv unshare ip strip readelf objdump curl; do
   command -v "$tool" >/dev/null 2>&1 || skip "$tool is missing"
 done
 if dpkg -s traverse >/dev/null 2>&1; then
@@ -48,6 +48,10 @@ grep -q '^AmbientCapabilities=CAP_NET_BIND_SERVICE$' /lib/systemd/system/travers
 grep -q '^User=traverse$' /lib/systemd/system/traverse.service || fail "unit does not run as traverse"
 dpkg-query -W -f='${Conffiles}' traverse | grep -q /etc/traverse/traverse.toml || fail "traverse.toml is not a conffile"
 [ "$(stat -c '%a %U %G' /etc/traverse/traverse.env)" = "640 root traverse" ] || fail "traverse.env permissions"
+[ "$(stat -c '%a %U %G' /etc/traverse/traverse.toml)" = "640 root traverse" ] || fail "traverse.toml permissions"
+# Rooms (and the TURN credentials handed out with them) need a join token from the first start.
+grep -q '^TRAVERSE_SIGNAL_SECRET=.\{16,\}' /etc/traverse/traverse.env || fail "no join-token secret generated"
+grep -q '^Type=notify$' /lib/systemd/system/traverse.service || fail "the unit does not wait for readiness"
 /usr/bin/traverse check-config /etc/traverse/traverse.toml >/dev/null || fail "the installed configuration does not check"
 if command -v systemd-analyze >/dev/null 2>&1; then
   systemd-analyze verify /lib/systemd/system/traverse.service 2>&1 | grep -v 'Documentation' | grep -i 'error' \
@@ -72,8 +76,15 @@ unshare --net -- sh -c '
   grep -q "^iceServers: " "$2" || { kill $pid; exit 3; }
   grep -q "127.0.0.1:443" "$2" || { kill $pid; exit 4; }
   ps -o user= -p $pid | grep -q traverse || { kill $pid; exit 5; }
+  # Without a join token the installed server hands out no TURN credential: the doctor gets one, as an app would.
   code=0
-  /usr/bin/traverse doctor http://127.0.0.1:8080 --json --insecure --http-port 0 >"$3" 2>/dev/null || code=$?
+  if [ "$(curl -s -o /dev/null -w "%{http_code}" http://127.0.0.1:8080/api/ice-servers)" != 401 ]; then
+    code=6
+  else
+    token="$(/usr/bin/traverse token --room "*" --identity doctor)"
+    /usr/bin/traverse doctor http://127.0.0.1:8080 --token "$token" --json --insecure --http-port 0 >"$3" \
+      2>/dev/null || code=$?
+  fi
   kill $pid
   wait $pid 2>/dev/null || true
   exit $code
@@ -84,6 +95,7 @@ unshare --net -- sh -c '
     3) fail "the installed serve never became ready" ;;
     4) fail "the unprivileged serve did not bind 443 (CAP_NET_BIND_SERVICE)" ;;
     5) fail "serve did not run as the traverse user" ;;
+    6) fail "the installed server handed out ICE servers without a join token" ;;
     *) fail "the installed doctor found nothing working (exit $code): $(head -c 2000 "$report")" ;;
   esac
 }

@@ -114,7 +114,7 @@ impl Default for RelayConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("cannot listen on {proto} {addr}")]
+    #[error("cannot listen on {proto} {addr}{}", bind_hint(*addr, source))]
     Bind {
         proto: &'static str,
         addr: SocketAddr,
@@ -126,6 +126,20 @@ pub enum StartError {
     NatDiscovery(String),
     #[error("cannot start worker thread: {0}")]
     Thread(std::io::Error),
+}
+
+/// What to do about a listener that cannot bind, where the error alone does not say.
+fn bind_hint(addr: SocketAddr, error: &std::io::Error) -> &'static str {
+    match error.kind() {
+        std::io::ErrorKind::PermissionDenied if addr.port() < 1024 => {
+            " (a port below 1024 needs root or the CAP_NET_BIND_SERVICE capability: `setcap \
+             cap_net_bind_service=+ep` on the binary, AmbientCapabilities=CAP_NET_BIND_SERVICE in a systemd unit, \
+             `--user root --cap-drop ALL --cap-add NET_BIND_SERVICE` for a container)"
+        }
+        std::io::ErrorKind::AddrInUse => " (another process holds this port)",
+        std::io::ErrorKind::AddrNotAvailable => " (no interface of this host has this address)",
+        _ => "",
+    }
 }
 
 /// A running server: its bound addresses and a handle to stop it.

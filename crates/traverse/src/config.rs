@@ -641,6 +641,93 @@ impl Default for Log {
     }
 }
 
+/// The most worker threads `limits.workers` may ask for.
+pub const MAX_WORKERS: usize = 1024;
+
+/// Levels `log.level` names, alone or after `target=`.
+const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+
+/// Checks a `log.level` filter: a level, or comma-separated `target=level` directives with at most one bare level.
+/// `tracing`'s own parser takes an unknown word as a target with every level, so `warning` or a typo would
+/// silence everything: only the levels themselves are accepted.
+pub fn log_filter(text: &str) -> Result<(), String> {
+    for directive in text.split(',').map(str::trim) {
+        let level = directive
+            .rsplit_once('=')
+            .map_or(directive, |(target, level)| if target.is_empty() { "" } else { level });
+        if !LEVELS.iter().any(|l| l.eq_ignore_ascii_case(level)) {
+            let hint = match level.to_ascii_lowercase().as_str() {
+                "warning" => " (did you mean warn?)".to_owned(),
+                _ => String::new(),
+            };
+            return Err(format!(
+                "{directive:?} is not a level{hint}: use one of {} alone, or target=level directives separated by \
+                 commas, e.g. \"info,web=debug\"",
+                LEVELS.join(", ")
+            ));
+        }
+    }
+    tracing_subscriber::EnvFilter::try_new(text)
+        .map(|_| ())
+        .map_err(|e| format!("{text:?}: {e}"))
+}
+
+/// Checks `signal.public_host`: a host name or an address, as URLs put it after `turn:` — no scheme, port or path
+/// (the ports come from the listeners). An IPv6 address may come with or without brackets.
+pub fn public_host(host: &str) -> Result<(), String> {
+    let bare = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    if bare.parse::<std::net::Ipv6Addr>().is_ok() {
+        return Ok(());
+    }
+    let name_char = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_';
+    if host.is_empty() || !host.chars().all(name_char) {
+        return Err(format!(
+            "{host:?} is not a host name or address: give the name alone (turn.example.com), without scheme, port \
+             or path — the ports come from the listeners"
+        ));
+    }
+    Ok(())
+}
+
+fn is_broadcast(ip: &IpAddr) -> bool {
+    matches!(ip, IpAddr::V4(v4) if v4.is_broadcast())
+}
+
+/// Listeners that would take the same port twice: TCP ones (`tcp`, `tls`, `http`, `single`, `metrics.listen`) with
+/// each other, UDP ones with each other, where their addresses overlap (the same one, or a wildcard of the family).
+/// Found at bind time, they would read as another program holding the port.
+fn listener_clashes(listen: &Listen, metrics: Option<SocketAddr>) -> Vec<String> {
+    let tcp: Vec<(&str, SocketAddr)> = [
+        ("listen.tcp", &listen.tcp),
+        ("listen.tls", &listen.tls),
+        ("listen.http", &listen.http),
+        ("listen.single", &listen.single),
+    ]
+    .into_iter()
+    .flat_map(|(key, addrs)| addrs.iter().map(move |a| (key, *a)))
+    .chain(metrics.map(|a| ("metrics.listen", a)))
+    .collect();
+    let udp: Vec<(&str, SocketAddr)> = listen.udp.iter().map(|a| ("listen.udp", *a)).collect();
+    // Port 0 is any free port: one each.
+    let overlap = |a: &SocketAddr, b: &SocketAddr| {
+        a.port() != 0
+            && a.port() == b.port()
+            && a.is_ipv4() == b.is_ipv4()
+            && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+    };
+    let mut clashes = Vec::new();
+    for (kind, list) in [("TCP", &tcp), ("UDP", &udp)] {
+        for (i, (key_a, a)) in list.iter().enumerate() {
+            if let Some((key_b, b)) = list.iter().skip(i + 1).find(|(_, b)| overlap(a, b)) {
+                clashes.push(format!(
+                    "{key_a} {a} and {key_b} {b} are the same {kind} port: give each listener a port of its own"
+                ));
+            }
+        }
+    }
+    clashes
+}
+
 /// A config error, with the line when the file is at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -943,6 +1030,74 @@ impl Config {
         if self.limits.max_allocations == 0 {
             bad("limits.max_allocations", "must be at least 1".into());
         }
+        // Zero here is not "no limit": it would refuse every connection, permission or channel, or end everything at
+        // once, and a too short nonce or credential makes every Allocate fail.
+        for (key, value, least, what) in [
+            ("limits.max_connections", self.limits.max_connections as u64, 1, ""),
+            (
+                "limits.max_permissions_per_allocation",
+                self.limits.max_permissions_per_allocation as u64,
+                1,
+                "",
+            ),
+            (
+                "limits.max_channels_per_allocation",
+                self.limits.max_channels_per_allocation as u64,
+                1,
+                "",
+            ),
+            ("limits.idle_timeout", self.limits.idle_timeout, 1, " s"),
+            ("limits.auth_timeout", self.limits.auth_timeout, 1, " s"),
+            ("auth.nonce_lifetime", self.auth.nonce_lifetime, 30, " s"),
+            ("auth.credential_ttl", self.auth.credential_ttl, 60, " s"),
+        ] {
+            if value < least {
+                bad(key, format!("{value}{what} is too small: at least {least}{what}"));
+            }
+        }
+        if self.limits.workers > MAX_WORKERS {
+            bad(
+                "limits.workers",
+                format!("must be between 0 (one per core) and {MAX_WORKERS}"),
+            );
+        }
+        if let Err(e) = log_filter(&self.log.level) {
+            bad("log.level", e);
+        }
+        if let Some(Err(e)) = self.signal.public_host.as_deref().map(public_host) {
+            bad("signal.public_host", e);
+        }
+        // An address that names no host: a relay bound there, or advertised, is reachable by nobody.
+        for (key, list) in [
+            ("relay.bind_v4", &self.relay.bind_v4),
+            ("relay.bind_v6", &self.relay.bind_v6),
+            ("relay.external_v4", &self.relay.external_v4),
+            ("relay.external_v6", &self.relay.external_v6),
+        ] {
+            if let Some(ip) = list
+                .iter()
+                .find(|ip| ip.is_unspecified() || ip.is_multicast() || is_broadcast(ip))
+            {
+                bad(
+                    key,
+                    format!("{ip} is not one host's address: give the address itself (unset: the one clients reach)"),
+                );
+            }
+        }
+        for clash in listener_clashes(&self.listen, self.metrics.listen) {
+            bad("listen", clash);
+        }
+        if let Some(dir) = self.cluster.pid_file.as_deref().and_then(std::path::Path::parent) {
+            if !dir.as_os_str().is_empty() && !dir.is_dir() {
+                bad(
+                    "cluster.pid_file",
+                    format!(
+                        "{} is not a directory (create it, or choose another path)",
+                        dir.display()
+                    ),
+                );
+            }
+        }
         errors
     }
 
@@ -1210,6 +1365,118 @@ mod tests {
         let errors = config.validate();
         assert_eq!(errors.len(), 3, "{errors:?}");
         assert!(format!("{errors:?}").contains("cluster.hub_shards"), "{errors:?}");
+    }
+
+    /// The keys of the errors `text` (a config file) gets from `validate`, with their messages.
+    fn invalid(text: &str) -> Vec<(&'static str, String)> {
+        Config::parse(text)
+            .unwrap()
+            .validate()
+            .into_iter()
+            .filter_map(|e| match e {
+                ConfigError::Invalid { key, message } => Some((key, message)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn values_that_would_break_every_client_are_refused() {
+        for (text, key) in [
+            ("[limits]\nmax_connections = 0", "limits.max_connections"),
+            (
+                "[limits]\nmax_permissions_per_allocation = 0",
+                "limits.max_permissions_per_allocation",
+            ),
+            (
+                "[limits]\nmax_channels_per_allocation = 0",
+                "limits.max_channels_per_allocation",
+            ),
+            ("[limits]\nidle_timeout = 0", "limits.idle_timeout"),
+            ("[limits]\nauth_timeout = 0", "limits.auth_timeout"),
+            ("[limits]\nworkers = 4000000000", "limits.workers"),
+            ("[auth]\nnonce_lifetime = 0", "auth.nonce_lifetime"),
+            ("[auth]\ncredential_ttl = 10", "auth.credential_ttl"),
+            ("[relay]\nbind_v4 = \"0.0.0.0\"", "relay.bind_v4"),
+            ("[relay]\nexternal_v4 = \"255.255.255.255\"", "relay.external_v4"),
+            ("[relay]\nbind_v6 = \"ff02::1\"", "relay.bind_v6"),
+            (
+                "[cluster]\npid_file = \"/nonexistent-dir/traverse.pid\"",
+                "cluster.pid_file",
+            ),
+        ] {
+            let errors = invalid(text);
+            assert_eq!(errors.len(), 1, "{text}: {errors:?}");
+            assert_eq!(errors[0].0, key, "{text}: {errors:?}");
+        }
+        assert!(invalid("[cluster]\npid_file = \"traverse.pid\"\n[limits]\nworkers = 64").is_empty());
+    }
+
+    #[test]
+    fn a_log_level_must_name_levels() {
+        for level in [
+            "info",
+            "WARN",
+            "off",
+            "info,web=debug,turn::server=trace",
+            "web[conn]=debug",
+        ] {
+            assert_eq!(log_filter(level), Ok(()), "{level}");
+        }
+        // `tracing` would take each of these as a target with every level, and log nothing else.
+        for level in ["warning", "debg", "info,web=verbose", "=debug", "", "info, web=debug"] {
+            assert!(log_filter(level).is_err(), "{level}");
+        }
+        assert!(log_filter("warning").unwrap_err().contains("did you mean warn?"));
+        let errors = invalid("[log]\nlevel = \"debg\"");
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].0, "log.level");
+    }
+
+    #[test]
+    fn a_public_host_is_a_name_or_an_address_alone() {
+        for host in [
+            "turn.example.com",
+            "198.51.100.7",
+            "2001:db8::1",
+            "[2001:db8::1]",
+            "my_host",
+        ] {
+            assert_eq!(public_host(host), Ok(()), "{host}");
+        }
+        for host in [
+            "https://turn.example.com:443/",
+            "turn.example.com:3478",
+            "a b",
+            "",
+            "[turn.example.com]",
+        ] {
+            assert!(public_host(host).is_err(), "{host}");
+        }
+    }
+
+    #[test]
+    fn listeners_on_the_same_port_are_refused_before_binding() {
+        assert!(
+            listener_clashes(&Listen::default(), None).is_empty(),
+            "IPv4 and IPv6 wildcards of one port"
+        );
+        let clash = |text: &str| {
+            let config = Config::parse(text).unwrap();
+            listener_clashes(&config.listen, config.metrics.listen)
+        };
+        let found = clash("[listen]\ntcp = [\"127.0.0.1:3478\"]\nhttp = [\"127.0.0.1:3478\"]");
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].starts_with("listen.tcp 127.0.0.1:3478 and listen.http 127.0.0.1:3478 are the same TCP"));
+        let found = clash("[listen]\nhttp = [\"0.0.0.0:8080\"]\n[metrics]\nlisten = \"127.0.0.1:8080\"");
+        assert_eq!(found.len(), 1, "a wildcard takes the port on every address: {found:?}");
+        assert!(clash("[listen]\nudp = [\"127.0.0.1:3478\", \"127.0.0.1:3478\"]")[0].contains("UDP"));
+        assert!(clash("[listen]\nhttp = [\"127.0.0.1:8080\", \"127.0.0.2:8080\"]").is_empty());
+        assert!(
+            clash("[listen]\ntcp = [\"127.0.0.1:0\"]\nhttp = [\"127.0.0.1:0\"]").is_empty(),
+            "any free port"
+        );
+        assert!(clash("[listen]\nudp = [\"0.0.0.0:3478\"]\ntcp = [\"0.0.0.0:3478\"]").is_empty());
     }
 
     #[test]

@@ -124,6 +124,14 @@ impl Drain {
         }
         self.web.drain();
         self.started = Some(now);
+        // systemd shows the unit as deactivating for the drain's length.
+        let _ = sd_notify::notify(
+            false,
+            &[
+                sd_notify::NotifyState::Stopping,
+                sd_notify::NotifyState::Status("draining"),
+            ],
+        );
         self.quotas.drain(self.alternates());
         let allocations = self.quotas.total();
         tracing::info!(

@@ -287,14 +287,16 @@ impl clap::FromArgMatches for ServeArgs {
 
 #[derive(Args, Debug)]
 struct CredentialArgs {
-    /// The shared secret (as in [auth.secrets]).
+    /// The shared secret (as in [auth.secrets]); default: $TRAVERSE_SECRET, else the first of the server's
+    /// $TRAVERSE_SECRETS (or $TRAVERSE_AUTH_SECRETS), which mints.
     #[arg(long, env = "TRAVERSE_SECRET")]
-    secret: String,
+    secret: Option<String>,
     /// The user part of the username.
     #[arg(long, default_value = "user")]
     user: String,
-    /// Seconds the credential stays valid.
-    #[arg(long, default_value_t = 86_400)]
+    /// Seconds the credential stays valid (the server refuses more than its auth.max_credential_lifetime, 7 days
+    /// by default).
+    #[arg(long, default_value_t = 86_400, value_parser = clap::value_parser!(u64).range(1..=MAX_TTL))]
     ttl: u64,
     /// TURN/STUN URIs to include, e.g. turn:turn.example.com:3478?transport=udp.
     #[arg(long = "uri")]
@@ -307,18 +309,21 @@ struct TokenArgs {
     #[arg(long, env = "TRAVERSE_SIGNAL_SECRET")]
     secret: String,
     /// The room the token admits; `*` for any.
-    #[arg(long)]
+    #[arg(long, value_parser = clap::builder::NonEmptyStringValueParser::new())]
     room: String,
     /// The identity, shown to other peers as meta.identity.
     #[arg(long, default_value = "user")]
     identity: String,
     /// Seconds the token stays valid.
-    #[arg(long, default_value_t = 3600)]
+    #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..=MAX_TTL))]
     ttl: u64,
     /// Capabilities passed through to the app (repeatable).
     #[arg(long = "cap")]
     caps: Vec<String>,
 }
+
+/// The longest `--ttl` of a credential or a token: ten years (a longer one wrapped past the clock's range).
+const MAX_TTL: u64 = 10 * 366 * 86_400;
 
 fn parse_range(s: &str) -> Result<(u16, u16), String> {
     let (a, b) = s.split_once('-').ok_or("expected MIN-MAX")?;
@@ -340,18 +345,33 @@ fn main() -> std::process::ExitCode {
     match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("traverse: {e:#}");
+            match JSON_LOGS.load(std::sync::atomic::Ordering::Relaxed) {
+                true => eprintln!("{}", json_error(&format!("cannot start: {e:#}"))),
+                false => eprintln!("traverse: {e:#}"),
+            }
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// Logs are JSON (`log.format`): the lines written past the logger, a refused configuration or a failed start, are
+/// JSON too, for the shipper that parses them.
+static JSON_LOGS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// An error line shaped like the JSON logger's.
+fn json_error(message: &str) -> serde_json::Value {
+    json!({ "level": "ERROR", "fields": { "message": message } })
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve(*args),
         Command::Credentials(args) => {
-            config::short_secret(&args.secret).map_err(|e| anyhow::anyhow!("--secret: {e}"))?;
-            let (username, password) = mint(&args.secret, &args.user, args.ttl);
+            let secret = credential_secret(args.secret, |name| std::env::var(name).ok()).ok_or_else(|| {
+                anyhow::anyhow!("no secret: give --secret, or set TRAVERSE_SECRET (or the server's TRAVERSE_SECRETS)")
+            })?;
+            config::short_secret(&secret).map_err(|e| anyhow::anyhow!("--secret: {e}"))?;
+            let (username, password) = mint(&secret, &args.user, args.ttl);
             let out = json!({ "username": username, "password": password, "credential": password,
                               "ttl": args.ttl, "uris": args.uris });
             println!("{}", serde_json::to_string_pretty(&out)?);
@@ -471,6 +491,22 @@ fn warn_if_relay_ports_cannot_hold_allocations(config: &Config, capacity: usize)
 }
 
 /// A REST credential: username `expiry:user`, password base64(HMAC-SHA1(secret, username)).
+/// The secret `traverse credentials` mints with: `--secret` (or `TRAVERSE_SECRET`), else the one the server mints
+/// with, the first of its `TRAVERSE_AUTH_SECRETS` or `TRAVERSE_SECRETS` list.
+fn credential_secret(given: Option<String>, var: impl Fn(&str) -> Option<String>) -> Option<String> {
+    given.or_else(|| {
+        ["TRAVERSE_AUTH_SECRETS", "TRAVERSE_SECRETS"]
+            .iter()
+            .find_map(|name| var(name))
+            .and_then(|list| {
+                list.split(',')
+                    .map(str::trim)
+                    .find(|s| !s.is_empty())
+                    .map(str::to_owned)
+            })
+    })
+}
+
 fn mint(secret: &str, user: &str, ttl: u64) -> (String, String) {
     mint_at(secret, user, unix_now() + ttl)
 }
@@ -499,6 +535,12 @@ fn warn_unknown_environment() {
     }
 }
 
+/// Variables `serve` reads beside the keys' own and the everyday flags'.
+const SERVE_VARIABLES: &[&str] = &["TRAVERSE_CONFIG", "TRAVERSE_RELAY_PORTS"];
+
+/// Variables of the other subcommands, with the server's variable for the same thing.
+const OTHER_COMMANDS_VARIABLES: &[(&str, &str)] = &[("TRAVERSE_SECRET", "TRAVERSE_SECRETS")];
+
 fn unknown_environment<'a>(names: impl Iterator<Item = &'a str>) -> Vec<String> {
     let known: Vec<String> = Config::keys()
         .iter()
@@ -507,9 +549,16 @@ fn unknown_environment<'a>(names: impl Iterator<Item = &'a str>) -> Vec<String> 
     names
         .filter_map(|name| {
             let suffix = name.strip_prefix("TRAVERSE")?;
-            let everyday = FLAGS.iter().any(|f| f.env == name) || name == "TRAVERSE_CONFIG";
+            let everyday = FLAGS.iter().any(|f| f.env == name) || SERVE_VARIABLES.contains(&name);
             if !suffix.starts_with('_') || everyday || known.iter().any(|k| k == name) {
                 return None;
+            }
+            // Read by another subcommand: the server has a variable of its own for the same thing.
+            if let Some((_, meant)) = OTHER_COMMANDS_VARIABLES.iter().find(|(other, _)| *other == name) {
+                return Some(format!(
+                    "{name} is read by `traverse credentials` only and is ignored by the server; its TURN secrets \
+                     are {meant}"
+                ));
             }
             Some(match known.iter().find(|k| k.ends_with(suffix)) {
                 Some(meant) => format!("{name} is not an option and is ignored; did you mean {meant}?"),
@@ -542,18 +591,23 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut config = match configure(&args, |name| std::env::var(name).ok()) {
         Ok(config) => config,
         Err(errors) => {
-            // JSON logs asked for (by a flag or a variable): the refusal is JSON too.
-            let json = args
+            // JSON logs asked for (by a flag, a variable or the file, as far as it parses): the refusal is JSON too.
+            let from_file = || {
+                let text = std::fs::read_to_string(args.config.as_ref()?).ok()?;
+                Some(Config::parse_partial(&text).0?.log.format == LogFormat::Json)
+            };
+            let json = match args
                 .from_flags
                 .iter()
                 .chain(&args.from_env)
-                .any(|o| o.key == "log.format" && o.value == "json");
+                .rfind(|o| o.key == "log.format")
+            {
+                Some(o) => o.value == "json",
+                None => from_file().unwrap_or(false),
+            };
             for e in &errors {
                 match json {
-                    true => eprintln!(
-                        "{}",
-                        json!({ "level": "ERROR", "fields": { "message": format!("config: {e}") } })
-                    ),
+                    true => eprintln!("{}", json_error(&format!("config: {e}"))),
                     false => eprintln!("config: {e}"),
                 }
             }
@@ -565,6 +619,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     init_logging(&config);
     warn_unknown_environment();
+    if let Some(path) = &args.config {
+        warn_if_secrets_readable(path);
+    }
+    check_data_dir(&config)?;
 
     // Signaling hands every peer a REST credential, so there is always a secret to mint with.
     let generated_secret = config.auth.secrets.is_empty();
@@ -762,25 +820,20 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let host = public_host(&config, &running, &interface_ips);
     let _ = ice_urls.set(IceUrls::new(&host, &running, config.stun.other_address));
     let json_logs = config.log.format == LogFormat::Json;
+    // Said once everything is bound and written (the pid file, the metrics listener): a script waiting for these
+    // lines finds a server that stays up.
+    let mut ready = Vec::new();
     if let Some(a) = running.http.first() {
-        let (ws, demo) = (
+        ready.push((
             format!("ws://{host}:{}/ws", a.port()),
             format!("http://{host}:{}/demo", a.port()),
-        );
-        match json_logs {
-            true => tracing::info!(signaling = %ws, demo = %demo, "signaling ready"),
-            false => println!("signaling: {ws}   demo: {demo}"),
-        }
+        ));
     }
     if let Some(a) = running.single.first() {
-        let (ws, demo) = (
+        ready.push((
             format!("wss://{host}:{}/ws", a.port()),
             format!("https://{host}:{}/demo", a.port()),
-        );
-        match json_logs {
-            true => tracing::info!(signaling = %ws, demo = %demo, "signaling ready"),
-            false => println!("signaling: {ws}   demo: {demo}"),
-        }
+        ));
         // Plain HTTP there is redirected to the configured name, else the port's own address, else the advertised
         // host — never to the request's Host (the web side is not told a connection's local address).
         let redirect_host = match (&config.signal.public_host, a.ip()) {
@@ -804,7 +857,13 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
     }
     if generated_secret {
-        tracing::info!("no credentials configured: generated a shared secret for this run");
+        match config.auth.users.is_empty() {
+            true => tracing::info!("no credentials configured: generated a shared secret for this run"),
+            false => tracing::info!(
+                "no shared secret configured: generated one for this run, for the credentials signaling hands out \
+                 (the static users work as configured)"
+            ),
+        }
     }
     if config.signal.secret.is_none() {
         tracing::warn!(
@@ -846,7 +905,17 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
+    for (ws, demo) in ready {
+        match json_logs {
+            true => tracing::info!(signaling = %ws, demo = %demo, "signaling ready"),
+            false => println!("signaling: {ws}   demo: {demo}"),
+        }
+    }
     print_ice_servers(&config, &host, &running);
+    // Under systemd (Type=notify) `systemctl start` returns now; elsewhere NOTIFY_SOCKET is unset and this is nothing.
+    if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
+        tracing::warn!(error = %e, "cannot tell systemd the server is ready (NOTIFY_SOCKET)");
+    }
 
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let certs = running.certs.clone();
@@ -908,6 +977,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
     });
     tracing::info!("shutting down");
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     web.shutdown();
     // Let the 4202 close frames leave before the workers stop.
     std::thread::sleep(Duration::from_millis(200));
@@ -1072,7 +1142,11 @@ impl tokio::io::AsyncWrite for HttpConn {
 fn public_host(config: &Config, running: &server::Running, interface_ips: &[IpAddr]) -> String {
     // A `turns:` URL must name what the certificate names.
     if let Some(host) = config.signal.public_host.as_ref().or(config.tls.domains.first()) {
-        return host.clone();
+        // An IPv6 address goes in URLs in brackets (`validate` takes it with or without).
+        return match host.parse::<std::net::Ipv6Addr>() {
+            Ok(v6) => format!("[{v6}]"),
+            Err(_) => host.clone(),
+        };
     }
     let ip = config
         .relay
@@ -1089,16 +1163,42 @@ fn public_host(config: &Config, running: &server::Running, interface_ips: &[IpAd
                 .map(|a| a.ip())
                 .find(|ip| !ip.is_unspecified())
         })
-        .or_else(|| {
-            interface_ips
-                .iter()
-                .copied()
-                .find(|ip| ip.is_ipv4() && !ip.is_loopback())
-        })
+        .or_else(|| interface_address(interface_ips))
         .unwrap_or(IpAddr::from([127, 0, 0, 1]));
+    if !is_public(ip) {
+        tracing::warn!(
+            %ip,
+            "the iceServers and URLs handed to peers name {ip}, which peers outside this network cannot reach; set \
+             signal.public_host (--public-host) to this server's public name or address"
+        );
+    }
     match ip {
         IpAddr::V6(v6) => format!("[{v6}]"),
         IpAddr::V4(v4) => v4.to_string(),
+    }
+}
+
+/// The interface address to advertise when nothing is configured: a public IPv4 one, else a public IPv6 one, else
+/// any IPv4 one but loopback (a lab, or a host behind NAT: then a warning says to set `signal.public_host`).
+fn interface_address(interface_ips: &[IpAddr]) -> Option<IpAddr> {
+    let ips = || interface_ips.iter().copied();
+    ips()
+        .find(|ip| ip.is_ipv4() && is_public(*ip))
+        .or_else(|| ips().find(|ip| ip.is_ipv6() && is_public(*ip)))
+        .or_else(|| ips().find(|ip| ip.is_ipv4() && !ip.is_loopback()))
+}
+
+/// Whether peers on the internet can reach `ip`: not private (RFC 1918, shared CGNAT space, IPv6 unique local),
+/// loopback, link-local or unspecified. Documentation ranges count as public (labs use them as such).
+fn is_public(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            let shared = a == 100 && (64..128).contains(&b);
+            !(v4.is_private() || v4.is_loopback() || v4.is_link_local() || v4.is_unspecified() || shared)
+        }
+        // Global unicast is 2000::/3.
+        IpAddr::V6(v6) => v6.segments().first().is_some_and(|s| s & 0xe000 == 0x2000),
     }
 }
 
@@ -1188,14 +1288,88 @@ fn print_ice_servers(config: &Config, host: &str, running: &server::Running) {
     println!("iceServers: {}", serde_json::to_string(&ice).unwrap_or_default());
 }
 
+/// A configuration file that holds secrets and that every user of the host can read gives each of them the power
+/// to mint join tokens or TURN credentials: say so, with the two ways out.
+fn warn_if_secrets_readable(path: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(meta) = std::fs::metadata(path) else { return };
+    if meta.permissions().mode() & 0o004 == 0 {
+        return;
+    }
+    let Ok(file) = Config::load(&path.to_path_buf()) else {
+        return;
+    };
+    let held: Vec<&str> = [
+        ("signal.secret", file.signal.secret.is_some()),
+        ("auth.secrets", !file.auth.secrets.is_empty()),
+        ("auth.users", !file.auth.users.is_empty()),
+        ("web.admin_token", file.web.admin_token.is_some()),
+        ("metrics.token", file.metrics.token.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(key, set)| set.then_some(key))
+    .collect();
+    if !held.is_empty() {
+        tracing::warn!(
+            file = %path.display(),
+            "the configuration file holds {} and every user of this host can read it: `chmod 640` it (owner and the \
+             service's group), or move them to the environment (TRAVERSE_SIGNAL_SECRET, TRAVERSE_SECRETS, … in a \
+             file only the service reads)",
+            held.join(", ")
+        );
+    }
+}
+
+/// The state directory (`web.data_dir`) must take files: ACME keeps its account and certificates there (a
+/// certificate it cannot store is ordered again at every start, a new account each time), and `/check` the
+/// reports users share. Refused for ACME; otherwise a warning, as only shared reports need it.
+fn check_data_dir(config: &Config) -> anyhow::Result<()> {
+    let dir = config.web.data_dir();
+    let Err(e) = probe_writable(&dir) else { return Ok(()) };
+    if !config.tls.domains.is_empty() {
+        bail!(
+            "web.data_dir {} cannot take files ({e}): ACME keeps its account and certificates there; make it \
+             writable by this process's user, or set web.data_dir",
+            dir.display()
+        );
+    }
+    tracing::warn!(
+        dir = %dir.display(),
+        error = %e,
+        "web.data_dir cannot take files: reports shared from /check will fail; make it writable by this process's \
+         user, or set web.data_dir"
+    );
+    Ok(())
+}
+
+/// Whether files can be created in `dir`, or, while it does not exist yet, in its nearest existing ancestor (where
+/// it will be created): a probe file is made and removed, nothing else is left behind.
+fn probe_writable(dir: &std::path::Path) -> std::io::Result<()> {
+    let mut at = dir;
+    while !at.exists() {
+        at = match at.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => std::path::Path::new("."),
+        };
+    }
+    let probe = at.join(format!(".tmp-probe-{}", std::process::id()));
+    std::fs::File::create(&probe)?;
+    std::fs::remove_file(&probe)
+}
+
 fn init_logging(config: &Config) {
     use tracing_subscriber::filter::FilterExt;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::Layer;
 
+    // Checked by `validate` (`config::log_filter`).
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log.level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    JSON_LOGS.store(
+        config.log.format == LogFormat::Json,
+        std::sync::atomic::Ordering::Relaxed,
+    );
     // Colours only for a person at a terminal: a file or a log shipper gets no escape codes.
     let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -1273,6 +1447,60 @@ mod tests {
         assert_eq!(warnings.len(), 2, "{warnings:?}");
         assert!(warnings[0].contains("did you mean TRAVERSE_LIMITS_MAX_CONNECTIONS"));
         assert!(warnings[1].starts_with("TRAVERSE_NONSENSE is not an option"));
+        // `--relay-ports`' variable is read; `traverse credentials`' secret is not the server's.
+        let warnings = unknown_environment(["TRAVERSE_RELAY_PORTS", "TRAVERSE_SECRET"].into_iter());
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].contains("`traverse credentials` only") && warnings[0].ends_with("are TRAVERSE_SECRETS"),
+            "{warnings:?}"
+        );
+    }
+
+    #[test]
+    fn the_advertised_address_is_a_public_one_when_the_host_has_one() {
+        let ips = |list: &[&str]| list.iter().map(|s| s.parse().unwrap()).collect::<Vec<IpAddr>>();
+        let pick = |list: &[&str]| interface_address(&ips(list)).map(|ip| ip.to_string());
+        assert_eq!(
+            pick(&["127.0.0.1", "10.0.0.5", "203.0.113.9"]).as_deref(),
+            Some("203.0.113.9")
+        );
+        assert_eq!(
+            pick(&["10.0.0.5", "fe80::1", "2001:db8::9"]).as_deref(),
+            Some("2001:db8::9")
+        );
+        assert_eq!(
+            pick(&["127.0.0.1", "172.17.0.1", "fd00::1"]).as_deref(),
+            Some("172.17.0.1")
+        );
+        assert_eq!(pick(&["127.0.0.1", "::1"]), None);
+        for private in [
+            "10.1.2.3",
+            "192.168.1.1",
+            "172.16.0.1",
+            "100.64.0.1",
+            "169.254.1.1",
+            "fd12::1",
+            "::1",
+        ] {
+            assert!(!is_public(private.parse().unwrap()), "{private}");
+        }
+        for public in ["198.51.100.7", "100.128.0.1", "8.8.8.8", "2001:db8::1"] {
+            assert!(is_public(public.parse().unwrap()), "{public}");
+        }
+    }
+
+    #[test]
+    fn credentials_mint_with_the_server_s_first_secret_when_given_none() {
+        let env = |name: &str| (name == "TRAVERSE_SECRETS").then(|| " first-secret-0123456789, second".to_owned());
+        assert_eq!(credential_secret(None, env).as_deref(), Some("first-secret-0123456789"));
+        assert_eq!(credential_secret(Some("given".into()), env).as_deref(), Some("given"));
+        assert_eq!(credential_secret(None, |_| None), None);
+        let both = |name: &str| Some(format!("{name}-0123456789"));
+        assert_eq!(
+            credential_secret(None, both).as_deref(),
+            Some("TRAVERSE_AUTH_SECRETS-0123456789"),
+            "the section's own variable first, as the server reads it"
+        );
     }
 
     #[test]

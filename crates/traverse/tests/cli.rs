@@ -233,3 +233,104 @@ fn a_bad_listen_address_says_what_to_write() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_log_level_that_is_not_one_is_refused_not_silent() {
+    // `tracing` would read "warning" as a target and log nothing at all, warnings and errors included.
+    let out = traverse(&["serve", "--log-level", "warning"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("log.level") && stderr.contains("did you mean warn?"),
+        "{stderr}"
+    );
+    let path = file("level.toml", "[log]\nlevel = \"debg\"\n");
+    let out = traverse(&["check-config", path.to_str().unwrap()]);
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("\"debg\" is not a level"));
+}
+
+#[test]
+fn a_file_asking_for_json_logs_gets_its_refusal_in_json() {
+    let path = file("json.toml", "[log]\nformat = \"json\"\n[limits]\nmax_connections = 0\n");
+    let out = traverse(&["serve", "--config", path.to_str().unwrap()]);
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(!stderr.trim().is_empty());
+    for line in stderr.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert_eq!(v["level"], "ERROR", "{line}");
+    }
+    assert!(stderr.contains("limits.max_connections"), "{stderr}");
+}
+
+#[test]
+fn credentials_and_tokens_refuse_what_would_wrap_or_admit_nothing() {
+    let secret = "a-secret-of-enough-length";
+    let out = traverse(&["credentials", "--secret", secret, "--ttl", "18446744073709551615"]);
+    assert!(!out.status.success(), "a ttl past the clock's range");
+    let out = traverse(&["token", "--secret", secret, "--room", ""]);
+    assert!(!out.status.success(), "an empty room");
+    // No --secret: the server's own variable, the list's first entry, mints (the one the server mints with).
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_traverse"));
+    common::clear_traverse_env(&mut cmd);
+    let out = cmd
+        .args(["credentials", "--user", "u", "--ttl", "60"])
+        .env("TRAVERSE_SECRETS", format!("{secret},another-secret-0123456789"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let username = v["username"].as_str().unwrap();
+    assert_eq!(
+        v["password"].as_str().unwrap(),
+        turn::rest_password(secret.as_bytes(), username)
+    );
+}
+
+#[test]
+fn a_privileged_port_refused_says_which_capability_it_needs() {
+    // Root may bind below 1024: run as nobody then (util-linux's setpriv); anyone else is refused as is.
+    let root = std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"));
+    let bin = env!("CARGO_BIN_EXE_traverse");
+    let mut cmd = match root {
+        true => {
+            let mut c = Command::new("setpriv");
+            c.args(["--reuid", "65534", "--regid", "65534", "--clear-groups", bin]);
+            c
+        }
+        false => Command::new(bin),
+    };
+    common::clear_traverse_env(&mut cmd);
+    let data = std::env::temp_dir().join(format!("traverse-cli-{}-privileged", std::process::id()));
+    let out = cmd
+        .args([
+            "serve",
+            "--udp",
+            "off",
+            "--tcp",
+            "off",
+            "--tls",
+            "off",
+            "--http",
+            "127.0.0.1:443",
+        ])
+        .args(["--set", &format!("web.data_dir={}", data.display())])
+        .output()
+        .expect("setpriv runs (util-linux)");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("cannot listen on HTTP 127.0.0.1:443") && stderr.contains("CAP_NET_BIND_SERVICE"),
+        "{stderr}"
+    );
+}

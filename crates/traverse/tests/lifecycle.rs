@@ -684,3 +684,29 @@ fn allocations_take_the_relay_addresses_in_turn_and_a_full_one_passes_them_on() 
         );
     }
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// systemd's readiness protocol (Type=notify).
+
+/// Under `Type=notify` systemd waits for `READY=1` on `$NOTIFY_SOCKET`: it comes once the listeners answer, and
+/// `STOPPING=1` when SIGTERM stops the server.
+#[test]
+fn systemd_hears_ready_once_listening_and_stopping_on_sigterm() {
+    use std::os::unix::net::UnixDatagram;
+    let path = std::env::temp_dir().join(format!("traverse-notify-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let notify = UnixDatagram::bind(&path).expect("bind the notify socket");
+    notify.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let spawned = common::spawn_serve_under(&[], "127.0.0.1:0", &[], &[("NOTIFY_SOCKET", path.to_str().unwrap())]);
+    let mut buf = [0u8; 512];
+    let n = notify.recv(&mut buf).expect("READY=1 within 30 s");
+    let http = common::signaling_addr(&spawned);
+    assert_eq!(std::str::from_utf8(&buf[..n]).unwrap().trim(), "READY=1");
+    TcpStream::connect_timeout(&http, Duration::from_secs(2)).expect("signaling answers once READY=1 was sent");
+    let mut child = spawned.child;
+    signal(child.id(), "TERM");
+    let n = notify.recv(&mut buf).expect("STOPPING=1 after SIGTERM");
+    assert_eq!(std::str::from_utf8(&buf[..n]).unwrap().trim(), "STOPPING=1");
+    let _ = child.wait();
+    let _ = std::fs::remove_file(&path);
+}
