@@ -12,7 +12,7 @@
 //! `RefCell`s never conflict.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
 use std::os::fd::AsRawFd;
@@ -218,7 +218,10 @@ pub(crate) struct Worker {
 
 #[derive(Default)]
 struct FastAllocation {
-    channels: HashSet<FastRoute>,
+    /// Each channel's routes as installed in the kernel: they are removed by what was written, not by what the
+    /// allocation's slot holds by then (a slot freed and taken again in one receive batch names another allocation
+    /// when the first one's events are handled, and its routes would stay, uncounted and uncapped).
+    channels: HashMap<FastRoute, xdp::Route>,
     seen: xdp::Relayed,
 }
 
@@ -777,6 +780,7 @@ impl Worker {
             route.channel.get(),
             route.peer,
             local,
+            route.dont_fragment,
         )
     }
 
@@ -787,11 +791,14 @@ impl Worker {
         let Some(kernel) = self.kernel_route(&route) else {
             return;
         };
-        let new = !self
-            .fast
-            .borrow()
-            .get(&route.allocation)
-            .is_some_and(|entry| entry.channels.contains(&route));
+        let (new, first) = match self.fast.borrow().get(&route.allocation) {
+            Some(entry) => (!entry.channels.contains_key(&route), entry.channels.is_empty()),
+            None => (true, true),
+        };
+        // The first route's credit goes in before the route: the program reads no credit as no cap.
+        if first && self.settle_one(fast, route.allocation, Instant::now()).is_err() {
+            return;
+        }
         if let Err(e) = fast.install(&kernel, expires, new) {
             // At most one line per 10 s: one Refresh can re-announce 256 channels.
             static REFUSED: crate::budget::ThrottledLog = crate::budget::ThrottledLog::new(10);
@@ -802,43 +809,57 @@ impl Worker {
                     "channels left on the socket path, not given to the kernel's fast path (said at most every 10 s)"
                 );
             }
+            if first {
+                fast.forget(kernel.allocation);
+            }
             return;
         }
-        let first = {
-            let mut allocations = self.fast.borrow_mut();
-            let entry = allocations.entry(route.allocation).or_default();
-            let first = entry.channels.is_empty();
-            entry.channels.insert(route);
-            first
-        };
-        if first {
-            self.settle_one(fast, route.allocation, Instant::now());
-        }
+        self.fast
+            .borrow_mut()
+            .entry(route.allocation)
+            .or_default()
+            .channels
+            .insert(route, kernel);
     }
 
     fn remove_fast_route(&self, route: FastRoute) {
         let Some(fast) = &self.shared.fast_path else { return };
-        if let Some(kernel) = self.kernel_route(&route) {
+        let installed = self
+            .fast
+            .borrow_mut()
+            .get_mut(&route.allocation)
+            .and_then(|entry| entry.channels.remove(&route));
+        if let Some(kernel) = installed {
             fast.remove(&kernel);
-        }
-        if let Some(entry) = self.fast.borrow_mut().get_mut(&route.allocation) {
-            entry.channels.remove(&route);
         }
     }
 
-    /// The allocation ended (its routes were withdrawn just before): its last kernel counts go to the core's
-    /// counters, then its counters and credit leave the kernel.
+    /// The allocation ended: any route of it still in the kernel is withdrawn, its last kernel counts go to the
+    /// core's counters, then its counters and credit leave the kernel.
     fn forget_fast_path(&self, id: AllocationId) {
         let Some(fast) = &self.shared.fast_path else { return };
-        if self.fast.borrow().contains_key(&id) {
-            self.settle_one(fast, id, Instant::now());
-            self.fast.borrow_mut().remove(&id);
-            fast.forget(xdp::Allocation {
-                worker: self.index as u32,
-                slot: id.slot() as u32,
-                generation: id.generation(),
-            });
+        if !self.withdraw_routes(fast, id) {
+            return;
         }
+        let _ = self.settle_one(fast, id, Instant::now());
+        self.fast.borrow_mut().remove(&id);
+        fast.forget(xdp::Allocation {
+            worker: self.index as u32,
+            slot: id.slot() as u32,
+            generation: id.generation(),
+        });
+    }
+
+    /// Removes from the kernel every route of `id` still installed; false when it had none recorded.
+    fn withdraw_routes(&self, fast: &xdp::FastPath, id: AllocationId) -> bool {
+        let routes: Vec<xdp::Route> = match self.fast.borrow_mut().get_mut(&id) {
+            Some(entry) => entry.channels.drain().map(|(_, kernel)| kernel).collect(),
+            None => return false,
+        };
+        for kernel in &routes {
+            fast.remove(kernel);
+        }
+        true
     }
 
     /// Once a second: what the kernel relayed for each of this worker's fast-path allocations goes to the core
@@ -847,18 +868,33 @@ impl Worker {
         let Some(fast) = &self.shared.fast_path else { return };
         let ids: Vec<AllocationId> = self.fast.borrow().keys().copied().collect();
         for id in ids {
-            self.settle_one(fast, id, now);
+            if let Err(e) = self.settle_one(fast, id, now) {
+                // The cap's credit could not be written: the program would read none as no cap. The socket path,
+                // where the cap holds, takes the allocation's traffic until its next channel refresh tries again.
+                self.withdraw_routes(fast, id);
+                static FAILED: crate::budget::ThrottledLog = crate::budget::ThrottledLog::new(10);
+                if let Some(held_back) = FAILED.due() {
+                    tracing::warn!(
+                        error = %e,
+                        held_back,
+                        "a bandwidth credit could not be written to the kernel: the allocation's channels take the \
+                         socket path (said at most every 10 s)"
+                    );
+                }
+            }
         }
     }
 
-    fn settle_one(&self, fast: &xdp::FastPath, id: AllocationId, now: Instant) {
+    /// Brings the kernel's counts of `id` to the core and writes its next credit (its cap's); an error when the
+    /// credit could not be written (the caller takes the allocation off the fast path).
+    fn settle_one(&self, fast: &xdp::FastPath, id: AllocationId, now: Instant) -> Result<(), xdp::MapError> {
         let allocation = xdp::Allocation {
             worker: self.index as u32,
             slot: id.slot() as u32,
             generation: id.generation(),
         };
         let seen = self.fast.borrow().get(&id).map(|e| e.seen).unwrap_or_default();
-        let relayed = fast.settle(allocation, |relayed, unused| {
+        let (relayed, credit) = fast.settle(allocation, |relayed, unused| {
             let traffic = FastPathTraffic {
                 to_peer: Traffic {
                     packets: relayed.to_peer_packets.saturating_sub(seen.to_peer_packets),
@@ -876,6 +912,7 @@ impl Worker {
         if let Some(entry) = self.fast.borrow_mut().get_mut(&id) {
             entry.seen = relayed;
         }
+        credit
     }
 
     fn spawn_relays(self: &Rc<Self>, id: AllocationId, sockets: [Option<Rc<RelaySocket>>; 2], route: ClientRoute) {

@@ -296,7 +296,7 @@ struct CredentialArgs {
     user: String,
     /// Seconds the credential stays valid (the server refuses more than its auth.max_credential_lifetime, 7 days
     /// by default).
-    #[arg(long, default_value_t = 86_400, value_parser = clap::value_parser!(u64).range(1..=MAX_TTL))]
+    #[arg(long, default_value_t = 86_400, value_parser = clap::value_parser!(u64).range(0..=MAX_TTL))]
     ttl: u64,
     /// TURN/STUN URIs to include, e.g. turn:turn.example.com:3478?transport=udp.
     #[arg(long = "uri")]
@@ -315,7 +315,7 @@ struct TokenArgs {
     #[arg(long, default_value = "user")]
     identity: String,
     /// Seconds the token stays valid.
-    #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..=MAX_TTL))]
+    #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(u64).range(0..=MAX_TTL))]
     ttl: u64,
     /// Capabilities passed through to the app (repeatable).
     #[arg(long = "cap")]
@@ -1043,14 +1043,20 @@ fn metrics_endpoint(
 }
 
 /// The dashboard's view of the workers' summed TURN counters.
+/// What the dashboard and the cluster's load weigh: everything relayed, the kernel fast path's included (a node
+/// relaying in XDP is as busy, and as close to its `relay_capacity_mbps`).
 fn turn_load(stats: &turn::Stats) -> web::TurnLoad {
     let (to_peer, to_client) = (&stats.to_peer, &stats.to_client);
+    let (fast_to_peer, fast_to_client) = (&stats.fast_path_to_peer, &stats.fast_path_to_client);
     web::TurnLoad {
         allocations: stats.allocations as u64,
-        relayed_packets_to_peer: to_peer.udp.packets + to_peer.tcp.packets + to_peer.tls.packets,
-        relayed_bytes_to_peer: to_peer.udp.bytes + to_peer.tcp.bytes + to_peer.tls.bytes,
-        relayed_packets_to_client: to_client.udp.packets + to_client.tcp.packets + to_client.tls.packets,
-        relayed_bytes_to_client: to_client.udp.bytes + to_client.tcp.bytes + to_client.tls.bytes,
+        relayed_packets_to_peer: to_peer.udp.packets + to_peer.tcp.packets + to_peer.tls.packets + fast_to_peer.packets,
+        relayed_bytes_to_peer: to_peer.udp.bytes + to_peer.tcp.bytes + to_peer.tls.bytes + fast_to_peer.bytes,
+        relayed_packets_to_client: to_client.udp.packets
+            + to_client.tcp.packets
+            + to_client.tls.packets
+            + fast_to_client.packets,
+        relayed_bytes_to_client: to_client.udp.bytes + to_client.tcp.bytes + to_client.tls.bytes + fast_to_client.bytes,
     }
 }
 
@@ -1453,6 +1459,26 @@ mod tests {
         assert!(
             warnings[0].contains("`traverse credentials` only") && warnings[0].ends_with("are TRAVERSE_SECRETS"),
             "{warnings:?}"
+        );
+    }
+
+    #[test]
+    fn the_load_counts_what_the_kernel_relayed() {
+        let mut stats = turn::Stats::default();
+        stats.to_peer.udp = turn::Traffic { packets: 1, bytes: 100 };
+        stats.fast_path_to_peer = turn::Traffic {
+            packets: 10,
+            bytes: 1000,
+        };
+        stats.fast_path_to_client = turn::Traffic {
+            packets: 20,
+            bytes: 2000,
+        };
+        let load = turn_load(&stats);
+        assert_eq!((load.relayed_packets_to_peer, load.relayed_bytes_to_peer), (11, 1100));
+        assert_eq!(
+            (load.relayed_packets_to_client, load.relayed_bytes_to_client),
+            (20, 2000)
         );
     }
 

@@ -416,6 +416,22 @@ fn received_by_peer(peer: &UdpSocket, window: Duration) -> Vec<(Vec<u8>, SocketA
     got
 }
 
+/// The DF bit of each UDP datagram to `port` a raw socket sees within `window`.
+fn df_bits(mut raw: socket2::Socket, port: u16, window: Duration) -> Vec<bool> {
+    use std::io::Read;
+    let deadline = Instant::now() + window;
+    let mut bits = Vec::new();
+    let mut buf = [0u8; 2048];
+    while Instant::now() < deadline {
+        let Ok(n) = raw.read(&mut buf) else { continue };
+        let ihl = usize::from(buf[0] & 0x0f) * 4;
+        if n >= ihl + 4 && u16::from_be_bytes([buf[ihl + 2], buf[ihl + 3]]) == port {
+            bits.push(buf[6] & 0x40 != 0);
+        }
+    }
+    bits
+}
+
 fn skip_reason() -> Option<String> {
     // SAFETY: geteuid has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
@@ -507,6 +523,28 @@ fn xdp_fast_path_relays_channels_and_keeps_every_guarantee() {
         "{hand:?}"
     );
 
+    // DF toward the peer is the allocation's (no DONT-FRAGMENT asked: cleared), not the client's (Linux sets it on
+    // UDP by default), as the socket path sends (RFC 8656 §14.8).
+    let raw = lab.inside("p", || {
+        let raw = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::RAW, Some(socket2::Protocol::UDP))
+            .expect("raw socket");
+        raw.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        raw
+    });
+    for _ in 0..5 {
+        client
+            .conn
+            .send(&channel_data(0x4000, b"fragment me if you must", false));
+    }
+    let df = df_bits(raw, peer_addr.port(), Duration::from_millis(300));
+    assert_eq!(received_by_peer(&peer, Duration::from_millis(100)).len(), 5);
+    assert_eq!(df, vec![false; 5], "DF bits of the relayed packets");
+    let hand = counters_when(&lab, 9464, |c| c.fast_to_peer >= hand.fast_to_peer + 5);
+    assert!(
+        hand.fast_to_peer >= tcp.fast_to_peer + 6,
+        "not through the kernel: {hand:?}"
+    );
+
     // The deny-listed peer: no channel, no permission, and nothing it sends reaches the client.
     let denied = peer_socket(&lab, DENIED_IP);
     let refused = client.channel_bind(0x4001, denied.local_addr().unwrap());
@@ -533,6 +571,75 @@ fn xdp_fast_path_relays_channels_and_keeps_every_guarantee() {
         (hand.fast_to_peer, hand.fast_to_client),
         "the fast path relayed for a refused peer or a deleted allocation"
     );
+    drop(client);
+
+    // A deletion and a new allocation read in one batch: the new one takes the freed slot before the deletion's
+    // events are handled, and the deleted channel's routes must leave the kernel all the same. (They stayed before:
+    // relaying, uncounted and uncapped, from a relay port that was no longer the allocation's.)
+    let (mut client, relay) = client_with_channel(&lab, 3478, 0x4005, peer_addr);
+    client.conn.send(&channel_data(0x4005, b"before", false));
+    assert_eq!(received_by_peer(&peer, Duration::from_millis(300)).len(), 1);
+    let pid = server.pid();
+    sh(&["kill", "-STOP", &pid.to_string()]);
+    let resume = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        sh(&["kill", "-CONT", &pid.to_string()]);
+    });
+    let (deleted, again) = client.two_requests(
+        (Method::REFRESH, |w: &mut stun::MessageWriter<'_>| {
+            w.add(&stun::Attribute::Lifetime(0)).map(|_| ())
+        }),
+        (Method::ALLOCATE, |w: &mut stun::MessageWriter<'_>| {
+            w.add(&stun::Attribute::RequestedTransport(17)).map(|_| ())
+        }),
+    );
+    resume.join().unwrap();
+    assert_eq!(deleted.error_code(), None, "{}", deleted.describe());
+    assert_eq!(again.error_code(), None, "{}", again.describe());
+    let before = counters_when(&lab, 9464, |_| false);
+    for _ in 0..10 {
+        client.conn.send(&channel_data(0x4005, b"old channel", false));
+        peer.send_to(b"to the old relay", relay).unwrap();
+    }
+    assert!(
+        received_by_peer(&peer, Duration::from_millis(300)).is_empty(),
+        "the deleted channel still reached the peer"
+    );
+    assert!(
+        received_by_client(&mut client, Duration::from_millis(300)).is_empty(),
+        "the deleted relay port still reached the client"
+    );
+    let after = counters_when(&lab, 9464, |_| false);
+    assert_eq!(
+        (after.fast_to_peer, after.fast_to_client),
+        (before.fast_to_peer, before.fast_to_client),
+        "the kernel relayed for the deleted allocation"
+    );
+    drop(client);
+
+    // A peer behind the server's second interface, which has no XDP of this server: the program does not send there
+    // (a redirect to an interface without XDP is dropped by many drivers, after being counted), the socket path does.
+    let far = peer_socket(&lab, FAR_PEER_IP);
+    let (mut client, relay) = client_with_channel(&lab, 3478, 0x4006, far.local_addr().unwrap());
+    let before = counters(&lab, 9464);
+    for i in 0..20 {
+        client
+            .conn
+            .send(&channel_data(0x4006, format!("out {i}").as_bytes(), false));
+    }
+    let got = received_by_peer(&far, Duration::from_millis(300));
+    assert_eq!(got.len(), 20, "the far peer got {got:?}");
+    assert!(got.iter().all(|(_, from)| *from == relay), "{got:?}");
+    let after = counters_when(&lab, 9464, |c| c.socket_udp_to_peer >= before.socket_udp_to_peer + 20);
+    assert_eq!(
+        after.fast_to_peer, before.fast_to_peer,
+        "the kernel sent out of an interface it does not run on"
+    );
+    assert!(
+        after.socket_udp_to_peer >= before.socket_udp_to_peer + 20,
+        "{before:?} -> {after:?}"
+    );
+    drop(far);
     drop(client);
     drop(server);
 
@@ -657,7 +764,7 @@ fn the_kernel_route_tables_hold_a_share_per_client_and_a_refused_route_leaves_no
                 slot: u32::from(i),
                 generation: 1,
             };
-            xdp::Route::v4(allocation, client, addr(SERVER_IP, 3478), 0x4000, peer, relay).unwrap()
+            xdp::Route::v4(allocation, client, addr(SERVER_IP, 3478), 0x4000, peer, relay, false).unwrap()
         };
         for k in 0..share {
             fast.install(&route(1, k), expires, true).expect("within the share");

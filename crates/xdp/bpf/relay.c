@@ -47,12 +47,16 @@ struct client_key {
 	__u16 pad;
 };
 
+// `flags` of a route to a peer: the allocation asked for DONT-FRAGMENT (RFC 8656 §14.8), so DF is set toward the
+// peer; without it DF is cleared, as the socket path sends.
+#define ROUTE_DONT_FRAGMENT 1
+
 struct to_peer {
 	__u32 relay_ip;
 	__u32 peer_ip;
 	__u16 relay_port;
 	__u16 peer_port;
-	__u32 pad;
+	__u32 flags;
 	// CLOCK_MONOTONIC nanoseconds (bpf_ktime_get_ns): min(channel, permission, allocation) expiry.
 	__u64 expires_ns;
 	struct alloc_key alloc;
@@ -91,9 +95,13 @@ struct credit {
 	__s64 bytes;
 };
 
+// Every map is BPF_F_NO_PREALLOC: memory as entries are written (a preallocated per-CPU table of MAX_ENTRIES held
+// tens of MB per CPU whatever the load), and an entry replaced or deleted by user space is freed only after the
+// programs reading it are done (a preallocated one is reused at once, and a reader could see another route's fields).
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, MAX_ENTRIES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct client_key);
 	__type(value, struct to_peer);
 } CLIENT_ROUTES SEC(".maps");
@@ -101,6 +109,7 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, MAX_ENTRIES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct peer_key);
 	__type(value, struct to_client);
 } PEER_ROUTES SEC(".maps");
@@ -108,6 +117,7 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
 	__uint(max_entries, MAX_ENTRIES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct alloc_key);
 	__type(value, struct counters);
 } COUNTERS SEC(".maps");
@@ -115,9 +125,20 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, MAX_ENTRIES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct alloc_key);
 	__type(value, struct credit);
 } CREDITS SEC(".maps");
+
+// The interfaces the program is attached to (ifindex -> 1), written at attach. A packet is rewritten only when its
+// route leaves through one of them: a redirect to an interface without XDP would drop it (many drivers transmit
+// XDP frames only with a program of their own loaded), after it was counted. Any other egress takes the socket path.
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 64);
+	__type(key, __u32);
+	__type(value, __u32);
+} EGRESS SEC(".maps");
 
 // Ones' complement arithmetic (RFC 1071, RFC 1624): byte-order independent, so words are used as loaded.
 static __always_inline __u16 fold(__u32 sum)
@@ -175,9 +196,10 @@ static __always_inline void count(struct alloc_key *alloc, int to_peer, __u64 le
 	}
 }
 
-// The route and neighbour for the rewritten packet; XDP_TX back out of the ingress interface or a redirect. Any
-// failure (no neighbour yet, too big for the egress MTU, forwarding disabled) passes the original to the socket path,
-// which is why the look-up happens before the packet is changed.
+// The route and neighbour for the rewritten packet; XDP_TX back out of the ingress interface or a redirect to another
+// attached one (EGRESS). Any failure (no neighbour yet, too big for the egress MTU, forwarding disabled, an egress
+// without the program) passes the original to the socket path, which is why the look-up happens before the packet is
+// changed.
 static __always_inline int route(struct xdp_md *ctx, struct bpf_fib_lookup *fib, __u32 src, __u32 dst, __u16 sport,
 				 __u16 dport, __u16 tot_len)
 {
@@ -190,7 +212,14 @@ static __always_inline int route(struct xdp_md *ctx, struct bpf_fib_lookup *fib,
 	fib->ipv4_src = src;
 	fib->ipv4_dst = dst;
 	fib->ifindex = ctx->ingress_ifindex;
-	return bpf_fib_lookup(ctx, fib, sizeof(*fib), 0);
+	int found = bpf_fib_lookup(ctx, fib, sizeof(*fib), 0);
+	if (found != BPF_FIB_LKUP_RET_SUCCESS)
+		return found;
+	// Out of the interface it came in on (XDP_TX), or another one the program is attached to.
+	__u32 out = fib->ifindex;
+	if (out != ctx->ingress_ifindex && !bpf_map_lookup_elem(&EGRESS, &out))
+		return BPF_FIB_LKUP_RET_NOT_FWDED;
+	return BPF_FIB_LKUP_RET_SUCCESS;
 }
 
 static __always_inline int transmit(struct xdp_md *ctx, struct bpf_fib_lookup *fib)
@@ -263,6 +292,8 @@ static __always_inline int client_to_peer(struct xdp_md *ctx, struct iphdr *ip, 
 	new_ip.daddr = r->peer_ip;
 	new_ip.tot_len = bpf_htons(new_tot);
 	new_ip.ttl = 64;
+	// Not the client's DF: the allocation's (no fragment offset or MF here: those took the socket path).
+	new_ip.frag_off = (r->flags & ROUTE_DONT_FRAGMENT) ? bpf_htons(0x4000) : 0;
 	struct udphdr new_udp = {
 		.source = r->relay_port,
 		.dest = r->peer_port,

@@ -110,7 +110,12 @@ pub struct Route {
     pub peer: SocketAddrV4,
     /// The relay socket's local address (what a peer's packet is addressed to on the wire).
     pub relay: SocketAddrV4,
+    /// The allocation asked for DONT-FRAGMENT (RFC 8656 §14.8): DF set toward the peer, else cleared.
+    pub dont_fragment: bool,
 }
+
+/// `flags` bit of a route to a peer (`ROUTE_DONT_FRAGMENT` in `bpf/relay.c`).
+const ROUTE_DONT_FRAGMENT: u32 = 1;
 
 impl Route {
     /// IPv4 addresses of every role, or `None` (the fast path is IPv4 only).
@@ -121,6 +126,7 @@ impl Route {
         channel: u16,
         peer: SocketAddr,
         relay: SocketAddr,
+        dont_fragment: bool,
     ) -> Option<Self> {
         let v4 = |a: SocketAddr| match a {
             SocketAddr::V4(a) if !a.ip().is_unspecified() => Some(a),
@@ -133,6 +139,7 @@ impl Route {
             channel,
             peer: v4(peer)?,
             relay: v4(relay)?,
+            dont_fragment,
         })
     }
 
@@ -259,6 +266,22 @@ impl FastPath {
         let peer_routes = HashMap::try_from(take(&mut ebpf, "PEER_ROUTES")?).map_err(load)?;
         let counters = PerCpuHashMap::try_from(take(&mut ebpf, "COUNTERS")?).map_err(load)?;
         let credits = HashMap::try_from(take(&mut ebpf, "CREDITS")?).map_err(load)?;
+        // The interfaces a rewritten packet may leave by: those the program runs on.
+        let mut egress: HashMap<MapData, u32, u32> = HashMap::try_from(take(&mut ebpf, "EGRESS")?).map_err(load)?;
+        for iface in interfaces {
+            let index = interface_index(iface).ok_or_else(|| AttachError::UnknownInterface(iface.clone()))?;
+            egress.insert(index, 1, 0).map_err(load)?;
+        }
+        for iface in interfaces {
+            // Forwarding on (required for the route look-ups) makes the host route anything arriving there, and
+            // what the program relays bypasses netfilter: said once, with the rule that keeps the host a relay only.
+            tracing::warn!(
+                iface = %iface,
+                "XDP: forwarding is on for {iface}, so the host routes whatever arrives there unless the firewall's \
+                 forward chain drops it (e.g. `nft add rule inet filter forward iifname {iface} drop`); packets the \
+                 fast path relays bypass netfilter either way"
+            );
+        }
         let cpus = aya::util::nr_cpus().map_err(|(what, e)| AttachError::Load(format!("{what}: {e}")))?;
         Ok(Self {
             maps: Mutex::new(Maps {
@@ -308,7 +331,7 @@ impl FastPath {
             peer_ip: be_ip(&route.peer),
             relay_port: route.relay.port().to_be(),
             peer_port: route.peer.port().to_be(),
-            pad: 0,
+            flags: if route.dont_fragment { ROUTE_DONT_FRAGMENT } else { 0 },
             expires_ns,
             alloc,
         };
@@ -364,8 +387,14 @@ impl FastPath {
     }
 
     /// What the kernel relayed for `allocation` since it was first installed (summed over CPUs), and the credit it
-    /// has not spent; then grants `credit` bytes (`None`: no cap, the credit entry is removed).
-    pub fn settle(&self, allocation: Allocation, grant: impl FnOnce(Relayed, u64) -> Option<u64>) -> Relayed {
+    /// has not spent; then grants `credit` bytes (`None`: no cap, the credit entry is removed). An absent credit
+    /// means no cap to the program, so a cap whose credit cannot be written is an error: the caller withdraws the
+    /// allocation's routes, and its traffic takes the socket path, where the cap holds.
+    pub fn settle(
+        &self,
+        allocation: Allocation,
+        grant: impl FnOnce(Relayed, u64) -> Option<u64>,
+    ) -> (Relayed, Result<(), MapError>) {
         let key = alloc_key(allocation);
         let mut maps = self.maps();
         let relayed = maps
@@ -387,14 +416,14 @@ impl FastPath {
                     bytes: i64::try_from(bytes).unwrap_or(i64::MAX),
                 };
                 if let Err(e) = maps.credits.insert(key, credit, 0) {
-                    tracing::warn!(error = %e, "cannot write an XDP credit; the allocation's channels stop at 0");
+                    return (relayed, Err(MapError::new("CREDITS", e)));
                 }
             }
             None => {
                 let _ = maps.credits.remove(&key);
             }
         }
-        relayed
+        (relayed, Ok(()))
     }
 
     /// Forgets an allocation's counters and credit (its routes are removed one by one before).
@@ -432,6 +461,13 @@ fn monotonic_deadline(expires: Instant) -> u64 {
 /// The interface's index from sysfs, so a bad name is refused before aya sees it.
 /// Whether the calling thread's network namespace has `iface`. (`/sys/class/net` shows the namespace `/sys` was
 /// mounted in, which a thread that entered another one with `setns` does not see.)
+/// The interface's index in this thread's network namespace (SIOCGIFINDEX; /sys may show another namespace's), as
+/// the route look-up names the egress.
+fn interface_index(iface: &str) -> Option<u32> {
+    let socket = rustix::net::socket(rustix::net::AddressFamily::INET, rustix::net::SocketType::DGRAM, None).ok()?;
+    rustix::net::netdevice::name_to_index(&socket, iface).ok()
+}
+
 fn has_interface(iface: &str) -> bool {
     std::fs::read_to_string("/proc/thread-self/net/dev").is_ok_and(|dev| {
         dev.lines()
@@ -491,6 +527,7 @@ mod tests {
             0x4001,
             sa("198.51.100.7:9"),
             sa("203.0.113.1:50000"),
+            false,
         )
         .expect("all IPv4");
         let k = route.client_key();
@@ -503,7 +540,8 @@ mod tests {
             sa("203.0.113.1:3478"),
             0x4001,
             sa("198.51.100.7:9"),
-            sa("0.0.0.0:1")
+            sa("0.0.0.0:1"),
+            false,
         )
         .is_none());
     }

@@ -32,7 +32,8 @@ pub(crate) struct ToPeer {
     pub peer_ip: u32,
     pub relay_port: u16,
     pub peer_port: u16,
-    pub pad: u32,
+    /// `ROUTE_DONT_FRAGMENT` (bit 0): DF toward the peer.
+    pub flags: u32,
     pub expires_ns: u64,
     pub alloc: AllocKey,
 }

@@ -944,22 +944,51 @@ impl TurnClient {
             .client
             .request(Instant::now(), method, attrs)
             .expect("the request fits");
+        self.answers(&[id]).remove(0)
+    }
+
+    /// Two requests written back to back before either is answered (a server reads them in one batch when it was
+    /// not reading meanwhile); their final answers, in order.
+    pub fn two_requests(
+        &mut self,
+        first: (
+            Method,
+            impl FnOnce(&mut MessageWriter<'_>) -> Result<(), stun::EncodeError>,
+        ),
+        second: (
+            Method,
+            impl FnOnce(&mut MessageWriter<'_>) -> Result<(), stun::EncodeError>,
+        ),
+    ) -> (Response, Response) {
+        let now = Instant::now();
+        let a = self.client.request(now, first.0, first.1).expect("the request fits");
+        let b = self.client.request(now, second.0, second.1).expect("the request fits");
+        let mut answers = self.answers(&[a, b]);
+        let second = answers.remove(1);
+        (answers.remove(0), second)
+    }
+
+    /// Drives the client until each of `ids` has its final answer; the answers in the order of `ids`.
+    fn answers(&mut self, ids: &[turn::client::RequestId]) -> Vec<Response> {
+        let mut answers: Vec<Option<Response>> = vec![None; ids.len()];
         loop {
             while let Some(packet) = self.client.poll_transmit() {
                 self.conn.send(&packet);
             }
             while let Some(event) = self.client.poll_event() {
-                match event {
-                    turn::client::Event::Response { id: done, outcome, .. } if done == id => {
+                if let turn::client::Event::Response { id: done, outcome, .. } = event {
+                    if let Some(at) = ids.iter().position(|id| *id == done) {
                         let answer = outcome
                             .answer()
                             .unwrap_or_else(|| panic!("no answer from the server over {:?}", self.conn));
-                        return Response {
+                        answers[at] = Some(Response {
                             bytes: answer.as_bytes().to_vec(),
-                        };
+                        });
                     }
-                    _ => {}
                 }
+            }
+            if answers.iter().all(Option::is_some) {
+                return answers.into_iter().flatten().collect();
             }
             let wait = self
                 .client

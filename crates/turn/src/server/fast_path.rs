@@ -27,6 +27,8 @@ pub struct FastRoute {
     pub peer: SocketAddr,
     /// The allocation's advertised relay address of the peer's family.
     pub relay: SocketAddr,
+    /// The allocation asked for DONT-FRAGMENT (RFC 8656 §14.8): its packets to peers carry DF.
+    pub dont_fragment: bool,
 }
 
 /// What the fast path relayed for one allocation since the last call (payload bytes, as the socket path counts).
@@ -82,7 +84,8 @@ impl<R: RngCore> Server<R> {
         if alloc.five_tuple.transport != Transport::Udp {
             return;
         }
-        let (five_tuple, relays, alloc_expires) = (alloc.five_tuple, alloc.relays, alloc.expires);
+        let (five_tuple, relays, alloc_expires, dont_fragment) =
+            (alloc.five_tuple, alloc.relays, alloc.expires, alloc.dont_fragment);
         for (peer, binding) in &mut alloc.channel_by_peer {
             if ips.is_some_and(|ips| !ips.contains(&peer.ip())) {
                 continue;
@@ -106,6 +109,7 @@ impl<R: RngCore> Server<R> {
                 channel: binding.channel,
                 peer: *peer,
                 relay,
+                dont_fragment,
             };
             self.events.push_back(Event::ChannelUsable { route, expires });
         }
@@ -136,6 +140,7 @@ fn route_of(id: AllocationId, alloc: &Allocation, peer: SocketAddr, channel: Cha
         channel,
         peer,
         relay: (*Family::of(&peer).pick(&alloc.relays))?,
+        dont_fragment: alloc.dont_fragment,
     })
 }
 
