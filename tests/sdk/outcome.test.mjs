@@ -143,6 +143,43 @@ test('candidate errors: deduplicated, bounded, without addresses, odd codes and 
   assert.ok(!JSON.stringify(list).includes('10.0.0.2'));
 });
 
+test('an error text is at most 120 bytes of UTF-8 cut between characters, without C1 controls', () => {
+  const list = [];
+  // 110 UTF-16 units, 204 bytes of UTF-8: the server's 128-byte bound would refuse the whole report.
+  sdk._addCandidateError(list, { errorCode: 701, errorText: 'é'.repeat(100) + ' timed out' });
+  sdk._addCandidateError(list, { errorCode: 702, errorText: 'bad\u0085line \u{1F600}'.repeat(12) });
+  const bytes = (t) => Buffer.byteLength(t, 'utf8');
+  assert.equal(list[0].text, 'é'.repeat(60));
+  assert.ok(bytes(list[1].text) <= 120, list[1].text);
+  assert.ok(!/[\u0080-\u009f]/.test(list[1].text), 'a C1 control kept');
+  assert.ok(!list[1].text.includes('\ufffd') && !/[\ud800-\udbff]$/.test(list[1].text), 'a character cut in two');
+});
+
+test("a connected Firefox report names its pair (no transport stats: the selected candidate pair's own flag)", () => {
+  const report = (selected) =>
+    sdk._outcomeReport({
+      outcome: 'connected',
+      elapsedMs: 500,
+      policy: 'all',
+      stats: stats([
+        { id: 'L1', type: 'local-candidate', candidateType: 'srflx', protocol: 'udp' },
+        { id: 'R1', type: 'remote-candidate', candidateType: 'host', protocol: 'udp' },
+        { id: 'P0', type: 'candidate-pair', localCandidateId: 'R1', remoteCandidateId: 'L1', state: 'failed' },
+        { id: 'P1', type: 'candidate-pair', localCandidateId: 'L1', remoteCandidateId: 'R1', ...selected },
+      ]),
+      iceServers: servers,
+      errors: [],
+      remoteCandidates: 1,
+      remoteDescription: true,
+      restarts: 0,
+      userAgent: 'Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0',
+    }).pair;
+  const expected = { local: { type: 'srflx', protocol: 'udp' }, remote: { type: 'host', protocol: 'udp' } };
+  assert.deepEqual(report({ selected: true, state: 'succeeded' }), expected);
+  assert.deepEqual(report({ nominated: true, state: 'succeeded' }), expected);
+  assert.equal(report({ state: 'in-progress' }), undefined);
+});
+
 test('a diagnosis frame is part of the numbered stream: delivered once, deduplicated on replay', () => {
   const s = new sdk._Session({ room: 'r' });
   s.nextHandshake();

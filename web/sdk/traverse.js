@@ -1150,15 +1150,7 @@ export class Peer extends EventTarget {
    */
   async getSelectedPair() {
     const stats = await this.pc.getStats();
-    /** @type {any} */ let pair = null;
-    stats.forEach((s) => {
-      if (s.type === 'transport' && s.selectedCandidatePairId) pair = stats.get(s.selectedCandidatePairId) || pair;
-    });
-    if (!pair) {
-      stats.forEach((s) => {
-        if (s.type === 'candidate-pair' && (s.selected || (s.nominated && s.state === 'succeeded'))) pair = s;
-      });
-    }
+    const pair = selectedPairOf(stats);
     if (!pair) return null;
     const side = (/** @type {string} */ id) => {
       const c = stats.get(id);
@@ -2469,18 +2461,39 @@ function addCandidateError(list, e) {
   const entry = { code };
   const url = iceUrl(e.url);
   if (url) entry.url = url;
-  // Control characters out, and anything shaped like an address (a browser's text could quote one).
+  // Control characters out (C0, DEL and C1, as the server counts them), anything shaped like an address (a browser's
+  // text could quote one), and at most 120 bytes of UTF-8, cut between characters: the server refuses a report
+  // whose text is longer than 128 bytes, which would blame the other peer for a report never made.
   const text =
     typeof e.errorText === 'string'
-      ? e.errorText
-          // eslint-disable-next-line no-control-regex
-          .replace(/[\u0000-\u001f\u007f]/g, ' ')
-          .replace(/\b\d{1,3}(\.\d{1,3}){3}\b|\b[0-9a-f]{0,4}(:[0-9a-f]{0,4}){2,7}\b/gi, '…')
-          .slice(0, 120)
+      ? utf8Prefix(
+          e.errorText
+            // eslint-disable-next-line no-control-regex
+            .replace(/[\u0000-\u001f\u007f-\u009f]/g, ' ')
+            .replace(/\b\d{1,3}(\.\d{1,3}){3}\b|\b[0-9a-f]{0,4}(:[0-9a-f]{0,4}){2,7}\b/gi, '…'),
+          120,
+        )
       : '';
   if (text) entry.text = text;
   if (list.some((x) => x.code === entry.code && x.url === entry.url && x.text === entry.text)) return;
   list.push(entry);
+}
+
+/**
+ * The longest prefix of `text` whose UTF-8 encoding is at most `max` bytes, cut between characters.
+ * @param {string} text @param {number} max @returns {string}
+ */
+function utf8Prefix(text, max) {
+  let bytes = 0;
+  let end = 0;
+  for (const ch of text) {
+    const cp = /** @type {number} */ (ch.codePointAt(0));
+    const n = cp < 0x80 ? 1 : cp < 0x800 ? 2 : cp < 0x10000 ? 3 : 4;
+    if (bytes + n > max) break;
+    bytes += n;
+    end += ch.length;
+  }
+  return text.slice(0, end);
 }
 
 /** An ICE server URL the server accepts (`stun:`, `stuns:`, `turn:`, `turns:`, printable, ≤ 256), else undefined. */
@@ -2529,6 +2542,24 @@ function browserOf(ua) {
 }
 
 /**
+ * The selected candidate pair of a `getStats()` report: the transport's `selectedCandidatePairId` (Chrome, Safari),
+ * else the pair marked `selected` or nominated and succeeded (Firefox has no transport stats). Null before one.
+ * @param {{forEach: (fn: (s: any) => void) => void, get: (id: string) => any}} stats @returns {any}
+ */
+function selectedPairOf(stats) {
+  /** @type {any} */ let pair = null;
+  stats.forEach((s) => {
+    if (s.type === 'transport' && s.selectedCandidatePairId) pair = stats.get(s.selectedCandidatePairId) || pair;
+  });
+  if (!pair) {
+    stats.forEach((s) => {
+      if (s.type === 'candidate-pair' && (s.selected || (s.nominated && s.state === 'succeeded'))) pair = s;
+    });
+  }
+  return pair;
+}
+
+/**
  * Builds the outcome report from what the peer connection saw: `stats` is its `getStats()` report (local candidates
  * and the selected pair are read from it). Pure: no browser API, tested in node.
  * @param {{outcome: 'connected' | 'failed' | 'timeout', elapsedMs: number, policy: 'all' | 'relay',
@@ -2540,7 +2571,6 @@ function browserOf(ua) {
 function outcomeReport(o) {
   const u16 = (/** @type {number} */ n) => Math.max(0, Math.min(65535, Math.round(n) || 0));
   const gathered = { host: 0, srflx: 0, prflx: 0, relayUdp: 0, relayTcp: 0, relayTls: 0 };
-  /** @type {any} */ let pair = null;
   o.stats.forEach((s) => {
     if (s.type === 'local-candidate') {
       if (s.candidateType === 'relay') {
@@ -2552,8 +2582,8 @@ function outcomeReport(o) {
         gathered[s.candidateType]++;
       }
     }
-    if (s.type === 'transport' && s.selectedCandidatePairId) pair = o.stats.get(s.selectedCandidatePairId) || pair;
   });
+  const pair = selectedPairOf(o.stats);
   // The most of each kind any one ICE generation gathered (an ICE restart starts a generation afresh).
   for (const counts of o.seen?.values() ?? []) {
     for (const k of Object.keys(gathered)) gathered[k] = Math.max(gathered[k], counts[k] ?? 0);
