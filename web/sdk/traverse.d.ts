@@ -1431,6 +1431,16 @@ declare function outcomeReport(o: {
     userAgent: string;
 }): OutcomeReport;
 /**
+ * ICE servers as every browser takes them: a `stun:`/`stuns:` URL loses its `?transport=…` (Chrome 110 and later
+ * refuse the whole configuration over it, coturn's docs still print it), and a server left without URLs goes (an
+ * empty `urls` throws too). Said once on the console when it changed something.
+ * @param {IceServer[]} servers @returns {IceServer[]}
+ */
+declare function usableIceServers(servers: IceServer[]): IceServer[];
+declare namespace usableIceServers {
+    let warned: boolean;
+}
+/**
  * @typedef {{host: number, srflx: number, prflx: number, relayUdp: number, relayTcp: number, relayTls: number}}
  *   GatheredCounts
  */
@@ -1538,4 +1548,4 @@ declare namespace Traverse {
     export { RECONNECT_DELAYS_MS };
     export { FAST_RECONNECT };
 }
-export { Session as _Session, Recovery as _Recovery, credentialExpiry as _credentialExpiry, refreshDelayMs as _refreshDelayMs, reconnectDelay as _reconnectDelay, addCandidateError as _addCandidateError, outcomeReport as _outcomeReport, countCandidate as _countCandidate, countIceUrls as _countIceUrls, browserOf as _browserOf, Sha256 as _Sha256, rejoinProof as _rejoinProof, receiveFile as _receiveFile, writeChunks as _writeChunks, fileReader as _fileReader };
+export { Session as _Session, Recovery as _Recovery, credentialExpiry as _credentialExpiry, refreshDelayMs as _refreshDelayMs, reconnectDelay as _reconnectDelay, addCandidateError as _addCandidateError, outcomeReport as _outcomeReport, usableIceServers as _usableIceServers, countCandidate as _countCandidate, countIceUrls as _countIceUrls, browserOf as _browserOf, Sha256 as _Sha256, rejoinProof as _rejoinProof, receiveFile as _receiveFile, writeChunks as _writeChunks, fileReader as _fileReader };

@@ -153,6 +153,37 @@ export function filterIceServers(servers, keep) {
 }
 
 /**
+ * ICE servers as every browser takes them: a `stun:`/`stuns:` URL loses its `?transport=…` (Chrome 110 and later
+ * refuse the whole configuration over it, coturn's docs still print it), and a server left without URLs goes (an
+ * empty `urls` throws too). Said once on the console when it changed something.
+ * @param {IceServer[]} servers @returns {IceServer[]}
+ */
+function usableIceServers(servers) {
+  let changed = false;
+  const out = [];
+  for (const s of servers || []) {
+    const given = Array.isArray(s.urls) ? s.urls : [s.urls];
+    const urls = given.flatMap((u) => {
+      if (typeof u !== 'string' || !u) return [];
+      return [/^stuns?:/i.test(u) && u.includes('?') ? u.slice(0, u.indexOf('?')) : u];
+    });
+    const same = urls.length === given.length && urls.every((u, i) => u === given[i]);
+    // Unchanged servers are passed as they were given (a `urls` string stays one).
+    if (same && urls.length) out.push(s);
+    else {
+      changed = true;
+      if (urls.length) out.push({ ...s, urls });
+    }
+  }
+  if (changed && !usableIceServers.warned) {
+    usableIceServers.warned = true;
+    console.warn('traverse: ICE servers cleaned up (stun: URLs take no ?transport, and no server may lack URLs)');
+  }
+  return out;
+}
+/** @type {boolean} */ usableIceServers.warned = false;
+
+/**
  * A joined room. Events (listen with `room.on(name, fn)` — `fn` gets the event's detail — or `addEventListener`,
  * where the detail is `event.detail`):
  * - `joined` `{peerId, peers, rejoined}` — also after a fresh re-join when a resume failed (new `peerId`)
@@ -972,7 +1003,8 @@ export class Peer extends EventTarget {
     this.remoteStreams = [];
 
     const custom = this.options.iceServers;
-    const iceServers = typeof custom === 'function' ? custom(room.iceServers) : custom || room.iceServers;
+    const chosen = typeof custom === 'function' ? custom(room.iceServers) : custom || room.iceServers;
+    const iceServers = usableIceServers(chosen);
     /** @type {RTCConfiguration} */
     const config = { iceServers };
     if (this.options.iceTransportPolicy) config.iceTransportPolicy = this.options.iceTransportPolicy;
@@ -1498,7 +1530,8 @@ export class Peer extends EventTarget {
   _applyIceServers() {
     const custom = this.options.iceServers;
     if (Array.isArray(custom)) return; // the app's own servers: nothing of ours to refresh
-    const iceServers = typeof custom === 'function' ? custom(this.room.iceServers) : this.room.iceServers;
+    const chosen = typeof custom === 'function' ? custom(this.room.iceServers) : this.room.iceServers;
+    const iceServers = usableIceServers(chosen);
     try {
       this.pc.setConfiguration({ ...this.pc.getConfiguration(), iceServers });
     } catch {
@@ -3662,6 +3695,7 @@ export {
   reconnectDelay as _reconnectDelay,
   addCandidateError as _addCandidateError,
   outcomeReport as _outcomeReport,
+  usableIceServers as _usableIceServers,
   countCandidate as _countCandidate,
   countIceUrls as _countIceUrls,
   browserOf as _browserOf,
