@@ -164,6 +164,45 @@ fn with_own(own: &Arc<OwnAddresses>) -> Harness {
     })
 }
 
+/// On a server whose relay addresses are private (a LAN deployment), relay-to-relay works too: exactly a live relay
+/// of this server passes the reserved ranges, nothing else of them does, and the operator's deny list still wins.
+#[test]
+fn a_private_live_relay_is_a_peer_but_nothing_else_of_its_range() {
+    let own = Arc::new(OwnAddresses::new([addr("10.0.0.1:0").ip()]));
+    for deny in [false, true] {
+        let own = own.clone();
+        let mut config = Config::default();
+        if deny {
+            config.policy.deny.push("10.0.0.0/8".parse().unwrap());
+        }
+        let mut h = Harness::with_server(config, Arc::new(Quotas::new(100, 0)), move |s| {
+            s.with_own_addresses(own)
+        });
+        h.relay_v4 = addr("10.0.0.1:0").ip();
+        let mut alice = Client::alice();
+        alice.allocate(&mut h, secs(0));
+        let mut bob = Client::new("203.0.113.30:40000", "bob", "builder");
+        bob.allocate(&mut h, secs(0));
+        let bob_relay = addr("10.0.0.1:49154");
+        let answer = alice.create_permission(&mut h, secs(1), bob_relay);
+        match deny {
+            false => assert_eq!(
+                parse(&answer).class(),
+                Class::Success,
+                "relay-to-relay on a private address"
+            ),
+            true => assert_error(&answer, Method::CREATE_PERMISSION, 403),
+        }
+        for target in ["10.0.0.1:49160", "10.0.0.2:49154", "10.0.0.1:3478"] {
+            assert_error(
+                &alice.create_permission(&mut h, secs(1), addr(target)),
+                Method::CREATE_PERMISSION,
+                403,
+            );
+        }
+    }
+}
+
 /// Relay-to-relay works only to a live relay of this server; its listeners and other ports of its address stay
 /// out of reach, and an address the host gains later is protected within a timeout.
 #[test]

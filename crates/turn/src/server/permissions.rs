@@ -116,9 +116,16 @@ impl<R: RngCore> Server<R> {
         if Family::of(&peer).pick(&alloc.relays).is_none() {
             return Err(PEER_FAMILY_MISMATCH);
         }
-        if self.config.policy.check(peer.ip()).is_err() {
-            self.stats.peer_refusals += 1;
-            return Err(FORBIDDEN);
+        match self.config.policy.check(peer.ip()) {
+            Ok(()) => {}
+            // Exactly a live relay of this server (relay-to-relay: both users need TURN) is a peer even in a
+            // reserved range, as on a LAN deployment whose relay addresses are private; the operator's own deny
+            // list still wins.
+            Err(crate::policy::Refusal::Reserved(_)) if self.own.is_live_relay(peer) => {}
+            Err(_) => {
+                self.stats.peer_refusals += 1;
+                return Err(FORBIDDEN);
+            }
         }
         self.refresh_own_addresses();
         if self.is_own_peer_refused(peer) {

@@ -35,6 +35,8 @@ pub struct Harness {
     pub t0: Instant,
     /// Relay ports handed out by [`Harness::bind`], so every allocation gets its own.
     next_port: u16,
+    /// The IPv4 address [`Harness::bind`] binds relays on (192.0.2.1 unless a test changes it).
+    pub relay_v4: std::net::IpAddr,
 }
 
 impl Harness {
@@ -78,6 +80,7 @@ impl Harness {
             quotas,
             t0,
             next_port: 49152,
+            relay_v4: "192.0.2.1".parse().unwrap(),
         }
     }
 
@@ -105,7 +108,7 @@ impl Harness {
         let port = self.next_port;
         self.next_port += 2;
         let relays = [
-            request.families[0].then(|| SocketAddr::new("192.0.2.1".parse().unwrap(), port)),
+            request.families[0].then(|| SocketAddr::new(self.relay_v4, port)),
             request.families[1].then(|| SocketAddr::new("2001:db8::1".parse().unwrap(), port)),
         ];
         self.bind_with(now, request.five_tuple, Some(RelayBinding { relays, reserved: None }))
