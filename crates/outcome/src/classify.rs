@@ -50,6 +50,9 @@ pub enum Reason {
     /// Neither peer had a relay, no TURN server was offered, and the direct pairs between the two NATs' mapped
     /// addresses failed: NATs that map per destination (symmetric), in practice.
     SymmetricNatNoRelay,
+    /// Neither peer had a relay, no TURN server was offered, and a peer got no mapped address either: UDP (or STUN)
+    /// is blocked on its network, and only a relay over TCP or TLS would have connected it.
+    NoTurnOffered,
     /// Neither peer had a relay (TURN was offered, no refusal or timeout explains it) and a direct path failed.
     RelayNotGathered,
     /// Both peers gathered a relay and still no pair worked: the relay's ports are blocked on the way.
@@ -61,14 +64,15 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, in the order the classifier checks them (for docs and tests).
-    pub const ALL: [Reason; 11] = [
+    pub const ALL: [Reason; 12] = [
         Reason::Connected,
-        Reason::PeerUnreported,
         Reason::SignalingIncomplete,
+        Reason::PeerUnreported,
         Reason::TurnAuthFailed,
         Reason::RelayOnlyUnreachable,
         Reason::TurnUdpBlockedNoTls,
         Reason::SymmetricNatNoRelay,
+        Reason::NoTurnOffered,
         Reason::RelayNotGathered,
         Reason::RelayPortsBlocked,
         Reason::Timeout,
@@ -84,6 +88,7 @@ impl Reason {
             Reason::RelayOnlyUnreachable => "relay-only-unreachable",
             Reason::TurnUdpBlockedNoTls => "turn-udp-blocked-no-tls",
             Reason::SymmetricNatNoRelay => "symmetric-nat-no-relay",
+            Reason::NoTurnOffered => "no-turn-offered",
             Reason::RelayNotGathered => "relay-not-gathered",
             Reason::RelayPortsBlocked => "relay-ports-blocked",
             Reason::Timeout => "timeout",
@@ -97,6 +102,7 @@ impl Reason {
             Reason::TurnAuthFailed
             | Reason::RelayOnlyUnreachable
             | Reason::TurnUdpBlockedNoTls
+            | Reason::NoTurnOffered
             | Reason::RelayNotGathered => Step::Discovery,
             Reason::Connected
             | Reason::SymmetricNatNoRelay
@@ -132,6 +138,10 @@ impl Reason {
                 "Both peers are behind NATs that change port per destination (symmetric) and neither could allocate \
                  a relay: no TURN server was offered."
             }
+            Reason::NoTurnOffered => {
+                "No direct path worked and no TURN server was offered; a peer got no public address over UDP: UDP or \
+                 STUN is blocked on its network."
+            }
             Reason::RelayNotGathered => "Neither peer could allocate a relay and no direct path worked.",
             Reason::RelayPortsBlocked => {
                 "Both peers allocated a relay, yet no candidate pair worked: a firewall probably blocks the relay's \
@@ -162,6 +172,9 @@ impl Reason {
                 "Offer TURN over TLS on port 443 (enable the single port), which passes firewalls that block UDP."
             }
             Reason::SymmetricNatNoRelay => "Offer a TURN server: only a relay connects two symmetric NATs.",
+            Reason::NoTurnOffered => {
+                "Offer a TURN server, with TURN over TLS on port 443 (the single port) for networks that block UDP."
+            }
             Reason::RelayNotGathered => {
                 "Check that the TURN server is reachable from the peers' networks (run `traverse doctor` or /check \
                  from there)."
@@ -421,22 +434,24 @@ fn failure(sides: &[(&'static str, &Report)], outcome: Outcome) -> (Reason, Stri
     let n = views.len();
     let no_relay_anywhere = views.iter().all(|(_, _, d)| d.relays == 0);
 
+    // A side that never applied the other's description explains the failure even when it is the only report.
+    let unsignaled = names(&|r, _| !r.remote_description);
+    if !unsignaled.is_empty() {
+        let whom = match unsignaled.as_slice() {
+            [one] => format!("peer {one} never applied"),
+            _ => "neither peer applied".to_owned(),
+        };
+        return (
+            Reason::SignalingIncomplete,
+            format!("Signaling did not complete: {whom} the other's offer or answer."),
+        );
+    }
     if n == 1 {
         return (
             Reason::PeerUnreported,
             "Peer B never reported: its tab closed or its signaling was lost before the connection was decided \
              (or it runs with reports off)."
                 .to_owned(),
-        );
-    }
-    let unsignaled = names(&|r, _| !r.remote_description);
-    if !unsignaled.is_empty() {
-        return (
-            Reason::SignalingIncomplete,
-            format!(
-                "Signaling did not complete: {} never applied the other's offer or answer.",
-                who(&unsignaled, n)
-            ),
         );
     }
     let refused = names(&|_, d| d.auth_refused && d.relays == 0);
@@ -498,9 +513,15 @@ fn failure(sides: &[(&'static str, &Report)], outcome: Outcome) -> (Reason, Stri
                 format!("{prefix}: no TURN server was offered."),
             );
         }
+        let unmapped = names(&|_, d| !d.srflx);
         return (
-            Reason::SymmetricNatNoRelay,
-            "No direct path worked and neither peer could allocate a relay: no TURN server was offered.".to_owned(),
+            Reason::NoTurnOffered,
+            format!(
+                "No direct path worked and no TURN server was offered; {} got no public address over UDP: UDP or \
+                 STUN is blocked on {} network.",
+                who(&unmapped, n),
+                if unmapped.len() > 1 { "their" } else { "its" }
+            ),
         );
     }
     if no_relay_anywhere {
@@ -524,20 +545,20 @@ fn failure(sides: &[(&'static str, &Report)], outcome: Outcome) -> (Reason, Stri
             format!("Neither peer could allocate a relay{detail}, and no direct path worked."),
         );
     }
-    if outcome == Outcome::Timeout {
-        return (
-            Reason::Timeout,
-            "Neither peer connected nor failed within its timeout: ICE was still checking candidate pairs.".to_owned(),
-        );
-    }
     // One relay is enough for a pair (the other side reaches it through any NAT), so a failure with one relay is
-    // not explained by the reports; with both, the relays themselves were unreachable.
+    // not explained by the reports; with both, the relays themselves were unreachable (timed out or failed alike).
     if views.iter().all(|(_, _, d)| d.relays > 0) {
         return (
             Reason::RelayPortsBlocked,
             "Both peers allocated a relay, yet no candidate pair worked: a firewall probably blocks the relay's \
              ports."
                 .to_owned(),
+        );
+    }
+    if outcome == Outcome::Timeout {
+        return (
+            Reason::Timeout,
+            "Neither peer connected nor failed within its timeout: ICE was still checking candidate pairs.".to_owned(),
         );
     }
     (Reason::Unknown, Reason::Unknown.summary().to_owned())

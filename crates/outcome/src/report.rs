@@ -13,6 +13,9 @@ pub const MAX_ERRORS: usize = 16;
 pub const MAX_URL: usize = 256;
 /// Longest `icecandidateerror` text accepted (Chrome's are under 64).
 pub const MAX_TEXT: usize = 128;
+/// The longest `elapsedMs` taken as sent (10 minutes; the SDK's outcome timeout is 30 s by default): a longer one is
+/// recorded as this.
+pub const MAX_ELAPSED_MS: u32 = 600_000;
 
 /// Why a report was refused. Every variant is the client's fault and is answered with `bad-message`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -215,10 +218,12 @@ fn yes() -> bool {
 impl Report {
     /// Parses and checks the `report` object of an `outcome` frame.
     pub fn parse(json: &str) -> Result<Report, ReportError> {
-        let report: Report = serde_json::from_str(json).map_err(|e| ReportError::Malformed(e.to_string()))?;
+        let mut report: Report = serde_json::from_str(json).map_err(|e| ReportError::Malformed(e.to_string()))?;
         if report.errors.len() > MAX_ERRORS {
             return Err(ReportError::TooManyErrors);
         }
+        // One report must not skew the time-to-connect sum for good: no attempt the SDK makes lasts longer.
+        report.elapsed_ms = report.elapsed_ms.min(MAX_ELAPSED_MS);
         Ok(report)
     }
 }
@@ -276,7 +281,9 @@ impl<'de> Deserialize<'de> for IceUrl {
     }
 }
 
-/// An `icecandidateerror`'s `errorText`: at most [`MAX_TEXT`] bytes, no control characters.
+/// An `icecandidateerror`'s `errorText`: at most [`MAX_TEXT`] bytes, no control characters. A longer text is cut
+/// (between characters) and control characters become spaces rather than the report being refused: the text is
+/// advice, and a refused report would leave the pair diagnosed from the other side alone, blaming that peer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ErrorText(String);
 
@@ -290,12 +297,15 @@ impl TryFrom<String> for ErrorText {
     type Error = String;
 
     fn try_from(s: String) -> Result<Self, String> {
-        if s.len() > MAX_TEXT || s.chars().any(char::is_control) {
-            return Err(format!(
-                "an error text is at most {MAX_TEXT} bytes without control characters"
-            ));
+        let mut text = String::with_capacity(s.len().min(MAX_TEXT));
+        for c in s.chars() {
+            let c = if c.is_control() { ' ' } else { c };
+            if text.len() + c.len_utf8() > MAX_TEXT {
+                break;
+            }
+            text.push(c);
         }
-        Ok(Self(s))
+        Ok(Self(text))
     }
 }
 
@@ -343,7 +353,6 @@ mod tests {
             r#","errors":[{"code":200}]"#,
             r#","errors":[{"code":701,"url":"http://x"}]"#,
             r#","errors":[{"code":701,"url":"turn:a b"}]"#,
-            r#","errors":[{"code":701,"text":"a\nb"}]"#,
             r#","browser":{"name":"netscape"}"#,
             r#","policy":"none""#,
         ] {
@@ -359,6 +368,26 @@ mod tests {
         assert!(
             Report::parse(r#"{"outcome":"connected"}"#).is_err(),
             "elapsedMs is required"
+        );
+    }
+
+    #[test]
+    fn advice_is_cleaned_and_cut_rather_than_the_report_refused() {
+        let long = "é".repeat(100);
+        let json = format!(
+            r#"{{"outcome":"failed","elapsedMs":4294967295,"errors":[{{"code":701,"text":"a\nb\u0085c"}},{{"code":702,"text":"{long}"}}]}}"#
+        );
+        let r = Report::parse(&json).expect("kept");
+        assert_eq!(r.errors[0].text.as_ref().unwrap().as_str(), "a b c");
+        let cut = r.errors[1].text.as_ref().unwrap().as_str();
+        assert_eq!(
+            cut,
+            "é".repeat(MAX_TEXT / 2),
+            "cut between characters, within {MAX_TEXT} bytes"
+        );
+        assert_eq!(
+            r.elapsed_ms, MAX_ELAPSED_MS,
+            "one report cannot skew the time to connect for good"
         );
     }
 }

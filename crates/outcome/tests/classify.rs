@@ -216,10 +216,30 @@ fn ice_failed_although_both_gathered_relays() {
 
 #[test]
 fn timeout_without_failure() {
-    let relays = r#""outcome":"timeout","gathered":{"host":1,"relayUdp":1},"offered":{"turnUdp":1}"#;
-    let d = classify(&report(relays), Some(&report(relays)));
+    let relay = r#""outcome":"timeout","gathered":{"host":1,"relayUdp":1},"offered":{"turnUdp":1}"#;
+    let none = r#""outcome":"timeout","gathered":{"host":1,"srflx":1},"offered":{"stun":1}"#;
+    let d = classify(&report(relay), Some(&report(none)));
     assert_eq!(d.outcome, Outcome::Timeout);
     check(&d, Reason::Timeout, &["still checking"]);
+    // With a relay on both sides a relayed pair would have connected long before the timeout: the relay's ports.
+    let d = classify(&report(relay), Some(&report(relay)));
+    assert_eq!(d.outcome, Outcome::Timeout);
+    check(&d, Reason::RelayPortsBlocked, &["Both peers allocated a relay"]);
+}
+
+#[test]
+fn signaling_incomplete_is_said_of_a_lone_report_and_of_both_sides_in_words() {
+    let unsignaled = report(r#""remoteDescription":false,"remoteCandidates":0"#);
+    check(
+        &classify(&unsignaled, None),
+        Reason::SignalingIncomplete,
+        &["peer A never applied"],
+    );
+    check(
+        &classify(&unsignaled, Some(&unsignaled)),
+        Reason::SignalingIncomplete,
+        &["neither peer applied the other's offer or answer"],
+    );
 }
 
 #[test]
@@ -232,11 +252,19 @@ fn no_relay_although_turn_was_offered() {
         Reason::RelayNotGathered,
         &["Neither peer could allocate a relay"],
     );
-    // No TURN anywhere but no srflx either: not called symmetric, still "no TURN server was offered".
+    // No TURN anywhere and no srflx on a side either: not a symmetric NAT but UDP (or STUN) blocked there.
     let c = report(r#""gathered":{"host":1},"offered":{"stun":1}"#);
-    let d = classify(&c, Some(&c));
-    assert_eq!(d.reason, Reason::SymmetricNatNoRelay);
-    assert!(d.message.starts_with("No direct path worked"), "{}", d.message);
+    let mapped = report(r#""gathered":{"host":1,"srflx":1},"offered":{"stun":1}"#);
+    check(
+        &classify(&mapped, Some(&c)),
+        Reason::NoTurnOffered,
+        &["no TURN server was offered", "peer B got no public address over UDP"],
+    );
+    check(
+        &classify(&c, Some(&c)),
+        Reason::NoTurnOffered,
+        &["both peers got no public address over UDP", "their network"],
+    );
 }
 
 #[test]

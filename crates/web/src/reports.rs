@@ -307,7 +307,13 @@ impl ReportStore {
                             summary: summary(id, &stored, bytes),
                             source: stored.source.as_deref().and_then(parse_source),
                         }),
-                        Err(e) => tracing::warn!(file = %entry.path().display(), error = %e, "skipping a bad report"),
+                        // Unreadable JSON will not become readable: removed, so that it does not sit outside
+                        // every budget (a read that failed is left for the next start).
+                        Err(e @ ReportError::BadJson(_)) => {
+                            let removed = std::fs::remove_file(entry.path()).is_ok();
+                            tracing::warn!(file = %entry.path().display(), error = %e, removed, "a bad report file");
+                        }
+                        Err(e) => tracing::warn!(file = %entry.path().display(), error = %e, "skipping a report"),
                     }
                 }
             }
@@ -360,6 +366,9 @@ impl ReportStore {
     ) -> Result<Prepared, ReportError> {
         if body.len() > self.limits.max_bytes {
             return Err(ReportError::TooLarge(self.limits.max_bytes));
+        }
+        if nesting(body) > MAX_NESTING {
+            return Err(ReportError::BadJson(format!("nested deeper than {MAX_NESTING} levels")));
         }
         let report: serde_json::Value =
             serde_json::from_slice(body).map_err(|e| ReportError::BadJson(e.to_string()))?;
@@ -859,6 +868,32 @@ fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     file.sync_all()
 }
 
+/// The deepest a report may nest: well inside what serde_json reads back (128) once the report is wrapped in what
+/// is stored (a file's `Stored`, Redis' envelope) — a report accepted at 127 levels could not be read after a
+/// restart, its link dead and its bytes outside every budget.
+const MAX_NESTING: usize = 64;
+
+/// How deeply `json`'s arrays and objects nest (brackets inside strings do not count).
+fn nesting(json: &[u8]) -> usize {
+    let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for &b in json {
+        match (in_string, escaped, b) {
+            (true, true, _) => escaped = false,
+            (true, false, b'\\') => escaped = true,
+            (true, false, b'"') => in_string = false,
+            (true, false, _) => {}
+            (false, _, b'"') => in_string = true,
+            (false, _, b'{' | b'[') => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            (false, _, b'}' | b']') => depth = depth.saturating_sub(1),
+            (false, _, _) => {}
+        }
+    }
+    deepest
+}
+
 fn read_stored(path: &Path) -> Result<(Stored, u64), ReportError> {
     let bytes = std::fs::read(path)?;
     let stored = serde_json::from_slice(&bytes).map_err(|e| ReportError::BadJson(e.to_string()))?;
@@ -933,6 +968,32 @@ mod tests {
             vec![std::ffi::OsString::from(format!("{id}.json"))],
             "no temporary file left"
         );
+    }
+
+    #[test]
+    fn a_report_nested_too_deep_to_read_back_is_refused_and_a_bad_file_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ReportStore::open(dir.path(), limits(10)).unwrap();
+        let deep = |n: usize| format!("{{\"a\":{}1{}}}", "[".repeat(n), "]".repeat(n));
+        let refused = store.create(deep(MAX_NESTING).as_bytes(), 100, src(1), &mut rng());
+        assert!(matches!(refused, Err(ReportError::BadJson(_))), "{refused:?}");
+        // Brackets inside strings do not nest.
+        let text = format!(
+            "{{\"a\":\"{}\\\"\",\"b\":{}1{}}}",
+            "[".repeat(200),
+            "[".repeat(10),
+            "]".repeat(10)
+        );
+        let id = store.create(text.as_bytes(), 100, src(1), &mut rng()).expect("shallow");
+        drop(store);
+        let kept = ReportStore::open(dir.path(), limits(10)).unwrap();
+        assert!(kept.read(id).is_ok(), "read back after a restart");
+        // A file that is not JSON any more (written by hand, a disk error): removed at start, not left unbudgeted.
+        let bad = dir.path().join(format!("{}.json", ReportId::random(&mut rng())));
+        std::fs::write(&bad, b"{\"id\": [[[").unwrap();
+        drop(kept);
+        let _store = ReportStore::open(dir.path(), limits(10)).unwrap();
+        assert!(!bad.exists(), "a bad report file is removed");
     }
 
     #[test]
