@@ -115,6 +115,12 @@ pub(crate) fn encode_signal(enc: &mut DescriptorEncoder, s: &signal::HubStats) -
         "Sessions resumed on a new socket",
         s.resumes,
     )?;
+    counter(
+        enc,
+        "traverse_signal_outcome_reports_refused",
+        "Connection outcome reports dropped: about a peer the reporter had not negotiated with, or past its allowance",
+        s.outcomes_refused,
+    )?;
     counters(
         enc,
         "traverse_signal_undeliverable",

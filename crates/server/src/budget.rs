@@ -23,6 +23,9 @@ pub struct ConnectionBudget {
     max_per_source: usize,
     per_source: Mutex<HashMap<Source, usize>>,
     rate: Option<RateLimiter>,
+    /// Reverse proxies and load balancers (`web.trusted_proxies`): their connections carry many clients, so they
+    /// are charged to the total only, not to a source's share or rate.
+    trusted: Vec<turn::policy::IpNet>,
     /// Connections refused, by [`Refused`]: what `traverse_tcp_connections_refused_total` reads.
     refused: [AtomicU64; 3],
 }
@@ -55,7 +58,8 @@ const RATE_BURST_SECONDS: u32 = 5;
 #[derive(Debug)]
 pub struct ConnectionPermit {
     budget: Arc<ConnectionBudget>,
-    source: Source,
+    /// The source charged; none for a trusted proxy's connection.
+    source: Option<Source>,
     _total: OwnedSemaphorePermit,
 }
 
@@ -69,8 +73,15 @@ impl ConnectionBudget {
             max_per_source,
             per_source: Mutex::new(HashMap::new()),
             rate,
+            trusted: Vec::new(),
             refused: Default::default(),
         }
+    }
+
+    /// The same budget, charging connections from `trusted` addresses to the total only.
+    pub fn trusting(mut self, trusted: Vec<turn::policy::IpNet>) -> Self {
+        self.trusted = trusted;
+        self
     }
 
     /// Connections held now, over every listener (WebSockets included).
@@ -108,6 +119,14 @@ impl ConnectionBudget {
 
     fn charge(self: &Arc<Self>, ip: IpAddr, now: Instant) -> Result<ConnectionPermit, Refused> {
         let source = Source::of(ip);
+        if !self.trusted.is_empty() && self.trusted.iter().any(|net| net.contains(ip)) {
+            let total = self.total.clone().try_acquire_owned().map_err(|_| Refused::Total)?;
+            return Ok(ConnectionPermit {
+                budget: self.clone(),
+                source: None,
+                _total: total,
+            });
+        }
         let mut counts = self.counts();
         let held = counts.get(&source).copied().unwrap_or(0);
         if self.max_per_source != 0 && held >= self.max_per_source {
@@ -121,7 +140,7 @@ impl ConnectionBudget {
         counts.insert(source, held + 1);
         Ok(ConnectionPermit {
             budget: self.clone(),
-            source,
+            source: Some(source),
             _total: total,
         })
     }
@@ -135,11 +154,12 @@ impl ConnectionBudget {
 
 impl Drop for ConnectionPermit {
     fn drop(&mut self) {
+        let Some(source) = self.source else { return };
         let mut counts = self.budget.counts();
-        if let Some(n) = counts.get_mut(&self.source) {
+        if let Some(n) = counts.get_mut(&source) {
             *n = n.saturating_sub(1);
             if *n == 0 {
-                counts.remove(&self.source);
+                counts.remove(&source);
             }
         }
     }
@@ -282,6 +302,24 @@ mod tests {
         drop(p1);
         assert_eq!(budget.of_source(a), 1);
         assert!(budget.try_acquire(a, t0).is_ok(), "a released permit is reusable");
+    }
+
+    #[test]
+    fn a_trusted_proxy_is_charged_to_the_total_only() {
+        let budget = Arc::new(ConnectionBudget::new(5, 1, 1).trusting(vec!["10.0.0.0/8".parse().unwrap()]));
+        let now = Instant::now();
+        let proxy: IpAddr = "10.1.2.3".parse().unwrap();
+        let held: Vec<_> = (0..5)
+            .map(|_| budget.try_acquire(proxy, now).expect("within the total"))
+            .collect();
+        assert_eq!(budget.of_source(proxy), 0, "not charged to a source");
+        assert!(matches!(budget.try_acquire(proxy, now), Err(Refused::Total)));
+        drop(held);
+        assert_eq!(budget.held(), 0);
+        // Anyone else keeps the per-source share.
+        let client: IpAddr = "192.0.2.7".parse().unwrap();
+        let _one = budget.try_acquire(client, now).unwrap();
+        assert!(matches!(budget.try_acquire(client, now), Err(Refused::Source)));
     }
 
     #[test]

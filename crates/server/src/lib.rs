@@ -63,6 +63,8 @@ pub struct ServerConfig {
     pub max_connections_per_source: usize,
     /// New connections a second from one source, after a burst of five seconds' worth (0: no limit).
     pub connections_per_second_per_source: u32,
+    /// Reverse proxies and load balancers in front of the HTTP ports: charged to the total only.
+    pub trusted_proxies: Vec<turn::policy::IpNet>,
     /// A TURN stream connection without an allocation is closed this long after it was accepted or its allocation
     /// ended, whatever it sends; an undecided single-port connection must be sorted (TLS included) within
     /// `tls_handshake_timeout` of its accept.
@@ -238,11 +240,14 @@ pub fn start(config: ServerConfig, http: Option<Arc<dyn HttpHandler>>) -> Result
     }
 
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let connections = Arc::new(budget::ConnectionBudget::new(
-        config.max_stream_connections,
-        config.max_connections_per_source,
-        config.connections_per_second_per_source,
-    ));
+    let connections = Arc::new(
+        budget::ConnectionBudget::new(
+            config.max_stream_connections,
+            config.max_connections_per_source,
+            config.connections_per_second_per_source,
+        )
+        .trusting(config.trusted_proxies.clone()),
+    );
     let stats = WorkerStats::new(workers);
     stats.watch_connections(connections.clone());
     let stats = Arc::new(stats);

@@ -231,6 +231,27 @@ pub(crate) fn parse(text: &str) -> Result<(ClientMessage<'_>, Option<u64>), Refu
     Ok((msg, seq))
 }
 
+/// Checks a name a client gives (a room, a peer or session id): 1 to [`MAX_NAME`] bytes of printable text. Control
+/// characters (a newline forges a log line, an escape colours a terminal) and bidirectional overrides (which make
+/// a name read as another on the dashboard) are refused.
+pub fn check_name(field: &str, value: &str) -> Result<(), Refusal> {
+    if value.is_empty() || value.len() > MAX_NAME {
+        return Err(Refusal::new(
+            ErrorCode::BadMessage,
+            format!("`{field}` must be 1 to {MAX_NAME} characters."),
+        ));
+    }
+    let bidi =
+        |c: char| matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+    if value.chars().any(|c| c.is_control() || bidi(c)) {
+        return Err(Refusal::new(
+            ErrorCode::BadMessage,
+            format!("`{field}` must be printable: no control or text-direction characters."),
+        ));
+    }
+    Ok(())
+}
+
 fn parse_envelope<'a>(text: &'a str, seq: &mut Option<u64>) -> Result<ClientMessage<'a>, Refusal> {
     let env: Envelope<'_> = serde_json::from_str(text).map_err(|e| {
         if e.is_data() {
@@ -244,12 +265,7 @@ fn parse_envelope<'a>(text: &'a str, seq: &mut Option<u64>) -> Result<ClientMess
     })?;
     let need = |field: Option<Cow<'a, str>>, name: &str, ty: &str| {
         let value = field.ok_or_else(|| Refusal::new(ErrorCode::BadMessage, format!("`{ty}` needs `{name}`.")))?;
-        if value.is_empty() || value.len() > MAX_NAME {
-            return Err(Refusal::new(
-                ErrorCode::BadMessage,
-                format!("`{name}` must be 1 to {MAX_NAME} characters."),
-            ));
-        }
+        check_name(name, &value)?;
         Ok(value)
     };
     *seq = env.seq;
@@ -317,6 +333,27 @@ mod tests {
         // A limit is a backoff (41xx); a stop is a retry now (42xx).
         assert_eq!(ErrorCode::TooManyConnections.close_code(), Some(CloseCode(4101)));
         assert!((4200..4300).contains(&CloseCode::SHUTTING_DOWN.0));
+    }
+
+    #[test]
+    fn names_are_printable_text() {
+        for room in ["lobby", "Réunion du lundi", "会议室", "a-b_c.d:e/f"] {
+            assert!(check_name("room", room).is_ok(), "{room}");
+        }
+        // A newline would forge a log line; an escape colours a terminal; an override makes a name read backwards.
+        for room in [
+            "lobby\n2026 ERROR forged",
+            "red\u{1b}[31m",
+            "tab\there",
+            "\u{85}",
+            "evil\u{202e}gnp.exe",
+            "",
+        ] {
+            assert!(check_name("room", room).is_err(), "{room:?}");
+        }
+        let refused = parse("{\"type\":\"join\",\"room\":\"a\\nb\"}").map(|_| ()).unwrap_err();
+        assert_eq!(refused.code, ErrorCode::BadMessage);
+        assert!(refused.message.contains("printable"), "{}", refused.message);
     }
 
     #[test]

@@ -375,6 +375,34 @@ fn heartbeat_timeout_closes_silent_sockets_and_starts_the_grace_period() {
     assert_eq!(lab.hub.stats().sessions, 2, "the silent peer is in its grace period");
 }
 
+/// A socket that neither joins nor resumes is closed at the join timeout, even while it answers every ping (it
+/// would hold its connection slot for good); one that joins in time stays, and so does one that resumes.
+#[test]
+fn a_socket_that_never_joins_is_closed_at_the_join_timeout() {
+    let mut lab = Lab::new(Limits::default(), None);
+    lab.connect(1);
+    lab.connect(2);
+    let (_, secret) = lab.join(3, "r");
+    lab.drop_socket(3);
+    lab.connect(4);
+    for step in 1..=60 {
+        lab.advance(Duration::from_millis(250));
+        let now = lab.now();
+        lab.hub.handle_activity(ConnId::new(1), now);
+        if step == 8 {
+            lab.send(2, json!({"type": "join", "room": "r"}));
+            lab.send(4, json!({"type": "resume", "session": secret, "lastSeq": 0}));
+        }
+    }
+    assert_eq!(
+        lab.closed.get(&1).cloned(),
+        Some((4003, "join-timeout".into())),
+        "an unjoined socket that answers pings"
+    );
+    assert!(!lab.closed.contains_key(&2), "joined in time: {:?}", lab.closed);
+    assert!(!lab.closed.contains_key(&4), "resumed in time: {:?}", lab.closed);
+}
+
 /// The heartbeat is the hub's, in its sweep (no timer per socket): a socket quiet for the interval is pinged once,
 /// and again only an interval after it was last heard; one that talks is never pinged; one that never answers is
 /// pinged once and closed at the timeout.

@@ -106,6 +106,11 @@ impl Lab {
     fn report(&mut self, conn: u64, about: &str, report: Value) {
         self.send(conn, json!({"type": "outcome", "peer": about, "report": report}));
     }
+
+    /// A `signal` from `conn` to `to`: the negotiation a report must follow.
+    fn signal(&mut self, conn: u64, to: &str) {
+        self.send(conn, json!({"type": "signal", "to": to, "data": {"sdp": "v=0"}}));
+    }
 }
 
 fn failed_udp_timeout() -> Value {
@@ -126,6 +131,7 @@ fn both_reports_are_paired_classified_and_told_to_both_peers() {
     let mut lab = Lab::new(Limits::default());
     let a = lab.join(1, "r");
     let b = lab.join(2, "r");
+    lab.signal(1, &b);
     lab.report(1, &b, failed_udp_timeout());
     assert!(lab.diagnoses.is_empty(), "held until B reports");
     assert!(lab.held_reports() > 0, "a held report is charged");
@@ -163,6 +169,7 @@ fn one_report_is_diagnosed_alone_at_the_deadline() {
     let mut lab = Lab::new(Limits::default());
     let _a = lab.join(1, "r");
     let b = lab.join(2, "r");
+    lab.signal(1, &b);
     lab.report(1, &b, failed_udp_timeout());
     lab.advance(Duration::from_secs(9));
     assert!(lab.diagnoses.is_empty());
@@ -187,6 +194,7 @@ fn a_connected_pair_counts_once() {
     let a = lab.join(1, "r");
     let b = lab.join(2, "r");
     // B's report arrives after the deadline: the pair was decided on A's, B's is not counted again.
+    lab.signal(1, &b);
     lab.report(1, &b, connected_relay_tls(800));
     lab.advance(Duration::from_secs(11));
     assert_eq!(lab.diagnoses.len(), 1);
@@ -200,6 +208,7 @@ fn a_connected_pair_counts_once() {
     assert_eq!(lab.diagnoses.len(), 1, "the late side's report is dropped");
     assert_eq!(lab.held_reports(), 0);
     // A later connection of the same pair is a new one, counted again (both reports in time: once).
+    lab.signal(2, &a);
     lab.report(2, &a, connected_relay_tls(700));
     lab.report(1, &b, connected_relay_tls(650));
     assert_eq!(lab.diagnoses.len(), 2);
@@ -216,6 +225,8 @@ fn held_reports_are_bounded_per_reporter_and_by_the_byte_budgets() {
     let _a = lab.join(1, "r");
     let b = lab.join(2, "r");
     let c = lab.join(3, "r");
+    lab.signal(1, &b);
+    lab.signal(1, &c);
     lab.report(1, &b, failed_udp_timeout());
     lab.report(1, &c, failed_udp_timeout());
     let held_two = lab.held_reports();
@@ -233,6 +244,7 @@ fn held_reports_are_bounded_per_reporter_and_by_the_byte_budgets() {
     let _a = tight.join(1, "r");
     for (i, conn) in [2u64, 3, 4].into_iter().enumerate() {
         let b = tight.join(conn, "r");
+        tight.signal(1, &b);
         tight.report(1, &b, failed_udp_timeout());
         tight.send(conn, json!({"type": "leave"}));
         assert_eq!(tight.diagnoses.len(), i.saturating_sub(1), "report {i}");
@@ -245,6 +257,7 @@ fn held_reports_are_bounded_per_reporter_and_by_the_byte_budgets() {
     });
     let _a = other.join(1, "r");
     let b2 = other.join(2, "r");
+    other.signal(1, &b2);
     other.report(1, &b2, failed_udp_timeout());
     assert_eq!(other.diagnoses.len(), 1, "over the source budget: not held");
     assert_eq!(other.diagnoses[0].reason, Reason::PeerUnreported);
@@ -275,4 +288,49 @@ fn bad_reports_and_strangers_are_refused() {
     lab.hub.handle_connect(ConnId::new(9), IP, now).unwrap();
     lab.report(9, &b, failed_udp_timeout());
     assert_eq!(lab.frames(9, "error")[0]["code"], "not-joined");
+}
+
+/// A report is taken only about a peer the reporter negotiated with since their pair was last diagnosed, and within
+/// its allowance (a burst of two per possible peer, then one per 10 s): a member of a room cannot make up outcomes
+/// about anyone, nor repeat them at the message rate, to fill the counts and the recent failures.
+#[test]
+fn reports_follow_a_negotiation_within_an_allowance() {
+    let mut lab = Lab::new(Limits {
+        max_peers_per_room: 3,
+        ..Limits::default()
+    });
+    let a = lab.join(1, "r");
+    let b = lab.join(2, "r");
+    let c = lab.join(3, "r");
+    // No signal between A and C: nothing held, nothing diagnosed.
+    lab.report(1, &c, failed_udp_timeout());
+    lab.report(3, &a, failed_udp_timeout());
+    lab.advance(Duration::from_secs(11));
+    assert!(lab.diagnoses.is_empty());
+    assert_eq!(lab.hub.stats().outcomes_refused, 2);
+    // A negotiation, both reports: one diagnosis. Reports again without a new negotiation: refused.
+    let round = |lab: &mut Lab| {
+        lab.signal(1, &b);
+        lab.report(1, &b, failed_udp_timeout());
+        lab.report(2, &a, failed_udp_timeout());
+    };
+    round(&mut lab);
+    assert_eq!(lab.diagnoses.len(), 1);
+    lab.report(1, &b, failed_udp_timeout());
+    lab.report(2, &a, failed_udp_timeout());
+    assert_eq!(
+        lab.diagnoses.len(),
+        1,
+        "a diagnosed pair reported again without negotiating"
+    );
+    // The allowance: two reports per peer the room may have, six each (a refused report spends none).
+    for _ in 0..5 {
+        round(&mut lab);
+    }
+    assert_eq!(lab.diagnoses.len(), 6);
+    round(&mut lab);
+    assert_eq!(lab.diagnoses.len(), 6, "past the burst");
+    lab.advance(Duration::from_secs(10));
+    round(&mut lab);
+    assert_eq!(lab.diagnoses.len(), 7, "one more after 10 s");
 }

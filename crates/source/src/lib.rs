@@ -6,8 +6,10 @@
 
 use std::net::{IpAddr, Ipv6Addr};
 
+mod net;
 mod rate;
 
+pub use net::{IpNet, IpNetParseError};
 pub use rate::{Bucket, Rate, RateLimiter, RetryAfter};
 
 /// The unit a per-source budget is charged to: an IPv4 address, or the /64 an IPv6 address lies in. An

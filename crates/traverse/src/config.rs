@@ -189,6 +189,11 @@ pub struct Web {
     /// socket stays on the worker that accepted it. With it, 2 workers on 2 cores cost 0.91x the CPU per signal
     /// (paced, without `--redis`) and 0.64–0.88x with `--redis` (docs/benchmarks.md).
     pub room_affinity: bool,
+    /// Reverse proxies and load balancers in front of the HTTP and single ports (address blocks): a request from one
+    /// is the client's that `X-Forwarded-For` (or `Forwarded: for=`) names, for every per-source limit, and their
+    /// connections count against the total only. Empty: every peer address is the client's.
+    #[serde(with = "strings")]
+    pub trusted_proxies: Vec<IpNet>,
 }
 
 impl Default for Web {
@@ -198,6 +203,7 @@ impl Default for Web {
             admin_token: None,
             max_reports: web::DEFAULT_MAX_REPORTS,
             allowed_origins: vec!["*".to_owned()],
+            trusted_proxies: Vec::new(),
             room_affinity: true,
         }
     }
@@ -937,6 +943,9 @@ impl Config {
                 "must be 0 (sized from memory) or at least signal.max_source_bytes".into(),
             );
         }
+        if s.join_timeout.is_zero() {
+            bad("signal.join_timeout", "must be at least 1 s".into());
+        }
         if s.heartbeat_interval.is_zero() || s.heartbeat_timeout <= s.heartbeat_interval {
             bad(
                 "signal.heartbeat_timeout",
@@ -1024,8 +1033,19 @@ impl Config {
         if let Some(Err(e)) = self.tls.acme_ca_root.as_ref().map(std::fs::File::open) {
             bad("tls.acme_ca_root", format!("cannot read it: {e}"));
         }
-        if let Err(e) = self.nat_discovery() {
-            bad("stun.other_address", e);
+        match self.nat_discovery() {
+            Err(e) => bad("stun.other_address", e),
+            // Behind 1:1 NAT the alternate's own address is private, and only one public address is known (the
+            // relay's): an alternate on another IP is named by an address no client reaches.
+            Ok(Some(nat)) if nat.alternate.ip() != nat.primary.ip() && !self.relay.external_v4.is_empty() => bad(
+                "stun.other_address",
+                format!(
+                    "{} is on another IP than the primary, which behind 1:1 NAT (relay.external_v4) no client can \
+                     reach: use another port of the primary's IP, forwarded like it",
+                    nat.alternate
+                ),
+            ),
+            Ok(_) => {}
         }
         if self.limits.max_allocations == 0 {
             bad("limits.max_allocations", "must be at least 1".into());
@@ -1410,6 +1430,18 @@ mod tests {
             assert_eq!(errors[0].0, key, "{text}: {errors:?}");
         }
         assert!(invalid("[cluster]\npid_file = \"traverse.pid\"\n[limits]\nworkers = 64").is_empty());
+    }
+
+    #[test]
+    fn an_alternate_on_another_ip_is_refused_behind_one_to_one_nat() {
+        let base = "[listen]\nudp = [\"10.0.0.5:3478\"]\n[relay]\nexternal_v4 = \"203.0.113.5\"\n[stun]\n";
+        let errors = invalid(&format!("{base}other_address = \"10.0.0.6:3479\""));
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].0, "stun.other_address");
+        assert!(
+            invalid(&format!("{base}other_address = \"10.0.0.5:3479\"")).is_empty(),
+            "another port is fine"
+        );
     }
 
     #[test]

@@ -736,6 +736,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_stream_connections: fds.connections,
         max_connections_per_source: config::half_at_most(config.limits.max_connections_per_source, fds.connections),
         connections_per_second_per_source: config.limits.connections_per_second_per_source,
+        trusted_proxies: config.web.trusted_proxies.clone(),
         auth_timeout: Duration::from_secs(config.limits.auth_timeout),
         own_addresses,
         turn: Arc::new(turn_config),
@@ -750,7 +751,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let ice_servers: web::IceServersFn = Arc::new(move |user, unix| {
         let Some(urls) = urls.get() else { return json!([]) };
         let (username, credential) = mint_at(&mint_secret, user, unix + ttl);
-        json!([{ "urls": urls.stun }, { "urls": urls.turn, "username": username, "credential": credential }])
+        urls.servers(&username, &credential)
     });
     let outcomes = Arc::new(outcome::Outcomes::new());
     let web = web::Web::start_with_redis(
@@ -766,6 +767,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             // Checked by `validate`.
             allowed_origins: web::AllowedOrigins::parse(&config.web.allowed_origins).unwrap_or_default(),
             room_affinity: config.web.room_affinity,
+            trusted_proxies: config.web.trusted_proxies.clone(),
             requests_per_second_per_source: config.limits.requests_per_second_per_source,
         },
         config.signal.redis.clone().map(|redis| web::Cluster {
@@ -1238,6 +1240,19 @@ impl IceUrls {
         }
         Self { stun, turn }
     }
+
+    /// The `iceServers` array: a STUN entry and a TURN entry with the credential, each only when it has a URL (a
+    /// browser's `RTCPeerConnection` throws on an entry with no URL: with TURN or UDP off, every call would fail).
+    fn servers(&self, username: &str, credential: &str) -> serde_json::Value {
+        let mut servers = Vec::new();
+        if !self.stun.is_empty() {
+            servers.push(json!({ "urls": self.stun }));
+        }
+        if !self.turn.is_empty() {
+            servers.push(json!({ "urls": self.turn, "username": username, "credential": credential }));
+        }
+        serde_json::Value::Array(servers)
+    }
 }
 
 /// The RFC 5780 alternate address as a `stun:` URL. A browser cannot send CHANGE-REQUEST, so `/check` classifies
@@ -1290,7 +1305,13 @@ fn print_ice_servers(config: &Config, host: &str, running: &server::Running) {
         Some(secret) => mint(secret, "traverse", config.auth.credential_ttl),
         None => (String::new(), String::new()),
     };
-    let ice = json!([{ "urls": urls.stun }, { "urls": urls.turn, "username": username, "credential": credential }]);
+    if urls.turn.is_empty() {
+        tracing::warn!(
+            "no TURN listener (UDP, TCP, TLS or single port): the iceServers handed out offer no relay, so peers \
+             behind symmetric NATs or firewalls that block UDP cannot connect"
+        );
+    }
+    let ice = urls.servers(&username, &credential);
     println!("iceServers: {}", serde_json::to_string(&ice).unwrap_or_default());
 }
 
@@ -1459,6 +1480,27 @@ mod tests {
         assert!(
             warnings[0].contains("`traverse credentials` only") && warnings[0].ends_with("are TRAVERSE_SECRETS"),
             "{warnings:?}"
+        );
+    }
+
+    #[test]
+    fn ice_servers_leave_out_an_entry_with_no_url() {
+        let only_turn = IceUrls {
+            stun: Vec::new(),
+            turn: vec!["turn:h:3478?transport=tcp".into()],
+        };
+        let v = only_turn.servers("u", "c");
+        assert_eq!(v.as_array().map(Vec::len), Some(1), "{v}");
+        assert_eq!(v[0]["urls"][0], "turn:h:3478?transport=tcp");
+        assert_eq!(v[0]["username"], "u");
+        let none = IceUrls {
+            stun: Vec::new(),
+            turn: Vec::new(),
+        };
+        assert_eq!(
+            none.servers("u", "c"),
+            json!([]),
+            "an empty entry makes RTCPeerConnection throw"
         );
     }
 

@@ -1160,6 +1160,52 @@ async fn connections_per_ip_refused_with_429_before_the_upgrade() {
     b.join("x", None, None).await;
 }
 
+/// An upgrade that says which client a proxy forwards; the socket is kept open when it was accepted.
+async fn upgrade_forwarded(addr: SocketAddr, client: &str) -> (HttpResponse, TcpStream) {
+    let mut tcp = tcp_connect(addr).await;
+    let request = format!(
+        "GET /ws HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nX-Forwarded-For: {client}\r\n\r\n"
+    );
+    tcp.write_all(request.as_bytes()).await.expect("HTTP write");
+    (read_response(&mut tcp).await, tcp)
+}
+
+/// Behind a reverse proxy every user arrives from the proxy's address: with it in `web.trusted_proxies`, each
+/// socket counts against the client the proxy names (two here), not against the proxy; without it, the header is
+/// anyone's word and ignored.
+#[tokio::test]
+async fn sockets_behind_a_trusted_proxy_count_against_the_client_it_names() {
+    let server = Server::start(&[
+        "--set",
+        "signal.max_connections_per_ip=2",
+        "--set",
+        "web.trusted_proxies=127.0.0.0/8",
+    ]);
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let (r, tcp) = upgrade_forwarded(server.http, "198.51.100.1").await;
+        assert_eq!(r.status, 101, "{r:?}");
+        held.push(tcp);
+    }
+    let (r, _) = upgrade_forwarded(server.http, "198.51.100.1").await;
+    r.assert_refusal(429, "too-many-connections");
+    assert!(r.body.contains("198.51.100.1"), "the client is named: {}", r.body);
+    let (r, tcp) = upgrade_forwarded(server.http, "198.51.100.2").await;
+    assert_eq!(r.status, 101, "another client behind the same proxy: {r:?}");
+    held.push(tcp);
+
+    let untrusting = Server::start(&["--set", "signal.max_connections_per_ip=2"]);
+    let mut held = Vec::new();
+    for client in ["198.51.100.1", "198.51.100.2"] {
+        let (r, tcp) = upgrade_forwarded(untrusting.http, client).await;
+        assert_eq!(r.status, 101, "{r:?}");
+        held.push(tcp);
+    }
+    let (r, _) = upgrade_forwarded(untrusting.http, "198.51.100.3").await;
+    r.assert_refusal(429, "too-many-connections");
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // Tokens.
 

@@ -17,6 +17,7 @@
 mod cluster;
 mod cluster_shards;
 pub mod dashboard;
+mod forwarded;
 mod hub;
 mod origins;
 mod outbox;
@@ -81,6 +82,9 @@ pub struct WebConfig {
     /// on every connection together (keep-alive ones too): past it `429 rate-limited` and the connection is closed,
     /// so that a source ignoring the answer pays a new connection (and its rate) for every try. 0: no limit.
     pub requests_per_second_per_source: u32,
+    /// Reverse proxies in front of the HTTP ports: a request from one is the client's its `X-Forwarded-For` or
+    /// `Forwarded` names, for every per-source limit.
+    pub trusted_proxies: Vec<source::IpNet>,
 }
 
 impl std::fmt::Debug for WebConfig {
@@ -230,6 +234,8 @@ impl Web {
         };
         let app = self.app.clone();
         let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+            // The client behind a trusted proxy, for every per-source limit from here on.
+            let remote = forwarded::client_address(remote, req.headers(), &app.config.trusted_proxies);
             // Before routing, so that every route (an upgrade, a redirect, a 404) spends the source's budget.
             let refused = app.check_request_rate(remote.ip(), req.headers());
             req.extensions_mut().insert(routes::Remote(remote));

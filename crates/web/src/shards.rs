@@ -547,6 +547,7 @@ pub(crate) fn add_stats(total: &mut HubStats, s: HubStats) {
     total.sessions_in_grace += s.sessions_in_grace;
     total.replay_frames += s.replay_frames;
     total.resumes += s.resumes;
+    total.outcomes_refused += s.outcomes_refused;
     for (k, v) in s.messages {
         *total.messages.entry(k).or_default() += v;
     }

@@ -175,6 +175,10 @@ pub struct Limits {
     pub heartbeat_timeout: Duration,
     #[serde(with = "seconds")]
     pub resume_grace: Duration,
+    /// A socket that has neither joined nor resumed this long after it connected is closed (4003 `join-timeout`):
+    /// answering pings would keep it, and its connection slot, for good.
+    #[serde(with = "seconds")]
+    pub join_timeout: Duration,
     /// How long the first `outcome` report of a pair waits for the other side's before it is diagnosed alone.
     #[serde(skip)]
     pub outcome_deadline: Duration,
@@ -216,6 +220,7 @@ impl Default for Limits {
             heartbeat_interval: Duration::from_secs(10),
             heartbeat_timeout: Duration::from_secs(25),
             resume_grace: Duration::from_secs(30),
+            join_timeout: Duration::from_secs(10),
             // Both sides report within a second of each other when they agree; a side that failed to connect
             // reports at its own failure or timeout, which the SDK starts from the same offer.
             outcome_deadline: Duration::from_secs(10),
@@ -251,6 +256,9 @@ pub struct HubStats {
     pub undeliverable: BTreeMap<&'static str, u64>,
     /// Sessions resumed on a new socket.
     pub resumes: u64,
+    /// `outcome` reports dropped: about a peer the reporter had not negotiated with since their pair was last
+    /// diagnosed, or past the reporter's allowance.
+    pub outcomes_refused: u64,
 }
 
 /// The protocol's room logic, whatever keeps the rooms. The I/O layer drives one of these.
@@ -300,6 +308,8 @@ pub struct MemoryHub<R = rand::rngs::StdRng> {
     clock: Instant,
     relayed: u64,
     refused: u64,
+    /// `outcome` reports dropped: about a peer the reporter did not negotiate with, or past its allowance.
+    outcomes_refused: u64,
     counters: Counters,
     /// Connection reports waiting for their pair.
     pairing: outcomes::Pairing,
@@ -361,6 +371,7 @@ impl<R: RngCore + Send> MemoryHub<R> {
             clock: now,
             relayed: 0,
             refused: 0,
+            outcomes_refused: 0,
             counters: Counters::default(),
             pairing: outcomes::Pairing::default(),
             session_events: false,
@@ -561,12 +572,7 @@ impl<R: RngCore + Send> SignalHub for MemoryHub<R> {
     }
 
     fn check_join(&self, room: &str, token: Option<&str>, now: Now) -> Result<(), Refusal> {
-        if room.is_empty() || room.len() > 128 {
-            return Err(Refusal::new(
-                ErrorCode::BadMessage,
-                "`room` must be 1 to 128 characters.",
-            ));
-        }
+        protocol::check_name("room", room)?;
         self.check_token(room, token, now)?;
         self.check_room(room)
     }
@@ -674,6 +680,7 @@ impl<R: RngCore + Send> SignalHub for MemoryHub<R> {
             closes: self.counters.closes.clone(),
             undeliverable: self.counters.undeliverable.clone(),
             resumes: self.counters.resumes,
+            outcomes_refused: self.outcomes_refused,
         }
     }
 }

@@ -25,6 +25,9 @@ use crate::protocol::{ErrorCode, Refusal};
 /// (30 s) after which a peer that never connected reports.
 pub(super) const LATE_REPORT_WINDOW: Duration = Duration::from_secs(60);
 
+/// A session's burst of reports, per peer a room may have: a connection and one reconnection each.
+pub(super) const REPORTS_PER_PEER: usize = 2;
+
 /// A pair of peers in a room, in a fixed order (by id), whichever reported first.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct PairKey {
@@ -130,6 +133,18 @@ impl<R: RngCore + Send> MemoryHub<R> {
                 return;
             }
         }
+        // Only about a peer it negotiated with since their pair was last diagnosed, and within its allowance: the
+        // counts, `recent_failures` and each peer's `connection-failed` are the reports' word, so a member must not
+        // be able to make them up about anyone, nor repeat them at the message rate.
+        let burst = REPORTS_PER_PEER * self.limits.max_peers_per_room;
+        let admitted = self
+            .sessions
+            .get_mut(from)
+            .is_some_and(|s| s.signaled.contains(&about) && s.reports.take(burst, now));
+        if !admitted {
+            self.outcomes_refused += 1;
+            return;
+        }
         if let Some(first) = self.pairing.take(&key) {
             self.budget.release(first.source, first.bytes);
             if first.reporter == *from {
@@ -194,8 +209,26 @@ impl<R: RngCore + Send> MemoryHub<R> {
         self.pairing.due = held.chain(self.pairing.decided.values().map(|(_, until)| *until)).min();
     }
 
+    /// A `signal` went from `a` to `b`: each may report about the other once more.
+    pub(super) fn note_signaled(&mut self, a: &PeerId, b: &PeerId) {
+        let most = self.limits.max_peers_per_room;
+        for (this, other) in [(a, b), (b, a)] {
+            if let Some(s) = self.sessions.get_mut(this) {
+                if !s.signaled.contains(other) && s.signaled.len() < most {
+                    s.signaled.push(other.clone());
+                }
+            }
+        }
+    }
+
     /// Tells both peers (those still here) and the I/O layer.
     fn diagnosed(&mut self, a: &PeerId, b: &PeerId, diagnosis: Diagnosis) {
+        // A new report about this pair needs a new negotiation.
+        for (this, other) in [(a, b), (b, a)] {
+            if let Some(s) = self.sessions.get_mut(this) {
+                s.signaled.retain(|p| p != other);
+            }
+        }
         for (to, other, you) in [(a, b, "A"), (b, a, "B")] {
             let frame = Frame::Diagnosis {
                 peer: other,

@@ -7,7 +7,7 @@ use std::time::Instant;
 use rand::RngCore;
 use serde_json::value::RawValue;
 
-use super::stream::{Buffered, Disconnected, Refused, Session, SignalFrom};
+use super::stream::{Buffered, Disconnected, Refused, ReportAllowance, Session, SignalFrom};
 use super::{ConnId, Counters, MemoryHub, Now, Output, Restored, SessionEvent};
 use crate::budget::Source;
 use crate::frame::{Frame, Joined, Member, Meta, UndeliverableReason};
@@ -129,7 +129,17 @@ impl<R: RngCore + Send> MemoryHub<R> {
             .map_or(Source::of(std::net::Ipv4Addr::UNSPECIFIED.into()), |c| c.source);
         self.sessions.insert(
             peer.clone(),
-            Session::new(secret.clone(), room.clone(), source, meta.clone(), conn),
+            Session::new(
+                secret.clone(),
+                room.clone(),
+                source,
+                meta.clone(),
+                conn,
+                ReportAllowance::new(
+                    super::outcomes::REPORTS_PER_PEER * self.limits.max_peers_per_room,
+                    self.clock,
+                ),
+            ),
         );
         self.rooms
             .entry(room.clone())
@@ -196,7 +206,10 @@ impl<R: RngCore + Send> MemoryHub<R> {
             id,
         };
         match self.deliver(&to_peer, &frame, Some(signal_from)) {
-            Ok(()) => self.relayed += 1,
+            Ok(()) => {
+                self.relayed += 1;
+                self.note_signaled(from, &to_peer);
+            }
             Err(Refused { over, signal_from }) => {
                 let id = signal_from.and_then(|f| f.id);
                 self.undeliverable(from, &to_peer, id.as_deref(), over.into());
@@ -263,6 +276,10 @@ impl<R: RngCore + Send> MemoryHub<R> {
         };
         let notice = Frame::PeerLeft { peer };
         for m in &others {
+            // No report is taken about a peer that left: its place among the ones negotiated with is free again.
+            if let Some(other) = self.sessions.get_mut(m) {
+                other.signaled.retain(|p| p != peer);
+            }
             let _ = self.deliver(m, &notice, None);
         }
         if let Some(d) = s.disconnected {
@@ -294,7 +311,18 @@ impl<R: RngCore + Send> MemoryHub<R> {
             _ => Meta::empty(),
         };
         let source = Source::from(r.ip);
-        let mut session = Session::new(r.secret.clone(), r.room.clone(), source, meta.clone(), ConnId::new(0));
+        let reports = ReportAllowance::new(
+            super::outcomes::REPORTS_PER_PEER * self.limits.max_peers_per_room,
+            self.clock,
+        );
+        let mut session = Session::new(
+            r.secret.clone(),
+            r.room.clone(),
+            source,
+            meta.clone(),
+            ConnId::new(0),
+            reports,
+        );
         session.conn = None;
         session.next_seq = r.next_seq.max(1);
         session.client_seq = r.client_seq;

@@ -27,6 +27,8 @@ pub(super) struct Conn {
     /// The peer id of the session this socket carries, once joined or resumed.
     pub peer: Option<PeerId>,
     pub last_heard: Instant,
+    /// When it connected: a socket that has not joined or resumed within `join_timeout` of it is closed.
+    opened: Instant,
     /// A ping went out since `last_heard`: the next one waits for a sign of life.
     pub pinged: bool,
     /// The instant of this socket's one entry in the hub's deadline queue (`super::timers`).
@@ -47,6 +49,7 @@ impl Conn {
             source,
             peer: None,
             last_heard: now,
+            opened: now,
             pinged: false,
             queued_at: now,
             tokens: f64::from(limits.burst),
@@ -66,7 +69,11 @@ impl Conn {
         } else {
             limits.heartbeat_interval
         };
-        self.last_heard + quiet
+        let due = self.last_heard + quiet;
+        match self.peer {
+            Some(_) => due,
+            None => due.min(self.opened + limits.join_timeout),
+        }
     }
 
     /// A message, a ping or a pong came from the client.
@@ -249,6 +256,10 @@ impl<R: RngCore + Send> MemoryHub<R> {
         let quiet = now.saturating_duration_since(c.last_heard);
         if quiet >= timeout {
             return self.close(conn, CloseCode::HEARTBEAT_TIMEOUT, "heartbeat-timeout");
+        }
+        // Answering pings keeps a socket that never joins alive: it would hold a connection slot for good.
+        if c.peer.is_none() && now >= c.opened + self.limits.join_timeout {
+            return self.close(conn, CloseCode::PROTOCOL_VIOLATION, "join-timeout");
         }
         let next = if quiet >= self.limits.heartbeat_interval && !c.pinged {
             c.pinged = true;

@@ -30,6 +30,49 @@ pub(super) struct Session {
     pub client_seq: u64,
     pub buffer: VecDeque<Buffered>,
     pub disconnected: Option<Disconnected>,
+    /// Peers this session exchanged a `signal` with (either way) since their pair was last diagnosed: an `outcome`
+    /// report is taken only about one of them (`outcomes.rs`). At most `max_peers_per_room`.
+    pub signaled: Vec<PeerId>,
+    /// `outcome` reports this session may still send now, and when the next one is added (`outcomes.rs`).
+    pub reports: ReportAllowance,
+}
+
+/// A session's `outcome` reports: a burst (two per peer a room may have), then one per [`ReportAllowance::EVERY`].
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ReportAllowance {
+    left: u16,
+    next: Instant,
+}
+
+impl ReportAllowance {
+    /// One more report per this long, up to the burst.
+    pub const EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+    pub fn new(burst: usize, now: Instant) -> Self {
+        Self {
+            left: u16::try_from(burst).unwrap_or(u16::MAX),
+            next: now + Self::EVERY,
+        }
+    }
+
+    /// Takes one report; false when none is left.
+    pub fn take(&mut self, burst: usize, now: Instant) -> bool {
+        let burst = u16::try_from(burst).unwrap_or(u16::MAX);
+        while now >= self.next && self.left < burst {
+            self.left += 1;
+            self.next += Self::EVERY;
+        }
+        if self.left == burst {
+            self.next = now + Self::EVERY;
+        }
+        match self.left.checked_sub(1) {
+            Some(left) => {
+                self.left = left;
+                true
+            }
+            None => false,
+        }
+    }
 }
 
 pub(super) struct Disconnected {
@@ -74,7 +117,14 @@ impl Buffered {
 }
 
 impl Session {
-    pub fn new(secret: SessionSecret, room: Arc<str>, source: Source, meta: Meta, conn: ConnId) -> Self {
+    pub fn new(
+        secret: SessionSecret,
+        room: Arc<str>,
+        source: Source,
+        meta: Meta,
+        conn: ConnId,
+        reports: ReportAllowance,
+    ) -> Self {
         Self {
             secret,
             room,
@@ -86,6 +136,8 @@ impl Session {
             client_seq: 0,
             buffer: VecDeque::new(),
             disconnected: None,
+            signaled: Vec::new(),
+            reports,
         }
     }
 

@@ -19,5 +19,6 @@ pub fn config(dir: &Path) -> WebConfig {
         allowed_origins: web::AllowedOrigins::Any,
         room_affinity: true,
         requests_per_second_per_source: 0,
+        trusted_proxies: Vec::new(),
     }
 }
