@@ -259,6 +259,72 @@ test('a call whose peer never says its new id is closed after the resume grace',
   }
 });
 
+test('a peer lost to the room: a connected call waits while its media flows and moves to the new id on the proof', () => {
+  mock.timers.enable({ apis: ['setTimeout'] });
+  try {
+    const { room, receive, handshake, events } = fakeRoom();
+    handshake();
+    receive({ ...joined('p_a1', ['p_b1', 'p_c1', 'p_d1']), resumeGraceMs: 30000 });
+    const peer = room.connect('p_b1');
+    peer.pc.reach('connected');
+    const notUp = room.connect('p_c1');
+    const left = room.connect('p_d1');
+    left.pc.reach('connected');
+    const seen = [];
+    room.on('peer-left', (d) => seen.push(d));
+    receive({ type: 'peer-left', seq: 2, peerId: 'p_b1', reason: 'lost' });
+    receive({ type: 'peer-left', seq: 3, peerId: 'p_c1', reason: 'lost' });
+    receive({ type: 'peer-left', seq: 4, peerId: 'p_d1', reason: 'left' });
+    assert.deepEqual(seen.map((d) => [d.peerId, d.reason]), [['p_b1', 'lost'], ['p_c1', 'lost'], ['p_d1', 'left']]);
+    assert.equal(peer.closed, false, 'connected, lost: kept');
+    assert.equal(notUp.closed, true, 'not connected: closed');
+    assert.equal(left.closed, true, 'left: closed, as before');
+    // Long after the grace it is still there while ICE stays connected.
+    mock.timers.tick(95000);
+    assert.equal(peer.closed, false);
+    // B comes back under a new id and proves it: the call moves.
+    receive({ type: 'peer-joined', seq: 5, peer: { id: 'p_b2' } });
+    receive(rejoinFrom(peer, 'p_b2', ['p_b1'], 6));
+    assert.deepEqual(events.filter((e) => e.name === 'peer-rejoined').map((e) => [e.previousPeerId, e.peerId]), [['p_b1', 'p_b2']]);
+    assert.equal(room.connections.get('p_b2'), peer);
+    mock.timers.tick(60000);
+    assert.equal(peer.closed, false, 'rebound: no longer waiting');
+    // Another lost peer whose ICE then stops: closed at the next check.
+    const other = room.connect('p_b2');
+    assert.equal(other, peer);
+    receive({ type: 'peer-left', seq: 7, peerId: 'p_b2', reason: 'lost' });
+    peer.pc.reach('disconnected');
+    mock.timers.tick(30000);
+    assert.equal(peer.closed, true, 'media stopped while waiting: closed');
+    room._finish(1000, 'done', true);
+  } finally {
+    mock.timers.reset();
+  }
+});
+
+test('the lost side joins again, finds its peer under the same id and carries the call on at once, with the proof', () => {
+  const { room, sent, receive, handshake } = fakeRoom();
+  handshake();
+  receive(joined('p_b1', ['p_a1']));
+  const peer = room.connect('p_a1');
+  peer.pc.reach('connected');
+  // Our signaling was cut past the grace: the resume is refused; A kept its session and its id.
+  room._session.handleDisconnect(4201);
+  sent.length = 0;
+  handshake();
+  receive(joined('p_b2', ['p_a1']));
+  assert.equal(peer.closed, false);
+  assert.equal(peer._orphaned, false, 'carried on at once');
+  assert.equal(room.connections.get('p_a1'), peer);
+  const proof = sdk._rejoinProof(peer.pc, 'p_b2');
+  assert.deepEqual(
+    sent.filter((m) => m.type === 'signal').map((m) => [m.to, m.data]),
+    [['p_a1', { rejoin: { was: ['p_b1'], proof: [proof] } }]],
+    'A is told our old id, with the proof, before anything else of ours',
+  );
+  room._finish(1000, 'done', true);
+});
+
 test('long calls: a fresh credential is fetched before the expiry and put into every peer connection', async () => {
   mock.timers.enable({ apis: ['setTimeout', 'Date'], now: 1_764_070_000_000 });
   try {

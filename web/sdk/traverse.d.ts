@@ -109,7 +109,8 @@ export class TraverseError extends Error {
  * A joined room. Events (listen with `room.on(name, fn)` — `fn` gets the event's detail — or `addEventListener`,
  * where the detail is `event.detail`):
  * - `joined` `{peerId, peers, rejoined}` — also after a fresh re-join when a resume failed (new `peerId`)
- * - `peer-joined` `{peer: {id, meta}}`, `peer-left` `{peerId}`
+ * - `peer-joined` `{peer: {id, meta}}`, `peer-left` `{peerId, reason}` (`left`, or `lost`: its session expired; a
+ *   connected call with it stays while its media flows, for it to rejoin under a new id — `peer-rejoined`)
  * - `signal` `{from, data, seq, internal}` — `internal` when the SDK's peer connection consumed it
  * - `broadcast` `{from, data, seq}`
  * - `undeliverable` `{to, id, reason}` — a `signal` you sent could not be delivered: the recipient left
@@ -426,6 +427,13 @@ export class Room extends EventTarget {
     private _toldRejoin;
     /** @private */ private _orphanTimer;
     /**
+     * A peer of a connected call was lost to the room (its session expired while its media still flowed): the call
+     * stays, under the old id, for the peer to rejoin and prove it (`_onRejoinSignal`), for as long as its media
+     * flows, checked every resume grace (at least 10 s); once it stops, the call is closed.
+     * @private @param {Peer} pc
+     */
+    private _awaitRejoin;
+    /**
      * Tells `to` (null: every peer of the room) the ids we had, while a call of ours still waits for its peer.
      * @private @param {string | null} to
      */
@@ -555,6 +563,8 @@ export class Peer extends EventTarget {
     /** Polite peer = the smaller id (docs/sdk.md). */
     polite: boolean;
     closed: boolean;
+    /** @internal @type {ReturnType<typeof setTimeout> | undefined} the check of a lost peer's call (`_awaitRejoin`) */
+    _rejoinTimer: ReturnType<typeof setTimeout> | undefined;
     /** @type {RTCDataChannel | null} */
     channel: RTCDataChannel | null;
     /** @type {MediaStream[]} remote streams */
@@ -690,6 +700,8 @@ export class Peer extends EventTarget {
      * @private
      */
     private _generationEnds;
+    /** ICE is up: media (and the data channel) flow, whatever signaling does. @internal */
+    _mediaUp(): boolean;
     /** Our session was lost: the remote id is stale until the remote peer says its new one. @internal */
     _orphan(): void;
     /** @internal */ _orphaned: boolean;

@@ -187,7 +187,8 @@ function usableIceServers(servers) {
  * A joined room. Events (listen with `room.on(name, fn)` — `fn` gets the event's detail — or `addEventListener`,
  * where the detail is `event.detail`):
  * - `joined` `{peerId, peers, rejoined}` — also after a fresh re-join when a resume failed (new `peerId`)
- * - `peer-joined` `{peer: {id, meta}}`, `peer-left` `{peerId}`
+ * - `peer-joined` `{peer: {id, meta}}`, `peer-left` `{peerId, reason}` (`left`, or `lost`: its session expired; a
+ *   connected call with it stays while its media flows, for it to rejoin under a new id — `peer-rejoined`)
  * - `signal` `{from, data, seq, internal}` — `internal` when the SDK's peer connection consumed it
  * - `broadcast` `{from, data, seq}`
  * - `undeliverable` `{to, id, reason}` — a `signal` you sent could not be delivered: the recipient left
@@ -483,7 +484,12 @@ export class Room extends EventTarget {
     /** @private the URL of the node the session was last established through */ this._establishedUrl = this.url;
     const peers = [...this.peers.values()];
     this._emit('joined', { peerId: this.peerId, peers, rejoined, previousPeerId, seq: msg.seq });
-    if (rejoined) this._announceRejoin(null);
+    if (rejoined) {
+      this._announceRejoin(null);
+      // A peer still in the room kept its session (only ours was lost): its id is the same, and it moves its side
+      // of the call to our new id on the proof just sent. Ours carries on at once.
+      for (const pc of this.connections.values()) if (pc._orphaned && this.peers.has(pc.peerId)) pc._rebind(pc.peerId);
+    }
     this._scheduleIceRefresh();
     this._signalingBack();
     this._reportLost(lost);
@@ -515,8 +521,13 @@ export class Room extends EventTarget {
       case 'peer-left': {
         this.peers.delete(msg.peerId);
         const pc = this.connections.get(msg.peerId);
-        if (pc) pc._close(false);
-        return this._emit('peer-left', { peerId: msg.peerId, seq: msg.seq });
+        if (pc) {
+          // A peer that was lost (its signaling cut off past the resume grace), not one that left, may still be on
+          // the call: a connected call waits for it to come back under a new id and prove it (`_onRejoinSignal`).
+          if (msg.reason === 'lost' && this._opts.rejoinCalls !== false && pc._mediaUp()) this._awaitRejoin(pc);
+          else pc._close(false);
+        }
+        return this._emit('peer-left', { peerId: msg.peerId, reason: msg.reason, seq: msg.seq });
       }
       case 'signal':
         return this._onSignal(msg);
@@ -812,6 +823,24 @@ export class Room extends EventTarget {
   }
 
   /**
+   * A peer of a connected call was lost to the room (its session expired while its media still flowed): the call
+   * stays, under the old id, for the peer to rejoin and prove it (`_onRejoinSignal`), for as long as its media
+   * flows, checked every resume grace (at least 10 s); once it stops, the call is closed.
+   * @private @param {Peer} pc
+   */
+  _awaitRejoin(pc) {
+    pc._orphan();
+    const wait = Math.max(this.resumeGraceMs, 10000);
+    const check = () => {
+      if (!pc._orphaned || pc.closed) return;
+      if (pc._mediaUp() && this.state !== 'closed') pc._rejoinTimer = setTimeout(check, wait);
+      else pc._close(false);
+    };
+    clearTimeout(pc._rejoinTimer);
+    pc._rejoinTimer = setTimeout(check, wait);
+  }
+
+  /**
    * Tells `to` (null: every peer of the room) the ids we had, while a call of ours still waits for its peer.
    * @private @param {string | null} to
    */
@@ -997,6 +1026,8 @@ export class Peer extends EventTarget {
     /** Polite peer = the smaller id (docs/sdk.md). */
     this.polite = /** @type {string} */ (room.peerId) < peerId;
     this.closed = false;
+    /** @internal @type {ReturnType<typeof setTimeout> | undefined} the check of a lost peer's call (`_awaitRejoin`) */
+    this._rejoinTimer = undefined;
     /** @type {RTCDataChannel | null} */
     this.channel = null;
     /** @type {MediaStream[]} remote streams */
@@ -1215,6 +1246,7 @@ export class Peer extends EventTarget {
     // A `bye` lets the other side drop its half, so that a later connect() starts from a fresh RTCPeerConnection.
     if (tellRemote && this.room.state === 'open' && this.room.peers.has(this.peerId)) this._signal({ bye: true });
     this.closed = true;
+    clearTimeout(this._rejoinTimer);
     this._stopRecovery();
     // Closed by the app or the room before an outcome: nothing to report (that is not a failure to connect).
     this._outcome.reported = true;
@@ -1501,6 +1533,11 @@ export class Peer extends EventTarget {
     o.restarted = true;
     if (o.stopGatheringWait) o.stopGatheringWait();
     if (!o.reported && this.pc.connectionState !== 'connected') this._settle('failed');
+  }
+
+  /** ICE is up: media (and the data channel) flow, whatever signaling does. @internal */
+  _mediaUp() {
+    return ['connected', 'completed'].includes(this.pc.iceConnectionState);
   }
 
   /** Our session was lost: the remote id is stale until the remote peer says its new one. @internal */

@@ -153,7 +153,15 @@ fn transport_of(turn: &[TurnFact], pick: impl Fn(&TurnFact) -> bool) -> Option<b
 pub fn turn_cause(t: &TurnFact) -> Option<String> {
     let e = t.error()?;
     let what = format!("TURN over {} on port {}", t.transport().word(), t.port());
+    // The TLS handshake went through, so something listens and speaks TLS there: silence, a close or a non-STUN
+    // answer inside it is what an HTTPS server or an HTTP load balancer gives a TURN request.
+    let tls_but_not_turn = t.transport() == crate::ice::Transport::Tls && t.certificate.is_some();
     Some(match e {
+        CheckError::Timeout(_) | CheckError::Closed | CheckError::Protocol(_) if tls_but_not_turn => format!(
+            "{what}: TLS was accepted but nothing answered TURN inside it — what terminates TLS there (a web server, \
+             an HTTP load balancer) does not speak TURN: forward that port to Traverse at layer 4 (TCP, TLS passed \
+             through), or route ALPN `stun.turn` to it"
+        ),
         CheckError::AuthRejected(_) => format!(
             "{what}: the server refused the credential (401 Unauthorized) — wrong password, or a REST credential \
              that expired or was minted with another secret"
@@ -597,6 +605,33 @@ mod tests {
             },
             certificate: None,
             local: None,
+        }
+    }
+
+    #[test]
+    fn tls_that_does_not_speak_turn_is_named_as_such() {
+        let cert = crate::tls::CertInfo {
+            trusted: true,
+            self_signed: false,
+            covers_name: true,
+            problem: None,
+            days_to_expiry: Some(60),
+        };
+        for error in [
+            CheckError::Timeout(Duration::from_secs(5)),
+            CheckError::Closed,
+            CheckError::Protocol("HTTP/1.1 400".into()),
+        ] {
+            let mut t = turn(Transport::Tls, 443, Some(error.clone()));
+            t.certificate = Some(cert.clone());
+            let cause = turn_cause(&t).unwrap();
+            assert!(
+                cause.contains("does not speak TURN") && cause.contains("layer 4"),
+                "{error:?}: {cause}"
+            );
+            // No TLS handshake: the network's fault, as before.
+            let bare = turn(Transport::Tls, 443, Some(error));
+            assert!(!turn_cause(&bare).unwrap().contains("does not speak TURN"));
         }
     }
 

@@ -59,6 +59,24 @@ pub enum UndeliverableReason {
     ServerFull,
 }
 
+/// Why a peer left its room (`peer-left`'s `reason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeftReason {
+    /// It said `leave` (or its page went away and said so).
+    Left,
+    /// Its socket dropped and it did not resume within the grace period (or the server could not keep it waiting).
+    Lost,
+}
+
+impl LeftReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LeftReason::Left => "left",
+            LeftReason::Lost => "lost",
+        }
+    }
+}
+
 impl UndeliverableReason {
     pub fn as_str(self) -> &'static str {
         match self {
@@ -116,6 +134,9 @@ pub(crate) enum Frame<'a> {
     },
     PeerLeft {
         peer: &'a PeerId,
+        /// Why: `left` (it said `leave`) or `lost` (its socket dropped and it did not resume within the grace; its
+        /// media may still flow, and the SDK keeps a connected call for it to come back under a new id).
+        reason: LeftReason,
     },
     Signal {
         from: &'a PeerId,
@@ -229,9 +250,11 @@ impl Frame<'_> {
                 out.raw(meta.as_json());
                 out.raw("}");
             }
-            Frame::PeerLeft { peer } => {
+            Frame::PeerLeft { peer, reason } => {
                 out.raw("\"type\":\"peer-left\",\"peerId\":\"");
                 out.raw(peer.as_str());
+                out.raw("\",\"reason\":\"");
+                out.raw(reason.as_str());
                 out.raw("\"");
             }
             Frame::Signal { from, data } => {
@@ -533,8 +556,11 @@ mod tests {
                 format!(r#"{{"seq":2,"type":"peer-joined","peer":{{"id":"{id}","meta":{{"a":"x","b":1}}}}}}"#),
             ),
             (
-                Frame::PeerLeft { peer: &p },
-                format!(r#"{{"seq":2,"type":"peer-left","peerId":"{id}"}}"#),
+                Frame::PeerLeft {
+                    peer: &p,
+                    reason: LeftReason::Lost,
+                },
+                format!(r#"{{"seq":2,"type":"peer-left","peerId":"{id}","reason":"lost"}}"#),
             ),
             (
                 Frame::Signal { from: &p, data: &data },

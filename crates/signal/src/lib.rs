@@ -63,7 +63,7 @@ mod protocol;
 mod token;
 
 pub use budget::{Over, SharedBytes, Source};
-pub use frame::UndeliverableReason;
+pub use frame::{LeftReason, UndeliverableReason};
 pub use hub::{
     ConnId, HubStats, IceServerSource, Limits, MemoryHub, Now, Output, Restored, SessionEvent, SignalHub, Unjoined,
 };

@@ -36,6 +36,13 @@ pub struct DrainArgs {
     timeout: u64,
 }
 
+/// Whether process `pid` runs the same executable file as this process (same device and inode).
+fn runs_this_binary(pid: i32) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let id = |path: String| std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()));
+    id(format!("/proc/{pid}/exe")).is_some_and(|theirs| Some(theirs) == id("/proc/self/exe".to_owned()))
+}
+
 /// Sends SIGUSR1 to a running `traverse serve`, and with `--wait` waits until it has exited.
 pub fn run(args: DrainArgs) -> anyhow::Result<()> {
     let pid = match (args.pid, &args.pid_file) {
@@ -43,10 +50,11 @@ pub fn run(args: DrainArgs) -> anyhow::Result<()> {
         (None, Some(file)) => read_pid(file)?,
         (None, None) => bail!("say which process to drain: --pid-file FILE (cluster.pid_file) or --pid PID"),
     };
-    // A stale pid file may name a pid reused by another program: only a traverse process is signalled.
+    // A stale pid file may name a pid reused by another program: only a traverse process is signalled — one named
+    // traverse, or running this very binary whatever it was renamed to.
     let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
         .with_context(|| format!("no process {pid} (is traverse running?)"))?;
-    if comm.trim() != "traverse" {
+    if comm.trim() != "traverse" && !runs_this_binary(pid) {
         bail!("process {pid} is {:?}, not traverse: a stale pid file?", comm.trim());
     }
     let target = rustix::process::Pid::from_raw(pid).context("not a process id")?;
@@ -189,6 +197,15 @@ fn alternate(url: &str) -> Option<turn::Alternate> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_renamed_binary_is_still_known_by_its_executable() {
+        assert!(
+            runs_this_binary(std::process::id() as i32),
+            "this process runs this binary"
+        );
+        assert!(!runs_this_binary(1), "pid 1 runs another");
+    }
 
     #[test]
     fn registry_urls_become_alternates_by_transport() {

@@ -826,6 +826,25 @@ async fn join_presence_relay_broadcast_and_leave() {
         "{r:?}"
     );
     assert!(r.json()["ttl"].as_u64().is_some_and(|t| t > 0), "{r:?}");
+    // The TURN REST API's shape beside it: the same credential, and every URL.
+    let body = r.json();
+    let turn = body["iceServers"]
+        .as_array()
+        .and_then(|l| l.iter().find(|s| s.get("username").is_some()))
+        .cloned()
+        .expect("a TURN entry");
+    assert_eq!(body["username"], turn["username"], "{body}");
+    assert_eq!(body["password"], turn["credential"], "{body}");
+    let uris: Vec<&str> = body["uris"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|u| u.as_str())
+        .collect();
+    assert!(
+        uris.iter().any(|u| u.starts_with("stun:")) && uris.iter().any(|u| u.starts_with("turn:")),
+        "{body}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------------------------

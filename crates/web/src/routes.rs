@@ -461,11 +461,35 @@ async fn ice_servers(
             }
         }
     }
+    let servers = (app.config.ice_servers)(&user, unix);
+    let (username, password, uris) = rest_fields(&servers);
+    // `iceServers` for `new RTCPeerConnection`; beside it the TURN REST API's shape (draft-uberti-behave-turn-rest:
+    // `username`, `password`, `ttl`, `uris`), which coturn-era clients and Matrix homeservers read.
     let body = serde_json::json!({
-        "iceServers": (app.config.ice_servers)(&user, unix),
+        "iceServers": servers,
         "ttl": app.config.credential_ttl_secs,
+        "username": username,
+        "password": password,
+        "uris": uris,
     });
     ([(header::CACHE_CONTROL, "no-store")], axum::Json(body)).into_response()
+}
+
+/// The TURN REST API's fields from an `iceServers` array: the credential's username and password (those of the
+/// first entry that has one) and every URL, STUN and TURN.
+fn rest_fields(servers: &serde_json::Value) -> (serde_json::Value, serde_json::Value, Vec<serde_json::Value>) {
+    let entries = servers.as_array().map(Vec::as_slice).unwrap_or_default();
+    let credentialed = entries.iter().find(|s| s.get("username").is_some());
+    let field = |name: &str| credentialed.and_then(|s| s.get(name)).cloned().unwrap_or_default();
+    let uris = entries
+        .iter()
+        .flat_map(|s| match s.get("urls") {
+            Some(serde_json::Value::Array(urls)) => urls.clone(),
+            Some(url @ serde_json::Value::String(_)) => vec![url.clone()],
+            _ => Vec::new(),
+        })
+        .collect();
+    (field("username"), field("credential"), uris)
 }
 
 /// A JSON refusal `{"ok":false,"code","message"}` for codes outside the signaling protocol's.

@@ -22,7 +22,7 @@ use rand::RngCore;
 use serde_json::value::RawValue;
 
 use crate::budget::{Budget, ByteLimits, SharedBytes, Source};
-use crate::frame::Frame;
+use crate::frame::{Frame, LeftReason};
 use crate::id::{PeerId, SessionSecret};
 use crate::protocol::{self, ClientMessage, CloseCode, ErrorCode, Refusal};
 
@@ -440,7 +440,7 @@ impl<R: RngCore + Send> MemoryHub<R> {
             (ClientMessage::Outcome { peer, report }, Some(from)) => self.outcome(conn, &from, &peer, report),
             (ClientMessage::IceServers, Some(peer)) => self.ice_servers(conn, &peer, now),
             (ClientMessage::Leave, Some(peer)) => {
-                self.remove_session(&peer);
+                self.remove_session(&peer, LeftReason::Left);
                 self.close(conn, CloseCode::NORMAL, "left");
             }
         }
@@ -471,7 +471,7 @@ impl<R: RngCore + Send> MemoryHub<R> {
     pub fn end_session(&mut self, conn: ConnId, now: Now) {
         self.clock = now.instant;
         if let Some(peer) = self.conns.get(&conn).and_then(|c| c.peer.clone()) {
-            self.remove_session(&peer);
+            self.remove_session(&peer, LeftReason::Lost);
         }
     }
 

@@ -10,7 +10,7 @@ use serde_json::value::RawValue;
 use super::stream::{Buffered, Disconnected, Refused, ReportAllowance, Session, SignalFrom};
 use super::{ConnId, Counters, MemoryHub, Now, Output, Restored, SessionEvent};
 use crate::budget::Source;
-use crate::frame::{Frame, Joined, Member, Meta, UndeliverableReason};
+use crate::frame::{Frame, Joined, LeftReason, Member, Meta, UndeliverableReason};
 use crate::id::{PeerId, SessionSecret};
 use crate::protocol::{ErrorCode, Refusal};
 use crate::token::{verify_token, TokenError};
@@ -246,7 +246,7 @@ impl<R: RngCore + Send> MemoryHub<R> {
 
     /// Removes a session for good: the room hears `peer-left`, and senders of signals that never reached it hear
     /// `undeliverable`.
-    pub(super) fn remove_session(&mut self, peer: &PeerId) {
+    pub(super) fn remove_session(&mut self, peer: &PeerId, reason: LeftReason) {
         let Some(s) = self.sessions.remove(peer) else { return };
         let conn = s.conn.map(|c| c.get());
         tracing::info!(conn, %peer, room = %s.room, "left the room");
@@ -274,7 +274,7 @@ impl<R: RngCore + Send> MemoryHub<R> {
         } else {
             self.rooms.get(&s.room).map(|r| r.members.clone()).unwrap_or_default()
         };
-        let notice = Frame::PeerLeft { peer };
+        let notice = Frame::PeerLeft { peer, reason };
         for m in &others {
             // No report is taken about a peer that left: its place among the ones negotiated with is free again.
             if let Some(other) = self.sessions.get_mut(m) {
@@ -296,7 +296,7 @@ impl<R: RngCore + Send> MemoryHub<R> {
     pub(super) fn grace_ended(&mut self, peer: &PeerId, at: Instant) {
         let grace = self.limits.resume_grace;
         if self.sessions.get(peer).and_then(|s| s.grace_end(grace)) == Some(at) {
-            self.remove_session(peer);
+            self.remove_session(peer, LeftReason::Lost);
         }
     }
 
