@@ -5,6 +5,7 @@
 #
 #   sudo bench/relay-xdp.sh [SECONDS]        # default 3 s per step, REPEAT=3; ~25 minutes
 #   SYSTEMS="traverse-xdp coturn" RATES_100="50000 200000" RATES_1000= sudo bench/relay-xdp.sh 3   # a subset
+#   TRAVERSE=/tmp/traverse-old NO_BUILD=1 SYSTEMS=traverse-xdp ... # another build of Traverse (an A/B in two runs)
 #   VETH_STATS=1 ...   # print both veths' drop counters and the server's UDP errors at the end (where loss happens)
 #
 # Three namespaces. The server's holds the system under test; the outside one holds the echo peer's address and an
@@ -86,7 +87,7 @@ cleanup() {
 trap cleanup EXIT
 
 [ -n "${NO_BUILD:-}" ] || cargo build --release -q -p traverse -p traverse-loadgen
-TRAVERSE=$PWD/target/release/traverse
+TRAVERSE=${TRAVERSE:-$PWD/target/release/traverse}   # TRAVERSE=/path: another build (A/B)
 LOADGEN=$PWD/target/release/traverse-loadgen
 BARE=$PWD/target/release/traverse-bare-forwarder
 OBJECT=$(ls -t target/release/build/traverse-xdp-*/out/relay.o 2>/dev/null | head -1)

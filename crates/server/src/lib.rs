@@ -251,7 +251,7 @@ pub fn start(config: ServerConfig, http: Option<Arc<dyn HttpHandler>>) -> Result
     let stats = WorkerStats::new(workers);
     stats.watch_connections(connections.clone());
     let stats = Arc::new(stats);
-    let fast_path = attach_fast_path(&config.relay.xdp);
+    let fast_path = attach_fast_path(&config.relay.xdp, config.quotas.max_total());
     let shared = Arc::new(worker::SharedConfig {
         config,
         fast_path,
@@ -295,11 +295,11 @@ pub fn start(config: ServerConfig, http: Option<Arc<dyn HttpHandler>>) -> Result
 }
 
 /// The kernel fast path on the configured interfaces, or the socket path alone: said once, in plain words.
-fn attach_fast_path(interfaces: &[String]) -> Option<Arc<xdp::FastPath>> {
+fn attach_fast_path(interfaces: &[String], allocations: usize) -> Option<Arc<xdp::FastPath>> {
     if interfaces.is_empty() {
         return None;
     }
-    match xdp::FastPath::attach(interfaces) {
+    match xdp::FastPath::attach(interfaces, allocations) {
         Ok(fast) => {
             tracing::info!(
                 interfaces = %interfaces.join(","),

@@ -751,7 +751,7 @@ fn the_kernel_route_tables_hold_a_share_per_client_and_a_refused_route_leaves_no
     let lab = Lab::build();
     let s0 = lab.dev("s0");
     lab.inside("s", move || {
-        let fast = xdp::FastPath::attach(&[s0]).expect("attach");
+        let fast = xdp::FastPath::attach(&[s0], 10_000).expect("attach");
         let expires = Instant::now() + Duration::from_secs(600);
         let share = xdp::ROUTES_PER_SOURCE;
         // Client `i`'s route `k`, of allocation `i` (each client one allocation).

@@ -238,6 +238,11 @@ impl Quotas {
     }
 
     /// Adds the per-source quota (0: none).
+    /// Allocations held at most, over every worker.
+    pub fn max_total(&self) -> usize {
+        self.max_total
+    }
+
     pub fn with_per_source(mut self, max_per_source: usize) -> Self {
         self.max_per_source = max_per_source;
         self

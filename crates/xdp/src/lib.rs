@@ -230,8 +230,10 @@ struct Maps {
 }
 
 impl FastPath {
-    /// Loads the program and attaches it in driver (native) mode to every interface, or to none.
-    pub fn attach(interfaces: &[String]) -> Result<Self, AttachError> {
+    /// Loads the program and attaches it in driver (native) mode to every interface, or to none. `allocations`:
+    /// how many allocations the server may hold, which sizes the per-allocation maps (a preallocated per-CPU map
+    /// of [`MAX_ROUTES`] entries held tens of MB per CPU, whatever the load).
+    pub fn attach(interfaces: &[String], allocations: usize) -> Result<Self, AttachError> {
         let object = OBJECT.ok_or(AttachError::NotBuiltIn)?;
         for iface in interfaces {
             if iface.is_empty() || iface.contains(['\0', '/']) || !has_interface(iface) {
@@ -242,7 +244,12 @@ impl FastPath {
                 return Err(AttachError::ForwardingDisabled(iface.clone()));
             }
         }
-        let mut ebpf = Ebpf::load(object).map_err(|e| AttachError::Load(e.to_string()))?;
+        let per_allocation = u32::try_from(allocations).unwrap_or(MAX_ROUTES).clamp(1024, MAX_ROUTES);
+        let mut ebpf = aya::EbpfLoader::new()
+            .set_max_entries("COUNTERS", per_allocation)
+            .set_max_entries("CREDITS", per_allocation)
+            .load(object)
+            .map_err(|e| AttachError::Load(e.to_string()))?;
         let program: &mut Xdp = ebpf
             .program_mut("traverse_relay")
             .ok_or_else(|| AttachError::Load("program traverse_relay missing from the object".into()))?
@@ -503,7 +510,7 @@ mod tests {
     #[cfg(not(traverse_xdp_built))]
     #[test]
     fn without_the_object_attach_says_so() {
-        let Err(e) = FastPath::attach(&["lo".to_owned()]) else {
+        let Err(e) = FastPath::attach(&["lo".to_owned()], 1000) else {
             panic!("attached without an object");
         };
         assert_eq!(
