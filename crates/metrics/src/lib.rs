@@ -63,6 +63,9 @@ pub type CountFn = Arc<dyn Fn() -> u64 + Send + Sync>;
 pub struct Metrics {
     registry: Registry,
     hub: Arc<Mutex<Option<signal::HubStats>>>,
+    /// One scrape encodes at a time: the hub slot is that scrape's until its text is written (a concurrent scrape
+    /// whose hub did not answer blanked another's signaling metrics).
+    encoding: Mutex<()>,
 }
 
 impl Metrics {
@@ -82,17 +85,59 @@ impl Metrics {
             registry.register_collector(Box::new(outcomes::OutcomeCollector { outcomes }));
         }
         registry.register_collector(Box::new(process::ProcessCollector));
-        Self { registry, hub }
+        Self {
+            registry,
+            hub,
+            encoding: Mutex::new(()),
+        }
     }
 
     /// The OpenMetrics text of every collector. `hub` is the signaling hub's answer to this scrape (`None`: it did
     /// not answer, and its metrics are left out rather than reported as zero).
     pub fn encode(&self, hub: Option<signal::HubStats>) -> String {
+        let _one = self.encoding.lock().unwrap_or_else(|e| e.into_inner());
         *self.hub.lock().unwrap_or_else(|e| e.into_inner()) = hub;
         let mut text = String::new();
         if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &self.registry) {
             tracing::warn!(error = %e, "cannot encode the metrics");
         }
         text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Scrapes at once, some with the hub's answer and some without: each text has the signaling metrics exactly
+    /// when its own scrape had the answer.
+    #[test]
+    fn concurrent_scrapes_each_report_their_own_hub_answer() {
+        let metrics = Arc::new(Metrics::new(Sources {
+            turn: Arc::new(server::WorkerStats::new(1)),
+            certs: None,
+            outcomes: None,
+            upgrade_refusals: None,
+            http_requests_refused: None,
+        }));
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let metrics = metrics.clone();
+                std::thread::spawn(move || {
+                    for i in 0..300 {
+                        let answered = (i + t) % 2 == 0;
+                        let text = metrics.encode(answered.then(signal::HubStats::default));
+                        assert_eq!(
+                            text.contains("traverse_signal_sessions"),
+                            answered,
+                            "scrape {i} of thread {t}"
+                        );
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
     }
 }
