@@ -1173,7 +1173,7 @@ fn public_host(config: &Config, running: &server::Running, interface_ips: &[IpAd
         })
         .or_else(|| interface_address(interface_ips))
         .unwrap_or(IpAddr::from([127, 0, 0, 1]));
-    if !is_public(ip) {
+    if !turn::policy::is_public(ip) {
         tracing::warn!(
             %ip,
             "the iceServers and URLs handed to peers name {ip}, which peers outside this network cannot reach; set \
@@ -1191,23 +1191,9 @@ fn public_host(config: &Config, running: &server::Running, interface_ips: &[IpAd
 fn interface_address(interface_ips: &[IpAddr]) -> Option<IpAddr> {
     let ips = || interface_ips.iter().copied();
     ips()
-        .find(|ip| ip.is_ipv4() && is_public(*ip))
-        .or_else(|| ips().find(|ip| ip.is_ipv6() && is_public(*ip)))
+        .find(|ip| ip.is_ipv4() && turn::policy::is_public(*ip))
+        .or_else(|| ips().find(|ip| ip.is_ipv6() && turn::policy::is_public(*ip)))
         .or_else(|| ips().find(|ip| ip.is_ipv4() && !ip.is_loopback()))
-}
-
-/// Whether peers on the internet can reach `ip`: not private (RFC 1918, shared CGNAT space, IPv6 unique local),
-/// loopback, link-local or unspecified. Documentation ranges count as public (labs use them as such).
-fn is_public(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            let [a, b, ..] = v4.octets();
-            let shared = a == 100 && (64..128).contains(&b);
-            !(v4.is_private() || v4.is_loopback() || v4.is_link_local() || v4.is_unspecified() || shared)
-        }
-        // Global unicast is 2000::/3.
-        IpAddr::V6(v6) => v6.segments().first().is_some_and(|s| s & 0xe000 == 0x2000),
-    }
 }
 
 /// STUN and TURN URLs of this server. `stun:` URLs carry no `?transport` (Chrome ≥ 110 rejects it).
@@ -1541,20 +1527,6 @@ mod tests {
             Some("172.17.0.1")
         );
         assert_eq!(pick(&["127.0.0.1", "::1"]), None);
-        for private in [
-            "10.1.2.3",
-            "192.168.1.1",
-            "172.16.0.1",
-            "100.64.0.1",
-            "169.254.1.1",
-            "fd12::1",
-            "::1",
-        ] {
-            assert!(!is_public(private.parse().unwrap()), "{private}");
-        }
-        for public in ["198.51.100.7", "100.128.0.1", "8.8.8.8", "2001:db8::1"] {
-            assert!(is_public(public.parse().unwrap()), "{public}");
-        }
     }
 
     #[test]
