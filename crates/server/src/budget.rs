@@ -27,7 +27,7 @@ pub struct ConnectionBudget {
     /// are charged to the total only, not to a source's share or rate.
     trusted: Vec<turn::policy::IpNet>,
     /// Connections refused, by [`Refused`]: what `traverse_tcp_connections_refused_total` reads.
-    refused: [AtomicU64; 3],
+    refused: [AtomicU64; 4],
 }
 
 /// Which budget refused a connection.
@@ -36,10 +36,12 @@ pub enum Refused {
     Total,
     Source,
     Rate,
+    /// A connection from a `listen.proxy_protocol` balancer without a valid PROXY header.
+    ProxyHeader,
 }
 
 impl Refused {
-    pub(crate) const ALL: [Refused; 3] = [Refused::Total, Refused::Source, Refused::Rate];
+    pub(crate) const ALL: [Refused; 4] = [Refused::Total, Refused::Source, Refused::Rate, Refused::ProxyHeader];
 
     /// The `reason` label of `traverse_tcp_connections_refused_total`.
     pub(crate) fn as_str(self) -> &'static str {
@@ -47,6 +49,7 @@ impl Refused {
             Refused::Total => "total",
             Refused::Source => "source",
             Refused::Rate => "rate",
+            Refused::ProxyHeader => "proxy_header",
         }
     }
 }
@@ -90,17 +93,37 @@ impl ConnectionBudget {
     }
 
     /// Connections refused so far, by the budget that refused them.
-    pub(crate) fn refused(&self) -> [(Refused, u64); 3] {
+    pub(crate) fn refused(&self) -> [(Refused, u64); 4] {
         Refused::ALL.map(|why| (why, self.refused_by(why).load(Ordering::Relaxed)))
     }
 
     fn refused_by(&self, why: Refused) -> &AtomicU64 {
-        let [total, source, rate] = &self.refused;
+        let [total, source, rate, proxy_header] = &self.refused;
         match why {
             Refused::Total => total,
             Refused::Source => source,
             Refused::Rate => rate,
+            Refused::ProxyHeader => proxy_header,
         }
+    }
+
+    /// Counts a connection closed for a reason found after its accept ([`Refused::ProxyHeader`]).
+    pub(crate) fn count_refused(&self, why: Refused) {
+        self.refused_by(why).fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A connection's share of the total only, held by a PROXY-protocol balancer's connection while its header is
+    /// read: the client it names is charged once it is known.
+    pub(crate) fn try_acquire_total(self: &Arc<Self>) -> Result<ConnectionPermit, Refused> {
+        let total = self.total.clone().try_acquire_owned().map_err(|_| {
+            self.refused_by(Refused::Total).fetch_add(1, Ordering::Relaxed);
+            Refused::Total
+        })?;
+        Ok(ConnectionPermit {
+            budget: self.clone(),
+            source: None,
+            _total: total,
+        })
     }
 
     fn counts(&self) -> std::sync::MutexGuard<'_, HashMap<Source, usize>> {

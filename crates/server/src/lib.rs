@@ -9,6 +9,7 @@
 mod budget;
 pub mod handshakes;
 mod mux;
+mod proxy_protocol;
 mod stats;
 mod stream;
 pub mod tls;
@@ -65,6 +66,10 @@ pub struct ServerConfig {
     pub connections_per_second_per_source: u32,
     /// Reverse proxies and load balancers in front of the HTTP ports: charged to the total only.
     pub trusted_proxies: Vec<turn::policy::IpNet>,
+    /// Layer-4 load balancers that start each TCP connection with a PROXY protocol header (v1 or v2) naming its
+    /// client (`listen.proxy_protocol`): every connection from them must, and the client it names is the
+    /// connection's for every limit and for TURN.
+    pub proxy_protocol: Vec<turn::policy::IpNet>,
     /// A TURN stream connection without an allocation is closed this long after it was accepted or its allocation
     /// ended, whatever it sends; an undecided single-port connection must be sorted (TLS included) within
     /// `tls_handshake_timeout` of its accept.

@@ -34,8 +34,9 @@ impl WorkerStats {
     }
 
     /// TCP/TLS/HTTP connections refused at accept, by the budget that refused them: `total`, `source` (the
-    /// per-source share) and `rate` (new connections a second per source).
-    pub fn connections_refused(&self) -> [(&'static str, u64); 3] {
+    /// per-source share), `rate` (new connections a second per source) and `proxy_header` (a balancer's connection
+    /// without a valid PROXY protocol header).
+    pub fn connections_refused(&self) -> [(&'static str, u64); 4] {
         match self.connections.get() {
             Some(budget) => budget.refused().map(|(why, n)| (why.as_str(), n)),
             None => Refused::ALL.map(|why| (why.as_str(), 0)),

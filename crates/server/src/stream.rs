@@ -84,19 +84,22 @@ pub(crate) async fn accept_loop(worker: Rc<Worker>, listener: TcpListener, trans
 /// own, holding the connection's share of the budget (per source and in total, charged here: before TLS, before a
 /// byte is read); TCP_NODELAY and keepalive set. Shared by the TURN ports and the mux ports.
 ///
+/// A connection from a `listen.proxy_protocol` balancer first gives its PROXY header ([`crate::proxy_protocol`]),
+/// holding a share of the total only meanwhile; the client the header names is then the connection's client, and
+/// charged like any other.
+///
 /// A refused connection is closed at once rather than left in the backlog, where its client would wait for a
 /// timeout. When the process is out of descriptors (EMFILE), the connection cannot even be accepted to be closed,
 /// so each loop keeps one spare descriptor to give up for that moment.
 pub(crate) async fn accept_each<F, Fut>(worker: Rc<Worker>, listener: TcpListener, handle: F)
 where
-    F: Fn(Rc<Worker>, TcpStream, SocketAddr, SocketAddr, ConnectionPermit) -> Fut,
+    F: Fn(Rc<Worker>, TcpStream, SocketAddr, SocketAddr, ConnectionPermit) -> Fut + 'static,
     Fut: std::future::Future<Output = ()> + 'static,
 {
     static ACCEPT_FAILED: ThrottledLog = ThrottledLog::new(10);
-    static REFUSED_TOTAL: ThrottledLog = ThrottledLog::new(10);
-    static REFUSED_SOURCE: ThrottledLog = ThrottledLog::new(10);
-    static REFUSED_RATE: ThrottledLog = ThrottledLog::new(10);
+    static BAD_PROXY_HEADER: ThrottledLog = ThrottledLog::new(10);
     let Ok(local) = listener.local_addr() else { return };
+    let handle = Rc::new(handle);
     let mut spare = std::fs::File::open("/dev/null").ok();
     loop {
         let (stream, client) = match listener.accept().await {
@@ -118,41 +121,82 @@ where
                 continue;
             }
         };
-        let permit = match worker.shared().connections.try_acquire(client.ip(), Instant::now()) {
-            Ok(permit) => permit,
-            Err(refused) => {
-                let (log, what) = match refused {
-                    Refused::Total => (&REFUSED_TOTAL, "the server's connection limit (limits.max_connections)"),
-                    Refused::Source => (
-                        &REFUSED_SOURCE,
-                        "the per-source connection limit (limits.max_connections_per_source)",
-                    ),
-                    Refused::Rate => (
-                        &REFUSED_RATE,
-                        "the per-source rate of new connections (limits.connections_per_second_per_source)",
-                    ),
-                };
-                if let Some(held_back) = log.due() {
-                    tracing::warn!(%client, held_back, "connection refused: {what} is reached");
-                }
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let keepalive = TcpKeepalive::new()
-            .with_time(Duration::from_secs(30))
-            .with_interval(Duration::from_secs(10));
-        let _ = SockRef::from(&stream).set_tcp_keepalive(&keepalive);
-        // A client that asks for answers and never reads them (pipelined requests for the SDK, a TURN stream's
-        // responses) held its connection, and what was queued for it, for as long as it liked: no read deadline
-        // sees it, and the kernel probes a zero window for ever. This one does, in the kernel, per connection.
-        if let Some(stall) = worker.shared().config.send_stall_timeout {
-            let _ = SockRef::from(&stream).set_tcp_user_timeout(Some(stall));
+        let shared = worker.shared();
+        if !shared.config.proxy_protocol.iter().any(|net| net.contains(client.ip())) {
+            admit(&worker, stream, client, local, &handle);
+            continue;
         }
-        let server = stream.local_addr().unwrap_or(local);
-        // The permit goes with the connection, not with this task: an HTTP connection upgraded to a WebSocket
-        // outlives the task that accepted it, and may move to another worker with its socket.
-        spawn_local(handle(worker.clone(), stream, client, server, permit));
+        let Ok(held) = shared.connections.try_acquire_total() else {
+            warn_refused(client, Refused::Total);
+            continue;
+        };
+        let worker = worker.clone();
+        let handle = handle.clone();
+        spawn_local(async move {
+            let mut stream = stream;
+            let timeout = worker.shared().config.tls_handshake_timeout;
+            match crate::proxy_protocol::read(&mut stream, timeout).await {
+                Ok(header) => {
+                    drop(held);
+                    admit(&worker, stream, header.client.unwrap_or(client), local, &handle);
+                }
+                Err(e) => {
+                    worker.shared().connections.count_refused(Refused::ProxyHeader);
+                    if let Some(held_back) = BAD_PROXY_HEADER.due() {
+                        tracing::warn!(balancer = %client, held_back, "connection closed: {e} (listen.proxy_protocol)");
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// Charges `client`'s connection to the budget and, if it fits, starts serving it.
+fn admit<F, Fut>(worker: &Rc<Worker>, stream: TcpStream, client: SocketAddr, local: SocketAddr, handle: &Rc<F>)
+where
+    F: Fn(Rc<Worker>, TcpStream, SocketAddr, SocketAddr, ConnectionPermit) -> Fut,
+    Fut: std::future::Future<Output = ()> + 'static,
+{
+    let permit = match worker.shared().connections.try_acquire(client.ip(), Instant::now()) {
+        Ok(permit) => permit,
+        Err(refused) => return warn_refused(client, refused),
+    };
+    let _ = stream.set_nodelay(true);
+    let keepalive = TcpKeepalive::new()
+        .with_time(Duration::from_secs(30))
+        .with_interval(Duration::from_secs(10));
+    let _ = SockRef::from(&stream).set_tcp_keepalive(&keepalive);
+    // A client that asks for answers and never reads them (pipelined requests for the SDK, a TURN stream's
+    // responses) held its connection, and what was queued for it, for as long as it liked: no read deadline
+    // sees it, and the kernel probes a zero window for ever. This one does, in the kernel, per connection.
+    if let Some(stall) = worker.shared().config.send_stall_timeout {
+        let _ = SockRef::from(&stream).set_tcp_user_timeout(Some(stall));
+    }
+    let server = stream.local_addr().unwrap_or(local);
+    // The permit goes with the connection, not with this task: an HTTP connection upgraded to a WebSocket
+    // outlives the task that accepted it, and may move to another worker with its socket.
+    spawn_local(handle(worker.clone(), stream, client, server, permit));
+}
+
+/// A connection refused at accept, in the log at most once per 10 s per budget.
+fn warn_refused(client: SocketAddr, refused: Refused) {
+    static REFUSED_TOTAL: ThrottledLog = ThrottledLog::new(10);
+    static REFUSED_SOURCE: ThrottledLog = ThrottledLog::new(10);
+    static REFUSED_RATE: ThrottledLog = ThrottledLog::new(10);
+    let (log, what) = match refused {
+        Refused::Total => (&REFUSED_TOTAL, "the server's connection limit (limits.max_connections)"),
+        Refused::Source => (
+            &REFUSED_SOURCE,
+            "the per-source connection limit (limits.max_connections_per_source)",
+        ),
+        Refused::Rate => (
+            &REFUSED_RATE,
+            "the per-source rate of new connections (limits.connections_per_second_per_source)",
+        ),
+        Refused::ProxyHeader => return,
+    };
+    if let Some(held_back) = log.due() {
+        tracing::warn!(%client, held_back, "connection refused: {what} is reached");
     }
 }
 

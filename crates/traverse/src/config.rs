@@ -83,6 +83,12 @@ pub struct Listen {
     /// Single ports (443 in production): TLS → HTTPS/WSS or TURN over TLS; plain → TURN over TCP or a redirect.
     #[serde(with = "listen_addrs")]
     pub single: Vec<SocketAddr>,
+    /// Layer-4 load balancers (address blocks) that start every TCP connection with a PROXY protocol header, v1 or
+    /// v2 (HAProxy `send-proxy-v2`, an AWS NLB's proxy protocol, nginx `proxy_protocol on;` in `stream`): the
+    /// client it names is the connection's, for every per-source limit and for TURN. A connection from one of them
+    /// without a valid header is closed; others' connections are never read for one. Empty: none.
+    #[serde(with = "strings")]
+    pub proxy_protocol: Vec<IpNet>,
 }
 
 /// Signaling: rooms over WebSocket and the credentials handed to peers. The section's other keys are the hub's own
@@ -567,6 +573,7 @@ impl Default for Listen {
             tls: both(5349),
             http: vec![SocketAddr::from(([0, 0, 0, 0], 8080))],
             single: Vec::new(),
+            proxy_protocol: Vec::new(),
         }
     }
 }

@@ -737,6 +737,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_connections_per_source: config::half_at_most(config.limits.max_connections_per_source, fds.connections),
         connections_per_second_per_source: config.limits.connections_per_second_per_source,
         trusted_proxies: config.web.trusted_proxies.clone(),
+        proxy_protocol: config.listen.proxy_protocol.clone(),
         auth_timeout: Duration::from_secs(config.limits.auth_timeout),
         own_addresses,
         turn: Arc::new(turn_config),

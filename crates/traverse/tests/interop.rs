@@ -527,3 +527,226 @@ fn relays_on(io_uring: bool) {
         uclient(&mut server, &peer, Transport::Udp, false, false, "alice", "pw");
     }
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// Behind a layer-4 load balancer: HAProxy in TCP mode, sending PROXY protocol headers (`listen.proxy_protocol`).
+
+/// HAProxy in TCP mode in front of the TURN-over-TCP port (PROXY v2), the TURN-over-TLS port (v1) and the HTTP port
+/// (v2), connecting from 127.0.0.2; killed on drop.
+struct Haproxy {
+    _process: common::Process,
+    tcp: SocketAddr,
+    tls: SocketAddr,
+    http: SocketAddr,
+}
+
+const BALANCER: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2));
+
+impl Haproxy {
+    fn start(server: &Server) -> Haproxy {
+        let http = server.http.expect("the server's HTTP port");
+        let [tcp, tls, web] = [(); 3].map(|()| SocketAddr::new(common::LOOPBACK, common::free_tcp_port()));
+        let backend = |name: &str, front: SocketAddr, back: SocketAddr, send: &str| {
+            format!(
+                "frontend {name}\n  bind {front}\n  default_backend {name}\n\
+                 backend {name}\n  server traverse {back} {send} source {BALANCER}\n"
+            )
+        };
+        let config = format!(
+            "global\n  maxconn 256\n\
+             defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n{}{}{}",
+            backend("turn_tcp", tcp, server.tcp, "send-proxy-v2"),
+            backend("turn_tls", tls, server.tls, "send-proxy"),
+            backend("web", web, http, "send-proxy-v2"),
+        );
+        let path = std::env::temp_dir().join(format!("traverse-haproxy-{}-{}.cfg", std::process::id(), tcp.port()));
+        std::fs::write(&path, config).expect("write haproxy.cfg");
+        let child = Command::new("haproxy")
+            .args(["-db", "-f"])
+            .arg(&path)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("start haproxy");
+        let process = common::Process::new(child);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        for front in [tcp, tls, web] {
+            while std::net::TcpStream::connect(front).is_err() {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "haproxy did not listen on {front}"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        // Read at start: listening means it was.
+        let _ = std::fs::remove_file(&path);
+        Haproxy {
+            _process: process,
+            tcp,
+            tls,
+            http: web,
+        }
+    }
+}
+
+/// A STUN Binding request over TCP from `from` to `to`: the XOR-MAPPED-ADDRESS, or `None` when the connection was
+/// closed (or not answered within 3 s), and the address the connection left from.
+fn binding_over_tcp(from: IpAddr, to: SocketAddr) -> (Option<SocketAddr>, SocketAddr, common::Conn) {
+    let stream = common::connect_tcp_from(from, to).expect("connect");
+    let mut conn = common::Conn::Tcp {
+        stream,
+        buf: Vec::new(),
+    };
+    let local = conn.local_addr();
+    conn.send(&common::binding_request(true));
+    let mapped = conn.recv(Duration::from_secs(3)).and_then(|bytes| {
+        let response = common::Response { bytes };
+        response.address(stun::attr::XOR_MAPPED_ADDRESS)
+    });
+    (mapped, local, conn)
+}
+
+/// Behind HAProxy sending PROXY protocol headers, each client is itself: TURN over TCP and TLS relays through it
+/// (coturn's client), the mapped address is the client's own, the per-source limit counts the client and not the
+/// balancer, a failed TLS handshake is told to its client over HTTP through the balancer; the balancer's own
+/// connection without a header is closed, and anyone else's is served without one.
+#[test]
+fn behind_haproxy_with_proxy_protocol_each_client_is_itself() {
+    if !require_tools(&["turnutils_uclient", "turnutils_peer"]) {
+        return;
+    }
+    if !common::have_tool("haproxy") {
+        return skip("haproxy not installed (Debian package haproxy)");
+    }
+    let mut server = lab_server(&[
+        "--user",
+        "alice:pw",
+        "--set",
+        "listen.proxy_protocol=127.0.0.2/32",
+        "--set",
+        "limits.max_connections_per_source=12",
+    ]);
+    let haproxy = Haproxy::start(&server);
+
+    // TURN relays through the balancer, over TCP (v2 headers) and TLS (v1).
+    let peer = EchoPeer::start(common::LOOPBACK);
+    uclient_to(
+        &mut server,
+        haproxy.tcp,
+        &peer,
+        Transport::Tcp,
+        true,
+        false,
+        "alice",
+        "pw",
+    );
+    uclient_to(
+        &mut server,
+        haproxy.tls,
+        &peer,
+        Transport::Tls,
+        false,
+        false,
+        "alice",
+        "pw",
+    );
+
+    // The server sees the client, not the balancer.
+    let client = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 3));
+    let (mapped, local, _) = binding_over_tcp(client, haproxy.tcp);
+    assert_eq!(mapped, Some(local), "the mapped address through the balancer");
+    let (mut tls, _) = common::tls_connect(
+        IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 5)),
+        haproxy.tls,
+        Duration::from_secs(5),
+    )
+    .expect("TLS through the balancer");
+    let response = tls.must_transact(&common::binding_request(true));
+    assert_eq!(response.address(stun::attr::XOR_MAPPED_ADDRESS), Some(tls.local_addr()));
+
+    // Twelve connections from 127.0.0.3 are its share (coturn's client, from 127.0.0.1, takes up to six at once); a
+    // thirteenth is refused, while 127.0.0.4 behind the same balancer is served (were the balancer the source, it
+    // would be refused too).
+    let mut held = Vec::new();
+    for n in 0..12 {
+        let (mapped, local, conn) = binding_over_tcp(client, haproxy.tcp);
+        assert_eq!(mapped, Some(local), "connection {n} of 127.0.0.3's twelve");
+        held.push(conn);
+    }
+    let (mapped, _, _) = binding_over_tcp(client, haproxy.tcp);
+    assert_eq!(mapped, None, "a thirteenth connection from 127.0.0.3 is over its share");
+    let log = server.log_with("per-source connection limit", Duration::from_secs(5));
+    assert!(
+        log.lines()
+            .any(|l| l.contains("per-source connection limit") && l.contains("127.0.0.3:")),
+        "the refusal names the client:\n{log}"
+    );
+    let other = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 4));
+    let (mapped, local, _) = binding_over_tcp(other, haproxy.tcp);
+    assert_eq!(mapped, Some(local), "another client behind the same balancer");
+    drop(held);
+
+    // A certificate refused through the balancer is told to that client (through the balancer, over HTTP) only.
+    let refuser = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 6));
+    refuse_certificate(refuser, haproxy.tls);
+    let failures = |from: IpAddr| {
+        let mut tcp = common::connect_tcp_from(from, haproxy.http).expect("connect");
+        tcp.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+        let request = format!(
+            "GET /api/tls-failures HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            haproxy.http
+        );
+        std::io::Write::write_all(&mut tcp, request.as_bytes()).expect("write");
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut tcp, &mut text);
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b)
+            .unwrap_or_default()
+            .to_owned();
+        let value: serde_json::Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {text}"));
+        value["failures"].as_array().map_or(0, Vec::len)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while failures(refuser) == 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(failures(refuser), 1, "the refusing client sees its failure");
+    assert_eq!(failures(other), 0, "another client behind the balancer does not");
+
+    // The balancer's own connection without a header is closed; a client's direct one needs none.
+    let (mapped, _, _) = binding_over_tcp(BALANCER, server.tcp);
+    assert_eq!(mapped, None, "the balancer's connection without a PROXY header");
+    let log = server.log_with("does not start with a PROXY protocol header", Duration::from_secs(5));
+    assert!(
+        log.contains("does not start with a PROXY protocol header"),
+        "the closed connection is logged:\n{log}"
+    );
+    let (mapped, local, _) = binding_over_tcp(common::LOOPBACK, server.tcp);
+    assert_eq!(mapped, Some(local), "a direct client is served as it is");
+    server.assert_alive();
+}
+
+/// A TLS client that trusts no CA (as a browser towards a self-signed certificate): its handshake fails with
+/// `unknown_ca`, which the server records against the client's source.
+fn refuse_certificate(from: IpAddr, addr: SocketAddr) {
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let mut conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).expect("client");
+    let mut tcp = common::connect_tcp_from(from, addr).expect("connect");
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    let mut result = Ok((0, 0));
+    while conn.is_handshaking() && result.is_ok() {
+        result = conn.complete_io(&mut tcp);
+    }
+    assert!(
+        result.is_err(),
+        "the handshake must fail: the certificate is self-signed"
+    );
+    let _ = conn.write_tls(&mut tcp);
+}
