@@ -230,10 +230,33 @@ test('receiving: at most maxIncomingFiles at once from one peer, and their annou
   assert.match(incoming(bytes, { id: 'e', size: 10_001 }).cancelledWith(), /more than this peer accepts/);
   for (const p of [peer, bytes]) for (const e of p.events.filter((e) => e.event === 'file-cancel')) assert.equal(e.by, 'local');
 
-  // Channels that never send their head count too: a fifth is refused as it opens, and a closed one frees its place.
+  // Every refusal carries its code; the receiver's side says it refused.
+  assert.deepEqual(fifth.sent.find((m) => m.t === 'cancel').code, 'refused');
+  for (const p of [peer, bytes]) for (const e of p.events.filter((e) => e.event === 'file-cancel')) assert.equal(e.code, 'refused');
+});
+
+test('receiving: a refusal waits for the head, so that its reason reaches the sender; channels without a head are bounded', (t) => {
+  t.after(closeAll);
+  // Refused as it opened, the sender's end was often not open yet, and the reason was lost with the close.
+  const peer = fakePeer();
+  for (const i of [1, 2, 3, 4]) incoming(peer, { id: `q${i}`, size: 1 });
+  const fifth = incoming(peer, null);
+  assert.equal(fifth.readyState, 'open', 'a fifth channel is not closed before its head');
+  assert.equal(fifth.cancelledWith(), null);
+  fifth.deliver(JSON.stringify({ t: 'head', id: 'q5', name: 'f', type: '', size: 1 }));
+  assert.deepEqual(fifth.sent, [
+    { t: 'cancel', code: 'refused', reason: '4 files are being received from this peer already (maxIncomingFiles)' },
+  ]);
+  assert.equal(fifth.readyState, 'closed');
+
+  // A channel that never sends its head holds nothing but itself: 32 may wait, a 33rd is closed as it opens, and a
+  // closed one frees its place.
   const quiet = fakePeer();
-  const headless = [1, 2, 3, 4].map(() => incoming(quiet, null));
-  assert.match(incoming(quiet, null).cancelledWith(), /4 files are being received from this peer already/);
+  const headless = Array.from({ length: 32 }, () => incoming(quiet, null));
+  assert.ok(headless.every((ch) => ch.readyState === 'open'));
+  const over = incoming(quiet, null);
+  assert.match(over.cancelledWith(), /32 file channels from this peer are waiting for their head already/);
+  assert.equal(over.readyState, 'closed');
   headless[0].close();
   assert.equal(incoming(quiet, { id: 'late', size: 1 }).cancelledWith(), null);
 });

@@ -55,6 +55,66 @@ test('the examples (React hook and component) compile against the declarations',
   run(['-p', path.join(root, 'examples/tsconfig.json')]);
 });
 
+/** Runs tsc over `files` (name → TypeScript) in a temporary directory; returns its diagnostics, by file and line. */
+function compile(t, files) {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'traverse-ts-'));
+  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
+  for (const [name, text] of Object.entries(files)) fs.writeFileSync(path.join(dir, name), text);
+  const args = ['--noEmit', '--strict', '--target', 'es2022', '--module', 'es2022', '--moduleResolution', 'bundler'];
+  let out = '';
+  try {
+    execFileSync(process.execPath, [tsc, ...args, '--lib', 'es2022,dom', ...Object.keys(files)], { cwd: dir, encoding: 'utf8', stdio: 'pipe' });
+  } catch (e) {
+    out = `${e.stdout}${e.stderr}`;
+  }
+  const errors = [...out.matchAll(/^(\S+)\((\d+),\d+\): error (TS\d+)/gm)].map((m) => `${m[1]}:${m[2]} ${m[3]}`);
+  return { errors, out };
+}
+
+test('events are typed by name: a misspelt event or detail field, or an internal member, does not compile', (t) => {
+  if (skipWithoutTsc(t)) return;
+  const sdkPath = JSON.stringify(path.join(sdk, 'traverse.js'));
+  const head = `import { connect, TraverseError, type Room, type Peer, type FileCancel } from ${sdkPath};\n` +
+    'declare const room: Room;\ndeclare const peer: Peer;\ndeclare const err: TraverseError;\n';
+  // Lines 5 on: each must compile.
+  const good = head + [
+    "room.on('peer-joined', (d) => d.peer.id.toUpperCase());",
+    "room.on('peer-left', ({ peerId, reason }) => peerId + reason);",
+    "peer.on('file', (f) => f.blob.size + f.sha256.length);",
+    "peer.on('file-cancel', (c: FileCancel) => c.code === 'refused' && c.by === 'remote');",
+    "peer.on('close', ({ by, reason }) => by === 'remote' && reason);",
+    'const ready: Promise<Peer> = peer.ready;',
+    "const by: 'local' | 'remote' | undefined = err.by;",
+    "const code: string | undefined = err.file?.code;",
+    "const dynamic: string = 'peer-joined';",
+    'room.on(dynamic, (d) => d);',
+    "void room.once('joined').then((j) => j.peerId);",
+    "void peer.once('open');",
+    "const off = (d: { data: any }) => d; peer.on('message', off); peer.off('message', off);",
+    'void connect; void ready; void by; void code;',
+  ].join('\n') + '\n';
+  const ok = compile(t, { 'good.ts': good });
+  assert.deepEqual(ok.errors, [], ok.out);
+
+  // Each of these lines (5 on) must fail, on its own line.
+  const bad = head + [
+    "room.on('peer-joind', (d) => d);",
+    "room.on('peer-joined', (d) => d.peer.nmae);",
+    "peer.on('file', (f) => f.blobb.size);",
+    "peer.on('fiel-cancel', (c) => c);",
+    "void room.once('resumd');",
+    'const n: number = peer.ready;',
+    'peer._readyWaiter.resolve(peer);',
+    'room._session;',
+    "err.by === 'elsewhere';",
+  ].join('\n') + '\n';
+  const failed = compile(t, { 'bad.ts': bad });
+  const lines = new Set(failed.errors.map((e) => Number(e.split(/[: ]/)[1])));
+  for (let line = 5; line <= 13; line++) {
+    assert.ok(lines.has(line), `bad.ts line ${line} (${bad.split('\n')[line - 1]}) compiled:\n${failed.out}`);
+  }
+});
+
 test("the package's version is the SDK's VERSION, and it ships the module and its declarations", () => {
   const pkg = JSON.parse(fs.readFileSync(path.join(sdk, 'package.json'), 'utf8'));
   const source = fs.readFileSync(path.join(sdk, 'traverse.js'), 'utf8');

@@ -19,7 +19,10 @@
  * @property {number} [maxFileBytes=2147483648] the most this side accepts from `sendFile` (kept in memory as a Blob):
  *   the largest file, and the announced bytes of every file being received from this peer at once; past it a file
  *   is cancelled at its start
- * @property {number} [maxIncomingFiles=4] files received from this peer at once; another is cancelled at its start
+ * @property {number} [maxIncomingFiles=4] files received from this peer at once; another is refused (`refused`)
+ *   when its head arrives
+ * @property {number} [maxOutgoingFiles=4] files `sendFile` sends to this peer at once (the receiver's default
+ *   `maxIncomingFiles`); the others wait their turn, in call order
  *
  * @typedef {object} ConnectOptions
  * @property {string} room room name
@@ -62,6 +65,56 @@
  *   else `GET /api/ice-servers` with `token`; `false`: never
  */
 /**
+ * Why a `Peer` closed (its `close` event): `by` the side that ended it; `reason` `closed` (`peer.close()`), `bye`
+ * (the other side's `close()`), `channel-closed` (the other side's data channel closed: its `Peer` or page went),
+ * `peer-left`, `unknown-peer` (the server does not know the other peer), `replaced` (the other side called again
+ * with a new connection), `room-closed`, `session-lost` (a failed resume with `rejoinCalls: false`).
+ * @typedef {{by: 'local' | 'remote', reason: string}} PeerClose
+ *
+ * The events of a `Room`, by name: the detail each one's listener gets.
+ * @typedef {{
+ *   'joined': {peerId: string, peers: PeerInfo[], rejoined: boolean, previousPeerId: string | null, seq?: number},
+ *   'peer-joined': {peer: PeerInfo, seq?: number},
+ *   'peer-left': {peerId: string, reason: 'left' | 'lost' | string, seq?: number},
+ *   'peer-rejoined': {peerId: string, previousPeerId: string, peer: Peer},
+ *   'signal': {from: string, data: any, seq?: number, internal: boolean},
+ *   'broadcast': {from: string, data: any, seq?: number},
+ *   'undeliverable': {to?: string, id?: string, reason: string, seq?: number, type?: 'signal' | 'broadcast',
+ *     data?: any},
+ *   'error': {code: string, message: string, id?: string, seq?: number, peerId?: string, expected?: number,
+ *     got?: number, inARow?: number},
+ *   'reconnecting': {attempt: number, delayMs: number, code: number, reason: string},
+ *   'resumed': {replayed: number, seq: number, peerId?: string, ack?: number},
+ *   'closed': {code: number, reason: string},
+ *   'peer-connection': {peer: Peer, peerId: string},
+ *   'ice-servers': {iceServers: IceServer[], expiresAt: number | null},
+ *   'connection-diagnosis': ConnectionDiagnosis,
+ *   'connection-failed': ConnectionDiagnosis,
+ * }} RoomEventMap
+ *
+ * @typedef {{peer: string, you: string, outcome: 'connected' | 'failed' | 'timeout', reason: string, step: string,
+ *   message: string, seq?: number, path?: string, timeToConnectMs?: number}} ConnectionDiagnosis
+ *
+ * The events of a `Peer`, by name: the detail each one's listener gets (a `message`'s `data` is a string or an
+ * `ArrayBuffer`).
+ * @typedef {{
+ *   'open': {},
+ *   'message': {data: any},
+ *   'close': PeerClose,
+ *   'track': {track: MediaStreamTrack, streams: readonly MediaStream[]},
+ *   'state': {connectionState: RTCPeerConnectionState, iceConnectionState: RTCIceConnectionState},
+ *   'error': {code: string, message: string, peerId: string},
+ *   'reconnecting': {cause: RecoveryCause, attempt: number, peerId: string},
+ *   'reconnected': {cause: RecoveryCause, durationMs: number, attempts: number, peerId: string},
+ *   'recovery-failed': {cause: RecoveryCause, attempts: number, peerId: string},
+ *   'rejoined': {peerId: string, previousPeerId: string},
+ *   'file-start': {id: string, name: string, size: number, type: string},
+ *   'file-progress': FileProgress,
+ *   'file': FileReceived,
+ *   'file-cancel': FileCancel,
+ * }} PeerEventMap
+ */
+/**
  * Join a room. Resolves once the server answered `joined`; rejects with a `TraverseError` (with `.code`, e.g.
  * `token-invalid`, `room-full`) if the join is refused.
  * @param {ConnectOptions} options
@@ -96,14 +149,38 @@ export const FAST_RECONNECT: Readonly<{
     maxMs: 1000;
     forMs: 30000;
 }>;
-/** An error with a stable `code` from the protocol (or `connect-failed`, `timeout`, `closed` from the SDK). */
+/**
+ * An error with a stable `code` from the protocol (or `connect-failed`, `timeout`, `closed`, `unknown-peer` from the
+ * SDK; a file transfer's codes are listed at `FileErrorCode`). What else it carries depends on where it comes from.
+ */
 export class TraverseError extends Error {
-    /** @param {string} code @param {string} message @param {object} [extra] */
-    constructor(code: string, message: string, extra?: object);
+    /**
+     * @param {string} code @param {string} message
+     * @param {{closeCode?: number, status?: number, peerId?: string, by?: 'local' | 'remote', reason?: string,
+     *   file?: FileCancel}} [extra]
+     */
+    constructor(code: string, message: string, extra?: {
+        closeCode?: number;
+        status?: number;
+        peerId?: string;
+        by?: "local" | "remote";
+        reason?: string;
+        file?: FileCancel;
+    });
     /** @type {string} */
     code: string;
     /** @type {number | undefined} the WebSocket close code, when a closing socket caused the error */
     closeCode: number | undefined;
+    /** @type {number | undefined} the HTTP status of `/api/join-check`, when it gave the reason of a refused join */
+    status: number | undefined;
+    /** @type {string | undefined} the remote peer, for an error about one (`unknown-peer`) */
+    peerId: string | undefined;
+    /** @type {'local' | 'remote' | undefined} which side ended a file transfer (a `sendFile` rejection) */
+    by: "local" | "remote" | undefined;
+    /** @type {string | undefined} why a file transfer ended, as the side that ended it said */
+    reason: string | undefined;
+    /** @type {FileCancel | undefined} the transfer a `sendFile` rejection is about (the `file-cancel` detail) */
+    file: FileCancel | undefined;
 }
 /**
  * A joined room. Events (listen with `room.on(name, fn)` — `fn` gets the event's detail — or `addEventListener`,
@@ -128,8 +205,9 @@ export class TraverseError extends Error {
  *   verdict on a peer connection, from both sides' outcome reports (`message` calls this peer "peer " + `you`);
  *   `connection-failed` with the same detail as well when it did not connect (`reason`: a stable code,
  *   docs/operations.md)
+ * @extends {Emitter<RoomEventMap>}
  */
-export class Room extends EventTarget {
+export class Room extends Emitter<RoomEventMap> {
     /** @param {ConnectOptions} options */
     constructor(options: ConnectOptions);
     /** @internal */ _opts: {
@@ -269,11 +347,20 @@ export class Room extends EventTarget {
     /** @private @type {ReturnType<typeof setTimeout> | undefined} the next message waiting for the rate (`_flush`) */
     private _paceTimer;
     /** @internal */ _msgId: number;
+    /**
+     * The `Peer` each recent negotiation message was sent for, by message id (`pc-N`), and the id it went to: the
+     * server's `unknown-peer` about one closes that `Peer` (`_onError`). The last `SENT_FOR_MAX`.
+     * @internal @type {Map<string, {peer: Peer, to: string}>}
+     */
+    _sentFor: Map<string, {
+        peer: Peer;
+        to: string;
+    }>;
     /** @private @type {Promise<void> | null} `leave()` under way (calling it again returns it) */
     private _leaving;
     /** @private @type {(() => void) | null} ends the wait of `_leave` (queue empty, socket gone, room closed) */
     private _leaveFlushed;
-    /** @private `leave` is written (or the room is past writing it): nothing more goes out */ private _left;
+    /** @internal `leave` is written (or the room is past writing it): nothing more goes out */ _left: boolean;
     /** @private the page-lifecycle hook (section "Leaving with the page") */
     private _onPageHide;
     /** @type {RoomState} */
@@ -284,16 +371,6 @@ export class Room extends EventTarget {
     get session(): string | null;
     /** Highest stream `seq` processed. */
     get lastSeq(): number;
-    /**
-     * Listen to an event; `fn` receives the event's detail. Returns a function that removes the listener.
-     * @param {string} name @param {(detail: any) => void} fn @returns {() => void}
-     */
-    on(name: string, fn: (detail: any) => void): () => void;
-    /**
-     * Resolves with the detail of the next `name` event for which `pred` holds, or rejects after `timeoutMs`.
-     * @param {string} name @param {(detail: any) => boolean} [pred] @param {number} [timeoutMs]
-     */
-    once(name: string, pred?: (detail: any) => boolean, timeoutMs?: number): Promise<any>;
     /** Messages sent but not yet acknowledged by the server (resent after a resume if the server missed them). */
     get unacknowledged(): number;
     /**
@@ -316,7 +393,8 @@ export class Room extends EventTarget {
      */
     leave(): Promise<void>;
     /**
-     * Open (or return) a peer connection to `peerId`, negotiated through this room.
+     * Open (or return) a peer connection to `peerId`, negotiated through this room. Throws `unknown-peer` when
+     * `peerId` is not in `room.peers` (it left, or never joined).
      * @param {string} peerId @param {PeerOptions} [options] @returns {Peer}
      */
     connect(peerId: string, options?: PeerOptions): Peer;
@@ -502,13 +580,15 @@ export class Room extends EventTarget {
  * A peer connection negotiated through a room with perfect negotiation (MDN): the peer with the lexicographically
  * smaller id is polite and rolls back its own offer on glare; the impolite one ignores the colliding offer.
  *
- * Events (`on(name, fn)` as on `Room`): `open` (data channel open), `message` `{data}`, `close`, `track`
- * `{track, streams}`, `state` `{connectionState, iceConnectionState}`, `error` `{code, message}`; files
- * (`sendFile`): `file-start` `{id, name, size, type}` (receiving), `file-progress` `{id, name, size, bytes,
+ * Events (`on(name, fn)` as on `Room`; `PeerEventMap`): `open` (data channel open), `message` `{data}`, `close`
+ * `{by, reason}` (final: this side closed it, or the other side hung up — its `bye`, its data channel closing, it
+ * left), `track` `{track, streams}`, `state` `{connectionState, iceConnectionState}`, `error` `{code, message}`;
+ * files (`sendFile`): `file-start` `{id, name, size, type}` (receiving), `file-progress` `{id, name, size, bytes,
  * direction}`, `file` `{id, name, size, type, blob, sha256, ms}` (received, hash checked), `file-cancel`
- * `{id, name, size, direction, by, reason}` (either side cancelled, or the channel closed).
+ * `{id, name, size, direction, by, code, reason}` (it ended without arriving: `FileErrorCode`).
+ * @extends {Emitter<PeerEventMap>}
  */
-export class Peer extends EventTarget {
+export class Peer extends Emitter<PeerEventMap> {
     /**
      * @param {Room} room @param {string} peerId @param {PeerOptions} options
      * @param {boolean} initiator true when created by `room.connect()` (it creates the data channel at once)
@@ -556,13 +636,21 @@ export class Peer extends EventTarget {
          */
         maxFileBytes?: number;
         /**
-         * files received from this peer at once; another is cancelled at its start
+         * files received from this peer at once; another is refused (`refused`)
+         * when its head arrives
          */
         maxIncomingFiles?: number;
+        /**
+         * files `sendFile` sends to this peer at once (the receiver's default
+         * `maxIncomingFiles`); the others wait their turn, in call order
+         */
+        maxOutgoingFiles?: number;
     };
     /** Polite peer = the smaller id (docs/sdk.md). */
     polite: boolean;
     closed: boolean;
+    /** @internal @type {PeerClose | null} who closed it, for what was still under way (file transfers) */
+    _closedBy: PeerClose | null;
     /** @internal @type {ReturnType<typeof setTimeout> | undefined} the check of a lost peer's call (`_awaitRejoin`) */
     _rejoinTimer: ReturnType<typeof setTimeout> | undefined;
     /** @type {RTCDataChannel | null} */
@@ -582,26 +670,38 @@ export class Peer extends EventTarget {
     private _offering;
     /** @private */ private _ignoreOffer;
     /** @private */ private _chain;
-    /** Resolves when the data channel is open. */
-    ready: Promise<any>;
-    _readyWaiter: {
-        resolve: (value: any) => void;
-        reject: (reason?: any) => void;
-    };
+    /** @private @type {{resolve: (peer: Peer) => void, reject: (err: TraverseError) => void}} */
+    private _readyWaiter;
+    /**
+     * Resolves with this `Peer` when its data channel is open (with `dataChannel: false`: when the connection is
+     * connected); rejects when it closes first (`closed`, or `unknown-peer` when the other peer is not in the room).
+     * @type {Promise<Peer>}
+     */
+    ready: Promise<Peer>;
+    /** @private @type {{data: string | Blob | ArrayBuffer, size: number}[]} sends waiting behind a Blob being read */
+    private _sendQueue;
+    /** @private bytes in `_sendQueue` */ private _sendQueued;
     /** @private */ private _pendingSetup;
     /** @internal @type {Recovery | null} ICE restarts on disconnection, failure or a network change */
     _recovery: Recovery | null;
-    /** @param {string} name @param {(detail: any) => void} fn @returns {() => void} */
-    on(name: string, fn: (detail: any) => void): () => void;
     /**
-     * Send one message on the data channel: a string, Blob, ArrayBuffer or view. Throws `not-open` before the channel
-     * is open; `too-large` beyond `maxMessageBytes` (the SCTP max-message-size both browsers agreed on: Chrome 256 KiB,
-     * Safari 64 KiB) — send files and large data with `sendFile`, which chunks them; `buffer-full` when the channel
-     * already holds 8 MiB not yet sent (Chrome closes a channel beyond 16 MiB): wait for the channel's
-     * `bufferedamountlow` event, or use `sendFile`, which waits by itself.
+     * Send one message on the data channel: a string, Blob, ArrayBuffer or view, in the order of the calls (a Blob is
+     * read first, and what is sent after it waits for it: the browser's own Blob sending let later messages overtake
+     * it). Throws a `TypeError` for anything else (a number or an object is not turned into a string: send
+     * `JSON.stringify(value)`); `not-open` before the channel is open; `too-large` beyond `maxMessageBytes` (the SCTP
+     * max-message-size both browsers agreed on: Chrome 256 KiB, Safari 64 KiB) — send files and large data with
+     * `sendFile`, which chunks them; `buffer-full` when the channel already holds 8 MiB not yet sent (Chrome closes a
+     * channel beyond 16 MiB): wait for the channel's `bufferedamountlow` event, or use `sendFile`, which waits by
+     * itself.
      * @param {string | Blob | ArrayBuffer | ArrayBufferView} data
      */
     send(data: string | Blob | ArrayBuffer | ArrayBufferView): void;
+    /**
+     * Sends `_sendQueue` in order on `ch`, reading each Blob first. A Blob that cannot be read is reported (`error`
+     * `read-failed`) and skipped; when the channel is gone, what waits is dropped.
+     * @private @param {RTCDataChannel} ch
+     */
+    private _sendInOrder;
     /**
      * The largest message `send` takes: the SCTP max-message-size of this connection (RFC 8841; 64 KiB before it is
      * known or when the other side did not say).
@@ -610,10 +710,11 @@ export class Peer extends EventTarget {
     get maxMessageBytes(): number;
     /**
      * Send a file, Blob or buffer of any size on a data channel of its own (ordered, reliable), in 64 KiB chunks,
-     * never holding more than ~2 MiB of it in memory. Resolves once the other side has it all and its SHA-256
-     * matched, with `{id, name, size, type, sha256, ms}`; rejects with a `TraverseError` `cancelled` when either side
-     * cancels (`options.signal`, `cancelFile`), or `closed` when the connection goes. The other peer gets
-     * `file-start`, `file-progress`, then `file` with a `Blob`.
+     * never holding more than ~2 MiB of it in memory. At most `maxOutgoingFiles` (4) go to one peer at once; the
+     * others wait their turn. Resolves once the other side has it all and its SHA-256 matched, with
+     * `{id, name, size, type, sha256, ms}`; rejects with a `TraverseError` whose `code` is a `FileErrorCode`
+     * (`cancelled`, `refused`, `integrity`, `closed`, `timeout`, `read-failed`), with `by` and `file`. The other peer
+     * gets `file-start`, `file-progress`, then `file` with a `Blob`.
      * @param {FileSource} file @param {SendFileOptions} [options] @returns {Promise<FileSent>}
      */
     sendFile(file: FileSource, options?: SendFileOptions): Promise<FileSent>;
@@ -650,10 +751,22 @@ export class Peer extends EventTarget {
         state: any;
         rtt: any;
     }>;
-    /** Close the connection (does not leave the room); the other side's `Peer` closes too. */
+    /**
+     * Close the connection (does not leave the room); the other side's `Peer` closes too. While the room reconnects,
+     * the other side is told once it is back.
+     */
     close(): void;
-    /** @internal @param {boolean} tellRemote */
-    _close(tellRemote: boolean): void;
+    /**
+     * Final: the `close` event with `why`, `ready` rejected with `err` if it had not resolved.
+     * @internal @param {boolean} tellRemote send `bye` (queued while the room reconnects)
+     * @param {PeerClose} why @param {TraverseError} [err]
+     */
+    _close(tellRemote: boolean, why: PeerClose, err?: TraverseError): void;
+    /**
+     * An offer from another RTCPeerConnection than the one this `Peer` negotiated with (its DTLS certificate
+     * differs): the other side started a new call. @internal @param {RTCSessionDescriptionInit} offer
+     */
+    _isNewRemote(offer: RTCSessionDescriptionInit): boolean;
     /** @internal @param {string} name @param {any} detail */
     _emit(name: string, detail: any): void;
     /**
@@ -800,9 +913,15 @@ export type PeerOptions = {
      */
     maxFileBytes?: number;
     /**
-     * files received from this peer at once; another is cancelled at its start
+     * files received from this peer at once; another is refused (`refused`)
+     * when its head arrives
      */
     maxIncomingFiles?: number;
+    /**
+     * files `sendFile` sends to this peer at once (the receiver's default
+     * `maxIncomingFiles`); the others wait their turn, in call order
+     */
+    maxOutgoingFiles?: number;
 };
 export type ConnectOptions = {
     /**
@@ -918,6 +1037,167 @@ export type ConnectOptions = {
     refreshIceServers?: false | (() => Promise<IceServer[]>);
 };
 /**
+ * The events of a `Room`, by name: the detail each one's listener gets.
+ */
+export type PeerClose = {
+    by: "local" | "remote";
+    reason: string;
+};
+/**
+ * Why a `Peer` closed (its `close` event): `by` the side that ended it; `reason` `closed` (`peer.close()`), `bye`
+ * (the other side's `close()`), `channel-closed` (the other side's data channel closed: its `Peer` or page went),
+ * `peer-left`, `unknown-peer` (the server does not know the other peer), `replaced` (the other side called again
+ * with a new connection), `room-closed`, `session-lost` (a failed resume with `rejoinCalls: false`).
+ */
+export type RoomEventMap = {
+    "joined": {
+        peerId: string;
+        peers: PeerInfo[];
+        rejoined: boolean;
+        previousPeerId: string | null;
+        seq?: number;
+    };
+    "peer-joined": {
+        peer: PeerInfo;
+        seq?: number;
+    };
+    "peer-left": {
+        peerId: string;
+        reason: "left" | "lost" | string;
+        seq?: number;
+    };
+    "peer-rejoined": {
+        peerId: string;
+        previousPeerId: string;
+        peer: Peer;
+    };
+    "signal": {
+        from: string;
+        data: any;
+        seq?: number;
+        internal: boolean;
+    };
+    "broadcast": {
+        from: string;
+        data: any;
+        seq?: number;
+    };
+    "undeliverable": {
+        to?: string;
+        id?: string;
+        reason: string;
+        seq?: number;
+        type?: "signal" | "broadcast";
+        data?: any;
+    };
+    "error": {
+        code: string;
+        message: string;
+        id?: string;
+        seq?: number;
+        peerId?: string;
+        expected?: number;
+        got?: number;
+        inARow?: number;
+    };
+    "reconnecting": {
+        attempt: number;
+        delayMs: number;
+        code: number;
+        reason: string;
+    };
+    "resumed": {
+        replayed: number;
+        seq: number;
+        peerId?: string;
+        ack?: number;
+    };
+    "closed": {
+        code: number;
+        reason: string;
+    };
+    "peer-connection": {
+        peer: Peer;
+        peerId: string;
+    };
+    "ice-servers": {
+        iceServers: IceServer[];
+        expiresAt: number | null;
+    };
+    "connection-diagnosis": ConnectionDiagnosis;
+    "connection-failed": ConnectionDiagnosis;
+};
+/**
+ * The events of a `Peer`, by name: the detail each one's listener gets (a `message`'s `data` is a string or an
+ * `ArrayBuffer`).
+ */
+export type ConnectionDiagnosis = {
+    peer: string;
+    you: string;
+    outcome: "connected" | "failed" | "timeout";
+    reason: string;
+    step: string;
+    message: string;
+    seq?: number;
+    path?: string;
+    timeToConnectMs?: number;
+};
+/**
+ * Why a `Peer` closed (its `close` event): `by` the side that ended it; `reason` `closed` (`peer.close()`), `bye`
+ * (the other side's `close()`), `channel-closed` (the other side's data channel closed: its `Peer` or page went),
+ * `peer-left`, `unknown-peer` (the server does not know the other peer), `replaced` (the other side called again
+ * with a new connection), `room-closed`, `session-lost` (a failed resume with `rejoinCalls: false`).
+ */
+export type PeerEventMap = {
+    "open": {};
+    "message": {
+        data: any;
+    };
+    "close": PeerClose;
+    "track": {
+        track: MediaStreamTrack;
+        streams: readonly MediaStream[];
+    };
+    "state": {
+        connectionState: RTCPeerConnectionState;
+        iceConnectionState: RTCIceConnectionState;
+    };
+    "error": {
+        code: string;
+        message: string;
+        peerId: string;
+    };
+    "reconnecting": {
+        cause: RecoveryCause;
+        attempt: number;
+        peerId: string;
+    };
+    "reconnected": {
+        cause: RecoveryCause;
+        durationMs: number;
+        attempts: number;
+        peerId: string;
+    };
+    "recovery-failed": {
+        cause: RecoveryCause;
+        attempts: number;
+        peerId: string;
+    };
+    "rejoined": {
+        peerId: string;
+        previousPeerId: string;
+    };
+    "file-start": {
+        id: string;
+        name: string;
+        size: number;
+        type: string;
+    };
+    "file-progress": FileProgress;
+    "file": FileReceived;
+    "file-cancel": FileCancel;
+};
+/**
  * What `peer.sendFile` sends: a File, a Blob, or bytes.
  */
 export type FileSource = Blob | ArrayBuffer | ArrayBufferView;
@@ -979,22 +1259,32 @@ export type Clock = {
 export type RecoveryCause = "ice-disconnected" | "ice-failed" | "network-change" | "network-offline" | "session-lost" | "node-lost";
 export type SendFileOptions = {
     /**
-     * called as bytes leave (at most every 50 ms, and at the end)
+     * called as bytes leave (at most every 50 ms, and at the
+     * end); what it throws is reported (`reportError`) and never affects the transfer
      */
     onProgress?: (progress: FileProgress) => void;
     /**
-     * aborting it cancels the transfer (both sides get `file-cancel`)
+     * aborting it cancels the transfer (both sides get `file-cancel`); already aborted:
+     * `sendFile` rejects at once with `cancelled`
      */
     signal?: AbortSignal;
     /**
-     * the name the receiver sees (default: the File's name, else `file`)
+     * the name the receiver sees (default: the File's name, else `file`; `''` is `file`; cut
+     * to 1024 UTF-16 code units on a code point, the same on both sides)
      */
     name?: string;
     /**
-     * the MIME type the receiver sees (default: the Blob's type)
+     * the MIME type the receiver sees (default: the Blob's type; at most 256 characters)
+     *
+     * Why a file transfer ended without arriving (`FileCancel.code`, and the code of `sendFile`'s rejection):
+     * `cancelled` a user of either side (`signal`, `cancelFile`); `refused` the receiver's limits (`maxFileBytes`,
+     * `maxIncomingFiles`, an id in use, a malformed head); `integrity` the bytes did not match (more than announced, or
+     * another SHA-256); `closed` the `Peer` or the file's channel went away; `timeout` no head within 10 s or no chunk
+     * for 60 s on the receiver; `read-failed` the sender could not read its source.
      */
     type?: string;
 };
+export type FileErrorCode = "cancelled" | "refused" | "integrity" | "closed" | "timeout" | "read-failed";
 export type FileProgress = {
     id: string;
     name: string;
@@ -1025,6 +1315,7 @@ export type FileCancel = {
     size: number;
     direction: "send" | "receive";
     by: "local" | "remote";
+    code: FileErrorCode;
     reason: string;
 };
 /**
@@ -1155,6 +1446,61 @@ export type LinkHost = {
     drop: (code: number, reason: string, opened: boolean) => void;
     unopenable: (err: any) => boolean;
 };
+/**
+ * `on`, `once` and `off` over `EventTarget`, typed by an event map (event name → detail): a misspelt event name or
+ * detail field does not compile in TypeScript.
+ * @template {object} M
+ */
+declare class Emitter<M extends unknown> extends EventTarget {
+    constructor();
+    /** @private @type {Map<string, Map<Function, EventListener>>} listeners added with `on`, by event name */
+    private _handlers;
+    /**
+     * Listen to an event; `fn` receives the event's detail. Returns a function that removes the listener (as
+     * `off(name, fn)` does).
+     * @template {keyof M & string} K
+     * @overload
+     * @param {K} name @param {(detail: M[K]) => void} fn @returns {() => void}
+     */
+    on<K extends keyof M & string>(name: K, fn: (detail: M[K]) => void): () => void;
+    /**
+     * An event name known only at run time (a `string` variable, not a literal, which must be an event's name): the
+     * detail is untyped.
+     * @template {string} N
+     * @overload
+     * @param {string extends N ? N : never} name @param {(detail: any) => void} fn @returns {() => void}
+     */
+    on<N extends string>(name: string extends N ? N : never, fn: (detail: any) => void): () => void;
+    /**
+     * Remove a listener added with `on`.
+     * @template {keyof M & string} K
+     * @overload
+     * @param {K} name @param {(detail: M[K]) => void} fn @returns {void}
+     */
+    off<K extends keyof M & string>(name: K, fn: (detail: M[K]) => void): void;
+    /**
+     * @template {string} N
+     * @overload
+     * @param {string extends N ? N : never} name @param {(detail: any) => void} fn @returns {void}
+     */
+    off<N extends string>(name: string extends N ? N : never, fn: (detail: any) => void): void;
+    /**
+     * Resolves with the detail of the next `name` event for which `pred` holds, or rejects with `timeout` after
+     * `timeoutMs`.
+     * @template {keyof M & string} K
+     * @overload
+     * @param {K} name @param {(detail: M[K]) => boolean} [pred] @param {number} [timeoutMs]
+     * @returns {Promise<M[K]>}
+     */
+    once<K extends keyof M & string>(name: K, pred?: (detail: M[K]) => boolean, timeoutMs?: number): Promise<M[K]>;
+    /**
+     * @template {string} N
+     * @overload
+     * @param {string extends N ? N : never} name @param {(detail: any) => boolean} [pred] @param {number} [timeoutMs]
+     * @returns {Promise<any>}
+     */
+    once<N extends string>(name: string extends N ? N : never, pred?: (detail: any) => boolean, timeoutMs?: number): Promise<any>;
+}
 /**
  * The connection-recovery state machine of one peer connection: ICE and network events in, ICE restarts and the
  * `reconnecting` / `reconnected` / `recovery-failed` events out. One episode at a time:
@@ -1510,13 +1856,28 @@ declare class Sha256 {
 declare function rejoinProof(pc: RTCPeerConnection, newId: string): string | null;
 /**
  * The receiving side of one file channel: `file-start`, `file-progress`, then `file` (hash checked) or `file-cancel`.
+ * A refusal waits for the head (the sender's channel is then open on both ends, so the `cancel` frame with its
+ * reason reaches it before the close); only a channel past `FILE_MAX_HEADLESS` waiting at once is closed as it opens.
  * @param {Peer} peer @param {RTCDataChannel} ch
  */
 declare function receiveFile(peer: Peer, ch: RTCDataChannel): void;
 /**
+ * Wires a peer for files: channels the other side opens with `FILE_CHANNEL_LABEL` are received; closing the peer
+ * ends its transfers (`closed`, by whoever closed it).
+ * @param {Peer} peer
+ */
+declare function attachFiles(peer: Peer): void;
+/**
+ * The HTTP API beside a signaling URL: its last path segment replaced by `api/<name>`, so that a server behind a
+ * reverse proxy under a prefix (`wss://host/traverse/ws`) is asked under the same prefix (`/traverse/api/<name>`).
+ * @param {string} wsUrl @param {string} name @returns {URL}
+ */
+declare function apiUrl(wsUrl: string, name: string): URL;
+/**
  * The sending loop, without a browser: reads `reader` `readBytes` at a time, hashes it, writes it to `ch` in chunks
  * of `chunkBytes`, waiting whenever more than `highWater` is buffered. So at most `highWater + readBytes` bytes of
- * the file are held at once, whatever its size. Returns the SHA-256 (hex) of all bytes written.
+ * the file are held at once, whatever its size. Returns the SHA-256 (hex) of all bytes written. A source that
+ * cannot be read, or ends early, throws `read-failed`.
  * @param {{send: (data: ArrayBufferView) => void, bufferedAmount: number, readyState: string,
  *   addEventListener: any, removeEventListener: any}} ch
  * @param {{size: number, read: (offset: number, length: number) => Promise<Uint8Array>}} reader
@@ -1559,5 +1920,7 @@ declare namespace Traverse {
     export { PROTOCOL };
     export { RECONNECT_DELAYS_MS };
     export { FAST_RECONNECT };
+    export { FILE_CHANNEL_LABEL };
+    export { FILE_CHUNK_BYTES };
 }
-export { Session as _Session, Recovery as _Recovery, credentialExpiry as _credentialExpiry, refreshDelayMs as _refreshDelayMs, reconnectDelay as _reconnectDelay, addCandidateError as _addCandidateError, outcomeReport as _outcomeReport, usableIceServers as _usableIceServers, countCandidate as _countCandidate, countIceUrls as _countIceUrls, browserOf as _browserOf, Sha256 as _Sha256, rejoinProof as _rejoinProof, receiveFile as _receiveFile, writeChunks as _writeChunks, fileReader as _fileReader };
+export { Session as _Session, Recovery as _Recovery, credentialExpiry as _credentialExpiry, refreshDelayMs as _refreshDelayMs, reconnectDelay as _reconnectDelay, addCandidateError as _addCandidateError, outcomeReport as _outcomeReport, usableIceServers as _usableIceServers, countCandidate as _countCandidate, countIceUrls as _countIceUrls, browserOf as _browserOf, Sha256 as _Sha256, rejoinProof as _rejoinProof, receiveFile as _receiveFile, attachFiles as _attachFiles, apiUrl as _apiUrl, writeChunks as _writeChunks, fileReader as _fileReader };

@@ -69,7 +69,10 @@ export const FAST_RECONNECT = Object.freeze({ stepMs: 250, maxMs: 1000, forMs: 3
  * @property {number} [maxFileBytes=2147483648] the most this side accepts from `sendFile` (kept in memory as a Blob):
  *   the largest file, and the announced bytes of every file being received from this peer at once; past it a file
  *   is cancelled at its start
- * @property {number} [maxIncomingFiles=4] files received from this peer at once; another is cancelled at its start
+ * @property {number} [maxIncomingFiles=4] files received from this peer at once; another is refused (`refused`)
+ *   when its head arrives
+ * @property {number} [maxOutgoingFiles=4] files `sendFile` sends to this peer at once (the receiver's default
+ *   `maxIncomingFiles`); the others wait their turn, in call order
  *
  * @typedef {object} ConnectOptions
  * @property {string} room room name
@@ -113,6 +116,57 @@ export const FAST_RECONNECT = Object.freeze({ stepMs: 250, maxMs: 1000, forMs: 3
  */
 
 /**
+ * Why a `Peer` closed (its `close` event): `by` the side that ended it; `reason` `closed` (`peer.close()`), `bye`
+ * (the other side's `close()`), `channel-closed` (the other side's data channel closed: its `Peer` or page went),
+ * `peer-left`, `unknown-peer` (the server does not know the other peer), `replaced` (the other side called again
+ * with a new connection), `room-closed`, `session-lost` (a failed resume with `rejoinCalls: false`).
+ * @typedef {{by: 'local' | 'remote', reason: string}} PeerClose
+ *
+ * The events of a `Room`, by name: the detail each one's listener gets.
+ * @typedef {{
+ *   'joined': {peerId: string, peers: PeerInfo[], rejoined: boolean, previousPeerId: string | null, seq?: number},
+ *   'peer-joined': {peer: PeerInfo, seq?: number},
+ *   'peer-left': {peerId: string, reason: 'left' | 'lost' | string, seq?: number},
+ *   'peer-rejoined': {peerId: string, previousPeerId: string, peer: Peer},
+ *   'signal': {from: string, data: any, seq?: number, internal: boolean},
+ *   'broadcast': {from: string, data: any, seq?: number},
+ *   'undeliverable': {to?: string, id?: string, reason: string, seq?: number, type?: 'signal' | 'broadcast',
+ *     data?: any},
+ *   'error': {code: string, message: string, id?: string, seq?: number, peerId?: string, expected?: number,
+ *     got?: number, inARow?: number},
+ *   'reconnecting': {attempt: number, delayMs: number, code: number, reason: string},
+ *   'resumed': {replayed: number, seq: number, peerId?: string, ack?: number},
+ *   'closed': {code: number, reason: string},
+ *   'peer-connection': {peer: Peer, peerId: string},
+ *   'ice-servers': {iceServers: IceServer[], expiresAt: number | null},
+ *   'connection-diagnosis': ConnectionDiagnosis,
+ *   'connection-failed': ConnectionDiagnosis,
+ * }} RoomEventMap
+ *
+ * @typedef {{peer: string, you: string, outcome: 'connected' | 'failed' | 'timeout', reason: string, step: string,
+ *   message: string, seq?: number, path?: string, timeToConnectMs?: number}} ConnectionDiagnosis
+ *
+ * The events of a `Peer`, by name: the detail each one's listener gets (a `message`'s `data` is a string or an
+ * `ArrayBuffer`).
+ * @typedef {{
+ *   'open': {},
+ *   'message': {data: any},
+ *   'close': PeerClose,
+ *   'track': {track: MediaStreamTrack, streams: readonly MediaStream[]},
+ *   'state': {connectionState: RTCPeerConnectionState, iceConnectionState: RTCIceConnectionState},
+ *   'error': {code: string, message: string, peerId: string},
+ *   'reconnecting': {cause: RecoveryCause, attempt: number, peerId: string},
+ *   'reconnected': {cause: RecoveryCause, durationMs: number, attempts: number, peerId: string},
+ *   'recovery-failed': {cause: RecoveryCause, attempts: number, peerId: string},
+ *   'rejoined': {peerId: string, previousPeerId: string},
+ *   'file-start': {id: string, name: string, size: number, type: string},
+ *   'file-progress': FileProgress,
+ *   'file': FileReceived,
+ *   'file-cancel': FileCancel,
+ * }} PeerEventMap
+ */
+
+/**
  * Join a room. Resolves once the server answered `joined`; rejects with a `TraverseError` (with `.code`, e.g.
  * `token-invalid`, `room-full`) if the join is refused.
  * @param {ConnectOptions} options
@@ -124,17 +178,128 @@ export async function connect(options) {
   return room;
 }
 
-/** An error with a stable `code` from the protocol (or `connect-failed`, `timeout`, `closed` from the SDK). */
+/**
+ * An error with a stable `code` from the protocol (or `connect-failed`, `timeout`, `closed`, `unknown-peer` from the
+ * SDK; a file transfer's codes are listed at `FileErrorCode`). What else it carries depends on where it comes from.
+ */
 export class TraverseError extends Error {
-  /** @param {string} code @param {string} message @param {object} [extra] */
+  /**
+   * @param {string} code @param {string} message
+   * @param {{closeCode?: number, status?: number, peerId?: string, by?: 'local' | 'remote', reason?: string,
+   *   file?: FileCancel}} [extra]
+   */
   constructor(code, message, extra) {
     super(message);
-    this.name = 'TraverseError';
     /** @type {string} */
     this.code = code;
     /** @type {number | undefined} the WebSocket close code, when a closing socket caused the error */
     this.closeCode = undefined;
+    /** @type {number | undefined} the HTTP status of `/api/join-check`, when it gave the reason of a refused join */
+    this.status = undefined;
+    /** @type {string | undefined} the remote peer, for an error about one (`unknown-peer`) */
+    this.peerId = undefined;
+    /** @type {'local' | 'remote' | undefined} which side ended a file transfer (a `sendFile` rejection) */
+    this.by = undefined;
+    /** @type {string | undefined} why a file transfer ended, as the side that ended it said */
+    this.reason = undefined;
+    /** @type {FileCancel | undefined} the transfer a `sendFile` rejection is about (the `file-cancel` detail) */
+    this.file = undefined;
     Object.assign(this, extra);
+    this.name = 'TraverseError';
+  }
+}
+
+/**
+ * `on`, `once` and `off` over `EventTarget`, typed by an event map (event name → detail): a misspelt event name or
+ * detail field does not compile in TypeScript.
+ * @template {object} M
+ */
+class Emitter extends EventTarget {
+  constructor() {
+    super();
+    /** @private @type {Map<string, Map<Function, EventListener>>} listeners added with `on`, by event name */
+    this._handlers = new Map();
+  }
+
+  /**
+   * Listen to an event; `fn` receives the event's detail. Returns a function that removes the listener (as
+   * `off(name, fn)` does).
+   * @template {keyof M & string} K
+   * @overload
+   * @param {K} name @param {(detail: M[K]) => void} fn @returns {() => void}
+   */
+  /**
+   * An event name known only at run time (a `string` variable, not a literal, which must be an event's name): the
+   * detail is untyped.
+   * @template {string} N
+   * @overload
+   * @param {string extends N ? N : never} name @param {(detail: any) => void} fn @returns {() => void}
+   */
+  /** @param {string} name @param {(detail: any) => void} fn @returns {() => void} */
+  on(name, fn) {
+    let byFn = this._handlers.get(name);
+    if (!byFn) this._handlers.set(name, (byFn = new Map()));
+    if (!byFn.has(fn)) {
+      const h = /** @type {EventListener} */ ((e) => fn(/** @type {CustomEvent} */ (e).detail));
+      byFn.set(fn, h);
+      this.addEventListener(name, h);
+    }
+    return () => this.off(name, fn);
+  }
+
+  /**
+   * Remove a listener added with `on`.
+   * @template {keyof M & string} K
+   * @overload
+   * @param {K} name @param {(detail: M[K]) => void} fn @returns {void}
+   */
+  /**
+   * @template {string} N
+   * @overload
+   * @param {string extends N ? N : never} name @param {(detail: any) => void} fn @returns {void}
+   */
+  /** @param {string} name @param {(detail: any) => void} fn @returns {void} */
+  off(name, fn) {
+    const byFn = this._handlers.get(name);
+    const h = byFn?.get(fn);
+    if (!byFn || !h) return;
+    byFn.delete(fn);
+    this.removeEventListener(name, h);
+  }
+
+  /**
+   * Resolves with the detail of the next `name` event for which `pred` holds, or rejects with `timeout` after
+   * `timeoutMs`.
+   * @template {keyof M & string} K
+   * @overload
+   * @param {K} name @param {(detail: M[K]) => boolean} [pred] @param {number} [timeoutMs]
+   * @returns {Promise<M[K]>}
+   */
+  /**
+   * @template {string} N
+   * @overload
+   * @param {string extends N ? N : never} name @param {(detail: any) => boolean} [pred] @param {number} [timeoutMs]
+   * @returns {Promise<any>}
+   */
+  /**
+   * @param {string} name @param {(detail: any) => boolean} [pred] @param {number} [timeoutMs]
+   * @returns {Promise<any>}
+   */
+  once(name, pred = () => true, timeoutMs = 30000) {
+    return new Promise((resolve, reject) => {
+      const t = setTimeout(() => {
+        off();
+        reject(new TraverseError('timeout', `no '${name}' event within ${timeoutMs} ms`));
+      }, timeoutMs);
+      /** @param {any} d */
+      const listener = (d) => {
+        if (!pred(d)) return;
+        clearTimeout(t);
+        off();
+        resolve(d);
+      };
+      const off = this.on(name, listener);
+    });
   }
 }
 
@@ -206,8 +371,9 @@ function usableIceServers(servers) {
  *   verdict on a peer connection, from both sides' outcome reports (`message` calls this peer "peer " + `you`);
  *   `connection-failed` with the same detail as well when it did not connect (`reason`: a stable code,
  *   docs/operations.md)
+ * @extends {Emitter<RoomEventMap>}
  */
-export class Room extends EventTarget {
+export class Room extends Emitter {
   /** @param {ConnectOptions} options */
   constructor(options) {
     super();
@@ -271,7 +437,8 @@ export class Room extends EventTarget {
         return this._session.pingFrame();
       },
       drop: (code, reason, opened) => this._onDrop(code, reason, opened),
-      unopenable: (err) => this._failStart(new TraverseError('connect-failed', String(err))),
+      unopenable: (err) =>
+        this._failStart(new TraverseError('connect-failed', `could not open a WebSocket to ${this.url}: ${err}`)),
     });
     /** @private @type {{resolve: (room: Room) => void, reject: (err: any) => void} | null} `connect()` waiting */
     this._startWaiter = null;
@@ -279,11 +446,17 @@ export class Room extends EventTarget {
     /** @private @type {ReturnType<typeof setTimeout> | undefined} the next message waiting for the rate (`_flush`) */
     this._paceTimer = undefined;
     /** @internal */ this._msgId = 0;
+    /**
+     * The `Peer` each recent negotiation message was sent for, by message id (`pc-N`), and the id it went to: the
+     * server's `unknown-peer` about one closes that `Peer` (`_onError`). The last `SENT_FOR_MAX`.
+     * @internal @type {Map<string, {peer: Peer, to: string}>}
+     */
+    this._sentFor = new Map();
     /** @private @type {Promise<void> | null} `leave()` under way (calling it again returns it) */
     this._leaving = null;
     /** @private @type {(() => void) | null} ends the wait of `_leave` (queue empty, socket gone, room closed) */
     this._leaveFlushed = null;
-    /** @private `leave` is written (or the room is past writing it): nothing more goes out */ this._left = false;
+    /** @internal `leave` is written (or the room is past writing it): nothing more goes out */ this._left = false;
     /** @private the page-lifecycle hook (section "Leaving with the page") */
     this._onPageHide = () => this._leaveWithPage();
     if (this._opts.leaveOnPageHide !== false && typeof addEventListener === 'function') {
@@ -309,35 +482,6 @@ export class Room extends EventTarget {
   /** Highest stream `seq` processed. */
   get lastSeq() {
     return this._session.lastSeq;
-  }
-
-  /**
-   * Listen to an event; `fn` receives the event's detail. Returns a function that removes the listener.
-   * @param {string} name @param {(detail: any) => void} fn @returns {() => void}
-   */
-  on(name, fn) {
-    const h = (/** @type {any} */ e) => fn(e.detail);
-    this.addEventListener(name, h);
-    return () => this.removeEventListener(name, h);
-  }
-
-  /**
-   * Resolves with the detail of the next `name` event for which `pred` holds, or rejects after `timeoutMs`.
-   * @param {string} name @param {(detail: any) => boolean} [pred] @param {number} [timeoutMs]
-   */
-  once(name, pred = () => true, timeoutMs = 30000) {
-    return new Promise((resolve, reject) => {
-      const t = setTimeout(() => {
-        off();
-        reject(new TraverseError('timeout', `no '${name}' event within ${timeoutMs} ms`));
-      }, timeoutMs);
-      const off = this.on(name, (d) => {
-        if (!pred(d)) return;
-        clearTimeout(t);
-        off();
-        resolve(d);
-      });
-    });
   }
 
   /** Messages sent but not yet acknowledged by the server (resent after a resume if the server missed them). */
@@ -375,7 +519,8 @@ export class Room extends EventTarget {
   }
 
   /**
-   * Open (or return) a peer connection to `peerId`, negotiated through this room.
+   * Open (or return) a peer connection to `peerId`, negotiated through this room. Throws `unknown-peer` when
+   * `peerId` is not in `room.peers` (it left, or never joined).
    * @param {string} peerId @param {PeerOptions} [options] @returns {Peer}
    */
   connect(peerId, options = {}) {
@@ -383,6 +528,13 @@ export class Room extends EventTarget {
     if (peerId === this.peerId) throw new TypeError('cannot connect to yourself');
     const existing = this.connections.get(peerId);
     if (existing && !existing.closed) return existing;
+    if (!this.peers.has(peerId)) {
+      throw new TraverseError(
+        'unknown-peer',
+        `there is no peer ${peerId} in room ${this.room} (it left, or never joined): connect to an id of room.peers`,
+        { peerId },
+      );
+    }
     const peer = new Peer(this, peerId, options, true);
     this.connections.set(peerId, peer);
     return peer;
@@ -525,7 +677,7 @@ export class Room extends EventTarget {
           // A peer that was lost (its signaling cut off past the resume grace), not one that left, may still be on
           // the call: a connected call waits for it to come back under a new id and prove it (`_onRejoinSignal`).
           if (msg.reason === 'lost' && this._opts.rejoinCalls !== false && pc._mediaUp()) this._awaitRejoin(pc);
-          else pc._close(false);
+          else pc._close(false, { by: 'remote', reason: 'peer-left' });
         }
         return this._emit('peer-left', { peerId: msg.peerId, reason: msg.reason, seq: msg.seq });
       }
@@ -590,6 +742,17 @@ export class Room extends EventTarget {
       /** @private */ this._iceAskUnsupported = true;
       return this._answerIceAsk(null);
     }
+    if (msg.code === 'unknown-peer' && typeof msg.id === 'string' && msg.id.startsWith('pc-')) {
+      // About a message the SDK sent for a `Peer` (a peer that left, or an id that never was in the room): that
+      // `Peer` ends, with `ready` rejected; its internal ids mean nothing to the app.
+      const sent = this._sentFor.get(msg.id);
+      const peer = sent?.peer;
+      if (peer && !peer.closed && !peer._orphaned && peer.peerId === sent.to) {
+        const message = `there is no peer ${sent.to} in room ${this.room}: it left, or never joined`;
+        peer._close(false, { by: 'remote', reason: 'unknown-peer' }, new TraverseError('unknown-peer', message, { peerId: sent.to }));
+      }
+      return;
+    }
     const detail = { code: msg.code, message: msg.message, seq: msg.seq };
     if (typeof msg.id === 'string') detail.id = msg.id;
     if (this._startWaiter && handshake === 'join') {
@@ -610,6 +773,12 @@ export class Room extends EventTarget {
     }
     const isNegotiation = d && typeof d === 'object' && ('sdp' in d || 'candidate' in d || 'bye' in d);
     let peer = isNegotiation ? this.connections.get(msg.from) : undefined;
+    if (peer && !peer.closed && d.sdp && d.sdp.type === 'offer' && peer._isNewRemote(d.sdp)) {
+      // The first offer of another RTCPeerConnection (the other side closed its `Peer` and called again, and our
+      // half never heard of the close): it is a new call, not a renegotiation of this one.
+      peer._close(false, { by: 'remote', reason: 'replaced' });
+      peer = undefined;
+    }
     if (isNegotiation && (!peer || peer.closed) && d.sdp && d.sdp.type === 'offer' && this._opts.autoAccept) {
       const po = this._opts.peerOptions;
       const options = typeof po === 'function' ? po(msg.from) : po || {};
@@ -649,7 +818,14 @@ export class Room extends EventTarget {
     if (this._startWaiter) {
       // Never joined. Ask the HTTP twin of the join why, since browsers hide a refused upgrade's status.
       const why = opened ? null : await joinCheck(this.url, this.room, this._opts.token);
-      const err = why || new TraverseError('connect-failed', `socket closed (${code}) before joining: ${reason || ''}`);
+      const err =
+        why ||
+        new TraverseError(
+          'connect-failed',
+          `could not join room ${this.room} at ${this.url}: the WebSocket closed (code ${code}${reason ? `, ${reason}` : ''}) ` +
+            'before the server answered; check that the server is running and that the URL is its signaling ' +
+            'endpoint (wss://host/ws)',
+        );
       err.closeCode = code;
       this._failStart(err);
       return;
@@ -677,7 +853,7 @@ export class Room extends EventTarget {
     clearTimeout(this._orphanTimer);
     clearTimeout(this._iceRefreshTimer);
     this._answerIceAsk(null);
-    for (const pc of this.connections.values()) pc._close(false);
+    for (const pc of [...this.connections.values()]) pc._close(false, { by: 'local', reason: 'room-closed' });
     if (!silent) this._emit('closed', { code, reason });
   }
 
@@ -809,7 +985,7 @@ export class Room extends EventTarget {
     const keep = this._opts.rejoinCalls !== false;
     for (const pc of [...this.connections.values()]) {
       if (keep && !pc.closed) pc._orphan();
-      else pc._close(false);
+      else pc._close(false, { by: 'local', reason: 'session-lost' });
     }
     if (!keep) return;
     /** @private @type {string[]} our own ids the remote peers may still know us by (newest last) */
@@ -818,7 +994,9 @@ export class Room extends EventTarget {
     this._toldRejoin = new Set();
     clearTimeout(this._orphanTimer);
     /** @private */ this._orphanTimer = setTimeout(() => {
-      for (const pc of [...this.connections.values()]) if (pc._orphaned) pc._close(false);
+      for (const pc of [...this.connections.values()]) {
+        if (pc._orphaned) pc._close(false, { by: 'remote', reason: 'peer-left' });
+      }
     }, Math.max(this.resumeGraceMs, 10000));
   }
 
@@ -834,7 +1012,7 @@ export class Room extends EventTarget {
     const check = () => {
       if (!pc._orphaned || pc.closed) return;
       if (pc._mediaUp() && this.state !== 'closed') pc._rejoinTimer = setTimeout(check, wait);
-      else pc._close(false);
+      else pc._close(false, { by: 'remote', reason: 'peer-left' });
     };
     clearTimeout(pc._rejoinTimer);
     pc._rejoinTimer = setTimeout(check, wait);
@@ -884,7 +1062,7 @@ export class Room extends EventTarget {
       const expected = rejoinProof(pc.pc, from);
       if (!expected || !proofs.includes(expected)) continue;
       const other = this.connections.get(from);
-      if (other && other !== pc) other._close(false);
+      if (other && other !== pc) other._close(false, { by: 'remote', reason: 'replaced' });
       this.connections.delete(old);
       this.connections.set(from, pc);
       pc._rebind(from);
@@ -1006,13 +1184,15 @@ export class Room extends EventTarget {
  * A peer connection negotiated through a room with perfect negotiation (MDN): the peer with the lexicographically
  * smaller id is polite and rolls back its own offer on glare; the impolite one ignores the colliding offer.
  *
- * Events (`on(name, fn)` as on `Room`): `open` (data channel open), `message` `{data}`, `close`, `track`
- * `{track, streams}`, `state` `{connectionState, iceConnectionState}`, `error` `{code, message}`; files
- * (`sendFile`): `file-start` `{id, name, size, type}` (receiving), `file-progress` `{id, name, size, bytes,
+ * Events (`on(name, fn)` as on `Room`; `PeerEventMap`): `open` (data channel open), `message` `{data}`, `close`
+ * `{by, reason}` (final: this side closed it, or the other side hung up — its `bye`, its data channel closing, it
+ * left), `track` `{track, streams}`, `state` `{connectionState, iceConnectionState}`, `error` `{code, message}`;
+ * files (`sendFile`): `file-start` `{id, name, size, type}` (receiving), `file-progress` `{id, name, size, bytes,
  * direction}`, `file` `{id, name, size, type, blob, sha256, ms}` (received, hash checked), `file-cancel`
- * `{id, name, size, direction, by, reason}` (either side cancelled, or the channel closed).
+ * `{id, name, size, direction, by, code, reason}` (it ended without arriving: `FileErrorCode`).
+ * @extends {Emitter<PeerEventMap>}
  */
-export class Peer extends EventTarget {
+export class Peer extends Emitter {
   /**
    * @param {Room} room @param {string} peerId @param {PeerOptions} options
    * @param {boolean} initiator true when created by `room.connect()` (it creates the data channel at once)
@@ -1026,6 +1206,8 @@ export class Peer extends EventTarget {
     /** Polite peer = the smaller id (docs/sdk.md). */
     this.polite = /** @type {string} */ (room.peerId) < peerId;
     this.closed = false;
+    /** @internal @type {PeerClose | null} who closed it, for what was still under way (file transfers) */
+    this._closedBy = null;
     /** @internal @type {ReturnType<typeof setTimeout> | undefined} the check of a lost peer's call (`_awaitRejoin`) */
     this._rejoinTimer = undefined;
     /** @type {RTCDataChannel | null} */
@@ -1074,11 +1256,20 @@ export class Peer extends EventTarget {
     this._offering = Promise.resolve();
     /** @private */ this._ignoreOffer = false;
     /** @private */ this._chain = Promise.resolve();
-    /** Resolves when the data channel is open. */
+    /** @private @type {{resolve: (peer: Peer) => void, reject: (err: TraverseError) => void}} */
+    this._readyWaiter = { resolve: () => {}, reject: () => {} };
+    /**
+     * Resolves with this `Peer` when its data channel is open (with `dataChannel: false`: when the connection is
+     * connected); rejects when it closes first (`closed`, or `unknown-peer` when the other peer is not in the room).
+     * @type {Promise<Peer>}
+     */
     this.ready = new Promise((resolve, reject) => {
       this._readyWaiter = { resolve, reject };
     });
     this.ready.catch(() => {});
+    /** @private @type {{data: string | Blob | ArrayBuffer, size: number}[]} sends waiting behind a Blob being read */
+    this._sendQueue = [];
+    /** @private bytes in `_sendQueue` */ this._sendQueued = 0;
 
     const pc = this.pc;
     pc.onnegotiationneeded = async () => {
@@ -1104,6 +1295,8 @@ export class Peer extends EventTarget {
     };
     pc.oniceconnectionstatechange = () => this._emitState();
     pc.onconnectionstatechange = () => {
+      // Without the SDK's channel there is nothing else to wait for.
+      if (pc.connectionState === 'connected' && !this.options.dataChannel) this._readyWaiter.resolve(this);
       if (pc.connectionState === 'connected') this._settle('connected');
       else if (pc.connectionState === 'failed') this._settle('failed');
       this._emitState();
@@ -1125,30 +1318,34 @@ export class Peer extends EventTarget {
     this._recovery = this._startRecovery();
   }
 
-  /** @param {string} name @param {(detail: any) => void} fn @returns {() => void} */
-  on(name, fn) {
-    const h = (/** @type {any} */ e) => fn(e.detail);
-    this.addEventListener(name, h);
-    return () => this.removeEventListener(name, h);
-  }
-
   /**
-   * Send one message on the data channel: a string, Blob, ArrayBuffer or view. Throws `not-open` before the channel
-   * is open; `too-large` beyond `maxMessageBytes` (the SCTP max-message-size both browsers agreed on: Chrome 256 KiB,
-   * Safari 64 KiB) — send files and large data with `sendFile`, which chunks them; `buffer-full` when the channel
-   * already holds 8 MiB not yet sent (Chrome closes a channel beyond 16 MiB): wait for the channel's
-   * `bufferedamountlow` event, or use `sendFile`, which waits by itself.
+   * Send one message on the data channel: a string, Blob, ArrayBuffer or view, in the order of the calls (a Blob is
+   * read first, and what is sent after it waits for it: the browser's own Blob sending let later messages overtake
+   * it). Throws a `TypeError` for anything else (a number or an object is not turned into a string: send
+   * `JSON.stringify(value)`); `not-open` before the channel is open; `too-large` beyond `maxMessageBytes` (the SCTP
+   * max-message-size both browsers agreed on: Chrome 256 KiB, Safari 64 KiB) — send files and large data with
+   * `sendFile`, which chunks them; `buffer-full` when the channel already holds 8 MiB not yet sent (Chrome closes a
+   * channel beyond 16 MiB): wait for the channel's `bufferedamountlow` event, or use `sendFile`, which waits by
+   * itself.
    * @param {string | Blob | ArrayBuffer | ArrayBufferView} data
    */
   send(data) {
+    const isBlob = typeof Blob !== 'undefined' && data instanceof Blob;
+    const isBytes = data instanceof ArrayBuffer || ArrayBuffer.isView(data);
+    if (typeof data !== 'string' && !isBlob && !isBytes) {
+      const what = data === null ? 'null' : Array.isArray(data) ? 'an array' : typeof data;
+      throw new TypeError(
+        `peer.send takes a string, Blob, ArrayBuffer or typed array, not ${what}; send JSON.stringify(value) for data`,
+      );
+    }
     const ch = this.channel;
     if (!ch || ch.readyState !== 'open') throw new TraverseError('not-open', 'the data channel is not open');
     const max = this.maxMessageBytes;
     const size =
       typeof data === 'string'
         ? utf8Length(data, max)
-        : typeof Blob !== 'undefined' && data instanceof Blob
-          ? data.size
+        : isBlob
+          ? /** @type {Blob} */ (data).size
           : /** @type {ArrayBuffer | ArrayBufferView} */ (data).byteLength;
     if (size > max) {
       throw new TraverseError(
@@ -1157,14 +1354,56 @@ export class Peer extends EventTarget {
           `(max-message-size ${max} bytes); use peer.sendFile(), which chunks files and large data`,
       );
     }
-    if (ch.bufferedAmount + size > SEND_BUFFER_LIMIT) {
+    const waiting = ch.bufferedAmount + this._sendQueued;
+    if (waiting + size > SEND_BUFFER_LIMIT) {
       throw new TraverseError(
         'buffer-full',
-        `peer.send: ${ch.bufferedAmount} bytes are still waiting in the data channel; wait for its ` +
+        `peer.send: ${waiting} bytes are still waiting in the data channel; wait for its ` +
           `'bufferedamountlow' event, or use peer.sendFile(), which waits by itself`,
       );
     }
-    ch.send(/** @type {any} */ (data));
+    if (!isBlob && !this._sendQueue.length) {
+      ch.send(/** @type {any} */ (data));
+      return;
+    }
+    // A Blob is read before it is sent, and whatever follows waits for it; bytes are copied, since the app may
+    // reuse its buffer once `send` returned.
+    const copy = ArrayBuffer.isView(data)
+      ? new Uint8Array(data.buffer, data.byteOffset, data.byteLength).slice().buffer
+      : data instanceof ArrayBuffer
+        ? data.slice(0)
+        : data;
+    this._sendQueue.push({ data: copy, size });
+    this._sendQueued += size;
+    if (this._sendQueue.length === 1) this._sendInOrder(ch);
+  }
+
+  /**
+   * Sends `_sendQueue` in order on `ch`, reading each Blob first. A Blob that cannot be read is reported (`error`
+   * `read-failed`) and skipped; when the channel is gone, what waits is dropped.
+   * @private @param {RTCDataChannel} ch
+   */
+  async _sendInOrder(ch) {
+    while (this._sendQueue.length) {
+      const item = this._sendQueue[0];
+      /** @type {any} */ let data = item.data;
+      if (typeof Blob !== 'undefined' && data instanceof Blob) {
+        try {
+          data = await data.arrayBuffer();
+        } catch (err) {
+          data = null;
+          this._emit('error', { code: 'read-failed', message: `peer.send: the Blob could not be read: ${err}`, peerId: this.peerId });
+        }
+      }
+      this._sendQueue.shift();
+      this._sendQueued -= item.size;
+      if (this.channel !== ch || ch.readyState !== 'open') {
+        this._sendQueue = [];
+        this._sendQueued = 0;
+        return;
+      }
+      if (data !== null) ch.send(data);
+    }
   }
 
   /**
@@ -1179,10 +1418,11 @@ export class Peer extends EventTarget {
 
   /**
    * Send a file, Blob or buffer of any size on a data channel of its own (ordered, reliable), in 64 KiB chunks,
-   * never holding more than ~2 MiB of it in memory. Resolves once the other side has it all and its SHA-256
-   * matched, with `{id, name, size, type, sha256, ms}`; rejects with a `TraverseError` `cancelled` when either side
-   * cancels (`options.signal`, `cancelFile`), or `closed` when the connection goes. The other peer gets
-   * `file-start`, `file-progress`, then `file` with a `Blob`.
+   * never holding more than ~2 MiB of it in memory. At most `maxOutgoingFiles` (4) go to one peer at once; the
+   * others wait their turn. Resolves once the other side has it all and its SHA-256 matched, with
+   * `{id, name, size, type, sha256, ms}`; rejects with a `TraverseError` whose `code` is a `FileErrorCode`
+   * (`cancelled`, `refused`, `integrity`, `closed`, `timeout`, `read-failed`), with `by` and `file`. The other peer
+   * gets `file-start`, `file-progress`, then `file` with a `Blob`.
    * @param {FileSource} file @param {SendFileOptions} [options] @returns {Promise<FileSent>}
    */
   sendFile(file, options = {}) {
@@ -1235,17 +1475,26 @@ export class Peer extends EventTarget {
     };
   }
 
-  /** Close the connection (does not leave the room); the other side's `Peer` closes too. */
+  /**
+   * Close the connection (does not leave the room); the other side's `Peer` closes too. While the room reconnects,
+   * the other side is told once it is back.
+   */
   close() {
-    this._close(true);
+    this._close(true, { by: 'local', reason: 'closed' });
   }
 
-  /** @internal @param {boolean} tellRemote */
-  _close(tellRemote) {
+  /**
+   * Final: the `close` event with `why`, `ready` rejected with `err` if it had not resolved.
+   * @internal @param {boolean} tellRemote send `bye` (queued while the room reconnects)
+   * @param {PeerClose} why @param {TraverseError} [err]
+   */
+  _close(tellRemote, why, err) {
     if (this.closed) return;
     // A `bye` lets the other side drop its half, so that a later connect() starts from a fresh RTCPeerConnection.
-    if (tellRemote && this.room.state === 'open' && this.room.peers.has(this.peerId)) this._signal({ bye: true });
+    // While the room reconnects it waits in the room's queue, which is sent once the session is back.
+    if (tellRemote && !this.room._left && this.room.peers.has(this.peerId)) this._signal({ bye: true });
     this.closed = true;
+    this._closedBy = why;
     clearTimeout(this._rejoinTimer);
     this._stopRecovery();
     // Closed by the app or the room before an outcome: nothing to report (that is not a failure to connect).
@@ -1257,8 +1506,20 @@ export class Peer extends EventTarget {
       /* ignore */
     }
     if (this.room.connections.get(this.peerId) === this) this.room.connections.delete(this.peerId);
-    this._readyWaiter.reject(new TraverseError('closed', 'peer connection closed'));
-    this._emit('close', {});
+    this._readyWaiter.reject(err ?? new TraverseError('closed', `peer connection closed (${why.reason})`));
+    this._sendQueue = [];
+    this._sendQueued = 0;
+    this._emit('close', why);
+  }
+
+  /**
+   * An offer from another RTCPeerConnection than the one this `Peer` negotiated with (its DTLS certificate
+   * differs): the other side started a new call. @internal @param {RTCSessionDescriptionInit} offer
+   */
+  _isNewRemote(offer) {
+    const before = fingerprintOf(this.pc.remoteDescription);
+    const next = fingerprintOf(/** @type {any} */ (offer));
+    return !!before && !!next && before !== next;
   }
 
   // ---- internals --------------------------------------------------------------------------------------------
@@ -1343,7 +1604,11 @@ export class Peer extends EventTarget {
   /** @private */
   _signal(data) {
     if (this.closed || this.room.state === 'closed' || this._orphaned) return;
-    this.room._send({ type: 'signal', to: this.peerId, data, id: `pc-${++this.room._msgId}` }, true);
+    const id = `pc-${++this.room._msgId}`;
+    const sentFor = this.room._sentFor;
+    sentFor.set(id, { peer: this, to: this.peerId });
+    if (sentFor.size > SENT_FOR_MAX) sentFor.delete(/** @type {string} */ (sentFor.keys().next().value));
+    this.room._send({ type: 'signal', to: this.peerId, data, id }, true);
   }
 
   /** Media tracks and the data channel. @private */
@@ -1364,8 +1629,10 @@ export class Peer extends EventTarget {
       this._emit('open', {});
     };
     ch.onmessage = (e) => this._emit('message', { data: e.data });
+    // The other side closed its half (its `Peer` closed, or its page went): the call is over, even when its `bye`
+    // never came (it closed while its room was reconnecting, and then resumed too late or not at all).
     ch.onclose = () => {
-      if (!this.closed) this._emit('channel-close', {});
+      if (!this.closed && this.channel === ch) this._close(false, { by: 'remote', reason: 'channel-closed' });
     };
     this.channel = ch;
   }
@@ -1386,7 +1653,7 @@ export class Peer extends EventTarget {
   async _applySignal({ sdp, candidate, bye }) {
     if (this.closed) return;
     if (bye) {
-      this._close(false);
+      this._close(false, { by: 'remote', reason: 'bye' });
       return;
     }
     const pc = this.pc;
@@ -1854,9 +2121,12 @@ function watchNetwork(fn) {
 //
 // The receiver keeps the file as a `Blob` (parts folded into one every `FILE_FOLD_BYTES`, so the browser may page it
 // to disk); `maxFileBytes` (PeerOptions, default 2 GiB) bounds what it accepts, per file and over the files one peer
-// sends at once, `maxIncomingFiles` (4) how many (a channel waiting for its head counts), a head must come within
-// `FILE_HEAD_MS` and a chunk within `FILE_IDLE_MS` while the connection is up, else it is cancelled: a peer of the
-// room (with `autoAccept`, anyone may call) cannot make this page hold more than that.
+// sends at once, `maxIncomingFiles` (4) how many, a head must come within `FILE_HEAD_MS` and a chunk within
+// `FILE_IDLE_MS` while the connection is up, else it is cancelled; at most `FILE_MAX_HEADLESS` channels may wait for
+// their head: a peer of the room (with `autoAccept`, anyone may call) cannot make this page hold more than that. The
+// sender sends at most `maxOutgoingFiles` (4) at once, so a peer with the default limit refuses none of them.
+// A refusal waits for the head: refused as the channel opened, its reason was often lost with the close (the sender's
+// end was not open yet). Every `cancel` frame carries a `FileErrorCode`, so both sides agree why a transfer ended.
 
 /** The label of the data channels that carry one file each; other labels are left to the app. */
 export const FILE_CHANNEL_LABEL = 'traverse-file';
@@ -1883,32 +2153,57 @@ const FILE_HEAD_MS = 10_000;
  * nothing. A 64 KiB chunk arrives whole, so this also bounds the slowest link a transfer works on (about 1 KB/s).
  */
 const FILE_IDLE_MS = 60_000;
-/** File channels of each peer waiting for their head: they count against `maxIncomingFiles` too. */
+/**
+ * File channels of each peer waiting for their head. They hold nothing but the channel, and each is closed after
+ * `FILE_HEAD_MS`; past `FILE_MAX_HEADLESS` of them a new one is closed at once.
+ */
 const HEADLESS = new WeakMap();
+/** File channels of one peer that may wait for their head at once (a refusal waits for the head: `receiveFile`). */
+const FILE_MAX_HEADLESS = 32;
+/** A sender whose channel stops being open waits this long at most for its close, which says why. */
+const FILE_CLOSE_WAIT_MS = 1000;
+/** Default number of files `sendFile` sends to one peer at once (PeerOptions `maxOutgoingFiles`). */
+const FILE_MAX_OUTGOING = FILE_MAX_INCOMING;
+/** The longest file name either side keeps, in UTF-16 code units (cut on a code point), and the longest MIME type. */
+const FILE_NAME_MAX = 1024;
+const FILE_TYPE_MAX = 256;
 /** What `peer.send` may have buffered in the channel before it refuses (Chrome closes a channel beyond 16 MiB). */
 const SEND_BUFFER_LIMIT = 8 * 1024 * 1024;
 
 /**
  * @typedef {object} SendFileOptions
- * @property {(progress: FileProgress) => void} [onProgress] called as bytes leave (at most every 50 ms, and at the end)
- * @property {AbortSignal} [signal] aborting it cancels the transfer (both sides get `file-cancel`)
- * @property {string} [name] the name the receiver sees (default: the File's name, else `file`)
- * @property {string} [type] the MIME type the receiver sees (default: the Blob's type)
+ * @property {(progress: FileProgress) => void} [onProgress] called as bytes leave (at most every 50 ms, and at the
+ *   end); what it throws is reported (`reportError`) and never affects the transfer
+ * @property {AbortSignal} [signal] aborting it cancels the transfer (both sides get `file-cancel`); already aborted:
+ *   `sendFile` rejects at once with `cancelled`
+ * @property {string} [name] the name the receiver sees (default: the File's name, else `file`; `''` is `file`; cut
+ *   to 1024 UTF-16 code units on a code point, the same on both sides)
+ * @property {string} [type] the MIME type the receiver sees (default: the Blob's type; at most 256 characters)
+ *
+ * Why a file transfer ended without arriving (`FileCancel.code`, and the code of `sendFile`'s rejection):
+ * `cancelled` a user of either side (`signal`, `cancelFile`); `refused` the receiver's limits (`maxFileBytes`,
+ * `maxIncomingFiles`, an id in use, a malformed head); `integrity` the bytes did not match (more than announced, or
+ * another SHA-256); `closed` the `Peer` or the file's channel went away; `timeout` no head within 10 s or no chunk
+ * for 60 s on the receiver; `read-failed` the sender could not read its source.
+ * @typedef {'cancelled' | 'refused' | 'integrity' | 'closed' | 'timeout' | 'read-failed'} FileErrorCode
  *
  * @typedef {{id: string, name: string, size: number, bytes: number, direction: 'send' | 'receive'}} FileProgress
  * @typedef {{id: string, name: string, size: number, type: string, sha256: string, ms: number}} FileSent
  * @typedef {{id: string, name: string, size: number, type: string, blob: Blob, sha256: string, ms: number}}
  *   FileReceived
  * @typedef {{id: string, name: string, size: number, direction: 'send' | 'receive', by: 'local' | 'remote',
- *   reason: string}} FileCancel
+ *   code: FileErrorCode, reason: string}} FileCancel
  */
 
 /** Open transfers of each peer, by id. @type {WeakMap<Peer, Map<string, FileTransfer>>} */
 const TRANSFERS = new WeakMap();
 
+/** The codes a `cancel` frame may carry; another (or none: an older SDK) is `cancelled`. */
+const FILE_ERROR_CODES = ['cancelled', 'refused', 'integrity', 'closed', 'timeout', 'read-failed'];
+
 /**
- * One transfer on one channel, either direction. `finish(err)` settles it once: cleanup, and for an error the
- * `file-cancel` event (and the cancel frame when it is ours).
+ * One transfer on one channel, either direction. `finish(err)` settles it once (`settled` resolves with `err`):
+ * cleanup, and for an error (`fail`) the `file-cancel` event and, when it is ours, the cancel frame.
  */
 class FileTransfer {
   /**
@@ -1924,43 +2219,63 @@ class FileTransfer {
     this.size = meta.size;
     this.type = meta.type;
     this.done = false;
+    /** @type {TraverseError | null} why it ended, once it ended without arriving */
+    this.error = null;
     this.startedAt = now();
     /** @private */ this._lastProgress = 0;
-    /** @type {((err: TraverseError | null) => void)[]} */
-    this.onFinish = [];
+    /** @type {(err: TraverseError | null) => void} */ let settle = () => {};
+    /** Resolves when it ends: with null once it arrived, else with its error (late listeners too). */
+    this.settled = /** @type {Promise<TraverseError | null>} */ (new Promise((r) => (settle = r)));
+    /** @private */ this._settle = settle;
     let map = TRANSFERS.get(peer);
     if (!map) TRANSFERS.set(peer, (map = new Map()));
     map.set(this.id, this);
   }
 
-  /** A progress event (throttled), to `onProgress` too for a send. @param {number} bytes @param {any} [cb] */
+  /**
+   * A progress event (throttled), to `onProgress` too for a send. What `onProgress` throws is the app's bug, not
+   * the transfer's: it is reported (`reportError`) and the transfer goes on.
+   * @param {number} bytes @param {((p: FileProgress) => void) | undefined} [cb]
+   */
   progress(bytes, cb) {
     const t = now();
     if (bytes < this.size && t - this._lastProgress < FILE_PROGRESS_MS) return;
     this._lastProgress = t;
     /** @type {FileProgress} */
     const detail = { id: this.id, name: this.name, size: this.size, bytes, direction: this.direction };
-    if (cb) cb(detail);
+    if (cb) {
+      try {
+        cb(detail);
+      } catch (err) {
+        reportLater(err);
+      }
+    }
     this.peer._emit('file-progress', detail);
   }
 
-  /**
-   * Cancel: tell the other side (unless it told us), close the channel, and settle.
-   * @param {string} reason @param {'local' | 'remote'} by
-   */
+  /** A user's cancel. @param {string} reason @param {'local' | 'remote'} by */
   cancel(reason, by) {
+    this.fail('cancelled', reason, by);
+  }
+
+  /**
+   * Ends without arriving: tell the other side (when it is ours and the channel is open), close the channel, settle,
+   * and emit `file-cancel`.
+   * @param {FileErrorCode} code @param {string} reason @param {'local' | 'remote'} by
+   */
+  fail(code, reason, by) {
     if (this.done) return;
     if (by === 'local' && this.ch.readyState === 'open') {
       try {
-        this.ch.send(JSON.stringify({ t: 'cancel', reason }));
+        this.ch.send(JSON.stringify({ t: 'cancel', code, reason }));
       } catch {
         /* closing anyway */
       }
     }
     /** @type {FileCancel} */
-    const detail = { id: this.id, name: this.name, size: this.size, direction: this.direction, by, reason };
-    const who = by === 'local' ? 'cancelled' : 'cancelled by the other peer';
-    this.finish(new TraverseError('cancelled', `file transfer ${who}: ${reason}`, detail));
+    const detail = { id: this.id, name: this.name, size: this.size, direction: this.direction, by, code, reason };
+    const message = `${fileErrorText(code, by)}: ${reason}`;
+    this.finish(new TraverseError(code, message, { by, reason, file: detail }));
     this.peer._emit('file-cancel', detail);
   }
 
@@ -1968,6 +2283,7 @@ class FileTransfer {
   finish(err) {
     if (this.done) return;
     this.done = true;
+    this.error = err;
     TRANSFERS.get(this.peer)?.delete(this.id);
     // A cancel frame is sent before the close; `close()` sends what is buffered first.
     try {
@@ -1975,21 +2291,72 @@ class FileTransfer {
     } catch {
       /* ignore */
     }
-    for (const f of this.onFinish) f(err);
+    this._settle(err);
+  }
+}
+
+/** The start of a file error's message. @param {FileErrorCode} code @param {'local' | 'remote'} by */
+function fileErrorText(code, by) {
+  const remote = by === 'remote';
+  switch (code) {
+    case 'cancelled':
+      return remote ? 'file transfer cancelled by the other peer' : 'file transfer cancelled';
+    case 'refused':
+      return remote ? 'file transfer refused by the other peer' : 'file transfer refused';
+    case 'integrity':
+      return remote ? 'file transfer failed the integrity check of the other peer' : 'file transfer failed its integrity check';
+    case 'timeout':
+      return remote ? 'file transfer timed out on the other peer' : 'file transfer timed out';
+    case 'read-failed':
+      return remote ? 'file transfer stopped: the other peer could not read the file' : 'file transfer stopped: the file could not be read';
+    default:
+      return remote ? 'file transfer stopped: the other peer went away' : 'file transfer stopped: the connection closed here';
   }
 }
 
 /**
+ * An exception of the app's (an `onProgress` callback) goes where uncaught errors go (`window.onerror`, the
+ * console), without unwinding the SDK's code. @param {unknown} err
+ */
+function reportLater(err) {
+  if (typeof reportError === 'function') reportError(err);
+  else
+    queueMicrotask(() => {
+      throw err;
+    });
+}
+
+/**
+ * A file name as both sides keep it: `''` (or none) is `file`; cut to `FILE_NAME_MAX` UTF-16 code units, never
+ * inside a surrogate pair. The sender applies it, so that its `FileSent.name` is the receiver's `name`.
+ * @param {unknown} name
+ */
+function fileName(name) {
+  const s = String(name ?? '');
+  return s ? cutAtCodePoint(s, FILE_NAME_MAX) : 'file';
+}
+
+/** `s` cut to at most `max` UTF-16 code units, not between the halves of a surrogate pair. @param {string} s @param {number} max */
+function cutAtCodePoint(s, max) {
+  if (s.length <= max) return s;
+  const last = s.charCodeAt(max - 1);
+  return s.slice(0, last >= 0xd800 && last <= 0xdbff ? max - 1 : max);
+}
+
+/**
  * Wires a peer for files: channels the other side opens with `FILE_CHANNEL_LABEL` are received; closing the peer
- * cancels its transfers.
+ * ends its transfers (`closed`, by whoever closed it).
  * @param {Peer} peer
  */
 function attachFiles(peer) {
   peer.pc.addEventListener('datachannel', (e) => {
     if (e.channel.label === FILE_CHANNEL_LABEL) receiveFile(peer, e.channel);
   });
-  peer.addEventListener('close', () => {
-    for (const t of [...(TRANSFERS.get(peer)?.values() ?? [])]) t.cancel('the peer connection closed', 'local');
+  peer.addEventListener('close', (e) => {
+    const why = /** @type {CustomEvent<PeerClose>} */ (e).detail;
+    const by = why?.by ?? 'local';
+    const reason = by === 'remote' ? `the peer connection closed (${why.reason})` : 'the peer connection closed';
+    for (const t of [...(TRANSFERS.get(peer)?.values() ?? [])]) t.fail('closed', reason, by);
   });
 }
 
@@ -2043,7 +2410,8 @@ function drained(ch, highWater) {
 /**
  * The sending loop, without a browser: reads `reader` `readBytes` at a time, hashes it, writes it to `ch` in chunks
  * of `chunkBytes`, waiting whenever more than `highWater` is buffered. So at most `highWater + readBytes` bytes of
- * the file are held at once, whatever its size. Returns the SHA-256 (hex) of all bytes written.
+ * the file are held at once, whatever its size. Returns the SHA-256 (hex) of all bytes written. A source that
+ * cannot be read, or ends early, throws `read-failed`.
  * @param {{send: (data: ArrayBufferView) => void, bufferedAmount: number, readyState: string,
  *   addEventListener: any, removeEventListener: any}} ch
  * @param {{size: number, read: (offset: number, length: number) => Promise<Uint8Array>}} reader
@@ -2056,7 +2424,13 @@ async function writeChunks(ch, reader, opts) {
   const hash = new Sha256();
   let written = 0;
   while (written < reader.size) {
-    const block = await reader.read(written, Math.min(readBytes, reader.size - written));
+    let block;
+    try {
+      block = await reader.read(written, Math.min(readBytes, reader.size - written));
+    } catch (err) {
+      const why = /** @type {any} */ (err)?.message ?? err;
+      throw new TraverseError('read-failed', `the source could not be read at ${written} of ${reader.size} bytes: ${why}`);
+    }
     if (!block.length) throw new TraverseError('read-failed', `the source ended at ${written} of ${reader.size} bytes`);
     for (let o = 0; o < block.length; o += chunkBytes) {
       await drained(ch, highWater);
@@ -2075,16 +2449,87 @@ async function writeChunks(ch, reader, opts) {
   return hash.hex();
 }
 
+/** Sends under way and waiting, per peer (`sendSlot`). @type {WeakMap<Peer, {active: number, waiting: (() => void)[]}>} */
+const OUTGOING = new WeakMap();
+
+/**
+ * A turn to send to `peer`: at most `maxOutgoingFiles` at once (the receiver refuses more than its
+ * `maxIncomingFiles`, 4 by default), the others in call order. Resolves with the function that gives the turn
+ * back; rejects `cancelled` when `signal` aborts, `closed` when the peer closes while it waits.
+ * @param {Peer} peer @param {AbortSignal | undefined} signal @returns {Promise<() => void>}
+ */
+function sendSlot(peer, signal) {
+  let q = OUTGOING.get(peer);
+  if (!q) OUTGOING.set(peer, (q = { active: 0, waiting: [] }));
+  const queue = q;
+  const max = Math.max(1, peer.options.maxOutgoingFiles ?? FILE_MAX_OUTGOING);
+  let released = false;
+  const release = () => {
+    if (released) return;
+    released = true;
+    queue.active--;
+    queue.waiting.shift()?.();
+  };
+  if (queue.active < max) {
+    queue.active++;
+    return Promise.resolve(release);
+  }
+  return new Promise((resolve, reject) => {
+    const stop = (/** @type {TraverseError} */ err) => {
+      done();
+      const i = queue.waiting.indexOf(go);
+      if (i >= 0) queue.waiting.splice(i, 1);
+      reject(err);
+    };
+    const onAbort = () =>
+      stop(new TraverseError('cancelled', `file transfer cancelled: ${abortReason(signal)}`, { by: 'local', reason: abortReason(signal) }));
+    const onClose = () => stop(new TraverseError('closed', 'peer connection closed', { by: peer._closedBy?.by ?? 'local' }));
+    const done = () => {
+      signal?.removeEventListener('abort', onAbort);
+      peer.removeEventListener('close', onClose);
+    };
+    const go = () => {
+      done();
+      queue.active++;
+      resolve(release);
+    };
+    queue.waiting.push(go);
+    signal?.addEventListener('abort', onAbort);
+    peer.addEventListener('close', onClose);
+  });
+}
+
 /**
  * `peer.sendFile`: see there.
  * @param {Peer} peer @param {FileSource} source @param {SendFileOptions} options @returns {Promise<FileSent>}
  */
 async function sendFile(peer, source, options) {
-  if (peer.closed) throw new TraverseError('closed', 'peer connection closed');
+  if (peer.closed) throw new TraverseError('closed', 'peer connection closed', { by: peer._closedBy?.by ?? 'local' });
   const reader = fileReader(source);
+  const signal = options.signal;
+  if (signal?.aborted) {
+    const reason = abortReason(signal);
+    throw new TraverseError('cancelled', `file transfer cancelled: ${reason}`, { by: 'local', reason });
+  }
   const blobLike = /** @type {any} */ (source);
-  const name = String(options.name ?? (typeof blobLike.name === 'string' && blobLike.name ? blobLike.name : 'file'));
-  const type = String(options.type ?? (typeof blobLike.type === 'string' ? blobLike.type : ''));
+  const name = fileName(options.name ?? (typeof blobLike.name === 'string' ? blobLike.name : ''));
+  const type = cutAtCodePoint(String(options.type ?? (typeof blobLike.type === 'string' ? blobLike.type : '')), FILE_TYPE_MAX);
+  const release = await sendSlot(peer, signal);
+  try {
+    return await sendOne(peer, reader, { name, type, signal, onProgress: options.onProgress });
+  } finally {
+    release();
+  }
+}
+
+/**
+ * One file on its channel, once it has its turn (`sendSlot`).
+ * @param {Peer} peer @param {{size: number, read: (offset: number, length: number) => Promise<Uint8Array>}} reader
+ * @param {{name: string, type: string, signal?: AbortSignal, onProgress?: (p: FileProgress) => void}} o
+ * @returns {Promise<FileSent>}
+ */
+async function sendOne(peer, reader, { name, type, signal, onProgress }) {
+  if (peer.closed) throw new TraverseError('closed', 'peer connection closed', { by: peer._closedBy?.by ?? 'local' });
   const id = randomId();
   const max = peer.pc.sctp?.maxMessageSize;
   const chunkBytes = Math.min(FILE_CHUNK_BYTES, max && max > 0 ? max : FILE_CHUNK_BYTES);
@@ -2092,51 +2537,68 @@ async function sendFile(peer, source, options) {
   ch.binaryType = 'arraybuffer';
   ch.bufferedAmountLowThreshold = FILE_LOW_WATER;
   const t = new FileTransfer(peer, ch, 'send', { id, name, size: reader.size, type });
-  /** @type {TraverseError | null} */ let stop = null;
-  t.onFinish.push((err) => (stop = err));
-  const signal = options.signal;
+  let headSent = false;
   const onAbort = () => t.cancel(abortReason(signal), 'local');
   if (signal?.aborted) onAbort();
   signal?.addEventListener('abort', onAbort);
-  // Settles when the receiver answers `ok` (hash checked), or when the transfer is cancelled or its channel closes.
-  const confirmed = new Promise((resolve, reject) => {
-    t.onFinish.push((err) => (err ? reject(err) : resolve(undefined)));
-  });
-  confirmed.catch(() => {});
   ch.onmessage = (e) => {
     const msg = typeof e.data === 'string' ? parseJson(e.data) : null;
     if (msg?.t === 'ok') t.finish(null);
-    else if (msg?.t === 'cancel') t.cancel(String(msg.reason ?? 'cancelled'), 'remote');
+    else if (msg?.t === 'cancel') {
+      const code = FILE_ERROR_CODES.includes(msg.code) ? msg.code : 'cancelled';
+      t.fail(code, String(msg.reason ?? 'cancelled'), 'remote');
+    }
   };
-  ch.onclose = () => t.cancel('the file channel closed', 'remote');
+  ch.onclose = () => {
+    if (t.done) return;
+    if (peer.closed) t.fail('closed', 'the peer connection closed', peer._closedBy?.by ?? 'local');
+    // Closed by the receiver before it saw the head: a refusal whose reason did not come (an older SDK).
+    else if (!headSent) t.fail('refused', 'the other peer closed the file channel before the file started', 'remote');
+    else t.fail('closed', 'the file channel closed', 'remote');
+  };
+  let sha256 = '';
   try {
     await new Promise((resolve, reject) => {
       if (ch.readyState === 'open') return resolve(undefined);
       ch.addEventListener('open', resolve, { once: true });
-      t.onFinish.push((err) => err && reject(err));
+      t.settled.then((err) => err && reject(err));
     });
-    if (stop) throw stop;
+    if (t.error) throw t.error;
     ch.send(JSON.stringify({ t: 'head', v: 1, id, name, size: reader.size, type, chunk: chunkBytes }));
-    const sha256 = await writeChunks(ch, reader, {
+    headSent = true;
+    sha256 = await writeChunks(ch, reader, {
       chunkBytes,
-      stopped: () => stop,
-      onWritten: (bytes) => t.progress(Math.max(0, bytes - ch.bufferedAmount), options.onProgress),
+      stopped: () => t.error,
+      onWritten: (bytes) => t.progress(Math.max(0, bytes - ch.bufferedAmount), onProgress),
     });
     ch.send(JSON.stringify({ t: 'end', sha256 }));
-    await confirmed;
-    t.progress(reader.size, options.onProgress);
-    return { id, name, size: reader.size, type, sha256, ms: Math.round(now() - t.startedAt) };
+    const err = await t.settled;
+    if (err) throw err;
   } catch (err) {
-    const e = err instanceof TraverseError ? err : new TraverseError('send-failed', String(err?.message ?? err));
-    if (!t.done) t.cancel(e.message, 'local');
-    throw stop ?? e;
+    if (!t.done && /** @type {any} */ (err)?.code === 'closed') {
+      // The channel is going: its close, after a `cancel` frame still on its way, says why (bounded all the same).
+      await Promise.race([t.settled, new Promise((resolve) => setTimeout(resolve, FILE_CLOSE_WAIT_MS))]);
+    }
+    if (!t.done) {
+      const e = /** @type {any} */ (err);
+      const reason = String(e?.message ?? e);
+      if (e instanceof TraverseError && e.code === 'read-failed') t.fail('read-failed', reason, 'local');
+      else if (ch.readyState !== 'open') t.fail('closed', 'the file channel closed', 'remote');
+      else t.fail('closed', reason, 'local');
+    }
+    throw t.error ?? err;
   } finally {
     signal?.removeEventListener('abort', onAbort);
   }
+  // Out of the `try`: it arrived, whatever the app's callback does now.
+  t.progress(reader.size, onProgress);
+  return { id, name, size: reader.size, type, sha256, ms: Math.round(now() - t.startedAt) };
 }
 
 /**
  * The receiving side of one file channel: `file-start`, `file-progress`, then `file` (hash checked) or `file-cancel`.
+ * A refusal waits for the head (the sender's channel is then open on both ends, so the `cancel` frame with its
+ * reason reaches it before the close); only a channel past `FILE_MAX_HEADLESS` waiting at once is closed as it opens.
  * @param {Peer} peer @param {RTCDataChannel} ch
  */
 function receiveFile(peer, ch) {
@@ -2155,22 +2617,22 @@ function receiveFile(peer, ch) {
     if (headless) HEADLESS.set(peer, (HEADLESS.get(peer) ?? 1) - 1);
     headless = false;
   };
-  const refuse = (/** @type {string} */ reason) => {
+  /** Ends a channel without a transfer (no head yet, or a bad one). @param {FileErrorCode} code @param {string} reason */
+  const refuse = (code, reason) => {
     headed();
-    if (t) return t.cancel(reason, 'local');
+    if (t) return t.fail(code, reason, 'local');
     closed = true;
     try {
-      ch.send(JSON.stringify({ t: 'cancel', reason }));
+      ch.send(JSON.stringify({ t: 'cancel', code, reason }));
       ch.close();
     } catch {
       /* ignore */
     }
   };
   const waiting = HEADLESS.get(peer) ?? 0;
-  const receiving = [...(TRANSFERS.get(peer)?.values() ?? [])].filter((o) => o.direction === 'receive').length;
   HEADLESS.set(peer, waiting + 1);
-  if (waiting + receiving >= maxFiles) {
-    return refuse(`${waiting + receiving} files are being received from this peer already (maxIncomingFiles)`);
+  if (waiting >= FILE_MAX_HEADLESS) {
+    return refuse('refused', `${waiting} file channels from this peer are waiting for their head already`);
   }
   // Deadlines, checked every 5 s so that a chunk costs a clock read, not a timer. Not while the connection is down:
   // an ICE restart may take a while, and the channel resumes after it.
@@ -2181,17 +2643,17 @@ function receiveFile(peer, ch) {
     const limit = t ? FILE_IDLE_MS : FILE_HEAD_MS;
     if (now() - lastAt >= limit) {
       clearInterval(idle);
-      refuse(t ? `nothing received for ${limit / 1000} s` : `no head within ${limit / 1000} s`);
+      refuse('timeout', t ? `nothing received for ${limit / 1000} s` : `no head within ${limit / 1000} s`);
     }
   }, FILE_HEAD_MS / 2);
   ch.onmessage = (e) => {
     if (closed || t?.done) return;
     lastAt = now();
     if (typeof e.data !== 'string') {
-      if (!t) return refuse('data before the head');
+      if (!t) return refuse('refused', 'data before the head');
       const bytes = new Uint8Array(e.data);
       received += bytes.length;
-      if (received > t.size) return t.cancel(`more than the announced ${t.size} bytes`, 'local');
+      if (received > t.size) return t.fail('integrity', `more than the announced ${t.size} bytes`, 'local');
       hash.update(bytes);
       parts.push(e.data);
       unfolded += bytes.length;
@@ -2206,31 +2668,31 @@ function receiveFile(peer, ch) {
     if (msg?.t === 'head' && !t) {
       headed();
       const size = Number(msg.size);
-      if (!Number.isSafeInteger(size) || size < 0) return refuse('bad head');
+      if (!Number.isSafeInteger(size) || size < 0) return refuse('refused', 'bad head');
       const id = String(msg.id ?? randomId()).slice(0, 64);
       const open = [...(TRANSFERS.get(peer)?.values() ?? [])];
       // The id is the sender's: one already in use here would put this transfer in the other's place.
-      if (open.some((o) => o.id === id)) return refuse(`a transfer with id ${id} is open already`);
+      if (open.some((o) => o.id === id)) return refuse('refused', `a transfer with id ${id} is open already`);
       const receiving = open.filter((o) => o.direction === 'receive');
       const held = receiving.reduce((sum, o) => sum + o.size, 0);
       t = new FileTransfer(peer, ch, 'receive', {
         id,
-        name: String(msg.name ?? 'file').slice(0, 1024),
+        name: fileName(msg.name),
         size,
-        type: String(msg.type ?? '').slice(0, 256),
+        type: cutAtCodePoint(String(msg.type ?? ''), FILE_TYPE_MAX),
       });
       peer._emit('file-start', { id: t.id, name: t.name, size: t.size, type: t.type });
-      if (size > maxBytes) t.cancel(`${size} bytes is more than this peer accepts (maxFileBytes ${maxBytes})`, 'local');
+      if (size > maxBytes) t.fail('refused', `${size} bytes is more than this peer accepts (maxFileBytes ${maxBytes})`, 'local');
       else if (receiving.length >= maxFiles) {
-        t.cancel(`${receiving.length} files are being received from this peer already (maxIncomingFiles)`, 'local');
+        t.fail('refused', `${receiving.length} files are being received from this peer already (maxIncomingFiles)`, 'local');
       } else if (held + size > maxBytes) {
-        t.cancel(`${held} bytes are being received from this peer already (maxFileBytes ${maxBytes})`, 'local');
+        t.fail('refused', `${held} bytes are being received from this peer already (maxFileBytes ${maxBytes})`, 'local');
       }
     } else if (msg?.t === 'end' && t) {
       const sha256 = hash.hex();
       if (received !== t.size || sha256 !== msg.sha256) {
-        const why = `integrity check failed: ${received} of ${t.size} bytes, SHA-256 ${sha256}, sent ${msg.sha256}`;
-        return t.cancel(why, 'local');
+        const why = `${received} of ${t.size} bytes, SHA-256 ${sha256}, sent ${msg.sha256}`;
+        return t.fail('integrity', why, 'local');
       }
       ch.send(JSON.stringify({ t: 'ok', sha256 }));
       const blob = new Blob(parts, { type: t.type });
@@ -2242,14 +2704,18 @@ function receiveFile(peer, ch) {
       const detail = { id: t.id, name: t.name, size: t.size, type: t.type, blob, sha256, ms };
       peer._emit('file', detail);
     } else if (msg?.t === 'cancel' && t) {
-      t.cancel(String(msg.reason ?? 'cancelled'), 'remote');
+      const code = FILE_ERROR_CODES.includes(msg.code) ? msg.code : 'cancelled';
+      t.fail(code, String(msg.reason ?? 'cancelled'), 'remote');
     }
   };
   ch.onclose = () => {
     closed = true;
     headed();
     clearInterval(idle);
-    if (t && !t.done) t.cancel('the file channel closed', 'remote');
+    if (t && !t.done) {
+      if (peer.closed) t.fail('closed', 'the peer connection closed', peer._closedBy?.by ?? 'local');
+      else t.fail('closed', 'the file channel closed', 'remote');
+    }
   };
 }
 
@@ -3621,6 +4087,9 @@ const LEAVE_MIN_CLOSE_MS = 200;
  */
 const PROBE_TIMEOUT_MS = 3000;
 
+/** Negotiation messages remembered with the `Peer` they were sent for (`Room._sentFor`). */
+const SENT_FOR_MAX = 256;
+
 /** A failed credential refresh is tried again after this long. */
 const ICE_REFRESH_RETRY_MS = 30000;
 
@@ -3670,10 +4139,7 @@ function refreshDelayMs(expiry, nowMs) {
  * @param {string} wsUrl @param {string} [token] @returns {Promise<IceServer[]>}
  */
 async function fetchIceServers(wsUrl, token) {
-  const u = new URL(wsUrl);
-  u.protocol = u.protocol === 'wss:' ? 'https:' : 'http:';
-  u.pathname = '/api/ice-servers';
-  u.search = '';
+  const u = apiUrl(wsUrl, 'ice-servers');
   if (token) u.searchParams.set('token', token);
   const res = await fetch(u);
   const body = await res.json().catch(() => null);
@@ -3687,10 +4153,7 @@ async function fetchIceServers(wsUrl, token) {
  */
 async function joinCheck(wsUrl, room, token) {
   try {
-    const u = new URL(wsUrl);
-    u.protocol = u.protocol === 'wss:' ? 'https:' : 'http:';
-    u.pathname = '/api/join-check';
-    u.search = '';
+    const u = apiUrl(wsUrl, 'join-check');
     u.searchParams.set('room', room);
     if (token) u.searchParams.set('token', token);
     const ctl = typeof AbortController !== 'undefined' ? new AbortController() : null;
@@ -3705,6 +4168,20 @@ async function joinCheck(wsUrl, room, token) {
   } catch {
     return null;
   }
+}
+
+/**
+ * The HTTP API beside a signaling URL: its last path segment replaced by `api/<name>`, so that a server behind a
+ * reverse proxy under a prefix (`wss://host/traverse/ws`) is asked under the same prefix (`/traverse/api/<name>`).
+ * @param {string} wsUrl @param {string} name @returns {URL}
+ */
+function apiUrl(wsUrl, name) {
+  const u = new URL(wsUrl);
+  u.protocol = u.protocol === 'wss:' ? 'https:' : 'http:';
+  u.pathname = u.pathname.replace(/[^/]*$/, '') + `api/${name}`;
+  u.search = '';
+  u.hash = '';
+  return u;
 }
 
 /** @param {string | undefined} url */
@@ -3739,6 +4216,8 @@ export {
   Sha256 as _Sha256,
   rejoinProof as _rejoinProof,
   receiveFile as _receiveFile,
+  attachFiles as _attachFiles,
+  apiUrl as _apiUrl,
   writeChunks as _writeChunks,
   fileReader as _fileReader,
 };
@@ -3754,5 +4233,7 @@ const Traverse = {
   PROTOCOL,
   RECONNECT_DELAYS_MS,
   FAST_RECONNECT,
+  FILE_CHANNEL_LABEL,
+  FILE_CHUNK_BYTES,
 };
 export default Traverse;
