@@ -1,0 +1,322 @@
+// Unit tests of a `Peer`'s life in node (docs/sdk.md, "Peer connections"): a `Room` driven through its session with
+// frames, a fake socket and a fake RTCPeerConnection (as in rejoin.test.mjs), for what ends a call and what a call
+// promises: a close while the room reconnects still tells the other side, the other side's data channel closing
+// ends the call, a new call from the same peer replaces a stale one, `connect()` to an id not in the room and the
+// server's `unknown-peer` about a `Peer`'s message, `ready` without a data channel, and what `send` takes. Then
+// `connect()`'s errors: the URL and a hint when the socket never opens, and the join check under a path prefix.
+//
+//   node --test tests/sdk/peer.test.mjs
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+
+const source = fs.readFileSync(new URL('../../web/sdk/traverse.js', import.meta.url), 'utf8');
+const sdk = await import(`data:text/javascript;base64,${Buffer.from(source).toString('base64')}`);
+
+let certificates = 0;
+/** A DTLS fingerprint line: one per RTCPeerConnection, as each makes its own certificate. */
+const fingerprint = () => `a=fingerprint:sha-256 ${(++certificates).toString(16).padStart(64, '0').match(/../g).join(':')}`;
+const offerSdp = (fp, ufrag = 'u1') => ({ type: 'offer', sdp: `v=0\r\n${fp}\r\na=ice-ufrag:${ufrag}\r\n` });
+
+/** The SDK's negotiated channel: open or not, what was sent, and its handler properties. */
+class FakeChannel {
+  constructor() {
+    this.readyState = 'connecting';
+    this.bufferedAmount = 0;
+    this.sent = [];
+    this.onopen = this.onclose = this.onmessage = null;
+  }
+  send(data) {
+    this.sent.push(data);
+  }
+  close() {
+    this.readyState = 'closed';
+  }
+  /** The channel opens (both ends negotiated). */
+  open() {
+    this.readyState = 'open';
+    this.onopen?.();
+  }
+  /** The other end closed its half. */
+  remoteClose() {
+    this.readyState = 'closed';
+    this.onclose?.();
+  }
+}
+
+/** Enough of RTCPeerConnection for a `Peer`: descriptions with a certificate of its own, states, a channel. */
+class FakePeerConnection extends EventTarget {
+  constructor() {
+    super();
+    this.fingerprint = fingerprint();
+    this.localDescription = null;
+    this.remoteDescription = null;
+    this.signalingState = 'stable';
+    this.iceConnectionState = 'new';
+    this.connectionState = 'new';
+    this.iceGatheringState = 'complete';
+    this.channels = [];
+  }
+  createDataChannel() {
+    const ch = new FakeChannel();
+    this.channels.push(ch);
+    return ch;
+  }
+  addTrack() {}
+  getConfiguration() {
+    return {};
+  }
+  setConfiguration() {}
+  restartIce() {}
+  getStats() {
+    return Promise.resolve(new Map());
+  }
+  async setRemoteDescription(d) {
+    this.remoteDescription = d;
+    this.signalingState = d.type === 'offer' ? 'have-remote-offer' : 'stable';
+  }
+  async setLocalDescription() {
+    const type = this.signalingState === 'have-remote-offer' ? 'answer' : 'offer';
+    this.localDescription = { type, sdp: `v=0\r\n${this.fingerprint}\r\n` };
+    this.signalingState = type === 'offer' ? 'have-local-offer' : 'stable';
+  }
+  async addIceCandidate() {}
+  close() {
+    this.connectionState = 'closed';
+  }
+  /** The connection reaches `state`, with its events (handler properties too, as a browser's). */
+  reach(state) {
+    this.iceConnectionState = state;
+    this.oniceconnectionstatechange?.();
+    this.dispatchEvent(new Event('iceconnectionstatechange'));
+    this.connectionState = state;
+    this.onconnectionstatechange?.();
+    this.dispatchEvent(new Event('connectionstatechange'));
+  }
+}
+
+/** A room whose socket is a list: frames in with `receive`, frames out in `sent`; `offline()`/`online()` its link. */
+function fakeRoom(options = {}) {
+  globalThis.RTCPeerConnection = FakePeerConnection;
+  const room = new sdk.Room({ room: 'r', url: 'ws://traverse.test/ws', reportOutcomes: false, ...options });
+  const sent = [];
+  const link = {
+    state: 'open',
+    writable: true,
+    url: 'ws://traverse.test/ws',
+    write: (f) => sent.push(JSON.parse(f)),
+    established() {},
+    probe() {},
+    close() {
+      this.state = 'closed';
+    },
+  };
+  room._link = link;
+  const receive = (msg) => {
+    room._session.handleFrame(JSON.stringify(msg));
+    room._drain();
+  };
+  room._session.nextHandshake();
+  room._session.handleOpen();
+  room._drain();
+  const events = [];
+  for (const name of ['error', 'peer-connection']) room.on(name, (d) => events.push({ name, ...d }));
+  return {
+    room,
+    sent,
+    receive,
+    events,
+    signals: () => sent.filter((m) => m.type === 'signal'),
+    /** The socket dropped: the room is reconnecting, nothing can be written. */
+    offline() {
+      link.state = 'reconnecting';
+      link.writable = false;
+    },
+    /** Back: what waited is written. */
+    online() {
+      link.state = 'open';
+      link.writable = true;
+      room._drain();
+    },
+  };
+}
+
+const joined = (peerId, peers) => ({ type: 'joined', seq: 1, session: `s_${peerId}`, peerId, peers: peers.map((id) => ({ id })) });
+const tick = () => new Promise((r) => setImmediate(r));
+/** `promise`'s outcome within `ms`: `{ok}`, `{err}`, or `{pending: true}`. */
+const settled = (promise, ms = 200) =>
+  Promise.race([promise.then((ok) => ({ ok }), (err) => ({ err })), new Promise((r) => setTimeout(() => r({ pending: true }), ms))]);
+
+test('peer.close() while the room reconnects: the bye waits in the queue and goes once the room is back', async () => {
+  const r = fakeRoom();
+  r.receive(joined('p_a', ['p_b']));
+  const peer = r.room.connect('p_b');
+  r.offline();
+  peer.close();
+  assert.equal(peer.closed, true);
+  assert.deepEqual(r.signals().filter((m) => m.data.bye), [], 'nothing written while reconnecting');
+  r.online();
+  assert.deepEqual(r.signals().filter((m) => m.data.bye).map((m) => m.to), ['p_b'], 'the other side is told');
+  r.room._finish(1000, 'done', true);
+});
+
+test("the other side's data channel closing ends the call: close {by: remote}, ready rejected", async () => {
+  const r = fakeRoom();
+  r.receive(joined('p_a', ['p_b']));
+  const peer = r.room.connect('p_b');
+  const closes = [];
+  peer.on('close', (d) => closes.push(d));
+  peer.channel.remoteClose();
+  assert.equal(peer.closed, true, 'the Peer closed');
+  assert.deepEqual(closes, [{ by: 'remote', reason: 'channel-closed' }]);
+  assert.equal(r.room.connections.has('p_b'), false);
+  const ready = await settled(peer.ready);
+  assert.equal(ready.err?.code, 'closed');
+  // Our own close does not come back as the other side's.
+  const again = r.room.connect('p_b');
+  const mine = [];
+  again.on('close', (d) => mine.push(d));
+  again.close();
+  again.channel.remoteClose();
+  assert.deepEqual(mine, [{ by: 'local', reason: 'closed' }]);
+  r.room._finish(1000, 'done', true);
+});
+
+test('a new first offer from the same peer (another connection) replaces the stale Peer; a renegotiation does not', async () => {
+  const r = fakeRoom();
+  r.receive(joined('p_b', ['p_a']));
+  const firstCall = fingerprint();
+  r.receive({ type: 'signal', seq: 2, from: 'p_a', data: { sdp: offerSdp(firstCall) } });
+  const stale = r.room.connections.get('p_a');
+  await tick();
+  assert.ok(stale.pc.remoteDescription, 'the first offer applied');
+  // An ICE restart of the same connection (same certificate, new ufrag): the same Peer.
+  r.receive({ type: 'signal', seq: 3, from: 'p_a', data: { sdp: offerSdp(firstCall, 'u2') } });
+  await tick();
+  assert.equal(r.room.connections.get('p_a'), stale);
+  assert.equal(stale.closed, false);
+  // A closed its Peer (its bye lost) and calls again: a new RTCPeerConnection, a new certificate.
+  const closes = [];
+  stale.on('close', (d) => closes.push(d));
+  const secondCall = fingerprint();
+  r.receive({ type: 'signal', seq: 4, from: 'p_a', data: { sdp: offerSdp(secondCall) } });
+  const fresh = r.room.connections.get('p_a');
+  assert.notEqual(fresh, stale, 'a new Peer');
+  assert.equal(stale.closed, true);
+  assert.deepEqual(closes, [{ by: 'remote', reason: 'replaced' }]);
+  assert.equal(r.events.filter((e) => e.name === 'peer-connection').length, 2);
+  await tick();
+  assert.equal(fresh.pc.remoteDescription.sdp, offerSdp(secondCall).sdp, 'the new Peer took the new offer');
+  assert.equal(r.signals().filter((m) => m.data.sdp?.type === 'answer').length, 3, 'each offer answered');
+  r.room._finish(1000, 'done', true);
+});
+
+test('connect() to an id not in the room throws unknown-peer', () => {
+  const r = fakeRoom();
+  r.receive(joined('p_a', ['p_b']));
+  assert.throws(() => r.room.connect('no-such-peer'), (e) => e.code === 'unknown-peer' && /no-such-peer/.test(e.message));
+  assert.equal(r.room.connections.size, 0);
+  r.room._finish(1000, 'done', true);
+});
+
+test("the server's unknown-peer about a Peer's message closes that Peer and rejects ready; no room error", async () => {
+  const r = fakeRoom();
+  r.receive(joined('p_a', ['p_b']));
+  const peer = r.room.connect('p_b');
+  // B left a moment ago; the server has not told us yet, and says so about our offer.
+  await peer.pc.onnegotiationneeded();
+  const [offer] = r.signals();
+  assert.match(offer.id, /^pc-/);
+  const closes = [];
+  peer.on('close', (d) => closes.push(d));
+  r.receive({ type: 'error', seq: 2, code: 'unknown-peer', id: offer.id, message: 'No peer p_b in room r.' });
+  assert.equal(peer.closed, true);
+  assert.deepEqual(closes, [{ by: 'remote', reason: 'unknown-peer' }]);
+  const ready = await settled(peer.ready);
+  assert.equal(ready.err?.code, 'unknown-peer');
+  assert.equal(ready.err.peerId, 'p_b');
+  // Another for the same (closed) Peer, e.g. about a candidate: nothing more, and never a room error.
+  r.receive({ type: 'error', seq: 3, code: 'unknown-peer', id: 'pc-999', message: 'No peer p_b in room r.' });
+  assert.deepEqual(r.events.filter((e) => e.name === 'error'), []);
+  // The app's own signal to an unknown peer is still the app's error, with its id.
+  const id = r.room.signal('p_x', { hi: 1 });
+  r.receive({ type: 'error', seq: 4, code: 'unknown-peer', id, message: 'No peer p_x in room r.' });
+  assert.deepEqual(r.events.filter((e) => e.name === 'error').map((e) => [e.code, e.id]), [['unknown-peer', id]]);
+  r.room._finish(1000, 'done', true);
+});
+
+test('dataChannel: false: ready resolves with the Peer once the connection is connected', async () => {
+  const r = fakeRoom();
+  r.receive(joined('p_a', ['p_b']));
+  const peer = r.room.connect('p_b', { dataChannel: false });
+  assert.equal(peer.channel, null);
+  assert.deepEqual(await settled(peer.ready, 50), { pending: true });
+  peer.pc.reach('connected');
+  assert.equal((await settled(peer.ready)).ok, peer);
+  r.room._finish(1000, 'done', true);
+});
+
+test('send takes a string, Blob, ArrayBuffer or view; anything else throws a TypeError and sends nothing', async () => {
+  const r = fakeRoom();
+  r.receive(joined('p_a', ['p_b']));
+  const peer = r.room.connect('p_b');
+  peer.channel.open();
+  for (const bad of [42, { a: 1 }, null, undefined, [1, 2], true]) {
+    assert.throws(() => peer.send(bad), TypeError, `send(${JSON.stringify(bad)})`);
+  }
+  assert.deepEqual(peer.channel.sent, []);
+  peer.send('text');
+  peer.send(new Uint8Array([1, 2, 3]));
+  peer.send(new Blob(['blob']));
+  peer.send('after');
+  await tick();
+  const sent = peer.channel.sent.map((d) => (typeof d === 'string' ? d : Buffer.from(d instanceof ArrayBuffer ? d : d.buffer).toString()));
+  assert.deepEqual(sent, ['text', '\x01\x02\x03', 'blob', 'after'], 'in the order of the calls');
+  r.room._finish(1000, 'done', true);
+});
+
+test("connect(): a socket that never opens names the URL and what to check; join-check keeps the URL's path prefix", async () => {
+  const realWs = globalThis.WebSocket;
+  const realFetch = globalThis.fetch;
+  const fetched = [];
+  // A socket that closes as a refused or unreachable one does (1006, never open).
+  globalThis.WebSocket = class extends EventTarget {
+    constructor(url) {
+      super();
+      this.url = url;
+      this.readyState = 0;
+      setTimeout(() => {
+        this.readyState = 3;
+        this.dispatchEvent(Object.assign(new Event('close'), { code: 1006, reason: '' }));
+      }, 0);
+    }
+    send() {}
+    close() {}
+  };
+  try {
+    // Nothing answers HTTP either: the join check has no reason to give.
+    globalThis.fetch = async (u) => {
+      fetched.push(String(u));
+      throw new TypeError('fetch failed');
+    };
+    const options = { room: 'lobby', reconnect: false, leaveOnPageHide: false, reportOutcomes: false };
+    const down = await sdk.connect({ ...options, url: 'ws://127.0.0.1:9/ws' }).then(() => null, (e) => e);
+    assert.equal(down?.code, 'connect-failed');
+    assert.match(down.message, /ws:\/\/127\.0\.0\.1:9\/ws/, 'names the URL');
+    assert.match(down.message, /check that the server is running and that the URL is its signaling endpoint/);
+    assert.doesNotMatch(down.message, /: $/, 'no dangling colon');
+    assert.equal(fetched[0].split('?')[0], 'http://127.0.0.1:9/api/join-check');
+
+    // Behind a reverse proxy under a prefix: the join check is asked under the same prefix, and its reason wins.
+    globalThis.fetch = async (u) => {
+      fetched.push(String(u));
+      return { ok: false, status: 403, json: async () => ({ code: 'token-invalid', message: 'The token is invalid.' }) };
+    };
+    const refused = await sdk.connect({ ...options, url: 'wss://host.test/traverse/ws' }).then(() => null, (e) => e);
+    assert.equal(fetched.at(-1).split('?')[0], 'https://host.test/traverse/api/join-check');
+    assert.deepEqual([refused?.code, refused?.status], ['token-invalid', 403]);
+  } finally {
+    globalThis.WebSocket = realWs;
+    globalThis.fetch = realFetch;
+  }
+});
