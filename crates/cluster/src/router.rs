@@ -500,6 +500,17 @@ impl Router {
         self.drain(hub);
     }
 
+    /// Another node holds `room` now: it took the room over while this node was cut off from Redis (its heartbeat
+    /// key expired), and this node kept serving it. Every socket of the room — this node's and those hosted for
+    /// other nodes — is closed with 4202 and resumes at the new home, which restored the sessions from the journal;
+    /// this node drops them without recording anything (the records are the new home's).
+    pub fn handle_room_lost(&mut self, hub: &mut impl SignalHub, room: &str) {
+        hub.handle_room_lost(room);
+        self.sessions.retain(|_, (_, r)| &**r != room);
+        self.rooms.remove(room);
+        self.drain(hub);
+    }
+
     /// The link to the other nodes broke (pub/sub down): what they were told or were to tell may be lost, so every
     /// socket that depends on another node is closed; clients resume, and the protocol's replay and resend cover
     /// the gap.

@@ -586,3 +586,41 @@ fn a_resume_whose_lookup_has_no_answer_yet_is_sent_to_try_again() {
     n.router.handle_lookup(&mut n.hub, ConnId::new(3), Answer::Failed, now);
     assert!(closed_with(&actions(&mut n.router), 4201), "resume-failed");
 }
+
+/// A home told it lost a room (another node took it over while this one was cut off) closes every socket of the room
+/// with 4202 — its own and the ones it hosted for other nodes — forgets the room's sessions without ending their
+/// records (they are the new home's), and keeps its other rooms.
+#[test]
+fn a_home_that_lost_its_room_closes_its_sockets_to_resume_at_the_new_home() {
+    let mut lab = Lab::new(2, Limits::default());
+    lab.connect(0, 1);
+    lab.send(0, 1, json!({"type":"join","room":"r"}));
+    let a_session = lab.inbox(0, 1)[0]["session"].as_str().unwrap().to_owned();
+    lab.connect(1, 1);
+    lab.send(1, 1, json!({"type":"join","room":"r"}));
+    let b_session = lab.inbox(1, 1)[0]["session"].as_str().unwrap().to_owned();
+    lab.connect(0, 2);
+    lab.send(0, 2, json!({"type":"join","room":"kept"}));
+    lab.inbox(0, 1);
+    assert_eq!(lab.nodes[0].router.hosted_sessions().count(), 3);
+
+    let n = &mut lab.nodes[0];
+    n.router.handle_room_lost(&mut n.hub, "r");
+    lab.run();
+    assert_eq!(lab.nodes[0].closed.get(&1), Some(&4202), "the home's own socket");
+    assert_eq!(
+        lab.nodes[1].closed.get(&1),
+        Some(&4202),
+        "the socket it hosted for node 1"
+    );
+    assert_eq!(lab.nodes[0].closed.get(&2), None, "another room's socket");
+    assert!(lab.inbox(0, 1).is_empty(), "nobody is told anyone left");
+    assert_eq!(lab.nodes[0].router.hosted_rooms().collect::<Vec<_>>(), ["kept"]);
+    assert_eq!(lab.nodes[0].router.hosted_sessions().count(), 1);
+    for secret in [&a_session, &b_session] {
+        assert!(
+            lab.bus.sessions.contains_key(secret.as_str()),
+            "the records stay for the new home"
+        );
+    }
+}

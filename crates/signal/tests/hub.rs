@@ -722,6 +722,41 @@ fn shutdown_closes_everything_with_retry_now() {
     assert_eq!(lab.closed[&2].0, 4202);
 }
 
+/// A room another node took over: its sockets close with 4202 to resume there, nobody hears `peer-left`, its sessions
+/// are gone (a resume here fails), and other rooms are untouched.
+#[test]
+fn a_lost_room_closes_its_sockets_with_retry_now_and_forgets_its_sessions_silently() {
+    let mut lab = Lab::new(Limits::default(), None);
+    let (_, ann_session) = lab.join(1, "r");
+    lab.join(2, "r");
+    let (_, other_session) = lab.join(3, "elsewhere");
+    // Ann's socket dropped: her session waits in its grace, with no socket to close.
+    lab.join(4, "r");
+    lab.drop_socket(4);
+    lab.take(1);
+    lab.take(2);
+    lab.hub.handle_room_lost("r");
+    lab.drain();
+    assert_eq!(lab.closed[&1], (4202, "room-moved".to_owned()));
+    assert_eq!(lab.closed[&2], (4202, "room-moved".to_owned()));
+    assert!(!lab.closed.contains_key(&3), "another room's socket stays");
+    assert!(
+        lab.take(1).is_empty() && lab.take(2).is_empty(),
+        "nobody is told anyone left"
+    );
+    let stats = lab.hub.stats();
+    assert_eq!((stats.rooms, stats.sessions), (1, 1), "{stats:?}");
+    lab.connect(5);
+    lab.send(5, json!({"type": "resume", "session": ann_session, "lastSeq": 0}));
+    assert_eq!(lab.take(5)[0]["code"], "resume-failed");
+    lab.connect(6);
+    lab.send(6, json!({"type": "resume", "session": other_session, "lastSeq": 0}));
+    assert_eq!(lab.take(6)[0]["type"], "resumed");
+    // The lost sessions' grace timers find nothing to end.
+    lab.advance(Duration::from_secs(60));
+    assert_eq!(lab.hub.stats().sessions, 1);
+}
+
 #[test]
 fn client_numbered_messages_are_acknowledged_and_deduplicated() {
     let mut lab = Lab::new(Limits::default(), None);

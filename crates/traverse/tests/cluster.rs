@@ -128,6 +128,64 @@ impl Redis {
     }
 }
 
+/// What Redis was asked from its `MONITOR` on: the commands every client sent, and those scripts ran.
+struct Monitor {
+    stream: TcpStream,
+    lines: Arc<Mutex<String>>,
+}
+
+impl Redis {
+    /// Watches every command from now on (until the monitor drops).
+    fn monitor(&self) -> Monitor {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        stream.write_all(b"MONITOR\r\n").unwrap();
+        let mut ok = [0u8; 5];
+        stream.read_exact(&mut ok).unwrap();
+        assert_eq!(&ok, b"+OK\r\n");
+        let lines = Arc::new(Mutex::new(String::new()));
+        let (mut reader, seen) = (stream.try_clone().unwrap(), lines.clone());
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n @ 1..) = reader.read(&mut buf) {
+                seen.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        Monitor { stream, lines }
+    }
+}
+
+impl Monitor {
+    /// The room and session lookups seen so far: a session's `GET sess:`, a room's claim (the `CLAIM` script names
+    /// the room's members key; the heartbeat's lease script does not).
+    fn lookups(&self) -> Vec<String> {
+        // What was sent before this call has reached the monitor by the time a PING through it is answered.
+        let mut s = TcpStream::connect(self.stream.peer_addr().unwrap()).unwrap();
+        s.write_all(b"PING\r\n").unwrap();
+        let mut pong = [0u8; 7];
+        s.read_exact(&mut pong).unwrap();
+        let deadline = Instant::now() + WAIT;
+        while !self.lines.lock().unwrap().contains("\"PING\"") {
+            assert!(Instant::now() < deadline, "the monitor saw no PING");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let lines = self.lines.lock().unwrap();
+        lines
+            .lines()
+            .filter(|l| {
+                let l = l.to_ascii_lowercase();
+                (l.contains("\"get\" \"traverse:sess:")) || (l.contains("\"eval") && l.contains("\"traverse:m:"))
+            })
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+impl Drop for Monitor {
+    fn drop(&mut self) {
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+    }
+}
+
 impl Drop for Redis {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -626,6 +684,103 @@ fn a_redis_restart_mid_conversation_loses_nothing() {
         b.send(json!({"type":"ping"})).await;
         let pong = b.expect("pong").await;
         assert_eq!(pong["seq"], 12, "no undeliverable: A's session was rebuilt too: {pong}");
+    });
+}
+
+/// A resume the moment Redis came back empty (the SDK resumes at once after a 4202) is told to try again (4202)
+/// until the room's home has written its journal again, then resumes with nothing lost: it is never ended (4201)
+/// for a session Redis has not been told of again yet, which sent the client to join a second copy of its room.
+#[test]
+fn a_resume_right_after_redis_restarted_is_told_to_retry_never_ended() {
+    let Some(mut redis) = Redis::start() else { return };
+    let nodes: Vec<Node> = (0..2).map(|_| Node::start(&redis.url(), &[])).collect();
+    runtime().block_on(async {
+        let (mut a, joined_a) = Peer::join(&nodes[0], "r").await;
+        let a_id = joined_a["peerId"].as_str().unwrap().to_owned();
+        let (mut b, joined_b) = Peer::join(&nodes[1], "r").await;
+        let b_id = joined_b["peerId"].as_str().unwrap().to_owned();
+        let session = joined_b["session"].as_str().unwrap().to_owned();
+        a.expect("peer-joined").await;
+        a.send(json!({"type":"signal","to":b_id,"data":{"n":0}})).await;
+        assert_eq!(b.expect("signal").await["seq"], 2);
+
+        redis.restart();
+        assert_eq!(b.next().await.err(), Some(Some(4202)), "the link to the home was lost");
+        a.send(json!({"type":"signal","to":b_id,"data":{"n":1}})).await;
+        // As the SDK does: at once, then again after each 4202, a little later each time; at most 15 s.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let (mut b, retries) = 'resume: {
+            for attempt in 0u64.. {
+                assert!(Instant::now() < deadline, "not resumed after {attempt} attempts");
+                let mut b = Peer::connect(&nodes[1]).await;
+                b.send(json!({"type":"resume","session":session,"lastSeq":2})).await;
+                match b.next().await {
+                    Ok(v) if v["type"] == "resumed" => break 'resume (b, attempt),
+                    Err(Some(4202)) => tokio::time::sleep(Duration::from_millis(50 * attempt.min(10))).await,
+                    other => panic!("attempt {attempt}: the session was ended: {other:?}"),
+                }
+            }
+            unreachable!()
+        };
+        println!("resumed after {retries} retries");
+        let v = b.expect("signal").await;
+        assert_eq!((v["seq"].as_u64(), v["data"]["n"].as_u64()), (Some(3), Some(1)), "{v}");
+        b.send(json!({"type":"signal","to":a_id,"data":"back"})).await;
+        assert_eq!(a.expect("signal").await["data"], "back");
+    });
+}
+
+/// The room's home stalls (SIGSTOP: a VM pause, a partition from Redis) for longer than its node key lives: the
+/// other node takes the room over from the journal, and its peer resumes there. When the old home wakes, its
+/// heartbeat finds the room's key naming the new home: it closes its sockets of the room with 4202 instead of
+/// serving a second copy, in which the two peers never heard each other again; its peer resumes at the new home.
+#[test]
+fn a_home_cut_off_until_its_room_was_taken_over_gives_the_room_up() {
+    let Some(redis) = Redis::start() else { return };
+    let nodes: Vec<Node> = (0..2).map(|_| Node::start(&redis.url(), &[])).collect();
+    let signal = |sig: &str, node: &Node| {
+        let status = Command::new("kill")
+            .args([sig, &node.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill {sig}");
+    };
+    runtime().block_on(async {
+        let (mut a, joined_a) = Peer::join(&nodes[0], "split").await;
+        let a_id = joined_a["peerId"].as_str().unwrap().to_owned();
+        let a_session = joined_a["session"].as_str().unwrap().to_owned();
+        let (b, joined_b) = Peer::join(&nodes[1], "split").await;
+        let b_id = joined_b["peerId"].as_str().unwrap().to_owned();
+        let b_session = joined_b["session"].as_str().unwrap().to_owned();
+        a.expect("peer-joined").await;
+        let mut b = b;
+        a.send(json!({"type":"ping"})).await;
+        a.expect("pong").await;
+
+        signal("-STOP", &nodes[0]);
+        // Node 1 finds node 0's key expired: B's socket, forwarded there, is closed to resume elsewhere.
+        let closed = b.next().await;
+        let mut b = Peer::connect(&nodes[1]).await;
+        b.send(json!({"type":"resume","session":b_session,"lastSeq":1})).await;
+        let resumed = b.next().await;
+        signal("-CONT", &nodes[0]);
+        assert_eq!(closed.err(), Some(Some(4202)), "node-gone");
+        assert_eq!(
+            resumed.map(|v| v["type"].clone()),
+            Ok(json!("resumed")),
+            "taken over by node 1"
+        );
+
+        // The old home gives the room up: A's socket is closed with 4202, and A resumes at the new home.
+        assert_eq!(a.next().await.err(), Some(Some(4202)), "A's socket on the old home");
+        nodes[0].wait_for_log("another node took this room over");
+        let mut a = Peer::connect(&nodes[0]).await;
+        a.send(json!({"type":"resume","session":a_session,"lastSeq":2})).await;
+        a.expect("resumed").await;
+        a.send(json!({"type":"signal","to":b_id,"data":"to b"})).await;
+        assert_eq!(b.expect("signal").await["data"], "to b");
+        b.send(json!({"type":"signal","to":a_id,"data":"to a"})).await;
+        assert_eq!(a.expect("signal").await["data"], "to a");
     });
 }
 
@@ -1344,7 +1499,7 @@ fn one_node_shards_its_rooms_over_its_hub_tasks_and_its_limits_hold_across_them(
 
         // Every B, its socket gone, misses a signal and resumes on a new socket, which starts in the worker's shard
         // and moves to the session's without asking Redis where the session lives.
-        let lookups = redis.calls("evalsha") + redis.calls("eval") + redis.calls("get");
+        let monitor = redis.monitor();
         let mut resumed_b = Vec::new();
         for (i, (a, b_id, session)) in calls.iter_mut().enumerate() {
             a.send(json!({"type":"signal","to":b_id,"data":{"n":100 + i}})).await;
@@ -1359,20 +1514,23 @@ fn one_node_shards_its_rooms_over_its_hub_tasks_and_its_limits_hold_across_them(
             );
             resumed_b.push(b);
         }
-        assert_eq!(
-            redis.calls("evalsha") + redis.calls("eval") + redis.calls("get"),
-            lookups,
-            "a resume looked its session up in Redis"
+        let lookups = monitor.lookups();
+        assert!(
+            lookups.is_empty(),
+            "a resume looked its session up in Redis: {lookups:?}"
         );
+        // The monitor sees lookups: a join of a new room claims it.
+        let _control = Peer::join(&node, "room-0").await;
+        assert!(!monitor.lookups().is_empty(), "a join's claim is seen");
         assert_eq!(
             redis.calls("publish"),
             0,
             "shards of one process signal each other in-process"
         );
 
-        // Sockets per source over the shards: 16 A, 16 resumed B, the refused one gone; 8 more reach 40.
+        // Sockets per source over the shards: 16 A, 16 resumed B, the control, the refused one gone; 7 more reach 40.
         let mut held = Vec::new();
-        for _ in 0..8 {
+        for _ in 0..7 {
             held.push(Peer::connect(&node).await);
         }
         let tcp = tokio::net::TcpStream::connect(node.http).await.unwrap();
@@ -1602,7 +1760,7 @@ fn hub_shards_on_the_worker_threads_carry_the_rooms_and_take_no_thread_of_their_
         // Each B's socket is gone; A signals it and B resumes on a new socket, on whichever worker accepts it. A's
         // socket may be on the other worker, so the signal reaches the shard before the resume (replayed) or after
         // it (sent live): either way B gets it once, as seq 3.
-        let lookups = redis.calls("evalsha") + redis.calls("eval") + redis.calls("get");
+        let monitor = redis.monitor();
         let mut resumed = Vec::new();
         for (i, (a, b_id, session)) in calls.iter_mut().enumerate() {
             a.send(json!({"type":"signal","to":b_id,"data":{"n":100 + i}})).await;
@@ -1627,11 +1785,14 @@ fn hub_shards_on_the_worker_threads_carry_the_rooms_and_take_no_thread_of_their_
                 "a resumed socket on its room's worker: {a_port} and {b_port} in {epolls:?}"
             );
         }
-        assert_eq!(
-            redis.calls("evalsha") + redis.calls("eval") + redis.calls("get"),
-            lookups,
-            "a resume looked its session up in Redis"
+        let lookups = monitor.lookups();
+        assert!(
+            lookups.is_empty(),
+            "a resume looked its session up in Redis: {lookups:?}"
         );
+        // The monitor sees lookups: a join of a new room claims it.
+        let _control = Peer::join(&node, "w-0").await;
+        assert!(!monitor.lookups().is_empty(), "a join's claim is seen");
         assert_eq!(
             redis.calls("publish"),
             0,

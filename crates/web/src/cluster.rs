@@ -182,6 +182,37 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return ARGV[1]
 ";
 
+/// The heartbeat's room leases: a room key that names this node (or is gone: Redis lost it) is this node's for
+/// another lease; one that names another node was taken over while this node was cut off from Redis (its `node:`
+/// key expired), and its index is returned, so that this node gives the room up rather than serve a second copy of
+/// it. Before, the key was written `NX` and extended whatever it named: the node never learned, and kept extending
+/// the new home's lease.
+const LEASES: &str = r"
+local lost = {}
+for i, key in ipairs(KEYS) do
+  local home = redis.call('GET', key)
+  if not home then
+    redis.call('SET', key, ARGV[1], 'PX', ARGV[2])
+  elseif string.match(home, '^[^|]+') == ARGV[1] then
+    redis.call('PEXPIRE', key, ARGV[2])
+  else
+    table.insert(lost, i)
+  end
+end
+return lost
+";
+
+/// Written `NX` by every heartbeat with a TTL of [`UP_TTL`]: its age (`UP_TTL` less its PTTL) is how long this
+/// Redis has held the cluster's records. Younger than [`SETTLING`], the journals may not all be written again yet
+/// after a restart, and a session missing from it may only be missing for now.
+fn up_key() -> String {
+    format!("{PREFIX}up")
+}
+const UP_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+/// How long after Redis came back (empty) a resume of a session it does not know is told to try again (4202)
+/// rather than failed: a few heartbeats, in which every home writes its journal again.
+const SETTLING: Duration = Duration::from_secs(5);
+
 /// Whether a batch's journal is written, and for how long.
 #[derive(Debug, Clone, Copy)]
 struct Journal {
@@ -214,6 +245,8 @@ enum Event {
     Healthy,
     /// A heartbeat found this node's journal marker gone: Redis lost the journal (it restarted empty).
     JournalLost,
+    /// A heartbeat found rooms this node hosts named by another node's key ([`LEASES`]).
+    RoomsLost(Vec<String>),
 }
 
 /// This node's name: the host's, then a random suffix so a restarted process is a new node.
@@ -666,6 +699,12 @@ async fn run(
                             router.handle_node_gone(&mut hub, &gone, now());
                         }
                         Event::Trouble(why) => health.trouble(&why),
+                        Event::RoomsLost(rooms) => {
+                            for room in rooms {
+                                tracing::warn!(%room, "another node took this room over while this node was cut off from Redis: its sockets here are closed (4202) to resume there");
+                                router.handle_room_lost(&mut hub, &room);
+                            }
+                        }
                         // Written after this batch's actions, so that nothing older lands on top of it.
                         Event::JournalLost => {
                             if rewrite.is_none() && !router.is_draining() {
@@ -995,7 +1034,14 @@ async fn act(
                         let (m, node, events) = (m.clone(), router.node().clone(), events.clone());
                         tokio::spawn(async move {
                             // Once more on a broken connection (the manager reconnects): every step is idempotent.
-                            let mut answer = Answer::Failed;
+                            // A resume is never ended for want of an answer: its session may live on another node,
+                            // and a hub that does not hold it could only fail it (4201, for good). It is told to
+                            // try again (4202) instead, until Redis answers or the client's resume grace runs out.
+                            let failed = match &query {
+                                Query::Session(_) => Answer::Retry,
+                                Query::Room(_) => Answer::Failed,
+                            };
+                            let mut answer = failed.clone();
                             for _ in 0..2 {
                                 let looked = lookup(m.clone(), &node, query.clone(), lease);
                                 match tokio::time::timeout(ANSWER_TIMEOUT, looked).await {
@@ -1133,6 +1179,18 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// A session Redis does not know: unknown for good ([`Answer::Unknown`], the resume fails), unless Redis came back
+/// empty less than [`SETTLING`] ago, when its home may not have written its journal again yet ([`Answer::Retry`]).
+async fn settling(m: &mut ConnectionManager) -> redis::RedisResult<Answer> {
+    let left: i64 = redis::cmd("PTTL").arg(up_key()).query_async(m).await?;
+    let age = u64::try_from(left).map(|left| millis(UP_TTL).saturating_sub(left));
+    Ok(match age {
+        Ok(age) if age >= millis(SETTLING) => Answer::Unknown,
+        // Missing (-2: no heartbeat since the restart) or young.
+        _ => Answer::Retry,
+    })
+}
+
 /// Which node hosts the room (or session) a socket's first frame names; when this node takes a room over from a
 /// node that died, the sessions that node recorded.
 async fn lookup(mut m: ConnectionManager, node: &NodeId, query: Query, lease: Lease) -> redis::RedisResult<Answer> {
@@ -1145,7 +1203,7 @@ async fn lookup(mut m: ConnectionManager, node: &NodeId, query: Query, lease: Le
                 .await?;
             match room {
                 Some(room) => room,
-                None => return Ok(Answer::Unknown),
+                None => return settling(&mut m).await,
             }
         }
     };
@@ -1296,17 +1354,21 @@ fn heartbeat(
         .arg("PX")
         .arg(millis(NODE_TTL))
         .ignore();
-    for room in router.hosted_rooms() {
-        // Written again if Redis lost it (restarted); never taken from a node that claimed it meanwhile.
-        pipe.cmd("SET")
-            .arg(room_key(room))
-            .arg(node.as_str())
-            .arg("NX")
-            .arg("PX")
-            .arg(millis(LEASE))
-            .ignore();
-        pipe.cmd("PEXPIRE").arg(room_key(room)).arg(millis(LEASE)).ignore();
+    // Written again if Redis lost it (restarted); never taken from a node that claimed it meanwhile ([`LEASES`]).
+    let rooms: Vec<String> = router.hosted_rooms().map(str::to_owned).collect();
+    static LEASE_SCRIPT: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| redis::Script::new(LEASES));
+    let mut leases = LEASE_SCRIPT.prepare_invoke();
+    for room in &rooms {
+        leases.key(room_key(room));
     }
+    leases.arg(node.as_str()).arg(millis(LEASE));
+    pipe.cmd("SET")
+        .arg(up_key())
+        .arg(1)
+        .arg("NX")
+        .arg("PX")
+        .arg(millis(UP_TTL))
+        .ignore();
     let ttl = millis(lease.session);
     // Answered first, before the homes' EXISTS.
     pipe.cmd("EXISTS").arg(journal_key(&node));
@@ -1342,6 +1404,28 @@ fn heartbeat(
         };
         match alive {
             Ok(alive) => {
+                if !rooms.is_empty() {
+                    let lost = tokio::time::timeout(ANSWER_TIMEOUT, leases.invoke_async::<Vec<usize>>(&mut m)).await;
+                    match lost {
+                        Ok(Ok(lost)) if !lost.is_empty() => {
+                            // Lua counts from 1.
+                            let lost = lost
+                                .iter()
+                                .filter_map(|i| rooms.get(i.checked_sub(1)?).cloned())
+                                .collect();
+                            let _ = events.send(Event::RoomsLost(lost)).await;
+                        }
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => {
+                            let _ = events.send(Event::Trouble(format!("the heartbeat failed: {e}"))).await;
+                            return;
+                        }
+                        Err(_) => {
+                            let _ = events.send(Event::Trouble("the heartbeat timed out".into())).await;
+                            return;
+                        }
+                    }
+                }
                 let _ = events.send(Event::Healthy).await;
                 let (journal, alive) = alive.split_first().map_or((1, &[][..]), |(j, rest)| (*j, rest));
                 if journal == 0 {

@@ -280,6 +280,11 @@ pub trait SignalHub: Send {
     fn handle_shutdown(&mut self);
     /// Takes over a session another node held (it died): the session waits for its resume, in its room.
     fn restore(&mut self, session: Restored, now: Now);
+    /// Another node holds `room` now (it took the room over while this one was cut off from the cluster): every
+    /// socket of the room is closed with 4202 (`room-moved`), to resume at the room's new home, which restored its
+    /// sessions; they are dropped here without a word (no `peer-left`, no [`SessionEvent::Ended`]: the records are
+    /// the new home's).
+    fn handle_room_lost(&mut self, room: &str);
     fn poll_output(&mut self) -> Option<Output>;
     fn poll_timeout(&self) -> Option<Instant>;
     fn stats(&self) -> HubStats;
@@ -654,6 +659,10 @@ impl<R: RngCore + Send> SignalHub for MemoryHub<R> {
     fn restore(&mut self, session: Restored, now: Now) {
         self.clock = now.instant;
         self.restore_session(session, now);
+    }
+
+    fn handle_room_lost(&mut self, room: &str) {
+        self.drop_room(room);
     }
 
     fn poll_output(&mut self) -> Option<Output> {

@@ -12,7 +12,7 @@ use super::{ConnId, Counters, MemoryHub, Now, Output, Restored, SessionEvent};
 use crate::budget::Source;
 use crate::frame::{Frame, Joined, LeftReason, Member, Meta, UndeliverableReason};
 use crate::id::{PeerId, SessionSecret};
-use crate::protocol::{ErrorCode, Refusal};
+use crate::protocol::{CloseCode, ErrorCode, Refusal};
 use crate::token::{verify_token, TokenError};
 
 pub(super) struct Room {
@@ -287,6 +287,24 @@ impl<R: RngCore + Send> MemoryHub<R> {
                 if let Some(f) = &b.signal_from {
                     self.undeliverable(&f.sender, peer, f.id.as_deref(), UndeliverableReason::PeerLeft);
                 }
+            }
+        }
+    }
+
+    /// Drops `room` and its sessions silently, closing their sockets with 4202 ([`super::SignalHub::handle_room_lost`]).
+    pub(super) fn drop_room(&mut self, room: &str) {
+        let Some(r) = self.rooms.remove(room) else { return };
+        tracing::warn!(
+            room,
+            sessions = r.members.len(),
+            "another node holds this room now: its sockets here are closed (4202) to resume there"
+        );
+        for peer in &r.members {
+            let Some(s) = self.sessions.remove(peer) else { continue };
+            self.budget.release(s.source, s.held);
+            self.by_secret.remove(&s.secret);
+            if let Some(conn) = s.conn {
+                self.close(conn, CloseCode::SHUTTING_DOWN, "room-moved");
             }
         }
     }
