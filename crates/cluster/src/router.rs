@@ -519,12 +519,19 @@ impl Router {
         for home in &homes {
             self.handle_node_gone(hub, home, now);
         }
-        let hosted: Vec<ConnId> = self.hosted.keys().copied().collect();
-        for id in hosted {
-            hub.handle_closed(id, now);
-        }
-        self.hosted.clear();
+        // The sockets hosted for other nodes: their nodes are told (publishing may still work), so that their
+        // clients resume at once rather than at their next frame.
+        let hosted: Vec<(ConnId, Origin)> = self.hosted.drain().collect();
         self.by_origin.clear();
+        for (id, origin) in hosted {
+            hub.handle_closed(id, now);
+            let close = Envelope::Close {
+                conn: origin.conn,
+                code: CloseCode::SHUTTING_DOWN.0,
+                reason: "link-lost".into(),
+            };
+            self.publish(origin.node, close, None);
+        }
         self.drain(hub);
     }
 
@@ -532,19 +539,29 @@ impl Router {
     /// share (Redis is slow for it, or it is sent more than Redis takes). It alone is closed with 4202 and resumes,
     /// where a full queue closes every socket that depends on another node ([`Router::handle_link_lost`]).
     pub fn handle_unpublished(&mut self, hub: &mut impl SignalHub, conn: ConnId, now: Now) {
+        self.close_depending(hub, conn, "link-too-slow", now);
+    }
+
+    /// An envelope for or from `conn` was published but no node received it (the other node was subscribing again,
+    /// or gone): that socket is closed with 4202 like [`Router::handle_unpublished`], and resumes.
+    pub fn handle_undelivered(&mut self, hub: &mut impl SignalHub, conn: ConnId, now: Now) {
+        self.close_depending(hub, conn, "undelivered", now);
+    }
+
+    fn close_depending(&mut self, hub: &mut impl SignalHub, conn: ConnId, reason: &str, now: Now) {
         if let Some(socket) = self.local.remove(&conn) {
             match socket.route {
                 Route::Forwarded(home) => self.publish(home, Envelope::Closed { conn: conn.get() }, None),
                 _ => hub.handle_closed(conn, now),
             }
-            self.close_local(conn, "link-too-slow");
+            self.close_local(conn, reason);
         } else if let Some(origin) = self.hosted.remove(&conn) {
             self.by_origin.remove(&origin);
             hub.handle_closed(conn, now);
             let close = Envelope::Close {
                 conn: origin.conn,
                 code: CloseCode::SHUTTING_DOWN.0,
-                reason: "link-too-slow".into(),
+                reason: reason.into(),
             };
             self.publish(origin.node, close, None);
         }

@@ -730,6 +730,42 @@ fn a_resume_right_after_redis_restarted_is_told_to_retry_never_ended() {
     });
 }
 
+/// Redis drops every node's subscription (as it does to a subscriber past its output buffer limit, or a proxy
+/// resetting it): each node subscribes again at once, and a join forwarded to the room's home meanwhile, which no
+/// node received, closes its socket with 4202 to try again rather than waiting for an answer that never comes.
+/// Before, nodes waited a second before subscribing again, and such a join hung until the client gave up (10 s).
+#[test]
+fn a_join_forwarded_while_its_home_subscribes_again_is_answered_or_retried() {
+    let Some(redis) = Redis::start() else { return };
+    let nodes: Vec<Node> = (0..2).map(|_| Node::start(&redis.url(), &[])).collect();
+    runtime().block_on(async {
+        let (mut a, _) = Peer::join(&nodes[0], "sub").await;
+        for round in 0..3 {
+            let killed = redis.command("CLIENT KILL TYPE pubsub");
+            assert!(killed.starts_with(':'), "{killed}");
+            // As the SDK does: joined, or closed with 4202 and again at once; each answer within 3 s.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            let b = 'joined: loop {
+                assert!(Instant::now() < deadline, "round {round}: not joined in 5 s");
+                let mut b = Peer::connect(&nodes[1]).await;
+                b.send(json!({"type":"join","room":"sub"})).await;
+                let answer = timeout(Duration::from_secs(3), b.next())
+                    .await
+                    .unwrap_or_else(|_| panic!("round {round}: the join got no answer in 3 s"));
+                match answer {
+                    Ok(v) if v["type"] == "joined" => break 'joined b,
+                    Err(Some(4202)) => continue,
+                    other => panic!("round {round}: {other:?}"),
+                }
+            };
+            a.expect("peer-joined").await;
+            let mut b = b;
+            b.send(json!({"type":"leave"})).await;
+            a.expect("peer-left").await;
+        }
+    });
+}
+
 /// The room's home stalls (SIGSTOP: a VM pause, a partition from Redis) for longer than its node key lives: the
 /// other node takes the room over from the journal, and its peer resumes there. When the old home wakes, its
 /// heartbeat finds the room's key naming the new home: it closes its sockets of the room with 4202 instead of

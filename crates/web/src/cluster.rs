@@ -49,6 +49,8 @@ struct Queued {
     node: NodeId,
     bytes: Bytes,
     share: Option<Share>,
+    /// The socket it is for or from, closed (4202) if no node was subscribed to receive it.
+    owner: Option<ConnId>,
 }
 
 /// One socket's bytes in the publish queue, given back by the publishing task once Redis took them.
@@ -58,6 +60,7 @@ type Share = Arc<AtomicUsize>;
 struct InFlight {
     bytes: usize,
     share: Option<Share>,
+    owner: Option<ConnId>,
 }
 
 /// Why an envelope was not queued.
@@ -135,7 +138,12 @@ impl PublishQueue {
         if let Some(share) = &share {
             share.fetch_add(n, Ordering::Relaxed);
         }
-        let queued = Queued { node, bytes, share };
+        let queued = Queued {
+            node,
+            bytes,
+            share,
+            owner,
+        };
         if let Err(mpsc::error::TrySendError::Full(q) | mpsc::error::TrySendError::Closed(q)) = self.tx.try_send(queued)
         {
             given_back(q.bytes.len(), q.share.as_ref(), &self.bytes);
@@ -247,6 +255,8 @@ enum Event {
     JournalLost,
     /// A heartbeat found rooms this node hosts named by another node's key ([`LEASES`]).
     RoomsLost(Vec<String>),
+    /// Envelopes for or from these sockets reached no subscriber (and are lost).
+    Undelivered(Vec<ConnId>),
 }
 
 /// This node's name: the host's, then a random suffix so a restarted process is a new node.
@@ -699,6 +709,12 @@ async fn run(
                             router.handle_node_gone(&mut hub, &gone, now());
                         }
                         Event::Trouble(why) => health.trouble(&why),
+                        Event::Undelivered(conns) => {
+                            for conn in conns {
+                                tracing::debug!(%conn, "an envelope reached no node: its socket is closed (4202) to resume");
+                                router.handle_undelivered(&mut hub, conn, now());
+                            }
+                        }
                         Event::RoomsLost(rooms) => {
                             for room in rooms {
                                 tracing::warn!(%room, "another node took this room over while this node was cut off from Redis: its sockets here are closed (4202) to resume there");
@@ -1771,7 +1787,14 @@ async fn connect(client: redis::Client, events: mpsc::Sender<Event>) {
 /// Subscribes to this node's channel and hands every message to the hub task; when the subscription breaks, says
 /// so (the sockets that depend on it resume) and subscribes again.
 async fn subscribe(client: redis::Client, channel: String, events: mpsc::Sender<Event>) {
+    // At once after a subscription that broke (what other nodes publish meanwhile is lost); a heartbeat apart after
+    // a failure.
+    let mut wait = false;
     loop {
+        if wait {
+            tokio::time::sleep(HEARTBEAT).await;
+        }
+        wait = true;
         let subscribed = async {
             let mut pubsub = client.get_async_pubsub().await?;
             pubsub.subscribe(&channel).await?;
@@ -1790,6 +1813,7 @@ async fn subscribe(client: redis::Client, channel: String, events: mpsc::Sender<
                 if events.send(Event::LinkLost).await.is_err() {
                     return;
                 }
+                wait = false;
             }
             Ok(Err(e)) => {
                 let _ = events.send(Event::Trouble(format!("cannot subscribe: {e}"))).await;
@@ -1798,7 +1822,6 @@ async fn subscribe(client: redis::Client, channel: String, events: mpsc::Sender<
                 let _ = events.send(Event::Trouble("subscribing timed out".into())).await;
             }
         }
-        tokio::time::sleep(HEARTBEAT).await;
     }
 }
 
@@ -1827,29 +1850,42 @@ async fn publish(
         let mut pipe = redis::pipe();
         // The pipeline has copied the bytes: what stays held until the round trip ends is their count.
         for q in batch.drain(..) {
-            pipe.cmd("PUBLISH").arg(channel(&q.node)).arg(&q.bytes[..]).ignore();
+            pipe.cmd("PUBLISH").arg(channel(&q.node)).arg(&q.bytes[..]);
             held.push(InFlight {
                 bytes: q.bytes.len(),
                 share: q.share,
+                owner: q.owner,
             });
         }
         // Once more when the connection had broken (Redis restarted, say): the manager reconnects, and what the
         // broken connection carried never reached the Redis that answers now.
-        let mut published = false;
+        let mut received: Option<Vec<i64>> = None;
         for _ in 0..2 {
             let Some(m) = manager.as_mut() else { break };
-            match tokio::time::timeout(ANSWER_TIMEOUT, pipe.query_async::<()>(m)).await {
-                Ok(Ok(())) => published = true,
+            match tokio::time::timeout(ANSWER_TIMEOUT, pipe.query_async::<Vec<i64>>(m)).await {
+                Ok(Ok(counts)) => received = Some(counts),
                 Ok(Err(e)) if e.is_connection_dropped() || e.is_io_error() => continue,
                 Ok(Err(_)) | Err(_) => {}
             }
             break;
         }
-        for f in held.drain(..) {
+        // An envelope no node was subscribed to receive (its node was subscribing again, or is gone) is lost: the
+        // socket it was for or from is closed (4202) to resume, and the replay covers what was lost. Before, a join
+        // forwarded in that second got no answer until the client gave up.
+        let mut undelivered = Vec::new();
+        for (i, f) in held.drain(..).enumerate() {
             given_back(f.bytes, f.share.as_ref(), &queued);
+            let lost = received.as_ref().is_some_and(|counts| counts.get(i) == Some(&0));
+            if let (true, Some(owner)) = (lost, f.owner) {
+                if !undelivered.contains(&owner) {
+                    undelivered.push(owner);
+                }
+            }
         }
-        if !published {
+        if received.is_none() {
             let _ = events.send(Event::PublishFailed).await;
+        } else if !undelivered.is_empty() {
+            let _ = events.send(Event::Undelivered(undelivered)).await;
         }
     }
 }
