@@ -198,15 +198,15 @@ fn supervise<Task, Ran>(
             delay.as_secs()
         );
         std::thread::sleep(delay);
-        installed = held_in_use(&config, &store, &certs);
+        installed = held_in_use(&store, &certs);
     }
 }
 
 /// The stored ACME certificate, if it is the one being served (the plan's input after a restart of the task).
-fn held_in_use(config: &Config, store: &Store, certs: &CertStore) -> Option<plan::Held> {
+fn held_in_use(store: &Store, certs: &CertStore) -> Option<plan::Held> {
     let held = store.issued().ok()??.held()?;
     let serving = certs.status().not_after == Some(held.validity.not_after) && !certs.is_self_signed();
-    (serving && plan::covers(&held.names, &config.names)).then_some(held)
+    serving.then_some(held)
 }
 
 fn install_stored(config: &Config, store: &Store, certs: &CertStore) -> Option<plan::Held> {
@@ -219,10 +219,23 @@ fn install_stored(config: &Config, store: &Store, certs: &CertStore) -> Option<p
     };
     let held = issued.held()?;
     let now = SystemTime::now();
-    let good =
-        plan::covers(&held.names, &config.names) && now < UNIX_EPOCH + Duration::from_secs(held.validity.not_after);
-    if !good {
+    if now >= UNIX_EPOCH + Duration::from_secs(held.validity.not_after) {
         return None;
+    }
+    // A certificate that does not cover a name added since is still right for the names it covers: it is served
+    // until one for every name is issued (the plan orders at once). Refused, every client of the names that worked
+    // got the self-signed placeholder for as long as the new name's order failed (hours, behind a missing DNS record).
+    if !plan::covers(&held.names, &config.names) {
+        let missing: Vec<&String> = config
+            .names
+            .iter()
+            .filter(|n| !held.names.iter().any(|h| h.eq_ignore_ascii_case(n)))
+            .collect();
+        tracing::warn!(
+            covers = ?held.names,
+            missing = ?missing,
+            "ACME: the stored certificate does not cover every configured name; serving it for the names it covers until one for all of them is issued"
+        );
     }
     match certs.install(issued.chain_pem.as_bytes(), issued.key_pem.as_bytes()) {
         Ok(()) => Some(held),

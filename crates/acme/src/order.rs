@@ -26,12 +26,23 @@ pub(crate) struct Responders<'a> {
 }
 
 pub(crate) async fn issue(config: &Config, store: &Store, to: &Responders<'_>) -> Result<Issued, AcmeError> {
-    let account = account(config, store).await?;
+    let stored = account(config, store, false).await?;
     let identifiers: Vec<Identifier> = config.names.iter().cloned().map(Identifier::Dns).collect();
-    let mut order = account
-        .new_order(&NewOrder::new(&identifiers))
-        .await
-        .map_err(|e| AcmeError::from_ca("the CA refused the order", e))?;
+    let mut order = match stored.new_order(&NewOrder::new(&identifiers)).await {
+        Ok(order) => order,
+        // The CA no longer knows the stored account (a company CA redeployed, its database reset, the account
+        // deactivated): a new one is registered and the order tried once more. Before, every renewal failed with
+        // this until someone deleted account.json.
+        Err(e) if account_gone(&e) => {
+            tracing::warn!(directory = %config.directory, error = %e, "ACME: the CA no longer knows the stored account; registering a new one");
+            account(config, store, true)
+                .await?
+                .new_order(&NewOrder::new(&identifiers))
+                .await
+                .map_err(|e| AcmeError::from_ca("the CA refused the order", e))?
+        }
+        Err(e) => return Err(AcmeError::from_ca("the CA refused the order", e)),
+    };
     let mut up = Vec::new();
     let result = validate(&mut order, config.ways, to, &mut up).await;
     for (method, name, token) in &up {
@@ -136,7 +147,7 @@ async fn validate(
     status.and_then(|s| Err(AcmeError::Refused(format!("the order is {s:?}"))))
 }
 
-async fn account(config: &Config, store: &Store) -> Result<Account, AcmeError> {
+async fn account(config: &Config, store: &Store, fresh: bool) -> Result<Account, AcmeError> {
     // Our client: instant-acme's, with the CA's answers bounded (`crate::http`).
     let builder = || {
         let client = Bounded::new(config.ca_root.as_deref()).map_err(|detail| match &config.ca_root {
@@ -155,10 +166,13 @@ async fn account(config: &Config, store: &Store) -> Result<Account, AcmeError> {
         url: config.directory.clone(),
         detail: with_sources(&e),
     };
-    if let Some(json) = store
-        .account()
-        .map_err(|e| AcmeError::Store(store.dir().display().to_string(), e))?
-    {
+    let stored = match fresh {
+        true => None,
+        false => store
+            .account()
+            .map_err(|e| AcmeError::Store(store.dir().display().to_string(), e))?,
+    };
+    if let Some(json) = stored {
         if let Ok(credentials) = serde_json::from_str::<AccountCredentials>(&json) {
             return builder()?.from_credentials(credentials).await.map_err(unreachable);
         }
@@ -185,6 +199,21 @@ async fn account(config: &Config, store: &Store) -> Result<Account, AcmeError> {
         .map_err(|e| AcmeError::Store(store.dir().display().to_string(), e))?;
     tracing::info!(directory = %config.directory, id = account.id(), "ACME account registered");
     Ok(account)
+}
+
+/// The CA's answer for an account it does not know (RFC 8555 §7.3.3), or one deactivated (§7.3.6: `unauthorized`).
+fn account_gone(e: &instant_acme::Error) -> bool {
+    let instant_acme::Error::Api(problem) = e else {
+        return false;
+    };
+    match problem.r#type.as_deref() {
+        Some("urn:ietf:params:acme:error:accountDoesNotExist") => true,
+        Some("urn:ietf:params:acme:error:unauthorized") => problem
+            .detail
+            .as_deref()
+            .is_some_and(|d| d.to_ascii_lowercase().contains("deactivated")),
+        _ => false,
+    }
 }
 
 /// RFC 8737 §3: a self-signed certificate for the name alone, carrying the SHA-256 of the key authorization in

@@ -7,7 +7,9 @@ use std::sync::{Arc, OnceLock};
 
 use serde::Serialize;
 
-/// Within this of its expiry a certificate makes the server not ready: renewal has failed for weeks by then.
+/// Within this of its expiry a certificate makes the server not ready: renewal has failed for weeks by then. A
+/// short-lived certificate (step-ca's 24 h, Let's Encrypt's 6 days) gets a third of its lifetime instead, which its
+/// renewal at two thirds leaves: with 7 days it was never ready.
 pub const CERTIFICATE_MARGIN_SECS: u64 = 7 * 86_400;
 
 /// One readiness check.
@@ -115,24 +117,42 @@ pub fn certificate_verdict(status: server::CertStatus, unix_now: u64) -> (bool, 
     let Some(not_after) = status.not_after else {
         return (false, "cannot read the certificate's expiry".into());
     };
-    if not_after <= unix_now {
-        return (false, format!("expired {} days ago", (unix_now - not_after) / 86_400));
+    let renew = match status.acme {
+        true => "renewal is failing: see the ACME lines in the log",
+        false => "renew it (the reload is automatic)",
+    };
+    let not_before = status.not_before.unwrap_or(0);
+    if let Some(problem) = (server::Validity { not_before, not_after }).problem(unix_now) {
+        return (false, format!("{problem}: {renew}"));
     }
-    let days = (not_after - unix_now) / 86_400;
-    if not_after - unix_now < CERTIFICATE_MARGIN_SECS {
-        return (
-            false,
-            format!("expires in {days} days: renew it (the reload is automatic)"),
-        );
+    let lifetime = not_after.saturating_sub(not_before);
+    let margin = match status.not_before {
+        Some(_) => CERTIFICATE_MARGIN_SECS.min(lifetime / 3),
+        None => CERTIFICATE_MARGIN_SECS,
+    };
+    let left = not_after - unix_now;
+    if left < margin {
+        let when = match left / 86_400 {
+            0 => format!("{} hours", left / 3600),
+            days => format!("{days} days"),
+        };
+        return (false, format!("expires in {when}: {renew}"));
     }
-    match status.self_signed {
-        true => (
+    let days = left / 86_400;
+    match (status.self_signed, status.acme) {
+        (true, true) => (
+            true,
+            "waiting for the ACME certificate (see the log): browsers refuse the placeholder for wss:// and turns: \
+             meanwhile"
+                .into(),
+        ),
+        (true, false) => (
             true,
             "valid, but self-signed (generated at start): browsers refuse it for wss:// and turns:; set tls.cert \
              and tls.key"
                 .into(),
         ),
-        false => (true, format!("valid for {days} more days")),
+        (false, _) => (true, format!("valid for {days} more days")),
     }
 }
 
@@ -173,18 +193,42 @@ mod tests {
     #[test]
     fn a_certificate_near_its_expiry_is_not_ready() {
         let now = 1_800_000_000;
-        let status = |days: i64, self_signed| server::CertStatus {
-            not_after: Some((now as i64 + days * 86_400) as u64),
+        // Issued `ago` seconds ago, for `life` seconds.
+        let at = |ago: u64, life: u64, self_signed, acme| server::CertStatus {
+            not_before: Some(now - ago),
+            not_after: Some(now - ago + life),
             self_signed,
+            acme,
         };
-        assert!(certificate_verdict(status(90, false), now).0);
-        assert!(!certificate_verdict(status(6, false), now).0);
-        assert!(!certificate_verdict(status(-1, false), now).0);
-        let (ok, detail) = certificate_verdict(status(1000, true), now);
+        const DAY: u64 = 86_400;
+        assert!(certificate_verdict(at(0, 90 * DAY, false, false), now).0);
+        assert!(
+            !certificate_verdict(at(84 * DAY, 90 * DAY, false, false), now).0,
+            "6 days left of 90"
+        );
+        let (ok, detail) = certificate_verdict(at(91 * DAY, 90 * DAY, false, false), now);
+        assert!(!ok && detail.contains("expired"), "{detail}");
+        let (ok, detail) = certificate_verdict(at(0, 1000 * DAY, true, false), now);
         assert!(ok && detail.contains("self-signed"), "{detail}");
+        // Short-lived: a 24 h certificate is ready right after issuance and at its renewal time (two thirds in),
+        // not in its last third.
+        assert!(certificate_verdict(at(60, DAY, false, true), now).0, "just issued");
+        assert!(
+            certificate_verdict(at(DAY * 2 / 3 - 60, DAY, false, true), now).0,
+            "at renewal"
+        );
+        let (ok, detail) = certificate_verdict(at(DAY * 3 / 4, DAY, false, true), now);
+        assert!(!ok && detail.contains("hours") && detail.contains("ACME"), "{detail}");
+        // Dated in the future: every client refuses it.
+        let (ok, detail) = certificate_verdict(at(0, 90 * DAY, false, false), now - 3600);
+        assert!(!ok && detail.contains("not valid for another"), "{detail}");
+        let (ok, detail) = certificate_verdict(at(0, 1000 * DAY, true, true), now);
+        assert!(ok && detail.contains("waiting for the ACME certificate"), "{detail}");
         let unreadable = server::CertStatus {
             not_after: None,
+            not_before: None,
             self_signed: false,
+            acme: false,
         };
         assert!(!certificate_verdict(unreadable, now).0);
     }

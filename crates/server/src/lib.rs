@@ -32,7 +32,7 @@ pub use coalesce::Naps;
 pub use handshakes::{HandshakeFailure, Handshakes, SeenFailure};
 pub use mux::{HttpHandler, HttpScheme, Io, Tcp, ALPN_STUN_TURN};
 pub use stats::WorkerStats;
-pub use tls::{CertStatus, CertStore, TlsIdentity, Validity, ALPN_ACME_TLS};
+pub use tls::{CertStatus, CertStore, Reloaded, TlsIdentity, Validity, ALPN_ACME_TLS};
 
 /// Everything the I/O layer needs.
 #[derive(Debug, Clone)]

@@ -48,8 +48,44 @@ pub struct CertStore {
 pub struct CertStatus {
     /// The leaf certificate's notAfter, in Unix seconds; `None` if it could not be read.
     pub not_after: Option<u64>,
+    /// Its notBefore (a certificate dated in the future is refused by every client).
+    pub not_before: Option<u64>,
     /// Generated at start (no files configured): valid, but no browser trusts it.
     pub self_signed: bool,
+    /// Issued and renewed by ACME (`tls.domains`), rather than read from files.
+    pub acme: bool,
+}
+
+impl Validity {
+    /// What is wrong with these dates at `now` (Unix seconds) for a client: expired, or not valid yet.
+    pub fn problem(self, now: u64) -> Option<String> {
+        if self.not_after <= now {
+            return Some(format!("expired {} days ago", (now - self.not_after) / 86_400));
+        }
+        (self.not_before > now).then(|| {
+            format!(
+                "not valid for another {} hours (notBefore is in the future: a wrong file, or this host's clock)",
+                (self.not_before - now).div_ceil(3600)
+            )
+        })
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// What a reload did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reloaded {
+    /// The files were read again and are in use.
+    Files,
+    /// Nothing to read: the certificate is ACME's, renewed on its own schedule.
+    Acme,
+    /// Nothing to read: the certificate was generated at start, and is kept.
+    Generated,
 }
 
 impl CertStore {
@@ -65,24 +101,48 @@ impl CertStore {
     }
 
     /// Re-reads the files. On error the old certificate stays in use. An ACME identity is left alone.
-    pub fn reload(&self) -> Result<(), StartError> {
-        if matches!(self.identity, TlsIdentity::Acme { .. }) {
-            return Ok(());
+    /// A certificate that is expired or not valid yet does not replace one that is valid: every client would
+    /// refuse the server at once (a wrong file, a renewal that copied the old one back).
+    pub fn reload(&self) -> Result<Reloaded, StartError> {
+        match self.identity {
+            TlsIdentity::Acme { .. } => return Ok(Reloaded::Acme),
+            // Generated at start: a new one would have a new key, and break what accepted or pinned the old one.
+            TlsIdentity::SelfSigned { .. } => return Ok(Reloaded::Generated),
+            TlsIdentity::Files { .. } => {}
         }
         let (key, mtime) = load(&self.identity)?;
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(key);
+        // Not tried again until a file changes again: one warning per change, not one every few seconds.
         *self.loaded_mtime.write().unwrap_or_else(|e| e.into_inner()) = mtime;
-        Ok(())
+        let now = unix_now();
+        let fresh = key.end_entity_cert().ok().and_then(|der| validity(der));
+        let in_use = self.status();
+        let in_use_good = match (in_use.not_before, in_use.not_after) {
+            (Some(not_before), Some(not_after)) => Validity { not_before, not_after }.problem(now).is_none(),
+            _ => false,
+        };
+        if let Some(problem) = fresh.and_then(|v| v.problem(now)).filter(|_| in_use_good) {
+            return Err(StartError::Tls(format!(
+                "the new certificate is {problem}; the one in use stays until a valid one is in place"
+            )));
+        }
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(key);
+        Ok(Reloaded::Files)
     }
 
     /// Reloads if a file changed since the last load; for a periodic check.
-    pub fn reload_if_changed(&self) -> Option<Result<(), StartError>> {
+    pub fn reload_if_changed(&self) -> Option<Result<Reloaded, StartError>> {
         let TlsIdentity::Files { cert, key } = &self.identity else {
             return None;
         };
         let newest = newest_mtime(cert, key);
         let loaded = *self.loaded_mtime.read().unwrap_or_else(|e| e.into_inner());
-        (newest.is_some() && newest != loaded).then(|| self.reload())
+        if newest.is_some() && newest != loaded {
+            let result = self.reload();
+            // A file that cannot be loaded (a key written after its certificate) is not tried again until it changes.
+            *self.loaded_mtime.write().unwrap_or_else(|e| e.into_inner()) = newest;
+            return Some(result);
+        }
+        None
     }
 
     /// Swaps in an issued certificate chain and its key (PEM) after checking they are a pair; handshakes from now
@@ -114,13 +174,12 @@ impl CertStore {
     /// The certificate in use now (after any reload): its expiry, and whether it is the generated one.
     pub fn status(&self) -> CertStatus {
         let current = self.current.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let validity = current.end_entity_cert().ok().and_then(|der| validity(der));
         CertStatus {
-            not_after: current
-                .end_entity_cert()
-                .ok()
-                .and_then(|der| validity(der))
-                .map(|v| v.not_after),
+            not_after: validity.map(|v| v.not_after),
+            not_before: validity.map(|v| v.not_before),
             self_signed: self.is_self_signed(),
+            acme: matches!(self.identity, TlsIdentity::Acme { .. }),
         }
     }
 

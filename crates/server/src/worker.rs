@@ -374,7 +374,7 @@ async fn timer(worker: Rc<Worker>, certs: Arc<CertStore>, index: usize) {
         worker.shared.stats.publish(index, stats);
         if worker_zero && n.is_multiple_of(5) {
             match certs.reload_if_changed() {
-                Some(Ok(())) => tracing::info!("TLS certificate reloaded (file changed)"),
+                Some(Ok(_)) => tracing::info!("TLS certificate reloaded (file changed)"),
                 Some(Err(e)) => {
                     tracing::warn!(error = %e, "TLS certificate changed but cannot be loaded; keeping the old one")
                 }

@@ -849,6 +849,16 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
     }
     if serves_tls {
+        // A certificate from files that clients refuse for its dates: said at start, not only by /readyz.
+        let status = running.certs.status();
+        if let (Some(not_before), Some(not_after), false) = (status.not_before, status.not_after, status.acme) {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            if let Some(problem) = (server::Validity { not_before, not_after }).problem(now) {
+                tracing::warn!("the TLS certificate is {problem}: every client refuses wss:// and turns: here; replace tls.cert and tls.key (they are read again when they change)");
+            }
+        }
         // An ACME identity's placeholder covers its names and is replaced once issued: nothing to say of it.
         let placeholder = running.certs.is_self_signed() && !config.tls.domains.is_empty();
         if !placeholder {
@@ -967,7 +977,13 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 }
                 _ = tick.tick() => if drain.poll(std::time::Instant::now()) { break },
                 _ = hup.recv() => match certs.reload() {
-                    Ok(()) => {
+                    Ok(server::Reloaded::Acme) => {
+                        tracing::info!("SIGHUP: the certificate is ACME's (renewed on its own schedule): nothing to read")
+                    }
+                    Ok(server::Reloaded::Generated) => {
+                        tracing::info!("SIGHUP: the certificate was generated at start and is kept: nothing to read")
+                    }
+                    Ok(server::Reloaded::Files) => {
                         tracing::info!("SIGHUP: TLS certificate reloaded");
                         let warning = turns_host_warning(&host, certs.is_self_signed(), certs.covers(&host));
                         if let Some(warning) = warning.filter(|_| serves_tls) {

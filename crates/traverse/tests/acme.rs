@@ -841,6 +841,27 @@ fn a_restart_reuses_the_stored_certificate_without_a_new_order() {
     assert_eq!(pebble.orders(), orders, "no new order; pebble log:\n{}", pebble.log());
     stop(again);
 
+    // A name added whose order cannot succeed yet (no DNS record): the stored certificate is still served for the
+    // name it covers while the order for both is retried. Before, every client got the self-signed placeholder.
+    let added = "added.nowhere.test";
+    let widened = serve(
+        &pebble,
+        name,
+        &dir.0,
+        &["--single-port", &single_addr, "--domain", added],
+    );
+    let presented = handshake(addr, name, trusting(&root, &[])).expect("the stored certificate still verifies");
+    assert_eq!(presented, issued, "the stored certificate, for the name it covers");
+    let log = wait_for_failure(&widened, ISSUE_WAIT, None);
+    assert!(
+        log.contains("does not cover every configured name") && log.contains(added),
+        "the order names why; log:\n{log}"
+    );
+    let presented = handshake(addr, name, trusting(&root, &[])).expect("still served after the failed order");
+    assert_eq!(presented, issued);
+    stop(widened);
+    let orders = pebble.orders();
+
     // A crash between writing the key and the chain leaves a pair that does not match: refused, and ordered again
     // rather than served or taken for good.
     let store = std::fs::read_dir(dir.0.join("acme"))
@@ -861,6 +882,50 @@ fn a_restart_reuses_the_stored_certificate_without_a_new_order() {
     );
     assert_eq!(pebble.orders(), orders + 1);
     stop(third);
+}
+
+/// The CA no longer knows the stored account (a company CA redeployed, its database reset): the order it refuses
+/// with `accountDoesNotExist` is followed by a new account and the order again, in the same attempt. Before, every
+/// order failed with that until someone deleted `account.json`.
+#[test]
+fn an_account_the_ca_no_longer_knows_is_registered_again() {
+    let dir = TempDir::new("account-gone");
+    let single = free_tcp_port();
+    let Some(pebble) = Pebble::start(&dir.0, single, free_tcp_port(), 0) else {
+        return;
+    };
+    let name = "account.traverse.test";
+    let single_addr = format!("127.0.0.1:{single}");
+    let server = serve(&pebble, name, &dir.0, &["--single-port", &single_addr]);
+    let addr = SocketAddr::new(LOOPBACK, single);
+    let first = wait_for_issued(&pebble, &server, addr, name, &[]);
+    stop(server);
+
+    // The stored account now names one the CA never had, and no certificate is stored: the next start orders.
+    let store = std::fs::read_dir(dir.0.join("acme"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let mut account: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(store.join("account.json")).unwrap()).unwrap();
+    let id = account["id"].as_str().unwrap().to_owned();
+    let (base, _) = id.rsplit_once('/').unwrap();
+    let forgotten = format!("{base}/0123456789abcdef");
+    account["id"] = forgotten.clone().into();
+    std::fs::write(store.join("account.json"), account.to_string()).unwrap();
+    std::fs::remove_file(store.join("cert.pem")).unwrap();
+
+    let again = serve(&pebble, name, &dir.0, &["--single-port", &single_addr]);
+    let second = wait_for_issued(&pebble, &again, addr, name, std::slice::from_ref(&first));
+    assert_ne!(second, first);
+    let log = log_of(&again);
+    assert!(log.contains("no longer knows the stored account"), "{log}");
+    let stored: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(store.join("account.json")).unwrap()).unwrap();
+    assert_ne!(stored["id"], forgotten, "the new account is stored");
+    stop(again);
 }
 
 // ---------------------------------------------------------------------------------------------------------------

@@ -61,6 +61,21 @@ struct Identity {
 }
 
 impl Identity {
+    /// Valid from `not_before` to `not_after` (year, month, day).
+    fn dated(not_before: (i32, u8, u8), not_after: (i32, u8, u8)) -> Identity {
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+            .expect("certificate parameters");
+        params.not_before = rcgen::date_time_ymd(not_before.0, not_before.1, not_before.2);
+        params.not_after = rcgen::date_time_ymd(not_after.0, not_after.1, not_after.2);
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = params.self_signed(&key).expect("self-sign");
+        Identity {
+            der: cert.der().to_vec(),
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        }
+    }
+
     fn generate() -> Identity {
         let generated = rcgen::generate_simple_self_signed(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
             .expect("generate a certificate");
@@ -281,6 +296,43 @@ fn a_reload_with_a_key_that_does_not_match_keeps_the_old_certificate() {
     signal(server.pid(), "HUP");
     wait_for_certificate(&server, &b, WAIT);
     server.assert_alive();
+}
+
+/// An expired certificate, or one dated in the future, put in place of a valid one (a wrong file, a renewal that
+/// copied the old one back) is refused with its dates named, and the valid one stays; a valid one then goes in.
+/// Before, it replaced the valid one, every client refused the server, and the log said "reloaded".
+#[test]
+fn a_certificate_out_of_its_dates_does_not_replace_a_valid_one() {
+    let a = Identity::generate();
+    let (files, mut server, _old) = start_with_allocation("dates", &a);
+    for (what, bad) in [
+        ("expired", Identity::dated((2020, 1, 1), (2021, 1, 1))),
+        ("not valid for another", Identity::dated((2099, 1, 1), (2100, 1, 1))),
+    ] {
+        files.write(&bad);
+        signal(server.pid(), "HUP");
+        let needle = format!("the new certificate is {what}");
+        let log = server.log_with(&needle, WAIT);
+        assert!(log.contains(&needle), "the refusal names the dates; log:\n{log}");
+        let fresh = TlsTurn::connect(server.tls).unwrap_or_else(|e| panic!("{e}; log:\n{}", server.log()));
+        assert!(
+            fresh.presented == a.der,
+            "the valid certificate is still served ({what})"
+        );
+    }
+    let b = Identity::generate();
+    files.write(&b);
+    signal(server.pid(), "HUP");
+    wait_for_certificate(&server, &b, WAIT);
+    server.assert_alive();
+
+    // Started with an expired one, the server says so in its log, not only at /readyz.
+    let expired = IdentityFiles::new("expired-start", &Identity::dated((2020, 1, 1), (2021, 1, 1)));
+    let tls_args = expired.args();
+    let args: Vec<&str> = tls_args.iter().map(String::as_str).collect();
+    let started = Server::start(&args);
+    let log = started.log_with("the TLS certificate is expired", WAIT);
+    assert!(log.contains("the TLS certificate is expired"), "log:\n{log}");
 }
 
 #[test]
