@@ -292,6 +292,8 @@ cmd_down() {
     done <"$dir/namespaces"
   fi
   rm -rf "$dir"
+  # The state root goes with the last lab (rmdir leaves it while another lab is up).
+  rmdir "$STATE_ROOT" 2>/dev/null || true
 }
 
 cmd_sites() {

@@ -939,6 +939,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         quotas,
     );
     let alone = web.clone();
+    let acme_pending = serves_tls && certs.is_self_signed() && !config.tls.domains.is_empty();
     runtime.block_on(async move {
         use tokio::signal::unix::{signal, SignalKind};
         if let Some((listener, endpoint)) = metrics_endpoint {
@@ -962,7 +963,16 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             return;
         };
         let mut tick = tokio::time::interval(Duration::from_secs(1));
+        // Under ACME the first start serves a placeholder, and the turns: host is checked against the certificate
+        // once one is issued (at start there was nothing to check: the warning came only after a restart).
+        let mut awaiting_issue = acme_pending;
         loop {
+            if awaiting_issue && !certs.is_self_signed() {
+                awaiting_issue = false;
+                if let Some(warning) = turns_host_warning(&host, false, certs.covers(&host)) {
+                    tracing::warn!("{warning}");
+                }
+            }
             tokio::select! {
                 // In a cluster SIGTERM drains first (a second one stops at once); alone it stops.
                 _ = term.recv() => if !drain.start("SIGTERM", std::time::Instant::now()) { break },
