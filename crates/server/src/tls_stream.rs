@@ -11,6 +11,7 @@
 use std::cell::RefCell;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -25,10 +26,52 @@ const MAX_RECORD: usize = 16 * 1024 + 2048 + 5;
 /// Read buffer: the start of a record kept from the last read, and room for a whole record after it.
 const READ_SCRATCH: usize = 2 * MAX_RECORD;
 /// What a handshake may have read and not yet processed. A client sends its ClientHello (a few KiB, 3 with a
-/// post-quantum key share) and its Finished, never a certificate (no client authentication), so two records are
-/// plenty. rustls would take handshake messages of up to 64 KiB: held for that, and grown by doubling, a stranger's
-/// handshake kept 128 KiB per connection before anything was authenticated.
-const MAX_HANDSHAKE_HELD: usize = 2 * MAX_RECORD;
+/// post-quantum key share, in one plaintext record of at most 16 KiB) and its Finished, never a certificate (no
+/// client authentication), so one record is plenty. rustls would take handshake messages of up to 64 KiB: held for
+/// that, and grown by doubling, a stranger's handshake kept 128 KiB per connection before anything was
+/// authenticated; with two records, a ClientHello declared at 60 000 bytes and stalled kept 36 KiB for the
+/// handshake timeout (450 MB over the connection limit).
+const MAX_HANDSHAKE_HELD: usize = 16 * 1024 + 5;
+/// Bytes every unfinished handshake of the process may hold at once (about 4 000 stalled at their limit); beyond
+/// it, a handshake that needs more is refused rather than the server's memory taken by strangers.
+const HANDSHAKE_BYTES_BUDGET: usize = 64 * 1024 * 1024;
+static HANDSHAKE_BYTES: AtomicUsize = AtomicUsize::new(0);
+
+/// A handshake's share of a byte budget (the process's: [`HANDSHAKE_BYTES_BUDGET`]): what its buffer holds, given
+/// back when it ends.
+struct HandshakeBytes<'a> {
+    total: &'a AtomicUsize,
+    budget: usize,
+    charged: usize,
+}
+
+impl<'a> HandshakeBytes<'a> {
+    fn new(total: &'a AtomicUsize, budget: usize) -> Self {
+        Self {
+            total,
+            budget,
+            charged: 0,
+        }
+    }
+
+    /// Charges the buffer's growth to `capacity`; false (and nothing charged) past the budget.
+    fn grow_to(&mut self, capacity: usize) -> bool {
+        let more = capacity.saturating_sub(self.charged);
+        if self.total.fetch_add(more, Ordering::Relaxed) + more > self.budget {
+            self.total.fetch_sub(more, Ordering::Relaxed);
+            return false;
+        }
+        self.charged += more;
+        true
+    }
+}
+
+impl Drop for HandshakeBytes<'_> {
+    fn drop(&mut self) {
+        self.total.fetch_sub(self.charged, Ordering::Relaxed);
+    }
+}
+
 /// Plaintext encrypted per write: two full records. A larger write is taken in several.
 const MAX_WRITE: usize = 32 * 1024;
 /// Ciphertext of one write: its records' headers, tags and padding on top of the plaintext.
@@ -71,6 +114,7 @@ pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> io::Result<TlsStream<S>> {
     let mut conn = UnbufferedServerConnection::new(config).map_err(invalid)?;
     let mut held = Vec::new();
+    let mut charged = HandshakeBytes::new(&HANDSHAKE_BYTES, HANDSHAKE_BYTES_BUDGET);
     let mut plain = Vec::new();
     let mut out = Vec::new();
     let mut read_closed = false;
@@ -104,6 +148,11 @@ pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
                 }
                 // Exact steps, not doubling: the buffer stays within the bound.
                 held.reserve_exact(4096.min(MAX_HANDSHAKE_HELD - held.len()));
+                if !charged.grow_to(held.capacity()) {
+                    return Err(invalid(
+                        "the server holds as many unfinished TLS handshakes as it takes",
+                    ));
+                }
                 if io.read_buf(&mut held).await? == 0 {
                     return Err(io::ErrorKind::UnexpectedEof.into());
                 }
@@ -560,7 +609,7 @@ mod tests {
     /// A ClientHello declaring 60 000 bytes, sent in full records: refused once two records are held (before, held
     /// up to 101 KiB in a buffer that grew to 128 KiB).
     #[test]
-    fn an_oversized_client_hello_is_refused_within_two_records() {
+    fn an_oversized_client_hello_is_refused_within_one_record() {
         run(async {
             let (server, _) = configs(&[b"http/1.1"], &[b"http/1.1"], false);
             let (a, mut b) = duplex(256 * 1024);
@@ -939,6 +988,46 @@ mod tests {
             let err = accept(a, server).await.err().expect("refused");
             assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
         });
+    }
+
+    /// A ClientHello declared larger than a record, sent in part and left there, is refused once a record's worth
+    /// is held, rather than kept for the handshake timeout.
+    #[test]
+    fn a_stalled_handshake_holds_at_most_one_record() {
+        run(async {
+            let (server, _) = configs(&[b"http/1.1"], &[], false);
+            let (a, mut b) = duplex(1024 * 1024);
+            // A ClientHello declaring 60 000 bytes, 34 KiB of it in records of 16 KiB, then nothing.
+            let mut hello = vec![0x01, 0x00, 0xea, 0x60];
+            hello.resize(34 * 1024, 0);
+            for chunk in hello.chunks(16 * 1024) {
+                let mut record = vec![0x16, 0x03, 0x01];
+                record.extend_from_slice(&(chunk.len() as u16).to_be_bytes());
+                record.extend_from_slice(chunk);
+                b.write_all(&record).await.expect("write");
+            }
+            let refused = tokio::time::timeout(std::time::Duration::from_secs(2), accept(a, server)).await;
+            let err = refused.expect("refused at once, not held").err().expect("refused");
+            assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+            drop(b);
+        });
+    }
+
+    #[test]
+    fn the_handshake_byte_budget_is_charged_and_given_back() {
+        let total = AtomicUsize::new(0);
+        let mut one = HandshakeBytes::new(&total, 10_000);
+        assert!(one.grow_to(4096));
+        assert!(one.grow_to(8192));
+        let mut two = HandshakeBytes::new(&total, 10_000);
+        assert!(!two.grow_to(4096), "over the budget");
+        assert_eq!(total.load(Ordering::Relaxed), 8192);
+        assert!(two.grow_to(1808));
+        assert_eq!(total.load(Ordering::Relaxed), 10_000);
+        drop(one);
+        assert_eq!(total.load(Ordering::Relaxed), 1808);
+        drop(two);
+        assert_eq!(total.load(Ordering::Relaxed), 0);
     }
 
     /// Random bytes, alone or behind real records, cut anywhere, during the handshake or after it: an error or the
