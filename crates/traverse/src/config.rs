@@ -33,6 +33,63 @@ pub struct Config {
     pub log: Log,
     pub metrics: Metrics,
     pub cluster: Cluster,
+    pub ice: Ice,
+}
+
+/// What peers are handed besides this server (or cluster): other STUN/TURN servers, after this server's own.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Ice {
+    /// External servers appended to every `iceServers` (joins and `/api/ice-servers`): a managed TURN service as a
+    /// fallback, a coturn beside this server. Each entry: `urls`, and for TURN either `username` and `credential`
+    /// (static) or `secret` (TURN REST: a credential minted per peer with this server's `auth.credential_ttl`, as
+    /// coturn's `use-auth-secret` and eturnal expect).
+    pub extra: Vec<ExtraIceServer>,
+}
+
+/// One external STUN/TURN server ([`Ice::extra`]).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ExtraIceServer {
+    pub urls: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+    /// The server's TURN REST secret: a credential is minted per peer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+}
+
+impl ExtraIceServer {
+    /// What is wrong with the entry, as a sentence.
+    pub fn problem(&self) -> Option<String> {
+        if self.urls.is_empty() {
+            return Some("an entry without urls (browsers throw on one)".into());
+        }
+        let bad = self.urls.iter().find(|u| {
+            let Some((scheme, rest)) = u.split_once(':') else {
+                return true;
+            };
+            !matches!(scheme, "stun" | "stuns" | "turn" | "turns")
+                || rest.is_empty()
+                || rest.contains(char::is_whitespace)
+        });
+        if let Some(url) = bad {
+            return Some(format!("{url:?} is not a stun:, turn: or turns: URL"));
+        }
+        let turn = self.urls.iter().any(|u| u.starts_with("turn"));
+        let fixed = self.username.is_some() || self.credential.is_some();
+        match (turn, fixed, &self.secret) {
+            (_, true, Some(_)) => Some("username/credential and secret both given: use one".into()),
+            (true, false, None) => Some("a TURN server needs username and credential, or secret".into()),
+            (_, true, None) if self.username.is_none() || self.credential.is_none() => {
+                Some("username and credential go together".into())
+            }
+            (_, _, Some(secret)) => short_secret(secret).err(),
+            _ => None,
+        }
+    }
 }
 
 /// A node of a cluster (`signal.redis`, docs/scaling.md): how long it drains and when it counts as full.
@@ -830,6 +887,11 @@ impl Config {
     pub fn validate(&self) -> Vec<ConfigError> {
         let mut errors = Vec::new();
         let mut bad = |key, message: String| errors.push(ConfigError::Invalid { key, message });
+        for (i, server) in self.ice.extra.iter().enumerate() {
+            if let Some(problem) = server.problem() {
+                bad("ice.extra", format!("entry {}: {problem}", i + 1));
+            }
+        }
         if self.relay.port_min > self.relay.port_max || self.relay.port_min == 0 {
             bad(
                 "relay.port_min/port_max",
@@ -1264,6 +1326,10 @@ fn typed_like(current: Option<&Value>, text: &str) -> Value {
             .map(Value::from)
             .or_else(|_| text.parse::<i64>().map(Value::from))
             .unwrap_or_else(|_| Value::from(text)),
+        // A list of tables (`ice.extra`) is written as JSON.
+        Some(Value::Array(_)) if text.trim_start().starts_with('[') => {
+            serde_json::from_str(text).unwrap_or_else(|_| Value::from(text))
+        }
         Some(Value::Array(_)) => text
             .split(',')
             .map(str::trim)
@@ -1279,6 +1345,33 @@ mod tests {
     use super::*;
 
     const EXAMPLE: &str = include_str!("../../../traverse.example.toml");
+
+    #[test]
+    fn extra_ice_servers_are_checked() {
+        let entry = |urls: &[&str], username: Option<&str>, credential: Option<&str>, secret: Option<&str>| {
+            ExtraIceServer {
+                urls: urls.iter().map(|u| (*u).to_owned()).collect(),
+                username: username.map(str::to_owned),
+                credential: credential.map(str::to_owned),
+                secret: secret.map(str::to_owned),
+            }
+            .problem()
+        };
+        assert_eq!(entry(&["stun:stun.example.com:3478"], None, None, None), None);
+        assert_eq!(entry(&["turn:t.example.com:3478"], Some("u"), Some("p"), None), None);
+        assert_eq!(entry(&["turns:t.example.com:443?transport=tcp"], None, None, Some("0123456789abcdef")), None);
+        for (bad, why) in [
+            (entry(&[], None, None, None), "without urls"),
+            (entry(&["http://t.example.com"], None, None, None), "is not a stun:"),
+            (entry(&["turn:"], Some("u"), Some("p"), None), "is not a stun:"),
+            (entry(&["turn:t.example.com"], None, None, None), "needs username and credential, or secret"),
+            (entry(&["turn:t.example.com"], Some("u"), None, None), "go together"),
+            (entry(&["turn:t.example.com"], Some("u"), Some("p"), Some("0123456789abcdef")), "both"),
+            (entry(&["turn:t.example.com"], None, None, Some("short")), "too short"),
+        ] {
+            assert!(bad.as_deref().is_some_and(|b| b.contains(why)), "{bad:?} should say {why:?}");
+        }
+    }
 
     #[test]
     fn example_config_parses_and_validates() {

@@ -754,12 +754,15 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let (username, credential) = mint_at(&mint_secret, user, unix + ttl);
         urls.servers(&username, &credential)
     });
+    let extra = config.ice.extra.clone();
+    let extra_ice_servers: web::IceServersFn = Arc::new(move |user, unix| extra_servers(&extra, user, unix + ttl));
     let outcomes = Arc::new(outcome::Outcomes::new());
     let web = web::Web::start_with_redis(
         web::WebConfig {
             limits: config.signal.limits.clone(),
             token_secret: config.signal.secret.as_ref().map(|s| s.as_bytes().to_vec()),
             ice_servers,
+            extra_ice_servers,
             credential_ttl_secs: ttl,
             data_dir: config.web.data_dir(),
             admin_token: config.web.admin_token.clone(),
@@ -1268,6 +1271,22 @@ impl IceUrls {
     }
 }
 
+/// `ice.extra` as `iceServers` entries: a static credential as given, a TURN REST secret's minted for `user` until
+/// `expiry`, as this server's own are.
+fn extra_servers(extra: &[config::ExtraIceServer], user: &str, expiry: u64) -> serde_json::Value {
+    let entries = extra.iter().map(|e| match (&e.secret, &e.username, &e.credential) {
+        (Some(secret), _, _) => {
+            let (username, credential) = mint_at(secret, user, expiry);
+            json!({ "urls": e.urls, "username": username, "credential": credential })
+        }
+        (None, Some(username), Some(credential)) => {
+            json!({ "urls": e.urls, "username": username, "credential": credential })
+        }
+        _ => json!({ "urls": e.urls }),
+    });
+    serde_json::Value::Array(entries.collect())
+}
+
 /// The RFC 5780 alternate address as a `stun:` URL. A browser cannot send CHANGE-REQUEST, so `/check` classifies
 /// the NAT's mapping by comparing what two STUN addresses see — and it knows two addresses share an IP only by their
 /// host: an alternate on the primary's IP is named by the primary's host, one on another IP by its address.
@@ -1345,6 +1364,13 @@ fn warn_if_secrets_readable(path: &std::path::Path) {
         ("auth.users", !file.auth.users.is_empty()),
         ("web.admin_token", file.web.admin_token.is_some()),
         ("metrics.token", file.metrics.token.is_some()),
+        (
+            "ice.extra",
+            file.ice
+                .extra
+                .iter()
+                .any(|e| e.secret.is_some() || e.credential.is_some()),
+        ),
     ]
     .into_iter()
     .filter_map(|(key, set)| set.then_some(key))

@@ -847,6 +847,78 @@ async fn join_presence_relay_broadcast_and_leave() {
     );
 }
 
+/// `ice.extra`: external servers come after this server's own in a join's `iceServers` and in `/api/ice-servers`,
+/// a TURN REST secret's credential minted for the peer (and accepted by HMAC as coturn checks it), a static one as
+/// given; the REST fields stay this server's.
+#[tokio::test]
+async fn extra_ice_servers_follow_the_server_s_own_with_their_credentials() {
+    const EXTERNAL_SECRET: &str = "external-turn-secret-0123456789";
+    let extra = format!(
+        r#"ice.extra=[{{"urls":["turns:turn.example.com:443?transport=tcp"],"secret":"{EXTERNAL_SECRET}"}},{{"urls":["turn:198.51.100.7:3478"],"username":"fixed","credential":"pw"}},{{"urls":["stun:stun.example.com:3478"]}}]"#
+    );
+    let server = Server::start(&["--set", &extra]);
+    let mut c = Client::connect(server.http).await;
+    let joined = c.join("extra", None, None).await;
+    let peer = id_of(&joined, "peerId");
+    let list = joined["iceServers"].as_array().expect("iceServers");
+    let urls = |e: &Value| e["urls"][0].as_str().unwrap_or_default().to_owned();
+    let n = list.len();
+    assert!(n >= 5, "{list:?}");
+    assert!(urls(&list[0]).starts_with("stun:127.0.0.1"), "own first: {list:?}");
+    assert_eq!(urls(&list[n - 3]), "turns:turn.example.com:443?transport=tcp");
+    assert_eq!(urls(&list[n - 2]), "turn:198.51.100.7:3478");
+    assert_eq!(urls(&list[n - 1]), "stun:stun.example.com:3478");
+    let minted = &list[n - 3];
+    let username = minted["username"].as_str().expect("a minted username");
+    let (expiry, user) = username.split_once(':').expect("<expiry>:<peer>");
+    assert_eq!(user, peer);
+    assert!(expiry.parse::<u64>().is_ok_and(|e| e > unix_now()));
+    assert_eq!(
+        minted["credential"].as_str(),
+        Some(turn::rest_password(EXTERNAL_SECRET.as_bytes(), username).as_str()),
+        "HMAC-SHA1 of the username with the external secret"
+    );
+    assert_eq!(
+        (list[n - 2]["username"].as_str(), list[n - 2]["credential"].as_str()),
+        (Some("fixed"), Some("pw"))
+    );
+    assert!(list[n - 1].get("username").is_none());
+
+    let r = http_get(server.http, "/api/ice-servers", &[]).await;
+    let body = r.json();
+    let api = body["iceServers"].as_array().expect("iceServers");
+    assert_eq!(urls(&api[api.len() - 1]), "stun:stun.example.com:3478", "{body}");
+    let uris: Vec<&str> = body["uris"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        !uris
+            .iter()
+            .any(|u| u.contains("example.com") || u.contains("198.51.100.7")),
+        "{uris:?}"
+    );
+
+    // A bad entry is refused by check-config, with what is wrong.
+    let path = std::env::temp_dir().join(format!("traverse-extra-ice-{}.toml", std::process::id()));
+    std::fs::write(&path, "[[ice.extra]]\nurls = [\"turn:turn.example.com:3478\"]\n").expect("write");
+    let out = common::run_bounded(
+        std::process::Command::new(env!("CARGO_BIN_EXE_traverse"))
+            .arg("check-config")
+            .arg(&path),
+        Duration::from_secs(30),
+    );
+    let _ = std::fs::remove_file(&path);
+    assert!(out.status.is_some_and(|s| !s.success()), "{out:?}");
+    assert!(
+        out.all()
+            .contains("a TURN server needs username and credential, or secret"),
+        "{out:?}"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // Bad input.
 

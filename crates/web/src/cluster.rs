@@ -426,7 +426,11 @@ pub(crate) fn spawn(
     for (index, events) in inboxes.into_iter().enumerate() {
         let registry = registries.get(index).cloned().unwrap_or_default();
         // In a cluster, every join's iceServers also name the other live nodes' TURN servers.
-        let source = ice_source(config.ice_servers.clone(), registry.clone());
+        let source = ice_source(
+            config.ice_servers.clone(),
+            config.extra_ice_servers.clone(),
+            registry.clone(),
+        );
         let rng = rand::rngs::StdRng::from_entropy();
         let hub = MemoryHub::new(own.clone(), config.token_secret.clone(), source, rng, Instant::now())
             .with_session_events()
@@ -1660,7 +1664,11 @@ impl Registry {
 /// another node, that node's TURN before them — then every other live node's TURN, least loaded first, all with
 /// the same credential (TURN secrets are shared across a cluster). Overloaded nodes are left out (the registry
 /// read skips the others; this node's own TURN is dropped when it is overloaded and another node has room).
-pub(crate) fn ice_source(own: crate::IceServersFn, registry: Registry) -> signal::IceServerSource {
+pub(crate) fn ice_source(
+    own: crate::IceServersFn,
+    extra: crate::IceServersFn,
+    registry: Registry,
+) -> signal::IceServerSource {
     Box::new(move |peer, unix| {
         let mut servers = own(peer.as_str(), unix);
         let credential = servers.as_array().and_then(|a| {
@@ -1683,6 +1691,7 @@ pub(crate) fn ice_source(own: crate::IceServersFn, registry: Registry) -> signal
                 list.extend(other.as_array().into_iter().flatten().map(entry));
             }
         }
+        let servers = crate::with_extra(servers, &extra, peer.as_str(), unix);
         serde_json::value::to_raw_value(&servers)
             .unwrap_or_else(|_| serde_json::value::to_raw_value(&()).unwrap_or_default())
     })

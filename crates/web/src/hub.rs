@@ -281,9 +281,10 @@ pub(crate) fn spawn(config: &WebConfig, cluster: Option<crate::Cluster>) -> std:
             // One shard per core: each worker thread that serves sockets has a home shard.
             let count = std::thread::available_parallelism().map_or(1, usize::from);
             let shards = Shards::new(count, &limits, outcomes, |limits| {
-                let ice = config.ice_servers.clone();
+                let (ice, extra) = (config.ice_servers.clone(), config.extra_ice_servers.clone());
                 let source: signal::IceServerSource = Box::new(move |peer, unix| {
-                    serde_json::value::to_raw_value(&ice(peer.as_str(), unix))
+                    let servers = crate::with_extra(ice(peer.as_str(), unix), &extra, peer.as_str(), unix);
+                    serde_json::value::to_raw_value(&servers)
                         .unwrap_or_else(|_| serde_json::value::to_raw_value(&()).unwrap_or_default())
                 });
                 let rng = rand::rngs::StdRng::from_entropy();

@@ -44,6 +44,19 @@ pub use reports::{DEFAULT_MAX_REPORTS, MAX_REPORTS_PER_SOURCE, MAX_REPORT_BYTES}
 /// Mints `iceServers` (a JSON array) with a fresh TURN credential for a user at a Unix time.
 pub type IceServersFn = Arc<dyn Fn(&str, u64) -> serde_json::Value + Send + Sync>;
 
+/// `servers` with `extra`'s entries for `user` at `unix` appended.
+pub(crate) fn with_extra(
+    mut servers: serde_json::Value,
+    extra: &IceServersFn,
+    user: &str,
+    unix: u64,
+) -> serde_json::Value {
+    if let (Some(list), serde_json::Value::Array(more)) = (servers.as_array_mut(), extra(user, unix)) {
+        list.extend(more);
+    }
+    servers
+}
+
 /// A node of a cluster (`docs/scaling.md`).
 #[derive(Debug, Clone)]
 pub struct Cluster {
@@ -63,6 +76,9 @@ pub struct WebConfig {
     /// With a secret, joins and `/api/ice-servers` need an HS256 token signed by it.
     pub token_secret: Option<Vec<u8>>,
     pub ice_servers: IceServersFn,
+    /// Other servers' `iceServers` entries (`ice.extra`), appended after this server's (and its cluster's); not
+    /// part of what a node advertises to the others.
+    pub extra_ice_servers: IceServersFn,
     /// Lifetime of minted TURN credentials, reported by `/api/ice-servers`.
     pub credential_ttl_secs: u64,
     /// Where reports shared from `/check` are kept, one JSON file each; created on the first report.

@@ -462,7 +462,9 @@ async fn ice_servers(
         }
     }
     let servers = (app.config.ice_servers)(&user, unix);
+    // The REST fields are this server's alone: one credential, which the extra servers' URLs would not take.
     let (username, password, uris) = rest_fields(&servers);
+    let servers = crate::with_extra(servers, &app.config.extra_ice_servers, &user, unix);
     // `iceServers` for `new RTCPeerConnection`; beside it the TURN REST API's shape (draft-uberti-behave-turn-rest:
     // `username`, `password`, `ttl`, `uris`), which coturn-era clients and Matrix homeservers read.
     let body = serde_json::json!({

@@ -11,6 +11,7 @@ pub fn config(dir: &Path) -> WebConfig {
         limits: signal::Limits::default(),
         token_secret: None,
         ice_servers: Arc::new(|_, _| serde_json::json!([])),
+        extra_ice_servers: Arc::new(|_, _| serde_json::json!([])),
         credential_ttl_secs: 3600,
         data_dir: dir.join("data"),
         admin_token: None,
