@@ -1359,17 +1359,34 @@ mod tests {
         };
         assert_eq!(entry(&["stun:stun.example.com:3478"], None, None, None), None);
         assert_eq!(entry(&["turn:t.example.com:3478"], Some("u"), Some("p"), None), None);
-        assert_eq!(entry(&["turns:t.example.com:443?transport=tcp"], None, None, Some("0123456789abcdef")), None);
+        assert_eq!(
+            entry(
+                &["turns:t.example.com:443?transport=tcp"],
+                None,
+                None,
+                Some("0123456789abcdef")
+            ),
+            None
+        );
         for (bad, why) in [
             (entry(&[], None, None, None), "without urls"),
             (entry(&["http://t.example.com"], None, None, None), "is not a stun:"),
             (entry(&["turn:"], Some("u"), Some("p"), None), "is not a stun:"),
-            (entry(&["turn:t.example.com"], None, None, None), "needs username and credential, or secret"),
+            (
+                entry(&["turn:t.example.com"], None, None, None),
+                "needs username and credential, or secret",
+            ),
             (entry(&["turn:t.example.com"], Some("u"), None, None), "go together"),
-            (entry(&["turn:t.example.com"], Some("u"), Some("p"), Some("0123456789abcdef")), "both"),
+            (
+                entry(&["turn:t.example.com"], Some("u"), Some("p"), Some("0123456789abcdef")),
+                "both",
+            ),
             (entry(&["turn:t.example.com"], None, None, Some("short")), "too short"),
         ] {
-            assert!(bad.as_deref().is_some_and(|b| b.contains(why)), "{bad:?} should say {why:?}");
+            assert!(
+                bad.as_deref().is_some_and(|b| b.contains(why)),
+                "{bad:?} should say {why:?}"
+            );
         }
     }
 
