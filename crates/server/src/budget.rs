@@ -107,7 +107,7 @@ impl ConnectionBudget {
         }
     }
 
-    /// Counts a connection closed for a reason found after its accept ([`Refused::ProxyHeader`]).
+    /// Counts a connection refused (at accept, or for a reason found after it: [`Refused::ProxyHeader`]).
     pub(crate) fn count_refused(&self, why: Refused) {
         self.refused_by(why).fetch_add(1, Ordering::Relaxed);
     }
@@ -115,10 +115,12 @@ impl ConnectionBudget {
     /// A connection's share of the total only, held by a PROXY-protocol balancer's connection while its header is
     /// read: the client it names is charged once it is known.
     pub(crate) fn try_acquire_total(self: &Arc<Self>) -> Result<ConnectionPermit, Refused> {
-        let total = self.total.clone().try_acquire_owned().map_err(|_| {
-            self.refused_by(Refused::Total).fetch_add(1, Ordering::Relaxed);
-            Refused::Total
-        })?;
+        self.total_only().inspect_err(|why| self.count_refused(*why))
+    }
+
+    /// A share of the total, charged to no source.
+    fn total_only(self: &Arc<Self>) -> Result<ConnectionPermit, Refused> {
+        let total = self.total.clone().try_acquire_owned().map_err(|_| Refused::Total)?;
         Ok(ConnectionPermit {
             budget: self.clone(),
             source: None,
@@ -133,22 +135,13 @@ impl ConnectionBudget {
     /// Charges a connection from `ip` at `now`; refused when its source or the server is at its limit, or its source
     /// opened connections faster than its rate. Never waits.
     pub fn try_acquire(self: &Arc<Self>, ip: IpAddr, now: Instant) -> Result<ConnectionPermit, Refused> {
-        let charged = self.charge(ip, now);
-        if let Err(why) = charged {
-            self.refused_by(why).fetch_add(1, Ordering::Relaxed);
-        }
-        charged
+        self.charge(ip, now).inspect_err(|why| self.count_refused(*why))
     }
 
     fn charge(self: &Arc<Self>, ip: IpAddr, now: Instant) -> Result<ConnectionPermit, Refused> {
         let source = Source::of(ip);
         if !self.trusted.is_empty() && self.trusted.iter().any(|net| net.contains(ip)) {
-            let total = self.total.clone().try_acquire_owned().map_err(|_| Refused::Total)?;
-            return Ok(ConnectionPermit {
-                budget: self.clone(),
-                source: None,
-                _total: total,
-            });
+            return self.total_only();
         }
         let mut counts = self.counts();
         let held = counts.get(&source).copied().unwrap_or(0);

@@ -109,15 +109,17 @@ async fn read_header(stream: &mut TcpStream) -> Result<Header, HeaderError> {
             return Err(HeaderError::Closed);
         }
         let seen = buf.get(..have + n).ok_or(HeaderError::TooLong)?;
-        let (from, to) = match parse(seen)? {
-            Some(header) if header.len > have => (have, header.len),
+        let header = parse(seen)?;
+        // What to take out of the socket: the header's rest, or (incomplete) all that was peeked.
+        let to = match header {
+            Some(h) if h.len > have => h.len,
             Some(_) => return Err(HeaderError::Invalid("a header shorter than its own start".into())),
-            None => (have, have + n),
+            None => have + n,
         };
         stream
-            .read_exact(buf.get_mut(from..to).ok_or(HeaderError::TooLong)?)
+            .read_exact(buf.get_mut(have..to).ok_or(HeaderError::TooLong)?)
             .await?;
-        match parse(buf.get(..to).ok_or(HeaderError::TooLong)?)? {
+        match header {
             Some(header) => return Ok(header),
             None => have = to,
         }

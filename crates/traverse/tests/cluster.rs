@@ -766,6 +766,35 @@ fn a_join_forwarded_while_its_home_subscribes_again_is_answered_or_retried() {
     });
 }
 
+/// While Redis stays away, a resume of a session held by another node is told to try again only for the resume
+/// grace (its home may come back); past it the resume fails (4201) and the client joins again on the node it
+/// reached, which serves it alone — rather than retrying for as long as Redis is down.
+#[test]
+fn a_resume_in_a_long_redis_outage_fails_once_the_grace_is_over() {
+    let Some(mut redis) = Redis::start() else { return };
+    let grace = ["--set", "signal.resume_grace=2"];
+    let nodes: Vec<Node> = (0..2).map(|_| Node::start(&redis.url(), &grace)).collect();
+    runtime().block_on(async {
+        let (_a, _) = Peer::join(&nodes[0], "long").await;
+        let (mut b, joined_b) = Peer::join(&nodes[1], "long").await;
+        let session = joined_b["session"].as_str().unwrap().to_owned();
+        let _ = redis.child.kill();
+        let _ = redis.child.wait();
+        assert_eq!(b.next().await.err(), Some(Some(4202)), "the link to the home was lost");
+        // Within the grace: try again.
+        let mut b = Peer::connect(&nodes[1]).await;
+        b.send(json!({"type":"resume","session":session,"lastSeq":1})).await;
+        assert_eq!(b.next().await.err(), Some(Some(4202)), "within the grace");
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        let mut b = Peer::connect(&nodes[1]).await;
+        b.send(json!({"type":"resume","session":session,"lastSeq":1})).await;
+        assert_eq!(b.expect("error").await["code"], "resume-failed");
+        assert_eq!(b.next().await.err(), Some(Some(4201)));
+        let (_b, joined) = Peer::join(&nodes[1], "long").await;
+        assert_eq!(joined["type"], "joined", "served alone");
+    });
+}
+
 /// The room's home stalls (SIGSTOP: a VM pause, a partition from Redis) for longer than its node key lives: the
 /// other node takes the room over from the journal, and its peer resumes there. When the old home wakes, its
 /// heartbeat finds the room's key naming the new home: it closes its sockets of the room with 4202 instead of

@@ -246,6 +246,8 @@ enum Event {
     Lookup {
         conn: ConnId,
         answer: Answer,
+        /// The lookup was a `resume`'s (of a session), not a `join`'s.
+        resume: bool,
     },
     NodeGone(NodeId),
     Trouble(String),
@@ -275,11 +277,16 @@ struct Health {
     status: NodeStatus,
     /// The first shard speaks for the node: the others share its Redis and keep their health to themselves.
     speaks: bool,
+    /// When Redis last stopped answering (none while it answers, or before it ever did).
+    down_since: Option<std::time::Instant>,
 }
 
 impl Health {
     fn trouble(&mut self, why: &str) {
         if self.logged != Some(false) {
+            if self.logged == Some(true) {
+                self.down_since = Some(std::time::Instant::now());
+            }
             self.logged = Some(false);
             if self.speaks {
                 self.status.set_redis(RedisState::Unreachable);
@@ -292,6 +299,7 @@ impl Health {
     fn healed(&mut self) {
         if self.subscribed && self.logged != Some(true) {
             self.logged = Some(true);
+            self.down_since = None;
             if self.speaks {
                 self.status.set_redis(RedisState::Shared);
                 tracing::info!(redis = %self.url, "connected to Redis: rooms are shared with the other nodes");
@@ -550,6 +558,7 @@ async fn run(
         subscribed: false,
         status: ice.turn.clone(),
         speaks: shard.index == 0,
+        down_since: None,
     };
     let mut manager: Option<ConnectionManager> = None;
     if let Some(client) = &client {
@@ -688,11 +697,15 @@ async fn run(
                             health.trouble("publishing to another node failed");
                             router.handle_link_lost(&mut hub, now());
                         }
-                        Event::Lookup { conn, mut answer } => {
+                        Event::Lookup { conn, mut answer, resume } => {
                             if answer == Answer::Failed {
                                 // Redis answered until now: most likely a moment's slowness, and the session or room
-                                // lives on elsewhere. Once it is known down, sockets are served here alone.
-                                if health.logged == Some(true) {
+                                // lives on elsewhere. A resume is told to try again too while Redis has been away for
+                                // less than the resume grace: its session may live on at its home, and a hub that does
+                                // not hold it could only end it (4201; the client then joined a second copy of its
+                                // room). Past the grace, or for a join, sockets are served here alone.
+                                let recently = health.down_since.is_some_and(|t| t.elapsed() < grace);
+                                if health.logged == Some(true) || (resume && recently) {
                                     answer = Answer::Retry;
                                 }
                                 health.trouble("a room lookup failed");
@@ -1054,14 +1067,8 @@ async fn act(
                         let (m, node, events) = (m.clone(), router.node().clone(), events.clone());
                         tokio::spawn(async move {
                             // Once more on a broken connection (the manager reconnects): every step is idempotent.
-                            // A resume is never ended for want of an answer: its session may live on another node,
-                            // and a hub that does not hold it could only fail it (4201, for good). It is told to
-                            // try again (4202) instead, until Redis answers or the client's resume grace runs out.
-                            let failed = match &query {
-                                Query::Session(_) => Answer::Retry,
-                                Query::Room(_) => Answer::Failed,
-                            };
-                            let mut answer = failed.clone();
+                            let resume = matches!(query, Query::Session(_));
+                            let mut answer = Answer::Failed;
                             for _ in 0..2 {
                                 let looked = lookup(m.clone(), &node, query.clone(), lease);
                                 match tokio::time::timeout(ANSWER_TIMEOUT, looked).await {
@@ -1071,7 +1078,7 @@ async fn act(
                                 }
                                 break;
                             }
-                            let _ = events.send(Event::Lookup { conn, answer }).await;
+                            let _ = events.send(Event::Lookup { conn, answer, resume }).await;
                         });
                     }
                     // Answered like a lookup Redis failed, through the loop: the join it releases may take a room,
@@ -1080,6 +1087,7 @@ async fn act(
                         let failed = Event::Lookup {
                             conn,
                             answer: Answer::Failed,
+                            resume: matches!(query, Query::Session(_)),
                         };
                         if events.try_send(failed).is_err() {
                             // The loop's queue is full (65 536 events): answered here, where no room may be taken.
