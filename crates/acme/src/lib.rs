@@ -205,7 +205,7 @@ fn supervise<Task, Ran>(
 /// The stored ACME certificate, if it is the one being served (the plan's input after a restart of the task).
 fn held_in_use(store: &Store, certs: &CertStore) -> Option<plan::Held> {
     let held = store.issued().ok()??.held()?;
-    let serving = certs.status().not_after == Some(held.validity.not_after) && !certs.is_self_signed();
+    let serving = certs.status().not_after() == Some(held.validity.not_after) && !certs.is_self_signed();
     serving.then_some(held)
 }
 
@@ -308,7 +308,7 @@ async fn run(
         };
         failures = failures.saturating_add(1);
         let delay = config.backoff.delay(failures, rand::thread_rng().gen());
-        let serving = match (certs.is_self_signed(), certs.status().not_after) {
+        let serving = match (certs.is_self_signed(), certs.status().not_after()) {
             (true, _) => "the self-signed placeholder (browsers refuse it)".to_owned(),
             (false, Some(not_after)) => {
                 let left = (UNIX_EPOCH + Duration::from_secs(not_after)).duration_since(SystemTime::now());

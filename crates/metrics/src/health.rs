@@ -114,23 +114,19 @@ impl Check for Certificate {
 
 /// The certificate check's verdict, apart from where the status comes from.
 pub fn certificate_verdict(status: server::CertStatus, unix_now: u64) -> (bool, String) {
-    let Some(not_after) = status.not_after else {
+    let Some(validity) = status.validity else {
         return (false, "cannot read the certificate's expiry".into());
     };
     let renew = match status.acme {
         true => "renewal is failing: see the ACME lines in the log",
         false => "renew it (the reload is automatic)",
     };
-    let not_before = status.not_before.unwrap_or(0);
-    if let Some(problem) = (server::Validity { not_before, not_after }).problem(unix_now) {
+    if let Some(problem) = validity.problem(unix_now) {
         return (false, format!("{problem}: {renew}"));
     }
-    let lifetime = not_after.saturating_sub(not_before);
-    let margin = match status.not_before {
-        Some(_) => CERTIFICATE_MARGIN_SECS.min(lifetime / 3),
-        None => CERTIFICATE_MARGIN_SECS,
-    };
-    let left = not_after - unix_now;
+    let lifetime = validity.not_after.saturating_sub(validity.not_before);
+    let margin = CERTIFICATE_MARGIN_SECS.min(lifetime / 3);
+    let left = validity.not_after - unix_now;
     if left < margin {
         let when = match left / 86_400 {
             0 => format!("{} hours", left / 3600),
@@ -195,8 +191,10 @@ mod tests {
         let now = 1_800_000_000;
         // Issued `ago` seconds ago, for `life` seconds.
         let at = |ago: u64, life: u64, self_signed, acme| server::CertStatus {
-            not_before: Some(now - ago),
-            not_after: Some(now - ago + life),
+            validity: Some(server::Validity {
+                not_before: now - ago,
+                not_after: now - ago + life,
+            }),
             self_signed,
             acme,
         };
@@ -225,8 +223,7 @@ mod tests {
         let (ok, detail) = certificate_verdict(at(0, 1000 * DAY, true, true), now);
         assert!(ok && detail.contains("waiting for the ACME certificate"), "{detail}");
         let unreadable = server::CertStatus {
-            not_after: None,
-            not_before: None,
+            validity: None,
             self_signed: false,
             acme: false,
         };

@@ -34,7 +34,7 @@ impl Collector for TurnCollector {
         )?;
         if let Some(certs) = &self.certs {
             let status = certs.status();
-            if let Some(not_after) = status.not_after {
+            if let Some(not_after) = status.not_after() {
                 gauge(
                     &mut enc,
                     "traverse_tls_certificate_expiry_timestamp_seconds",

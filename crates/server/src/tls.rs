@@ -46,14 +46,19 @@ pub struct CertStore {
 /// What readiness and metrics need to know of the certificate in use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CertStatus {
-    /// The leaf certificate's notAfter, in Unix seconds; `None` if it could not be read.
-    pub not_after: Option<u64>,
-    /// Its notBefore (a certificate dated in the future is refused by every client).
-    pub not_before: Option<u64>,
+    /// The leaf certificate's dates; `None` if they could not be read.
+    pub validity: Option<Validity>,
     /// Generated at start (no files configured): valid, but no browser trusts it.
     pub self_signed: bool,
     /// Issued and renewed by ACME (`tls.domains`), rather than read from files.
     pub acme: bool,
+}
+
+impl CertStatus {
+    /// The leaf certificate's notAfter, in Unix seconds.
+    pub fn not_after(&self) -> Option<u64> {
+        self.validity.map(|v| v.not_after)
+    }
 }
 
 impl Validity {
@@ -115,11 +120,7 @@ impl CertStore {
         *self.loaded_mtime.write().unwrap_or_else(|e| e.into_inner()) = mtime;
         let now = unix_now();
         let fresh = key.end_entity_cert().ok().and_then(|der| validity(der));
-        let in_use = self.status();
-        let in_use_good = match (in_use.not_before, in_use.not_after) {
-            (Some(not_before), Some(not_after)) => Validity { not_before, not_after }.problem(now).is_none(),
-            _ => false,
-        };
+        let in_use_good = self.status().validity.is_some_and(|v| v.problem(now).is_none());
         if let Some(problem) = fresh.and_then(|v| v.problem(now)).filter(|_| in_use_good) {
             return Err(StartError::Tls(format!(
                 "the new certificate is {problem}; the one in use stays until a valid one is in place"
@@ -174,10 +175,8 @@ impl CertStore {
     /// The certificate in use now (after any reload): its expiry, and whether it is the generated one.
     pub fn status(&self) -> CertStatus {
         let current = self.current.read().unwrap_or_else(|e| e.into_inner()).clone();
-        let validity = current.end_entity_cert().ok().and_then(|der| validity(der));
         CertStatus {
-            not_after: validity.map(|v| v.not_after),
-            not_before: validity.map(|v| v.not_before),
+            validity: current.end_entity_cert().ok().and_then(|der| validity(der)),
             self_signed: self.is_self_signed(),
             acme: matches!(self.identity, TlsIdentity::Acme { .. }),
         }

@@ -816,7 +816,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         turn: Box::new(move || turn_load(&worker_stats.sum())),
         certificate: Box::new(move || {
             let status = certs.status();
-            let not_after_unix = status.not_after.filter(|_| serves_tls)?;
+            let not_after_unix = status.not_after().filter(|_| serves_tls)?;
             Some(web::CertificateStatus {
                 not_after_unix,
                 self_signed: status.self_signed,
@@ -854,11 +854,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if serves_tls {
         // A certificate from files that clients refuse for its dates: said at start, not only by /readyz.
         let status = running.certs.status();
-        if let (Some(not_before), Some(not_after), false) = (status.not_before, status.not_after, status.acme) {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
-            if let Some(problem) = (server::Validity { not_before, not_after }).problem(now) {
+        if let (Some(validity), false) = (status.validity, status.acme) {
+            if let Some(problem) = validity.problem(unix_now()) {
                 tracing::warn!("the TLS certificate is {problem}: every client refuses wss:// and turns: here; replace tls.cert and tls.key (they are read again when they change)");
             }
         }
