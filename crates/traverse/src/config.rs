@@ -1326,9 +1326,10 @@ fn typed_like(current: Option<&Value>, text: &str) -> Value {
             .map(Value::from)
             .or_else(|_| text.parse::<i64>().map(Value::from))
             .unwrap_or_else(|_| Value::from(text)),
-        // A list of tables (`ice.extra`) is written as JSON.
-        Some(Value::Array(_)) if text.trim_start().starts_with('[') => {
-            serde_json::from_str(text).unwrap_or_else(|_| Value::from(text))
+        // A list of tables (`ice.extra`) is written as JSON; anything else that starts with `[` (`[::]:3478`) is a
+        // comma-separated list like the rest.
+        Some(Value::Array(_)) if serde_json::from_str::<Vec<Value>>(text).is_ok() => {
+            serde_json::from_str(text).unwrap_or_default()
         }
         Some(Value::Array(_)) => text
             .split(',')
@@ -1345,6 +1346,26 @@ mod tests {
     use super::*;
 
     const EXAMPLE: &str = include_str!("../../../traverse.example.toml");
+
+    /// A list of tables goes on the command line as JSON; a list whose first item starts with `[` (an IPv6 listen
+    /// address) is still comma-separated.
+    #[test]
+    fn lists_on_the_command_line_take_json_tables_and_bracketed_addresses() {
+        let mut config = Config::default();
+        config.set("listen.udp", "[::]:3478,0.0.0.0:3478").expect("addresses");
+        assert_eq!(
+            config.listen.udp,
+            vec![
+                SocketAddr::from(([0u16; 8], 3478)),
+                SocketAddr::from(([0, 0, 0, 0], 3478))
+            ]
+        );
+        config
+            .set("ice.extra", r#"[{"urls":["stun:stun.example.com:3478"]}]"#)
+            .expect("a JSON list of tables");
+        assert_eq!(config.ice.extra.len(), 1);
+        assert_eq!(config.ice.extra[0].urls, ["stun:stun.example.com:3478"]);
+    }
 
     #[test]
     fn extra_ice_servers_are_checked() {
