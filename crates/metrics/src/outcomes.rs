@@ -47,6 +47,19 @@ pub(crate) fn encode_outcomes(enc: &mut DescriptorEncoder, s: &outcome::OutcomeS
             .iter()
             .map(|(reason, n)| ([("reason", reason.as_str())], *n)),
     )?;
+    // Every reason is written, 0 included: an alert on a rate needs the series before the first drop.
+    counters(
+        enc,
+        "traverse_connection_drops",
+        "Calls that connected and then dropped (the SDK's ICE restarts did not recover them), by the post-mortem's \
+         reason (peer-lost, peer-left, network-changed, relay-lost, path-lost)",
+        outcome::Reason::DROPS.iter().map(|r| {
+            (
+                [("reason", r.code())],
+                s.dropped_by_reason.get(r.code()).copied().unwrap_or(0),
+            )
+        }),
+    )?;
     let t = &s.time_to_connect_ms;
     let seconds: Vec<(f64, u64)> = t.buckets.iter().map(|(ms, n)| (ms / 1000.0, *n)).collect();
     histogram(
@@ -81,6 +94,8 @@ mod tests {
             failed: 1,
             by_path: BTreeMap::from([("relay-udp".to_owned(), 1), ("direct-host".to_owned(), 2)]),
             by_reason: BTreeMap::from([("no-relay".to_owned(), 1)]),
+            dropped: 2,
+            dropped_by_reason: BTreeMap::from([("relay-lost".to_owned(), 2)]),
             time_to_connect_ms: outcome::TimeToConnect {
                 buckets: vec![(100.0, 1), (1000.0, 2)],
                 sum_ms: 2600.0,
@@ -98,6 +113,8 @@ mod tests {
             "traverse_connections_total{outcome=\"connected\",path=\"relay-udp\"} 1",
             "traverse_connections_total{outcome=\"failed\",path=\"none\"} 1",
             "traverse_connection_failures_total{reason=\"no-relay\"} 1",
+            "traverse_connection_drops_total{reason=\"relay-lost\"} 2",
+            "traverse_connection_drops_total{reason=\"peer-lost\"} 0",
             "traverse_connection_time_to_connect_seconds_bucket{le=\"0.1\"} 1",
             "traverse_connection_time_to_connect_seconds_bucket{le=\"1.0\"} 2",
             "traverse_connection_time_to_connect_seconds_bucket{le=\"+Inf\"} 3",

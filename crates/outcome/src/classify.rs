@@ -10,7 +10,7 @@
 //! failure better than "no relay"); each is a case of the table in `tests/classify.rs`. Sans-IO: no clock, no
 //! I/O, the same reports always give the same diagnosis.
 
-use crate::report::{CandidateType, Outcome, Policy, RelayProtocol, Report};
+use crate::report::{CandidateType, DropCause, Outcome, Policy, RelayProtocol, Report};
 
 /// The step a [`Reason`] belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,11 +60,23 @@ pub enum Reason {
     /// No side failed, but no side connected within its timeout either.
     Timeout,
     Unknown,
+    /// A connected call dropped: the other peer's signaling dropped too (its network went away), and its report
+    /// never came.
+    PeerLost,
+    /// A connected call broke, and the other peer left the room before it was recovered.
+    PeerLeft,
+    /// A connected call dropped after a peer's network changed or went offline, and no new path was found.
+    NetworkChanged,
+    /// A relayed call dropped: the relay stopped answering (or its server lost the session) and no new relay
+    /// could be allocated.
+    RelayLost,
+    /// A connected call's path stopped working and the ICE restarts found no new one.
+    PathLost,
 }
 
 impl Reason {
     /// Every reason, in the order the classifier checks them (for docs and tests).
-    pub const ALL: [Reason; 12] = [
+    pub const ALL: [Reason; 17] = [
         Reason::Connected,
         Reason::SignalingIncomplete,
         Reason::PeerUnreported,
@@ -77,6 +89,20 @@ impl Reason {
         Reason::RelayPortsBlocked,
         Reason::Timeout,
         Reason::Unknown,
+        Reason::PeerLost,
+        Reason::PeerLeft,
+        Reason::NetworkChanged,
+        Reason::RelayLost,
+        Reason::PathLost,
+    ];
+
+    /// The reasons a connected call drops for.
+    pub const DROPS: [Reason; 5] = [
+        Reason::PeerLost,
+        Reason::PeerLeft,
+        Reason::NetworkChanged,
+        Reason::RelayLost,
+        Reason::PathLost,
     ];
 
     pub fn code(self) -> &'static str {
@@ -93,6 +119,11 @@ impl Reason {
             Reason::RelayPortsBlocked => "relay-ports-blocked",
             Reason::Timeout => "timeout",
             Reason::Unknown => "unknown",
+            Reason::PeerLost => "peer-lost",
+            Reason::PeerLeft => "peer-left",
+            Reason::NetworkChanged => "network-changed",
+            Reason::RelayLost => "relay-lost",
+            Reason::PathLost => "path-lost",
         }
     }
 
@@ -108,7 +139,12 @@ impl Reason {
             | Reason::SymmetricNatNoRelay
             | Reason::RelayPortsBlocked
             | Reason::Timeout
-            | Reason::Unknown => Step::Connection,
+            | Reason::Unknown
+            | Reason::PeerLost
+            | Reason::PeerLeft
+            | Reason::NetworkChanged
+            | Reason::RelayLost
+            | Reason::PathLost => Step::Connection,
         }
     }
 
@@ -149,6 +185,18 @@ impl Reason {
             }
             Reason::Timeout => "Neither peer connected nor failed within the timeout: ICE was still checking.",
             Reason::Unknown => "The reports do not explain the failure.",
+            Reason::PeerLost => {
+                "The call dropped: the other peer lost its network (its signaling connection dropped at the same \
+                 time)."
+            }
+            Reason::PeerLeft => "The call broke, and the other peer left the room before it was recovered.",
+            Reason::NetworkChanged => {
+                "The call dropped after a peer's network changed or went offline, and no new path was found."
+            }
+            Reason::RelayLost => {
+                "The call went through a TURN relay that stopped answering, and no new relay could be allocated."
+            }
+            Reason::PathLost => "The call's path stopped working and the ICE restarts found no new one.",
         }
     }
 
@@ -185,6 +233,23 @@ impl Reason {
             }
             Reason::Timeout => "Check the network from both sides with /check; a relay over TLS on 443 may help.",
             Reason::Unknown => "Run /check from both networks and compare.",
+            Reason::PeerLost => {
+                "Nothing to do on the server: the SDK reconnects once the network is back. Many of these point to \
+                 unstable networks (mobile handovers, Wi-Fi roaming)."
+            }
+            Reason::PeerLeft => "Nothing to do, unless users leave because calls break often (see path-lost).",
+            Reason::NetworkChanged => {
+                "Offer TURN over TLS on port 443 (the single port), so that a new network always has a path; run \
+                 /check from the network the peer moved to."
+            }
+            Reason::RelayLost => {
+                "Check the TURN server's logs and load at that time (`traverse_allocations`, restarts); with a \
+                 cluster, a restart reaches another node's relay."
+            }
+            Reason::PathLost => {
+                "Offer a TURN server (over TLS on 443): a relayed path survives the NAT and firewall timeouts that \
+                 break a direct one. Keep the SDK's ICE restarts on (`recovery`)."
+            }
         }
     }
 }
@@ -228,15 +293,18 @@ pub struct Diagnosis {
     pub room: String,
     /// Peer ids, A (the first report) then B; empty from [`classify`], set by the hub.
     pub peers: [String; 2],
-    /// `Connected` if either side connected; `Failed` if either failed; else `Timeout`.
+    /// `Dropped` if either side reported a drop; else `Connected` if either side connected; `Failed` if either
+    /// failed; else `Timeout`.
     pub outcome: Outcome,
     pub reason: Reason,
     /// The sentence for people: the reason with the peer and transport named, then the advice.
     pub message: String,
-    /// For a connected pair.
+    /// For a connected pair; for a dropped one, the path it had before it broke.
     pub path: Option<Path>,
     /// For a connected pair: the later of the two sides' times to connect (when both could use it).
     pub time_to_connect_ms: Option<u32>,
+    /// For a dropped pair: how long it had been connected when it broke (the longer of the two sides' views).
+    pub connected_ms: Option<u32>,
     /// 1 or 2.
     pub reports: u8,
 }
@@ -249,8 +317,56 @@ impl Diagnosis {
         self
     }
 
+    /// Never connected (failed or timed out); a dropped pair had connected.
     pub fn failed(&self) -> bool {
-        self.outcome != Outcome::Connected
+        matches!(self.outcome, Outcome::Failed | Outcome::Timeout)
+    }
+
+    pub fn dropped(&self) -> bool {
+        self.outcome == Outcome::Dropped
+    }
+}
+
+/// What the server knows of a peer that did not report about its pair (when the pair is decided on one report).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Absent {
+    /// Still in the room, its signaling up.
+    Present,
+    /// Still in the room, but its signaling socket dropped (within the resume grace).
+    Disconnected,
+    /// Its socket dropped and it did not come back within the resume grace: it left the room lost.
+    Lost,
+    /// It said `leave`.
+    Left,
+}
+
+/// Decides a pair on A's report alone, with what the server knows of B: for a dropped call, B's signaling lost as
+/// well (its network went away) or B's leaving explains the drop better than A's view of the path.
+pub fn classify_one(a: &Report, b: Absent) -> Diagnosis {
+    let d = classify(a, None);
+    if !d.dropped() {
+        return d;
+    }
+    let (reason, message) = match b {
+        Absent::Present => return d,
+        Absent::Disconnected => (
+            Reason::PeerLost,
+            "The call dropped: peer B lost its network — its signaling connection dropped at the same time.",
+        ),
+        Absent::Lost => (
+            Reason::PeerLost,
+            "The call dropped: peer B lost its network — its signaling connection dropped too, and did not come \
+             back within the resume grace.",
+        ),
+        Absent::Left => (
+            Reason::PeerLeft,
+            "The call broke, and peer B left the room before it was recovered.",
+        ),
+    };
+    Diagnosis {
+        reason,
+        message: format!("{message} {}", reason.advice()),
+        ..d
     }
 }
 
@@ -258,6 +374,9 @@ impl Diagnosis {
 pub fn classify(a: &Report, b: Option<&Report>) -> Diagnosis {
     let reports = if b.is_some() { 2 } else { 1 };
     let sides: Vec<(&'static str, &Report)> = std::iter::once(("A", a)).chain(b.map(|b| ("B", b))).collect();
+    if sides.iter().any(|(_, r)| r.outcome == Outcome::Dropped) {
+        return dropped(&sides, reports);
+    }
     let outcome = if sides.iter().any(|(_, r)| r.outcome == Outcome::Connected) {
         Outcome::Connected
     } else if sides.iter().any(|(_, r)| r.outcome == Outcome::Failed) {
@@ -282,8 +401,100 @@ pub fn classify(a: &Report, b: Option<&Report>) -> Diagnosis {
         },
         path: None,
         time_to_connect_ms: None,
+        connected_ms: None,
         reports,
     }
+}
+
+/// A call that connected and then broke for good: whose network, which relay, or which path.
+fn dropped(sides: &[(&'static str, &Report)], reports: u8) -> Diagnosis {
+    let drops: Vec<(&str, &Report)> = sides
+        .iter()
+        .filter(|(_, r)| r.outcome == Outcome::Dropped)
+        .map(|(n, r)| (*n, *r))
+        .collect();
+    let path = drops
+        .iter()
+        .filter_map(|(_, r)| path_of(r))
+        .find(|p| p.is_relay())
+        .or_else(|| drops.iter().find_map(|(_, r)| path_of(r)));
+    let connected_ms = drops.iter().map(|(_, r)| r.connected_ms).max();
+    let restarts = drops.iter().map(|(_, r)| u32::from(r.restarts)).max().unwrap_or(0);
+    let tried = match restarts {
+        0 => "no ICE restart could be made".to_owned(),
+        1 => "one ICE restart found no new path".to_owned(),
+        n => format!("{n} ICE restarts found no new path"),
+    };
+    let unreported = if reports == 1 {
+        " (peer B did not report the drop)"
+    } else {
+        ""
+    };
+    let network: Vec<(&str, &Report)> = drops
+        .iter()
+        .filter(|(_, r)| r.offline || r.cause.is_some_and(DropCause::is_network))
+        .copied()
+        .collect();
+    let (reason, message) = if let Some((name, r)) = network.first() {
+        let what = if r.offline || r.cause == Some(DropCause::NetworkOffline) {
+            "went offline"
+        } else {
+            "changed"
+        };
+        (
+            Reason::NetworkChanged,
+            format!("The call dropped after peer {name}'s network {what}, and {tried}{unreported}."),
+        )
+    } else if path.is_some_and(Path::is_relay) && drops.iter().any(|(_, r)| relay_went_away(r)) {
+        let why = if drops.iter().any(|(_, r)| r.cause.is_some_and(DropCause::is_server)) {
+            "went away with its server (a restart or a lost node)"
+        } else {
+            "stopped answering"
+        };
+        (
+            Reason::RelayLost,
+            format!("The call went through a TURN relay that {why}, and no new relay could be allocated; {tried}{unreported}."),
+        )
+    } else {
+        let on = match path {
+            Some(p) if p.is_relay() => "through the relay",
+            Some(_) => "direct",
+            None => "",
+        };
+        let on = if on.is_empty() {
+            String::new()
+        } else {
+            format!(" ({on})")
+        };
+        (
+            Reason::PathLost,
+            format!(
+                "The call's path{on} stopped working, probably a NAT or firewall on the way dropping its mapping, and \
+                 {tried}{unreported}."
+            ),
+        )
+    };
+    Diagnosis {
+        room: String::new(),
+        peers: [String::new(), String::new()],
+        outcome: Outcome::Dropped,
+        reason,
+        message: format!("{message} {}", reason.advice()),
+        path,
+        time_to_connect_ms: None,
+        connected_ms,
+        reports,
+    }
+}
+
+/// A relayed side whose relay went away: its server lost the session, or TURN requests made while recovering got
+/// no answer or an error, or recovery gathered no relay at all.
+fn relay_went_away(r: &Report) -> bool {
+    r.cause.is_some_and(DropCause::is_server)
+        || r.errors
+            .iter()
+            .any(|e| e.url.as_ref().is_some_and(|u| u.turn_transport().is_some()))
+        || (r.restarts > 0 && r.gathered.relays() == 0 && r.offered.turn() > 0)
 }
 
 fn connected(sides: &[(&'static str, &Report)], reports: u8) -> Diagnosis {
@@ -322,6 +533,7 @@ fn connected(sides: &[(&'static str, &Report)], reports: u8) -> Diagnosis {
         message,
         path,
         time_to_connect_ms: time,
+        connected_ms: None,
         reports,
     }
 }

@@ -31,10 +31,10 @@ mod classify;
 mod report;
 mod store;
 
-pub use classify::{classify, Diagnosis, Path, Reason, Step};
+pub use classify::{classify, classify_one, Absent, Diagnosis, Path, Reason, Step};
 pub use report::{
-    Browser, BrowserName, Candidate, CandidateError, CandidateType, ErrorText, Gathered, IceUrl, Offered, Outcome,
-    Policy, Protocol, RelayProtocol, Report, ReportError, SelectedPair, MAX_ERRORS, MAX_TEXT, MAX_URL,
+    Browser, BrowserName, Candidate, CandidateError, CandidateType, DropCause, ErrorText, Gathered, IceUrl, Offered,
+    Outcome, Policy, Protocol, RelayProtocol, Report, ReportError, SelectedPair, MAX_ERRORS, MAX_TEXT, MAX_URL,
 };
 pub use store::{
     Failure, Minute, OutcomeSnapshot, Outcomes, TimeToConnect, MINUTES, RECENT_FAILURES, TIME_TO_CONNECT_BOUNDS_MS,

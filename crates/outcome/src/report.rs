@@ -38,6 +38,9 @@ pub enum Outcome {
     Failed,
     /// Neither, within the SDK's `outcomeTimeoutMs`.
     Timeout,
+    /// Connected (and reported so), then broke and was not recovered: the SDK's ICE restarts gave up, or the
+    /// `Peer` closed while still broken. Taken only about a pair the server diagnosed as connected.
+    Dropped,
 }
 
 impl Outcome {
@@ -46,7 +49,49 @@ impl Outcome {
             Outcome::Connected => "connected",
             Outcome::Failed => "failed",
             Outcome::Timeout => "timeout",
+            Outcome::Dropped => "dropped",
         }
+    }
+}
+
+/// What broke a connected peer connection, as the SDK's recovery saw it first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DropCause {
+    /// ICE went `disconnected` (consent checks unanswered) and did not come back within the grace period.
+    IceDisconnected,
+    /// ICE or the connection went `failed`.
+    IceFailed,
+    /// The browser's network changed (`navigator.connection`, `online`).
+    NetworkChange,
+    /// The browser went offline.
+    NetworkOffline,
+    /// The server lost the session (it restarted): its relays went with it.
+    SessionLost,
+    /// Signaling resumed through another node: the relay on the old one most likely went with it.
+    NodeLost,
+}
+
+impl DropCause {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropCause::IceDisconnected => "ice-disconnected",
+            DropCause::IceFailed => "ice-failed",
+            DropCause::NetworkChange => "network-change",
+            DropCause::NetworkOffline => "network-offline",
+            DropCause::SessionLost => "session-lost",
+            DropCause::NodeLost => "node-lost",
+        }
+    }
+
+    /// This side's own network changed or went away.
+    pub fn is_network(self) -> bool {
+        matches!(self, DropCause::NetworkChange | DropCause::NetworkOffline)
+    }
+
+    /// The server side of a relay went away.
+    pub fn is_server(self) -> bool {
+        matches!(self, DropCause::SessionLost | DropCause::NodeLost)
     }
 }
 
@@ -185,11 +230,12 @@ pub enum BrowserName {
 #[serde(rename_all = "camelCase")]
 pub struct Report {
     pub outcome: Outcome,
-    /// From the peer connection's creation to `connected` (time to connect), `failed`, or the timeout.
+    /// From the peer connection's creation to `connected` (time to connect), `failed`, the timeout, or giving up
+    /// on a dropped connection.
     pub elapsed_ms: u32,
     #[serde(default)]
     pub policy: Policy,
-    /// Present when connected.
+    /// Present when connected; when dropped, the pair the connection had before it broke.
     #[serde(default)]
     pub pair: Option<SelectedPair>,
     #[serde(default)]
@@ -209,6 +255,18 @@ pub struct Report {
     pub restarts: u16,
     #[serde(default)]
     pub browser: Option<Browser>,
+    /// For `dropped`: how long the connection had been up when it broke.
+    #[serde(default)]
+    pub connected_ms: u32,
+    /// For `dropped`: from the break to giving up (how long recovery tried).
+    #[serde(default)]
+    pub broken_ms: u32,
+    /// For `dropped`: what broke it.
+    #[serde(default)]
+    pub cause: Option<DropCause>,
+    /// For `dropped`: the browser said it was offline when it gave up.
+    #[serde(default)]
+    pub offline: bool,
 }
 
 fn yes() -> bool {

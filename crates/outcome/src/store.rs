@@ -26,8 +26,10 @@ pub struct Outcomes {
 struct State {
     connected: u64,
     failed: u64,
+    dropped: u64,
     by_path: BTreeMap<String, u64>,
     by_reason: BTreeMap<String, u64>,
+    dropped_by_reason: BTreeMap<String, u64>,
     /// Per bound of [`TIME_TO_CONNECT_BOUNDS_MS`], not cumulative (made cumulative in the snapshot).
     buckets: [u64; TIME_TO_CONNECT_BOUNDS_MS.len()],
     sum_ms: f64,
@@ -48,6 +50,11 @@ pub struct OutcomeSnapshot {
     pub by_path: BTreeMap<String, u64>,
     /// Failed pairs by [`crate::Reason::code`].
     pub by_reason: BTreeMap<String, u64>,
+    /// Calls that connected and then dropped (not recovered by the SDK's ICE restarts). They are also in
+    /// `connected`, which counts connections made.
+    pub dropped: u64,
+    /// Dropped calls by [`crate::Reason::code`].
+    pub dropped_by_reason: BTreeMap<String, u64>,
     pub time_to_connect_ms: TimeToConnect,
     /// The last [`MINUTES`] minutes, oldest first, one entry per minute (zeros included), the current one last.
     pub minutes: Vec<Minute>,
@@ -70,12 +77,16 @@ pub struct Minute {
     pub start_unix: u64,
     pub connected: u64,
     pub failed: u64,
+    pub dropped: u64,
 }
 
+/// A post-mortem: a pair that failed to connect, or a call that dropped.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Failure {
     pub unix: u64,
     pub room: String,
+    /// `failed`, `timeout` or `dropped`.
+    pub outcome: &'static str,
     /// [`crate::Reason::code`].
     pub reason: String,
     pub message: String,
@@ -89,13 +100,25 @@ impl Outcomes {
     /// Counts one diagnosed pair, at `unix_secs`.
     pub fn record(&self, d: &Diagnosis, unix_secs: u64) {
         let mut s = self.lock();
-        let failed = d.failed();
-        if failed {
-            s.failed += 1;
-            *s.by_reason.entry(d.reason.code().to_owned()).or_insert(0) += 1;
+        let kind = if d.dropped() {
+            Kind::Dropped
+        } else if d.failed() {
+            Kind::Failed
+        } else {
+            Kind::Connected
+        };
+        if kind != Kind::Connected {
+            if kind == Kind::Dropped {
+                s.dropped += 1;
+                *s.dropped_by_reason.entry(d.reason.code().to_owned()).or_insert(0) += 1;
+            } else {
+                s.failed += 1;
+                *s.by_reason.entry(d.reason.code().to_owned()).or_insert(0) += 1;
+            }
             s.recent_failures.push_front(Failure {
                 unix: unix_secs,
                 room: d.room.clone(),
+                outcome: d.outcome.as_str(),
                 reason: d.reason.code().to_owned(),
                 message: d.message.clone(),
             });
@@ -117,16 +140,17 @@ impl Outcomes {
         }
         let start = unix_secs - unix_secs % 60;
         match s.minutes.back_mut() {
-            Some(m) if m.start_unix == start => bump(m, failed),
+            Some(m) if m.start_unix == start => bump(m, kind),
             // A clock that stepped back: count it in the newest minute rather than reorder the list.
-            Some(m) if m.start_unix > start => bump(m, failed),
+            Some(m) if m.start_unix > start => bump(m, kind),
             _ => {
                 let mut m = Minute {
                     start_unix: start,
                     connected: 0,
                     failed: 0,
+                    dropped: 0,
                 };
-                bump(&mut m, failed);
+                bump(&mut m, kind);
                 s.minutes.push_back(m);
                 while s.minutes.len() > MINUTES as usize {
                     s.minutes.pop_front();
@@ -161,6 +185,7 @@ impl Outcomes {
                         start_unix: start,
                         connected: 0,
                         failed: 0,
+                        dropped: 0,
                     })
             })
             .collect();
@@ -169,6 +194,8 @@ impl Outcomes {
             failed: s.failed,
             by_path: s.by_path.clone(),
             by_reason: s.by_reason.clone(),
+            dropped: s.dropped,
+            dropped_by_reason: s.dropped_by_reason.clone(),
             time_to_connect_ms: TimeToConnect {
                 buckets,
                 sum_ms: s.sum_ms,
@@ -185,11 +212,18 @@ impl Outcomes {
     }
 }
 
-fn bump(m: &mut Minute, failed: bool) {
-    if failed {
-        m.failed += 1;
-    } else {
-        m.connected += 1;
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Connected,
+    Failed,
+    Dropped,
+}
+
+fn bump(m: &mut Minute, kind: Kind) {
+    match kind {
+        Kind::Connected => m.connected += 1,
+        Kind::Failed => m.failed += 1,
+        Kind::Dropped => m.dropped += 1,
     }
 }
 
@@ -207,6 +241,7 @@ mod tests {
             message: reason.summary().into(),
             path,
             time_to_connect_ms: ms,
+            connected_ms: None,
             reports: 2,
         }
     }
@@ -269,5 +304,30 @@ mod tests {
         let json = serde_json::to_value(&s).unwrap_or_default();
         assert_eq!(json["failed"], 200);
         assert!(json["time_to_connect_ms"]["buckets"].is_array());
+    }
+
+    #[test]
+    fn a_dropped_call_is_counted_apart_from_failures_to_connect() {
+        let o = Outcomes::new();
+        let t0: u64 = 1_764_000_000;
+        o.record(
+            &diagnosis(Outcome::Connected, Reason::Connected, Some(Path::RelayUdp), Some(300)),
+            t0,
+        );
+        o.record(
+            &diagnosis(Outcome::Dropped, Reason::RelayLost, Some(Path::RelayUdp), None),
+            t0 + 1,
+        );
+        let s = o.snapshot(t0 + 1);
+        assert_eq!((s.connected, s.failed, s.dropped), (1, 0, 1));
+        assert!(s.by_reason.is_empty(), "a drop is not a failure to connect");
+        assert_eq!(s.dropped_by_reason.get("relay-lost"), Some(&1));
+        assert_eq!(s.time_to_connect_ms.count, 1);
+        let m = s.minutes.last().copied();
+        assert_eq!(m.map(|m| (m.connected, m.failed, m.dropped)), Some((1, 0, 1)));
+        assert_eq!(
+            s.recent_failures.first().map(|f| (f.outcome, f.reason.as_str())),
+            Some(("dropped", "relay-lost"))
+        );
     }
 }

@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use outcome::{classify, Diagnosis, Outcome, Path, Reason, Report};
+use outcome::{classify, classify_one, Absent, Diagnosis, Outcome, Path, Reason, Report};
 
 /// A report from JSON fields written over a failed one that gathered host and srflx with STUN only.
 fn report(fields: &str) -> Report {
@@ -314,4 +314,108 @@ fn operations_md_lists_every_reason_as_the_code_words_it() {
             "missing or different in docs/operations.md:\n{row}"
         );
     }
+}
+
+// ---- calls that connected and then dropped ----
+
+const RELAYED_PAIR: &str = r#""pair":{"local":{"type":"relay","protocol":"udp","relayProtocol":"udp",
+    "url":"turn:turn.example.com:3478?transport=udp"},"remote":{"type":"relay","protocol":"udp"}}"#;
+const DIRECT_PAIR: &str =
+    r#""pair":{"local":{"type":"srflx","protocol":"udp"},"remote":{"type":"srflx","protocol":"udp"}}"#;
+
+fn drop_report(fields: &str) -> Report {
+    report(&format!(
+        r#""outcome":"dropped","elapsedMs":95000,"connectedMs":60000,"brokenMs":30000,"restarts":3,{fields}"#
+    ))
+}
+
+#[test]
+fn a_drop_after_a_network_change_names_the_peer_whose_network_changed() {
+    let a = drop_report(&format!(r#""cause":"ice-disconnected",{DIRECT_PAIR}"#));
+    let b = drop_report(&format!(r#""cause":"network-change",{DIRECT_PAIR}"#));
+    let d = classify(&a, Some(&b));
+    assert_eq!(
+        (d.outcome, d.path, d.connected_ms),
+        (Outcome::Dropped, Some(Path::DirectSrflx), Some(60000))
+    );
+    assert!(d.dropped() && !d.failed());
+    check(
+        &d,
+        Reason::NetworkChanged,
+        &["peer B's network changed", "3 ICE restarts"],
+    );
+    let offline = drop_report(r#""cause":"ice-disconnected","offline":true"#);
+    check(
+        &classify(&offline, None),
+        Reason::NetworkChanged,
+        &["peer A's network went offline"],
+    );
+}
+
+#[test]
+fn a_relayed_drop_whose_restarts_got_no_turn_answer_is_the_relay_lost() {
+    let a = drop_report(&format!(
+        r#""cause":"ice-disconnected",{RELAYED_PAIR},"gathered":{{"host":1}},"offered":{{"turnUdp":1}},{UDP_TIMEOUT}"#
+    ));
+    let b = drop_report(&format!(r#""cause":"ice-disconnected",{RELAYED_PAIR}"#));
+    let d = classify(&a, Some(&b));
+    assert_eq!(d.path, Some(Path::RelayUdp));
+    check(&d, Reason::RelayLost, &["stopped answering", "3 ICE restarts"]);
+    // The server lost the session (it restarted): its relay went with it.
+    let lost = drop_report(&format!(r#""cause":"session-lost",{RELAYED_PAIR}"#));
+    check(
+        &classify(&lost, None),
+        Reason::RelayLost,
+        &["went away with its server"],
+    );
+}
+
+#[test]
+fn a_direct_drop_with_nothing_else_to_say_is_the_path_lost() {
+    let a = drop_report(&format!(r#""cause":"ice-disconnected",{DIRECT_PAIR}"#));
+    let b = drop_report(&format!(r#""cause":"ice-failed",{DIRECT_PAIR},"restarts":0"#));
+    check(
+        &classify(&a, Some(&b)),
+        Reason::PathLost,
+        &["(direct)", "3 ICE restarts", "NAT or firewall"],
+    );
+    // A relayed path whose restarts still found relays: not the relay's fault by the reports.
+    let r = drop_report(&format!(
+        r#""cause":"ice-disconnected",{RELAYED_PAIR},"gathered":{{"relayUdp":1}},"offered":{{"turnUdp":1}}"#
+    ));
+    check(
+        &classify(&r, None),
+        Reason::PathLost,
+        &["(through the relay)", "peer B did not report"],
+    );
+    let none = drop_report(&format!(r#""cause":"ice-failed",{DIRECT_PAIR},"restarts":0"#));
+    check(
+        &classify(&none, None),
+        Reason::PathLost,
+        &["no ICE restart could be made"],
+    );
+}
+
+#[test]
+fn a_drop_decided_on_one_report_says_what_the_server_knows_of_the_other_peer() {
+    let a = drop_report(&format!(r#""cause":"ice-disconnected",{DIRECT_PAIR}"#));
+    check(
+        &classify_one(&a, Absent::Disconnected),
+        Reason::PeerLost,
+        &["peer B lost its network", "at the same time"],
+    );
+    check(
+        &classify_one(&a, Absent::Lost),
+        Reason::PeerLost,
+        &["did not come back within the resume grace"],
+    );
+    check(
+        &classify_one(&a, Absent::Left),
+        Reason::PeerLeft,
+        &["peer B left the room"],
+    );
+    assert_eq!(classify_one(&a, Absent::Present).reason, Reason::PathLost);
+    // Not a drop: what the server knows of B does not change a failure to connect.
+    let failed = report(r#""gathered":{"host":1}"#);
+    assert_eq!(classify_one(&failed, Absent::Lost), classify(&failed, None));
 }

@@ -330,6 +330,10 @@ impl Frame<'_> {
                     out.raw(",\"timeToConnectMs\":");
                     out.raw(Digits::of(u64::from(ms)).as_str());
                 }
+                if let Some(ms) = diagnosis.connected_ms {
+                    out.raw(",\"connectedMs\":");
+                    out.raw(Digits::of(u64::from(ms)).as_str());
+                }
             }
         }
         out.raw("}");
@@ -622,6 +626,7 @@ mod tests {
             message: "Refused \"401\".".into(),
             path: None,
             time_to_connect_ms: None,
+            connected_ms: None,
             reports: 2,
         };
         assert_eq!(

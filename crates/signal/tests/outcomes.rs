@@ -334,3 +334,126 @@ fn reports_follow_a_negotiation_within_an_allowance() {
     round(&mut lab);
     assert_eq!(lab.diagnoses.len(), 7, "one more after 10 s");
 }
+
+fn dropped(cause: &str) -> Value {
+    json!({"outcome": "dropped", "elapsedMs": 90000, "connectedMs": 60000, "brokenMs": 25000, "restarts": 3,
+           "cause": cause,
+           "pair": {"local": {"type": "srflx", "protocol": "udp"}, "remote": {"type": "srflx", "protocol": "udp"}},
+           "gathered": {"host": 1, "srflx": 1}})
+}
+
+/// A and B (conns 1 and 2) in room `r`, their pair diagnosed connected.
+fn connected_pair(lab: &mut Lab) -> (String, String) {
+    let a = lab.join(1, "r");
+    let b = lab.join(2, "r");
+    lab.signal(1, &b);
+    lab.report(1, &b, connected_relay_tls(800));
+    lab.report(2, &a, connected_relay_tls(900));
+    assert_eq!(lab.diagnoses.len(), 1);
+    assert_eq!(lab.diagnoses[0].outcome, Outcome::Connected);
+    (a, b)
+}
+
+#[test]
+fn a_drop_is_taken_once_and_only_about_a_pair_diagnosed_connected() {
+    let mut lab = Lab::new(Limits::default());
+    let a = lab.join(1, "r");
+    let b = lab.join(2, "r");
+    lab.signal(1, &b);
+    // Negotiated, never diagnosed connected: a drop report about it is made up.
+    lab.report(1, &b, dropped("ice-failed"));
+    lab.advance(Duration::from_secs(11));
+    assert!(lab.diagnoses.is_empty(), "{:?}", lab.diagnoses);
+    assert_eq!(lab.hub.stats().outcomes_refused, 1);
+
+    lab.report(1, &b, connected_relay_tls(800));
+    lab.report(2, &a, connected_relay_tls(900));
+    assert_eq!(lab.diagnoses.len(), 1);
+    // Both sides drop: paired into one diagnosis, told to both pages with how long the call lasted.
+    lab.report(1, &b, dropped("ice-disconnected"));
+    lab.advance(Duration::from_secs(2));
+    lab.report(2, &a, dropped("network-change"));
+    assert_eq!(lab.diagnoses.len(), 2);
+    let d = &lab.diagnoses[1];
+    assert_eq!(
+        (d.outcome, d.reason, d.reports),
+        (Outcome::Dropped, Reason::NetworkChanged, 2)
+    );
+    let told = lab.frames(2, "diagnosis");
+    let last = told.last().unwrap();
+    assert_eq!(
+        (last["outcome"].as_str(), last["connectedMs"].as_u64()),
+        (Some("dropped"), Some(60000))
+    );
+    assert_eq!(last["reason"], "network-changed");
+    // Once per connected diagnosis: a third drop report is refused, not counted.
+    lab.report(1, &b, dropped("ice-disconnected"));
+    lab.advance(Duration::from_secs(11));
+    assert_eq!(lab.diagnoses.len(), 2);
+    assert_eq!(lab.hub.stats().outcomes_refused, 2);
+}
+
+#[test]
+fn a_drop_reported_alone_says_the_other_peer_lost_its_network_when_its_socket_went_too() {
+    let mut lab = Lab::new(Limits::default());
+    let (_a, b) = connected_pair(&mut lab);
+    // B's network went away: its socket drops (it stays in the room for the resume grace); A's restarts give up.
+    let now = lab.now();
+    lab.hub.handle_closed(signal::ConnId::new(2), now);
+    lab.report(1, &b, dropped("ice-disconnected"));
+    lab.advance(Duration::from_secs(11));
+    assert_eq!(lab.diagnoses.len(), 2);
+    let d = &lab.diagnoses[1];
+    assert_eq!(
+        (d.outcome, d.reason, d.reports),
+        (Outcome::Dropped, Reason::PeerLost, 1)
+    );
+    assert!(d.message.contains("peer B lost its network"), "{}", d.message);
+}
+
+#[test]
+fn a_drop_about_a_peer_that_left_is_taken_and_decided_at_once_with_how_it_left() {
+    let mut lab = Lab::new(Limits::default());
+    let (_a, b) = connected_pair(&mut lab);
+    lab.send(2, json!({"type": "leave"}));
+    // A hears `peer-left`, and its `Peer`, still recovering, closes: its drop report is about a peer no longer here.
+    lab.report(1, &b, dropped("ice-disconnected"));
+    assert_eq!(lab.diagnoses.len(), 2, "decided at once: no report will come from B");
+    assert_eq!(lab.diagnoses[1].reason, Reason::PeerLeft);
+
+    // Lost: the socket dropped and the grace ran out.
+    let mut lab = Lab::new(Limits::default());
+    let (_a, b) = connected_pair(&mut lab);
+    let now = lab.now();
+    lab.hub.handle_closed(signal::ConnId::new(2), now);
+    lab.advance(Duration::from_secs(40));
+    assert!(lab.frames(1, "peer-left").iter().any(|f| f["reason"] == "lost"));
+    lab.report(1, &b, dropped("ice-disconnected"));
+    assert_eq!(lab.diagnoses.len(), 2);
+    let d = &lab.diagnoses[1];
+    assert_eq!(d.reason, Reason::PeerLost);
+    assert!(
+        d.message.contains("did not come back within the resume grace"),
+        "{}",
+        d.message
+    );
+    // A report of any other kind about a peer that left is still dropped.
+    lab.report(1, &b, failed_udp_timeout());
+    lab.advance(Duration::from_secs(11));
+    assert_eq!(lab.diagnoses.len(), 2);
+}
+
+#[test]
+fn a_drop_and_a_newer_call_s_report_are_not_paired() {
+    let mut lab = Lab::new(Limits::default());
+    let (a, b) = connected_pair(&mut lab);
+    lab.report(1, &b, dropped("ice-failed"));
+    // B already started a new call to A and reports its connection: not the same story as A's drop.
+    lab.signal(2, &a);
+    lab.report(2, &a, connected_relay_tls(700));
+    assert_eq!(lab.diagnoses.len(), 2, "A's drop decided alone at once");
+    assert_eq!(lab.diagnoses[1].outcome, Outcome::Dropped);
+    lab.report(1, &b, connected_relay_tls(650));
+    assert_eq!(lab.diagnoses.len(), 3);
+    assert_eq!(lab.diagnoses[2].outcome, Outcome::Connected);
+}

@@ -417,8 +417,9 @@ pub(crate) fn deliver<S: std::hash::BuildHasher>(
                 reason = d.reason.code(),
                 path = d.path.map_or("", |p| p.as_str()),
                 time_to_connect_ms = d.time_to_connect_ms,
+                connected_ms = d.connected_ms,
                 reports = d.reports,
-                "connection {}", if d.failed() { "failed" } else { "connected" }
+                "connection {}", d.outcome.as_str()
             );
             outcomes.record(&d, now().unix);
         }

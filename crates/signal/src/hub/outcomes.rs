@@ -11,13 +11,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use outcome::{classify, Diagnosis, Report};
+use outcome::{classify, classify_one, Absent, Diagnosis, Outcome, Report};
 use rand::RngCore;
 use serde_json::value::RawValue;
 
 use super::{ConnId, MemoryHub, Output};
 use crate::budget::{Source, FRAME_OVERHEAD};
-use crate::frame::Frame;
+use crate::frame::{Frame, LeftReason};
 use crate::id::PeerId;
 use crate::protocol::{ErrorCode, Refusal};
 
@@ -47,6 +47,14 @@ impl PairKey {
     }
 }
 
+/// A peer a session's pair was last diagnosed `connected` with (`Session::connected`).
+#[derive(Debug, Clone)]
+pub(super) struct Partner {
+    pub peer: PeerId,
+    /// Set when it left the room: a drop report about it is then decided at once, with how it left.
+    pub gone: Option<LeftReason>,
+}
+
 /// The first report of a pair, waiting for the second.
 struct Held {
     reporter: PeerId,
@@ -66,6 +74,10 @@ pub(super) struct Pairing {
     per_reporter: HashMap<PeerId, usize>,
     /// Pairs decided on one report: the peer whose late report is dropped, until when.
     decided: HashMap<PairKey, (PeerId, Instant)>,
+    /// Per session, the peers its pair was last diagnosed `connected` with: a `dropped` report is taken only about
+    /// one of them, once, even after it left the room. At most `max_peers_per_room` each; only sessions that had a
+    /// call have an entry (an idle socket pays nothing).
+    connected: HashMap<PeerId, Vec<Partner>>,
     /// No later than the earliest deadline of `held` and `decided` (earlier after a removal: then a sweep finds
     /// nothing and sets it right).
     due: Option<Instant>,
@@ -96,6 +108,25 @@ impl Pairing {
         super::shrink(&mut self.held);
         super::shrink(&mut self.per_reporter);
         super::shrink(&mut self.decided);
+        super::shrink(&mut self.connected);
+    }
+
+    /// `peer` left the room for `reason`, its peers `others` stay: it has no calls left, and a drop report about
+    /// it is decided with how it left.
+    pub fn left(&mut self, peer: &PeerId, reason: LeftReason, others: &[PeerId]) {
+        self.connected.remove(peer);
+        for other in others {
+            for p in self.connected.get_mut(other).into_iter().flatten() {
+                if p.peer == *peer {
+                    p.gone = Some(reason);
+                }
+            }
+        }
+    }
+
+    /// `peer`'s session ended without its peers hearing of it (its room was dropped).
+    pub fn forget(&mut self, peer: &PeerId) {
+        self.connected.remove(peer);
     }
 }
 
@@ -113,42 +144,79 @@ impl<R: RngCore + Send> MemoryHub<R> {
             Some(s) => (s.room.clone(), s.source),
             None => return,
         };
-        // Only about a member of the same room (a peer whose tab closed is still one for the resume grace). A report
-        // about a peer that has left is dropped without an error: it crossed the peer's `leave` (the SDK reports a
-        // connection a few seconds after it connected), and its pair is diagnosed from the other report if any.
-        let Some(about) = self
-            .sessions
-            .get_key_value(about)
-            .filter(|(b, s)| s.room == room && *b != from)
-            .map(|(b, _)| b.clone())
-        else {
+        let Some(about) = PeerId::parse(about).filter(|b| b != from) else {
             return;
         };
+        let dropped = report.outcome == Outcome::Dropped;
+        // Only about a member of the same room (a peer whose tab closed is still one for the resume grace). A report
+        // about a peer that has left is dropped without an error: it crossed the peer's `leave` (the SDK reports a
+        // connection a few seconds after it connected), and its pair is diagnosed from the other report if any. A
+        // drop may be about a peer that left since their call connected: its leaving is part of the story.
+        let member = self.sessions.get(&about).is_some_and(|s| s.room == room);
+        let partner = self
+            .pairing
+            .connected
+            .get(from)
+            .and_then(|c| c.iter().find(|p| p.peer == about).cloned());
+        if !(member || (dropped && partner.is_some())) {
+            return;
+        }
         let key = PairKey::new(room.clone(), from, &about);
         let now = self.clock;
         if let Some((late, until)) = self.pairing.decided.get(&key) {
-            if late == from && now < *until {
+            if *late == *from && now < *until {
                 // Decided on the other side's report alone; counting this one would count the pair twice.
                 self.pairing.decided.remove(&key);
                 return;
             }
         }
-        // Only about a peer it negotiated with since their pair was last diagnosed, and within its allowance: the
-        // counts, `recent_failures` and each peer's `connection-failed` are the reports' word, so a member must not
-        // be able to make them up about anyone, nor repeat them at the message rate.
+        // Only about a peer it negotiated with since their pair was last diagnosed (a drop: about a peer their pair
+        // was last diagnosed connected with, once), and within its allowance: the counts, `recent_failures` and each
+        // peer's `connection-failed` are the reports' word, so a member must not be able to make them up about
+        // anyone, nor repeat them at the message rate.
         let burst = REPORTS_PER_PEER * self.limits.max_peers_per_room;
-        let admitted = self
-            .sessions
-            .get_mut(from)
-            .is_some_and(|s| s.signaled.contains(&about) && s.reports.take(burst, now));
+        let admitted = self.sessions.get_mut(from).is_some_and(|s| {
+            let known = if dropped {
+                partner.is_some()
+            } else {
+                s.signaled.contains(&about)
+            };
+            known && s.reports.take(burst, now)
+        });
         if !admitted {
             self.outcomes_refused += 1;
             return;
+        }
+        if dropped {
+            if let Some(c) = self.pairing.connected.get_mut(from) {
+                c.retain(|p| p.peer != about);
+                if c.is_empty() {
+                    self.pairing.connected.remove(from);
+                }
+            }
+            if let Some(gone) = partner.and_then(|p| p.gone) {
+                // B left the room: its report will not come, and how it left says more than A's view of the path.
+                let absent = match gone {
+                    LeftReason::Left => Absent::Left,
+                    LeftReason::Lost => Absent::Lost,
+                };
+                let diagnosis = classify_one(&report, absent).between(&room, from.as_str(), about.as_str());
+                return self.diagnosed(from, &about, diagnosis);
+            }
         }
         if let Some(first) = self.pairing.take(&key) {
             self.budget.release(first.source, first.bytes);
             if first.reporter == *from {
                 // A newer attempt of the same side (a new peer connection): it replaces the older report.
+                return self.hold(key, from.clone(), about, report, source);
+            }
+            if (first.report.outcome == Outcome::Dropped) != dropped {
+                // One side's report about an earlier call, the other's about a later one: not one story. The
+                // first is decided alone, the second waits for its own pair.
+                let absent = self.absent(&first.about);
+                let diagnosis =
+                    classify_one(&first.report, absent).between(&room, first.reporter.as_str(), first.about.as_str());
+                self.diagnosed(&first.reporter, &first.about, diagnosis);
                 return self.hold(key, from.clone(), about, report, source);
             }
             let diagnosis =
@@ -158,6 +226,16 @@ impl<R: RngCore + Send> MemoryHub<R> {
         self.hold(key, from.clone(), about, report, source);
     }
 
+    /// What the hub knows of `peer`, which did not report about its pair.
+    fn absent(&self, peer: &PeerId) -> Absent {
+        match self.sessions.get(peer) {
+            Some(s) if s.conn.is_none() => Absent::Disconnected,
+            Some(_) => Absent::Present,
+            // Gone without a trace here (a drop about a peer that left is decided at once, with how it left).
+            None => Absent::Lost,
+        }
+    }
+
     /// Holds the first report of a pair until the deadline, within the budgets; else diagnoses it alone now.
     fn hold(&mut self, key: PairKey, reporter: PeerId, about: PeerId, report: Report, source: Source) {
         let bytes = std::mem::size_of::<Held>() + FRAME_OVERHEAD + report_heap_bytes(&report);
@@ -165,7 +243,8 @@ impl<R: RngCore + Send> MemoryHub<R> {
         let fits = count < self.limits.max_peers_per_room && self.budget.check(source, 0, bytes).is_ok();
         if !fits {
             self.refused += 1;
-            let diagnosis = classify(&report, None).between(&key.room, reporter.as_str(), about.as_str());
+            let diagnosis =
+                classify_one(&report, self.absent(&about)).between(&key.room, reporter.as_str(), about.as_str());
             return self.diagnosed(&reporter, &about, diagnosis);
         }
         self.budget.charge(source, bytes);
@@ -197,8 +276,9 @@ impl<R: RngCore + Send> MemoryHub<R> {
         for key in due {
             let Some(first) = self.pairing.take(&key) else { continue };
             self.budget.release(first.source, first.bytes);
+            let absent = self.absent(&first.about);
             let diagnosis =
-                classify(&first.report, None).between(&key.room, first.reporter.as_str(), first.about.as_str());
+                classify_one(&first.report, absent).between(&key.room, first.reporter.as_str(), first.about.as_str());
             self.pairing
                 .decided
                 .insert(key, (first.about.clone(), now + LATE_REPORT_WINDOW));
@@ -223,10 +303,34 @@ impl<R: RngCore + Send> MemoryHub<R> {
 
     /// Tells both peers (those still here) and the I/O layer.
     fn diagnosed(&mut self, a: &PeerId, b: &PeerId, diagnosis: Diagnosis) {
-        // A new report about this pair needs a new negotiation.
+        // A new report about this pair needs a new negotiation (a drop's needs none: it is about the call before,
+        // and a newer call may be negotiating already); a drop report needs a connected diagnosis, and is taken once
+        // per such diagnosis (the other side's late one is dropped by `decided`, then refused).
+        let most = self.limits.max_peers_per_room;
         for (this, other) in [(a, b), (b, a)] {
-            if let Some(s) = self.sessions.get_mut(this) {
+            let Some(s) = self.sessions.get_mut(this) else { continue };
+            if !diagnosis.dropped() {
                 s.signaled.retain(|p| p != other);
+            }
+            if let Some(c) = self.pairing.connected.get_mut(this) {
+                c.retain(|p| p.peer != *other);
+            }
+            if diagnosis.outcome == Outcome::Connected {
+                let c = self.pairing.connected.entry(this.clone()).or_default();
+                if c.len() >= most {
+                    // Full: forget a peer that has left first, else the oldest.
+                    let i = c.iter().position(|p| p.gone.is_some()).unwrap_or(0);
+                    c.remove(i);
+                }
+                c.push(Partner {
+                    peer: other.clone(),
+                    gone: None,
+                });
+            }
+        }
+        for this in [a, b] {
+            if self.pairing.connected.get(this).is_some_and(Vec::is_empty) {
+                self.pairing.connected.remove(this);
             }
         }
         for (to, other, you) in [(a, b, "A"), (b, a, "B")] {

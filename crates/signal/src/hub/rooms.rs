@@ -274,6 +274,8 @@ impl<R: RngCore + Send> MemoryHub<R> {
         } else {
             self.rooms.get(&s.room).map(|r| r.members.clone()).unwrap_or_default()
         };
+        // A drop report about it stays possible, told how it left.
+        self.pairing.left(peer, reason, &others);
         let notice = Frame::PeerLeft { peer, reason };
         for m in &others {
             // No report is taken about a peer that left: its place among the ones negotiated with is free again.
@@ -302,6 +304,7 @@ impl<R: RngCore + Send> MemoryHub<R> {
         );
         for peer in &r.members {
             let Some(s) = self.sessions.remove(peer) else { continue };
+            self.pairing.forget(peer);
             self.budget.release(s.source, s.held);
             self.by_secret.remove(&s.secret);
             if let Some(conn) = s.conn {
