@@ -320,3 +320,109 @@ test("connect(): a socket that never opens names the URL and what to check; join
     globalThis.fetch = realFetch;
   }
 });
+
+// ---- a call that connected and then dropped (docs/sdk.md, "Connection outcomes") ----
+
+/** Recovery in milliseconds: a 10 ms grace, restarts that time out after 30 ms, two of them. */
+const QUICK_RECOVERY = { graceMs: 10, restartTimeoutMs: 30, restartDelaysMs: [10], maxRestarts: 2 };
+const until = async (what, fn, ms = 2000) => {
+  const end = Date.now() + ms;
+  while (!fn()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 5));
+  }
+};
+
+/** A in a room with B, reporting outcomes, its `Peer` to B connected (and its connected report sent at once). */
+async function connectedCall(options = {}) {
+  const r = fakeRoom({ reportOutcomes: true, refreshIceServers: false, recovery: QUICK_RECOVERY, ...options });
+  r.receive(joined('p_a', ['p_b']));
+  const peer = r.room.connect('p_b');
+  peer.pc.reach('connected');
+  await tick();
+  peer._flushOutcome();
+  await until('the connected report', () => r.sent.some((m) => m.type === 'outcome'));
+  const reports = () => r.sent.filter((m) => m.type === 'outcome').map((m) => ({ about: m.peer, ...m.report }));
+  return { ...r, peer, reports };
+}
+
+test('a call whose restarts give up is reported dropped once: cause, restarts, how long it was up and broken', async () => {
+  const r = await connectedCall();
+  const failed = [];
+  r.peer.on('recovery-failed', (d) => failed.push(d));
+  await new Promise((res) => setTimeout(res, 30));
+  r.peer.pc.reach('disconnected');
+  await until('recovery to give up', () => failed.length > 0);
+  const reports = r.reports();
+  assert.deepEqual(reports.map((x) => x.outcome), ['connected', 'dropped']);
+  const drop = reports[1];
+  assert.equal(drop.about, 'p_b');
+  assert.equal(drop.cause, 'ice-disconnected');
+  assert.equal(drop.restarts, 2);
+  assert.ok(drop.connectedMs >= 25 && drop.connectedMs < 1000, `connectedMs ${drop.connectedMs}`);
+  assert.ok(drop.brokenMs >= 60, `brokenMs ${drop.brokenMs}: two restarts of 30 ms`);
+  assert.ok(drop.elapsedMs >= drop.connectedMs + drop.brokenMs);
+  // Closing the Peer afterwards reports nothing more.
+  r.peer.close();
+  assert.equal(r.reports().length, 2);
+  r.room._finish(1000, 'done', true);
+});
+
+test('the other peer leaving while the call is broken closes the Peer and reports the drop about it', async () => {
+  const r = await connectedCall({ recovery: { ...QUICK_RECOVERY, restartTimeoutMs: 5000 } });
+  const reconnecting = [];
+  r.peer.on('reconnecting', (d) => reconnecting.push(d));
+  r.peer.pc.reach('disconnected');
+  await until('a restart', () => reconnecting.length > 0);
+  r.receive({ type: 'peer-left', seq: 2, peerId: 'p_b', reason: 'lost' });
+  assert.equal(r.peer.closed, true);
+  const reports = r.reports();
+  assert.deepEqual(reports.map((x) => [x.outcome, x.about]), [['connected', 'p_b'], ['dropped', 'p_b']],
+    'sent although p_b is no longer in the room');
+  assert.equal(reports[1].restarts, 1);
+  r.room._finish(1000, 'done', true);
+});
+
+test('a break that heals is no drop, nor is a close after it, nor a call that never connected', async () => {
+  const r = await connectedCall();
+  const back = [];
+  r.peer.on('reconnected', (d) => back.push(d));
+  r.peer.pc.reach('disconnected');
+  await until('a restart', () => r.peer._recovery.state === 'restarting');
+  r.peer.pc.reach('connected');
+  await until('reconnected', () => back.length > 0);
+  r.peer.close();
+  assert.deepEqual(r.reports().map((x) => x.outcome), ['connected']);
+  r.room._finish(1000, 'done', true);
+
+  const n = fakeRoom({ reportOutcomes: true, refreshIceServers: false, recovery: { ...QUICK_RECOVERY, restartTimeoutMs: 5000 } });
+  n.receive(joined('p_a', ['p_b']));
+  const never = n.room.connect('p_b');
+  never.pc.reach('disconnected');
+  await new Promise((res) => setTimeout(res, 40));
+  never.close();
+  assert.deepEqual(n.sent.filter((m) => m.type === 'outcome' && m.report.outcome === 'dropped'), []);
+  n.room._finish(1000, 'done', true);
+});
+
+test('with recovery off, a connection that fails after connecting is a drop (ice-failed, no restart)', async () => {
+  const r = await connectedCall({ recovery: false });
+  r.peer.pc.reach('failed');
+  const drop = r.reports().find((x) => x.outcome === 'dropped');
+  assert.equal(drop?.cause, 'ice-failed');
+  assert.equal(drop?.restarts, 0);
+  r.room._finish(1000, 'done', true);
+});
+
+test("the server's diagnosis of a drop is connection-dropped, not connection-failed", () => {
+  const r = fakeRoom();
+  r.receive(joined('p_a', ['p_b']));
+  const got = [];
+  for (const name of ['connection-diagnosis', 'connection-failed', 'connection-dropped']) {
+    r.room.on(name, (d) => got.push([name, d.reason, d.connectedMs]));
+  }
+  r.receive({ type: 'diagnosis', seq: 2, peer: 'p_b', you: 'A', outcome: 'dropped', reason: 'peer-lost',
+    step: 'connection', message: 'The call dropped.', path: 'direct-srflx', connectedMs: 61000 });
+  assert.deepEqual(got, [['connection-diagnosis', 'peer-lost', 61000], ['connection-dropped', 'peer-lost', 61000]]);
+  r.room._finish(1000, 'done', true);
+});

@@ -90,10 +90,12 @@
  *   'ice-servers': {iceServers: IceServer[], expiresAt: number | null},
  *   'connection-diagnosis': ConnectionDiagnosis,
  *   'connection-failed': ConnectionDiagnosis,
+ *   'connection-dropped': ConnectionDiagnosis,
  * }} RoomEventMap
  *
- * @typedef {{peer: string, you: string, outcome: 'connected' | 'failed' | 'timeout', reason: string, step: string,
- *   message: string, seq?: number, path?: string, timeToConnectMs?: number}} ConnectionDiagnosis
+ * @typedef {{peer: string, you: string, outcome: 'connected' | 'failed' | 'timeout' | 'dropped', reason: string,
+ *   step: string, message: string, seq?: number, path?: string, timeToConnectMs?: number, connectedMs?: number}}
+ *   ConnectionDiagnosis
  *
  * The events of a `Peer`, by name: the detail each one's listener gets (a `message`'s `data` is a string or an
  * `ArrayBuffer`).
@@ -201,10 +203,11 @@ export class TraverseError extends Error {
  * - `reconnecting` `{attempt, delayMs, code, reason}`, `resumed` `{replayed, seq, ack}`
  * - `closed` `{code, reason}` — final; the room is unusable
  * - `peer-connection` `{peer}` — a `Peer` created because a peer sent an offer (see `autoAccept`)
- * - `connection-diagnosis` `{peer, you, outcome, reason, step, message, path?, timeToConnectMs?}` — the server's
- *   verdict on a peer connection, from both sides' outcome reports (`message` calls this peer "peer " + `you`);
- *   `connection-failed` with the same detail as well when it did not connect (`reason`: a stable code,
- *   docs/operations.md)
+ * - `connection-diagnosis` `{peer, you, outcome, reason, step, message, path?, timeToConnectMs?, connectedMs?}` —
+ *   the server's verdict on a peer connection, from both sides' outcome reports (`message` calls this peer "peer " +
+ *   `you`); `connection-failed` with the same detail as well when it did not connect (`reason`: a stable code,
+ *   docs/operations.md), `connection-dropped` when it connected and then dropped for good (`connectedMs`: how long
+ *   it had been up)
  * @extends {Emitter<RoomEventMap>}
  */
 export class Room extends Emitter<RoomEventMap> {
@@ -794,6 +797,20 @@ export class Peer extends Emitter<PeerEventMap> {
     private _startRecovery;
     _negotiatedSinceRestart: boolean;
     /** @private */ private _unwatchNetwork;
+    /**
+     * Follows the recovery of a connected call for its drop report: a break starts with the first `reconnecting`
+     * of an episode (a blip healed within the grace period is none), ends with `reconnected`, and is a drop when
+     * recovery gives up.
+     * @private @param {string} name @param {any} detail
+     */
+    private _noteRecovery;
+    /**
+     * The call connected and then broke for good: report it once, `dropped`, with what broke it, how long it had
+     * been up and how long recovery tried (docs/protocol.md, "Connection outcomes"). Built from what was gathered as
+     * it went, without getStats: the peer connection may be closing.
+     * @private @param {string} cause @param {number} attempts restarts made since the break
+     */
+    private _reportDrop;
     /** @private */
     private _stopRecovery;
     /**
@@ -1126,6 +1143,7 @@ export type RoomEventMap = {
     };
     "connection-diagnosis": ConnectionDiagnosis;
     "connection-failed": ConnectionDiagnosis;
+    "connection-dropped": ConnectionDiagnosis;
 };
 /**
  * The events of a `Peer`, by name: the detail each one's listener gets (a `message`'s `data` is a string or an
@@ -1134,13 +1152,14 @@ export type RoomEventMap = {
 export type ConnectionDiagnosis = {
     peer: string;
     you: string;
-    outcome: "connected" | "failed" | "timeout";
+    outcome: "connected" | "failed" | "timeout" | "dropped";
     reason: string;
     step: string;
     message: string;
     seq?: number;
     path?: string;
     timeToConnectMs?: number;
+    connectedMs?: number;
 };
 /**
  * Why a `Peer` closed (its `close` event): `by` the side that ended it; `reason` `closed` (`peer.close()`), `bye`
@@ -1331,7 +1350,7 @@ export type CandidateErrorReport = {
  * One `icecandidateerror`: its code, the server URL and the browser's text — never its `address`/`port` (ours).
  */
 export type OutcomeReport = {
-    outcome: "connected" | "failed" | "timeout";
+    outcome: "connected" | "failed" | "timeout" | "dropped";
     /**
      * from the peer connection's creation to the outcome
      */
@@ -1390,6 +1409,22 @@ export type OutcomeReport = {
         name: string;
         version: number;
     };
+    /**
+     * dropped: how long it had been connected when it broke
+     */
+    connectedMs?: number;
+    /**
+     * dropped: from the break to giving up
+     */
+    brokenMs?: number;
+    /**
+     * dropped: what broke it (a recovery cause)
+     */
+    cause?: string;
+    /**
+     * dropped: the browser was offline when it gave up
+     */
+    offline?: boolean;
 };
 /**
  * What a `Session` hands its driver, in order:
@@ -1529,6 +1564,10 @@ declare class Recovery {
     /** @private the browser said `offline`: a restart waits for `online` */ private _offline;
     /** Restarts made over the connection's life (the outcome report's `restarts`). */
     restarts: number;
+    /** When the running episode started (the break), on the clock's time; null when none runs. */
+    get brokenSince(): number;
+    /** Restarts made in the running episode. */
+    get attempts(): number;
     /**
      * The peer connection's ICE state or connection state changed to `state` (whichever moved).
      * @param {RTCIceConnectionState | RTCPeerConnectionState} state
@@ -1766,14 +1805,14 @@ declare function addCandidateError(list: CandidateErrorReport[], e: {
 /**
  * Builds the outcome report from what the peer connection saw: `stats` is its `getStats()` report (local candidates
  * and the selected pair are read from it). Pure: no browser API, tested in node.
- * @param {{outcome: 'connected' | 'failed' | 'timeout', elapsedMs: number, policy: 'all' | 'relay',
+ * @param {{outcome: 'connected' | 'failed' | 'timeout' | 'dropped', elapsedMs: number, policy: 'all' | 'relay',
  *   stats: {forEach: (fn: (s: any) => void) => void, get: (id: string) => any}, iceServers: IceServer[],
  *   errors: CandidateErrorReport[], remoteCandidates: number, remoteDescription: boolean, restarts: number,
  *   seen?: Map<string, GatheredCounts>, userAgent: string}} o
  * @returns {OutcomeReport}
  */
 declare function outcomeReport(o: {
-    outcome: "connected" | "failed" | "timeout";
+    outcome: "connected" | "failed" | "timeout" | "dropped";
     elapsedMs: number;
     policy: "all" | "relay";
     stats: {

@@ -141,10 +141,12 @@ export const FAST_RECONNECT = Object.freeze({ stepMs: 250, maxMs: 1000, forMs: 3
  *   'ice-servers': {iceServers: IceServer[], expiresAt: number | null},
  *   'connection-diagnosis': ConnectionDiagnosis,
  *   'connection-failed': ConnectionDiagnosis,
+ *   'connection-dropped': ConnectionDiagnosis,
  * }} RoomEventMap
  *
- * @typedef {{peer: string, you: string, outcome: 'connected' | 'failed' | 'timeout', reason: string, step: string,
- *   message: string, seq?: number, path?: string, timeToConnectMs?: number}} ConnectionDiagnosis
+ * @typedef {{peer: string, you: string, outcome: 'connected' | 'failed' | 'timeout' | 'dropped', reason: string,
+ *   step: string, message: string, seq?: number, path?: string, timeToConnectMs?: number, connectedMs?: number}}
+ *   ConnectionDiagnosis
  *
  * The events of a `Peer`, by name: the detail each one's listener gets (a `message`'s `data` is a string or an
  * `ArrayBuffer`).
@@ -367,10 +369,11 @@ function usableIceServers(servers) {
  * - `reconnecting` `{attempt, delayMs, code, reason}`, `resumed` `{replayed, seq, ack}`
  * - `closed` `{code, reason}` — final; the room is unusable
  * - `peer-connection` `{peer}` — a `Peer` created because a peer sent an offer (see `autoAccept`)
- * - `connection-diagnosis` `{peer, you, outcome, reason, step, message, path?, timeToConnectMs?}` — the server's
- *   verdict on a peer connection, from both sides' outcome reports (`message` calls this peer "peer " + `you`);
- *   `connection-failed` with the same detail as well when it did not connect (`reason`: a stable code,
- *   docs/operations.md)
+ * - `connection-diagnosis` `{peer, you, outcome, reason, step, message, path?, timeToConnectMs?, connectedMs?}` —
+ *   the server's verdict on a peer connection, from both sides' outcome reports (`message` calls this peer "peer " +
+ *   `you`); `connection-failed` with the same detail as well when it did not connect (`reason`: a stable code,
+ *   docs/operations.md), `connection-dropped` when it connected and then dropped for good (`connectedMs`: how long
+ *   it had been up)
  * @extends {Emitter<RoomEventMap>}
  */
 export class Room extends Emitter {
@@ -716,8 +719,10 @@ export class Room extends Emitter {
     };
     if (typeof msg.path === 'string') detail.path = msg.path;
     if (typeof msg.timeToConnectMs === 'number') detail.timeToConnectMs = msg.timeToConnectMs;
+    if (typeof msg.connectedMs === 'number') detail.connectedMs = msg.connectedMs;
     this._emit('connection-diagnosis', detail);
-    if (msg.outcome !== 'connected') this._emit('connection-failed', detail);
+    if (msg.outcome === 'dropped') this._emit('connection-dropped', detail);
+    else if (msg.outcome !== 'connected') this._emit('connection-failed', detail);
   }
 
   /**
@@ -726,8 +731,10 @@ export class Room extends Emitter {
    * @internal @param {string} peerId @param {OutcomeReport} report
    */
   _reportOutcome(peerId, report) {
-    // A peer that has left cannot be paired any more; the server would drop the report.
-    if (!this._opts.reportOutcomes || this.state === 'closed' || !this.peers.has(peerId)) return;
+    // A peer that has left cannot be paired any more; the server would drop the report. A drop is the exception:
+    // the other peer leaving (or losing its network) while the call was broken is part of its story.
+    const about = this.peers.has(peerId) || report.outcome === 'dropped';
+    if (!this._opts.reportOutcomes || this.state === 'closed' || !about) return;
     try {
       this._send({ type: 'outcome', peer: peerId, report }, true);
     } catch {
@@ -1248,6 +1255,16 @@ export class Peer extends Emitter {
       seen: new Map(),
       /** @type {any} */ timer: null,
       /** @type {(() => void) | null} sends a connected report now instead of after its path settles */ flush: null,
+      /** When it connected (its connected report's moment); 0 before. */
+      connectedAt: 0,
+      /** The pair the connected report named: a drop report says which path broke. @type {any} */
+      connectedPair: null,
+      /**
+       * The recovery episode running since the connection broke: when, what broke it, the ICE generations before
+       * it (a drop report counts only what the restarts gathered). @type {{at: number, cause: string, ufrags: Set<string>} | null}
+       */
+      broken: null,
+      dropReported: false,
     };
 
     /** @private */ this._makingOffer = false;
@@ -1298,7 +1315,11 @@ export class Peer extends Emitter {
       // Without the SDK's channel there is nothing else to wait for.
       if (pc.connectionState === 'connected' && !this.options.dataChannel) this._readyWaiter.resolve(this);
       if (pc.connectionState === 'connected') this._settle('connected');
-      else if (pc.connectionState === 'failed') this._settle('failed');
+      else if (pc.connectionState === 'failed') {
+        this._settle('failed');
+        // Without recovery a connection that fails after connecting is over: a drop.
+        if (!this._recovery) this._reportDrop('ice-failed', 0);
+      }
       this._emitState();
     };
     pc.onicecandidateerror = (/** @type {any} */ e) => addCandidateError(this._outcome.errors, e);
@@ -1496,6 +1517,8 @@ export class Peer extends Emitter {
     this.closed = true;
     this._closedBy = why;
     clearTimeout(this._rejoinTimer);
+    // Closed while still broken (the app or the other peer gave up before recovery did): the call dropped.
+    if (this._outcome.broken) this._reportDrop(this._outcome.broken.cause, this._recovery?.attempts ?? 0);
     this._stopRecovery();
     // Closed by the app or the room before an outcome: nothing to report (that is not a failure to connect).
     this._outcome.reported = true;
@@ -1539,6 +1562,7 @@ export class Peer extends Emitter {
     o.reported = true;
     clearTimeout(o.timer);
     const elapsedMs = now() - o.startedAt;
+    if (outcome === 'connected') o.connectedAt = now();
     let sent = false;
     const send = (/** @type {any} */ stats) => {
       if (sent) return;
@@ -1557,6 +1581,7 @@ export class Peer extends Emitter {
         seen: o.seen,
         userAgent: typeof navigator !== 'undefined' ? navigator.userAgent : '',
       });
+      if (outcome === 'connected') o.connectedPair = report.pair ?? null;
       this.room._reportOutcome(this.peerId, report);
     };
     // ICE may fail while gathering still runs (a TURN server that never answers times out about 10 s in): a failure
@@ -1710,7 +1735,10 @@ export class Peer extends Emitter {
       canRestart: () =>
         !this.closed && !this._orphaned && this.room.state === 'open' && this.room.peers.has(this.peerId),
       connected,
-      emit: (name, detail) => this._emit(name, { ...detail, peerId: this.peerId }),
+      emit: (name, detail) => {
+        this._noteRecovery(name, detail);
+        this._emit(name, { ...detail, peerId: this.peerId });
+      },
     });
     // Either state may be the one that moves: Chrome leaves `iceConnectionState` at `disconnected` when the
     // connection as a whole goes `failed` (NAT lab, a host whose address changed).
@@ -1752,6 +1780,61 @@ export class Peer extends Emitter {
       recovery.handleNetworkChange(kind);
     });
     return recovery;
+  }
+
+  /**
+   * Follows the recovery of a connected call for its drop report: a break starts with the first `reconnecting`
+   * of an episode (a blip healed within the grace period is none), ends with `reconnected`, and is a drop when
+   * recovery gives up.
+   * @private @param {string} name @param {any} detail
+   */
+  _noteRecovery(name, detail) {
+    const o = this._outcome;
+    if (name === 'reconnecting' && !o.broken && o.connectedAt) {
+      o.broken = { at: this._recovery?.brokenSince ?? now(), cause: detail.cause, ufrags: new Set(o.seen.keys()) };
+      // The errors of the restarts, not those of the first connection (reported already).
+      o.errors = [];
+    } else if (name === 'reconnected') {
+      o.broken = null;
+    } else if (name === 'recovery-failed') {
+      this._reportDrop(detail.cause, detail.attempts);
+    }
+  }
+
+  /**
+   * The call connected and then broke for good: report it once, `dropped`, with what broke it, how long it had
+   * been up and how long recovery tried (docs/protocol.md, "Connection outcomes"). Built from what was gathered as
+   * it went, without getStats: the peer connection may be closing.
+   * @private @param {string} cause @param {number} attempts restarts made since the break
+   */
+  _reportDrop(cause, attempts) {
+    const o = this._outcome;
+    if (!o.connectedAt || o.dropReported) return;
+    o.dropReported = true;
+    const t = now();
+    const b = o.broken;
+    const breakAt = b ? b.at : t;
+    const report = outcomeReport({
+      outcome: 'dropped',
+      elapsedMs: t - o.startedAt,
+      policy: o.policy,
+      stats: new Map(),
+      iceServers: o.iceServers,
+      errors: o.errors,
+      remoteCandidates: o.remoteCandidates,
+      remoteDescription: o.remoteDescription,
+      restarts: attempts,
+      seen: new Map([...o.seen].filter(([ufrag]) => !b || !b.ufrags.has(ufrag))),
+      userAgent: typeof navigator !== 'undefined' ? navigator.userAgent : '',
+    });
+    if (o.connectedPair) report.pair = o.connectedPair;
+    const u32 = (/** @type {number} */ n) => Math.max(0, Math.min(0xffffffff, Math.round(n) || 0));
+    report.connectedMs = u32(breakAt - o.connectedAt);
+    report.brokenMs = u32(t - breakAt);
+    report.cause = cause;
+    if (typeof navigator !== 'undefined' && navigator.onLine === false) report.offline = true;
+    o.broken = null;
+    this.room._reportOutcome(this.peerId, report);
   }
 
   /** @private */
@@ -1914,6 +1997,16 @@ class Recovery {
     /** @private the browser said `offline`: a restart waits for `online` */ this._offline = false;
     /** Restarts made over the connection's life (the outcome report's `restarts`). */
     this.restarts = 0;
+  }
+
+  /** When the running episode started (the break), on the clock's time; null when none runs. */
+  get brokenSince() {
+    return this._episode ? this._episode.startedAt : null;
+  }
+
+  /** Restarts made in the running episode. */
+  get attempts() {
+    return this._episode ? this._episode.attempts : 0;
   }
 
   /**
@@ -2924,7 +3017,7 @@ class Sha256 {
  * What the SDK sends about one peer connection (docs/protocol.md, "Connection outcomes"; checked field by field by
  * the server's `outcome::Report`).
  * @typedef {object} OutcomeReport
- * @property {'connected' | 'failed' | 'timeout'} outcome
+ * @property {'connected' | 'failed' | 'timeout' | 'dropped'} outcome
  * @property {number} elapsedMs from the peer connection's creation to the outcome
  * @property {'all' | 'relay'} policy `iceTransportPolicy`
  * @property {{local: object, remote: object} | undefined} pair the selected pair's candidate types, protocols, relay
@@ -2938,6 +3031,10 @@ class Sha256 {
  * @property {boolean} remoteDescription the other peer's offer or answer was applied
  * @property {number} restarts ICE restarts
  * @property {{name: string, version: number}} browser family and major version
+ * @property {number} [connectedMs] dropped: how long it had been connected when it broke
+ * @property {number} [brokenMs] dropped: from the break to giving up
+ * @property {string} [cause] dropped: what broke it (a recovery cause)
+ * @property {boolean} [offline] dropped: the browser was offline when it gave up
  */
 
 /** How long after `connected` a report reads the selected pair again (NAT lab: switches took under a second). */
@@ -3098,7 +3195,7 @@ function selectedPairOf(stats) {
 /**
  * Builds the outcome report from what the peer connection saw: `stats` is its `getStats()` report (local candidates
  * and the selected pair are read from it). Pure: no browser API, tested in node.
- * @param {{outcome: 'connected' | 'failed' | 'timeout', elapsedMs: number, policy: 'all' | 'relay',
+ * @param {{outcome: 'connected' | 'failed' | 'timeout' | 'dropped', elapsedMs: number, policy: 'all' | 'relay',
  *   stats: {forEach: (fn: (s: any) => void) => void, get: (id: string) => any}, iceServers: IceServer[],
  *   errors: CandidateErrorReport[], remoteCandidates: number, remoteDescription: boolean, restarts: number,
  *   seen?: Map<string, GatheredCounts>, userAgent: string}} o
