@@ -214,3 +214,70 @@ test(LIVE, { timeout: 150000 }, async (t) => {
     console.log(`dashboard screenshot: ${file} (${width}x${height}, ${png.length} bytes)`);
   })().catch(dumpOnFailure(t, server, browser));
 });
+
+// The bandwidth tiles are a rate over the last 10 s. Snapshots that straddle a gap in the stream (the network dropped,
+// the laptop slept) or a restart (counters back to zero) give no such rate: the page says "measuring…" until it has
+// one, rather than an average over the gap or the rate from before the restart. The stream is played by the test.
+const GAP = 'after a gap in the stream or a restart, the bandwidth says measuring, not a rate across it';
+test(GAP, { timeout: 30000 }, async (t) => {
+  if (skipWithoutChromium(t)) return;
+  const t0 = Date.UTC(2026, 0, 1);
+  const snapshot = (ms, bytes) => ({
+    unixMs: t0 + ms,
+    signaling: { sockets: 0, sessions: 0, rooms: 0, relayed: 0 },
+    turn: {
+      allocations: 1, relayedPacketsToPeer: 0, relayedBytesToPeer: bytes,
+      relayedPacketsToClient: 0, relayedBytesToClient: bytes,
+    },
+    certificate: null,
+    outcomes: {
+      connected: 0, failed: 0, by_path: {}, by_reason: {},
+      time_to_connect_ms: { buckets: [], sum_ms: 0, count: 0 }, minutes: [], recent_failures: [],
+    },
+  });
+  const streams = [
+    // 1 000 B/s for 4 s; then the stream ends (the page reconnects after 1 s).
+    [snapshot(0, 0), snapshot(2000, 2000), snapshot(4000, 4000)],
+    // Ten minutes later, 60 MB more: 100 kB/s on average over the gap, not a rate of the last 10 s.
+    [snapshot(604000, 60004000)],
+    // Two seconds later, 100 bytes more: 50 B/s.
+    [snapshot(606000, 60004100)],
+    // The server restarted: the counters are back near zero.
+    [snapshot(608000, 10)],
+  ];
+  const gates = streams.map(() => {
+    let open;
+    const opened = new Promise((r) => (open = r));
+    return { open, opened };
+  });
+  gates[0].open();
+  let served = 0;
+  const page = await browser.newPage();
+  t.after(() => page.close().catch(() => {}));
+  await page.route('**/api/dashboard/events', async (route) => {
+    const i = Math.min(served++, streams.length - 1);
+    await gates[i].opened;
+    const body = streams[i].map((s) => `event: snapshot\ndata: ${JSON.stringify(s)}\n\n`).join('');
+    await route.fulfill({ status: 200, headers: { 'content-type': 'text/event-stream' }, body });
+  });
+  await page.goto(`${server.base}/dashboard`);
+  await page.waitForSelector('#login:not([hidden])');
+  await page.fill('#token', TOKEN);
+  await page.click('#login button[type=submit]');
+  const shows = (n, what) =>
+    page
+      .waitForFunction((k) => Number(document.body.dataset.snapshots) >= k, n, { timeout: 10000 })
+      .then(() => text(page, 'bw-to-peer'))
+      .then((v) => {
+        t.diagnostic(`after snapshot ${n}: ${v} (${what})`);
+        return v;
+      });
+  assert.equal(await shows(3, 'steady'), '1.0 kB/s');
+  gates[1].open();
+  assert.equal(await shows(4, 'across a 10-minute gap'), 'measuring…');
+  assert.equal(await text(page, 'bw-to-client'), 'measuring…');
+  gates[2].open();
+  assert.equal(await shows(5, 'two seconds later'), '50 B/s');
+  gates[3].open();
+  assert.equal(await shows(6, 'after a restart'), 'measuring…');
+});

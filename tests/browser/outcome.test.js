@@ -2,9 +2,10 @@
 // reports and diagnoses the pair, both pages get `connection-diagnosis` (and `connection-failed` when it failed), and
 // the operator reads the count, the path and the reason from `GET /api/outcomes` (admin token). Cases: a pair
 // relayed over TURN/UDP, a direct pair on loopback, relay-only with a wrong TURN credential, relay-only with the TURN
-// server unreachable. What each page sent is captured (`net.tamper`) to check that no address leaves the page.
+// server unreachable, and a relayed call that connects and then drops when its way to the relay is cut. What each page sent is captured (`net.tamper`) to check that no address leaves the page.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import dgram from 'node:dgram';
 import fs from 'node:fs';
 import {
   CHROMIUM, freePort, get, launchBrowser, skipWithoutChromium, startTraverse, until, within, dumpOnFailure,
@@ -183,6 +184,111 @@ test('relay-only with the TURN server unreachable: relay-only-unreachable on bot
   assert.ok(o.by_reason['relay-only-unreachable'] >= 1, JSON.stringify(o.by_reason));
 });
 
+/**
+ * A UDP relay between the pages and the TURN server's port, which the test can cut: each client address gets its
+ * own upstream socket, as through a NAT. `stop()` closes them all: the allocations stay on the server, unreachable.
+ */
+async function udpProxy(target) {
+  const front = dgram.createSocket('udp4');
+  const upstreams = new Map();
+  let stopped = false;
+  front.on('message', (msg, from) => {
+    const key = `${from.address}:${from.port}`;
+    let up = upstreams.get(key);
+    if (!up) {
+      up = dgram.createSocket('udp4');
+      up.on('message', (back) => front.send(back, from.port, from.address));
+      up.on('error', () => {});
+      upstreams.set(key, up);
+    }
+    up.send(msg, target, '127.0.0.1');
+  });
+  front.on('error', () => {});
+  await new Promise((resolve) => front.bind(0, '127.0.0.1', resolve));
+  return {
+    port: front.address().port,
+    stop() {
+      if (stopped) return;
+      stopped = true;
+      for (const up of upstreams.values()) up.close();
+      upstreams.clear();
+      front.close();
+    },
+  };
+}
+
+test('a relayed call whose way to the relay is cut drops: both pages report it, relay-lost, connection-dropped', { timeout: 120000 }, async (t) => {
+  if (skipWithoutChromium(t)) return;
+  const before = await outcomes();
+  const proxy = await udpProxy(server.ports.turn);
+  t.after(() => proxy.stop());
+  const recovery = { graceMs: 500, restartTimeoutMs: 4000, restartDelaysMs: [500], maxRestarts: 2 };
+  const open = async () => {
+    const p = await roomPage(browser, server, 'outcome-drop', { net: true, relay: true, connect: { recovery } });
+    await p.page.evaluate(`window.keep = (servers) => {
+      const turn = servers.find((s) => s.username);
+      return [{ urls: 'turn:127.0.0.1:${proxy.port}?transport=udp', username: turn.username, credential: turn.credential }];
+    }`);
+    await p.page.evaluate(() => {
+      window.sentOutcomes = [];
+      net.tamper = (text) => {
+        if (JSON.parse(text).type === 'outcome') sentOutcomes.push(JSON.parse(text));
+        return text;
+      };
+      window.diagnoses = [];
+      window.drops = [];
+      window.failures = [];
+      room.on('connection-diagnosis', (d) => diagnoses.push(d));
+      room.on('connection-dropped', (d) => drops.push(d));
+      room.on('connection-failed', (d) => failures.push(d));
+    });
+    return p;
+  };
+  const a = await open();
+  const b = await open();
+  t.after(() => Promise.all([a.page.close().catch(() => {}), b.page.close().catch(() => {})]));
+  await until(10000, () => a.page.evaluate((id) => room.peers.has(id), b.peerId), 'A sees B');
+  await a.page.evaluate((id) => {
+    window.peer = room.connect(id, peerOptions());
+  }, b.peerId);
+  const connected = (p) => until(30000, () => p.page.evaluate(() => diagnoses.some((d) => d.outcome === 'connected')), 'connected');
+  await within(35000, Promise.all([connected(a), connected(b)]), 'both connected').catch(dumpOnFailure(t, server, browser));
+  const upPath = await a.page.evaluate(() => diagnoses[0].path);
+  assert.equal(upPath, 'relay-udp');
+
+  proxy.stop();
+  const dropped = (p) => until(70000, () => p.page.evaluate(() => drops.length > 0 && drops), 'connection-dropped');
+  const [da, db] = await within(75000, Promise.all([dropped(a), dropped(b)]), 'both drops')
+    .catch(dumpOnFailure(t, server, browser));
+  for (const [side, drops] of [[a, da], [b, db]]) {
+    const sent = await side.page.evaluate(() => sentOutcomes.map((f) => f.report));
+    t.diagnostic(`sent ${JSON.stringify(sent)}`);
+    assert.deepEqual(sent.map((r) => r.outcome), ['connected', 'dropped']);
+    const drop = sent[1];
+    assert.ok(['ice-disconnected', 'ice-failed'].includes(drop.cause), JSON.stringify(drop));
+    assert.equal(drop.pair.local.type, 'relay', 'the path that broke');
+    assert.ok(drop.connectedMs > 0 && drop.brokenMs > 0 && drop.restarts >= 1, JSON.stringify(drop));
+    assertNoAddresses(sent.map((report) => ({ report })));
+    assert.equal(drops.length, 1, JSON.stringify(drops));
+    const d = drops[0];
+    assert.equal(d.outcome, 'dropped');
+    assert.equal(d.reason, 'relay-lost', JSON.stringify(d));
+    assert.equal(d.path, 'relay-udp');
+    assert.ok(d.connectedMs > 0, JSON.stringify(d));
+    assert.match(d.message, /TURN relay that stopped answering/);
+    assert.deepEqual(await side.page.evaluate(() => failures), [], 'a drop is not a failure to connect');
+  }
+  const now = await until(5000, async () => {
+    const o = await outcomes();
+    return o.dropped === before.dropped + 1 && o;
+  }, 'the drop in /api/outcomes');
+  assert.equal((now.dropped_by_reason['relay-lost'] ?? 0) - (before.dropped_by_reason['relay-lost'] ?? 0), 1);
+  assert.equal(now.failed, before.failed, 'not counted as a failure to connect');
+  assert.equal(now.recent_failures[0].outcome, 'dropped');
+  assert.equal(now.recent_failures[0].room, 'outcome-drop');
+  assert.equal(now.minutes.at(-1).dropped >= 1, true, JSON.stringify(now.minutes.at(-1)));
+});
+
 // Last: what the operator scrapes says what the pages reported — the same counts as /api/outcomes, by path and by
 // reason, and a time-to-connect observation per connected pair.
 test('the outcomes above are in /metrics, by path and by reason', { timeout: 30000 }, async (t) => {
@@ -201,6 +307,10 @@ test('the outcomes above are in /metrics, by path and by reason', { timeout: 300
   }
   for (const reason of ['turn-auth-failed', 'relay-only-unreachable']) {
     assert.equal(value('traverse_connection_failures_total', { reason }), o.by_reason[reason], reason);
+  }
+  assert.ok(o.dropped >= 1, JSON.stringify(o));
+  for (const reason of ['relay-lost', 'peer-lost', 'path-lost']) {
+    assert.equal(value('traverse_connection_drops_total', { reason }), o.dropped_by_reason[reason] ?? 0, reason);
   }
   const ttc = r.body.split('\n').find((l) => l.startsWith('traverse_connection_time_to_connect_seconds_count'));
   assert.ok(ttc && Number(ttc.split(' ').at(-1)) === o.time_to_connect_ms.count, `${ttc} vs ${o.time_to_connect_ms.count}`);

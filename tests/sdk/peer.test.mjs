@@ -426,3 +426,27 @@ test("the server's diagnosis of a drop is connection-dropped, not connection-fai
   assert.deepEqual(got, [['connection-diagnosis', 'peer-lost', 61000], ['connection-dropped', 'peer-lost', 61000]]);
   r.room._finish(1000, 'done', true);
 });
+
+test('a drop while the browser says offline carries offline; navigator.onLine alone does not make it so', async () => {
+  const r = await connectedCall({ recovery: { ...QUICK_RECOVERY, restartTimeoutMs: 5000 } });
+  r.peer.pc.reach('disconnected');
+  await until('a restart', () => r.peer._recovery.state === 'restarting');
+  r.peer._recovery.handleNetworkChange('offline');
+  r.peer.close();
+  const drop = r.reports().find((x) => x.outcome === 'dropped');
+  assert.equal(drop?.offline, true, JSON.stringify(drop));
+  r.room._finish(1000, 'done', true);
+
+  const q = await connectedCall({ recovery: { ...QUICK_RECOVERY, restartTimeoutMs: 5000 } });
+  Object.defineProperty(globalThis, 'navigator', { value: { onLine: false, userAgent: 'test' }, configurable: true });
+  try {
+    q.peer.pc.reach('disconnected');
+    await until('a restart', () => q.peer._recovery.state === 'restarting');
+    q.peer.close();
+    const d = q.reports().find((x) => x.outcome === 'dropped');
+    assert.ok(d && !d.offline, JSON.stringify(d));
+  } finally {
+    delete globalThis.navigator;
+  }
+  q.room._finish(1000, 'done', true);
+});

@@ -5,11 +5,12 @@
 // server is parsed as HTML: every string goes in through textContent.
 
 /**
- * @typedef {{start_unix: number, connected: number, failed: number}} Minute
- * @typedef {{unix: number, room: string, reason: string, message: string}} Failure
+ * @typedef {{start_unix: number, connected: number, failed: number, dropped?: number}} Minute
+ * @typedef {{unix: number, room: string, outcome?: string, reason: string, message: string}} Failure
  * @typedef {{buckets: Array<[number | null, number]>, sum_ms: number, count: number}} Histogram
  * @typedef {{
  *   connected: number, failed: number, by_path: Record<string, number>, by_reason: Record<string, number>,
+ *   dropped?: number, dropped_by_reason?: Record<string, number>,
  *   time_to_connect_ms: Histogram, minutes: Minute[], recent_failures: Failure[]
  * }} Outcomes
  * @typedef {{sockets: number, sessions: number, rooms: number, relayed: number}} Signaling
@@ -22,7 +23,7 @@
  *   unixMs: number, signaling: Signaling | null, turn: TurnLoad | null, certificate: Certificate | null,
  *   outcomes?: Outcomes | null
  * }} Snapshot
- * @typedef {{unixMs: number, toPeer: number, toClient: number}} Rate
+ * @typedef {{unixMs: number, toPeer: number, toClient: number, segment: number}} Rate
  */
 
 const TOKEN_KEY = 'traverse.adminToken';
@@ -51,6 +52,11 @@ const counters = [];
 const RATE_WINDOW_MS = 10000;
 /** @type {Rate[]} */
 const rates = [];
+/**
+ * Rates of one segment come from one unbroken run of snapshots; a restart or a gap starts the next one, where the
+ * chart breaks its lines and the tiles say "measuring…" until a rate of the new segment is known.
+ */
+let segment = 0;
 let snapshots = 0;
 let chartIds = 0;
 
@@ -231,6 +237,7 @@ function renderNow(snap) {
     const hour = lastHour(o);
     setText('connected-total', count(hour.connected));
     setText('failed-total', count(hour.failed));
+    setText('dropped-total', count(hour.dropped));
     const total = hour.connected + hour.failed;
     const rate = $('success-rate');
     rate.textContent = total ? percent(hour.connected / total) : 'no connections yet';
@@ -242,7 +249,7 @@ function renderNow(snap) {
           ? 'warn'
           : 'bad';
   } else {
-    for (const id of ['connected-total', 'failed-total', 'success-rate']) setText(id, 'n/a');
+    for (const id of ['connected-total', 'failed-total', 'dropped-total', 'success-rate']) setText(id, 'n/a');
   }
   const days = $('cert-days');
   const c = snap.certificate;
@@ -267,14 +274,16 @@ function renderNow(snap) {
  * @param {Outcomes} o
  */
 function lastHour(o) {
-  if (!o.minutes || !o.minutes.length) return { connected: o.connected, failed: o.failed };
+  if (!o.minutes || !o.minutes.length) return { connected: o.connected, failed: o.failed, dropped: o.dropped ?? 0 };
   let connected = 0;
   let failed = 0;
+  let dropped = 0;
   for (const m of o.minutes) {
     connected += m.connected;
     failed += m.failed;
+    dropped += m.dropped ?? 0;
   }
-  return { connected, failed };
+  return { connected, failed, dropped };
 }
 
 /** @param {Outcomes | null} o @param {number} unixMs */
@@ -290,7 +299,8 @@ function renderOutcomes(o, unixMs) {
   successChart(o.minutes ?? [], unixMs);
   pathsChart(o.by_path ?? {});
   ttcChart(o.time_to_connect_ms);
-  reasonsChart(o.by_reason ?? {}, o.recent_failures ?? []);
+  // Failures to connect and calls that dropped, each by its post-mortem's reason (the codes do not overlap).
+  reasonsChart({ ...(o.by_reason ?? {}), ...(o.dropped_by_reason ?? {}) }, o.recent_failures ?? []);
   renderRecent(o.recent_failures ?? []);
 }
 
@@ -402,8 +412,8 @@ function reasonsChart(byReason, recent) {
     entries,
     total,
     () => 'reason',
-    total ? `Failures by reason: ${entries.map(([r, n]) => `${r} ${n}`).join(', ')}.` : 'No failed connections.',
-    'No failed connections',
+    total ? `Failures and drops by reason: ${entries.map(([r, n]) => `${r} ${n}`).join(', ')}.` : 'No failed or dropped connections.',
+    'No failed or dropped connections',
   );
   const box = $('reasons-chart');
   for (const [reason] of entries) {
@@ -507,9 +517,16 @@ function renderBandwidth(snap) {
   if (turn) {
     const now = { unixMs: snap.unixMs, toPeer: turn.relayedBytesToPeer, toClient: turn.relayedBytesToClient };
     const newest = counters[counters.length - 1];
-    // A counter that went backwards is a restart: the window starts again.
-    if (newest && (now.toPeer < newest.toPeer || now.toClient < newest.toClient)) counters.length = 0;
-    if (!newest || now.unixMs > newest.unixMs) counters.push(now);
+    // A counter that went backwards is a restart; snapshots further apart than the window (the stream was down, the
+    // laptop slept) hold traffic of unknown timing, and a rate across them would be an average over the gap shown as
+    // the last 10 s. Either way the window starts again.
+    const restarted = newest && (now.toPeer < newest.toPeer || now.toClient < newest.toClient);
+    const gap = newest && now.unixMs - newest.unixMs > RATE_WINDOW_MS;
+    if (restarted || gap) {
+      counters.length = 0;
+      segment++;
+    }
+    if (!counters.length || now.unixMs > counters[counters.length - 1].unixMs) counters.push(now);
     while (counters.length > 2 && now.unixMs - counters[1].unixMs >= RATE_WINDOW_MS) counters.shift();
     const oldest = counters[0];
     if (counters.length >= 2 && now.unixMs > oldest.unixMs) {
@@ -518,11 +535,13 @@ function renderBandwidth(snap) {
         unixMs: now.unixMs,
         toPeer: (now.toPeer - oldest.toPeer) / secs,
         toClient: (now.toClient - oldest.toClient) / secs,
+        segment,
       });
       if (rates.length > RATE_SAMPLES) rates.shift();
     }
   }
-  const last = rates[rates.length - 1];
+  const newestRate = rates[rates.length - 1];
+  const last = newestRate && newestRate.segment === segment ? newestRate : undefined;
   setText('bw-to-peer', !turn ? 'n/a' : last ? rate(last.toPeer) : 'measuring…');
   setText('bw-to-client', !turn ? 'n/a' : last ? rate(last.toClient) : 'measuring…');
 
@@ -553,8 +572,15 @@ function renderBandwidth(snap) {
     ['toPeer', 'line-to-peer'],
     ['toClient', 'line-to-client'],
   ])) {
-    const points = rates.map((r) => `${x(r.unixMs).toFixed(1)},${y(r[key]).toFixed(1)}`).join(' ');
-    svg.append(node('polyline', { points, class: cls }));
+    // One line per segment: nothing is drawn across a restart or a gap, nor what is older than the chart's span.
+    const shown = rates.filter((r) => r.unixMs >= t0);
+    for (const s of new Set(shown.map((r) => r.segment))) {
+      const points = shown
+        .filter((r) => r.segment === s)
+        .map((r) => `${x(r.unixMs).toFixed(1)},${y(r[key]).toFixed(1)}`)
+        .join(' ');
+      svg.append(node('polyline', { points, class: cls, 'data-segment': s }));
+    }
   }
   svg.append(node('text', { x: left, y: H - 4 }, '5 min ago'));
   svg.append(node('text', { x: left + plotW, y: H - 4, 'text-anchor': 'end' }, 'now'));

@@ -1566,6 +1566,8 @@ declare class Recovery {
     restarts: number;
     /** When the running episode started (the break), on the clock's time; null when none runs. */
     get brokenSince(): number;
+    /** The browser said `offline` and not `online` since. */
+    get offline(): boolean;
     /** Restarts made in the running episode. */
     get attempts(): number;
     /**

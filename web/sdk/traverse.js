@@ -1832,7 +1832,9 @@ export class Peer extends Emitter {
     report.connectedMs = u32(breakAt - o.connectedAt);
     report.brokenMs = u32(t - breakAt);
     report.cause = cause;
-    if (typeof navigator !== 'undefined' && navigator.onLine === false) report.offline = true;
+    // The browser said `offline` while recovering (not `navigator.onLine` alone: a browser with only loopback, or
+    // behind some VPNs, says false all along).
+    if (this._recovery?.offline) report.offline = true;
     o.broken = null;
     this.room._reportOutcome(this.peerId, report);
   }
@@ -2002,6 +2004,11 @@ class Recovery {
   /** When the running episode started (the break), on the clock's time; null when none runs. */
   get brokenSince() {
     return this._episode ? this._episode.startedAt : null;
+  }
+
+  /** The browser said `offline` and not `online` since. */
+  get offline() {
+    return this._offline;
   }
 
   /** Restarts made in the running episode. */

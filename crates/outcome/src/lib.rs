@@ -37,5 +37,6 @@ pub use report::{
     Outcome, Policy, Protocol, RelayProtocol, Report, ReportError, SelectedPair, MAX_ERRORS, MAX_TEXT, MAX_URL,
 };
 pub use store::{
-    Failure, Minute, OutcomeSnapshot, Outcomes, TimeToConnect, MINUTES, RECENT_FAILURES, TIME_TO_CONNECT_BOUNDS_MS,
+    Failure, Minute, OutcomeSnapshot, Outcomes, TimeToConnect, MINUTES, RECENT_FAILURES, RECENT_FAILURES_PER_ROOM,
+    TIME_TO_CONNECT_BOUNDS_MS,
 };

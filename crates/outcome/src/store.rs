@@ -15,6 +15,8 @@ pub const TIME_TO_CONNECT_BOUNDS_MS: [f64; 10] = [
 pub const MINUTES: u64 = 60;
 /// Failures kept for `recent_failures`.
 pub const RECENT_FAILURES: usize = 20;
+/// Of which at most this many of one room.
+pub const RECENT_FAILURES_PER_ROOM: usize = 3;
 
 /// Connection outcomes since the process started. Shared as `Arc<Outcomes>`.
 #[derive(Debug, Default)]
@@ -114,6 +116,15 @@ impl Outcomes {
             } else {
                 s.failed += 1;
                 *s.by_reason.entry(d.reason.code().to_owned()).or_insert(0) += 1;
+            }
+            // One room (an attacker's, or one broken app) must not push every other room's failures off the list.
+            let of_room: Vec<usize> = (0..s.recent_failures.len())
+                .filter(|&i| s.recent_failures.get(i).is_some_and(|f| f.room == d.room))
+                .collect();
+            if of_room.len() >= RECENT_FAILURES_PER_ROOM {
+                if let Some(&oldest) = of_room.last() {
+                    s.recent_failures.remove(oldest);
+                }
             }
             s.recent_failures.push_front(Failure {
                 unix: unix_secs,
@@ -298,7 +309,7 @@ mod tests {
             );
         }
         let s = o.snapshot(1_000_000 + 199 * 60);
-        assert_eq!(s.recent_failures.len(), RECENT_FAILURES);
+        assert_eq!(s.recent_failures.len(), RECENT_FAILURES_PER_ROOM, "all of one room");
         assert_eq!(s.recent_failures.first().map(|f| f.unix), Some(1_000_000 + 199 * 60));
         assert_eq!(s.minutes.iter().map(|m| m.failed).sum::<u64>(), MINUTES);
         let json = serde_json::to_value(&s).unwrap_or_default();
@@ -329,5 +340,24 @@ mod tests {
             s.recent_failures.first().map(|f| (f.outcome, f.reason.as_str())),
             Some(("dropped", "relay-lost"))
         );
+    }
+
+    #[test]
+    fn one_room_keeps_at_most_a_few_of_the_recent_failures() {
+        let o = Outcomes::new();
+        let mut d = diagnosis(Outcome::Failed, Reason::Unknown, None, None);
+        for i in 0..30u64 {
+            d.room = format!("room-{}", i % 10);
+            o.record(&d, 1_000_000 + i);
+        }
+        d.room = "flood".into();
+        for i in 0..1000u64 {
+            o.record(&d, 1_000_100 + i);
+        }
+        let s = o.snapshot(1_001_100);
+        assert_eq!(s.recent_failures.len(), RECENT_FAILURES);
+        let flood = s.recent_failures.iter().filter(|f| f.room == "flood").count();
+        assert_eq!(flood, RECENT_FAILURES_PER_ROOM, "the flood keeps its newest few");
+        assert_eq!(s.recent_failures.first().map(|f| f.unix), Some(1_001_099));
     }
 }

@@ -182,8 +182,8 @@ fn one_report_is_diagnosed_alone_at_the_deadline() {
     assert_eq!(lab.frames(1, "diagnosis")[0]["reason"], "peer-unreported");
     assert_eq!(
         lab.frames(2, "diagnosis").len(),
-        1,
-        "B, still in the room, hears it too"
+        0,
+        "B never reported: it hears no verdict on A's word alone (a made-up report must not reach a bystander)"
     );
     assert_eq!(lab.held_reports(), 0);
 }

@@ -333,7 +333,11 @@ impl<R: RngCore + Send> MemoryHub<R> {
                 self.pairing.connected.remove(this);
             }
         }
-        for (to, other, you) in [(a, b, "A"), (b, a, "B")] {
+        // A pair decided on A's report alone is told to A only: B never reported (its page closed, or its reports
+        // are off), and must not hear a verdict on the word of another member alone (one `signal` to a bystander
+        // and a made-up report would give it a `connection-failed`).
+        let told = if diagnosis.reports >= 2 { 2 } else { 1 };
+        for (to, other, you) in [(a, b, "A"), (b, a, "B")].into_iter().take(told) {
             let frame = Frame::Diagnosis {
                 peer: other,
                 you,
