@@ -262,6 +262,10 @@ fn held_reports_are_bounded_per_reporter_and_by_the_byte_budgets() {
     assert_eq!(other.diagnoses.len(), 1, "over the source budget: not held");
     assert_eq!(other.diagnoses[0].reason, Reason::PeerUnreported);
     assert_eq!(other.held_reports(), 0);
+    // Decided: B's report about the pair (also over the budget) does not count it a second time.
+    other.report(2, &_a, failed_udp_timeout());
+    other.advance(Duration::from_secs(11));
+    assert_eq!(other.diagnoses.len(), 1, "counted once");
 }
 
 #[test]
@@ -456,4 +460,36 @@ fn a_drop_and_a_newer_call_s_report_are_not_paired() {
     lab.report(1, &b, connected_relay_tls(650));
     assert_eq!(lab.diagnoses.len(), 3);
     assert_eq!(lab.diagnoses[2].outcome, Outcome::Connected);
+}
+
+#[test]
+fn one_address_cannot_fill_the_counts_at_the_message_rate() {
+    // Each session within its own message rate and report allowance (100); the address has one of 120 reports.
+    let mut lab = Lab::new(Limits {
+        burst: 10_000,
+        messages_per_second: 10_000,
+        ..Limits::default()
+    });
+    let a = lab.join(1, "r");
+    let b = lab.join(2, "r");
+    for _ in 0..100 {
+        lab.signal(1, &b);
+        lab.report(1, &b, failed_udp_timeout());
+        lab.report(2, &a, failed_udp_timeout());
+    }
+    assert_eq!(lab.diagnoses.len(), 60, "120 reports paired");
+    assert_eq!(lab.hub.stats().outcomes_refused, 80);
+    // Then one per second (the sessions' own allowances are spent: a third and fourth session).
+    let c = lab.join(3, "r");
+    lab.advance(Duration::from_secs(4));
+    let now = lab.now();
+    lab.hub.handle_connect(ConnId::new(4), IP, now).unwrap();
+    lab.send(4, json!({"type": "join", "room": "r"}));
+    let d = lab.frames(4, "joined")[0]["peerId"].as_str().unwrap().to_owned();
+    for _ in 0..4 {
+        lab.signal(3, &d);
+        lab.report(3, &d, failed_udp_timeout());
+        lab.report(4, &c, failed_udp_timeout());
+    }
+    assert_eq!(lab.diagnoses.len(), 62, "4 more reports: two pairs");
 }

@@ -15,6 +15,7 @@ use outcome::{classify, classify_one, Absent, Diagnosis, Outcome, Report};
 use rand::RngCore;
 use serde_json::value::RawValue;
 
+use super::stream::ReportAllowance;
 use super::{ConnId, MemoryHub, Output};
 use crate::budget::{Source, FRAME_OVERHEAD};
 use crate::frame::{Frame, LeftReason};
@@ -27,6 +28,12 @@ pub(super) const LATE_REPORT_WINDOW: Duration = Duration::from_secs(60);
 
 /// A session's burst of reports, per peer a room may have: a connection and one reconnection each.
 pub(super) const REPORTS_PER_PEER: usize = 2;
+
+/// Reports taken from one source (address) at once, then one per [`SOURCE_REPORT_EVERY`]: sessions are cheap to
+/// open, and each has its own allowance, so one address could otherwise fill the counts and `recent_failures` at
+/// the message rate (2 578 made-up pairs in 31 s in an audit). An office behind one NAT reports a few per minute.
+pub(super) const SOURCE_REPORT_BURST: usize = 120;
+pub(super) const SOURCE_REPORT_EVERY: Duration = Duration::from_secs(1);
 
 /// A pair of peers in a room, in a fixed order (by id), whichever reported first.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -78,6 +85,8 @@ pub(super) struct Pairing {
     /// one of them, once, even after it left the room. At most `max_peers_per_room` each; only sessions that had a
     /// call have an entry (an idle socket pays nothing).
     connected: HashMap<PeerId, Vec<Partner>>,
+    /// Per source, the reports it may still send (only sources that sent one recently; forgotten once full again).
+    per_source: HashMap<Source, ReportAllowance>,
     /// No later than the earliest deadline of `held` and `decided` (earlier after a removal: then a sweep finds
     /// nothing and sets it right).
     due: Option<Instant>,
@@ -109,6 +118,7 @@ impl Pairing {
         super::shrink(&mut self.per_reporter);
         super::shrink(&mut self.decided);
         super::shrink(&mut self.connected);
+        super::shrink(&mut self.per_source);
     }
 
     /// `peer` left the room for `reason`, its peers `others` stay: it has no calls left, and a drop report about
@@ -182,7 +192,12 @@ impl<R: RngCore + Send> MemoryHub<R> {
                 s.signaled.contains(&about)
             };
             known && s.reports.take(burst, now)
-        });
+        }) && self
+            .pairing
+            .per_source
+            .entry(source)
+            .or_insert_with(|| ReportAllowance::new_every(SOURCE_REPORT_BURST, SOURCE_REPORT_EVERY, now))
+            .take_every(SOURCE_REPORT_BURST, SOURCE_REPORT_EVERY, now);
         if !admitted {
             self.outcomes_refused += 1;
             return;
@@ -245,6 +260,10 @@ impl<R: RngCore + Send> MemoryHub<R> {
             self.refused += 1;
             let diagnosis =
                 classify_one(&report, self.absent(&about)).between(&key.room, reporter.as_str(), about.as_str());
+            // Decided: the other side's report about it must not count the pair again.
+            let until = self.clock + LATE_REPORT_WINDOW;
+            self.pairing.decided.insert(key, (about.clone(), until));
+            self.pairing.due_at(until);
             return self.diagnosed(&reporter, &about, diagnosis);
         }
         self.budget.charge(source, bytes);
@@ -285,6 +304,10 @@ impl<R: RngCore + Send> MemoryHub<R> {
             self.diagnosed(&first.reporter, &first.about, diagnosis);
         }
         self.pairing.decided.retain(|_, (_, until)| now < *until);
+        // A source whose allowance has refilled holds nothing worth keeping.
+        self.pairing
+            .per_source
+            .retain(|_, a| !a.full(SOURCE_REPORT_BURST, SOURCE_REPORT_EVERY, now));
         let held = self.pairing.held.values().map(|h| h.deadline);
         self.pairing.due = held.chain(self.pairing.decided.values().map(|(_, until)| *until)).min();
     }
