@@ -4,13 +4,15 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::Extension;
 use axum::Router;
+use source::{RateLimiter, Source};
 use subtle::ConstantTimeEq;
 
 use crate::{Health, Metrics};
@@ -91,7 +93,8 @@ pub async fn serve(
         }
         let router = router.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+            let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(Client(client));
                 let mut router = router.clone();
                 async move { tower_service::Service::call(&mut router, req).await }
             });
@@ -107,11 +110,31 @@ pub async fn serve(
 
 pub fn router(endpoint: Endpoint) -> Router {
     let health = endpoint.health.clone();
+    let scraper = Scraper {
+        endpoint,
+        limiter: RateLimiter::new(SCRAPES_BURST, SCRAPE_EVERY, TRACKED_SOURCES),
+    };
     Router::new()
         .route("/metrics", get(scrape))
-        .with_state(Arc::new(endpoint))
+        .with_state(Arc::new(scraper))
         .merge(health_routes(health))
 }
+
+/// `/metrics` with a token: what is asked is rate-limited per source before the token is compared, so that
+/// guesses cost time and leave a trace. A scraper asks every few seconds at most: 30 at once, then one per second.
+const SCRAPES_BURST: u32 = 30;
+const SCRAPE_EVERY: Duration = Duration::from_secs(1);
+/// Sources the limiter remembers (about 100 bytes each; the listener holds 64 connections at most).
+const TRACKED_SOURCES: usize = 4096;
+
+struct Scraper {
+    endpoint: Endpoint,
+    limiter: RateLimiter,
+}
+
+/// The client of a connection, set by [`serve`] on each request.
+#[derive(Debug, Clone, Copy)]
+struct Client(std::net::SocketAddr);
 
 /// `/healthz` and `/readyz`, to merge into any router (the HTTP ports serve them too).
 pub fn health_routes<S: Clone + Send + Sync + 'static>(health: Arc<Health>) -> Router<S> {
@@ -131,9 +154,28 @@ async fn readyz(State(health): State<Arc<Health>>) -> Response {
     (status, axum::Json(readiness)).into_response()
 }
 
-async fn scrape(State(endpoint): State<Arc<Endpoint>>, headers: HeaderMap) -> Response {
+async fn scrape(
+    State(scraper): State<Arc<Scraper>>,
+    client: Option<Extension<Client>>,
+    headers: HeaderMap,
+) -> Response {
+    let endpoint = &scraper.endpoint;
     if let Some(token) = &endpoint.token {
+        let client = client.map(|Extension(Client(c))| c);
+        if let Some(c) = client {
+            if let Err(wait) = scraper.limiter.check(Source::from(c.ip()), Instant::now()) {
+                let secs = wait.secs().to_string();
+                return (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    [(header::RETRY_AFTER, secs)],
+                    "too many requests from this address: retry later\n",
+                )
+                    .into_response();
+            }
+        }
         if !bearer_matches(&headers, token) {
+            let client = client.map_or_else(|| "unknown".to_owned(), |c| c.to_string());
+            tracing::warn!(%client, "/metrics with a missing or wrong bearer token");
             return (
                 StatusCode::UNAUTHORIZED,
                 [(header::WWW_AUTHENTICATE, "Bearer")],
@@ -157,7 +199,8 @@ fn bearer_matches(headers: &HeaderMap, token: &str) -> bool {
     else {
         return false;
     };
-    given.trim().as_bytes().ct_eq(token.as_bytes()).into()
+    // Exactly the configured token (which has no surrounding spaces: the config refuses them).
+    given.as_bytes().ct_eq(token.as_bytes()).into()
 }
 
 #[cfg(test)]
@@ -176,5 +219,9 @@ mod tests {
         assert!(!bearer_matches(&with("Bearer s3cret-token-123"), "s3cret-token-1234"));
         assert!(!bearer_matches(&with("Basic s3cret-token-1234"), "s3cret-token-1234"));
         assert!(!bearer_matches(&HeaderMap::new(), "s3cret-token-1234"));
+        assert!(
+            !bearer_matches(&with("Bearer  s3cret-token-1234 "), "s3cret-token-1234"),
+            "exactly the token: spaces around it are not trimmed away on one side only"
+        );
     }
 }

@@ -1032,7 +1032,7 @@ impl Config {
                 format!("must be a redis:// or rediss:// (TLS) URL, not {scheme}"),
             );
         }
-        if let Some(e) = self.web.admin_token.as_deref().and_then(|k| short_secret(k).err()) {
+        if let Some(e) = self.web.admin_token.as_deref().and_then(|k| bearer_token(k).err()) {
             bad("web.admin_token", e);
         }
         if let Some(e) = self.auth.secrets.iter().find_map(|k| short_secret(k).err()) {
@@ -1061,8 +1061,8 @@ impl Config {
                 );
             }
         }
-        if self.metrics.token.as_deref().is_some_and(|k| k.len() < 16) {
-            bad("metrics.token", "use at least 16 characters".into());
+        if let Some(e) = self.metrics.token.as_deref().and_then(|k| bearer_token(k).err()) {
+            bad("metrics.token", e);
         }
         if let Err(e) = web::AllowedOrigins::parse(&self.web.allowed_origins) {
             bad("web.allowed_origins", e.to_string());
@@ -1299,8 +1299,18 @@ impl Config {
 pub const MIN_SECRET_LEN: usize = 16;
 
 /// Refuses a secret shorter than [`MIN_SECRET_LEN`], with the sentence to show.
+/// A bearer token (`web.admin_token`, `metrics.token`): a secret, without white space around it — it is compared
+/// exactly, and the dashboard and scrapers trim what they send.
+pub fn bearer_token(token: &str) -> Result<(), String> {
+    if token.trim() != token {
+        return Err("it starts or ends with white space, which clients trim: remove it".to_owned());
+    }
+    short_secret(token)
+}
+
+/// At least [`MIN_SECRET_LEN`] characters that are not white space (spaces add no strength).
 pub fn short_secret(secret: &str) -> Result<(), String> {
-    match secret.chars().count() {
+    match secret.chars().filter(|c| !c.is_whitespace()).count() {
         n if n < MIN_SECRET_LEN => Err(format!(
             "a secret of {n} characters is too short: use at least {MIN_SECRET_LEN} (e.g. `openssl rand -base64 24`)"
         )),
@@ -1346,6 +1356,25 @@ mod tests {
     use super::*;
 
     const EXAMPLE: &str = include_str!("../../../traverse.example.toml");
+
+    /// Spaces are no strength, and a token with spaces around it could never be sent: the dashboard and scrapers
+    /// trim what they send, and the server compares exactly.
+    #[test]
+    fn secrets_count_what_is_not_white_space_and_tokens_have_none_around_them() {
+        assert!(short_secret(&format!("{}x", " ".repeat(15))).is_err());
+        assert!(short_secret("0123456789abcdef").is_ok());
+        assert!(bearer_token("0123456789abcdef").is_ok());
+        assert!(bearer_token(" 0123456789abcdef").is_err());
+        assert!(bearer_token("0123456789abcdef\n").is_err());
+        let mut config = Config::default();
+        config.set("metrics.token", "0123456789abcdef ").expect("set");
+        let errors: Vec<String> = config.validate().iter().map(|e| e.to_string()).collect();
+        let errors = errors.join("\n");
+        assert!(
+            errors.contains("metrics.token") && errors.contains("white space"),
+            "{errors}"
+        );
+    }
 
     /// A list of tables goes on the command line as JSON; a list whose first item starts with `[` (an IPv6 listen
     /// address) is still comma-separated.

@@ -341,6 +341,18 @@ fn a_token_protected_listener_refuses_a_scrape_without_the_token_and_health_answ
         assert_eq!(names, ["listeners", "certificate"], "{body}");
         assert!(checks[1]["detail"].as_str().unwrap().contains("self-signed"), "{body}");
     }
+
+    // Guesses cost time and leave a trace: past 30 at once from one address, 429 with Retry-After, even with the
+    // right token (else the limit would tell a right guess from a wrong one); each wrong one is logged.
+    let refused = (0..40)
+        .map(|_| http_get(metrics, "/metrics", Some("metrics-token-guess-00000")))
+        .filter(|(status, _, _)| *status == 429)
+        .count();
+    assert!(refused >= 5, "{refused} of 40 guesses throttled");
+    let (status, head, _) = http_get(metrics, "/metrics", Some(TOKEN));
+    assert_eq!(status, 429, "{head}");
+    assert!(head.contains("retry-after:"), "{head}");
+    assert!(server.log().contains("/metrics with a missing or wrong bearer token"));
 }
 
 #[test]
