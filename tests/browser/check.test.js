@@ -289,3 +289,63 @@ test('an RFC 5780 alternate (stun.other_address) is handed out, so /check compar
       assert.ok(g, `the alternate is gathered against: ${JSON.stringify(report.gathering.map((x) => x.url))}`);
     })().catch(dumpOnFailure(t, alt, browser));
   });
+
+test('a server without TURN is named as the cause, not this network', { timeout: 30000 }, async (t) => {
+  if (skipWithoutChromium(t)) return;
+  const page = await browser.newPage();
+  t.after(() => page.close().catch(() => {}));
+  await page.goto(`${server.base}/healthz`);
+  const out = await page.evaluate(async () => {
+    const C = await import('/check/check.js');
+    const sig = { ok: true, joined: true, rttMs: { median: 5 } };
+    const stun = (srflx) => ({ url: 'stun:192.0.2.1:3478', label: 'STUN :3478', ok: srflx > 0, types: { host: 1, srflx } });
+    return {
+      udpWorks: C.verdict({ webrtc: true, signaling: sig, gathering: [stun(1)], loopback: [],
+        nat: { mapping: 'inconclusive', why: 'one-address' } }),
+      udpBlocked: C.verdict({ webrtc: true, signaling: sig, gathering: [stun(0)], loopback: [],
+        nat: { mapping: 'inconclusive', why: 'one-address' } }),
+    };
+  });
+  // Before: "Direct calls may work, but the relay cannot be used from here" and, without UDP, "A firewall blocks the
+  // media ports. Ask for UDP and TCP 443 to this server to be allowed" — for a server that hands out no relay at all.
+  assert.equal(out.udpWorks.level, 'warn');
+  assert.match(out.udpWorks.headline, /offers no TURN relay/);
+  assert.doesNotMatch(out.udpWorks.headline, /from here/);
+  assert.equal(out.udpBlocked.level, 'fail');
+  assert.match(out.udpBlocked.headline, /offers no TURN relay/);
+  for (const v of [out.udpWorks, out.udpBlocked]) {
+    assert.ok(v.advice.some((a) => /enable TURN/.test(a.text)), JSON.stringify(v));
+    assert.ok(!v.advice.some((a) => /firewall blocks the media ports/.test(a.text)), JSON.stringify(v));
+  }
+});
+
+test('a TURN URL that gathered no relay address is not called again (no 15 s wait per dead relay)',
+  { timeout: 120000 }, async (t) => {
+    if (skipWithoutChromium(t)) return;
+    const page = await browser.newPage();
+    t.after(() => page.close().catch(() => {}));
+    await (async () => {
+      // The server's list plus a TURN/UDP address where nothing listens (port 9 on loopback).
+      const dead = 'turn:127.0.0.1:9?transport=udp';
+      await page.route('**/api/ice-servers', async (route) => {
+        const real = await route.fetch();
+        const body = await real.json();
+        body.iceServers.push({ urls: [dead], username: 'u', credential: 'p' });
+        await route.fulfill({ response: real, json: body });
+      });
+      const started = Date.now();
+      await page.goto(`${server.base}/check`);
+      await page.waitForFunction(() => document.body.dataset.state === 'done', null, { timeout: 100000 });
+      const elapsed = Date.now() - started;
+      const report = await page.evaluate(() => JSON.parse(document.getElementById('raw').textContent));
+      const limits = await page.evaluate(async () => (await import('/check/check.js')).TIMEOUTS);
+      const g = report.gathering.find((x) => x.url === dead);
+      const l = report.loopback.find((x) => x.url === dead);
+      console.log(`  dead relay: gathering ${JSON.stringify(g)}; loopback ${JSON.stringify(l)}; run ${elapsed} ms`);
+      assert.ok(g && !g.types.relay, `no relay candidate from ${dead}: ${JSON.stringify(g)}`);
+      assert.equal(l?.ok, false);
+      assert.equal(l?.skipped, true, `the test call was skipped: ${JSON.stringify(l)}`);
+      assert.ok(elapsed < limits.gather + 5000, `took ${elapsed} ms`);
+      assert.ok(report.verdict.advice.some((a) => a.text.startsWith(`${l.label}:`)), 'the dead relay is still named');
+    })().catch(dumpOnFailure(t, server, browser));
+  });

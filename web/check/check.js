@@ -15,7 +15,7 @@
  * @typedef {{url: string, label: string, ok: boolean, ms: number, timedOut: boolean, candidates: Candidate[],
  *            types: Record<string, number>, relayProtocols: string[], errors: {code: number, text: string}[]}} Gathering
  * @typedef {{url: string, label: string, transport: string, ok: boolean, connectMs?: number, rttMs?: RttStats,
- *            echoed: number, pair?: object, error?: string}} Loopback
+ *            echoed: number, pair?: object, error?: string, relayCandidate?: boolean, skipped?: boolean}} Loopback
  * @typedef {'endpoint-independent' | 'endpoint-independent-or-address-dependent' | 'address-dependent-or-stricter'
  *           | 'address-and-port-dependent' | 'inconclusive'} Mapping
  * @typedef {{mapping: Mapping, servers: string[], observations: object[], why: string}} Nat
@@ -414,6 +414,17 @@ export async function checkLoopback(entry, { echoes = ECHOES } = {}) {
   return out;
 }
 
+/**
+ * The loopback of a TURN URL whose gathering yielded no relay candidate: failed without a call, `skipped`.
+ * @returns {Loopback}
+ */
+export function skippedLoopback(entry, gathering) {
+  return { url: entry.url, label: labelOf(entry.parsed), transport: relayTransport(entry.parsed), ok: false, echoed: 0,
+    skipped: true, relayCandidate: false,
+    error: gathering.timedOut ? `no relay address within ${Math.round(gathering.ms / 1000)} s of gathering`
+      : 'no relay address in gathering' };
+}
+
 /** The selected candidate pair's two ends, from getStats. */
 async function selectedPair(pc) {
   const stats = await pc.getStats();
@@ -485,6 +496,16 @@ export async function checkNat(endpoints) {
 }
 
 /**
+ * `checkNat`'s answer without gathering, when no address of the server yielded a public address on its own.
+ * @returns {Nat}
+ */
+export function natWithoutSrflx(endpoints) {
+  const first = endpoints[0];
+  const second = endpoints.find((e) => e.host !== first.host) || endpoints[1];
+  return { mapping: 'inconclusive', why: 'no-srflx', observations: [], servers: [first.url, second.url] };
+}
+
+/**
  * The mapping behaviour from the srflx candidates of one gathering against both servers. Pure, for tests.
  * @param {{host: string, port: number}[]} pair the two STUN addresses
  * @param {boolean} firstAnswers @param {boolean} secondAnswers each server alone yielded a srflx candidate
@@ -550,11 +571,21 @@ export async function runChecks({ base = location.href, token, extraStun = [], o
     if (report.iceServers) report.iceServers.servers = redact(servers);
     if (!report.webrtc) return;
     await step('gathering', () => Promise.all(entries.map(checkGathering)));
+    const gathered = Array.isArray(report.gathering) ? report.gathering : [];
     const turn = entries.filter((e) => e.parsed.scheme !== 'stun');
-    await step('loopback', () => Promise.all(turn.map((e) => checkLoopback(e))));
+    // A TURN URL whose gathering got no relay candidate cannot carry the test call either: waiting for the call's
+    // own timeout (15 s) on top of the gathering's (10 s) is what made a network without UDP take 35 s.
+    await step('loopback', () => Promise.all(turn.map((e) => {
+      const g = gathered.find((x) => x.url === e.url);
+      return g && !g.types?.relay ? Promise.resolve(skippedLoopback(e, g)) : checkLoopback(e);
+    })));
     // Asked after the TLS attempts, so the server has seen them.
     if (turn.some((e) => e.parsed.scheme === 'turns')) await step('tlsFailures', () => checkTlsFailures({ base }));
-    await step('nat', () => checkNat(stunEndpoints(entries, extraStun)));
+    // Gathering against every address of the server alone learned no public address: gathering against two of them
+    // together will not either (another 10 s where UDP is blocked). Addresses from the hash were not gathered: ask.
+    const noSrflx = !extraStun.length && gathered.length > 0 && !gathered.some((g) => (g.types?.srflx || 0) > 0);
+    const endpoints = stunEndpoints(entries, extraStun);
+    await step('nat', () => (noSrflx && endpoints.length >= 2 ? natWithoutSrflx(endpoints) : checkNat(endpoints)));
   })();
   await within(TIMEOUTS.total, work, 'the checks').catch((e) => (report.aborted = e.message));
   report.finishedAt = new Date().toISOString();
@@ -647,11 +678,27 @@ export function verdict(r) {
   const port = (l) => Number(String(l.label).split(':').pop());
   const prefer443 = (list) => list.find((l) => port(l) === 443) || list[0];
 
+  // The server handed out no turn:/turns: URL at all: nothing of the relay was tested, so nothing about it is this
+  // network's fault (the doctor: "No TURN server was tested … Configure TURN").
+  const turnOffered = loops.length > 0 || gathering.some((g) => !String(g.url).startsWith('stun'));
+
   let level = /** @type {Verdict['level']} */ ('ok');
   let headline;
   if (!loops.length && !gathering.length) {
     level = 'fail';
     headline = 'The server handed out no STUN or TURN addresses: only direct calls on the same network can work.';
+  } else if (!turnOffered) {
+    if (srflx) {
+      level = 'warn';
+      headline = 'This server offers no TURN relay: direct calls may work, but calls with peers on strict networks ' +
+        '(symmetric NATs, blocked UDP) will fail.';
+    } else {
+      level = 'fail';
+      headline = 'UDP to this server\'s STUN address gets no answer from here, and the server offers no TURN relay: ' +
+        'calls from this network will likely fail.';
+    }
+    advice.push({ text: 'Ask the operator to enable TURN, with TURN over TLS on port 443 for networks that block UDP.',
+      term: 'no turn: or turns: URL in the iceServers' });
   } else if (udp.length) {
     headline = srflx
       ? 'UDP works here: calls connect directly when the other side allows it, else through the relay over UDP.'

@@ -123,7 +123,9 @@ async function run(token) {
         return;
       }
       const retry = e instanceof RetryLater ? e.ms : pause;
-      setStatus(`${e instanceof Error ? e.message : e} Retrying in ${Math.round(retry / 1000)} s.`, 'down');
+      const why = String(e instanceof Error ? e.message : e);
+      // The browser's own messages ("Failed to fetch") carry no full stop.
+      setStatus(`${why}${/[.!?]$/.test(why) ? '' : '.'} Retrying in ${Math.round(retry / 1000)} s.`, 'down');
       await new Promise((r) => setTimeout(r, retry));
       pause = Math.min(pause * 2, 30000);
     }
