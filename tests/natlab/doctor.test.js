@@ -39,6 +39,16 @@ export const SITES = [
     site: 'tcp443', built: 'EIM / APDF / only TCP 443', mapping: null, filtering: null,
     transports: { signaling: true, 'stun-udp': false, 'turn-udp': false, 'turn-tcp': false, 'turn-tls': false, 'turn-tls-443': true },
   },
+  {
+    // Only the STUN/TURN ports are blocked: UDP to the relay's ports gets out, and the doctor must not call UDP
+    // blocked (checks::udp_egress).
+    site: 'turnports', built: 'EIM / APDF / STUN and TURN ports dropped', mapping: null, filtering: null,
+    transports: {
+      signaling: true, 'stun-udp': false, 'udp-other-ports': true, 'turn-udp': false, 'turn-tcp': false,
+      'turn-tls': false, 'turn-tls-443': true,
+    },
+    summary: /^UDP to the server's STUN\/TURN port is blocked here \(UDP to other ports gets out\)/,
+  },
 ].filter((s) => ONLY.length === 0 || ONLY.includes(s.site));
 
 /** The doctor in a site's host namespace; resolves with {code, report, stderr} (the exit code is 0 or 2). */
@@ -103,9 +113,16 @@ for (const want of SITES) {
           assert.ok(['inconclusive', 'not-tested'].includes(f.result), `no UDP, no claim: ${JSON.stringify(r.nat)}`);
         }
         assert.ok(r.nat.notes.some((n) => n.startsWith('seen over TCP/TLS')), JSON.stringify(r.nat));
-        // …and every call goes through the relay, over TURN/TLS on 443 (what a browser here would use).
-        assert.equal(r.verdict.summary,
-          'UDP is blocked on this network: every call will go through the TURN relay, over TLS on port 443.');
+        if (want.summary) {
+          // UDP leaves on other ports: a direct call depends on the other side, not "needs TURN".
+          assert.match(r.verdict.summary, want.summary);
+          assert.ok(r.verdict.direct.every((d) => d.chance === 'uncertain'), JSON.stringify(r.verdict.direct));
+        } else {
+          // …and every call goes through the relay, over TURN/TLS on 443 (what a browser here would use).
+          assert.equal(r.verdict.summary,
+            'UDP is blocked on this network: every call will go through the TURN relay, over TLS on port 443.');
+          assert.equal(works['udp-other-ports'], false, 'UDP to other ports of the server is blocked too');
+        }
       }
       record.outcome = 'pass';
     } catch (err) {

@@ -29,7 +29,8 @@ set -euo pipefail
 SERVER_IPS=(203.0.113.10 203.0.113.11)
 STATE_ROOT="${NATLAB_STATE:-/tmp/traverse-natlab}"
 
-# name : index : mapping (eim | sym) : filtering (apdf | eif | adf) : firewall (open | noudp | tcp443) : what it is
+# name : index : mapping (eim | sym) : filtering (apdf | eif | adf) : firewall (open | noudp | tcp443 | turnports) :
+# what it is
 SITES=(
   "eim-a:1:eim:apdf:open:port-restricted cone (plain masquerade)"
   "eim-b:2:eim:apdf:open:port-restricted cone, a second one"
@@ -39,6 +40,7 @@ SITES=(
   "sym-b:6:sym:apdf:open:symmetric, a second one"
   "noudp:7:eim:apdf:noudp:port-restricted cone, all outbound UDP dropped"
   "tcp443:8:eim:apdf:tcp443:port-restricted cone, only TCP to port 443 allowed out"
+  "turnports:9:eim:apdf:turnports:port-restricted cone, UDP and TCP to the STUN/TURN ports 3478, 3479, 5349 dropped"
 )
 
 die() {
@@ -123,6 +125,7 @@ $( [ "$filtering" = adf ] && echo "    iifname \"wan\" oifname \"lan\" ip daddr 
     iifname "wan" drop
 $( [ "$firewall" = noudp ] && echo "    iifname \"lan\" meta l4proto udp drop")
 $( [ "$firewall" = tcp443 ] && printf '    iifname "lan" tcp dport 443 accept\n    iifname "lan" drop\n')
+$( [ "$firewall" = turnports ] && printf '    iifname "lan" udp dport { 3478, 3479, 5349 } drop\n    iifname "lan" tcp dport { 3478, 3479, 5349 } drop\n')
 $( [ "$filtering" = eif ] || [ "$filtering" = adf ] && echo "    iifname \"lan\" meta l4proto udp update @mapped { udp sport }")
 $( [ "$filtering" = adf ] && echo "    iifname \"lan\" meta l4proto udp update @adf { ip saddr . udp sport . ip daddr }")
     iifname "lan" oifname "wan" accept

@@ -31,6 +31,24 @@ pub struct Facts {
     pub relay: Option<RelayFact>,
     /// None: not asked for, or no relay pair.
     pub throughput: Option<ThroughputFact>,
+    /// None: not needed (STUN over UDP answered, or was not tested) or not possible (no relay over TCP or TLS).
+    pub udp_egress: Option<UdpEgressFact>,
+}
+
+/// UDP from here to a port of the server other than STUN/TURN's (`checks::udp_egress`).
+#[derive(Debug, Clone)]
+pub struct UdpEgressFact {
+    /// The relayed port the datagram went to.
+    pub to_port: u16,
+    /// `Ok(true)`: it got through; `Ok(false)`: none of the datagrams did; `Err`: the test could not be set up.
+    pub outcome: Timed<bool>,
+}
+
+impl UdpEgressFact {
+    /// Whether UDP leaves this network on other ports, when that was tested.
+    pub fn works(&self) -> Option<bool> {
+        self.outcome.result.as_ref().ok().copied()
+    }
 }
 
 /// A step's result and how long it took.

@@ -34,7 +34,7 @@ pub struct DirectRow {
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct TransportRow {
-    /// Stable key: `signaling`, `stun-udp`, `turn-udp`, `turn-tcp`, `turn-tls`, `turn-tls-443`.
+    /// Stable key: `signaling`, `stun-udp`, `udp-other-ports`, `turn-udp`, `turn-tcp`, `turn-tls`, `turn-tls-443`.
     pub key: &'static str,
     pub name: &'static str,
     /// None: not tested (or not offered, see `detail`).
@@ -288,6 +288,10 @@ pub fn verdict(f: &Facts) -> Verdict {
     let any_turn = f.turn.iter().any(TurnFact::ok);
     let something_works = signaling.ok || any_turn;
     let udp_ok = if stun_tested { Some(stun_ok) } else { turn_udp };
+    // STUN over UDP got no answer: whether UDP to another port of the server got out (`checks::udp_egress`).
+    let udp_elsewhere = f.udp_egress.as_ref().and_then(crate::facts::UdpEgressFact::works);
+    let only_stun_port_blocked = udp_ok == Some(false) && udp_elsewhere == Some(true);
+    let stun_port = f.stun.first().map_or(3478, |s| s.url.port);
 
     // Signaling.
     if !signaling.ok {
@@ -390,8 +394,24 @@ pub fn verdict(f: &Facts) -> Verdict {
     }
     let offers_443 = turn_443 == Some(true);
     match (udp_ok, any_turn) {
+        (Some(false), true) if only_stun_port_blocked => {
+            causes.push(format!(
+                "UDP to the server's STUN/TURN port {stun_port} gets no answer, but UDP to other ports gets out (a \
+                 datagram to the relay's port {} got through): a firewall blocks the STUN/TURN port, not UDP.",
+                f.udp_egress.as_ref().map_or(0, |u| u.to_port)
+            ));
+            advice.push(format!(
+                "Calls through the relay go over TCP or TLS from here, and direct calls may still work. To let the \
+                 relay use UDP, allow UDP to port {stun_port} of the server on this network's firewall."
+            ));
+        }
         (Some(false), true) => {
-            causes.push("UDP is blocked on this network (STUN over UDP got no answer).".to_owned());
+            causes.push(match udp_elsewhere {
+                Some(false) => "UDP is blocked on this network (STUN over UDP got no answer, and a datagram to \
+                                another port of the server did not get through either)."
+                    .to_owned(),
+                _ => "UDP is blocked on this network (STUN over UDP got no answer).".to_owned(),
+            });
             if offers_443 {
                 advice.push(
                     "UDP is blocked: peers on this network need TURN over TLS on 443 — this server offers it, so \
@@ -429,7 +449,8 @@ pub fn verdict(f: &Facts) -> Verdict {
     let classification = f.nat.as_ref().map(|n| &n.classification);
     let mapping = classification.map_or(Finding::NotTested, |c| c.mapping.clone());
     let filtering = classification.map_or(Finding::NotTested, |c| c.filtering.clone());
-    let direct = direct_table(udp_ok, &mapping, &filtering);
+    // UDP out on other ports: whether a direct path works depends on the other side and the NAT, unknown here.
+    let direct = direct_table(if only_stun_port_blocked { None } else { udp_ok }, &mapping, &filtering);
     // Either dependent mapping (known, or narrowed to the two) fails with the same peers: /check's "address-dependent
     // or stricter" is this case too.
     let dependent = mapping.candidates();
@@ -475,10 +496,24 @@ pub fn verdict(f: &Facts) -> Verdict {
             "Direct connections are likely with every kind of peer; no TURN relay was confirmed as a fallback."
                 .to_owned()
         }
+    } else if let (true, Some(best)) = (only_stun_port_blocked, best_stream_turn(&f.turn)) {
+        format!(
+            "UDP to the server's STUN/TURN port is blocked here (UDP to other ports gets out): calls through the relay \
+             go over {} on port {}, direct calls may still work.",
+            best.transport().word().to_uppercase(),
+            best.port()
+        )
     } else if let (Some(false), Some(best)) = (udp_ok, best_stream_turn(&f.turn)) {
         no_udp_summary(best)
     } else if any_turn {
         "Connections will work, some of them only through the TURN relay.".to_owned()
+    } else if udp_ok == Some(false) {
+        // Every kind of peer needs a relay from here (the direct table says so): this is not "some".
+        if f.turn.is_empty() {
+            "Calls from this network will fail: UDP is blocked and the server offers no TURN relay.".to_owned()
+        } else {
+            "Calls from this network will fail: UDP is blocked and no TURN transport gets through.".to_owned()
+        }
     } else {
         "Some connections will fail: direct connections are not always possible here and no TURN relay works."
             .to_owned()
@@ -496,6 +531,16 @@ pub fn verdict(f: &Facts) -> Verdict {
             name: "UDP (STUN)",
             works: if stun_tested { Some(stun_ok) } else { None },
             detail: None,
+        },
+        TransportRow {
+            key: "udp-other-ports",
+            name: "UDP to other ports of the server",
+            works: udp_elsewhere,
+            detail: match (&f.udp_egress, udp_ok) {
+                (Some(u), _) if u.works().is_none() => Some("could not be tested"),
+                (None, Some(true)) => Some("not needed: STUN over UDP works"),
+                _ => None,
+            },
         },
         TransportRow {
             key: "turn-udp",
@@ -776,6 +821,81 @@ mod tests {
                 .any(|a| a.contains("does not offer it: enable a single port on 443")),
             "{:?}",
             v.advice
+        );
+    }
+
+    /// STUN over UDP unanswered, but a datagram to the relay's port got through: a firewall blocks the STUN/TURN
+    /// port, not UDP — the direct table is uncertain rather than "needs TURN", and the words say so.
+    #[test]
+    fn only_the_stun_port_blocked_is_not_called_udp_blocked() {
+        let mut f = healthy();
+        f.stun = vec![stun(false)];
+        f.turn[0].allocation = failed(CheckError::Timeout(Duration::from_secs(3)));
+        f.udp_egress = Some(crate::facts::UdpEgressFact {
+            to_port: 50000,
+            outcome: ok(true),
+        });
+        let v = verdict(&f);
+        assert!(
+            v.summary
+                .starts_with("UDP to the server's STUN/TURN port is blocked here"),
+            "{}",
+            v.summary
+        );
+        assert!(
+            v.causes
+                .iter()
+                .any(|c| c.contains("port 3478 gets no answer") && c.contains("port 50000 got through")),
+            "{:?}",
+            v.causes
+        );
+        assert!(
+            !v.causes.iter().any(|c| c.contains("UDP is blocked on this network")),
+            "{:?}",
+            v.causes
+        );
+        assert!(v.direct.iter().all(|r| r.chance == Chance::Uncertain), "{:?}", v.direct);
+        let row = v
+            .transports
+            .iter()
+            .find(|t| t.key == "udp-other-ports")
+            .map(|t| t.works);
+        assert_eq!(row, Some(Some(true)));
+        // Not through either: UDP is blocked, and the cause says how it was shown.
+        f.udp_egress = Some(crate::facts::UdpEgressFact {
+            to_port: 50000,
+            outcome: ok(false),
+        });
+        let v = verdict(&f);
+        assert!(v.summary.starts_with("UDP is blocked on this network"), "{}", v.summary);
+        assert!(
+            v.causes.iter().any(|c| c.contains("did not get through either")),
+            "{:?}",
+            v.causes
+        );
+        assert!(v.direct.iter().all(|r| r.chance == Chance::Unlikely));
+    }
+
+    /// UDP blocked and no relay gets through (or none is offered): every call fails from here, and the summary says
+    /// so rather than "some".
+    #[test]
+    fn udp_blocked_without_any_relay_says_calls_will_fail() {
+        let mut f = healthy();
+        f.stun = vec![stun(false)];
+        for t in &mut f.turn {
+            t.allocation = failed(CheckError::Timeout(Duration::from_secs(3)));
+        }
+        let v = verdict(&f);
+        assert!(v.direct.iter().all(|r| r.chance == Chance::Unlikely));
+        assert_eq!(
+            v.summary,
+            "Calls from this network will fail: UDP is blocked and no TURN transport gets through."
+        );
+        f.turn.clear();
+        let v = verdict(&f);
+        assert_eq!(
+            v.summary,
+            "Calls from this network will fail: UDP is blocked and the server offers no TURN relay."
         );
     }
 

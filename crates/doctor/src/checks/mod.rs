@@ -15,6 +15,7 @@ pub mod signaling;
 pub mod stun;
 pub mod throughput;
 pub mod turn;
+pub mod udp_egress;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -164,6 +165,18 @@ pub async fn run_all(s: Settings, progress: Arc<Progress>) -> Facts {
         }
     }
 
+    // STUN over UDP got no answer: is UDP blocked, or only the STUN/TURN port? Through a relay over TCP or TLS.
+    let stun_failed = !stun.is_empty() && stun.iter().all(|f| !f.binding.ok());
+    let stream = [Transport::Tcp, Transport::Tls].into_iter().find_map(|tr| {
+        turn.iter()
+            .find(|t| t.ok() && t.transport() == tr)
+            .map(|t| t.url.clone())
+    });
+    let udp_egress = match (stun_failed, stream, ice.credential.clone()) {
+        (true, Some(url), Some(cred)) => Some(udp_egress::check(s.clone(), url, cred, progress.clone()).await),
+        _ => None,
+    };
+
     Facts {
         server: s.server_label.clone(),
         insecure: s.insecure,
@@ -175,5 +188,6 @@ pub async fn run_all(s: Settings, progress: Arc<Progress>) -> Facts {
         ipv6,
         relay,
         throughput,
+        udp_egress,
     }
 }
