@@ -1,5 +1,6 @@
 // The SDK as a package: its JSDoc type-checks (tsc --checkJs), the committed TypeScript declarations
-// (web/sdk/traverse.d.ts) are what tsc generates from it today, the examples compile against them, and the package's
+// (web/sdk/traverse.d.ts) are what tsc generates from it today (through declarations.mjs, which leaves out what is
+// tagged `@internal`), they show the public API only, the examples compile against them, and the package's
 // version is the SDK's. `npm ci` in tests/sdk installs TypeScript (scripts/test.sh does); without it these tests are
 // skipped, unless TRAVERSE_REQUIRE_PEERS=1.
 //
@@ -40,7 +41,12 @@ test('the SDK type-checks from its JSDoc, and traverse.d.ts is what tsc generate
   if (skipWithoutTsc(t)) return;
   const out = fs.mkdtempSync(path.join(os.tmpdir(), 'traverse-dts-'));
   t.after(() => fs.rmSync(out, { recursive: true, force: true }));
-  run(['-p', path.join(sdk, 'tsconfig.json'), '--outDir', out]);
+  try {
+    const args = [path.join(here, 'declarations.mjs'), '--outDir', out];
+    execFileSync(process.execPath, args, { encoding: 'utf8', stdio: 'pipe' });
+  } catch (e) {
+    throw new Error(`declarations.mjs failed:\n${e.stdout}${e.stderr}`);
+  }
   const fresh = fs.readFileSync(path.join(out, 'traverse.d.ts'), 'utf8');
   const committed = fs.readFileSync(path.join(sdk, 'traverse.d.ts'), 'utf8');
   assert.ok(
@@ -48,6 +54,54 @@ test('the SDK type-checks from its JSDoc, and traverse.d.ts is what tsc generate
     'web/sdk/traverse.d.ts is stale: run `npm run types` in tests/sdk and commit it ' +
       `(${committed.length} committed vs ${fresh.length} generated characters)`,
   );
+});
+
+test('traverse.d.ts shows the public API only: no internal member, class or export', async (t) => {
+  if (skipWithoutTsc(t)) return;
+  const { default: ts } = await import('typescript');
+  const parse = (file) => ts.createSourceFile(file, fs.readFileSync(file, 'utf8'), ts.ScriptTarget.Latest, true);
+  const dts = parse(path.join(sdk, 'traverse.d.ts'));
+  const classes = new Set();
+  const members = []; // `Class.member`, with `private` for a private one
+  const exported = [];
+  const visit = (node) => {
+    if (ts.isClassDeclaration(node) && node.name) {
+      classes.add(node.name.text);
+      for (const m of node.members) {
+        if (!m.name) continue;
+        const isPrivate = ts.getModifiers(m)?.some((k) => k.kind === ts.SyntaxKind.PrivateKeyword);
+        members.push(`${isPrivate ? 'private ' : ''}${node.name.text}.${m.name.getText(dts)}`);
+      }
+    }
+    if (ts.isExportSpecifier(node)) exported.push(node.name.text);
+    ts.forEachChild(node, visit);
+  };
+  visit(dts);
+  // A `_` member is the module's own: `@private` (declared `private`) or `@internal` (left out), never public.
+  assert.deepEqual(members.filter((m) => /^\w+\._/.test(m)), [], 'public underscore members in traverse.d.ts');
+  // What traverse.js tags `@internal` (members shared between its classes, the tests' `export {…}`) is not there.
+  const internal = new Set(); // `Class.member`, and exported names
+  const findInternal = (node) => {
+    if (ts.getJSDocTags(node).some((tag) => tag.tagName.text === 'internal')) {
+      const target = ts.isBinaryExpression(node) ? node.left : node; // `/** @internal */ this._x = …`
+      let owner = node.parent;
+      while (owner && !ts.isClassDeclaration(owner)) owner = owner.parent;
+      if (ts.isExportDeclaration(node) && node.exportClause && ts.isNamedExports(node.exportClause)) {
+        for (const e of node.exportClause.elements) internal.add(e.name.text);
+      } else if (owner?.name && target.name) internal.add(`${owner.name.text}.${target.name.getText()}`);
+    }
+    ts.forEachChild(node, findInternal);
+  };
+  findInternal(parse(path.join(sdk, 'traverse.js')));
+  assert.ok(internal.has('Room._send') && internal.has('_Recovery'), `@internal in traverse.js: ${[...internal]}`);
+  const leaked = [...members.map((m) => m.replace(/^private /, '')), ...exported].filter((n) => internal.has(n));
+  assert.deepEqual(leaked, [], '@internal names in traverse.d.ts');
+  assert.deepEqual(exported.filter((e) => e.startsWith('_')), [], 'internal exports in traverse.d.ts');
+  // Internal classes, declared only because an internal export or member named them.
+  for (const name of ['Recovery', 'Session', 'Link', 'Sha256', 'FileTransfer']) {
+    assert.ok(!classes.has(name), `traverse.d.ts declares the internal class ${name}`);
+  }
+  assert.ok(!/\bbrokenSince\b/.test(dts.text), "traverse.d.ts has Recovery's brokenSince");
 });
 
 test('the examples (React hook and component) compile against the declarations', (t) => {
@@ -92,6 +146,15 @@ test('events are typed by name: a misspelt event or detail field, or an internal
     "void peer.once('open');",
     "const off = (d: { data: any }) => d; peer.on('message', off); peer.off('message', off);",
     'void connect; void ready; void by; void code;',
+    // What docs/sdk.md documents is declared (hiding the internals hid none of it).
+    `import Traverse, * as api from ${sdkPath};`,
+    'void [api.connect, api.filterIceServers, api.VERSION, api.PROTOCOL, api.RECONNECT_DELAYS_MS, api.FAST_RECONNECT];',
+    'void [api.RESTART_DELAYS_MS, api.FILE_CHANNEL_LABEL, api.FILE_CHUNK_BYTES, api.Room, api.Peer, Traverse.connect];',
+    'void [room.peerId, room.session, room.room, room.peers, room.iceServers, room.caps, room.state, room.lastSeq];',
+    'void [room.unacknowledged, room.connections, room.stats.unsent, room.url, room.signal, room.broadcast];',
+    'void [room.connect, room.leave, room.on, room.off, room.once, room.addEventListener];',
+    'void [peer.pc, peer.channel, peer.ready, peer.polite, peer.remoteStreams, peer.send, peer.maxMessageBytes];',
+    'void [peer.sendFile, peer.cancelFile, peer.addTrack, peer.getSelectedPair, peer.close, peer.on, peer.once];',
   ].join('\n') + '\n';
   const ok = compile(t, { 'good.ts': good });
   assert.deepEqual(ok.errors, [], ok.out);
@@ -107,10 +170,12 @@ test('events are typed by name: a misspelt event or detail field, or an internal
     'peer._readyWaiter.resolve(peer);',
     'room._session;',
     "err.by === 'elsewhere';",
+    "room._send({ type: 'signal' }, false);",
+    "peer._close(false, { by: 'local', reason: 'closed' });",
   ].join('\n') + '\n';
   const failed = compile(t, { 'bad.ts': bad });
   const lines = new Set(failed.errors.map((e) => Number(e.split(/[: ]/)[1])));
-  for (let line = 5; line <= 13; line++) {
+  for (let line = 5; line <= 15; line++) {
     assert.ok(lines.has(line), `bad.ts line ${line} (${bad.split('\n')[line - 1]}) compiled:\n${failed.out}`);
   }
 });

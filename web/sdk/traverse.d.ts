@@ -213,119 +213,6 @@ export class TraverseError extends Error {
 export class Room extends Emitter<RoomEventMap> {
     /** @param {ConnectOptions} options */
     constructor(options: ConnectOptions);
-    /** @internal */ _opts: {
-        /**
-         * room name
-         */
-        room: string;
-        /**
-         * WebSocket URL (`wss://host/ws`); http(s) URLs are converted. Default: `/ws`
-         * beside this module's own URL, else beside the page. Several (the nodes of a cluster): the first is joined; when
-         * the one in use cannot be reached (a socket that does not open, or closes with 4202) the next reconnect goes to
-         * the next one, round the list
-         */
-        url?: string | string[];
-        /**
-         * signaling token (JWT), when the server has a signaling secret
-         */
-        token?: string;
-        /**
-         * public metadata shown to the other peers (at most 1 KiB of JSON)
-         */
-        meta?: any;
-        /**
-         * reconnect and resume after a drop
-         */
-        reconnect: boolean;
-        /**
-         * override `RECONNECT_DELAYS_MS`
-         */
-        reconnectDelaysMs: number[];
-        /**
-         * override
-         * `FAST_RECONNECT`, the probing of a server that cannot be reached; `false`: `reconnectDelaysMs` only
-         */
-        fastReconnect?: {
-            stepMs?: number;
-            maxMs?: number;
-            forMs?: number;
-        } | false;
-        /**
-         * give up (event `closed`) after this many failed attempts in a row
-         */
-        maxReconnectAttempts: number;
-        /**
-         * ping interval; default: the server's `heartbeatMs` from `joined`
-         */
-        heartbeatMs?: number;
-        /**
-         * declare the socket dead after this long without any server message; default
-         * 2 × heartbeat + 2 s
-         */
-        deadAfterMs?: number;
-        /**
-         * bound on opening a socket and getting `joined`/`resumed`
-         */
-        connectTimeoutMs: number;
-        /**
-         * bound on messages held by the SDK: queued while reconnecting, plus sent but not
-         * yet acknowledged by the server
-         */
-        maxQueue: number;
-        /**
-         * refuse larger messages locally (the server closes with 1009)
-         */
-        maxMessageBytes: number;
-        /**
-         * ask for the WebSocket subprotocol `traverse.v1` (the server must echo it)
-         */
-        subprotocol?: boolean;
-        /**
-         * answer offers from peers you did not `connect()` to (event `peer-connection`)
-         */
-        autoAccept: boolean;
-        /**
-         * options for peers created by
-         * `autoAccept`
-         */
-        peerOptions?: PeerOptions | ((peerId: string) => PeerOptions);
-        /**
-         * send the server one `outcome` report per peer connection (connected,
-         * failed, or not connected after `outcomeTimeoutMs`): candidate types and counts, TURN errors, the browser — no
-         * addresses (docs/sdk.md, "Connection outcomes")
-         */
-        reportOutcomes: boolean;
-        /**
-         * a peer connection not connected after this long is reported `timeout`
-         */
-        outcomeTimeoutMs: number;
-        /**
-         * leave the room when the page is hidden for good (`pagehide`: tab closed,
-         * navigation, reload), so the others see `peer-left` at once instead of after the resume grace
-         */
-        leaveOnPageHide?: boolean;
-        /**
-         * when peer connections restart ICE (docs/sdk.md, "Calls that
-         * survive"); `false`: never
-         */
-        recovery?: RecoveryOptions | false;
-        /**
-         * when a peer connection's path breaks or the network changes, the signaling
-         * socket is pinged and declared dead if nothing arrives within this long
-         */
-        probeTimeoutMs?: number;
-        /**
-         * after a failed resume (a restarted server), keep the calls and find their
-         * peers' new ids (event `peer-rejoined`); `false`: close them
-         */
-        rejoinCalls?: boolean;
-        /**
-         * how a fresh TURN credential is fetched before
-         * the current one expires (and before an ICE restart); default: asked over the signaling socket (`ice-servers`),
-         * else `GET /api/ice-servers` with `token`; `false`: never
-         */
-        refreshIceServers?: false | (() => Promise<IceServer[]>);
-    };
     /** Room name. */
     room: string;
     /** @type {string | null} this peer's id (changes only after a failed resume and a fresh join) */
@@ -349,21 +236,10 @@ export class Room extends Emitter<RoomEventMap> {
     /** @private the session's events are being handed to the app (see `_drain`) */ private _dispatching;
     /** @private @type {ReturnType<typeof setTimeout> | undefined} the next message waiting for the rate (`_flush`) */
     private _paceTimer;
-    /** @internal */ _msgId: number;
-    /**
-     * The `Peer` each recent negotiation message was sent for, by message id (`pc-N`), and the id it went to: the
-     * server's `unknown-peer` about one closes that `Peer` (`_onError`). The last `SENT_FOR_MAX`.
-     * @internal @type {Map<string, {peer: Peer, to: string}>}
-     */
-    _sentFor: Map<string, {
-        peer: Peer;
-        to: string;
-    }>;
     /** @private @type {Promise<void> | null} `leave()` under way (calling it again returns it) */
     private _leaving;
     /** @private @type {(() => void) | null} ends the wait of `_leave` (queue empty, socket gone, room closed) */
     private _leaveFlushed;
-    /** @internal `leave` is written (or the room is past writing it): nothing more goes out */ _left: boolean;
     /** @private the page-lifecycle hook (section "Leaving with the page") */
     private _onPageHide;
     /** @type {RoomState} */
@@ -401,12 +277,6 @@ export class Room extends Emitter<RoomEventMap> {
      * @param {string} peerId @param {PeerOptions} [options] @returns {Peer}
      */
     connect(peerId: string, options?: PeerOptions): Peer;
-    /** @internal @param {string} name @param {any} detail */
-    _emit(name: string, detail: any): void;
-    /** First join; resolves on `joined`, rejects on refusal. @internal @returns {Promise<Room>} */
-    _start(): Promise<Room>;
-    /** @internal @param {object} msg @param {boolean} internal */
-    _send(msg: object, internal: boolean): void;
     /**
      * After every input to the session: write what it transmits, then hand its events over in order. An app
      * listener that sends gets its frame written at once; events it causes wait for the ones already in line.
@@ -430,12 +300,6 @@ export class Room extends Emitter<RoomEventMap> {
     private _onMessage;
     /** The server's post-mortem of a peer connection (docs/protocol.md, "Connection outcomes"). @private */
     private _onDiagnosis;
-    /**
-     * Sends a peer connection's outcome report (once per `Peer`), unless `reportOutcomes` is off. Numbered like a
-     * `signal`, so a report written into a dying socket is resent after the resume and counted once.
-     * @internal @param {string} peerId @param {OutcomeReport} report
-     */
-    _reportOutcome(peerId: string, report: OutcomeReport): void;
     /** @private @param {any} msg @param {'join' | 'resume' | null} handshake */
     private _onError;
     /** @private */ private _iceAskUnsupported;
@@ -535,8 +399,6 @@ export class Room extends Emitter<RoomEventMap> {
     private _onRejoinSignal;
     /** Signaling is usable again (resumed or joined): restarts that waited for it go now. @private */
     private _signalingBack;
-    /** A peer connection saw its path break or the network change: is the socket still alive? @internal */
-    _probeSignaling(): void;
     /**
      * New `iceServers` (from `ice-servers`, an HTTP refresh or the app): into the room and every peer connection, for
      * its next restart; the next refresh is scheduled from their expiry.
@@ -544,24 +406,10 @@ export class Room extends Emitter<RoomEventMap> {
      */
     private _setIceServers;
     /** @private failed refreshes in a row */ private _iceRefreshFailures;
-    /**
-     * Fresh `iceServers` over the signaling socket (`{"type":"ice-servers"}`, docs/protocol.md); the answer also goes
-     * through `_setIceServers`. One request at a time (every caller shares it). Resolves null when no socket is usable
-     * now, the server does not know the message (`unknown-type`: an older server), or nothing came within `ms`.
-     * @internal @param {number} [ms] @returns {Promise<IceServer[] | null>}
-     */
-    _askIceServers(ms?: number): Promise<IceServer[] | null>;
     /** @private @type {{promise: Promise<IceServer[] | null>, resolve: (s: IceServer[] | null) => void, timer: any} | null} */
     private _iceAsk;
     /** @private @param {IceServer[] | null} servers */
     private _answerIceAsk;
-    /**
-     * Before an ICE restart: fresh servers, so that a restart after a lost relay node or an expired credential
-     * allocates on a live node with a valid credential. Asked over the socket only (an HTTP round trip, or an app's
-     * function, is not worth delaying a restart for: the scheduled refresh covers the credential); at most `ms`.
-     * @internal @param {number} ms
-     */
-    _freshIceServersForRestart(ms: number): Promise<void>;
     /**
      * The TURN credential in `iceServers` is a REST credential (`<expiry>:<id>`). An allocation made with it outlives
      * it (the server checks the expiry only for a new Allocate: docs/sdk.md, "Calls that survive"), but an ICE restart
@@ -652,10 +500,6 @@ export class Peer extends Emitter<PeerEventMap> {
     /** Polite peer = the smaller id (docs/sdk.md). */
     polite: boolean;
     closed: boolean;
-    /** @internal @type {PeerClose | null} who closed it, for what was still under way (file transfers) */
-    _closedBy: PeerClose | null;
-    /** @internal @type {ReturnType<typeof setTimeout> | undefined} the check of a lost peer's call (`_awaitRejoin`) */
-    _rejoinTimer: ReturnType<typeof setTimeout> | undefined;
     /** @type {RTCDataChannel | null} */
     channel: RTCDataChannel | null;
     /** @type {MediaStream[]} remote streams */
@@ -685,8 +529,6 @@ export class Peer extends Emitter<PeerEventMap> {
     private _sendQueue;
     /** @private bytes in `_sendQueue` */ private _sendQueued;
     /** @private */ private _pendingSetup;
-    /** @internal @type {Recovery | null} ICE restarts on disconnection, failure or a network change */
-    _recovery: Recovery | null;
     /**
      * Send one message on the data channel: a string, Blob, ArrayBuffer or view, in the order of the calls (a Blob is
      * read first, and what is sent after it waits for it: the browser's own Blob sending let later messages overtake
@@ -760,25 +602,10 @@ export class Peer extends Emitter<PeerEventMap> {
      */
     close(): void;
     /**
-     * Final: the `close` event with `why`, `ready` rejected with `err` if it had not resolved.
-     * @internal @param {boolean} tellRemote send `bye` (queued while the room reconnects)
-     * @param {PeerClose} why @param {TraverseError} [err]
-     */
-    _close(tellRemote: boolean, why: PeerClose, err?: TraverseError): void;
-    /**
-     * An offer from another RTCPeerConnection than the one this `Peer` negotiated with (its DTLS certificate
-     * differs): the other side started a new call. @internal @param {RTCSessionDescriptionInit} offer
-     */
-    _isNewRemote(offer: RTCSessionDescriptionInit): boolean;
-    /** @internal @param {string} name @param {any} detail */
-    _emit(name: string, detail: any): void;
-    /**
      * The first of connected, failed or the timeout: report it to the server once.
      * @private @param {'connected' | 'failed' | 'timeout'} outcome
      */
     private _settle;
-    /** A connected report still waiting for its path to settle goes out now (the room is leaving). @internal */
-    _flushOutcome(): void;
     /** @private */
     private _emitState;
     /** @private */
@@ -789,13 +616,11 @@ export class Peer extends Emitter<PeerEventMap> {
     private _setup;
     /** @private */
     private _createChannel;
-    /** Apply a negotiation message in arrival order. @internal @param {any} data */
-    _onSignal(data: any): void;
     /** @private */
     private _applySignal;
     /** @private @returns {Recovery | null} */
     private _startRecovery;
-    _negotiatedSinceRestart: boolean;
+    /** @private an offer or answer went by since the last restart */ private _negotiatedSinceRestart;
     /** @private */ private _unwatchNetwork;
     /**
      * Follows the recovery of a connected call for its drop report: a break starts with the first `reconnecting`
@@ -820,7 +645,7 @@ export class Peer extends Emitter<PeerEventMap> {
      * @private
      */
     private _restartIce;
-    _offerLost: boolean;
+    /** @private an offer of ours went with the lost session (`_orphan`) */ private _offerLost;
     /**
      * An ICE restart (ours or the other side's) replaces the generation the outcome report is about. Before this
      * connection ever connected, that generation failed: the other side restarts because its attempt failed, and ours
@@ -830,15 +655,6 @@ export class Peer extends Emitter<PeerEventMap> {
      * @private
      */
     private _generationEnds;
-    /** ICE is up: media (and the data channel) flow, whatever signaling does. @internal */
-    _mediaUp(): boolean;
-    /** Our session was lost: the remote id is stale until the remote peer says its new one. @internal */
-    _orphan(): void;
-    /** @internal */ _orphaned: boolean;
-    /** The remote peer is `peerId` now (both sides rejoined a restarted server). @internal @param {string} peerId */
-    _rebind(peerId: string): void;
-    /** The room's `iceServers` (filtered or replaced by `PeerOptions.iceServers`) into the connection. @internal */
-    _applyIceServers(): void;
 }
 /**
  * When a `Peer` restarts ICE (docs/sdk.md, "Calls that survive").
@@ -1536,421 +1352,6 @@ declare class Emitter<M extends unknown> extends EventTarget {
      */
     once<N extends string>(name: string extends N ? N : never, pred?: (detail: any) => boolean, timeoutMs?: number): Promise<any>;
 }
-/**
- * The connection-recovery state machine of one peer connection: ICE and network events in, ICE restarts and the
- * `reconnecting` / `reconnected` / `recovery-failed` events out. One episode at a time:
- *
- *   connected ─disconnected─▶ grace ─graceMs─▶ restarting ─connected─▶ connected (event `reconnected`)
- *        │                      │                 │   ▲
- *        └─failed, network──────┴─────────────────┘   └─ attempt timed out or failed: next after a backoff
- *   restarting/grace ─signaling down─▶ waiting ─signaling back (`handleSignaling`)─▶ restarting
- *
- * A trigger during a restart joins it (no second restart races the first); a peer that left ends it (`close`).
- * It holds no RTCPeerConnection: its host does the restart, so it is unit-tested in node (tests/sdk/recovery).
- *
- * Internal: exported as `_Recovery` for the SDK's unit tests only.
- */
-declare class Recovery {
-    /** @param {RecoveryOptions} options @param {RecoveryHost} host @param {Clock} [clock] */
-    constructor(options: RecoveryOptions, host: RecoveryHost, clock?: Clock);
-    /** @private */ private _opts;
-    /** @private */ private _host;
-    /** @private */ private _clock;
-    /** @type {'new' | 'connected' | 'grace' | 'restarting' | 'backoff' | 'waiting' | 'failed' | 'closed'} */
-    state: "new" | "connected" | "grace" | "restarting" | "backoff" | "waiting" | "failed" | "closed";
-    /** @private @type {{cause: RecoveryCause, startedAt: number, attempts: number, announced?: boolean} | null} */
-    private _episode;
-    /** @private */ private _timer;
-    /** @private the browser said `offline`: a restart waits for `online` */ private _offline;
-    /** Restarts made over the connection's life (the outcome report's `restarts`). */
-    restarts: number;
-    /** When the running episode started (the break), on the clock's time; null when none runs. */
-    get brokenSince(): number;
-    /** The browser said `offline` and not `online` since. */
-    get offline(): boolean;
-    /** Restarts made in the running episode. */
-    get attempts(): number;
-    /**
-     * The peer connection's ICE state or connection state changed to `state` (whichever moved).
-     * @param {RTCIceConnectionState | RTCPeerConnectionState} state
-     */
-    handleState(state: RTCIceConnectionState | RTCPeerConnectionState): void;
-    /**
-     * The browser's network changed: `online`, `offline`, or `change` (`navigator.connection`). A connection that was
-     * up restarts at once (its pair may be on an address that is gone); `offline` holds restarts until `online`.
-     * @param {'online' | 'offline' | 'change'} kind
-     */
-    handleNetworkChange(kind: "online" | "offline" | "change"): void;
-    /** Signaling can carry an offer again (the room resumed or rejoined, the peer is known): a waiting restart goes. */
-    handleSignaling(): void;
-    /**
-     * The server lost our session (it restarted) and the remote peer has been found again under its new id: its TURN
-     * allocations most likely died with it, so a relayed path is restarted now rather than after ICE notices (about
-     * 10 s in Chromium: tests/browser/rejoin.test.js). A direct path just renegotiates without a break. With
-     * `waitMs`, the restart waits that long for the other side's to connect first (then it is not needed).
-     * @param {number} [waitMs]
-     */
-    handleSessionLost(waitMs?: number): void;
-    /**
-     * Signaling resumed through another node than before (the one in use could not be reached): a relay on that node
-     * has most likely gone with it, so the connection restarts now (with the new node's servers) rather than when ICE
-     * notices — about 5 s of silence in Chromium, then the grace period. A path that still works just renegotiates.
-     */
-    handleNodeLost(): void;
-    /** The peer left or the connection closed: nothing more happens. */
-    close(): void;
-    /** Something calls for a restart: start an episode (or join the running one), restart now or after grace. */
-    _trigger(cause: RecoveryCause, now: any): void;
-    _restartNow(): void;
-    /** The restart did not connect (timed out or failed): the next one after the backoff. */
-    _attemptFailed(): void;
-    _recovered(): void;
-    _arm(fn: any, ms: any): void;
-    _disarm(): void;
-}
-/**
- * The session protocol of docs/protocol.md without I/O: the `join`/`resume` handshake, the numbered server stream
- * (deduplicated; a gap breaks the socket), the client `seq` of outgoing messages, the queue of messages waiting for
- * a usable socket or for the server's message rate (`RateBucket`), and the list of those sent but not yet
- * acknowledged. Inputs are calls (`nextHandshake`, `handleOpen`, `handleFrame`, `handleDisconnect`, `send`);
- * outputs are frames to write (`pollTransmit(now)`), the time until the next waiting message may be written
- * (`nextTransmitDelay(now)`) and events (`pollEvent`), which the driver drains after every input, frames first.
- * No socket, timer or clock inside: the time comes in as `now`.
- *
- * Internal: exported as `_Session` for the SDK's unit tests only; not part of the API (docs/sdk.md).
- */
-declare class Session {
-    /**
-     * @param {{room: string, token?: string, meta?: any, maxQueue?: number, maxMessageBytes?: number}} config
-     * @param {{resumes: number, rejoins: number, duplicates: number, gaps: number, queued: number, resent: number}}
-     *   [stats] the counters this session increments (the room's `stats`)
-     */
-    constructor(config: {
-        room: string;
-        token?: string;
-        meta?: any;
-        maxQueue?: number;
-        maxMessageBytes?: number;
-    }, stats?: {
-        resumes: number;
-        rejoins: number;
-        duplicates: number;
-        gaps: number;
-        queued: number;
-        resent: number;
-    });
-    /** @private */ private _config;
-    stats: {
-        resumes: number;
-        rejoins: number;
-        duplicates: number;
-        gaps: number;
-        queued: number;
-        resent: number;
-    };
-    /** @type {string | null} the server's session id; null until joined, and after the server forgot it */
-    id: string | null;
-    /** Highest stream `seq` processed. */
-    lastSeq: number;
-    /** Joined or resumed on the current socket: messages go out at once instead of being queued. */
-    usable: boolean;
-    /** @private @type {'join' | 'resume' | null} what the current socket is doing before it is usable */
-    private _handshake;
-    /** @private a `joined` was seen: the next one is a re-join under a new identity */ private _joinedBefore;
-    /** @private the server answered `resume-failed`: the next socket joins afresh */ private _resumeFailed;
-    /** @private @type {{msg: object, internal: boolean}[]} not sent yet (no socket usable, or over the rate) */
-    private _outbox;
-    /** @private @type {{msg: any, internal: boolean}[]} sent with a client `seq`, not yet acknowledged, in order */
-    private _unacked;
-    /** @private @type {{msg: any, internal: boolean}[]} of `_unacked`, those to write again after `resumed` */
-    private _resend;
-    /** @private the server's message rate on this socket */ private _rate;
-    /** @private the stream skipped a `seq` on this socket: nothing more is read from it */ private _broken;
-    /** @private gaps since the stream last got past one, and the `seq` that revealed the last */
-    private _gaps;
-    /** @private last client `seq` given out in this session */ private _clientSeq;
-    /** @private a ping asking for an early `ack` is on its way */ private _ackAsked;
-    /** @private @type {string[]} */ private _transmits;
-    /** @private @type {SessionEvent[]} */ private _events;
-    /** Messages sent but not yet acknowledged by the server. */
-    get unacknowledged(): number;
-    /**
-     * The next frame to write to the socket at `now`, or undefined. Frames of the protocol's own (the handshake, an
-     * early `ack`) go at once; the app's messages, once the session is usable, as the server's rate allows: first
-     * those to resend after a resume, then the queue, in order. The driver calls this only while the socket is
-     * writable. `leaving`: the room is about to write `leave` with no time to wait (the page is hidden): waiting
-     * messages may use the rate's margin too (`RateBucket.take`).
-     * @param {number} now milliseconds, any monotonic origin @param {boolean} [leaving]
-     */
-    pollTransmit(now: number, leaving?: boolean): string;
-    /**
-     * Milliseconds from `now` until `pollTransmit` has the next waiting message, or null when none waits (or the
-     * session is not usable: `joined`/`resumed` is an input, after which the driver polls anyway).
-     * @param {number} now @returns {number | null}
-     */
-    nextTransmitDelay(now: number): number | null;
-    /** Messages not written yet: to resend after a resume, then the queue (for a usable socket or the rate). */
-    get waiting(): number;
-    /**
-     * The session ends (the room leaves): the messages still waiting (`waiting`), in order, are taken out and
-     * returned, never to be written. Those to resend are unacknowledged too, and the server has not handled them
-     * (its `ack` said so): they leave that list as well.
-     * @returns {{msg: any, internal: boolean}[]}
-     */
-    takeWaiting(): {
-        msg: any;
-        internal: boolean;
-    }[];
-    /**
-     * The session ends without `leave` on a usable socket (the room leaves while reconnecting): the app's messages
-     * written and never acknowledged, in order, are taken out and returned; the SDK's own are dropped.
-     * @returns {any[]}
-     */
-    takeUnacknowledged(): any[];
-    /**
-     * A frame the driver writes by itself, at once (heartbeat, probe, `ice-servers`): counted against the server's
-     * rate like the others. @param {number} now
-     */
-    chargeFrame(now: number): void;
-    /** @returns {SessionEvent | undefined} the next event for the driver */
-    pollEvent(): SessionEvent | undefined;
-    /**
-     * A socket is being opened: returns whether it will `join` (first time, or the server forgot the session) or
-     * `resume`. Nothing is usable until its answer.
-     * @returns {'join' | 'resume'}
-     */
-    nextHandshake(): "join" | "resume";
-    /** The socket opened: transmits the `join` or the `resume`. */
-    handleOpen(): void;
-    /**
-     * The socket is gone (`code`: its close code, docs/protocol.md). Messages queue until the next `joined` or
-     * `resumed`; after 4201 or `resume-failed` the next handshake is a fresh join.
-     * @param {number} code
-     */
-    handleDisconnect(code: number): void;
-    /** One text frame from the server. @param {string} text */
-    handleFrame(text: string): void;
-    /**
-     * Send a `signal` or `broadcast`: queued behind any message still waiting, and numbered when `pollTransmit` writes
-     * it (at once if the session is usable and the server's rate allows). Beyond `maxQueue` messages held (queued +
-     * unacknowledged) the message is dropped with an `error` event `queue-full`. Throws `too-large` beyond
-     * `maxMessageBytes`.
-     * @param {object} msg @param {boolean} internal the SDK's own (a `Peer`'s negotiation), dropped on a re-join
-     * @param {boolean} writable the socket can take a frame now (else it counts in `stats.queued`)
-     */
-    send(msg: object, internal: boolean, writable: boolean): void;
-    /** The heartbeat's frame: a `ping` acknowledging the stream up to `lastSeq`. */
-    pingFrame(): string;
-    /** The frame asking for fresh `iceServers` (answered outside the stream, `ice-servers`). */
-    iceServersFrame(): string;
-    /** The frame that ends the session at once (the others see `peer-left`). */
-    leaveFrame(): string;
-    /** @private @param {object} msg */
-    private _transmit;
-    /**
-     * Number `msg` with the session's next client `seq` and keep it until acknowledged: returns its frame.
-     * @private @param {object} msg @param {boolean} internal @returns {string}
-     */
-    private _transmitNumbered;
-    /** @private */
-    private _onJoined;
-    /** @private */
-    private _onResumed;
-    /** The server has handled every client `seq` up to `ack`. @private @param {number} ack */
-    private _acknowledge;
-    /**
-     * Joined or resumed: unacknowledged messages (after a resume) to retransmit, then the queue, go out through
-     * `pollTransmit` as the server's rate allows (all at once, the server would drop what is over its burst, and a
-     * later message's `ack` would then cover them: lost).
-     * @private @param {{msg: any, internal: boolean}[]} resend
-     */
-    private _becameUsable;
-}
-/**
- * The earliest expiry (Unix seconds) of the TURN REST credentials (`<expiry>:<id>` usernames) in `servers`, or
- * null when none has one (static users, or no TURN).
- * @param {IceServer[]} servers @returns {number | null}
- */
-declare function credentialExpiry(servers: IceServer[]): number | null;
-/**
- * When to fetch a fresh credential: a quarter of its remaining life before it expires, at most 10 minutes before,
- * and not sooner than 5 s from now (a 60 s credential is refreshed 45 s in, a day-long one 10 minutes before).
- * @param {number} expiry Unix seconds @param {number} nowMs `Date.now()` @returns {number} milliseconds from now
- */
-declare function refreshDelayMs(expiry: number, nowMs: number): number;
-/**
- * The delay before reconnect attempt `attempt` (0: the first after the drop), `sinceMs` into the outage, after a
- * socket closed with `code`: 4100-4199 back off (`reconnectDelaysMs`, the immediate retry skipped); 4201 (join
- * again) at once; otherwise the server could not be reached or is stopping, and it is probed on the
- * `fastReconnect` schedule for its `forMs`, then on `reconnectDelaysMs`.
- * @param {number} attempt @param {number} code @param {number} sinceMs
- * @param {{reconnectDelaysMs: number[], fastReconnect?: {stepMs?: number, maxMs?: number, forMs?: number} | false}} opts
- * @param {() => number} random in [0, 1) @returns {number} milliseconds
- */
-declare function reconnectDelay(attempt: number, code: number, sinceMs: number, opts: {
-    reconnectDelaysMs: number[];
-    fastReconnect?: {
-        stepMs?: number;
-        maxMs?: number;
-        forMs?: number;
-    } | false;
-}, random: () => number): number;
-/**
- * Keeps an `icecandidateerror` (deduplicated, bounded, without addresses).
- * @param {CandidateErrorReport[]} list @param {{errorCode?: number, url?: string, errorText?: string}} e
- */
-declare function addCandidateError(list: CandidateErrorReport[], e: {
-    errorCode?: number;
-    url?: string;
-    errorText?: string;
-}): void;
-/**
- * Builds the outcome report from what the peer connection saw: `stats` is its `getStats()` report (local candidates
- * and the selected pair are read from it). Pure: no browser API, tested in node.
- * @param {{outcome: 'connected' | 'failed' | 'timeout' | 'dropped', elapsedMs: number, policy: 'all' | 'relay',
- *   stats: {forEach: (fn: (s: any) => void) => void, get: (id: string) => any}, iceServers: IceServer[],
- *   errors: CandidateErrorReport[], remoteCandidates: number, remoteDescription: boolean, restarts: number,
- *   seen?: Map<string, GatheredCounts>, userAgent: string}} o
- * @returns {OutcomeReport}
- */
-declare function outcomeReport(o: {
-    outcome: "connected" | "failed" | "timeout" | "dropped";
-    elapsedMs: number;
-    policy: "all" | "relay";
-    stats: {
-        forEach: (fn: (s: any) => void) => void;
-        get: (id: string) => any;
-    };
-    iceServers: IceServer[];
-    errors: CandidateErrorReport[];
-    remoteCandidates: number;
-    remoteDescription: boolean;
-    restarts: number;
-    seen?: Map<string, GatheredCounts>;
-    userAgent: string;
-}): OutcomeReport;
-/**
- * ICE servers as every browser takes them: a `stun:`/`stuns:` URL loses its `?transport=…` (Chrome 110 and later
- * refuse the whole configuration over it, coturn's docs still print it), and a server left without URLs goes (an
- * empty `urls` throws too). Said once on the console when it changed something.
- * @param {IceServer[]} servers @returns {IceServer[]}
- */
-declare function usableIceServers(servers: IceServer[]): IceServer[];
-declare namespace usableIceServers {
-    let warned: boolean;
-}
-/**
- * @typedef {{host: number, srflx: number, prflx: number, relayUdp: number, relayTcp: number, relayTls: number}}
- *   GatheredCounts
- */
-/**
- * Counts a gathered local candidate into its ICE generation's tally (`seen`, keyed by ufrag; at most 16
- * generations kept).
- * @param {Map<string, GatheredCounts>} seen
- * @param {{type?: string | null, relayProtocol?: string | null, url?: string | null, usernameFragment?: string | null}} c
- */
-declare function countCandidate(seen: Map<string, GatheredCounts>, c: {
-    type?: string | null;
-    relayProtocol?: string | null;
-    url?: string | null;
-    usernameFragment?: string | null;
-}): void;
-/**
- * ICE server URLs per kind: enough for the server to tell "no TURN offered" and "no TURN over TLS on 443 offered".
- * @param {IceServer[]} servers
- */
-declare function countIceUrls(servers: IceServer[]): {
-    stun: number;
-    turnUdp: number;
-    turnTcp: number;
-    turnTls: number;
-    turnTls443: number;
-};
-/**
- * The browser's family and major version from its user agent (nothing else of it is sent).
- * @param {string} ua @returns {{name: 'chrome' | 'edge' | 'firefox' | 'safari' | 'other', version: number}}
- */
-declare function browserOf(ua: string): {
-    name: "chrome" | "edge" | "firefox" | "safari" | "other";
-    version: number;
-};
-/**
- * SHA-256 over a stream (FIPS 180-4): `update(bytes)` any number of times, then `hex()`. `crypto.subtle` has no
- * streaming digest; this one holds 104 bytes of state whatever the input's length.
- */
-declare class Sha256 {
-    /** @private */ private _h;
-    /** @private */ private _buf;
-    /** @private */ private _bufLen;
-    /** @private */ private _bytes;
-    /** @param {Uint8Array} data @returns {Sha256} */
-    update(data: Uint8Array): Sha256;
-    /** The digest as 64 lowercase hex digits (the hash is final: no `update` after). */
-    hex(): string;
-}
-/**
- * What proves a rejoin to the other end of one call: a hash of both ends' DTLS fingerprints, which only the two of
- * them (and the server that carried their offer and answer) have seen, and the claimant's new id, so that the proof
- * cannot be replayed under another id. Null for a call that never negotiated (nothing to carry on).
- * @param {RTCPeerConnection} pc @param {string} newId @returns {string | null}
- */
-declare function rejoinProof(pc: RTCPeerConnection, newId: string): string | null;
-/**
- * The receiving side of one file channel: `file-start`, `file-progress`, then `file` (hash checked) or `file-cancel`.
- * A refusal waits for the head (the sender's channel is then open on both ends, so the `cancel` frame with its
- * reason reaches it before the close); only a channel past `FILE_MAX_HEADLESS` waiting at once is closed as it opens.
- * @param {Peer} peer @param {RTCDataChannel} ch
- */
-declare function receiveFile(peer: Peer, ch: RTCDataChannel): void;
-/**
- * Wires a peer for files: channels the other side opens with `FILE_CHANNEL_LABEL` are received; closing the peer
- * ends its transfers (`closed`, by whoever closed it).
- * @param {Peer} peer
- */
-declare function attachFiles(peer: Peer): void;
-/**
- * The HTTP API beside a signaling URL: its last path segment replaced by `api/<name>`, so that a server behind a
- * reverse proxy under a prefix (`wss://host/traverse/ws`) is asked under the same prefix (`/traverse/api/<name>`).
- * @param {string} wsUrl @param {string} name @returns {URL}
- */
-declare function apiUrl(wsUrl: string, name: string): URL;
-/**
- * The sending loop, without a browser: reads `reader` `readBytes` at a time, hashes it, writes it to `ch` in chunks
- * of `chunkBytes`, waiting whenever more than `highWater` is buffered. So at most `highWater + readBytes` bytes of
- * the file are held at once, whatever its size. Returns the SHA-256 (hex) of all bytes written. A source that
- * cannot be read, or ends early, throws `read-failed`.
- * @param {{send: (data: ArrayBufferView) => void, bufferedAmount: number, readyState: string,
- *   addEventListener: any, removeEventListener: any}} ch
- * @param {{size: number, read: (offset: number, length: number) => Promise<Uint8Array>}} reader
- * @param {{chunkBytes: number, readBytes?: number, highWater?: number, onWritten?: (bytes: number) => void,
- *   stopped?: () => TraverseError | null}} opts `stopped`: checked before every write; an error stops the loop
- * @returns {Promise<string>}
- */
-declare function writeChunks(ch: {
-    send: (data: ArrayBufferView) => void;
-    bufferedAmount: number;
-    readyState: string;
-    addEventListener: any;
-    removeEventListener: any;
-}, reader: {
-    size: number;
-    read: (offset: number, length: number) => Promise<Uint8Array>;
-}, opts: {
-    chunkBytes: number;
-    readBytes?: number;
-    highWater?: number;
-    onWritten?: (bytes: number) => void;
-    stopped?: () => TraverseError | null;
-}): Promise<string>;
-/** What `peer.sendFile` sends: a File, a Blob, or bytes. @typedef {Blob | ArrayBuffer | ArrayBufferView} FileSource */
-/**
- * Reads a source in pieces: a Blob (or File) through `slice().arrayBuffer()`, a buffer by view.
- * @param {FileSource} source @returns {{size: number, read: (offset: number, length: number) => Promise<Uint8Array>}}
- */
-declare function fileReader(source: FileSource): {
-    size: number;
-    read: (offset: number, length: number) => Promise<Uint8Array>;
-};
 declare namespace Traverse {
     export { connect };
     export { Room };
@@ -1964,4 +1365,3 @@ declare namespace Traverse {
     export { FILE_CHANNEL_LABEL };
     export { FILE_CHUNK_BYTES };
 }
-export { Session as _Session, Recovery as _Recovery, credentialExpiry as _credentialExpiry, refreshDelayMs as _refreshDelayMs, reconnectDelay as _reconnectDelay, addCandidateError as _addCandidateError, outcomeReport as _outcomeReport, usableIceServers as _usableIceServers, countCandidate as _countCandidate, countIceUrls as _countIceUrls, browserOf as _browserOf, Sha256 as _Sha256, rejoinProof as _rejoinProof, receiveFile as _receiveFile, attachFiles as _attachFiles, apiUrl as _apiUrl, writeChunks as _writeChunks, fileReader as _fileReader };

@@ -15,7 +15,9 @@
 //
 // Published as the npm package `@traverse-rtc/sdk` (package.json beside this file). Its `traverse.d.ts` is generated
 // from this file's JSDoc: after changing anything the JSDoc says, run `npm run types` in tests/sdk and commit the
-// result (tests/sdk/types.test.mjs fails while it is stale, and runs `tsc --checkJs` over this file).
+// result (tests/sdk/types.test.mjs fails while it is stale, and runs `tsc --checkJs` over this file). A member that
+// only its own class uses is `@private` (declared `private`, without its type); one that another class of this file
+// uses (`room._send`) is `@internal`, and is left out of the declarations, as is the tests' `export {…}`.
 //
 // Inside, three parts, one mechanism each (the public API is `Room`, `Peer` and the functions; the rest is internal):
 // - `Session` — the session protocol without I/O: frames in (`handleOpen`, `handleFrame`, `handleDisconnect`,
@@ -1772,8 +1774,11 @@ export class Peer extends Emitter {
       return true;
     };
     pc.addEventListener('signalingstatechange', () => {
-      if (pc.signalingState !== 'stable') this._negotiatedSinceRestart = true;
-      else if (!watchPair() && this._negotiatedSinceRestart && connected()) recovery.handleState(pc.iceConnectionState);
+      if (pc.signalingState !== 'stable') {
+        /** @private an offer or answer went by since the last restart */ this._negotiatedSinceRestart = true;
+      } else if (!watchPair() && this._negotiatedSinceRestart && connected()) {
+        recovery.handleState(pc.iceConnectionState);
+      }
     });
     /** @private */ this._unwatchNetwork = watchNetwork((kind) => {
       if (kind !== 'offline') this.room._probeSignaling();
@@ -1865,8 +1870,8 @@ export class Peer extends Emitter {
         if (this._offerLost && pc.signalingState === 'have-local-offer') {
           await pc.setLocalDescription({ type: 'rollback' });
         }
-        this._offerLost = false;
-        /** @private an offer or answer went by since the last restart */ this._negotiatedSinceRestart = false;
+        /** @private an offer of ours went with the lost session (`_orphan`) */ this._offerLost = false;
+        this._negotiatedSinceRestart = false;
         pc.restartIce();
       })
       .catch((err) => this._fail('negotiation-failed', err));
@@ -2098,13 +2103,17 @@ class Recovery {
 
   // ---- internals ----
 
-  /** Something calls for a restart: start an episode (or join the running one), restart now or after grace. */
+  /**
+   * Something calls for a restart: start an episode (or join the running one), restart now or after grace.
+   * @private
+   */
   _trigger(/** @type {RecoveryCause} */ cause, now) {
     if (this.state === 'restarting' || this.state === 'backoff') return; // coalesced with the running restart
     if (!this._episode) this._episode = { cause, startedAt: this._clock.now(), attempts: 0 };
     if (now) this._restartNow();
   }
 
+  /** @private */
   _restartNow() {
     this._disarm();
     const ep = this._episode;
@@ -2126,7 +2135,7 @@ class Recovery {
     this._host.restart();
   }
 
-  /** The restart did not connect (timed out or failed): the next one after the backoff. */
+  /** The restart did not connect (timed out or failed): the next one after the backoff. @private */
   _attemptFailed() {
     const ep = this._episode;
     if (!ep) return;
@@ -2136,6 +2145,7 @@ class Recovery {
     this._arm(() => this._restartNow(), delay);
   }
 
+  /** @private */
   _recovered() {
     const ep = this._episode;
     this._disarm();
@@ -2148,6 +2158,7 @@ class Recovery {
     }
   }
 
+  /** @private */
   _arm(fn, ms) {
     this._disarm();
     this._timer = this._clock.setTimeout(() => {
@@ -2156,6 +2167,7 @@ class Recovery {
     }, ms);
   }
 
+  /** @private */
   _disarm() {
     if (this._timer !== null) this._clock.clearTimeout(this._timer);
     this._timer = null;
@@ -4304,7 +4316,11 @@ function resolveWsUrl(url) {
   return u;
 }
 
-/** Internal, for the SDK's unit tests (tests/sdk): not part of the API, may change without notice. */
+/**
+ * Internal, for the SDK's unit tests (tests/sdk): not part of the API, may change without notice, and left out of
+ * traverse.d.ts (with what only it names, such as `Recovery` and `Session`).
+ * @internal
+ */
 export {
   Session as _Session,
   Recovery as _Recovery,
