@@ -260,6 +260,7 @@ async fn run(
         http01: &http01,
     };
     let mut failures = 0u32;
+    let mut memory = order::Memory::default();
     // Drawn once per certificate: drawn at every wake-up, the earliest of the draws would win.
     let mut jitter: f64 = rand::thread_rng().gen();
     // The renewal time last logged: said once per certificate, not at every wake-up.
@@ -279,17 +280,18 @@ async fn run(
             Next::Order(why) => why,
         };
         tracing::info!(names = ?config.names, directory = %config.directory, "ACME: ordering a certificate ({why})");
-        let result = match tokio::time::timeout(ORDER_TIMEOUT, order::issue(&config, &store, &responders)).await {
-            Ok(result) => result,
-            Err(_) => {
-                // The order was dropped midway: take down whatever challenge it had put up.
-                for name in &config.names {
-                    certs.set_acme_challenge(name, None);
+        let result =
+            match tokio::time::timeout(ORDER_TIMEOUT, order::issue(&config, &store, &responders, &mut memory)).await {
+                Ok(result) => result,
+                Err(_) => {
+                    // The order was dropped midway: take down whatever challenge it had put up.
+                    for name in &config.names {
+                        certs.set_acme_challenge(name, None);
+                    }
+                    http01.clear();
+                    Err(AcmeError::Timeout(ORDER_TIMEOUT))
                 }
-                http01.clear();
-                Err(AcmeError::Timeout(ORDER_TIMEOUT))
-            }
-        };
+            };
         let fresh_jitter: f64 = rand::thread_rng().gen();
         let checked = result.and_then(|issued| usable(&config, &issued, fresh_jitter).map(|()| issued));
         let error = match checked.and_then(|issued| save_and_install(&store, &certs, &issued)) {
@@ -307,7 +309,18 @@ async fn run(
             Err(e) => e,
         };
         failures = failures.saturating_add(1);
-        let delay = config.backoff.delay(failures, rand::thread_rng().gen());
+        let backoff = config.backoff.delay(failures, rand::thread_rng().gen());
+        // A rate-limited CA said when to come back: never before that (ordering into a rate limit extends it).
+        let delay = match memory.ca_wait.take(SystemTime::now()) {
+            Some(asked) if asked > backoff => {
+                tracing::warn!(
+                    "ACME: the CA asked to wait {} before the next order (Retry-After)",
+                    plan::human(asked)
+                );
+                asked
+            }
+            _ => backoff,
+        };
         let serving = match (certs.is_self_signed(), certs.status().not_after()) {
             (true, _) => "the self-signed placeholder (browsers refuse it)".to_owned(),
             (false, Some(not_after)) => {

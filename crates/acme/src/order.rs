@@ -11,7 +11,7 @@ use instant_acme::{
 };
 use server::CertStore;
 
-use crate::http::Bounded;
+use crate::http::{Bounded, CaWait};
 use crate::plan::{self, Method, Ways};
 use crate::store::{Issued, Store};
 use crate::{AcmeError, Config, Http01Tokens};
@@ -25,8 +25,21 @@ pub(crate) struct Responders<'a> {
     pub http01: &'a Http01Tokens,
 }
 
-pub(crate) async fn issue(config: &Config, store: &Store, to: &Responders<'_>) -> Result<Issued, AcmeError> {
-    let stored = account(config, store, false).await?;
+/// What the task keeps across its orders: the account registered when it could not be saved (else every retry
+/// registered a new one), and when a rate-limited CA said to come back.
+#[derive(Debug, Default)]
+pub(crate) struct Memory {
+    pub account: Option<String>,
+    pub ca_wait: CaWait,
+}
+
+pub(crate) async fn issue(
+    config: &Config,
+    store: &Store,
+    to: &Responders<'_>,
+    memory: &mut Memory,
+) -> Result<Issued, AcmeError> {
+    let stored = account(config, store, false, memory).await?;
     let identifiers: Vec<Identifier> = config.names.iter().cloned().map(Identifier::Dns).collect();
     let mut order = match stored.new_order(&NewOrder::new(&identifiers)).await {
         Ok(order) => order,
@@ -35,7 +48,7 @@ pub(crate) async fn issue(config: &Config, store: &Store, to: &Responders<'_>) -
         // this until someone deleted account.json.
         Err(e) if account_gone(&e) => {
             tracing::warn!(directory = %config.directory, error = %e, "ACME: the CA no longer knows the stored account; registering a new one");
-            account(config, store, true)
+            account(config, store, true, memory)
                 .await?
                 .new_order(&NewOrder::new(&identifiers))
                 .await
@@ -147,10 +160,11 @@ async fn validate(
     status.and_then(|s| Err(AcmeError::Refused(format!("the order is {s:?}"))))
 }
 
-async fn account(config: &Config, store: &Store, fresh: bool) -> Result<Account, AcmeError> {
+async fn account(config: &Config, store: &Store, fresh: bool, memory: &mut Memory) -> Result<Account, AcmeError> {
     // Our client: instant-acme's, with the CA's answers bounded (`crate::http`).
+    let wait = memory.ca_wait.clone();
     let builder = || {
-        let client = Bounded::new(config.ca_root.as_deref()).map_err(|detail| match &config.ca_root {
+        let client = Bounded::new(config.ca_root.as_deref(), wait.clone()).map_err(|detail| match &config.ca_root {
             Some(root) => AcmeError::CaRoot {
                 path: root.display().to_string(),
                 detail,
@@ -170,7 +184,8 @@ async fn account(config: &Config, store: &Store, fresh: bool) -> Result<Account,
         true => None,
         false => store
             .account()
-            .map_err(|e| AcmeError::Store(store.dir().display().to_string(), e))?,
+            .map_err(|e| AcmeError::Store(store.dir().display().to_string(), e))?
+            .or_else(|| memory.account.clone()),
     };
     if let Some(json) = stored {
         if let Ok(credentials) = serde_json::from_str::<AccountCredentials>(&json) {
@@ -194,9 +209,17 @@ async fn account(config: &Config, store: &Store, fresh: bool) -> Result<Account,
                 e => unreachable(e),
             })?;
     let json = serde_json::to_string(&credentials).map_err(|e| AcmeError::Store(String::new(), e.into()))?;
-    store
-        .save_account(&json)
-        .map_err(|e| AcmeError::Store(store.dir().display().to_string(), e))?;
+    // An account that cannot be saved is kept for this process: the order goes on, and the next retry does not
+    // register yet another account (CAs limit registrations too).
+    if let Err(e) = store.save_account(&json) {
+        tracing::error!(
+            dir = %store.dir().display(),
+            error = %e,
+            "ACME: the new account cannot be saved; it is kept in memory until the server stops (fix the directory's \
+             permissions, or the next start registers another account)"
+        );
+    }
+    memory.account = Some(json);
     tracing::info!(directory = %config.directory, id = account.id(), "ACME account registered");
     Ok(account)
 }

@@ -383,8 +383,18 @@ impl Router {
             }
             Answer::Retry => self.close_local(conn, "lookup-failed"),
             Answer::Home(_) | Answer::Unknown | Answer::Failed | Answer::TakenOver(_) => {
+                let sessions = self.sessions.len();
                 for text in held {
                     hub.handle_text(conn, utf8(&text), now);
+                }
+                self.drain(hub);
+                // The hub refused the join without closing the socket (its meta too large, the room full): the
+                // socket's next `join` is looked up again, else it would make a private copy of a room that lives
+                // on another node.
+                if self.sessions.len() == sessions {
+                    if let Some(socket) = self.local.get_mut(&conn).filter(|s| matches!(s.route, Route::Here)) {
+                        socket.route = Route::Fresh;
+                    }
                 }
             }
         }

@@ -223,6 +223,32 @@ fn the_room_limit_holds_across_nodes() {
     assert_eq!(lab.nodes[1].closed.get(&2), Some(&4102));
 }
 
+/// A join refused without a close (its meta too large) leaves the socket open; its next join must be looked up
+/// like a first one, or it would make a private copy of a room that lives on another node.
+#[test]
+fn a_join_after_a_refused_join_is_looked_up_again() {
+    let mut lab = Lab::new(2, Limits::default());
+    lab.connect(0, 1);
+    lab.send(0, 1, json!({"type":"join","room":"r"}));
+    let a = lab.inbox(0, 1)[0]["peerId"].as_str().unwrap().to_owned();
+
+    lab.connect(1, 1);
+    let big = "x".repeat(4000);
+    lab.send(1, 1, json!({"type":"join","room":"s","meta":{"name":big}}));
+    let refused = lab.inbox(1, 1);
+    assert_eq!(refused[0]["type"], "error", "{refused:?}");
+    assert_eq!(lab.nodes[1].closed.get(&1), None, "the socket stays open");
+    lab.send(1, 1, json!({"type":"join","room":"r"}));
+    let joined = lab.inbox(1, 1);
+    assert_eq!(joined[0]["type"], "joined", "{joined:?}");
+    assert_eq!(joined[0]["peers"][0]["id"], a, "B is in the room on its home, with A");
+    assert_eq!(
+        lab.nodes[1].router.hosted_rooms().count(),
+        0,
+        "no copy of the room on B's node"
+    );
+}
+
 #[test]
 fn a_socket_of_a_dead_node_resumes_through_another_with_nothing_lost() {
     let mut lab = Lab::new(3, Limits::default());

@@ -482,6 +482,42 @@ fn issuance_by_tls_alpn_01_on_the_single_port() {
     stop(server);
 }
 
+/// An account that cannot be saved (here the file it is written through is a directory) is kept in memory: the certificate is
+/// issued all the same, after one registration, and the log says what to fix. Before, the order failed on the save
+/// and every retry registered another account.
+#[test]
+fn an_account_that_cannot_be_saved_is_kept_and_the_certificate_issued() {
+    let dir = TempDir::new("unsaved");
+    let single = free_tcp_port();
+    let Some(pebble) = Pebble::start(&dir.0, single, free_tcp_port(), 0) else {
+        return;
+    };
+    let slug: String = pebble
+        .directory
+        .trim_start_matches("https://")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(100)
+        .collect();
+    // The store writes `.account.json.tmp` and renames it: a directory there fails the save, not the reads.
+    std::fs::create_dir_all(dir.0.join("acme").join(slug).join(".account.json.tmp").join("x")).unwrap();
+    let name = "unsaved.traverse.test";
+    let single_addr = format!("127.0.0.1:{single}");
+    let server = serve(&pebble, name, &dir.0, &["--single-port", &single_addr]);
+    let addr = SocketAddr::new(LOOPBACK, single);
+    wait_for_issued(&pebble, &server, addr, name, &[]);
+    let log = log_of(&server);
+    assert!(log.contains("the new account cannot be saved"), "{log}");
+    assert_eq!(log.matches("ACME account registered").count(), 1, "{log}");
+    stop(server);
+}
+
 /// HTTP-01 on the plain HTTP port when no single port is bound; the certificate then serves the TLS port.
 #[test]
 fn issuance_by_http_01_on_the_http_port() {
