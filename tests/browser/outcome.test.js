@@ -5,10 +5,9 @@
 // server unreachable, and a relayed call that connects and then drops when its way to the relay is cut. What each page sent is captured (`net.tamper`) to check that no address leaves the page.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import dgram from 'node:dgram';
 import fs from 'node:fs';
 import {
-  CHROMIUM, freePort, get, launchBrowser, skipWithoutChromium, startTraverse, until, within, dumpOnFailure,
+  CHROMIUM, freePort, get, launchBrowser, skipWithoutChromium, startTraverse, udpRelay, until, within, dumpOnFailure,
 } from './lib/harness.js';
 import { roomPage } from './lib/pages.js';
 
@@ -37,12 +36,13 @@ async function outcomes() {
 
 /**
  * Two pages in `room` whose peer connections are relay-only or not (`relay`) and use the ICE servers `keep` (the
- * source of a function of the join's servers, run in the page) makes; A connects to B. Resolves with each page's
- * diagnosis events, `connection-failed` events and the outcome frames it sent.
+ * source of a function of the join's servers, run in the page) makes, with the room options `connect`; A connects
+ * to B. Each page records the outcome frames it sent (`sentOutcomes`) and its `connection-diagnosis`,
+ * `connection-failed` and `connection-dropped` events (`diagnoses`, `failures`, `drops`).
  */
-async function pair(t, room, { relay, keep, outcomeTimeoutMs = 30000 }) {
+async function callingPages(t, room, { relay, keep, connect }) {
   const open = async () => {
-    const p = await roomPage(browser, server, room, { net: true, relay, connect: { outcomeTimeoutMs } });
+    const p = await roomPage(browser, server, room, { net: true, relay, connect });
     // Set by the driver: the page's Content-Security-Policy forbids eval in page code.
     await p.page.evaluate(`window.keep = ${keep}`);
     await p.page.evaluate(() => {
@@ -53,8 +53,10 @@ async function pair(t, room, { relay, keep, outcomeTimeoutMs = 30000 }) {
       };
       window.diagnoses = [];
       window.failures = [];
+      window.drops = [];
       room.on('connection-diagnosis', (d) => diagnoses.push(d));
       room.on('connection-failed', (d) => failures.push(d));
+      room.on('connection-dropped', (d) => drops.push(d));
     });
     return p;
   };
@@ -65,6 +67,12 @@ async function pair(t, room, { relay, keep, outcomeTimeoutMs = 30000 }) {
   await a.page.evaluate((id) => {
     window.peer = room.connect(id, peerOptions());
   }, b.peerId);
+  return { a, b };
+}
+
+/** `callingPages`, then each page's first diagnosis, `connection-failed` events and sent outcome frames. */
+async function pair(t, room, { relay, keep, outcomeTimeoutMs = 30000 }) {
+  const { a, b } = await callingPages(t, room, { relay, keep, connect: { outcomeTimeoutMs } });
   const wait = (p) =>
     until(outcomeTimeoutMs + 20000, () => p.page.evaluate(() => diagnoses.length > 0 && diagnoses), 'diagnosis');
   const [da, db] = await within(outcomeTimeoutMs + 25000, Promise.all([wait(a), wait(b)]), 'both diagnoses');
@@ -184,73 +192,20 @@ test('relay-only with the TURN server unreachable: relay-only-unreachable on bot
   assert.ok(o.by_reason['relay-only-unreachable'] >= 1, JSON.stringify(o.by_reason));
 });
 
-/**
- * A UDP relay between the pages and the TURN server's port, which the test can cut: each client address gets its
- * own upstream socket, as through a NAT. `stop()` closes them all: the allocations stay on the server, unreachable.
- */
-async function udpProxy(target) {
-  const front = dgram.createSocket('udp4');
-  const upstreams = new Map();
-  let stopped = false;
-  front.on('message', (msg, from) => {
-    const key = `${from.address}:${from.port}`;
-    let up = upstreams.get(key);
-    if (!up) {
-      up = dgram.createSocket('udp4');
-      up.on('message', (back) => front.send(back, from.port, from.address));
-      up.on('error', () => {});
-      upstreams.set(key, up);
-    }
-    up.send(msg, target, '127.0.0.1');
-  });
-  front.on('error', () => {});
-  await new Promise((resolve) => front.bind(0, '127.0.0.1', resolve));
-  return {
-    port: front.address().port,
-    stop() {
-      if (stopped) return;
-      stopped = true;
-      for (const up of upstreams.values()) up.close();
-      upstreams.clear();
-      front.close();
-    },
-  };
-}
-
 test('a relayed call whose way to the relay is cut drops: both pages report it, relay-lost, connection-dropped', { timeout: 120000 }, async (t) => {
   if (skipWithoutChromium(t)) return;
   const before = await outcomes();
-  const proxy = await udpProxy(server.ports.turn);
+  const proxy = await udpRelay(server.ports.turn);
   t.after(() => proxy.stop());
   const recovery = { graceMs: 500, restartTimeoutMs: 4000, restartDelaysMs: [500], maxRestarts: 2 };
-  const open = async () => {
-    const p = await roomPage(browser, server, 'outcome-drop', { net: true, relay: true, connect: { recovery } });
-    await p.page.evaluate(`window.keep = (servers) => {
+  const { a, b } = await callingPages(t, 'outcome-drop', {
+    relay: true,
+    connect: { recovery },
+    keep: `(servers) => {
       const turn = servers.find((s) => s.username);
       return [{ urls: 'turn:127.0.0.1:${proxy.port}?transport=udp', username: turn.username, credential: turn.credential }];
-    }`);
-    await p.page.evaluate(() => {
-      window.sentOutcomes = [];
-      net.tamper = (text) => {
-        if (JSON.parse(text).type === 'outcome') sentOutcomes.push(JSON.parse(text));
-        return text;
-      };
-      window.diagnoses = [];
-      window.drops = [];
-      window.failures = [];
-      room.on('connection-diagnosis', (d) => diagnoses.push(d));
-      room.on('connection-dropped', (d) => drops.push(d));
-      room.on('connection-failed', (d) => failures.push(d));
-    });
-    return p;
-  };
-  const a = await open();
-  const b = await open();
-  t.after(() => Promise.all([a.page.close().catch(() => {}), b.page.close().catch(() => {})]));
-  await until(10000, () => a.page.evaluate((id) => room.peers.has(id), b.peerId), 'A sees B');
-  await a.page.evaluate((id) => {
-    window.peer = room.connect(id, peerOptions());
-  }, b.peerId);
+    }`,
+  });
   const connected = (p) => until(30000, () => p.page.evaluate(() => diagnoses.some((d) => d.outcome === 'connected')), 'connected');
   await within(35000, Promise.all([connected(a), connected(b)]), 'both connected').catch(dumpOnFailure(t, server, browser));
   const upPath = await a.page.evaluate(() => diagnoses[0].path);
@@ -261,7 +216,7 @@ test('a relayed call whose way to the relay is cut drops: both pages report it, 
   const [da, db] = await within(75000, Promise.all([dropped(a), dropped(b)]), 'both drops')
     .catch(dumpOnFailure(t, server, browser));
   for (const [side, drops] of [[a, da], [b, db]]) {
-    const sent = await side.page.evaluate(() => sentOutcomes.map((f) => f.report));
+    const sent = await side.page.evaluate(() => sentOutcomes.map((f) => JSON.parse(f).report));
     t.diagnostic(`sent ${JSON.stringify(sent)}`);
     assert.deepEqual(sent.map((r) => r.outcome), ['connected', 'dropped']);
     const drop = sent[1];

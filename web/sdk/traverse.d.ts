@@ -23,6 +23,8 @@
  *   when its head arrives
  * @property {number} [maxOutgoingFiles=4] files `sendFile` sends to this peer at once (the receiver's default
  *   `maxIncomingFiles`); the others wait their turn, in call order
+ * @property {number | false} [qualityIntervalMs=2000] how often the connection's quality is measured while it is
+ *   up (`quality` events, `peer.quality`); `false`: never
  *
  * @typedef {object} ConnectOptions
  * @property {string} room room name
@@ -114,7 +116,16 @@
  *   'file-progress': FileProgress,
  *   'file': FileReceived,
  *   'file-cancel': FileCancel,
+ *   'quality': ConnectionQuality,
  * }} PeerEventMap
+ *
+ * How a connection carries media and data now, from `getStats` over the last interval: `grade` is the worst of its
+ * measures against thresholds others use too (RTT 100/250/400 ms, jitter 5/10/30 ms, loss 1/3/8 % for good, fair,
+ * poor; above: bad), or `lost` while ICE is disconnected. `jitterMs` and `lossPercent` need received media (RTP);
+ * they are null on a data-only connection. `path`: `direct` or `relay`.
+ * @typedef {'good' | 'fair' | 'poor' | 'bad' | 'lost'} QualityGrade
+ * @typedef {{grade: QualityGrade, rttMs: number | null, jitterMs: number | null, lossPercent: number | null,
+ *   path: 'direct' | 'relay' | null}} ConnectionQuality
  */
 /**
  * Join a room. Resolves once the server answered `joined`; rejects with a `TraverseError` (with `.code`, e.g.
@@ -436,7 +447,8 @@ export class Room extends Emitter<RoomEventMap> {
  * left), `track` `{track, streams}`, `state` `{connectionState, iceConnectionState}`, `error` `{code, message}`;
  * files (`sendFile`): `file-start` `{id, name, size, type}` (receiving), `file-progress` `{id, name, size, bytes,
  * direction}`, `file` `{id, name, size, type, blob, sha256, ms}` (received, hash checked), `file-cancel`
- * `{id, name, size, direction, by, code, reason}` (it ended without arriving: `FileErrorCode`).
+ * `{id, name, size, direction, by, code, reason}` (it ended without arriving: `FileErrorCode`); `quality`
+ * `{grade, rttMs, jitterMs, lossPercent, path}` when the connection's grade changes (`ConnectionQuality`).
  * @extends {Emitter<PeerEventMap>}
  */
 export class Peer extends Emitter<PeerEventMap> {
@@ -496,6 +508,11 @@ export class Peer extends Emitter<PeerEventMap> {
          * `maxIncomingFiles`); the others wait their turn, in call order
          */
         maxOutgoingFiles?: number;
+        /**
+         * how often the connection's quality is measured while it is
+         * up (`quality` events, `peer.quality`); `false`: never
+         */
+        qualityIntervalMs?: number | false;
     };
     /** Polite peer = the smaller id (docs/sdk.md). */
     polite: boolean;
@@ -529,6 +546,15 @@ export class Peer extends Emitter<PeerEventMap> {
     private _sendQueue;
     /** @private bytes in `_sendQueue` */ private _sendQueued;
     /** @private */ private _pendingSetup;
+    /**
+     * The connection's quality at the last measurement (`quality` events), null before the first.
+     * @type {ConnectionQuality | null}
+     */
+    quality: ConnectionQuality | null;
+    /** @private the previous measurement's counters, for the next one's deltas */
+    private _qualityBase;
+    /** @private */
+    private _qualityTimer;
     /**
      * Send one message on the data channel: a string, Blob, ArrayBuffer or view, in the order of the calls (a Blob is
      * read first, and what is sent after it waits for it: the browser's own Blob sending let later messages overtake
@@ -606,6 +632,12 @@ export class Peer extends Emitter<PeerEventMap> {
      * @private @param {'connected' | 'failed' | 'timeout'} outcome
      */
     private _settle;
+    /**
+     * One quality measurement: nothing before the connection first connected; `lost` while ICE is disconnected or
+     * failed; else graded from `getStats` (`qualityOf`). A `quality` event when the grade changed.
+     * @private
+     */
+    private _measureQuality;
     /** @private */
     private _emitState;
     /** @private */
@@ -755,6 +787,11 @@ export type PeerOptions = {
      * `maxIncomingFiles`); the others wait their turn, in call order
      */
     maxOutgoingFiles?: number;
+    /**
+     * how often the connection's quality is measured while it is
+     * up (`quality` events, `peer.quality`); `false`: never
+     */
+    qualityIntervalMs?: number | false;
 };
 export type ConnectOptions = {
     /**
@@ -978,10 +1015,10 @@ export type ConnectionDiagnosis = {
     connectedMs?: number;
 };
 /**
- * Why a `Peer` closed (its `close` event): `by` the side that ended it; `reason` `closed` (`peer.close()`), `bye`
- * (the other side's `close()`), `channel-closed` (the other side's data channel closed: its `Peer` or page went),
- * `peer-left`, `unknown-peer` (the server does not know the other peer), `replaced` (the other side called again
- * with a new connection), `room-closed`, `session-lost` (a failed resume with `rejoinCalls: false`).
+ * How a connection carries media and data now, from `getStats` over the last interval: `grade` is the worst of its
+ * measures against thresholds others use too (RTT 100/250/400 ms, jitter 5/10/30 ms, loss 1/3/8 % for good, fair,
+ * poor; above: bad), or `lost` while ICE is disconnected. `jitterMs` and `lossPercent` need received media (RTP);
+ * they are null on a data-only connection. `path`: `direct` or `relay`.
  */
 export type PeerEventMap = {
     "open": {};
@@ -1031,6 +1068,27 @@ export type PeerEventMap = {
     "file-progress": FileProgress;
     "file": FileReceived;
     "file-cancel": FileCancel;
+    "quality": ConnectionQuality;
+};
+/**
+ * Why a `Peer` closed (its `close` event): `by` the side that ended it; `reason` `closed` (`peer.close()`), `bye`
+ * (the other side's `close()`), `channel-closed` (the other side's data channel closed: its `Peer` or page went),
+ * `peer-left`, `unknown-peer` (the server does not know the other peer), `replaced` (the other side called again
+ * with a new connection), `room-closed`, `session-lost` (a failed resume with `rejoinCalls: false`).
+ */
+export type QualityGrade = "good" | "fair" | "poor" | "bad" | "lost";
+/**
+ * Why a `Peer` closed (its `close` event): `by` the side that ended it; `reason` `closed` (`peer.close()`), `bye`
+ * (the other side's `close()`), `channel-closed` (the other side's data channel closed: its `Peer` or page went),
+ * `peer-left`, `unknown-peer` (the server does not know the other peer), `replaced` (the other side called again
+ * with a new connection), `room-closed`, `session-lost` (a failed resume with `rejoinCalls: false`).
+ */
+export type ConnectionQuality = {
+    grade: QualityGrade;
+    rttMs: number | null;
+    jitterMs: number | null;
+    lossPercent: number | null;
+    path: "direct" | "relay" | null;
 };
 /**
  * What `peer.sendFile` sends: a File, a Blob, or bytes.

@@ -75,6 +75,8 @@ export const FAST_RECONNECT = Object.freeze({ stepMs: 250, maxMs: 1000, forMs: 3
  *   when its head arrives
  * @property {number} [maxOutgoingFiles=4] files `sendFile` sends to this peer at once (the receiver's default
  *   `maxIncomingFiles`); the others wait their turn, in call order
+ * @property {number | false} [qualityIntervalMs=2000] how often the connection's quality is measured while it is
+ *   up (`quality` events, `peer.quality`); `false`: never
  *
  * @typedef {object} ConnectOptions
  * @property {string} room room name
@@ -167,7 +169,16 @@ export const FAST_RECONNECT = Object.freeze({ stepMs: 250, maxMs: 1000, forMs: 3
  *   'file-progress': FileProgress,
  *   'file': FileReceived,
  *   'file-cancel': FileCancel,
+ *   'quality': ConnectionQuality,
  * }} PeerEventMap
+ *
+ * How a connection carries media and data now, from `getStats` over the last interval: `grade` is the worst of its
+ * measures against thresholds others use too (RTT 100/250/400 ms, jitter 5/10/30 ms, loss 1/3/8 % for good, fair,
+ * poor; above: bad), or `lost` while ICE is disconnected. `jitterMs` and `lossPercent` need received media (RTP);
+ * they are null on a data-only connection. `path`: `direct` or `relay`.
+ * @typedef {'good' | 'fair' | 'poor' | 'bad' | 'lost'} QualityGrade
+ * @typedef {{grade: QualityGrade, rttMs: number | null, jitterMs: number | null, lossPercent: number | null,
+ *   path: 'direct' | 'relay' | null}} ConnectionQuality
  */
 
 /**
@@ -1198,7 +1209,8 @@ export class Room extends Emitter {
  * left), `track` `{track, streams}`, `state` `{connectionState, iceConnectionState}`, `error` `{code, message}`;
  * files (`sendFile`): `file-start` `{id, name, size, type}` (receiving), `file-progress` `{id, name, size, bytes,
  * direction}`, `file` `{id, name, size, type, blob, sha256, ms}` (received, hash checked), `file-cancel`
- * `{id, name, size, direction, by, code, reason}` (it ended without arriving: `FileErrorCode`).
+ * `{id, name, size, direction, by, code, reason}` (it ended without arriving: `FileErrorCode`); `quality`
+ * `{grade, rttMs, jitterMs, lossPercent, path}` when the connection's grade changes (`ConnectionQuality`).
  * @extends {Emitter<PeerEventMap>}
  */
 export class Peer extends Emitter {
@@ -1339,6 +1351,17 @@ export class Peer extends Emitter {
     if (initiator) this._setup();
     /** @internal @type {Recovery | null} ICE restarts on disconnection, failure or a network change */
     this._recovery = this._startRecovery();
+    /**
+     * The connection's quality at the last measurement (`quality` events), null before the first.
+     * @type {ConnectionQuality | null}
+     */
+    this.quality = null;
+    /** @private the previous measurement's counters, for the next one's deltas */
+    this._qualityBase = null;
+    /** @private */
+    this._qualityTimer = null;
+    const every = this.options.qualityIntervalMs ?? 2000;
+    if (every !== false && every > 0) this._qualityTimer = setInterval(() => this._measureQuality(), every);
   }
 
   /**
@@ -1519,6 +1542,7 @@ export class Peer extends Emitter {
     this.closed = true;
     this._closedBy = why;
     clearTimeout(this._rejoinTimer);
+    clearInterval(this._qualityTimer);
     // Closed while still broken (the app or the other peer gave up before recovery did): the call dropped.
     if (this._outcome.broken) this._reportDrop(this._outcome.broken.cause, this._recovery?.attempts ?? 0);
     this._stopRecovery();
@@ -1606,6 +1630,30 @@ export class Peer extends Emitter {
     const settled =
       !this.closed && this.pc.connectionState === 'connected' ? await this.pc.getStats().catch(() => stats) : stats;
     send(settled);
+  }
+
+  /**
+   * One quality measurement: nothing before the connection first connected; `lost` while ICE is disconnected or
+   * failed; else graded from `getStats` (`qualityOf`). A `quality` event when the grade changed.
+   * @private
+   */
+  async _measureQuality() {
+    if (this.closed || !this._outcome.connectedAt) return;
+    const ice = this.pc.iceConnectionState;
+    /** @type {ConnectionQuality} */ let q;
+    if (ice === 'disconnected' || ice === 'failed') {
+      q = { grade: 'lost', rttMs: null, jitterMs: null, lossPercent: null, path: this.quality?.path ?? null };
+      this._qualityBase = null;
+    } else {
+      const stats = await this.pc.getStats().catch(() => null);
+      if (!stats || this.closed) return;
+      const measured = qualityOf(stats, this._qualityBase);
+      this._qualityBase = measured.base;
+      q = measured.quality;
+    }
+    const changed = this.quality?.grade !== q.grade;
+    this.quality = q;
+    if (changed) this._emit('quality', q);
   }
 
   /** A connected report still waiting for its path to settle goes out now (the room is leaving). @internal */
@@ -3198,6 +3246,60 @@ function browserOf(ua) {
  * else the pair marked `selected` or nominated and succeeded (Firefox has no transport stats). Null before one.
  * @param {{forEach: (fn: (s: any) => void) => void, get: (id: string) => any}} stats @returns {any}
  */
+/** Thresholds of good, fair and poor (above the last: bad); the doctor's too (crates/doctor/src/quality.rs). */
+const QUALITY_THRESHOLDS = { rttMs: [100, 250, 400], jitterMs: [5, 10, 30], lossPercent: [1, 3, 8] };
+const GRADES = /** @type {const} */ (['good', 'fair', 'poor', 'bad']);
+
+/**
+ * Grades a connection from one `getStats` report and the counters of the previous one (`base`; null the first
+ * time, when loss is measured since the start). RTT from the selected candidate pair; jitter, the worst of the
+ * received RTP streams'; loss over the interval, of received RTP packets (what the other side sent that never
+ * came) and, as the other side reports it, of ours (`remote-inbound-rtp`). Pure, tested in node.
+ * @param {{forEach: (fn: (s: any) => void) => void, get: (id: string) => any}} stats
+ * @param {{lost: number, received: number} | null} base
+ * @returns {{quality: ConnectionQuality, base: {lost: number, received: number}}}
+ */
+function qualityOf(stats, base) {
+  const pair = selectedPairOf(stats);
+  const rtt = pair && typeof pair.currentRoundTripTime === 'number' ? pair.currentRoundTripTime * 1000 : null;
+  let jitter = /** @type {number | null} */ (null);
+  let lost = 0;
+  let received = 0;
+  let rtp = false;
+  let remoteLoss = /** @type {number | null} */ (null);
+  stats.forEach((s) => {
+    if (s.type === 'inbound-rtp') {
+      rtp = true;
+      lost += Math.max(0, s.packetsLost || 0);
+      received += Math.max(0, s.packetsReceived || 0);
+      if (typeof s.jitter === 'number') jitter = Math.max(jitter ?? 0, s.jitter * 1000);
+    } else if (s.type === 'remote-inbound-rtp' && typeof s.fractionLost === 'number') {
+      remoteLoss = Math.max(remoteLoss ?? 0, s.fractionLost * 100);
+    }
+  });
+  const dLost = lost - (base ? base.lost : 0);
+  const dReceived = received - (base ? base.received : 0);
+  // A counter that went backwards (a new stream) starts the interval afresh.
+  const interval = dLost >= 0 && dReceived >= 0 ? [dLost, dReceived] : [lost, received];
+  const own = rtp && interval[0] + interval[1] > 0 ? (100 * interval[0]) / (interval[0] + interval[1]) : null;
+  const loss = own === null ? remoteLoss : Math.max(own, remoteLoss ?? 0);
+  const grade = (/** @type {number | null} */ v, /** @type {number[]} */ t) =>
+    v === null ? 0 : t.findIndex((limit) => v <= limit) === -1 ? 3 : t.findIndex((limit) => v <= limit);
+  const worst = Math.max(
+    grade(rtt, QUALITY_THRESHOLDS.rttMs),
+    grade(jitter, QUALITY_THRESHOLDS.jitterMs),
+    grade(loss, QUALITY_THRESHOLDS.lossPercent),
+  );
+  const local = pair ? stats.get(pair.localCandidateId) : null;
+  const remote = pair ? stats.get(pair.remoteCandidateId) : null;
+  const path = !pair ? null : local?.candidateType === 'relay' || remote?.candidateType === 'relay' ? 'relay' : 'direct';
+  const round = (/** @type {number | null} */ v) => (v === null ? null : Math.round(v * 10) / 10);
+  return {
+    quality: { grade: GRADES[worst], rttMs: round(rtt), jitterMs: round(jitter), lossPercent: round(loss), path },
+    base: { lost, received },
+  };
+}
+
 function selectedPairOf(stats) {
   /** @type {any} */ let pair = null;
   stats.forEach((s) => {
@@ -4340,6 +4442,7 @@ export {
   apiUrl as _apiUrl,
   writeChunks as _writeChunks,
   fileReader as _fileReader,
+  qualityOf as _qualityOf,
 };
 
 /** Namespace object: `import Traverse from '/sdk/traverse.js'; await Traverse.connect({room: 'lobby'})`. */

@@ -280,3 +280,44 @@ export function dumpOnFailure(t, server, browser) {
     throw err;
   };
 }
+
+/**
+ * A UDP relay on loopback between pages and a server's UDP port `target`, which a test can make lossy or cut: each
+ * client address gets its own upstream socket, as through a NAT. `drop` (0 to 1) is the share of datagrams dropped,
+ * each way; `stop()` closes it all (allocations made through it stay on the server, unreachable).
+ * @param {number} target
+ */
+export async function udpRelay(target) {
+  const front = dgram.createSocket('udp4');
+  const upstreams = new Map();
+  let stopped = false;
+  const relay = {
+    port: 0,
+    drop: 0,
+    stop() {
+      if (stopped) return;
+      stopped = true;
+      for (const up of upstreams.values()) up.close();
+      upstreams.clear();
+      front.close();
+    },
+  };
+  front.on('message', (msg, from) => {
+    if (Math.random() < relay.drop) return;
+    const key = `${from.address}:${from.port}`;
+    let up = upstreams.get(key);
+    if (!up) {
+      up = dgram.createSocket('udp4');
+      up.on('message', (back) => {
+        if (Math.random() >= relay.drop) front.send(back, from.port, from.address);
+      });
+      up.on('error', () => {});
+      upstreams.set(key, up);
+    }
+    up.send(msg, target, '127.0.0.1');
+  });
+  front.on('error', () => {});
+  await new Promise((resolve) => front.bind(0, '127.0.0.1', resolve));
+  relay.port = front.address().port;
+  return relay;
+}
