@@ -519,7 +519,11 @@ impl Report {
         let _ = writeln!(
             o,
             "  {} ice servers from {}: {} STUN, {} TURN URL(s){}",
-            mark(style, ice.fetch.as_ref().is_none_or(|f| f.ok)),
+            // Nothing fetched (signaling failed first): neither a success nor a failure of its own.
+            match &ice.fetch {
+                None if ice.stun.is_empty() && ice.turn.is_empty() => "•".to_owned(),
+                fetch => mark(style, fetch.as_ref().is_none_or(|f| f.ok)),
+            },
             ice.source,
             ice.stun.len(),
             ice.turn.len(),
@@ -534,7 +538,7 @@ impl Report {
         if ice.not_checked > 0 {
             let _ = writeln!(
                 o,
-                "    {} more URL(s) not checked: the first {} STUN and {} TURN are",
+                "    {} more URL(s) not checked: the first {} STUN and {} TURN are checked",
                 ice.not_checked,
                 crate::ice::MAX_URLS,
                 crate::ice::MAX_URLS
@@ -657,7 +661,10 @@ fn outcome_words(o: &Outcome) -> String {
 fn cert_words(c: &CertInfo) -> String {
     let days = c
         .days_to_expiry
-        .map(|d| format!(", expires in {d} days"))
+        .map(|d| match d {
+            d if d < 0 => format!(", expired {} days ago", -d),
+            d => format!(", expires in {d} days"),
+        })
         .unwrap_or_default();
     if c.trusted {
         format!(" [certificate trusted{days}]")

@@ -309,6 +309,22 @@ pub fn verdict(f: &Facts) -> Verdict {
             causes.push(format!(
                 "The signaling server's certificate is refused by browsers: {p}."
             ));
+        } else if f
+            .signaling
+            .iter()
+            .any(|c| c.http.ok() && matches!(c.websocket.error(), Some(CheckError::Timeout(_))))
+        {
+            // Field note 5: the most common proxy failure — HTTP passes, the upgrade hangs.
+            causes.push(
+                "Signaling does not work: the WebSocket upgrade of /ws got no answer while HTTP works — a proxy in \
+                 front of the server does not pass WebSockets."
+                    .to_owned(),
+            );
+            advice.push(
+                "Let the proxy pass WebSocket upgrades to /ws (the `Upgrade` and `Connection` headers, HTTP/1.1) with \
+                 a read timeout longer than the 10 s heartbeat, or put Traverse on 443 itself (the single port)."
+                    .to_owned(),
+            );
         } else {
             causes.push(format!(
                 "Signaling does not work: {}.",
@@ -1167,6 +1183,26 @@ mod tests {
                 .any(|c| c.starts_with("Signaling does not work") && c.contains("HTTP 500")),
             "{:?}",
             v.causes
+        );
+    }
+
+    /// Field note 5: HTTP answers, the WebSocket upgrade hangs — a proxy that does not pass WebSockets, named.
+    #[test]
+    fn a_hung_websocket_upgrade_behind_working_http_names_the_proxy() {
+        let mut f = healthy();
+        f.signaling = vec![endpoint(Ok(()), Err(CheckError::Timeout(Duration::from_secs(3))))];
+        let v = verdict(&f);
+        assert!(
+            v.causes
+                .iter()
+                .any(|c| c.contains("WebSocket upgrade of /ws got no answer while HTTP works")),
+            "{:?}",
+            v.causes
+        );
+        assert!(
+            v.advice.iter().any(|a| a.contains("pass WebSocket upgrades")),
+            "{:?}",
+            v.advice
         );
     }
 

@@ -254,6 +254,12 @@ type Heads = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
 /// status line, and the list), serving `list` as JSON. Returns its address and the request heads it got; it serves
 /// until the test ends.
 fn hostile_signaling(list: serde_json::Value) -> (std::net::SocketAddr, Heads) {
+    hostile_signaling_with(list, false)
+}
+
+/// [`hostile_signaling`]; with `hang_ws`, `GET /ws` is read and never answered (a proxy that does not pass
+/// WebSockets).
+fn hostile_signaling_with(list: serde_json::Value, hang_ws: bool) -> (std::net::SocketAddr, Heads) {
     use std::io::{Read, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
@@ -278,6 +284,10 @@ fn hostile_signaling(list: serde_json::Value) -> (std::net::SocketAddr, Heads) {
                 }
                 let head = String::from_utf8_lossy(&head).into_owned();
                 seen.lock().unwrap().push(head.clone());
+                if hang_ws && head.starts_with("GET /ws") {
+                    std::thread::sleep(Duration::from_secs(8));
+                    return;
+                }
                 let answer = if head.starts_with("GET /ws") {
                     "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n".to_owned()
                 } else if head.starts_with("GET /api/ice-servers") {
@@ -386,4 +396,60 @@ fn the_token_goes_over_plain_http_only_to_an_address_given_as_http() {
     let url = format!("http://{given}");
     let (_, _, all) = doctor(&[&[url.as_str(), "--json"], &quick[..]].concat());
     assert!(has_token(&heads), "asked for plain HTTP, it goes there: {all}");
+}
+
+/// A STUN server that answers Binding with an error (401), and signaling whose WebSocket upgrade hangs while HTTP
+/// answers: the doctor names the STUN refusal (it read as "Binding success without XOR-MAPPED-ADDRESS") and the proxy
+/// that does not pass WebSockets (it read as a plain timeout).
+#[test]
+fn a_stun_error_answer_and_a_hung_websocket_upgrade_are_named() {
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let stun_addr = udp.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let _ = udp.set_read_timeout(Some(Duration::from_secs(30)));
+        let mut buf = [0u8; 1500];
+        for _ in 0..32 {
+            let Ok((n, from)) = udp.recv_from(&mut buf) else { return };
+            let Some(txid) = buf.get(8..20).filter(|_| n >= 20) else {
+                continue;
+            };
+            // Binding error response: ERROR-CODE 401 "Unauthorized" (RFC 8489 §14.8).
+            let reason = b"Unauthorized";
+            let mut value = vec![0, 0, 4, 1];
+            value.extend_from_slice(reason);
+            let mut msg = vec![0x01, 0x11, 0, 0, 0x21, 0x12, 0xA4, 0x42];
+            msg.extend_from_slice(txid);
+            msg.extend_from_slice(&[0x00, 0x09]);
+            msg.extend_from_slice(&(value.len() as u16).to_be_bytes());
+            msg.extend_from_slice(&value);
+            let len = (msg.len() - 20) as u16;
+            msg[2..4].copy_from_slice(&len.to_be_bytes());
+            let _ = udp.send_to(&msg, from);
+        }
+    });
+    // Signaling fails (the upgrade hangs), so no list is fetched: the STUN server is given on the command line.
+    let (http, _) = hostile_signaling_with(serde_json::json!({ "iceServers": [] }), true);
+    let server = format!("http://{http}");
+    let stun = stun_addr.to_string();
+    let (_, json, all) = doctor(&[
+        "--stun",
+        &stun,
+        &server,
+        "--json",
+        "--quiet",
+        "--timeout-ms",
+        "1500",
+        "--https-port",
+        "0",
+        "--http-port",
+        "0",
+    ]);
+    let stun = &json["stun"][0];
+    assert_eq!(stun["error_code"], "stun-error", "{all}");
+    assert_eq!(stun["error"], "STUN error 401 Unauthorized", "{all}");
+    let causes = json["verdict"]["causes"].to_string();
+    assert!(
+        causes.contains("WebSocket upgrade of /ws got no answer while HTTP works"),
+        "{causes}"
+    );
 }

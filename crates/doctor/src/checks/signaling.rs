@@ -100,7 +100,12 @@ pub async fn check(s: Arc<Settings>, endpoint: Endpoint, progress: Arc<Progress>
         tls,
     };
     let mut certificate = None;
-    let healthz = timed(s.timeout, http::get(&target, "/healthz", &[], s.timeout)).await;
+    // At once: where the port drops everything, both wait out the same deadline (one after the other, a dead
+    // endpoint cost twice the timeout).
+    let (healthz, upgrade) = tokio::join!(
+        timed(s.timeout, http::get(&target, "/healthz", &[], s.timeout)),
+        timed(s.timeout, http::ws_upgrade(&target, "/ws", s.timeout)),
+    );
     let http = Timed::new(
         healthz.result.and_then(|r| {
             certificate = r.cert.clone();
@@ -116,7 +121,6 @@ pub async fn check(s: Arc<Settings>, endpoint: Endpoint, progress: Arc<Progress>
         }),
         healthz.took,
     );
-    let upgrade = timed(s.timeout, http::ws_upgrade(&target, "/ws", s.timeout)).await;
     let websocket = Timed::new(
         upgrade.result.and_then(|(status, cert)| {
             if certificate.is_none() {

@@ -47,6 +47,14 @@ pub async fn check(s: Arc<Settings>, url: IceUrl, progress: Arc<Progress>) -> St
         let local = sock.local_addr()?;
         let answer = binding_from(&sock, addr, None, s.rto, s.timeout).await?;
         let r = &answer.response;
+        // An error answer is the server's refusal, named as such (it read as a success without an address).
+        if let Some(message) = r.message().filter(|m| m.class() == stun::Class::Error) {
+            let (code, reason) = match message.decode(attr::ERROR_CODE) {
+                Some(Ok(stun::Attribute::ErrorCode(e))) => (e.code, crate::terminal::line(e.reason, 120)),
+                _ => (0, "no ERROR-CODE".to_owned()),
+            };
+            return Err(CheckError::Stun { code, reason });
+        }
         let mapped = r
             .address(attr::XOR_MAPPED_ADDRESS)
             .or_else(|| r.address(attr::MAPPED_ADDRESS))
