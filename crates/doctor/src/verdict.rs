@@ -521,6 +521,10 @@ pub fn verdict(f: &Facts) -> Verdict {
         )
     } else if let (Some(false), Some(best)) = (udp_ok, best_stream_turn(&f.turn)) {
         no_udp_summary(best)
+    } else if any_turn && !direct.iter().any(|r| r.chance == Chance::Unlikely) {
+        // No kind of peer is known to need the relay: the NAT could not be told apart (one server address).
+        "Connections will work; some may need the TURN relay (a second server address, RFC 5780, would tell which)."
+            .to_owned()
     } else if any_turn {
         "Connections will work, some of them only through the TURN relay.".to_owned()
     } else if udp_ok == Some(false) {
@@ -1183,6 +1187,28 @@ mod tests {
                 .any(|c| c.starts_with("Signaling does not work") && c.contains("HTTP 500")),
             "{:?}",
             v.causes
+        );
+    }
+
+    /// A NAT the doctor could not tell apart leaves every row likely or uncertain: the summary does not claim some
+    /// calls go only through the relay.
+    #[test]
+    fn no_unlikely_row_no_claim_that_some_calls_need_the_relay() {
+        let mut f = healthy();
+        f.nat = nat(Finding::NotTested, Finding::NotTested);
+        let v = verdict(&f);
+        assert!(!v.direct.iter().any(|r| r.chance == Chance::Unlikely), "{:?}", v.direct);
+        assert!(
+            v.summary
+                .starts_with("Connections will work; some may need the TURN relay"),
+            "{}",
+            v.summary
+        );
+        f.nat = nat(Finding::Known(Apd), Finding::Known(Apd));
+        let v = verdict(&f);
+        assert_eq!(
+            v.summary,
+            "Connections will work, some of them only through the TURN relay."
         );
     }
 
