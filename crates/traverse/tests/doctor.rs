@@ -453,3 +453,64 @@ fn a_stun_error_answer_and_a_hung_websocket_upgrade_are_named() {
         "{causes}"
     );
 }
+
+/// A STUN server on loopback that answers every Binding with success and the source's address
+/// (XOR-MAPPED-ADDRESS), for `rounds` requests.
+fn answering_stun(rounds: usize) -> std::net::SocketAddr {
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = udp.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let _ = udp.set_read_timeout(Some(Duration::from_secs(30)));
+        let mut buf = [0u8; 1500];
+        for _ in 0..rounds {
+            let Ok((n, from)) = udp.recv_from(&mut buf) else { return };
+            let Some(txid) = buf.get(8..20).filter(|_| n >= 20) else {
+                continue;
+            };
+            let std::net::SocketAddr::V4(v4) = from else { continue };
+            let port = v4.port() ^ 0x2112;
+            let ip = u32::from(*v4.ip()) ^ 0x2112_A442;
+            let mut msg = vec![0x01, 0x01, 0, 12, 0x21, 0x12, 0xA4, 0x42];
+            msg.extend_from_slice(txid);
+            msg.extend_from_slice(&[0x00, 0x20, 0, 8, 0, 1]);
+            msg.extend_from_slice(&port.to_be_bytes());
+            msg.extend_from_slice(&ip.to_be_bytes());
+            let _ = udp.send_to(&msg, from);
+        }
+    });
+    addr
+}
+
+/// The NAT probes start from the first STUN server that answered, not the first listed: a dead first server left
+/// the NAT untested while another answered.
+#[test]
+fn the_nat_is_probed_through_the_first_stun_server_that_answers() {
+    let dead = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let dead_addr = dead.local_addr().unwrap().to_string();
+    let alive = answering_stun(64).to_string();
+    let (http, _) = hostile_signaling(serde_json::json!({ "iceServers": [] }));
+    let server = format!("http://{http}");
+    let (_, json, all) = doctor(&[
+        &server,
+        "--stun",
+        &dead_addr,
+        "--stun",
+        &alive,
+        "--json",
+        "--quiet",
+        "--timeout-ms",
+        "1000",
+        "--https-port",
+        "0",
+        "--http-port",
+        "0",
+    ]);
+    drop(dead);
+    assert_eq!(json["stun"][1]["ok"], true, "{all}");
+    let probes = json["nat"]["probes"].as_array().cloned().unwrap_or_default();
+    assert!(!probes.is_empty(), "the NAT was probed: {all}");
+    assert!(
+        probes.iter().any(|p| p.to_string().contains(&alive)),
+        "through the server that answered: {all}"
+    );
+}

@@ -117,9 +117,18 @@ pub async fn run_all(s: Settings, progress: Arc<Progress>) -> Facts {
         stun_urls.first().map(|u| u.port),
         progress.clone(),
     ));
-    // The NAT probes need a STUN address: resolve them here so the probes can start alongside.
+    // The NAT probes need a STUN address that answers: the STUN checks first (a round trip where the first server
+    // works), then the probes from the first server that answered, alongside the TURN checks. From the first
+    // address whatever it did, a dead one left the NAT untested while another answered.
     let stun_addrs = nat::stun_addresses(&s, &stun_urls).await;
-    let nat_task = stun_addrs.first().copied().map(|primary| {
+    let stun = in_order(stun_set).await;
+    let answered = stun.iter().find(|f| f.binding.ok()).and_then(|f| f.server);
+    let primary = answered.or_else(|| stun_addrs.first().copied());
+    let stun_addrs: Vec<_> = primary
+        .into_iter()
+        .chain(stun_addrs.iter().copied().filter(|a| Some(*a) != primary))
+        .collect();
+    let nat_task = primary.map(|primary| {
         let relay = ice
             .config
             .turn
@@ -135,7 +144,6 @@ pub async fn run_all(s: Settings, progress: Arc<Progress>) -> Facts {
             progress.clone(),
         ))
     });
-    let stun = in_order(stun_set).await;
     let turn = in_order(turn_set).await;
     let nat = match nat_task {
         Some(t) => t.await.ok(),
