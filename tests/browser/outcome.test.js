@@ -244,6 +244,51 @@ test('a relayed call whose way to the relay is cut drops: both pages report it, 
   assert.equal(now.minutes.at(-1).dropped >= 1, true, JSON.stringify(now.minutes.at(-1)));
 });
 
+test('a relayed call whose relay goes silent for a while and comes back: both report the interruption, recovered', { timeout: 120000 }, async (t) => {
+  if (skipWithoutChromium(t)) return;
+  const before = await outcomes();
+  const proxy = await udpRelay(server.ports.turn);
+  t.after(() => proxy.stop());
+  const recovery = { graceMs: 500, restartTimeoutMs: 8000, restartDelaysMs: [500], maxRestarts: 4 };
+  const { a, b } = await callingPages(t, 'outcome-recover', {
+    relay: true,
+    connect: { recovery },
+    keep: `(servers) => {
+      const turn = servers.find((s) => s.username);
+      return [{ urls: 'turn:127.0.0.1:${proxy.port}?transport=udp', username: turn.username, credential: turn.credential }];
+    }`,
+  });
+  const diagnosed = (p, outcome) =>
+    until(60000, () => p.page.evaluate((o) => diagnoses.find((d) => d.outcome === o) ?? false, outcome), outcome);
+  await within(35000, Promise.all([diagnosed(a, 'connected'), diagnosed(b, 'connected')]), 'both connected')
+    .catch(dumpOnFailure(t, server, browser));
+  // Silence until both sides' recovery is at work (each then reports the interruption), then the way back.
+  proxy.drop = 1;
+  const restarting = (p) =>
+    until(30000, () => p.page.evaluate(() => ['restarting', 'backoff'].includes(peer._recovery?.state)), 'restarting');
+  await within(35000, Promise.all([restarting(a), restarting(b)]), 'both restart');
+  proxy.drop = 0;
+  const [ra, rb] = await within(70000, Promise.all([diagnosed(a, 'recovered'), diagnosed(b, 'recovered')]), 'both recovered')
+    .catch(dumpOnFailure(t, server, browser));
+  for (const [side, d] of [[a, ra], [b, rb]]) {
+    const sent = await side.page.evaluate(() => sentOutcomes.map((f) => JSON.parse(f).report));
+    t.diagnostic(`sent ${JSON.stringify(sent.map((r) => [r.outcome, r.cause, r.brokenMs, r.restarts]))}`);
+    assert.deepEqual(sent.map((r) => r.outcome), ['connected', 'recovered']);
+    assert.ok(sent[1].brokenMs > 0 && sent[1].pair?.local?.type === 'relay', JSON.stringify(sent[1]));
+    assert.equal(d.reason, 'recovered', JSON.stringify(d));
+    assert.ok(d.recoveryMs > 0, JSON.stringify(d));
+    assert.match(d.message, /recovered by itself in \d+ ms/);
+    assert.deepEqual(await side.page.evaluate(() => [failures.length, drops.length]), [0, 0]);
+  }
+  const now = await until(5000, async () => {
+    const o = await outcomes();
+    return o.recovered === before.recovered + 1 && o;
+  }, 'the interruption in /api/outcomes');
+  assert.equal(now.dropped, before.dropped);
+  assert.equal(now.failed, before.failed);
+  assert.equal(now.time_to_recover_ms.count, before.time_to_recover_ms.count + 1);
+});
+
 // Last: what the operator scrapes says what the pages reported — the same counts as /api/outcomes, by path and by
 // reason, and a time-to-connect observation per connected pair.
 test('the outcomes above are in /metrics, by path and by reason', { timeout: 30000 }, async (t) => {
@@ -263,7 +308,10 @@ test('the outcomes above are in /metrics, by path and by reason', { timeout: 300
   for (const reason of ['turn-auth-failed', 'relay-only-unreachable']) {
     assert.equal(value('traverse_connection_failures_total', { reason }), o.by_reason[reason], reason);
   }
-  assert.ok(o.dropped >= 1, JSON.stringify(o));
+  assert.ok(o.dropped >= 1 && o.recovered >= 1, JSON.stringify(o));
+  for (const [cause, n] of Object.entries(o.recovered_by_cause)) {
+    assert.equal(value('traverse_connection_recoveries_total', { cause }), n, cause);
+  }
   for (const reason of ['relay-lost', 'peer-lost', 'path-lost']) {
     assert.equal(value('traverse_connection_drops_total', { reason }), o.dropped_by_reason[reason] ?? 0, reason);
   }

@@ -384,7 +384,7 @@ test('the other peer leaving while the call is broken closes the Peer and report
   r.room._finish(1000, 'done', true);
 });
 
-test('a break that heals is no drop, nor is a close after it, nor a call that never connected', async () => {
+test('a break that heals is reported recovered, not dropped, nor is a close after it, nor a call that never connected', async () => {
   const r = await connectedCall();
   const back = [];
   r.peer.on('reconnected', (d) => back.push(d));
@@ -392,8 +392,14 @@ test('a break that heals is no drop, nor is a close after it, nor a call that ne
   await until('a restart', () => r.peer._recovery.state === 'restarting');
   r.peer.pc.reach('connected');
   await until('reconnected', () => back.length > 0);
+  await until('the recovered report', () => r.reports().length === 2);
+  const rec = r.reports()[1];
+  assert.equal(rec.outcome, 'recovered');
+  assert.equal(rec.cause, 'ice-disconnected');
+  assert.equal(rec.restarts, 1);
+  assert.equal(rec.brokenMs, back[0].durationMs);
   r.peer.close();
-  assert.deepEqual(r.reports().map((x) => x.outcome), ['connected']);
+  assert.deepEqual(r.reports().map((x) => x.outcome), ['connected', 'recovered']);
   r.room._finish(1000, 'done', true);
 
   const n = fakeRoom({ reportOutcomes: true, refreshIceServers: false, recovery: { ...QUICK_RECOVERY, restartTimeoutMs: 5000 } });
@@ -415,7 +421,7 @@ test('with recovery off, a connection that fails after connecting is a drop (ice
   r.room._finish(1000, 'done', true);
 });
 
-test("the server's diagnosis of a drop is connection-dropped, not connection-failed", () => {
+test("the server's diagnosis of a drop is connection-dropped, of a recovery neither dropped nor failed", () => {
   const r = fakeRoom();
   r.receive(joined('p_a', ['p_b']));
   const got = [];
@@ -425,6 +431,11 @@ test("the server's diagnosis of a drop is connection-dropped, not connection-fai
   r.receive({ type: 'diagnosis', seq: 2, peer: 'p_b', you: 'A', outcome: 'dropped', reason: 'peer-lost',
     step: 'connection', message: 'The call dropped.', path: 'direct-srflx', connectedMs: 61000 });
   assert.deepEqual(got, [['connection-diagnosis', 'peer-lost', 61000], ['connection-dropped', 'peer-lost', 61000]]);
+  r.receive({ type: 'diagnosis', seq: 3, peer: 'p_b', you: 'A', outcome: 'recovered', reason: 'recovered',
+    step: 'connection', message: 'The call broke and recovered.', connectedMs: 30000, recoveryMs: 2400,
+    cause: 'network-change' });
+  assert.deepEqual(got.at(-1), ['connection-diagnosis', 'recovered', 30000]);
+  assert.equal(got.length, 3, 'no connection-failed nor connection-dropped');
   r.room._finish(1000, 'done', true);
 });
 

@@ -5,12 +5,12 @@
 // server is parsed as HTML: every string goes in through textContent.
 
 /**
- * @typedef {{start_unix: number, connected: number, failed: number, dropped?: number}} Minute
+ * @typedef {{start_unix: number, connected: number, failed: number, dropped?: number, recovered?: number}} Minute
  * @typedef {{unix: number, room: string, outcome?: string, reason: string, message: string}} Failure
  * @typedef {{buckets: Array<[number | null, number]>, sum_ms: number, count: number}} Histogram
  * @typedef {{
  *   connected: number, failed: number, by_path: Record<string, number>, by_reason: Record<string, number>,
- *   dropped?: number, dropped_by_reason?: Record<string, number>,
+ *   dropped?: number, dropped_by_reason?: Record<string, number>, recovered?: number,
  *   time_to_connect_ms: Histogram, minutes: Minute[], recent_failures: Failure[]
  * }} Outcomes
  * @typedef {{sockets: number, sessions: number, rooms: number, relayed: number}} Signaling
@@ -240,6 +240,7 @@ function renderNow(snap) {
     setText('connected-total', count(hour.connected));
     setText('failed-total', count(hour.failed));
     setText('dropped-total', count(hour.dropped));
+    setText('recovered-total', count(hour.recovered));
     const total = hour.connected + hour.failed;
     const rate = $('success-rate');
     rate.textContent = total ? percent(hour.connected / total) : 'no connections yet';
@@ -251,7 +252,9 @@ function renderNow(snap) {
           ? 'warn'
           : 'bad';
   } else {
-    for (const id of ['connected-total', 'failed-total', 'dropped-total', 'success-rate']) setText(id, 'n/a');
+    for (const id of ['connected-total', 'failed-total', 'dropped-total', 'recovered-total', 'success-rate']) {
+      setText(id, 'n/a');
+    }
   }
   const days = $('cert-days');
   const c = snap.certificate;
@@ -276,16 +279,20 @@ function renderNow(snap) {
  * @param {Outcomes} o
  */
 function lastHour(o) {
-  if (!o.minutes || !o.minutes.length) return { connected: o.connected, failed: o.failed, dropped: o.dropped ?? 0 };
+  if (!o.minutes || !o.minutes.length) {
+    return { connected: o.connected, failed: o.failed, dropped: o.dropped ?? 0, recovered: o.recovered ?? 0 };
+  }
   let connected = 0;
   let failed = 0;
   let dropped = 0;
+  let recovered = 0;
   for (const m of o.minutes) {
     connected += m.connected;
     failed += m.failed;
     dropped += m.dropped ?? 0;
+    recovered += m.recovered ?? 0;
   }
-  return { connected, failed, dropped };
+  return { connected, failed, dropped, recovered };
 }
 
 /** @param {Outcomes | null} o @param {number} unixMs */

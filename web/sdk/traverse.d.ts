@@ -95,9 +95,9 @@
  *   'connection-dropped': ConnectionDiagnosis,
  * }} RoomEventMap
  *
- * @typedef {{peer: string, you: string, outcome: 'connected' | 'failed' | 'timeout' | 'dropped', reason: string,
- *   step: string, message: string, seq?: number, path?: string, timeToConnectMs?: number, connectedMs?: number}}
- *   ConnectionDiagnosis
+ * @typedef {{peer: string, you: string, outcome: 'connected' | 'failed' | 'timeout' | 'dropped' | 'recovered',
+ *   reason: string, step: string, message: string, seq?: number, path?: string, timeToConnectMs?: number,
+ *   connectedMs?: number, recoveryMs?: number, cause?: string}} ConnectionDiagnosis
  *
  * The events of a `Peer`, by name: the detail each one's listener gets (a `message`'s `data` is a string or an
  * `ArrayBuffer`).
@@ -662,6 +662,12 @@ export class Peer extends Emitter<PeerEventMap> {
      */
     private _noteRecovery;
     /**
+     * The call broke and came back (`reconnected` after an announced break): report the interruption, `recovered`,
+     * with what broke it, how long it took, the restarts it took and the path it goes now (docs/protocol.md).
+     * @private @param {{at: number, cause: string, ufrags: Set<string>}} b @param {any} detail
+     */
+    private _reportRecovered;
+    /**
      * The call connected and then broke for good: report it once, `dropped`, with what broke it, how long it had
      * been up and how long recovery tried (docs/protocol.md, "Connection outcomes"). Built from what was gathered as
      * it went, without getStats: the peer connection may be closing.
@@ -1005,7 +1011,7 @@ export type RoomEventMap = {
 export type ConnectionDiagnosis = {
     peer: string;
     you: string;
-    outcome: "connected" | "failed" | "timeout" | "dropped";
+    outcome: "connected" | "failed" | "timeout" | "dropped" | "recovered";
     reason: string;
     step: string;
     message: string;
@@ -1013,6 +1019,8 @@ export type ConnectionDiagnosis = {
     path?: string;
     timeToConnectMs?: number;
     connectedMs?: number;
+    recoveryMs?: number;
+    cause?: string;
 };
 /**
  * How a connection carries media and data now, from `getStats` over the last interval: `grade` is the worst of its
@@ -1224,7 +1232,7 @@ export type CandidateErrorReport = {
  * One `icecandidateerror`: its code, the server URL and the browser's text — never its `address`/`port` (ours).
  */
 export type OutcomeReport = {
-    outcome: "connected" | "failed" | "timeout" | "dropped";
+    outcome: "connected" | "failed" | "timeout" | "dropped" | "recovered";
     /**
      * from the peer connection's creation to the outcome
      */

@@ -148,9 +148,9 @@ export const FAST_RECONNECT = Object.freeze({ stepMs: 250, maxMs: 1000, forMs: 3
  *   'connection-dropped': ConnectionDiagnosis,
  * }} RoomEventMap
  *
- * @typedef {{peer: string, you: string, outcome: 'connected' | 'failed' | 'timeout' | 'dropped', reason: string,
- *   step: string, message: string, seq?: number, path?: string, timeToConnectMs?: number, connectedMs?: number}}
- *   ConnectionDiagnosis
+ * @typedef {{peer: string, you: string, outcome: 'connected' | 'failed' | 'timeout' | 'dropped' | 'recovered',
+ *   reason: string, step: string, message: string, seq?: number, path?: string, timeToConnectMs?: number,
+ *   connectedMs?: number, recoveryMs?: number, cause?: string}} ConnectionDiagnosis
  *
  * The events of a `Peer`, by name: the detail each one's listener gets (a `message`'s `data` is a string or an
  * `ArrayBuffer`).
@@ -733,9 +733,11 @@ export class Room extends Emitter {
     if (typeof msg.path === 'string') detail.path = msg.path;
     if (typeof msg.timeToConnectMs === 'number') detail.timeToConnectMs = msg.timeToConnectMs;
     if (typeof msg.connectedMs === 'number') detail.connectedMs = msg.connectedMs;
+    if (typeof msg.recoveryMs === 'number') detail.recoveryMs = msg.recoveryMs;
+    if (typeof msg.cause === 'string') detail.cause = msg.cause;
     this._emit('connection-diagnosis', detail);
     if (msg.outcome === 'dropped') this._emit('connection-dropped', detail);
-    else if (msg.outcome !== 'connected') this._emit('connection-failed', detail);
+    else if (msg.outcome !== 'connected' && msg.outcome !== 'recovered') this._emit('connection-failed', detail);
   }
 
   /**
@@ -1848,10 +1850,43 @@ export class Peer extends Emitter {
       // The errors of the restarts, not those of the first connection (reported already).
       o.errors = [];
     } else if (name === 'reconnected') {
+      const b = o.broken;
       o.broken = null;
+      if (b && !o.dropReported) this._reportRecovered(b, detail);
     } else if (name === 'recovery-failed') {
       this._reportDrop(detail.cause, detail.attempts);
     }
+  }
+
+  /**
+   * The call broke and came back (`reconnected` after an announced break): report the interruption, `recovered`,
+   * with what broke it, how long it took, the restarts it took and the path it goes now (docs/protocol.md).
+   * @private @param {{at: number, cause: string, ufrags: Set<string>}} b @param {any} detail
+   */
+  async _reportRecovered(b, detail) {
+    const o = this._outcome;
+    const stats = await this.pc.getStats().catch(() => new Map());
+    if (this.closed) return;
+    const report = outcomeReport({
+      outcome: 'recovered',
+      elapsedMs: now() - o.startedAt,
+      policy: o.policy,
+      stats,
+      iceServers: o.iceServers,
+      errors: o.errors,
+      remoteCandidates: o.remoteCandidates,
+      remoteDescription: o.remoteDescription,
+      restarts: detail.attempts ?? 0,
+      seen: new Map([...o.seen].filter(([ufrag]) => !b.ufrags.has(ufrag))),
+      userAgent: typeof navigator !== 'undefined' ? navigator.userAgent : '',
+    });
+    const u32 = (/** @type {number} */ n) => Math.max(0, Math.min(0xffffffff, Math.round(n) || 0));
+    report.connectedMs = u32(b.at - o.connectedAt);
+    report.brokenMs = u32(detail.durationMs);
+    report.cause = b.cause;
+    // The path it goes now is the connected one; a drop after this names it.
+    if (report.pair) o.connectedPair = report.pair;
+    this.room._reportOutcome(this.peerId, report);
   }
 
   /**
@@ -3084,7 +3119,7 @@ class Sha256 {
  * What the SDK sends about one peer connection (docs/protocol.md, "Connection outcomes"; checked field by field by
  * the server's `outcome::Report`).
  * @typedef {object} OutcomeReport
- * @property {'connected' | 'failed' | 'timeout' | 'dropped'} outcome
+ * @property {'connected' | 'failed' | 'timeout' | 'dropped' | 'recovered'} outcome
  * @property {number} elapsedMs from the peer connection's creation to the outcome
  * @property {'all' | 'relay'} policy `iceTransportPolicy`
  * @property {{local: object, remote: object} | undefined} pair the selected pair's candidate types, protocols, relay
@@ -3316,7 +3351,8 @@ function selectedPairOf(stats) {
 /**
  * Builds the outcome report from what the peer connection saw: `stats` is its `getStats()` report (local candidates
  * and the selected pair are read from it). Pure: no browser API, tested in node.
- * @param {{outcome: 'connected' | 'failed' | 'timeout' | 'dropped', elapsedMs: number, policy: 'all' | 'relay',
+ * @param {{outcome: 'connected' | 'failed' | 'timeout' | 'dropped' | 'recovered', elapsedMs: number,
+ *   policy: 'all' | 'relay',
  *   stats: {forEach: (fn: (s: any) => void) => void, get: (id: string) => any}, iceServers: IceServer[],
  *   errors: CandidateErrorReport[], remoteCandidates: number, remoteDescription: boolean, restarts: number,
  *   seen?: Map<string, GatheredCounts>, userAgent: string}} o
@@ -3357,7 +3393,7 @@ function outcomeReport(o) {
     restarts: u16(o.restarts),
     browser: browserOf(o.userAgent || ''),
   };
-  if (o.outcome === 'connected' && pair) {
+  if ((o.outcome === 'connected' || o.outcome === 'recovered') && pair) {
     const side = (/** @type {string} */ id, /** @type {boolean} */ local) => {
       const c = o.stats.get(id);
       if (!c || !['host', 'srflx', 'prflx', 'relay'].includes(c.candidateType)) return null;

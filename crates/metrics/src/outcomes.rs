@@ -60,6 +60,25 @@ pub(crate) fn encode_outcomes(enc: &mut DescriptorEncoder, s: &outcome::OutcomeS
             )
         }),
     )?;
+    counters(
+        enc,
+        "traverse_connection_recoveries",
+        "Interruptions calls survived: a connected call broke and came back by itself, by what broke it \
+         (ice-disconnected, ice-failed, network-change, network-offline, session-lost, node-lost, unknown)",
+        s.recovered_by_cause
+            .iter()
+            .map(|(cause, n)| ([("cause", cause.as_str())], *n)),
+    )?;
+    let r = &s.time_to_recover_ms;
+    let recover: Vec<(f64, u64)> = r.buckets.iter().map(|(ms, n)| (ms / 1000.0, *n)).collect();
+    histogram(
+        enc,
+        "traverse_connection_recovery_seconds",
+        "From a call's break to connected again, as the SDK measured it",
+        &recover,
+        r.sum_ms / 1000.0,
+        r.count,
+    )?;
     let t = &s.time_to_connect_ms;
     let seconds: Vec<(f64, u64)> = t.buckets.iter().map(|(ms, n)| (ms / 1000.0, *n)).collect();
     histogram(
@@ -96,6 +115,13 @@ mod tests {
             by_reason: BTreeMap::from([("no-relay".to_owned(), 1)]),
             dropped: 2,
             dropped_by_reason: BTreeMap::from([("relay-lost".to_owned(), 2)]),
+            recovered: 3,
+            recovered_by_cause: BTreeMap::from([("network-change".to_owned(), 3)]),
+            time_to_recover_ms: outcome::TimeToConnect {
+                buckets: vec![(1000.0, 1), (3000.0, 3)],
+                sum_ms: 5000.0,
+                count: 3,
+            },
             time_to_connect_ms: outcome::TimeToConnect {
                 buckets: vec![(100.0, 1), (1000.0, 2)],
                 sum_ms: 2600.0,
@@ -115,6 +141,8 @@ mod tests {
             "traverse_connection_failures_total{reason=\"no-relay\"} 1",
             "traverse_connection_drops_total{reason=\"relay-lost\"} 2",
             "traverse_connection_drops_total{reason=\"peer-lost\"} 0",
+            "traverse_connection_recoveries_total{cause=\"network-change\"} 3",
+            "traverse_connection_recovery_seconds_count 3",
             "traverse_connection_time_to_connect_seconds_bucket{le=\"0.1\"} 1",
             "traverse_connection_time_to_connect_seconds_bucket{le=\"1.0\"} 2",
             "traverse_connection_time_to_connect_seconds_bucket{le=\"+Inf\"} 3",

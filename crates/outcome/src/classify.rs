@@ -72,11 +72,13 @@ pub enum Reason {
     RelayLost,
     /// A connected call's path stopped working and the ICE restarts found no new one.
     PathLost,
+    /// A connected call broke and came back by itself (not a failure: an interruption it survived).
+    Recovered,
 }
 
 impl Reason {
     /// Every reason, in the order the classifier checks them (for docs and tests).
-    pub const ALL: [Reason; 17] = [
+    pub const ALL: [Reason; 18] = [
         Reason::Connected,
         Reason::SignalingIncomplete,
         Reason::PeerUnreported,
@@ -94,6 +96,7 @@ impl Reason {
         Reason::NetworkChanged,
         Reason::RelayLost,
         Reason::PathLost,
+        Reason::Recovered,
     ];
 
     /// The reasons a connected call drops for.
@@ -124,6 +127,7 @@ impl Reason {
             Reason::NetworkChanged => "network-changed",
             Reason::RelayLost => "relay-lost",
             Reason::PathLost => "path-lost",
+            Reason::Recovered => "recovered",
         }
     }
 
@@ -144,7 +148,8 @@ impl Reason {
             | Reason::PeerLeft
             | Reason::NetworkChanged
             | Reason::RelayLost
-            | Reason::PathLost => Step::Connection,
+            | Reason::PathLost
+            | Reason::Recovered => Step::Connection,
         }
     }
 
@@ -197,6 +202,7 @@ impl Reason {
                 "The call went through a TURN relay that stopped answering, and no new relay could be allocated."
             }
             Reason::PathLost => "The call's path stopped working and the ICE restarts found no new one.",
+            Reason::Recovered => "The call broke and recovered by itself.",
         }
     }
 
@@ -249,6 +255,10 @@ impl Reason {
             Reason::PathLost => {
                 "Offer a TURN server (over TLS on 443): a relayed path survives the NAT and firewall timeouts that \
                  break a direct one. Keep the SDK's ICE restarts on (`recovery`)."
+            }
+            Reason::Recovered => {
+                "Nothing to do; many of these (`traverse_connection_recoveries_total` by cause) point to unstable \
+                 networks, where a relay over TLS on 443 survives best."
             }
         }
     }
@@ -303,8 +313,12 @@ pub struct Diagnosis {
     pub path: Option<Path>,
     /// For a connected pair: the later of the two sides' times to connect (when both could use it).
     pub time_to_connect_ms: Option<u32>,
-    /// For a dropped pair: how long it had been connected when it broke (the longer of the two sides' views).
+    /// For a dropped or recovered pair: how long it had been connected when it broke (the longer side's view).
     pub connected_ms: Option<u32>,
+    /// For a dropped or recovered pair: what broke it, as the first side that named a cause saw it.
+    pub cause: Option<DropCause>,
+    /// For a recovered pair: from the break to connected again (the longer side's view).
+    pub recovery_ms: Option<u32>,
     /// 1 or 2.
     pub reports: u8,
 }
@@ -324,6 +338,10 @@ impl Diagnosis {
 
     pub fn dropped(&self) -> bool {
         self.outcome == Outcome::Dropped
+    }
+
+    pub fn recovered(&self) -> bool {
+        self.outcome == Outcome::Recovered
     }
 }
 
@@ -377,6 +395,9 @@ pub fn classify(a: &Report, b: Option<&Report>) -> Diagnosis {
     if sides.iter().any(|(_, r)| r.outcome == Outcome::Dropped) {
         return dropped(&sides, reports);
     }
+    if sides.iter().any(|(_, r)| r.outcome == Outcome::Recovered) {
+        return recovered(&sides, reports);
+    }
     let outcome = if sides.iter().any(|(_, r)| r.outcome == Outcome::Connected) {
         Outcome::Connected
     } else if sides.iter().any(|(_, r)| r.outcome == Outcome::Failed) {
@@ -402,6 +423,8 @@ pub fn classify(a: &Report, b: Option<&Report>) -> Diagnosis {
         path: None,
         time_to_connect_ms: None,
         connected_ms: None,
+        cause: None,
+        recovery_ms: None,
         reports,
     }
 }
@@ -483,6 +506,57 @@ fn dropped(sides: &[(&'static str, &Report)], reports: u8) -> Diagnosis {
         path,
         time_to_connect_ms: None,
         connected_ms,
+        cause: drops.iter().find_map(|(_, r)| r.cause),
+        recovery_ms: None,
+        reports,
+    }
+}
+
+/// A call that broke and came back: what broke it, how long it took, and the path it goes now.
+fn recovered(sides: &[(&'static str, &Report)], reports: u8) -> Diagnosis {
+    let back: Vec<&Report> = sides
+        .iter()
+        .map(|(_, r)| *r)
+        .filter(|r| r.outcome == Outcome::Recovered)
+        .collect();
+    let paths: Vec<Path> = back.iter().filter_map(|r| path_of(r)).collect();
+    let path = paths
+        .iter()
+        .copied()
+        .find(|p| p.is_relay() && *p != Path::Relay)
+        .or_else(|| paths.first().copied());
+    let recovery_ms = back.iter().map(|r| r.broken_ms).max();
+    let cause = back.iter().find_map(|r| r.cause);
+    let what = match cause {
+        Some(DropCause::NetworkChange) => " when a network changed",
+        Some(DropCause::NetworkOffline) => " when a network went offline",
+        Some(DropCause::SessionLost | DropCause::NodeLost) => " when its relay's server went away",
+        _ => "",
+    };
+    let restarts = back.iter().map(|r| u32::from(r.restarts)).max().unwrap_or(0);
+    let how = match restarts {
+        0 => String::new(),
+        1 => " after one ICE restart".to_owned(),
+        n => format!(" after {n} ICE restarts"),
+    };
+    let now = match path {
+        Some(p) if p.is_relay() => " It goes through the relay now.",
+        Some(_) => " It goes directly now.",
+        None => "",
+    };
+    let ms = recovery_ms.unwrap_or(0);
+    let message = format!("The call broke{what} and recovered by itself in {ms} ms{how}.{now}");
+    Diagnosis {
+        room: String::new(),
+        peers: [String::new(), String::new()],
+        outcome: Outcome::Recovered,
+        reason: Reason::Recovered,
+        message: format!("{message} {}", Reason::Recovered.advice()),
+        path,
+        time_to_connect_ms: None,
+        connected_ms: back.iter().map(|r| r.connected_ms).max(),
+        cause,
+        recovery_ms,
         reports,
     }
 }
@@ -534,6 +608,8 @@ fn connected(sides: &[(&'static str, &Report)], reports: u8) -> Diagnosis {
         path,
         time_to_connect_ms: time,
         connected_ms: None,
+        cause: None,
+        recovery_ms: None,
         reports,
     }
 }

@@ -41,6 +41,9 @@ pub enum Outcome {
     /// Connected (and reported so), then broke and was not recovered: the SDK's ICE restarts gave up, or the
     /// `Peer` closed while still broken. Taken only about a pair the server diagnosed as connected.
     Dropped,
+    /// Connected, then broke (the SDK announced `reconnecting`) and came back by itself: an interruption the call
+    /// survived. Taken only about a pair the server diagnosed as connected.
+    Recovered,
 }
 
 impl Outcome {
@@ -50,6 +53,7 @@ impl Outcome {
             Outcome::Failed => "failed",
             Outcome::Timeout => "timeout",
             Outcome::Dropped => "dropped",
+            Outcome::Recovered => "recovered",
         }
     }
 }
@@ -255,13 +259,14 @@ pub struct Report {
     pub restarts: u16,
     #[serde(default)]
     pub browser: Option<Browser>,
-    /// For `dropped`: how long the connection had been up when it broke.
+    /// For `dropped` and `recovered`: how long the connection had been up when it broke.
     #[serde(default)]
     pub connected_ms: u32,
-    /// For `dropped`: from the break to giving up (how long recovery tried).
+    /// For `dropped`: from the break to giving up (how long recovery tried); for `recovered`: from the break to
+    /// connected again.
     #[serde(default)]
     pub broken_ms: u32,
-    /// For `dropped`: what broke it.
+    /// For `dropped` and `recovered`: what broke it.
     #[serde(default)]
     pub cause: Option<DropCause>,
     /// For `dropped`: the browser said it was offline when it gave up.

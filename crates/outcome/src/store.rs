@@ -32,6 +32,12 @@ struct State {
     by_path: BTreeMap<String, u64>,
     by_reason: BTreeMap<String, u64>,
     dropped_by_reason: BTreeMap<String, u64>,
+    recovered: u64,
+    recovered_by_cause: BTreeMap<String, u64>,
+    /// Per bound of [`TIME_TO_CONNECT_BOUNDS_MS`], not cumulative: the time to recover.
+    recovery_buckets: [u64; TIME_TO_CONNECT_BOUNDS_MS.len()],
+    recovery_sum_ms: f64,
+    recovery_count: u64,
     /// Per bound of [`TIME_TO_CONNECT_BOUNDS_MS`], not cumulative (made cumulative in the snapshot).
     buckets: [u64; TIME_TO_CONNECT_BOUNDS_MS.len()],
     sum_ms: f64,
@@ -57,6 +63,13 @@ pub struct OutcomeSnapshot {
     pub dropped: u64,
     /// Dropped calls by [`crate::Reason::code`].
     pub dropped_by_reason: BTreeMap<String, u64>,
+    /// Interruptions calls survived: a connected call broke and came back by itself (counted once per pair and
+    /// break; the call stays counted in `connected`).
+    pub recovered: u64,
+    /// Recovered interruptions by what broke them ([`crate::DropCause::as_str`], `unknown` when unsaid).
+    pub recovered_by_cause: BTreeMap<String, u64>,
+    /// From the break to connected again, as the longer side measured it.
+    pub time_to_recover_ms: TimeToConnect,
     pub time_to_connect_ms: TimeToConnect,
     /// The last [`MINUTES`] minutes, oldest first, one entry per minute (zeros included), the current one last.
     pub minutes: Vec<Minute>,
@@ -80,6 +93,7 @@ pub struct Minute {
     pub connected: u64,
     pub failed: u64,
     pub dropped: u64,
+    pub recovered: u64,
 }
 
 /// A post-mortem: a pair that failed to connect, or a call that dropped.
@@ -104,12 +118,28 @@ impl Outcomes {
         let mut s = self.lock();
         let kind = if d.dropped() {
             Kind::Dropped
+        } else if d.recovered() {
+            Kind::Recovered
         } else if d.failed() {
             Kind::Failed
         } else {
             Kind::Connected
         };
-        if kind != Kind::Connected {
+        if kind == Kind::Recovered {
+            s.recovered += 1;
+            let cause = d.cause.map_or("unknown", |c| c.as_str());
+            *s.recovered_by_cause.entry(cause.to_owned()).or_insert(0) += 1;
+            if let Some(ms) = d.recovery_ms {
+                let ms = f64::from(ms);
+                if let Some(i) = TIME_TO_CONNECT_BOUNDS_MS.iter().position(|&b| ms <= b) {
+                    if let Some(n) = s.recovery_buckets.get_mut(i) {
+                        *n += 1;
+                    }
+                }
+                s.recovery_sum_ms += ms;
+                s.recovery_count += 1;
+            }
+        } else if kind != Kind::Connected {
             if kind == Kind::Dropped {
                 s.dropped += 1;
                 *s.dropped_by_reason.entry(d.reason.code().to_owned()).or_insert(0) += 1;
@@ -160,6 +190,7 @@ impl Outcomes {
                     connected: 0,
                     failed: 0,
                     dropped: 0,
+                    recovered: 0,
                 };
                 bump(&mut m, kind);
                 s.minutes.push_back(m);
@@ -182,6 +213,15 @@ impl Outcomes {
                 (bound, cumulative)
             })
             .collect();
+        let mut cumulative = 0;
+        let recovery_buckets: Vec<(f64, u64)> = TIME_TO_CONNECT_BOUNDS_MS
+            .iter()
+            .zip(s.recovery_buckets.iter())
+            .map(|(&bound, &n)| {
+                cumulative += n;
+                (bound, cumulative)
+            })
+            .collect();
         let current = unix_secs - unix_secs % 60;
         let first = current.saturating_sub((MINUTES - 1) * 60);
         let minutes = (0..MINUTES)
@@ -197,6 +237,7 @@ impl Outcomes {
                         connected: 0,
                         failed: 0,
                         dropped: 0,
+                        recovered: 0,
                     })
             })
             .collect();
@@ -207,6 +248,13 @@ impl Outcomes {
             by_reason: s.by_reason.clone(),
             dropped: s.dropped,
             dropped_by_reason: s.dropped_by_reason.clone(),
+            recovered: s.recovered,
+            recovered_by_cause: s.recovered_by_cause.clone(),
+            time_to_recover_ms: TimeToConnect {
+                buckets: recovery_buckets,
+                sum_ms: s.recovery_sum_ms,
+                count: s.recovery_count,
+            },
             time_to_connect_ms: TimeToConnect {
                 buckets,
                 sum_ms: s.sum_ms,
@@ -228,6 +276,7 @@ enum Kind {
     Connected,
     Failed,
     Dropped,
+    Recovered,
 }
 
 fn bump(m: &mut Minute, kind: Kind) {
@@ -235,6 +284,7 @@ fn bump(m: &mut Minute, kind: Kind) {
         Kind::Connected => m.connected += 1,
         Kind::Failed => m.failed += 1,
         Kind::Dropped => m.dropped += 1,
+        Kind::Recovered => m.recovered += 1,
     }
 }
 
@@ -253,6 +303,8 @@ mod tests {
             path,
             time_to_connect_ms: ms,
             connected_ms: None,
+            cause: None,
+            recovery_ms: None,
             reports: 2,
         }
     }
@@ -359,5 +411,30 @@ mod tests {
         let flood = s.recent_failures.iter().filter(|f| f.room == "flood").count();
         assert_eq!(flood, RECENT_FAILURES_PER_ROOM, "the flood keeps its newest few");
         assert_eq!(s.recent_failures.first().map(|f| f.unix), Some(1_001_099));
+    }
+
+    #[test]
+    fn a_recovered_interruption_is_counted_by_cause_with_its_time_to_recover() {
+        let o = Outcomes::new();
+        let t0: u64 = 1_764_000_000;
+        let mut d = diagnosis(Outcome::Recovered, Reason::Recovered, Some(Path::RelayUdp), None);
+        d.cause = Some(crate::DropCause::NetworkChange);
+        d.recovery_ms = Some(2_400);
+        o.record(&d, t0);
+        d.cause = None;
+        d.recovery_ms = None;
+        o.record(&d, t0 + 1);
+        let s = o.snapshot(t0 + 1);
+        assert_eq!((s.connected, s.failed, s.dropped, s.recovered), (0, 0, 0, 2));
+        assert_eq!(s.recovered_by_cause.get("network-change"), Some(&1));
+        assert_eq!(s.recovered_by_cause.get("unknown"), Some(&1));
+        assert_eq!(s.time_to_recover_ms.count, 1);
+        assert_eq!(s.time_to_recover_ms.sum_ms, 2_400.0);
+        assert_eq!(s.time_to_recover_ms.buckets.get(5), Some(&(3_000.0, 1)));
+        assert!(
+            s.recent_failures.is_empty(),
+            "an interruption survived is not a failure"
+        );
+        assert_eq!(s.minutes.last().map(|m| m.recovered), Some(2));
     }
 }

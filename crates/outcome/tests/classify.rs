@@ -419,3 +419,28 @@ fn a_drop_decided_on_one_report_says_what_the_server_knows_of_the_other_peer() {
     let failed = report(r#""gathered":{"host":1}"#);
     assert_eq!(classify_one(&failed, Absent::Lost), classify(&failed, None));
 }
+
+#[test]
+fn an_interruption_the_call_survived_says_what_broke_it_how_long_it_took_and_the_path_now() {
+    let a = report(&format!(
+        r#""outcome":"recovered","elapsedMs":70000,"connectedMs":60000,"brokenMs":2400,"restarts":1,
+           "cause":"network-change",{RELAYED_PAIR}"#
+    ));
+    let d = classify(&a, None);
+    assert_eq!(
+        (d.outcome, d.path, d.recovery_ms),
+        (Outcome::Recovered, Some(Path::RelayUdp), Some(2400))
+    );
+    assert!(!d.failed() && !d.dropped() && d.recovered());
+    check(
+        &d,
+        Reason::Recovered,
+        &[
+            "when a network changed",
+            "in 2400 ms after one ICE restart",
+            "through the relay now",
+        ],
+    );
+    // What the server knows of a silent other side does not turn it into a drop.
+    assert_eq!(classify_one(&a, Absent::Disconnected).reason, Reason::Recovered);
+}

@@ -334,6 +334,15 @@ impl Frame<'_> {
                     out.raw(",\"connectedMs\":");
                     out.raw(Digits::of(u64::from(ms)).as_str());
                 }
+                if let Some(ms) = diagnosis.recovery_ms {
+                    out.raw(",\"recoveryMs\":");
+                    out.raw(Digits::of(u64::from(ms)).as_str());
+                }
+                if let Some(cause) = diagnosis.cause {
+                    out.raw(",\"cause\":\"");
+                    out.raw(cause.as_str());
+                    out.raw("\"");
+                }
             }
         }
         out.raw("}");
@@ -627,6 +636,8 @@ mod tests {
             path: None,
             time_to_connect_ms: None,
             connected_ms: None,
+            cause: None,
+            recovery_ms: None,
             reports: 2,
         };
         assert_eq!(

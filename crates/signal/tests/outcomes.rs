@@ -493,3 +493,49 @@ fn one_address_cannot_fill_the_counts_at_the_message_rate() {
     }
     assert_eq!(lab.diagnoses.len(), 62, "4 more reports: two pairs");
 }
+
+fn recovered(cause: &str, ms: u32) -> Value {
+    json!({"outcome": "recovered", "elapsedMs": 70000, "connectedMs": 60000, "brokenMs": ms, "restarts": 1,
+           "cause": cause,
+           "pair": {"local": {"type": "relay", "protocol": "udp", "relayProtocol": "udp"},
+                    "remote": {"type": "srflx", "protocol": "udp"}},
+           "gathered": {"host": 1, "relayUdp": 1}})
+}
+
+#[test]
+fn an_interruption_the_call_survived_is_paired_counted_once_and_a_later_drop_still_taken() {
+    let mut lab = Lab::new(Limits::default());
+    let (a, b) = connected_pair(&mut lab);
+    lab.report(1, &b, recovered("network-change", 2400));
+    lab.advance(Duration::from_secs(1));
+    lab.report(2, &a, recovered("ice-disconnected", 2600));
+    assert_eq!(lab.diagnoses.len(), 2);
+    let d = &lab.diagnoses[1];
+    assert_eq!(
+        (d.outcome, d.reason, d.reports),
+        (Outcome::Recovered, Reason::Recovered, 2)
+    );
+    assert_eq!((d.recovery_ms, d.path), (Some(2600), Some(Path::RelayUdp)));
+    assert_eq!(d.cause.map(|c| c.as_str()), Some("network-change"));
+    let told = lab.frames(1, "diagnosis");
+    let last = told.last().unwrap();
+    assert_eq!(
+        (last["outcome"].as_str(), last["recoveryMs"].as_u64()),
+        (Some("recovered"), Some(2600))
+    );
+    // The call goes on: another interruption, then a drop, are still taken about it.
+    lab.report(1, &b, recovered("ice-disconnected", 900));
+    lab.report(2, &a, recovered("ice-disconnected", 1000));
+    assert_eq!(lab.diagnoses.len(), 3);
+    lab.report(1, &b, dropped("ice-failed"));
+    lab.report(2, &a, dropped("ice-failed"));
+    assert_eq!(lab.diagnoses.len(), 4);
+    assert_eq!(lab.diagnoses[3].outcome, Outcome::Dropped);
+    // Not about a peer never diagnosed connected.
+    let c = lab.join(3, "r");
+    lab.signal(3, &a);
+    lab.report(3, &a, recovered("ice-disconnected", 500));
+    lab.advance(Duration::from_secs(11));
+    assert_eq!(lab.diagnoses.len(), 4, "{:?}", lab.diagnoses.last());
+    let _ = c;
+}

@@ -418,6 +418,8 @@ pub(crate) fn deliver<S: std::hash::BuildHasher>(
                 path = d.path.map_or("", |p| p.as_str()),
                 time_to_connect_ms = d.time_to_connect_ms,
                 connected_ms = d.connected_ms,
+                recovery_ms = d.recovery_ms,
+                cause = d.cause.map_or("", |c| c.as_str()),
                 reports = d.reports,
                 "connection {}", d.outcome.as_str()
             );

@@ -158,6 +158,8 @@ impl<R: RngCore + Send> MemoryHub<R> {
             return;
         };
         let dropped = report.outcome == Outcome::Dropped;
+        // A drop or a recovered interruption is about a call the pair was diagnosed connected in.
+        let after_call = dropped || report.outcome == Outcome::Recovered;
         // Only about a member of the same room (a peer whose tab closed is still one for the resume grace). A report
         // about a peer that has left is dropped without an error: it crossed the peer's `leave` (the SDK reports a
         // connection a few seconds after it connected), and its pair is diagnosed from the other report if any. A
@@ -186,7 +188,7 @@ impl<R: RngCore + Send> MemoryHub<R> {
         // anyone, nor repeat them at the message rate.
         let burst = REPORTS_PER_PEER * self.limits.max_peers_per_room;
         let admitted = self.sessions.get_mut(from).is_some_and(|s| {
-            let known = if dropped {
+            let known = if after_call {
                 partner.is_some()
             } else {
                 s.signaled.contains(&about)
@@ -225,7 +227,7 @@ impl<R: RngCore + Send> MemoryHub<R> {
                 // A newer attempt of the same side (a new peer connection): it replaces the older report.
                 return self.hold(key, from.clone(), about, report, source);
             }
-            if (first.report.outcome == Outcome::Dropped) != dropped {
+            if kind(first.report.outcome) != kind(report.outcome) {
                 // One side's report about an earlier call, the other's about a later one: not one story. The
                 // first is decided alone, the second waits for its own pair.
                 let absent = self.absent(&first.about);
@@ -332,13 +334,14 @@ impl<R: RngCore + Send> MemoryHub<R> {
         let most = self.limits.max_peers_per_room;
         for (this, other) in [(a, b), (b, a)] {
             let Some(s) = self.sessions.get_mut(this) else { continue };
-            if !diagnosis.dropped() {
+            if !diagnosis.dropped() && !diagnosis.recovered() {
                 s.signaled.retain(|p| p != other);
             }
             if let Some(c) = self.pairing.connected.get_mut(this) {
                 c.retain(|p| p.peer != *other);
             }
-            if diagnosis.outcome == Outcome::Connected {
+            // Connected, or connected again: a later drop or interruption of this call may be reported.
+            if matches!(diagnosis.outcome, Outcome::Connected | Outcome::Recovered) {
                 let c = self.pairing.connected.entry(this.clone()).or_default();
                 if c.len() >= most {
                     // Full: forget a peer that has left first, else the oldest.
@@ -369,6 +372,16 @@ impl<R: RngCore + Send> MemoryHub<R> {
             let _ = self.deliver(to, &frame, None);
         }
         self.outputs.push_back(Output::Outcome(Box::new(diagnosis)));
+    }
+}
+
+/// Reports of one kind are about one story: a connection attempt (connected, failed, timeout), a drop, or an
+/// interruption the call survived.
+fn kind(outcome: Outcome) -> u8 {
+    match outcome {
+        Outcome::Connected | Outcome::Failed | Outcome::Timeout => 0,
+        Outcome::Dropped => 1,
+        Outcome::Recovered => 2,
     }
 }
 
