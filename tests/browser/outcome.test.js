@@ -192,6 +192,14 @@ test('relay-only with the TURN server unreachable: relay-only-unreachable on bot
   assert.ok(o.by_reason['relay-only-unreachable'] >= 1, JSON.stringify(o.by_reason));
 });
 
+/** The ICE servers a page keeps: only the TURN server over UDP, reached through `relay` (a `udpRelay`). */
+function onlyThrough(relay) {
+  return `(servers) => {
+    const turn = servers.find((s) => s.username);
+    return [{ urls: 'turn:127.0.0.1:${relay.port}?transport=udp', username: turn.username, credential: turn.credential }];
+  }`;
+}
+
 test('a relayed call whose way to the relay is cut drops: both pages report it, relay-lost, connection-dropped', { timeout: 120000 }, async (t) => {
   if (skipWithoutChromium(t)) return;
   const before = await outcomes();
@@ -201,10 +209,7 @@ test('a relayed call whose way to the relay is cut drops: both pages report it, 
   const { a, b } = await callingPages(t, 'outcome-drop', {
     relay: true,
     connect: { recovery },
-    keep: `(servers) => {
-      const turn = servers.find((s) => s.username);
-      return [{ urls: 'turn:127.0.0.1:${proxy.port}?transport=udp', username: turn.username, credential: turn.credential }];
-    }`,
+    keep: onlyThrough(proxy),
   });
   const connected = (p) => until(30000, () => p.page.evaluate(() => diagnoses.some((d) => d.outcome === 'connected')), 'connected');
   await within(35000, Promise.all([connected(a), connected(b)]), 'both connected').catch(dumpOnFailure(t, server, browser));
@@ -253,10 +258,7 @@ test('a relayed call whose relay goes silent for a while and comes back: both re
   const { a, b } = await callingPages(t, 'outcome-recover', {
     relay: true,
     connect: { recovery },
-    keep: `(servers) => {
-      const turn = servers.find((s) => s.username);
-      return [{ urls: 'turn:127.0.0.1:${proxy.port}?transport=udp', username: turn.username, credential: turn.credential }];
-    }`,
+    keep: onlyThrough(proxy),
   });
   const diagnosed = (p, outcome) =>
     until(60000, () => p.page.evaluate((o) => diagnoses.find((d) => d.outcome === o) ?? false, outcome), outcome);

@@ -668,6 +668,21 @@ export class Peer extends Emitter<PeerEventMap> {
      */
     private _reportRecovered;
     /**
+     * This connection's outcome report, from what was gathered as it went (`stats`: a getStats report, or an empty
+     * map when the peer connection may be closing).
+     * @private @param {OutcomeReport['outcome']} outcome @param {any} stats
+     * @param {{elapsedMs?: number, restarts: number, seen: Map<string, GatheredCounts>}} o
+     */
+    private _reportOf;
+    /**
+     * A report of a break (`dropped` or `recovered`): the restarts' own gathering (ICE generations after the break),
+     * what broke it, how long the connection had been up and how long the break lasted.
+     * @private @param {'dropped' | 'recovered'} outcome @param {any} stats
+     * @param {{at: number, ufrags: Set<string>} | null} b the break, if one was announced
+     * @param {number} restarts @param {number} brokenMs @param {string} cause
+     */
+    private _breakReport;
+    /**
      * The call connected and then broke for good: report it once, `dropped`, with what broke it, how long it had
      * been up and how long recovery tried (docs/protocol.md, "Connection outcomes"). Built from what was gathered as
      * it went, without getStats: the peer connection may be closing.

@@ -1596,19 +1596,7 @@ export class Peer extends Emitter {
       if (sent) return;
       sent = true;
       o.flush = null;
-      const report = outcomeReport({
-        outcome,
-        elapsedMs,
-        policy: o.policy,
-        stats,
-        iceServers: o.iceServers,
-        errors: o.errors,
-        remoteCandidates: o.remoteCandidates,
-        remoteDescription: o.remoteDescription,
-        restarts: o.restarts,
-        seen: o.seen,
-        userAgent: typeof navigator !== 'undefined' ? navigator.userAgent : '',
-      });
+      const report = this._reportOf(outcome, stats, { elapsedMs, restarts: o.restarts, seen: o.seen });
       if (outcome === 'connected') o.connectedPair = report.pair ?? null;
       this.room._reportOutcome(this.peerId, report);
     };
@@ -1864,29 +1852,53 @@ export class Peer extends Emitter {
    * @private @param {{at: number, cause: string, ufrags: Set<string>}} b @param {any} detail
    */
   async _reportRecovered(b, detail) {
-    const o = this._outcome;
     const stats = await this.pc.getStats().catch(() => new Map());
     if (this.closed) return;
-    const report = outcomeReport({
-      outcome: 'recovered',
-      elapsedMs: now() - o.startedAt,
+    const report = this._breakReport('recovered', stats, b, detail.attempts ?? 0, detail.durationMs, b.cause);
+    // The path it goes now is the connected one; a drop after this names it.
+    if (report.pair) this._outcome.connectedPair = report.pair;
+    this.room._reportOutcome(this.peerId, report);
+  }
+
+  /**
+   * This connection's outcome report, from what was gathered as it went (`stats`: a getStats report, or an empty
+   * map when the peer connection may be closing).
+   * @private @param {OutcomeReport['outcome']} outcome @param {any} stats
+   * @param {{elapsedMs?: number, restarts: number, seen: Map<string, GatheredCounts>}} o
+   */
+  _reportOf(outcome, stats, { elapsedMs, restarts, seen }) {
+    const o = this._outcome;
+    return outcomeReport({
+      outcome,
+      elapsedMs: elapsedMs ?? now() - o.startedAt,
       policy: o.policy,
       stats,
       iceServers: o.iceServers,
       errors: o.errors,
       remoteCandidates: o.remoteCandidates,
       remoteDescription: o.remoteDescription,
-      restarts: detail.attempts ?? 0,
-      seen: new Map([...o.seen].filter(([ufrag]) => !b.ufrags.has(ufrag))),
+      restarts,
+      seen,
       userAgent: typeof navigator !== 'undefined' ? navigator.userAgent : '',
     });
+  }
+
+  /**
+   * A report of a break (`dropped` or `recovered`): the restarts' own gathering (ICE generations after the break),
+   * what broke it, how long the connection had been up and how long the break lasted.
+   * @private @param {'dropped' | 'recovered'} outcome @param {any} stats
+   * @param {{at: number, ufrags: Set<string>} | null} b the break, if one was announced
+   * @param {number} restarts @param {number} brokenMs @param {string} cause
+   */
+  _breakReport(outcome, stats, b, restarts, brokenMs, cause) {
+    const o = this._outcome;
+    const seen = new Map([...o.seen].filter(([ufrag]) => !b || !b.ufrags.has(ufrag)));
+    const report = this._reportOf(outcome, stats, { restarts, seen });
     const u32 = (/** @type {number} */ n) => Math.max(0, Math.min(0xffffffff, Math.round(n) || 0));
-    report.connectedMs = u32(b.at - o.connectedAt);
-    report.brokenMs = u32(detail.durationMs);
-    report.cause = b.cause;
-    // The path it goes now is the connected one; a drop after this names it.
-    if (report.pair) o.connectedPair = report.pair;
-    this.room._reportOutcome(this.peerId, report);
+    report.connectedMs = u32((b ? b.at : now()) - o.connectedAt);
+    report.brokenMs = u32(brokenMs);
+    report.cause = cause;
+    return report;
   }
 
   /**
@@ -1899,27 +1911,9 @@ export class Peer extends Emitter {
     const o = this._outcome;
     if (!o.connectedAt || o.dropReported) return;
     o.dropReported = true;
-    const t = now();
     const b = o.broken;
-    const breakAt = b ? b.at : t;
-    const report = outcomeReport({
-      outcome: 'dropped',
-      elapsedMs: t - o.startedAt,
-      policy: o.policy,
-      stats: new Map(),
-      iceServers: o.iceServers,
-      errors: o.errors,
-      remoteCandidates: o.remoteCandidates,
-      remoteDescription: o.remoteDescription,
-      restarts: attempts,
-      seen: new Map([...o.seen].filter(([ufrag]) => !b || !b.ufrags.has(ufrag))),
-      userAgent: typeof navigator !== 'undefined' ? navigator.userAgent : '',
-    });
+    const report = this._breakReport('dropped', new Map(), b, attempts, b ? now() - b.at : 0, cause);
     if (o.connectedPair) report.pair = o.connectedPair;
-    const u32 = (/** @type {number} */ n) => Math.max(0, Math.min(0xffffffff, Math.round(n) || 0));
-    report.connectedMs = u32(breakAt - o.connectedAt);
-    report.brokenMs = u32(t - breakAt);
-    report.cause = cause;
     // The browser said `offline` while recovering (not `navigator.onLine` alone: a browser with only loopback, or
     // behind some VPNs, says false all along).
     if (this._recovery?.offline) report.offline = true;
