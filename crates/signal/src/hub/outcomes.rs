@@ -15,7 +15,8 @@ use outcome::{classify, classify_one, Absent, Diagnosis, Outcome, Report};
 use rand::RngCore;
 use serde_json::value::RawValue;
 
-use super::stream::ReportAllowance;
+use source::RateLimiter;
+
 use super::{ConnId, MemoryHub, Output};
 use crate::budget::{Source, FRAME_OVERHEAD};
 use crate::frame::{Frame, LeftReason};
@@ -32,8 +33,10 @@ pub(super) const REPORTS_PER_PEER: usize = 2;
 /// Reports taken from one source (address) at once, then one per [`SOURCE_REPORT_EVERY`]: sessions are cheap to
 /// open, and each has its own allowance, so one address could otherwise fill the counts and `recent_failures` at
 /// the message rate (2 578 made-up pairs in 31 s in an audit). An office behind one NAT reports a few per minute.
-pub(super) const SOURCE_REPORT_BURST: usize = 120;
+pub(super) const SOURCE_REPORT_BURST: u32 = 120;
 pub(super) const SOURCE_REPORT_EVERY: Duration = Duration::from_secs(1);
+/// Sources whose report allowance is remembered (about 100 bytes each; full ones are forgotten first).
+const SOURCE_REPORT_SOURCES: usize = 16_384;
 
 /// A pair of peers in a room, in a fixed order (by id), whichever reported first.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -74,7 +77,6 @@ struct Held {
 }
 
 /// The hub's outcome state: held reports and the pairs decided on one report.
-#[derive(Default)]
 pub(super) struct Pairing {
     held: HashMap<PairKey, Held>,
     /// Held reports per reporter, bounded by `max_peers_per_room`.
@@ -85,11 +87,24 @@ pub(super) struct Pairing {
     /// one of them, once, even after it left the room. At most `max_peers_per_room` each; only sessions that had a
     /// call have an entry (an idle socket pays nothing).
     connected: HashMap<PeerId, Vec<Partner>>,
-    /// Per source, the reports it may still send (only sources that sent one recently; forgotten once full again).
-    per_source: HashMap<Source, ReportAllowance>,
+    /// Per source, the reports it may still send (the project's per-source token bucket, bounded in sources).
+    per_source: RateLimiter,
     /// No later than the earliest deadline of `held` and `decided` (earlier after a removal: then a sweep finds
     /// nothing and sets it right).
     due: Option<Instant>,
+}
+
+impl Default for Pairing {
+    fn default() -> Self {
+        Self {
+            held: HashMap::new(),
+            per_reporter: HashMap::new(),
+            decided: HashMap::new(),
+            connected: HashMap::new(),
+            per_source: RateLimiter::new(SOURCE_REPORT_BURST, SOURCE_REPORT_EVERY, SOURCE_REPORT_SOURCES),
+            due: None,
+        }
+    }
 }
 
 impl Pairing {
@@ -118,7 +133,6 @@ impl Pairing {
         super::shrink(&mut self.per_reporter);
         super::shrink(&mut self.decided);
         super::shrink(&mut self.connected);
-        super::shrink(&mut self.per_source);
     }
 
     /// `peer` left the room for `reason`, its peers `others` stay: it has no calls left, and a drop report about
@@ -194,12 +208,7 @@ impl<R: RngCore + Send> MemoryHub<R> {
                 s.signaled.contains(&about)
             };
             known && s.reports.take(burst, now)
-        }) && self
-            .pairing
-            .per_source
-            .entry(source)
-            .or_insert_with(|| ReportAllowance::new_every(SOURCE_REPORT_BURST, SOURCE_REPORT_EVERY, now))
-            .take_every(SOURCE_REPORT_BURST, SOURCE_REPORT_EVERY, now);
+        }) && self.pairing.per_source.check(source, now).is_ok();
         if !admitted {
             self.outcomes_refused += 1;
             return;
@@ -306,10 +315,6 @@ impl<R: RngCore + Send> MemoryHub<R> {
             self.diagnosed(&first.reporter, &first.about, diagnosis);
         }
         self.pairing.decided.retain(|_, (_, until)| now < *until);
-        // A source whose allowance has refilled holds nothing worth keeping.
-        self.pairing
-            .per_source
-            .retain(|_, a| !a.full(SOURCE_REPORT_BURST, SOURCE_REPORT_EVERY, now));
         let held = self.pairing.held.values().map(|h| h.deadline);
         self.pairing.due = held.chain(self.pairing.decided.values().map(|(_, until)| *until)).min();
     }

@@ -49,48 +49,28 @@ impl ReportAllowance {
     pub const EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
     pub fn new(burst: usize, now: Instant) -> Self {
-        Self::new_every(burst, Self::EVERY, now)
-    }
-
-    /// A burst, then one per `every`.
-    pub fn new_every(burst: usize, every: std::time::Duration, now: Instant) -> Self {
         Self {
             left: u16::try_from(burst).unwrap_or(u16::MAX),
-            next: now + every,
+            next: now + Self::EVERY,
         }
     }
 
     /// Takes one report; false when none is left.
     pub fn take(&mut self, burst: usize, now: Instant) -> bool {
-        self.take_every(burst, Self::EVERY, now)
-    }
-
-    /// Takes one, the allowance refilled one per `every`; false when none is left.
-    pub fn take_every(&mut self, burst: usize, every: std::time::Duration, now: Instant) -> bool {
-        self.refill(burst, every, now);
+        let burst = u16::try_from(burst).unwrap_or(u16::MAX);
+        while now >= self.next && self.left < burst {
+            self.left += 1;
+            self.next += Self::EVERY;
+        }
+        if self.left == burst {
+            self.next = now + Self::EVERY;
+        }
         match self.left.checked_sub(1) {
             Some(left) => {
                 self.left = left;
                 true
             }
             None => false,
-        }
-    }
-
-    /// Whether it has refilled to the whole burst by `now` (then it holds nothing worth keeping).
-    pub fn full(mut self, burst: usize, every: std::time::Duration, now: Instant) -> bool {
-        self.refill(burst, every, now);
-        usize::from(self.left) >= burst
-    }
-
-    fn refill(&mut self, burst: usize, every: std::time::Duration, now: Instant) {
-        let burst = u16::try_from(burst).unwrap_or(u16::MAX);
-        while now >= self.next && self.left < burst {
-            self.left += 1;
-            self.next += every;
-        }
-        if self.left == burst {
-            self.next = now + every;
         }
     }
 }
