@@ -436,11 +436,7 @@ fn dropped(sides: &[(&'static str, &Report)], reports: u8) -> Diagnosis {
         .filter(|(_, r)| r.outcome == Outcome::Dropped)
         .map(|(n, r)| (*n, *r))
         .collect();
-    let path = drops
-        .iter()
-        .filter_map(|(_, r)| path_of(r))
-        .find(|p| p.is_relay())
-        .or_else(|| drops.iter().find_map(|(_, r)| path_of(r)));
+    let path = best_path(drops.iter().map(|(_, r)| *r));
     let connected_ms = drops.iter().map(|(_, r)| r.connected_ms).max();
     let restarts = drops.iter().map(|(_, r)| u32::from(r.restarts)).max().unwrap_or(0);
     let tried = match restarts {
@@ -519,12 +515,7 @@ fn recovered(sides: &[(&'static str, &Report)], reports: u8) -> Diagnosis {
         .map(|(_, r)| *r)
         .filter(|r| r.outcome == Outcome::Recovered)
         .collect();
-    let paths: Vec<Path> = back.iter().filter_map(|r| path_of(r)).collect();
-    let path = paths
-        .iter()
-        .copied()
-        .find(|p| p.is_relay() && *p != Path::Relay)
-        .or_else(|| paths.first().copied());
+    let path = best_path(back.iter().copied());
     let recovery_ms = back.iter().map(|r| r.broken_ms).max();
     let cause = back.iter().find_map(|r| r.cause);
     let what = match cause {
@@ -577,14 +568,7 @@ fn connected(sides: &[(&'static str, &Report)], reports: u8) -> Diagnosis {
         .map(|(_, r)| *r)
         .filter(|r| r.outcome == Outcome::Connected)
         .collect();
-    let paths: Vec<Path> = connected.iter().filter_map(|r| path_of(r)).collect();
-    // A relay's transport is known only from the side that allocated it; prefer a side that knows.
-    let path = paths
-        .iter()
-        .copied()
-        .find(|p| p.is_relay() && *p != Path::Relay)
-        .or_else(|| paths.iter().copied().find(|p| p.is_relay()))
-        .or_else(|| paths.first().copied());
+    let path = best_path(connected.iter().copied());
     let time = connected.iter().map(|r| r.elapsed_ms).max();
     let how = match path {
         Some(Path::DirectHost) => "directly on the local network".to_owned(),
@@ -612,6 +596,18 @@ fn connected(sides: &[(&'static str, &Report)], reports: u8) -> Diagnosis {
         recovery_ms: None,
         reports,
     }
+}
+
+/// The path of a pair from its sides' reports: a relay if either side used one, by its transport when the side that
+/// allocated it said (only that side knows it), else what a side saw.
+fn best_path<'a>(reports: impl Iterator<Item = &'a Report>) -> Option<Path> {
+    let paths: Vec<Path> = reports.filter_map(path_of).collect();
+    paths
+        .iter()
+        .copied()
+        .find(|p| p.is_relay() && *p != Path::Relay)
+        .or_else(|| paths.iter().copied().find(|p| p.is_relay()))
+        .or_else(|| paths.first().copied())
 }
 
 /// The path one side saw: a local relay tells its transport; a remote relay does not.

@@ -34,14 +34,8 @@ struct State {
     dropped_by_reason: BTreeMap<String, u64>,
     recovered: u64,
     recovered_by_cause: BTreeMap<String, u64>,
-    /// Per bound of [`TIME_TO_CONNECT_BOUNDS_MS`], not cumulative: the time to recover.
-    recovery_buckets: [u64; TIME_TO_CONNECT_BOUNDS_MS.len()],
-    recovery_sum_ms: f64,
-    recovery_count: u64,
-    /// Per bound of [`TIME_TO_CONNECT_BOUNDS_MS`], not cumulative (made cumulative in the snapshot).
-    buckets: [u64; TIME_TO_CONNECT_BOUNDS_MS.len()],
-    sum_ms: f64,
-    count: u64,
+    time_to_recover: Histogram,
+    time_to_connect: Histogram,
     /// Oldest first; only minutes that saw a pair, at most [`MINUTES`] of them.
     minutes: VecDeque<Minute>,
     /// Newest first.
@@ -130,14 +124,7 @@ impl Outcomes {
             let cause = d.cause.map_or("unknown", |c| c.as_str());
             *s.recovered_by_cause.entry(cause.to_owned()).or_insert(0) += 1;
             if let Some(ms) = d.recovery_ms {
-                let ms = f64::from(ms);
-                if let Some(i) = TIME_TO_CONNECT_BOUNDS_MS.iter().position(|&b| ms <= b) {
-                    if let Some(n) = s.recovery_buckets.get_mut(i) {
-                        *n += 1;
-                    }
-                }
-                s.recovery_sum_ms += ms;
-                s.recovery_count += 1;
+                s.time_to_recover.observe(ms);
             }
         } else if kind != Kind::Connected {
             if kind == Kind::Dropped {
@@ -148,11 +135,9 @@ impl Outcomes {
                 *s.by_reason.entry(d.reason.code().to_owned()).or_insert(0) += 1;
             }
             // One room (an attacker's, or one broken app) must not push every other room's failures off the list.
-            let of_room: Vec<usize> = (0..s.recent_failures.len())
-                .filter(|&i| s.recent_failures.get(i).is_some_and(|f| f.room == d.room))
-                .collect();
-            if of_room.len() >= RECENT_FAILURES_PER_ROOM {
-                if let Some(&oldest) = of_room.last() {
+            let of_room = |f: &Failure| f.room == d.room;
+            if s.recent_failures.iter().filter(|f| of_room(f)).count() >= RECENT_FAILURES_PER_ROOM {
+                if let Some(oldest) = s.recent_failures.iter().rposition(of_room) {
                     s.recent_failures.remove(oldest);
                 }
             }
@@ -169,14 +154,7 @@ impl Outcomes {
             let path = d.path.map_or("unknown", |p| p.as_str());
             *s.by_path.entry(path.to_owned()).or_insert(0) += 1;
             if let Some(ms) = d.time_to_connect_ms {
-                let ms = f64::from(ms);
-                if let Some(i) = TIME_TO_CONNECT_BOUNDS_MS.iter().position(|&b| ms <= b) {
-                    if let Some(n) = s.buckets.get_mut(i) {
-                        *n += 1;
-                    }
-                }
-                s.sum_ms += ms;
-                s.count += 1;
+                s.time_to_connect.observe(ms);
             }
         }
         let start = unix_secs - unix_secs % 60;
@@ -204,24 +182,6 @@ impl Outcomes {
     /// The counts now; `minutes` covers the [`MINUTES`] minutes up to `unix_secs`.
     pub fn snapshot(&self, unix_secs: u64) -> OutcomeSnapshot {
         let s = self.lock();
-        let mut cumulative = 0;
-        let buckets = TIME_TO_CONNECT_BOUNDS_MS
-            .iter()
-            .zip(s.buckets.iter())
-            .map(|(&bound, &n)| {
-                cumulative += n;
-                (bound, cumulative)
-            })
-            .collect();
-        let mut cumulative = 0;
-        let recovery_buckets: Vec<(f64, u64)> = TIME_TO_CONNECT_BOUNDS_MS
-            .iter()
-            .zip(s.recovery_buckets.iter())
-            .map(|(&bound, &n)| {
-                cumulative += n;
-                (bound, cumulative)
-            })
-            .collect();
         let current = unix_secs - unix_secs % 60;
         let first = current.saturating_sub((MINUTES - 1) * 60);
         let minutes = (0..MINUTES)
@@ -250,16 +210,8 @@ impl Outcomes {
             dropped_by_reason: s.dropped_by_reason.clone(),
             recovered: s.recovered,
             recovered_by_cause: s.recovered_by_cause.clone(),
-            time_to_recover_ms: TimeToConnect {
-                buckets: recovery_buckets,
-                sum_ms: s.recovery_sum_ms,
-                count: s.recovery_count,
-            },
-            time_to_connect_ms: TimeToConnect {
-                buckets,
-                sum_ms: s.sum_ms,
-                count: s.count,
-            },
+            time_to_recover_ms: s.time_to_recover.snapshot(),
+            time_to_connect_ms: s.time_to_connect.snapshot(),
             minutes,
             recent_failures: s.recent_failures.iter().cloned().collect(),
         }
@@ -268,6 +220,44 @@ impl Outcomes {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // A panic while holding the lock leaves counts that are still counts: keep serving them.
         self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Durations (ms) per bound of [`TIME_TO_CONNECT_BOUNDS_MS`], not cumulative (made cumulative in the snapshot).
+#[derive(Debug, Default)]
+struct Histogram {
+    buckets: [u64; TIME_TO_CONNECT_BOUNDS_MS.len()],
+    sum_ms: f64,
+    count: u64,
+}
+
+impl Histogram {
+    fn observe(&mut self, ms: u32) {
+        let ms = f64::from(ms);
+        if let Some(i) = TIME_TO_CONNECT_BOUNDS_MS.iter().position(|&b| ms <= b) {
+            if let Some(n) = self.buckets.get_mut(i) {
+                *n += 1;
+            }
+        }
+        self.sum_ms += ms;
+        self.count += 1;
+    }
+
+    fn snapshot(&self) -> TimeToConnect {
+        let mut cumulative = 0;
+        let buckets = TIME_TO_CONNECT_BOUNDS_MS
+            .iter()
+            .zip(self.buckets.iter())
+            .map(|(&bound, &n)| {
+                cumulative += n;
+                (bound, cumulative)
+            })
+            .collect();
+        TimeToConnect {
+            buckets,
+            sum_ms: self.sum_ms,
+            count: self.count,
+        }
     }
 }
 
