@@ -3312,8 +3312,11 @@ function qualityOf(stats, base) {
   const interval = dLost >= 0 && dReceived >= 0 ? [dLost, dReceived] : [lost, received];
   const own = rtp && interval[0] + interval[1] > 0 ? (100 * interval[0]) / (interval[0] + interval[1]) : null;
   const loss = own === null ? remoteLoss : Math.max(own, remoteLoss ?? 0);
-  const grade = (/** @type {number | null} */ v, /** @type {number[]} */ t) =>
-    v === null ? 0 : t.findIndex((limit) => v <= limit) === -1 ? 3 : t.findIndex((limit) => v <= limit);
+  // The index of the first threshold the value is within; past the last, bad (3); unmeasured counts as good.
+  const grade = (/** @type {number | null} */ v, /** @type {number[]} */ t) => {
+    const i = v === null ? 0 : t.findIndex((limit) => v <= limit);
+    return i === -1 ? t.length : i;
+  };
   const worst = Math.max(
     grade(rtt, QUALITY_THRESHOLDS.rttMs),
     grade(jitter, QUALITY_THRESHOLDS.jitterMs),

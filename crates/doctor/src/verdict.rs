@@ -131,7 +131,7 @@ pub fn direct_table(udp_ok: Option<bool>, mapping: &Finding, filtering: &Finding
 }
 
 /// The TURN transport a browser here would relay over when UDP is blocked: TLS on 443, else TLS, else TCP.
-fn best_stream_turn(turn: &[TurnFact]) -> Option<&TurnFact> {
+pub(crate) fn best_stream_turn(turn: &[TurnFact]) -> Option<&TurnFact> {
     let works = |t: &&TurnFact| t.ok() && t.transport() != Transport::Udp;
     turn.iter()
         .filter(works)

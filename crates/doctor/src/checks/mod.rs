@@ -175,11 +175,8 @@ pub async fn run_all(s: Settings, progress: Arc<Progress>) -> Facts {
 
     // STUN over UDP got no answer: is UDP blocked, or only the STUN/TURN port? Through a relay over TCP or TLS.
     let stun_failed = !stun.is_empty() && stun.iter().all(|f| !f.binding.ok());
-    let stream = [Transport::Tcp, Transport::Tls].into_iter().find_map(|tr| {
-        turn.iter()
-            .find(|t| t.ok() && t.transport() == tr)
-            .map(|t| t.url.clone())
-    });
+    // Over the stream a browser here would use (the verdict names the same one).
+    let stream = crate::verdict::best_stream_turn(&turn).map(|t| t.url.clone());
     let udp_egress = match (stun_failed, stream, ice.credential.clone()) {
         (true, Some(url), Some(cred)) => Some(udp_egress::check(s.clone(), url, cred, progress.clone()).await),
         _ => None,
