@@ -482,9 +482,9 @@ fn issuance_by_tls_alpn_01_on_the_single_port() {
     stop(server);
 }
 
-/// An account that cannot be saved (here the file it is written through is a directory) is kept in memory: the certificate is
-/// issued all the same, after one registration, and the log says what to fix. Before, the order failed on the save
-/// and every retry registered another account.
+/// An account that cannot be saved (here the file it is written through is a directory) is kept in memory: the
+/// certificate is issued all the same, after one registration, and the log says what to fix. Before, the order failed
+/// on the save and every retry registered another account.
 #[test]
 fn an_account_that_cannot_be_saved_is_kept_and_the_certificate_issued() {
     let dir = TempDir::new("unsaved");
@@ -492,21 +492,9 @@ fn an_account_that_cannot_be_saved_is_kept_and_the_certificate_issued() {
     let Some(pebble) = Pebble::start(&dir.0, single, free_tcp_port(), 0) else {
         return;
     };
-    let slug: String = pebble
-        .directory
-        .trim_start_matches("https://")
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .take(100)
-        .collect();
     // The store writes `.account.json.tmp` and renames it: a directory there fails the save, not the reads.
-    std::fs::create_dir_all(dir.0.join("acme").join(slug).join(".account.json.tmp").join("x")).unwrap();
+    let store = acme::store::Store::new(&dir.0, &pebble.directory);
+    std::fs::create_dir_all(store.dir().join(".account.json.tmp").join("x")).unwrap();
     let name = "unsaved.traverse.test";
     let single_addr = format!("127.0.0.1:{single}");
     let server = serve(&pebble, name, &dir.0, &["--single-port", &single_addr]);
