@@ -2,7 +2,9 @@
 // reports and diagnoses the pair, both pages get `connection-diagnosis` (and `connection-failed` when it failed), and
 // the operator reads the count, the path and the reason from `GET /api/outcomes` (admin token). Cases: a pair
 // relayed over TURN/UDP, a direct pair on loopback, relay-only with a wrong TURN credential, relay-only with the TURN
-// server unreachable, and a relayed call that connects and then drops when its way to the relay is cut. What each page sent is captured (`net.tamper`) to check that no address leaves the page.
+// server unreachable, a relayed call that connects and then drops when its way to the relay is cut, and one whose
+// relay goes silent and comes back (an interruption it survives). What each page sent is captured (`net.tamper`) to
+// check that no address leaves the page.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
