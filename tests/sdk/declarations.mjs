@@ -3,7 +3,8 @@
 // (microsoft/TypeScript#38444 and #56928, "Won't Fix"): a member or statement whose JSDoc says `@internal` is left out,
 // and so is a declaration that only such ones named (`Recovery` and `Session`, exported under internal names for the
 // unit tests). `@internal` is for what another class of the module uses (`room._send`); what only its own class uses
-// is `@private`, which tsc declares `private`, without its type. Type errors fail it, as they fail tsc.
+// is `@private`, which tsc declares `private`, without its type. A `@typedef` in a comment that says `@internal`
+// (`Clock`) is not exported, and is left out unless a kept declaration names it. Type errors fail it, as they fail tsc.
 //
 //   npm run types                                # in tests/sdk: writes web/sdk/traverse.d.ts
 //   node tests/sdk/declarations.mjs --outDir DIR  # writes DIR/traverse.d.ts instead (types.test.mjs)
@@ -61,17 +62,28 @@ function reachable(statements) {
 }
 
 /**
- * The names exported by an `export {…}` of the sources whose JSDoc says `@internal`. tsc writes the declarations'
- * `export {…}` anew, without a link to the source's, so they are left out by name.
+ * The names exported by an `export {…}` of the sources whose JSDoc says `@internal`, and by a `@typedef` (or
+ * `@callback`) in a JSDoc comment that says it. tsc writes the declarations' `export {…}` and type aliases anew,
+ * without a link to the source, so they are left out by name.
  * @param {ts.Program} program
  */
 function internalExports(program) {
   const names = new Set();
+  const checker = program.getTypeChecker();
+  /** A typedef is an export of its module, declared by its tag, whose parent is the comment. @param {ts.Node} d */
+  const internalTypedef = (d) =>
+    (ts.isJSDocTypedefTag(d) || ts.isJSDocCallbackTag(d)) &&
+    ts.isJSDoc(d.parent) &&
+    !!d.parent.tags?.some((tag) => tag.tagName.text === 'internal');
   for (const file of program.getSourceFiles()) {
     if (file.isDeclarationFile) continue;
     for (const s of file.statements) {
       if (!ts.isExportDeclaration(s) || !isInternal(s) || !s.exportClause) continue;
       if (ts.isNamedExports(s.exportClause)) for (const e of s.exportClause.elements) names.add(e.name.text);
+    }
+    const module = checker.getSymbolAtLocation(file);
+    for (const symbol of module ? checker.getExportsOfModule(module) : []) {
+      if (symbol.declarations?.some(internalTypedef)) names.add(symbol.name);
     }
   }
   return names;
@@ -83,6 +95,12 @@ const stripInternal = (hiddenExports) => () => (file) => {
   const f = ts.factory;
   const statements = file.statements.flatMap((s) => {
     if (isInternal(s)) return [];
+    if (ts.isTypeAliasDeclaration(s) && hiddenExports.has(s.name.text)) {
+      // Not exported, rather than left out: a public declaration that names it still compiles (and `reachable`
+      // drops it when none does).
+      const modifiers = s.modifiers?.filter((m) => m.kind !== ts.SyntaxKind.ExportKeyword);
+      return [f.updateTypeAliasDeclaration(s, modifiers, s.name, s.typeParameters, s.type)];
+    }
     if (ts.isClassDeclaration(s)) {
       const members = s.members.filter((m) => !isInternal(m));
       return [f.updateClassDeclaration(s, s.modifiers, s.name, s.typeParameters, s.heritageClauses, members)];

@@ -102,6 +102,60 @@ test('traverse.d.ts shows the public API only: no internal member, class or expo
     assert.ok(!classes.has(name), `traverse.d.ts declares the internal class ${name}`);
   }
   assert.ok(!/\bbrokenSince\b/.test(dts.text), "traverse.d.ts has Recovery's brokenSince");
+  // The types a public signature names, and no other: one that only internals use (a `@typedef` in a comment that
+  // says `@internal`: `Clock`, `RecoveryHost`, `SessionEvent`, `LinkHost`, `OutcomeReport`, …) is not declared.
+  const types = dts.statements.filter(ts.isTypeAliasDeclaration);
+  const isExported = (s) => ts.getModifiers(s)?.some((k) => k.kind === ts.SyntaxKind.ExportKeyword);
+  const named = types.filter((s) => !isExported(s)).map((s) => s.name.text);
+  assert.deepEqual(named, [], 'internal types that public signatures name (declared, not exported)');
+  const publicTypes = ['IceServer', 'PeerInfo', 'RoomState', 'RoomStats', 'PeerOptions', 'ConnectOptions', 'PeerClose',
+    'RoomEventMap', 'ConnectionDiagnosis', 'PeerEventMap', 'QualityGrade', 'ConnectionQuality', 'FileSource',
+    'RecoveryOptions', 'RecoveryCause', 'SendFileOptions', 'FileErrorCode', 'FileProgress', 'FileSent',
+    'FileReceived', 'FileCancel'];
+  assert.deepEqual(types.map((s) => s.name.text).sort(), publicTypes.sort(), 'the types traverse.d.ts exports');
+});
+
+test("each type's description in traverse.d.ts is its own (one `@typedef` per JSDoc comment)", async (t) => {
+  if (skipWithoutTsc(t)) return;
+  const { default: ts } = await import('typescript');
+  // tsc gives the text between two typedefs of one comment to the one before (and a property's to that property).
+  const parse = (file) => ts.createSourceFile(file, fs.readFileSync(file, 'utf8'), ts.ScriptTarget.Latest, true);
+  const shared = [];
+  const findShared = (node) => {
+    if (ts.isJSDoc(node) && !node.tags?.some((tag) => tag.tagName.text === 'internal')) {
+      const names = (node.tags ?? []).filter(ts.isJSDocTypedefTag).map((tag) => tag.name?.getText());
+      if (names.length > 1) shared.push(names.join(' + '));
+    }
+    ts.forEachChild(node, findShared);
+    for (const d of node.jsDoc ?? []) findShared(d);
+  };
+  findShared(parse(path.join(sdk, 'traverse.js')));
+  assert.deepEqual(shared, [], 'public typedefs that share a JSDoc comment in traverse.js');
+  const dts = parse(path.join(sdk, 'traverse.d.ts'));
+  /** A node's JSDoc description, without its tags. */
+  const doc = (node) =>
+    ts.getJSDocCommentsAndTags(node)
+      .filter(ts.isJSDoc)
+      .map((d) => ts.getTextOfJSDocComment(d.comment) ?? '')
+      .join('\n');
+  const types = new Map(dts.statements.filter(ts.isTypeAliasDeclaration).map((s) => [s.name.text, s]));
+  const described = [...types.values()].map(doc).filter(Boolean);
+  assert.equal(new Set(described).size, described.length, 'two types in traverse.d.ts share a description');
+  const subjects = {
+    PeerClose: /`Peer` closed/,
+    RoomEventMap: /events of a `Room`/,
+    PeerEventMap: /events of a `Peer`/,
+    QualityGrade: /\bgrade\b/,
+    ConnectionQuality: /`jitterMs`/,
+    FileErrorCode: /file transfer ended/,
+  };
+  for (const [name, subject] of Object.entries(subjects)) {
+    assert.ok(types.has(name), `traverse.d.ts declares ${name}`);
+    assert.match(doc(types.get(name)), subject, `the description of ${name}`);
+  }
+  const type = types.get('SendFileOptions').type.members.find((m) => m.name?.getText() === 'type');
+  assert.match(doc(type), /MIME type/, 'the description of SendFileOptions.type');
+  assert.doesNotMatch(doc(type), /file transfer/, 'the description of SendFileOptions.type');
 });
 
 test('the examples (React hook and component) compile against the declarations', (t) => {

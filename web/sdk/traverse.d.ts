@@ -1,10 +1,11 @@
+/** @typedef {{urls: string | string[], username?: string, credential?: string}} IceServer */
+/** @typedef {{id: string, meta?: any}} PeerInfo */
+/** @typedef {'connecting' | 'open' | 'reconnecting' | 'closed'} RoomState */
 /**
- * @typedef {{urls: string | string[], username?: string, credential?: string}} IceServer
- * @typedef {{id: string, meta?: any}} PeerInfo
- * @typedef {'connecting' | 'open' | 'reconnecting' | 'closed'} RoomState
  * @typedef {{reconnects: number, resumes: number, rejoins: number, duplicates: number, gaps: number, queued: number,
  *   resent: number, lost: number, unsent: number}} RoomStats
- *
+ */
+/**
  * @typedef {object} PeerOptions
  * @property {boolean} [dataChannel=true] open the SDK's data channel (negotiated, id 0, label "traverse"); both sides
  *   must agree
@@ -25,7 +26,8 @@
  *   `maxIncomingFiles`); the others wait their turn, in call order
  * @property {number | false} [qualityIntervalMs=2000] how often the connection's quality is measured while it is
  *   up (`quality` events, `peer.quality`); `false`: never
- *
+ */
+/**
  * @typedef {object} ConnectOptions
  * @property {string} room room name
  * @property {string | string[]} [url] WebSocket URL (`wss://host/ws`); http(s) URLs are converted. Default: `/ws`
@@ -72,7 +74,8 @@
  * `peer-left`, `unknown-peer` (the server does not know the other peer), `replaced` (the other side called again
  * with a new connection), `room-closed`, `session-lost` (a failed resume with `rejoinCalls: false`).
  * @typedef {{by: 'local' | 'remote', reason: string}} PeerClose
- *
+ */
+/**
  * The events of a `Room`, by name: the detail each one's listener gets.
  * @typedef {{
  *   'joined': {peerId: string, peers: PeerInfo[], rejoined: boolean, previousPeerId: string | null, seq?: number},
@@ -94,11 +97,13 @@
  *   'connection-failed': ConnectionDiagnosis,
  *   'connection-dropped': ConnectionDiagnosis,
  * }} RoomEventMap
- *
+ */
+/**
  * @typedef {{peer: string, you: string, outcome: 'connected' | 'failed' | 'timeout' | 'dropped' | 'recovered',
  *   reason: string, step: string, message: string, seq?: number, path?: string, timeToConnectMs?: number,
  *   connectedMs?: number, recoveryMs?: number, cause?: string}} ConnectionDiagnosis
- *
+ */
+/**
  * The events of a `Peer`, by name: the detail each one's listener gets (a `message`'s `data` is a string or an
  * `ArrayBuffer`).
  * @typedef {{
@@ -118,12 +123,13 @@
  *   'file-cancel': FileCancel,
  *   'quality': ConnectionQuality,
  * }} PeerEventMap
- *
+ */
+/** A `ConnectionQuality`'s `grade` (see there). @typedef {'good' | 'fair' | 'poor' | 'bad' | 'lost'} QualityGrade */
+/**
  * How a connection carries media and data now, from `getStats` over the last interval: `grade` is the worst of its
  * measures against thresholds others use too (RTT 100/250/400 ms, jitter 5/10/30 ms, loss 1/3/8 % for good, fair,
  * poor; above: bad), or `lost` while ICE is disconnected. `jitterMs` and `lossPercent` need received media (RTP);
  * they are null on a data-only connection. `path`: `direct` or `relay`.
- * @typedef {'good' | 'fair' | 'poor' | 'bad' | 'lost'} QualityGrade
  * @typedef {{grade: QualityGrade, rttMs: number | null, jitterMs: number | null, lossPercent: number | null,
  *   path: 'direct' | 'relay' | null}} ConnectionQuality
  */
@@ -718,17 +724,8 @@ export class Peer extends Emitter<PeerEventMap> {
  *   default `[0, 1000, 3000, 7000, 15000]`
  * @property {number} [restartTimeoutMs=10000] a restart not connected after this long is followed by the next
  * @property {number} [maxRestarts=8] restarts in a row without connecting before giving up (`recovery-failed`)
- *
- * What a `Recovery` drives (the `Peer`): `restart()` applies fresh `iceServers` and calls `restartIce()` (the
- * renegotiation goes over perfect negotiation); `canRestart()` says whether signaling can carry the offer now (the
- * room is open and the remote peer known); `connected()` whether ICE has a working pair now; `emit(name, detail)`.
- * @typedef {{restart: () => void, canRestart: () => boolean, connected: () => boolean,
- *   emit: (name: string, detail: any) => void}} RecoveryHost
- *
- * Timers and the clock, injected so that the unit tests run in fake time.
- * @typedef {{setTimeout: (fn: () => void, ms: number) => any, clearTimeout: (t: any) => void, now: () => number}}
- *   Clock
- *
+ */
+/**
  * @typedef {'ice-disconnected' | 'ice-failed' | 'network-change' | 'network-offline' | 'session-lost' | 'node-lost'}
  *   RecoveryCause
  */
@@ -928,17 +925,17 @@ export type ConnectOptions = {
     refreshIceServers?: false | (() => Promise<IceServer[]>);
 };
 /**
- * The events of a `Room`, by name: the detail each one's listener gets.
+ * Why a `Peer` closed (its `close` event): `by` the side that ended it; `reason` `closed` (`peer.close()`), `bye`
+ * (the other side's `close()`), `channel-closed` (the other side's data channel closed: its `Peer` or page went),
+ * `peer-left`, `unknown-peer` (the server does not know the other peer), `replaced` (the other side called again
+ * with a new connection), `room-closed`, `session-lost` (a failed resume with `rejoinCalls: false`).
  */
 export type PeerClose = {
     by: "local" | "remote";
     reason: string;
 };
 /**
- * Why a `Peer` closed (its `close` event): `by` the side that ended it; `reason` `closed` (`peer.close()`), `bye`
- * (the other side's `close()`), `channel-closed` (the other side's data channel closed: its `Peer` or page went),
- * `peer-left`, `unknown-peer` (the server does not know the other peer), `replaced` (the other side called again
- * with a new connection), `room-closed`, `session-lost` (a failed resume with `rejoinCalls: false`).
+ * The events of a `Room`, by name: the detail each one's listener gets.
  */
 export type RoomEventMap = {
     "joined": {
@@ -1019,10 +1016,6 @@ export type RoomEventMap = {
     "connection-failed": ConnectionDiagnosis;
     "connection-dropped": ConnectionDiagnosis;
 };
-/**
- * The events of a `Peer`, by name: the detail each one's listener gets (a `message`'s `data` is a string or an
- * `ArrayBuffer`).
- */
 export type ConnectionDiagnosis = {
     peer: string;
     you: string;
@@ -1038,10 +1031,8 @@ export type ConnectionDiagnosis = {
     cause?: string;
 };
 /**
- * How a connection carries media and data now, from `getStats` over the last interval: `grade` is the worst of its
- * measures against thresholds others use too (RTT 100/250/400 ms, jitter 5/10/30 ms, loss 1/3/8 % for good, fair,
- * poor; above: bad), or `lost` while ICE is disconnected. `jitterMs` and `lossPercent` need received media (RTP);
- * they are null on a data-only connection. `path`: `direct` or `relay`.
+ * The events of a `Peer`, by name: the detail each one's listener gets (a `message`'s `data` is a string or an
+ * `ArrayBuffer`).
  */
 export type PeerEventMap = {
     "open": {};
@@ -1094,17 +1085,14 @@ export type PeerEventMap = {
     "quality": ConnectionQuality;
 };
 /**
- * Why a `Peer` closed (its `close` event): `by` the side that ended it; `reason` `closed` (`peer.close()`), `bye`
- * (the other side's `close()`), `channel-closed` (the other side's data channel closed: its `Peer` or page went),
- * `peer-left`, `unknown-peer` (the server does not know the other peer), `replaced` (the other side called again
- * with a new connection), `room-closed`, `session-lost` (a failed resume with `rejoinCalls: false`).
+ * A `ConnectionQuality`'s `grade` (see there).
  */
 export type QualityGrade = "good" | "fair" | "poor" | "bad" | "lost";
 /**
- * Why a `Peer` closed (its `close` event): `by` the side that ended it; `reason` `closed` (`peer.close()`), `bye`
- * (the other side's `close()`), `channel-closed` (the other side's data channel closed: its `Peer` or page went),
- * `peer-left`, `unknown-peer` (the server does not know the other peer), `replaced` (the other side called again
- * with a new connection), `room-closed`, `session-lost` (a failed resume with `rejoinCalls: false`).
+ * How a connection carries media and data now, from `getStats` over the last interval: `grade` is the worst of its
+ * measures against thresholds others use too (RTT 100/250/400 ms, jitter 5/10/30 ms, loss 1/3/8 % for good, fair,
+ * poor; above: bad), or `lost` while ICE is disconnected. `jitterMs` and `lossPercent` need received media (RTP);
+ * they are null on a data-only connection. `path`: `direct` or `relay`.
  */
 export type ConnectionQuality = {
     grade: QualityGrade;
@@ -1117,14 +1105,6 @@ export type ConnectionQuality = {
  * What `peer.sendFile` sends: a File, a Blob, or bytes.
  */
 export type FileSource = Blob | ArrayBuffer | ArrayBufferView;
-export type GatheredCounts = {
-    host: number;
-    srflx: number;
-    prflx: number;
-    relayUdp: number;
-    relayTcp: number;
-    relayTls: number;
-};
 /**
  * When a `Peer` restarts ICE (docs/sdk.md, "Calls that survive").
  */
@@ -1145,33 +1125,9 @@ export type RecoveryOptions = {
     restartTimeoutMs?: number;
     /**
      * restarts in a row without connecting before giving up (`recovery-failed`)
-     *
-     * What a `Recovery` drives (the `Peer`): `restart()` applies fresh `iceServers` and calls `restartIce()` (the
-     * renegotiation goes over perfect negotiation); `canRestart()` says whether signaling can carry the offer now (the
-     * room is open and the remote peer known); `connected()` whether ICE has a working pair now; `emit(name, detail)`.
      */
     maxRestarts?: number;
 };
-/**
- * Timers and the clock, injected so that the unit tests run in fake time.
- */
-export type RecoveryHost = {
-    restart: () => void;
-    canRestart: () => boolean;
-    connected: () => boolean;
-    emit: (name: string, detail: any) => void;
-};
-/**
- * When a `Peer` restarts ICE (docs/sdk.md, "Calls that survive").
- */
-export type Clock = {
-    setTimeout: (fn: () => void, ms: number) => any;
-    clearTimeout: (t: any) => void;
-    now: () => number;
-};
-/**
- * When a `Peer` restarts ICE (docs/sdk.md, "Calls that survive").
- */
 export type RecoveryCause = "ice-disconnected" | "ice-failed" | "network-change" | "network-offline" | "session-lost" | "node-lost";
 export type SendFileOptions = {
     /**
@@ -1191,15 +1147,16 @@ export type SendFileOptions = {
     name?: string;
     /**
      * the MIME type the receiver sees (default: the Blob's type; at most 256 characters)
-     *
-     * Why a file transfer ended without arriving (`FileCancel.code`, and the code of `sendFile`'s rejection):
-     * `cancelled` a user of either side (`signal`, `cancelFile`); `refused` the receiver's limits (`maxFileBytes`,
-     * `maxIncomingFiles`, an id in use, a malformed head); `integrity` the bytes did not match (more than announced, or
-     * another SHA-256); `closed` the `Peer` or the file's channel went away; `timeout` no head within 10 s or no chunk
-     * for 60 s on the receiver; `read-failed` the sender could not read its source.
      */
     type?: string;
 };
+/**
+ * Why a file transfer ended without arriving (`FileCancel.code`, and the code of `sendFile`'s rejection):
+ * `cancelled` a user of either side (`signal`, `cancelFile`); `refused` the receiver's limits (`maxFileBytes`,
+ * `maxIncomingFiles`, an id in use, a malformed head); `integrity` the bytes did not match (more than announced, or
+ * another SHA-256); `closed` the `Peer` or the file's channel went away; `timeout` no head within 10 s or no chunk
+ * for 60 s on the receiver; `read-failed` the sender could not read its source.
+ */
 export type FileErrorCode = "cancelled" | "refused" | "integrity" | "closed" | "timeout" | "read-failed";
 export type FileProgress = {
     id: string;
@@ -1233,150 +1190,6 @@ export type FileCancel = {
     by: "local" | "remote";
     code: FileErrorCode;
     reason: string;
-};
-/**
- * What the SDK sends about one peer connection (docs/protocol.md, "Connection outcomes"; checked field by field by
- * the server's `outcome::Report`).
- */
-export type CandidateErrorReport = {
-    code: number;
-    url?: string;
-    text?: string;
-};
-/**
- * One `icecandidateerror`: its code, the server URL and the browser's text — never its `address`/`port` (ours).
- */
-export type OutcomeReport = {
-    outcome: "connected" | "failed" | "timeout" | "dropped" | "recovered";
-    /**
-     * from the peer connection's creation to the outcome
-     */
-    elapsedMs: number;
-    /**
-     * `iceTransportPolicy`
-     */
-    policy: "all" | "relay";
-    /**
-     * the selected pair's candidate types, protocols, relay
-     * transport and TURN URL (when connected)
-     */
-    pair: {
-        local: object;
-        remote: object;
-    } | undefined;
-    /**
-     * local candidates per type, relays per transport to the TURN server
-     */
-    gathered: {
-        host: number;
-        srflx: number;
-        prflx: number;
-        relayUdp: number;
-        relayTcp: number;
-        relayTls: number;
-    };
-    /**
-     * ICE
-     * server URLs per kind
-     */
-    offered: {
-        stun: number;
-        turnUdp: number;
-        turnTcp: number;
-        turnTls: number;
-        turnTls443: number;
-    };
-    errors: CandidateErrorReport[];
-    /**
-     * candidates received from the other peer
-     */
-    remoteCandidates: number;
-    /**
-     * the other peer's offer or answer was applied
-     */
-    remoteDescription: boolean;
-    /**
-     * ICE restarts
-     */
-    restarts: number;
-    /**
-     * family and major version
-     */
-    browser: {
-        name: string;
-        version: number;
-    };
-    /**
-     * dropped: how long it had been connected when it broke
-     */
-    connectedMs?: number;
-    /**
-     * dropped: from the break to giving up
-     */
-    brokenMs?: number;
-    /**
-     * dropped: what broke it (a recovery cause)
-     */
-    cause?: string;
-    /**
-     * dropped: the browser was offline when it gave up
-     */
-    offline?: boolean;
-};
-/**
- * What a `Session` hands its driver, in order:
- * - `joined`: a new session (the first, or after a failed resume when `rejoined`); `lost` are the app's messages the
- *   old session sent and never saw acknowledged (they may or may not have arrived)
- * - `resumed`: the same session on a new socket; what the server had not handled is already retransmitted
- * - `message`: any other server message, deduplicated and in stream order; `handshake` says whether it answered a
- *   `join` or a `resume` (an `error` then refuses the handshake and is not part of the stream)
- * - `error`: the SDK's own (`bad-json`, `queue-full`)
- * - `gap`: the stream skipped a `seq` (`detail` is the `sequence-gap` error, with `inARow`: such gaps since the
- *   stream last got past one). The frame was not processed; the socket must be dropped and the session resumed
- *   from `lastSeq`, which replays what was skipped. Nothing more is read from this socket.
- */
-export type SessionEvent = {
-    type: "joined";
-    msg: any;
-    rejoined: boolean;
-    lost: any[];
-} | {
-    type: "resumed";
-    msg: any;
-} | {
-    type: "message";
-    msg: any;
-    handshake: "join" | "resume" | null;
-} | {
-    type: "error";
-    detail: {
-        code: string;
-        message: string;
-        [key: string]: any;
-    };
-} | {
-    type: "gap";
-    detail: {
-        code: "sequence-gap";
-        message: string;
-        expected: number;
-        got: number;
-        inARow: number;
-    };
-};
-/**
- * What a `Link` calls on its owner: `handshake()` when it opens a socket (join or resume: only a join carries the
- * room and token in the URL), `open()` when the socket opened, `frame(text)` per message, `ping()` for the
- * heartbeat's frame, `drop(code, reason, opened)` when the socket is gone (after which the link waits for
- * `scheduleRetry` or `close`), `unopenable(err)` when `new WebSocket` throws (true: handled).
- */
-export type LinkHost = {
-    handshake: () => "join" | "resume";
-    open: () => void;
-    frame: (text: string) => void;
-    ping: () => string;
-    drop: (code: number, reason: string, opened: boolean) => void;
-    unopenable: (err: any) => boolean;
 };
 /**
  * `on`, `once` and `off` over `EventTarget`, typed by an event map (event name → detail): a misspelt event name or

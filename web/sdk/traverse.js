@@ -17,7 +17,8 @@
 // from this file's JSDoc: after changing anything the JSDoc says, run `npm run types` in tests/sdk and commit the
 // result (tests/sdk/types.test.mjs fails while it is stale, and runs `tsc --checkJs` over this file). A member that
 // only its own class uses is `@private` (declared `private`, without its type); one that another class of this file
-// uses (`room._send`) is `@internal`, and is left out of the declarations, as is the tests' `export {…}`.
+// uses (`room._send`) is `@internal`, and is left out of the declarations, as are the tests' `export {…}` and a
+// `@typedef` only internals use, in a comment that says `@internal`.
 //
 // Inside, three parts, one mechanism each (the public API is `Room`, `Peer` and the functions; the rest is internal):
 // - `Session` — the session protocol without I/O: frames in (`handleOpen`, `handleFrame`, `handleDisconnect`,
@@ -50,13 +51,16 @@ export const RECONNECT_DELAYS_MS = Object.freeze([0, 300, 1200, 2700, 4800, 7000
  */
 export const FAST_RECONNECT = Object.freeze({ stepMs: 250, maxMs: 1000, forMs: 30000 });
 
+// One `@typedef` per JSDoc comment: tsc gives the text between two typedefs of a comment to the one before.
+/** @typedef {{urls: string | string[], username?: string, credential?: string}} IceServer */
+/** @typedef {{id: string, meta?: any}} PeerInfo */
+/** @typedef {'connecting' | 'open' | 'reconnecting' | 'closed'} RoomState */
 /**
- * @typedef {{urls: string | string[], username?: string, credential?: string}} IceServer
- * @typedef {{id: string, meta?: any}} PeerInfo
- * @typedef {'connecting' | 'open' | 'reconnecting' | 'closed'} RoomState
  * @typedef {{reconnects: number, resumes: number, rejoins: number, duplicates: number, gaps: number, queued: number,
  *   resent: number, lost: number, unsent: number}} RoomStats
- *
+ */
+
+/**
  * @typedef {object} PeerOptions
  * @property {boolean} [dataChannel=true] open the SDK's data channel (negotiated, id 0, label "traverse"); both sides
  *   must agree
@@ -77,7 +81,9 @@ export const FAST_RECONNECT = Object.freeze({ stepMs: 250, maxMs: 1000, forMs: 3
  *   `maxIncomingFiles`); the others wait their turn, in call order
  * @property {number | false} [qualityIntervalMs=2000] how often the connection's quality is measured while it is
  *   up (`quality` events, `peer.quality`); `false`: never
- *
+ */
+
+/**
  * @typedef {object} ConnectOptions
  * @property {string} room room name
  * @property {string | string[]} [url] WebSocket URL (`wss://host/ws`); http(s) URLs are converted. Default: `/ws`
@@ -125,7 +131,9 @@ export const FAST_RECONNECT = Object.freeze({ stepMs: 250, maxMs: 1000, forMs: 3
  * `peer-left`, `unknown-peer` (the server does not know the other peer), `replaced` (the other side called again
  * with a new connection), `room-closed`, `session-lost` (a failed resume with `rejoinCalls: false`).
  * @typedef {{by: 'local' | 'remote', reason: string}} PeerClose
- *
+ */
+
+/**
  * The events of a `Room`, by name: the detail each one's listener gets.
  * @typedef {{
  *   'joined': {peerId: string, peers: PeerInfo[], rejoined: boolean, previousPeerId: string | null, seq?: number},
@@ -147,11 +155,15 @@ export const FAST_RECONNECT = Object.freeze({ stepMs: 250, maxMs: 1000, forMs: 3
  *   'connection-failed': ConnectionDiagnosis,
  *   'connection-dropped': ConnectionDiagnosis,
  * }} RoomEventMap
- *
+ */
+
+/**
  * @typedef {{peer: string, you: string, outcome: 'connected' | 'failed' | 'timeout' | 'dropped' | 'recovered',
  *   reason: string, step: string, message: string, seq?: number, path?: string, timeToConnectMs?: number,
  *   connectedMs?: number, recoveryMs?: number, cause?: string}} ConnectionDiagnosis
- *
+ */
+
+/**
  * The events of a `Peer`, by name: the detail each one's listener gets (a `message`'s `data` is a string or an
  * `ArrayBuffer`).
  * @typedef {{
@@ -171,12 +183,15 @@ export const FAST_RECONNECT = Object.freeze({ stepMs: 250, maxMs: 1000, forMs: 3
  *   'file-cancel': FileCancel,
  *   'quality': ConnectionQuality,
  * }} PeerEventMap
- *
+ */
+
+/** A `ConnectionQuality`'s `grade` (see there). @typedef {'good' | 'fair' | 'poor' | 'bad' | 'lost'} QualityGrade */
+
+/**
  * How a connection carries media and data now, from `getStats` over the last interval: `grade` is the worst of its
  * measures against thresholds others use too (RTT 100/250/400 ms, jitter 5/10/30 ms, loss 1/3/8 % for good, fair,
  * poor; above: bad), or `lost` while ICE is disconnected. `jitterMs` and `lossPercent` need received media (RTP);
  * they are null on a data-only connection. `path`: `direct` or `relay`.
- * @typedef {'good' | 'fair' | 'poor' | 'bad' | 'lost'} QualityGrade
  * @typedef {{grade: QualityGrade, rttMs: number | null, jitterMs: number | null, lossPercent: number | null,
  *   path: 'direct' | 'relay' | null}} ConnectionQuality
  */
@@ -2022,7 +2037,17 @@ export class Peer extends Emitter {
  *   default `[0, 1000, 3000, 7000, 15000]`
  * @property {number} [restartTimeoutMs=10000] a restart not connected after this long is followed by the next
  * @property {number} [maxRestarts=8] restarts in a row without connecting before giving up (`recovery-failed`)
- *
+ */
+
+/**
+ * @typedef {'ice-disconnected' | 'ice-failed' | 'network-change' | 'network-offline' | 'session-lost' | 'node-lost'}
+ *   RecoveryCause
+ */
+
+/** Restart delays of one episode; the first restart goes at once, the last delay repeats. */
+export const RESTART_DELAYS_MS = Object.freeze([0, 1000, 3000, 7000, 15000]);
+
+/**
  * What a `Recovery` drives (the `Peer`): `restart()` applies fresh `iceServers` and calls `restartIce()` (the
  * renegotiation goes over perfect negotiation); `canRestart()` says whether signaling can carry the offer now (the
  * room is open and the remote peer known); `connected()` whether ICE has a working pair now; `emit(name, detail)`.
@@ -2032,13 +2057,8 @@ export class Peer extends Emitter {
  * Timers and the clock, injected so that the unit tests run in fake time.
  * @typedef {{setTimeout: (fn: () => void, ms: number) => any, clearTimeout: (t: any) => void, now: () => number}}
  *   Clock
- *
- * @typedef {'ice-disconnected' | 'ice-failed' | 'network-change' | 'network-offline' | 'session-lost' | 'node-lost'}
- *   RecoveryCause
+ * @internal
  */
-
-/** Restart delays of one episode; the first restart goes at once, the last delay repeats. */
-export const RESTART_DELAYS_MS = Object.freeze([0, 1000, 3000, 7000, 15000]);
 
 /** @type {Clock} */
 const realClock = {
@@ -2368,18 +2388,24 @@ const SEND_BUFFER_LIMIT = 8 * 1024 * 1024;
  * @property {string} [name] the name the receiver sees (default: the File's name, else `file`; `''` is `file`; cut
  *   to 1024 UTF-16 code units on a code point, the same on both sides)
  * @property {string} [type] the MIME type the receiver sees (default: the Blob's type; at most 256 characters)
- *
+ */
+
+/**
  * Why a file transfer ended without arriving (`FileCancel.code`, and the code of `sendFile`'s rejection):
  * `cancelled` a user of either side (`signal`, `cancelFile`); `refused` the receiver's limits (`maxFileBytes`,
  * `maxIncomingFiles`, an id in use, a malformed head); `integrity` the bytes did not match (more than announced, or
  * another SHA-256); `closed` the `Peer` or the file's channel went away; `timeout` no head within 10 s or no chunk
  * for 60 s on the receiver; `read-failed` the sender could not read its source.
  * @typedef {'cancelled' | 'refused' | 'integrity' | 'closed' | 'timeout' | 'read-failed'} FileErrorCode
- *
- * @typedef {{id: string, name: string, size: number, bytes: number, direction: 'send' | 'receive'}} FileProgress
- * @typedef {{id: string, name: string, size: number, type: string, sha256: string, ms: number}} FileSent
+ */
+
+/** @typedef {{id: string, name: string, size: number, bytes: number, direction: 'send' | 'receive'}} FileProgress */
+/** @typedef {{id: string, name: string, size: number, type: string, sha256: string, ms: number}} FileSent */
+/**
  * @typedef {{id: string, name: string, size: number, type: string, blob: Blob, sha256: string, ms: number}}
  *   FileReceived
+ */
+/**
  * @typedef {{id: string, name: string, size: number, direction: 'send' | 'receive', by: 'local' | 'remote',
  *   code: FileErrorCode, reason: string}} FileCancel
  */
@@ -3131,6 +3157,7 @@ class Sha256 {
  * @property {number} [brokenMs] dropped: from the break to giving up
  * @property {string} [cause] dropped: what broke it (a recovery cause)
  * @property {boolean} [offline] dropped: the browser was offline when it gave up
+ * @internal
  */
 
 /** How long after `connected` a report reads the selected pair again (NAT lab: switches took under a second). */
@@ -3415,6 +3442,7 @@ function outcomeReport(o) {
 /**
  * @typedef {{host: number, srflx: number, prflx: number, relayUdp: number, relayTcp: number, relayTls: number}}
  *   GatheredCounts
+ * @internal
  */
 
 /**
@@ -3482,6 +3510,7 @@ const STREAM_TYPES = new Set([
  *   | {type: 'error', detail: {code: string, message: string, [key: string]: any}}
  *   | {type: 'gap', detail: {code: 'sequence-gap', message: string, expected: number, got: number, inARow: number}}}
  *   SessionEvent
+ * @internal
  */
 
 /** The server's message rate per socket when its `joined` does not say (docs/protocol.md, Limits). */
@@ -3948,6 +3977,7 @@ const now = () => (typeof performance !== 'undefined' ? performance.now() : Date
  * @property {() => string} ping
  * @property {(code: number, reason: string, opened: boolean) => void} drop
  * @property {(err: any) => boolean} unopenable
+ * @internal
  */
 
 /**
