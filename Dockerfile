@@ -1,6 +1,6 @@
 # Traverse in a container: a multi-stage build, then the binary (no debug information) on distroless's glibc base
 # running as an unprivileged user. TURN relays need a port range reachable from outside: run with host networking
-# (compose.yaml does), or publish 3478/udp, 3478/tcp, 5349/tcp, 8080/tcp (or 443/tcp) and the relay range
+# (compose.yaml does), or publish 3478/udp, 3479/udp, 3478/tcp, 5349/tcp, 8080/tcp (or 443/tcp) and the relay range
 # (relay.port_min/port_max, e.g. --relay-ports 49152-49999) and set --external-v4 to the host's public address.
 #
 #   docker build -t traverse .
@@ -24,7 +24,7 @@ COPY packaging/deb/traverse.toml /etc/traverse/traverse.toml
 COPY --from=build --chown=65532:65532 /state /var/lib/traverse
 ENV STATE_DIRECTORY=/var/lib/traverse
 VOLUME /var/lib/traverse
-EXPOSE 3478/udp 3478/tcp 5349/tcp 8080/tcp 443/tcp
+EXPOSE 3478/udp 3479/udp 3478/tcp 5349/tcp 8080/tcp 443/tcp
 USER nonroot
 ENTRYPOINT ["/usr/bin/traverse"]
 CMD ["serve", "--config", "/etc/traverse/traverse.toml"]

@@ -290,6 +290,34 @@ test('an RFC 5780 alternate (stun.other_address) is handed out, so /check compar
     })().catch(dumpOnFailure(t, alt, browser));
   });
 
+test('a server with one address serves a second STUN port (natProbes), so /check compares two ports without #stun=',
+  { timeout: 120000 }, async (t) => {
+    if (skipWithoutChromium(t)) return;
+    const one = await startTraverse();
+    t.after(() => one.stop());
+    const off = await startTraverse({ extraArgs: ['--set', 'stun.second_port=0'] });
+    t.after(() => off.stop());
+    const page = await browser.newPage();
+    t.after(() => page.close().catch(() => {}));
+    await (async () => {
+      const api = JSON.parse((await get(`${one.base}/api/ice-servers`)).body);
+      // The port after the first UDP listener's, as coturn's alternate port: 3479 beside 3478.
+      const probe = `stun:127.0.0.1:${one.ports.turn + 1}`;
+      assert.deepEqual(api.natProbes, [probe], JSON.stringify(api));
+      const urls = api.iceServers.flatMap((s) => [].concat(s.urls));
+      assert.ok(!urls.includes(probe), `calls never gather against it: ${urls}`);
+      assert.deepEqual(JSON.parse((await get(`${off.base}/api/ice-servers`)).body).natProbes, [], 'second_port=0: off');
+      await page.goto(`${one.base}/check`);
+      await page.waitForFunction(() => document.body.dataset.state === 'done', null, { timeout: 100000 });
+      const report = await page.evaluate(() => JSON.parse(document.getElementById('raw').textContent));
+      console.log(`  nat: ${report.nat.mapping} (${report.nat.why}) from ${report.nat.servers.join(', ')}`);
+      assert.deepEqual(report.nat.servers, [`stun:127.0.0.1:${one.ports.turn}`, probe], JSON.stringify(report.nat));
+      assert.notEqual(report.nat.why, 'one-address', JSON.stringify(report.nat));
+      // Both ports answered on their own: a comparison, not a guess.
+      assert.notEqual(report.nat.why, 'one-answered', JSON.stringify(report.nat));
+    })().catch(dumpOnFailure(t, one, browser));
+  });
+
 test('a server without TURN is named as the cause, not this network', { timeout: 30000 }, async (t) => {
   if (skipWithoutChromium(t)) return;
   const page = await browser.newPage();

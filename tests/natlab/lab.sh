@@ -212,14 +212,19 @@ serve_as() {
   ip netns exec "$srv" "$bin" serve "$@" >>"$log" 2>&1 &
   local pid=$!
   echo "$pid" >>"$dir/pids$dot"
-  local http=0 udp="" i a prev=""
+  # Ready when its own first HTTP(S) port answers /healthz (not another role's), else when its UDP port is bound.
+  local health="" udp="" i a prev=""
   for a in "$@"; do
-    case "$prev" in --http | --single-port) http=1 ;; --udp) [ -n "$udp" ] || udp="${a##*:}" ;; esac
+    case "$prev" in
+      --http) [ -n "$health" ] || health="http://$a/healthz" ;;
+      --single-port) [ -n "$health" ] || health="https://$a/healthz" ;;
+      --udp) [ -n "$udp" ] || udp="${a##*:}" ;;
+    esac
     prev=$a
   done
   for i in $(seq 1 100); do
-    if [ "$http" = 1 ]; then
-      ip netns exec "$srv" curl -skf -m 1 "https://${SERVER_IPS[0]}/healthz" >/dev/null 2>&1 && return 0
+    if [ -n "$health" ]; then
+      ip netns exec "$srv" curl -skf -m 1 "$health" >/dev/null 2>&1 && return 0
     elif [ -n "$udp" ]; then
       ip netns exec "$srv" ss -Hlun "sport = :$udp" 2>/dev/null | grep -q . && return 0
     fi

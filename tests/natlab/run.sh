@@ -3,6 +3,8 @@
 # real `traverse serve` in a server namespace with two public addresses, then
 #   doctor.test.js  `traverse doctor … --json` inside every site's host namespace: mapping, filtering, blocked
 #                   transports as the site's NAT and firewall are built;
+#   check.test.js   /check in headless Chromium inside eim-a, sym-a and noudp, against a second server with one IP:
+#                   the NAT mapping told from its two STUN ports (stun.second_port), as the doctor tells it;
 #   pairs.test.js   two headless Chromium peers, one per site, connected with the SDK: direct where the NATs allow
 #                   hole punching, relayed where they do not, TURN over TCP/TLS where UDP is blocked.
 #   survive.test.js calls that survive an address change, a link down, a NAT flush, a server restart, a 30 s UDP
@@ -88,7 +90,7 @@ if "$TRAVERSE_BIN" serve --help | grep -q -- '--other-address'; then
   serve+=(--other-address 203.0.113.11:3479)
 fi
 files=("$@")
-[ ${#files[@]} -gt 0 ] || files=(doctor.test.js pairs.test.js)
+[ ${#files[@]} -gt 0 ] || files=(doctor.test.js check.test.js pairs.test.js)
 # Calls that survive run on 60 s TURN credentials: its credential-60s scenario is a 3-minute call on them, and every
 # other call must not care.
 case " ${files[*]} " in *" survive.test.js "*) serve+=(--set auth.credential_ttl=60) ;; esac

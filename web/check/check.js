@@ -268,7 +268,9 @@ export async function checkIceServers({ base = location.href, token } = {}) {
     const r = await fetchWithin(u.href, { headers });
     const body = await r.json().catch(() => ({}));
     if (!r.ok) return { ok: false, http: r.status, code: body.code, error: body.message || `HTTP ${r.status}` };
-    return { ok: true, http: r.status, ttl: body.ttl, servers: body.iceServers || [] };
+    // `natProbes`: the server's second STUN port, for the NAT comparison only (no call gathers against it).
+    const natProbes = Array.isArray(body.natProbes) ? body.natProbes.filter((u) => typeof u === 'string') : [];
+    return { ok: true, http: r.status, ttl: body.ttl, servers: body.iceServers || [], natProbes };
   } catch (e) {
     return { ok: false, http: 0, error: e.name === 'AbortError' ? 'no answer in time' : e.message };
   }
@@ -582,9 +584,10 @@ export async function runChecks({ base = location.href, token, extraStun = [], o
     // Asked after the TLS attempts, so the server has seen them.
     if (turn.some((e) => e.parsed.scheme === 'turns')) await step('tlsFailures', () => checkTlsFailures({ base }));
     // Gathering against every address of the server alone learned no public address: gathering against two of them
-    // together will not either (another 10 s where UDP is blocked). Addresses from the hash were not gathered: ask.
+    // together will not either (another 10 s where UDP is blocked), nor will another port of it (`natProbes`).
+    // Addresses from the hash were not gathered, and may be other servers': ask.
     const noSrflx = !extraStun.length && gathered.length > 0 && !gathered.some((g) => (g.types?.srflx || 0) > 0);
-    const endpoints = stunEndpoints(entries, extraStun);
+    const endpoints = stunEndpoints(entries, [...extraStun, ...(report.iceServers?.natProbes || [])]);
     await step('nat', () => (noSrflx && endpoints.length >= 2 ? natWithoutSrflx(endpoints) : checkNat(endpoints)));
   })();
   await within(TIMEOUTS.total, work, 'the checks').catch((e) => (report.aborted = e.message));
@@ -636,8 +639,10 @@ export const MAPPING_WORDS = Object.freeze({
 });
 
 const INCONCLUSIVE_WHY = {
-  'one-address': 'this server offers a single STUN address, and telling NAT types apart needs two',
-  'one-answered': 'only one of the two STUN addresses answered',
+  'one-address':
+    'this server offers a single STUN address, and telling NAT types apart needs two (its operator can serve a ' +
+    'second port: stun.second_port)',
+  'one-answered': 'only one of the two STUN addresses answered: a firewall, here or at the server, drops the other',
   'no-srflx': 'no public address was learned: UDP to the STUN addresses may be blocked, or this device is not behind a NAT and the browser hides its own address',
 };
 

@@ -44,6 +44,9 @@ pub struct ServerConfig {
     pub http: Vec<SocketAddr>,
     /// Single ports: TLS (HTTPS/WSS or TURN, by ALPN or first bytes), TURN over TCP, and plain HTTP redirected.
     pub single: Vec<SocketAddr>,
+    /// Second UDP ports served like `udp` (`stun.second_port`), for telling NAT types apart. Diagnosis only: one
+    /// that cannot be bound (taken by another process) is warned of and left out, and the server starts.
+    pub second_stun: Vec<SocketAddr>,
     pub tls_identity: TlsIdentity,
     pub relay: RelayConfig,
     pub workers: usize,
@@ -159,6 +162,8 @@ pub struct Running {
     pub single: Vec<SocketAddr>,
     /// RFC 5780: the extra UDP addresses bound for NAT behaviour discovery (the primary is in `udp`).
     pub nat_discovery: Vec<SocketAddr>,
+    /// The second STUN ports bound ([`ServerConfig::second_stun`]).
+    pub second_stun: Vec<SocketAddr>,
     pub certs: Arc<CertStore>,
     /// The workers' TURN counters, each copied once a second (see [`WorkerStats`]).
     pub stats: Arc<WorkerStats>,
@@ -213,6 +218,7 @@ pub fn start(config: ServerConfig, http: Option<Arc<dyn HttpHandler>>) -> Result
         bound.0.push(actual);
     }
     let nat_discovery = bind_nat_discovery(&config, &mut per_worker)?;
+    let second_stun = bind_second_stun(&config.second_stun, &mut per_worker);
     for (list, proto, out) in [
         (&config.tcp, "TCP", &mut bound.1),
         (&config.tls, "TLS", &mut bound.2),
@@ -291,6 +297,7 @@ pub fn start(config: ServerConfig, http: Option<Arc<dyn HttpHandler>>) -> Result
         http: bound.3,
         single: bound.4,
         nat_discovery,
+        second_stun,
         certs,
         stats,
         handshakes,
@@ -355,6 +362,46 @@ fn bind_nat_discovery(
     }
     tracing::info!("{}", d.describe());
     Ok(extra)
+}
+
+/// Binds the second STUN ports like the UDP listeners, once per worker. A port another process holds costs the
+/// page its NAT comparison, not the server its start: warned of, and left out of what is handed out.
+fn bind_second_stun(addrs: &[SocketAddr], per_worker: &mut [worker::Sockets]) -> Vec<SocketAddr> {
+    let mut bound = Vec::new();
+    for &addr in addrs {
+        let bind_all = || -> Result<(SocketAddr, Vec<_>), StartError> {
+            ensure_free(addr, "UDP")?;
+            let mut actual = addr;
+            let mut sockets = Vec::new();
+            for _ in 0..per_worker.len() {
+                let s = udp::bind(actual, true).map_err(|source| StartError::Bind {
+                    proto: "UDP (second STUN port)",
+                    addr: actual,
+                    source,
+                })?;
+                actual = s.local_addr().map_err(|source| StartError::Bind {
+                    proto: "UDP (second STUN port)",
+                    addr: actual,
+                    source,
+                })?;
+                sockets.push(s);
+            }
+            Ok((actual, sockets))
+        };
+        match bind_all() {
+            Ok((actual, sockets)) => {
+                for (worker, s) in per_worker.iter_mut().zip(sockets) {
+                    worker.udp.push(s);
+                }
+                bound.push(actual);
+            }
+            Err(e) => tracing::warn!(
+                "{e}: /check cannot tell a symmetric NAT apart on this address family; set stun.second_port to a \
+                 free port, or 0 to turn it off"
+            ),
+        }
+    }
+    bound
 }
 
 /// SO_REUSEPORT would let a second Traverse (or anything else with the option) share our ports silently and steal

@@ -302,6 +302,12 @@ pub struct Stun {
     /// RFC 5780 NAT behaviour discovery: the alternate IP and port, beside the first `listen.udp` address of the
     /// same family (which must name an explicit IP). Unset: off.
     pub other_address: Option<SocketAddr>,
+    /// A second UDP port on the IP of each family's first `listen.udp` address, served like it, so that `/check`
+    /// can compare what two server addresses see and tell a symmetric NAT from the others on a server with one IP
+    /// (handed out as `natProbes` by `/api/ice-servers`, never in the `iceServers` calls use). Unset: that
+    /// address's port + 1 (3479 beside 3478, as coturn's alternate port; ephemeral beside an ephemeral one). Not
+    /// bound with `other_address` set (that is a second address already); 0: off.
+    pub second_port: Option<u16>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -1233,6 +1239,33 @@ impl Config {
         turn::NatDiscovery::new(*primary, alternate).map(Some)
     }
 
+    /// `stun.second_port`'s addresses: one per family, on the IP of that family's first `listen.udp` address
+    /// (ephemeral when that one's port is). None with `stun.other_address` set, or on a port `listen.udp` has.
+    pub fn second_stun_addresses(&self) -> Vec<SocketAddr> {
+        if self.stun.second_port == Some(0) || self.stun.other_address.is_some() {
+            return Vec::new();
+        }
+        let (mut v4, mut v6) = (false, false);
+        let mut out = Vec::new();
+        for primary in &self.listen.udp {
+            let first = if primary.is_ipv4() { &mut v4 } else { &mut v6 };
+            if std::mem::replace(first, true) {
+                continue;
+            }
+            let port = match (primary.port(), self.stun.second_port) {
+                (0, _) => Some(0),
+                (_, Some(port)) => Some(port),
+                (primary, None) => primary.checked_add(1),
+            };
+            let Some(port) = port else { continue };
+            let second = SocketAddr::new(primary.ip(), port);
+            if port == 0 || !self.listen.udp.contains(&second) {
+                out.push(second);
+            }
+        }
+        out
+    }
+
     /// `TRAVERSE_<SECTION>_<KEY>` for every key of the configuration (`TRAVERSE_LIMITS_MAX_CONNECTIONS`) that `var`
     /// knows; other variables are not looked at.
     pub fn env_overrides(var: impl Fn(&str) -> Option<String>) -> Vec<Override> {
@@ -1276,9 +1309,20 @@ impl Config {
             .map(|sections| sections.entry(section).or_insert_with(|| Value::Object(Map::new())))
             .and_then(Value::as_object_mut)
             .ok_or_else(|| format!("{section} is not a section"))?;
+        let unset = table.get(field).is_none_or(Value::is_null);
         let value = typed_like(table.get(field), text);
         table.insert(field.to_owned(), value);
-        *self = Config::deserialize(tree).map_err(|e| file_errors::humanize(&e.to_string()))?;
+        let parsed = match Config::deserialize(tree.clone()) {
+            // An unset option has no value to type the text like: a number is tried when the text does not do.
+            Err(_) if unset && text.parse::<u64>().is_ok() => {
+                if let Some(table) = tree.get_mut(section).and_then(Value::as_object_mut) {
+                    table.insert(field.to_owned(), typed_like(Some(&Value::from(0)), text));
+                }
+                Config::deserialize(tree)
+            }
+            parsed => parsed,
+        };
+        *self = parsed.map_err(|e| file_errors::humanize(&e.to_string()))?;
         Ok(())
     }
 
@@ -1767,6 +1811,13 @@ mod tests {
         assert_eq!(config.auth.realm, "12345");
         assert_eq!(config.web.data_dir, Some(PathBuf::from("/tmp/reports")));
         assert_eq!(config.stun.other_address, Some("127.0.0.2:3479".parse().unwrap()));
+        // An unset number (`Option<u16>`) is set from text too, and a string option keeps digits as text.
+        assert!(config.set("stun.second_port", "0").is_ok());
+        assert_eq!(config.stun.second_port, Some(0));
+        assert!(config.set("stun.second_port", "x").is_err());
+        let mut fresh = Config::default();
+        assert!(fresh.set("tls.acme_email", "12345").is_ok());
+        assert_eq!(fresh.tls.acme_email.as_deref(), Some("12345"));
         assert_eq!(config.log.format, LogFormat::Json);
         // Untouched keys keep their values through the round trip.
         let mut expected = Config::default();
@@ -1859,5 +1910,52 @@ mod tests {
         assert_eq!(same.validate().len(), 1);
         let v6 = parse("[listen]\nudp = [\"127.0.0.1:3478\"]\n[stun]\nother_address = \"[::1]:3479\"\n");
         assert_eq!(v6.validate().len(), 1);
+    }
+
+    #[test]
+    fn the_second_stun_port_sits_beside_each_familys_first_udp_listener() {
+        let parse = |text: &str| Config::parse(text).unwrap();
+        let addrs = |text: &str| -> Vec<String> {
+            parse(text)
+                .second_stun_addresses()
+                .iter()
+                .map(|a| a.to_string())
+                .collect()
+        };
+        let defaults = Config::default();
+        let want: Vec<String> = defaults
+            .listen
+            .udp
+            .iter()
+            .map(|a| SocketAddr::new(a.ip(), 3479).to_string())
+            .collect();
+        assert_eq!(addrs(""), want, "on by default, on 3479");
+        assert_eq!(
+            addrs("[listen]\nudp = [\"127.0.0.1:40000\"]\n"),
+            ["127.0.0.1:40001"],
+            "the port after"
+        );
+        assert!(
+            addrs("[listen]\nudp = [\"127.0.0.1:65535\"]\n").is_empty(),
+            "no port after 65535"
+        );
+        assert_eq!(
+            addrs("[listen]\nudp = [\"127.0.0.1:3478\", \"127.0.0.2:3478\", \"[::1]:3478\"]\n"),
+            ["127.0.0.1:3479", "[::1]:3479"]
+        );
+        // Tests and ephemeral deployments: a second ephemeral port, never a fixed one two runs would fight over.
+        assert_eq!(addrs("[listen]\nudp = [\"127.0.0.1:0\"]\n"), ["127.0.0.1:0"]);
+        assert_eq!(
+            addrs("[listen]\nudp = [\"127.0.0.1:3478\"]\n[stun]\nsecond_port = 5000\n"),
+            ["127.0.0.1:5000"]
+        );
+        assert!(addrs("[listen]\nudp = [\"127.0.0.1:3478\"]\n[stun]\nsecond_port = 0\n").is_empty());
+        assert!(
+            addrs("[listen]\nudp = [\"127.0.0.1:3478\", \"127.0.0.1:3479\"]\n").is_empty(),
+            "already a listener"
+        );
+        assert!(addrs("[listen]\nudp = []\n").is_empty());
+        let rfc5780 = "[listen]\nudp = [\"127.0.0.1:3478\"]\n[stun]\nother_address = \"127.0.0.2:3479\"\n";
+        assert!(addrs(rfc5780).is_empty(), "RFC 5780 hands out a second address already");
     }
 }

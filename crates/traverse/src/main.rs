@@ -705,6 +705,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tls: config.listen.tls.clone(),
         http: config.listen.http.clone(),
         single: config.listen.single.clone(),
+        second_stun: config.second_stun_addresses(),
         tls_identity,
         relay: server::RelayConfig {
             bind_v4: config.relay.bind_v4.clone(),
@@ -754,6 +755,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let (username, credential) = mint_at(&mint_secret, user, unix + ttl);
         urls.servers(&username, &credential)
     });
+    let urls = ice_urls.clone();
+    let nat_probes: web::NatProbesFn = Arc::new(move || urls.get().map(|u| u.probes.clone()).unwrap_or_default());
     let extra = config.ice.extra.clone();
     let extra_ice_servers: web::IceServersFn = Arc::new(move |user, unix| extra_servers(&extra, user, unix + ttl));
     let outcomes = Arc::new(outcome::Outcomes::new());
@@ -763,6 +766,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             token_secret: config.signal.secret.as_ref().map(|s| s.as_bytes().to_vec()),
             ice_servers,
             extra_ice_servers,
+            nat_probes,
             credential_ttl_secs: ttl,
             data_dir: config.web.data_dir(),
             admin_token: config.web.admin_token.clone(),
@@ -1228,6 +1232,9 @@ fn interface_address(interface_ips: &[IpAddr]) -> Option<IpAddr> {
 struct IceUrls {
     stun: Vec<String>,
     turn: Vec<String>,
+    /// The second STUN ports (`stun.second_port`), for `/check` only (`natProbes`): not in the calls' `iceServers`,
+    /// where a port a firewall drops would hold gathering back for every call.
+    probes: Vec<String>,
 }
 
 impl IceUrls {
@@ -1235,7 +1242,11 @@ impl IceUrls {
     fn new(host: &str, running: &server::Running, other: Option<SocketAddr>) -> Self {
         let mut stun = Vec::new();
         let mut turn = Vec::new();
+        let mut probes = Vec::new();
         if let Some(a) = running.udp.first() {
+            if let Some(second) = running.second_stun.iter().find(|s| s.is_ipv4() == a.is_ipv4()) {
+                probes.push(format!("stun:{host}:{}", second.port()));
+            }
             stun.push(format!("stun:{host}:{}", a.port()));
             turn.push(format!("turn:{host}:{}?transport=udp", a.port()));
             if let Some(other) = other {
@@ -1251,7 +1262,7 @@ impl IceUrls {
         if let Some(a) = running.single.first() {
             turn.push(format!("turns:{host}:{}?transport=tcp", a.port()));
         }
-        Self { stun, turn }
+        Self { stun, turn, probes }
     }
 
     /// The `iceServers` array: a STUN entry and a TURN entry with the credential, each only when it has a URL (a
@@ -1524,6 +1535,7 @@ mod tests {
         let only_turn = IceUrls {
             stun: Vec::new(),
             turn: vec!["turn:h:3478?transport=tcp".into()],
+            probes: vec!["stun:h:3479".into()],
         };
         let v = only_turn.servers("u", "c");
         assert_eq!(v.as_array().map(Vec::len), Some(1), "{v}");
@@ -1532,6 +1544,7 @@ mod tests {
         let none = IceUrls {
             stun: Vec::new(),
             turn: Vec::new(),
+            probes: Vec::new(),
         };
         assert_eq!(
             none.servers("u", "c"),

@@ -44,6 +44,9 @@ pub use reports::{DEFAULT_MAX_REPORTS, MAX_REPORTS_PER_SOURCE, MAX_REPORT_BYTES}
 /// Mints `iceServers` (a JSON array) with a fresh TURN credential for a user at a Unix time.
 pub type IceServersFn = Arc<dyn Fn(&str, u64) -> serde_json::Value + Send + Sync>;
 
+/// The `natProbes` of `/api/ice-servers` (known once the listeners are bound).
+pub type NatProbesFn = Arc<dyn Fn() -> Vec<String> + Send + Sync>;
+
 /// `servers` with `extra`'s entries for `user` at `unix` appended.
 pub(crate) fn with_extra(
     mut servers: serde_json::Value,
@@ -79,6 +82,9 @@ pub struct WebConfig {
     /// Other servers' `iceServers` entries (`ice.extra`), appended after this server's (and its cluster's); not
     /// part of what a node advertises to the others.
     pub extra_ice_servers: IceServersFn,
+    /// `stun:` URLs of this server's second STUN ports (`stun.second_port`): `/api/ice-servers` hands them out as
+    /// `natProbes`, for `/check` to compare what two addresses see; calls never gather against them.
+    pub nat_probes: NatProbesFn,
     /// Lifetime of minted TURN credentials, reported by `/api/ice-servers`.
     pub credential_ttl_secs: u64,
     /// Where reports shared from `/check` are kept, one JSON file each; created on the first report.

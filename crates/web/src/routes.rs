@@ -473,6 +473,7 @@ async fn ice_servers(
         "username": username,
         "password": password,
         "uris": uris,
+        "natProbes": (app.config.nat_probes)(),
     });
     ([(header::CACHE_CONTROL, "no-store")], axum::Json(body)).into_response()
 }

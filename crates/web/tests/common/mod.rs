@@ -12,6 +12,7 @@ pub fn config(dir: &Path) -> WebConfig {
         token_secret: None,
         ice_servers: Arc::new(|_, _| serde_json::json!([])),
         extra_ice_servers: Arc::new(|_, _| serde_json::json!([])),
+        nat_probes: Arc::new(Vec::new),
         credential_ttl_secs: 3600,
         data_dir: dir.join("data"),
         admin_token: None,

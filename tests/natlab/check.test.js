@@ -1,0 +1,66 @@
+// /check (the troubleshooter page) in headless Chromium inside a site's host namespace, against a server with one
+// IP and no RFC 5780: the default deployment. The page must tell the NAT's mapping from the two ports the server
+// hands it (`natProbes`: the second STUN port, stun.second_port), as the doctor does, and say so in its verdict.
+// Without the second port a symmetric NAT went unnoticed there ("inconclusive", level ok, nothing said).
+//
+// The server runs beside the lab's main one (lab.sh serve-role), on 203.0.113.10 with ports of its own: UDP 4478
+// (TURN and STUN; its second STUN port is 4479, the port after) and HTTP 8080.
+//
+// Run by run.sh (NATLAB_PREFIX, TRAVERSE_BIN, CHROMIUM_PATH; NATLAB_SITES limits the sites).
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { launchBrowser } from '../browser/lib/harness.js';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const PREFIX = process.env.NATLAB_PREFIX;
+const ONLY = (process.env.NATLAB_SITES || '').split(',').filter(Boolean);
+const PAGE = 'http://203.0.113.10:8080/check';
+const STUN = 'stun:203.0.113.10:4478';
+const PROBE = 'stun:203.0.113.10:4479';
+
+/** What the page must find: the RFC 4787 mapping it can tell from two ports of one IP, and words in its verdict. */
+const SITES = [
+  // One public port for both server ports: the strictest kind ruled out, and no more claimed (one IP only).
+  { site: 'eim-a', mapping: 'endpoint-independent-or-address-dependent', words: /rules out the strictest kind/ },
+  { site: 'sym-a', mapping: 'address-and-port-dependent', words: /symmetric NAT/, headline: /Your NAT is symmetric/ },
+  // No UDP gets out: no public address to compare, and no gathering against the second port either.
+  { site: 'noudp', mapping: 'inconclusive', why: 'no-srflx', words: /no public address was learned/ },
+].filter((s) => ONLY.length === 0 || ONLY.includes(s.site));
+
+const lab = (...args) => execFileSync(path.join(here, 'lab.sh'), [args[0], PREFIX, ...args.slice(1)], { stdio: 'pipe' });
+
+before(() => {
+  assert.ok(PREFIX, 'NATLAB_PREFIX is set (run through tests/natlab/run.sh)');
+  lab('serve-role', 'single', process.env.TRAVERSE_BIN, '--udp', '203.0.113.10:4478', '--tcp', '203.0.113.10:4478',
+    '--http', '203.0.113.10:8080', '--public-host', '203.0.113.10', '--workers', '1', '--set', 'listen.tls=');
+});
+after(() => lab('stop', 'single'));
+
+for (const want of SITES) {
+  test(`/check in ${want.site}: ${want.mapping} from two ports of one IP`, { timeout: 150000 }, async () => {
+    process.env.NATLAB_NS = `${PREFIX}-${want.site}-h`;
+    const browser = await launchBrowser();
+    try {
+      const page = await browser.newPage();
+      await page.goto(PAGE);
+      await page.waitForFunction(() => document.body.dataset.state === 'done', null, { timeout: 120000 });
+      const report = await page.evaluate(() => JSON.parse(document.getElementById('raw').textContent));
+      const { nat, verdict } = report;
+      console.log(`${want.site}: ${verdict.level}: ${verdict.headline}`);
+      console.log(`  nat: ${nat.mapping} (${nat.why}) ${JSON.stringify(nat.observations)}`);
+      assert.deepEqual(report.iceServers.natProbes, [PROBE], 'the second port is handed to /check');
+      const urls = report.iceServers.servers.flatMap((s) => [].concat(s.urls));
+      assert.ok(!urls.includes(PROBE), `and only to /check: ${urls}`);
+      assert.equal(nat.mapping, want.mapping, JSON.stringify(nat));
+      if (want.why) assert.equal(nat.why, want.why, JSON.stringify(nat));
+      else assert.deepEqual(nat.servers, [STUN, PROBE], JSON.stringify(nat));
+      assert.ok(verdict.advice.some((a) => want.words.test(a.text)), JSON.stringify(verdict.advice));
+      if (want.headline) assert.match(verdict.headline, want.headline);
+    } finally {
+      await browser.close();
+    }
+  });
+}
