@@ -12,6 +12,10 @@ pub enum CheckError {
     // The network's.
     #[error("no answer within {} ms", .0.as_millis())]
     Timeout(Duration),
+    /// The TCP connection was accepted, then nothing answered: something listens there, so the port is neither
+    /// blocked nor closed, but it does not speak what we asked.
+    #[error("the connection was accepted, then no answer within {} ms", .0.as_millis())]
+    Silent(Duration),
     #[error("connection refused")]
     Refused,
     #[error("network unreachable")]
@@ -52,6 +56,7 @@ impl CheckError {
     pub fn code(&self) -> &'static str {
         match self {
             CheckError::Timeout(_) => "timeout",
+            CheckError::Silent(_) => "silent",
             CheckError::Refused => "refused",
             CheckError::Unreachable => "unreachable",
             CheckError::Closed => "closed",

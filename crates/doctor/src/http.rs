@@ -54,7 +54,7 @@ pub async fn open_with_local(
     }
     let (stream, cert) = timeout(limit, tls::connect(tcp, &target.host, alpn))
         .await
-        .map_err(|_| CheckError::Timeout(limit))??;
+        .map_err(|_| CheckError::Silent(limit))??;
     Ok((Box::new(stream), Some(cert), local))
 }
 
@@ -104,7 +104,7 @@ pub async fn get(
     };
     let raw = timeout(limit, exchange)
         .await
-        .map_err(|_| CheckError::Timeout(limit))??;
+        .map_err(|_| CheckError::Silent(limit))??;
     let (status, body) = parse_response(&raw)?;
     Ok(Reply { status, body, cert })
 }
@@ -160,7 +160,7 @@ pub async fn ws_upgrade(target: &Target, path: &str, limit: Duration) -> Result<
     };
     let raw = timeout(limit, exchange)
         .await
-        .map_err(|_| CheckError::Timeout(limit))??;
+        .map_err(|_| CheckError::Silent(limit))??;
     let status = status_line(&raw)?;
     Ok((status, cert))
 }

@@ -151,32 +151,62 @@ fn transport_of(turn: &[TurnFact], pick: impl Fn(&TurnFact) -> bool) -> Option<b
 
 /// Plain words for why a TURN transport failed.
 pub fn turn_cause(t: &TurnFact) -> Option<String> {
+    Some(format!("{}: {}", turn_what(&[t]), turn_reason(t)?))
+}
+
+/// "TURN over TCP on port 3478", or "on ports 3478 and 3479" for several URLs of one transport that failed alike.
+fn turn_what(facts: &[&TurnFact]) -> String {
+    let mut ports: Vec<u16> = Vec::new();
+    for t in facts {
+        if !ports.contains(&t.port()) {
+            ports.push(t.port());
+        }
+    }
+    let transport = facts.first().map_or("", |t| t.transport().word());
+    match ports.as_slice() {
+        [one] => format!("TURN over {transport} on port {one}"),
+        [rest @ .., last] => {
+            let rest: Vec<String> = rest.iter().map(u16::to_string).collect();
+            format!("TURN over {transport} on ports {} and {last}", rest.join(", "))
+        }
+        [] => format!("TURN over {transport}"),
+    }
+}
+
+/// Why a TURN transport failed, after its name.
+fn turn_reason(t: &TurnFact) -> Option<String> {
     let e = t.error()?;
-    let what = format!("TURN over {} on port {}", t.transport().word(), t.port());
     // The TLS handshake went through, so something listens and speaks TLS there: silence, a close or a non-STUN
     // answer inside it is what an HTTPS server or an HTTP load balancer gives a TURN request.
     let tls_but_not_turn = t.transport() == crate::ice::Transport::Tls && t.certificate.is_some();
     Some(match e {
-        CheckError::Timeout(_) | CheckError::Closed | CheckError::Protocol(_) if tls_but_not_turn => format!(
-            "{what}: TLS was accepted but nothing answered TURN inside it — what terminates TLS there (a web server, \
-             an HTTP load balancer) does not speak TURN: forward that port to Traverse at layer 4 (TCP, TLS passed \
-             through), or route ALPN `stun.turn` to it"
-        ),
-        CheckError::AuthRejected(_) => format!(
-            "{what}: the server refused the credential (401 Unauthorized) — wrong password, or a REST credential \
-             that expired or was minted with another secret"
-        ),
+        CheckError::Timeout(_) | CheckError::Silent(_) | CheckError::Closed | CheckError::Protocol(_)
+            if tls_but_not_turn =>
+        {
+            "TLS was accepted but nothing answered TURN inside it — what terminates TLS there (a web server, an HTTP \
+             load balancer) does not speak TURN: forward that port to Traverse at layer 4 (TCP, TLS passed through), \
+             or route ALPN `stun.turn` to it"
+                .to_owned()
+        }
+        CheckError::AuthRejected(_) => "the server refused the credential (401 Unauthorized) — wrong password, or a \
+             REST credential that expired or was minted with another secret"
+            .to_owned(),
         CheckError::StaleNonce(n) => format!(
-            "{what}: the server answered 438 Stale Nonce {n} times in a row — a nonce lifetime that is too short or \
-             clocks out of step; this is not a wrong password"
+            "the server answered 438 Stale Nonce {n} times in a row — a nonce lifetime that is too short or clocks \
+             out of step; this is not a wrong password"
         ),
-        CheckError::Stun { code: 486, .. } => format!("{what}: allocation quota reached (486)"),
-        CheckError::Stun { code: 508, .. } => format!("{what}: the server is out of relay ports (508)"),
-        CheckError::Stun { code: 403, reason } => format!("{what}: forbidden (403 {reason})"),
-        CheckError::Timeout(_) => format!("{what}: no answer — blocked on this network or not listening"),
-        CheckError::Refused => format!("{what}: connection refused — nothing listens there"),
-        CheckError::NoCredential => format!("{what}: not tested, no credential"),
-        other => format!("{what}: {other}"),
+        CheckError::Stun { code: 486, .. } => "allocation quota reached (486)".to_owned(),
+        CheckError::Stun { code: 508, .. } => "the server is out of relay ports (508)".to_owned(),
+        CheckError::Stun { code: 403, reason } => format!("forbidden (403 {reason})"),
+        CheckError::Timeout(_) => "no answer — blocked on this network or not listening".to_owned(),
+        // Neither blocked nor closed: the handshake went through.
+        CheckError::Silent(_) => "the connection was accepted but nothing answered TURN — something other than \
+             Traverse listens there (a port forwarded to the wrong host or service, or a proxy that holds the \
+             connection)"
+            .to_owned(),
+        CheckError::Refused => "connection refused — nothing listens there".to_owned(),
+        CheckError::NoCredential => "not tested, no credential".to_owned(),
+        other => other.to_string(),
     })
 }
 
@@ -188,6 +218,8 @@ struct Signaling<'a> {
     unreachable: bool,
     /// The first failure, after the first endpoint's URL.
     error: Option<String>,
+    /// The first endpoint that accepted the connection and then answered nothing over HTTP (nor the upgrade).
+    silent: Option<&'a str>,
     /// The first certificate a browser refuses.
     untrusted: Option<&'a crate::tls::CertInfo>,
     days_left: Option<i64>,
@@ -208,6 +240,10 @@ impl<'a> Signaling<'a> {
                 .iter()
                 .find_map(|c| c.error())
                 .map(|e| format!("{first_url}: {e}")),
+            silent: primary_first
+                .iter()
+                .find(|c| matches!(c.http.error(), Some(CheckError::Silent(_))) && !c.websocket.ok())
+                .map(|c| c.url.as_str()),
             untrusted: primary_first
                 .iter()
                 .find_map(|c| c.certificate.as_ref().filter(|c| !c.trusted)),
@@ -279,8 +315,13 @@ pub fn verdict(f: &Facts) -> Verdict {
     let turn_tcp = transport_of(&f.turn, |t| t.transport() == Transport::Tcp);
     let turn_tls = transport_of(&f.turn, |t| t.transport() == Transport::Tls && t.port() != 443);
     // A 443 probe the server did not announce that nothing answered means "not offered", not "blocked".
-    let probe_unanswered =
-        |t: &TurnFact| t.probe && matches!(t.error(), Some(CheckError::Refused | CheckError::Timeout(_)));
+    let probe_unanswered = |t: &TurnFact| {
+        t.probe
+            && matches!(
+                t.error(),
+                Some(CheckError::Refused | CheckError::Timeout(_) | CheckError::Silent(_))
+            )
+    };
     let turn_443 = transport_of(&f.turn, |t| {
         t.transport() == Transport::Tls && t.port() == 443 && !probe_unanswered(t)
     });
@@ -309,11 +350,13 @@ pub fn verdict(f: &Facts) -> Verdict {
             causes.push(format!(
                 "The signaling server's certificate is refused by browsers: {p}."
             ));
-        } else if f
-            .signaling
-            .iter()
-            .any(|c| c.http.ok() && matches!(c.websocket.error(), Some(CheckError::Timeout(_))))
-        {
+        } else if f.signaling.iter().any(|c| {
+            c.http.ok()
+                && matches!(
+                    c.websocket.error(),
+                    Some(CheckError::Timeout(_) | CheckError::Silent(_))
+                )
+        }) {
             // Field note 5: the most common proxy failure — HTTP passes, the upgrade hangs.
             causes.push(
                 "Signaling does not work: the WebSocket upgrade of /ws got no answer while HTTP works — a proxy in \
@@ -323,6 +366,16 @@ pub fn verdict(f: &Facts) -> Verdict {
             advice.push(
                 "Let the proxy pass WebSocket upgrades to /ws (the `Upgrade` and `Connection` headers, HTTP/1.1) with \
                  a read timeout longer than the 10 s heartbeat, or put Traverse on 443 itself (the single port)."
+                    .to_owned(),
+            );
+        } else if let Some(url) = signaling.silent {
+            causes.push(format!(
+                "Signaling does not work: {url} accepts connections but answers nothing over HTTP — something other \
+                 than Traverse listens there, or a proxy holds the connection without passing it on."
+            ));
+            advice.push(
+                "Check what listens on that port: a port forwarded to the wrong host or service, or a proxy or load \
+                 balancer with no healthy upstream."
                     .to_owned(),
             );
         } else {
@@ -365,13 +418,22 @@ pub fn verdict(f: &Facts) -> Verdict {
         _ => {}
     }
 
-    // Transports.
+    // Transports: URLs of one transport that failed for one reason make one line (16 dead URLs made 16).
+    let mut failed: Vec<(Transport, String, Vec<&TurnFact>)> = Vec::new();
     for t in &f.turn {
-        if let Some(c) = turn_cause(t) {
-            if !t.probe || !matches!(t.error(), Some(CheckError::Refused | CheckError::Timeout(_))) {
-                causes.push(format!("{c}."));
-            }
+        let Some(reason) = turn_reason(t).filter(|_| !probe_unanswered(t)) else {
+            continue;
+        };
+        match failed
+            .iter_mut()
+            .find(|(tr, r, _)| *tr == t.transport() && *r == reason)
+        {
+            Some((_, _, facts)) => facts.push(t),
+            None => failed.push((t.transport(), reason, vec![t])),
         }
+    }
+    for (_, reason, facts) in &failed {
+        causes.push(format!("{}: {reason}.", turn_what(facts)));
     }
     let tls_certificates: Vec<(&TurnFact, &crate::tls::CertInfo)> = f
         .turn
@@ -1216,7 +1278,7 @@ mod tests {
     #[test]
     fn a_hung_websocket_upgrade_behind_working_http_names_the_proxy() {
         let mut f = healthy();
-        f.signaling = vec![endpoint(Ok(()), Err(CheckError::Timeout(Duration::from_secs(3))))];
+        f.signaling = vec![endpoint(Ok(()), Err(CheckError::Silent(Duration::from_secs(3))))];
         let v = verdict(&f);
         assert!(
             v.causes
@@ -1230,6 +1292,66 @@ mod tests {
             "{:?}",
             v.advice
         );
+    }
+
+    /// Sixteen dead TURN URLs were sixteen cause lines: URLs of one transport that failed for one reason are one
+    /// line naming their ports; another reason or transport is a line of its own.
+    #[test]
+    fn turn_urls_that_failed_alike_make_one_cause() {
+        let mut f = healthy();
+        let timeout = || Some(CheckError::Timeout(Duration::from_secs(3)));
+        f.turn = (0..16).map(|i| turn(Transport::Udp, 4000 + i, timeout())).collect();
+        f.turn.push(turn(Transport::Udp, 4000, timeout()));
+        f.turn.push(turn(Transport::Tcp, 4000, timeout()));
+        f.turn.push(turn(Transport::Udp, 5000, Some(CheckError::Refused)));
+        let v = verdict(&f);
+        let turn: Vec<&String> = v.causes.iter().filter(|c| c.starts_with("TURN over")).collect();
+        assert_eq!(turn.len(), 3, "{turn:#?}");
+        assert!(
+            turn[0].starts_with("TURN over UDP on ports 4000, 4001, 4002, ")
+                && turn[0].contains(", 4014 and 4015: no answer"),
+            "{}",
+            turn[0]
+        );
+        assert_eq!(
+            turn[1],
+            "TURN over TCP on port 4000: no answer — blocked on this network or not listening."
+        );
+        assert_eq!(
+            turn[2],
+            "TURN over UDP on port 5000: connection refused — nothing listens there."
+        );
+    }
+
+    /// A port that accepts the connection and then answers nothing is neither blocked nor closed: what listens
+    /// there is named, for TURN over TCP and for signaling, and the server is not called unreachable.
+    #[test]
+    fn an_endpoint_that_accepts_and_never_answers_is_not_called_blocked() {
+        let mut f = healthy();
+        f.turn[0] = turn(Transport::Tcp, 3478, Some(CheckError::Silent(Duration::from_secs(3))));
+        let cause = turn_cause(&f.turn[0]).unwrap();
+        assert!(cause.contains("accepted but nothing answered TURN"), "{cause}");
+        assert!(!cause.contains("blocked"), "{cause}");
+        f.signaling = vec![endpoint(
+            Err(CheckError::Silent(Duration::from_secs(3))),
+            Err(CheckError::Silent(Duration::from_secs(3))),
+        )];
+        let v = verdict(&f);
+        assert!(
+            v.causes
+                .iter()
+                .any(|c| c.contains("http://127.0.0.1:8080 accepts connections but answers nothing")),
+            "{:?}",
+            v.causes
+        );
+        assert!(!v.causes.iter().any(|c| c.contains("unreachable")), "{:?}", v.causes);
+        // The same endpoint behind a closed port is unreachable, as before.
+        f.signaling = vec![endpoint(Err(CheckError::Refused), Err(CheckError::Refused))];
+        f.turn
+            .iter_mut()
+            .for_each(|t| *t = turn(t.transport(), t.port(), Some(CheckError::Refused)));
+        let v = verdict(&f);
+        assert!(v.summary.contains("unreachable"), "{}", v.summary);
     }
 
     /// The relay test crosses this client's link four times: 8 % lost there is about 2 % each way (fair, no

@@ -514,3 +514,55 @@ fn the_nat_is_probed_through_the_first_stun_server_that_answers() {
         "through the server that answered: {all}"
     );
 }
+
+/// A port that accepts TCP and then answers nothing — a port forwarded to the wrong service, a proxy with no
+/// upstream — as the signaling endpoint and as a TURN-over-TCP URL: the doctor says something listens there that is
+/// not Traverse (`silent`), where it said "blocked on this network or not listening" and "unreachable".
+#[test]
+fn a_port_that_accepts_and_never_answers_is_named_not_called_blocked() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().take(64) {
+            held.extend(stream.ok());
+        }
+        std::thread::sleep(Duration::from_secs(30));
+    });
+    let turn = format!("turn:{addr}?transport=tcp");
+    let (_, json, all) = doctor(&[
+        &format!("http://{addr}"),
+        "--turn",
+        &turn,
+        "--turn-user",
+        "u",
+        "--turn-password",
+        "p",
+        "--json",
+        "--quiet",
+        "--timeout-ms",
+        "1500",
+        "--https-port",
+        "0",
+        "--http-port",
+        "0",
+    ]);
+    let signaling = &json["signaling"][0];
+    assert_eq!(signaling["http"]["error_code"], "silent", "{all}");
+    let turn = json["turn"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["url"] == turn.as_str());
+    assert_eq!(turn.map(|t| &t["error_code"]), Some(&"silent".into()), "{all}");
+    let causes = json["verdict"]["causes"].to_string();
+    assert!(
+        causes.contains("accepts connections but answers nothing over HTTP"),
+        "{causes}"
+    );
+    assert!(causes.contains("accepted but nothing answered TURN"), "{causes}");
+    assert!(
+        !causes.contains("unreachable") && !causes.contains("blocked"),
+        "{causes}"
+    );
+}
