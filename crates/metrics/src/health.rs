@@ -24,7 +24,8 @@ pub trait Check: std::fmt::Debug + Send + Sync {
 pub struct CheckResult {
     pub name: &'static str,
     pub ok: bool,
-    /// A sentence for the operator.
+    /// A sentence for the operator; left out where strangers ask (the public ports).
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub detail: String,
 }
 

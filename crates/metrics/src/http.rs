@@ -144,14 +144,37 @@ pub fn health_routes<S: Clone + Send + Sync + 'static>(health: Arc<Health>) -> R
         .with_state(health)
 }
 
+/// [`health_routes`] for the public ports: `/readyz` names each check and whether it passes, without the detail
+/// (the bound addresses, the certificate's state, Redis'), which only the metrics listener tells.
+pub fn public_health_routes<S: Clone + Send + Sync + 'static>(health: Arc<Health>) -> Router<S> {
+    Router::new()
+        .route("/healthz", get(|| async { axum::Json(Health::liveness()) }))
+        .route("/readyz", get(public_readyz))
+        .with_state(health)
+}
+
 async fn readyz(State(health): State<Arc<Health>>) -> Response {
-    let unix = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let readiness = health.readiness(unix);
-    let status = match readiness.ready {
+    let readiness = health.readiness(unix_now());
+    (ready_status(&readiness), axum::Json(readiness)).into_response()
+}
+
+async fn public_readyz(State(health): State<Arc<Health>>) -> Response {
+    let mut readiness = health.readiness(unix_now());
+    for check in &mut readiness.checks {
+        check.detail.clear();
+    }
+    (ready_status(&readiness), axum::Json(readiness)).into_response()
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+fn ready_status(readiness: &crate::Readiness) -> StatusCode {
+    match readiness.ready {
         true => StatusCode::OK,
         false => StatusCode::SERVICE_UNAVAILABLE,
-    };
-    (status, axum::Json(readiness)).into_response()
+    }
 }
 
 async fn scrape(

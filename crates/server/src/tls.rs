@@ -235,7 +235,10 @@ fn load(identity: &TlsIdentity) -> Result<(CertifiedKey, Option<SystemTime>), St
             let read = |p: &PathBuf| {
                 std::fs::read(p).map_err(|e| StartError::Tls(format!("cannot read {}: {e}", p.display())))
             };
-            (read(cert)?, read(key)?, newest_mtime(cert, key))
+            // Stat before reading: a file replaced in between then looks changed at the next check and is read
+            // again, where stat after the read took the new time for the old contents and missed the change.
+            let mtime = newest_mtime(cert, key);
+            (read(cert)?, read(key)?, mtime)
         }
         TlsIdentity::SelfSigned { names } | TlsIdentity::Acme { names } => {
             let generated = rcgen::generate_simple_self_signed(names.clone())

@@ -165,7 +165,7 @@ pub(crate) fn router(app: Arc<App>, scheme: Scheme) -> Router {
     if scheme == Scheme::HttpRedirect {
         // Probes answer on plain HTTP too: a kubelet's httpGet does not follow a redirect to a name it cannot check.
         return Router::new()
-            .merge(metrics::http::health_routes(app.health.clone()))
+            .merge(metrics::http::public_health_routes(app.health.clone()))
             .route(ACME_CHALLENGE, get(acme_http01))
             .fallback(redirect_to_https)
             .with_state(app)
@@ -222,7 +222,7 @@ pub(crate) fn router(app: Arc<App>, scheme: Scheme) -> Router {
         .route("/api/dashboard/events", get(crate::dashboard::events))
         .route("/", get(|| async { ([(header::CONTENT_TYPE, HTML)], INDEX) }))
         .route(ACME_CHALLENGE, get(acme_http01))
-        .merge(metrics::http::health_routes(app.health.clone()))
+        .merge(metrics::http::public_health_routes(app.health.clone()))
         .with_state(app)
         .layer(axum::middleware::map_response(security_headers))
 }
