@@ -44,6 +44,8 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   fi
   python3 -c 'import aioice' 2>/dev/null || python3 -m pip install -q aioice
+  # A WebRTC peer that is not a browser: aiortc in a call with the SDK (tests/browser/aiortc.test.js).
+  python3 -c 'import aiortc, websockets' 2>/dev/null || python3 -m pip install -q aiortc websockets
   # The metrics test parses /metrics with Prometheus' own Python text parser.
   python3 -c 'import prometheus_client' 2>/dev/null || python3 -m pip install -q prometheus_client
   # The tests must not silently skip what CI can install.
