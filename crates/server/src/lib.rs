@@ -200,22 +200,7 @@ pub fn start(config: ServerConfig, http: Option<Arc<dyn HttpHandler>>) -> Result
     let mut per_worker: Vec<worker::Sockets> = (0..workers).map(|_| worker::Sockets::default()).collect();
     let mut bound = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for addr in &config.udp {
-        ensure_free(*addr, "UDP")?;
-        let mut actual = *addr;
-        for sockets in per_worker.iter_mut() {
-            let s = udp::bind(actual, true).map_err(|source| StartError::Bind {
-                proto: "UDP",
-                addr: actual,
-                source,
-            })?;
-            actual = s.local_addr().map_err(|source| StartError::Bind {
-                proto: "UDP",
-                addr: actual,
-                source,
-            })?;
-            sockets.udp.push(s);
-        }
-        bound.0.push(actual);
+        bound.0.push(bind_udp_per_worker(*addr, &mut per_worker, "UDP")?);
     }
     let nat_discovery = bind_nat_discovery(&config, &mut per_worker)?;
     let second_stun = bind_second_stun(&config.second_stun, &mut per_worker);
@@ -349,19 +334,39 @@ fn bind_nat_discovery(
     }
     let mut extra = Vec::new();
     for addr in d.addresses().into_iter().filter(|a| !config.udp.contains(a)) {
-        ensure_free(addr, "UDP")?;
-        for sockets in per_worker.iter_mut() {
-            let s = udp::bind(addr, true).map_err(|source| StartError::Bind {
-                proto: "UDP (RFC 5780 alternate)",
-                addr,
-                source,
-            })?;
-            sockets.udp.push(s);
-        }
-        extra.push(addr);
+        extra.push(bind_udp_per_worker(addr, per_worker, "UDP (RFC 5780 alternate)")?);
     }
     tracing::info!("{}", d.describe());
     Ok(extra)
+}
+
+/// One UDP socket on `addr` for each worker (SO_REUSEPORT), the first choosing the port when `addr`'s is 0; all or
+/// none: the workers get them only once every one is bound. Returns the bound address.
+fn bind_udp_per_worker(
+    addr: SocketAddr,
+    per_worker: &mut [worker::Sockets],
+    proto: &'static str,
+) -> Result<SocketAddr, StartError> {
+    ensure_free(addr, "UDP")?;
+    let mut actual = addr;
+    let mut sockets = Vec::with_capacity(per_worker.len());
+    for _ in 0..per_worker.len() {
+        let s = udp::bind(actual, true).map_err(|source| StartError::Bind {
+            proto,
+            addr: actual,
+            source,
+        })?;
+        actual = s.local_addr().map_err(|source| StartError::Bind {
+            proto,
+            addr: actual,
+            source,
+        })?;
+        sockets.push(s);
+    }
+    for (worker, s) in per_worker.iter_mut().zip(sockets) {
+        worker.udp.push(s);
+    }
+    Ok(actual)
 }
 
 /// Binds the second STUN ports like the UDP listeners, once per worker. A port another process holds costs the
@@ -369,32 +374,8 @@ fn bind_nat_discovery(
 fn bind_second_stun(addrs: &[SocketAddr], per_worker: &mut [worker::Sockets]) -> Vec<SocketAddr> {
     let mut bound = Vec::new();
     for &addr in addrs {
-        let bind_all = || -> Result<(SocketAddr, Vec<_>), StartError> {
-            ensure_free(addr, "UDP")?;
-            let mut actual = addr;
-            let mut sockets = Vec::new();
-            for _ in 0..per_worker.len() {
-                let s = udp::bind(actual, true).map_err(|source| StartError::Bind {
-                    proto: "UDP (second STUN port)",
-                    addr: actual,
-                    source,
-                })?;
-                actual = s.local_addr().map_err(|source| StartError::Bind {
-                    proto: "UDP (second STUN port)",
-                    addr: actual,
-                    source,
-                })?;
-                sockets.push(s);
-            }
-            Ok((actual, sockets))
-        };
-        match bind_all() {
-            Ok((actual, sockets)) => {
-                for (worker, s) in per_worker.iter_mut().zip(sockets) {
-                    worker.udp.push(s);
-                }
-                bound.push(actual);
-            }
+        match bind_udp_per_worker(addr, per_worker, "UDP (second STUN port)") {
+            Ok(actual) => bound.push(actual),
             Err(e) => tracing::warn!(
                 "{e}: /check cannot tell a symmetric NAT apart on this address family; set stun.second_port to a \
                  free port, or 0 to turn it off"

@@ -65,7 +65,8 @@ mod token;
 pub use budget::{Over, SharedBytes, Source};
 pub use frame::{LeftReason, UndeliverableReason};
 pub use hub::{
-    ConnId, HubStats, IceServerSource, Limits, MemoryHub, Now, Output, Restored, SessionEvent, SignalHub, Unjoined,
+    report_allowance, ConnId, HubStats, IceServerSource, Limits, MemoryHub, Now, Output, Restored, SessionEvent,
+    SignalHub, Unjoined,
 };
 pub use id::{PeerId, SessionSecret};
 pub use protocol::{CloseCode, ErrorCode, Refusal};

@@ -23,10 +23,16 @@ const IP: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7));
 
 impl Lab {
     fn new(limits: Limits) -> Self {
+        Self::sharing(limits, signal::report_allowance())
+    }
+
+    /// A hub that shares its per-address report allowance, as the shards of one server do.
+    fn sharing(limits: Limits, reports: std::sync::Arc<source::RateLimiter>) -> Self {
         let start = Instant::now();
         let ice: signal::IceServerSource = Box::new(|_, _| serde_json::value::to_raw_value(&json!([])).unwrap());
         Self {
-            hub: MemoryHub::new(limits, None, ice, rand::rngs::StdRng::seed_from_u64(9), start),
+            hub: MemoryHub::new(limits, None, ice, rand::rngs::StdRng::seed_from_u64(9), start)
+                .with_shared_report_allowance(reports),
             start,
             at: Duration::ZERO,
             inbox: HashMap::new(),
@@ -460,6 +466,35 @@ fn a_drop_and_a_newer_call_s_report_are_not_paired() {
     lab.report(1, &b, connected_relay_tls(650));
     assert_eq!(lab.diagnoses.len(), 3);
     assert_eq!(lab.diagnoses[2].outcome, Outcome::Connected);
+}
+
+/// The shards of one server share one allowance per address: reports from one address split over two hubs (two
+/// rooms on two shards) are 120 in all, not 120 on each.
+#[test]
+fn the_report_allowance_is_one_per_address_across_shards() {
+    let limits = Limits {
+        burst: 10_000,
+        messages_per_second: 10_000,
+        ..Limits::default()
+    };
+    let shared = signal::report_allowance();
+    let mut labs = [
+        Lab::sharing(limits.clone(), shared.clone()),
+        Lab::sharing(limits, shared),
+    ];
+    for lab in &mut labs {
+        let a = lab.join(1, "r");
+        let b = lab.join(2, "r");
+        for _ in 0..50 {
+            lab.signal(1, &b);
+            lab.report(1, &b, failed_udp_timeout());
+            lab.report(2, &a, failed_udp_timeout());
+        }
+    }
+    let paired: usize = labs.iter().map(|l| l.diagnoses.len()).sum();
+    let refused: u64 = labs.iter().map(|l| l.hub.stats().outcomes_refused).sum();
+    assert_eq!(paired, 60, "120 reports paired over both hubs");
+    assert_eq!(refused, 80, "the other 80 of 200 refused");
 }
 
 #[test]

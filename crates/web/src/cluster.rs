@@ -430,6 +430,7 @@ pub(crate) fn spawn(
     own.max_connections_per_ip = usize::MAX;
     own.max_rooms = 0;
     let bytes = signal::SharedBytes::new();
+    let reports = signal::report_allowance();
     let mut queues = Vec::with_capacity(count);
     for (index, events) in inboxes.into_iter().enumerate() {
         let registry = registries.get(index).cloned().unwrap_or_default();
@@ -442,7 +443,8 @@ pub(crate) fn spawn(
         let rng = rand::rngs::StdRng::from_entropy();
         let hub = MemoryHub::new(own.clone(), config.token_secret.clone(), source, rng, Instant::now())
             .with_session_events()
-            .with_shared_bytes(bytes.clone());
+            .with_shared_bytes(bytes.clone())
+            .with_shared_report_allowance(reports.clone());
         let shard = Shard {
             index,
             siblings: siblings.clone(),

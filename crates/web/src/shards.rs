@@ -208,10 +208,13 @@ impl Shards {
         own.max_rooms = 0;
         // The byte budgets are the server's, shared by the shards (not split: a room lives on one shard).
         let bytes = signal::SharedBytes::new();
+        let reports = signal::report_allowance();
         let shards = (0..count)
             .map(|_| {
                 Shard(Mutex::new(ShardState {
-                    hub: make(own.clone()).with_shared_bytes(bytes.clone()),
+                    hub: make(own.clone())
+                        .with_shared_bytes(bytes.clone())
+                        .with_shared_report_allowance(reports.clone()),
                     sockets: HashMap::default(),
                     armed: None,
                     rooms: 0,

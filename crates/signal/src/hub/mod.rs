@@ -6,6 +6,7 @@
 
 mod counters;
 mod outcomes;
+pub use outcomes::report_allowance;
 mod rooms;
 mod sockets;
 mod stream;
@@ -388,6 +389,13 @@ impl<R: RngCore + Send> MemoryHub<R> {
     #[must_use]
     pub fn with_shared_bytes(mut self, shared: Arc<SharedBytes>) -> Self {
         self.budget.share(shared);
+        self
+    }
+
+    /// Shares the per-source outcome-report allowance ([`report_allowance`]) with the other hubs of one server.
+    #[must_use]
+    pub fn with_shared_report_allowance(mut self, shared: Arc<source::RateLimiter>) -> Self {
+        self.pairing.per_source = shared;
         self
     }
 

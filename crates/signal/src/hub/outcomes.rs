@@ -38,6 +38,16 @@ pub(super) const SOURCE_REPORT_EVERY: Duration = Duration::from_secs(1);
 /// Sources whose report allowance is remembered (about 100 bytes each; full ones are forgotten first).
 const SOURCE_REPORT_SOURCES: usize = 16_384;
 
+/// A per-source report allowance ([`SOURCE_REPORT_BURST`], then one per [`SOURCE_REPORT_EVERY`]) for the hubs of one
+/// server to share: each shard with its own let one address report N times as much on N shards.
+pub fn report_allowance() -> Arc<RateLimiter> {
+    Arc::new(RateLimiter::new(
+        SOURCE_REPORT_BURST,
+        SOURCE_REPORT_EVERY,
+        SOURCE_REPORT_SOURCES,
+    ))
+}
+
 /// A pair of peers in a room, in a fixed order (by id), whichever reported first.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct PairKey {
@@ -87,8 +97,9 @@ pub(super) struct Pairing {
     /// one of them, once, even after it left the room. At most `max_peers_per_room` each; only sessions that had a
     /// call have an entry (an idle socket pays nothing).
     connected: HashMap<PeerId, Vec<Partner>>,
-    /// Per source, the reports it may still send (the project's per-source token bucket, bounded in sources).
-    per_source: RateLimiter,
+    /// Per source, the reports it may still send (the project's per-source token bucket, bounded in sources); one
+    /// for all the shards of a server ([`MemoryHub::with_shared_report_allowance`]).
+    pub(super) per_source: Arc<RateLimiter>,
     /// No later than the earliest deadline of `held` and `decided` (earlier after a removal: then a sweep finds
     /// nothing and sets it right).
     due: Option<Instant>,
@@ -101,7 +112,7 @@ impl Default for Pairing {
             per_reporter: HashMap::new(),
             decided: HashMap::new(),
             connected: HashMap::new(),
-            per_source: RateLimiter::new(SOURCE_REPORT_BURST, SOURCE_REPORT_EVERY, SOURCE_REPORT_SOURCES),
+            per_source: report_allowance(),
             due: None,
         }
     }
