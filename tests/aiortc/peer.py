@@ -120,6 +120,7 @@ class Peer:
             self.channel.send(f"aiortc {i}")
         while len(self.echoes) < self.args.send:
             await asyncio.sleep(0.02)
+        await asyncio.sleep(0.2)  # an echo sent twice would arrive now, and make the count wrong
         expected = [f"aiortc {i}" for i in range(self.args.send)]
         say("echoed", count=len(self.echoes), inOrder=self.echoes == expected)
         await self.signal({"bye": True})
@@ -135,9 +136,9 @@ class Peer:
             if kind == "joined":
                 say("joined", peerId=msg["peerId"])
                 self.connection(msg["iceServers"])
-                self.tasks.append(asyncio.create_task(self.heartbeat(msg.get("heartbeatMs", 10000) / 1000)))
+                self.spawn(self.heartbeat(msg.get("heartbeatMs", 10000) / 1000))
                 if self.args.send:
-                    self.tasks.append(asyncio.create_task(self.exchange()))
+                    self.spawn(self.exchange())
                 if self.other:
                     await self.pc.setLocalDescription(await self.pc.createOffer())
                     await self.describe()
@@ -146,16 +147,31 @@ class Peer:
             elif kind == "error":
                 say("error", message=f"{msg.get('code')}: {msg.get('message')}")
 
+    def spawn(self, coro):
+        """A task whose failure ends the run with its reason (it would otherwise show as the overall timeout)."""
+        task = asyncio.create_task(coro)
+
+        def ended(t):
+            if not t.cancelled() and t.exception():
+                self.failure = t.exception()
+                self.done.set()
+
+        task.add_done_callback(ended)
+        self.tasks.append(task)
+
     async def run(self):
         self.tasks = []
+        self.failure = None
         await self.send({"type": "join", "room": self.args.room, "meta": {"agent": "aiortc"}})
         reader = asyncio.create_task(self.read())
         done = asyncio.create_task(self.done.wait())
         await asyncio.wait({reader, done}, return_when=asyncio.FIRST_COMPLETED)
-        for t in [reader, done, *self.tasks]:
-            t.cancel()
         if reader.done() and not reader.cancelled() and reader.exception():
             raise reader.exception()
+        if self.failure:
+            raise self.failure
+        for t in [reader, done, *self.tasks]:
+            t.cancel()
         await self.send({"type": "leave"})
         if self.pc:
             await self.pc.close()

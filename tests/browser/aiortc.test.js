@@ -81,7 +81,9 @@ function aiortc(t, args) {
   return { events, next, exited, stderr: () => stderr };
 }
 
-test('the SDK calls an aiortc peer through the TURN relay: data both ways, in order, and a bye', { timeout: 90000 }, async (t) => {
+const CALL = { timeout: 90000 };
+
+test('the SDK calls an aiortc peer through the TURN relay: data both ways, in order, and a bye', CALL, async (t) => {
   if (skip) return t.skip(skip);
   const room = `aiortc-${process.pid}-1`;
   const py = aiortc(t, ['--room', room]);
@@ -111,7 +113,8 @@ test('the SDK calls an aiortc peer through the TURN relay: data both ways, in or
     );
     assert.deepEqual(out.got, Array.from({ length: MESSAGES }, (_, i) => `sdk ${i}`), 'echoed once each, in order');
     assert.equal(out.pair.local.candidateType, 'relay', JSON.stringify(out.pair));
-    assert.equal(out.pair.remote.candidateType, 'relay', `aiortc's own candidate is its relay: ${JSON.stringify(out.pair)}`);
+    const pair = JSON.stringify(out.pair);
+    assert.equal(out.pair.remote.candidateType, 'relay', `aiortc's own candidate is its relay: ${pair}`);
     await py.next('open');
     // The SDK's close() sends a bye: aiortc ends the call and leaves.
     assert.equal((await py.next('bye')).by, 'remote');
@@ -119,13 +122,15 @@ test('the SDK calls an aiortc peer through the TURN relay: data both ways, in or
   })().catch(dumpOnFailure(t, server, browser));
 });
 
-test('an aiortc peer calls the SDK, which takes the offer itself: data both ways, in order, and a bye', { timeout: 90000 }, async (t) => {
+test('an aiortc peer calls the SDK, which takes the offer itself: data both ways, in order, and a bye', CALL, async (t) => {
   if (skip) return t.skip(skip);
   const room = `aiortc-${process.pid}-2`;
   const b = await roomPage(browser, server, room, { relay: true, echo: true });
   t.after(() => b.page.close().catch(() => {}));
   await (async () => {
-    await b.page.evaluate(() => room.on('peer-connection', ({ peer }) => peer.on('close', (d) => (window.closedWith = d))));
+    await b.page.evaluate(() =>
+      room.on('peer-connection', ({ peer }) => peer.on('close', (d) => (window.closedWith = d))),
+    );
     const py = aiortc(t, ['--room', room, '--call', b.peerId, '--send', String(MESSAGES)]);
     await py.next('joined');
     await py.next('open');

@@ -293,7 +293,10 @@ test('an RFC 5780 alternate (stun.other_address) is handed out, so /check compar
 test('a server with one address serves a second STUN port (natProbes), so /check compares two ports without #stun=',
   { timeout: 120000 }, async (t) => {
     if (skipWithoutChromium(t)) return;
-    const one = await startTraverse();
+    // An explicit free port: the default (the first UDP port + 1, config.rs' unit test) is not reserved here, and a
+    // concurrent server could hold it.
+    const second = await freePort({ udp: true });
+    const one = await startTraverse({ extraArgs: ['--set', `stun.second_port=${second}`] });
     t.after(() => one.stop());
     const off = await startTraverse({ extraArgs: ['--set', 'stun.second_port=0'] });
     t.after(() => off.stop());
@@ -301,8 +304,7 @@ test('a server with one address serves a second STUN port (natProbes), so /check
     t.after(() => page.close().catch(() => {}));
     await (async () => {
       const api = JSON.parse((await get(`${one.base}/api/ice-servers`)).body);
-      // The port after the first UDP listener's, as coturn's alternate port: 3479 beside 3478.
-      const probe = `stun:127.0.0.1:${one.ports.turn + 1}`;
+      const probe = `stun:127.0.0.1:${second}`;
       assert.deepEqual(api.natProbes, [probe], JSON.stringify(api));
       const urls = api.iceServers.flatMap((s) => [].concat(s.urls));
       assert.ok(!urls.includes(probe), `calls never gather against it: ${urls}`);
@@ -312,9 +314,9 @@ test('a server with one address serves a second STUN port (natProbes), so /check
       const report = await page.evaluate(() => JSON.parse(document.getElementById('raw').textContent));
       console.log(`  nat: ${report.nat.mapping} (${report.nat.why}) from ${report.nat.servers.join(', ')}`);
       assert.deepEqual(report.nat.servers, [`stun:127.0.0.1:${one.ports.turn}`, probe], JSON.stringify(report.nat));
+      // Two addresses to compare (on loopback Chromium learns no public address, so the comparison itself is the NAT
+      // lab's: tests/natlab/check.test.js).
       assert.notEqual(report.nat.why, 'one-address', JSON.stringify(report.nat));
-      // Both ports answered on their own: a comparison, not a guess.
-      assert.notEqual(report.nat.why, 'one-answered', JSON.stringify(report.nat));
     })().catch(dumpOnFailure(t, one, browser));
   });
 

@@ -55,7 +55,9 @@ for (const want of SITES) {
       const urls = report.iceServers.servers.flatMap((s) => [].concat(s.urls));
       assert.ok(!urls.includes(PROBE), `and only to /check: ${urls}`);
       assert.equal(nat.mapping, want.mapping, JSON.stringify(nat));
+      // Without UDP the page must not gather against the second port either (another 10 s): no observation.
       if (want.why) assert.equal(nat.why, want.why, JSON.stringify(nat));
+      if (want.why) assert.deepEqual(nat.observations, [], JSON.stringify(nat));
       else assert.deepEqual(nat.servers, [STUN, PROBE], JSON.stringify(nat));
       assert.ok(verdict.advice.some((a) => want.words.test(a.text)), JSON.stringify(verdict.advice));
       if (want.headline) assert.match(verdict.headline, want.headline);

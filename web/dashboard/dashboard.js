@@ -11,7 +11,8 @@
  * @typedef {{
  *   connected: number, failed: number, by_path: Record<string, number>, by_reason: Record<string, number>,
  *   dropped?: number, dropped_by_reason?: Record<string, number>, recovered?: number,
- *   time_to_connect_ms: Histogram, minutes: Minute[], recent_failures: Failure[]
+ *   time_to_connect_ms: Histogram, minutes: Minute[], recent_failures: Failure[],
+ *   latest_by_reason?: Record<string, string>
  * }} Outcomes
  * @typedef {{sockets: number, sessions: number, rooms: number, relayed: number}} Signaling
  * @typedef {{
@@ -309,7 +310,7 @@ function renderOutcomes(o, unixMs) {
   pathsChart(o.by_path ?? {});
   ttcChart(o.time_to_connect_ms);
   // Failures to connect and calls that dropped, each by its post-mortem's reason (the codes do not overlap).
-  reasonsChart({ ...(o.by_reason ?? {}), ...(o.dropped_by_reason ?? {}) }, o.recent_failures ?? []);
+  reasonsChart({ ...(o.by_reason ?? {}), ...(o.dropped_by_reason ?? {}) }, o.latest_by_reason ?? {}, o.recent_failures ?? []);
   renderRecent(o.recent_failures ?? []);
 }
 
@@ -406,11 +407,13 @@ function sortPaths(entries) {
 }
 
 /**
- * Failures by reason, each with the sentence of its latest failure.
+ * Failures by reason, each with the sentence of its latest failure (the server's `latest_by_reason`; from the recent
+ * failures for a server without it).
  * @param {Record<string, number>} byReason
+ * @param {Record<string, string>} latestByReason
  * @param {Failure[]} recent
  */
-function reasonsChart(byReason, recent) {
+function reasonsChart(byReason, latestByReason, recent) {
   const entries = Object.entries(byReason)
     .filter(([, n]) => n > 0)
     .sort(([a, x], [b, y]) => y - x || a.localeCompare(b));
@@ -426,13 +429,13 @@ function reasonsChart(byReason, recent) {
   );
   const box = $('reasons-chart');
   for (const [reason] of entries) {
-    const latest = recent.find((f) => f.reason === reason);
-    if (!latest) continue;
+    const sentence = latestByReason[reason] ?? recent.find((f) => f.reason === reason)?.message;
+    if (!sentence) continue;
     const p = document.createElement('p');
     p.className = 'sentence';
     const code = document.createElement('code');
     code.textContent = reason;
-    p.append(code, `: ${latest.message}`);
+    p.append(code, `: ${sentence}`);
     box.append(p);
   }
 }

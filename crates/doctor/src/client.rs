@@ -221,8 +221,11 @@ impl TurnClient {
         let stale_before = self.client.stale_nonces();
         match self.answer_to(id).await? {
             Outcome::Success(answer) => Ok(answer),
-            // Over TCP/TLS the connection was accepted: something listens there, and it is not answering TURN.
-            Outcome::Timeout if !self.conn.is_udp() => Err(CheckError::Silent(self.timing.limit)),
+            // Over TCP/TLS the connection was accepted and nothing has answered TURN on it yet (no challenge: no
+            // realm): something else listens there. A Traverse that answered once and then was slow is a timeout.
+            Outcome::Timeout if !self.conn.is_udp() && self.client.realm().is_none() => {
+                Err(CheckError::Silent(self.timing.limit))
+            }
             Outcome::Timeout => Err(CheckError::Timeout(self.timing.limit)),
             Outcome::Error { code: 401, reason, .. } if self.client.realm().is_none() => {
                 Err(CheckError::Protocol(format!("401 without REALM/NONCE ({reason})")))

@@ -93,7 +93,9 @@ impl SignalingFact {
 
     /// Both steps failed because nothing answered (refused, timeout, unreachable, DNS).
     pub fn unreachable(&self) -> bool {
-        let nothing_answered = |t: &Timed<()>| t.error().is_some_and(CheckError::is_unreachable);
+        // A 443/80 probe that something on the way accepts and holds is no answer from the server either.
+        let probe_held = |e: &CheckError| !self.primary && matches!(e, CheckError::Silent(_));
+        let nothing_answered = |t: &Timed<()>| t.error().is_some_and(|e| e.is_unreachable() || probe_held(e));
         nothing_answered(&self.http) && nothing_answered(&self.websocket)
     }
 

@@ -58,6 +58,18 @@ pub async fn open_with_local(
     Ok((Box::new(stream), Some(cert), local))
 }
 
+/// An exchange that ran out of time: `Silent` when nothing came back at all, else an answer that stopped (a slow or
+/// stalled server, not a silent port).
+fn unfinished(raw: &[u8], limit: Duration) -> CheckError {
+    match raw.len() {
+        0 => CheckError::Silent(limit),
+        n => CheckError::Protocol(format!(
+            "the answer stopped after {n} bytes, within {} ms",
+            limit.as_millis()
+        )),
+    }
+}
+
 fn host_header(target: &Target) -> String {
     let default = if target.tls { 443 } else { 80 };
     if target.addr.port() == default {
@@ -83,10 +95,10 @@ pub async fn get(
         request.push_str(&format!("{name}: {value}\r\n"));
     }
     request.push_str("\r\n");
+    let mut raw = Vec::new();
     let exchange = async {
         io.write_all(request.as_bytes()).await?;
         io.flush().await?;
-        let mut raw = Vec::new();
         let mut chunk = [0u8; 8192];
         loop {
             match io.read(&mut chunk).await {
@@ -100,11 +112,10 @@ pub async fn get(
                 return Err(CheckError::Protocol("an HTTP answer over 1 MiB".into()));
             }
         }
-        Ok(raw)
+        Ok(())
     };
-    let raw = timeout(limit, exchange)
-        .await
-        .map_err(|_| CheckError::Silent(limit))??;
+    let done = timeout(limit, exchange).await;
+    done.map_err(|_| unfinished(&raw, limit))??;
     let (status, body) = parse_response(&raw)?;
     Ok(Reply { status, body, cert })
 }
@@ -141,10 +152,10 @@ pub async fn ws_upgrade(target: &Target, path: &str, limit: Duration) -> Result<
          Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: traverse.v1\r\n\r\n",
         host_header(target)
     );
+    let mut raw = Vec::new();
     let exchange = async {
         io.write_all(request.as_bytes()).await?;
         io.flush().await?;
-        let mut raw = Vec::new();
         let mut chunk = [0u8; 4096];
         while !raw.windows(4).any(|w| w == b"\r\n\r\n") {
             let n = io.read(&mut chunk).await?;
@@ -156,11 +167,10 @@ pub async fn ws_upgrade(target: &Target, path: &str, limit: Duration) -> Result<
                 break;
             }
         }
-        Ok::<_, CheckError>(raw)
+        Ok::<_, CheckError>(())
     };
-    let raw = timeout(limit, exchange)
-        .await
-        .map_err(|_| CheckError::Silent(limit))??;
+    let done = timeout(limit, exchange).await;
+    done.map_err(|_| unfinished(&raw, limit))??;
     let status = status_line(&raw)?;
     Ok((status, cert))
 }

@@ -151,11 +151,28 @@ fn transport_of(turn: &[TurnFact], pick: impl Fn(&TurnFact) -> bool) -> Option<b
 
 /// Plain words for why a TURN transport failed.
 pub fn turn_cause(t: &TurnFact) -> Option<String> {
-    Some(format!("{}: {}", turn_what(&[t]), turn_reason(t)?))
+    Some(format!("{}: {}", turn_what(&[t], false), turn_reason(t)?))
 }
 
-/// "TURN over TCP on port 3478", or "on ports 3478 and 3479" for several URLs of one transport that failed alike.
-fn turn_what(facts: &[&TurnFact]) -> String {
+/// TURN URLs of one host and transport that failed for one reason, reported in one line.
+struct FailedAlike<'a> {
+    reason: String,
+    facts: Vec<&'a TurnFact>,
+}
+
+impl FailedAlike<'_> {
+    fn takes(&self, t: &TurnFact, reason: &str) -> bool {
+        self.reason == reason
+            && self
+                .facts
+                .first()
+                .is_some_and(|f| f.transport() == t.transport() && f.url.host == t.url.host)
+    }
+}
+
+/// "TURN over TCP on port 3478", or "on ports 3478 and 3479" for several URLs of one transport that failed alike;
+/// with `host`, "… on turn.example.com port 3478".
+fn turn_what(facts: &[&TurnFact], host: bool) -> String {
     let mut ports: Vec<u16> = Vec::new();
     for t in facts {
         if !ports.contains(&t.port()) {
@@ -163,11 +180,15 @@ fn turn_what(facts: &[&TurnFact]) -> String {
         }
     }
     let transport = facts.first().map_or("", |t| t.transport().word());
+    let on = match facts.first().filter(|_| host) {
+        Some(t) => format!("on {} ", t.url.host),
+        None => "on ".to_owned(),
+    };
     match ports.as_slice() {
-        [one] => format!("TURN over {transport} on port {one}"),
+        [one] => format!("TURN over {transport} {on}port {one}"),
         [rest @ .., last] => {
             let rest: Vec<String> = rest.iter().map(u16::to_string).collect();
-            format!("TURN over {transport} on ports {} and {last}", rest.join(", "))
+            format!("TURN over {transport} {on}ports {} and {last}", rest.join(", "))
         }
         [] => format!("TURN over {transport}"),
     }
@@ -199,10 +220,14 @@ fn turn_reason(t: &TurnFact) -> Option<String> {
         CheckError::Stun { code: 508, .. } => "the server is out of relay ports (508)".to_owned(),
         CheckError::Stun { code: 403, reason } => format!("forbidden (403 {reason})"),
         CheckError::Timeout(_) => "no answer — blocked on this network or not listening".to_owned(),
-        // Neither blocked nor closed: the handshake went through.
+        // The TCP handshake went through: not closed, and not dropped at the first packet.
+        CheckError::Silent(_) if t.transport() == crate::ice::Transport::Tls => "the connection was accepted but the \
+             TLS handshake got no answer — something other than a TLS server listens there, or a firewall on this \
+             network accepts connections and drops what they carry"
+            .to_owned(),
         CheckError::Silent(_) => "the connection was accepted but nothing answered TURN — something other than \
-             Traverse listens there (a port forwarded to the wrong host or service, or a proxy that holds the \
-             connection)"
+             Traverse listens there (a port forwarded to the wrong host or service, a proxy that holds the \
+             connection), or a firewall on this network accepts connections and drops what they carry"
             .to_owned(),
         CheckError::Refused => "connection refused — nothing listens there".to_owned(),
         CheckError::NoCredential => "not tested, no credential".to_owned(),
@@ -240,9 +265,10 @@ impl<'a> Signaling<'a> {
                 .iter()
                 .find_map(|c| c.error())
                 .map(|e| format!("{first_url}: {e}")),
-            silent: primary_first
+            // The given endpoint's: a 443/80 probe that something on the way holds names nothing of the server's.
+            silent: list
                 .iter()
-                .find(|c| matches!(c.http.error(), Some(CheckError::Silent(_))) && !c.websocket.ok())
+                .find(|c| c.primary && matches!(c.http.error(), Some(CheckError::Silent(_))) && !c.websocket.ok())
                 .map(|c| c.url.as_str()),
             untrusted: primary_first
                 .iter()
@@ -371,11 +397,13 @@ pub fn verdict(f: &Facts) -> Verdict {
         } else if let Some(url) = signaling.silent {
             causes.push(format!(
                 "Signaling does not work: {url} accepts connections but answers nothing over HTTP — something other \
-                 than Traverse listens there, or a proxy holds the connection without passing it on."
+                 than Traverse listens there, a proxy holds the connection without passing it on, or a firewall on \
+                 this network accepts connections and drops what they carry."
             ));
             advice.push(
                 "Check what listens on that port: a port forwarded to the wrong host or service, or a proxy or load \
-                 balancer with no healthy upstream."
+                 balancer with no healthy upstream. If it is Traverse, try from another network: this one may hold \
+                 connections it does not like."
                     .to_owned(),
             );
         } else {
@@ -418,22 +446,25 @@ pub fn verdict(f: &Facts) -> Verdict {
         _ => {}
     }
 
-    // Transports: URLs of one transport that failed for one reason make one line (16 dead URLs made 16).
-    let mut failed: Vec<(Transport, String, Vec<&TurnFact>)> = Vec::new();
+    // Transports: URLs of one host and transport that failed for one reason make one line (16 dead URLs made 16).
+    let mut failed: Vec<FailedAlike> = Vec::new();
     for t in &f.turn {
         let Some(reason) = turn_reason(t).filter(|_| !probe_unanswered(t)) else {
             continue;
         };
-        match failed
-            .iter_mut()
-            .find(|(tr, r, _)| *tr == t.transport() && *r == reason)
-        {
-            Some((_, _, facts)) => facts.push(t),
-            None => failed.push((t.transport(), reason, vec![t])),
+        match failed.iter_mut().find(|g| g.takes(t, &reason)) {
+            Some(group) => group.facts.push(t),
+            None => failed.push(FailedAlike { reason, facts: vec![t] }),
         }
     }
-    for (_, reason, facts) in &failed {
-        causes.push(format!("{}: {reason}.", turn_what(facts)));
+    // The host is named only when the URLs name more than one (another server's, a cluster's nodes).
+    let hosts: std::collections::HashSet<&str> = f.turn.iter().map(|t| t.url.host.as_str()).collect();
+    for group in &failed {
+        causes.push(format!(
+            "{}: {}.",
+            turn_what(&group.facts, hosts.len() > 1),
+            group.reason
+        ));
     }
     let tls_certificates: Vec<(&TurnFact, &crate::tls::CertInfo)> = f
         .turn
@@ -1305,21 +1336,39 @@ mod tests {
         f.turn.push(turn(Transport::Tcp, 4000, timeout()));
         f.turn.push(turn(Transport::Udp, 5000, Some(CheckError::Refused)));
         let v = verdict(&f);
-        let turn: Vec<&String> = v.causes.iter().filter(|c| c.starts_with("TURN over")).collect();
-        assert_eq!(turn.len(), 3, "{turn:#?}");
+        let lines: Vec<&String> = v.causes.iter().filter(|c| c.starts_with("TURN over")).collect();
+        assert_eq!(lines.len(), 3, "{lines:#?}");
         assert!(
-            turn[0].starts_with("TURN over UDP on ports 4000, 4001, 4002, ")
-                && turn[0].contains(", 4014 and 4015: no answer"),
+            lines[0].starts_with("TURN over UDP on ports 4000, 4001, 4002, ")
+                && lines[0].contains(", 4014 and 4015: no answer"),
             "{}",
-            turn[0]
+            lines[0]
         );
         assert_eq!(
-            turn[1],
+            lines[1],
             "TURN over TCP on port 4000: no answer — blocked on this network or not listening."
         );
         assert_eq!(
-            turn[2],
+            lines[2],
             "TURN over UDP on port 5000: connection refused — nothing listens there."
+        );
+        // Another server's URL on the same port and transport failing alike is a line of its own, and every line
+        // names its host.
+        let mut other = turn(Transport::Tcp, 4000, timeout());
+        other.url.host = "192.0.2.9".into();
+        f.turn.push(other);
+        let v = verdict(&f);
+        let lines: Vec<&String> = v.causes.iter().filter(|c| c.starts_with("TURN over")).collect();
+        assert_eq!(lines.len(), 4, "{lines:#?}");
+        assert!(
+            lines[0].starts_with("TURN over UDP on 127.0.0.1 ports 4000, 4001"),
+            "{}",
+            lines[0]
+        );
+        assert!(
+            lines[3].starts_with("TURN over TCP on 192.0.2.9 port 4000: no answer"),
+            "{}",
+            lines[3]
         );
     }
 
@@ -1345,6 +1394,21 @@ mod tests {
             v.causes
         );
         assert!(!v.causes.iter().any(|c| c.contains("unreachable")), "{:?}", v.causes);
+        // A server that is down, and a 443 probe that something on the way accepts and holds: the server is
+        // unreachable, and the probe's silence names nothing of it.
+        let refused = || Err(CheckError::Refused);
+        let silent = || Err(CheckError::Silent(Duration::from_secs(3)));
+        let mut probe = endpoint(silent(), silent());
+        probe.primary = false;
+        probe.url = "https://127.0.0.1:443".into();
+        f.signaling = vec![endpoint(refused(), refused()), probe];
+        let v = verdict(&f);
+        assert!(v.causes.iter().any(|c| c.contains("unreachable")), "{:?}", v.causes);
+        assert!(
+            !v.causes.iter().any(|c| c.contains("answers nothing over HTTP")),
+            "{:?}",
+            v.causes
+        );
         // The same endpoint behind a closed port is unreachable, as before.
         f.signaling = vec![endpoint(Err(CheckError::Refused), Err(CheckError::Refused))];
         f.turn

@@ -129,6 +129,7 @@ mod tests {
             },
             minutes: Vec::new(),
             recent_failures: Vec::new(),
+            latest_by_reason: Default::default(),
         };
         let mut registry = Registry::default();
         registry.register_collector(Box::new(Fixed(snapshot)));

@@ -40,6 +40,8 @@ struct State {
     minutes: VecDeque<Minute>,
     /// Newest first.
     recent_failures: VecDeque<Failure>,
+    /// Per reason code (a fixed set), the sentence of its latest failure or drop.
+    latest_by_reason: BTreeMap<String, String>,
 }
 
 /// A copy of the store at one moment.
@@ -69,6 +71,9 @@ pub struct OutcomeSnapshot {
     pub minutes: Vec<Minute>,
     /// Newest first, at most [`RECENT_FAILURES`].
     pub recent_failures: Vec<Failure>,
+    /// Per reason code of `by_reason` and `dropped_by_reason`, the sentence of its latest failure or drop: a reason
+    /// whose latest one has left `recent_failures` is still explained.
+    pub latest_by_reason: BTreeMap<String, String>,
 }
 
 /// A Prometheus-style histogram of connected pairs' time to connect.
@@ -149,6 +154,7 @@ impl Outcomes {
                 message: d.message.clone(),
             });
             s.recent_failures.truncate(RECENT_FAILURES);
+            s.latest_by_reason.insert(d.reason.code().to_owned(), d.message.clone());
         } else {
             s.connected += 1;
             let path = d.path.map_or("unknown", |p| p.as_str());
@@ -214,6 +220,7 @@ impl Outcomes {
             time_to_connect_ms: s.time_to_connect.snapshot(),
             minutes,
             recent_failures: s.recent_failures.iter().cloned().collect(),
+            latest_by_reason: s.latest_by_reason.clone(),
         }
     }
 
@@ -401,6 +408,32 @@ mod tests {
         let flood = s.recent_failures.iter().filter(|f| f.room == "flood").count();
         assert_eq!(flood, RECENT_FAILURES_PER_ROOM, "the flood keeps its newest few");
         assert_eq!(s.recent_failures.first().map(|f| f.unix), Some(1_001_099));
+    }
+
+    /// The dashboard explains each reason with its latest sentence: one that has left `recent_failures` (pushed off
+    /// by 20 others) keeps it.
+    #[test]
+    fn each_reason_keeps_the_sentence_of_its_latest_failure() {
+        let o = Outcomes::new();
+        let mut auth = diagnosis(Outcome::Failed, Reason::TurnAuthFailed, None, None);
+        auth.message = "the relay refused the credential".into();
+        o.record(&auth, 1_000_000);
+        for i in 0..(RECENT_FAILURES as u64 * 2) {
+            let mut d = diagnosis(Outcome::Timeout, Reason::Timeout, None, None);
+            d.room = format!("room-{i}");
+            o.record(&d, 1_000_001 + i);
+        }
+        let s = o.snapshot(1_000_100);
+        assert!(!s.recent_failures.iter().any(|f| f.reason == "turn-auth-failed"));
+        assert_eq!(
+            s.latest_by_reason.get("turn-auth-failed").map(String::as_str),
+            Some("the relay refused the credential")
+        );
+        assert_eq!(
+            s.latest_by_reason.get("timeout").map(String::as_str),
+            Some(Reason::Timeout.summary())
+        );
+        assert_eq!(s.latest_by_reason.len(), 2, "connected pairs have no reason sentence");
     }
 
     #[test]

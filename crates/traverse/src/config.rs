@@ -1253,8 +1253,8 @@ impl Config {
                 continue;
             }
             let port = match (primary.port(), self.stun.second_port) {
-                (0, _) => Some(0),
                 (_, Some(port)) => Some(port),
+                (0, None) => Some(0),
                 (primary, None) => primary.checked_add(1),
             };
             let Some(port) = port else { continue };
@@ -1297,8 +1297,9 @@ impl Config {
     }
 
     /// Sets one key from text, typed like the key's current value: a number or a boolean as such, a list
-    /// comma-separated (empty: none), anything else (strings, addresses, unset options) as the text it is. The
-    /// configuration goes through its own serde form, so the key and the value are checked exactly as in the file.
+    /// comma-separated (empty: none), anything else (strings, addresses, unset options) as the text it is, and an
+    /// unset option that is no text as the number its digits say. The configuration goes through its own serde
+    /// form, so the key and the value are checked exactly as in the file.
     pub fn set(&mut self, key: &str, text: &str) -> Result<(), String> {
         let (section, field) = key
             .split_once('.')
@@ -1313,12 +1314,13 @@ impl Config {
         let value = typed_like(table.get(field), text);
         table.insert(field.to_owned(), value);
         let parsed = match Config::deserialize(tree.clone()) {
-            // An unset option has no value to type the text like: a number is tried when the text does not do.
-            Err(_) if unset && text.parse::<u64>().is_ok() => {
+            // An unset option has no value to type the text like: a number is tried when the text does not do (and
+            // the text's own error is kept when the number does not do either).
+            Err(e) if unset && text.parse::<u64>().is_ok() => {
                 if let Some(table) = tree.get_mut(section).and_then(Value::as_object_mut) {
                     table.insert(field.to_owned(), typed_like(Some(&Value::from(0)), text));
                 }
-                Config::deserialize(tree)
+                Config::deserialize(tree).map_err(|_| e)
             }
             parsed => parsed,
         };
@@ -1815,6 +1817,9 @@ mod tests {
         assert!(config.set("stun.second_port", "0").is_ok());
         assert_eq!(config.stun.second_port, Some(0));
         assert!(config.set("stun.second_port", "x").is_err());
+        // Digits for an unset option that is not a number: the error is the text's, not "invalid type: integer".
+        let e = config.set("metrics.listen", "9464").unwrap_err();
+        assert!(!e.contains("integer"), "{e}");
         let mut fresh = Config::default();
         assert!(fresh.set("tls.acme_email", "12345").is_ok());
         assert_eq!(fresh.tls.acme_email.as_deref(), Some("12345"));
@@ -1945,6 +1950,12 @@ mod tests {
         );
         // Tests and ephemeral deployments: a second ephemeral port, never a fixed one two runs would fight over.
         assert_eq!(addrs("[listen]\nudp = [\"127.0.0.1:0\"]\n"), ["127.0.0.1:0"]);
+        let explicit = "[listen]\nudp = [\"127.0.0.1:0\"]\n[stun]\nsecond_port = 5000\n";
+        assert_eq!(
+            addrs(explicit),
+            ["127.0.0.1:5000"],
+            "an explicit port is taken as given"
+        );
         assert_eq!(
             addrs("[listen]\nudp = [\"127.0.0.1:3478\"]\n[stun]\nsecond_port = 5000\n"),
             ["127.0.0.1:5000"]

@@ -38,8 +38,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run the STUN/TURN server. With no options: UDP/TCP 3478 and TLS 5349 on all interfaces, a generated shared
-    /// secret and a self-signed certificate; prints a ready `iceServers` JSON.
+    /// Run the STUN/TURN server. With no options: UDP/TCP 3478, TLS 5349 and STUN on UDP 3479 (/check's NAT test) on
+    /// all interfaces, a generated shared secret and a self-signed certificate; prints a ready `iceServers` JSON.
     Serve(Box<ServeArgs>),
     /// Mint a time-limited TURN credential (TURN REST API: username `expiry:user`, password HMAC-SHA1).
     Credentials(CredentialArgs),
@@ -808,6 +808,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             tracing::info!(%addr, "STUN/TURN listening on {proto}");
         }
     }
+    for addr in &running.second_stun {
+        tracing::info!(%addr, "second STUN port listening, for /check's NAT comparison (stun.second_port)");
+    }
     for addr in &running.http {
         tracing::info!(%addr, "HTTP (signaling, SDK, demo) listening");
     }
@@ -1024,6 +1027,7 @@ fn readiness_checks(running: &server::Running) -> Vec<Arc<dyn metrics::Check>> {
     let mut listeners = Vec::new();
     for (kind, addrs) in [
         ("udp", &running.udp),
+        ("stun", &running.second_stun),
         ("tcp", &running.tcp),
         ("tls", &running.tls),
         ("http", &running.http),
