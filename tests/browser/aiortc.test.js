@@ -122,7 +122,8 @@ test('the SDK calls an aiortc peer through the TURN relay: data both ways, in or
   })().catch(dumpOnFailure(t, server, browser));
 });
 
-test('an aiortc peer calls the SDK, which takes the offer itself: data both ways, in order, and a bye', CALL, async (t) => {
+const ANSWERED = 'an aiortc peer calls the SDK, which takes the offer itself: data both ways, in order, and a bye';
+test(ANSWERED, CALL, async (t) => {
   if (skip) return t.skip(skip);
   const room = `aiortc-${process.pid}-2`;
   const b = await roomPage(browser, server, room, { relay: true, echo: true });

@@ -310,7 +310,8 @@ function renderOutcomes(o, unixMs) {
   pathsChart(o.by_path ?? {});
   ttcChart(o.time_to_connect_ms);
   // Failures to connect and calls that dropped, each by its post-mortem's reason (the codes do not overlap).
-  reasonsChart({ ...(o.by_reason ?? {}), ...(o.dropped_by_reason ?? {}) }, o.latest_by_reason ?? {}, o.recent_failures ?? []);
+  const reasons = { ...(o.by_reason ?? {}), ...(o.dropped_by_reason ?? {}) };
+  reasonsChart(reasons, o.latest_by_reason ?? {}, o.recent_failures ?? []);
   renderRecent(o.recent_failures ?? []);
 }
 

@@ -25,11 +25,13 @@ pub enum Conn {
         sock: UdpSocket,
         server: SocketAddr,
     },
-    /// `local`: this end of the TCP connection (under TLS too), to compare with what the server sees.
+    /// `local`: this end of the TCP connection (under TLS too), to compare with what the server sees. `heard`: the
+    /// server has sent something on it, so a later silence is a stall, not something else listening there.
     Stream {
         io: Box<dyn Stream>,
         buf: Vec<u8>,
         local: Option<SocketAddr>,
+        heard: bool,
     },
 }
 
@@ -45,6 +47,16 @@ impl std::fmt::Debug for Conn {
 impl Conn {
     pub fn is_udp(&self) -> bool {
         matches!(self, Conn::Udp { .. })
+    }
+
+    /// A TCP or TLS connection on which the server has sent nothing yet.
+    fn unheard_stream(&self) -> bool {
+        matches!(self, Conn::Stream { heard: false, .. })
+    }
+
+    /// A TCP or TLS connection on which the server has sent something.
+    fn heard_stream(&self) -> bool {
+        matches!(self, Conn::Stream { heard: true, .. })
     }
 
     /// This end of a TCP or TLS connection (None over UDP: the socket is bound to the wildcard address).
@@ -88,7 +100,7 @@ impl Conn {
                     }
                 }
             }
-            Conn::Stream { io, buf, .. } => loop {
+            Conn::Stream { io, buf, heard, .. } => loop {
                 if let Some(frame) =
                     stun::take_stream_frame(buf).map_err(|_| CheckError::Protocol("not STUN".into()))?
                 {
@@ -99,6 +111,7 @@ impl Conn {
                 if n == 0 {
                     return Err(CheckError::Closed);
                 }
+                *heard = true;
                 buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
             },
         }
@@ -221,11 +234,10 @@ impl TurnClient {
         let stale_before = self.client.stale_nonces();
         match self.answer_to(id).await? {
             Outcome::Success(answer) => Ok(answer),
-            // Over TCP/TLS the connection was accepted and nothing has answered TURN on it yet (no challenge: no
-            // realm): something else listens there. A Traverse that answered once and then was slow is a timeout.
-            Outcome::Timeout if !self.conn.is_udp() && self.client.realm().is_none() => {
-                Err(CheckError::Silent(self.timing.limit))
-            }
+            // Over TCP/TLS the connection was accepted and nothing came back on it: something else listens there.
+            // A server that answered before and then went quiet has stalled.
+            Outcome::Timeout if self.conn.unheard_stream() => Err(CheckError::Silent(self.timing.limit)),
+            Outcome::Timeout if self.conn.heard_stream() => Err(CheckError::Stalled(self.timing.limit)),
             Outcome::Timeout => Err(CheckError::Timeout(self.timing.limit)),
             Outcome::Error { code: 401, reason, .. } if self.client.realm().is_none() => {
                 Err(CheckError::Protocol(format!("401 without REALM/NONCE ({reason})")))
@@ -367,6 +379,7 @@ mod tests {
             io: Box::new(ours),
             buf: Vec::new(),
             local: None,
+            heard: false,
         };
         let limit = Duration::from_millis(200);
         conn.send(&[0u8; 1000], limit).await.unwrap();

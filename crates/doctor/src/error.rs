@@ -12,10 +12,13 @@ pub enum CheckError {
     // The network's.
     #[error("no answer within {} ms", .0.as_millis())]
     Timeout(Duration),
-    /// The TCP connection was accepted, then nothing answered: something listens there, so the port is neither
-    /// blocked nor closed, but it does not speak what we asked.
+    /// The TCP connection was accepted, then nothing answered: what listens there does not speak what we asked, or a
+    /// firewall on the way accepts connections and drops what they carry. Not closed, not dropped at the first packet.
     #[error("the connection was accepted, then no answer within {} ms", .0.as_millis())]
     Silent(Duration),
+    /// The server answered on this connection, then nothing more: it stalled (overloaded, or the path broke).
+    #[error("the server answered, then nothing more within {} ms", .0.as_millis())]
+    Stalled(Duration),
     #[error("connection refused")]
     Refused,
     #[error("network unreachable")]
@@ -57,6 +60,7 @@ impl CheckError {
         match self {
             CheckError::Timeout(_) => "timeout",
             CheckError::Silent(_) => "silent",
+            CheckError::Stalled(_) => "stalled",
             CheckError::Refused => "refused",
             CheckError::Unreachable => "unreachable",
             CheckError::Closed => "closed",

@@ -58,15 +58,30 @@ pub async fn open_with_local(
     Ok((Box::new(stream), Some(cert), local))
 }
 
-/// An exchange that ran out of time: `Silent` when nothing came back at all, else an answer that stopped (a slow or
-/// stalled server, not a silent port).
+/// An exchange that ran out of time: `Silent` when nothing came back at all, else a server that stalled mid-answer
+/// (not a silent port).
 fn unfinished(raw: &[u8], limit: Duration) -> CheckError {
     match raw.len() {
         0 => CheckError::Silent(limit),
-        n => CheckError::Protocol(format!(
-            "the answer stopped after {n} bytes, within {} ms",
-            limit.as_millis()
-        )),
+        _ => CheckError::Stalled(limit),
+    }
+}
+
+/// Whether `raw` holds a whole HTTP answer: its headers ended and its body is all there (by `content-length`, or the
+/// last chunk). A server that keeps the connection open despite `Connection: close` has still answered.
+fn complete(raw: &[u8]) -> bool {
+    let Some(head_end) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return false;
+    };
+    let head = String::from_utf8_lossy(raw.get(..head_end).unwrap_or_default()).to_ascii_lowercase();
+    let body = raw.get(head_end + 4..).unwrap_or_default();
+    let length = head.lines().find_map(|l| {
+        l.strip_prefix("content-length:")
+            .and_then(|v| v.trim().parse::<usize>().ok())
+    });
+    match length {
+        Some(n) => body.len() >= n,
+        None => body.ends_with(b"0\r\n\r\n"),
     }
 }
 
@@ -114,8 +129,11 @@ pub async fn get(
         }
         Ok(())
     };
-    let done = timeout(limit, exchange).await;
-    done.map_err(|_| unfinished(&raw, limit))??;
+    match timeout(limit, exchange).await {
+        Ok(read) => read?,
+        Err(_) if complete(&raw) => {}
+        Err(_) => return Err(unfinished(&raw, limit)),
+    }
     let (status, body) = parse_response(&raw)?;
     Ok(Reply { status, body, cert })
 }
@@ -229,6 +247,24 @@ pub fn parse_response(raw: &[u8]) -> Result<(u16, Vec<u8>), CheckError> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    /// A server that keeps the connection open after a whole answer has answered; one that stopped mid-answer has
+    /// stalled; one that sent nothing is silent.
+    #[test]
+    fn an_answer_is_complete_by_its_length_or_last_chunk() {
+        assert!(complete(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"));
+        assert!(!complete(b"HTTP/1.1 200 OK\r\nContent-Length: 20\r\n\r\nok"));
+        assert!(complete(
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"
+        ));
+        assert!(!complete(
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n"
+        ));
+        assert!(!complete(b"HTTP/1.1 200 OK\r\ncontent-le"));
+        let limit = Duration::from_secs(3);
+        assert_eq!(unfinished(b"", limit), CheckError::Silent(limit));
+        assert_eq!(unfinished(b"HTTP/1.1 200", limit), CheckError::Stalled(limit));
+    }
 
     #[test]
     fn plain_and_chunked_bodies() {

@@ -229,6 +229,9 @@ fn turn_reason(t: &TurnFact) -> Option<String> {
              Traverse listens there (a port forwarded to the wrong host or service, a proxy that holds the \
              connection), or a firewall on this network accepts connections and drops what they carry"
             .to_owned(),
+        CheckError::Stalled(_) => "the server answered, then nothing more — it stalled (overloaded?), or this \
+             network broke the connection midway"
+            .to_owned(),
         CheckError::Refused => "connection refused — nothing listens there".to_owned(),
         CheckError::NoCredential => "not tested, no credential".to_owned(),
         other => other.to_string(),
@@ -244,7 +247,7 @@ struct Signaling<'a> {
     /// The first failure, after the first endpoint's URL.
     error: Option<String>,
     /// The first endpoint that accepted the connection and then answered nothing over HTTP (nor the upgrade).
-    silent: Option<&'a str>,
+    silent: Option<&'a SignalingFact>,
     /// The first certificate a browser refuses.
     untrusted: Option<&'a crate::tls::CertInfo>,
     days_left: Option<i64>,
@@ -268,8 +271,7 @@ impl<'a> Signaling<'a> {
             // The given endpoint's: a 443/80 probe that something on the way holds names nothing of the server's.
             silent: list
                 .iter()
-                .find(|c| c.primary && matches!(c.http.error(), Some(CheckError::Silent(_))) && !c.websocket.ok())
-                .map(|c| c.url.as_str()),
+                .find(|c| c.primary && matches!(c.http.error(), Some(CheckError::Silent(_))) && !c.websocket.ok()),
             untrusted: primary_first
                 .iter()
                 .find_map(|c| c.certificate.as_ref().filter(|c| !c.trusted)),
@@ -394,11 +396,17 @@ pub fn verdict(f: &Facts) -> Verdict {
                  a read timeout longer than the 10 s heartbeat, or put Traverse on 443 itself (the single port)."
                     .to_owned(),
             );
-        } else if let Some(url) = signaling.silent {
+        } else if let Some(c) = signaling.silent {
+            // No certificate: the TLS handshake itself got no answer.
+            let what = match c.tls && c.certificate.is_none() {
+                true => "but its TLS handshake got no answer",
+                false => "but answers nothing over HTTP",
+            };
             causes.push(format!(
-                "Signaling does not work: {url} accepts connections but answers nothing over HTTP — something other \
-                 than Traverse listens there, a proxy holds the connection without passing it on, or a firewall on \
-                 this network accepts connections and drops what they carry."
+                "Signaling does not work: {} accepts connections {what} — something other than Traverse listens \
+                 there, a proxy holds the connection without passing it on, or a firewall on this network accepts \
+                 connections and drops what they carry.",
+                c.url
             ));
             advice.push(
                 "Check what listens on that port: a port forwarded to the wrong host or service, or a proxy or load \
@@ -458,7 +466,11 @@ pub fn verdict(f: &Facts) -> Verdict {
         }
     }
     // The host is named only when the URLs name more than one (another server's, a cluster's nodes).
-    let hosts: std::collections::HashSet<&str> = f.turn.iter().map(|t| t.url.host.as_str()).collect();
+    let hosts: std::collections::HashSet<&str> = failed
+        .iter()
+        .filter_map(|g| g.facts.first())
+        .map(|t| t.url.host.as_str())
+        .collect();
     for group in &failed {
         causes.push(format!(
             "{}: {}.",
@@ -1381,6 +1393,14 @@ mod tests {
         let cause = turn_cause(&f.turn[0]).unwrap();
         assert!(cause.contains("accepted but nothing answered TURN"), "{cause}");
         assert!(!cause.contains("blocked"), "{cause}");
+        // A server that answered (the 401 challenge), then went quiet: stalled, neither silent nor blocked.
+        let stalled = turn(Transport::Tcp, 3478, Some(CheckError::Stalled(Duration::from_secs(3))));
+        let cause = turn_cause(&stalled).unwrap();
+        assert!(cause.contains("the server answered, then nothing more"), "{cause}");
+        // Over TLS, a handshake that got no answer is named as such.
+        let tls = turn(Transport::Tls, 5349, Some(CheckError::Silent(Duration::from_secs(3))));
+        let cause = turn_cause(&tls).unwrap();
+        assert!(cause.contains("TLS handshake got no answer"), "{cause}");
         f.signaling = vec![endpoint(
             Err(CheckError::Silent(Duration::from_secs(3))),
             Err(CheckError::Silent(Duration::from_secs(3))),

@@ -1240,7 +1240,8 @@ impl Config {
     }
 
     /// `stun.second_port`'s addresses: one per family, on the IP of that family's first `listen.udp` address
-    /// (ephemeral when that one's port is). None with `stun.other_address` set, or on a port `listen.udp` has.
+    /// (ephemeral when that one's port is and `second_port` is unset). None with `stun.other_address` set, or on a
+    /// port `listen.udp` has.
     pub fn second_stun_addresses(&self) -> Vec<SocketAddr> {
         if self.stun.second_port == Some(0) || self.stun.other_address.is_some() {
             return Vec::new();

@@ -107,6 +107,7 @@ pub async fn connect(s: &Settings, url: &IceUrl) -> Result<(Conn, Option<CertInf
                     io: Box::new(tcp),
                     buf: Vec::new(),
                     local,
+                    heard: false,
                 },
                 None,
             ))
@@ -124,6 +125,7 @@ pub async fn connect(s: &Settings, url: &IceUrl) -> Result<(Conn, Option<CertInf
                     io,
                     buf: Vec::new(),
                     local,
+                    heard: false,
                 },
                 cert,
             ))

@@ -101,10 +101,12 @@ pub async fn check(s: Arc<Settings>, endpoint: Endpoint, progress: Arc<Progress>
     };
     let mut certificate = None;
     // At once: where the port drops everything, both wait out the same deadline (one after the other, a dead
-    // endpoint cost twice the timeout).
+    // endpoint cost twice the timeout). Each step (connect, TLS, the exchange) has the timeout of its own, so the
+    // outer bound is three of them: at one, it ran out with the first step's and a silent port read as unreachable.
+    let bound = s.timeout.saturating_mul(3);
     let (healthz, upgrade) = tokio::join!(
-        timed(s.timeout, http::get(&target, "/healthz", &[], s.timeout)),
-        timed(s.timeout, http::ws_upgrade(&target, "/ws", s.timeout)),
+        timed(bound, http::get(&target, "/healthz", &[], s.timeout)),
+        timed(bound, http::ws_upgrade(&target, "/ws", s.timeout)),
     );
     let http = Timed::new(
         healthz.result.and_then(|r| {
