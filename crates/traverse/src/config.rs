@@ -926,6 +926,31 @@ impl Config {
                 );
             }
         }
+        // The second STUN port is a listener too; given beside RFC 5780, which is a second address already, it would
+        // be dropped without a word.
+        if let Some(addr) = self
+            .second_stun_addresses()
+            .iter()
+            .find(|a| relay_ports.contains(&a.port()))
+        {
+            bad(
+                "stun.second_port",
+                format!(
+                    "{} is in the relay port range {}-{} (a client could relay into the server itself): e.g. 3479, \
+                     or 0 for off",
+                    addr.port(),
+                    self.relay.port_min,
+                    self.relay.port_max
+                ),
+            );
+        }
+        if self.stun.second_port.is_some_and(|p| p != 0) && self.stun.other_address.is_some() {
+            bad(
+                "stun.second_port",
+                "is not served beside stun.other_address (RFC 5780 hands out a second address already): unset one"
+                    .into(),
+            );
+        }
         // Relay addresses of their key's family, and external ones that pair with the bound ones by position.
         for (v4, (bind_key, binds), (external_key, externals)) in [
             (
@@ -1246,6 +1271,7 @@ impl Config {
         if self.stun.second_port == Some(0) || self.stun.other_address.is_some() {
             return Vec::new();
         }
+        let relay = self.relay.port_min..=self.relay.port_max;
         let (mut v4, mut v6) = (false, false);
         let mut out = Vec::new();
         for primary in &self.listen.udp {
@@ -1256,7 +1282,8 @@ impl Config {
             let port = match (primary.port(), self.stun.second_port) {
                 (_, Some(port)) => Some(port),
                 (0, None) => Some(0),
-                (primary, None) => primary.checked_add(1),
+                // The port after, unless it is a relay port (the listeners' own range check says why).
+                (primary, None) => primary.checked_add(1).filter(|p| !relay.contains(p)),
             };
             let Some(port) = port else { continue };
             let second = SocketAddr::new(primary.ip(), port);
@@ -1969,5 +1996,16 @@ mod tests {
         assert!(addrs("[listen]\nudp = []\n").is_empty());
         let rfc5780 = "[listen]\nudp = [\"127.0.0.1:3478\"]\n[stun]\nother_address = \"127.0.0.2:3479\"\n";
         assert!(addrs(rfc5780).is_empty(), "RFC 5780 hands out a second address already");
+        assert!(
+            parse(&format!("{rfc5780}second_port = 5000\n")).validate().len() == 1,
+            "said, not dropped"
+        );
+        // Never a relay port: the unset one is left out, an explicit one refused.
+        assert!(addrs("[listen]\nudp = [\"127.0.0.1:49151\"]\n").is_empty());
+        let in_range = parse("[listen]\nudp = [\"127.0.0.1:3478\"]\n[stun]\nsecond_port = 50000\n").validate();
+        assert_eq!(in_range.len(), 1, "{in_range:?}");
+        assert!(in_range[0]
+            .to_string()
+            .starts_with("stun.second_port: 50000 is in the relay port range"));
     }
 }

@@ -932,10 +932,6 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
     }
     print_ice_servers(&config, &host, &running);
-    // Under systemd (Type=notify) `systemctl start` returns now; elsewhere NOTIFY_SOCKET is unset and this is nothing.
-    if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
-        tracing::warn!(error = %e, "cannot tell systemd the server is ready (NOTIFY_SOCKET)");
-    }
 
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let certs = running.certs.clone();
@@ -969,6 +965,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         ) else {
             return;
         };
+        // Under systemd (Type=notify) `systemctl start` returns now; elsewhere NOTIFY_SOCKET is unset and this is
+        // nothing. Only once the signals are ours: a SIGTERM right after READY=1 killed the process unannounced.
+        if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
+            tracing::warn!(error = %e, "cannot tell systemd the server is ready (NOTIFY_SOCKET)");
+        }
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         // Under ACME the first start serves a placeholder, and the turns: host is checked against the certificate
         // once one is issued (at start there was nothing to check: the warning came only after a restart).
