@@ -1666,7 +1666,9 @@ fn signals_reserve_no_room_of_the_limit_across_hub_shards() {
         let (_a, sent) = flood.await.unwrap();
         drain.abort();
         assert!(sent > 1000, "the flood ran: {sent} signals");
-        assert!(joined >= 20, "only {joined} joins in 7 s");
+        // Enough joins to have met the flood (the property is that none was refused): 17 to 40 in 7 s on a 2-core
+        // machine running the rest of the suite beside it.
+        assert!(joined >= 10, "only {joined} joins in 7 s");
         assert!(
             refused.is_empty(),
             "{} of {} fresh rooms refused: {:?}",
