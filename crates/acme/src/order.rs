@@ -96,6 +96,9 @@ async fn validate(
     to: &Responders<'_>,
     up: &mut Vec<(Method, String, String)>,
 ) -> Result<(), AcmeError> {
+    // A CA that validates at once (Pebble without its sleep, a fast production CA) answers the ready call itself
+    // with the challenge's error; that is explained like a failure seen by polling, below.
+    let mut refused = None;
     let mut authorizations = order.authorizations();
     while let Some(authorization) = authorizations.next().await {
         let mut authorization = authorization.map_err(|e| AcmeError::from_ca("cannot read an authorization", e))?;
@@ -126,15 +129,19 @@ async fn validate(
         }
         up.push((method, name.clone(), challenge.token.clone()));
         tracing::info!(name = %name, challenge = %method, "ACME challenge ready; asking the CA to validate");
-        challenge
-            .set_ready()
-            .await
-            .map_err(|e| AcmeError::from_ca("the CA refused the challenge", e))?;
+        if let Err(e) = challenge.set_ready().await {
+            refused = Some(AcmeError::from_ca("the CA refused the challenge", e));
+            break;
+        }
     }
-    let status = order
-        .poll_ready(&retries())
-        .await
-        .map_err(|e| AcmeError::from_ca("the order failed", e));
+    drop(authorizations);
+    let status = match refused {
+        Some(e) => Err(e),
+        None => order
+            .poll_ready(&retries())
+            .await
+            .map_err(|e| AcmeError::from_ca("the order failed", e)),
+    };
     if matches!(status, Ok(OrderStatus::Ready)) {
         return Ok(());
     }
