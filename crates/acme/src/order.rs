@@ -134,7 +134,6 @@ async fn validate(
             break;
         }
     }
-    drop(authorizations);
     let status = match refused {
         Some(e) => Err(e),
         None => order
