@@ -59,6 +59,13 @@ test('server restarted during a relayed call: both sides rejoin, the call comes 
       'relayed call up',
     );
     await until(10000, () => a.page.evaluate(() => echoes.length >= 20), '20 echoes before the restart');
+    // The server's verdicts on the call, on both pages: the new server never saw it connect.
+    for (const p of [a, b]) {
+      await p.page.evaluate(() => {
+        window.diagnoses = [];
+        room.on('connection-diagnosis', (d) => diagnoses.push(d));
+      });
+    }
 
     const stopAt = Date.now();
     await server.stop();
@@ -110,12 +117,21 @@ test('server restarted during a relayed call: both sides rejoin, the call comes 
     assert.ok(got.joined.some((e) => e.rejoined && e.previousPeerId === a.peerId), 'joined again, previous id given');
     const bEvents = await b.page.evaluate(() => room.connections.size);
     assert.equal(bEvents, 1, 'B kept its one call');
+    // The interruption is diagnosed by the new server from both sides' reports (`"rejoin": true` at the join):
+    // before, it refused them, as about a pair it had never diagnosed connected.
+    const recovered = (p) => until(20000, () => p.page.evaluate(() => diagnoses.find((d) => d.outcome === 'recovered')), 'recovered');
+    const [ra, rb] = await within(25000, Promise.all([recovered(a), recovered(b)]), 'the interruption diagnosed on both pages');
+    assert.equal(ra.peer, newB, JSON.stringify(ra));
+    assert.equal(rb.peer, await a.page.evaluate(() => room.peerId), JSON.stringify(rb));
+    assert.equal(ra.reason, 'recovered');
+    assert.ok(ra.recoveryMs > 0, JSON.stringify(ra));
     const errors = (await recorded(a.page, 'error')).filter((e) => e.code !== 'unknown-peer');
     console.log(
       `server restart during a relayed call: stop took ${stoppedAt - stopAt} ms, start ${upAt - stoppedAt} ms; ` +
         `echoes again ${back - upAt} ms after the server was up (${back - stopAt} ms after the stop); ` +
         `Peer events: ${got.events.map((e) => `${e.name}${e.cause ? `(${e.cause}${e.durationMs !== undefined ? ` ${e.durationMs} ms` : ''})` : ''}`).join(', ')}; ` +
-        `${total} pings, all echoed in order; errors: ${JSON.stringify(errors)}`,
+        `${total} pings, all echoed in order; diagnosed ${ra.outcome} (${ra.recoveryMs} ms, cause ${ra.cause}, path ` +
+        `${ra.path}); errors: ${JSON.stringify(errors)}`,
     );
   } catch (err) {
     await dumpOnFailure(t, server, browser)(err);

@@ -3739,6 +3739,8 @@ class Session {
       const join = { type: 'join', room: this._config.room };
       if (this._config.token) join.token = this._config.token;
       if (this._config.meta !== undefined) join.meta = this._config.meta;
+      // After a failed resume: our calls may go on, and the server takes their drop reports on a negotiation since.
+      if (this._joinedBefore) join.rejoin = true;
       this.lastSeq = 0;
       this._transmit(join);
       return;

@@ -161,6 +161,8 @@ pub(crate) struct Envelope<'a> {
     /// `outcome`: the report (`outcome::Report`), parsed by the hub.
     #[serde(borrow)]
     pub report: Option<&'a RawValue>,
+    /// `join`: after a failed resume (docs/protocol.md, "Connection outcomes").
+    pub rejoin: Option<bool>,
 }
 
 /// A string field taken in place from the frame (copied only when it holds an escape): a signal's `type` and `to`
@@ -178,6 +180,8 @@ pub(crate) enum ClientMessage<'a> {
         room: String,
         token: Option<String>,
         meta: Option<&'a RawValue>,
+        /// The client had a session this server no longer knows (its resume failed): its calls may go on.
+        rejoin: bool,
     },
     Resume {
         session: String,
@@ -277,6 +281,7 @@ fn parse_envelope<'a>(text: &'a str, seq: &mut Option<u64>) -> Result<ClientMess
             room: need(env.room, "room", "join")?.into_owned(),
             token: env.token.map(Cow::into_owned),
             meta: env.meta,
+            rejoin: env.rejoin.unwrap_or(false),
         }),
         "resume" => Ok(ClientMessage::Resume {
             session: need(env.session, "session", "resume")?.into_owned(),

@@ -87,6 +87,14 @@ impl Lab {
         self.frames(conn, "joined")[0]["peerId"].as_str().unwrap().to_owned()
     }
 
+    /// Joins `conn` to `room` after a failed resume (`"rejoin": true`, a restarted server) and returns its peer id.
+    fn rejoin(&mut self, conn: u64, room: &str) -> String {
+        let now = self.now();
+        self.hub.handle_connect(ConnId::new(conn), IP, now).unwrap();
+        self.send(conn, json!({"type": "join", "room": room, "rejoin": true}));
+        self.frames(conn, "joined")[0]["peerId"].as_str().unwrap().to_owned()
+    }
+
     fn frames(&self, conn: u64, ty: &str) -> Vec<Value> {
         self.inbox
             .get(&conn)
@@ -573,4 +581,82 @@ fn an_interruption_the_call_survived_is_paired_counted_once_and_a_later_drop_sti
     lab.advance(Duration::from_secs(11));
     assert_eq!(lab.diagnoses.len(), 4, "{:?}", lab.diagnoses.last());
     let _ = c;
+}
+
+/// A restarted server: both peers joined again (`rejoin`) and their call went on, its connected diagnosis gone with
+/// the old process. The interruption and the later drop are still taken, on a negotiation since (their rejoin
+/// signals), once per negotiation; without one, or from sessions that did not rejoin, they are refused as before.
+#[test]
+fn after_a_restart_a_rejoined_pair_s_interruption_and_drop_are_taken_on_a_negotiation_since() {
+    let mut lab = Lab::new(Limits::default());
+    let a = lab.rejoin(1, "r");
+    let b = lab.rejoin(2, "r");
+    // No negotiation on this server yet: refused.
+    lab.report(1, &b, recovered("ice-disconnected", 3000));
+    lab.advance(Duration::from_secs(11));
+    assert!(lab.diagnoses.is_empty(), "{:?}", lab.diagnoses);
+    assert_eq!(lab.hub.stats().outcomes_refused, 1);
+    // They find each other's new ids (a `signal` each way), the call's ICE restart succeeds: both report it.
+    lab.signal(1, &b);
+    lab.signal(2, &a);
+    lab.report(1, &b, recovered("ice-disconnected", 3000));
+    lab.report(2, &a, recovered("ice-disconnected", 3200));
+    assert_eq!(lab.diagnoses.len(), 1, "{:?}", lab.diagnoses);
+    let d = &lab.diagnoses[0];
+    assert_eq!((d.outcome, d.reports), (Outcome::Recovered, 2));
+    assert_eq!(lab.frames(2, "diagnosis").last().unwrap()["outcome"], "recovered");
+    // Connected again here: the later drop follows the usual rule, once.
+    lab.report(1, &b, dropped("ice-failed"));
+    lab.report(2, &a, dropped("ice-failed"));
+    assert_eq!(lab.diagnoses.len(), 2);
+    assert_eq!(
+        (lab.diagnoses[1].outcome, lab.diagnoses[1].reports),
+        (Outcome::Dropped, 2)
+    );
+    lab.report(1, &b, dropped("ice-failed"));
+    lab.advance(Duration::from_secs(11));
+    assert_eq!(lab.diagnoses.len(), 2);
+    assert_eq!(lab.hub.stats().outcomes_refused, 2);
+
+    // A peer that did not rejoin, about one that did not either: a drop about a pair never diagnosed connected here
+    // is still refused after a negotiation (covered for a fresh room in the test above; here beside rebound ones).
+    let c = lab.join(3, "r");
+    lab.signal(3, &a);
+    lab.report(1, &c, dropped("ice-failed"));
+    lab.advance(Duration::from_secs(11));
+    assert_eq!(
+        lab.diagnoses.len(),
+        3,
+        "A rejoined: its drop about C is taken on their negotiation"
+    );
+    assert_eq!(
+        (lab.diagnoses[2].outcome, lab.diagnoses[2].reports),
+        (Outcome::Dropped, 1)
+    );
+    // Once per negotiation: the same again without a new one is refused.
+    lab.report(1, &c, dropped("ice-failed"));
+    lab.advance(Duration::from_secs(11));
+    assert_eq!(lab.diagnoses.len(), 3);
+    assert_eq!(lab.hub.stats().outcomes_refused, 3);
+}
+
+/// Sessions that joined fresh (no `rejoin`) keep the rule: a drop needs a connected diagnosis here.
+#[test]
+fn a_fresh_pair_s_drop_needs_a_connected_diagnosis_even_beside_a_negotiation() {
+    let mut lab = Lab::new(Limits::default());
+    let a = lab.join(1, "r");
+    let b = lab.join(2, "r");
+    lab.signal(1, &b);
+    lab.signal(2, &a);
+    lab.report(1, &b, recovered("ice-disconnected", 900));
+    lab.report(2, &a, dropped("ice-failed"));
+    lab.advance(Duration::from_secs(11));
+    assert!(lab.diagnoses.is_empty(), "{:?}", lab.diagnoses);
+    assert_eq!(lab.hub.stats().outcomes_refused, 2);
+    // `rejoin` must be a boolean.
+    let now = lab.now();
+    lab.hub.handle_connect(ConnId::new(3), IP, now).unwrap();
+    lab.send(3, json!({"type": "join", "room": "r", "rejoin": "yes"}));
+    assert!(lab.frames(3, "joined").is_empty());
+    assert_eq!(lab.frames(3, "error").len(), 1, "{:?}", lab.inbox.get(&3));
 }

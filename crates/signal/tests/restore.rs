@@ -237,3 +237,44 @@ fn the_journal_written_again_from_the_hub_is_the_journal_kept_from_the_start() {
     let at_b = rebuilt.iter().find(|r| r.peer.as_str() == b).unwrap();
     assert_eq!(at_b.frames.iter().map(|(s, _)| *s).collect::<Vec<_>>(), [4, 5]);
 }
+
+/// A session taken over from a node that died keeps its calls, but their connected diagnoses stayed behind: a drop
+/// report about its call is taken on a negotiation since (before, it was refused as about a pair never diagnosed
+/// connected), and still not without one.
+#[test]
+fn a_restored_session_s_drop_is_taken_on_a_negotiation_since() {
+    let (mut first, mut journal, mut inbox) = (hub(1), Journal::default(), HashMap::new());
+    two_joined(&mut first, &mut journal, &mut inbox);
+    let b = inbox[&2][0]["peerId"].as_str().unwrap().to_owned();
+    let mut second = hub(2);
+    for session in journal.restored() {
+        second.restore(session, now());
+    }
+    second.handle_connect(ConnId::new(8), IP, now()).unwrap();
+    let resume_a = json!({"type":"resume","session":inbox[&1][0]["session"],"lastSeq":1});
+    second.handle_text(ConnId::new(8), &resume_a.to_string(), now());
+    let drop = json!({"type":"outcome","peer":b,"report":{"outcome":"dropped","elapsedMs":90000,
+        "connectedMs":60000,"brokenMs":20000,"restarts":2,"cause":"ice-failed"}});
+    let diagnosed = |hub: &mut MemoryHub| {
+        let mut n = 0;
+        while let Some(out) = hub.poll_output() {
+            n += usize::from(matches!(out, Output::Outcome(_)));
+        }
+        n
+    };
+    // No negotiation on this node: refused.
+    second.handle_text(ConnId::new(8), &drop.to_string(), now());
+    assert_eq!(diagnosed(&mut second), 0);
+    assert_eq!(second.stats().outcomes_refused, 1);
+    // The call's ICE restart (a `signal`), then the drop: held for B's report, diagnosed alone at the deadline.
+    let signal = json!({"type":"signal","to":b,"data":{"sdp":"v=0"}});
+    second.handle_text(ConnId::new(8), &signal.to_string(), now());
+    second.handle_text(ConnId::new(8), &drop.to_string(), now());
+    let later = Now {
+        instant: Instant::now() + std::time::Duration::from_secs(11),
+        unix: 1_800_000_011,
+    };
+    second.handle_timeout(later);
+    assert_eq!(diagnosed(&mut second), 1);
+    assert_eq!(second.stats().outcomes_refused, 1);
+}

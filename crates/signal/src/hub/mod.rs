@@ -429,7 +429,15 @@ impl<R: RngCore + Send> MemoryHub<R> {
         let peer = self.conns.get(&conn).and_then(|c| c.peer.clone());
         match (msg, peer) {
             (ClientMessage::Ping { ack }, peer) => self.ping(conn, peer, ack),
-            (ClientMessage::Join { room, token, meta }, None) => self.join(conn, room, token, meta, now),
+            (
+                ClientMessage::Join {
+                    room,
+                    token,
+                    meta,
+                    rejoin,
+                },
+                None,
+            ) => self.join(conn, room, token, meta, rejoin, now),
             (ClientMessage::Resume { session, last_seq }, None) => self.resume(conn, &session, last_seq),
             (ClientMessage::Join { .. } | ClientMessage::Resume { .. }, Some(_)) => self.error(
                 conn,

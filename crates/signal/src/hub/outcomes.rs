@@ -211,14 +211,26 @@ impl<R: RngCore + Send> MemoryHub<R> {
         // was last diagnosed connected with, once), and within its allowance: the counts, `recent_failures` and each
         // peer's `connection-failed` are the reports' word, so a member must not be able to make them up about
         // anyone, nor repeat them at the message rate.
+        //
+        // A call whose pair was diagnosed connected by another process has no partner here: a session that joined
+        // again after its resume failed (a restarted server; the SDKs find each other's new ids, `peer-rejoined`)
+        // or that was restored from a node that died. Its drop or interruption, by or about such a session, is
+        // taken on a negotiation since, like a connection report (the SDKs' rejoin signals are one), once per
+        // negotiation.
         let burst = REPORTS_PER_PEER * self.limits.max_peers_per_room;
+        let about_rebound = self.sessions.get(&about).is_some_and(|s| s.rebound);
         let admitted = self.sessions.get_mut(from).is_some_and(|s| {
-            let known = if after_call {
+            let rebound = after_call && partner.is_none() && (s.rebound || about_rebound);
+            let known = if after_call && !rebound {
                 partner.is_some()
             } else {
                 s.signaled.contains(&about)
             };
-            known && s.reports.take(burst, now)
+            let taken = known && s.reports.take(burst, now);
+            if taken && rebound {
+                s.signaled.retain(|p| *p != about);
+            }
+            taken
         }) && self.pairing.per_source.check(source, now).is_ok();
         if !admitted {
             self.outcomes_refused += 1;

@@ -77,6 +77,7 @@ impl<R: RngCore + Send> MemoryHub<R> {
         room: String,
         token: Option<String>,
         meta: Option<&RawValue>,
+        rejoin: bool,
         now: Now,
     ) {
         let identity = match self.check_token(&room, token.as_deref(), now) {
@@ -127,20 +128,19 @@ impl<R: RngCore + Send> MemoryHub<R> {
             .conns
             .get(&conn)
             .map_or(Source::of(std::net::Ipv4Addr::UNSPECIFIED.into()), |c| c.source);
-        self.sessions.insert(
-            peer.clone(),
-            Session::new(
-                secret.clone(),
-                room.clone(),
-                source,
-                meta.clone(),
-                conn,
-                ReportAllowance::new(
-                    super::outcomes::REPORTS_PER_PEER * self.limits.max_peers_per_room,
-                    self.clock,
-                ),
+        let mut session = Session::new(
+            secret.clone(),
+            room.clone(),
+            source,
+            meta.clone(),
+            conn,
+            ReportAllowance::new(
+                super::outcomes::REPORTS_PER_PEER * self.limits.max_peers_per_room,
+                self.clock,
             ),
         );
+        session.rebound = rejoin;
+        self.sessions.insert(peer.clone(), session);
         self.rooms
             .entry(room.clone())
             .or_insert_with(|| Room { members: Vec::new() })
@@ -346,6 +346,8 @@ impl<R: RngCore + Send> MemoryHub<R> {
             reports,
         );
         session.conn = None;
+        // Its pairs' connected diagnoses stayed on the node that died.
+        session.rebound = true;
         session.next_seq = r.next_seq.max(1);
         session.client_seq = r.client_seq;
         session.disconnected = Some(Disconnected {

@@ -35,6 +35,10 @@ pub(super) struct Session {
     pub signaled: Vec<PeerId>,
     /// `outcome` reports this session may still send now, and when the next one is added (`outcomes.rs`).
     pub reports: ReportAllowance,
+    /// Its calls may have been diagnosed connected elsewhere: it joined again after its resume failed (a restarted
+    /// server), or was restored from a node that died. A drop or interruption report by or about it is then taken
+    /// on a negotiation since (`outcomes.rs`).
+    pub rebound: bool,
 }
 
 /// A session's `outcome` reports: a burst (two per peer a room may have), then one per [`ReportAllowance::EVERY`].
@@ -138,6 +142,7 @@ impl Session {
             disconnected: None,
             signaled: Vec::new(),
             reports,
+            rebound: false,
         }
     }
 
