@@ -30,6 +30,8 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   command -v certutil >/dev/null 2>&1 || missing+=(libnss3-tools)
   # The cluster tests run a real Redis (crates/traverse/tests/cluster.rs).
   command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+  # A cluster node whose wall clock runs behind the others' (libfaketime, LD_PRELOAD'ed by the test).
+  command -v faketime >/dev/null 2>&1 || missing+=(faketime)
   command -v openssl >/dev/null 2>&1 || missing+=(openssl)
   # TURN and HTTP through a layer-4 balancer sending PROXY protocol headers (crates/traverse/tests/interop.rs).
   command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)

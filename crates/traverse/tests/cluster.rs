@@ -211,11 +211,25 @@ impl Node {
         )
     }
 
+    /// Starts a node with more environment variables.
+    fn start_with_env(redis: &str, extra: &[&str], env: &[(&str, &str)]) -> Node {
+        Node::start_waiting_for_with(
+            redis,
+            extra,
+            env,
+            "connected to Redis: rooms are shared with the other nodes",
+        )
+    }
+
     /// Starts a node and waits until its log says `ready`.
     fn start_waiting_for(redis: &str, extra: &[&str], ready: &str) -> Node {
+        Node::start_waiting_for_with(redis, extra, &[], ready)
+    }
+
+    fn start_waiting_for_with(redis: &str, extra: &[&str], env: &[(&str, &str)], ready: &str) -> Node {
         let mut args = vec!["--workers", "1", "--redis", redis];
         args.extend_from_slice(extra);
-        let common::Spawned { child, log, stdout } = common::spawn_serve("127.0.0.1:0", &args, &[]);
+        let common::Spawned { child, log, stdout } = common::spawn_serve("127.0.0.1:0", &args, env);
         let mut node = Node {
             child,
             http: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -1019,6 +1033,35 @@ fn turn_allocations_count_in_a_node_s_load() {
         join_until_ice(&nodes[1], 2, &[nodes[2].turn.clone(), nodes[0].turn.clone()]).await;
     });
     clients.clear();
+}
+
+/// libfaketime's preload library (Debian package faketime), for a node whose wall clock is off.
+const FAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+
+/// Nodes without NTP: one node's wall clock runs 60 s behind. It is still handed out by the others, as long as its
+/// heartbeat lives (the candidates are scored by Redis's clock). Before, its registry entry was scored by its own
+/// clock, and the others pruned it (older than 30 s) as soon as it was written: it was never handed out.
+#[test]
+fn a_node_whose_clock_runs_behind_is_handed_out_by_the_others() {
+    let Some(redis) = Redis::start() else { return };
+    if !std::path::Path::new(FAKETIME).exists() {
+        return common::skip(&format!("{FAKETIME} is missing (Debian package faketime)"));
+    }
+    let behind = [
+        ("LD_PRELOAD", FAKETIME),
+        ("FAKETIME", "-60s"),
+        // Only the wall clock: timers and deadlines run on the monotonic one.
+        ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+    ];
+    let nodes = [
+        Node::start(&redis.url(), &[]),
+        Node::start_with_env(&redis.url(), &[], &behind),
+    ];
+    runtime().block_on(async {
+        join_until_ice(&nodes[0], 1, &[nodes[0].turn.clone(), nodes[1].turn.clone()]).await;
+        // And the other way round.
+        join_until_ice(&nodes[1], 1, &[nodes[1].turn.clone(), nodes[0].turn.clone()]).await;
+    });
 }
 
 #[test]

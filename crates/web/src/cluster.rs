@@ -1738,6 +1738,17 @@ async fn refresh_registry(mut m: ConnectionManager, node: NodeId, registries: Ar
     update_registry(&mut m, &node, false, &registries).await;
 }
 
+/// The `nodes` set, scored by Redis's clock (`TIME`): registers ARGV[2] when ARGV[1] is 1, forgets entries older
+/// than ARGV[3] ms, returns the rest. Scored by each node's own clock, a node whose clock ran 30 s behind was
+/// pruned by the others as soon as it wrote, and never handed out.
+const REGISTRY: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if ARGV[1] == '1' then redis.call('ZADD', KEYS[1], now, ARGV[2]) end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[3]))
+return redis.call('ZRANGE', KEYS[1], 0, -1)
+";
+
 /// Registers this node in the `nodes` set (unless `register` is false) and reads the other live nodes' TURN URLs,
 /// least loaded first, overloaded nodes left out. A node is live while its heartbeat key exists; the set only
 /// lists candidates.
@@ -1746,25 +1757,14 @@ async fn read_registry(
     node: &NodeId,
     register: bool,
 ) -> redis::RedisResult<Vec<(NodeId, Value)>> {
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, millis);
-    let set = format!("{PREFIX}nodes");
-    let mut pipe = redis::pipe();
-    if register {
-        pipe.cmd("ZADD").arg(&set).arg(now_ms).arg(node.as_str()).ignore();
-    }
-    let (ids,): (Vec<String>,) = pipe
-        .cmd("ZREMRANGEBYSCORE")
-        .arg(&set)
-        .arg("-inf")
-        .arg(now_ms.saturating_sub(10 * millis(NODE_TTL)))
-        .ignore()
-        .cmd("ZRANGE")
-        .arg(&set)
-        .arg(0)
-        .arg(-1)
-        .query_async(m)
+    static REGISTRY_SCRIPT: std::sync::LazyLock<redis::Script> =
+        std::sync::LazyLock::new(|| redis::Script::new(REGISTRY));
+    let ids: Vec<String> = REGISTRY_SCRIPT
+        .key(format!("{PREFIX}nodes"))
+        .arg(u8::from(register))
+        .arg(node.as_str())
+        .arg(10 * millis(NODE_TTL))
+        .invoke_async(m)
         .await?;
     let others: Vec<String> = ids.into_iter().filter(|id| id != node.as_str()).collect();
     if others.is_empty() {
