@@ -234,6 +234,11 @@ test('failed resume: the error is a handshake answer, 4201 leads to a fresh join
   assert.equal(s.stats.rejoins, 1);
 });
 
+test('with rejoinCalls off, the join after a failed resume does not say rejoin (its calls are closed)', () => {
+  const s = joinedSession({ rejoinCalls: false });
+  assert.deepEqual(reconnect(s, 4201), { type: 'join', room: 'r' });
+});
+
 test('resume-failed alone (without 4201) is enough to join afresh on the next socket', () => {
   const s = joinedSession();
   reconnect(s);

@@ -3603,7 +3603,8 @@ class RateBucket {
  */
 class Session {
   /**
-   * @param {{room: string, token?: string, meta?: any, maxQueue?: number, maxMessageBytes?: number}} config
+   * @param {{room: string, token?: string, meta?: any, maxQueue?: number, maxMessageBytes?: number,
+   *   rejoinCalls?: boolean}} config
    * @param {{resumes: number, rejoins: number, duplicates: number, gaps: number, queued: number, resent: number}}
    *   [stats] the counters this session increments (the room's `stats`)
    */
@@ -3739,8 +3740,9 @@ class Session {
       const join = { type: 'join', room: this._config.room };
       if (this._config.token) join.token = this._config.token;
       if (this._config.meta !== undefined) join.meta = this._config.meta;
-      // After a failed resume: our calls may go on, and the server takes their drop reports on a negotiation since.
-      if (this._joinedBefore) join.rejoin = true;
+      // After a failed resume, with the calls kept (`rejoinCalls`): they may go on, and the server takes their drop
+      // and interruption reports on a negotiation since.
+      if (this._joinedBefore && this._config.rejoinCalls !== false) join.rejoin = true;
       this.lastSeq = 0;
       this._transmit(join);
       return;

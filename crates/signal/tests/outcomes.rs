@@ -65,7 +65,7 @@ impl Lab {
         while self.at < end {
             self.at = (self.at + Duration::from_millis(250)).min(end);
             let now = self.now();
-            for conn in [1, 2, 3] {
+            for conn in [1, 2, 3, 4] {
                 self.hub.handle_activity(ConnId::new(conn), now);
             }
             self.hub.handle_timeout(now);
@@ -618,8 +618,8 @@ fn after_a_restart_a_rejoined_pair_s_interruption_and_drop_are_taken_on_a_negoti
     assert_eq!(lab.diagnoses.len(), 2);
     assert_eq!(lab.hub.stats().outcomes_refused, 2);
 
-    // A peer that did not rejoin, about one that did not either: a drop about a pair never diagnosed connected here
-    // is still refused after a negotiation (covered for a fresh room in the test above; here beside rebound ones).
+    // C joined fresh, A rejoined: A's drop about C, a pair never diagnosed connected here, is taken on their
+    // negotiation (a fresh pair's is refused: the test below).
     let c = lab.join(3, "r");
     lab.signal(3, &a);
     lab.report(1, &c, dropped("ice-failed"));
@@ -659,4 +659,57 @@ fn a_fresh_pair_s_drop_needs_a_connected_diagnosis_even_beside_a_negotiation() {
     lab.send(3, json!({"type": "join", "room": "r", "rejoin": "yes"}));
     assert!(lab.frames(3, "joined").is_empty());
     assert_eq!(lab.frames(3, "error").len(), 1, "{:?}", lab.inbox.get(&3));
+}
+
+/// The negotiation a rebound pair's drop is taken on is its own: a newer call's signals and its connection reports
+/// are not used up by it, and once the drop is diagnosed, the other side's report after the late-report window
+/// needs a new negotiation.
+#[test]
+fn a_rebound_drop_spends_its_own_negotiation_once_for_both_sides() {
+    let mut lab = Lab::new(Limits::default());
+    let a = lab.rejoin(1, "r");
+    let b = lab.rejoin(2, "r");
+    lab.signal(1, &b);
+    lab.signal(2, &a);
+    // A's drop is taken; then a new call is negotiated before B's drop report arrives.
+    lab.report(1, &b, dropped("ice-failed"));
+    lab.signal(1, &b);
+    lab.signal(2, &a);
+    lab.report(2, &a, dropped("ice-failed"));
+    assert_eq!(lab.diagnoses.len(), 1, "{:?}", lab.diagnoses);
+    assert_eq!(
+        (lab.diagnoses[0].outcome, lab.diagnoses[0].reports),
+        (Outcome::Dropped, 2)
+    );
+    // The new call connects: both connection reports are taken and paired.
+    lab.report(1, &b, connected_relay_tls(700));
+    lab.report(2, &a, connected_relay_tls(750));
+    assert_eq!(lab.diagnoses.len(), 2, "{:?}", lab.diagnoses);
+    assert_eq!(
+        (lab.diagnoses[1].outcome, lab.diagnoses[1].reports),
+        (Outcome::Connected, 2)
+    );
+    assert_eq!(lab.hub.stats().outcomes_refused, 0);
+
+    // Another pair of rebound sessions: D's drop is decided alone at the deadline; E's own report about it, after
+    // the late-report window, is refused (it would count the call twice), and so is D's again.
+    let d = lab.rejoin(3, "s");
+    let now = lab.now();
+    lab.hub.handle_connect(ConnId::new(4), IP, now).unwrap();
+    lab.send(4, json!({"type": "join", "room": "s", "rejoin": true}));
+    let e = lab.frames(4, "joined")[0]["peerId"].as_str().unwrap().to_owned();
+    lab.signal(3, &e);
+    lab.report(3, &e, dropped("ice-failed"));
+    lab.advance(Duration::from_secs(11));
+    assert_eq!(lab.diagnoses.len(), 3);
+    assert_eq!(
+        (lab.diagnoses[2].outcome, lab.diagnoses[2].reports),
+        (Outcome::Dropped, 1)
+    );
+    lab.advance(Duration::from_secs(61));
+    lab.report(4, &d, dropped("ice-failed"));
+    lab.report(3, &e, dropped("ice-failed"));
+    lab.advance(Duration::from_secs(11));
+    assert_eq!(lab.diagnoses.len(), 3, "{:?}", lab.diagnoses.last());
+    assert_eq!(lab.hub.stats().outcomes_refused, 2);
 }

@@ -218,23 +218,25 @@ impl<R: RngCore + Send> MemoryHub<R> {
         // taken on a negotiation since, like a connection report (the SDKs' rejoin signals are one), once per
         // negotiation.
         let burst = REPORTS_PER_PEER * self.limits.max_peers_per_room;
-        let about_rebound = self.sessions.get(&about).is_some_and(|s| s.rebound);
+        let rebound = after_call && partner.is_none();
         let admitted = self.sessions.get_mut(from).is_some_and(|s| {
-            let rebound = after_call && partner.is_none() && (s.rebound || about_rebound);
-            let known = if after_call && !rebound {
-                partner.is_some()
-            } else {
-                s.signaled.contains(&about)
+            let known = match (after_call, rebound) {
+                (false, _) => s.signaled.contains(&about),
+                (true, false) => true,
+                // Filled only where either session is rebound (`note_signaled`).
+                (true, true) => s.rebound_signaled.contains(&about),
             };
-            let taken = known && s.reports.take(burst, now);
-            if taken && rebound {
-                s.signaled.retain(|p| *p != about);
-            }
-            taken
+            known && s.reports.take(burst, now)
         }) && self.pairing.per_source.check(source, now).is_ok();
         if !admitted {
             self.outcomes_refused += 1;
             return;
+        }
+        if rebound {
+            // Once per negotiation: this side's now, both sides' when the pair is diagnosed (`diagnosed`).
+            if let Some(s) = self.sessions.get_mut(from) {
+                s.rebound_signaled.retain(|p| *p != about);
+            }
         }
         if dropped {
             if let Some(c) = self.pairing.connected.get_mut(from) {
@@ -342,13 +344,16 @@ impl<R: RngCore + Send> MemoryHub<R> {
         self.pairing.due = held.chain(self.pairing.decided.values().map(|(_, until)| *until)).min();
     }
 
-    /// A `signal` went from `a` to `b`: each may report about the other once more.
-    pub(super) fn note_signaled(&mut self, a: &PeerId, b: &PeerId) {
+    /// A `signal` went from `a` to `b`: each may report about the other once more. `rebound`: either session is.
+    pub(super) fn note_signaled(&mut self, a: &PeerId, b: &PeerId, rebound: bool) {
         let most = self.limits.max_peers_per_room;
         for (this, other) in [(a, b), (b, a)] {
             if let Some(s) = self.sessions.get_mut(this) {
                 if !s.signaled.contains(other) && s.signaled.len() < most {
                     s.signaled.push(other.clone());
+                }
+                if rebound && !s.rebound_signaled.contains(other) && s.rebound_signaled.len() < most {
+                    s.rebound_signaled.push(other.clone());
                 }
             }
         }
@@ -364,6 +369,10 @@ impl<R: RngCore + Send> MemoryHub<R> {
             let Some(s) = self.sessions.get_mut(this) else { continue };
             if !diagnosis.dropped() && !diagnosis.recovered() {
                 s.signaled.retain(|p| p != other);
+            } else {
+                // The negotiation a rebound pair's drop or interruption was taken on is spent for both sides: the
+                // other side's report after the late-report window needs a new one.
+                s.rebound_signaled.retain(|p| p != other);
             }
             if let Some(c) = self.pairing.connected.get_mut(this) {
                 c.retain(|p| p.peer != *other);

@@ -188,11 +188,12 @@ impl<R: RngCore + Send> MemoryHub<R> {
 
     pub(super) fn signal(&mut self, conn: ConnId, from: &PeerId, to: &str, data: &RawValue, id: Option<String>) {
         // The recipient as the hub knows it: only a member of the sender's room, never the sender.
+        // And whether either session is rebound (`Session::rebound`), for the outcome reports (`note_signaled`).
         let recipient = match (self.sessions.get(from), self.sessions.get_key_value(to)) {
-            (Some(a), Some((to, b))) if a.room == b.room && from != to => Some(to.clone()),
+            (Some(a), Some((to, b))) if a.room == b.room && from != to => Some((to.clone(), a.rebound || b.rebound)),
             _ => None,
         };
-        let Some(to_peer) = recipient else {
+        let Some((to_peer, rebound)) = recipient else {
             let room = self.sessions.get(from).map(|s| s.room.to_string()).unwrap_or_default();
             let message = format!("No peer {} in room {room}.", to.chars().take(128).collect::<String>());
             return self.error_with_id(conn, Refusal::new(ErrorCode::UnknownPeer, message), id.as_deref());
@@ -208,7 +209,7 @@ impl<R: RngCore + Send> MemoryHub<R> {
         match self.deliver(&to_peer, &frame, Some(signal_from)) {
             Ok(()) => {
                 self.relayed += 1;
-                self.note_signaled(from, &to_peer);
+                self.note_signaled(from, &to_peer, rebound);
             }
             Err(Refused { over, signal_from }) => {
                 let id = signal_from.and_then(|f| f.id);
