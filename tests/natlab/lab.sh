@@ -29,7 +29,8 @@ set -euo pipefail
 SERVER_IPS=(203.0.113.10 203.0.113.11)
 STATE_ROOT="${NATLAB_STATE:-/tmp/traverse-natlab}"
 
-# name : index : mapping (eim | sym) : filtering (apdf | eif | adf) : firewall (open | noudp | tcp443 | turnports) :
+# name : index : mapping (eim | sym) : filtering (apdf | eif | adf) : firewall (open | noudp | tcp443 | turnports |
+# lossy) :
 # what it is
 SITES=(
   "eim-a:1:eim:apdf:open:port-restricted cone (plain masquerade)"
@@ -41,6 +42,7 @@ SITES=(
   "noudp:7:eim:apdf:noudp:port-restricted cone, all outbound UDP dropped"
   "tcp443:8:eim:apdf:tcp443:port-restricted cone, only TCP to port 443 allowed out"
   "turnports:9:eim:apdf:turnports:port-restricted cone, UDP and TCP to the STUN/TURN ports 3478, 3479, 5349 dropped"
+  "lossy:10:eim:eif:lossy:full cone on a lossy link, 10 % of UDP packets dropped at random each way"
 )
 
 die() {
@@ -119,6 +121,7 @@ $( [ "$filtering" = eif ] || [ "$filtering" = adf ] && echo "    iifname \"wan\"
   }
   chain forward {
     type filter hook forward priority filter; policy drop;
+$( [ "$firewall" = lossy ] && echo "    meta l4proto udp numgen random mod 100 < 10 drop")
     iifname "wan" oifname "lan" ct state established,related accept
 $( [ "$filtering" = eif ] && echo "    iifname \"wan\" oifname \"lan\" ct status dnat accept")
 $( [ "$filtering" = adf ] && echo "    iifname \"wan\" oifname \"lan\" ip daddr . udp dport . ip saddr @adf accept")

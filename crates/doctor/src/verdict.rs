@@ -321,6 +321,36 @@ pub fn relay_needed_for(direct: &[DirectRow]) -> Option<String> {
     }
 }
 
+/// This client's link to the relay when the relay test graded it poor or worse: the grade, and the measures that made
+/// it so, for people ("loss 10.6 % each way", "round trip 420 ms", "jitter 35 ms").
+fn poor_link(f: &Facts) -> Option<(Quality, String)> {
+    let relay = f.relay.as_ref()?;
+    let (grades, link) = (relay.quality()?, relay.link()?);
+    if grades.overall < Quality::Poor {
+        return None;
+    }
+    let mut what = Vec::new();
+    if grades.loss >= Quality::Poor {
+        what.push(format!("loss {:.1} % each way", link.loss_percent));
+    }
+    if grades.rtt >= Quality::Poor {
+        what.push(format!("round trip {:.0} ms", link.rtt_ms));
+    }
+    if grades.jitter >= Quality::Poor {
+        what.push(format!("jitter {:.0} ms", link.jitter_ms));
+    }
+    Some((grades.overall, what.join(", ")))
+}
+
+/// `text` with its first letter upper-case.
+fn capitalized(text: &str) -> String {
+    let mut chars = text.chars();
+    chars
+        .next()
+        .map(|c| c.to_uppercase().chain(chars).collect())
+        .unwrap_or_default()
+}
+
 /// The summary where UDP is blocked and TURN over a stream works: every call is relayed, over `best`.
 pub fn no_udp_summary(best: &TurnFact) -> String {
     format!(
@@ -588,17 +618,12 @@ pub fn verdict(f: &Facts) -> Verdict {
     if f.relay.as_ref().is_some_and(|r| !r.outcome.ok()) && any_turn {
         causes.push("TURN allocations work, but data did not come back through the relay.".to_owned());
     }
-    if let Some((q, loss)) = f
-        .relay
-        .as_ref()
-        .and_then(|r| Some((r.quality()?.overall, r.link()?.loss_percent)))
-    {
-        if q >= Quality::Poor {
-            causes.push(format!(
-                "This network's link to the relay is {} (loss {loss:.1} % each way): expect choppy audio and video.",
-                q.word()
-            ));
-        }
+    let poor = poor_link(f);
+    if let Some((q, what)) = &poor {
+        causes.push(format!(
+            "This network's link to the relay is {} ({what}): expect choppy audio and video.",
+            q.word()
+        ));
     }
 
     let summary = if !something_works {
@@ -642,6 +667,21 @@ pub fn verdict(f: &Facts) -> Verdict {
     } else {
         "Some connections will fail: direct connections are not always possible here and no TURN relay works."
             .to_owned()
+    };
+    // Calls that connect over a link that loses or delays this much are still bad calls: the headline says so, and
+    // is not "Good" (the NAT lab's `lossy` site: 10 % lost each way read "Good: direct connections are likely").
+    let summary = match &poor {
+        Some((q, what)) if something_works && signaling.ok => {
+            let base = match summary.strip_prefix("Good: ") {
+                Some(rest) => capitalized(rest),
+                None => summary,
+            };
+            format!(
+                "{base} But this network's link is {} ({what}): expect choppy audio and video.",
+                q.word()
+            )
+        }
+        _ => summary,
     };
 
     let transports = vec![
@@ -1450,6 +1490,7 @@ mod tests {
             "{:?}",
             v.causes
         );
+        assert!(!v.summary.contains("link"), "{}", v.summary);
         f.relay = Some(relay(35, Some(20.0)));
         let v = verdict(&f);
         assert!(
@@ -1459,6 +1500,35 @@ mod tests {
             "{:?}",
             v.causes
         );
+        // The headline says it too.
+        assert_eq!(
+            v.summary,
+            "Connections will work, some of them only through the TURN relay. But this network's link is bad (loss \
+             8.5 % each way): expect choppy audio and video."
+        );
+        // And is not "Good" (the NAT lab's lossy site, a full cone, read "Good: direct connections are likely").
+        f.nat = nat(Finding::Known(Ei), Finding::Known(Ei));
+        let v = verdict(&f);
+        assert_eq!(
+            v.summary,
+            "Direct connections are likely with every kind of peer, and the TURN relay works as a fallback. But this \
+             network's link is bad (loss 8.5 % each way): expect choppy audio and video."
+        );
+        // A slow link: the measure that made it poor is named, not a loss of 0 %. 1 000 ms through the relay is
+        // about 500 ms client ↔ server.
+        f.relay = Some(relay(50, Some(1000.0)));
+        let v = verdict(&f);
+        assert!(
+            v.causes
+                .iter()
+                .any(|c| c
+                    == "This network's link to the relay is bad (round trip 500 ms): expect choppy audio and video."),
+            "{:?}",
+            v.causes
+        );
+        assert!(v
+            .summary
+            .ends_with("But this network's link is bad (round trip 500 ms): expect choppy audio and video."));
         f.relay = Some(relay(0, None));
         let v = verdict(&f);
         assert!(
