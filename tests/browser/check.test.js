@@ -83,6 +83,10 @@ test('/check: verdict, relay per transport, share, read back after a restart, ad
     const udp = report.loopback.find((l) => l.transport === 'udp');
     assert.ok(udp?.ok, `TURN/UDP loopback: ${JSON.stringify(udp)}`);
     assert.equal(udp.echoed, 20);
+    // The loss count on an unreliable channel: loopback loses nothing (a datagram or two under load at most).
+    assert.equal(udp.loss?.sent, 100, JSON.stringify(udp));
+    assert.ok(udp.loss.received >= 95, JSON.stringify(udp.loss));
+    assert.equal(report.loopback.find((l) => l.transport === 'tcp')?.loss, undefined, 'not counted over TCP');
     assert.equal(udp.pair.local.type, 'relay');
     assert.equal(udp.pair.local.relayProtocol, 'udp');
     assert.equal(await page.getAttribute('#loopback tr[data-transport=udp]', 'data-ok'), 'true');
@@ -191,12 +195,17 @@ test('verdict rules in plain words (synthetic reports)', { timeout: 30000 }, asy
     const relayFair = C.verdict({ webrtc: true, signaling: sig, gathering: [], loopback: [timed(300)] });
     const relayBad = C.verdict({ webrtc: true, signaling: sig, gathering: [], loopback: [timed(900)] });
     const noSignal = C.verdict({ webrtc: true, signaling: { ok: false, status: { http: 429, code: 'too-many-connections' } } });
+    // Loss over four crossings: 3 of 100 is about 0.8 % each way (good, nothing said in the headline); 34 of 100
+    // is about 9.9 % (bad: a warning, and the headline says so).
+    const lost = (n) => ({ ...loop('udp', true, 3478), loss: { sent: 100, received: 100 - n, percent: n } });
+    const lossGood = C.verdict({ webrtc: true, signaling: sig, gathering: [], loopback: [lost(3)] });
+    const lossBad = C.verdict({ webrtc: true, signaling: sig, gathering: [], loopback: [lost(34)] });
     const ip = (address, port) => ({ type: 'srflx', protocol: 'udp', address, port, networkId: '1' });
     const a = { host: '192.0.2.1', port: 3478 };
     const b = { host: '198.51.100.1', port: 3478 };
     const b2 = { host: '192.0.2.1', port: 3479 };
     return {
-      udpBlocked, symmetric, noSignal, relayFair, relayBad,
+      udpBlocked, symmetric, noSignal, relayFair, relayBad, lossGood, lossBad,
       eim: C.analyseMapping([a, b], true, true, [ip('203.0.113.5', 4000)]).mapping,
       adm: C.analyseMapping([a, b], true, true, [ip('203.0.113.5', 4000), ip('203.0.113.5', 4001)]).mapping,
       apdm: C.analyseMapping([a, b2], true, true, [ip('203.0.113.5', 4000), ip('203.0.113.5', 4001)]).mapping,
@@ -226,6 +235,12 @@ test('verdict rules in plain words (synthetic reports)', { timeout: 30000 }, asy
   assert.equal(out.relayFair.level, 'ok');
   assert.match(relayAdvice(out.relayBad)?.text ?? '', /about 450 ms for your link \(bad\)/);
   assert.equal(out.relayBad.level, 'warn');
+  const lossAdvice = (v) => v.advice.find((a) => a.text.startsWith('Lost through the relay'));
+  assert.match(lossAdvice(out.lossGood)?.text ?? '', /3 of 100 test packets \(3 %\).*about 0\.8 % each way for your link \(good\)/);
+  assert.doesNotMatch(out.lossGood.headline, /loses packets/);
+  assert.match(lossAdvice(out.lossBad)?.text ?? '', /about 9\.9 % each way for your link \(bad\)\. Expect choppy audio and video\./);
+  assert.match(out.lossBad.headline, / But this network loses packets \(about 9\.9 % each way\): expect choppy audio and video\.$/);
+  assert.equal(out.lossBad.level, 'warn');
   assert.equal(out.noSignal.level, 'fail');
   assert.match(out.noSignal.advice[0].text, /HTTP 429 \(too-many-connections\)/);
   assert.equal(out.eim, 'endpoint-independent');

@@ -1,7 +1,8 @@
 // /check (the troubleshooter page) in headless Chromium inside a site's host namespace, against a server with one
 // IP and no RFC 5780: the default deployment. The page must tell the NAT's mapping from the two ports the server
 // hands it (`natProbes`: the second STUN port, stun.second_port), as the doctor does, and say so in its verdict.
-// Without the second port a symmetric NAT went unnoticed there ("inconclusive", level ok, nothing said).
+// Without the second port a symmetric NAT went unnoticed there ("inconclusive", level ok, nothing said). In the
+// `lossy` site it must also count and grade the loss on the link, as the doctor does.
 //
 // The server runs beside the lab's main one (lab.sh serve-role), on 203.0.113.10 with ports of its own: UDP 4478
 // (TURN and STUN; its second STUN port is 4479, the port after) and HTTP 8080.
@@ -28,6 +29,13 @@ const SITES = [
   { site: 'sym-a', mapping: 'address-and-port-dependent', words: /symmetric NAT/, headline: /Your NAT is symmetric/ },
   // No UDP gets out: no public address to compare, and no gathering against the second port either.
   { site: 'noudp', mapping: 'inconclusive', why: 'no-srflx', words: /no public address was learned/ },
+  // 10 % of UDP lost each way: the relay loopback's unreliable channel counts it (over four crossings of the link),
+  // the page grades it for the link, warns, and says so in the headline. Before, it said nothing of the loss.
+  {
+    site: 'lossy', mapping: 'endpoint-independent-or-address-dependent', level: 'warn',
+    words: /^Lost through the relay \(TURN\/UDP :4478\): \d+ of 100 test packets .* each way for your link \((poor|bad)\)\. Expect choppy audio and video\.$/,
+    headline: / But this network loses packets \(about \d+\.\d % each way\): expect choppy audio and video\.$/,
+  },
 ].filter((s) => ONLY.length === 0 || ONLY.includes(s.site));
 
 const lab = (...args) => execFileSync(path.join(here, 'lab.sh'), [args[0], PREFIX, ...args.slice(1)], { stdio: 'pipe' });
@@ -61,6 +69,9 @@ for (const want of SITES) {
       else assert.deepEqual(nat.servers, [STUN, PROBE], JSON.stringify(nat));
       assert.ok(verdict.advice.some((a) => want.words.test(a.text)), JSON.stringify(verdict.advice));
       if (want.headline) assert.match(verdict.headline, want.headline);
+      if (want.level) assert.equal(verdict.level, want.level, verdict.headline);
+      const udp = report.loopback.find((l) => l.transport === 'udp');
+      if (udp?.loss) console.log(`  loss through the relay: ${udp.loss.sent - udp.loss.received} of ${udp.loss.sent}`);
     } finally {
       await browser.close();
     }

@@ -15,7 +15,9 @@
  * @typedef {{url: string, label: string, ok: boolean, ms: number, timedOut: boolean, candidates: Candidate[],
  *            types: Record<string, number>, relayProtocols: string[], errors: {code: number, text: string}[]}} Gathering
  * @typedef {{url: string, label: string, transport: string, ok: boolean, connectMs?: number, rttMs?: RttStats,
- *            echoed: number, pair?: object, error?: string, relayCandidate?: boolean, skipped?: boolean}} Loopback
+ *            echoed: number, pair?: object, error?: string, relayCandidate?: boolean, skipped?: boolean,
+ *            loss?: LossCount}} Loopback
+ * @typedef {{sent: number, received: number, percent: number}} LossCount
  * @typedef {'endpoint-independent' | 'endpoint-independent-or-address-dependent' | 'address-dependent-or-stricter'
  *           | 'address-and-port-dependent' | 'inconclusive'} Mapping
  * @typedef {{mapping: Mapping, servers: string[], observations: object[], why: string}} Nat
@@ -40,10 +42,22 @@ export const TIMEOUTS = Object.freeze({
 export const ECHOES = 20;
 
 /**
+ * Datagrams per relay loopback over TURN/UDP for the loss count, on an unreliable channel (no retransmission), one
+ * every `LOSS_GAP_MS` (so that they are not bundled into a few packets); echoes are awaited `LOSS_WAIT_MS` after the
+ * last. Over TCP or TLS to the relay a loss on the link is retransmitted, so it is not counted there.
+ */
+export const LOSS_PROBES = 100;
+const LOSS_GAP_MS = 10;
+const LOSS_WAIT_MS = 1000;
+
+/**
  * Upper bounds of good / fair / poor round trips, ms. The doctor's `quality::RTT_MS` (crates/doctor/src/quality.rs)
  * is the definition; a test there fails when these differ.
  */
 const RTT_LEVELS = [100, 250, 400];
+
+/** Upper bounds of good / fair / poor loss on the user's link, percent; the doctor's `quality::LOSS_PERCENT`. */
+const LOSS_LEVELS = [1, 3, 8];
 
 /**
  * The relay loopback's two peer connections both sit behind this browser, so an echo crosses the user's link four
@@ -89,6 +103,26 @@ export function rttQuality(ms) {
 export function relayLinkQuality(loopbackMs) {
   const linkMs = (loopbackMs * ROUND_TRIP_CROSSINGS) / RELAY_TEST_CROSSINGS;
   return { linkMs, quality: rttQuality(linkMs) };
+}
+
+/** 'good' | 'fair' | 'poor' | 'bad' for a loss, percent. */
+export function lossQuality(percent) {
+  if (percent <= LOSS_LEVELS[0]) return 'good';
+  if (percent <= LOSS_LEVELS[1]) return 'fair';
+  if (percent <= LOSS_LEVELS[2]) return 'poor';
+  return 'bad';
+}
+
+/**
+ * A relay loopback's loss brought down to one crossing of the user's link: a datagram survives all
+ * `RELAY_TEST_CROSSINGS` crossings or is lost, so the measured loss L is 1 − (1 − p)⁴ for a link that loses p.
+ * @param {number} loopbackPercent
+ * @returns {{linkPercent: number, quality: string}}
+ */
+export function relayLinkLoss(loopbackPercent) {
+  const survived = (1 - Math.min(Math.max(loopbackPercent, 0), 100) / 100) ** (1 / RELAY_TEST_CROSSINGS);
+  const linkPercent = 100 * (1 - survived);
+  return { linkPercent, quality: lossQuality(linkPercent) };
 }
 
 /**
@@ -362,7 +396,7 @@ function labelOf(parsed) {
 // --- Relay loopback ---------------------------------------------------------------------------------------------
 
 /** Two peer connections in this page, relay only through one TURN URL; a data channel echoes `ECHOES` messages. */
-export async function checkLoopback(entry, { echoes = ECHOES } = {}) {
+export async function checkLoopback(entry, { echoes = ECHOES, lossProbes = LOSS_PROBES } = {}) {
   const { url, parsed, username, credential } = entry;
   const config = { iceServers: [{ urls: [url], username, credential }], iceTransportPolicy: /** @type {const} */ ('relay') };
   /** @type {Loopback} */
@@ -379,6 +413,11 @@ export async function checkLoopback(entry, { echoes = ECHOES } = {}) {
     const da = a.createDataChannel('echo', { negotiated: true, id: 0 });
     const db = b.createDataChannel('echo', { negotiated: true, id: 0 });
     db.onmessage = (e) => db.send(e.data);
+    // Over TURN/UDP, a second channel that never retransmits counts what the link loses.
+    const unreliable = { negotiated: true, id: 1, ordered: false, maxRetransmits: 0 };
+    const la = out.transport === 'udp' && lossProbes > 0 ? a.createDataChannel('loss', unreliable) : null;
+    const lb = la ? b.createDataChannel('loss', unreliable) : null;
+    if (lb) lb.onmessage = (e) => lb.send(e.data);
     const t0 = now();
     const open = new Promise((resolve, reject) => {
       da.onopen = resolve;
@@ -406,6 +445,7 @@ export async function checkLoopback(entry, { echoes = ECHOES } = {}) {
     out.rttMs = rttStats(rtts);
     out.pair = await selectedPair(a);
     out.ok = out.echoed === echoes;
+    if (la) out.loss = await countLoss(la, lossProbes).catch(() => undefined);
   } catch (e) {
     out.error = e.message;
     out.relayCandidate = relayed > 0;
@@ -414,6 +454,29 @@ export async function checkLoopback(entry, { echoes = ECHOES } = {}) {
     b.close();
   }
   return out;
+}
+
+/**
+ * Sends `probes` datagrams on an unreliable channel whose other end echoes them, and counts those that came back.
+ * @param {RTCDataChannel} channel @param {number} probes @returns {Promise<LossCount>}
+ */
+async function countLoss(channel, probes) {
+  if (channel.readyState !== 'open') {
+    await within(TIMEOUTS.echo, new Promise((resolve) => (channel.onopen = resolve)), 'the loss channel');
+  }
+  const back = new Set();
+  channel.onmessage = (e) => {
+    const n = /^loss-(\d+)$/.exec(String(e.data));
+    if (n && Number(n[1]) < probes) back.add(n[1]);
+  };
+  const pause = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+  for (let i = 0; i < probes; i++) {
+    channel.send(`loss-${i}`);
+    await pause(LOSS_GAP_MS);
+  }
+  await pause(LOSS_WAIT_MS);
+  const received = back.size;
+  return { sent: probes, received, percent: Math.round((1000 * (probes - received)) / probes) / 10 };
 }
 
 /**
@@ -787,6 +850,25 @@ export function verdict(r) {
         `good ≤ ${RTT_LEVELS[0]} ms, fair ≤ ${RTT_LEVELS[1]} ms, poor ≤ ${RTT_LEVELS[2]} ms`,
     });
     if ((quality === 'poor' || quality === 'bad') && level === 'ok') level = 'warn';
+  }
+  // The loss count of the TURN/UDP loopback, graded for the user's link like the doctor's relay test.
+  const counted = loops.filter((l) => l.ok && l.loss).sort((a, b) => a.loss.percent - b.loss.percent)[0];
+  if (counted?.loss) {
+    const { sent, received, percent } = counted.loss;
+    const { linkPercent, quality } = relayLinkLoss(percent);
+    const each = linkPercent.toFixed(1);
+    const poor = quality === 'poor' || quality === 'bad';
+    advice.push({
+      text: `Lost through the relay (${counted.label}): ${sent - received} of ${sent} test packets (${percent} %), ` +
+        `which cross your link four times — about ${each} % each way for your link (${quality}).` +
+        (poor ? ' Expect choppy audio and video.' : ''),
+      term: `link loss = 1 − (1 − test loss)^(1/${RELAY_TEST_CROSSINGS}); ` +
+        `good ≤ ${LOSS_LEVELS[0]} %, fair ≤ ${LOSS_LEVELS[1]} %, poor ≤ ${LOSS_LEVELS[2]} %`,
+    });
+    if (poor && level !== 'fail') {
+      headline += ` But this network loses packets (about ${each} % each way): expect choppy audio and video.`;
+      if (level === 'ok') level = 'warn';
+    }
   }
   if (r.aborted) advice.push({ text: `Some checks did not finish: ${r.aborted}.` });
   return { level, headline, advice };

@@ -173,31 +173,29 @@ mod tests {
         [t.good, t.fair, t.poor]
     }
 
-    /// The `/check` page grades round trips with its own copy of the RTT thresholds (it runs in a browser, from a
-    /// static file): this test is what keeps the copy equal to `RTT_MS`.
+    /// The `/check` page grades round trips and loss with its own copies of the thresholds (it runs in a browser,
+    /// from a static file): this test is what keeps the copies equal to `RTT_MS` and `LOSS_PERCENT`.
     #[test]
-    fn check_page_uses_the_same_rtt_thresholds() {
+    fn check_page_uses_the_same_rtt_and_loss_thresholds() {
         let js = repo_file("web/check/check.js");
-        let decl = "const RTT_LEVELS = [";
-        let start = js.find(decl).expect("check.js declares RTT_LEVELS") + decl.len();
-        let list = js
-            .get(start..)
-            .and_then(|rest| rest.split(']').next())
-            .unwrap_or_default();
-        let levels: Vec<f64> = list
-            .split(',')
-            .map(|n| {
-                n.trim()
-                    .parse()
-                    .unwrap_or_else(|e| panic!("RTT_LEVELS entry {n:?}: {e}"))
-            })
-            .collect();
-        assert_eq!(
-            levels,
-            bounds(RTT_MS),
-            "web/check/check.js RTT_LEVELS differs from quality::RTT_MS"
-        );
-        assert_eq!(js.matches(decl).count(), 1);
+        for (name, thresholds) in [("RTT_LEVELS", RTT_MS), ("LOSS_LEVELS", LOSS_PERCENT)] {
+            let decl = format!("const {name} = [");
+            let start = js.find(&decl).unwrap_or_else(|| panic!("check.js declares {name}")) + decl.len();
+            let list = js
+                .get(start..)
+                .and_then(|rest| rest.split(']').next())
+                .unwrap_or_default();
+            let levels: Vec<f64> = list
+                .split(',')
+                .map(|n| n.trim().parse().unwrap_or_else(|e| panic!("{name} entry {n:?}: {e}")))
+                .collect();
+            assert_eq!(
+                levels,
+                bounds(thresholds),
+                "web/check/check.js {name} differs from the doctor's"
+            );
+            assert_eq!(js.matches(&decl).count(), 1);
+        }
     }
 
     /// The `/check` page grades its relay loopback (two peer connections in one page, both behind this browser) for
