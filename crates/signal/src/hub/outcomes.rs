@@ -97,6 +97,11 @@ pub(super) struct Pairing {
     /// one of them, once, even after it left the room. At most `max_peers_per_room` each; only sessions that had a
     /// call have an entry (an idle socket pays nothing).
     connected: HashMap<PeerId, Vec<Partner>>,
+    /// Per session, the peers it exchanged a `signal` with since their pair's last drop or interruption diagnosis,
+    /// where either session is rebound (`Session::rebound`): what such a pair's drop or interruption is taken on,
+    /// once (kept apart from `Session::signaled`, which a newer call's connection report needs). At most
+    /// `max_peers_per_room` each; only such sessions have an entry (an idle socket pays nothing).
+    rebound_signaled: HashMap<PeerId, Vec<PeerId>>,
     /// Per source, the reports it may still send (the project's per-source token bucket, bounded in sources); one
     /// for all the shards of a server ([`MemoryHub::with_shared_report_allowance`]).
     pub(super) per_source: Arc<RateLimiter>,
@@ -112,6 +117,7 @@ impl Default for Pairing {
             per_reporter: HashMap::new(),
             decided: HashMap::new(),
             connected: HashMap::new(),
+            rebound_signaled: HashMap::new(),
             per_source: report_allowance(),
             due: None,
         }
@@ -144,12 +150,24 @@ impl Pairing {
         super::shrink(&mut self.per_reporter);
         super::shrink(&mut self.decided);
         super::shrink(&mut self.connected);
+        super::shrink(&mut self.rebound_signaled);
+    }
+
+    /// Forgets `about` from `peer`'s rebound negotiations.
+    fn spend_rebound(&mut self, peer: &PeerId, about: &PeerId) {
+        if let Some(list) = self.rebound_signaled.get_mut(peer) {
+            list.retain(|p| p != about);
+            if list.is_empty() {
+                self.rebound_signaled.remove(peer);
+            }
+        }
     }
 
     /// `peer` left the room for `reason`, its peers `others` stay: it has no calls left, and a drop report about
     /// it is decided with how it left.
     pub fn left(&mut self, peer: &PeerId, reason: LeftReason, others: &[PeerId]) {
         self.connected.remove(peer);
+        self.rebound_signaled.remove(peer);
         for other in others {
             for p in self.connected.get_mut(other).into_iter().flatten() {
                 if p.peer == *peer {
@@ -162,6 +180,7 @@ impl Pairing {
     /// `peer`'s session ended without its peers hearing of it (its room was dropped).
     pub fn forget(&mut self, peer: &PeerId) {
         self.connected.remove(peer);
+        self.rebound_signaled.remove(peer);
     }
 }
 
@@ -219,12 +238,18 @@ impl<R: RngCore + Send> MemoryHub<R> {
         // negotiation.
         let burst = REPORTS_PER_PEER * self.limits.max_peers_per_room;
         let rebound = after_call && partner.is_none();
+        // Filled only where either session is rebound (`note_signaled`).
+        let rebound_known = rebound
+            && self
+                .pairing
+                .rebound_signaled
+                .get(from)
+                .is_some_and(|list| list.contains(&about));
         let admitted = self.sessions.get_mut(from).is_some_and(|s| {
             let known = match (after_call, rebound) {
                 (false, _) => s.signaled.contains(&about),
                 (true, false) => true,
-                // Filled only where either session is rebound (`note_signaled`).
-                (true, true) => s.rebound_signaled.contains(&about),
+                (true, true) => rebound_known,
             };
             known && s.reports.take(burst, now)
         }) && self.pairing.per_source.check(source, now).is_ok();
@@ -234,9 +259,7 @@ impl<R: RngCore + Send> MemoryHub<R> {
         }
         if rebound {
             // Once per negotiation: this side's now, both sides' when the pair is diagnosed (`diagnosed`).
-            if let Some(s) = self.sessions.get_mut(from) {
-                s.rebound_signaled.retain(|p| *p != about);
-            }
+            self.pairing.spend_rebound(from, &about);
         }
         if dropped {
             if let Some(c) = self.pairing.connected.get_mut(from) {
@@ -352,8 +375,11 @@ impl<R: RngCore + Send> MemoryHub<R> {
                 if !s.signaled.contains(other) && s.signaled.len() < most {
                     s.signaled.push(other.clone());
                 }
-                if rebound && !s.rebound_signaled.contains(other) && s.rebound_signaled.len() < most {
-                    s.rebound_signaled.push(other.clone());
+            }
+            if rebound {
+                let list = self.pairing.rebound_signaled.entry(this.clone()).or_default();
+                if !list.contains(other) && list.len() < most {
+                    list.push(other.clone());
                 }
             }
         }
@@ -369,13 +395,14 @@ impl<R: RngCore + Send> MemoryHub<R> {
             let Some(s) = self.sessions.get_mut(this) else { continue };
             if !diagnosis.dropped() && !diagnosis.recovered() {
                 s.signaled.retain(|p| p != other);
-            } else {
-                // The negotiation a rebound pair's drop or interruption was taken on is spent for both sides: the
-                // other side's report after the late-report window needs a new one.
-                s.rebound_signaled.retain(|p| p != other);
             }
             if let Some(c) = self.pairing.connected.get_mut(this) {
                 c.retain(|p| p.peer != *other);
+            }
+            if diagnosis.dropped() || diagnosis.recovered() {
+                // The negotiation a rebound pair's drop or interruption was taken on is spent for both sides: the
+                // other side's report after the late-report window needs a new one.
+                self.pairing.spend_rebound(this, other);
             }
             // Connected, or connected again: a later drop or interruption of this call may be reported.
             if matches!(diagnosis.outcome, Outcome::Connected | Outcome::Recovered) {

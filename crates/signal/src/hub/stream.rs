@@ -39,11 +39,6 @@ pub(super) struct Session {
     /// server), or was restored from a node that died. A drop or interruption report by or about it is then taken
     /// on a negotiation since (`outcomes.rs`).
     pub rebound: bool,
-    /// Peers it exchanged a `signal` with since their pair's last drop or interruption diagnosis, where either
-    /// session is `rebound`: what such a report is taken on, once (kept apart from `signaled`, which a newer call's
-    /// connection report needs). At most `max_peers_per_room`; empty for every session that is not rebound or in a
-    /// room with one.
-    pub rebound_signaled: Vec<PeerId>,
 }
 
 /// A session's `outcome` reports: a burst (two per peer a room may have), then one per [`ReportAllowance::EVERY`].
@@ -148,7 +143,6 @@ impl Session {
             signaled: Vec::new(),
             reports,
             rebound: false,
-            rebound_signaled: Vec::new(),
         }
     }
 
