@@ -8,7 +8,43 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import crypto from 'node:crypto';
+import dgram from 'node:dgram';
 import { CHROMIUM, launchBrowser, skipWithoutChromium, startTraverse, freePort, get, dumpOnFailure } from './lib/harness.js';
+
+/**
+ * One STUN Binding request (RFC 8489) to 127.0.0.1:`port` from a fresh UDP socket, resent every 500 ms up to 5
+ * times; resolves with the XOR-MAPPED-ADDRESS of the success response, rejects on an error response or silence.
+ */
+function stunBinding(port) {
+  const id = crypto.randomBytes(12);
+  const request = Buffer.concat([Buffer.from([0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xa4, 0x42]), id]);
+  const socket = dgram.createSocket('udp4');
+  let timer;
+  return new Promise((resolve, reject) => {
+    let tries = 0;
+    const send = () => (tries++ < 5 ? socket.send(request, port, '127.0.0.1') : reject(new Error('no STUN answer')));
+    timer = setInterval(send, 500);
+    socket.on('message', (m) => {
+      if (m.length < 20 || !m.subarray(8, 20).equals(id)) return;
+      if (m.readUInt16BE(0) !== 0x0101) return reject(new Error(`STUN error response 0x${m.readUInt16BE(0).toString(16)}`));
+      for (let i = 20; i + 4 <= m.length; ) {
+        const [type, len] = [m.readUInt16BE(i), m.readUInt16BE(i + 2)];
+        if (type === 0x0020 && len >= 8) {
+          const xport = m.readUInt16BE(i + 6) ^ 0x2112;
+          const a = m.readUInt32BE(i + 8) ^ 0x2112a442;
+          return resolve({ address: [24, 16, 8, 0].map((b) => (a >>> b) & 255).join('.'), port: xport });
+        }
+        i += 4 + Math.ceil(len / 4) * 4;
+      }
+      reject(new Error('no XOR-MAPPED-ADDRESS'));
+    });
+    send();
+  }).finally(() => {
+    clearInterval(timer);
+    socket.close();
+  });
+}
 
 const ADMIN = 'check-test-admin-token-0123456789';
 let dataDir;
@@ -324,6 +360,10 @@ test('a server with one address serves a second STUN port (natProbes), so /check
       const urls = api.iceServers.flatMap((s) => [].concat(s.urls));
       assert.ok(!urls.includes(probe), `calls never gather against it: ${urls}`);
       assert.deepEqual(JSON.parse((await get(`${off.base}/api/ice-servers`)).body).natProbes, [], 'second_port=0: off');
+      // The port answers STUN itself: a Binding request there gets a success with this socket's address.
+      const mapped = await stunBinding(second);
+      assert.equal(mapped.address, '127.0.0.1');
+      assert.ok(mapped.port > 0, JSON.stringify(mapped));
       await page.goto(`${one.base}/check`);
       await page.waitForFunction(() => document.body.dataset.state === 'done', null, { timeout: 100000 });
       const report = await page.evaluate(() => JSON.parse(document.getElementById('raw').textContent));

@@ -16,7 +16,7 @@
  *            types: Record<string, number>, relayProtocols: string[], errors: {code: number, text: string}[]}} Gathering
  * @typedef {{url: string, label: string, transport: string, ok: boolean, connectMs?: number, rttMs?: RttStats,
  *            echoed: number, pair?: object, error?: string, relayCandidate?: boolean, skipped?: boolean,
- *            loss?: LossCount}} Loopback
+ *            loss?: LossCount, stalled?: string}} Loopback
  * @typedef {{sent: number, received: number, percent: number}} LossCount
  * @typedef {'endpoint-independent' | 'endpoint-independent-or-address-dependent' | 'address-dependent-or-stricter'
  *           | 'address-and-port-dependent' | 'inconclusive'} Mapping
@@ -87,12 +87,17 @@ export function rttStats(xs) {
   return { min: r(s[0]), median: r(s[Math.floor(s.length / 2)]), max: r(s[s.length - 1]), samples: s.length };
 }
 
-/** 'good' | 'fair' | 'poor' | 'bad' for a round-trip time. */
-export function rttQuality(ms) {
-  if (ms <= RTT_LEVELS[0]) return 'good';
-  if (ms <= RTT_LEVELS[1]) return 'fair';
-  if (ms <= RTT_LEVELS[2]) return 'poor';
+/** 'good' | 'fair' | 'poor' | 'bad' for `value` against `levels`, the upper bounds of good, fair and poor. */
+function grade(value, levels) {
+  if (value <= levels[0]) return 'good';
+  if (value <= levels[1]) return 'fair';
+  if (value <= levels[2]) return 'poor';
   return 'bad';
+}
+
+/** 'good' | 'fair' | 'poor' | 'bad' for a round-trip time, ms. */
+export function rttQuality(ms) {
+  return grade(ms, RTT_LEVELS);
 }
 
 /**
@@ -107,10 +112,7 @@ export function relayLinkQuality(loopbackMs) {
 
 /** 'good' | 'fair' | 'poor' | 'bad' for a loss, percent. */
 export function lossQuality(percent) {
-  if (percent <= LOSS_LEVELS[0]) return 'good';
-  if (percent <= LOSS_LEVELS[1]) return 'fair';
-  if (percent <= LOSS_LEVELS[2]) return 'poor';
-  return 'bad';
+  return grade(percent, LOSS_LEVELS);
 }
 
 /**
@@ -395,7 +397,10 @@ function labelOf(parsed) {
 
 // --- Relay loopback ---------------------------------------------------------------------------------------------
 
-/** Two peer connections in this page, relay only through one TURN URL; a data channel echoes `ECHOES` messages. */
+/**
+ * Two peer connections in this page, relay only through one TURN URL; a data channel echoes up to `ECHOES` messages
+ * (the first must come back; a later one that does not, on a lossy link, ends the echoes: `stalled`).
+ */
 export async function checkLoopback(entry, { echoes = ECHOES, lossProbes = LOSS_PROBES } = {}) {
   const { url, parsed, username, credential } = entry;
   const config = { iceServers: [{ urls: [url], username, credential }], iceTransportPolicy: /** @type {const} */ ('relay') };
@@ -438,13 +443,22 @@ export async function checkLoopback(entry, { echoes = ECHOES, lossProbes = LOSS_
       const tp = now();
       const back = new Promise((resolve) => (got = (d) => d === want && resolve(d)));
       da.send(want);
-      await within(TIMEOUTS.echo, back, `echo ${i + 1}`);
+      try {
+        await within(TIMEOUTS.echo, back, `echo ${i + 1}`);
+      } catch (e) {
+        // The channel is reliable: a message lost on the way is sent again after a timeout that doubles (0.5 s,
+        // 1 s, 2 s…), so on a lossy link one echo can take longer than the wait (10 % lost each way, NAT lab).
+        // The relay carried the ones before: it works, and the loss is counted below rather than called a failure.
+        if (i === 0) throw e;
+        out.stalled = e.message;
+        break;
+      }
       rtts.push(now() - tp);
       out.echoed = i + 1;
     }
     out.rttMs = rttStats(rtts);
     out.pair = await selectedPair(a);
-    out.ok = out.echoed === echoes;
+    out.ok = out.echoed > 0;
     if (la) out.loss = await countLoss(la, lossProbes).catch(() => undefined);
   } catch (e) {
     out.error = e.message;

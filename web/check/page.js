@@ -76,6 +76,7 @@ function render(r) {
       const res = el('span');
       res.append(okText(l.ok));
       if (l.error) res.append(el('div', l.error, 'term'));
+      if (l.stalled) res.append(el('div', `stopped early: ${l.stalled}`, 'term'));
       body.append(row([el('code', l.url), res, `${l.echoed}`,
         l.rttMs ? `median ${ms(l.rttMs.median)} (max ${ms(l.rttMs.max)})` : '', p],
       { transport: l.transport, ok: l.ok }));
