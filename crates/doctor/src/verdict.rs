@@ -342,15 +342,6 @@ fn poor_link(f: &Facts) -> Option<(Quality, String)> {
     Some((grades.overall, what.join(", ")))
 }
 
-/// `text` with its first letter upper-case.
-fn capitalized(text: &str) -> String {
-    let mut chars = text.chars();
-    chars
-        .next()
-        .map(|c| c.to_uppercase().chain(chars).collect())
-        .unwrap_or_default()
-}
-
 /// The summary where UDP is blocked and TURN over a stream works: every call is relayed, over `best`.
 pub fn no_udp_summary(best: &TurnFact) -> String {
     format!(
@@ -635,9 +626,12 @@ pub fn verdict(f: &Facts) -> Verdict {
     } else if !signaling.ok {
         "Signaling fails, so peers cannot find each other through this server.".to_owned()
     } else if udp_ok == Some(true) && direct.iter().all(|r| r.chance == Chance::Likely) {
-        if any_turn {
+        // Not "Good" over a link that loses or delays this much (the NAT lab's `lossy` site read "Good: …").
+        if any_turn && poor.is_none() {
             "Good: direct connections are likely with every kind of peer, and the TURN relay works as a fallback."
                 .to_owned()
+        } else if any_turn {
+            "Direct connections are likely with every kind of peer, and the TURN relay works as a fallback.".to_owned()
         } else {
             "Direct connections are likely with every kind of peer; no TURN relay was confirmed as a fallback."
                 .to_owned()
@@ -668,19 +662,12 @@ pub fn verdict(f: &Facts) -> Verdict {
         "Some connections will fail: direct connections are not always possible here and no TURN relay works."
             .to_owned()
     };
-    // Calls that connect over a link that loses or delays this much are still bad calls: the headline says so, and
-    // is not "Good" (the NAT lab's `lossy` site: 10 % lost each way read "Good: direct connections are likely").
+    // Calls that connect over a link that loses or delays this much are still bad calls: the headline says so.
     let summary = match &poor {
-        Some((q, what)) if something_works && signaling.ok => {
-            let base = match summary.strip_prefix("Good: ") {
-                Some(rest) => capitalized(rest),
-                None => summary,
-            };
-            format!(
-                "{base} But this network's link is {} ({what}): expect choppy audio and video.",
-                q.word()
-            )
-        }
+        Some((q, what)) if something_works && signaling.ok => format!(
+            "{summary} But this network's link is {} ({what}): expect choppy audio and video.",
+            q.word()
+        ),
         _ => summary,
     };
 

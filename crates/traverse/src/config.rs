@@ -926,8 +926,7 @@ impl Config {
                 );
             }
         }
-        // The second STUN port is a listener too; given beside RFC 5780, which is a second address already, it would
-        // be dropped without a word.
+        // The second STUN port is a listener too: never a relay port.
         if let Some(addr) = self
             .second_stun_addresses()
             .iter()
@@ -944,6 +943,7 @@ impl Config {
                 ),
             );
         }
+        // Given beside RFC 5780, which hands out a second address already, it would be dropped without a word.
         if self.stun.second_port.is_some_and(|p| p != 0) && self.stun.other_address.is_some() {
             bad(
                 "stun.second_port",

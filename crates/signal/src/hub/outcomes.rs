@@ -237,16 +237,17 @@ impl<R: RngCore + Send> MemoryHub<R> {
         // taken on a negotiation since, like a connection report (the SDKs' rejoin signals are one), once per
         // negotiation.
         let burst = REPORTS_PER_PEER * self.limits.max_peers_per_room;
-        let rebound = after_call && partner.is_none();
-        // Filled only where either session is rebound (`note_signaled`).
-        let rebound_known = rebound
+        // A drop or interruption without a partner here: only on a rebound pair's negotiation (`rebound_signaled`,
+        // filled only where either session is rebound, `note_signaled`).
+        let on_rebound = after_call && partner.is_none();
+        let rebound_known = on_rebound
             && self
                 .pairing
                 .rebound_signaled
                 .get(from)
                 .is_some_and(|list| list.contains(&about));
         let admitted = self.sessions.get_mut(from).is_some_and(|s| {
-            let known = match (after_call, rebound) {
+            let known = match (after_call, on_rebound) {
                 (false, _) => s.signaled.contains(&about),
                 (true, false) => true,
                 (true, true) => rebound_known,
@@ -257,7 +258,7 @@ impl<R: RngCore + Send> MemoryHub<R> {
             self.outcomes_refused += 1;
             return;
         }
-        if rebound {
+        if on_rebound {
             // Once per negotiation: this side's now, both sides' when the pair is diagnosed (`diagnosed`).
             self.pairing.spend_rebound(from, &about);
         }
