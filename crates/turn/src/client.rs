@@ -73,6 +73,10 @@ pub struct ClientConfig {
     /// TCP or TLS: no retransmissions, one long timeout, ChannelData padded to four bytes (RFC 8656 §12.5).
     pub reliable: bool,
     pub initial_rto: Duration,
+    /// The most the retransmission timeout may grow to (`None`: it doubles every time, RFC 8489 §6.2.1). A
+    /// diagnostic's probe that must get through a lossy link within its own short deadline caps it: more tries
+    /// in the same time, where each costs a few dozen bytes.
+    pub max_rto: Option<Duration>,
     pub max_transmissions: u32,
     /// How long a transaction waits for its answer from its first transmission (a diagnostic tool's own deadline):
     /// over UDP it cuts the retransmissions short; over a stream it is the wait, instead of 39.5 s. `None`: the RFC's.
@@ -88,6 +92,7 @@ impl ClientConfig {
             password: password.to_owned(),
             reliable: false,
             initial_rto: INITIAL_RTO,
+            max_rto: None,
             max_transmissions: MAX_TRANSMISSIONS,
             timeout: None,
             max_challenges: MAX_CHALLENGES,
@@ -428,6 +433,9 @@ impl<R: RngCore> Client<R> {
             }
             p.transmissions += 1;
             p.rto = p.rto.saturating_mul(2);
+            if let Some(most) = self.config.max_rto {
+                p.rto = p.rto.min(most.max(self.config.initial_rto));
+            }
             // After the last transmission, Rm × the initial RTO (RFC 8489 §6.2.1: 39.5 s in all by default).
             let next = if p.transmissions == self.config.max_transmissions {
                 now + self.config.initial_rto * LAST_WAIT_FACTOR
