@@ -126,7 +126,8 @@ test('a pair relayed over TURN/UDP: connected, counted once with its path and ti
   assert.equal(now.time_to_connect_ms.count, before.time_to_connect_ms.count + 1);
   assert.equal(now.failed, before.failed);
   assert.equal(now.minutes.length, 60);
-  assert.ok(now.minutes.at(-1).connected >= 1, JSON.stringify(now.minutes.at(-1)));
+  // In this minute, or the one before when a minute began between the count and the read.
+  assert.ok(now.minutes.at(-1).connected + now.minutes.at(-2).connected >= 1, JSON.stringify(now.minutes.slice(-2)));
 });
 
 test('a direct pair on loopback: path direct-host', { timeout: 90000 }, async (t) => {
@@ -248,7 +249,7 @@ test('a relayed call whose way to the relay is cut drops: both pages report it, 
   assert.equal(now.failed, before.failed, 'not counted as a failure to connect');
   assert.equal(now.recent_failures[0].outcome, 'dropped');
   assert.equal(now.recent_failures[0].room, 'outcome-drop');
-  assert.equal(now.minutes.at(-1).dropped >= 1, true, JSON.stringify(now.minutes.at(-1)));
+  assert.ok(now.minutes.at(-1).dropped + now.minutes.at(-2).dropped >= 1, JSON.stringify(now.minutes.slice(-2)));
 });
 
 test('a relayed call whose relay goes silent for a while and comes back: both report the interruption, recovered', { timeout: 120000 }, async (t) => {

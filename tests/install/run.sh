@@ -72,7 +72,7 @@ unshare --net -- sh -c '
     /usr/bin/traverse serve --config /etc/traverse/traverse.toml --single-port 127.0.0.1:443 \
       --allow-peer 127.0.0.0/8 >"$2" 2>&1 &
   pid=$!
-  for _ in $(seq 100); do grep -q "^iceServers: " "$2" && break; sleep 0.1; done
+  for _ in $(seq 600); do grep -q "^iceServers: " "$2" && break; sleep 0.1; done
   grep -q "^iceServers: " "$2" || { kill $pid; exit 3; }
   grep -q "127.0.0.1:443" "$2" || { kill $pid; exit 4; }
   ps -o user= -p $pid | grep -q traverse || { kill $pid; exit 5; }

@@ -41,6 +41,17 @@ fn free_udp_port() -> u16 {
     UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// Whether a socket is bound to `addr` (IPv4), read from `/proc/net/udp` (binding it ourselves to find out could take
+/// it from the forwarder at that moment).
+fn udp_bound(addr: SocketAddr) -> bool {
+    let SocketAddr::V4(v4) = addr else { return false };
+    let local = format!("{:08X}:{:04X}", u32::from_le_bytes(v4.ip().octets()), v4.port());
+    std::fs::read_to_string("/proc/net/udp")
+        .unwrap_or_default()
+        .lines()
+        .any(|line| line.split_whitespace().nth(1) == Some(local.as_str()))
+}
+
 /// Runs `traverse-loadgen` through the forwarder at `server`; returns its JSON summary.
 fn load(server: SocketAddr, peer: SocketAddr, size: usize) -> serde_json::Value {
     let output = Command::new(env!("CARGO_BIN_EXE_traverse-loadgen"))
@@ -87,7 +98,15 @@ fn relays_everything(binary: &str, extra: &[&str]) {
         .spawn()
         .expect("the forwarder starts");
     let mut forwarder = Forwarder(child);
-    std::thread::sleep(Duration::from_millis(200));
+    // Until the forwarder has bound its port, the load generator's first request would be refused (ICMP) and it
+    // would give up: wait until the port is taken (10 s at most, on a loaded machine).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !udp_bound(server) && std::time::Instant::now() < deadline {
+        if forwarder.0.try_wait().ok().flatten().is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
     if let Ok(Some(status)) = forwarder.0.try_wait() {
         let mut stderr = String::new();
         if let Some(mut pipe) = forwarder.0.stderr.take() {

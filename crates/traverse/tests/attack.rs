@@ -1,7 +1,7 @@
 //! The attack suite (issue 7), against the real binary: each case is what one hostile client did to take Traverse
 //! down, bounded in time and count, with traffic on loopback only (other 127.x addresses stand for other sources)
 //! or inside a network namespace the test makes. Each asserts the bound, and that a legitimate client from another
-//! source is still served within a second while the attack runs.
+//! source is still served promptly while the attack runs (within `SERVED`).
 //!
 //! Signaling memory is in `attack_signal.rs`, the web pages and the credential endpoint in `attack_web.rs`.
 
@@ -46,15 +46,19 @@ fn closed_within(stream: &mut TcpStream, wait: Duration) -> Option<Duration> {
     }
 }
 
-/// A legitimate WebSocket join from `from`, answered with `joined` within a second.
-fn assert_ws_join_within_a_second(from: IpAddr, http: SocketAddr) {
+/// How soon a legitimate client must be served while an attack runs: served, not starved. A debug build answers in
+/// milliseconds here; the bound leaves room for a loaded 2-core CI machine running two such tests at once.
+const SERVED: Duration = Duration::from_secs(3);
+
+/// A legitimate WebSocket join from `from`, answered with `joined` within [`SERVED`].
+fn assert_ws_join_served(from: IpAddr, http: SocketAddr) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(async {
         let start = Instant::now();
-        let joined = tokio::time::timeout(Duration::from_secs(1), async {
+        let joined = tokio::time::timeout(SERVED, async {
             let mut ws = ws_connect_from(from, http).await;
             ws.send(WsMessage::text(r#"{"type":"join","room":"legit"}"#))
                 .await
@@ -72,16 +76,16 @@ fn assert_ws_join_within_a_second(from: IpAddr, http: SocketAddr) {
         assert_eq!(
             joined,
             Ok(true),
-            "a legitimate join from {from} within 1 s ({:?})",
+            "a legitimate join from {from} within {SERVED:?} ({:?})",
             start.elapsed()
         );
     });
 }
 
-/// A legitimate TURN/TLS allocation from `from`, done within a second.
-fn assert_tls_allocation_within_a_second(from: IpAddr, tls: SocketAddr) {
+/// A legitimate TURN/TLS allocation from `from`, done within [`SERVED`].
+fn assert_tls_allocation_served(from: IpAddr, tls: SocketAddr) {
     let start = Instant::now();
-    let (conn, _) = tls_connect(from, tls, Duration::from_secs(1)).unwrap_or_else(|e| panic!("TLS from {from}: {e}"));
+    let (conn, _) = tls_connect(from, tls, SERVED).unwrap_or_else(|e| panic!("TLS from {from}: {e}"));
     let mut client = TurnClient::new(conn, USER, PASSWORD);
     let response = client.allocate(false);
     assert_eq!(
@@ -90,11 +94,7 @@ fn assert_tls_allocation_within_a_second(from: IpAddr, tls: SocketAddr) {
         "TLS Allocate: {}",
         response.describe()
     );
-    assert!(
-        start.elapsed() < Duration::from_secs(1),
-        "TLS allocation took {:?}",
-        start.elapsed()
-    );
+    assert!(start.elapsed() < SERVED, "TLS allocation took {:?}", start.elapsed());
 }
 
 /// 1. Connection slots: one source opens far more connections than its share to the TURN, TLS and HTTP ports, each
@@ -143,18 +143,25 @@ fn one_source_cannot_hold_the_connection_slots() {
     for (_, s) in held.iter_mut() {
         let _ = s.write_all(&[0x01]);
     }
-    assert_ws_join_within_a_second(source(3), http);
-    assert_tls_allocation_within_a_second(source(3), server.tls);
-    // When the attacker leaves, its share is free again.
+    assert_ws_join_served(source(3), http);
+    assert_tls_allocation_served(source(3), server.tls);
+    // When the attacker leaves, its share is free again: a moment after, once the server has seen the closes
+    // (until then a connection is still refused).
     drop(held);
-    std::thread::sleep(Duration::from_millis(300));
-    let mut again = connect_tcp_from(attacker, server.tcp).unwrap();
-    again.write_all(&binding_request(true)).unwrap();
-    let mut header = [0u8; 20];
-    again.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-    again
-        .read_exact(&mut header)
-        .expect("a Binding answer after the attacker left");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut again = connect_tcp_from(attacker, server.tcp).unwrap();
+        let mut header = [0u8; 20];
+        again.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        if again.write_all(&binding_request(true)).is_ok() && again.read_exact(&mut header).is_ok() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a Binding answer within 5 s of the attacker leaving"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// 1a. A WebSocket keeps its connection slot after the upgrade, on whichever worker its room lives: one source at its
@@ -483,9 +490,9 @@ fn exhausted_descriptors_starve_no_kind_and_refuse_promptly() {
     };
     assert_eq!(refused.error_code(), Some(486), "{}", refused.describe());
     assert!(held.len() > 100, "only {} allocations before the share", held.len());
-    // Other clients are served: a WebSocket join and a TURN/TLS allocation within a second.
-    assert_ws_join_within_a_second(source(20), http);
-    assert_tls_allocation_within_a_second(source(20), server.tls);
+    // Other clients are served: a WebSocket join and a TURN/TLS allocation, promptly.
+    assert_ws_join_served(source(20), http);
+    assert_tls_allocation_served(source(20), server.tls);
     // The attacker opens connections too: it keeps its share; the rest are closed at once.
     let mut conns = Vec::new();
     for _ in 0..400 {
@@ -497,8 +504,8 @@ fn exhausted_descriptors_starve_no_kind_and_refuse_promptly() {
         .map(|s| usize::from(closed_within(s, Duration::from_millis(5)).is_none()))
         .sum();
     assert!(open > 50 && open < 200, "{open} of 400 connections held by one source");
-    assert_ws_join_within_a_second(source(21), http);
-    assert_tls_allocation_within_a_second(source(21), server.tls);
+    assert_ws_join_served(source(21), http);
+    assert_tls_allocation_served(source(21), server.tls);
     // Several sources together reach the server's limit: a newcomer is closed at once, not left waiting.
     for last in 31..36 {
         for _ in 0..100 {
@@ -547,7 +554,6 @@ fn reflection_budget_holds_over_any_number_of_source_ports_and_workers() {
         sent += request.len();
         s.send_to(&request, server.udp).unwrap();
     }
-    let elapsed = start.elapsed();
     std::thread::sleep(Duration::from_millis(300));
     let mut received = 0;
     let mut answered = 0;
@@ -559,9 +565,11 @@ fn reflection_budget_holds_over_any_number_of_source_ports_and_workers() {
             answered += 1;
         }
     }
+    // The server may still be answering after the last send: the rate refills until the answers were read.
+    let elapsed = start.elapsed();
     let answered_requests = answered * bare_allocate().len();
     let excess = received.saturating_sub(answered_requests);
-    // A burst of 2 × 2000 bytes, plus what the rate refilled while sending (and slack for timing).
+    // A burst of 2 × 2000 bytes, plus what the rate refilled while sending and answering (and slack for timing).
     let bound = 4000 + (2000.0 * elapsed.as_secs_f64()) as usize + 400;
     assert!(answered > 0, "some answers within the budget");
     assert!(
@@ -688,10 +696,15 @@ fn credentials_have_a_maximum_lifetime_and_calls_outlive_them() {
     let mut week = rest_client(server.udp, SECRET, now + 6 * 86_400, "ann");
     assert_eq!(week.allocate(false).class(), Class::Success, "a 6-day credential");
 
-    let mut call = rest_client(server.udp, SECRET, now + 2, "bob");
+    // Minted now, not with the others: a stalled machine must not let it expire before it is used.
+    let expiry = unix_now() + 3;
+    let mut call = rest_client(server.udp, SECRET, expiry, "bob");
     assert_eq!(call.allocate(false).class(), Class::Success);
     assert_eq!(call.channel_bind(0x4000, peer.addr).class(), Class::Success);
-    std::thread::sleep(Duration::from_secs(3));
+    // Past its expiry, by the same whole-second clock the server reads.
+    while unix_now() <= expiry {
+        std::thread::sleep(Duration::from_millis(100));
+    }
     // The credential has expired; the call goes on: Refresh, a new permission, and data both ways.
     let refreshed = call.request(Method::REFRESH, |w| w.add(&Attribute::Lifetime(600)).map(|_| ()));
     assert_eq!(refreshed.class(), Class::Success, "{}", refreshed.describe());
@@ -703,7 +716,7 @@ fn credentials_have_a_maximum_lifetime_and_calls_outlive_them() {
         "relayed data after the credential expired"
     );
     // A new allocation with the expired credential is refused.
-    let mut late = rest_client(server.udp, SECRET, now + 2, "bob");
+    let mut late = rest_client(server.udp, SECRET, expiry, "bob");
     assert_eq!(late.allocate(false).error_code(), Some(401));
 }
 
@@ -849,7 +862,20 @@ fn own_addresses_inside_the_namespace() {
         .unwrap();
     assert!(status.success());
     let service = UdpSocket::bind(later_service).expect("bind the new address");
-    std::thread::sleep(Duration::from_millis(2500));
+    // The host's addresses are read again once a second: until then the address is still a stranger's.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let asked = alice.create_permission(later_service);
+        if asked.error_code() == Some(403) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a permission to an address the host gained 10 s ago: {}",
+            asked.describe()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     alice
         .conn
         .send(&send_indication(later_service, b"to a new own address"));

@@ -4,7 +4,7 @@
 //! broadcasts ~60 KB messages just under the rate limit. Before the byte budgets the server grew by ~57 MB a second
 //! (every frame kept for replay, 1 024 per session). Here it runs for a few seconds against the real binary on
 //! loopback with default budgets, and the test asserts that the server's RSS stays under the documented budget,
-//! that peers from other addresses join and exchange a signal within a second meanwhile, and that the memory goes
+//! that peers from other addresses join and exchange a signal meanwhile (within 3 s; tens of milliseconds here), and that the memory goes
 //! back to the operating system once the attacker's sessions have ended. A second test runs the same attack with
 //! readers that read nothing at all: their frames pile up in the server's socket queues instead of its replay
 //! buffers, and those sockets are dropped (4104) instead.
@@ -140,7 +140,7 @@ async fn run(readers: Readers, args: &[&str]) {
     let mut spawned = common::spawn_serve("127.0.0.1:0", &all, &[]);
     let server = common::signaling_addr(&spawned);
     let pid = spawned.child.id();
-    let result = tokio::time::timeout(Duration::from_secs(28), attack(server, pid, readers)).await;
+    let result = tokio::time::timeout(Duration::from_secs(60), attack(server, pid, readers)).await;
     let _ = spawned.child.kill();
     let _ = spawned.child.wait();
     if result.is_err() {
@@ -241,7 +241,9 @@ async fn attack(server: SocketAddr, pid: u32, mode: Readers) {
     for round in 0..2 {
         let took = legitimate_exchange(server, round).await;
         println!("legitimate join + signal, round {round}: {took:?}");
-        assert!(took < Duration::from_secs(1), "round {round} took {took:?}");
+        // Served, not starved: a debug build on 2 cores, beside this storm and often the next test's (cargo runs
+        // two at once), answers in tens of milliseconds; starved peers waited out the 10 s frame wait.
+        assert!(took < Duration::from_secs(3), "round {round} took {took:?}");
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
 
@@ -265,8 +267,8 @@ async fn attack(server: SocketAddr, pid: u32, mode: Readers) {
     );
 
     // The sessions expire after the 2 s grace (the 500 ms sweep), then the allocator hands the memory back
-    // (jemalloc's background thread, 10 s decay).
-    let deadline = Instant::now() + Duration::from_secs(14);
+    // (jemalloc's background thread, 10 s decay): 30 s, for a loaded machine.
+    let deadline = Instant::now() + Duration::from_secs(30);
     let mut after = u64::MAX;
     while Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(500)).await;

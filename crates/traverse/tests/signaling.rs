@@ -1867,10 +1867,10 @@ async fn rooms_on_their_workers(named: bool) {
         "--single-port",
         "127.0.0.1:0",
         "--set",
-        "signal.max_connections_per_ip=100",
+        "signal.max_connections_per_ip=200",
     ]);
     let single = server.single.expect("a `signaling: wss://…` line");
-    const ROOMS: usize = 12;
+    const ROOMS: usize = 20;
     // Plain WebSockets on the HTTP port, and WSS on the single port (the TLS session moves with its socket).
     for (port, tls) in [(server.http, false), (single, true)] {
         // Opens a socket with `query` in its URL (if `named`); returns it and the client's port.
@@ -1926,7 +1926,7 @@ async fn rooms_on_their_workers(named: bool) {
                 "both peers of a room on one worker (tls: {tls}): {a_port} and {b_port} in {epolls:?}"
             );
         }
-        // Twelve rooms hashed over two workers: both carry some (all on one: 1 in 2 048).
+        // Twenty rooms hashed over two workers: both carry some (all on one: 1 in 524 288).
         assert_eq!(epolls.len(), 2, "rooms on both workers (tls: {tls}): {epolls:?}");
 
         // A resume names its room in `resuming` (as the SDK's do) or only its session in the `resume` frame: the new

@@ -398,7 +398,7 @@ async fn streams_are_bounded_per_source_and_given_back() {
     // snapshot at the latest).
     drop(open.pop());
     let mut again = None;
-    for _ in 0..4 {
+    for _ in 0..10 {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let (conn, head) = open_stream(&web, from, &auth).await;
         if head.status == 200 {
