@@ -13,6 +13,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Each phase's wall time, so that a CI run that grows toward its limit says where (summed up at the end).
+started=$SECONDS
+timings=()
+phase() {
+  local name="$1" t0=$SECONDS
+  shift
+  "$@"
+  timings+=("$(printf '%5d s  %s' $((SECONDS - t0)) "$name")")
+  echo "test.sh: $name took $((SECONDS - t0)) s"
+}
+
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   missing=()
   command -v turnutils_uclient >/dev/null 2>&1 || missing+=(coturn)
@@ -57,30 +68,34 @@ fi
 # Many relay sockets and client sockets at once in the interop tests.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
-cargo test --workspace --all-targets
+phase "Rust tests (build included)" cargo test --workspace --all-targets
 
 # The install path: the .deb built from this tree, installed with dpkg -i, its serve (unprivileged, on 443) and its
 # doctor run against each other, then purged (root only; prints SKIP otherwise).
 if [ "${INSTALL_TEST:-1}" != 0 ]; then
-  TRAVERSE_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/traverse" tests/install/run.sh
+  TRAVERSE_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/traverse" phase "install (.deb)" tests/install/run.sh
 fi
 
 if [ "${BROWSER_TESTS:-1}" != 0 ]; then
   # TypeScript for the SDK's declarations and the examples (tests/sdk/types.test.mjs).
   (cd tests/sdk && { npm ci --no-audit --no-fund --loglevel=error || npm install --no-audit --no-fund --loglevel=error; })
-  node --test tests/sdk/ # the browser SDK's session protocol, outcome reports, file chunking, types — without a browser
-  TRAVERSE_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/traverse" tests/browser/run.sh
+  # The browser SDK's session protocol, outcome reports, file chunking, types — without a browser.
+  phase "SDK (node)" node --test tests/sdk/
+  TRAVERSE_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/traverse" phase "browser (Chromium)" tests/browser/run.sh
 fi
 
 # The NAT lab: real NATs in network namespaces (root only; prints SKIP otherwise).
 if [ "${NATLAB:-1}" != 0 ]; then
-  TRAVERSE_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/traverse" tests/natlab/run.sh
+  TRAVERSE_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/traverse" phase "NAT lab" tests/natlab/run.sh
   # Calls that survive (issue 11): an address change, a link down, a NAT flush, a 30 s UDP timeout, a server restart, a
   # signaling-only restart, and beside them a 3-minute call on 60 s credentials, on the four sites they need (about 4 min).
   NATLAB_SITES=eim-a,eim-b,sym-a,sym-b TRAVERSE_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/traverse" \
-    tests/natlab/run.sh survive.test.js
+    phase "NAT lab: calls that survive" tests/natlab/run.sh survive.test.js
 fi
 
 if [ "${FUZZ_SECONDS:-60}" != 0 ] && [ -x scripts/fuzz.sh ]; then
-  scripts/fuzz.sh "${FUZZ_SECONDS:-60}"
+  phase "fuzz (cargo-fuzz installed and built included)" scripts/fuzz.sh "${FUZZ_SECONDS:-60}"
 fi
+
+echo "test.sh: passed in $((SECONDS - started)) s:"
+printf '  %s\n' "${timings[@]}"
