@@ -249,7 +249,7 @@ impl Reason {
                  /check from the network the peer moved to."
             }
             Reason::RelayLost => {
-                "Check the TURN server's logs and load at that time (`traverse_allocations`, restarts); with a \
+                "Check the TURN server's logs and load at that time (`traverse_turn_allocations`, restarts); with a \
                  cluster, a restart reaches another node's relay."
             }
             Reason::PathLost => {

@@ -142,7 +142,7 @@ const FLAGS: &[Flag] = &[
     flag("other-address", "TRAVERSE_OTHER_ADDRESS", "stun.other_address",
          "IP:PORT", "RFC 5780 NAT behaviour discovery: the alternate IP:port beside the first listen.udp address"),
     flag("log-format", "TRAVERSE_LOG_FORMAT", "log.format", "text|json", "Log format: text or json"),
-    flag("log-level", "TRAVERSE_LOG", "log.level", "FILTER", "Log filter, e.g. info or traverse_server=debug"),
+    flag("log-level", "TRAVERSE_LOG", "log.level", "FILTER", "Log filter, e.g. info or info,server=debug"),
     flag("metrics", "TRAVERSE_METRICS_LISTEN", "metrics.listen",
          "ADDR", "Prometheus /metrics, /healthz and /readyz on this address, e.g. 127.0.0.1:9464"),
 ];

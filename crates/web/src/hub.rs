@@ -109,6 +109,9 @@ pub struct HubHandle {
     room_affinity: bool,
     /// With `--redis`: hub shard *k* runs on worker *k*.
     hub_on_workers: bool,
+    /// Sockets closed with 4104 (`too-slow`) by their own task, which the hub never closes itself: added to the
+    /// hub's count of closes by code.
+    too_slow_closes: Arc<AtomicU64>,
 }
 
 #[derive(Clone, Debug)]
@@ -229,10 +232,20 @@ impl HubHandle {
 
     /// Connections, sessions, rooms and relayed signals right now.
     pub async fn stats(&self) -> Option<signal::HubStats> {
-        match &self.hub {
+        let mut stats = match &self.hub {
             Hub::Sharded(shards) => Some(shards.stats()),
             Hub::Cluster(shards) => shards.stats().await,
+        }?;
+        let too_slow = self.too_slow_closes.load(Ordering::Relaxed);
+        if too_slow > 0 {
+            *stats.closes.entry(signal::CloseCode::TOO_SLOW.0).or_default() += too_slow;
         }
+        Some(stats)
+    }
+
+    /// A socket's task closes it with 4104 (`too-slow`): counted with the hub's closes.
+    pub(crate) fn count_too_slow(&self) {
+        self.too_slow_closes.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn shutdown(&self) {
@@ -323,6 +336,7 @@ pub(crate) fn spawn(config: &WebConfig, cluster: Option<crate::Cluster>) -> std:
         workers: Arc::new(Workers::default()),
         room_affinity: config.room_affinity,
         hub_on_workers,
+        too_slow_closes: Arc::new(AtomicU64::new(0)),
     })
 }
 

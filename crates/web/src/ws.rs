@@ -158,6 +158,9 @@ pub(crate) fn serve_socket(start: Start, conn: Conn) -> impl Future<Output = ()>
             }
         };
         if let Some((code, reason)) = closing {
+            if code == CloseCode::TOO_SLOW.0 {
+                conn.hub().count_too_slow();
+            }
             Box::pin(socket.close(code, &reason, &[])).await;
         }
         // The hub forgets sockets it closed itself; telling it again is harmless.
