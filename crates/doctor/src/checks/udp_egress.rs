@@ -22,8 +22,9 @@ use crate::progress::Progress;
 
 /// What the datagram carries, to know it when it comes back.
 const PROBE: &[u8] = b"traverse doctor: UDP egress probe";
-/// Datagrams sent, spread over the wait (a lost one is not a blocked port).
-const TRIES: u32 = 3;
+/// Datagrams sent, spread over the wait (a lost one is not a blocked port): as many as the NAT probes try
+/// (`nat::PROBE_TRIES`), so that a lossy link is not taken for a blocked one.
+const TRIES: u32 = 6;
 
 /// `url` is a TURN URL over TCP or TLS whose allocation worked.
 pub async fn check(s: Arc<Settings>, url: IceUrl, cred: Credential, progress: Arc<Progress>) -> UdpEgressFact {
