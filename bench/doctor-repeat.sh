@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # How often the doctor names a site's NAT right: the NAT lab's site (tests/natlab/lab.sh) built once, the lab's server
 # in its server namespace, then `traverse doctor --json` run N times from the site's host, 10 at a time, each binary
-# in turn on the same lab; prints, per binary, how many runs gave each (mapping, filtering) pair.
+# in turn on the same lab; prints, per binary, how many runs gave each (mapping, filtering) pair and the transports
+# found failing.
 #
 #   bench/doctor-repeat.sh SITE N BIN [BIN...]
 #   bench/doctor-repeat.sh lossy 300 /tmp/traverse-before target/debug/traverse   # a change, against the build before
@@ -11,7 +12,7 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 lab="$here/../tests/natlab/lab.sh"
-[ $# -ge 3 ] || { sed -n 2,9p "$0"; exit 2; }
+[ $# -ge 3 ] || { sed -n 2,11p "$0"; exit 2; }
 site="$1" n="$2"
 shift 2
 [ "$(id -u)" = 0 ] || { echo "doctor-repeat.sh: needs root" >&2; exit 1; }
@@ -47,7 +48,10 @@ for f in glob.glob(sys.argv[1] + '/*.json'):
     except ValueError:
         seen['no report'] += 1
         continue
-    seen[f"mapping {(nat.get('mapping') or {}).get('result')}, filtering {(nat.get('filtering') or {}).get('result')}"] += 1
+    report = json.load(open(f))
+    failed = [t['key'] for t in (report.get('verdict') or {}).get('transports', []) if t.get('works') is False]
+    seen[f"mapping {(nat.get('mapping') or {}).get('result')}, filtering {(nat.get('filtering') or {}).get('result')}"
+         f"; failing: {', '.join(failed) or 'none'}"] += 1
 for what, count in seen.most_common():
     print(f'  {count:4d}  {what}')
 PY

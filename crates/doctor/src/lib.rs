@@ -68,7 +68,7 @@ pub struct Args {
     /// Deadline of each network step of a check (connect, handshake, transaction), milliseconds.
     #[arg(long, default_value_t = 3000, value_name = "MS")]
     pub timeout_ms: u64,
-    /// First STUN retransmission timeout over UDP, milliseconds (doubles on every retry).
+    /// STUN/TURN retransmission interval over UDP, milliseconds (not doubled: a lossy link is no refusing one).
     #[arg(long, default_value_t = 250, value_name = "MS")]
     pub rto_ms: u64,
     /// How long to wait for a NAT filtering or hairpin probe, milliseconds.

@@ -9,7 +9,7 @@ use tokio::time::Instant;
 
 use super::net::{bind_any, local_ips, resolve, timed};
 use super::Settings;
-use crate::client::{binding_from, Pace};
+use crate::client::binding_from;
 use crate::error::CheckError;
 use crate::facts::Ipv6Fact;
 use crate::progress::Progress;
@@ -37,7 +37,7 @@ pub async fn check(s: Arc<Settings>, stun_port: Option<u16>, progress: Arc<Progr
     if let (Some(server), Some(_)) = (server_v6, stun_port) {
         let binding = timed(s.timeout, async {
             let sock = bind_any(server)?;
-            let answer = binding_from(&sock, server, None, s.rto, s.timeout, Pace::Doubling).await?;
+            let answer = binding_from(&sock, server, None, s.rto, s.timeout).await?;
             answer
                 .response
                 .address(attr::XOR_MAPPED_ADDRESS)

@@ -12,7 +12,7 @@ use tokio::time::{timeout, Instant};
 use super::net::{await_payload, bind_any, connect, local_ips, resolve_one};
 use super::turn::Credential;
 use super::Settings;
-use crate::client::{binding_from, Pace, TurnClient};
+use crate::client::{binding_from, TurnClient};
 use crate::error::CheckError;
 use crate::facts::{NatFact, NatMethod};
 use crate::ice::IceUrl;
@@ -113,9 +113,7 @@ async fn probe(
     // Mapping, from socket L1.
     let l1 = bind_any(primary)?;
     p.obs.local_port = Some(l1.local_addr()?.port());
-    let r = binding_from(&l1, primary, None, s.rto, limit, Pace::Steady)
-        .await?
-        .response;
+    let r = binding_from(&l1, primary, None, s.rto, limit).await?.response;
     let m1 = r
         .address(attr::XOR_MAPPED_ADDRESS)
         .ok_or_else(|| CheckError::Protocol("no XOR-MAPPED-ADDRESS".into()))?;
@@ -143,7 +141,7 @@ async fn probe(
         }
     }
     for target in mapping_targets {
-        match binding_from(&l1, target, None, s.rto, limit, Pace::Steady).await {
+        match binding_from(&l1, target, None, s.rto, limit).await {
             Ok(answer) => {
                 if let Some(m) = answer.response.address(attr::XOR_MAPPED_ADDRESS) {
                     p.obs.mapping.push(MappingProbe {
@@ -187,9 +185,7 @@ async fn probe(
 
     // Filtering, from socket L2 (never the mapping socket: its mappings would let the probes in).
     let l2 = bind_any(primary)?;
-    let r = binding_from(&l2, primary, None, s.rto, limit, Pace::Steady)
-        .await?
-        .response;
+    let r = binding_from(&l2, primary, None, s.rto, limit).await?.response;
     let m2 = r
         .address(attr::XOR_MAPPED_ADDRESS)
         .ok_or_else(|| CheckError::Protocol("no XOR-MAPPED-ADDRESS".into()))?;
@@ -199,7 +195,7 @@ async fn probe(
             ((true, true), other),
             ((false, true), SocketAddr::new(primary.ip(), other.port())),
         ] {
-            let probe = match binding_from(&l2, primary, Some(change), s.rto, s.probe_wait, Pace::Steady).await {
+            let probe = match binding_from(&l2, primary, Some(change), s.rto, s.probe_wait).await {
                 Ok(answer) => FilteringProbe {
                     contacted: primary,
                     source: answer.from,

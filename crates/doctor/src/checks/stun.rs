@@ -7,7 +7,7 @@ use stun::attr;
 
 use super::net::{bind_any, resolve_one, timed};
 use super::Settings;
-use crate::client::{binding_from, Pace};
+use crate::client::binding_from;
 use crate::error::CheckError;
 use crate::facts::{StunBinding, StunFact};
 use crate::ice::{IceConfig, IceUrl, Transport};
@@ -45,7 +45,7 @@ pub async fn check(s: Arc<Settings>, url: IceUrl, progress: Arc<Progress>) -> St
         server = Some(addr);
         let sock = bind_any(addr)?;
         let local = sock.local_addr()?;
-        let answer = binding_from(&sock, addr, None, s.rto, s.timeout, Pace::Doubling).await?;
+        let answer = binding_from(&sock, addr, None, s.rto, s.timeout).await?;
         let r = &answer.response;
         // An error answer is the server's refusal, named as such (it read as a success without an address).
         if let Some(message) = r.message().filter(|m| m.class() == stun::Class::Error) {
