@@ -248,6 +248,22 @@ fn scripted_answer(request: &[u8], code: u16, nonce: Option<&str>, key: Option<&
     buf
 }
 
+/// When a Binding's transmissions went out (ms after the first) until it timed out, and when it did.
+fn transmissions_until_timeout(config: ClientConfig, t0: Instant) -> (Vec<u128>, Instant) {
+    let mut c = Client::with_rng(config, StdRng::seed_from_u64(3));
+    c.binding(t0).unwrap();
+    let mut sent_at = Vec::new();
+    let mut now = t0;
+    while c.poll_event().is_none() {
+        while c.poll_transmit().is_some() {
+            sent_at.push((now - t0).as_millis());
+        }
+        now = c.poll_timeout().expect("a timer while pending");
+        c.handle_timeout(now);
+    }
+    (sent_at, now)
+}
+
 /// A capped RTO: the doctor's NAT probes get six tries in 1.5 s instead of three, so a link that loses 10 % each way
 /// loses a probe 0.005 % of the time instead of 0.7 % (each try is a request and an answer: 0.19 per try).
 #[test]
@@ -260,40 +276,20 @@ fn a_capped_rto_retransmits_at_a_steady_pace_until_the_timeout() {
         timeout: Some(Duration::from_millis(1500)),
         ..ClientConfig::udp("alice", "wonderland")
     };
-    let mut c = Client::with_rng(config.clone(), StdRng::seed_from_u64(3));
-    c.binding(t0).unwrap();
-    let mut sent_at = Vec::new();
-    let mut now = t0;
-    while c.poll_event().is_none() {
-        while c.poll_transmit().is_some() {
-            sent_at.push((now - t0).as_millis());
-        }
-        now = c.poll_timeout().expect("a timer while pending");
-        c.handle_timeout(now);
-    }
+    let (sent_at, ended) = transmissions_until_timeout(config.clone(), t0);
     assert_eq!(
         sent_at,
         vec![0, 250, 500, 750, 1000, 1250],
         "every 250 ms, never doubled"
     );
-    assert_eq!((now - t0).as_millis(), 1500, "given up at the timeout");
+    assert_eq!((ended - t0).as_millis(), 1500, "given up at the timeout");
 
     // A cap below the initial RTO is the initial RTO: never faster than asked.
     let below = ClientConfig {
         max_rto: Some(Duration::from_millis(10)),
         ..config
     };
-    let mut c = Client::with_rng(below, StdRng::seed_from_u64(3));
-    c.binding(t0).unwrap();
-    let mut sent_at = Vec::new();
-    let mut now = t0;
-    while c.poll_event().is_none() {
-        while c.poll_transmit().is_some() {
-            sent_at.push((now - t0).as_millis());
-        }
-        now = c.poll_timeout().expect("a timer while pending");
-        c.handle_timeout(now);
-    }
+    let (sent_at, _) = transmissions_until_timeout(below, t0);
     assert_eq!(sent_at, vec![0, 250, 500, 750, 1000, 1250]);
 }
 
