@@ -230,6 +230,10 @@ test('verdict rules in plain words (synthetic reports)', { timeout: 30000 }, asy
     const timed = (ms) => ({ ...loop('udp', true, 3478), rttMs: { min: ms, median: ms, max: ms, samples: 20 } });
     const relayFair = C.verdict({ webrtc: true, signaling: sig, gathering: [], loopback: [timed(300)] });
     const relayBad = C.verdict({ webrtc: true, signaling: sig, gathering: [], loopback: [timed(900)] });
+    // A geostationary satellite link: the signaling ping alone takes 600 ms, the relay's brought down to the link 610.
+    const satellite = C.verdict({
+      webrtc: true, signaling: { ...sig, rttMs: { median: 600 } }, gathering: [], loopback: [timed(1220)],
+    });
     const noSignal = C.verdict({ webrtc: true, signaling: { ok: false, status: { http: 429, code: 'too-many-connections' } } });
     // Loss over four crossings: 3 of 100 is about 0.8 % each way (good, nothing said in the headline); 34 of 100
     // is about 9.9 % (bad: a warning, and the headline says so).
@@ -241,7 +245,7 @@ test('verdict rules in plain words (synthetic reports)', { timeout: 30000 }, asy
     const b = { host: '198.51.100.1', port: 3478 };
     const b2 = { host: '192.0.2.1', port: 3479 };
     return {
-      udpBlocked, symmetric, noSignal, relayFair, relayBad, lossGood, lossBad,
+      udpBlocked, symmetric, noSignal, relayFair, relayBad, satellite, lossGood, lossBad,
       eim: C.analyseMapping([a, b], true, true, [ip('203.0.113.5', 4000)]).mapping,
       adm: C.analyseMapping([a, b], true, true, [ip('203.0.113.5', 4000), ip('203.0.113.5', 4001)]).mapping,
       apdm: C.analyseMapping([a, b2], true, true, [ip('203.0.113.5', 4000), ip('203.0.113.5', 4001)]).mapping,
@@ -271,6 +275,13 @@ test('verdict rules in plain words (synthetic reports)', { timeout: 30000 }, asy
   assert.equal(out.relayFair.level, 'ok');
   assert.match(relayAdvice(out.relayBad)?.text ?? '', /about 450 ms for your link \(bad\)/);
   assert.equal(out.relayBad.level, 'warn');
+  // A long round trip is said in the headline, with what it does to a call (as the doctor says it), not "choppy".
+  assert.doesNotMatch(out.relayFair.headline, /round trip/);
+  assert.match(out.relayBad.headline,
+    / But the round trip to the server is long \(about 450 ms\): expect a delay that makes people talk over each other\.$/);
+  assert.match(out.satellite.headline, / But the round trip to the server is long \(about 610 ms\): expect a delay/);
+  assert.equal(out.satellite.level, 'warn');
+  assert.doesNotMatch(out.satellite.headline, /choppy/);
   const lossAdvice = (v) => v.advice.find((a) => a.text.startsWith('Lost through the relay'));
   assert.match(lossAdvice(out.lossGood)?.text ?? '', /3 of 100 test packets \(3 %\).*about 0\.8 % each way for your link \(good\)/);
   assert.doesNotMatch(out.lossGood.headline, /loses packets/);

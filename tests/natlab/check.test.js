@@ -2,7 +2,8 @@
 // IP and no RFC 5780: the default deployment. The page must tell the NAT's mapping from the two ports the server
 // hands it (`natProbes`: the second STUN port, stun.second_port), as the doctor does, and say so in its verdict.
 // Without the second port a symmetric NAT went unnoticed there ("inconclusive", level ok, nothing said). In the
-// `lossy` site it must also count and grade the loss on the link, as the doctor does.
+// `lossy` site it must also count and grade the loss on the link, as the doctor does, and in `geo` (600 ms round
+// trip) grade the delay and say what it does to a call.
 //
 // The server runs beside the lab's main one (lab.sh serve-role), on 203.0.113.10 with ports of its own: UDP 4478
 // (TURN and STUN; its second STUN port is 4479, the port after) and HTTP 8080.
@@ -36,6 +37,16 @@ const SITES = [
     words: /^Lost through the relay \(TURN\/UDP :4478\): \d+ of 100 test packets .* each way for your link \((poor|bad)\)\. Expect choppy audio and video\.$/,
     // UDP works (the relay call over UDP too, though a reliable echo may wait for a resend): not "UDP is blocked".
     headline: /^UDP works here: .* But this network loses packets \(about \d+\.\d % each way\): expect choppy audio and video\.$/,
+  },
+  // A geostationary satellite link, 300 ms each way: the signaling ping graded bad, a warning, and the headline says
+  // what it does to a call. Every relay check crosses the link four times (2.4 s), within the page's waits.
+  {
+    site: 'geo', mapping: 'endpoint-independent-or-address-dependent', level: 'warn',
+    words: /^Round trip to the server: 6\d\d ms \(bad\)\./,
+    headline: / But the round trip to the server is long \(about 6\d\d ms\): expect a delay that makes people talk over each other\.$/,
+    // Nothing is lost on this link. The loss count waited a fixed second for the last echoes, which take 1.2 s
+    // here: it read 19 of 100 lost, "about 5.1 % each way", in the headline.
+    lossFree: true,
   },
 ].filter((s) => ONLY.length === 0 || ONLY.includes(s.site));
 
@@ -75,6 +86,11 @@ for (const want of SITES) {
       if (udp?.loss) {
         console.log(`  loss through the relay: ${udp.loss.sent - udp.loss.received} of ${udp.loss.sent}; ` +
           `${udp.echoed} reliable echoes${udp.stalled ? ` (stopped: ${udp.stalled})` : ''}`);
+      }
+      if (want.lossFree) {
+        assert.ok(udp?.loss, `the loss was counted: ${JSON.stringify(udp)}`);
+        assert.ok(udp.loss.sent - udp.loss.received <= 1, `a link that loses nothing: ${JSON.stringify(udp.loss)}`);
+        assert.doesNotMatch(verdict.headline, /loses packets/);
       }
     } finally {
       await browser.close();

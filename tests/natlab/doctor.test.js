@@ -56,6 +56,13 @@ export const SITES = [
     site: 'lossy', built: 'EIM / EIF / 10 % UDP loss', mapping: EIM, filtering: EIM, transports: ALL_OPEN,
     lossy: true,
   },
+  {
+    // A geostationary satellite link: 300 ms each way between the NAT and the internet. Every probe's answer comes
+    // back after its first retransmission has gone (the RTO is 250 ms), and TURN over TLS takes four round trips
+    // before its relay test starts: the NAT and every transport must still be named, and the round trip graded.
+    site: 'geo', built: 'EIM / APDF / 600 ms round trip', mapping: EIM, filtering: APD, transports: ALL_OPEN,
+    rttMs: 600,
+  },
 ].filter((s) => ONLY.length === 0 || ONLY.includes(s.site));
 
 /** The doctor in a site's host namespace; resolves with {code, report, stderr} (the exit code is 0 or 2). */
@@ -138,6 +145,13 @@ for (const want of SITES) {
         assert.ok(['poor', 'bad'].includes(r.relay.quality.loss), JSON.stringify(r.relay.quality));
         assert.match(r.verdict.summary,
           /^Direct connections are likely with every kind of peer, .* But this network's link is (poor|bad) \(loss \d+\.\d % each way\): expect choppy audio and video\.$/);
+      }
+      if (want.rttMs) {
+        const link = r.relay?.link;
+        record.rtt = link && `${link.rtt_ms.toFixed(0)} ms round trip`;
+        assert.ok(link && link.rtt_ms > want.rttMs - 20 && link.rtt_ms < want.rttMs + 100, `link RTT: ${JSON.stringify(r.relay)}`);
+        assert.equal(r.relay.quality.rtt, 'bad', JSON.stringify(r.relay.quality));
+        assert.ok(r.verdict.summary.includes(`(round trip ${link.rtt_ms.toFixed(0)} ms)`), r.verdict.summary);
       }
       record.outcome = 'pass';
     } catch (err) {

@@ -19,8 +19,10 @@
 #
 #                       ┌──────────── PREFIX-inet (bridge br0) ─────────────┐
 #                       │                                                   │
-#   PREFIX-srv  203.0.113.10, .11          PREFIX-SITE-r  wan 198.51.100.(10+i)   (one per site)
-#   (traverse serve)                              │ nftables NAT + firewall
+#   PREFIX-srv  203.0.113.10, .11          [PREFIX-SITE-d  delay.py, `geo` only: frames held 300 ms each way]
+#   (traverse serve)                              │
+#                                          PREFIX-SITE-r  wan 198.51.100.(10+i)   (one per site)
+#                                                 │ nftables NAT + firewall
 #                                          PREFIX-SITE-r  lan 192.0.2.(16i+1)/28
 #                                                 │
 #                                          PREFIX-SITE-h  192.0.2.(16i+2)/28  (doctor, Chromium)
@@ -30,8 +32,9 @@ SERVER_IPS=(203.0.113.10 203.0.113.11)
 STATE_ROOT="${NATLAB_STATE:-/tmp/traverse-natlab}"
 
 # name : index : mapping (eim | sym) : filtering (apdf | eif | adf) : firewall (open | noudp | tcp443 | turnports |
-# lossy) :
-# what it is
+# lossy | geo) :
+# what it is. `geo` filters nothing but puts a link with 300 ms each way (delay.py, in a namespace of its own) between
+# the router's public side and the internet: a geostationary satellite link, ~600 ms round trip.
 SITES=(
   "eim-a:1:eim:apdf:open:port-restricted cone (plain masquerade)"
   "eim-b:2:eim:apdf:open:port-restricted cone, a second one"
@@ -43,7 +46,10 @@ SITES=(
   "tcp443:8:eim:apdf:tcp443:port-restricted cone, only TCP to port 443 allowed out"
   "turnports:9:eim:apdf:turnports:port-restricted cone, UDP and TCP to the STUN/TURN ports 3478, 3479, 5349 dropped"
   "lossy:10:eim:eif:lossy:full cone on a lossy link, 10 % of UDP packets dropped at random each way"
+  "geo:11:eim:apdf:geo:port-restricted cone behind a geostationary satellite link, 300 ms each way"
 )
+GEO_DELAY_MS=300
+here="$(cd "$(dirname "$0")" && pwd)"
 
 die() {
   echo "lab.sh: $*" >&2
@@ -179,7 +185,26 @@ cmd_up() {
     local wan="198.51.100.$((10 + idx))" gw="192.0.2.$((16 * idx + 1))" host="192.0.2.$((16 * idx + 2))"
     mkns "$prefix" "$r"
     mkns "$prefix" "$h"
-    veth "${tag}w$idx" "$r" wan "$inet" "w$idx"
+    if [ "$firewall" = geo ]; then
+      # The long link: the router's wan and the internet's port are two interfaces of a namespace where delay.py
+      # holds every frame GEO_DELAY_MS before passing it on (no address there, nothing else on the path).
+      local d="$prefix-$site-d"
+      mkns "$prefix" "$d"
+      veth "${tag}w$idx" "$r" wan "$d" r
+      veth "${tag}g$idx" "$d" i "$inet" "w$idx"
+      ip -n "$d" link set r up
+      ip -n "$d" link set i up
+      ip netns exec "$d" python3 -u "$here/delay.py" r i "$GEO_DELAY_MS" >"$dir/delay-$site.log" 2>&1 &
+      echo "$!" >>"$dir/pids.delay-$site"
+      local i
+      for i in $(seq 1 50); do
+        grep -q '^ready' "$dir/delay-$site.log" && break
+        sleep 0.1
+      done
+      grep -q '^ready' "$dir/delay-$site.log" || die "delay.py did not start: $(cat "$dir/delay-$site.log")"
+    else
+      veth "${tag}w$idx" "$r" wan "$inet" "w$idx"
+    fi
     ip -n "$inet" link set "w$idx" master br0 up
     veth "${tag}l$idx" "$r" lan "$h" eth0
     ip -n "$r" addr add "$wan/24" dev wan

@@ -73,6 +73,16 @@ export const PAIRS = [
     why: 'a full cone admits the other side\'s checks; with 10 % of UDP lost each way at its NAT, ICE retransmits '
       + 'its checks and the data channel its messages',
   },
+  {
+    a: 'geo', b: 'eim-a', expect: 'direct',
+    why: 'both map endpoint-independently; every check crosses a 600 ms round trip, longer than ICE\'s first '
+      + 'retransmission',
+  },
+  {
+    a: 'geo', b: 'sym-a', expect: 'relay',
+    why: 'a port-restricted NAT and a symmetric one: relayed, with the allocation, its permissions and its channel '
+      + 'bindings each a 600 ms round trip away',
+  },
 ].filter((p) => ONLY.length === 0 || ONLY.includes(`${p.a}+${p.b}`));
 
 const results = [];
@@ -94,7 +104,7 @@ const describe = (p) => (p ? `${p.local?.candidateType}${p.local?.relayProtocol 
 /** The doctor's row (verdict.direct[].peer) for a peer in each site: what kind of NAT the site is. */
 const KIND = {
   'eim-a': 'a port-restricted NAT', 'eim-b': 'a port-restricted NAT', noudp: 'a port-restricted NAT',
-  tcp443: 'a port-restricted NAT', fullcone: 'a full-cone NAT', restricted: 'a restricted-cone NAT',
+  tcp443: 'a port-restricted NAT', geo: 'a port-restricted NAT', fullcone: 'a full-cone NAT', restricted: 'a restricted-cone NAT',
   'sym-a': 'a symmetric NAT', 'sym-b': 'a symmetric NAT',
 };
 

@@ -31,7 +31,7 @@ skip() {
 }
 
 [ "$(id -u)" = 0 ] || skip "needs root (network namespaces, nftables)"
-for tool in ip nft node curl timeout md5sum; do
+for tool in ip nft node curl timeout md5sum python3; do
   command -v "$tool" >/dev/null 2>&1 || skip "$tool not found"
 done
 [ -x /usr/bin/chromium ] || skip "/usr/bin/chromium not found (apt-get install chromium)"

@@ -40,15 +40,25 @@ export const TIMEOUTS = Object.freeze({
 
 /** Echo messages per relay loopback. */
 export const ECHOES = 20;
+/**
+ * Echoes stop early once `ECHOES_MIN` came back and `ECHO_BUDGET_MS` went by: they go one at a time, and over a
+ * geostationary satellite link (a loopback crosses it four times: 1.2 s) twenty took 24 s of the page's 90.
+ */
+const ECHOES_MIN = 5;
+const ECHO_BUDGET_MS = 6000;
 
 /**
  * Datagrams per relay loopback over TURN/UDP for the loss count, on an unreliable channel (no retransmission), one
- * every `LOSS_GAP_MS` (so that they are not bundled into a few packets); echoes are awaited `LOSS_WAIT_MS` after the
- * last. Over TCP or TLS to the relay a loss on the link is retransmitted, so it is not counted there.
+ * every `LOSS_GAP_MS` (so that they are not bundled into a few packets); echoes are awaited after the last for twice
+ * the slowest echo's round trip, at least `LOSS_WAIT_MS` and at most `LOSS_WAIT_MAX_MS`, or until all came back. A
+ * fixed second counted the last ones still on their way as lost where the loopback takes 1.2 s (a satellite link:
+ * "loses 5 % each way" on a link that lost nothing). Over TCP or TLS to the relay a loss on the link is
+ * retransmitted, so it is not counted there.
  */
 export const LOSS_PROBES = 100;
 const LOSS_GAP_MS = 10;
 const LOSS_WAIT_MS = 1000;
+const LOSS_WAIT_MAX_MS = 5000;
 
 /**
  * Upper bounds of good / fair / poor round trips, ms. The doctor's `quality::RTT_MS` (crates/doctor/src/quality.rs)
@@ -438,7 +448,9 @@ export async function checkLoopback(entry, { echoes = ECHOES, lossProbes = LOSS_
     let got = null;
     da.onmessage = (e) => got?.(String(e.data));
     const rtts = [];
+    const echoesFrom = now();
     for (let i = 0; i < echoes; i++) {
+      if (i >= ECHOES_MIN && now() - echoesFrom > ECHO_BUDGET_MS) break;
       const want = `echo-${i}`;
       const tp = now();
       const back = new Promise((resolve) => (got = (d) => d === want && resolve(d)));
@@ -459,7 +471,7 @@ export async function checkLoopback(entry, { echoes = ECHOES, lossProbes = LOSS_
     out.rttMs = rttStats(rtts);
     out.pair = await selectedPair(a);
     out.ok = out.echoed > 0;
-    if (la) out.loss = await countLoss(la, lossProbes).catch(() => undefined);
+    if (la) out.loss = await countLoss(la, lossProbes, Math.max(...rtts)).catch(() => undefined);
   } catch (e) {
     out.error = e.message;
     out.relayCandidate = relayed > 0;
@@ -471,24 +483,30 @@ export async function checkLoopback(entry, { echoes = ECHOES, lossProbes = LOSS_
 }
 
 /**
- * Sends `probes` datagrams on an unreliable channel whose other end echoes them, and counts those that came back.
- * @param {RTCDataChannel} channel @param {number} probes @returns {Promise<LossCount>}
+ * Sends `probes` datagrams on an unreliable channel whose other end echoes them, and counts those that came back
+ * (awaited for twice `slowestMs`, the slowest echo's round trip, within `LOSS_WAIT_MS`..`LOSS_WAIT_MAX_MS`).
+ * @param {RTCDataChannel} channel @param {number} probes @param {number} slowestMs @returns {Promise<LossCount>}
  */
-async function countLoss(channel, probes) {
+async function countLoss(channel, probes, slowestMs) {
   if (channel.readyState !== 'open') {
     await within(TIMEOUTS.echo, new Promise((resolve) => (channel.onopen = resolve)), 'the loss channel');
   }
   const back = new Set();
+  /** @type {() => void} */
+  let allBack = () => {};
+  const all = new Promise((resolve) => (allBack = () => resolve(undefined)));
   channel.onmessage = (e) => {
     const n = /^loss-(\d+)$/.exec(String(e.data));
     if (n && Number(n[1]) < probes) back.add(n[1]);
+    if (back.size === probes) allBack();
   };
   const pause = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
   for (let i = 0; i < probes; i++) {
     channel.send(`loss-${i}`);
     await pause(LOSS_GAP_MS);
   }
-  await pause(LOSS_WAIT_MS);
+  const wait = Math.min(LOSS_WAIT_MAX_MS, Math.max(LOSS_WAIT_MS, 2 * (Number.isFinite(slowestMs) ? slowestMs : 0)));
+  await Promise.race([all, pause(wait)]);
   const received = back.size;
   return { sent: probes, received, percent: Math.round((1000 * (probes - received)) / probes) / 10 };
 }
@@ -842,9 +860,14 @@ export function verdict(r) {
     }
   }
 
+  // The longest round trip graded poor or worse (the signaling ping, or the relay's brought down to the link): said in
+  // the headline too, as the doctor says it. A geostationary satellite link (~600 ms) is not "choppy": every exchange
+  // waits, and people talk over each other.
+  let slowMs = 0;
   const rtt = sig.rttMs?.median;
   if (rtt !== undefined) {
     const q = rttQuality(rtt);
+    if (q === 'poor' || q === 'bad') slowMs = Math.max(slowMs, rtt);
     advice.push({
       text: `Round trip to the server: ${Math.round(rtt)} ms (${q}).` +
         (q === 'poor' || q === 'bad' ? ' Calls will feel laggy; a nearer server would help.' : ''),
@@ -856,6 +879,7 @@ export function verdict(r) {
   const relayed = loops.filter((l) => l.ok && l.rttMs).sort((a, b) => a.rttMs.median - b.rttMs.median)[0];
   if (relayed) {
     const { linkMs, quality } = relayLinkQuality(relayed.rttMs.median);
+    if (quality === 'poor' || quality === 'bad') slowMs = Math.max(slowMs, linkMs);
     advice.push({
       text: `Round trip through the relay (${relayed.label}): ${Math.round(relayed.rttMs.median)} ms for the test ` +
         `call, which crosses your link four times — about ${Math.round(linkMs)} ms for your link (${quality}).` +
@@ -883,6 +907,10 @@ export function verdict(r) {
       headline += ` But this network loses packets (about ${each} % each way): expect choppy audio and video.`;
       if (level === 'ok') level = 'warn';
     }
+  }
+  if (slowMs > 0 && level !== 'fail') {
+    headline += ` But the round trip to the server is long (about ${Math.round(slowMs)} ms): expect a delay that ` +
+      'makes people talk over each other.';
   }
   if (r.aborted) advice.push({ text: `Some checks did not finish: ${r.aborted}.` });
   return { level, headline, advice };

@@ -321,9 +321,11 @@ pub fn relay_needed_for(direct: &[DirectRow]) -> Option<String> {
     }
 }
 
-/// This client's link to the relay when the relay test graded it poor or worse: the grade, and the measures that made
-/// it so, for people ("loss 10.6 % each way", "round trip 420 ms", "jitter 35 ms").
-fn poor_link(f: &Facts) -> Option<(Quality, String)> {
+/// This client's link to the relay when the relay test graded it poor or worse: the grade, the measures that made
+/// it so, for people ("loss 10.6 % each way", "round trip 420 ms", "jitter 35 ms"), and what a call will feel
+/// like. Loss and jitter break up the media; a long round trip delays every exchange (a geostationary satellite
+/// link, 600 ms: the NAT lab's `geo` site), which is not "choppy".
+fn poor_link(f: &Facts) -> Option<(Quality, String, &'static str)> {
     let relay = f.relay.as_ref()?;
     let (grades, link) = (relay.quality()?, relay.link()?);
     if grades.overall < Quality::Poor {
@@ -339,7 +341,14 @@ fn poor_link(f: &Facts) -> Option<(Quality, String)> {
     if grades.jitter >= Quality::Poor {
         what.push(format!("jitter {:.0} ms", link.jitter_ms));
     }
-    Some((grades.overall, what.join(", ")))
+    let choppy = grades.loss >= Quality::Poor || grades.jitter >= Quality::Poor;
+    let delayed = grades.rtt >= Quality::Poor;
+    let expect = match (choppy, delayed) {
+        (true, true) => "expect choppy audio and video, and a delay that makes people talk over each other",
+        (false, true) => "expect a delay that makes people talk over each other",
+        _ => "expect choppy audio and video",
+    };
+    Some((grades.overall, what.join(", "), expect))
 }
 
 /// The summary where UDP is blocked and TURN over a stream works: every call is relayed, over `best`.
@@ -610,9 +619,9 @@ pub fn verdict(f: &Facts) -> Verdict {
         causes.push("TURN allocations work, but data did not come back through the relay.".to_owned());
     }
     let poor = poor_link(f);
-    if let Some((q, what)) = &poor {
+    if let Some((q, what, expect)) = &poor {
         causes.push(format!(
-            "This network's link to the relay is {} ({what}): expect choppy audio and video.",
+            "This network's link to the relay is {} ({what}): {expect}.",
             q.word()
         ));
     }
@@ -664,10 +673,9 @@ pub fn verdict(f: &Facts) -> Verdict {
     };
     // Calls that connect over a link that loses or delays this much are still bad calls: the headline says so.
     let summary = match &poor {
-        Some((q, what)) if something_works && signaling.ok => format!(
-            "{summary} But this network's link is {} ({what}): expect choppy audio and video.",
-            q.word()
-        ),
+        Some((q, what, expect)) if something_works && signaling.ok => {
+            format!("{summary} But this network's link is {} ({what}): {expect}.", q.word())
+        }
         _ => summary,
     };
 
@@ -1506,16 +1514,27 @@ mod tests {
         f.relay = Some(relay(50, Some(1000.0)));
         let v = verdict(&f);
         assert!(
-            v.causes
-                .iter()
-                .any(|c| c
-                    == "This network's link to the relay is bad (round trip 500 ms): expect choppy audio and video."),
+            v.causes.iter().any(|c| c
+                == "This network's link to the relay is bad (round trip 500 ms): expect a delay that makes people \
+                        talk over each other."),
             "{:?}",
             v.causes
         );
-        assert!(v
-            .summary
-            .ends_with("But this network's link is bad (round trip 500 ms): expect choppy audio and video."));
+        assert!(v.summary.ends_with(
+            "But this network's link is bad (round trip 500 ms): expect a delay that makes people talk \
+                        over each other."
+        ));
+        // Both: each measure named, and both consequences.
+        f.relay = Some(relay(35, Some(1000.0)));
+        let v = verdict(&f);
+        assert!(
+            v.summary.ends_with(
+                "But this network's link is bad (loss 8.5 % each way, round trip 500 ms): expect choppy audio and \
+                 video, and a delay that makes people talk over each other."
+            ),
+            "{}",
+            v.summary
+        );
         f.relay = Some(relay(0, None));
         let v = verdict(&f);
         assert!(
