@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use source::RateLimiter;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -178,44 +178,6 @@ impl Drop for ConnectionPermit {
                 counts.remove(&source);
             }
         }
-    }
-}
-
-/// A warning that an attack would otherwise repeat thousands of times a second: logged at most once per
-/// `interval_secs`, with the number of times it was held back.
-#[derive(Debug)]
-pub(crate) struct ThrottledLog {
-    interval_secs: u64,
-    last: AtomicU64,
-    suppressed: AtomicU64,
-}
-
-impl ThrottledLog {
-    pub(crate) const fn new(interval_secs: u64) -> Self {
-        Self {
-            interval_secs,
-            last: AtomicU64::new(0),
-            suppressed: AtomicU64::new(0),
-        }
-    }
-
-    /// `Some(times held back since the last line)` when a line is due now.
-    pub(crate) fn due(&self) -> Option<u64> {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        let last = self.last.load(Ordering::Relaxed);
-        if now >= last + self.interval_secs
-            && self
-                .last
-                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed)
-                .is_ok()
-        {
-            return Some(self.suppressed.swap(0, Ordering::AcqRel));
-        }
-        self.suppressed.fetch_add(1, Ordering::Relaxed);
-        None
     }
 }
 

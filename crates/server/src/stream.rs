@@ -19,9 +19,10 @@ use tokio::sync::Notify;
 use tokio::task::spawn_local;
 use turn::{FiveTuple, Transport};
 
-use crate::budget::{ConnectionPermit, Refused, ThrottledLog};
+use crate::budget::{ConnectionPermit, Refused};
 use crate::handshakes::HandshakeFailure;
 use crate::worker::{ClientRoute, PeerSends, Worker};
+use source::ThrottledLog;
 
 thread_local! {
     /// The worker thread's read buffer, borrowed for one poll of one connection (never across an `await`): frames
@@ -187,7 +188,8 @@ fn warn_refused(client: SocketAddr, refused: Refused) {
         Refused::Total => (&REFUSED_TOTAL, "the server's connection limit (limits.max_connections)"),
         Refused::Source => (
             &REFUSED_SOURCE,
-            "the per-source connection limit (limits.max_connections_per_source)",
+            "the per-source connection limit (limits.max_connections_per_source; if many users share that \
+             address, an office or a carrier NAT, raise it)",
         ),
         Refused::Rate => (
             &REFUSED_RATE,

@@ -801,7 +801,7 @@ impl Worker {
         }
         if let Err(e) = fast.install(&kernel, expires, new) {
             // At most one line per 10 s: one Refresh can re-announce 256 channels.
-            static REFUSED: crate::budget::ThrottledLog = crate::budget::ThrottledLog::new(10);
+            static REFUSED: source::ThrottledLog = source::ThrottledLog::new(10);
             if let Some(held_back) = REFUSED.due() {
                 tracing::warn!(
                     error = %e,
@@ -872,7 +872,7 @@ impl Worker {
                 // The cap's credit could not be written: the program would read none as no cap. The socket path,
                 // where the cap holds, takes the allocation's traffic until its next channel refresh tries again.
                 self.withdraw_routes(fast, id);
-                static FAILED: crate::budget::ThrottledLog = crate::budget::ThrottledLog::new(10);
+                static FAILED: source::ThrottledLog = source::ThrottledLog::new(10);
                 if let Some(held_back) = FAILED.due() {
                     tracing::warn!(
                         error = %e,

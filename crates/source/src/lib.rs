@@ -8,9 +8,11 @@ use std::net::{IpAddr, Ipv6Addr};
 
 mod net;
 mod rate;
+mod throttle;
 
 pub use net::{IpNet, IpNetParseError};
 pub use rate::{Bucket, Rate, RateLimiter, RetryAfter};
+pub use throttle::ThrottledLog;
 
 /// The unit a per-source budget is charged to: an IPv4 address, or the /64 an IPv6 address lies in. An
 /// IPv4-mapped IPv6 address counts as its IPv4 address (a dual-stack socket sees IPv4 clients that way).

@@ -648,6 +648,24 @@ fn one_source_or_one_credential_cannot_take_every_allocation() {
     }
     let mut sixth = TurnClient::new(Conn::udp_from(source(40), server.udp), "bob", PASSWORD);
     assert_eq!(sixth.allocate(false).error_code(), Some(486), "per source");
+    // The operator is told, and told what to raise when the address is a busy office or a carrier NAT.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !server
+        .log()
+        .contains("limits.max_allocations_per_source allocations. If many users share that address")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no warning for the per-source refusal: {}",
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        server.log().contains(&source(40).to_string()),
+        "the address is named: {}",
+        server.log()
+    );
     for _ in 0..3 {
         let mut c = TurnClient::new(Conn::udp_from(source(41), server.udp), USER, PASSWORD);
         assert_eq!(c.allocate(false).class(), Class::Success);

@@ -1239,6 +1239,24 @@ async fn connections_per_ip_refused_with_429_before_the_upgrade() {
 
     let r = upgrade_attempt(server.http, "/ws").await;
     r.assert_refusal(429, "too-many-connections");
+    // The operator is told, and told what to raise when the address is a busy office or a carrier NAT.
+    let deadline = Instant::now() + WAIT;
+    while !server
+        .log()
+        .contains("If many users share that address (an office, a carrier NAT), raise it")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no warning for the refused socket: {}",
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        server.log().contains("signal.max_connections_per_ip"),
+        "{}",
+        server.log()
+    );
     http_get(server.http, "/api/join-check?room=x", &[])
         .await
         .assert_refusal(429, "too-many-connections");

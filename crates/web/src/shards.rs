@@ -532,7 +532,21 @@ pub(crate) fn home(count: usize) -> usize {
     index % count.max(1)
 }
 
+/// A socket refused because its address holds `signal.max_connections_per_ip` sockets; said in the log at most once
+/// a minute. The refused user gets a 429; without the line the operator would see only a counter, and twenty sockets
+/// is few for an office or a carrier NAT, where every user arrives from one address.
 fn too_many(source: Source, max: usize) -> Refusal {
+    static SOURCE_FULL: source::ThrottledLog = source::ThrottledLog::new(60);
+    if let Some(held_back) = SOURCE_FULL.due() {
+        tracing::warn!(
+            %source,
+            max,
+            held_back,
+            "signaling socket refused (429 too-many-connections): its address holds signal.max_connections_per_ip \
+             sockets. If many users share that address (an office, a carrier NAT), raise it. (Said at most once a \
+             minute.)"
+        );
+    }
     Refusal::new(
         ErrorCode::TooManyConnections,
         format!("Too many sockets from {source} (at most {max}); close some or retry later."),
