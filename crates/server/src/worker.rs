@@ -754,6 +754,18 @@ impl Worker {
                 }
                 Some(Event::ChannelUsable { route, expires }) => self.install_fast_route(route, expires),
                 Some(Event::ChannelUnusable(route)) => self.remove_fast_route(route),
+                Some(Event::SourceQuotaReached(source)) => {
+                    static SOURCE_FULL: source::ThrottledLog = source::ThrottledLog::new(60);
+                    if let Some(held_back) = SOURCE_FULL.due() {
+                        tracing::warn!(
+                            %source,
+                            held_back,
+                            "Allocate refused (486): its address holds limits.max_allocations_per_source \
+                             allocations. If many users share that address (an office, a carrier NAT), raise it. \
+                             (Said at most once a minute.)"
+                        );
+                    }
+                }
                 None => break,
             }
         }

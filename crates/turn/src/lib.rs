@@ -53,6 +53,8 @@
 //!             Event::ReservationReleased(_relay) => { /* close the socket held for it */ }
 //!             // Only with `with_fast_path_events`: copy the channel into (or out of) a kernel fast path.
 //!             Event::ChannelUsable { .. } | Event::ChannelUnusable(_) => {}
+//!             // An Allocate refused for its source's share: worth a (throttled) line for the operator.
+//!             Event::SourceQuotaReached(_source) => {}
 //!         }
 //!     }
 //!     server.handle_timeout(Instant::now());

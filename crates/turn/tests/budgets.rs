@@ -19,6 +19,13 @@ fn allocations_per_source_are_capped_with_486_and_ipv6_counts_per_64() {
     let mut fourth = Client::new("203.0.113.10:50009", "bob", "builder");
     let reply = fourth.answer(&mut h, secs(0), Method::ALLOCATE, &[Attribute::RequestedTransport(17)]);
     assert_error(&reply, Method::ALLOCATE, 486);
+    // The caller is told which source, to say so in the log (an office or a carrier NAT looks like this).
+    let source = turn::Source::of("203.0.113.10".parse().unwrap());
+    assert!(
+        h.events().contains(&turn::Event::SourceQuotaReached(source)),
+        "{:?}",
+        h.events()
+    );
     // Another source is untouched.
     Client::new("203.0.113.11:50000", "bob", "builder").allocate(&mut h, secs(0));
     // Three IPv6 addresses of one /64 are one source.

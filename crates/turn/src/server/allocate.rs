@@ -221,18 +221,10 @@ impl<R: RngCore> Server<R> {
             }
             Err(QuotaExceeded::Source) => {
                 self.stats.quota_refusals.source += 1;
-                // Otherwise the operator sees only a counter while every user behind one busy address (an office,
-                // a carrier NAT) is refused.
-                static SOURCE_FULL: source::ThrottledLog = source::ThrottledLog::new(60);
-                if let Some(held_back) = SOURCE_FULL.due() {
-                    tracing::warn!(
-                        source = %Source::of(five_tuple.client.ip()),
-                        held_back,
-                        "Allocate refused (486): its address holds limits.max_allocations_per_source allocations. If \
-                         many users share that address (an office, a carrier NAT), raise it. (Said at most once a \
-                         minute.)"
-                    );
-                }
+                // Said in the log by the caller (throttled): otherwise the operator sees only a counter while
+                // every user behind one busy address (an office, a carrier NAT) is refused.
+                self.events
+                    .push_back(Event::SourceQuotaReached(Source::of(five_tuple.client.ip())));
                 return Outcome::Err(reject(486, "Allocation Quota Reached"));
             }
             Err(QuotaExceeded::Rate) => {

@@ -242,6 +242,9 @@ pub enum Event {
     /// Only with [`Server::with_fast_path_events`]: the channel must leave the fast path now (expired, its peer
     /// refused, its allocation ended).
     ChannelUnusable(FastRoute),
+    /// An Allocate from this source was refused (486) for the source's share, `max_allocations_per_source`: the
+    /// caller tells the operator (a busy office or carrier NAT looks like this), throttled.
+    SourceQuotaReached(Source),
 }
 
 struct Allocation {
