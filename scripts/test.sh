@@ -46,6 +46,8 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   command -v openssl >/dev/null 2>&1 || missing+=(openssl)
   # TURN and HTTP through a layer-4 balancer sending PROXY protocol headers (crates/traverse/tests/interop.rs).
   command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
+  # The NAT lab's `proxy` site: a network whose only way out is an HTTP proxy (tests/natlab/lab.sh).
+  command -v tinyproxy >/dev/null 2>&1 || missing+=(tinyproxy-bin)
   # The XDP fast path's test (crates/traverse/tests/xdp.rs) turns checksum offload off on its veths; its program is
   # built by clang against libbpf's headers (also installed by .ci/run before the build).
   command -v ethtool >/dev/null 2>&1 || missing+=(ethtool)

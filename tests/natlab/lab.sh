@@ -47,7 +47,9 @@ SITES=(
   "turnports:9:eim:apdf:turnports:port-restricted cone, UDP and TCP to the STUN/TURN ports 3478, 3479, 5349 dropped"
   "lossy:10:eim:eif:lossy:full cone on a lossy link, 10 % of UDP packets dropped at random each way"
   "geo:11:eim:apdf:geo:port-restricted cone behind a geostationary satellite link, 300 ms each way"
+  "proxy:12:eim:apdf:proxy:nothing leaves but through an HTTP proxy on the router (CONNECT to port 443 only)"
 )
+PROXY_PORT=3128
 GEO_DELAY_MS=300
 here="$(cd "$(dirname "$0")" && pwd)"
 
@@ -134,6 +136,7 @@ $( [ "$filtering" = adf ] && echo "    iifname \"wan\" oifname \"lan\" ip daddr 
     iifname "wan" drop
 $( [ "$firewall" = noudp ] && echo "    iifname \"lan\" meta l4proto udp drop")
 $( [ "$firewall" = tcp443 ] && printf '    iifname "lan" tcp dport 443 accept\n    iifname "lan" drop\n')
+$( [ "$firewall" = proxy ] && echo '    iifname "lan" drop')
 $( [ "$firewall" = turnports ] && printf '    iifname "lan" udp dport { 3478, 3479, 5349 } drop\n    iifname "lan" tcp dport { 3478, 3479, 5349 } drop\n')
 $( [ "$filtering" = eif ] || [ "$filtering" = adf ] && echo "    iifname \"lan\" meta l4proto udp update @mapped { udp sport }")
 $( [ "$filtering" = adf ] && echo "    iifname \"lan\" meta l4proto udp update @adf { ip saddr . udp sport . ip daddr }")
@@ -214,6 +217,21 @@ cmd_up() {
     ip -n "$r" route add 203.0.113.0/24 dev wan
     ip netns exec "$r" sysctl -qw net.ipv4.ip_forward=1
     ruleset "$mapping" "$filtering" "$firewall" "$host" | ip netns exec "$r" nft -f -
+    if [ "$firewall" = proxy ]; then
+      # An office's forward proxy on the router's LAN side: the hosts' only way out. It connects from the router's
+      # public address, and tunnels (CONNECT) to port 443 alone, as most do.
+      printf '%s\n' "Port $PROXY_PORT" "Listen $gw" "Timeout 600" "MaxClients 200" "Allow 192.0.2.0/24" \
+        "ConnectPort 443" "LogLevel Notice" >"$dir/tinyproxy-$site.conf"
+      ip netns exec "$r" tinyproxy -d -c "$dir/tinyproxy-$site.conf" >"$dir/tinyproxy-$site.log" 2>&1 &
+      echo "$!" >>"$dir/pids.proxy-$site"
+      local j
+      for j in $(seq 1 50); do
+        ip netns exec "$r" ss -Hltn "sport = :$PROXY_PORT" 2>/dev/null | grep -q . && break
+        sleep 0.1
+      done
+      ip netns exec "$r" ss -Hltn "sport = :$PROXY_PORT" | grep -q . \
+        || die "tinyproxy did not start: $(cat "$dir/tinyproxy-$site.log")"
+    fi
     ip -n "$h" addr add "$host/28" dev eth0
     ip -n "$h" link set eth0 up
     ip -n "$h" route add default via "$gw"

@@ -74,6 +74,11 @@ export const PAIRS = [
       + 'its checks and the data channel its messages',
   },
   {
+    a: 'proxy', b: 'eim-a', expect: 'relay', relays: { proxy: ['tls'] }, relayPort: 443,
+    why: 'nothing leaves the site but through its HTTP proxy, which tunnels to port 443 alone: the page, signaling '
+      + 'and TURN over TLS all go through CONNECT to the single port',
+  },
+  {
     a: 'geo', b: 'eim-a', expect: 'direct',
     why: 'both map endpoint-independently; every check crosses a 600 ms round trip, longer than ICE\'s first '
       + 'retransmission',
@@ -90,9 +95,17 @@ after(() => {
   if (RESULTS) fs.writeFileSync(path.join(RESULTS, 'pairs.json'), JSON.stringify(results, null, 2));
 });
 
-/** Chromium in a site's host namespace (the wrapper reads NATLAB_NS when playwright spawns it). */
+/**
+ * The sites whose only way out is an HTTP proxy (lab.sh), and its address there: the browser is configured with it,
+ * as an office's browsers are (by policy or PAC).
+ */
+const PROXIES = { proxy: 'http://192.0.2.193:3128' };
+
+/** Chromium in a site's host namespace (the wrapper reads NATLAB_NS and NATLAB_PROXY when playwright spawns it). */
 async function browserIn(site) {
   process.env.NATLAB_NS = `${PREFIX}-${site}-h`;
+  if (PROXIES[site]) process.env.NATLAB_PROXY = PROXIES[site];
+  else delete process.env.NATLAB_PROXY;
   return launchBrowser();
 }
 
@@ -104,7 +117,7 @@ const describe = (p) => (p ? `${p.local?.candidateType}${p.local?.relayProtocol 
 /** The doctor's row (verdict.direct[].peer) for a peer in each site: what kind of NAT the site is. */
 const KIND = {
   'eim-a': 'a port-restricted NAT', 'eim-b': 'a port-restricted NAT', noudp: 'a port-restricted NAT',
-  tcp443: 'a port-restricted NAT', geo: 'a port-restricted NAT', fullcone: 'a full-cone NAT', restricted: 'a restricted-cone NAT',
+  tcp443: 'a port-restricted NAT', proxy: 'a port-restricted NAT', geo: 'a port-restricted NAT', fullcone: 'a full-cone NAT', restricted: 'a restricted-cone NAT',
   'sym-a': 'a symmetric NAT', 'sym-b': 'a symmetric NAT',
 };
 
