@@ -468,12 +468,13 @@ test('resumed through another node (the one in use was lost): connected calls re
 test('after a rejoin the polite side leaves the restart to the other, and restarts only if that has not connected', async () => {
   mock.timers.enable({ apis: ['setTimeout'] });
   try {
-    const setup = () => {
+    const setup = (rttMs = null) => {
       const { room, sent, receive, handshake } = fakeRoom();
       handshake();
       receive(joined('p_a1', ['p_b1']));
       const peer = room.connect('p_b1');
       peer.pc.reach('connected');
+      if (rttMs !== null) peer.quality = { grade: 'bad', rttMs, jitterMs: 1, lossPercent: 0, path: null };
       room._session.handleDisconnect(4201);
       handshake();
       receive(joined('p_a2', ['p_b2'], [{ urls: 'turn:new', username: '1:p_a2', credential: 'new' }]));
@@ -503,6 +504,16 @@ test('after a rejoin the polite side leaves the restart to the other, and restar
     mock.timers.tick(1);
     assert.deepEqual(causes, ['session-lost']);
     two.room._finish(1000, 'done', true);
+
+    // Over a satellite link (600 ms round trips) the other side's restart takes about 2 s: four round trips more.
+    const slow = setup(600);
+    const late = [];
+    slow.peer.on('reconnecting', (d) => late.push(d.cause));
+    mock.timers.tick(3899);
+    assert.deepEqual(late, [], 'not at 1.5 s, while the other side\'s restart is still on its way');
+    mock.timers.tick(1);
+    assert.deepEqual(late, ['session-lost']);
+    slow.room._finish(1000, 'done', true);
   } finally {
     mock.timers.reset();
   }

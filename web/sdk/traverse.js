@@ -2008,7 +2008,10 @@ export class Peer extends Emitter {
     // A negotiation cut in the middle is started again; else a restart that waited for signaling goes now.
     if (!this._recovery) return;
     if (this._recovery.state === 'waiting') this._recovery.handleSignaling();
-    else if (this._recovery.state !== 'new') this._recovery.handleSessionLost(this.polite ? SESSION_LOST_POLITE_WAIT_MS : 0);
+    else if (this._recovery.state !== 'new') {
+      const wait = SESSION_LOST_POLITE_WAIT_MS + SESSION_LOST_POLITE_RTTS * (this.quality?.rttMs ?? 0);
+      this._recovery.handleSessionLost(this.polite ? wait : 0);
+    }
     else if (this.pc.signalingState !== 'stable') this._restartIce();
   }
 
@@ -3169,8 +3172,12 @@ const PATH_SETTLE_MS = 4000;
  */
 const GATHERING_WAIT_MS = 8000;
 
-/** How long the polite side of a glare lets its own offer's gathering run before taking the other side's offer. */
-const GLARE_GATHER_MS = 2000;
+/**
+ * How long the polite side of a glare lets its own offer's gathering run before taking the other side's offer. It
+ * ends as soon as gathering completes, so only a slow link waits this long: TURN over TLS (handed out by default)
+ * takes four round trips, 2.4 s over a satellite link, and 2 s rolled back in the middle of the allocation.
+ */
+const GLARE_GATHER_MS = 5000;
 
 /**
  * Whether the remote `offer` starts a new ICE generation (RFC 8839: a changed `ice-ufrag`) against the one `pc`
@@ -4389,6 +4396,12 @@ const ICE_ASK_TIMEOUT_MS = 3000;
  * produced a frame (B without video for good, A's outbound-rtp at 0 frames encoded); the glare is the likely trigger.
  */
 const SESSION_LOST_POLITE_WAIT_MS = 1500;
+/**
+ * …and four of the connection's last round trips more (`quality.rttMs`): the impolite side's restart is about that
+ * many round trips away from a new pair (ask for servers, offer, answer, allocate, check). Over a satellite link
+ * (600 ms) it took 1.9-2.2 s, so 1.5 s alone always made the polite side restart as well; on a LAN it adds nothing.
+ */
+const SESSION_LOST_POLITE_RTTS = 4;
 
 /** How long an ICE restart waits for fresh servers over the socket before it goes with the ones it has. */
 const RESTART_ICE_ASK_MS = 1000;
@@ -4432,6 +4445,9 @@ async function fetchIceServers(wsUrl, token) {
   return body.iceServers;
 }
 
+/** How long `joinCheck` waits for the server's answer (as /check's `TIMEOUTS.api`). */
+const JOIN_CHECK_TIMEOUT_MS = 6000;
+
 /**
  * `GET /api/join-check`: the reason a join would be refused, or null.
  * @param {string} wsUrl @param {string} room @param {string} [token]
@@ -4442,7 +4458,9 @@ async function joinCheck(wsUrl, room, token) {
     u.searchParams.set('room', room);
     if (token) u.searchParams.set('token', token);
     const ctl = typeof AbortController !== 'undefined' ? new AbortController() : null;
-    const t = setTimeout(() => ctl && ctl.abort(), 3000);
+    // A fresh HTTPS connection: four round trips, 2.4 s over a satellite link (3 s behind a TLS 1.2 terminator).
+    // Given up, a refused join reads as a generic connect-failed; /check gives it as long.
+    const t = setTimeout(() => ctl && ctl.abort(), JOIN_CHECK_TIMEOUT_MS);
     const res = await fetch(u, { signal: ctl ? ctl.signal : undefined });
     clearTimeout(t);
     const body = await res.json().catch(() => null);

@@ -164,10 +164,12 @@ pub async fn run_all(s: Settings, progress: Arc<Progress>) -> Facts {
         });
     if let (Some(url), Some(cred)) = (best, ice.credential.clone()) {
         let (fact, pair) = relay::round_trip(s.clone(), url, cred, progress.clone()).await;
+        // A → relay → B: half the relay test's round trip (A → relay → B → relay → A).
+        let one_way = Duration::from_secs_f64(fact.rtt.p50.unwrap_or(0.0).max(0.0) / 2e3);
         relay = Some(fact);
         if let Some((mut a, mut b)) = pair {
             if let Some(secs) = s.throughput {
-                throughput = Some(throughput::check(&s, &mut a, &mut b, secs, &progress).await);
+                throughput = Some(throughput::check(&s, &mut a, &mut b, secs, one_way, &progress).await);
             }
             let _ = tokio::join!(timeout(s.timeout, a.release()), timeout(s.timeout, b.release()));
         }

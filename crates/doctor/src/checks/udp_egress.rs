@@ -71,18 +71,22 @@ pub async fn check(s: Arc<Settings>, url: IceUrl, cred: Credential, progress: Ar
                 break;
             }
         }
-        let _ = turn.release().await;
-        Ok(through)
+        Ok((through, turn))
     })
     .await;
+    // Released outside the bound: over a slow link a late release turned "no datagram got through" into "not tested".
+    let outcome = match outcome.result {
+        Ok((through, mut turn)) => {
+            let _ = timeout(s.timeout, turn.release()).await;
+            Timed::new(Ok(through), outcome.took)
+        }
+        Err(e) => Timed::new(Err(e), outcome.took),
+    };
     let detail = match &outcome.result {
         Ok(true) => format!("a datagram to port {port} got through"),
         Ok(false) => format!("no datagram to port {port} got through"),
         Err(e) => format!("not tested: {e}"),
     };
     progress.finish(line, matches!(outcome.result, Ok(true)), start.elapsed(), &detail);
-    UdpEgressFact {
-        to_port: port,
-        outcome: Timed::new(outcome.result, outcome.took),
-    }
+    UdpEgressFact { to_port: port, outcome }
 }
