@@ -57,6 +57,18 @@ export const SITES = [
     lossy: true,
   },
   {
+    // Nothing leaves but through the router's HTTP proxy (CONNECT to 443 alone), named in HTTPS_PROXY as on an
+    // office machine: signaling and TURN over TLS on 443 work through it, the proxy refuses the other ports, no UDP
+    // gets out. The server sees the proxy, not this network's NAT: no NAT claim. Without the proxy the doctor said
+    // "Nothing works: the server is unreachable" where the site's browsers connect (pairs.test.js).
+    site: 'proxy', built: 'only an HTTP proxy (CONNECT to 443)', mapping: null, filtering: null,
+    transports: {
+      signaling: true, 'stun-udp': false, 'udp-other-ports': false, 'turn-udp': false, 'turn-tcp': false,
+      'turn-tls': false, 'turn-tls-443': true,
+    },
+    url: 'https://203.0.113.10', env: { HTTPS_PROXY: 'http://192.0.2.193:3128' }, proxied: true,
+  },
+  {
     // A geostationary satellite link: 300 ms each way between the NAT and the internet. Every probe's answer comes
     // back after its first retransmission has gone (the RTO is 250 ms), and TURN over TLS takes four round trips
     // before its relay test starts: the NAT and every transport must still be named, and the round trip graded.
@@ -69,10 +81,13 @@ export const SITES = [
 ].filter((s) => ONLY.length === 0 || ONLY.includes(s.site));
 
 /** The doctor in a site's host namespace; resolves with {code, report, stderr} (the exit code is 0 or 2). */
-function doctorIn(site, url = SERVER, extra = []) {
+function doctorIn(site, url = SERVER, extra = [], env = {}) {
   const args = ['netns', 'exec', `${PREFIX}-${site}-h`, BIN, 'doctor', url, '--json', '--insecure', '--quiet', ...extra];
   return new Promise((resolve) => {
-    execFile('ip', args, { timeout: 120000, maxBuffer: 4 << 20 }, (err, stdout, stderr) => {
+    // The machine's own proxy settings do not reach the lab: only a site's `env` names one.
+    const own = Object.entries(process.env).filter(([k]) => !/^(https?|all|no)_proxy$/i.test(k));
+    const options = { timeout: 120000, maxBuffer: 4 << 20, env: { ...Object.fromEntries(own), ...env } };
+    execFile('ip', args, options, (err, stdout, stderr) => {
       let report = null;
       try {
         report = JSON.parse(stdout);
@@ -89,7 +104,7 @@ const results = [];
 before(async () => {
   if (!PREFIX || !BIN) return;
   // One doctor per site, all at once: each waits mostly on timeouts of its own blocked transports.
-  await Promise.all(SITES.map(async (s) => runs.set(s.site, await doctorIn(s.site, s.url, s.args))));
+  await Promise.all(SITES.map(async (s) => runs.set(s.site, await doctorIn(s.site, s.url, s.args, s.env))));
 });
 after(() => {
   if (RESULTS) fs.writeFileSync(path.join(RESULTS, 'doctor.json'), JSON.stringify(results, null, 2));
@@ -118,6 +133,19 @@ for (const want of SITES) {
 
       for (const [key, ok] of Object.entries(want.transports)) {
         assert.equal(works[key], ok, `${key} ${ok ? 'works' : 'fails'} (transports: ${JSON.stringify(works)})`);
+      }
+      if (want.proxied) {
+        // The proxy is named; what the server saw is the proxy's address, so nothing is claimed of a NAT.
+        assert.equal(r.proxy, want.env.HTTPS_PROXY, 'the proxy is in the report');
+        assert.notEqual(r.nat.nat, 'present', `no NAT claimed through a proxy: ${JSON.stringify(r.nat)}`);
+        assert.ok(r.verdict.causes.some((c) => c.startsWith(`This network reaches the server through the HTTP proxy ${r.proxy}`)),
+          JSON.stringify(r.verdict.causes));
+        assert.ok(r.turn.some((t) => t.error_code === 'proxy' && /refused the tunnel to 203\.0\.113\.10:5349: 403/.test(t.error)),
+          `the proxy's refusal is the reason: ${JSON.stringify(r.turn)}`);
+        assert.equal(r.verdict.summary,
+          'UDP is blocked on this network: every call will go through the TURN relay, over TLS on port 443.');
+        record.outcome = 'pass';
+        return;
       }
       // Every site has a NAT; where UDP cannot leave, the doctor sees it on the TURN connection over TCP/TLS.
       assert.equal(r.nat.nat, 'present', `a NAT is seen: ${JSON.stringify(r.nat)}`);

@@ -31,6 +31,9 @@ pub enum CheckError {
     Dns(String),
     #[error("{0}")]
     Io(String),
+    /// The HTTP proxy (`--proxy`, `HTTPS_PROXY`) could not be reached, or refused the tunnel: the sentence says which.
+    #[error("{0}")]
+    Proxy(String),
     // The certificate's.
     #[error("TLS: {0}")]
     Tls(String),
@@ -67,6 +70,7 @@ impl CheckError {
             CheckError::WriteStalled(_) => "write-stalled",
             CheckError::Dns(_) => "dns",
             CheckError::Io(_) => "io",
+            CheckError::Proxy(_) => "proxy",
             CheckError::Tls(_) => "tls",
             CheckError::Certificate(_) => "certificate",
             CheckError::Http { .. } => "http-status",
@@ -83,7 +87,11 @@ impl CheckError {
     pub fn is_unreachable(&self) -> bool {
         matches!(
             self,
-            CheckError::Timeout(_) | CheckError::Refused | CheckError::Unreachable | CheckError::Dns(_)
+            CheckError::Timeout(_)
+                | CheckError::Refused
+                | CheckError::Unreachable
+                | CheckError::Dns(_)
+                | CheckError::Proxy(_)
         )
     }
 }
@@ -120,6 +128,8 @@ pub enum Error {
         value: String,
         why: &'static str,
     },
+    #[error("bad proxy {value:?}: {why}")]
+    Proxy { value: String, why: String },
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
     #[error("cannot write the report: {0}")]

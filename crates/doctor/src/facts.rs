@@ -19,6 +19,8 @@ pub struct Facts {
     pub server: String,
     /// `--insecure` was given: untrusted certificates did not stop the checks.
     pub insecure: bool,
+    /// The HTTP proxy TCP connections went through (`--proxy`, `HTTPS_PROXY`), without its credentials.
+    pub proxy: Option<String>,
     /// The given endpoint first, then the probes of other ports.
     pub signaling: Vec<SignalingFact>,
     pub ice_servers: IceServersFact,

@@ -2,6 +2,7 @@
 //! `101`. Over TCP or TLS, each step under the caller's deadline.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -10,14 +11,32 @@ use tokio::time::timeout;
 
 use crate::client::Stream;
 use crate::error::CheckError;
+use crate::proxy::Proxy;
 use crate::tls::{self, CertInfo};
 
-/// Where to connect: host name (for SNI and `Host:`), resolved address, TLS or not.
+/// Where to connect: host name (for SNI and `Host:`), resolved address, TLS or not, and the HTTP proxy to tunnel
+/// through, if any.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
     pub host: String,
     pub addr: SocketAddr,
     pub tls: bool,
+    pub proxy: Option<Arc<Proxy>>,
+}
+
+/// TCP to `target` within `limit`: straight, or through its proxy's tunnel (to the host as named, as a browser asks a
+/// proxy). This end of the connection only when straight: through a proxy the server sees the proxy's address, so
+/// comparing it with ours would tell of the proxy, not of a NAT.
+pub async fn tcp(target: &Target, limit: Duration) -> Result<(TcpStream, Option<SocketAddr>), CheckError> {
+    if let Some(proxy) = &target.proxy {
+        return Ok((proxy.tunnel(&target.host, target.addr.port(), limit).await?, None));
+    }
+    let tcp = timeout(limit, TcpStream::connect(target.addr))
+        .await
+        .map_err(|_| CheckError::Timeout(limit))??;
+    let _ = tcp.set_nodelay(true);
+    let local = tcp.local_addr().ok();
+    Ok((tcp, local))
 }
 
 /// An HTTP answer.
@@ -44,11 +63,7 @@ pub async fn open_with_local(
     alpn: &[&[u8]],
     limit: Duration,
 ) -> Result<(Box<dyn Stream>, Option<CertInfo>, Option<SocketAddr>), CheckError> {
-    let tcp = timeout(limit, TcpStream::connect(target.addr))
-        .await
-        .map_err(|_| CheckError::Timeout(limit))??;
-    let _ = tcp.set_nodelay(true);
-    let local = tcp.local_addr().ok();
+    let (tcp, local) = tcp(target, limit).await?;
     if !target.tls {
         return Ok((Box::new(tcp), None, local));
     }

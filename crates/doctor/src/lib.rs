@@ -21,6 +21,7 @@ pub mod http;
 pub mod ice;
 pub mod nat;
 pub mod progress;
+pub mod proxy;
 pub mod quality;
 pub mod report;
 pub mod terminal;
@@ -86,6 +87,11 @@ pub struct Args {
     /// Milliseconds between relay round-trip packets.
     #[arg(long, default_value_t = 20, value_name = "MS")]
     pub interval_ms: u64,
+    /// An HTTP proxy every TCP connection goes through (CONNECT), as the browsers of a network that lets nothing
+    /// out but through one: http://[USER:PASSWORD@]HOST:PORT. Default: HTTPS_PROXY, else ALL_PROXY (minus
+    /// NO_PROXY); `none` ignores them.
+    #[arg(long, value_name = "URL")]
+    pub proxy: Option<String>,
     /// No progress display on stderr.
     #[arg(long, short)]
     pub quiet: bool,
@@ -142,7 +148,25 @@ pub fn settings(args: &Args) -> Result<checks::Settings, Error> {
         Some(secs) => Some(Duration::from_secs_f64(secs)),
         None => None,
     };
+    let proxy = match args.proxy.as_deref().map(str::trim) {
+        Some("none") | Some("") => None,
+        Some(url) => Some(proxy::Proxy::parse(url).map_err(|why| Error::Proxy {
+            value: url.to_owned(),
+            why,
+        })?),
+        None => match proxy::Proxy::from_env() {
+            Some(Ok(p)) => Some(p),
+            Some(Err(why)) => {
+                return Err(Error::Proxy {
+                    value: "HTTPS_PROXY / ALL_PROXY".to_owned(),
+                    why,
+                })
+            }
+            None => None,
+        },
+    };
     Ok(checks::Settings {
+        proxy: proxy.map(Arc::new),
         server,
         server_label: args.server.clone(),
         token: args.token.clone(),

@@ -379,6 +379,9 @@ impl From<&ThroughputFact> for ThroughputCheck {
 pub struct Report {
     pub schema: u32,
     pub server: String,
+    /// The HTTP proxy every TCP connection went through (`--proxy`, `HTTPS_PROXY`); absent without one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<String>,
     pub exit_code: i32,
     pub signaling: Vec<SignalingCheck>,
     pub ice_servers: IceServersCheck,
@@ -445,6 +448,7 @@ impl Report {
         Report {
             schema: SCHEMA_VERSION,
             server: facts.server.clone(),
+            proxy: facts.proxy.clone(),
             exit_code: if verdict.something_works { 0 } else { 2 },
             signaling: facts.signaling.iter().map(SignalingCheck::from).collect(),
             ice_servers: IceServersCheck::from(&facts.ice_servers),
@@ -462,7 +466,16 @@ impl Report {
     pub fn render(&self, style: Style) -> String {
         use std::fmt::Write;
         let mut o = String::new();
-        let _ = writeln!(o, "{}", style.bold(&format!("traverse doctor — {}", self.server)));
+        let through = self
+            .proxy
+            .as_ref()
+            .map(|p| format!(" (through the HTTP proxy {p})"))
+            .unwrap_or_default();
+        let _ = writeln!(
+            o,
+            "{}",
+            style.bold(&format!("traverse doctor — {}{through}", self.server))
+        );
         let _ = writeln!(o);
         let _ = writeln!(o, "{}", style.bold("Verdict"));
         let _ = writeln!(o, "  {}", self.verdict.summary);

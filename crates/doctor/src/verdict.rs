@@ -404,6 +404,15 @@ pub fn verdict(f: &Facts) -> Verdict {
                  the server blocks it — serve signaling on 443 (single port) so it passes."
                     .to_owned(),
             );
+            if f.proxy.is_none() {
+                // An office network whose only way out is its HTTP proxy reads exactly so, while its browsers
+                // connect through the proxy.
+                advice.push(
+                    "If this network lets nothing out but through an HTTP proxy (its browsers are set up with one), \
+                     run the doctor through it: --proxy http://HOST:PORT, or HTTPS_PROXY."
+                        .to_owned(),
+                );
+            }
         } else if let Some(p) = &certificate_problem {
             causes.push(format!(
                 "The signaling server's certificate is refused by browsers: {p}."
@@ -617,6 +626,13 @@ pub fn verdict(f: &Facts) -> Verdict {
     }
     if f.relay.as_ref().is_some_and(|r| !r.outcome.ok()) && any_turn {
         causes.push("TURN allocations work, but data did not come back through the relay.".to_owned());
+    }
+    if let Some(proxy) = &f.proxy {
+        causes.push(format!(
+            "This network reaches the server through the HTTP proxy {proxy}, as browsers set up with it do: signaling \
+             and TURN over TCP or TLS go through its tunnels (most proxies open them to port 443 alone), UDP cannot, \
+             and the server sees the proxy's address for every user behind it."
+        ));
     }
     let poor = poor_link(f);
     if let Some((q, what, expect)) = &poor {
@@ -1169,6 +1185,22 @@ mod tests {
                 .any(|a| a.contains("self-signed") && a.contains("--insecure")),
             "{:?}",
             v.advice
+        );
+    }
+
+    /// Through an HTTP proxy: said, with what it means for UDP and for the server's per-address limits.
+    #[test]
+    fn a_proxy_is_named_among_the_causes() {
+        let mut f = healthy();
+        assert!(!verdict(&f).causes.iter().any(|c| c.contains("proxy")));
+        f.proxy = Some("http://192.0.2.193:3128".into());
+        let v = verdict(&f);
+        assert!(
+            v.causes.iter().any(|c| c.starts_with(
+                "This network reaches the server through the HTTP proxy http://192.0.2.193:3128, as browsers"
+            ) && c.contains("UDP cannot")),
+            "{:?}",
+            v.causes
         );
     }
 

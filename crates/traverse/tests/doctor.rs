@@ -9,11 +9,28 @@ use std::time::Duration;
 
 use common::{free_tcp_port, run_bounded, signaling_addr, spawn_serve, Server};
 
+/// The proxy variables the doctor reads: cleared for every run but the one that sets them, so that a machine's own
+/// proxy settings do not change what these tests see.
+const PROXY_VARS: [&str; 6] = [
+    "HTTPS_PROXY",
+    "https_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+    "NO_PROXY",
+    "no_proxy",
+];
+
 fn doctor(args: &[&str]) -> (Option<i32>, serde_json::Value, String) {
-    let out = run_bounded(
-        Command::new(env!("CARGO_BIN_EXE_traverse")).arg("doctor").args(args),
-        Duration::from_secs(90),
-    );
+    doctor_env(args, &[])
+}
+
+fn doctor_env(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, serde_json::Value, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_traverse"));
+    for var in PROXY_VARS {
+        cmd.env_remove(var);
+    }
+    cmd.envs(env.iter().copied()).arg("doctor").args(args);
+    let out = run_bounded(&mut cmd, Duration::from_secs(90));
     assert!(!out.timed_out, "doctor hung: {}", out.all());
     let json = serde_json::from_str(&out.stdout).unwrap_or(serde_json::Value::Null);
     (out.status.and_then(|s| s.code()), json, out.all())
@@ -141,6 +158,56 @@ fn doctor_on_loopback_then_with_the_server_stopped() {
     assert!(causes.contains("unreachable") && causes.contains("refused"), "{causes}");
 }
 
+/// `HTTPS_PROXY` is used as browsers use it: here a proxy that does not listen, so every TCP check fails with the
+/// proxy named as the reason (and no advice to try a proxy); `NO_PROXY` exempts the host, and `--proxy none` ignores
+/// the environment.
+#[test]
+fn the_environment_s_proxy_is_used_unless_exempted_or_turned_off() {
+    let http = free_tcp_port();
+    let http_arg = format!("127.0.0.1:{http}");
+    let _server = Server::start(&["--http", &http_arg, "--allow-peer", "127.0.0.0/8"]);
+    let url = format!("http://127.0.0.1:{http}");
+    let dead = format!("http://127.0.0.1:{}", free_tcp_port());
+    let args = [
+        url.as_str(),
+        "--json",
+        "--https-port",
+        "0",
+        "--http-port",
+        "0",
+        "--timeout-ms",
+        "1500",
+    ];
+
+    let (code, r, all) = doctor_env(&args, &[("HTTPS_PROXY", &dead)]);
+    assert_eq!(code, Some(2), "{all}");
+    assert_eq!(r["proxy"], dead.as_str(), "{all}");
+    let http_check = &r["signaling"][0]["http"];
+    assert_eq!(http_check["error_code"], "proxy", "{all}");
+    assert!(
+        http_check["error"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("the HTTP proxy {dead} cannot be reached")),
+        "{all}"
+    );
+    assert!(!r["verdict"]["advice"].to_string().contains("--proxy"), "{all}");
+
+    for (env, flag) in [
+        ([("HTTPS_PROXY", dead.as_str()), ("NO_PROXY", "127.0.0.1")], None),
+        ([("HTTPS_PROXY", dead.as_str()), ("NO_PROXY", "")], Some("none")),
+    ] {
+        let mut args = args.to_vec();
+        if let Some(flag) = flag {
+            args.extend(["--proxy", flag]);
+        }
+        let (code, r, all) = doctor_env(&args, &env);
+        assert_eq!(code, Some(0), "{all}");
+        assert!(r.get("proxy").is_none(), "{all}");
+        assert_eq!(r["signaling"][0]["http"]["ok"], true, "{all}");
+    }
+}
+
 #[test]
 fn doctor_usage_errors_exit_1() {
     let (code, _, all) = doctor(&["ftp://example.com"]);
@@ -148,6 +215,9 @@ fn doctor_usage_errors_exit_1() {
     assert!(all.contains("bad server address"), "{all}");
     let (code, _, all) = doctor(&["http://127.0.0.1:1", "--turn-user", "u"]);
     assert_eq!(code, Some(1), "{all}");
+    let (code, _, all) = doctor(&["http://127.0.0.1:1", "--proxy", "socks5://127.0.0.1:1080"]);
+    assert_eq!(code, Some(1), "{all}");
+    assert!(all.contains("only an HTTP proxy that tunnels with CONNECT"), "{all}");
 }
 
 /// A CA-issued (not self-signed) certificate for `turn.example.com` and its key, written to `dir`.

@@ -78,6 +78,7 @@ async fn fetch_from(s: &Settings, endpoint: &SignalingFact, progress: &Progress)
             host: s.server.host.clone(),
             addr,
             tls: endpoint.tls,
+            proxy: s.proxy_for(&s.server.host),
         };
         let mut headers = Vec::new();
         // The token goes over TLS, or over plain HTTP only when the address was given as `http://`: not to a

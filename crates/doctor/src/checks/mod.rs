@@ -32,6 +32,8 @@ use crate::progress::Progress;
 /// Everything the checks need to know, from the command line.
 #[derive(Debug, Clone)]
 pub struct Settings {
+    /// The HTTP proxy every TCP connection goes through, where it applies to the host ([`Settings::proxy_for`]).
+    pub proxy: Option<Arc<crate::proxy::Proxy>>,
     pub server: ServerSpec,
     pub server_label: String,
     pub token: Option<String>,
@@ -56,6 +58,11 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// The proxy for connections to `host`, if one is set and `NO_PROXY` does not exempt the host.
+    pub fn proxy_for(&self, host: &str) -> Option<Arc<crate::proxy::Proxy>> {
+        self.proxy.as_ref().filter(|p| p.applies_to(host)).cloned()
+    }
+
     fn timing(&self) -> Timing {
         Timing {
             rto: self.rto,
@@ -187,6 +194,8 @@ pub async fn run_all(s: Settings, progress: Arc<Progress>) -> Facts {
     Facts {
         server: s.server_label.clone(),
         insecure: s.insecure,
+        // Named when connections to the server went through it (not when NO_PROXY exempted the server).
+        proxy: s.proxy_for(&s.server.host).map(|p| p.label()),
         signaling,
         ice_servers: ice.fact,
         stun,

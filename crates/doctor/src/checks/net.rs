@@ -5,7 +5,7 @@ use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use tokio::net::{TcpStream, UdpSocket};
+use tokio::net::UdpSocket;
 use tokio::time::{timeout, Instant};
 
 use super::Settings;
@@ -97,11 +97,13 @@ pub async fn connect(s: &Settings, url: &IceUrl) -> Result<(Conn, Option<CertInf
             None,
         )),
         Transport::Tcp => {
-            let tcp = timeout(s.timeout, TcpStream::connect(addr))
-                .await
-                .map_err(|_| CheckError::Timeout(s.timeout))??;
-            let _ = tcp.set_nodelay(true);
-            let local = tcp.local_addr().ok();
+            let target = Target {
+                host: url.host.clone(),
+                addr,
+                tls: false,
+                proxy: s.proxy_for(&url.host),
+            };
+            let (tcp, local) = http::tcp(&target, s.timeout).await?;
             Ok((
                 Conn::Stream {
                     io: Box::new(tcp),
@@ -117,6 +119,7 @@ pub async fn connect(s: &Settings, url: &IceUrl) -> Result<(Conn, Option<CertInf
                 host: url.host.clone(),
                 addr,
                 tls: true,
+                proxy: s.proxy_for(&url.host),
             };
             // RFC 7443: ALPN "stun.turn" lets a single port tell TURN from HTTPS.
             let (io, cert, local) = http::open_with_local(&target, &[b"stun.turn"], s.timeout).await?;

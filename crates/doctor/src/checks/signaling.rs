@@ -98,6 +98,7 @@ pub async fn check(s: Arc<Settings>, endpoint: Endpoint, progress: Arc<Progress>
         host: s.server.host.clone(),
         addr,
         tls,
+        proxy: s.proxy_for(&s.server.host),
     };
     let mut certificate = None;
     // At once: where the port drops everything, both wait out the same deadline (one after the other, a dead
