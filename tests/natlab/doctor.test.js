@@ -63,10 +63,12 @@ export const SITES = [
     // "Nothing works: the server is unreachable" where the site's browsers connect (pairs.test.js).
     site: 'proxy', built: 'only an HTTP proxy (CONNECT to 443)', mapping: null, filtering: null,
     transports: {
-      signaling: true, 'stun-udp': false, 'udp-other-ports': false, 'turn-udp': false, 'turn-tcp': false,
+      // Not probed through a proxy (null): the relay would admit the proxy's address, not this network's NAT.
+      signaling: true, 'stun-udp': false, 'udp-other-ports': null, 'turn-udp': false, 'turn-tcp': false,
       'turn-tls': false, 'turn-tls-443': true,
     },
-    url: 'https://203.0.113.10', env: { HTTPS_PROXY: 'http://192.0.2.193:3128' }, proxied: true,
+    // The server by a name only the proxy resolves (lab.sh PROXY_NAME): the doctor leaves names to the proxy.
+    url: 'https://traverse.lab.example', env: { HTTPS_PROXY: 'http://192.0.2.193:3128' }, proxied: true,
   },
   {
     // A geostationary satellite link: 300 ms each way between the NAT and the internet. Every probe's answer comes

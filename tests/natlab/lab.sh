@@ -50,6 +50,9 @@ SITES=(
   "proxy:12:eim:apdf:proxy:nothing leaves but through an HTTP proxy on the router (CONNECT to port 443 only)"
 )
 PROXY_PORT=3128
+# A name only the proxy can resolve (/etc/netns/<router>/hosts): the proxy site's hosts have no resolver for it, as an
+# office network whose only way out is its proxy often cannot resolve outside names.
+PROXY_NAME=traverse.lab.example
 GEO_DELAY_MS=300
 here="$(cd "$(dirname "$0")" && pwd)"
 
@@ -220,6 +223,9 @@ cmd_up() {
     if [ "$firewall" = proxy ]; then
       # An office's forward proxy on the router's LAN side: the hosts' only way out. It connects from the router's
       # public address, and tunnels (CONNECT) to port 443 alone, as most do.
+      mkdir -p "/etc/netns/$r"
+      echo "/etc/netns/$r" >>"$dir/etc-netns"
+      echo "${SERVER_IPS[0]} $PROXY_NAME" >"/etc/netns/$r/hosts"
       printf '%s\n' "Port $PROXY_PORT" "Listen $gw" "Timeout 600" "MaxClients 200" "Allow 192.0.2.0/24" \
         "ConnectPort 443" "LogLevel Notice" >"$dir/tinyproxy-$site.conf"
       ip netns exec "$r" tinyproxy -d -c "$dir/tinyproxy-$site.conf" >"$dir/tinyproxy-$site.log" 2>&1 &
@@ -344,6 +350,12 @@ cmd_down() {
     while read -r ns; do
       ip netns del "$ns" 2>/dev/null || true
     done <"$dir/namespaces"
+  fi
+  # The resolver files made for the namespaces (only those this lab recorded).
+  if [ -f "$dir/etc-netns" ]; then
+    while read -r f; do
+      case "$f" in /etc/netns/"$prefix"-*) rm -rf "$f" ;; esac
+    done <"$dir/etc-netns"
   fi
   rm -rf "$dir"
   # The state root goes with the last lab (rmdir leaves it while another lab is up).

@@ -31,7 +31,8 @@ skip() {
 }
 
 [ "$(id -u)" = 0 ] || skip "needs root (network namespaces, nftables)"
-for tool in ip nft node curl timeout md5sum python3; do
+# python3 runs the geo site's delayed link (delay.py), tinyproxy the proxy site's HTTP proxy.
+for tool in ip nft node curl timeout md5sum python3 tinyproxy; do
   command -v "$tool" >/dev/null 2>&1 || skip "$tool not found"
 done
 [ -x /usr/bin/chromium ] || skip "/usr/bin/chromium not found (apt-get install chromium)"

@@ -514,6 +514,16 @@ test('after a rejoin the polite side leaves the restart to the other, and restar
     mock.timers.tick(1);
     assert.deepEqual(late, ['session-lost']);
     slow.room._finish(1000, 'done', true);
+
+    // However long the round trip, the wait stays within the restart's own 10 s timeout: 1.5 + 6 s at most.
+    const slowest = setup(5000);
+    const latest = [];
+    slowest.peer.on('reconnecting', (d) => latest.push(d.cause));
+    mock.timers.tick(7499);
+    assert.deepEqual(latest, []);
+    mock.timers.tick(1);
+    assert.deepEqual(latest, ['session-lost']);
+    slowest.room._finish(1000, 'done', true);
   } finally {
     mock.timers.reset();
   }

@@ -2009,7 +2009,9 @@ export class Peer extends Emitter {
     if (!this._recovery) return;
     if (this._recovery.state === 'waiting') this._recovery.handleSignaling();
     else if (this._recovery.state !== 'new') {
-      const wait = SESSION_LOST_POLITE_WAIT_MS + SESSION_LOST_POLITE_RTTS * (this.quality?.rttMs ?? 0);
+      // At most 6 s more: within the restart's own timeout (`restartTimeoutMs`, 10 s) whatever the round trip.
+      const slow = Math.min(SESSION_LOST_POLITE_MAX_EXTRA_MS, SESSION_LOST_POLITE_RTTS * (this.quality?.rttMs ?? 0));
+      const wait = SESSION_LOST_POLITE_WAIT_MS + slow;
       this._recovery.handleSessionLost(this.polite ? wait : 0);
     }
     else if (this.pc.signalingState !== 'stable') this._restartIce();
@@ -4402,6 +4404,7 @@ const SESSION_LOST_POLITE_WAIT_MS = 1500;
  * (600 ms) it took 1.9-2.2 s, so 1.5 s alone always made the polite side restart as well; on a LAN it adds nothing.
  */
 const SESSION_LOST_POLITE_RTTS = 4;
+const SESSION_LOST_POLITE_MAX_EXTRA_MS = 6000;
 
 /** How long an ICE restart waits for fresh servers over the socket before it goes with the ones it has. */
 const RESTART_ICE_ASK_MS = 1000;

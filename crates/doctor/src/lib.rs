@@ -151,7 +151,7 @@ pub fn settings(args: &Args) -> Result<checks::Settings, Error> {
     let proxy = match args.proxy.as_deref().map(str::trim) {
         Some("none") | Some("") => None,
         Some(url) => Some(proxy::Proxy::parse(url).map_err(|why| Error::Proxy {
-            value: url.to_owned(),
+            value: proxy::redacted(url),
             why,
         })?),
         None => match proxy::Proxy::from_env() {

@@ -98,7 +98,8 @@ impl Proxy {
         self
     }
 
-    /// Whether connections to `host` go through this proxy.
+    /// Whether connections to `host` go through this proxy. As curl reads `NO_PROXY`: nothing is exempt unless
+    /// listed (Chromium exempts loopback by itself; list `localhost,127.0.0.1` for the same).
     pub fn applies_to(&self, host: &str) -> bool {
         let host = host.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
         !self.bypass.iter().any(|b| {
@@ -172,6 +173,20 @@ impl Proxy {
     }
 }
 
+/// `url` with its user information replaced by `***`, for messages: a password is never echoed.
+pub fn redacted(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").map_or(("", url), |(s, r)| (s, r));
+    let shown = match rest.rsplit_once('@') {
+        Some((_, host)) => format!("***@{host}"),
+        None => rest.to_owned(),
+    };
+    if scheme.is_empty() {
+        shown
+    } else {
+        format!("{scheme}://{shown}")
+    }
+}
+
 /// `%XX` in a URL's user information (a password with `@` or `:` in it is written `%40`, `%3A`).
 fn percent_decode(s: &str) -> Vec<u8> {
     let bytes = s.as_bytes();
@@ -225,6 +240,11 @@ mod tests {
             .unwrap_err()
             .contains("not supported"));
         assert!(Proxy::parse("http://proxy.example:port").is_err());
+        assert_eq!(
+            redacted("http://user:secret@proxy.example:x"),
+            "http://***@proxy.example:x"
+        );
+        assert_eq!(redacted("proxy.example:3128"), "proxy.example:3128");
     }
 
     #[test]

@@ -627,7 +627,12 @@ pub fn verdict(f: &Facts) -> Verdict {
     if f.relay.as_ref().is_some_and(|r| !r.outcome.ok()) && any_turn {
         causes.push("TURN allocations work, but data did not come back through the relay.".to_owned());
     }
-    if let Some(proxy) = &f.proxy {
+    if let (Some(proxy), false) = (&f.proxy, something_works) {
+        causes.push(format!(
+            "Every connection went to the HTTP proxy {proxy}, and none got through it to the server: check its \
+             address and credentials (--proxy, HTTPS_PROXY), or run without it (--proxy none)."
+        ));
+    } else if let Some(proxy) = &f.proxy {
         causes.push(format!(
             "This network reaches the server through the HTTP proxy {proxy}, as browsers set up with it do: signaling \
              and TURN over TCP or TLS go through its tunnels (most proxies open them to port 443 alone), UDP cannot, \

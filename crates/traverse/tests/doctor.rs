@@ -191,7 +191,19 @@ fn the_environment_s_proxy_is_used_unless_exempted_or_turned_off() {
             .contains(&format!("the HTTP proxy {dead} cannot be reached")),
         "{all}"
     );
-    assert!(!r["verdict"]["advice"].to_string().contains("--proxy"), "{all}");
+    // The proxy is the cause, not a server on the other side of it.
+    assert!(
+        r["verdict"]["causes"].to_string().contains(&format!(
+            "Every connection went to the HTTP proxy {dead}, and none got through it to the server"
+        )),
+        "{all}"
+    );
+    assert!(
+        !r["verdict"]["causes"]
+            .to_string()
+            .contains("reaches the server through"),
+        "{all}"
+    );
 
     for (env, flag) in [
         ([("HTTPS_PROXY", dead.as_str()), ("NO_PROXY", "127.0.0.1")], None),
@@ -215,9 +227,10 @@ fn doctor_usage_errors_exit_1() {
     assert!(all.contains("bad server address"), "{all}");
     let (code, _, all) = doctor(&["http://127.0.0.1:1", "--turn-user", "u"]);
     assert_eq!(code, Some(1), "{all}");
-    let (code, _, all) = doctor(&["http://127.0.0.1:1", "--proxy", "socks5://127.0.0.1:1080"]);
+    let (code, _, all) = doctor(&["http://127.0.0.1:1", "--proxy", "socks5://user:secret@127.0.0.1:1080"]);
     assert_eq!(code, Some(1), "{all}");
     assert!(all.contains("only an HTTP proxy that tunnels with CONNECT"), "{all}");
+    assert!(!all.contains("secret"), "the password is not echoed: {all}");
 }
 
 /// A CA-issued (not self-signed) certificate for `turn.example.com` and its key, written to `dir`.

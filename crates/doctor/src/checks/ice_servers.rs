@@ -1,7 +1,7 @@
 //! The ICE servers: `GET /api/ice-servers` on the first signaling endpoint that worked (the given one first), with
 //! the `--token`; `--stun`/`--turn` and `--turn-user`/`--turn-password` add to or replace what the server gives.
 
-use super::net::{resolve_one, timed};
+use super::net::{resolve_tcp, timed};
 use super::turn::Credential;
 use super::Settings;
 use crate::error::CheckError;
@@ -73,7 +73,7 @@ async fn fetch_from(s: &Settings, endpoint: &SignalingFact, progress: &Progress)
     // checks): at one, four round trips over a satellite link (2.4 s of 3) left no room for a lost SYN or a TLS 1.2
     // terminator, and without the ICE servers no STUN or TURN check runs at all.
     let fetched = timed(s.timeout.saturating_mul(3), async {
-        let addr = resolve_one(&s.server.host, endpoint.port, s.timeout).await?;
+        let addr = resolve_tcp(s, &s.server.host, endpoint.port).await?;
         let target = Target {
             host: s.server.host.clone(),
             addr,

@@ -186,8 +186,12 @@ pub async fn run_all(s: Settings, progress: Arc<Progress>) -> Facts {
     let stun_failed = !stun.is_empty() && stun.iter().all(|f| !f.binding.ok());
     // Over the stream a browser here would use (the verdict names the same one).
     let stream = crate::verdict::best_stream_turn(&turn).map(|t| t.url.clone());
+    // Not through a proxy: the relay's permission would be for the address the server saw, the proxy's, and the
+    // probe's datagrams leave through this network's own NAT, from another address: dropped, "UDP blocked" or not.
     let udp_egress = match (stun_failed, stream, ice.credential.clone()) {
-        (true, Some(url), Some(cred)) => Some(udp_egress::check(s.clone(), url, cred, progress.clone()).await),
+        (true, Some(url), Some(cred)) if s.proxy_for(&url.host).is_none() => {
+            Some(udp_egress::check(s.clone(), url, cred, progress.clone()).await)
+        }
         _ => None,
     };
 

@@ -51,6 +51,20 @@ pub(crate) async fn resolve_one(host: &str, port: u16, limit: Duration) -> Resul
         .ok_or_else(|| CheckError::Dns(host.to_owned()))
 }
 
+/// Where a TCP connection to `host:port` goes. Through a proxy, the proxy resolves the name (the tunnel asks for it
+/// by name, as a browser's does), and a network whose only way out is its proxy often cannot resolve outside names
+/// itself: no look-up here, only the port (and the address when `host` is one) matter. Else the name is resolved.
+pub(crate) async fn resolve_tcp(s: &Settings, host: &str, port: u16) -> Result<SocketAddr, CheckError> {
+    if s.proxy_for(host).is_some() {
+        let literal = host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>();
+        return Ok(SocketAddr::new(
+            literal.unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)),
+            port,
+        ));
+    }
+    resolve_one(host, port, s.timeout).await
+}
+
 /// A UDP socket on the wildcard address of `for_addr`'s family.
 pub(crate) fn bind_any(for_addr: SocketAddr) -> Result<UdpSocket, CheckError> {
     let any: SocketAddr = if for_addr.is_ipv4() {
@@ -87,7 +101,10 @@ pub(crate) async fn await_payload(sock: &UdpSocket, payload: &[u8], wait: Durati
 
 /// Opens a connection of `url`'s transport within the settings' timeout; for TLS, with the certificate's verdict.
 pub async fn connect(s: &Settings, url: &IceUrl) -> Result<(Conn, Option<CertInfo>), CheckError> {
-    let addr = resolve_one(&url.host, url.port, s.timeout).await?;
+    let addr = match url.transport {
+        Transport::Udp => resolve_one(&url.host, url.port, s.timeout).await?,
+        Transport::Tcp | Transport::Tls => resolve_tcp(s, &url.host, url.port).await?,
+    };
     match url.transport {
         Transport::Udp => Ok((
             Conn::Udp {

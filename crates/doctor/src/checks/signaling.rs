@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
-use super::net::{resolve_one, timed};
+use super::net::{resolve_tcp, timed};
 use super::Settings;
 use crate::error::CheckError;
 use crate::facts::{SignalingFact, Timed};
@@ -78,7 +78,7 @@ pub async fn check(s: Arc<Settings>, endpoint: Endpoint, progress: Arc<Progress>
     let url = format!("{scheme}://{host_label}:{port}");
     let line = progress.start(&format!("signaling {url}"));
     let start = Instant::now();
-    let addr = match resolve_one(&s.server.host, port, s.timeout).await {
+    let addr = match resolve_tcp(&s, &s.server.host, port).await {
         Ok(a) => a,
         Err(e) => {
             progress.finish(line, false, start.elapsed(), &e.to_string());
