@@ -23,7 +23,7 @@ pub struct Proxy {
     port: u16,
     /// `Proxy-Authorization` (Basic) when the URL carried credentials.
     authorization: Option<String>,
-    /// `NO_PROXY`: host names (a leading `.` or none: that domain and its subdomains), addresses, or `*`.
+    /// `NO_PROXY`: host names (with a leading `.`, `*.` or none: that domain and its subdomains), addresses, or `*`.
     bypass: Vec<String>,
 }
 
@@ -92,7 +92,12 @@ impl Proxy {
     pub fn bypassing(mut self, no_proxy: &str) -> Proxy {
         self.bypass = no_proxy
             .split(',')
-            .map(|h| h.trim().trim_start_matches('.').to_ascii_lowercase())
+            .map(|h| {
+                h.trim()
+                    .trim_start_matches("*.")
+                    .trim_start_matches('.')
+                    .to_ascii_lowercase()
+            })
             .filter(|h| !h.is_empty())
             .collect();
         self
@@ -251,7 +256,8 @@ mod tests {
     fn no_proxy_names_domains_addresses_or_everything() {
         let p = Proxy::parse("http://proxy:3128")
             .unwrap()
-            .bypassing(" .corp.example, 192.0.2.7,localhost");
+            .bypassing(" .corp.example, 192.0.2.7,localhost,*.lab.example");
+        assert!(!p.applies_to("turn.lab.example"), "*.domain as .domain");
         assert!(!p.applies_to("corp.example"));
         assert!(!p.applies_to("turn.corp.example"));
         assert!(p.applies_to("notcorp.example"), "a suffix is a domain, not a string");

@@ -104,7 +104,8 @@ pub async fn check(s: Arc<Settings>, endpoint: Endpoint, progress: Arc<Progress>
     // At once: where the port drops everything, both wait out the same deadline (one after the other, a dead
     // endpoint cost twice the timeout). Each step (connect, TLS, the exchange) has the timeout of its own, so the
     // outer bound is three of them: at one, it ran out with the first step's and a silent port read as unreachable.
-    let bound = s.timeout.saturating_mul(3);
+    // Through a proxy, one step more: its CONNECT.
+    let bound = s.timeout.saturating_mul(if target.proxy.is_some() { 4 } else { 3 });
     let (healthz, upgrade) = tokio::join!(
         timed(bound, http::get(&target, "/healthz", &[], s.timeout)),
         timed(bound, http::ws_upgrade(&target, "/ws", s.timeout)),
