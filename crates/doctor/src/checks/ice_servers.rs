@@ -71,7 +71,8 @@ async fn fetch_from(s: &Settings, endpoint: &SignalingFact, progress: &Progress)
     let line = progress.start("ICE servers from /api/ice-servers");
     // Name look-up, TCP, TLS and the GET are each bounded by `s.timeout`; the whole by three of them (as signaling's
     // checks): at one, four round trips over a satellite link (2.4 s of 3) left no room for a lost SYN or a TLS 1.2
-    // terminator, and without the ICE servers no STUN or TURN check runs at all. Through a proxy its CONNECT takes the look-up's place.
+    // terminator, and without the ICE servers no STUN or TURN check runs at all. Through a proxy its CONNECT takes
+    // the look-up's place.
     let fetched = timed(s.timeout.saturating_mul(3), async {
         let addr = resolve_tcp(s, &s.server.host, endpoint.port).await?;
         let target = Target {
