@@ -58,6 +58,23 @@ enum TcpState {
     Lost,
 }
 
+impl crate::stream::TcpSocket for Tcp {
+    fn tcp_fd(&self) -> Option<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        match &self.state {
+            TcpState::Registered(s) => Some(s.as_raw_fd()),
+            TcpState::Detached(s) => Some(s.as_raw_fd()),
+            TcpState::Lost => None,
+        }
+    }
+}
+
+impl<S: crate::stream::TcpSocket> crate::stream::TcpSocket for Prefixed<S> {
+    fn tcp_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.inner.tcp_fd()
+    }
+}
+
 impl Tcp {
     pub(crate) fn new(stream: TcpStream, permit: ConnectionPermit) -> Self {
         Self {

@@ -105,6 +105,12 @@ pub struct TlsStream<S> {
     failed: bool,
 }
 
+impl<S: crate::stream::TcpSocket> crate::stream::TcpSocket for TlsStream<S> {
+    fn tcp_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.io.tcp_fd()
+    }
+}
+
 /// Runs a TLS handshake on `io`. rustls' errors travel inside the `io::Error` (kind `InvalidData`), as they do with
 /// `tokio_rustls`, so [`crate::HandshakeFailure::of`] names them; a client that hangs up gives `UnexpectedEof`.
 /// The caller bounds it in time.
