@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use base64::Engine;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
@@ -156,30 +157,8 @@ pub async fn get(
 /// A WebSocket upgrade of `path`: the status the server answered (101 is success). The socket is then dropped.
 pub async fn ws_upgrade(target: &Target, path: &str, limit: Duration) -> Result<(u16, Option<CertInfo>), CheckError> {
     let (mut io, cert) = open(target, &[b"http/1.1"], limit).await?;
-    let key = {
-        use std::fmt::Write;
-        let bytes: [u8; 16] = rand::random();
-        // Any 16 random bytes in base64 will do; hex is not base64, so encode by hand.
-        let mut s = String::new();
-        const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-        for chunk in bytes.chunks(3) {
-            let b = [
-                chunk.first().copied().unwrap_or(0),
-                chunk.get(1).copied().unwrap_or(0),
-                chunk.get(2).copied().unwrap_or(0),
-            ];
-            let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-            for i in 0..4 {
-                if i <= chunk.len() {
-                    let idx = ((n >> (18 - 6 * i)) & 63) as usize;
-                    let _ = write!(s, "{}", char::from(ALPHABET.get(idx).copied().unwrap_or(b'A')));
-                } else {
-                    s.push('=');
-                }
-            }
-        }
-        s
-    };
+    // Any 16 random bytes in base64 (RFC 6455 §4.1).
+    let key = base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 16]>());
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: traverse-doctor\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: traverse.v1\r\n\r\n",

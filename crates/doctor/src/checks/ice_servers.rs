@@ -1,12 +1,12 @@
 //! The ICE servers: `GET /api/ice-servers` on the first signaling endpoint that worked (the given one first), with
 //! the `--token`; `--stun`/`--turn` and `--turn-user`/`--turn-password` add to or replace what the server gives.
 
-use super::net::{resolve_tcp, timed};
+use super::net::{tcp_target, timed};
 use super::turn::Credential;
 use super::Settings;
 use crate::error::CheckError;
 use crate::facts::{IceServersFact, IceSource, SignalingFact, Timed};
-use crate::http::{self, Target};
+use crate::http;
 use crate::ice::IceConfig;
 use crate::progress::Progress;
 
@@ -74,13 +74,7 @@ async fn fetch_from(s: &Settings, endpoint: &SignalingFact, progress: &Progress)
     // terminator, and without the ICE servers no STUN or TURN check runs at all. Through a proxy its CONNECT takes
     // the look-up's place.
     let fetched = timed(s.timeout.saturating_mul(3), async {
-        let addr = resolve_tcp(s, &s.server.host, endpoint.port).await?;
-        let target = Target {
-            host: s.server.host.clone(),
-            addr,
-            tls: endpoint.tls,
-            proxy: s.proxy_for(&s.server.host),
-        };
+        let target = tcp_target(s, &s.server.host, endpoint.port, endpoint.tls).await?;
         let mut headers = Vec::new();
         // The token goes over TLS, or over plain HTTP only when the address was given as `http://`: not to a
         // plain endpoint the doctor tried because HTTPS failed (an untrusted certificate is what someone in the

@@ -51,18 +51,24 @@ pub(crate) async fn resolve_one(host: &str, port: u16, limit: Duration) -> Resul
         .ok_or_else(|| CheckError::Dns(host.to_owned()))
 }
 
-/// Where a TCP connection to `host:port` goes. Through a proxy, the proxy resolves the name (the tunnel asks for it
-/// by name, as a browser's does), and a network whose only way out is its proxy often cannot resolve outside names
-/// itself: no look-up here, only the port (and the address when `host` is one) matter. Else the name is resolved.
-pub(crate) async fn resolve_tcp(s: &Settings, host: &str, port: u16) -> Result<SocketAddr, CheckError> {
-    if s.proxy_for(host).is_some() {
+/// Where a TCP (`tls`: TLS) connection to `host:port` goes. Through a proxy the proxy resolves the name (the tunnel
+/// asks for it by name, as a browser's does), and a network whose only way out is its proxy often cannot resolve
+/// outside names itself: no look-up here, only the port (and the address when `host` is one) matter. Else the name
+/// is resolved.
+pub(crate) async fn tcp_target(s: &Settings, host: &str, port: u16, tls: bool) -> Result<Target, CheckError> {
+    let proxy = s.proxy_for(host);
+    let addr = if proxy.is_some() {
         let literal = host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>();
-        return Ok(SocketAddr::new(
-            literal.unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)),
-            port,
-        ));
-    }
-    resolve_one(host, port, s.timeout).await
+        SocketAddr::new(literal.unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)), port)
+    } else {
+        resolve_one(host, port, s.timeout).await?
+    };
+    Ok(Target {
+        host: host.to_owned(),
+        addr,
+        tls,
+        proxy,
+    })
 }
 
 /// A UDP socket on the wildcard address of `for_addr`'s family.
@@ -101,25 +107,19 @@ pub(crate) async fn await_payload(sock: &UdpSocket, payload: &[u8], wait: Durati
 
 /// Opens a connection of `url`'s transport within the settings' timeout; for TLS, with the certificate's verdict.
 pub async fn connect(s: &Settings, url: &IceUrl) -> Result<(Conn, Option<CertInfo>), CheckError> {
-    let addr = match url.transport {
-        Transport::Udp => resolve_one(&url.host, url.port, s.timeout).await?,
-        Transport::Tcp | Transport::Tls => resolve_tcp(s, &url.host, url.port).await?,
-    };
     match url.transport {
-        Transport::Udp => Ok((
-            Conn::Udp {
-                sock: bind_any(addr)?,
-                server: addr,
-            },
-            None,
-        )),
+        Transport::Udp => {
+            let addr = resolve_one(&url.host, url.port, s.timeout).await?;
+            Ok((
+                Conn::Udp {
+                    sock: bind_any(addr)?,
+                    server: addr,
+                },
+                None,
+            ))
+        }
         Transport::Tcp => {
-            let target = Target {
-                host: url.host.clone(),
-                addr,
-                tls: false,
-                proxy: s.proxy_for(&url.host),
-            };
+            let target = tcp_target(s, &url.host, url.port, false).await?;
             let (tcp, local) = http::tcp(&target, s.timeout).await?;
             Ok((
                 Conn::Stream {
@@ -132,12 +132,7 @@ pub async fn connect(s: &Settings, url: &IceUrl) -> Result<(Conn, Option<CertInf
             ))
         }
         Transport::Tls => {
-            let target = Target {
-                host: url.host.clone(),
-                addr,
-                tls: true,
-                proxy: s.proxy_for(&url.host),
-            };
+            let target = tcp_target(s, &url.host, url.port, true).await?;
             // RFC 7443: ALPN "stun.turn" lets a single port tell TURN from HTTPS.
             let (io, cert, local) = http::open_with_local(&target, &[b"stun.turn"], s.timeout).await?;
             Ok((

@@ -5,11 +5,11 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
-use super::net::{resolve_tcp, timed};
+use super::net::{tcp_target, timed};
 use super::Settings;
 use crate::error::CheckError;
 use crate::facts::{SignalingFact, Timed};
-use crate::http::{self, Target};
+use crate::http;
 use crate::ice::Scheme;
 use crate::progress::Progress;
 use crate::tls::CertInfo;
@@ -78,8 +78,8 @@ pub async fn check(s: Arc<Settings>, endpoint: Endpoint, progress: Arc<Progress>
     let url = format!("{scheme}://{host_label}:{port}");
     let line = progress.start(&format!("signaling {url}"));
     let start = Instant::now();
-    let addr = match resolve_tcp(&s, &s.server.host, port).await {
-        Ok(a) => a,
+    let target = match tcp_target(&s, &s.server.host, port, tls).await {
+        Ok(t) => t,
         Err(e) => {
             progress.finish(line, false, start.elapsed(), &e.to_string());
             let failed = Timed::new(Err(e), start.elapsed());
@@ -93,12 +93,6 @@ pub async fn check(s: Arc<Settings>, endpoint: Endpoint, progress: Arc<Progress>
                 certificate: None,
             };
         }
-    };
-    let target = Target {
-        host: s.server.host.clone(),
-        addr,
-        tls,
-        proxy: s.proxy_for(&s.server.host),
     };
     let mut certificate = None;
     // At once: where the port drops everything, both wait out the same deadline (one after the other, a dead
